@@ -22,7 +22,8 @@ int halo_fail_ctx(const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, g_err, sizeof old);
-    snprintf(g_err, sizeof g_err, "%s%s", prefix, old);
+    int k = snprintf(g_err, sizeof g_err, "%s", prefix);
+    if (k > 0 && (size_t)k < sizeof g_err) snprintf(g_err + k, sizeof g_err - (size_t)k, "%.*s", (int)(sizeof g_err - 1 - (size_t)k), old);
     return HALO_ERR;
 }
 
