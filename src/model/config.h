@@ -1,0 +1,31 @@
+// Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM) and written back on export.
+#ifndef HALO_CONFIG_H
+#define HALO_CONFIG_H
+
+typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3 } rope_scaling_type;
+
+typedef struct {
+    int vocab_size;
+    int dim;            // hidden_size
+    int hidden_dim;     // intermediate_size (MLP)
+    int n_layers;       // num_hidden_layers
+    int n_heads;        // num_attention_heads
+    int n_kv_heads;     // num_key_value_heads
+    int head_dim;       // head_dim, default dim / n_heads
+    int max_pos;        // max_position_embeddings
+    float norm_eps;     // rms_norm_eps
+    float rope_theta;
+    rope_scaling_type rope_scaling;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_pos;
+    int tie_embeddings; // tie_word_embeddings
+    int bos_id, eos_id; // -1 when absent
+} llama_config;
+
+// Parses config.json; unsupported architectures, rope scalings, biases are refused naming the key.
+int llama_config_load(const char *path, llama_config *c);
+// Writes config.json for `torch_dtype` ("float32" or "bfloat16"), atomically.
+int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype);
+// Checks internal consistency (positive sizes, heads divide, ...). Returns HALO_ERR naming the offending field.
+int llama_config_validate(const llama_config *c, const char *where);
+#endif
