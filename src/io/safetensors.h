@@ -37,6 +37,9 @@ const st_tensor *st_find(const st_file *f, const char *name);
 // and, when shape != NULL, that shape (ndim dims) matches.
 int st_read_f32(const st_file *f, const char *name, float *dst, int ndim, const int64_t *shape);
 
+// Reads an I32 (or I64, range-checked) tensor into a malloc'ed int32 array; *numel and shape (ndim <= 8) are filled.
+int st_read_i32(const st_file *f, const char *name, int32_t **out, int *ndim, int64_t *shape);
+
 // Writer: collect tensors (data is copied or converted at write time from the pointer given; keep it alive until
 // st_writer_write), then write atomically. F32 sources can be stored as F32 or BF16 (round to nearest even).
 typedef struct st_writer st_writer;

@@ -1,0 +1,180 @@
+// Hugging Face config.json <-> llama_config. Refuses what the model does not implement, naming the key.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "util/error.h"
+#include "util/fileio.h"
+
+// Reads an integer key; `required` controls whether absence is an error. Returns 1 if found.
+static int get_int(const char *path, const cJSON *root, const char *key, int *out, int required, int *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) { *err = halo_fail("%s: missing required key '%s'", path, key); }
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2e9) {
+        *err = halo_fail("%s: key '%s' must be an integer", path, key);
+        return 0;
+    }
+    *out = (int)v->valuedouble;
+    return 1;
+}
+
+static int get_float(const char *path, const cJSON *root, const char *key, float *out, int *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v)) { *err = halo_fail("%s: key '%s' must be a number", path, key); return 0; }
+    *out = (float)v->valuedouble;
+    return 1;
+}
+
+// bos/eos may be an integer or a list (Llama 3.1 lists several eos ids; the first is used for stopping).
+static void get_token_id(const cJSON *root, const char *key, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (cJSON_IsNumber(v)) *out = (int)v->valuedouble;
+    else if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(v, 0)))
+        *out = (int)cJSON_GetArrayItem(v, 0)->valuedouble;
+}
+
+// rope scaling lives in `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5, which also holds
+// rope_theta). Accepted types: none/default, llama3.
+static int parse_rope(const char *path, const cJSON *root, llama_config *c) {
+    int err = HALO_OK;
+    const char *keys[2] = {"rope_parameters", "rope_scaling"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (!rp || cJSON_IsNull(rp)) continue;
+        if (!cJSON_IsObject(rp)) return halo_fail("%s: key '%s' must be an object", path, keys[k]);
+        get_float(path, rp, "rope_theta", &c->rope_theta, &err);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
+        if (!t) t = cJSON_GetObjectItemCaseSensitive(rp, "type");
+        const char *type = cJSON_IsString(t) ? t->valuestring : "default";
+        if (!strcmp(type, "default")) continue;
+        if (strcmp(type, "llama3"))
+            return halo_fail("%s: %s.rope_type '%s' is not supported (supported: default, llama3)", path, keys[k], type);
+        c->rope_scaling = ROPE_SCALING_LLAMA3;
+        if (!get_float(path, rp, "factor", &c->rope_factor, &err) ||
+            !get_float(path, rp, "low_freq_factor", &c->rope_low_freq_factor, &err) ||
+            !get_float(path, rp, "high_freq_factor", &c->rope_high_freq_factor, &err) ||
+            !get_int(path, rp, "original_max_position_embeddings", &c->rope_original_max_pos, 1, &err))
+            return err == HALO_OK ? halo_fail("%s: %s of type llama3 needs factor, low_freq_factor, high_freq_factor "
+                                              "and original_max_position_embeddings", path, keys[k]) : err;
+    }
+    return err;
+}
+
+int llama_config_validate(const llama_config *c, const char *where) {
+#define POS(field, key) if (c->field <= 0) return halo_fail("%s: '%s' must be positive (got %d)", where, key, c->field)
+    POS(vocab_size, "vocab_size"); POS(dim, "hidden_size"); POS(hidden_dim, "intermediate_size");
+    POS(n_layers, "num_hidden_layers"); POS(n_heads, "num_attention_heads"); POS(n_kv_heads, "num_key_value_heads");
+    POS(head_dim, "head_dim"); POS(max_pos, "max_position_embeddings");
+#undef POS
+    if (c->n_heads % c->n_kv_heads)
+        return halo_fail("%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", where,
+                         c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2) return halo_fail("%s: head_dim %d must be even for RoPE", where, c->head_dim);
+    if (!(c->norm_eps > 0)) return halo_fail("%s: 'rms_norm_eps' must be positive", where);
+    if (!(c->rope_theta > 0)) return halo_fail("%s: 'rope_theta' must be positive", where);
+    return HALO_OK;
+}
+
+int llama_config_load(const char *path, llama_config *c) {
+    char *text;
+    if (halo_read_file(path, &text, NULL) != HALO_OK) return HALO_ERR;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) { cJSON_Delete(root); return halo_fail("%s: not a valid JSON object", path); }
+    memset(c, 0, sizeof *c);
+    int err = HALO_OK;
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0) {
+        const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
+        if (!cJSON_IsString(a0) || strcmp(a0->valuestring, "LlamaForCausalLM"))
+            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM is supported", path,
+                            cJSON_IsString(a0) ? a0->valuestring : "?");
+    } else if (cJSON_IsString(mt) && strcmp(mt->valuestring, "llama")) {
+        err = halo_fail("%s: model_type is '%s'; only 'llama' is supported", path, mt->valuestring);
+    }
+    const char *bool_off[] = {"attention_bias", "mlp_bias"};
+    for (int i = 0; i < 2 && err == HALO_OK; i++) {
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(root, bool_off[i]);
+        if (cJSON_IsTrue(b)) err = halo_fail("%s: '%s' is true; biases are not supported", path, bool_off[i]);
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (err == HALO_OK && act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
+        err = halo_fail("%s: hidden_act '%s' is not supported (only silu)", path, cJSON_IsString(act) ? act->valuestring : "?");
+    const cJSON *tp = cJSON_GetObjectItemCaseSensitive(root, "pretraining_tp");
+    if (err == HALO_OK && cJSON_IsNumber(tp) && tp->valuedouble != 1)
+        err = halo_fail("%s: pretraining_tp %g is not supported (only 1)", path, tp->valuedouble);
+    if (err == HALO_OK) {
+        get_int(path, root, "vocab_size", &c->vocab_size, 1, &err);
+        if (err == HALO_OK) get_int(path, root, "hidden_size", &c->dim, 1, &err);
+        if (err == HALO_OK) get_int(path, root, "intermediate_size", &c->hidden_dim, 1, &err);
+        if (err == HALO_OK) get_int(path, root, "num_hidden_layers", &c->n_layers, 1, &err);
+        if (err == HALO_OK) get_int(path, root, "num_attention_heads", &c->n_heads, 1, &err);
+    }
+    if (err == HALO_OK) {
+        c->n_kv_heads = c->n_heads;
+        get_int(path, root, "num_key_value_heads", &c->n_kv_heads, 0, &err);
+        c->head_dim = c->n_heads ? c->dim / c->n_heads : 0;
+        get_int(path, root, "head_dim", &c->head_dim, 0, &err);
+        c->max_pos = 2048;
+        get_int(path, root, "max_position_embeddings", &c->max_pos, 0, &err);
+        c->norm_eps = 1e-6f;
+        get_float(path, root, "rms_norm_eps", &c->norm_eps, &err);
+        c->rope_theta = 10000.0f;
+        get_float(path, root, "rope_theta", &c->rope_theta, &err);
+        c->tie_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
+        c->bos_id = c->eos_id = -1;
+        get_token_id(root, "bos_token_id", &c->bos_id);
+        get_token_id(root, "eos_token_id", &c->eos_id);
+    }
+    if (err == HALO_OK) err = parse_rope(path, root, c);
+    cJSON_Delete(root);
+    if (err == HALO_OK) err = llama_config_validate(c, path);
+    return err;
+}
+
+int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
+    cJSON_AddStringToObject(r, "model_type", "llama");
+    cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(r, "hidden_size", c->dim);
+    cJSON_AddNumberToObject(r, "intermediate_size", c->hidden_dim);
+    cJSON_AddNumberToObject(r, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(r, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(r, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(r, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(r, "max_position_embeddings", c->max_pos);
+    cJSON_AddNumberToObject(r, "rms_norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(r, "rope_theta", c->rope_theta);
+    if (c->rope_scaling == ROPE_SCALING_LLAMA3) {
+        cJSON *rs = cJSON_AddObjectToObject(r, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", "llama3");
+        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+        cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+        cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
+        cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_original_max_pos);
+    }
+    cJSON_AddStringToObject(r, "hidden_act", "silu");
+    cJSON_AddBoolToObject(r, "tie_word_embeddings", c->tie_embeddings);
+    cJSON_AddBoolToObject(r, "attention_bias", 0);
+    cJSON_AddBoolToObject(r, "mlp_bias", 0);
+    if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
+    if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
+    cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
+    char *s = cJSON_Print(r);
+    cJSON_Delete(r);
+    size_t n = strlen(s);
+    const void *parts[1] = {s};
+    int rc = halo_write_file_atomic(path, parts, &n, 1);
+    free(s);
+    return rc;
+}
