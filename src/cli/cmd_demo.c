@@ -17,8 +17,9 @@
 
 static void usage(void) {
     printf("usage: halo demo [options]\n"
-           "Trains a small Llama from scratch to add D-digit numbers (answer written least-significant digit\n"
-           "first) over a byte vocabulary, then reports exact-match accuracy on held-out sums.\n\n"
+           "Trains a small Llama from scratch to add D-digit numbers (written least-significant digit first,\n"
+           "e.g. 42+917=959 is \"240+719=9590\") over a byte vocabulary, then reports exact-match accuracy\n"
+           "on held-out sums.\n\n"
            "  --steps N          optimizer steps (default 700)\n"
            "  --seed S           seed for the weights and the data order (default 1)\n"
            "  --threads N        OpenMP/BLAS threads (default: all cores)\n"
@@ -59,8 +60,8 @@ static int app_parse(const char *json, demo_shape *s, const char *path) {
 int cmd_demo(int argc, char **argv) {
     demo_shape sh = {.digits = 3, .dim = 128, .layers = 4, .heads = 4, .hidden = 344, .eval_n = 200};
     train_options o = train_options_default();
-    o.steps = 700; o.batch_size = 64; o.lr = 3e-3f; o.eval_every = 100; o.clip = 1.0f;
-    o.adamw.weight_decay = 0.1f;
+    o.steps = 700; o.batch_size = 64; o.lr = 3e-3; o.eval_every = 100; o.clip = 1.0f;
+    o.adamw.weight_decay = 0.1;
     long threads = 0, show = 8, seed = 1, v;
     double x;
     const char *out_dir = NULL, *resume = NULL, *s;
@@ -78,7 +79,7 @@ int cmd_demo(int argc, char **argv) {
 #undef INTFLAG
         else if ((s = cli_flag_value(argc, argv, &i, "--lr"))) {
             if (cli_parse_float("--lr", s, &x)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
-            o.lr = (float)x; have_lr = 1;
+            o.lr = x; have_lr = 1;
         }
         else if ((s = cli_flag_value(argc, argv, &i, "--out"))) out_dir = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = s;

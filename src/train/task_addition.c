@@ -21,9 +21,9 @@ int add_is_heldout(uint64_t a, uint64_t b) {
 void add_encode(int D, uint64_t a, uint64_t b, int32_t *tok) {
     int k = 0;
     tok[k++] = ADD_BOS;
-    for (int i = D - 1; i >= 0; i--) tok[k++] = '0' + (int)(a / pow10u(i) % 10);
+    for (int i = 0; i < D; i++) tok[k++] = '0' + (int)(a / pow10u(i) % 10);
     tok[k++] = '+';
-    for (int i = D - 1; i >= 0; i--) tok[k++] = '0' + (int)(b / pow10u(i) % 10);
+    for (int i = 0; i < D; i++) tok[k++] = '0' + (int)(b / pow10u(i) % 10);
     tok[k++] = '=';
     uint64_t s = a + b;
     for (int i = 0; i <= D; i++) { tok[k++] = '0' + (int)(s % 10); s /= 10; }
