@@ -22,7 +22,9 @@ typedef struct {
     int64_t position;      // batches produced
     int n_eval;
     uint64_t *eval_a, *eval_b;   // [n_eval] held-out pairs (fixed for a given D, independent of the seed)
-    int show;              // examples to print at each evaluation (0 = none)
+    int show;              // examples to print (0 = none) ...
+    int show_at_step;      // ... at the evaluation after this step (the callback's; 0 = every evaluation)
+    double last_accuracy;  // from the latest add_eval_callback
 } add_task;
 
 void add_task_init(add_task *t, int digits, int n_eval);
