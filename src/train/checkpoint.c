@@ -1,0 +1,307 @@
+// Checkpoint files (see checkpoint.h): writing through the safetensors writer, reading with every tensor and
+// metadata field checked so that a damaged file is refused with its name and the missing or wrong piece.
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "io/safetensors.h"
+#include "train/checkpoint.h"
+#include "util/error.h"
+
+void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
+    snprintf(buf, cap, "%s/step_%08" PRId64 ".safetensors", dir, step);
+}
+
+// ---- config <-> JSON -------------------------------------------------------------------------------------------
+
+char *llama_config_to_json(const llama_config *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(o, "dim", c->dim);
+    cJSON_AddNumberToObject(o, "hidden_dim", c->hidden_dim);
+    cJSON_AddNumberToObject(o, "n_layers", c->n_layers);
+    cJSON_AddNumberToObject(o, "n_heads", c->n_heads);
+    cJSON_AddNumberToObject(o, "n_kv_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(o, "max_pos", c->max_pos);
+    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(o, "rope_scaling", c->rope_scaling);
+    cJSON_AddNumberToObject(o, "rope_factor", c->rope_factor);
+    cJSON_AddNumberToObject(o, "rope_low_freq_factor", c->rope_low_freq_factor);
+    cJSON_AddNumberToObject(o, "rope_high_freq_factor", c->rope_high_freq_factor);
+    cJSON_AddNumberToObject(o, "rope_original_max_pos", c->rope_original_max_pos);
+    cJSON_AddNumberToObject(o, "tie_embeddings", c->tie_embeddings);
+    cJSON_AddNumberToObject(o, "bos_id", c->bos_id);
+    cJSON_AddNumberToObject(o, "eos_id", c->eos_id);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static int json_num(const cJSON *o, const char *key, double *out, const char *where) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(it)) return halo_fail("%s: key '%s' missing or not a number", where, key);
+    *out = it->valuedouble;
+    return HALO_OK;
+}
+
+int llama_config_from_json(const char *json, llama_config *c, const char *where) {
+    cJSON *o = cJSON_Parse(json);
+    if (!o || !cJSON_IsObject(o)) { cJSON_Delete(o); return halo_fail("%s: not a JSON object", where); }
+    memset(c, 0, sizeof *c);
+    double v[18];
+    static const char *keys[18] = {"vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
+                                   "head_dim", "max_pos", "norm_eps", "rope_theta", "rope_scaling", "rope_factor",
+                                   "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_pos",
+                                   "tie_embeddings", "bos_id", "eos_id"};
+    for (int i = 0; i < 18; i++)
+        if (json_num(o, keys[i], &v[i], where)) { cJSON_Delete(o); return HALO_ERR; }
+    cJSON_Delete(o);
+    c->vocab_size = (int)v[0]; c->dim = (int)v[1]; c->hidden_dim = (int)v[2]; c->n_layers = (int)v[3];
+    c->n_heads = (int)v[4]; c->n_kv_heads = (int)v[5]; c->head_dim = (int)v[6]; c->max_pos = (int)v[7];
+    c->norm_eps = (float)v[8]; c->rope_theta = (float)v[9]; c->rope_scaling = (rope_scaling_type)(int)v[10];
+    c->rope_factor = (float)v[11]; c->rope_low_freq_factor = (float)v[12]; c->rope_high_freq_factor = (float)v[13];
+    c->rope_original_max_pos = (int)v[14]; c->tie_embeddings = (int)v[15]; c->bos_id = (int)v[16];
+    c->eos_id = (int)v[17];
+    return llama_config_validate(c, where);
+}
+
+// ---- writing ---------------------------------------------------------------------------------------------------
+
+int checkpoint_save(const char *path, const llama_model *m, const adamw_state *opt, const checkpoint_meta *meta) {
+    if (opt && opt->n != m->n_params) return halo_fail("checkpoint %s: optimizer has %zu values, model %zu", path, opt->n, m->n_params);
+    st_writer *w = st_writer_new();
+    char name[160], buf[64];
+    for (int i = 0; i < m->n_table; i++) {
+        const llama_param *p = &m->table[i];
+        st_writer_add(w, p->name, ST_F32, ST_F32, m->params + p->offset, p->ndim, p->shape);
+        if (opt) {
+            snprintf(name, sizeof name, "optim.m.%s", p->name);
+            st_writer_add(w, name, ST_F32, ST_F32, opt->m + p->offset, p->ndim, p->shape);
+            snprintf(name, sizeof name, "optim.v.%s", p->name);
+            st_writer_add(w, name, ST_F32, ST_F32, opt->v + p->offset, p->ndim, p->shape);
+        }
+    }
+    st_writer_meta(w, "format", CHECKPOINT_FORMAT);
+    char *cfg = llama_config_to_json(&m->cfg);
+    st_writer_meta(w, "config", cfg);
+    free(cfg);
+    snprintf(buf, sizeof buf, "%" PRId64, meta->step);          st_writer_meta(w, "step", buf);
+    snprintf(buf, sizeof buf, "%" PRId64, opt ? opt->t : 0);    st_writer_meta(w, "optim_t", buf);
+    st_writer_meta(w, "has_optimizer", opt ? "1" : "0");
+    // u64 values as decimal strings: JSON numbers (doubles) would lose bits of an RNG state.
+    snprintf(buf, sizeof buf, "%" PRIu64, meta->rng);           st_writer_meta(w, "rng", buf);
+    snprintf(buf, sizeof buf, "%.17g", meta->elapsed_s);        st_writer_meta(w, "elapsed_s", buf);
+    char data[256];
+    snprintf(data, sizeof data, "{\"epoch\":%" PRId64 ",\"position\":%" PRId64 ",\"rng\":\"%" PRIu64 "\"}",
+             meta->data.epoch, meta->data.position, meta->data.rng);
+    st_writer_meta(w, "data", data);
+    if (meta->options_json) st_writer_meta(w, "train", meta->options_json);
+    if (meta->app_json) st_writer_meta(w, "app", meta->app_json);
+    int rc = st_writer_write(w, path);
+    st_writer_free(w);
+    if (rc) return halo_fail_ctx("writing checkpoint %s: ", path);
+    return HALO_OK;
+}
+
+// ---- reading ---------------------------------------------------------------------------------------------------
+
+// The __metadata__ object of an opened file (st_open has validated the header's framing). NULL with an error
+// naming the file when absent.
+static cJSON *read_header_meta(const st_file *f, cJSON **root) {
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)f->map[i] << (8 * i);
+    *root = cJSON_ParseWithLength((const char *)f->map + 8, (size_t)hlen);
+    cJSON *meta = *root ? cJSON_GetObjectItemCaseSensitive(*root, "__metadata__") : NULL;
+    if (!cJSON_IsObject(meta)) {
+        halo_fail("checkpoint %s: no __metadata__ in the header (not a halo checkpoint)", f->path);
+        return NULL;
+    }
+    return meta;
+}
+
+static const char *meta_str(const cJSON *meta, const char *key, const char *path) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(meta, key);
+    if (!cJSON_IsString(it)) { halo_fail("checkpoint %s: metadata key '%s' missing", path, key); return NULL; }
+    return it->valuestring;
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end) return HALO_ERR;
+    *out = v;
+    return HALO_OK;
+}
+static int parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end || *s == '-') return HALO_ERR;
+    *out = v;
+    return HALO_OK;
+}
+
+static int parse_meta(const st_file *f, llama_config *cfg, checkpoint_meta *meta) {
+    cJSON *root = NULL;
+    const char *p = f->path;
+    memset(meta, 0, sizeof *meta);
+    cJSON *md = read_header_meta(f, &root);
+    int rc = HALO_ERR;
+    const char *s;
+    if (!md) goto out;
+    if (!(s = meta_str(md, "format", p))) goto out;
+    if (strcmp(s, CHECKPOINT_FORMAT)) { halo_fail("checkpoint %s: format '%s', expected '%s'", p, s, CHECKPOINT_FORMAT); goto out; }
+    if (!(s = meta_str(md, "config", p))) goto out;
+    char where[1200];
+    snprintf(where, sizeof where, "checkpoint %s: metadata 'config'", p);
+    if (llama_config_from_json(s, cfg, where)) goto out;
+    if (!(s = meta_str(md, "step", p))) goto out;
+    if (parse_i64(s, &meta->step) || meta->step < 0) { halo_fail("checkpoint %s: metadata 'step' = '%s' is not a step count", p, s); goto out; }
+    if (!(s = meta_str(md, "optim_t", p))) goto out;
+    if (parse_i64(s, &meta->optim_t) || meta->optim_t < 0) { halo_fail("checkpoint %s: metadata 'optim_t' = '%s' is not a count", p, s); goto out; }
+    if (!(s = meta_str(md, "rng", p))) goto out;
+    if (parse_u64(s, &meta->rng)) { halo_fail("checkpoint %s: metadata 'rng' = '%s' is not a u64", p, s); goto out; }
+    if (!(s = meta_str(md, "elapsed_s", p))) goto out;
+    meta->elapsed_s = atof(s);
+    if (!(s = meta_str(md, "data", p))) goto out;
+    {
+        cJSON *d = cJSON_Parse(s);
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(d, "epoch"), *q = cJSON_GetObjectItemCaseSensitive(d, "position"),
+                    *r = cJSON_GetObjectItemCaseSensitive(d, "rng");
+        int ok = cJSON_IsNumber(e) && cJSON_IsNumber(q) && cJSON_IsString(r) && !parse_u64(r->valuestring, &meta->data.rng);
+        if (ok) { meta->data.epoch = (int64_t)e->valuedouble; meta->data.position = (int64_t)q->valuedouble; }
+        cJSON_Delete(d);
+        if (!ok) { halo_fail("checkpoint %s: metadata 'data' = '%s' lacks epoch/position/rng", p, s); goto out; }
+    }
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(md, "train");
+    if (cJSON_IsString(it)) meta->options_json = xstrdup(it->valuestring);
+    it = cJSON_GetObjectItemCaseSensitive(md, "app");
+    if (cJSON_IsString(it)) meta->app_json = xstrdup(it->valuestring);
+    rc = HALO_OK;
+out:
+    cJSON_Delete(root);
+    if (rc) checkpoint_meta_free(meta);
+    return rc;
+}
+
+int checkpoint_read_meta(const char *path, llama_config *cfg, checkpoint_meta *meta) {
+    st_file f;
+    if (st_open(path, &f)) return halo_fail_ctx("checkpoint %s: ", path);
+    int rc = parse_meta(&f, cfg, meta);
+    st_close(&f);
+    return rc;
+}
+
+// Reads one F32 tensor with the table entry's shape into dst.
+static int load_tensor(const st_file *f, const char *name, const llama_param *p, float *dst) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) return halo_fail("checkpoint %s: tensor '%s' is missing", f->path, name);
+    if (t->dtype != ST_F32)
+        return halo_fail("checkpoint %s: tensor '%s' is %s, expected F32", f->path, name, st_dtype_name(t->dtype));
+    if (st_read_f32(f, name, dst, p->ndim, p->shape)) return halo_fail_ctx("checkpoint %s: ", f->path);
+    return HALO_OK;
+}
+
+int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoint_meta *meta) {
+    st_file f;
+    if (st_open(path, &f)) return halo_fail_ctx("checkpoint %s: ", path);
+    llama_config cfg;
+    int rc = parse_meta(&f, &cfg, meta);
+    if (rc) { st_close(&f); return rc; }
+    char *a = llama_config_to_json(&cfg), *b = llama_config_to_json(&m->cfg);
+    if (strcmp(a, b)) rc = halo_fail("checkpoint %s: model config %s differs from the model being loaded %s", path, a, b);
+    free(a); free(b);
+    if (!rc && opt && opt->n != m->n_params)
+        rc = halo_fail("checkpoint %s: optimizer size %zu != %zu params", path, opt->n, m->n_params);
+    char name[160];
+    for (int i = 0; !rc && i < m->n_table; i++) {
+        const llama_param *p = &m->table[i];
+        rc = load_tensor(&f, p->name, p, m->params + p->offset);
+        if (!rc && opt) {
+            snprintf(name, sizeof name, "optim.m.%s", p->name);
+            rc = load_tensor(&f, name, p, opt->m + p->offset);
+            if (rc && !st_find(&f, name))
+                halo_fail("checkpoint %s: tensor '%s' is missing (a parameters-only file cannot resume training)", path, name);
+            if (!rc) {
+                snprintf(name, sizeof name, "optim.v.%s", p->name);
+                rc = load_tensor(&f, name, p, opt->v + p->offset);
+            }
+        }
+    }
+    if (!rc && opt) opt->t = meta->optim_t;
+    st_close(&f);
+    if (rc) checkpoint_meta_free(meta);
+    return rc;
+}
+
+void checkpoint_meta_free(checkpoint_meta *meta) {
+    free(meta->options_json); free(meta->app_json);
+    meta->options_json = meta->app_json = NULL;
+}
+
+// ---- checkpoint folders ----------------------------------------------------------------------------------------
+
+// Step number of "step_NNNNNNNN.safetensors", or -1 for any other name (temp files included).
+static int64_t ckpt_name_step(const char *name) {
+    size_t n = strlen(name);
+    const char *suf = ".safetensors";
+    if (strncmp(name, "step_", 5) || n <= 5 + strlen(suf) || strcmp(name + n - strlen(suf), suf)) return -1;
+    int64_t v = 0;
+    for (const char *c = name + 5; c < name + n - strlen(suf); c++) {
+        if (*c < '0' || *c > '9') return -1;
+        v = v * 10 + (*c - '0');
+    }
+    return v;
+}
+
+static int64_t *list_steps(const char *dir, int *count) {
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    int cap = 16;
+    int64_t *steps = xmalloc(cap * sizeof *steps);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int64_t s = ckpt_name_step(e->d_name);
+        if (s < 0) continue;
+        if (*count == cap) { cap *= 2; steps = xrealloc(steps, cap * sizeof *steps); }
+        steps[(*count)++] = s;
+    }
+    closedir(d);
+    return steps;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int checkpoint_find_latest(const char *dir, char *buf, size_t cap) {
+    int n;
+    int64_t *steps = list_steps(dir, &n);
+    if (!steps) return halo_fail("checkpoint folder %s cannot be read", dir);
+    if (n == 0) { free(steps); return halo_fail("checkpoint folder %s holds no step_*.safetensors", dir); }
+    int64_t best = steps[0];
+    for (int i = 1; i < n; i++) if (steps[i] > best) best = steps[i];
+    free(steps);
+    checkpoint_path(buf, cap, dir, best);
+    return HALO_OK;
+}
+
+void checkpoint_prune(const char *dir, int keep) {
+    if (keep <= 0) return;
+    int n;
+    int64_t *steps = list_steps(dir, &n);
+    if (!steps) return;
+    qsort(steps, n, sizeof *steps, cmp_i64);
+    char path[4096];
+    for (int i = 0; i + keep < n; i++) {
+        checkpoint_path(path, sizeof path, dir, steps[i]);
+        unlink(path);
+    }
+    free(steps);
+}

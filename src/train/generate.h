@@ -1,0 +1,29 @@
+// Token generation with the model's KV cache: greedy (temperature 0) or sampled with temperature, top-k and
+// top-p from a seeded RNG. Used by `halo generate` and by the demo's evaluation.
+#ifndef HALO_GENERATE_H
+#define HALO_GENERATE_H
+#include <stdint.h>
+#include "model/llama.h"
+#include "train/rng.h"
+
+typedef struct {
+    int max_new_tokens;
+    float temperature;   // 0 = greedy (argmax, lowest id on ties)
+    int top_k;           // keep the k most likely tokens; 0 = all
+    float top_p;         // keep the smallest set whose probability reaches top_p; 1 = all
+    uint64_t seed;
+    int32_t eos_id;      // stop after generating it; -1 = none
+    int ignore_eos;
+} gen_options;
+
+gen_options gen_options_default(void);   // greedy, 64 new tokens, top_k 0, top_p 1, seed 0, eos -1
+
+// Chooses the next token from logits[V] (overwritten: scaled, then turned into probabilities when sampling).
+// work[V] int32 scratch for the candidate order. The RNG is only used when temperature > 0.
+int32_t gen_pick_token(float *logits, int V, const gen_options *o, halo_rng *rng, int32_t *work);
+
+// Runs `prompt` (n_prompt >= 1 tokens) through the cache and generates up to o->max_new_tokens tokens into
+// out[max_new_tokens]; stops after eos unless ignore_eos. *n_out = tokens generated (eos included). HALO_ERR when
+// the total length exceeds the model's max_pos or a token is out of the vocabulary.
+int gen_generate(llama_model *m, const int32_t *prompt, int n_prompt, const gen_options *o, int32_t *out, int *n_out);
+#endif

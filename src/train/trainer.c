@@ -1,0 +1,320 @@
+// The training loop (see trainer.h). All model computations go through t->be; everything else here (batches,
+// schedule, logging, metrics, checkpoints) is backend-neutral host code.
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include "io/safetensors.h"
+#include "train/checkpoint.h"
+#include "train/rng.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+train_options train_options_default(void) {
+    return (train_options){.steps = 100, .batch_size = 8, .seq_len = 64, .grad_accum = 1, .lr = 1e-3f,
+                           .min_lr = 1e-4f, .warmup = 0, .decay = LR_COSINE, .adamw = adamw_config_default(),
+                           .clip = 1.0f, .seed = 1, .log_every = 1};
+}
+
+void train_metrics_add(train_metrics *mt, const char *name, double value) {
+    if (mt->n >= TRAIN_MAX_METRICS) return;
+    snprintf(mt->name[mt->n], sizeof mt->name[0], "%s", name);
+    mt->value[mt->n++] = value;
+}
+
+// ---- options <-> JSON ------------------------------------------------------------------------------------------
+
+char *train_options_to_json(const train_options *o) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "steps", o->steps);
+    cJSON_AddNumberToObject(j, "batch_size", o->batch_size);
+    cJSON_AddNumberToObject(j, "seq_len", o->seq_len);
+    cJSON_AddNumberToObject(j, "grad_accum", o->grad_accum);
+    cJSON_AddNumberToObject(j, "lr", o->lr);
+    cJSON_AddNumberToObject(j, "min_lr", o->min_lr);
+    cJSON_AddNumberToObject(j, "warmup", o->warmup);
+    cJSON_AddStringToObject(j, "decay", lr_decay_name(o->decay));
+    cJSON_AddNumberToObject(j, "beta1", o->adamw.beta1);
+    cJSON_AddNumberToObject(j, "beta2", o->adamw.beta2);
+    cJSON_AddNumberToObject(j, "eps", o->adamw.eps);
+    cJSON_AddNumberToObject(j, "weight_decay", o->adamw.weight_decay);
+    cJSON_AddNumberToObject(j, "decay_all", o->adamw.decay_all);
+    cJSON_AddNumberToObject(j, "clip", o->clip);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+    cJSON_AddStringToObject(j, "seed", seed);
+    cJSON_AddNumberToObject(j, "eval_every", o->eval_every);
+    cJSON_AddNumberToObject(j, "ckpt_every", o->ckpt_every);
+    cJSON_AddNumberToObject(j, "keep_ckpts", o->keep_ckpts);
+    cJSON_AddNumberToObject(j, "log_every", o->log_every);
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+int train_options_from_json(const char *json, train_options *o) {
+    cJSON *j = cJSON_Parse(json);
+    if (!cJSON_IsObject(j)) { cJSON_Delete(j); return halo_fail("training options: not a JSON object"); }
+    int rc = HALO_OK;
+#define NUM(key, dst, type) do { const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key); \
+        if (!cJSON_IsNumber(it)) { rc = halo_fail("training options: '%s' missing or not a number", key); goto out; } \
+        dst = (type)it->valuedouble; } while (0)
+    NUM("steps", o->steps, int); NUM("batch_size", o->batch_size, int); NUM("seq_len", o->seq_len, int);
+    NUM("grad_accum", o->grad_accum, int); NUM("lr", o->lr, float); NUM("min_lr", o->min_lr, float);
+    NUM("warmup", o->warmup, int); NUM("beta1", o->adamw.beta1, float); NUM("beta2", o->adamw.beta2, float);
+    NUM("eps", o->adamw.eps, float); NUM("weight_decay", o->adamw.weight_decay, float);
+    NUM("decay_all", o->adamw.decay_all, int); NUM("clip", o->clip, float); NUM("eval_every", o->eval_every, int);
+    NUM("ckpt_every", o->ckpt_every, int); NUM("keep_ckpts", o->keep_ckpts, int); NUM("log_every", o->log_every, int);
+#undef NUM
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "decay"), *s = cJSON_GetObjectItemCaseSensitive(j, "seed");
+    if (!cJSON_IsString(d) || lr_decay_parse(d->valuestring, &o->decay)) { rc = halo_fail("training options: bad 'decay'"); goto out; }
+    if (!cJSON_IsString(s)) { rc = halo_fail("training options: 'seed' missing"); goto out; }
+    o->seed = strtoull(s->valuestring, NULL, 10);
+out:
+    cJSON_Delete(j);
+    return rc;
+}
+
+// ---- the CPU backend -------------------------------------------------------------------------------------------
+
+static void cpu_zero_grads(trainer *t) { llama_zero_grads(t->model); }
+static float cpu_forward_backward(trainer *t, const halo_batch *b, float grad_scale) {
+    float loss = llama_forward(t->model, b, NULL);
+    llama_backward(t->model, b, grad_scale);
+    return loss;
+}
+static double cpu_clip_grads(trainer *t, float max_norm) {
+    return grad_clip_global_norm(t->model->grads, t->model->n_params, max_norm);
+}
+static void cpu_optimizer_step(trainer *t, float lr) { adamw_step(&t->opt, t->model->params, t->model->grads, lr); }
+static void cpu_nothing(trainer *t) { (void)t; }
+
+const train_backend TRAIN_BACKEND_CPU = {
+    .name = "cpu", .zero_grads = cpu_zero_grads, .forward_backward = cpu_forward_backward,
+    .clip_grads = cpu_clip_grads, .optimizer_step = cpu_optimizer_step, .to_host = cpu_nothing,
+    .from_host = cpu_nothing,
+};
+
+// ---- setup -----------------------------------------------------------------------------------------------------
+
+static uint64_t mix_seed(uint64_t seed, uint64_t salt) {
+    halo_rng r;
+    halo_rng_seed(&r, seed ^ (salt * 0xD1B54A32D192ED03ULL));
+    return halo_rng_next(&r);
+}
+
+int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_source data) {
+    memset(t, 0, sizeof *t);
+    if (o->steps <= 0 || o->batch_size <= 0 || o->seq_len <= 0 || o->grad_accum <= 0)
+        return halo_fail("training options: steps, batch size, sequence length and grad_accum must be positive");
+    if (!(o->lr >= 0) || !(o->min_lr >= 0)) return halo_fail("training options: learning rates must be >= 0");
+    if (!data.next) return halo_fail("training: the data source has no next() function");
+    t->model = m;
+    t->o = *o;
+    t->o.ckpt_dir = o->ckpt_dir ? xstrdup(o->ckpt_dir) : NULL;
+    t->o.metrics_path = o->metrics_path ? xstrdup(o->metrics_path) : NULL;
+    t->sched = (lr_schedule){.lr = o->lr, .min_lr = o->min_lr, .warmup = o->warmup, .total = o->steps, .decay = o->decay};
+    t->be = TRAIN_BACKEND_CPU;
+    t->data = data;
+    if (!m->grads) llama_alloc_grads(m);
+    adamw_init(&t->opt, &o->adamw, m->n_params, m->table, m->n_table);
+    halo_batch_alloc(&t->batch, o->batch_size, o->seq_len);
+    t->rng = mix_seed(o->seed, 1);
+    t->options_json = train_options_to_json(&t->o);
+    // The seed decides the data order: the source starts from a state derived from it.
+    if (data.set_state) {
+        train_data_state st = {.epoch = 0, .position = 0, .rng = mix_seed(o->seed, 2)};
+        if (data.set_state(data.ctx, &st)) return halo_fail_ctx("training data: ");
+    }
+    if (t->o.ckpt_dir && mkdir(t->o.ckpt_dir, 0777) && errno != EEXIST)
+        return halo_fail("cannot create checkpoint folder %s: %s", t->o.ckpt_dir, strerror(errno));
+    return HALO_OK;
+}
+
+void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx) { t->eval = fn; t->eval_ctx = ctx; }
+void trainer_set_app_meta(trainer *t, const char *json) { free(t->app_meta); t->app_meta = json ? xstrdup(json) : NULL; }
+
+void trainer_free(trainer *t) {
+    if (t->metrics) fclose(t->metrics);
+    adamw_free(&t->opt);
+    halo_batch_free(&t->batch);
+    free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
+    free(t->app_meta); free(t->options_json);
+    memset(t, 0, sizeof *t);
+}
+
+// ---- metrics file ----------------------------------------------------------------------------------------------
+
+// Opens the metrics file: truncated for a fresh run, appended to for a resumed one.
+static int metrics_open(trainer *t) {
+    if (t->metrics || !t->o.metrics_path) return HALO_OK;
+    t->metrics = fopen(t->o.metrics_path, t->step > 0 ? "a" : "w");
+    if (!t->metrics) return halo_fail("cannot open metrics file %s: %s", t->o.metrics_path, strerror(errno));
+    return HALO_OK;
+}
+
+// A resumed run drops the lines a killed run wrote after its last checkpoint (and any torn last line), so that
+// the file reads as one uninterrupted run.
+static int metrics_truncate_after(const char *path, int64_t step) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return HALO_OK;
+    size_t cap = 1 << 16, len = 0;
+    char *keep = xmalloc(cap), *line = NULL;
+    size_t lcap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &lcap, f)) > 0) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
+        int ok = line[n - 1] == '\n' && cJSON_IsNumber(s) && s->valuedouble <= (double)step;
+        cJSON_Delete(j);
+        if (!ok) continue;
+        while (len + (size_t)n > cap) { cap *= 2; keep = xrealloc(keep, cap); }
+        memcpy(keep + len, line, (size_t)n);
+        len += (size_t)n;
+    }
+    free(line);
+    fclose(f);
+    const void *parts[1] = {keep};
+    int rc = halo_write_file_atomic(path, parts, &len, 1);
+    free(keep);
+    return rc ? halo_fail_ctx("rewriting metrics file %s: ", path) : HALO_OK;
+}
+
+// ---- steps -----------------------------------------------------------------------------------------------------
+
+int trainer_step(trainer *t, train_step_info *info) {
+    double t0 = now_s();
+    if (t->t_start == 0) { t->t_start = t0; t->step0 = t->step; }
+    t->be.zero_grads(t);
+    double loss_sum = 0;
+    const float scale = 1.0f / (float)t->o.grad_accum;
+    for (int a = 0; a < t->o.grad_accum; a++) {
+        if (t->data.next(t->data.ctx, &t->batch)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
+        loss_sum += t->be.forward_backward(t, &t->batch, scale);
+    }
+    float loss = (float)(loss_sum / t->o.grad_accum);
+    if (!isfinite(loss)) return halo_fail("training diverged: loss is %f at step %d", loss, t->step + 1);
+    double norm = t->be.clip_grads(t, t->o.clip);
+    float lr = lr_schedule_at(&t->sched, t->step);
+    t->be.optimizer_step(t, lr);
+    t->step++;
+    double t1 = now_s();
+    train_step_info s = {.step = t->step, .loss = loss, .lr = lr, .grad_norm = norm,
+                         .tokens_per_s = (double)t->o.batch_size * t->o.seq_len * t->o.grad_accum / (t1 - t0),
+                         .elapsed_s = t->elapsed_before + (t1 - t->t_start)};
+    t->last = s;
+    if (info) *info = s;
+    return HALO_OK;
+}
+
+static void fmt_duration(char *buf, size_t cap, double s) {
+    long v = (long)(s + 0.5);
+    if (v >= 3600) snprintf(buf, cap, "%ld:%02ld:%02ld", v / 3600, v / 60 % 60, v % 60);
+    else snprintf(buf, cap, "%ld:%02ld", v / 60, v % 60);
+}
+
+static void log_step(trainer *t, const train_step_info *s) {
+    double run = now_s() - t->t_start;
+    int done = t->step - t->step0;
+    double eta = done > 0 ? run / done * (t->o.steps - t->step) : 0;
+    char el[32], et[32];
+    fmt_duration(el, sizeof el, s->elapsed_s);
+    fmt_duration(et, sizeof et, eta);
+    int w = snprintf(NULL, 0, "%d", t->o.steps);
+    printf("step %*d/%d | loss %.6f | lr %.3e | gnorm %.4f | %.0f tok/s | %s elapsed | ETA %s\n", w, s->step,
+           t->o.steps, s->loss, s->lr, s->grad_norm, s->tokens_per_s, el, et);
+    fflush(stdout);
+}
+
+static void metrics_step(trainer *t, const train_step_info *s) {
+    if (!t->metrics) return;
+    fprintf(t->metrics, "{\"type\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
+            "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f}\n", s->step, s->loss, s->lr, s->grad_norm, s->tokens_per_s,
+            s->elapsed_s);
+    fflush(t->metrics);
+}
+
+int trainer_evaluate(trainer *t) {
+    if (!t->eval) return HALO_OK;
+    t->be.to_host(t);
+    train_metrics mt = {0};
+    if (t->eval(t->eval_ctx, t->model, t->step, &mt)) return halo_fail_ctx("evaluation at step %d: ", t->step);
+    if (t->o.log_every) {
+        printf("eval step %d |", t->step);
+        for (int i = 0; i < mt.n; i++) printf(" %s %.6g%s", mt.name[i], mt.value[i], i + 1 < mt.n ? " |" : "");
+        printf("\n");
+        fflush(stdout);
+    }
+    if (t->metrics) {
+        fprintf(t->metrics, "{\"type\":\"eval\",\"step\":%d", t->step);
+        for (int i = 0; i < mt.n; i++) fprintf(t->metrics, ",\"%s\":%.9g", mt.name[i], mt.value[i]);
+        fprintf(t->metrics, "}\n");
+        fflush(t->metrics);
+    }
+    return HALO_OK;
+}
+
+int trainer_save(trainer *t, const char *path) {
+    char buf[4096];
+    if (!path) {
+        if (!t->o.ckpt_dir) return halo_fail("trainer_save: no path and no checkpoint folder");
+        checkpoint_path(buf, sizeof buf, t->o.ckpt_dir, t->step);
+        path = buf;
+    }
+    t->be.to_host(t);
+    checkpoint_meta meta = {.step = t->step, .rng = t->rng, .options_json = t->options_json,
+                            .app_json = t->app_meta,
+                            .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};
+    if (t->data.get_state) t->data.get_state(t->data.ctx, &meta.data);
+    if (checkpoint_save(path, t->model, &t->opt, &meta)) return HALO_ERR;
+    if (t->o.ckpt_dir) checkpoint_prune(t->o.ckpt_dir, t->o.keep_ckpts);
+    return HALO_OK;
+}
+
+int trainer_resume(trainer *t, const char *ckpt_path) {
+    checkpoint_meta meta;
+    if (checkpoint_load(ckpt_path, t->model, &t->opt, &meta)) return HALO_ERR;
+    int rc = HALO_OK;
+    if (meta.step > t->o.steps) {
+        rc = halo_fail("checkpoint %s is at step %lld, past the run's %d steps", ckpt_path, (long long)meta.step, t->o.steps);
+        goto out;
+    }
+    if (meta.options_json && strcmp(meta.options_json, t->options_json))
+        fprintf(stderr, "warning: resuming %s with different training options; the run will not reproduce the "
+                "original one\n  checkpoint: %s\n  now:        %s\n", ckpt_path, meta.options_json, t->options_json);
+    t->step = (int)meta.step;
+    t->rng = meta.rng;
+    t->elapsed_before = meta.elapsed_s;
+    if (t->data.set_state && t->data.set_state(t->data.ctx, &meta.data)) { rc = halo_fail_ctx("checkpoint %s: data state: ", ckpt_path); goto out; }
+    t->be.from_host(t);
+    if (t->o.metrics_path) rc = metrics_truncate_after(t->o.metrics_path, meta.step);
+out:
+    checkpoint_meta_free(&meta);
+    return rc;
+}
+
+int trainer_run(trainer *t) {
+    if (metrics_open(t)) return HALO_ERR;
+    while (t->step < t->o.steps) {
+        train_step_info s;
+        if (trainer_step(t, &s)) return HALO_ERR;
+        int last = t->step == t->o.steps;
+        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) log_step(t, &s);
+        metrics_step(t, &s);
+        if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))
+            if (trainer_evaluate(t)) return HALO_ERR;
+        if (t->o.ckpt_dir && ((t->o.ckpt_every > 0 && t->step % t->o.ckpt_every == 0) || last))
+            if (trainer_save(t, NULL)) return HALO_ERR;
+    }
+    return HALO_OK;
+}

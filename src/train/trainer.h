@@ -1,0 +1,127 @@
+// The training loop: batches from a data source, forward/backward with gradient accumulation, clipping, AdamW
+// with a learning-rate schedule, a progress line and a metrics JSONL line per step, periodic evaluation and
+// atomic checkpoints from which a run resumes bit for bit. The model computations go through a small backend
+// table (train_backend) so that a GPU backend can replace the CPU one without touching the loop.
+#ifndef HALO_TRAINER_H
+#define HALO_TRAINER_H
+#include <stdint.h>
+#include <stdio.h>
+#include "model/batch.h"
+#include "model/llama.h"
+#include "train/adamw.h"
+
+typedef struct {
+    int steps;            // optimizer steps in the whole run
+    int batch_size;       // rows per micro-batch (B)
+    int seq_len;          // tokens per row (T)
+    int grad_accum;       // micro-batches per optimizer step; each backward is scaled by 1/grad_accum
+    float lr, min_lr;
+    int warmup;
+    lr_decay_kind decay;
+    adamw_config adamw;
+    float clip;           // max global gradient norm; 0 = no clipping
+    uint64_t seed;        // seeds the data order (passed to the data source) and the trainer's RNG
+    int eval_every;       // 0 = only at the end (when an eval callback is set)
+    int ckpt_every;       // 0 = only at the end (when ckpt_dir is set)
+    int keep_ckpts;       // keep only the newest N checkpoints in ckpt_dir; 0 = keep all
+    const char *ckpt_dir;       // NULL = no checkpoints
+    const char *metrics_path;   // NULL = no metrics file; appended to when resuming
+    int log_every;        // progress line every N steps (1 = every step); 0 = silent
+} train_options;
+
+train_options train_options_default(void);
+
+// Where a data source is in its stream; saved in checkpoints so that a resumed run sees the same batches.
+typedef struct {
+    int64_t epoch;
+    int64_t position;     // batches (or examples, the source's choice) consumed in this epoch
+    uint64_t rng;         // the source's RNG state
+} train_data_state;
+
+// A batch source. `next` fills every array of b (input_ids, targets, pos, seg), which the trainer allocated as
+// batch_size x seq_len. get_state/set_state may be NULL for a source without state.
+typedef struct {
+    void *ctx;
+    int (*next)(void *ctx, halo_batch *b);
+    void (*get_state)(void *ctx, train_data_state *st);
+    int (*set_state)(void *ctx, const train_data_state *st);
+} train_data_source;
+
+// Named values an evaluation returns; they go to the progress output and the metrics file.
+#define TRAIN_MAX_METRICS 8
+typedef struct {
+    int n;
+    char name[TRAIN_MAX_METRICS][32];
+    double value[TRAIN_MAX_METRICS];
+} train_metrics;
+void train_metrics_add(train_metrics *mt, const char *name, double value);
+// Evaluation callback: called with the current model (on the host) after optimizer step `step` (1-based count).
+typedef int (*train_eval_fn)(void *ctx, llama_model *m, int step, train_metrics *out);
+
+struct trainer;
+// The model computations of one optimizer step. The CPU backend calls llama_forward/llama_backward and
+// adamw_step on host buffers; a device backend keeps its own copies and syncs them with the host ones (the
+// model's params and the optimizer's m/v) on request, before a checkpoint or evaluation and after a resume.
+typedef struct {
+    const char *name;
+    void (*zero_grads)(struct trainer *t);
+    float (*forward_backward)(struct trainer *t, const halo_batch *b, float grad_scale);   // returns the loss
+    double (*clip_grads)(struct trainer *t, float max_norm);                               // returns the norm
+    void (*optimizer_step)(struct trainer *t, float lr);
+    void (*to_host)(struct trainer *t);
+    void (*from_host)(struct trainer *t);
+} train_backend;
+extern const train_backend TRAIN_BACKEND_CPU;
+
+typedef struct {
+    int step;             // 1-based number of the optimizer step just taken
+    float loss;           // mean of the micro-batch losses
+    float lr;
+    double grad_norm;     // before clipping
+    double tokens_per_s;
+    double elapsed_s;
+} train_step_info;
+
+typedef struct trainer {
+    llama_model *model;
+    adamw_state opt;
+    train_options o;
+    lr_schedule sched;
+    train_backend be;
+    void *be_ctx;                 // backend private state
+    train_data_source data;
+    train_eval_fn eval;
+    void *eval_ctx;
+    halo_batch batch;             // [batch_size, seq_len]
+    int step;                     // optimizer steps done
+    uint64_t rng;                 // trainer RNG state (reserved for stochastic training features; checkpointed)
+    double elapsed_before;        // seconds spent in earlier runs of a resumed training
+    double t_start;
+    int step0;                    // step at which this process started (for tokens/s and ETA)
+    FILE *metrics;
+    char *app_meta;               // caller's JSON stored in checkpoints (e.g. the demo's task); may be NULL
+    char *options_json;           // options as stored in checkpoints
+    train_step_info last;
+} trainer;
+
+// Prepares a run from step 0: allocates grads, optimizer state and the batch. The model must be initialized.
+// Strings in `o` are copied.
+int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_source data);
+void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
+void trainer_set_app_meta(trainer *t, const char *json);
+// Restores params, optimizer moments, step, data position and RNG from a checkpoint written by this trainer.
+int trainer_resume(trainer *t, const char *ckpt_path);
+// One optimizer step (grad_accum micro-batches). Fills *info when not NULL.
+int trainer_step(trainer *t, train_step_info *info);
+// Runs to o.steps with logging, metrics, evaluation and checkpoints.
+int trainer_run(trainer *t);
+// Writes a checkpoint now (to `path`, or to ckpt_dir/step_NNNNNNNN.safetensors when path is NULL).
+int trainer_save(trainer *t, const char *path);
+// Runs the eval callback (if any), prints and logs its metrics.
+int trainer_evaluate(trainer *t);
+void trainer_free(trainer *t);
+
+// JSON of the options (everything but the paths) and its inverse, used by checkpoints.
+char *train_options_to_json(const train_options *o);
+int train_options_from_json(const char *json, train_options *o);
+#endif
