@@ -109,8 +109,6 @@ int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char
                             const data_msg *msgs, int n, data_str *out) {
     data_str_clear(out);
     data_str_append(out, "", 0);
-    if (n < 2 || strcmp(msgs[n - 1].role, "assistant"))
-        return halo_fail("a conversation must end with an assistant message (the answer to learn)");
     int n_user = 0;
     for (int i = 0; i < n; i++) {
         const char *r = msgs[i].role;
@@ -118,6 +116,8 @@ int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char
             return halo_fail("unknown role '%s' (expected system, user or assistant)", r);
         n_user += !strcmp(r, "user");
     }
+    if (n < 2 || strcmp(msgs[n - 1].role, "assistant"))
+        return halo_fail("a conversation must end with an assistant message (the answer to learn)");
     if (!n_user) return halo_fail("a conversation needs a user message");
     switch (fmt) {
     case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, out); return HALO_OK;
