@@ -684,7 +684,8 @@ static void test_metrics(void) {
     free(ga);
     CHECK(metric_score(METRIC_SQL, " SELECT a FROM t \n", "SELECT a FROM t") == 1 &&
           metric_score(METRIC_SQL, "SELECT a FROM  t", "SELECT a FROM t") == 0, "sql");
-    CHECK(metric_score(METRIC_EXACT, "a", "a") == 1 && metric_score(METRIC_EXACT, "a ", "a") == 0, "exact");
+    CHECK(metric_score(METRIC_EXACT, "a", "a") == 1 && metric_score(METRIC_EXACT, " a\n", "a") == 1 &&
+          metric_score(METRIC_EXACT, "a b", "a  b") == 0, "exact");
 }
 
 int main(void) {

@@ -79,7 +79,7 @@ char *metric_viggo_canonical(const char *mr) {
     }
     char *res = NULL;
     if (!bad && depth == 0) {
-        qsort(attrs, (size_t)n_attrs, sizeof *attrs, cmp_str);
+        if (n_attrs > 1) qsort(attrs, (size_t)n_attrs, sizeof *attrs, cmp_str);
         data_str o = {0};
         data_str_append(&o, fn, fn_len);
         data_str_append(&o, "(", 1);
@@ -123,7 +123,7 @@ static bool stripped_equal(const char *a, const char *b) {
 
 double metric_score(halo_metric m, const char *pred, const char *ref) {
     switch (m) {
-    case METRIC_EXACT: return strcmp(pred, ref) == 0;
+    case METRIC_EXACT:
     case METRIC_SQL: return stripped_equal(pred, ref);
     case METRIC_GSM8K: {
         char *a = metric_gsm8k_answer(pred), *b = metric_gsm8k_answer(ref);

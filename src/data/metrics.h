@@ -5,7 +5,7 @@
 
 typedef enum { METRIC_EXACT, METRIC_VIGGO, METRIC_GSM8K, METRIC_SQL } halo_metric;
 
-// "exact" (byte equality), "viggo", "gsm8k", "sql". Returns HALO_OK or HALO_ERR naming the known metrics.
+// "exact", "viggo", "gsm8k", "sql". Returns HALO_OK or HALO_ERR naming the known metrics.
 int metric_from_name(const char *name, halo_metric *out);
 const char *metric_name(halo_metric m);
 // 1.0 when pred is correct for ref, else 0.0.
@@ -14,7 +14,7 @@ const char *metric_name(halo_metric m);
 //         spaces around them (and around each comma-separated part of a value). Text after the last ")" fails.
 //  gsm8k: the text after the last "####" equals the reference's, both stripped, commas between digits removed
 //         ("1,000" == "1000"); a prediction without "####" fails.
-//  sql:   equal after stripping leading/trailing whitespace.
+//  sql, exact: equal after stripping leading/trailing whitespace (decoders differ in a leading space).
 double metric_score(halo_metric m, const char *pred, const char *ref);
 // The canonical form the viggo metric compares ("fn(a[x], b[y, z])", attributes sorted), malloc'ed, or NULL when
 // the text is not a function call.
