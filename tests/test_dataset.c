@@ -688,6 +688,51 @@ static void test_metrics(void) {
           metric_score(METRIC_EXACT, "a b", "a  b") == 0, "exact");
 }
 
+// The shared task files load completely (with the mock encoder; the real tokenizers are tested below).
+static void test_shared_files(void) {
+    const char *vt = test_shared_path("data/viggo/train.csv"), *vv = test_shared_path("data/viggo/valid.csv");
+    const char *gt = test_shared_path("data/gsm8k/train.jsonl"), *sq = test_shared_path("data/sql/all.jsonl");
+    if (!vt || access(vt, R_OK)) { SKIP("shared data/ not found (set HALO_SHARED)"); return; }
+    dataset_config c;
+    dataset_config_default(&c);
+    c.preset = "viggo";
+    c.path = vt;
+    c.val_path = vv;
+    c.seq_len = 2048;   // byte-level mock: ~1.3k ids for the longest example
+    dataset *ds = load(&c, &enc3);
+    CHECK(ds && dataset_size(ds, DATASET_TRAIN) == 5103 && dataset_size(ds, DATASET_VAL) == 714 &&
+          dataset_get_stats(ds)->n_truncated == 0, "viggo train 5103 + valid 714: %s", ds ? "" : halo_error());
+    if (ds) {
+        int ok = 0;
+        dataset_pair pr;
+        for (int64_t i = 0; i < 714; i++) {
+            dataset_get_pair(ds, DATASET_VAL, i, &pr);
+            ok += metric_score(METRIC_VIGGO, pr.answer, pr.answer) == 1 && has(pr.prompt_text, "### Target sentence:\n");
+        }
+        CHECK(ok == 714, "every viggo valid answer scores 1 against itself (%d)", ok);
+        dataset_get_pair(ds, DATASET_VAL, 0, &pr);
+        CHECK(pr.line == 2 && !strcmp(pr.answer, "give_opinion(name[SpellForce 3], release_year[2017], developer[Grimlore Games], rating[poor])"),
+              "first valid row");
+        dataset_free(ds);
+    }
+    dataset_config_default(&c);
+    c.preset = "gsm8k";
+    c.path = gt;
+    c.val_fraction = 0;
+    ds = load(&c, &enc3);
+    CHECK(ds && dataset_size(ds, DATASET_TRAIN) == 7473, "gsm8k train 7473");
+    dataset_free(ds);
+    dataset_config_default(&c);
+    c.preset = "sql";
+    c.path = sq;
+    c.val_count = 200;
+    c.seed = 0;
+    ds = load(&c, &enc3);
+    CHECK(ds && dataset_size(ds, DATASET_TRAIN) == 800 && dataset_size(ds, DATASET_VAL) == 200 &&
+          !strcmp(dataset_metric_name(ds), "sql"), "sql 800 train / 200 eval");
+    dataset_free(ds);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/halo_test_dataset_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -702,6 +747,7 @@ int main(void) {
     test_llama3_loss_region();
     test_text();
     test_metrics();
+    test_shared_files();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
