@@ -688,6 +688,204 @@ static void test_metrics(void) {
           metric_score(METRIC_EXACT, "a b", "a  b") == 0, "exact");
 }
 
+// ---------------------------------------------------------------- real tokenizers
+
+static char *read_all(const char *path, long *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)*n + 1);
+    *n = (long)fread(buf, 1, (size_t)*n, f);
+    buf[*n] = 0;
+    fclose(f);
+    return buf;
+}
+
+// Loads a shared tokenizer; NULL (with a SKIP) when the shared data or the tokenizer implementation is missing.
+static halo_tokenizer *real_tokenizer(const char *rel) {
+    const char *p = test_shared_path(rel);
+    halo_tokenizer *tok = NULL;
+    if (!p || access(p, R_OK)) { SKIP("shared %s not found (set HALO_SHARED)", rel); return NULL; }
+    if (tokenizer_load(p, &tok)) {
+        if (has(halo_error(), "not implemented")) { SKIP("tokenizer not implemented in this build: %s", halo_error()); return NULL; }
+        CHECK(0, "tokenizer_load %s: %s", rel, halo_error());
+        return NULL;
+    }
+    return tok;
+}
+
+// The golden conversations through dataset_load: prompt text and ids as transformers renders them, and the
+// training example = prompt_ids + the trimmed answer's ids + <|eot_id|> = a prefix of full_ids.
+static void test_real_llama3(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
+    if (!tok) return;
+    long n;
+    char *buf = read_all(test_shared_path("goldens/chat_llama3.json"), &n);
+    cJSON *g = buf ? cJSON_Parse(buf) : NULL;
+    CHECK(g && cJSON_GetArraySize(g) == 5, "golden file");
+    data_str lines = {0};
+    cJSON *conv;
+    cJSON_ArrayForEach(conv, g) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "messages", cJSON_Duplicate(cJSON_GetObjectItem(conv, "messages"), 1));
+        char *s = cJSON_PrintUnformatted(o);
+        data_str_puts(&lines, s);
+        data_str_puts(&lines, "\n");
+        free(s);
+        cJSON_Delete(o);
+    }
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = tmp_file("golden.jsonl", lines.p);
+    c.val_fraction = 0;
+    c.shuffle = false;
+    c.seq_len = 256;
+    dataset *ds = NULL;
+    CHECK(dataset_load(&c, tok, &ds) == 0 && dataset_chat_used(ds) == DATASET_CHAT_LLAMA3, "load golden: %s", halo_error());
+    int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
+    halo_batch b;
+    halo_batch_alloc(&b, 5, 256);
+    dataset_iter it = {0, 0, 0};
+    int k = 0;
+    if (ds) dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, &k);
+    CHECK(k == 5, "5 examples in a padded batch");
+    int i = 0;
+    cJSON_ArrayForEach(conv, g) {
+        if (!ds) break;
+        dataset_pair pr;
+        dataset_get_pair(ds, DATASET_TRAIN, i, &pr);
+        const char *want = cJSON_GetObjectItem(conv, "prompt_text")->valuestring;
+        cJSON *pid = cJSON_GetObjectItem(conv, "prompt_ids"), *fid = cJSON_GetObjectItem(conv, "full_ids");
+        CHECK(!strcmp(pr.prompt_text, want), "golden %d prompt_text", i);
+        bool same = pr.n_prompt_ids == cJSON_GetArraySize(pid);
+        for (int j = 0; same && j < pr.n_prompt_ids; j++) same = pr.prompt_ids[j] == cJSON_GetArrayItem(pid, j)->valueint;
+        CHECK(same, "golden %d prompt_ids (%d ids)", i, pr.n_prompt_ids);
+        // Row i: inputs up to the first padding, plus the last target, is the training example.
+        const int32_t *in = b.input_ids + (size_t)i * 256, *tg = b.targets + (size_t)i * 256;
+        int L = 0;
+        while (L < 256 && b.seg[(size_t)i * 256 + L] == 0) L++;
+        bool full_ok = L + 1 <= cJSON_GetArraySize(fid) && tg[L - 1] == eot;
+        for (int j = 0; full_ok && j < L; j++) full_ok = in[j] == cJSON_GetArrayItem(fid, j)->valueint;
+        full_ok = full_ok && cJSON_GetArrayItem(fid, L)->valueint == eot;
+        CHECK(full_ok, "golden %d: training ids = full_ids[:%d] ending in <|eot_id|>", i, L + 1);
+        // Loss region: exactly the answer tokens and <|eot_id|>.
+        int first = 0;
+        while (first < L && tg[first] == -1) first++;
+        bool region = first == pr.n_prompt_ids - 1;
+        for (int j = first; region && j < L; j++) region = tg[j] == in[j + 1] || (j == L - 1 && tg[j] == eot);
+        char *ans = tokenizer_decode(tok, tg + first, (size_t)(L - 1 - first), false);
+        char *ref = data_strip_dup(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(conv, "messages"),
+                                   cJSON_GetArraySize(cJSON_GetObjectItem(conv, "messages")) - 1), "content")->valuestring);
+        CHECK(region && ans && !strcmp(ans, ref), "golden %d: loss covers '%s' + <|eot_id|> (decoded '%s')", i, ref, ans);
+        free(ans);
+        free(ref);
+        i++;
+    }
+    halo_batch_free(&b);
+    dataset_free(ds);
+    data_str_free(&lines);
+    cJSON_Delete(g);
+    free(buf);
+
+    // ViGGO train.csv: all 5103 rows, Llama 3 chat format, none longer than 512 positions.
+    dataset_config_default(&c);
+    c.preset = "viggo";
+    c.path = test_shared_path("data/viggo/train.csv");
+    c.seq_len = 512;
+    ds = NULL;
+    CHECK(dataset_load(&c, tok, &ds) == 0, "viggo load: %s", halo_error());
+    if (ds) {
+        const dataset_stats *st = dataset_get_stats(ds);
+        char sum[1024];
+        dataset_summary(ds, sum, sizeof sum);
+        printf("viggo train.csv with llama3: %s\n", sum);
+        CHECK(st->n_examples[0] + st->n_examples[1] == 5103 && st->n_examples[1] == 255 && st->n_truncated == 0,
+              "viggo: 5103 rows (4848 + 255)");
+        dataset_free(ds);
+    }
+    tokenizer_free(tok);
+}
+
+// Llama 2 format with the Llama 2 tokenizer: BOS id first, then the rest encoded as the tokenizer encodes it; the
+// example ends with </s>. Plain text with stories260K: the windows are exactly [BOS] + encode(file).
+static void test_real_llama2_and_text(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama2");
+    if (tok) {
+        dataset_config c;
+        dataset_config_default(&c);
+        c.path = tmp_file("l2.jsonl", "{\"prompt\": \"Hi there\", \"completion\": \" Hello! \"}\n");
+        c.chat = DATASET_CHAT_LLAMA2;
+        c.system_prompt = "Be brief.";
+        c.val_fraction = 0;
+        c.seq_len = 64;
+        dataset *ds = NULL;
+        CHECK(dataset_load(&c, tok, &ds) == 0, "llama2 load: %s", halo_error());
+        dataset_pair pr;
+        if (ds && !dataset_get_pair(ds, 0, 0, &pr)) {
+            const char *body = "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST]";
+            CHECK(!strncmp(pr.prompt_text, "<s>", 3) && !strcmp(pr.prompt_text + 3, body), "llama2 prompt '%s'", pr.prompt_text);
+            int32_t *ids;
+            size_t n;
+            tokenizer_encode(tok, body, strlen(body), true, &ids, &n);
+            bool same = (size_t)pr.n_prompt_ids == n && ids[0] == tokenizer_bos_id(tok);
+            for (size_t j = 0; same && j < n; j++) same = pr.prompt_ids[j] == ids[j];
+            CHECK(same, "llama2 prompt ids = encode(text, with BOS)");
+            free(ids);
+            halo_batch b;
+            halo_batch_alloc(&b, 1, 64);
+            dataset_iter it = {0, 0, 0};
+            dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, NULL);
+            int L = 0;
+            while (L < 64 && b.seg[L] == 0) L++;
+            CHECK(b.targets[L - 1] == tokenizer_eos_id(tok) && b.targets[pr.n_prompt_ids - 2] == -1 &&
+                  b.targets[pr.n_prompt_ids - 1] >= 0, "llama2: loss from the answer's first token to </s>");
+            halo_batch_free(&b);
+        }
+        dataset_free(ds);
+        tokenizer_free(tok);
+    }
+    tok = real_tokenizer("models/stories260K/tokenizer.json");
+    if (!tok) return;
+    const char *path = test_shared_path("data/text/tinystories_sample.txt");
+    long n;
+    char *text = read_all(path, &n);
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = path;
+    c.seq_len = 256;
+    c.val_fraction = 0;
+    c.shuffle = false;
+    dataset *ds = NULL;
+    CHECK(text && dataset_load(&c, tok, &ds) == 0, "tinystories load: %s", halo_error());
+    if (ds) {
+        int32_t *ids;
+        size_t ni;
+        tokenizer_encode(tok, text, (size_t)n, false, &ids, &ni);
+        int64_t want_windows = (int64_t)(ni + 1 - 1 + 255) / 256;   // stream of ni + 1 tokens, windows every 256
+        CHECK(dataset_size(ds, DATASET_TRAIN) == want_windows, "windows %lld want %lld",
+              (long long)dataset_size(ds, DATASET_TRAIN), (long long)want_windows);
+        halo_batch b;
+        halo_batch_alloc(&b, 4, 256);
+        dataset_iter it = {0, 0, 0};
+        int k, bad = 0;
+        size_t s = 0;   // stream position of the row's first input
+        while (dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, &k) == 0 && k > 0)
+            for (int r = 0; r < k; r++, s += 256)
+                for (int t = 0; t < 256 && s + t + 1 < ni + 1; t++) {
+                    int32_t want_in = s + t == 0 ? tokenizer_bos_id(tok) : ids[s + t - 1];
+                    if (b.input_ids[r * 256 + t] != want_in || b.targets[r * 256 + t] != ids[s + t]) bad++;
+                }
+        CHECK(bad == 0 && s >= ni, "tinystories windows = [BOS] + encode(file), next-token targets (%d bad)", bad);
+        free(ids);
+        halo_batch_free(&b);
+        dataset_free(ds);
+    }
+    free(text);
+    tokenizer_free(tok);
+}
+
 // The shared task files load completely (with the mock encoder; the real tokenizers are tested below).
 static void test_shared_files(void) {
     const char *vt = test_shared_path("data/viggo/train.csv"), *vv = test_shared_path("data/viggo/valid.csv");
@@ -748,6 +946,8 @@ int main(void) {
     test_text();
     test_metrics();
     test_shared_files();
+    test_real_llama3();
+    test_real_llama2_and_text();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
