@@ -363,7 +363,7 @@ void halo_hadamard_rows(const halo_hadamard *h, float *A, long rows, long ld, in
     // x H = (H^T x^T)^T, so the forward along rows applies op = HK^T to each block.
     const int ht = transpose ? 0 : 1;
     const int nb = h->d / h->block;
-    #pragma omp parallel
+    #pragma omp parallel if ((double)rows * h->d * (h->K + 8) > 2e6)
     {
         float *tmp = xmalloc(sizeof(float) * (size_t)h->block);
         #pragma omp for schedule(static)
@@ -409,7 +409,7 @@ void halo_hadamard_cols(const halo_hadamard *h, float *A, long cols, long ld, in
     const long ntiles = (cols + TW - 1) / TW;
     const int nb = h->d / h->block;
     const int ht = transpose ? 1 : 0;
-    #pragma omp parallel
+    #pragma omp parallel if ((double)cols * h->d * (h->K + 8) > 2e6)
     {
         float *T = xmalloc(sizeof(float) * (size_t)h->block * TW);
         float *tmp = xmalloc(sizeof(float) * (size_t)h->block * TW);

@@ -139,7 +139,7 @@ static int plan_hb(halo_linear *L, int b) {
 
 static double outlier_ratio(const float *a, size_t n) {
     double mx = 0, ss = 0;
-    #pragma omp parallel for reduction(max : mx) reduction(+ : ss) schedule(static)
+    #pragma omp parallel for reduction(max : mx) reduction(+ : ss) schedule(static) if (n > (1u << 16))
     for (size_t i = 0; i < n; i++) {
         double v = fabs((double)a[i]);
         mx = v > mx ? v : mx;
@@ -200,7 +200,7 @@ static void tele_g(halo_linear *L, const float *EY, const float *X, const float 
 
 static const float *bf16_copy(halo_linear *L, int slot, const float *src, size_t n) {
     float *d = ws(L, slot, n);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (n > (1u << 16))
     for (size_t i = 0; i < n; i++) d[i] = halo_round_bf16(src[i]);
     return d;
 }
@@ -395,7 +395,7 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
         if (!direct) {
             if (lvl >= 1) halo_hadamard_rows(&L->hm, T, n, m, 1); // [..] H_m^T
             const size_t nm = (size_t)n * m;
-            #pragma omp parallel for schedule(static)
+            #pragma omp parallel for schedule(static) if (nm > (1u << 16))
             for (size_t i = 0; i < nm; i++) G[i] += T[i];
             if (L->cfg.telemetry) {
                 L->stats.calls[HALO_PROD_G]++;

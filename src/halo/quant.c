@@ -171,7 +171,7 @@ static void qmat_shape(halo_qmat *m, halo_qformat fmt, int R, int C, int gr, int
 // dst [C][R] = src^T for src [R][ld] (blocked for cache).
 static void transpose_f32(const float *src, int R, int C, long ld, float *dst) {
     const int T = 32;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)R * C > (1L << 16))
     for (int i0 = 0; i0 < R; i0 += T)
         for (int j0 = 0; j0 < C; j0 += T) {
             int i1 = i0 + T < R ? i0 + T : R, j1 = j0 + T < C ? j0 + T : C;
@@ -207,7 +207,7 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
     // Pass 1: finiteness and per-(row, column group) absmax.
     float *rowmax = xmalloc(sizeof(float) * (size_t)(R > 0 ? R : 1) * scols);
     long bad = -1;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)R * C > (1L << 16))
     for (int i = 0; i < R; i++) {
         const float *row = M + (size_t)i * ldm;
         for (int g = 0; g < scols; g++) {
@@ -257,7 +257,7 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
     // Pass 2: encode.
     const int sto = qs->rnd == HALO_ROUND_STOCHASTIC;
     const fp8_fmt *F = fp8_of(qs->fmt);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)R * C > (1L << 15))
     for (int i = 0; i < R; i++) {
         const float *row = M + (size_t)i * ldm;
         const float *srow = out->s + (size_t)(i / gr) * scols;
@@ -304,7 +304,7 @@ void halo_dequantize(const halo_qmat *m, float *dst) {
     if (m->fmt == HALO_Q_IDENTITY) { memcpy(dst, m->f, sizeof(float) * (size_t)R * C); return; }
     dec_init();
     const float *tab = g_dec[m->fmt == HALO_Q_E5M2];
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((long)R * C > (1L << 16))
     for (int i = 0; i < R; i++) {
         const float *srow = m->s + (size_t)(i / m->gr) * m->scols;
         const uint8_t *q = m->q + (size_t)i * C;
@@ -323,7 +323,7 @@ void halo_qmat_transpose(const halo_qmat *in, halo_qmat *out) {
         for (int g = 0; g < in->scols; g++) out->s[(size_t)g * out->scols + a] = in->s[(size_t)a * in->scols + g];
     if (in->fmt == HALO_Q_IDENTITY) { transpose_f32(in->f, R, C, C, out->f); return; }
     const int T = 64;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)R * C > (1L << 16))
     for (int i0 = 0; i0 < R; i0 += T)
         for (int j0 = 0; j0 < C; j0 += T) {
             int i1 = i0 + T < R ? i0 + T : R, j1 = j0 + T < C ? j0 + T : C;
@@ -365,7 +365,8 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
     uint8_t *Au = xmalloc((size_t)Mp * Kp);
     int8_t *Bp = xmalloc((size_t)NB * KQ * 128);
     int32_t *corr = xmalloc(sizeof(int32_t) * (size_t)NB * GM_NR * nch);
-    #pragma omp parallel for schedule(static)
+    const int par = (double)M * N * K > 4e6;
+    #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < Mp; i++) {
         uint8_t *d = Au + (size_t)i * Kp;
         if (i < M) {
@@ -374,7 +375,7 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
             for (int k = K; k < Kp; k++) d[k] = 128;
         } else memset(d, 128, (size_t)Kp);
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (par)
     for (int jb = 0; jb < NB; jb++) {
         for (int l = 0; l < GM_NR; l++) {
             int j = jb * GM_NR + l;
@@ -392,7 +393,7 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
         }
     }
     const int MB = Mp / GM_MR;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if (par)
     for (int jb = 0; jb < NB; jb++)
         for (int ib = 0; ib < MB; ib++) {
             const int i0 = ib * GM_MR, j0 = jb * GM_NR;
@@ -455,7 +456,7 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
 #else
     // Portable kernel: blocks of rows/columns, int32 dot products per chunk (vectorizes as widening multiply-adds).
     const int MB = (M + GM_MR - 1) / GM_MR, NB = (N + GM_NR - 1) / GM_NR;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((double)M * N * K > 4e6)
     for (int jb = 0; jb < NB; jb++)
         for (int ib = 0; ib < MB; ib++) {
             const int i0 = ib * GM_MR, j0 = jb * GM_NR;
