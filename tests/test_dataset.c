@@ -218,6 +218,8 @@ static void test_jsonl(void) {
     ds = load(&c, &enc2);
     CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.prompt_text, "<s>i+p=") && !strcmp(pr.answer, "oc"), "JSON templates");
     dataset_free(ds);
+    c.path = tmp_file("arr.json", "[\n{\"prompt\": \"p\", \"completion\": \"c\"}\n]\n");
+    CHECK(load(&c, &enc2) == NULL && has(halo_error(), "arr.json:1: a JSON array file is not supported"), "array: %s", halo_error());
     // Extension decides the format.
     c.path = tmp_file("g.parquet", "x");
     CHECK(load(&c, &enc2) == NULL && has(halo_error(), "cannot tell the format"), "extension: %s", halo_error());
@@ -545,6 +547,12 @@ static void test_iterator(void) {
     int k, tot = 0;
     while (dataset_next_batch(ds, DATASET_VAL, &v, false, &a, &k) == 0 && k > 0) tot += k;
     CHECK(tot == 6 && v.epoch == 0, "val: 6 examples, one pass (%d)", tot);
+    dataset_free(ds);
+    c.val_fraction = 0;
+    ds = load(&c, &enc2);
+    dataset_iter e = {0, 0, 0};
+    CHECK(ds && dataset_next_batch(ds, DATASET_VAL, &e, true, &a, NULL) == HALO_ERR && has(halo_error(), "no examples"),
+          "wrap on an empty split is an error");
     halo_batch bad;
     halo_batch_alloc(&bad, 1, 16);
     CHECK(dataset_next_batch(ds, DATASET_TRAIN, &it, true, &bad, NULL) == HALO_ERR && has(halo_error(), "seq_len 32"),

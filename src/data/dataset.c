@@ -330,7 +330,10 @@ static int load_jsonl(loader *ld) {
         const char *end = NULL;
         cJSON *o = cJSON_ParseWithLengthOpts(t, tl, &end, 0);
         int r;
-        if (!o) {
+        if (lr.line == 1 && t[0] == '[') {   // a whole-file JSON array would fail on every line; say why once
+            r = HALO_ERR;
+            halo_fail("%s:1: a JSON array file is not supported; write one JSON object per line (JSONL)", ld->path);
+        } else if (!o) {
             const char *at = cJSON_GetErrorPtr();
             long col = at && at >= t && at <= t + tl ? (long)(at - s) + 1 : 1;
             r = (halo_fail("invalid JSON (at column %ld)", col), BAD);
@@ -701,6 +704,8 @@ int dataset_next_batch(dataset *ds, dataset_split split, dataset_iter *it, bool 
     if (b->B < 1) return halo_fail("batch needs at least one row");
     if (it->index < 0 || it->epoch < 0) return halo_fail("bad data position (epoch %lld, index %lld)",
                                                          (long long)it->epoch, (long long)it->index);
+    if (wrap && ds->n_bat[split] == 0)
+        return halo_fail("the %s split has no examples to train on", split == DATASET_TRAIN ? "training" : "validation");
     int k = fill_rows(ds, split, it, wrap, b, b->B, b->T);
     if (n_examples) *n_examples = k;
     return HALO_OK;

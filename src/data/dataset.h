@@ -73,7 +73,8 @@ dataset_chat dataset_chat_used(const dataset *ds);    // AUTO resolved
 // Fills every row of b (B x T, T must equal seq_len) from the split, advancing `it`. Training split: each epoch in
 // a permutation seeded by (it->seed, epoch) when shuffle is on. wrap = true continues into the next epoch
 // (it->epoch++); wrap = false stops at the epoch's end and leaves the remaining rows as padding (targets -1).
-// *n_examples (may be NULL): examples placed; 0 with wrap = false means the epoch is done.
+// *n_examples (may be NULL): examples placed; 0 with wrap = false means the epoch is done. wrap = true on a split
+// with nothing to batch is an error.
 int dataset_next_batch(dataset *ds, dataset_split split, dataset_iter *it, bool wrap, halo_batch *b, int *n_examples);
 // Batches of B rows one pass over the split takes in epoch `epoch` (packing makes it depend on the order).
 int64_t dataset_batches_per_epoch(dataset *ds, dataset_split split, uint64_t seed, int64_t epoch, int B);
