@@ -36,6 +36,7 @@ static void usage(void) {
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n");
+    halo_common_usage();
 }
 
 typedef struct {
@@ -170,7 +171,7 @@ int cmd_finetune(int argc, char **argv) {
     if (llama_load(&m, model_dir) != HALO_OK) goto bad;
     if (dc.seq_len > m.cfg.max_pos)
         fprintf(stderr, "halo finetune: note: --seq-len %d exceeds the model's max_position_embeddings %d\n", dc.seq_len, m.cfg.max_pos);
-    if (halo_common_apply(&co, &m) != HALO_OK) { llama_free(&m); goto bad; }
+    if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
     dataset *ds;
@@ -189,16 +190,36 @@ int cmd_finetune(int argc, char **argv) {
     train_data_source src = {&dctx, data_next, data_get, data_set};
     trainer t;
     int rc = trainer_init(&t, &m, &o, src);
+    if (rc == HALO_OK && llama_get_halo(&m)) {   // the precision goes into checkpoints so a resume can check it
+        char *hj = model_halo_config_to_json(llama_get_halo(&m));
+        trainer_set_app_meta(&t, hj);
+        free(hj);
+    }
     eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches};
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);
     }
+    if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"
     if (rc == HALO_OK) {
         double t_begin = halo_now();
         while (t.step < o.steps && rc == HALO_OK) {
-            rc = trainer_step(&t, NULL);
+            int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
+            if (measure) llama_halo_telemetry(&m, 1);
+            train_step_info si;
+            rc = trainer_step(&t, &si);
+            const char *qerr = llama_halo_take_error(&m);
+            if (qerr) fprintf(stderr, "halo finetune: step %d: %s\n", t.step, qerr);
+            if (rc != HALO_OK) break;
+            trainer_log_step(&t, &si);
+            trainer_log_metrics(&t, &si);
+            if (measure) {
+                llama_halo_telemetry(&m, 0);
+                printf("quantization telemetry after step %d:\n", t.step);
+                llama_halo_print_telemetry(&m, stdout);
+                llama_halo_write_telemetry(&m, t.metrics, t.step);
+            }
             if (rc == HALO_OK && o.eval_every > 0 && t.step % o.eval_every == 0 && t.step < o.steps) rc = trainer_evaluate(&t);
             if (rc == HALO_OK && o.ckpt_dir && o.ckpt_every > 0 && t.step % o.ckpt_every == 0) rc = trainer_save(&t, NULL);
             if (time_budget > 0 && halo_now() - t_begin > time_budget && t.step < o.steps) {

@@ -465,7 +465,8 @@ static int apply_preset(dataset_config *c, const char **metric) {
     static char viggo_prompt[sizeof DATASET_VIGGO_INSTRUCTION + 64];
     if (!strcmp(c->preset, "viggo")) {
         snprintf(viggo_prompt, sizeof viggo_prompt, "%s\n\n### Target sentence:\n{ref}", DATASET_VIGGO_INSTRUCTION);
-        if (!c->prompt_template && !c->answer_template) { c->prompt_template = viggo_prompt; c->answer_template = "{mr}"; }
+        if (!c->prompt_template) c->prompt_template = viggo_prompt;
+        if (!c->answer_template) c->answer_template = "{mr}";
         *metric = "viggo";
     } else if (!strcmp(c->preset, "gsm8k")) {
         if (!c->prompt_field && !c->answer_field) { c->prompt_field = "question"; c->answer_field = "answer"; }
