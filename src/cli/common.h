@@ -2,6 +2,7 @@
 // level of the block linears, which linears and blocks they cover, telemetry, and the thread count.
 #ifndef HALO_CLI_COMMON_H
 #define HALO_CLI_COMMON_H
+#include "data/dataset.h"
 #include "model/linear.h"
 
 typedef struct {
@@ -27,6 +28,9 @@ const char *halo_common_describe(const halo_common_opts *o);
 // Writes DIR/halo_config.json when HALO is on for the model.
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
 void halo_common_usage(void);
+
+// Token-weighted mean validation loss over the validation split (at most max_batches batches of B x T; 0 = all).
+int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out);
 
 void halo_set_threads(int n);   // 0 = leave OpenMP's default
 double halo_now(void);          // monotonic seconds

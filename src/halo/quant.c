@@ -138,7 +138,7 @@ uint64_t halo_rng_hash(uint64_t seed, uint64_t counter, uint64_t index) {
     return mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^ mix64(counter * 0xD1B54A32D192ED03ULL + 0x632BE59BD9B4E019ULL)
                  ^ (index * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL));
 }
-double halo_rng_uniform(uint64_t seed, uint64_t counter, uint64_t index) {
+double quant_rng_uniform(uint64_t seed, uint64_t counter, uint64_t index) {
     return (double)(halo_rng_hash(seed, counter, index) >> 11) * (1.0 / 9007199254740992.0);
 }
 
@@ -277,7 +277,7 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
                 } else {
                     for (int k = k0; k < k1; k++) {
                         uint64_t idx = trans ? (uint64_t)k * (uint64_t)sc + (uint64_t)i : (uint64_t)i * (uint64_t)sc + (uint64_t)k;
-                        double v = floor((double)row[k] / s + halo_rng_uniform(qs->seed, qs->counter, idx));
+                        double v = floor((double)row[k] / s + quant_rng_uniform(qs->seed, qs->counter, idx));
                         v = v > 127 ? 127 : v < -127 ? -127 : v;
                         dst[k] = (int8_t)v;
                     }
@@ -289,7 +289,7 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
                 } else {
                     for (int k = k0; k < k1; k++) {
                         uint64_t idx = trans ? (uint64_t)k * (uint64_t)sc + (uint64_t)i : (uint64_t)i * (uint64_t)sc + (uint64_t)k;
-                        dst[k] = fp8_encode_sr(row[k] / s, F, halo_rng_uniform(qs->seed, qs->counter, idx));
+                        dst[k] = fp8_encode_sr(row[k] / s, F, quant_rng_uniform(qs->seed, qs->counter, idx));
                     }
                 }
             }

@@ -26,7 +26,7 @@ const char *halo_qformat_name(halo_qformat fmt);
 
 // ---- counter-based random numbers (reproducible, parallel-safe) ------------------------------------------------
 uint64_t halo_rng_hash(uint64_t seed, uint64_t counter, uint64_t index);
-double halo_rng_uniform(uint64_t seed, uint64_t counter, uint64_t index); // [0,1), 53 bits
+double quant_rng_uniform(uint64_t seed, uint64_t counter, uint64_t index); // [0,1), 53 bits
 
 // ---- quantized matrices ------------------------------------------------------------------------------------------
 // A rows x cols matrix M ~= dequant(q) with one scale per (gr x gc) group. Grow-only buffers; zero-init then use.
