@@ -34,7 +34,9 @@ int main(int argc, char **argv) {
     static const char *rel[] = {"tokenizers/llama3/tokenizer.json", "tokenizers/llama2/tokenizer.json"};
     static const double hf[] = {1.6, 1.5};
     printf("text: %s (%.2f MB), one thread\n", text_path, n / 1e6);
-    printf("%-8s %9s %14s %9s %14s %9s %10s\n", "tok", "load s", "lines MB/s", "tokens", "whole MB/s", "tokens", "HF lines");
+    printf("MB/s: best of 3 passes; 'first' is the first line-by-line pass (cold word cache)\n");
+    printf("%-8s %8s %11s %11s %9s %11s %9s %9s\n", "tok", "load s", "lines MB/s", "first MB/s", "tokens", "whole MB/s",
+           "tokens", "HF lines");
     for (int k = 0; k < 2; k++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", shared, rel[k]);
@@ -45,7 +47,7 @@ int main(int argc, char **argv) {
 
         // line by line: each line without its newline, like HF encoding text.splitlines()
         size_t tokens_lines = 0;
-        double best_lines = 1e30;
+        double best_lines = 1e30, first_lines = 0;
         for (int rep = 0; rep < 3; rep++) {
             size_t cnt = 0;
             t0 = now_s();
@@ -60,6 +62,7 @@ int main(int argc, char **argv) {
             }
             double dt = now_s() - t0;
             if (dt < best_lines) best_lines = dt;
+            if (rep == 0) first_lines = dt;   // includes filling the per-thread word cache
             tokens_lines = cnt;
         }
         size_t tokens_whole = 0;
@@ -73,8 +76,8 @@ int main(int argc, char **argv) {
             tokens_whole = m;
             free(ids);
         }
-        printf("%-8s %9.3f %14.1f %9zu %14.1f %9zu %10.1f\n", names[k], load, n / 1e6 / best_lines, tokens_lines,
-               n / 1e6 / best_whole, tokens_whole, hf[k]);
+        printf("%-8s %8.3f %11.1f %11.1f %9zu %11.1f %9zu %9.1f\n", names[k], load, n / 1e6 / best_lines,
+               n / 1e6 / first_lines, tokens_lines, n / 1e6 / best_whole, tokens_whole, hf[k]);
         tokenizer_free(tok);
     }
     free(text);

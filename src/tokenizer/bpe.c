@@ -150,7 +150,7 @@ int32_t tok_strmap_get(const tok_strmap *m, char *const *strs, const uint32_t *l
 }
 
 void tok_mergemap_init(tok_mergemap *m, size_t expected) {
-    size_t cap = pow2_at_least(expected * 2 + 1);
+    size_t cap = pow2_at_least(expected * 4 / 3 + 1);   // load factor kept at or below 3/4
     m->slot = xmalloc(cap * sizeof *m->slot);
     for (size_t i = 0; i < cap; i++) m->slot[i].key = UINT64_MAX;
     m->mask = cap - 1;
@@ -166,7 +166,7 @@ static void merge_insert(tok_mergemap *m, uint64_t key, int32_t rank, int32_t ne
 }
 
 void tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
-    if ((m->count + 1) * 2 > m->mask + 1) {
+    if ((m->count + 1) * 4 > (m->mask + 1) * 3) {
         tok_mergemap n;
         tok_mergemap_init(&n, m->mask + 1);
         for (size_t i = 0; i <= m->mask; i++)

@@ -925,6 +925,10 @@ int tokenizer_encode(const halo_tokenizer *t, const char *text, size_t len, bool
         tl_ctx->md = pcre2_match_data_create(8, NULL);
         tl_ctx->bpe = tok_bpe_scratch_new();
     }
+    if (len > (size_t)INT32_MAX) {   // pieces are addressed with 32-bit offsets
+        *ids = NULL; *n_ids = 0;
+        return halo_fail("tokenizer_encode: text of %zu bytes is over the 2 GiB limit; encode it in parts", len);
+    }
     enc_ctx *c = tl_ctx;
     c->t = t;
     tok_ivec seq = {0};
