@@ -264,6 +264,96 @@ static void special_tokens_llama3(const halo_tokenizer *tok) {
     free(d);
 }
 
+
+// Writes a tokenizer.json into a fresh temporary directory and loads it; returns NULL (after a CHECK) on failure.
+static halo_tokenizer *load_json_text(const char *json, char *dir_out) {
+    strcpy(dir_out, "/tmp/halo_tokj_XXXXXX");
+    if (!mkdtemp(dir_out)) { CHECK(0, "mkdtemp"); return NULL; }
+    char path[256];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir_out);
+    FILE *f = fopen(path, "w");
+    fputs(json, f);
+    fclose(f);
+    halo_tokenizer *tok = NULL;
+    int rc = tokenizer_load(path, &tok);
+    CHECK(rc == HALO_OK, "hand-made tokenizer.json: %s", halo_error());
+    remove(path);
+    rmdir(dir_out);
+    return rc == HALO_OK ? tok : NULL;
+}
+
+// Encodes text and joins the pieces with '|', to make pre-token boundaries visible.
+static void pieces_of(const halo_tokenizer *tok, const char *text, char *out, size_t cap) {
+    int32_t *ids; size_t n;
+    out[0] = 0;
+    if (tokenizer_encode(tok, text, strlen(text), false, &ids, &n)) return;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *p = tokenizer_piece(tok, ids[i]);
+        k += (size_t)snprintf(out + k, cap - k, "%s%s", i ? "|" : "", p ? p : "?");
+        if (k >= cap) break;
+    }
+    free(ids);
+}
+
+// HF's SplitDelimiterBehavior on its documented example "the-final--countdown" split on "-". With ignore_merges
+// and these pieces in the vocabulary, each pre-token comes out as one id, so the pieces show the split.
+static void split_behaviours(void) {
+    static const struct { const char *behavior, *want; bool invert; } cases[] = {
+        {"Removed", "the|final|countdown", false},
+        {"Isolated", "the|-|final|-|-|countdown", false},
+        {"MergedWithPrevious", "the-|final-|-|countdown", false},
+        {"MergedWithNext", "the|-final|-|-countdown", false},
+        {"Contiguous", "the|-|final|--|countdown", false},
+        {"Removed", "-|-|-", true},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char json[2048], dir[64], got[512];
+        snprintf(json, sizeof json,
+                 "{\"added_tokens\": [], \"normalizer\": null, \"post_processor\": null, \"decoder\": null,"
+                 " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\","
+                 " \"pattern\": {\"String\": \"-\"}, \"behavior\": \"%s\", \"invert\": %s}]},"
+                 " \"model\": {\"type\": \"BPE\", \"ignore_merges\": true, \"merges\": [], \"vocab\": {"
+                 "\"t\": 0, \"h\": 1, \"e\": 2, \"-\": 3, \"f\": 4, \"i\": 5, \"n\": 6, \"a\": 7, \"l\": 8,"
+                 " \"c\": 9, \"o\": 10, \"u\": 11, \"d\": 12, \"w\": 13, \"the\": 14, \"final\": 15,"
+                 " \"countdown\": 16, \"the-\": 17, \"final-\": 18, \"-final\": 19, \"-countdown\": 20, \"--\": 21}}}",
+                 cases[k].behavior, cases[k].invert ? "true" : "false");
+        halo_tokenizer *tok = load_json_text(json, dir);
+        if (!tok) continue;
+        pieces_of(tok, "the-final--countdown", got, sizeof got);
+        CHECK(!strcmp(got, cases[k].want), "Split %s%s: got %s want %s", cases[k].behavior,
+              cases[k].invert ? " (invert)" : "", got, cases[k].want);
+        tokenizer_free(tok);
+    }
+}
+
+// Added-token flags as HF's AddedVocabulary applies them: lstrip/rstrip swallow the whitespace around a match;
+// single_word only matches when not inside a word.
+static void added_token_flags(void) {
+    static const struct { const char *flags, *text, *want; } cases[] = {
+        {"\"lstrip\": true, \"rstrip\": true", "a [X] b", "a|[X]|b"},
+        {"\"lstrip\": false, \"rstrip\": false", "a [X] b", "a| |[X]| |b"},
+        {"\"lstrip\": true", "a  [X] b", "a|[X]| |b"},
+        {"\"single_word\": true", "a [X] b", "a| |[X]| |b"},
+        {"\"single_word\": true", "a[X]b", "a|[|X|]|b"},
+        {"\"single_word\": true", "[X]", "[X]"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char json[2048], dir[64], got[512];
+        snprintf(json, sizeof json,
+                 "{\"added_tokens\": [{\"id\": 9, \"content\": \"[X]\", \"special\": true, \"normalized\": false, %s}],"
+                 " \"normalizer\": null, \"pre_tokenizer\": null, \"post_processor\": null, \"decoder\": null,"
+                 " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0, \"b\": 1, \" \": 2,"
+                 " \"[\": 3, \"X\": 4, \"]\": 5}}}", cases[k].flags);
+        halo_tokenizer *tok = load_json_text(json, dir);
+        if (!tok) continue;
+        pieces_of(tok, cases[k].text, got, sizeof got);
+        CHECK(!strcmp(got, cases[k].want), "added token {%s} on \"%s\": got %s want %s", cases[k].flags, cases[k].text,
+              got, cases[k].want);
+        tokenizer_free(tok);
+    }
+}
+
 static void unsupported_component(void) {
     char dir[] = "/tmp/halo_tok_XXXXXX";
     if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
@@ -340,6 +430,8 @@ int main(void) {
     if (!test_shared()) {
         SKIP("shared data folder absent (set HALO_SHARED); tokenizer goldens not run");
         unsupported_component();
+        split_behaviours();
+        added_token_flags();
         TEST_END();
     }
     const char *p260 = test_shared_path("models/stories260K/tokenizer.json");
@@ -382,5 +474,7 @@ int main(void) {
     }
     spm_model();
     unsupported_component();
+    split_behaviours();
+    added_token_flags();
     TEST_END();
 }

@@ -100,57 +100,57 @@ static size_t pow2_at_least(size_t n) { size_t c = 16; while (c < n) c <<= 1; re
 
 void tok_strmap_init(tok_strmap *m, size_t expected) {
     size_t cap = pow2_at_least(expected * 2 + 1);
-    m->slot_id = xmalloc(cap * sizeof *m->slot_id);
-    m->slot_tag = xcalloc(cap, sizeof *m->slot_tag);
-    for (size_t i = 0; i < cap; i++) m->slot_id[i] = -1;
+    m->slot = xmalloc(cap * sizeof *m->slot);
+    for (size_t i = 0; i < cap; i++) m->slot[i] = (tok_strslot){NULL, 0, -1};
     m->mask = cap - 1;
     m->count = 0;
 }
-void tok_strmap_free(tok_strmap *m) { free(m->slot_id); free(m->slot_tag); memset(m, 0, sizeof *m); }
+void tok_strmap_free(tok_strmap *m) { free(m->slot); memset(m, 0, sizeof *m); }
 
-static void strmap_grow(tok_strmap *m, char *const *strs, const uint32_t *lens) {
-    tok_strmap n;
-    tok_strmap_init(&n, (m->mask + 1));
-    for (size_t i = 0; i <= m->mask; i++)
-        if (m->slot_id[i] >= 0) {
-            size_t j = m->slot_tag[i] & n.mask;   // tag holds the low 32 bits of the hash
-            while (n.slot_id[j] >= 0) j = (j + 1) & n.mask;
-            n.slot_id[j] = m->slot_id[i]; n.slot_tag[j] = m->slot_tag[i]; n.count++;
-        }
-    (void)strs; (void)lens;
-    tok_strmap_free(m);
-    *m = n;
+static void strmap_insert(tok_strmap *m, tok_strslot x) {
+    size_t i = (size_t)tok_hash(x.s, x.len) & m->mask;
+    while (m->slot[i].id >= 0) i = (i + 1) & m->mask;
+    m->slot[i] = x;
+    m->count++;
 }
 
 int32_t tok_strmap_put(tok_strmap *m, char *const *strs, const uint32_t *lens, int32_t id) {
-    if ((m->count + 1) * 2 > m->mask + 1) strmap_grow(m, strs, lens);
-    uint32_t tag = (uint32_t)tok_hash(strs[id], lens[id]);
-    size_t i = tag & m->mask;
-    while (m->slot_id[i] >= 0) {
-        int32_t o = m->slot_id[i];
-        if (m->slot_tag[i] == tag && lens[o] == lens[id] && !memcmp(strs[o], strs[id], lens[id])) {
-            m->slot_id[i] = id;
-            return o;
+    if ((m->count + 1) * 2 > m->mask + 1) {
+        tok_strmap n;
+        tok_strmap_init(&n, m->mask + 1);
+        for (size_t i = 0; i <= m->mask; i++) if (m->slot[i].id >= 0) strmap_insert(&n, m->slot[i]);
+        tok_strmap_free(m);
+        *m = n;
+    }
+    const char *s = strs[id]; uint32_t len = lens[id];
+    size_t i = (size_t)tok_hash(s, len) & m->mask;
+    while (m->slot[i].id >= 0) {
+        tok_strslot *o = &m->slot[i];
+        if (o->len == len && !memcmp(o->s, s, len)) {
+            int32_t old = o->id;
+            *o = (tok_strslot){s, len, id};
+            return old;
         }
         i = (i + 1) & m->mask;
     }
-    m->slot_id[i] = id; m->slot_tag[i] = tag; m->count++;
+    m->slot[i] = (tok_strslot){s, len, id};
+    m->count++;
     return -1;
 }
 
 int32_t tok_strmap_get(const tok_strmap *m, char *const *strs, const uint32_t *lens, const char *s, size_t n) {
-    uint32_t tag = (uint32_t)tok_hash(s, n);
-    size_t i = tag & m->mask;
+    (void)strs; (void)lens;
+    size_t i = (size_t)tok_hash(s, n) & m->mask;
     for (;;) {
-        int32_t o = m->slot_id[i];
-        if (o < 0) return -1;
-        if (m->slot_tag[i] == tag && lens[o] == n && !memcmp(strs[o], s, n)) return o;
+        const tok_strslot *o = &m->slot[i];
+        if (o->id < 0) return -1;
+        if (o->len == n && !memcmp(o->s, s, n)) return o->id;
         i = (i + 1) & m->mask;
     }
 }
 
 void tok_mergemap_init(tok_mergemap *m, size_t expected) {
-    size_t cap = pow2_at_least(expected * 2 + 1);
+    size_t cap = pow2_at_least(expected * 4 / 3 + 1);   // load factor kept at or below 3/4
     m->slot = xmalloc(cap * sizeof *m->slot);
     for (size_t i = 0; i < cap; i++) m->slot[i].key = UINT64_MAX;
     m->mask = cap - 1;
@@ -166,7 +166,7 @@ static void merge_insert(tok_mergemap *m, uint64_t key, int32_t rank, int32_t ne
 }
 
 void tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
-    if ((m->count + 1) * 2 > m->mask + 1) {
+    if ((m->count + 1) * 4 > (m->mask + 1) * 3) {
         tok_mergemap n;
         tok_mergemap_init(&n, m->mask + 1);
         for (size_t i = 0; i <= m->mask; i++)
@@ -234,8 +234,37 @@ static inline void sym_add(tok_bpe_scratch *sc, size_t *n, int32_t id) {
     (*n)++;
 }
 
+// Per-thread direct-mapped cache of short words -> ids. Word frequencies are Zipfian, so most words hit here and
+// skip the (cache-missing) vocab and merge table lookups. Entries are tagged with the tokenizer's generation.
+#define WC_SLOTS 8192
+#define WC_LEN 22
+#define WC_IDS 6
+typedef struct { uint64_t gen, hash; uint8_t len, nids; char w[WC_LEN]; int32_t ids[WC_IDS]; } wc_entry;
+static _Thread_local wc_entry *tl_wc;
+
+static void bpe_word_uncached(const halo_tokenizer *t, const char *s, size_t n, tok_ivec *out, tok_bpe_scratch *sc);
+
 void tok_bpe_word(const halo_tokenizer *t, const char *s, size_t n, tok_ivec *out, tok_bpe_scratch *sc) {
     if (n == 0) return;
+    if (n > WC_LEN) { bpe_word_uncached(t, s, n, out, sc); return; }
+    if (!tl_wc) tl_wc = xcalloc(WC_SLOTS, sizeof *tl_wc);
+    uint64_t h = tok_hash(s, n);
+    wc_entry *e = &tl_wc[h & (WC_SLOTS - 1)];
+    if (e->gen == t->gen && e->hash == h && e->len == n && !memcmp(e->w, s, n)) {
+        for (int i = 0; i < e->nids; i++) tok_ivec_push(out, e->ids[i]);
+        return;
+    }
+    size_t before = out->n;
+    bpe_word_uncached(t, s, n, out, sc);
+    size_t k = out->n - before;
+    if (k <= WC_IDS) {
+        e->gen = t->gen; e->hash = h; e->len = (uint8_t)n; e->nids = (uint8_t)k;
+        memcpy(e->w, s, n);
+        memcpy(e->ids, out->p + before, k * sizeof(int32_t));
+    }
+}
+
+static void bpe_word_uncached(const halo_tokenizer *t, const char *s, size_t n, tok_ivec *out, tok_bpe_scratch *sc) {
     if (t->ignore_merges) {   // a pre-token that is itself a vocabulary entry is emitted whole
         int32_t id = tok_strmap_get(&t->vocab, t->pieces, t->piece_len, s, n);
         if (id >= 0) { tok_ivec_push(out, id); return; }

@@ -25,8 +25,10 @@ void tok_buf_lossy(tok_buf *b, const unsigned char *s, size_t n);
 
 // ---- hash maps ----
 uint64_t tok_hash(const void *s, size_t n);
-// string -> id map over strings owned elsewhere (strs[id], lens[id]); open addressing, power-of-two slots.
-typedef struct { int32_t *slot_id; uint32_t *slot_tag; size_t mask; size_t count; } tok_strmap;
+// string -> id map over strings owned elsewhere (strs[id], lens[id], which must not move); open addressing,
+// power-of-two slots. A slot keeps the string pointer and length so a probe touches one cache line before memcmp.
+typedef struct { const char *s; uint32_t len; int32_t id; } tok_strslot;
+typedef struct { tok_strslot *slot; size_t mask; size_t count; } tok_strmap;
 void tok_strmap_init(tok_strmap *m, size_t expected);
 void tok_strmap_free(tok_strmap *m);
 // Inserts id for strs[id]; if the string is already present the old id is replaced (last one wins, like a HashMap
@@ -101,6 +103,8 @@ struct halo_tokenizer {
     // added tokens (indexed by first byte for matching in raw text)
     tok_added *added; size_t n_added;
     int32_t *added_by_id;       // id -> index into added, or -1; size n_total
+    // added-token indices grouped by first byte, longest first: by_byte[first[b] .. first[b+1])
+    uint32_t added_first[257]; uint32_t *added_by_byte;
     int32_t n_total;            // max id over model and added tokens + 1
     bool any_normalized_added, any_single_word;
     pcre2_code *word_re;        // \w, for single_word tokens
@@ -110,6 +114,11 @@ struct halo_tokenizer {
     tok_dec *dec; size_t n_dec; bool has_decoder;
     tok_tmpl_item *tmpl; size_t n_tmpl;  // empty: the post-processor adds nothing
     int32_t bos_id, eos_id;
+    // With no pre-tokenizer, a SentencePiece-style text is one BPE word. When no merge can produce the whitespace
+    // marker (e.g. "▁") after another character, cutting the text before each such marker gives the same tokens,
+    // and much shorter words. ws_cut_len = 0 when that does not hold.
+    char ws_cut[8]; uint32_t ws_cut_len;
+    uint64_t gen;               // unique per loaded tokenizer: keys the per-thread word cache
 };
 
 // BPE over one pre-token (UTF-8 string, possibly with invalid bytes): appends ids to *out (growing *cap).

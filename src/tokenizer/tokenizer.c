@@ -363,6 +363,29 @@ static int32_t config_token(const halo_tokenizer *t, const cJSON *cfg, const cha
     return s ? find_token_id(t, s) : -1;
 }
 
+static void find_ws_cut(halo_tokenizer *t) {
+    t->ws_cut_len = 0;
+    if (t->n_pre || t->ignore_merges) return;
+    const tok_norm *r = NULL;
+    for (size_t i = 0; i < t->n_norm; i++) {
+        uint32_t cp;
+        const tok_norm *m = &t->norm[i];
+        if (m->kind == NORM_REPLACE && !m->re && m->blen > 0 && m->blen < sizeof t->ws_cut &&
+            tok_utf8_next((const unsigned char *)m->b, m->blen, &cp) == (int)m->blen && cp != TOK_BAD_CP)
+            r = m;
+    }
+    if (!r || tok_strmap_get(&t->vocab, t->pieces, t->piece_len, r->b, r->blen) < 0) return;
+    for (size_t i = 0; i <= t->merges.mask; i++) {
+        const tok_merge_slot *m = &t->merges.slot[i];
+        if (m->key == UINT64_MAX) continue;
+        const char *p = t->pieces[m->new_id]; size_t n = t->piece_len[m->new_id];
+        for (size_t k = r->blen; k + r->blen <= n; k++)   // the marker after something other than the marker
+            if (!memcmp(p + k, r->b, r->blen) && memcmp(p + k - r->blen, r->b, r->blen)) return;
+    }
+    memcpy(t->ws_cut, r->b, r->blen);
+    t->ws_cut_len = (uint32_t)r->blen;
+}
+
 int tok_finish(halo_tokenizer *t) {
     int32_t mx = t->n_pieces - 1;
     for (size_t i = 0; i < t->n_added; i++) {
@@ -375,11 +398,25 @@ int tok_finish(halo_tokenizer *t) {
     t->added_by_id = xmalloc((size_t)t->n_total * sizeof(int32_t));
     for (int32_t i = 0; i < t->n_total; i++) t->added_by_id[i] = -1;
     for (size_t i = 0; i < t->n_added; i++) t->added_by_id[t->added[i].id] = (int32_t)i;
+    // index by first byte (counting sort), each bucket ordered longest first
+    memset(t->added_first, 0, sizeof t->added_first);
+    for (size_t i = 0; i < t->n_added; i++) t->added_first[(unsigned char)t->added[i].content[0] + 1]++;
+    for (int b = 0; b < 256; b++) t->added_first[b + 1] += t->added_first[b];
+    t->added_by_byte = xmalloc((t->n_added ? t->n_added : 1) * sizeof(uint32_t));
+    uint32_t fill[256];
+    memcpy(fill, t->added_first, sizeof fill);
+    for (size_t i = 0; i < t->n_added; i++) t->added_by_byte[fill[(unsigned char)t->added[i].content[0]]++] = (uint32_t)i;
+    for (int b = 0; b < 256; b++)   // insertion sort by length, descending (buckets are small)
+        for (uint32_t k = t->added_first[b] + 1; k < t->added_first[b + 1]; k++)
+            for (uint32_t j = k; j > t->added_first[b] && t->added[t->added_by_byte[j]].len > t->added[t->added_by_byte[j - 1]].len; j--) {
+                uint32_t x = t->added_by_byte[j]; t->added_by_byte[j] = t->added_by_byte[j - 1]; t->added_by_byte[j - 1] = x;
+            }
     if (t->any_single_word) {
         int err; PCRE2_SIZE eo;
         t->word_re = pcre2_compile((PCRE2_SPTR) "\\w", 2, PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | PCRE2_ANCHORED,
                                    &err, &eo, NULL);
     }
+    find_ws_cut(t);
     // BOS/EOS: the template's special tokens around the sequence, else tokenizer_config.json, else common names.
     t->bos_id = t->eos_id = -1;
     bool before = true;
@@ -564,6 +601,8 @@ int tokenizer_load(const char *file_or_dir, halo_tokenizer **out) {
     halo_tokenizer *t = xcalloc(1, sizeof *t);
     t->path = xstrdup(path);
     t->unk_id = -1;
+    static uint64_t gen_counter;
+    t->gen = __atomic_add_fetch(&gen_counter, 1, __ATOMIC_RELAXED);
     int rc = spm ? tok_load_spm(t, path) : load_json(t, path);
     if (rc) { tokenizer_free(t); return HALO_ERR; }
     *out = t;
@@ -577,7 +616,7 @@ void tokenizer_free(halo_tokenizer *t) {
     tok_strmap_free(&t->vocab);
     tok_mergemap_free(&t->merges);
     for (size_t i = 0; i < t->n_added; i++) free(t->added[i].content);
-    free(t->added); free(t->added_by_id);
+    free(t->added); free(t->added_by_id); free(t->added_by_byte);
     if (t->word_re) pcre2_code_free(t->word_re);
     for (size_t i = 0; i < t->n_norm; i++) { free(t->norm[i].a); free(t->norm[i].b); if (t->norm[i].re) pcre2_code_free(t->norm[i].re); }
     free(t->norm);
@@ -713,6 +752,16 @@ static void bytelevel_map(enc_ctx *c, const char *s, size_t n, plist *out) {
 static int pretok_and_model(enc_ctx *c, const char *s, size_t n, tok_ivec *out) {
     const halo_tokenizer *t = c->t;
     if (n == 0) return HALO_OK;
+    if (t->n_pre == 0 && t->ws_cut_len) {
+        size_t w = t->ws_cut_len, start = 0;
+        for (size_t i = w; i + w <= n; i++)
+            if (s[i] == t->ws_cut[0] && !memcmp(s + i, t->ws_cut, w) && memcmp(s + i - w, t->ws_cut, w)) {
+                tok_bpe_word(t, s + start, i - start, out, c->bpe);
+                start = i;
+            }
+        tok_bpe_word(t, s + start, n - start, out, c->bpe);
+        return HALO_OK;
+    }
     int cur = 0;
     plist *in = &c->pl[0];
     in->n = 0; in->buf.len = 0;
@@ -788,14 +837,14 @@ static int normalize(enc_ctx *c, const halo_tokenizer *t, const char *s, size_t 
 
 // Leftmost-longest match of an added token (raw or normalized set) in s[from..n). Returns the index into t->added.
 static long added_find(const halo_tokenizer *t, const char *s, size_t n, size_t from, bool normalized_set, size_t *at) {
+    const unsigned char *u = (const unsigned char *)s;
     for (size_t i = from; i < n; i++) {
-        long best = -1; uint32_t blen = 0;
-        for (size_t j = 0; j < t->n_added; j++) {
-            const tok_added *a = &t->added[j];
-            if (a->normalized != normalized_set || a->content[0] != s[i] || a->len <= blen || a->len > n - i) continue;
-            if (!memcmp(a->content, s + i, a->len)) { best = (long)j; blen = a->len; }
+        uint32_t lo = t->added_first[u[i]], hi = t->added_first[u[i] + 1];
+        for (uint32_t k = lo; k < hi; k++) {   // longest first, so the first hit is the leftmost-longest match
+            const tok_added *a = &t->added[t->added_by_byte[k]];
+            if (a->normalized != normalized_set || a->len > n - i) continue;
+            if (!memcmp(a->content, s + i, a->len)) { *at = i; return (long)t->added_by_byte[k]; }
         }
-        if (best >= 0) { *at = i; return best; }
     }
     return -1;
 }
@@ -866,18 +915,24 @@ static int seg_raw(enc_ctx *c, const char *s, size_t n, tok_ivec *out) {
     return rc;
 }
 
+// Per-thread scratch reused across calls, so that encoding many short lines does not pay for allocations each time.
+static _Thread_local enc_ctx *tl_ctx;
+
 int tokenizer_encode(const halo_tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,
                      size_t *n_ids) {
-    enc_ctx c = {0};
-    c.t = t;
-    c.md = pcre2_match_data_create(8, NULL);
-    c.bpe = tok_bpe_scratch_new();
+    if (!tl_ctx) {
+        tl_ctx = xcalloc(1, sizeof *tl_ctx);
+        tl_ctx->md = pcre2_match_data_create(8, NULL);
+        tl_ctx->bpe = tok_bpe_scratch_new();
+    }
+    if (len > (size_t)INT32_MAX) {   // pieces are addressed with 32-bit offsets
+        *ids = NULL; *n_ids = 0;
+        return halo_fail("tokenizer_encode: text of %zu bytes is over the 2 GiB limit; encode it in parts", len);
+    }
+    enc_ctx *c = tl_ctx;
+    c->t = t;
     tok_ivec seq = {0};
-    int rc = split_added(&c, text, len, false, seg_raw, &seq);
-    pcre2_match_data_free(c.md);
-    tok_bpe_scratch_free(c.bpe);
-    for (int i = 0; i < 2; i++) { free(c.pl[i].buf.p); free(c.pl[i].sp); free(c.nb[i].p); }
-    free(c.map.p); free(c.ms); free(c.mflag);
+    int rc = split_added(c, text, len, false, seg_raw, &seq);
     if (rc) { free(seq.p); *ids = NULL; *n_ids = 0; return HALO_ERR; }
     if (add_special && t->n_tmpl) {
         tok_ivec o = {0};
