@@ -155,7 +155,7 @@ void trainer_free(trainer *t) {
 // ---- metrics file ----------------------------------------------------------------------------------------------
 
 // Opens the metrics file: truncated for a fresh run, appended to for a resumed one.
-static int metrics_open(trainer *t) {
+int trainer_open_metrics(trainer *t) {
     if (t->metrics || !t->o.metrics_path) return HALO_OK;
     t->metrics = fopen(t->o.metrics_path, t->step > 0 ? "a" : "w");
     if (!t->metrics) return halo_fail("cannot open metrics file %s: %s", t->o.metrics_path, strerror(errno));
@@ -222,7 +222,7 @@ static void fmt_duration(char *buf, size_t cap, double s) {
     else snprintf(buf, cap, "%ld:%02ld", v / 60, v % 60);
 }
 
-static void log_step(trainer *t, const train_step_info *s) {
+void trainer_log_step(trainer *t, const train_step_info *s) {
     double run = now_s() - t->t_start;
     int done = t->step - t->step0;
     double eta = done > 0 ? run / done * (t->o.steps - t->step) : 0;
@@ -235,7 +235,7 @@ static void log_step(trainer *t, const train_step_info *s) {
     fflush(stdout);
 }
 
-static void metrics_step(trainer *t, const train_step_info *s) {
+void trainer_log_metrics(trainer *t, const train_step_info *s) {
     if (!t->metrics) return;
     fprintf(t->metrics, "{\"type\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
             "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f}\n", s->step, s->loss, s->lr, s->grad_norm, s->tokens_per_s,
@@ -303,13 +303,13 @@ out:
 }
 
 int trainer_run(trainer *t) {
-    if (metrics_open(t)) return HALO_ERR;
+    if (trainer_open_metrics(t)) return HALO_ERR;
     while (t->step < t->o.steps) {
         train_step_info s;
         if (trainer_step(t, &s)) return HALO_ERR;
         int last = t->step == t->o.steps;
-        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) log_step(t, &s);
-        metrics_step(t, &s);
+        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) trainer_log_step(t, &s);
+        trainer_log_metrics(t, &s);
         if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))
             if (trainer_evaluate(t)) return HALO_ERR;
         if (t->o.ckpt_dir && ((t->o.ckpt_every > 0 && t->step % t->o.ckpt_every == 0) || last))

@@ -117,6 +117,11 @@ int trainer_step(trainer *t, train_step_info *info);
 int trainer_run(trainer *t);
 // Writes a checkpoint now (to `path`, or to ckpt_dir/step_NNNNNNNN.safetensors when path is NULL).
 int trainer_save(trainer *t, const char *path);
+// For callers that drive trainer_step themselves: open (or, after a resume, append to) the metrics file, print
+// the progress line of a step, and write its metrics line. trainer_run does all three.
+int trainer_open_metrics(trainer *t);
+void trainer_log_step(trainer *t, const train_step_info *s);
+void trainer_log_metrics(trainer *t, const train_step_info *s);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
 void trainer_free(trainer *t);
