@@ -20,15 +20,15 @@ static void usage(void) {
            "Trains a small Llama from scratch to add D-digit numbers (written least-significant digit first,\n"
            "e.g. 42+917=959 is \"240+719=9590\") over a byte vocabulary, then reports exact-match accuracy\n"
            "on held-out sums.\n\n"
-           "  --steps N          optimizer steps (default 1500)\n"
+           "  --steps N          optimizer steps (default 800)\n"
            "  --seed S           seed for the weights and the data order (default 1)\n"
            "  --threads N        OpenMP/BLAS threads (default: all cores)\n"
            "  --out DIR          export the trained model as a Hugging Face directory (float32)\n"
            "  --digits D         operand digits, 1..9 (default 3)\n"
            "  --dim N --layers N --heads N --hidden N   model shape (default 128, 2, 4, 344)\n"
-           "  --batch N          examples per step (default 64)\n"
+           "  --batch N          examples per step (default 128)\n"
            "  --lr X             peak learning rate (default 1e-3; warmup 5%%, cosine to lr/10)\n"
-           "  --eval-every N     evaluate every N steps (default 250; always at the end)\n"
+           "  --eval-every N     evaluate every N steps (default 200; always at the end)\n"
            "  --eval-n N         held-out examples per evaluation (default 200)\n"
            "  --show N           generated answers to print at the end (default 8)\n"
            "  --ckpt-dir DIR     write checkpoints there (every --ckpt-every steps, and at the end)\n"
@@ -60,7 +60,7 @@ static int app_parse(const char *json, demo_shape *s, const char *path) {
 int cmd_demo(int argc, char **argv) {
     demo_shape sh = {.digits = 3, .dim = 128, .layers = 2, .heads = 4, .hidden = 344, .eval_n = 200};
     train_options o = train_options_default();
-    o.steps = 1500; o.batch_size = 64; o.lr = 1e-3; o.eval_every = 250; o.clip = 1.0f;
+    o.steps = 800; o.batch_size = 128; o.lr = 1e-3; o.eval_every = 200; o.clip = 1.0f;
     o.adamw.weight_decay = 0.1;
     long threads = 0, show = 8, seed = 1, v;
     double x;
