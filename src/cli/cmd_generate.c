@@ -12,13 +12,6 @@
 #include "util/error.h"
 #include "util/fileio.h"
 
-// Tokenizer hook: the tokenizer module is built on its own branch. Weak references let this verb link (and run
-// on ids alone) in a tree without it; once src/tokenizer is merged these resolve to it and text works.
-#pragma weak tokenizer_load
-#pragma weak tokenizer_free
-#pragma weak tokenizer_encode
-#pragma weak tokenizer_decode
-
 static void usage(void) {
     printf("usage: halo generate --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]\n"
            "  --max-new-tokens N   tokens to generate (default 64)\n"
@@ -96,15 +89,12 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!model_dir || (!ids_s == !text)) { usage(); return 2; }
 
-    // The tokenizer: explicit, or the model folder's tokenizer.json when the tokenizer module is linked in.
+    // The tokenizer: explicit, or the model folder's tokenizer.json when there is one (the demo's byte-level
+    // models have none: ids only).
     halo_tokenizer *tok = NULL;
     char *auto_tok = halo_path_join(model_dir, "tokenizer.json");
     if (!tok_path && halo_file_exists(auto_tok)) tok_path = auto_tok;
-    if (tok_path) {
-        if (!tokenizer_load) {
-            if (text || tok_path != auto_tok) { fprintf(stderr, "halo generate: this build has no tokenizer; use --prompt-ids\n"); free(auto_tok); return 2; }
-        } else if (tokenizer_load(tok_path, &tok)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(auto_tok); return 1; }
-    }
+    if (tok_path && tokenizer_load(tok_path, &tok)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(auto_tok); return 1; }
     free(auto_tok);
     int32_t *prompt = NULL;
     int n_prompt = 0;
