@@ -15,7 +15,7 @@ typedef struct {
     int batch_size;       // rows per micro-batch (B)
     int seq_len;          // tokens per row (T)
     int grad_accum;       // micro-batches per optimizer step; each backward is scaled by 1/grad_accum
-    float lr, min_lr;
+    double lr, min_lr;
     int warmup;
     lr_decay_kind decay;
     adamw_config adamw;
@@ -67,7 +67,7 @@ typedef struct {
     void (*zero_grads)(struct trainer *t);
     float (*forward_backward)(struct trainer *t, const halo_batch *b, float grad_scale);   // returns the loss
     double (*clip_grads)(struct trainer *t, float max_norm);                               // returns the norm
-    void (*optimizer_step)(struct trainer *t, float lr);
+    void (*optimizer_step)(struct trainer *t, double lr);
     void (*to_host)(struct trainer *t);
     void (*from_host)(struct trainer *t);
 } train_backend;
@@ -76,7 +76,7 @@ extern const train_backend TRAIN_BACKEND_CPU;
 typedef struct {
     int step;             // 1-based number of the optimizer step just taken
     float loss;           // mean of the micro-batch losses
-    float lr;
+    double lr;
     double grad_norm;     // before clipping
     double tokens_per_s;
     double elapsed_s;
