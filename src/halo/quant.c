@@ -309,10 +309,14 @@ void halo_dequantize(const halo_qmat *m, float *dst) {
         const float *srow = m->s + (size_t)(i / m->gr) * m->scols;
         const uint8_t *q = m->q + (size_t)i * C;
         float *d = dst + (size_t)i * C;
-        if (m->fmt == HALO_Q_INT8)
-            for (int k = 0; k < C; k++) d[k] = (float)(int8_t)q[k] * srow[k / m->gc];
-        else
-            for (int k = 0; k < C; k++) d[k] = tab[q[k]] * srow[k / m->gc];
+        for (int g = 0; g < m->scols; g++) {
+            const int k0 = g * m->gc, k1 = k0 + m->gc < C ? k0 + m->gc : C;
+            const float s = srow[g];
+            if (m->fmt == HALO_Q_INT8)
+                for (int k = k0; k < k1; k++) d[k] = (float)(int8_t)q[k] * s;
+            else
+                for (int k = k0; k < k1; k++) d[k] = tab[q[k]] * s;
+        }
     }
 }
 
@@ -345,6 +349,19 @@ typedef struct {
     int kc;
 } gemm_scales;
 
+// Per-thread grow-only scratch for the GEMM operands (avoids page-faulting fresh buffers on every product). Slots:
+// 0, 1: packed / decoded operands; 2: column-sum corrections. Kept until the thread exits.
+static _Thread_local void *g_tls_buf[3];
+static _Thread_local size_t g_tls_cap[3];
+static void *tls_buf(int slot, size_t n) {
+    if (n > g_tls_cap[slot]) {
+        free(g_tls_buf[slot]);
+        g_tls_cap[slot] = n + n / 4;
+        g_tls_buf[slot] = xmalloc(g_tls_cap[slot]);
+    }
+    return g_tls_buf[slot];
+}
+
 static inline float scale_at(const halo_qmat *m, int r, int k) { return m->s[(size_t)(r / m->gr) * m->scols + k / m->gc]; }
 
 static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, int kc, int32_t *C32,
@@ -362,9 +379,9 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
 #if HALO_VNNI
     const int Kp = (K + 3) & ~3, KQ = Kp / 4;
     const int Mp = (M + GM_MR - 1) / GM_MR * GM_MR, NB = (N + GM_NR - 1) / GM_NR;
-    uint8_t *Au = xmalloc((size_t)Mp * Kp);
-    int8_t *Bp = xmalloc((size_t)NB * KQ * 128);
-    int32_t *corr = xmalloc(sizeof(int32_t) * (size_t)NB * GM_NR * nch);
+    uint8_t *Au = tls_buf(0, (size_t)Mp * Kp);
+    int8_t *Bp = tls_buf(1, (size_t)NB * KQ * 128);
+    int32_t *corr = tls_buf(2, sizeof(int32_t) * (size_t)NB * GM_NR * nch);
     const int par = (double)M * N * K > 4e6;
     #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < Mp; i++) {
@@ -452,7 +469,6 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
                 else for (int l = 0; l < nl; l++) c[l] = out[l];
             }
         }
-    free(Au); free(Bp); free(corr);
 #else
     // Portable kernel: blocks of rows/columns, int32 dot products per chunk (vectorizes as widening multiply-adds).
     const int MB = (M + GM_MR - 1) / GM_MR, NB = (N + GM_NR - 1) / GM_NR;
@@ -511,7 +527,7 @@ int halo_qgemm(const halo_qmat *A, const halo_qmat *B, float *C, long ldc, int a
         return HALO_OK;
     }
     if (M == 0 || N == 0) return HALO_OK;
-    float *a = xmalloc(sizeof(float) * ((size_t)M * K + 1)), *b = xmalloc(sizeof(float) * ((size_t)N * K + 1));
+    float *a = tls_buf(0, sizeof(float) * ((size_t)M * K + 1)), *b = tls_buf(1, sizeof(float) * ((size_t)N * K + 1));
     halo_dequantize(A, a);
     halo_dequantize(B, b);
     if (K > 0)
@@ -519,6 +535,5 @@ int halo_qgemm(const halo_qmat *A, const halo_qmat *B, float *C, long ldc, int a
                     (int)ldc);
     else if (!accumulate)
         for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, sizeof(float) * (size_t)N);
-    free(a); free(b);
     return HALO_OK;
 }
