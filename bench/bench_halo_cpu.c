@@ -32,7 +32,7 @@ static void gemm_row(int M, int N, int K) {
     qf.fmt = HALO_Q_E4M3;
     halo_quantize(&A, a, M, K, K, 0, &qi, "a"); halo_quantize(&B, b, N, K, K, 0, &qi, "b");
     halo_quantize(&A8, a, M, K, K, 0, &qf, "a"); halo_quantize(&B8, b, N, K, K, 0, &qf, "b");
-    int reps = (double)M * N * K > 1e9 ? 3 : 10;
+    int reps = (double)M * N * K > 1e9 ? 8 : 20;
     double ops = 2.0 * M * N * K;
     double t_f32 = BEST(reps, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N));
     double t_s8 = BEST(reps, halo_gemm_s8s8s32(qa, qb, c32, M, N, K));
@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
     float *X = malloc(sizeof(float) * b * m), *W = malloc(sizeof(float) * n * m), *EY = malloc(sizeof(float) * b * n);
     float *Y = malloc(sizeof(float) * b * n), *EX = malloc(sizeof(float) * b * m), *G = calloc((size_t)n * m, 4);
     fill(X, (size_t)b * m, 3); fill(W, (size_t)n * m, 4); fill(EY, (size_t)b * n, 5);
-    printf("\nlinear layer forward + backward (E_X and G), b=%d m=%d n=%d, ms (best of 5)\n", b, m, n);
+    printf("\nlinear layer forward + backward (E_X and G), b=%d m=%d n=%d, ms (best of 10)\n", b, m, n);
     printf("%-6s %-5s %9s %9s %9s %9s\n", "prec", "level", "fwd", "bwd", "total", "vs fp32");
     double t_ref = 0;
     const halo_precision precs[4] = {HALO_PREC_FP32, HALO_PREC_BF16, HALO_PREC_INT8, HALO_PREC_FP8};
@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
             halo_linear L;
             halo_linear_init(&L, &cfg, "bench");
             double tf = 1e30, tb = 1e30;
-            for (int r = 0; r < 6; r++) {
+            for (int r = 0; r < 11; r++) {
                 double t0 = now();
                 if (halo_linear_forward(&L, X, W, Y, b, m, n)) { fprintf(stderr, "%s\n", halo_error()); return 1; }
                 double t1 = now();
