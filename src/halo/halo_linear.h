@@ -19,7 +19,10 @@ typedef struct {
     halo_rounding grad_rounding; // rounding of the gradient E_Y (stochastic option); X and W: nearest even
     int grad_e5m2;               // FP8: quantize E_Y as E5M2 instead of E4M3
     int had_block;               // 0 = full H_m over in_features; else block-diagonal with this block size
-    int had_block_b;             // 0 = full H_b over tokens (zero-padded, level 2); else block-diagonal block
+    int had_block_b;             // 0 = full H_b over tokens (level 2); else block-diagonal block. b that is not
+                                 // K*2^p is zero-padded to the smallest supported size >= b with K <= 172 (94 ->
+                                 // 96): H_b^T [E_Y; 0] is rotated, multiplied, rotated back with H_b and the first b
+                                 // rows kept, which is exact without quantization (H_b H_b^T = I).
     uint64_t seed;               // stochastic rounding seed
     int telemetry;               // 1 = measure errors/outliers on every call (costs sampled fp32 products)
     int telemetry_rows;          // rows sampled per product (0 = 64)

@@ -3,10 +3,11 @@
 // corrected by column sums); a portable C kernel is used when VNNI is not available at compile time.
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(HALO_GENERIC_GEMM)
 #include <immintrin.h>
 #define HALO_VNNI 1
 #else
@@ -71,7 +72,7 @@ static inline uint8_t fp8_encode_sr(float x, const fp8_fmt *F, double u01) {
 uint8_t halo_fp8_encode_sr(float x, halo_qformat fmt, double u) { return fp8_encode_sr(x, fp8_of(fmt), u); }
 
 static float g_dec[2][256];
-static int g_dec_ready;
+static pthread_once_t g_dec_once = PTHREAD_ONCE_INIT;
 
 static float fp8_decode_def(uint8_t c, const fp8_fmt *F, int is_e5m2) {
     int s = c >> 7, ebits = 7 - F->mbits;
@@ -84,17 +85,13 @@ static float fp8_decode_def(uint8_t c, const fp8_fmt *F, int is_e5m2) {
     return s ? -v : v;
 }
 
-static void dec_init(void) {
-    if (__atomic_load_n(&g_dec_ready, __ATOMIC_ACQUIRE)) return;
-    float t[2][256];
+static void dec_build(void) {
     for (int c = 0; c < 256; c++) {
-        t[0][c] = fp8_decode_def((uint8_t)c, &k_e4m3, 0);
-        t[1][c] = fp8_decode_def((uint8_t)c, &k_e5m2, 1);
+        g_dec[0][c] = fp8_decode_def((uint8_t)c, &k_e4m3, 0);
+        g_dec[1][c] = fp8_decode_def((uint8_t)c, &k_e5m2, 1);
     }
-    // Racing initializers write identical values; publish with release ordering.
-    memcpy(g_dec, t, sizeof t);
-    __atomic_store_n(&g_dec_ready, 1, __ATOMIC_RELEASE);
 }
+static void dec_init(void) { pthread_once(&g_dec_once, dec_build); }
 
 float halo_fp8_decode(uint8_t code, halo_qformat fmt) {
     dec_init();
