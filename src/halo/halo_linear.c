@@ -274,6 +274,7 @@ static int bwd_plain(halo_linear *L, const float *EY, const float *W, float *EX,
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n) {
     if (check_shapes(L, b, m, n)) return HALO_ERR;
     L->have_fwd = 0;
+    L->xkeep_ok = 0;
     L->b = b; L->m = m; L->n = n;
     L->X = X;
     if (!is_8bit(L)) {
@@ -308,6 +309,7 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
         tele_y(L, X, W, Y, b, m, n);
         if (L->xkeep_cap < (size_t)b * m) { free(L->xkeep); L->xkeep_cap = (size_t)b * m; L->xkeep = xmalloc(sizeof(float) * L->xkeep_cap); }
         memcpy(L->xkeep, X, sizeof(float) * (size_t)b * m);
+        L->xkeep_ok = 1;
     }
     L->have_fwd = 1;
     return HALO_OK;
@@ -408,7 +410,7 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             const size_t nm = (size_t)n * m;
             #pragma omp parallel for schedule(static) if (nm > (1u << 16))
             for (size_t i = 0; i < nm; i++) G[i] += T[i];
-            if (L->cfg.telemetry) {
+            if (L->cfg.telemetry && L->xkeep_ok) { // X of this forward is needed for the exact product
                 L->stats.calls[HALO_PROD_G]++;
                 L->stats.outlier[HALO_PROD_G][0] = L->stats.outlier_rot[HALO_PROD_G][0] = oe;
                 L->stats.outlier[HALO_PROD_G][1] = L->stats.outlier[HALO_PROD_Y][0];

@@ -24,7 +24,8 @@ typedef struct {
                                  // 96): H_b^T [E_Y; 0] is rotated, multiplied, rotated back with H_b and the first b
                                  // rows kept, which is exact without quantization (H_b H_b^T = I).
     uint64_t seed;               // stochastic rounding seed
-    int telemetry;               // 1 = measure errors/outliers on every call (costs sampled fp32 products)
+    int telemetry;               // 1 = measure errors/outliers on every call (costs sampled fp32 products); may be
+                                 // toggled per step through L->cfg.telemetry before the step's forward
     int telemetry_rows;          // rows sampled per product (0 = 64)
     int identity_quant;          // tests: the quantizer is replaced by the identity (rotations still applied)
 } halo_linear_config;
@@ -68,6 +69,7 @@ typedef struct halo_linear {
     halo_workspace *shared; // shared scratch (not owned), or NULL
     float *xkeep;           // telemetry only: fp32 copy of X [b][m] for the G error
     size_t xkeep_cap;
+    int xkeep_ok;           // xkeep holds this forward's X (telemetry was on during the forward)
     uint64_t step;          // stochastic rounding counter (advanced each backward)
     halo_linear_stats stats;
     char note[256];         // fallback decisions (printed once to stderr)
