@@ -333,9 +333,23 @@ void halo_hadamard_plan_fallback(halo_hadamard *h, int d, char *note, size_t not
 // ---------------------------------------------------------------------------------------------------------------
 // Transforms.
 
-// In-place unnormalized Walsh-Hadamard (natural order) of x[0..P).
+// In-place unnormalized Walsh-Hadamard (natural order) of x[0..P). The first three stages (h = 1, 2, 4) run on
+// groups of 8 held in locals; the later stages are contiguous and vectorize.
 static void fwht_vec(float *x, int P) {
-    for (int h = 1; h < P; h *= 2)
+    int h = 1;
+    if (P >= 8) {
+        for (int i = 0; i < P; i += 8) {
+            float *v = x + i;
+            float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+            float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+            float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+            float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+            v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
+            v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+        }
+        h = 8;
+    }
+    for (; h < P; h *= 2)
         for (int i = 0; i < P; i += 2 * h)
             for (int j = i; j < i + h; j++) {
                 float a = x[j], b = x[j + h];
