@@ -215,6 +215,34 @@ static void test_options(void) {
     run(&cfg, &p, rn, NULL);
     CHECK(s1[1] == s2[1] && s1[2] == s2[2] && s1[1] != rn[1] && s1[1] < 0.05, "stochastic: %.6g %.6g vs nearest %.6g",
           s1[1], s2[1], rn[1]);
+    // Two layers sharing one workspace, interleaved like a two-layer network (fwd A, fwd B, bwd B, bwd A), give
+    // bit-identical results to separate workspaces: nothing in the workspace lives from forward to backward.
+    {
+        cfg = halo_linear_config_make(HALO_PREC_INT8, 2);
+        cfg.gran = HALO_GRAN_ROW;
+        halo_workspace shw = {0};
+        halo_linear A1, B1, A2, B2;
+        halo_linear_init(&A1, &cfg, "a"); halo_linear_init(&B1, &cfg, "b");
+        halo_linear_init(&A2, &cfg, "a"); halo_linear_init(&B2, &cfg, "b");
+        halo_linear_share_workspace(&A2, &shw); halo_linear_share_workspace(&B2, &shw);
+        size_t ny = (size_t)p.b * p.n, nx = (size_t)p.b * p.m, ng = (size_t)p.n * p.m;
+        float *o[2][5];
+        for (int v = 0; v < 2; v++) {
+            for (int k = 0; k < 5; k++) o[v][k] = calloc(ng > ny ? (ng > nx ? ng : nx) : (ny > nx ? ny : nx), 4);
+            halo_linear *la = v ? &A2 : &A1, *lb = v ? &B2 : &B1;
+            int rc = halo_linear_forward(la, p.X, p.W, o[v][0], p.b, p.m, p.n);
+            rc |= halo_linear_forward(lb, p.X, p.W, o[v][1], p.b, p.m, p.n);
+            rc |= halo_linear_backward(lb, p.EY, p.W, o[v][2], o[v][3], p.b, p.m, p.n);
+            rc |= halo_linear_backward(la, p.EY, p.W, o[v][4], o[v][3], p.b, p.m, p.n);
+            CHECK(rc == HALO_OK, "interleaved run");
+        }
+        CHECK(!memcmp(o[0][0], o[1][0], 4 * ny) && !memcmp(o[0][1], o[1][1], 4 * ny) && !memcmp(o[0][2], o[1][2], 4 * nx) &&
+                  !memcmp(o[0][3], o[1][3], 4 * ng) && !memcmp(o[0][4], o[1][4], 4 * nx),
+              "shared workspace gives identical results");
+        for (int v = 0; v < 2; v++) for (int k = 0; k < 5; k++) free(o[v][k]);
+        halo_linear_free(&A1); halo_linear_free(&B1); halo_linear_free(&A2); halo_linear_free(&B2);
+        halo_workspace_free(&shw);
+    }
     // EX == NULL and G == NULL (frozen weight) work and leave G alone.
     halo_linear L;
     cfg = halo_linear_config_make(HALO_PREC_INT8, 2);

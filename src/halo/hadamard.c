@@ -240,11 +240,11 @@ static int verify_orthogonal(const int8_t *H, int K) {
 
 static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static int8_t *g_cache[HALO_HADAMARD_MAX_K + 1];
-static float *g_cache_f[HALO_HADAMARD_MAX_K + 1];
+static float *g_cache_f[HALO_HADAMARD_MAX_K + 1], *g_cache_ft[HALO_HADAMARD_MAX_K + 1];
 
 const char *halo_hadamard_construction(int K) { return construction_of(K); }
 
-static const int8_t *base_get(int K, const float **Hf) {
+static const int8_t *base_get(int K, const float **Hf, const float **Hft) {
     if (K < 1 || K > HALO_HADAMARD_MAX_K || !construction_of(K)) {
         halo_fail("hadamard: no construction of a Hadamard matrix of order %d is known here", K);
         return NULL;
@@ -259,17 +259,22 @@ static const int8_t *base_get(int K, const float **Hf) {
             return NULL;
         }
         float *F = xmalloc(sizeof(float) * (size_t)K * K);
+        float *Ft = xmalloc(sizeof(float) * (size_t)K * K);
         for (size_t i = 0; i < (size_t)K * K; i++) F[i] = H[i];
+        for (int i = 0; i < K; i++)
+            for (int j = 0; j < K; j++) Ft[(size_t)j * K + i] = H[(size_t)i * K + j];
         g_cache_f[K] = F;
+        g_cache_ft[K] = Ft;
         g_cache[K] = H;
     }
     const int8_t *H = g_cache[K];
     if (Hf) *Hf = g_cache_f[K];
+    if (Hft) *Hft = g_cache_ft[K];
     pthread_mutex_unlock(&g_cache_lock);
     return H;
 }
 
-const int8_t *halo_hadamard_base(int K) { return base_get(K, NULL); }
+const int8_t *halo_hadamard_base(int K) { return base_get(K, NULL, NULL); }
 
 int halo_hadamard_supported(int d, int *K, int *P) {
     if (d < 1) return 0;
@@ -304,7 +309,7 @@ int halo_hadamard_plan(halo_hadamard *h, int d, int block) {
     h->d = d; h->block = block; h->K = K; h->P = P;
     h->scale = (float)(1.0 / sqrt((double)block));
     if (K > 1) {
-        h->HK = base_get(K, &h->HKf);
+        h->HK = base_get(K, &h->HKf, &h->HKtf);
         if (!h->HK) return HALO_ERR;
     }
     return HALO_OK;
@@ -328,14 +333,69 @@ void halo_hadamard_plan_fallback(halo_hadamard *h, int d, char *note, size_t not
 // ---------------------------------------------------------------------------------------------------------------
 // Transforms.
 
-// In-place unnormalized Walsh-Hadamard (natural order) of x[0..P).
+// In-place unnormalized Walsh-Hadamard (natural order) of x[0..P). The first three stages (h = 1, 2, 4) run on
+// groups of 8 held in locals; the later stages are contiguous and vectorize.
 static void fwht_vec(float *x, int P) {
-    for (int h = 1; h < P; h *= 2)
+    int h = 1;
+    if (P >= 8) {
+        for (int i = 0; i < P; i += 8) {
+            float *v = x + i;
+            float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+            float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+            float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+            float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+            v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
+            v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+        }
+        h = 8;
+    }
+    for (; h < P; h *= 2)
         for (int i = 0; i < P; i += 2 * h)
             for (int j = i; j < i + h; j++) {
                 float a = x[j], b = x[j + h];
                 x[j] = a + b; x[j + h] = a - b;
             }
+}
+
+// y[K][len] = scale * Hop[K][K] x[K][len]. Four output rows share each load of x (register blocking); K is a
+// Hadamard order, so a multiple of 4 (the scalar tails are kept for safety).
+static void dense_apply(const float *Hop, int K, const float *x, float *y, size_t len, float scale) {
+    size_t j0 = 0;
+    for (; j0 + 16 <= len; j0 += 16) {
+        int i = 0;
+        for (; i + 4 <= K; i += 4) {
+            float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
+            const float *h0 = Hop + (size_t)i * K, *h1 = h0 + K, *h2 = h1 + K, *h3 = h2 + K;
+            for (int c = 0; c < K; c++) {
+                const float *xc = x + (size_t)c * len + j0;
+                const float w0 = h0[c], w1 = h1[c], w2 = h2[c], w3 = h3[c];
+                for (int j = 0; j < 16; j++) {
+                    float v = xc[j];
+                    a0[j] += w0 * v; a1[j] += w1 * v; a2[j] += w2 * v; a3[j] += w3 * v;
+                }
+            }
+            float *y0 = y + (size_t)i * len + j0;
+            for (int j = 0; j < 16; j++) {
+                y0[j] = a0[j] * scale; y0[len + j] = a1[j] * scale;
+                y0[2 * len + j] = a2[j] * scale; y0[3 * len + j] = a3[j] * scale;
+            }
+        }
+        for (; i < K; i++) {
+            float a[16] = {0};
+            for (int c = 0; c < K; c++) {
+                const float w = Hop[(size_t)i * K + c], *xc = x + (size_t)c * len + j0;
+                for (int j = 0; j < 16; j++) a[j] += w * xc[j];
+            }
+            for (int j = 0; j < 16; j++) y[(size_t)i * len + j0 + j] = a[j] * scale;
+        }
+    }
+    for (size_t j = j0; j < len; j++)
+        for (int i = 0; i < K; i++) {
+            float a = 0;
+            const float *h = Hop + (size_t)i * K;
+            for (int c = 0; c < K; c++) a += h[c] * x[(size_t)c * len + j];
+            y[(size_t)i * len + j] = a * scale;
+        }
 }
 
 // x (one block, length K*P) <- s * (op(HK) (x) H_P) x, op = HK (ht = 0) or HK^T (ht = 1); tmp has K*P floats.
@@ -346,17 +406,8 @@ static void block_vec(const halo_hadamard *h, float *x, float *tmp, int ht) {
         for (int j = 0; j < P; j++) x[j] *= h->scale;
         return;
     }
-    const float *HK = h->HKf;
-    for (int i = 0; i < K; i++) {
-        float *y = tmp + (size_t)i * P;
-        for (int j = 0; j < P; j++) y[j] = 0;
-        for (int c = 0; c < K; c++) {
-            float w = ht ? HK[(size_t)c * K + i] : HK[(size_t)i * K + c];
-            const float *xc = x + (size_t)c * P;
-            for (int j = 0; j < P; j++) y[j] += w * xc[j];
-        }
-    }
-    for (size_t j = 0; j < (size_t)K * P; j++) x[j] = tmp[j] * h->scale;
+    dense_apply(ht ? h->HKtf : h->HKf, K, x, tmp, (size_t)P, h->scale);
+    memcpy(x, tmp, sizeof(float) * (size_t)K * P);
 }
 
 void halo_hadamard_rows(const halo_hadamard *h, float *A, long rows, long ld, int transpose) {
@@ -390,18 +441,8 @@ static void block_panel(const halo_hadamard *h, float *T, float *tmp, int w, int
         for (size_t j = 0; j < n; j++) T[j] *= h->scale;
         return;
     }
-    const float *HK = h->HKf;
-    const size_t pw = (size_t)P * w;
-    for (int i = 0; i < K; i++) {
-        float *y = tmp + i * pw;
-        for (size_t j = 0; j < pw; j++) y[j] = 0;
-        for (int c = 0; c < K; c++) {
-            float wt = ht ? HK[(size_t)c * K + i] : HK[(size_t)i * K + c];
-            const float *xc = T + c * pw;
-            for (size_t j = 0; j < pw; j++) y[j] += wt * xc[j];
-        }
-    }
-    for (size_t j = 0; j < n; j++) T[j] = tmp[j] * h->scale;
+    dense_apply(ht ? h->HKtf : h->HKf, K, T, tmp, (size_t)P * w, h->scale);
+    memcpy(T, tmp, sizeof(float) * n);
 }
 
 void halo_hadamard_cols(const halo_hadamard *h, float *A, long cols, long ld, int transpose) {

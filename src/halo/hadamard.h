@@ -16,6 +16,7 @@ typedef struct halo_hadamard {
     int P;             // power-of-two factor: block = K * P
     const int8_t *HK;  // [K][K] entries +-1, owned by a process-wide cache (never freed); NULL when K == 1
     const float *HKf;  // [K][K] the same as float
+    const float *HKtf; // [K][K] its transpose as float
     float scale;       // 1/sqrt(block)
 } halo_hadamard;
 

@@ -47,20 +47,31 @@ void halo_linear_init(halo_linear *L, const halo_linear_config *cfg, const char 
     }
 }
 
+void halo_workspace_free(halo_workspace *w) {
+    for (int i = 0; i < 4; i++) free(w->buf[i]);
+    halo_qmat_free(&w->qa); halo_qmat_free(&w->qb);
+    memset(w, 0, sizeof *w);
+}
+
 void halo_linear_free(halo_linear *L) {
-    halo_qmat_free(&L->qx); halo_qmat_free(&L->qw); halo_qmat_free(&L->qa); halo_qmat_free(&L->qb);
-    for (int i = 0; i < 4; i++) free(L->buf[i]);
+    halo_qmat_free(&L->qx); halo_qmat_free(&L->qw);
+    halo_workspace_free(&L->own);
     free(L->xkeep);
     memset(L, 0, sizeof *L);
 }
 
+void halo_linear_share_workspace(halo_linear *L, halo_workspace *w) { L->shared = w; }
+
+static halo_workspace *wsp(halo_linear *L) { return L->shared ? L->shared : &L->own; }
+
 static float *ws(halo_linear *L, int i, size_t nfloats) {
-    if (nfloats + 1 > L->cap[i]) {
-        free(L->buf[i]);
-        L->cap[i] = nfloats + 1;
-        L->buf[i] = xmalloc(sizeof(float) * L->cap[i]);
+    halo_workspace *w = wsp(L);
+    if (nfloats + 1 > w->cap[i]) {
+        free(w->buf[i]);
+        w->cap[i] = nfloats + 1;
+        w->buf[i] = xmalloc(sizeof(float) * w->cap[i]);
     }
-    return L->buf[i];
+    return w->buf[i];
 }
 
 static int is_8bit(const halo_linear *L) { return L->cfg.prec == HALO_PREC_INT8 || L->cfg.prec == HALO_PREC_FP8; }
@@ -263,6 +274,7 @@ static int bwd_plain(halo_linear *L, const float *EY, const float *W, float *EX,
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n) {
     if (check_shapes(L, b, m, n)) return HALO_ERR;
     L->have_fwd = 0;
+    L->xkeep_ok = 0;
     L->b = b; L->m = m; L->n = n;
     L->X = X;
     if (!is_8bit(L)) {
@@ -297,6 +309,7 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
         tele_y(L, X, W, Y, b, m, n);
         if (L->xkeep_cap < (size_t)b * m) { free(L->xkeep); L->xkeep_cap = (size_t)b * m; L->xkeep = xmalloc(sizeof(float) * L->xkeep_cap); }
         memcpy(L->xkeep, X, sizeof(float) * (size_t)b * m);
+        L->xkeep_ok = 1;
     }
     L->have_fwd = 1;
     return HALO_OK;
@@ -353,7 +366,7 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             gq = spec_grad(L, 0);
         }
         snprintf(what, sizeof what, "%s: output gradient E_Y (E_X product)", L->name);
-        if (halo_quantize(&L->qa, ey, rows, n, n, 0, &gq, what)) return HALO_ERR;
+        if (halo_quantize(&wsp(L)->qa, ey, rows, n, n, 0, &gq, what)) return HALO_ERR;
         const float *wr = NULL;
         if (!(L->cfg.gran == HALO_GRAN_TENSOR || L->cfg.gran == HALO_GRAN_BLOCK128)) {
             float *wb = ws(L, 1, (size_t)n * m);
@@ -362,9 +375,9 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             wr = wb;
         }
         snprintf(what, sizeof what, "%s: weight W (E_X product)", L->name);
-        if (transposed_operand(L, &L->qw, wr, n, m, &L->qb, what)) return HALO_ERR;
+        if (transposed_operand(L, &L->qw, wr, n, m, &wsp(L)->qb, what)) return HALO_ERR;
         float *T = lvl == 2 ? ws(L, 3, (size_t)rows * m) : EX;
-        if (halo_qgemm(&L->qa, &L->qb, T, m, 0)) return halo_fail_ctx("%s: input gradient: ", L->name);
+        if (halo_qgemm(&wsp(L)->qa, &wsp(L)->qb, T, m, 0)) return halo_fail_ctx("%s: input gradient: ", L->name);
         if (lvl >= 1) halo_hadamard_rows(&L->hm, T, rows, m, 1); // [..] H_m^T
         if (lvl == 2) {
             halo_hadamard_cols(&L->hb, T, m, m, 0); // H_b [..]
@@ -386,18 +399,18 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
         // per-tensor scales the codes are exactly those of Q(E_Y) transposed ("quantized once, reused").
         halo_qspec gq = spec_grad(L, 0);
         snprintf(what, sizeof what, "%s: output gradient E_Y (weight-gradient product)", L->name);
-        if (halo_quantize(&L->qa, EY, b, n, n, 1, &gq, what)) return HALO_ERR;
+        if (halo_quantize(&wsp(L)->qa, EY, b, n, n, 1, &gq, what)) return HALO_ERR;
         snprintf(what, sizeof what, "%s: saved input X (weight-gradient product)", L->name);
-        if (transposed_operand(L, &L->qx, NULL, b, m, &L->qb, what)) return HALO_ERR;
+        if (transposed_operand(L, &L->qx, NULL, b, m, &wsp(L)->qb, what)) return HALO_ERR;
         const int direct = lvl == 0 && !L->cfg.telemetry;
         float *T = direct ? G : ws(L, 3, (size_t)n * m);
-        if (halo_qgemm(&L->qa, &L->qb, T, m, direct)) return halo_fail_ctx("%s: weight gradient: ", L->name);
+        if (halo_qgemm(&wsp(L)->qa, &wsp(L)->qb, T, m, direct)) return halo_fail_ctx("%s: weight gradient: ", L->name);
         if (!direct) {
             if (lvl >= 1) halo_hadamard_rows(&L->hm, T, n, m, 1); // [..] H_m^T
             const size_t nm = (size_t)n * m;
             #pragma omp parallel for schedule(static) if (nm > (1u << 16))
             for (size_t i = 0; i < nm; i++) G[i] += T[i];
-            if (L->cfg.telemetry) {
+            if (L->cfg.telemetry && L->xkeep_ok) { // X of this forward is needed for the exact product
                 L->stats.calls[HALO_PROD_G]++;
                 L->stats.outlier[HALO_PROD_G][0] = L->stats.outlier_rot[HALO_PROD_G][0] = oe;
                 L->stats.outlier[HALO_PROD_G][1] = L->stats.outlier[HALO_PROD_Y][0];

@@ -19,9 +19,13 @@ typedef struct {
     halo_rounding grad_rounding; // rounding of the gradient E_Y (stochastic option); X and W: nearest even
     int grad_e5m2;               // FP8: quantize E_Y as E5M2 instead of E4M3
     int had_block;               // 0 = full H_m over in_features; else block-diagonal with this block size
-    int had_block_b;             // 0 = full H_b over tokens (zero-padded, level 2); else block-diagonal block
+    int had_block_b;             // 0 = full H_b over tokens (level 2); else block-diagonal block. b that is not
+                                 // K*2^p is zero-padded to the smallest supported size >= b with K <= 172 (94 ->
+                                 // 96): H_b^T [E_Y; 0] is rotated, multiplied, rotated back with H_b and the first b
+                                 // rows kept, which is exact without quantization (H_b H_b^T = I).
     uint64_t seed;               // stochastic rounding seed
-    int telemetry;               // 1 = measure errors/outliers on every call (costs sampled fp32 products)
+    int telemetry;               // 1 = measure errors/outliers on every call (costs sampled fp32 products); may be
+                                 // toggled per step through L->cfg.telemetry before the step's forward
     int telemetry_rows;          // rows sampled per product (0 = 64)
     int identity_quant;          // tests: the quantizer is replaced by the identity (rotations still applied)
 } halo_linear_config;
@@ -39,6 +43,16 @@ typedef struct {
     double outlier_rot[3][2];
 } halo_linear_stats;
 
+// Transient scratch of forward/backward (fp32 rotated copies, the backward's 8-bit operands). Nothing in it lives
+// from a forward to its backward, so layers that never run concurrently may share one (halo_linear_share_workspace)
+// instead of each keeping buffers of its own size.
+typedef struct halo_workspace {
+    float *buf[4];          // [0] X H_m / dequantized X, [1] W H_m, [2] H_b^T E_Y, [3] product before rotation
+    size_t cap[4];
+    halo_qmat qa, qb;       // backward operands
+} halo_workspace;
+void halo_workspace_free(halo_workspace *w);
+
 typedef struct halo_linear {
     halo_linear_config cfg;
     char name[160];
@@ -47,15 +61,15 @@ typedef struct halo_linear {
     const float *X;         // FP32/BF16: the caller's X from forward (must stay alive until backward)
     halo_qmat qx;           // 8-bit Q(X H_m) [b][m] with scales (X for level 0)
     halo_qmat qw;           // 8-bit Q(W H_m) [n][m] with scales
-    halo_qmat qa, qb;       // backward operands (reused buffers)
     halo_hadamard hm;       // H_m plan (levels 1, 2)
     int hm_d;               // dimension hm was planned for (0 = none)
     halo_hadamard hb;       // H_b plan (level 2) over the padded token count
     int hb_b, hb_pad;       // token count hb was planned for, and its padded size
-    float *buf[4];          // scratch, grow-only
-    size_t cap[4];
+    halo_workspace own;     // scratch used when no shared workspace is set
+    halo_workspace *shared; // shared scratch (not owned), or NULL
     float *xkeep;           // telemetry only: fp32 copy of X [b][m] for the G error
     size_t xkeep_cap;
+    int xkeep_ok;           // xkeep holds this forward's X (telemetry was on during the forward)
     uint64_t step;          // stochastic rounding counter (advanced each backward)
     halo_linear_stats stats;
     char note[256];         // fallback decisions (printed once to stderr)
@@ -65,6 +79,9 @@ typedef struct halo_linear {
 halo_linear_config halo_linear_config_make(halo_precision prec, int level);
 void halo_linear_init(halo_linear *L, const halo_linear_config *cfg, const char *name);
 void halo_linear_free(halo_linear *L);
+// Uses w (owned by the caller, must outlive the layer's use) for scratch instead of the layer's own; NULL reverts.
+// Only for layers that are never run at the same time from different threads.
+void halo_linear_share_workspace(halo_linear *L, halo_workspace *w);
 // X [b][m] row-major activations, W [n][m] weight (out x in), Y [b][n] output (overwritten).
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n);
 // EY [b][n]; EX [b][m] overwritten (NULL = not needed); G [n][m] accumulated (G += dW; NULL = frozen weight).

@@ -3,10 +3,11 @@
 // corrected by column sums); a portable C kernel is used when VNNI is not available at compile time.
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(HALO_GENERIC_GEMM)
 #include <immintrin.h>
 #define HALO_VNNI 1
 #else
@@ -48,6 +49,22 @@ static inline uint8_t fp8_encode_rne(float x, const fp8_fmt *F, int sat) {
     return sign | (uint8_t)code;
 }
 
+// Saturating RNE encode of a finite value, branch-free so the quantizer's loop vectorizes; same results as
+// fp8_encode_rne(x, F, 1) for finite x (checked by the tests against the exhaustive reference).
+static inline uint8_t fp8_encode_fin(float x, int mbits, int bias, uint32_t maxcode, float submul, uint32_t thresh) {
+    uint32_t u = f2u(x);
+    const uint32_t sign = (u >> 24) & 0x80u;
+    u &= 0x7FFFFFFFu;
+    const uint32_t shift = 23u - (uint32_t)mbits;
+    const uint32_t r = u + ((1u << (shift - 1)) - 1u) + ((u >> shift) & 1u);
+    const uint32_t cn = (r >> shift) - ((uint32_t)(127 - bias) << mbits);
+    const float t = fminf(u2f(u) * submul, 1024.0f);
+    const uint32_t cs = (uint32_t)(int32_t)rintf(t);
+    uint32_t code = u < thresh ? cs : cn;
+    code = code > maxcode ? maxcode : code;
+    return (uint8_t)(sign | code);
+}
+
 uint8_t halo_fp8_encode(float x, halo_qformat fmt, int saturate) { return fp8_encode_rne(x, fp8_of(fmt), saturate); }
 
 static inline uint8_t fp8_encode_sr(float x, const fp8_fmt *F, double u01) {
@@ -71,7 +88,7 @@ static inline uint8_t fp8_encode_sr(float x, const fp8_fmt *F, double u01) {
 uint8_t halo_fp8_encode_sr(float x, halo_qformat fmt, double u) { return fp8_encode_sr(x, fp8_of(fmt), u); }
 
 static float g_dec[2][256];
-static int g_dec_ready;
+static pthread_once_t g_dec_once = PTHREAD_ONCE_INIT;
 
 static float fp8_decode_def(uint8_t c, const fp8_fmt *F, int is_e5m2) {
     int s = c >> 7, ebits = 7 - F->mbits;
@@ -84,17 +101,13 @@ static float fp8_decode_def(uint8_t c, const fp8_fmt *F, int is_e5m2) {
     return s ? -v : v;
 }
 
-static void dec_init(void) {
-    if (__atomic_load_n(&g_dec_ready, __ATOMIC_ACQUIRE)) return;
-    float t[2][256];
+static void dec_build(void) {
     for (int c = 0; c < 256; c++) {
-        t[0][c] = fp8_decode_def((uint8_t)c, &k_e4m3, 0);
-        t[1][c] = fp8_decode_def((uint8_t)c, &k_e5m2, 1);
+        g_dec[0][c] = fp8_decode_def((uint8_t)c, &k_e4m3, 0);
+        g_dec[1][c] = fp8_decode_def((uint8_t)c, &k_e5m2, 1);
     }
-    // Racing initializers write identical values; publish with release ordering.
-    memcpy(g_dec, t, sizeof t);
-    __atomic_store_n(&g_dec_ready, 1, __ATOMIC_RELEASE);
 }
+static void dec_init(void) { pthread_once(&g_dec_once, dec_build); }
 
 float halo_fp8_decode(uint8_t code, halo_qformat fmt) {
     dec_init();
@@ -285,7 +298,10 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
             } else {
                 uint8_t *dst = out->q + (size_t)i * C;
                 if (!sto) {
-                    for (int k = k0; k < k1; k++) dst[k] = fp8_encode_rne(row[k] / s, F, 1);
+                    const int mb = F->mbits, bi = F->bias;
+                    const uint32_t mc = F->maxcode, th = (uint32_t)(127 + 1 - bi) << 23;
+                    const float sm = ldexpf(1.0f, mb - (1 - bi));
+                    for (int k = k0; k < k1; k++) dst[k] = fp8_encode_fin(row[k] / s, mb, bi, mc, sm, th);
                 } else {
                     for (int k = k0; k < k1; k++) {
                         uint64_t idx = trans ? (uint64_t)k * (uint64_t)sc + (uint64_t)i : (uint64_t)i * (uint64_t)sc + (uint64_t)k;
@@ -309,10 +325,14 @@ void halo_dequantize(const halo_qmat *m, float *dst) {
         const float *srow = m->s + (size_t)(i / m->gr) * m->scols;
         const uint8_t *q = m->q + (size_t)i * C;
         float *d = dst + (size_t)i * C;
-        if (m->fmt == HALO_Q_INT8)
-            for (int k = 0; k < C; k++) d[k] = (float)(int8_t)q[k] * srow[k / m->gc];
-        else
-            for (int k = 0; k < C; k++) d[k] = tab[q[k]] * srow[k / m->gc];
+        for (int g = 0; g < m->scols; g++) {
+            const int k0 = g * m->gc, k1 = k0 + m->gc < C ? k0 + m->gc : C;
+            const float s = srow[g];
+            if (m->fmt == HALO_Q_INT8)
+                for (int k = k0; k < k1; k++) d[k] = (float)(int8_t)q[k] * s;
+            else
+                for (int k = k0; k < k1; k++) d[k] = tab[q[k]] * s;
+        }
     }
 }
 
@@ -345,6 +365,19 @@ typedef struct {
     int kc;
 } gemm_scales;
 
+// Per-thread grow-only scratch for the GEMM operands (avoids page-faulting fresh buffers on every product). Slots:
+// 0, 1: packed / decoded operands; 2: column-sum corrections. Kept until the thread exits.
+static _Thread_local void *g_tls_buf[3];
+static _Thread_local size_t g_tls_cap[3];
+static void *tls_buf(int slot, size_t n) {
+    if (n > g_tls_cap[slot]) {
+        free(g_tls_buf[slot]);
+        g_tls_cap[slot] = n + n / 4;
+        g_tls_buf[slot] = xmalloc(g_tls_cap[slot]);
+    }
+    return g_tls_buf[slot];
+}
+
 static inline float scale_at(const halo_qmat *m, int r, int k) { return m->s[(size_t)(r / m->gr) * m->scols + k / m->gc]; }
 
 static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, int kc, int32_t *C32,
@@ -362,9 +395,9 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
 #if HALO_VNNI
     const int Kp = (K + 3) & ~3, KQ = Kp / 4;
     const int Mp = (M + GM_MR - 1) / GM_MR * GM_MR, NB = (N + GM_NR - 1) / GM_NR;
-    uint8_t *Au = xmalloc((size_t)Mp * Kp);
-    int8_t *Bp = xmalloc((size_t)NB * KQ * 128);
-    int32_t *corr = xmalloc(sizeof(int32_t) * (size_t)NB * GM_NR * nch);
+    uint8_t *Au = tls_buf(0, (size_t)Mp * Kp);
+    int8_t *Bp = tls_buf(1, (size_t)NB * KQ * 128);
+    int32_t *corr = tls_buf(2, sizeof(int32_t) * (size_t)NB * GM_NR * nch);
     const int par = (double)M * N * K > 4e6;
     #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < Mp; i++) {
@@ -452,7 +485,6 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
                 else for (int l = 0; l < nl; l++) c[l] = out[l];
             }
         }
-    free(Au); free(Bp); free(corr);
 #else
     // Portable kernel: blocks of rows/columns, int32 dot products per chunk (vectorizes as widening multiply-adds).
     const int MB = (M + GM_MR - 1) / GM_MR, NB = (N + GM_NR - 1) / GM_NR;
@@ -511,7 +543,7 @@ int halo_qgemm(const halo_qmat *A, const halo_qmat *B, float *C, long ldc, int a
         return HALO_OK;
     }
     if (M == 0 || N == 0) return HALO_OK;
-    float *a = xmalloc(sizeof(float) * ((size_t)M * K + 1)), *b = xmalloc(sizeof(float) * ((size_t)N * K + 1));
+    float *a = tls_buf(0, sizeof(float) * ((size_t)M * K + 1)), *b = tls_buf(1, sizeof(float) * ((size_t)N * K + 1));
     halo_dequantize(A, a);
     halo_dequantize(B, b);
     if (K > 0)
@@ -519,6 +551,5 @@ int halo_qgemm(const halo_qmat *A, const halo_qmat *B, float *C, long ldc, int a
                     (int)ldc);
     else if (!accumulate)
         for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, sizeof(float) * (size_t)N);
-    free(a); free(b);
     return HALO_OK;
 }

@@ -49,6 +49,7 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     lc.grad_e5m2 = hc->grad_e5m2;
     lc.grad_rounding = hc->stochastic ? HALO_ROUND_STOCHASTIC : HALO_ROUND_NEAREST;
     lc.had_block = hc->had_block;
+    lc.identity_quant = hc->identity_quant;
     for (int l = 0; l < L; l++) {
         if (l < hc->skip_first || l >= L - hc->skip_last) continue;
         for (int k = 0; k < LIN_COUNT; k++) {

@@ -17,6 +17,7 @@ typedef struct {
     int grad_e5m2;              // FP8: E5M2 for the gradient E_Y
     int stochastic;             // stochastic rounding of gradients
     int had_block;              // 0 = full Hadamard over in_features, else block-diagonal block size
+    int identity_quant;         // tests only: quantizers replaced by the identity (rotations still applied)
 } model_halo_config;
 
 model_halo_config model_halo_config_default(void);   // FP32 (off), level 0, all seven linears
