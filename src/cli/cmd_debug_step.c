@@ -89,7 +89,7 @@ int cmd_debug_step(int argc, char **argv) {
     }
     if (steps > 0) {
         adamw_config ac = adamw_config_default();
-        ac.beta1 = (float)b1; ac.beta2 = (float)b2; ac.eps = (float)eps; ac.weight_decay = (float)wd;
+        ac.beta1 = b1; ac.beta2 = b2; ac.eps = eps; ac.weight_decay = wd;
         adamw_state opt;
         adamw_init(&opt, &ac, m.n_params, m.table, m.n_table);
         for (long s = 0; s < steps; s++) {
@@ -99,7 +99,7 @@ int cmd_debug_step(int argc, char **argv) {
                 llama_backward(&m, &b, 1.0f);
             }
             printf("{\"step\": %ld, \"loss\": %.9g}\n", s, loss);
-            adamw_step(&opt, m.params, m.grads, (float)lr);
+            adamw_step(&opt, m.params, m.grads, lr);
         }
         adamw_free(&opt);
     }

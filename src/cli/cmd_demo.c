@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "train/checkpoint.h"
 #include "train/task_addition.h"
 #include "train/trainer.h"
@@ -39,23 +40,37 @@ static void usage(void) {
            "                     task and training options come from the checkpoint\n"
            "  --metrics FILE     one JSON line per step and per evaluation\n"
            "  --log-every N      progress line every N steps (default 1)\n");
+    halo_common_usage();
 }
 
 typedef struct { long digits, dim, layers, heads, hidden, eval_n; } demo_shape;
 
-static char *app_json(const demo_shape *s) {
-    char buf[256];
-    snprintf(buf, sizeof buf, "{\"task\":\"addition\",\"digits\":%ld,\"eval_n\":%ld}", s->digits, s->eval_n);
-    return xstrdup(buf);
+// The task and the precision, stored in checkpoints so that --resume continues the same run.
+static char *app_json(const demo_shape *s, const model_halo_config *hc) {
+    char *halo = hc ? model_halo_config_to_json(hc) : NULL;
+    size_t n = 256 + (halo ? strlen(halo) : 0);
+    char *buf = xmalloc(n);
+    snprintf(buf, n, "{\"task\":\"addition\",\"digits\":%ld,\"eval_n\":%ld%s%s}", s->digits, s->eval_n,
+             halo ? ",\"halo\":" : "", halo ? halo : "");
+    free(halo);
+    return buf;
 }
 
-static int app_parse(const char *json, demo_shape *s, const char *path) {
+static int app_parse(const char *json, demo_shape *s, const char *path, halo_common_opts *co) {
     cJSON *j = cJSON_Parse(json ? json : "");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "digits"), *e = cJSON_GetObjectItemCaseSensitive(j, "eval_n");
-    int ok = cJSON_IsNumber(d) && cJSON_IsNumber(e);
+    int ok = cJSON_IsNumber(d) && cJSON_IsNumber(e), rc = HALO_OK;
     if (ok) { s->digits = (long)d->valuedouble; s->eval_n = (long)e->valuedouble; }
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "halo");
+    if (ok && cJSON_IsObject(h)) {
+        char *hj = cJSON_PrintUnformatted(h);
+        rc = model_halo_config_from_json(hj, path, &co->hc);
+        co->given = 1;
+        free(hj);
+    }
     cJSON_Delete(j);
-    return ok ? HALO_OK : halo_fail("checkpoint %s: no demo task in its metadata ('app')", path);
+    if (!ok) return halo_fail("checkpoint %s: no demo task in its metadata ('app')", path);
+    return rc;
 }
 
 int cmd_demo(int argc, char **argv) {
@@ -66,8 +81,12 @@ int cmd_demo(int argc, char **argv) {
     long threads = 0, show = 8, seed = 1, v;
     double x;
     const char *out_dir = NULL, *resume = NULL, *s;
+    halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r < 0) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
+        if (r > 0) continue;
         if (cli_is_flag(a, "--help") || cli_is_flag(a, "-h")) { usage(); return 0; }
 #define INTFLAG(name, dst) else if ((s = cli_flag_value(argc, argv, &i, name))) { \
             if (cli_parse_int(name, s, &v) || v < 0) { fprintf(stderr, "halo demo: %s\n", v < 0 ? name : halo_error()); return 2; } dst = v; }
@@ -105,7 +124,7 @@ int cmd_demo(int argc, char **argv) {
         } else snprintf(ckpt, sizeof ckpt, "%s", resume);
         checkpoint_meta meta;
         if (checkpoint_read_meta(ckpt, &cfg, &meta)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
-        int bad = app_parse(meta.app_json, &sh, ckpt) ||
+        int bad = app_parse(meta.app_json, &sh, ckpt, &co) ||
                   (meta.options_json ? train_options_from_json(meta.options_json, &o) : halo_fail("checkpoint %s has no training options", ckpt));
         checkpoint_meta_free(&meta);
         if (bad) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
@@ -122,6 +141,7 @@ int cmd_demo(int argc, char **argv) {
         llama_init_random(&m, (uint64_t)seed);
     }
     o.seq_len = add_seq_len((int)sh.digits) - 1;
+    if (halo_common_apply(&co, &m)) { fprintf(stderr, "halo demo: %s\n", halo_error()); llama_free(&m); return 2; }
 
     add_task task;
     add_task_init(&task, (int)sh.digits, (int)sh.eval_n);
@@ -131,7 +151,7 @@ int cmd_demo(int argc, char **argv) {
     trainer_set_eval(&t, add_eval_callback, &task);
     task.show = (int)show;
     task.show_at_step = o.steps;
-    char *app = app_json(&sh);
+    char *app = app_json(&sh, llama_get_halo(&m));
     trainer_set_app_meta(&t, app);
     free(app);
     if (resume) {
@@ -139,9 +159,9 @@ int cmd_demo(int argc, char **argv) {
         printf("resumed from %s at step %d\n", ckpt, t.step);
     }
     printf("demo: %d-digit addition | model dim %d, %d layers, %d heads, hidden %d, vocab %d (%.2fM params) | "
-           "batch %d x %d tokens, %d steps, lr %.1e cosine, %d threads\n",
+           "batch %d x %d tokens, %d steps, lr %.1e cosine, %d threads | %s\n",
            (int)sh.digits, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.hidden_dim, cfg.vocab_size, m.n_params / 1e6,
-           o.batch_size, o.seq_len, o.steps, o.lr, omp_get_max_threads());
+           o.batch_size, o.seq_len, o.steps, o.lr, omp_get_max_threads(), halo_common_describe(&co));
     fflush(stdout);
     if (trainer_run(&t)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
 
@@ -149,7 +169,7 @@ int cmd_demo(int argc, char **argv) {
     printf("final accuracy: %.1f%% exact match on %d held-out sums after %d steps (%.1f s of training)\n",
            100 * acc, task.n_eval, t.step, t.last.elapsed_s);
     if (out_dir) {
-        if (llama_save_hf(&m, out_dir, "float32", NULL)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
+        if (llama_save_hf(&m, out_dir, "float32", NULL) || halo_common_save(&co, &m, out_dir)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
         printf("model written to %s\n", out_dir);
     }
     rc = 0;

@@ -6,6 +6,8 @@
 #include <omp.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "cli/common.h"
+#include "data/data_internal.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 #include "train/generate.h"
@@ -22,7 +24,12 @@ static void usage(void) {
            "  --ignore-eos         keep going after the end-of-sequence token\n"
            "  --tokenizer PATH     tokenizer.json or folder (default: the model folder's, when present)\n"
            "  --threads N          OpenMP threads\n"
-           "Prints {\"prompt_ids\": [...], \"generated_ids\": [...], \"ids\": [...]} (and \"text\" with a tokenizer).\n");
+           "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
+           "                       the tokenizer has its header tokens, else Llama 2 [INST]); --system S adds a system turn\n"
+           "  --json               with --prompt: print the JSON line instead of streaming text\n"
+           "With --prompt TEXT the generated text is streamed as it is produced. With --prompt-ids (or --json) prints\n"
+           "{\"prompt_ids\": [...], \"generated_ids\": [...], \"ids\": [...]} (and \"text\" with a tokenizer).\n");
+    halo_common_usage();
 }
 
 static int parse_ids(const char *s, int32_t **out, int *n) {
@@ -61,20 +68,44 @@ static void print_json_string(const char *s) {
     putchar('"');
 }
 
+// Streams decoded text: re-decodes the generated ids and prints what was not printed yet, so that tokens that
+// only form a character together (byte fallback, byte-level pieces) appear once complete.
+typedef struct { const halo_tokenizer *tok; int32_t *ids; int n; size_t printed; } stream_ctx;
+static void stream_token(void *c, int32_t id) {
+    stream_ctx *st = c;
+    st->ids[st->n++] = id;
+    char *text = tokenizer_decode(st->tok, st->ids, (size_t)st->n, true);
+    size_t len = text ? strlen(text) : 0;
+    if (len > st->printed && !(len >= 3 && !strcmp(text + len - 3, "\xEF\xBF\xBD"))) {   // hold back a partial char
+        fwrite(text + st->printed, 1, len - st->printed, stdout);
+        fflush(stdout);
+        st->printed = len;
+    }
+    free(text);
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *ids_s = NULL, *text = NULL, *tok_path = NULL, *s;
     gen_options o = gen_options_default();
     long v;
     double x;
-    int use_eos = 1;
+    int use_eos = 1, chat = 0, json = 0;
+    const char *system = NULL;
+    halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r < 0) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
+        if (r > 0) continue;
         if (cli_is_flag(a, "--help") || cli_is_flag(a, "-h")) { usage(); return 0; }
         else if (cli_is_flag(a, "--ignore-eos")) o.ignore_eos = 1, use_eos = 0;
         else if ((s = cli_flag_value(argc, argv, &i, "--model"))) model_dir = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--prompt-ids"))) ids_s = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--prompt"))) text = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--tokenizer"))) tok_path = s;
+        else if (cli_is_flag(a, "--chat")) chat = 1;
+        else if (cli_is_flag(a, "--json")) json = 1;
+        else if ((s = cli_flag_value(argc, argv, &i, "--system"))) system = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.max_new_tokens = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--top-k"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.top_k = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int(a, s, &v)) goto bad_num; o.seed = (uint64_t)v; }
@@ -102,16 +133,48 @@ int cmd_generate(int argc, char **argv) {
     if (text) {
         if (!tok) { fprintf(stderr, "halo generate: --prompt needs a tokenizer (--tokenizer PATH or DIR/tokenizer.json)\n"); return 2; }
         size_t n;
-        if (tokenizer_encode(tok, text, strlen(text), true, &prompt, &n)) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
+        char *rendered = NULL;
+        if (chat) {   // the model family's chat format: Llama 3 when the tokenizer has its header tokens, else Llama 2
+            int l3 = tokenizer_token_id(tok, "<|start_header_id|>") >= 0 && tokenizer_token_id(tok, "<|eot_id|>") >= 0;
+            int32_t bos = tokenizer_bos_id(tok);
+            const char *bos_text = bos >= 0 && tokenizer_piece(tok, bos) ? tokenizer_piece(tok, bos) : "";
+            int32_t eos = tokenizer_eos_id(tok);
+            const char *eos_text = eos >= 0 && tokenizer_piece(tok, eos) ? tokenizer_piece(tok, eos) : "";
+            data_msg msgs[3];
+            int nm = 0;
+            if (system) msgs[nm++] = (data_msg){"system", system};
+            msgs[nm++] = (data_msg){"user", text};
+            msgs[nm++] = (data_msg){"assistant", ""};
+            data_str out_s = {0};
+            if (data_chat_render_prompt(l3 ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_LLAMA2, NULL, bos_text, eos_text, msgs, nm, &out_s)) {
+                fprintf(stderr, "halo generate: %s\n", halo_error()); return 1;
+            }
+            rendered = out_s.p;
+            if (l3 && use_eos && o.eos_id < 0) o.eos_id = tokenizer_token_id(tok, "<|eot_id|>");
+        }
+        // A rendered chat prompt already holds its BOS text; a plain prompt gets the post-processor's template.
+        int rc_enc = tokenizer_encode(tok, rendered ? rendered : text, strlen(rendered ? rendered : text), !rendered, &prompt, &n);
+        free(rendered);
+        if (rc_enc) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
         n_prompt = (int)n;
     }
     llama_model m;
     if (llama_load(&m, model_dir)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); return 1; }
-    o.eos_id = use_eos ? m.cfg.eos_id : -1;
+    if (halo_common_apply_dir(&co, &m, model_dir)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); llama_free(&m); return 1; }
+    if (o.eos_id < 0) o.eos_id = use_eos ? m.cfg.eos_id : -1;
+    stream_ctx st = {tok, NULL, 0, 0};
+    int streaming = text && tok && !json;   // text in, text out as it is generated; ids in (or --json): one JSON line
+    if (streaming) {
+        st.ids = xmalloc(sizeof(int32_t) * (size_t)(o.max_new_tokens + 1));
+        o.on_token = stream_token;
+        o.on_token_ctx = &st;
+    }
     int32_t *out = xmalloc((size_t)(o.max_new_tokens + 1) * sizeof(int32_t));
     int n_out = 0, rc = 0;
     if (gen_generate(&m, prompt, n_prompt, &o, out, &n_out)) { fprintf(stderr, "halo generate: %s\n", halo_error()); rc = 1; }
-    else {
+    else if (streaming) {
+        printf("\n");
+    } else {
         int32_t *all = xmalloc((size_t)(n_prompt + n_out) * sizeof(int32_t));
         memcpy(all, prompt, (size_t)n_prompt * sizeof(int32_t));
         memcpy(all + n_prompt, out, (size_t)n_out * sizeof(int32_t));
@@ -133,7 +196,7 @@ int cmd_generate(int argc, char **argv) {
         free(all);
     }
     if (tok) tokenizer_free(tok);
-    free(out); free(prompt);
+    free(out); free(prompt); free(st.ids);
     llama_free(&m);
     return rc;
 }
