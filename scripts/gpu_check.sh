@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks in one command on the GPU machine (run from the folder scripts/device_sync.sh filled):
+# GPU op tests vs the CPU ops, the GPU model vs goldens and the CPU model, compute-sanitizer (memcheck, racecheck)
+# on a small training step, the Llama-3.2-1B and Llama-3-8B-layer training benchmarks and the PyTorch baseline on
+# the same shapes, then one summary table. Logs go to $OUT (or /tmp/halo-gpu-check).
+#   bash scripts/gpu_check.sh [all|test|bench]      (default all)
+set -u
+what=${1:-all}
+OUT=${OUT:-/tmp/halo-gpu-check}; mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export HALO_SHARED=$PWD/shared
+export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+BUILD=build-dev
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu,memory.used --format=csv | tee "$OUT/gpu.txt"
+# binaries come prebuilt (device_sync.sh); rebuild here when they are missing or do not start
+if ! "$BUILD/tests/test_cuda_ops" --help >/dev/null 2>&1 && [ ! -x "$BUILD/tests/test_cuda_ops" ]; then
+  echo "== building on the device"
+  C_INCLUDE_PATH=$PWD/deps/include LIBRARY_PATH=$PWD/deps/lib make -j16 BUILD=$BUILD OPT="-O3 -march=native" tests benches \
+    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+fi
+summary=()
+run() {   # name, log, command...
+  local name=$1 log=$2; shift 2
+  local t0=$(date +%s.%N)
+  "$@" > "$OUT/$log" 2>&1; local rc=$?
+  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  summary+=("$(printf '%-44s rc=%-3s %6.1f s' "$name" "$rc" "$dt")")
+  return $rc
+}
+if [ "$what" = all ] || [ "$what" = test ]; then
+  run "test_cuda_ops (CUDA ops vs CPU)" ops.log $BUILD/tests/test_cuda_ops
+  run "test_cuda_model (goldens, CPU model)" model.log $BUILD/tests/test_cuda_model
+  run "compute-sanitizer memcheck, 1 train step" memcheck.log compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+  run "compute-sanitizer racecheck, 1 train step" racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+  run "compute-sanitizer initcheck, 1 train step" initcheck.log compute-sanitizer --tool initcheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+fi
+if [ "$what" = all ] || [ "$what" = bench ]; then
+  run "halo bench llama3.2-1b 4x2048" bench_1b.log $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
+  run "halo bench llama3-8b 4 layers 4x2048" bench_8b.log $BUILD/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048 --no-breakdown
+  run "halo bench llama3.2-1b recompute+bf16 moments" bench_1b_small.log $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --recompute --bf16-moments --no-breakdown --steps 5
+  if [ "${HALO_SKIP_TORCH:-0}" != 1 ]; then
+    run "torch compiled llama3.2-1b 4x2048" torch_1b.log timeout 240 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
+    run "torch compiled llama3-8b 4 layers 4x2048" torch_8b.log timeout 200 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
+  fi
+fi
+echo; echo "==== logs (tails)"
+for f in "$OUT"/*.log; do echo "--- $(basename $f)"; grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|error|passed|SKIP" "$f" | head -12; done
+echo; echo "==== CUDA ops vs CPU"; grep -h '^|' "$OUT/ops.log" 2>/dev/null
+echo; echo "==== GPU model vs goldens / CPU model"; grep -h -E '^\||AdamW losses|worst gradient' "$OUT/model.log" 2>/dev/null
+echo; echo "==== benchmarks"
+for f in bench_1b bench_8b bench_1b_small; do [ -f "$OUT/$f.log" ] && grep -E "tokens/s|step |breakdown|layer products|product|attention B|total|measured bf16" "$OUT/$f.log"; done
+python3 - "$OUT" <<'PY'
+import json, sys, os, glob
+out = sys.argv[1]
+def last_json(path):
+    try:
+        lines = [l for l in open(path) if l.startswith('{')]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+pairs = [("llama3.2-1b 16 layers", "bench_1b", "torch_1b"), ("llama3-8b 4 layers", "bench_8b", "torch_8b"),
+         ("llama3.2-1b recompute+bf16m", "bench_1b_small", "torch_1b")]
+print("\n| shape (batch 4 x 2048) | halo tok/s | halo % peak | halo GiB | torch tok/s | torch GiB | halo/torch |")
+print("|---|---|---|---|---|---|---|")
+for name, h, t in pairs:
+    a, b = last_json(f"{out}/{h}.log"), last_json(f"{out}/{t}.log")
+    if not a: continue
+    tt = b["tokens_per_s"] if b else None
+    print(f"| {name} | {a['tokens_per_s']} | {100*a['mfu_measured_peak']:.1f} | {a['model_gib']} | {tt or '-'} | "
+          f"{b['peak_gib'] if b else '-'} | {a['tokens_per_s']/tt:.3f} |" if tt else
+          f"| {name} | {a['tokens_per_s']} | {100*a['mfu_measured_peak']:.1f} | {a['model_gib']} | - | - | - |")
+PY
+echo; echo "==== summary"; printf '%s\n' "${summary[@]}"
