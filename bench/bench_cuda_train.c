@@ -20,10 +20,12 @@ static double now_s(void) {
 static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 static double median(double *v, int n) { qsort(v, n, sizeof *v, cmp_d); return n ? v[n / 2] : 0; }
 
-// Median milliseconds of `reps` runs of body, timed with device events.
+// Median milliseconds of `reps` runs of body, timed with device events (the device is synchronized before the end
+// event because the model works on its own stream).
 #define TIME_MS(reps, out, body) do { cudaEvent_t _a, _b; cudaEventCreate(&_a); cudaEventCreate(&_b); \
     double _t[64]; body; cudaDeviceSynchronize(); \
-    for (int _r = 0; _r < (reps); _r++) { cudaEventRecord(_a, 0); body; cudaEventRecord(_b, 0); cudaEventSynchronize(_b); \
+    for (int _r = 0; _r < (reps); _r++) { cudaEventRecord(_a, 0); body; cudaDeviceSynchronize(); cudaEventRecord(_b, 0); \
+        cudaEventSynchronize(_b); \
         float _ms; cudaEventElapsedTime(&_ms, _a, _b); _t[_r] = _ms; } \
     out = median(_t, reps); cudaEventDestroy(_a); cudaEventDestroy(_b); } while (0)
 

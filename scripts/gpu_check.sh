@@ -2,15 +2,16 @@
 # The CUDA backend's checks in one command on the GPU machine (run from the folder scripts/device_sync.sh filled):
 # GPU op tests vs the CPU ops, the GPU model vs goldens and the CPU model, compute-sanitizer (memcheck, racecheck)
 # on a small training step, the Llama-3.2-1B and Llama-3-8B-layer training benchmarks and the PyTorch baseline on
-# the same shapes, then one summary table. Logs go to $OUT (or /tmp/halo-gpu-check).
+# the same shapes, then one summary table. Logs go to /tmp/halo-gpu-check, archived into $OUT when set.
 #   bash scripts/gpu_check.sh [all|test|bench]      (default all)
 set -u
 what=${1:-all}
-OUT=${OUT:-/tmp/halo-gpu-check}; mkdir -p "$OUT"
+DEST_OUT=${OUT:-}
+OUT=/tmp/halo-gpu-check; rm -rf "$OUT"; mkdir -p "$OUT"   # logs here; one archive of them goes to the device tool's $OUT
 cd "$(dirname "$0")/.."
 export HALO_SHARED=$PWD/shared
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
 BUILD=build-dev
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu,memory.used --format=csv | tee "$OUT/gpu.txt"
 # binaries come prebuilt (device_sync.sh); rebuild here when they are missing or do not start
@@ -20,28 +21,28 @@ if ! "$BUILD/tests/test_cuda_ops" --help >/dev/null 2>&1 && [ ! -x "$BUILD/tests
     > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 summary=()
-run() {   # name, log, command...
-  local name=$1 log=$2; shift 2
-  local t0=$(date +%s.%N)
-  "$@" > "$OUT/$log" 2>&1; local rc=$?
-  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
-  summary+=("$(printf '%-44s rc=%-3s %6.1f s' "$name" "$rc" "$dt")")
+run() {   # name, log, time limit (s), command...
+  local name=$1 log=$2 lim=$3; shift 3
+  local t0=$(date +%s%N)
+  timeout "$lim" "$@" > "$OUT/$log" 2>&1; local rc=$?
+  local dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+  summary+=("$(printf '%-46s rc=%-3s %7d ms' "$name" "$rc" "$dt")")
   return $rc
 }
 if [ "$what" = all ] || [ "$what" = test ]; then
-  run "test_cuda_ops (CUDA ops vs CPU)" ops.log $BUILD/tests/test_cuda_ops
-  run "test_cuda_model (goldens, CPU model)" model.log $BUILD/tests/test_cuda_model
-  run "compute-sanitizer memcheck, 1 train step" memcheck.log compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
-  run "compute-sanitizer racecheck, 1 train step" racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
-  run "compute-sanitizer initcheck, 1 train step" initcheck.log compute-sanitizer --tool initcheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+  run "test_cuda_ops (CUDA ops vs CPU)" ops.log 60 $BUILD/tests/test_cuda_ops
+  run "test_cuda_model (goldens, CPU model)" model.log 120 $BUILD/tests/test_cuda_model
+  run "compute-sanitizer memcheck, 1 train step" memcheck.log 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+  run "compute-sanitizer racecheck, 1 train step" racecheck.log 150 compute-sanitizer --tool racecheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
+  run "compute-sanitizer initcheck, 1 train step" initcheck.log 120 compute-sanitizer --tool initcheck --error-exitcode 9 $BUILD/tests/test_cuda_model --sanitize-step
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  run "halo bench llama3.2-1b 4x2048" bench_1b.log $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
-  run "halo bench llama3-8b 4 layers 4x2048" bench_8b.log $BUILD/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048 --no-breakdown
-  run "halo bench llama3.2-1b recompute+bf16 moments" bench_1b_small.log $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --recompute --bf16-moments --no-breakdown --steps 5
+  run "halo bench llama3.2-1b 4x2048" bench_1b.log 120 $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
+  run "halo bench llama3-8b 4 layers 4x2048" bench_8b.log 120 $BUILD/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048 --no-breakdown
+  run "halo bench llama3.2-1b recompute+bf16 moments" bench_1b_small.log 120 $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --recompute --bf16-moments --no-breakdown --steps 5
   if [ "${HALO_SKIP_TORCH:-0}" != 1 ]; then
-    run "torch compiled llama3.2-1b 4x2048" torch_1b.log timeout 240 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
-    run "torch compiled llama3-8b 4 layers 4x2048" torch_8b.log timeout 200 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
+    run "torch compiled llama3.2-1b 4x2048" torch_1b.log 240 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
+    run "torch compiled llama3-8b 4 layers 4x2048" torch_8b.log 200 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
   fi
 fi
 echo; echo "==== logs (tails)"
@@ -72,3 +73,4 @@ for name, h, t in pairs:
           f"| {name} | {a['tokens_per_s']} | {100*a['mfu_measured_peak']:.1f} | {a['model_gib']} | - | - | - |")
 PY
 echo; echo "==== summary"; printf '%s\n' "${summary[@]}"
+[ -n "$DEST_OUT" ] && tar czf "$DEST_OUT/gpu_check_logs.tgz" -C "$OUT" . && echo "logs: \$OUT/gpu_check_logs.tgz"

@@ -100,7 +100,8 @@ extern "C" size_t llama_cuda_bytes(const llama_cuda *g) {
 extern "C" size_t llama_cuda_param_count(const llama_cuda *g) { return g->n_true; }
 
 // ---- parameter layout ----
-static size_t align_up(size_t x) { return (x + 63) & ~(size_t)63; }
+// 128 elements: every tensor starts 256-byte aligned in bf16 and fp32, what cuBLASLt's heuristics assume
+static size_t align_up(size_t x) { return (x + 127) & ~(size_t)127; }
 
 static void add_slot(llama_cuda *g, size_t *cur, size_t n, long host_off, int decay, int pad) {
     dev_slot *s = &g->slots[g->n_slots++];
