@@ -172,9 +172,17 @@ int main(int argc, char **argv) {
             cudaMalloc((void **)&lse, (size_t)N * c.n_heads * 4);
             cudaMalloc(&scr, cuda_attention_scratch_bytes(B, T, c.n_heads, c.n_kv_heads, c.head_dim));
             TIME_MS(3, af, cuda_attention_forward(out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads, c.head_dim, 0));
-            TIME_MS(3, ab, cuda_attention_backward(dqkv, scr, dout, out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads,
-                                                   c.head_dim, 0));
             double fa = 2.0 * B * (double)T * T * c.n_heads * c.head_dim;
+            for (int v = 0; v < 3; v++) {   // backward variants side by side, then the default again
+                double t;
+                cuda_attention_set_bwd_variant(v);
+                TIME_MS(5, t, cuda_attention_backward(dqkv, scr, dout, out, lse, qkv, NULL, B, T, c.n_heads,
+                                                      c.n_kv_heads, c.head_dim, 0));
+                printf("  attention bwd variant %d: %.3f ms (%.0f TFLOP/s)\n", v, t, 2 * fa / t / 1e9);
+            }
+            cuda_attention_set_bwd_variant(-1);
+            TIME_MS(5, ab, cuda_attention_backward(dqkv, scr, dout, out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads,
+                                                   c.head_dim, 0));
             printf("  attention B%d T%d hd%d: fwd %.3f ms (%.0f TFLOP/s), bwd %.3f ms (%.0f TFLOP/s)\n", B, T,
                    c.head_dim, af, fa / af / 1e9, ab, 2 * fa / ab / 1e9);
             cudaFree(qkv); cudaFree(out); cudaFree(dout); cudaFree(dqkv); cudaFree(scr); cudaFree(lse);

@@ -169,6 +169,12 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
             memcpy(g_stored, m.grads, sizeof(float) * m.n_params);
         } else {
             table_row(label, "recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
+            // accumulation: two half-scaled backward passes after one zeroing equal one full pass
+            llama_cuda_zero_grads(g);
+            llama_cuda_forward_backward(g, &b, 0.5f);
+            llama_cuda_forward_backward(g, &b, 0.5f);
+            CHECK(llama_cuda_copy_grads(g, &m) == HALO_OK, "%s", halo_error());
+            table_row(label, "2 x half-scaled backward (accum.)", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
         }
         llama_cuda_free(g);
     }
@@ -217,6 +223,7 @@ static int sanitize_step(void) {
         llama_cuda_free(g);
         halo_batch_free(&b);
     }
+    cuda_matmul_shutdown();   // frees the cuBLASLt workspace (memcheck's leak check)
     TEST_END();
 }
 #endif

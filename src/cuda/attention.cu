@@ -56,13 +56,11 @@ __global__ void k_attn_simple_bwd(bf16 *dqkv, float *acc, const bf16 *dout, cons
     float *ds = sh, *ps = sh + T, *qs = sh + 2 * T, *dos = qs + hd;
     const bf16 *base = qkv + (size_t)b * T * ld;
     size_t orow = ((size_t)b * T + t) * Hq * hd + h * hd;
-    float dd = 0.f;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         qs[d] = __bfloat162float(base[(size_t)t * ld + h * hd + d]);
         dos[d] = __bfloat162float(dout[orow + d]);
-        dd += dos[d] * __bfloat162float(out[orow + d]);
     }
-    float D = block_sum(dd);
+    __syncthreads();
     float L = lse[((size_t)b * Hq + h) * T + t];
     int sq = seg ? seg[(size_t)b * T + t] : 0;
     for (int k = threadIdx.x; k <= t; k += blockDim.x) {
@@ -74,8 +72,13 @@ __global__ void k_attn_simple_bwd(bf16 *dqkv, float *acc, const bf16 *dout, cons
             p = __expf(s * scale - L);
         }
         ps[k] = p;
-        ds[k] = p * (dp - D);
+        ds[k] = dp;
     }
+    // D = sum_k p dp = dO . O with O in fp32 (the bf16-rounded output would add error where rows are peaked)
+    float dd = 0.f;
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) dd += ps[k] * ds[k];
+    float D = block_sum(dd);
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) ds[k] = ps[k] * (ds[k] - D);
     __syncthreads();
     int ldacc = 2 * Hkv * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
@@ -93,13 +96,11 @@ __global__ void k_attn_simple_bwd(bf16 *dqkv, float *acc, const bf16 *dout, cons
 }
 
 // dk/dv: fp32 acc[N, 2 Hkv hd] -> bf16 columns of dqkv
+// grid: x over columns, y strides over rows (no 64-bit division per element)
 __global__ void k_kv_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int Hkv, int hd) {
-    int ld = (Hq + 2 * Hkv) * hd, w = 2 * Hkv * hd;
-    size_t total = (size_t)N * w;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        size_t n = i / w, c = i % w;
-        dqkv[n * ld + Hq * hd + c] = __float2bfloat16(acc[i]);
-    }
+    int ld = (Hq + 2 * Hkv) * hd, w = 2 * Hkv * hd, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= w) return;
+    for (int n = blockIdx.y; n < N; n += gridDim.y) dqkv[(size_t)n * ld + Hq * hd + c] = __float2bfloat16(acc[(size_t)n * w + c]);
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -270,18 +271,18 @@ __global__ void k_attn_bwd_dot(float *Dv, const bf16 *dout, const bf16 *out, int
 
 // dq (fp32 acc[N, Hq hd], unscaled) -> bf16 q columns of dqkv
 __global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int Hkv, int hd, float scale) {
-    int ld = (Hq + 2 * Hkv) * hd, w = Hq * hd;
-    size_t total = (size_t)N * w;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        size_t n = i / w, c = i % w;
-        dqkv[n * ld + c] = __float2bfloat16(acc[i] * scale);
+    int ld = (Hq + 2 * Hkv) * hd, w = Hq * hd, c = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (c >= w) return;   // w is even (hd is 64 or 128 here)
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
+        float2 a = *(const float2 *)(acc + (size_t)n * w + c);
+        *(__nv_bfloat162 *)(dqkv + (size_t)n * ld + c) = __floats2bfloat162_rn(a.x * scale, a.y * scale);
     }
 }
 
 // One block per (key tile of 64, kv head, batch); each warp owns 16 keys. Loops over the query heads of the group
 // and the query tiles at or after the key tile: dK, dV stay in registers; dQ goes to fp32 atomics.
-template <int HD, int BQ>
-__global__ void __launch_bounds__(128) k_flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
+template <int HD, int BQ, int MINB, bool VEC>
+__global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
                                                    const float *lse, const float *Dv, const int32_t *seg, int T,
                                                    int Hq, int Hkv, float scale) {
     constexpr int BK = 64, LDS = HD + 8, LDP = BK + 8;
@@ -421,8 +422,12 @@ __global__ void __launch_bounds__(128) k_flash_bwd(bf16 *dqkv, float *dq_acc, co
                 float *dst = dq_acc + ((size_t)b * T + q) * Hq * HD + h * HD + dsp * DW;
 #pragma unroll
                 for (int i = 0; i < DW / 8; i++) {
-                    atomicAdd(dst + i * 8 + 2 * t4, dq[i][2 * ri]);
-                    atomicAdd(dst + i * 8 + 2 * t4 + 1, dq[i][2 * ri + 1]);
+                    if (VEC) {   // one 8-byte reduction instead of two 4-byte ones (sm_90)
+                        atomicAdd((float2 *)(dst + i * 8 + 2 * t4), make_float2(dq[i][2 * ri], dq[i][2 * ri + 1]));
+                    } else {
+                        atomicAdd(dst + i * 8 + 2 * t4, dq[i][2 * ri]);
+                        atomicAdd(dst + i * 8 + 2 * t4 + 1, dq[i][2 * ri + 1]);
+                    }
                 }
             }
         }
@@ -473,15 +478,41 @@ static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg
     CUDA_LAUNCH_CHECK();
 }
 
+template <int HD, int BQ, int MINB, bool VEC>
+static void flash_bwd_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                        const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    static int attr;
+    size_t sm = bwd_smem<HD, BQ>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ, MINB, VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    k_flash_bwd<HD, BQ, MINB, VEC><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T,
+                                                                             Hq, Hkv, 1.f / sqrtf((float)HD));
+    CUDA_LAUNCH_CHECK();
+}
+
+// Backward variants, chosen by HALO_CUDA_ATTN_BWD (benchmarked side by side in bench_cuda_train):
+// 0 = scalar dQ atomics; 1 = float2 dQ atomics (default); 2 = float2 atomics with a register cap for 3 blocks/SM.
+static int g_bwd_variant = -1;
+static int bwd_variant(void) {
+    if (g_bwd_variant < 0) {
+        const char *e = getenv("HALO_CUDA_ATTN_BWD");
+        g_bwd_variant = e ? atoi(e) : 1;
+        if (g_bwd_variant < 0 || g_bwd_variant > 2) g_bwd_variant = 1;
+    }
+    return g_bwd_variant;
+}
+extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
+
 template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
-    static int attr;
-    size_t sm = bwd_smem<HD, BQ>();
-    if (!attr) { CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); attr = 1; }
-    k_flash_bwd<HD, BQ><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq, Hkv,
-                                                                  1.f / sqrtf((float)HD));
-    CUDA_LAUNCH_CHECK();
+    switch (bwd_variant()) {
+    case 0: flash_bwd_v<HD, BQ, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 2: flash_bwd_v<HD, BQ, (HD == 64 ? 3 : 2), true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_bwd_v<HD, BQ, 1, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    }
 }
 
 extern "C" void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B,
@@ -511,9 +542,8 @@ extern "C" void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const ha
         CUDA_LAUNCH_CHECK();
         if (hd == 64) flash_bwd<64, 64>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
         else flash_bwd<128, 32>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
-        size_t tot = (size_t)N * Hq * hd, gr = (tot + 255) / 256;
-        k_q_acc_to_bf16<<<(int)(gr > 65536 ? 65536 : gr), 256, 0, s>>>((bf16 *)dqkv, dq_acc, N, Hq, Hkv, hd,
-                                                                       1.f / sqrtf((float)hd));
+        k_q_acc_to_bf16<<<dim3(cdiv(Hq * hd / 2, 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)dqkv, dq_acc, N, Hq,
+                                                                                      Hkv, hd, 1.f / sqrtf((float)hd));
         CUDA_LAUNCH_CHECK();
         return;
     }
@@ -524,7 +554,6 @@ extern "C" void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const ha
     k_attn_simple_bwd<<<dim3(T, Hq, B), 128, sm, s>>>((bf16 *)dqkv, acc, (const bf16 *)dout, (const bf16 *)out, lse,
                                                      (const bf16 *)qkv, seg, T, Hq, Hkv, hd, 1.f / sqrtf((float)hd));
     CUDA_LAUNCH_CHECK();
-    size_t tot = (size_t)N * 2 * Hkv * hd, gr = (tot + 255) / 256;
-    k_kv_acc_to_bf16<<<(int)(gr > 65536 ? 65536 : gr), 256, 0, s>>>((bf16 *)dqkv, acc, N, Hq, Hkv, hd);
+    k_kv_acc_to_bf16<<<dim3(cdiv(2 * Hkv * hd, 128), N < 8192 ? N : 8192), 128, 0, s>>>((bf16 *)dqkv, acc, N, Hq, Hkv, hd);
     CUDA_LAUNCH_CHECK();
 }

@@ -36,6 +36,9 @@ void cuda_linear_backward_dx(halo_bf16 *dX, const halo_bf16 *dY, const halo_bf16
 // dW[n, m] += dY[b, n]^T X[b, m] (fp32 accumulate into the gradient)
 void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
                              cudaStream_t s);
+// dW[n, m] = dY^T X (overwrites: the first gradient write of a step needs no zeroed buffer)
+void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                 cudaStream_t s);
 // Frees the cuBLASLt handle, workspace and cached algorithms.
 void cuda_matmul_shutdown(void);
 
@@ -77,6 +80,9 @@ void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const halo_bf16 *do
 size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, int hd);
 // 1 when the tensor-core (flash) kernels serve this head_dim; HALO_CUDA_ATTN=simple forces the simple kernels.
 int cuda_attention_uses_flash(int hd);
+// Flash backward variant (benchmarks): 0 scalar dQ atomics, 1 float2 atomics, 2 float2 + 3 blocks/SM (hd 64).
+// Default from HALO_CUDA_ATTN_BWD, else 1.
+void cuda_attention_set_bwd_variant(int v);
 
 // Cross-entropy over logits[N, V] fp32 with targets[N] (-1 ignored): *loss_sum += sum of row losses (double);
 // dlogits[N, V] (bf16, optional) = scale * (softmax - onehot), 0 for ignored rows.

@@ -73,6 +73,8 @@ struct llama_cuda {
     int rope_len;
     double *loss_sum, *sumsq;    // device scalars
     int last_count, has_seg, B, T;
+    int grads_fresh;             // zero_grads ran and no backward since: the matrices' gradients hold garbage and
+                                 // their first product overwrites them (only embedding and norm ranges were zeroed)
     size_t bytes[MEM_NCAT];
     int oom;
 };
@@ -369,6 +371,12 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     cuda_linear_forward(g->x[l + 1], 1, (halo_bf16 *)g->sbuf, W + o->wdown, A->h, N, F, D, s);
 }
 
+// dW (+)= dY^T X: overwrite on the first write after zero_grads, accumulate otherwise
+static void dw(llama_cuda *g, float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
+    if (g->grads_fresh) cuda_linear_backward_dw_set(dW, dY, X, b, m, n, g->st);
+    else cuda_linear_backward_dw(dW, dY, X, b, m, n, g->st);
+}
+
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
 static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     const llama_config *c = &g->c;
@@ -379,20 +387,20 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
     cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s);    // recomputed, not stored
-    cuda_linear_backward_dw(G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D, s);
+    dw(g, G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D);
     cuda_linear_backward_dx((halo_bf16 *)g->sbuf, dr16, W + o->wdown, N, F, D, s);
     cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s);
-    cuda_linear_backward_dw(G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F, s);
+    dw(g, G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F);
     cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dgu, W + o->wgu, N, D, 2 * F, s);
     cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h, W + o->ffn_norm, A->r2,
                           g->dres, N, D, s);
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
-    cuda_linear_backward_dw(G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D, s);
+    dw(g, G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D);
     cuda_linear_backward_dx((halo_bf16 *)g->datt, dr16, W + o->wo, N, g->Q, D, s);
     cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt, (halo_bf16 *)A->att, A->lse,
                             (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s);
     cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s);
-    cuda_linear_backward_dw(G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV, s);
+    dw(g, G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV);
     cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dqkv, W + o->wqkv, N, D, g->QKV, s);
     cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l], W + o->attn_norm, A->r1,
                           g->dres, N, D, s);
@@ -423,7 +431,11 @@ static void forward_and_head(llama_cuda *g, const halo_batch *b, float grad_scal
         if (!train) continue;
         cuda_linear_backward_dx((halo_bf16 *)g->dnorm + (size_t)c0 * D, (halo_bf16 *)g->dlogits, W + g->lm_head, nc, D,
                                 V, s);
-        cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->dlogits, xc, nc, D, V, s);
+        // tied: the embedding range was zeroed; untied: the first chunk may overwrite
+        if (c0 == 0 && g->grads_fresh && !c->tie_embeddings)
+            cuda_linear_backward_dw_set(g->grad + g->lm_head, (halo_bf16 *)g->dlogits, xc, nc, D, V, s);
+        else
+            cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->dlogits, xc, nc, D, V, s);
     }
 }
 
@@ -446,6 +458,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
         layer_backward(g, l, A);
     }
     cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s);
+    g->grads_fresh = 0;
 }
 
 extern "C" float llama_cuda_last_loss(llama_cuda *g) {
@@ -455,12 +468,22 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
     return g->last_count ? (float)(sum / g->last_count) : 0.f;
 }
 
+// Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
+    CUDA_CHECK(cudaMemsetAsync(g->grad + g->embed, 0, (g->n_all - g->embed) * 4, g->st));
+    g->grads_fresh = 1;
+}
+
+// Makes every gradient valid when no backward ran since zero_grads.
+static void grads_settle(llama_cuda *g) {
+    if (!g->grads_fresh) return;
     CUDA_CHECK(cudaMemsetAsync(g->grad, 0, g->n_all * 4, g->st));
+    g->grads_fresh = 0;
 }
 
 extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
     cudaStream_t s = g->st;
+    grads_settle(g);
     const double *sumsq = NULL;
     if (h->grad_clip > 0) {
         CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), s));
@@ -489,6 +512,7 @@ extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const
 
 extern "C" double llama_cuda_grad_norm(llama_cuda *g) {
     double ss = 0;
+    grads_settle(g);
     CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
     cuda_sumsq(g->sumsq, g->grad, g->n_all, g->st);
     CUDA_CHECK(cudaMemcpyAsync(&ss, g->sumsq, sizeof ss, cudaMemcpyDeviceToHost, g->st));
@@ -514,5 +538,6 @@ extern "C" int llama_cuda_copy_params(llama_cuda *g, llama_model *host) {
 
 extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
     if (!host->grads) llama_alloc_grads(host);
+    grads_settle(g);
     return copy_back(g, host->grads, g->grad, host);
 }

@@ -116,3 +116,8 @@ extern "C" void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const ha
     // dW^T (m x n) += X^T (m x b) (dY^T)^T (b x n)
     gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 1, m, NULL, 1.f, s);
 }
+
+extern "C" void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                            cudaStream_t s) {
+    gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 1, m, NULL, 0.f, s);
+}

@@ -2,15 +2,13 @@
 // (i, i + hd/2), angles from the CPU's rope_tables (llama3 scaling included there). Backward is the inverse rotation.
 #include "cuda/common.cuh"
 
-// one thread per (token, head, pair)
+// grid: x over (head, pair) of one token, y strides over tokens
 __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H,
                        int hd, float sign) {
-    int half = hd / 2;
-    size_t total = (size_t)N * H * half;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int j = (int)(i % half);
-        size_t nh = i / half;
-        int h = (int)(nh % H), n = (int)(nh / H);
+    int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= H * half) return;
+    int h = i / half, j = i - h * half;
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
         bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
         float c = cos_t[(size_t)pos[n] * half + j], s = sign * sin_t[(size_t)pos[n] * half + j];
         float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
@@ -21,10 +19,8 @@ __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, 
 
 static void launch(halo_bf16 *x, int ld, const int32_t *pos, const float *c, const float *sn, int N, int H, int hd,
                    float sign, cudaStream_t s) {
-    size_t total = (size_t)N * H * (hd / 2);
-    if (!total) return;
-    size_t g = (total + 255) / 256;
-    k_rope<<<(int)(g > 65536 ? 65536 : g), 256, 0, s>>>((bf16 *)x, ld, pos, c, sn, N, H, hd, sign);
+    if (N == 0 || H == 0) return;
+    k_rope<<<dim3(cdiv(H * (hd / 2), 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)x, ld, pos, c, sn, N, H, hd, sign);
     CUDA_LAUNCH_CHECK();
 }
 
