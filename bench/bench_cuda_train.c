@@ -171,9 +171,16 @@ int main(int argc, char **argv) {
             cudaMalloc(&out, (size_t)N * Q * 2); cudaMalloc(&dqkv, (size_t)N * QKV * 2);
             cudaMalloc((void **)&lse, (size_t)N * c.n_heads * 4);
             cudaMalloc(&scr, cuda_attention_scratch_bytes(B, T, c.n_heads, c.n_kv_heads, c.head_dim));
-            TIME_MS(3, af, cuda_attention_forward(out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads, c.head_dim, 0));
             double fa = 2.0 * B * (double)T * T * c.n_heads * c.head_dim;
-            for (int v = 0; v < 3; v++) {   // backward variants side by side, then the default again
+            for (int v = 0; v < CUDA_ATTN_FWD_VARIANTS; v++) {   // kernel variants side by side, then the defaults
+                double t;
+                cuda_attention_set_fwd_variant(v);
+                TIME_MS(5, t, cuda_attention_forward(out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads, c.head_dim, 0));
+                printf("  attention fwd variant %d: %.3f ms (%.0f TFLOP/s)\n", v, t, fa / t / 1e9);
+            }
+            cuda_attention_set_fwd_variant(-1);
+            TIME_MS(5, af, cuda_attention_forward(out, lse, qkv, NULL, B, T, c.n_heads, c.n_kv_heads, c.head_dim, 0));
+            for (int v = 0; v < CUDA_ATTN_BWD_VARIANTS; v++) {
                 double t;
                 cuda_attention_set_bwd_variant(v);
                 TIME_MS(5, t, cuda_attention_backward(dqkv, scr, dout, out, lse, qkv, NULL, B, T, c.n_heads,

@@ -148,12 +148,34 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int r0, in
     }
 }
 
-template <int HD>
+
+// cp.async (sm_80+): 16-byte global->shared copies that complete in the background; rows >= T are zero-filled
+// with plain stores (visible after the next barrier).
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int ROWS, int HD, int LDS, int NT>
+__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
+    constexpr int CH = HD / 8;
+    for (int i = tid; i < ROWS * CH; i += NT) {
+        int r = i / CH, c = i % CH;
+        if (r0 + r < T) cp_async16(dst + r * LDS + c * 8, src + (size_t)(r0 + r) * ld + c * 8);
+        else *(uint4 *)(dst + r * LDS + c * 8) = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// PIPE: K/V tiles double-buffered, the next one copied by cp.async while the current one is used.
+template <int HD, bool PIPE>
 __global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
                                                    int T, int Hq, int Hkv, float scale_log2) {
     constexpr int BR = 64, BC = 64, LDS = HD + 8;
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16 *Qs = (bf16 *)smem, *Ks = Qs + BR * LDS, *Vs = Ks + BC * LDS;
+    constexpr int NBUF = PIPE ? 2 : 1;
+    bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + NBUF * BC * LDS;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -178,11 +200,28 @@ __global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const 
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
     int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
+    if (PIPE) {
+        load_tile_async<BC, HD, LDS, 128>(Ks0, rows + (Hq + kvh) * HD, 0, T, ld, tid);
+        load_tile_async<BC, HD, LDS, 128>(Vs0, rows + (Hq + Hkv + kvh) * HD, 0, T, ld, tid);
+        cp_async_commit();
+    }
     for (int kt = 0; kt < nkt; kt++) {
-        int k0 = kt * BC;
-        __syncthreads();
-        load_tile<BC, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-        load_tile<BC, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        int k0 = kt * BC, cur = PIPE ? (kt & 1) : 0;
+        bf16 *Ks = Ks0 + cur * BC * LDS, *Vs = Vs0 + cur * BC * LDS;
+        __syncthreads();   // every warp is done with the buffer the next copy overwrites
+        if (PIPE) {
+            if (kt + 1 < nkt) {
+                load_tile_async<BC, HD, LDS, 128>(Ks0 + (cur ^ 1) * BC * LDS, rows + (Hq + kvh) * HD, k0 + BC, T, ld, tid);
+                load_tile_async<BC, HD, LDS, 128>(Vs0 + (cur ^ 1) * BC * LDS, rows + (Hq + Hkv + kvh) * HD, k0 + BC, T, ld, tid);
+                cp_async_commit();
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+        } else {
+            load_tile<BC, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+            load_tile<BC, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        }
         __syncthreads();
         float s[BC / 8][4];
 #pragma unroll
@@ -281,15 +320,18 @@ __global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int
 
 // One block per (key tile of 64, kv head, batch); each warp owns 16 keys. Loops over the query heads of the group
 // and the query tiles at or after the key tile: dK, dV stay in registers; dQ goes to fp32 atomics.
-template <int HD, int BQ, int MINB, bool VEC>
+// PIPE: the Q/dO/lse/D tiles of the next iteration are copied (cp.async) while the current one is used.
+template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
 __global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
                                                    const float *lse, const float *Dv, const int32_t *seg, int T,
                                                    int Hq, int Hkv, float scale) {
     constexpr int BK = 64, LDS = HD + 8, LDP = BK + 8;
     constexpr int RG = BQ / 16, DSPLIT = 4 / RG, DW = HD / DSPLIT;   // dQ work split over the 4 warps
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + BK * LDS, *Qs = Vs + BK * LDS, *dOs = Qs + BQ * LDS, *dSs = dOs + BQ * LDS;
-    float *lse_s = (float *)(dSs + BQ * LDP), *D_s = lse_s + BQ;
+    constexpr int NBUF = PIPE ? 2 : 1;
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + BK * LDS, *Qs0 = Vs + BK * LDS, *dOs0 = Qs0 + NBUF * BQ * LDS;
+    bf16 *dSs = dOs0 + NBUF * BQ * LDS;
+    float *lse_s0 = (float *)(dSs + BQ * LDP), *D_s0 = lse_s0 + NBUF * BQ;
     int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -308,16 +350,36 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_a
         for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
     float scale_log2 = scale * LOG2E;
     int rg = warp % RG, dsp = warp / RG;
-    for (int hh = 0; hh < group; hh++) {
-        int h = kvh * group + hh;
+    int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
+    // copies iteration it's Q, dO, lse, D into buffer buf (cp.async when PIPE, plain loads otherwise)
+    auto stage = [&](int it, int buf) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
         const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
-        for (int q0 = (k0 / BQ) * BQ; q0 < T; q0 += BQ) {
-            __syncthreads();
-            load_tile<BQ, HD, LDS, 128>(Qs, rows + h * HD, q0, T, ld, tid);
-            load_tile<BQ, HD, LDS, 128>(dOs, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
-            for (int i = tid; i < BQ; i += 128) {
-                lse_s[i] = q0 + i < T ? lse_h[q0 + i] * LOG2E : 0.f;
-                D_s[i] = q0 + i < T ? D_h[q0 + i] : 0.f;
+        bf16 *Qd = Qs0 + buf * BQ * LDS, *dOd = dOs0 + buf * BQ * LDS;
+        if (PIPE) {
+            load_tile_async<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
+            load_tile_async<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
+        } else {
+            load_tile<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
+            load_tile<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
+        }
+        for (int i = tid; i < BQ; i += 128) {
+            lse_s0[buf * BQ + i] = q0 + i < T ? lse_h[q0 + i] * LOG2E : 0.f;
+            D_s0[buf * BQ + i] = q0 + i < T ? D_h[q0 + i] : 0.f;
+        }
+    };
+    if (PIPE && n_it > 0) { stage(0, 0); cp_async_commit(); }
+    for (int it = 0; it < n_it; it++) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = PIPE ? (it & 1) : 0;
+        bf16 *Qs = Qs0 + cur * BQ * LDS, *dOs = dOs0 + cur * BQ * LDS;
+        float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
+        {
+            __syncthreads();   // the previous iteration's readers of the buffers written below are done
+            if (PIPE) {
+                if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+                else cp_async_wait<0>();
+            } else {
+                stage(it, 0);
             }
             __syncthreads();
             // S^T = K Q^T (16 keys x BQ queries per warp) -> P^T
@@ -462,56 +524,73 @@ extern "C" size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, in
     return simple > flash ? simple : flash;
 }
 
-template <int HD> static size_t fwd_smem() { return 3 * 64 * (HD + 8) * sizeof(bf16); }
-template <int HD, int BQ> static size_t bwd_smem() {
-    return (2 * 64 * (HD + 8) + 2 * BQ * (HD + 8) + BQ * (64 + 8)) * sizeof(bf16) + 2 * BQ * sizeof(float);
+template <int HD, bool PIPE> static size_t fwd_smem() { return (1 + (PIPE ? 4 : 2)) * 64 * (HD + 8) * sizeof(bf16); }
+template <int HD, int BQ, bool PIPE> static size_t bwd_smem() {
+    int nb = PIPE ? 2 : 1;
+    return (2 * 64 * (HD + 8) + nb * 2 * BQ * (HD + 8) + BQ * (64 + 8)) * sizeof(bf16) + nb * 2 * BQ * sizeof(float);
 }
 
+// Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
+// forward 0 = synchronous tile loads, 1 = cp.async double buffering;
+// backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
+//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap.
+static int g_fwd_variant = -1, g_bwd_variant = -1;
+static int variant(int *v, const char *env, int dflt, int max) {
+    if (*v < 0) {
+        const char *e = getenv(env);
+        *v = e ? atoi(e) : dflt;
+        if (*v < 0 || *v > max) *v = dflt;
+    }
+    return *v;
+}
+extern "C" void cuda_attention_set_fwd_variant(int v) { g_fwd_variant = v; }
+extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
+
+template <int HD, bool PIPE>
+static void flash_fwd_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                        cudaStream_t s) {
+    static int attr;
+    size_t sm = fwd_smem<HD, PIPE>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd<HD, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    float scale_log2 = LOG2E / sqrtf((float)HD);
+    k_flash_fwd<HD, PIPE><<<dim3(cdiv(T, 64), Hq, B), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, scale_log2);
+    CUDA_LAUNCH_CHECK();
+}
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                       cudaStream_t s) {
-    static int attr;
-    size_t sm = fwd_smem<HD>();
-    if (!attr) { CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); attr = 1; }
-    float scale_log2 = LOG2E / sqrtf((float)HD);
-    k_flash_fwd<HD><<<dim3(cdiv(T, 64), Hq, B), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, scale_log2);
-    CUDA_LAUNCH_CHECK();
+    if (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, 1) == 1) flash_fwd_v<HD, true>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
 }
 
-template <int HD, int BQ, int MINB, bool VEC>
+template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
 static void flash_bwd_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                         const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     static int attr;
-    size_t sm = bwd_smem<HD, BQ>();
+    size_t sm = bwd_smem<HD, BQ, PIPE>();
     if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ, MINB, VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ, MINB, VEC, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)sm));
         attr = 1;
     }
-    k_flash_bwd<HD, BQ, MINB, VEC><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T,
+    k_flash_bwd<HD, BQ, MINB, VEC, PIPE><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T,
                                                                              Hq, Hkv, 1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
 
-// Backward variants, chosen by HALO_CUDA_ATTN_BWD (benchmarked side by side in bench_cuda_train):
-// 0 = scalar dQ atomics; 1 = float2 dQ atomics (default); 2 = float2 atomics with a register cap for 3 blocks/SM.
-static int g_bwd_variant = -1;
-static int bwd_variant(void) {
-    if (g_bwd_variant < 0) {
-        const char *e = getenv("HALO_CUDA_ATTN_BWD");
-        g_bwd_variant = e ? atoi(e) : 1;
-        if (g_bwd_variant < 0 || g_bwd_variant > 2) g_bwd_variant = 1;
-    }
-    return g_bwd_variant;
-}
-extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
-
 template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
-    switch (bwd_variant()) {
-    case 0: flash_bwd_v<HD, BQ, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 2: flash_bwd_v<HD, BQ, (HD == 64 ? 3 : 2), true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default: flash_bwd_v<HD, BQ, 1, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    constexpr int CAP = HD == 64 ? 3 : 2;
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 3, 4)) {
+    case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 4: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     }
 }
 

@@ -80,9 +80,11 @@ void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const halo_bf16 *do
 size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, int hd);
 // 1 when the tensor-core (flash) kernels serve this head_dim; HALO_CUDA_ATTN=simple forces the simple kernels.
 int cuda_attention_uses_flash(int hd);
-// Flash backward variant (benchmarks): 0 scalar dQ atomics, 1 float2 atomics, 2 float2 + 3 blocks/SM (hd 64).
-// Default from HALO_CUDA_ATTN_BWD, else 1.
+// Flash kernel variants for benchmarks and tests (attention.cu lists them); -1 = the default (or the value of
+// HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD).
+void cuda_attention_set_fwd_variant(int v);
 void cuda_attention_set_bwd_variant(int v);
+enum { CUDA_ATTN_FWD_VARIANTS = 2, CUDA_ATTN_BWD_VARIANTS = 5 };
 
 // Cross-entropy over logits[N, V] fp32 with targets[N] (-1 ignored): *loss_sum += sum of row losses (double);
 // dlogits[N, V] (bf16, optional) = scale * (softmax - onehot), 0 for ignored rows.
