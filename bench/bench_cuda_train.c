@@ -61,11 +61,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ce-chunk") && i + 1 < argc) ce_chunk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--recompute")) recompute = 1;
+        else if (!strcmp(argv[i], "--recompute-mlp")) recompute = 2;
         else if (!strcmp(argv[i], "--bf16-moments")) bf16m = 1;
         else if (!strcmp(argv[i], "--no-breakdown")) breakdown = 0;
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
-                   "[--steps N] [--recompute] [--bf16-moments] [--ce-chunk TOKENS] [--no-breakdown]\n");
+                   "[--steps N] [--recompute | --recompute-mlp] [--bf16-moments] [--ce-chunk TOKENS] [--no-breakdown]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
@@ -129,6 +130,11 @@ int main(int argc, char **argv) {
            flops / step_s / 1e12, llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0);
 
     if (breakdown) {
+        // device time by operation inside real steps (events around every launch; a little slower than untimed)
+        llama_cuda_profile(g, 1);
+        for (int i = 0; i < 2; i++) llama_cuda_train_step(g, &b, &h, warmup + steps + 1 + i);
+        llama_cuda_profile_print(g);
+        llama_cuda_profile(g, 0);
         // where the time goes: forward alone, AdamW alone, and the model's products and attention in isolation
         double fwd_ms, adam_ms;
         TIME_MS(3, fwd_ms, llama_cuda_forward(g, &b, NULL));

@@ -42,6 +42,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   run "halo bench llama3.2-1b 4x2048" bench_1b.log 120 $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
   run "halo bench llama3-8b 4 layers 4x2048" bench_8b.log 120 $BUILD/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048 --no-breakdown
   run "halo bench llama3.2-1b recompute+bf16 moments" bench_1b_small.log 120 $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --recompute --bf16-moments --no-breakdown --steps 5
+  run "halo bench llama3.2-1b MLP recompute+bf16 mom." bench_1b_mlp.log 120 $BUILD/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --recompute-mlp --bf16-moments --no-breakdown --steps 5
   if [ "${HALO_SKIP_TORCH:-0}" != 1 ]; then
     run "torch compiled llama3.2-1b 4x2048" torch_1b.log 240 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
     run "torch compiled llama3-8b 4 layers 4x2048" torch_8b.log 200 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
@@ -52,7 +53,7 @@ for f in "$OUT"/*.log; do echo "--- $(basename $f)"; grep -E "FAIL|ERROR SUMMARY
 echo; echo "==== CUDA ops vs CPU"; grep -h '^|' "$OUT/ops.log" 2>/dev/null
 echo; echo "==== GPU model vs goldens / CPU model"; grep -h -E '^\||AdamW losses|worst gradient' "$OUT/model.log" 2>/dev/null
 echo; echo "==== benchmarks"
-for f in bench_1b bench_8b bench_1b_small; do [ -f "$OUT/$f.log" ] && grep -E "tokens/s|step |breakdown|layer products|product|attention|total|measured bf16" "$OUT/$f.log"; done
+for f in bench_1b bench_8b bench_1b_small bench_1b_mlp; do [ -f "$OUT/$f.log" ] && grep -E "tokens/s|step |breakdown|layer products|product|attention|total|measured bf16|  [a-z].* ms  " "$OUT/$f.log"; done
 python3 - "$OUT" <<'PY'
 import json, sys, os, glob
 out = sys.argv[1]
@@ -62,12 +63,22 @@ def last_json(path):
         return json.loads(lines[-1]) if lines else None
     except OSError:
         return None
+# with HALO_SKIP_TORCH=1 the baseline comes from the recorded run (dev/cuda/torch_baseline_run1.jsonl, same H100 kind)
+recorded = {}
+try:
+    for l in open("dev/cuda/torch_baseline_run1.jsonl"):
+        j = json.loads(l); recorded["torch_1b" if j["layers"] == 16 else "torch_8b"] = j
+except OSError:
+    pass
+def torch_json(name):
+    return last_json(f"{out}/{name}.log") or recorded.get(name)
 pairs = [("llama3.2-1b 16 layers", "bench_1b", "torch_1b"), ("llama3-8b 4 layers", "bench_8b", "torch_8b"),
-         ("llama3.2-1b recompute+bf16m", "bench_1b_small", "torch_1b")]
+         ("llama3.2-1b recompute+bf16m", "bench_1b_small", "torch_1b"),
+         ("llama3.2-1b MLP recompute+bf16m", "bench_1b_mlp", "torch_1b")]
 print("\n| shape (batch 4 x 2048) | halo tok/s | halo % peak | halo GiB | torch tok/s | torch GiB | halo/torch |")
 print("|---|---|---|---|---|---|---|")
 for name, h, t in pairs:
-    a, b = last_json(f"{out}/{h}.log"), last_json(f"{out}/{t}.log")
+    a, b = last_json(f"{out}/{h}.log"), torch_json(t)
     if not a: continue
     tt = b["tokens_per_s"] if b else None
     print(f"| {name} | {a['tokens_per_s']} | {100*a['mfu_measured_peak']:.1f} | {a['model_gib']} | {tt or '-'} | "

@@ -81,13 +81,38 @@ static void check_golden(const char *label, const char *model_dir, const char *g
         CHECK(st_read_f32(&gf, name, gref + m.table[i].offset, m.table[i].ndim, m.table[i].shape) == HALO_OK, "%s",
               halo_error());
     }
+    // BF16 yardstick: the CPU fp32 model run with BF16-rounded weights (activations still fp32) shows how far BF16
+    // alone moves each gradient of this model from the golden (stories260K's layer-0 k_proj: 2.6e-2). The GPU, which
+    // also stores activations in BF16, must stay within max(5e-2, 4x that) per tensor and max(2e-2, 4x) overall.
+    float *gpu_g = malloc(sizeof(float) * m.n_params), *saved_p = malloc(sizeof(float) * m.n_params);
+    memcpy(gpu_g, m.grads, sizeof(float) * m.n_params);
+    memcpy(saved_p, m.params, sizeof(float) * m.n_params);
+    halo_bf16 *tmp16 = malloc(2 * m.n_params);
+    cuda_f32_to_bf16_host(tmp16, m.params, m.n_params);
+    cuda_bf16_to_f32_host(m.params, tmp16, m.n_params);
+    free(tmp16);
+    llama_forward(&m, &b, NULL);
+    llama_zero_grads(&m);
+    llama_backward(&m, &b, 1.0f);
+    double worst_ratio = 0, worst_e = 0, worst_sens = 0;
     const char *wn = "";
-    double we = worst_grad_err(&m, m.grads, gref, &wn);
+    for (int i = 0; i < m.n_table; i++) {
+        const llama_param *p = &m.table[i];
+        double e = rel_l2_f(gpu_g + p->offset, gref + p->offset, p->numel);
+        double sens = rel_l2_f(m.grads + p->offset, gref + p->offset, p->numel);
+        double bound = fmax(5e-2, 4 * sens), r = isnan(e) ? INFINITY : e / bound;
+        if (r > worst_ratio) { worst_ratio = r; worst_e = e; worst_sens = sens; wn = p->name; }
+    }
+    double sens_all = rel_l2_f(m.grads, gref, m.n_params);
+    memcpy(m.params, saved_p, sizeof(float) * m.n_params);
+    memcpy(m.grads, gpu_g, sizeof(float) * m.n_params);
     char what[128];
     snprintf(what, sizeof what, "grads vs golden (worst of %d)", m.n_table);
-    table_row(label, what, we, 5e-2);
-    printf("   worst gradient: %s\n", wn);
-    table_row(label, "all grads (one vector) vs golden", rel_l2_f(m.grads, gref, m.n_params), 2e-2);
+    table_row(label, what, worst_e, fmax(5e-2, 4 * worst_sens));
+    printf("   worst gradient (relative to its bound): %s; CPU with bf16 weights: %.3g\n", wn, worst_sens);
+    table_row(label, "all grads (one vector) vs golden", rel_l2_f(gpu_g, gref, m.n_params), fmax(2e-2, 4 * sens_all));
+    printf("   CPU model with bf16-rounded weights, all grads vs golden: %.3g\n", sens_all);
+    free(gpu_g); free(saved_p);
     // ten AdamW steps on the same batch (lr 1e-3, betas 0.9/0.95, eps 1e-8, wd 0); entry 0 is the loss before step 1
     cJSON *la = cJSON_GetObjectItem(js, "losses_adamw");
     llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.f, 0.f, 0};
@@ -153,7 +178,7 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
     float *gref = malloc(sizeof(float) * m.n_params);
     memcpy(gref, m.grads, sizeof(float) * m.n_params);
     float *g_stored = malloc(sizeof(float) * m.n_params);
-    for (int rc = 0; rc < 2; rc++) {
+    for (int rc = 0; rc < 3; rc++) {
         llama_cuda *g;
         llama_cuda_opts o = opts_for(B, T, rc, 0);
         if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "%s", halo_error()); break; }
@@ -167,6 +192,8 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
             table_row(label, "grads vs CPU (worst tensor)", worst_grad_err(&m, m.grads, gref, &wn), 5e-2);
             printf("   worst gradient: %s\n", wn);
             memcpy(g_stored, m.grads, sizeof(float) * m.n_params);
+        } else if (rc == 2) {
+            table_row(label, "MLP recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
         } else {
             table_row(label, "recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
             // accumulation: two half-scaled backward passes after one zeroing equal one full pass

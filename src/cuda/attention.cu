@@ -533,7 +533,8 @@ template <int HD, int BQ, bool PIPE> static size_t bwd_smem() {
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
 // forward 0 = synchronous tile loads, 1 = cp.async double buffering;
 // backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
-//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap.
+//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap (default: 1.53 ms vs 1.64 for 3
+//          and 2.09 for 0 at B4 T2048 H32/8 hd64 on the H100, run 2 of dev/cuda/NOTES.md).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
 static int variant(int *v, const char *env, int dflt, int max) {
     if (*v < 0) {
@@ -585,12 +586,12 @@ template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     constexpr int CAP = HD == 64 ? 3 : 2;
-    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 3, 4)) {
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, 4)) {
     case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 4: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 3: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     }
 }
 

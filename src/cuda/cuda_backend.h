@@ -86,9 +86,9 @@ void cuda_attention_set_fwd_variant(int v);
 void cuda_attention_set_bwd_variant(int v);
 enum { CUDA_ATTN_FWD_VARIANTS = 2, CUDA_ATTN_BWD_VARIANTS = 5 };
 
-// Cross-entropy over logits[N, V] fp32 with targets[N] (-1 ignored): *loss_sum += sum of row losses (double);
-// dlogits[N, V] (bf16, optional) = scale * (softmax - onehot), 0 for ignored rows.
-void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const float *logits, const int32_t *targets, int N,
+// Cross-entropy over bf16 logits[N, V] (fp32 arithmetic) with targets[N] (-1 ignored): *loss_sum += sum of row
+// losses (double); dlogits[N, V] (optional, may alias logits) = scale * (softmax - onehot), 0 for ignored rows.
+void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *logits, const int32_t *targets, int N,
                         int V, float scale, cudaStream_t s);
 
 // ---- optimizer (adamw.cu) ----
@@ -106,6 +106,7 @@ typedef struct llama_cuda llama_cuda;
 typedef struct {
     int max_B, max_T;       // largest batch the buffers are sized for
     int recompute;          // 1: keep only each layer's input; recompute the layer in backward
+                            // 2: keep all but the MLP's [gate | up] product (the largest activation); recompute it
     int bf16_moments;       // 1: AdamW moments in bf16
     int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
     int verbose;            // 1: print the memory breakdown at init
@@ -141,6 +142,11 @@ double llama_cuda_grad_norm(llama_cuda *g);
 // Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table).
 int llama_cuda_copy_params(llama_cuda *g, llama_model *host);
 int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
+
+// Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints
+// the mean device time per step by operation (attention, products, norms, ...). Turning it on resets the sums.
+void llama_cuda_profile(llama_cuda *g, int on);
+void llama_cuda_profile_print(llama_cuda *g);
 
 // Bytes this model allocated on the device (weights, master, grads, moments, activations, workspace).
 size_t llama_cuda_bytes(const llama_cuda *g);

@@ -39,6 +39,15 @@ enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_
 static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weights (fp32)", "gradients (fp32)",
                                                 "AdamW moments", "activations", "workspace"};
 
+// Per-category device time of a step (llama_cuda_profile): events around each operation, summed after the step.
+enum { PR_EMBED, PR_NORM_F, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
+       PR_MM_DW, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
+static const char *const PR_NAMES[PR_N] = {
+    "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
+    "swiglu fwd (+recompute)", "swiglu bwd", "layer products fwd", "layer products dX", "layer products dW",
+    "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm", "memsets, uploads"};
+enum { PR_MAXEV = 8192 };
+
 struct llama_cuda {
     llama_config c;
     llama_cuda_opts o;
@@ -64,8 +73,7 @@ struct llama_cuda {
     float *dres;                 // [N, D] residual gradient
     bf16 *dres16;                // [N, D] its bf16 copy (product operand)
     void *attn_scratch;
-    float *logits;               // [ce_chunk, V] fp32
-    bf16 *dlogits;               // [ce_chunk, V]
+    bf16 *logits;                // [ce_chunk, V] bf16 logits, turned into their gradient in place
     int32_t *ids, *tgt, *pos, *seg;   // [N]
     int32_t *stage;              // pinned host [4 N]
     cudaEvent_t staged;          // the last upload from `stage` has completed
@@ -77,7 +85,55 @@ struct llama_cuda {
                                  // their first product overwrites them (only embedding and norm ranges were zeroed)
     size_t bytes[MEM_NCAT];
     int oom;
+    int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
+    cudaEvent_t *ev;             // [PR_MAXEV]
+    int *ev_cat;                 // [PR_MAXEV / 2]
+    double prof_ms[PR_N];
 };
+
+// Start and end marks alternate; a start is recorded only when its end has room too.
+static void prof_mark(llama_cuda *g, int cat) {
+    if (!g->prof) return;
+    if (!(g->nev & 1)) {
+        if (g->nev + 2 > PR_MAXEV) return;
+        g->ev_cat[g->nev / 2] = cat;
+    }
+    CUDA_CHECK(cudaEventRecord(g->ev[g->nev++], g->st));
+}
+// wraps one operation: PROF(g, PR_X, call(...));
+#define PROF(g, cat, ...) do { prof_mark(g, cat); __VA_ARGS__; prof_mark(g, cat); } while (0)
+
+static void prof_collect(llama_cuda *g) {
+    if (!g->prof) return;
+    for (int i = 0; i + 1 < g->nev; i += 2) {
+        float ms;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, g->ev[i], g->ev[i + 1]));
+        g->prof_ms[g->ev_cat[i / 2]] += ms;
+    }
+    g->nev = 0;
+}
+
+extern "C" void llama_cuda_profile(llama_cuda *g, int on) {
+    if (on && !g->ev) {
+        g->ev = (cudaEvent_t *)xcalloc(PR_MAXEV, sizeof(cudaEvent_t));
+        g->ev_cat = (int *)xcalloc(PR_MAXEV / 2, sizeof(int));
+        for (int i = 0; i < PR_MAXEV; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
+    }
+    g->prof = on;
+    g->nev = 0;
+    g->prof_steps = 0;
+    memset(g->prof_ms, 0, sizeof g->prof_ms);
+}
+
+extern "C" void llama_cuda_profile_print(llama_cuda *g) {
+    if (!g->prof_steps) return;
+    double tot = 0;
+    for (int i = 0; i < PR_N; i++) tot += g->prof_ms[i];
+    printf("device time per step by operation (%d profiled steps, events around each launch):\n", g->prof_steps);
+    for (int i = 0; i < PR_N; i++)
+        printf("  %-26s %8.2f ms  %5.1f%%\n", PR_NAMES[i], g->prof_ms[i] / g->prof_steps, 100 * g->prof_ms[i] / tot);
+    printf("  %-26s %8.2f ms\n", "sum", tot / g->prof_steps);
+}
 
 static void *dalloc(llama_cuda *g, int cat, size_t bytes) {
     if (g->oom) return NULL;
@@ -184,7 +240,7 @@ static int alloc_all(llama_cuda *g) {
     g->grad = (float *)dalloc(g, MEM_GRADS, P * 4);
     g->m = dalloc(g, MEM_MOMENTS, P * msz);
     g->v = dalloc(g, MEM_MOMENTS, P * msz);
-    int nl = c->n_layers, nsets = g->o.recompute ? 1 : nl;
+    int nl = c->n_layers, nsets = g->o.recompute == 1 ? 1 : nl;
     g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
     for (int l = 0; l <= nl; l++) g->x[l] = (float *)dalloc(g, MEM_ACTS, N * D * 4);
     g->acts = (layer_acts *)xcalloc((size_t)nsets, sizeof(layer_acts));
@@ -198,7 +254,8 @@ static int alloc_all(llama_cuda *g) {
         A->h = (float *)dalloc(g, MEM_ACTS, N * D * 4);
         A->n2 = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
         A->r2 = (float *)dalloc(g, MEM_ACTS, N * 4);
-        A->gu = (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
+        // recompute 2: one [gate | up] buffer shared by all layers
+        A->gu = g->o.recompute == 2 && i > 0 ? g->acts[0].gu : (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
     }
     g->nf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
     g->rf = (float *)dalloc(g, MEM_ACTS, N * 4);
@@ -211,8 +268,7 @@ static int alloc_all(llama_cuda *g) {
     g->dres16 = (bf16 *)dalloc(g, MEM_WORK, N * D * 2);
     g->attn_scratch = dalloc(g, MEM_WORK, cuda_attention_scratch_bytes(g->o.max_B, g->o.max_T, c->n_heads,
                                                                        c->n_kv_heads, c->head_dim));
-    g->logits = (float *)dalloc(g, MEM_WORK, (size_t)g->ce_chunk * V * 4);
-    g->dlogits = (bf16 *)dalloc(g, MEM_WORK, (size_t)g->ce_chunk * V * 2);
+    g->logits = (bf16 *)dalloc(g, MEM_WORK, (size_t)g->ce_chunk * V * 2);
     g->ids = (int32_t *)dalloc(g, MEM_WORK, N * 4 * 4);
     if (g->ids) { g->tgt = g->ids + N; g->pos = g->tgt + N; g->seg = g->pos + N; }
     g->rope_len = c->max_pos > g->o.max_T ? c->max_pos : g->o.max_T;
@@ -243,7 +299,8 @@ static void print_memory(const llama_cuda *g) {
     printf("halo cuda: %zu parameters; device memory by category:\n", g->n_true);
     for (int i = 0; i < MEM_NCAT; i++) printf("  %-24s %9.3f GiB\n", MEM_NAMES[i], g->bytes[i] / 1073741824.0);
     printf("  %-24s %9.3f GiB  (batch %d x %d, %s, moments %s, lm_head chunk %d tokens)\n", "total",
-           llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T, g->o.recompute ? "recompute" : "stored acts",
+           llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T,
+           g->o.recompute == 1 ? "recompute layers" : g->o.recompute == 2 ? "recompute MLP gate/up" : "stored acts",
            g->o.bf16_moments ? "bf16" : "fp32", g->ce_chunk);
 }
 
@@ -301,17 +358,19 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->dlogits, g->ids, g->cos_t, g->loss_sum};
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
-    int nsets = g->o.recompute ? 1 : g->c.n_layers;
+    int nsets = g->o.recompute == 1 ? 1 : g->c.n_layers;
     if (g->acts)
         for (int i = 0; i < nsets; i++) {
             layer_acts *A = &g->acts[i];
-            void *ap[] = {A->n1, A->r1, A->qkv, A->att, A->lse, A->h, A->n2, A->r2, A->gu};
+            void *ap[] = {A->n1, A->r1, A->qkv, A->att, A->lse, A->h, A->n2, A->r2,
+                          g->o.recompute == 2 && i > 0 ? NULL : A->gu};
             for (size_t j = 0; j < sizeof ap / sizeof ap[0]; j++) if (ap[j]) cudaFree(ap[j]);
         }
     if (g->stage) { cudaFreeHost(g->stage); cudaEventDestroy(g->staged); }
+    if (g->ev) { for (int i = 0; i < PR_MAXEV; i++) cudaEventDestroy(g->ev[i]); free(g->ev); free(g->ev_cat); }
     cudaStreamDestroy(g->st);
     free(g->x); free(g->acts); free(g->slots); free(g->L);
     free(g);
@@ -349,7 +408,7 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
 }
 
 // ---- layers ----
-static layer_acts *acts_for(llama_cuda *g, int l) { return &g->acts[g->o.recompute ? 0 : l]; }
+static layer_acts *acts_for(llama_cuda *g, int l) { return &g->acts[g->o.recompute == 1 ? 0 : l]; }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
 static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
@@ -358,17 +417,17 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     const layer_offs *o = &g->L[l];
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
-    cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s);
-    cuda_linear_forward(A->qkv, 0, (halo_bf16 *)A->n1, W + o->wqkv, NULL, N, D, g->QKV, s);
-    cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s);
-    cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL, g->B, g->T,
-                           Hq, Hkv, hd, s);
-    cuda_linear_forward(A->h, 1, (halo_bf16 *)A->att, W + o->wo, g->x[l], N, g->Q, D, s);
-    cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s);
-    cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, W + o->wgu, NULL, N, D, 2 * F, s);
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->qkv, 0, (halo_bf16 *)A->n1, W + o->wqkv, NULL, N, D, g->QKV, s));
+    PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
+                                             g->B, g->T, Hq, Hkv, hd, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->h, 1, (halo_bf16 *)A->att, W + o->wo, g->x[l], N, g->Q, D, s));
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, W + o->wgu, NULL, N, D, 2 * F, s));
     if (!full) return;
-    cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s);
-    cuda_linear_forward(g->x[l + 1], 1, (halo_bf16 *)g->sbuf, W + o->wdown, A->h, N, F, D, s);
+    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(g->x[l + 1], 1, (halo_bf16 *)g->sbuf, W + o->wdown, A->h, N, F, D, s));
 }
 
 // dW (+)= dY^T X: overwrite on the first write after zero_grads, accumulate otherwise
@@ -386,24 +445,25 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     float *G = g->grad;
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
-    cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s);    // recomputed, not stored
-    dw(g, G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D);
-    cuda_linear_backward_dx((halo_bf16 *)g->sbuf, dr16, W + o->wdown, N, F, D, s);
-    cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s);
-    dw(g, G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F);
-    cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dgu, W + o->wgu, N, D, 2 * F, s);
-    cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h, W + o->ffn_norm, A->r2,
-                          g->dres, N, D, s);
+    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
+    PROF(g, PR_MM_DW, dw(g, G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->sbuf, dr16, W + o->wdown, N, F, D, s));
+    PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    PROF(g, PR_MM_DW, dw(g, G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dgu, W + o->wgu, N, D, 2 * F, s));
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h,
+                                             W + o->ffn_norm, A->r2, g->dres, N, D, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
-    dw(g, G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D);
-    cuda_linear_backward_dx((halo_bf16 *)g->datt, dr16, W + o->wo, N, g->Q, D, s);
-    cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt, (halo_bf16 *)A->att, A->lse,
-                            (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s);
-    cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s);
-    dw(g, G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV);
-    cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dqkv, W + o->wqkv, N, D, g->QKV, s);
-    cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l], W + o->attn_norm, A->r1,
-                          g->dres, N, D, s);
+    PROF(g, PR_MM_DW, dw(g, G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->datt, dr16, W + o->wo, N, g->Q, D, s));
+    PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
+                                              (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
+                                              g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
+    PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    PROF(g, PR_MM_DW, dw(g, G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dqkv, W + o->wqkv, N, D, g->QKV, s));
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l],
+                                             W + o->attn_norm, A->r1, g->dres, N, D, s));
 }
 
 // Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
@@ -416,26 +476,34 @@ static void forward_and_head(llama_cuda *g, const halo_batch *b, float grad_scal
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
     CUDA_CHECK(cudaMemsetAsync(g->loss_sum, 0, sizeof(double), s));
-    cuda_embedding_forward(g->x[0], g->ids, W + g->embed, N, D, s);
+    PROF(g, PR_EMBED, cuda_embedding_forward(g->x[0], g->ids, W + g->embed, N, D, s));
     for (int l = 0; l < c->n_layers; l++) layer_forward(g, l, acts_for(g, l), 1);
-    cuda_rmsnorm_forward((halo_bf16 *)g->nf, g->rf, g->x[c->n_layers], W + g->final_norm, N, D, c->norm_eps, s);
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)g->nf, g->rf, g->x[c->n_layers], W + g->final_norm, N, D,
+                                            c->norm_eps, s));
     float scale = count ? grad_scale / count : 0.f;
     for (int c0 = 0; c0 < N; c0 += g->ce_chunk) {
         int nc = N - c0 < g->ce_chunk ? N - c0 : g->ce_chunk;
         halo_bf16 *xc = (halo_bf16 *)g->nf + (size_t)c0 * D;
-        cuda_linear_forward(g->logits, 1, xc, W + g->lm_head, NULL, nc, D, V, s);
-        if (logits_host)
-            CUDA_CHECK(cudaMemcpyAsync(logits_host + (size_t)c0 * V, g->logits, (size_t)nc * V * 4,
-                                       cudaMemcpyDeviceToHost, s));
-        cuda_cross_entropy(train ? (halo_bf16 *)g->dlogits : NULL, g->loss_sum, g->logits, g->tgt + c0, nc, V, scale, s);
+        PROF(g, PR_LM_F, cuda_linear_forward(g->logits, 0, xc, W + g->lm_head, NULL, nc, D, V, s));
+        if (logits_host) {   // tests and evaluation: bf16 chunk to fp32 on the host
+            halo_bf16 *tmp = (halo_bf16 *)xmalloc((size_t)nc * V * 2);
+            CUDA_CHECK(cudaMemcpyAsync(tmp, g->logits, (size_t)nc * V * 2, cudaMemcpyDeviceToHost, s));
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            cuda_bf16_to_f32_host(logits_host + (size_t)c0 * V, tmp, (size_t)nc * V);
+            free(tmp);
+        }
+        PROF(g, PR_XENT, cuda_cross_entropy(train ? (halo_bf16 *)g->logits : NULL, g->loss_sum, (halo_bf16 *)g->logits,
+                                            g->tgt + c0, nc, V, scale, s));
         if (!train) continue;
-        cuda_linear_backward_dx((halo_bf16 *)g->dnorm + (size_t)c0 * D, (halo_bf16 *)g->dlogits, W + g->lm_head, nc, D,
-                                V, s);
+        PROF(g, PR_LM_B, cuda_linear_backward_dx((halo_bf16 *)g->dnorm + (size_t)c0 * D, (halo_bf16 *)g->logits,
+                                                 W + g->lm_head, nc, D, V, s));
+        prof_mark(g, PR_LM_B);
         // tied: the embedding range was zeroed; untied: the first chunk may overwrite
         if (c0 == 0 && g->grads_fresh && !c->tie_embeddings)
-            cuda_linear_backward_dw_set(g->grad + g->lm_head, (halo_bf16 *)g->dlogits, xc, nc, D, V, s);
+            cuda_linear_backward_dw_set(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
         else
-            cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->dlogits, xc, nc, D, V, s);
+            cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
+        prof_mark(g, PR_LM_B);
     }
 }
 
@@ -450,14 +518,18 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
-    cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, g->grad + g->final_norm, (halo_bf16 *)g->dnorm,
-                          g->x[c->n_layers], W + g->final_norm, g->rf, NULL, N, D, s);
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, g->grad + g->final_norm,
+                                             (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf, NULL,
+                                             N, D, s));
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
-        if (g->o.recompute) layer_forward(g, l, A, 0);
+        if (g->o.recompute == 1) layer_forward(g, l, A, 0);
+        if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
+            PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, (halo_bf16 *)g->w + g->L[l].wgu, NULL, N,
+                                                 D, 2 * c->hidden_dim, s));
         layer_backward(g, l, A);
     }
-    cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s);
+    PROF(g, PR_EMBED, cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s));
     g->grads_fresh = 0;
 }
 
@@ -465,12 +537,13 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
     double sum = 0;
     CUDA_CHECK(cudaMemcpyAsync(&sum, g->loss_sum, sizeof sum, cudaMemcpyDeviceToHost, g->st));
     CUDA_CHECK(cudaStreamSynchronize(g->st));
+    if (g->prof) { prof_collect(g); g->prof_steps++; }
     return g->last_count ? (float)(sum / g->last_count) : 0.f;
 }
 
 // Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
-    CUDA_CHECK(cudaMemsetAsync(g->grad + g->embed, 0, (g->n_all - g->embed) * 4, g->st));
+    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->grad + g->embed, 0, (g->n_all - g->embed) * 4, g->st)));
     g->grads_fresh = 1;
 }
 
@@ -487,7 +560,7 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
     const double *sumsq = NULL;
     if (h->grad_clip > 0) {
         CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), s));
-        cuda_sumsq(g->sumsq, g->grad, g->n_all, s);
+        PROF(g, PR_NORMSQ, cuda_sumsq(g->sumsq, g->grad, g->n_all, s));
         sumsq = g->sumsq;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
@@ -496,9 +569,9 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
         int decay = h->decay_all || g->slots[i].decay, j = i + 1;
         while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay) j++;
         size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
-        cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, (char *)g->m + off * msz,
-                   (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
-                   decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s);
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, (char *)g->m + off * msz,
+                                     (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
+                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
         i = j;
     }
 }

@@ -3,17 +3,32 @@
 // the weight gradient is a column reduction with one atomic per column and block.
 #include "cuda/common.cuh"
 
-// one warp per row
+// one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out
 __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= N) return;
     const float *xr = x + (size_t)row * D;
+    bf16 *o = out + (size_t)row * D;
     float ss = 0.f;
+    if (D % 4 == 0) {
+        const float4 *x4 = (const float4 *)xr;
+        for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+        ss = warp_sum(ss);
+        float r = rsqrtf(ss / D + eps);
+        if (lane == 0) rstd[row] = r;
+        for (int d = lane; d < D / 4; d += 32) {
+            float4 v = x4[d];
+            float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
+            float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
+            ((__nv_bfloat162 *)o)[2 * d] = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
+            ((__nv_bfloat162 *)o)[2 * d + 1] = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+        }
+        return;
+    }
     for (int d = lane; d < D; d += 32) ss += xr[d] * xr[d];
     ss = warp_sum(ss);
     float r = rsqrtf(ss / D + eps);
     if (lane == 0) rstd[row] = r;
-    bf16 *o = out + (size_t)row * D;
     for (int d = lane; d < D; d += 32) o[d] = __float2bfloat16(xr[d] * r * __bfloat162float(w[d]));
 }
 
