@@ -14,7 +14,8 @@ export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
 BUILD=build-dev
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu,memory.used --format=csv | tee "$OUT/gpu.txt"
-# binaries come prebuilt (device_sync.sh); rebuild here when they are missing or do not start
+# binaries come prebuilt (device_sync.sh); rebuild here when they are missing (this fallback has not been run on
+# the device yet: every run so far used the prebuilt binaries)
 if ! "$BUILD/tests/test_cuda_ops" --help >/dev/null 2>&1 && [ ! -x "$BUILD/tests/test_cuda_ops" ]; then
   echo "== building on the device"
   C_INCLUDE_PATH=$PWD/deps/include LIBRARY_PATH=$PWD/deps/lib make -j16 BUILD=$BUILD OPT="-O3 -march=native" tests benches \
