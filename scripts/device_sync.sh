@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepares a device run of the CUDA checks: builds the library, tests and benchmarks HERE for the device's CPU
+# (x86-64-v3, build/dev/), and copies them with the scripts, the libraries the device lacks (cJSON; PCRE2 for
+# safety), headers for an on-device rebuild, and the shared data the tests read into DEST (default
+# /work/main/.dev-cuda, ignored by main's .gitignore). Then call the device tool with carry [".dev-cuda"] and
+#   cd .dev-cuda && bash scripts/gpu_check.sh [all|test|bench]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=${1:-/work/main/.dev-cuda}
+SHARED=${HALO_SHARED:-../shared}
+make -j2 BUILD=build/dev OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
+rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench}
+cp -r src include tests bench scripts dev Makefile "$DEST"/ 2>/dev/null || true
+mkdir -p "$DEST/build-dev"
+mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
+cp build/dev/tests/test_cuda_* "$DEST/build-dev/tests/"; cp build/dev/bench/bench_cuda_* "$DEST/build-dev/bench/"
+cp -P /usr/lib/x86_64-linux-gnu/libcjson.so* "$DEST/deps/lib/"
+cp -L /usr/lib/x86_64-linux-gnu/libpcre2-8.so.0 "$DEST/deps/lib/"   # the device has OpenBLAS's runtime
+# link names for an on-device rebuild (-lpcre2-8, -lopenblas); the OpenBLAS one points at the device's runtime
+ln -sf libpcre2-8.so.0 "$DEST/deps/lib/libpcre2-8.so"
+ln -sf /usr/lib/x86_64-linux-gnu/libopenblas.so.0 "$DEST/deps/lib/libopenblas.so"
+cp -r /usr/include/cjson "$DEST/deps/include/"
+cp /usr/include/pcre2.h "$DEST/deps/include/" 2>/dev/null || true
+cp /usr/include/x86_64-linux-gnu/openblas-pthread/*.h "$DEST/deps/include/" 2>/dev/null || true
+cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
+cp -r "$SHARED"/models/stories260K "$DEST/shared/models/"
+cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"
+du -sh "$DEST"

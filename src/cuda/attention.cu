@@ -1,0 +1,639 @@
+// Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
+// flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
+// backward per key tile with dQ accumulated by fp32 atomics); other head sizes (the tiny test models) run simple
+// one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
+#include <string.h>
+#include "cuda/common.cuh"
+
+#define LOG2E 1.4426950408889634f
+
+// ------------------------------------------------------------------------------------------------------------
+// Simple kernels: one block per (query, head, batch); scores of one row in shared memory.
+// ------------------------------------------------------------------------------------------------------------
+__global__ void k_attn_simple_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int T, int Hq,
+                                  int Hkv, int hd, float scale) {
+    extern __shared__ float sh[];   // [T] scores, then [hd] q
+    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = (Hq + 2 * Hkv) * hd, kvh = h / (Hq / Hkv);
+    float *sc = sh, *qs = sh + T;
+    const bf16 *base = qkv + (size_t)b * T * ld;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = __bfloat162float(base[(size_t)t * ld + h * hd + d]);
+    __syncthreads();
+    int sq = seg ? seg[(size_t)b * T + t] : 0;
+    float mx = -INFINITY;
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) {
+        float s = -INFINITY;
+        if (!seg || seg[(size_t)b * T + k] == sq) {
+            const bf16 *kr = base + (size_t)k * ld + (Hq + kvh) * hd;
+            float acc = 0.f;
+            for (int d = 0; d < hd; d++) acc += qs[d] * __bfloat162float(kr[d]);
+            s = acc * scale;
+        }
+        sc[k] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx);
+    float sum = 0.f;
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) {
+        float p = sc[k] == -INFINITY ? 0.f : __expf(sc[k] - mx);
+        sc[k] = p;
+        sum += p;
+    }
+    sum = block_sum(sum);   // also orders the writes of sc before the reads below
+    float inv = 1.f / sum;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int k = 0; k <= t; k++) acc += sc[k] * __bfloat162float(base[(size_t)k * ld + (Hq + Hkv + kvh) * hd + d]);
+        out[((size_t)b * T + t) * Hq * hd + h * hd + d] = __float2bfloat16(acc * inv);
+    }
+    if (threadIdx.x == 0) lse[((size_t)b * Hq + h) * T + t] = mx + logf(sum);
+}
+
+// dq written directly; dk/dv accumulated in fp32 (acc[N, 2 Hkv hd]) with atomics, converted afterwards.
+__global__ void k_attn_simple_bwd(bf16 *dqkv, float *acc, const bf16 *dout, const bf16 *out, const float *lse,
+                                  const bf16 *qkv, const int32_t *seg, int T, int Hq, int Hkv, int hd, float scale) {
+    extern __shared__ float sh[];   // [T] ds, [T] p, [hd] q, [hd] dO
+    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = (Hq + 2 * Hkv) * hd, kvh = h / (Hq / Hkv);
+    float *ds = sh, *ps = sh + T, *qs = sh + 2 * T, *dos = qs + hd;
+    const bf16 *base = qkv + (size_t)b * T * ld;
+    size_t orow = ((size_t)b * T + t) * Hq * hd + h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        qs[d] = __bfloat162float(base[(size_t)t * ld + h * hd + d]);
+        dos[d] = __bfloat162float(dout[orow + d]);
+    }
+    __syncthreads();
+    float L = lse[((size_t)b * Hq + h) * T + t];
+    int sq = seg ? seg[(size_t)b * T + t] : 0;
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) {
+        float p = 0.f, dp = 0.f;
+        if (!seg || seg[(size_t)b * T + k] == sq) {
+            const bf16 *kr = base + (size_t)k * ld + (Hq + kvh) * hd, *vr = base + (size_t)k * ld + (Hq + Hkv + kvh) * hd;
+            float s = 0.f;
+            for (int d = 0; d < hd; d++) { s += qs[d] * __bfloat162float(kr[d]); dp += dos[d] * __bfloat162float(vr[d]); }
+            p = __expf(s * scale - L);
+        }
+        ps[k] = p;
+        ds[k] = dp;
+    }
+    // D = sum_k p dp = dO . O with O in fp32 (the bf16-rounded output would add error where rows are peaked)
+    float dd = 0.f;
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) dd += ps[k] * ds[k];
+    float D = block_sum(dd);
+    for (int k = threadIdx.x; k <= t; k += blockDim.x) ds[k] = ps[k] * (ds[k] - D);
+    __syncthreads();
+    int ldacc = 2 * Hkv * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int k = 0; k <= t; k++) a += ds[k] * __bfloat162float(base[(size_t)k * ld + (Hq + kvh) * hd + d]);
+        dqkv[((size_t)b * T + t) * ld + h * hd + d] = __float2bfloat16(a * scale);
+    }
+    for (int i = threadIdx.x; i < (t + 1) * hd; i += blockDim.x) {
+        int k = i / hd, d = i % hd;
+        if (ps[k] == 0.f) continue;
+        float *ar = acc + ((size_t)b * T + k) * ldacc;
+        atomicAdd(&ar[kvh * hd + d], ds[k] * scale * qs[d]);
+        atomicAdd(&ar[Hkv * hd + kvh * hd + d], ps[k] * dos[d]);
+    }
+}
+
+// dk/dv: fp32 acc[N, 2 Hkv hd] -> bf16 columns of dqkv
+// grid: x over columns, y strides over rows (no 64-bit division per element)
+__global__ void k_kv_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int Hkv, int hd) {
+    int ld = (Hq + 2 * Hkv) * hd, w = 2 * Hkv * hd, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= w) return;
+    for (int n = blockIdx.y; n < N; n += gridDim.y) dqkv[(size_t)n * ld + Hq * hd + c] = __float2bfloat16(acc[(size_t)n * w + c]);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Tensor-core kernels. Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
+//   A 16x16 row: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8 col:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C 16x8:      c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
+// A C tile pair (n-tiles 2j, 2j+1) converted to bf16 is the A fragment of a k=16 step over those 16 columns.
+// Shared tiles are row-major with rows padded by 8 elements (16 bytes) so that the 8 rows a fragment load touches
+// fall in different banks.
+// ------------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *(const uint32_t *)p; }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+// Four 8x8 bf16 matrices, transposed, from shared memory: the B fragments (k = rows) of two n-tiles.
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const bf16 *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// B fragments of n-tiles (n0, n0+8) over k rows k0..k0+15 of a row-major [k][n] tile with leading dim LDS.
+template <int LDS>
+__device__ __forceinline__ void load_b_trans(uint32_t *r, const bf16 *tile, int k0, int n0, int lane) {
+    int mat = lane >> 3, rr = lane & 7;
+    ldsm_x4_t(r, tile + (k0 + (mat & 1) * 8 + rr) * LDS + n0 + (mat >> 1) * 8);
+}
+
+// rows [r0, r0+ROWS) of a [T, ld] bf16 matrix, columns [c0, c0+HD) -> smem [ROWS][LDS]; rows >= T zero-filled
+template <int ROWS, int HD, int LDS, int NT>
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
+    constexpr int CH = HD / 8;   // 16-byte chunks per row
+    for (int i = tid; i < ROWS * CH; i += NT) {
+        int r = i / CH, c = i % CH;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r0 + r < T) v = *(const uint4 *)(src + (size_t)(r0 + r) * ld + c * 8);
+        *(uint4 *)(dst + r * LDS + c * 8) = v;
+    }
+}
+
+
+// cp.async (sm_80+): 16-byte global->shared copies that complete in the background; rows >= T are zero-filled
+// with plain stores (visible after the next barrier).
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int ROWS, int HD, int LDS, int NT>
+__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
+    constexpr int CH = HD / 8;
+    for (int i = tid; i < ROWS * CH; i += NT) {
+        int r = i / CH, c = i % CH;
+        if (r0 + r < T) cp_async16(dst + r * LDS + c * 8, src + (size_t)(r0 + r) * ld + c * 8);
+        else *(uint4 *)(dst + r * LDS + c * 8) = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// PIPE: K/V tiles double-buffered, the next one copied by cp.async while the current one is used.
+template <int HD, bool PIPE>
+__global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                                                   int T, int Hq, int Hkv, float scale_log2) {
+    constexpr int BR = 64, BC = 64, LDS = HD + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int NBUF = PIPE ? 2 : 1;
+    bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + NBUF * BC * LDS;
+    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld;
+    int q0 = qt * BR;
+    load_tile<BR, HD, LDS, 128>(Qs, rows + h * HD, q0, T, ld, tid);
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+    int wr = warp * 16 + g;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        qf[ks][0] = lds32(Qs + wr * LDS + ks * 16 + 2 * t4);
+        qf[ks][1] = lds32(Qs + (wr + 8) * LDS + ks * 16 + 2 * t4);
+        qf[ks][2] = lds32(Qs + wr * LDS + ks * 16 + 8 + 2 * t4);
+        qf[ks][3] = lds32(Qs + (wr + 8) * LDS + ks * 16 + 8 + 2 * t4);
+    }
+    int qrow[2] = {q0 + wr, q0 + wr + 8};
+    int qseg[2] = {0, 0};
+    if (seg) for (int i = 0; i < 2; i++) qseg[i] = qrow[i] < T ? seg[(size_t)b * T + qrow[i]] : 0;
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+    int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
+    if (PIPE) {
+        load_tile_async<BC, HD, LDS, 128>(Ks0, rows + (Hq + kvh) * HD, 0, T, ld, tid);
+        load_tile_async<BC, HD, LDS, 128>(Vs0, rows + (Hq + Hkv + kvh) * HD, 0, T, ld, tid);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < nkt; kt++) {
+        int k0 = kt * BC, cur = PIPE ? (kt & 1) : 0;
+        bf16 *Ks = Ks0 + cur * BC * LDS, *Vs = Vs0 + cur * BC * LDS;
+        __syncthreads();   // every warp is done with the buffer the next copy overwrites
+        if (PIPE) {
+            if (kt + 1 < nkt) {
+                load_tile_async<BC, HD, LDS, 128>(Ks0 + (cur ^ 1) * BC * LDS, rows + (Hq + kvh) * HD, k0 + BC, T, ld, tid);
+                load_tile_async<BC, HD, LDS, 128>(Vs0 + (cur ^ 1) * BC * LDS, rows + (Hq + Hkv + kvh) * HD, k0 + BC, T, ld, tid);
+                cp_async_commit();
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+        } else {
+            load_tile<BC, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+            load_tile<BC, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        }
+        __syncthreads();
+        float s[BC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) {
+                const bf16 *kp = Ks + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
+                mma16816(s[nt], qf[ks], lds32(kp), lds32(kp + 8));
+            }
+        }
+        bool diag = k0 + BC - 1 > q0 + warp * 16;   // some key of the tile lies after some query of this warp
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
+                float v = s[nt][e] * scale_log2;
+                if ((diag && col > qrow[ri]) || col >= T) v = -INFINITY;
+                if (seg && col < T && seg[(size_t)b * T + col] != qseg[ri]) v = -INFINITY;
+                s[nt][e] = v;
+            }
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * ri], s[nt][2 * ri + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[ri], mx);
+            float mref = mnew == -INFINITY ? 0.f : mnew;
+            float alpha = exp2f(mrow[ri] - mref);
+            float rs = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++) {
+                float p0 = exp2f(s[nt][2 * ri] - mref), p1 = exp2f(s[nt][2 * ri + 1] - mref);
+                s[nt][2 * ri] = p0; s[nt][2 * ri + 1] = p1;
+                rs += p0 + p1;
+            }
+            lrow[ri] = lrow[ri] * alpha + rs;
+            mrow[ri] = mnew;
+#pragma unroll
+            for (int i = 0; i < HD / 8; i++) { o[i][2 * ri] *= alpha; o[i][2 * ri + 1] *= alpha; }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n2 = 0; n2 < HD / 16; n2++) {
+                uint32_t bb[4];
+                load_b_trans<LDS>(bb, Vs, kk * 16, n2 * 16, lane);
+                mma16816(o[2 * n2], a, bb[0], bb[1]);
+                mma16816(o[2 * n2 + 1], a, bb[2], bb[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        float l = lrow[ri];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int r = qrow[ri];
+        if (r >= T) continue;
+        float inv = 1.f / l;
+        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = __floats2bfloat162_rn(o[i][2 * ri] * inv, o[i][2 * ri + 1] * inv);
+        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = (mrow[ri] / LOG2E) + logf(l);
+    }
+}
+
+// D[b, h, t] = sum_d dO * O (fp32), the softmax-backward row term
+__global__ void k_attn_bwd_dot(float *Dv, const bf16 *dout, const bf16 *out, int N, int T, int Hq, int hd) {
+    int warps = blockDim.x / 32, idx = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (idx >= N * Hq) return;
+    int n = idx / Hq, h = idx % Hq;
+    const bf16 *a = dout + (size_t)n * Hq * hd + h * hd, *o = out + (size_t)n * Hq * hd + h * hd;
+    float acc = 0.f;
+    for (int d = lane; d < hd; d += 32) acc += __bfloat162float(a[d]) * __bfloat162float(o[d]);
+    acc = warp_sum(acc);
+    int b = n / T, t = n % T;
+    if (lane == 0) Dv[((size_t)b * Hq + h) * T + t] = acc;
+}
+
+// dq (fp32 acc[N, Hq hd], unscaled) -> bf16 q columns of dqkv
+__global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int Hkv, int hd, float scale) {
+    int ld = (Hq + 2 * Hkv) * hd, w = Hq * hd, c = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (c >= w) return;   // w is even (hd is 64 or 128 here)
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
+        float2 a = *(const float2 *)(acc + (size_t)n * w + c);
+        *(__nv_bfloat162 *)(dqkv + (size_t)n * ld + c) = __floats2bfloat162_rn(a.x * scale, a.y * scale);
+    }
+}
+
+// One block per (key tile of 64, kv head, batch); each warp owns 16 keys. Loops over the query heads of the group
+// and the query tiles at or after the key tile: dK, dV stay in registers; dQ goes to fp32 atomics.
+// PIPE: the Q/dO/lse/D tiles of the next iteration are copied (cp.async) while the current one is used.
+template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
+__global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
+                                                   const float *lse, const float *Dv, const int32_t *seg, int T,
+                                                   int Hq, int Hkv, float scale) {
+    constexpr int BK = 64, LDS = HD + 8, LDP = BK + 8;
+    constexpr int RG = BQ / 16, DSPLIT = 4 / RG, DW = HD / DSPLIT;   // dQ work split over the 4 warps
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int NBUF = PIPE ? 2 : 1;
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + BK * LDS, *Qs0 = Vs + BK * LDS, *dOs0 = Qs0 + NBUF * BQ * LDS;
+    bf16 *dSs = dOs0 + NBUF * BQ * LDS;
+    float *lse_s0 = (float *)(dSs + BQ * LDP), *D_s0 = lse_s0 + NBUF * BQ;
+    int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld;
+    int k0 = kt * BK;
+    load_tile<BK, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+    load_tile<BK, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+    int wk = warp * 16 + g;                   // this thread's key rows in the tile: wk, wk + 8
+    int krow[2] = {k0 + wk, k0 + wk + 8};
+    int kseg[2] = {0, 0};
+    if (seg) for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? seg[(size_t)b * T + krow[i]] : -1;
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+    float scale_log2 = scale * LOG2E;
+    int rg = warp % RG, dsp = warp / RG;
+    int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
+    // copies iteration it's Q, dO, lse, D into buffer buf (cp.async when PIPE, plain loads otherwise)
+    auto stage = [&](int it, int buf) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
+        const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
+        bf16 *Qd = Qs0 + buf * BQ * LDS, *dOd = dOs0 + buf * BQ * LDS;
+        if (PIPE) {
+            load_tile_async<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
+            load_tile_async<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
+        } else {
+            load_tile<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
+            load_tile<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
+        }
+        for (int i = tid; i < BQ; i += 128) {
+            lse_s0[buf * BQ + i] = q0 + i < T ? lse_h[q0 + i] * LOG2E : 0.f;
+            D_s0[buf * BQ + i] = q0 + i < T ? D_h[q0 + i] : 0.f;
+        }
+    };
+    if (PIPE && n_it > 0) { stage(0, 0); cp_async_commit(); }
+    for (int it = 0; it < n_it; it++) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = PIPE ? (it & 1) : 0;
+        bf16 *Qs = Qs0 + cur * BQ * LDS, *dOs = dOs0 + cur * BQ * LDS;
+        float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
+        {
+            __syncthreads();   // the previous iteration's readers of the buffers written below are done
+            if (PIPE) {
+                if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+                else cp_async_wait<0>();
+            } else {
+                stage(it, 0);
+            }
+            __syncthreads();
+            // S^T = K Q^T (16 keys x BQ queries per warp) -> P^T
+            float st[BQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++) {
+                st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
+#pragma unroll
+                for (int ks = 0; ks < HD / 16; ks++) {
+                    uint32_t a[4] = {lds32(Ks + wk * LDS + ks * 16 + 2 * t4), lds32(Ks + (wk + 8) * LDS + ks * 16 + 2 * t4),
+                                     lds32(Ks + wk * LDS + ks * 16 + 8 + 2 * t4),
+                                     lds32(Ks + (wk + 8) * LDS + ks * 16 + 8 + 2 * t4)};
+                    const bf16 *qp = Qs + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
+                    mma16816(st[nt], a, lds32(qp), lds32(qp + 8));
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * t4 + (e & 1), q = q0 + qi, ri = e >> 1;
+                    bool ok = q < T && q >= krow[ri] && krow[ri] < T;
+                    if (ok && seg) ok = seg[(size_t)b * T + q] == kseg[ri];
+                    st[nt][e] = ok ? exp2f(st[nt][e] * scale_log2 - lse_s[qi]) : 0.f;
+                }
+            // dV += P^T dO
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+#pragma unroll
+                for (int n2 = 0; n2 < HD / 16; n2++) {
+                    uint32_t bb[4];
+                    load_b_trans<LDS>(bb, dOs, kk * 16, n2 * 16, lane);
+                    mma16816(dv[2 * n2], a, bb[0], bb[1]);
+                    mma16816(dv[2 * n2 + 1], a, bb[2], bb[3]);
+                }
+            }
+            // dP^T = V dO^T, then dS^T = P^T (dP^T - D)
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++) {
+                float dp[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int ks = 0; ks < HD / 16; ks++) {
+                    uint32_t a[4] = {lds32(Vs + wk * LDS + ks * 16 + 2 * t4), lds32(Vs + (wk + 8) * LDS + ks * 16 + 2 * t4),
+                                     lds32(Vs + wk * LDS + ks * 16 + 8 + 2 * t4),
+                                     lds32(Vs + (wk + 8) * LDS + ks * 16 + 8 + 2 * t4)};
+                    const bf16 *dp_ = dOs + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
+                    mma16816(dp, a, lds32(dp_), lds32(dp_ + 8));
+                }
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * t4 + (e & 1);
+                    st[nt][e] = st[nt][e] * (dp[e] - D_s[qi]);
+                }
+            }
+            // dK += dS^T Q ; dS (as [q][key]) to shared memory for dQ
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+#pragma unroll
+                for (int n2 = 0; n2 < HD / 16; n2++) {
+                    uint32_t bb[4];
+                    load_b_trans<LDS>(bb, Qs, kk * 16, n2 * 16, lane);
+                    mma16816(dk[2 * n2], a, bb[0], bb[1]);
+                    mma16816(dk[2 * n2 + 1], a, bb[2], bb[3]);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * t4 + (e & 1), kr = wk + (e >> 1) * 8;
+                    dSs[qi * LDP + kr] = __float2bfloat16(st[nt][e]);
+                }
+            __syncthreads();
+            // dQ[q, d] += sum_key dS[q, key] K[key, d]: warp rows rg*16.., columns dsp*DW..
+            float dq[DW / 8][4];
+#pragma unroll
+            for (int i = 0; i < DW / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+            int qr = rg * 16 + g;
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++) {
+                uint32_t a[4] = {lds32(dSs + qr * LDP + kk * 16 + 2 * t4), lds32(dSs + (qr + 8) * LDP + kk * 16 + 2 * t4),
+                                 lds32(dSs + qr * LDP + kk * 16 + 8 + 2 * t4),
+                                 lds32(dSs + (qr + 8) * LDP + kk * 16 + 8 + 2 * t4)};
+#pragma unroll
+                for (int n2 = 0; n2 < DW / 16; n2++) {
+                    uint32_t bb[4];
+                    load_b_trans<LDS>(bb, Ks, kk * 16, dsp * DW + n2 * 16, lane);
+                    mma16816(dq[2 * n2], a, bb[0], bb[1]);
+                    mma16816(dq[2 * n2 + 1], a, bb[2], bb[3]);
+                }
+            }
+#pragma unroll
+            for (int ri = 0; ri < 2; ri++) {
+                int q = q0 + qr + ri * 8;
+                if (q >= T) continue;
+                float *dst = dq_acc + ((size_t)b * T + q) * Hq * HD + h * HD + dsp * DW;
+#pragma unroll
+                for (int i = 0; i < DW / 8; i++) {
+                    if (VEC) {   // one 8-byte reduction instead of two 4-byte ones (sm_90)
+                        atomicAdd((float2 *)(dst + i * 8 + 2 * t4), make_float2(dq[i][2 * ri], dq[i][2 * ri + 1]));
+                    } else {
+                        atomicAdd(dst + i * 8 + 2 * t4, dq[i][2 * ri]);
+                        atomicAdd(dst + i * 8 + 2 * t4 + 1, dq[i][2 * ri + 1]);
+                    }
+                }
+            }
+        }
+    }
+    bf16 *base = dqkv + (size_t)b * T * ld;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        int k = krow[ri];
+        if (k >= T) continue;
+        bf16 *kd = base + (size_t)k * ld + (Hq + kvh) * HD, *vd = base + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dk[i][2 * ri] * scale, dk[i][2 * ri + 1] * scale);
+            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[i][2 * ri], dv[i][2 * ri + 1]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+static int force_simple(void) {
+    static int v = -1;
+    if (v < 0) { const char *e = getenv("HALO_CUDA_ATTN"); v = e && !strcmp(e, "simple"); }
+    return v;
+}
+
+extern "C" int cuda_attention_uses_flash(int hd) { return (hd == 64 || hd == 128) && !force_simple(); }
+
+extern "C" size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, int hd) {
+    size_t N = (size_t)B * T;
+    size_t simple = N * 2 * Hkv * hd * sizeof(float);
+    size_t flash = N * Hq * hd * sizeof(float) + N * Hq * sizeof(float);
+    return simple > flash ? simple : flash;
+}
+
+template <int HD, bool PIPE> static size_t fwd_smem() { return (1 + (PIPE ? 4 : 2)) * 64 * (HD + 8) * sizeof(bf16); }
+template <int HD, int BQ, bool PIPE> static size_t bwd_smem() {
+    int nb = PIPE ? 2 : 1;
+    return (2 * 64 * (HD + 8) + nb * 2 * BQ * (HD + 8) + BQ * (64 + 8)) * sizeof(bf16) + nb * 2 * BQ * sizeof(float);
+}
+
+// Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
+// forward 0 = synchronous tile loads, 1 = cp.async double buffering;
+// backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
+//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap (default: 1.53 ms vs 1.64 for 3
+//          and 2.09 for 0 at B4 T2048 H32/8 hd64 on the H100, run 2 of dev/cuda/NOTES.md).
+static int g_fwd_variant = -1, g_bwd_variant = -1;
+static int variant(int *v, const char *env, int dflt, int max) {
+    if (*v < 0) {
+        const char *e = getenv(env);
+        *v = e ? atoi(e) : dflt;
+        if (*v < 0 || *v > max) *v = dflt;
+    }
+    return *v;
+}
+extern "C" void cuda_attention_set_fwd_variant(int v) { g_fwd_variant = v; }
+extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
+
+template <int HD, bool PIPE>
+static void flash_fwd_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                        cudaStream_t s) {
+    static int attr;
+    size_t sm = fwd_smem<HD, PIPE>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd<HD, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    float scale_log2 = LOG2E / sqrtf((float)HD);
+    k_flash_fwd<HD, PIPE><<<dim3(cdiv(T, 64), Hq, B), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, scale_log2);
+    CUDA_LAUNCH_CHECK();
+}
+template <int HD>
+static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                      cudaStream_t s) {
+    if (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, 1) == 1) flash_fwd_v<HD, true>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+}
+
+template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
+static void flash_bwd_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                        const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    static int attr;
+    size_t sm = bwd_smem<HD, BQ, PIPE>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ, MINB, VEC, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)sm));
+        attr = 1;
+    }
+    k_flash_bwd<HD, BQ, MINB, VEC, PIPE><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T,
+                                                                             Hq, Hkv, 1.f / sqrtf((float)HD));
+    CUDA_LAUNCH_CHECK();
+}
+
+template <int HD, int BQ>
+static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                      const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    constexpr int CAP = HD == 64 ? 3 : 2;
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, 4)) {
+    case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 3: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    }
+}
+
+extern "C" void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B,
+                                       int T, int Hq, int Hkv, int hd, cudaStream_t s) {
+    if (B * T == 0) return;
+    if (cuda_attention_uses_flash(hd)) {
+        if (hd == 64) flash_fwd<64>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, s);
+        else flash_fwd<128>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, s);
+        return;
+    }
+    size_t sm = (T + hd) * sizeof(float);
+    if (sm > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_attn_simple_fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    k_attn_simple_fwd<<<dim3(T, Hq, B), 128, sm, s>>>((bf16 *)out, lse, (const bf16 *)qkv, seg, T, Hq, Hkv, hd,
+                                                     1.f / sqrtf((float)hd));
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const halo_bf16 *dout, const halo_bf16 *out,
+                                        const float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T,
+                                        int Hq, int Hkv, int hd, cudaStream_t s) {
+    int N = B * T;
+    if (N == 0) return;
+    if (cuda_attention_uses_flash(hd)) {
+        float *dq_acc = (float *)scratch, *Dv = dq_acc + (size_t)N * Hq * hd;
+        CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)N * Hq * hd * sizeof(float), s));
+        k_attn_bwd_dot<<<cdiv((long)N * Hq, 8), 256, 0, s>>>(Dv, (const bf16 *)dout, (const bf16 *)out, N, T, Hq, hd);
+        CUDA_LAUNCH_CHECK();
+        if (hd == 64) flash_bwd<64, 64>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+        else flash_bwd<128, 32>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+        k_q_acc_to_bf16<<<dim3(cdiv(Hq * hd / 2, 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)dqkv, dq_acc, N, Hq,
+                                                                                      Hkv, hd, 1.f / sqrtf((float)hd));
+        CUDA_LAUNCH_CHECK();
+        return;
+    }
+    float *acc = (float *)scratch;
+    CUDA_CHECK(cudaMemsetAsync(acc, 0, (size_t)N * 2 * Hkv * hd * sizeof(float), s));
+    size_t sm = (2 * T + 2 * hd) * sizeof(float);
+    if (sm > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_attn_simple_bwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    k_attn_simple_bwd<<<dim3(T, Hq, B), 128, sm, s>>>((bf16 *)dqkv, acc, (const bf16 *)dout, (const bf16 *)out, lse,
+                                                     (const bf16 *)qkv, seg, T, Hq, Hkv, hd, 1.f / sqrtf((float)hd));
+    CUDA_LAUNCH_CHECK();
+    k_kv_acc_to_bf16<<<dim3(cdiv(2 * Hkv * hd, 128), N < 8192 ? N : 8192), 128, 0, s>>>((bf16 *)dqkv, acc, N, Hq, Hkv, hd);
+    CUDA_LAUNCH_CHECK();
+}

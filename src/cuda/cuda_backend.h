@@ -1,0 +1,158 @@
+// The CUDA backend's C API: BF16 operations on device pointers (one .cu per operation, forward and backward, the
+// same semantics as the fp32 CPU ops in src/ops/ops.h) and the GPU Llama model (src/cuda/llama_cuda.cu) that trains
+// with BF16 weights, fp32 master weights, fp32 (or BF16) AdamW moments and fp32 gradients.
+#ifndef HALO_CUDA_BACKEND_H
+#define HALO_CUDA_BACKEND_H
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "model/batch.h"
+#include "model/config.h"
+#include "model/llama.h"
+
+typedef uint16_t halo_bf16;   // bfloat16 bits (the kernels use __nv_bfloat16; C code only moves them)
+
+// Number of usable CUDA devices; 0 when there is no driver or no GPU (never fails).
+int cuda_device_count(void);
+// Host-side conversions (round to nearest even), for tests and uploads.
+void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n);
+void cuda_bf16_to_f32_host(float *dst, const halo_bf16 *src, size_t n);
+// Device conversions.
+void cuda_f32_to_bf16(halo_bf16 *dst, const float *src, size_t n, cudaStream_t s);
+void cuda_bf16_to_f32(float *dst, const halo_bf16 *src, size_t n, cudaStream_t s);
+
+// ---- matrix products (matmul.cu, cuBLASLt, BF16 operands, fp32 accumulation) ----
+// Row-major, like linear_forward in ops.h. Y[b, n] = X[b, m] W[n, m]^T (+ R[b, n] when R != NULL; then Y is fp32).
+// y_f32 selects Y's type (fp32 or bf16). R may alias Y.
+void cuda_linear_forward(void *Y, int y_f32, const halo_bf16 *X, const halo_bf16 *W, const float *R,
+                         int b, int m, int n, cudaStream_t s);
+// dX[b, m] = dY[b, n] W[n, m] (bf16 out)
+void cuda_linear_backward_dx(halo_bf16 *dX, const halo_bf16 *dY, const halo_bf16 *W, int b, int m, int n,
+                             cudaStream_t s);
+// dW[n, m] += dY[b, n]^T X[b, m] (fp32 accumulate into the gradient)
+void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                             cudaStream_t s);
+// dW[n, m] = dY^T X (overwrites: the first gradient write of a step needs no zeroed buffer)
+void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                 cudaStream_t s);
+// Frees the cuBLASLt handle, workspace and cached algorithms.
+void cuda_matmul_shutdown(void);
+
+// ---- element-wise and row operations ----
+// out[N, D] (fp32 residual stream) = table[ids[n], :]
+void cuda_embedding_forward(float *out, const int32_t *ids, const halo_bf16 *table, int N, int D, cudaStream_t s);
+// dtable[V, D] += scatter of dout[N, D]
+void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D, cudaStream_t s);
+
+// out[N, D] = x / rms(x) * w (bf16), rstd[N]
+void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
+                          cudaStream_t s);
+// dx[N, D] = dres (or 0 when NULL; may alias dx) + d(rmsnorm)/dx · dout; dx16 (optional) = bf16(dx);
+// dw[D] += sum_n dout * x * rstd.
+void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
+                           const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, cudaStream_t s);
+
+// In-place RoPE of the first H heads of each row of x[N, ld] (HF half-split pairs (i, i + hd/2)) at positions
+// pos[N]; tables cos/sin[max_pos, hd/2] fp32 (from rope_tables). Backward rotates by the inverse angle.
+void cuda_rope_forward(halo_bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
+                       int H, int hd, cudaStream_t s);
+void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
+                        int H, int hd, cudaStream_t s);
+
+// gu[N, 2F] holds [gate | up] per row; out[N, F] = silu(gate) * up
+void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);
+// dgu[N, 2F] = [dgate | dup]
+void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
+
+// Causal GQA attention. qkv[N, (Hq + 2 Hkv) hd] rows hold [q heads | k heads | v heads] (RoPE applied);
+// out[N, Hq hd]; lse[B, Hq, T] (natural log of the softmax denominators, kept for backward).
+// seg[B, T] or NULL: a query attends only to keys with its segment id.
+void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T,
+                            int Hq, int Hkv, int hd, cudaStream_t s);
+// dqkv[N, (Hq + 2 Hkv) hd] overwritten. scratch: cuda_attention_scratch_bytes() bytes.
+void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const halo_bf16 *dout, const halo_bf16 *out,
+                             const float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T, int Hq,
+                             int Hkv, int hd, cudaStream_t s);
+size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, int hd);
+// 1 when the tensor-core (flash) kernels serve this head_dim; HALO_CUDA_ATTN=simple forces the simple kernels.
+int cuda_attention_uses_flash(int hd);
+// Flash kernel variants for benchmarks and tests (attention.cu lists them); -1 = the default (or the value of
+// HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD).
+void cuda_attention_set_fwd_variant(int v);
+void cuda_attention_set_bwd_variant(int v);
+enum { CUDA_ATTN_FWD_VARIANTS = 2, CUDA_ATTN_BWD_VARIANTS = 5 };
+
+// Cross-entropy over bf16 logits[N, V] (fp32 arithmetic) with targets[N] (-1 ignored): *loss_sum += sum of row
+// losses (double); dlogits[N, V] (optional, may alias logits) = scale * (softmax - onehot), 0 for ignored rows.
+void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *logits, const int32_t *targets, int N,
+                        int V, float scale, cudaStream_t s);
+
+// ---- optimizer (adamw.cu) ----
+// *sumsq += sum of g[i]^2 (double accumulator on the device)
+void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
+// torch.optim.AdamW on p[n] fp32 master weights, moments m/v (fp32, or bf16 when mom_bf16), writes w16 = bf16(p).
+// Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and norm = sqrt(*sumsq) exceeds clip (sumsq on device).
+void cuda_adamw(float *p, halo_bf16 *w16, const float *g, void *m, void *v, int mom_bf16, size_t n, float lr,
+                float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq, float clip,
+                cudaStream_t s);
+
+// ---- the GPU model (llama_cuda.cu) ----
+typedef struct llama_cuda llama_cuda;
+
+typedef struct {
+    int max_B, max_T;       // largest batch the buffers are sized for
+    int recompute;          // 1: keep only each layer's input; recompute the layer in backward
+                            // 2: keep all but the MLP's [gate | up] product (the largest activation); recompute it
+    int bf16_moments;       // 1: AdamW moments in bf16
+    int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
+    int verbose;            // 1: print the memory breakdown at init
+} llama_cuda_opts;
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    float grad_clip;        // global-norm clip (0 = off)
+    int decay_all;          // 1: decay norms and embeddings too
+} llama_cuda_adamw;
+
+// Uploads a host model (fp32 params; its tensor table gives the no-decay tensors). Returns HALO_ERR with a message
+// when no device is present or memory runs out.
+int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
+// Same, from a config with random weights made on the device (normal(0, 0.02) matrices, ones for norms).
+int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg, uint64_t seed, const llama_cuda_opts *o);
+void llama_cuda_free(llama_cuda *g);
+
+// Forward only; logits_host[B, T, V] filled when not NULL. Returns the mean loss over targets >= 0.
+float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *logits_host);
+// Forward and backward: grads += grad_scale * d(mean loss)/d(params). Does not synchronize; the loss is read by
+// llama_cuda_last_loss (which does).
+void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale);
+float llama_cuda_last_loss(llama_cuda *g);
+void llama_cuda_zero_grads(llama_cuda *g);
+// One AdamW step (step is 1-based, torch's `step` after increment), with clipping by the global norm.
+void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);
+// zero_grads + forward_backward(1) + adamw_step; returns the loss (the step's one host synchronization).
+float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step);
+// Global gradient L2 norm (synchronizes).
+double llama_cuda_grad_norm(llama_cuda *g);
+
+// Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table).
+int llama_cuda_copy_params(llama_cuda *g, llama_model *host);
+int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
+
+// Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints
+// the mean device time per step by operation (attention, products, norms, ...). Turning it on resets the sums.
+void llama_cuda_profile(llama_cuda *g, int on);
+void llama_cuda_profile_print(llama_cuda *g);
+
+// Bytes this model allocated on the device (weights, master, grads, moments, activations, workspace).
+size_t llama_cuda_bytes(const llama_cuda *g);
+size_t llama_cuda_param_count(const llama_cuda *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

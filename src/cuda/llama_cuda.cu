@@ -1,0 +1,616 @@
+// The Llama model on one GPU: BF16 working weights, fp32 master weights, fp32 gradients, fp32 or BF16 AdamW moments.
+// Every buffer is allocated once at init and reused across layers and steps; a training step runs forward, the
+// chunked lm_head + cross-entropy, backward and AdamW on one stream, and the host waits only to read the loss.
+// Device layout per layer: [wq; wk; wv] fused into one [(Hq + 2 Hkv) hd, D] matrix and [w_gate; w_up] into [2F, D],
+// so each of those is one product; the host model's HF tensors map onto these ranges for upload and copy-back.
+#include <math.h>
+#include <string.h>
+#include "cuda/common.cuh"
+extern "C" {
+#include "ops/ops.h"
+#include "util/error.h"
+}
+
+// A parameter range on the device and where it lives in the host model's flat buffer (host_off < 0: none).
+typedef struct {
+    size_t off, n;
+    long host_off;
+    int decay;
+} dev_slot;
+
+typedef struct {
+    size_t attn_norm, wqkv, wo, ffn_norm, wgu, wdown;   // element offsets into the parameter buffers
+} layer_offs;
+
+// Activations of one layer's forward kept for its backward (one set per layer, or one shared set when recomputing).
+typedef struct {
+    bf16 *n1;      // [N, D] input_layernorm output
+    float *r1;     // [N]
+    bf16 *qkv;     // [N, (Hq + 2 Hkv) hd] after RoPE
+    bf16 *att;     // [N, Hq hd] attention output
+    float *lse;    // [B, Hq, T]
+    float *h;      // [N, D] residual after attention
+    bf16 *n2;      // [N, D] post_attention_layernorm output
+    float *r2;     // [N]
+    bf16 *gu;      // [N, 2F] [gate | up]
+} layer_acts;
+
+enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_NCAT };
+static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weights (fp32)", "gradients (fp32)",
+                                                "AdamW moments", "activations", "workspace"};
+
+// Per-category device time of a step (llama_cuda_profile): events around each operation, summed after the step.
+enum { PR_EMBED, PR_NORM_F, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
+       PR_MM_DW, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
+static const char *const PR_NAMES[PR_N] = {
+    "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
+    "swiglu fwd (+recompute)", "swiglu bwd", "layer products fwd", "layer products dX", "layer products dW",
+    "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm", "memsets, uploads"};
+enum { PR_MAXEV = 8192 };
+
+struct llama_cuda {
+    llama_config c;
+    llama_cuda_opts o;
+    int N_max, ce_chunk, QKV, Q;
+    cudaStream_t st;
+    size_t n_all, n_true;        // padded buffer length, real parameter count
+    float *master, *grad;        // [n_all]
+    bf16 *w;                     // [n_all]
+    void *m, *v;                 // [n_all] fp32 or bf16
+    dev_slot *slots;
+    int n_slots;
+    layer_offs *L;               // [n_layers]
+    size_t embed, lm_head, final_norm;
+    float **x;                   // [n_layers + 1] residual stream entering each layer, fp32 [N, D]
+    layer_acts *acts;            // [n_layers] or [1] with recompute
+    bf16 *sbuf;                  // [N, F] swiglu output / its gradient
+    bf16 *dgu;                   // [N, 2F]
+    bf16 *dnorm;                 // [N, D] gradient of a norm output
+    bf16 *datt;                  // [N, Hq hd]
+    bf16 *dqkv;                  // [N, QKV]
+    bf16 *nf;                    // [N, D] final norm output
+    float *rf;                   // [N]
+    float *dres;                 // [N, D] residual gradient
+    bf16 *dres16;                // [N, D] its bf16 copy (product operand)
+    void *attn_scratch;
+    bf16 *logits;                // [ce_chunk, V] bf16 logits, turned into their gradient in place
+    int32_t *ids, *tgt, *pos, *seg;   // [N]
+    int32_t *stage;              // pinned host [4 N]
+    cudaEvent_t staged;          // the last upload from `stage` has completed
+    float *cos_t, *sin_t;        // [rope_len, hd/2]
+    int rope_len;
+    double *loss_sum, *sumsq;    // device scalars
+    int last_count, has_seg, B, T;
+    int grads_fresh;             // zero_grads ran and no backward since: the matrices' gradients hold garbage and
+                                 // their first product overwrites them (only embedding and norm ranges were zeroed)
+    size_t bytes[MEM_NCAT];
+    int oom;
+    int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
+    cudaEvent_t *ev;             // [PR_MAXEV]
+    int *ev_cat;                 // [PR_MAXEV / 2]
+    double prof_ms[PR_N];
+};
+
+// Start and end marks alternate; a start is recorded only when its end has room too.
+static void prof_mark(llama_cuda *g, int cat) {
+    if (!g->prof) return;
+    if (!(g->nev & 1)) {
+        if (g->nev + 2 > PR_MAXEV) return;
+        g->ev_cat[g->nev / 2] = cat;
+    }
+    CUDA_CHECK(cudaEventRecord(g->ev[g->nev++], g->st));
+}
+// wraps one operation: PROF(g, PR_X, call(...));
+#define PROF(g, cat, ...) do { prof_mark(g, cat); __VA_ARGS__; prof_mark(g, cat); } while (0)
+
+static void prof_collect(llama_cuda *g) {
+    if (!g->prof) return;
+    for (int i = 0; i + 1 < g->nev; i += 2) {
+        float ms;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, g->ev[i], g->ev[i + 1]));
+        g->prof_ms[g->ev_cat[i / 2]] += ms;
+    }
+    g->nev = 0;
+}
+
+extern "C" void llama_cuda_profile(llama_cuda *g, int on) {
+    if (on && !g->ev) {
+        g->ev = (cudaEvent_t *)xcalloc(PR_MAXEV, sizeof(cudaEvent_t));
+        g->ev_cat = (int *)xcalloc(PR_MAXEV / 2, sizeof(int));
+        for (int i = 0; i < PR_MAXEV; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
+    }
+    g->prof = on;
+    g->nev = 0;
+    g->prof_steps = 0;
+    memset(g->prof_ms, 0, sizeof g->prof_ms);
+}
+
+extern "C" void llama_cuda_profile_print(llama_cuda *g) {
+    if (!g->prof_steps) return;
+    double tot = 0;
+    for (int i = 0; i < PR_N; i++) tot += g->prof_ms[i];
+    printf("device time per step by operation (%d profiled steps, events around each launch):\n", g->prof_steps);
+    for (int i = 0; i < PR_N; i++)
+        printf("  %-26s %8.2f ms  %5.1f%%\n", PR_NAMES[i], g->prof_ms[i] / g->prof_steps, 100 * g->prof_ms[i] / tot);
+    printf("  %-26s %8.2f ms\n", "sum", tot / g->prof_steps);
+}
+
+static void *dalloc(llama_cuda *g, int cat, size_t bytes) {
+    if (g->oom) return NULL;
+    void *p = NULL;
+    if (bytes == 0) bytes = 16;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        g->oom = 1;
+        halo_fail("CUDA: out of device memory allocating %.1f MiB for %s (%.2f GiB allocated so far)",
+                  bytes / 1048576.0, MEM_NAMES[cat], llama_cuda_bytes(g) / 1073741824.0);
+        return NULL;
+    }
+    g->bytes[cat] += bytes;
+    return p;
+}
+
+extern "C" size_t llama_cuda_bytes(const llama_cuda *g) {
+    size_t s = 0;
+    for (int i = 0; i < MEM_NCAT; i++) s += g->bytes[i];
+    return s;
+}
+extern "C" size_t llama_cuda_param_count(const llama_cuda *g) { return g->n_true; }
+
+// ---- parameter layout ----
+// 128 elements: every tensor starts 256-byte aligned in bf16 and fp32, what cuBLASLt's heuristics assume
+static size_t align_up(size_t x) { return (x + 127) & ~(size_t)127; }
+
+static void add_slot(llama_cuda *g, size_t *cur, size_t n, long host_off, int decay, int pad) {
+    dev_slot *s = &g->slots[g->n_slots++];
+    s->off = *cur; s->n = n; s->host_off = host_off; s->decay = decay;
+    *cur += n;
+    if (pad) *cur = align_up(*cur);
+    g->n_true += n;
+}
+
+// Host offsets come from the host model's views (NULL host: no mapping). Matrices first, then the embedding, then
+// norms, so that AdamW runs over few contiguous ranges with one weight-decay setting each.
+static void layout_build(llama_cuda *g, const llama_model *host) {
+    const llama_config *c = &g->c;
+    size_t D = c->dim, F = c->hidden_dim, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    g->slots = (dev_slot *)xcalloc((size_t)c->n_layers * 9 + 4, sizeof(dev_slot));
+    g->L = (layer_offs *)xcalloc((size_t)c->n_layers, sizeof(layer_offs));
+    size_t cur = 0;
+#define HOFF(ptr) (host ? (long)((ptr) - host->params) : -1L)
+    for (int l = 0; l < c->n_layers; l++) {
+        const llama_layer_weights *W = host ? &host->w.layers[l] : NULL;
+        layer_offs *o = &g->L[l];
+        o->wqkv = cur;
+        add_slot(g, &cur, qd * D, W ? HOFF(W->wq) : -1, 1, 0);    // q, k, v rows adjacent: one fused matrix
+        add_slot(g, &cur, kvd * D, W ? HOFF(W->wk) : -1, 1, 0);
+        add_slot(g, &cur, kvd * D, W ? HOFF(W->wv) : -1, 1, 1);
+        o->wo = cur;
+        add_slot(g, &cur, D * qd, W ? HOFF(W->wo) : -1, 1, 1);
+        o->wgu = cur;
+        add_slot(g, &cur, F * D, W ? HOFF(W->w_gate) : -1, 1, 0);
+        add_slot(g, &cur, F * D, W ? HOFF(W->w_up) : -1, 1, 1);
+        o->wdown = cur;
+        add_slot(g, &cur, D * F, W ? HOFF(W->w_down) : -1, 1, 1);
+    }
+    if (!c->tie_embeddings) {
+        g->lm_head = cur;
+        add_slot(g, &cur, (size_t)c->vocab_size * D, host ? HOFF(host->w.lm_head) : -1, 1, 1);
+    }
+    g->embed = cur;
+    add_slot(g, &cur, (size_t)c->vocab_size * D, host ? HOFF(host->w.embed) : -1, 0, 1);
+    if (c->tie_embeddings) g->lm_head = g->embed;
+    for (int l = 0; l < c->n_layers; l++) {
+        const llama_layer_weights *W = host ? &host->w.layers[l] : NULL;
+        g->L[l].attn_norm = cur;
+        add_slot(g, &cur, D, W ? HOFF(W->attn_norm) : -1, 0, 1);
+        g->L[l].ffn_norm = cur;
+        add_slot(g, &cur, D, W ? HOFF(W->ffn_norm) : -1, 0, 1);
+    }
+    g->final_norm = cur;
+    add_slot(g, &cur, D, host ? HOFF(host->w.final_norm) : -1, 0, 1);
+#undef HOFF
+    g->n_all = cur;
+    // the host table's no_decay flags win over the defaults above
+    if (host)
+        for (int i = 0; i < g->n_slots; i++)
+            for (int j = 0; j < host->n_table; j++)
+                if ((long)host->table[j].offset == g->slots[i].host_off) g->slots[i].decay = !host->table[j].no_decay;
+}
+
+// ---- init ----
+__global__ void k_init_random(float *p, size_t n, uint64_t seed, float stdv) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + i * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL; z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL; z ^= z >> 31;
+        float u1 = ((z >> 40) + 1) * (1.f / 16777217.f), u2 = (z & 0xffffff) * (1.f / 16777216.f);
+        p[i] = stdv * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2);
+    }
+}
+__global__ void k_fill(float *p, size_t n, float v) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) p[i] = v;
+}
+
+static int alloc_all(llama_cuda *g) {
+    const llama_config *c = &g->c;
+    size_t N = (size_t)g->N_max, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
+    size_t P = g->n_all, msz = g->o.bf16_moments ? 2 : 4;
+    g->w = (bf16 *)dalloc(g, MEM_WEIGHTS, P * 2);
+    g->master = (float *)dalloc(g, MEM_MASTER, P * 4);
+    g->grad = (float *)dalloc(g, MEM_GRADS, P * 4);
+    g->m = dalloc(g, MEM_MOMENTS, P * msz);
+    g->v = dalloc(g, MEM_MOMENTS, P * msz);
+    int nl = c->n_layers, nsets = g->o.recompute == 1 ? 1 : nl;
+    g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
+    for (int l = 0; l <= nl; l++) g->x[l] = (float *)dalloc(g, MEM_ACTS, N * D * 4);
+    g->acts = (layer_acts *)xcalloc((size_t)nsets, sizeof(layer_acts));
+    for (int i = 0; i < nsets; i++) {
+        layer_acts *A = &g->acts[i];
+        A->n1 = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->r1 = (float *)dalloc(g, MEM_ACTS, N * 4);
+        A->qkv = (bf16 *)dalloc(g, MEM_ACTS, N * g->QKV * 2);
+        A->att = (bf16 *)dalloc(g, MEM_ACTS, N * g->Q * 2);
+        A->lse = (float *)dalloc(g, MEM_ACTS, N * c->n_heads * 4);
+        A->h = (float *)dalloc(g, MEM_ACTS, N * D * 4);
+        A->n2 = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->r2 = (float *)dalloc(g, MEM_ACTS, N * 4);
+        // recompute 2: one [gate | up] buffer shared by all layers
+        A->gu = g->o.recompute == 2 && i > 0 ? g->acts[0].gu : (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
+    }
+    g->nf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+    g->rf = (float *)dalloc(g, MEM_ACTS, N * 4);
+    g->sbuf = (bf16 *)dalloc(g, MEM_WORK, N * F * 2);
+    g->dgu = (bf16 *)dalloc(g, MEM_WORK, N * 2 * F * 2);
+    g->dnorm = (bf16 *)dalloc(g, MEM_WORK, N * D * 2);
+    g->datt = (bf16 *)dalloc(g, MEM_WORK, N * g->Q * 2);
+    g->dqkv = (bf16 *)dalloc(g, MEM_WORK, N * g->QKV * 2);
+    g->dres = (float *)dalloc(g, MEM_WORK, N * D * 4);
+    g->dres16 = (bf16 *)dalloc(g, MEM_WORK, N * D * 2);
+    g->attn_scratch = dalloc(g, MEM_WORK, cuda_attention_scratch_bytes(g->o.max_B, g->o.max_T, c->n_heads,
+                                                                       c->n_kv_heads, c->head_dim));
+    g->logits = (bf16 *)dalloc(g, MEM_WORK, (size_t)g->ce_chunk * V * 2);
+    g->ids = (int32_t *)dalloc(g, MEM_WORK, N * 4 * 4);
+    if (g->ids) { g->tgt = g->ids + N; g->pos = g->tgt + N; g->seg = g->pos + N; }
+    g->rope_len = c->max_pos > g->o.max_T ? c->max_pos : g->o.max_T;
+    g->cos_t = (float *)dalloc(g, MEM_WORK, (size_t)g->rope_len * (c->head_dim / 2) * 4 * 2);
+    if (g->cos_t) g->sin_t = g->cos_t + (size_t)g->rope_len * (c->head_dim / 2);
+    g->loss_sum = (double *)dalloc(g, MEM_WORK, 2 * sizeof(double));
+    if (g->loss_sum) g->sumsq = g->loss_sum + 1;
+    g->bytes[MEM_WORK] += 64u << 20;   // cuBLASLt workspace (matmul.cu)
+    if (g->oom) return HALO_ERR;
+    if (cudaMallocHost((void **)&g->stage, N * 4 * 4) != cudaSuccess) return halo_fail("CUDA: pinned host buffer");
+    CUDA_CHECK(cudaEventCreateWithFlags(&g->staged, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(g->staged, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->master, 0, P * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, P * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->m, 0, P * msz, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->v, 0, P * msz, g->st));
+    // RoPE tables from the CPU implementation, so both backends rotate by the same angles
+    size_t half = c->head_dim / 2, tn = (size_t)g->rope_len * half;
+    float *ct = (float *)xmalloc(tn * 4 * 2);
+    rope_tables(ct, ct + tn, g->rope_len, c->head_dim, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3,
+                c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
+    CUDA_CHECK(cudaMemcpy(g->cos_t, ct, tn * 4 * 2, cudaMemcpyHostToDevice));
+    free(ct);
+    return HALO_OK;
+}
+
+static void print_memory(const llama_cuda *g) {
+    printf("halo cuda: %zu parameters; device memory by category:\n", g->n_true);
+    for (int i = 0; i < MEM_NCAT; i++) printf("  %-24s %9.3f GiB\n", MEM_NAMES[i], g->bytes[i] / 1073741824.0);
+    printf("  %-24s %9.3f GiB  (batch %d x %d, %s, moments %s, lm_head chunk %d tokens)\n", "total",
+           llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T,
+           g->o.recompute == 1 ? "recompute layers" : g->o.recompute == 2 ? "recompute MLP gate/up" : "stored acts",
+           g->o.bf16_moments ? "bf16" : "fp32", g->ce_chunk);
+}
+
+static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
+    *out = NULL;
+    if (cuda_device_count() <= 0) return halo_fail("CUDA: no GPU device available");
+    if (o->max_B <= 0 || o->max_T <= 0) return halo_fail("CUDA: max_B and max_T must be positive");
+    llama_cuda *g = (llama_cuda *)xcalloc(1, sizeof *g);
+    g->c = *cfg;
+    g->o = *o;
+    g->N_max = o->max_B * o->max_T;
+    g->Q = cfg->n_heads * cfg->head_dim;
+    g->QKV = (cfg->n_heads + 2 * cfg->n_kv_heads) * cfg->head_dim;
+    g->ce_chunk = o->ce_chunk > 0 ? o->ce_chunk : 1024;
+    if (g->ce_chunk > g->N_max) g->ce_chunk = g->N_max;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
+    layout_build(g, host);
+    if (alloc_all(g) != HALO_OK) { llama_cuda_free(g); return HALO_ERR; }
+    *out = g;
+    return HALO_OK;
+}
+
+extern "C" int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o) {
+    if (init_common(out, &host->cfg, host, o) != HALO_OK) return HALO_ERR;
+    llama_cuda *g = *out;
+    for (int i = 0; i < g->n_slots; i++)
+        CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
+                                   g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
+    cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    if (o->verbose) print_memory(g);
+    return HALO_OK;
+}
+
+extern "C" int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg, uint64_t seed,
+                                      const llama_cuda_opts *o) {
+    if (init_common(out, cfg, NULL, o) != HALO_OK) return HALO_ERR;
+    llama_cuda *g = *out;
+    for (int i = 0; i < g->n_slots; i++) {
+        const dev_slot *s = &g->slots[i];
+        int norm = s->n == (size_t)cfg->dim && s->off >= g->embed + (size_t)cfg->vocab_size * cfg->dim - 1;
+        size_t blocks = (s->n + 255) / 256;
+        int grid = (int)(blocks > 4096 ? 4096 : blocks);
+        if (norm) k_fill<<<grid, 256, 0, g->st>>>(g->master + s->off, s->n, 1.f);
+        else k_init_random<<<grid, 256, 0, g->st>>>(g->master + s->off, s->n, seed * 7919 + i * 0x1234567ULL, 0.02f);
+        CUDA_LAUNCH_CHECK();
+    }
+    cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    if (o->verbose) print_memory(g);
+    return HALO_OK;
+}
+
+extern "C" void llama_cuda_free(llama_cuda *g) {
+    if (!g) return;
+    cudaStreamSynchronize(g->st);
+    void *ptrs[] = {g->w, g->master, g->grad, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
+    if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
+    int nsets = g->o.recompute == 1 ? 1 : g->c.n_layers;
+    if (g->acts)
+        for (int i = 0; i < nsets; i++) {
+            layer_acts *A = &g->acts[i];
+            void *ap[] = {A->n1, A->r1, A->qkv, A->att, A->lse, A->h, A->n2, A->r2,
+                          g->o.recompute == 2 && i > 0 ? NULL : A->gu};
+            for (size_t j = 0; j < sizeof ap / sizeof ap[0]; j++) if (ap[j]) cudaFree(ap[j]);
+        }
+    if (g->stage) { cudaFreeHost(g->stage); cudaEventDestroy(g->staged); }
+    if (g->ev) { for (int i = 0; i < PR_MAXEV; i++) cudaEventDestroy(g->ev[i]); free(g->ev); free(g->ev_cat); }
+    cudaStreamDestroy(g->st);
+    free(g->x); free(g->acts); free(g->slots); free(g->L);
+    free(g);
+}
+
+// ---- batches ----
+static int upload_batch(llama_cuda *g, const halo_batch *b) {
+    int N = b->B * b->T;
+    if (b->B > g->o.max_B || b->T > g->o.max_T || N > g->N_max) {
+        fprintf(stderr, "halo cuda: batch %d x %d exceeds the sizes given at init (%d x %d)\n", b->B, b->T, g->o.max_B,
+                g->o.max_T);
+        abort();
+    }
+    int32_t *s = g->stage;
+    CUDA_CHECK(cudaEventSynchronize(g->staged));   // waits only for the previous upload, never for a whole step
+    memcpy(s, b->input_ids, N * 4);
+    int count = 0;
+    for (int i = 0; i < N; i++) {
+        s[N + i] = b->targets ? b->targets[i] : -1;
+        count += s[N + i] >= 0;
+        int p = b->pos ? b->pos[i] : i % b->T;
+        if (p < 0 || p >= g->rope_len) { fprintf(stderr, "halo cuda: position %d out of range\n", p); abort(); }
+        s[2 * N + i] = p;
+    }
+    // segment ids matter only when some row holds more than one segment
+    g->has_seg = 0;
+    if (b->seg)
+        for (int i = 0; i < N && !g->has_seg; i++) g->has_seg = b->seg[i] != b->seg[(i / b->T) * b->T];
+    if (g->has_seg) memcpy(s + 3 * N, b->seg, N * 4);
+    // earlier kernels that still read the device copies run before this copy (stream order)
+    CUDA_CHECK(cudaMemcpyAsync(g->ids, s, (size_t)N * 4 * (g->has_seg ? 4 : 3), cudaMemcpyHostToDevice, g->st));
+    CUDA_CHECK(cudaEventRecord(g->staged, g->st));
+    g->B = b->B; g->T = b->T;
+    return count;
+}
+
+// ---- layers ----
+static layer_acts *acts_for(llama_cuda *g, int l) { return &g->acts[g->o.recompute == 1 ? 0 : l]; }
+
+// Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
+static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
+    const llama_config *c = &g->c;
+    int N = g->B * g->T, D = c->dim, F = c->hidden_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
+    const layer_offs *o = &g->L[l];
+    halo_bf16 *W = (halo_bf16 *)g->w;
+    cudaStream_t s = g->st;
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->qkv, 0, (halo_bf16 *)A->n1, W + o->wqkv, NULL, N, D, g->QKV, s));
+    PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
+                                             g->B, g->T, Hq, Hkv, hd, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->h, 1, (halo_bf16 *)A->att, W + o->wo, g->x[l], N, g->Q, D, s));
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, W + o->wgu, NULL, N, D, 2 * F, s));
+    if (!full) return;
+    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    PROF(g, PR_MM_F, cuda_linear_forward(g->x[l + 1], 1, (halo_bf16 *)g->sbuf, W + o->wdown, A->h, N, F, D, s));
+}
+
+// dW (+)= dY^T X: overwrite on the first write after zero_grads, accumulate otherwise
+static void dw(llama_cuda *g, float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
+    if (g->grads_fresh) cuda_linear_backward_dw_set(dW, dY, X, b, m, n, g->st);
+    else cuda_linear_backward_dw(dW, dY, X, b, m, n, g->st);
+}
+
+// Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
+static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
+    const llama_config *c = &g->c;
+    int N = g->B * g->T, D = c->dim, F = c->hidden_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
+    const layer_offs *o = &g->L[l];
+    halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
+    float *G = g->grad;
+    cudaStream_t s = g->st;
+    // MLP: x[l+1] = h + down(silu(gate) * up)
+    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
+    PROF(g, PR_MM_DW, dw(g, G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->sbuf, dr16, W + o->wdown, N, F, D, s));
+    PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    PROF(g, PR_MM_DW, dw(g, G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dgu, W + o->wgu, N, D, 2 * F, s));
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h,
+                                             W + o->ffn_norm, A->r2, g->dres, N, D, s));
+    // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
+    PROF(g, PR_MM_DW, dw(g, G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->datt, dr16, W + o->wo, N, g->Q, D, s));
+    PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
+                                              (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
+                                              g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
+    PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    PROF(g, PR_MM_DW, dw(g, G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV));
+    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dqkv, W + o->wqkv, N, D, g->QKV, s));
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l],
+                                             W + o->attn_norm, A->r1, g->dres, N, D, s));
+}
+
+// Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
+// chunk when training, so one chunk of logits exists at a time). Loss sum goes to g->loss_sum.
+static void forward_and_head(llama_cuda *g, const halo_batch *b, float grad_scale, int train, float *logits_host) {
+    const llama_config *c = &g->c;
+    int count = upload_batch(g, b);
+    g->last_count = count;
+    int N = b->B * b->T, D = c->dim, V = c->vocab_size;
+    halo_bf16 *W = (halo_bf16 *)g->w;
+    cudaStream_t s = g->st;
+    CUDA_CHECK(cudaMemsetAsync(g->loss_sum, 0, sizeof(double), s));
+    PROF(g, PR_EMBED, cuda_embedding_forward(g->x[0], g->ids, W + g->embed, N, D, s));
+    for (int l = 0; l < c->n_layers; l++) layer_forward(g, l, acts_for(g, l), 1);
+    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)g->nf, g->rf, g->x[c->n_layers], W + g->final_norm, N, D,
+                                            c->norm_eps, s));
+    float scale = count ? grad_scale / count : 0.f;
+    for (int c0 = 0; c0 < N; c0 += g->ce_chunk) {
+        int nc = N - c0 < g->ce_chunk ? N - c0 : g->ce_chunk;
+        halo_bf16 *xc = (halo_bf16 *)g->nf + (size_t)c0 * D;
+        PROF(g, PR_LM_F, cuda_linear_forward(g->logits, 0, xc, W + g->lm_head, NULL, nc, D, V, s));
+        if (logits_host) {   // tests and evaluation: bf16 chunk to fp32 on the host
+            halo_bf16 *tmp = (halo_bf16 *)xmalloc((size_t)nc * V * 2);
+            CUDA_CHECK(cudaMemcpyAsync(tmp, g->logits, (size_t)nc * V * 2, cudaMemcpyDeviceToHost, s));
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            cuda_bf16_to_f32_host(logits_host + (size_t)c0 * V, tmp, (size_t)nc * V);
+            free(tmp);
+        }
+        PROF(g, PR_XENT, cuda_cross_entropy(train ? (halo_bf16 *)g->logits : NULL, g->loss_sum, (halo_bf16 *)g->logits,
+                                            g->tgt + c0, nc, V, scale, s));
+        if (!train) continue;
+        PROF(g, PR_LM_B, cuda_linear_backward_dx((halo_bf16 *)g->dnorm + (size_t)c0 * D, (halo_bf16 *)g->logits,
+                                                 W + g->lm_head, nc, D, V, s));
+        prof_mark(g, PR_LM_B);
+        // tied: the embedding range was zeroed; untied: the first chunk may overwrite
+        if (c0 == 0 && g->grads_fresh && !c->tie_embeddings)
+            cuda_linear_backward_dw_set(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
+        else
+            cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
+        prof_mark(g, PR_LM_B);
+    }
+}
+
+extern "C" float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *logits_host) {
+    forward_and_head(g, b, 0.f, 0, logits_host);
+    return llama_cuda_last_loss(g);
+}
+
+extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale) {
+    const llama_config *c = &g->c;
+    forward_and_head(g, b, grad_scale, 1, NULL);
+    int N = b->B * b->T, D = c->dim;
+    cudaStream_t s = g->st;
+    halo_bf16 *W = (halo_bf16 *)g->w;
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, g->grad + g->final_norm,
+                                             (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf, NULL,
+                                             N, D, s));
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        layer_acts *A = acts_for(g, l);
+        if (g->o.recompute == 1) layer_forward(g, l, A, 0);
+        if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
+            PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, (halo_bf16 *)g->w + g->L[l].wgu, NULL, N,
+                                                 D, 2 * c->hidden_dim, s));
+        layer_backward(g, l, A);
+    }
+    PROF(g, PR_EMBED, cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s));
+    g->grads_fresh = 0;
+}
+
+extern "C" float llama_cuda_last_loss(llama_cuda *g) {
+    double sum = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&sum, g->loss_sum, sizeof sum, cudaMemcpyDeviceToHost, g->st));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    if (g->prof) { prof_collect(g); g->prof_steps++; }
+    return g->last_count ? (float)(sum / g->last_count) : 0.f;
+}
+
+// Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
+extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
+    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->grad + g->embed, 0, (g->n_all - g->embed) * 4, g->st)));
+    g->grads_fresh = 1;
+}
+
+// Makes every gradient valid when no backward ran since zero_grads.
+static void grads_settle(llama_cuda *g) {
+    if (!g->grads_fresh) return;
+    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, g->n_all * 4, g->st));
+    g->grads_fresh = 0;
+}
+
+extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
+    cudaStream_t s = g->st;
+    grads_settle(g);
+    const double *sumsq = NULL;
+    if (h->grad_clip > 0) {
+        CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), s));
+        PROF(g, PR_NORMSQ, cuda_sumsq(g->sumsq, g->grad, g->n_all, s));
+        sumsq = g->sumsq;
+    }
+    size_t msz = g->o.bf16_moments ? 2 : 4;
+    // one launch per run of slots sharing a decay setting (padding between slots is zero and stays zero)
+    for (int i = 0; i < g->n_slots;) {
+        int decay = h->decay_all || g->slots[i].decay, j = i + 1;
+        while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay) j++;
+        size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, (char *)g->m + off * msz,
+                                     (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
+                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
+        i = j;
+    }
+}
+
+extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step) {
+    llama_cuda_zero_grads(g);
+    llama_cuda_forward_backward(g, b, 1.f);
+    llama_cuda_adamw_step(g, h, step);
+    return llama_cuda_last_loss(g);
+}
+
+extern "C" double llama_cuda_grad_norm(llama_cuda *g) {
+    double ss = 0;
+    grads_settle(g);
+    CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
+    cuda_sumsq(g->sumsq, g->grad, g->n_all, g->st);
+    CUDA_CHECK(cudaMemcpyAsync(&ss, g->sumsq, sizeof ss, cudaMemcpyDeviceToHost, g->st));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    return sqrt(ss);
+}
+
+static int copy_back(llama_cuda *g, float *dst, const float *src, const llama_model *host) {
+    if (host->n_params != g->n_true) return halo_fail("CUDA copy-back: host model has %zu parameters, device %zu",
+                                                      host->n_params, g->n_true);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    for (int i = 0; i < g->n_slots; i++) {
+        if (g->slots[i].host_off < 0) return halo_fail("CUDA copy-back: device model was not made from a host model");
+        CUDA_CHECK(cudaMemcpy(dst + g->slots[i].host_off, src + g->slots[i].off, g->slots[i].n * 4,
+                              cudaMemcpyDeviceToHost));
+    }
+    return HALO_OK;
+}
+
+extern "C" int llama_cuda_copy_params(llama_cuda *g, llama_model *host) {
+    return copy_back(g, host->params, g->master, host);
+}
+
+extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
+    if (!host->grads) llama_alloc_grads(host);
+    grads_settle(g);
+    return copy_back(g, host->grads, g->grad, host);
+}

@@ -1,0 +1,123 @@
+// Matrix products through cuBLASLt: BF16 operands, fp32 accumulation, BF16 or fp32 outputs. Row-major X[b, m] is
+// the column-major m x b matrix X^T, so every product of the Llama layers maps onto one cuBLASLt call without any
+// transpose copy (forward TN, dX NN, dW NT). Descriptors and the heuristic's algorithm are cached per shape.
+#include <cublasLt.h>
+#include <string.h>
+#include "cuda/common.cuh"
+
+#define CUBLAS_CHECK(call) do { cublasStatus_t _s = (call); if (_s != CUBLAS_STATUS_SUCCESS) { \
+    fprintf(stderr, "cuBLASLt error %d at %s:%d\n", (int)_s, __FILE__, __LINE__); abort(); } } while (0)
+
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldd, d_f32, has_c;
+} gemm_key;
+
+typedef struct {
+    gemm_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c, d;
+    cublasLtMatmulAlgo_t algo;
+} gemm_plan;
+
+enum { GEMM_CACHE = 128 };
+static cublasLtHandle_t g_lt;
+static void *g_ws;                      // workspace shared by every product (one stream at a time)
+static size_t g_ws_bytes = 64u << 20;
+static gemm_plan g_plans[GEMM_CACHE];
+static int g_nplans;
+
+static void lt_init(void) {
+    if (g_lt) return;
+    CUBLAS_CHECK(cublasLtCreate(&g_lt));
+    CUDA_CHECK(cudaMalloc(&g_ws, g_ws_bytes));
+}
+
+extern "C" void cuda_matmul_shutdown(void) {
+    for (int i = 0; i < g_nplans; i++) {
+        cublasLtMatmulDescDestroy(g_plans[i].op);
+        cublasLtMatrixLayoutDestroy(g_plans[i].a); cublasLtMatrixLayoutDestroy(g_plans[i].b);
+        cublasLtMatrixLayoutDestroy(g_plans[i].c); cublasLtMatrixLayoutDestroy(g_plans[i].d);
+    }
+    g_nplans = 0;
+    if (g_ws) cudaFree(g_ws);
+    g_ws = NULL;
+    if (g_lt) cublasLtDestroy(g_lt);
+    g_lt = NULL;
+}
+
+static gemm_plan *plan_get(const gemm_key *k) {
+    for (int i = 0; i < g_nplans; i++)
+        if (!memcmp(&g_plans[i].key, k, sizeof *k)) return &g_plans[i];
+    if (g_nplans == GEMM_CACHE) {   // cache full: recycle the oldest slot (shapes of one model never get here)
+        cuda_matmul_shutdown();
+        lt_init();
+    }
+    gemm_plan *p = &g_plans[g_nplans];
+    memset(p, 0, sizeof *p);
+    p->key = *k;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    // stored shapes (column-major): op(A) is M x K, op(B) is K x N
+    int ar = k->ta ? k->K : k->M, ac = k->ta ? k->M : k->K;
+    int br = k->tb ? k->N : k->K, bc = k->tb ? k->K : k->N;
+    cudaDataType_t dt = k->d_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, ar, ac, k->lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, br, bc, k->ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, dt, k->M, k->N, k->ldd));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, dt, k->M, k->N, k->ldd));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes,
+                                                      sizeof g_ws_bytes));
+    cublasLtMatmulHeuristicResult_t res[1];
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->d, pref, 1, res, &found));
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (!found) {
+        fprintf(stderr, "cuBLASLt: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", k->M, k->N, k->K, k->ta, k->tb);
+        abort();
+    }
+    p->algo = res[0].algo;
+    g_nplans++;
+    return p;
+}
+
+// D[M, N] (column-major, ld ldd) = alpha op(A) op(B) + beta C, with C = D's buffer or `C` (same layout).
+static void gemm(int ta, int tb, int M, int N, int K, const bf16 *A, int lda, const bf16 *B, int ldb, void *D,
+                 int d_f32, int ldd, const void *C, float beta, cudaStream_t s) {
+    if (M == 0 || N == 0) return;
+    lt_init();
+    gemm_key k;
+    memset(&k, 0, sizeof k);
+    k.ta = ta; k.tb = tb; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
+    k.has_c = beta != 0.f;
+    gemm_plan *p = plan_get(&k);
+    float alpha = 1.f;
+    CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->a, B, p->b, &beta, C ? C : D, p->c, D, p->d, &p->algo,
+                                g_ws, g_ws_bytes, s));
+}
+
+extern "C" void cuda_linear_forward(void *Y, int y_f32, const halo_bf16 *X, const halo_bf16 *W, const float *R,
+                                    int b, int m, int n, cudaStream_t s) {
+    // Y^T (n x b) = W^T^T (n x m) X^T (m x b): A = W stored m x n (T), B = X stored m x b (N)
+    gemm(1, 0, n, b, m, (const bf16 *)W, m, (const bf16 *)X, m, Y, y_f32 || R, n, R, R ? 1.f : 0.f, s);
+}
+
+extern "C" void cuda_linear_backward_dx(halo_bf16 *dX, const halo_bf16 *dY, const halo_bf16 *W, int b, int m, int n,
+                                        cudaStream_t s) {
+    // dX^T (m x b) = W^T (m x n) dY^T (n x b)
+    gemm(0, 0, m, b, n, (const bf16 *)W, m, (const bf16 *)dY, n, dX, 0, m, NULL, 0.f, s);
+}
+
+extern "C" void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                        cudaStream_t s) {
+    // dW^T (m x n) += X^T (m x b) (dY^T)^T (b x n)
+    gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 1, m, NULL, 1.f, s);
+}
+
+extern "C" void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                            cudaStream_t s) {
+    gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 1, m, NULL, 0.f, s);
+}

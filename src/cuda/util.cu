@@ -1,0 +1,46 @@
+// Device discovery and bf16 <-> fp32 conversions (host and device) used by the model and the tests.
+#include <string.h>
+#include "cuda/common.cuh"
+
+extern "C" int cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+}
+
+extern "C" void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) { dst[i] = (halo_bf16)((u >> 16) | 0x40); continue; }   // NaN stays NaN
+        u += 0x7fffu + ((u >> 16) & 1u);
+        dst[i] = (halo_bf16)(u >> 16);
+    }
+}
+
+extern "C" void cuda_bf16_to_f32_host(float *dst, const halo_bf16 *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, 4);
+    }
+}
+
+__global__ void k_f32_to_bf16(bf16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+__global__ void k_bf16_to_f32(float *dst, const bf16 *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+static int grid_for(size_t n) { size_t g = (n + 255) / 256; return (int)(g > 65536 ? 65536 : (g ? g : 1)); }
+
+extern "C" void cuda_f32_to_bf16(halo_bf16 *dst, const float *src, size_t n, cudaStream_t s) {
+    k_f32_to_bf16<<<grid_for(n), 256, 0, s>>>((bf16 *)dst, src, n);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_bf16_to_f32(float *dst, const halo_bf16 *src, size_t n, cudaStream_t s) {
+    k_bf16_to_f32<<<grid_for(n), 256, 0, s>>>(dst, (const bf16 *)src, n);
+    CUDA_LAUNCH_CHECK();
+}

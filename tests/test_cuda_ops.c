@@ -1,0 +1,402 @@
+// Each CUDA operation against the fp32 CPU operation of src/ops on random inputs (forward and backward), with
+// relative L2 error bounds for BF16 storage. The CPU runs on the same bf16-rounded inputs. Skips without a GPU.
+// Prints one "| op | ... |" table row per check for scripts/gpu_check.sh.
+#include "test.h"
+#ifdef HALO_CUDA
+#include <cuda_runtime_api.h>
+#include "cuda/cuda_backend.h"
+#include "ops/ops.h"
+#include "train/adamw.h"
+
+static unsigned long long rng = 12345;
+
+static void table_row(const char *op, const char *what, double err, double bound) {
+    int ok = err <= bound && !isnan(err);
+    printf("| %-22s | %-26s | %9.2e | %7.0e | %s |\n", op, what, err, bound, ok ? "ok" : "FAIL");
+    CHECK(ok, "%s %s: rel err %.3g > %.3g", op, what, err, bound);
+}
+
+static float *rand_vec(size_t n, double sd) {
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
+    return v;
+}
+// Rounds v in place to bf16 values and returns a device copy in bf16.
+static halo_bf16 *to_dev_bf16(float *v, size_t n) {
+    halo_bf16 *h = malloc(2 * n), *d;
+    cuda_f32_to_bf16_host(h, v, n);
+    cuda_bf16_to_f32_host(v, h, n);
+    cudaMalloc((void **)&d, 2 * n);
+    cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice);
+    free(h);
+    return d;
+}
+static void *to_dev(const void *v, size_t bytes) {
+    void *d;
+    cudaMalloc(&d, bytes);
+    cudaMemcpy(d, v, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+static float *from_dev_bf16(const halo_bf16 *d, size_t n) {
+    halo_bf16 *h = malloc(2 * n);
+    float *f = malloc(4 * n);
+    cudaMemcpy(h, d, 2 * n, cudaMemcpyDeviceToHost);
+    cuda_bf16_to_f32_host(f, h, n);
+    free(h);
+    return f;
+}
+static float *from_dev(const float *d, size_t n) {
+    float *f = malloc(4 * n);
+    cudaMemcpy(f, d, 4 * n, cudaMemcpyDeviceToHost);
+    return f;
+}
+// Device buffer filled with NaN bytes, so unwritten outputs fail the comparison.
+static void *dev_poison(size_t bytes) {
+    void *d;
+    cudaMalloc(&d, bytes);
+    cudaMemset(d, 0xff, bytes);
+    return d;
+}
+
+static void test_linear(int b, int m, int n) {
+    float *X = rand_vec((size_t)b * m, 1), *W = rand_vec((size_t)n * m, 0.1), *R = rand_vec((size_t)b * n, 1);
+    float *dY = rand_vec((size_t)b * n, 1);
+    halo_bf16 *dX_ = to_dev_bf16(X, (size_t)b * m), *dW_ = to_dev_bf16(W, (size_t)n * m), *ddY = to_dev_bf16(dY, (size_t)b * n);
+    float *dR = to_dev(R, sizeof(float) * b * n);
+    halo_bf16 *Y16 = dev_poison(2 * (size_t)b * n);
+    float *Y32 = dev_poison(4 * (size_t)b * n);
+    cuda_linear_forward(Y16, 0, dX_, dW_, NULL, b, m, n, 0);
+    cuda_linear_forward(Y32, 1, dX_, dW_, dR, b, m, n, 0);
+    float *ref = malloc(sizeof(float) * b * n);
+    linear_forward(ref, X, W, b, m, n);
+    float *got = from_dev_bf16(Y16, (size_t)b * n);
+    char what[64];
+    snprintf(what, sizeof what, "fwd bf16 %dx%dx%d", b, m, n);
+    table_row("linear (cuBLASLt)", what, rel_l2_f(got, ref, (size_t)b * n), 1e-2);
+    free(got);
+    for (size_t i = 0; i < (size_t)b * n; i++) ref[i] += R[i];
+    got = from_dev(Y32, (size_t)b * n);
+    table_row("linear (cuBLASLt)", "fwd fp32 + residual", rel_l2_f(got, ref, (size_t)b * n), 1e-3);
+    free(got);
+    float *rdX = malloc(sizeof(float) * b * m), *rdW = calloc((size_t)n * m, sizeof(float));
+    float *g0 = rand_vec((size_t)n * m, 1);   // dW accumulates onto an existing gradient
+    memcpy(rdW, g0, sizeof(float) * n * m);
+    linear_backward(rdX, rdW, dY, X, W, b, m, n, 0);
+    halo_bf16 *gdX = dev_poison(2 * (size_t)b * m);
+    float *gdW = to_dev(g0, sizeof(float) * n * m);
+    cuda_linear_backward_dx(gdX, ddY, dW_, b, m, n, 0);
+    cuda_linear_backward_dw(gdW, ddY, dX_, b, m, n, 0);
+    got = from_dev_bf16(gdX, (size_t)b * m);
+    table_row("linear (cuBLASLt)", "bwd dX", rel_l2_f(got, rdX, (size_t)b * m), 1e-2);
+    free(got);
+    got = from_dev(gdW, (size_t)n * m);
+    table_row("linear (cuBLASLt)", "bwd dW (+=)", rel_l2_f(got, rdW, (size_t)n * m), 1e-3);
+    free(got);
+    free(X); free(W); free(R); free(dY); free(ref); free(rdX); free(rdW); free(g0);
+    cudaFree(dX_); cudaFree(dW_); cudaFree(ddY); cudaFree(dR); cudaFree(Y16); cudaFree(Y32); cudaFree(gdX); cudaFree(gdW);
+}
+
+static void test_embedding(void) {
+    int N = 300, D = 96, V = 50;
+    int32_t ids[300];
+    for (int i = 0; i < N; i++) ids[i] = (int)(t_rng_next(&rng) % V);
+    float *tab = rand_vec((size_t)V * D, 1), *dout = rand_vec((size_t)N * D, 1), *g0 = rand_vec((size_t)V * D, 1);
+    halo_bf16 *dtab = to_dev_bf16(tab, (size_t)V * D);
+    int32_t *dids = to_dev(ids, sizeof ids);
+    float *out = dev_poison(4 * (size_t)N * D), *ddout = to_dev(dout, 4 * (size_t)N * D), *dg = to_dev(g0, 4 * (size_t)V * D);
+    cuda_embedding_forward(out, dids, dtab, N, D, 0);
+    cuda_embedding_backward(dg, dids, ddout, N, D, 0);
+    float *ref = malloc(4 * (size_t)N * D);
+    embedding_forward(ref, ids, tab, N, D);
+    float *got = from_dev(out, (size_t)N * D);
+    table_row("embedding", "fwd", rel_l2_f(got, ref, (size_t)N * D), 1e-6);
+    free(got);
+    embedding_backward(g0, ids, dout, N, D);
+    got = from_dev(dg, (size_t)V * D);
+    table_row("embedding", "bwd (scatter-add)", rel_l2_f(got, g0, (size_t)V * D), 1e-5);
+    free(got); free(ref); free(tab); free(dout); free(g0);
+    cudaFree(dtab); cudaFree(dids); cudaFree(out); cudaFree(ddout); cudaFree(dg);
+}
+
+static void test_rmsnorm(int N, int D) {
+    float *x = rand_vec((size_t)N * D, 2), *w = rand_vec(D, 0.3), *dy = rand_vec((size_t)N * D, 1);
+    float *dres = rand_vec((size_t)N * D, 1);
+    for (int d = 0; d < D; d++) w[d] += 1;
+    halo_bf16 *dw16 = to_dev_bf16(w, D), *ddy = to_dev_bf16(dy, (size_t)N * D);
+    float *dx_ = to_dev(x, 4 * (size_t)N * D), *rstd = dev_poison(4 * (size_t)N);
+    halo_bf16 *out = dev_poison(2 * (size_t)N * D), *dx16 = dev_poison(2 * (size_t)N * D);
+    float *ddx = to_dev(dres, 4 * (size_t)N * D), *ddw = dev_poison(4 * (size_t)D);
+    cudaMemset(ddw, 0, 4 * (size_t)D);
+    cuda_rmsnorm_forward(out, rstd, dx_, dw16, N, D, 1e-5f, 0);
+    cuda_rmsnorm_backward(ddx, dx16, ddw, ddy, dx_, dw16, rstd, ddx, N, D, 0);
+    float *ref = malloc(4 * (size_t)N * D), *rr = malloc(4 * (size_t)N), *rdx = calloc((size_t)N * D, 4), *rdw = calloc(D, 4);
+    rmsnorm_forward(ref, rr, x, w, N, D, 1e-5f);
+    float *got = from_dev_bf16(out, (size_t)N * D);
+    char what[64];
+    snprintf(what, sizeof what, "fwd N=%d D=%d", N, D);
+    table_row("rmsnorm", what, rel_l2_f(got, ref, (size_t)N * D), 1e-2);
+    free(got);
+    got = from_dev(rstd, N);
+    table_row("rmsnorm", "fwd rstd", rel_l2_f(got, rr, N), 1e-5);
+    free(got);
+    memcpy(rdx, dres, 4 * (size_t)N * D);
+    rmsnorm_backward(rdx, rdw, dy, x, w, rr, N, D);
+    got = from_dev(ddx, (size_t)N * D);
+    table_row("rmsnorm", "bwd dx (+= residual grad)", rel_l2_f(got, rdx, (size_t)N * D), 1e-4);
+    free(got);
+    got = from_dev_bf16(dx16, (size_t)N * D);
+    table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
+    free(got);
+    got = from_dev(ddw, D);
+    table_row("rmsnorm", "bwd dw", rel_l2_f(got, rdw, D), 1e-4);
+    free(got);
+    free(x); free(w); free(dy); free(dres); free(ref); free(rr); free(rdx); free(rdw);
+    cudaFree(dw16); cudaFree(ddy); cudaFree(dx_); cudaFree(rstd); cudaFree(out); cudaFree(dx16); cudaFree(ddx); cudaFree(ddw);
+}
+
+static void test_rope(void) {
+    int N = 70, H = 5, Hx = 2, hd = 64, ld = (H + Hx) * hd, maxpos = 200;
+    float *cs = malloc(4 * (size_t)maxpos * hd / 2), *sn = malloc(4 * (size_t)maxpos * hd / 2);
+    rope_tables(cs, sn, maxpos, hd, 500000.f, 1, 32.f, 1.f, 4.f, 8192);   // llama3 scaling
+    int32_t pos[70];
+    for (int i = 0; i < N; i++) pos[i] = (int)(t_rng_next(&rng) % maxpos);
+    float *x = rand_vec((size_t)N * ld, 1);
+    halo_bf16 *dx = to_dev_bf16(x, (size_t)N * ld), *dg = NULL;
+    float *g = rand_vec((size_t)N * ld, 1);
+    dg = to_dev_bf16(g, (size_t)N * ld);
+    float *dcs = to_dev(cs, 4 * (size_t)maxpos * hd / 2), *dsn = to_dev(sn, 4 * (size_t)maxpos * hd / 2);
+    int32_t *dpos = to_dev(pos, sizeof pos);
+    cuda_rope_forward(dx, ld, dpos, dcs, dsn, N, H, hd, 0);
+    cuda_rope_backward(dg, ld, dpos, dcs, dsn, N, H, hd, 0);
+    // CPU on the first H heads of each row, packed [N, H, hd]
+    float *xp = malloc(4 * (size_t)N * H * hd), *gp = malloc(4 * (size_t)N * H * hd);
+    for (int n = 0; n < N; n++) {
+        memcpy(xp + (size_t)n * H * hd, x + (size_t)n * ld, 4 * (size_t)H * hd);
+        memcpy(gp + (size_t)n * H * hd, g + (size_t)n * ld, 4 * (size_t)H * hd);
+    }
+    rope_forward(xp, pos, cs, sn, N, H, hd);
+    rope_backward(gp, pos, cs, sn, N, H, hd);
+    float *got = from_dev_bf16(dx, (size_t)N * ld), *gotg = from_dev_bf16(dg, (size_t)N * ld);
+    double num = 0, den = 0, numg = 0, deng = 0;
+    int untouched = 1;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < ld; c++) {
+            size_t i = (size_t)n * ld + c;
+            if (c >= H * hd) { untouched &= got[i] == x[i] && gotg[i] == g[i]; continue; }
+            double r = xp[(size_t)n * H * hd + c], rg = gp[(size_t)n * H * hd + c];
+            num += (got[i] - r) * (got[i] - r); den += r * r;
+            numg += (gotg[i] - rg) * (gotg[i] - rg); deng += rg * rg;
+        }
+    table_row("rope (llama3 scaling)", "fwd", sqrt(num / den), 1e-2);
+    table_row("rope (llama3 scaling)", "bwd", sqrt(numg / deng), 1e-2);
+    CHECK(untouched, "rope touched columns past the first H heads");
+    free(cs); free(sn); free(x); free(g); free(xp); free(gp); free(got); free(gotg);
+    cudaFree(dx); cudaFree(dg); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos);
+}
+
+static void test_swiglu(void) {
+    int N = 33, F = 200;
+    float *gu = rand_vec((size_t)N * 2 * F, 2), *dout = rand_vec((size_t)N * F, 1);
+    halo_bf16 *dgu = to_dev_bf16(gu, (size_t)N * 2 * F), *ddo = to_dev_bf16(dout, (size_t)N * F);
+    halo_bf16 *out = dev_poison(2 * (size_t)N * F), *dres = dev_poison(4 * (size_t)N * F);
+    cuda_swiglu_forward(out, dgu, N, F, 0);
+    cuda_swiglu_backward(dres, ddo, dgu, N, F, 0);
+    float *gate = malloc(4 * (size_t)N * F), *up = malloc(4 * (size_t)N * F), *ref = malloc(4 * (size_t)N * F);
+    for (int n = 0; n < N; n++) {
+        memcpy(gate + (size_t)n * F, gu + (size_t)n * 2 * F, 4 * (size_t)F);
+        memcpy(up + (size_t)n * F, gu + (size_t)n * 2 * F + F, 4 * (size_t)F);
+    }
+    swiglu_forward(ref, gate, up, N, F);
+    float *got = from_dev_bf16(out, (size_t)N * F);
+    table_row("swiglu", "fwd", rel_l2_f(got, ref, (size_t)N * F), 1e-2);
+    free(got);
+    float *dg = malloc(4 * (size_t)N * F), *du = malloc(4 * (size_t)N * F), *cat = malloc(8 * (size_t)N * F);
+    swiglu_backward(dg, du, dout, gate, up, N, F);
+    for (int n = 0; n < N; n++) {
+        memcpy(cat + (size_t)n * 2 * F, dg + (size_t)n * F, 4 * (size_t)F);
+        memcpy(cat + (size_t)n * 2 * F + F, du + (size_t)n * F, 4 * (size_t)F);
+    }
+    got = from_dev_bf16(dres, (size_t)N * 2 * F);
+    table_row("swiglu", "bwd [dgate | dup]", rel_l2_f(got, cat, (size_t)N * 2 * F), 1e-2);
+    free(got); free(gu); free(dout); free(gate); free(up); free(ref); free(dg); free(du); free(cat);
+    cudaFree(dgu); cudaFree(ddo); cudaFree(out); cudaFree(dres);
+}
+
+// qkv[N, (Hq + 2 Hkv) hd] <-> CPU q/k/v [B, T, H, hd]
+static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) {
+    int N = B * T, ld = (Hq + 2 * Hkv) * hd;
+    float *qkv = rand_vec((size_t)N * ld, 1), *dout = rand_vec((size_t)N * Hq * hd, 1);
+    halo_bf16 *dqkv_in = to_dev_bf16(qkv, (size_t)N * ld), *ddout = to_dev_bf16(dout, (size_t)N * Hq * hd);
+    int32_t *seg = NULL, *dseg = NULL;
+    if (with_seg) {   // packed rows: segments of random lengths
+        seg = malloc(4 * (size_t)N);
+        for (int b = 0; b < B; b++) {
+            int s = 0;
+            for (int t = 0; t < T; t++) { if (t > 0 && t_rng_next(&rng) % 23 == 0) s++; seg[b * T + t] = s; }
+        }
+        dseg = to_dev(seg, 4 * (size_t)N);
+    }
+    size_t nq = (size_t)N * Hq * hd, nk = (size_t)N * Hkv * hd;
+    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk);
+    for (int n = 0; n < N; n++) {
+        memcpy(q + (size_t)n * Hq * hd, qkv + (size_t)n * ld, 4 * (size_t)Hq * hd);
+        memcpy(k + (size_t)n * Hkv * hd, qkv + (size_t)n * ld + Hq * hd, 4 * (size_t)Hkv * hd);
+        memcpy(v + (size_t)n * Hkv * hd, qkv + (size_t)n * ld + (Hq + Hkv) * hd, 4 * (size_t)Hkv * hd);
+    }
+    float *ref = malloc(4 * nq), *probs = malloc(4 * (size_t)B * Hq * T * T);
+    attention_forward(ref, probs, q, k, v, seg, B, T, Hq, Hkv, hd);
+    float *rdq = malloc(4 * nq), *rdk = malloc(4 * nk), *rdv = malloc(4 * nk);
+    // the CPU backward uses the fp32 output's probabilities; the GPU's dO·O term uses its bf16 output, a small extra
+    // rounding inside the bound
+    attention_backward(rdq, rdk, rdv, dout, probs, q, k, v, B, T, Hq, Hkv, hd);
+    char op[64], what[64];
+    snprintf(op, sizeof op, "attention %s", cuda_attention_uses_flash(hd) ? "(flash)" : "(simple)");
+    snprintf(what, sizeof what, "fwd B%d T%d H%d/%d hd%d%s", B, T, Hq, Hkv, hd, with_seg ? " seg" : "");
+    float *gq = malloc(4 * nq), *gk = malloc(4 * nk), *gv = malloc(4 * nk), *got = NULL;
+    // every kernel variant (flash head sizes); the default one (-1) last, with its own table rows
+    int nvar = cuda_attention_uses_flash(hd) ? CUDA_ATTN_BWD_VARIANTS : 0;
+    double worst_f = 0, worst_b = 0;
+    for (int var = 0; var <= nvar; var++) {
+        int dflt = var == nvar;
+        cuda_attention_set_fwd_variant(dflt ? -1 : var % CUDA_ATTN_FWD_VARIANTS);
+        cuda_attention_set_bwd_variant(dflt ? -1 : var);
+        halo_bf16 *out = dev_poison(2 * (size_t)N * Hq * hd), *dqkv = dev_poison(2 * (size_t)N * ld);
+        float *lse = dev_poison(4 * (size_t)N * Hq);
+        void *scratch = dev_poison(cuda_attention_scratch_bytes(B, T, Hq, Hkv, hd));
+        cuda_attention_forward(out, lse, dqkv_in, dseg, B, T, Hq, Hkv, hd, 0);
+        cuda_attention_backward(dqkv, scratch, ddout, out, lse, dqkv_in, dseg, B, T, Hq, Hkv, hd, 0);
+        cudaError_t e = cudaDeviceSynchronize();
+        CHECK(e == cudaSuccess, "attention kernels: %s", cudaGetErrorString(e));
+        got = from_dev_bf16(out, nq);
+        double ef = rel_l2_f(got, ref, nq);
+        free(got);
+        got = from_dev_bf16(dqkv, (size_t)N * ld);
+        for (int n = 0; n < N; n++) {
+            memcpy(gq + (size_t)n * Hq * hd, got + (size_t)n * ld, 4 * (size_t)Hq * hd);
+            memcpy(gk + (size_t)n * Hkv * hd, got + (size_t)n * ld + Hq * hd, 4 * (size_t)Hkv * hd);
+            memcpy(gv + (size_t)n * Hkv * hd, got + (size_t)n * ld + (Hq + Hkv) * hd, 4 * (size_t)Hkv * hd);
+        }
+        free(got);
+        double eq = rel_l2_f(gq, rdq, nq), ek = rel_l2_f(gk, rdk, nk), ev = rel_l2_f(gv, rdv, nk);
+        if (dflt) {
+            table_row(op, what, ef, 1e-2);
+            table_row(op, "bwd dq", eq, 2e-2);
+            table_row(op, "bwd dk", ek, 2e-2);
+            table_row(op, "bwd dv", ev, 2e-2);
+        } else {
+            double eb = fmax(eq, fmax(ek, ev));
+            if (!(ef <= worst_f)) worst_f = ef;
+            if (!(eb <= worst_b)) worst_b = eb;
+        }
+        cudaFree(out); cudaFree(dqkv); cudaFree(lse); cudaFree(scratch);
+    }
+    if (nvar) {
+        table_row(op, "fwd, every kernel variant", worst_f, 1e-2);
+        table_row(op, "bwd, every kernel variant", worst_b, 2e-2);
+    }
+    cuda_attention_set_fwd_variant(-1);
+    cuda_attention_set_bwd_variant(-1);
+    free(gq); free(gk); free(gv); free(rdq); free(rdk); free(rdv); free(ref); free(probs);
+    free(q); free(k); free(v); free(qkv); free(dout); free(seg);
+    cudaFree(dqkv_in); cudaFree(ddout); cudaFree(dseg);
+}
+
+static void test_cross_entropy(int N, int V, int in_place) {
+    float *x = rand_vec((size_t)N * V, 3);
+    int32_t *t = malloc(4 * (size_t)N);
+    for (int i = 0; i < N; i++) t[i] = i % 4 == 3 ? -1 : (int)(t_rng_next(&rng) % V);
+    halo_bf16 *dx = to_dev_bf16(x, (size_t)N * V);   // x now holds the bf16-rounded logits
+    int32_t *dt = to_dev(t, 4 * (size_t)N);
+    halo_bf16 *dl = in_place ? dx : dev_poison(2 * (size_t)N * V);
+    double *dsum, sum = 0;
+    cudaMalloc((void **)&dsum, 8);
+    cudaMemset(dsum, 0, 8);
+    cuda_cross_entropy(dl, dsum, dx, dt, N, V, 0.25f, 0);
+    cudaMemcpy(&sum, dsum, 8, cudaMemcpyDeviceToHost);
+    float *ref = malloc(4 * (size_t)N * V);
+    double rsum = cross_entropy_forward_backward(ref, x, t, N, V, 0.25f);
+    char what[64];
+    snprintf(what, sizeof what, "loss sum N=%d V=%d%s", N, V, in_place ? " in place" : "");
+    table_row("cross-entropy", what, fabs(sum - rsum) / fabs(rsum), 1e-5);
+    float *got = from_dev_bf16(dl, (size_t)N * V);
+    table_row("cross-entropy", "dlogits (bf16)", rel_l2_f(got, ref, (size_t)N * V), 1e-2);
+    free(got); free(ref); free(x); free(t);
+    if (!in_place) cudaFree(dl);
+    cudaFree(dx); cudaFree(dt); cudaFree(dsum);
+}
+
+static void test_adamw(int mom_bf16) {
+    size_t n = 10007;
+    float *p = rand_vec(n, 0.5), *pc = malloc(4 * n);
+    memcpy(pc, p, 4 * n);
+    float *dp = to_dev(p, 4 * n), *dg;
+    void *m, *v;
+    halo_bf16 *w16;
+    cudaMalloc((void **)&dg, 4 * n);
+    cudaMalloc(&m, 4 * n); cudaMalloc(&v, 4 * n); cudaMalloc((void **)&w16, 2 * n);
+    cudaMemset(m, 0, 4 * n); cudaMemset(v, 0, 4 * n);
+    double *ss;
+    cudaMalloc((void **)&ss, 8);
+    adamw_config cfg = adamw_config_default();
+    cfg.weight_decay = 0.1f; cfg.decay_all = 1;
+    adamw_state st;
+    adamw_init(&st, &cfg, n, NULL, 0);
+    float clip = 1.0f;
+    for (int step = 1; step <= 5; step++) {
+        float *g = rand_vec(n, step == 3 ? 0.001 : 0.05);   // steps above and below the clip threshold
+        cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
+        cudaMemset(ss, 0, 8);
+        cuda_sumsq(ss, dg, n, 0);
+        cuda_adamw(dp, w16, dg, m, v, mom_bf16, n, 1e-2f, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, step, ss,
+                   clip, 0);
+        grad_clip_global_norm(g, n, clip);
+        adamw_step(&st, pc, g, 1e-2f);
+        free(g);
+    }
+    float *got = from_dev(dp, n), *got16 = from_dev_bf16(w16, n);
+    // compare the parameter change, the part AdamW computes
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d_ref = pc[i] - p[i], d = got[i] - p[i];
+        num += (d - d_ref) * (d - d_ref); den += d_ref * d_ref;
+    }
+    table_row("adamw + clip", mom_bf16 ? "5 steps, bf16 moments" : "5 steps, fp32 moments", sqrt(num / den),
+              mom_bf16 ? 2e-2 : 1e-4);
+    table_row("adamw + clip", "bf16 working copy", rel_l2_f(got16, got, n), 1e-2);
+    adamw_free(&st);
+    free(p); free(pc); free(got); free(got16);
+    cudaFree(dp); cudaFree(dg); cudaFree(m); cudaFree(v); cudaFree(w16); cudaFree(ss);
+}
+#endif
+
+int main(void) {
+#ifndef HALO_CUDA
+    SKIP("built without CUDA (no nvcc, or SAN=1): CUDA op tests skipped");
+    TEST_END();
+#else
+    int nd = cuda_device_count();
+    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): CUDA op tests skipped", nd); TEST_END(); }
+    printf("| %-22s | %-26s | %9s | %7s | %s |\n", "op (CUDA vs CPU fp32)", "check", "rel err", "bound", "ok");
+    test_linear(64, 96, 80);
+    test_linear(300, 256, 520);
+    test_embedding();
+    test_rmsnorm(50, 64);
+    test_rmsnorm(33, 2048);
+    test_rope();
+    test_swiglu();
+    test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)
+    test_attention(2, 50, 8, 4, 8, 1);
+    test_attention(2, 100, 4, 2, 64, 0);     // flash kernels, T not a multiple of the tile
+    test_attention(1, 300, 8, 2, 64, 1);
+    test_attention(2, 80, 4, 1, 128, 0);
+    test_attention(1, 257, 4, 2, 128, 1);
+    test_cross_entropy(13, 1000, 0);
+    test_cross_entropy(7, 999, 1);
+    test_cross_entropy(6, 128256, 1);
+    test_adamw(0);
+    test_adamw(1);
+    cudaError_t e = cudaDeviceSynchronize();
+    CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
+    TEST_END();
+#endif
+}
