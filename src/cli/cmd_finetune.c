@@ -35,7 +35,9 @@ static void usage(void) {
         "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
-        "  --threads N            CPU threads (default: all cores)\n");
+        "  --threads N            CPU threads (default: all cores)\n"
+        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products, fp32 master weights and moments\n"
+        "                         on the GPU (no checkpoints or HALO precisions there yet)\n");
     halo_common_usage();
 }
 
@@ -100,7 +102,7 @@ static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
 }
 
 int cmd_finetune(int argc, char **argv) {
-    const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *v;
+    const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *device = "cpu", *v;
     dataset_config dc;
     dataset_config_default(&dc);
     train_options o = train_options_default();
@@ -159,10 +161,12 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--out"))) out_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--export-dtype"))) export_dtype = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--device"))) device = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
+    if (strcmp(device, "cpu") && strcmp(device, "cuda")) { halo_fail("--device: '%s' is not cpu or cuda", device); goto bad; }
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
@@ -199,6 +203,10 @@ int cmd_finetune(int argc, char **argv) {
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);
+        if (rc == HALO_OK && !strcmp(device, "cuda")) {
+            if (resume) rc = halo_fail("--resume is not supported with --device cuda yet");
+            else rc = trainer_use_cuda(&t);
+        }
     }
     if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"
@@ -230,6 +238,7 @@ int cmd_finetune(int argc, char **argv) {
         if (rc == HALO_OK) rc = trainer_evaluate(&t);
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
         if (rc == HALO_OK && out_dir) {
+            t.be.to_host(&t);
             rc = llama_save_hf(&m, out_dir, !strcmp(export_dtype, "bf16") ? "bfloat16" : "float32", model_dir);
             if (rc == HALO_OK) rc = halo_common_save(&co, &m, out_dir);
             if (rc == HALO_OK) fprintf(stderr, "halo finetune: exported %s\n", out_dir);

@@ -144,6 +144,7 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx) { t->eval = fn; t
 void trainer_set_app_meta(trainer *t, const char *json) { free(t->app_meta); t->app_meta = json ? xstrdup(json) : NULL; }
 
 void trainer_free(trainer *t) {
+    if (t->be.release) t->be.release(t);
     if (t->metrics) fclose(t->metrics);
     adamw_free(&t->opt);
     halo_batch_free(&t->batch);

@@ -70,6 +70,7 @@ typedef struct {
     void (*optimizer_step)(struct trainer *t, double lr);
     void (*to_host)(struct trainer *t);
     void (*from_host)(struct trainer *t);
+    void (*release)(struct trainer *t);   // frees be_ctx (NULL: nothing to free)
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 
@@ -122,6 +123,10 @@ int trainer_save(trainer *t, const char *path);
 int trainer_open_metrics(trainer *t);
 void trainer_log_step(trainer *t, const train_step_info *s);
 void trainer_log_metrics(trainer *t, const train_step_info *s);
+// Moves training to the GPU (src/train/trainer_cuda.c): uploads the model, then every step runs there; the host
+// model is refreshed before evaluations and at the end. BF16 products with fp32 master weights and moments.
+// HALO_ERR when the build has no CUDA or no GPU is present. Call after trainer_init, before the first step.
+int trainer_use_cuda(trainer *t);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
 void trainer_free(trainer *t);

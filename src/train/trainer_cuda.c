@@ -1,0 +1,68 @@
+// The trainer's GPU backend: the step runs in the CUDA model (src/cuda/llama_cuda.cu); the host model is refreshed
+// from the device's fp32 master weights before evaluations and at the end. Checkpoints are refused until the
+// device can hand back its AdamW moments (a resume would otherwise not reproduce the run).
+#include <math.h>
+#include <stdlib.h>
+#include "train/trainer.h"
+#include "util/error.h"
+#ifdef HALO_CUDA
+#include "cuda/cuda_backend.h"
+
+typedef struct {
+    llama_cuda *g;
+    llama_cuda_adamw h;
+} cuda_ctx;
+
+static cuda_ctx *ctx_of(trainer *t) { return t->be_ctx; }
+static void cu_zero_grads(trainer *t) { llama_cuda_zero_grads(ctx_of(t)->g); }
+static float cu_forward_backward(trainer *t, const halo_batch *b, float grad_scale) {
+    llama_cuda_forward_backward(ctx_of(t)->g, b, grad_scale);
+    return llama_cuda_last_loss(ctx_of(t)->g);   // the step's host synchronization
+}
+// Clipping happens inside the device AdamW step; the norm is read here for the progress line.
+static double cu_clip_grads(trainer *t, float max_norm) {
+    ctx_of(t)->h.grad_clip = max_norm;
+    return llama_cuda_grad_norm(ctx_of(t)->g);
+}
+static void cu_optimizer_step(trainer *t, double lr) {
+    cuda_ctx *c = ctx_of(t);
+    c->h.lr = (float)lr;
+    llama_cuda_adamw_step(c->g, &c->h, (int)++t->opt.t);
+}
+static void cu_to_host(trainer *t) {
+    if (llama_cuda_copy_params(ctx_of(t)->g, t->model) != HALO_OK)
+        fprintf(stderr, "halo: copying weights from the GPU failed: %s\n", halo_error());
+}
+static void cu_from_host(trainer *t) {
+    fprintf(stderr, "halo: resuming a checkpoint on the GPU is not supported yet; the GPU keeps its weights\n");
+}
+static void cu_release(trainer *t) {
+    cuda_ctx *c = ctx_of(t);
+    if (c) { llama_cuda_free(c->g); free(c); }
+    t->be_ctx = NULL;
+}
+
+int trainer_use_cuda(trainer *t) {
+    if (t->o.ckpt_dir)
+        return halo_fail("checkpoints are not supported with --device cuda yet (the GPU's AdamW moments cannot be "
+                         "saved); drop --ckpt-dir or train on the CPU");
+    if (t->model->halo)
+        return halo_fail("HALO precisions run on the CPU only for now; use --device cpu with --precision int8/fp8");
+    llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
+    cuda_ctx *c = xcalloc(1, sizeof *c);
+    if (llama_cuda_init(&c->g, t->model, &o) != HALO_OK) { free(c); return halo_fail_ctx("--device cuda: "); }
+    c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,
+                              .eps = (float)t->o.adamw.eps, .weight_decay = (float)t->o.adamw.weight_decay,
+                              .grad_clip = t->o.clip, .decay_all = t->o.adamw.decay_all};
+    t->be_ctx = c;
+    t->be = (train_backend){.name = "cuda", .zero_grads = cu_zero_grads, .forward_backward = cu_forward_backward,
+                            .clip_grads = cu_clip_grads, .optimizer_step = cu_optimizer_step, .to_host = cu_to_host,
+                            .from_host = cu_from_host, .release = cu_release};
+    return HALO_OK;
+}
+#else
+int trainer_use_cuda(trainer *t) {
+    (void)t;
+    return halo_fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");
+}
+#endif
