@@ -38,6 +38,7 @@ int cmd_eval(int argc, char **argv) {
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
         int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r == 0) r = cli_dataset_opts_parse(&dc, argc, argv, &i);
         if (r < 0) goto bad;
         if (r > 0) continue;
         if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
@@ -49,22 +50,7 @@ int cmd_eval(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--limit"))) { if (cli_parse_int("--limit", v, &limit)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int("--max-new-tokens", v, &max_new)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--predictions"))) pred_path = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--preset"))) dc.preset = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-template"))) dc.prompt_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--answer-template"))) dc.answer_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-field"))) dc.prompt_field = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--answer-field"))) dc.answer_field = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--plain-template"))) dc.plain_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--system"))) dc.system_prompt = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--chat"))) {
-            if (!strcmp(v, "llama3")) dc.chat = DATASET_CHAT_LLAMA3;
-            else if (!strcmp(v, "llama2")) dc.chat = DATASET_CHAT_LLAMA2;
-            else if (!strcmp(v, "plain")) dc.chat = DATASET_CHAT_PLAIN;
-            else if (strcmp(v, "auto")) { halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v); goto bad; }
-        }
-        else if ((v = cli_flag_value(argc, argv, &i, "--seq-len"))) { if (cli_parse_int("--seq-len", v, &n)) goto bad; dc.seq_len = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; dc.seed = (uint64_t)n; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc.val_fraction)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &batch)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
         else { fprintf(stderr, "halo eval: unknown option '%s' (see --help)\n", argv[i]); return 2; }

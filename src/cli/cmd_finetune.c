@@ -113,32 +113,13 @@ int cmd_finetune(int argc, char **argv) {
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
         int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r == 0) r = cli_dataset_opts_parse(&dc, argc, argv, &i);
         if (r < 0) goto bad;
         if (r > 0) continue;
         if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
         else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--val"))) dc.val_path = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--preset"))) dc.preset = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-template"))) dc.prompt_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--answer-template"))) dc.answer_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-field"))) dc.prompt_field = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--answer-field"))) dc.answer_field = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--plain-template"))) dc.plain_template = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--system"))) dc.system_prompt = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--chat"))) {
-            if (!strcmp(v, "auto")) dc.chat = DATASET_CHAT_AUTO;
-            else if (!strcmp(v, "llama3")) dc.chat = DATASET_CHAT_LLAMA3;
-            else if (!strcmp(v, "llama2")) dc.chat = DATASET_CHAT_LLAMA2;
-            else if (!strcmp(v, "plain")) dc.chat = DATASET_CHAT_PLAIN;
-            else { halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v); goto bad; }
-        }
-        else if ((v = cli_flag_value(argc, argv, &i, "--seq-len"))) { if (cli_parse_int("--seq-len", v, &n)) goto bad; dc.seq_len = (int)n; }
-        else if (cli_is_flag(argv[i], "--pack")) dc.pack = true;
-        else if (cli_is_flag(argv[i], "--loss-on-all")) dc.loss_on_all = true;
-        else if (cli_is_flag(argv[i], "--skip-bad-lines")) dc.skip_bad_lines = true;
-        else if ((v = cli_flag_value(argc, argv, &i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc.val_fraction)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--val-count"))) { if (cli_parse_int("--val-count", v, &dc.val_count)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--steps"))) { if (cli_parse_int("--steps", v, &steps)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &n)) goto bad; o.batch_size = (int)n; }

@@ -81,6 +81,36 @@ int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
     return 0;
 }
 
+int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i) {
+    const char *v;
+    long n;
+    if ((v = cli_flag_value(argc, argv, i, "--preset"))) dc->preset = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--prompt-template"))) dc->prompt_template = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--answer-template"))) dc->answer_template = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--prompt-field"))) dc->prompt_field = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--answer-field"))) dc->answer_field = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--plain-template"))) dc->plain_template = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--system"))) dc->system_prompt = v;
+    else if ((v = cli_flag_value(argc, argv, i, "--chat"))) {
+        if (!strcmp(v, "auto")) dc->chat = DATASET_CHAT_AUTO;
+        else if (!strcmp(v, "llama3")) dc->chat = DATASET_CHAT_LLAMA3;
+        else if (!strcmp(v, "llama2")) dc->chat = DATASET_CHAT_LLAMA2;
+        else if (!strcmp(v, "plain")) dc->chat = DATASET_CHAT_PLAIN;
+        else return halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v), -1;
+    }
+    else if ((v = cli_flag_value(argc, argv, i, "--seq-len"))) {
+        if (cli_parse_int("--seq-len", v, &n) || n < 2) return halo_fail("--seq-len: '%s' is not an integer >= 2", v), -1;
+        dc->seq_len = (int)n;
+    }
+    else if ((v = cli_flag_value(argc, argv, i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc->val_fraction)) return -1; }
+    else if ((v = cli_flag_value(argc, argv, i, "--val-count"))) { if (cli_parse_int("--val-count", v, &dc->val_count)) return -1; }
+    else if (cli_is_flag(argv[*i], "--pack")) dc->pack = true;
+    else if (cli_is_flag(argv[*i], "--loss-on-all")) dc->loss_on_all = true;
+    else if (cli_is_flag(argv[*i], "--skip-bad-lines")) dc->skip_bad_lines = true;
+    else return 0;
+    return 1;
+}
+
 int halo_common_apply(halo_common_opts *o, llama_model *m) {
     if (o->hc.skip_first + o->hc.skip_last > m->cfg.n_layers)
         return halo_fail("--halo-skip-first %d + --halo-skip-last %d exceed the model's %d blocks", o->hc.skip_first,

@@ -29,6 +29,11 @@ const char *halo_common_describe(const halo_common_opts *o);
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
 void halo_common_usage(void);
 
+// Consumes argv[*i] if it is a dataset option shared by finetune and eval: --preset, --prompt-template,
+// --answer-template, --prompt-field, --answer-field, --plain-template, --system, --chat auto|llama3|llama2|plain,
+// --seq-len, --val-fraction, --val-count, --pack, --loss-on-all, --skip-bad-lines. Returns 1, 0 (not one) or -1.
+int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i);
+
 // Token-weighted mean validation loss over the validation split (at most max_batches batches of B x T; 0 = all).
 int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out);
 
