@@ -9,7 +9,7 @@ SHARED="${HALO_SHARED:-../shared}"
 rm -rf .carry-deps && mkdir -p .carry-deps/include/cjson .carry-deps/lib
 cp /usr/include/cjson/cJSON.h .carry-deps/include/cjson/
 cp /usr/include/pcre2.h .carry-deps/include/
-cp /usr/include/x86_64-linux-gnu/openblas-pthread/{cblas.h,openblas_config.h} .carry-deps/include/
+cp /usr/include/x86_64-linux-gnu/openblas-openmp/{cblas.h,openblas_config.h} .carry-deps/include/
 cp -L /usr/lib/x86_64-linux-gnu/libcjson.so.1 .carry-deps/lib/
 mkdir -p .carry-shared
 for p in models/stories260K goldens tokenizers/llama3 tokenizers/llama2 data/text data/viggo bench docs; do

@@ -21,7 +21,7 @@ ln -sf libpcre2-8.so.0 "$DEST/deps/lib/libpcre2-8.so"
 ln -sf /usr/lib/x86_64-linux-gnu/libopenblas.so.0 "$DEST/deps/lib/libopenblas.so"
 cp -r /usr/include/cjson "$DEST/deps/include/"
 cp /usr/include/pcre2.h "$DEST/deps/include/" 2>/dev/null || true
-cp /usr/include/x86_64-linux-gnu/openblas-pthread/*.h "$DEST/deps/include/" 2>/dev/null || true
+cp /usr/include/x86_64-linux-gnu/openblas-openmp/*.h "$DEST/deps/include/" 2>/dev/null || true
 cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
 cp -r "$SHARED"/models/stories260K "$DEST/shared/models/"
 cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"

@@ -23,8 +23,7 @@ static void usage(void) {
            "on held-out sums.\n\n"
            "  --steps N          optimizer steps (default 800)\n"
            "  --seed S           seed for the weights and the data order (default 1)\n"
-           "  --threads N        OpenMP/BLAS threads (default 1: this model is so small that 2 threads ran 2x\n"
-           "                     slower than 1 on a 2-core machine)\n"
+           "  --threads N        OpenMP/BLAS threads (default: all cores)\n"
            "  --out DIR          export the trained model as a Hugging Face directory (float32)\n"
            "  --digits D         operand digits, 1..9 (default 3)\n"
            "  --dim N --layers N --heads N --hidden N   model shape (default 128, 2, 4, 344)\n"
@@ -106,9 +105,10 @@ int cmd_demo(int argc, char **argv) {
         else if ((s = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = s;
         else { fprintf(stderr, "halo demo: unknown option '%s' (see --help)\n", a); return 2; }
     }
-    if (threads <= 0) threads = 1;
-    omp_set_num_threads((int)threads);
-    openblas_set_num_threads((int)threads);
+    if (threads > 0) {   // default: all cores (OpenBLAS's OpenMP build shares OpenMP's pool)
+        omp_set_num_threads((int)threads);
+        openblas_set_num_threads((int)threads);
+    }
     o.seed = (uint64_t)seed;
     o.min_lr = o.lr / 10;
     o.warmup = o.steps / 20;
