@@ -1,6 +1,7 @@
 # halo build: `make` builds build/halo and build/libhalo.a; `make test` builds and runs the CPU test suite.
 # Sources are found by wildcard: add a file under src/<module>/ and it is built; add tests/test_<name>.c and it
 # becomes a test binary. CUDA sources (src/cuda/*.cu) are compiled when nvcc is found (CUDA=0 turns that off).
+# EXTRA_CFLAGS / EXTRA_LDFLAGS add include and library paths (scripts/device_build.sh uses them on the GPU machine).
 # SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build-san/.
 
 CC      ?= gcc
@@ -11,8 +12,8 @@ BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
 OPT     ?= -O3 -march=native
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc \
-           $(shell pkg-config --cflags cjson libpcre2-8 2>/dev/null) -I/usr/include/x86_64-linux-gnu/openblas-pthread
-LDLIBS  := -lopenblas -lcjson -lpcre2-8 -lm -fopenmp
+           $(shell pkg-config --cflags cjson libpcre2-8 2>/dev/null) -I/usr/include/x86_64-linux-gnu/openblas-pthread $(EXTRA_CFLAGS)
+LDLIBS  := $(EXTRA_LDFLAGS) -lopenblas -lcjson -lpcre2-8 -lm -fopenmp
 ifeq ($(SAN),1)
   CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDLIBS += -fsanitize=address,undefined

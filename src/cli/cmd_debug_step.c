@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "train/adamw.h"
@@ -17,13 +18,18 @@ static void usage(void) {
            "  OUT gets `logits` [B, T, V] (F32), `loss` [] and `grad.<HF parameter name>` for every parameter.\n"
            "  With --adamw-steps N, prints {\"step\": i, \"loss\": L} before each of N AdamW steps on the same batch\n"
            "  (defaults lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0).\n");
+    halo_common_usage();
 }
 
 int cmd_debug_step(int argc, char **argv) {
     const char *model_dir = NULL, *batch_path = NULL, *out_path = NULL, *v;
     long steps = 0;
     double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.0;
+    halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
+        int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r < 0) goto bad;
+        if (r > 0) continue;
         if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
         else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) batch_path = v;
@@ -40,6 +46,7 @@ int cmd_debug_step(int argc, char **argv) {
 
     llama_model m;
     if (llama_load(&m, model_dir) != HALO_OK) goto bad;
+    if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
     st_file f;
     if (st_open(batch_path, &f) != HALO_OK) { llama_free(&m); goto bad; }
     int32_t *ids; int nd; int64_t shape[8];
@@ -82,7 +89,7 @@ int cmd_debug_step(int argc, char **argv) {
     }
     if (steps > 0) {
         adamw_config ac = adamw_config_default();
-        ac.beta1 = (float)b1; ac.beta2 = (float)b2; ac.eps = (float)eps; ac.weight_decay = (float)wd;
+        ac.beta1 = b1; ac.beta2 = b2; ac.eps = eps; ac.weight_decay = wd;
         adamw_state opt;
         adamw_init(&opt, &ac, m.n_params, m.table, m.n_table);
         for (long s = 0; s < steps; s++) {
@@ -92,7 +99,7 @@ int cmd_debug_step(int argc, char **argv) {
                 llama_backward(&m, &b, 1.0f);
             }
             printf("{\"step\": %ld, \"loss\": %.9g}\n", s, loss);
-            adamw_step(&opt, m.params, m.grads, (float)lr);
+            adamw_step(&opt, m.params, m.grads, lr);
         }
         adamw_free(&opt);
     }

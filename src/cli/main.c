@@ -8,6 +8,8 @@
 // file is not written yet still links; such a verb reports that it is missing.
 #define VERB(f) int f(int argc, char **argv) __attribute__((weak))
 VERB(cmd_demo);
+VERB(cmd_finetune);
+VERB(cmd_eval);
 VERB(cmd_debug_step);
 VERB(cmd_generate);
 VERB(cmd_export);
@@ -15,6 +17,9 @@ VERB(cmd_tokenize);
 
 static const struct { const char *name; halo_cmd_fn fn; const char *help; } VERBS[] = {
     {"demo", cmd_demo, "train a small Llama from scratch on a generated task and evaluate it"},
+    {"finetune", cmd_finetune, "fine-tune a Hugging Face model on a dataset (text, JSONL, CSV); export the result"},
+    {"train", cmd_finetune, "same as finetune"},
+    {"eval", cmd_eval, "evaluate a model on a dataset: task accuracy from greedy generation, or loss"},
     {"debug-step", cmd_debug_step, "one forward/backward on a batch; write logits, loss and gradients"},
     {"generate", cmd_generate, "generate tokens from a model (greedy or sampled, with a KV cache)"},
     {"export", cmd_export, "write a checkpoint or model as a Hugging Face directory"},

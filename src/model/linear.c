@@ -1,19 +1,239 @@
-// Dispatch of the model's block linears (see linear.h).
+// Dispatch of the model's block linears: fp32 BLAS, or one halo_linear per (layer, kind) when HALO is on.
 #include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
 #include "model/linear.h"
 #include "ops/ops.h"
+#include "util/error.h"
+
+struct model_halo {
+    model_halo_config cfg;
+    halo_linear *lin;        // [n_layers * LIN_COUNT]; NULL entries' layers are not covered
+    unsigned char *on;       // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
+    float *scratch;          // input-gradient scratch for accumulating products
+    size_t scratch_cap;
+    char error[512];         // first NaN/Inf report since the last llama_halo_take_error
+};
+
+static const char *const KIND_SHORT[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+model_halo_config model_halo_config_default(void) {
+    model_halo_config c;
+    memset(&c, 0, sizeof c);
+    c.prec = HALO_PREC_FP32;
+    c.kinds = (1u << LIN_COUNT) - 1;
+    return c;
+}
+
+void llama_linears_free(llama_model *m) {
+    struct model_halo *h = m->halo;
+    if (!h) return;
+    for (int i = 0; i < m->cfg.n_layers * LIN_COUNT; i++)
+        if (h->on[i]) halo_linear_free(&h->lin[i]);
+    free(h->lin); free(h->on); free(h->scratch); free(h);
+    m->halo = NULL;
+}
+
+int llama_set_halo(llama_model *m, const model_halo_config *hc) {
+    if (hc->level < 0 || hc->level > 2) return halo_fail("HALO level %d is not 0, 1 or 2", hc->level);
+    if ((unsigned)hc->prec > HALO_PREC_FP8) return halo_fail("unknown HALO precision %d", (int)hc->prec);
+    llama_linears_free(m);
+    if (hc->prec == HALO_PREC_FP32) return HALO_OK;
+    int L = m->cfg.n_layers;
+    struct model_halo *h = xcalloc(1, sizeof *h);
+    h->cfg = *hc;
+    h->lin = xcalloc((size_t)L * LIN_COUNT, sizeof(halo_linear));
+    h->on = xcalloc((size_t)L * LIN_COUNT, 1);
+    halo_linear_config lc = halo_linear_config_make(hc->prec, hc->level);
+    lc.gran = hc->gran;
+    lc.grad_e5m2 = hc->grad_e5m2;
+    lc.grad_rounding = hc->stochastic ? HALO_ROUND_STOCHASTIC : HALO_ROUND_NEAREST;
+    lc.had_block = hc->had_block;
+    lc.identity_quant = hc->identity_quant;
+    for (int l = 0; l < L; l++) {
+        if (l < hc->skip_first || l >= L - hc->skip_last) continue;
+        for (int k = 0; k < LIN_COUNT; k++) {
+            if (!(hc->kinds & (1u << k))) continue;
+            char name[160];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, LLAMA_LINEAR_NAMES[k]);
+            lc.seed = 0x5eedULL + (uint64_t)(l * LIN_COUNT + k);
+            halo_linear_init(&h->lin[l * LIN_COUNT + k], &lc, name);
+            h->on[l * LIN_COUNT + k] = 1;
+        }
+    }
+    m->halo = h;
+    return HALO_OK;
+}
+
+const model_halo_config *llama_get_halo(const llama_model *m) { return m->halo ? &m->halo->cfg : NULL; }
+
+static halo_linear *layer_of(llama_model *m, int layer, llama_linear_kind kind) {
+    struct model_halo *h = m->halo;
+    if (!h || !h->on[layer * LIN_COUNT + kind]) return NULL;
+    return &h->lin[layer * LIN_COUNT + kind];
+}
+
+static void note_error(llama_model *m) {
+    if (!m->halo->error[0]) snprintf(m->halo->error, sizeof m->halo->error, "%s", halo_error());
+}
+
+const char *llama_halo_take_error(llama_model *m) {
+    static _Thread_local char msg[512];
+    if (!m->halo || !m->halo->error[0]) return NULL;
+    snprintf(msg, sizeof msg, "%s", m->halo->error);
+    m->halo->error[0] = 0;
+    return msg;
+}
 
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,
                           int b, int in, int out) {
-    linear_forward(Y, X, W, b, in, out);
+    halo_linear *L = layer_of(m, layer, kind);
+    if (!L) { linear_forward(Y, X, W, b, in, out); return; }
+    if (halo_linear_forward(L, X, W, Y, b, in, out) != HALO_OK) note_error(m);
 }
 
 void model_linear_backward(llama_model *m, int layer, llama_linear_kind kind, float *dX, float *dW, const float *dY,
                            const float *X, const float *W, int b, int in, int out, int accumulate_dx) {
-    linear_backward(dX, dW, dY, X, W, b, in, out, accumulate_dx);
+    halo_linear *L = layer_of(m, layer, kind);
+    if (!L) { linear_backward(dX, dW, dY, X, W, b, in, out, accumulate_dx); return; }
+    float *ex = dX;
+    struct model_halo *h = m->halo;
+    if (dX && accumulate_dx) {   // the HALO layer overwrites E_X: compute into scratch, then add
+        size_t need = (size_t)b * in;
+        if (need > h->scratch_cap) { free(h->scratch); h->scratch = xmalloc(sizeof(float) * need); h->scratch_cap = need; }
+        ex = h->scratch;
+    }
+    if (halo_linear_backward(L, dY, W, ex, dW, b, in, out) != HALO_OK) note_error(m);
+    if (ex != dX) {
+        size_t n = (size_t)b * in;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) dX[i] += ex[i];
+    }
 }
 
-void llama_linears_free(llama_model *m) {
-    free(m->lin);
-    m->lin = NULL;
+// ---- configuration text ----
+
+static const char *const PREC_NAMES[] = {"fp32", "bf16", "int8", "fp8"};
+static const char *const GRAN_NAMES[] = {"tensor", "row", "block1x128", "block128"};
+
+char *model_halo_config_to_json(const model_halo_config *hc) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "precision", PREC_NAMES[hc->prec]);
+    cJSON_AddNumberToObject(r, "level", hc->level);
+    cJSON *k = cJSON_AddArrayToObject(r, "linears");
+    for (int i = 0; i < LIN_COUNT; i++)
+        if (hc->kinds & (1u << i)) cJSON_AddItemToArray(k, cJSON_CreateString(KIND_SHORT[i]));
+    cJSON_AddNumberToObject(r, "skip_first_blocks", hc->skip_first);
+    cJSON_AddNumberToObject(r, "skip_last_blocks", hc->skip_last);
+    cJSON_AddStringToObject(r, "scale", GRAN_NAMES[hc->gran]);
+    cJSON_AddBoolToObject(r, "grad_e5m2", hc->grad_e5m2);
+    cJSON_AddBoolToObject(r, "stochastic_rounding", hc->stochastic);
+    cJSON_AddNumberToObject(r, "hadamard_block", hc->had_block);
+    char *s = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    return s;
+}
+
+static int name_index(const char *s, const char *const *names, int n) {
+    for (int i = 0; i < n; i++) if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+int model_halo_parse_linears(const char *list, unsigned *kinds) {
+    if (!strcmp(list, "all")) { *kinds = (1u << LIN_COUNT) - 1; return HALO_OK; }
+    unsigned k = 0;
+    char *dup = xstrdup(list), *save = NULL;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int i = name_index(t, KIND_SHORT, LIN_COUNT);
+        if (i < 0) { free(dup); return halo_fail("linear '%s' is not one of q,k,v,o,gate,up,down (or all)", t); }
+        k |= 1u << i;
+    }
+    free(dup);
+    *kinds = k;
+    return HALO_OK;
+}
+
+int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc) {
+    *hc = model_halo_config_default();
+    cJSON *r = cJSON_Parse(json);
+    if (!cJSON_IsObject(r)) { cJSON_Delete(r); return halo_fail("%s: not a JSON object", where); }
+    int rc = HALO_OK;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "precision");
+    if (cJSON_IsString(v)) {
+        int i = name_index(v->valuestring, PREC_NAMES, 4);
+        if (i < 0) rc = halo_fail("%s: precision '%s' is not fp32, bf16, int8 or fp8", where, v->valuestring);
+        else hc->prec = (halo_precision)i;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(r, "level");
+    if (rc == HALO_OK && cJSON_IsNumber(v)) {
+        hc->level = v->valueint;
+        if (hc->level < 0 || hc->level > 2) rc = halo_fail("%s: level %d is not 0, 1 or 2", where, hc->level);
+    }
+    v = cJSON_GetObjectItemCaseSensitive(r, "linears");
+    if (rc == HALO_OK && cJSON_IsArray(v)) {
+        hc->kinds = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, v) {
+            int i = cJSON_IsString(e) ? name_index(e->valuestring, KIND_SHORT, LIN_COUNT) : -1;
+            if (i < 0) { rc = halo_fail("%s: 'linears' holds an unknown linear", where); break; }
+            hc->kinds |= 1u << i;
+        }
+    }
+    v = cJSON_GetObjectItemCaseSensitive(r, "scale");
+    if (rc == HALO_OK && cJSON_IsString(v)) {
+        int i = name_index(v->valuestring, GRAN_NAMES, 4);
+        if (i < 0) rc = halo_fail("%s: scale '%s' is not tensor, row, block1x128 or block128", where, v->valuestring);
+        else hc->gran = (halo_granularity)i;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_first_blocks")) && cJSON_IsNumber(v)) hc->skip_first = v->valueint;
+    if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_last_blocks")) && cJSON_IsNumber(v)) hc->skip_last = v->valueint;
+    if ((v = cJSON_GetObjectItemCaseSensitive(r, "hadamard_block")) && cJSON_IsNumber(v)) hc->had_block = v->valueint;
+    hc->grad_e5m2 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "grad_e5m2"));
+    hc->stochastic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "stochastic_rounding"));
+    cJSON_Delete(r);
+    return rc;
+}
+
+void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, size_t n) {
+    if (hc->prec == HALO_PREC_FP32) { snprintf(buf, n, "fp32 (HALO off)"); return; }
+    char kinds[64] = "";
+    for (int i = 0; i < LIN_COUNT; i++)
+        if (hc->kinds & (1u << i)) snprintf(kinds + strlen(kinds), sizeof kinds - strlen(kinds), "%s%s", kinds[0] ? "," : "", KIND_SHORT[i]);
+    if (hc->prec == HALO_PREC_BF16)
+        snprintf(buf, n, "bf16 products (%s; blocks %d..%d of %d)", kinds, hc->skip_first, n_layers - 1 - hc->skip_last, n_layers);
+    else
+        snprintf(buf, n, "HALO %s level %d, %s scales (%s; blocks %d..%d of %d)", PREC_NAMES[hc->prec], hc->level,
+                 GRAN_NAMES[hc->gran], kinds, hc->skip_first, n_layers - 1 - hc->skip_last, n_layers);
+}
+
+// ---- telemetry ----
+
+void llama_halo_telemetry(llama_model *m, int on) {
+    struct model_halo *h = m->halo;
+    if (!h) return;
+    for (int i = 0; i < m->cfg.n_layers * LIN_COUNT; i++)
+        if (h->on[i]) h->lin[i].cfg.telemetry = on;
+}
+
+void llama_halo_print_telemetry(const llama_model *m, FILE *f) {
+    struct model_halo *h = m->halo;
+    if (!h) return;
+    int n = 0;
+    halo_linear **ls = xmalloc(sizeof(halo_linear *) * (size_t)(m->cfg.n_layers * LIN_COUNT));
+    for (int i = 0; i < m->cfg.n_layers * LIN_COUNT; i++)
+        if (h->on[i]) ls[n++] = &h->lin[i];
+    halo_linear_print_table(f, ls, n);
+    free(ls);
+}
+
+void llama_halo_write_telemetry(const llama_model *m, FILE *f, int step) {
+    struct model_halo *h = m->halo;
+    if (!h || !f) return;
+    char buf[4096];
+    for (int i = 0; i < m->cfg.n_layers * LIN_COUNT; i++) {
+        if (!h->on[i]) continue;
+        halo_linear_stats_json(&h->lin[i], buf, sizeof buf);
+        fprintf(f, "{\"type\":\"quant\",\"step\":%d,\"layer\":%s}\n", step, buf);
+    }
+    fflush(f);
 }

@@ -1,8 +1,43 @@
 // The one place every block linear of the model goes through: plain fp32 BLAS products, or the HALO layer
-// (src/halo) when the model has HALO layers configured. The model code calls only these two functions.
+// (src/halo) when HALO is configured on the model. The model code calls only model_linear_forward/_backward.
 #ifndef HALO_MODEL_LINEAR_H
 #define HALO_MODEL_LINEAR_H
+#include <stdio.h>
+#include "halo/halo_linear.h"
 #include "model/llama.h"
+
+// Which block linears run through HALO, at what precision and level. Stored in checkpoints and in an exported
+// model's halo_config.json so a run can be resumed and evaluated the same way.
+typedef struct {
+    halo_precision prec;        // FP32 = HALO off
+    int level;                  // 0, 1, 2
+    unsigned kinds;             // bit (1 << llama_linear_kind) per covered linear; default all seven
+    int skip_first, skip_last;  // keep this many first / last blocks in fp32
+    halo_granularity gran;      // scale granularity (default per tensor)
+    int grad_e5m2;              // FP8: E5M2 for the gradient E_Y
+    int stochastic;             // stochastic rounding of gradients
+    int had_block;              // 0 = full Hadamard over in_features, else block-diagonal block size
+    int identity_quant;         // tests only: quantizers replaced by the identity (rotations still applied)
+} model_halo_config;
+
+model_halo_config model_halo_config_default(void);   // FP32 (off), level 0, all seven linears
+// Applies the configuration (replacing any earlier one). HALO_ERR for an invalid level or precision.
+int llama_set_halo(llama_model *m, const model_halo_config *hc);
+const model_halo_config *llama_get_halo(const llama_model *m);   // NULL when off
+// JSON round trip of the configuration; parse errors name `where` and the key.
+char *model_halo_config_to_json(const model_halo_config *hc);
+int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc);
+// "q,k,v" or "all" -> bit set of covered linears; HALO_ERR naming an unknown one.
+int model_halo_parse_linears(const char *list, unsigned *kinds);
+// "int8 level 2 (q,k,v,o,gate,up,down; blocks 1..4 of 5)" style description into buf.
+void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, size_t n);
+// Quantization telemetry: switch measuring on/off for every HALO layer; print a table; write one JSON line per
+// layer tagged with `step` to f.
+void llama_halo_telemetry(llama_model *m, int on);
+void llama_halo_print_telemetry(const llama_model *m, FILE *f);
+void llama_halo_write_telemetry(const llama_model *m, FILE *f, int step);
+// First error a HALO product reported (NaN/Inf input) since the last call, or NULL; clears it.
+const char *llama_halo_take_error(llama_model *m);
 
 // Y[b, out] = X[b, in] W[out, in]^T for block linear `kind` of layer `layer`.
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,

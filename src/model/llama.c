@@ -263,7 +263,7 @@ static void acts_free(struct llama_acts *a, int n_layers) {
 
 void llama_free(llama_model *m) {
     acts_free(m->acts, m->cfg.n_layers);
-    if (m->lin) llama_linears_free(m);
+    llama_linears_free(m);
     free(m->params); free(m->grads); free(m->w.layers); free(m->g.layers); free(m->table);
     memset(m, 0, sizeof *m);
 }

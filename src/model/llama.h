@@ -41,7 +41,7 @@ typedef struct {
 } llama_param;
 
 struct llama_acts;      // activation buffers, internal to llama.c
-struct halo_linear;     // HALO layer state (src/halo), one per block linear when HALO is on
+struct model_halo;      // HALO state of the block linears (model/linear.c), NULL = plain fp32 products
 
 typedef struct {
     llama_config cfg;
@@ -52,7 +52,7 @@ typedef struct {
     llama_param *table;         // [n_table] named tensors in HF order
     int n_table;
     struct llama_acts *acts;    // sized for the largest batch seen
-    struct halo_linear *lin;    // [n_layers * LIN_COUNT] or NULL: plain fp32 products
+    struct model_halo *halo;    // NULL: every block linear is a plain fp32 product
 } llama_model;
 
 // Allocates parameters for `cfg` (zeroed) and builds the tensor table.

@@ -7,7 +7,7 @@
 #include "ops/ops.h"
 
 void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= 64)
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * D, table + (size_t)ids[n] * D, sizeof(float) * (size_t)D);
 }
 
@@ -28,7 +28,7 @@ void embedding_backward(float *dtable, const int32_t *ids, const float *dout, in
 }
 
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * D >= 16384)
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * D;
         double ss = 0;
@@ -87,7 +87,7 @@ void rope_tables(float *cos_t, float *sin_t, int max_pos, int head_dim, float th
 static void rope_apply(float *x, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H,
                        int head_dim, float sign) {
     int half = head_dim / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * H * head_dim >= 16384)
     for (int n = 0; n < N; n++) {
         const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
         for (int h = 0; h < H; h++) {
@@ -198,7 +198,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 
 void swiglu_forward(float *out, const float *gate, const float *up, int N, int F) {
     size_t n = (size_t)N * F;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= 16384)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g / (1.0f + expf(-g)) * up[i];
@@ -255,6 +255,7 @@ double cross_entropy_forward_backward(float *dlogits, const float *logits, const
 }
 
 void linear_forward(float *Y, const float *X, const float *W, int b, int m, int n) {
+    if (b == 1) { cblas_sgemv(CblasRowMajor, CblasNoTrans, n, m, 1.0f, W, m, X, 1, 0.0f, Y, 1); return; }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b, n, m, 1.0f, X, m, W, m, 0.0f, Y, n);
 }
 

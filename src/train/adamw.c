@@ -9,7 +9,7 @@
 #define ADAMW_CHUNK 32768
 
 adamw_config adamw_config_default(void) {
-    return (adamw_config){.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .decay_all = 0};
+    return (adamw_config){.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1, .decay_all = 0};
 }
 
 static void chunks_push(adamw_state *s, int *cap, size_t off, size_t n, int decay) {
@@ -47,13 +47,13 @@ void adamw_free(adamw_state *s) {
     memset(s, 0, sizeof *s);
 }
 
-void adamw_step(adamw_state *s, float *params, const float *grads, float lr) {
+void adamw_step(adamw_state *s, float *params, const float *grads, double lr) {
     s->t += 1;
     const double b1 = s->cfg.beta1, b2 = s->cfg.beta2, eps = s->cfg.eps;
     // Scalars in double as torch computes them in Python floats.
     const double step_size = lr / (1.0 - pow(b1, (double)s->t));
     const double bc2_sqrt = sqrt(1.0 - pow(b2, (double)s->t));
-    const double decay_mul = 1.0 - (double)lr * s->cfg.weight_decay;
+    const double decay_mul = 1.0 - lr * s->cfg.weight_decay;
     float *m = s->m, *v = s->v;
     #pragma omp parallel for schedule(dynamic, 1)
     for (int c = 0; c < s->n_chunks; c++) {
@@ -100,14 +100,14 @@ double grad_clip_global_norm(float *g, size_t n, float max_norm) {
     return norm;
 }
 
-float lr_schedule_at(const lr_schedule *s, int step) {
-    if (step < s->warmup) return s->lr * (float)(step + 1) / (float)s->warmup;
+double lr_schedule_at(const lr_schedule *s, int step) {
+    if (step < s->warmup) return s->lr * (step + 1) / s->warmup;
     if (s->decay == LR_CONSTANT) return s->lr;
     int span = s->total - 1 - s->warmup;
     double p = span > 0 ? (double)(step - s->warmup) / span : 1.0;
     if (p > 1) p = 1;
     double f = s->decay == LR_COSINE ? 0.5 * (1.0 + cos(M_PI * p)) : 1.0 - p;
-    return (float)(s->min_lr + (s->lr - s->min_lr) * f);
+    return s->min_lr + (s->lr - s->min_lr) * f;
 }
 
 const char *lr_decay_name(lr_decay_kind k) {

@@ -8,8 +8,10 @@
 #include "model/llama.h"
 
 typedef struct {
-    float beta1, beta2, eps;
-    float weight_decay;  // decoupled: p -= lr * wd * p before the Adam update
+    // double, as torch holds them in Python floats: 0.9f differs from 0.9 by 2.4e-7 relative, which shows
+    // wherever the moment update cancels.
+    double beta1, beta2, eps;
+    double weight_decay; // decoupled: p -= lr * wd * p before the Adam update
     int decay_all;       // 1: decay every tensor; 0 (default): skip tensors marked no_decay (norms, embeddings)
 } adamw_config;
 
@@ -35,7 +37,7 @@ void adamw_free(adamw_state *s);
 // One step at learning rate `lr`: t += 1, then for every element
 //   p *= 1 - lr*wd (if decayed); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-void adamw_step(adamw_state *s, float *params, const float *grads, float lr);
+void adamw_step(adamw_state *s, float *params, const float *grads, double lr);
 
 // Global L2 norm of g[n], summed in double over fixed chunks in a fixed order, so the result does not depend on
 // the number of threads (bit-exact resumes need that).
@@ -48,12 +50,12 @@ double grad_clip_global_norm(float *g, size_t n, float max_norm);
 // decay to min_lr at step total-1.
 typedef enum { LR_CONSTANT = 0, LR_COSINE, LR_LINEAR } lr_decay_kind;
 typedef struct {
-    float lr, min_lr;
+    double lr, min_lr;
     int warmup, total;
     lr_decay_kind decay;
 } lr_schedule;
 // Learning rate for 0-based optimizer step `step`.
-float lr_schedule_at(const lr_schedule *s, int step);
+double lr_schedule_at(const lr_schedule *s, int step);
 const char *lr_decay_name(lr_decay_kind k);
 int lr_decay_parse(const char *s, lr_decay_kind *out);   // "constant" | "cosine" | "linear"
 #endif

@@ -190,7 +190,7 @@ out:
 
 int checkpoint_read_meta(const char *path, llama_config *cfg, checkpoint_meta *meta) {
     st_file f;
-    if (st_open(path, &f)) return halo_fail_ctx("checkpoint %s: ", path);
+    if (st_open(path, &f)) return halo_fail_ctx("loading checkpoint: ");
     int rc = parse_meta(&f, cfg, meta);
     st_close(&f);
     return rc;
@@ -208,7 +208,7 @@ static int load_tensor(const st_file *f, const char *name, const llama_param *p,
 
 int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoint_meta *meta) {
     st_file f;
-    if (st_open(path, &f)) return halo_fail_ctx("checkpoint %s: ", path);
+    if (st_open(path, &f)) return halo_fail_ctx("loading checkpoint: ");
     llama_config cfg;
     int rc = parse_meta(&f, &cfg, meta);
     if (rc) { st_close(&f); return rc; }

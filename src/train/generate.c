@@ -71,6 +71,7 @@ int gen_generate(llama_model *m, const int32_t *prompt, int n_prompt, const gen_
     for (int k = 0; k < o->max_new_tokens; k++) {
         int32_t tok = gen_pick_token(logits, V, o, &rng, work);
         out[(*n_out)++] = tok;
+        if (o->on_token) o->on_token(o->on_token_ctx, tok);
         if (tok == o->eos_id && !o->ignore_eos) break;
         if (k + 1 < o->max_new_tokens) llama_decode_step(m, &kv, tok, pos++, logits);
     }

@@ -14,6 +14,8 @@ typedef struct {
     uint64_t seed;
     int32_t eos_id;      // stop after generating it; -1 = none
     int ignore_eos;
+    void (*on_token)(void *ctx, int32_t id);   // optional: called with each generated token as it is chosen
+    void *on_token_ctx;
 } gen_options;
 
 gen_options gen_options_default(void);   // greedy, 64 new tokens, top_k 0, top_p 1, seed 0, eos -1

@@ -21,9 +21,9 @@ int add_is_heldout(uint64_t a, uint64_t b) {
 void add_encode(int D, uint64_t a, uint64_t b, int32_t *tok) {
     int k = 0;
     tok[k++] = ADD_BOS;
-    for (int i = D - 1; i >= 0; i--) tok[k++] = '0' + (int)(a / pow10u(i) % 10);
+    for (int i = 0; i < D; i++) tok[k++] = '0' + (int)(a / pow10u(i) % 10);
     tok[k++] = '+';
-    for (int i = D - 1; i >= 0; i--) tok[k++] = '0' + (int)(b / pow10u(i) % 10);
+    for (int i = 0; i < D; i++) tok[k++] = '0' + (int)(b / pow10u(i) % 10);
     tok[k++] = '=';
     uint64_t s = a + b;
     for (int i = 0; i <= D; i++) { tok[k++] = '0' + (int)(s % 10); s /= 10; }
@@ -92,7 +92,7 @@ static void render(int D, const int32_t *ans, int n, char *buf) {
     buf[k] = 0;
 }
 
-int add_evaluate(add_task *t, llama_model *m, double *accuracy) {
+static int evaluate(add_task *t, llama_model *m, double *accuracy, int show) {
     const int D = t->digits, P = add_prompt_len(D);
     int32_t tok[3 * ADD_MAX_DIGITS + 5], out[ADD_MAX_DIGITS + 2];
     gen_options go = gen_options_default();
@@ -105,7 +105,7 @@ int add_evaluate(add_task *t, llama_model *m, double *accuracy) {
         if (gen_generate(m, tok, P, &go, out, &n)) return HALO_ERR;
         int ok = n == D + 2 && !memcmp(out, tok + P, (size_t)(D + 2) * sizeof(int32_t));
         correct += ok;
-        if (i < t->show) {
+        if (i < show) {
             char want[16], got[16];
             render(D, tok + P, D + 1, want);
             render(D, out, n, got);
@@ -117,9 +117,13 @@ int add_evaluate(add_task *t, llama_model *m, double *accuracy) {
     return HALO_OK;
 }
 
+int add_evaluate(add_task *t, llama_model *m, double *accuracy) { return evaluate(t, m, accuracy, t->show); }
+
 int add_eval_callback(void *ctx, llama_model *m, int step, train_metrics *out) {
-    double acc;
-    if (add_evaluate(ctx, m, &acc)) return HALO_ERR;
-    train_metrics_add(out, "accuracy", acc);
+    add_task *t = ctx;
+    int show = !t->show_at_step || step == t->show_at_step ? t->show : 0;
+    if (show) printf("held-out examples after step %d (numbers in reading order):\n", step);
+    if (evaluate(t, m, &t->last_accuracy, show)) return HALO_ERR;
+    train_metrics_add(out, "accuracy", t->last_accuracy);
     return HALO_OK;
 }

@@ -1,7 +1,8 @@
-// The demo's self-generated task: D-digit addition over a byte-level vocabulary. An example reads
-//   BOS "042+917=" "9590" EOS
-// operands zero-padded to D digits, the sum written with D+1 digits least-significant first (so each answer
-// digit depends only on digits already seen, carries included). Loss covers the answer digits and EOS. Pairs
+// The demo's self-generated task: D-digit addition over a byte-level vocabulary. 42 + 917 = 959 reads
+//   BOS "240+719=" "9590" EOS
+// every number least-significant digit first, zero-padded (operands to D digits, the sum to D+1). Reversed,
+// each answer digit depends only on digits already seen (carries included), and answer digit k sits at a fixed
+// distance from operand digits k, which RoPE attention finds quickly. Loss covers the answer digits and EOS. Pairs
 // whose hash falls in a held-out bucket never appear in training; evaluation uses only those.
 #ifndef HALO_TASK_ADDITION_H
 #define HALO_TASK_ADDITION_H
@@ -21,7 +22,9 @@ typedef struct {
     int64_t position;      // batches produced
     int n_eval;
     uint64_t *eval_a, *eval_b;   // [n_eval] held-out pairs (fixed for a given D, independent of the seed)
-    int show;              // examples to print at each evaluation (0 = none)
+    int show;              // examples to print (0 = none) ...
+    int show_at_step;      // ... at the evaluation after this step (the callback's; 0 = every evaluation)
+    double last_accuracy;  // from the latest add_eval_callback
 } add_task;
 
 void add_task_init(add_task *t, int digits, int n_eval);

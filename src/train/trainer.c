@@ -6,13 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/rng.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/fileio.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -22,7 +22,7 @@ static double now_s(void) {
 
 train_options train_options_default(void) {
     return (train_options){.steps = 100, .batch_size = 8, .seq_len = 64, .grad_accum = 1, .lr = 1e-3f,
-                           .min_lr = 1e-4f, .warmup = 0, .decay = LR_COSINE, .adamw = adamw_config_default(),
+                           .min_lr = 1e-4, .warmup = 0, .decay = LR_COSINE, .adamw = adamw_config_default(),
                            .clip = 1.0f, .seed = 1, .log_every = 1};
 }
 
@@ -70,9 +70,9 @@ int train_options_from_json(const char *json, train_options *o) {
         if (!cJSON_IsNumber(it)) { rc = halo_fail("training options: '%s' missing or not a number", key); goto out; } \
         dst = (type)it->valuedouble; } while (0)
     NUM("steps", o->steps, int); NUM("batch_size", o->batch_size, int); NUM("seq_len", o->seq_len, int);
-    NUM("grad_accum", o->grad_accum, int); NUM("lr", o->lr, float); NUM("min_lr", o->min_lr, float);
-    NUM("warmup", o->warmup, int); NUM("beta1", o->adamw.beta1, float); NUM("beta2", o->adamw.beta2, float);
-    NUM("eps", o->adamw.eps, float); NUM("weight_decay", o->adamw.weight_decay, float);
+    NUM("grad_accum", o->grad_accum, int); NUM("lr", o->lr, double); NUM("min_lr", o->min_lr, double);
+    NUM("warmup", o->warmup, int); NUM("beta1", o->adamw.beta1, double); NUM("beta2", o->adamw.beta2, double);
+    NUM("eps", o->adamw.eps, double); NUM("weight_decay", o->adamw.weight_decay, double);
     NUM("decay_all", o->adamw.decay_all, int); NUM("clip", o->clip, float); NUM("eval_every", o->eval_every, int);
     NUM("ckpt_every", o->ckpt_every, int); NUM("keep_ckpts", o->keep_ckpts, int); NUM("log_every", o->log_every, int);
 #undef NUM
@@ -96,7 +96,7 @@ static float cpu_forward_backward(trainer *t, const halo_batch *b, float grad_sc
 static double cpu_clip_grads(trainer *t, float max_norm) {
     return grad_clip_global_norm(t->model->grads, t->model->n_params, max_norm);
 }
-static void cpu_optimizer_step(trainer *t, float lr) { adamw_step(&t->opt, t->model->params, t->model->grads, lr); }
+static void cpu_optimizer_step(trainer *t, double lr) { adamw_step(&t->opt, t->model->params, t->model->grads, lr); }
 static void cpu_nothing(trainer *t) { (void)t; }
 
 const train_backend TRAIN_BACKEND_CPU = {
@@ -136,8 +136,7 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
         train_data_state st = {.epoch = 0, .position = 0, .rng = mix_seed(o->seed, 2)};
         if (data.set_state(data.ctx, &st)) return halo_fail_ctx("training data: ");
     }
-    if (t->o.ckpt_dir && mkdir(t->o.ckpt_dir, 0777) && errno != EEXIST)
-        return halo_fail("cannot create checkpoint folder %s: %s", t->o.ckpt_dir, strerror(errno));
+    if (t->o.ckpt_dir && halo_mkdirs(t->o.ckpt_dir)) return halo_fail_ctx("checkpoint folder: ");
     return HALO_OK;
 }
 
@@ -156,7 +155,7 @@ void trainer_free(trainer *t) {
 // ---- metrics file ----------------------------------------------------------------------------------------------
 
 // Opens the metrics file: truncated for a fresh run, appended to for a resumed one.
-static int metrics_open(trainer *t) {
+int trainer_open_metrics(trainer *t) {
     if (t->metrics || !t->o.metrics_path) return HALO_OK;
     t->metrics = fopen(t->o.metrics_path, t->step > 0 ? "a" : "w");
     if (!t->metrics) return halo_fail("cannot open metrics file %s: %s", t->o.metrics_path, strerror(errno));
@@ -205,7 +204,7 @@ int trainer_step(trainer *t, train_step_info *info) {
     float loss = (float)(loss_sum / t->o.grad_accum);
     if (!isfinite(loss)) return halo_fail("training diverged: loss is %f at step %d", loss, t->step + 1);
     double norm = t->be.clip_grads(t, t->o.clip);
-    float lr = lr_schedule_at(&t->sched, t->step);
+    double lr = lr_schedule_at(&t->sched, t->step);
     t->be.optimizer_step(t, lr);
     t->step++;
     double t1 = now_s();
@@ -223,7 +222,7 @@ static void fmt_duration(char *buf, size_t cap, double s) {
     else snprintf(buf, cap, "%ld:%02ld", v / 60, v % 60);
 }
 
-static void log_step(trainer *t, const train_step_info *s) {
+void trainer_log_step(trainer *t, const train_step_info *s) {
     double run = now_s() - t->t_start;
     int done = t->step - t->step0;
     double eta = done > 0 ? run / done * (t->o.steps - t->step) : 0;
@@ -236,7 +235,7 @@ static void log_step(trainer *t, const train_step_info *s) {
     fflush(stdout);
 }
 
-static void metrics_step(trainer *t, const train_step_info *s) {
+void trainer_log_metrics(trainer *t, const train_step_info *s) {
     if (!t->metrics) return;
     fprintf(t->metrics, "{\"type\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
             "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f}\n", s->step, s->loss, s->lr, s->grad_norm, s->tokens_per_s,
@@ -304,13 +303,13 @@ out:
 }
 
 int trainer_run(trainer *t) {
-    if (metrics_open(t)) return HALO_ERR;
+    if (trainer_open_metrics(t)) return HALO_ERR;
     while (t->step < t->o.steps) {
         train_step_info s;
         if (trainer_step(t, &s)) return HALO_ERR;
         int last = t->step == t->o.steps;
-        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) log_step(t, &s);
-        metrics_step(t, &s);
+        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) trainer_log_step(t, &s);
+        trainer_log_metrics(t, &s);
         if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))
             if (trainer_evaluate(t)) return HALO_ERR;
         if (t->o.ckpt_dir && ((t->o.ckpt_every > 0 && t->step % t->o.ckpt_every == 0) || last))

@@ -15,7 +15,7 @@ typedef struct {
     int batch_size;       // rows per micro-batch (B)
     int seq_len;          // tokens per row (T)
     int grad_accum;       // micro-batches per optimizer step; each backward is scaled by 1/grad_accum
-    float lr, min_lr;
+    double lr, min_lr;
     int warmup;
     lr_decay_kind decay;
     adamw_config adamw;
@@ -67,7 +67,7 @@ typedef struct {
     void (*zero_grads)(struct trainer *t);
     float (*forward_backward)(struct trainer *t, const halo_batch *b, float grad_scale);   // returns the loss
     double (*clip_grads)(struct trainer *t, float max_norm);                               // returns the norm
-    void (*optimizer_step)(struct trainer *t, float lr);
+    void (*optimizer_step)(struct trainer *t, double lr);
     void (*to_host)(struct trainer *t);
     void (*from_host)(struct trainer *t);
 } train_backend;
@@ -76,7 +76,7 @@ extern const train_backend TRAIN_BACKEND_CPU;
 typedef struct {
     int step;             // 1-based number of the optimizer step just taken
     float loss;           // mean of the micro-batch losses
-    float lr;
+    double lr;
     double grad_norm;     // before clipping
     double tokens_per_s;
     double elapsed_s;
@@ -117,6 +117,11 @@ int trainer_step(trainer *t, train_step_info *info);
 int trainer_run(trainer *t);
 // Writes a checkpoint now (to `path`, or to ckpt_dir/step_NNNNNNNN.safetensors when path is NULL).
 int trainer_save(trainer *t, const char *path);
+// For callers that drive trainer_step themselves: open (or, after a resume, append to) the metrics file, print
+// the progress line of a step, and write its metrics line. trainer_run does all three.
+int trainer_open_metrics(trainer *t);
+void trainer_log_step(trainer *t, const train_step_info *s);
+void trainer_log_metrics(trainer *t, const train_step_info *s);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
 void trainer_free(trainer *t);

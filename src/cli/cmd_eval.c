@@ -1,0 +1,152 @@
+// `halo eval`: scores a model on a dataset. Task metrics (viggo, gsm8k, sql, exact) greedily generate an answer for
+// each prompt with the model's forward (quantized when the model has a halo_config.json or flags say so) and
+// compare it with the reference; `loss` reports validation loss and perplexity. Predictions go to a JSONL file.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "data/dataset.h"
+#include "data/metrics.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "train/generate.h"
+#include "util/error.h"
+
+static void usage(void) {
+    printf("usage: halo eval --model DIR --data FILE --task viggo|gsm8k|sql|exact|loss [options]\n"
+           "  --split val|train (val)   which part of FILE: with --val-fraction 0 the whole file is the train split;\n"
+           "                            by default a seeded 5%% is split off as in finetune (same --seed, same split)\n"
+           "  --all                     evaluate every example of FILE (no split)\n"
+           "  --limit N                 first N examples only     --max-new-tokens N (256)\n"
+           "  --predictions FILE.jsonl  where predictions go (default: predictions.jsonl beside the printed score)\n"
+           "  dataset options as in finetune: --preset --prompt-template --answer-template --prompt-field\n"
+           "  --answer-field --chat --plain-template --system --seq-len --seed --val-fraction --batch (loss task)\n"
+           "  --threads N\n");
+    halo_common_usage();
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *model_dir = NULL, *task = NULL, *pred_path = "predictions.jsonl", *split_name = "val", *v;
+    long limit = 0, max_new = 256, n, threads = 0, batch = 8;
+    int all = 0;
+    dataset_config dc;
+    dataset_config_default(&dc);
+    dc.shuffle = false;
+    halo_common_opts co = halo_common_opts_default();
+    for (int i = 1; i < argc; i++) {
+        int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r < 0) goto bad;
+        if (r > 0) continue;
+        if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--task"))) task = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--split"))) split_name = v;
+        else if (cli_is_flag(argv[i], "--all")) all = 1;
+        else if ((v = cli_flag_value(argc, argv, &i, "--limit"))) { if (cli_parse_int("--limit", v, &limit)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int("--max-new-tokens", v, &max_new)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--predictions"))) pred_path = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--preset"))) dc.preset = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-template"))) dc.prompt_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--answer-template"))) dc.answer_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-field"))) dc.prompt_field = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--answer-field"))) dc.answer_field = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--plain-template"))) dc.plain_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--system"))) dc.system_prompt = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--chat"))) {
+            if (!strcmp(v, "llama3")) dc.chat = DATASET_CHAT_LLAMA3;
+            else if (!strcmp(v, "llama2")) dc.chat = DATASET_CHAT_LLAMA2;
+            else if (!strcmp(v, "plain")) dc.chat = DATASET_CHAT_PLAIN;
+            else if (strcmp(v, "auto")) { halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v); goto bad; }
+        }
+        else if ((v = cli_flag_value(argc, argv, &i, "--seq-len"))) { if (cli_parse_int("--seq-len", v, &n)) goto bad; dc.seq_len = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; dc.seed = (uint64_t)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc.val_fraction)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &batch)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
+        else { fprintf(stderr, "halo eval: unknown option '%s' (see --help)\n", argv[i]); return 2; }
+    }
+    if (!model_dir || !dc.path || !task) { usage(); return 2; }
+    int loss_task = !strcmp(task, "loss");
+    halo_metric metric = METRIC_EXACT;
+    if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
+    if (all) { dc.val_fraction = 0; dc.val_count = 0; split_name = "train"; }
+    dataset_split split;
+    if (!strcmp(split_name, "val")) split = DATASET_VAL;
+    else if (!strcmp(split_name, "train")) split = DATASET_TRAIN;
+    else { halo_fail("--split: '%s' is not val or train", split_name); goto bad; }
+    halo_set_threads((int)threads);
+
+    llama_model m;
+    if (llama_load(&m, model_dir) != HALO_OK) goto bad;
+    if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
+    halo_tokenizer *tok;
+    if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
+    dataset *ds;
+    if (dataset_load(&dc, tok, &ds) != HALO_OK) { tokenizer_free(tok); llama_free(&m); goto bad; }
+    int64_t total = dataset_size(ds, split);
+    if (limit > 0 && limit < total) total = limit;
+    int rc = HALO_OK;
+    fprintf(stderr, "halo eval: %s on %lld examples of the %s split of %s, %s\n", task, (long long)total, split_name,
+            dc.path, halo_common_describe(&co));
+    if (loss_task) {
+        double loss;
+        long tokens;
+        if (split != DATASET_VAL) { rc = halo_fail("the loss task reads the validation split (use --split val)"); }
+        else rc = finetune_val_loss(&m, ds, (int)batch, dc.seq_len, limit > 0 ? (limit + batch - 1) / batch : 0, &loss, &tokens);
+        if (rc == HALO_OK) printf("loss %.6f | perplexity %.4f | %ld tokens\n", loss, exp(loss), tokens);
+    } else {
+        FILE *pf = fopen(pred_path, "w");
+        if (!pf) rc = halo_fail("%s: cannot create", pred_path);
+        gen_options go = gen_options_default();
+        go.max_new_tokens = (int)max_new;
+        int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
+        go.eos_id = dataset_chat_used(ds) == DATASET_CHAT_LLAMA3 && eot >= 0 ? eot : tokenizer_eos_id(tok);
+        int32_t *out = xmalloc(sizeof(int32_t) * (size_t)max_new);
+        double correct = 0;
+        double t0 = halo_now();
+        for (int64_t i = 0; i < total && rc == HALO_OK; i++) {
+            dataset_pair p;
+            if ((rc = dataset_get_pair(ds, split, i, &p)) != HALO_OK) break;
+            int n_out = 0;
+            if ((rc = gen_generate(&m, p.prompt_ids, p.n_prompt_ids, &go, out, &n_out)) != HALO_OK) break;
+            if (n_out > 0 && out[n_out - 1] == go.eos_id) n_out--;
+            char *pred = tokenizer_decode(tok, out, (size_t)n_out, true);
+            double score = metric_score(metric, pred, p.answer);
+            correct += score;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "file", p.file);
+            cJSON_AddNumberToObject(o, "line", (double)p.line);
+            cJSON_AddStringToObject(o, "prediction", pred);
+            cJSON_AddStringToObject(o, "reference", p.answer);
+            cJSON_AddNumberToObject(o, "correct", score);
+            char *line = cJSON_PrintUnformatted(o);
+            fprintf(pf, "%s\n", line);
+            free(line);
+            cJSON_Delete(o);
+            free(pred);
+            if ((i + 1) % 10 == 0 || i + 1 == total) {
+                double el = halo_now() - t0;
+                fprintf(stderr, "\reval %lld/%lld | accuracy %.2f%% | %.1f s elapsed | ETA %.0f s   ", (long long)(i + 1),
+                        (long long)total, 100.0 * correct / (double)(i + 1), el, el / (double)(i + 1) * (double)(total - i - 1));
+            }
+        }
+        fprintf(stderr, "\n");
+        if (pf) fclose(pf);
+        free(out);
+        if (rc == HALO_OK)
+            printf("%s accuracy %.2f%% (%.0f / %lld) | predictions in %s\n", metric_name(metric),
+                   total ? 100.0 * correct / (double)total : 0.0, correct, (long long)total, pred_path);
+    }
+    dataset_free(ds);
+    tokenizer_free(tok);
+    llama_free(&m);
+    if (rc != HALO_OK) goto bad;
+    return 0;
+bad:
+    fprintf(stderr, "halo eval: %s\n", halo_error());
+    return 1;
+}

@@ -1,0 +1,247 @@
+// `halo finetune` (alias `halo train`): fine-tunes a Hugging Face Llama directory on a dataset file with AdamW, a
+// warmup + decay schedule, periodic validation loss, checkpoints, a metrics JSONL file, and a final export.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "data/dataset.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "train/trainer.h"
+#include "util/error.h"
+#include "util/fileio.h"
+
+static void usage(void) {
+    printf(
+        "usage: halo finetune --model DIR --data FILE [options]\n"
+        "data:\n"
+        "  --data FILE            .txt, .jsonl (text | messages | prompt/answer fields) or .csv (with templates)\n"
+        "  --val FILE             validation file (default: a seeded split of --data, see --val-fraction)\n"
+        "  --preset NAME          viggo | gsm8k | sql: field names, templates and metric of the HALO paper's tasks\n"
+        "  --prompt-template S    CSV/JSONL prompt from {column} placeholders; --answer-template S likewise\n"
+        "  --prompt-field F --answer-field F   JSONL prompt/answer field names\n"
+        "  --chat auto|llama3|llama2|plain     chat format (auto: llama3 when the tokenizer has its tokens)\n"
+        "  --plain-template S     the plain chat format's user turn around {prompt}\n"
+        "  --system S             system message for prompt/answer examples\n"
+        "  --seq-len T (512)  --pack  --loss-on-all  --skip-bad-lines  --val-fraction F (0.05)  --val-count N\n"
+        "training:\n"
+        "  --steps N | --epochs E (1)   --batch B (8)   --grad-accum K (1)\n"
+        "  --lr X (4e-5)  --min-lr X (0)  --warmup N (20)  --decay linear|cosine|constant (linear)\n"
+        "  --weight-decay W (0)  --beta1 B (0.9)  --beta2 B (0.999)  --clip C (1.0; 0 = off)  --seed S (1234)\n"
+        "  --time-budget SECONDS  stop (and evaluate, checkpoint, export) after this much training time\n"
+        "evaluation, checkpoints, output:\n"
+        "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
+        "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
+        "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
+        "  --threads N            CPU threads (default: all cores)\n");
+    halo_common_usage();
+}
+
+typedef struct {
+    dataset *ds;
+    dataset_iter it;
+} data_ctx;
+
+static int data_next(void *c, halo_batch *b) {
+    data_ctx *d = c;
+    return dataset_next_batch(d->ds, DATASET_TRAIN, &d->it, true, b, NULL);
+}
+static void data_get(void *c, train_data_state *st) {
+    data_ctx *d = c;
+    st->epoch = d->it.epoch; st->position = d->it.index; st->rng = d->it.seed;
+}
+static int data_set(void *c, const train_data_state *st) {
+    data_ctx *d = c;
+    d->it.epoch = st->epoch; d->it.index = st->position; d->it.seed = st->rng;
+    return HALO_OK;
+}
+
+typedef struct {
+    dataset *ds;
+    int B, T;
+    long max_batches;
+} eval_ctx;
+
+// Validation loss: token-weighted mean next-token cross-entropy over the validation split.
+int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out) {
+    halo_batch b;
+    halo_batch_alloc(&b, B, T);
+    dataset_iter it = {0, 0, 0};
+    double sum = 0;
+    long tokens = 0;
+    for (long k = 0; max_batches <= 0 || k < max_batches; k++) {
+        int n_ex = 0;
+        if (dataset_next_batch(ds, DATASET_VAL, &it, false, &b, &n_ex) != HALO_OK) { halo_batch_free(&b); return HALO_ERR; }
+        if (n_ex == 0) break;
+        long cnt = 0;
+        for (int i = 0; i < B * T; i++) cnt += b.targets[i] >= 0;
+        if (!cnt) continue;
+        sum += (double)llama_forward(m, &b, NULL) * cnt;
+        tokens += cnt;
+    }
+    halo_batch_free(&b);
+    *loss_out = tokens ? sum / tokens : NAN;
+    if (tokens_out) *tokens_out = tokens;
+    return HALO_OK;
+}
+
+static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
+    eval_ctx *e = c;
+    if (dataset_size(e->ds, DATASET_VAL) == 0) return HALO_OK;
+    double loss;
+    long tokens;
+    if (finetune_val_loss(m, e->ds, e->B, e->T, e->max_batches, &loss, &tokens) != HALO_OK) return HALO_ERR;
+    train_metrics_add(out, "val_loss", loss);
+    train_metrics_add(out, "val_ppl", exp(loss));
+    train_metrics_add(out, "val_tokens", (double)tokens);
+    return HALO_OK;
+}
+
+int cmd_finetune(int argc, char **argv) {
+    const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *v;
+    dataset_config dc;
+    dataset_config_default(&dc);
+    train_options o = train_options_default();
+    o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
+    o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;
+    double epochs = 1, time_budget = 0, d;
+    long steps = 0, n, eval_batches = 0, threads = 0;
+    halo_common_opts co = halo_common_opts_default();
+    for (int i = 1; i < argc; i++) {
+        int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r < 0) goto bad;
+        if (r > 0) continue;
+        if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--val"))) dc.val_path = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--preset"))) dc.preset = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-template"))) dc.prompt_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--answer-template"))) dc.answer_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--prompt-field"))) dc.prompt_field = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--answer-field"))) dc.answer_field = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--plain-template"))) dc.plain_template = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--system"))) dc.system_prompt = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--chat"))) {
+            if (!strcmp(v, "auto")) dc.chat = DATASET_CHAT_AUTO;
+            else if (!strcmp(v, "llama3")) dc.chat = DATASET_CHAT_LLAMA3;
+            else if (!strcmp(v, "llama2")) dc.chat = DATASET_CHAT_LLAMA2;
+            else if (!strcmp(v, "plain")) dc.chat = DATASET_CHAT_PLAIN;
+            else { halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v); goto bad; }
+        }
+        else if ((v = cli_flag_value(argc, argv, &i, "--seq-len"))) { if (cli_parse_int("--seq-len", v, &n)) goto bad; dc.seq_len = (int)n; }
+        else if (cli_is_flag(argv[i], "--pack")) dc.pack = true;
+        else if (cli_is_flag(argv[i], "--loss-on-all")) dc.loss_on_all = true;
+        else if (cli_is_flag(argv[i], "--skip-bad-lines")) dc.skip_bad_lines = true;
+        else if ((v = cli_flag_value(argc, argv, &i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc.val_fraction)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--val-count"))) { if (cli_parse_int("--val-count", v, &dc.val_count)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--steps"))) { if (cli_parse_int("--steps", v, &steps)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &n)) goto bad; o.batch_size = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--grad-accum"))) { if (cli_parse_int("--grad-accum", v, &n)) goto bad; o.grad_accum = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lr"))) { if (cli_parse_float("--lr", v, &d)) goto bad; o.lr = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--min-lr"))) { if (cli_parse_float("--min-lr", v, &d)) goto bad; o.min_lr = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--warmup"))) { if (cli_parse_int("--warmup", v, &n)) goto bad; o.warmup = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--decay"))) { if (lr_decay_parse(v, &o.decay)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--weight-decay"))) { if (cli_parse_float("--weight-decay", v, &d)) goto bad; o.adamw.weight_decay = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--beta1"))) { if (cli_parse_float("--beta1", v, &d)) goto bad; o.adamw.beta1 = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--beta2"))) { if (cli_parse_float("--beta2", v, &d)) goto bad; o.adamw.beta2 = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--clip"))) { if (cli_parse_float("--clip", v, &d)) goto bad; o.clip = (float)d; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; o.seed = (uint64_t)n; dc.seed = (uint64_t)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--time-budget"))) { if (cli_parse_float("--time-budget", v, &time_budget)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_int("--eval-every", v, &n)) goto bad; o.eval_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_int("--eval-batches", v, &eval_batches)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_int("--ckpt-every", v, &n)) goto bad; o.ckpt_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--resume"))) resume = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--out"))) out_dir = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--export-dtype"))) export_dtype = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
+        else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
+    }
+    if (!model_dir || !dc.path) { usage(); return 2; }
+    if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
+    halo_set_threads((int)threads);
+    o.seq_len = dc.seq_len;
+
+    llama_model m;
+    if (llama_load(&m, model_dir) != HALO_OK) goto bad;
+    if (dc.seq_len > m.cfg.max_pos)
+        fprintf(stderr, "halo finetune: note: --seq-len %d exceeds the model's max_position_embeddings %d\n", dc.seq_len, m.cfg.max_pos);
+    if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
+    halo_tokenizer *tok;
+    if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
+    dataset *ds;
+    fprintf(stderr, "halo finetune: loading %s\n", dc.path);
+    if (dataset_load(&dc, tok, &ds) != HALO_OK) { tokenizer_free(tok); llama_free(&m); goto bad; }
+    char summary[512];
+    dataset_summary(ds, summary, sizeof summary);
+    fprintf(stderr, "halo finetune: %s\n", summary);
+    long per_epoch = (long)dataset_batches_per_epoch(ds, DATASET_TRAIN, dc.seed, 0, o.batch_size);
+    o.steps = steps > 0 ? (int)steps : (int)ceil(epochs * per_epoch / (o.grad_accum > 0 ? o.grad_accum : 1));
+    if (o.steps < 1) o.steps = 1;
+    fprintf(stderr, "halo finetune: %d steps of %d x %d tokens (x%d accumulation), %ld batches per epoch, lr %g, %s\n",
+            o.steps, o.batch_size, o.seq_len, o.grad_accum, per_epoch, o.lr, halo_common_describe(&co));
+
+    data_ctx dctx = {ds, {dc.seed, 0, 0}};
+    train_data_source src = {&dctx, data_next, data_get, data_set};
+    trainer t;
+    int rc = trainer_init(&t, &m, &o, src);
+    if (rc == HALO_OK && llama_get_halo(&m)) {   // the precision goes into checkpoints so a resume can check it
+        char *hj = model_halo_config_to_json(llama_get_halo(&m));
+        trainer_set_app_meta(&t, hj);
+        free(hj);
+    }
+    eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches};
+    if (rc == HALO_OK) {
+        trainer_set_eval(&t, eval_fn, &ectx);
+        if (resume) rc = trainer_resume(&t, resume);
+    }
+    if (rc == HALO_OK) rc = trainer_open_metrics(&t);
+    if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"
+    if (rc == HALO_OK) {
+        double t_begin = halo_now();
+        while (t.step < o.steps && rc == HALO_OK) {
+            int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
+            if (measure) llama_halo_telemetry(&m, 1);
+            train_step_info si;
+            rc = trainer_step(&t, &si);
+            const char *qerr = llama_halo_take_error(&m);
+            if (qerr) fprintf(stderr, "halo finetune: step %d: %s\n", t.step, qerr);
+            if (rc != HALO_OK) break;
+            trainer_log_step(&t, &si);
+            trainer_log_metrics(&t, &si);
+            if (measure) {
+                llama_halo_telemetry(&m, 0);
+                printf("quantization telemetry after step %d:\n", t.step);
+                llama_halo_print_telemetry(&m, stdout);
+                llama_halo_write_telemetry(&m, t.metrics, t.step);
+            }
+            if (rc == HALO_OK && o.eval_every > 0 && t.step % o.eval_every == 0 && t.step < o.steps) rc = trainer_evaluate(&t);
+            if (rc == HALO_OK && o.ckpt_dir && o.ckpt_every > 0 && t.step % o.ckpt_every == 0) rc = trainer_save(&t, NULL);
+            if (time_budget > 0 && halo_now() - t_begin > time_budget && t.step < o.steps) {
+                fprintf(stderr, "halo finetune: time budget of %.0f s reached after %d of %d steps\n", time_budget, t.step, o.steps);
+                break;
+            }
+        }
+        if (rc == HALO_OK) rc = trainer_evaluate(&t);
+        if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
+        if (rc == HALO_OK && out_dir) {
+            rc = llama_save_hf(&m, out_dir, !strcmp(export_dtype, "bf16") ? "bfloat16" : "float32", model_dir);
+            if (rc == HALO_OK) rc = halo_common_save(&co, &m, out_dir);
+            if (rc == HALO_OK) fprintf(stderr, "halo finetune: exported %s\n", out_dir);
+        }
+    }
+    trainer_free(&t);
+    dataset_free(ds);
+    tokenizer_free(tok);
+    llama_free(&m);
+    if (rc != HALO_OK) goto bad;
+    return 0;
+bad:
+    fprintf(stderr, "halo finetune: %s\n", halo_error());
+    return 1;
+}

@@ -1,0 +1,126 @@
+// Shared options of the model-running verbs (see common.h).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <omp.h>
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "io/safetensors.h"
+#include "util/error.h"
+#include "util/fileio.h"
+
+halo_common_opts halo_common_opts_default(void) {
+    halo_common_opts o;
+    memset(&o, 0, sizeof o);
+    o.hc = model_halo_config_default();
+    return o;
+}
+
+void halo_common_usage(void) {
+    printf("precision (every block linear: q, k, v, o, gate, up, down):\n"
+           "  --precision fp32|bf16|int8|fp8 (fp32)  --halo-level 0|1|2 (int8: 2, fp8: 0 when not given)\n"
+           "  --halo-linears all|q,k,v,o,gate,up,down   --halo-skip-first N  --halo-skip-last N (blocks kept in fp32)\n"
+           "  --halo-scale tensor|row|block1x128|block128   --halo-grad-e5m2   --halo-stochastic\n"
+           "  --halo-hadamard-block N (block-diagonal rotation)   --halo-telemetry N (quantization errors every N steps)\n");
+}
+
+int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
+    const char *v;
+    long n;
+    if ((v = cli_flag_value(argc, argv, i, "--precision"))) {
+        const char *names[] = {"fp32", "bf16", "int8", "fp8"};
+        int k = 0;
+        while (k < 4 && strcmp(v, names[k])) k++;
+        if (k == 4) return halo_fail("--precision: '%s' is not fp32, bf16, int8 or fp8", v), -1;
+        o->hc.prec = (halo_precision)k;
+        if (!o->level_given) o->hc.level = o->hc.prec == HALO_PREC_INT8 ? 2 : 0;   // the paper's pairings
+        o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-level"))) {
+        if (cli_parse_int("--halo-level", v, &n) || n < 0 || n > 2) return halo_fail("--halo-level: '%s' is not 0, 1 or 2", v), -1;
+        o->hc.level = (int)n; o->level_given = 1; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-linears"))) {
+        if (model_halo_parse_linears(v, &o->hc.kinds)) return halo_fail_ctx("--halo-linears: "), -1;
+        o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-skip-first"))) {
+        if (cli_parse_int("--halo-skip-first", v, &n) || n < 0) return -1;
+        o->hc.skip_first = (int)n; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-skip-last"))) {
+        if (cli_parse_int("--halo-skip-last", v, &n) || n < 0) return -1;
+        o->hc.skip_last = (int)n; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-scale"))) {
+        const char *names[] = {"tensor", "row", "block1x128", "block128"};
+        int k = 0;
+        while (k < 4 && strcmp(v, names[k])) k++;
+        if (k == 4) return halo_fail("--halo-scale: '%s' is not tensor, row, block1x128 or block128", v), -1;
+        o->hc.gran = (halo_granularity)k; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-hadamard-block"))) {
+        if (cli_parse_int("--halo-hadamard-block", v, &n) || n < 0) return -1;
+        o->hc.had_block = (int)n; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-telemetry"))) {
+        if (cli_parse_int("--halo-telemetry", v, &n) || n < 0) return -1;
+        o->telemetry_every = (int)n;
+        return 1;
+    }
+    if (cli_is_flag(argv[*i], "--halo-grad-e5m2")) { o->hc.grad_e5m2 = 1; o->given = 1; return 1; }
+    if (cli_is_flag(argv[*i], "--halo-stochastic")) { o->hc.stochastic = 1; o->given = 1; return 1; }
+    return 0;
+}
+
+int halo_common_apply(halo_common_opts *o, llama_model *m) {
+    if (o->hc.skip_first + o->hc.skip_last > m->cfg.n_layers)
+        return halo_fail("--halo-skip-first %d + --halo-skip-last %d exceed the model's %d blocks", o->hc.skip_first,
+                         o->hc.skip_last, m->cfg.n_layers);
+    if (llama_set_halo(m, &o->hc) != HALO_OK) return HALO_ERR;
+    model_halo_describe(&o->hc, m->cfg.n_layers, o->desc, sizeof o->desc);
+    return HALO_OK;
+}
+
+int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model_dir) {
+    if (!o->given && model_dir) {
+        char *p = halo_path_join(model_dir, "halo_config.json"), *text;
+        if (halo_file_exists(p)) {
+            int rc = halo_read_file(p, &text, NULL);
+            if (rc == HALO_OK) { rc = model_halo_config_from_json(text, p, &o->hc); free(text); }
+            if (rc != HALO_OK) { free(p); return HALO_ERR; }
+            fprintf(stderr, "halo: using the precision recorded in %s\n", p);
+        }
+        free(p);
+    }
+    return halo_common_apply(o, m);
+}
+
+const char *halo_common_describe(const halo_common_opts *o) { return o->desc[0] ? o->desc : "fp32 (HALO off)"; }
+
+int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir) {
+    const model_halo_config *hc = llama_get_halo(m);
+    if (!hc) return HALO_OK;
+    char *json = model_halo_config_to_json(hc), *p = halo_path_join(dir, "halo_config.json");
+    size_t n = strlen(json);
+    const void *parts[1] = {json};
+    int rc = halo_write_file_atomic(p, parts, &n, 1);
+    free(json); free(p);
+    return rc;
+}
+
+void halo_set_threads(int n) { if (n > 0) omp_set_num_threads(n); }
+
+double halo_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}

@@ -1,0 +1,37 @@
+// Options every model-running verb shares (demo, finetune, eval, generate, debug-step): the precision and HALO
+// level of the block linears, which linears and blocks they cover, telemetry, and the thread count.
+#ifndef HALO_CLI_COMMON_H
+#define HALO_CLI_COMMON_H
+#include "data/dataset.h"
+#include "model/linear.h"
+
+typedef struct {
+    model_halo_config hc;
+    int given;              // 1 when any precision/HALO flag was on the command line
+    int level_given;        // --halo-level was given (else the precision picks the paper's level)
+    int telemetry_every;    // print and log quantization telemetry every N training steps (0 = off)
+    char desc[256];
+} halo_common_opts;
+
+halo_common_opts halo_common_opts_default(void);
+// Consumes argv[*i] (and its value) if it is a common option: returns 1; 0 when it is not one; -1 on a bad value
+// (message in halo_error()). Options: --precision fp32|bf16|int8|fp8, --halo-level 0|1|2,
+// --halo-linears all|q,k,v,o,gate,up,down, --halo-skip-first N, --halo-skip-last N,
+// --halo-scale tensor|row|block1x128|block128, --halo-grad-e5m2, --halo-stochastic, --halo-hadamard-block N,
+// --halo-telemetry N.
+int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i);
+// Applies the options to the model. Without precision flags, a halo_config.json in `model_dir` (written by an
+// export) is applied instead, so that evaluation runs the forward the model was trained with.
+int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model_dir);
+int halo_common_apply(halo_common_opts *o, llama_model *m);
+const char *halo_common_describe(const halo_common_opts *o);
+// Writes DIR/halo_config.json when HALO is on for the model.
+int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
+void halo_common_usage(void);
+
+// Token-weighted mean validation loss over the validation split (at most max_batches batches of B x T; 0 = all).
+int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out);
+
+void halo_set_threads(int n);   // 0 = leave OpenMP's default
+double halo_now(void);          // monotonic seconds
+#endif

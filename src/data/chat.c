@@ -1,0 +1,128 @@
+// Prompt rendering: "{column}" templates, and the chat formats (Llama 3 as its tokenizer_config.json chat template
+// renders it, Llama 2 [INST] with <<SYS>>, and a plain user template). The answer is appended by the caller.
+#include <string.h>
+#include "data/data_internal.h"
+#include "util/error.h"
+
+int data_template_render(const char *tmpl, data_lookup_fn lookup, void *ctx, const char *what, data_str *out) {
+    data_str_clear(out);
+    data_str_append(out, "", 0);
+    for (const char *p = tmpl; *p;) {
+        if (p[0] == '{' && p[1] == '{') { data_str_append(out, "{", 1); p += 2; continue; }
+        if (p[0] == '}' && p[1] == '}') { data_str_append(out, "}", 1); p += 2; continue; }
+        if (*p == '{') {
+            const char *e = strchr(p + 1, '}');
+            if (!e) return halo_fail("template \"%s\": '{' without a closing '}' (write {{ for a brace)", tmpl);
+            const char *v = lookup(ctx, p + 1, (size_t)(e - p - 1));
+            if (!v) return halo_fail("template names '%.*s', which is not a %s", (int)(e - p - 1), p + 1, what);
+            data_str_puts(out, v);
+            p = e + 1;
+            continue;
+        }
+        size_t n = strcspn(p, "{}");
+        if (n == 0) n = 1;   // a lone '}' is kept as text
+        data_str_append(out, p, n);
+        p += n;
+    }
+    return HALO_OK;
+}
+
+static void append_stripped(data_str *out, const char *s) {
+    size_t n = strlen(s);
+    data_strip_span(&s, &n);
+    data_str_append(out, s, n);
+}
+
+// Llama-3-8B-Instruct's template: every message as header + trimmed content + <|eot_id|>, BOS before the first,
+// then the assistant header as the generation prompt. It has no default system message.
+static void render_llama3(const char *bos_text, const data_msg *m, int n, data_str *out) {
+    data_str_puts(out, bos_text);
+    for (int i = 0; i < n; i++) {
+        data_str_puts(out, "<|start_header_id|>");
+        data_str_puts(out, m[i].role);
+        data_str_puts(out, "<|end_header_id|>\n\n");
+        append_stripped(out, m[i].content);
+        data_str_puts(out, "<|eot_id|>");
+    }
+    data_str_puts(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+// Llama 2 chat: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]";
+// the system message goes into the first user turn.
+static int render_llama2(const char *bos_text, const char *eos_text, const data_msg *m, int n, data_str *out) {
+    const char *sys = NULL;
+    int i = 0;
+    if (n > 0 && !strcmp(m[0].role, "system")) sys = m[0].content, i = 1;
+    bool expect_user = true;
+    for (; i < n; i++) {
+        if (!strcmp(m[i].role, "system")) return halo_fail("Llama 2 format: a system message must come first");
+        bool is_user = !strcmp(m[i].role, "user");
+        if (is_user != expect_user)
+            return halo_fail("Llama 2 format: user and assistant turns must alternate, starting with the user");
+        if (is_user) {
+            data_str_puts(out, bos_text);
+            data_str_puts(out, "[INST] ");
+            if (sys) {
+                data_str_puts(out, "<<SYS>>\n");
+                append_stripped(out, sys);
+                data_str_puts(out, "\n<</SYS>>\n\n");
+                sys = NULL;
+            }
+            append_stripped(out, m[i].content);
+            data_str_puts(out, " [/INST]");
+        } else {
+            data_str_puts(out, " ");
+            append_stripped(out, m[i].content);
+            data_str_puts(out, " ");
+            data_str_puts(out, eos_text);
+        }
+        expect_user = !expect_user;
+    }
+    if (expect_user) return halo_fail("Llama 2 format: the prompt must end with a user turn");
+    return HALO_OK;
+}
+
+static const char *plain_lookup(void *ctx, const char *name, size_t len) {
+    return len == 6 && !memcmp(name, "prompt", 6) ? (const char *)ctx : NULL;
+}
+
+// Plain: system text and a blank line, then each user turn through the template and each earlier answer with a
+// blank line after it.
+static int render_plain(const char *tmpl, const char *bos_text, const data_msg *m, int n, data_str *out) {
+    data_str_puts(out, bos_text);
+    data_str turn = {0};
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(m[i].role, "user")) {
+            if (data_template_render(tmpl, plain_lookup, (void *)m[i].content, "placeholder of the plain format "
+                                     "(only {prompt} is)", &turn)) { data_str_free(&turn); return HALO_ERR; }
+            data_str_append(out, turn.p, turn.n);
+        } else {
+            data_str_puts(out, m[i].content);
+            data_str_puts(out, "\n\n");
+        }
+    }
+    data_str_free(&turn);
+    return HALO_OK;
+}
+
+int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                            const data_msg *msgs, int n, data_str *out) {
+    data_str_clear(out);
+    data_str_append(out, "", 0);
+    int n_user = 0;
+    for (int i = 0; i < n; i++) {
+        const char *r = msgs[i].role;
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+            return halo_fail("unknown role '%s' (expected system, user or assistant)", r);
+        n_user += !strcmp(r, "user");
+    }
+    if (n < 2 || strcmp(msgs[n - 1].role, "assistant"))
+        return halo_fail("a conversation must end with an assistant message (the answer to learn)");
+    if (!n_user) return halo_fail("a conversation needs a user message");
+    switch (fmt) {
+    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, out); return HALO_OK;
+    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, out);
+    case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n - 1, out);
+    default: return halo_fail("internal: chat format not resolved");
+    }
+}

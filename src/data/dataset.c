@@ -1,0 +1,720 @@
+// Dataset loading (text, JSONL, CSV sources and presets), tokenization into examples with a loss region, the
+// seeded validation split, truncation accounting, and filling halo_batch rows in padded or packed layout.
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "data/data_internal.h"
+#include "data/dataset.h"
+#include "util/error.h"
+
+const char DATASET_VIGGO_INSTRUCTION[] =
+    "Given a target sentence construct the underlying meaning representation of the input sentence as a single "
+    "function with attributes and attribute values. This function should describe the target string accurately and "
+    "the function must be one of the following ['inform', 'request', 'give_opinion', 'confirm', 'verify_attribute', "
+    "'suggest', 'request_explanation', 'recommend', 'request_attribute']. The attributes must be one of the "
+    "following: ['name', 'exp_release_date', 'release_year', 'developer', 'esrb', 'rating', 'genres', "
+    "'player_perspective', 'has_multiplayer', 'platforms', 'available_on_steam', 'has_linux_release', "
+    "'has_mac_release', 'specifier']";
+
+// One tokenized example. The model sees positions 0..n-2 (input ids[j], target ids[j+1]); ids[j] is a target
+// (in the loss) when j >= loss_start. Text windows have no prompt/answer.
+typedef struct {
+    int32_t *ids;        // [n_full] prompt + answer + end-of-turn (chat), or a seq_len+1 window (text)
+    int32_t n_full, n;   // n: after the cut to seq_len+1 tokens
+    int32_t n_prompt, loss_start;
+    char *prompt, *answer;
+    int file;            // 0: cfg.path, 1: cfg.val_path
+    int64_t line;
+    int split;
+    bool batchable;      // has at least one loss token after the cut
+} ds_example;
+
+struct dataset {
+    dataset_config cfg;      // string fields are not kept (only what batching needs)
+    char *files[2];
+    char *metric;
+    dataset_chat chat;
+    bool is_text;
+    int32_t pad_id;
+    ds_example *ex;          // [n_ex]
+    int64_t n_ex, cap_ex;
+    int64_t *all[2], n_all[2];   // example indices per split (file order)
+    int64_t *bat[2], n_bat[2];   // the batchable ones
+    dataset_stats st;
+    char first_bad[512];
+    int64_t *perm;           // cached order of bat[perm_split] for (perm_seed, perm_epoch)
+    int perm_split;
+    uint64_t perm_seed;
+    int64_t perm_epoch;
+    bool perm_valid;
+};
+
+void dataset_config_default(dataset_config *c) {
+    memset(c, 0, sizeof *c);
+    c->seq_len = 512;
+    c->shuffle = true;
+    c->val_fraction = 0.05;
+    c->seed = 1234;
+}
+
+// ---------------------------------------------------------------- loading
+
+enum { KIND_NONE, KIND_TEXT, KIND_CHAT };
+enum { J_UNDECIDED, J_TEXT, J_MESSAGES, J_PAIRS, J_TEMPLATE };
+#define BAD 1   // a malformed record: skippable; message in halo_error()
+
+typedef struct {
+    dataset *ds;
+    dataset_config cfg;      // resolved (preset applied)
+    const dataset_encoder *enc;
+    int file;
+    const char *path;
+    int kind;                // KIND_* of the whole dataset
+    int32_t eot_id;
+    const char *bos_text, *eos_text;
+    int32_t *stream;         // text: the file's token stream
+    size_t n_stream, cap_stream;
+    data_str prompt, a, b;
+} loader;
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// Fisher-Yates with a splitmix stream; the same (state, n) always gives the same order.
+static void shuffle_idx(int64_t *v, int64_t n, uint64_t state) {
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)(splitmix(&state) % (uint64_t)(i + 1));
+        int64_t t = v[i]; v[i] = v[j]; v[j] = t;
+    }
+}
+
+static ds_example *new_example(dataset *ds) {
+    if (ds->n_ex == ds->cap_ex) {
+        ds->cap_ex = ds->cap_ex ? 2 * ds->cap_ex : 256;
+        ds->ex = xrealloc(ds->ex, (size_t)ds->cap_ex * sizeof *ds->ex);
+    }
+    ds_example *e = &ds->ex[ds->n_ex++];
+    memset(e, 0, sizeof *e);
+    return e;
+}
+
+static int set_kind(loader *ld, int kind, int64_t line) {
+    if (ld->kind == KIND_NONE) { ld->kind = kind; return HALO_OK; }
+    if (ld->kind != kind)
+        return halo_fail("%s:%lld: this file holds %s but the other file holds %s", ld->path, (long long)line,
+                         kind == KIND_TEXT ? "plain text" : "prompt/answer examples",
+                         kind == KIND_TEXT ? "prompt/answer examples" : "plain text");
+    return HALO_OK;
+}
+
+// A malformed record: with skip_bad_lines count it (and keep the first message for the summary), else fail with
+// the message, prefixed by file:line unless it already has it.
+static int bad_record(loader *ld, int64_t line, bool prefixed) {
+    if (!prefixed) halo_fail_ctx("%s:%lld: ", ld->path, (long long)line);
+    if (!ld->cfg.skip_bad_lines) return HALO_ERR;
+    if (!ld->ds->st.n_bad_lines) snprintf(ld->ds->first_bad, sizeof ld->ds->first_bad, "%s", halo_error());
+    ld->ds->st.n_bad_lines++;
+    return HALO_OK;
+}
+
+static int encode_into(loader *ld, const char *text, size_t len, int32_t **v, size_t *n, size_t *cap) {
+    int32_t *ids = NULL;
+    size_t k = 0;
+    if (len && ld->enc->encode(ld->enc->ctx, text, len, &ids, &k)) return halo_fail_ctx("%s: tokenizing: ", ld->path);
+    if (*n + k + 1 > *cap) {
+        while (*n + k + 1 > *cap) *cap = *cap ? 2 * *cap : 1024;
+        *v = xrealloc(*v, *cap * sizeof **v);
+    }
+    if (k) memcpy(*v + *n, ids, k * sizeof *ids);
+    *n += k;
+    free(ids);
+    return HALO_OK;
+}
+
+static void push_id(int32_t **v, size_t *n, size_t *cap, int32_t id) {
+    if (*n + 1 > *cap) { *cap = *cap ? 2 * *cap : 1024; *v = xrealloc(*v, *cap * sizeof **v); }
+    (*v)[(*n)++] = id;
+}
+
+// A text document joins the file's token stream as [BOS] + its tokens.
+static int add_text_doc(loader *ld, const char *text, size_t len, int64_t line) {
+    if (set_kind(ld, KIND_TEXT, line)) return HALO_ERR;
+    if (!len) return HALO_OK;
+    if (ld->enc->bos_id >= 0) push_id(&ld->stream, &ld->n_stream, &ld->cap_stream, ld->enc->bos_id);
+    return encode_into(ld, text, len, &ld->stream, &ld->n_stream, &ld->cap_stream);
+}
+
+// Cuts the file's stream into windows of seq_len+1 tokens that overlap by one (the last input's target).
+static void flush_text_stream(loader *ld, int64_t line) {
+    size_t T = (size_t)ld->cfg.seq_len;
+    for (size_t s = 0; s + 1 < ld->n_stream; s += T) {
+        size_t n = ld->n_stream - s < T + 1 ? ld->n_stream - s : T + 1;
+        ds_example *e = new_example(ld->ds);
+        e->ids = xmalloc(n * sizeof *e->ids);
+        memcpy(e->ids, ld->stream + s, n * sizeof *e->ids);
+        e->n_full = e->n = (int32_t)n;
+        e->loss_start = 1;
+        e->file = ld->file;
+        e->line = line;
+    }
+    free(ld->stream);
+    ld->stream = NULL;
+    ld->n_stream = ld->cap_stream = 0;
+}
+
+// A conversation (the last message is the answer) becomes one example: [BOS] prompt answer end-of-turn.
+static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
+    if (set_kind(ld, KIND_CHAT, line)) return HALO_ERR;
+    if (data_chat_render_prompt(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, n, &ld->prompt))
+        return BAD;
+    char *answer = data_strip_dup(m[n - 1].content);
+    int32_t *ids = NULL;
+    size_t k = 0, cap = 0;
+    size_t skip = strlen(ld->bos_text);
+    if (ld->enc->bos_id >= 0) push_id(&ids, &k, &cap, ld->enc->bos_id);
+    if (encode_into(ld, ld->prompt.p + skip, ld->prompt.n - skip, &ids, &k, &cap)) { free(ids); free(answer); return HALO_ERR; }
+    size_t n_prompt = k;
+    if (encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) { free(ids); free(answer); return HALO_ERR; }
+    if (ld->eot_id >= 0) push_id(&ids, &k, &cap, ld->eot_id);
+    if (k > INT32_MAX / 2) { free(ids); free(answer); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
+    ds_example *e = new_example(ld->ds);
+    e->ids = ids;
+    e->n_full = e->n = (int32_t)k;
+    e->n_prompt = (int32_t)n_prompt;
+    e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
+    e->prompt = xstrdup(ld->prompt.p);
+    e->answer = answer;
+    e->file = ld->file;
+    e->line = line;
+    return HALO_OK;
+}
+
+// prompt/answer texts, with the optional system message, as a conversation.
+static int add_pair(loader *ld, const char *prompt, const char *answer, int64_t line) {
+    data_msg m[3];
+    int n = 0;
+    if (ld->cfg.system_prompt) m[n++] = (data_msg){"system", ld->cfg.system_prompt};
+    m[n++] = (data_msg){"user", prompt};
+    m[n++] = (data_msg){"assistant", answer};
+    return add_conv(ld, m, n, line);
+}
+
+static int load_text(loader *ld) {
+    data_lines lr;
+    if (data_lines_open(&lr, ld->path)) return HALO_ERR;
+    data_str doc = {0};
+    char *s;
+    size_t len;
+    int k, rc = HALO_OK;
+    int64_t doc_line = 1;
+    while ((k = data_lines_next(&lr, &s, &len)) > 0) {
+        if (ld->cfg.doc_separator && !strcmp(s, ld->cfg.doc_separator)) {
+            if ((rc = add_text_doc(ld, doc.p, doc.n, doc_line))) break;
+            data_str_clear(&doc);
+            doc_line = lr.line + 1;
+            continue;
+        }
+        data_str_append(&doc, s, len);
+        data_str_append(&doc, "\n", 1);
+    }
+    if (k < 0) rc = HALO_ERR;
+    if (!rc) rc = add_text_doc(ld, doc.p, doc.n, doc_line);
+    ld->ds->st.n_lines += lr.line;
+    if (!rc) flush_text_stream(ld, lr.line);
+    data_lines_close(&lr);
+    data_str_free(&doc);
+    return rc;
+}
+
+static const char *json_string(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static const char *json_lookup(void *ctx, const char *name, size_t len) {
+    char key[256];
+    if (len >= sizeof key) return NULL;
+    memcpy(key, name, len);
+    key[len] = 0;
+    return json_string((const cJSON *)ctx, key);
+}
+
+static const char *const DEFAULT_PAIRS[][2] = {{"prompt", "completion"}, {"question", "answer"}, {"input", "output"}};
+
+// Decides what the records of a JSONL file are from its first record.
+static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
+    dataset_config *c = &ld->cfg;
+    if (c->prompt_template || c->answer_template) { *mode = J_TEMPLATE; return HALO_OK; }
+    if (c->prompt_field || c->answer_field) {
+        if (!c->prompt_field || !c->answer_field) return halo_fail("give both the prompt and the answer field names");
+        *mode = J_PAIRS;
+        return HALO_OK;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(o, c->messages_field)) { *mode = J_MESSAGES; return HALO_OK; }
+    if (cJSON_GetObjectItemCaseSensitive(o, c->text_field)) { *mode = J_TEXT; return HALO_OK; }
+    for (size_t i = 0; i < sizeof DEFAULT_PAIRS / sizeof DEFAULT_PAIRS[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(o, DEFAULT_PAIRS[i][0]) &&
+            cJSON_GetObjectItemCaseSensitive(o, DEFAULT_PAIRS[i][1])) {
+            c->prompt_field = DEFAULT_PAIRS[i][0];
+            c->answer_field = DEFAULT_PAIRS[i][1];
+            *mode = J_PAIRS;
+            return HALO_OK;
+        }
+    return halo_fail("no '%s', '%s' or prompt/answer fields (tried prompt/completion, question/answer, "
+                     "input/output)", c->text_field, c->messages_field);
+}
+
+static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
+    dataset_config *c = &ld->cfg;
+    switch (mode) {
+    case J_TEXT: {
+        const char *t = json_string(o, c->text_field);
+        if (!t) return halo_fail("'%s' is missing or not a string", c->text_field), BAD;
+        return add_text_doc(ld, t, strlen(t), line);
+    }
+    case J_PAIRS: {
+        const char *p = json_string(o, c->prompt_field), *a = json_string(o, c->answer_field);
+        if (!p) return halo_fail("'%s' is missing or not a string", c->prompt_field), BAD;
+        if (!a) return halo_fail("'%s' is missing or not a string", c->answer_field), BAD;
+        return add_pair(ld, p, a, line);
+    }
+    case J_TEMPLATE: {
+        if (data_template_render(c->prompt_template ? c->prompt_template : "", json_lookup, (void *)o,
+                                 "string field of this record", &ld->a) ||
+            data_template_render(c->answer_template ? c->answer_template : "", json_lookup, (void *)o,
+                                 "string field of this record", &ld->b)) return BAD;
+        return add_pair(ld, ld->a.p, ld->b.p, line);
+    }
+    case J_MESSAGES: {
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, c->messages_field);
+        if (!cJSON_IsArray(arr)) return halo_fail("'%s' is missing or not a list", c->messages_field), BAD;
+        int n = cJSON_GetArraySize(arr);
+        if (n > 4096) return halo_fail("'%s' has %d messages (at most 4096)", c->messages_field, n), BAD;
+        data_msg *m = xcalloc((size_t)n + 1, sizeof *m);
+        int i = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, arr) {
+            m[i].role = json_string(it, "role");
+            m[i].content = json_string(it, "content");
+            if (!m[i].role || !m[i].content) {
+                free(m);
+                return halo_fail("message %d of '%s' needs string 'role' and 'content'", i + 1, c->messages_field), BAD;
+            }
+            i++;
+        }
+        int rc = add_conv(ld, m, n, line);
+        free(m);
+        return rc;
+    }
+    }
+    return HALO_ERR;
+}
+
+static int load_jsonl(loader *ld) {
+    data_lines lr;
+    if (data_lines_open(&lr, ld->path)) return HALO_ERR;
+    int mode = J_UNDECIDED, k, rc = HALO_OK;
+    char *s;
+    size_t len;
+    while ((k = data_lines_next(&lr, &s, &len)) > 0) {
+        const char *t = s;
+        size_t tl = len;
+        data_strip_span(&t, &tl);
+        if (!tl) continue;
+        const char *end = NULL;
+        cJSON *o = cJSON_ParseWithLengthOpts(t, tl, &end, 0);
+        int r;
+        if (lr.line == 1 && t[0] == '[') {   // a whole-file JSON array would fail on every line; say why once
+            r = HALO_ERR;
+            halo_fail("%s:1: a JSON array file is not supported; write one JSON object per line (JSONL)", ld->path);
+        } else if (!o) {
+            const char *at = cJSON_GetErrorPtr();
+            long col = at && at >= t && at <= t + tl ? (long)(at - s) + 1 : 1;
+            r = (halo_fail("invalid JSON (at column %ld)", col), BAD);
+        } else if (end && end < t + tl) {
+            r = (halo_fail("text after the JSON object (at column %ld)", (long)(end - s) + 1), BAD);
+        } else if (!cJSON_IsObject(o)) {
+            r = (halo_fail("not a JSON object (each line must be one {...})"), BAD);
+        } else if (mode == J_UNDECIDED && jsonl_decide(ld, o, &mode)) {
+            r = BAD;
+        } else {
+            r = jsonl_record(ld, o, mode, lr.line);
+        }
+        cJSON_Delete(o);
+        if (r == BAD) r = bad_record(ld, lr.line, false);
+        if (r) { rc = HALO_ERR; break; }
+    }
+    if (k < 0) rc = HALO_ERR;
+    ld->ds->st.n_lines += lr.line;
+    if (!rc && mode == J_TEXT) flush_text_stream(ld, lr.line);
+    data_lines_close(&lr);
+    return rc;
+}
+
+typedef struct { const csv_reader *r; char **cols; int n_cols; bool header_only; } csv_ctx;
+
+static const char *csv_lookup(void *ctx, const char *name, size_t len) {
+    csv_ctx *c = ctx;
+    for (int i = 0; i < c->n_cols; i++)
+        if (strlen(c->cols[i]) == len && !memcmp(c->cols[i], name, len))
+            return c->header_only ? "" : c->r->fields[i].p;
+    return NULL;
+}
+
+static int load_csv(loader *ld) {
+    csv_reader r;
+    if (csv_open(&r, ld->path)) return HALO_ERR;
+    bool fatal;
+    int k = csv_next(&r, &fatal), rc = HALO_OK;
+    if (k <= 0) {
+        csv_close(&r);
+        return k == 0 ? halo_fail("%s: empty file (a header row is needed)", ld->path) : HALO_ERR;
+    }
+    csv_ctx cc = {&r, xcalloc((size_t)r.n_fields, sizeof(char *)), r.n_fields, true};
+    data_str colnames = {0};
+    for (int i = 0; i < r.n_fields; i++) {
+        cc.cols[i] = xstrdup(r.fields[i].p);
+        data_str_puts(&colnames, i ? ", " : "");
+        data_str_puts(&colnames, cc.cols[i]);
+    }
+    dataset_config *c = &ld->cfg;
+    const char *pt = c->prompt_template, *at = c->answer_template;
+    char *own_pt = NULL, *own_at = NULL;
+    if (!pt && !at) {   // no templates: a prompt/answer column pair
+        if (c->prompt_field && c->answer_field) {
+            pt = own_pt = xmalloc(strlen(c->prompt_field) + 3);
+            at = own_at = xmalloc(strlen(c->answer_field) + 3);
+            sprintf(own_pt, "{%s}", c->prompt_field);
+            sprintf(own_at, "{%s}", c->answer_field);
+        } else {
+            for (size_t i = 0; i < sizeof DEFAULT_PAIRS / sizeof DEFAULT_PAIRS[0] && !pt; i++)
+                if (csv_lookup(&cc, DEFAULT_PAIRS[i][0], strlen(DEFAULT_PAIRS[i][0])) &&
+                    csv_lookup(&cc, DEFAULT_PAIRS[i][1], strlen(DEFAULT_PAIRS[i][1]))) {
+                    pt = own_pt = xmalloc(strlen(DEFAULT_PAIRS[i][0]) + 3);
+                    at = own_at = xmalloc(strlen(DEFAULT_PAIRS[i][1]) + 3);
+                    sprintf(own_pt, "{%s}", DEFAULT_PAIRS[i][0]);
+                    sprintf(own_at, "{%s}", DEFAULT_PAIRS[i][1]);
+                }
+            if (!pt) rc = halo_fail("%s:%lld: no prompt/answer templates given and no prompt/completion, "
+                                    "question/answer or input/output columns (columns: %s)", ld->path,
+                                    (long long)r.record_line, colnames.p);
+        }
+    }
+    if (!pt) pt = "";
+    if (!at) at = "";
+    if (!rc && (data_template_render(pt, csv_lookup, &cc, "column", &ld->a) ||
+                data_template_render(at, csv_lookup, &cc, "column", &ld->b)))
+        rc = halo_fail_ctx("%s:%lld: columns are %s; ", ld->path, (long long)r.record_line, colnames.p);
+    cc.header_only = false;
+    while (!rc && (k = csv_next(&r, &fatal)) != 0) {
+        int res;
+        if (k < 0) {
+            if (fatal) { rc = HALO_ERR; break; }
+            res = bad_record(ld, r.record_line, true);
+        } else if (r.n_fields != cc.n_cols) {
+            halo_fail("%d fields, the header has %d", r.n_fields, cc.n_cols);
+            res = bad_record(ld, r.record_line, false);
+        } else {
+            data_template_render(pt, csv_lookup, &cc, "column", &ld->a);
+            data_template_render(at, csv_lookup, &cc, "column", &ld->b);
+            res = add_pair(ld, ld->a.p, ld->b.p, r.record_line);
+            if (res == BAD) res = bad_record(ld, r.record_line, false);
+        }
+        if (res) rc = HALO_ERR;
+    }
+    ld->ds->st.n_lines += r.lr.line;
+    for (int i = 0; i < cc.n_cols; i++) free(cc.cols[i]);
+    free(cc.cols);
+    free(own_pt);
+    free(own_at);
+    data_str_free(&colnames);
+    csv_close(&r);
+    return rc;
+}
+
+static bool ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcasecmp(s + a - b, suf);
+}
+
+static int load_file(loader *ld) {
+    dataset_format f = ld->cfg.format;
+    if (f == DATASET_FMT_AUTO) {
+        if (ends_with(ld->path, ".txt") || ends_with(ld->path, ".text")) f = DATASET_FMT_TEXT;
+        else if (ends_with(ld->path, ".jsonl") || ends_with(ld->path, ".json") || ends_with(ld->path, ".ndjson"))
+            f = DATASET_FMT_JSONL;
+        else if (ends_with(ld->path, ".csv")) f = DATASET_FMT_CSV;
+        else return halo_fail("%s: cannot tell the format from the extension (use .txt, .jsonl or .csv, or set "
+                              "the format)", ld->path);
+    }
+    if (f == DATASET_FMT_TEXT) return load_text(ld);
+    if (f == DATASET_FMT_JSONL) return load_jsonl(ld);
+    return load_csv(ld);
+}
+
+// Presets fill only what the caller left unset.
+static int apply_preset(dataset_config *c, const char **metric) {
+    *metric = "exact";
+    if (!c->preset) return HALO_OK;
+    static char viggo_prompt[sizeof DATASET_VIGGO_INSTRUCTION + 64];
+    if (!strcmp(c->preset, "viggo")) {
+        snprintf(viggo_prompt, sizeof viggo_prompt, "%s\n\n### Target sentence:\n{ref}", DATASET_VIGGO_INSTRUCTION);
+        if (!c->prompt_template) c->prompt_template = viggo_prompt;
+        if (!c->answer_template) c->answer_template = "{mr}";
+        *metric = "viggo";
+    } else if (!strcmp(c->preset, "gsm8k")) {
+        if (!c->prompt_field && !c->answer_field) { c->prompt_field = "question"; c->answer_field = "answer"; }
+        *metric = "gsm8k";
+    } else if (!strcmp(c->preset, "sql")) {
+        *metric = "sql";
+    } else {
+        return halo_fail("unknown dataset preset '%s' (known: viggo, gsm8k, sql)", c->preset);
+    }
+    return HALO_OK;
+}
+
+static dataset_chat resolve_chat(dataset_chat want, const dataset_encoder *enc) {
+    if (want != DATASET_CHAT_AUTO) return want;
+    return enc->token_id(enc->ctx, "<|start_header_id|>") >= 0 && enc->token_id(enc->ctx, "<|eot_id|>") >= 0
+               ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_PLAIN;
+}
+
+// Validation split, cut to seq_len and the statistics.
+static void finish(dataset *ds, bool have_val_file) {
+    int64_t n0 = 0;
+    for (int64_t i = 0; i < ds->n_ex; i++) n0 += ds->ex[i].file == 0;
+    if (have_val_file) {
+        for (int64_t i = 0; i < ds->n_ex; i++) ds->ex[i].split = ds->ex[i].file;
+    } else {
+        int64_t k = 0;
+        if (ds->cfg.val_count > 0) k = ds->cfg.val_count;
+        else if (ds->cfg.val_fraction > 0) {
+            k = (int64_t)llround(ds->cfg.val_fraction * (double)n0);
+            if (k == 0) k = 1;
+        }
+        if (k > n0 - 1) k = n0 > 0 ? n0 - 1 : 0;
+        int64_t *idx = xmalloc((size_t)(n0 ? n0 : 1) * sizeof *idx);
+        for (int64_t i = 0; i < n0; i++) idx[i] = i;
+        shuffle_idx(idx, n0, ds->cfg.seed ^ 0x5D1B5EEDULL);
+        for (int64_t i = 0; i < k; i++) ds->ex[idx[i]].split = DATASET_VAL;
+        free(idx);
+    }
+    int64_t T = ds->cfg.seq_len;
+    for (int s = 0; s < 2; s++) {
+        ds->all[s] = xmalloc((size_t)(ds->n_ex ? ds->n_ex : 1) * sizeof(int64_t));
+        ds->bat[s] = xmalloc((size_t)(ds->n_ex ? ds->n_ex : 1) * sizeof(int64_t));
+    }
+    for (int64_t i = 0; i < ds->n_ex; i++) {
+        ds_example *e = &ds->ex[i];
+        if (e->n_full > ds->st.max_tokens) ds->st.max_tokens = e->n_full;
+        if (e->n_full > T + 1) {
+            e->n = (int32_t)(T + 1);
+            ds->st.n_truncated++;
+            ds->st.n_tokens_dropped += e->n_full - e->n;
+        }
+        e->batchable = e->n >= 2 && e->n > e->loss_start;
+        ds->st.n_tokens += e->n;
+        if (e->batchable) ds->st.n_loss_tokens += e->n - e->loss_start;
+        else ds->st.n_no_loss++;
+        ds->all[e->split][ds->n_all[e->split]++] = i;
+        if (e->batchable) ds->bat[e->split][ds->n_bat[e->split]++] = i;
+    }
+    ds->st.n_examples[0] = ds->n_all[0];
+    ds->st.n_examples[1] = ds->n_all[1];
+}
+
+int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, dataset **out) {
+    *out = NULL;
+    loader ld = {0};
+    ld.cfg = *cfg_in;
+    const char *metric;
+    if (apply_preset(&ld.cfg, &metric)) return HALO_ERR;
+    dataset_config *c = &ld.cfg;
+    if (!c->path) return halo_fail("no dataset file given");
+    if (c->seq_len < 2) return halo_fail("seq_len must be at least 2 (got %d)", c->seq_len);
+    if (c->val_fraction < 0 || c->val_fraction >= 1 || c->val_count < 0)
+        return halo_fail("val_fraction must be in [0, 1) and val_count >= 0");
+    if (!c->text_field) c->text_field = "text";
+    if (!c->messages_field) c->messages_field = "messages";
+    if (!c->plain_template) c->plain_template = "{prompt}\n### Answer:\n";
+
+    dataset *ds = xcalloc(1, sizeof *ds);
+    ds->cfg = *c;
+    ds->cfg.path = ds->cfg.val_path = ds->cfg.preset = ds->cfg.text_field = ds->cfg.messages_field = NULL;
+    ds->cfg.prompt_field = ds->cfg.answer_field = ds->cfg.prompt_template = ds->cfg.answer_template = NULL;
+    ds->cfg.system_prompt = ds->cfg.plain_template = ds->cfg.doc_separator = NULL;
+    ds->metric = xstrdup(metric);
+    ds->chat = resolve_chat(c->chat, enc);
+    ds->pad_id = enc->eos_id >= 0 ? enc->eos_id : 0;
+    ld.ds = ds;
+    ld.enc = enc;
+    const char *bos = enc->bos_id >= 0 && enc->piece ? enc->piece(enc->ctx, enc->bos_id) : NULL;
+    const char *eos = enc->eos_id >= 0 && enc->piece ? enc->piece(enc->ctx, enc->eos_id) : NULL;
+    ld.bos_text = bos ? bos : "";
+    ld.eos_text = eos ? eos : "";
+    if (ds->chat == DATASET_CHAT_LLAMA3) {
+        ld.eot_id = enc->token_id(enc->ctx, "<|eot_id|>");
+        if (ld.eot_id < 0 || enc->token_id(enc->ctx, "<|start_header_id|>") < 0)
+            { dataset_free(ds); return halo_fail("the Llama 3 chat format needs a tokenizer with <|eot_id|> and <|start_header_id|>"); }
+    } else {
+        ld.eot_id = enc->eos_id;
+    }
+    int rc = HALO_OK;
+    for (int f = 0; f < 2 && !rc; f++) {
+        const char *p = f == 0 ? c->path : c->val_path;
+        if (!p) continue;
+        ds->files[f] = xstrdup(p);
+        ld.file = f;
+        ld.path = ds->files[f];
+        rc = load_file(&ld);
+    }
+    data_str_free(&ld.prompt);
+    data_str_free(&ld.a);
+    data_str_free(&ld.b);
+    free(ld.stream);
+    if (!rc && ds->n_ex == 0) rc = halo_fail("%s: no examples", c->path);
+    if (rc) { dataset_free(ds); return HALO_ERR; }
+    ds->is_text = ld.kind == KIND_TEXT;
+    finish(ds, c->val_path != NULL);
+    *out = ds;
+    return HALO_OK;
+}
+
+void dataset_free(dataset *ds) {
+    if (!ds) return;
+    for (int64_t i = 0; i < ds->n_ex; i++) { free(ds->ex[i].ids); free(ds->ex[i].prompt); free(ds->ex[i].answer); }
+    free(ds->ex);
+    for (int s = 0; s < 2; s++) { free(ds->all[s]); free(ds->bat[s]); free(ds->files[s]); }
+    free(ds->metric);
+    free(ds->perm);
+    free(ds);
+}
+
+const dataset_stats *dataset_get_stats(const dataset *ds) { return &ds->st; }
+int64_t dataset_size(const dataset *ds, dataset_split s) { return ds->n_all[s]; }
+const char *dataset_metric_name(const dataset *ds) { return ds->metric; }
+dataset_chat dataset_chat_used(const dataset *ds) { return ds->chat; }
+
+void dataset_summary(const dataset *ds, char *buf, size_t n) {
+    static const char *const CHAT[] = {"auto", "llama3", "llama2", "plain"};
+    const dataset_stats *s = &ds->st;
+    int k = snprintf(buf, n, "%" PRId64 " train + %" PRId64 " val %s (%s); %" PRId64 " tokens, %" PRId64
+                     " in the loss; %" PRId64 " truncated to %d positions (%" PRId64 " tokens dropped, longest %"
+                     PRId64 ")", s->n_examples[0], s->n_examples[1], ds->is_text ? "windows" : "examples",
+                     ds->is_text ? "text" : CHAT[ds->chat], s->n_tokens, s->n_loss_tokens, s->n_truncated,
+                     ds->cfg.seq_len, s->n_tokens_dropped, s->max_tokens);
+    if (k > 0 && (size_t)k < n && s->n_no_loss)
+        k += snprintf(buf + k, n - (size_t)k, "; %" PRId64 " left without answer tokens (not trained on)", s->n_no_loss);
+    if (k > 0 && (size_t)k < n && s->n_bad_lines)
+        snprintf(buf + k, n - (size_t)k, "; %" PRId64 " bad lines skipped (first: %s)", s->n_bad_lines, ds->first_bad);
+}
+
+int dataset_get_pair(const dataset *ds, dataset_split split, int64_t i, dataset_pair *out) {
+    if (ds->is_text) return halo_fail("a plain-text dataset has no prompt/answer pairs");
+    if (i < 0 || i >= ds->n_all[split]) return halo_fail("pair %lld out of range (%lld)", (long long)i, (long long)ds->n_all[split]);
+    const ds_example *e = &ds->ex[ds->all[split][i]];
+    out->prompt_text = e->prompt;
+    out->prompt_ids = e->ids;
+    out->n_prompt_ids = e->n_prompt;
+    out->answer = e->answer;
+    out->file = ds->files[e->file];
+    out->line = e->line;
+    return HALO_OK;
+}
+
+// ---------------------------------------------------------------- batching
+
+// Order of the split's batchable examples in an epoch (cached for the last one asked).
+static const int64_t *epoch_order(dataset *ds, int split, uint64_t seed, int64_t epoch) {
+    bool shuffled = split == DATASET_TRAIN && ds->cfg.shuffle;
+    if (ds->perm_valid && ds->perm_split == split && (!shuffled || (ds->perm_seed == seed && ds->perm_epoch == epoch)))
+        return ds->perm;
+    free(ds->perm);
+    int64_t n = ds->n_bat[split];
+    ds->perm = xmalloc((size_t)(n ? n : 1) * sizeof *ds->perm);
+    memcpy(ds->perm, ds->bat[split], (size_t)n * sizeof *ds->perm);
+    if (shuffled) shuffle_idx(ds->perm, n, seed * 0x9E3779B97F4A7C15ULL ^ ((uint64_t)epoch + 1) * 0xD1B54A32D192ED03ULL);
+    ds->perm_valid = true;
+    ds->perm_split = split;
+    ds->perm_seed = seed;
+    ds->perm_epoch = epoch;
+    return ds->perm;
+}
+
+// Places examples into B rows of T positions; b == NULL only advances (for counting). Returns examples placed.
+static int fill_rows(dataset *ds, int split, dataset_iter *it, bool wrap, halo_batch *b, int B, int T) {
+    int64_t n = ds->n_bat[split];
+    bool pack = ds->cfg.pack;
+    int row = 0, used = 0, seg = 0, placed = 0;
+    if (b) {
+        for (size_t i = 0; i < (size_t)B * T; i++) b->input_ids[i] = ds->pad_id, b->targets[i] = -1;
+    }
+    int *row_used = b ? xcalloc((size_t)B, sizeof(int)) : NULL, *row_seg = b ? xcalloc((size_t)B, sizeof(int)) : NULL;
+    while (row < B && n > 0) {
+        if (it->index >= n) {
+            if (!wrap) break;
+            it->epoch++;
+            it->index = 0;
+        }
+        const int64_t *order = epoch_order(ds, split, it->seed, it->epoch);
+        const ds_example *e = &ds->ex[order[it->index]];
+        int L = e->n - 1;   // positions this example takes
+        if (used > 0 && (!pack || used + L > T)) {
+            row++;
+            used = seg = 0;
+            if (row == B) break;
+        }
+        if (b) {
+            size_t o = (size_t)row * T + used;
+            for (int j = 0; j < L; j++) {
+                b->input_ids[o + j] = e->ids[j];
+                b->targets[o + j] = j + 1 >= e->loss_start ? e->ids[j + 1] : -1;
+                if (b->pos) b->pos[o + j] = j;
+                if (b->seg) b->seg[o + j] = seg;
+            }
+            row_used[row] = used + L;
+            row_seg[row] = seg + 1;
+        }
+        used += L;
+        seg++;
+        it->index++;
+        placed++;
+    }
+    if (b) {   // padding: its own segment, positions from 0, no loss
+        for (int r = 0; r < B; r++)
+            for (int t = row_used[r]; t < T; t++) {
+                size_t o = (size_t)r * T + t;
+                if (b->pos) b->pos[o] = t - row_used[r];
+                if (b->seg) b->seg[o] = row_seg[r];
+            }
+    }
+    free(row_used);
+    free(row_seg);
+    return placed;
+}
+
+int dataset_next_batch(dataset *ds, dataset_split split, dataset_iter *it, bool wrap, halo_batch *b, int *n_examples) {
+    if (b->T != ds->cfg.seq_len)
+        return halo_fail("batch has %d positions per row but the dataset was cut to seq_len %d", b->T, ds->cfg.seq_len);
+    if (b->B < 1) return halo_fail("batch needs at least one row");
+    if (it->index < 0 || it->epoch < 0) return halo_fail("bad data position (epoch %lld, index %lld)",
+                                                         (long long)it->epoch, (long long)it->index);
+    if (wrap && ds->n_bat[split] == 0)
+        return halo_fail("the %s split has no examples to train on", split == DATASET_TRAIN ? "training" : "validation");
+    int k = fill_rows(ds, split, it, wrap, b, b->B, b->T);
+    if (n_examples) *n_examples = k;
+    return HALO_OK;
+}
+
+int64_t dataset_batches_per_epoch(dataset *ds, dataset_split split, uint64_t seed, int64_t epoch, int B) {
+    dataset_iter it = {seed, epoch, 0};
+    int64_t nb = 0;
+    while (fill_rows(ds, split, &it, false, NULL, B, ds->cfg.seq_len) > 0) nb++;
+    return nb;
+}

@@ -1,0 +1,239 @@
+// Checkpoints: exact round trip of parameters, AdamW moments and metadata; bit-exact resume of a training run
+// from a middle checkpoint; clear errors for truncated, corrupted, incomplete or mismatched files; folder helpers.
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include "io/safetensors.h"
+#include "model/llama.h"
+#include "test.h"
+#include "train/checkpoint.h"
+#include "train/rng.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+static llama_config tiny_config(void) {
+    llama_config c = {0};
+    c.vocab_size = 64; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 8; c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 10000; c.tie_embeddings = 0;
+    c.bos_id = 1; c.eos_id = 2;
+    return c;
+}
+
+// A seeded stream whose whole state is (rng, position): each row starts at a random token and continues with
+// x -> (3x + 1) mod vocab, so there is something to learn.
+typedef struct { uint64_t rng; int64_t pos; int vocab; } rand_src;
+static int rs_next(void *ctx, halo_batch *b) {
+    rand_src *s = ctx;
+    halo_rng r = {s->rng};
+    for (int row = 0; row < b->B; row++) {
+        int32_t *x = b->input_ids + row * b->T;
+        x[0] = (int32_t)halo_rng_below(&r, (uint64_t)s->vocab);
+        for (int i = 1; i < b->T; i++) x[i] = (3 * x[i - 1] + 1) % s->vocab;
+    }
+    halo_batch_shift_targets(b);
+    // The first row carries loss only on its second half, like prompt-masked fine-tuning data.
+    for (int i = 0; i < b->T / 2; i++) b->targets[i] = -1;
+    s->rng = r.s;
+    s->pos++;
+    return HALO_OK;
+}
+static void rs_get(void *ctx, train_data_state *st) { rand_src *s = ctx; st->epoch = 3; st->position = s->pos; st->rng = s->rng; }
+static int rs_set(void *ctx, const train_data_state *st) { rand_src *s = ctx; s->pos = st->position; s->rng = st->rng; return HALO_OK; }
+
+static char g_dir[256];
+
+static train_options tiny_options(void) {
+    train_options o = train_options_default();
+    o.steps = 8; o.batch_size = 3; o.seq_len = 16; o.grad_accum = 2; o.lr = 3e-3; o.min_lr = 3e-4; o.warmup = 2;
+    o.decay = LR_COSINE; o.adamw.weight_decay = 0.1; o.clip = 0.5f; o.seed = 1234; o.log_every = 0;
+    o.ckpt_every = 1;
+    return o;
+}
+
+static void test_round_trip(void) {
+    llama_config c = tiny_config();
+    llama_model m, m2;
+    CHECK(llama_init(&m, &c) == HALO_OK, "init: %s", halo_error());
+    llama_init_random(&m, 5);
+    adamw_config ac = adamw_config_default();
+    adamw_state opt, opt2;
+    adamw_init(&opt, &ac, m.n_params, m.table, m.n_table);
+    unsigned long long s = 3;
+    for (size_t i = 0; i < m.n_params; i++) { opt.m[i] = (float)t_rand_normal(&s); opt.v[i] = (float)t_rand_uniform(&s); }
+    opt.t = 17;
+    checkpoint_meta meta = {.step = 17, .optim_t = 0, .data = {.epoch = 2, .position = 123456789012LL, .rng = 0xFEDCBA9876543210ULL},
+                            .rng = 0xFFFFFFFFFFFFFFFFULL, .elapsed_s = 12.5, .options_json = "{\"x\":1}", .app_json = "{\"task\":\"t\"}"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/rt.safetensors", g_dir);
+    CHECK(checkpoint_save(path, &m, &opt, &meta) == HALO_OK, "save: %s", halo_error());
+    llama_config c2;
+    checkpoint_meta got;
+    CHECK(checkpoint_read_meta(path, &c2, &got) == HALO_OK, "read meta: %s", halo_error());
+    CHECK(!memcmp(&c, &c2, sizeof c), "config round trip");
+    checkpoint_meta_free(&got);
+    llama_init(&m2, &c2);
+    adamw_init(&opt2, &ac, m2.n_params, m2.table, m2.n_table);
+    CHECK(checkpoint_load(path, &m2, &opt2, &got) == HALO_OK, "load: %s", halo_error());
+    CHECK(!memcmp(m.params, m2.params, m.n_params * sizeof(float)), "params bit-exact");
+    CHECK(!memcmp(opt.m, opt2.m, m.n_params * sizeof(float)) && !memcmp(opt.v, opt2.v, m.n_params * sizeof(float)),
+          "AdamW moments bit-exact");
+    CHECK(opt2.t == 17 && got.step == 17 && got.optim_t == 17, "step counters %lld %lld", (long long)got.step, (long long)opt2.t);
+    CHECK(got.data.epoch == 2 && got.data.position == 123456789012LL && got.data.rng == 0xFEDCBA9876543210ULL,
+          "data state round trip");
+    CHECK(got.rng == 0xFFFFFFFFFFFFFFFFULL && got.elapsed_s == 12.5, "rng/elapsed round trip");
+    CHECK(got.options_json && !strcmp(got.options_json, "{\"x\":1}") && got.app_json && !strcmp(got.app_json, "{\"task\":\"t\"}"),
+          "options/app JSON round trip");
+    checkpoint_meta_free(&got);
+
+    // A parameters-only file loads into a model but cannot resume training.
+    char ponly[512];
+    snprintf(ponly, sizeof ponly, "%s/params_only.safetensors", g_dir);
+    CHECK(checkpoint_save(ponly, &m, NULL, &meta) == HALO_OK, "save params only");
+    CHECK(checkpoint_load(ponly, &m2, NULL, &got) == HALO_OK, "params-only load without optimizer: %s", halo_error());
+    checkpoint_meta_free(&got);
+    CHECK(checkpoint_load(ponly, &m2, &opt2, &got) == HALO_ERR && strstr(halo_error(), "optim.m.") && strstr(halo_error(), ponly),
+          "params-only file refused for resuming: %s", halo_error());
+
+    // A different model shape is refused naming the file.
+    llama_config c3 = c;
+    c3.dim = 48; c3.head_dim = 12;
+    llama_model m3;
+    llama_init(&m3, &c3);
+    CHECK(checkpoint_load(path, &m3, NULL, &got) == HALO_ERR && strstr(halo_error(), path) && strstr(halo_error(), "config"),
+          "mismatched config refused: %s", halo_error());
+    llama_free(&m3);
+
+    // Truncated: every cut of the file fails with the file's name (header cuts and data cuts alike).
+    struct stat st;
+    stat(path, &st);
+    char *buf = malloc(st.st_size);
+    FILE *f = fopen(path, "rb");
+    CHECK(fread(buf, 1, st.st_size, f) == (size_t)st.st_size, "read back");
+    fclose(f);
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", g_dir);
+    long cuts[] = {0, 5, 8, 100, st.st_size / 2, st.st_size - 1};
+    int all_refused = 1;
+    for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+        f = fopen(bad, "wb");
+        fwrite(buf, 1, cuts[k], f);
+        fclose(f);
+        int rc = checkpoint_load(bad, &m2, &opt2, &got);
+        if (rc != HALO_ERR || !strstr(halo_error(), bad)) { all_refused = 0; fprintf(stderr, "cut %ld: %s\n", cuts[k], halo_error()); }
+    }
+    CHECK(all_refused, "truncated checkpoints are refused with the file name");
+    printf("truncated checkpoint error: %s\n", halo_error());
+    // Corrupted header: break the JSON.
+    memcpy(bad, bad, 0);
+    char *b2 = malloc(st.st_size);
+    memcpy(b2, buf, st.st_size);
+    b2[8] = 'X';
+    f = fopen(bad, "wb"); fwrite(b2, 1, st.st_size, f); fclose(f);
+    CHECK(checkpoint_load(bad, &m2, &opt2, &got) == HALO_ERR && strstr(halo_error(), bad), "corrupted header refused: %s", halo_error());
+    // A metadata value that does not parse: rewrite "step" through the writer.
+    st_writer *w = st_writer_new();
+    for (int i = 0; i < m.n_table; i++) st_writer_add(w, m.table[i].name, ST_F32, ST_F32, m.params + m.table[i].offset, m.table[i].ndim, m.table[i].shape);
+    char *cj = llama_config_to_json(&c);
+    st_writer_meta(w, "format", CHECKPOINT_FORMAT);
+    st_writer_meta(w, "config", cj);
+    st_writer_meta(w, "step", "seventeen");
+    CHECK(st_writer_write(w, bad) == HALO_OK, "write bad meta");
+    st_writer_free(w);
+    free(cj);
+    CHECK(checkpoint_load(bad, &m2, NULL, &got) == HALO_ERR && strstr(halo_error(), "'step'") && strstr(halo_error(), bad),
+          "unparsable metadata refused: %s", halo_error());
+    // Not a checkpoint at all: a model file without our metadata.
+    w = st_writer_new();
+    st_writer_add(w, "x", ST_F32, ST_F32, m.params, 1, (int64_t[]){4});
+    st_writer_write(w, bad);
+    st_writer_free(w);
+    CHECK(checkpoint_load(bad, &m2, NULL, &got) == HALO_ERR && strstr(halo_error(), bad), "non-checkpoint refused: %s", halo_error());
+    free(buf); free(b2);
+    adamw_free(&opt); adamw_free(&opt2);
+    llama_free(&m); llama_free(&m2);
+}
+
+// Trains `steps` steps from scratch or from `resume`, recording each step's loss into losses[step-1].
+static int run_tiny(const char *ckpt_dir, const char *resume, float *losses, float *final_params, size_t *n) {
+    llama_config c = tiny_config();
+    llama_model m;
+    llama_init(&m, &c);
+    llama_init_random(&m, 77);
+    train_options o = tiny_options();
+    o.ckpt_dir = ckpt_dir;
+    rand_src src = {.vocab = c.vocab_size};
+    trainer t;
+    if (trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set})) return HALO_ERR;
+    if (resume && trainer_resume(&t, resume)) { trainer_free(&t); llama_free(&m); return HALO_ERR; }
+    int first = t.step;
+    while (t.step < o.steps) {
+        train_step_info s;
+        if (trainer_step(&t, &s)) return HALO_ERR;
+        losses[s.step - 1] = s.loss;
+        if (ckpt_dir && trainer_save(&t, NULL)) return HALO_ERR;
+    }
+    memcpy(final_params, m.params, m.n_params * sizeof(float));
+    *n = m.n_params;
+    trainer_free(&t);
+    llama_free(&m);
+    return first;
+}
+
+static void test_resume_bit_exact(void) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/run", g_dir);
+    float full[8], resumed[8] = {0};
+    float *p1 = malloc(1 << 20), *p2 = malloc(1 << 20);
+    size_t n1, n2;
+    CHECK(run_tiny(dir, NULL, full, p1, &n1) == 0, "uninterrupted run: %s", halo_error());
+    CHECK(full[7] < full[0], "loss falls: %g -> %g", full[0], full[7]);
+    char latest[600], mid[600];
+    CHECK(checkpoint_find_latest(dir, latest, sizeof latest) == HALO_OK && strstr(latest, "step_00000008"), "latest = %s", latest);
+    checkpoint_path(mid, sizeof mid, dir, 3);
+    int first = run_tiny(NULL, mid, resumed, p2, &n2);
+    CHECK(first == 3, "resumed at step %d: %s", first, halo_error());
+    int same = 1;
+    for (int i = 3; i < 8; i++) {
+        same &= !memcmp(&full[i], &resumed[i], sizeof(float));
+        printf("step %d: uninterrupted %.9g resumed %.9g\n", i + 1, full[i], resumed[i]);
+    }
+    CHECK(same, "losses after resuming equal the uninterrupted run bit for bit");
+    CHECK(n1 == n2 && !memcmp(p1, p2, n1 * sizeof(float)), "final parameters equal bit for bit");
+    // Folder helpers: prune keeps the newest, temp files are ignored.
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s/step_00000099.safetensors.tmp", dir);
+    FILE *f = fopen(tmp, "w"); fputs("partial", f); fclose(f);
+    CHECK(checkpoint_find_latest(dir, latest, sizeof latest) == HALO_OK && strstr(latest, "step_00000008.safetensors"), "temp files ignored: %s", latest);
+    checkpoint_prune(dir, 2);
+    checkpoint_path(tmp, sizeof tmp, dir, 6);
+    int gone = access(tmp, F_OK) != 0;
+    checkpoint_path(tmp, sizeof tmp, dir, 7);
+    CHECK(gone && access(tmp, F_OK) == 0, "prune keeps the newest two");
+    char empty[600];
+    snprintf(empty, sizeof empty, "%s/empty", g_dir);
+    mkdir(empty, 0777);
+    CHECK(checkpoint_find_latest(empty, latest, sizeof latest) == HALO_ERR && strstr(halo_error(), empty), "empty folder: %s", halo_error());
+    free(p1); free(p2);
+}
+
+static void test_options_json(void) {
+    train_options o = tiny_options(), p = train_options_default();
+    o.seed = 0xFFFFFFFFFFFFFFF1ULL; o.decay = LR_LINEAR; o.adamw.decay_all = 1;
+    char *j = train_options_to_json(&o);
+    CHECK(train_options_from_json(j, &p) == HALO_OK, "parse options: %s", halo_error());
+    char *j2 = train_options_to_json(&p);
+    CHECK(!strcmp(j, j2) && p.seed == o.seed && p.decay == LR_LINEAR && p.lr == o.lr, "options JSON round trip");
+    free(j); free(j2);
+}
+
+int main(void) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_ckpt_XXXXXX");
+    if (!mkdtemp(g_dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
+    test_options_json();
+    test_round_trip();
+    test_resume_bit_exact();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd)) {}
+    TEST_END();
+}
