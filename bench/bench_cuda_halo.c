@@ -1,0 +1,154 @@
+// Per-layer benchmark of the HALO GPU linear at Llama-3-8B shapes (default 8192 tokens): forward + both backward
+// products for cuBLASLt BF16 and for HALO FP8 / INT8 at levels 0, 1, 2, median of CUDA-event-timed repetitions after
+// warm-up, rotating among 3 input sets so L2 does not flatter. The 8-bit products alone are timed too, so the share
+// of rotation / quantization / transposes is total - products. Prints a table last.
+//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all]
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef HALO_CUDA
+#include <cuda_runtime_api.h>
+#include "cuda/halo_cuda.h"
+#include "halo/halo_linear.h"
+#include "util/error.h"
+
+enum { NSETS = 3 };
+
+static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
+
+// Median ms of reps runs of body(r) (r = repetition index, for rotating inputs), after 3 warm-up runs.
+#define TIME_MS(reps, out, body) do { cudaEvent_t _a, _b; cudaEventCreate(&_a); cudaEventCreate(&_b); \
+    double _t[256]; int r; for (r = 0; r < 3; r++) { body; } cudaDeviceSynchronize(); \
+    for (int _i = 0; _i < (reps); _i++) { r = _i; cudaEventRecord(_a, 0); body; cudaEventRecord(_b, 0); \
+        cudaEventSynchronize(_b); float _ms; cudaEventElapsedTime(&_ms, _a, _b); _t[_i] = _ms; } \
+    qsort(_t, (reps), sizeof(double), cmp_d); out = _t[(reps) / 2]; cudaEventDestroy(_a); cudaEventDestroy(_b); \
+    cudaError_t _e = cudaGetLastError(); if (_e != cudaSuccess) { fprintf(stderr, "CUDA: %s\n", cudaGetErrorString(_e)); exit(1); } \
+    } while (0)
+
+static void *dev_alloc(size_t bytes) {
+    void *d;
+    if (cudaMalloc(&d, bytes) != cudaSuccess) { fprintf(stderr, "out of device memory (%zu bytes)\n", bytes); exit(1); }
+    return d;
+}
+static void *dev_rand_bf16(size_t n, float sd, unsigned long long seed) {   // never time on zeros
+    halo_bf16 *h = malloc(2 * n);
+    unsigned long long s = seed;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        float f = sd * (float)(((int)(s >> 40) % 2001 - 1000) * 1e-3);
+        if ((i * 2654435761u) % 4099 == 0) f *= 50;   // a few outliers, as real activations have
+        cuda_f32_to_bf16_host(&h[i], &f, 1);
+    }
+    void *d = dev_alloc(2 * n);
+    cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice);
+    free(h);
+    return d;
+}
+#endif
+
+int main(int argc, char **argv) {
+#ifndef HALO_CUDA
+    (void)argc; (void)argv;
+    printf("bench_cuda_halo: built without CUDA\n");
+    return 0;
+#else
+    int tokens = 8192, reps = 20;
+    const char *only = "all";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
+        else { printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all]\n"); return 0; }
+    }
+    if (reps > 256) reps = 256;
+    if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
+    struct { const char *name; int n, m; } shapes[] = {
+        {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};
+    char table[64][200];
+    int nt = 0;
+    const int b = tokens;
+    const long b16 = (b + 15) / 16 * 16;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        if (strcmp(only, "all") && strcmp(only, shapes[si].name)) continue;
+        const int n = shapes[si].n, m = shapes[si].m;
+        const double flops = 6.0 * b * m * n;
+        void *X[NSETS], *W[NSETS], *EY[NSETS];
+        for (int k = 0; k < NSETS; k++) {
+            X[k] = dev_rand_bf16((size_t)b * m, 1.0f, 11 + k);
+            W[k] = dev_rand_bf16((size_t)n * m, 0.02f, 21 + k);
+            EY[k] = dev_rand_bf16((size_t)b * n, 1e-3f, 31 + k);
+        }
+        void *Y = dev_alloc(2 * (size_t)b * n), *EX = dev_alloc(2 * (size_t)b * m);
+        float *G = dev_alloc(4 * (size_t)n * m);
+        cudaMemset(G, 0, 4 * (size_t)n * m);
+        double t_bf16;
+        TIME_MS(reps, t_bf16, {
+            int k = r % NSETS;
+            cuda_linear_forward(Y, 0, X[k], W[k], NULL, b, m, n, 0);
+            cuda_linear_backward_dx(EX, EY[k], W[k], b, m, n, 0);
+            cuda_linear_backward_dw(G, EY[k], X[k], b, m, n, 0);
+        });
+        printf("%-5s n=%-5d m=%-5d b=%d  bf16 fwd+bwd %.3f ms (%.0f TFLOP/s)\n", shapes[si].name, n, m, b, t_bf16,
+               flops / t_bf16 * 1e-9);
+        nt += snprintf(table[nt], 200, "| %-5s %5dx%-5d | bf16   | - | %8.3f | %6.0f | 1.00 | - | - |", shapes[si].name, n, m,
+                       t_bf16, flops / t_bf16 * 1e-9) > 0;
+        // codes for the product-only timing
+        uint8_t *qa = dev_alloc((size_t)b * (m > n ? m : n) + 256), *qb = dev_alloc((size_t)n * m + 256);
+        uint8_t *qc = dev_alloc((size_t)n * b16 + 256), *qd = dev_alloc((size_t)m * b16 + 256);
+        cudaMemset(qa, 0x31, (size_t)b * (m > n ? m : n)); cudaMemset(qb, 0x29, (size_t)n * m);
+        cudaMemset(qc, 0x27, (size_t)n * b16); cudaMemset(qd, 0x33, (size_t)m * b16);
+        float *alpha = dev_alloc(16);
+        const float one[4] = {1e-3f, 1e-3f, 1e-3f, 1e-3f};
+        cudaMemcpy(alpha, one, sizeof one, cudaMemcpyHostToDevice);
+        void *T = dev_alloc(4 * (size_t)b * (m > n ? m : n) + 4 * (size_t)n * m);
+        for (int prec = HALO_PREC_FP8; prec >= HALO_PREC_INT8; prec--) {
+            const int fp8 = prec == HALO_PREC_FP8;
+            double t_prod;
+            TIME_MS(reps, t_prod, {
+                (void)r;
+                if (fp8) {
+                    halo_cuda_gemm_fp8(Y, 0, n, qa, m, qb, m, b, n, m, alpha, 0, 0);
+                    halo_cuda_gemm_fp8(EX, 0, m, qa, n, qb, n, b, m, n, alpha, 0, 0);
+                    halo_cuda_gemm_fp8(G, 1, m, qc, b16, qd, b16, n, m, (int)b16, alpha, 1, 0);
+                } else {
+                    halo_cuda_gemm_s8(T, n, (const int8_t *)qa, m, (const int8_t *)qb, m, b, n, m, 0);
+                    halo_cuda_gemm_s8(T, m, (const int8_t *)qa, n, (const int8_t *)qb, n, b, m, n, 0);
+                    halo_cuda_gemm_s8(T, m, (const int8_t *)qc, b16, (const int8_t *)qd, b16, n, m, (int)b16, 0);
+                }
+            });
+            printf("      %s products only: %.3f ms (%.0f TOP/s), %.2fx bf16\n", fp8 ? "fp8" : "int8", t_prod,
+                   flops / t_prod * 1e-9, t_bf16 / t_prod);
+            for (int lvl = 0; lvl < 3; lvl++) {
+                halo_cuda_linear L;
+                if (halo_cuda_linear_init(&L, prec, lvl, shapes[si].name)) { fprintf(stderr, "%s\n", halo_error()); return 1; }
+                int fail = 0;
+                double t;
+                TIME_MS(reps, t, {
+                    int k = r % NSETS;
+                    fail |= halo_cuda_linear_forward(&L, X[k], W[k], Y, 0, b, m, n, 0);
+                    fail |= halo_cuda_linear_backward(&L, EY[k], EX, 0, G, b, m, n, 0);
+                });
+                if (fail) { fprintf(stderr, "halo %s L%d: %s\n", fp8 ? "fp8" : "int8", lvl, halo_error()); return 1; }
+                double share = t > t_prod ? (t - t_prod) / t : 0;
+                printf("      halo %-4s L%d fwd+bwd %.3f ms, %.2fx bf16, rotation/quantization share %.0f%%\n",
+                       fp8 ? "fp8" : "int8", lvl, t, t_bf16 / t, 100 * share);
+                nt += snprintf(table[nt], 200, "| %-5s %5dx%-5d | %-6s | %d | %8.3f | %6.0f | %.2f | %8.3f | %3.0f%% |",
+                               shapes[si].name, n, m, fp8 ? "fp8" : "int8", lvl, t, flops / t * 1e-9, t_bf16 / t, t_prod,
+                               100 * share) > 0;
+                halo_cuda_linear_free(&L);
+            }
+        }
+        for (int k = 0; k < NSETS; k++) { cudaFree(X[k]); cudaFree(W[k]); cudaFree(EY[k]); }
+        cudaFree(Y); cudaFree(EX); cudaFree(G); cudaFree(qa); cudaFree(qb); cudaFree(qc); cudaFree(qd);
+        cudaFree(alpha); cudaFree(T);
+    }
+    printf("\nHALO per-layer fwd + both bwd products, %d tokens, median of %d (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
+           tokens, reps);
+    printf("| layer n x m | path | L | ms | TFLOP/s | x bf16 | 8-bit products ms | rot/quant share |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < nt; i++) printf("%s\n", table[i]);
+    halo_cuda_gemm_shutdown();
+    cuda_matmul_shutdown();
+    return 0;
+#endif
+}

@@ -1,0 +1,112 @@
+// HALO on the GPU (issue 6): Hadamard rotations, absmax and INT8 / FP8 E4M3 quantizers, 8-bit cuBLASLt products and
+// the HALO linear layer (levels 0, 1, 2) on device pointers, mirroring src/halo/{hadamard,quant,halo_linear}.c so
+// that rotations and codes agree bit for bit with the CPU. Scales never leave the device.
+#ifndef HALO_CUDA_HALO_H
+#define HALO_CUDA_HALO_H
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "cuda/cuda_backend.h"
+
+// ---- Hadamard plan on the device (halo_hadamard_kernels.cu) ----
+// H_d = blockdiag(H_K (x) H_P) / sqrt(block), as halo_hadamard_plan builds it; the order-K base matrix is the CPU's.
+typedef struct halo_cuda_had {
+    int d, block, K, P;   // rotated length, diagonal block (== d for the full transform), block = K * P
+    float scale;          // 1 / sqrt(block), the CPU plan's float
+    float *dHf;           // device [K][K] H_K as float (NULL when K == 1)
+    float *dHtf;          // device [K][K] H_K^T
+} halo_cuda_had;
+
+// Like halo_hadamard_plan (HALO_ERR with its message). Blocks longer than 32768 are refused (shared memory).
+int halo_cuda_had_plan(halo_cuda_had *h, int d, int block);
+// Like halo_hadamard_plan_fallback (full transform, else the largest supported block dividing d).
+int halo_cuda_had_plan_fallback(halo_cuda_had *h, int d, char *note, size_t note_cap);
+void halo_cuda_had_free(halo_cuda_had *h);
+
+enum { HALO_CUDA_BF16 = 0, HALO_CUDA_F32 = 1, HALO_CUDA_I32 = 2 };   // element types of kernel inputs
+enum { HALO_CUDA_INT8 = 0, HALO_CUDA_E4M3 = 1 };                    // 8-bit formats
+
+// Along rows of in[rows][ld_in] (type in_type), the first h->d entries of each row:
+// out[r, :] (=, or += when accumulate and out is fp32) = (in[r, :] * *in_scale) H (transpose = 0) or H^T (1).
+// in_scale (device, may be NULL) dequantizes an int32 product first. out may equal in (same type, same ld).
+void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                        const float *in_scale, void *out, int out_f32, long ld_out, int accumulate, int rows,
+                        cudaStream_t s);
+// max |v| over v = rows of in (rotated by h when h != NULL, else the first d entries): *amax = max(*amax, ...)
+// (atomic on the float bits; zero it first), amax_row[rows] likewise per row when not NULL; *nonfinite |= 1 when a
+// NaN/Inf is seen (may be NULL).
+void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
+                           int d, float *amax, float *amax_row, int *nonfinite, cudaStream_t s);
+// q[r][k] = Q(v[r][k] / s) with v as in absmax_rows and s = scale(amax_row[r]) when amax_row != NULL, else
+// scale(*amax); scale(a) = a / qmax (1 when a == 0, at least FLT_MIN). INT8: round half even, clamp +-127.
+// E4M3: __nv_cvt_float_to_fp8(.., __NV_SATFINITE, __NV_E4M3) (RNE, saturating).
+void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
+                          int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
+                          cudaStream_t s);
+// Unrotated per-tensor quantization of in[rows][cols] reading it once and writing the codes row-major q[rows][ldq]
+// and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
+void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
+                          uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad, cudaStream_t s);
+// out[c][r] = in[r][c] for c < cols, r < rows; zeros for rows <= r < rows_pad. Types: (u8 -> u8), (bf16 -> bf16),
+// (f32 -> f32), (f32 -> bf16): in_type/out_type are HALO_CUDA_* with 3 meaning uint8.
+enum { HALO_CUDA_U8 = 3 };
+void halo_cuda_transpose(const void *in, int in_type, long ld_in, int rows, int cols, void *out, int out_type,
+                         long ld_out, int rows_pad, cudaStream_t s);
+// *alpha = scale(*amax_a) * scale(*amax_b) (the product's dequantization factor, on the device).
+void halo_cuda_alpha(float *alpha, const float *amax_a, const float *amax_b, int fmt, cudaStream_t s);
+// out[i][j] (=, or += when accumulate and out is fp32) = (float)C[i][j] * *alpha (* row_scale[i]) (* col_scale[j]).
+void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
+                           const float *alpha, const float *row_scale, const float *col_scale, int accumulate,
+                           cudaStream_t s);
+
+// ---- 8-bit products through cuBLASLt (halo_gemm.cu). Row-major, both operands K-major ("TN"):
+// D[M][N] = A[M][K] B[N][K]^T. lda/ldb/ldd in elements; FP8 needs 16-byte multiples for lda/ldb.
+// FP8 E4M3: fp32 accumulation, D = *alpha * A B^T (+ D when accumulate; D must be fp32 then), alpha a device
+// pointer (CUBLASLT_POINTER_MODE_DEVICE), D bf16 or fp32. HALO_FP8_FAST_ACCUM=1 turns on cuBLASLt's fast accumulation.
+int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B, long ldb, int M,
+                       int N, int K, const float *alpha, int accumulate, cudaStream_t s);
+// INT8: int32 accumulation, D int32 (CUBLAS_COMPUTE_32I); dequantize with halo_cuda_dequant_i32 or had_rows.
+int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
+                      cudaStream_t s);
+void halo_cuda_gemm_shutdown(void);
+
+// ---- the HALO linear layer on the GPU (halo_linear_cuda.cu) ----
+// Same products, rotations and quantizers as halo_linear.c with per-tensor scales and nearest rounding (its default
+// configuration): INT8 or FP8 E4M3, level 0, 1 or 2, H_m full (or the CPU's block-diagonal fallback), H_b over the
+// token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from forward to backward: Q(X H_m) [b][m] and
+// Q(W H_m) [n][m] with their absmax on the device.
+typedef struct halo_cuda_linear {
+    int prec;                 // HALO_PREC_INT8 or HALO_PREC_FP8 (halo/halo_linear.h)
+    int level;
+    char name[160];
+    int b, m, n, have_fwd;
+    halo_cuda_had hm, hb;     // H_m (levels 1, 2) and H_b (level 2, over hb_pad tokens)
+    int hm_d, hb_b, hb_pad;
+    uint8_t *qx, *qw;         // saved codes [b][m], [n][m]
+    size_t cap_qx, cap_qw;
+    float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
+                              // E_X, 6 alpha G, 8 (int) non-finite flag
+    void *ws[6];              // device scratch, grow-only (see halo_linear_cuda.cu)
+    size_t ws_cap[6];
+    char note[256];
+} halo_cuda_linear;
+
+// prec: HALO_PREC_INT8 / HALO_PREC_FP8; level 0..2. HALO_ERR with a message otherwise.
+int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *name);
+void halo_cuda_linear_free(halo_cuda_linear *L);
+// X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.
+int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, int b,
+                             int m, int n, cudaStream_t s);
+// EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32
+// accumulated (G += dW; NULL = frozen weight). Uses the codes saved by the preceding forward.
+int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G, int b, int m,
+                              int n, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

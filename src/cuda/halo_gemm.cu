@@ -1,0 +1,141 @@
+// HALO's 8-bit products through cuBLASLt: FP8 E4M3 x E4M3 with fp32 accumulation (alpha = sA sB read from the
+// device, CUBLASLT_POINTER_MODE_DEVICE: no A/B scale pointers, which failed with status 15 in scalar mode) and
+// INT8 x INT8 -> INT32 (CUBLAS_COMPUTE_32I). Row-major D[M][N] = A[M][K] B[N][K]^T is the column-major
+// D^T = B^T(op T) A(op N): the "TN" layout both 8-bit paths need. Own handle, workspace and plan cache, so the BF16
+// matmul.cu stays untouched.
+#include <cublasLt.h>
+#include <string.h>
+#include "cuda/common.cuh"
+#include "cuda/halo_cuda.h"
+extern "C" {
+#include "util/error.h"
+}
+
+typedef struct {
+    int fp8, M, N, K;
+    long lda, ldb, ldd;
+    int d_f32, acc, fast;
+} qgemm_key;
+
+typedef struct {
+    qgemm_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c, d;
+    cublasLtMatmulAlgo_t algo;
+} qgemm_plan;
+
+enum { QGEMM_CACHE = 128 };
+static cublasLtHandle_t g_lt;
+static void *g_ws;
+static size_t g_ws_bytes = 32u << 20;
+static float *g_consts;   // device {0, 1}: beta for the device pointer mode
+static qgemm_plan g_plans[QGEMM_CACHE];
+static int g_nplans;
+
+static int lt_status(cublasStatus_t st, const char *what) {
+    if (st == CUBLAS_STATUS_SUCCESS) return HALO_OK;
+    return halo_fail("cuBLASLt %s failed with status %d", what, (int)st);
+}
+
+static void lt_init(void) {
+    if (g_lt) return;
+    if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cublasLtCreate failed\n"); abort(); }
+    CUDA_CHECK(cudaMalloc(&g_ws, g_ws_bytes));
+    CUDA_CHECK(cudaMalloc((void **)&g_consts, 2 * sizeof(float)));
+    const float c[2] = {0.f, 1.f};
+    CUDA_CHECK(cudaMemcpy(g_consts, c, sizeof c, cudaMemcpyHostToDevice));
+}
+
+static void plan_destroy(qgemm_plan *p) {
+    cublasLtMatmulDescDestroy(p->op);
+    cublasLtMatrixLayoutDestroy(p->a); cublasLtMatrixLayoutDestroy(p->b);
+    cublasLtMatrixLayoutDestroy(p->c); cublasLtMatrixLayoutDestroy(p->d);
+}
+
+extern "C" void halo_cuda_gemm_shutdown(void) {
+    for (int i = 0; i < g_nplans; i++) plan_destroy(&g_plans[i]);
+    g_nplans = 0;
+    if (g_ws) cudaFree(g_ws);
+    if (g_consts) cudaFree(g_consts);
+    g_ws = NULL; g_consts = NULL;
+    if (g_lt) cublasLtDestroy(g_lt);
+    g_lt = NULL;
+}
+
+static qgemm_plan *plan_get(const qgemm_key *k) {
+    for (int i = 0; i < g_nplans; i++)
+        if (!memcmp(&g_plans[i].key, k, sizeof *k)) return &g_plans[i];
+    if (g_nplans == QGEMM_CACHE) { halo_cuda_gemm_shutdown(); lt_init(); }
+    qgemm_plan p;
+    memset(&p, 0, sizeof p);
+    p.key = *k;
+    cublasStatus_t st;
+    const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    // cuBLASLt's A is our B ([N][K] row-major = K x N column-major, transposed), its B is our A.
+    const int m = k->N, n = k->M, kk = k->K;
+    if (k->fp8) {
+        if ((st = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F))) { lt_status(st, "fp8 desc"); return NULL; }
+        cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm);
+        int8_t fast = (int8_t)k->fast;
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
+    } else {
+        if ((st = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32I, CUDA_R_32I))) { lt_status(st, "int8 desc"); return NULL; }
+    }
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
+    const cudaDataType_t ab = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_8I;
+    const cudaDataType_t dt = k->fp8 ? (k->d_f32 ? CUDA_R_32F : CUDA_R_16BF) : CUDA_R_32I;
+    cublasLtMatrixLayoutCreate(&p.a, ab, kk, m, k->ldb);
+    cublasLtMatrixLayoutCreate(&p.b, ab, kk, n, k->lda);
+    cublasLtMatrixLayoutCreate(&p.c, dt, m, n, k->ldd);
+    cublasLtMatrixLayoutCreate(&p.d, dt, m, n, k->ldd);
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes, sizeof g_ws_bytes);
+    cublasLtMatmulHeuristicResult_t res[1];
+    int found = 0;
+    st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, 1, res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || !found) {
+        plan_destroy(&p);
+        halo_fail("cuBLASLt: no %s algorithm for M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld (status %d)",
+                  k->fp8 ? "fp8" : "int8", k->M, k->N, k->K, k->lda, k->ldb, k->ldd, (int)st);
+        return NULL;
+    }
+    p.algo = res[0].algo;
+    g_plans[g_nplans] = p;
+    return &g_plans[g_nplans++];
+}
+
+extern "C" int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B,
+                                  long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
+    if (M <= 0 || N <= 0) return HALO_OK;
+    if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_fp8: accumulation needs an fp32 output");
+    lt_init();
+    static int fast = -1;
+    if (fast < 0) { const char *e = getenv("HALO_FP8_FAST_ACCUM"); fast = e && *e == '1'; }
+    qgemm_key k;
+    memset(&k, 0, sizeof k);
+    k.fp8 = 1; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
+    k.acc = accumulate; k.fast = fast;
+    qgemm_plan *p = plan_get(&k);
+    if (!p) return HALO_ERR;
+    const float *beta = g_consts + (accumulate ? 1 : 0);
+    return lt_status(cublasLtMatmul(g_lt, p->op, alpha, B, p->a, A, p->b, beta, D, p->c, D, p->d, &p->algo, g_ws,
+                                    g_ws_bytes, s), "fp8 matmul");
+}
+
+extern "C" int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M,
+                                 int N, int K, cudaStream_t s) {
+    if (M <= 0 || N <= 0) return HALO_OK;
+    lt_init();
+    qgemm_key k;
+    memset(&k, 0, sizeof k);
+    k.fp8 = 0; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd;
+    qgemm_plan *p = plan_get(&k);
+    if (!p) return HALO_ERR;
+    const int32_t one = 1, zero = 0;
+    return lt_status(cublasLtMatmul(g_lt, p->op, &one, B, p->a, A, p->b, &zero, D, p->c, D, p->d, &p->algo, g_ws,
+                                    g_ws_bytes, s), "int8 matmul");
+}

@@ -1,0 +1,449 @@
+// HALO's memory-bound GPU kernels: the row-wise Hadamard transform H_K (x) H_P (fast Walsh-Hadamard butterfly in
+// registers, warp shuffles and shared memory, then the dense order-K mix), fused with absmax or with the INT8 /
+// FP8 E4M3 quantizer; unrotated quantization writing both layouts; transposes; scale products; int32 dequant.
+// The butterfly runs its stages in the CPU's order (h = 1, 2, 4, ...) and the dense mix sums c = 0..K-1, so rotated
+// values equal halo_hadamard_rows's bit for bit, and so do the 8-bit codes.
+#include <cuda_fp8.h>
+#include <float.h>
+#include <string.h>
+#include "cuda/common.cuh"
+#include "cuda/halo_cuda.h"
+extern "C" {
+#include "halo/hadamard.h"
+#include "util/error.h"
+}
+
+enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2 };
+#define HALO_CUDA_MAX_BLOCK 32768
+
+// ---------------------------------------------------------------------------------------------------------------
+// Plans
+
+static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
+    memset(h, 0, sizeof *h);
+    if (c->block > HALO_CUDA_MAX_BLOCK)
+        return halo_fail("hadamard (cuda): block %d exceeds %d (one block's row must fit in shared memory)", c->block,
+                         HALO_CUDA_MAX_BLOCK);
+    h->d = c->d; h->block = c->block; h->K = c->K; h->P = c->P; h->scale = c->scale;
+    if (c->K > 1) {
+        size_t bytes = sizeof(float) * (size_t)c->K * c->K;
+        CUDA_CHECK(cudaMalloc((void **)&h->dHf, bytes));
+        CUDA_CHECK(cudaMalloc((void **)&h->dHtf, bytes));
+        CUDA_CHECK(cudaMemcpy(h->dHf, c->HKf, bytes, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(h->dHtf, c->HKtf, bytes, cudaMemcpyHostToDevice));
+    }
+    return HALO_OK;
+}
+
+extern "C" int halo_cuda_had_plan(halo_cuda_had *h, int d, int block) {
+    halo_hadamard c;
+    memset(h, 0, sizeof *h);
+    if (halo_hadamard_plan(&c, d, block)) return HALO_ERR;
+    return had_upload(h, &c);
+}
+
+extern "C" int halo_cuda_had_plan_fallback(halo_cuda_had *h, int d, char *note, size_t note_cap) {
+    halo_hadamard c;
+    halo_hadamard_plan_fallback(&c, d, note, note_cap);
+    return had_upload(h, &c);
+}
+
+extern "C" void halo_cuda_had_free(halo_cuda_had *h) {
+    if (h->dHf) cudaFree(h->dHf);
+    if (h->dHtf) cudaFree(h->dHtf);
+    memset(h, 0, sizeof *h);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Element helpers
+
+template <int T> __device__ __forceinline__ float load1(const void *p, long i) {
+    if (T == HALO_CUDA_BF16) return __bfloat162float(((const bf16 *)p)[i]);
+    if (T == HALO_CUDA_F32) return ((const float *)p)[i];
+    return (float)((const int32_t *)p)[i];   // round to nearest even, like the CPU's (float) cast
+}
+
+// 8 consecutive elements from a 16-byte (bf16) / 32-byte aligned address.
+template <int T> __device__ __forceinline__ void load8(const void *p, long i, float v[8]) {
+    if (T == HALO_CUDA_BF16) {
+        uint4 u = *(const uint4 *)((const bf16 *)p + i);
+        const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
+        for (int k = 0; k < 4; k++) { float2 f = __bfloat1622float2(b2[k]); v[2 * k] = f.x; v[2 * k + 1] = f.y; }
+    } else if (T == HALO_CUDA_F32) {
+        const float4 *q = (const float4 *)((const float *)p + i);
+        float4 a = q[0], b = q[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+        const int4 *q = (const int4 *)((const int32_t *)p + i);
+        int4 a = q[0], b = q[1];
+        v[0] = (float)a.x; v[1] = (float)a.y; v[2] = (float)a.z; v[3] = (float)a.w;
+        v[4] = (float)b.x; v[5] = (float)b.y; v[6] = (float)b.z; v[7] = (float)b.w;
+    }
+}
+
+__device__ __forceinline__ float scale_of(float amax, float qmax) {
+    float s = amax / qmax;   // the CPU's float division
+    if (amax == 0.f) s = 1.f;
+    else if (s < FLT_MIN) s = FLT_MIN;
+    return s;
+}
+
+__device__ __forceinline__ uint8_t quant1(float x, float s, int fmt) {
+    float v = x / s;   // IEEE division (nvcc's default -prec-div=true), as the CPU's row[k] / s
+    if (fmt == HALO_CUDA_INT8) {
+        v = rintf(v);
+        v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+        return (uint8_t)(int8_t)v;
+    }
+    return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+__device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The row kernel: one thread block per (row, diagonal block). Rotation: the block is loaded into shared memory
+// (fp32) through the butterfly's first 8 stages in registers and shuffles; later stages in shared memory; the
+// output phase applies the dense H_K mix and the scale per element and then stores / reduces / quantizes.
+
+struct rows_args {
+    const void *in; long ld_in; const float *in_scale;
+    int rows, nseg, blk, K, P, lP; float scale; const float *Hop; int rotate;
+    void *out; long ld_out; int out_f32, accumulate;
+    unsigned *amax_bits; unsigned *amax_row_bits; int *nonfinite;
+    const float *amax_q; const float *amax_row_q; int fmt;
+    int vec_in, vec_out;   // 1 when 8-element input loads / 4-element output stores are aligned
+};
+
+template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
+    extern __shared__ float sm[];
+    const long row = blockIdx.x / a.nseg;
+    const int seg = blockIdx.x % a.nseg;
+    const int tid = threadIdx.x, nthr = blockDim.x;
+    const long in_off = row * a.ld_in + (long)seg * a.blk;
+    const long out_off = row * a.ld_out + (long)seg * a.blk;
+    const float isc = a.in_scale ? *a.in_scale : 1.f;
+    const int blk = a.blk, K = a.K, P = a.P;
+
+    if (a.rotate) {
+        int h0 = 1;
+        if (P % 8 == 0 && a.vec_in) {
+            const int n8 = blk / 8;
+            const int shuffles = P % 256 == 0;   // then every warp's 32 chunks lie in one P-chunk
+            for (int g = tid; g < n8; g += nthr) {
+                float v[8];
+                load8<TIN>(a.in, in_off + (long)g * 8, v);
+                if (a.in_scale) for (int k = 0; k < 8; k++) v[k] *= isc;
+                float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+                float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+                float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+                float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+                v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
+                v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+                if (shuffles) {
+                    const int lane = tid & 31;
+                    #pragma unroll
+                    for (int st = 0; st < 5; st++) {
+                        const int hi = lane & (1 << st);
+                        #pragma unroll
+                        for (int k = 0; k < 8; k++) {
+                            float o = __shfl_xor_sync(0xffffffffu, v[k], 1 << st);
+                            v[k] = hi ? o - v[k] : v[k] + o;   // lower: a + b; upper: a - b (a = lower's value)
+                        }
+                    }
+                }
+                float4 *d = (float4 *)(sm + (long)g * 8);
+                d[0] = make_float4(v[0], v[1], v[2], v[3]);
+                d[1] = make_float4(v[4], v[5], v[6], v[7]);
+            }
+            h0 = shuffles ? 256 : 8;
+        } else {
+            for (int e = tid; e < blk; e += nthr) {
+                float v = load1<TIN>(a.in, in_off + e);
+                sm[e] = a.in_scale ? v * isc : v;
+            }
+        }
+        __syncthreads();
+        const int half = blk / 2, lhalfP = a.lP - 1;
+        for (int h = h0, lh = 0; h < P; h *= 2) {
+            while ((1 << lh) < h) lh++;
+            for (int p = tid; p < half; p += nthr) {
+                const int c = lhalfP >= 0 ? p >> lhalfP : 0, w = p & ((P >> 1) - 1);
+                const int j = c * P + ((w >> lh) << (lh + 1)) + (w & (h - 1));
+                float x = sm[j], y = sm[j + h];
+                sm[j] = x + y; sm[j + h] = x - y;
+            }
+            __syncthreads();
+        }
+    }
+
+    // Output phase.
+    float mx = 0.f;
+    int bad = 0;
+    float qs = 1.f;
+    if (MODE == MODE_QUANT) qs = scale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
+    auto value = [&](int e) -> float {
+        if (!a.rotate) {
+            float v = load1<TIN>(a.in, in_off + e);
+            return a.in_scale ? v * isc : v;
+        }
+        if (K == 1) return sm[e] * a.scale;
+        const int i = e / P, j = e - i * P;
+        const float *hr = a.Hop + (long)i * K;
+        float acc = 0.f;
+        for (int c = 0; c < K; c++) acc += hr[c] * sm[c * P + j];
+        return acc * a.scale;
+    };
+    auto emit = [&](int e, float v) {
+        if (MODE == MODE_STORE) {
+            if (a.out_f32) {
+                float *o = (float *)a.out + out_off + e;
+                *o = a.accumulate ? *o + v : v;
+            } else {
+                ((bf16 *)a.out)[out_off + e] = __float2bfloat16_rn(v);
+            }
+        } else if (MODE == MODE_AMAX) {
+            float av = fabsf(v);
+            bad |= !(av <= FLT_MAX);
+            mx = fmaxf(mx, av);
+        } else {
+            ((uint8_t *)a.out)[out_off + e] = quant1(v, qs, a.fmt);
+        }
+    };
+    if (a.vec_out && blk % 4 == 0) {
+        for (int e4 = tid; e4 < blk / 4; e4 += nthr) {
+            const int e = e4 * 4;
+            float v[4];
+            for (int k = 0; k < 4; k++) v[k] = value(e + k);
+            if (MODE == MODE_STORE && a.out_f32) {
+                float4 *o = (float4 *)((float *)a.out + out_off + e);
+                float4 r = make_float4(v[0], v[1], v[2], v[3]);
+                if (a.accumulate) { float4 p = *o; r.x += p.x; r.y += p.y; r.z += p.z; r.w += p.w; }
+                *o = r;
+            } else if (MODE == MODE_STORE) {
+                __nv_bfloat162 b[2] = {__floats2bfloat162_rn(v[0], v[1]), __floats2bfloat162_rn(v[2], v[3])};
+                *(uint2 *)((bf16 *)a.out + out_off + e) = *(uint2 *)b;
+            } else if (MODE == MODE_QUANT) {
+                uchar4 q = make_uchar4(quant1(v[0], qs, a.fmt), quant1(v[1], qs, a.fmt), quant1(v[2], qs, a.fmt),
+                                       quant1(v[3], qs, a.fmt));
+                *(uchar4 *)((uint8_t *)a.out + out_off + e) = q;
+            } else {
+                for (int k = 0; k < 4; k++) emit(e + k, v[k]);
+            }
+        }
+    } else {
+        for (int e = tid; e < blk; e += nthr) emit(e, value(e));
+    }
+    if (MODE == MODE_AMAX) {
+        mx = block_max(mx);
+        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
+        if (tid == 0) {
+            if (a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));   // non-negative floats order as uints
+            if (a.amax_row_bits) atomicMax(a.amax_row_bits + row, __float_as_uint(mx));
+        }
+    }
+}
+
+template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_t s) {
+    int nthr;
+    size_t smem = 0;
+    if (a.rotate) {
+        nthr = a.blk / 8;
+        nthr = (nthr + 31) / 32 * 32;
+        if (nthr < 64) nthr = 64;
+        if (nthr > 1024) nthr = 1024;
+        smem = sizeof(float) * (size_t)a.blk;
+        static size_t smem_set = 0;   // per instantiation: raise the dynamic shared-memory limit once
+        if (smem > 48 * 1024 && smem_set < smem) {
+            CUDA_CHECK(cudaFuncSetAttribute(k_rows<TIN, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            sizeof(float) * HALO_CUDA_MAX_BLOCK));
+            smem_set = sizeof(float) * HALO_CUDA_MAX_BLOCK;
+        }
+    } else {
+        nthr = a.blk >= 4096 ? 256 : 128;
+    }
+    long grid = (long)a.rows * a.nseg;
+    if (grid <= 0) return;
+    k_rows<TIN, MODE><<<(unsigned)grid, nthr, smem, s>>>(a);
+    CUDA_LAUNCH_CHECK();
+}
+
+template <int MODE> static void launch_rows(int tin, rows_args &a, cudaStream_t s) {
+    if (tin == HALO_CUDA_BF16) launch_rows_t<HALO_CUDA_BF16, MODE>(a, s);
+    else if (tin == HALO_CUDA_F32) launch_rows_t<HALO_CUDA_F32, MODE>(a, s);
+    else launch_rows_t<HALO_CUDA_I32, MODE>(a, s);
+}
+
+static int ilog2(int x) { int l = 0; while ((1 << l) < x) l++; return l; }
+static int aligned(const void *p, int bytes) { return ((uintptr_t)p % (uintptr_t)bytes) == 0; }
+static int esize(int t) { return t == HALO_CUDA_BF16 ? 2 : t == HALO_CUDA_U8 ? 1 : 4; }
+
+static rows_args rows_setup(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
+                            int d) {
+    rows_args a;
+    memset(&a, 0, sizeof a);
+    a.in = in; a.ld_in = ld_in; a.rows = rows;
+    if (h) {
+        a.rotate = 1; a.blk = h->block; a.nseg = h->d / h->block; a.K = h->K; a.P = h->P; a.lP = ilog2(h->P);
+        a.scale = h->scale;
+        // x H = (op x) with op = H_K^T (x) H_P along the row (the CPU's ht = 1); x H^T uses H_K.
+        a.Hop = transpose ? h->dHf : h->dHtf;
+    } else {
+        a.rotate = 0; a.blk = d; a.nseg = 1; a.K = 1; a.P = d;
+    }
+    const int es = esize(in_type);
+    a.vec_in = aligned(in, 32) && (ld_in * es) % 32 == 0 && ((long)a.blk * es) % 32 == 0;
+    return a;
+}
+
+extern "C" void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                                   const float *in_scale, void *out, int out_f32, long ld_out, int accumulate,
+                                   int rows, cudaStream_t s) {
+    rows_args a = rows_setup(h, transpose, in, in_type, ld_in, rows, h->d);
+    a.in_scale = in_scale; a.out = out; a.out_f32 = out_f32; a.ld_out = ld_out; a.accumulate = accumulate;
+    const int es = out_f32 ? 4 : 2;
+    a.vec_out = aligned(out, 4 * es) && (ld_out * es) % (4 * es) == 0;
+    launch_rows<MODE_STORE>(in_type, a, s);
+}
+
+extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                                      int rows, int d, float *amax, float *amax_row, int *nonfinite, cudaStream_t s) {
+    rows_args a = rows_setup(h, transpose, in, in_type, ld_in, rows, d);
+    a.amax_bits = (unsigned *)amax; a.amax_row_bits = (unsigned *)amax_row; a.nonfinite = nonfinite;
+    a.vec_out = 1;
+    if (!a.rotate) a.vec_out = 0;   // scalar loads of the unrotated input (any alignment)
+    launch_rows<MODE_AMAX>(in_type, a, s);
+}
+
+extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                                     int rows, int d, const float *amax, const float *amax_row, int fmt, uint8_t *q,
+                                     long ldq, cudaStream_t s) {
+    rows_args a = rows_setup(h, transpose, in, in_type, ld_in, rows, d);
+    a.amax_q = amax; a.amax_row_q = amax_row; a.fmt = fmt; a.out = q; a.ld_out = ldq;
+    a.vec_out = aligned(q, 4) && ldq % 4 == 0;
+    launch_rows<MODE_QUANT>(in_type, a, s);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Unrotated quantization into both layouts, 64 x 64 tiles (block 32 x 8; each thread two adjacent columns).
+
+template <int TIN> __global__ void k_quant_tile(const void *in, long ld_in, int R, int C, const float *amax, int fmt,
+                                                uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad) {
+    __shared__ uint8_t tile[64][64 + 4];
+    const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, tx = threadIdx.x, ty = threadIdx.y;
+    const float s = scale_of(*amax, qmax_of(fmt));
+    for (int i = ty; i < 64; i += 8) {
+        const int r = r0 + i;
+        for (int k = 0; k < 2; k++) {
+            const int cc = 2 * tx + k, c = c0 + cc;
+            uint8_t code = 0;
+            if (r < R && c < C) {
+                code = quant1(load1<TIN>(in, (long)r * ld_in + c), s, fmt);
+                if (q) q[(long)r * ldq + c] = code;
+            }
+            tile[i][cc] = code;
+        }
+    }
+    if (!qt) return;
+    __syncthreads();
+    for (int i = ty; i < 64; i += 8) {
+        const int c = c0 + i;
+        if (c >= C) continue;
+        for (int k = 0; k < 2; k++) {
+            const int rr = 2 * tx + k, r = r0 + rr;
+            if (r < Rpad) qt[(long)c * ldqt + r] = tile[rr][i];
+        }
+    }
+}
+
+extern "C" void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax,
+                                     int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
+                                     cudaStream_t s) {
+    if (rows_pad < rows) rows_pad = rows;
+    dim3 grid(cdiv(cols, 64), cdiv(rows_pad, 64)), blk(32, 8);
+    if (cols <= 0 || rows_pad <= 0) return;
+    if (in_type == HALO_CUDA_BF16) k_quant_tile<HALO_CUDA_BF16><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
+    else if (in_type == HALO_CUDA_F32) k_quant_tile<HALO_CUDA_F32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
+    else k_quant_tile<HALO_CUDA_I32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Transpose with zero padding of the output's columns, 32 x 32 tiles.
+
+template <typename TI, typename TO> __device__ __forceinline__ TO conv(TI x) { return (TO)x; }
+template <> __device__ __forceinline__ bf16 conv<float, bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ bf16 conv<bf16, bf16>(bf16 x) { return x; }
+
+template <typename TI, typename TO> __global__ void k_transpose(const TI *in, long ld_in, int R, int C, TO *out,
+                                                                long ld_out, int Rpad) {
+    __shared__ TI tile[32][33];
+    const int r0 = blockIdx.y * 32, c0 = blockIdx.x * 32, tx = threadIdx.x, ty = threadIdx.y;
+    for (int i = ty; i < 32; i += 8) {
+        const int r = r0 + i, c = c0 + tx;
+        tile[i][tx] = (r < R && c < C) ? in[(long)r * ld_in + c] : TI();
+    }
+    __syncthreads();
+    for (int i = ty; i < 32; i += 8) {
+        const int c = c0 + i, r = r0 + tx;
+        if (c < C && r < Rpad) out[(long)c * ld_out + r] = conv<TI, TO>(tile[tx][i]);
+    }
+}
+
+extern "C" void halo_cuda_transpose(const void *in, int in_type, long ld_in, int rows, int cols, void *out,
+                                    int out_type, long ld_out, int rows_pad, cudaStream_t s) {
+    if (rows_pad < rows) rows_pad = rows;
+    if (cols <= 0 || rows_pad <= 0) return;
+    dim3 grid(cdiv(cols, 32), cdiv(rows_pad, 32)), blk(32, 8);
+    if (in_type == HALO_CUDA_U8 && out_type == HALO_CUDA_U8)
+        k_transpose<uint8_t, uint8_t><<<grid, blk, 0, s>>>((const uint8_t *)in, ld_in, rows, cols, (uint8_t *)out, ld_out, rows_pad);
+    else if (in_type == HALO_CUDA_BF16 && out_type == HALO_CUDA_BF16)
+        k_transpose<bf16, bf16><<<grid, blk, 0, s>>>((const bf16 *)in, ld_in, rows, cols, (bf16 *)out, ld_out, rows_pad);
+    else if (in_type == HALO_CUDA_F32 && out_type == HALO_CUDA_F32)
+        k_transpose<float, float><<<grid, blk, 0, s>>>((const float *)in, ld_in, rows, cols, (float *)out, ld_out, rows_pad);
+    else if (in_type == HALO_CUDA_F32 && out_type == HALO_CUDA_BF16)
+        k_transpose<float, bf16><<<grid, blk, 0, s>>>((const float *)in, ld_in, rows, cols, (bf16 *)out, ld_out, rows_pad);
+    else {
+        fprintf(stderr, "halo_cuda_transpose: unsupported types %d -> %d\n", in_type, out_type);
+        abort();
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scale product and int32 dequantization.
+
+__global__ void k_alpha(float *alpha, const float *aa, const float *ab, int fmt) {
+    const float q = qmax_of(fmt);
+    *alpha = scale_of(*aa, q) * scale_of(*ab, q);
+}
+
+extern "C" void halo_cuda_alpha(float *alpha, const float *amax_a, const float *amax_b, int fmt, cudaStream_t s) {
+    k_alpha<<<1, 1, 0, s>>>(alpha, amax_a, amax_b, fmt);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void k_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
+                              const float *alpha, const float *rs, const float *cs, int acc) {
+    const int i = blockIdx.y;
+    const float al = *alpha, r = rs ? rs[i] : 1.f;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
+        float v = (float)C[(long)i * ldc + j] * al;   // the CPU's float(c32) * (sa * sb), rounded once
+        if (rs) v *= r;
+        if (cs) v *= cs[j];
+        if (out_f32) {
+            float *o = (float *)out + (long)i * ldo + j;
+            *o = acc ? *o + v : v;
+        } else {
+            ((bf16 *)out)[(long)i * ldo + j] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+extern "C" void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
+                                      const float *alpha, const float *row_scale, const float *col_scale,
+                                      int accumulate, cudaStream_t s) {
+    if (M <= 0 || N <= 0) return;
+    dim3 grid(cdiv(N, 1024) < 8 ? cdiv(N, 1024) : 8, M);
+    k_dequant_i32<<<grid, 256, 0, s>>>(out, out_f32, ldo, C, ldc, M, N, alpha, row_scale, col_scale, accumulate);
+    CUDA_LAUNCH_CHECK();
+}

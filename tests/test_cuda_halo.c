@@ -1,0 +1,413 @@
+// The HALO GPU kernels (src/cuda/halo_*.cu) against the CPU implementation of src/halo on seeded random inputs:
+// Hadamard rows (bit mismatches counted, 1e-5 relative), absmax and 8-bit codes (identical except rounding ties,
+// which are classified), 8-bit cuBLASLt products vs halo_qgemm on the same codes, the GPU HALO linear at each level
+// and precision vs halo_linear, and the outlier error table (level 2 E_X INT8 error well under level 0's).
+// Skips without a GPU. Prints "| ... |" table rows for scripts/gpu_halo_check.sh.
+#include "test.h"
+#ifdef HALO_CUDA
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+#include "cuda/halo_cuda.h"
+#include "halo/hadamard.h"
+#include "halo/halo_linear.h"
+#include "halo/quant.h"
+#include "util/error.h"
+
+static unsigned long long rng = 4242;
+
+static void row(const char *what, const char *detail, double err, double bound, long mism, long ties) {
+    int ok = err <= bound && !isnan(err) && mism == ties;
+    printf("| %-28s | %-30s | %9.2e | %7.0e | %6ld | %6ld | %s |\n", what, detail, err, bound, mism, ties,
+           ok ? "ok" : "FAIL");
+    CHECK(ok, "%s %s: err %.3g (bound %.3g), %ld code mismatches of which %ld ties", what, detail, err, bound, mism,
+          ties);
+}
+
+static float *rand_vec(size_t n, double sd) {
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
+    return v;
+}
+static void *dev_copy(const void *h, size_t bytes) {
+    void *d = NULL;
+    cudaMalloc(&d, bytes + 256);
+    cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+// Rounds v to bf16 in place; returns a device bf16 copy.
+static halo_bf16 *dev_bf16(float *v, size_t n) {
+    halo_bf16 *h = malloc(2 * n);
+    cuda_f32_to_bf16_host(h, v, n);
+    cuda_bf16_to_f32_host(v, h, n);
+    halo_bf16 *d = dev_copy(h, 2 * n);
+    free(h);
+    return d;
+}
+static void *dev_poison(size_t bytes) {
+    void *d = NULL;
+    cudaMalloc(&d, bytes + 256);
+    cudaMemset(d, 0xff, bytes);
+    return d;
+}
+static void *host_of(const void *d, size_t bytes) {
+    void *h = malloc(bytes);
+    cudaDeviceSynchronize();
+    cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
+    return h;
+}
+static float dec(uint8_t c, int fmt) { return fmt == HALO_CUDA_INT8 ? (float)(int8_t)c : halo_fp8_decode(c, HALO_Q_E4M3); }
+
+// Codes differing from the CPU's: a tie is adjacent codes with x/s within 1e-5 (relative) of their midpoint, so
+// a last-bit difference of the rotated value may pick either neighbour.
+static void code_diff(const uint8_t *gpu, const uint8_t *cpu, const float *x, const float *scale_per, long n,
+                      long per, int fmt, long *mism, long *ties) {
+    *mism = *ties = 0;
+    for (long i = 0; i < n; i++) {
+        if (gpu[i] == cpu[i]) continue;
+        (*mism)++;
+        float a = dec(gpu[i], fmt), b = dec(cpu[i], fmt), t = x[i] / scale_per[per ? i / per : 0];
+        double mid = 0.5 * ((double)a + b), step = fabs((double)a - b);
+        int adjacent = fmt == HALO_CUDA_INT8 ? step == 1.0 : abs((int)(gpu[i] & 0x7f) - (int)(cpu[i] & 0x7f)) == 1;
+        if (adjacent && fabs(t - mid) <= 1e-5 * fmax(fabs(mid), 1e-30)) (*ties)++;
+    }
+}
+
+// ---- Hadamard rows -------------------------------------------------------------------------------------------
+static void test_hadamard(void) {
+    const int dims[] = {12, 40, 96, 256, 4096, 14336, 32768};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        const int d = dims[t], rows = d >= 16384 ? 3 : 8;
+        for (int tr = 0; tr < 2; tr++) {
+            for (int in_bf = 0; in_bf < 2; in_bf++) {
+                if (in_bf && tr) continue;
+                halo_hadamard hp;
+                halo_cuda_had hg;
+                if (halo_hadamard_plan(&hp, d, 0) || halo_cuda_had_plan(&hg, d, 0)) {
+                    CHECK(0, "plan %d: %s", d, halo_error());
+                    continue;
+                }
+                size_t n = (size_t)rows * d;
+                float *x = rand_vec(n, 1.0);
+                void *din = in_bf ? (void *)dev_bf16(x, n) : dev_copy(x, 4 * n);
+                float *dout = dev_poison(4 * n);
+                halo_cuda_had_rows(&hg, tr, din, in_bf ? HALO_CUDA_BF16 : HALO_CUDA_F32, d, NULL, dout, 1, d, 0, rows, 0);
+                float *g = host_of(dout, 4 * n);
+                halo_hadamard_rows(&hp, x, rows, d, tr);
+                long bits = 0;
+                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
+                char det[64];
+                snprintf(det, sizeof det, "d=%d K=%d %s%s", d, hp.K, tr ? "H^T" : "H", in_bf ? " bf16 in" : "");
+                double e = rel_l2_f(g, x, n);
+                printf("  (hadamard %s: %ld of %zu values differ in any bit)\n", det, bits, n);
+                row("hadamard rows vs CPU", det, e, 1e-5, 0, 0);
+                // bf16 output of the same rotation: bf16 tolerance
+                if (!in_bf && !tr) {
+                    halo_bf16 *db = dev_poison(2 * n);
+                    halo_cuda_had_rows(&hg, 0, din, HALO_CUDA_F32, d, NULL, db, 0, d, 0, rows, 0);
+                    halo_bf16 *hb = host_of(db, 2 * n);
+                    float *gb = malloc(4 * n);
+                    cuda_bf16_to_f32_host(gb, hb, n);
+                    row("hadamard rows, bf16 out", det, rel_l2_f(gb, x, n), 5e-3, 0, 0);
+                    free(hb); free(gb); cudaFree(db);
+                }
+                free(x); free(g); cudaFree(din); cudaFree(dout);
+                halo_cuda_had_free(&hg);
+            }
+        }
+    }
+    // Zero-padded token rotation: b = 94 tokens -> 96 = 12 * 8, as halo_linear's H_b.
+    int pad = halo_hadamard_pad_size(94, 172);
+    CHECK(pad == 96, "pad size of 94: %d", pad);
+}
+
+// ---- absmax and quantizers -----------------------------------------------------------------------------------
+static void test_quant(void) {
+    const int shapes[][2] = {{64, 4096}, {16, 14336}, {24, 96}};
+    for (int si = 0; si < 3; si++) {
+        const int R = shapes[si][0], d = shapes[si][1];
+        size_t n = (size_t)R * d;
+        float *x = rand_vec(n, 1.0);
+        for (int r = 0; r < R; r++) x[(size_t)r * d + (r * 37 + 11) % d] *= 60; // outliers
+        halo_bf16 *dx = dev_bf16(x, n);
+        for (int rot = 0; rot < 2; rot++) {
+            halo_hadamard hp;
+            halo_cuda_had hg;
+            memset(&hg, 0, sizeof hg);
+            float *xr = malloc(4 * n);
+            memcpy(xr, x, 4 * n);
+            if (rot) {
+                if (halo_hadamard_plan(&hp, d, 0) || halo_cuda_had_plan(&hg, d, 0)) { CHECK(0, "plan %d", d); continue; }
+                halo_hadamard_rows(&hp, xr, R, d, 0);
+            }
+            // absmax, per tensor and per row
+            float *dam = dev_poison(4 * (R + 2));
+            cudaMemset(dam, 0, 4 * (R + 2));
+            halo_cuda_absmax_rows(rot ? &hg : NULL, 0, dx, HALO_CUDA_BF16, d, R, d, dam, dam + 1, NULL, 0);
+            float *am = host_of(dam, 4 * (R + 1));
+            float mx = 0;
+            long rowbad = 0;
+            for (int r = 0; r < R; r++) {
+                float m = 0;
+                for (int k = 0; k < d; k++) m = fmaxf(m, fabsf(xr[(size_t)r * d + k]));
+                rowbad += m != am[1 + r];
+                mx = fmaxf(mx, m);
+            }
+            char det[80];
+            snprintf(det, sizeof det, "%dx%d %s", R, d, rot ? "rotated" : "plain");
+            row("absmax (tensor, per row)", det, fabs(am[0] - mx) / mx + (double)rowbad, 0, 0, 0);
+            for (int fmt = 0; fmt < 2; fmt++) {
+                halo_qspec qs;
+                memset(&qs, 0, sizeof qs);
+                qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
+                halo_qmat qm;
+                memset(&qm, 0, sizeof qm);
+                for (int per_row = 0; per_row < 2; per_row++) {
+                    qs.gran = per_row ? HALO_GRAN_ROW : HALO_GRAN_TENSOR;
+                    halo_quantize(&qm, xr, R, d, d, 0, &qs, "test");
+                    uint8_t *dq = dev_poison(n);
+                    halo_cuda_quant_rows(rot ? &hg : NULL, 0, dx, HALO_CUDA_BF16, d, R, d, dam, per_row ? dam + 1 : NULL,
+                                         fmt, dq, d, 0);
+                    uint8_t *q = host_of(dq, n);
+                    long mism, ties;
+                    code_diff(q, qm.q, xr, qm.s, (long)n, per_row ? d : 0, fmt, &mism, &ties);
+                    char det2[96];
+                    snprintf(det2, sizeof det2, "%s %s %s", det, fmt ? "e4m3" : "int8", per_row ? "row" : "tensor");
+                    row("8-bit codes vs CPU", det2, 0, 0, mism, ties);
+                    free(q); cudaFree(dq);
+                }
+                // unrotated tile quantizer: both layouts at once (transposed, zero-padded to 16)
+                if (!rot) {
+                    qs.gran = HALO_GRAN_TENSOR;
+                    halo_quantize(&qm, x, R, d, d, 0, &qs, "test");
+                    halo_qmat qt;
+                    memset(&qt, 0, sizeof qt);
+                    halo_quantize(&qt, x, R, d, d, 1, &qs, "test");
+                    const int Rp = (R + 15) / 16 * 16 + 16;
+                    uint8_t *dq = dev_poison(n), *dqt = dev_poison((size_t)d * Rp);
+                    halo_cuda_quant_tile(dx, HALO_CUDA_BF16, d, R, d, dam, fmt, dq, d, dqt, Rp, Rp, 0);
+                    uint8_t *q = host_of(dq, n), *qtt = host_of(dqt, (size_t)d * Rp);
+                    long mism, ties, padbad = 0;
+                    code_diff(q, qm.q, x, qm.s, (long)n, 0, fmt, &mism, &ties);
+                    uint8_t *qtc = malloc(n);
+                    float *xt = malloc(4 * n);
+                    for (int k = 0; k < d; k++) {
+                        for (int r = 0; r < R; r++) {
+                            qtc[(size_t)k * R + r] = qtt[(size_t)k * Rp + r];
+                            xt[(size_t)k * R + r] = x[(size_t)r * d + k];
+                        }
+                        for (int r = R; r < Rp; r++) padbad += qtt[(size_t)k * Rp + r] != 0;
+                    }
+                    long m2, t2;
+                    code_diff(qtc, qt.q, xt, qt.s, (long)n, 0, fmt, &m2, &t2);
+                    char det2[96];
+                    snprintf(det2, sizeof det2, "%dx%d %s both layouts", R, d, fmt ? "e4m3" : "int8");
+                    row("tile quantizer vs CPU", det2, (double)padbad, 0, mism + m2, ties + t2);
+                    free(q); free(qtt); free(qtc); free(xt); cudaFree(dq); cudaFree(dqt);
+                    halo_qmat_free(&qt);
+                }
+                halo_qmat_free(&qm);
+            }
+            free(am); cudaFree(dam); free(xr);
+            halo_cuda_had_free(&hg);
+        }
+        free(x); cudaFree(dx);
+    }
+}
+
+// ---- 8-bit products --------------------------------------------------------------------------------------------
+static void test_gemm(void) {
+    const int M = 96, N = 160, K = 448;
+    float *a = rand_vec((size_t)M * K, 1.0), *b = rand_vec((size_t)N * K, 0.05);
+    for (int fmt = 0; fmt < 2; fmt++) {
+        halo_qspec qs;
+        memset(&qs, 0, sizeof qs);
+        qs.fmt = fmt ? HALO_Q_E4M3 : HALO_Q_INT8;
+        halo_qmat qa, qb;
+        memset(&qa, 0, sizeof qa); memset(&qb, 0, sizeof qb);
+        halo_quantize(&qa, a, M, K, K, 0, &qs, "A");
+        halo_quantize(&qb, b, N, K, K, 0, &qs, "B");
+        float *ref = malloc(sizeof(float) * M * N);
+        halo_qgemm(&qa, &qb, ref, N, 0);
+        float am[2] = {0, 0};
+        for (size_t i = 0; i < (size_t)M * K; i++) am[0] = fmaxf(am[0], fabsf(a[i]));
+        for (size_t i = 0; i < (size_t)N * K; i++) am[1] = fmaxf(am[1], fabsf(b[i]));
+        float *dam = dev_copy(am, sizeof am), *dal = dev_poison(4);
+        uint8_t *dA = dev_copy(qa.q, (size_t)M * K), *dB = dev_copy(qb.q, (size_t)N * K);
+        halo_cuda_alpha(dal, dam, dam + 1, fmt, 0);
+        float *alpha = host_of(dal, 4);
+        CHECK(*alpha == qa.s[0] * qb.s[0], "alpha %.9g vs CPU sa*sb %.9g", *alpha, qa.s[0] * qb.s[0]);
+        float *dC = dev_poison(sizeof(float) * M * N);
+        int rc;
+        if (fmt) {
+            rc = halo_cuda_gemm_fp8(dC, 1, N, dA, K, dB, K, M, N, K, dal, 0, 0);
+            CHECK(rc == HALO_OK, "fp8 gemm: %s", halo_error());
+        } else {
+            int32_t *dI = dev_poison(sizeof(int32_t) * M * N);
+            rc = halo_cuda_gemm_s8(dI, N, (const int8_t *)dA, K, (const int8_t *)dB, K, M, N, K, 0);
+            CHECK(rc == HALO_OK, "int8 gemm: %s", halo_error());
+            int32_t *gi = host_of(dI, sizeof(int32_t) * M * N), *ci = malloc(sizeof(int32_t) * M * N);
+            halo_gemm_s8s8s32((const int8_t *)qa.q, (const int8_t *)qb.q, ci, M, N, K);
+            long bad = 0;
+            for (long i = 0; i < (long)M * N; i++) bad += gi[i] != ci[i];
+            row("int8 product int32 vs CPU", "96x160x448 exact", (double)bad, 0, 0, 0);
+            halo_cuda_dequant_i32(dC, 1, N, dI, N, M, N, dal, NULL, NULL, 0, 0);
+            free(gi); free(ci); cudaFree(dI);
+        }
+        float *g = host_of(dC, sizeof(float) * M * N);
+        row(fmt ? "fp8 product vs halo_qgemm" : "int8 product vs halo_qgemm", "96x160x448, fp32 out",
+            rel_l2_f(g, ref, (size_t)M * N), fmt ? 1e-3 : 1e-6, 0, 0);
+        if (fmt) { // bf16 output and accumulation into fp32
+            halo_bf16 *dCb = dev_poison(2 * M * N);
+            halo_cuda_gemm_fp8(dCb, 0, N, dA, K, dB, K, M, N, K, dal, 0, 0);
+            halo_bf16 *hb = host_of(dCb, 2 * M * N);
+            float *gb = malloc(sizeof(float) * M * N);
+            cuda_bf16_to_f32_host(gb, hb, (size_t)M * N);
+            row("fp8 product vs halo_qgemm", "bf16 out", rel_l2_f(gb, ref, (size_t)M * N), 1e-2, 0, 0);
+            halo_cuda_gemm_fp8(dC, 1, N, dA, K, dB, K, M, N, K, dal, 1, 0);
+            float *g2 = host_of(dC, sizeof(float) * M * N);
+            for (long i = 0; i < (long)M * N; i++) ref[i] *= 2;
+            row("fp8 product vs halo_qgemm", "accumulate (2x)", rel_l2_f(g2, ref, (size_t)M * N), 1e-3, 0, 0);
+            free(hb); free(gb); free(g2); cudaFree(dCb);
+        }
+        free(g); free(alpha); free(ref); cudaFree(dC); cudaFree(dam); cudaFree(dal); cudaFree(dA); cudaFree(dB);
+        halo_qmat_free(&qa); halo_qmat_free(&qb);
+    }
+    free(a); free(b);
+}
+
+// ---- the linear layer --------------------------------------------------------------------------------------------
+typedef struct { double y, ex, g; } errs3;
+
+// Runs the GPU layer and the CPU layer on the same bf16-valued inputs; returns GPU-vs-CPU errors, and (when ref
+// pointers are given) both layers' errors vs float64 products.
+static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float *W, float *EY, const double *Yr,
+                        const double *EXr, const double *Gr, errs3 *gpu_vs_ref, errs3 *cpu_vs_ref) {
+    errs3 e = {NAN, NAN, NAN};
+    halo_bf16 *dX = dev_bf16(X, (size_t)b * m), *dW = dev_bf16(W, (size_t)n * m), *dE = dev_bf16(EY, (size_t)b * n);
+    float *dY = dev_poison(4 * (size_t)b * n), *dEX = dev_poison(4 * (size_t)b * m), *dG = dev_poison(4 * (size_t)n * m);
+    cudaMemset(dG, 0, 4 * (size_t)n * m);
+    halo_cuda_linear L;
+    if (halo_cuda_linear_init(&L, prec, lvl, "test") || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
+        halo_cuda_linear_backward(&L, dE, dEX, 1, dG, b, m, n, 0)) {
+        CHECK(0, "gpu linear: %s", halo_error());
+        return e;
+    }
+    float *Y = host_of(dY, 4 * (size_t)b * n), *EX = host_of(dEX, 4 * (size_t)b * m), *G = host_of(dG, 4 * (size_t)n * m);
+    int nonfin = 0;
+    cudaMemcpy(&nonfin, (int *)(L.dev + 8), 4, cudaMemcpyDeviceToHost);
+    CHECK(nonfin == 0, "non-finite flag set on finite inputs");
+    halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
+    halo_linear C;
+    halo_linear_init(&C, &cfg, "test");
+    float *Yc = malloc(4 * (size_t)b * n), *EXc = malloc(4 * (size_t)b * m), *Gc = calloc((size_t)n * m, 4);
+    if (halo_linear_forward(&C, X, W, Yc, b, m, n) || halo_linear_backward(&C, EY, W, EXc, Gc, b, m, n))
+        CHECK(0, "cpu linear: %s", halo_error());
+    e.y = rel_l2_f(Y, Yc, (size_t)b * n);
+    e.ex = rel_l2_f(EX, EXc, (size_t)b * m);
+    e.g = rel_l2_f(G, Gc, (size_t)n * m);
+    if (Yr) {
+        double *r[3] = {(double *)Yr, (double *)EXr, (double *)Gr};
+        float *gv[3] = {Y, EX, G}, *cv[3] = {Yc, EXc, Gc};
+        size_t sz[3] = {(size_t)b * n, (size_t)b * m, (size_t)n * m};
+        double out[2][3];
+        for (int p = 0; p < 3; p++)
+            for (int w = 0; w < 2; w++) {
+                double num = 0, den = 0;
+                const float *v = w ? cv[p] : gv[p];
+                for (size_t i = 0; i < sz[p]; i++) { double d = v[i] - r[p][i]; num += d * d; den += r[p][i] * r[p][i]; }
+                out[w][p] = sqrt(num / den);
+            }
+        gpu_vs_ref->y = out[0][0]; gpu_vs_ref->ex = out[0][1]; gpu_vs_ref->g = out[0][2];
+        cpu_vs_ref->y = out[1][0]; cpu_vs_ref->ex = out[1][1]; cpu_vs_ref->g = out[1][2];
+    }
+    halo_linear_free(&C);
+    halo_cuda_linear_free(&L);
+    free(Y); free(EX); free(G); free(Yc); free(EXc); free(Gc);
+    cudaFree(dX); cudaFree(dW); cudaFree(dE); cudaFree(dY); cudaFree(dEX); cudaFree(dG);
+    return e;
+}
+
+static void test_linear(void) {
+    const int b = 94, m = 448, n = 160;   // 94 tokens: H_b zero-pads to 96 = 12 * 8; m = 448 = 28 * 16
+    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.05), *EY = rand_vec((size_t)b * n, 1e-3);
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 0; lvl < 3; lvl++) {
+            errs3 e = run_linear(prec, lvl, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+            // INT8: same codes, same int32 sums, same rotation order -> equal up to rounding ties; FP8: cuBLASLt's
+            // fp32 accumulation order differs from the CPU's sgemm on dequantized operands.
+            const double tol = 1e-3;
+            char det[64];
+            const char *pn = prec == HALO_PREC_INT8 ? "int8" : "fp8";
+            snprintf(det, sizeof det, "%s L%d Y", pn, lvl); row("GPU linear vs CPU halo_linear", det, e.y, tol, 0, 0);
+            snprintf(det, sizeof det, "%s L%d E_X", pn, lvl); row("GPU linear vs CPU halo_linear", det, e.ex, tol, 0, 0);
+            snprintf(det, sizeof det, "%s L%d G", pn, lvl); row("GPU linear vs CPU halo_linear", det, e.g, tol, 0, 0);
+        }
+    free(X); free(W); free(EY);
+}
+
+// Outlier channels in X, outlier tokens in E_Y (as bench_halo_error): errors vs float64 on the GPU match the CPU's,
+// and level 2 cuts the INT8 E_X error well below level 0's.
+static void test_outliers(void) {
+    const int b = 256, m = 1024, n = 512;
+    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.03), *EY = rand_vec((size_t)b * n, 1e-3);
+    for (int t = 0; t < b; t++) for (int c = 0; c < 6; c++) X[(long)t * m + (c * 997 + 5) % m] *= 100;
+    for (int r = 0; r < 4; r++) for (int j = 0; j < n; j++) EY[(long)((r * 131 + 7) % b) * n + j] *= 100;
+    // bf16-round once so the float64 references see the values both layers see
+    halo_bf16 *tmp = malloc(2 * (size_t)n * m);
+    cuda_f32_to_bf16_host(tmp, X, (size_t)b * m); cuda_bf16_to_f32_host(X, tmp, (size_t)b * m);
+    cuda_f32_to_bf16_host(tmp, W, (size_t)n * m); cuda_bf16_to_f32_host(W, tmp, (size_t)n * m);
+    cuda_f32_to_bf16_host(tmp, EY, (size_t)b * n); cuda_bf16_to_f32_host(EY, tmp, (size_t)b * n);
+    free(tmp);
+    double *Yr = calloc((size_t)b * n, 8), *EXr = calloc((size_t)b * m, 8), *Gr = calloc((size_t)n * m, 8);
+    #pragma omp parallel for
+    for (int i = 0; i < b; i++) {
+        for (int j = 0; j < n; j++) {
+            double s = 0, e = EY[(long)i * n + j];
+            for (int k = 0; k < m; k++) s += (double)X[(long)i * m + k] * W[(long)j * m + k];
+            Yr[(long)i * n + j] = s;
+            for (int k = 0; k < m; k++) EXr[(long)i * m + k] += e * W[(long)j * m + k];
+        }
+    }
+    #pragma omp parallel for
+    for (int j = 0; j < n; j++)
+        for (int t = 0; t < b; t++) {
+            double e = EY[(long)t * n + j];
+            for (int k = 0; k < m; k++) Gr[(long)j * m + k] += e * X[(long)t * m + k];
+        }
+    printf("| outlier table (rel err vs float64, %%) | GPU Y | GPU E_X | GPU G | CPU Y | CPU E_X | CPU G |\n");
+    double ex[2][3];
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 0; lvl < 3; lvl++) {
+            errs3 g, c;
+            run_linear(prec, lvl, b, m, n, X, W, EY, Yr, EXr, Gr, &g, &c);
+            printf("| %s level %d | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", prec == HALO_PREC_INT8 ? "int8" : "fp8",
+                   lvl, 100 * g.y, 100 * g.ex, 100 * g.g, 100 * c.y, 100 * c.ex, 100 * c.g);
+            ex[prec - HALO_PREC_INT8][lvl] = g.ex;
+            CHECK(fabs(g.y - c.y) <= 0.02 * c.y + 1e-6 && fabs(g.ex - c.ex) <= 0.02 * c.ex + 1e-6 &&
+                  fabs(g.g - c.g) <= 0.02 * c.g + 1e-6, "%s level %d: GPU errors differ from the CPU's",
+                  prec == HALO_PREC_INT8 ? "int8" : "fp8", lvl);
+        }
+    CHECK(ex[0][2] < 0.5 * ex[0][0], "int8 E_X error: level 2 %.4f not well under level 0 %.4f", ex[0][2], ex[0][0]);
+    free(X); free(W); free(EY); free(Yr); free(EXr); free(Gr);
+}
+#endif
+
+int main(void) {
+#ifndef HALO_CUDA
+    SKIP("built without CUDA");
+    TEST_END();
+#else
+    if (cuda_device_count() == 0) {
+        SKIP("no CUDA device: the HALO GPU kernels are checked on the device machine (scripts/gpu_halo_check.sh)");
+        TEST_END();
+    }
+    printf("| check | case | error | bound | mism. | ties | |\n|---|---|---|---|---|---|---|\n");
+    test_hadamard();
+    test_quant();
+    test_gemm();
+    test_linear();
+    test_outliers();
+    halo_cuda_gemm_shutdown();
+    TEST_END();
+#endif
+}
