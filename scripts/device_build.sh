@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (Ubuntu, no -dev packages, no cJSON): links the carried headers and libcjson with the
 # machine's own libpcre2-8 and libopenblas runtimes, builds halo, tests and benchmarks (CUDA included), and
-# exports HALO_SHARED and LD_LIBRARY_PATH for what follows when sourced: `source scripts/device_build.sh`.
+# (TARGETS="..." builds only those make targets) exports HALO_SHARED and LD_LIBRARY_PATH for what follows when sourced: `source scripts/device_build.sh`.
 set -eo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 D="$PWD/.carry-deps"
@@ -14,5 +14,5 @@ for l in libpcre2-8.so.0:libpcre2-8.so libopenblas.so.0:libopenblas.so; do
 done
 export LD_LIBRARY_PATH="$D/lib:${LD_LIBRARY_PATH:-}"
 export HALO_SHARED="$PWD/.carry-shared"
-make -j16 OPT="-O3 -march=native" EXTRA_CFLAGS="-I$D/include" EXTRA_LDFLAGS="-L$D/lib" all tests benches 2>&1 | grep -E "error|warning" || true
+make -j16 OPT="-O3 -march=native" EXTRA_CFLAGS="-I$D/include" EXTRA_LDFLAGS="-L$D/lib" ${TARGETS:-all tests benches} 2>&1 | grep -E "error|warning" || true
 test -x build/halo && echo "device_build: built $(nvcc --version | tail -1)"
