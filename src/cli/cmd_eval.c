@@ -81,8 +81,7 @@ int cmd_eval(int argc, char **argv) {
     if (loss_task) {
         double loss;
         long tokens;
-        if (split != DATASET_VAL) { rc = halo_fail("the loss task reads the validation split (use --split val)"); }
-        else rc = finetune_val_loss(&m, ds, (int)batch, dc.seq_len, limit > 0 ? (limit + batch - 1) / batch : 0, &loss, &tokens);
+        rc = finetune_val_loss(&m, ds, split, (int)batch, dc.seq_len, limit > 0 ? (limit + batch - 1) / batch : 0, &loss, &tokens);
         if (rc == HALO_OK) printf("loss %.6f | perplexity %.4f | %ld tokens\n", loss, exp(loss), tokens);
     } else {
         FILE *pf = fopen(pred_path, "w");

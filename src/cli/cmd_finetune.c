@@ -66,8 +66,9 @@ typedef struct {
     long max_batches;
 } eval_ctx;
 
-// Validation loss: token-weighted mean next-token cross-entropy over the validation split.
-int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out) {
+// Token-weighted mean next-token cross-entropy over one split, in file order.
+int finetune_val_loss(llama_model *m, dataset *ds, dataset_split split, int B, int T, long max_batches,
+                      double *loss_out, long *tokens_out) {
     halo_batch b;
     halo_batch_alloc(&b, B, T);
     dataset_iter it = {0, 0, 0};
@@ -75,7 +76,7 @@ int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batche
     long tokens = 0;
     for (long k = 0; max_batches <= 0 || k < max_batches; k++) {
         int n_ex = 0;
-        if (dataset_next_batch(ds, DATASET_VAL, &it, false, &b, &n_ex) != HALO_OK) { halo_batch_free(&b); return HALO_ERR; }
+        if (dataset_next_batch(ds, split, &it, false, &b, &n_ex) != HALO_OK) { halo_batch_free(&b); return HALO_ERR; }
         if (n_ex == 0) break;
         long cnt = 0;
         for (int i = 0; i < B * T; i++) cnt += b.targets[i] >= 0;
@@ -94,7 +95,7 @@ static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
     if (dataset_size(e->ds, DATASET_VAL) == 0) return HALO_OK;
     double loss;
     long tokens;
-    if (finetune_val_loss(m, e->ds, e->B, e->T, e->max_batches, &loss, &tokens) != HALO_OK) return HALO_ERR;
+    if (finetune_val_loss(m, e->ds, DATASET_VAL, e->B, e->T, e->max_batches, &loss, &tokens) != HALO_OK) return HALO_ERR;
     train_metrics_add(out, "val_loss", loss);
     train_metrics_add(out, "val_ppl", exp(loss));
     train_metrics_add(out, "val_tokens", (double)tokens);

@@ -34,8 +34,9 @@ void halo_common_usage(void);
 // --seq-len, --val-fraction, --val-count, --pack, --loss-on-all, --skip-bad-lines. Returns 1, 0 (not one) or -1.
 int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i);
 
-// Token-weighted mean validation loss over the validation split (at most max_batches batches of B x T; 0 = all).
-int finetune_val_loss(llama_model *m, dataset *ds, int B, int T, long max_batches, double *loss_out, long *tokens_out);
+// Token-weighted mean loss over one split (at most max_batches batches of B x T; 0 = all of it).
+int finetune_val_loss(llama_model *m, dataset *ds, dataset_split split, int B, int T, long max_batches,
+                      double *loss_out, long *tokens_out);
 
 void halo_set_threads(int n);   // 0 = leave OpenMP's default
 double halo_now(void);          // monotonic seconds
