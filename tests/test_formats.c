@@ -90,6 +90,26 @@ static void test_safetensors(void) {
           "truncated file refused: %s", halo_error());
 }
 
+// F16 weights (some checkpoints ship them): known bit patterns decode exactly, subnormals and infinities included.
+static void test_f16(void) {
+    const uint16_t h[8] = {0x3C00, 0xC000, 0x3800, 0x0001, 0x03FF, 0x7BFF, 0x7C00, 0x8000};
+    const float want[8] = {1.0f, -2.0f, 0.5f, 5.9604645e-08f, 6.0975552e-05f, 65504.0f, INFINITY, -0.0f};
+    const char *p = tmp_path("f16.safetensors");
+    FILE *f = fopen(p, "wb");
+    const char *hdr = "{\"h\":{\"dtype\":\"F16\",\"shape\":[8],\"data_offsets\":[0,16]}}";
+    uint64_t n = strlen(hdr);
+    fwrite(&n, 8, 1, f);
+    fwrite(hdr, 1, n, f);
+    fwrite(h, 2, 8, f);
+    fclose(f);
+    st_file sf;
+    float got[8];
+    int64_t shape[1] = {8};
+    CHECK(st_open(p, &sf) == HALO_OK && st_read_f32(&sf, "h", got, 1, shape) == HALO_OK, "F16 read: %s", halo_error());
+    for (int i = 0; i < 8; i++) CHECK(got[i] == want[i] && signbit(got[i]) == signbit(want[i]), "F16 0x%04x -> %g, want %g", h[i], got[i], want[i]);
+    st_close(&sf);
+}
+
 static void write_text(const char *path, const char *text) { FILE *f = fopen(path, "w"); fputs(text, f); fclose(f); }
 
 static void expect_config_error(const char *json, const char *key) {
@@ -194,6 +214,7 @@ int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/halo_test_formats_%d", (int)getpid());
     mkdir(tmpdir, 0755);
     test_safetensors();
+    test_f16();
     test_config();
     test_export_reload();
     test_sharded();
