@@ -9,7 +9,9 @@
 #include "data/dataset.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
+#include <cjson/cJSON.h>
 #include "util/error.h"
 #include "util/fileio.h"
 
@@ -157,6 +159,21 @@ int cmd_finetune(int argc, char **argv) {
     if (llama_load(&m, model_dir) != HALO_OK) goto bad;
     if (dc.seq_len > m.cfg.max_pos)
         fprintf(stderr, "halo finetune: note: --seq-len %d exceeds the model's max_position_embeddings %d\n", dc.seq_len, m.cfg.max_pos);
+    if (resume && !co.given) {   // the precision the checkpointed run used, unless flags say otherwise
+        llama_config ccfg;
+        checkpoint_meta meta;
+        if (checkpoint_read_meta(resume, &ccfg, &meta) != HALO_OK) { llama_free(&m); goto bad; }
+        cJSON *app = meta.app_json ? cJSON_Parse(meta.app_json) : NULL;
+        int rc_h = HALO_OK;
+        if (cJSON_IsObject(app) && cJSON_GetObjectItemCaseSensitive(app, "precision")) {
+            rc_h = model_halo_config_from_json(meta.app_json, resume, &co.hc);
+            co.given = 1;
+            fprintf(stderr, "halo finetune: resuming with the precision recorded in %s\n", resume);
+        }
+        cJSON_Delete(app);
+        checkpoint_meta_free(&meta);
+        if (rc_h != HALO_OK) { llama_free(&m); goto bad; }
+    }
     if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
