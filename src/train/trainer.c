@@ -281,6 +281,18 @@ int trainer_save(trainer *t, const char *path) {
     return HALO_OK;
 }
 
+// The options JSON without the bookkeeping keys (how often to log, evaluate, checkpoint), which do not change the
+// numbers: resuming with other values of those still reproduces the run.
+static char *options_that_matter(const char *json) {
+    cJSON *j = cJSON_Parse(json);
+    if (!j) return xstrdup(json);
+    const char *keys[] = {"eval_every", "ckpt_every", "keep_ckpts", "log_every"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) cJSON_DeleteItemFromObjectCaseSensitive(j, keys[i]);
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
 int trainer_resume(trainer *t, const char *ckpt_path) {
     checkpoint_meta meta;
     if (checkpoint_load(ckpt_path, t->model, &t->opt, &meta)) return HALO_ERR;
@@ -289,7 +301,11 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
         rc = halo_fail("checkpoint %s is at step %lld, past the run's %d steps", ckpt_path, (long long)meta.step, t->o.steps);
         goto out;
     }
-    if (meta.options_json && strcmp(meta.options_json, t->options_json))
+    char *was = meta.options_json ? options_that_matter(meta.options_json) : NULL;
+    char *now = options_that_matter(t->options_json);
+    int differ = was && strcmp(was, now);
+    free(was); free(now);
+    if (differ)
         fprintf(stderr, "warning: resuming %s with different training options; the run will not reproduce the "
                 "original one\n  checkpoint: %s\n  now:        %s\n", ckpt_path, meta.options_json, t->options_json);
     t->step = (int)meta.step;
