@@ -4,9 +4,8 @@
 #include <string.h>
 #include "cli/cli.h"
 
-// One line per verb; each is implemented in src/cli/cmd_<verb>.c. Declared weak so that a tree where a verb's
-// file is not written yet still links; such a verb reports that it is missing.
-#define VERB(f) int f(int argc, char **argv) __attribute__((weak))
+// One line per verb; each is implemented in src/cli/cmd_<verb>.c.
+#define VERB(f) int f(int argc, char **argv)
 VERB(cmd_demo);
 VERB(cmd_finetune);
 VERB(cmd_eval);
@@ -37,10 +36,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++)
-        if (!strcmp(argv[1], VERBS[i].name)) {
-            if (!VERBS[i].fn) { fprintf(stderr, "halo: verb '%s' is not part of this build\n", argv[1]); return 2; }
-            return VERBS[i].fn(argc - 1, argv + 1);
-        }
+        if (!strcmp(argv[1], VERBS[i].name)) return VERBS[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "halo: unknown verb '%s'\n", argv[1]);
     usage();
     return 2;
