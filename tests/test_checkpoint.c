@@ -133,7 +133,7 @@ static void test_round_trip(void) {
     // A metadata value that does not parse: rewrite "step" through the writer.
     st_writer *w = st_writer_new();
     for (int i = 0; i < m.n_table; i++) st_writer_add(w, m.table[i].name, ST_F32, ST_F32, m.params + m.table[i].offset, m.table[i].ndim, m.table[i].shape);
-    char *cj = llama_config_to_json(&c);
+    char *cj = llama_config_to_json(&c, NULL, 0);
     st_writer_meta(w, "format", CHECKPOINT_FORMAT);
     st_writer_meta(w, "config", cj);
     st_writer_meta(w, "step", "seventeen");

@@ -85,8 +85,13 @@ int llama_config_validate(const llama_config *c, const char *where) {
 int llama_config_load(const char *path, llama_config *c) {
     char *text;
     if (halo_read_file(path, &text, NULL) != HALO_OK) return HALO_ERR;
-    cJSON *root = cJSON_Parse(text);
+    int rc = llama_config_from_json(text, path, c);
     free(text);
+    return rc;
+}
+
+int llama_config_from_json(const char *json, const char *path, llama_config *c) {
+    cJSON *root = cJSON_Parse(json);
     if (!root || !cJSON_IsObject(root)) { cJSON_Delete(root); return halo_fail("%s: not a valid JSON object", path); }
     memset(c, 0, sizeof *c);
     int err = HALO_OK;
@@ -141,6 +146,15 @@ int llama_config_load(const char *path, llama_config *c) {
 }
 
 int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype) {
+    char *s = llama_config_to_json(c, torch_dtype, 1);
+    size_t n = strlen(s);
+    const void *parts[1] = {s};
+    int rc = halo_write_file_atomic(path, parts, &n, 1);
+    free(s);
+    return rc;
+}
+
+char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty) {
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
@@ -169,12 +183,8 @@ int llama_config_save(const llama_config *c, const char *path, const char *torch
     cJSON_AddBoolToObject(r, "mlp_bias", 0);
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
-    cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
-    char *s = cJSON_Print(r);
+    if (torch_dtype) cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
+    char *s = pretty ? cJSON_Print(r) : cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
-    size_t n = strlen(s);
-    const void *parts[1] = {s};
-    int rc = halo_write_file_atomic(path, parts, &n, 1);
-    free(s);
-    return rc;
+    return s;
 }

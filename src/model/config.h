@@ -26,6 +26,10 @@ typedef struct {
 int llama_config_load(const char *path, llama_config *c);
 // Writes config.json for `torch_dtype` ("float32" or "bfloat16"), atomically.
 int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype);
+// The same as text, the one serialization of a config (checkpoints store it too): malloc'ed config.json contents
+// (torch_dtype NULL: left out; pretty: indented as a file), and its parser (`where` names the source in messages).
+char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty);
+int llama_config_from_json(const char *json, const char *where, llama_config *c);
 // Checks internal consistency (positive sizes, heads divide, ...). Returns HALO_ERR naming the offending field.
 int llama_config_validate(const llama_config *c, const char *where);
 #endif

@@ -15,61 +15,6 @@ void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
     snprintf(buf, cap, "%s/step_%08" PRId64 ".safetensors", dir, step);
 }
 
-// ---- config <-> JSON -------------------------------------------------------------------------------------------
-
-char *llama_config_to_json(const llama_config *c) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(o, "dim", c->dim);
-    cJSON_AddNumberToObject(o, "hidden_dim", c->hidden_dim);
-    cJSON_AddNumberToObject(o, "n_layers", c->n_layers);
-    cJSON_AddNumberToObject(o, "n_heads", c->n_heads);
-    cJSON_AddNumberToObject(o, "n_kv_heads", c->n_kv_heads);
-    cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
-    cJSON_AddNumberToObject(o, "max_pos", c->max_pos);
-    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
-    cJSON_AddNumberToObject(o, "rope_scaling", c->rope_scaling);
-    cJSON_AddNumberToObject(o, "rope_factor", c->rope_factor);
-    cJSON_AddNumberToObject(o, "rope_low_freq_factor", c->rope_low_freq_factor);
-    cJSON_AddNumberToObject(o, "rope_high_freq_factor", c->rope_high_freq_factor);
-    cJSON_AddNumberToObject(o, "rope_original_max_pos", c->rope_original_max_pos);
-    cJSON_AddNumberToObject(o, "tie_embeddings", c->tie_embeddings);
-    cJSON_AddNumberToObject(o, "bos_id", c->bos_id);
-    cJSON_AddNumberToObject(o, "eos_id", c->eos_id);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
-}
-
-static int json_num(const cJSON *o, const char *key, double *out, const char *where) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(it)) return halo_fail("%s: key '%s' missing or not a number", where, key);
-    *out = it->valuedouble;
-    return HALO_OK;
-}
-
-int llama_config_from_json(const char *json, llama_config *c, const char *where) {
-    cJSON *o = cJSON_Parse(json);
-    if (!o || !cJSON_IsObject(o)) { cJSON_Delete(o); return halo_fail("%s: not a JSON object", where); }
-    memset(c, 0, sizeof *c);
-    double v[18];
-    static const char *keys[18] = {"vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
-                                   "head_dim", "max_pos", "norm_eps", "rope_theta", "rope_scaling", "rope_factor",
-                                   "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_pos",
-                                   "tie_embeddings", "bos_id", "eos_id"};
-    for (int i = 0; i < 18; i++)
-        if (json_num(o, keys[i], &v[i], where)) { cJSON_Delete(o); return HALO_ERR; }
-    cJSON_Delete(o);
-    c->vocab_size = (int)v[0]; c->dim = (int)v[1]; c->hidden_dim = (int)v[2]; c->n_layers = (int)v[3];
-    c->n_heads = (int)v[4]; c->n_kv_heads = (int)v[5]; c->head_dim = (int)v[6]; c->max_pos = (int)v[7];
-    c->norm_eps = (float)v[8]; c->rope_theta = (float)v[9]; c->rope_scaling = (rope_scaling_type)(int)v[10];
-    c->rope_factor = (float)v[11]; c->rope_low_freq_factor = (float)v[12]; c->rope_high_freq_factor = (float)v[13];
-    c->rope_original_max_pos = (int)v[14]; c->tie_embeddings = (int)v[15]; c->bos_id = (int)v[16];
-    c->eos_id = (int)v[17];
-    return llama_config_validate(c, where);
-}
-
 // ---- writing ---------------------------------------------------------------------------------------------------
 
 int checkpoint_save(const char *path, const llama_model *m, const adamw_state *opt, const checkpoint_meta *meta) {
@@ -87,7 +32,7 @@ int checkpoint_save(const char *path, const llama_model *m, const adamw_state *o
         }
     }
     st_writer_meta(w, "format", CHECKPOINT_FORMAT);
-    char *cfg = llama_config_to_json(&m->cfg);
+    char *cfg = llama_config_to_json(&m->cfg, NULL, 0);
     st_writer_meta(w, "config", cfg);
     free(cfg);
     snprintf(buf, sizeof buf, "%" PRId64, meta->step);          st_writer_meta(w, "step", buf);
@@ -158,7 +103,7 @@ static int parse_meta(const st_file *f, llama_config *cfg, checkpoint_meta *meta
     if (!(s = meta_str(md, "config", p))) goto out;
     char where[1200];
     snprintf(where, sizeof where, "checkpoint %s: metadata 'config'", p);
-    if (llama_config_from_json(s, cfg, where)) goto out;
+    if (llama_config_from_json(s, where, cfg)) goto out;
     if (!(s = meta_str(md, "step", p))) goto out;
     if (parse_i64(s, &meta->step) || meta->step < 0) { halo_fail("checkpoint %s: metadata 'step' = '%s' is not a step count", p, s); goto out; }
     if (!(s = meta_str(md, "optim_t", p))) goto out;
@@ -212,7 +157,7 @@ int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoi
     llama_config cfg;
     int rc = parse_meta(&f, &cfg, meta);
     if (rc) { st_close(&f); return rc; }
-    char *a = llama_config_to_json(&cfg), *b = llama_config_to_json(&m->cfg);
+    char *a = llama_config_to_json(&cfg, NULL, 0), *b = llama_config_to_json(&m->cfg, NULL, 0);
     if (strcmp(a, b)) rc = halo_fail("checkpoint %s: model config %s differs from the model being loaded %s", path, a, b);
     free(a); free(b);
     if (!rc && opt && opt->n != m->n_params)

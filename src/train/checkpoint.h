@@ -38,7 +38,4 @@ int checkpoint_find_latest(const char *dir, char *buf, size_t cap);
 // Deletes all but the newest `keep` checkpoints in dir (keep <= 0: nothing).
 void checkpoint_prune(const char *dir, int keep);
 
-// The model config as JSON (every llama_config field) and back.
-char *llama_config_to_json(const llama_config *c);
-int llama_config_from_json(const char *json, llama_config *c, const char *where);
 #endif
