@@ -74,7 +74,7 @@ static void code_diff(const uint8_t *gpu, const uint8_t *cpu, const float *x, co
 
 // ---- Hadamard rows -------------------------------------------------------------------------------------------
 static void test_hadamard(void) {
-    const int dims[] = {12, 40, 96, 256, 4096, 14336, 32768};
+    const int dims[] = {12, 40, 96, 256, 768, 4096, 5632, 11008, 14336, 32768};   // K = 12/44/172/28 with P >= 32: sign-mask mix
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
         const int d = dims[t], rows = d >= 16384 ? 3 : 8;
         for (int tr = 0; tr < 2; tr++) {
@@ -100,6 +100,7 @@ static void test_hadamard(void) {
                 double e = rel_l2_f(g, x, n);
                 printf("  (hadamard %s: %ld of %zu values differ in any bit)\n", det, bits, n);
                 row("hadamard rows vs CPU", det, e, 1e-5, 0, 0);
+                CHECK(bits == 0, "hadamard %s: %ld values differ from the CPU's in some bit (same stage order expected)", det, bits);
                 // bf16 output of the same rotation: bf16 tolerance
                 if (!in_bf && !tr) {
                     halo_bf16 *db = dev_poison(2 * n);

@@ -19,6 +19,8 @@ typedef struct halo_cuda_had {
     float scale;          // 1 / sqrt(block), the CPU plan's float
     float *dHf;           // device [K][K] H_K as float (NULL when K == 1)
     float *dHtf;          // device [K][K] H_K^T
+    unsigned *dSgn;       // device [K][KW] sign bits of H_K (bit c of row i set where the entry is -1), NULL
+    unsigned *dSgnT;      //   when an entry is not +-1; KW = (K + 31) / 32. dSgnT: the same for H_K^T
 } halo_cuda_had;
 
 // Like halo_hadamard_plan (HALO_ERR with its message). Blocks longer than 32768 are refused (shared memory).

@@ -5,6 +5,7 @@
 // values equal halo_hadamard_rows's bit for bit, and so do the 8-bit codes.
 #include <cuda_fp8.h>
 #include <float.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
@@ -31,6 +32,25 @@ static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
         CUDA_CHECK(cudaMalloc((void **)&h->dHtf, bytes));
         CUDA_CHECK(cudaMemcpy(h->dHf, c->HKf, bytes, cudaMemcpyHostToDevice));
         CUDA_CHECK(cudaMemcpy(h->dHtf, c->HKtf, bytes, cudaMemcpyHostToDevice));
+        // Sign bits for the fast mix (every known base matrix is +-1; else the kernels use the float matrix).
+        const int KW = (c->K + 31) / 32;
+        unsigned *sg = (unsigned *)calloc((size_t)2 * c->K * KW, sizeof(unsigned));
+        int pm1 = sg != NULL;
+        for (int i = 0; pm1 && i < c->K; i++)
+            for (int j = 0; j < c->K; j++) {
+                float f = c->HKf[(size_t)i * c->K + j], ft = c->HKtf[(size_t)i * c->K + j];
+                if ((f != 1.f && f != -1.f) || (ft != 1.f && ft != -1.f)) { pm1 = 0; break; }
+                if (f < 0) sg[(size_t)i * KW + j / 32] |= 1u << (j % 32);
+                if (ft < 0) sg[(size_t)(c->K + i) * KW + j / 32] |= 1u << (j % 32);
+            }
+        if (pm1) {
+            size_t sb = sizeof(unsigned) * (size_t)c->K * KW;
+            CUDA_CHECK(cudaMalloc((void **)&h->dSgn, sb));
+            CUDA_CHECK(cudaMalloc((void **)&h->dSgnT, sb));
+            CUDA_CHECK(cudaMemcpy(h->dSgn, sg, sb, cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpy(h->dSgnT, sg + (size_t)c->K * KW, sb, cudaMemcpyHostToDevice));
+        }
+        free(sg);
     }
     return HALO_OK;
 }
@@ -51,6 +71,8 @@ extern "C" int halo_cuda_had_plan_fallback(halo_cuda_had *h, int d, char *note, 
 extern "C" void halo_cuda_had_free(halo_cuda_had *h) {
     if (h->dHf) cudaFree(h->dHf);
     if (h->dHtf) cudaFree(h->dHtf);
+    if (h->dSgn) cudaFree(h->dSgn);
+    if (h->dSgnT) cudaFree(h->dSgnT);
     memset(h, 0, sizeof *h);
 }
 
@@ -108,6 +130,7 @@ __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8
 struct rows_args {
     const void *in; long ld_in; const float *in_scale;
     int rows, nseg, blk, K, P, lP; float scale; const float *Hop; int rotate;
+    const unsigned *sgn;   // sign bits of Hop ([K][(K + 31) / 32]) or NULL: then the mix reads Hop per element
     void *out; long ld_out; int out_f32, accumulate;
     unsigned *amax_bits; unsigned *amax_row_bits; int *nonfinite;
     const float *amax_q; const float *amax_row_q; int fmt;
@@ -123,6 +146,12 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     const long out_off = row * a.ld_out + (long)seg * a.blk;
     const float isc = a.in_scale ? *a.in_scale : 1.f;
     const int blk = a.blk, K = a.K, P = a.P;
+
+    // sign bits of the order-K matrix after the block's values (read in the output phase, after a __syncthreads)
+    unsigned *ssg = (unsigned *)(sm + blk);
+    const int fast_mix = a.rotate && K > 1 && a.sgn && P >= 32;
+    if (fast_mix)
+        for (int i = tid; i < K * ((K + 31) / 32); i += nthr) ssg[i] = a.sgn[i];
 
     if (a.rotate) {
         int h0 = 1;
@@ -209,7 +238,35 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
             ((uint8_t *)a.out)[out_off + e] = quant1(v, qs, a.fmt);
         }
     };
-    if (a.vec_out && blk % 4 == 0) {
+    if (fast_mix) {
+        // y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], H = +-1: each thread sums four rows i of one column j,
+        // c = 0..K-1 in the CPU's order (adding -x is the same as adding (-1) * x), signs from shared bit masks.
+        const int KW = (K + 31) / 32, nI = (K + 3) / 4, lP = a.lP;
+        for (int w = tid; w < P * nI; w += nthr) {
+            const int j = w & (P - 1), i0 = (w >> lP) * 4;
+            int ir[4];
+            #pragma unroll
+            for (int r = 0; r < 4; r++) ir[r] = i0 + r < K ? i0 + r : K - 1;   // past K: computed, not emitted
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int cw = 0; cw < KW; cw++) {
+                unsigned mk[4];
+                #pragma unroll
+                for (int r = 0; r < 4; r++) mk[r] = ssg[ir[r] * KW + cw];
+                const int cend = K < cw * 32 + 32 ? K : cw * 32 + 32;
+                for (int c = cw * 32; c < cend; c++) {
+                    const unsigned xb = __float_as_uint(sm[c * P + j]);
+                    #pragma unroll
+                    for (int r = 0; r < 4; r++) {
+                        acc[r] += __uint_as_float(xb ^ ((mk[r] & 1u) << 31));
+                        mk[r] >>= 1;
+                    }
+                }
+            }
+            #pragma unroll
+            for (int r = 0; r < 4; r++)
+                if (i0 + r < K) emit((i0 + r) * P + j, acc[r] * a.scale);
+        }
+    } else if (a.vec_out && blk % 4 == 0) {
         for (int e4 = tid; e4 < blk / 4; e4 += nthr) {
             const int e = e4 * 4;
             float v[4];
@@ -252,11 +309,11 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
         if (nthr < 64) nthr = 64;
         if (nthr > 1024) nthr = 1024;
         smem = sizeof(float) * (size_t)a.blk;
-        static size_t smem_set = 0;   // per instantiation: raise the dynamic shared-memory limit once
+        if (a.K > 1 && a.sgn) smem += sizeof(unsigned) * (size_t)a.K * ((a.K + 31) / 32);
+        static size_t smem_set = 0;   // per instantiation: raise the dynamic shared-memory limit when needed
         if (smem > 48 * 1024 && smem_set < smem) {
-            CUDA_CHECK(cudaFuncSetAttribute(k_rows<TIN, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            sizeof(float) * HALO_CUDA_MAX_BLOCK));
-            smem_set = sizeof(float) * HALO_CUDA_MAX_BLOCK;
+            CUDA_CHECK(cudaFuncSetAttribute(k_rows<TIN, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            smem_set = smem;
         }
     } else {
         nthr = a.blk >= 4096 ? 256 : 128;
@@ -287,6 +344,7 @@ static rows_args rows_setup(const halo_cuda_had *h, int transpose, const void *i
         a.scale = h->scale;
         // x H = (op x) with op = H_K^T (x) H_P along the row (the CPU's ht = 1); x H^T uses H_K.
         a.Hop = transpose ? h->dHf : h->dHtf;
+        a.sgn = transpose ? h->dSgn : h->dSgnT;
     } else {
         a.rotate = 0; a.blk = d; a.nseg = 1; a.K = 1; a.P = d;
     }
