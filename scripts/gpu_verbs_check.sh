@@ -40,6 +40,10 @@ verdict() {   # name, python check that exits 0 on success (prints its numbers)
 
 # 1. the GPU test
 run "test_cuda_verbs (checkpoints, resume, debug-step)" verbs.log 120 build-dev/tests/test_cuda_verbs
+[ "$DEV" = cuda ] && verdict "test_cuda_verbs ran on the GPU (nothing skipped)" "
+import re, sys
+m = re.search(r'(\d+) passed, (\d+) failed, (\d+) skipped', open('$LOG/verbs.log').read())
+print(m.group(0) if m else 'no result line'); sys.exit(0 if m and m.group(3) == '0' and int(m.group(1)) > 0 else 1)"
 
 # 2. finetune with checkpoints and resume
 P=$'### Target sentence:\n{ref}\n'   # README's prompt for stories260K (the preset's instruction exceeds 512 positions)

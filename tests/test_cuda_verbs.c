@@ -1,11 +1,13 @@
 // The verbs' GPU paths (skips without a GPU):
 // 1. Checkpoints of GPU training (stories260K, trainer + trainer_use_cuda): the weights and AdamW moments written at
 //    step 6 come back from the GPU bit for bit after a resume; the resumed run's losses for steps 7..12 match the
-//    uninterrupted run's within 1e-3 relative (GPU steps are not bit-reproducible: attention and embedding
-//    backward sum with fp32 atomics; the measured run-to-run difference of two uninterrupted runs is printed and
-//    is expected around 1e-6); a resume that lost the moments must miss by more than 10x that bound (so the bound
-//    can tell); the CPU resumes the GPU checkpoint and the GPU a CPU one (their first losses agree within BF16's
-//    1e-2); bf16 device moments round-trip exactly through the host.
+//    uninterrupted run's within 1e-3 relative. Why 1e-3: the state at the resume is checked to be bit-identical, so
+//    only run-to-run nondeterminism separates the two (attention and embedding backward sum with fp32 atomics:
+//    last-bit gradient differences, a rare flipped BF16 rounding of a weight), which six steps amplify to far less
+//    than 1e-3 (two uninterrupted runs are compared with the same bound and their difference is printed); a resume
+//    that lost the moments misses by 0.24 here (CPU: --cpu), and the test requires that to exceed 10x the bound,
+//    so the bound can tell. The CPU resumes the GPU checkpoint and the GPU a CPU one (first losses within BF16's
+//    max(1e-2, 4x what BF16 weights alone change)); bf16 device moments round-trip exactly through the host.
 // 2. `halo debug-step --device cuda` against the goldens with test_cuda_model's BF16 tolerances.
 // `test_cuda_verbs --cpu` runs part 1 with the CPU backend instead (no GPU needed; there everything is exact).
 #include <cjson/cJSON.h>
