@@ -202,8 +202,9 @@ static void test_checkpoints(int cuda) {
     double x_cpu = fabs((double)e[SAVE_AT] - c[SAVE_AT]) / c[SAVE_AT], b_cpu = fmax(1e-2, 4 * probe_e);
     double x_dev = fabs((double)g[SAVE_AT] - f[SAVE_AT]) / f[SAVE_AT], b_dev = fmax(1e-2, 4 * probe_g);
     printf("step %d after a cross-device resume: CPU from %s checkpoint %.3g (bound %.3g), %s from CPU checkpoint "
-           "%.3g (bound %.3g); later steps differ by up to %.3g and %.3g\n", SAVE_AT + 1, dev, x_cpu, b_cpu, dev,
-           x_dev, b_dev, max_rel(e, c, SAVE_AT, STEPS), max_rel(g, f, SAVE_AT, STEPS));
+           "%.3g (bound %.3g); later steps differ by up to %.3g and %.3g; BF16 weights alone: %.3g, %.3g\n",
+           SAVE_AT + 1, dev, x_cpu, b_cpu, dev, x_dev, b_dev, max_rel(e, c, SAVE_AT, STEPS),
+           max_rel(g, f, SAVE_AT, STEPS), probe_e, probe_g);
     CHECK(x_cpu <= b_cpu && x_dev <= b_dev, "cross-device resume, first loss: %.3g > %.3g or %.3g > %.3g", x_cpu,
           b_cpu, x_dev, b_dev);
     for (int i = SAVE_AT; i < STEPS; i++) CHECK(isfinite(e[i]) && isfinite(g[i]), "cross-device resumed loss %d", i + 1);
