@@ -1,6 +1,7 @@
 // `halo demo`: trains a small Llama from scratch on D-digit addition (src/train/task_addition.h) on the CPU (or the
 // GPU with --device cuda), evaluates exact-match accuracy on held-out sums with greedy KV-cached generation on the
-// CPU, and optionally exports the model. Checkpoint/resume flags make it the end-to-end test of the training loop as well.
+// CPU, and optionally exports the model. Checkpoint/resume flags make it the end-to-end test of the training loop
+// as well.
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <omp.h>
