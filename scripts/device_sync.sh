@@ -4,16 +4,19 @@
 # safety), headers for an on-device rebuild, and the shared data the tests read into DEST (default
 # /work/main/.dev-cuda, ignored by main's .gitignore). Then call the device tool with carry [".dev-cuda"] and
 #   cd .dev-cuda && bash scripts/gpu_check.sh [all|test|bench]
+# or, for --device cuda in the verbs (halo binary, test_cuda_verbs, ViGGO and text samples are staged too),
+#   cd .dev-cuda && bash scripts/gpu_verbs_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-/work/main/.dev-cuda}
 SHARED=${HALO_SHARED:-../shared}
 make -j2 BUILD=build/dev OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
-rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench}
+rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench,shared/data/viggo,shared/data/text}
 cp -r src include tests bench scripts dev Makefile "$DEST"/ 2>/dev/null || true
 mkdir -p "$DEST/build-dev"
 mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
 cp build/dev/tests/test_cuda_* "$DEST/build-dev/tests/"; cp build/dev/bench/bench_cuda_* "$DEST/build-dev/bench/"
+cp build/dev/halo "$DEST/build-dev/"   # the CLI (gpu_verbs_check.sh, test_cuda_verbs's debug-step run)
 cp -P /usr/lib/x86_64-linux-gnu/libcjson.so* "$DEST/deps/lib/"
 cp -L /usr/lib/x86_64-linux-gnu/libpcre2-8.so.0 "$DEST/deps/lib/"   # the device has OpenBLAS's runtime
 # link names for an on-device rebuild (-lpcre2-8, -lopenblas); the OpenBLAS one points at the device's runtime
@@ -25,4 +28,6 @@ cp /usr/include/x86_64-linux-gnu/openblas-openmp/*.h "$DEST/deps/include/" 2>/de
 cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
 cp -r "$SHARED"/models/stories260K "$DEST/shared/models/"
 cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"
+cp "$SHARED"/data/viggo/valid.csv "$DEST/shared/data/viggo/"
+cp "$SHARED"/data/text/tinystories_sample.txt "$DEST/shared/data/text/"
 du -sh "$DEST"

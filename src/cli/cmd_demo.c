@@ -1,6 +1,7 @@
-// `halo demo`: trains a small Llama from scratch on D-digit addition (src/train/task_addition.h) on the CPU,
-// evaluates exact-match accuracy on held-out sums with greedy KV-cached generation, and optionally exports the
-// model. Checkpoint/resume flags make it the end-to-end test of the training loop as well.
+// `halo demo`: trains a small Llama from scratch on D-digit addition (src/train/task_addition.h) on the CPU (or the
+// GPU with --device cuda), evaluates exact-match accuracy on held-out sums with greedy KV-cached generation on the
+// CPU, and optionally exports the model. Checkpoint/resume flags make it the end-to-end test of the training loop
+// as well.
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <omp.h>
@@ -38,7 +39,11 @@ static void usage(void) {
            "  --resume PATH      continue from a checkpoint file, or the newest one in a folder; the model,\n"
            "                     task and training options come from the checkpoint\n"
            "  --metrics FILE     one JSON line per step and per evaluation\n"
-           "  --log-every N      progress line every N steps (default 1)\n");
+           "  --log-every N      progress line every N steps (default 1)\n"
+           "  --device cpu|cuda  where the training steps run (default cpu); cuda: BF16 products, fp32 master\n"
+           "                     weights and moments on the GPU; evaluation and generation run on the CPU with the\n"
+           "                     weights copied back. Checkpoints are the same on both devices (either resumes the\n"
+           "                     other's); a GPU resume is not bit for bit (attention backward sums with atomics)\n");
     halo_common_usage();
 }
 
@@ -80,6 +85,7 @@ int cmd_demo(int argc, char **argv) {
     long threads = 0, show = 8, seed = 1, v;
     double x;
     const char *out_dir = NULL, *resume = NULL, *s;
+    int use_cuda = 0;
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -103,8 +109,12 @@ int cmd_demo(int argc, char **argv) {
         else if ((s = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--resume"))) resume = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = s;
+        else if ((s = cli_flag_value(argc, argv, &i, "--device"))) {
+            if (cli_device_parse(s, &use_cuda)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
+        }
         else { fprintf(stderr, "halo demo: unknown option '%s' (see --help)\n", a); return 2; }
     }
+    if (use_cuda && cli_cuda_check()) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
     if (threads > 0) {   // default: all cores (OpenBLAS's OpenMP build shares OpenMP's pool)
         omp_set_num_threads((int)threads);
         openblas_set_num_threads((int)threads);
@@ -158,10 +168,17 @@ int cmd_demo(int argc, char **argv) {
         if (trainer_resume(&t, ckpt)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
         printf("resumed from %s at step %d\n", ckpt, t.step);
     }
+    if (use_cuda) {
+        if (trainer_use_cuda(&t)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
+        printf("demo: training on the GPU; evaluation and generation run on the CPU with the weights copied back\n");
+    }
+    char threads_desc[64];
+    if (use_cuda) snprintf(threads_desc, sizeof threads_desc, "GPU (BF16), %d CPU threads", omp_get_max_threads());
+    else snprintf(threads_desc, sizeof threads_desc, "%d threads", omp_get_max_threads());
     printf("demo: %d-digit addition | model dim %d, %d layers, %d heads, hidden %d, vocab %d (%.2fM params) | "
-           "batch %d x %d tokens, %d steps, lr %.1e cosine, %d threads | %s\n",
+           "batch %d x %d tokens, %d steps, lr %.1e cosine, %s | %s\n",
            (int)sh.digits, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.hidden_dim, cfg.vocab_size, m.n_params / 1e6,
-           o.batch_size, o.seq_len, o.steps, o.lr, omp_get_max_threads(), halo_common_describe(&co));
+           o.batch_size, o.seq_len, o.steps, o.lr, threads_desc, halo_common_describe(&co));
     fflush(stdout);
     if (trainer_run(&t)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
 
@@ -169,6 +186,7 @@ int cmd_demo(int argc, char **argv) {
     printf("final accuracy: %.1f%% exact match on %d held-out sums after %d steps (%.1f s of training)\n",
            100 * acc, task.n_eval, t.step, t.last.elapsed_s);
     if (out_dir) {
+        t.be.to_host(&t);   // the GPU's weights (the last evaluation copied them already; this is cheap)
         if (llama_save_hf(&m, out_dir, "float32", NULL) || halo_common_save(&co, &m, out_dir)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
         printf("model written to %s\n", out_dir);
     }

@@ -24,14 +24,16 @@ static void usage(void) {
            "  --predictions FILE.jsonl  where predictions go (default: predictions.jsonl beside the printed score)\n"
            "  dataset options as in finetune: --preset --prompt-template --answer-template --prompt-field\n"
            "  --answer-field --chat --plain-template --system --seq-len --seed --val-fraction --batch (loss task)\n"
-           "  --threads N\n");
+           "  --threads N\n"
+           "  --device cpu|cuda         cuda: --task loss runs the forward on the GPU (BF16 products); generation\n"
+           "                            tasks still run on the CPU (a GPU KV-cache decoder is future work)\n");
     halo_common_usage();
 }
 
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *task = NULL, *pred_path = "predictions.jsonl", *split_name = "val", *v;
     long limit = 0, max_new = 256, n, threads = 0, batch = 8;
-    int all = 0;
+    int all = 0, use_cuda = 0;
     dataset_config dc;
     dataset_config_default(&dc);
     dc.shuffle = false;
@@ -53,12 +55,17 @@ int cmd_eval(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; dc.seed = (uint64_t)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &batch)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--device"))) { if (cli_device_parse(v, &use_cuda)) goto bad; }
         else { fprintf(stderr, "halo eval: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path || !task) { usage(); return 2; }
     int loss_task = !strcmp(task, "loss");
     halo_metric metric = METRIC_EXACT;
     if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
+    if (use_cuda && loss_task && cli_cuda_check() != HALO_OK) goto bad;
+    if (use_cuda && !loss_task)
+        fprintf(stderr, "halo eval: note: --device cuda: generation tasks run on the CPU (no GPU KV-cache decoder "
+                "yet)\n");
     if (all) { dc.val_fraction = 0; dc.val_count = 0; split_name = "train"; }
     dataset_split split;
     if (!strcmp(split_name, "val")) split = DATASET_VAL;
@@ -81,7 +88,18 @@ int cmd_eval(int argc, char **argv) {
     if (loss_task) {
         double loss;
         long tokens;
-        rc = finetune_val_loss(&m, ds, split, (int)batch, dc.seq_len, limit > 0 ? (limit + batch - 1) / batch : 0, &loss, &tokens);
+        long max_batches = limit > 0 ? (limit + batch - 1) / batch : 0;
+        if (use_cuda) {
+            cli_gpu *gpu;
+            rc = cli_gpu_open(&gpu, &m, (int)batch, dc.seq_len);
+            if (rc == HALO_OK) {
+                fprintf(stderr, "halo eval: loss on the GPU (BF16 products)\n");
+                rc = finetune_val_loss_with(cli_gpu_forward, gpu, ds, split, (int)batch, dc.seq_len, max_batches, &loss,
+                                            &tokens);
+                cli_gpu_close(gpu);
+            }
+        } else
+            rc = finetune_val_loss(&m, ds, split, (int)batch, dc.seq_len, max_batches, &loss, &tokens);
         if (rc == HALO_OK) printf("loss %.6f | perplexity %.4f | %ld tokens\n", loss, exp(loss), tokens);
     } else {
         FILE *pf = fopen(pred_path, "w");

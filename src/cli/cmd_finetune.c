@@ -39,7 +39,10 @@ static void usage(void) {
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
         "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products, fp32 master weights and moments\n"
-        "                         on the GPU (no checkpoints or HALO precisions there yet)\n");
+        "                         on the GPU (no HALO precisions there yet); validation runs on the CPU with the\n"
+        "                         weights copied back. Checkpoints have one format: a GPU run resumes on the CPU\n"
+        "                         and vice versa. A GPU resume continues from the same weights and moments but is\n"
+        "                         not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
     halo_common_usage();
 }
 
@@ -68,9 +71,16 @@ typedef struct {
     long max_batches;
 } eval_ctx;
 
+static float cpu_forward(void *m, const halo_batch *b) { return llama_forward(m, b, NULL); }
+
 // Token-weighted mean next-token cross-entropy over one split, in file order.
 int finetune_val_loss(llama_model *m, dataset *ds, dataset_split split, int B, int T, long max_batches,
                       double *loss_out, long *tokens_out) {
+    return finetune_val_loss_with(cpu_forward, m, ds, split, B, T, max_batches, loss_out, tokens_out);
+}
+
+int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *ctx, dataset *ds, dataset_split split,
+                           int B, int T, long max_batches, double *loss_out, long *tokens_out) {
     halo_batch b;
     halo_batch_alloc(&b, B, T);
     dataset_iter it = {0, 0, 0};
@@ -83,7 +93,7 @@ int finetune_val_loss(llama_model *m, dataset *ds, dataset_split split, int B, i
         long cnt = 0;
         for (int i = 0; i < B * T; i++) cnt += b.targets[i] >= 0;
         if (!cnt) continue;
-        sum += (double)llama_forward(m, &b, NULL) * cnt;
+        sum += (double)fwd(ctx, &b) * cnt;
         tokens += cnt;
     }
     halo_batch_free(&b);
@@ -150,7 +160,8 @@ int cmd_finetune(int argc, char **argv) {
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
-    if (strcmp(device, "cpu") && strcmp(device, "cuda")) { halo_fail("--device: '%s' is not cpu or cuda", device); goto bad; }
+    int use_cuda = 0;
+    if (cli_device_parse(device, &use_cuda) != HALO_OK || (use_cuda && cli_cuda_check() != HALO_OK)) goto bad;
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
@@ -202,10 +213,7 @@ int cmd_finetune(int argc, char **argv) {
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);
-        if (rc == HALO_OK && !strcmp(device, "cuda")) {
-            if (resume) rc = halo_fail("--resume is not supported with --device cuda yet");
-            else rc = trainer_use_cuda(&t);
-        }
+        if (rc == HALO_OK && use_cuda) rc = trainer_use_cuda(&t);   // uploads the resumed weights and moments
     }
     if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"

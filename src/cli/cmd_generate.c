@@ -27,6 +27,8 @@ static void usage(void) {
            "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
            "                       the tokenizer has its header tokens, else Llama 2 [INST]); --system S adds a system turn\n"
            "  --json               with --prompt: print the JSON line instead of streaming text\n"
+           "  --device cpu|cuda    accepted for symmetry with the other verbs; generation runs on the CPU either way\n"
+           "                       (a GPU KV-cache decoder is future work)\n"
            "With --prompt TEXT the generated text is streamed as it is produced. With --prompt-ids (or --json) prints\n"
            "{\"prompt_ids\": [...], \"generated_ids\": [...], \"ids\": [...]} (and \"text\" with a tokenizer).\n");
     halo_common_usage();
@@ -106,6 +108,12 @@ int cmd_generate(int argc, char **argv) {
         else if (cli_is_flag(a, "--chat")) chat = 1;
         else if (cli_is_flag(a, "--json")) json = 1;
         else if ((s = cli_flag_value(argc, argv, &i, "--system"))) system = s;
+        else if ((s = cli_flag_value(argc, argv, &i, "--device"))) {
+            int cuda;
+            if (cli_device_parse(s, &cuda)) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
+            if (cuda) fprintf(stderr, "halo generate: note: --device cuda: generation runs on the CPU (no GPU KV-cache "
+                              "decoder yet)\n");
+        }
         else if ((s = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.max_new_tokens = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--top-k"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.top_k = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int(a, s, &v)) goto bad_num; o.seed = (uint64_t)v; }

@@ -3,7 +3,10 @@
 #ifndef HALO_CLI_COMMON_H
 #define HALO_CLI_COMMON_H
 #include "data/dataset.h"
+#include "model/batch.h"
 #include "model/linear.h"
+#include "model/llama.h"
+#include "train/adamw.h"
 
 typedef struct {
     model_halo_config hc;
@@ -37,6 +40,24 @@ int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i);
 // Token-weighted mean loss over one split (at most max_batches batches of B x T; 0 = all of it).
 int finetune_val_loss(llama_model *m, dataset *ds, dataset_split split, int B, int T, long max_batches,
                       double *loss_out, long *tokens_out);
+// Same with another forward: fwd(ctx, batch) returns the batch's mean loss over its targets (cli_gpu_forward).
+int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *ctx, dataset *ds, dataset_split split,
+                           int B, int T, long max_batches, double *loss_out, long *tokens_out);
+
+// --device cpu|cuda (src/cli/device.c). cli_device_parse: *cuda = 0 or 1, HALO_ERR naming the flag otherwise.
+int cli_device_parse(const char *value, int *cuda);
+// HALO_OK when --device cuda can run here; else an error naming the flag ("--device cuda: no CUDA device found",
+// or "this build has no CUDA backend"). The verbs check this before loading anything.
+int cli_cuda_check(void);
+// The GPU model for eval and debug-step: BF16 products, fp32 master weights (src/cuda/llama_cuda.cu).
+typedef struct cli_gpu cli_gpu;
+int cli_gpu_open(cli_gpu **out, const llama_model *m, int max_B, int max_T);   // refuses HALO precisions
+float cli_gpu_forward(void *gpu, const halo_batch *b);                          // mean loss (for _with above)
+float cli_gpu_logits(cli_gpu *g, const halo_batch *b, float *logits);           // mean loss, logits [B, T, V]
+int cli_gpu_grads(cli_gpu *g, const halo_batch *b, llama_model *m);             // m->grads = d(mean loss)/d(params)
+// One AdamW step on b (no clipping, torch's update; step is 1-based); returns the loss before the update.
+float cli_gpu_adamw_step(cli_gpu *g, const halo_batch *b, const adamw_config *ac, double lr, int step);
+void cli_gpu_close(cli_gpu *g);
 
 void halo_set_threads(int n);   // 0 = leave OpenMP's default
 double halo_now(void);          // monotonic seconds

@@ -152,6 +152,14 @@ void llama_cuda_profile_print(llama_cuda *g);
 size_t llama_cuda_bytes(const llama_cuda *g);
 size_t llama_cuda_param_count(const llama_cuda *g);
 
+// Training state for checkpoints (host layout: the host model's flat buffer and adamw_state's m/v).
+// Copies the AdamW moments into m_host/v_host [host->n_params] fp32 (bf16 device moments are widened exactly).
+int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host);
+// Replaces the device state: fp32 master weights from host->params (the bf16 working copy follows) and the moments
+// from m_host/v_host (NULL: zeros; bf16 device moments round to nearest even, so bf16 moments copied back by
+// llama_cuda_copy_moments come back bit for bit). Used to resume a checkpoint on the GPU.
+int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host, const float *v_host);
+
 #ifdef __cplusplus
 }
 #endif

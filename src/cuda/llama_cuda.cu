@@ -614,3 +614,68 @@ extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
     grads_settle(g);
     return copy_back(g, host->grads, g->grad, host);
 }
+
+// ---- training state to and from the host (checkpoints, resume) ----
+// Host layout: the host model's flat buffer (slot.host_off); device padding between slots is never copied.
+static int check_host_map(const llama_cuda *g, const llama_model *host, const char *what) {
+    if (host->n_params != g->n_true)
+        return halo_fail("CUDA %s: host model has %zu parameters, device %zu", what, host->n_params, g->n_true);
+    for (int i = 0; i < g->n_slots; i++)
+        if (g->slots[i].host_off < 0) return halo_fail("CUDA %s: device model was not made from a host model", what);
+    return HALO_OK;
+}
+
+// One device moment buffer (fp32, or bf16 widened exactly to fp32) into dst[host n_params]. The stream is idle.
+static void moment_down(const llama_cuda *g, float *dst, const void *src) {
+    if (!g->o.bf16_moments) {
+        for (int i = 0; i < g->n_slots; i++)
+            CUDA_CHECK(cudaMemcpy(dst + g->slots[i].host_off, (const float *)src + g->slots[i].off, g->slots[i].n * 4,
+                                  cudaMemcpyDeviceToHost));
+        return;
+    }
+    halo_bf16 *tmp = (halo_bf16 *)xmalloc(g->n_all * 2);
+    CUDA_CHECK(cudaMemcpy(tmp, src, g->n_all * 2, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < g->n_slots; i++)
+        cuda_bf16_to_f32_host(dst + g->slots[i].host_off, tmp + g->slots[i].off, g->slots[i].n);
+    free(tmp);
+}
+
+extern "C" int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host) {
+    if (check_host_map(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    moment_down(g, m_host, g->m);
+    moment_down(g, v_host, g->v);
+    return HALO_OK;
+}
+
+// src[host n_params] fp32 (NULL: zeros) into one device moment buffer (fp32, or bf16 rounded to nearest even).
+// Copies are queued on the stream from `stage` (n_all elements of the device type), which the caller keeps until
+// the stream is synchronized.
+static void moment_up(llama_cuda *g, void *dst, const float *src, void *stage) {
+    size_t msz = g->o.bf16_moments ? 2 : 4;
+    if (!src) { CUDA_CHECK(cudaMemsetAsync(dst, 0, g->n_all * msz, g->st)); return; }
+    for (int i = 0; i < g->n_slots; i++) {
+        const dev_slot *s = &g->slots[i];
+        if (g->o.bf16_moments) cuda_f32_to_bf16_host((halo_bf16 *)stage + s->off, src + s->host_off, s->n);
+        else memcpy((float *)stage + s->off, src + s->host_off, s->n * 4);
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + s->off * msz, (char *)stage + s->off * msz, s->n * msz,
+                                   cudaMemcpyHostToDevice, g->st));
+    }
+}
+
+extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host,
+                                       const float *v_host) {
+    if (check_host_map(g, host, "state upload") != HALO_OK) return HALO_ERR;
+    size_t msz = g->o.bf16_moments ? 2 : 4;
+    void *stage_m = xmalloc(g->n_all * msz), *stage_v = xmalloc(g->n_all * msz);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));   // no step still reads the buffers replaced here
+    for (int i = 0; i < g->n_slots; i++)
+        CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
+                                   g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
+    cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
+    moment_up(g, g->m, m_host, stage_m);
+    moment_up(g, g->v, v_host, stage_v);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    free(stage_m); free(stage_v);
+    return HALO_OK;
+}

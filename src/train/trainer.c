@@ -272,6 +272,7 @@ int trainer_save(trainer *t, const char *path) {
         path = buf;
     }
     t->be.to_host(t);
+    if (t->be.opt_to_host && t->be.opt_to_host(t)) return halo_fail_ctx("checkpoint at step %d: ", t->step);
     checkpoint_meta meta = {.step = t->step, .rng = t->rng, .options_json = t->options_json,
                             .app_json = t->app_meta,
                             .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};

@@ -1,7 +1,8 @@
 // The training loop: batches from a data source, forward/backward with gradient accumulation, clipping, AdamW
 // with a learning-rate schedule, a progress line and a metrics JSONL line per step, periodic evaluation and
-// atomic checkpoints from which a run resumes bit for bit. The model computations go through a small backend
-// table (train_backend) so that a GPU backend can replace the CPU one without touching the loop.
+// atomic checkpoints from which a run resumes bit for bit (on the CPU; see trainer_use_cuda). The model
+// computations go through a small backend table (train_backend) so that a GPU backend can replace the CPU one
+// without touching the loop.
 #ifndef HALO_TRAINER_H
 #define HALO_TRAINER_H
 #include <stdint.h>
@@ -71,6 +72,9 @@ typedef struct {
     void (*to_host)(struct trainer *t);
     void (*from_host)(struct trainer *t);
     void (*release)(struct trainer *t);   // frees be_ctx (NULL: nothing to free)
+    // Copies the optimizer's moments into t->opt before a checkpoint (NULL: t->opt is already current). Apart from
+    // to_host because evaluations need only the weights.
+    int (*opt_to_host)(struct trainer *t);
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 
@@ -125,7 +129,9 @@ void trainer_log_step(trainer *t, const train_step_info *s);
 void trainer_log_metrics(trainer *t, const train_step_info *s);
 // Moves training to the GPU (src/train/trainer_cuda.c): uploads the model, then every step runs there; the host
 // model is refreshed before evaluations and at the end. BF16 products with fp32 master weights and moments.
-// HALO_ERR when the build has no CUDA or no GPU is present. Call after trainer_init, before the first step.
+// HALO_ERR when the build has no CUDA or no GPU is present. Call after trainer_init (and trainer_resume, whose
+// weights and moments it uploads), before the first step. Checkpoints hold the same tensors as a CPU run's, so
+// either device resumes the other's; GPU steps are not bit-reproducible (attention backward sums with atomics).
 int trainer_use_cuda(trainer *t);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);

@@ -1,6 +1,6 @@
 // The trainer's GPU backend: the step runs in the CUDA model (src/cuda/llama_cuda.cu); the host model is refreshed
-// from the device's fp32 master weights before evaluations and at the end. Checkpoints are refused until the
-// device can hand back its AdamW moments (a resume would otherwise not reproduce the run).
+// from the device's fp32 master weights before evaluations and at the end, and the host optimizer's moments from
+// the device's before a checkpoint. A resume uploads both (checkpoints are the CPU backend's format).
 #include <math.h>
 #include <stdlib.h>
 #include "train/trainer.h"
@@ -33,8 +33,12 @@ static void cu_to_host(trainer *t) {
     if (llama_cuda_copy_params(ctx_of(t)->g, t->model) != HALO_OK)
         fprintf(stderr, "halo: copying weights from the GPU failed: %s\n", halo_error());
 }
+static int cu_opt_to_host(trainer *t) {
+    return llama_cuda_copy_moments(ctx_of(t)->g, t->model, t->opt.m, t->opt.v);
+}
 static void cu_from_host(trainer *t) {
-    fprintf(stderr, "halo: resuming a checkpoint on the GPU is not supported yet; the GPU keeps its weights\n");
+    if (llama_cuda_upload_state(ctx_of(t)->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
+        fprintf(stderr, "halo: uploading the training state to the GPU failed: %s\n", halo_error());
 }
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
@@ -43,9 +47,6 @@ static void cu_release(trainer *t) {
 }
 
 int trainer_use_cuda(trainer *t) {
-    if (t->o.ckpt_dir)
-        return halo_fail("checkpoints are not supported with --device cuda yet (the GPU's AdamW moments cannot be "
-                         "saved); drop --ckpt-dir or train on the CPU");
     if (t->model->halo)
         return halo_fail("HALO precisions run on the CPU only for now; use --device cpu with --precision int8/fp8");
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
@@ -57,7 +58,10 @@ int trainer_use_cuda(trainer *t) {
     t->be_ctx = c;
     t->be = (train_backend){.name = "cuda", .zero_grads = cu_zero_grads, .forward_backward = cu_forward_backward,
                             .clip_grads = cu_clip_grads, .optimizer_step = cu_optimizer_step, .to_host = cu_to_host,
-                            .from_host = cu_from_host, .release = cu_release};
+                            .from_host = cu_from_host, .release = cu_release, .opt_to_host = cu_opt_to_host};
+    // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
+    if (t->opt.t > 0 && llama_cuda_upload_state(c->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
+        return halo_fail_ctx("--device cuda: ");
     return HALO_OK;
 }
 #else
