@@ -38,8 +38,8 @@ static void usage(void) {
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
-        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products, fp32 master weights and moments\n"
-        "                         on the GPU (no checkpoints or HALO precisions there yet)\n");
+        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor\n"
+        "                         scales), fp32 master weights and moments on the GPU (no checkpoints there yet)\n");
     halo_common_usage();
 }
 
@@ -151,6 +151,10 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { halo_fail("--device: '%s' is not cpu or cuda", device); goto bad; }
+    if (!strcmp(device, "cuda") && co.telemetry_every > 0) {
+        halo_fail("--halo-telemetry is not supported with --device cuda (the GPU HALO layers do not measure errors)");
+        goto bad;
+    }
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
