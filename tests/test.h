@@ -36,7 +36,7 @@ static inline const char *test_shared_path(const char *rel) {
     const char *s = test_shared();
     if (!s) return NULL;
     k = (k + 1) & 3;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", s, rel);
+    snprintf(buf[k], sizeof buf[k], "%.2040s/%.2040s", s, rel);
     return buf[k];
 }
 

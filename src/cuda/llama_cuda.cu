@@ -397,6 +397,7 @@ static int halo_setup(llama_cuda *g) {
         g->htmp = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
         if (g->oom) return HALO_ERR;
     }
+    CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
     return HALO_OK;
 }
 
