@@ -3,6 +3,7 @@
 // layer products, attention) that says where the time goes. Prints one JSON line last.
 //   build/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
 //   build/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048
+//   build/bench/bench_cuda_train --precision int8 --halo-level 2 --steps 5 --profile-only   (HALO on every block linear)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
+#include "cuda/halo_cuda.h"
 #include "util/error.h"
 
 static double now_s(void) {
@@ -53,6 +55,8 @@ int main(int argc, char **argv) {
 #else
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
+    int halo_level = -1, profile_only = 0;
+    const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
@@ -64,13 +68,24 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--recompute-mlp")) recompute = 2;
         else if (!strcmp(argv[i], "--bf16-moments")) bf16m = 1;
         else if (!strcmp(argv[i], "--no-breakdown")) breakdown = 0;
+        else if (!strcmp(argv[i], "--profile-only")) profile_only = 1;
+        else if (!strcmp(argv[i], "--precision") && i + 1 < argc) precision = argv[++i];
+        else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
-                   "[--steps N] [--recompute | --recompute-mlp] [--bf16-moments] [--ce-chunk TOKENS] [--no-breakdown]\n");
+                   "[--steps N] [--recompute | --recompute-mlp] [--bf16-moments] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
+                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
     if (steps > 64) steps = 64;
+    model_halo_config hc = model_halo_config_default();   // every block linear, per-tensor scales
+    if (!strcmp(precision, "int8")) hc.prec = HALO_PREC_INT8;
+    else if (!strcmp(precision, "fp8")) hc.prec = HALO_PREC_FP8;
+    else if (strcmp(precision, "bf16")) { fprintf(stderr, "--precision: '%s' is not bf16, int8 or fp8\n", precision); return 2; }
+    hc.level = halo_level >= 0 ? halo_level : hc.prec == HALO_PREC_INT8 ? 2 : 0;
+    if (hc.prec == HALO_PREC_FP32) hc.level = 0;
+    if (hc.level > 2) { fprintf(stderr, "--halo-level: %d is not 0, 1 or 2\n", hc.level); return 2; }
     if (cuda_device_count() <= 0) { printf("bench_cuda_train: no CUDA GPU present, skipped\n"); return 0; }
     llama_config c;
     memset(&c, 0, sizeof c);
@@ -100,6 +115,7 @@ int main(int argc, char **argv) {
     llama_cuda_opts o;
     memset(&o, 0, sizeof o);
     o.max_B = B; o.max_T = T; o.recompute = recompute; o.bf16_moments = bf16m; o.ce_chunk = ce_chunk; o.verbose = 1;
+    o.halo = hc;
     llama_cuda *g;
     double t0 = now_s();
     if (llama_cuda_init_random(&g, &c, 1, &o) != HALO_OK) { fprintf(stderr, "%s\n", halo_error()); return 1; }
@@ -129,12 +145,14 @@ int main(int argc, char **argv) {
            " | device used %.2f GiB\n", tok / step_s, 100.0 * flops / step_s / peak, flops / 1e12,
            flops / step_s / 1e12, llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0);
 
-    if (breakdown) {
+    if (breakdown || profile_only) {
         // device time by operation inside real steps (events around every launch; a little slower than untimed)
         llama_cuda_profile(g, 1);
         for (int i = 0; i < 2; i++) llama_cuda_train_step(g, &b, &h, warmup + steps + 1 + i);
         llama_cuda_profile_print(g);
         llama_cuda_profile(g, 0);
+    }
+    if (breakdown && !profile_only) {
         // where the time goes: forward alone, AdamW alone, and the model's products and attention in isolation
         double fwd_ms, adam_ms;
         TIME_MS(3, fwd_ms, llama_cuda_forward(g, &b, NULL));
@@ -208,13 +226,14 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"bf16_moments\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"bf16_moments\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, bf16m, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, bf16m, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     halo_batch_free(&b);
     cuda_matmul_shutdown();
+    halo_cuda_gemm_shutdown();
     return 0;
 #endif
 }

@@ -38,11 +38,11 @@ static void usage(void) {
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
-        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products, fp32 master weights and moments\n"
-        "                         on the GPU (no HALO precisions there yet); validation runs on the CPU with the\n"
-        "                         weights copied back. Checkpoints have one format: a GPU run resumes on the CPU\n"
-        "                         and vice versa. A GPU resume continues from the same weights and moments but is\n"
-        "                         not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
+        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor\n"
+        "                         scales), fp32 master weights and moments on the GPU; validation runs on the CPU\n"
+        "                         with the weights copied back. Checkpoints have one format: a GPU run resumes on\n"
+        "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
+        "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
     halo_common_usage();
 }
 
@@ -162,6 +162,10 @@ int cmd_finetune(int argc, char **argv) {
     if (!model_dir || !dc.path) { usage(); return 2; }
     int use_cuda = 0;
     if (cli_device_parse(device, &use_cuda) != HALO_OK || (use_cuda && cli_cuda_check() != HALO_OK)) goto bad;
+    if (use_cuda && co.telemetry_every > 0) {
+        halo_fail("--halo-telemetry is not supported with --device cuda (the GPU HALO layers do not measure errors)");
+        goto bad;
+    }
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;

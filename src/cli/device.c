@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/common.h"
+#include "model/linear.h"
 #include "util/error.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
@@ -31,13 +32,13 @@ struct cli_gpu {
 int cli_gpu_open(cli_gpu **out, const llama_model *m, int max_B, int max_T) {
     *out = NULL;
     if (cli_cuda_check() != HALO_OK) return HALO_ERR;
-    if (llama_get_halo(m))
-        return halo_fail("--device cuda: HALO precisions run on the CPU only for now; use --device cpu with "
-                         "--precision int8/fp8 (or a model without halo_config.json)");
     llama_cuda_opts o;
     memset(&o, 0, sizeof o);
     o.max_B = max_B;
     o.max_T = max_T;
+    // the model's HALO settings run through the GPU HALO layers (llama_cuda_init refuses what the GPU lacks)
+    const model_halo_config *hc = llama_get_halo(m);
+    o.halo = hc ? *hc : model_halo_config_default();
     cli_gpu *c = xcalloc(1, sizeof *c);
     if (llama_cuda_init(&c->g, m, &o) != HALO_OK) { free(c); return halo_fail_ctx("--device cuda: "); }
     *out = c;

@@ -12,6 +12,7 @@ extern "C" {
 #endif
 #include "model/batch.h"
 #include "model/config.h"
+#include "model/linear.h"
 #include "model/llama.h"
 
 typedef uint16_t halo_bf16;   // bfloat16 bits (the kernels use __nv_bfloat16; C code only moves them)
@@ -110,6 +111,10 @@ typedef struct {
     int bf16_moments;       // 1: AdamW moments in bf16
     int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
     int verbose;            // 1: print the memory breakdown at init
+    model_halo_config halo; // HALO on the block linears, as on the CPU (src/model/linear.h): prec INT8 or FP8 runs
+                            // the selected linears through halo_cuda_linear (per-tensor scales, nearest rounding,
+                            // full H_m only); FP32 (zero-initialized) or BF16: every product in BF16 as before.
+                            // q, k, v (and gate, up) are fused on the GPU: all of a group or none.
 } llama_cuda_opts;
 
 typedef struct {

@@ -79,8 +79,19 @@ void halo_cuda_gemm_shutdown(void);
 // ---- the HALO linear layer on the GPU (halo_linear_cuda.cu) ----
 // Same products, rotations and quantizers as halo_linear.c with per-tensor scales and nearest rounding (its default
 // configuration): INT8 or FP8 E4M3, level 0, 1 or 2, H_m full (or the CPU's block-diagonal fallback), H_b over the
-// token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from forward to backward: Q(X H_m) [b][m] and
-// Q(W H_m) [n][m] with their absmax on the device.
+// token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from forward to backward: Q(X H_m) [b][mp] and
+// Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded up to 16 with zero codes, so that any m, n
+// work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing).
+
+// Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
+// that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
+enum { HALO_CUDA_NWS = 7 };
+typedef struct halo_cuda_ws {
+    void *buf[HALO_CUDA_NWS];
+    size_t cap[HALO_CUDA_NWS];
+} halo_cuda_ws;
+void halo_cuda_ws_free(halo_cuda_ws *w);
+
 typedef struct halo_cuda_linear {
     int prec;                 // HALO_PREC_INT8 or HALO_PREC_FP8 (halo/halo_linear.h)
     int level;
@@ -88,25 +99,39 @@ typedef struct halo_cuda_linear {
     int b, m, n, have_fwd;
     halo_cuda_had hm, hb;     // H_m (levels 1, 2) and H_b (level 2, over hb_pad tokens)
     int hm_d, hb_b, hb_pad;
-    uint8_t *qx, *qw;         // saved codes [b][m], [n][m]
+    uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp]
     size_t cap_qx, cap_qw;
     float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
                               // E_X, 6 alpha G, 8 (int) non-finite flag
-    void *ws[6];              // device scratch, grow-only (see halo_linear_cuda.cu)
-    size_t ws_cap[6];
+    halo_cuda_ws own;         // scratch when no shared one is set
+    halo_cuda_ws *shared;     // shared scratch (not owned), or NULL
     char note[256];
 } halo_cuda_linear;
 
 // prec: HALO_PREC_INT8 / HALO_PREC_FP8; level 0..2. HALO_ERR with a message otherwise.
 int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *name);
 void halo_cuda_linear_free(halo_cuda_linear *L);
+// Uses w (owned by the caller, outliving the layer's use) for scratch instead of the layer's own; NULL reverts.
+void halo_cuda_linear_share_workspace(halo_cuda_linear *L, halo_cuda_ws *w);
+// Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
+void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.
 int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, int b,
                              int m, int n, cudaStream_t s);
+// The same with Y's row stride ldy >= n (Y a column slice of a wider activation) and an optional residual:
+// R != NULL (needs y_f32; R [b][ldy] fp32, may alias Y): Y = R + X W^T.
+int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
+                                long ldy, const float *R, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32
 // accumulated (G += dW; NULL = frozen weight). Uses the codes saved by the preceding forward.
 int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G, int b, int m,
                               int n, cudaStream_t s);
+// The same with E_Y's row stride ldey >= n.
+int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G,
+                                 int b, int m, int n, cudaStream_t s);
+// out[r][c] (=, or += when accumulate and out is fp32; bf16 otherwise) = in[r][c] for r < rows, c < cols.
+void halo_cuda_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols,
+                         int accumulate, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -44,6 +44,7 @@ static void lt_init(void) {
     CUDA_CHECK(cudaMalloc((void **)&g_consts, 2 * sizeof(float)));
     const float c[2] = {0.f, 1.f};
     CUDA_CHECK(cudaMemcpy(g_consts, c, sizeof c, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaDeviceSynchronize());   // before any stream (non-blocking ones too) reads the constants
 }
 
 static void plan_destroy(qgemm_plan *p) {

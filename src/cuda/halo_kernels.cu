@@ -51,6 +51,9 @@ static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
             CUDA_CHECK(cudaMemcpy(h->dSgnT, sg + (size_t)c->K * KW, sb, cudaMemcpyHostToDevice));
         }
         free(sg);
+        // a pageable upload may still be in flight when cudaMemcpy returns, and users may run on a non-blocking
+        // stream that does not wait for the legacy stream: finish it here (plans are made once per layer)
+        CUDA_CHECK(cudaDeviceSynchronize());
     }
     return HALO_OK;
 }

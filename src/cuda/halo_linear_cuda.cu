@@ -1,9 +1,10 @@
 // The HALO linear layer on the GPU: levels 0, 1, 2 in INT8 or FP8 E4M3 with per-tensor scales, the same products,
 // rotations and quantizations as halo_linear_forward / halo_linear_backward (src/halo/halo_linear.c), everything
 // stream-ordered on the device (absmax by atomics, scales read by the kernels and by cuBLASLt from device memory).
-// Scratch (ws[]): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][n],
-// 2 Q(E_Y)^T [n][b16], 3 transposed saved operand (Q(W H)^T [m][n] or Q(X H)^T [m][b16]), 4 level 2: E_Y^T bf16
-// [n][bp] then its codes, 5 level 2: the E_X product transposed, fp32 [m][bp].
+// In/out features m, n are padded to mp, np (multiples of 16) with zero codes inside the layer.
+// Scratch (halo_cuda_ws): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][np],
+// 2 Q(E_Y)^T [np][b16], 3 transposed saved operand (Q(W H)^T [mp][np] or Q(X H)^T [mp][b16]), 4 level 2: E_Y^T
+// bf16 [n][bp] then its codes, 5 level 2: the E_X product and its transpose, fp32 [bp][m] x 2.
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
@@ -26,7 +27,17 @@ static void *grow(void **p, size_t *cap, size_t bytes) {
     }
     return *p;
 }
-static void *ws(halo_cuda_linear *L, int i, size_t bytes) { return grow(&L->ws[i], &L->ws_cap[i], bytes); }
+static void *ws(halo_cuda_linear *L, int i, size_t bytes) {
+    halo_cuda_ws *w = L->shared ? L->shared : &L->own;
+    return grow(&w->buf[i], &w->cap[i], bytes);
+}
+
+extern "C" void halo_cuda_ws_free(halo_cuda_ws *w) {
+    for (int i = 0; i < HALO_CUDA_NWS; i++) if (w->buf[i]) cudaFree(w->buf[i]);
+    memset(w, 0, sizeof *w);
+}
+
+extern "C" void halo_cuda_linear_share_workspace(halo_cuda_linear *L, halo_cuda_ws *w) { L->shared = w; }
 
 extern "C" int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *name) {
     memset(L, 0, sizeof *L);
@@ -47,8 +58,13 @@ extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
     if (L->qx) cudaFree(L->qx);
     if (L->qw) cudaFree(L->qw);
     if (L->dev) cudaFree(L->dev);
-    for (int i = 0; i < 6; i++) if (L->ws[i]) cudaFree(L->ws[i]);
+    halo_cuda_ws_free(&L->own);
     memset(L, 0, sizeof *L);
+}
+
+extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
+    grow((void **)&L->qx, &L->cap_qx, (size_t)b * pad16(m));
+    grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
@@ -78,87 +94,135 @@ static int plan_hb(halo_cuda_linear *L, int b) {
 
 static int check(const halo_cuda_linear *L, int b, int m, int n) {
     if (b < 1 || m < 1 || n < 1) return halo_fail("%s: bad shapes b=%d m=%d n=%d", L->name, b, m, n);
-    if (m % 16 || n % 16)
-        return halo_fail("%s: the GPU HALO layer needs in/out features that are multiples of 16 (m=%d n=%d)", L->name, m, n);
     return HALO_OK;
 }
 
-// Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][d] with the amax slot `slot` (zeroed here).
+// Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
 static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const void *in, int in_type, long ld, int rows,
-                          int d, int slot, uint8_t *q, cudaStream_t s) {
+                          int d, int slot, uint8_t *q, long ldq, cudaStream_t s) {
     float *amax = L->dev + slot;
     CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s));
     halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s);
-    halo_cuda_quant_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, d, s);
+    halo_cuda_quant_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, s);
 }
 
-// D [M][N] (fp32 T or the layer's output) = A B^T with alpha slot; INT8 goes through an int32 buffer. post:
-// 0 = write the dequantized product to out (out_f32, ldo, accumulate); 1 = rotate rows by H_m^T into out.
+__global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
+    const long total = (long)rows * cols;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / cols, c = i - r * cols;
+        const float v = in[r * ldi + c];
+        if (out_f32) {
+            float *o = (float *)out + r * ldo + c;
+            *o = acc ? *o + v : v;
+        } else {
+            ((bf16 *)out)[r * ldo + c] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols,
+                                    int accumulate, cudaStream_t s) {
+    const long total = (long)rows * cols;
+    if (total <= 0) return;
+    const int grid = total / 256 + 1 < 8192 ? (int)(total / 256 + 1) : 8192;
+    k_store_f32<<<grid, 256, 0, s>>>(out, out_f32, ldo, in, ldi, rows, cols, accumulate && out_f32);
+    CUDA_LAUNCH_CHECK();
+}
+
+// D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major); INT8 goes through an int32 buffer. Written to out: its first
+// Mo rows and No columns. post: 0 = the dequantized product (= or, when accumulate and out_f32, +=); 1 = rows rotated
+// by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
+// aligned, leading dimension a multiple of 16), else through an fp32 scratch.
 static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_t *B, long ldb, int M, int N, int K,
-                   int alpha_slot, int post, void *out, int out_f32, long ldo, int accumulate, cudaStream_t s) {
+                   int Mo, int No, int alpha_slot, int post, void *out, int out_f32, long ldo, int accumulate,
+                   cudaStream_t s) {
     const float *alpha = L->dev + alpha_slot;
     if (L->prec == HALO_PREC_FP8) {
-        if (!post) return halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
+        const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
+        if (direct) return halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)M * N);
         if (halo_cuda_gemm_fp8(T, 1, N, A, lda, B, ldb, M, N, K, alpha, 0, s)) return HALO_ERR;
-        halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, M, s);
+        if (post) halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, Mo, s);
+        else halo_cuda_store_f32(out, out_f32, ldo, T, N, Mo, No, accumulate, s);
         return HALO_OK;
     }
     int32_t *C = (int32_t *)ws(L, 0, sizeof(int32_t) * (size_t)M * N);
     if (halo_cuda_gemm_s8(C, N, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, s)) return HALO_ERR;
-    if (!post) halo_cuda_dequant_i32(out, out_f32, ldo, C, N, M, N, alpha, NULL, NULL, accumulate, s);
-    else halo_cuda_had_rows(&L->hm, 1, C, HALO_CUDA_I32, N, alpha, out, out_f32, ldo, accumulate, M, s);
+    if (!post) halo_cuda_dequant_i32(out, out_f32, ldo, C, N, Mo, No, alpha, NULL, NULL, accumulate, s);
+    else halo_cuda_had_rows(&L->hm, 1, C, HALO_CUDA_I32, N, alpha, out, out_f32, ldo, accumulate, Mo, s);
     return HALO_OK;
 }
 
-extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
-                                        int y_f32, int b, int m, int n, cudaStream_t s) {
+extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
+                                           int y_f32, long ldy, const float *R, int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
+    if (ldy < n) return halo_fail("%s: output stride %ld < out_features %d", L->name, ldy, n);
+    if (R && !y_f32) return halo_fail("%s: a residual input needs an fp32 output", L->name);
     L->have_fwd = 0;
     L->b = b; L->m = m; L->n = n;
+    const long mp = pad16(m), np = pad16(n);
     const halo_cuda_had *h = NULL;
     if (L->level >= 1) {
         if (plan_hm(L, m)) return HALO_ERR;
         h = &L->hm;
     }
-    uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * m);
-    uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)n * m);
-    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, s);   // Q(X H_m)
-    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, s);   // Q(W H_m)
+    uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * mp);
+    uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
+    // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
+    if (mp != m) CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s));
+    if (mp != m || np != n) CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s));
+    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, s);   // Q(X H_m)
+    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, s);   // Q(W H_m)
     halo_cuda_alpha(L->dev + ALY, L->dev + AX, L->dev + AW, fmt_of(L), s);
-    if (product(L, qx, m, qw, m, b, n, m, ALY, 0, Y, y_f32, n, 0, s)) return halo_fail_ctx("%s: forward: ", L->name);
+    if (R && R != (const float *)Y)
+        CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy, sizeof(float) * n, b,
+                                     cudaMemcpyDeviceToDevice, s));
+    if (product(L, qx, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, s))
+        return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
 }
 
-extern "C" int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G,
-                                         int b, int m, int n, cudaStream_t s) {
+extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
+                                        int y_f32, int b, int m, int n, cudaStream_t s) {
+    return halo_cuda_linear_forward_ex(L, X, W, Y, y_f32, n, NULL, b, m, n, s);
+}
+
+extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
+                                            float *G, int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
                          L->b, L->m, L->n);
+    if (ldey < n) return halo_fail("%s: gradient stride %ld < out_features %d", L->name, ldey, n);
     const int lvl = L->level, fmt = fmt_of(L);
-    const long b16 = pad16(b);
+    const long b16 = pad16(b), mp = pad16(m), np = pad16(n);
     float *amax_e = L->dev + AE;
 
     // Q(E_Y) (levels 0/1: for E_X and, transposed, for G; level 2: only transposed, for G), one read of E_Y.
     uint8_t *qe = NULL, *qet = NULL;
     if ((EX && lvl < 2) || G) {
         CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s));
-        halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, n, b, n, amax_e, NULL, (int *)(L->dev + NONFIN), s);
-        if (EX && lvl < 2) qe = (uint8_t *)ws(L, 1, (size_t)b * n);
-        if (G) qet = (uint8_t *)ws(L, 2, (size_t)n * b16);
-        halo_cuda_quant_tile(EY, HALO_CUDA_BF16, n, b, n, amax_e, fmt, qe, n, qet, b16, (int)b16, s);
+        halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN), s);
+        if (EX && lvl < 2) {
+            qe = (uint8_t *)ws(L, 1, (size_t)b * np);
+            if (np != n) CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s));
+        }
+        if (G) {
+            qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
+            if (np != n) CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s));
+        }
+        halo_cuda_quant_tile(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, s);
     }
 
     if (EX) {
-        // Q(W H_m)^T [m][n]: the E_X product's second operand, K-major.
-        uint8_t *qwt = (uint8_t *)ws(L, 3, (size_t)m * n);
-        halo_cuda_transpose(L->qw, HALO_CUDA_U8, m, n, m, qwt, HALO_CUDA_U8, n, n, s);
+        // Q(W H_m)^T [mp][np]: the E_X product's second operand, K-major (zero codes in the padding).
+        uint8_t *qwt = (uint8_t *)ws(L, 3, (size_t)mp * np);
+        halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s);
         if (lvl < 2) {
             halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s);
-            if (product(L, qe, n, qwt, n, b, m, n, ALEX, lvl == 1, EX, ex_f32, m, 0, s))
+            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, 0, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -166,15 +230,16 @@ extern "C" int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *E
             // H_b^T [E_Y; 0] along tokens = rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H).
             halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
             uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
-            halo_cuda_transpose(EY, HALO_CUDA_BF16, n, b, n, eyt, HALO_CUDA_BF16, bp, bp, s);
-            quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, s);
-            qe = (uint8_t *)ws(L, 1, (size_t)bp * n);
-            halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, n, n, s);
+            halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s);
+            quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, s);
+            // [bp][np] codes, zero in the columns n..np-1 (the transpose's padding)
+            qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
+            halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s);
             halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s);
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), Rt = R^T [m][bp] rotated by H_b in place, first b kept.
             float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * 2);
             float *Rt = R + (size_t)bp * m;
-            if (product(L, qe, n, qwt, n, bp, m, n, ALEX, 1, R, 1, m, 0, s))
+            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
             halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s);   // [m][bp]
             halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s);  // H_b [..] (row form)
@@ -183,12 +248,18 @@ extern "C" int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *E
     }
 
     if (G) {
-        // Q(X H_m)^T [m][b16] (zero codes past b), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2) into G.
-        uint8_t *qxt = (uint8_t *)ws(L, 3, (size_t)m * b16);
-        halo_cuda_transpose(L->qx, HALO_CUDA_U8, m, b, m, qxt, HALO_CUDA_U8, b16, (int)b16, s);
+        // Q(X H_m)^T [mp][b16] (zero codes past b and past m), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2)
+        // into G.
+        uint8_t *qxt = (uint8_t *)ws(L, 3, (size_t)mp * b16);
+        halo_cuda_transpose(L->qx, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s);
         halo_cuda_alpha(L->dev + ALG, amax_e, L->dev + AX, fmt, s);
-        if (product(L, qet, b16, qxt, b16, n, m, (int)b16, ALG, lvl >= 1, G, 1, m, 1, s))
+        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, 1, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
+}
+
+extern "C" int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G,
+                                         int b, int m, int n, cudaStream_t s) {
+    return halo_cuda_linear_backward_ex(L, EY, n, EX, ex_f32, G, b, m, n, s);
 }

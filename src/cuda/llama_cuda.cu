@@ -3,10 +3,15 @@
 // chunked lm_head + cross-entropy, backward and AdamW on one stream, and the host waits only to read the loss.
 // Device layout per layer: [wq; wk; wv] fused into one [(Hq + 2 Hkv) hd, D] matrix and [w_gate; w_up] into [2F, D],
 // so each of those is one product; the host model's HF tensors map onto these ranges for upload and copy-back.
+// With HALO configured (opts.halo, INT8/FP8), each selected block linear runs through its own halo_cuda_linear
+// instead: q, k, v (gate, up) as separate HALO products on the rows of the fused weight, writing their columns of the
+// fused activation, as the CPU model quantizes each of them with its own scales.
 #include <math.h>
 #include <string.h>
 #include "cuda/common.cuh"
+#include "cuda/halo_cuda.h"
 extern "C" {
+#include "halo/hadamard.h"
 #include "ops/ops.h"
 #include "util/error.h"
 }
@@ -35,17 +40,19 @@ typedef struct {
     bf16 *gu;      // [N, 2F] [gate | up]
 } layer_acts;
 
-enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_NCAT };
+enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_HALO, MEM_NCAT };
 static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weights (fp32)", "gradients (fp32)",
-                                                "AdamW moments", "activations", "workspace"};
+                                                "AdamW moments", "activations", "workspace",
+                                                "HALO saved 8-bit codes"};
 
 // Per-category device time of a step (llama_cuda_profile): events around each operation, summed after the step.
 enum { PR_EMBED, PR_NORM_F, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
-       PR_MM_DW, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
+       PR_MM_DW, PR_HALO_B, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
 static const char *const PR_NAMES[PR_N] = {
     "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
     "swiglu fwd (+recompute)", "swiglu bwd", "layer products fwd", "layer products dX", "layer products dW",
-    "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm", "memsets, uploads"};
+    "HALO layer products bwd", "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm",
+    "memsets, uploads"};
 enum { PR_MAXEV = 8192 };
 
 struct llama_cuda {
@@ -85,6 +92,11 @@ struct llama_cuda {
                                  // their first product overwrites them (only embedding and norm ranges were zeroed)
     size_t bytes[MEM_NCAT];
     int oom;
+    // HALO (opts.halo INT8/FP8): one layer per (block, linear kind) that runs through HALO, NULL `hon` when off
+    halo_cuda_linear *hl;        // [n_layers * LIN_COUNT]
+    unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
+    halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
+    float *hacc, *htmp;          // [N, D] fp32: summed input gradients of q, k, v (gate, up) and one term
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -302,6 +314,100 @@ static void print_memory(const llama_cuda *g) {
            llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T,
            g->o.recompute == 1 ? "recompute layers" : g->o.recompute == 2 ? "recompute MLP gate/up" : "stored acts",
            g->o.bf16_moments ? "bf16" : "fp32", g->ce_chunk);
+    if (g->hon) {
+        char d[256];
+        model_halo_describe(&g->o.halo, g->c.n_layers, d, sizeof d);
+        printf("  block linears: %s on the GPU (scratch shared by all layers, grown in the first step)\n", d);
+    }
+}
+
+// ---- HALO ----
+static long pad16l(long x) { return (x + 15) / 16 * 16; }
+
+// in_features (m), out_features (n) of block linear `kind`
+static void lin_shape(const llama_cuda *g, int kind, int *m, int *n) {
+    const llama_config *c = &g->c;
+    int D = c->dim, F = c->hidden_dim, Q = g->Q, KV = c->n_kv_heads * c->head_dim;
+    static const int in_is[LIN_COUNT] = {0, 0, 0, 1, 0, 0, 2};   // 0: D, 1: Q, 2: F
+    *m = in_is[kind] == 0 ? D : in_is[kind] == 1 ? Q : F;
+    *n = kind == LIN_Q ? Q : kind <= LIN_V ? KV : kind == LIN_O || kind == LIN_DOWN ? D : F;
+}
+
+// Validates opts.halo and builds one halo_cuda_linear per selected (block, linear), as llama_set_halo on the CPU.
+static int halo_setup(llama_cuda *g) {
+    const model_halo_config *hc = &g->o.halo;
+    if (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8) return HALO_OK;   // fp32 / bf16: BF16 products
+    const unsigned qkv = (1u << LIN_Q) | (1u << LIN_K) | (1u << LIN_V), gu = (1u << LIN_GATE) | (1u << LIN_UP);
+    if (hc->level < 0 || hc->level > 2) return halo_fail("HALO on the GPU: level %d is not 0, 1 or 2", hc->level);
+    if (hc->gran != HALO_GRAN_TENSOR)
+        return halo_fail("HALO on the GPU supports per-tensor scales only (asked for %s scales; train on the CPU for "
+                         "row or block scales)", hc->gran == HALO_GRAN_ROW ? "row" : "block");
+    if (hc->stochastic) return halo_fail("HALO on the GPU rounds to nearest only (stochastic rounding is CPU-only)");
+    if (hc->grad_e5m2) return halo_fail("HALO on the GPU quantizes gradients as E4M3 only (E5M2 is CPU-only)");
+    if (hc->had_block) return halo_fail("HALO on the GPU rotates with the full H_m only (a Hadamard block of %d is "
+                                        "CPU-only)", hc->had_block);
+    if (hc->identity_quant) return halo_fail("HALO on the GPU has no identity quantizer (a CPU test option)");
+    if ((hc->kinds & qkv) && (hc->kinds & qkv) != qkv)
+        return halo_fail("HALO on the GPU: q, k and v share one fused weight there; select all three or none");
+    if ((hc->kinds & gu) && (hc->kinds & gu) != gu)
+        return halo_fail("HALO on the GPU: gate and up share one fused weight there; select both or neither");
+    if (hc->skip_first < 0 || hc->skip_last < 0) return halo_fail("HALO on the GPU: negative skip counts");
+    const llama_config *c = &g->c;
+    const int nl = c->n_layers;
+    if (hc->level >= 1 && (c->dim > 32768 || c->hidden_dim > 32768 || g->Q > 32768))
+        return halo_fail("HALO on the GPU: rotations longer than 32768 are not supported (dim %d, hidden %d)", c->dim,
+                         c->hidden_dim);
+    if (hc->level == 2 && halo_hadamard_pad_size(g->N_max, 172) > 32768)
+        return halo_fail("HALO level 2 on the GPU: %d tokens per batch pad to more than 32768 (the token rotation's "
+                         "limit); use smaller batches", g->N_max);
+    g->hl = (halo_cuda_linear *)xcalloc((size_t)nl * LIN_COUNT, sizeof(halo_cuda_linear));
+    g->hon = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
+    size_t codes = 0;
+    int any_group = 0;
+    for (int l = 0; l < nl; l++) {
+        if (l < hc->skip_first || l >= nl - hc->skip_last) continue;
+        for (int k = 0; k < LIN_COUNT; k++) {
+            if (!(hc->kinds & (1u << k))) continue;
+            char name[160];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, LLAMA_LINEAR_NAMES[k]);
+            halo_cuda_linear *L = &g->hl[l * LIN_COUNT + k];
+            if (halo_cuda_linear_init(L, hc->prec, hc->level, name) != HALO_OK) return HALO_ERR;
+            g->hon[l * LIN_COUNT + k] = 1;
+            halo_cuda_linear_share_workspace(L, &g->hws);
+            int m, n;
+            lin_shape(g, k, &m, &n);
+            codes += (size_t)g->N_max * pad16l(m) + (size_t)pad16l(n) * pad16l(m);
+            any_group |= k != LIN_O && k != LIN_DOWN;
+        }
+    }
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (codes + (64u << 20) > free_b)
+        return halo_fail("CUDA: out of device memory for HALO's saved codes (%.1f MiB needed, %.1f MiB free)",
+                         codes / 1048576.0, free_b / 1048576.0);
+    for (int i = 0; i < nl * LIN_COUNT; i++)
+        if (g->hon[i]) {
+            int m, n;
+            lin_shape(g, i % LIN_COUNT, &m, &n);
+            halo_cuda_linear_reserve(&g->hl[i], g->N_max, m, n);
+        }
+    g->bytes[MEM_HALO] += codes;
+    if (any_group) {   // summed input gradients of the fused groups
+        g->hacc = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
+        g->htmp = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
+        if (g->oom) return HALO_ERR;
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
+    return HALO_OK;
+}
+
+static void halo_teardown(llama_cuda *g) {
+    if (g->hon)
+        for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
+            if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
+    halo_cuda_ws_free(&g->hws);
+    free(g->hl); free(g->hon);
+    g->hl = NULL; g->hon = NULL;
 }
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
@@ -318,7 +424,7 @@ static int init_common(llama_cuda **out, const llama_config *cfg, const llama_mo
     if (g->ce_chunk > g->N_max) g->ce_chunk = g->N_max;
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
     layout_build(g, host);
-    if (alloc_all(g) != HALO_OK) { llama_cuda_free(g); return HALO_ERR; }
+    if (alloc_all(g) != HALO_OK || halo_setup(g) != HALO_OK) { llama_cuda_free(g); return HALO_ERR; }
     *out = g;
     return HALO_OK;
 }
@@ -358,7 +464,8 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum};
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->htmp};
+    halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
     int nsets = g->o.recompute == 1 ? 1 : g->c.n_layers;
@@ -410,6 +517,48 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
 // ---- layers ----
 static layer_acts *acts_for(llama_cuda *g, int l) { return &g->acts[g->o.recompute == 1 ? 0 : l]; }
 
+// ---- block linears: BF16 products, or HALO per linear ----
+static halo_cuda_linear *hl_of(llama_cuda *g, int l, int kind) {
+    return g->hon && g->hon[l * LIN_COUNT + kind] ? &g->hl[l * LIN_COUNT + kind] : NULL;
+}
+
+// A HALO product cannot report an error to the step (no return value there): shapes were checked at init, so what
+// is left are cuBLASLt failures, which end the run like the BF16 path's.
+static void halo_check(int rc) {
+    if (rc == HALO_OK) return;
+    fprintf(stderr, "halo cuda: HALO layer failed: %s\n", halo_error());
+    abort();
+}
+
+// Y [N, ldy] (bf16) = X [N, D] Wg^T for a fused group of nk linears from kind k0 (q, k, v or gate, up) whose weight
+// rows start at w_off: one BF16 product, or one HALO product per linear into its columns of Y.
+static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy, const bf16 *X, size_t w_off) {
+    int N = g->B * g->T, D = g->c.dim;
+    const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
+    if (!hl_of(g, l, k0)) {
+        PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
+        return;
+    }
+    long col = 0;
+    for (int k = k0; k < k0 + nk; k++) {
+        int m, n;
+        lin_shape(g, k, &m, &n);
+        PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_ex(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
+                                                                Y + col, 0, ldy, NULL, N, D, n, g->st)));
+        col += n;
+    }
+}
+
+// Y [N, n] (fp32) = R + X [N, m] W^T for linear `kind` (o or down) with weight at w_off.
+static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *X, size_t w_off, const float *R) {
+    int N = g->B * g->T, m, n;
+    lin_shape(g, kind, &m, &n);
+    const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
+    halo_cuda_linear *L = hl_of(g, l, kind);
+    if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
+    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_ex(L, (const halo_bf16 *)X, W, Y, 1, n, R, N, m, n, g->st)));
+}
+
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
 static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     const llama_config *c = &g->c;
@@ -418,22 +567,69 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
     PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
-    PROF(g, PR_MM_F, cuda_linear_forward(A->qkv, 0, (halo_bf16 *)A->n1, W + o->wqkv, NULL, N, D, g->QKV, s));
+    group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv);
     PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
-    PROF(g, PR_MM_F, cuda_linear_forward(A->h, 1, (halo_bf16 *)A->att, W + o->wo, g->x[l], N, g->Q, D, s));
+    resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l]);
     PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
-    PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, W + o->wgu, NULL, N, D, 2 * F, s));
+    group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu);
     if (!full) return;
     PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
-    PROF(g, PR_MM_F, cuda_linear_forward(g->x[l + 1], 1, (halo_bf16 *)g->sbuf, W + o->wdown, A->h, N, F, D, s));
+    resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h);
 }
 
 // dW (+)= dY^T X: overwrite on the first write after zero_grads, accumulate otherwise
 static void dw(llama_cuda *g, float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
     if (g->grads_fresh) cuda_linear_backward_dw_set(dW, dY, X, b, m, n, g->st);
     else cuda_linear_backward_dw(dW, dY, X, b, m, n, g->st);
+}
+
+// HALO accumulates into the gradient: zero it first when it holds garbage (the first write after zero_grads).
+static void halo_grad_prepare(llama_cuda *g, float *dW, size_t n) {
+    if (g->grads_fresh) PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(dW, 0, n * 4, g->st)));
+}
+
+// Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
+// rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc, then rounded to bf16 once.
+static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
+                           size_t w_off) {
+    int N = g->B * g->T, D = g->c.dim;
+    float *G = g->grad + w_off;
+    if (!hl_of(g, l, k0)) {
+        PROF(g, PR_MM_DW, dw(g, G, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
+        PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
+                                                  N, D, ldy, g->st));
+        return;
+    }
+    halo_grad_prepare(g, G, (size_t)ldy * D);
+    long col = 0;
+    for (int k = k0; k < k0 + nk; k++) {
+        int m, n;
+        lin_shape(g, k, &m, &n);
+        float *ex = k == k0 ? g->hacc : g->htmp;
+        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_ex(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy, ex,
+                                                                   1, G + col * D, N, D, n, g->st)));
+        if (k != k0) PROF(g, PR_HALO_B, halo_cuda_store_f32(g->hacc, 1, D, g->htmp, D, N, D, 1, g->st));
+        col += n;
+    }
+    PROF(g, PR_HALO_B, cuda_f32_to_bf16((halo_bf16 *)dX, g->hacc, (size_t)N * D, g->st));
+}
+
+// Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
+static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off) {
+    int N = g->B * g->T, m, n;
+    lin_shape(g, kind, &m, &n);
+    float *G = g->grad + w_off;
+    halo_cuda_linear *L = hl_of(g, l, kind);
+    if (!L) {
+        PROF(g, PR_MM_DW, dw(g, G, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
+        PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
+                                                  N, m, n, g->st));
+        return;
+    }
+    halo_grad_prepare(g, G, (size_t)n * m);
+    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_ex(L, (const halo_bf16 *)dY, n, dX, 0, G, N, m, n, g->st)));
 }
 
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
@@ -445,23 +641,20 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     float *G = g->grad;
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
-    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
-    PROF(g, PR_MM_DW, dw(g, G + o->wdown, dr16, (halo_bf16 *)g->sbuf, N, F, D));
-    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->sbuf, dr16, W + o->wdown, N, F, D, s));
+    if (!hl_of(g, l, LIN_DOWN))   // down's input, for its BF16 weight gradient (HALO kept its codes)
+        PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
+    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown);
     PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
-    PROF(g, PR_MM_DW, dw(g, G + o->wgu, (halo_bf16 *)g->dgu, (halo_bf16 *)A->n2, N, D, 2 * F));
-    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dgu, W + o->wgu, N, D, 2 * F, s));
+    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu);
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h,
                                              W + o->ffn_norm, A->r2, g->dres, N, D, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
-    PROF(g, PR_MM_DW, dw(g, G + o->wo, dr16, (halo_bf16 *)A->att, N, g->Q, D));
-    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->datt, dr16, W + o->wo, N, g->Q, D, s));
+    single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo);
     PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
     PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
-    PROF(g, PR_MM_DW, dw(g, G + o->wqkv, (halo_bf16 *)g->dqkv, (halo_bf16 *)A->n1, N, D, g->QKV));
-    PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)g->dnorm, (halo_bf16 *)g->dqkv, W + o->wqkv, N, D, g->QKV, s));
+    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv);
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l],
                                              W + o->attn_norm, A->r1, g->dres, N, D, s));
 }
@@ -525,8 +718,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);
         if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
-            PROF(g, PR_MM_F, cuda_linear_forward(A->gu, 0, (halo_bf16 *)A->n2, (halo_bf16 *)g->w + g->L[l].wgu, NULL, N,
-                                                 D, 2 * c->hidden_dim, s));
+            group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu);
         layer_backward(g, l, A);
     }
     PROF(g, PR_EMBED, cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s));

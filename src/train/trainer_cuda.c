@@ -1,8 +1,10 @@
-// The trainer's GPU backend: the step runs in the CUDA model (src/cuda/llama_cuda.cu); the host model is refreshed
-// from the device's fp32 master weights before evaluations and at the end, and the host optimizer's moments from
-// the device's before a checkpoint. A resume uploads both (checkpoints are the CPU backend's format).
+// The trainer's GPU backend: the step runs in the CUDA model (src/cuda/llama_cuda.cu), with the host model's HALO
+// configuration; the host model is refreshed from the device's fp32 master weights before evaluations (which run on
+// the CPU, through the host model's own HALO layers) and at the end, and the host optimizer's moments from the
+// device's before a checkpoint. A resume uploads both (checkpoints are the CPU backend's format).
 #include <math.h>
 #include <stdlib.h>
+#include "model/linear.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #ifdef HALO_CUDA
@@ -47,9 +49,11 @@ static void cu_release(trainer *t) {
 }
 
 int trainer_use_cuda(trainer *t) {
-    if (t->model->halo)
-        return halo_fail("HALO precisions run on the CPU only for now; use --device cpu with --precision int8/fp8");
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
+    // HALO: the same configuration as the host model's (int8/fp8 run through the GPU HALO layers; fp32 and bf16 run
+    // every product in BF16 on the GPU); settings the GPU lacks are refused by llama_cuda_init with a message.
+    const model_halo_config *hc = llama_get_halo(t->model);
+    o.halo = hc ? *hc : model_halo_config_default();
     cuda_ctx *c = xcalloc(1, sizeof *c);
     if (llama_cuda_init(&c->g, t->model, &o) != HALO_OK) { free(c); return halo_fail_ctx("--device cuda: "); }
     c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,

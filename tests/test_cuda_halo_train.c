@@ -1,0 +1,505 @@
+// HALO inside the GPU model (issue 6), against the CPU implementation:
+// 1. the GPU HALO layer's model-facing variants (Y and E_Y as column slices of wider activations, Y = R + X W^T,
+//    in/out features that are not multiples of 16, G accumulation) vs the CPU halo_linear on the same bf16 values;
+// 2. a small random model: GPU loss and gradients with HALO vs the CPU model with the same HALO configuration and
+//    the same (bf16-rounded) weights, next to the BF16 GPU vs fp32 CPU yardstick; activation recomputation and
+//    gradient accumulation with HALO; settings the GPU lacks are refused;
+// 3. stories260K trained on the GPU and on the CPU with the same seeded batches (INT8 level 2, FP8 levels 0 and 1,
+//    BF16): loss curves every 25 steps, the final GPU loss within a few percent of the CPU's and well below the first.
+// Skips without a GPU (`--cpu-only` runs the CPU side of part 3 alone, for calibration).
+//   test_cuda_halo_train [--steps N (200)] [--cpu-budget SECONDS (40; the CPU runs stop there)] [--cpu-only]
+#include <omp.h>
+#include "test.h"
+#ifdef HALO_CUDA
+#include <stdint.h>
+#include <time.h>
+#include <cuda_runtime_api.h>
+#include "cuda/cuda_backend.h"
+#include "cuda/halo_cuda.h"
+#include "halo/halo_linear.h"
+#include "model/linear.h"
+#include "model/llama.h"
+#include "train/adamw.h"
+#include "util/error.h"
+
+static unsigned long long rng = 6006;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void row(const char *what, const char *detail, double err, double bound) {
+    int ok = err <= bound && !isnan(err);
+    printf("| %-34s | %-34s | %9.2e | %7.1e | %s |\n", what, detail, err, bound, ok ? "ok" : "FAIL");
+    CHECK(ok, "%s %s: %.3g > %.3g", what, detail, err, bound);
+}
+
+static float *rand_vec(size_t n, double sd) {
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
+    return v;
+}
+static void round_bf16(float *v, size_t n) {
+    halo_bf16 *h = malloc(2 * n);
+    cuda_f32_to_bf16_host(h, v, n);
+    cuda_bf16_to_f32_host(v, h, n);
+    free(h);
+}
+static void *dev_copy(const void *h, size_t bytes) {
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes + 256) != cudaSuccess) { fprintf(stderr, "cudaMalloc failed\n"); abort(); }
+    cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+static void *dev_bf16_of(const float *v, size_t n) {
+    halo_bf16 *h = malloc(2 * n);
+    cuda_f32_to_bf16_host(h, v, n);
+    void *d = dev_copy(h, 2 * n);
+    free(h);
+    return d;
+}
+static void *host_of(const void *d, size_t bytes) {
+    void *h = malloc(bytes);
+    cudaDeviceSynchronize();
+    cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
+    return h;
+}
+static const char *prec_name(int p) { return p == HALO_PREC_INT8 ? "int8" : p == HALO_PREC_FP8 ? "fp8" : "bf16"; }
+
+// ---- 1. the layer's strided, residual and padded forms ----------------------------------------------------------
+typedef struct { const char *what; int b, m, n; long ldy; int col, y_f32, resid; } layer_case;
+
+static void layer_variant(int prec, int lvl, const layer_case *lc) {
+    const int b = lc->b, m = lc->m, n = lc->n, col = lc->col;
+    const long ld = lc->ldy;
+    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.05), *EY = rand_vec((size_t)b * n, 1e-3);
+    float *R = rand_vec((size_t)b * n, 1.0), *G0 = rand_vec((size_t)n * m, 1e-3);
+    round_bf16(X, (size_t)b * m); round_bf16(W, (size_t)n * m); round_bf16(EY, (size_t)b * n);
+    // wide buffers: Y's other columns hold a sentinel that must survive; E_Y's other columns hold large values that
+    // would show in every error if the layer read outside its slice
+    float *Yw = malloc(sizeof(float) * b * ld), *Rw = calloc((size_t)b * ld, sizeof(float)), *Ew = malloc(sizeof(float) * b * ld);
+    for (long i = 0; i < b * ld; i++) { Yw[i] = 7.f; Ew[i] = 100.f; }
+    for (int r = 0; r < b; r++)
+        for (int c = 0; c < n; c++) { Rw[r * ld + col + c] = R[r * n + c]; Ew[r * ld + col + c] = EY[r * n + c]; }
+    void *dY = lc->y_f32 ? dev_copy(Yw, sizeof(float) * b * ld) : dev_bf16_of(Yw, (size_t)b * ld);
+    float *dR = dev_copy(Rw, sizeof(float) * b * ld), *dG = dev_copy(G0, sizeof(float) * n * m), *dEX;
+    halo_bf16 *dX = dev_bf16_of(X, (size_t)b * m), *dW = dev_bf16_of(W, (size_t)n * m), *dE = dev_bf16_of(Ew, (size_t)b * ld);
+    cudaMalloc((void **)&dEX, sizeof(float) * b * m);
+    cudaMemset(dEX, 0xff, sizeof(float) * b * m);
+    halo_cuda_linear L;
+    const size_t es = lc->y_f32 ? 4 : 2;
+    int rc = halo_cuda_linear_init(&L, prec, lvl, lc->what);
+    if (!rc) rc = halo_cuda_linear_forward_ex(&L, dX, dW, (char *)dY + es * col, lc->y_f32, ld, lc->resid ? dR + col : NULL,
+                                              b, m, n, 0);
+    if (!rc) rc = halo_cuda_linear_backward_ex(&L, dE + col, ld, dEX, 1, dG, b, m, n, 0);
+    CHECK(rc == HALO_OK, "GPU layer %s: %s", lc->what, halo_error());
+    float *Yg = malloc(sizeof(float) * b * ld);
+    if (lc->y_f32) { float *t = host_of(dY, sizeof(float) * b * ld); memcpy(Yg, t, sizeof(float) * b * ld); free(t); }
+    else { halo_bf16 *t = host_of(dY, 2 * b * ld); cuda_bf16_to_f32_host(Yg, t, (size_t)b * ld); free(t); }
+    float *EXg = host_of(dEX, sizeof(float) * b * m), *Gg = host_of(dG, sizeof(float) * n * m);
+    // the CPU layer
+    halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
+    halo_linear C;
+    halo_linear_init(&C, &cfg, lc->what);
+    float *Yc = malloc(sizeof(float) * b * n), *EXc = malloc(sizeof(float) * b * m), *Gc = malloc(sizeof(float) * n * m);
+    memcpy(Gc, G0, sizeof(float) * n * m);
+    if (halo_linear_forward(&C, X, W, Yc, b, m, n) || halo_linear_backward(&C, EY, W, EXc, Gc, b, m, n))
+        CHECK(0, "CPU layer: %s", halo_error());
+    if (lc->resid) for (size_t i = 0; i < (size_t)b * n; i++) Yc[i] += R[i];
+    float *Ys = malloc(sizeof(float) * b * n);
+    long sentinel_bad = 0;
+    for (int r = 0; r < b; r++)
+        for (long c = 0; c < ld; c++) {
+            if (c >= col && c < col + n) Ys[r * n + c - col] = Yg[r * ld + c];
+            else sentinel_bad += Yg[r * ld + c] != 7.f;
+        }
+    char det[96];
+    snprintf(det, sizeof det, "%s L%d %s", prec_name(prec), lvl, lc->what);
+    // INT8: the same codes and int32 sums as the CPU; FP8: cuBLASLt's accumulation order; bf16 Y: one rounding more
+    row("layer Y (+R) vs CPU halo_linear", det, rel_l2_f(Ys, Yc, (size_t)b * n), lc->y_f32 ? 1e-3 : 5e-3);
+    row("layer E_X vs CPU halo_linear", det, rel_l2_f(EXg, EXc, (size_t)b * m), 1e-3);
+    row("layer G0 + G vs CPU halo_linear", det, rel_l2_f(Gg, Gc, (size_t)n * m), 1e-3);
+    CHECK(sentinel_bad == 0, "%s: %ld values outside Y's column slice changed", det, sentinel_bad);
+    halo_linear_free(&C);
+    halo_cuda_linear_free(&L);
+    free(X); free(W); free(EY); free(R); free(G0); free(Yw); free(Rw); free(Ew); free(Yg); free(EXg); free(Gg);
+    free(Yc); free(EXc); free(Gc); free(Ys);
+    cudaFree(dY); cudaFree(dR); cudaFree(dG); cudaFree(dEX); cudaFree(dX); cudaFree(dW); cudaFree(dE);
+}
+
+static void test_layer_variants(void) {
+    static const layer_case cases[] = {
+        {"down-like m172 n64 +R", 94, 172, 64, 64, 0, 1, 1},      // in_features padded to 176, residual add
+        {"up-like m64 n172 slice", 94, 64, 172, 344, 172, 0, 0},  // out_features padded, bf16 column slice
+        {"v-like m64 n32 slice", 94, 64, 32, 128, 96, 0, 0},      // a slice that is not 256-byte aligned
+        {"q-like m256 n256 slice", 128, 256, 256, 512, 0, 0, 0},  // the straight-to-output FP8 path
+    };
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 0; lvl <= 2; lvl++)
+            for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) layer_variant(prec, lvl, &cases[k]);
+}
+
+// ---- 2. a small random model --------------------------------------------------------------------------------------
+static void model_grads_gpu(llama_model *m, const halo_batch *b, const model_halo_config *hc, int recompute,
+                            float *loss, float *grads) {
+    llama_cuda_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_B = b->B; o.max_T = b->T; o.recompute = recompute;
+    o.halo = *hc;
+    llama_cuda *g;
+    *loss = NAN;
+    if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); return; }
+    llama_cuda_zero_grads(g);
+    llama_cuda_forward_backward(g, b, 1.0f);
+    *loss = llama_cuda_last_loss(g);
+    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
+    memcpy(grads, m->grads, sizeof(float) * m->n_params);
+    if (recompute == 1) {   // accumulation: two half-scaled passes after one zeroing equal one full pass
+        llama_cuda_zero_grads(g);
+        llama_cuda_forward_backward(g, b, 0.5f);
+        llama_cuda_forward_backward(g, b, 0.5f);
+        llama_cuda_last_loss(g);
+        CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
+        row("2 x half-scaled backward (HALO)", "int8 L2, recompute", rel_l2_f(m->grads, grads, m->n_params), 2e-3);
+    }
+    llama_cuda_free(g);
+}
+
+static void model_grads_cpu(llama_model *m, const halo_batch *b, const model_halo_config *hc, float *loss,
+                            float *grads) {
+    CHECK(llama_set_halo(m, hc) == HALO_OK, "%s", halo_error());
+    llama_alloc_grads(m);
+    llama_zero_grads(m);
+    *loss = llama_forward(m, b, NULL);
+    llama_backward(m, b, 1.0f);
+    memcpy(grads, m->grads, sizeof(float) * m->n_params);
+    llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
+}
+
+// per-tensor relative L2 errors of a vs ref
+static void tensor_errs(const llama_model *m, const float *a, const float *ref, double *e) {
+    for (int i = 0; i < m->n_table; i++)
+        e[i] = rel_l2_f(a + m->table[i].offset, ref + m->table[i].offset, m->table[i].numel);
+}
+
+static void test_small_model(void) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 512; c.dim = 256; c.hidden_dim = 640; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 256; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.tie_embeddings = 0;
+    c.bos_id = c.eos_id = -1;
+    llama_model m;
+    if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+    llama_init_random(&m, 11);
+    round_bf16(m.params, m.n_params);   // the GPU's working weights exactly
+    llama_alloc_grads(&m);
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 64);
+    unsigned long long r = 5;
+    for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
+    halo_batch_shift_targets(&b);
+    const size_t P = m.n_params;
+    float *gc = malloc(4 * P), *gg = malloc(4 * P), *g32 = malloc(4 * P), *gb = malloc(4 * P), *gstore = malloc(4 * P);
+    double *eb = malloc(sizeof(double) * m.n_table), *eh = malloc(sizeof(double) * m.n_table);
+    // yardstick: BF16 GPU vs the fp32 CPU model
+    model_halo_config off = model_halo_config_default();
+    float l32, lb, lc, lg;
+    model_grads_cpu(&m, &b, &off, &l32, g32);
+    model_grads_gpu(&m, &b, &off, 0, &lb, gb);
+    tensor_errs(&m, gb, g32, eb);
+    double eb_all = rel_l2_f(gb, g32, P);
+    printf("   yardstick, BF16 GPU vs fp32 CPU: loss rel %.2e, all grads %.3g\n", fabs(lb - l32) / l32, eb_all);
+    struct { int prec, level; unsigned kinds; int skip_first; const char *what; } cfgs[] = {
+        {HALO_PREC_INT8, 2, 0x7f, 0, "int8 L2 all linears"},
+        {HALO_PREC_INT8, 0, 0x7f, 0, "int8 L0 all linears"},
+        {HALO_PREC_FP8, 0, 0x7f, 0, "fp8 L0 all linears"},
+        {HALO_PREC_FP8, 1, 0x7f, 0, "fp8 L1 all linears"},
+        {HALO_PREC_FP8, 2, 0x7f, 0, "fp8 L2 all linears"},
+        {HALO_PREC_INT8, 1, 0x47, 1, "int8 L1 q,k,v,down, skip 1"},
+    };
+    for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = (halo_precision)cfgs[k].prec; hc.level = cfgs[k].level; hc.kinds = cfgs[k].kinds;
+        hc.skip_first = cfgs[k].skip_first;
+        model_grads_cpu(&m, &b, &hc, &lc, gc);
+        model_grads_gpu(&m, &b, &hc, 0, &lg, gg);
+        tensor_errs(&m, gg, gc, eh);
+        // the GPU rounds activations to bf16 before quantizing them, so some 8-bit codes differ from the CPU's (fp32
+        // activations): percent-level differences, like BF16's own, for INT8, and more for FP8 (3 mantissa bits, a
+        // bf16 rounding moves more values across a code boundary). Bounds: loss 2%, all gradients as one vector
+        // max(6%, 3x the BF16 yardstick), each tensor max(15%, 3x its yardstick); a wrong scale, slice or transpose
+        // gives errors of order one. The CPU HALO vs fp32 error is printed for scale.
+        double worst_ratio = -1, worst = 0, worst_bound = 0.15;
+        const char *wn = "";
+        for (int i = 0; i < m.n_table; i++) {
+            double bound = fmax(0.15, 3 * eb[i]), ratio = isnan(eh[i]) ? INFINITY : eh[i] / bound;
+            if (ratio > worst_ratio) { worst_ratio = ratio; worst = isnan(eh[i]) ? INFINITY : eh[i]; worst_bound = bound; wn = m.table[i].name; }
+        }
+        row("random model: loss GPU vs CPU HALO", cfgs[k].what, fabs(lg - lc) / lc, 2e-2);
+        row("random model: all grads GPU vs CPU", cfgs[k].what, rel_l2_f(gg, gc, P), fmax(0.06, 3 * eb_all));
+        row("random model: worst tensor GPU vs CPU", cfgs[k].what, worst, worst_bound);
+        printf("   worst tensor %s; CPU HALO vs fp32 CPU: loss rel %.2e, all grads %.3g\n", wn, fabs(lc - l32) / l32,
+               rel_l2_f(gc, g32, P));
+        if (k == 0) {   // recomputation re-quantizes the same values: the same codes, the same gradients
+            memcpy(gstore, gg, 4 * P);
+            for (int rcm = 1; rcm <= 2; rcm++) {
+                float lr_;
+                model_grads_gpu(&m, &b, &hc, rcm, &lr_, gg);
+                row(rcm == 1 ? "recompute layers vs stored (HALO)" : "recompute MLP vs stored (HALO)", cfgs[k].what,
+                    rel_l2_f(gg, gstore, P), 2e-3);
+            }
+        }
+    }
+    // settings the GPU lacks are refused at init with a message
+    struct { const char *what, *needle; model_halo_config hc; } bad[4];
+    for (int i = 0; i < 4; i++) { bad[i].hc = model_halo_config_default(); bad[i].hc.prec = HALO_PREC_INT8; bad[i].hc.level = 2; }
+    bad[0].what = "row scales"; bad[0].needle = "per-tensor"; bad[0].hc.gran = HALO_GRAN_ROW;
+    bad[1].what = "stochastic rounding"; bad[1].needle = "nearest"; bad[1].hc.stochastic = 1;
+    bad[2].what = "q without k, v"; bad[2].needle = "fused"; bad[2].hc.kinds = 1u << LIN_Q;
+    bad[3].what = "Hadamard block"; bad[3].needle = "H_m"; bad[3].hc.had_block = 64;
+    for (int i = 0; i < 4; i++) {
+        llama_cuda_opts o;
+        memset(&o, 0, sizeof o);
+        o.max_B = 2; o.max_T = 64; o.halo = bad[i].hc;
+        llama_cuda *g = NULL;
+        int rc = llama_cuda_init(&g, &m, &o);
+        CHECK(rc == HALO_ERR && g == NULL && strstr(halo_error(), bad[i].needle), "%s not refused (rc %d): %s",
+              bad[i].what, rc, halo_error());
+        if (rc == HALO_OK) llama_cuda_free(g);
+        else printf("   refused as expected: %s\n", halo_error());
+    }
+    free(gc); free(gg); free(g32); free(gb); free(gstore); free(eb); free(eh);
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+#endif
+
+// ---- 3. stories260K training, GPU vs CPU --------------------------------------------------------------------------
+// (compiled without CUDA too, for --cpu-only calibration runs; the GPU side needs HALO_CUDA)
+#include "model/linear.h"
+#include "model/llama.h"
+#include "train/adamw.h"
+#include "util/error.h"
+#ifndef HALO_CUDA
+#include <time.h>
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+#endif
+
+enum { TB = 4, TT = 64, NCFG = 4 };
+static const struct { const char *name; int prec, level; } TCFG[NCFG] = {
+    {"int8 L2", HALO_PREC_INT8, 2}, {"fp8 L0", HALO_PREC_FP8, 0}, {"fp8 L1", HALO_PREC_FP8, 1}, {"bf16", HALO_PREC_BF16, 0}};
+static const double LR = 2e-3;
+static const int WARMUP = 10;
+
+static double lr_at(int s) { return s < WARMUP ? LR * (s + 1) / WARMUP : LR; }
+
+// Seeded batches with structure to learn: each next token follows a fixed random permutation of the vocabulary with
+// probability 0.85, else is uniform (so the best loss is about 0.85 ln(1/0.85) + 0.15 ln(V/0.15) + ... ~ 1.4).
+static halo_batch *make_batches(int steps, int V) {
+    unsigned long long s = 260260;
+    int *perm = malloc(sizeof(int) * V);
+    for (int i = 0; i < V; i++) perm[i] = i;
+    for (int i = V - 1; i > 0; i--) { int j = (int)(t_rng_next(&s) % (unsigned)(i + 1)), t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
+    halo_batch *bs = calloc((size_t)steps, sizeof(halo_batch));
+    for (int k = 0; k < steps; k++) {
+        halo_batch_alloc(&bs[k], TB, TT);
+        for (int r = 0; r < TB; r++) {
+            int tok = (int)(t_rng_next(&s) % (unsigned)V);
+            for (int t = 0; t < TT; t++) {
+                bs[k].input_ids[r * TT + t] = tok;
+                tok = t_rand_uniform(&s) < 0.85 ? perm[tok] : (int)(t_rng_next(&s) % (unsigned)V);
+            }
+        }
+        halo_batch_shift_targets(&bs[k]);
+    }
+    free(perm);
+    return bs;
+}
+
+static model_halo_config train_cfg(int k) {
+    model_halo_config hc = model_halo_config_default();
+    hc.prec = (halo_precision)TCFG[k].prec;
+    hc.level = TCFG[k].level;
+    return hc;
+}
+
+// AdamW (betas 0.9/0.95, eps 1e-8, no weight decay), global-norm clip 1, lr warmup then constant. Stops early when
+// `budget_s` seconds have passed (the CPU is the slow side); *done = steps taken. Returns seconds per step, or -1
+// when the configuration is refused. Runs in one of several threads (no CHECK here).
+static double train_cpu(llama_model *m, const model_halo_config *hc, const halo_batch *bs, int steps, float *loss,
+                        double budget_s, int *done) {
+    double t0 = now_s();
+    *done = 0;
+    if (llama_set_halo(m, hc) != HALO_OK) return -1;
+    llama_alloc_grads(m);
+    adamw_config ac = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0, .decay_all = 0};
+    adamw_state st;
+    adamw_init(&st, &ac, m->n_params, m->table, m->n_table);
+    for (int s = 0; s < steps; s++) {
+        llama_zero_grads(m);
+        loss[s] = llama_forward(m, &bs[s], NULL);
+        llama_backward(m, &bs[s], 1.0f);
+        grad_clip_global_norm(m->grads, m->n_params, 1.0f);
+        adamw_step(&st, m->params, m->grads, lr_at(s));
+        *done = s + 1;
+        if (now_s() - t0 > budget_s) break;
+    }
+    adamw_free(&st);
+    llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
+    return (now_s() - t0) / (*done > 0 ? *done : 1);
+}
+
+#ifdef HALO_CUDA
+static double train_gpu(const llama_model *m, const model_halo_config *hc, const halo_batch *bs, int steps, float *loss) {
+    llama_cuda_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_B = TB; o.max_T = TT; o.halo = *hc;
+    llama_cuda *g;
+    if (llama_cuda_init(&g, m, &o) != HALO_OK) {
+        CHECK(0, "GPU init: %s", halo_error());
+        for (int s = 0; s < steps; s++) loss[s] = NAN;
+        return 0;
+    }
+    double t0 = now_s();
+    llama_cuda_adamw h = {0.f, 0.9f, 0.95f, 1e-8f, 0.f, 1.0f, 0};
+    for (int s = 0; s < steps; s++) {
+        h.lr = (float)lr_at(s);
+        loss[s] = llama_cuda_train_step(g, &bs[s], &h, s + 1);
+    }
+    double per = (now_s() - t0) / steps;
+    llama_cuda_free(g);
+    return per;
+}
+#endif
+
+static double window_mean(const float *l, int from, int to) {   // mean of l[from..to-1]
+    double s = 0;
+    for (int i = from; i < to; i++) s += l[i];
+    return to > from ? s / (to - from) : NAN;
+}
+
+static void test_stories_training(int steps, int cpu_only, double cpu_budget_s) {
+    const char *dir = test_shared_path("models/stories260K");
+    llama_model m;
+    if (!dir || llama_load(&m, dir) != HALO_OK) { SKIP("stories260K not found (set HALO_SHARED): training check skipped"); return; }
+    halo_batch *bs = make_batches(steps, m.cfg.vocab_size);
+    llama_free(&m);
+    float *lc[NCFG], *lg[NCFG];
+    double tc[NCFG], tg[NCFG];
+    int cpu_steps = steps;   // the fewest steps a CPU run finished within its share of the budget
+    for (int k = 0; k < NCFG; k++) {
+        lc[k] = calloc((size_t)steps, sizeof(float));
+        lg[k] = calloc((size_t)steps, sizeof(float));
+        for (int s = 0; s < steps; s++) lg[k][s] = lc[k][s] = NAN;
+        tg[k] = tc[k] = 0;
+#ifdef HALO_CUDA
+        if (!cpu_only) {   // from the same loaded weights as the CPU run below
+            model_halo_config hc = train_cfg(k);
+            if (llama_load(&m, dir) != HALO_OK) { CHECK(0, "%s", halo_error()); continue; }
+            tg[k] = train_gpu(&m, &hc, bs, steps, lg[k]);
+            llama_free(&m);
+        }
+#endif
+    }
+    // the CPU runs side by side, one thread each (nested OpenMP regions inside them run on that one thread), each
+    // stopping at the time budget
+    int done[NCFG] = {0}, failed[NCFG] = {0};
+    omp_set_max_active_levels(1);
+    #pragma omp parallel for num_threads(NCFG) schedule(static, 1)
+    for (int k = 0; k < NCFG; k++) {
+        llama_model mk;
+        if (llama_load(&mk, dir) != HALO_OK) { failed[k] = 1; continue; }
+        model_halo_config hc = train_cfg(k);
+        tc[k] = train_cpu(&mk, &hc, bs, steps, lc[k], cpu_budget_s, &done[k]);
+        failed[k] = tc[k] < 0;
+        llama_free(&mk);
+    }
+    for (int k = 0; k < NCFG; k++) {
+        CHECK(!failed[k], "CPU run %s could not start", TCFG[k].name);
+        if (done[k] < cpu_steps) cpu_steps = done[k];
+    }
+    if (cpu_steps < 1) cpu_steps = 1;
+    if (cpu_steps < steps)
+        printf("note: the CPU runs stopped at their time budget (%.0f s each, side by side); comparing the first %d steps\n",
+               cpu_budget_s, cpu_steps);
+    // the curves: step 1's loss, then the mean of each 25-step window
+    printf("\nstories260K, %d steps of %d x %d seeded tokens, AdamW lr %g (warmup %d), clip 1: mean loss per window\n",
+           steps, TB, TT, LR, WARMUP);
+    printf("| steps    |");
+    for (int k = 0; k < NCFG; k++) printf(" %-7s cpu |     gpu |", TCFG[k].name);
+    printf("\n|---|");
+    for (int k = 0; k < NCFG; k++) printf("---|---|");
+    printf("\n| 1        |");
+    for (int k = 0; k < NCFG; k++) printf(" %11.4f | %7.4f |", lc[k][0], lg[k][0]);
+    printf("\n");
+    for (int w = 0; w < steps; w += 25) {
+        int e = w + 25 < steps ? w + 25 : steps;
+        printf("| %3d-%-4d |", w + 1, e);
+        for (int k = 0; k < NCFG; k++) printf(" %11.4f | %7.4f |", window_mean(lc[k], w, e), window_mean(lg[k], w, e));
+        printf("\n");
+    }
+    printf("| ms/step  |");
+    for (int k = 0; k < NCFG; k++) printf(" %11.2f | %7.2f |", 1e3 * tc[k], 1e3 * tg[k]);
+    printf("\n\n");
+    // checks: the last 25 steps' mean loss. GPU vs CPU within 4% (the same algorithm on both; the trajectories part
+    // through bf16 activations and, for 8-bit, codes that differ where bf16 rounding crosses a code boundary), and
+    // a substantial decrease from the first step (below 60% of it).
+    const int last = cpu_steps, w0 = last > 25 ? last - 25 : 0;
+    for (int k = 0; k < NCFG; k++) {
+        double fc = window_mean(lc[k], w0, last), fg = window_mean(lg[k], w0, last);
+        char det[64];
+        snprintf(det, sizeof det, "%s, steps %d-%d", TCFG[k].name, w0 + 1, last);
+        if (cpu_only) {
+            printf("CPU %s: first %.4f, final %.4f (%.0f%%)\n", TCFG[k].name, lc[k][0], fc, 100 * fc / lc[k][0]);
+            CHECK(fc < 0.6 * lc[k][0], "CPU %s: final %.4f not below 60%% of the first %.4f", TCFG[k].name, fc, lc[k][0]);
+            continue;
+        }
+        printf("| %-34s | %-34s | %9.2e | %7.1e | %s |\n", "stories260K final loss GPU / CPU", det, fg, fc,
+               fabs(fg - fc) / fc <= 0.04 ? "ok" : "FAIL");
+        CHECK(fabs(fg - fc) / fc <= 0.04 && !isnan(fg), "%s: final GPU loss %.4f vs CPU %.4f", TCFG[k].name, fg, fc);
+        CHECK(fg < 0.6 * lg[k][0], "%s: final GPU loss %.4f not below 60%% of the first %.4f", TCFG[k].name, fg, lg[k][0]);
+        for (int s = 0; s < steps; s++) if (!isfinite(lg[k][s])) { CHECK(0, "%s: GPU loss %g at step %d", TCFG[k].name, lg[k][s], s); break; }
+    }
+    for (int k = 0; k < NCFG; k++) { free(lc[k]); free(lg[k]); }
+    for (int s = 0; s < steps; s++) halo_batch_free(&bs[s]);
+    free(bs);
+}
+
+int main(int argc, char **argv) {
+    int steps = 200, cpu_only = 0;
+    double cpu_budget = 40;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cpu-budget") && i + 1 < argc) cpu_budget = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--cpu-only")) cpu_only = 1;
+    }
+    if (steps < 1) steps = 1;
+    if (cpu_only) {
+        test_stories_training(steps, 1, cpu_budget);
+        TEST_END();
+    }
+#ifndef HALO_CUDA
+    SKIP("built without CUDA (no nvcc, or SAN=1): GPU HALO training tests skipped");
+    TEST_END();
+#else
+    int nd = cuda_device_count();
+    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): GPU HALO training tests skipped", nd); TEST_END(); }
+    double t0 = now_s();
+    printf("| %-34s | %-34s | %9s | %7s | %s |\n", "check (GPU HALO vs CPU)", "case", "rel err", "bound", "ok");
+    test_layer_variants();
+    printf("(layer variants: %.1f s)\n", now_s() - t0);
+    test_small_model();
+    printf("(random model: %.1f s)\n", now_s() - t0);
+    test_stories_training(steps, 0, cpu_budget);
+    printf("(total: %.1f s)\n", now_s() - t0);
+    halo_cuda_gemm_shutdown();
+    cuda_matmul_shutdown();
+    TEST_END();
+#endif
+}
