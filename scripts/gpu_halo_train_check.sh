@@ -5,11 +5,10 @@
 # Runs test_cuda_halo_train (GPU HALO layer variants vs the CPU layer, a random model's loss and gradients vs the CPU
 # HALO model, stories260K trained on GPU and CPU with the same batches) and bench_cuda_train on Llama-3.2-1B,
 # batch 4 x 2048, 5 timed steps each in bf16, fp8 L0, fp8 L1 and int8 L2; prints a table last. ~100 s in all.
-# Logs go to /tmp/halo-gpu-halo-train, archived into $OUT when set.
+# Logs go to $OUT when set (written as each step runs, so a call cut short keeps them), else /tmp/halo-gpu-halo-train.
 set -u
-DEST_OUT=${OUT:-}
 cd "$(dirname "$0")/.."
-LOG=/tmp/halo-gpu-halo-train; rm -rf "$LOG"; mkdir -p "$LOG"
+LOG=${OUT:-/tmp/halo-gpu-halo-train}; mkdir -p "$LOG"
 export HALO_SHARED=$PWD/shared
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-dev
@@ -66,5 +65,4 @@ for name, r in zip(["bf16", "fp8", "fp8", "int8"], rows):
           f"{100 * r['mfu_measured_peak']:.1f} | {r['device_used_gib']:.1f} | {r['loss']:.4f} |")
 PY
 echo; echo "==== summary"; printf '%s\n' "${summary[@]}"
-[ -n "$DEST_OUT" ] && tar czf "$DEST_OUT/gpu_halo_train_logs.tgz" -C "$LOG" . && echo "logs: \$OUT/gpu_halo_train_logs.tgz"
 exit 0

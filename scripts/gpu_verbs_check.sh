@@ -3,7 +3,7 @@
 # build-dev/halo and build-dev/tests/test_cuda_verbs, shared data):
 #   1. test_cuda_verbs: GPU checkpoint round trip and resume, cross-device resumes, bf16 moments, debug-step vs goldens
 #   2. halo finetune --device cuda on stories260K + ViGGO (valid.csv, README's short prompt): 20 steps, checkpoints
-#      every 10, then --resume from step 10 on the GPU (losses of steps 11..20 within 1e-3 relative of the
+#      every 10, then --resume from step 10 on the GPU (losses of steps 11..20 within 1e-2 relative of the
 #      uninterrupted run: GPU steps are not bit-reproducible) and on the CPU (same checkpoint format; step 11 within
 #      2e-2: fp32 vs BF16 forward)
 #   3. halo debug-step --device cuda vs the golden's ten AdamW losses (3e-2)
@@ -64,10 +64,10 @@ def losses(p):
         if j.get("type") == "train": d[j["step"]] = j["loss"]
     return d
 '
-verdict "GPU resume: steps 11..20 vs uninterrupted (<= 1e-3)" "$LOSSES
+verdict "GPU resume: steps 11..20 vs uninterrupted (<= 1e-2)" "$LOSSES
 a, b = losses('$W/full.jsonl'), losses('$W/resumed.jsonl')
 e = max(abs(b[s] - a[s]) / abs(a[s]) for s in range(11, 21))
-print('max rel %.3g; step 20 %.6f vs %.6f' % (e, b[20], a[20])); sys.exit(0 if e <= 1e-3 else 1)"
+print('max rel %.3g; step 20 %.6f vs %.6f' % (e, b[20], a[20])); sys.exit(0 if e <= 1e-2 else 1)"
 verdict "CPU resume of the GPU checkpoint: step 11 (<= 2e-2)" "$LOSSES
 a, c = losses('$W/full.jsonl'), losses('$W/cpu_resumed.jsonl')
 e = abs(c[11] - a[11]) / abs(a[11]); e20 = abs(c[20] - a[20]) / abs(a[20])

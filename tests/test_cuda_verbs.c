@@ -192,11 +192,15 @@ static void test_checkpoints(int cuda) {
     double lost = max_rel(d, b, SAVE_AT + 1, STEPS);
     printf("%s: uninterrupted A vs B %.3g (run-to-run), resumed vs B %.3g, vs A %.3g (bound %.0e); moments lost: "
            "%.3g\n", dev, noise, res_b, res_a, LOSS_TOL, lost);
-    double tol = cuda ? LOSS_TOL : 0;   // the CPU resumes bit for bit
+    // The CPU resumes bit for bit. The GPU is not bit-reproducible (fp32 atomics): on an H200 (2026-12-02) two
+    // uninterrupted 12-step runs differed by up to 0.61% in loss, so a GPU resume is held to 3x the measured
+    // run-to-run difference (at least LOSS_TOL) and the run-to-run difference itself to 2%. The resumed state is
+    // checked bit for bit above; a resume that lost its moments misses by ~0.24, still 5x beyond the bound.
+    double tol = cuda ? fmax(LOSS_TOL, 3 * noise) : 0;
     CHECK(res_b <= tol && res_a <= tol, "%s resumed losses vs uninterrupted: %.3g / %.3g > %.3g", dev, res_b, res_a, tol);
-    CHECK(noise <= tol, "%s two uninterrupted runs differ by %.3g > %.3g", dev, noise, tol);
-    CHECK(lost > 10 * LOSS_TOL, "a resume without its moments differs by only %.3g (bound %.3g cannot tell)", lost,
-          LOSS_TOL);
+    CHECK(noise <= (cuda ? 2e-2 : 0), "%s two uninterrupted runs differ by %.3g", dev, noise);
+    CHECK(lost > 5 * fmax(tol, LOSS_TOL), "a resume without its moments differs by only %.3g (bound %.3g cannot tell)",
+          lost, tol);
     // across devices: the first step after the resume runs on the same weights, so only BF16 separates the losses
     // (bound: max(1e-2, 4 x the change BF16-rounded weights alone make to the CPU loss), as for the goldens)
     double x_cpu = fabs((double)e[SAVE_AT] - c[SAVE_AT]) / c[SAVE_AT], b_cpu = fmax(1e-2, 4 * probe_e);
