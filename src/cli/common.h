@@ -49,9 +49,10 @@ int cli_device_parse(const char *value, int *cuda);
 // HALO_OK when --device cuda can run here; else an error naming the flag ("--device cuda: no CUDA device found",
 // or "this build has no CUDA backend"). The verbs check this before loading anything.
 int cli_cuda_check(void);
-// The GPU model for eval and debug-step: BF16 products, fp32 master weights (src/cuda/llama_cuda.cu).
+// The GPU model for eval and debug-step: BF16 products (or the model's HALO settings through the GPU HALO layers),
+// fp32 master weights (src/cuda/llama_cuda.cu).
 typedef struct cli_gpu cli_gpu;
-int cli_gpu_open(cli_gpu **out, const llama_model *m, int max_B, int max_T);   // refuses HALO precisions
+int cli_gpu_open(cli_gpu **out, const llama_model *m, int max_B, int max_T);   // refuses what the GPU lacks
 float cli_gpu_forward(void *gpu, const halo_batch *b);                          // mean loss (for _with above)
 float cli_gpu_logits(cli_gpu *g, const halo_batch *b, float *logits);           // mean loss, logits [B, T, V]
 int cli_gpu_grads(cli_gpu *g, const halo_batch *b, llama_model *m);             // m->grads = d(mean loss)/d(params)

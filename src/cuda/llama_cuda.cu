@@ -365,11 +365,10 @@ static int halo_setup(llama_cuda *g) {
     size_t codes = 0;
     int any_group = 0;
     for (int l = 0; l < nl; l++) {
-        if (l < hc->skip_first || l >= nl - hc->skip_last) continue;
         for (int k = 0; k < LIN_COUNT; k++) {
-            if (!(hc->kinds & (1u << k))) continue;
+            if (!model_halo_selects(hc, l, k, nl)) continue;
             char name[160];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, LLAMA_LINEAR_NAMES[k]);
+            model_halo_layer_name(name, sizeof name, l, k);
             halo_cuda_linear *L = &g->hl[l * LIN_COUNT + k];
             if (halo_cuda_linear_init(L, hc->prec, hc->level, name) != HALO_OK) return HALO_ERR;
             g->hon[l * LIN_COUNT + k] = 1;
@@ -785,15 +784,26 @@ extern "C" double llama_cuda_grad_norm(llama_cuda *g) {
     return sqrt(ss);
 }
 
-static int copy_back(llama_cuda *g, float *dst, const float *src, const llama_model *host) {
-    if (host->n_params != g->n_true) return halo_fail("CUDA copy-back: host model has %zu parameters, device %zu",
-                                                      host->n_params, g->n_true);
-    CUDA_CHECK(cudaStreamSynchronize(g->st));
-    for (int i = 0; i < g->n_slots; i++) {
-        if (g->slots[i].host_off < 0) return halo_fail("CUDA copy-back: device model was not made from a host model");
+// Host layout: the host model's flat buffer (slot.host_off); device padding between slots is never copied.
+static int check_host_map(const llama_cuda *g, const llama_model *host, const char *what) {
+    if (host->n_params != g->n_true)
+        return halo_fail("CUDA %s: host model has %zu parameters, device %zu", what, host->n_params, g->n_true);
+    for (int i = 0; i < g->n_slots; i++)
+        if (g->slots[i].host_off < 0) return halo_fail("CUDA %s: device model was not made from a host model", what);
+    return HALO_OK;
+}
+
+// Device fp32 buffer src (device layout) into dst[host n_params] slot by slot; the stream is idle.
+static void slots_down(const llama_cuda *g, float *dst, const float *src) {
+    for (int i = 0; i < g->n_slots; i++)
         CUDA_CHECK(cudaMemcpy(dst + g->slots[i].host_off, src + g->slots[i].off, g->slots[i].n * 4,
                               cudaMemcpyDeviceToHost));
-    }
+}
+
+static int copy_back(llama_cuda *g, float *dst, const float *src, const llama_model *host) {
+    if (check_host_map(g, host, "copy-back") != HALO_OK) return HALO_ERR;
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    slots_down(g, dst, src);
     return HALO_OK;
 }
 
@@ -808,23 +818,9 @@ extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
 }
 
 // ---- training state to and from the host (checkpoints, resume) ----
-// Host layout: the host model's flat buffer (slot.host_off); device padding between slots is never copied.
-static int check_host_map(const llama_cuda *g, const llama_model *host, const char *what) {
-    if (host->n_params != g->n_true)
-        return halo_fail("CUDA %s: host model has %zu parameters, device %zu", what, host->n_params, g->n_true);
-    for (int i = 0; i < g->n_slots; i++)
-        if (g->slots[i].host_off < 0) return halo_fail("CUDA %s: device model was not made from a host model", what);
-    return HALO_OK;
-}
-
 // One device moment buffer (fp32, or bf16 widened exactly to fp32) into dst[host n_params]. The stream is idle.
 static void moment_down(const llama_cuda *g, float *dst, const void *src) {
-    if (!g->o.bf16_moments) {
-        for (int i = 0; i < g->n_slots; i++)
-            CUDA_CHECK(cudaMemcpy(dst + g->slots[i].host_off, (const float *)src + g->slots[i].off, g->slots[i].n * 4,
-                                  cudaMemcpyDeviceToHost));
-        return;
-    }
+    if (!g->o.bf16_moments) { slots_down(g, dst, (const float *)src); return; }
     halo_bf16 *tmp = (halo_bf16 *)xmalloc(g->n_all * 2);
     CUDA_CHECK(cudaMemcpy(tmp, src, g->n_all * 2, cudaMemcpyDeviceToHost));
     for (int i = 0; i < g->n_slots; i++)

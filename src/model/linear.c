@@ -51,11 +51,10 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     lc.had_block = hc->had_block;
     lc.identity_quant = hc->identity_quant;
     for (int l = 0; l < L; l++) {
-        if (l < hc->skip_first || l >= L - hc->skip_last) continue;
         for (int k = 0; k < LIN_COUNT; k++) {
-            if (!(hc->kinds & (1u << k))) continue;
+            if (!model_halo_selects(hc, l, k, L)) continue;
             char name[160];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, LLAMA_LINEAR_NAMES[k]);
+            model_halo_layer_name(name, sizeof name, l, k);
             lc.seed = 0x5eedULL + (uint64_t)(l * LIN_COUNT + k);
             halo_linear_init(&h->lin[l * LIN_COUNT + k], &lc, name);
             h->on[l * LIN_COUNT + k] = 1;
@@ -63,6 +62,14 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     }
     m->halo = h;
     return HALO_OK;
+}
+
+int model_halo_selects(const model_halo_config *hc, int layer, int kind, int n_layers) {
+    return layer >= hc->skip_first && layer < n_layers - hc->skip_last && (hc->kinds & (1u << kind));
+}
+
+void model_halo_layer_name(char *buf, size_t cap, int layer, int kind) {
+    snprintf(buf, cap, "model.layers.%d.%s", layer, LLAMA_LINEAR_NAMES[kind]);
 }
 
 const model_halo_config *llama_get_halo(const llama_model *m) { return m->halo ? &m->halo->cfg : NULL; }

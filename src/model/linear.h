@@ -24,6 +24,10 @@ model_halo_config model_halo_config_default(void);   // FP32 (off), level 0, all
 // Applies the configuration (replacing any earlier one). HALO_ERR for an invalid level or precision.
 int llama_set_halo(llama_model *m, const model_halo_config *hc);
 const model_halo_config *llama_get_halo(const llama_model *m);   // NULL when off
+// 1 when block `layer` (of n_layers) runs linear `kind` through HALO under hc (kinds, skip-first/-last); the CPU
+// model and the GPU model (src/cuda/llama_cuda.cu) both select by it. Name: "model.layers.<l>.<HF linear name>".
+int model_halo_selects(const model_halo_config *hc, int layer, int kind, int n_layers);
+void model_halo_layer_name(char *buf, size_t cap, int layer, int kind);
 // JSON round trip of the configuration; parse errors name `where` and the key.
 char *model_halo_config_to_json(const model_halo_config *hc);
 int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc);
