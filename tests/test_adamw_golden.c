@@ -4,6 +4,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "test.h"
+#include "test_golden.h"
 #include "train/adamw.h"
 #include "util/error.h"
 #include "util/fileio.h"
@@ -19,13 +20,8 @@ static void check_adamw_golden(const char *model_dir, const char *golden_st, con
     st_file g;
     if (llama_load(&m, model_dir) != HALO_OK) { CHECK(0, "%s", halo_error()); cJSON_Delete(root); return; }
     if (st_open(golden_st, &g) != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); cJSON_Delete(root); return; }
-    int32_t *ids; int nd; int64_t shape[8];
-    CHECK(st_read_i32(&g, "input_ids", &ids, &nd, shape) == HALO_OK && nd == 2, "input_ids: %s", halo_error());
     halo_batch b;
-    halo_batch_alloc(&b, (int)shape[0], (int)shape[1]);
-    memcpy(b.input_ids, ids, sizeof(int32_t) * (size_t)b.B * b.T);
-    free(ids);
-    halo_batch_shift_targets(&b);
+    if (t_golden_batch(&g, &b) != HALO_OK) { st_close(&g); llama_free(&m); cJSON_Delete(root); return; }
     llama_alloc_grads(&m);
     adamw_config ac = adamw_config_default();
     ac.beta1 = 0.9; ac.beta2 = 0.95; ac.eps = 1e-8; ac.weight_decay = 0;

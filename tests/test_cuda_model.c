@@ -4,6 +4,7 @@
 // `test_cuda_model --sanitize-step` runs only one small training step per model (for compute-sanitizer).
 #include <cjson/cJSON.h>
 #include "test.h"
+#include "test_golden.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
 #include "io/safetensors.h"
@@ -49,13 +50,8 @@ static void check_golden(const char *label, const char *model_dir, const char *g
     if (llama_load(&m, model_dir) != HALO_OK) { CHECK(0, "load %s: %s", model_dir, halo_error()); return; }
     st_file gf;
     if (st_open(golden_path, &gf) != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); return; }
-    int32_t *ids; int nd; int64_t shape[8];
-    CHECK(st_read_i32(&gf, "input_ids", &ids, &nd, shape) == HALO_OK && nd == 2, "input_ids: %s", halo_error());
     halo_batch b;
-    halo_batch_alloc(&b, (int)shape[0], (int)shape[1]);
-    memcpy(b.input_ids, ids, sizeof(int32_t) * (size_t)b.B * b.T);
-    free(ids);
-    halo_batch_shift_targets(&b);
+    if (t_golden_batch(&gf, &b) != HALO_OK) { st_close(&gf); llama_free(&m); return; }
     cJSON *js = golden_json(golden_path);
     llama_cuda *g;
     llama_cuda_opts o = opts_for(b.B, b.T, 0, 0);

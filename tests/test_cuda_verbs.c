@@ -12,6 +12,7 @@
 // `test_cuda_verbs --cpu` runs part 1 with the CPU backend instead (no GPU needed; there everything is exact).
 #include <cjson/cJSON.h>
 #include "test.h"
+#include "test_golden.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
 #include "io/safetensors.h"
@@ -272,17 +273,8 @@ static void test_debug_step(const char *label, const char *model_rel, const char
     snprintf(out, sizeof out, "/tmp/halo_cuda_debug_step_%d.safetensors", (int)getpid());
     snprintf(cmd, sizeof cmd, "%s/halo debug-step --device cuda --model %s --batch %s --out %s --adamw-steps 10",
              bin && *bin ? bin : "build", test_shared_path(model_rel), golden_st, out);
-    FILE *p = popen(cmd, "r");
     double losses[10];
-    int n = 0;
-    char line[256];
-    while (p && fgets(line, sizeof line, p)) {
-        cJSON *o = cJSON_Parse(line);
-        cJSON *l = cJSON_GetObjectItem(o, "loss");
-        if (cJSON_IsNumber(l) && n < 10) losses[n++] = l->valuedouble;
-        cJSON_Delete(o);
-    }
-    int rc = p ? pclose(p) : -1;
+    int rc, n = t_debug_step_losses(cmd, losses, 10, &rc);
     CHECK(rc == 0 && n == 10, "%s: `%s` exited %d and printed %d losses", label, cmd, rc, n);
     if (rc != 0) return;
     char *text;
@@ -294,13 +286,8 @@ static void test_debug_step(const char *label, const char *model_rel, const char
     if (llama_load(&m, test_shared_path(model_rel)) != HALO_OK) { CHECK(0, "%s", halo_error()); cJSON_Delete(js); return; }
     if (st_open(out, &a) != HALO_OK || st_open(golden_st, &gf) != HALO_OK) { CHECK(0, "%s", halo_error()); goto out_model; }
     // logits and loss
-    int32_t *ids; int nd; int64_t shape[8];
-    CHECK(st_read_i32(&gf, "input_ids", &ids, &nd, shape) == HALO_OK && nd == 2, "input_ids: %s", halo_error());
     halo_batch b;
-    halo_batch_alloc(&b, (int)shape[0], (int)shape[1]);
-    memcpy(b.input_ids, ids, sizeof(int32_t) * (size_t)b.B * b.T);
-    free(ids);
-    halo_batch_shift_targets(&b);
+    if (t_golden_batch(&gf, &b) != HALO_OK) { st_close(&a); st_close(&gf); goto out_model; }
     size_t nlog = (size_t)b.B * b.T * m.cfg.vocab_size;
     int64_t lshape[3] = {b.B, b.T, m.cfg.vocab_size};
     float *x = malloc(4 * nlog), *y = malloc(4 * nlog), loss;

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 #include "io/safetensors.h"
 #include "test.h"
+#include "test_golden.h"
 #include "util/error.h"
 #include "util/fileio.h"
 
@@ -14,17 +15,8 @@ static void check_model(const char *model_rel, const char *golden_rel) {
     snprintf(out, sizeof out, "/tmp/halo_debug_step_%d.safetensors", (int)getpid());
     snprintf(cmd, sizeof cmd, "%s/halo debug-step --model %s --batch %s --out %s --adamw-steps 10 2>/dev/null",
              bin_dir && *bin_dir ? bin_dir : "build", test_shared_path(model_rel), golden_st, out);
-    FILE *p = popen(cmd, "r");
     double losses[10];
-    int n = 0;
-    char line[256];
-    while (p && fgets(line, sizeof line, p)) {
-        cJSON *o = cJSON_Parse(line);
-        cJSON *l = cJSON_GetObjectItem(o, "loss");
-        if (cJSON_IsNumber(l) && n < 10) losses[n++] = l->valuedouble;
-        cJSON_Delete(o);
-    }
-    int rc = p ? pclose(p) : -1;
+    int rc, n = t_debug_step_losses(cmd, losses, 10, &rc);
     CHECK(rc == 0 && n == 10, "%s: debug-step exited %d and printed %d losses", model_rel, rc, n);
     char *text;
     if (halo_read_file(golden_json, &text, NULL) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }

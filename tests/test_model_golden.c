@@ -4,6 +4,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "test.h"
+#include "test_golden.h"
 #include "util/error.h"
 #include "util/fileio.h"
 
@@ -25,13 +26,8 @@ static void check_train_golden(const char *model_dir, const char *golden_path) {
     if (llama_load(&m, model_dir) != HALO_OK) { CHECK(0, "load %s: %s", model_dir, halo_error()); return; }
     st_file g;
     if (st_open(golden_path, &g) != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); return; }
-    int32_t *ids; int nd; int64_t shape[8];
-    CHECK(st_read_i32(&g, "input_ids", &ids, &nd, shape) == HALO_OK && nd == 2, "input_ids: %s", halo_error());
     halo_batch b;
-    halo_batch_alloc(&b, (int)shape[0], (int)shape[1]);
-    memcpy(b.input_ids, ids, sizeof(int32_t) * (size_t)b.B * b.T);
-    free(ids);
-    halo_batch_shift_targets(&b);
+    if (t_golden_batch(&g, &b) != HALO_OK) { st_close(&g); llama_free(&m); return; }
     size_t nlog = (size_t)b.B * b.T * m.cfg.vocab_size;
     float *logits = malloc(sizeof(float) * nlog), *ref = malloc(sizeof(float) * nlog);
     float loss = llama_forward(&m, &b, logits);
