@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int t_pass, t_fail, t_skip;
@@ -57,5 +58,17 @@ static inline double t_rand_uniform(unsigned long long *s) { return (t_rng_next(
 static inline double t_rand_normal(unsigned long long *s) {
     double u1 = t_rand_uniform(s) + 1e-300, u2 = t_rand_uniform(s);
     return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+}
+// n floats drawn from normal(0, sd) with the test's generator state s (malloc'ed).
+static inline float *t_rand_vec(unsigned long long *s, size_t n, double sd) {
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(s));
+    return v;
+}
+// Monotonic seconds (for timings printed by tests).
+static inline double t_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 #endif

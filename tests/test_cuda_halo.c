@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cuda_runtime_api.h>
 #include "cuda/halo_cuda.h"
+#include "test_cuda.h"
 #include "halo/hadamard.h"
 #include "halo/halo_linear.h"
 #include "halo/quant.h"
@@ -23,37 +24,16 @@ static void row(const char *what, const char *detail, double err, double bound, 
           ties);
 }
 
-static float *rand_vec(size_t n, double sd) {
-    float *v = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
-    return v;
-}
-static void *dev_copy(const void *h, size_t bytes) {
-    void *d = NULL;
-    cudaMalloc(&d, bytes + 256);
-    cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
-    return d;
-}
 // Rounds v to bf16 in place; returns a device bf16 copy.
 static halo_bf16 *dev_bf16(float *v, size_t n) {
-    halo_bf16 *h = malloc(2 * n);
-    cuda_f32_to_bf16_host(h, v, n);
-    cuda_bf16_to_f32_host(v, h, n);
-    halo_bf16 *d = dev_copy(h, 2 * n);
-    free(h);
-    return d;
+    t_round_bf16(v, n);
+    return t_dev_bf16(v, n);
 }
 static void *dev_poison(size_t bytes) {
     void *d = NULL;
     cudaMalloc(&d, bytes + 256);
     cudaMemset(d, 0xff, bytes);
     return d;
-}
-static void *host_of(const void *d, size_t bytes) {
-    void *h = malloc(bytes);
-    cudaDeviceSynchronize();
-    cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
-    return h;
 }
 static float dec(uint8_t c, int fmt) { return fmt == HALO_CUDA_INT8 ? (float)(int8_t)c : halo_fp8_decode(c, HALO_Q_E4M3); }
 
@@ -87,11 +67,11 @@ static void test_hadamard(void) {
                     continue;
                 }
                 size_t n = (size_t)rows * d;
-                float *x = rand_vec(n, 1.0);
-                void *din = in_bf ? (void *)dev_bf16(x, n) : dev_copy(x, 4 * n);
+                float *x = t_rand_vec(&rng, n, 1.0);
+                void *din = in_bf ? (void *)dev_bf16(x, n) : t_dev_copy(x, 4 * n);
                 float *dout = dev_poison(4 * n);
                 halo_cuda_had_rows(&hg, tr, din, in_bf ? HALO_CUDA_BF16 : HALO_CUDA_F32, d, NULL, dout, 1, d, 0, rows, 0);
-                float *g = host_of(dout, 4 * n);
+                float *g = t_host_of(dout, 4 * n);
                 halo_hadamard_rows(&hp, x, rows, d, tr);
                 long bits = 0;
                 for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
@@ -105,7 +85,7 @@ static void test_hadamard(void) {
                 if (!in_bf && !tr) {
                     halo_bf16 *db = dev_poison(2 * n);
                     halo_cuda_had_rows(&hg, 0, din, HALO_CUDA_F32, d, NULL, db, 0, d, 0, rows, 0);
-                    halo_bf16 *hb = host_of(db, 2 * n);
+                    halo_bf16 *hb = t_host_of(db, 2 * n);
                     float *gb = malloc(4 * n);
                     cuda_bf16_to_f32_host(gb, hb, n);
                     row("hadamard rows, bf16 out", det, rel_l2_f(gb, x, n), 5e-3, 0, 0);
@@ -127,7 +107,7 @@ static void test_quant(void) {
     for (int si = 0; si < 3; si++) {
         const int R = shapes[si][0], d = shapes[si][1];
         size_t n = (size_t)R * d;
-        float *x = rand_vec(n, 1.0);
+        float *x = t_rand_vec(&rng, n, 1.0);
         for (int r = 0; r < R; r++) x[(size_t)r * d + (r * 37 + 11) % d] *= 60; // outliers
         halo_bf16 *dx = dev_bf16(x, n);
         for (int rot = 0; rot < 2; rot++) {
@@ -144,7 +124,7 @@ static void test_quant(void) {
             float *dam = dev_poison(4 * (R + 2));
             cudaMemset(dam, 0, 4 * (R + 2));
             halo_cuda_absmax_rows(rot ? &hg : NULL, 0, dx, HALO_CUDA_BF16, d, R, d, dam, dam + 1, NULL, 0);
-            float *am = host_of(dam, 4 * (R + 1));
+            float *am = t_host_of(dam, 4 * (R + 1));
             float mx = 0;
             long rowbad = 0;
             for (int r = 0; r < R; r++) {
@@ -168,7 +148,7 @@ static void test_quant(void) {
                     uint8_t *dq = dev_poison(n);
                     halo_cuda_quant_rows(rot ? &hg : NULL, 0, dx, HALO_CUDA_BF16, d, R, d, dam, per_row ? dam + 1 : NULL,
                                          fmt, dq, d, 0);
-                    uint8_t *q = host_of(dq, n);
+                    uint8_t *q = t_host_of(dq, n);
                     long mism, ties;
                     code_diff(q, qm.q, xr, qm.s, (long)n, per_row ? d : 0, fmt, &mism, &ties);
                     char det2[96];
@@ -186,7 +166,7 @@ static void test_quant(void) {
                     const int Rp = (R + 15) / 16 * 16 + 16;
                     uint8_t *dq = dev_poison(n), *dqt = dev_poison((size_t)d * Rp);
                     halo_cuda_quant_tile(dx, HALO_CUDA_BF16, d, R, d, dam, fmt, dq, d, dqt, Rp, Rp, 0);
-                    uint8_t *q = host_of(dq, n), *qtt = host_of(dqt, (size_t)d * Rp);
+                    uint8_t *q = t_host_of(dq, n), *qtt = t_host_of(dqt, (size_t)d * Rp);
                     long mism, ties, padbad = 0;
                     code_diff(q, qm.q, x, qm.s, (long)n, 0, fmt, &mism, &ties);
                     uint8_t *qtc = malloc(n);
@@ -218,7 +198,7 @@ static void test_quant(void) {
 // ---- 8-bit products --------------------------------------------------------------------------------------------
 static void test_gemm(void) {
     const int M = 96, N = 160, K = 448;
-    float *a = rand_vec((size_t)M * K, 1.0), *b = rand_vec((size_t)N * K, 0.05);
+    float *a = t_rand_vec(&rng, (size_t)M * K, 1.0), *b = t_rand_vec(&rng, (size_t)N * K, 0.05);
     for (int fmt = 0; fmt < 2; fmt++) {
         halo_qspec qs;
         memset(&qs, 0, sizeof qs);
@@ -232,10 +212,10 @@ static void test_gemm(void) {
         float am[2] = {0, 0};
         for (size_t i = 0; i < (size_t)M * K; i++) am[0] = fmaxf(am[0], fabsf(a[i]));
         for (size_t i = 0; i < (size_t)N * K; i++) am[1] = fmaxf(am[1], fabsf(b[i]));
-        float *dam = dev_copy(am, sizeof am), *dal = dev_poison(4);
-        uint8_t *dA = dev_copy(qa.q, (size_t)M * K), *dB = dev_copy(qb.q, (size_t)N * K);
+        float *dam = t_dev_copy(am, sizeof am), *dal = dev_poison(4);
+        uint8_t *dA = t_dev_copy(qa.q, (size_t)M * K), *dB = t_dev_copy(qb.q, (size_t)N * K);
         halo_cuda_alpha(dal, dam, dam + 1, fmt, 0);
-        float *alpha = host_of(dal, 4);
+        float *alpha = t_host_of(dal, 4);
         CHECK(*alpha == qa.s[0] * qb.s[0], "alpha %.9g vs CPU sa*sb %.9g", *alpha, qa.s[0] * qb.s[0]);
         float *dC = dev_poison(sizeof(float) * M * N);
         int rc;
@@ -246,7 +226,7 @@ static void test_gemm(void) {
             int32_t *dI = dev_poison(sizeof(int32_t) * M * N);
             rc = halo_cuda_gemm_s8(dI, N, (const int8_t *)dA, K, (const int8_t *)dB, K, M, N, K, 0);
             CHECK(rc == HALO_OK, "int8 gemm: %s", halo_error());
-            int32_t *gi = host_of(dI, sizeof(int32_t) * M * N), *ci = malloc(sizeof(int32_t) * M * N);
+            int32_t *gi = t_host_of(dI, sizeof(int32_t) * M * N), *ci = malloc(sizeof(int32_t) * M * N);
             halo_gemm_s8s8s32((const int8_t *)qa.q, (const int8_t *)qb.q, ci, M, N, K);
             long bad = 0;
             for (long i = 0; i < (long)M * N; i++) bad += gi[i] != ci[i];
@@ -254,18 +234,18 @@ static void test_gemm(void) {
             halo_cuda_dequant_i32(dC, 1, N, dI, N, M, N, dal, NULL, NULL, 0, 0);
             free(gi); free(ci); cudaFree(dI);
         }
-        float *g = host_of(dC, sizeof(float) * M * N);
+        float *g = t_host_of(dC, sizeof(float) * M * N);
         row(fmt ? "fp8 product vs halo_qgemm" : "int8 product vs halo_qgemm", "96x160x448, fp32 out",
             rel_l2_f(g, ref, (size_t)M * N), fmt ? 1e-3 : 1e-6, 0, 0);
         if (fmt) { // bf16 output and accumulation into fp32
             halo_bf16 *dCb = dev_poison(2 * M * N);
             halo_cuda_gemm_fp8(dCb, 0, N, dA, K, dB, K, M, N, K, dal, 0, 0);
-            halo_bf16 *hb = host_of(dCb, 2 * M * N);
+            halo_bf16 *hb = t_host_of(dCb, 2 * M * N);
             float *gb = malloc(sizeof(float) * M * N);
             cuda_bf16_to_f32_host(gb, hb, (size_t)M * N);
             row("fp8 product vs halo_qgemm", "bf16 out", rel_l2_f(gb, ref, (size_t)M * N), 1e-2, 0, 0);
             halo_cuda_gemm_fp8(dC, 1, N, dA, K, dB, K, M, N, K, dal, 1, 0);
-            float *g2 = host_of(dC, sizeof(float) * M * N);
+            float *g2 = t_host_of(dC, sizeof(float) * M * N);
             for (long i = 0; i < (long)M * N; i++) ref[i] *= 2;
             row("fp8 product vs halo_qgemm", "accumulate (2x)", rel_l2_f(g2, ref, (size_t)M * N), 1e-3, 0, 0);
             free(hb); free(gb); free(g2); cudaFree(dCb);
@@ -293,7 +273,7 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
         CHECK(0, "gpu linear: %s", halo_error());
         return e;
     }
-    float *Y = host_of(dY, 4 * (size_t)b * n), *EX = host_of(dEX, 4 * (size_t)b * m), *G = host_of(dG, 4 * (size_t)n * m);
+    float *Y = t_host_of(dY, 4 * (size_t)b * n), *EX = t_host_of(dEX, 4 * (size_t)b * m), *G = t_host_of(dG, 4 * (size_t)n * m);
     int nonfin = 0;
     cudaMemcpy(&nonfin, (int *)(L.dev + 8), 4, cudaMemcpyDeviceToHost);
     CHECK(nonfin == 0, "non-finite flag set on finite inputs");
@@ -330,7 +310,7 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
 
 static void test_linear(void) {
     const int b = 94, m = 448, n = 160;   // 94 tokens: H_b zero-pads to 96 = 12 * 8; m = 448 = 28 * 16
-    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.05), *EY = rand_vec((size_t)b * n, 1e-3);
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05), *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
     for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
         for (int lvl = 0; lvl < 3; lvl++) {
             errs3 e = run_linear(prec, lvl, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
@@ -350,7 +330,7 @@ static void test_linear(void) {
 // and level 2 cuts the INT8 E_X error well below level 0's.
 static void test_outliers(void) {
     const int b = 256, m = 1024, n = 512;
-    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.03), *EY = rand_vec((size_t)b * n, 1e-3);
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.03), *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
     for (int t = 0; t < b; t++) for (int c = 0; c < 6; c++) X[(long)t * m + (c * 997 + 5) % m] *= 100;
     for (int r = 0; r < 4; r++) for (int j = 0; j < n; j++) EY[(long)((r * 131 + 7) % b) * n + j] *= 100;
     // bf16-round once so the float64 references see the values both layers see

@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
+#include "test_cuda.h"
 #include "halo/halo_linear.h"
 #include "model/linear.h"
 #include "model/llama.h"
@@ -24,48 +25,12 @@
 
 static unsigned long long rng = 6006;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void row(const char *what, const char *detail, double err, double bound) {
     int ok = err <= bound && !isnan(err);
     printf("| %-34s | %-34s | %9.2e | %7.1e | %s |\n", what, detail, err, bound, ok ? "ok" : "FAIL");
     CHECK(ok, "%s %s: %.3g > %.3g", what, detail, err, bound);
 }
 
-static float *rand_vec(size_t n, double sd) {
-    float *v = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
-    return v;
-}
-static void round_bf16(float *v, size_t n) {
-    halo_bf16 *h = malloc(2 * n);
-    cuda_f32_to_bf16_host(h, v, n);
-    cuda_bf16_to_f32_host(v, h, n);
-    free(h);
-}
-static void *dev_copy(const void *h, size_t bytes) {
-    void *d = NULL;
-    if (cudaMalloc(&d, bytes + 256) != cudaSuccess) { fprintf(stderr, "cudaMalloc failed\n"); abort(); }
-    cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
-    return d;
-}
-static void *dev_bf16_of(const float *v, size_t n) {
-    halo_bf16 *h = malloc(2 * n);
-    cuda_f32_to_bf16_host(h, v, n);
-    void *d = dev_copy(h, 2 * n);
-    free(h);
-    return d;
-}
-static void *host_of(const void *d, size_t bytes) {
-    void *h = malloc(bytes);
-    cudaDeviceSynchronize();
-    cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
-    return h;
-}
 static const char *prec_name(int p) { return p == HALO_PREC_INT8 ? "int8" : p == HALO_PREC_FP8 ? "fp8" : "bf16"; }
 
 // ---- 1. the layer's strided, residual and padded forms ----------------------------------------------------------
@@ -74,18 +39,18 @@ typedef struct { const char *what; int b, m, n; long ldy; int col, y_f32, resid;
 static void layer_variant(int prec, int lvl, const layer_case *lc) {
     const int b = lc->b, m = lc->m, n = lc->n, col = lc->col;
     const long ld = lc->ldy;
-    float *X = rand_vec((size_t)b * m, 1.0), *W = rand_vec((size_t)n * m, 0.05), *EY = rand_vec((size_t)b * n, 1e-3);
-    float *R = rand_vec((size_t)b * n, 1.0), *G0 = rand_vec((size_t)n * m, 1e-3);
-    round_bf16(X, (size_t)b * m); round_bf16(W, (size_t)n * m); round_bf16(EY, (size_t)b * n);
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05), *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+    float *R = t_rand_vec(&rng, (size_t)b * n, 1.0), *G0 = t_rand_vec(&rng, (size_t)n * m, 1e-3);
+    t_round_bf16(X, (size_t)b * m); t_round_bf16(W, (size_t)n * m); t_round_bf16(EY, (size_t)b * n);
     // wide buffers: Y's other columns hold a sentinel that must survive; E_Y's other columns hold large values that
     // would show in every error if the layer read outside its slice
     float *Yw = malloc(sizeof(float) * b * ld), *Rw = calloc((size_t)b * ld, sizeof(float)), *Ew = malloc(sizeof(float) * b * ld);
     for (long i = 0; i < b * ld; i++) { Yw[i] = 7.f; Ew[i] = 100.f; }
     for (int r = 0; r < b; r++)
         for (int c = 0; c < n; c++) { Rw[r * ld + col + c] = R[r * n + c]; Ew[r * ld + col + c] = EY[r * n + c]; }
-    void *dY = lc->y_f32 ? dev_copy(Yw, sizeof(float) * b * ld) : dev_bf16_of(Yw, (size_t)b * ld);
-    float *dR = dev_copy(Rw, sizeof(float) * b * ld), *dG = dev_copy(G0, sizeof(float) * n * m), *dEX;
-    halo_bf16 *dX = dev_bf16_of(X, (size_t)b * m), *dW = dev_bf16_of(W, (size_t)n * m), *dE = dev_bf16_of(Ew, (size_t)b * ld);
+    void *dY = lc->y_f32 ? t_dev_copy(Yw, sizeof(float) * b * ld) : t_dev_bf16(Yw, (size_t)b * ld);
+    float *dR = t_dev_copy(Rw, sizeof(float) * b * ld), *dG = t_dev_copy(G0, sizeof(float) * n * m), *dEX;
+    halo_bf16 *dX = t_dev_bf16(X, (size_t)b * m), *dW = t_dev_bf16(W, (size_t)n * m), *dE = t_dev_bf16(Ew, (size_t)b * ld);
     cudaMalloc((void **)&dEX, sizeof(float) * b * m);
     cudaMemset(dEX, 0xff, sizeof(float) * b * m);
     halo_cuda_linear L;
@@ -96,9 +61,9 @@ static void layer_variant(int prec, int lvl, const layer_case *lc) {
     if (!rc) rc = halo_cuda_linear_backward_ex(&L, dE + col, ld, dEX, 1, dG, b, m, n, 0);
     CHECK(rc == HALO_OK, "GPU layer %s: %s", lc->what, halo_error());
     float *Yg = malloc(sizeof(float) * b * ld);
-    if (lc->y_f32) { float *t = host_of(dY, sizeof(float) * b * ld); memcpy(Yg, t, sizeof(float) * b * ld); free(t); }
-    else { halo_bf16 *t = host_of(dY, 2 * b * ld); cuda_bf16_to_f32_host(Yg, t, (size_t)b * ld); free(t); }
-    float *EXg = host_of(dEX, sizeof(float) * b * m), *Gg = host_of(dG, sizeof(float) * n * m);
+    if (lc->y_f32) { float *t = t_host_of(dY, sizeof(float) * b * ld); memcpy(Yg, t, sizeof(float) * b * ld); free(t); }
+    else { halo_bf16 *t = t_host_of(dY, 2 * b * ld); cuda_bf16_to_f32_host(Yg, t, (size_t)b * ld); free(t); }
+    float *EXg = t_host_of(dEX, sizeof(float) * b * m), *Gg = t_host_of(dG, sizeof(float) * n * m);
     // the CPU layer
     halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
     halo_linear C;
@@ -193,7 +158,7 @@ static void test_small_model(void) {
     llama_model m;
     if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
     llama_init_random(&m, 11);
-    round_bf16(m.params, m.n_params);   // the GPU's working weights exactly
+    t_round_bf16(m.params, m.n_params);   // the GPU's working weights exactly
     llama_alloc_grads(&m);
     halo_batch b;
     halo_batch_alloc(&b, 2, 64);
@@ -285,14 +250,6 @@ static void test_small_model(void) {
 #include "model/llama.h"
 #include "train/adamw.h"
 #include "util/error.h"
-#ifndef HALO_CUDA
-#include <time.h>
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-#endif
 
 enum { TB = 4, TT = 64, NCFG = 4 };
 static const struct { const char *name; int prec, level; } TCFG[NCFG] = {
@@ -337,7 +294,7 @@ static model_halo_config train_cfg(int k) {
 // when the configuration is refused. Runs in one of several threads (no CHECK here).
 static double train_cpu(llama_model *m, const model_halo_config *hc, const halo_batch *bs, int steps, float *loss,
                         double budget_s, int *done) {
-    double t0 = now_s();
+    double t0 = t_now();
     *done = 0;
     if (llama_set_halo(m, hc) != HALO_OK) return -1;
     llama_alloc_grads(m);
@@ -351,11 +308,11 @@ static double train_cpu(llama_model *m, const model_halo_config *hc, const halo_
         grad_clip_global_norm(m->grads, m->n_params, 1.0f);
         adamw_step(&st, m->params, m->grads, lr_at(s));
         *done = s + 1;
-        if (now_s() - t0 > budget_s) break;
+        if (t_now() - t0 > budget_s) break;
     }
     adamw_free(&st);
     llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
-    return (now_s() - t0) / (*done > 0 ? *done : 1);
+    return (t_now() - t0) / (*done > 0 ? *done : 1);
 }
 
 #ifdef HALO_CUDA
@@ -369,13 +326,13 @@ static double train_gpu(const llama_model *m, const model_halo_config *hc, const
         for (int s = 0; s < steps; s++) loss[s] = NAN;
         return 0;
     }
-    double t0 = now_s();
+    double t0 = t_now();
     llama_cuda_adamw h = {0.f, 0.9f, 0.95f, 1e-8f, 0.f, 1.0f, 0};
     for (int s = 0; s < steps; s++) {
         h.lr = (float)lr_at(s);
         loss[s] = llama_cuda_train_step(g, &bs[s], &h, s + 1);
     }
-    double per = (now_s() - t0) / steps;
+    double per = (t_now() - t0) / steps;
     llama_cuda_free(g);
     return per;
 }
@@ -493,14 +450,14 @@ int main(int argc, char **argv) {
 #else
     int nd = cuda_device_count();
     if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): GPU HALO training tests skipped", nd); TEST_END(); }
-    double t0 = now_s();
+    double t0 = t_now();
     printf("| %-34s | %-34s | %9s | %7s | %s |\n", "check (GPU HALO vs CPU)", "case", "rel err", "bound", "ok");
     test_layer_variants();
-    printf("(layer variants: %.1f s)\n", now_s() - t0);
+    printf("(layer variants: %.1f s)\n", t_now() - t0);
     test_small_model();
-    printf("(random model: %.1f s)\n", now_s() - t0);
+    printf("(random model: %.1f s)\n", t_now() - t0);
     test_stories_training(steps, 0, cpu_budget);
-    printf("(total: %.1f s)\n", now_s() - t0);
+    printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();
     cuda_matmul_shutdown();
     TEST_END();

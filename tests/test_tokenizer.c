@@ -9,12 +9,6 @@
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static char *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -264,7 +258,6 @@ static void special_tokens_llama3(const halo_tokenizer *tok) {
     free(d);
 }
 
-
 // Writes a tokenizer.json into a fresh temporary directory and loads it; returns NULL (after a CHECK) on failure.
 static halo_tokenizer *load_json_text(const char *json, char *dir_out) {
     strcpy(dir_out, "/tmp/halo_tokj_XXXXXX");
@@ -446,10 +439,10 @@ int main(void) {
     golden_file("llama2", pl2s, "goldens/tokenizer_llama2.json");
     golden_file("llama3", pl3, "goldens/tokenizer_llama3.json");
 
-    double t0 = now_s();
+    double t0 = t_now();
     halo_tokenizer *l3;
     int rc = tokenizer_load(pl3, &l3);
-    double load = now_s() - t0;
+    double load = t_now() - t0;
     CHECK(rc == HALO_OK, "llama3 load: %s", halo_error());
     if (rc) TEST_END();
     printf("llama3 tokenizer.json load: %.3f s\n", load);
