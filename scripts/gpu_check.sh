@@ -21,15 +21,8 @@ if ! "$BUILD/tests/test_cuda_ops" --help >/dev/null 2>&1 && [ ! -x "$BUILD/tests
   C_INCLUDE_PATH=$PWD/deps/include LIBRARY_PATH=$PWD/deps/lib make -j16 BUILD=$BUILD OPT="-O3 -march=native" tests benches \
     > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 fi
-summary=()
-run() {   # name, log, time limit (s), command...
-  local name=$1 log=$2 lim=$3; shift 3
-  local t0=$(date +%s%N)
-  timeout "$lim" "$@" > "$OUT/$log" 2>&1; local rc=$?
-  local dt=$(( ($(date +%s%N) - t0) / 1000000 ))
-  summary+=("$(printf '%-46s rc=%-3s %7d ms' "$name" "$rc" "$dt")")
-  return $rc
-}
+LOG=$OUT; source scripts/gpu_lib.sh
+run() { gpu_step "$@"; }
 if [ "$what" = all ] || [ "$what" = test ]; then
   run "test_cuda_ops (CUDA ops vs CPU)" ops.log 60 $BUILD/tests/test_cuda_ops
   run "test_cuda_model (goldens, CPU model)" model.log 120 $BUILD/tests/test_cuda_model

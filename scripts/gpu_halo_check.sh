@@ -22,14 +22,8 @@ else
   make -j16 build/tests/test_cuda_halo build/bench/bench_cuda_halo > "$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
   B=build
 fi
-summary=()
-run() {   # name, log, time limit (s), command...
-  local name=$1 log=$2 lim=$3; shift 3
-  local t0=$(date +%s%N)
-  timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
-  summary+=("$(printf '%-44s rc=%-3s %7d ms' "$name" "$rc" $(( ($(date +%s%N) - t0) / 1000000 )))")
-  return $rc
-}
+source scripts/gpu_lib.sh
+run() { gpu_step "$@"; }
 if [ "$what" = all ] || [ "$what" = test ]; then
   run "test_cuda_halo (GPU kernels vs src/halo)" test.log 120 $B/tests/test_cuda_halo
   run "compute-sanitizer racecheck test_cuda_halo" racecheck.log 200 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_cuda_halo

@@ -14,14 +14,8 @@ export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-dev
 [ -x "$B/tests/test_cuda_halo_train" ] || B=build   # a tree built on the device (make tests benches)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader | tee "$LOG/gpu.txt"
-summary=()
-run() {   # name, log, time limit (s), command...
-  local name=$1 log=$2 lim=$3; shift 3
-  local t0=$(date +%s%N)
-  timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
-  summary+=("$(printf '%-40s rc=%-3s %7d ms' "$name" "$rc" $(( ($(date +%s%N) - t0) / 1000000 )))")
-  return $rc
-}
+source scripts/gpu_lib.sh
+run() { gpu_step "$@"; }
 # the CPU side of the stories260K comparison is the slow part: it stops after 30 s (the test then compares the
 # steps both sides finished)
 run "test_cuda_halo_train" test.log 90 $B/tests/test_cuda_halo_train --cpu-budget 30

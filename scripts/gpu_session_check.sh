@@ -14,14 +14,11 @@ export HALO_SHARED=$PWD/shared PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-dev
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$LOG/gpu.txt"
-summary=()
-step() {   # name, log, limit (s), command...
-  local name=$1 log=$2 lim=$3; shift 3
-  local t0=$(date +%s%N)
-  timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
-  local line; line=$(printf '%-44s rc=%-3s %7d ms' "$name" "$rc" $(( ($(date +%s%N) - t0) / 1000000 )))
-  summary+=("$line"); echo "$line" | tee -a "$LOG/summary.txt"
-  grep -h -E "passed, .* failed|FAIL" "$LOG/$log" | head -5
+source scripts/gpu_lib.sh
+step() {   # as gpu_step, printing its summary line (also into summary.txt) and the log's pass/fail lines at once
+  gpu_step "$@"
+  echo "${summary[-1]}" | tee -a "$LOG/summary.txt"
+  grep -h -E "passed, .* failed|FAIL" "$LOG/$2" | head -5
 }
 step "test_cuda_model (BF16 model, goldens)" model.log 60 $B/tests/test_cuda_model
 step "test_cuda_halo (HALO kernels vs CPU)" halo_kernels.log 40 $B/tests/test_cuda_halo

@@ -21,15 +21,10 @@ W=$(mktemp -d /tmp/halo-gpu-verbs.XXXXXX)
 H=build-dev/halo
 M=shared/models/stories260K
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>&1 | head -2
-summary=(); fails=0
-run() {   # name, log, time limit (s), command...
-  local name=$1 log=$2 lim=$3; shift 3
-  local t0=$(date +%s%N)
-  timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
-  summary+=("$(printf '%-58s %s rc=%-3s %6d ms' "$name" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$rc" \
-               $(( ($(date +%s%N) - t0) / 1000000 )))")
-  [ $rc = 0 ] || { fails=$((fails + 1)); tail -15 "$LOG/$log"; }
-  return $rc
+source scripts/gpu_lib.sh; GPU_STEP_WIDTH=58 GPU_STEP_VERDICT=1; fails=0
+run() {   # as gpu_step; a failure is counted and its log's tail shown
+  gpu_step "$@" && return 0
+  local rc=$?; fails=$((fails + 1)); tail -15 "$LOG/$2"; return $rc
 }
 verdict() {   # name, python check that exits 0 on success (prints its numbers)
   local name=$1; shift

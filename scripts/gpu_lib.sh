@@ -1,0 +1,15 @@
+# Sourced by the device scripts (gpu_check.sh, gpu_halo_check.sh, gpu_halo_train_check.sh, gpu_verbs_check.sh,
+# gpu_session_check.sh): one step runner for all of them.
+#   gpu_step NAME LOG LIMIT COMMAND...  runs COMMAND under `timeout LIMIT` with its output in $LOG/LOG, appends
+#   "NAME [PASS|FAIL] rc=N  T ms" to the array `summary` and returns COMMAND's status.
+# Settings: GPU_STEP_WIDTH (name column, default 46), GPU_STEP_VERDICT=1 (add PASS/FAIL).
+summary=()
+gpu_step() {
+  local name=$1 log=$2 lim=$3; shift 3
+  local t0; t0=$(date +%s%N)
+  timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 )) verdict=""
+  [ "${GPU_STEP_VERDICT:-0}" = 1 ] && verdict="$([ $rc = 0 ] && echo PASS || echo FAIL) "
+  summary+=("$(printf "%-${GPU_STEP_WIDTH:-46}s %src=%-3s %7d ms" "$name" "$verdict" "$rc" "$ms")")
+  return $rc
+}
