@@ -28,6 +28,6 @@ cp /usr/include/x86_64-linux-gnu/openblas-openmp/*.h "$DEST/deps/include/" 2>/de
 cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
 cp -r "$SHARED"/models/stories260K "$DEST/shared/models/"
 cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"
-cp "$SHARED"/data/viggo/valid.csv "$DEST/shared/data/viggo/"
+cp "$SHARED"/data/viggo/valid.csv "$SHARED"/data/viggo/train.csv "$DEST/shared/data/viggo/"
 cp "$SHARED"/data/text/tinystories_sample.txt "$DEST/shared/data/text/"
 du -sh "$DEST"

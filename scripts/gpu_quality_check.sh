@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Training quality of HALO on the GPU (issue: HALO on the GPU, "loss curves"): stories260K fine-tuned on ViGGO
+# (the settings of bench/quality_cpu.sh: 150 steps, seed 1) and the demo task trained from scratch (800 steps), in
+# BF16 and each HALO setting (INT8 level 2, FP8 levels 0 and 1), all with --device cuda, runs side by side on one
+# GPU. Prints final validation loss / accuracy per setting and the gap to BF16. Logs and metrics go to $OUT.
+# From the folder scripts/device_sync.sh filled:   cd .dev-cuda && bash scripts/gpu_quality_check.sh
+set -u
+cd "$(dirname "$0")/.."
+H=${HALO_BIN:-build-dev/halo}; S=${HALO_SHARED:-shared}; DEV=${HALO_QUALITY_DEVICE:-cuda}
+LOG=${OUT:-/tmp/halo-gpu-quality}/quality; mkdir -p "$LOG"
+export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+STEPS_VIGGO=${STEPS_VIGGO:-150}; STEPS_DEMO=${STEPS_DEMO:-800}
+PRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "fp8-L0:--precision fp8 --halo-level 0" "fp8-L1:--precision fp8 --halo-level 1")
+pids=()
+for p in "${PRECS[@]}"; do
+  name=${p%%:*}; flags=${p#*:}
+  $H finetune --device $DEV --model $S/models/stories260K --data $S/data/viggo/train.csv --val $S/data/viggo/valid.csv \
+    --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --steps $STEPS_VIGGO \
+    --lr 1e-3 --warmup 10 --eval-every 50 --eval-batches 25 --seed 1 $flags --metrics $LOG/viggo-$name.jsonl \
+    > $LOG/viggo-$name.log 2>&1 & pids+=($!)
+  $H demo --device $DEV --steps $STEPS_DEMO --seed 1 $flags --metrics $LOG/demo-$name.jsonl > $LOG/demo-$name.log 2>&1 & pids+=($!)
+done
+fail=0
+for pid in "${pids[@]}"; do wait "$pid" || fail=1; done
+python3 - "$LOG" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def rows(p): return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+print("| setting | ViGGO val loss before | after | gap to BF16 | demo accuracy | demo final train loss |")
+print("|---|---|---|---|---|---|")
+ref = None
+for name in ("bf16", "int8-L2", "fp8-L0", "fp8-L1"):
+    ev = [r for r in rows(f"{out}/viggo-{name}.jsonl") if r.get("type") == "eval" and "val_loss" in r]
+    dm = rows(f"{out}/demo-{name}.jsonl")
+    acc = [r["accuracy"] for r in dm if "accuracy" in r]
+    tl = [r["loss"] for r in dm if r.get("type") == "train"]
+    if ev and name == "bf16": ref = ev[-1]["val_loss"]
+    gap = f"{100*(ev[-1]['val_loss']-ref)/ref:+.2f}%" if ev and ref else ""
+    print(f"| {name} | {ev[0]['val_loss']:.4f} | {ev[-1]['val_loss']:.4f} | {gap} | "
+          f"{(100*acc[-1]) if acc else float('nan'):.1f}% | {tl[-1] if tl else float('nan'):.4f} |" if ev else f"| {name} | missing (see viggo-{name}.log) | | | | |")
+PY
+exit $fail
