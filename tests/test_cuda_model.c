@@ -7,6 +7,7 @@
 #include "test_golden.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
+#include "cuda/halo_cuda.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "util/error.h"
@@ -231,9 +232,15 @@ static int sanitize_step(void) {
     c.vocab_size = 512; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
     c.head_dim = 64; c.max_pos = 256; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.tie_embeddings = 1;
     c.bos_id = c.eos_id = -1;
-    for (int rc = 0; rc < 2; rc++) {
+    // recompute off/on, then HALO INT8 level 2 and FP8 level 1 on every block linear (the 8-bit kernels' memory use)
+    for (int rc = 0; rc < 4; rc++) {
         llama_cuda *g;
-        llama_cuda_opts o = opts_for(2, 96, rc, rc);
+        llama_cuda_opts o = opts_for(2, 96, rc == 1, rc == 1);
+        if (rc >= 2) {
+            o.halo = model_halo_config_default();
+            o.halo.prec = rc == 2 ? HALO_PREC_INT8 : HALO_PREC_FP8;
+            o.halo.level = rc == 2 ? 2 : 1;
+        }
         CHECK(llama_cuda_init_random(&g, &c, 3, &o) == HALO_OK, "%s", halo_error());
         halo_batch b;
         halo_batch_alloc(&b, 2, 96);
@@ -242,11 +249,13 @@ static int sanitize_step(void) {
         for (int i = 0; i < 192; i++) b.seg[i] = (i % 96) >= 40;
         float l = llama_cuda_train_step(g, &b, &h, 1);
         CHECK(isfinite(l), "hd64 step loss %g", l);
-        printf("sanitize step hd64 model (recompute %d): loss %.4f\n", rc, l);
+        printf("sanitize step hd64 model (%s): loss %.4f\n",
+               rc == 0 ? "stored" : rc == 1 ? "recompute" : rc == 2 ? "HALO int8 L2" : "HALO fp8 L1", l);
         llama_cuda_free(g);
         halo_batch_free(&b);
     }
-    cuda_matmul_shutdown();   // frees the cuBLASLt workspace (memcheck's leak check)
+    halo_cuda_gemm_shutdown();
+    cuda_matmul_shutdown();   // frees the cuBLASLt workspaces (memcheck's leak check)
     TEST_END();
 }
 #endif
