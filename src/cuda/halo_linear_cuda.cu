@@ -140,13 +140,13 @@ static int check(const halo_cuda_linear *L, int b, int m, int n) {
 }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
-// name_a / name_q: the profiling names of the two passes.
+// name_a / name_q: the profiling names of the two passes. zero: clear the amax slot first (else the caller did).
 static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const void *in, int in_type, long ld, int rows,
-                          int d, int slot, uint8_t *q, long ldq, const char *name_a, const char *name_q,
+                          int d, int slot, uint8_t *q, long ldq, const char *name_a, const char *name_q, int zero,
                           cudaStream_t s) {
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
-    PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+    if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
     PROF(name_a, elems * esz(in_type),
          halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
     PROF(name_q, elems * (esz(in_type) + 1),
@@ -236,8 +236,9 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
     // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
     if (mp != m) PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s)));
     if (mp != m || np != n) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
-    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", s);   // Q(X H_m)
-    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", s);   // Q(W H_m)
+    PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
     PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->dev + AX, L->dev + AW, fmt_of(L), s));
     if (R && R != (const float *)Y)
         PROF("fwd copy residual", 8.0 * b * n, CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy,
@@ -301,7 +302,7 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
             PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
                  halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
             quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
-                          "bwd quant H_b E_Y", s);
+                          "bwd quant H_b E_Y", 1, s);
             // [bp][np] codes, zero in the columns n..np-1 (the transpose's padding)
             qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
             PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,
