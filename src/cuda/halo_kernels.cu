@@ -273,7 +273,12 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
         for (int e4 = tid; e4 < blk / 4; e4 += nthr) {
             const int e = e4 * 4;
             float v[4];
-            for (int k = 0; k < 4; k++) v[k] = value(e + k);
+            if (a.rotate && K == 1) {   // one 16-byte shared load instead of four conflicting 4-byte ones
+                const float4 t4 = *(const float4 *)(sm + e);
+                v[0] = t4.x * a.scale; v[1] = t4.y * a.scale; v[2] = t4.z * a.scale; v[3] = t4.w * a.scale;
+            } else {
+                for (int k = 0; k < 4; k++) v[k] = value(e + k);
+            }
             if (MODE == MODE_STORE && a.out_f32) {
                 float4 *o = (float4 *)((float *)a.out + out_off + e);
                 float4 r = make_float4(v[0], v[1], v[2], v[3]);
