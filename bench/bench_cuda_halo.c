@@ -2,7 +2,9 @@
 // products for cuBLASLt BF16 and for HALO FP8 / INT8 at levels 0, 1, 2, median of CUDA-event-timed repetitions after
 // warm-up, rotating among 3 input sets so L2 does not flatter. The 8-bit products alone are timed too, so the share
 // of rotation / quantization / transposes is total - products. Prints a table last.
-//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all]
+// --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
+// each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
+//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown]
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,49 @@ static void *dev_rand_bf16(size_t n, float sd, unsigned long long seed) {   // n
     free(h);
     return d;
 }
+
+enum { BD_MAX = 128 };
+
+// Per-launch medians over reps profiled runs of one layer's forward + backward (inputs rotating as in the table).
+static void breakdown(const char *shape, int prec, int lvl, int b, int m, int n, void **X, void **W, void **EY,
+                      void *Y, void *EX, float *G, int reps) {
+    halo_cuda_linear L;
+    if (halo_cuda_linear_init(&L, prec, lvl, shape)) { fprintf(stderr, "%s\n", halo_error()); exit(1); }
+    static float t[256][BD_MAX];
+    halo_cuda_prof_rec rec[BD_MAX];
+    int nrec = 0, fail = 0;
+    for (int r = -3; r < reps; r++) {   // 3 warm-up runs (plans, workspace growth)
+        const int k = (r + 3) % NSETS;
+        halo_cuda_prof_enable(r >= 0);
+        fail |= halo_cuda_linear_forward(&L, X[k], W[k], Y, 0, b, m, n, 0);
+        fail |= halo_cuda_linear_backward(&L, EY[k], EX, 0, G, b, m, n, 0);
+        halo_cuda_prof_enable(0);
+        if (r < 0) { halo_cuda_prof_collect(rec, 0); continue; }
+        nrec = halo_cuda_prof_collect(rec, BD_MAX);
+        for (int i = 0; i < nrec; i++) t[r][i] = rec[i].ms;
+    }
+    if (fail) { fprintf(stderr, "halo L%d: %s\n", lvl, halo_error()); exit(1); }
+    const char *pn = prec == HALO_PREC_FP8 ? "fp8" : "int8";
+    printf("\nbreakdown %s n=%d m=%d b=%d %s L%d (median of %d; GB = the launch's bytes read + written)\n", shape, n,
+           m, b, pn, lvl, reps);
+    printf("| # | launch | ms | GB | GB/s |\n|---|---|---|---|---|\n");
+    double tot = 0, prod = 0, bytes_other = 0;
+    for (int i = 0; i < nrec; i++) {
+        double v[256];
+        for (int r = 0; r < reps; r++) v[r] = t[r][i];
+        qsort(v, reps, sizeof(double), cmp_d);
+        const double ms = v[reps / 2];
+        tot += ms;
+        if (strstr(rec[i].name, "gemm")) prod += ms;
+        else bytes_other += rec[i].bytes;
+        printf("| %2d | %-30s | %7.4f | %7.4f | %6.0f |\n", i, rec[i].name, ms, rec[i].bytes * 1e-9,
+               ms > 0 ? rec[i].bytes / (ms * 1e-3) * 1e-9 : 0);
+    }
+    printf("breakdown %s %s L%d: sum %.3f ms = gemms %.3f ms + other %.3f ms (other moves %.3f GB: %.0f GB/s overall)\n",
+           shape, pn, lvl, tot, prod, tot - prod, bytes_other * 1e-9,
+           tot > prod ? bytes_other / ((tot - prod) * 1e-3) * 1e-9 : 0);
+    halo_cuda_linear_free(&L);
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -54,11 +99,16 @@ int main(int argc, char **argv) {
 #else
     int tokens = 8192, reps = 20;
     const char *only = "all";
+    int bd = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
-        else { printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all]\n"); return 0; }
+        else if (!strcmp(argv[i], "--breakdown")) bd = 1;
+        else {
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown]\n");
+            return 0;
+        }
     }
     if (reps > 256) reps = 256;
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
@@ -81,6 +131,13 @@ int main(int argc, char **argv) {
         void *Y = dev_alloc(2 * (size_t)b * n), *EX = dev_alloc(2 * (size_t)b * m);
         float *G = dev_alloc(4 * (size_t)n * m);
         cudaMemset(G, 0, 4 * (size_t)n * m);
+        if (bd) {
+            for (int prec = HALO_PREC_FP8; prec >= HALO_PREC_INT8; prec--)
+                for (int lvl = 0; lvl < 3; lvl++) breakdown(shapes[si].name, prec, lvl, b, m, n, X, W, EY, Y, EX, G, reps);
+            for (int k = 0; k < NSETS; k++) { cudaFree(X[k]); cudaFree(W[k]); cudaFree(EY[k]); }
+            cudaFree(Y); cudaFree(EX); cudaFree(G);
+            continue;
+        }
         double t_bf16;
         TIME_MS(reps, t_bf16, {
             int k = r % NSETS;
@@ -142,6 +199,7 @@ int main(int argc, char **argv) {
         cudaFree(Y); cudaFree(EX); cudaFree(G); cudaFree(qa); cudaFree(qb); cudaFree(qc); cudaFree(qd);
         cudaFree(alpha); cudaFree(T);
     }
+    if (bd) { halo_cuda_gemm_shutdown(); return 0; }
     printf("\nHALO per-layer fwd + both bwd products, %d tokens, median of %d (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
            tokens, reps);
     printf("| layer n x m | path | L | ms | TFLOP/s | x bf16 | 8-bit products ms | rot/quant share |\n");

@@ -4,7 +4,7 @@
 # compute-sanitizer racecheck + memcheck on it, then bench_cuda_halo at Llama-3-8B layer shapes; tables last.
 # Logs go to $OUT (the device tool's output folder) when set.
 #   here:   bash scripts/device_pack.sh      then the device tool with carry [".carry-deps", ".carry-shared"] and
-#   there:  bash scripts/gpu_halo_check.sh [all|test|bench]
+#   there:  bash scripts/gpu_halo_check.sh [all|test|bench|breakdown]   (breakdown: per-launch times of each layer)
 set -u
 what=${1:-all}
 cd "$(dirname "$0")/.."
@@ -32,10 +32,14 @@ fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   run "bench_cuda_halo 8192 tokens" bench.log 240 $B/bench/bench_cuda_halo --tokens 8192 --reps 20
 fi
+if [ "$what" = all ] || [ "$what" = breakdown ]; then
+  run "bench_cuda_halo --breakdown 8192 tokens" breakdown.log 240 $B/bench/bench_cuda_halo --tokens 8192 --reps 10 --breakdown
+fi
 echo; echo "==== failures / sanitizer summaries"
 grep -h -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|passed|error" "$LOG"/test.log "$LOG"/racecheck.log "$LOG"/memcheck.log 2>/dev/null | head -30
 echo; echo "==== test_cuda_halo"; grep -h -E '^\|' "$LOG/test.log" 2>/dev/null | grep -v '| ok |' | head -60
 echo "(rows that passed: $(grep -c '| ok |' "$LOG/test.log" 2>/dev/null))"
 echo; echo "==== bench_cuda_halo"; grep -v '^|' "$LOG/bench.log" 2>/dev/null | tail -40
+echo; echo "==== breakdown (full tables in breakdown.log)"; grep -h '^breakdown .*sum' "$LOG/breakdown.log" 2>/dev/null
 echo; echo "==== summary"; printf '%s\n' "${summary[@]}"
 echo; grep -h -E '^\|' "$LOG/bench.log" 2>/dev/null

@@ -195,6 +195,132 @@ static void test_quant(void) {
     }
 }
 
+// ---- the 8-element (16-byte) paths and their fallbacks: padded rows, odd widths, misaligned pointers ---------
+static void test_vec_paths(void) {
+    // {rows, cols, row stride, element offset of the device pointer}: vector path (contiguous and strided), then
+    // fallbacks (odd width; pointer off the 16-byte boundary)
+    const int cases[][4] = {{50, 4096, 4096, 0}, {37, 200, 208, 0}, {13, 77, 77, 0}, {24, 96, 104, 1}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int R = cases[ci][0], d = cases[ci][1], ld = cases[ci][2], off = cases[ci][3];
+        const size_t nb = (size_t)R * ld + off;
+        float *buf = t_rand_vec(&rng, nb, 1.0);
+        float *x = buf + off;
+        for (int r = 0; r < R; r++) x[(size_t)r * ld + (r * 13 + 5) % d] *= 40;
+        halo_bf16 *dbuf = dev_bf16(buf, nb), *dx = dbuf + off;
+        float mx = 0;
+        for (int r = 0; r < R; r++) for (int k = 0; k < d; k++) mx = fmaxf(mx, fabsf(x[(size_t)r * ld + k]));
+        float *dam = dev_poison(16);
+        cudaMemset(dam, 0, 16);
+        int *dbad = (int *)(dam + 2);
+        halo_cuda_absmax_rows(NULL, 0, dx, HALO_CUDA_BF16, ld, R, d, dam, NULL, dbad, 0);
+        float am[3];
+        cudaMemcpy(am, dam, sizeof am, cudaMemcpyDeviceToHost);
+        char det[80];
+        snprintf(det, sizeof det, "%dx%d ld %d off %d", R, d, ld, off);
+        row("absmax per tensor (vec)", det, fabs(am[0] - mx) / mx + (double)(((int *)am)[2] != 0), 0, 0, 0);
+        const int ldq = (d + 7) / 8 * 8 + 8, Rp = (R + 15) / 16 * 16;
+        for (int fmt = 0; fmt < 2; fmt++) {
+            halo_qspec qs;
+            memset(&qs, 0, sizeof qs);
+            qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
+            qs.gran = HALO_GRAN_TENSOR;
+            halo_qmat qm, qt;
+            memset(&qm, 0, sizeof qm); memset(&qt, 0, sizeof qt);
+            halo_quantize(&qm, x, R, d, ld, 0, &qs, "test");
+            halo_quantize(&qt, x, R, d, ld, 1, &qs, "test");
+            float *xc = malloc(4 * (size_t)R * d), *xt = malloc(4 * (size_t)R * d);
+            for (int r = 0; r < R; r++)
+                for (int k = 0; k < d; k++) xc[(size_t)r * d + k] = xt[(size_t)k * R + r] = x[(size_t)r * ld + k];
+            uint8_t *dq = dev_poison((size_t)R * ldq), *dq2 = dev_poison((size_t)R * ldq), *dqt = dev_poison((size_t)d * Rp);
+            halo_cuda_quant_rows(NULL, 0, dx, HALO_CUDA_BF16, ld, R, d, dam, NULL, fmt, dq, ldq, 0);
+            halo_cuda_quant_tile(dx, HALO_CUDA_BF16, ld, R, d, dam, fmt, dq2, ldq, dqt, Rp, Rp, 0);
+            uint8_t *q = t_host_of(dq, (size_t)R * ldq), *q2 = t_host_of(dq2, (size_t)R * ldq);
+            uint8_t *qtt = t_host_of(dqt, (size_t)d * Rp);
+            uint8_t *g1 = malloc((size_t)R * d), *g2 = malloc((size_t)R * d), *g3 = malloc((size_t)R * d);
+            long padbad = 0;
+            for (int r = 0; r < R; r++)
+                for (int k = 0; k < d; k++) { g1[(size_t)r * d + k] = q[(size_t)r * ldq + k]; g2[(size_t)r * d + k] = q2[(size_t)r * ldq + k]; }
+            for (int k = 0; k < d; k++) {
+                for (int r = 0; r < R; r++) g3[(size_t)k * R + r] = qtt[(size_t)k * Rp + r];
+                for (int r = R; r < Rp; r++) padbad += qtt[(size_t)k * Rp + r] != 0;
+            }
+            long m1, t1, m2, t2, m3, t3;
+            code_diff(g1, qm.q, xc, qm.s, (long)R * d, 0, fmt, &m1, &t1);
+            code_diff(g2, qm.q, xc, qm.s, (long)R * d, 0, fmt, &m2, &t2);
+            code_diff(g3, qt.q, xt, qt.s, (long)R * d, 0, fmt, &m3, &t3);
+            char det2[112];
+            snprintf(det2, sizeof det2, "%s %s", det, fmt ? "e4m3" : "int8");
+            row("quant_rows plain (vec)", det2, 0, 0, m1, t1);
+            row("tile quantizer (vec)", det2, (double)padbad, 0, m2 + m3, t2 + t3);
+            free(q); free(q2); free(qtt); free(g1); free(g2); free(g3); free(xc); free(xt);
+            cudaFree(dq); cudaFree(dq2); cudaFree(dqt);
+            halo_qmat_free(&qm); halo_qmat_free(&qt);
+        }
+        // the non-finite flag on the vector path
+        if (ci < 2) {
+            float inf = INFINITY;
+            halo_bf16 hb;
+            cuda_f32_to_bf16_host(&hb, &inf, 1);
+            cudaMemcpy(dx + (size_t)(R / 2) * ld + d / 3, &hb, 2, cudaMemcpyHostToDevice);
+            cudaMemset(dam, 0, 16);
+            halo_cuda_absmax_rows(NULL, 0, dx, HALO_CUDA_BF16, ld, R, d, dam, NULL, dbad, 0);
+            cudaMemcpy(am, dam, sizeof am, cudaMemcpyDeviceToHost);
+            CHECK(((int *)am)[2] == 1 && isinf(am[0]), "%s: an Inf input must set the non-finite flag", det);
+        }
+        free(buf); cudaFree(dbuf); cudaFree(dam);
+    }
+    // 8-bit transposes: out [C][Rpad] = in^T with zero columns R..Rpad-1 (tile path, then the fallback)
+    const int tc[][4] = {{94, 448, 448, 96}, {160, 448, 456, 160}, {50, 64, 72, 56}, {13, 77, 77, 16}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int R = tc[ci][0], C = tc[ci][1], ld = tc[ci][2], Rpad = tc[ci][3];
+        uint8_t *h = malloc((size_t)R * ld);
+        for (size_t i = 0; i < (size_t)R * ld; i++) h[i] = (uint8_t)(t_rng_next(&rng) >> 24);
+        uint8_t *din = t_dev_copy(h, (size_t)R * ld), *dout = dev_poison((size_t)C * Rpad);
+        halo_cuda_transpose(din, HALO_CUDA_U8, ld, R, C, dout, HALO_CUDA_U8, Rpad, Rpad, 0);
+        uint8_t *o = t_host_of(dout, (size_t)C * Rpad);
+        long bad = 0;
+        for (int c = 0; c < C; c++)
+            for (int r = 0; r < Rpad; r++) bad += o[(size_t)c * Rpad + r] != (r < R ? h[(size_t)r * ld + c] : 0);
+        char det[80];
+        snprintf(det, sizeof det, "%dx%d ld %d -> pad %d", R, C, ld, Rpad);
+        row("u8 transpose (tile8)", det, (double)bad, 0, 0, 0);
+        free(h); free(o); cudaFree(din); cudaFree(dout);
+    }
+    // int32 dequantization, bf16 and accumulated fp32 outputs: exact against the same float operations on the host
+    const int dc[][3] = {{37, 200, 208}, {9, 77, 77}};
+    for (int ci = 0; ci < 2; ci++) {
+        const int M = dc[ci][0], N = dc[ci][1], ld = dc[ci][2];
+        int32_t *h = malloc(4 * (size_t)M * ld);
+        float *acc0 = malloc(4 * (size_t)M * ld);
+        for (size_t i = 0; i < (size_t)M * ld; i++) {
+            h[i] = (int32_t)(t_rng_next(&rng) >> 40) - (1 << 23);
+            acc0[i] = (float)t_rand_normal(&rng);
+        }
+        const float al = 3.1e-5f;
+        int32_t *dC = t_dev_copy(h, 4 * (size_t)M * ld);
+        float *dal = t_dev_copy(&al, 4), *df = t_dev_copy(acc0, 4 * (size_t)M * ld);
+        halo_bf16 *db = dev_poison(2 * (size_t)M * ld);
+        halo_cuda_dequant_i32(df, 1, ld, dC, ld, M, N, dal, NULL, NULL, 1, 0);
+        halo_cuda_dequant_i32(db, 0, ld, dC, ld, M, N, dal, NULL, NULL, 0, 0);
+        float *f = t_host_of(df, 4 * (size_t)M * ld);
+        halo_bf16 *b = t_host_of(db, 2 * (size_t)M * ld);
+        long bad = 0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                const size_t k = (size_t)i * ld + j;
+                const float v = (float)h[k] * al;
+                halo_bf16 vb;
+                cuda_f32_to_bf16_host(&vb, &v, 1);
+                bad += f[k] != acc0[k] + v;
+                bad += memcmp(&b[k], &vb, 2) != 0;
+            }
+        char det[80];
+        snprintf(det, sizeof det, "%dx%d ld %d", M, N, ld);
+        row("int32 dequant (vec)", det, (double)bad, 0, 0, 0);
+        free(h); free(acc0); free(f); free(b); cudaFree(dC); cudaFree(dal); cudaFree(df); cudaFree(db);
+    }
+}
+
 // ---- 8-bit products --------------------------------------------------------------------------------------------
 static void test_gemm(void) {
     const int M = 96, N = 160, K = 448;
@@ -324,6 +450,17 @@ static void test_linear(void) {
             snprintf(det, sizeof det, "%s L%d G", pn, lvl); row("GPU linear vs CPU halo_linear", det, e.g, tol, 0, 0);
         }
     free(X); free(W); free(EY);
+    // m, n, b not multiples of 8: the layer pads to 16 and the kernels take their scalar paths
+    const int b2 = 50, m2 = 100, n2 = 36;
+    X = t_rand_vec(&rng, (size_t)b2 * m2, 1.0); W = t_rand_vec(&rng, (size_t)n2 * m2, 0.05);
+    EY = t_rand_vec(&rng, (size_t)b2 * n2, 1e-3);
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
+        errs3 e = run_linear(prec, 0, b2, m2, n2, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+        char det[64];
+        snprintf(det, sizeof det, "%s L0 50x100x36 Y/E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8");
+        row("GPU linear vs CPU halo_linear", det, fmax(e.y, fmax(e.ex, e.g)), 1e-3, 0, 0);
+    }
+    free(X); free(W); free(EY);
 }
 
 // Outlier channels in X, outlier tokens in E_Y (as bench_halo_error): errors vs float64 on the GPU match the CPU's,
@@ -385,6 +522,7 @@ int main(void) {
     printf("| check | case | error | bound | mism. | ties | |\n|---|---|---|---|---|---|---|\n");
     test_hadamard();
     test_quant();
+    test_vec_paths();
     test_gemm();
     test_linear();
     test_outliers();

@@ -129,6 +129,17 @@ int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX
 // The same with E_Y's row stride ldey >= n.
 int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G,
                                  int b, int m, int n, cudaStream_t s);
+// ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
+// branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.
+typedef struct halo_cuda_prof_rec {
+    const char *name;   // static string, e.g. "fwd quant X"
+    double bytes;       // bytes the launch must read + write (the kernel's floor)
+    float ms;           // event-timed, filled by halo_cuda_prof_collect
+} halo_cuda_prof_rec;
+void halo_cuda_prof_enable(int on);
+// Waits for the recorded events, copies up to cap records (launch order) into out, clears them; returns the count.
+int halo_cuda_prof_collect(halo_cuda_prof_rec *out, int cap);
+
 // out[r][c] (=, or += when accumulate and out is fp32; bf16 otherwise) = in[r][c] for r < rows, c < cols.
 void halo_cuda_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols,
                          int accumulate, cudaStream_t s);

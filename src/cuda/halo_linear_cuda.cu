@@ -19,6 +19,48 @@ enum { AX = 0, AW = 1, AE = 2, AER = 3, ALY = 4, ALEX = 5, ALG = 6, NONFIN = 8 }
 
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
+// ---- profiling hook (halo_cuda_prof_*): events around each launch while on, one branch per launch while off ----
+enum { PROF_MAX = 512 };
+static int g_prof_on, g_prof_n, g_prof_made;
+static cudaEvent_t g_prof_ev[PROF_MAX][2];
+static halo_cuda_prof_rec g_prof_rec[PROF_MAX];
+
+extern "C" void halo_cuda_prof_enable(int on) { g_prof_on = on; }
+
+static int prof_begin(cudaStream_t s) {
+    if (!g_prof_on || g_prof_n >= PROF_MAX) return -1;
+    const int i = g_prof_n++;
+    if (i >= g_prof_made) {
+        CUDA_CHECK(cudaEventCreate(&g_prof_ev[i][0]));
+        CUDA_CHECK(cudaEventCreate(&g_prof_ev[i][1]));
+        g_prof_made = i + 1;
+    }
+    CUDA_CHECK(cudaEventRecord(g_prof_ev[i][0], s));
+    return i;
+}
+static void prof_end(int i, const char *name, double bytes, cudaStream_t s) {
+    if (i < 0) return;
+    g_prof_rec[i].name = name;
+    g_prof_rec[i].bytes = bytes;
+    g_prof_rec[i].ms = 0.f;
+    CUDA_CHECK(cudaEventRecord(g_prof_ev[i][1], s));
+}
+
+extern "C" int halo_cuda_prof_collect(halo_cuda_prof_rec *out, int cap) {
+    const int n = g_prof_n < cap ? g_prof_n : cap;
+    for (int i = 0; i < n; i++) {
+        CUDA_CHECK(cudaEventSynchronize(g_prof_ev[i][1]));
+        out[i] = g_prof_rec[i];
+        CUDA_CHECK(cudaEventElapsedTime(&out[i].ms, g_prof_ev[i][0], g_prof_ev[i][1]));
+    }
+    g_prof_n = 0;
+    return n;
+}
+
+// Runs stmt (a launch on stream s) between two profiling events when profiling is on.
+#define PROF(name, bytes, stmt) do { const int _pi = prof_begin(s); stmt; prof_end(_pi, name, (double)(bytes), s); } while (0)
+static int esz(int t) { return t == HALO_CUDA_BF16 ? 2 : t == HALO_CUDA_U8 ? 1 : 4; }
+
 static void *grow(void **p, size_t *cap, size_t bytes) {
     if (bytes > *cap) {
         if (*p) CUDA_CHECK(cudaFree(*p));   // cudaFree waits for the device, so pending users of the old buffer are done
@@ -98,12 +140,17 @@ static int check(const halo_cuda_linear *L, int b, int m, int n) {
 }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
+// name_a / name_q: the profiling names of the two passes. zero: clear the amax slot first (else the caller did).
 static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const void *in, int in_type, long ld, int rows,
-                          int d, int slot, uint8_t *q, long ldq, cudaStream_t s) {
+                          int d, int slot, uint8_t *q, long ldq, const char *name_a, const char *name_q, int zero,
+                          cudaStream_t s) {
     float *amax = L->dev + slot;
-    CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s));
-    halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s);
-    halo_cuda_quant_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, s);
+    const double elems = (double)rows * d;
+    if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+    PROF(name_a, elems * esz(in_type),
+         halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
+    PROF(name_q, elems * (esz(in_type) + 1),
+         halo_cuda_quant_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, s));
 }
 
 __global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
@@ -133,23 +180,41 @@ extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const floa
 // Mo rows and No columns. post: 0 = the dequantized product (= or, when accumulate and out_f32, +=); 1 = rows rotated
 // by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
 // aligned, leading dimension a multiple of 16), else through an fp32 scratch.
+// which: 0 = Y, 1 = E_X, 2 = G (profiling names only).
 static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_t *B, long ldb, int M, int N, int K,
                    int Mo, int No, int alpha_slot, int post, void *out, int out_f32, long ldo, int accumulate,
-                   cudaStream_t s) {
+                   int which, cudaStream_t s) {
+    static const char *gemm_name[3] = {"fwd gemm Y", "bwd gemm E_X", "bwd gemm G"};
+    static const char *post_name[3][2] = {{"fwd store Y", "fwd H_m^T Y"}, {"bwd store E_X", "bwd H_m^T E_X"},
+                                          {"bwd store G", "bwd H_m^T G"}};
     const float *alpha = L->dev + alpha_slot;
+    const double ab = (double)M * K + (double)N * K, mn = (double)M * N, mono = (double)Mo * No;
+    const double out_b = mono * ((out_f32 ? 4 : 2) + (accumulate && out_f32 ? 4 : 0));
+    const char *pn = post_name[which][post ? 1 : 0];
+    int rc = HALO_OK;
     if (L->prec == HALO_PREC_FP8) {
         const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
-        if (direct) return halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
+        if (direct) {
+            PROF(gemm_name[which], ab + out_b,
+                 rc = halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s));
+            return rc;
+        }
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)M * N);
-        if (halo_cuda_gemm_fp8(T, 1, N, A, lda, B, ldb, M, N, K, alpha, 0, s)) return HALO_ERR;
-        if (post) halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, Mo, s);
-        else halo_cuda_store_f32(out, out_f32, ldo, T, N, Mo, No, accumulate, s);
+        PROF(gemm_name[which], ab + 4 * mn, rc = halo_cuda_gemm_fp8(T, 1, N, A, lda, B, ldb, M, N, K, alpha, 0, s));
+        if (rc) return HALO_ERR;
+        if (post) PROF(pn, 4 * mono + out_b,
+                       halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, Mo, s));
+        else PROF(pn, 4 * mono + out_b, halo_cuda_store_f32(out, out_f32, ldo, T, N, Mo, No, accumulate, s));
         return HALO_OK;
     }
     int32_t *C = (int32_t *)ws(L, 0, sizeof(int32_t) * (size_t)M * N);
-    if (halo_cuda_gemm_s8(C, N, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, s)) return HALO_ERR;
-    if (!post) halo_cuda_dequant_i32(out, out_f32, ldo, C, N, Mo, No, alpha, NULL, NULL, accumulate, s);
-    else halo_cuda_had_rows(&L->hm, 1, C, HALO_CUDA_I32, N, alpha, out, out_f32, ldo, accumulate, Mo, s);
+    PROF(gemm_name[which], ab + 4 * mn,
+         rc = halo_cuda_gemm_s8(C, N, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, s));
+    if (rc) return HALO_ERR;
+    if (!post) PROF(pn, 4 * mono + out_b,
+                    halo_cuda_dequant_i32(out, out_f32, ldo, C, N, Mo, No, alpha, NULL, NULL, accumulate, s));
+    else PROF(pn, 4 * mono + out_b,
+              halo_cuda_had_rows(&L->hm, 1, C, HALO_CUDA_I32, N, alpha, out, out_f32, ldo, accumulate, Mo, s));
     return HALO_OK;
 }
 
@@ -169,15 +234,16 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
     uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * mp);
     uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
     // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
-    if (mp != m) CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s));
-    if (mp != m || np != n) CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s));
-    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, s);   // Q(X H_m)
-    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, s);   // Q(W H_m)
-    halo_cuda_alpha(L->dev + ALY, L->dev + AX, L->dev + AW, fmt_of(L), s);
+    if (mp != m) PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s)));
+    if (mp != m || np != n) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
+    PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
+    PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->dev + AX, L->dev + AW, fmt_of(L), s));
     if (R && R != (const float *)Y)
-        CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy, sizeof(float) * n, b,
-                                     cudaMemcpyDeviceToDevice, s));
-    if (product(L, qx, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, s))
+        PROF("fwd copy residual", 8.0 * b * n, CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy,
+                                                      sizeof(float) * n, b, cudaMemcpyDeviceToDevice, s)));
+    if (product(L, qx, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, 0, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
@@ -203,26 +269,29 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
     // Q(E_Y) (levels 0/1: for E_X and, transposed, for G; level 2: only transposed, for G), one read of E_Y.
     uint8_t *qe = NULL, *qet = NULL;
     if ((EX && lvl < 2) || G) {
-        CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s));
-        halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN), s);
+        PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
+        PROF("bwd absmax E_Y", 2.0 * b * n,
+             halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN), s));
         if (EX && lvl < 2) {
             qe = (uint8_t *)ws(L, 1, (size_t)b * np);
-            if (np != n) CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s));
+            if (np != n) PROF("memset pad", (double)b * np, CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s)));
         }
         if (G) {
             qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
-            if (np != n) CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s));
+            if (np != n) PROF("memset pad", (double)np * b16, CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s)));
         }
-        halo_cuda_quant_tile(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, s);
+        PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),
+             halo_cuda_quant_tile(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, s));
     }
 
     if (EX) {
         // Q(W H_m)^T [mp][np]: the E_X product's second operand, K-major (zero codes in the padding).
         uint8_t *qwt = (uint8_t *)ws(L, 3, (size_t)mp * np);
-        halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s);
+        PROF("bwd transpose qW", 2.0 * np * mp,
+             halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         if (lvl < 2) {
-            halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s);
-            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, 0, s))
+            PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s));
+            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, 0, 1, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -230,20 +299,26 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
             // H_b^T [E_Y; 0] along tokens = rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H).
             halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
             uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
-            halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s);
-            quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, s);
+            PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
+                 halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
+            quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
+                          "bwd quant H_b E_Y", 1, s);
             // [bp][np] codes, zero in the columns n..np-1 (the transpose's padding)
             qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
-            halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s);
-            halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s);
+            PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,
+                 halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s));
+            PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s));
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), Rt = R^T [m][bp] rotated by H_b in place, first b kept.
             float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * 2);
             float *Rt = R + (size_t)bp * m;
-            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, s))
+            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
-            halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s);   // [m][bp]
-            halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s);  // H_b [..] (row form)
-            halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, EX, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s);
+            PROF("bwd transpose R", 8.0 * bp * m,
+                 halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
+            PROF("bwd H_b rows R", 8.0 * bp * m,
+                 halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));  // H_b [..] (row form)
+            PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
+                 halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, EX, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s));
         }
     }
 
@@ -251,9 +326,10 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
         // Q(X H_m)^T [mp][b16] (zero codes past b and past m), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2)
         // into G.
         uint8_t *qxt = (uint8_t *)ws(L, 3, (size_t)mp * b16);
-        halo_cuda_transpose(L->qx, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s);
-        halo_cuda_alpha(L->dev + ALG, amax_e, L->dev + AX, fmt, s);
-        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, 1, s))
+        PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,
+             halo_cuda_transpose(L->qx, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s));
+        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->dev + AX, fmt, s));
+        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, 1, 2, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
