@@ -1,6 +1,7 @@
 // Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
 // flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
-// backward per key tile with dQ accumulated by fp32 atomics); other head sizes (the tiny test models) run simple
+// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd/k_flash_bwd and the ldmatrix-based
+// k_flash_fwd2/k_flash_bwd2, variants listed above flash_fwd); other head sizes (the tiny test models) run simple
 // one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
 #include <string.h>
 #include "cuda/common.cuh"
@@ -326,9 +327,13 @@ __global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const 
 // (diagonal, past T, packed segments with the key tile's segment ids staged in shared memory), warps whose queries
 // all precede the key tile skipping it, exp2 with the scale folded into an FMA (row maxima kept unscaled).
 // Blocks of the last query tiles (the most keys) start first.
+// Blocks per SM the register allocation aims at: hd 64 3 x 4 warps (165 registers) or 2 x 8 warps (128, 36 bytes
+// spilled); hd 128 2 x 4 or 1 x 8 (221 registers).
+constexpr int fwd2_minb(int hd, int nw) { return hd == 64 ? (nw == 4 ? 3 : 2) : (nw == 4 ? 2 : 1); }
 template <int HD, int NW>
-__global__ void __launch_bounds__(NW * 32, HD == 64 ? 512 / (NW * 32) : 256 / (NW * 32)) k_flash_fwd2(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
-                                                       int T, int Hq, int Hkv, float scale) {
+__global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 *out, float *lse, const bf16 *qkv,
+                                                                          const int32_t *seg, int T, int Hq, int Hkv,
+                                                                          float scale) {
     constexpr int BR = NW * 16, BC = 64, LDS = HD + 8, NT = NW * 32;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + 2 * BC * LDS;
