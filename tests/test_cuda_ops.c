@@ -285,6 +285,8 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
             table_row(op, "bwd dv", ev, 2e-2);
         } else {
             double eb = fmax(eq, fmax(ek, ev));
+            printf("  %s %s: fwd variant %d rel L2 %.2e, bwd variant %d worst of dq/dk/dv %.2e\n", op, what,
+                   var % CUDA_ATTN_FWD_VARIANTS, ef, var, eb);
             if (!(ef <= worst_f)) worst_f = ef;
             if (!(eb <= worst_b)) worst_b = eb;
         }

@@ -1,6 +1,7 @@
 // Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
 // flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
-// backward per key tile with dQ accumulated by fp32 atomics); other head sizes (the tiny test models) run simple
+// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd/k_flash_bwd and the ldmatrix-based
+// k_flash_fwd2/k_flash_bwd2, variants listed above flash_fwd); other head sizes (the tiny test models) run simple
 // one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
 #include <string.h>
 #include "cuda/common.cuh"
@@ -134,6 +135,32 @@ template <int LDS>
 __device__ __forceinline__ void load_b_trans(uint32_t *r, const bf16 *tile, int k0, int n0, int lane) {
     int mat = lane >> 3, rr = lane & 7;
     ldsm_x4_t(r, tile + (k0 + (mat & 1) * 8 + rr) * LDS + n0 + (mat >> 1) * 8);
+}
+
+// Four 8x8 bf16 matrices from shared memory, not transposed.
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// A fragment (rows m0..m0+15, k columns k0..k0+15) of a row-major [m][k] tile.
+template <int LDS>
+__device__ __forceinline__ void load_a(uint32_t *r, const bf16 *tile, int m0, int k0, int lane) {
+    int mat = lane >> 3, rr = lane & 7;
+    ldsm_x4(r, tile + (m0 + (mat & 1) * 8 + rr) * LDS + k0 + (mat >> 1) * 8);
+}
+// A fragment (rows m0.., k columns k0..) of A = X^T where X is a row-major [k][m] tile.
+template <int LDS>
+__device__ __forceinline__ void load_a_trans(uint32_t *r, const bf16 *tile, int m0, int k0, int lane) {
+    int mat = lane >> 3, rr = lane & 7;
+    ldsm_x4_t(r, tile + (k0 + (mat >> 1) * 8 + rr) * LDS + m0 + (mat & 1) * 8);
+}
+// B fragments of n-tiles (n0, n0+8) over k columns k0..k0+15 of a row-major [n][k] tile (B = X^T):
+// r[0], r[1] for n0 and r[2], r[3] for n0 + 8.
+template <int LDS>
+__device__ __forceinline__ void load_b_rows(uint32_t *r, const bf16 *tile, int n0, int k0, int lane) {
+    int mat = lane >> 3, rr = lane & 7;
+    ldsm_x4(r, tile + (n0 + (mat >> 1) * 8 + rr) * LDS + k0 + (mat & 1) * 8);
 }
 
 // rows [r0, r0+ROWS) of a [T, ld] bf16 matrix, columns [c0, c0+HD) -> smem [ROWS][LDS]; rows >= T zero-filled
@@ -292,6 +319,136 @@ __global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const 
         for (int i = 0; i < HD / 8; i++)
             *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = __floats2bfloat162_rn(o[i][2 * ri] * inv, o[i][2 * ri + 1] * inv);
         if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = (mrow[ri] / LOG2E) + logf(l);
+    }
+}
+
+// Forward variants 2, 3: NW warps of 16 query rows each (BR = 16 NW rows per block), 64-key K/V tiles
+// double-buffered by cp.async, Q A-fragments and K B-fragments by ldmatrix, masks only on the tiles that need them
+// (diagonal, past T, packed segments with the key tile's segment ids staged in shared memory), warps whose queries
+// all precede the key tile skipping it, exp2 with the scale folded into an FMA (row maxima kept unscaled).
+// Blocks of the last query tiles (the most keys) start first.
+// Blocks per SM the register allocation aims at: hd 64 3 x 4 warps (165 registers) or 2 x 8 warps (128, 36 bytes
+// spilled); hd 128 2 x 4 or 1 x 8 (221 registers).
+constexpr int fwd2_minb(int hd, int nw) { return hd == 64 ? (nw == 4 ? 3 : 2) : (nw == 4 ? 2 : 1); }
+template <int HD, int NW>
+__global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 *out, float *lse, const bf16 *qkv,
+                                                                          const int32_t *seg, int T, int Hq, int Hkv,
+                                                                          float scale) {
+    constexpr int BR = NW * 16, BC = 64, LDS = HD + 8, NT = NW * 32;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + 2 * BC * LDS;
+    int *kseg0 = (int *)(Vs0 + 2 * BC * LDS);
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
+    int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld;
+    const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
+    int q0 = qt * BR, qw = q0 + warp * 16;   // qw: this warp's first query row
+    const float c = scale * LOG2E;
+    auto stage = [&](int kt, int buf) {
+        int k0 = kt * BC;
+        load_tile_async<BC, HD, LDS, NT>(Ks0 + buf * BC * LDS, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+        load_tile_async<BC, HD, LDS, NT>(Vs0 + buf * BC * LDS, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        if (segb)
+            for (int i = tid; i < BC; i += NT) kseg0[buf * BC + i] = k0 + i < T ? segb[k0 + i] : -1;
+    };
+    load_tile_async<BR, HD, LDS, NT>(Qs, rows + h * HD, q0, T, ld, tid);
+    stage(0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) load_a<LDS>(qf[ks], Qs, warp * 16, ks * 16, lane);
+    int qrow[2] = {qw + g, qw + g + 8};
+    int qseg[2] = {0, 0};
+    if (segb)
+        for (int i = 0; i < 2; i++) qseg[i] = qrow[i] < T ? segb[qrow[i]] : -2;
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+    int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
+    for (int kt = 0; kt < nkt; kt++) {
+        int k0 = kt * BC, cur = kt & 1;
+        const bf16 *Ks = Ks0 + cur * BC * LDS, *Vs = Vs0 + cur * BC * LDS;
+        const int *kseg_s = kseg0 + cur * BC;
+        __syncthreads();   // every warp is done with the buffer the next copy overwrites
+        if (kt + 1 < nkt) { stage(kt + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        __syncthreads();
+        if (k0 > qw + 15) continue;   // every key of the tile follows every query of this warp
+        float s[BC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < BC / 16; np++) {
+                uint32_t bb[4];
+                load_b_rows<LDS>(bb, Ks, np * 16, ks * 16, lane);
+                mma16816(s[2 * np], qf[ks], bb[0], bb[1]);
+                mma16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
+            }
+        if (k0 + BC - 1 > qw || k0 + BC > T || segb) {
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
+                    bool ok = col <= qrow[ri] && col < T;
+                    if (segb && ok) ok = kseg_s[col - k0] == qseg[ri];
+                    if (!ok) s[nt][e] = -INFINITY;
+                }
+        }
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * ri], s[nt][2 * ri + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[ri], mx);
+            float mref = mnew == -INFINITY ? 0.f : mnew * c;   // scaled, log2 units
+            float alpha = exp2f(fmaf(mrow[ri], c, -mref));
+            float rs = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++) {
+                float p0 = exp2f(fmaf(s[nt][2 * ri], c, -mref)), p1 = exp2f(fmaf(s[nt][2 * ri + 1], c, -mref));
+                s[nt][2 * ri] = p0; s[nt][2 * ri + 1] = p1;
+                rs += p0 + p1;
+            }
+            lrow[ri] = lrow[ri] * alpha + rs;
+            mrow[ri] = mnew;
+#pragma unroll
+            for (int i = 0; i < HD / 8; i++) { o[i][2 * ri] *= alpha; o[i][2 * ri + 1] *= alpha; }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n2 = 0; n2 < HD / 16; n2++) {
+                uint32_t bb[4];
+                load_b_trans<LDS>(bb, Vs, kk * 16, n2 * 16, lane);
+                mma16816(o[2 * n2], a, bb[0], bb[1]);
+                mma16816(o[2 * n2 + 1], a, bb[2], bb[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        float l = lrow[ri];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int r = qrow[ri];
+        if (r >= T) continue;
+        float inv = 1.f / l;
+        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = __floats2bfloat162_rn(o[i][2 * ri] * inv, o[i][2 * ri + 1] * inv);
+        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
     }
 }
 
@@ -508,6 +665,211 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_a
     }
 }
 
+// Backward variants 5-8: k_flash_bwd's algorithm (cp.async double-buffered Q/dO/lse/D, float2 dQ atomics) with
+// NW warps of 16 keys each (BK = 16 NW keys per block: 128 halves the dQ atomics), every shared-memory fragment
+// read by ldmatrix, the K/V A-fragments kept in registers (KREG), masks only where needed (query segment ids staged
+// in shared memory), warps whose keys all follow the tile's queries skipping the products, dS^T stored with 32-bit
+// writes, and the first key tiles (the most queries) started first.
+template <int HD, int BQ, int NW, int MINB, bool KREG>
+__global__ void __launch_bounds__(NW * 32, MINB) k_flash_bwd2(bf16 *dqkv, float *dq_acc, const bf16 *qkv,
+                                                             const bf16 *dout, const float *lse, const float *Dv,
+                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale) {
+    constexpr int BK = NW * 16, NT = NW * 32, LDS = HD + 8, LDQ = BQ + 8;
+    constexpr int RG = BQ / 16, DSPLIT = NW / RG, DW = HD / DSPLIT;   // dQ work split over the warps
+    static_assert(NW % RG == 0 && DW % 16 == 0, "dQ split");
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + BK * LDS, *Qs0 = Vs + BK * LDS, *dOs0 = Qs0 + 2 * BQ * LDS;
+    bf16 *dST = dOs0 + 2 * BQ * LDS;   // dS^T [key][query]
+    float *lse_s0 = (float *)(dST + BK * LDQ), *D_s0 = lse_s0 + 2 * BQ;
+    int *qseg_s0 = (int *)(D_s0 + 2 * BQ);
+    int kvh = blockIdx.x, b = blockIdx.y, kt = blockIdx.z;
+    int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld, *dob = dout + (size_t)b * T * Hq * HD;
+    const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
+    int k0 = kt * BK, kw = k0 + warp * 16;   // kw: this warp's first key
+    int krow[2] = {kw + g, kw + g + 8};
+    int kseg[2] = {0, 0};
+    if (segb)
+        for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? segb[krow[i]] : -1;
+    float scale_log2 = scale * LOG2E;
+    int rg = warp % RG, dsp = warp / RG;
+    int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;   // nqt >= 1 as k0 < T
+    // copies iteration it's Q, dO, lse, D (and query segment ids) into buffer buf
+    auto stage = [&](int it, int buf) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
+        const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
+        load_tile_async<BQ, HD, LDS, NT>(Qs0 + buf * BQ * LDS, rows + h * HD, q0, T, ld, tid);
+        load_tile_async<BQ, HD, LDS, NT>(dOs0 + buf * BQ * LDS, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
+        for (int i = tid; i < BQ; i += NT) {
+            bool in = q0 + i < T;
+            lse_s0[buf * BQ + i] = in ? lse_h[q0 + i] * LOG2E : 0.f;
+            D_s0[buf * BQ + i] = in ? D_h[q0 + i] : 0.f;
+            if (segb) qseg_s0[buf * BQ + i] = in ? segb[q0 + i] : -2;
+        }
+    };
+    load_tile_async<BK, HD, LDS, NT>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+    load_tile_async<BK, HD, LDS, NT>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+    stage(0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t kf[KREG ? HD / 16 : 1][4], vf[KREG ? HD / 16 : 1][4];
+    if (KREG) {
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            load_a<LDS>(kf[ks], Ks, warp * 16, ks * 16, lane);
+            load_a<LDS>(vf[ks], Vs, warp * 16, ks * 16, lane);
+        }
+    }
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+    for (int it = 0; it < n_it; it++) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = it & 1;
+        const bf16 *Qs = Qs0 + cur * BQ * LDS, *dOs = dOs0 + cur * BQ * LDS;
+        const float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
+        const int *qseg_s = qseg_s0 + cur * BQ;
+        __syncthreads();   // the previous iteration's readers of the buffers written below are done
+        if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        __syncthreads();
+        float st[BQ / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt++) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
+        if (kw <= q0 + BQ - 1) {   // otherwise every key of this warp follows every query: P = dS = 0
+            // S^T = K Q^T (16 keys x BQ queries per warp) -> P^T
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) {
+                uint32_t a[4];
+                if (KREG) { a[0] = kf[ks][0]; a[1] = kf[ks][1]; a[2] = kf[ks][2]; a[3] = kf[ks][3]; }
+                else load_a<LDS>(a, Ks, warp * 16, ks * 16, lane);
+#pragma unroll
+                for (int np = 0; np < BQ / 16; np++) {
+                    uint32_t bb[4];
+                    load_b_rows<LDS>(bb, Qs, np * 16, ks * 16, lane);
+                    mma16816(st[2 * np], a, bb[0], bb[1]);
+                    mma16816(st[2 * np + 1], a, bb[2], bb[3]);
+                }
+            }
+            if (q0 < kw + 15 || q0 + BQ > T || kw + 16 > T || segb) {
+#pragma unroll
+                for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int qi = nt * 8 + 2 * t4 + (e & 1), q = q0 + qi, ri = e >> 1;
+                        bool ok = q < T && q >= krow[ri] && krow[ri] < T;
+                        if (ok && segb) ok = qseg_s[qi] == kseg[ri];
+                        st[nt][e] = ok ? exp2f(fmaf(st[nt][e], scale_log2, -lse_s[qi])) : 0.f;
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        st[nt][e] = exp2f(fmaf(st[nt][e], scale_log2, -lse_s[nt * 8 + 2 * t4 + (e & 1)]));
+            }
+            // dV += P^T dO
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+#pragma unroll
+                for (int n2 = 0; n2 < HD / 16; n2++) {
+                    uint32_t bb[4];
+                    load_b_trans<LDS>(bb, dOs, kk * 16, n2 * 16, lane);
+                    mma16816(dv[2 * n2], a, bb[0], bb[1]);
+                    mma16816(dv[2 * n2 + 1], a, bb[2], bb[3]);
+                }
+            }
+            // dP^T = V dO^T, then dS^T = P^T (dP^T - D)
+#pragma unroll
+            for (int np = 0; np < BQ / 16; np++) {
+                float dp[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+                for (int ks = 0; ks < HD / 16; ks++) {
+                    uint32_t a[4], bb[4];
+                    if (KREG) { a[0] = vf[ks][0]; a[1] = vf[ks][1]; a[2] = vf[ks][2]; a[3] = vf[ks][3]; }
+                    else load_a<LDS>(a, Vs, warp * 16, ks * 16, lane);
+                    load_b_rows<LDS>(bb, dOs, np * 16, ks * 16, lane);
+                    mma16816(dp[0], a, bb[0], bb[1]);
+                    mma16816(dp[1], a, bb[2], bb[3]);
+                }
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int qi = (2 * np + j) * 8 + 2 * t4 + (e & 1);
+                        st[2 * np + j][e] *= dp[j][e] - D_s[qi];
+                    }
+            }
+            // dK += dS^T Q
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+#pragma unroll
+                for (int n2 = 0; n2 < HD / 16; n2++) {
+                    uint32_t bb[4];
+                    load_b_trans<LDS>(bb, Qs, kk * 16, n2 * 16, lane);
+                    mma16816(dk[2 * n2], a, bb[0], bb[1]);
+                    mma16816(dk[2 * n2 + 1], a, bb[2], bb[3]);
+                }
+            }
+        }
+        // dS^T [key][query] to shared memory: a C fragment's pair of columns is one 32-bit word
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+            for (int ri = 0; ri < 2; ri++)
+                *(uint32_t *)(dST + (warp * 16 + g + ri * 8) * LDQ + nt * 8 + 2 * t4) =
+                    pack_bf16(st[nt][2 * ri], st[nt][2 * ri + 1]);
+        __syncthreads();
+        // dQ[q, d] += sum_key dS[q, key] K[key, d]: warp rows rg*16.., columns dsp*DW..
+        float dq[DW / 8][4];
+#pragma unroll
+        for (int i = 0; i < DW / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t a[4];
+            load_a_trans<LDQ>(a, dST, rg * 16, kk * 16, lane);
+#pragma unroll
+            for (int n2 = 0; n2 < DW / 16; n2++) {
+                uint32_t bb[4];
+                load_b_trans<LDS>(bb, Ks, kk * 16, dsp * DW + n2 * 16, lane);
+                mma16816(dq[2 * n2], a, bb[0], bb[1]);
+                mma16816(dq[2 * n2 + 1], a, bb[2], bb[3]);
+            }
+        }
+        int qr = rg * 16 + g;
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            int q = q0 + qr + ri * 8;
+            if (q >= T) continue;
+            float *dst = dq_acc + ((size_t)b * T + q) * Hq * HD + h * HD + dsp * DW;
+#pragma unroll
+            for (int i = 0; i < DW / 8; i++)
+                atomicAdd((float2 *)(dst + i * 8 + 2 * t4), make_float2(dq[i][2 * ri], dq[i][2 * ri + 1]));
+        }
+    }
+    bf16 *base = dqkv + (size_t)b * T * ld;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        int k = krow[ri];
+        if (k >= T) continue;
+        bf16 *kd = base + (size_t)k * ld + (Hq + kvh) * HD, *vd = base + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dk[i][2 * ri] * scale, dk[i][2 * ri + 1] * scale);
+            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[i][2 * ri], dv[i][2 * ri + 1]);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------------------
 static int force_simple(void) {
     static int v = -1;
@@ -530,11 +892,22 @@ template <int HD, int BQ, bool PIPE> static size_t bwd_smem() {
     return (2 * 64 * (HD + 8) + nb * 2 * BQ * (HD + 8) + BQ * (64 + 8)) * sizeof(bf16) + nb * 2 * BQ * sizeof(float);
 }
 
+template <int HD, int NW> static size_t fwd2_smem() {
+    return (NW * 16 + 4 * 64) * (HD + 8) * sizeof(bf16) + 2 * 64 * sizeof(int);
+}
+template <int HD, int BQ, int NW> static size_t bwd2_smem() {
+    return ((2 * NW * 16 + 4 * BQ) * (HD + 8) + NW * 16 * (BQ + 8)) * sizeof(bf16) + 6 * BQ * sizeof(float);
+}
+
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
-// forward 0 = synchronous tile loads, 1 = cp.async double buffering;
+// forward 0 = synchronous tile loads, 1 = cp.async double buffering, 2 = k_flash_fwd2 with 64 query rows (4 warps),
+//          3 = k_flash_fwd2 with 128 query rows (8 warps);
 // backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
 //          3 = float2 + cp.async double buffering, 4 = 3 with the register cap (default: 1.53 ms vs 1.64 for 3
-//          and 2.09 for 0 at B4 T2048 H32/8 hd64 on the H100, run 2 of dev/cuda/NOTES.md).
+//          and 2.09 for 0 at B4 T2048 H32/8 hd64 on the H100, run 2 of dev/cuda/NOTES.md);
+//          k_flash_bwd2: 5 = 64 keys per block (4 warps) with 4's register cap, 6 = 5 with K/V A-fragments in
+//          registers (hd 64; hd 128 runs 5), 7 = 128 keys per block (8 warps), 8 = 7 with K/V A-fragments in
+//          registers (hd 64; hd 128 runs 7).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
 static int variant(int *v, const char *env, int dflt, int max) {
     if (*v < 0) {
@@ -560,11 +933,28 @@ static void flash_fwd_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *s
     k_flash_fwd<HD, PIPE><<<dim3(cdiv(T, 64), Hq, B), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, scale_log2);
     CUDA_LAUNCH_CHECK();
 }
+template <int HD, int NW>
+static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                         cudaStream_t s) {
+    static int attr;
+    size_t sm = fwd2_smem<HD, NW>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd2<HD, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    k_flash_fwd2<HD, NW><<<dim3(Hq, B, cdiv(T, NW * 16)), NW * 32, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
+                                                                          1.f / sqrtf((float)HD));
+    CUDA_LAUNCH_CHECK();
+}
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                       cudaStream_t s) {
-    if (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, 1) == 1) flash_fwd_v<HD, true>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
-    else flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    switch (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, CUDA_ATTN_FWD_VARIANTS - 1)) {
+    case 0: flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
+    case 2: flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
+    case 3: flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_fwd_v<HD, true>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
+    }
 }
 
 template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
@@ -582,15 +972,34 @@ static void flash_bwd_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *
     CUDA_LAUNCH_CHECK();
 }
 
+template <int HD, int BQ, int NW, int MINB, bool KREG>
+static void flash_bwd2_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                         const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    static int attr;
+    size_t sm = bwd2_smem<HD, BQ, NW>();
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd2<HD, BQ, NW, MINB, KREG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)sm));
+        attr = 1;
+    }
+    k_flash_bwd2<HD, BQ, NW, MINB, KREG><<<dim3(Hkv, B, cdiv(T, NW * 16)), NW * 32, sm, s>>>(
+        dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq, Hkv, 1.f / sqrtf((float)HD));
+    CUDA_LAUNCH_CHECK();
+}
+
 template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     constexpr int CAP = HD == 64 ? 3 : 2;
-    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, 4)) {
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, CUDA_ATTN_BWD_VARIANTS - 1)) {
     case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 3: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 5: flash_bwd2_v<HD, BQ, 4, CAP, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 6: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 7: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 8: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     default: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     }
 }
