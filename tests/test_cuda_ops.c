@@ -118,18 +118,20 @@ static void test_embedding(void) {
     cudaFree(dtab); cudaFree(dids); cudaFree(out); cudaFree(ddout); cudaFree(dg);
 }
 
-static void test_rmsnorm(int N, int D) {
+// alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
+// no bf16 copy. dw starts at a nonzero value (the kernel accumulates into it).
+static void test_rmsnorm(int N, int D, int alias) {
     float *x = rand_vec((size_t)N * D, 2), *w = rand_vec(D, 0.3), *dy = rand_vec((size_t)N * D, 1);
-    float *dres = rand_vec((size_t)N * D, 1);
+    float *dres = rand_vec((size_t)N * D, 1), *dw0 = rand_vec(D, 1);
     for (int d = 0; d < D; d++) w[d] += 1;
     halo_bf16 *dw16 = to_dev_bf16(w, D), *ddy = to_dev_bf16(dy, (size_t)N * D);
     float *dx_ = to_dev(x, 4 * (size_t)N * D), *rstd = dev_poison(4 * (size_t)N);
-    halo_bf16 *out = dev_poison(2 * (size_t)N * D), *dx16 = dev_poison(2 * (size_t)N * D);
-    float *ddx = to_dev(dres, 4 * (size_t)N * D), *ddw = dev_poison(4 * (size_t)D);
-    cudaMemset(ddw, 0, 4 * (size_t)D);
+    halo_bf16 *out = dev_poison(2 * (size_t)N * D), *dx16 = alias ? dev_poison(2 * (size_t)N * D) : NULL;
+    float *ddx = alias ? to_dev(dres, 4 * (size_t)N * D) : dev_poison(4 * (size_t)N * D), *ddw = to_dev(dw0, 4 * (size_t)D);
     cuda_rmsnorm_forward(out, rstd, dx_, dw16, N, D, 1e-5f, 0);
-    cuda_rmsnorm_backward(ddx, dx16, ddw, ddy, dx_, dw16, rstd, ddx, N, D, 0);
-    float *ref = malloc(4 * (size_t)N * D), *rr = malloc(4 * (size_t)N), *rdx = calloc((size_t)N * D, 4), *rdw = calloc(D, 4);
+    cuda_rmsnorm_backward(ddx, dx16, ddw, ddy, dx_, dw16, rstd, alias ? ddx : NULL, N, D, 0);
+    float *ref = malloc(4 * (size_t)N * D), *rr = malloc(4 * (size_t)N), *rdx = calloc((size_t)N * D, 4), *rdw = malloc(4 * (size_t)D);
+    memcpy(rdw, dw0, 4 * (size_t)D);
     rmsnorm_forward(ref, rr, x, w, N, D, 1e-5f);
     float *got = from_dev_bf16(out, (size_t)N * D);
     char what[64];
@@ -139,19 +141,33 @@ static void test_rmsnorm(int N, int D) {
     got = from_dev(rstd, N);
     table_row("rmsnorm", "fwd rstd", rel_l2_f(got, rr, N), 1e-5);
     free(got);
-    memcpy(rdx, dres, 4 * (size_t)N * D);
+    // recomputation from the stored rstd: the forward's bits exactly
+    halo_bf16 *out2 = dev_poison(2 * (size_t)N * D);
+    cuda_rmsnorm_recompute(out2, rstd, dx_, dw16, N, D, 0);
+    halo_bf16 *h1 = malloc(2 * (size_t)N * D), *h2 = malloc(2 * (size_t)N * D);
+    cudaMemcpy(h1, out, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+    cudaMemcpy(h2, out2, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+    size_t ndiff = 0;
+    for (size_t i = 0; i < (size_t)N * D; i++) ndiff += h1[i] != h2[i];
+    table_row("rmsnorm", "recompute: differing bits", (double)ndiff, 0);
+    free(h1); free(h2); cudaFree(out2);
+    if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
     rmsnorm_backward(rdx, rdw, dy, x, w, rr, N, D);
     got = from_dev(ddx, (size_t)N * D);
-    table_row("rmsnorm", "bwd dx (+= residual grad)", rel_l2_f(got, rdx, (size_t)N * D), 1e-4);
+    table_row("rmsnorm", alias ? "bwd dx (+= residual, alias)" : "bwd dx (no residual)", rel_l2_f(got, rdx, (size_t)N * D),
+              1e-4);
     free(got);
-    got = from_dev_bf16(dx16, (size_t)N * D);
-    table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
-    free(got);
+    if (alias) {
+        got = from_dev_bf16(dx16, (size_t)N * D);
+        table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
+        free(got);
+    }
     got = from_dev(ddw, D);
-    table_row("rmsnorm", "bwd dw", rel_l2_f(got, rdw, D), 1e-4);
+    table_row("rmsnorm", "bwd dw (+= start value)", rel_l2_f(got, rdw, D), 1e-4);
     free(got);
-    free(x); free(w); free(dy); free(dres); free(ref); free(rr); free(rdx); free(rdw);
-    cudaFree(dw16); cudaFree(ddy); cudaFree(dx_); cudaFree(rstd); cudaFree(out); cudaFree(dx16); cudaFree(ddx); cudaFree(ddw);
+    free(x); free(w); free(dy); free(dres); free(dw0); free(ref); free(rr); free(rdx); free(rdw);
+    cudaFree(dw16); cudaFree(ddy); cudaFree(dx_); cudaFree(rstd); cudaFree(out); if (dx16) cudaFree(dx16);
+    cudaFree(ddx); cudaFree(ddw);
 }
 
 static void test_rope(void) {
@@ -380,8 +396,12 @@ int main(void) {
     test_linear(64, 96, 80);
     test_linear(300, 256, 520);
     test_embedding();
-    test_rmsnorm(50, 64);
-    test_rmsnorm(33, 2048);
+    test_rmsnorm(50, 64, 1);
+    test_rmsnorm(33, 2048, 1);
+    test_rmsnorm(37, 130, 1);      // D % 4 != 0: the scalar path
+    test_rmsnorm(29, 77, 0);       // odd N and D, separate dx, no residual, no bf16 copy
+    test_rmsnorm(3001, 1024, 1);   // many blocks, each with its own dw partial sums
+    test_rmsnorm(2048, 4096, 0);   // dw in 16 KiB of shared memory
     test_rope();
     test_swiglu();
     test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)

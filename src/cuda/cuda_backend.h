@@ -52,6 +52,10 @@ void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dou
 // out[N, D] = x / rms(x) * w (bf16), rstd[N]
 void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                           cudaStream_t s);
+// out = x * rstd * w from the rstd a forward stored: the forward's bf16 bits again (norm recomputation)
+void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N, int D,
+                            cudaStream_t s);
+// One pass (rows in blocks, dw summed per block in shared memory).
 // dx[N, D] = dres (or 0 when NULL; may alias dx) + d(rmsnorm)/dx · dout; dx16 (optional) = bf16(dx);
 // dw[D] += sum_n dout * x * rstd.
 void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
