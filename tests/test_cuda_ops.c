@@ -341,16 +341,22 @@ static void test_cross_entropy(int N, int V, int in_place) {
     cudaFree(dx); cudaFree(dt); cudaFree(dsum);
 }
 
-static void test_adamw(int mom_bf16) {
-    size_t n = 10007;
+// g_bf16: bf16 gradients (the CPU gets the same rounded values). shift: every device array starts one element
+// past an aligned address, which takes the element-by-element path instead of the 4-wide one.
+static void test_adamw(int mom_bf16, int g_bf16, int shift) {
+    size_t n = 10007, msz = mom_bf16 ? 2 : 4;
     float *p = rand_vec(n, 0.5), *pc = malloc(4 * n);
     memcpy(pc, p, 4 * n);
-    float *dp = to_dev(p, 4 * n), *dg;
-    void *m, *v;
-    halo_bf16 *w16;
-    cudaMalloc((void **)&dg, 4 * n);
-    cudaMalloc(&m, 4 * n); cudaMalloc(&v, 4 * n); cudaMalloc((void **)&w16, 2 * n);
-    cudaMemset(m, 0, 4 * n); cudaMemset(v, 0, 4 * n);
+    float *dp0, *dp;
+    char *dg0, *m0, *v0;
+    halo_bf16 *w0;
+    cudaMalloc((void **)&dp0, 4 * (n + 1)); cudaMalloc((void **)&dg0, 4 * (n + 1));
+    cudaMalloc((void **)&m0, 4 * (n + 1)); cudaMalloc((void **)&v0, 4 * (n + 1)); cudaMalloc((void **)&w0, 2 * (n + 1));
+    dp = dp0 + shift;
+    void *dg = dg0 + shift * (g_bf16 ? 2 : 4), *m = m0 + shift * msz, *v = v0 + shift * msz;
+    halo_bf16 *w16 = w0 + shift;
+    cudaMemcpy(dp, p, 4 * n, cudaMemcpyHostToDevice);
+    cudaMemset(m0, 0, 4 * (n + 1)); cudaMemset(v0, 0, 4 * (n + 1));
     double *ss;
     cudaMalloc((void **)&ss, 8);
     adamw_config cfg = adamw_config_default();
@@ -358,13 +364,23 @@ static void test_adamw(int mom_bf16) {
     adamw_state st;
     adamw_init(&st, &cfg, n, NULL, 0);
     float clip = 1.0f;
+    double ss_err = 0;
     for (int step = 1; step <= 5; step++) {
         float *g = rand_vec(n, step == 3 ? 0.001 : 0.05);   // steps above and below the clip threshold
-        cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
+        if (g_bf16) {
+            halo_bf16 *gd = to_dev_bf16(g, n);   // rounds g too
+            cudaMemcpy(dg, gd, 2 * n, cudaMemcpyDeviceToDevice);
+            cudaFree(gd);
+        } else cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
         cudaMemset(ss, 0, 8);
-        cuda_sumsq(ss, dg, n, 0);
-        cuda_adamw(dp, w16, dg, m, v, mom_bf16, n, 1e-2f, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, step, ss,
-                   clip, 0);
+        if (g_bf16) cuda_sumsq_bf16(ss, dg, n, 0);
+        else cuda_sumsq(ss, dg, n, 0);
+        cuda_adamw(dp, w16, dg, g_bf16, m, v, mom_bf16, n, 1e-2f, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, step,
+                   ss, clip, 0);
+        double got_ss, ref_ss = 0;
+        cudaMemcpy(&got_ss, ss, 8, cudaMemcpyDeviceToHost);
+        for (size_t i = 0; i < n; i++) ref_ss += (double)g[i] * g[i];
+        if (fabs(got_ss - ref_ss) / ref_ss > ss_err) ss_err = fabs(got_ss - ref_ss) / ref_ss;
         grad_clip_global_norm(g, n, clip);
         adamw_step(&st, pc, g, 1e-2f);
         free(g);
@@ -376,12 +392,15 @@ static void test_adamw(int mom_bf16) {
         double d_ref = pc[i] - p[i], d = got[i] - p[i];
         num += (d - d_ref) * (d - d_ref); den += d_ref * d_ref;
     }
-    table_row("adamw + clip", mom_bf16 ? "5 steps, bf16 moments" : "5 steps, fp32 moments", sqrt(num / den),
-              mom_bf16 ? 2e-2 : 1e-4);
+    char what[64];
+    snprintf(what, sizeof what, "5 steps, %s mom., %s grads%s", mom_bf16 ? "bf16" : "fp32", g_bf16 ? "bf16" : "fp32",
+             shift ? ", unaligned" : "");
+    table_row("adamw + clip", what, sqrt(num / den), mom_bf16 ? 2e-2 : 1e-4);
     table_row("adamw + clip", "bf16 working copy", rel_l2_f(got16, got, n), 1e-2);
+    table_row("adamw + clip", g_bf16 ? "sum of squares, bf16 grads" : "sum of squares", ss_err, 1e-5);
     adamw_free(&st);
     free(p); free(pc); free(got); free(got16);
-    cudaFree(dp); cudaFree(dg); cudaFree(m); cudaFree(v); cudaFree(w16); cudaFree(ss);
+    cudaFree(dp0); cudaFree(dg0); cudaFree(m0); cudaFree(v0); cudaFree(w0); cudaFree(ss);
 }
 #endif
 
@@ -413,8 +432,12 @@ int main(void) {
     test_cross_entropy(13, 1000, 0);
     test_cross_entropy(7, 999, 1);
     test_cross_entropy(6, 128256, 1);
-    test_adamw(0);
-    test_adamw(1);
+    test_adamw(0, 0, 0);
+    test_adamw(1, 0, 0);
+    test_adamw(0, 1, 0);
+    test_adamw(1, 1, 0);
+    test_adamw(0, 0, 1);
+    test_adamw(1, 1, 1);
     cudaError_t e = cudaDeviceSynchronize();
     CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
     TEST_END();

@@ -97,13 +97,15 @@ void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *l
                         int V, float scale, cudaStream_t s);
 
 // ---- optimizer (adamw.cu) ----
-// *sumsq += sum of g[i]^2 (double accumulator on the device)
+// *sumsq += sum of g[i]^2 (double accumulator on the device; fp32 partial sums per thread and block)
 void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
-// torch.optim.AdamW on p[n] fp32 master weights, moments m/v (fp32, or bf16 when mom_bf16), writes w16 = bf16(p).
-// Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and norm = sqrt(*sumsq) exceeds clip (sumsq on device).
-void cuda_adamw(float *p, halo_bf16 *w16, const float *g, void *m, void *v, int mom_bf16, size_t n, float lr,
-                float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq, float clip,
-                cudaStream_t s);
+void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s);
+// torch.optim.AdamW on p[n] fp32 master weights, gradients g (fp32, or bf16 when g_bf16), moments m/v (fp32, or bf16
+// when mom_bf16), writes w16 = bf16(p). Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and
+// norm = sqrt(*sumsq) exceeds clip (sumsq on device).
+void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
+                float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
+                float clip, cudaStream_t s);
 
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;

@@ -760,7 +760,7 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
         int decay = h->decay_all || g->slots[i].decay, j = i + 1;
         while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay) j++;
         size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
-        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, (char *)g->m + off * msz,
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, 0, (char *)g->m + off * msz,
                                      (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
                                      decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
         i = j;
