@@ -1,6 +1,6 @@
 // The CUDA backend's C API: BF16 operations on device pointers (one .cu per operation, forward and backward, the
 // same semantics as the fp32 CPU ops in src/ops/ops.h) and the GPU Llama model (src/cuda/llama_cuda.cu) that trains
-// with BF16 weights, fp32 master weights, fp32 (or BF16) AdamW moments and fp32 gradients.
+// with BF16 weights, fp32 master weights, fp32 (or BF16) AdamW moments and fp32 (or BF16) gradients.
 #ifndef HALO_CUDA_BACKEND_H
 #define HALO_CUDA_BACKEND_H
 #include <stddef.h>
@@ -40,6 +40,9 @@ void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const halo_bf16 *X,
 // dW[n, m] = dY^T X (overwrites: the first gradient write of a step needs no zeroed buffer)
 void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
                                  cudaStream_t s);
+// bf16 dW[n, m] = dY^T X (+ dW when accumulate): fp32 accumulation inside the product, one bf16 rounding per call
+void cuda_linear_backward_dw_bf16(halo_bf16 *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                  int accumulate, cudaStream_t s);
 // Frees the cuBLASLt handle, workspace and cached algorithms.
 void cuda_matmul_shutdown(void);
 
@@ -114,7 +117,13 @@ typedef struct {
     int max_B, max_T;       // largest batch the buffers are sized for
     int recompute;          // 1: keep only each layer's input; recompute the layer in backward
                             // 2: keep all but the MLP's [gate | up] product (the largest activation); recompute it
+    int recompute_norms;    // 1: n1/n2 (the norm outputs) not kept per layer: one shared buffer, recomputed in
+                            // backward from the stored residual and rstd (bit-identical values; saves
+                            // 2 n_layers N D bytes). Implied by recompute 1.
     int bf16_moments;       // 1: AdamW moments in bf16
+    int bf16_grads;         // 1: gradients of the weight matrices (and an untied lm_head) in bf16, written by bf16
+                            // cuBLASLt dW products (beta 1 when accumulating); embedding and norms stay fp32.
+                            // Refused with HALO (its layers accumulate fp32 gradients).
     int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
     int verbose;            // 1: print the memory breakdown at init
     model_halo_config halo; // HALO on the block linears, as on the CPU (src/model/linear.h): prec INT8 or FP8 runs
