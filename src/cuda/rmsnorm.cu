@@ -87,10 +87,11 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                     ((__nv_bfloat162 *)o16)[2 * d] = __floats2bfloat162_rn(v.x, v.y);
                     ((__nv_bfloat162 *)o16)[2 * d + 1] = __floats2bfloat162_rn(v.z, v.w);
                 }
-                atomicAdd(&sdw[4 * d], g01.x * xv.x * r);
-                atomicAdd(&sdw[4 * d + 1], g01.y * xv.y * r);
-                atomicAdd(&sdw[4 * d + 2], g23.x * xv.z * r);
-                atomicAdd(&sdw[4 * d + 3], g23.y * xv.w * r);
+                // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
+                atomicAdd(&sdw[d], g01.x * xv.x * r);
+                atomicAdd(&sdw[D / 4 + d], g01.y * xv.y * r);
+                atomicAdd(&sdw[D / 2 + d], g23.x * xv.z * r);
+                atomicAdd(&sdw[3 * (D / 4) + d], g23.y * xv.w * r);
             }
         } else {
             for (int d = lane; d < D; d += 32) dot += __bfloat162float(g[d]) * __bfloat162float(w[d]) * xr[d];
@@ -108,7 +109,8 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     }
     __syncthreads();
     if (r0 < r1)
-        for (int d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(&dw[d], sdw[d]);
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            atomicAdd(&dw[d], VEC ? sdw[(d & 3) * (D / 4) + d / 4] : sdw[d]);
 }
 
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
@@ -147,8 +149,9 @@ extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, con
         CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
-    // blocks of 8 warps, about 16 rows per warp: fewer blocks mean fewer dw atomics, more mean more parallelism
-    int blocks = cdiv(N, 8 * 16), cap = sm_count() * 4;
+    // blocks of 8 warps, at least 16 rows per block, at most 4 blocks per SM: fewer blocks mean fewer dw atomics
+    // (D per block), more mean more loads in flight
+    int blocks = cdiv(N, 16), cap = sm_count() * 4;
     if (blocks > cap) blocks = cap;
     if (blocks < 1) blocks = 1;
     int rows_per_block = cdiv(N, blocks);
