@@ -230,20 +230,26 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
                 table_row(label, "bf16 grads: global norm", fabs(n16 - sqrt(n32)) / sqrt(n32), 4e-3);
             }
         } else if (rn) {
-            // recomputed norms are the stored ones bit for bit: the same loss and the same matrix gradients (norm and
-            // embedding gradients are sums of float atomics, whose order varies from run to run)
+            // recomputed norms are the stored ones bit for bit: the same loss, and the same gradients of the last
+            // layer's o, gate, up and down (computed before the attention backward, whose atomics make everything
+            // after it vary in the last bits from run to run; those are compared with the run-to-run bound)
             const float *want = rc == 2 ? g_mlp : g_stored;
             float want_loss = rc == 2 ? loss_mlp : loss_stored;
             table_row(label, rc ? "norm rec. + MLP rec.: loss bits" : "norm recompute: loss bits",
                       memcmp(&loss, &want_loss, 4) != 0, 0);
-            size_t ndiff = 0;
+            char last[64];
+            snprintf(last, sizeof last, "model.layers.%d.", c.n_layers - 1);
+            size_t ndiff = 0, nchecked = 0;
             for (int i = 0; i < m.n_table; i++) {
                 const llama_param *p = &m.table[i];
-                if (p->ndim != 2 || p->numel == (size_t)c.vocab_size * c.dim) continue;   // block matrices only
+                if (strncmp(p->name, last, strlen(last)) || (!strstr(p->name, "mlp.") && !strstr(p->name, "o_proj")))
+                    continue;
+                nchecked++;
                 for (size_t j = 0; j < p->numel; j++) ndiff += memcmp(&m.grads[p->offset + j], &want[p->offset + j], 4) != 0;
             }
-            table_row(label, "norm rec.: differing matrix grads", (double)ndiff, 0);
-            table_row(label, "norm rec.: all grads", rel_l2_f(m.grads, want, m.n_params), 1e-6);
+            CHECK(nchecked == 4, "last layer's o, gate, up, down found (%zu)", nchecked);
+            table_row(label, "norm rec.: last layer MLP+o bits", (double)ndiff, 0);
+            table_row(label, "norm rec.: all grads", rel_l2_f(m.grads, want, m.n_params), 1e-4);
         } else if (rc == 2) {
             table_row(label, "MLP recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
             memcpy(g_mlp, m.grads, sizeof(float) * m.n_params);
