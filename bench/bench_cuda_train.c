@@ -3,6 +3,7 @@
 // layer products, attention) that says where the time goes. Prints one JSON line last.
 //   build/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048
 //   build/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048
+//   build/bench/bench_cuda_train --bf16-moments --bf16-grads --recompute-norms   (the smallest-memory full-speed setup)
 //   build/bench/bench_cuda_train --precision int8 --halo-level 2 --steps 5 --profile-only   (HALO on every block linear)
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@ int main(int argc, char **argv) {
 #else
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
+    int bf16g = 0, rnorms = 0;
     int halo_level = -1, profile_only = 0;
     const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
@@ -67,13 +69,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--recompute")) recompute = 1;
         else if (!strcmp(argv[i], "--recompute-mlp")) recompute = 2;
         else if (!strcmp(argv[i], "--bf16-moments")) bf16m = 1;
+        else if (!strcmp(argv[i], "--bf16-grads")) bf16g = 1;
+        else if (!strcmp(argv[i], "--recompute-norms")) rnorms = 1;
         else if (!strcmp(argv[i], "--no-breakdown")) breakdown = 0;
         else if (!strcmp(argv[i], "--profile-only")) profile_only = 1;
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc) precision = argv[++i];
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
-                   "[--steps N] [--recompute | --recompute-mlp] [--bf16-moments] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
+                   "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
                    "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
@@ -114,7 +118,7 @@ int main(int argc, char **argv) {
 
     llama_cuda_opts o;
     memset(&o, 0, sizeof o);
-    o.max_B = B; o.max_T = T; o.recompute = recompute; o.bf16_moments = bf16m; o.ce_chunk = ce_chunk; o.verbose = 1;
+    o.max_B = B; o.max_T = T; o.recompute = recompute; o.bf16_moments = bf16m; o.bf16_grads = bf16g; o.recompute_norms = rnorms; o.ce_chunk = ce_chunk; o.verbose = 1;
     o.halo = hc;
     llama_cuda *g;
     double t0 = now_s();
@@ -226,9 +230,9 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"precision\": \"%s\", \"halo_level\": %d, \"bf16_moments\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, bf16m, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, bf16m, bf16g, rnorms, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     halo_batch_free(&b);

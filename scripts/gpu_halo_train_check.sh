@@ -33,7 +33,8 @@ grep -h -E '^\||yardstick|worst tensor|refused|note:|stories260K,|^\(' "$LOG/tes
 echo; echo "==== benchmark profiles (device time per step by operation)"
 for f in "$LOG"/bench_*.log; do
   echo "--- $(basename "$f" .log)"
-  grep -h -E "block linears|warmup step|^step |tokens/s|  [a-zA-Z].* ms  |CUDA error|halo cuda:|rror" "$f" | head -30
+  # the memory breakdown's category lines end in GiB (the filter used to keep only its header)
+  grep -h -E "block linears|warmup step|^step |tokens/s|  [a-zA-Z].* ms  |  [a-zA-Z].* GiB|CUDA error|halo cuda:|rror" "$f" | head -45
 done
 echo; echo "==== Llama-3.2-1B training step, batch 4 x 2048 (median of 5 steps)"
 python3 - "$LOG" <<'PY'

@@ -1,7 +1,8 @@
 // --device on the model-running verbs without a GPU (CUDA_VISIBLE_DEVICES is emptied, so this holds on the GPU
 // machine too): a bad value is refused naming the flag; --device cuda fails before loading anything with an error
 // that names the flag and says there is no CUDA device (or no CUDA backend in a build without nvcc); generation
-// (generate, eval's task metrics) runs on the CPU with a one-line note; --help says where each part runs.
+// (generate, eval's task metrics) runs on the CPU with a one-line note; --help says where each part runs; the GPU
+// memory flags (--bf16-moments, --bf16-grads, --recompute) are refused without --device cuda.
 #include <sys/wait.h>
 #include "test.h"
 #include "util/fileio.h"
@@ -65,6 +66,27 @@ int main(void) {
     }
     snprintf(cmd, sizeof cmd, "%s/d.st", dir);
     CHECK(!halo_file_exists(cmd), "debug-step wrote nothing after the device error");
+
+    // GPU memory flags: refused on the CPU naming them, bad --recompute values named, listed in --help
+    snprintf(cmds[0], sizeof cmds[0], "demo --steps 1 --bf16-grads");
+    snprintf(cmds[1], sizeof cmds[1], "finetune --model %s --data %s --steps 1 --seq-len 32 --recompute mlp "
+             "--bf16-moments", model, text);
+    for (int i = 0; i < 2; i++) {
+        rc = run(cmds[i], &out);
+        CHECK(rc != 0 && strstr(out, "GPU memory options: they need --device cuda"), "`halo %.60s...`: exit %d: %s",
+              cmds[i], rc, out);
+        free(out);
+    }
+    rc = run("demo --steps 1 --recompute some --device cuda", &out);
+    CHECK(rc == 2 && strstr(out, "--recompute: 'some' is not none, norms, mlp or all"), "--recompute some: exit %d: %s",
+          rc, out);
+    free(out);
+    for (int i = 0; i < 2; i++) {
+        rc = run(i ? "finetune --help" : "demo --help", &out);
+        CHECK(rc == 0 && strstr(out, "--bf16-grads") && strstr(out, "--recompute none|norms|mlp|all"),
+              "`halo %s` lists the GPU memory flags", i ? "finetune --help" : "demo --help");
+        free(out);
+    }
 
     // generation stays on the CPU, with a note
     snprintf(cmd, sizeof cmd, "generate --model %s --prompt-ids 1,2,3 --max-new-tokens 2 --device cuda", model);

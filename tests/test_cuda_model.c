@@ -1,6 +1,7 @@
 // The GPU model against the HF goldens (../shared/goldens: logits, loss, every gradient, ten AdamW losses) with BF16
 // tolerances, against the fp32 CPU model on random models that use the flash attention kernels (head_dim 64, 128,
-// packed segments), activation recomputation against stored activations, and BF16 moments. Skips without a GPU.
+// packed segments), activation recomputation against stored activations, BF16 moments, BF16 matrix gradients and
+// norm recomputation (bit-identical to stored norms). Skips without a GPU.
 // `test_cuda_model --sanitize-step` runs only one small training step per model (for compute-sanitizer).
 #include <cjson/cJSON.h>
 #include "test.h"
@@ -136,6 +137,22 @@ static void check_golden(const char *label, const char *model_dir, const char *g
         table_row(label, "10 steps, bf16 moments + recompute", worst, 5e-2);
         llama_cuda_free(g);
     }
+    // bf16 gradients of the matrices (alone: the golden check's bound; with bf16 moments and norm recomputation: the
+    // bound of the bf16-moment run above)
+    for (int v = 0; v < 2; v++) {
+        o = opts_for(b.B, b.T, 0, v);
+        o.bf16_grads = 1;
+        o.recompute_norms = v;
+        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "%s", halo_error()); continue; }
+        worst = 0;
+        for (int s = 0; s < cJSON_GetArraySize(la); s++) {
+            float l = llama_cuda_train_step(g, &b, &h, s + 1);
+            double want = cJSON_GetArrayItem(la, s)->valuedouble, e = fabs(l - want) / want;
+            if (e > worst || isnan(e)) worst = isnan(e) ? INFINITY : e;
+        }
+        table_row(label, v ? "10 steps, bf16 grads+mom., norms rec." : "10 steps, bf16 grads", worst, v ? 5e-2 : 3e-2);
+        llama_cuda_free(g);
+    }
     free(logits); free(ref); free(gref);
 out:
     cJSON_Delete(js);
@@ -174,23 +191,70 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
     llama_backward(&m, &b, 1.0f);
     float *gref = malloc(sizeof(float) * m.n_params);
     memcpy(gref, m.grads, sizeof(float) * m.n_params);
-    float *g_stored = malloc(sizeof(float) * m.n_params);
-    for (int rc = 0; rc < 3; rc++) {
+    float *g_stored = malloc(sizeof(float) * m.n_params), *g_mlp = malloc(sizeof(float) * m.n_params);
+    float loss_stored = 0, loss_mlp = 0;
+    // variants: {recompute, recompute_norms, bf16_grads}; the first is the reference of the others
+    static const int var[][3] = {{0, 0, 0}, {1, 0, 0}, {2, 0, 0}, {0, 1, 0}, {2, 1, 0}, {0, 0, 1}, {2, 1, 1}};
+    for (int vi = 0; vi < (int)(sizeof var / sizeof var[0]); vi++) {
+        int rc = var[vi][0], rn = var[vi][1], g16 = var[vi][2];
         llama_cuda *g;
         llama_cuda_opts o = opts_for(B, T, rc, 0);
+        o.recompute_norms = rn;
+        o.bf16_grads = g16;
         if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "%s", halo_error()); break; }
         llama_cuda_zero_grads(g);
         llama_cuda_forward_backward(g, &b, 1.0f);
         float loss = llama_cuda_last_loss(g);
         CHECK(llama_cuda_copy_grads(g, &m) == HALO_OK, "%s", halo_error());
-        if (rc == 0) {
+        if (vi == 0) {
             table_row(label, "loss vs CPU fp32 model", fabs(loss - loss_cpu) / loss_cpu, 1e-2);
             const char *wn = "";
             table_row(label, "grads vs CPU (worst tensor)", worst_grad_err(&m, m.grads, gref, &wn), 5e-2);
             printf("   worst gradient: %s\n", wn);
             memcpy(g_stored, m.grads, sizeof(float) * m.n_params);
+            loss_stored = loss;
+        } else if (g16) {
+            // one bf16 rounding of each matrix gradient (2^-9 relative per element); recomputation adds nothing
+            const char *wn = "";
+            table_row(label, rc ? "bf16 grads, MLP+norm rec.: worst" : "bf16 grads vs fp32 grads: worst",
+                      worst_grad_err(&m, m.grads, g_stored, &wn), 4e-3);
+            printf("   worst gradient: %s\n", wn);
+            if (!rc) {   // accumulation in bf16: two half-scaled passes, each product adding with beta 1
+                llama_cuda_zero_grads(g);
+                llama_cuda_forward_backward(g, &b, 0.5f);
+                llama_cuda_forward_backward(g, &b, 0.5f);
+                CHECK(llama_cuda_copy_grads(g, &m) == HALO_OK, "%s", halo_error());
+                table_row(label, "bf16 grads, 2 x half backward", worst_grad_err(&m, m.grads, g_stored, &wn), 8e-3);
+                // the global norm reads both gradient types
+                double n16 = llama_cuda_grad_norm(g), n32 = 0;
+                for (size_t i = 0; i < m.n_params; i++) n32 += (double)g_stored[i] * g_stored[i];
+                table_row(label, "bf16 grads: global norm", fabs(n16 - sqrt(n32)) / sqrt(n32), 4e-3);
+            }
+        } else if (rn) {
+            // recomputed norms are the stored ones bit for bit: the same loss, and the same gradients of the last
+            // layer's o, gate, up and down (computed before the attention backward, whose atomics make everything
+            // after it vary in the last bits from run to run; those are compared with the run-to-run bound)
+            const float *want = rc == 2 ? g_mlp : g_stored;
+            float want_loss = rc == 2 ? loss_mlp : loss_stored;
+            table_row(label, rc ? "norm rec. + MLP rec.: loss bits" : "norm recompute: loss bits",
+                      memcmp(&loss, &want_loss, 4) != 0, 0);
+            char last[64];
+            snprintf(last, sizeof last, "model.layers.%d.", c.n_layers - 1);
+            size_t ndiff = 0, nchecked = 0;
+            for (int i = 0; i < m.n_table; i++) {
+                const llama_param *p = &m.table[i];
+                if (strncmp(p->name, last, strlen(last)) || (!strstr(p->name, "mlp.") && !strstr(p->name, "o_proj")))
+                    continue;
+                nchecked++;
+                for (size_t j = 0; j < p->numel; j++) ndiff += memcmp(&m.grads[p->offset + j], &want[p->offset + j], 4) != 0;
+            }
+            CHECK(nchecked == 4, "last layer's o, gate, up, down found (%zu)", nchecked);
+            table_row(label, "norm rec.: last layer MLP+o bits", (double)ndiff, 0);
+            table_row(label, "norm rec.: all grads", rel_l2_f(m.grads, want, m.n_params), 1e-4);
         } else if (rc == 2) {
             table_row(label, "MLP recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
+            memcpy(g_mlp, m.grads, sizeof(float) * m.n_params);
+            loss_mlp = loss;
         } else {
             table_row(label, "recompute vs stored: grads", rel_l2_f(m.grads, g_stored, m.n_params), 1e-4);
             // accumulation: two half-scaled backward passes after one zeroing equal one full pass
@@ -202,6 +266,20 @@ static void check_vs_cpu(const char *label, int hd, int packed) {
         }
         llama_cuda_free(g);
     }
+    // HALO layers write fp32 gradients: bf16 gradients with HALO are refused at init, saying so
+    {
+        llama_cuda *g = NULL;
+        llama_cuda_opts o = opts_for(B, T, 0, 0);
+        o.bf16_grads = 1;
+        o.halo = model_halo_config_default();
+        o.halo.prec = HALO_PREC_INT8;
+        o.halo.level = 2;
+        int rc = llama_cuda_init(&g, &m, &o);
+        CHECK(rc != HALO_OK && strstr(halo_error(), "bf16 gradients"), "bf16_grads + HALO: rc %d, '%s'", rc,
+              halo_error());
+        if (rc == HALO_OK) llama_cuda_free(g);
+    }
+    free(g_mlp);
     free(gref); free(g_stored);
     halo_batch_free(&b);
     llama_free(&m);

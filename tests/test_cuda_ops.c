@@ -118,18 +118,20 @@ static void test_embedding(void) {
     cudaFree(dtab); cudaFree(dids); cudaFree(out); cudaFree(ddout); cudaFree(dg);
 }
 
-static void test_rmsnorm(int N, int D) {
+// alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
+// no bf16 copy. dw starts at a nonzero value (the kernel accumulates into it).
+static void test_rmsnorm(int N, int D, int alias) {
     float *x = rand_vec((size_t)N * D, 2), *w = rand_vec(D, 0.3), *dy = rand_vec((size_t)N * D, 1);
-    float *dres = rand_vec((size_t)N * D, 1);
+    float *dres = rand_vec((size_t)N * D, 1), *dw0 = rand_vec(D, 1);
     for (int d = 0; d < D; d++) w[d] += 1;
     halo_bf16 *dw16 = to_dev_bf16(w, D), *ddy = to_dev_bf16(dy, (size_t)N * D);
     float *dx_ = to_dev(x, 4 * (size_t)N * D), *rstd = dev_poison(4 * (size_t)N);
-    halo_bf16 *out = dev_poison(2 * (size_t)N * D), *dx16 = dev_poison(2 * (size_t)N * D);
-    float *ddx = to_dev(dres, 4 * (size_t)N * D), *ddw = dev_poison(4 * (size_t)D);
-    cudaMemset(ddw, 0, 4 * (size_t)D);
+    halo_bf16 *out = dev_poison(2 * (size_t)N * D), *dx16 = alias ? dev_poison(2 * (size_t)N * D) : NULL;
+    float *ddx = alias ? to_dev(dres, 4 * (size_t)N * D) : dev_poison(4 * (size_t)N * D), *ddw = to_dev(dw0, 4 * (size_t)D);
     cuda_rmsnorm_forward(out, rstd, dx_, dw16, N, D, 1e-5f, 0);
-    cuda_rmsnorm_backward(ddx, dx16, ddw, ddy, dx_, dw16, rstd, ddx, N, D, 0);
-    float *ref = malloc(4 * (size_t)N * D), *rr = malloc(4 * (size_t)N), *rdx = calloc((size_t)N * D, 4), *rdw = calloc(D, 4);
+    cuda_rmsnorm_backward(ddx, dx16, ddw, ddy, dx_, dw16, rstd, alias ? ddx : NULL, N, D, 0);
+    float *ref = malloc(4 * (size_t)N * D), *rr = malloc(4 * (size_t)N), *rdx = calloc((size_t)N * D, 4), *rdw = malloc(4 * (size_t)D);
+    memcpy(rdw, dw0, 4 * (size_t)D);
     rmsnorm_forward(ref, rr, x, w, N, D, 1e-5f);
     float *got = from_dev_bf16(out, (size_t)N * D);
     char what[64];
@@ -139,19 +141,33 @@ static void test_rmsnorm(int N, int D) {
     got = from_dev(rstd, N);
     table_row("rmsnorm", "fwd rstd", rel_l2_f(got, rr, N), 1e-5);
     free(got);
-    memcpy(rdx, dres, 4 * (size_t)N * D);
+    // recomputation from the stored rstd: the forward's bits exactly
+    halo_bf16 *out2 = dev_poison(2 * (size_t)N * D);
+    cuda_rmsnorm_recompute(out2, rstd, dx_, dw16, N, D, 0);
+    halo_bf16 *h1 = malloc(2 * (size_t)N * D), *h2 = malloc(2 * (size_t)N * D);
+    cudaMemcpy(h1, out, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+    cudaMemcpy(h2, out2, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+    size_t ndiff = 0;
+    for (size_t i = 0; i < (size_t)N * D; i++) ndiff += h1[i] != h2[i];
+    table_row("rmsnorm", "recompute: differing bits", (double)ndiff, 0);
+    free(h1); free(h2); cudaFree(out2);
+    if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
     rmsnorm_backward(rdx, rdw, dy, x, w, rr, N, D);
     got = from_dev(ddx, (size_t)N * D);
-    table_row("rmsnorm", "bwd dx (+= residual grad)", rel_l2_f(got, rdx, (size_t)N * D), 1e-4);
+    table_row("rmsnorm", alias ? "bwd dx (+= residual, alias)" : "bwd dx (no residual)", rel_l2_f(got, rdx, (size_t)N * D),
+              1e-4);
     free(got);
-    got = from_dev_bf16(dx16, (size_t)N * D);
-    table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
-    free(got);
+    if (alias) {
+        got = from_dev_bf16(dx16, (size_t)N * D);
+        table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
+        free(got);
+    }
     got = from_dev(ddw, D);
-    table_row("rmsnorm", "bwd dw", rel_l2_f(got, rdw, D), 1e-4);
+    table_row("rmsnorm", "bwd dw (+= start value)", rel_l2_f(got, rdw, D), 1e-4);
     free(got);
-    free(x); free(w); free(dy); free(dres); free(ref); free(rr); free(rdx); free(rdw);
-    cudaFree(dw16); cudaFree(ddy); cudaFree(dx_); cudaFree(rstd); cudaFree(out); cudaFree(dx16); cudaFree(ddx); cudaFree(ddw);
+    free(x); free(w); free(dy); free(dres); free(dw0); free(ref); free(rr); free(rdx); free(rdw);
+    cudaFree(dw16); cudaFree(ddy); cudaFree(dx_); cudaFree(rstd); cudaFree(out); if (dx16) cudaFree(dx16);
+    cudaFree(ddx); cudaFree(ddw);
 }
 
 static void test_rope(void) {
@@ -327,16 +343,22 @@ static void test_cross_entropy(int N, int V, int in_place) {
     cudaFree(dx); cudaFree(dt); cudaFree(dsum);
 }
 
-static void test_adamw(int mom_bf16) {
-    size_t n = 10007;
+// g_bf16: bf16 gradients (the CPU gets the same rounded values). shift: every device array starts one element
+// past an aligned address, which takes the element-by-element path instead of the 4-wide one.
+static void test_adamw(int mom_bf16, int g_bf16, int shift) {
+    size_t n = 10007, msz = mom_bf16 ? 2 : 4;
     float *p = rand_vec(n, 0.5), *pc = malloc(4 * n);
     memcpy(pc, p, 4 * n);
-    float *dp = to_dev(p, 4 * n), *dg;
-    void *m, *v;
-    halo_bf16 *w16;
-    cudaMalloc((void **)&dg, 4 * n);
-    cudaMalloc(&m, 4 * n); cudaMalloc(&v, 4 * n); cudaMalloc((void **)&w16, 2 * n);
-    cudaMemset(m, 0, 4 * n); cudaMemset(v, 0, 4 * n);
+    float *dp0, *dp;
+    char *dg0, *m0, *v0;
+    halo_bf16 *w0;
+    cudaMalloc((void **)&dp0, 4 * (n + 1)); cudaMalloc((void **)&dg0, 4 * (n + 1));
+    cudaMalloc((void **)&m0, 4 * (n + 1)); cudaMalloc((void **)&v0, 4 * (n + 1)); cudaMalloc((void **)&w0, 2 * (n + 1));
+    dp = dp0 + shift;
+    void *dg = dg0 + shift * (g_bf16 ? 2 : 4), *m = m0 + shift * msz, *v = v0 + shift * msz;
+    halo_bf16 *w16 = w0 + shift;
+    cudaMemcpy(dp, p, 4 * n, cudaMemcpyHostToDevice);
+    cudaMemset(m0, 0, 4 * (n + 1)); cudaMemset(v0, 0, 4 * (n + 1));
     double *ss;
     cudaMalloc((void **)&ss, 8);
     adamw_config cfg = adamw_config_default();
@@ -344,13 +366,23 @@ static void test_adamw(int mom_bf16) {
     adamw_state st;
     adamw_init(&st, &cfg, n, NULL, 0);
     float clip = 1.0f;
+    double ss_err = 0;
     for (int step = 1; step <= 5; step++) {
         float *g = rand_vec(n, step == 3 ? 0.001 : 0.05);   // steps above and below the clip threshold
-        cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
+        if (g_bf16) {
+            halo_bf16 *gd = to_dev_bf16(g, n);   // rounds g too
+            cudaMemcpy(dg, gd, 2 * n, cudaMemcpyDeviceToDevice);
+            cudaFree(gd);
+        } else cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
         cudaMemset(ss, 0, 8);
-        cuda_sumsq(ss, dg, n, 0);
-        cuda_adamw(dp, w16, dg, m, v, mom_bf16, n, 1e-2f, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, step, ss,
-                   clip, 0);
+        if (g_bf16) cuda_sumsq_bf16(ss, dg, n, 0);
+        else cuda_sumsq(ss, dg, n, 0);
+        cuda_adamw(dp, w16, dg, g_bf16, m, v, mom_bf16, n, 1e-2f, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, step,
+                   ss, clip, 0);
+        double got_ss, ref_ss = 0;
+        cudaMemcpy(&got_ss, ss, 8, cudaMemcpyDeviceToHost);
+        for (size_t i = 0; i < n; i++) ref_ss += (double)g[i] * g[i];
+        if (fabs(got_ss - ref_ss) / ref_ss > ss_err) ss_err = fabs(got_ss - ref_ss) / ref_ss;
         grad_clip_global_norm(g, n, clip);
         adamw_step(&st, pc, g, 1e-2f);
         free(g);
@@ -362,12 +394,15 @@ static void test_adamw(int mom_bf16) {
         double d_ref = pc[i] - p[i], d = got[i] - p[i];
         num += (d - d_ref) * (d - d_ref); den += d_ref * d_ref;
     }
-    table_row("adamw + clip", mom_bf16 ? "5 steps, bf16 moments" : "5 steps, fp32 moments", sqrt(num / den),
-              mom_bf16 ? 2e-2 : 1e-4);
+    char what[64];
+    snprintf(what, sizeof what, "5 steps, %s mom., %s grads%s", mom_bf16 ? "bf16" : "fp32", g_bf16 ? "bf16" : "fp32",
+             shift ? ", unaligned" : "");
+    table_row("adamw + clip", what, sqrt(num / den), mom_bf16 ? 2e-2 : 1e-4);
     table_row("adamw + clip", "bf16 working copy", rel_l2_f(got16, got, n), 1e-2);
+    table_row("adamw + clip", g_bf16 ? "sum of squares, bf16 grads" : "sum of squares", ss_err, 1e-5);
     adamw_free(&st);
     free(p); free(pc); free(got); free(got16);
-    cudaFree(dp); cudaFree(dg); cudaFree(m); cudaFree(v); cudaFree(w16); cudaFree(ss);
+    cudaFree(dp0); cudaFree(dg0); cudaFree(m0); cudaFree(v0); cudaFree(w0); cudaFree(ss);
 }
 #endif
 
@@ -382,8 +417,12 @@ int main(void) {
     test_linear(64, 96, 80);
     test_linear(300, 256, 520);
     test_embedding();
-    test_rmsnorm(50, 64);
-    test_rmsnorm(33, 2048);
+    test_rmsnorm(50, 64, 1);
+    test_rmsnorm(33, 2048, 1);
+    test_rmsnorm(37, 130, 1);      // D % 4 != 0: the scalar path
+    test_rmsnorm(29, 77, 0);       // odd N and D, separate dx, no residual, no bf16 copy
+    test_rmsnorm(3001, 1024, 1);   // many blocks, each with its own dw partial sums
+    test_rmsnorm(2048, 4096, 0);   // dw in 16 KiB of shared memory
     test_rope();
     test_swiglu();
     test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)
@@ -395,8 +434,12 @@ int main(void) {
     test_cross_entropy(13, 1000, 0);
     test_cross_entropy(7, 999, 1);
     test_cross_entropy(6, 128256, 1);
-    test_adamw(0);
-    test_adamw(1);
+    test_adamw(0, 0, 0);
+    test_adamw(1, 0, 0);
+    test_adamw(0, 1, 0);
+    test_adamw(1, 1, 0);
+    test_adamw(0, 0, 1);
+    test_adamw(1, 1, 1);
     cudaError_t e = cudaDeviceSynchronize();
     CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
     TEST_END();

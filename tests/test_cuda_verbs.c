@@ -111,7 +111,7 @@ static int train_run(const run_spec *r, float *losses) {
         memset(t.opt.m, 0, 4 * m.n_params);
         memset(t.opt.v, 0, 4 * m.n_params);
     }
-    if (rc == HALO_OK && r->cuda) rc = trainer_use_cuda(&t);
+    if (rc == HALO_OK && r->cuda) rc = trainer_use_cuda(&t, NULL);
     if (rc == HALO_OK && r->expect) {
         CHECK(t.step == SAVE_AT && state_equal(r->expect, &t), "resumed host state equals the state saved at step %d",
               SAVE_AT);

@@ -44,6 +44,7 @@ static void usage(void) {
            "                     weights and moments on the GPU; evaluation and generation run on the CPU with the\n"
            "                     weights copied back. Checkpoints are the same on both devices (either resumes the\n"
            "                     other's); a GPU resume is not bit for bit (attention backward sums with atomics)\n");
+    cli_gpu_mem_usage();
     halo_common_usage();
 }
 
@@ -87,9 +88,12 @@ int cmd_demo(int argc, char **argv) {
     const char *out_dir = NULL, *resume = NULL, *s;
     int use_cuda = 0;
     halo_common_opts co = halo_common_opts_default();
+    train_cuda_mem gmem = {0};
+    int gmem_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = halo_common_opts_parse(&co, argc, argv, &i);
+        if (r == 0) r = cli_gpu_mem_parse(&gmem, &gmem_given, argc, argv, &i);
         if (r < 0) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
         if (r > 0) continue;
         if (cli_is_flag(a, "--help") || cli_is_flag(a, "-h")) { usage(); return 0; }
@@ -115,6 +119,7 @@ int cmd_demo(int argc, char **argv) {
         else { fprintf(stderr, "halo demo: unknown option '%s' (see --help)\n", a); return 2; }
     }
     if (use_cuda && cli_cuda_check()) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
+    if (cli_gpu_mem_check(gmem_given, use_cuda)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
     if (threads > 0) {   // default: all cores (OpenBLAS's OpenMP build shares OpenMP's pool)
         omp_set_num_threads((int)threads);
         openblas_set_num_threads((int)threads);
@@ -169,7 +174,7 @@ int cmd_demo(int argc, char **argv) {
         printf("resumed from %s at step %d\n", ckpt, t.step);
     }
     if (use_cuda) {
-        if (trainer_use_cuda(&t)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
+        if (trainer_use_cuda(&t, &gmem)) { fprintf(stderr, "halo demo: %s\n", halo_error()); goto done; }
         printf("demo: training on the GPU; evaluation and generation run on the CPU with the weights copied back\n");
     }
     char threads_desc[64];

@@ -43,6 +43,7 @@ static void usage(void) {
         "                         with the weights copied back. Checkpoints have one format: a GPU run resumes on\n"
         "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
         "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
+    cli_gpu_mem_usage();
     halo_common_usage();
 }
 
@@ -124,9 +125,12 @@ int cmd_finetune(int argc, char **argv) {
     double epochs = 1, time_budget = 0, d;
     long steps = 0, n, eval_batches = 0, threads = 0;
     halo_common_opts co = halo_common_opts_default();
+    train_cuda_mem gmem = {0};
+    int gmem_given = 0;
     for (int i = 1; i < argc; i++) {
         int r = halo_common_opts_parse(&co, argc, argv, &i);
         if (r == 0) r = cli_dataset_opts_parse(&dc, argc, argv, &i);
+        if (r == 0) r = cli_gpu_mem_parse(&gmem, &gmem_given, argc, argv, &i);
         if (r < 0) goto bad;
         if (r > 0) continue;
         if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
@@ -162,6 +166,7 @@ int cmd_finetune(int argc, char **argv) {
     if (!model_dir || !dc.path) { usage(); return 2; }
     int use_cuda = 0;
     if (cli_device_parse(device, &use_cuda) != HALO_OK || (use_cuda && cli_cuda_check() != HALO_OK)) goto bad;
+    if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (use_cuda && co.telemetry_every > 0) {
         halo_fail("--halo-telemetry is not supported with --device cuda (the GPU HALO layers do not measure errors)");
         goto bad;
@@ -217,7 +222,7 @@ int cmd_finetune(int argc, char **argv) {
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);
-        if (rc == HALO_OK && use_cuda) rc = trainer_use_cuda(&t);   // uploads the resumed weights and moments
+        if (rc == HALO_OK && use_cuda) rc = trainer_use_cuda(&t, &gmem);   // uploads the resumed weights and moments
     }
     if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"

@@ -7,6 +7,7 @@
 #include "model/linear.h"
 #include "model/llama.h"
 #include "train/adamw.h"
+#include "train/trainer.h"
 
 typedef struct {
     model_halo_config hc;
@@ -46,6 +47,12 @@ int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *c
 
 // --device cpu|cuda (src/cli/device.c). cli_device_parse: *cuda = 0 or 1, HALO_ERR naming the flag otherwise.
 int cli_device_parse(const char *value, int *cuda);
+// GPU memory flags of the training verbs: --bf16-moments, --bf16-grads, --recompute none|norms|mlp|all. Consumes
+// argv[*i] when it is one: returns 1 (and sets *given), 0 when it is not one, -1 (error set) for a bad value.
+int cli_gpu_mem_parse(train_cuda_mem *mem, int *given, int argc, char **argv, int *i);
+// HALO_ERR naming the flags when they were given without --device cuda.
+int cli_gpu_mem_check(int given, int use_cuda);
+void cli_gpu_mem_usage(void);
 // HALO_OK when --device cuda can run here; else an error naming the flag ("--device cuda: no CUDA device found",
 // or "this build has no CUDA backend"). The verbs check this before loading anything.
 int cli_cuda_check(void);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cli/cli.h"
 #include "cli/common.h"
 #include "model/linear.h"
 #include "util/error.h"
@@ -15,6 +16,40 @@ int cli_device_parse(const char *value, int *cuda) {
     else if (!strcmp(value, "cuda")) *cuda = 1;
     else return halo_fail("--device: '%s' is not cpu or cuda", value);
     return HALO_OK;
+}
+
+int cli_gpu_mem_parse(train_cuda_mem *mem, int *given, int argc, char **argv, int *i) {
+    const char *v;
+    if (cli_is_flag(argv[*i], "--bf16-moments")) mem->bf16_moments = 1;
+    else if (cli_is_flag(argv[*i], "--bf16-grads")) mem->bf16_grads = 1;
+    else if ((v = cli_flag_value(argc, argv, i, "--recompute"))) {
+        static const char *const names[] = {"none", "norms", "mlp", "all"};
+        static const int rc[] = {0, 0, 2, 1}, rn[] = {0, 1, 1, 0};
+        int k = 0;
+        while (k < 4 && strcmp(v, names[k])) k++;
+        if (k == 4) { halo_fail("--recompute: '%s' is not none, norms, mlp or all", v); return -1; }
+        mem->recompute = rc[k];
+        mem->recompute_norms = rn[k];
+    } else return 0;
+    *given = 1;
+    return 1;
+}
+
+int cli_gpu_mem_check(int given, int use_cuda) {
+    if (given && !use_cuda)
+        return halo_fail("--bf16-moments, --bf16-grads and --recompute are GPU memory options: they need --device cuda");
+    return HALO_OK;
+}
+
+void cli_gpu_mem_usage(void) {
+    printf("GPU memory (with --device cuda; Llama-3.2-1B, batch 4 x 2048 saves):\n"
+           "  --bf16-moments         AdamW moments in bf16 (4.6 GiB)\n"
+           "  --bf16-grads           weight-matrix gradients in bf16 (1.8 GiB; embedding and norms stay fp32;\n"
+           "                         not with HALO int8/fp8)\n"
+           "  --recompute none|norms|mlp|all   recompute in backward instead of storing (none): norms = the rmsnorm\n"
+           "                         outputs (1 GiB, identical results), mlp = norms and the MLP's gate/up product\n"
+           "                         (+3.75 GiB, one more product per layer), all = whole layers (most memory saved,\n"
+           "                         about a third more time)\n");
 }
 
 #ifdef HALO_CUDA

@@ -1,6 +1,6 @@
 // The CUDA backend's C API: BF16 operations on device pointers (one .cu per operation, forward and backward, the
 // same semantics as the fp32 CPU ops in src/ops/ops.h) and the GPU Llama model (src/cuda/llama_cuda.cu) that trains
-// with BF16 weights, fp32 master weights, fp32 (or BF16) AdamW moments and fp32 gradients.
+// with BF16 weights, fp32 master weights, fp32 (or BF16) AdamW moments and fp32 (or BF16) gradients.
 #ifndef HALO_CUDA_BACKEND_H
 #define HALO_CUDA_BACKEND_H
 #include <stddef.h>
@@ -40,6 +40,9 @@ void cuda_linear_backward_dw(float *dW, const halo_bf16 *dY, const halo_bf16 *X,
 // dW[n, m] = dY^T X (overwrites: the first gradient write of a step needs no zeroed buffer)
 void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
                                  cudaStream_t s);
+// bf16 dW[n, m] = dY^T X (+ dW when accumulate): fp32 accumulation inside the product, one bf16 rounding per call
+void cuda_linear_backward_dw_bf16(halo_bf16 *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
+                                  int accumulate, cudaStream_t s);
 // Frees the cuBLASLt handle, workspace and cached algorithms.
 void cuda_matmul_shutdown(void);
 
@@ -52,6 +55,10 @@ void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dou
 // out[N, D] = x / rms(x) * w (bf16), rstd[N]
 void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                           cudaStream_t s);
+// out = x * rstd * w from the rstd a forward stored: the forward's bf16 bits again (norm recomputation)
+void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N, int D,
+                            cudaStream_t s);
+// One pass (rows in blocks, dw summed per block in shared memory).
 // dx[N, D] = dres (or 0 when NULL; may alias dx) + d(rmsnorm)/dx · dout; dx16 (optional) = bf16(dx);
 // dw[D] += sum_n dout * x * rstd.
 void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
@@ -93,13 +100,15 @@ void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *l
                         int V, float scale, cudaStream_t s);
 
 // ---- optimizer (adamw.cu) ----
-// *sumsq += sum of g[i]^2 (double accumulator on the device)
+// *sumsq += sum of g[i]^2 (double accumulator on the device; fp32 partial sums per thread and block)
 void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
-// torch.optim.AdamW on p[n] fp32 master weights, moments m/v (fp32, or bf16 when mom_bf16), writes w16 = bf16(p).
-// Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and norm = sqrt(*sumsq) exceeds clip (sumsq on device).
-void cuda_adamw(float *p, halo_bf16 *w16, const float *g, void *m, void *v, int mom_bf16, size_t n, float lr,
-                float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq, float clip,
-                cudaStream_t s);
+void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s);
+// torch.optim.AdamW on p[n] fp32 master weights, gradients g (fp32, or bf16 when g_bf16), moments m/v (fp32, or bf16
+// when mom_bf16), writes w16 = bf16(p). Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and
+// norm = sqrt(*sumsq) exceeds clip (sumsq on device).
+void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
+                float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
+                float clip, cudaStream_t s);
 
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;
@@ -108,7 +117,13 @@ typedef struct {
     int max_B, max_T;       // largest batch the buffers are sized for
     int recompute;          // 1: keep only each layer's input; recompute the layer in backward
                             // 2: keep all but the MLP's [gate | up] product (the largest activation); recompute it
+    int recompute_norms;    // 1: n1/n2 (the norm outputs) not kept per layer: one shared buffer, recomputed in
+                            // backward from the stored residual and rstd (bit-identical values; saves
+                            // 2 n_layers N D bytes). Implied by recompute 1.
     int bf16_moments;       // 1: AdamW moments in bf16
+    int bf16_grads;         // 1: gradients of the weight matrices (and an untied lm_head) in bf16, written by bf16
+                            // cuBLASLt dW products (beta 1 when accumulating); embedding and norms stay fp32.
+                            // Refused with HALO (its layers accumulate fp32 gradients).
     int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
     int verbose;            // 1: print the memory breakdown at init
     model_halo_config halo; // HALO on the block linears, as on the CPU (src/model/linear.h): prec INT8 or FP8 runs

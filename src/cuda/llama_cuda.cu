@@ -1,4 +1,5 @@
-// The Llama model on one GPU: BF16 working weights, fp32 master weights, fp32 gradients, fp32 or BF16 AdamW moments.
+// The Llama model on one GPU: BF16 working weights, fp32 master weights, fp32 gradients (or BF16 ones for the
+// matrices: opts.bf16_grads), fp32 or BF16 AdamW moments.
 // Every buffer is allocated once at init and reused across layers and steps; a training step runs forward, the
 // chunked lm_head + cross-entropy, backward and AdamW on one stream, and the host waits only to read the loss.
 // Device layout per layer: [wq; wk; wv] fused into one [(Hq + 2 Hkv) hd, D] matrix and [w_gate; w_up] into [2F, D],
@@ -41,15 +42,15 @@ typedef struct {
 } layer_acts;
 
 enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_HALO, MEM_NCAT };
-static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weights (fp32)", "gradients (fp32)",
+static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weights (fp32)", "gradients",
                                                 "AdamW moments", "activations", "workspace",
                                                 "HALO saved 8-bit codes"};
 
 // Per-category device time of a step (llama_cuda_profile): events around each operation, summed after the step.
-enum { PR_EMBED, PR_NORM_F, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
+enum { PR_EMBED, PR_NORM_F, PR_NORM_R, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
        PR_MM_DW, PR_HALO_B, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
 static const char *const PR_NAMES[PR_N] = {
-    "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
+    "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm recompute", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
     "swiglu fwd (+recompute)", "swiglu bwd", "layer products fwd", "layer products dX", "layer products dW",
     "HALO layer products bwd", "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm",
     "memsets, uploads"};
@@ -61,7 +62,11 @@ struct llama_cuda {
     int N_max, ce_chunk, QKV, Q;
     cudaStream_t st;
     size_t n_all, n_true;        // padded buffer length, real parameter count
-    float *master, *grad;        // [n_all]
+    float *master;               // [n_all]
+    float *grad;                 // fp32 gradients of [gbase, n_all): element `off` at grad[off - gbase] (gradf)
+    bf16 *grad16;                // bf16_grads: [gbase] gradients of the matrices (and an untied lm_head)
+    size_t gbase;                // bf16_grads: the embedding's offset (matrices come first), else 0
+    bf16 *nbuf;                  // recompute_norms: the one [N, D] buffer every layer's n1 and n2 point to
     bf16 *w;                     // [n_all]
     void *m, *v;                 // [n_all] fp32 or bf16
     dev_slot *slots;
@@ -243,28 +248,33 @@ __global__ void k_fill(float *p, size_t n, float v) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) p[i] = v;
 }
 
+// n1/n2 recomputed in backward from x/h and the stored rstd (layer recomputation recomputes them anyway)
+static int norms_shared(const llama_cuda *g) { return g->o.recompute_norms && g->o.recompute != 1; }
+
 static int alloc_all(llama_cuda *g) {
     const llama_config *c = &g->c;
     size_t N = (size_t)g->N_max, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
     size_t P = g->n_all, msz = g->o.bf16_moments ? 2 : 4;
     g->w = (bf16 *)dalloc(g, MEM_WEIGHTS, P * 2);
     g->master = (float *)dalloc(g, MEM_MASTER, P * 4);
-    g->grad = (float *)dalloc(g, MEM_GRADS, P * 4);
+    g->grad = (float *)dalloc(g, MEM_GRADS, (P - g->gbase) * 4);
+    if (g->gbase) g->grad16 = (bf16 *)dalloc(g, MEM_GRADS, g->gbase * 2);
     g->m = dalloc(g, MEM_MOMENTS, P * msz);
     g->v = dalloc(g, MEM_MOMENTS, P * msz);
     int nl = c->n_layers, nsets = g->o.recompute == 1 ? 1 : nl;
     g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
     for (int l = 0; l <= nl; l++) g->x[l] = (float *)dalloc(g, MEM_ACTS, N * D * 4);
     g->acts = (layer_acts *)xcalloc((size_t)nsets, sizeof(layer_acts));
+    if (norms_shared(g)) g->nbuf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
     for (int i = 0; i < nsets; i++) {
         layer_acts *A = &g->acts[i];
-        A->n1 = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->n1 = g->nbuf ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
         A->r1 = (float *)dalloc(g, MEM_ACTS, N * 4);
         A->qkv = (bf16 *)dalloc(g, MEM_ACTS, N * g->QKV * 2);
         A->att = (bf16 *)dalloc(g, MEM_ACTS, N * g->Q * 2);
         A->lse = (float *)dalloc(g, MEM_ACTS, N * c->n_heads * 4);
         A->h = (float *)dalloc(g, MEM_ACTS, N * D * 4);
-        A->n2 = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->n2 = g->nbuf ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
         A->r2 = (float *)dalloc(g, MEM_ACTS, N * 4);
         // recompute 2: one [gate | up] buffer shared by all layers
         A->gu = g->o.recompute == 2 && i > 0 ? g->acts[0].gu : (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
@@ -294,7 +304,8 @@ static int alloc_all(llama_cuda *g) {
     CUDA_CHECK(cudaEventCreateWithFlags(&g->staged, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g->staged, g->st));
     CUDA_CHECK(cudaMemsetAsync(g->master, 0, P * 4, g->st));
-    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, P * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (P - g->gbase) * 4, g->st));
+    if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
     CUDA_CHECK(cudaMemsetAsync(g->m, 0, P * msz, g->st));
     CUDA_CHECK(cudaMemsetAsync(g->v, 0, P * msz, g->st));
     // RoPE tables from the CPU implementation, so both backends rotate by the same angles
@@ -310,10 +321,11 @@ static int alloc_all(llama_cuda *g) {
 static void print_memory(const llama_cuda *g) {
     printf("halo cuda: %zu parameters; device memory by category:\n", g->n_true);
     for (int i = 0; i < MEM_NCAT; i++) printf("  %-24s %9.3f GiB\n", MEM_NAMES[i], g->bytes[i] / 1073741824.0);
-    printf("  %-24s %9.3f GiB  (batch %d x %d, %s, moments %s, lm_head chunk %d tokens)\n", "total",
+    printf("  %-24s %9.3f GiB  (batch %d x %d, %s%s, moments %s, gradients %s, lm_head chunk %d tokens)\n", "total",
            llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T,
            g->o.recompute == 1 ? "recompute layers" : g->o.recompute == 2 ? "recompute MLP gate/up" : "stored acts",
-           g->o.bf16_moments ? "bf16" : "fp32", g->ce_chunk);
+           norms_shared(g) ? " + norms" : "", g->o.bf16_moments ? "bf16" : "fp32",
+           g->gbase ? "bf16 matrices, fp32 embedding and norms" : "fp32", g->ce_chunk);
     if (g->hon) {
         char d[256];
         model_halo_describe(&g->o.halo, g->c.n_layers, d, sizeof d);
@@ -337,6 +349,9 @@ static void lin_shape(const llama_cuda *g, int kind, int *m, int *n) {
 static int halo_setup(llama_cuda *g) {
     const model_halo_config *hc = &g->o.halo;
     if (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8) return HALO_OK;   // fp32 / bf16: BF16 products
+    if (g->o.bf16_grads)   // the HALO layers accumulate fp32 weight gradients
+        return halo_fail("HALO on the GPU keeps fp32 weight gradients: bf16 gradients (--bf16-grads) work with "
+                         "--precision bf16 only");
     const unsigned qkv = (1u << LIN_Q) | (1u << LIN_K) | (1u << LIN_V), gu = (1u << LIN_GATE) | (1u << LIN_UP);
     if (hc->level < 0 || hc->level > 2) return halo_fail("HALO on the GPU: level %d is not 0, 1 or 2", hc->level);
     if (hc->gran != HALO_GRAN_TENSOR)
@@ -423,6 +438,7 @@ static int init_common(llama_cuda **out, const llama_config *cfg, const llama_mo
     if (g->ce_chunk > g->N_max) g->ce_chunk = g->N_max;
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
     layout_build(g, host);
+    g->gbase = o->bf16_grads ? g->embed : 0;
     if (alloc_all(g) != HALO_OK || halo_setup(g) != HALO_OK) { llama_cuda_free(g); return HALO_ERR; }
     *out = g;
     return HALO_OK;
@@ -462,7 +478,7 @@ extern "C" int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg,
 extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
-    void *ptrs[] = {g->w, g->master, g->grad, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
+    void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
                     g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->htmp};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
@@ -471,7 +487,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (g->acts)
         for (int i = 0; i < nsets; i++) {
             layer_acts *A = &g->acts[i];
-            void *ap[] = {A->n1, A->r1, A->qkv, A->att, A->lse, A->h, A->n2, A->r2,
+            void *ap[] = {g->nbuf ? NULL : A->n1, A->r1, A->qkv, A->att, A->lse, A->h, g->nbuf ? NULL : A->n2, A->r2,
                           g->o.recompute == 2 && i > 0 ? NULL : A->gu};
             for (size_t j = 0; j < sizeof ap / sizeof ap[0]; j++) if (ap[j]) cudaFree(ap[j]);
         }
@@ -578,10 +594,18 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h);
 }
 
-// dW (+)= dY^T X: overwrite on the first write after zero_grads, accumulate otherwise
-static void dw(llama_cuda *g, float *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
-    if (g->grads_fresh) cuda_linear_backward_dw_set(dW, dY, X, b, m, n, g->st);
-    else cuda_linear_backward_dw(dW, dY, X, b, m, n, g->st);
+// The fp32 gradient of parameter offset off (off >= gbase).
+static float *gradf(const llama_cuda *g, size_t off) { return g->grad + (off - g->gbase); }
+
+// Gradient of the weight at offset off (bf16 below gbase, fp32 above) (+)= dY^T X: set overwrites, else accumulates.
+static void dw_at(llama_cuda *g, size_t off, int set, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
+    if (off < g->gbase) cuda_linear_backward_dw_bf16((halo_bf16 *)g->grad16 + off, dY, X, b, m, n, !set, g->st);
+    else if (set) cuda_linear_backward_dw_set(gradf(g, off), dY, X, b, m, n, g->st);
+    else cuda_linear_backward_dw(gradf(g, off), dY, X, b, m, n, g->st);
+}
+// dW (+)= dY^T X for a block matrix: overwrite on the first write after zero_grads, accumulate otherwise
+static void dw(llama_cuda *g, size_t off, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
+    dw_at(g, off, g->grads_fresh, dY, X, b, m, n);
 }
 
 // HALO accumulates into the gradient: zero it first when it holds garbage (the first write after zero_grads).
@@ -594,13 +618,13 @@ static void halo_grad_prepare(llama_cuda *g, float *dW, size_t n) {
 static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
                            size_t w_off) {
     int N = g->B * g->T, D = g->c.dim;
-    float *G = g->grad + w_off;
     if (!hl_of(g, l, k0)) {
-        PROF(g, PR_MM_DW, dw(g, G, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
+        PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
                                                   N, D, ldy, g->st));
         return;
     }
+    float *G = gradf(g, w_off);   // HALO refuses bf16 gradients: fp32 here
     halo_grad_prepare(g, G, (size_t)ldy * D);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
@@ -619,14 +643,14 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
 static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off) {
     int N = g->B * g->T, m, n;
     lin_shape(g, kind, &m, &n);
-    float *G = g->grad + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
     if (!L) {
-        PROF(g, PR_MM_DW, dw(g, G, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
+        PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
                                                   N, m, n, g->st));
         return;
     }
+    float *G = gradf(g, w_off);
     halo_grad_prepare(g, G, (size_t)n * m);
     PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_ex(L, (const halo_bf16 *)dY, n, dX, 0, G, N, m, n, g->st)));
 }
@@ -637,7 +661,6 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     int N = g->B * g->T, D = c->dim, F = c->hidden_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
     const layer_offs *o = &g->L[l];
     halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
-    float *G = g->grad;
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
     if (!hl_of(g, l, LIN_DOWN))   // down's input, for its BF16 weight gradient (HALO kept its codes)
@@ -645,7 +668,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown);
     PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->ffn_norm, (halo_bf16 *)g->dnorm, A->h,
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, gradf(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
                                              W + o->ffn_norm, A->r2, g->dres, N, D, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
     single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo);
@@ -653,8 +676,10 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
     PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    if (norms_shared(g))   // n1 for the q, k, v weight gradients (the buffer held n2)
+        PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
     group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, G + o->attn_norm, (halo_bf16 *)g->dnorm, g->x[l],
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
                                              W + o->attn_norm, A->r1, g->dres, N, D, s));
 }
 
@@ -691,10 +716,7 @@ static void forward_and_head(llama_cuda *g, const halo_batch *b, float grad_scal
                                                  W + g->lm_head, nc, D, V, s));
         prof_mark(g, PR_LM_B);
         // tied: the embedding range was zeroed; untied: the first chunk may overwrite
-        if (c0 == 0 && g->grads_fresh && !c->tie_embeddings)
-            cuda_linear_backward_dw_set(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
-        else
-            cuda_linear_backward_dw(g->grad + g->lm_head, (halo_bf16 *)g->logits, xc, nc, D, V, s);
+        dw_at(g, g->lm_head, c0 == 0 && g->grads_fresh && !c->tie_embeddings, (halo_bf16 *)g->logits, xc, nc, D, V);
         prof_mark(g, PR_LM_B);
     }
 }
@@ -710,17 +732,19 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, g->grad + g->final_norm,
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, gradf(g, g->final_norm),
                                              (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf, NULL,
                                              N, D, s));
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);
+        if (norms_shared(g))   // n2 for the gate/up products (recomputed or not) and their weight gradients
+            PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n2, A->r2, A->h, W + g->L[l].ffn_norm, N, D, s));
         if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
             group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu);
         layer_backward(g, l, A);
     }
-    PROF(g, PR_EMBED, cuda_embedding_backward(g->grad + g->embed, g->ids, g->dres, N, D, s));
+    PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D, s));
     g->grads_fresh = 0;
 }
 
@@ -734,15 +758,23 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
 
 // Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
-    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->grad + g->embed, 0, (g->n_all - g->embed) * 4, g->st)));
+    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(gradf(g, g->embed), 0, (g->n_all - g->embed) * 4, g->st)));
     g->grads_fresh = 1;
 }
 
 // Makes every gradient valid when no backward ran since zero_grads.
 static void grads_settle(llama_cuda *g) {
     if (!g->grads_fresh) return;
-    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, g->n_all * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (g->n_all - g->gbase) * 4, g->st));
+    if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
     g->grads_fresh = 0;
+}
+
+// *g->sumsq = sum of squared gradients (both types)
+static void grad_sumsq(llama_cuda *g) {
+    CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
+    if (g->gbase) cuda_sumsq_bf16(g->sumsq, (const halo_bf16 *)g->grad16, g->gbase, g->st);
+    cuda_sumsq(g->sumsq, g->grad, g->n_all - g->gbase, g->st);
 }
 
 extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
@@ -750,17 +782,19 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
     grads_settle(g);
     const double *sumsq = NULL;
     if (h->grad_clip > 0) {
-        CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), s));
-        PROF(g, PR_NORMSQ, cuda_sumsq(g->sumsq, g->grad, g->n_all, s));
+        PROF(g, PR_NORMSQ, grad_sumsq(g));
         sumsq = g->sumsq;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
-    // one launch per run of slots sharing a decay setting (padding between slots is zero and stays zero)
+    // one launch per run of slots sharing a decay setting and gradient type (padding between slots is zero and stays
+    // zero)
     for (int i = 0; i < g->n_slots;) {
-        int decay = h->decay_all || g->slots[i].decay, j = i + 1;
-        while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay) j++;
+        int decay = h->decay_all || g->slots[i].decay, j = i + 1, g16 = g->slots[i].off < g->gbase;
+        while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay && (g->slots[j].off < g->gbase) == g16)
+            j++;
         size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
-        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, g->grad + off, (char *)g->m + off * msz,
+        const void *gr = g16 ? (const void *)(g->grad16 + off) : (const void *)gradf(g, off);
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + off * msz,
                                      (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
                                      decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
         i = j;
@@ -777,8 +811,7 @@ extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const
 extern "C" double llama_cuda_grad_norm(llama_cuda *g) {
     double ss = 0;
     grads_settle(g);
-    CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
-    cuda_sumsq(g->sumsq, g->grad, g->n_all, g->st);
+    grad_sumsq(g);
     CUDA_CHECK(cudaMemcpyAsync(&ss, g->sumsq, sizeof ss, cudaMemcpyDeviceToHost, g->st));
     CUDA_CHECK(cudaStreamSynchronize(g->st));
     return sqrt(ss);
@@ -814,7 +847,17 @@ extern "C" int llama_cuda_copy_params(llama_cuda *g, llama_model *host) {
 extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
     if (!host->grads) llama_alloc_grads(host);
     grads_settle(g);
-    return copy_back(g, host->grads, g->grad, host);
+    if (check_host_map(g, host, "gradient copy-back") != HALO_OK) return HALO_ERR;
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    halo_bf16 *tmp = g->gbase ? (halo_bf16 *)xmalloc(g->gbase * 2) : NULL;
+    if (tmp) CUDA_CHECK(cudaMemcpy(tmp, g->grad16, g->gbase * 2, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < g->n_slots; i++) {
+        const dev_slot *sl = &g->slots[i];
+        if (sl->off < g->gbase) cuda_bf16_to_f32_host(host->grads + sl->host_off, tmp + sl->off, sl->n);
+        else CUDA_CHECK(cudaMemcpy(host->grads + sl->host_off, gradf(g, sl->off), sl->n * 4, cudaMemcpyDeviceToHost));
+    }
+    free(tmp);
+    return HALO_OK;
 }
 
 // ---- training state to and from the host (checkpoints, resume) ----

@@ -121,3 +121,8 @@ extern "C" void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, cons
                                             cudaStream_t s) {
     gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 1, m, NULL, 0.f, s);
 }
+
+extern "C" void cuda_linear_backward_dw_bf16(halo_bf16 *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m,
+                                             int n, int accumulate, cudaStream_t s) {
+    gemm(0, 1, m, n, b, (const bf16 *)X, m, (const bf16 *)dY, n, dW, 0, m, NULL, accumulate ? 1.f : 0.f, s);
+}

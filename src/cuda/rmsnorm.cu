@@ -1,21 +1,26 @@
 // RMSNorm on the GPU: fp32 residual in, bf16 normalized output (the next product's operand), fp32 rstd saved.
-// Backward adds the input gradient to the residual gradient in place and keeps a bf16 copy for the products;
-// the weight gradient is a column reduction with one atomic per column and block.
+// Backward adds the input gradient to the residual gradient in place and keeps a bf16 copy for the products, and
+// reduces the weight gradient in the same pass (shared-memory column sums, one global atomic per column and block).
 #include "cuda/common.cuh"
 
-// one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out
-__global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps) {
+// one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out. keep_rstd: rstd holds the row
+// scales already (a recomputation from the stored rstd: the same products, so the same bf16 bits).
+__global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps,
+                              int keep_rstd) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= N) return;
     const float *xr = x + (size_t)row * D;
     bf16 *o = out + (size_t)row * D;
-    float ss = 0.f;
+    float ss = 0.f, r;
     if (D % 4 == 0) {
         const float4 *x4 = (const float4 *)xr;
-        for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
-        ss = warp_sum(ss);
-        float r = rsqrtf(ss / D + eps);
-        if (lane == 0) rstd[row] = r;
+        if (keep_rstd) r = rstd[row];
+        else {
+            for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+            ss = warp_sum(ss);
+            r = rsqrtf(ss / D + eps);
+            if (lane == 0) rstd[row] = r;
+        }
         for (int d = lane; d < D / 4; d += 32) {
             float4 v = x4[d];
             float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
@@ -25,69 +30,137 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
         }
         return;
     }
-    for (int d = lane; d < D; d += 32) ss += xr[d] * xr[d];
-    ss = warp_sum(ss);
-    float r = rsqrtf(ss / D + eps);
-    if (lane == 0) rstd[row] = r;
+    if (keep_rstd) r = rstd[row];
+    else {
+        for (int d = lane; d < D; d += 32) ss += xr[d] * xr[d];
+        ss = warp_sum(ss);
+        r = rsqrtf(ss / D + eps);
+        if (lane == 0) rstd[row] = r;
+    }
     for (int d = lane; d < D; d += 32) o[d] = __float2bfloat16(xr[d] * r * __bfloat162float(w[d]));
 }
 
-// one warp per row: dx = r * (dy*w) - r^3 / D * x * sum(dy*w*x)
-__global__ void k_rmsnorm_bwd_dx(float *dx, bf16 *dx16, const bf16 *dout, const float *x, const bf16 *w,
-                                 const float *rstd, const float *dres, int N, int D) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N) return;
-    const float *xr = x + (size_t)row * D;
-    const bf16 *g = dout + (size_t)row * D;
-    float dot = 0.f;
-    for (int d = lane; d < D; d += 32) dot += __bfloat162float(g[d]) * __bfloat162float(w[d]) * xr[d];
-    dot = warp_sum(dot);
-    float r = rstd[row], c = r * r * r * dot / D;
-    float *o = dx + (size_t)row * D;
-    const float *res = dres ? dres + (size_t)row * D : NULL;
-    bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
-    for (int d = lane; d < D; d += 32) {
-        float v = r * __bfloat162float(g[d]) * __bfloat162float(w[d]) - c * xr[d];
-        if (res) v += res[d];
-        o[d] = v;
-        if (o16) o16[d] = __float2bfloat16(v);
-    }
-}
-
-// dw[d] += sum_n dout[n, d] * x[n, d] * rstd[n]; block = 32 columns x 8 row lanes, grid.y splits the rows
-__global__ void k_rmsnorm_bwd_dw(float *dw, const bf16 *dout, const float *x, const float *rstd, int N, int D) {
-    __shared__ float sh[8][33];
-    int col = blockIdx.x * 32 + threadIdx.x, ty = threadIdx.y;
-    int rows_per = (N + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * rows_per, r1 = min(N, r0 + rows_per);
-    float acc = 0.f;
-    if (col < D)
-        for (int n = r0 + ty; n < r1; n += 8)
-            acc += __bfloat162float(dout[(size_t)n * D + col]) * x[(size_t)n * D + col] * rstd[n];
-    sh[ty][threadIdx.x] = acc;
+// One pass: each block takes a contiguous range of rows, one warp per row at a time. A warp computes the row's dx
+// (dx = r * (dy*w) - r^3 / D * x * sum(dy*w*x), plus dres) and adds dout * x * r into the block's shared dw[D]; the
+// block then adds its dw to the global one, one atomic per column. VEC: D % 4 == 0 (16-byte x, 8-byte dout loads).
+template <bool VEC>
+__global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
+                              const float *rstd, const float *dres, int N, int D, int rows_per_block) {
+    extern __shared__ float sdw[];   // [D]
+    for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
     __syncthreads();
-    if (ty == 0 && col < D) {
-        for (int i = 1; i < 8; i++) acc += sh[i][threadIdx.x];
-        atomicAdd(&dw[col], acc);
+    int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
+    int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    for (int row = r0 + warp; row < r1; row += nwarps) {
+        const float *xr = x + (size_t)row * D;
+        const bf16 *g = dout + (size_t)row * D;
+        float *o = dx + (size_t)row * D;
+        const float *res = dres ? dres + (size_t)row * D : NULL;
+        bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
+        float r = rstd[row], dot = 0.f;
+        if (VEC) {
+            const float4 *x4 = (const float4 *)xr;
+            const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)g, *w2 = (const __nv_bfloat162 *)w;
+            for (int d = lane; d < D / 4; d += 32) {
+                float4 xv = x4[d];
+                float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+                dot += g01.x * w01.x * xv.x + g01.y * w01.y * xv.y + g23.x * w23.x * xv.z + g23.y * w23.y * xv.w;
+            }
+            dot = warp_sum(dot);
+            float c = r * r * r * dot / D;
+            for (int d = lane; d < D / 4; d += 32) {
+                float4 xv = x4[d];
+                float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+                float4 v;
+                v.x = r * g01.x * w01.x - c * xv.x;
+                v.y = r * g01.y * w01.y - c * xv.y;
+                v.z = r * g23.x * w23.x - c * xv.z;
+                v.w = r * g23.y * w23.y - c * xv.w;
+                if (res) {
+                    float4 rv = ((const float4 *)res)[d];
+                    v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
+                }
+                ((float4 *)o)[d] = v;
+                if (o16) {
+                    ((__nv_bfloat162 *)o16)[2 * d] = __floats2bfloat162_rn(v.x, v.y);
+                    ((__nv_bfloat162 *)o16)[2 * d + 1] = __floats2bfloat162_rn(v.z, v.w);
+                }
+                // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
+                atomicAdd(&sdw[d], g01.x * xv.x * r);
+                atomicAdd(&sdw[D / 4 + d], g01.y * xv.y * r);
+                atomicAdd(&sdw[D / 2 + d], g23.x * xv.z * r);
+                atomicAdd(&sdw[3 * (D / 4) + d], g23.y * xv.w * r);
+            }
+        } else {
+            for (int d = lane; d < D; d += 32) dot += __bfloat162float(g[d]) * __bfloat162float(w[d]) * xr[d];
+            dot = warp_sum(dot);
+            float c = r * r * r * dot / D;
+            for (int d = lane; d < D; d += 32) {
+                float gd = __bfloat162float(g[d]), xd = xr[d];
+                float v = r * gd * __bfloat162float(w[d]) - c * xd;
+                if (res) v += res[d];
+                o[d] = v;
+                if (o16) o16[d] = __float2bfloat16(v);
+                atomicAdd(&sdw[d], gd * xd * r);
+            }
+        }
     }
+    __syncthreads();
+    if (r0 < r1)
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            atomicAdd(&dw[d], VEC ? sdw[(d & 3) * (D / 4) + d / 4] : sdw[d]);
 }
 
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                                      float eps, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N,
+                                       int D, cudaStream_t s) {
+    if (N == 0) return;
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1);
+    CUDA_LAUNCH_CHECK();
+}
+
+static int sm_count(void) {
+    static int n;
+    if (!n) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return n;
 }
 
 extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                                       const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
                                       cudaStream_t s) {
     if (N == 0) return;
-    // dw first: dx may alias dres, but neither is read by the dw reduction
-    int ysplit = cdiv(N, 64);
-    if (ysplit > 256) ysplit = 256;
-    k_rmsnorm_bwd_dw<<<dim3(cdiv(D, 32), ysplit), dim3(32, 8), 0, s>>>(dw, (const bf16 *)dout, x, rstd, N, D);
-    CUDA_LAUNCH_CHECK();
-    k_rmsnorm_bwd_dx<<<cdiv(N, 8), 256, 0, s>>>(dx, (bf16 *)dx16, (const bf16 *)dout, x, (const bf16 *)w, rstd, dres,
-                                                N, D);
+    // dres may alias dx: each element is read once by the thread that then writes it
+    size_t smem = (size_t)D * sizeof(float);
+    static size_t smem_set;   // the opt-in above 48 KiB, once per size
+    if (smem > (48u << 10) && smem > smem_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    // blocks of 8 warps, at least 16 rows per block, at most 4 blocks per SM: fewer blocks mean fewer dw atomics
+    // (D per block), more mean more loads in flight
+    int blocks = cdiv(N, 16), cap = sm_count() * 4;
+    if (blocks > cap) blocks = cap;
+    if (blocks < 1) blocks = 1;
+    int rows_per_block = cdiv(N, blocks);
+    blocks = cdiv(N, rows_per_block);
+    if (D % 4 == 0)
+        k_rmsnorm_bwd<true><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
+                                                      rstd, dres, N, D, rows_per_block);
+    else
+        k_rmsnorm_bwd<false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
+                                                       rstd, dres, N, D, rows_per_block);
     CUDA_LAUNCH_CHECK();
 }

@@ -132,7 +132,14 @@ void trainer_log_metrics(trainer *t, const train_step_info *s);
 // HALO_ERR when the build has no CUDA or no GPU is present. Call after trainer_init (and trainer_resume, whose
 // weights and moments it uploads), before the first step. Checkpoints hold the same tensors as a CPU run's, so
 // either device resumes the other's; GPU steps are not bit-reproducible (attention backward sums with atomics).
-int trainer_use_cuda(trainer *t);
+// mem (NULL: all off) trades time or precision for device memory (see llama_cuda_opts in src/cuda/cuda_backend.h).
+typedef struct {
+    int recompute;          // 0 none, 1 whole layers, 2 the MLP's [gate | up] product
+    int recompute_norms;    // rmsnorm outputs recomputed in backward (bit-identical)
+    int bf16_moments;       // AdamW moments in bf16
+    int bf16_grads;         // weight-matrix gradients in bf16
+} train_cuda_mem;
+int trainer_use_cuda(trainer *t, const train_cuda_mem *mem);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
 void trainer_free(trainer *t);

@@ -48,8 +48,14 @@ static void cu_release(trainer *t) {
     t->be_ctx = NULL;
 }
 
-int trainer_use_cuda(trainer *t) {
+int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
+    if (mem) {
+        o.recompute = mem->recompute;
+        o.recompute_norms = mem->recompute_norms;
+        o.bf16_moments = mem->bf16_moments;
+        o.bf16_grads = mem->bf16_grads;
+    }
     // HALO: the same configuration as the host model's (int8/fp8 run through the GPU HALO layers; fp32 and bf16 run
     // every product in BF16 on the GPU); settings the GPU lacks are refused by llama_cuda_init with a message.
     const model_halo_config *hc = llama_get_halo(t->model);
@@ -69,8 +75,8 @@ int trainer_use_cuda(trainer *t) {
     return HALO_OK;
 }
 #else
-int trainer_use_cuda(trainer *t) {
-    (void)t;
+int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
+    (void)t; (void)mem;
     return halo_fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");
 }
 #endif
