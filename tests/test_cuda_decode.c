@@ -3,7 +3,8 @@
 // in one call and in chunks) equal the CPU's and goldens/stories260K_greedy.json; (b) the decoder's logits at every
 // prompt position and every generated step against the CPU model's (relative L2, bf16 tolerance); (c) a random
 // Llama-3-style model with GQA and head_dim 64: decoder logits at every position against llama_cuda_forward's, and
-// the decoder over the GPU model's weights against one over host-uploaded weights. Skips without a GPU.
+// the decoder over the GPU model's weights against one over host-uploaded weights; (d) `halo generate` and `halo eval`
+// with --device cuda against --device cpu. Skips without a GPU; `--sanitize` runs (c) only (for compute-sanitizer).
 #include <cjson/cJSON.h>
 #include "test.h"
 #ifdef HALO_CUDA
@@ -282,18 +283,82 @@ static void check_random_gqa(void) {
     halo_batch_free(&b);
     llama_free(&m);
 }
+
+// stdout of a shell command (malloc'ed), its exit status in *rc
+static char *run_capture(const char *cmd, int *rc) {
+    FILE *f = popen(cmd, "r");
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    if (!f) { *rc = -1; buf[0] = 0; return buf; }
+    size_t k;
+    while ((k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += k;
+        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    buf[n] = 0;
+    *rc = pclose(f);
+    return buf;
+}
+
+// (d) the verbs: `halo generate --device cuda` prints what --device cpu prints (greedy, golden prompt), and
+// `halo eval --task viggo --device cuda --batch 8` writes the CPU's predictions
+static void check_cli(void) {
+    const char *bin = getenv("BUILD"), *model = test_shared_path("models/stories260K");
+    const char *data = test_shared_path("data/viggo/valid.csv");
+    bin = bin && *bin ? bin : "build";
+    char cmd[8192], pred[2][256];
+    char *out[2];
+    int rc[2];
+    for (int dev = 0; dev < 2; dev++) {
+        snprintf(cmd, sizeof cmd, "%s/halo generate --model %s --prompt-ids 1,403,407,261,378 --max-new-tokens 60 "
+                 "--ignore-eos --device %s 2>/dev/null", bin, model, dev ? "cuda" : "cpu");
+        out[dev] = run_capture(cmd, &rc[dev]);
+    }
+    CHECK(rc[0] == 0 && rc[1] == 0 && out[0][0] && !strcmp(out[0], out[1]),
+          "halo generate --device cuda (rc %d) vs cpu (rc %d):\n%s\n%s", rc[1], rc[0], out[1], out[0]);
+    printf("halo generate --device cuda: %s the CPU's output\n", !strcmp(out[0], out[1]) ? "identical to" : "DIFFERS from");
+    free(out[0]); free(out[1]);
+    if (access(data, R_OK) != 0) { SKIP("%s not found: eval check skipped", data); return; }
+    for (int dev = 0; dev < 2; dev++) {
+        snprintf(pred[dev], sizeof pred[dev], "/tmp/halo_decode_pred_%d_%d.jsonl", (int)getpid(), dev);
+        snprintf(cmd, sizeof cmd, "%s/halo eval --model %s --data %s --all --preset viggo --prompt-template "
+                 "'Sentence: {ref} Meaning:' --task viggo --limit 20 --max-new-tokens 48 --batch 8 --device %s "
+                 "--predictions %s 2>/dev/null", bin, model, data, dev ? "cuda" : "cpu", pred[dev]);
+        out[dev] = run_capture(cmd, &rc[dev]);
+    }
+    CHECK(rc[0] == 0 && rc[1] == 0 && strstr(out[1], "accuracy"), "halo eval --device cuda (rc %d) / cpu (rc %d): %s",
+          rc[1], rc[0], out[1]);
+    char *a, *b;
+    size_t na = 0, nb = 0;
+    int same = 0, lines = 0;
+    if (halo_read_file(pred[0], &a, &na) == HALO_OK && halo_read_file(pred[1], &b, &nb) == HALO_OK) {
+        char *sa, *sb, *la = strtok_r(a, "\n", &sa), *lb = strtok_r(b, "\n", &sb);
+        for (; la && lb; la = strtok_r(NULL, "\n", &sa), lb = strtok_r(NULL, "\n", &sb), lines++) same += !strcmp(la, lb);
+        free(a); free(b);
+    }
+    printf("halo eval --task viggo --device cuda --batch 8: %d of %d predictions identical to the CPU's (need >= 19)\n",
+           same, lines);
+    CHECK(lines == 20 && same >= 19, "eval predictions GPU vs CPU: %d of %d identical", same, lines);
+    free(out[0]); free(out[1]);
+    remove(pred[0]); remove(pred[1]);
+}
 #endif
 
-int main(void) {
+int main(int argc, char **argv) {
 #ifndef HALO_CUDA
+    (void)argc; (void)argv;
     SKIP("built without CUDA (no nvcc, or SAN=1): CUDA decoder tests skipped");
     TEST_END();
 #else
     int nd = cuda_device_count();
     if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): CUDA decoder tests skipped", nd); TEST_END(); }
     check_random_gqa();
+    if (argc > 1 && !strcmp(argv[1], "--sanitize")) { cuda_matmul_shutdown(); TEST_END(); }   // compute-sanitizer
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); stories260K checks skipped");
-    else check_stories(test_shared_path("models/stories260K"), test_shared_path("goldens/stories260K_greedy.json"));
+    else {
+        check_stories(test_shared_path("models/stories260K"), test_shared_path("goldens/stories260K_greedy.json"));
+        check_cli();
+    }
     TEST_END();
 #endif
 }
