@@ -1,6 +1,6 @@
 // Decode speed of the GPU KV-cache decoder (src/cuda/decode.cu) on a random-weight Llama at real shapes: for each
-// batch size, the prefill of B random prompts, then greedy generation of N new tokens per sequence (cuda_generate,
-// host argmax included). Prints a table (prefill ms, decode ms per step, decode tokens/s, effective weight
+// batch size, the prefill of B random prompts, then greedy generation of N new tokens per sequence (cuda_generate:
+// argmax on the device, token ids back to the host each step). Prints a table (prefill ms, decode ms per step, decode tokens/s, effective weight
 // bandwidth of a step) and one JSON line per batch size.
 //   build/bench/bench_cuda_decode                      (Llama-3.2-1B shapes, batches 1 and 8, 128 + 128 tokens)
 //   build/bench/bench_cuda_decode --model llama3-8b --layers 8 --batches 1,8,32 --prompt 512 --new 128
@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
     int32_t **prompts = malloc(sizeof(int32_t *) * bmax), **outs = malloc(sizeof(int32_t *) * bmax);
     int *plen = malloc(sizeof(int) * bmax), *nout = malloc(sizeof(int) * bmax);
     int32_t *seq = malloc(sizeof(int32_t) * rows * 4), *tok = seq + rows, *pos = tok + rows, *orow = pos + rows;
-    float *lg = malloc(sizeof(float) * (size_t)bmax * c.vocab_size);
+    int32_t *nxt = malloc(sizeof(int32_t) * (size_t)rows);
     unsigned long long s = 99;
     for (int b = 0; b < bmax; b++) {
         prompts[b] = malloc(sizeof(int32_t) * P);
@@ -114,7 +114,7 @@ int main(int argc, char **argv) {
                     seq[i] = b; tok[i] = prompts[b][t]; pos[i] = t;
                     if (t == P - 1) orow[no++] = i;
                 }
-                if (cuda_decoder_forward(d, n, seq, tok, pos, no, orow, lg) != HALO_OK) {
+                if (cuda_decoder_forward_greedy(d, n, seq, tok, pos, no, orow, nxt) != HALO_OK) {
                     fprintf(stderr, "%s\n", halo_error()); return 1;
                 }
             }
@@ -136,7 +136,7 @@ int main(int argc, char **argv) {
                model, c.n_layers, B, P, NEW, pre, step, dec_tps, e2e, gbs);
     }
     for (int b = 0; b < bmax; b++) { free(prompts[b]); free(outs[b]); }
-    free(prompts); free(outs); free(plen); free(nout); free(seq); free(lg);
+    free(prompts); free(outs); free(plen); free(nout); free(seq); free(nxt);
     cuda_decoder_free(d);
     llama_cuda_free(g);
     return 0;

@@ -198,6 +198,9 @@ void cuda_decoder_free(cuda_decoder *d);
 // HALO_ERR (nothing run) on out-of-range tokens, sequences, positions or counts.
 int cuda_decoder_forward(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos,
                          int n_out, const int32_t *out_rows, float *logits);
+// Same, returning only the greedy token of each output row (argmax on the device, lowest id on ties).
+int cuda_decoder_forward_greedy(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos,
+                                int n_out, const int32_t *out_rows, int32_t *next);
 // gen_generate (train/generate.h) for n_seqs <= max_seqs prompts at once: the same options, each sequence sampled
 // with its own RNG seeded with o->seed (so it matches the CPU run of that prompt alone); on_token is called only
 // when n_seqs == 1. out[s][max_new_tokens], n_out[s]: generated tokens of sequence s (eos included).

@@ -26,6 +26,7 @@ struct cuda_decoder {
     float *x, *h, *xo, *rstd;    // [R, D] residual stream, after attention, gathered output rows; [R]
     bf16 *nrm, *qkv, *att, *gu, *sw, *nf;   // [R, D], [R, QKV], [R, Q], [R, 2F], [R, F], [R, D]
     float *logits;               // [S, V]: one lm_head chunk of S rows
+    int32_t *amax;               // device [R]: greedy tokens of the output rows
     float *cos_t, *sin_t;        // [L, hd/2]
     int32_t *idx;                // device [4 R]: seq, tok, pos, out_rows
     int32_t *stage;              // pinned host [4 R]
@@ -101,6 +102,35 @@ __global__ void k_gather_rows(float *dst, const float *src, const int32_t *rows,
     for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = s[d];
 }
 
+// best[row] = argmax of logits[row, :V], the lowest id among equal maxima (as gen_pick_token); one block per row
+__global__ void k_argmax(int32_t *best, const float *logits, int V) {
+    const float *l = logits + (size_t)blockIdx.x * V;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (l[i] > bv || bi == 0x7fffffff) { bv = l[i]; bi = i; }   // strided scan: ids ascend, so ties keep the first
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w == 0) {
+        bv = lane < nw ? sv[lane] : -INFINITY;
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+        }
+        if (lane == 0) best[blockIdx.x] = bi;
+    }
+}
+
 // ---- init ----
 static void *dec_alloc(cuda_decoder *d, size_t bytes, int *oom) {
     void *p = NULL;
@@ -156,6 +186,7 @@ static int dec_buffers(cuda_decoder *d) {
     size_t half = c->head_dim / 2, tn = (size_t)d->L * half;
     d->cos_t = (float *)dec_alloc(d, tn * 4 * 2, &oom);
     d->idx = (int32_t *)dec_alloc(d, R * 4 * 4, &oom);
+    d->amax = (int32_t *)dec_alloc(d, R * 4, &oom);
     if (oom) return HALO_ERR;
     d->sin_t = d->cos_t + tn;
     if (cudaMallocHost((void **)&d->stage, R * 4 * 4) != cudaSuccess ||
@@ -237,7 +268,7 @@ extern "C" void cuda_decoder_free(cuda_decoder *d) {
     if (!d) return;
     if (d->st) cudaStreamSynchronize(d->st);
     void *ptrs[] = {d->owned, d->kc, d->vc, d->x, d->h, d->xo, d->rstd, d->nrm, d->qkv, d->att, d->gu, d->sw, d->nf,
-                    d->logits, d->cos_t, d->idx};
+                    d->logits, d->cos_t, d->idx, d->amax};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (d->stage) cudaFreeHost(d->stage);
     if (d->hlogits) cudaFreeHost(d->hlogits);
@@ -247,8 +278,9 @@ extern "C" void cuda_decoder_free(cuda_decoder *d) {
 }
 
 // ---- forward ----
-extern "C" int cuda_decoder_forward(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok,
-                                    const int32_t *pos, int n_out, const int32_t *out_rows, float *logits) {
+// logits (host [n_out, V]) and/or next (host [n_out]: the greedy token of each output row, found on the device)
+static int dec_run(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos, int n_out,
+                   const int32_t *out_rows, float *logits, int32_t *next) {
     const llama_config *c = &d->c;
     int D = c->dim, F = c->hidden_dim, V = c->vocab_size, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
     if (n < 1 || n > d->R || n_out < 0 || n_out > n)
@@ -299,12 +331,32 @@ extern "C" int cuda_decoder_forward(cuda_decoder *d, int n, const int32_t *seq, 
         for (int c0 = 0; c0 < n_out; c0 += d->S) {
             int nc = n_out - c0 < d->S ? n_out - c0 : d->S;
             cuda_linear_forward(d->logits, 1, (const halo_bf16 *)d->nf + (size_t)c0 * D, w->lm_head, NULL, nc, D, V, s);
-            CUDA_CHECK(cudaMemcpyAsync(logits + (size_t)c0 * V, d->logits, (size_t)nc * V * 4, cudaMemcpyDeviceToHost,
-                                       s));
+            if (logits)
+                CUDA_CHECK(cudaMemcpyAsync(logits + (size_t)c0 * V, d->logits, (size_t)nc * V * 4,
+                                           cudaMemcpyDeviceToHost, s));
+            if (next) {
+                k_argmax<<<nc, 1024, 0, s>>>(d->amax + c0, d->logits, V);
+                CUDA_LAUNCH_CHECK();
+            }
+        }
+        if (next) {
+            CUDA_CHECK(cudaMemcpyAsync(d->stage, d->amax, (size_t)n_out * 4, cudaMemcpyDeviceToHost, s));
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            memcpy(next, d->stage, (size_t)n_out * 4);
         }
     }
     CUDA_CHECK(cudaStreamSynchronize(s));   // the staging buffer and the logits are free / ready
     return HALO_OK;
+}
+
+extern "C" int cuda_decoder_forward(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok,
+                                    const int32_t *pos, int n_out, const int32_t *out_rows, float *logits) {
+    return dec_run(d, n, seq, tok, pos, n_out, out_rows, logits, NULL);
+}
+
+extern "C" int cuda_decoder_forward_greedy(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok,
+                                           const int32_t *pos, int n_out, const int32_t *out_rows, int32_t *next) {
+    return dec_run(d, n, seq, tok, pos, n_out, out_rows, NULL, next);
 }
 
 // ---- generation ----
@@ -331,7 +383,10 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
             *rout = rpos + R;
     int32_t *work = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)V);
     int *row_of = (int *)xmalloc(sizeof(int) * 3 * (size_t)ns), *next_pos = row_of + ns, *fin = next_pos + ns;
-    float *first = (float *)xmalloc(sizeof(float) * (size_t)ns * V);   // logits after each prompt
+    // greedy: the argmax is taken on the device and only token ids come back; sampling: logits to the host
+    const int greedy = o->temperature <= 0;
+    float *first = greedy ? NULL : (float *)xmalloc(sizeof(float) * (size_t)ns * V);   // logits after each prompt
+    int32_t *first_tok = (int32_t *)xmalloc(sizeof(int32_t) * 2 * (size_t)ns), *next = first_tok + ns;
     halo_rng *rng = (halo_rng *)xmalloc(sizeof(halo_rng) * (size_t)ns);
     int rc = HALO_OK;
     // prefill: prompts packed into calls of up to R rows; a prompt's last row gives its first logits
@@ -343,9 +398,11 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
             i += t;
             if (i == n_prompt[s]) { fin[no] = s; rout[no++] = n - 1; s++; i = 0; }
         }
-        rc = cuda_decoder_forward(d, n, rseq, rtok, rpos, no, rout, d->hlogits);
-        for (int k = 0; k < no && rc == HALO_OK; k++)
-            memcpy(first + (size_t)fin[k] * V, d->hlogits + (size_t)k * V, sizeof(float) * V);
+        rc = dec_run(d, n, rseq, rtok, rpos, no, rout, greedy ? NULL : d->hlogits, greedy ? next : NULL);
+        for (int k = 0; k < no && rc == HALO_OK; k++) {
+            if (greedy) first_tok[fin[k]] = next[k];
+            else memcpy(first + (size_t)fin[k] * V, d->hlogits + (size_t)k * V, sizeof(float) * V);
+        }
     }
     for (int s = 0; s < ns; s++) {
         halo_rng_seed(&rng[s], o->seed);
@@ -357,8 +414,10 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
         int n = 0;
         for (int s = 0; s < ns; s++) {
             if (k > 0 && row_of[s] < 0) continue;   // finished
-            float *lg = k == 0 ? first + (size_t)s * V : d->hlogits + (size_t)row_of[s] * V;
-            int32_t tok = gen_pick_token(lg, V, o, &rng[s], work);
+            int32_t tok;
+            if (greedy) tok = k == 0 ? first_tok[s] : next[row_of[s]];
+            else tok = gen_pick_token(k == 0 ? first + (size_t)s * V : d->hlogits + (size_t)row_of[s] * V, V, o,
+                                      &rng[s], work);
             out[s][n_out[s]++] = tok;
             if (ns == 1 && o->on_token) o->on_token(o->on_token_ctx, tok);
             row_of[s] = -1;
@@ -369,8 +428,8 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
             }
         }
         if (!n) break;
-        rc = cuda_decoder_forward(d, n, rseq, rtok, rpos, n, rout, d->hlogits);
+        rc = dec_run(d, n, rseq, rtok, rpos, n, rout, greedy ? NULL : d->hlogits, greedy ? next : NULL);
     }
-    free(rseq); free(work); free(row_of); free(first); free(rng);
+    free(rseq); free(work); free(row_of); free(first); free(first_tok); free(rng);
     return rc;
 }
