@@ -1,6 +1,7 @@
 // `halo eval`: scores a model on a dataset. Task metrics (viggo, gsm8k, sql, exact) greedily generate an answer for
 // each prompt with the model's forward (quantized when the model has a halo_config.json or flags say so; with
-// --device cuda, BF16 KV-cache decoding on the GPU, --batch prompts at once) and compare it with the reference; `loss` reports validation loss and perplexity. Predictions go to a JSONL file.
+// --device cuda, BF16 KV-cache decoding on the GPU, --batch prompts at once) and compare it with the reference;
+// `loss` reports validation loss and perplexity. Predictions go to a JSONL file.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
