@@ -1,6 +1,7 @@
 // `halo eval`: scores a model on a dataset. Task metrics (viggo, gsm8k, sql, exact) greedily generate an answer for
-// each prompt with the model's forward (quantized when the model has a halo_config.json or flags say so) and
-// compare it with the reference; `loss` reports validation loss and perplexity. Predictions go to a JSONL file.
+// each prompt with the model's forward (quantized when the model has a halo_config.json or flags say so; with
+// --device cuda, BF16 KV-cache decoding on the GPU, --batch prompts at once) and compare it with the reference;
+// `loss` reports validation loss and perplexity. Predictions go to a JSONL file.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +24,12 @@ static void usage(void) {
            "  --limit N                 first N examples only     --max-new-tokens N (256)\n"
            "  --predictions FILE.jsonl  where predictions go (default: predictions.jsonl beside the printed score)\n"
            "  dataset options as in finetune: --preset --prompt-template --answer-template --prompt-field\n"
-           "  --answer-field --chat --plain-template --system --seq-len --seed --val-fraction --batch (loss task)\n"
+           "  --answer-field --chat --plain-template --system --seq-len --seed --val-fraction\n"
+           "  --batch N (8)             rows per loss batch; prompts decoded at once by GPU generation\n"
            "  --threads N\n"
            "  --device cpu|cuda         cuda: --task loss runs the forward on the GPU (BF16 products); generation\n"
-           "                            tasks still run on the CPU (a GPU KV-cache decoder is future work)\n");
+           "                            tasks decode on the GPU with the KV cache, --batch prompts at a time (BF16\n"
+           "                            products)\n");
     halo_common_usage();
 }
 
@@ -62,10 +65,8 @@ int cmd_eval(int argc, char **argv) {
     int loss_task = !strcmp(task, "loss");
     halo_metric metric = METRIC_EXACT;
     if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
-    if (use_cuda && loss_task && cli_cuda_check() != HALO_OK) goto bad;
-    if (use_cuda && !loss_task)
-        fprintf(stderr, "halo eval: note: --device cuda: generation tasks run on the CPU (no GPU KV-cache decoder "
-                "yet)\n");
+    if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
+    if (batch < 1) { halo_fail("--batch: %ld is not positive", batch); goto bad; }
     if (all) { dc.val_fraction = 0; dc.val_count = 0; split_name = "train"; }
     dataset_split split;
     if (!strcmp(split_name, "val")) split = DATASET_VAL;
@@ -108,38 +109,70 @@ int cmd_eval(int argc, char **argv) {
         go.max_new_tokens = (int)max_new;
         int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
         go.eos_id = dataset_chat_used(ds) == DATASET_CHAT_LLAMA3 && eot >= 0 ? eot : tokenizer_eos_id(tok);
-        int32_t *out = xmalloc(sizeof(int32_t) * (size_t)max_new);
+        // the GPU decodes `batch` prompts at a time, with a cache as long as the longest prompt + max_new needs
+        int nb = use_cuda ? (int)(batch < total ? batch : (total > 0 ? total : 1)) : 1;
+        int32_t **outs = xmalloc(sizeof(int32_t *) * (size_t)nb);
+        for (int k = 0; k < nb; k++) outs[k] = xmalloc(sizeof(int32_t) * (size_t)(max_new > 0 ? max_new : 1));
+        int *n_outs = xcalloc((size_t)nb, sizeof(int));
+        dataset_pair *pairs = xcalloc((size_t)nb, sizeof(dataset_pair));
+        const int32_t **pids = xcalloc((size_t)nb, sizeof(int32_t *));
+        int *plen = xcalloc((size_t)nb, sizeof(int));
+        cli_gpu_gen *gpu = NULL;
+        if (use_cuda && rc == HALO_OK) {
+            int longest = 1;
+            for (int64_t i = 0; i < total && rc == HALO_OK; i++) {
+                dataset_pair p;
+                if ((rc = dataset_get_pair(ds, split, i, &p)) == HALO_OK && p.n_prompt_ids > longest) longest = p.n_prompt_ids;
+            }
+            long len = longest + max_new;
+            if (len > m.cfg.max_pos) len = m.cfg.max_pos;   // a longer prompt fails in generation, naming max_pos
+            if (rc == HALO_OK && (rc = cli_gpu_gen_open(&gpu, &m, nb, (int)len, "eval")) == HALO_OK)
+                fprintf(stderr, "halo eval: generation on the GPU (KV cache, BF16 products, %d prompts at a time)\n", nb);
+        }
         double correct = 0;
         double t0 = halo_now();
-        for (int64_t i = 0; i < total && rc == HALO_OK; i++) {
-            dataset_pair p;
-            if ((rc = dataset_get_pair(ds, split, i, &p)) != HALO_OK) break;
-            int n_out = 0;
-            if ((rc = gen_generate(&m, p.prompt_ids, p.n_prompt_ids, &go, out, &n_out)) != HALO_OK) break;
-            if (n_out > 0 && out[n_out - 1] == go.eos_id) n_out--;
-            char *pred = tokenizer_decode(tok, out, (size_t)n_out, true);
-            double score = metric_score(metric, pred, p.answer);
-            correct += score;
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "file", p.file);
-            cJSON_AddNumberToObject(o, "line", (double)p.line);
-            cJSON_AddStringToObject(o, "prediction", pred);
-            cJSON_AddStringToObject(o, "reference", p.answer);
-            cJSON_AddNumberToObject(o, "correct", score);
-            char *line = cJSON_PrintUnformatted(o);
-            fprintf(pf, "%s\n", line);
-            free(line);
-            cJSON_Delete(o);
-            free(pred);
-            if ((i + 1) % 10 == 0 || i + 1 == total) {
-                double el = halo_now() - t0;
-                fprintf(stderr, "\reval %lld/%lld | accuracy %.2f%% | %.1f s elapsed | ETA %.0f s   ", (long long)(i + 1),
-                        (long long)total, 100.0 * correct / (double)(i + 1), el, el / (double)(i + 1) * (double)(total - i - 1));
+        for (int64_t i0 = 0; i0 < total && rc == HALO_OK; i0 += nb) {
+            int nc = total - i0 < nb ? (int)(total - i0) : nb;
+            for (int k = 0; k < nc && rc == HALO_OK; k++) {
+                rc = dataset_get_pair(ds, split, i0 + k, &pairs[k]);
+                pids[k] = pairs[k].prompt_ids;
+                plen[k] = pairs[k].n_prompt_ids;
+            }
+            if (rc != HALO_OK) break;
+            if (use_cuda) rc = cli_gpu_gen_run(gpu, nc, pids, plen, &go, outs, n_outs);
+            else rc = gen_generate(&m, pids[0], plen[0], &go, outs[0], &n_outs[0]);
+            for (int k = 0; k < nc && rc == HALO_OK; k++) {
+                int64_t i = i0 + k;
+                int32_t *out = outs[k];
+                int n_out = n_outs[k];
+                dataset_pair p = pairs[k];
+                if (n_out > 0 && out[n_out - 1] == go.eos_id) n_out--;
+                char *pred = tokenizer_decode(tok, out, (size_t)n_out, true);
+                double score = metric_score(metric, pred, p.answer);
+                correct += score;
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "file", p.file);
+                cJSON_AddNumberToObject(o, "line", (double)p.line);
+                cJSON_AddStringToObject(o, "prediction", pred);
+                cJSON_AddStringToObject(o, "reference", p.answer);
+                cJSON_AddNumberToObject(o, "correct", score);
+                char *line = cJSON_PrintUnformatted(o);
+                fprintf(pf, "%s\n", line);
+                free(line);
+                cJSON_Delete(o);
+                free(pred);
+                if ((i + 1) % 10 == 0 || i + 1 == total) {
+                    double el = halo_now() - t0;
+                    fprintf(stderr, "\reval %lld/%lld | accuracy %.2f%% | %.1f s elapsed | ETA %.0f s   ", (long long)(i + 1),
+                            (long long)total, 100.0 * correct / (double)(i + 1), el, el / (double)(i + 1) * (double)(total - i - 1));
+                }
             }
         }
+        cli_gpu_gen_close(gpu);
+        for (int k = 0; k < nb; k++) free(outs[k]);
+        free(outs); free(n_outs); free(pairs); free(pids); free(plen);
         fprintf(stderr, "\n");
         if (pf) fclose(pf);
-        free(out);
         if (rc == HALO_OK)
             printf("%s accuracy %.2f%% (%.0f / %lld) | predictions in %s\n", metric_name(metric),
                    total ? 100.0 * correct / (double)total : 0.0, correct, (long long)total, pred_path);

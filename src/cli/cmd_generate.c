@@ -27,8 +27,8 @@ static void usage(void) {
            "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
            "                       the tokenizer has its header tokens, else Llama 2 [INST]); --system S adds a system turn\n"
            "  --json               with --prompt: print the JSON line instead of streaming text\n"
-           "  --device cpu|cuda    accepted for symmetry with the other verbs; generation runs on the CPU either way\n"
-           "                       (a GPU KV-cache decoder is future work)\n"
+           "  --device cpu|cuda    where to decode (default cpu); cuda: the GPU KV-cache decoder with BF16 weights\n"
+           "                       (same options, same output; greedy gives the CPU's tokens up to BF16 near-ties)\n"
            "With --prompt TEXT the generated text is streamed as it is produced. With --prompt-ids (or --json) prints\n"
            "{\"prompt_ids\": [...], \"generated_ids\": [...], \"ids\": [...]} (and \"text\" with a tokenizer).\n");
     halo_common_usage();
@@ -91,7 +91,7 @@ int cmd_generate(int argc, char **argv) {
     gen_options o = gen_options_default();
     long v;
     double x;
-    int use_eos = 1, chat = 0, json = 0;
+    int use_eos = 1, chat = 0, json = 0, use_cuda = 0;
     const char *system = NULL;
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
@@ -109,10 +109,7 @@ int cmd_generate(int argc, char **argv) {
         else if (cli_is_flag(a, "--json")) json = 1;
         else if ((s = cli_flag_value(argc, argv, &i, "--system"))) system = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--device"))) {
-            int cuda;
-            if (cli_device_parse(s, &cuda)) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
-            if (cuda) fprintf(stderr, "halo generate: note: --device cuda: generation runs on the CPU (no GPU KV-cache "
-                              "decoder yet)\n");
+            if (cli_device_parse(s, &use_cuda)) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
         }
         else if ((s = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.max_new_tokens = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--top-k"))) { if (cli_parse_int(a, s, &v) || v < 0) goto bad_num; o.top_k = (int)v; }
@@ -127,6 +124,7 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (!model_dir || (!ids_s == !text)) { usage(); return 2; }
+    if (use_cuda && cli_cuda_check() != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
 
     // The tokenizer: explicit, or the model folder's tokenizer.json when there is one (the demo's byte-level
     // models have none: ids only).
@@ -179,7 +177,16 @@ int cmd_generate(int argc, char **argv) {
     }
     int32_t *out = xmalloc((size_t)(o.max_new_tokens + 1) * sizeof(int32_t));
     int n_out = 0, rc = 0;
-    if (gen_generate(&m, prompt, n_prompt, &o, out, &n_out)) { fprintf(stderr, "halo generate: %s\n", halo_error()); rc = 1; }
+    int grc;
+    if (use_cuda) {
+        cli_gpu_gen *gpu;
+        grc = cli_gpu_gen_open(&gpu, &m, 1, n_prompt + o.max_new_tokens, "generate");
+        const int32_t *pp = prompt;
+        if (grc == HALO_OK) grc = cli_gpu_gen_run(gpu, 1, &pp, &n_prompt, &o, &out, &n_out);
+        cli_gpu_gen_close(gpu);
+    } else
+        grc = gen_generate(&m, prompt, n_prompt, &o, out, &n_out);
+    if (grc) { fprintf(stderr, "halo generate: %s\n", halo_error()); rc = 1; }
     else if (streaming) {
         printf("\n");
     } else {

@@ -8,6 +8,7 @@
 #include "model/llama.h"
 #include "train/adamw.h"
 #include "train/trainer.h"
+#include "train/generate.h"
 
 typedef struct {
     model_halo_config hc;
@@ -66,6 +67,15 @@ int cli_gpu_grads(cli_gpu *g, const halo_batch *b, llama_model *m);             
 // One AdamW step on b (no clipping, torch's update; step is 1-based); returns the loss before the update.
 float cli_gpu_adamw_step(cli_gpu *g, const halo_batch *b, const adamw_config *ac, double lr, int step);
 void cli_gpu_close(cli_gpu *g);
+// GPU generation (src/cuda/decode.cu) for `generate` and `eval`: the host model's weights uploaded as BF16 (no
+// training buffers), a KV cache for max_seqs sequences of max_len tokens. A model with HALO on gets a one-line note
+// (verb names the command): generation on the GPU uses BF16 products. Run: gen_generate's contract for n prompts at
+// once (train/generate.h; each sequence sampled with its own RNG seeded with o->seed).
+typedef struct cli_gpu_gen cli_gpu_gen;
+int cli_gpu_gen_open(cli_gpu_gen **out, const llama_model *m, int max_seqs, int max_len, const char *verb);
+int cli_gpu_gen_run(cli_gpu_gen *g, int n, const int32_t *const *prompts, const int *n_prompt, const gen_options *o,
+                    int32_t *const *out, int *n_out);
+void cli_gpu_gen_close(cli_gpu_gen *g);
 
 void halo_set_threads(int n);   // 0 = leave OpenMP's default
 double halo_now(void);          // monotonic seconds

@@ -1,5 +1,6 @@
 // --device cpu|cuda for the model-running verbs (see common.h): the flag, the check that a GPU is there, and the
-// GPU model calls of `eval --task loss` and `debug-step` (training goes through trainer_use_cuda instead).
+// GPU model calls of `eval --task loss` and `debug-step` (training goes through trainer_use_cuda instead), and the GPU
+// KV-cache decoder of `generate` and the generation tasks of `eval`.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,36 @@ void cli_gpu_close(cli_gpu *c) {
     llama_cuda_free(c->g);
     free(c);
 }
+
+struct cli_gpu_gen {
+    cuda_decoder *d;
+};
+
+int cli_gpu_gen_open(cli_gpu_gen **out, const llama_model *m, int max_seqs, int max_len, const char *verb) {
+    *out = NULL;
+    if (cli_cuda_check() != HALO_OK) return HALO_ERR;
+    if (llama_get_halo(m))
+        fprintf(stderr, "halo %s: note: generation on the GPU uses BF16 products (the model's HALO settings apply "
+                "to the CPU forward only)\n", verb);
+    cli_gpu_gen *c = xcalloc(1, sizeof *c);
+    if (cuda_decoder_init_host(&c->d, m, max_seqs, max_len, max_seqs > 512 ? max_seqs : 512) != HALO_OK) {
+        free(c);
+        return halo_fail_ctx("--device cuda: ");
+    }
+    *out = c;
+    return HALO_OK;
+}
+
+int cli_gpu_gen_run(cli_gpu_gen *c, int n, const int32_t *const *prompts, const int *n_prompt, const gen_options *o,
+                    int32_t *const *out, int *n_out) {
+    return cuda_generate(c->d, n, prompts, n_prompt, o, out, n_out);
+}
+
+void cli_gpu_gen_close(cli_gpu_gen *c) {
+    if (!c) return;
+    cuda_decoder_free(c->d);
+    free(c);
+}
 #else
 static int no_cuda(void) {
     return halo_fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built); "
@@ -122,4 +153,16 @@ float cli_gpu_adamw_step(cli_gpu *c, const halo_batch *b, const adamw_config *ac
     abort();
 }
 void cli_gpu_close(cli_gpu *c) { (void)c; }
+struct cli_gpu_gen { int unused; };
+int cli_gpu_gen_open(cli_gpu_gen **out, const llama_model *m, int max_seqs, int max_len, const char *verb) {
+    (void)m; (void)max_seqs; (void)max_len; (void)verb;
+    *out = NULL;
+    return no_cuda();
+}
+int cli_gpu_gen_run(cli_gpu_gen *c, int n, const int32_t *const *prompts, const int *n_prompt, const gen_options *o,
+                    int32_t *const *out, int *n_out) {
+    (void)c; (void)n; (void)prompts; (void)n_prompt; (void)o; (void)out; (void)n_out;
+    return no_cuda();
+}
+void cli_gpu_gen_close(cli_gpu_gen *c) { (void)c; }
 #endif

@@ -14,6 +14,7 @@ extern "C" {
 #include "model/config.h"
 #include "model/linear.h"
 #include "model/llama.h"
+#include "train/generate.h"
 
 typedef uint16_t halo_bf16;   // bfloat16 bits (the kernels use __nv_bfloat16; C code only moves them)
 
@@ -179,6 +180,47 @@ int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_hos
 // from m_host/v_host (NULL: zeros; bf16 device moments round to nearest even, so bf16 moments copied back by
 // llama_cuda_copy_moments come back bit for bit). Used to resume a checkpoint on the GPU.
 int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host, const float *v_host);
+
+// Device pointers of the GPU model's BF16 working weights, as laid out by llama_cuda.cu (per layer the fused
+// [wq; wk; wv] and [w_gate; w_up] matrices), for the decoder below. `layers` is malloc'ed: free it.
+typedef struct {
+    const halo_bf16 *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
+} llama_cuda_layer_ptrs;
+typedef struct {
+    llama_config cfg;
+    const halo_bf16 *embed, *lm_head, *final_norm;
+    llama_cuda_layer_ptrs *layers;   // [cfg.n_layers]
+    cudaStream_t stream;             // the model's stream (the cuBLASLt workspace is shared: one stream at a time)
+    int halo_on;                     // 1 when some block linear trains through HALO
+} llama_cuda_weight_ptrs;
+void llama_cuda_weights(llama_cuda *g, llama_cuda_weight_ptrs *out);
+
+// ---- KV-cache decoding (decode.cu) ----
+// BF16 products (cuBLASLt), fp32 residual stream, a bf16 KV cache [layers][max_seqs][max_len][Hkv hd] for K and V,
+// single-query attention over the cache with an fp32 softmax, fp32 logits. HALO layers are not used: like the
+// CPU's optional quantized evaluation, generation on the GPU runs the BF16 weights.
+typedef struct cuda_decoder cuda_decoder;
+// Over a GPU model's weights (borrowed: the model must outlive the decoder and its stream is used) ...
+int cuda_decoder_init(cuda_decoder **out, llama_cuda *g, int max_seqs, int max_len, int max_rows);
+// ... or over a host model's weights, uploaded once as BF16 (the decoder owns them; no training buffers).
+// max_rows: most tokens one cuda_decoder_forward call takes (prefill runs in chunks of it; >= max_seqs).
+int cuda_decoder_init_host(cuda_decoder **out, const llama_model *host, int max_seqs, int max_len, int max_rows);
+void cuda_decoder_free(cuda_decoder *d);
+// Runs n <= max_rows tokens: row i is token tok[i] of sequence seq[i] (< max_seqs) at position pos[i] (< max_len).
+// Every row's K/V goes into the cache before any row attends, so one call may hold consecutive positions of a
+// sequence (prefill) and/or one token of several sequences (a decode step); row i attends to positions 0..pos[i]
+// of its sequence, earlier ones written by earlier calls. logits[n_out, V] (host, fp32) for rows out_rows[n_out].
+// HALO_ERR (nothing run) on out-of-range tokens, sequences, positions or counts.
+int cuda_decoder_forward(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos,
+                         int n_out, const int32_t *out_rows, float *logits);
+// Same, returning only the greedy token of each output row (argmax on the device, lowest id on ties).
+int cuda_decoder_forward_greedy(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos,
+                                int n_out, const int32_t *out_rows, int32_t *next);
+// gen_generate (train/generate.h) for n_seqs <= max_seqs prompts at once: the same options, each sequence sampled
+// with its own RNG seeded with o->seed (so it matches the CPU run of that prompt alone); on_token is called only
+// when n_seqs == 1. out[s][max_new_tokens], n_out[s]: generated tokens of sequence s (eos included).
+int cuda_generate(cuda_decoder *d, int n_seqs, const int32_t *const *prompts, const int *n_prompt,
+                  const gen_options *o, int32_t *const *out, int *n_out);
 
 #ifdef __cplusplus
 }

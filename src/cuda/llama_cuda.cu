@@ -910,3 +910,20 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
     free(stage_m); free(stage_v);
     return HALO_OK;
 }
+
+// ---- weights for the KV-cache decoder (decode.cu) ----
+extern "C" void llama_cuda_weights(llama_cuda *g, llama_cuda_weight_ptrs *out) {
+    const halo_bf16 *W = (const halo_bf16 *)g->w;
+    out->cfg = g->c;
+    out->embed = W + g->embed;
+    out->lm_head = W + g->lm_head;
+    out->final_norm = W + g->final_norm;
+    out->layers = (llama_cuda_layer_ptrs *)xcalloc((size_t)g->c.n_layers, sizeof(llama_cuda_layer_ptrs));
+    for (int l = 0; l < g->c.n_layers; l++) {
+        const layer_offs *o = &g->L[l];
+        out->layers[l] = (llama_cuda_layer_ptrs){W + o->attn_norm, W + o->wqkv, W + o->wo, W + o->ffn_norm,
+                                                 W + o->wgu, W + o->wdown};
+    }
+    out->stream = g->st;
+    out->halo_on = g->hon != NULL;
+}
