@@ -903,11 +903,13 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 // forward 0 = synchronous tile loads, 1 = cp.async double buffering, 2 = k_flash_fwd2 with 64 query rows (4 warps),
 //          3 = k_flash_fwd2 with 128 query rows (8 warps);
 // backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
-//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap (default: 1.53 ms vs 1.64 for 3
-//          and 2.09 for 0 at B4 T2048 H32/8 hd64 on the H100, run 2 of dev/cuda/NOTES.md);
+//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap;
 //          k_flash_bwd2: 5 = 64 keys per block (4 warps) with 4's register cap, 6 = 5 with K/V A-fragments in
 //          registers (hd 64; hd 128 runs 5), 7 = 128 keys per block (8 warps), 8 = 7 with K/V A-fragments in
 //          registers (hd 64; hd 128 runs 7).
+// Defaults: forward 3, backward 6. bench_cuda_attention on the H200 (B 4, T 2048, H 32/8, 2026-12-02): hd 64
+// forward 0.446 (1) -> 0.331 ms (3), backward 1.498 (4) -> 1.096 ms (6); hd 128 forward 0.830 -> 0.631, backward
+// 2.749 -> 2.112 ms; every variant within 2.4e-5 of variant 0.
 static int g_fwd_variant = -1, g_bwd_variant = -1;
 static int variant(int *v, const char *env, int dflt, int max) {
     if (*v < 0) {
@@ -949,7 +951,7 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                       cudaStream_t s) {
-    switch (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, CUDA_ATTN_FWD_VARIANTS - 1)) {
+    switch (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 3, CUDA_ATTN_FWD_VARIANTS - 1)) {
     case 0: flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
     case 2: flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
     case 3: flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
@@ -991,7 +993,7 @@ template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     constexpr int CAP = HD == 64 ? 3 : 2;
-    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, CUDA_ATTN_BWD_VARIANTS - 1)) {
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 6, CUDA_ATTN_BWD_VARIANTS - 1)) {
     case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
