@@ -16,8 +16,10 @@
 
 enum { NP = 5, NEW = 60 };
 // A BF16 decoder may pick the other token where the CPU's top two logits nearly tie; a first divergence is accepted
-// only there (the CPU's top-2 gap below this, in logits) and reported.
+// only there (the CPU's top-2 gap below max(TIE_GAP, 2 x the largest logit difference between the GPU training
+// model's BF16 forward and the CPU on the same tokens), in logits) and reported.
 static const float TIE_GAP = 0.05f;
+static float g_tie_gap = 0.05f;
 
 typedef struct {
     int n[NP];
@@ -57,13 +59,13 @@ static void cpu_greedy(llama_model *m, const int32_t *p, int np, int32_t *toks, 
     llama_kv_free(&kc);
 }
 
-// 1 when got equals want, or first differs where the CPU's top-2 gap is below TIE_GAP (printed).
+// 1 when got equals want, or first differs where the CPU's top-2 gap is below g_tie_gap (printed).
 static int same_greedy(const char *what, const int32_t *got, const int32_t *want, const float *gap, int n) {
     for (int i = 0; i < n; i++)
         if (got[i] != want[i]) {
             printf("  %s: first difference at generated token %d (gpu %d, cpu %d), CPU top-2 gap %.4f: %s\n", what, i,
-                   got[i], want[i], gap[i], gap[i] < TIE_GAP ? "near tie, accepted" : "REAL DIFFERENCE");
-            return gap[i] < TIE_GAP;
+                   got[i], want[i], gap[i], gap[i] < g_tie_gap ? "near tie, accepted" : "REAL DIFFERENCE");
+            return gap[i] < g_tie_gap;
         }
     return 1;
 }
@@ -102,6 +104,40 @@ static void check_stories(const char *model_dir, const char *golden_json) {
               !memcmp(t2, cpu_t[k], sizeof t2), "CPU reference of prompt %d", k);
     }
     CHECK(same_greedy("CPU vs golden", cpu_t[0], gw + ngp, gap[0], NEW), "CPU greedy vs golden");
+
+    // Yardstick for BF16 on this tiny model (dim 64): the GPU training model's forward (llama_cuda_forward, BF16
+    // weights and products) on each prompt + the CPU's tokens, against the CPU logits row by row.
+    double ref_worst = 0, ref_maxabs = 0;
+    {
+        llama_cuda *g;
+        llama_cuda_opts go;
+        memset(&go, 0, sizeof go);
+        go.max_B = 1; go.max_T = L;
+        if (llama_cuda_init(&g, &m, &go) == HALO_OK) {
+            for (int k = 0; k < NP; k++) {
+                int T = ps.n[k] + NEW - 1;
+                halo_batch b;
+                halo_batch_alloc(&b, 1, T);
+                for (int i = 0; i < T; i++) b.input_ids[i] = i < ps.n[k] ? ps.p[k][i] : cpu_t[k][i - ps.n[k]];
+                halo_batch_shift_targets(&b);
+                float *gl = malloc(sizeof(float) * (size_t)T * V);
+                llama_cuda_forward(g, &b, gl);
+                for (int i = 0; i < T; i++) {
+                    const float *a = gl + (size_t)i * V, *r = cpu_lg[k] + (size_t)i * V;
+                    double e = rel_l2_f(a, r, V);
+                    if (e > ref_worst || isnan(e)) ref_worst = isnan(e) ? INFINITY : e;
+                    for (int v = 0; v < V; v++) ref_maxabs = fmax(ref_maxabs, fabs((double)a[v] - r[v]));
+                }
+                free(gl);
+                halo_batch_free(&b);
+            }
+            llama_cuda_free(g);
+        } else CHECK(0, "%s", halo_error());
+    }
+    g_tie_gap = fmaxf(TIE_GAP, (float)(2 * ref_maxabs));
+    double lg_bound = fmax(2e-2, 1.5 * ref_worst);
+    printf("yardstick: GPU training forward vs CPU, worst row %.3g, largest logit difference %.3g -> logit bound %.3g, "
+           "near-tie gap %.3g\n", ref_worst, ref_maxabs, lg_bound, g_tie_gap);
 
     // (a) cuda_generate: all prompts at once and one at a time, prefill in one call (512 rows) and in chunks of 8
     gen_options o = gen_options_default();
@@ -194,10 +230,10 @@ static void check_stories(const char *model_dir, const char *golden_json) {
             argmax_bad += nx[k] != best;
         }
     }
-    printf("stories260K logits vs CPU (relative L2, worst): prefill %.3g, decode steps %.3g (bound 2e-2)\n", worst_pre,
-           worst_step);
-    CHECK(worst_pre <= 2e-2, "prefill logits vs CPU: %.3g", worst_pre);
-    CHECK(worst_step <= 2e-2, "decode-step logits vs CPU: %.3g", worst_step);
+    printf("stories260K logits vs CPU (relative L2, worst row): prefill %.3g, decode steps %.3g (bound %.3g = "
+           "max(2e-2, 1.5 x the GPU training forward's))\n", worst_pre, worst_step, lg_bound);
+    CHECK(worst_pre <= lg_bound, "prefill logits vs CPU: %.3g", worst_pre);
+    CHECK(worst_step <= lg_bound, "decode-step logits vs CPU: %.3g", worst_step);
     CHECK(argmax_bad == 0, "device argmax differs from the host argmax of the same logits in %d of %d rows", argmax_bad,
           NP * (NEW - 1));
     // out-of-range input is refused with a message, nothing run
