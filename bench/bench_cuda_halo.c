@@ -4,7 +4,8 @@
 // of rotation / quantization / transposes is total - products. Prints a table last.
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
-//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown]
+//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
+//   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +106,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
+        else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]\n");
             return 0;
         }
     }

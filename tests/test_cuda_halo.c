@@ -54,12 +54,18 @@ static void code_diff(const uint8_t *gpu, const uint8_t *cpu, const float *x, co
 
 // ---- Hadamard rows -------------------------------------------------------------------------------------------
 static void test_hadamard(void) {
-    const int dims[] = {12, 40, 96, 256, 768, 4096, 5632, 11008, 14336, 32768};   // K = 12/44/172/28 with P >= 32: sign-mask mix
+    // K = 12/44/172/28 with P >= 32: sign-mask mix (generic kernel). Fast kernel (k_rot: blk % 256 == 0, P <= 8192,
+    // K in 1/12/20/28/44): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256), 5632
+    // (44 * 128), 14336 (28 * 512), 28672 (28 * 1024); every one of those also through the generic kernel (fast = 0).
+    const int dims[] = {12, 40, 96, 256, 768, 2048, 3072, 4096, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
         const int d = dims[t], rows = d >= 16384 ? 3 : 8;
         for (int tr = 0; tr < 2; tr++) {
-            for (int in_bf = 0; in_bf < 2; in_bf++) {
-                if (in_bf && tr) continue;
+            for (int in_bf = 0; in_bf < 4; in_bf++) {
+                const int fast = in_bf < 2;   // in_bf 2, 3: the same through the generic kernel
+                if (!fast && d < 2048) continue;
+                halo_cuda_rows_fast(fast);
+                if (in_bf & 1 && tr) continue;
                 halo_hadamard hp;
                 halo_cuda_had hg;
                 if (halo_hadamard_plan(&hp, d, 0) || halo_cuda_had_plan(&hg, d, 0)) {
@@ -68,21 +74,23 @@ static void test_hadamard(void) {
                 }
                 size_t n = (size_t)rows * d;
                 float *x = t_rand_vec(&rng, n, 1.0);
-                void *din = in_bf ? (void *)dev_bf16(x, n) : t_dev_copy(x, 4 * n);
+                const int bfin = in_bf & 1;
+                void *din = bfin ? (void *)dev_bf16(x, n) : t_dev_copy(x, 4 * n);
                 float *dout = dev_poison(4 * n);
-                halo_cuda_had_rows(&hg, tr, din, in_bf ? HALO_CUDA_BF16 : HALO_CUDA_F32, d, NULL, dout, 1, d, 0, rows, 0);
+                halo_cuda_had_rows(&hg, tr, din, bfin ? HALO_CUDA_BF16 : HALO_CUDA_F32, d, NULL, dout, 1, d, 0, rows, 0);
                 float *g = t_host_of(dout, 4 * n);
                 halo_hadamard_rows(&hp, x, rows, d, tr);
                 long bits = 0;
                 for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
                 char det[64];
-                snprintf(det, sizeof det, "d=%d K=%d %s%s", d, hp.K, tr ? "H^T" : "H", in_bf ? " bf16 in" : "");
+                snprintf(det, sizeof det, "d=%d K=%d %s%s%s", d, hp.K, tr ? "H^T" : "H", bfin ? " bf16 in" : "",
+                         fast ? "" : " generic");
                 double e = rel_l2_f(g, x, n);
                 printf("  (hadamard %s: %ld of %zu values differ in any bit)\n", det, bits, n);
                 row("hadamard rows vs CPU", det, e, 1e-5, 0, 0);
                 CHECK(bits == 0, "hadamard %s: %ld values differ from the CPU's in some bit (same stage order expected)", det, bits);
                 // bf16 output of the same rotation: bf16 tolerance
-                if (!in_bf && !tr) {
+                if (!bfin && !tr) {
                     halo_bf16 *db = dev_poison(2 * n);
                     halo_cuda_had_rows(&hg, 0, din, HALO_CUDA_F32, d, NULL, db, 0, d, 0, rows, 0);
                     halo_bf16 *hb = t_host_of(db, 2 * n);
@@ -96,6 +104,39 @@ static void test_hadamard(void) {
             }
         }
     }
+    halo_cuda_rows_fast(1);
+    // int32 products dequantized by a device scale, rotated by H^T and accumulated into fp32 (the INT8 H_m^T
+    // post-pass): out = out0 + rows((float)C * alpha) H^T, bit for bit, fast and generic kernels.
+    const int idims[] = {4096, 14336, 5632};
+    for (int t = 0; t < 3; t++)
+        for (int fast = 0; fast < 2; fast++) {
+            const int d = idims[t], rows = 4;
+            const size_t n = (size_t)rows * d;
+            halo_hadamard hp;
+            halo_cuda_had hg;
+            if (halo_hadamard_plan(&hp, d, 0) || halo_cuda_had_plan(&hg, d, 0)) { CHECK(0, "plan %d", d); continue; }
+            int32_t *c = malloc(4 * n);
+            float *x = malloc(4 * n), *o0 = t_rand_vec(&rng, n, 1.0);
+            const float alpha = 3.0517578e-5f * 1.37f;
+            for (size_t i = 0; i < n; i++) {
+                c[i] = (int32_t)(t_rng_next(&rng) % 2000001) - 1000000;
+                x[i] = (float)c[i] * alpha;
+            }
+            halo_hadamard_rows(&hp, x, rows, d, 1);
+            for (size_t i = 0; i < n; i++) x[i] = o0[i] + x[i];
+            void *dc = t_dev_copy(c, 4 * n), *dout = t_dev_copy(o0, 4 * n), *dal = t_dev_copy(&alpha, 4);
+            halo_cuda_rows_fast(fast);
+            halo_cuda_had_rows(&hg, 1, dc, HALO_CUDA_I32, d, (const float *)dal, dout, 1, d, 1, rows, 0);
+            halo_cuda_rows_fast(1);
+            float *g = t_host_of(dout, 4 * n);
+            long bits = 0;
+            for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
+            char det[64];
+            snprintf(det, sizeof det, "d=%d K=%d int32*alpha H^T +=%s", d, hp.K, fast ? "" : " generic");
+            row("hadamard rows vs CPU", det, rel_l2_f(g, x, n), 1e-5, bits, 0);   // any differing bit fails
+            free(c); free(x); free(o0); free(g); cudaFree(dc); cudaFree(dout); cudaFree(dal);
+            halo_cuda_had_free(&hg);
+        }
     // Zero-padded token rotation: b = 94 tokens -> 96 = 12 * 8, as halo_linear's H_b.
     int pad = halo_hadamard_pad_size(94, 172);
     CHECK(pad == 96, "pad size of 94: %d", pad);
@@ -103,8 +144,8 @@ static void test_hadamard(void) {
 
 // ---- absmax and quantizers -----------------------------------------------------------------------------------
 static void test_quant(void) {
-    const int shapes[][2] = {{64, 4096}, {16, 14336}, {24, 96}};
-    for (int si = 0; si < 3; si++) {
+    const int shapes[][2] = {{64, 4096}, {16, 14336}, {24, 96}, {8, 8192}, {8, 5632}};
+    for (int si = 0; si < 5; si++) {
         const int R = shapes[si][0], d = shapes[si][1];
         size_t n = (size_t)R * d;
         float *x = t_rand_vec(&rng, n, 1.0);
@@ -450,6 +491,20 @@ static void test_linear(void) {
             snprintf(det, sizeof det, "%s L%d G", pn, lvl); row("GPU linear vs CPU halo_linear", det, e.g, tol, 0, 0);
         }
     free(X); free(W); free(EY);
+    // the fast rotated-row kernel inside the layer: H_m with K = 12 (m = 3072 = 12 * 256), H_b over 256 tokens
+    {
+        const int b3 = 256, m3 = 3072, n3 = 512;
+        X = t_rand_vec(&rng, (size_t)b3 * m3, 1.0); W = t_rand_vec(&rng, (size_t)n3 * m3, 0.05);
+        EY = t_rand_vec(&rng, (size_t)b3 * n3, 1e-3);
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+            for (int lvl = 1; lvl < 3; lvl++) {
+                errs3 e = run_linear(prec, lvl, b3, m3, n3, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+                char det[64];
+                snprintf(det, sizeof det, "%s L%d 256x3072x512 Y/E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8", lvl);
+                row("GPU linear vs CPU halo_linear", det, fmax(e.y, fmax(e.ex, e.g)), 1e-3, 0, 0);
+            }
+        free(X); free(W); free(EY);
+    }
     // m, n, b not multiples of 8: the layer pads to 16 and the kernels take their scalar paths
     const int b2 = 50, m2 = 100, n2 = 36;
     X = t_rand_vec(&rng, (size_t)b2 * m2, 1.0); W = t_rand_vec(&rng, (size_t)n2 * m2, 0.05);

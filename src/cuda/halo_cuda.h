@@ -21,6 +21,7 @@ typedef struct halo_cuda_had {
     float *dHtf;          // device [K][K] H_K^T
     unsigned *dSgn;       // device [K][KW] sign bits of H_K (bit c of row i set where the entry is -1), NULL
     unsigned *dSgnT;      //   when an entry is not +-1; KW = (K + 31) / 32. dSgnT: the same for H_K^T
+    int ck;               // 1 when H_K is in the fast row kernel's constant memory (K = 12, 20, 28, 44)
 } halo_cuda_had;
 
 // Like halo_hadamard_plan (HALO_ERR with its message). Blocks longer than 32768 are refused (shared memory).
@@ -38,6 +39,9 @@ enum { HALO_CUDA_INT8 = 0, HALO_CUDA_E4M3 = 1 };                    // 8-bit for
 void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
                         const float *in_scale, void *out, int out_f32, long ld_out, int accumulate, int rows,
                         cudaStream_t s);
+// 0: the rotated row kernels above take the generic one-row-per-block path only (tests compare both); 1: default,
+// the fast path (halo_kernels.cu, k_rot) where the shape allows.
+void halo_cuda_rows_fast(int on);
 // max |v| over v = rows of in (rotated by h when h != NULL, else the first d entries): *amax = max(*amax, ...)
 // (atomic on the float bits; zero it first), amax_row[rows] likewise per row when not NULL; *nonfinite |= 1 when a
 // NaN/Inf is seen (may be NULL).

@@ -20,6 +20,12 @@ enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2 };
 // ---------------------------------------------------------------------------------------------------------------
 // Plans
 
+// H_K (+-1 entries, row-major) for K = 12, 20, 28, 44 at ck_off(K), for k_rot's mix (uploaded by had_upload; one
+// matrix per order, the CPU's process-wide one, so plans never disagree).
+enum { CK_TOTAL = 144 + 400 + 784 + 1936 };
+__constant__ float c_hk[CK_TOTAL];
+__host__ __device__ constexpr int ck_off(int K) { return K == 12 ? 0 : K == 20 ? 144 : K == 28 ? 544 : K == 44 ? 1328 : -1; }
+
 static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
     memset(h, 0, sizeof *h);
     if (c->block > HALO_CUDA_MAX_BLOCK)
@@ -43,6 +49,11 @@ static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
                 if (f < 0) sg[(size_t)i * KW + j / 32] |= 1u << (j % 32);
                 if (ft < 0) sg[(size_t)(c->K + i) * KW + j / 32] |= 1u << (j % 32);
             }
+        if (pm1 && ck_off(c->K) >= 0) {
+            CUDA_CHECK(cudaMemcpyToSymbol(c_hk, c->HKf, sizeof(float) * (size_t)c->K * c->K,
+                                          sizeof(float) * (size_t)ck_off(c->K)));
+            h->ck = 1;
+        }
         if (pm1) {
             size_t sb = sizeof(unsigned) * (size_t)c->K * KW;
             CUDA_CHECK(cudaMalloc((void **)&h->dSgn, sb));
@@ -138,6 +149,7 @@ struct rows_args {
     unsigned *amax_bits; unsigned *amax_row_bits; int *nonfinite;
     const float *amax_q; const float *amax_row_q; int fmt;
     int vec_in, vec_out;   // 1 when 8-element input loads / 4-element output stores are aligned
+    int ck, htr;           // k_rot: H_K in constant memory (or K == 1); op = H_K^T (1) or H_K (0)
 };
 
 template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
@@ -332,7 +344,190 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
     CUDA_LAUNCH_CHECK();
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 with P % 8 == 0, P <= 8192 and
+// K in {1, 12, 20, 28, 44} (every Llama width: 2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 5632 = 44 * 128,
+// 14336 = 28 * 512, and H_b over 8192 tokens). 256 threads per (row, block); the same additions in the same order
+// as the CPU, so the values are bit-identical:
+//   phase 1: 16-byte loads, butterfly stages h = 1, 2, 4 in registers and h = 8 .. min(P, 256) / 2 by warp shuffles
+//            (a warp holds 256 consecutive values), fp32 into shared memory;
+//   phase 2: stages h = 256 .. P / 2: each thread takes the Q = P / 256 values j, j + 256, .. of one column j of one
+//            P-chunk into registers (conflict-free), runs the stages there, and (K == 1) emits them, coalesced;
+//   phase 3 (K > 1): each thread takes column j of all K chunks into registers and forms the K outputs
+//            y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], c = 0..K-1 in order, by fmaf with the +-1 entries
+//            of H_K read from constant memory as instruction operands (fma(+-1, x, acc) rounds as acc +- x).
+// Each row is read once per call; absmax and quantize stay two calls, each a single read of the bf16 input.
+
+enum { ROT_THREADS = 256, ROT_QMAX = 32 };
+
+// Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28 / 44 (x[K] held in registers).
+template <int TIN, int MODE, int K>
+__global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
+    extern __shared__ __align__(16) float sm[];
+    const long row = blockIdx.x / a.nseg;
+    const int seg = blockIdx.x % a.nseg;
+    const int tid = threadIdx.x, lane = tid & 31;
+    const long in_off = row * a.ld_in + (long)seg * a.blk;
+    const long out_off = row * a.ld_out + (long)seg * a.blk;
+    const int blk = a.blk, P = a.P, lP = a.lP, n8 = blk >> 3;
+    const int nsh = lP - 3 < 5 ? lP - 3 : 5;   // shuffle stages: h = 8 .. 8 << (nsh - 1)
+    const float isc = a.in_scale ? *a.in_scale : 1.f;
+
+    for (int g0 = tid; g0 < n8; g0 += 2 * ROT_THREADS) {   // n8 % 32 == 0: whole warps take part or none
+        float v[2][8];
+        #pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int g = g0 + u * ROT_THREADS;
+            if (g < n8) load8<TIN>(a.in, in_off + (long)g * 8, v[u]);
+        }
+        #pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int g = g0 + u * ROT_THREADS;
+            if (g >= n8) break;
+            float *w = v[u];
+            if (a.in_scale) for (int k = 0; k < 8; k++) w[k] = __fmul_rn(w[k], isc);   // the dequant, never fused
+            float a0 = w[0] + w[1], a1 = w[0] - w[1], a2 = w[2] + w[3], a3 = w[2] - w[3];
+            float a4 = w[4] + w[5], a5 = w[4] - w[5], a6 = w[6] + w[7], a7 = w[6] - w[7];
+            float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+            float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+            w[0] = b0 + b4; w[1] = b1 + b5; w[2] = b2 + b6; w[3] = b3 + b7;
+            w[4] = b0 - b4; w[5] = b1 - b5; w[6] = b2 - b6; w[7] = b3 - b7;
+            #pragma unroll
+            for (int st = 0; st < 5; st++) {
+                if (st >= nsh) break;
+                const int hi = lane & (1 << st);
+                #pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float o = __shfl_xor_sync(0xffffffffu, w[k], 1 << st);
+                    w[k] = hi ? o - w[k] : w[k] + o;   // lower: a + b; upper: a - b (a = lower's value)
+                }
+            }
+            float4 *d = (float4 *)(sm + (long)g * 8);
+            d[0] = make_float4(w[0], w[1], w[2], w[3]);
+            d[1] = make_float4(w[4], w[5], w[6], w[7]);
+        }
+    }
+    __syncthreads();
+
+    float mx = 0.f;
+    int bad = 0;
+    float qs = 1.f;
+    if (MODE == MODE_QUANT) qs = scale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
+    auto emit = [&](int e, float v) {
+        if (MODE == MODE_STORE) {
+            if (a.out_f32) {
+                float *o = (float *)a.out + out_off + e;
+                *o = a.accumulate ? *o + v : v;
+            } else {
+                ((bf16 *)a.out)[out_off + e] = __float2bfloat16_rn(v);
+            }
+        } else if (MODE == MODE_AMAX) {
+            const float av = fabsf(v);
+            bad |= !(av <= FLT_MAX);
+            mx = fmaxf(mx, av);
+        } else {
+            ((uint8_t *)a.out)[out_off + e] = quant1(v, qs, a.fmt);
+        }
+    };
+
+    const int Q = P > 256 ? P >> 8 : 1;
+    if (K == 1 || Q > 1) {
+        for (int it = tid; it < K * 256; it += ROT_THREADS) {   // K == 1: P >= 256 (blk % 256 == 0)
+            const int base = (it >> 8) * P + (it & 255);
+            float r[ROT_QMAX];
+            #pragma unroll
+            for (int k = 0; k < ROT_QMAX; k++) if (k < Q) r[k] = sm[base + 256 * k];
+            #pragma unroll
+            for (int st = 0; st < 5; st++) {
+                const int h = 1 << st;
+                if (h >= Q) break;
+                #pragma unroll
+                for (int k = 0; k < ROT_QMAX; k++)
+                    if (k < Q && !(k & h)) { const float x = r[k], y = r[k + h]; r[k] = x + y; r[k + h] = x - y; }
+            }
+            #pragma unroll
+            for (int k = 0; k < ROT_QMAX; k++) {
+                if (k >= Q) break;
+                if (K == 1) emit(base + 256 * k, __fmul_rn(r[k], a.scale));
+                else sm[base + 256 * k] = r[k];
+            }
+        }
+        if (K > 1) __syncthreads();
+    }
+    if (K > 1) {
+        constexpr int off = ck_off(K) < 0 ? 0 : ck_off(K);
+        for (int j = tid; j < P; j += ROT_THREADS) {
+            float x[K];
+            #pragma unroll
+            for (int c = 0; c < K; c++) x[c] = sm[c * P + j];
+            if (htr) {   // op = H_K^T: coefficient H[c][i]
+                #pragma unroll
+                for (int i = 0; i < K; i++) {
+                    float acc = 0.f;
+                    #pragma unroll
+                    for (int c = 0; c < K; c++) acc = fmaf(c_hk[off + c * K + i], x[c], acc);
+                    emit(i * P + j, __fmul_rn(acc, a.scale));
+                }
+            } else {
+                #pragma unroll
+                for (int i = 0; i < K; i++) {
+                    float acc = 0.f;
+                    #pragma unroll
+                    for (int c = 0; c < K; c++) acc = fmaf(c_hk[off + i * K + c], x[c], acc);
+                    emit(i * P + j, __fmul_rn(acc, a.scale));
+                }
+            }
+        }
+    }
+    if (MODE == MODE_AMAX) {
+        mx = block_max(mx);
+        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
+        if (tid == 0) {
+            if (a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
+            if (a.amax_row_bits) atomicMax(a.amax_row_bits + row, __float_as_uint(mx));
+        }
+    }
+}
+
+static int g_rot_off;   // halo_cuda_rows_fast(0): the generic k_rows only (tests compare both)
+extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; }
+
+// 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
+static int rot_ok(const rows_args &a) {
+    return !g_rot_off && a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 &&
+           a.P <= 256 * ROT_QMAX;
+}
+
+template <int TIN, int MODE, int K> static void launch_rot_k(rows_args &a, cudaStream_t s) {
+    const size_t smem = sizeof(float) * (size_t)a.blk;
+    static size_t smem_set = 0;
+    if (smem > 48 * 1024 && smem_set < smem) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_rot<TIN, MODE, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    const long grid = (long)a.rows * a.nseg;
+    if (grid <= 0) return;
+    k_rot<TIN, MODE, K><<<(unsigned)grid, ROT_THREADS, smem, s>>>(a, a.htr);
+    CUDA_LAUNCH_CHECK();
+}
+
+template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s) {
+    switch (a.K) {
+    case 1: launch_rot_k<TIN, MODE, 1>(a, s); break;
+    case 12: launch_rot_k<TIN, MODE, 12>(a, s); break;
+    case 20: launch_rot_k<TIN, MODE, 20>(a, s); break;
+    case 28: launch_rot_k<TIN, MODE, 28>(a, s); break;
+    default: launch_rot_k<TIN, MODE, 44>(a, s); break;
+    }
+}
+
 template <int MODE> static void launch_rows(int tin, rows_args &a, cudaStream_t s) {
+    if (rot_ok(a)) {
+        if (tin == HALO_CUDA_BF16) launch_rot<HALO_CUDA_BF16, MODE>(a, s);
+        else if (tin == HALO_CUDA_F32) launch_rot<HALO_CUDA_F32, MODE>(a, s);
+        else launch_rot<HALO_CUDA_I32, MODE>(a, s);
+        return;
+    }
     if (tin == HALO_CUDA_BF16) launch_rows_t<HALO_CUDA_BF16, MODE>(a, s);
     else if (tin == HALO_CUDA_F32) launch_rows_t<HALO_CUDA_F32, MODE>(a, s);
     else launch_rows_t<HALO_CUDA_I32, MODE>(a, s);
@@ -353,6 +548,7 @@ static rows_args rows_setup(const halo_cuda_had *h, int transpose, const void *i
         // x H = (op x) with op = H_K^T (x) H_P along the row (the CPU's ht = 1); x H^T uses H_K.
         a.Hop = transpose ? h->dHf : h->dHtf;
         a.sgn = transpose ? h->dSgn : h->dSgnT;
+        a.ck = h->K == 1 || h->ck; a.htr = !transpose;
     } else {
         a.rotate = 0; a.blk = d; a.nseg = 1; a.K = 1; a.P = d;
     }
