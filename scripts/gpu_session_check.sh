@@ -1,33 +1,63 @@
 #!/usr/bin/env bash
-# Every GPU check of a short device session in one call, most important first, each step under its own time limit
-# and logged straight into $OUT (so a call cut short by the device budget still returns what ran):
-#   1. test_cuda_model (BF16 GPU model vs goldens and the CPU model)   2. test_cuda_halo (HALO kernels vs src/halo)
-#   3. scripts/gpu_halo_train_check.sh (HALO in the GPU model: training vs the CPU HALO model, 1B benchmark per
-#      precision)   4. scripts/gpu_verbs_check.sh (--device cuda in the verbs, GPU checkpoints)
-#   5. bench_cuda_halo (per-layer HALO at Llama-3-8B shapes)   6. the PyTorch baseline (compiled) on this GPU
+# Every GPU check of a short device session in one call, timings with nothing else on the GPU, correctness runs
+# last (two of them side by side). Each step has its own time limit; its log goes to a scratch folder, and $OUT
+# receives only three files (the device tool returns few files): summary.txt (one line per step + the key result
+# lines), results.md (the tables), logs.tar.gz (every log).
+#   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  5. test_cuda_verbs
+#   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
+#      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  8. bench_cuda_halo (8B layer shapes)
+#   9. bench_cuda_decode  10. PyTorch compiled baseline  11. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
 set -u
 cd "$(dirname "$0")/.."
-LOG=${OUT:-/tmp/halo-gpu-session}; mkdir -p "$LOG"
-export HALO_SHARED=$PWD/shared PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
+DEST=${OUT:-/tmp/halo-gpu-session}; mkdir -p "$DEST"
+LOG=$(mktemp -d /tmp/halo-session.XXXXXX)
+export HALO_SHARED=$PWD/shared PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1 BUILD=build-dev
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-dev
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$LOG/gpu.txt"
+S=$DEST/summary.txt R=$DEST/results.md
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$S"
 source scripts/gpu_lib.sh
-step() {   # as gpu_step, printing its summary line (also into summary.txt) and the log's pass/fail lines at once
-  gpu_step "$@"
-  echo "${summary[-1]}" | tee -a "$LOG/summary.txt"
-  grep -h -E "passed, .* failed|FAIL" "$LOG/$2" | head -5
+finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
+trap finish EXIT
+step() {   # gpu_step + its summary line and the log's verdict / failure lines into summary.txt
+  gpu_step "$@"; local rc=$?
+  echo "${summary[-1]}" | tee -a "$S"
+  grep -h -E "passed, .* failed|FAIL" "$LOG/$2" | head -12 | tee -a "$S"
+  return $rc
 }
-step "test_cuda_model (BF16 model, goldens)" model.log 60 $B/tests/test_cuda_model
-step "test_cuda_halo (HALO kernels vs CPU)" halo_kernels.log 40 $B/tests/test_cuda_halo
-step "gpu_halo_train_check.sh (HALO in the model)" halo_train.log 150 env OUT="$LOG/halo_train" bash scripts/gpu_halo_train_check.sh
-step "gpu_verbs_check.sh (--device cuda verbs)" verbs.log 75 env OUT="$LOG/verbs" bash scripts/gpu_verbs_check.sh
-step "bench_cuda_halo 8192 tokens (8B layers)" bench_halo.log 45 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+keep() { grep -h -E "$2" "$LOG/$1" | head -${3:-40} | tee -a "$R"; }   # key lines of a log into results.md
+step "test_cuda_ops (ops vs CPU, attention variants)" ops.log 90 $B/tests/test_cuda_ops
+keep ops.log "variant|rmsnorm|adamw" 60
+step "test_cuda_halo (HALO kernels vs CPU)" halo_kernels.log 60 $B/tests/test_cuda_halo
+keep halo_kernels.log "differ|mismatch" 30
+step "test_cuda_model (goldens, memory options)" model.log 90 $B/tests/test_cuda_model
+keep model.log "^\|" 60
+step "test_cuda_decode (GPU decoder)" decode.log 90 $B/tests/test_cuda_decode
+keep decode.log "yardstick|identical|bound|difference|sampled" 20
+step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
+keep verbs.log "resumed|moments lost|debug-step|after a cross-device" 12
+trainbench() { local name=$1 log=$2; shift 2; step "$name" "$log" 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 "$@"; keep "$log" "^\{" 2; }
+trainbench "bench 1B BF16 default" b1.log --model llama3.2-1b
+keep b1.log "GiB|ms  " 40
+trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moments --bf16-grads --recompute-norms --no-breakdown
+keep b1lm.log "GiB" 12
+trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
+trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
+trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --no-breakdown
+trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
+step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
+keep bench_attn.log "^\|" 30
+step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+keep bench_halo.log "^\|" 40
+step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
+keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
-echo; echo "==== summary"; printf '%s\n' "${summary[@]}"
-echo; echo "==== HALO in the GPU model"; tail -30 "$LOG/halo_train.log"
-echo; echo "==== verbs"; grep -E "PASS|FAIL" "$LOG/verbs.log" | tail -15
-echo; echo "==== bench_cuda_halo"; grep -E '^\|' "$LOG/bench_halo.log" | head -12
-echo; echo "==== torch"; tail -2 "$LOG/torch_1b.log"
+keep torch_1b.log "^\{" 2
+env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 &
+qpid=$!
+step "test_cuda_halo_train (HALO model vs CPU)" halo_train.log 150 $B/tests/test_cuda_halo_train
+keep halo_train.log "mean loss|within|steps" 20
+wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"
+keep quality.log "^\|" 8
