@@ -9,16 +9,16 @@ cd "$(dirname "$0")/.."
 H=${HALO_BIN:-build-dev/halo}; S=${HALO_SHARED:-shared}; DEV=${HALO_QUALITY_DEVICE:-cuda}
 LOG=${OUT:-/tmp/halo-gpu-quality}/quality; mkdir -p "$LOG"
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-STEPS_VIGGO=${STEPS_VIGGO:-150}; STEPS_DEMO=${STEPS_DEMO:-800}
+STEPS_VIGGO=${STEPS_VIGGO:-150}; STEPS_DEMO=${STEPS_DEMO:-800}; TH=${QUALITY_THREADS:-2}   # CPU threads per run (8 runs)
 PRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "fp8-L0:--precision fp8 --halo-level 0" "fp8-L1:--precision fp8 --halo-level 1")
 pids=()
 for p in "${PRECS[@]}"; do
   name=${p%%:*}; flags=${p#*:}
   $H finetune --device $DEV --model $S/models/stories260K --data $S/data/viggo/train.csv --val $S/data/viggo/valid.csv \
     --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --steps $STEPS_VIGGO \
-    --lr 1e-3 --warmup 10 --eval-every 50 --eval-batches 25 --seed 1 $flags --metrics $LOG/viggo-$name.jsonl \
+    --lr 1e-3 --warmup 10 --eval-every 50 --eval-batches 25 --seed 1 --threads $TH $flags --metrics $LOG/viggo-$name.jsonl \
     > $LOG/viggo-$name.log 2>&1 & pids+=($!)
-  $H demo --device $DEV --steps $STEPS_DEMO --seed 1 $flags --metrics $LOG/demo-$name.jsonl > $LOG/demo-$name.log 2>&1 & pids+=($!)
+  $H demo --device $DEV --steps $STEPS_DEMO --seed 1 --threads $TH $flags --metrics $LOG/demo-$name.jsonl > $LOG/demo-$name.log 2>&1 & pids+=($!)
 done
 fail=0
 for pid in "${pids[@]}"; do wait "$pid" || fail=1; done

@@ -3,7 +3,7 @@
 # last (two of them side by side). Each step has its own time limit; its log goes to a scratch folder, and $OUT
 # receives only three files (the device tool returns few files): summary.txt (one line per step + the key result
 # lines), results.md (the tables), logs.tar.gz (every log).
-#   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  5. test_cuda_verbs
+#   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  8. bench_cuda_halo (8B layer shapes)
 #   9. bench_cuda_decode  10. PyTorch compiled baseline  11. racecheck over a BF16 and HALO training step
@@ -37,8 +37,6 @@ step "test_cuda_model (goldens, memory options)" model.log 90 $B/tests/test_cuda
 keep model.log "^\|" 60
 step "test_cuda_decode (GPU decoder)" decode.log 90 $B/tests/test_cuda_decode
 keep decode.log "yardstick|identical|bound|difference|sampled" 20
-step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
-keep verbs.log "resumed|moments lost|debug-step|after a cross-device" 12
 trainbench() { local name=$1 log=$2; shift 2; step "$name" "$log" 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 "$@"; keep "$log" "^\{" 2; }
 trainbench "bench 1B BF16 default" b1.log --model llama3.2-1b
 keep b1.log "GiB|ms  " 40
@@ -62,5 +60,7 @@ env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 &
 qpid=$!
 step "test_cuda_halo_train (HALO model vs CPU)" halo_train.log 150 $B/tests/test_cuda_halo_train
 keep halo_train.log "mean loss|within|steps" 20
+step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
+keep verbs.log "resumed|moments lost|debug-step|after a cross-device" 12
 wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"
 keep quality.log "^\|" 8
