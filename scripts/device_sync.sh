@@ -31,3 +31,6 @@ cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"
 cp "$SHARED"/data/viggo/valid.csv "$SHARED"/data/viggo/train.csv "$DEST/shared/data/viggo/"
 cp "$SHARED"/data/text/tinystories_sample.txt "$DEST/shared/data/text/"
 du -sh "$DEST"
+# the binaries (~10 MB each, mostly CUDA fat binary) compress 5x: ship them packed (gpu_lib.sh unpacks)
+(cd "$DEST" && tar cJf build-dev.tar.xz build-dev && rm -rf build-dev)
+du -sh "$DEST"

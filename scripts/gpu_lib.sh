@@ -13,3 +13,6 @@ gpu_step() {
   summary+=("$(printf "%-${GPU_STEP_WIDTH:-46}s %src=%-3s %7d ms" "$name" "$verdict" "$rc" "$ms")")
   return $rc
 }
+# device_sync.sh ships the binaries as build-dev.tar.xz (the device tool carries at most 64 MiB; each binary holds
+# ~9 MB of CUDA fat binary): unpack once in the staged folder.
+if [ ! -d build-dev ] && [ -f build-dev.tar.xz ]; then tar xJf build-dev.tar.xz; fi
