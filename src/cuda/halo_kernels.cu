@@ -346,8 +346,8 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
 
 // ---------------------------------------------------------------------------------------------------------------
 // The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 with P % 8 == 0, P <= 8192 and
-// K in {1, 12, 20, 28, 44} (every Llama width: 2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 5632 = 44 * 128,
-// 14336 = 28 * 512, and H_b over 8192 tokens). 256 threads per (row, block); the same additions in the same order
+// K in {1, 12, 20} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, H_b over 8192 tokens; K = 28 / 44 run k_rows,
+// see rot_ok). 256 threads per (row, block); the same additions in the same order
 // as the CPU, so the values are bit-identical:
 //   phase 1: 16-byte loads, butterfly stages h = 1, 2, 4 in registers and h = 8 .. min(P, 256) / 2 by warp shuffles
 //            (a warp holds 256 consecutive values), fp32 into shared memory;
@@ -493,8 +493,10 @@ static int g_rot_off;   // halo_cuda_rows_fast(0): the generic k_rows only (test
 extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; }
 
 // 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
+// K = 28 / 44 stay on k_rows: its sign-mask mix beat k_rot's constant-memory FMAs there (down_proj, 14336 = 28 * 512,
+// level 1 on the H200: 6.34 ms with k_rows, 8.78 ms with k_rot; q/gate with K = 1 gained: q L1 1.38 -> 1.18 ms).
 static int rot_ok(const rows_args &a) {
-    return !g_rot_off && a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 &&
+    return !g_rot_off && (a.K == 1 || a.K == 12 || a.K == 20) && a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 &&
            a.P <= 256 * ROT_QMAX;
 }
 
@@ -515,9 +517,7 @@ template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s
     switch (a.K) {
     case 1: launch_rot_k<TIN, MODE, 1>(a, s); break;
     case 12: launch_rot_k<TIN, MODE, 12>(a, s); break;
-    case 20: launch_rot_k<TIN, MODE, 20>(a, s); break;
-    case 28: launch_rot_k<TIN, MODE, 28>(a, s); break;
-    default: launch_rot_k<TIN, MODE, 44>(a, s); break;
+    default: launch_rot_k<TIN, MODE, 20>(a, s); break;
     }
 }
 
