@@ -109,8 +109,8 @@ int main(void) {
     // help texts
     const char *helps[][2] = {{"demo --help", "--device cpu|cuda"}, {"finetune --help", "not bit for bit"},
                               {"eval --help", "--device cpu|cuda"},
-                              {"generate --help", "GPU KV-cache decoder"},
-                              {"debug-step --help", "--device cuda"}};
+                              {"generate --help", "the GPU KV-cache"},
+                              {"debug-step --help", "--device cpu|cuda (default: cuda when a GPU is present"}};
     for (int i = 0; i < 5; i++) {
         rc = run(helps[i][0], &out);
         CHECK(rc == 0 && strstr(out, helps[i][1]), "`halo %s` mentions '%s'", helps[i][0], helps[i][1]);

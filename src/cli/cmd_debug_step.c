@@ -21,15 +21,16 @@ static void usage(void) {
            "  OUT gets `logits` [B, T, V] (F32), `loss` [] and `grad.<HF parameter name>` for every parameter.\n"
            "  With --adamw-steps N, prints {\"step\": i, \"loss\": L} before each of N AdamW steps on the same batch\n"
            "  (defaults lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0).\n"
-           "  --device cuda: forward, backward and the AdamW steps on the GPU (BF16 products and activations, fp32\n"
-           "  master weights, moments and gradients); logits are the GPU's BF16 logits widened to F32. Expect BF16\n"
-           "  agreement with fp32 references (about 1e-2 relative), not fp32 agreement.\n");
+           "  --device cpu|cuda (default: cuda when a GPU is present; cpu for fp32 references): cuda runs forward,\n"
+           "  backward and the AdamW steps on the GPU (BF16 products and activations, fp32 master weights, moments\n"
+           "  and gradients); logits are the GPU's BF16 logits widened to F32. Expect BF16 agreement with fp32\n"
+           "  references (about 1e-2 relative), not fp32 agreement.\n");
     halo_common_usage();
 }
 
 int cmd_debug_step(int argc, char **argv) {
     const char *model_dir = NULL, *batch_path = NULL, *out_path = NULL, *v;
-    int use_cuda = 0;
+    int use_cuda = -1;
     long steps = 0;
     double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.0;
     halo_common_opts co = halo_common_opts_default();
@@ -51,6 +52,7 @@ int cmd_debug_step(int argc, char **argv) {
         else { fprintf(stderr, "halo debug-step: unknown option '%s'\n", argv[i]); usage(); return 2; }
     }
     if (!model_dir || !batch_path || (!out_path && steps == 0)) { usage(); return 2; }
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "debug-step");
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
 
     llama_model m;

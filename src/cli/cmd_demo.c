@@ -40,8 +40,9 @@ static void usage(void) {
            "                     task and training options come from the checkpoint\n"
            "  --metrics FILE     one JSON line per step and per evaluation\n"
            "  --log-every N      progress line every N steps (default 1)\n"
-           "  --device cpu|cuda  where the training steps run (default cpu); cuda: BF16 products, fp32 master\n"
-           "                     weights and moments on the GPU; evaluation and generation run on the CPU with the\n"
+           "  --device cpu|cuda  where the training steps run (default: cuda when a GPU is present and the settings\n"
+           "                     run there, else cpu); cuda: BF16 products, fp32 master weights and moments on the\n"
+           "                     GPU; evaluation and generation run on the CPU with the\n"
            "                     weights copied back. Checkpoints are the same on both devices (either resumes the\n"
            "                     other's); a GPU resume is not bit for bit (attention backward sums with atomics)\n");
     cli_gpu_mem_usage();
@@ -86,7 +87,7 @@ int cmd_demo(int argc, char **argv) {
     long threads = 0, show = 8, seed = 1, v;
     double x;
     const char *out_dir = NULL, *resume = NULL, *s;
-    int use_cuda = 0;
+    int use_cuda = -1;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
     int gmem_given = 0;
@@ -118,6 +119,7 @@ int cmd_demo(int argc, char **argv) {
         }
         else { fprintf(stderr, "halo demo: unknown option '%s' (see --help)\n", a); return 2; }
     }
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "demo");
     if (use_cuda && cli_cuda_check()) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
     if (cli_gpu_mem_check(gmem_given, use_cuda)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
     if (threads > 0) {   // default: all cores (OpenBLAS's OpenMP build shares OpenMP's pool)

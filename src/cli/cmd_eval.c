@@ -27,16 +27,16 @@ static void usage(void) {
            "  --answer-field --chat --plain-template --system --seq-len --seed --val-fraction\n"
            "  --batch N (8)             rows per loss batch; prompts decoded at once by GPU generation\n"
            "  --threads N\n"
-           "  --device cpu|cuda         cuda: --task loss runs the forward on the GPU (BF16 products); generation\n"
-           "                            tasks decode on the GPU with the KV cache, --batch prompts at a time (BF16\n"
-           "                            products)\n");
+           "  --device cpu|cuda         default: cuda when a GPU is present. cuda: --task loss runs the forward on the\n"
+           "                            GPU (BF16 products); generation tasks decode on the GPU with the KV cache,\n"
+           "                            --batch prompts at a time (BF16 products)\n");
     halo_common_usage();
 }
 
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *task = NULL, *pred_path = "predictions.jsonl", *split_name = "val", *v;
     long limit = 0, max_new = 256, n, threads = 0, batch = 8;
-    int all = 0, use_cuda = 0;
+    int all = 0, use_cuda = -1;
     dataset_config dc;
     dataset_config_default(&dc);
     dc.shuffle = false;
@@ -65,6 +65,7 @@ int cmd_eval(int argc, char **argv) {
     int loss_task = !strcmp(task, "loss");
     halo_metric metric = METRIC_EXACT;
     if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "eval");
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (batch < 1) { halo_fail("--batch: %ld is not positive", batch); goto bad; }
     if (all) { dc.val_fraction = 0; dc.val_count = 0; split_name = "train"; }

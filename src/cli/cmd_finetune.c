@@ -38,8 +38,8 @@ static void usage(void) {
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
-        "  --device cpu|cuda      where the steps run (cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor\n"
-        "                         scales), fp32 master weights and moments on the GPU; validation runs on the CPU\n"
+        "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
+        "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales), fp32 master weights and moments on the GPU; validation runs on the CPU\n"
         "                         with the weights copied back. Checkpoints have one format: a GPU run resumes on\n"
         "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
         "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
@@ -116,7 +116,7 @@ static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
 }
 
 int cmd_finetune(int argc, char **argv) {
-    const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *device = "cpu", *v;
+    const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *device = NULL, *v;
     dataset_config dc;
     dataset_config_default(&dc);
     train_options o = train_options_default();
@@ -165,7 +165,8 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
     int use_cuda = 0;
-    if (cli_device_parse(device, &use_cuda) != HALO_OK || (use_cuda && cli_cuda_check() != HALO_OK)) goto bad;
+    if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
+    if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (use_cuda && co.telemetry_every > 0) {
         halo_fail("--halo-telemetry is not supported with --device cuda (the GPU HALO layers do not measure errors)");

@@ -27,7 +27,8 @@ static void usage(void) {
            "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
            "                       the tokenizer has its header tokens, else Llama 2 [INST]); --system S adds a system turn\n"
            "  --json               with --prompt: print the JSON line instead of streaming text\n"
-           "  --device cpu|cuda    where to decode (default cpu); cuda: the GPU KV-cache decoder with BF16 weights\n"
+           "  --device cpu|cuda    where to decode (default: cuda when a GPU is present); cuda: the GPU KV-cache\n"
+           "                       decoder with BF16 weights\n"
            "                       (same options, same output; greedy gives the CPU's tokens up to BF16 near-ties)\n"
            "With --prompt TEXT the generated text is streamed as it is produced. With --prompt-ids (or --json) prints\n"
            "{\"prompt_ids\": [...], \"generated_ids\": [...], \"ids\": [...]} (and \"text\" with a tokenizer).\n");
@@ -91,7 +92,7 @@ int cmd_generate(int argc, char **argv) {
     gen_options o = gen_options_default();
     long v;
     double x;
-    int use_eos = 1, chat = 0, json = 0, use_cuda = 0;
+    int use_eos = 1, chat = 0, json = 0, use_cuda = -1;
     const char *system = NULL;
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {
@@ -124,6 +125,7 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (!model_dir || (!ids_s == !text)) { usage(); return 2; }
+    if (use_cuda < 0) use_cuda = cli_device_auto(NULL, "generate");   // generation runs BF16 weights either way
     if (use_cuda && cli_cuda_check() != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
 
     // The tokenizer: explicit, or the model folder's tokenizer.json when there is one (the demo's byte-level

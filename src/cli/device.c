@@ -19,6 +19,21 @@ int cli_device_parse(const char *value, int *cuda) {
     return HALO_OK;
 }
 
+int cli_device_auto(const halo_common_opts *co, const char *verb) {
+#ifdef HALO_CUDA
+    if (cuda_device_count() <= 0) return 0;
+    const char *why = NULL;
+    if (co && co->telemetry_every > 0) why = "--halo-telemetry is CPU-only";
+    else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
+    if (!why) return 1;
+    fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU (--device cuda to insist)\n", verb, why);
+    return 0;
+#else
+    (void)co; (void)verb;
+    return 0;
+#endif
+}
+
 int cli_gpu_mem_parse(train_cuda_mem *mem, int *given, int argc, char **argv, int *i) {
     const char *v;
     if (cli_is_flag(argv[*i], "--bf16-moments")) mem->bf16_moments = 1;

@@ -139,6 +139,9 @@ typedef struct {
     int decay_all;          // 1: decay norms and embeddings too
 } llama_cuda_adamw;
 
+// HALO_OK when the GPU HALO layers support these settings (per-tensor scales, nearest rounding, E4M3 gradients,
+// full H_m, q/k/v and gate/up all or none; fp32 gradients); else HALO_ERR with the reason.
+int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // Uploads a host model (fp32 params; its tensor table gives the no-decay tensors). Returns HALO_ERR with a message
 // when no device is present or memory runs out.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);

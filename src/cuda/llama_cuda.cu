@@ -345,11 +345,10 @@ static void lin_shape(const llama_cuda *g, int kind, int *m, int *n) {
     *n = kind == LIN_Q ? Q : kind <= LIN_V ? KV : kind == LIN_O || kind == LIN_DOWN ? D : F;
 }
 
-// Validates opts.halo and builds one halo_cuda_linear per selected (block, linear), as llama_set_halo on the CPU.
-static int halo_setup(llama_cuda *g) {
-    const model_halo_config *hc = &g->o.halo;
+// The settings-only part of halo_setup's validation (no model needed): what the GPU HALO layers support.
+extern "C" int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads) {
     if (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8) return HALO_OK;   // fp32 / bf16: BF16 products
-    if (g->o.bf16_grads)   // the HALO layers accumulate fp32 weight gradients
+    if (bf16_grads)   // the HALO layers accumulate fp32 weight gradients
         return halo_fail("HALO on the GPU keeps fp32 weight gradients: bf16 gradients (--bf16-grads) work with "
                          "--precision bf16 only");
     const unsigned qkv = (1u << LIN_Q) | (1u << LIN_K) | (1u << LIN_V), gu = (1u << LIN_GATE) | (1u << LIN_UP);
@@ -367,6 +366,14 @@ static int halo_setup(llama_cuda *g) {
     if ((hc->kinds & gu) && (hc->kinds & gu) != gu)
         return halo_fail("HALO on the GPU: gate and up share one fused weight there; select both or neither");
     if (hc->skip_first < 0 || hc->skip_last < 0) return halo_fail("HALO on the GPU: negative skip counts");
+    return HALO_OK;
+}
+
+// Validates opts.halo and builds one halo_cuda_linear per selected (block, linear), as llama_set_halo on the CPU.
+static int halo_setup(llama_cuda *g) {
+    const model_halo_config *hc = &g->o.halo;
+    if (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8) return HALO_OK;   // fp32 / bf16: BF16 products
+    if (llama_cuda_halo_check(hc, g->o.bf16_grads) != HALO_OK) return HALO_ERR;
     const llama_config *c = &g->c;
     const int nl = c->n_layers;
     if (hc->level >= 1 && (c->dim > 32768 || c->hidden_dim > 32768 || g->Q > 32768))
