@@ -6,7 +6,7 @@
 #   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  8. bench_cuda_halo (8B layer shapes)
-#   9. bench_cuda_decode  10. PyTorch compiled baseline  11. racecheck over a BF16 and HALO training step
+#   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
@@ -54,6 +54,10 @@ step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_dec
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
 keep torch_1b.log "^\{" 2
+if [ "${HALO_TORCH_8B:-0}" = 1 ]; then   # ~100 s more: the baseline at Llama-3-8B layer shapes too
+  step "torch compiled llama3-8b 4 layers" torch_8b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
+fi
+python3 scripts/bench_ratio.py "$LOG"/b*.log "$LOG"/torch_*.log | tee -a "$R"
 step "racecheck: train step, BF16 + HALO int8/fp8" racecheck.log 90 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_cuda_model --sanitize-step
 keep racecheck.log "RACECHECK SUMMARY|ERROR SUMMARY|hazard" 4
 # test_cuda_halo_train trains on the CPU too, within a time budget: alone, before the quality runs load the CPU

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Table of halo training benchmarks against the PyTorch baseline: reads the JSON lines that bench_cuda_train and
+shared/bench/torch_llama_baseline.py print (any files given) and prints step time, tokens/s, memory and the speed
+ratio to the PyTorch run of the same model and shape.
+usage: scripts/bench_ratio.py LOG..."""
+import json, sys
+
+rows, torch = [], {}
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        if not line.startswith("{"):
+            continue
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        key = (j.get("model"), j.get("layers"), j.get("batch"), j.get("seq"))
+        if j.get("bench") == "halo_cuda":
+            rows.append((key, j))
+        elif "compile" in j:
+            torch[key] = j
+print("| model | layers | config | step ms | tokens/s | memory GiB (own / device) | PyTorch compiled step ms, GiB | speed vs PyTorch |")
+print("|---|---|---|---|---|---|---|---|")
+for key, j in rows:
+    cfg = [j["precision"] + ("" if j["precision"] == "bf16" else f" L{j['halo_level']}")]
+    if j.get("bf16_moments"): cfg.append("bf16 moments")
+    if j.get("bf16_grads"): cfg.append("bf16 grads")
+    if j.get("recompute_norms"): cfg.append("norm recompute")
+    if j.get("recompute"): cfg.append("recompute " + ("all" if j["recompute"] == 1 else "mlp"))
+    t = torch.get(key)
+    ref = f"{t['step_ms']:.2f}, {t['peak_gib']:.2f}" if t else "not run"
+    ratio = f"{t['step_ms'] / j['step_ms']:.3f}x" if t else "-"
+    print(f"| {key[0]} | {key[1]} | {', '.join(cfg)} | {j['step_ms']:.2f} | {j['tokens_per_s']:,} | "
+          f"{j['model_gib']:.2f} / {j['device_used_gib']:.2f} | {ref} | {ratio} |")
