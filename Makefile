@@ -66,7 +66,7 @@ $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libhalo.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libhalo.a $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libhalo.a
+$(BUILD)/bench/%: bench/%.c bench/bench.h $(BUILD)/libhalo.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libhalo.a $(LDLIBS)
 

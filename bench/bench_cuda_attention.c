@@ -10,9 +10,9 @@
 #include <string.h>
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
+#include "bench.h"
 #include "cuda/cuda_backend.h"
 
-static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 
 static void check(cudaError_t e, const char *what) {
     if (e != cudaSuccess) { fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e)); exit(1); }

@@ -10,16 +10,10 @@
 #include <time.h>
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
+#include "bench.h"
 #include "cuda/cuda_backend.h"
 #include "util/error.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
-static double median(double *v, int n) { qsort(v, n, sizeof *v, cmp_d); return n ? v[n / 2] : 0; }
 #endif
 
 int main(int argc, char **argv) {

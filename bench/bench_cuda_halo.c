@@ -11,13 +11,13 @@
 #include <string.h>
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
+#include "bench.h"
 #include "cuda/halo_cuda.h"
 #include "halo/halo_linear.h"
 #include "util/error.h"
 
 enum { NSETS = 3 };
 
-static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 
 // Median ms of reps runs of body(r) (r = repetition index, for rotating inputs), after 3 warm-up runs.
 #define TIME_MS(reps, out, body) do { cudaEvent_t _a, _b; cudaEventCreate(&_a); cudaEventCreate(&_b); \
