@@ -2,6 +2,8 @@
 # Runs each test binary given as an argument from the repository root, sums their "N passed, N failed, N skipped"
 # lines and prints the total last. Exit status is non-zero if any test failed or any binary crashed.
 set -u
+# the CLI's default device is cuda when a GPU is present; the CPU tests that run `halo` without --device mean the CPU
+export HALO_DEVICE=${HALO_DEVICE:-cpu}
 pass=0; fail=0; skip=0; crashed=()
 for t in "$@"; do
   echo "== $t"

@@ -106,6 +106,21 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s/p.jsonl", dir);
     CHECK(!halo_file_exists(cmd), "eval wrote no predictions after the device error");
 
+    // the default device: HALO_DEVICE=cuda asks for the GPU (none visible here: the device error); unset, with no
+    // GPU visible, the CPU runs
+    for (int i = 0; i < 2; i++) {
+        char log[600];
+        snprintf(log, sizeof log, "%s/auto.log", dir);
+        snprintf(cmd, sizeof cmd, "CUDA_VISIBLE_DEVICES= %s %s generate --model %s --prompt-ids 1,2,3 "
+                 "--max-new-tokens 2 > %s 2>&1", i ? "env -u HALO_DEVICE" : "HALO_DEVICE=cuda", bin, model, log);
+        int st = system(cmd);
+        rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (halo_read_file(log, &out, NULL) != 0) out = strdup("");
+        if (i) CHECK(rc == 0 && strstr(out, "\"generated_ids\""), "generate without --device, no GPU: exit %d: %s", rc, out);
+        else CHECK(rc == 1 && no_gpu_error(out), "HALO_DEVICE=cuda generate: exit %d: %s", rc, out);
+        free(out);
+    }
+
     // help texts
     const char *helps[][2] = {{"demo --help", "--device cpu|cuda"}, {"finetune --help", "not bit for bit"},
                               {"eval --help", "--device cpu|cuda"},

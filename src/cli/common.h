@@ -48,8 +48,9 @@ int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *c
 
 // --device cpu|cuda (src/cli/device.c). cli_device_parse: *cuda = 0 or 1, HALO_ERR naming the flag otherwise.
 int cli_device_parse(const char *value, int *cuda);
-// No --device given: 1 (cuda) when this build has the CUDA backend, a GPU is visible and the settings in co (may be
-// NULL) run there; else 0, with a note on stderr when a GPU is present but a setting is CPU-only.
+// No --device given: HALO_DEVICE=cpu|cuda when set; else 1 (cuda) when this build has the CUDA backend, a GPU is
+// visible and the settings in co (may be NULL) run there; else 0, with a note on stderr when a GPU is present but a
+// setting is CPU-only.
 int cli_device_auto(const halo_common_opts *co, const char *verb);
 // GPU memory flags of the training verbs: --bf16-moments, --bf16-grads, --recompute none|norms|mlp|all. Consumes
 // argv[*i] when it is one: returns 1 (and sets *given), 0 when it is not one, -1 (error set) for a bad value.

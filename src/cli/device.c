@@ -20,6 +20,9 @@ int cli_device_parse(const char *value, int *cuda) {
 }
 
 int cli_device_auto(const halo_common_opts *co, const char *verb) {
+    const char *env = getenv("HALO_DEVICE");   // cpu | cuda: the default without --device (the test suite sets cpu)
+    if (env && !strcmp(env, "cpu")) return 0;
+    if (env && !strcmp(env, "cuda")) return 1;
 #ifdef HALO_CUDA
     if (cuda_device_count() <= 0) return 0;
     const char *why = NULL;
