@@ -9,6 +9,7 @@ what=${1:-all}
 DEST_OUT=${OUT:-}
 OUT=/tmp/halo-gpu-check; rm -rf "$OUT"; mkdir -p "$OUT"   # logs here; one archive of them goes to the device tool's $OUT
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 export HALO_SHARED=$PWD/shared
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH

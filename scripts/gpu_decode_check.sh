@@ -8,6 +8,7 @@
 # Logs go to $OUT when set, else /tmp/halo-gpu-decode.
 set -u
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 LOG=${OUT:-/tmp/halo-gpu-decode}; mkdir -p "$LOG"
 export HALO_SHARED=$PWD/shared BUILD=build-dev
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

@@ -8,6 +8,7 @@
 set -u
 what=${1:-all}
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 LOG=${OUT:-/tmp/halo-gpu-halo}; mkdir -p "$LOG"
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu,memory.used --format=csv | tee "$LOG/gpu.txt"

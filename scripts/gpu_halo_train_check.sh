@@ -8,6 +8,7 @@
 # Logs go to $OUT when set (written as each step runs, so a call cut short keeps them), else /tmp/halo-gpu-halo-train.
 set -u
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 LOG=${OUT:-/tmp/halo-gpu-halo-train}; mkdir -p "$LOG"
 export HALO_SHARED=$PWD/shared
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

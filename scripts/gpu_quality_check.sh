@@ -6,6 +6,7 @@
 # From the folder scripts/device_sync.sh filled:   cd .dev-cuda && bash scripts/gpu_quality_check.sh
 set -u
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 H=${HALO_BIN:-build-dev/halo}; S=${HALO_SHARED:-shared}; DEV=${HALO_QUALITY_DEVICE:-cuda}
 LOG=${OUT:-/tmp/halo-gpu-quality}/quality; mkdir -p "$LOG"
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

@@ -14,6 +14,7 @@
 set -u
 DEV=${HALO_VERBS_DEVICE:-cuda}
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped packed
 export HALO_SHARED=$PWD/shared BUILD=build-dev
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 LOG=${OUT:-/tmp/halo-gpu-verbs}; mkdir -p "$LOG"
