@@ -548,8 +548,8 @@ static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, 
 }
 
 static void test_colrot(void) {
-    // b, n, ld: bp = 8192 (4 columns a block, n = 37 a partial strip), 2048, 8 and 2 (16 columns a block)
-    const int cases[][3] = {{8192, 37, 40}, {2043, 200, 200}, {5, 24, 24}, {2, 16, 16}, {300, 64, 72}};
+    // b, n, ld: bp = 8192 (4 columns a block, n = 37 a partial strip), 2048, 8 and 2 (16 columns a block), 4096 (8)
+    const int cases[][3] = {{8192, 37, 40}, {2043, 200, 200}, {5, 24, 24}, {2, 16, 16}, {4000, 64, 72}};
     for (int ci = 0; ci < 5; ci++) {
         const int b = cases[ci][0], n = cases[ci][1], ld = cases[ci][2], np = (n + 15) / 16 * 16;
         const int bp = halo_hadamard_pad_size(b, 172);
