@@ -600,9 +600,9 @@ static void test_colrot(void) {
         free(x); free(A); cudaFree(dx); cudaFree(dam);
         halo_cuda_had_free(&hg);
     }
-    // the layer with the switch off and on: b, m, n, ldey
-    const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {94, 448, 160, 160}};
-    for (int ci = 0; ci < 3; ci++) {
+    // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192; 94 -> 96 = 12 * 8 falls back)
+    const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160}};
+    for (int ci = 0; ci < 4; ci++) {
         const int b = lcases[ci][0], m = lcases[ci][1], n = lcases[ci][2], ldey = lcases[ci][3];
         float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
         float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
