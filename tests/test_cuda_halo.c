@@ -518,6 +518,119 @@ static void test_linear(void) {
     free(X); free(W); free(EY);
 }
 
+// ---- level 2's token rotation of E_Y by the column kernels (halo_cuda_l2_colrot) ----------------------------------
+// The kernels alone vs the CPU (halo_hadamard_cols on the zero-padded [bp][n] copy, halo_quantize per tensor): amax
+// and every code bit-identical, zero codes in the padding columns. Then the level-2 layer with the switch on and off:
+// E_X and G bit-identical (b = 94 pads with K = 12: the switch falls back to the row path).
+static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, const float *W, const float *EY,
+                      float **EX, float **G) {
+    halo_bf16 *dX = t_dev_bf16(X, (size_t)b * m), *dW = t_dev_bf16(W, (size_t)n * m);
+    float *EYp = calloc((size_t)b * ldey, 4);
+    for (int t = 0; t < b; t++) memcpy(EYp + (size_t)t * ldey, EY + (size_t)t * n, 4 * (size_t)n);
+    halo_bf16 *dE = t_dev_bf16(EYp, (size_t)b * ldey);
+    float *dY = dev_poison(4 * (size_t)b * n), *dEX = dev_poison(4 * (size_t)b * m), *dG = dev_poison(4 * (size_t)n * m);
+    cudaMemset(dG, 0, 4 * (size_t)n * m);
+    halo_cuda_linear L;
+    *EX = *G = NULL;
+    if (halo_cuda_linear_init(&L, prec, 2, "colrot") || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
+        halo_cuda_linear_backward_ex(&L, dE, ldey, dEX, 1, dG, b, m, n, 0)) {
+        CHECK(0, "gpu linear: %s", halo_error());
+    } else {
+        int nonfin = 0;
+        cudaMemcpy(&nonfin, (int *)(L.dev + 8), 4, cudaMemcpyDeviceToHost);
+        CHECK(nonfin == 0, "colrot layer: non-finite flag set on finite inputs");
+        *EX = t_host_of(dEX, 4 * (size_t)b * m);
+        *G = t_host_of(dG, 4 * (size_t)n * m);
+    }
+    halo_cuda_linear_free(&L);
+    free(EYp);
+    cudaFree(dX); cudaFree(dW); cudaFree(dE); cudaFree(dY); cudaFree(dEX); cudaFree(dG);
+}
+
+static void test_colrot(void) {
+    // b, n, ld: bp = 8192 (4 columns a block, n = 37 a partial strip), 2048, 8 and 2 (16 columns a block), 4096 (8)
+    const int cases[][3] = {{8192, 37, 40}, {2043, 200, 200}, {5, 24, 24}, {2, 16, 16}, {4000, 64, 72}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int b = cases[ci][0], n = cases[ci][1], ld = cases[ci][2], np = (n + 15) / 16 * 16;
+        const int bp = halo_hadamard_pad_size(b, 172);
+        halo_hadamard hp;
+        halo_cuda_had hg;
+        if (halo_hadamard_plan(&hp, bp, 0) || halo_cuda_had_plan(&hg, bp, 0)) { CHECK(0, "plan %d", bp); continue; }
+        CHECK(halo_cuda_colrot_ok(&hg), "colrot: b=%d pads to %d (K=%d): column kernel expected", b, bp, hp.K);
+        float *x = t_rand_vec(&rng, (size_t)b * ld, 1.0);
+        for (int t = 0; t < b; t += 97) x[(size_t)t * ld + (t * 13) % n] *= 50;   // outlier tokens
+        halo_bf16 *dx = dev_bf16(x, (size_t)b * ld);
+        float *A = calloc((size_t)bp * n, 4);
+        for (int t = 0; t < b; t++) memcpy(A + (size_t)t * n, x + (size_t)t * ld, 4 * (size_t)n);
+        halo_hadamard_cols(&hp, A, n, n, 0);
+        float mx = 0;
+        for (size_t i = 0; i < (size_t)bp * n; i++) mx = fmaxf(mx, fabsf(A[i]));
+        float *dam = dev_poison(8);
+        cudaMemset(dam, 0, 8);
+        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dam, (int *)(dam + 1), 0);
+        float am[2];
+        cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
+        char det[80];
+        snprintf(det, sizeof det, "b=%d bp=%d n=%d ld=%d", b, bp, n, ld);
+        row("colrot absmax vs CPU", det, am[0] == mx && ((int *)am)[1] == 0 ? 0.0 : 1.0, 0, 0, 0);
+        for (int fmt = 0; fmt < 2; fmt++) {
+            halo_qspec qs;
+            memset(&qs, 0, sizeof qs);
+            qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
+            qs.gran = HALO_GRAN_TENSOR;
+            halo_qmat qm;
+            memset(&qm, 0, sizeof qm);
+            halo_quantize(&qm, A, bp, n, n, 0, &qs, "test");
+            uint8_t *dq = dev_poison((size_t)bp * np);
+            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dam, fmt, dq, np, np, 0);
+            uint8_t *q = t_host_of(dq, (size_t)bp * np);
+            uint8_t *qc = malloc((size_t)bp * n);
+            long padbad = 0, mism, ties;
+            for (int t = 0; t < bp; t++) {
+                memcpy(qc + (size_t)t * n, q + (size_t)t * np, n);
+                for (int c = n; c < np; c++) padbad += q[(size_t)t * np + c] != 0;
+            }
+            code_diff(qc, qm.q, A, qm.s, (long)bp * n, 0, fmt, &mism, &ties);
+            char det2[96];
+            snprintf(det2, sizeof det2, "%s %s", det, fmt ? "e4m3" : "int8");
+            row("colrot codes vs CPU", det2, (double)padbad, 0, mism, 0);   // any differing code fails
+            free(q); free(qc); cudaFree(dq);
+            halo_qmat_free(&qm);
+        }
+        free(x); free(A); cudaFree(dx); cudaFree(dam);
+        halo_cuda_had_free(&hg);
+    }
+    // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192; 94 -> 96 = 12 * 8 falls back)
+    const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int b = lcases[ci][0], m = lcases[ci][1], n = lcases[ci][2], ldey = lcases[ci][3];
+        float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+        float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+        t_round_bf16(X, (size_t)b * m); t_round_bf16(W, (size_t)n * m); t_round_bf16(EY, (size_t)b * n);
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
+            float *EX[2], *G[2];
+            for (int on = 0; on < 2; on++) {
+                halo_cuda_l2_colrot(on);
+                gpu_layer(prec, b, m, n, ldey, X, W, EY, &EX[on], &G[on]);
+            }
+            halo_cuda_l2_colrot(0);
+            long bits = 0;
+            if (EX[0] && EX[1] && G[0] && G[1]) {
+                for (size_t i = 0; i < (size_t)b * m; i++) bits += memcmp(&EX[0][i], &EX[1][i], 4) != 0;
+                for (size_t i = 0; i < (size_t)n * m; i++) bits += memcmp(&G[0][i], &G[1][i], 4) != 0;
+            } else {
+                bits = -1;
+            }
+            char det[96];
+            snprintf(det, sizeof det, "%s L2 %dx%dx%d ldey=%d E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8", b, m, n,
+                     ldey);
+            row("layer colrot on vs off", det, bits == 0 ? 0.0 : 1.0, 0, bits < 0 ? 1 : bits, 0);
+            for (int on = 0; on < 2; on++) { free(EX[on]); free(G[on]); }
+        }
+        free(X); free(W); free(EY);
+    }
+}
+
 // Outlier channels in X, outlier tokens in E_Y (as bench_halo_error): errors vs float64 on the GPU match the CPU's,
 // and level 2 cuts the INT8 E_X error well below level 0's.
 static void test_outliers(void) {
@@ -580,6 +693,7 @@ int main(void) {
     test_vec_paths();
     test_gemm();
     test_linear();
+    test_colrot();
     test_outliers();
     halo_cuda_gemm_shutdown();
     TEST_END();

@@ -53,6 +53,16 @@ void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in
 void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                           int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
                           cudaStream_t s);
+// Level 2's token rotation of E_Y [rows][ld] bf16 in its own layout (h: H_b over h->d >= rows tokens, the rows past
+// `rows` zeros): v = H_b [E_Y; 0] column by column, bit-identical to halo_hadamard_cols (and to absmax_rows/quant_rows
+// on the zero-padded transpose). halo_cuda_colrot_ok: h is a full K = 1 plan with 2 <= d <= 32768 (else use those).
+int halo_cuda_colrot_ok(const halo_cuda_had *h);
+// *amax = max(*amax, max |v|) (atomic on the float bits; zero it first); *nonfinite |= 1 on NaN/Inf (may be NULL).
+void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, float *amax,
+                             int *nonfinite, cudaStream_t s);
+// q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as quant_rows; zero codes for cols <= c < cols_pad.
+void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                            const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s);
 // Unrotated per-tensor quantization of in[rows][cols] reading it once and writing the codes row-major q[rows][ldq]
 // and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
 void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
@@ -133,6 +143,10 @@ int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX
 // The same with E_Y's row stride ldey >= n.
 int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G,
                                  int b, int m, int n, cudaStream_t s);
+// Level 2 backward: 1 = the token rotation of E_Y by the column kernels above (halo_cuda_colrot_*) where H_b allows,
+// 0 (default) = transpose, rotated rows, transpose back. Both give the same codes. Env HALO_CUDA_L2_COLROT=1 turns it
+// on at the first backward unless this was called.
+void halo_cuda_l2_colrot(int on);
 // ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
 // branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.
 typedef struct halo_cuda_prof_rec {

@@ -942,3 +942,122 @@ extern "C" void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const in
     k_dequant_i32<<<grid, 256, 0, s>>>(out, out_f32, ldo, C, ldc, M, N, alpha, row_scale, col_scale, accumulate);
     CUDA_LAUNCH_CHECK();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Column rotation (level 2's H_b over the token dimension of E_Y [rows][ld], K = 1 only): one thread block per strip
+// of CW columns holds all P (= h->d) tokens of the strip in shared memory as fp32, token-major with one pad float
+// after every 8 tokens (sm[t * CW + c + t / 8], so the first pass's 8-token groups fall in different banks; tokens
+// past `rows` are zeros), and runs the butterfly as radix-8 passes (stages h, 2h, 4h of a group of 8 values at
+// stride h in registers, then __syncthreads). Every add is the CPU's (a + b, a - b with stages in the order
+// h = 1, 2, 4, ..), so the values equal halo_hadamard_cols's (and rows of the transposed copy's) bit for bit.
+// CW = min(16, 32768 / P) columns: at most 128 KiB (+ P / 2 bytes of padding) of shared memory. Each call reads the
+// strip's bf16 once: MODE_AMAX keeps max |v| (one atomic per block), MODE_QUANT writes q[t][col] for t < P,
+// col < cols_pad (zero codes past cols).
+
+enum { COLROT_THREADS = 512, COLROT_FLOATS = 32768 };
+
+template <int R> __device__ __forceinline__ void colrot_radix(float *v) {
+    #pragma unroll
+    for (int s = 1; s < R; s *= 2)
+        #pragma unroll
+        for (int k = 0; k < R; k++)
+            if (!(k & s)) { const float x = v[k], y = v[k + s]; v[k] = x + y; v[k + s] = x - y; }
+}
+
+template <int R, int CW> __device__ __forceinline__ void colrot_pass(float *sm, int P, int h, int lh) {
+    const int groups = (P / R) * CW;
+    for (int e = threadIdx.x; e < groups; e += blockDim.x) {
+        const int c = e % CW, g = e / CW;
+        const int j0 = (g >> lh) * h * R + (g & (h - 1));
+        float v[R];
+        #pragma unroll
+        for (int k = 0; k < R; k++) { const int t = j0 + k * h; v[k] = sm[t * CW + c + (t >> 3)]; }
+        colrot_radix<R>(v);
+        #pragma unroll
+        for (int k = 0; k < R; k++) { const int t = j0 + k * h; sm[t * CW + c + (t >> 3)] = v[k]; }
+    }
+}
+
+template <int MODE, int CW> __global__ void __launch_bounds__(COLROT_THREADS)
+k_colrot(const bf16 *in, long ld, int rows, int cols, int P, float scale, unsigned *amax_bits, int *nonfinite,
+         const float *amax_q, int fmt, uint8_t *q, long ldq, int cols_pad) {
+    extern __shared__ float sm[];
+    const int tid = threadIdx.x, nthr = blockDim.x;
+    const int col0 = blockIdx.x * CW;
+    const int total = P * CW;
+    for (int e = tid; e < total; e += nthr) {
+        const int t = e / CW, col = col0 + e % CW;
+        sm[e + (t >> 3)] = t < rows && col < cols ? __bfloat162float(in[(long)t * ld + col]) : 0.f;
+    }
+    __syncthreads();
+    for (int h = 1, lh = 0; h < P; h <<= 3, lh += 3) {
+        const int left = P / h;   // the last pass takes the 1 or 2 stages left
+        if (left >= 8) colrot_pass<8, CW>(sm, P, h, lh);
+        else if (left == 4) colrot_pass<4, CW>(sm, P, h, lh);
+        else colrot_pass<2, CW>(sm, P, h, lh);
+        __syncthreads();
+    }
+    if (MODE == MODE_AMAX) {
+        float mx = 0.f;
+        int bad = 0;
+        for (int e = tid; e < total; e += nthr) {
+            const float av = fabsf(sm[e + ((e / CW) >> 3)] * scale);
+            bad |= !(av <= FLT_MAX);
+            mx = fmaxf(mx, av);
+        }
+        mx = block_max(mx);
+        if (nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(nonfinite, 1); }
+        if (tid == 0) atomicMax(amax_bits, __float_as_uint(mx));
+    } else {
+        const float qs = scale_of(*amax_q, qmax_of(fmt));
+        for (int e = tid; e < total; e += nthr) {
+            const int t = e / CW, col = col0 + e % CW;
+            if (col < cols_pad)
+                q[(long)t * ldq + col] = col < cols ? quant1(sm[e + (t >> 3)] * scale, qs, fmt) : (uint8_t)0;
+        }
+    }
+}
+
+extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
+    return h && h->K == 1 && h->block == h->d && h->d >= 2 && h->d <= COLROT_FLOATS;
+}
+
+static int colrot_cw(int P) { int cw = COLROT_FLOATS / P; return cw > 16 ? 16 : cw >= 8 ? 8 : cw >= 4 ? 4 : cw >= 2 ? 2 : 1; }
+
+template <int MODE, int CW> static void launch_colrot_cw(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows,
+                                                         int cols, unsigned *amax_bits, int *nonfinite,
+                                                         const float *amax_q, int fmt, uint8_t *q, long ldq,
+                                                         int cols_pad, int span, cudaStream_t s) {
+    const int P = h->d;
+    const size_t smem = sizeof(float) * ((size_t)P * CW + (size_t)P / 8 + 1);
+    static size_t smem_set = 0;   // per instantiation
+    if (smem > 48 * 1024 && smem_set < smem) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_colrot<MODE, CW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    k_colrot<MODE, CW><<<(span + CW - 1) / CW, COLROT_THREADS, smem, s>>>((const bf16 *)in, ld, rows, cols, P, h->scale,
+                                                                          amax_bits, nonfinite, amax_q, fmt, q, ldq,
+                                                                          cols_pad);
+    CUDA_LAUNCH_CHECK();
+}
+
+template <int MODE> static void launch_colrot(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                                              unsigned *amax_bits, int *nonfinite, const float *amax_q, int fmt,
+                                              uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
+    const int span = MODE == MODE_QUANT ? cols_pad : cols;
+    if (span <= 0) return;
+#define COLROT_CASE(CW) \
+    case CW: launch_colrot_cw<MODE, CW>(h, in, ld, rows, cols, amax_bits, nonfinite, amax_q, fmt, q, ldq, cols_pad, span, s); break;
+    switch (colrot_cw(h->d)) { COLROT_CASE(1) COLROT_CASE(2) COLROT_CASE(4) COLROT_CASE(8) COLROT_CASE(16) }
+#undef COLROT_CASE
+}
+
+extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                                        float *amax, int *nonfinite, cudaStream_t s) {
+    launch_colrot<MODE_AMAX>(h, in, ld, rows, cols, (unsigned *)amax, nonfinite, NULL, 0, NULL, 0, 0, s);
+}
+
+extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                                       const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
+    launch_colrot<MODE_QUANT>(h, in, ld, rows, cols, NULL, NULL, amax, fmt, q, ldq, cols_pad, s);
+}

@@ -5,6 +5,7 @@
 // Scratch (halo_cuda_ws): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][np],
 // 2 Q(E_Y)^T [np][b16], 3 transposed saved operand (Q(W H)^T [mp][np] or Q(X H)^T [mp][b16]), 4 level 2: E_Y^T
 // bf16 [n][bp] then its codes, 5 level 2: the E_X product and its transpose, fp32 [bp][m] x 2.
+#include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
@@ -132,6 +133,17 @@ static int plan_hb(halo_cuda_linear *L, int b) {
     L->hb_b = b;
     L->hb_pad = pad;
     return HALO_OK;
+}
+
+// halo_cuda_l2_colrot: -1 = not set yet (the env decides at the first backward), else 0 / 1.
+static int g_colrot = -1;
+extern "C" void halo_cuda_l2_colrot(int on) { g_colrot = on ? 1 : 0; }
+static int colrot_on(void) {
+    if (g_colrot < 0) {
+        const char *e = getenv("HALO_CUDA_L2_COLROT");
+        g_colrot = e && e[0] == '1';
+    }
+    return g_colrot;
 }
 
 static int check(const halo_cuda_linear *L, int b, int m, int n) {
@@ -296,17 +308,27 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
             const int bp = L->hb_pad;
-            // H_b^T [E_Y; 0] along tokens = rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H).
-            halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
-            uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
-            PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
-                 halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
-            quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
-                          "bwd quant H_b E_Y", 1, s);
-            // [bp][np] codes, zero in the columns n..np-1 (the transpose's padding)
+            // Q(H_b^T [E_Y; 0]) as [bp][np] codes, zero in the columns n..np-1.
             qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
-            PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,
-                 halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s));
+            if (colrot_on() && halo_cuda_colrot_ok(&L->hb)) {
+                // column kernels on E_Y in place: one bf16 read for the absmax, one for the codes
+                float *amax = L->dev + AER;
+                PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+                PROF("bwd absmax H_b E_Y (cols)", 2.0 * b * n,
+                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, amax, (int *)(L->dev + NONFIN), s));
+                PROF("bwd quant H_b E_Y (cols)", 2.0 * b * n + (double)bp * np,
+                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, amax, fmt, qe, np, (int)np, s));
+            } else {
+                // rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H), then the codes transposed back
+                halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
+                uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
+                PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
+                     halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
+                quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
+                              "bwd quant H_b E_Y", 1, s);
+                PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,
+                     halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s));
+            }
             PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s));
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), Rt = R^T [m][bp] rotated by H_b in place, first b kept.
             float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * 2);
