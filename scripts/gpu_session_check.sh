@@ -50,6 +50,8 @@ step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
 step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo.log "^\|" 40
+step "bench_cuda_halo --l2-colrot (opt-in level-2 column kernel)" bench_halo_colrot.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-colrot
+keep bench_halo_colrot.log "^\| .* 2 \|" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
