@@ -1,8 +1,11 @@
-// Timing helpers shared by the benchmarks: a monotonic clock and the median of repeated measurements.
+// Helpers shared by the benchmarks: a monotonic clock, the median of repeated measurements, Llama-3 shapes.
 #ifndef HALO_BENCH_H
 #define HALO_BENCH_H
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include "model/config.h"
 
 static inline double now_s(void) {
     struct timespec ts;
@@ -15,4 +18,19 @@ static inline int cmp_d(const void *a, const void *b) {
 }
 // sorts v in place; the upper median for even n, 0 for n = 0
 static inline double median(double *v, int n) { qsort(v, (size_t)n, sizeof *v, cmp_d); return n ? v[n / 2] : 0; }
+
+// The random-weight Llama-3 shapes of the GPU benchmarks: "llama3.2-1b" (hidden 2048, MLP 8192, 16 layers, tied head)
+// or "llama3-8b" (4096, 14336, 32 layers); 32 query / 8 KV heads, vocab 128256. layers > 0 overrides the count.
+// Returns 0, or -1 (message printed) for an unknown name.
+static inline int bench_llama3_config(llama_config *c, const char *model, int layers, int max_pos) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 128256; c->n_kv_heads = 8; c->n_heads = 32; c->max_pos = max_pos; c->norm_eps = 1e-5f;
+    c->rope_theta = 500000.f; c->bos_id = c->eos_id = -1;
+    if (!strcmp(model, "llama3.2-1b")) { c->dim = 2048; c->hidden_dim = 8192; c->n_layers = 16; c->tie_embeddings = 1; }
+    else if (!strcmp(model, "llama3-8b")) { c->dim = 4096; c->hidden_dim = 14336; c->n_layers = 32; c->tie_embeddings = 0; }
+    else { fprintf(stderr, "unknown model %s\n", model); return -1; }
+    if (layers > 0) c->n_layers = layers;
+    c->head_dim = c->dim / c->n_heads;
+    return 0;
+}
 #endif

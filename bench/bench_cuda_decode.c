@@ -49,15 +49,9 @@ int main(int argc, char **argv) {
     }
     if (cuda_device_count() <= 0) { printf("bench_cuda_decode: no CUDA GPU present, skipped\n"); return 0; }
     llama_config c;
-    memset(&c, 0, sizeof c);
-    c.vocab_size = 128256; c.n_kv_heads = 8; c.n_heads = 32; c.norm_eps = 1e-5f; c.rope_theta = 500000.f;
+    if (bench_llama3_config(&c, model, layers, 131072)) return 2;
     c.rope_scaling = ROPE_SCALING_LLAMA3; c.rope_factor = 32; c.rope_low_freq_factor = 1; c.rope_high_freq_factor = 4;
-    c.rope_original_max_pos = 8192; c.max_pos = 131072; c.bos_id = c.eos_id = -1;
-    if (!strcmp(model, "llama3.2-1b")) { c.dim = 2048; c.hidden_dim = 8192; c.n_layers = 16; c.tie_embeddings = 1; }
-    else if (!strcmp(model, "llama3-8b")) { c.dim = 4096; c.hidden_dim = 14336; c.n_layers = 32; c.tie_embeddings = 0; }
-    else { fprintf(stderr, "unknown model %s\n", model); return 2; }
-    if (layers > 0) c.n_layers = layers;
-    c.head_dim = c.dim / c.n_heads;
+    c.rope_original_max_pos = 8192;
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);

@@ -86,14 +86,7 @@ int main(int argc, char **argv) {
     if (hc.level > 2) { fprintf(stderr, "--halo-level: %d is not 0, 1 or 2\n", hc.level); return 2; }
     if (cuda_device_count() <= 0) { printf("bench_cuda_train: no CUDA GPU present, skipped\n"); return 0; }
     llama_config c;
-    memset(&c, 0, sizeof c);
-    c.vocab_size = 128256; c.n_kv_heads = 8; c.n_heads = 32; c.max_pos = T > 4096 ? T : 4096; c.norm_eps = 1e-5f;
-    c.rope_theta = 500000.f; c.bos_id = c.eos_id = -1;
-    if (!strcmp(model, "llama3.2-1b")) { c.dim = 2048; c.hidden_dim = 8192; c.n_layers = 16; c.tie_embeddings = 1; }
-    else if (!strcmp(model, "llama3-8b")) { c.dim = 4096; c.hidden_dim = 14336; c.n_layers = 32; c.tie_embeddings = 0; }
-    else { fprintf(stderr, "unknown model %s\n", model); return 2; }
-    if (layers > 0) c.n_layers = layers;
-    c.head_dim = c.dim / c.n_heads;
+    if (bench_llama3_config(&c, model, layers, T > 4096 ? T : 4096)) return 2;
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
