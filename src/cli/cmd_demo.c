@@ -42,8 +42,8 @@ static void usage(void) {
            "  --log-every N      progress line every N steps (default 1)\n"
            "  --device cpu|cuda  where the training steps run (default: cuda when a GPU is present and the settings\n"
            "                     run there, else cpu); cuda: BF16 products, fp32 master weights and moments on the\n"
-           "                     GPU; evaluation and generation run on the CPU with the\n"
-           "                     weights copied back. Checkpoints are the same on both devices (either resumes the\n"
+           "                     GPU; evaluation and generation run on the CPU with the weights copied back.\n"
+           "                     Checkpoints are the same on both devices (either resumes the\n"
            "                     other's); a GPU resume is not bit for bit (attention backward sums with atomics)\n");
     cli_gpu_mem_usage();
     halo_common_usage();

@@ -39,7 +39,8 @@ static void usage(void) {
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
-        "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales), fp32 master weights and moments on the GPU; validation runs on the CPU\n"
+        "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
+        "                         fp32 master weights and moments on the GPU; validation runs on the CPU\n"
         "                         with the weights copied back. Checkpoints have one format: a GPU run resumes on\n"
         "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
         "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
