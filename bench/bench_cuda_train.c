@@ -5,6 +5,7 @@
 //   build/bench/bench_cuda_train --model llama3-8b --layers 4 --batch 4 --seq 2048
 //   build/bench/bench_cuda_train --bf16-moments --bf16-grads --recompute-norms   (the smallest-memory full-speed setup)
 //   build/bench/bench_cuda_train --precision int8 --halo-level 2 --steps 5 --profile-only   (HALO on every block linear)
+//   ... --halo-breakdown: one step's HALO launches (absmax, quantizers, transposes, products) summed by kind
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,38 @@ static void *dev_rand(size_t n_bf16) {   // random bf16 data: never time on zero
     free(h);
     return d;
 }
+
+// One training step with every HALO launch timed (halo_cuda_prof_*), summed by launch name, largest first.
+static void halo_breakdown(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step) {
+    enum { CAP = 16384, KINDS = 64 };
+    static halo_cuda_prof_rec rec[CAP];
+    struct { const char *name; double ms, bytes; int n; } k[KINDS];
+    int nk = 0;
+    halo_cuda_prof_enable(1);
+    llama_cuda_train_step(g, b, h, step);
+    halo_cuda_prof_enable(0);
+    const int n = halo_cuda_prof_collect(rec, CAP);
+    double tot = 0, gemm = 0;
+    for (int i = 0; i < n; i++) {
+        int j = 0;
+        while (j < nk && strcmp(k[j].name, rec[i].name)) j++;
+        if (j == nk) {
+            if (nk == KINDS) continue;
+            k[nk].name = rec[i].name; k[nk].ms = k[nk].bytes = 0; k[nk].n = 0; nk++;
+        }
+        k[j].ms += rec[i].ms; k[j].bytes += rec[i].bytes; k[j].n++;
+        tot += rec[i].ms;
+        if (strstr(rec[i].name, "gemm")) gemm += rec[i].ms;
+    }
+    for (int i = 0; i < nk; i++)   // largest first (insertion sort: a few dozen kinds)
+        for (int j = i; j > 0 && k[j].ms > k[j - 1].ms; j--) { __typeof__(k[0]) t = k[j]; k[j] = k[j - 1]; k[j - 1] = t; }
+    printf("HALO launches in one step (%d launches, %.1f ms = products %.1f + other %.1f; GB = bytes read + written)\n",
+           n, tot, gemm, tot - gemm);
+    printf("| launch | count | ms | GB | GB/s |\n|---|---|---|---|---|\n");
+    for (int i = 0; i < nk; i++)
+        printf("| %-30s | %5d | %7.2f | %7.2f | %6.0f |\n", k[i].name, k[i].n, k[i].ms, k[i].bytes * 1e-9,
+               k[i].ms > 0 ? k[i].bytes / (k[i].ms * 1e-3) * 1e-9 : 0);
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -51,7 +84,7 @@ int main(int argc, char **argv) {
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
     int bf16g = 0, rnorms = 0;
-    int halo_level = -1, profile_only = 0;
+    int halo_level = -1, profile_only = 0, halo_bd = 0;
     const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
@@ -67,12 +100,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--recompute-norms")) rnorms = 1;
         else if (!strcmp(argv[i], "--no-breakdown")) breakdown = 0;
         else if (!strcmp(argv[i], "--profile-only")) profile_only = 1;
+        else if (!strcmp(argv[i], "--halo-breakdown")) halo_bd = 1;
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc) precision = argv[++i];
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
-                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)]\n");
+                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-breakdown]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
@@ -136,6 +170,7 @@ int main(int argc, char **argv) {
            " | device used %.2f GiB\n", tok / step_s, 100.0 * flops / step_s / peak, flops / 1e12,
            flops / step_s / 1e12, llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0);
 
+    if (halo_bd && hc.prec != HALO_PREC_FP32) halo_breakdown(g, &b, &h, warmup + steps + 1);
     if (breakdown || profile_only) {
         // device time by operation inside real steps (events around every launch; a little slower than untimed)
         llama_cuda_profile(g, 1);

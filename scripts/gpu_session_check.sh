@@ -10,6 +10,8 @@
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
+# ONLY='regex' runs only the steps whose name matches (grep -E), e.g. ONLY='test_cuda_halo|HALO' (the quality runs
+# are the step "quality"; the ratio table needs the "bench 1B" and "torch" steps).
 set -u
 cd "$(dirname "$0")/.."
 DEST=${OUT:-/tmp/halo-gpu-session}; mkdir -p "$DEST"
@@ -22,7 +24,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 source scripts/gpu_lib.sh
 finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
 trap finish EXIT
+want() { [ -z "${ONLY:-}" ] || echo "$1" | grep -qE "$ONLY"; }
 step() {   # gpu_step + its summary line and the log's verdict / failure lines into summary.txt
+  want "$1" || { : > "$LOG/$2"; return 0; }
   gpu_step "$@"; local rc=$?
   echo "${summary[-1]}" | tee -a "$S"
   grep -h -E "passed, .* failed|FAIL" "$LOG/$2" | head -12 | tee -a "$S"
@@ -42,9 +46,11 @@ trainbench "bench 1B BF16 default" b1.log --model llama3.2-1b
 keep b1.log "GiB|ms  " 40
 trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moments --bf16-grads --recompute-norms --no-breakdown
 keep b1lm.log "GiB" 12
-trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
+trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-breakdown
+keep b1f0.log "ms  |^\| " 60
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
-trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --no-breakdown
+trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
+keep b1i2.log "ms  |^\| " 60
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
@@ -52,6 +58,8 @@ step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo --l2-colrot (opt-in level-2 column kernel)" bench_halo_colrot.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-colrot
 keep bench_halo_colrot.log "^\| .* 2 \|" 12
+step "bench_cuda_halo --breakdown gate, level-2 column kernel" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --l2-colrot
+keep bench_halo_bd.log "^breakdown" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
@@ -59,15 +67,14 @@ keep torch_1b.log "^\{" 2
 if [ "${HALO_TORCH_8B:-0}" = 1 ]; then   # ~100 s more: the baseline at Llama-3-8B layer shapes too
   step "torch compiled llama3-8b 4 layers" torch_8b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
 fi
-python3 scripts/bench_ratio.py "$LOG"/b*.log "$LOG"/torch_*.log | tee -a "$R"
+want "bench 1B torch ratio" && python3 scripts/bench_ratio.py "$LOG"/b*.log "$LOG"/torch_*.log | tee -a "$R"
 step "racecheck: train step, BF16 + HALO int8/fp8" racecheck.log 90 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_cuda_model --sanitize-step
 keep racecheck.log "RACECHECK SUMMARY|ERROR SUMMARY|hazard" 4
 # test_cuda_halo_train trains on the CPU too, within a time budget: alone, before the quality runs load the CPU
 step "test_cuda_halo_train (HALO model vs CPU)" halo_train.log 150 $B/tests/test_cuda_halo_train
 keep halo_train.log "^\|" 40
-env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 &
-qpid=$!
+qpid=
+if want quality; then env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 & qpid=$!; fi
 step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
 keep verbs.log "resumed|moments lost|debug-step|after a cross-device" 12
-wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"
-keep quality.log "^\|" 8
+if [ -n "$qpid" ]; then wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"; keep quality.log "^\|" 8; fi

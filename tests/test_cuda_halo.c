@@ -518,6 +518,99 @@ static void test_linear(void) {
     free(X); free(W); free(EY);
 }
 
+// ---- two layers reading one X (q and k of a block): shared X codes, summed input gradient, overwritten G ----------
+// Reference: two independent layers A, B (own codes, G accumulated into zeros, E_X each on its own). Shared: B reuses
+// A's codes (halo_cuda_linear_share_x, one workspace, one transpose of the codes), E_X of B added into A's
+// (HALO_CUDA_EX_ADD), G written over garbage (HALO_CUDA_G_SET). Then B forwarded on a different X, which it must
+// quantize itself. Y and G agree bit for bit with the reference (INT8 exactly; FP8 may differ by the product's
+// epilogue: beta = 0 vs 1, bound 1e-6), the summed E_X within fp32 rounding of the host sum (1e-6).
+static float *run_pair_dev(halo_cuda_linear *L, const halo_bf16 *dX, const halo_bf16 *dW, const halo_bf16 *dE, int b,
+                           int m, int n, float *dEX, int flags, float **G) {
+    float *dY = dev_poison(4 * (size_t)b * n), *dG = dev_poison(4 * (size_t)n * m);
+    if (!(flags & HALO_CUDA_G_SET)) cudaMemset(dG, 0, 4 * (size_t)n * m);   // else garbage (0xff: NaN) stays unless
+    int rc = halo_cuda_linear_forward(L, dX, dW, dY, 1, b, m, n, 0);          // overwritten
+    if (!rc) rc = halo_cuda_linear_backward_flags(L, dE, n, dEX, 1, dG, flags, b, m, n, 0);
+    CHECK(rc == 0, "shared-X layer %s: %s", L->name, halo_error());
+    float *Y = t_host_of(dY, 4 * (size_t)b * n);
+    *G = t_host_of(dG, 4 * (size_t)n * m);
+    cudaFree(dY); cudaFree(dG);
+    return Y;
+}
+
+static double max_rel(const float *a, const float *b, size_t n) {   // max |a - b| / max |b|; NaN anywhere -> NaN
+    double d = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(a[i]) || isnan(b[i])) return NAN;
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        s = fmax(s, fabs((double)b[i]));
+    }
+    return s > 0 ? d / s : d;
+}
+
+static void test_shared_x(void) {
+    const int b = 256, m = 512, n1 = 384, n2 = 128;
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *X2 = t_rand_vec(&rng, (size_t)b * m, 2.0);
+    float *W1 = t_rand_vec(&rng, (size_t)n1 * m, 0.05), *W2 = t_rand_vec(&rng, (size_t)n2 * m, 0.05);
+    float *E1 = t_rand_vec(&rng, (size_t)b * n1, 1e-3), *E2 = t_rand_vec(&rng, (size_t)b * n2, 1e-3);
+    halo_bf16 *dX = dev_bf16(X, (size_t)b * m), *dX2 = dev_bf16(X2, (size_t)b * m);
+    halo_bf16 *dW1 = dev_bf16(W1, (size_t)n1 * m), *dW2 = dev_bf16(W2, (size_t)n2 * m);
+    halo_bf16 *dE1 = dev_bf16(E1, (size_t)b * n1), *dE2 = dev_bf16(E2, (size_t)b * n2);
+    const size_t nx = (size_t)b * m;
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 0; lvl < 3; lvl++) {
+            const double tol = prec == HALO_PREC_INT8 ? 0.0 : 1e-6;
+            halo_cuda_linear A, B, A2, B2;
+            halo_cuda_ws w;
+            memset(&w, 0, sizeof w);
+            halo_cuda_linear_init(&A, prec, lvl, "A"); halo_cuda_linear_init(&B, prec, lvl, "B");
+            halo_cuda_linear_init(&A2, prec, lvl, "A shared"); halo_cuda_linear_init(&B2, prec, lvl, "B shared");
+            halo_cuda_linear_share_workspace(&A2, &w); halo_cuda_linear_share_workspace(&B2, &w);
+            halo_cuda_linear_share_x(&B2, &A2);
+            float *dEXa = dev_poison(4 * nx), *dEXb = dev_poison(4 * nx), *dEXs = dev_poison(4 * nx);
+            float *Ga, *Gb, *Gas, *Gbs, *Gb3;
+            float *Ya = run_pair_dev(&A, dX, dW1, dE1, b, m, n1, dEXa, 0, &Ga);
+            float *Yb = run_pair_dev(&B, dX, dW2, dE2, b, m, n2, dEXb, 0, &Gb);
+            // shared: forwards A2, B2 first (as the model), then both backwards
+            float *dYa = dev_poison(4 * (size_t)b * n1), *dYb = dev_poison(4 * (size_t)b * n2);
+            float *dGa = dev_poison(4 * (size_t)n1 * m), *dGb = dev_poison(4 * (size_t)n2 * m);
+            int rc = halo_cuda_linear_forward(&A2, dX, dW1, dYa, 1, b, m, n1, 0);
+            if (!rc) rc = halo_cuda_linear_forward(&B2, dX, dW2, dYb, 1, b, m, n2, 0);
+            if (!rc) rc = halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXs, 1, dGa, HALO_CUDA_G_SET, b, m, n1, 0);
+            if (!rc) rc = halo_cuda_linear_backward_flags(&B2, dE2, n2, dEXs, 1, dGb, HALO_CUDA_G_SET | HALO_CUDA_EX_ADD, b,
+                                                          m, n2, 0);
+            CHECK(rc == 0, "shared-X pair: %s", halo_error());
+            CHECK(B2.qx_use == A2.qx_use && B2.qx == NULL, "B did not borrow A's codes");
+            float *Yas = t_host_of(dYa, 4 * (size_t)b * n1), *Ybs = t_host_of(dYb, 4 * (size_t)b * n2);
+            Gas = t_host_of(dGa, 4 * (size_t)n1 * m); Gbs = t_host_of(dGb, 4 * (size_t)n2 * m);
+            float *EXa = t_host_of(dEXa, 4 * nx), *EXb = t_host_of(dEXb, 4 * nx), *EXs = t_host_of(dEXs, 4 * nx);
+            for (size_t i = 0; i < nx; i++) EXa[i] += EXb[i];   // the reference sum
+            char det[64];
+            const char *pn = prec == HALO_PREC_INT8 ? "int8" : "fp8";
+            snprintf(det, sizeof det, "%s L%d Y of A, B", pn, lvl);
+            row("shared X codes vs own", det, fmax(max_rel(Yas, Ya, (size_t)b * n1), max_rel(Ybs, Yb, (size_t)b * n2)), 0, 0, 0);
+            snprintf(det, sizeof det, "%s L%d G set, A and B", pn, lvl);
+            row("shared X codes vs own", det, fmax(max_rel(Gas, Ga, (size_t)n1 * m), max_rel(Gbs, Gb, (size_t)n2 * m)), tol, 0, 0);
+            snprintf(det, sizeof det, "%s L%d E_X added", pn, lvl);
+            row("shared X codes vs own", det, max_rel(EXs, EXa, nx), 1e-6, 0, 0);
+            // B2 on another X: its own codes (compared with a fresh layer on X2)
+            float *Yb2 = run_pair_dev(&B2, dX2, dW2, dE2, b, m, n2, dEXb, 0, &Gb3);
+            CHECK(B2.qx_use != A2.qx_use, "B borrowed A's codes for a different X");
+            halo_cuda_linear C;
+            halo_cuda_linear_init(&C, prec, lvl, "C");
+            float *Gc, *Yc = run_pair_dev(&C, dX2, dW2, dE2, b, m, n2, dEXa, 0, &Gc);
+            snprintf(det, sizeof det, "%s L%d other X: Y, G", pn, lvl);
+            row("shared X codes vs own", det, fmax(max_rel(Yb2, Yc, (size_t)b * n2), max_rel(Gb3, Gc, (size_t)n2 * m)), 0, 0, 0);
+            halo_cuda_linear_free(&A); halo_cuda_linear_free(&B); halo_cuda_linear_free(&A2); halo_cuda_linear_free(&B2);
+            halo_cuda_linear_free(&C);
+            halo_cuda_ws_free(&w);
+            free(Ya); free(Yb); free(Ga); free(Gb); free(Yas); free(Ybs); free(Gas); free(Gbs); free(Gb3); free(Yb2);
+            free(Yc); free(Gc); free(EXa); free(EXb); free(EXs);
+            cudaFree(dEXa); cudaFree(dEXb); cudaFree(dEXs); cudaFree(dYa); cudaFree(dYb); cudaFree(dGa); cudaFree(dGb);
+        }
+    cudaFree(dX); cudaFree(dX2); cudaFree(dW1); cudaFree(dW2); cudaFree(dE1); cudaFree(dE2);
+    free(X); free(X2); free(W1); free(W2); free(E1); free(E2);
+}
+
 // ---- level 2's token rotation of E_Y by the column kernels (halo_cuda_l2_colrot) ----------------------------------
 // The kernels alone vs the CPU (halo_hadamard_cols on the zero-padded [bp][n] copy, halo_quantize per tensor): amax
 // and every code bit-identical, zero codes in the padding columns. Then the level-2 layer with the switch on and off:
@@ -693,6 +786,7 @@ int main(void) {
     test_vec_paths();
     test_gemm();
     test_linear();
+    test_shared_x();
     test_colrot();
     test_outliers();
     halo_cuda_gemm_shutdown();

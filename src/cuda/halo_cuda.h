@@ -103,6 +103,8 @@ enum { HALO_CUDA_NWS = 7 };
 typedef struct halo_cuda_ws {
     void *buf[HALO_CUDA_NWS];
     size_t cap[HALO_CUDA_NWS];
+    const void *qxt_key;        // slot 6 holds Q(X H_m)^T of these codes (the saved qx pointer) at generation
+    unsigned long qxt_gen;      //   qxt_gen: layers sharing X codes (halo_cuda_linear_share_x) transpose them once
 } halo_cuda_ws;
 void halo_cuda_ws_free(halo_cuda_ws *w);
 
@@ -115,6 +117,11 @@ typedef struct halo_cuda_linear {
     int hm_d, hb_b, hb_pad;
     uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp]
     size_t cap_qx, cap_qw;
+    const struct halo_cuda_linear *xsrc;   // halo_cuda_linear_share_x: the layer whose X codes this one reuses
+    const void *x_in;         // the X pointer of the last forward (a sharing layer checks it against its own)
+    const uint8_t *qx_use;    // the X codes of the last forward: qx, or xsrc's
+    const float *ax_use;      // their amax on the device: dev + 0, or xsrc's
+    unsigned long xgen;       // generation of those codes (a new one at every quantization of X)
     float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
                               // E_X, 6 alpha G, 8 (int) non-finite flag
     halo_cuda_ws own;         // scratch when no shared one is set
@@ -127,6 +134,10 @@ int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *
 void halo_cuda_linear_free(halo_cuda_linear *L);
 // Uses w (owned by the caller, outliving the layer's use) for scratch instead of the layer's own; NULL reverts.
 void halo_cuda_linear_share_workspace(halo_cuda_linear *L, halo_cuda_ws *w);
+// L reuses src's X codes (and their scale) when its forward gets the same X pointer and shapes as src's last
+// forward, which must come first (q, k, v reading one normed input: k and v share q's codes). Same precision and
+// level required; the codes are the ones L would compute itself, so results are unchanged. NULL reverts.
+void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src);
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
 void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.
@@ -143,6 +154,12 @@ int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX
 // The same with E_Y's row stride ldey >= n.
 int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G,
                                  int b, int m, int n, cudaStream_t s);
+// The same with flags: HALO_CUDA_EX_ADD: EX += E_X (fp32 EX only) instead of EX = E_X (the summed input gradient of
+// linears sharing an input, without a separate add pass); HALO_CUDA_G_SET: G = dW instead of G += dW (the first
+// write after zeroing gradients, without the zeroing pass).
+enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2 };
+int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
+                                    float *G, int flags, int b, int m, int n, cudaStream_t s);
 // Level 2 backward: 1 = the token rotation of E_Y by the column kernels above (halo_cuda_colrot_*) where H_b allows,
 // 0 (default) = transpose, rotated rows, transpose back. Both give the same codes. Env HALO_CUDA_L2_COLROT=1 turns it
 // on at the first backward unless this was called.

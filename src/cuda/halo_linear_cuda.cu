@@ -3,8 +3,9 @@
 // stream-ordered on the device (absmax by atomics, scales read by the kernels and by cuBLASLt from device memory).
 // In/out features m, n are padded to mp, np (multiples of 16) with zero codes inside the layer.
 // Scratch (halo_cuda_ws): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][np],
-// 2 Q(E_Y)^T [np][b16], 3 transposed saved operand (Q(W H)^T [mp][np] or Q(X H)^T [mp][b16]), 4 level 2: E_Y^T
-// bf16 [n][bp] then its codes, 5 level 2: the E_X product and its transpose, fp32 [bp][m] x 2.
+// 2 Q(E_Y)^T [np][b16], 3 Q(W H)^T [mp][np], 4 level 2: E_Y^T bf16 [n][bp] then its codes (then, with
+// HALO_CUDA_EX_ADD, E_X fp32 [b][m] before the add), 5 level 2: the E_X product and its transpose, fp32 [bp][m] x 2,
+// 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes transpose them once).
 #include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
@@ -21,7 +22,7 @@ enum { AX = 0, AW = 1, AE = 2, AER = 3, ALY = 4, ALEX = 5, ALG = 6, NONFIN = 8 }
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
 // ---- profiling hook (halo_cuda_prof_*): events around each launch while on, one branch per launch while off ----
-enum { PROF_MAX = 512 };
+enum { PROF_MAX = 16384 };
 static int g_prof_on, g_prof_n, g_prof_made;
 static cudaEvent_t g_prof_ev[PROF_MAX][2];
 static halo_cuda_prof_rec g_prof_rec[PROF_MAX];
@@ -72,6 +73,7 @@ static void *grow(void **p, size_t *cap, size_t bytes) {
 }
 static void *ws(halo_cuda_linear *L, int i, size_t bytes) {
     halo_cuda_ws *w = L->shared ? L->shared : &L->own;
+    if (i == 6 && bytes > w->cap[i]) w->qxt_key = NULL;   // a new buffer holds no transpose yet
     return grow(&w->buf[i], &w->cap[i], bytes);
 }
 
@@ -105,8 +107,13 @@ extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
     memset(L, 0, sizeof *L);
 }
 
+extern "C" void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src) { L->xsrc = src; }
+
+static unsigned long g_xgen;   // generations of X codes (halo_cuda_ws.qxt_gen)
+
 extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
-    grow((void **)&L->qx, &L->cap_qx, (size_t)b * pad16(m));
+    if (!L->xsrc) grow((void **)&L->qx, &L->cap_qx, (size_t)b * pad16(m));   // a sharing layer needs its own only
+                                                                               // when the X pointers differ
     grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
 }
 
@@ -243,19 +250,33 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
         if (plan_hm(L, m)) return HALO_ERR;
         h = &L->hm;
     }
-    uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * mp);
     uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
-    // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
-    if (mp != m) PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s)));
+    // X's codes: those of the sharing source when it quantized this very X last, else our own
+    const halo_cuda_linear *xs = L->xsrc;
+    const int borrow = xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
+                       xs->level == L->level;
+    L->x_in = X;
     if (mp != m || np != n) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
     PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
-    quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+    if (borrow) {
+        L->qx_use = xs->qx_use;
+        L->ax_use = xs->ax_use;
+        L->xgen = xs->xgen;
+    } else {
+        uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * mp);
+        // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
+        if (mp != m) PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s)));
+        quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+        L->qx_use = qx;
+        L->ax_use = L->dev + AX;
+        L->xgen = ++g_xgen;
+    }
     quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
-    PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->dev + AX, L->dev + AW, fmt_of(L), s));
+    PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AW, fmt_of(L), s));
     if (R && R != (const float *)Y)
         PROF("fwd copy residual", 8.0 * b * n, CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy,
                                                       sizeof(float) * n, b, cudaMemcpyDeviceToDevice, s)));
-    if (product(L, qx, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, 0, s))
+    if (product(L, L->qx_use, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, 0, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
@@ -266,9 +287,11 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
     return halo_cuda_linear_forward_ex(L, X, W, Y, y_f32, n, NULL, b, m, n, s);
 }
 
-extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
-                                            float *G, int b, int m, int n, cudaStream_t s) {
+extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX,
+                                               int ex_f32, float *G, int flags, int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
+    const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
+    if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
@@ -303,7 +326,7 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
              halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         if (lvl < 2) {
             PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s));
-            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, 0, 1, s))
+            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, ex_add, 1, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -339,22 +362,36 @@ extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16
                  halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
             PROF("bwd H_b rows R", 8.0 * bp * m,
                  halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));  // H_b [..] (row form)
+            // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (the transpose cannot accumulate)
+            void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
             PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
-                 halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, EX, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s));
+                 halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s));
+            if (ex_add) PROF("bwd add E_X", 12.0 * b * m, halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
         }
     }
 
     if (G) {
         // Q(X H_m)^T [mp][b16] (zero codes past b and past m), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2)
         // into G.
-        uint8_t *qxt = (uint8_t *)ws(L, 3, (size_t)mp * b16);
-        PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,
-             halo_cuda_transpose(L->qx, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s));
-        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->dev + AX, fmt, s));
-        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, 1, 2, s))
+        // (skipped when slot 6 already holds the transpose of these codes: layers sharing X codes)
+        halo_cuda_ws *w = L->shared ? L->shared : &L->own;
+        uint8_t *qxt = (uint8_t *)ws(L, 6, (size_t)mp * b16);
+        if (w->qxt_key != L->qx_use || w->qxt_gen != L->xgen) {
+            PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,
+                 halo_cuda_transpose(L->qx_use, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s));
+            w->qxt_key = L->qx_use;
+            w->qxt_gen = L->xgen;
+        }
+        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->ax_use, fmt, s));
+        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
+}
+
+extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
+                                            float *G, int b, int m, int n, cudaStream_t s) {
+    return halo_cuda_linear_backward_flags(L, EY, ldey, EX, ex_f32, G, 0, b, m, n, s);
 }
 
 extern "C" int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G,

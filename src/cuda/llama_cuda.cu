@@ -101,7 +101,7 @@ struct llama_cuda {
     halo_cuda_linear *hl;        // [n_layers * LIN_COUNT]
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
-    float *hacc, *htmp;          // [N, D] fp32: summed input gradients of q, k, v (gate, up) and one term
+    float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -395,9 +395,12 @@ static int halo_setup(llama_cuda *g) {
             if (halo_cuda_linear_init(L, hc->prec, hc->level, name) != HALO_OK) return HALO_ERR;
             g->hon[l * LIN_COUNT + k] = 1;
             halo_cuda_linear_share_workspace(L, &g->hws);
+            // k, v reuse q's codes of the normed input, up reuses gate's (the groups are all-or-none)
+            const int first = k == LIN_K || k == LIN_V ? LIN_Q : k == LIN_UP ? LIN_GATE : k;
+            if (first != k) halo_cuda_linear_share_x(L, &g->hl[l * LIN_COUNT + first]);
             int m, n;
             lin_shape(g, k, &m, &n);
-            codes += (size_t)g->N_max * pad16l(m) + (size_t)pad16l(n) * pad16l(m);
+            codes += (first == k ? (size_t)g->N_max * pad16l(m) : 0) + (size_t)pad16l(n) * pad16l(m);
             any_group |= k != LIN_O && k != LIN_DOWN;
         }
     }
@@ -415,7 +418,6 @@ static int halo_setup(llama_cuda *g) {
     g->bytes[MEM_HALO] += codes;
     if (any_group) {   // summed input gradients of the fused groups
         g->hacc = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
-        g->htmp = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
         if (g->oom) return HALO_ERR;
     }
     CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
@@ -486,7 +488,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->htmp};
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -615,13 +617,12 @@ static void dw(llama_cuda *g, size_t off, const halo_bf16 *dY, const halo_bf16 *
     dw_at(g, off, g->grads_fresh, dY, X, b, m, n);
 }
 
-// HALO accumulates into the gradient: zero it first when it holds garbage (the first write after zero_grads).
-static void halo_grad_prepare(llama_cuda *g, float *dW, size_t n) {
-    if (g->grads_fresh) PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(dW, 0, n * 4, g->st)));
-}
+// HALO's weight gradient: overwritten on the first write after zero_grads, else accumulated.
+static int halo_g_flag(const llama_cuda *g) { return g->grads_fresh ? HALO_CUDA_G_SET : 0; }
 
 // Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
-// rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc, then rounded to bf16 once.
+// rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
+// then rounded to bf16 once.
 static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
                            size_t w_off) {
     int N = g->B * g->T, D = g->c.dim;
@@ -632,15 +633,13 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
         return;
     }
     float *G = gradf(g, w_off);   // HALO refuses bf16 gradients: fp32 here
-    halo_grad_prepare(g, G, (size_t)ldy * D);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
-        float *ex = k == k0 ? g->hacc : g->htmp;
-        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_ex(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy, ex,
-                                                                   1, G + col * D, N, D, n, g->st)));
-        if (k != k0) PROF(g, PR_HALO_B, halo_cuda_store_f32(g->hacc, 1, D, g->htmp, D, N, D, 1, g->st));
+        const int flags = halo_g_flag(g) | (k == k0 ? 0 : HALO_CUDA_EX_ADD);
+        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy,
+                                                                      g->hacc, 1, G + col * D, flags, N, D, n, g->st)));
         col += n;
     }
     PROF(g, PR_HALO_B, cuda_f32_to_bf16((halo_bf16 *)dX, g->hacc, (size_t)N * D, g->st));
@@ -658,8 +657,8 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
         return;
     }
     float *G = gradf(g, w_off);
-    halo_grad_prepare(g, G, (size_t)n * m);
-    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_ex(L, (const halo_bf16 *)dY, n, dX, 0, G, N, m, n, g->st)));
+    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G, halo_g_flag(g),
+                                                                  N, m, n, g->st)));
 }
 
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
