@@ -78,6 +78,9 @@ void halo_cuda_alpha(float *alpha, const float *amax_a, const float *amax_b, int
 void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
                            const float *alpha, const float *row_scale, const float *col_scale, int accumulate,
                            cudaStream_t s);
+// out[i][j] = res[i][j] + (float)C[i][j] * *alpha (fp32; res [M][ldo], may be out): a residual add in the same pass.
+void halo_cuda_dequant_i32_res(float *out, long ldo, const int32_t *C, long ldc, int M, int N, const float *alpha,
+                               const float *res, cudaStream_t s);
 
 // ---- 8-bit products through cuBLASLt (halo_gemm.cu). Row-major, both operands K-major ("TN"):
 // D[M][N] = A[M][K] B[N][K]^T. lda/ldb/ldd in elements; FP8 needs 16-byte multiples for lda/ldb.
@@ -85,6 +88,9 @@ void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, l
 // pointer (CUBLASLT_POINTER_MODE_DEVICE), D bf16 or fp32. HALO_FP8_FAST_ACCUM=1 turns on cuBLASLt's fast accumulation.
 int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B, long ldb, int M,
                        int N, int K, const float *alpha, int accumulate, cudaStream_t s);
+// The same into fp32 D with a separate addend: D = *alpha * A B^T + C (C [M][ldd] fp32, may be D).
+int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A, long lda, const uint8_t *B, long ldb,
+                           int M, int N, int K, const float *alpha, cudaStream_t s);
 // INT8: int32 accumulation, D int32 (CUBLAS_COMPUTE_32I); dequantize with halo_cuda_dequant_i32 or had_rows.
 int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                       cudaStream_t s);

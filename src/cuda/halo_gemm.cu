@@ -109,8 +109,8 @@ static qgemm_plan *plan_get(const qgemm_key *k) {
     return &g_plans[g_nplans++];
 }
 
-extern "C" int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B,
-                                  long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
+static int gemm_fp8(void *D, int d_f32, long ldd, const void *C, const uint8_t *A, long lda, const uint8_t *B,
+                    long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
     if (M <= 0 || N <= 0) return HALO_OK;
     if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_fp8: accumulation needs an fp32 output");
     lt_init();
@@ -123,8 +123,18 @@ extern "C" int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A
     qgemm_plan *p = plan_get(&k);
     if (!p) return HALO_ERR;
     const float *beta = g_consts + (accumulate ? 1 : 0);
-    return lt_status(cublasLtMatmul(g_lt, p->op, alpha, B, p->a, A, p->b, beta, D, p->c, D, p->d, &p->algo, g_ws,
-                                    g_ws_bytes, s), "fp8 matmul");
+    return lt_status(cublasLtMatmul(g_lt, p->op, alpha, B, p->a, A, p->b, beta, C ? C : D, p->c, D, p->d, &p->algo,
+                                    g_ws, g_ws_bytes, s), "fp8 matmul");
+}
+
+extern "C" int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B,
+                                  long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
+    return gemm_fp8(D, d_f32, ldd, NULL, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
+}
+
+extern "C" int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A, long lda, const uint8_t *B,
+                                      long ldb, int M, int N, int K, const float *alpha, cudaStream_t s) {
+    return gemm_fp8(D, 1, ldd, C, A, lda, B, ldb, M, N, K, alpha, 1, s);
 }
 
 extern "C" int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M,

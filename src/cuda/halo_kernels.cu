@@ -882,7 +882,7 @@ extern "C" void halo_cuda_alpha(float *alpha, const float *amax_a, const float *
 }
 
 __global__ void k_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
-                              const float *alpha, const float *rs, const float *cs, int acc) {
+                              const float *alpha, const float *rs, const float *cs, int acc, const float *res) {
     const int i = blockIdx.y;
     const float al = *alpha, r = rs ? rs[i] : 1.f;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
@@ -891,7 +891,7 @@ __global__ void k_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C
         if (cs) v *= cs[j];
         if (out_f32) {
             float *o = (float *)out + (long)i * ldo + j;
-            *o = acc ? *o + v : v;
+            *o = res ? res[(long)i * ldo + j] + v : acc ? *o + v : v;
         } else {
             ((bf16 *)out)[(long)i * ldo + j] = __float2bfloat16_rn(v);
         }
@@ -901,7 +901,7 @@ __global__ void k_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C
 // The same, four elements per thread (16-byte int32 loads), over the whole matrix with a grid that fills the GPU.
 __global__ void __launch_bounds__(256) k_dequant_vec(void *out, int out_f32, long ldo, const int32_t *C, long ldc,
                                                      long total, int n4, const float *alpha, const float *rs,
-                                                     const float *cs, int acc) {
+                                                     const float *cs, int acc, const float *res) {
     const float al = *alpha;
     const long stride = (long)gridDim.x * blockDim.x;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -917,7 +917,10 @@ __global__ void __launch_bounds__(256) k_dequant_vec(void *out, int out_f32, lon
         if (out_f32) {
             float4 *o = (float4 *)((float *)out + r * ldo + j);
             float4 w = make_float4(v[0], v[1], v[2], v[3]);
-            if (acc) { const float4 p = *o; w.x = p.x + w.x; w.y = p.y + w.y; w.z = p.z + w.z; w.w = p.w + w.w; }
+            if (res || acc) {   // out = res + v (res may be out itself) or out += v
+                const float4 p = res ? *(const float4 *)(res + r * ldo + j) : *o;
+                w.x = p.x + w.x; w.y = p.y + w.y; w.z = p.z + w.z; w.w = p.w + w.w;
+            }
             *o = w;
         } else {
             __nv_bfloat162 b[2] = {__floats2bfloat162_rn(v[0], v[1]), __floats2bfloat162_rn(v[2], v[3])};
@@ -926,21 +929,31 @@ __global__ void __launch_bounds__(256) k_dequant_vec(void *out, int out_f32, lon
     }
 }
 
-extern "C" void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
-                                      const float *alpha, const float *row_scale, const float *col_scale,
-                                      int accumulate, cudaStream_t s) {
+static void dequant(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N, const float *alpha,
+                    const float *row_scale, const float *col_scale, int accumulate, const float *res, cudaStream_t s) {
     if (M <= 0 || N <= 0) return;
     if (N % 4 == 0 && ldc % 4 == 0 && ldo % 4 == 0 && ((uintptr_t)C % 16) == 0 &&
-        ((uintptr_t)out % (out_f32 ? 16 : 8)) == 0) {
+        ((uintptr_t)out % (out_f32 ? 16 : 8)) == 0 && ((uintptr_t)res % 16) == 0) {
         const long total = (long)M * (N / 4);
         k_dequant_vec<<<vgrid(total, 256 * 4), 256, 0, s>>>(out, out_f32, ldo, C, ldc, total, N / 4, alpha, row_scale,
-                                                             col_scale, accumulate);
+                                                             col_scale, accumulate, res);
         CUDA_LAUNCH_CHECK();
         return;
     }
     dim3 grid(cdiv(N, 1024) < 8 ? cdiv(N, 1024) : 8, M);
-    k_dequant_i32<<<grid, 256, 0, s>>>(out, out_f32, ldo, C, ldc, M, N, alpha, row_scale, col_scale, accumulate);
+    k_dequant_i32<<<grid, 256, 0, s>>>(out, out_f32, ldo, C, ldc, M, N, alpha, row_scale, col_scale, accumulate, res);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void halo_cuda_dequant_i32(void *out, int out_f32, long ldo, const int32_t *C, long ldc, int M, int N,
+                                      const float *alpha, const float *row_scale, const float *col_scale,
+                                      int accumulate, cudaStream_t s) {
+    dequant(out, out_f32, ldo, C, ldc, M, N, alpha, row_scale, col_scale, accumulate, NULL, s);
+}
+
+extern "C" void halo_cuda_dequant_i32_res(float *out, long ldo, const int32_t *C, long ldc, int M, int N,
+                                          const float *alpha, const float *res, cudaStream_t s) {
+    dequant(out, 1, ldo, C, ldc, M, N, alpha, NULL, NULL, 0, res, s);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

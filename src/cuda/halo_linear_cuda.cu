@@ -200,9 +200,10 @@ extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const floa
 // by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
 // aligned, leading dimension a multiple of 16), else through an fp32 scratch.
 // which: 0 = Y, 1 = E_X, 2 = G (profiling names only).
+// res (forward only, fp32 [Mo][ldo], may be out): out = res + the product (accumulate must be 0).
 static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_t *B, long ldb, int M, int N, int K,
                    int Mo, int No, int alpha_slot, int post, void *out, int out_f32, long ldo, int accumulate,
-                   int which, cudaStream_t s) {
+                   int which, const float *res, cudaStream_t s) {
     static const char *gemm_name[3] = {"fwd gemm Y", "bwd gemm E_X", "bwd gemm G"};
     static const char *post_name[3][2] = {{"fwd store Y", "fwd H_m^T Y"}, {"bwd store E_X", "bwd H_m^T E_X"},
                                           {"bwd store G", "bwd H_m^T G"}};
@@ -213,6 +214,16 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     int rc = HALO_OK;
     if (L->prec == HALO_PREC_FP8) {
         const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
+        if (direct && res && ((uintptr_t)res & 255) == 0) {   // cuBLASLt adds the residual (C = res, beta = 1)
+            PROF(gemm_name[which], ab + out_b + 4 * mono,
+                 rc = halo_cuda_gemm_fp8_res((float *)out, ldo, res, A, lda, B, ldb, M, N, K, alpha, s));
+            return rc;
+        }
+        if (res && res != out) {   // else: copy it into out, then accumulate there
+            PROF("fwd copy residual", 8.0 * mono, CUDA_CHECK(cudaMemcpy2DAsync(out, 4 * ldo, res, 4 * ldo, 4 * (size_t)No,
+                                                                                Mo, cudaMemcpyDeviceToDevice, s)));
+        }
+        if (res) accumulate = 1;
         if (direct) {
             PROF(gemm_name[which], ab + out_b,
                  rc = halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s));
@@ -230,8 +241,9 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     PROF(gemm_name[which], ab + 4 * mn,
          rc = halo_cuda_gemm_s8(C, N, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, s));
     if (rc) return HALO_ERR;
-    if (!post) PROF(pn, 4 * mono + out_b,
-                    halo_cuda_dequant_i32(out, out_f32, ldo, C, N, Mo, No, alpha, NULL, NULL, accumulate, s));
+    if (res) PROF(pn, 8 * mono + out_b, halo_cuda_dequant_i32_res((float *)out, ldo, C, N, Mo, No, alpha, res, s));
+    else if (!post) PROF(pn, 4 * mono + out_b,
+                         halo_cuda_dequant_i32(out, out_f32, ldo, C, N, Mo, No, alpha, NULL, NULL, accumulate, s));
     else PROF(pn, 4 * mono + out_b,
               halo_cuda_had_rows(&L->hm, 1, C, HALO_CUDA_I32, N, alpha, out, out_f32, ldo, accumulate, Mo, s));
     return HALO_OK;
@@ -273,10 +285,7 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
     }
     quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
     PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AW, fmt_of(L), s));
-    if (R && R != (const float *)Y)
-        PROF("fwd copy residual", 8.0 * b * n, CUDA_CHECK(cudaMemcpy2DAsync(Y, sizeof(float) * ldy, R, sizeof(float) * ldy,
-                                                      sizeof(float) * n, b, cudaMemcpyDeviceToDevice, s)));
-    if (product(L, L->qx_use, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, R != NULL, 0, s))
+    if (product(L, L->qx_use, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
@@ -326,7 +335,7 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
              halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         if (lvl < 2) {
             PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s));
-            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, ex_add, 1, s))
+            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, ex_add, 1, NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -356,7 +365,7 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), Rt = R^T [m][bp] rotated by H_b in place, first b kept.
             float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * 2);
             float *Rt = R + (size_t)bp * m;
-            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, s))
+            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
             PROF("bwd transpose R", 8.0 * bp * m,
                  halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
@@ -383,7 +392,7 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             w->qxt_gen = L->xgen;
         }
         PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->ax_use, fmt, s));
-        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, s))
+        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, NULL, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
