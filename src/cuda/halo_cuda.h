@@ -148,9 +148,9 @@ int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX
 // The same with E_Y's row stride ldey >= n.
 int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G,
                                  int b, int m, int n, cudaStream_t s);
-// Level 2 backward: 1 = the token rotation of E_Y by the column kernels above (halo_cuda_colrot_*) where H_b allows,
-// 0 (default) = transpose, rotated rows, transpose back. Both give the same codes. Env HALO_CUDA_L2_COLROT=1 turns it
-// on at the first backward unless this was called.
+// Level 2 backward: 1 = the token rotations of E_Y and of the E_X product by the column kernels above
+// (halo_cuda_colrot_*) where H_b allows, 0 (default) = transpose, rotated rows, transpose back. Both give the same
+// codes and the same E_X bits. Env HALO_CUDA_L2_COLROT=1 turns it on at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
 // ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
 // branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.
