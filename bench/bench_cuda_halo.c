@@ -7,7 +7,8 @@
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
 //                               [--l2-colrot]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
-//    --l2-colrot: level 2 rotates E_Y over tokens with the column kernels, halo_cuda_l2_colrot(1), for an A/B)
+//    --l2-colrot: level 2 rotates E_Y and the E_X product over tokens with the column kernels,
+//    halo_cuda_l2_colrot(1), for an A/B)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,8 @@ int main(int argc, char **argv) {
     }
     if (reps > 256) reps = 256;
     halo_cuda_l2_colrot(colrot);   // explicit either way, so HALO_CUDA_L2_COLROT in the environment does not decide
-    printf("level 2 token rotation of E_Y: %s\n", colrot ? "column kernels (--l2-colrot)" : "transpose, rows, transpose");
+    printf("level 2 token rotations of E_Y and E_X: %s\n",
+           colrot ? "column kernels (--l2-colrot)" : "transpose, rows, transpose");
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
     struct { const char *name; int n, m; } shapes[] = {
         {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};

@@ -612,11 +612,16 @@ static void test_shared_x(void) {
 }
 
 // ---- level 2's token rotation of E_Y by the column kernels (halo_cuda_l2_colrot) ----------------------------------
+// ---- level 2's token rotations by the column kernels (halo_cuda_l2_colrot) -----------------------------------------
 // The kernels alone vs the CPU (halo_hadamard_cols on the zero-padded [bp][n] copy, halo_quantize per tensor): amax
-// and every code bit-identical, zero codes in the padding columns. Then the level-2 layer with the switch on and off:
-// E_X and G bit-identical (b = 94 pads with K = 12: the switch falls back to the row path).
+// and every code bit-identical, zero codes in the padding columns. The E_X kernel (halo_cuda_colrot_f32) vs
+// halo_hadamard_cols(.., 0) and vs the row path on the GPU (transpose, had_rows, transpose): every fp32 / bf16 value
+// bit-identical, nothing written past rows_out or cols. Then the level-2 layer with the switch on and off: E_X
+// (fp32 and bf16) and G bit-identical, the E_X column kernel launched exactly where H_b allows (b = 94 pads with
+// K = 12: the switch falls back to the row path).
+// EX: ex_f32 ? fp32 : bf16 [b][m] (malloc'ed bytes); *excol: 1 when the layer launched the E_X column kernel.
 static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, const float *W, const float *EY,
-                      float **EX, float **G) {
+                      int ex_f32, void **EX, float **G, int *excol) {
     halo_bf16 *dX = t_dev_bf16(X, (size_t)b * m), *dW = t_dev_bf16(W, (size_t)n * m);
     float *EYp = calloc((size_t)b * ldey, 4);
     for (int t = 0; t < b; t++) memcpy(EYp + (size_t)t * ldey, EY + (size_t)t * n, 4 * (size_t)n);
@@ -624,20 +629,88 @@ static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, 
     float *dY = dev_poison(4 * (size_t)b * n), *dEX = dev_poison(4 * (size_t)b * m), *dG = dev_poison(4 * (size_t)n * m);
     cudaMemset(dG, 0, 4 * (size_t)n * m);
     halo_cuda_linear L;
-    *EX = *G = NULL;
+    *EX = NULL;
+    *G = NULL;
+    *excol = -1;
+    halo_cuda_prof_enable(1);
     if (halo_cuda_linear_init(&L, prec, 2, "colrot") || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
-        halo_cuda_linear_backward_ex(&L, dE, ldey, dEX, 1, dG, b, m, n, 0)) {
+        halo_cuda_linear_backward_ex(&L, dE, ldey, dEX, ex_f32, dG, b, m, n, 0)) {
         CHECK(0, "gpu linear: %s", halo_error());
     } else {
         int nonfin = 0;
         cudaMemcpy(&nonfin, (int *)(L.dev + 8), 4, cudaMemcpyDeviceToHost);
         CHECK(nonfin == 0, "colrot layer: non-finite flag set on finite inputs");
-        *EX = t_host_of(dEX, 4 * (size_t)b * m);
+        *EX = t_host_of(dEX, (ex_f32 ? 4 : 2) * (size_t)b * m);
         *G = t_host_of(dG, 4 * (size_t)n * m);
+    }
+    halo_cuda_prof_enable(0);
+    halo_cuda_prof_rec rec[512];
+    const int nrec = halo_cuda_prof_collect(rec, 512);
+    if (*EX) {
+        *excol = 0;
+        for (int i = 0; i < nrec; i++) *excol |= !strcmp(rec[i].name, "bwd H_b cols E_X");
     }
     halo_cuda_linear_free(&L);
     free(EYp);
     cudaFree(dX); cudaFree(dW); cudaFree(dE); cudaFree(dY); cudaFree(dEX); cudaFree(dG);
+}
+
+// halo_cuda_colrot_f32 on R [bp][ld_in] fp32 -> out [b][ldo] (rows b.. and columns cols.. of out must stay poison)
+// vs halo_hadamard_cols(.., 0) on the CPU and vs transpose -> had_rows(H_b^T) -> transpose on the GPU (the layer's row
+// path): differing values are counted, none allowed.
+static void test_colrot_f32(void) {
+    // b, cols, ld_in, ldo: bp = 8192 (4 columns a block, last pass radix 2), 1024 (b = 1000 padded, 16 columns),
+    // 2048 (radix 4 last), 4096 (8 columns, radix 8 last), 32768 (1 column), 32, 8, 4, 2 (one pass in registers)
+    const int cases[][4] = {{8192, 37, 40, 41}, {1000, 101, 101, 104}, {2043, 30, 33, 30}, {4000, 64, 72, 64},
+                            {32768, 7, 7, 9}, {30, 19, 21, 19}, {5, 24, 24, 24}, {3, 5, 5, 7}, {2, 16, 17, 16}};
+    for (int ci = 0; ci < 9; ci++) {
+        const int b = cases[ci][0], cols = cases[ci][1], ldi = cases[ci][2], ldo = cases[ci][3];
+        const int bp = halo_hadamard_pad_size(b, 172);
+        halo_hadamard hp;
+        halo_cuda_had hg;
+        if (halo_hadamard_plan(&hp, bp, 0) || halo_cuda_had_plan(&hg, bp, 0)) { CHECK(0, "plan %d", bp); continue; }
+        CHECK(halo_cuda_colrot_ok(&hg), "colrot_f32: b=%d pads to %d (K=%d): column kernel expected", b, bp, hp.K);
+        float *r = t_rand_vec(&rng, (size_t)bp * ldi, 1.0);
+        for (int t = 0; t < bp; t += 61) r[(size_t)t * ldi + (t * 7) % cols] *= 300;   // outliers
+        float *dr = t_dev_copy(r, 4 * (size_t)bp * ldi);
+        float *A = malloc(4 * (size_t)bp * cols);
+        for (int t = 0; t < bp; t++) memcpy(A + (size_t)t * cols, r + (size_t)t * ldi, 4 * (size_t)cols);
+        halo_hadamard_cols(&hp, A, cols, cols, 0);   // H_b R, as halo_linear_backward's level 2
+        halo_bf16 *Ab = malloc(2 * (size_t)bp * cols);
+        cuda_f32_to_bf16_host(Ab, A, (size_t)bp * cols);
+        float *drt = dev_poison(4 * (size_t)cols * bp);
+        for (int f32 = 1; f32 >= 0; f32--) {
+            const size_t es = f32 ? 4 : 2, obytes = es * (size_t)(b + 1) * ldo;
+            void *dout = dev_poison(obytes), *dold = dev_poison(obytes);
+            halo_cuda_colrot_f32(&hg, dr, ldi, cols, dout, f32, ldo, b, 0);
+            // the layer's row path on the same R
+            halo_cuda_transpose(dr, HALO_CUDA_F32, ldi, bp, cols, drt, HALO_CUDA_F32, bp, bp, 0);
+            halo_cuda_had_rows(&hg, 1, drt, HALO_CUDA_F32, bp, NULL, drt, 1, bp, 0, cols, 0);
+            halo_cuda_transpose(drt, HALO_CUDA_F32, bp, cols, b, dold, f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, ldo, cols,
+                                0);
+            uint8_t *o = t_host_of(dout, obytes), *old = t_host_of(dold, obytes);
+            long mism = 0, mism_old = 0, stray = 0;
+            for (int t = 0; t <= b; t++)
+                for (int c = 0; c < ldo; c++) {
+                    const uint8_t *v = o + es * ((size_t)t * ldo + c);
+                    if (t == b || c >= cols) {   // never written
+                        for (size_t k = 0; k < es; k++) stray += v[k] != 0xff;
+                        continue;
+                    }
+                    const size_t i = (size_t)t * cols + c;
+                    const void *ref = f32 ? (const void *)&A[i] : (const void *)&Ab[i];
+                    mism += memcmp(v, ref, es) != 0;
+                    mism_old += memcmp(v, old + es * ((size_t)t * ldo + c), es) != 0;
+                }
+            char det[96];
+            snprintf(det, sizeof det, "b=%d bp=%d cols=%d ld=%d/%d %s", b, bp, cols, ldi, ldo, f32 ? "f32" : "bf16");
+            row("colrot E_X vs CPU", det, (double)stray, 0, mism, 0);
+            row("colrot E_X vs GPU row path", det, (double)stray, 0, mism_old, 0);
+            free(o); free(old); cudaFree(dout); cudaFree(dold);
+        }
+        free(r); free(A); free(Ab); cudaFree(dr); cudaFree(drt);
+        halo_cuda_had_free(&hg);
+    }
 }
 
 static void test_colrot(void) {
@@ -693,33 +766,46 @@ static void test_colrot(void) {
         free(x); free(A); cudaFree(dx); cudaFree(dam);
         halo_cuda_had_free(&hg);
     }
-    // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192; 94 -> 96 = 12 * 8 falls back)
-    const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160}};
-    for (int ci = 0; ci < 4; ci++) {
+    test_colrot_f32();
+    // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192, 512, 1024, 8192 with 192 rows of
+    // padding; 94 -> 96 = 12 * 8 falls back); E_X in fp32 and in bf16
+    const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160},
+                             {500, 100, 40, 40}, {1000, 128, 64, 64}, {8000, 64, 48, 48}};
+    for (int ci = 0; ci < 7; ci++) {
         const int b = lcases[ci][0], m = lcases[ci][1], n = lcases[ci][2], ldey = lcases[ci][3];
+        halo_hadamard hp;
+        const int bp = halo_hadamard_pad_size(b, 172);
+        const int want_col = !halo_hadamard_plan(&hp, bp, 0) && hp.K == 1;   // H_b allows the column kernels
         float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
         float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
         t_round_bf16(X, (size_t)b * m); t_round_bf16(W, (size_t)n * m); t_round_bf16(EY, (size_t)b * n);
-        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
-            float *EX[2], *G[2];
-            for (int on = 0; on < 2; on++) {
-                halo_cuda_l2_colrot(on);
-                gpu_layer(prec, b, m, n, ldey, X, W, EY, &EX[on], &G[on]);
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+            for (int ex_f32 = 1; ex_f32 >= 0; ex_f32--) {
+                void *EX[2];
+                float *G[2];
+                int excol[2];
+                for (int on = 0; on < 2; on++) {
+                    halo_cuda_l2_colrot(on);
+                    gpu_layer(prec, b, m, n, ldey, X, W, EY, ex_f32, &EX[on], &G[on], &excol[on]);
+                }
+                halo_cuda_l2_colrot(0);
+                const size_t es = ex_f32 ? 4 : 2;
+                long bits = 0;
+                if (EX[0] && EX[1] && G[0] && G[1]) {
+                    for (size_t i = 0; i < (size_t)b * m; i++)
+                        bits += memcmp((char *)EX[0] + i * es, (char *)EX[1] + i * es, es) != 0;
+                    for (size_t i = 0; i < (size_t)n * m; i++) bits += memcmp(&G[0][i], &G[1][i], 4) != 0;
+                } else {
+                    bits = -1;
+                }
+                char det[96];
+                snprintf(det, sizeof det, "%s L2 %dx%dx%d ldey=%d E_X(%s)/G", prec == HALO_PREC_INT8 ? "int8" : "fp8",
+                         b, m, n, ldey, ex_f32 ? "f32" : "bf16");
+                row("layer colrot on vs off", det, bits == 0 ? 0.0 : 1.0, 0, bits < 0 ? 1 : bits, 0);
+                CHECK(excol[0] == 0 && excol[1] == want_col, "%s: E_X column kernel launched off %d on %d, expected 0 %d",
+                      det, excol[0], excol[1], want_col);
+                for (int on = 0; on < 2; on++) { free(EX[on]); free(G[on]); }
             }
-            halo_cuda_l2_colrot(0);
-            long bits = 0;
-            if (EX[0] && EX[1] && G[0] && G[1]) {
-                for (size_t i = 0; i < (size_t)b * m; i++) bits += memcmp(&EX[0][i], &EX[1][i], 4) != 0;
-                for (size_t i = 0; i < (size_t)n * m; i++) bits += memcmp(&G[0][i], &G[1][i], 4) != 0;
-            } else {
-                bits = -1;
-            }
-            char det[96];
-            snprintf(det, sizeof det, "%s L2 %dx%dx%d ldey=%d E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8", b, m, n,
-                     ldey);
-            row("layer colrot on vs off", det, bits == 0 ? 0.0 : 1.0, 0, bits < 0 ? 1 : bits, 0);
-            for (int on = 0; on < 2; on++) { free(EX[on]); free(G[on]); }
-        }
         free(X); free(W); free(EY);
     }
 }

@@ -63,6 +63,11 @@ void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long l
 // q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as quant_rows; zero codes for cols <= c < cols_pad.
 void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                             const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s);
+// Level 2's E_X = H_b R on the fp32 product R [h->d][ld_in] (all h->d token rows, K = 1 plans as above), in R's own
+// layout: out[t][c] = (H_b R)[t][c] for t < rows_out, c < cols, bf16 (RNE) or fp32 (out_f32), the values of
+// transpose -> halo_cuda_had_rows(h, 1, ..) -> transpose bit for bit (and of halo_hadamard_cols(.., 0)).
+void halo_cuda_colrot_f32(const halo_cuda_had *h, const float *in, long ld_in, int cols, void *out, int out_f32,
+                          long ldo, int rows_out, cudaStream_t s);
 // Unrotated per-tensor quantization of in[rows][cols] reading it once and writing the codes row-major q[rows][ldq]
 // and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
 void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
@@ -166,9 +171,9 @@ int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long 
 enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2 };
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
-// Level 2 backward: 1 = the token rotation of E_Y by the column kernels above (halo_cuda_colrot_*) where H_b allows,
-// 0 (default) = transpose, rotated rows, transpose back. Both give the same codes. Env HALO_CUDA_L2_COLROT=1 turns it
-// on at the first backward unless this was called.
+// Level 2 backward: 1 = the token rotations of E_Y and of the E_X product by the column kernels above
+// (halo_cuda_colrot_*) where H_b allows, 0 (default) = transpose, rotated rows, transpose back. Both give the same
+// codes and the same E_X bits. Env HALO_CUDA_L2_COLROT=1 turns it on at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
 // ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
 // branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.

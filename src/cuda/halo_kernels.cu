@@ -1074,3 +1074,104 @@ extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *
                                        const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
     launch_colrot<MODE_QUANT>(h, in, ld, rows, cols, NULL, NULL, amax, fmt, q, ldq, cols_pad, s);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Column rotation of an fp32 matrix (level 2's H_b over the tokens of R [P][ld_in], K = 1 only), the output rows
+// t < rows_out written as bf16 (RNE) or fp32: the values of transpose -> had_rows(H_b^T, row form) -> transpose, bit
+// for bit. One block per strip of CW = colrot_cw(P) columns; shared memory holds the strip token-major with one pad
+// token after every 8 (sm[(t + t / 8) * CW + c]: every pass conflict-free), at most 144 KiB. The butterfly is the
+// radix-8 pass sequence of k_colrot (stages h, 2h, 4h per pass, in the CPU's order): the first pass (h = 1) runs in
+// registers on the loaded values, the last one in registers before the scaled output; only the middle passes make
+// round trips through shared memory. Bytes: 4 P cols read, rows_out cols x 2 or 4 written.
+
+enum { COLROTF_THREADS = 1024 };
+
+template <int CW> __device__ __forceinline__ int cfi(int t, int c) { return (t + (t >> 3)) * CW + c; }
+
+// One radix-R pass at stride h over every group of the strip. FROM_IN: the values come from in (the first pass,
+// h = 1), else from shared memory; TO_OUT: scaled and stored to out (rows < rows_out, cols < cols; the last pass),
+// else back to shared memory.
+template <int R, int CW, int FROM_IN, int TO_OUT, int OUT_F32>
+__device__ __forceinline__ void colrotf_pass(float *sm, int P, int h, int lh, const float *in, long ld_in, int cols,
+                                             int col0, float scale, void *out, long ldo, int rows_out) {
+    const int groups = (P / R) * CW;
+    for (int e = threadIdx.x; e < groups; e += blockDim.x) {
+        const int c = e % CW, g = e / CW, col = col0 + c;
+        const int j0 = (g >> lh) * h * R + (g & (h - 1));
+        float v[R];
+        #pragma unroll
+        for (int k = 0; k < R; k++) {
+            const int t = j0 + k * h;
+            if (FROM_IN) v[k] = col < cols ? in[(long)t * ld_in + col] : 0.f;
+            else v[k] = sm[cfi<CW>(t, c)];
+        }
+        colrot_radix<R>(v);
+        #pragma unroll
+        for (int k = 0; k < R; k++) {
+            const int t = j0 + k * h;
+            if (!TO_OUT) {
+                sm[cfi<CW>(t, c)] = v[k];
+            } else if (t < rows_out && col < cols) {
+                const float y = __fmul_rn(v[k], scale);   // the rows kernels' v * scale, rounded once
+                if (OUT_F32) ((float *)out)[(long)t * ldo + col] = y;
+                else ((bf16 *)out)[(long)t * ldo + col] = __float2bfloat16_rn(y);
+            }
+        }
+    }
+}
+
+template <int CW, int OUT_F32> __global__ void __launch_bounds__(COLROTF_THREADS)
+k_colrot_f32(const float *in, long ld_in, int cols, int P, float scale, void *out, long ldo, int rows_out) {
+    extern __shared__ float sm[];
+    const int col0 = blockIdx.x * CW;
+#define CF_ARGS in, ld_in, cols, col0, scale, out, ldo, rows_out
+    if (P <= 8) {   // a single pass, registers only
+        if (P == 8) colrotf_pass<8, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
+        else if (P == 4) colrotf_pass<4, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
+        else colrotf_pass<2, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
+        return;
+    }
+    colrotf_pass<8, CW, 1, 0, OUT_F32>(sm, P, 1, 0, CF_ARGS);   // stages 1, 2, 4
+    __syncthreads();
+    int h = 8, lh = 3;
+    for (; P / h > 8; h <<= 3, lh += 3) {
+        colrotf_pass<8, CW, 0, 0, OUT_F32>(sm, P, h, lh, CF_ARGS);
+        __syncthreads();
+    }
+    const int left = P / h;   // the last pass: the 1, 2 or 3 stages left
+    if (left == 8) colrotf_pass<8, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
+    else if (left == 4) colrotf_pass<4, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
+    else colrotf_pass<2, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
+#undef CF_ARGS
+}
+
+template <int CW, int OUT_F32> static void launch_colrot_f32_cw(const halo_cuda_had *h, const float *in, long ld_in,
+                                                                int cols, void *out, long ldo, int rows_out,
+                                                                cudaStream_t s) {
+    const int P = h->d;
+    const size_t smem = P <= 8 ? 0 : sizeof(float) * (size_t)(P + P / 8) * CW;
+    static size_t smem_set = 0;   // per instantiation
+    if (smem > 48 * 1024 && smem_set < smem) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_colrot_f32<CW, OUT_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+        smem_set = smem;
+    }
+    int nthr = (P / 8 > 0 ? P / 8 : 1) * CW;   // first pass groups
+    nthr = nthr < 64 ? 64 : nthr > COLROTF_THREADS ? COLROTF_THREADS : (nthr + 31) / 32 * 32;
+    k_colrot_f32<CW, OUT_F32><<<(cols + CW - 1) / CW, nthr, smem, s>>>(in, ld_in, cols, P, h->scale, out, ldo,
+                                                                        rows_out);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void halo_cuda_colrot_f32(const halo_cuda_had *h, const float *in, long ld_in, int cols, void *out,
+                                     int out_f32, long ldo, int rows_out, cudaStream_t s) {
+    if (cols <= 0 || rows_out <= 0) return;
+    if (rows_out > h->d) rows_out = h->d;
+#define COLROTF_CASE(CW)                                                                              \
+    case CW:                                                                                          \
+        if (out_f32) launch_colrot_f32_cw<CW, 1>(h, in, ld_in, cols, out, ldo, rows_out, s);          \
+        else launch_colrot_f32_cw<CW, 0>(h, in, ld_in, cols, out, ldo, rows_out, s);                  \
+        break;
+    switch (colrot_cw(h->d)) { COLROTF_CASE(1) COLROTF_CASE(2) COLROTF_CASE(4) COLROTF_CASE(8) COLROTF_CASE(16) }
+#undef COLROTF_CASE
+}

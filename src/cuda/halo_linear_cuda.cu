@@ -362,19 +362,27 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
                      halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s));
             }
             PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s));
-            // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), Rt = R^T [m][bp] rotated by H_b in place, first b kept.
-            float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * 2);
+            // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), then E_X = first b rows of H_b R: by the column
+            // kernel in R's layout, else Rt = R^T [m][bp] rotated by H_b in place (row form) and transposed back.
+            const int colr = colrot_on() && halo_cuda_colrot_ok(&L->hb);
+            float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * (colr ? 1 : 2));
             float *Rt = R + (size_t)bp * m;
             if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
-            PROF("bwd transpose R", 8.0 * bp * m,
-                 halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
-            PROF("bwd H_b rows R", 8.0 * bp * m,
-                 halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));  // H_b [..] (row form)
-            // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (the transpose cannot accumulate)
+            // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (neither path below can accumulate)
             void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
-            PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
-                 halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s));
+            if (colr) {
+                PROF("bwd H_b cols E_X", (4.0 * bp + (ex_f32 ? 4 : 2) * (double)b) * m,
+                     halo_cuda_colrot_f32(&L->hb, R, m, m, ex_out, ex_f32, m, b, s));
+            } else {
+                PROF("bwd transpose R", 8.0 * bp * m,
+                     halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
+                PROF("bwd H_b rows R", 8.0 * bp * m,   // H_b [..] (row form)
+                     halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));
+                PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
+                     halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m,
+                                         m, s));
+            }
             if (ex_add) PROF("bwd add E_X", 12.0 * b * m, halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
         }
     }
