@@ -361,10 +361,13 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
 enum { ROT_THREADS = 256, ROT_QMAX = 32 };
 
 // Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28 / 44 (x[K] held in registers).
-template <int TIN, int MODE, int K>
+// QM: the most values per thread in phase 2 (P / 256 <= QM). RPB > 1 (K = 1, per-tensor amax / scale, one segment
+// per row): the block takes RPB consecutive rows, so that short rows (2048) still keep enough loads in flight.
+template <int TIN, int MODE, int K, int QM, int RPB>
 __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
-    const long row = blockIdx.x / a.nseg;
+    const long row0 = (long)(blockIdx.x / a.nseg) * RPB;
+    const long row = row0;   // RPB == 1
     const int seg = blockIdx.x % a.nseg;
     const int tid = threadIdx.x, lane = tid & 31;
     const long in_off = row * a.ld_in + (long)seg * a.blk;
@@ -372,18 +375,23 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     const int blk = a.blk, P = a.P, lP = a.lP, n8 = blk >> 3;
     const int nsh = lP - 3 < 5 ? lP - 3 : 5;   // shuffle stages: h = 8 .. 8 << (nsh - 1)
     const float isc = a.in_scale ? *a.in_scale : 1.f;
+    constexpr int UN = RPB > 2 ? RPB : 2;   // loads in flight per thread
+    const int ng = n8 * RPB;                // groups of 8 values in the block (RPB rows back to back in sm)
 
-    for (int g0 = tid; g0 < n8; g0 += 2 * ROT_THREADS) {   // n8 % 32 == 0: whole warps take part or none
-        float v[2][8];
+    for (int g0 = tid; g0 < ng; g0 += UN * ROT_THREADS) {   // n8 % 32 == 0: whole warps take part or none
+        float v[UN][8];
         #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < UN; u++) {
             const int g = g0 + u * ROT_THREADS;
-            if (g < n8) load8<TIN>(a.in, in_off + (long)g * 8, v[u]);
+            const int rl = RPB > 1 ? g / n8 : 0;
+            if (g < ng && row0 + rl < a.rows)
+                load8<TIN>(a.in, (RPB > 1 ? (row0 + rl) * a.ld_in + (g - rl * n8) * 8L : in_off + (long)g * 8), v[u]);
         }
         #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < UN; u++) {
             const int g = g0 + u * ROT_THREADS;
-            if (g >= n8) break;
+            if (g >= ng) break;
+            if (RPB > 1 && row0 + g / n8 >= a.rows) continue;   // past the last row: whole warps
             float *w = v[u];
             if (a.in_scale) for (int k = 0; k < 8; k++) w[k] = __fmul_rn(w[k], isc);   // the dequant, never fused
             float a0 = w[0] + w[1], a1 = w[0] - w[1], a2 = w[2] + w[3], a3 = w[2] - w[3];
@@ -413,42 +421,46 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     int bad = 0;
     float qs = 1.f;
     if (MODE == MODE_QUANT) qs = scale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
-    auto emit = [&](int e, float v) {
+    auto emit_at = [&](long o_off, int e, float v) {
         if (MODE == MODE_STORE) {
             if (a.out_f32) {
-                float *o = (float *)a.out + out_off + e;
+                float *o = (float *)a.out + o_off + e;
                 *o = a.accumulate ? *o + v : v;
             } else {
-                ((bf16 *)a.out)[out_off + e] = __float2bfloat16_rn(v);
+                ((bf16 *)a.out)[o_off + e] = __float2bfloat16_rn(v);
             }
         } else if (MODE == MODE_AMAX) {
             const float av = fabsf(v);
             bad |= !(av <= FLT_MAX);
             mx = fmaxf(mx, av);
         } else {
-            ((uint8_t *)a.out)[out_off + e] = quant1(v, qs, a.fmt);
+            ((uint8_t *)a.out)[o_off + e] = quant1(v, qs, a.fmt);
         }
     };
+    auto emit = [&](int e, float v) { emit_at(out_off, e, v); };
 
     const int Q = P > 256 ? P >> 8 : 1;
     if (K == 1 || Q > 1) {
-        for (int it = tid; it < K * 256; it += ROT_THREADS) {   // K == 1: P >= 256 (blk % 256 == 0)
-            const int base = (it >> 8) * P + (it & 255);
-            float r[ROT_QMAX];
+        for (int it = tid; it < K * 256 * RPB; it += ROT_THREADS) {   // K == 1: P >= 256 (blk % 256 == 0)
+            const int rl = RPB > 1 ? it / (K * 256) : 0, il = it - rl * K * 256;
+            if (RPB > 1 && row0 + rl >= a.rows) break;
+            const int base = rl * blk + (il >> 8) * P + (il & 255);
+            float r[QM];
             #pragma unroll
-            for (int k = 0; k < ROT_QMAX; k++) if (k < Q) r[k] = sm[base + 256 * k];
+            for (int k = 0; k < QM; k++) if (k < Q) r[k] = sm[base + 256 * k];
             #pragma unroll
             for (int st = 0; st < 5; st++) {
                 const int h = 1 << st;
                 if (h >= Q) break;
                 #pragma unroll
-                for (int k = 0; k < ROT_QMAX; k++)
+                for (int k = 0; k < QM; k++)
                     if (k < Q && !(k & h)) { const float x = r[k], y = r[k + h]; r[k] = x + y; r[k + h] = x - y; }
             }
+            const long o_off = RPB > 1 ? (row0 + rl) * a.ld_out : out_off;
             #pragma unroll
-            for (int k = 0; k < ROT_QMAX; k++) {
+            for (int k = 0; k < QM; k++) {
                 if (k >= Q) break;
-                if (K == 1) emit(base + 256 * k, __fmul_rn(r[k], a.scale));
+                if (K == 1) emit_at(o_off, (il >> 8) * P + (il & 255) + 256 * k, __fmul_rn(r[k], a.scale));
                 else sm[base + 256 * k] = r[k];
             }
         }
@@ -489,8 +501,9 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     }
 }
 
-static int g_rot_off;   // halo_cuda_rows_fast(0): the generic k_rows only (tests compare both)
-extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; }
+static int g_rot_off;       // halo_cuda_rows_fast(0): the generic k_rows only (tests compare both)
+static int g_rot_rpb_off;   // halo_cuda_rows_fast(2): k_rot with one row per block only (tests compare both)
+extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; g_rot_rpb_off = on == 2; }
 
 // 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
 // K = 28 / 44 stay on k_rows: its sign-mask mix beat k_rot's constant-memory FMAs there (down_proj, 14336 = 28 * 512,
@@ -500,24 +513,31 @@ static int rot_ok(const rows_args &a) {
            a.P <= 256 * ROT_QMAX;
 }
 
-template <int TIN, int MODE, int K> static void launch_rot_k(rows_args &a, cudaStream_t s) {
-    const size_t smem = sizeof(float) * (size_t)a.blk;
+template <int TIN, int MODE, int K, int QM, int RPB> static void launch_rot_k(rows_args &a, cudaStream_t s) {
+    const size_t smem = sizeof(float) * (size_t)a.blk * RPB;
     static size_t smem_set = 0;
     if (smem > 48 * 1024 && smem_set < smem) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_rot<TIN, MODE, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_rot<TIN, MODE, K, QM, RPB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
         smem_set = smem;
     }
-    const long grid = (long)a.rows * a.nseg;
+    const long grid = (long)(a.rows + RPB - 1) / RPB * a.nseg;
     if (grid <= 0) return;
-    k_rot<TIN, MODE, K><<<(unsigned)grid, ROT_THREADS, smem, s>>>(a, a.htr);
+    k_rot<TIN, MODE, K, QM, RPB><<<(unsigned)grid, ROT_THREADS, smem, s>>>(a, a.htr);
     CUDA_LAUNCH_CHECK();
 }
 
+// K = 1 rows of <= 2048 with per-tensor amax / scale: 4 rows per block (more loads in flight per SM)
 template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s) {
+    const int multi = a.nseg == 1 && !a.amax_row_bits && !a.amax_row_q && !g_rot_rpb_off;
     switch (a.K) {
-    case 1: launch_rot_k<TIN, MODE, 1>(a, s); break;
-    case 12: launch_rot_k<TIN, MODE, 12>(a, s); break;
-    default: launch_rot_k<TIN, MODE, 20>(a, s); break;
+    case 1:
+        if (a.P <= 2048 && multi) launch_rot_k<TIN, MODE, 1, 8, 4>(a, s);
+        else if (a.P <= 2048) launch_rot_k<TIN, MODE, 1, 8, 1>(a, s);
+        else launch_rot_k<TIN, MODE, 1, 32, 1>(a, s);
+        break;
+    case 12: launch_rot_k<TIN, MODE, 12, 32, 1>(a, s); break;
+    default: launch_rot_k<TIN, MODE, 20, 32, 1>(a, s); break;
     }
 }
 
