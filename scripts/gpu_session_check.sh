@@ -51,6 +51,9 @@ keep b1f0.log "ms  |^\| " 60
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
+step "bench 1B HALO int8 L2 colrot (opt-in column kernels)" b1i2c.log 45 env HALO_CUDA_L2_COLROT=1 $B/bench/bench_cuda_train \
+  --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown --no-breakdown
+keep b1i2c.log "^\{|^\| " 40
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
@@ -58,7 +61,7 @@ step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo --l2-colrot (opt-in level-2 column kernel)" bench_halo_colrot.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-colrot
 keep bench_halo_colrot.log "^\| .* 2 \|" 12
-step "bench_cuda_halo --breakdown gate, level-2 column kernel" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --l2-colrot
+step "bench_cuda_halo --breakdown gate, level-2 colrot" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --l2-colrot
 keep bench_halo_bd.log "^breakdown" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
