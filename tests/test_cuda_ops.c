@@ -160,7 +160,23 @@ static void test_rmsnorm(int N, int D, int alias) {
     if (alias) {
         got = from_dev_bf16(dx16, (size_t)N * D);
         table_row("rmsnorm", "bwd dx bf16 copy", rel_l2_f(got, rdx, (size_t)N * D), 1e-2);
+        // the _amax variant: the same bf16 bits, and max |dx16| (a HALO layer's E_Y scale) exactly
+        float mx = 0.f;
+        for (size_t i = 0; i < (size_t)N * D; i++) mx = fmaxf(mx, fabsf(got[i]));
         free(got);
+        float *ddx2 = to_dev(dres, 4 * (size_t)N * D), *ddw2 = to_dev(dw0, 4 * (size_t)D), *dam = to_dev(&(float){0.f}, 4);
+        halo_bf16 *dx16b = dev_poison(2 * (size_t)N * D);
+        cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, dx_, dw16, rstd, ddx2, N, D, dam, 0);
+        halo_bf16 *b1 = malloc(2 * (size_t)N * D), *b2 = malloc(2 * (size_t)N * D);
+        cudaMemcpy(b1, dx16, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+        cudaMemcpy(b2, dx16b, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
+        size_t nd = 0;
+        for (size_t i = 0; i < (size_t)N * D; i++) nd += b1[i] != b2[i];
+        table_row("rmsnorm", "bwd _amax: differing dx16 bits", (double)nd, 0);
+        float am = -1.f;
+        cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+        table_row("rmsnorm", "bwd _amax: amax vs max |dx16|", fabs((double)am - mx) / mx, 0);
+        free(b1); free(b2); cudaFree(ddx2); cudaFree(ddw2); cudaFree(dam); cudaFree(dx16b);
     }
     got = from_dev(ddw, D);
     table_row("rmsnorm", "bwd dw (+= start value)", rel_l2_f(got, rdw, D), 1e-4);
@@ -234,6 +250,28 @@ static void test_swiglu(void) {
     }
     got = from_dev_bf16(dres, (size_t)N * 2 * F);
     table_row("swiglu", "bwd [dgate | dup]", rel_l2_f(got, cat, (size_t)N * 2 * F), 1e-2);
+    // the _amax variant: the same bits, and max |dgate|, max |dup| of the stored values exactly
+    {
+        float mg = 0.f, mu = 0.f;
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < F; j++) {
+                mg = fmaxf(mg, fabsf(got[(size_t)n * 2 * F + j]));
+                mu = fmaxf(mu, fabsf(got[(size_t)n * 2 * F + F + j]));
+            }
+        const float zero2[2] = {0.f, 0.f};
+        float *dam = to_dev(zero2, 8), am[2];
+        halo_bf16 *dres2 = dev_poison(4 * (size_t)N * F);
+        cuda_swiglu_backward_amax(dres2, ddo, dgu, N, F, dam, dam + 1, 0);
+        halo_bf16 *b1 = malloc(4 * (size_t)N * F), *b2 = malloc(4 * (size_t)N * F);
+        cudaMemcpy(b1, dres, 4 * (size_t)N * F, cudaMemcpyDeviceToHost);
+        cudaMemcpy(b2, dres2, 4 * (size_t)N * F, cudaMemcpyDeviceToHost);
+        size_t nd = 0;
+        for (size_t i = 0; i < (size_t)N * 2 * F; i++) nd += b1[i] != b2[i];
+        cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
+        table_row("swiglu", "bwd _amax: differing bits", (double)nd, 0);
+        table_row("swiglu", "bwd _amax: gate, up amax", fmax(fabs((double)am[0] - mg) / mg, fabs((double)am[1] - mu) / mu), 0);
+        free(b1); free(b2); cudaFree(dam); cudaFree(dres2);
+    }
     free(got); free(gu); free(dout); free(gate); free(up); free(ref); free(dg); free(du); free(cat);
     cudaFree(dgu); cudaFree(ddo); cudaFree(out); cudaFree(dres);
 }

@@ -64,6 +64,11 @@ void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, c
 // dw[D] += sum_n dout * x * rstd.
 void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, cudaStream_t s);
+// The same, and *amax16 = max(*amax16, max |dx16|) (atomic on the float bits; dx16 required): the E_Y scale of the
+// HALO layer that reads dx16 next, without its own absmax pass.
+void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
+                                const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, float *amax16,
+                                cudaStream_t s);
 
 // In-place RoPE of the first H heads of each row of x[N, ld] (HF half-split pairs (i, i + hd/2)) at positions
 // pos[N]; tables cos/sin[max_pos, hd/2] fp32 (from rope_tables). Backward rotates by the inverse angle.
@@ -76,6 +81,10 @@ void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *
 void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // dgu[N, 2F] = [dgate | dup]
 void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
+// The same, and *amax_gate / *amax_up = max(.., max |dgate| / |dup|) (atomic on the float bits): the gate and up HALO
+// layers' E_Y scales.
+void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
+                               float *amax_gate, float *amax_up, cudaStream_t s);
 
 // Causal GQA attention. qkv[N, (Hq + 2 Hkv) hd] rows hold [q heads | k heads | v heads] (RoPE applied);
 // out[N, Hq hd]; lse[B, Hq, T] (natural log of the softmax denominators, kept for backward).

@@ -167,8 +167,11 @@ int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long 
                                  int b, int m, int n, cudaStream_t s);
 // The same with flags: HALO_CUDA_EX_ADD: EX += E_X (fp32 EX only) instead of EX = E_X (the summed input gradient of
 // linears sharing an input, without a separate add pass); HALO_CUDA_G_SET: G = dW instead of G += dW (the first
-// write after zeroing gradients, without the zeroing pass).
-enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2 };
+// write after zeroing gradients, without the zeroing pass); HALO_CUDA_EY_AMAX: max |E_Y| (over the n columns this
+// layer reads) is already in halo_cuda_linear_ey_amax(L), computed by the kernel that produced E_Y (the caller zeroes
+// the slot before that kernel runs), so the layer skips its absmax pass.
+enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
+float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
 // Level 2 backward: 1 = the token rotations of E_Y and of the E_X product by the column kernels above

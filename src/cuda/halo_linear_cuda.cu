@@ -109,6 +109,8 @@ extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
 
 extern "C" void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src) { L->xsrc = src; }
 
+extern "C" float *halo_cuda_linear_ey_amax(halo_cuda_linear *L) { return L->dev + AE; }
+
 static unsigned long g_xgen;   // generations of X codes (halo_cuda_ws.qxt_gen)
 
 extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
@@ -313,9 +315,12 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
     // Q(E_Y) (levels 0/1: for E_X and, transposed, for G; level 2: only transposed, for G), one read of E_Y.
     uint8_t *qe = NULL, *qet = NULL;
     if ((EX && lvl < 2) || G) {
-        PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
-        PROF("bwd absmax E_Y", 2.0 * b * n,
-             halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN), s));
+        if (!(flags & HALO_CUDA_EY_AMAX)) {
+            PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
+            PROF("bwd absmax E_Y", 2.0 * b * n,
+                 halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN),
+                                       s));
+        }
         if (EX && lvl < 2) {
             qe = (uint8_t *)ws(L, 1, (size_t)b * np);
             if (np != n) PROF("memset pad", (double)b * np, CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s)));

@@ -102,6 +102,7 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
+    int down_ey;                 // the next down_proj backward's E_Y amax was computed by the norm backward
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -624,7 +625,7 @@ static int halo_g_flag(const llama_cuda *g) { return g->grads_fresh ? HALO_CUDA_
 // rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
 // then rounded to bf16 once.
 static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
-                           size_t w_off) {
+                           size_t w_off, int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
     if (!hl_of(g, l, k0)) {
         PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
@@ -637,7 +638,7 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
-        const int flags = halo_g_flag(g) | (k == k0 ? 0 : HALO_CUDA_EX_ADD);
+        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy,
                                                                       g->hacc, 1, G + col * D, flags, N, D, n, g->st)));
         col += n;
@@ -646,7 +647,20 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
 }
 
 // Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
-static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off) {
+// Zeroes and returns the E_Y amax slot of HALO linear (l, kind), for the kernel that produces its E_Y; NULL when that
+// linear is not HALO (or l < 0).
+static float *ey_amax_prepare(llama_cuda *g, int l, int kind) {
+    halo_cuda_linear *L = l >= 0 ? hl_of(g, l, kind) : NULL;
+    if (!L) return NULL;
+    float *a = halo_cuda_linear_ey_amax(L);
+    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(a, 0, sizeof(float), g->st)));
+    return a;
+}
+static int ey_flag(const float *slot) { return slot ? HALO_CUDA_EY_AMAX : 0; }
+
+// ey_flag: HALO_CUDA_EY_AMAX when dY's producer computed the layer's E_Y amax (ey_amax_prepare), else 0.
+static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off,
+                            int ey_flag) {
     int N = g->B * g->T, m, n;
     lin_shape(g, kind, &m, &n);
     halo_cuda_linear *L = hl_of(g, l, kind);
@@ -657,8 +671,8 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
         return;
     }
     float *G = gradf(g, w_off);
-    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G, halo_g_flag(g),
-                                                                  N, m, n, g->st)));
+    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G,
+                                                                  halo_g_flag(g) | ey_flag, N, m, n, g->st)));
 }
 
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
@@ -671,22 +685,30 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     // MLP: x[l+1] = h + down(silu(gate) * up)
     if (!hl_of(g, l, LIN_DOWN))   // down's input, for its BF16 weight gradient (HALO kept its codes)
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
-    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown);
-    PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
-    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, gradf(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
-                                             W + o->ffn_norm, A->r2, g->dres, N, D, s));
+    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, g->down_ey ? HALO_CUDA_EY_AMAX : 0);
+    // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
+    float *ag = ey_amax_prepare(g, l, LIN_GATE), *au = ey_amax_prepare(g, l, LIN_UP);
+    if (ag && au)
+        PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N,
+                                                       F, ag, au, s));
+    else PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu, ag && au ? HALO_CUDA_EY_AMAX : 0);
+    float *ao = ey_amax_prepare(g, l, LIN_O);
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
+                                                  W + o->ffn_norm, A->r2, g->dres, N, D, ao, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
-    single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo);
+    single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo, ey_flag(ao));
     PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
     PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     if (norms_shared(g))   // n1 for the q, k, v weight gradients (the buffer held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
-    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
-                                             W + o->attn_norm, A->r1, g->dres, N, D, s));
+    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, 0);
+    float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
+                                                  W + o->attn_norm, A->r1, g->dres, N, D, ad, s));
+    g->down_ey = ad != NULL;
 }
 
 // Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
@@ -738,9 +760,11 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward(g->dres, (halo_bf16 *)g->dres16, gradf(g, g->final_norm),
-                                             (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf, NULL,
-                                             N, D, s));
+    float *ad = ey_amax_prepare(g, c->n_layers - 1, LIN_DOWN);   // the last down_proj's E_Y scale
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradf(g, g->final_norm),
+                                                  (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf,
+                                                  NULL, N, D, ad, s));
+    g->down_ey = ad != NULL;
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);

@@ -45,8 +45,10 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
 // block then adds its dw to the global one, one atomic per column. VEC: D % 4 == 0 (16-byte x, 8-byte dout loads).
 template <bool VEC>
 __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
-                              const float *rstd, const float *dres, int N, int D, int rows_per_block) {
+                              const float *rstd, const float *dres, int N, int D, int rows_per_block,
+                              unsigned *amax16) {
     extern __shared__ float sdw[];   // [D]
+    float mx = 0.f;                  // max |dx16| (amax16: a HALO layer's E_Y scale)
     for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
     __syncthreads();
     int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
@@ -84,8 +86,13 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 }
                 ((float4 *)o)[d] = v;
                 if (o16) {
-                    ((__nv_bfloat162 *)o16)[2 * d] = __floats2bfloat162_rn(v.x, v.y);
-                    ((__nv_bfloat162 *)o16)[2 * d + 1] = __floats2bfloat162_rn(v.z, v.w);
+                    const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
+                    ((__nv_bfloat162 *)o16)[2 * d] = b01;
+                    ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
+                    if (amax16) {
+                        const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
+                        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
+                    }
                 }
                 // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
                 atomicAdd(&sdw[d], g01.x * xv.x * r);
@@ -102,7 +109,10 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 float v = r * gd * __bfloat162float(w[d]) - c * xd;
                 if (res) v += res[d];
                 o[d] = v;
-                if (o16) o16[d] = __float2bfloat16(v);
+                if (o16) {
+                    o16[d] = __float2bfloat16(v);
+                    if (amax16) mx = fmaxf(mx, fabsf(__bfloat162float(o16[d])));
+                }
                 atomicAdd(&sdw[d], gd * xd * r);
             }
         }
@@ -111,6 +121,10 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     if (r0 < r1)
         for (int d = threadIdx.x; d < D; d += blockDim.x)
             atomicAdd(&dw[d], VEC ? sdw[(d & 3) * (D / 4) + d / 4] : sdw[d]);
+    if (amax16) {
+        mx = block_max(mx);
+        if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
+    }
 }
 
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
@@ -137,9 +151,9 @@ static int sm_count(void) {
     return n;
 }
 
-extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
-                                      const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
-                                      cudaStream_t s) {
+extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout,
+                                           const float *x, const halo_bf16 *w, const float *rstd, const float *dres,
+                                           int N, int D, float *amax16, cudaStream_t s) {
     if (N == 0) return;
     // dres may alias dx: each element is read once by the thread that then writes it
     size_t smem = (size_t)D * sizeof(float);
@@ -158,9 +172,15 @@ extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, con
     blocks = cdiv(N, rows_per_block);
     if (D % 4 == 0)
         k_rmsnorm_bwd<true><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                      rstd, dres, N, D, rows_per_block);
+                                                      rstd, dres, N, D, rows_per_block, (unsigned *)amax16);
     else
         k_rmsnorm_bwd<false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                       rstd, dres, N, D, rows_per_block);
+                                                       rstd, dres, N, D, rows_per_block, (unsigned *)amax16);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
+                                      const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
+                                      cudaStream_t s) {
+    cuda_rmsnorm_backward_amax(dx, dx16, dw, dout, x, w, rstd, dres, N, D, NULL, s);
 }
