@@ -59,7 +59,7 @@ static void test_hadamard(void) {
     // 28672 (K = 44, 28) take the generic kernel either way; every size also through the generic kernel (fast = 0).
     const int dims[] = {12, 40, 96, 256, 768, 2048, 3072, 4096, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
-        const int d = dims[t], rows = d >= 16384 ? 3 : d == 2048 ? 7 : 8;   // 7: k_rot's 4-row blocks, one partial
+        const int d = dims[t], rows = d >= 16384 ? 3 : d == 2048 ? 7 : d == 4096 ? 5 : 8;   // k_rot: 4 (2) rows per block, one partial
         for (int tr = 0; tr < 2; tr++) {
             for (int in_bf = 0; in_bf < 4; in_bf++) {
                 const int fast = in_bf < 2;   // in_bf 2, 3: the same through the generic kernel

@@ -527,13 +527,15 @@ template <int TIN, int MODE, int K, int QM, int RPB> static void launch_rot_k(ro
     CUDA_LAUNCH_CHECK();
 }
 
-// K = 1 rows of <= 2048 with per-tensor amax / scale: 4 rows per block (more loads in flight per SM)
+// K = 1 rows of <= 2048 (4096) with per-tensor amax / scale: 4 (2) rows per block (more loads in flight per SM)
 template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s) {
     const int multi = a.nseg == 1 && !a.amax_row_bits && !a.amax_row_q && !g_rot_rpb_off;
     switch (a.K) {
     case 1:
         if (a.P <= 2048 && multi) launch_rot_k<TIN, MODE, 1, 8, 4>(a, s);
         else if (a.P <= 2048) launch_rot_k<TIN, MODE, 1, 8, 1>(a, s);
+        else if (a.P <= 4096 && multi) launch_rot_k<TIN, MODE, 1, 16, 2>(a, s);
+        else if (a.P <= 4096) launch_rot_k<TIN, MODE, 1, 16, 1>(a, s);
         else launch_rot_k<TIN, MODE, 1, 32, 1>(a, s);
         break;
     case 12: launch_rot_k<TIN, MODE, 12, 32, 1>(a, s); break;
