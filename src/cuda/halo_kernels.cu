@@ -987,8 +987,10 @@ extern "C" void halo_cuda_dequant_i32_res(float *out, long ldo, const int32_t *C
 // through shared memory (<= 5 stages); the last pass (<= 4 stages at CH = 4) in registers straight to the output:
 // MODE_QUANT's CH codes of a token as one store, MODE_AMAX's max |v| with its last stage folded into one add per
 // pair. Every add is the CPU's, stages in its order (h = 1, 2, 4, ..), so the values equal halo_hadamard_cols's
-// bit for bit. Shared memory 6 NQ CH (P + P / 16) bytes: 204 KiB at P = 8192 (one block of 512 threads per SM),
-// 102 KiB at 4096 (two of 256), 51 KiB below (four of 128). P <= 16: k_colrot_small, registers only.
+// bit for bit. Shared memory 6 NQ CH (P + P / 16) bytes: 204 KiB from P = 8192 on, where one block of 256 threads
+// per SM walks the strips and loads the next strip's rows into registers (<= 255 a thread) while rotating this one;
+// 102 KiB at 4096 (two blocks of 256 per SM, one strip each), 51 KiB below (four of 128). P <= 16: k_colrot_small,
+// registers only.
 
 enum { COLROT_FLOATS = 32768 };   // k_colrot_f32's strip budget
 
@@ -1065,7 +1067,9 @@ template <int P> struct colrot_cfg {
     static constexpr int CH = P <= 8192 ? 4 : P == 16384 ? 2 : 1;   // floats per token of a round
     static constexpr int NQ = P < 2048 ? 2048 / P : 1;              // strips per block
     static constexpr int GQ = P / 16;                               // first-pass groups per strip
-    static constexpr int T = NQ * GQ < 512 ? NQ * GQ : 512;         // threads
+    static constexpr int PF = P >= 8192;                            // persistent blocks (one per SM), prefetch
+    static constexpr int T = NQ * GQ < 256 ? NQ * GQ : 256;         // threads
+    static constexpr int MINB = PF ? 1 : 512 / T;                   // blocks per SM (<= 128 registers; PF: 255)
     static constexpr int GPT = NQ * GQ / T;                         // first-pass groups per thread
     static constexpr int S = P + P / 16;                            // chunks per strip
     static constexpr int MAXS = CH == 4 ? 4 : CH == 2 ? 5 : 6;      // <= 64 values at CH columns
@@ -1082,7 +1086,7 @@ template <int P> __device__ __forceinline__ void colrot_mid(float *sm, int tid) 
     typedef colrot_cfg<P> C;
     constexpr int R = 1 << C::SMID, CPT = C::CPM, NP = C::CH / CPT, NG = P / R, H = 16, NI = C::NQ * NG * NP;
     static_assert(NI % C::T == 0, "colrot_mid");
-    constexpr int IT = NI / C::T, UNR = IT <= 2 ? IT : 1;   // (small P: many small groups, a loop)
+    constexpr int IT = NI / C::T, UNR = IT <= 2 && !C::PF ? IT : 1;   // (small P: many small groups, a loop)
     #pragma unroll UNR
     for (int i = 0; i < IT; i++) {
         const int e = tid + i * C::T, cp = e % NP, g = e / NP % NG, qd = e / NP / NG, j0 = g / H * H * R + g % H;
@@ -1132,115 +1136,146 @@ __device__ __forceinline__ void colrot_last(const float *sm, int tid, int cc0, i
     }
 }
 
-// vin: 4 CH-byte loads allowed (in and ld aligned), vout: CH-byte code stores allowed.
-template <int P, int MODE, int FMT> __global__ void __launch_bounds__(colrot_cfg<P>::T, 512 / colrot_cfg<P>::T)
-k_colrot(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
-         const float *amax_q, uint8_t *q, long ldq, int cols_pad, int vin, int vout) {
+// Round 0's rows of this thread's first-pass groups (tokens 16 g .. 16 g + 15, 2 CH columns at the strip's cb) as
+// one 4 CH-byte load each, into w; returns the mask of the groups left to colrot_fetch_slow (edge strip, !vin).
+template <int P>
+__device__ __forceinline__ unsigned colrot_fetch(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH],
+                                                 const unsigned short *src, long ld, int rows, int cols, int col0,
+                                                 int tid, int vin) {
     typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH, S = C::S, T = C::T, GQ = C::GQ, GPT = C::GPT, NH = CH > 1 ? CH / 2 : 1;
-    extern __shared__ float sm[];
-    unsigned short *park = (unsigned short *)(sm + C::NQ * S * CH);   // [NQ][S] x CH bf16
-    const unsigned short *src = (const unsigned short *)in;
-    const int tid = threadIdx.x, col0 = blockIdx.x * C::CW;
-    float mx = 0.f, mn = 0.f, qs = 1.f;
-    if (MODE == MODE_QUANT) qs = scale_of(*amax_q, qmax_of(FMT));
-    constexpr int RU = P >= 16384 && MODE == MODE_AMAX ? 2 : 1;   // the unrolling that spills nothing
-    #pragma unroll RU
-    for (int r = 0; r < 2; r++) {
-        // first pass: tokens 16 g .. 16 g + 15 of strip qd, stages 1, 2, 4, 8
-        unsigned hw[GPT][16][NH];   // this round's CH bf16 of each token
-        if (r == 0) {
-            unsigned w[GPT][16][CH];   // both rounds' 2 CH bf16
+    constexpr int CH = C::CH;
+    unsigned slow = 0;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        const int e = tid + i * C::T, g = e % C::GQ, cb = col0 + e / C::GQ * 2 * CH;
+        const unsigned short *p = src + (long)(16 * g) * ld + cb;
+        if (!vin || cb + 2 * CH > cols) { slow |= 1u << i; continue; }
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
             #pragma unroll
-            for (int i = 0; i < GPT; i++) {
-                const int e = tid + i * T, qd = e / GQ, g = e % GQ, cb = col0 + qd * 2 * CH;
-                const unsigned short *p = src + (long)(16 * g) * ld + cb;
-                if (vin && cb + 2 * CH <= cols) {
-                    #pragma unroll
-                    for (int k = 0; k < 16; k++) {
-                        #pragma unroll
-                        for (int j = 0; j < CH; j++) w[i][k][j] = 0;
-                        if (16 * g + k < rows) {
-                            if constexpr (CH == 4) {
-                                const uint4 u = *(const uint4 *)(p + k * ld);
-                                w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
-                            } else if constexpr (CH == 2) {
-                                const uint2 u = *(const uint2 *)(p + k * ld);
-                                w[i][k][0] = u.x; w[i][k][1] = u.y;
-                            } else {
-                                w[i][k][0] = *(const unsigned *)(p + k * ld);
-                            }
-                        }
-                    }
-                } else {   // edge strip or unaligned: element loads into this group's own chunks first
-                    unsigned short *x = (unsigned short *)(sm + (qd * S + 17 * g) * CH);
-                    #pragma unroll 1
-                    for (int k = 0; k < 16; k++)
-                        #pragma unroll
-                        for (int c = 0; c < 2 * CH; c++)
-                            x[k * 2 * CH + c] = 16 * g + k < rows && cb + c < cols ? p[k * ld + c] : (unsigned short)0;
-                    #pragma unroll
-                    for (int k = 0; k < 16; k++) {
-                        if constexpr (CH == 4) {
-                            const uint4 u = ((const uint4 *)x)[k];
-                            w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
-                        } else if constexpr (CH == 2) {
-                            const uint2 u = ((const uint2 *)x)[k];
-                            w[i][k][0] = u.x; w[i][k][1] = u.y;
-                        } else {
-                            w[i][k][0] = ((const unsigned *)x)[k];
-                        }
-                    }
+            for (int j = 0; j < CH; j++) w[i][k][j] = 0;
+            if (16 * g + k < rows) {
+                if constexpr (CH == 4) {
+                    const uint4 u = *(const uint4 *)(p + k * ld);
+                    w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
+                } else if constexpr (CH == 2) {
+                    const uint2 u = *(const uint2 *)(p + k * ld);
+                    w[i][k][0] = u.x; w[i][k][1] = u.y;
+                } else {
+                    w[i][k][0] = *(const unsigned *)(p + k * ld);
                 }
             }
+        }
+    }
+    return slow;
+}
+
+// The groups of `slow`: element loads into the group's own (still unused) chunks of sm, then read back as rows.
+template <int P>
+__device__ __forceinline__ void colrot_fetch_slow(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
+                                                  const unsigned short *src, long ld, int rows, int cols, int col0,
+                                                  int tid, unsigned slow) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        if (!(slow >> i & 1)) continue;
+        const int e = tid + i * C::T, qd = e / C::GQ, g = e % C::GQ, cb = col0 + qd * 2 * CH;
+        const unsigned short *p = src + (long)(16 * g) * ld + cb;
+        unsigned short *x = (unsigned short *)(sm + (qd * C::S + 17 * g) * CH);
+        #pragma unroll 1
+        for (int k = 0; k < 16; k++)
             #pragma unroll
-            for (int i = 0; i < GPT; i++) {
-                const int e = tid + i * T, u0 = e / GQ * S + 17 * (e % GQ);
-                #pragma unroll
-                for (int k = 0; k < 16; k++) {
-                    if constexpr (CH == 4) ((uint2 *)park)[u0 + k] = make_uint2(w[i][k][2], w[i][k][3]);
-                    else if constexpr (CH == 2) ((unsigned *)park)[u0 + k] = w[i][k][1];
-                    else park[u0 + k] = (unsigned short)(w[i][k][0] >> 16);
-                    #pragma unroll
-                    for (int j = 0; j < NH; j++) hw[i][k][j] = w[i][k][j];
-                }
+            for (int c = 0; c < 2 * CH; c++)
+                x[k * 2 * CH + c] = 16 * g + k < rows && cb + c < cols ? p[k * ld + c] : (unsigned short)0;
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
+            if constexpr (CH == 4) {
+                const uint4 u = ((const uint4 *)x)[k];
+                w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
+            } else if constexpr (CH == 2) {
+                const uint2 u = ((const uint2 *)x)[k];
+                w[i][k][0] = u.x; w[i][k][1] = u.y;
+            } else {
+                w[i][k][0] = ((const unsigned *)x)[k];
             }
-        } else {
-            #pragma unroll
-            for (int i = 0; i < GPT; i++) {
-                const int e = tid + i * T, u0 = e / GQ * S + 17 * (e % GQ);
+        }
+    }
+}
+
+// First pass: tokens 16 g .. 16 g + 15 of strip qd, stages 1, 2, 4, 8 in registers, to the strip's chunks. Round 0
+// takes the first CH columns of w and parks the second CH as bf16, round 1 takes the parked ones.
+template <int P, int R1>
+__device__ __forceinline__ void colrot_first(const unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
+                                             unsigned short *park, int tid) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        const int e = tid + i * C::T, u0 = e / C::GQ * C::S + 17 * (e % C::GQ);
+        float v[CH][16];
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
+            unsigned h[CH > 1 ? CH / 2 : 1];   // this round's CH bf16
+            if (!R1) {
+                if constexpr (CH == 4) ((uint2 *)park)[u0 + k] = make_uint2(w[i][k][2], w[i][k][3]);
+                else if constexpr (CH == 2) ((unsigned *)park)[u0 + k] = w[i][k][1];
+                else park[u0 + k] = (unsigned short)(w[i][k][0] >> 16);
+                h[0] = w[i][k][0];
+                if constexpr (CH == 4) h[1] = w[i][k][1];
+            } else {
+                if constexpr (CH == 4) { const uint2 u = ((const uint2 *)park)[u0 + k]; h[0] = u.x; h[1] = u.y; }
+                else if constexpr (CH == 2) h[0] = ((const unsigned *)park)[u0 + k];
+                else h[0] = park[u0 + k];
+            }
+            if constexpr (CH == 1) v[0][k] = bf_lo(h[0]);
+            else {
                 #pragma unroll
-                for (int k = 0; k < 16; k++) {
-                    if constexpr (CH == 4) { const uint2 u = ((const uint2 *)park)[u0 + k]; hw[i][k][0] = u.x; hw[i][k][1] = u.y; }
-                    else if constexpr (CH == 2) hw[i][k][0] = ((const unsigned *)park)[u0 + k];
-                    else hw[i][k][0] = park[u0 + k];
-                }
+                for (int j = 0; j < CH / 2; j++) { v[2 * j][k] = bf_lo(h[j]); v[2 * j + 1][k] = bf_hi(h[j]); }
             }
         }
         #pragma unroll
-        for (int i = 0; i < GPT; i++) {
-            const int e = tid + i * T, u0 = e / GQ * S + 17 * (e % GQ);
-            float v[CH][16];
-            #pragma unroll
-            for (int k = 0; k < 16; k++) {
-                if constexpr (CH == 1) v[0][k] = bf_lo(hw[i][k][0]);
-                else {
-                    #pragma unroll
-                    for (int j = 0; j < NH; j++) { v[2 * j][k] = bf_lo(hw[i][k][j]); v[2 * j + 1][k] = bf_hi(hw[i][k][j]); }
-                }
-            }
-            #pragma unroll
-            for (int c = 0; c < CH; c++) colrot_radix<16>(v[c]);
-            #pragma unroll
-            for (int k = 0; k < 16; k++) cr_st<CH, 16>(sm + (u0 + k) * CH, v, k);
-        }
-        __syncthreads();
-        if constexpr (C::SMID > 0) {
-            colrot_mid<P>(sm, tid);
+        for (int c = 0; c < CH; c++) colrot_radix<16>(v[c]);
+        #pragma unroll
+        for (int k = 0; k < 16; k++) cr_st<CH, 16>(sm + (u0 + k) * CH, v, k);
+    }
+}
+
+// Strips s = blockIdx.x, + gridDim.x, .. < nstrips (PF: one block per SM, the next strip's rows loaded into
+// registers while this one is rotated; else one strip per block). vin: 4 CH-byte row loads allowed (in and ld
+// aligned), vout: CH-byte code stores allowed.
+template <int P, int MODE, int FMT> __global__ void __launch_bounds__(colrot_cfg<P>::T, colrot_cfg<P>::MINB)
+k_colrot(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
+         const float *amax_q, uint8_t *q, long ldq, int cols_pad, int nstrips, int vin, int vout) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    extern __shared__ float sm[];
+    unsigned short *park = (unsigned short *)(sm + C::NQ * C::S * CH);   // [NQ][S] x CH bf16
+    const unsigned short *src = (const unsigned short *)in;
+    const int tid = threadIdx.x;
+    float mx = 0.f, mn = 0.f, qs = 1.f;
+    if (MODE == MODE_QUANT) qs = scale_of(*amax_q, qmax_of(FMT));
+    unsigned w[C::GPT][16][CH];   // round 0's rows: both rounds' 2 CH bf16 per token
+    unsigned slow = 0;
+    if (C::PF && (int)blockIdx.x < nstrips) slow = colrot_fetch<P>(w, src, ld, rows, cols, blockIdx.x * C::CW, tid, vin);
+    for (int s = blockIdx.x; s < nstrips; s += gridDim.x) {
+        const int col0 = s * C::CW;
+        if (!C::PF) slow = colrot_fetch<P>(w, src, ld, rows, cols, col0, tid, vin);
+        if (slow) colrot_fetch_slow<P>(w, sm, src, ld, rows, cols, col0, tid, slow);
+        colrot_first<P, 0>(w, sm, park, tid);
+        if (C::PF && s + (int)gridDim.x < nstrips)   // w is free: the next strip's rows
+            slow = colrot_fetch<P>(w, src, ld, rows, cols, col0 + gridDim.x * C::CW, tid, vin);
+        #pragma unroll 1
+        for (int r = 0; r < 2; r++) {
             __syncthreads();
+            if constexpr (C::SMID > 0) {
+                colrot_mid<P>(sm, tid);
+                __syncthreads();
+            }
+            colrot_last<P, MODE, FMT>(sm, tid, col0 + r * CH, cols, scale, qs, q, ldq, cols_pad, vout, mx, mn);
+            __syncthreads();
+            if (r == 0) colrot_first<P, 1>(w, sm, park, tid);
         }
-        colrot_last<P, MODE, FMT>(sm, tid, col0 + r * CH, cols, scale, qs, q, ldq, cols_pad, vout, mx, mn);
-        if (r == 0) __syncthreads();
     }
     if (MODE == MODE_AMAX) colrot_amax_done(mx, mn, scale, amax_bits, nonfinite);
 }
@@ -1318,9 +1353,9 @@ static void colrot_go(const halo_cuda_had *h, const halo_bf16 *in, long ld, int 
             smem_set = 1;
         }
         const int vin = aligned(in, 4 * C::CH) && ld % (2 * C::CH) == 0, vout = aligned(q, C::CH) && ldq % C::CH == 0;
-        k_colrot<P, MODE, FMT><<<cdiv(span, C::CW), C::T, C::SMEM, s>>>((const bf16 *)in, ld, rows, cols, h->scale,
-                                                                        amax_bits, nonfinite, amax_q, q, ldq,
-                                                                        cols_pad, vin, vout);
+        const int nstrips = cdiv(span, C::CW), grid = C::PF && nstrips > num_sms() ? num_sms() : nstrips;
+        k_colrot<P, MODE, FMT><<<grid, C::T, C::SMEM, s>>>((const bf16 *)in, ld, rows, cols, h->scale, amax_bits,
+                                                           nonfinite, amax_q, q, ldq, cols_pad, nstrips, vin, vout);
     }
     CUDA_LAUNCH_CHECK();
 }
