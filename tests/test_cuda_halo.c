@@ -716,9 +716,11 @@ static void test_colrot_f32(void) {
 static void test_colrot(void) {
     // b, n, ld, ldq - np: every k_colrot shape, bp = 2..32768 (registers only up to 16, several strips a block below
     // 2048, 16-byte rows up to 8192, narrower chunks at 16384 and 32768); partial and padding-only strips (n not a
-    // multiple of the block's columns), element loads (odd ld) and byte code stores (odd ldq); bp > b
+    // multiple of the block's columns), element loads (odd ld) and byte code stores (odd ldq); bp > b; from 8192 on,
+    // more strips than SMs (each block walks several, the next one's rows prefetched)
     const int cases[][4] = {{8192, 37, 40, 0}, {2043, 200, 200, 0}, {5, 24, 24, 0}, {2, 16, 16, 0}, {4000, 64, 72, 0},
-                            {8192, 45, 45, 3}, {16384, 21, 24, 0}, {32768, 7, 9, 1}, {1000, 100, 104, 0},
+                            {8192, 45, 45, 3}, {8000, 1100, 1104, 0}, {16384, 21, 24, 0}, {16384, 600, 605, 0},
+                            {32768, 7, 9, 1}, {32768, 300, 300, 0}, {1000, 100, 104, 0},
                             {512, 70, 71, 0}, {256, 40, 40, 5}, {128, 300, 304, 0}, {64, 33, 40, 0}, {32, 150, 152, 1},
                             {16, 600, 600, 0}, {4, 530, 531, 2}, {3, 9, 9, 0}};
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
