@@ -714,10 +714,24 @@ static void test_colrot_f32(void) {
 }
 
 static void test_colrot(void) {
-    // b, n, ld: bp = 8192 (4 columns a block, n = 37 a partial strip), 2048, 8 and 2 (16 columns a block), 4096 (8)
-    const int cases[][3] = {{8192, 37, 40}, {2043, 200, 200}, {5, 24, 24}, {2, 16, 16}, {4000, 64, 72}};
-    for (int ci = 0; ci < 5; ci++) {
-        const int b = cases[ci][0], n = cases[ci][1], ld = cases[ci][2], np = (n + 15) / 16 * 16;
+    // b, n, ld, ldq - np: every k_colrot shape, bp = 2..32768 (registers only up to 16, several strips a block below
+    // 2048, 16-byte rows up to 8192, narrower chunks at 16384 and 32768); partial and padding-only strips (n not a
+    // multiple of the block's columns), element loads (odd ld) and byte code stores (odd ldq); bp > b; from 8192 on,
+    // more strips than SMs (each block walks several, the next one's rows prefetched)
+    const int cases[][4] = {{8192, 37, 40, 0}, {2043, 200, 200, 0}, {5, 24, 24, 0}, {2, 16, 16, 0}, {4000, 64, 72, 0},
+                            {8192, 45, 45, 3}, {8000, 1100, 1104, 0}, {16384, 21, 24, 0}, {16384, 600, 605, 0},
+                            {32768, 7, 9, 1}, {32768, 300, 300, 0}, {1000, 100, 104, 0},
+                            {512, 70, 71, 0}, {256, 40, 40, 5}, {128, 300, 304, 0}, {64, 33, 40, 0}, {32, 150, 152, 1},
+                            {16, 600, 600, 0}, {4, 530, 531, 2}, {3, 9, 9, 0}};
+    const int ncases = (int)(sizeof cases / sizeof cases[0]);
+    // then one Inf (its column all +-Inf) or one NaN (its column all NaN, the max taken over the others): the flag
+    // set and the max as the CPU's fmaxf (NaN ignored)
+    const int nf_cases[][2] = {{8192, 1}, {8192, 2}, {64, 2}, {8, 1}, {8, 2}};
+    for (int ci = 0; ci < ncases + 5; ci++) {
+        const int nfk = ci < ncases ? 0 : nf_cases[ci - ncases][1];
+        const int b = ci < ncases ? cases[ci][0] : nf_cases[ci - ncases][0], n = ci < ncases ? cases[ci][1] : 24;
+        const int ld = ci < ncases ? cases[ci][2] : 24, np = (n + 15) / 16 * 16;
+        const int ldq = np + (ci < ncases ? cases[ci][3] : 0);
         const int bp = halo_hadamard_pad_size(b, 172);
         halo_hadamard hp;
         halo_cuda_had hg;
@@ -725,6 +739,7 @@ static void test_colrot(void) {
         CHECK(halo_cuda_colrot_ok(&hg), "colrot: b=%d pads to %d (K=%d): column kernel expected", b, bp, hp.K);
         float *x = t_rand_vec(&rng, (size_t)b * ld, 1.0);
         for (int t = 0; t < b; t += 97) x[(size_t)t * ld + (t * 13) % n] *= 50;   // outlier tokens
+        if (nfk) x[(size_t)(b / 3) * ld + n / 2] = nfk == 1 ? INFINITY : NAN;
         halo_bf16 *dx = dev_bf16(x, (size_t)b * ld);
         float *A = calloc((size_t)bp * n, 4);
         for (int t = 0; t < b; t++) memcpy(A + (size_t)t * n, x + (size_t)t * ld, 4 * (size_t)n);
@@ -737,9 +752,9 @@ static void test_colrot(void) {
         float am[2];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         char det[80];
-        snprintf(det, sizeof det, "b=%d bp=%d n=%d ld=%d", b, bp, n, ld);
-        row("colrot absmax vs CPU", det, am[0] == mx && ((int *)am)[1] == 0 ? 0.0 : 1.0, 0, 0, 0);
-        for (int fmt = 0; fmt < 2; fmt++) {
+        snprintf(det, sizeof det, "b=%d bp=%d n=%d ld=%d%s", b, bp, n, ld, nfk == 1 ? " Inf" : nfk == 2 ? " NaN" : "");
+        row("colrot absmax vs CPU", det, !memcmp(&am[0], &mx, 4) && ((int *)am)[1] == !!nfk ? 0.0 : 1.0, 0, 0, 0);
+        for (int fmt = 0; fmt < 2 && !nfk; fmt++) {
             halo_qspec qs;
             memset(&qs, 0, sizeof qs);
             qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
@@ -747,18 +762,18 @@ static void test_colrot(void) {
             halo_qmat qm;
             memset(&qm, 0, sizeof qm);
             halo_quantize(&qm, A, bp, n, n, 0, &qs, "test");
-            uint8_t *dq = dev_poison((size_t)bp * np);
-            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dam, fmt, dq, np, np, 0);
-            uint8_t *q = t_host_of(dq, (size_t)bp * np);
+            uint8_t *dq = dev_poison((size_t)bp * ldq);
+            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dam, fmt, dq, ldq, np, 0);
+            uint8_t *q = t_host_of(dq, (size_t)bp * ldq);
             uint8_t *qc = malloc((size_t)bp * n);
             long padbad = 0, mism, ties;
             for (int t = 0; t < bp; t++) {
-                memcpy(qc + (size_t)t * n, q + (size_t)t * np, n);
-                for (int c = n; c < np; c++) padbad += q[(size_t)t * np + c] != 0;
+                memcpy(qc + (size_t)t * n, q + (size_t)t * ldq, n);
+                for (int c = n; c < ldq; c++) padbad += q[(size_t)t * ldq + c] != (c < np ? 0 : 0xff);
             }
             code_diff(qc, qm.q, A, qm.s, (long)bp * n, 0, fmt, &mism, &ties);
             char det2[96];
-            snprintf(det2, sizeof det2, "%s %s", det, fmt ? "e4m3" : "int8");
+            snprintf(det2, sizeof det2, "%s ldq=%d %s", det, ldq, fmt ? "e4m3" : "int8");
             row("colrot codes vs CPU", det2, (double)padbad, 0, mism, 0);   // any differing code fails
             free(q); free(qc); cudaFree(dq);
             halo_qmat_free(&qm);

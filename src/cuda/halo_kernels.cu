@@ -979,17 +979,22 @@ extern "C" void halo_cuda_dequant_i32_res(float *out, long ldo, const int32_t *C
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Column rotation (level 2's H_b over the token dimension of E_Y [rows][ld], K = 1 only): one thread block per strip
-// of CW columns holds all P (= h->d) tokens of the strip in shared memory as fp32, token-major with one pad float
-// after every 8 tokens (sm[t * CW + c + t / 8], so the first pass's 8-token groups fall in different banks; tokens
-// past `rows` are zeros), and runs the butterfly as radix-8 passes (stages h, 2h, 4h of a group of 8 values at
-// stride h in registers, then __syncthreads). Every add is the CPU's (a + b, a - b with stages in the order
-// h = 1, 2, 4, ..), so the values equal halo_hadamard_cols's (and rows of the transposed copy's) bit for bit.
-// CW = min(16, 32768 / P) columns: at most 128 KiB (+ P / 2 bytes of padding) of shared memory. Each call reads the
-// strip's bf16 once: MODE_AMAX keeps max |v| (one atomic per block), MODE_QUANT writes q[t][col] for t < P,
-// col < cols_pad (zero codes past cols).
+// Column rotation (level 2's H_b over the token dimension of E_Y [rows][ld] bf16, K = 1 only; tokens past `rows`
+// are zeros), one kernel per P = h->d. A block owns NQ strips of 2 CH columns (CH = 4 floats up to P = 8192, 2 at
+// 16384, 1 at 32768; NQ = 2048 / P below 2048, else 1) and rotates each strip in two rounds of CH columns. Round 0
+// reads 16 consecutive tokens per thread with one 4 CH-byte load per row (16 bytes up to 8192), all loads in flight
+// before the first use, and parks the second CH columns as bf16 in shared memory (read back by the same thread in
+// round 1). A round: stages 1..8 in registers on the 16 tokens, stored as fp32 (a chunk of CH floats per token, one
+// pad chunk per 16 tokens: u = t + t / 16, so every pass below is free of bank conflicts); at most one middle pass
+// through shared memory (<= 5 stages); the last pass (<= 4 stages at CH = 4) in registers straight to the output:
+// MODE_QUANT's CH codes of a token as one store, MODE_AMAX's max |v| with its last stage folded into one add per
+// pair. Every add is the CPU's, stages in its order (h = 1, 2, 4, ..), so the values equal halo_hadamard_cols's
+// bit for bit. Shared memory 6 NQ CH (P + P / 16) bytes: 204 KiB from P = 8192 on, where one block of 256 threads
+// per SM walks the strips and loads the next strip's rows into registers (<= 255 a thread) while rotating this one;
+// 102 KiB at 4096 (two blocks of 256 per SM, one strip each), 51 KiB below (four of 128). P <= 16: k_colrot_small,
+// registers only.
 
-enum { COLROT_THREADS = 512, COLROT_FLOATS = 32768 };
+enum { COLROT_FLOATS = 32768 };   // k_colrot_f32's strip budget
 
 template <int R> __device__ __forceinline__ void colrot_radix(float *v) {
     #pragma unroll
@@ -999,58 +1004,332 @@ template <int R> __device__ __forceinline__ void colrot_radix(float *v) {
             if (!(k & s)) { const float x = v[k], y = v[k + s]; v[k] = x + y; v[k + s] = x - y; }
 }
 
-template <int R, int CW> __device__ __forceinline__ void colrot_pass(float *sm, int P, int h, int lh) {
-    const int groups = (P / R) * CW;
-    for (int e = threadIdx.x; e < groups; e += blockDim.x) {
-        const int c = e % CW, g = e / CW;
-        const int j0 = (g >> lh) * h * R + (g & (h - 1));
-        float v[R];
-        #pragma unroll
-        for (int k = 0; k < R; k++) { const int t = j0 + k * h; v[k] = sm[t * CW + c + (t >> 3)]; }
-        colrot_radix<R>(v);
-        #pragma unroll
-        for (int k = 0; k < R; k++) { const int t = j0 + k * h; sm[t * CW + c + (t >> 3)] = v[k]; }
+__device__ __forceinline__ float colrot_max_nan(float a, float b) {   // NaN-propagating max
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+// Absmax of a radix-R group: its last stage (pairs k, k + R / 2) is not computed, max(|x + y|, |x - y|) =
+// fl(|x| + |y|) instead (round to nearest is monotonic and sign-symmetric; NaN exactly when x or y is, nonfinite
+// exactly when x + y or x - y is). mx ignores NaN (fmaxf, as the CPU's max), mn propagates it (the nonfinite flag).
+template <int R> __device__ __forceinline__ void colrot_amax(float *v, float &mx, float &mn) {
+    colrot_radix<R / 2>(v);
+    colrot_radix<R / 2>(v + R / 2);
+    #pragma unroll
+    for (int k = 0; k < R / 2; k++) {
+        const float m = fabsf(v[k]) + fabsf(v[k + R / 2]);
+        mx = fmaxf(mx, m);
+        mn = colrot_max_nan(mn, m);
     }
 }
 
-template <int MODE, int CW> __global__ void __launch_bounds__(COLROT_THREADS)
-k_colrot(const bf16 *in, long ld, int rows, int cols, int P, float scale, unsigned *amax_bits, int *nonfinite,
-         const float *amax_q, int fmt, uint8_t *q, long ldq, int cols_pad) {
-    extern __shared__ float sm[];
-    const int tid = threadIdx.x, nthr = blockDim.x;
-    const int col0 = blockIdx.x * CW;
-    const int total = P * CW;
-    for (int e = tid; e < total; e += nthr) {
-        const int t = e / CW, col = col0 + e % CW;
-        sm[e + (t >> 3)] = t < rows && col < cols ? __bfloat162float(in[(long)t * ld + col]) : 0.f;
-    }
-    __syncthreads();
-    for (int h = 1, lh = 0; h < P; h <<= 3, lh += 3) {
-        const int left = P / h;   // the last pass takes the 1 or 2 stages left
-        if (left >= 8) colrot_pass<8, CW>(sm, P, h, lh);
-        else if (left == 4) colrot_pass<4, CW>(sm, P, h, lh);
-        else colrot_pass<2, CW>(sm, P, h, lh);
-        __syncthreads();
-    }
-    if (MODE == MODE_AMAX) {
-        float mx = 0.f;
-        int bad = 0;
-        for (int e = tid; e < total; e += nthr) {
-            const float av = fabsf(sm[e + ((e / CW) >> 3)] * scale);
-            bad |= !(av <= FLT_MAX);
-            mx = fmaxf(mx, av);
-        }
-        mx = block_max(mx);
-        if (nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(nonfinite, 1); }
-        if (tid == 0) atomicMax(amax_bits, __float_as_uint(mx));
+__device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }           // bf16 pair
+__device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }   // -> fp32
+
+// v[c][k] <-> the N floats at p (N = 4, 2, 1: one 16-, 8- or 4-byte access)
+template <int N, int R> __device__ __forceinline__ void cr_ld(const float *p, float (&v)[N][R], int k) {
+    if constexpr (N == 4) { const float4 f = *(const float4 *)p; v[0][k] = f.x; v[1][k] = f.y; v[2][k] = f.z; v[3][k] = f.w; }
+    else if constexpr (N == 2) { const float2 f = *(const float2 *)p; v[0][k] = f.x; v[1][k] = f.y; }
+    else v[0][k] = *p;
+}
+template <int N, int R> __device__ __forceinline__ void cr_st(float *p, const float (&v)[N][R], int k) {
+    if constexpr (N == 4) *(float4 *)p = make_float4(v[0][k], v[1][k], v[2][k], v[3][k]);
+    else if constexpr (N == 2) *(float2 *)p = make_float2(v[0][k], v[1][k]);
+    else *p = v[0][k];
+}
+
+// Byte mask of the first n of 4 columns (codes of columns >= cols are zero).
+__device__ __forceinline__ unsigned colrot_keep(int n) { return n >= 4 ? 0xffffffffu : n <= 0 ? 0u : (1u << 8 * n) - 1; }
+
+// N codes (byte c = column c) at p: one store when vec, else the first n bytes.
+template <int N> __device__ __forceinline__ void colrot_store(uint8_t *p, unsigned w, int vec, int n) {
+    if (vec) {
+        if constexpr (N == 4) *(unsigned *)p = w;
+        else if constexpr (N == 2) *(unsigned short *)p = (unsigned short)w;
+        else *p = (uint8_t)w;
     } else {
-        const float qs = scale_of(*amax_q, qmax_of(fmt));
-        for (int e = tid; e < total; e += nthr) {
-            const int t = e / CW, col = col0 + e % CW;
-            if (col < cols_pad)
-                q[(long)t * ldq + col] = col < cols ? quant1(sm[e + (t >> 3)] * scale, qs, fmt) : (uint8_t)0;
+        #pragma unroll
+        for (int c = 0; c < N; c++)
+            if (c < n) p[c] = (uint8_t)(w >> 8 * c);
+    }
+}
+
+__device__ __forceinline__ void colrot_amax_done(float mx, float mn, float scale, unsigned *amax_bits, int *nonfinite) {
+    mx = block_max(mx);
+    if (nonfinite) { if (__syncthreads_or(!(mn <= FLT_MAX)) && threadIdx.x == 0) atomicOr(nonfinite, 1); }
+    // max fl(|v| scale) = fl(max |v| * scale): the same monotonic rounding
+    if (threadIdx.x == 0) atomicMax(amax_bits, __float_as_uint(__fmul_rn(mx, scale)));
+}
+
+__host__ __device__ constexpr int colrot_log2(int x) { return x <= 1 ? 0 : 1 + colrot_log2(x / 2); }
+
+template <int P> struct colrot_cfg {
+    static constexpr int L = colrot_log2(P);
+    static constexpr int CH = P <= 8192 ? 4 : P == 16384 ? 2 : 1;   // floats per token of a round
+    static constexpr int NQ = P < 2048 ? 2048 / P : 1;              // strips per block
+    static constexpr int GQ = P / 16;                               // first-pass groups per strip
+    static constexpr int PF = P >= 8192;                            // persistent blocks (one per SM), prefetch
+    static constexpr int T = NQ * GQ < 256 ? NQ * GQ : 256;         // threads
+    static constexpr int MINB = PF ? 1 : 512 / T;                   // blocks per SM (<= 128 registers; PF: 255)
+    static constexpr int GPT = NQ * GQ / T;                         // first-pass groups per thread
+    static constexpr int S = P + P / 16;                            // chunks per strip
+    static constexpr int MAXS = CH == 4 ? 4 : CH == 2 ? 5 : 6;      // <= 64 values at CH columns
+    static constexpr int SL = L - 4 < MAXS ? L - 4 : MAXS;          // last pass stages
+    static constexpr int SMID = L - 4 - SL;                         // middle pass stages
+    static constexpr int CPM = (CH << SMID) <= 64 ? CH : CH / 2;    // columns per thread in the middle pass
+    static constexpr int CW = 2 * CH * NQ;                          // columns per block
+    static constexpr int SMEM = NQ * S * CH * 6;                    // fp32 strips + bf16 parking
+    static_assert(P >= 32 && SMID <= 5 && (CPM << SMID) <= 64 && SMEM <= 227 * 1024, "colrot_cfg");
+};
+
+// Middle pass: stages 16 .. 8 << SMID, radix 1 << SMID over CPM columns, in place.
+template <int P> __device__ __forceinline__ void colrot_mid(float *sm, int tid) {
+    typedef colrot_cfg<P> C;
+    constexpr int R = 1 << C::SMID, CPT = C::CPM, NP = C::CH / CPT, NG = P / R, H = 16, NI = C::NQ * NG * NP;
+    static_assert(NI % C::T == 0, "colrot_mid");
+    constexpr int IT = NI / C::T, UNR = IT <= 2 && !C::PF ? IT : 1;   // (small P: many small groups, a loop)
+    #pragma unroll UNR
+    for (int i = 0; i < IT; i++) {
+        const int e = tid + i * C::T, cp = e % NP, g = e / NP % NG, qd = e / NP / NG, j0 = g / H * H * R + g % H;
+        float *b = sm + (qd * C::S + j0 + j0 / 16) * C::CH + cp * CPT;
+        float v[CPT][R];
+        #pragma unroll
+        for (int k = 0; k < R; k++) cr_ld<CPT, R>(b + k * (H + H / 16) * C::CH, v, k);
+        #pragma unroll
+        for (int c = 0; c < CPT; c++) colrot_radix<R>(v[c]);
+        #pragma unroll
+        for (int k = 0; k < R; k++) cr_st<CPT, R>(b + k * (H + H / 16) * C::CH, v, k);
+    }
+}
+
+// Last pass: stages H .. P / 2 (H = 16 << SMID), radix 1 << SL over the CH columns of a token, to the output.
+template <int P, int MODE, int FMT>
+__device__ __forceinline__ void colrot_last(const float *sm, int tid, int cc0, int cols, float scale, float qs,
+                                            uint8_t *q, long ldq, int cols_pad, int vout, float &mx, float &mn) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH, R = 1 << C::SL, H = 16 << C::SMID, NG = P / R, NI = C::NQ * NG;
+    static_assert(NI % C::T == 0, "colrot_last");
+    constexpr int IT = NI / C::T;
+    #pragma unroll 1
+    for (int i = 0; i < IT; i++) {
+        const int e = tid + i * C::T, g = e % NG, qd = e / NG, j0 = g / H * H * R + g % H;
+        const float *b = sm + (qd * C::S + j0 + j0 / 16) * CH;
+        float v[CH][R];
+        #pragma unroll
+        for (int k = 0; k < R; k++) cr_ld<CH, R>(b + k * (H + H / 16) * CH, v, k);
+        if (MODE == MODE_AMAX) {
+            #pragma unroll
+            for (int c = 0; c < CH; c++) colrot_amax<R>(v[c], mx, mn);
+        } else {
+            #pragma unroll
+            for (int c = 0; c < CH; c++) colrot_radix<R>(v[c]);
+            const int cc = cc0 + qd * 2 * CH, vec = vout && cc + CH <= cols_pad;
+            const unsigned keep = colrot_keep(cols - cc);
+            uint8_t *o = q + (long)j0 * ldq + cc;
+            #pragma unroll
+            for (int k = 0; k < R; k++) {
+                unsigned w = 0;
+                #pragma unroll
+                for (int c = 0; c < CH; c++) w |= (unsigned)quant1(__fmul_rn(v[c][k], scale), qs, FMT) << 8 * c;
+                colrot_store<CH>(o + (long)k * H * ldq, w & keep, vec, cols_pad - cc);
+            }
         }
     }
+}
+
+// Round 0's rows of this thread's first-pass groups (tokens 16 g .. 16 g + 15, 2 CH columns at the strip's cb) as
+// one 4 CH-byte load each, into w; returns the mask of the groups left to colrot_fetch_slow (edge strip, !vin).
+template <int P>
+__device__ __forceinline__ unsigned colrot_fetch(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH],
+                                                 const unsigned short *src, long ld, int rows, int cols, int col0,
+                                                 int tid, int vin) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    unsigned slow = 0;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        const int e = tid + i * C::T, g = e % C::GQ, cb = col0 + e / C::GQ * 2 * CH;
+        const unsigned short *p = src + (long)(16 * g) * ld + cb;
+        if (!vin || cb + 2 * CH > cols) { slow |= 1u << i; continue; }
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
+            #pragma unroll
+            for (int j = 0; j < CH; j++) w[i][k][j] = 0;
+            if (16 * g + k < rows) {
+                if constexpr (CH == 4) {
+                    const uint4 u = *(const uint4 *)(p + k * ld);
+                    w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
+                } else if constexpr (CH == 2) {
+                    const uint2 u = *(const uint2 *)(p + k * ld);
+                    w[i][k][0] = u.x; w[i][k][1] = u.y;
+                } else {
+                    w[i][k][0] = *(const unsigned *)(p + k * ld);
+                }
+            }
+        }
+    }
+    return slow;
+}
+
+// The groups of `slow`: element loads into the group's own (still unused) chunks of sm, then read back as rows.
+template <int P>
+__device__ __forceinline__ void colrot_fetch_slow(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
+                                                  const unsigned short *src, long ld, int rows, int cols, int col0,
+                                                  int tid, unsigned slow) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        if (!(slow >> i & 1)) continue;
+        const int e = tid + i * C::T, qd = e / C::GQ, g = e % C::GQ, cb = col0 + qd * 2 * CH;
+        const unsigned short *p = src + (long)(16 * g) * ld + cb;
+        unsigned short *x = (unsigned short *)(sm + (qd * C::S + 17 * g) * CH);
+        #pragma unroll 1
+        for (int k = 0; k < 16; k++)
+            #pragma unroll
+            for (int c = 0; c < 2 * CH; c++)
+                x[k * 2 * CH + c] = 16 * g + k < rows && cb + c < cols ? p[k * ld + c] : (unsigned short)0;
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
+            if constexpr (CH == 4) {
+                const uint4 u = ((const uint4 *)x)[k];
+                w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
+            } else if constexpr (CH == 2) {
+                const uint2 u = ((const uint2 *)x)[k];
+                w[i][k][0] = u.x; w[i][k][1] = u.y;
+            } else {
+                w[i][k][0] = ((const unsigned *)x)[k];
+            }
+        }
+    }
+}
+
+// First pass: tokens 16 g .. 16 g + 15 of strip qd, stages 1, 2, 4, 8 in registers, to the strip's chunks. Round 0
+// takes the first CH columns of w and parks the second CH as bf16, round 1 takes the parked ones.
+template <int P, int R1>
+__device__ __forceinline__ void colrot_first(const unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
+                                             unsigned short *park, int tid) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    #pragma unroll
+    for (int i = 0; i < C::GPT; i++) {
+        const int e = tid + i * C::T, u0 = e / C::GQ * C::S + 17 * (e % C::GQ);
+        float v[CH][16];
+        #pragma unroll
+        for (int k = 0; k < 16; k++) {
+            unsigned h[CH > 1 ? CH / 2 : 1];   // this round's CH bf16
+            if (!R1) {
+                if constexpr (CH == 4) ((uint2 *)park)[u0 + k] = make_uint2(w[i][k][2], w[i][k][3]);
+                else if constexpr (CH == 2) ((unsigned *)park)[u0 + k] = w[i][k][1];
+                else park[u0 + k] = (unsigned short)(w[i][k][0] >> 16);
+                h[0] = w[i][k][0];
+                if constexpr (CH == 4) h[1] = w[i][k][1];
+            } else {
+                if constexpr (CH == 4) { const uint2 u = ((const uint2 *)park)[u0 + k]; h[0] = u.x; h[1] = u.y; }
+                else if constexpr (CH == 2) h[0] = ((const unsigned *)park)[u0 + k];
+                else h[0] = park[u0 + k];
+            }
+            if constexpr (CH == 1) v[0][k] = bf_lo(h[0]);
+            else {
+                #pragma unroll
+                for (int j = 0; j < CH / 2; j++) { v[2 * j][k] = bf_lo(h[j]); v[2 * j + 1][k] = bf_hi(h[j]); }
+            }
+        }
+        #pragma unroll
+        for (int c = 0; c < CH; c++) colrot_radix<16>(v[c]);
+        #pragma unroll
+        for (int k = 0; k < 16; k++) cr_st<CH, 16>(sm + (u0 + k) * CH, v, k);
+    }
+}
+
+// Strips s = blockIdx.x, + gridDim.x, .. < nstrips (PF: one block per SM, the next strip's rows loaded into
+// registers while this one is rotated; else one strip per block). vin: 4 CH-byte row loads allowed (in and ld
+// aligned), vout: CH-byte code stores allowed.
+template <int P, int MODE, int FMT> __global__ void __launch_bounds__(colrot_cfg<P>::T, colrot_cfg<P>::MINB)
+k_colrot(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
+         const float *amax_q, uint8_t *q, long ldq, int cols_pad, int nstrips, int vin, int vout) {
+    typedef colrot_cfg<P> C;
+    constexpr int CH = C::CH;
+    extern __shared__ float sm[];
+    unsigned short *park = (unsigned short *)(sm + C::NQ * C::S * CH);   // [NQ][S] x CH bf16
+    const unsigned short *src = (const unsigned short *)in;
+    const int tid = threadIdx.x;
+    float mx = 0.f, mn = 0.f, qs = 1.f;
+    if (MODE == MODE_QUANT) qs = scale_of(*amax_q, qmax_of(FMT));
+    unsigned w[C::GPT][16][CH];   // round 0's rows: both rounds' 2 CH bf16 per token
+    unsigned slow = 0;
+    if (C::PF && (int)blockIdx.x < nstrips) slow = colrot_fetch<P>(w, src, ld, rows, cols, blockIdx.x * C::CW, tid, vin);
+    for (int s = blockIdx.x; s < nstrips; s += gridDim.x) {
+        const int col0 = s * C::CW;
+        if (!C::PF) slow = colrot_fetch<P>(w, src, ld, rows, cols, col0, tid, vin);
+        if (slow) colrot_fetch_slow<P>(w, sm, src, ld, rows, cols, col0, tid, slow);
+        colrot_first<P, 0>(w, sm, park, tid);
+        if (C::PF && s + (int)gridDim.x < nstrips)   // w is free: the next strip's rows
+            slow = colrot_fetch<P>(w, src, ld, rows, cols, col0 + gridDim.x * C::CW, tid, vin);
+        #pragma unroll 1
+        for (int r = 0; r < 2; r++) {
+            __syncthreads();
+            if constexpr (C::SMID > 0) {
+                colrot_mid<P>(sm, tid);
+                __syncthreads();
+            }
+            colrot_last<P, MODE, FMT>(sm, tid, col0 + r * CH, cols, scale, qs, q, ldq, cols_pad, vout, mx, mn);
+            __syncthreads();
+            if (r == 0) colrot_first<P, 1>(w, sm, park, tid);
+        }
+    }
+    if (MODE == MODE_AMAX) colrot_amax_done(mx, mn, scale, amax_bits, nonfinite);
+}
+
+// P <= 16: one thread per 4 columns holds all P tokens (one 8-byte load per row when vin).
+template <int P, int MODE, int FMT> __global__ void __launch_bounds__(128)
+k_colrot_small(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
+               const float *amax_q, uint8_t *q, long ldq, int cols_pad, int vin, int vout) {
+    const unsigned short *src = (const unsigned short *)in;
+    const int cc = (blockIdx.x * 128 + threadIdx.x) * 4;
+    float mx = 0.f, mn = 0.f;
+    if (cc < (MODE == MODE_QUANT ? cols_pad : cols)) {
+        unsigned w[P][2];
+        #pragma unroll
+        for (int t = 0; t < P; t++) {
+            const unsigned short *p = src + (long)t * ld + cc;
+            if (vin && cc + 4 <= cols) {
+                w[t][0] = w[t][1] = 0;
+                if (t < rows) { const uint2 u = *(const uint2 *)p; w[t][0] = u.x; w[t][1] = u.y; }
+            } else {
+                #pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const unsigned lo = t < rows && cc + 2 * j < cols ? p[2 * j] : 0u;
+                    const unsigned hi = t < rows && cc + 2 * j + 1 < cols ? p[2 * j + 1] : 0u;
+                    w[t][j] = lo | hi << 16;
+                }
+            }
+        }
+        float v[4][P];
+        #pragma unroll
+        for (int t = 0; t < P; t++) {
+            v[0][t] = bf_lo(w[t][0]); v[1][t] = bf_hi(w[t][0]); v[2][t] = bf_lo(w[t][1]); v[3][t] = bf_hi(w[t][1]);
+        }
+        if (MODE == MODE_AMAX) {
+            #pragma unroll
+            for (int c = 0; c < 4; c++) colrot_amax<P>(v[c], mx, mn);
+        } else {
+            const float qs = scale_of(*amax_q, qmax_of(FMT));
+            #pragma unroll
+            for (int c = 0; c < 4; c++) colrot_radix<P>(v[c]);
+            const int vec = vout && cc + 4 <= cols_pad;
+            const unsigned keep = colrot_keep(cols - cc);
+            #pragma unroll
+            for (int t = 0; t < P; t++) {
+                unsigned wd = 0;
+                #pragma unroll
+                for (int c = 0; c < 4; c++) wd |= (unsigned)quant1(__fmul_rn(v[c][t], scale), qs, FMT) << 8 * c;
+                colrot_store<4>(q + (long)t * ldq + cc, wd & keep, vec, cols_pad - cc);
+            }
+        }
+    }
+    if (MODE == MODE_AMAX) colrot_amax_done(mx, mn, scale, amax_bits, nonfinite);
 }
 
 extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
@@ -1059,42 +1338,57 @@ extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
 
 static int colrot_cw(int P) { int cw = COLROT_FLOATS / P; return cw > 16 ? 16 : cw >= 8 ? 8 : cw >= 4 ? 4 : cw >= 2 ? 2 : 1; }
 
-template <int MODE, int CW> static void launch_colrot_cw(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows,
-                                                         int cols, unsigned *amax_bits, int *nonfinite,
-                                                         const float *amax_q, int fmt, uint8_t *q, long ldq,
-                                                         int cols_pad, int span, cudaStream_t s) {
-    const int P = h->d;
-    const size_t smem = sizeof(float) * ((size_t)P * CW + (size_t)P / 8 + 1);
-    static size_t smem_set = 0;   // per instantiation
-    if (smem > 48 * 1024 && smem_set < smem) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_colrot<MODE, CW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
+template <int P, int MODE, int FMT>
+static void colrot_go(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, unsigned *amax_bits,
+                      int *nonfinite, const float *amax_q, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
+    const int span = MODE == MODE_QUANT ? cols_pad : cols;
+    if constexpr (P <= 16) {
+        const int vin = aligned(in, 8) && ld % 4 == 0, vout = aligned(q, 4) && ldq % 4 == 0;
+        k_colrot_small<P, MODE, FMT><<<cdiv(span, 512), 128, 0, s>>>((const bf16 *)in, ld, rows, cols, h->scale,
+                                                                     amax_bits, nonfinite, amax_q, q, ldq, cols_pad,
+                                                                     vin, vout);
+    } else {
+        typedef colrot_cfg<P> C;
+        static int smem_set = 0;   // per instantiation
+        if (!smem_set) {
+            CUDA_CHECK(cudaFuncSetAttribute(k_colrot<P, MODE, FMT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
+            smem_set = 1;
+        }
+        const int vin = aligned(in, 4 * C::CH) && ld % (2 * C::CH) == 0, vout = aligned(q, C::CH) && ldq % C::CH == 0;
+        const int nstrips = cdiv(span, C::CW), grid = C::PF && nstrips > num_sms() ? num_sms() : nstrips;
+        k_colrot<P, MODE, FMT><<<grid, C::T, C::SMEM, s>>>((const bf16 *)in, ld, rows, cols, h->scale, amax_bits,
+                                                           nonfinite, amax_q, q, ldq, cols_pad, nstrips, vin, vout);
     }
-    k_colrot<MODE, CW><<<(span + CW - 1) / CW, COLROT_THREADS, smem, s>>>((const bf16 *)in, ld, rows, cols, P, h->scale,
-                                                                          amax_bits, nonfinite, amax_q, fmt, q, ldq,
-                                                                          cols_pad);
     CUDA_LAUNCH_CHECK();
 }
 
-template <int MODE> static void launch_colrot(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                                              unsigned *amax_bits, int *nonfinite, const float *amax_q, int fmt,
-                                              uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
-    const int span = MODE == MODE_QUANT ? cols_pad : cols;
-    if (span <= 0) return;
-#define COLROT_CASE(CW) \
-    case CW: launch_colrot_cw<MODE, CW>(h, in, ld, rows, cols, amax_bits, nonfinite, amax_q, fmt, q, ldq, cols_pad, span, s); break;
-    switch (colrot_cw(h->d)) { COLROT_CASE(1) COLROT_CASE(2) COLROT_CASE(4) COLROT_CASE(8) COLROT_CASE(16) }
-#undef COLROT_CASE
+template <int MODE, int FMT>
+static void colrot_dispatch(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                            unsigned *amax_bits, int *nonfinite, const float *amax_q, uint8_t *q, long ldq,
+                            int cols_pad, cudaStream_t s) {
+    switch (h->d) {
+#define COLROT_P(P) \
+    case P: colrot_go<P, MODE, FMT>(h, in, ld, rows, cols, amax_bits, nonfinite, amax_q, q, ldq, cols_pad, s); break;
+    COLROT_P(2) COLROT_P(4) COLROT_P(8) COLROT_P(16) COLROT_P(32) COLROT_P(64) COLROT_P(128) COLROT_P(256)
+    COLROT_P(512) COLROT_P(1024) COLROT_P(2048) COLROT_P(4096) COLROT_P(8192) COLROT_P(16384) COLROT_P(32768)
+#undef COLROT_P
+    default: break;   // not a K = 1 plan (halo_cuda_colrot_ok)
+    }
 }
 
 extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                         float *amax, int *nonfinite, cudaStream_t s) {
-    launch_colrot<MODE_AMAX>(h, in, ld, rows, cols, (unsigned *)amax, nonfinite, NULL, 0, NULL, 0, 0, s);
+    if (cols <= 0) return;
+    colrot_dispatch<MODE_AMAX, 0>(h, in, ld, rows, cols, (unsigned *)amax, nonfinite, NULL, NULL, 0, 0, s);
 }
 
 extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                        const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
-    launch_colrot<MODE_QUANT>(h, in, ld, rows, cols, NULL, NULL, amax, fmt, q, ldq, cols_pad, s);
+    if (cols_pad <= 0) return;
+    if (fmt == HALO_CUDA_INT8)
+        colrot_dispatch<MODE_QUANT, HALO_CUDA_INT8>(h, in, ld, rows, cols, NULL, NULL, amax, q, ldq, cols_pad, s);
+    else
+        colrot_dispatch<MODE_QUANT, HALO_CUDA_E4M3>(h, in, ld, rows, cols, NULL, NULL, amax, q, ldq, cols_pad, s);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
