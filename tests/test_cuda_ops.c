@@ -16,6 +16,17 @@ static void table_row(const char *op, const char *what, double err, double bound
     CHECK(ok, "%s %s: rel err %.3g > %.3g", op, what, err, bound);
 }
 
+// Number of the n bf16 values at device pointers a, b whose bits differ.
+static size_t dev_bf16_ndiff(const halo_bf16 *a, const halo_bf16 *b, size_t n) {
+    halo_bf16 *h1 = malloc(2 * n), *h2 = malloc(2 * n);
+    cudaMemcpy(h1, a, 2 * n, cudaMemcpyDeviceToHost);
+    cudaMemcpy(h2, b, 2 * n, cudaMemcpyDeviceToHost);
+    size_t nd = 0;
+    for (size_t i = 0; i < n; i++) nd += h1[i] != h2[i];
+    free(h1); free(h2);
+    return nd;
+}
+
 static float *rand_vec(size_t n, double sd) {
     float *v = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) v[i] = (float)(sd * t_rand_normal(&rng));
@@ -144,13 +155,8 @@ static void test_rmsnorm(int N, int D, int alias) {
     // recomputation from the stored rstd: the forward's bits exactly
     halo_bf16 *out2 = dev_poison(2 * (size_t)N * D);
     cuda_rmsnorm_recompute(out2, rstd, dx_, dw16, N, D, 0);
-    halo_bf16 *h1 = malloc(2 * (size_t)N * D), *h2 = malloc(2 * (size_t)N * D);
-    cudaMemcpy(h1, out, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
-    cudaMemcpy(h2, out2, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
-    size_t ndiff = 0;
-    for (size_t i = 0; i < (size_t)N * D; i++) ndiff += h1[i] != h2[i];
-    table_row("rmsnorm", "recompute: differing bits", (double)ndiff, 0);
-    free(h1); free(h2); cudaFree(out2);
+    table_row("rmsnorm", "recompute: differing bits", (double)dev_bf16_ndiff(out, out2, (size_t)N * D), 0);
+    cudaFree(out2);
     if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
     rmsnorm_backward(rdx, rdw, dy, x, w, rr, N, D);
     got = from_dev(ddx, (size_t)N * D);
@@ -167,16 +173,11 @@ static void test_rmsnorm(int N, int D, int alias) {
         float *ddx2 = to_dev(dres, 4 * (size_t)N * D), *ddw2 = to_dev(dw0, 4 * (size_t)D), *dam = to_dev(&(float){0.f}, 4);
         halo_bf16 *dx16b = dev_poison(2 * (size_t)N * D);
         cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, dx_, dw16, rstd, ddx2, N, D, dam, 0);
-        halo_bf16 *b1 = malloc(2 * (size_t)N * D), *b2 = malloc(2 * (size_t)N * D);
-        cudaMemcpy(b1, dx16, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
-        cudaMemcpy(b2, dx16b, 2 * (size_t)N * D, cudaMemcpyDeviceToHost);
-        size_t nd = 0;
-        for (size_t i = 0; i < (size_t)N * D; i++) nd += b1[i] != b2[i];
-        table_row("rmsnorm", "bwd _amax: differing dx16 bits", (double)nd, 0);
+        table_row("rmsnorm", "bwd _amax: differing dx16 bits", (double)dev_bf16_ndiff(dx16, dx16b, (size_t)N * D), 0);
         float am = -1.f;
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("rmsnorm", "bwd _amax: amax vs max |dx16|", fabs((double)am - mx) / mx, 0);
-        free(b1); free(b2); cudaFree(ddx2); cudaFree(ddw2); cudaFree(dam); cudaFree(dx16b);
+        cudaFree(ddx2); cudaFree(ddw2); cudaFree(dam); cudaFree(dx16b);
     }
     got = from_dev(ddw, D);
     table_row("rmsnorm", "bwd dw (+= start value)", rel_l2_f(got, rdw, D), 1e-4);
@@ -262,15 +263,10 @@ static void test_swiglu(void) {
         float *dam = to_dev(zero2, 8), am[2];
         halo_bf16 *dres2 = dev_poison(4 * (size_t)N * F);
         cuda_swiglu_backward_amax(dres2, ddo, dgu, N, F, dam, dam + 1, 0);
-        halo_bf16 *b1 = malloc(4 * (size_t)N * F), *b2 = malloc(4 * (size_t)N * F);
-        cudaMemcpy(b1, dres, 4 * (size_t)N * F, cudaMemcpyDeviceToHost);
-        cudaMemcpy(b2, dres2, 4 * (size_t)N * F, cudaMemcpyDeviceToHost);
-        size_t nd = 0;
-        for (size_t i = 0; i < (size_t)N * 2 * F; i++) nd += b1[i] != b2[i];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
-        table_row("swiglu", "bwd _amax: differing bits", (double)nd, 0);
+        table_row("swiglu", "bwd _amax: differing bits", (double)dev_bf16_ndiff(dres, dres2, (size_t)N * 2 * F), 0);
         table_row("swiglu", "bwd _amax: gate, up amax", fmax(fabs((double)am[0] - mg) / mg, fabs((double)am[1] - mu) / mu), 0);
-        free(b1); free(b2); cudaFree(dam); cudaFree(dres2);
+        cudaFree(dam); cudaFree(dres2);
     }
     free(got); free(gu); free(dout); free(gate); free(up); free(ref); free(dg); free(du); free(cat);
     cudaFree(dgu); cudaFree(ddo); cudaFree(out); cudaFree(dres);
