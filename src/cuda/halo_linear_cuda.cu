@@ -71,8 +71,9 @@ static void *grow(void **p, size_t *cap, size_t bytes) {
     }
     return *p;
 }
+static halo_cuda_ws *ws_of(halo_cuda_linear *L) { return L->shared ? L->shared : &L->own; }
 static void *ws(halo_cuda_linear *L, int i, size_t bytes) {
-    halo_cuda_ws *w = L->shared ? L->shared : &L->own;
+    halo_cuda_ws *w = ws_of(L);
     if (i == 6 && bytes > w->cap[i]) w->qxt_key = NULL;   // a new buffer holds no transpose yet
     return grow(&w->buf[i], &w->cap[i], bytes);
 }
@@ -396,7 +397,7 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
         // Q(X H_m)^T [mp][b16] (zero codes past b and past m), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2)
         // into G.
         // (skipped when slot 6 already holds the transpose of these codes: layers sharing X codes)
-        halo_cuda_ws *w = L->shared ? L->shared : &L->own;
+        halo_cuda_ws *w = ws_of(L);
         uint8_t *qxt = (uint8_t *)ws(L, 6, (size_t)mp * b16);
         if (w->qxt_key != L->qx_use || w->qxt_gen != L->xgen) {
             PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,

@@ -102,7 +102,6 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
-    int down_ey;                 // the next down_proj backward's E_Y amax was computed by the norm backward
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -656,7 +655,7 @@ static float *ey_amax_prepare(llama_cuda *g, int l, int kind) {
     PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(a, 0, sizeof(float), g->st)));
     return a;
 }
-static int ey_flag(const float *slot) { return slot ? HALO_CUDA_EY_AMAX : 0; }
+static int ey_flag(const void *slot) { return slot ? HALO_CUDA_EY_AMAX : 0; }
 
 // ey_flag: HALO_CUDA_EY_AMAX when dY's producer computed the layer's E_Y amax (ey_amax_prepare), else 0.
 static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off,
@@ -685,7 +684,8 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     // MLP: x[l+1] = h + down(silu(gate) * up)
     if (!hl_of(g, l, LIN_DOWN))   // down's input, for its BF16 weight gradient (HALO kept its codes)
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
-    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, g->down_ey ? HALO_CUDA_EY_AMAX : 0);
+    // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
+    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
     // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
     float *ag = ey_amax_prepare(g, l, LIN_GATE), *au = ey_amax_prepare(g, l, LIN_UP);
     if (ag && au)
@@ -708,7 +708,6 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
                                                   W + o->attn_norm, A->r1, g->dres, N, D, ad, s));
-    g->down_ey = ad != NULL;
 }
 
 // Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
@@ -764,7 +763,6 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradf(g, g->final_norm),
                                                   (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf,
                                                   NULL, N, D, ad, s));
-    g->down_ey = ad != NULL;
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);
