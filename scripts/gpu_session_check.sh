@@ -6,7 +6,7 @@
 #   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  8. bench_cuda_halo (8B layer shapes)
-#   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
+#   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
@@ -51,18 +51,17 @@ keep b1f0.log "ms  |^\| " 60
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
-step "bench 1B HALO int8 L2 colrot (opt-in column kernels)" b1i2c.log 45 env HALO_CUDA_L2_COLROT=1 $B/bench/bench_cuda_train \
-  --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown --no-breakdown
-keep b1i2c.log "^\{|^\| " 40
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
 step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo.log "^\|" 40
-step "bench_cuda_halo --l2-colrot (opt-in level-2 column kernel)" bench_halo_colrot.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-colrot
-keep bench_halo_colrot.log "^\| .* 2 \|" 12
-step "bench_cuda_halo --breakdown gate, level-2 colrot" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --l2-colrot
+step "bench_cuda_halo fp8 fast accumulation (HALO_FP8_FAST_ACCUM=1)" bench_halo_fast.log 60 env HALO_FP8_FAST_ACCUM=1 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+keep bench_halo_fast.log "^\| .* fp8 " 40
+step "bench_cuda_halo --breakdown gate" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown
 keep bench_halo_bd.log "^breakdown" 12
+step "bench_cuda_halo --breakdown down" bench_halo_bd_down.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown
+keep bench_halo_bd_down.log "^breakdown" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile

@@ -72,6 +72,18 @@ void halo_cuda_colrot_f32(const halo_cuda_had *h, const float *in, long ld_in, i
 // and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
 void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
                           uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad, cudaStream_t s);
+// Scale products that a quantization kernel computes on the side (one thread of its first block) instead of separate
+// launches: *out[i] = scale(*a[i]) * scale(*b[i]) for each out[i] != NULL, as halo_cuda_alpha (fmt: HALO_CUDA_INT8 /
+// E4M3). The amax values must be final when the kernel runs (stream order).
+typedef struct halo_cuda_alpha_job {
+    float *out[2];
+    const float *a[2], *b[2];
+    int fmt;
+} halo_cuda_alpha_job;
+// halo_cuda_quant_tile, then the scale products of alpha (may be NULL).
+void halo_cuda_quant_tile_alpha(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
+                                uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
+                                const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // out[c][r] = in[r][c] for c < cols, r < rows; zeros for rows <= r < rows_pad. Types: (u8 -> u8), (bf16 -> bf16),
 // (f32 -> f32), (f32 -> bf16): in_type/out_type are HALO_CUDA_* with 3 meaning uint8.
 enum { HALO_CUDA_U8 = 3 };
@@ -106,16 +118,19 @@ void halo_cuda_gemm_shutdown(void);
 // configuration): INT8 or FP8 E4M3, level 0, 1 or 2, H_m full (or the CPU's block-diagonal fallback), H_b over the
 // token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from forward to backward: Q(X H_m) [b][mp] and
 // Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded up to 16 with zero codes, so that any m, n
-// work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing).
+// work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing). Level 0 saves them in the
+// layouts the backward products read, Q(X)^T [mp][b16] and Q(W)^T [mp][np], written by the forward's quantizer
+// together with the row-major codes its own product reads (workspace): no transposes in the backward.
 
 // Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
 // that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
-enum { HALO_CUDA_NWS = 7 };
+enum { HALO_CUDA_NWS = 8 };
 typedef struct halo_cuda_ws {
     void *buf[HALO_CUDA_NWS];
     size_t cap[HALO_CUDA_NWS];
     const void *qxt_key;        // slot 6 holds Q(X H_m)^T of these codes (the saved qx pointer) at generation
     unsigned long qxt_gen;      //   qxt_gen: layers sharing X codes (halo_cuda_linear_share_x) transpose them once
+    unsigned long xrow_gen;     // level 0: slot 7 holds the row-major X codes of this generation (for sharing layers)
 } halo_cuda_ws;
 void halo_cuda_ws_free(halo_cuda_ws *w);
 
@@ -126,7 +141,7 @@ typedef struct halo_cuda_linear {
     int b, m, n, have_fwd;
     halo_cuda_had hm, hb;     // H_m (levels 1, 2) and H_b (level 2, over hb_pad tokens)
     int hm_d, hb_b, hb_pad;
-    uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp]
+    uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp] (level 0: [mp][b16], [mp][np])
     size_t cap_qx, cap_qw;
     const struct halo_cuda_linear *xsrc;   // halo_cuda_linear_share_x: the layer whose X codes this one reuses
     const void *x_in;         // the X pointer of the last forward (a sharing layer checks it against its own)

@@ -154,8 +154,9 @@ struct rows_args {
 
 template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     extern __shared__ float sm[];
-    const long row = blockIdx.x / a.nseg;
-    const int seg = blockIdx.x % a.nseg;
+    const unsigned bid = MODE == MODE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;   // see k_rot
+    const long row = bid / a.nseg;
+    const int seg = bid % a.nseg;
     const int tid = threadIdx.x, nthr = blockDim.x;
     const long in_off = row * a.ld_in + (long)seg * a.blk;
     const long out_off = row * a.ld_out + (long)seg * a.blk;
@@ -366,9 +367,11 @@ enum { ROT_THREADS = 256, ROT_QMAX = 32 };
 template <int TIN, int MODE, int K, int QM, int RPB>
 __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
-    const long row0 = (long)(blockIdx.x / a.nseg) * RPB;
+    // absmax walks the rows last to first and the quantizer (next) first to last: the rows read last are still in L2
+    const unsigned bid = MODE == MODE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const long row0 = (long)(bid / a.nseg) * RPB;
     const long row = row0;   // RPB == 1
-    const int seg = blockIdx.x % a.nseg;
+    const int seg = bid % a.nseg;
     const int tid = threadIdx.x, lane = tid & 31;
     const long in_off = row * a.ld_in + (long)seg * a.blk;
     const long out_off = row * a.ld_out + (long)seg * a.blk;
@@ -613,12 +616,13 @@ template <int TIN> __global__ void __launch_bounds__(256) k_absmax_vec(const voi
     const long stride = (long)gridDim.x * blockDim.x;
     float mx = 0.f;
     int bad = 0;
+    // last chunk to first, so that the quantizer's pass (first to last) finds the chunks read last in L2
     for (long i0 = blockIdx.x * (long)blockDim.x + threadIdx.x; i0 < total; i0 += VEC_UNROLL * stride) {
         float v[VEC_UNROLL][8];
         #pragma unroll
         for (int u = 0; u < VEC_UNROLL; u++) {
-            const long i = i0 + u * stride;
-            if (i < total) load8<TIN>(in, chunk_off(i, c8, ld, contig), v[u]);
+            const long j = i0 + u * stride;
+            if (j < total) load8<TIN>(in, chunk_off(total - 1 - j, c8, ld, contig), v[u]);
             else for (int k = 0; k < 8; k++) v[u][k] = 0.f;
         }
         #pragma unroll
@@ -668,6 +672,13 @@ template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void
     }
 }
 
+// The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
+__device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
+    const float q = qmax_of(aj.fmt);
+    for (int i = 0; i < 2; i++)
+        if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
+}
+
 // 4 x 4 byte transpose: o[y] byte x = w[x] byte y.
 __device__ __forceinline__ void transpose4(const unsigned w[4], unsigned o[4]) {
     const unsigned t0 = __byte_perm(w[0], w[1], 0x5140), t1 = __byte_perm(w[0], w[1], 0x7362);
@@ -682,9 +693,11 @@ __device__ __forceinline__ void transpose4(const unsigned w[4], unsigned o[4]) {
 // writes 8 bytes to each of 8 rows of qt (rows r >= R give zero codes, up to Rpad). Needs C % 8 == 0, Rpad % 8 == 0.
 template <int TIN> __global__ void __launch_bounds__(64) k_tile8(const void *in, long ld_in, int R, int C,
                                                                  const float *amax, int fmt, uint8_t *q, long ldq,
-                                                                 uint8_t *qt, long ldqt, int Rpad) {
+                                                                 uint8_t *qt, long ldqt, int Rpad,
+                                                                 halo_cuda_alpha_job aj) {
     __shared__ __align__(16) uint2 tile[64][9];   // 72-byte rows + the swizzle: conflict-free phase 2
     const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) run_alpha(aj);
     const float s = TIN == HALO_CUDA_U8 ? 1.f : scale_of(*amax, qmax_of(fmt));
     const int c = c0 + cc * 8;
     uint2 code[8];
@@ -729,9 +742,10 @@ template <int TIN> __global__ void __launch_bounds__(64) k_tile8(const void *in,
 }
 
 template <int TIN> static void launch_tile8(const void *in, long ld_in, int R, int C, const float *amax, int fmt,
-                                            uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad, cudaStream_t s) {
+                                            uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad,
+                                            const halo_cuda_alpha_job &aj, cudaStream_t s) {
     dim3 grid(cdiv(C, 64), cdiv(Rpad, 64));
-    k_tile8<TIN><<<grid, 64, 0, s>>>(in, ld_in, R, C, amax, fmt, q, ldq, qt, ldqt, Rpad);
+    k_tile8<TIN><<<grid, 64, 0, s>>>(in, ld_in, R, C, amax, fmt, q, ldq, qt, ldqt, Rpad, aj);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -796,9 +810,11 @@ extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, cons
 // Unrotated quantization into both layouts, 64 x 64 tiles (block 32 x 8; each thread two adjacent columns).
 
 template <int TIN> __global__ void k_quant_tile(const void *in, long ld_in, int R, int C, const float *amax, int fmt,
-                                                uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad) {
+                                                uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad,
+                                                halo_cuda_alpha_job aj) {
     __shared__ uint8_t tile[64][64 + 4];
     const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, tx = threadIdx.x, ty = threadIdx.y;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) run_alpha(aj);
     const float s = scale_of(*amax, qmax_of(fmt));
     for (int i = ty; i < 64; i += 8) {
         const int r = r0 + i;
@@ -824,23 +840,38 @@ template <int TIN> __global__ void k_quant_tile(const void *in, long ld_in, int 
     }
 }
 
-extern "C" void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax,
-                                     int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
-                                     cudaStream_t s) {
+extern "C" void halo_cuda_quant_tile_alpha(const void *in, int in_type, long ld_in, int rows, int cols,
+                                           const float *amax, int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt,
+                                           int rows_pad, const halo_cuda_alpha_job *alpha, cudaStream_t s) {
+    halo_cuda_alpha_job aj;
+    memset(&aj, 0, sizeof aj);
+    if (alpha) aj = *alpha;
     if (rows_pad < rows) rows_pad = rows;
-    if (cols <= 0 || rows_pad <= 0) return;
+    if (cols <= 0 || rows_pad <= 0) {
+        if (aj.out[0] || aj.out[1]) {   // nothing to quantize: the scale products alone
+            for (int i = 0; i < 2; i++)
+                if (aj.out[i]) halo_cuda_alpha(aj.out[i], aj.a[i], aj.b[i], aj.fmt, s);
+        }
+        return;
+    }
     if (in_type != HALO_CUDA_U8 && vec8_ok(in, in_type, ld_in, cols) && rows_pad % 8 == 0 && out8_ok(q, ldq) &&
         out8_ok(qt, ldqt)) {
-        if (in_type == HALO_CUDA_BF16) launch_tile8<HALO_CUDA_BF16>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, s);
-        else if (in_type == HALO_CUDA_F32) launch_tile8<HALO_CUDA_F32>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, s);
-        else launch_tile8<HALO_CUDA_I32>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, s);
+        if (in_type == HALO_CUDA_BF16) launch_tile8<HALO_CUDA_BF16>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj, s);
+        else if (in_type == HALO_CUDA_F32) launch_tile8<HALO_CUDA_F32>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj, s);
+        else launch_tile8<HALO_CUDA_I32>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj, s);
         return;
     }
     dim3 grid(cdiv(cols, 64), cdiv(rows_pad, 64)), blk(32, 8);
-    if (in_type == HALO_CUDA_BF16) k_quant_tile<HALO_CUDA_BF16><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
-    else if (in_type == HALO_CUDA_F32) k_quant_tile<HALO_CUDA_F32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
-    else k_quant_tile<HALO_CUDA_I32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad);
+    if (in_type == HALO_CUDA_BF16) k_quant_tile<HALO_CUDA_BF16><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj);
+    else if (in_type == HALO_CUDA_F32) k_quant_tile<HALO_CUDA_F32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj);
+    else k_quant_tile<HALO_CUDA_I32><<<grid, blk, 0, s>>>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax,
+                                     int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
+                                     cudaStream_t s) {
+    halo_cuda_quant_tile_alpha(in, in_type, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, NULL, s);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -871,7 +902,9 @@ extern "C" void halo_cuda_transpose(const void *in, int in_type, long ld_in, int
     if (cols <= 0 || rows_pad <= 0) return;
     if (in_type == HALO_CUDA_U8 && out_type == HALO_CUDA_U8 && vec8_ok(in, in_type, ld_in, cols) && rows_pad % 8 == 0 &&
         out8_ok(out, ld_out)) {
-        launch_tile8<HALO_CUDA_U8>(in, ld_in, rows, cols, NULL, 0, NULL, 0, (uint8_t *)out, ld_out, rows_pad, s);
+        halo_cuda_alpha_job none;
+        memset(&none, 0, sizeof none);
+        launch_tile8<HALO_CUDA_U8>(in, ld_in, rows, cols, NULL, 0, NULL, 0, (uint8_t *)out, ld_out, rows_pad, none, s);
         return;
     }
     dim3 grid(cdiv(cols, 32), cdiv(rows_pad, 32)), blk(32, 8);

@@ -3,9 +3,11 @@
 // stream-ordered on the device (absmax by atomics, scales read by the kernels and by cuBLASLt from device memory).
 // In/out features m, n are padded to mp, np (multiples of 16) with zero codes inside the layer.
 // Scratch (halo_cuda_ws): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][np],
-// 2 Q(E_Y)^T [np][b16], 3 Q(W H)^T [mp][np], 4 level 2: E_Y^T bf16 [n][bp] then its codes (then, with
-// HALO_CUDA_EX_ADD, E_X fp32 [b][m] before the add), 5 level 2: the E_X product and its transpose, fp32 [bp][m] x 2,
-// 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes transpose them once).
+// 2 Q(E_Y)^T [np][b16], 3 Q(W H)^T [mp][np] (level 0: the forward's row-major Q(W) [np][mp]), 4 level 2: E_Y^T bf16
+// [n][bp] then its codes (then, with HALO_CUDA_EX_ADD, E_X fp32 [b][m] before the add), 5 level 2: the E_X product
+// and its transpose, fp32 [bp][m] x 2, 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes
+// transpose them once), 7 level 0: the forward's row-major Q(X) [b][mp] (tagged, for layers sharing X codes).
+// Level 0 keeps Q(X)^T and Q(W)^T as its saved codes (halo_cuda.h), so its backward transposes nothing.
 #include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
@@ -114,13 +116,34 @@ extern "C" float *halo_cuda_linear_ey_amax(halo_cuda_linear *L) { return L->dev 
 
 static unsigned long g_xgen;   // generations of X codes (halo_cuda_ws.qxt_gen)
 
+// Level 0 saves its codes transposed (the backward products' layouts), written by the forward's quantizer.
+static int tposed(const halo_cuda_linear *L) { return L->level == 0; }
+static size_t qx_bytes(const halo_cuda_linear *L, int b, int m) {
+    return tposed(L) ? (size_t)pad16(m) * pad16(b) : (size_t)b * pad16(m);
+}
+
 extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
-    if (!L->xsrc) grow((void **)&L->qx, &L->cap_qx, (size_t)b * pad16(m));   // a sharing layer needs its own only
-                                                                               // when the X pointers differ
+    if (!L->xsrc) grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its own only
+                                                                            // when the X pointers differ
     grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
+
+// Level 0: rows x cols of `in` (bf16) quantized in one read into row-major q [rows][ldq] and transposed
+// qt [cols][ldqt] (zero codes in its columns rows..rows_pad-1), after the absmax pass into amax slot `slot`; aj: scale
+// products computed by the quantizer (may be NULL).
+static void quantize_both(halo_cuda_linear *L, const void *in, long ld, int rows, int cols, int slot, uint8_t *q,
+                          long ldq, uint8_t *qt, long ldqt, int rows_pad, const halo_cuda_alpha_job *aj,
+                          const char *name_a, const char *name_q, cudaStream_t s) {
+    float *amax = L->dev + slot;
+    const double elems = (double)rows * cols;
+    PROF(name_a, 2 * elems,
+         halo_cuda_absmax_rows(NULL, 0, in, HALO_CUDA_BF16, ld, rows, cols, amax, NULL, (int *)(L->dev + NONFIN), s));
+    PROF(name_q, 2 * elems + elems + (double)cols * rows_pad,
+         halo_cuda_quant_tile_alpha(in, HALO_CUDA_BF16, ld, rows, cols, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
+                                    s));
+}
 
 static int plan_hm(halo_cuda_linear *L, int m) {
     if (L->hm_d == m) return HALO_OK;
@@ -265,30 +288,58 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
         if (plan_hm(L, m)) return HALO_ERR;
         h = &L->hm;
     }
+    const int t0 = tposed(L);
+    const long b16 = pad16(b);
+    // saved W codes (level 0: Q(W)^T [mp][np]) and the row-major ones this product reads
     uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
-    // X's codes: those of the sharing source when it quantized this very X last, else our own
+    uint8_t *qw_row = t0 ? (uint8_t *)ws(L, 3, (size_t)np * mp) : qw;
+    // X's codes: those of the sharing source when it quantized this very X last, else our own (level 0: the source's
+    // row-major codes must still be in its workspace)
     const halo_cuda_linear *xs = L->xsrc;
     const int borrow = xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
-                       xs->level == L->level;
+                       xs->level == L->level && (!t0 || ws_of((halo_cuda_linear *)xs)->xrow_gen == xs->xgen);
     L->x_in = X;
-    if (mp != m || np != n) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
+    if (mp != m || np != n) {
+        PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw_row, 0, (size_t)np * mp, s)));
+        if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
+    }
     PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    const uint8_t *qx_row;
     if (borrow) {
         L->qx_use = xs->qx_use;
         L->ax_use = xs->ax_use;
         L->xgen = xs->xgen;
+        qx_row = t0 ? (const uint8_t *)ws_of((halo_cuda_linear *)xs)->buf[7] : xs->qx_use;
     } else {
-        uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, (size_t)b * mp);
+        uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
+        uint8_t *xr = t0 ? (uint8_t *)ws(L, 7, (size_t)b * mp) : qx;
         // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
-        if (mp != m) PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)b * mp, s)));
-        quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+        if (mp != m) {
+            PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(xr, 0, (size_t)b * mp, s)));
+            if (t0) PROF("memset pad", (double)mp * b16, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)mp * b16, s)));
+        }
+        L->xgen = ++g_xgen;
+        if (t0) {
+            quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, "fwd absmax X", "fwd quant X (both layouts)",
+                          s);
+            ws_of(L)->xrow_gen = L->xgen;
+        } else {
+            quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+        }
         L->qx_use = qx;
         L->ax_use = L->dev + AX;
-        L->xgen = ++g_xgen;
+        qx_row = xr;
     }
-    quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
-    PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AW, fmt_of(L), s));
-    if (product(L, L->qx_use, mp, qw, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
+    if (t0) {   // Q(W) both layouts; the quantizer also forms the product's scale
+        halo_cuda_alpha_job aj;
+        memset(&aj, 0, sizeof aj);
+        aj.fmt = fmt_of(L); aj.out[0] = L->dev + ALY; aj.a[0] = L->ax_use; aj.b[0] = L->dev + AW;
+        quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
+    } else {
+        quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
+        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AW, fmt_of(L), s));
+    }
+    if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
@@ -330,17 +381,27 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
             if (np != n) PROF("memset pad", (double)np * b16, CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s)));
         }
+        // the quantizer also forms the scales of the products that read Q(E_Y): E_X (levels 0, 1) and G
+        halo_cuda_alpha_job aj;
+        memset(&aj, 0, sizeof aj);
+        aj.fmt = fmt;
+        int na = 0;
+        if (EX && lvl < 2) { aj.out[na] = L->dev + ALEX; aj.a[na] = amax_e; aj.b[na] = L->dev + AW; na++; }
+        if (G) { aj.out[na] = L->dev + ALG; aj.a[na] = amax_e; aj.b[na] = L->ax_use; na++; }
         PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),
-             halo_cuda_quant_tile(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, s));
+             halo_cuda_quant_tile_alpha(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, &aj,
+                                        s));
     }
 
     if (EX) {
-        // Q(W H_m)^T [mp][np]: the E_X product's second operand, K-major (zero codes in the padding).
-        uint8_t *qwt = (uint8_t *)ws(L, 3, (size_t)mp * np);
-        PROF("bwd transpose qW", 2.0 * np * mp,
-             halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
+        // Q(W H_m)^T [mp][np]: the E_X product's second operand, K-major (zero codes in the padding); level 0 saved it
+        uint8_t *qwt = L->qw;
+        if (!tposed(L)) {
+            qwt = (uint8_t *)ws(L, 3, (size_t)mp * np);
+            PROF("bwd transpose qW", 2.0 * np * mp,
+                 halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
+        }
         if (lvl < 2) {
-            PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, amax_e, L->dev + AW, fmt, s));
             if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, ex_add, 1, NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
@@ -397,15 +458,19 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
         // Q(X H_m)^T [mp][b16] (zero codes past b and past m), then [n][m] = Q(E_Y)^T Q(X H_m) (H_m^T at levels 1, 2)
         // into G.
         // (skipped when slot 6 already holds the transpose of these codes: layers sharing X codes)
-        halo_cuda_ws *w = ws_of(L);
-        uint8_t *qxt = (uint8_t *)ws(L, 6, (size_t)mp * b16);
-        if (w->qxt_key != L->qx_use || w->qxt_gen != L->xgen) {
-            PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,
-                 halo_cuda_transpose(L->qx_use, HALO_CUDA_U8, mp, b, (int)mp, qxt, HALO_CUDA_U8, b16, (int)b16, s));
-            w->qxt_key = L->qx_use;
-            w->qxt_gen = L->xgen;
+        // (level 0: saved in that layout)
+        const uint8_t *qxt = L->qx_use;
+        if (!tposed(L)) {
+            halo_cuda_ws *w = ws_of(L);
+            uint8_t *t = (uint8_t *)ws(L, 6, (size_t)mp * b16);
+            if (w->qxt_key != L->qx_use || w->qxt_gen != L->xgen) {
+                PROF("bwd transpose qX", (double)b * mp + (double)mp * b16,
+                     halo_cuda_transpose(L->qx_use, HALO_CUDA_U8, mp, b, (int)mp, t, HALO_CUDA_U8, b16, (int)b16, s));
+                w->qxt_key = L->qx_use;
+                w->qxt_gen = L->xgen;
+            }
+            qxt = t;
         }
-        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->ax_use, fmt, s));
         if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, NULL, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
