@@ -111,8 +111,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-colrot")) colrot = 1;                   // A/B: level 2's column kernels
+        else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-colrot]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-colrot] [--rows-threads N]\n");
             return 0;
         }
     }

@@ -321,6 +321,11 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     }
 }
 
+// At most 512 threads per block: down_proj's order-28 rotation (14336 = 28 * 512) at levels 1-2 took 6.87 ms with
+// 1024, 6.13 with 512, 6.22 with 256 on the H200 (FP8 L1, 8192 tokens; bench_cuda_halo --rows-threads).
+static int g_rows_max_threads = 512;   // halo_cuda_rows_threads
+extern "C" void halo_cuda_rows_threads(int n) { g_rows_max_threads = n >= 64 && n <= 1024 ? n / 32 * 32 : 512; }
+
 template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_t s) {
     int nthr;
     size_t smem = 0;
@@ -328,7 +333,7 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
         nthr = a.blk / 8;
         nthr = (nthr + 31) / 32 * 32;
         if (nthr < 64) nthr = 64;
-        if (nthr > 1024) nthr = 1024;
+        if (nthr > g_rows_max_threads) nthr = g_rows_max_threads;
         smem = sizeof(float) * (size_t)a.blk;
         if (a.K > 1 && a.sgn) smem += sizeof(unsigned) * (size_t)a.K * ((a.K + 31) / 32);
         static size_t smem_set = 0;   // per instantiation: raise the dynamic shared-memory limit when needed
