@@ -55,8 +55,9 @@ static void code_diff(const uint8_t *gpu, const uint8_t *cpu, const float *x, co
 // ---- Hadamard rows -------------------------------------------------------------------------------------------
 static void test_hadamard(void) {
     // K = 12/44/172/28 with P >= 32: sign-mask mix (generic kernel). Fast kernel (k_rot: blk % 256 == 0, P <= 8192,
-    // K in 1/12/20): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256); 5632, 14336 and
-    // 28672 (K = 44, 28) take the generic kernel either way; every size also through the generic kernel (fast = 0).
+    // K in 1/12/20/28): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256), 14336 and 28672
+    // (28 * 512, 28 * 1024); 5632 (K = 44) takes the generic kernel either way; every size also through the generic
+    // kernel (fast = 0).
     const int dims[] = {12, 40, 96, 256, 768, 2048, 3072, 4096, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
         const int d = dims[t], rows = d >= 16384 ? 3 : d == 2048 ? 7 : d == 4096 ? 5 : 8;   // k_rot: 4 (2) rows per block, one partial

@@ -21,7 +21,7 @@ typedef struct halo_cuda_had {
     float *dHtf;          // device [K][K] H_K^T
     unsigned *dSgn;       // device [K][KW] sign bits of H_K (bit c of row i set where the entry is -1), NULL
     unsigned *dSgnT;      //   when an entry is not +-1; KW = (K + 31) / 32. dSgnT: the same for H_K^T
-    int ck;               // 1 when H_K is in the fast row kernel's constant memory (K = 12, 20, 28, 44)
+    int ck;               // 1 when the fast row kernel's compiled sign table is H_K (K = 12, 20, 28)
 } halo_cuda_had;
 
 // Like halo_hadamard_plan (HALO_ERR with its message). Blocks longer than 32768 are refused (shared memory).

@@ -20,11 +20,33 @@ enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2 };
 // ---------------------------------------------------------------------------------------------------------------
 // Plans
 
-// H_K (+-1 entries, row-major) for K = 12, 20, 28, 44 at ck_off(K), for k_rot's mix (uploaded by had_upload; one
-// matrix per order, the CPU's process-wide one, so plans never disagree).
-enum { CK_TOTAL = 144 + 400 + 784 + 1936 };
-__constant__ float c_hk[CK_TOTAL];
-__host__ __device__ constexpr int ck_off(int K) { return K == 12 ? 0 : K == 20 ? 144 : K == 28 ? 544 : K == 44 ? 1328 : -1; }
+// Sign masks of the order-K base matrices k_rot mixes with (bit c of row i set where H_K[i][c] == -1), compiled in
+// so that the unrolled mix is plain additions and subtractions (constant-memory coefficients thrashed the constant
+// cache at K = 28). Generated from halo_hadamard_base(K); had_upload checks them against the CPU's matrix and
+// leaves k_rot off for an order whose table disagrees.
+__host__ __device__ constexpr unsigned hk_neg_mask(int K, int i) {
+    return K == 12 ? (i == 0 ? 0x0000000u : i == 1 ? 0x0000475u : i == 2 ? 0x00008e9u : i == 3 ? 0x00001d3u : i == 4 ? 0x00003a5u
+                  : i == 5 ? 0x0000749u : i == 6 ? 0x0000e91u : i == 7 ? 0x0000d23u : i == 8 ? 0x0000a47u : i == 9 ? 0x000048fu
+                  : i == 10 ? 0x000091du : i == 11 ? 0x000023bu : 0u)
+    : K == 20 ? (i == 0 ? 0x0000000u : i == 1 ? 0x00615e5u : i == 2 ? 0x00c2bc9u : i == 3 ? 0x0085793u : i == 4 ? 0x000af27u
+                  : i == 5 ? 0x0015e4du : i == 6 ? 0x002bc99u : i == 7 ? 0x0057931u : i == 8 ? 0x00af261u : i == 9 ? 0x005e4c3u
+                  : i == 10 ? 0x00bc985u : i == 11 ? 0x007930bu : i == 12 ? 0x00f2615u : i == 13 ? 0x00e4c2bu : i == 14 ? 0x00c9857u
+                  : i == 15 ? 0x00930afu : i == 16 ? 0x002615fu : i == 17 ? 0x004c2bdu : i == 18 ? 0x0098579u : i == 19 ? 0x0030af3u : 0u)
+    : K == 28 ? (i == 0 ? 0x0000000u : i == 1 ? 0x4a37785u : i == 2 ? 0x90ecf89u : i == 3 ? 0x255bb83u : i == 4 ? 0x513ac2fu
+                  : i == 5 ? 0x866784fu : i == 6 ? 0x28dd41fu : i == 7 ? 0x8956d71u : i == 8 ? 0x323da71u : i == 9 ? 0x44eb4f1u
+                  : i == 10 ? 0x6ef0929u : i == 11 ? 0xd9f1243u : i == 12 ? 0xb770495u : i == 13 ? 0x7585d45u : i == 14 ? 0xcf09e19u
+                  : i == 15 ? 0xba83ca3u : i == 16 ? 0xadae225u : i == 17 ? 0x7b4e0c9u : i == 18 ? 0xd69e113u : i == 19 ? 0xe1251bbu
+                  : i == 20 ? 0xe248767u : i == 21 ? 0xe092addu : i == 22 ? 0x0ba89d7u : i == 23 ? 0x13c333du : i == 24 ? 0x07946ebu
+                  : i == 25 ? 0x5c44ab7u : i == 26 ? 0x9c191edu : i == 27 ? 0x3c2275bu : 0u)
+    : 0u;
+}
+static int hk_table_ok(const halo_hadamard *c) {
+    if (c->K != 12 && c->K != 20 && c->K != 28) return 0;
+    for (int i = 0; i < c->K; i++)
+        for (int j = 0; j < c->K; j++)
+            if ((c->HKf[(size_t)i * c->K + j] < 0) != ((hk_neg_mask(c->K, i) >> j & 1u) != 0)) return 0;
+    return 1;
+}
 
 static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
     memset(h, 0, sizeof *h);
@@ -49,11 +71,7 @@ static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
                 if (f < 0) sg[(size_t)i * KW + j / 32] |= 1u << (j % 32);
                 if (ft < 0) sg[(size_t)(c->K + i) * KW + j / 32] |= 1u << (j % 32);
             }
-        if (pm1 && ck_off(c->K) >= 0) {
-            CUDA_CHECK(cudaMemcpyToSymbol(c_hk, c->HKf, sizeof(float) * (size_t)c->K * c->K,
-                                          sizeof(float) * (size_t)ck_off(c->K)));
-            h->ck = 1;
-        }
+        h->ck = pm1 && hk_table_ok(c);
         if (pm1) {
             size_t sb = sizeof(unsigned) * (size_t)c->K * KW;
             CUDA_CHECK(cudaMalloc((void **)&h->dSgn, sb));
@@ -188,11 +206,11 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
                     const int lane = tid & 31;
                     #pragma unroll
                     for (int st = 0; st < 5; st++) {
-                        const int hi = lane & (1 << st);
+                        const float sg = lane & (1 << st) ? -1.f : 1.f;
                         #pragma unroll
-                        for (int k = 0; k < 8; k++) {
-                            float o = __shfl_xor_sync(0xffffffffu, v[k], 1 << st);
-                            v[k] = hi ? o - v[k] : v[k] + o;   // lower: a + b; upper: a - b (a = lower's value)
+                        for (int k = 0; k < 8; k++) {   // lower: a + b; upper: a - b (a = lower's value), one rounding
+                            const float o = __shfl_xor_sync(0xffffffffu, v[k], 1 << st);
+                            v[k] = fmaf(sg, v[k], o);
                         }
                     }
                 }
@@ -352,21 +370,21 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
 
 // ---------------------------------------------------------------------------------------------------------------
 // The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 with P % 8 == 0, P <= 8192 and
-// K in {1, 12, 20} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, H_b over 8192 tokens; K = 28 / 44 run k_rows,
-// see rot_ok). 256 threads per (row, block); the same additions in the same order
+// K in {1, 12, 20, 28} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 14336 = 28 * 512, H_b over 8192 tokens;
+// K = 44 runs k_rows, see rot_ok). 256 threads per (row, block); the same additions in the same order
 // as the CPU, so the values are bit-identical:
 //   phase 1: 16-byte loads, butterfly stages h = 1, 2, 4 in registers and h = 8 .. min(P, 256) / 2 by warp shuffles
 //            (a warp holds 256 consecutive values), fp32 into shared memory;
 //   phase 2: stages h = 256 .. P / 2: each thread takes the Q = P / 256 values j, j + 256, .. of one column j of one
 //            P-chunk into registers (conflict-free), runs the stages there, and (K == 1) emits them, coalesced;
 //   phase 3 (K > 1): each thread takes column j of all K chunks into registers and forms the K outputs
-//            y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], c = 0..K-1 in order, by fmaf with the +-1 entries
-//            of H_K read from constant memory as instruction operands (fma(+-1, x, acc) rounds as acc +- x).
+//            y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], c = 0..K-1 in order, as additions and subtractions
+//            fixed at compile time (hk_neg_mask; acc - x rounds as the CPU's acc + (-1) * x).
 // Each row is read once per call; absmax and quantize stay two calls, each a single read of the bf16 input.
 
 enum { ROT_THREADS = 256, ROT_QMAX = 32 };
 
-// Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28 / 44 (x[K] held in registers).
+// Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28 (x[K] held in registers).
 // QM: the most values per thread in phase 2 (P / 256 <= QM). RPB > 1 (K = 1, per-tensor amax / scale, one segment
 // per row): the block takes RPB consecutive rows, so that short rows (2048) still keep enough loads in flight.
 template <int TIN, int MODE, int K, int QM, int RPB>
@@ -411,11 +429,11 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             #pragma unroll
             for (int st = 0; st < 5; st++) {
                 if (st >= nsh) break;
-                const int hi = lane & (1 << st);
+                const float sg = lane & (1 << st) ? -1.f : 1.f;
                 #pragma unroll
-                for (int k = 0; k < 8; k++) {
+                for (int k = 0; k < 8; k++) {   // lower: a + b; upper: a - b (a = lower's value): fma(+-1, ..) rounds once
                     const float o = __shfl_xor_sync(0xffffffffu, w[k], 1 << st);
-                    w[k] = hi ? o - w[k] : w[k] + o;   // lower: a + b; upper: a - b (a = lower's value)
+                    w[k] = fmaf(sg, w[k], o);
                 }
             }
             float4 *d = (float4 *)(sm + (long)g * 8);
@@ -475,7 +493,6 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
         if (K > 1) __syncthreads();
     }
     if (K > 1) {
-        constexpr int off = ck_off(K) < 0 ? 0 : ck_off(K);
         for (int j = tid; j < P; j += ROT_THREADS) {
             float x[K];
             #pragma unroll
@@ -485,7 +502,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
                 for (int i = 0; i < K; i++) {
                     float acc = 0.f;
                     #pragma unroll
-                    for (int c = 0; c < K; c++) acc = fmaf(c_hk[off + c * K + i], x[c], acc);
+                    for (int c = 0; c < K; c++) acc = hk_neg_mask(K, c) >> i & 1u ? acc - x[c] : acc + x[c];
                     emit(i * P + j, __fmul_rn(acc, a.scale));
                 }
             } else {
@@ -493,7 +510,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
                 for (int i = 0; i < K; i++) {
                     float acc = 0.f;
                     #pragma unroll
-                    for (int c = 0; c < K; c++) acc = fmaf(c_hk[off + i * K + c], x[c], acc);
+                    for (int c = 0; c < K; c++) acc = hk_neg_mask(K, i) >> c & 1u ? acc - x[c] : acc + x[c];
                     emit(i * P + j, __fmul_rn(acc, a.scale));
                 }
             }
@@ -514,11 +531,12 @@ static int g_rot_rpb_off;   // halo_cuda_rows_fast(2): k_rot with one row per bl
 extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; g_rot_rpb_off = on == 2; }
 
 // 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
-// K = 28 / 44 stay on k_rows: its sign-mask mix beat k_rot's constant-memory FMAs there (down_proj, 14336 = 28 * 512,
-// level 1 on the H200: 6.34 ms with k_rows, 8.78 ms with k_rot; q/gate with K = 1 gained: q L1 1.38 -> 1.18 ms).
+// K = 44 stays on k_rows. K = 28 (down_proj, 14336 = 28 * 512) was there too while k_rot's mix read its coefficients
+// from constant memory (level 1 on the H200: 6.34 ms with k_rows, 8.78 ms with k_rot); with compiled signs it is on
+// k_rot for P <= 2048.
 static int rot_ok(const rows_args &a) {
-    return !g_rot_off && (a.K == 1 || a.K == 12 || a.K == 20) && a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 &&
-           a.P <= 256 * ROT_QMAX;
+    return !g_rot_off && (a.K == 1 || a.K == 12 || a.K == 20 || (a.K == 28 && a.P <= 2048)) && a.rotate && a.vec_in &&
+           a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 && a.P <= 256 * ROT_QMAX;
 }
 
 template <int TIN, int MODE, int K, int QM, int RPB> static void launch_rot_k(rows_args &a, cudaStream_t s) {
@@ -547,7 +565,8 @@ template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s
         else launch_rot_k<TIN, MODE, 1, 32, 1>(a, s);
         break;
     case 12: launch_rot_k<TIN, MODE, 12, 32, 1>(a, s); break;
-    default: launch_rot_k<TIN, MODE, 20, 32, 1>(a, s); break;
+    case 20: launch_rot_k<TIN, MODE, 20, 32, 1>(a, s); break;
+    default: launch_rot_k<TIN, MODE, 28, 8, 1>(a, s); break;
     }
 }
 
