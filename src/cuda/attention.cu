@@ -1,7 +1,7 @@
 // Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
 // flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
-// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd/k_flash_bwd and the ldmatrix-based
-// k_flash_fwd2/k_flash_bwd2, variants listed above flash_fwd); other head sizes (the tiny test models) run simple
+// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd2/k_flash_bwd2 with ldmatrix fragments,
+// variants listed above flash_fwd); other head sizes (the tiny test models) run simple
 // one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
 #include <string.h>
 #include "cuda/common.cuh"
@@ -119,7 +119,6 @@ __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *(const uint32_t *)p; }
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
@@ -163,19 +162,6 @@ __device__ __forceinline__ void load_b_rows(uint32_t *r, const bf16 *tile, int n
     ldsm_x4(r, tile + (n0 + (mat >> 1) * 8 + rr) * LDS + k0 + (mat & 1) * 8);
 }
 
-// rows [r0, r0+ROWS) of a [T, ld] bf16 matrix, columns [c0, c0+HD) -> smem [ROWS][LDS]; rows >= T zero-filled
-template <int ROWS, int HD, int LDS, int NT>
-__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
-    constexpr int CH = HD / 8;   // 16-byte chunks per row
-    for (int i = tid; i < ROWS * CH; i += NT) {
-        int r = i / CH, c = i % CH;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r0 + r < T) v = *(const uint4 *)(src + (size_t)(r0 + r) * ld + c * 8);
-        *(uint4 *)(dst + r * LDS + c * 8) = v;
-    }
-}
-
-
 // cp.async (sm_80+): 16-byte global->shared copies that complete in the background; rows >= T are zero-filled
 // with plain stores (visible after the next barrier).
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
@@ -195,134 +181,7 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int 
     }
 }
 
-// PIPE: K/V tiles double-buffered, the next one copied by cp.async while the current one is used.
-template <int HD, bool PIPE>
-__global__ void __launch_bounds__(128) k_flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
-                                                   int T, int Hq, int Hkv, float scale_log2) {
-    constexpr int BR = 64, BC = 64, LDS = HD + 8;
-    extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int NBUF = PIPE ? 2 : 1;
-    bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + NBUF * BC * LDS;
-    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const bf16 *rows = qkv + (size_t)b * T * ld;
-    int q0 = qt * BR;
-    load_tile<BR, HD, LDS, 128>(Qs, rows + h * HD, q0, T, ld, tid);
-    __syncthreads();
-    uint32_t qf[HD / 16][4];
-    int wr = warp * 16 + g;
-#pragma unroll
-    for (int ks = 0; ks < HD / 16; ks++) {
-        qf[ks][0] = lds32(Qs + wr * LDS + ks * 16 + 2 * t4);
-        qf[ks][1] = lds32(Qs + (wr + 8) * LDS + ks * 16 + 2 * t4);
-        qf[ks][2] = lds32(Qs + wr * LDS + ks * 16 + 8 + 2 * t4);
-        qf[ks][3] = lds32(Qs + (wr + 8) * LDS + ks * 16 + 8 + 2 * t4);
-    }
-    int qrow[2] = {q0 + wr, q0 + wr + 8};
-    int qseg[2] = {0, 0};
-    if (seg) for (int i = 0; i < 2; i++) qseg[i] = qrow[i] < T ? seg[(size_t)b * T + qrow[i]] : 0;
-    float o[HD / 8][4];
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
-    int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
-    if (PIPE) {
-        load_tile_async<BC, HD, LDS, 128>(Ks0, rows + (Hq + kvh) * HD, 0, T, ld, tid);
-        load_tile_async<BC, HD, LDS, 128>(Vs0, rows + (Hq + Hkv + kvh) * HD, 0, T, ld, tid);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < nkt; kt++) {
-        int k0 = kt * BC, cur = PIPE ? (kt & 1) : 0;
-        bf16 *Ks = Ks0 + cur * BC * LDS, *Vs = Vs0 + cur * BC * LDS;
-        __syncthreads();   // every warp is done with the buffer the next copy overwrites
-        if (PIPE) {
-            if (kt + 1 < nkt) {
-                load_tile_async<BC, HD, LDS, 128>(Ks0 + (cur ^ 1) * BC * LDS, rows + (Hq + kvh) * HD, k0 + BC, T, ld, tid);
-                load_tile_async<BC, HD, LDS, 128>(Vs0 + (cur ^ 1) * BC * LDS, rows + (Hq + Hkv + kvh) * HD, k0 + BC, T, ld, tid);
-                cp_async_commit();
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
-        } else {
-            load_tile<BC, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-            load_tile<BC, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
-        }
-        __syncthreads();
-        float s[BC / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BC / 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) {
-                const bf16 *kp = Ks + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
-                mma16816(s[nt], qf[ks], lds32(kp), lds32(kp + 8));
-            }
-        }
-        bool diag = k0 + BC - 1 > q0 + warp * 16;   // some key of the tile lies after some query of this warp
-#pragma unroll
-        for (int nt = 0; nt < BC / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
-                float v = s[nt][e] * scale_log2;
-                if ((diag && col > qrow[ri]) || col >= T) v = -INFINITY;
-                if (seg && col < T && seg[(size_t)b * T + col] != qseg[ri]) v = -INFINITY;
-                s[nt][e] = v;
-            }
-#pragma unroll
-        for (int ri = 0; ri < 2; ri++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < BC / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * ri], s[nt][2 * ri + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[ri], mx);
-            float mref = mnew == -INFINITY ? 0.f : mnew;
-            float alpha = exp2f(mrow[ri] - mref);
-            float rs = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < BC / 8; nt++) {
-                float p0 = exp2f(s[nt][2 * ri] - mref), p1 = exp2f(s[nt][2 * ri + 1] - mref);
-                s[nt][2 * ri] = p0; s[nt][2 * ri + 1] = p1;
-                rs += p0 + p1;
-            }
-            lrow[ri] = lrow[ri] * alpha + rs;
-            mrow[ri] = mnew;
-#pragma unroll
-            for (int i = 0; i < HD / 8; i++) { o[i][2 * ri] *= alpha; o[i][2 * ri + 1] *= alpha; }
-        }
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) {
-            uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int n2 = 0; n2 < HD / 16; n2++) {
-                uint32_t bb[4];
-                load_b_trans<LDS>(bb, Vs, kk * 16, n2 * 16, lane);
-                mma16816(o[2 * n2], a, bb[0], bb[1]);
-                mma16816(o[2 * n2 + 1], a, bb[2], bb[3]);
-            }
-        }
-    }
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        float l = lrow[ri];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        int r = qrow[ri];
-        if (r >= T) continue;
-        float inv = 1.f / l;
-        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++)
-            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = __floats2bfloat162_rn(o[i][2 * ri] * inv, o[i][2 * ri + 1] * inv);
-        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = (mrow[ri] / LOG2E) + logf(l);
-    }
-}
-
-// Forward variants 2, 3: NW warps of 16 query rows each (BR = 16 NW rows per block), 64-key K/V tiles
+// Forward (k_flash_fwd2): NW warps of 16 query rows each (BR = 16 NW rows per block), 64-key K/V tiles
 // double-buffered by cp.async, Q A-fragments and K B-fragments by ldmatrix, masks only on the tiles that need them
 // (diagonal, past T, packed segments with the key tile's segment ids staged in shared memory), warps whose queries
 // all precede the key tile skipping it, exp2 with the scale folded into an FMA (row maxima kept unscaled).
@@ -475,198 +334,9 @@ __global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int
     }
 }
 
-// One block per (key tile of 64, kv head, batch); each warp owns 16 keys. Loops over the query heads of the group
-// and the query tiles at or after the key tile: dK, dV stay in registers; dQ goes to fp32 atomics.
-// PIPE: the Q/dO/lse/D tiles of the next iteration are copied (cp.async) while the current one is used.
-template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
-__global__ void __launch_bounds__(128, MINB) k_flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
-                                                   const float *lse, const float *Dv, const int32_t *seg, int T,
-                                                   int Hq, int Hkv, float scale) {
-    constexpr int BK = 64, LDS = HD + 8, LDP = BK + 8;
-    constexpr int RG = BQ / 16, DSPLIT = 4 / RG, DW = HD / DSPLIT;   // dQ work split over the 4 warps
-    extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int NBUF = PIPE ? 2 : 1;
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + BK * LDS, *Qs0 = Vs + BK * LDS, *dOs0 = Qs0 + NBUF * BQ * LDS;
-    bf16 *dSs = dOs0 + NBUF * BQ * LDS;
-    float *lse_s0 = (float *)(dSs + BQ * LDP), *D_s0 = lse_s0 + NBUF * BQ;
-    int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-    int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const bf16 *rows = qkv + (size_t)b * T * ld;
-    int k0 = kt * BK;
-    load_tile<BK, HD, LDS, 128>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-    load_tile<BK, HD, LDS, 128>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
-    int wk = warp * 16 + g;                   // this thread's key rows in the tile: wk, wk + 8
-    int krow[2] = {k0 + wk, k0 + wk + 8};
-    int kseg[2] = {0, 0};
-    if (seg) for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? seg[(size_t)b * T + krow[i]] : -1;
-    float dk[HD / 8][4], dv[HD / 8][4];
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
-    float scale_log2 = scale * LOG2E;
-    int rg = warp % RG, dsp = warp / RG;
-    int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
-    // copies iteration it's Q, dO, lse, D into buffer buf (cp.async when PIPE, plain loads otherwise)
-    auto stage = [&](int it, int buf) {
-        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
-        const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
-        bf16 *Qd = Qs0 + buf * BQ * LDS, *dOd = dOs0 + buf * BQ * LDS;
-        if (PIPE) {
-            load_tile_async<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
-            load_tile_async<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
-        } else {
-            load_tile<BQ, HD, LDS, 128>(Qd, rows + h * HD, q0, T, ld, tid);
-            load_tile<BQ, HD, LDS, 128>(dOd, dout + (size_t)b * T * Hq * HD + h * HD, q0, T, (size_t)Hq * HD, tid);
-        }
-        for (int i = tid; i < BQ; i += 128) {
-            lse_s0[buf * BQ + i] = q0 + i < T ? lse_h[q0 + i] * LOG2E : 0.f;
-            D_s0[buf * BQ + i] = q0 + i < T ? D_h[q0 + i] : 0.f;
-        }
-    };
-    if (PIPE && n_it > 0) { stage(0, 0); cp_async_commit(); }
-    for (int it = 0; it < n_it; it++) {
-        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = PIPE ? (it & 1) : 0;
-        bf16 *Qs = Qs0 + cur * BQ * LDS, *dOs = dOs0 + cur * BQ * LDS;
-        float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
-        {
-            __syncthreads();   // the previous iteration's readers of the buffers written below are done
-            if (PIPE) {
-                if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
-                else cp_async_wait<0>();
-            } else {
-                stage(it, 0);
-            }
-            __syncthreads();
-            // S^T = K Q^T (16 keys x BQ queries per warp) -> P^T
-            float st[BQ / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) {
-                st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
-#pragma unroll
-                for (int ks = 0; ks < HD / 16; ks++) {
-                    uint32_t a[4] = {lds32(Ks + wk * LDS + ks * 16 + 2 * t4), lds32(Ks + (wk + 8) * LDS + ks * 16 + 2 * t4),
-                                     lds32(Ks + wk * LDS + ks * 16 + 8 + 2 * t4),
-                                     lds32(Ks + (wk + 8) * LDS + ks * 16 + 8 + 2 * t4)};
-                    const bf16 *qp = Qs + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
-                    mma16816(st[nt], a, lds32(qp), lds32(qp + 8));
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int qi = nt * 8 + 2 * t4 + (e & 1), q = q0 + qi, ri = e >> 1;
-                    bool ok = q < T && q >= krow[ri] && krow[ri] < T;
-                    if (ok && seg) ok = seg[(size_t)b * T + q] == kseg[ri];
-                    st[nt][e] = ok ? exp2f(st[nt][e] * scale_log2 - lse_s[qi]) : 0.f;
-                }
-            // dV += P^T dO
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; kk++) {
-                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-#pragma unroll
-                for (int n2 = 0; n2 < HD / 16; n2++) {
-                    uint32_t bb[4];
-                    load_b_trans<LDS>(bb, dOs, kk * 16, n2 * 16, lane);
-                    mma16816(dv[2 * n2], a, bb[0], bb[1]);
-                    mma16816(dv[2 * n2 + 1], a, bb[2], bb[3]);
-                }
-            }
-            // dP^T = V dO^T, then dS^T = P^T (dP^T - D)
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) {
-                float dp[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-                for (int ks = 0; ks < HD / 16; ks++) {
-                    uint32_t a[4] = {lds32(Vs + wk * LDS + ks * 16 + 2 * t4), lds32(Vs + (wk + 8) * LDS + ks * 16 + 2 * t4),
-                                     lds32(Vs + wk * LDS + ks * 16 + 8 + 2 * t4),
-                                     lds32(Vs + (wk + 8) * LDS + ks * 16 + 8 + 2 * t4)};
-                    const bf16 *dp_ = dOs + (nt * 8 + g) * LDS + ks * 16 + 2 * t4;
-                    mma16816(dp, a, lds32(dp_), lds32(dp_ + 8));
-                }
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int qi = nt * 8 + 2 * t4 + (e & 1);
-                    st[nt][e] = st[nt][e] * (dp[e] - D_s[qi]);
-                }
-            }
-            // dK += dS^T Q ; dS (as [q][key]) to shared memory for dQ
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; kk++) {
-                uint32_t a[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                                 pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                 pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-#pragma unroll
-                for (int n2 = 0; n2 < HD / 16; n2++) {
-                    uint32_t bb[4];
-                    load_b_trans<LDS>(bb, Qs, kk * 16, n2 * 16, lane);
-                    mma16816(dk[2 * n2], a, bb[0], bb[1]);
-                    mma16816(dk[2 * n2 + 1], a, bb[2], bb[3]);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int qi = nt * 8 + 2 * t4 + (e & 1), kr = wk + (e >> 1) * 8;
-                    dSs[qi * LDP + kr] = __float2bfloat16(st[nt][e]);
-                }
-            __syncthreads();
-            // dQ[q, d] += sum_key dS[q, key] K[key, d]: warp rows rg*16.., columns dsp*DW..
-            float dq[DW / 8][4];
-#pragma unroll
-            for (int i = 0; i < DW / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-            int qr = rg * 16 + g;
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++) {
-                uint32_t a[4] = {lds32(dSs + qr * LDP + kk * 16 + 2 * t4), lds32(dSs + (qr + 8) * LDP + kk * 16 + 2 * t4),
-                                 lds32(dSs + qr * LDP + kk * 16 + 8 + 2 * t4),
-                                 lds32(dSs + (qr + 8) * LDP + kk * 16 + 8 + 2 * t4)};
-#pragma unroll
-                for (int n2 = 0; n2 < DW / 16; n2++) {
-                    uint32_t bb[4];
-                    load_b_trans<LDS>(bb, Ks, kk * 16, dsp * DW + n2 * 16, lane);
-                    mma16816(dq[2 * n2], a, bb[0], bb[1]);
-                    mma16816(dq[2 * n2 + 1], a, bb[2], bb[3]);
-                }
-            }
-#pragma unroll
-            for (int ri = 0; ri < 2; ri++) {
-                int q = q0 + qr + ri * 8;
-                if (q >= T) continue;
-                float *dst = dq_acc + ((size_t)b * T + q) * Hq * HD + h * HD + dsp * DW;
-#pragma unroll
-                for (int i = 0; i < DW / 8; i++) {
-                    if (VEC) {   // one 8-byte reduction instead of two 4-byte ones (sm_90)
-                        atomicAdd((float2 *)(dst + i * 8 + 2 * t4), make_float2(dq[i][2 * ri], dq[i][2 * ri + 1]));
-                    } else {
-                        atomicAdd(dst + i * 8 + 2 * t4, dq[i][2 * ri]);
-                        atomicAdd(dst + i * 8 + 2 * t4 + 1, dq[i][2 * ri + 1]);
-                    }
-                }
-            }
-        }
-    }
-    bf16 *base = dqkv + (size_t)b * T * ld;
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        int k = krow[ri];
-        if (k >= T) continue;
-        bf16 *kd = base + (size_t)k * ld + (Hq + kvh) * HD, *vd = base + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++) {
-            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dk[i][2 * ri] * scale, dk[i][2 * ri + 1] * scale);
-            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[i][2 * ri], dv[i][2 * ri + 1]);
-        }
-    }
-}
-
-// Backward variants 5-8: k_flash_bwd's algorithm (cp.async double-buffered Q/dO/lse/D, float2 dQ atomics) with
-// NW warps of 16 keys each (BK = 16 NW keys per block: 128 halves the dQ atomics), every shared-memory fragment
+// Backward (k_flash_bwd2): one block per (key tile, kv head, batch), looping over the query heads of the group and the
+// query tiles at or after the key tile (dK, dV in registers, dQ by float2 fp32 atomics), cp.async double-buffered
+// Q/dO/lse/D, NW warps of 16 keys each (BK = 16 NW keys per block: 128 halves the dQ atomics), every shared-memory fragment
 // read by ldmatrix, the K/V A-fragments kept in registers (KREG), masks only where needed (query segment ids staged
 // in shared memory), warps whose keys all follow the tile's queries skipping the products, dS^T stored with 32-bit
 // writes, and the first key tiles (the most queries) started first.
@@ -886,12 +556,6 @@ extern "C" size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, in
     return simple > flash ? simple : flash;
 }
 
-template <int HD, bool PIPE> static size_t fwd_smem() { return (1 + (PIPE ? 4 : 2)) * 64 * (HD + 8) * sizeof(bf16); }
-template <int HD, int BQ, bool PIPE> static size_t bwd_smem() {
-    int nb = PIPE ? 2 : 1;
-    return (2 * 64 * (HD + 8) + nb * 2 * BQ * (HD + 8) + BQ * (64 + 8)) * sizeof(bf16) + nb * 2 * BQ * sizeof(float);
-}
-
 template <int HD, int NW> static size_t fwd2_smem() {
     return (NW * 16 + 4 * 64) * (HD + 8) * sizeof(bf16) + 2 * 64 * sizeof(int);
 }
@@ -900,16 +564,13 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 }
 
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
-// forward 0 = synchronous tile loads, 1 = cp.async double buffering, 2 = k_flash_fwd2 with 64 query rows (4 warps),
-//          3 = k_flash_fwd2 with 128 query rows (8 warps);
-// backward 0 = scalar dQ atomics, 1 = float2 dQ atomics, 2 = float2 + register cap for 3 blocks/SM (hd 64),
-//          3 = float2 + cp.async double buffering, 4 = 3 with the register cap;
-//          k_flash_bwd2: 5 = 64 keys per block (4 warps) with 4's register cap, 6 = 5 with K/V A-fragments in
-//          registers (hd 64; hd 128 runs 5), 7 = 128 keys per block (8 warps), 8 = 7 with K/V A-fragments in
-//          registers (hd 64; hd 128 runs 7).
-// Defaults: forward 3, backward 6. bench_cuda_attention on the H200 (B 4, T 2048, H 32/8, 2026-12-02): hd 64
-// forward 0.446 (1) -> 0.331 ms (3), backward 1.498 (4) -> 1.096 ms (6); hd 128 forward 0.830 -> 0.631, backward
-// 2.749 -> 2.112 ms; every variant within 2.4e-5 of variant 0.
+// forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps);
+// backward (k_flash_bwd2) 0 = 64 keys per block (4 warps), 1 = 0 with the K/V A-fragments in registers (hd 64; hd 128
+// runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2).
+// Defaults: forward 1, backward 1. bench_cuda_attention on the H200 (B 4, T 2048, H 32/8, 2026-12-02): hd 64
+// forward 0.338 ms, backward 1.089 ms; hd 128 0.628 / 2.102 ms. The first kernels (synchronous or cp.async tiles
+// without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms, backward 1.472 / 2.727 ms) were removed on
+// 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history has them).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
 static int variant(int *v, const char *env, int dflt, int max) {
     if (*v < 0) {
@@ -922,19 +583,6 @@ static int variant(int *v, const char *env, int dflt, int max) {
 extern "C" void cuda_attention_set_fwd_variant(int v) { g_fwd_variant = v; }
 extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
 
-template <int HD, bool PIPE>
-static void flash_fwd_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
-                        cudaStream_t s) {
-    static int attr;
-    size_t sm = fwd_smem<HD, PIPE>();
-    if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd<HD, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-        attr = 1;
-    }
-    float scale_log2 = LOG2E / sqrtf((float)HD);
-    k_flash_fwd<HD, PIPE><<<dim3(cdiv(T, 64), Hq, B), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, scale_log2);
-    CUDA_LAUNCH_CHECK();
-}
 template <int HD, int NW>
 static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                          cudaStream_t s) {
@@ -951,27 +599,10 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                       cudaStream_t s) {
-    switch (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 3, CUDA_ATTN_FWD_VARIANTS - 1)) {
-    case 0: flash_fwd_v<HD, false>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
-    case 2: flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
-    case 3: flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
-    default: flash_fwd_v<HD, true>(out, lse, qkv, seg, B, T, Hq, Hkv, s); break;
-    }
-}
-
-template <int HD, int BQ, int MINB, bool VEC, bool PIPE>
-static void flash_bwd_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
-                        const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
-    static int attr;
-    size_t sm = bwd_smem<HD, BQ, PIPE>();
-    if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd<HD, BQ, MINB, VEC, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)sm));
-        attr = 1;
-    }
-    k_flash_bwd<HD, BQ, MINB, VEC, PIPE><<<dim3(cdiv(T, 64), Hkv, B), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T,
-                                                                             Hq, Hkv, 1.f / sqrtf((float)HD));
-    CUDA_LAUNCH_CHECK();
+    if (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, CUDA_ATTN_FWD_VARIANTS - 1) == 0)
+        flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else
+        flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
 }
 
 template <int HD, int BQ, int NW, int MINB, bool KREG>
@@ -993,16 +624,11 @@ template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     constexpr int CAP = HD == 64 ? 3 : 2;
-    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 6, CUDA_ATTN_BWD_VARIANTS - 1)) {
-    case 0: flash_bwd_v<HD, BQ, 1, false, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 1: flash_bwd_v<HD, BQ, 1, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 2: flash_bwd_v<HD, BQ, CAP, true, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 3: flash_bwd_v<HD, BQ, 1, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 5: flash_bwd2_v<HD, BQ, 4, CAP, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 6: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 7: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    case 8: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default: flash_bwd_v<HD, BQ, CAP, true, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 1, CUDA_ATTN_BWD_VARIANTS - 1)) {
+    case 0: flash_bwd2_v<HD, BQ, 4, CAP, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 2: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 3: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     }
 }
 

@@ -665,6 +665,15 @@ template <int TIN> __global__ void __launch_bounds__(256) k_absmax_vec(const voi
 
 __device__ __forceinline__ uint2 quant8(const float v[8], float s, int fmt) {
     uint2 u;
+    if (fmt == HALO_CUDA_E4M3) {   // the same codes as quant1, two per conversion instruction (x: the low byte)
+        unsigned p[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] / s, v[2 * k + 1] / s), __NV_SATFINITE, __NV_E4M3);
+        u.x = p[0] | p[1] << 16;
+        u.y = p[2] | p[3] << 16;
+        return u;
+    }
     u.x = (unsigned)quant1(v[0], s, fmt) | (unsigned)quant1(v[1], s, fmt) << 8 | (unsigned)quant1(v[2], s, fmt) << 16 |
           (unsigned)quant1(v[3], s, fmt) << 24;
     u.y = (unsigned)quant1(v[4], s, fmt) | (unsigned)quant1(v[5], s, fmt) << 8 | (unsigned)quant1(v[6], s, fmt) << 16 |
