@@ -22,8 +22,8 @@ enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2 };
 
 // Sign masks of the order-K base matrices k_rot mixes with (bit c of row i set where H_K[i][c] == -1), compiled in
 // so that the unrolled mix is plain additions and subtractions (constant-memory coefficients thrashed the constant
-// cache at K = 28). Generated from halo_hadamard_base(K); had_upload checks them against the CPU's matrix and
-// leaves k_rot off for an order whose table disagrees.
+// cache at K = 28). Printed by scripts/gen_hk_signs.c from halo_hadamard_base(K); had_upload checks them against the
+// CPU's matrix and leaves k_rot off for an order whose table disagrees.
 __host__ __device__ constexpr unsigned hk_neg_mask(int K, int i) {
     return K == 12 ? (i == 0 ? 0x0000000u : i == 1 ? 0x0000475u : i == 2 ? 0x00008e9u : i == 3 ? 0x00001d3u : i == 4 ? 0x00003a5u
                   : i == 5 ? 0x0000749u : i == 6 ? 0x0000e91u : i == 7 ? 0x0000d23u : i == 8 ? 0x0000a47u : i == 9 ? 0x000048fu
