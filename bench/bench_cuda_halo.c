@@ -5,10 +5,10 @@
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-colrot]
+//                               [--l2-transposes]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
-//    --l2-colrot: level 2 rotates E_Y and the E_X product over tokens with the column kernels,
-//    halo_cuda_l2_colrot(1), for an A/B)
+//    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
+//    back instead of the column kernels, halo_cuda_l2_colrot(0), for an A/B)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,24 +103,24 @@ int main(int argc, char **argv) {
 #else
     int tokens = 8192, reps = 20;
     const char *only = "all";
-    int bd = 0, colrot = 0;
+    int bd = 0, colrot = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
-        else if (!strcmp(argv[i], "--l2-colrot")) colrot = 1;                   // A/B: level 2's column kernels
+        else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-colrot] [--rows-threads N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rows-threads N]\n");
             return 0;
         }
     }
     if (reps > 256) reps = 256;
     halo_cuda_l2_colrot(colrot);   // explicit either way, so HALO_CUDA_L2_COLROT in the environment does not decide
     printf("level 2 token rotations of E_Y and E_X: %s\n",
-           colrot ? "column kernels (--l2-colrot)" : "transpose, rows, transpose");
+           colrot ? "column kernels" : "transpose, rows, transpose (--l2-transposes)");
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
     struct { const char *name; int n, m; } shapes[] = {
         {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};

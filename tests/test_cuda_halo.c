@@ -612,12 +612,11 @@ static void test_shared_x(void) {
     free(X); free(X2); free(W1); free(W2); free(E1); free(E2);
 }
 
-// ---- level 2's token rotation of E_Y by the column kernels (halo_cuda_l2_colrot) ----------------------------------
 // ---- level 2's token rotations by the column kernels (halo_cuda_l2_colrot) -----------------------------------------
 // The kernels alone vs the CPU (halo_hadamard_cols on the zero-padded [bp][n] copy, halo_quantize per tensor): amax
 // and every code bit-identical, zero codes in the padding columns. The E_X kernel (halo_cuda_colrot_f32) vs
 // halo_hadamard_cols(.., 0) and vs the row path on the GPU (transpose, had_rows, transpose): every fp32 / bf16 value
-// bit-identical, nothing written past rows_out or cols. Then the level-2 layer with the switch on and off: E_X
+// bit-identical (also when adding into fp32), nothing written past rows_out or cols. Then the level-2 layer with the switch on and off: E_X
 // (fp32 and bf16) and G bit-identical, the E_X column kernel launched exactly where H_b allows (b = 94 pads with
 // K = 12: the switch falls back to the row path).
 // EX: ex_f32 ? fp32 : bf16 [b][m] (malloc'ed bytes); *excol: 1 when the layer launched the E_X column kernel.
@@ -660,8 +659,8 @@ static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, 
 // vs halo_hadamard_cols(.., 0) on the CPU and vs transpose -> had_rows(H_b^T) -> transpose on the GPU (the layer's row
 // path): differing values are counted, none allowed.
 static void test_colrot_f32(void) {
-    // b, cols, ld_in, ldo: bp = 8192 (4 columns a block, last pass radix 2), 1024 (b = 1000 padded, 16 columns),
-    // 2048 (radix 4 last), 4096 (8 columns, radix 8 last), 32768 (1 column), 32, 8, 4, 2 (one pass in registers)
+    // b, cols, ld_in, ldo: bp = 8192 (second pass: 64 tokens a tile), 1024 (b = 1000 padded), 2048, 4096, 32768
+    // (256 a tile), 32, 8, 4, 2 (one pass)
     const int cases[][4] = {{8192, 37, 40, 41}, {1000, 101, 101, 104}, {2043, 30, 33, 30}, {4000, 64, 72, 64},
                             {32768, 7, 7, 9}, {30, 19, 21, 19}, {5, 24, 24, 24}, {3, 5, 5, 7}, {2, 16, 17, 16}};
     for (int ci = 0; ci < 9; ci++) {
@@ -683,7 +682,9 @@ static void test_colrot_f32(void) {
         for (int f32 = 1; f32 >= 0; f32--) {
             const size_t es = f32 ? 4 : 2, obytes = es * (size_t)(b + 1) * ldo;
             void *dout = dev_poison(obytes), *dold = dev_poison(obytes);
-            halo_cuda_colrot_f32(&hg, dr, ldi, cols, dout, f32, ldo, b, 0);
+            float *drc = t_dev_copy(r, 4 * (size_t)bp * ldi);   // the kernel overwrites its input
+            halo_cuda_colrot_f32(&hg, drc, ldi, cols, dout, f32, ldo, b, 0, 0);
+            cudaFree(drc);
             // the layer's row path on the same R
             halo_cuda_transpose(dr, HALO_CUDA_F32, ldi, bp, cols, drt, HALO_CUDA_F32, bp, bp, 0);
             halo_cuda_had_rows(&hg, 1, drt, HALO_CUDA_F32, bp, NULL, drt, 1, bp, 0, cols, 0);
@@ -709,16 +710,33 @@ static void test_colrot_f32(void) {
             row("colrot E_X vs GPU row path", det, (double)stray, 0, mism_old, 0);
             free(o); free(old); cudaFree(dout); cudaFree(dold);
         }
+        {   // accumulate: out (fp32, random) += H_b R, as the CPU's fp32 add
+            const size_t obytes = 4 * (size_t)(b + 1) * ldo;
+            float *base = t_rand_vec(&rng, (size_t)(b + 1) * ldo, 1.0);
+            float *dout = t_dev_copy(base, obytes), *drc = t_dev_copy(r, 4 * (size_t)bp * ldi);
+            halo_cuda_colrot_f32(&hg, drc, ldi, cols, dout, 1, ldo, b, 1, 0);
+            float *o = t_host_of(dout, obytes);
+            long mism = 0, stray = 0;
+            for (int t = 0; t <= b; t++)
+                for (int c = 0; c < ldo; c++) {
+                    const size_t i = (size_t)t * ldo + c;
+                    if (t == b || c >= cols) { stray += memcmp(&o[i], &base[i], 4) != 0; continue; }
+                    const float want = base[i] + A[(size_t)t * cols + c];
+                    mism += memcmp(&o[i], &want, 4) != 0;
+                }
+            char det[96];
+            snprintf(det, sizeof det, "b=%d bp=%d cols=%d ld=%d/%d f32 +=", b, bp, cols, ldi, ldo);
+            row("colrot E_X += vs CPU", det, (double)stray, 0, mism, 0);
+            free(base); free(o); cudaFree(dout); cudaFree(drc);
+        }
         free(r); free(A); free(Ab); cudaFree(dr); cudaFree(drt);
         halo_cuda_had_free(&hg);
     }
 }
 
 static void test_colrot(void) {
-    // b, n, ld, ldq - np: every k_colrot shape, bp = 2..32768 (registers only up to 16, several strips a block below
-    // 2048, 16-byte rows up to 8192, narrower chunks at 16384 and 32768); partial and padding-only strips (n not a
-    // multiple of the block's columns), element loads (odd ld) and byte code stores (odd ldq); bp > b; from 8192 on,
-    // more strips than SMs (each block walks several, the next one's rows prefetched)
+    // b, n, ld, ldq - np: bp = 2..32768 (one pass up to 128 tokens, two from 256: the second pass's tiles of 2 to 256
+    // tokens); partial and padding-only column tiles (n not a multiple of 32), odd ld and ldq; bp > b
     const int cases[][4] = {{8192, 37, 40, 0}, {2043, 200, 200, 0}, {5, 24, 24, 0}, {2, 16, 16, 0}, {4000, 64, 72, 0},
                             {8192, 45, 45, 3}, {8000, 1100, 1104, 0}, {16384, 21, 24, 0}, {16384, 600, 605, 0},
                             {32768, 7, 9, 1}, {32768, 300, 300, 0}, {1000, 100, 104, 0},
@@ -749,7 +767,11 @@ static void test_colrot(void) {
         for (size_t i = 0; i < (size_t)bp * n; i++) mx = fmaxf(mx, fabsf(A[i]));
         float *dam = dev_poison(8);
         cudaMemset(dam, 0, 8);
-        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dam, (int *)(dam + 1), 0);
+        const size_t scb = halo_cuda_colrot_scratch(&hg, n);
+        CHECK(scb == (bp > 128 ? 4 * (size_t)bp * n : 0), "colrot scratch %zu bytes for bp=%d n=%d", scb, bp, n);
+        float *dsc = scb ? dev_poison(scb) : NULL;
+        halo_cuda_colrot_first(&hg, dx, ld, b, n, dsc, 0);
+        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), 0);
         float am[2];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         char det[80];
@@ -764,7 +786,7 @@ static void test_colrot(void) {
             memset(&qm, 0, sizeof qm);
             halo_quantize(&qm, A, bp, n, n, 0, &qs, "test");
             uint8_t *dq = dev_poison((size_t)bp * ldq);
-            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dam, fmt, dq, ldq, np, 0);
+            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dsc, dam, fmt, dq, ldq, np, 0);
             uint8_t *q = t_host_of(dq, (size_t)bp * ldq);
             uint8_t *qc = malloc((size_t)bp * n);
             long padbad = 0, mism, ties;
@@ -779,7 +801,7 @@ static void test_colrot(void) {
             free(q); free(qc); cudaFree(dq);
             halo_qmat_free(&qm);
         }
-        free(x); free(A); cudaFree(dx); cudaFree(dam);
+        free(x); free(A); cudaFree(dx); cudaFree(dam); cudaFree(dsc);
         halo_cuda_had_free(&hg);
     }
     test_colrot_f32();

@@ -55,21 +55,28 @@ void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in
 void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                           int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
                           cudaStream_t s);
-// Level 2's token rotation of E_Y [rows][ld] bf16 in its own layout (h: H_b over h->d >= rows tokens, the rows past
-// `rows` zeros): v = H_b [E_Y; 0] column by column, bit-identical to halo_hadamard_cols (and to absmax_rows/quant_rows
-// on the zero-padded transpose). halo_cuda_colrot_ok: h is a full K = 1 plan with 2 <= d <= 32768 (else use those).
+// Level 2's token rotations in the matrices' own layout (no transposes), h: H_b over h->d >= rows tokens, the rows
+// past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Two tiled
+// passes when h->d > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a full K = 1 plan
+// with 2 <= d <= 32768 (else transpose and use the row kernels).
 int halo_cuda_colrot_ok(const halo_cuda_had *h);
-// *amax = max(*amax, max |v|) (atomic on the float bits; zero it first); *nonfinite |= 1 on NaN/Inf (may be NULL).
-void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, float *amax,
-                             int *nonfinite, cudaStream_t s);
-// q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as quant_rows; zero codes for cols <= c < cols_pad.
+// E_Y [rows][ld] bf16: the first pass into scratch (fp32 [h->d][cols], halo_cuda_colrot_scratch bytes, 0 for one
+// pass), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
+// *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as
+// quant_rows, zero codes for cols <= c < cols_pad.
+size_t halo_cuda_colrot_scratch(const halo_cuda_had *h, int cols);
+void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, float *scratch,
+                            cudaStream_t s);
+void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                             const float *scratch, float *amax, int *nonfinite, cudaStream_t s);
 void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                            const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s);
-// Level 2's E_X = H_b R on the fp32 product R [h->d][ld_in] (all h->d token rows, K = 1 plans as above), in R's own
-// layout: out[t][c] = (H_b R)[t][c] for t < rows_out, c < cols, bf16 (RNE) or fp32 (out_f32), the values of
-// transpose -> halo_cuda_had_rows(h, 1, ..) -> transpose bit for bit (and of halo_hadamard_cols(.., 0)).
-void halo_cuda_colrot_f32(const halo_cuda_had *h, const float *in, long ld_in, int cols, void *out, int out_f32,
-                          long ldo, int rows_out, cudaStream_t s);
+                            const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad,
+                            cudaStream_t s);
+// Level 2's E_X = H_b R on the fp32 product R [h->d][ld_in] (all h->d token rows), in R's layout: out[t][c] =
+// (H_b R)[t][c] for t < rows_out, c < cols, bf16 (RNE) or fp32 (out_f32; += when accumulate), the values of
+// transpose -> halo_cuda_had_rows(h, 1, ..) -> transpose bit for bit. R is overwritten (the first pass runs in place).
+void halo_cuda_colrot_f32(const halo_cuda_had *h, float *in, long ld_in, int cols, void *out, int out_f32, long ldo,
+                          int rows_out, int accumulate, cudaStream_t s);
 // Unrotated per-tensor quantization of in[rows][cols] reading it once and writing the codes row-major q[rows][ldq]
 // and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
 void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
@@ -191,9 +198,9 @@ enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
-// Level 2 backward: 1 = the token rotations of E_Y and of the E_X product by the column kernels above
-// (halo_cuda_colrot_*) where H_b allows, 0 (default) = transpose, rotated rows, transpose back. Both give the same
-// codes and the same E_X bits. Env HALO_CUDA_L2_COLROT=1 turns it on at the first backward unless this was called.
+// Level 2 backward: 1 (default) = the token rotations of E_Y and of the E_X product by the column kernels above
+// (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
+// the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
 // ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
 // branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.

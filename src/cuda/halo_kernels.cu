@@ -40,11 +40,11 @@ __host__ __device__ constexpr unsigned hk_neg_mask(int K, int i) {
                   : i == 25 ? 0x5c44ab7u : i == 26 ? 0x9c191edu : i == 27 ? 0x3c2275bu : 0u)
     : 0u;
 }
-static int hk_table_ok(const halo_hadamard *c) {
-    if (c->K != 12 && c->K != 20 && c->K != 28) return 0;
-    for (int i = 0; i < c->K; i++)
-        for (int j = 0; j < c->K; j++)
-            if ((c->HKf[(size_t)i * c->K + j] < 0) != ((hk_neg_mask(c->K, i) >> j & 1u) != 0)) return 0;
+// sg: had_upload's sign masks of H_K, one word per row (K <= 32).
+static int hk_table_ok(int K, const unsigned *sg) {
+    if (K != 12 && K != 20 && K != 28) return 0;
+    for (int i = 0; i < K; i++)
+        if (sg[i] != hk_neg_mask(K, i)) return 0;
     return 1;
 }
 
@@ -71,7 +71,7 @@ static int had_upload(halo_cuda_had *h, const halo_hadamard *c) {
                 if (f < 0) sg[(size_t)i * KW + j / 32] |= 1u << (j % 32);
                 if (ft < 0) sg[(size_t)(c->K + i) * KW + j / 32] |= 1u << (j % 32);
             }
-        h->ck = pm1 && hk_table_ok(c);
+        h->ck = pm1 && hk_table_ok(c->K, sg);
         if (pm1) {
             size_t sb = sizeof(unsigned) * (size_t)c->K * KW;
             CUDA_CHECK(cudaMalloc((void **)&h->dSgn, sb));
@@ -154,6 +154,14 @@ __device__ __forceinline__ uint8_t quant1(float x, float s, int fmt) {
 
 __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
 
+// Butterfly stage h = 8 << st across the lanes of a warp holding 8 consecutive values each: lower lane a + b, upper
+// lane a - b (a = the lower lane's value), as fma(+-1, v, partner): one rounding, the CPU's values bit for bit.
+__device__ __forceinline__ void shfl_stage(float v[8], int lane, int st) {
+    const float sg = lane & (1 << st) ? -1.f : 1.f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = fmaf(sg, v[k], __shfl_xor_sync(0xffffffffu, v[k], 1 << st));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The row kernel: one thread block per (row, diagonal block). Rotation: the block is loaded into shared memory
 // (fp32) through the butterfly's first 8 stages in registers and shuffles; later stages in shared memory; the
@@ -205,14 +213,7 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
                 if (shuffles) {
                     const int lane = tid & 31;
                     #pragma unroll
-                    for (int st = 0; st < 5; st++) {
-                        const float sg = lane & (1 << st) ? -1.f : 1.f;
-                        #pragma unroll
-                        for (int k = 0; k < 8; k++) {   // lower: a + b; upper: a - b (a = lower's value), one rounding
-                            const float o = __shfl_xor_sync(0xffffffffu, v[k], 1 << st);
-                            v[k] = fmaf(sg, v[k], o);
-                        }
-                    }
+                    for (int st = 0; st < 5; st++) shfl_stage(v, lane, st);
                 }
                 float4 *d = (float4 *)(sm + (long)g * 8);
                 d[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -429,12 +430,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             #pragma unroll
             for (int st = 0; st < 5; st++) {
                 if (st >= nsh) break;
-                const float sg = lane & (1 << st) ? -1.f : 1.f;
-                #pragma unroll
-                for (int k = 0; k < 8; k++) {   // lower: a + b; upper: a - b (a = lower's value): fma(+-1, ..) rounds once
-                    const float o = __shfl_xor_sync(0xffffffffu, w[k], 1 << st);
-                    w[k] = fmaf(sg, w[k], o);
-                }
+                shfl_stage(w, lane, st);
             }
             float4 *d = (float4 *)(sm + (long)g * 8);
             d[0] = make_float4(w[0], w[1], w[2], w[3]);
@@ -1045,515 +1041,294 @@ extern "C" void halo_cuda_dequant_i32_res(float *out, long ldo, const int32_t *C
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Column rotation (level 2's H_b over the token dimension of E_Y [rows][ld] bf16, K = 1 only; tokens past `rows`
-// are zeros), one kernel per P = h->d. A block owns NQ strips of 2 CH columns (CH = 4 floats up to P = 8192, 2 at
-// 16384, 1 at 32768; NQ = 2048 / P below 2048, else 1) and rotates each strip in two rounds of CH columns. Round 0
-// reads 16 consecutive tokens per thread with one 4 CH-byte load per row (16 bytes up to 8192), all loads in flight
-// before the first use, and parks the second CH columns as bf16 in shared memory (read back by the same thread in
-// round 1). A round: stages 1..8 in registers on the 16 tokens, stored as fp32 (a chunk of CH floats per token, one
-// pad chunk per 16 tokens: u = t + t / 16, so every pass below is free of bank conflicts); at most one middle pass
-// through shared memory (<= 5 stages); the last pass (<= 4 stages at CH = 4) in registers straight to the output:
-// MODE_QUANT's CH codes of a token as one store, MODE_AMAX's max |v| with its last stage folded into one add per
-// pair. Every add is the CPU's, stages in its order (h = 1, 2, 4, ..), so the values equal halo_hadamard_cols's
-// bit for bit. Shared memory 6 NQ CH (P + P / 16) bytes: 204 KiB from P = 8192 on, where one block of 256 threads
-// per SM walks the strips and loads the next strip's rows into registers (<= 255 a thread) while rotating this one;
-// 102 KiB at 4096 (two blocks of 256 per SM, one strip each), 51 KiB below (four of 128). P <= 16: k_colrot_small,
-// registers only.
+// Column rotation: level 2's H_b (K = 1, P = h->d tokens) over the rows of a [P][cols] matrix in its own layout,
+// with no transposes. The butterfly's stages split in two tiled passes: stages h = 1 .. 64 on tiles of 128
+// consecutive tokens, then h = 128 .. P / 2 on tiles of P / 128 tokens spaced 128 apart (P <= 128: one pass). A
+// block holds one tile of S tokens x 128 columns: a warp reads 128 consecutive columns of one token (16 bytes a
+// thread for fp32, 8 for bf16), each thread owns 8 tokens of 4 columns and runs the tile's stages as radix-8 register
+// passes (tokens exchanged through shared memory between them, float4 a thread). Every add is the CPU's, in its stage order (h = 1, 2, 4, ..), then the one multiply by
+// the plan's scale, so values equal halo_hadamard_cols's bit for bit. The first pass writes unscaled fp32 (`tr_first`,
+// in place allowed); the last one reduces (absmax), quantizes or stores (bf16 / fp32, = or +=).
 
-enum { COLROT_FLOATS = 32768 };   // k_colrot_f32's strip budget
+enum { TR_CW = 128, TR_SPLIT = 128 };   // columns a tile (4 a thread), tokens of the first pass's tiles
+__host__ __device__ constexpr int tr_log2(int x) { return x <= 1 ? 0 : 1 + tr_log2(x / 2); }
+enum { TR_RAW = 0, TR_AMAX = 1, TR_QUANT = 2, TR_OUT = 3 };
 
-template <int R> __device__ __forceinline__ void colrot_radix(float *v) {
+struct tr_args {
+    const void *in;     // [rows][ld_in] (tokens >= rows read as zeros)
+    long ld_in;
+    int rows, cols, span;   // span: columns the grid covers (QUANT: cols_pad, zero codes past cols)
+    int hlo;                // token stride inside a tile: 1 (first stages) or 128 (last ones)
+    float scale;
+    void *out;              // RAW: fp32 [P][ldo]; OUT: bf16 / fp32 [rows_out][ldo]; QUANT: codes [P][ldo]
+    long ldo;
+    int rows_out, out_f32, acc, fmt;
+    int vin, vout;          // 4-column vector accesses allowed (alignment and leading dimensions)
+    unsigned *amax_bits;    // AMAX: max |v| (atomic on the float bits)
+    int *nonfinite;         // AMAX: |= 1 on NaN / Inf (may be NULL)
+    const float *amax_q;    // QUANT: the tensor's amax
+};
+
+template <int R> __device__ __forceinline__ void tr_radix(float *v) {   // stages 1, 2, .. R/2 on v[0..R)
     #pragma unroll
-    for (int s = 1; s < R; s *= 2)
+    for (int st = 1; st < R; st *= 2)
         #pragma unroll
         for (int k = 0; k < R; k++)
-            if (!(k & s)) { const float x = v[k], y = v[k + s]; v[k] = x + y; v[k + s] = x - y; }
+            if (!(k & st)) { const float x = v[k], y = v[k + st]; v[k] = x + y; v[k + st] = x - y; }
 }
 
-__device__ __forceinline__ float colrot_max_nan(float a, float b) {   // NaN-propagating max
-    float r;
-    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-
-// Absmax of a radix-R group: its last stage (pairs k, k + R / 2) is not computed, max(|x + y|, |x - y|) =
-// fl(|x| + |y|) instead (round to nearest is monotonic and sign-symmetric; NaN exactly when x or y is, nonfinite
-// exactly when x + y or x - y is). mx ignores NaN (fmaxf, as the CPU's max), mn propagates it (the nonfinite flag).
-template <int R> __device__ __forceinline__ void colrot_amax(float *v, float &mx, float &mn) {
-    colrot_radix<R / 2>(v);
-    colrot_radix<R / 2>(v + R / 2);
-    #pragma unroll
-    for (int k = 0; k < R / 2; k++) {
-        const float m = fabsf(v[k]) + fabsf(v[k + R / 2]);
-        mx = fmaxf(mx, m);
-        mn = colrot_max_nan(mn, m);
-    }
+// tile token of value k (of V) in register pass `ps`: groups of R tokens at stride d = 8^ps
+template <int S, int V> __device__ __forceinline__ int tr_tok(int w, int ps, int k) {
+    if (S <= 8) return k;
+    int d = 1;
+    for (int i = 0; i < ps; i++) d *= 8;
+    const int lr = tr_log2(S) - 3 * ps, r = lr >= 3 ? 8 : 1 << lr;   // radix of this pass
+    const int gi = w * (8 / r) + k / r, j = k % r;
+    return gi % d + gi / d * d * r + j * d;
 }
 
 __device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }           // bf16 pair
 __device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }   // -> fp32
 
-// v[c][k] <-> the N floats at p (N = 4, 2, 1: one 16-, 8- or 4-byte access)
-template <int N, int R> __device__ __forceinline__ void cr_ld(const float *p, float (&v)[N][R], int k) {
-    if constexpr (N == 4) { const float4 f = *(const float4 *)p; v[0][k] = f.x; v[1][k] = f.y; v[2][k] = f.z; v[3][k] = f.w; }
-    else if constexpr (N == 2) { const float2 f = *(const float2 *)p; v[0][k] = f.x; v[1][k] = f.y; }
-    else v[0][k] = *p;
-}
-template <int N, int R> __device__ __forceinline__ void cr_st(float *p, const float (&v)[N][R], int k) {
-    if constexpr (N == 4) *(float4 *)p = make_float4(v[0][k], v[1][k], v[2][k], v[3][k]);
-    else if constexpr (N == 2) *(float2 *)p = make_float2(v[0][k], v[1][k]);
-    else *p = v[0][k];
-}
-
-// Byte mask of the first n of 4 columns (codes of columns >= cols are zero).
-__device__ __forceinline__ unsigned colrot_keep(int n) { return n >= 4 ? 0xffffffffu : n <= 0 ? 0u : (1u << 8 * n) - 1; }
-
-// N codes (byte c = column c) at p: one store when vec, else the first n bytes.
-template <int N> __device__ __forceinline__ void colrot_store(uint8_t *p, unsigned w, int vec, int n) {
+// 4 consecutive columns of row-major data at element offset i: one 16-byte (fp32) / 8-byte (bf16) access when vec,
+// else element by element for the first n (< 4) of them (zeros after).
+template <int TIN> __device__ __forceinline__ void tr_ld4(const void *p, long i, int vec, int n, float *v) {
     if (vec) {
-        if constexpr (N == 4) *(unsigned *)p = w;
-        else if constexpr (N == 2) *(unsigned short *)p = (unsigned short)w;
-        else *p = (uint8_t)w;
+        if (TIN == HALO_CUDA_F32) {
+            const float4 f = *(const float4 *)((const float *)p + i);
+            v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+        } else {
+            const uint2 u = *(const uint2 *)((const bf16 *)p + i);
+            v[0] = bf_lo(u.x); v[1] = bf_hi(u.x); v[2] = bf_lo(u.y); v[3] = bf_hi(u.y);
+        }
     } else {
         #pragma unroll
-        for (int c = 0; c < N; c++)
-            if (c < n) p[c] = (uint8_t)(w >> 8 * c);
+        for (int j = 0; j < 4; j++) v[j] = j < n ? load1<TIN>(p, i + j) : 0.f;
     }
 }
 
-__device__ __forceinline__ void colrot_amax_done(float mx, float mn, float scale, unsigned *amax_bits, int *nonfinite) {
-    mx = block_max(mx);
-    if (nonfinite) { if (__syncthreads_or(!(mn <= FLT_MAX)) && threadIdx.x == 0) atomicOr(nonfinite, 1); }
-    // max fl(|v| scale) = fl(max |v| * scale): the same monotonic rounding
-    if (threadIdx.x == 0) atomicMax(amax_bits, __float_as_uint(__fmul_rn(mx, scale)));
-}
-
-__host__ __device__ constexpr int colrot_log2(int x) { return x <= 1 ? 0 : 1 + colrot_log2(x / 2); }
-
-template <int P> struct colrot_cfg {
-    static constexpr int L = colrot_log2(P);
-    static constexpr int CH = P <= 8192 ? 4 : P == 16384 ? 2 : 1;   // floats per token of a round
-    static constexpr int NQ = P < 2048 ? 2048 / P : 1;              // strips per block
-    static constexpr int GQ = P / 16;                               // first-pass groups per strip
-    static constexpr int PF = P >= 8192;                            // persistent blocks (one per SM), prefetch
-    static constexpr int T = NQ * GQ < 256 ? NQ * GQ : 256;         // threads
-    static constexpr int MINB = PF ? 1 : 512 / T;                   // blocks per SM (<= 128 registers; PF: 255)
-    static constexpr int GPT = NQ * GQ / T;                         // first-pass groups per thread
-    static constexpr int S = P + P / 16;                            // chunks per strip
-    static constexpr int MAXS = CH == 4 ? 4 : CH == 2 ? 5 : 6;      // <= 64 values at CH columns
-    static constexpr int SL = L - 4 < MAXS ? L - 4 : MAXS;          // last pass stages
-    static constexpr int SMID = L - 4 - SL;                         // middle pass stages
-    static constexpr int CPM = (CH << SMID) <= 64 ? CH : CH / 2;    // columns per thread in the middle pass
-    static constexpr int CW = 2 * CH * NQ;                          // columns per block
-    static constexpr int SMEM = NQ * S * CH * 6;                    // fp32 strips + bf16 parking
-    static_assert(P >= 32 && SMID <= 5 && (CPM << SMID) <= 64 && SMEM <= 227 * 1024, "colrot_cfg");
+template <int S> struct tr_cfg {
+    static constexpr int T = 32 * (S >= 8 ? S / 8 : 1);   // threads: 8 tokens x 4 columns each
+    static constexpr int MINB = T >= 1024 ? 1 : 1024 / T;  // <= 64 registers a thread
+    static constexpr int SMEM = S > 8 ? S * TR_CW * 4 : 0; // bytes: the tile, fp32
 };
 
-// Middle pass: stages 16 .. 8 << SMID, radix 1 << SMID over CPM columns, in place.
-template <int P> __device__ __forceinline__ void colrot_mid(float *sm, int tid) {
-    typedef colrot_cfg<P> C;
-    constexpr int R = 1 << C::SMID, CPT = C::CPM, NP = C::CH / CPT, NG = P / R, H = 16, NI = C::NQ * NG * NP;
-    static_assert(NI % C::T == 0, "colrot_mid");
-    constexpr int IT = NI / C::T, UNR = IT <= 2 && !C::PF ? IT : 1;   // (small P: many small groups, a loop)
-    #pragma unroll UNR
-    for (int i = 0; i < IT; i++) {
-        const int e = tid + i * C::T, cp = e % NP, g = e / NP % NG, qd = e / NP / NG, j0 = g / H * H * R + g % H;
-        float *b = sm + (qd * C::S + j0 + j0 / 16) * C::CH + cp * CPT;
-        float v[CPT][R];
+template <int TIN, int S, int MODE>
+__global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_args a) {
+    constexpr int V = S < 8 ? S : 8, NP = (tr_log2(S) + 2) / 3;   // tokens per thread, register passes
+    extern __shared__ float4 tr_sm4[];
+    const int c = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int col = blockIdx.x * TR_CW + 4 * c, g = blockIdx.y;
+    const int ncol = a.cols - col;   // how many of this thread's 4 columns exist (>= 4: all)
+    const long t0 = (long)(g % a.hlo) + (long)(g / a.hlo) * a.hlo * S;   // global token of tile token 0
+    float v[4][V];   // v[j][k]: column col + j, tile token tr_tok(.., k)
+    #pragma unroll
+    for (int k = 0; k < V; k++) {
+        const long t = t0 + (long)tr_tok<S, V>(w, 0, k) * a.hlo;
+        float x[4] = {0.f, 0.f, 0.f, 0.f};
+        if (t < a.rows && ncol > 0) tr_ld4<TIN>(a.in, t * a.ld_in + col, a.vin && ncol >= 4, ncol, x);
         #pragma unroll
-        for (int k = 0; k < R; k++) cr_ld<CPT, R>(b + k * (H + H / 16) * C::CH, v, k);
-        #pragma unroll
-        for (int c = 0; c < CPT; c++) colrot_radix<R>(v[c]);
-        #pragma unroll
-        for (int k = 0; k < R; k++) cr_st<CPT, R>(b + k * (H + H / 16) * C::CH, v, k);
+        for (int j = 0; j < 4; j++) v[j][k] = x[j];
     }
-}
-
-// Last pass: stages H .. P / 2 (H = 16 << SMID), radix 1 << SL over the CH columns of a token, to the output.
-template <int P, int MODE, int FMT>
-__device__ __forceinline__ void colrot_last(const float *sm, int tid, int cc0, int cols, float scale, float qs,
-                                            uint8_t *q, long ldq, int cols_pad, int vout, float &mx, float &mn) {
-    typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH, R = 1 << C::SL, H = 16 << C::SMID, NG = P / R, NI = C::NQ * NG;
-    static_assert(NI % C::T == 0, "colrot_last");
-    constexpr int IT = NI / C::T;
-    #pragma unroll 1
-    for (int i = 0; i < IT; i++) {
-        const int e = tid + i * C::T, g = e % NG, qd = e / NG, j0 = g / H * H * R + g % H;
-        const float *b = sm + (qd * C::S + j0 + j0 / 16) * CH;
-        float v[CH][R];
+    #pragma unroll
+    for (int ps = 0; ps < NP; ps++) {
+        if (ps > 0) {
+            __syncthreads();   // the previous pass's stores
+            #pragma unroll
+            for (int k = 0; k < V; k++) {
+                const float4 f = tr_sm4[tr_tok<S, V>(w, ps, k) * (TR_CW / 4) + c];
+                v[0][k] = f.x; v[1][k] = f.y; v[2][k] = f.z; v[3][k] = f.w;
+            }
+        }
+        const int lr = tr_log2(S) - 3 * ps;
         #pragma unroll
-        for (int k = 0; k < R; k++) cr_ld<CH, R>(b + k * (H + H / 16) * CH, v, k);
-        if (MODE == MODE_AMAX) {
-            #pragma unroll
-            for (int c = 0; c < CH; c++) colrot_amax<R>(v[c], mx, mn);
-        } else {
-            #pragma unroll
-            for (int c = 0; c < CH; c++) colrot_radix<R>(v[c]);
-            const int cc = cc0 + qd * 2 * CH, vec = vout && cc + CH <= cols_pad;
-            const unsigned keep = colrot_keep(cols - cc);
-            uint8_t *o = q + (long)j0 * ldq + cc;
-            #pragma unroll
-            for (int k = 0; k < R; k++) {
-                unsigned w = 0;
+        for (int j = 0; j < 4; j++) {
+            if (lr >= 3) {
+                tr_radix<8>(v[j]);
+            } else if (lr == 2) {
                 #pragma unroll
-                for (int c = 0; c < CH; c++) w |= (unsigned)quant1(__fmul_rn(v[c][k], scale), qs, FMT) << 8 * c;
-                colrot_store<CH>(o + (long)k * H * ldq, w & keep, vec, cols_pad - cc);
-            }
-        }
-    }
-}
-
-// Round 0's rows of this thread's first-pass groups (tokens 16 g .. 16 g + 15, 2 CH columns at the strip's cb) as
-// one 4 CH-byte load each, into w; returns the mask of the groups left to colrot_fetch_slow (edge strip, !vin).
-template <int P>
-__device__ __forceinline__ unsigned colrot_fetch(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH],
-                                                 const unsigned short *src, long ld, int rows, int cols, int col0,
-                                                 int tid, int vin) {
-    typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH;
-    unsigned slow = 0;
-    #pragma unroll
-    for (int i = 0; i < C::GPT; i++) {
-        const int e = tid + i * C::T, g = e % C::GQ, cb = col0 + e / C::GQ * 2 * CH;
-        const unsigned short *p = src + (long)(16 * g) * ld + cb;
-        if (!vin || cb + 2 * CH > cols) { slow |= 1u << i; continue; }
-        #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            #pragma unroll
-            for (int j = 0; j < CH; j++) w[i][k][j] = 0;
-            if (16 * g + k < rows) {
-                if constexpr (CH == 4) {
-                    const uint4 u = *(const uint4 *)(p + k * ld);
-                    w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
-                } else if constexpr (CH == 2) {
-                    const uint2 u = *(const uint2 *)(p + k * ld);
-                    w[i][k][0] = u.x; w[i][k][1] = u.y;
-                } else {
-                    w[i][k][0] = *(const unsigned *)(p + k * ld);
-                }
-            }
-        }
-    }
-    return slow;
-}
-
-// The groups of `slow`: element loads into the group's own (still unused) chunks of sm, then read back as rows.
-template <int P>
-__device__ __forceinline__ void colrot_fetch_slow(unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
-                                                  const unsigned short *src, long ld, int rows, int cols, int col0,
-                                                  int tid, unsigned slow) {
-    typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH;
-    #pragma unroll
-    for (int i = 0; i < C::GPT; i++) {
-        if (!(slow >> i & 1)) continue;
-        const int e = tid + i * C::T, qd = e / C::GQ, g = e % C::GQ, cb = col0 + qd * 2 * CH;
-        const unsigned short *p = src + (long)(16 * g) * ld + cb;
-        unsigned short *x = (unsigned short *)(sm + (qd * C::S + 17 * g) * CH);
-        #pragma unroll 1
-        for (int k = 0; k < 16; k++)
-            #pragma unroll
-            for (int c = 0; c < 2 * CH; c++)
-                x[k * 2 * CH + c] = 16 * g + k < rows && cb + c < cols ? p[k * ld + c] : (unsigned short)0;
-        #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            if constexpr (CH == 4) {
-                const uint4 u = ((const uint4 *)x)[k];
-                w[i][k][0] = u.x; w[i][k][1] = u.y; w[i][k][2] = u.z; w[i][k][3] = u.w;
-            } else if constexpr (CH == 2) {
-                const uint2 u = ((const uint2 *)x)[k];
-                w[i][k][0] = u.x; w[i][k][1] = u.y;
-            } else {
-                w[i][k][0] = ((const unsigned *)x)[k];
-            }
-        }
-    }
-}
-
-// First pass: tokens 16 g .. 16 g + 15 of strip qd, stages 1, 2, 4, 8 in registers, to the strip's chunks. Round 0
-// takes the first CH columns of w and parks the second CH as bf16, round 1 takes the parked ones.
-template <int P, int R1>
-__device__ __forceinline__ void colrot_first(const unsigned (&w)[colrot_cfg<P>::GPT][16][colrot_cfg<P>::CH], float *sm,
-                                             unsigned short *park, int tid) {
-    typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH;
-    #pragma unroll
-    for (int i = 0; i < C::GPT; i++) {
-        const int e = tid + i * C::T, u0 = e / C::GQ * C::S + 17 * (e % C::GQ);
-        float v[CH][16];
-        #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            unsigned h[CH > 1 ? CH / 2 : 1];   // this round's CH bf16
-            if (!R1) {
-                if constexpr (CH == 4) ((uint2 *)park)[u0 + k] = make_uint2(w[i][k][2], w[i][k][3]);
-                else if constexpr (CH == 2) ((unsigned *)park)[u0 + k] = w[i][k][1];
-                else park[u0 + k] = (unsigned short)(w[i][k][0] >> 16);
-                h[0] = w[i][k][0];
-                if constexpr (CH == 4) h[1] = w[i][k][1];
-            } else {
-                if constexpr (CH == 4) { const uint2 u = ((const uint2 *)park)[u0 + k]; h[0] = u.x; h[1] = u.y; }
-                else if constexpr (CH == 2) h[0] = ((const unsigned *)park)[u0 + k];
-                else h[0] = park[u0 + k];
-            }
-            if constexpr (CH == 1) v[0][k] = bf_lo(h[0]);
-            else {
-                #pragma unroll
-                for (int j = 0; j < CH / 2; j++) { v[2 * j][k] = bf_lo(h[j]); v[2 * j + 1][k] = bf_hi(h[j]); }
-            }
-        }
-        #pragma unroll
-        for (int c = 0; c < CH; c++) colrot_radix<16>(v[c]);
-        #pragma unroll
-        for (int k = 0; k < 16; k++) cr_st<CH, 16>(sm + (u0 + k) * CH, v, k);
-    }
-}
-
-// Strips s = blockIdx.x, + gridDim.x, .. < nstrips (PF: one block per SM, the next strip's rows loaded into
-// registers while this one is rotated; else one strip per block). vin: 4 CH-byte row loads allowed (in and ld
-// aligned), vout: CH-byte code stores allowed.
-template <int P, int MODE, int FMT> __global__ void __launch_bounds__(colrot_cfg<P>::T, colrot_cfg<P>::MINB)
-k_colrot(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
-         const float *amax_q, uint8_t *q, long ldq, int cols_pad, int nstrips, int vin, int vout) {
-    typedef colrot_cfg<P> C;
-    constexpr int CH = C::CH;
-    extern __shared__ float sm[];
-    unsigned short *park = (unsigned short *)(sm + C::NQ * C::S * CH);   // [NQ][S] x CH bf16
-    const unsigned short *src = (const unsigned short *)in;
-    const int tid = threadIdx.x;
-    float mx = 0.f, mn = 0.f, qs = 1.f;
-    if (MODE == MODE_QUANT) qs = scale_of(*amax_q, qmax_of(FMT));
-    unsigned w[C::GPT][16][CH];   // round 0's rows: both rounds' 2 CH bf16 per token
-    unsigned slow = 0;
-    if (C::PF && (int)blockIdx.x < nstrips) slow = colrot_fetch<P>(w, src, ld, rows, cols, blockIdx.x * C::CW, tid, vin);
-    for (int s = blockIdx.x; s < nstrips; s += gridDim.x) {
-        const int col0 = s * C::CW;
-        if (!C::PF) slow = colrot_fetch<P>(w, src, ld, rows, cols, col0, tid, vin);
-        if (slow) colrot_fetch_slow<P>(w, sm, src, ld, rows, cols, col0, tid, slow);
-        colrot_first<P, 0>(w, sm, park, tid);
-        if (C::PF && s + (int)gridDim.x < nstrips)   // w is free: the next strip's rows
-            slow = colrot_fetch<P>(w, src, ld, rows, cols, col0 + gridDim.x * C::CW, tid, vin);
-        #pragma unroll 1
-        for (int r = 0; r < 2; r++) {
-            __syncthreads();
-            if constexpr (C::SMID > 0) {
-                colrot_mid<P>(sm, tid);
-                __syncthreads();
-            }
-            colrot_last<P, MODE, FMT>(sm, tid, col0 + r * CH, cols, scale, qs, q, ldq, cols_pad, vout, mx, mn);
-            __syncthreads();
-            if (r == 0) colrot_first<P, 1>(w, sm, park, tid);
-        }
-    }
-    if (MODE == MODE_AMAX) colrot_amax_done(mx, mn, scale, amax_bits, nonfinite);
-}
-
-// P <= 16: one thread per 4 columns holds all P tokens (one 8-byte load per row when vin).
-template <int P, int MODE, int FMT> __global__ void __launch_bounds__(128)
-k_colrot_small(const bf16 *in, long ld, int rows, int cols, float scale, unsigned *amax_bits, int *nonfinite,
-               const float *amax_q, uint8_t *q, long ldq, int cols_pad, int vin, int vout) {
-    const unsigned short *src = (const unsigned short *)in;
-    const int cc = (blockIdx.x * 128 + threadIdx.x) * 4;
-    float mx = 0.f, mn = 0.f;
-    if (cc < (MODE == MODE_QUANT ? cols_pad : cols)) {
-        unsigned w[P][2];
-        #pragma unroll
-        for (int t = 0; t < P; t++) {
-            const unsigned short *p = src + (long)t * ld + cc;
-            if (vin && cc + 4 <= cols) {
-                w[t][0] = w[t][1] = 0;
-                if (t < rows) { const uint2 u = *(const uint2 *)p; w[t][0] = u.x; w[t][1] = u.y; }
+                for (int q = 0; q < V; q += 4) tr_radix<4>(v[j] + q);
             } else {
                 #pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const unsigned lo = t < rows && cc + 2 * j < cols ? p[2 * j] : 0u;
-                    const unsigned hi = t < rows && cc + 2 * j + 1 < cols ? p[2 * j + 1] : 0u;
-                    w[t][j] = lo | hi << 16;
-                }
+                for (int q = 0; q < V; q += 2) tr_radix<2>(v[j] + q);
             }
         }
-        float v[4][P];
-        #pragma unroll
-        for (int t = 0; t < P; t++) {
-            v[0][t] = bf_lo(w[t][0]); v[1][t] = bf_hi(w[t][0]); v[2][t] = bf_lo(w[t][1]); v[3][t] = bf_hi(w[t][1]);
+        if (ps + 1 < NP) {
+            #pragma unroll
+            for (int k = 0; k < V; k++)
+                tr_sm4[tr_tok<S, V>(w, ps, k) * (TR_CW / 4) + c] = make_float4(v[0][k], v[1][k], v[2][k], v[3][k]);
         }
-        if (MODE == MODE_AMAX) {
+    }
+    float mx = 0.f;
+    int bad = 0;
+    float qs = 1.f;
+    if (MODE == TR_QUANT) qs = scale_of(*a.amax_q, qmax_of(a.fmt));
+    const int nspan = a.span - col;
+    #pragma unroll
+    for (int k = 0; k < V; k++) {
+        const long t = t0 + (long)tr_tok<S, V>(w, NP - 1, k) * a.hlo;
+        float x[4];
+        #pragma unroll
+        for (int j = 0; j < 4; j++) x[j] = MODE == TR_RAW ? v[j][k] : __fmul_rn(v[j][k], a.scale);   // never fused
+        if (MODE == TR_RAW) {
+            if (ncol > 0) {
+                float *o = (float *)a.out + t * a.ldo + col;
+                if (a.vout && ncol >= 4) *(float4 *)o = make_float4(x[0], x[1], x[2], x[3]);
+                else for (int j = 0; j < 4 && j < ncol; j++) o[j] = x[j];
+            }
+        } else if (MODE == TR_AMAX) {
             #pragma unroll
-            for (int c = 0; c < 4; c++) colrot_amax<P>(v[c], mx, mn);
-        } else {
-            const float qs = scale_of(*amax_q, qmax_of(FMT));
-            #pragma unroll
-            for (int c = 0; c < 4; c++) colrot_radix<P>(v[c]);
-            const int vec = vout && cc + 4 <= cols_pad;
-            const unsigned keep = colrot_keep(cols - cc);
-            #pragma unroll
-            for (int t = 0; t < P; t++) {
+            for (int j = 0; j < 4; j++) {
+                const float ax = fabsf(x[j]);
+                bad |= !(ax <= FLT_MAX);
+                mx = fmaxf(mx, ax);   // NaN skipped, as the CPU's max (the flag reports it); missing columns are 0
+            }
+        } else if (MODE == TR_QUANT) {
+            if (nspan > 0) {
                 unsigned wd = 0;
                 #pragma unroll
-                for (int c = 0; c < 4; c++) wd |= (unsigned)quant1(__fmul_rn(v[c][t], scale), qs, FMT) << 8 * c;
-                colrot_store<4>(q + (long)t * ldq + cc, wd & keep, vec, cols_pad - cc);
+                for (int j = 0; j < 4; j++) wd |= (unsigned)(j < ncol ? quant1(x[j], qs, a.fmt) : 0) << 8 * j;
+                uint8_t *o = (uint8_t *)a.out + t * a.ldo + col;
+                if (a.vout && nspan >= 4) *(unsigned *)o = wd;
+                else for (int j = 0; j < 4 && j < nspan; j++) o[j] = (uint8_t)(wd >> 8 * j);
+            }
+        } else if (t < a.rows_out && ncol > 0) {
+            if (a.out_f32) {
+                float *o = (float *)a.out + t * a.ldo + col;
+                if (a.vout && ncol >= 4) {
+                    float4 f = make_float4(x[0], x[1], x[2], x[3]);
+                    if (a.acc) { const float4 p = *(const float4 *)o; f.x += p.x; f.y += p.y; f.z += p.z; f.w += p.w; }
+                    *(float4 *)o = f;
+                } else {
+                    for (int j = 0; j < 4 && j < ncol; j++) o[j] = a.acc ? o[j] + x[j] : x[j];
+                }
+            } else {
+                bf16 *o = (bf16 *)a.out + t * a.ldo + col;
+                if (a.vout && ncol >= 4) {
+                    const __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
+                    uint2 u;
+                    u.x = *(const unsigned *)&lo;
+                    u.y = *(const unsigned *)&hi;
+                    *(uint2 *)o = u;
+                } else {
+                    for (int j = 0; j < 4 && j < ncol; j++) o[j] = __float2bfloat16_rn(x[j]);
+                }
             }
         }
     }
-    if (MODE == MODE_AMAX) colrot_amax_done(mx, mn, scale, amax_bits, nonfinite);
+    if (MODE == TR_AMAX) {
+        mx = block_max(mx);
+        if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
+        if (threadIdx.x == 0) atomicMax(a.amax_bits, __float_as_uint(mx));
+    }
+}
+
+template <int TIN, int MODE, int S> static void tr_go(tr_args &a, int P, cudaStream_t s) {
+    typedef tr_cfg<S> C;
+    static int smem_set = 0;   // per instantiation
+    if (C::SMEM > 48 * 1024 && !smem_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_tokrot<TIN, S, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
+        smem_set = 1;
+    }
+    dim3 grid(cdiv(a.span, TR_CW), P / S);
+    k_tokrot<TIN, S, MODE><<<grid, C::T, C::SMEM, s>>>(a);
+    CUDA_LAUNCH_CHECK();
+}
+
+// One pass of S tokens a tile (S = 2 .. 256).
+template <int TIN, int MODE> static void tr_launch(tr_args &a, int P, int S, cudaStream_t s) {
+    switch (S) {
+    case 2: tr_go<TIN, MODE, 2>(a, P, s); break;
+    case 4: tr_go<TIN, MODE, 4>(a, P, s); break;
+    case 8: tr_go<TIN, MODE, 8>(a, P, s); break;
+    case 16: tr_go<TIN, MODE, 16>(a, P, s); break;
+    case 32: tr_go<TIN, MODE, 32>(a, P, s); break;
+    case 64: tr_go<TIN, MODE, 64>(a, P, s); break;
+    case 128: tr_go<TIN, MODE, 128>(a, P, s); break;
+    case 256: tr_go<TIN, MODE, 256>(a, P, s); break;
+    default: break;
+    }
 }
 
 extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
-    return h && h->K == 1 && h->block == h->d && h->d >= 2 && h->d <= COLROT_FLOATS;
+    return h && h->K == 1 && h->block == h->d && h->d >= 2 && h->d <= TR_SPLIT * 256;
 }
 
-static int colrot_cw(int P) { int cw = COLROT_FLOATS / P; return cw > 16 ? 16 : cw >= 8 ? 8 : cw >= 4 ? 4 : cw >= 2 ? 2 : 1; }
+static int tr_two(const halo_cuda_had *h) { return h->d > TR_SPLIT; }   // two passes (else one)
 
-template <int P, int MODE, int FMT>
-static void colrot_go(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, unsigned *amax_bits,
-                      int *nonfinite, const float *amax_q, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
-    const int span = MODE == MODE_QUANT ? cols_pad : cols;
-    if constexpr (P <= 16) {
-        const int vin = aligned(in, 8) && ld % 4 == 0, vout = aligned(q, 4) && ldq % 4 == 0;
-        k_colrot_small<P, MODE, FMT><<<cdiv(span, 512), 128, 0, s>>>((const bf16 *)in, ld, rows, cols, h->scale,
-                                                                     amax_bits, nonfinite, amax_q, q, ldq, cols_pad,
-                                                                     vin, vout);
+extern "C" size_t halo_cuda_colrot_scratch(const halo_cuda_had *h, int cols) {
+    return tr_two(h) ? sizeof(float) * (size_t)h->d * cols : 0;
+}
+
+static tr_args tr_base(const halo_cuda_had *h, const void *in, int in_f32, long ld_in, int rows, int cols) {
+    tr_args a;
+    memset(&a, 0, sizeof a);
+    a.in = in; a.ld_in = ld_in; a.rows = rows < h->d ? rows : h->d; a.cols = cols; a.span = cols;
+    a.hlo = 1; a.scale = h->scale;
+    a.vin = aligned(in, in_f32 ? 16 : 8) && ld_in % 4 == 0;
+    return a;
+}
+// 4-column stores: out aligned to 4 elements of `bytes` each, ldo a multiple of 4
+static int tr_vout(const void *out, int bytes, long ldo) { return aligned(out, 4 * bytes) && ldo % 4 == 0; }
+
+// The first stages (h = 1 .. 64) of a two-pass plan: T [P][cols] fp32, unscaled (T may be `in` when fp32, same ld).
+static void tr_first(const halo_cuda_had *h, const void *in, int in_f32, long ld_in, int rows, int cols, float *T,
+                     cudaStream_t s) {
+    tr_args a = tr_base(h, in, in_f32, ld_in, rows, cols);
+    a.out = T; a.ldo = in == T ? ld_in : cols;
+    a.vout = tr_vout(T, 4, a.ldo);
+    if (in_f32) tr_launch<HALO_CUDA_F32, TR_RAW>(a, h->d, TR_SPLIT, s);
+    else tr_launch<HALO_CUDA_BF16, TR_RAW>(a, h->d, TR_SPLIT, s);
+}
+
+// The last pass's launch on `a` (its mode's fields set): from T after tr_first, else all stages from the input.
+template <int MODE> static void tr_last(const halo_cuda_had *h, tr_args &a, int in_f32, cudaStream_t s) {
+    if (tr_two(h)) {
+        a.hlo = TR_SPLIT;
+        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->d / TR_SPLIT, s);
+    } else if (in_f32) {
+        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->d, s);
     } else {
-        typedef colrot_cfg<P> C;
-        static int smem_set = 0;   // per instantiation
-        if (!smem_set) {
-            CUDA_CHECK(cudaFuncSetAttribute(k_colrot<P, MODE, FMT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
-            smem_set = 1;
-        }
-        const int vin = aligned(in, 4 * C::CH) && ld % (2 * C::CH) == 0, vout = aligned(q, C::CH) && ldq % C::CH == 0;
-        const int nstrips = cdiv(span, C::CW), grid = C::PF && nstrips > num_sms() ? num_sms() : nstrips;
-        k_colrot<P, MODE, FMT><<<grid, C::T, C::SMEM, s>>>((const bf16 *)in, ld, rows, cols, h->scale, amax_bits,
-                                                           nonfinite, amax_q, q, ldq, cols_pad, nstrips, vin, vout);
+        tr_launch<HALO_CUDA_BF16, MODE>(a, h->d, h->d, s);
     }
-    CUDA_LAUNCH_CHECK();
 }
 
-template <int MODE, int FMT>
-static void colrot_dispatch(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                            unsigned *amax_bits, int *nonfinite, const float *amax_q, uint8_t *q, long ldq,
-                            int cols_pad, cudaStream_t s) {
-    switch (h->d) {
-#define COLROT_P(P) \
-    case P: colrot_go<P, MODE, FMT>(h, in, ld, rows, cols, amax_bits, nonfinite, amax_q, q, ldq, cols_pad, s); break;
-    COLROT_P(2) COLROT_P(4) COLROT_P(8) COLROT_P(16) COLROT_P(32) COLROT_P(64) COLROT_P(128) COLROT_P(256)
-    COLROT_P(512) COLROT_P(1024) COLROT_P(2048) COLROT_P(4096) COLROT_P(8192) COLROT_P(16384) COLROT_P(32768)
-#undef COLROT_P
-    default: break;   // not a K = 1 plan (halo_cuda_colrot_ok)
-    }
+extern "C" void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                                       float *scratch, cudaStream_t s) {
+    if (cols > 0 && tr_two(h)) tr_first(h, in, 0, ld, rows, cols, scratch, s);
+}
+
+static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
+                            const float *scratch) {
+    // two passes: read the first pass's fp32 [P][cols] (all P rows); one pass: the bf16 input
+    return tr_two(h) ? tr_base(h, scratch, 1, cols, h->d, cols) : tr_base(h, in, 0, ld, rows, cols);
 }
 
 extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                                        float *amax, int *nonfinite, cudaStream_t s) {
+                                        const float *scratch, float *amax, int *nonfinite, cudaStream_t s) {
     if (cols <= 0) return;
-    colrot_dispatch<MODE_AMAX, 0>(h, in, ld, rows, cols, (unsigned *)amax, nonfinite, NULL, NULL, 0, 0, s);
+    tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
+    a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
+    tr_last<TR_AMAX>(h, a, 0, s);
 }
 
 extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                                       const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad, cudaStream_t s) {
+                                       const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq,
+                                       int cols_pad, cudaStream_t s) {
     if (cols_pad <= 0) return;
-    if (fmt == HALO_CUDA_INT8)
-        colrot_dispatch<MODE_QUANT, HALO_CUDA_INT8>(h, in, ld, rows, cols, NULL, NULL, amax, q, ldq, cols_pad, s);
-    else
-        colrot_dispatch<MODE_QUANT, HALO_CUDA_E4M3>(h, in, ld, rows, cols, NULL, NULL, amax, q, ldq, cols_pad, s);
+    tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
+    a.span = cols_pad; a.amax_q = amax; a.fmt = fmt; a.out = q; a.ldo = ldq;
+    a.vout = tr_vout(q, 1, ldq);
+    tr_last<TR_QUANT>(h, a, 0, s);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Column rotation of an fp32 matrix (level 2's H_b over the tokens of R [P][ld_in], K = 1 only), the output rows
-// t < rows_out written as bf16 (RNE) or fp32: the values of transpose -> had_rows(H_b^T, row form) -> transpose, bit
-// for bit. One block per strip of CW = colrot_cw(P) columns; shared memory holds the strip token-major with one pad
-// token after every 8 (sm[(t + t / 8) * CW + c]: every pass conflict-free), at most 144 KiB. The butterfly is the
-// radix-8 pass sequence of k_colrot (stages h, 2h, 4h per pass, in the CPU's order): the first pass (h = 1) runs in
-// registers on the loaded values, the last one in registers before the scaled output; only the middle passes make
-// round trips through shared memory. Bytes: 4 P cols read, rows_out cols x 2 or 4 written.
-
-enum { COLROTF_THREADS = 1024 };
-
-template <int CW> __device__ __forceinline__ int cfi(int t, int c) { return (t + (t >> 3)) * CW + c; }
-
-// One radix-R pass at stride h over every group of the strip. FROM_IN: the values come from in (the first pass,
-// h = 1), else from shared memory; TO_OUT: scaled and stored to out (rows < rows_out, cols < cols; the last pass),
-// else back to shared memory.
-template <int R, int CW, int FROM_IN, int TO_OUT, int OUT_F32>
-__device__ __forceinline__ void colrotf_pass(float *sm, int P, int h, int lh, const float *in, long ld_in, int cols,
-                                             int col0, float scale, void *out, long ldo, int rows_out) {
-    const int groups = (P / R) * CW;
-    for (int e = threadIdx.x; e < groups; e += blockDim.x) {
-        const int c = e % CW, g = e / CW, col = col0 + c;
-        const int j0 = (g >> lh) * h * R + (g & (h - 1));
-        float v[R];
-        #pragma unroll
-        for (int k = 0; k < R; k++) {
-            const int t = j0 + k * h;
-            if (FROM_IN) v[k] = col < cols ? in[(long)t * ld_in + col] : 0.f;
-            else v[k] = sm[cfi<CW>(t, c)];
-        }
-        colrot_radix<R>(v);
-        #pragma unroll
-        for (int k = 0; k < R; k++) {
-            const int t = j0 + k * h;
-            if (!TO_OUT) {
-                sm[cfi<CW>(t, c)] = v[k];
-            } else if (t < rows_out && col < cols) {
-                const float y = __fmul_rn(v[k], scale);   // the rows kernels' v * scale, rounded once
-                if (OUT_F32) ((float *)out)[(long)t * ldo + col] = y;
-                else ((bf16 *)out)[(long)t * ldo + col] = __float2bfloat16_rn(y);
-            }
-        }
-    }
-}
-
-template <int CW, int OUT_F32> __global__ void __launch_bounds__(COLROTF_THREADS)
-k_colrot_f32(const float *in, long ld_in, int cols, int P, float scale, void *out, long ldo, int rows_out) {
-    extern __shared__ float sm[];
-    const int col0 = blockIdx.x * CW;
-#define CF_ARGS in, ld_in, cols, col0, scale, out, ldo, rows_out
-    if (P <= 8) {   // a single pass, registers only
-        if (P == 8) colrotf_pass<8, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
-        else if (P == 4) colrotf_pass<4, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
-        else colrotf_pass<2, CW, 1, 1, OUT_F32>(sm, P, 1, 0, CF_ARGS);
-        return;
-    }
-    colrotf_pass<8, CW, 1, 0, OUT_F32>(sm, P, 1, 0, CF_ARGS);   // stages 1, 2, 4
-    __syncthreads();
-    int h = 8, lh = 3;
-    for (; P / h > 8; h <<= 3, lh += 3) {
-        colrotf_pass<8, CW, 0, 0, OUT_F32>(sm, P, h, lh, CF_ARGS);
-        __syncthreads();
-    }
-    const int left = P / h;   // the last pass: the 1, 2 or 3 stages left
-    if (left == 8) colrotf_pass<8, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
-    else if (left == 4) colrotf_pass<4, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
-    else colrotf_pass<2, CW, 0, 1, OUT_F32>(sm, P, h, lh, CF_ARGS);
-#undef CF_ARGS
-}
-
-template <int CW, int OUT_F32> static void launch_colrot_f32_cw(const halo_cuda_had *h, const float *in, long ld_in,
-                                                                int cols, void *out, long ldo, int rows_out,
-                                                                cudaStream_t s) {
-    const int P = h->d;
-    const size_t smem = P <= 8 ? 0 : sizeof(float) * (size_t)(P + P / 8) * CW;
-    static size_t smem_set = 0;   // per instantiation
-    if (smem > 48 * 1024 && smem_set < smem) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_colrot_f32<CW, OUT_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem));
-        smem_set = smem;
-    }
-    int nthr = (P / 8 > 0 ? P / 8 : 1) * CW;   // first pass groups
-    nthr = nthr < 64 ? 64 : nthr > COLROTF_THREADS ? COLROTF_THREADS : (nthr + 31) / 32 * 32;
-    k_colrot_f32<CW, OUT_F32><<<(cols + CW - 1) / CW, nthr, smem, s>>>(in, ld_in, cols, P, h->scale, out, ldo,
-                                                                        rows_out);
-    CUDA_LAUNCH_CHECK();
-}
-
-extern "C" void halo_cuda_colrot_f32(const halo_cuda_had *h, const float *in, long ld_in, int cols, void *out,
-                                     int out_f32, long ldo, int rows_out, cudaStream_t s) {
+extern "C" void halo_cuda_colrot_f32(const halo_cuda_had *h, float *in, long ld_in, int cols, void *out, int out_f32,
+                                     long ldo, int rows_out, int accumulate, cudaStream_t s) {
     if (cols <= 0 || rows_out <= 0) return;
-    if (rows_out > h->d) rows_out = h->d;
-#define COLROTF_CASE(CW)                                                                              \
-    case CW:                                                                                          \
-        if (out_f32) launch_colrot_f32_cw<CW, 1>(h, in, ld_in, cols, out, ldo, rows_out, s);          \
-        else launch_colrot_f32_cw<CW, 0>(h, in, ld_in, cols, out, ldo, rows_out, s);                  \
-        break;
-    switch (colrot_cw(h->d)) { COLROTF_CASE(1) COLROTF_CASE(2) COLROTF_CASE(4) COLROTF_CASE(8) COLROTF_CASE(16) }
-#undef COLROTF_CASE
+    if (tr_two(h)) tr_first(h, in, 1, ld_in, h->d, cols, in, s);   // in place
+    tr_args a = tr_base(h, in, 1, ld_in, h->d, cols);
+    a.out = out; a.ldo = ldo; a.rows_out = rows_out < h->d ? rows_out : h->d; a.out_f32 = out_f32;
+    a.vout = tr_vout(out, out_f32 ? 4 : 2, ldo);
+    a.acc = accumulate && out_f32;
+    tr_last<TR_OUT>(h, a, 1, s);
 }

@@ -3,9 +3,10 @@
 // stream-ordered on the device (absmax by atomics, scales read by the kernels and by cuBLASLt from device memory).
 // In/out features m, n are padded to mp, np (multiples of 16) with zero codes inside the layer.
 // Scratch (halo_cuda_ws): 0 product before rotation / int32 product (fp32 or int32 [rows][cols]), 1 Q(E_Y) [rows][np],
-// 2 Q(E_Y)^T [np][b16], 3 Q(W H)^T [mp][np] (level 0: the forward's row-major Q(W) [np][mp]), 4 level 2: E_Y^T bf16
-// [n][bp] then its codes (then, with HALO_CUDA_EX_ADD, E_X fp32 [b][m] before the add), 5 level 2: the E_X product
-// and its transpose, fp32 [bp][m] x 2, 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes
+// 2 Q(E_Y)^T [np][b16], 3 Q(W H)^T [mp][np] (level 0: the forward's row-major Q(W) [np][mp]), 4 level 2: the column
+// kernels' first pass over E_Y, fp32 [bp][n] (transpose path: E_Y^T bf16 [n][bp] then its codes, then with
+// HALO_CUDA_EX_ADD E_X fp32 [b][m] before the add), 5 level 2: the E_X product fp32 [bp][m] (transpose path: and its
+// transpose), 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes
 // transpose them once), 7 level 0: the forward's row-major Q(X) [b][mp] (tagged, for layers sharing X codes).
 // Level 0 keeps Q(X)^T and Q(W)^T as its saved codes (halo_cuda.h), so its backward transposes nothing.
 #include <stdlib.h>
@@ -174,7 +175,7 @@ extern "C" void halo_cuda_l2_colrot(int on) { g_colrot = on ? 1 : 0; }
 static int colrot_on(void) {
     if (g_colrot < 0) {
         const char *e = getenv("HALO_CUDA_L2_COLROT");
-        g_colrot = e && e[0] == '1';
+        g_colrot = !(e && e[0] == '0');
     }
     return g_colrot;
 }
@@ -410,13 +411,18 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             // Q(H_b^T [E_Y; 0]) as [bp][np] codes, zero in the columns n..np-1.
             qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
             if (colrot_on() && halo_cuda_colrot_ok(&L->hb)) {
-                // column kernels on E_Y in place: one bf16 read for the absmax, one for the codes
+                // column kernels on E_Y in its layout: the first stages into fp32 scratch, then the last ones twice
                 float *amax = L->dev + AER;
+                float *T = (float *)ws(L, 4, halo_cuda_colrot_scratch(&L->hb, n) + 16);
+                const int two = halo_cuda_colrot_scratch(&L->hb, n) > 0;
+                const double rd = two ? 4.0 * bp * n : 2.0 * b * n;   // what the last passes read
                 PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
-                PROF("bwd absmax H_b E_Y (cols)", 2.0 * b * n,
-                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, amax, (int *)(L->dev + NONFIN), s));
-                PROF("bwd quant H_b E_Y (cols)", 2.0 * b * n + (double)bp * np,
-                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, amax, fmt, qe, np, (int)np, s));
+                if (two) PROF("bwd H_b E_Y first stages (cols)", 2.0 * b * n + 4.0 * bp * n,
+                              halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, s));
+                PROF("bwd absmax H_b E_Y (cols)", rd,
+                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), s));
+                PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
+                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, s));
             } else {
                 // rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H), then the codes transposed back
                 halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
@@ -436,12 +442,12 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             float *Rt = R + (size_t)bp * m;
             if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
-            // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (neither path below can accumulate)
-            void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
-            if (colr) {
-                PROF("bwd H_b cols E_X", (4.0 * bp + (ex_f32 ? 4 : 2) * (double)b) * m,
-                     halo_cuda_colrot_f32(&L->hb, R, m, m, ex_out, ex_f32, m, b, s));
+            if (colr) {   // in R's layout, adding into EX itself with HALO_CUDA_EX_ADD
+                PROF("bwd H_b cols E_X", (8.0 * bp + 4.0 * bp + (ex_f32 ? (ex_add ? 8 : 4) : 2) * (double)b) * m,
+                     halo_cuda_colrot_f32(&L->hb, R, m, m, EX, ex_f32, m, b, ex_add, s));
             } else {
+                // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (the transposes cannot accumulate)
+                void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
                 PROF("bwd transpose R", 8.0 * bp * m,
                      halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
                 PROF("bwd H_b rows R", 8.0 * bp * m,   // H_b [..] (row form)
@@ -449,8 +455,9 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
                 PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
                      halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m,
                                          m, s));
+                if (ex_add)
+                    PROF("bwd add E_X", 12.0 * b * m, halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
             }
-            if (ex_add) PROF("bwd add E_X", 12.0 * b * m, halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
         }
     }
 
