@@ -5,10 +5,11 @@
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-transposes]
+//                               [--l2-transposes] [--rot-twice]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
 //    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
-//    back instead of the column kernels, halo_cuda_l2_colrot(0), for an A/B)
+//    back instead of the column kernels, halo_cuda_l2_colrot(0); --rot-twice: rotated quantizations rotate in both
+//    passes instead of once into scratch, halo_cuda_rot_once(0); both for an A/B)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,9 +112,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
+        else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rows-threads N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--rows-threads N]\n");
             return 0;
         }
     }

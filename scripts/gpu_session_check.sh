@@ -56,8 +56,8 @@ step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
 step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo.log "^\|" 40
-step "bench_cuda_halo level 2 by transposes (A/B with the column kernels)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes
-keep bench_halo_l2t.log "^\| .* L2 " 40
+step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
+keep bench_halo_l2t.log "^\| .* [12] " 40
 step "bench_cuda_halo fp8 fast accumulation (HALO_FP8_FAST_ACCUM=1)" bench_halo_fast.log 60 env HALO_FP8_FAST_ACCUM=1 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo_fast.log "^\| .* fp8 " 40
 step "bench_cuda_halo --breakdown gate" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown

@@ -157,6 +157,19 @@ static void test_rmsnorm(int N, int D, int alias) {
     cuda_rmsnorm_recompute(out2, rstd, dx_, dw16, N, D, 0);
     table_row("rmsnorm", "recompute: differing bits", (double)dev_bf16_ndiff(out, out2, (size_t)N * D), 0);
     cudaFree(out2);
+    {   // the _amax variant (a HALO level-0 layer's X scale): the same bits, and max |out| exactly
+        got = from_dev_bf16(out, (size_t)N * D);
+        float mx = 0.f;
+        for (size_t i = 0; i < (size_t)N * D; i++) mx = fmaxf(mx, fabsf(got[i]));
+        free(got);
+        halo_bf16 *out3 = dev_poison(2 * (size_t)N * D);
+        float *rstd3 = dev_poison(4 * (size_t)N), *dam = to_dev(&(float){0.f}, 4), am = -1.f;
+        cuda_rmsnorm_forward_amax(out3, rstd3, dx_, dw16, N, D, 1e-5f, dam, 0);
+        cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+        table_row("rmsnorm", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out3, (size_t)N * D), 0);
+        table_row("rmsnorm", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
+        cudaFree(out3); cudaFree(rstd3); cudaFree(dam);
+    }
     if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
     rmsnorm_backward(rdx, rdw, dy, x, w, rr, N, D);
     got = from_dev(ddx, (size_t)N * D);
@@ -242,6 +255,17 @@ static void test_swiglu(void) {
     swiglu_forward(ref, gate, up, N, F);
     float *got = from_dev_bf16(out, (size_t)N * F);
     table_row("swiglu", "fwd", rel_l2_f(got, ref, (size_t)N * F), 1e-2);
+    {   // the _amax variant (a HALO level-0 down_proj's X scale): the same bits, and max |out| exactly
+        float mx = 0.f;
+        for (size_t i = 0; i < (size_t)N * F; i++) mx = fmaxf(mx, fabsf(got[i]));
+        halo_bf16 *out2 = dev_poison(2 * (size_t)N * F);
+        float *dam = to_dev(&(float){0.f}, 4), am = -1.f;
+        cuda_swiglu_forward_amax(out2, dgu, N, F, dam, 0);
+        cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+        table_row("swiglu", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out2, (size_t)N * F), 0);
+        table_row("swiglu", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
+        cudaFree(out2); cudaFree(dam);
+    }
     free(got);
     float *dg = malloc(4 * (size_t)N * F), *du = malloc(4 * (size_t)N * F), *cat = malloc(8 * (size_t)N * F);
     swiglu_backward(dg, du, dout, gate, up, N, F);

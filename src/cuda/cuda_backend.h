@@ -57,6 +57,9 @@ void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dou
 void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                           cudaStream_t s);
 // out = x * rstd * w from the rstd a forward stored: the forward's bf16 bits again (norm recomputation)
+// The same, and *amax = max(*amax, max |out|) over the stored bf16 values (atomic on the float bits; zero it first).
+void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
+                               float eps, float *amax, cudaStream_t s);
 void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                             cudaStream_t s);
 // One pass (rows in blocks, dw summed per block in shared memory).
@@ -80,6 +83,8 @@ void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *
 // gu[N, 2F] holds [gate | up] per row; out[N, F] = silu(gate) * up
 void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // dgu[N, 2F] = [dgate | dup]
+// The same, and *amax = max(*amax, max |out|) over the stored bf16 values (atomic; zero it first).
+void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax, cudaStream_t s);
 void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // The same, and *amax_gate / *amax_up = max(.., max |dgate| / |dup|) (atomic on the float bits): the gate and up HALO
 // layers' E_Y scales.

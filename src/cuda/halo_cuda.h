@@ -55,6 +55,13 @@ void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in
 void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                           int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
                           cudaStream_t s);
+// One rotation for both passes of a rotated quantization: out[r][k] = (in[r, :] H)[k] as fp32 (the values absmax_rows
+// and quant_rows compute, bit for bit) and *amax = max(*amax, max |out|) (atomic; *nonfinite |= 1 on NaN/Inf), so that
+// the codes come from the unrotated quant_rows on out. Only where the fast row kernel k_rot takes the shape:
+// halo_cuda_rot_amax_ok (else nothing is launched).
+int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
+void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
+                        float *amax, int *nonfinite, cudaStream_t s);
 // Level 2's token rotations in the matrices' own layout (no transposes), h: H_b over h->d >= rows tokens, the rows
 // past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Two tiled
 // passes when h->d > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a full K = 1 plan
@@ -182,6 +189,13 @@ int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo
 // R != NULL (needs y_f32; R [b][ldy] fp32, may alias Y): Y = R + X W^T.
 int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                 long ldy, const float *R, int b, int m, int n, cudaStream_t s);
+// The same with flags: HALO_CUDA_X_AMAX: max |X| (the b x m bf16 input) is already in halo_cuda_linear_x_amax(L),
+// computed by the kernel that produced X (the caller zeroes the slot before it runs); used at level 0 (unrotated X),
+// ignored at levels 1 and 2 (their X scale is the rotated X's). Skips the layer's own absmax pass of X.
+enum { HALO_CUDA_X_AMAX = 8 };
+float *halo_cuda_linear_x_amax(halo_cuda_linear *L);
+int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
+                                   long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32
 // accumulated (G += dW; NULL = frozen weight). Uses the codes saved by the preceding forward.
 int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G, int b, int m,
@@ -198,6 +212,9 @@ enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
+// Rotated quantizations (levels 1, 2): 1 (default) = one rotation into fp32 scratch with the absmax, then the codes
+// from it (halo_cuda_rot_amax where it applies); 0 = rotate in both passes (absmax, then codes). Same codes.
+void halo_cuda_rot_once(int on);
 // Level 2 backward: 1 (default) = the token rotations of E_Y and of the E_X product by the column kernels above
 // (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
 // the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.

@@ -14,7 +14,7 @@ extern "C" {
 #include "util/error.h"
 }
 
-enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2 };
+enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2, MODE_STORE_AMAX = 3 };   // STORE_AMAX: k_rot only
 #define HALO_CUDA_MAX_BLOCK 32768
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     } else {
         for (int e = tid; e < blk; e += nthr) emit(e, value(e));
     }
-    if (MODE == MODE_AMAX) {
+    if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
         mx = block_max(mx);
         if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0) {
@@ -392,7 +392,7 @@ template <int TIN, int MODE, int K, int QM, int RPB>
 __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
     // absmax walks the rows last to first and the quantizer (next) first to last: the rows read last are still in L2
-    const unsigned bid = MODE == MODE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const unsigned bid = MODE == MODE_AMAX || MODE == MODE_STORE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const long row0 = (long)(bid / a.nseg) * RPB;
     const long row = row0;   // RPB == 1
     const int seg = bid % a.nseg;
@@ -451,7 +451,8 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             } else {
                 ((bf16 *)a.out)[o_off + e] = __float2bfloat16_rn(v);
             }
-        } else if (MODE == MODE_AMAX) {
+        } else if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
+            if (MODE == MODE_STORE_AMAX) ((float *)a.out)[o_off + e] = v;
             const float av = fabsf(v);
             bad |= !(av <= FLT_MAX);
             mx = fmaxf(mx, av);
@@ -512,7 +513,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             }
         }
     }
-    if (MODE == MODE_AMAX) {
+    if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
         mx = block_max(mx);
         if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0) {
@@ -793,6 +794,18 @@ extern "C" void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const 
     const int es = out_f32 ? 4 : 2;
     a.vec_out = aligned(out, 4 * es) && (ld_out * es) % (4 * es) == 0;
     launch_rows<MODE_STORE>(in_type, a, s);
+}
+
+extern "C" int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows) {
+    const rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, h->d);
+    return rot_ok(a);
+}
+
+extern "C" void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out,
+                                   long ld_out, float *amax, int *nonfinite, cudaStream_t s) {
+    rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, h->d);
+    a.out = out; a.out_f32 = 1; a.ld_out = ld_out; a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
+    if (rot_ok(a)) launch_rot<HALO_CUDA_BF16, MODE_STORE_AMAX>(a, s);
 }
 
 extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,

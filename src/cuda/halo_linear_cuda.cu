@@ -139,8 +139,9 @@ static void quantize_both(halo_cuda_linear *L, const void *in, long ld, int rows
                           const char *name_a, const char *name_q, cudaStream_t s) {
     float *amax = L->dev + slot;
     const double elems = (double)rows * cols;
-    PROF(name_a, 2 * elems,
-         halo_cuda_absmax_rows(NULL, 0, in, HALO_CUDA_BF16, ld, rows, cols, amax, NULL, (int *)(L->dev + NONFIN), s));
+    if (name_a)   // NULL: the amax is there already (HALO_CUDA_X_AMAX)
+        PROF(name_a, 2 * elems,
+             halo_cuda_absmax_rows(NULL, 0, in, HALO_CUDA_BF16, ld, rows, cols, amax, NULL, (int *)(L->dev + NONFIN), s));
     PROF(name_q, 2 * elems + elems + (double)cols * rows_pad,
          halo_cuda_quant_tile_alpha(in, HALO_CUDA_BF16, ld, rows, cols, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
                                     s));
@@ -185,6 +186,9 @@ static int check(const halo_cuda_linear *L, int b, int m, int n) {
     return HALO_OK;
 }
 
+static int g_rot_once = 1;   // halo_cuda_rot_once
+extern "C" void halo_cuda_rot_once(int on) { g_rot_once = on; }
+
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
 // name_a / name_q: the profiling names of the two passes. zero: clear the amax slot first (else the caller did).
 static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const void *in, int in_type, long ld, int rows,
@@ -193,6 +197,16 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
     if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+    if (h && g_rot_once && in_type == HALO_CUDA_BF16 && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+        // rotate once: the absmax pass keeps the rotated rows (fp32, scratch slot 0: free until the product), the
+        // quantizer reads them unrotated at memory speed (the rotation, not the bytes, bounds these kernels)
+        float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
+        PROF(name_a, elems * 6.0,
+             halo_cuda_rot_amax(h, (const halo_bf16 *)in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
+        PROF(name_q, elems * 5.0, halo_cuda_quant_rows(NULL, 0, T, HALO_CUDA_F32, d, rows, d, amax, NULL, fmt_of(L), q,
+                                                       ldq, s));
+        return;
+    }
     PROF(name_a, elems * esz(in_type),
          halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
     PROF(name_q, elems * (esz(in_type) + 1),
@@ -276,8 +290,16 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     return HALO_OK;
 }
 
+extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
+
 extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                            int y_f32, long ldy, const float *R, int b, int m, int n, cudaStream_t s) {
+    return halo_cuda_linear_forward_flags(L, X, W, Y, y_f32, ldy, R, 0, b, m, n, s);
+}
+
+extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
+                                              int y_f32, long ldy, const float *R, int flags, int b, int m, int n,
+                                              cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     if (ldy < n) return halo_fail("%s: output stride %ld < out_features %d", L->name, ldy, n);
     if (R && !y_f32) return halo_fail("%s: a residual input needs an fp32 output", L->name);
@@ -304,7 +326,10 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
         PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw_row, 0, (size_t)np * mp, s)));
         if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
     }
-    PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    // X's amax from its producer (level 0 only: the unrotated X), else zeroed here for the absmax pass
+    const int x_amax = (flags & HALO_CUDA_X_AMAX) && t0;
+    if (x_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
+    else PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
     const uint8_t *qx_row;
     if (borrow) {
         L->qx_use = xs->qx_use;
@@ -321,8 +346,8 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
         }
         L->xgen = ++g_xgen;
         if (t0) {
-            quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, "fwd absmax X", "fwd quant X (both layouts)",
-                          s);
+            quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, x_amax ? NULL : "fwd absmax X",
+                          "fwd quant X (both layouts)", s);
             ws_of(L)->xrow_gen = L->xgen;
         } else {
             quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)

@@ -554,9 +554,22 @@ static void halo_check(int rc) {
     abort();
 }
 
+// Zeroes and returns the X amax slot of HALO linear (l, kind) when it runs at level 0, for the kernel that produces
+// its input (RMSNorm, SwiGLU); NULL otherwise (then the layer takes the amax itself).
+static float *x_amax_prepare(llama_cuda *g, int l, int kind) {
+    halo_cuda_linear *L = hl_of(g, l, kind);
+    if (!L || L->level != 0) return NULL;
+    float *a = halo_cuda_linear_x_amax(L);
+    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(a, 0, sizeof(float), g->st)));
+    return a;
+}
+static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
+
 // Y [N, ldy] (bf16) = X [N, D] Wg^T for a fused group of nk linears from kind k0 (q, k, v or gate, up) whose weight
-// rows start at w_off: one BF16 product, or one HALO product per linear into its columns of Y.
-static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy, const bf16 *X, size_t w_off) {
+// rows start at w_off: one BF16 product, or one HALO product per linear into its columns of Y. xf: HALO_CUDA_X_AMAX
+// when X's producer took the first linear's X amax (x_amax_prepare); the others reuse its codes.
+static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy, const bf16 *X, size_t w_off,
+                          int xf) {
     int N = g->B * g->T, D = g->c.dim;
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     if (!hl_of(g, l, k0)) {
@@ -567,20 +580,23 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
-        PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_ex(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                Y + col, 0, ldy, NULL, N, D, n, g->st)));
+        PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
+                                                                   Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
+                                                                   g->st)));
         col += n;
     }
 }
 
-// Y [N, n] (fp32) = R + X [N, m] W^T for linear `kind` (o or down) with weight at w_off.
-static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *X, size_t w_off, const float *R) {
+// Y [N, n] (fp32) = R + X [N, m] W^T for linear `kind` (o or down) with weight at w_off; xf as group_forward's.
+static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *X, size_t w_off, const float *R,
+                          int xf) {
     int N = g->B * g->T, m, n;
     lin_shape(g, kind, &m, &n);
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
-    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_ex(L, (const halo_bf16 *)X, W, Y, 1, n, R, N, m, n, g->st)));
+    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R, xf, N, m, n,
+                                                                    g->st)));
 }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
@@ -590,17 +606,26 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     const layer_offs *o = &g->L[l];
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
-    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
-    group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv);
+    // each kernel producing a level-0 HALO layer's input also takes its amax (the layer then skips that pass)
+    float *aq = x_amax_prepare(g, l, LIN_Q);
+    if (aq) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D,
+                                                         c->norm_eps, aq, s));
+    else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
+    group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, x_flag(aq));
     PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
-    resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l]);
-    PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
-    group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu);
+    resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
+    float *ag = x_amax_prepare(g, l, LIN_GATE);
+    if (ag) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D,
+                                                         c->norm_eps, ag, s));
+    else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
+    group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu, x_flag(ag));
     if (!full) return;
-    PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
-    resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h);
+    float *ad = x_amax_prepare(g, l, LIN_DOWN);
+    if (ad) PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_amax((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ad, s));
+    else PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h, x_flag(ad));
 }
 
 // The fp32 gradient of parameter offset off (off >= gbase).
@@ -769,7 +794,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
         if (norms_shared(g))   // n2 for the gate/up products (recomputed or not) and their weight gradients
             PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n2, A->r2, A->h, W + g->L[l].ffn_norm, N, D, s));
         if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
-            group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu);
+            group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu, 0);
         layer_backward(g, l, A);
     }
     PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D, s));

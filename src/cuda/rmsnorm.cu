@@ -4,40 +4,59 @@
 #include "cuda/common.cuh"
 
 // one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out. keep_rstd: rstd holds the row
-// scales already (a recomputation from the stored rstd: the same products, so the same bf16 bits).
+// scales already (a recomputation from the stored rstd: the same products, so the same bf16 bits). amax (may be
+// NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 layer's X scale, without its own
+// absmax pass; NaN is skipped, as there).
+__device__ __forceinline__ float rn_amax2(float m, __nv_bfloat162 v) {
+    const float2 f = __bfloat1622float2(v);
+    return fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
+}
 __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps,
-                              int keep_rstd) {
+                              int keep_rstd, unsigned *amax) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N) return;
-    const float *xr = x + (size_t)row * D;
-    bf16 *o = out + (size_t)row * D;
-    float ss = 0.f, r;
-    if (D % 4 == 0) {
-        const float4 *x4 = (const float4 *)xr;
-        if (keep_rstd) r = rstd[row];
-        else {
-            for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
-            ss = warp_sum(ss);
-            r = rsqrtf(ss / D + eps);
-            if (lane == 0) rstd[row] = r;
+    float mx = 0.f;
+    if (row < N) {
+        const float *xr = x + (size_t)row * D;
+        bf16 *o = out + (size_t)row * D;
+        float ss = 0.f, r;
+        if (D % 4 == 0) {
+            const float4 *x4 = (const float4 *)xr;
+            if (keep_rstd) r = rstd[row];
+            else {
+                for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+                ss = warp_sum(ss);
+                r = rsqrtf(ss / D + eps);
+                if (lane == 0) rstd[row] = r;
+            }
+            for (int d = lane; d < D / 4; d += 32) {
+                float4 v = x4[d];
+                float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
+                float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
+                const __nv_bfloat162 o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
+                const __nv_bfloat162 o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+                ((__nv_bfloat162 *)o)[2 * d] = o01;
+                ((__nv_bfloat162 *)o)[2 * d + 1] = o23;
+                if (amax) mx = rn_amax2(rn_amax2(mx, o01), o23);
+            }
+        } else {
+            if (keep_rstd) r = rstd[row];
+            else {
+                for (int d = lane; d < D; d += 32) ss += xr[d] * xr[d];
+                ss = warp_sum(ss);
+                r = rsqrtf(ss / D + eps);
+                if (lane == 0) rstd[row] = r;
+            }
+            for (int d = lane; d < D; d += 32) {
+                const bf16 v = __float2bfloat16(xr[d] * r * __bfloat162float(w[d]));
+                o[d] = v;
+                if (amax) mx = fmaxf(mx, fabsf(__bfloat162float(v)));
+            }
         }
-        for (int d = lane; d < D / 4; d += 32) {
-            float4 v = x4[d];
-            float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
-            float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
-            ((__nv_bfloat162 *)o)[2 * d] = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
-            ((__nv_bfloat162 *)o)[2 * d + 1] = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
-        }
-        return;
     }
-    if (keep_rstd) r = rstd[row];
-    else {
-        for (int d = lane; d < D; d += 32) ss += xr[d] * xr[d];
-        ss = warp_sum(ss);
-        r = rsqrtf(ss / D + eps);
-        if (lane == 0) rstd[row] = r;
+    if (amax) {   // uniform branch: every thread of the block reaches the reduction
+        mx = block_max(mx);
+        if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
     }
-    for (int d = lane; d < D; d += 32) o[d] = __float2bfloat16(xr[d] * r * __bfloat162float(w[d]));
 }
 
 // One pass: each block takes a contiguous range of rows, one warp per row at a time. A warp computes the row's dx
@@ -130,14 +149,22 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                                      float eps, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, NULL);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N,
+                                          int D, float eps, float *amax, cudaStream_t s) {
+    if (N == 0) return;
+    // 32 rows (warps) a block: fewer atomics on the one amax address
+    k_rmsnorm_fwd<<<cdiv(N, 32), 1024, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, (unsigned *)amax);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N,
                                        int D, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1, NULL);
     CUDA_LAUNCH_CHECK();
 }
 

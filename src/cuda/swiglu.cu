@@ -1,16 +1,25 @@
 // SwiGLU on the GPU over fused [gate | up] rows: out = silu(gate) * up in fp32 arithmetic, bf16 storage.
 #include "cuda/common.cuh"
 
-// grid: x over column pairs, y strides over rows; F even (every Llama MLP size), bf16x2 accesses
-__global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F) {
+// grid: x over column pairs, y strides over rows; F even (every Llama MLP size), bf16x2 accesses. amax (may be NULL):
+// max |out| of the stored bf16 values, one atomic per block (a HALO level-0 down_proj's X scale; NaN skipped).
+__global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *amax) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (2 * j >= F) return;
-    for (int n = blockIdx.y; n < N; n += gridDim.y) {
+    float mx = 0.f;
+    for (int n = blockIdx.y; n < N && 2 * j < F; n += gridDim.y) {
         const bf16 *row = gu + (size_t)n * 2 * F;
         float2 g = __bfloat1622float2(((const __nv_bfloat162 *)row)[j]);
         float2 u = __bfloat1622float2(((const __nv_bfloat162 *)(row + F))[j]);
-        ((__nv_bfloat162 *)(out + (size_t)n * F))[j] =
-            __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
+        const __nv_bfloat162 o = __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
+        ((__nv_bfloat162 *)(out + (size_t)n * F))[j] = o;
+        if (amax) {
+            const float2 f = __bfloat1622float2(o);
+            mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
+        }
+    }
+    if (amax) {
+        mx = block_max(mx);
+        if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
     }
 }
 
@@ -50,7 +59,15 @@ static dim3 grid_for(int N, int F) { return dim3(cdiv(F / 2, 256), N < 8192 ? N 
 extern "C" void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s) {
     if (N == 0) return;
     if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
-    k_swiglu_fwd<<<grid_for(N, F), 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F);
+    k_swiglu_fwd<<<grid_for(N, F), 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, NULL);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax,
+                                         cudaStream_t s) {
+    if (N == 0) return;
+    if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
+    const dim3 grid(cdiv(F / 2, 256), N < 256 ? N : 256);   // fewer row blocks: one atomic each
+    k_swiglu_fwd<<<grid, 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, (unsigned *)amax);
     CUDA_LAUNCH_CHECK();
 }
 extern "C" void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
