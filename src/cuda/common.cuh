@@ -48,4 +48,9 @@ __device__ __forceinline__ float block_max(float v) {
     v = lane < nw ? sh[lane] : -INFINITY;
     return warp_max(v);
 }
+// max(m, |v.x|, |v.y|) of a bf16 pair (NaN skipped, as fmaxf)
+__device__ __forceinline__ float absmax_bf2(float m, __nv_bfloat162 v) {
+    const float2 f = __bfloat1622float2(v);
+    return fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
+}
 #endif

@@ -438,8 +438,9 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             if (colrot_on() && halo_cuda_colrot_ok(&L->hb)) {
                 // column kernels on E_Y in its layout: the first stages into fp32 scratch, then the last ones twice
                 float *amax = L->dev + AER;
-                float *T = (float *)ws(L, 4, halo_cuda_colrot_scratch(&L->hb, n) + 16);
-                const int two = halo_cuda_colrot_scratch(&L->hb, n) > 0;
+                const size_t scb = halo_cuda_colrot_scratch(&L->hb, n);
+                float *T = (float *)ws(L, 4, scb + 16);
+                const int two = scb > 0;
                 const double rd = two ? 4.0 * bp * n : 2.0 * b * n;   // what the last passes read
                 PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
                 if (two) PROF("bwd H_b E_Y first stages (cols)", 2.0 * b * n + 4.0 * bp * n,

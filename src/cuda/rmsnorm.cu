@@ -7,10 +7,6 @@
 // scales already (a recomputation from the stored rstd: the same products, so the same bf16 bits). amax (may be
 // NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 layer's X scale, without its own
 // absmax pass; NaN is skipped, as there).
-__device__ __forceinline__ float rn_amax2(float m, __nv_bfloat162 v) {
-    const float2 f = __bfloat1622float2(v);
-    return fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
-}
 __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps,
                               int keep_rstd, unsigned *amax) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -36,7 +32,7 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
                 const __nv_bfloat162 o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
                 ((__nv_bfloat162 *)o)[2 * d] = o01;
                 ((__nv_bfloat162 *)o)[2 * d + 1] = o23;
-                if (amax) mx = rn_amax2(rn_amax2(mx, o01), o23);
+                if (amax) mx = absmax_bf2(absmax_bf2(mx, o01), o23);
             }
         } else {
             if (keep_rstd) r = rstd[row];

@@ -12,10 +12,7 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
         float2 u = __bfloat1622float2(((const __nv_bfloat162 *)(row + F))[j]);
         const __nv_bfloat162 o = __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
         ((__nv_bfloat162 *)(out + (size_t)n * F))[j] = o;
-        if (amax) {
-            const float2 f = __bfloat1622float2(o);
-            mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
-        }
+        if (amax) mx = absmax_bf2(mx, o);
     }
     if (amax) {
         mx = block_max(mx);
@@ -42,9 +39,8 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
         ((__nv_bfloat162 *)drow)[j] = dg;
         ((__nv_bfloat162 *)(drow + F))[j] = du;
         if (amax_g) {
-            const float2 a = __bfloat1622float2(dg), b = __bfloat1622float2(du);
-            mg = fmaxf(mg, fmaxf(fabsf(a.x), fabsf(a.y)));
-            mu = fmaxf(mu, fmaxf(fabsf(b.x), fabsf(b.y)));
+            mg = absmax_bf2(mg, dg);
+            mu = absmax_bf2(mu, du);
         }
     }
     if (amax_g) {   // NaN compares false: a NaN gradient leaves the scale finite (the absmax pass flags it instead)
