@@ -15,9 +15,10 @@ PRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "fp8-L0
 pids=()
 for p in "${PRECS[@]}"; do
   name=${p%%:*}; flags=${p#*:}
+  tele=; [ "$name" = bf16 ] || tele="--halo-telemetry 50"   # the GPU layers' quantization telemetry table
   $H finetune --device $DEV --model $S/models/stories260K --data $S/data/viggo/train.csv --val $S/data/viggo/valid.csv \
     --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --steps $STEPS_VIGGO \
-    --lr 1e-3 --warmup 10 --eval-every 50 --eval-batches 25 --seed 1 --threads $TH $flags --metrics $LOG/viggo-$name.jsonl \
+    --lr 1e-3 --warmup 10 --eval-every 50 --eval-batches 25 --seed 1 --threads $TH $flags $tele --metrics $LOG/viggo-$name.jsonl \
     > $LOG/viggo-$name.log 2>&1 & pids+=($!)
   $H demo --device $DEV --steps $STEPS_DEMO --seed 1 --threads $TH $flags --metrics $LOG/demo-$name.jsonl > $LOG/demo-$name.log 2>&1 & pids+=($!)
 done
@@ -40,4 +41,8 @@ for name in ("bf16", "int8-L2", "fp8-L0", "fp8-L1"):
     print(f"| {name} | {ev[0]['val_loss']:.4f} | {ev[-1]['val_loss']:.4f} | {gap} | "
           f"{(100*acc[-1]) if acc else float('nan'):.1f}% | {tl[-1] if tl else float('nan'):.4f} |" if ev else f"| {name} | missing (see viggo-{name}.log) | | | | |")
 PY
+for name in int8-L2 fp8-L1; do   # the last telemetry table of the ViGGO runs, first rows
+  echo "quantization telemetry, ViGGO $name (last table, first 8 layers):"
+  awk '/^quantization telemetry after step/{n++} {if (n) t[n]=t[n] $0 "\n"} END{printf "%s", t[n]}' "$LOG/viggo-$name.log" | head -10
+done
 exit $fail

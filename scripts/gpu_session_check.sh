@@ -80,5 +80,5 @@ keep halo_train.log "^\|" 40
 qpid=
 if want quality; then env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 & qpid=$!; fi
 step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
-keep verbs.log "resumed|moments lost|debug-step|after a cross-device" 12
-if [ -n "$qpid" ]; then wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"; keep quality.log "^\|" 8; fi
+keep verbs.log "resumed|moments lost|debug-step|after a cross-device|telemetry" 14
+if [ -n "$qpid" ]; then wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"; keep quality.log "^\|" 8; keep quality.log "quantization telemetry|layers\.0\." 12; fi

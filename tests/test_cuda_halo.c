@@ -893,6 +893,109 @@ static void test_outliers(void) {
     CHECK(ex[0][2] < 0.5 * ex[0][0], "int8 E_X error: level 2 %.4f not well under level 0 %.4f", ex[0][2], ex[0][0]);
     free(X); free(W); free(EY); free(Yr); free(EXr); free(Gr);
 }
+
+// ---- quantization telemetry (halo_cuda_linear_telemetry) -----------------------------------------------------------
+// Against the CPU layer's telemetry on the same bf16 values with outlier channels in X and outlier tokens in E_Y:
+// relative errors of Y, E_X, G (sampled rows, vs the fp32 product) within 1e-3 relative of the CPU's and the outlier
+// ratios before / after rotation within 1e-4 (the same codes and rotations; only fp32 summation orders differ).
+// With telemetry on the layer's outputs are bit-identical to telemetry off. The forms that add into their output
+// (residual Y, summed E_X, and an accumulated G) measure the same errors as the plain form (snapshots taken before),
+// G written over garbage (G_SET) too; bf16 outputs add at most bf16 rounding (in quadrature, < 0.3%).
+typedef struct { float *Y, *EX, *G; halo_linear_stats st; } tele_run;
+static tele_run tele_gpu(int prec, int lvl, int tele, int form, int b, int m, int n, const halo_bf16 *dX,
+                         const halo_bf16 *dW, const halo_bf16 *dE, const float *R, const float *E0) {
+    // form 0: fp32 Y, EX, G += into zeros; 1: Y = R + XW^T in place, EX += into E0, G_SET over garbage, then a
+    // second backward accumulating G into the first's; 2: bf16 Y and EX
+    tele_run r;
+    memset(&r, 0, sizeof r);
+    const int f32 = form != 2;
+    const size_t ny = (size_t)b * n, nex = (size_t)b * m, ng = (size_t)n * m;
+    void *dY = dev_poison(4 * ny), *dEX = dev_poison(4 * nex), *dG = dev_poison(4 * ng);
+    if (form != 1) cudaMemset(dG, 0, 4 * ng);
+    if (form == 1) { cudaMemcpy(dY, R, 4 * ny, cudaMemcpyHostToDevice); cudaMemcpy(dEX, E0, 4 * nex, cudaMemcpyHostToDevice); }
+    halo_cuda_linear L;
+    int rc = halo_cuda_linear_init(&L, prec, lvl, "tele");
+    halo_cuda_linear_telemetry(&L, tele);
+    if (!rc) rc = halo_cuda_linear_forward_ex(&L, dX, dW, dY, f32, n, form == 1 ? (const float *)dY : NULL, b, m, n, 0);
+    if (!rc) rc = halo_cuda_linear_backward_flags(&L, dE, n, dEX, f32, (float *)dG,
+                                                  form == 1 ? HALO_CUDA_EX_ADD | HALO_CUDA_G_SET : 0, b, m, n, 0);
+    if (!rc) halo_cuda_linear_telemetry_read(&L, &r.st);
+    halo_linear_stats first = r.st;
+    if (!rc && form == 1) {   // G accumulated into the first backward's G: its snapshot must be subtracted
+        rc = halo_cuda_linear_backward_flags(&L, dE, n, NULL, 1, (float *)dG, 0, b, m, n, 0);
+        if (!rc) halo_cuda_linear_telemetry_read(&L, &r.st);
+        CHECK(fabs(r.st.rel_err[2] - first.rel_err[2]) <= 1e-3 * first.rel_err[2],
+              "telemetry: accumulated G error %.6g vs set G %.6g", r.st.rel_err[2], first.rel_err[2]);
+        r.st.rel_err[2] = first.rel_err[2];
+    }
+    CHECK(rc == 0, "telemetry layer: %s", halo_error());
+    const int es = f32 ? 4 : 2;
+    r.Y = t_host_of(dY, es * ny); r.EX = t_host_of(dEX, es * nex); r.G = t_host_of(dG, 4 * ng);
+    halo_cuda_linear_free(&L);
+    cudaFree(dY); cudaFree(dEX); cudaFree(dG);
+    return r;
+}
+
+static void test_telemetry(void) {
+    const int b = 94, m = 448, n = 160;   // 94 tokens: level 2 pads to 96 (the rotated E_Y ratio counts 96 rows)
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+    float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+    for (int t = 0; t < b; t++) for (int c = 0; c < 4; c++) X[(long)t * m + (c * 97 + 3) % m] *= 50;
+    for (int r = 0; r < 3; r++) for (int j = 0; j < n; j++) EY[(long)((r * 31 + 5) % b) * n + j] *= 50;
+    float *R = t_rand_vec(&rng, (size_t)b * n, 1.0), *E0 = t_rand_vec(&rng, (size_t)b * m, 1e-3);
+    halo_bf16 *dX = dev_bf16(X, (size_t)b * m), *dW = dev_bf16(W, (size_t)n * m), *dE = dev_bf16(EY, (size_t)b * n);
+    printf("| telemetry (%%: GPU / CPU) | errY | errEX | errG | X max/rms | W max/rms | EY max/rms |\n");
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 0; lvl < 3; lvl++) {
+            const char *pn = prec == HALO_PREC_INT8 ? "int8" : "fp8";
+            halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
+            cfg.telemetry = 1;
+            halo_linear C;
+            halo_linear_init(&C, &cfg, "tele");
+            float *Yc = malloc(4 * (size_t)b * n), *EXc = malloc(4 * (size_t)b * m), *Gc = calloc((size_t)n * m, 4);
+            if (halo_linear_forward(&C, X, W, Yc, b, m, n) || halo_linear_backward(&C, EY, W, EXc, Gc, b, m, n))
+                CHECK(0, "cpu telemetry layer: %s", halo_error());
+            tele_run on = tele_gpu(prec, lvl, 1, 0, b, m, n, dX, dW, dE, R, E0);
+            tele_run off = tele_gpu(prec, lvl, 0, 0, b, m, n, dX, dW, dE, R, E0);
+            tele_run res = tele_gpu(prec, lvl, 1, 1, b, m, n, dX, dW, dE, R, E0);
+            tele_run h16 = tele_gpu(prec, lvl, 1, 2, b, m, n, dX, dW, dE, R, E0);
+            const halo_linear_stats *g = &on.st, *c = &C.stats;
+            printf("| %s L%d | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.1f->%.1f / %.1f->%.1f | %.1f->%.1f / %.1f->%.1f | "
+                   "%.1f->%.1f / %.1f->%.1f |\n", pn, lvl, 100 * g->rel_err[0], 100 * c->rel_err[0], 100 * g->rel_err[1],
+                   100 * c->rel_err[1], 100 * g->rel_err[2], 100 * c->rel_err[2], g->outlier[0][0], g->outlier_rot[0][0],
+                   c->outlier[0][0], c->outlier_rot[0][0], g->outlier[0][1], g->outlier_rot[0][1], c->outlier[0][1],
+                   c->outlier_rot[0][1], g->outlier[1][0], g->outlier_rot[1][0], c->outlier[1][0], c->outlier_rot[1][0]);
+            char det[64];
+            double e_err = 0, e_out = 0, e_form = 0, e_h16 = 0;
+            for (int p = 0; p < 3; p++) {
+                CHECK(g->calls[p] == 1, "%s L%d: product %d measured %ld times", pn, lvl, p, g->calls[p]);
+                e_err = fmax(e_err, fabs(g->rel_err[p] - c->rel_err[p]) / c->rel_err[p]);
+                e_form = fmax(e_form, fabs(res.st.rel_err[p] - g->rel_err[p]) / g->rel_err[p]);
+                for (int o = 0; o < 2; o++) {
+                    e_out = fmax(e_out, fabs(g->outlier[p][o] - c->outlier[p][o]) / c->outlier[p][o]);
+                    e_out = fmax(e_out, fabs(g->outlier_rot[p][o] - c->outlier_rot[p][o]) / c->outlier_rot[p][o]);
+                }
+            }
+            for (int p = 0; p < 2; p++) {   // bf16 Y and E_X: the fp32 output's error plus bf16 rounding at most
+                const double lo = 0.95 * g->rel_err[p], hi = sqrt(g->rel_err[p] * g->rel_err[p] + 9e-6) + 1e-5;
+                const double v = h16.st.rel_err[p];
+                e_h16 = fmax(e_h16, v < lo ? (lo - v) / lo : v > hi ? (v - hi) / hi : 0);
+            }
+            snprintf(det, sizeof det, "%s L%d rel errors", pn, lvl); row("telemetry GPU vs CPU", det, e_err, 1e-3, 0, 0);
+            snprintf(det, sizeof det, "%s L%d outlier ratios", pn, lvl); row("telemetry GPU vs CPU", det, e_out, 1e-4, 0, 0);
+            snprintf(det, sizeof det, "%s L%d residual/+=/set", pn, lvl); row("telemetry forms vs plain", det, e_form, 1e-3, 0, 0);
+            snprintf(det, sizeof det, "%s L%d bf16 outputs", pn, lvl); row("telemetry forms vs plain", det, e_h16, 0, 0, 0);
+            const int same = !memcmp(on.Y, off.Y, 4 * (size_t)b * n) && !memcmp(on.EX, off.EX, 4 * (size_t)b * m) &&
+                             !memcmp(on.G, off.G, 4 * (size_t)n * m);
+            snprintf(det, sizeof det, "%s L%d Y/E_X/G bits", pn, lvl); row("telemetry on vs off", det, same ? 0 : 1, 0, 0, 0);
+            free(on.Y); free(on.EX); free(on.G); free(off.Y); free(off.EX); free(off.G);
+            free(res.Y); free(res.EX); free(res.G); free(h16.Y); free(h16.EX); free(h16.G);
+            free(Yc); free(EXc); free(Gc);
+            halo_linear_free(&C);
+        }
+    free(X); free(W); free(EY); free(R); free(E0);
+    cudaFree(dX); cudaFree(dW); cudaFree(dE);
+}
 #endif
 
 int main(void) {
@@ -913,6 +1016,7 @@ int main(void) {
     test_shared_x();
     test_colrot();
     test_outliers();
+    test_telemetry();
     halo_cuda_gemm_shutdown();
     TEST_END();
 #endif

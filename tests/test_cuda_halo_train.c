@@ -8,6 +8,7 @@
 //    BF16): loss curves every 25 steps, the final GPU loss within a few percent of the CPU's and well below the first.
 // Skips without a GPU (`--cpu-only` runs the CPU side of part 3 alone, for calibration).
 //   test_cuda_halo_train [--steps N (200)] [--cpu-budget SECONDS (40; the CPU runs stop there)] [--cpu-only]
+#include <cjson/cJSON.h>
 #include <omp.h>
 #include "test.h"
 #ifdef HALO_CUDA
@@ -143,6 +144,96 @@ static void model_grads_cpu(llama_model *m, const halo_batch *b, const model_hal
     llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
 }
 
+// ---- telemetry in the model: the GPU model's table vs the CPU model's ----
+typedef struct { char name[160]; long calls[3]; double err[3], out[3][2][2]; } tele_row;   // out[p][a/b][before/after]
+static int read_tele(FILE *f, tele_row *rows, int cap) {
+    rewind(f);
+    char line[8192];
+    int n = 0;
+    while (n < cap && fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line), *L = cJSON_GetObjectItem(j, "layer");
+        if (!L) { cJSON_Delete(j); continue; }
+        tele_row *r = &rows[n++];
+        snprintf(r->name, sizeof r->name, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(L, "layer")));
+        static const char *pn[3] = {"Y", "EX", "G"};
+        for (int p = 0; p < 3; p++) {
+            cJSON *P = cJSON_GetObjectItem(L, pn[p]);
+            cJSON *e = cJSON_GetObjectItem(P, "rel_err");
+            r->calls[p] = (long)cJSON_GetNumberValue(cJSON_GetObjectItem(P, "calls"));
+            r->err[p] = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+            for (int o = 0; o < 2; o++) {
+                cJSON *a = cJSON_GetObjectItem(P, o ? "outlier_b" : "outlier_a");
+                for (int k = 0; k < 2; k++) {
+                    cJSON *v = cJSON_GetArrayItem(a, k);
+                    r->out[p][o][k] = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+                }
+            }
+        }
+        cJSON_Delete(j);
+    }
+    return n;
+}
+
+// One forward/backward with telemetry on, GPU (recompute 0 or 1) and CPU, same weights and batch. The GPU's operands
+// are bf16 activations (the CPU's fp32) and its Y / E_X outputs partly bf16, so the errors agree statistically, not
+// bit for bit: every layer measured all three products on both, errors within a factor 1.5 of the CPU's (a wrong row,
+// a missing snapshot or a stale X give errors of order 100%), outlier ratios within 5%. The GPU's loss and gradients
+// with telemetry on equal those with it off (within the run-to-run atomics, 2e-3).
+static void test_model_telemetry(llama_model *m, const halo_batch *b, const model_halo_config *hc, int recompute,
+                                 const char *what, const float *grads_off, float loss_off) {
+    FILE *fg = tmpfile(), *fc = tmpfile();
+    if (!fg || !fc) { CHECK(0, "tmpfile"); return; }
+    llama_cuda_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_B = b->B; o.max_T = b->T; o.recompute = recompute; o.halo = *hc;
+    llama_cuda *g;
+    if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); return; }
+    llama_cuda_halo_telemetry(g, 1);
+    llama_cuda_zero_grads(g);
+    llama_cuda_forward_backward(g, b, 1.0f);
+    const float lg = llama_cuda_last_loss(g);
+    printf("   GPU telemetry, %s, recompute %d:\n", what, recompute);
+    llama_cuda_halo_telemetry_report(g, stdout, fg, 1);
+    float *gg = malloc(4 * m->n_params);
+    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
+    memcpy(gg, m->grads, 4 * m->n_params);
+    llama_cuda_free(g);
+    row("telemetry on vs off: loss", what, fabs(lg - loss_off) / loss_off, 1e-6);
+    row("telemetry on vs off: grads", what, rel_l2_f(gg, grads_off, m->n_params), 2e-3);
+    free(gg);
+    CHECK(llama_set_halo(m, hc) == HALO_OK, "%s", halo_error());
+    llama_halo_telemetry(m, 1);
+    llama_alloc_grads(m);
+    llama_zero_grads(m);
+    llama_forward(m, b, NULL);
+    llama_backward(m, b, 1.0f);
+    llama_halo_write_telemetry(m, fc, 1);
+    llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
+    enum { CAP = 256 };
+    tele_row *rg = calloc(CAP, sizeof *rg), *rc = calloc(CAP, sizeof *rc);
+    const int ng = read_tele(fg, rg, CAP), nc = read_tele(fc, rc, CAP);
+    CHECK(ng == nc && ng > 0, "telemetry lines: GPU %d, CPU %d", ng, nc);
+    double worst_err = 0, worst_out = 0;
+    int missing = 0;
+    for (int i = 0; i < ng && i < nc; i++) {
+        CHECK(!strcmp(rg[i].name, rc[i].name), "telemetry layer %d: GPU %s, CPU %s", i, rg[i].name, rc[i].name);
+        for (int p = 0; p < 3; p++) {
+            if (rg[i].calls[p] < 1 || isnan(rg[i].err[p]) || isnan(rc[i].err[p])) { missing++; continue; }
+            worst_err = fmax(worst_err, fabs(log(rg[i].err[p] / rc[i].err[p])));
+            for (int a = 0; a < 2; a++)
+                for (int k = 0; k < 2; k++)
+                    worst_out = fmax(worst_out, fabs(rg[i].out[p][a][k] - rc[i].out[p][a][k]) / rc[i].out[p][a][k]);
+        }
+    }
+    char det[96];
+    snprintf(det, sizeof det, "%s, rec %d (%d layers)", what, recompute, ng);
+    row("telemetry: products not measured", det, missing, 0);
+    row("telemetry: |log(err GPU / err CPU)|", det, worst_err, log(1.5));
+    row("telemetry: outlier ratios GPU vs CPU", det, worst_out, 0.05);
+    free(rg); free(rc);
+    fclose(fg); fclose(fc);
+}
+
 // per-tensor relative L2 errors of a vs ref
 static void tensor_errs(const llama_model *m, const float *a, const float *ref, double *e) {
     for (int i = 0; i < m->n_table; i++)
@@ -210,6 +301,10 @@ static void test_small_model(void) {
         row("random model: worst tensor GPU vs CPU", cfgs[k].what, worst, worst_bound);
         printf("   worst tensor %s; CPU HALO vs fp32 CPU: loss rel %.2e, all grads %.3g\n", wn, fabs(lc - l32) / l32,
                rel_l2_f(gc, g32, P));
+        if (k == 0 || k == 2 || k == 3) {   // telemetry, stored and recomputed layers
+            test_model_telemetry(&m, &b, &hc, 0, cfgs[k].what, gg, lg);
+            if (k == 0) test_model_telemetry(&m, &b, &hc, 1, cfgs[k].what, gg, lg);
+        }
         if (k == 0) {   // recomputation re-quantizes the same values: the same codes, the same gradients
             memcpy(gstore, gg, 4 * P);
             for (int rcm = 1; rcm <= 2; rcm++) {

@@ -169,10 +169,6 @@ int cmd_finetune(int argc, char **argv) {
     if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
-    if (use_cuda && co.telemetry_every > 0) {
-        halo_fail("--halo-telemetry is not supported with --device cuda (the GPU HALO layers do not measure errors)");
-        goto bad;
-    }
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
@@ -232,7 +228,7 @@ int cmd_finetune(int argc, char **argv) {
         double t_begin = halo_now();
         while (t.step < o.steps && rc == HALO_OK) {
             int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
-            if (measure) llama_halo_telemetry(&m, 1);
+            if (measure) trainer_halo_telemetry(&t, 1);
             train_step_info si;
             rc = trainer_step(&t, &si);
             const char *qerr = llama_halo_take_error(&m);
@@ -241,10 +237,9 @@ int cmd_finetune(int argc, char **argv) {
             trainer_log_step(&t, &si);
             trainer_log_metrics(&t, &si);
             if (measure) {
-                llama_halo_telemetry(&m, 0);
+                trainer_halo_telemetry(&t, 0);
                 printf("quantization telemetry after step %d:\n", t.step);
-                llama_halo_print_telemetry(&m, stdout);
-                llama_halo_write_telemetry(&m, t.metrics, t.step);
+                trainer_halo_telemetry_report(&t, stdout);
             }
             if (rc == HALO_OK && o.eval_every > 0 && t.step % o.eval_every == 0 && t.step < o.steps) rc = trainer_evaluate(&t);
             if (rc == HALO_OK && o.ckpt_dir && o.ckpt_every > 0 && t.step % o.ckpt_every == 0) rc = trainer_save(&t, NULL);

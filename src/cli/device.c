@@ -26,8 +26,7 @@ int cli_device_auto(const halo_common_opts *co, const char *verb) {
 #ifdef HALO_CUDA
     if (cuda_device_count() <= 0) return 0;
     const char *why = NULL;
-    if (co && co->telemetry_every > 0) why = "--halo-telemetry is CPU-only";
-    else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
+    if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
     if (!why) return 1;
     fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU (--device cuda to insist)\n", verb, why);
     return 0;

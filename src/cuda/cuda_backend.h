@@ -5,6 +5,7 @@
 #define HALO_CUDA_BACKEND_H
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <cuda_runtime_api.h>
 
 #ifdef __cplusplus
@@ -180,6 +181,13 @@ double llama_cuda_grad_norm(llama_cuda *g);
 // Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table).
 int llama_cuda_copy_params(llama_cuda *g, llama_model *host);
 int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
+
+// Quantization telemetry of the HALO layers (as llama_halo_telemetry on the CPU): measured during the following steps
+// while on (down's input is then recomputed for its G reference); report reads every layer's statistics (one
+// synchronization each), prints the table to `table` and writes one {"type":"quant",...} line per layer to
+// `metrics` (either may be NULL). Nothing happens without HALO layers.
+void llama_cuda_halo_telemetry(llama_cuda *g, int on);
+void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
 // Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints
 // the mean device time per step by operation (attention, products, norms, ...). Turning it on resets the sums.

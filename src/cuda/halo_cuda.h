@@ -11,6 +11,7 @@
 extern "C" {
 #endif
 #include "cuda/cuda_backend.h"
+#include "halo/halo_linear.h"
 
 // ---- Hadamard plan on the device (halo_hadamard_kernels.cu) ----
 // H_d = blockdiag(H_K (x) H_P) / sqrt(block), as halo_hadamard_plan builds it; the order-K base matrix is the CPU's.
@@ -168,6 +169,10 @@ typedef struct halo_cuda_linear {
                               // E_X, 6 alpha G, 8 (int) non-finite flag
     halo_cuda_ws own;         // scratch when no shared one is set
     halo_cuda_ws *shared;     // shared scratch (not owned), or NULL
+    const void *w_in;         // the W pointer of the last forward (telemetry's E_X reference)
+    struct halo_cuda_tele *tele;   // telemetry state (halo_telemetry.cu), NULL until first switched on
+    int tele_on;
+    const float *tele_snap, *tele_snap_g;   // telemetry: snapshots of the rows a call adds into
     char note[256];
 } halo_cuda_linear;
 
@@ -219,6 +224,24 @@ void halo_cuda_rot_once(int on);
 // (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
 // the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
+// Quantization telemetry, as the CPU layer's cfg.telemetry (halo_telemetry.cu): while on, every forward and backward
+// also measures each product's relative error on sampled rows (vs the fp32 product of its bf16 operands) and the
+// outlier ratios max|x| / rms(x) of X, W, E_Y before and after rotation. The G error needs the forward's X unchanged
+// at backward time. Off (the default): one branch per call, nothing launched.
+void halo_cuda_linear_telemetry(halo_cuda_linear *L, int on);
+// The statistics of the last measured calls, in the CPU's struct (NAN = not measured). Synchronizes with the device.
+int halo_cuda_linear_telemetry_read(halo_cuda_linear *L, halo_linear_stats *st);
+// Hooks of the layer's calls (internal: halo_linear_cuda.cu calls them while tele_on).
+typedef struct halo_cuda_tele halo_cuda_tele;
+void halo_cuda_tele_free(halo_cuda_linear *L);
+void halo_cuda_tele_fwd_begin(halo_cuda_linear *L, const float *R, long ldy, int b, int n, cudaStream_t s);
+void halo_cuda_tele_fwd_end(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, const void *Y, int y_f32,
+                            long ldy, int b, int m, int n, cudaStream_t s);
+void halo_cuda_tele_bwd_begin(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, const void *EX, int ex_add,
+                              const float *G, int g_acc, int b, int m, int n, cudaStream_t s);
+void halo_cuda_tele_bwd_end(halo_cuda_linear *L, const void *EX, int ex_f32, const float *G, int b, int m, int n,
+                            cudaStream_t s);
+
 // ---- per-launch profiling of the layer (bench_cuda_halo --breakdown). Off by default: then each launch costs one
 // branch. While on, every kernel / product launched by halo_cuda_linear_forward*/backward* is bracketed by CUDA events.
 typedef struct halo_cuda_prof_rec {

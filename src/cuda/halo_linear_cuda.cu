@@ -108,6 +108,7 @@ extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
     if (L->qw) cudaFree(L->qw);
     if (L->dev) cudaFree(L->dev);
     halo_cuda_ws_free(&L->own);
+    halo_cuda_tele_free(L);
     memset(L, 0, sizeof *L);
 }
 
@@ -297,9 +298,8 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
     return halo_cuda_linear_forward_flags(L, X, W, Y, y_f32, ldy, R, 0, b, m, n, s);
 }
 
-extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
-                                              int y_f32, long ldy, const float *R, int flags, int b, int m, int n,
-                                              cudaStream_t s) {
+static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, long ldy,
+                        const float *R, int flags, int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     if (ldy < n) return halo_fail("%s: output stride %ld < out_features %d", L->name, ldy, n);
     if (R && !y_f32) return halo_fail("%s: a residual input needs an fp32 output", L->name);
@@ -322,6 +322,7 @@ extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf
     const int borrow = xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
                        xs->level == L->level && (!t0 || ws_of((halo_cuda_linear *)xs)->xrow_gen == xs->xgen);
     L->x_in = X;
+    L->w_in = W;
     if (mp != m || np != n) {
         PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw_row, 0, (size_t)np * mp, s)));
         if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
@@ -371,13 +372,25 @@ extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf
     return HALO_OK;
 }
 
+extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
+                                              int y_f32, long ldy, const float *R, int flags, int b, int m, int n,
+                                              cudaStream_t s) {
+    if (!L->tele_on) return forward_body(L, X, W, Y, y_f32, ldy, R, flags, b, m, n, s);
+    // telemetry: the residual's sampled rows before the product adds into them, the errors after
+    const int ok = b > 0 && n > 0 && ldy >= n && (!R || y_f32);
+    if (ok) halo_cuda_tele_fwd_begin(L, R, ldy, b, n, s);
+    const int rc = forward_body(L, X, W, Y, y_f32, ldy, R, flags, b, m, n, s);
+    if (rc == HALO_OK) halo_cuda_tele_fwd_end(L, X, W, Y, y_f32, ldy, b, m, n, s);
+    return rc;
+}
+
 extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                         int y_f32, int b, int m, int n, cudaStream_t s) {
     return halo_cuda_linear_forward_ex(L, X, W, Y, y_f32, n, NULL, b, m, n, s);
 }
 
-extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX,
-                                               int ex_f32, float *G, int flags, int b, int m, int n, cudaStream_t s) {
+static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G, int flags,
+                         int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
@@ -508,6 +521,19 @@ extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_b
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
+}
+
+extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX,
+                                               int ex_f32, float *G, int flags, int b, int m, int n, cudaStream_t s) {
+    if (!L->tele_on) return backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, s);
+    // telemetry: the references (they read E_Y, W and the forward's X before E_X may overwrite X's buffer) and
+    // snapshots of the rows the products add into, then the errors after
+    const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
+    const int ok = L->have_fwd && b == L->b && m == L->m && n == L->n && ldey >= n && !(ex_add && !ex_f32);
+    if (ok) halo_cuda_tele_bwd_begin(L, EY, ldey, EX, ex_add, G, g_acc, b, m, n, s);
+    const int rc = backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, s);
+    if (rc == HALO_OK) halo_cuda_tele_bwd_end(L, EX, ex_f32, G, b, m, n, s);
+    return rc;
 }
 
 extern "C" int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,

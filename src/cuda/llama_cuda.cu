@@ -102,6 +102,7 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
+    int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -424,6 +425,31 @@ static int halo_setup(llama_cuda *g) {
     return HALO_OK;
 }
 
+extern "C" void llama_cuda_halo_telemetry(llama_cuda *g, int on) {
+    if (!g->hon) return;
+    g->tele = on;
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->hon[i]) halo_cuda_linear_telemetry(&g->hl[i], on);
+}
+
+extern "C" void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step) {
+    if (!g->hon) return;
+    if (table) halo_stats_print_header(table);
+    char buf[4096];
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++) {
+        if (!g->hon[i]) continue;
+        halo_cuda_linear *L = &g->hl[i];
+        halo_linear_stats st;
+        halo_cuda_linear_telemetry_read(L, &st);
+        if (table) halo_stats_print_row(table, L->name, (halo_precision)L->prec, L->level, &st);
+        if (metrics) {
+            halo_stats_json(L->name, (halo_precision)L->prec, L->level, &st, buf, sizeof buf);
+            fprintf(metrics, "{\"type\":\"quant\",\"step\":%d,\"layer\":%s}\n", step, buf);
+        }
+    }
+    if (metrics) fflush(metrics);
+}
+
 static void halo_teardown(llama_cuda *g) {
     if (g->hon)
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
@@ -707,7 +733,8 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
-    if (!hl_of(g, l, LIN_DOWN))   // down's input, for its BF16 weight gradient (HALO kept its codes)
+    // down's input, for its BF16 weight gradient (HALO kept its codes; telemetry's G reference needs it too)
+    if (!hl_of(g, l, LIN_DOWN) || g->tele)
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));

@@ -430,26 +430,26 @@ static int jnum(char *buf, size_t cap, double v) {
     return snprintf(buf, cap, "%.6g", v);
 }
 
-int halo_linear_stats_json(const halo_linear *L, char *buf, size_t cap) {
+int halo_stats_json(const char *name, halo_precision prec, int level, const halo_linear_stats *s, char *buf, size_t cap) {
     static const char *pname[3] = {"Y", "EX", "G"};
     size_t k = 0;
     char tmp[64];
 #define PUT(...) do { int _w = snprintf(buf ? buf + (k < cap ? k : cap) : NULL, k < cap ? cap - k : 0, __VA_ARGS__); \
     if (_w > 0) k += (size_t)_w; } while (0)
     PUT("{\"layer\":\"");
-    for (const char *p = L->name; *p; p++) {
+    for (const char *p = name; *p; p++) {
         if (*p == '"' || *p == '\\') PUT("\\%c", *p);
         else if ((unsigned char)*p < 0x20) PUT("\\u%04x", (unsigned char)*p);
         else PUT("%c", *p);
     }
-    PUT("\",\"prec\":\"%s\",\"level\":%d", halo_precision_name(L->cfg.prec), L->cfg.level);
+    PUT("\",\"prec\":\"%s\",\"level\":%d", halo_precision_name(prec), level);
     for (int p = 0; p < 3; p++) {
-        PUT(",\"%s\":{\"calls\":%ld,\"rel_err\":", pname[p], L->stats.calls[p]);
-        jnum(tmp, sizeof tmp, L->stats.rel_err[p]); PUT("%s", tmp);
+        PUT(",\"%s\":{\"calls\":%ld,\"rel_err\":", pname[p], s->calls[p]);
+        jnum(tmp, sizeof tmp, s->rel_err[p]); PUT("%s", tmp);
         for (int o = 0; o < 2; o++) {
             PUT(",\"outlier_%c\":[", o ? 'b' : 'a');
-            jnum(tmp, sizeof tmp, L->stats.outlier[p][o]); PUT("%s,", tmp);
-            jnum(tmp, sizeof tmp, L->stats.outlier_rot[p][o]); PUT("%s]", tmp);
+            jnum(tmp, sizeof tmp, s->outlier[p][o]); PUT("%s,", tmp);
+            jnum(tmp, sizeof tmp, s->outlier_rot[p][o]); PUT("%s]", tmp);
         }
         PUT("}");
     }
@@ -458,28 +458,36 @@ int halo_linear_stats_json(const halo_linear *L, char *buf, size_t cap) {
     return (int)k;
 }
 
-void halo_linear_print_table(FILE *f, halo_linear *const *layers, int count) {
+int halo_linear_stats_json(const halo_linear *L, char *buf, size_t cap) {
+    return halo_stats_json(L->name, L->cfg.prec, L->cfg.level, &L->stats, buf, cap);
+}
+
+void halo_stats_print_header(FILE *f) {
     fprintf(f, "%-36s %-4s %1s %8s %8s %8s  %-13s %-13s %-13s\n", "layer", "prec", "L", "errY%", "errEX%", "errG%",
             "X max/rms", "W max/rms", "EY max/rms");
-    for (int i = 0; i < count; i++) {
-        const halo_linear *L = layers[i];
-        const halo_linear_stats *s = &L->stats;
-        char e[3][16], o[3][24];
-        for (int p = 0; p < 3; p++) {
-            if (isnan(s->rel_err[p])) snprintf(e[p], sizeof e[p], "-");
-            else snprintf(e[p], sizeof e[p], "%.3f", 100 * s->rel_err[p]);
-        }
-        // X: Y product operand a; W: Y product operand b; EY: E_X product operand a.
-        const double pairs[3][2] = {{s->outlier[0][0], s->outlier_rot[0][0]}, {s->outlier[0][1], s->outlier_rot[0][1]},
-                                    {s->outlier[1][0], s->outlier_rot[1][0]}};
-        for (int p = 0; p < 3; p++) {
-            if (isnan(pairs[p][0])) snprintf(o[p], sizeof o[p], "-");
-            else snprintf(o[p], sizeof o[p], "%.1f->%.1f", pairs[p][0], pairs[p][1]);
-        }
-        const char *nm = L->name;
-        size_t ln = strlen(nm);
-        if (ln > 36) nm += ln - 36;
-        fprintf(f, "%-36s %-4s %1d %8s %8s %8s  %-13s %-13s %-13s\n", nm, halo_precision_name(L->cfg.prec),
-                L->cfg.level, e[0], e[1], e[2], o[0], o[1], o[2]);
+}
+
+void halo_stats_print_row(FILE *f, const char *name, halo_precision prec, int level, const halo_linear_stats *s) {
+    char e[3][16], o[3][24];
+    for (int p = 0; p < 3; p++) {
+        if (isnan(s->rel_err[p])) snprintf(e[p], sizeof e[p], "-");
+        else snprintf(e[p], sizeof e[p], "%.3f", 100 * s->rel_err[p]);
     }
+    // X: Y product operand a; W: Y product operand b; EY: E_X product operand a.
+    const double pairs[3][2] = {{s->outlier[0][0], s->outlier_rot[0][0]}, {s->outlier[0][1], s->outlier_rot[0][1]},
+                                {s->outlier[1][0], s->outlier_rot[1][0]}};
+    for (int p = 0; p < 3; p++) {
+        if (isnan(pairs[p][0])) snprintf(o[p], sizeof o[p], "-");
+        else snprintf(o[p], sizeof o[p], "%.1f->%.1f", pairs[p][0], pairs[p][1]);
+    }
+    size_t ln = strlen(name);
+    if (ln > 36) name += ln - 36;
+    fprintf(f, "%-36s %-4s %1d %8s %8s %8s  %-13s %-13s %-13s\n", name, halo_precision_name(prec), level, e[0], e[1],
+            e[2], o[0], o[1], o[2]);
+}
+
+void halo_linear_print_table(FILE *f, halo_linear *const *layers, int count) {
+    halo_stats_print_header(f);
+    for (int i = 0; i < count; i++) halo_stats_print_row(f, layers[i]->name, layers[i]->cfg.prec, layers[i]->cfg.level,
+                                                         &layers[i]->stats);
 }

@@ -93,5 +93,10 @@ const char *halo_precision_name(halo_precision p);
 int halo_linear_stats_json(const halo_linear *L, char *buf, size_t cap);
 // A compact table, one line per layer (rel. errors in %, outlier ratios before -> after rotation).
 void halo_linear_print_table(FILE *f, halo_linear *const *layers, int count);
+// The same JSON object and table lines from a layer's name, precision, level and stats (the GPU layers report
+// through these): the header line, then one row per layer.
+int halo_stats_json(const char *name, halo_precision prec, int level, const halo_linear_stats *s, char *buf, size_t cap);
+void halo_stats_print_header(FILE *f);
+void halo_stats_print_row(FILE *f, const char *name, halo_precision prec, int level, const halo_linear_stats *s);
 
 #endif

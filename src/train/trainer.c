@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include "io/safetensors.h"
+#include "model/linear.h"
 #include "train/checkpoint.h"
 #include "train/rng.h"
 #include "train/trainer.h"
@@ -104,6 +105,17 @@ const train_backend TRAIN_BACKEND_CPU = {
     .clip_grads = cpu_clip_grads, .optimizer_step = cpu_optimizer_step, .to_host = cpu_nothing,
     .from_host = cpu_nothing,
 };
+
+void trainer_halo_telemetry(trainer *t, int on) {
+    if (t->be.telemetry) t->be.telemetry(t, on);
+    else llama_halo_telemetry(t->model, on);
+}
+
+void trainer_halo_telemetry_report(trainer *t, FILE *table) {
+    if (t->be.telemetry_report) { t->be.telemetry_report(t, table); return; }
+    if (table) llama_halo_print_telemetry(t->model, table);
+    llama_halo_write_telemetry(t->model, t->metrics, t->step);
+}
 
 // ---- setup -----------------------------------------------------------------------------------------------------
 

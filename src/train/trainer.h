@@ -75,6 +75,10 @@ typedef struct {
     // Copies the optimizer's moments into t->opt before a checkpoint (NULL: t->opt is already current). Apart from
     // to_host because evaluations need only the weights.
     int (*opt_to_host)(struct trainer *t);
+    // HALO quantization telemetry on the backend's own layers (NULL: the host model's, llama_halo_telemetry):
+    // switch measuring on/off for the following steps; print the table to `table` and the metrics file's lines.
+    void (*telemetry)(struct trainer *t, int on);
+    void (*telemetry_report)(struct trainer *t, FILE *table);
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 
@@ -118,6 +122,10 @@ void trainer_set_app_meta(trainer *t, const char *json);
 int trainer_resume(trainer *t, const char *ckpt_path);
 // One optimizer step (grad_accum micro-batches). Fills *info when not NULL.
 int trainer_step(trainer *t, train_step_info *info);
+// Quantization telemetry of the model's HALO layers, on whichever device the steps run: measure during the following
+// steps (on) or not; report prints the last measured step's table to `table` and writes one metrics line per layer.
+void trainer_halo_telemetry(trainer *t, int on);
+void trainer_halo_telemetry_report(trainer *t, FILE *table);
 // Runs to o.steps with logging, metrics, evaluation and checkpoints.
 int trainer_run(trainer *t);
 // Writes a checkpoint now (to `path`, or to ckpt_dir/step_NNNNNNNN.safetensors when path is NULL).
