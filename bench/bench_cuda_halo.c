@@ -5,11 +5,12 @@
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-transposes] [--rot-twice]
+//                               [--l2-transposes] [--rot-twice] [--token-block N]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
 //    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
 //    back instead of the column kernels, halo_cuda_l2_colrot(0); --rot-twice: rotated quantizations rotate in both
-//    passes instead of once into scratch, halo_cuda_rot_once(0); both for an A/B)
+//    passes instead of once into scratch, halo_cuda_rot_once(0); both for an A/B; --token-block N: level 2's token
+//    Hadamard block-diagonal in blocks of N tokens, halo_cuda_linear_token_block, the --halo-token-block option)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "util/error.h"
 
 enum { NSETS = 3 };
+static int g_token_block;   // --token-block
 
 
 // Median ms of reps runs of body(r) (r = repetition index, for rotating inputs), after 3 warm-up runs.
@@ -59,6 +61,7 @@ static void breakdown(const char *shape, int prec, int lvl, int b, int m, int n,
                       void *Y, void *EX, float *G, int reps) {
     halo_cuda_linear L;
     if (halo_cuda_linear_init(&L, prec, lvl, shape)) { fprintf(stderr, "%s\n", halo_error()); exit(1); }
+    halo_cuda_linear_token_block(&L, g_token_block);
     static float t[256][BD_MAX];
     halo_cuda_prof_rec rec[BD_MAX];
     int nrec = 0, fail = 0;
@@ -113,9 +116,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
         else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
+        else if (!strcmp(argv[i], "--token-block") && i + 1 < argc) g_token_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--rows-threads N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--rows-threads N] [--token-block N]\n");
             return 0;
         }
     }
@@ -123,6 +127,7 @@ int main(int argc, char **argv) {
     halo_cuda_l2_colrot(colrot);   // explicit either way, so HALO_CUDA_L2_COLROT in the environment does not decide
     printf("level 2 token rotations of E_Y and E_X: %s\n",
            colrot ? "column kernels" : "transpose, rows, transpose (--l2-transposes)");
+    if (g_token_block) printf("level 2 token Hadamard: block-diagonal, blocks of %d tokens (--token-block)\n", g_token_block);
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
     struct { const char *name; int n, m; } shapes[] = {
         {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};
@@ -190,6 +195,7 @@ int main(int argc, char **argv) {
             for (int lvl = 0; lvl < 3; lvl++) {
                 halo_cuda_linear L;
                 if (halo_cuda_linear_init(&L, prec, lvl, shapes[si].name)) { fprintf(stderr, "%s\n", halo_error()); return 1; }
+                halo_cuda_linear_token_block(&L, g_token_block);
                 int fail = 0;
                 double t;
                 TIME_MS(reps, t, {

@@ -23,6 +23,7 @@ print("| model | layers | config | step ms | tokens/s | memory GiB (own / device
 print("|---|---|---|---|---|---|---|---|")
 for key, j in rows:
     cfg = [j["precision"] + ("" if j["precision"] == "bf16" else f" L{j['halo_level']}")]
+    if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
     if j.get("bf16_grads"): cfg.append("bf16 grads")
     if j.get("recompute_norms"): cfg.append("norm recompute")

@@ -51,6 +51,8 @@ keep b1f0.log "ms  |^\| " 60
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
+trainbench "bench 1B HALO int8 L2 token block 64" b1i2tb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --halo-breakdown
+keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
@@ -58,6 +60,9 @@ step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
 keep bench_halo_l2t.log "^\| .* [12] " 40
+step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
+keep bench_halo_tb.log "^\|" 40
+step "bench_cuda_halo --breakdown gate token block 64" bench_halo_bd_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --token-block 64
 step "bench_cuda_halo fp8 fast accumulation (HALO_FP8_FAST_ACCUM=1)" bench_halo_fast.log 60 env HALO_FP8_FAST_ACCUM=1 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo_fast.log "^\| .* fp8 " 40
 step "bench_cuda_halo --breakdown gate" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown

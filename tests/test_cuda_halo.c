@@ -426,6 +426,7 @@ static void test_gemm(void) {
 
 // ---- the linear layer --------------------------------------------------------------------------------------------
 typedef struct { double y, ex, g; } errs3;
+static int g_token_block;   // run_linear: level 2's token Hadamard block of both layers (0 = full)
 
 // Runs the GPU layer and the CPU layer on the same bf16-valued inputs; returns GPU-vs-CPU errors, and (when ref
 // pointers are given) both layers' errors vs float64 products.
@@ -436,7 +437,9 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
     float *dY = dev_poison(4 * (size_t)b * n), *dEX = dev_poison(4 * (size_t)b * m), *dG = dev_poison(4 * (size_t)n * m);
     cudaMemset(dG, 0, 4 * (size_t)n * m);
     halo_cuda_linear L;
-    if (halo_cuda_linear_init(&L, prec, lvl, "test") || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
+    int rc0 = halo_cuda_linear_init(&L, prec, lvl, "test");
+    halo_cuda_linear_token_block(&L, g_token_block);
+    if (rc0 || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
         halo_cuda_linear_backward(&L, dE, dEX, 1, dG, b, m, n, 0)) {
         CHECK(0, "gpu linear: %s", halo_error());
         return e;
@@ -446,6 +449,7 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
     cudaMemcpy(&nonfin, (int *)(L.dev + 8), 4, cudaMemcpyDeviceToHost);
     CHECK(nonfin == 0, "non-finite flag set on finite inputs");
     halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
+    cfg.had_block_b = g_token_block;
     halo_linear C;
     halo_linear_init(&C, &cfg, "test");
     float *Yc = malloc(4 * (size_t)b * n), *EXc = malloc(4 * (size_t)b * m), *Gc = calloc((size_t)n * m, 4);
@@ -516,6 +520,28 @@ static void test_linear(void) {
         snprintf(det, sizeof det, "%s L0 50x100x36 Y/E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8");
         row("GPU linear vs CPU halo_linear", det, fmax(e.y, fmax(e.ex, e.g)), 1e-3, 0, 0);
     }
+    free(X); free(W); free(EY);
+}
+
+// Level 2 with a block-diagonal token Hadamard (--halo-token-block): blocks of 4 .. 256 tokens over 300 tokens
+// (zero-padded to a multiple of the block; 256 takes the two-pass column kernels, the others one pass), GPU vs the CPU
+// layer with the same had_block_b: INT8 E_X to 1e-6 (the same codes and rotation order: equal bits expected), FP8 to
+// 1e-3 (cuBLASLt's accumulation order).
+static void test_token_block(void) {
+    const int b = 300, m = 448, n = 160;
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+    float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+    for (int r = 0; r < 3; r++) for (int j = 0; j < n; j++) EY[(long)((r * 97 + 11) % b) * n + j] *= 50;
+    const int blocks[4] = {4, 64, 128, 256};
+    for (int i = 0; i < 4; i++)
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
+            g_token_block = blocks[i];
+            errs3 e = run_linear(prec, 2, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+            char det[64];
+            snprintf(det, sizeof det, "%s L2 block %d Y/E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8", blocks[i]);
+            row("token-block GPU vs CPU", det, fmax(e.y, fmax(e.ex, e.g)), prec == HALO_PREC_INT8 ? 1e-6 : 1e-3, 0, 0);
+        }
+    g_token_block = 0;
     free(X); free(W); free(EY);
 }
 
@@ -619,7 +645,8 @@ static void test_shared_x(void) {
 // bit-identical (also when adding into fp32), nothing written past rows_out or cols. Then the level-2 layer with the switch on and off: E_X
 // (fp32 and bf16) and G bit-identical, the E_X column kernel launched exactly where H_b allows (b = 94 pads with
 // K = 12: the switch falls back to the row path).
-// EX: ex_f32 ? fp32 : bf16 [b][m] (malloc'ed bytes); *excol: 1 when the layer launched the E_X column kernel.
+// EX: ex_f32 ? fp32 : bf16 [b][m] (malloc'ed bytes); *excol: bit 0 when the layer launched the E_X column kernel, bit 1
+// when the first E_Y column kernel also wrote G's unrotated codes (no separate quantization of E_Y).
 static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, const float *W, const float *EY,
                       int ex_f32, void **EX, float **G, int *excol) {
     halo_bf16 *dX = t_dev_bf16(X, (size_t)b * m), *dW = t_dev_bf16(W, (size_t)n * m);
@@ -648,7 +675,10 @@ static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, 
     const int nrec = halo_cuda_prof_collect(rec, 512);
     if (*EX) {
         *excol = 0;
-        for (int i = 0; i < nrec; i++) *excol |= !strcmp(rec[i].name, "bwd H_b cols E_X");
+        for (int i = 0; i < nrec; i++) {
+            *excol |= !strcmp(rec[i].name, "bwd H_b cols E_X");
+            if (strstr(rec[i].name, "Q(E_Y)^T")) *excol |= 2;   // G's codes rode along the token rotation
+        }
     }
     halo_cuda_linear_free(&L);
     free(EYp);
@@ -770,8 +800,8 @@ static void test_colrot(void) {
         const size_t scb = halo_cuda_colrot_scratch(&hg, n);
         CHECK(scb == (bp > 128 ? 4 * (size_t)bp * n : 0), "colrot scratch %zu bytes for bp=%d n=%d", scb, bp, n);
         float *dsc = scb ? dev_poison(scb) : NULL;
-        halo_cuda_colrot_first(&hg, dx, ld, b, n, dsc, 0);
-        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), 0);
+        halo_cuda_colrot_first(&hg, dx, ld, b, n, dsc, NULL, 0);
+        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), NULL, 0);
         float am[2];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         char det[80];
@@ -808,8 +838,8 @@ static void test_colrot(void) {
     // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192, 512, 1024, 8192 with 192 rows of
     // padding; 94 -> 96 = 12 * 8 falls back); E_X in fp32 and in bf16
     const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160},
-                             {500, 100, 40, 40}, {1000, 128, 64, 64}, {8000, 64, 48, 48}};
-    for (int ci = 0; ci < 7; ci++) {
+                             {500, 100, 40, 40}, {1000, 128, 64, 64}, {8000, 64, 48, 48}, {120, 256, 96, 100}};
+    for (int ci = 0; ci < 8; ci++) {
         const int b = lcases[ci][0], m = lcases[ci][1], n = lcases[ci][2], ldey = lcases[ci][3];
         halo_hadamard hp;
         const int bp = halo_hadamard_pad_size(b, 172);
@@ -840,8 +870,9 @@ static void test_colrot(void) {
                 snprintf(det, sizeof det, "%s L2 %dx%dx%d ldey=%d E_X(%s)/G", prec == HALO_PREC_INT8 ? "int8" : "fp8",
                          b, m, n, ldey, ex_f32 ? "f32" : "bf16");
                 row("layer colrot on vs off", det, bits == 0 ? 0.0 : 1.0, 0, bits < 0 ? 1 : bits, 0);
-                CHECK(excol[0] == 0 && excol[1] == want_col, "%s: E_X column kernel launched off %d on %d, expected 0 %d",
-                      det, excol[0], excol[1], want_col);
+                CHECK(excol[0] == 0 && excol[1] == 3 * want_col,
+                      "%s: column kernels (bit 0 E_X, bit 1 fused G codes) off %d on %d, expected 0 %d", det, excol[0],
+                      excol[1], 3 * want_col);
                 for (int on = 0; on < 2; on++) { free(EX[on]); free(G[on]); }
             }
         free(X); free(W); free(EY);
@@ -1013,6 +1044,7 @@ int main(void) {
     test_vec_paths();
     test_gemm();
     test_linear();
+    test_token_block();
     test_shared_x();
     test_colrot();
     test_outliers();

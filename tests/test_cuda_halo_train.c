@@ -177,8 +177,10 @@ static int read_tele(FILE *f, tele_row *rows, int cap) {
 // One forward/backward with telemetry on, GPU (recompute 0 or 1) and CPU, same weights and batch. The GPU's operands
 // are bf16 activations (the CPU's fp32) and its Y / E_X outputs partly bf16, so the errors agree statistically, not
 // bit for bit: every layer measured all three products on both, errors within a factor 1.5 of the CPU's (a wrong row,
-// a missing snapshot or a stale X give errors of order 100%), outlier ratios within 5%. The GPU's loss and gradients
-// with telemetry on equal those with it off (within the run-to-run atomics, 2e-3).
+// a missing snapshot or a stale X give errors of order 100%), outlier ratios within 15% (max / rms of E_Y follows one
+// element of gradients that differ from the CPU's by 6-12% per tensor with FP8: 6.7% and 8.1% measured on an H200,
+// 2026-12-03; INT8 level 2 3.2%). The GPU's loss and gradients with telemetry on equal those with it off (within the
+// run-to-run atomics, 2e-3).
 static void test_model_telemetry(llama_model *m, const halo_batch *b, const model_halo_config *hc, int recompute,
                                  const char *what, const float *grads_off, float loss_off) {
     FILE *fg = tmpfile(), *fc = tmpfile();
@@ -229,7 +231,7 @@ static void test_model_telemetry(llama_model *m, const halo_batch *b, const mode
     snprintf(det, sizeof det, "%s, rec %d (%d layers)", what, recompute, ng);
     row("telemetry: products not measured", det, missing, 0);
     row("telemetry: |log(err GPU / err CPU)|", det, worst_err, log(1.5));
-    row("telemetry: outlier ratios GPU vs CPU", det, worst_out, 0.05);
+    row("telemetry: outlier ratios GPU vs CPU", det, worst_out, 0.15);
     free(rg); free(rc);
     fclose(fg); fclose(fc);
 }
@@ -274,11 +276,13 @@ static void test_small_model(void) {
         {HALO_PREC_FP8, 1, 0x7f, 0, "fp8 L1 all linears"},
         {HALO_PREC_FP8, 2, 0x7f, 0, "fp8 L2 all linears"},
         {HALO_PREC_INT8, 1, 0x47, 1, "int8 L1 q,k,v,down, skip 1"},
+        {HALO_PREC_INT8, 2, 0x7f, 0, "int8 L2 token blocks of 32"},
     };
     for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
         model_halo_config hc = model_halo_config_default();
         hc.prec = (halo_precision)cfgs[k].prec; hc.level = cfgs[k].level; hc.kinds = cfgs[k].kinds;
         hc.skip_first = cfgs[k].skip_first;
+        if (strstr(cfgs[k].what, "token blocks")) hc.had_block_b = 32;
         model_grads_cpu(&m, &b, &hc, &lc, gc);
         model_grads_gpu(&m, &b, &hc, 0, &lg, gg);
         tensor_errs(&m, gg, gc, eh);

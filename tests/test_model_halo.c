@@ -48,6 +48,21 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
             CHECK(llama_halo_take_error(m) == NULL, "no NaN/Inf reported");
             free(g);
         }
+    {   // level 2 with the token Hadamard in blocks of 8 tokens (48 tokens: 6 blocks): identity quantizers give fp32
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = HALO_PREC_INT8; hc.level = 2; hc.identity_quant = 1; hc.had_block_b = 8;
+        CHECK(llama_set_halo(m, &hc) == HALO_OK, "%s", halo_error());
+        run(m, &b, &l, &g);
+        char name[96];
+        snprintf(name, sizeof name, "%s identity-quant level 2 token blocks of 8 loss", what);
+        CHECK_REL(l, l_ref, 1e-5, name);
+        double e = rel_l2_f(g, g_ref, m->n_params);
+        CHECK(e < 1e-5, "%s gradients rel err %.3g", name, e);
+        free(g);
+        hc.had_block_b = 14;   // 7 * 2: no Hadamard matrix of order 7
+        CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "token Hadamard block 14"),
+              "unsupported token block refused: %s", halo_error());
+    }
     llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
     free(g_ref);
     halo_batch_free(&b);
@@ -56,15 +71,18 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
 static void test_config_json(void) {
     model_halo_config hc = model_halo_config_default(), back;
     hc.prec = HALO_PREC_FP8; hc.level = 1; hc.kinds = 0x15; hc.skip_first = 1; hc.skip_last = 2; hc.gran = HALO_GRAN_ROW;
-    hc.grad_e5m2 = 1; hc.stochastic = 1; hc.had_block = 64;
+    hc.grad_e5m2 = 1; hc.stochastic = 1; hc.had_block = 64; hc.had_block_b = 128;
     char *j = model_halo_config_to_json(&hc);
     CHECK(model_halo_config_from_json(j, "test", &back) == HALO_OK, "%s", halo_error());
     CHECK(back.prec == hc.prec && back.level == 1 && back.kinds == 0x15 && back.skip_first == 1 && back.skip_last == 2 &&
-          back.gran == HALO_GRAN_ROW && back.grad_e5m2 && back.stochastic && back.had_block == 64, "config JSON round trip: %s", j);
+          back.gran == HALO_GRAN_ROW && back.grad_e5m2 && back.stochastic && back.had_block == 64 &&
+          back.had_block_b == 128, "config JSON round trip: %s", j);
     free(j);
     CHECK(model_halo_config_from_json("{\"precision\":\"int4\"}", "x.json", &back) == HALO_ERR &&
           strstr(halo_error(), "int4") && strstr(halo_error(), "x.json"), "bad precision named");
     CHECK(model_halo_config_from_json("{\"level\":3}", "x.json", &back) == HALO_ERR, "bad level refused");
+    CHECK(model_halo_config_from_json("{\"hadamard_block_tokens\":-4}", "x.json", &back) == HALO_ERR &&
+          strstr(halo_error(), "hadamard_block_tokens"), "negative token block refused, key named");
 }
 
 int main(void) {

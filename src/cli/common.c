@@ -22,7 +22,8 @@ void halo_common_usage(void) {
            "  --precision fp32|bf16|int8|fp8 (fp32)  --halo-level 0|1|2 (int8: 2, fp8: 0 when not given)\n"
            "  --halo-linears all|q,k,v,o,gate,up,down   --halo-skip-first N  --halo-skip-last N (blocks kept in fp32)\n"
            "  --halo-scale tensor|row|block1x128|block128   --halo-grad-e5m2   --halo-stochastic\n"
-           "  --halo-hadamard-block N (block-diagonal rotation)   --halo-telemetry N (quantization errors every N steps)\n");
+           "  --halo-hadamard-block N (block-diagonal rotation)   --halo-telemetry N (quantization errors every N steps)\n"
+           "  --halo-token-block N (level 2: token rotation in blocks of N tokens, a power of two on the GPU; faster)\n");
 }
 
 int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
@@ -69,6 +70,11 @@ int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
     if ((v = cli_flag_value(argc, argv, i, "--halo-hadamard-block"))) {
         if (cli_parse_int("--halo-hadamard-block", v, &n) || n < 0) return -1;
         o->hc.had_block = (int)n; o->given = 1;
+        return 1;
+    }
+    if ((v = cli_flag_value(argc, argv, i, "--halo-token-block"))) {
+        if (cli_parse_int("--halo-token-block", v, &n) || n < 0) return -1;
+        o->hc.had_block_b = (int)n; o->given = 1;
         return 1;
     }
     if ((v = cli_flag_value(argc, argv, i, "--halo-telemetry"))) {

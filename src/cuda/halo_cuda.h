@@ -65,18 +65,32 @@ void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in,
                         float *amax, int *nonfinite, cudaStream_t s);
 // Level 2's token rotations in the matrices' own layout (no transposes), h: H_b over h->d >= rows tokens, the rows
 // past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Two tiled
-// passes when h->d > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a full K = 1 plan
-// with 2 <= d <= 32768 (else transpose and use the row kernels).
+// passes when h->block > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a K = 1 plan
+// (full, or block-diagonal with blocks of a power of two) with 2 <= block <= 32768 (else transpose and use the row
+// kernels).
 int halo_cuda_colrot_ok(const halo_cuda_had *h);
 // E_Y [rows][ld] bf16: the first pass into scratch (fp32 [h->d][cols], halo_cuda_colrot_scratch bytes, 0 for one
 // pass), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
 // *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as
 // quant_rows, zero codes for cols <= c < cols_pad.
+// tq (may be NULL): the first of these kernels that reads E_Y (colrot_first with two passes, else colrot_absmax) also
+// writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] / scale(*amax)) for t < rows (a multiple of 8;
+// zero codes for tokens past the input's rows), as halo_cuda_quant_tile's qt: G's operand, without its own read of
+// E_Y. Taken when halo_cuda_colrot_tq_ok (8-byte aligned q, ldq % 8 == 0, blocks of >= 8 tokens), else the caller
+// quantizes separately.
+typedef struct halo_cuda_colrot_tq {
+    uint8_t *q;
+    long ldq;
+    int rows, fmt;
+    const float *amax;
+} halo_cuda_colrot_tq;
+int halo_cuda_colrot_tq_ok(const halo_cuda_had *h, const halo_cuda_colrot_tq *tq);
 size_t halo_cuda_colrot_scratch(const halo_cuda_had *h, int cols);
 void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols, float *scratch,
-                            cudaStream_t s);
+                            const halo_cuda_colrot_tq *tq, cudaStream_t s);
 void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                             const float *scratch, float *amax, int *nonfinite, cudaStream_t s);
+                             const float *scratch, float *amax, int *nonfinite, const halo_cuda_colrot_tq *tq,
+                             cudaStream_t s);
 void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                             const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad,
                             cudaStream_t s);
@@ -158,6 +172,7 @@ typedef struct halo_cuda_linear {
     int b, m, n, have_fwd;
     halo_cuda_had hm, hb;     // H_m (levels 1, 2) and H_b (level 2, over hb_pad tokens)
     int hm_d, hb_b, hb_pad;
+    int hb_block;             // level 2: 0 = H_b over all (padded) tokens, else block-diagonal blocks of this many
     uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp] (level 0: [mp][b16], [mp][np])
     size_t cap_qx, cap_qw;
     const struct halo_cuda_linear *xsrc;   // halo_cuda_linear_share_x: the layer whose X codes this one reuses
@@ -185,6 +200,9 @@ void halo_cuda_linear_share_workspace(halo_cuda_linear *L, halo_cuda_ws *w);
 // forward, which must come first (q, k, v reading one normed input: k and v share q's codes). Same precision and
 // level required; the codes are the ones L would compute itself, so results are unchanged. NULL reverts.
 void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src);
+// Level 2's token Hadamard block-diagonal with blocks of bs tokens (the CPU layer's had_block_b; the token count is
+// zero-padded to a multiple of bs), 0 = over all tokens (default). GPU: bs a power of two (checked at the backward).
+void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs);
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
 void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.

@@ -1080,6 +1080,10 @@ struct tr_args {
     unsigned *amax_bits;    // AMAX: max |v| (atomic on the float bits)
     int *nonfinite;         // AMAX: |= 1 on NaN / Inf (may be NULL)
     const float *amax_q;    // QUANT: the tensor's amax
+    uint8_t *qt;            // bf16 input, hlo 1, S >= 8: also the unrotated codes of the input (scale from *amax_t),
+    long ldqt;              //   transposed: qt[c][t] for t < rows_qt (zero codes for rows <= t: zeros read)
+    int rows_qt;
+    const float *amax_t;
 };
 
 template <int R> __device__ __forceinline__ void tr_radix(float *v) {   // stages 1, 2, .. R/2 on v[0..R)
@@ -1142,6 +1146,25 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
         if (t < a.rows && ncol > 0) tr_ld4<TIN>(a.in, t * a.ld_in + col, a.vin && ncol >= 4, ncol, x);
         #pragma unroll
         for (int j = 0; j < 4; j++) v[j][k] = x[j];
+    }
+    if (TIN == HALO_CUDA_BF16 && V == 8 && a.qt) {
+        // the raw tile's own codes (G's unrotated Q(E_Y)^T): this thread's 8 consecutive tokens of each column are 8
+        // bytes of row col + j of qt
+        const long tb = t0 + (long)tr_tok<S, V>(w, 0, 0);
+        if (tb < a.rows_qt) {
+            const float qs0 = scale_of(*a.amax_t, qmax_of(a.fmt));
+            #pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j >= ncol) break;
+                unsigned lo = 0, hi = 0;
+                #pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    lo |= (unsigned)quant1(v[j][k], qs0, a.fmt) << 8 * k;
+                    hi |= (unsigned)quant1(v[j][k + 4], qs0, a.fmt) << 8 * k;
+                }
+                *(uint2 *)(a.qt + (long)(col + j) * a.ldqt + tb) = make_uint2(lo, hi);
+            }
+        }
     }
     #pragma unroll
     for (int ps = 0; ps < NP; ps++) {
@@ -1263,11 +1286,13 @@ template <int TIN, int MODE> static void tr_launch(tr_args &a, int P, int S, cud
     }
 }
 
+// Full H_b or block-diagonal with power-of-two blocks (each block rotated on its own: the tiles below never cross
+// one, since a block of more than 128 tokens is a multiple of 128).
 extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
-    return h && h->K == 1 && h->block == h->d && h->d >= 2 && h->d <= TR_SPLIT * 256;
+    return h && h->K == 1 && h->P == h->block && h->block >= 2 && h->block <= TR_SPLIT * 256 && h->d % h->block == 0;
 }
 
-static int tr_two(const halo_cuda_had *h) { return h->d > TR_SPLIT; }   // two passes (else one)
+static int tr_two(const halo_cuda_had *h) { return h->block > TR_SPLIT; }   // two passes (else one)
 
 extern "C" size_t halo_cuda_colrot_scratch(const halo_cuda_had *h, int cols) {
     return tr_two(h) ? sizeof(float) * (size_t)h->d * cols : 0;
@@ -1298,17 +1323,31 @@ static void tr_first(const halo_cuda_had *h, const void *in, int in_f32, long ld
 template <int MODE> static void tr_last(const halo_cuda_had *h, tr_args &a, int in_f32, cudaStream_t s) {
     if (tr_two(h)) {
         a.hlo = TR_SPLIT;
-        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->d / TR_SPLIT, s);
+        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->block / TR_SPLIT, s);
     } else if (in_f32) {
-        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->d, s);
+        tr_launch<HALO_CUDA_F32, MODE>(a, h->d, h->block, s);
     } else {
-        tr_launch<HALO_CUDA_BF16, MODE>(a, h->d, h->d, s);
+        tr_launch<HALO_CUDA_BF16, MODE>(a, h->d, h->block, s);
     }
 }
 
+// The unrotated transposed codes riding along the first kernel that reads E_Y (tq may be NULL).
+static void tr_set_tq(tr_args &a, const halo_cuda_colrot_tq *tq) {
+    if (!tq || !tq->q) return;
+    a.qt = tq->q; a.ldqt = tq->ldq; a.rows_qt = tq->rows; a.amax_t = tq->amax; a.fmt = tq->fmt;
+}
+extern "C" int halo_cuda_colrot_tq_ok(const halo_cuda_had *h, const halo_cuda_colrot_tq *tq) {
+    return tq && tq->q && aligned(tq->q, 8) && tq->ldq % 8 == 0 && tq->rows % 8 == 0 && (tr_two(h) || h->block >= 8);
+}
+
 extern "C" void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                                       float *scratch, cudaStream_t s) {
-    if (cols > 0 && tr_two(h)) tr_first(h, in, 0, ld, rows, cols, scratch, s);
+                                       float *scratch, const halo_cuda_colrot_tq *tq, cudaStream_t s) {
+    if (cols <= 0 || !tr_two(h)) return;
+    tr_args a = tr_base(h, in, 0, ld, rows, cols);
+    a.out = scratch; a.ldo = cols;
+    a.vout = tr_vout(scratch, 4, a.ldo);
+    if (halo_cuda_colrot_tq_ok(h, tq)) tr_set_tq(a, tq);
+    tr_launch<HALO_CUDA_BF16, TR_RAW>(a, h->d, TR_SPLIT, s);
 }
 
 static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
@@ -1318,10 +1357,12 @@ static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld
 }
 
 extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
-                                        const float *scratch, float *amax, int *nonfinite, cudaStream_t s) {
+                                        const float *scratch, float *amax, int *nonfinite,
+                                        const halo_cuda_colrot_tq *tq, cudaStream_t s) {
     if (cols <= 0) return;
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
     a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
+    if (!tr_two(h) && halo_cuda_colrot_tq_ok(h, tq)) tr_set_tq(a, tq);   // one pass: this one reads E_Y
     tr_last<TR_AMAX>(h, a, 0, s);
 }
 

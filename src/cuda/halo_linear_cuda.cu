@@ -161,11 +161,19 @@ static int plan_hm(halo_cuda_linear *L, int m) {
     return HALO_OK;
 }
 
+extern "C" void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs) {
+    if (bs != L->hb_block) L->hb_b = 0;   // re-plan at the next backward
+    L->hb_block = bs > 0 ? bs : 0;
+}
+
+// As the CPU's plan_hb: blocks of hb_block tokens over b rounded up to a multiple, else the full H over b zero-padded
+// to a supported size.
 static int plan_hb(halo_cuda_linear *L, int b) {
     if (L->hb_b == b) return HALO_OK;
     halo_cuda_had_free(&L->hb);
-    int pad = halo_hadamard_pad_size(b, HB_MAX_K);
-    if (halo_cuda_had_plan(&L->hb, pad, 0)) return halo_fail_ctx("%s: token Hadamard: ", L->name);
+    const int bs = L->hb_block;
+    int pad = bs ? (b + bs - 1) / bs * bs : halo_hadamard_pad_size(b, HB_MAX_K);
+    if (halo_cuda_had_plan(&L->hb, pad, bs)) return halo_fail_ctx("%s: token Hadamard: ", L->name);
     L->hb_b = b;
     L->hb_pad = pad;
     return HALO_OK;
@@ -405,6 +413,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
 
     // Q(E_Y) (levels 0/1: for E_X and, transposed, for G; level 2: only transposed, for G), one read of E_Y.
     uint8_t *qe = NULL, *qet = NULL;
+    halo_cuda_colrot_tq tq, *tqp = NULL;   // level 2: Q(E_Y)^T written by the token rotation's first kernel
     if ((EX && lvl < 2) || G) {
         if (!(flags & HALO_CUDA_EY_AMAX)) {
             PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
@@ -420,6 +429,15 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
             if (np != n) PROF("memset pad", (double)np * b16, CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s)));
         }
+        // level 2 with the column kernels: G's codes come from the first kernel that reads E_Y for its token rotation
+        if (G && EX && lvl == 2 && colrot_on()) {
+            if (plan_hb(L, b)) return HALO_ERR;
+            tq = (halo_cuda_colrot_tq){qet, b16, (int)b16, fmt, amax_e};
+            if (halo_cuda_colrot_ok(&L->hb) && L->hb_pad >= b16 && halo_cuda_colrot_tq_ok(&L->hb, &tq)) {
+                PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->ax_use, fmt, s));
+                tqp = &tq;
+            }
+        }
         // the quantizer also forms the scales of the products that read Q(E_Y): E_X (levels 0, 1) and G
         halo_cuda_alpha_job aj;
         memset(&aj, 0, sizeof aj);
@@ -427,9 +445,10 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         int na = 0;
         if (EX && lvl < 2) { aj.out[na] = L->dev + ALEX; aj.a[na] = amax_e; aj.b[na] = L->dev + AW; na++; }
         if (G) { aj.out[na] = L->dev + ALG; aj.a[na] = amax_e; aj.b[na] = L->ax_use; na++; }
-        PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),
-             halo_cuda_quant_tile_alpha(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16, &aj,
-                                        s));
+        if (!tqp)
+            PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),
+                 halo_cuda_quant_tile_alpha(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16,
+                                            &aj, s));
     }
 
     if (EX) {
@@ -456,10 +475,11 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 const int two = scb > 0;
                 const double rd = two ? 4.0 * bp * n : 2.0 * b * n;   // what the last passes read
                 PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
-                if (two) PROF("bwd H_b E_Y first stages (cols)", 2.0 * b * n + 4.0 * bp * n,
-                              halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, s));
-                PROF("bwd absmax H_b E_Y (cols)", rd,
-                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), s));
+                const double tqb = tqp ? (double)n * b16 : 0;   // G's codes, when they ride along
+                if (two) PROF(tqp ? "bwd H_b E_Y first stages + Q(E_Y)^T" : "bwd H_b E_Y first stages (cols)",
+                              2.0 * b * n + 4.0 * bp * n + tqb, halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, tqp, s));
+                PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)", rd + (two ? 0 : tqb),
+                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), tqp, s));
                 PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
                      halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, s));
             } else {

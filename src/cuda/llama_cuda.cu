@@ -361,6 +361,9 @@ extern "C" int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads
     if (hc->grad_e5m2) return halo_fail("HALO on the GPU quantizes gradients as E4M3 only (E5M2 is CPU-only)");
     if (hc->had_block) return halo_fail("HALO on the GPU rotates with the full H_m only (a Hadamard block of %d is "
                                         "CPU-only)", hc->had_block);
+    if (hc->had_block_b && (hc->had_block_b < 2 || hc->had_block_b > 32768 || (hc->had_block_b & (hc->had_block_b - 1))))
+        return halo_fail("HALO on the GPU: the token Hadamard block must be a power of two from 2 to 32768 (got %d)",
+                         hc->had_block_b);
     if (hc->identity_quant) return halo_fail("HALO on the GPU has no identity quantizer (a CPU test option)");
     if ((hc->kinds & qkv) && (hc->kinds & qkv) != qkv)
         return halo_fail("HALO on the GPU: q, k and v share one fused weight there; select all three or none");
@@ -380,7 +383,7 @@ static int halo_setup(llama_cuda *g) {
     if (hc->level >= 1 && (c->dim > 32768 || c->hidden_dim > 32768 || g->Q > 32768))
         return halo_fail("HALO on the GPU: rotations longer than 32768 are not supported (dim %d, hidden %d)", c->dim,
                          c->hidden_dim);
-    if (hc->level == 2 && halo_hadamard_pad_size(g->N_max, 172) > 32768)
+    if (hc->level == 2 && !hc->had_block_b && halo_hadamard_pad_size(g->N_max, 172) > 32768)
         return halo_fail("HALO level 2 on the GPU: %d tokens per batch pad to more than 32768 (the token rotation's "
                          "limit); use smaller batches", g->N_max);
     g->hl = (halo_cuda_linear *)xcalloc((size_t)nl * LIN_COUNT, sizeof(halo_cuda_linear));
@@ -396,6 +399,7 @@ static int halo_setup(llama_cuda *g) {
             if (halo_cuda_linear_init(L, hc->prec, hc->level, name) != HALO_OK) return HALO_ERR;
             g->hon[l * LIN_COUNT + k] = 1;
             halo_cuda_linear_share_workspace(L, &g->hws);
+            halo_cuda_linear_token_block(L, hc->had_block_b);
             // k, v reuse q's codes of the normed input, up reuses gate's (the groups are all-or-none)
             const int first = k == LIN_K || k == LIN_V ? LIN_Q : k == LIN_UP ? LIN_GATE : k;
             if (first != k) halo_cuda_linear_share_x(L, &g->hl[l * LIN_COUNT + first]);

@@ -37,6 +37,12 @@ void llama_linears_free(llama_model *m) {
 int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     if (hc->level < 0 || hc->level > 2) return halo_fail("HALO level %d is not 0, 1 or 2", hc->level);
     if ((unsigned)hc->prec > HALO_PREC_FP8) return halo_fail("unknown HALO precision %d", (int)hc->prec);
+    if (hc->had_block_b) {   // a block size the token Hadamard can take, checked now rather than at the first backward
+        halo_hadamard t;
+        if (hc->had_block_b < 0 || halo_hadamard_plan(&t, hc->had_block_b, hc->had_block_b))
+            return halo_fail("token Hadamard block %d: not a supported Hadamard size (K * 2^p with a known order K)",
+                             hc->had_block_b);
+    }
     llama_linears_free(m);
     if (hc->prec == HALO_PREC_FP32) return HALO_OK;
     int L = m->cfg.n_layers;
@@ -49,6 +55,7 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     lc.grad_e5m2 = hc->grad_e5m2;
     lc.grad_rounding = hc->stochastic ? HALO_ROUND_STOCHASTIC : HALO_ROUND_NEAREST;
     lc.had_block = hc->had_block;
+    lc.had_block_b = hc->had_block_b;
     lc.identity_quant = hc->identity_quant;
     for (int l = 0; l < L; l++) {
         for (int k = 0; k < LIN_COUNT; k++) {
@@ -136,6 +143,7 @@ char *model_halo_config_to_json(const model_halo_config *hc) {
     cJSON_AddBoolToObject(r, "grad_e5m2", hc->grad_e5m2);
     cJSON_AddBoolToObject(r, "stochastic_rounding", hc->stochastic);
     cJSON_AddNumberToObject(r, "hadamard_block", hc->had_block);
+    cJSON_AddNumberToObject(r, "hadamard_block_tokens", hc->had_block_b);
     char *s = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     return s;
@@ -195,6 +203,10 @@ int model_halo_config_from_json(const char *json, const char *where, model_halo_
     if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_first_blocks")) && cJSON_IsNumber(v)) hc->skip_first = v->valueint;
     if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_last_blocks")) && cJSON_IsNumber(v)) hc->skip_last = v->valueint;
     if ((v = cJSON_GetObjectItemCaseSensitive(r, "hadamard_block")) && cJSON_IsNumber(v)) hc->had_block = v->valueint;
+    if ((v = cJSON_GetObjectItemCaseSensitive(r, "hadamard_block_tokens")) && cJSON_IsNumber(v)) {
+        hc->had_block_b = v->valueint;
+        if (rc == HALO_OK && hc->had_block_b < 0) rc = halo_fail("%s: hadamard_block_tokens %d is negative", where, hc->had_block_b);
+    }
     hc->grad_e5m2 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "grad_e5m2"));
     hc->stochastic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "stochastic_rounding"));
     cJSON_Delete(r);
@@ -211,6 +223,8 @@ void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, s
     else
         snprintf(buf, n, "HALO %s level %d, %s scales (%s; blocks %d..%d of %d)", PREC_NAMES[hc->prec], hc->level,
                  GRAN_NAMES[hc->gran], kinds, hc->skip_first, n_layers - 1 - hc->skip_last, n_layers);
+    if (hc->prec != HALO_PREC_BF16 && hc->level == 2 && hc->had_block_b > 0 && strlen(buf) + 1 < n)
+        snprintf(buf + strlen(buf), n - strlen(buf), ", token Hadamard in blocks of %d", hc->had_block_b);
 }
 
 // ---- telemetry ----

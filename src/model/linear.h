@@ -17,6 +17,8 @@ typedef struct {
     int grad_e5m2;              // FP8: E5M2 for the gradient E_Y
     int stochastic;             // stochastic rounding of gradients
     int had_block;              // 0 = full Hadamard over in_features, else block-diagonal block size
+    int had_block_b;            // level 2: 0 = full Hadamard over the batch's tokens, else block-diagonal over
+                                // blocks of this many tokens (cheaper; a token's outliers spread over its block only)
     int identity_quant;         // tests only: quantizers replaced by the identity (rotations still applied)
 } model_halo_config;
 
