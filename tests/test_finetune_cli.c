@@ -1,6 +1,7 @@
 // `halo finetune` end to end on real data: a HALO INT8 run checkpoints, a resume without precision flags picks
 // the precision up from the checkpoint and reproduces the uninterrupted run's losses exactly; the exported model
-// carries halo_config.json; a malformed data line stops the run with file:line.
+// carries halo_config.json; a malformed data line stops the run with file:line; --halo-token-block outside level 2 or
+// with an unsupported size is refused with a message.
 #include <cjson/cJSON.h>
 #include "test.h"
 #include "util/fileio.h"
@@ -71,6 +72,19 @@ int main(void) {
     CHECK(system(cmd) != 0, "malformed data refused");
     snprintf(cmd, sizeof cmd, "%s/bad.log", dir);
     CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "bad.jsonl:3"), "error names bad.jsonl:3: %s", text ? text : "");
+    free(text);
+    // --halo-token-block: level 2 only, and a block size with a Hadamard matrix; both refused before training
+    snprintf(cmd, sizeof cmd, "%%s --precision fp8 --halo-token-block 64 > %s/tb.log 2>&1", dir);
+    CHECK(sh(cmd, common) != 0, "token block at fp8 level 0 refused");
+    snprintf(cmd, sizeof cmd, "%s/tb.log", dir);
+    CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "--halo-token-block 64") && strstr(text, "level 0"),
+          "token block error names the flag and the level: %s", text ? text : "");
+    free(text);
+    snprintf(cmd, sizeof cmd, "%%s --precision int8 --halo-token-block 14 > %s/tb.log 2>&1", dir);
+    CHECK(sh(cmd, common) != 0, "token block 14 (no order-7 Hadamard) refused");
+    snprintf(cmd, sizeof cmd, "%s/tb.log", dir);
+    CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "token Hadamard block 14"),
+          "token block 14 error: %s", text ? text : "");
     free(text);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}

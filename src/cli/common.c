@@ -121,6 +121,9 @@ int halo_common_apply(halo_common_opts *o, llama_model *m) {
     if (o->hc.skip_first + o->hc.skip_last > m->cfg.n_layers)
         return halo_fail("--halo-skip-first %d + --halo-skip-last %d exceed the model's %d blocks", o->hc.skip_first,
                          o->hc.skip_last, m->cfg.n_layers);
+    if (o->hc.had_block_b && (o->hc.level != 2 || (o->hc.prec != HALO_PREC_INT8 && o->hc.prec != HALO_PREC_FP8)))
+        return halo_fail("--halo-token-block %d: the token rotation is HALO level 2's (int8 or fp8 with --halo-level "
+                         "2); this run is %s level %d", o->hc.had_block_b, halo_precision_name(o->hc.prec), o->hc.level);
     if (llama_set_halo(m, &o->hc) != HALO_OK) return HALO_ERR;
     model_halo_describe(&o->hc, m->cfg.n_layers, o->desc, sizeof o->desc);
     return HALO_OK;
