@@ -437,7 +437,10 @@ extern "C" void llama_cuda_halo_telemetry(llama_cuda *g, int on) {
 }
 
 extern "C" void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step) {
-    if (!g->hon) return;
+    if (!g->hon) {
+        if (table) fprintf(table, "(no 8-bit HALO layers: every product runs in BF16 on the GPU)\n");
+        return;
+    }
     if (table) halo_stats_print_header(table);
     char buf[4096];
     for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++) {
