@@ -84,6 +84,6 @@ step "test_cuda_halo_train (HALO model vs CPU)" halo_train.log 150 $B/tests/test
 keep halo_train.log "^\|" 40
 qpid=
 if want quality; then env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 & qpid=$!; fi
-step "test_cuda_verbs (--device cuda verbs)" verbs.log 120 $B/tests/test_cuda_verbs
+step "test_cuda_verbs (--device cuda verbs)" verbs.log 240 $B/tests/test_cuda_verbs
 keep verbs.log "resumed|moments lost|debug-step|after a cross-device|telemetry" 14
 if [ -n "$qpid" ]; then wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"; keep quality.log "^\|" 8; keep quality.log "quantization telemetry|layers\.0\." 12; fi
