@@ -48,6 +48,16 @@ __device__ __forceinline__ float block_max(float v) {
     v = lane < nw ? sh[lane] : -INFINITY;
     return warp_max(v);
 }
+// Grow-only device buffer: *p holds at least `bytes` afterwards (reallocated, with 256 bytes of slack, when *cap is
+// smaller; cudaFree waits for the device, so pending users of the old buffer are done). Returns *p.
+static inline void *dev_grow(void **p, size_t *cap, size_t bytes) {
+    if (bytes > *cap) {
+        if (*p) CUDA_CHECK(cudaFree(*p));
+        CUDA_CHECK(cudaMalloc(p, bytes + 256));
+        *cap = bytes;
+    }
+    return *p;
+}
 // max(m, |v.x|, |v.y|) of a bf16 pair (NaN skipped, as fmaxf)
 __device__ __forceinline__ float absmax_bf2(float m, __nv_bfloat162 v) {
     const float2 f = __bfloat1622float2(v);

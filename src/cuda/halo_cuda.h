@@ -165,6 +165,9 @@ typedef struct halo_cuda_ws {
 } halo_cuda_ws;
 void halo_cuda_ws_free(halo_cuda_ws *w);
 
+// Slots of halo_cuda_linear.dev (NONFIN holds an int).
+enum { HALO_DEV_AX = 0, HALO_DEV_AW = 1, HALO_DEV_AE = 2, HALO_DEV_AER = 3, HALO_DEV_ALY = 4, HALO_DEV_ALEX = 5,
+       HALO_DEV_ALG = 6, HALO_DEV_NONFIN = 8 };
 typedef struct halo_cuda_linear {
     int prec;                 // HALO_PREC_INT8 or HALO_PREC_FP8 (halo/halo_linear.h)
     int level;

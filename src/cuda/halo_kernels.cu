@@ -1310,11 +1310,22 @@ static tr_args tr_base(const halo_cuda_had *h, const void *in, int in_f32, long 
 static int tr_vout(const void *out, int bytes, long ldo) { return aligned(out, 4 * bytes) && ldo % 4 == 0; }
 
 // The first stages (h = 1 .. 64) of a two-pass plan: T [P][cols] fp32, unscaled (T may be `in` when fp32, same ld).
+extern "C" int halo_cuda_colrot_tq_ok(const halo_cuda_had *h, const halo_cuda_colrot_tq *tq) {
+    return tq && tq->q && aligned(tq->q, 8) && tq->ldq % 8 == 0 && tq->rows % 8 == 0 && (tr_two(h) || h->block >= 8);
+}
+// The unrotated transposed codes riding along the first kernel that reads E_Y, where tq (may be NULL) allows.
+static void tr_set_tq(const halo_cuda_had *h, tr_args &a, const halo_cuda_colrot_tq *tq) {
+    if (!halo_cuda_colrot_tq_ok(h, tq)) return;
+    a.qt = tq->q; a.ldqt = tq->ldq; a.rows_qt = tq->rows; a.amax_t = tq->amax; a.fmt = tq->fmt;
+}
+
+// tq (bf16 input, may be NULL): G's unrotated codes ride along (tr_set_tq).
 static void tr_first(const halo_cuda_had *h, const void *in, int in_f32, long ld_in, int rows, int cols, float *T,
-                     cudaStream_t s) {
+                     const halo_cuda_colrot_tq *tq, cudaStream_t s) {
     tr_args a = tr_base(h, in, in_f32, ld_in, rows, cols);
     a.out = T; a.ldo = in == T ? ld_in : cols;
     a.vout = tr_vout(T, 4, a.ldo);
+    if (!in_f32) tr_set_tq(h, a, tq);
     if (in_f32) tr_launch<HALO_CUDA_F32, TR_RAW>(a, h->d, TR_SPLIT, s);
     else tr_launch<HALO_CUDA_BF16, TR_RAW>(a, h->d, TR_SPLIT, s);
 }
@@ -1331,23 +1342,9 @@ template <int MODE> static void tr_last(const halo_cuda_had *h, tr_args &a, int 
     }
 }
 
-// The unrotated transposed codes riding along the first kernel that reads E_Y (tq may be NULL).
-static void tr_set_tq(tr_args &a, const halo_cuda_colrot_tq *tq) {
-    if (!tq || !tq->q) return;
-    a.qt = tq->q; a.ldqt = tq->ldq; a.rows_qt = tq->rows; a.amax_t = tq->amax; a.fmt = tq->fmt;
-}
-extern "C" int halo_cuda_colrot_tq_ok(const halo_cuda_had *h, const halo_cuda_colrot_tq *tq) {
-    return tq && tq->q && aligned(tq->q, 8) && tq->ldq % 8 == 0 && tq->rows % 8 == 0 && (tr_two(h) || h->block >= 8);
-}
-
 extern "C" void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                        float *scratch, const halo_cuda_colrot_tq *tq, cudaStream_t s) {
-    if (cols <= 0 || !tr_two(h)) return;
-    tr_args a = tr_base(h, in, 0, ld, rows, cols);
-    a.out = scratch; a.ldo = cols;
-    a.vout = tr_vout(scratch, 4, a.ldo);
-    if (halo_cuda_colrot_tq_ok(h, tq)) tr_set_tq(a, tq);
-    tr_launch<HALO_CUDA_BF16, TR_RAW>(a, h->d, TR_SPLIT, s);
+    if (cols > 0 && tr_two(h)) tr_first(h, in, 0, ld, rows, cols, scratch, tq, s);
 }
 
 static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
@@ -1362,7 +1359,7 @@ extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 
     if (cols <= 0) return;
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
     a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
-    if (!tr_two(h) && halo_cuda_colrot_tq_ok(h, tq)) tr_set_tq(a, tq);   // one pass: this one reads E_Y
+    if (!tr_two(h)) tr_set_tq(h, a, tq);   // one pass: this one reads E_Y
     tr_last<TR_AMAX>(h, a, 0, s);
 }
 
@@ -1379,7 +1376,7 @@ extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *
 extern "C" void halo_cuda_colrot_f32(const halo_cuda_had *h, float *in, long ld_in, int cols, void *out, int out_f32,
                                      long ldo, int rows_out, int accumulate, cudaStream_t s) {
     if (cols <= 0 || rows_out <= 0) return;
-    if (tr_two(h)) tr_first(h, in, 1, ld_in, h->d, cols, in, s);   // in place
+    if (tr_two(h)) tr_first(h, in, 1, ld_in, h->d, cols, in, NULL, s);   // in place
     tr_args a = tr_base(h, in, 1, ld_in, h->d, cols);
     a.out = out; a.ldo = ldo; a.rows_out = rows_out < h->d ? rows_out : h->d; a.out_f32 = out_f32;
     a.vout = tr_vout(out, out_f32 ? 4 : 2, ldo);

@@ -20,7 +20,8 @@ extern "C" {
 }
 
 #define HB_MAX_K 172   // as HALO_HB_MAX_K in halo_linear.c
-enum { AX = 0, AW = 1, AE = 2, AER = 3, ALY = 4, ALEX = 5, ALG = 6, NONFIN = 8 };
+enum { AX = HALO_DEV_AX, AW = HALO_DEV_AW, AE = HALO_DEV_AE, AER = HALO_DEV_AER, ALY = HALO_DEV_ALY,
+       ALEX = HALO_DEV_ALEX, ALG = HALO_DEV_ALG, NONFIN = HALO_DEV_NONFIN };
 
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
@@ -66,19 +67,11 @@ extern "C" int halo_cuda_prof_collect(halo_cuda_prof_rec *out, int cap) {
 #define PROF(name, bytes, stmt) do { const int _pi = prof_begin(s); stmt; prof_end(_pi, name, (double)(bytes), s); } while (0)
 static int esz(int t) { return t == HALO_CUDA_BF16 ? 2 : t == HALO_CUDA_U8 ? 1 : 4; }
 
-static void *grow(void **p, size_t *cap, size_t bytes) {
-    if (bytes > *cap) {
-        if (*p) CUDA_CHECK(cudaFree(*p));   // cudaFree waits for the device, so pending users of the old buffer are done
-        CUDA_CHECK(cudaMalloc(p, bytes + 256));
-        *cap = bytes;
-    }
-    return *p;
-}
 static halo_cuda_ws *ws_of(halo_cuda_linear *L) { return L->shared ? L->shared : &L->own; }
 static void *ws(halo_cuda_linear *L, int i, size_t bytes) {
     halo_cuda_ws *w = ws_of(L);
     if (i == 6 && bytes > w->cap[i]) w->qxt_key = NULL;   // a new buffer holds no transpose yet
-    return grow(&w->buf[i], &w->cap[i], bytes);
+    return dev_grow(&w->buf[i], &w->cap[i], bytes);
 }
 
 extern "C" void halo_cuda_ws_free(halo_cuda_ws *w) {
@@ -125,9 +118,9 @@ static size_t qx_bytes(const halo_cuda_linear *L, int b, int m) {
 }
 
 extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
-    if (!L->xsrc) grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its own only
+    if (!L->xsrc) dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its own only
                                                                             // when the X pointers differ
-    grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
+    dev_grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
@@ -322,7 +315,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     const int t0 = tposed(L);
     const long b16 = pad16(b);
     // saved W codes (level 0: Q(W)^T [mp][np]) and the row-major ones this product reads
-    uint8_t *qw = (uint8_t *)grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
+    uint8_t *qw = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
     uint8_t *qw_row = t0 ? (uint8_t *)ws(L, 3, (size_t)np * mp) : qw;
     // X's codes: those of the sharing source when it quantized this very X last, else our own (level 0: the source's
     // row-major codes must still be in its workspace)
@@ -346,7 +339,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         L->xgen = xs->xgen;
         qx_row = t0 ? (const uint8_t *)ws_of((halo_cuda_linear *)xs)->buf[7] : xs->qx_use;
     } else {
-        uint8_t *qx = (uint8_t *)grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
+        uint8_t *qx = (uint8_t *)dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
         uint8_t *xr = t0 ? (uint8_t *)ws(L, 7, (size_t)b * mp) : qx;
         // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
         if (mp != m) {

@@ -18,7 +18,6 @@ extern "C" {
 }
 
 enum { TR_MAX = 64 };   // sampled rows per product
-enum { AX = 0, AW = 1, AER = 3 };   // the layer's amax slots (halo_linear_cuda.cu)
 // acc[]: 0..5 (num, den) of Y, E_X, G; 6, 7, 8: sum of squares of X, W, E_Y. amax bits[]: X, W, E_Y (unrotated).
 struct halo_cuda_tele {
     double *acc;
@@ -31,16 +30,11 @@ struct halo_cuda_tele {
 // Transient buffers of one measured call (grow-only, shared by all layers: they run one at a time on a stream).
 static struct {
     float *exact[3], *snap[3], *gath;
-    size_t cap_exact[3], cap_snap[3], cap_gath;
+    size_t cap_exact[3], cap_snap[3], cap_gath;   // bytes
 } g_tb;
 
 static float *grow_f(float **p, size_t *cap, size_t n) {
-    if (n > *cap) {
-        if (*p) CUDA_CHECK(cudaFree(*p));
-        CUDA_CHECK(cudaMalloc((void **)p, n * sizeof(float) + 256));
-        *cap = n;
-    }
-    return *p;
+    return (float *)dev_grow((void **)p, cap, n * sizeof(float));
 }
 
 static int samples(int rows) { return rows < TR_MAX ? rows : TR_MAX; }
@@ -285,7 +279,7 @@ extern "C" int halo_cuda_linear_telemetry_read(halo_cuda_linear *L, halo_linear_
     }
     const int lvl = L->level;
     const double ox = ratio(amax[0], acc[6], t->cnt[0]), ow = ratio(amax[1], acc[7], t->cnt[1]);
-    const double ox_r = lvl ? ratio(ax_rot, acc[6], t->cnt[0]) : ox, ow_r = lvl ? ratio(dev[AW], acc[7], t->cnt[1]) : ow;
+    const double ox_r = lvl ? ratio(ax_rot, acc[6], t->cnt[0]) : ox, ow_r = lvl ? ratio(dev[HALO_DEV_AW], acc[7], t->cnt[1]) : ow;
     if (t->have_out[0]) {
         st->outlier[0][0] = ox; st->outlier_rot[0][0] = ox_r;
         st->outlier[0][1] = ow; st->outlier_rot[0][1] = ow_r;
@@ -295,7 +289,7 @@ extern "C" int halo_cuda_linear_telemetry_read(halo_cuda_linear *L, halo_linear_
     if (t->have_out[1]) {
         const double oe = ratio(amax[2], acc[8], t->cnt[2]);
         st->outlier[1][0] = oe;
-        st->outlier_rot[1][0] = lvl == 2 && t->calls[1] ? ratio(dev[AER], acc[8], t->cnt_er) : oe;
+        st->outlier_rot[1][0] = lvl == 2 && t->calls[1] ? ratio(dev[HALO_DEV_AER], acc[8], t->cnt_er) : oe;
         st->outlier[2][0] = st->outlier_rot[2][0] = oe;
     }
     return HALO_OK;
