@@ -152,6 +152,11 @@ __device__ __forceinline__ uint8_t quant1(float x, float s, int fmt) {
     return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
 }
 
+// FMT >= 0: the format fixed at compile time (no per-element branch); -1: `fmt` at run time.
+template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float s, int fmt) {
+    return quant1(x, s, FMT >= 0 ? FMT : fmt);
+}
+
 __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
 
 // Butterfly stage h = 8 << st across the lanes of a warp holding 8 consecutive values each: lower lane a + b, upper
@@ -1130,10 +1135,11 @@ template <int S> struct tr_cfg {
     static constexpr int SMEM = S > 8 ? S * TR_CW * 4 : 0; // bytes: the tile, fp32
 };
 
-template <int TIN, int S, int MODE>
-__global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_args a) {
+// FULL: every token of the tile < rows (and rows_out, rows_qt), all 128 columns exist, vector accesses allowed: no
+// per-element checks. FMT: see quantf.
+template <int TIN, int S, int MODE, bool FULL, int FMT>
+__device__ __forceinline__ void tokrot_tile(const tr_args &a, float4 *tr_sm4) {
     constexpr int V = S < 8 ? S : 8, NP = (tr_log2(S) + 2) / 3;   // tokens per thread, register passes
-    extern __shared__ float4 tr_sm4[];
     const int c = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int col = blockIdx.x * TR_CW + 4 * c, g = blockIdx.y;
     const int ncol = a.cols - col;   // how many of this thread's 4 columns exist (>= 4: all)
@@ -1143,7 +1149,7 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
     for (int k = 0; k < V; k++) {
         const long t = t0 + (long)tr_tok<S, V>(w, 0, k) * a.hlo;
         float x[4] = {0.f, 0.f, 0.f, 0.f};
-        if (t < a.rows && ncol > 0) tr_ld4<TIN>(a.in, t * a.ld_in + col, a.vin && ncol >= 4, ncol, x);
+        if (FULL || (t < a.rows && ncol > 0)) tr_ld4<TIN>(a.in, t * a.ld_in + col, FULL || (a.vin && ncol >= 4), ncol, x);
         #pragma unroll
         for (int j = 0; j < 4; j++) v[j][k] = x[j];
     }
@@ -1151,16 +1157,16 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
         // the raw tile's own codes (G's unrotated Q(E_Y)^T): this thread's 8 consecutive tokens of each column are 8
         // bytes of row col + j of qt
         const long tb = t0 + (long)tr_tok<S, V>(w, 0, 0);
-        if (tb < a.rows_qt) {
+        if (FULL || tb < a.rows_qt) {
             const float qs0 = scale_of(*a.amax_t, qmax_of(a.fmt));
             #pragma unroll
             for (int j = 0; j < 4; j++) {
-                if (j >= ncol) break;
+                if (!FULL && j >= ncol) break;
                 unsigned lo = 0, hi = 0;
                 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    lo |= (unsigned)quant1(v[j][k], qs0, a.fmt) << 8 * k;
-                    hi |= (unsigned)quant1(v[j][k + 4], qs0, a.fmt) << 8 * k;
+                    lo |= (unsigned)quantf<FMT>(v[j][k], qs0, a.fmt) << 8 * k;
+                    hi |= (unsigned)quantf<FMT>(v[j][k + 4], qs0, a.fmt) << 8 * k;
                 }
                 *(uint2 *)(a.qt + (long)(col + j) * a.ldqt + tb) = make_uint2(lo, hi);
             }
@@ -1207,9 +1213,9 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
         #pragma unroll
         for (int j = 0; j < 4; j++) x[j] = MODE == TR_RAW ? v[j][k] : __fmul_rn(v[j][k], a.scale);   // never fused
         if (MODE == TR_RAW) {
-            if (ncol > 0) {
+            if (FULL || ncol > 0) {
                 float *o = (float *)a.out + t * a.ldo + col;
-                if (a.vout && ncol >= 4) *(float4 *)o = make_float4(x[0], x[1], x[2], x[3]);
+                if (FULL || (a.vout && ncol >= 4)) *(float4 *)o = make_float4(x[0], x[1], x[2], x[3]);
                 else for (int j = 0; j < 4 && j < ncol; j++) o[j] = x[j];
             }
         } else if (MODE == TR_AMAX) {
@@ -1220,18 +1226,18 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
                 mx = fmaxf(mx, ax);   // NaN skipped, as the CPU's max (the flag reports it); missing columns are 0
             }
         } else if (MODE == TR_QUANT) {
-            if (nspan > 0) {
+            if (FULL || nspan > 0) {
                 unsigned wd = 0;
                 #pragma unroll
-                for (int j = 0; j < 4; j++) wd |= (unsigned)(j < ncol ? quant1(x[j], qs, a.fmt) : 0) << 8 * j;
+                for (int j = 0; j < 4; j++) wd |= (unsigned)(FULL || j < ncol ? quantf<FMT>(x[j], qs, a.fmt) : 0) << 8 * j;
                 uint8_t *o = (uint8_t *)a.out + t * a.ldo + col;
-                if (a.vout && nspan >= 4) *(unsigned *)o = wd;
+                if (FULL || (a.vout && nspan >= 4)) *(unsigned *)o = wd;
                 else for (int j = 0; j < 4 && j < nspan; j++) o[j] = (uint8_t)(wd >> 8 * j);
             }
-        } else if (t < a.rows_out && ncol > 0) {
+        } else if (FULL || (t < a.rows_out && ncol > 0)) {
             if (a.out_f32) {
                 float *o = (float *)a.out + t * a.ldo + col;
-                if (a.vout && ncol >= 4) {
+                if (FULL || (a.vout && ncol >= 4)) {
                     float4 f = make_float4(x[0], x[1], x[2], x[3]);
                     if (a.acc) { const float4 p = *(const float4 *)o; f.x += p.x; f.y += p.y; f.z += p.z; f.w += p.w; }
                     *(float4 *)o = f;
@@ -1240,7 +1246,7 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
                 }
             } else {
                 bf16 *o = (bf16 *)a.out + t * a.ldo + col;
-                if (a.vout && ncol >= 4) {
+                if (FULL || (a.vout && ncol >= 4)) {
                     const __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
                     uint2 u;
                     u.x = *(const unsigned *)&lo;
@@ -1257,6 +1263,19 @@ __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_arg
         if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
         if (threadIdx.x == 0) atomicMax(a.amax_bits, __float_as_uint(mx));
     }
+}
+
+template <int TIN, int S, int MODE>
+__global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_args a) {
+    extern __shared__ float4 tr_sm4[];
+    const long t0 = (long)(blockIdx.y % a.hlo) + (long)(blockIdx.y / a.hlo) * a.hlo * S, tmax = t0 + (long)(S - 1) * a.hlo;
+    const bool qt = TIN == HALO_CUDA_BF16 && S >= 8 && a.qt;   // the fused unrotated codes (tokrot_tile)
+    const bool full = a.vin && (blockIdx.x + 1) * TR_CW <= a.cols && tmax < a.rows && (!qt || tmax < a.rows_qt) &&
+                      (MODE == TR_AMAX || a.vout) && (MODE != TR_OUT || tmax < a.rows_out);   // block-uniform
+    if (!full) tokrot_tile<TIN, S, MODE, false, -1>(a, tr_sm4);
+    else if (MODE == TR_OUT || (MODE != TR_QUANT && !qt)) tokrot_tile<TIN, S, MODE, true, -1>(a, tr_sm4);
+    else if (a.fmt == HALO_CUDA_INT8) tokrot_tile<TIN, S, MODE, true, HALO_CUDA_INT8>(a, tr_sm4);
+    else tokrot_tile<TIN, S, MODE, true, HALO_CUDA_E4M3>(a, tr_sm4);
 }
 
 template <int TIN, int MODE, int S> static void tr_go(tr_args &a, int P, cudaStream_t s) {
