@@ -69,14 +69,6 @@ step "bench_cuda_halo --breakdown gate" bench_halo_bd.log 60 $B/bench/bench_cuda
 keep bench_halo_bd.log "^breakdown" 12
 step "bench_cuda_halo --breakdown down" bench_halo_bd_down.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown
 keep bench_halo_bd_down.log "^breakdown" 12
-# cuBLASLt algorithms timed per shape (HALO_GEMM_TUNE, lt_tune.cu) against the heuristic's first: logs tune_*
-step "bench_cuda_halo tuned gemms (HALO_GEMM_TUNE=2)" tune_halo.log 120 env HALO_GEMM_TUNE=2 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
-keep tune_halo.log "^\|" 40
-for tb in "bf16::BF16" "f0:--precision fp8 --halo-level 0:fp8 L0" "i2tb:--precision int8 --halo-level 2 --halo-token-block 64:int8 L2 token block 64"; do
-  IFS=: read -r tag args label <<< "$tb"
-  step "bench 1B $label tuned gemms" "tune_b1$tag.log" 60 env HALO_GEMM_TUNE=1 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --no-breakdown $args
-  keep "tune_b1$tag.log" "^\{" 2
-done
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile

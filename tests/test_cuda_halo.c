@@ -801,7 +801,7 @@ static void test_colrot(void) {
         CHECK(scb == (bp > 128 ? 4 * (size_t)bp * n : 0), "colrot scratch %zu bytes for bp=%d n=%d", scb, bp, n);
         float *dsc = scb ? dev_poison(scb) : NULL;
         halo_cuda_colrot_first(&hg, dx, ld, b, n, dsc, NULL, 0);
-        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), NULL, 0);
+        halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), NULL, NULL, 0);
         float am[2];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         char det[80];
@@ -816,7 +816,17 @@ static void test_colrot(void) {
             memset(&qm, 0, sizeof qm);
             halo_quantize(&qm, A, bp, n, n, 0, &qs, "test");
             uint8_t *dq = dev_poison((size_t)bp * ldq);
-            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dsc, dam, fmt, dq, ldq, np, 0);
+            // the scale product formed on the side: (amax / qmax)^2 here, the CPU scale squared
+            float *dal = dev_poison(4);
+            halo_cuda_alpha_job aj;
+            memset(&aj, 0, sizeof aj);
+            aj.fmt = fmt; aj.out[0] = dal; aj.a[0] = dam; aj.b[0] = dam;
+            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dsc, dam, fmt, dq, ldq, np, &aj, 0);
+            float al;
+            cudaMemcpy(&al, dal, 4, cudaMemcpyDeviceToHost);
+            cudaFree(dal);
+            const float want_al = qm.s[0] * qm.s[0];
+            CHECK(al == want_al, "colrot quant's alpha %.9g vs CPU scale^2 %.9g (b=%d n=%d)", al, want_al, b, n);
             uint8_t *q = t_host_of(dq, (size_t)bp * ldq);
             uint8_t *qc = malloc((size_t)bp * n);
             long padbad = 0, mism, ties;

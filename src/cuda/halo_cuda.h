@@ -33,6 +33,14 @@ void halo_cuda_had_free(halo_cuda_had *h);
 
 enum { HALO_CUDA_BF16 = 0, HALO_CUDA_F32 = 1, HALO_CUDA_I32 = 2 };   // element types of kernel inputs
 enum { HALO_CUDA_INT8 = 0, HALO_CUDA_E4M3 = 1 };                    // 8-bit formats
+// Scale products that a quantization kernel computes on the side (one thread of its first block) instead of separate
+// launches: *out[i] = scale(*a[i]) * scale(*b[i]) for each out[i] != NULL, as halo_cuda_alpha (fmt: HALO_CUDA_INT8 /
+// E4M3). The amax values must be final when the kernel runs (stream order).
+typedef struct halo_cuda_alpha_job {
+    float *out[2];
+    const float *a[2], *b[2];
+    int fmt;
+} halo_cuda_alpha_job;
 
 // Along rows of in[rows][ld_in] (type in_type), the first h->d entries of each row:
 // out[r, :] (=, or += when accumulate and out is fp32) = (in[r, :] * *in_scale) H (transpose = 0) or H^T (1).
@@ -56,6 +64,10 @@ void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in
 void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                           int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
                           cudaStream_t s);
+// halo_cuda_quant_rows, then the scale products of alpha (may be NULL) by the same kernel.
+void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                                int rows, int d, const float *amax, const float *amax_row, int fmt, uint8_t *q,
+                                long ldq, const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // One rotation for both passes of a rotated quantization: out[r][k] = (in[r, :] H)[k] as fp32 (the values absmax_rows
 // and quant_rows compute, bit for bit) and *amax = max(*amax, max |out|) (atomic; *nonfinite |= 1 on NaN/Inf), so that
 // the codes come from the unrotated quant_rows on out. Only where the fast row kernel k_rot takes the shape:
@@ -77,7 +89,7 @@ int halo_cuda_colrot_ok(const halo_cuda_had *h);
 // writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] / scale(*amax)) for t < rows (a multiple of 8;
 // zero codes for tokens past the input's rows), as halo_cuda_quant_tile's qt: G's operand, without its own read of
 // E_Y. Taken when halo_cuda_colrot_tq_ok (8-byte aligned q, ldq % 8 == 0, blocks of >= 8 tokens), else the caller
-// quantizes separately.
+// quantizes separately. alpha (may be NULL): scale products that colrot_absmax / colrot_quant form on the side.
 typedef struct halo_cuda_colrot_tq {
     uint8_t *q;
     long ldq;
@@ -90,10 +102,10 @@ void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld
                             const halo_cuda_colrot_tq *tq, cudaStream_t s);
 void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                              const float *scratch, float *amax, int *nonfinite, const halo_cuda_colrot_tq *tq,
-                             cudaStream_t s);
+                             const halo_cuda_alpha_job *alpha, cudaStream_t s);
 void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                             const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad,
-                            cudaStream_t s);
+                            const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // Level 2's E_X = H_b R on the fp32 product R [h->d][ld_in] (all h->d token rows), in R's layout: out[t][c] =
 // (H_b R)[t][c] for t < rows_out, c < cols, bf16 (RNE) or fp32 (out_f32; += when accumulate), the values of
 // transpose -> halo_cuda_had_rows(h, 1, ..) -> transpose bit for bit. R is overwritten (the first pass runs in place).
@@ -103,14 +115,6 @@ void halo_cuda_colrot_f32(const halo_cuda_had *h, float *in, long ld_in, int col
 // and/or transposed qt[cols][ldqt] (either may be NULL); qt's columns rows..rows_pad-1 are zero codes.
 void halo_cuda_quant_tile(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
                           uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad, cudaStream_t s);
-// Scale products that a quantization kernel computes on the side (one thread of its first block) instead of separate
-// launches: *out[i] = scale(*a[i]) * scale(*b[i]) for each out[i] != NULL, as halo_cuda_alpha (fmt: HALO_CUDA_INT8 /
-// E4M3). The amax values must be final when the kernel runs (stream order).
-typedef struct halo_cuda_alpha_job {
-    float *out[2];
-    const float *a[2], *b[2];
-    int fmt;
-} halo_cuda_alpha_job;
 // halo_cuda_quant_tile, then the scale products of alpha (may be NULL).
 void halo_cuda_quant_tile_alpha(const void *in, int in_type, long ld_in, int rows, int cols, const float *amax, int fmt,
                                 uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,

@@ -159,6 +159,13 @@ template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float s, i
 
 __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
 
+// The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
+__device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
+    const float q = qmax_of(aj.fmt);
+    for (int i = 0; i < 2; i++)
+        if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
+}
+
 // Butterfly stage h = 8 << st across the lanes of a warp holding 8 consecutive values each: lower lane a + b, upper
 // lane a - b (a = the lower lane's value), as fma(+-1, v, partner): one rounding, the CPU's values bit for bit.
 __device__ __forceinline__ void shfl_stage(float v[8], int lane, int st) {
@@ -181,10 +188,12 @@ struct rows_args {
     const float *amax_q; const float *amax_row_q; int fmt;
     int vec_in, vec_out;   // 1 when 8-element input loads / 4-element output stores are aligned
     int ck, htr;           // k_rot: H_K in constant memory (or K == 1); op = H_K^T (1) or H_K (0)
+    halo_cuda_alpha_job aj;   // QUANT: scale products one thread of the first block forms (run_alpha)
 };
 
 template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     extern __shared__ float sm[];
+    if (MODE == MODE_QUANT && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     const unsigned bid = MODE == MODE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;   // see k_rot
     const long row = bid / a.nseg;
     const int seg = bid % a.nseg;
@@ -396,6 +405,7 @@ enum { ROT_THREADS = 256, ROT_QMAX = 32 };
 template <int TIN, int MODE, int K, int QM, int RPB>
 __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
+    if (MODE == MODE_QUANT && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     // absmax walks the rows last to first and the quantizer (next) first to last: the rows read last are still in L2
     const unsigned bid = MODE == MODE_AMAX || MODE == MODE_STORE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const long row0 = (long)(bid / a.nseg) * RPB;
@@ -685,7 +695,9 @@ __device__ __forceinline__ uint2 quant8(const float v[8], float s, int fmt) {
 
 template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void *in, long ld, long total, int c8,
                                                                       const float *amax, const float *amax_row,
-                                                                      int fmt, uint8_t *q, long ldq) {
+                                                                      int fmt, uint8_t *q, long ldq,
+                                                                      halo_cuda_alpha_job aj) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(aj);
     const int contig = ld == (long)c8 * 8 && ldq == (long)c8 * 8;
     const long stride = (long)gridDim.x * blockDim.x;
     const float qm = qmax_of(fmt), st = amax_row ? 1.f : scale_of(*amax, qm);
@@ -705,13 +717,6 @@ template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void
             *(uint2 *)(q + r * ldq + c) = quant8(v[u], sc, fmt);
         }
     }
-}
-
-// The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
-__device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
-    const float q = qmax_of(aj.fmt);
-    for (int i = 0; i < 2; i++)
-        if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
 }
 
 // 4 x 4 byte transpose: o[y] byte x = w[x] byte y.
@@ -833,24 +838,45 @@ extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, con
     launch_rows<MODE_AMAX>(in_type, a, s);
 }
 
-extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
-                                     int rows, int d, const float *amax, const float *amax_row, int fmt, uint8_t *q,
-                                     long ldq, cudaStream_t s) {
+// The scale products alone (nothing to quantize): one launch each.
+static void alpha_alone(const halo_cuda_alpha_job &aj, cudaStream_t s) {
+    for (int i = 0; i < 2; i++)
+        if (aj.out[i]) halo_cuda_alpha(aj.out[i], aj.a[i], aj.b[i], aj.fmt, s);
+}
+static halo_cuda_alpha_job alpha_or_none(const halo_cuda_alpha_job *alpha) {
+    halo_cuda_alpha_job aj;
+    memset(&aj, 0, sizeof aj);
+    if (alpha) aj = *alpha;
+    return aj;
+}
+
+extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const void *in, int in_type,
+                                           long ld_in, int rows, int d, const float *amax, const float *amax_row,
+                                           int fmt, uint8_t *q, long ldq, const halo_cuda_alpha_job *alpha,
+                                           cudaStream_t s) {
+    const halo_cuda_alpha_job aj = alpha_or_none(alpha);
+    if (rows <= 0 || d <= 0) { alpha_alone(aj, s); return; }
     if (!h && in_type != HALO_CUDA_U8 && vec8_ok(in, in_type, ld_in, d) && out8_ok(q, ldq)) {
         const long total = (long)rows * (d / 8);
-        if (total <= 0) return;
         const int c8 = d / 8;
         const int grid = vgrid(total, 256 * VEC_UNROLL);
-        if (in_type == HALO_CUDA_BF16) k_quant_vec<HALO_CUDA_BF16><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq);
-        else if (in_type == HALO_CUDA_F32) k_quant_vec<HALO_CUDA_F32><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq);
-        else k_quant_vec<HALO_CUDA_I32><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq);
+        if (in_type == HALO_CUDA_BF16) k_quant_vec<HALO_CUDA_BF16><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq, aj);
+        else if (in_type == HALO_CUDA_F32) k_quant_vec<HALO_CUDA_F32><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq, aj);
+        else k_quant_vec<HALO_CUDA_I32><<<grid, 256, 0, s>>>(in, ld_in, total, c8, amax, amax_row, fmt, q, ldq, aj);
         CUDA_LAUNCH_CHECK();
         return;
     }
     rows_args a = rows_setup(h, transpose, in, in_type, ld_in, rows, d);
+    a.aj = aj;
     a.amax_q = amax; a.amax_row_q = amax_row; a.fmt = fmt; a.out = q; a.ld_out = ldq;
     a.vec_out = aligned(q, 4) && ldq % 4 == 0;
     launch_rows<MODE_QUANT>(in_type, a, s);
+}
+
+extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
+                                     int rows, int d, const float *amax, const float *amax_row, int fmt, uint8_t *q,
+                                     long ldq, cudaStream_t s) {
+    halo_cuda_quant_rows_alpha(h, transpose, in, in_type, ld_in, rows, d, amax, amax_row, fmt, q, ldq, NULL, s);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -890,17 +916,9 @@ template <int TIN> __global__ void k_quant_tile(const void *in, long ld_in, int 
 extern "C" void halo_cuda_quant_tile_alpha(const void *in, int in_type, long ld_in, int rows, int cols,
                                            const float *amax, int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt,
                                            int rows_pad, const halo_cuda_alpha_job *alpha, cudaStream_t s) {
-    halo_cuda_alpha_job aj;
-    memset(&aj, 0, sizeof aj);
-    if (alpha) aj = *alpha;
+    const halo_cuda_alpha_job aj = alpha_or_none(alpha);
     if (rows_pad < rows) rows_pad = rows;
-    if (cols <= 0 || rows_pad <= 0) {
-        if (aj.out[0] || aj.out[1]) {   // nothing to quantize: the scale products alone
-            for (int i = 0; i < 2; i++)
-                if (aj.out[i]) halo_cuda_alpha(aj.out[i], aj.a[i], aj.b[i], aj.fmt, s);
-        }
-        return;
-    }
+    if (cols <= 0 || rows_pad <= 0) { alpha_alone(aj, s); return; }   // nothing to quantize: the scale products alone
     if (in_type != HALO_CUDA_U8 && vec8_ok(in, in_type, ld_in, cols) && rows_pad % 8 == 0 && out8_ok(q, ldq) &&
         out8_ok(qt, ldqt)) {
         if (in_type == HALO_CUDA_BF16) launch_tile8<HALO_CUDA_BF16>(in, ld_in, rows, cols, amax, fmt, q, ldq, qt, ldqt, rows_pad, aj, s);
@@ -1089,6 +1107,7 @@ struct tr_args {
     long ldqt;              //   transposed: qt[c][t] for t < rows_qt (zero codes for rows <= t: zeros read)
     int rows_qt;
     const float *amax_t;
+    halo_cuda_alpha_job aj; // scale products one thread of the first block forms (run_alpha)
 };
 
 template <int R> __device__ __forceinline__ void tr_radix(float *v) {   // stages 1, 2, .. R/2 on v[0..R)
@@ -1268,6 +1287,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, float4 *tr_sm4) {
 template <int TIN, int S, int MODE>
 __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_args a) {
     extern __shared__ float4 tr_sm4[];
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) run_alpha(a.aj);
     const long t0 = (long)(blockIdx.y % a.hlo) + (long)(blockIdx.y / a.hlo) * a.hlo * S, tmax = t0 + (long)(S - 1) * a.hlo;
     const bool qt = TIN == HALO_CUDA_BF16 && S >= 8 && a.qt;   // the fused unrotated codes (tokrot_tile)
     const bool full = a.vin && (blockIdx.x + 1) * TR_CW <= a.cols && tmax < a.rows && (!qt || tmax < a.rows_qt) &&
@@ -1374,9 +1394,11 @@ static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld
 
 extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                         const float *scratch, float *amax, int *nonfinite,
-                                        const halo_cuda_colrot_tq *tq, cudaStream_t s) {
-    if (cols <= 0) return;
+                                        const halo_cuda_colrot_tq *tq, const halo_cuda_alpha_job *alpha,
+                                        cudaStream_t s) {
+    if (cols <= 0) { alpha_alone(alpha_or_none(alpha), s); return; }
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
+    a.aj = alpha_or_none(alpha);
     a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
     if (!tr_two(h)) tr_set_tq(h, a, tq);   // one pass: this one reads E_Y
     tr_last<TR_AMAX>(h, a, 0, s);
@@ -1384,9 +1406,10 @@ extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 
 
 extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                        const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq,
-                                       int cols_pad, cudaStream_t s) {
-    if (cols_pad <= 0) return;
+                                       int cols_pad, const halo_cuda_alpha_job *alpha, cudaStream_t s) {
+    if (cols_pad <= 0) { alpha_alone(alpha_or_none(alpha), s); return; }
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
+    a.aj = alpha_or_none(alpha);
     a.span = cols_pad; a.amax_q = amax; a.fmt = fmt; a.out = q; a.ldo = ldq;
     a.vout = tr_vout(q, 1, ldq);
     tr_last<TR_QUANT>(h, a, 0, s);

@@ -193,9 +193,10 @@ extern "C" void halo_cuda_rot_once(int on) { g_rot_once = on; }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
 // name_a / name_q: the profiling names of the two passes. zero: clear the amax slot first (else the caller did).
+// aj (may be NULL): scale products the quantizer forms on the side (the amax values they read final by then).
 static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const void *in, int in_type, long ld, int rows,
                           int d, int slot, uint8_t *q, long ldq, const char *name_a, const char *name_q, int zero,
-                          cudaStream_t s) {
+                          const halo_cuda_alpha_job *aj, cudaStream_t s) {
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
     if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
@@ -205,14 +206,14 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
         PROF(name_a, elems * 6.0,
              halo_cuda_rot_amax(h, (const halo_bf16 *)in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
-        PROF(name_q, elems * 5.0, halo_cuda_quant_rows(NULL, 0, T, HALO_CUDA_F32, d, rows, d, amax, NULL, fmt_of(L), q,
-                                                       ldq, s));
+        PROF(name_q, elems * 5.0, halo_cuda_quant_rows_alpha(NULL, 0, T, HALO_CUDA_F32, d, rows, d, amax, NULL,
+                                                             fmt_of(L), q, ldq, aj, s));
         return;
     }
     PROF(name_a, elems * esz(in_type),
          halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
     PROF(name_q, elems * (esz(in_type) + 1),
-         halo_cuda_quant_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, s));
+         halo_cuda_quant_rows_alpha(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, aj, s));
 }
 
 __global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
@@ -352,21 +353,19 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
                           "fwd quant X (both layouts)", s);
             ws_of(L)->xrow_gen = L->xgen;
         } else {
-            quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, s);   // Q(X H_m)
+            quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, NULL,
+                          s);   // Q(X H_m)
         }
         L->qx_use = qx;
         L->ax_use = L->dev + AX;
         qx_row = xr;
     }
-    if (t0) {   // Q(W) both layouts; the quantizer also forms the product's scale
-        halo_cuda_alpha_job aj;
-        memset(&aj, 0, sizeof aj);
-        aj.fmt = fmt_of(L); aj.out[0] = L->dev + ALY; aj.a[0] = L->ax_use; aj.b[0] = L->dev + AW;
-        quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
-    } else {
-        quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, s);   // Q(W H_m)
-        PROF("alpha", 12, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AW, fmt_of(L), s));
-    }
+    // Q(W) (both layouts at level 0, else Q(W H_m)); the quantizer also forms the product's scale
+    halo_cuda_alpha_job aj;
+    memset(&aj, 0, sizeof aj);
+    aj.fmt = fmt_of(L); aj.out[0] = L->dev + ALY; aj.a[0] = L->ax_use; aj.b[0] = L->dev + AW;
+    if (t0) quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
+    else quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, &aj, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
@@ -426,10 +425,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         if (G && EX && lvl == 2 && colrot_on()) {
             if (plan_hb(L, b)) return HALO_ERR;
             tq = (halo_cuda_colrot_tq){qet, b16, (int)b16, fmt, amax_e};
-            if (halo_cuda_colrot_ok(&L->hb) && L->hb_pad >= b16 && halo_cuda_colrot_tq_ok(&L->hb, &tq)) {
-                PROF("alpha", 12, halo_cuda_alpha(L->dev + ALG, amax_e, L->ax_use, fmt, s));
-                tqp = &tq;
-            }
+            if (halo_cuda_colrot_ok(&L->hb) && L->hb_pad >= b16 && halo_cuda_colrot_tq_ok(&L->hb, &tq)) tqp = &tq;
         }
         // the quantizer also forms the scales of the products that read Q(E_Y): E_X (levels 0, 1) and G
         halo_cuda_alpha_job aj;
@@ -471,22 +467,32 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 const double tqb = tqp ? (double)n * b16 : 0;   // G's codes, when they ride along
                 if (two) PROF(tqp ? "bwd H_b E_Y first stages + Q(E_Y)^T" : "bwd H_b E_Y first stages (cols)",
                               2.0 * b * n + 4.0 * bp * n + tqb, halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, tqp, s));
+                // the scale products on the side: G's (when its codes ride along) by the absmax pass, E_X's by the
+                // quantizer (after the absmax pass has made AER final)
+                halo_cuda_alpha_job ajg, ajx;
+                memset(&ajg, 0, sizeof ajg);
+                memset(&ajx, 0, sizeof ajx);
+                ajg.fmt = ajx.fmt = fmt;
+                if (tqp) { ajg.out[0] = L->dev + ALG; ajg.a[0] = amax_e; ajg.b[0] = L->ax_use; }
+                ajx.out[0] = L->dev + ALEX; ajx.a[0] = L->dev + AER; ajx.b[0] = L->dev + AW;
                 PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)", rd + (two ? 0 : tqb),
-                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), tqp, s));
+                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), tqp, &ajg, s));
                 PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
-                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, s));
+                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, &ajx, s));
             } else {
                 // rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H), then the codes transposed back
                 halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);
                 uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
                 PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
                      halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
+                halo_cuda_alpha_job ajx;
+                memset(&ajx, 0, sizeof ajx);
+                ajx.fmt = fmt; ajx.out[0] = L->dev + ALEX; ajx.a[0] = L->dev + AER; ajx.b[0] = L->dev + AW;
                 quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
-                              "bwd quant H_b E_Y", 1, s);
+                              "bwd quant H_b E_Y", 1, &ajx, s);
                 PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,
                      halo_cuda_transpose(codes_t, HALO_CUDA_U8, bp, n, bp, qe, HALO_CUDA_U8, np, (int)np, s));
             }
-            PROF("alpha", 12, halo_cuda_alpha(L->dev + ALEX, L->dev + AER, L->dev + AW, fmt, s));
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), then E_X = first b rows of H_b R: by the column
             // kernel in R's layout, else Rt = R^T [m][bp] rotated by H_b in place (row form) and transposed back.
             const int colr = colrot_on() && halo_cuda_colrot_ok(&L->hb);

@@ -249,8 +249,28 @@ __global__ void k_fill(float *p, size_t n, float v) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) p[i] = v;
 }
 
-// n1/n2 recomputed in backward from x/h and the stored rstd (layer recomputation recomputes them anyway)
-static int norms_shared(const llama_cuda *g) { return g->o.recompute_norms && g->o.recompute != 1; }
+// Whether HALO computes layer l's linear `kind` (known before halo_setup: the same selection).
+static int halo_selects(const llama_cuda *g, int l, int kind) {
+    const model_halo_config *hc = &g->o.halo;
+    return (hc->prec == HALO_PREC_INT8 || hc->prec == HALO_PREC_FP8) && model_halo_selects(hc, l, kind, g->c.n_layers);
+}
+// Layer l's n1 (kind LIN_Q) / n2 (LIN_GATE) live in the one shared buffer nbuf instead of a copy per layer: with
+// --recompute-norms, or when HALO computes the products that read it (their backward reads the saved 8-bit codes,
+// so nothing needs the bf16 values). Layer recomputation recomputes them anyway.
+static int norm_shared(const llama_cuda *g, int l, int kind) {
+    return g->o.recompute != 1 && (g->o.recompute_norms || halo_selects(g, l, kind));
+}
+// ... and backward recomputes it from x/h and the stored rstd where something reads it: a BF16 weight gradient,
+// HALO telemetry's G reference, the MLP recomputation (n2).
+static int norm_recompute(const llama_cuda *g, int l, int kind) {
+    return norm_shared(g, l, kind) &&
+           (!halo_selects(g, l, kind) || g->tele || (kind == LIN_GATE && g->o.recompute == 2));
+}
+static int any_norm_shared(const llama_cuda *g) {
+    for (int l = 0; l < g->c.n_layers; l++)
+        if (norm_shared(g, l, LIN_Q) || norm_shared(g, l, LIN_GATE)) return 1;
+    return 0;
+}
 
 static int alloc_all(llama_cuda *g) {
     const llama_config *c = &g->c;
@@ -266,16 +286,16 @@ static int alloc_all(llama_cuda *g) {
     g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
     for (int l = 0; l <= nl; l++) g->x[l] = (float *)dalloc(g, MEM_ACTS, N * D * 4);
     g->acts = (layer_acts *)xcalloc((size_t)nsets, sizeof(layer_acts));
-    if (norms_shared(g)) g->nbuf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+    if (any_norm_shared(g)) g->nbuf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
     for (int i = 0; i < nsets; i++) {
         layer_acts *A = &g->acts[i];
-        A->n1 = g->nbuf ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->n1 = norm_shared(g, i, LIN_Q) ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
         A->r1 = (float *)dalloc(g, MEM_ACTS, N * 4);
         A->qkv = (bf16 *)dalloc(g, MEM_ACTS, N * g->QKV * 2);
         A->att = (bf16 *)dalloc(g, MEM_ACTS, N * g->Q * 2);
         A->lse = (float *)dalloc(g, MEM_ACTS, N * c->n_heads * 4);
         A->h = (float *)dalloc(g, MEM_ACTS, N * D * 4);
-        A->n2 = g->nbuf ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
+        A->n2 = norm_shared(g, i, LIN_GATE) ? g->nbuf : (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
         A->r2 = (float *)dalloc(g, MEM_ACTS, N * 4);
         // recompute 2: one [gate | up] buffer shared by all layers
         A->gu = g->o.recompute == 2 && i > 0 ? g->acts[0].gu : (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
@@ -325,7 +345,8 @@ static void print_memory(const llama_cuda *g) {
     printf("  %-24s %9.3f GiB  (batch %d x %d, %s%s, moments %s, gradients %s, lm_head chunk %d tokens)\n", "total",
            llama_cuda_bytes(g) / 1073741824.0, g->o.max_B, g->o.max_T,
            g->o.recompute == 1 ? "recompute layers" : g->o.recompute == 2 ? "recompute MLP gate/up" : "stored acts",
-           norms_shared(g) ? " + norms" : "", g->o.bf16_moments ? "bf16" : "fp32",
+           g->o.recompute_norms && g->o.recompute != 1 ? " + norms" : g->nbuf ? ", HALO's normed inputs not kept" : "",
+           g->o.bf16_moments ? "bf16" : "fp32",
            g->gbase ? "bf16 matrices, fp32 embedding and norms" : "fp32", g->ce_chunk);
     if (g->hon) {
         char d[256];
@@ -529,7 +550,8 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (g->acts)
         for (int i = 0; i < nsets; i++) {
             layer_acts *A = &g->acts[i];
-            void *ap[] = {g->nbuf ? NULL : A->n1, A->r1, A->qkv, A->att, A->lse, A->h, g->nbuf ? NULL : A->n2, A->r2,
+            void *ap[] = {A->n1 == g->nbuf ? NULL : A->n1, A->r1, A->qkv, A->att, A->lse, A->h,
+                          A->n2 == g->nbuf ? NULL : A->n2, A->r2,
                           g->o.recompute == 2 && i > 0 ? NULL : A->gu};
             for (size_t j = 0; j < sizeof ap / sizeof ap[0]; j++) if (ap[j]) cudaFree(ap[j]);
         }
@@ -761,7 +783,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
     PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
-    if (norms_shared(g))   // n1 for the q, k, v weight gradients (the buffer held n2)
+    if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
     group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, 0);
     float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
@@ -825,7 +847,8 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);
-        if (norms_shared(g))   // n2 for the gate/up products (recomputed or not) and their weight gradients
+        if (norm_recompute(g, l, LIN_GATE))   // n2 for the gate/up products (recomputed or not), their weight
+                                              // gradients or telemetry
             PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n2, A->r2, A->h, W + g->L[l].ffn_norm, N, D, s));
         if (g->o.recompute == 2)   // the shared [gate | up] buffer holds the last layer's: recompute this one's
             group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu, 0);
