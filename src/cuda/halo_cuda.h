@@ -58,8 +58,9 @@ void halo_cuda_rows_threads(int n);
 // NaN/Inf is seen (may be NULL).
 void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                            int d, float *amax, float *amax_row, int *nonfinite, cudaStream_t s);
-// q[r][k] = Q(v[r][k] / s) with v as in absmax_rows and s = scale(amax_row[r]) when amax_row != NULL, else
-// scale(*amax); scale(a) = a / qmax (1 when a == 0, at least FLT_MIN). INT8: round half even, clamp +-127.
+// q[r][k] = Q(v[r][k] * (1 / s)) with v as in absmax_rows and s = scale(amax_row[r]) when amax_row != NULL, else
+// scale(*amax); scale(a) = a / qmax (1 when a == 0, at least FLT_MIN); 1 / s one fp32 division, as halo_quantize's
+// nearest rounding (every quantizer here multiplies by it). INT8: round half even, clamp +-127.
 // E4M3: __nv_cvt_float_to_fp8(.., __NV_SATFINITE, __NV_E4M3) (RNE, saturating).
 void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in, int rows,
                           int d, const float *amax, const float *amax_row, int fmt, uint8_t *q, long ldq,
@@ -83,7 +84,7 @@ void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in,
 int halo_cuda_colrot_ok(const halo_cuda_had *h);
 // E_Y [rows][ld] bf16: the first pass into scratch (fp32 [h->d][cols], halo_cuda_colrot_scratch bytes, 0 for one
 // pass), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
-// *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] / scale(*amax)) for t < h->d, c < cols, as
+// *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] / scale(*amax)) (as quant_rows: times 1 / scale) for t < h->d, c < cols, as
 // quant_rows, zero codes for cols <= c < cols_pad.
 // tq (may be NULL): the first of these kernels that reads E_Y (colrot_first with two passes, else colrot_absmax) also
 // writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] / scale(*amax)) for t < rows (a multiple of 8;

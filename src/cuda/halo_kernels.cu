@@ -142,8 +142,12 @@ __device__ __forceinline__ float scale_of(float amax, float qmax) {
     return s;
 }
 
-__device__ __forceinline__ uint8_t quant1(float x, float s, int fmt) {
-    float v = x / s;   // IEEE division (nvcc's default -prec-div=true), as the CPU's row[k] / s
+// The quantizers take the reciprocal of the scale, r = 1 / scale (IEEE division once, as the CPU's per group):
+// code = Q(x * r), the CPU's row[k] * r bit for bit.
+__device__ __forceinline__ float rscale_of(float amax, float qmax) { return 1.f / scale_of(amax, qmax); }
+
+__device__ __forceinline__ uint8_t quant1(float x, float r, int fmt) {
+    float v = x * r;
     if (fmt == HALO_CUDA_INT8) {
         v = rintf(v);
         v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
@@ -153,8 +157,8 @@ __device__ __forceinline__ uint8_t quant1(float x, float s, int fmt) {
 }
 
 // FMT >= 0: the format fixed at compile time (no per-element branch); -1: `fmt` at run time.
-template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float s, int fmt) {
-    return quant1(x, s, FMT >= 0 ? FMT : fmt);
+template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float r, int fmt) {
+    return quant1(x, r, FMT >= 0 ? FMT : fmt);
 }
 
 __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
@@ -258,7 +262,7 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     float mx = 0.f;
     int bad = 0;
     float qs = 1.f;
-    if (MODE == MODE_QUANT) qs = scale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
+    if (MODE == MODE_QUANT) qs = rscale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
     auto value = [&](int e) -> float {
         if (!a.rotate) {
             float v = load1<TIN>(a.in, in_off + e);
@@ -457,7 +461,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     float mx = 0.f;
     int bad = 0;
     float qs = 1.f;
-    if (MODE == MODE_QUANT) qs = scale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
+    if (MODE == MODE_QUANT) qs = rscale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
     auto emit_at = [&](long o_off, int e, float v) {
         if (MODE == MODE_STORE) {
             if (a.out_f32) {
@@ -675,21 +679,21 @@ template <int TIN> __global__ void __launch_bounds__(256) k_absmax_vec(const voi
     if (threadIdx.x == 0) atomicMax(amax_bits, __float_as_uint(mx));   // non-negative floats order as uints
 }
 
-__device__ __forceinline__ uint2 quant8(const float v[8], float s, int fmt) {
+__device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   // r: 1 / scale, as quant1
     uint2 u;
     if (fmt == HALO_CUDA_E4M3) {   // the same codes as quant1, two per conversion instruction (x: the low byte)
         unsigned p[4];
         #pragma unroll
         for (int k = 0; k < 4; k++)
-            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] / s, v[2 * k + 1] / s), __NV_SATFINITE, __NV_E4M3);
+            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] * r, v[2 * k + 1] * r), __NV_SATFINITE, __NV_E4M3);
         u.x = p[0] | p[1] << 16;
         u.y = p[2] | p[3] << 16;
         return u;
     }
-    u.x = (unsigned)quant1(v[0], s, fmt) | (unsigned)quant1(v[1], s, fmt) << 8 | (unsigned)quant1(v[2], s, fmt) << 16 |
-          (unsigned)quant1(v[3], s, fmt) << 24;
-    u.y = (unsigned)quant1(v[4], s, fmt) | (unsigned)quant1(v[5], s, fmt) << 8 | (unsigned)quant1(v[6], s, fmt) << 16 |
-          (unsigned)quant1(v[7], s, fmt) << 24;
+    u.x = (unsigned)quant1(v[0], r, fmt) | (unsigned)quant1(v[1], r, fmt) << 8 | (unsigned)quant1(v[2], r, fmt) << 16 |
+          (unsigned)quant1(v[3], r, fmt) << 24;
+    u.y = (unsigned)quant1(v[4], r, fmt) | (unsigned)quant1(v[5], r, fmt) << 8 | (unsigned)quant1(v[6], r, fmt) << 16 |
+          (unsigned)quant1(v[7], r, fmt) << 24;
     return u;
 }
 
@@ -700,7 +704,7 @@ template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void
     if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(aj);
     const int contig = ld == (long)c8 * 8 && ldq == (long)c8 * 8;
     const long stride = (long)gridDim.x * blockDim.x;
-    const float qm = qmax_of(fmt), st = amax_row ? 1.f : scale_of(*amax, qm);
+    const float qm = qmax_of(fmt), st = amax_row ? 1.f : rscale_of(*amax, qm);
     for (long i0 = blockIdx.x * (long)blockDim.x + threadIdx.x; i0 < total; i0 += VEC_UNROLL * stride) {
         float v[VEC_UNROLL][8];
         #pragma unroll
@@ -713,7 +717,7 @@ template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void
             const long i = i0 + u * stride;
             if (i >= total) break;
             const long r = i / c8, c = (i - r * c8) * 8;
-            const float sc = amax_row ? scale_of(amax_row[r], qm) : st;
+            const float sc = amax_row ? rscale_of(amax_row[r], qm) : st;
             *(uint2 *)(q + r * ldq + c) = quant8(v[u], sc, fmt);
         }
     }
@@ -738,7 +742,7 @@ template <int TIN> __global__ void __launch_bounds__(64) k_tile8(const void *in,
     __shared__ __align__(16) uint2 tile[64][9];   // 72-byte rows + the swizzle: conflict-free phase 2
     const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7;
     if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) run_alpha(aj);
-    const float s = TIN == HALO_CUDA_U8 ? 1.f : scale_of(*amax, qmax_of(fmt));
+    const float s = TIN == HALO_CUDA_U8 ? 1.f : rscale_of(*amax, qmax_of(fmt));
     const int c = c0 + cc * 8;
     uint2 code[8];
     #pragma unroll
@@ -888,7 +892,7 @@ template <int TIN> __global__ void k_quant_tile(const void *in, long ld_in, int 
     __shared__ uint8_t tile[64][64 + 4];
     const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, tx = threadIdx.x, ty = threadIdx.y;
     if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) run_alpha(aj);
-    const float s = scale_of(*amax, qmax_of(fmt));
+    const float s = rscale_of(*amax, qmax_of(fmt));
     for (int i = ty; i < 64; i += 8) {
         const int r = r0 + i;
         for (int k = 0; k < 2; k++) {
@@ -1177,7 +1181,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, float4 *tr_sm4) {
         // bytes of row col + j of qt
         const long tb = t0 + (long)tr_tok<S, V>(w, 0, 0);
         if (FULL || tb < a.rows_qt) {
-            const float qs0 = scale_of(*a.amax_t, qmax_of(a.fmt));
+            const float qs0 = rscale_of(*a.amax_t, qmax_of(a.fmt));
             #pragma unroll
             for (int j = 0; j < 4; j++) {
                 if (!FULL && j >= ncol) break;
@@ -1223,7 +1227,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, float4 *tr_sm4) {
     float mx = 0.f;
     int bad = 0;
     float qs = 1.f;
-    if (MODE == TR_QUANT) qs = scale_of(*a.amax_q, qmax_of(a.fmt));
+    if (MODE == TR_QUANT) qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     const int nspan = a.span - col;
     #pragma unroll
     for (int k = 0; k < V; k++) {

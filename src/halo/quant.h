@@ -52,6 +52,8 @@ typedef struct halo_qspec {
 // Quantizes M = trans ? src^T : src, where src is [sr][sc] with leading dimension ld. With trans the random
 // stream is keyed on the source element index, so quantizing a tensor and its transpose gives the same codes.
 // A zero group gets scale 1 and codes 0. NaN/Inf in src: HALO_ERR with a message "<what>: non-finite ...".
+// Nearest rounding encodes x * r with r = 1.0f / s (fp32, once per group; the GPU kernels compute the same), not
+// x / s: codes differ from the quotient's only where x / s lies within an ulp of a rounding boundary.
 int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int trans, const halo_qspec *qs,
                   const char *what);
 // dst [R][C] = dequantized values.
