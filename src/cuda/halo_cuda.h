@@ -84,10 +84,10 @@ void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in,
 int halo_cuda_colrot_ok(const halo_cuda_had *h);
 // E_Y [rows][ld] bf16: the first pass into scratch (fp32 [h->d][cols], halo_cuda_colrot_scratch bytes, 0 for one
 // pass), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
-// *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] / scale(*amax)) (as quant_rows: times 1 / scale) for t < h->d, c < cols, as
+// *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] * (1 / scale(*amax))) for t < h->d, c < cols, as
 // quant_rows, zero codes for cols <= c < cols_pad.
 // tq (may be NULL): the first of these kernels that reads E_Y (colrot_first with two passes, else colrot_absmax) also
-// writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] / scale(*amax)) for t < rows (a multiple of 8;
+// writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] * (1 / scale(*amax))) for t < rows (a multiple of 8;
 // zero codes for tokens past the input's rows), as halo_cuda_quant_tile's qt: G's operand, without its own read of
 // E_Y. Taken when halo_cuda_colrot_tq_ok (8-byte aligned q, ldq % 8 == 0, blocks of >= 8 tokens), else the caller
 // quantizes separately. alpha (may be NULL): scale products that colrot_absmax / colrot_quant form on the side.

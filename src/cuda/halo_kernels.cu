@@ -1161,12 +1161,11 @@ template <int S> struct tr_cfg {
 // FULL: every token of the tile < rows (and rows_out, rows_qt), all 128 columns exist, vector accesses allowed: no
 // per-element checks. FMT: see quantf.
 template <int TIN, int S, int MODE, bool FULL, int FMT>
-__device__ __forceinline__ void tokrot_tile(const tr_args &a, float4 *tr_sm4) {
+__device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *tr_sm4) {   // t0: tile token 0
     constexpr int V = S < 8 ? S : 8, NP = (tr_log2(S) + 2) / 3;   // tokens per thread, register passes
     const int c = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int col = blockIdx.x * TR_CW + 4 * c, g = blockIdx.y;
+    const int col = blockIdx.x * TR_CW + 4 * c;
     const int ncol = a.cols - col;   // how many of this thread's 4 columns exist (>= 4: all)
-    const long t0 = (long)(g % a.hlo) + (long)(g / a.hlo) * a.hlo * S;   // global token of tile token 0
     float v[4][V];   // v[j][k]: column col + j, tile token tr_tok(.., k)
     #pragma unroll
     for (int k = 0; k < V; k++) {
@@ -1292,14 +1291,15 @@ template <int TIN, int S, int MODE>
 __global__ void __launch_bounds__(tr_cfg<S>::T, tr_cfg<S>::MINB) k_tokrot(tr_args a) {
     extern __shared__ float4 tr_sm4[];
     if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) run_alpha(a.aj);
+    // global token of tile token 0, and of its last one
     const long t0 = (long)(blockIdx.y % a.hlo) + (long)(blockIdx.y / a.hlo) * a.hlo * S, tmax = t0 + (long)(S - 1) * a.hlo;
     const bool qt = TIN == HALO_CUDA_BF16 && S >= 8 && a.qt;   // the fused unrotated codes (tokrot_tile)
     const bool full = a.vin && (blockIdx.x + 1) * TR_CW <= a.cols && tmax < a.rows && (!qt || tmax < a.rows_qt) &&
                       (MODE == TR_AMAX || a.vout) && (MODE != TR_OUT || tmax < a.rows_out);   // block-uniform
-    if (!full) tokrot_tile<TIN, S, MODE, false, -1>(a, tr_sm4);
-    else if (MODE == TR_OUT || (MODE != TR_QUANT && !qt)) tokrot_tile<TIN, S, MODE, true, -1>(a, tr_sm4);
-    else if (a.fmt == HALO_CUDA_INT8) tokrot_tile<TIN, S, MODE, true, HALO_CUDA_INT8>(a, tr_sm4);
-    else tokrot_tile<TIN, S, MODE, true, HALO_CUDA_E4M3>(a, tr_sm4);
+    if (!full) tokrot_tile<TIN, S, MODE, false, -1>(a, t0, tr_sm4);
+    else if (MODE == TR_OUT || (MODE != TR_QUANT && !qt)) tokrot_tile<TIN, S, MODE, true, -1>(a, t0, tr_sm4);
+    else if (a.fmt == HALO_CUDA_INT8) tokrot_tile<TIN, S, MODE, true, HALO_CUDA_INT8>(a, t0, tr_sm4);
+    else tokrot_tile<TIN, S, MODE, true, HALO_CUDA_E4M3>(a, t0, tr_sm4);
 }
 
 template <int TIN, int MODE, int S> static void tr_go(tr_args &a, int P, cudaStream_t s) {

@@ -125,6 +125,18 @@ extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int 
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
 
+// Scale-product jobs that quantization kernels run on the side: alpha_job(fmt), then up to two alpha_add.
+static halo_cuda_alpha_job alpha_job(int fmt) {
+    halo_cuda_alpha_job j;
+    memset(&j, 0, sizeof j);
+    j.fmt = fmt;
+    return j;
+}
+static void alpha_add(halo_cuda_alpha_job *j, float *out, const float *amax_a, const float *amax_b) {
+    const int i = j->out[0] ? 1 : 0;
+    j->out[i] = out; j->a[i] = amax_a; j->b[i] = amax_b;
+}
+
 // Level 0: rows x cols of `in` (bf16) quantized in one read into row-major q [rows][ldq] and transposed
 // qt [cols][ldqt] (zero codes in its columns rows..rows_pad-1), after the absmax pass into amax slot `slot`; aj: scale
 // products computed by the quantizer (may be NULL).
@@ -361,9 +373,8 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         qx_row = xr;
     }
     // Q(W) (both layouts at level 0, else Q(W H_m)); the quantizer also forms the product's scale
-    halo_cuda_alpha_job aj;
-    memset(&aj, 0, sizeof aj);
-    aj.fmt = fmt_of(L); aj.out[0] = L->dev + ALY; aj.a[0] = L->ax_use; aj.b[0] = L->dev + AW;
+    halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
+    alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
     if (t0) quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
     else quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, &aj, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
@@ -428,12 +439,9 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             if (halo_cuda_colrot_ok(&L->hb) && L->hb_pad >= b16 && halo_cuda_colrot_tq_ok(&L->hb, &tq)) tqp = &tq;
         }
         // the quantizer also forms the scales of the products that read Q(E_Y): E_X (levels 0, 1) and G
-        halo_cuda_alpha_job aj;
-        memset(&aj, 0, sizeof aj);
-        aj.fmt = fmt;
-        int na = 0;
-        if (EX && lvl < 2) { aj.out[na] = L->dev + ALEX; aj.a[na] = amax_e; aj.b[na] = L->dev + AW; na++; }
-        if (G) { aj.out[na] = L->dev + ALG; aj.a[na] = amax_e; aj.b[na] = L->ax_use; na++; }
+        halo_cuda_alpha_job aj = alpha_job(fmt);
+        if (EX && lvl < 2) alpha_add(&aj, L->dev + ALEX, amax_e, L->dev + AW);
+        if (G) alpha_add(&aj, L->dev + ALG, amax_e, L->ax_use);
         if (!tqp)
             PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),
                  halo_cuda_quant_tile_alpha(EY, HALO_CUDA_BF16, ldey, b, n, amax_e, fmt, qe, np, qet, b16, (int)b16,
@@ -456,6 +464,9 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             const int bp = L->hb_pad;
             // Q(H_b^T [E_Y; 0]) as [bp][np] codes, zero in the columns n..np-1.
             qe = (uint8_t *)ws(L, 1, (size_t)bp * np);
+            // E_X's scale product, formed by the quantizer of H_b^T E_Y (after the absmax pass made AER final)
+            halo_cuda_alpha_job ajx = alpha_job(fmt);
+            alpha_add(&ajx, L->dev + ALEX, L->dev + AER, L->dev + AW);
             if (colrot_on() && halo_cuda_colrot_ok(&L->hb)) {
                 // column kernels on E_Y in its layout: the first stages into fp32 scratch, then the last ones twice
                 float *amax = L->dev + AER;
@@ -467,14 +478,8 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 const double tqb = tqp ? (double)n * b16 : 0;   // G's codes, when they ride along
                 if (two) PROF(tqp ? "bwd H_b E_Y first stages + Q(E_Y)^T" : "bwd H_b E_Y first stages (cols)",
                               2.0 * b * n + 4.0 * bp * n + tqb, halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, tqp, s));
-                // the scale products on the side: G's (when its codes ride along) by the absmax pass, E_X's by the
-                // quantizer (after the absmax pass has made AER final)
-                halo_cuda_alpha_job ajg, ajx;
-                memset(&ajg, 0, sizeof ajg);
-                memset(&ajx, 0, sizeof ajx);
-                ajg.fmt = ajx.fmt = fmt;
-                if (tqp) { ajg.out[0] = L->dev + ALG; ajg.a[0] = amax_e; ajg.b[0] = L->ax_use; }
-                ajx.out[0] = L->dev + ALEX; ajx.a[0] = L->dev + AER; ajx.b[0] = L->dev + AW;
+                halo_cuda_alpha_job ajg = alpha_job(fmt);   // G's, when its codes ride along: by the absmax pass
+                if (tqp) alpha_add(&ajg, L->dev + ALG, amax_e, L->ax_use);
                 PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)", rd + (two ? 0 : tqb),
                      halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), tqp, &ajg, s));
                 PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
@@ -485,9 +490,6 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 uint8_t *codes_t = (uint8_t *)eyt + (size_t)n * bp * 2;
                 PROF("bwd transpose E_Y^T", 2.0 * b * n + 2.0 * n * bp,
                      halo_cuda_transpose(EY, HALO_CUDA_BF16, ldey, b, n, eyt, HALO_CUDA_BF16, bp, bp, s));
-                halo_cuda_alpha_job ajx;
-                memset(&ajx, 0, sizeof ajx);
-                ajx.fmt = fmt; ajx.out[0] = L->dev + ALEX; ajx.a[0] = L->dev + AER; ajx.b[0] = L->dev + AW;
                 quantize_rows(L, &L->hb, eyt, HALO_CUDA_BF16, bp, n, bp, AER, codes_t, bp, "bwd absmax H_b E_Y",
                               "bwd quant H_b E_Y", 1, &ajx, s);
                 PROF("bwd transpose codes H_b E_Y", (double)n * bp + (double)bp * np,

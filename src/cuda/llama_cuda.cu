@@ -413,7 +413,7 @@ static int halo_setup(llama_cuda *g) {
     int any_group = 0;
     for (int l = 0; l < nl; l++) {
         for (int k = 0; k < LIN_COUNT; k++) {
-            if (!model_halo_selects(hc, l, k, nl)) continue;
+            if (!halo_selects(g, l, k)) continue;
             char name[160];
             model_halo_layer_name(name, sizeof name, l, k);
             halo_cuda_linear *L = &g->hl[l * LIN_COUNT + k];
