@@ -5,7 +5,7 @@
 # lines), results.md (the tables), logs.tar.gz (every log).
 #   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
-#      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  8. bench_cuda_halo (8B layer shapes)
+#      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
 #   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
@@ -56,6 +56,8 @@ keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
+step "bench_cuda_qgemm (8-bit product rates by scale mode)" qgemm.log 120 $B/bench/bench_cuda_qgemm --reps 10
+keep qgemm.log "^\|" 120
 step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice

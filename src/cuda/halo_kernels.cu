@@ -1155,7 +1155,7 @@ template <int TIN> __device__ __forceinline__ void tr_ld4(const void *p, long i,
 template <int S> struct tr_cfg {
     static constexpr int T = 32 * (S >= 8 ? S / 8 : 1);   // threads: 8 tokens x 4 columns each
     static constexpr int MINB = T >= 1024 ? 1 : 1024 / T;  // <= 64 registers a thread
-    static constexpr int SMEM = S > 8 ? S * TR_CW * 4 : 0; // bytes: the tile, fp32
+    static constexpr int SMEM = S > 8 ? S * TR_CW * 4 : S == 8 ? TR_CW * 8 : 0; // bytes: the fp32 tile (S = 8: staged codes)
 };
 
 // FULL: every token of the tile < rows (and rows_out, rows_qt), all 128 columns exist, vector accesses allowed: no
@@ -1175,9 +1175,13 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         #pragma unroll
         for (int j = 0; j < 4; j++) v[j][k] = x[j];
     }
-    if (TIN == HALO_CUDA_BF16 && V == 8 && a.qt) {
+    if (TIN == HALO_CUDA_BF16 && V == 8 && a.qt) {   // block-uniform (it synchronizes)
         // the raw tile's own codes (G's unrotated Q(E_Y)^T): this thread's 8 consecutive tokens of each column are 8
-        // bytes of row col + j of qt
+        // bytes of row col + j of qt. Staged in shared memory as [128 columns][S / 8 chunks of 8 tokens] (the chunk
+        // index XORed with the row's bits 2.., so that a warp's 32 columns fall in different banks), then stored row
+        // by row: whole 32-byte sectors instead of 8 bytes in each of 32 rows per warp store.
+        constexpr int CH = S >= 8 ? S / 8 : 1;
+        uint2 *stage = (uint2 *)tr_sm4;
         const long tb = t0 + (long)tr_tok<S, V>(w, 0, 0);
         if (FULL || tb < a.rows_qt) {
             const float qs0 = rscale_of(*a.amax_t, qmax_of(a.fmt));
@@ -1190,9 +1194,19 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
                     lo |= (unsigned)quantf<FMT>(v[j][k], qs0, a.fmt) << 8 * k;
                     hi |= (unsigned)quantf<FMT>(v[j][k + 4], qs0, a.fmt) << 8 * k;
                 }
-                *(uint2 *)(a.qt + (long)(col + j) * a.ldqt + tb) = make_uint2(lo, hi);
+                const int r = 4 * c + j;
+                stage[r * CH + (w ^ ((r >> 2) & (CH - 1)))] = make_uint2(lo, hi);
             }
         }
+        __syncthreads();
+        const int col0 = blockIdx.x * TR_CW;
+        for (int i = threadIdx.x; i < TR_CW * CH; i += tr_cfg<S>::T) {
+            const int r = i / CH, ch = i % CH;
+            const long t = t0 + 8 * ch;
+            if (FULL || (col0 + r < a.cols && t < a.rows_qt))
+                *(uint2 *)(a.qt + (long)(col0 + r) * a.ldqt + t) = stage[r * CH + (ch ^ ((r >> 2) & (CH - 1)))];
+        }
+        __syncthreads();   // before the passes reuse the shared tile
     }
     #pragma unroll
     for (int ps = 0; ps < NP; ps++) {
