@@ -5,11 +5,12 @@
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-transposes] [--rot-twice] [--token-block N]
+//                               [--l2-transposes] [--rot-twice] [--bwd-transposes] [--token-block N]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
 //    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
 //    back instead of the column kernels, halo_cuda_l2_colrot(0); --rot-twice: rotated quantizations rotate in both
-//    passes instead of once into scratch, halo_cuda_rot_once(0); both for an A/B; --token-block N: level 2's token
+//    passes instead of once into scratch, halo_cuda_rot_once(0); --bwd-transposes: levels 1-2 save row-major codes
+//    and transpose them in backward, halo_cuda_fwd_tcodes(0); all for an A/B; --token-block N: level 2's token
 //    Hadamard block-diagonal in blocks of N tokens, halo_cuda_linear_token_block, the --halo-token-block option)
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,10 +117,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
         else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
+        else if (!strcmp(argv[i], "--bwd-transposes")) halo_cuda_fwd_tcodes(0);  // A/B: levels 1-2 transpose codes in backward
         else if (!strcmp(argv[i], "--token-block") && i + 1 < argc) g_token_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--rows-threads N] [--token-block N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N]\n");
             return 0;
         }
     }

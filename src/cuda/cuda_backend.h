@@ -80,6 +80,10 @@ void cuda_rope_forward(halo_bf16 *x, int ld, const int32_t *pos, const float *co
                        int H, int hd, cudaStream_t s);
 void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
                         int H, int hd, cudaStream_t s);
+// The backward on whole fused rows dqkv[N, (Hq + 2 Hkv) hd] (q and k heads rotated), also taking max |dq|, |dk|, |dv|
+// of the stored values into amax_q/k/v (atomic max on the float bits: zero them first): HALO's q, k, v E_Y scales.
+void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
+                             int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v, cudaStream_t s);
 
 // gu[N, 2F] holds [gate | up] per row; out[N, F] = silu(gate) * up
 void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);

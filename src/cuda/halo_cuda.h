@@ -246,6 +246,10 @@ int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, lo
 // Rotated quantizations (levels 1, 2): 1 (default) = one rotation into fp32 scratch with the absmax, then the codes
 // from it (halo_cuda_rot_amax where it applies); 0 = rotate in both passes (absmax, then codes). Same codes.
 void halo_cuda_rot_once(int on);
+// Levels 1-2: 1 (default) = the forward's quantizers also write the transposed codes, which are the saved ones (as
+// level 0 always does), so the backward transposes nothing; 0 = codes saved row-major and transposed in backward.
+// Same codes either way. Call before any layer is reserved or run.
+void halo_cuda_fwd_tcodes(int on);
 // Level 2 backward: 1 (default) = the token rotations of E_Y and of the E_X product by the column kernels above
 // (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
 // the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.

@@ -111,8 +111,12 @@ extern "C" float *halo_cuda_linear_ey_amax(halo_cuda_linear *L) { return L->dev 
 
 static unsigned long g_xgen;   // generations of X codes (halo_cuda_ws.qxt_gen)
 
-// Level 0 saves its codes transposed (the backward products' layouts), written by the forward's quantizer.
-static int tposed(const halo_cuda_linear *L) { return L->level == 0; }
+// The forward's quantizers write the saved codes transposed (the backward products' layouts) besides the row-major
+// ones its product reads, so the backward transposes nothing: always at level 0; at levels 1-2 unless
+// halo_cuda_fwd_tcodes(0) (the A/B: saved row-major, transposed in backward). Set before any layer reserves.
+static int g_fwd_tcodes = 1;
+extern "C" void halo_cuda_fwd_tcodes(int on) { g_fwd_tcodes = on; }
+static int tposed(const halo_cuda_linear *L) { return L->level == 0 || g_fwd_tcodes; }
 static size_t qx_bytes(const halo_cuda_linear *L, int b, int m) {
     return tposed(L) ? (size_t)pad16(m) * pad16(b) : (size_t)b * pad16(m);
 }
@@ -226,6 +230,27 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
          halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
     PROF(name_q, elems * (esz(in_type) + 1),
          halo_cuda_quant_rows_alpha(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, aj, s));
+}
+
+// Rotated (levels 1-2) quantization into both layouts: q [rows][ldq] and qt [d][ldqt] (rows_pad columns, zero codes
+// past rows). Rotate once into fp32 scratch, then the tile quantizer writes both from it; else the row quantizer and
+// an 8-bit transpose.
+static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows,
+                               int d, int slot, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
+                               const halo_cuda_alpha_job *aj, const char *name_a, const char *name_q, cudaStream_t s) {
+    float *amax = L->dev + slot;
+    const double elems = (double)rows * d;
+    if (g_rot_once && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+        float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
+        PROF(name_a, elems * 6.0, halo_cuda_rot_amax(h, in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
+        PROF(name_q, elems * 6.0 + (double)d * rows_pad,
+             halo_cuda_quant_tile_alpha(T, HALO_CUDA_F32, d, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
+                                        s));
+        return;
+    }
+    quantize_rows(L, h, in, HALO_CUDA_BF16, ld, rows, d, slot, q, ldq, name_a, name_q, 0, aj, s);
+    PROF("fwd transpose codes", elems + (double)d * rows_pad,
+         halo_cuda_transpose(q, HALO_CUDA_U8, ldq, rows, d, qt, HALO_CUDA_U8, ldqt, rows_pad, s));
 }
 
 __global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
@@ -342,7 +367,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
     }
     // X's amax from its producer (level 0 only: the unrotated X), else zeroed here for the absmax pass
-    const int x_amax = (flags & HALO_CUDA_X_AMAX) && t0;
+    const int x_amax = (flags & HALO_CUDA_X_AMAX) && L->level == 0;
     if (x_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
     else PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
     const uint8_t *qx_row;
@@ -361,8 +386,10 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         }
         L->xgen = ++g_xgen;
         if (t0) {
-            quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, x_amax ? NULL : "fwd absmax X",
-                          "fwd quant X (both layouts)", s);
+            if (h) quantize_rows_both(L, h, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, "fwd absmax X",
+                                      "fwd quant X (both layouts)", s);   // Q(X H_m)
+            else quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, x_amax ? NULL : "fwd absmax X",
+                               "fwd quant X (both layouts)", s);
             ws_of(L)->xrow_gen = L->xgen;
         } else {
             quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, NULL,
@@ -375,7 +402,9 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // Q(W) (both layouts at level 0, else Q(W H_m)); the quantizer also forms the product's scale
     halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
     alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
-    if (t0) quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
+    if (t0 && h) quantize_rows_both(L, h, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W",
+                                    "fwd quant W (both layouts)", s);
+    else if (t0) quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
     else quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, &aj, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);

@@ -782,10 +782,15 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
-    PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    float *aq = ey_amax_prepare(g, l, LIN_Q), *ak = ey_amax_prepare(g, l, LIN_K), *av = ey_amax_prepare(g, l, LIN_V);
+    const int qkv_amax = aq && ak && av;   // q, k, v E_Y scales from the RoPE backward (all three run HALO or none)
+    if (qkv_amax)
+        PROF(g, PR_ROPE, cuda_rope_backward_amax((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, aq, ak,
+                                                 av, s));
+    else PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
-    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, 0);
+    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, qkv_amax ? HALO_CUDA_EY_AMAX : 0);
     float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
                                                   W + o->attn_norm, A->r1, g->dres, N, D, ad, s));

@@ -32,3 +32,45 @@ extern "C" void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, co
                                    int N, int H, int hd, cudaStream_t s) {
     launch(dx, ld, pos, cos_t, sin_t, N, H, hd, -1.f, s);
 }
+
+// Backward over whole fused qkv rows [N][(Hq + 2 Hkv) hd] with the HALO layers' E_Y scales on the side: rotates the q
+// and k heads as k_rope (sign -1) and also reads the v heads; amax[0..2] get max |dq|, |dk|, |dv| of the stored bf16
+// values (one atomic each per block; NaN skipped as in the other producers' amax, the layers then skip their pass).
+__global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
+                                int Hq, int Hkv, int hd, unsigned *amax_q, unsigned *amax_k, unsigned *amax_v) {
+    const int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x, H = Hq + 2 * Hkv;
+    float m[3] = {0.f, 0.f, 0.f};
+    if (i < H * half) {
+        const int h = i / half, j = i - h * half, slot = h < Hq ? 0 : h < Hq + Hkv ? 1 : 2;
+        for (int n = blockIdx.y; n < N; n += gridDim.y) {
+            bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
+            float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
+            if (slot < 2) {
+                const float c = cos_t[(size_t)pos[n] * half + j], sn = -sin_t[(size_t)pos[n] * half + j];
+                const bf16 ra = __float2bfloat16(a * c - b * sn), rb = __float2bfloat16(b * c + a * sn);
+                v[j] = ra;
+                v[j + half] = rb;
+                a = __bfloat162float(ra);
+                b = __bfloat162float(rb);
+            }
+            m[slot] = fmaxf(m[slot], fmaxf(fabsf(a), fabsf(b)));
+        }
+    }
+    const float mq = block_max(m[0]), mk = block_max(m[1]), mv = block_max(m[2]);
+    if (threadIdx.x == 0) {
+        atomicMax(amax_q, __float_as_uint(mq));
+        atomicMax(amax_k, __float_as_uint(mk));
+        atomicMax(amax_v, __float_as_uint(mv));
+    }
+}
+
+extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t,
+                                        int N, int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v,
+                                        cudaStream_t s) {
+    if (N == 0) return;
+    const int H = Hq + 2 * Hkv;
+    k_rope_bwd_amax<<<dim3(cdiv(H * (hd / 2), 256), N < 8192 ? N : 8192), 256, 0, s>>>(
+        (bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd, (unsigned *)amax_q, (unsigned *)amax_k,
+        (unsigned *)amax_v);
+    CUDA_LAUNCH_CHECK();
+}
