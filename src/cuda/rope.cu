@@ -69,7 +69,8 @@ extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, con
                                         cudaStream_t s) {
     if (N == 0) return;
     const int H = Hq + 2 * Hkv;
-    k_rope_bwd_amax<<<dim3(cdiv(H * (hd / 2), 256), N < 8192 ? N : 8192), 256, 0, s>>>(
+    // 512 row strides: each block walks N / 512 rows, so its three block reductions and atomics are amortized
+    k_rope_bwd_amax<<<dim3(cdiv(H * (hd / 2), 256), N < 512 ? N : 512), 256, 0, s>>>(
         (bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd, (unsigned *)amax_q, (unsigned *)amax_k,
         (unsigned *)amax_v);
     CUDA_LAUNCH_CHECK();
