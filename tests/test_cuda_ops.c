@@ -240,6 +240,40 @@ static void test_rope(void) {
     cudaFree(dx); cudaFree(dg); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos);
 }
 
+// cuda_rope_backward_amax (HALO's q, k, v E_Y scales): the same bits as cuda_rope_backward on the q and k heads, v
+// untouched, and max |dq|, |dk|, |dv| of the stored values exactly; N > 512 walks rows in strides.
+static void test_rope_amax(int N) {
+    const int Hq = 3, Hkv = 2, hd = 64, ld = (Hq + 2 * Hkv) * hd, maxpos = 300;
+    float *cs = malloc(4 * (size_t)maxpos * hd / 2), *sn = malloc(4 * (size_t)maxpos * hd / 2);
+    rope_tables(cs, sn, maxpos, hd, 500000.f, 1, 32.f, 1.f, 4.f, 8192);
+    int32_t *pos = malloc(4 * (size_t)N);
+    for (int i = 0; i < N; i++) pos[i] = (int)(t_rng_next(&rng) % maxpos);
+    float *g = rand_vec((size_t)N * ld, 1);
+    halo_bf16 *d1 = to_dev_bf16(g, (size_t)N * ld), *d2 = to_dev_bf16(g, (size_t)N * ld);
+    float *dcs = to_dev(cs, 4 * (size_t)maxpos * hd / 2), *dsn = to_dev(sn, 4 * (size_t)maxpos * hd / 2);
+    int32_t *dpos = to_dev(pos, 4 * (size_t)N);
+    const float zero3[3] = {0.f, 0.f, 0.f};
+    float *dam = to_dev(zero3, 12), am[3];
+    cuda_rope_backward(d1, ld, dpos, dcs, dsn, N, Hq + Hkv, hd, 0);
+    cuda_rope_backward_amax(d2, dpos, dcs, dsn, N, Hq, Hkv, hd, dam, dam + 1, dam + 2, 0);
+    cudaMemcpy(am, dam, 12, cudaMemcpyDeviceToHost);
+    float *got = from_dev_bf16(d1, (size_t)N * ld), mx[3] = {0.f, 0.f, 0.f};
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < ld; c++) {
+            const int slot = c < Hq * hd ? 0 : c < (Hq + Hkv) * hd ? 1 : 2;
+            mx[slot] = fmaxf(mx[slot], fabsf(got[(size_t)n * ld + c]));
+        }
+    char what[64];
+    snprintf(what, sizeof what, "bwd _amax N=%d: differing bits", N);
+    table_row("rope (llama3 scaling)", what, (double)dev_bf16_ndiff(d1, d2, (size_t)N * ld), 0);
+    double e = 0;
+    for (int k = 0; k < 3; k++) e = fmax(e, fabs((double)am[k] - mx[k]) / mx[k]);
+    snprintf(what, sizeof what, "bwd _amax N=%d: q, k, v amax", N);
+    table_row("rope (llama3 scaling)", what, e, 0);
+    free(cs); free(sn); free(pos); free(g); free(got);
+    cudaFree(d1); cudaFree(d2); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos); cudaFree(dam);
+}
+
 static void test_swiglu(void) {
     int N = 33, F = 200;
     float *gu = rand_vec((size_t)N * 2 * F, 2), *dout = rand_vec((size_t)N * F, 1);
@@ -482,6 +516,8 @@ int main(void) {
     test_rmsnorm(3001, 1024, 1);   // many blocks, each with its own dw partial sums
     test_rmsnorm(2048, 4096, 0);   // dw in 16 KiB of shared memory
     test_rope();
+    test_rope_amax(70);
+    test_rope_amax(1300);
     test_swiglu();
     test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)
     test_attention(2, 50, 8, 4, 8, 1);

@@ -399,7 +399,8 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         L->ax_use = L->dev + AX;
         qx_row = xr;
     }
-    // Q(W) (both layouts at level 0, else Q(W H_m)); the quantizer also forms the product's scale
+    // Q(W) (levels 1-2: Q(W H_m)), in both layouts unless halo_cuda_fwd_tcodes(0); the quantizer also forms the
+    // product's scale
     halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
     alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
     if (t0 && h) quantize_rows_both(L, h, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W",
