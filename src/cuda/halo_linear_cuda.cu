@@ -253,6 +253,24 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
          halo_cuda_transpose(q, HALO_CUDA_U8, ldq, rows, d, qt, HALO_CUDA_U8, ldqt, rows_pad, s));
 }
 
+// The forward's codes of X (which 0) or W (1), rows x d with leading dimension d: row-major q [rows][ldq] for the
+// product and, where the layer saves its codes transposed (tposed), qt [d][ldqt] from the same quantization (levels
+// 1-2: rotated by h). skip_absmax: the amax is in its slot already (level 0, HALO_CUDA_X_AMAX).
+static void quantize_fwd(halo_cuda_linear *L, const halo_cuda_had *h, int which, const halo_bf16 *in, int rows, int d,
+                         uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad, const halo_cuda_alpha_job *aj,
+                         int skip_absmax, cudaStream_t s) {
+    static const char *const name_a[2] = {"fwd absmax X", "fwd absmax W"};
+    static const char *const name_q[2] = {"fwd quant X", "fwd quant W"};
+    static const char *const name_qb[2] = {"fwd quant X (both layouts)", "fwd quant W (both layouts)"};
+    const int slot = which ? AW : AX;
+    if (!tposed(L))
+        quantize_rows(L, h, in, HALO_CUDA_BF16, d, rows, d, slot, q, ldq, name_a[which], name_q[which], 0, aj, s);
+    else if (h)
+        quantize_rows_both(L, h, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, name_a[which], name_qb[which], s);
+    else quantize_both(L, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, skip_absmax ? NULL : name_a[which],
+                       name_qb[which], s);
+}
+
 __global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
     const long total = (long)rows * cols;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
@@ -385,16 +403,8 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
             if (t0) PROF("memset pad", (double)mp * b16, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)mp * b16, s)));
         }
         L->xgen = ++g_xgen;
-        if (t0) {
-            if (h) quantize_rows_both(L, h, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, "fwd absmax X",
-                                      "fwd quant X (both layouts)", s);   // Q(X H_m)
-            else quantize_both(L, X, m, b, m, AX, xr, mp, qx, b16, (int)b16, NULL, x_amax ? NULL : "fwd absmax X",
-                               "fwd quant X (both layouts)", s);
-            ws_of(L)->xrow_gen = L->xgen;
-        } else {
-            quantize_rows(L, h, X, HALO_CUDA_BF16, m, b, m, AX, qx, mp, "fwd absmax X", "fwd quant X", 0, NULL,
-                          s);   // Q(X H_m)
-        }
+        quantize_fwd(L, h, 0, X, b, m, xr, mp, qx, b16, (int)b16, NULL, x_amax, s);   // Q(X [H_m])
+        if (t0) ws_of(L)->xrow_gen = L->xgen;
         L->qx_use = qx;
         L->ax_use = L->dev + AX;
         qx_row = xr;
@@ -403,10 +413,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // product's scale
     halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
     alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
-    if (t0 && h) quantize_rows_both(L, h, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W",
-                                    "fwd quant W (both layouts)", s);
-    else if (t0) quantize_both(L, W, m, n, m, AW, qw_row, mp, qw, np, (int)np, &aj, "fwd absmax W", "fwd quant W (both layouts)", s);
-    else quantize_rows(L, h, W, HALO_CUDA_BF16, m, n, m, AW, qw, mp, "fwd absmax W", "fwd quant W", 0, &aj, s);
+    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, 0, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
