@@ -240,6 +240,14 @@ int halo_cuda_linear_backward_ex(halo_cuda_linear *L, const halo_bf16 *EY, long 
 // layer reads) is already in halo_cuda_linear_ey_amax(L), computed by the kernel that produced E_Y (the caller zeroes
 // the slot before that kernel runs), so the layer skips its absmax pass.
 enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
+// Linears that share an input and sum their input gradients (q, k, v; gate, up) at levels 1-2 can rotate the sum once:
+// with HALO_CUDA_EX_DEFER the layer writes (HALO_CUDA_EX_ADD: adds) into EX (fp32, [rows][m] with rows =
+// halo_cuda_linear_ex_defer_rows(L, b)) its dequantized E_X product before the inverse rotations, and
+// halo_cuda_linear_ex_finish then applies H_m^T (and level 2's H_b) to the sum and writes the first b rows to out.
+// ex_defer_rows is 0 where this does not apply (level 0, telemetry on, level 2 without the column kernels).
+enum { HALO_CUDA_EX_DEFER = 16 };
+int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b);
+int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);

@@ -441,7 +441,10 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                          int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
+    const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
+    if (defer && (!ex_f32 || L->level < 1 || L->tele_on))
+        return halo_fail("%s: a deferred input-gradient rotation needs level 1 or 2, an fp32 sum, no telemetry", L->name);
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
@@ -494,7 +497,8 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                  halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         }
         if (lvl < 2) {
-            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1, EX, ex_f32, m, ex_add, 1, NULL, s))
+            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1 && !defer, EX, ex_f32, m, ex_add, 1,
+                        NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -535,25 +539,32 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), then E_X = first b rows of H_b R: by the column
             // kernel in R's layout, else Rt = R^T [m][bp] rotated by H_b in place (row form) and transposed back.
             const int colr = colrot_on() && halo_cuda_colrot_ok(&L->hb);
-            float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * (colr ? 1 : 2));
-            float *Rt = R + (size_t)bp * m;
-            if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, NULL, s))
-                return halo_fail_ctx("%s: input gradient: ", L->name);
-            if (colr) {   // in R's layout, adding into EX itself with HALO_CUDA_EX_ADD
-                PROF("bwd H_b cols E_X", (8.0 * bp + 4.0 * bp + (ex_f32 ? (ex_add ? 8 : 4) : 2) * (double)b) * m,
-                     halo_cuda_colrot_f32(&L->hb, R, m, m, EX, ex_f32, m, b, ex_add, s));
+            if (defer) {   // the group's sum [bp][m] before H_m^T and H_b (halo_cuda_linear_ex_finish)
+                if (!colr) return halo_fail("%s: deferred input-gradient rotation without the column kernels", L->name);
+                if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 0, EX, 1, m, ex_add, 1, NULL, s))
+                    return halo_fail_ctx("%s: input gradient: ", L->name);
             } else {
-                // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (the transposes cannot accumulate)
-                void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
-                PROF("bwd transpose R", 8.0 * bp * m,
-                     halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
-                PROF("bwd H_b rows R", 8.0 * bp * m,   // H_b [..] (row form)
-                     halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));
-                PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
-                     halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out, ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m,
-                                         m, s));
-                if (ex_add)
-                    PROF("bwd add E_X", 12.0 * b * m, halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
+                float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * (colr ? 1 : 2));
+                float *Rt = R + (size_t)bp * m;
+                if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 1, R, 1, m, 0, 1, NULL, s))
+                    return halo_fail_ctx("%s: input gradient: ", L->name);
+                if (colr) {   // in R's layout, adding into EX itself with HALO_CUDA_EX_ADD
+                    PROF("bwd H_b cols E_X", (8.0 * bp + 4.0 * bp + (ex_f32 ? (ex_add ? 8 : 4) : 2) * (double)b) * m,
+                         halo_cuda_colrot_f32(&L->hb, R, m, m, EX, ex_f32, m, b, ex_add, s));
+                } else {
+                    // with HALO_CUDA_EX_ADD: E_X into scratch first, then added (the transposes cannot accumulate)
+                    void *ex_out = ex_add ? ws(L, 4, sizeof(float) * (size_t)b * m) : EX;
+                    PROF("bwd transpose R", 8.0 * bp * m,
+                         halo_cuda_transpose(R, HALO_CUDA_F32, m, bp, m, Rt, HALO_CUDA_F32, bp, bp, s));   // [m][bp]
+                    PROF("bwd H_b rows R", 8.0 * bp * m,   // H_b [..] (row form)
+                         halo_cuda_had_rows(&L->hb, 1, Rt, HALO_CUDA_F32, bp, NULL, Rt, 1, bp, 0, m, s));
+                    PROF("bwd transpose E_X", (4.0 + (ex_f32 ? 4 : 2)) * (double)b * m,
+                         halo_cuda_transpose(Rt, HALO_CUDA_F32, bp, m, b, ex_out,
+                                             ex_f32 ? HALO_CUDA_F32 : HALO_CUDA_BF16, m, m, s));
+                    if (ex_add)
+                        PROF("bwd add E_X", 12.0 * b * m,
+                             halo_cuda_store_f32(EX, 1, m, (const float *)ex_out, m, b, m, 1, s));
+                }
             }
         }
     }
@@ -578,6 +589,28 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, NULL, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
+    return HALO_OK;
+}
+
+extern "C" int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b) {
+    if (L->level < 1 || L->tele_on || b < 1) return 0;
+    if (L->level == 1) return b;
+    if (!colrot_on() || plan_hb(L, b) || !halo_cuda_colrot_ok(&L->hb)) return 0;
+    return L->hb_pad;
+}
+
+extern "C" int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m,
+                                          cudaStream_t s) {
+    const int rows = halo_cuda_linear_ex_defer_rows(L, b);
+    if (!rows || m != L->m) return halo_fail("%s: no deferred input gradient to finish (b=%d m=%d)", L->name, b, m);
+    if (L->level == 1) {
+        PROF("bwd H_m^T E_X (group)", 4.0 * b * m + (out_f32 ? 4.0 : 2.0) * b * m,
+             halo_cuda_had_rows(&L->hm, 1, R, HALO_CUDA_F32, m, NULL, out, out_f32, m, 0, b, s));
+        return HALO_OK;
+    }
+    PROF("bwd H_m^T E_X (group)", 8.0 * rows * m, halo_cuda_had_rows(&L->hm, 1, R, HALO_CUDA_F32, m, NULL, R, 1, m, 0, rows, s));
+    PROF("bwd H_b cols E_X (group)", (8.0 * rows + 4.0 * rows + (out_f32 ? 4 : 2) * (double)b) * m,
+         halo_cuda_colrot_f32(&L->hb, R, m, m, out, out_f32, m, b, 0, s));
     return HALO_OK;
 }
 

@@ -702,7 +702,7 @@ static int halo_g_flag(const llama_cuda *g) { return g->grads_fresh ? HALO_CUDA_
 
 // Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
 // rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
-// then rounded to bf16 once.
+// then rounded to bf16 once; at levels 1-2 the sum is taken before the inverse rotations, which then run once.
 static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
                            size_t w_off, int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
@@ -713,16 +713,25 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
         return;
     }
     float *G = gradf(g, w_off);   // HALO refuses bf16 gradients: fp32 here
+    // levels 1-2: the products' sum in hacc before the inverse rotations, rotated once (when every linear of the group
+    // allows it and the padded token count fits hacc)
+    int defer = 1;
+    for (int k = k0; k < k0 + nk; k++) {
+        const int rows = halo_cuda_linear_ex_defer_rows(hl_of(g, l, k), N);
+        defer &= rows > 0 && rows <= g->N_max;
+    }
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
-        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD);
+        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy,
                                                                       g->hacc, 1, G + col * D, flags, N, D, n, g->st)));
         col += n;
     }
-    PROF(g, PR_HALO_B, cuda_f32_to_bf16((halo_bf16 *)dX, g->hacc, (size_t)N * D, g->st));
+    if (defer)
+        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
+    else PROF(g, PR_HALO_B, cuda_f32_to_bf16((halo_bf16 *)dX, g->hacc, (size_t)N * D, g->st));
 }
 
 // Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
