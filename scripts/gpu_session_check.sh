@@ -49,9 +49,11 @@ keep b1lm.log "GiB" 12
 trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-breakdown
 keep b1f0.log "ms  |^\| " 60
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
+trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown --no-ex-defer
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
 trainbench "bench 1B HALO int8 L2 token block 64" b1i2tb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --halo-breakdown
+trainbench "bench 1B HALO int8 L2 token block 64 no ex-defer" b1i2tbnd.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown --no-ex-defer
 keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention

@@ -619,6 +619,38 @@ static void test_shared_x(void) {
             row("shared X codes vs own", det, fmax(max_rel(Gas, Ga, (size_t)n1 * m), max_rel(Gbs, Gb, (size_t)n2 * m)), tol, 0, 0);
             snprintf(det, sizeof det, "%s L%d E_X added", pn, lvl);
             row("shared X codes vs own", det, max_rel(EXs, EXa, nx), 1e-6, 0, 0);
+            // levels 1-2: the same pair with the sum taken before the inverse rotations (HALO_CUDA_EX_DEFER), rotated
+            // once by halo_cuda_linear_ex_finish into fp32 and bf16: the reference sum within fp32 (bf16) rounding
+            const int rows = halo_cuda_linear_ex_defer_rows(&A2, b);
+            CHECK((rows > 0) == (lvl > 0) && (lvl != 1 || rows == b), "%s L%d: deferred rows %d", pn, lvl, rows);
+            if (rows > 0) {
+                float *dR = dev_poison(4 * (size_t)rows * m), *dEXf = dev_poison(4 * nx);
+                halo_bf16 *dEXh = (halo_bf16 *)dev_poison(2 * nx);
+                for (int out_f32 = 1; out_f32 >= 0; out_f32--) {
+                    rc = halo_cuda_linear_forward(&A2, dX, dW1, dYa, 1, b, m, n1, 0);
+                    if (!rc) rc = halo_cuda_linear_forward(&B2, dX, dW2, dYb, 1, b, m, n2, 0);
+                    if (!rc) rc = halo_cuda_linear_backward_flags(&A2, dE1, n1, dR, 1, dGa,
+                                                                  HALO_CUDA_G_SET | HALO_CUDA_EX_DEFER, b, m, n1, 0);
+                    if (!rc) rc = halo_cuda_linear_backward_flags(&B2, dE2, n2, dR, 1, dGb,
+                                                                  HALO_CUDA_G_SET | HALO_CUDA_EX_ADD | HALO_CUDA_EX_DEFER,
+                                                                  b, m, n2, 0);
+                    if (!rc) rc = halo_cuda_linear_ex_finish(&A2, dR, out_f32 ? (void *)dEXf : (void *)dEXh, out_f32, b,
+                                                             m, 0);
+                    CHECK(rc == 0, "deferred pair: %s", halo_error());
+                    float *EXd = out_f32 ? t_host_of(dEXf, 4 * nx) : malloc(4 * nx);
+                    if (!out_f32) {
+                        halo_bf16 *hb = t_host_of(dEXh, 2 * nx);
+                        cuda_bf16_to_f32_host(EXd, hb, nx);
+                        free(hb);
+                    }
+                    snprintf(det, sizeof det, "%s L%d E_X summed, rotated once, %s", pn, lvl, out_f32 ? "fp32" : "bf16");
+                    row("shared X codes vs own", det, max_rel(EXd, EXa, nx), out_f32 ? 1e-5 : 4e-3, 0, 0);
+                    free(EXd);
+                }
+                CHECK(halo_cuda_linear_ex_finish(&A2, dR, dEXf, 1, b, m + 1, 0) != 0, "ex_finish took a wrong width");
+                cudaFree(dR); cudaFree(dEXf); cudaFree(dEXh);
+            } else CHECK(halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXs, 1, dGa, HALO_CUDA_EX_DEFER, b, m, n1, 0) != 0,
+                         "level 0 took a deferred input gradient");
             // B2 on another X: its own codes (compared with a fresh layer on X2)
             float *Yb2 = run_pair_dev(&B2, dX2, dW2, dE2, b, m, n2, dEXb, 0, &Gb3);
             CHECK(B2.qx_use != A2.qx_use, "B borrowed A's codes for a different X");

@@ -247,6 +247,7 @@ enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
 // ex_defer_rows is 0 where this does not apply (level 0, telemetry on, level 2 without the column kernels).
 enum { HALO_CUDA_EX_DEFER = 16 };
 int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b);
+void halo_cuda_ex_defer(int on);   // 0: every linear rotates its own E_X (the A/B; also HALO_CUDA_EX_DEFER=0)
 int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,

@@ -592,8 +592,16 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     return HALO_OK;
 }
 
+// halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off), else 0 / 1.
+static int g_ex_defer = -1;
+extern "C" void halo_cuda_ex_defer(int on) { g_ex_defer = on ? 1 : 0; }
+
 extern "C" int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b) {
-    if (L->level < 1 || L->tele_on || b < 1) return 0;
+    if (g_ex_defer < 0) {
+        const char *e = getenv("HALO_CUDA_EX_DEFER");
+        g_ex_defer = !(e && e[0] == '0');
+    }
+    if (!g_ex_defer || L->level < 1 || L->tele_on || b < 1) return 0;
     if (L->level == 1) return b;
     if (!colrot_on() || plan_hb(L, b) || !halo_cuda_colrot_ok(&L->hb)) return 0;
     return L->hb_pad;
