@@ -2,6 +2,13 @@
 // (i, i + hd/2), angles from the CPU's rope_tables (llama3 scaling included there). Backward is the inverse rotation.
 #include "cuda/common.cuh"
 
+// One pair (a, b) rotated by (c, s) and rounded to bf16. Written out (one rounded product, then a fused multiply-add)
+// so that every kernel here gets the same bits: left to the compiler, the contraction may differ between kernels.
+__device__ __forceinline__ void rot_pair(float a, float b, float c, float s, bf16 *ra, bf16 *rb) {
+    *ra = __float2bfloat16(fmaf(a, c, __fmul_rn(-b, s)));
+    *rb = __float2bfloat16(fmaf(b, c, __fmul_rn(a, s)));
+}
+
 // grid: x over (head, pair) of one token, y strides over tokens
 __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H,
                        int hd, float sign) {
@@ -11,9 +18,7 @@ __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, 
     for (int n = blockIdx.y; n < N; n += gridDim.y) {
         bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
         float c = cos_t[(size_t)pos[n] * half + j], s = sign * sin_t[(size_t)pos[n] * half + j];
-        float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
-        v[j] = __float2bfloat16(a * c - b * s);
-        v[j + half] = __float2bfloat16(b * c + a * s);
+        rot_pair(__bfloat162float(v[j]), __bfloat162float(v[j + half]), c, s, &v[j], &v[j + half]);
     }
 }
 
@@ -47,7 +52,8 @@ __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float
             float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
             if (slot < 2) {
                 const float c = cos_t[(size_t)pos[n] * half + j], sn = -sin_t[(size_t)pos[n] * half + j];
-                const bf16 ra = __float2bfloat16(a * c - b * sn), rb = __float2bfloat16(b * c + a * sn);
+                bf16 ra, rb;
+                rot_pair(a, b, c, sn, &ra, &rb);
                 v[j] = ra;
                 v[j + half] = rb;
                 a = __bfloat162float(ra);
