@@ -48,6 +48,8 @@ trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moment
 keep b1lm.log "GiB" 12
 trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-breakdown
 keep b1f0.log "ms  |^\| " 60
+step "bench 1B HALO fp8 L0 first-choice products (HALO_GEMM_TUNE=0)" b1f0nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
+keep b1f0nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown --no-ex-defer
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown

@@ -424,6 +424,55 @@ static void test_gemm(void) {
     free(a); free(b);
 }
 
+// ---- timed algorithm choice (halo_cuda_gemm_tune) -----------------------------------------------------------------
+// The same products with cuBLASLt's first algorithm and with the fastest of 8 timed on the call's operands (a fresh
+// plan cache each): INT8 identical; FP8 within fp32 reordering (1e-5); and an accumulating product's target holds
+// D0 + P exactly once (the timing runs write scratch, never the target).
+static void test_gemm_tune(void) {
+    const int M = 1024, N = 2048, K = 512;   // the 1B model's k/v input gradient: small K, accumulated
+    uint8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
+    for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (uint8_t)(t_rng_next(&rng) % 255 + 1) & 0xf7;   // bit 3 clear: no E4M3 NaN
+    for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (uint8_t)(t_rng_next(&rng) % 255 + 1) & 0xf7;
+    float *D0 = t_rand_vec(&rng, (size_t)M * N, 1.0), al = 1.0f / 4096;
+    uint8_t *dA = t_dev_copy(hA, (size_t)M * K), *dB = t_dev_copy(hB, (size_t)N * K);
+    float *dal = t_dev_copy(&al, 4);
+    float *out[2][3];   // [tuned][fp8 accumulate, fp8 residual, int8]
+    for (int tune = 0; tune < 2; tune++) {
+        halo_cuda_gemm_shutdown();   // fresh plans
+        halo_cuda_gemm_tune(tune);
+        float *dD = t_dev_copy(D0, 4 * (size_t)M * N), *dR = dev_poison(4 * (size_t)M * N);
+        int32_t *dI = dev_poison(4 * (size_t)M * N);
+        int rc = halo_cuda_gemm_fp8(dD, 1, N, dA, K, dB, K, M, N, K, dal, 1, 0);
+        if (!rc) rc = halo_cuda_gemm_fp8_res(dR, N, dD, dA, K, dB, K, M, N, K, dal, 0);   // D0 + 2P
+        if (!rc) rc = halo_cuda_gemm_s8(dI, N, (const int8_t *)dA, K, (const int8_t *)dB, K, M, N, K, 0);
+        CHECK(rc == HALO_OK, "tuned products: %s", halo_error());
+        out[tune][0] = t_host_of(dD, 4 * (size_t)M * N);
+        out[tune][1] = t_host_of(dR, 4 * (size_t)M * N);
+        int32_t *gi = t_host_of(dI, 4 * (size_t)M * N);
+        out[tune][2] = malloc(4 * (size_t)M * N);
+        for (size_t i = 0; i < (size_t)M * N; i++) out[tune][2][i] = (float)gi[i];
+        free(gi); cudaFree(dD); cudaFree(dR); cudaFree(dI);
+    }
+    halo_cuda_gemm_tune(0);   // the rest of this file compares paths bit for bit: one algorithm per shape
+    const size_t n = (size_t)M * N;
+    double e_acc = 0, e_once = 0;
+    for (size_t i = 0; i < n; i++) {   // P from the first choice's D0 + P; the tuned target must hold D0 + P, not D0 + kP
+        const double P = (double)out[0][0][i] - D0[i];
+        e_acc = fmax(e_acc, fabs((double)out[1][0][i] - out[0][0][i]));
+        e_once = fmax(e_once, fabs((double)out[1][1][i] - (D0[i] + 2 * P)));
+    }
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s = fmax(s, fabs((double)out[0][0][i]));
+    row("timed algorithm choice", "fp8 1024x2048x512 accumulate vs first choice", e_acc / s, 1e-5, 0, 0);
+    row("timed algorithm choice", "fp8 residual form: D0 + 2P, once", e_once / s, 1e-5, 0, 0);
+    long bad = 0;
+    for (size_t i = 0; i < n; i++) bad += out[1][2][i] != out[0][2][i];
+    row("timed algorithm choice", "int8 1024x2048x512 identical", (double)bad, 0, 0, 0);
+    for (int t = 0; t < 2; t++)
+        for (int j = 0; j < 3; j++) free(out[t][j]);
+    free(hA); free(hB); free(D0); cudaFree(dA); cudaFree(dB); cudaFree(dal);
+}
+
 // ---- the linear layer --------------------------------------------------------------------------------------------
 typedef struct { double y, ex, g; } errs3;
 static int g_token_block;   // run_linear: level 2's token Hadamard block of both layers (0 = full)
@@ -1081,10 +1130,12 @@ int main(void) {
         TEST_END();
     }
     printf("| check | case | error | bound | mism. | ties | |\n|---|---|---|---|---|---|---|\n");
+    halo_cuda_gemm_tune(0);   // bit-for-bit comparisons between paths below; test_gemm_tune checks the timed choice
     test_hadamard();
     test_quant();
     test_vec_paths();
     test_gemm();
+    test_gemm_tune();
     test_linear();
     test_token_block();
     test_shared_x();
