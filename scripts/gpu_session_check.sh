@@ -51,6 +51,8 @@ keep b1f0.log "ms  |^\| " 60
 step "bench 1B HALO fp8 L0 first-choice products (HALO_GEMM_TUNE=0)" b1f0nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
 keep b1f0nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
+step "bench 1B HALO fp8 L1 first-choice products (HALO_GEMM_TUNE=0)" b1f1nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
+keep b1f1nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown --no-ex-defer
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
@@ -64,6 +66,8 @@ step "bench_cuda_qgemm (8-bit product rates by scale mode)" qgemm.log 120 $B/ben
 keep qgemm.log "^\|" 120
 step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo.log "^\|" 40
+step "bench_cuda_halo first-choice products (HALO_GEMM_TUNE=0)" bench_halo_nt.log 60 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+keep bench_halo_nt.log "^\| (q|gate|down) " 30
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
 keep bench_halo_l2t.log "^\| .* [12] " 40
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
