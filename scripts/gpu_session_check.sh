@@ -10,7 +10,7 @@
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
-# ONLY='regex' runs only the steps whose name matches (grep -E), e.g. ONLY='test_cuda_halo|HALO' (the quality runs
+# SKIP='regex' leaves out the steps whose name matches. ONLY='regex' runs only the steps whose name matches (grep -E), e.g. ONLY='test_cuda_halo|HALO' (the quality runs
 # are the step "quality"; the ratio table needs the "bench 1B" and "torch" steps).
 set -u
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 source scripts/gpu_lib.sh
 finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
 trap finish EXIT
-want() { [ -z "${ONLY:-}" ] || echo "$1" | grep -qE "$ONLY"; }
+want() { { [ -z "${ONLY:-}" ] || echo "$1" | grep -qE "$ONLY"; } && { [ -z "${SKIP:-}" ] || ! echo "$1" | grep -qE "$SKIP"; }; }
 step() {   # gpu_step + its summary line and the log's verdict / failure lines into summary.txt
   want "$1" || { : > "$LOG/$2"; return 0; }
   gpu_step "$@"; local rc=$?
