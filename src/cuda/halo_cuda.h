@@ -148,7 +148,8 @@ int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A,
 int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                       cudaStream_t s);
 void halo_cuda_gemm_shutdown(void);
-// 1 (default): each new product shape takes the fastest of cuBLASLt's first 8 algorithms, timed once on its operands
+// 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
+// if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.
 void halo_cuda_gemm_tune(int on);
 

@@ -67,10 +67,12 @@ extern "C" void halo_cuda_gemm_shutdown(void) {
 // or HALO_GEMM_TUNE=0) by timing at plan time on the call's own operands, with the output into scratch (so accumulating
 // calls keep their target). On an H200 the first choice was up to 1.7x slower for the small-K input gradients of k/v
 // at the 1B shapes (bench_cuda_qgemm). The timing synchronizes the stream once per new shape.
-// Only a clear win (15%) replaces the first choice: on the H200, taking whatever won the short back-to-back timing made
-// whole FP8 level-1 layers ~15% slower, every kernel of them included (gate 2.96 -> 3.51 ms; power, by the look of
-// it), while the wins that matter were 12-40% (k/v input gradients 0.086 -> 0.051 ms).
-enum { QGEMM_TRY = 8, QGEMM_TIME_REPS = 5 };
+// Only a clear win (15%) replaces the first choice, and FP8 products are timed only for K <= 1024: on the H200 the
+// timed picks for FP8 level-1 8B layers (K 4096-14336) made whole layers 15-20% slower, every kernel of them included
+// (gate 3.05 -> 3.48 ms, down 3.78 -> 4.61; power, by the look of it: dev/cuda/h200_2026-12-03e/call4_*, final_*),
+// while INT8 gained at every shape (gate products 1.99 -> 1.73 ms) and FP8 most for the k/v input gradients (K 512:
+// 0.086 -> 0.051 ms).
+enum { QGEMM_TRY = 8, QGEMM_TIME_REPS = 5, QGEMM_FP8_TUNE_MAX_K = 1024 };
 static const float QGEMM_MIN_GAIN = 0.85f;
 static int g_tune = -1;
 extern "C" void halo_cuda_gemm_tune(int on) { g_tune = on ? 1 : 0; }
@@ -150,7 +152,8 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes, sizeof g_ws_bytes);
     cublasLtMatmulHeuristicResult_t res[QGEMM_TRY];
     int found = 0;
-    st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, tune_on() ? QGEMM_TRY : 1, res, &found);
+    const int tune = tune_on() && (!k->fp8 || k->K <= QGEMM_FP8_TUNE_MAX_K);
+    st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, tune ? QGEMM_TRY : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || !found) {
         plan_destroy(&p);
