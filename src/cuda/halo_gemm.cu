@@ -106,11 +106,12 @@ static int time_algos(qgemm_plan *p, const cublasLtMatmulHeuristicResult_t *res,
         cudaEventRecord(e1, c->s);
         cudaEventSynchronize(e1);
         float ms = 0.f;
-        if (st == CUBLAS_STATUS_SUCCESS && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best_ms) {
+        if (st != CUBLAS_STATUS_SUCCESS || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
+        if (i == 0) first_ms = ms;
+        if (ms < best_ms) {
             best_ms = ms;
             best = i;
         }
-        if (i == 0) first_ms = ms;
     }
     if (best_ms > QGEMM_MIN_GAIN * first_ms) best = 0;   // a short timing flatters some: keep the heuristic's choice
     cudaEventDestroy(e0); cudaEventDestroy(e1);
