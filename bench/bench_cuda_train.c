@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
     int bf16g = 0, rnorms = 0;
-    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0, ex_defer = 1;
+    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0;
     const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc) precision = argv[++i];
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-token-block") && i + 1 < argc) token_block = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--no-ex-defer")) { halo_cuda_ex_defer(0); ex_defer = 0; }   // A/B: each linear rotates its own E_X
+        else if (!strcmp(argv[i], "--no-ex-defer")) halo_cuda_ex_defer(0);   // A/B: each linear rotates its own E_X
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
@@ -114,8 +114,6 @@ int main(int argc, char **argv) {
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
     if (steps > 64) steps = 64;
-    const char *tune_env = getenv("HALO_GEMM_TUNE");   // the 8-bit products' timed algorithm choice (halo_gemm.cu)
-    const int gemm_tune = !(tune_env && *tune_env == '0');
     model_halo_config hc = model_halo_config_default();   // every block linear, per-tensor scales
     if (!strcmp(precision, "int8")) hc.prec = HALO_PREC_INT8;
     else if (!strcmp(precision, "fp8")) hc.prec = HALO_PREC_FP8;
@@ -260,7 +258,7 @@ int main(int argc, char **argv) {
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
            "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, bf16m, bf16g, rnorms, ex_defer, gemm_tune, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     halo_batch_free(&b);

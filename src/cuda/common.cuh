@@ -19,6 +19,16 @@ typedef __nv_bfloat16 bf16;
 
 static inline int cdiv(long a, long b) { return (int)((a + b - 1) / b); }
 
+// A default-on switch with an environment override: *flag < 0 = not set by its setter yet, then `name` decides at
+// the first use ("0" turns it off); returns the cached 0 / 1.
+static inline int env_switch(int *flag, const char *name) {
+    if (*flag < 0) {
+        const char *e = getenv(name);
+        *flag = !(e && e[0] == '0');
+    }
+    return *flag;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

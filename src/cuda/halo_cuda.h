@@ -152,6 +152,7 @@ void halo_cuda_gemm_shutdown(void);
 // if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.
 void halo_cuda_gemm_tune(int on);
+int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else the environment's)
 
 // ---- the HALO linear layer on the GPU (halo_linear_cuda.cu) ----
 // Same products, rotations and quantizers as halo_linear.c with per-tensor scales and nearest rounding (its default
@@ -252,6 +253,7 @@ enum { HALO_CUDA_EX_ADD = 1, HALO_CUDA_G_SET = 2, HALO_CUDA_EY_AMAX = 4 };
 enum { HALO_CUDA_EX_DEFER = 16 };
 int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b);
 void halo_cuda_ex_defer(int on);   // 0: every linear rotates its own E_X (the A/B; also HALO_CUDA_EX_DEFER=0)
+int halo_cuda_ex_deferring(void);  // the setting in force
 int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,

@@ -76,10 +76,7 @@ enum { QGEMM_TRY = 8, QGEMM_TIME_REPS = 5, QGEMM_FP8_TUNE_MAX_K = 1024 };
 static const float QGEMM_MIN_GAIN = 0.85f;
 static int g_tune = -1;
 extern "C" void halo_cuda_gemm_tune(int on) { g_tune = on ? 1 : 0; }
-static int tune_on(void) {
-    if (g_tune < 0) { const char *e = getenv("HALO_GEMM_TUNE"); g_tune = !(e && *e == '0'); }
-    return g_tune;
-}
+extern "C" int halo_cuda_gemm_tuning(void) { return env_switch(&g_tune, "HALO_GEMM_TUNE"); }
 
 typedef struct {   // one call's operands, for timing the candidate algorithms
     const void *alpha, *beta, *A, *B, *C;
@@ -153,7 +150,7 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes, sizeof g_ws_bytes);
     cublasLtMatmulHeuristicResult_t res[QGEMM_TRY];
     int found = 0;
-    const int tune = tune_on() && (!k->fp8 || k->K <= QGEMM_FP8_TUNE_MAX_K);
+    const int tune = halo_cuda_gemm_tuning() && (!k->fp8 || k->K <= QGEMM_FP8_TUNE_MAX_K);
     st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, tune ? QGEMM_TRY : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || !found) {

@@ -191,13 +191,7 @@ static int plan_hb(halo_cuda_linear *L, int b) {
 // halo_cuda_l2_colrot: -1 = not set yet (the env decides at the first backward), else 0 / 1.
 static int g_colrot = -1;
 extern "C" void halo_cuda_l2_colrot(int on) { g_colrot = on ? 1 : 0; }
-static int colrot_on(void) {
-    if (g_colrot < 0) {
-        const char *e = getenv("HALO_CUDA_L2_COLROT");
-        g_colrot = !(e && e[0] == '0');
-    }
-    return g_colrot;
-}
+static int colrot_on(void) { return env_switch(&g_colrot, "HALO_CUDA_L2_COLROT"); }
 
 static int check(const halo_cuda_linear *L, int b, int m, int n) {
     if (b < 1 || m < 1 || n < 1) return halo_fail("%s: bad shapes b=%d m=%d n=%d", L->name, b, m, n);
@@ -592,16 +586,13 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     return HALO_OK;
 }
 
-// halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off), else 0 / 1.
+// halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off, env_switch), else 0 / 1.
 static int g_ex_defer = -1;
 extern "C" void halo_cuda_ex_defer(int on) { g_ex_defer = on ? 1 : 0; }
+extern "C" int halo_cuda_ex_deferring(void) { return env_switch(&g_ex_defer, "HALO_CUDA_EX_DEFER"); }
 
 extern "C" int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b) {
-    if (g_ex_defer < 0) {
-        const char *e = getenv("HALO_CUDA_EX_DEFER");
-        g_ex_defer = !(e && e[0] == '0');
-    }
-    if (!g_ex_defer || L->level < 1 || L->tele_on || b < 1) return 0;
+    if (!halo_cuda_ex_deferring() || L->level < 1 || L->tele_on || b < 1) return 0;
     if (L->level == 1) return b;
     if (!colrot_on() || plan_hb(L, b) || !halo_cuda_colrot_ok(&L->hb)) return 0;
     return L->hb_pad;
