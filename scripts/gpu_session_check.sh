@@ -12,6 +12,8 @@
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
 # SKIP='regex' leaves out the steps whose name matches. ONLY='regex' runs only the steps whose name matches (grep -E), e.g. ONLY='test_cuda_halo|HALO' (the quality runs
 # are the step "quality"; the ratio table needs the "bench 1B" and "torch" steps).
+# CLOCKS=1 samples SM clock, power and temperature every 200 ms (read-only nvidia-smi) into clocks.csv, with each
+# step's start time in steps.csv, to see whether a slow step ran at lower clocks.
 set -u
 cd "$(dirname "$0")/.."
 DEST=${OUT:-/tmp/halo-gpu-session}; mkdir -p "$DEST"
@@ -24,9 +26,15 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 source scripts/gpu_lib.sh
 finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
 trap finish EXIT
+if [ "${CLOCKS:-0}" = 1 ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv,nounits -lms 200 > "$LOG/clocks.csv" 2>&1 & CLOCKS_PID=$!
+  trap 'kill $CLOCKS_PID 2>/dev/null; finish' EXIT
+fi
 want() { { [ -z "${ONLY:-}" ] || echo "$1" | grep -qE "$ONLY"; } && { [ -z "${SKIP:-}" ] || ! echo "$1" | grep -qE "$SKIP"; }; }
 step() {   # gpu_step + its summary line and the log's verdict / failure lines into summary.txt
   want "$1" || { : > "$LOG/$2"; return 0; }
+  echo "$(date '+%Y/%m/%d %H:%M:%S.%3N'),$2" >> "$LOG/steps.csv"
   gpu_step "$@"; local rc=$?
   echo "${summary[-1]}" | tee -a "$S"
   grep -h -E "passed, .* failed|FAIL" "$LOG/$2" | head -12 | tee -a "$S"
@@ -68,6 +76,8 @@ step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo first-choice products (HALO_GEMM_TUNE=0)" bench_halo_nt.log 60 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo_nt.log "^\| (q|gate|down) " 30
+step "bench_cuda_halo fp8 tuned at every K (HALO_GEMM_TUNE=2)" bench_halo_t2.log 60 env HALO_GEMM_TUNE=2 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+keep bench_halo_t2.log "^\\|" 12
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
 keep bench_halo_l2t.log "^\| .* [12] " 40
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64

@@ -150,7 +150,9 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes, sizeof g_ws_bytes);
     cublasLtMatmulHeuristicResult_t res[QGEMM_TRY];
     int found = 0;
-    const int tune = halo_cuda_gemm_tuning() && (!k->fp8 || k->K <= QGEMM_FP8_TUNE_MAX_K);
+    static int fp8_all = -1;   // HALO_GEMM_TUNE=2: time FP8 at every K too (to study the rule above)
+    if (fp8_all < 0) { const char *e = getenv("HALO_GEMM_TUNE"); fp8_all = e && e[0] == '2'; }
+    const int tune = halo_cuda_gemm_tuning() && (!k->fp8 || fp8_all || k->K <= QGEMM_FP8_TUNE_MAX_K);
     st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, tune ? QGEMM_TRY : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || !found) {
