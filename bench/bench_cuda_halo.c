@@ -177,7 +177,6 @@ int main(int argc, char **argv) {
         const float one[4] = {1e-3f, 1e-3f, 1e-3f, 1e-3f};
         cudaMemcpy(alpha, one, sizeof one, cudaMemcpyHostToDevice);
         void *T = dev_alloc(4 * (size_t)b * (m > n ? m : n) + 4 * (size_t)n * m);
-        const int i8s = halo_cuda_gemm_s8_scaled_ok();
         for (int prec = HALO_PREC_FP8; prec >= HALO_PREC_INT8; prec--) {
             const int fp8 = prec == HALO_PREC_FP8;
             double t_prod;
@@ -187,19 +186,13 @@ int main(int argc, char **argv) {
                     halo_cuda_gemm_fp8(Y, 0, n, qa, m, qb, m, b, n, m, alpha, 0, 0);
                     halo_cuda_gemm_fp8(EX, 0, m, qa, n, qb, n, b, m, n, alpha, 0, 0);
                     halo_cuda_gemm_fp8(G, 1, m, qc, b16, qd, b16, n, m, (int)b16, alpha, 1, 0);
-                } else if (i8s) {   // scaled outputs, as the layer's direct products
-                    halo_cuda_gemm_s8_scaled(Y, 0, n, (const int8_t *)qa, m, (const int8_t *)qb, m, b, n, m, alpha, 0, 0);
-                    halo_cuda_gemm_s8_scaled(EX, 0, m, (const int8_t *)qa, n, (const int8_t *)qb, n, b, m, n, alpha, 0, 0);
-                    halo_cuda_gemm_s8_scaled(G, 1, m, (const int8_t *)qc, b16, (const int8_t *)qd, b16, n, m, (int)b16,
-                                             alpha, 1, 0);
                 } else {
                     halo_cuda_gemm_s8(T, n, (const int8_t *)qa, m, (const int8_t *)qb, m, b, n, m, 0);
                     halo_cuda_gemm_s8(T, m, (const int8_t *)qa, n, (const int8_t *)qb, n, b, m, n, 0);
                     halo_cuda_gemm_s8(T, m, (const int8_t *)qc, b16, (const int8_t *)qd, b16, n, m, (int)b16, 0);
                 }
             });
-            printf("      %s products only: %.3f ms (%.0f TOP/s), %.2fx bf16\n",
-                   fp8 ? "fp8" : i8s ? "int8 (scaled bf16/fp32 outputs)" : "int8 (int32 outputs)", t_prod,
+            printf("      %s products only: %.3f ms (%.0f TOP/s), %.2fx bf16\n", fp8 ? "fp8" : "int8", t_prod,
                    flops / t_prod * 1e-9, t_bf16 / t_prod);
             for (int lvl = 0; lvl < 3; lvl++) {
                 halo_cuda_linear L;

@@ -67,7 +67,6 @@ trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8
 keep b1i2.log "ms  |^\| " 60
 trainbench "bench 1B HALO int8 L2 token block 64" b1i2tb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --halo-breakdown
 trainbench "bench 1B HALO int8 L2 token block 64 no ex-defer" b1i2tbnd.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown --no-ex-defer
-step "bench 1B HALO int8 L2 token block 64 int32 outputs (HALO_CUDA_I8_SCALED=0)" b1i2tbi32.log 45 env HALO_CUDA_I8_SCALED=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown
 keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
@@ -78,8 +77,6 @@ step "bench_cuda_halo (8B layer shapes, 8192 tokens)" bench_halo.log 60 $B/bench
 keep bench_halo.log "^\|" 40
 step "bench_cuda_halo first-choice products (HALO_GEMM_TUNE=0)" bench_halo_nt.log 60 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo_nt.log "^\| (q|gate|down) " 30
-step "bench_cuda_halo int8 int32 outputs (HALO_CUDA_I8_SCALED=0)" bench_halo_i32.log 60 env HALO_CUDA_I8_SCALED=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
-keep bench_halo_i32.log "^\| (q|gate|down) .*int8" 30
 step "bench_cuda_halo fp8 tuned at every K (HALO_GEMM_TUNE=2)" bench_halo_t2.log 60 env HALO_GEMM_TUNE=2 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 keep bench_halo_t2.log "^\\|" 12
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice

@@ -147,15 +147,6 @@ int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A,
 // INT8: int32 accumulation, D int32 (CUBLAS_COMPUTE_32I); dequantize with halo_cuda_dequant_i32 or had_rows.
 int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                       cudaStream_t s);
-// INT8 with int32 accumulation and the scale folded in: D = *alpha A B^T (+ D when accumulate) in bf16 or fp32, and
-// the residual form as halo_cuda_gemm_fp8_res. Used where halo_cuda_gemm_s8_scaled_ok() says cuBLASLt has them
-// (and HALO_CUDA_I8_SCALED is not 0; halo_cuda_gemm_s8_scaled_use(0) turns them off for A/B runs).
-int halo_cuda_gemm_s8_scaled(void *D, int d_f32, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M,
-                             int N, int K, const float *alpha, int accumulate, cudaStream_t s);
-int halo_cuda_gemm_s8_scaled_res(float *D, long ldd, const float *C, const int8_t *A, long lda, const int8_t *B,
-                                 long ldb, int M, int N, int K, const float *alpha, cudaStream_t s);
-int halo_cuda_gemm_s8_scaled_ok(void);
-void halo_cuda_gemm_s8_scaled_use(int on);
 void halo_cuda_gemm_shutdown(void);
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
 // if it beats the first by 15%, timed once on its operands

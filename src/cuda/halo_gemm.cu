@@ -15,7 +15,6 @@ typedef struct {
     int fp8, M, N, K;
     long lda, ldb, ldd;
     int d_f32, acc, fast;
-    int i8_scaled;   // INT8 with an fp32 alpha and a bf16 / fp32 D (else INT8 writes int32)
 } qgemm_key;
 
 typedef struct {
@@ -83,7 +82,6 @@ typedef struct {   // one call's operands, for timing the candidate algorithms
     const void *alpha, *beta, *A, *B, *C;
     size_t d_bytes;
     cudaStream_t s;
-    int probe;   // only asking whether a plan exists: no error message when none does
 } qgemm_call;
 
 static int time_algos(qgemm_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found, const qgemm_call *c) {
@@ -130,20 +128,19 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
     // cuBLASLt's A is our B ([N][K] row-major = K x N column-major, transposed), its B is our A.
     const int m = k->N, n = k->M, kk = k->K;
-    if (k->fp8 || k->i8_scaled) {
-        const cublasComputeType_t ct = k->fp8 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32I;
-        if ((st = cublasLtMatmulDescCreate(&p.op, ct, CUDA_R_32F))) { lt_status(st, "scaled 8-bit desc"); return NULL; }
+    if (k->fp8) {
+        if ((st = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F))) { lt_status(st, "fp8 desc"); return NULL; }
         cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm);
         int8_t fast = (int8_t)k->fast;
-        if (k->fp8) cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
     } else {
         if ((st = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32I, CUDA_R_32I))) { lt_status(st, "int8 desc"); return NULL; }
     }
     cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
     cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
     const cudaDataType_t ab = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_8I;
-    const cudaDataType_t dt = k->fp8 || k->i8_scaled ? (k->d_f32 ? CUDA_R_32F : CUDA_R_16BF) : CUDA_R_32I;
+    const cudaDataType_t dt = k->fp8 ? (k->d_f32 ? CUDA_R_32F : CUDA_R_16BF) : CUDA_R_32I;
     cublasLtMatrixLayoutCreate(&p.a, ab, kk, m, k->ldb);
     cublasLtMatrixLayoutCreate(&p.b, ab, kk, n, k->lda);
     cublasLtMatrixLayoutCreate(&p.c, dt, m, n, k->ldd);
@@ -160,78 +157,42 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || !found) {
         plan_destroy(&p);
-        if (call->probe) return NULL;
         halo_fail("cuBLASLt: no %s algorithm for M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld (status %d)",
                   k->fp8 ? "fp8" : "int8", k->M, k->N, k->K, k->lda, k->ldb, k->ldd, (int)st);
         return NULL;
     }
-    p.algo = res[found > 1 && !call->probe ? time_algos(&p, res, found, call) : 0].algo;
+    p.algo = res[found > 1 ? time_algos(&p, res, found, call) : 0].algo;
     g_plans[g_nplans] = p;
     return &g_plans[g_nplans++];
 }
 
-// D = *alpha A B^T (+ C, or + D when accumulate) for FP8 (fp8 = 1) or INT8 with a scaled bf16 / fp32 output
-static int gemm_scaled(int fp8, void *D, int d_f32, long ldd, const void *C, const uint8_t *A, long lda,
-                       const uint8_t *B, long ldb, int M, int N, int K, const float *alpha, int accumulate,
-                       cudaStream_t s) {
+static int gemm_fp8(void *D, int d_f32, long ldd, const void *C, const uint8_t *A, long lda, const uint8_t *B,
+                    long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
     if (M <= 0 || N <= 0) return HALO_OK;
-    if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_%s: accumulation needs an fp32 output", fp8 ? "fp8" : "s8_scaled");
+    if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_fp8: accumulation needs an fp32 output");
     lt_init();
     static int fast = -1;
     if (fast < 0) { const char *e = getenv("HALO_FP8_FAST_ACCUM"); fast = e && *e == '1'; }
     qgemm_key k;
     memset(&k, 0, sizeof k);
-    k.fp8 = fp8; k.i8_scaled = !fp8; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
-    k.acc = accumulate; k.fast = fp8 && fast;
+    k.fp8 = 1; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
+    k.acc = accumulate; k.fast = fast;
     const float *beta = g_consts + (accumulate ? 1 : 0);
-    const qgemm_call call = {alpha, beta, B, A, C ? C : (accumulate ? D : NULL), (size_t)ldd * M * (d_f32 ? 4 : 2), s, 0};
+    const qgemm_call call = {alpha, beta, B, A, C ? C : (accumulate ? D : NULL), (size_t)ldd * M * (d_f32 ? 4 : 2), s};
     qgemm_plan *p = plan_get(&k, &call);
     if (!p) return HALO_ERR;
     return lt_status(cublasLtMatmul(g_lt, p->op, alpha, B, p->a, A, p->b, beta, C ? C : D, p->c, D, p->d, &p->algo,
-                                    g_ws, g_ws_bytes, s), fp8 ? "fp8 matmul" : "scaled int8 matmul");
+                                    g_ws, g_ws_bytes, s), "fp8 matmul");
 }
 
 extern "C" int halo_cuda_gemm_fp8(void *D, int d_f32, long ldd, const uint8_t *A, long lda, const uint8_t *B,
                                   long ldb, int M, int N, int K, const float *alpha, int accumulate, cudaStream_t s) {
-    return gemm_scaled(1, D, d_f32, ldd, NULL, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
+    return gemm_fp8(D, d_f32, ldd, NULL, A, lda, B, ldb, M, N, K, alpha, accumulate, s);
 }
 
 extern "C" int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A, long lda, const uint8_t *B,
                                       long ldb, int M, int N, int K, const float *alpha, cudaStream_t s) {
-    return gemm_scaled(1, D, 1, ldd, C, A, lda, B, ldb, M, N, K, alpha, 1, s);
-}
-
-extern "C" int halo_cuda_gemm_s8_scaled(void *D, int d_f32, long ldd, const int8_t *A, long lda, const int8_t *B,
-                                        long ldb, int M, int N, int K, const float *alpha, int accumulate,
-                                        cudaStream_t s) {
-    return gemm_scaled(0, D, d_f32, ldd, NULL, (const uint8_t *)A, lda, (const uint8_t *)B, ldb, M, N, K, alpha,
-                       accumulate, s);
-}
-
-extern "C" int halo_cuda_gemm_s8_scaled_res(float *D, long ldd, const float *C, const int8_t *A, long lda,
-                                            const int8_t *B, long ldb, int M, int N, int K, const float *alpha,
-                                            cudaStream_t s) {
-    return gemm_scaled(0, D, 1, ldd, C, (const uint8_t *)A, lda, (const uint8_t *)B, ldb, M, N, K, alpha, 1, s);
-}
-
-// Whether this cuBLASLt / GPU has INT8 products with an fp32 alpha and bf16 and fp32 outputs (asked once, on a
-// 256^3 shape); HALO_CUDA_I8_SCALED=0 turns their use off (the int32 output + dequantize pass, as before).
-static int g_i8s = -1;
-extern "C" void halo_cuda_gemm_s8_scaled_use(int on) { g_i8s = on ? 1 : 0; }
-extern "C" int halo_cuda_gemm_s8_scaled_ok(void) {
-    static int have = -1;
-    if (have < 0) {
-        lt_init();
-        have = 1;
-        for (int f32 = 0; f32 < 2 && have; f32++) {
-            qgemm_key k;
-            memset(&k, 0, sizeof k);
-            k.i8_scaled = 1; k.M = k.N = k.K = 256; k.lda = k.ldb = k.ldd = 256; k.d_f32 = f32;
-            const qgemm_call call = {NULL, NULL, NULL, NULL, NULL, 0, 0, 1};
-            if (!plan_get(&k, &call)) have = 0;
-        }
-    }
-    return have && env_switch(&g_i8s, "HALO_CUDA_I8_SCALED");
+    return gemm_fp8(D, 1, ldd, C, A, lda, B, ldb, M, N, K, alpha, 1, s);
 }
 
 extern "C" int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M,
@@ -242,7 +203,7 @@ extern "C" int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda
     memset(&k, 0, sizeof k);
     k.fp8 = 0; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd;
     const int32_t one = 1, zero = 0;
-    const qgemm_call call = {&one, &zero, B, A, NULL, (size_t)ldd * M * 4, s, 0};
+    const qgemm_call call = {&one, &zero, B, A, NULL, (size_t)ldd * M * 4, s};
     qgemm_plan *p = plan_get(&k, &call);
     if (!p) return HALO_ERR;
     return lt_status(cublasLtMatmul(g_lt, p->op, &one, B, p->a, A, p->b, &zero, D, p->c, D, p->d, &p->algo, g_ws,

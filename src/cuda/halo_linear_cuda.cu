@@ -305,15 +305,11 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     const double out_b = mono * ((out_f32 ? 4 : 2) + (accumulate && out_f32 ? 4 : 0));
     const char *pn = post_name[which][post ? 1 : 0];
     int rc = HALO_OK;
-    const int fp8 = L->prec == HALO_PREC_FP8;
-    const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
-    // FP8 always scales in the product; INT8 too where cuBLASLt writes its scaled output directly (no int32 pass)
-    if (fp8 || (direct && halo_cuda_gemm_s8_scaled_ok())) {
-        const int8_t *Ai = (const int8_t *)A, *Bi = (const int8_t *)B;
+    if (L->prec == HALO_PREC_FP8) {
+        const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
         if (direct && res && ((uintptr_t)res & 255) == 0) {   // cuBLASLt adds the residual (C = res, beta = 1)
             PROF(gemm_name[which], ab + out_b + 4 * mono,
-                 rc = fp8 ? halo_cuda_gemm_fp8_res((float *)out, ldo, res, A, lda, B, ldb, M, N, K, alpha, s)
-                          : halo_cuda_gemm_s8_scaled_res((float *)out, ldo, res, Ai, lda, Bi, ldb, M, N, K, alpha, s));
+                 rc = halo_cuda_gemm_fp8_res((float *)out, ldo, res, A, lda, B, ldb, M, N, K, alpha, s));
             return rc;
         }
         if (res && res != out) {   // else: copy it into out, then accumulate there
@@ -323,9 +319,7 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
         if (res) accumulate = 1;
         if (direct) {
             PROF(gemm_name[which], ab + out_b,
-                 rc = fp8 ? halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s)
-                          : halo_cuda_gemm_s8_scaled(out, out_f32, ldo, Ai, lda, Bi, ldb, M, N, K, alpha, accumulate,
-                                                     s));
+                 rc = halo_cuda_gemm_fp8(out, out_f32, ldo, A, lda, B, ldb, M, N, K, alpha, accumulate, s));
             return rc;
         }
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)M * N);
