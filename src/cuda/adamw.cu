@@ -99,21 +99,40 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
 }
 
 // The same update with max |bf16(p)| per segment of the flat parameter buffer (HALO level 0 reads W's scale from it
-// instead of a pass over W). Each block takes a contiguous run of 4-element vectors, so a thread meets each segment
-// once and flushes its maximum with one atomic when it leaves it. Needs the vector path and 4-aligned segments.
+// instead of a pass over W). The same grid-stride loop; when a lane of a warp enters another segment, the warp
+// flushes its running maxima: one atomic per segment present in the warp (lanes grouped by segment). Needs the vector
+// path and 4-aligned segments.
+__device__ __forceinline__ void amax_flush(const cuda_amax_seg *seg, int cur, float tm, int bad) {
+    const unsigned act = __activemask();
+    const int lane = threadIdx.x & 31;
+    unsigned pending = act;
+    while (pending) {
+        const int leader = __ffs(pending) - 1, lc = __shfl_sync(act, cur, leader);
+        const unsigned grp = __ballot_sync(act, cur == lc);
+        const unsigned mx = __reduce_max_sync(act, cur == lc ? __float_as_uint(tm) : 0u);
+        const int gb = __any_sync(act, cur == lc && bad);
+        if (lane == leader && lc >= 0) {
+            atomicMax((unsigned *)seg[lc].amax, mx);
+            if (gb) atomicOr(seg[lc].nonfinite, 1);
+        }
+        pending &= ~grp;
+    }
+}
+
 template <typename MT, typename GT>
-__global__ void k_adamw_amax(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n4, float lr, float b1, float b2,
-                             float eps, float wd, float bc1, float sqrt_bc2, const double *sumsq, float clip,
-                             const cuda_amax_seg *seg, int nseg, size_t off) {
+__global__ void __launch_bounds__(256, 5) k_adamw_amax(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n4,
+                                                       float lr, float b1, float b2, float eps, float wd, float bc1,
+                                                       float sqrt_bc2, const double *sumsq, float clip,
+                                                       const cuda_amax_seg *seg, int nseg, size_t off) {
     float gs = 1.f;
     if (sumsq && clip > 0.f) {
         float norm = (float)sqrt(*sumsq);
         if (norm > clip) gs = clip / (norm + 1e-6f);
     }
-    const size_t per = (n4 + gridDim.x - 1) / gridDim.x, v0 = blockIdx.x * per, v1 = v0 + per < n4 ? v0 + per : n4;
     int si = 0, cur = -1, bad = 0;
     float tm = 0.f;
-    for (size_t i = v0 + threadIdx.x; i < v1; i += blockDim.x) {
+    size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (size_t i = t; i < n4; i += stride) {
         f4 pp = ld4(p, i), gg = ld4(g, i), mm = ld4(m, i), vv = ld4(v, i);
 #pragma unroll
         for (int k = 0; k < 4; k++)
@@ -125,11 +144,8 @@ __global__ void k_adamw_amax(float *p, bf16 *w16, const GT *g, MT *m, MT *v, siz
         const size_t e = off + 4 * i;
         while (si < nseg && seg[si].end <= e) si++;
         const int in = si < nseg && seg[si].start <= e ? si : -1;
-        if (in != cur) {
-            if (cur >= 0) {
-                atomicMax((unsigned *)seg[cur].amax, __float_as_uint(tm));
-                if (bad) atomicOr(seg[cur].nonfinite, 1);
-            }
+        if (__any_sync(__activemask(), in != cur)) {
+            amax_flush(seg, cur, tm, bad);
             cur = in; tm = 0.f; bad = 0;
         }
         if (in >= 0)
@@ -140,10 +156,7 @@ __global__ void k_adamw_amax(float *p, bf16 *w16, const GT *g, MT *m, MT *v, siz
                 tm = fmaxf(tm, a);
             }
     }
-    if (cur >= 0) {
-        atomicMax((unsigned *)seg[cur].amax, __float_as_uint(tm));
-        if (bad) atomicOr(seg[cur].nonfinite, 1);
-    }
+    amax_flush(seg, cur, tm, bad);
 }
 
 __global__ void k_amax_seg_zero(const cuda_amax_seg *seg, int nseg) {
