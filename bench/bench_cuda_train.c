@@ -7,7 +7,6 @@
 //   build/bench/bench_cuda_train --precision int8 --halo-level 2 --steps 5 --profile-only   (HALO on every block linear)
 //   ... --halo-breakdown: one step's HALO launches (absmax, quantizers, transposes, products) summed by kind
 //   ... --no-ex-defer: levels 1-2 rotate each linear's input gradient instead of q/k/v's (gate/up's) sum once (A/B)
-//   ... --no-w-amax: level 0's forwards measure max |W| themselves instead of taking it from AdamW (A/B)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +83,7 @@ int main(int argc, char **argv) {
     return 0;
 #else
     const char *model = "llama3.2-1b";
-    int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1, w_amax = 1;
+    int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
     int bf16g = 0, rnorms = 0;
     int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0;
     const char *precision = "bf16";
@@ -107,11 +106,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-token-block") && i + 1 < argc) token_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-ex-defer")) halo_cuda_ex_defer(0);   // A/B: each linear rotates its own E_X
-        else if (!strcmp(argv[i], "--no-w-amax")) w_amax = 0;   // A/B: level-0 forwards measure W's amax themselves
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
-                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-breakdown] [--no-ex-defer] [--no-w-amax]\n");
+                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-breakdown] [--no-ex-defer]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
@@ -150,7 +148,6 @@ int main(int argc, char **argv) {
     llama_cuda *g;
     double t0 = now_s();
     if (llama_cuda_init_random(&g, &c, 1, &o) != HALO_OK) { fprintf(stderr, "%s\n", halo_error()); return 1; }
-    llama_cuda_w_amax_from_adamw(g, w_amax);
     printf("init %.1f s\n", now_s() - t0);
     halo_batch b;
     halo_batch_alloc(&b, B, T);
@@ -259,9 +256,9 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"w_amax_from_adamw\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), llama_cuda_w_amax_taken(g), n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     halo_batch_free(&b);

@@ -26,7 +26,6 @@ for key, j in rows:
     if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
     if j.get("ex_defer") == 0 and j["precision"] != "bf16": cfg.append("no ex-defer")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")
-    if j.get("w_amax_from_adamw") == 0 and j["precision"] != "bf16" and j["halo_level"] == 0: cfg.append("W amax in the forward")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
     if j.get("bf16_grads"): cfg.append("bf16 grads")
     if j.get("recompute_norms"): cfg.append("norm recompute")

@@ -58,7 +58,6 @@ trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 -
 keep b1f0.log "ms  |^\| " 60
 step "bench 1B HALO fp8 L0 first-choice products (HALO_GEMM_TUNE=0)" b1f0nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
 keep b1f0nt.log "^\{" 2
-trainbench "bench 1B HALO fp8 L0 W amax in the forward (--no-w-amax)" b1f0nw.log --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown --no-w-amax
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 step "bench 1B HALO fp8 L1 first-choice products (HALO_GEMM_TUNE=0)" b1f1nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
 keep b1f1nt.log "^\{" 2

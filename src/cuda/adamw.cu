@@ -98,115 +98,28 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
     }
 }
 
-// The same update with max |bf16(p)| per segment of the flat parameter buffer (HALO level 0 reads W's scale from it
-// instead of a pass over W). The same grid-stride loop; when a lane of a warp enters another segment, the warp
-// flushes its running maxima: one atomic per segment present in the warp (lanes grouped by segment). Needs the vector
-// path and 4-aligned segments.
-__device__ __forceinline__ void amax_flush(const cuda_amax_seg *seg, int cur, float tm, int bad) {
-    const unsigned act = __activemask();
-    const int lane = threadIdx.x & 31;
-    unsigned pending = act;
-    while (pending) {
-        const int leader = __ffs(pending) - 1, lc = __shfl_sync(act, cur, leader);
-        const unsigned grp = __ballot_sync(act, cur == lc);
-        const unsigned mx = __reduce_max_sync(act, cur == lc ? __float_as_uint(tm) : 0u);
-        const int gb = __any_sync(act, cur == lc && bad);
-        if (lane == leader && lc >= 0) {
-            atomicMax((unsigned *)seg[lc].amax, mx);
-            if (gb) atomicOr(seg[lc].nonfinite, 1);
-        }
-        pending &= ~grp;
-    }
-}
-
 template <typename MT, typename GT>
-__global__ void __launch_bounds__(256, 5) k_adamw_amax(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n4,
-                                                       float lr, float b1, float b2, float eps, float wd, float bc1,
-                                                       float sqrt_bc2, const double *sumsq, float clip,
-                                                       const cuda_amax_seg *seg, int nseg, size_t off) {
-    float gs = 1.f;
-    if (sumsq && clip > 0.f) {
-        float norm = (float)sqrt(*sumsq);
-        if (norm > clip) gs = clip / (norm + 1e-6f);
-    }
-    int si = 0, cur = -1, bad = 0;
-    float tm = 0.f;
-    size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    for (size_t i = t; i < n4; i += stride) {
-        f4 pp = ld4(p, i), gg = ld4(g, i), mm = ld4(m, i), vv = ld4(v, i);
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-            adamw_one(pp.a[k], mm.a[k], vv.a[k], gg.a[k] * gs, b1, b2, lr, wd, bc1, sqrt_bc2, eps);
-        st4(m, i, mm);
-        st4(v, i, vv);
-        st4(p, i, pp);
-        st4(w16, i, pp);
-        const size_t e = off + 4 * i;
-        while (si < nseg && seg[si].end <= e) si++;
-        const int in = si < nseg && seg[si].start <= e ? si : -1;
-        if (__any_sync(__activemask(), in != cur)) {
-            amax_flush(seg, cur, tm, bad);
-            cur = in; tm = 0.f; bad = 0;
-        }
-        if (in >= 0)
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float a = fabsf(__bfloat162float(__float2bfloat16(pp.a[k])));
-                bad |= !(a <= 3.402823466e38f);   // NaN or Inf
-                tm = fmaxf(tm, a);
-            }
-    }
-    amax_flush(seg, cur, tm, bad);
-}
-
-__global__ void k_amax_seg_zero(const cuda_amax_seg *seg, int nseg) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < nseg; i += gridDim.x * blockDim.x) *seg[i].amax = 0.f;
-}
-
-extern "C" void cuda_amax_segs_zero(const cuda_amax_seg *seg, int nseg, cudaStream_t s) {
-    if (nseg <= 0) return;
-    k_amax_seg_zero<<<(nseg + 255) / 256, 256, 0, s>>>(seg, nseg);
-    CUDA_LAUNCH_CHECK();
-}
-
-template <typename MT, typename GT>
-static int adamw_launch(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, float lr, float b1, float b2,
-                        float eps, float wd, float bc1, float sbc2, const double *sumsq, float clip,
-                        const cuda_amax_seg *seg, int nseg, size_t off, cudaStream_t s) {
+static void adamw_launch(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, float lr, float b1, float b2,
+                         float eps, float wd, float bc1, float sbc2, const double *sumsq, float clip, cudaStream_t s) {
     int g16 = sizeof(GT) == 2, m16 = sizeof(MT) == 2;
     int vec = aligned16(p) && aligned8(w16) && vec_ok(g, g16) && vec_ok(m, m16) && vec_ok(v, m16);
     size_t n4 = vec ? n / 4 : 0, blocks = (n + 1023) / 1024;
     int grid = (int)(blocks > 132 * 8 ? 132 * 8 : blocks);
-    if (seg && vec && n % 4 == 0 && off % 4 == 0) {
-        k_adamw_amax<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n4, lr, b1, b2, eps, wd, bc1, sbc2, sumsq, clip,
-                                                  seg, nseg, off);
-        CUDA_LAUNCH_CHECK();
-        return 1;
-    }
     k_adamw<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n, n4, lr, b1, b2, eps, wd, bc1, sbc2, sumsq, clip);
     CUDA_LAUNCH_CHECK();
-    return 0;
-}
-
-extern "C" int cuda_adamw_amax(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16,
-                               size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
-                               const double *sumsq, float clip, const cuda_amax_seg *seg, int nseg, size_t off,
-                               cudaStream_t s) {
-    if (!n) return 1;
-    float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
-    bf16 *w = (bf16 *)w16;
-#define ADAMW_CASE(MT, GT) return adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, lr, beta1, beta2, \
-                                                        eps, weight_decay, bc1, sbc2, sumsq, clip, seg, nseg, off, s)
-    if (mom_bf16 && g_bf16) ADAMW_CASE(bf16, bf16);
-    else if (mom_bf16) ADAMW_CASE(bf16, float);
-    else if (g_bf16) ADAMW_CASE(float, bf16);
-    else ADAMW_CASE(float, float);
-#undef ADAMW_CASE
 }
 
 extern "C" void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16,
                            size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
                            const double *sumsq, float clip, cudaStream_t s) {
-    cuda_adamw_amax(p, w16, g, g_bf16, m, v, mom_bf16, n, lr, beta1, beta2, eps, weight_decay, step, sumsq, clip, NULL,
-                    0, 0, s);
+    if (!n) return;
+    float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
+    bf16 *w = (bf16 *)w16;
+#define ADAMW_CASE(MT, GT) adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, lr, beta1, beta2, eps, \
+                                                 weight_decay, bc1, sbc2, sumsq, clip, s)
+    if (mom_bf16 && g_bf16) ADAMW_CASE(bf16, bf16);
+    else if (mom_bf16) ADAMW_CASE(bf16, float);
+    else if (g_bf16) ADAMW_CASE(float, bf16);
+    else ADAMW_CASE(float, float);
+#undef ADAMW_CASE
 }

@@ -130,21 +130,6 @@ void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, vo
                 float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
                 float clip, cudaStream_t s);
 
-// A range [start, end) of the flat parameter buffer (absolute element offsets, multiples of 4) whose max |bf16(p)|
-// cuda_adamw_amax writes to *amax (atomic max on the float bits: zero it first, cuda_amax_segs_zero), setting
-// *nonfinite |= 1 on NaN / Inf. The table lives in device memory, sorted by start, without overlaps.
-typedef struct {
-    size_t start, end;
-    float *amax;
-    int *nonfinite;
-} cuda_amax_seg;
-// cuda_adamw over p = base + off, also taking the segments' amax; returns 0 (and takes none) when the range cannot
-// (unaligned pointers, n or off not a multiple of 4): the caller then measures the amax itself.
-int cuda_adamw_amax(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
-                    float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
-                    float clip, const cuda_amax_seg *seg, int nseg, size_t off, cudaStream_t s);
-void cuda_amax_segs_zero(const cuda_amax_seg *seg, int nseg, cudaStream_t s);
-
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;
 
@@ -224,10 +209,6 @@ int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_hos
 // from m_host/v_host (NULL: zeros; bf16 device moments round to nearest even, so bf16 moments copied back by
 // llama_cuda_copy_moments come back bit for bit). Used to resume a checkpoint on the GPU.
 int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host, const float *v_host);
-// HALO level 0: AdamW takes each HALO linear's max |W| as it writes W, and the next forwards use it instead of their
-// own absmax pass (default on; 0 = the A/B). _taken: whether the weights now on the device came with it.
-void llama_cuda_w_amax_from_adamw(llama_cuda *g, int on);
-int llama_cuda_w_amax_taken(const llama_cuda *g);
 
 // Device pointers of the GPU model's BF16 working weights, as laid out by llama_cuda.cu (per layer the fused
 // [wq; wk; wv] and [w_gate; w_up] matrices), for the decoder below. `layers` is malloc'ed: free it.

@@ -230,11 +230,6 @@ int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const h
 // ignored at levels 1 and 2 (their X scale is the rotated X's). Skips the layer's own absmax pass of X.
 enum { HALO_CUDA_X_AMAX = 8 };
 float *halo_cuda_linear_x_amax(halo_cuda_linear *L);
-// HALO_CUDA_W_AMAX: max |W| is already in halo_cuda_linear_w_amax(L) (AdamW took it when it wrote W: cuda_adamw_amax);
-// level 0 only, like HALO_CUDA_X_AMAX. Skips the layer's absmax pass of W.
-enum { HALO_CUDA_W_AMAX = 32 };
-float *halo_cuda_linear_w_amax(halo_cuda_linear *L);
-int *halo_cuda_linear_nonfinite(halo_cuda_linear *L);
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32

@@ -102,10 +102,6 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
-    cuda_amax_seg *wseg, *wseg_d;   // level 0: each HALO linear's weight range and W amax slot (host, device copy)
-    int nwseg;
-    int w_amax_ok;               // the last AdamW took every W amax (weights unchanged since): forwards skip theirs
-    int w_amax_off;              // llama_cuda_w_amax_from_adamw(g, 0): the A/B without it
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
@@ -398,46 +394,6 @@ extern "C" int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads
     return HALO_OK;
 }
 
-// The weight offset of layer l's linear `kind` (q, k, v rows are one fused matrix, as gate, up).
-static size_t lin_w_off(const llama_cuda *g, int l, int kind) {
-    const layer_offs *o = &g->L[l];
-    const size_t D = g->c.dim, F = g->c.hidden_dim, Q = g->Q, KV = (size_t)g->c.n_kv_heads * g->c.head_dim;
-    switch (kind) {
-    case LIN_Q: return o->wqkv;
-    case LIN_K: return o->wqkv + Q * D;
-    case LIN_V: return o->wqkv + (Q + KV) * D;
-    case LIN_O: return o->wo;
-    case LIN_GATE: return o->wgu;
-    case LIN_UP: return o->wgu + F * D;
-    default: return o->wdown;
-    }
-}
-
-// Level 0: one AdamW segment per HALO linear, so that AdamW takes max |W| as it writes W (cuda_adamw_amax) and the
-// forwards skip their absmax pass of W. Segments are in offset order; none when a range is not 4-aligned.
-static void wseg_build(llama_cuda *g) {
-    const int nl = g->c.n_layers;
-    g->wseg = (cuda_amax_seg *)xcalloc((size_t)nl * LIN_COUNT, sizeof(cuda_amax_seg));
-    int n = 0;
-    for (int l = 0; l < nl; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            if (!g->hon[l * LIN_COUNT + k]) continue;
-            int m, rows;
-            lin_shape(g, k, &m, &rows);
-            cuda_amax_seg *sg = &g->wseg[n++];
-            sg->start = lin_w_off(g, l, k);
-            sg->end = sg->start + (size_t)rows * m;
-            sg->amax = halo_cuda_linear_w_amax(&g->hl[l * LIN_COUNT + k]);
-            sg->nonfinite = halo_cuda_linear_nonfinite(&g->hl[l * LIN_COUNT + k]);
-            if (sg->start % 4 || sg->end % 4 || (n > 1 && sg->start < sg[-1].end)) { n = 0; break; }
-        }
-    g->nwseg = n;
-    if (!n) return;
-    g->wseg_d = (cuda_amax_seg *)dalloc(g, MEM_WORK, sizeof(cuda_amax_seg) * n);
-    if (g->oom) { g->nwseg = 0; return; }
-    CUDA_CHECK(cudaMemcpy(g->wseg_d, g->wseg, sizeof(cuda_amax_seg) * n, cudaMemcpyHostToDevice));
-}
-
 // Validates opts.halo and builds one halo_cuda_linear per selected (block, linear), as llama_set_halo on the CPU.
 static int halo_setup(llama_cuda *g) {
     const model_halo_config *hc = &g->o.halo;
@@ -490,7 +446,6 @@ static int halo_setup(llama_cuda *g) {
         g->hacc = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
         if (g->oom) return HALO_ERR;
     }
-    if (hc->level == 0) wseg_build(g);
     CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
     return HALO_OK;
 }
@@ -528,8 +483,8 @@ static void halo_teardown(llama_cuda *g) {
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
             if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
     halo_cuda_ws_free(&g->hws);
-    free(g->hl); free(g->hon); free(g->wseg);
-    g->hl = NULL; g->hon = NULL; g->wseg = NULL; g->nwseg = 0; g->w_amax_ok = 0;
+    free(g->hl); free(g->hon);
+    g->hl = NULL; g->hon = NULL;
 }
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
@@ -664,10 +619,6 @@ static float *x_amax_prepare(llama_cuda *g, int l, int kind) {
     return a;
 }
 static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
-// W's amax from the last AdamW (level 0), while the weights are the ones it wrote
-static int w_flag(const llama_cuda *g) { return g->w_amax_ok && !g->w_amax_off ? HALO_CUDA_W_AMAX : 0; }
-extern "C" void llama_cuda_w_amax_from_adamw(llama_cuda *g, int on) { g->w_amax_off = !on; }
-extern "C" int llama_cuda_w_amax_taken(const llama_cuda *g) { return g->w_amax_ok; }
 
 // Y [N, ldy] (bf16) = X [N, D] Wg^T for a fused group of nk linears from kind k0 (q, k, v or gate, up) whose weight
 // rows start at w_off: one BF16 product, or one HALO product per linear into its columns of Y. xf: HALO_CUDA_X_AMAX
@@ -685,8 +636,7 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
         int m, n;
         lin_shape(g, k, &m, &n);
         PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                   Y + col, 0, ldy, NULL, (k == k0 ? xf : 0) | w_flag(g),
-                                                                   N, D, n,
+                                                                   Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
                                                                    g->st)));
         col += n;
     }
@@ -700,8 +650,8 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
-    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R, xf | w_flag(g),
-                                                                    N, m, n, g->st)));
+    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R, xf, N, m, n,
+                                                                    g->st)));
 }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
@@ -960,9 +910,6 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
         sumsq = g->sumsq;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
-    // level 0: AdamW also takes each HALO linear's max |W| (zeroed first, one launch)
-    int took = g->nwseg > 0 && !g->w_amax_off;
-    if (took) PROF(g, PR_ADAMW, cuda_amax_segs_zero(g->wseg_d, g->nwseg, s));
     // one launch per run of slots sharing a decay setting and gradient type (padding between slots is zero and stays
     // zero)
     for (int i = 0; i < g->n_slots;) {
@@ -971,18 +918,11 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
             j++;
         size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
         const void *gr = g16 ? (const void *)(g->grad16 + off) : (const void *)gradf(g, off);
-        int segs = 0;   // does the range hold a segment?
-        for (int k = 0; k < g->nwseg && !segs; k++) segs = g->wseg[k].start < off + n && g->wseg[k].end > off;
-        int ok = 1;
-        PROF(g, PR_ADAMW, ok = cuda_adamw_amax(g->master + off, (halo_bf16 *)g->w + off, gr, g16,
-                                               (char *)g->m + off * msz, (char *)g->v + off * msz, g->o.bf16_moments,
-                                               n, h->lr, h->beta1, h->beta2, h->eps, decay ? h->weight_decay : 0.f,
-                                               step, sumsq, h->grad_clip, segs && took ? g->wseg_d : NULL,
-                                               g->nwseg, off, s));
-        if (segs && !ok) took = 0;
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + off * msz,
+                                     (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
+                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
         i = j;
     }
-    g->w_amax_ok = took;
 }
 
 extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step) {
@@ -1084,7 +1024,6 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
     size_t msz = g->o.bf16_moments ? 2 : 4;
     void *stage_m = xmalloc(g->n_all * msz), *stage_v = xmalloc(g->n_all * msz);
     CUDA_CHECK(cudaStreamSynchronize(g->st));   // no step still reads the buffers replaced here
-    g->w_amax_ok = 0;                            // new weights: the forwards measure W's amax again
     for (int i = 0; i < g->n_slots; i++)
         CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
                                    g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
