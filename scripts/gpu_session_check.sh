@@ -90,6 +90,7 @@ keep bench_halo_bd.log "^breakdown" 12
 step "bench_cuda_halo --breakdown down" bench_halo_bd_down.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown
 keep bench_halo_bd_down.log "^breakdown" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
+step "bench_cuda_decode without CUDA graphs (HALO_CUDA_DECODE_GRAPHS=0)" bench_decode_ng.log 60 env HALO_CUDA_DECODE_GRAPHS=0 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
 keep torch_1b.log "^\{" 2

@@ -272,6 +272,44 @@ static void check_stories(const char *model_dir, const char *golden_json) {
     CHECK(cuda_decoder_forward(d, 1, seq, tok, pos, 0, NULL, NULL) == HALO_ERR, "position out of range accepted");
     free(lg);
     cuda_decoder_free(d);
+
+    // (b2) decode steps replayed from CUDA graphs (the default) give the eager launches' logits and greedy tokens bit
+    // for bit: the same prompts and fed-back tokens through a decoder with graphs and one without
+    {
+        cuda_decoder *dg = NULL, *de = NULL;
+        if (cuda_decoder_init_host(&dg, &m, NP, L, 64) != HALO_OK || cuda_decoder_init_host(&de, &m, NP, L, 64) != HALO_OK) {
+            CHECK(0, "%s", halo_error());
+        } else {
+            cuda_decoder_graphs(de, 0);
+            float *la = malloc(sizeof(float) * (size_t)NP * V), *lb = malloc(sizeof(float) * (size_t)NP * V);
+            long bad_lg = 0, bad_tok = 0;
+            int ok = 1;
+            for (int k = 0; k < NP && ok; k++) {
+                int n = ps.n[k];
+                for (int i = 0; i < n; i++) { seq[i] = k; tok[i] = ps.p[k][i]; pos[i] = i; }
+                ok = cuda_decoder_forward(dg, n, seq, tok, pos, 0, NULL, NULL) == HALO_OK &&
+                     cuda_decoder_forward(de, n, seq, tok, pos, 0, NULL, NULL) == HALO_OK;
+            }
+            for (int t = 0; t < NEW - 1 && ok; t++) {   // step 0 eager, 1 captured, the rest replayed
+                for (int k = 0; k < NP; k++) { seq[k] = k; tok[k] = cpu_t[k][t]; pos[k] = ps.n[k] + t; orow[k] = k; }
+                int32_t ga[NP], gb[NP];
+                ok = cuda_decoder_forward(dg, NP, seq, tok, pos, NP, orow, la) == HALO_OK &&
+                     cuda_decoder_forward(de, NP, seq, tok, pos, NP, orow, lb) == HALO_OK &&
+                     cuda_decoder_forward_greedy(dg, NP, seq, tok, pos, NP, orow, ga) == HALO_OK &&
+                     cuda_decoder_forward_greedy(de, NP, seq, tok, pos, NP, orow, gb) == HALO_OK;
+                for (size_t i = 0; ok && i < (size_t)NP * V; i++) bad_lg += memcmp(&la[i], &lb[i], 4) != 0;
+                for (int k = 0; ok && k < NP; k++) bad_tok += ga[k] != gb[k];
+            }
+            CHECK(ok, "graph vs eager decoding: %s", halo_error());
+            printf("decode steps from CUDA graphs vs eager launches, %d steps x %d sequences: %ld logits and %ld greedy "
+                   "tokens differ\n", NEW - 1, NP, bad_lg, bad_tok);
+            CHECK(bad_lg == 0 && bad_tok == 0, "graph replay differs from eager decoding (%ld logits, %ld tokens)",
+                  bad_lg, bad_tok);
+            free(la); free(lb);
+        }
+        cuda_decoder_free(dg);
+        cuda_decoder_free(de);
+    }
 out:
     for (int k = 0; k < NP; k++) { free(ps.p[k]); free(cpu_lg[k]); }
     llama_free(&m);

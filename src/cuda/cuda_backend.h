@@ -47,6 +47,9 @@ void cuda_linear_backward_dw_bf16(halo_bf16 *dW, const halo_bf16 *dY, const halo
                                   int accumulate, cudaStream_t s);
 // Frees the cuBLASLt handle, workspace and cached algorithms.
 void cuda_matmul_shutdown(void);
+// Changes whenever cuda_matmul_shutdown frees the products' workspace and plans (CUDA graphs that captured products
+// before that are stale).
+int cuda_matmul_generation(void);
 
 // ---- element-wise and row operations ----
 // out[N, D] (fp32 residual stream) = table[ids[n], :]
@@ -250,6 +253,10 @@ int cuda_decoder_forward_greedy(cuda_decoder *d, int n, const int32_t *seq, cons
 // when n_seqs == 1. out[s][max_new_tokens], n_out[s]: generated tokens of sequence s (eos included).
 int cuda_generate(cuda_decoder *d, int n_seqs, const int32_t *const *prompts, const int *n_prompt,
                   const gen_options *o, int32_t *const *out, int *n_out);
+// Decode steps (calls of at most max_seqs rows) replay a CUDA graph per (rows, outputs, greedy) after their first
+// eager run: the same launches, without the per-launch host cost. 0 turns it off (the A/B; HALO_CUDA_DECODE_GRAPHS=0
+// too).
+void cuda_decoder_graphs(cuda_decoder *d, int on);
 
 #ifdef __cplusplus
 }

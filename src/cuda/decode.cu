@@ -12,7 +12,7 @@ extern "C" {
 #include "util/error.h"
 }
 
-enum { ATT_THREADS = 128, ATT_TILE = 128, ATT_MAXD = 2 * ATT_THREADS };
+enum { ATT_THREADS = 128, ATT_TILE = 128, ATT_MAXD = 2 * ATT_THREADS, DEC_GRAPHS = 32 };
 
 struct cuda_decoder {
     llama_config c;
@@ -32,6 +32,10 @@ struct cuda_decoder {
     int32_t *stage;              // pinned host [4 R]
     float *hlogits;              // pinned host [S, V] (cuda_generate)
     size_t bytes;
+    // CUDA graphs of decode steps, one per (rows, output rows, greedy): seen once eagerly (which builds every product
+    // plan), captured on the second call, replayed after; rebuilt when cuda_matmul_generation() moves
+    struct { int n, n_out, greedy, gen, seen; cudaGraphExec_t exec; } graph[DEC_GRAPHS];
+    int n_graphs, graphs;        // entries in use; 1 = on, 0 = off (setter / environment / a failed capture)
 };
 
 // ---- kernels ----
@@ -161,6 +165,7 @@ static int dec_common(cuda_decoder **out, const llama_config *c, int max_seqs, i
     d->Q = c->n_heads * c->head_dim;
     d->KV = c->n_kv_heads * c->head_dim;
     d->QKV = d->Q + 2 * d->KV;
+    d->graphs = -1;   // the environment decides at the first call
     *out = d;
     return HALO_OK;
 }
@@ -272,36 +277,22 @@ extern "C" void cuda_decoder_free(cuda_decoder *d) {
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (d->stage) cudaFreeHost(d->stage);
     if (d->hlogits) cudaFreeHost(d->hlogits);
+    for (int i = 0; i < d->n_graphs; i++) if (d->graph[i].exec) cudaGraphExecDestroy(d->graph[i].exec);
     if (d->own_stream) cudaStreamDestroy(d->st);
     free(d->w.layers);
     free(d);
 }
 
+extern "C" void cuda_decoder_graphs(cuda_decoder *d, int on) { d->graphs = on ? 1 : 0; }
+
 // ---- forward ----
 // logits (host [n_out, V]) and/or next (host [n_out]: the greedy token of each output row, found on the device)
-static int dec_run(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos, int n_out,
-                   const int32_t *out_rows, float *logits, int32_t *next) {
+// The launches of one call after its rows are staged in d->idx: every layer over the n rows ...
+static void dec_layers(cuda_decoder *d, int n) {
     const llama_config *c = &d->c;
-    int D = c->dim, F = c->hidden_dim, V = c->vocab_size, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
-    if (n < 1 || n > d->R || n_out < 0 || n_out > n)
-        return halo_fail("CUDA decoder: %d rows (1..%d) with %d outputs", n, d->R, n_out);
-    for (int i = 0; i < n; i++) {
-        if (seq[i] < 0 || seq[i] >= d->S) return halo_fail("CUDA decoder: row %d: sequence %d of %d", i, seq[i], d->S);
-        if (tok[i] < 0 || tok[i] >= V)
-            return halo_fail("CUDA decoder: row %d: token %d is outside the vocabulary (size %d)", i, tok[i], V);
-        if (pos[i] < 0 || pos[i] >= d->L)
-            return halo_fail("CUDA decoder: row %d: position %d beyond the cache length %d", i, pos[i], d->L);
-    }
-    for (int i = 0; i < n_out; i++)
-        if (out_rows[i] < 0 || out_rows[i] >= n) return halo_fail("CUDA decoder: output row %d of %d", out_rows[i], n);
+    int D = c->dim, F = c->hidden_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, R = d->R;
     cudaStream_t s = d->st;
-    int R = d->R;
-    memcpy(d->stage, seq, n * 4);
-    memcpy(d->stage + R, tok, n * 4);
-    memcpy(d->stage + 2 * R, pos, n * 4);
-    if (n_out) memcpy(d->stage + 3 * R, out_rows, n_out * 4);
-    CUDA_CHECK(cudaMemcpyAsync(d->idx, d->stage, (size_t)R * 4 * 4, cudaMemcpyHostToDevice, s));
-    const int32_t *dseq = d->idx, *dtok = d->idx + R, *dpos = d->idx + 2 * R, *dout = d->idx + 3 * R;
+    const int32_t *dseq = d->idx, *dtok = d->idx + R, *dpos = d->idx + 2 * R;
     const llama_cuda_weight_ptrs *w = &d->w;
     halo_bf16 *nrm = (halo_bf16 *)d->nrm, *qkv = (halo_bf16 *)d->qkv, *att = (halo_bf16 *)d->att;
     halo_bf16 *gu = (halo_bf16 *)d->gu, *sw = (halo_bf16 *)d->sw;
@@ -324,26 +315,114 @@ static int dec_run(cuda_decoder *d, int n, const int32_t *seq, const int32_t *to
         cuda_swiglu_forward(sw, gu, n, F, s);
         cuda_linear_forward(d->x, 1, sw, p->wdown, d->h, n, F, D, s);
     }
-    if (n_out) {
-        k_gather_rows<<<n_out, 256, 0, s>>>(d->xo, d->x, dout, D);
+}
+
+// ... and output rows c0..c0+nc-1 of n_out (nc <= S; the gather and final norm of all n_out with the first chunk):
+// logits into d->logits, greedy tokens into d->amax + c0.
+static void dec_head(cuda_decoder *d, int n_out, int c0, int nc, int greedy) {
+    const llama_config *c = &d->c;
+    int D = c->dim, V = c->vocab_size, R = d->R;
+    cudaStream_t s = d->st;
+    if (c0 == 0) {
+        k_gather_rows<<<n_out, 256, 0, s>>>(d->xo, d->x, d->idx + 3 * R, D);
         CUDA_LAUNCH_CHECK();
-        cuda_rmsnorm_forward((halo_bf16 *)d->nf, d->rstd, d->xo, w->final_norm, n_out, D, c->norm_eps, s);
+        cuda_rmsnorm_forward((halo_bf16 *)d->nf, d->rstd, d->xo, d->w.final_norm, n_out, D, c->norm_eps, s);
+    }
+    cuda_linear_forward(d->logits, 1, (const halo_bf16 *)d->nf + (size_t)c0 * D, d->w.lm_head, NULL, nc, D, V, s);
+    if (greedy) {
+        k_argmax<<<nc, 1024, 0, s>>>(d->amax + c0, d->logits, V);
+        CUDA_LAUNCH_CHECK();
+    }
+}
+
+// Runs the call's launches from a CUDA graph when it is a decode step (n <= S rows, outputs in one lm_head chunk)
+// seen before; returns 0 when the caller must launch them itself (first sight, graphs off, a failed capture).
+static int dec_graph_run(cuda_decoder *d, int n, int n_out, int greedy) {
+    if (d->graphs < 0) { const char *e = getenv("HALO_CUDA_DECODE_GRAPHS"); d->graphs = !(e && e[0] == '0'); }
+    if (!d->graphs || n > d->S || n_out > d->S || n_out < 1) return 0;
+    const int gen = cuda_matmul_generation();
+    int i = 0;
+    while (i < d->n_graphs && !(d->graph[i].n == n && d->graph[i].n_out == n_out && d->graph[i].greedy == greedy)) i++;
+    if (i == d->n_graphs) {   // first sight: the eager run builds the product plans the capture will find
+        if (i == DEC_GRAPHS) return 0;
+        d->graph[i].n = n; d->graph[i].n_out = n_out; d->graph[i].greedy = greedy;
+        d->graph[i].gen = gen; d->graph[i].seen = 1; d->graph[i].exec = NULL;
+        d->n_graphs++;
+        return 0;
+    }
+    if (d->graph[i].gen != gen) {   // the products' workspace or plans changed: run eagerly once more
+        if (d->graph[i].exec) cudaGraphExecDestroy(d->graph[i].exec);
+        d->graph[i].exec = NULL;
+        d->graph[i].gen = gen;
+        return 0;
+    }
+    if (!d->graph[i].exec) {
+        cudaGraph_t graph = NULL;
+        if (cudaStreamBeginCapture(d->st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+            cudaGetLastError();
+            d->graphs = 0;
+            return 0;
+        }
+        dec_layers(d, n);
+        dec_head(d, n_out, 0, n_out, greedy);
+        cudaError_t e = cudaStreamEndCapture(d->st, &graph);
+        if (e == cudaSuccess) e = cudaGraphInstantiate(&d->graph[i].exec, graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (e != cudaSuccess || cuda_matmul_generation() != gen) {   // nothing ran: the caller launches eagerly
+            cudaGetLastError();
+            if (d->graph[i].exec) cudaGraphExecDestroy(d->graph[i].exec);
+            d->graph[i].exec = NULL;
+            if (e != cudaSuccess) {
+                fprintf(stderr, "CUDA decoder: graph capture failed (%s); decoding without graphs\n",
+                        cudaGetErrorString(e));
+                d->graphs = 0;
+            }
+            return 0;
+        }
+    }
+    CUDA_CHECK(cudaGraphLaunch(d->graph[i].exec, d->st));
+    return 1;
+}
+
+static int dec_run(cuda_decoder *d, int n, const int32_t *seq, const int32_t *tok, const int32_t *pos, int n_out,
+                   const int32_t *out_rows, float *logits, int32_t *next) {
+    const int V = d->c.vocab_size;
+    if (n < 1 || n > d->R || n_out < 0 || n_out > n)
+        return halo_fail("CUDA decoder: %d rows (1..%d) with %d outputs", n, d->R, n_out);
+    for (int i = 0; i < n; i++) {
+        if (seq[i] < 0 || seq[i] >= d->S) return halo_fail("CUDA decoder: row %d: sequence %d of %d", i, seq[i], d->S);
+        if (tok[i] < 0 || tok[i] >= V)
+            return halo_fail("CUDA decoder: row %d: token %d is outside the vocabulary (size %d)", i, tok[i], V);
+        if (pos[i] < 0 || pos[i] >= d->L)
+            return halo_fail("CUDA decoder: row %d: position %d beyond the cache length %d", i, pos[i], d->L);
+    }
+    for (int i = 0; i < n_out; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= n) return halo_fail("CUDA decoder: output row %d of %d", out_rows[i], n);
+    cudaStream_t s = d->st;
+    int R = d->R;
+    memcpy(d->stage, seq, n * 4);
+    memcpy(d->stage + R, tok, n * 4);
+    memcpy(d->stage + 2 * R, pos, n * 4);
+    if (n_out) memcpy(d->stage + 3 * R, out_rows, n_out * 4);
+    CUDA_CHECK(cudaMemcpyAsync(d->idx, d->stage, (size_t)R * 4 * 4, cudaMemcpyHostToDevice, s));
+    const int greedy = next != NULL;
+    if (!dec_graph_run(d, n, n_out, greedy)) {
+        dec_layers(d, n);
+        // the lm_head in chunks of S rows, each chunk's logits copied out before the next overwrites them
         for (int c0 = 0; c0 < n_out; c0 += d->S) {
             int nc = n_out - c0 < d->S ? n_out - c0 : d->S;
-            cuda_linear_forward(d->logits, 1, (const halo_bf16 *)d->nf + (size_t)c0 * D, w->lm_head, NULL, nc, D, V, s);
+            dec_head(d, n_out, c0, nc, greedy);
             if (logits)
                 CUDA_CHECK(cudaMemcpyAsync(logits + (size_t)c0 * V, d->logits, (size_t)nc * V * 4,
                                            cudaMemcpyDeviceToHost, s));
-            if (next) {
-                k_argmax<<<nc, 1024, 0, s>>>(d->amax + c0, d->logits, V);
-                CUDA_LAUNCH_CHECK();
-            }
         }
-        if (next) {
-            CUDA_CHECK(cudaMemcpyAsync(d->stage, d->amax, (size_t)n_out * 4, cudaMemcpyDeviceToHost, s));
-            CUDA_CHECK(cudaStreamSynchronize(s));
-            memcpy(next, d->stage, (size_t)n_out * 4);
-        }
+    } else if (logits && n_out) {   // a graph ran the one chunk
+        CUDA_CHECK(cudaMemcpyAsync(logits, d->logits, (size_t)n_out * V * 4, cudaMemcpyDeviceToHost, s));
+    }
+    if (next && n_out) {
+        CUDA_CHECK(cudaMemcpyAsync(d->stage, d->amax, (size_t)n_out * 4, cudaMemcpyDeviceToHost, s));
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        memcpy(next, d->stage, (size_t)n_out * 4);
     }
     CUDA_CHECK(cudaStreamSynchronize(s));   // the staging buffer and the logits are free / ready
     return HALO_OK;

@@ -32,7 +32,11 @@ static void lt_init(void) {
     CUDA_CHECK(cudaMalloc(&g_ws, g_ws_bytes));
 }
 
+static int g_generation;   // bumped when the workspace and plans go: CUDA graphs holding them must be rebuilt
+extern "C" int cuda_matmul_generation(void) { return g_generation; }
+
 extern "C" void cuda_matmul_shutdown(void) {
+    g_generation++;
     for (int i = 0; i < g_nplans; i++) {
         cublasLtMatmulDescDestroy(g_plans[i].op);
         cublasLtMatrixLayoutDestroy(g_plans[i].a); cublasLtMatrixLayoutDestroy(g_plans[i].b);
