@@ -34,7 +34,7 @@ struct cuda_decoder {
     size_t bytes;
     // CUDA graphs of decode steps, one per (rows, output rows, greedy): seen once eagerly (which builds every product
     // plan), captured on the second call, replayed after; rebuilt when cuda_matmul_generation() moves
-    struct { int n, n_out, greedy, gen, seen; cudaGraphExec_t exec; } graph[DEC_GRAPHS];
+    struct { int n, n_out, greedy, gen; cudaGraphExec_t exec; } graph[DEC_GRAPHS];
     int n_graphs, graphs;        // entries in use; 1 = on, 0 = off (setter / environment / a failed capture)
 };
 
@@ -346,7 +346,7 @@ static int dec_graph_run(cuda_decoder *d, int n, int n_out, int greedy) {
     if (i == d->n_graphs) {   // first sight: the eager run builds the product plans the capture will find
         if (i == DEC_GRAPHS) return 0;
         d->graph[i].n = n; d->graph[i].n_out = n_out; d->graph[i].greedy = greedy;
-        d->graph[i].gen = gen; d->graph[i].seen = 1; d->graph[i].exec = NULL;
+        d->graph[i].gen = gen; d->graph[i].exec = NULL;
         d->n_graphs++;
         return 0;
     }
