@@ -338,8 +338,7 @@ static void dec_head(cuda_decoder *d, int n_out, int c0, int nc, int greedy) {
 // Runs the call's launches from a CUDA graph when it is a decode step (n <= S rows, outputs in one lm_head chunk)
 // seen before; returns 0 when the caller must launch them itself (first sight, graphs off, a failed capture).
 static int dec_graph_run(cuda_decoder *d, int n, int n_out, int greedy) {
-    if (d->graphs < 0) { const char *e = getenv("HALO_CUDA_DECODE_GRAPHS"); d->graphs = !(e && e[0] == '0'); }
-    if (!d->graphs || n > d->S || n_out > d->S || n_out < 1) return 0;
+    if (!env_switch(&d->graphs, "HALO_CUDA_DECODE_GRAPHS") || n > d->S || n_out > d->S || n_out < 1) return 0;
     const int gen = cuda_matmul_generation();
     int i = 0;
     while (i < d->n_graphs && !(d->graph[i].n == n && d->graph[i].n_out == n_out && d->graph[i].greedy == greedy)) i++;

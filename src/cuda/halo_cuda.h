@@ -151,6 +151,7 @@ void halo_cuda_gemm_shutdown(void);
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
 // if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.
+// HALO_GEMM_TUNE=2 times FP8 at every K too (only to study that rule: README, HALO on the GPU).
 void halo_cuda_gemm_tune(int on);
 int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else the environment's)
 

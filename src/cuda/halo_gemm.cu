@@ -77,6 +77,12 @@ static const float QGEMM_MIN_GAIN = 0.85f;
 static int g_tune = -1;
 extern "C" void halo_cuda_gemm_tune(int on) { g_tune = on ? 1 : 0; }
 extern "C" int halo_cuda_gemm_tuning(void) { return env_switch(&g_tune, "HALO_GEMM_TUNE"); }
+// HALO_GEMM_TUNE=2 (a study of the rule above, not for use): FP8 products are timed at every K too
+static int tune_fp8_every_k(void) {
+    static int v = -1;
+    if (v < 0) { const char *e = getenv("HALO_GEMM_TUNE"); v = e && e[0] == '2'; }
+    return v;
+}
 
 typedef struct {   // one call's operands, for timing the candidate algorithms
     const void *alpha, *beta, *A, *B, *C;
@@ -150,9 +156,7 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes, sizeof g_ws_bytes);
     cublasLtMatmulHeuristicResult_t res[QGEMM_TRY];
     int found = 0;
-    static int fp8_all = -1;   // HALO_GEMM_TUNE=2: time FP8 at every K too (to study the rule above)
-    if (fp8_all < 0) { const char *e = getenv("HALO_GEMM_TUNE"); fp8_all = e && e[0] == '2'; }
-    const int tune = halo_cuda_gemm_tuning() && (!k->fp8 || fp8_all || k->K <= QGEMM_FP8_TUNE_MAX_K);
+    const int tune = halo_cuda_gemm_tuning() && (!k->fp8 || k->K <= QGEMM_FP8_TUNE_MAX_K || tune_fp8_every_k());
     st = cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.d, pref, tune ? QGEMM_TRY : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || !found) {
