@@ -3,7 +3,7 @@
 # last (two of them side by side). Each step has its own time limit; its log goes to a scratch folder, and $OUT
 # receives only three files (the device tool returns few files): summary.txt (one line per step + the key result
 # lines), results.md (the tables), logs.tar.gz (every log).
-#   1. test_cuda_ops  2. test_cuda_halo  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
+#   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
 #   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
@@ -45,6 +45,8 @@ step "test_cuda_ops (ops vs CPU, attention variants)" ops.log 90 $B/tests/test_c
 keep ops.log "variant|rmsnorm|adamw" 60
 step "test_cuda_halo (HALO kernels vs CPU)" halo_kernels.log 60 $B/tests/test_cuda_halo
 keep halo_kernels.log "differ|mismatch" 30
+step "bench_cuda_int8 (own INT8 kernel vs cuBLASLt int32 + dequant)" int8.log 60 $B/bench/bench_cuda_int8 --reps 20
+keep int8.log "^\|" 20
 step "test_cuda_model (goldens, memory options)" model.log 90 $B/tests/test_cuda_model
 keep model.log "^\|" 60
 step "test_cuda_decode (GPU decoder)" decode.log 90 $B/tests/test_cuda_decode
@@ -65,6 +67,8 @@ trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --p
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
 trainbench "bench 1B HALO int8 L2 token block 64" b1i2tb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --halo-breakdown
+step "bench 1B HALO int8 L2 token block 64 int32 products (HALO_INT8_OWN_GEMM=0)" b1i2tbi32.log 45 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown
+keep b1i2tbi32.log "^\{" 2
 trainbench "bench 1B HALO int8 L2 token block 64 no ex-defer" b1i2tbnd.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown --no-ex-defer
 keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
@@ -80,6 +84,7 @@ step "bench_cuda_halo fp8 tuned at every K (HALO_GEMM_TUNE=2)" bench_halo_t2.log
 keep bench_halo_t2.log "^\\|" 12
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
 keep bench_halo_l2t.log "^\| .* [12] " 40
+step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 60 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
 keep bench_halo_tb.log "^\|" 40
 step "bench_cuda_halo --breakdown gate token block 64" bench_halo_bd_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --token-block 64

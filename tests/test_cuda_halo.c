@@ -473,6 +473,65 @@ static void test_gemm_tune(void) {
     free(hA); free(hB); free(D0); cudaFree(dA); cudaFree(dB); cudaFree(dal);
 }
 
+// ---- INT8 with the dequantization in the epilogue (int8_gemm.cu) ------------------------------------------------
+// The own wgmma kernel against cuBLASLt's int32 product + halo_cuda_dequant_i32 (which test_gemm checks against the
+// CPU): equal bit for bit in every output form, with partial tiles (M, N, K not multiples of 128 / 256 / 128), an
+// output narrower than the product (No < N) and more tiles than SMs (the persistent loop); the columns past No and
+// the padding of the leading dimension keep their poison.
+static void test_gemm_s8_dq(void) {
+    static const int shapes[][5] = {   // M, N, K, Mo, No
+        {384, 512, 256, 384, 512}, {300, 400, 208, 300, 392}, {4096, 2048, 512, 4096, 2048}, {130, 272, 4096, 129, 270}};
+    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
+    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
+        int dev = 0, major = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        CHECK(major != 9, "the own INT8 kernel refused a plain shape on a compute capability 9 device");
+        printf("own INT8 kernel: not on this device (compute capability %d), skipped\n", major);
+        return;
+    }
+    const float al = 1.37f / 4096;
+    float *dal = t_dev_copy(&al, 4);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], N = shapes[c][1], K = shapes[c][2], Mo = shapes[c][3], No = shapes[c][4];
+        const long ldd = No + 6;
+        int8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
+        for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
+        for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
+        int8_t *dA = t_dev_copy(hA, (size_t)M * K), *dB = t_dev_copy(hB, (size_t)N * K);
+        int32_t *dI = dev_poison(4 * (size_t)M * N);
+        int rc = halo_cuda_gemm_s8(dI, N, dA, K, dB, K, M, N, K, 0);
+        CHECK(rc == HALO_OK, "int8 gemm: %s", halo_error());
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 100.0);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        float *dR = t_dev_copy(R, ob);
+        static const char *form[4] = {"bf16", "fp32", "fp32 +=", "fp32 res +"};
+        for (int f = 0; f < 4; f++) {
+            const int f32 = f > 0, acc = f == 2;
+            const float *res = f == 3 ? dR : NULL;
+            void *ref = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob), *own = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob);
+            if (f == 3) halo_cuda_dequant_i32_res(ref, ldd, dI, N, Mo, No, dal, res, 0);
+            else halo_cuda_dequant_i32(ref, f32, ldd, dI, N, Mo, No, dal, NULL, NULL, acc, 0);
+            rc = halo_cuda_gemm_s8_dq(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, 0);
+            CHECK(rc == HALO_OK, "own int8 gemm: %s", halo_error());
+            uint8_t *hr = t_host_of(ref, ob), *ho = t_host_of(own, ob);
+            const size_t es = f32 ? 4 : 2;
+            long bad = 0, pad_bad = 0;
+            for (long r = 0; r < Mo; r++) {
+                bad += memcmp(hr + r * ldd * es, ho + r * ldd * es, No * es) != 0;
+                pad_bad += memcmp(hr + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
+            }
+            char detail[64];
+            snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d %s", M, N, K, Mo, No, form[f]);
+            row("own int8 gemm vs int32+dequant", detail, (double)bad, 0, 0, 0);   // error: rows that differ
+            CHECK(pad_bad == 0, "%s: %ld rows written past column %d", detail, pad_bad, No);
+            free(hr); free(ho); cudaFree(ref); cudaFree(own);
+        }
+        free(hA); free(hB); free(R); cudaFree(dA); cudaFree(dB); cudaFree(dI); cudaFree(dR);
+    }
+    cudaFree(dal);
+}
+
 // ---- the linear layer --------------------------------------------------------------------------------------------
 typedef struct { double y, ex, g; } errs3;
 static int g_token_block;   // run_linear: level 2's token Hadamard block of both layers (0 = full)
@@ -1136,6 +1195,7 @@ int main(void) {
     test_vec_paths();
     test_gemm();
     test_gemm_tune();
+    test_gemm_s8_dq();
     test_linear();
     test_token_block();
     test_shared_x();

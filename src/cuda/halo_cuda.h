@@ -148,6 +148,17 @@ int halo_cuda_gemm_fp8_res(float *D, long ldd, const float *C, const uint8_t *A,
 int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                       cudaStream_t s);
 void halo_cuda_gemm_shutdown(void);
+// INT8 with the dequantization in the product's epilogue (int8_gemm.cu: own wgmma kernel, Hopper 9.0 only):
+// D[Mo][No] (bf16, or fp32: =, += when accumulate, or = res + with res [Mo][ldd] fp32, may be D) = *alpha * A B^T for
+// the first Mo rows, No columns of the M x N product; values equal halo_cuda_gemm_s8 + halo_cuda_dequant_i32 bit for
+// bit. halo_cuda_gemm_s8_dq_ok: whether it takes the call (M >= 128, N >= 256, K >= 16; lda, ldb multiples of 16 and
+// 16-byte aligned operands; No, ldd even; on by default, off by halo_cuda_gemm_s8_own(0) or HALO_INT8_OWN_GEMM=0).
+int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
+                            const int8_t *B, long ldb, int M, int N, int K, int Mo, int No);
+int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                         const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                         cudaStream_t s);
+void halo_cuda_gemm_s8_own(int on);
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
 // if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.

@@ -288,7 +288,8 @@ extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const floa
     CUDA_LAUNCH_CHECK();
 }
 
-// D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major); INT8 goes through an int32 buffer. Written to out: its first
+// D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major); INT8 goes through an int32 buffer unless the own kernel
+// (int8_gemm.cu) takes the call, which dequantizes in its epilogue (post 0 only). Written to out: its first
 // Mo rows and No columns. post: 0 = the dequantized product (= or, when accumulate and out_f32, +=); 1 = rows rotated
 // by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
 // aligned, leading dimension a multiple of 16), else through an fp32 scratch.
@@ -329,6 +330,13 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
                        halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, Mo, s));
         else PROF(pn, 4 * mono + out_b, halo_cuda_store_f32(out, out_f32, ldo, T, N, Mo, No, accumulate, s));
         return HALO_OK;
+    }
+    if (!post && halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N,
+                                         K, Mo, No)) {   // dequantized in the product's epilogue (int8_gemm.cu)
+        PROF(gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
+             rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda, (const int8_t *)B,
+                                       ldb, M, N, K, Mo, No, alpha, s));
+        return rc;
     }
     int32_t *C = (int32_t *)ws(L, 0, sizeof(int32_t) * (size_t)M * N);
     PROF(gemm_name[which], ab + 4 * mn,

@@ -1,0 +1,143 @@
+// INT8 products with the dequantization in the epilogue (own wgmma kernel, int8_gemm.cu) against what HALO ran before
+// it: cuBLASLt's int32 product (timed algorithm choice, halo_gemm.cu) followed by halo_cuda_dequant_i32. Shapes of
+// HALO's products at Llama-3.2-1B and Llama-3-8B with 8192 tokens, in each product's output form (bf16 Y, fp32 with
+// the residual, fp32 accumulation). Median of reps timed calls each; the outputs are compared bit for bit.
+//   build/bench/bench_cuda_int8 [--reps 20]
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef HALO_CUDA
+#include <cuda_runtime_api.h>
+#include "bench.h"
+#include "cuda/halo_cuda.h"
+
+typedef struct { const char *name; int M, N, K, form; } shape;   // form: 0 bf16, 1 fp32, 2 fp32 +=, 3 fp32 res +
+static const shape SHAPES[] = {
+    {"8B Y gate/up", 8192, 14336, 4096, 0}, {"8B Y down (+res)", 8192, 4096, 14336, 3},
+    {"8B Y q/o", 8192, 4096, 4096, 0},      {"8B E_X gate (+=)", 8192, 4096, 14336, 2},
+    {"8B E_X down", 8192, 14336, 4096, 1},  {"1B Y gate/up", 8192, 8192, 2048, 0},
+    {"1B Y q/o", 8192, 2048, 2048, 0},      {"1B Y k/v", 8192, 512, 2048, 0},
+    {"1B Y down (+res)", 8192, 2048, 8192, 3}, {"1B E_X gate (+=)", 8192, 2048, 8192, 2},
+    {"1B E_X down", 8192, 8192, 2048, 1},   {"1B E_X k/v (+=)", 8192, 2048, 512, 2},
+    {"1B G gate", 8192, 2048, 8192, 1},
+};
+static const char *FORM[4] = {"bf16", "fp32", "fp32 +=", "fp32 res +"};
+
+#define CK(x) do { cudaError_t _e = (x); if (_e != cudaSuccess) { \
+    fprintf(stderr, "CUDA %s: %s\n", #x, cudaGetErrorString(_e)); exit(1); } } while (0)
+
+typedef struct { const shape *s; int8_t *A, *B; int32_t *C; void *D; float *R, *alpha; int own; } call;
+
+static int run(const call *c) {
+    const shape *s = c->s;
+    const int f32 = s->form > 0, acc = s->form == 2;
+    const float *res = s->form == 3 ? c->R : NULL;
+    if (c->own)
+        return halo_cuda_gemm_s8_dq(c->D, f32, s->N, res, acc, c->A, s->K, c->B, s->K, s->M, s->N, s->K, s->M, s->N,
+                                    c->alpha, 0);
+    if (halo_cuda_gemm_s8(c->C, s->N, c->A, s->K, c->B, s->K, s->M, s->N, s->K, 0)) return -1;
+    if (res) halo_cuda_dequant_i32_res(c->D, s->N, c->C, s->N, s->M, s->N, c->alpha, res, 0);
+    else halo_cuda_dequant_i32(c->D, f32, s->N, c->C, s->N, s->M, s->N, c->alpha, NULL, NULL, acc, 0);
+    return 0;
+}
+
+static double time_ms(const call *c, int reps) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+    double t[256];
+    for (int i = 0; i < 3; i++) if (run(c)) return -1;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, 0));
+        run(c);
+        CK(cudaEventRecord(b, 0));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t[i] = ms;
+    }
+    cudaEventDestroy(a); cudaEventDestroy(b);
+    return median(t, reps);
+}
+
+static void fill(void *d, size_t n, unsigned long long seed) {
+    int8_t *h = malloc(n);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        h[i] = (int8_t)((int)((seed >> 33) % 255) - 127);
+    }
+    CK(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice));
+    free(h);
+}
+
+int main(int argc, char **argv) {
+    int reps = 20;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else { fprintf(stderr, "usage: %s [--reps N]\n", argv[0]); return 2; }
+    }
+    if (reps < 1 || reps > 256) { fprintf(stderr, "--reps: 1..256\n"); return 2; }
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { printf("no CUDA device\n"); return 0; }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs; median of %d; int32 = cuBLASLt INT8 (timed choice) alone, +dq = with "
+           "halo_cuda_dequant_i32, own = int8_gemm.cu\n\n", prop.name, prop.multiProcessorCount, reps);
+    printf("| product | M x N x K | out | int32 ms | int32+dq ms | own ms | own TOP/s | int32+dq / own | identical |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
+    const float al = 1.0f / 8192;
+    float *dal;
+    CK(cudaMalloc((void **)&dal, 4));
+    CK(cudaMemcpy(dal, &al, 4, cudaMemcpyHostToDevice));
+    int fails = 0;
+    for (size_t k = 0; k < sizeof SHAPES / sizeof SHAPES[0]; k++) {
+        const shape *s = &SHAPES[k];
+        const size_t mn = (size_t)s->M * s->N, ob = mn * (s->form ? 4 : 2);
+        call c = {s, NULL, NULL, NULL, NULL, NULL, dal, 0};
+        void *D2;
+        CK(cudaMalloc((void **)&c.A, (size_t)s->M * s->K)); CK(cudaMalloc((void **)&c.B, (size_t)s->N * s->K));
+        CK(cudaMalloc((void **)&c.C, 4 * mn)); CK(cudaMalloc(&c.D, ob)); CK(cudaMalloc(&D2, ob));
+        CK(cudaMalloc((void **)&c.R, 4 * mn));
+        fill(c.A, (size_t)s->M * s->K, 1 + k); fill(c.B, (size_t)s->N * s->K, 100 + k);
+        fill(c.R, 4 * mn, 7);   // any bits: a residual of arbitrary floats (NaNs compare as bits)
+        if (!halo_cuda_gemm_s8_dq_ok(c.D, s->form > 0, s->N, c.R, c.A, s->K, c.B, s->K, s->M, s->N, s->K, s->M, s->N)) {
+            printf("| %s | %dx%dx%d | %s | own kernel refuses the shape |\n", s->name, s->M, s->N, s->K, FORM[s->form]);
+            continue;
+        }
+        call c0 = c;
+        c0.D = D2;
+        const double t32 = time_ms(&c0, reps);
+        // same starting contents for the accumulating form, then one call each for the comparison
+        CK(cudaMemset(c.D, 0, ob)); CK(cudaMemset(D2, 0, ob));
+        call cr = c, co = c;
+        cr.D = D2; co.own = 1;
+        int rc = run(&cr) | run(&co);
+        CK(cudaDeviceSynchronize());
+        unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
+        CK(cudaMemcpy(h1, D2, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
+        const int same = !rc && !memcmp(h1, h2, ob);
+        fails += !same;
+        free(h1); free(h2);
+        // int32 alone: the product without the dequantize
+        double tg[256];
+        cudaEvent_t a, b;
+        CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+        for (int i = 0; i < reps; i++) {
+            CK(cudaEventRecord(a, 0));
+            halo_cuda_gemm_s8(c.C, s->N, c.A, s->K, c.B, s->K, s->M, s->N, s->K, 0);
+            CK(cudaEventRecord(b, 0)); CK(cudaEventSynchronize(b));
+            float ms; CK(cudaEventElapsedTime(&ms, a, b)); tg[i] = ms;
+        }
+        cudaEventDestroy(a); cudaEventDestroy(b);
+        const double tp = median(tg, reps), to = time_ms(&co, reps);
+        printf("| %s | %dx%dx%d | %s | %.3f | %.3f | %.3f | %.0f | %.2fx | %s |\n", s->name, s->M, s->N, s->K,
+               FORM[s->form], tp, t32, to, 2.0 * mn * s->K / (to * 1e-3) / 1e12, t32 / to, same ? "yes" : "NO");
+        cudaFree(c.A); cudaFree(c.B); cudaFree(c.C); cudaFree(c.D); cudaFree(D2); cudaFree(c.R);
+    }
+    cudaFree(dal);
+    halo_cuda_gemm_shutdown();
+    if (fails) printf("\nFAIL: %d shapes differ from int32+dequant\n", fails);
+    return fails ? 1 : 0;
+}
+#else
+int main(void) { printf("built without CUDA\n"); return 0; }
+#endif

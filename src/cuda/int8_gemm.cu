@@ -1,0 +1,274 @@
+// INT8 x INT8 products with the dequantization in the epilogue, on Hopper's tensor cores (wgmma fed by TMA):
+// D[Mo][No] (bf16 or fp32) = *alpha * A[M][K] B[N][K]^T (fp32: or D +=, or res +), int32 accumulation, both operands
+// K-major, as halo_cuda_gemm_s8 takes them. cuBLASLt's INT8 products write int32 only (dev/cuda/probe/
+// int8_out_types.cu), which costs HALO a second pass of 8 bytes per output element; here the int32 tile never leaves
+// the registers, and the values are the int32 path's bit for bit (float(acc) * alpha rounded once, as
+// halo_cuda_dequant_i32).
+//
+// Persistent CTAs of three warpgroups. Warpgroup 0 produces: one thread loads 128 x 128 tiles of A and 256 x 128 of B
+// by TMA (128-byte swizzle; codes past M, N or K read as zeros) into a ring of STAGES stages, each guarded by a "full"
+// mbarrier (TMA's byte count) and an "empty" one (the consumer warps' release). Warpgroups 1 and 2 consume: each
+// multiplies 64 rows of A by the 256 rows of B, four wgmma m64n256k32 per stage (128 int32 accumulators per thread),
+// then writes its 64 x 256 tile from the registers. While they write, the producer already loads the next tile.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include "cuda/common.cuh"
+#include "cuda/halo_cuda.h"
+extern "C" {
+#include "util/error.h"
+}
+
+namespace {
+constexpr int BM = 128, BN = 256, BK = 128, STAGES = 4, THREADS = 384;
+constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK, STAGE_BYTES = A_BYTES + B_BYTES;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */;
+
+struct dq_args {
+    void *D;
+    const float *res, *alpha;
+    long ldd;
+    int M, N, K, Mo, No;
+    int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32)
+};
+
+// The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
+// which has no wgmma.
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define HALO_WGMMA 1
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done) : "r"(smem_addr(b)), "r"(parity) : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint64_t *bar, int k, int row) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+                 ::"r"(smem_addr(dst)), "l"(map), "r"(smem_addr(bar)), "r"(k), "r"(row) : "memory");
+}
+// wgmma shared-memory descriptor of a K-major tile in TMA's 128-byte swizzle: rows of 128 bytes, 8-row atoms 1024
+// bytes apart (stride byte offset), start address >> 4 in bits 0-13, swizzle mode 1 (128 B) in bits 62-63. Stepping
+// K by 32 codes inside the atom adds 32 bytes to the start address (+2 in the descriptor).
+__device__ __forceinline__ uint64_t smem_desc(const void *p) {
+    return (uint64_t)((smem_addr(p) & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 |
+           (uint64_t)1 << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// keeps the compiler from moving accumulator reads/writes across the asynchronous products
+__device__ __forceinline__ void fence_acc(int *d) {
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// d (128 int32 per thread: the m64n256 fragment) = (scale_d ? d : 0) + A (64 x 32, descriptor da) B (256 x 32,
+// descriptor db)^T. Operands %0..%127: the accumulators (generated list).
+__device__ __forceinline__ void wgmma_m64n256k32_s8(int *d, uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p;\n}\n"
+        :
+          "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+// Tile t of the persistent loop: groups of GROUP_M row blocks walked column block by column block, so the CTAs at
+// work share A and B tiles in L2.
+__device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0) {
+    constexpr int GROUP_M = 8;
+    const int per_group = GROUP_M * nn, first = t / per_group * GROUP_M;
+    const int gs = nm - first < GROUP_M ? nm - first : GROUP_M, r = t % per_group;
+    *m0 = (first + r % gs) * BM;
+    *n0 = r / gs * BN;
+}
+#endif
+
+__global__ void __launch_bounds__(THREADS, 1)
+k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const dq_args p) {
+#ifdef HALO_WGMMA
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   // 128-byte swizzle: 1024-aligned
+    uint64_t *full = (uint64_t *)(smem + STAGES * STAGE_BYTES), *empty = full + STAGES;
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);   // lane 0 of each consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    const int nm = (p.M + BM - 1) / BM, nn = (p.N + BN - 1) / BN, nk = (p.K + BK - 1) / BK, tiles = nm * nn;
+    if (wg == 0) {   // producer
+        if (tid == 0) {
+            int it = 0;
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                int m0, n0;
+                tile_of(t, nm, nn, &m0, &n0);
+                for (int kb = 0; kb < nk; kb++, it++) {
+                    const int s = it % STAGES;
+                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);   // a fresh barrier passes parity 1 at once
+                    uint8_t *st = smem + s * STAGE_BYTES;
+                    mbar_expect_tx(&full[s], STAGE_BYTES);
+                    tma_load(st, &map_a, &full[s], kb * BK, m0);
+                    tma_load(st + A_BYTES, &map_b, &full[s], kb * BK, n0);
+                }
+            }
+        }
+        return;
+    }
+    const int cw = wg - 1, warp = tid / 32, lane = tid % 32;
+    int acc[128];
+    int it = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int m0, n0;
+        tile_of(t, nm, nn, &m0, &n0);
+        for (int kb = 0; kb < nk; kb++, it++) {
+            const int s = it % STAGES;
+            mbar_wait(&full[s], (it / STAGES) & 1);
+            const uint8_t *st = smem + s * STAGE_BYTES;
+            const uint64_t da = smem_desc(st + cw * 64 * BK), db = smem_desc(st + A_BYTES);
+            fence_acc(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int k = 0; k < BK / 32; k++) wgmma_m64n256k32_s8(acc, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
+            wgmma_commit();
+            wgmma_wait_all();
+            fence_acc(acc);
+            if (lane == 0) mbar_arrive(&empty[s]);
+        }
+        // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e
+        const float al = *p.alpha;
+        const int r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * (lane % 4);
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int c = c0 + 8 * i;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = r0 + 8 * h;
+                if (r >= p.Mo || c >= p.No) continue;
+                // __fmul_rn: never contracted with an accumulation into an fma (the CPU multiplies, then adds)
+                float v0 = __fmul_rn((float)acc[4 * i + 2 * h], al), v1 = __fmul_rn((float)acc[4 * i + 2 * h + 1], al);
+                const long o = (long)r * p.ldd + c;
+                if (p.d_f32) {
+                    float2 *d = (float2 *)((float *)p.D + o);
+                    if (p.mode) {
+                        const float2 q = p.mode == 2 ? *(const float2 *)(p.res + o) : *d;
+                        v0 = q.x + v0;
+                        v1 = q.y + v1;
+                    }
+                    *d = make_float2(v0, v1);
+                } else {
+                    *(__nv_bfloat162 *)((__nv_bfloat16 *)p.D + o) = __floats2bfloat162_rn(v0, v1);
+                }
+            }
+        }
+    }
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 g_encode;
+int g_sms, g_ready;   // g_ready: 1 usable, -1 not (no driver entry point, or not compute capability 9.0)
+int g_on = -1;        // halo_cuda_gemm_s8_own / HALO_INT8_OWN_GEMM
+
+int init(void) {
+    if (g_ready) return g_ready > 0;
+    g_ready = -1;
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetLastError(), 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev);
+    if (major != 9 || minor != 0) return 0;   // wgmma as compiled here (sm_90a) runs on 9.0 only
+    cudaDriverEntryPointQueryResult q;
+    void *fn = NULL;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess || !fn)
+        return cudaGetLastError(), 0;
+    g_encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    if (cudaFuncSetAttribute(k_gemm_s8_dq, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES) != cudaSuccess)
+        return cudaGetLastError(), 0;
+    g_ready = 1;
+    return 1;
+}
+
+int encode(CUtensorMap *map, const void *ptr, int rows, int K, long ld, int box_rows) {
+    const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)ld};
+    const cuuint32_t box[2] = {BK, (cuuint32_t)box_rows}, es[2] = {1, 1};
+    return g_encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)ptr, dims, strides, box, es,
+                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+}   // namespace
+
+extern "C" void halo_cuda_gemm_s8_own(int on) { g_on = on ? 1 : 0; }
+
+extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
+                                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
+    if (!env_switch(&g_on, "HALO_INT8_OWN_GEMM") || !init()) return 0;
+    const uintptr_t out_align = d_f32 ? 8 : 4;
+    return M >= BM && N >= BN && K >= 16 && Mo <= M && No <= N && No % 2 == 0 && ldd % 2 == 0 && ldd >= No &&
+           lda % 16 == 0 && ldb % 16 == 0 && lda >= K && ldb >= K && ((uintptr_t)A & 15) == 0 &&
+           ((uintptr_t)B & 15) == 0 && ((uintptr_t)D & (out_align - 1)) == 0 && (!res || ((uintptr_t)res & 7) == 0);
+}
+
+extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A,
+                                    long lda, const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
+                                    const float *alpha, cudaStream_t s) {
+    if (Mo <= 0 || No <= 0) return HALO_OK;
+    if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
+        return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
+                         M, N, K, lda, ldb, ldd);
+    if ((res || accumulate) && !d_f32) return halo_fail("halo_cuda_gemm_s8_dq: accumulation needs an fp32 output");
+    CUtensorMap ma, mb;
+    if (!encode(&ma, A, M, K, lda, BM) || !encode(&mb, B, N, K, ldb, BN))
+        return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M, N,
+                         K, lda, ldb);
+    dq_args p;
+    p.D = D; p.res = res; p.alpha = alpha; p.ldd = ldd;
+    p.M = M; p.N = N; p.K = K; p.Mo = Mo; p.No = No;
+    p.d_f32 = d_f32; p.mode = res ? 2 : accumulate ? 1 : 0;
+    const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+    k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
+    CUDA_LAUNCH_CHECK();
+    return HALO_OK;
+}
