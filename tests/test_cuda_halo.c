@@ -476,8 +476,8 @@ static void test_gemm_tune(void) {
 // ---- INT8 with the dequantization in the epilogue (int8_gemm.cu) ------------------------------------------------
 // The own wgmma kernel against cuBLASLt's int32 product + halo_cuda_dequant_i32 (which test_gemm checks against the
 // CPU): equal bit for bit in every output form, with partial tiles (M, N, K not multiples of 128 / 256 / 128), an
-// output narrower than the product (No < N) and more tiles than SMs (the persistent loop); the columns past No and
-// the padding of the leading dimension keep their poison.
+// output narrower than the product (No < N, one with a last 8-column chunk cut short), more tiles than SMs (the
+// persistent loop), and leading dimensions with and without 16-byte bf16 rows; the columns past No keep their poison.
 static void test_gemm_s8_dq(void) {
     static const int shapes[][5] = {   // M, N, K, Mo, No
         {384, 512, 256, 384, 512}, {300, 400, 208, 300, 392}, {4096, 2048, 512, 4096, 2048}, {130, 272, 4096, 129, 270}};
@@ -494,7 +494,7 @@ static void test_gemm_s8_dq(void) {
     float *dal = t_dev_copy(&al, 4);
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int M = shapes[c][0], N = shapes[c][1], K = shapes[c][2], Mo = shapes[c][3], No = shapes[c][4];
-        const long ldd = No + 6;
+        const long ldd = No + (c % 2 ? 6 : c ? 10 : 8);   // bf16: 16-byte row stores where ldd % 8 == 0 (c = 0, 2, 3)
         int8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
         for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
         for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);

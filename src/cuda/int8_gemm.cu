@@ -32,6 +32,7 @@ struct dq_args {
     long ldd;
     int M, N, K, Mo, No;
     int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32)
+    int vec;           // bf16: D and ldd allow 16-byte stores
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -69,7 +70,12 @@ __device__ __forceinline__ uint64_t smem_desc(const void *p) {
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ uint32_t sel4(const uint32_t *a, int i) {
+    return i == 0 ? a[0] : i == 1 ? a[1] : i == 2 ? a[2] : a[3];
+}
 // keeps the compiler from moving accumulator reads/writes across the asynchronous products
 __device__ __forceinline__ void fence_acc(int *d) {
 #pragma unroll
@@ -138,7 +144,8 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
     }
     __syncthreads();
     const int nm = (p.M + BM - 1) / BM, nn = (p.N + BN - 1) / BN, nk = (p.K + BK - 1) / BK, tiles = nm * nn;
-    if (wg == 0) {   // producer
+    if (wg == 0) {   // producer: hands registers to the consumers (40 + 2 x 232 per thread of a warpgroup <= 512)
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (tid == 0) {
             int it = 0;
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -156,6 +163,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
         }
         return;
     }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int cw = wg - 1, warp = tid / 32, lane = tid % 32;
     int acc[128];
     int it = 0;
@@ -167,39 +175,85 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
             mbar_wait(&full[s], (it / STAGES) & 1);
             const uint8_t *st = smem + s * STAGE_BYTES;
             const uint64_t da = smem_desc(st + cw * 64 * BK), db = smem_desc(st + A_BYTES);
-            fence_acc(acc);
             wgmma_fence();
 #pragma unroll
             for (int k = 0; k < BK / 32; k++) wgmma_m64n256k32_s8(acc, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
             wgmma_commit();
-            wgmma_wait_all();
-            fence_acc(acc);
-            if (lane == 0) mbar_arrive(&empty[s]);
+            wgmma_wait<1>();   // one stage's products stay in flight; the previous stage's are done: release it
+            if (kb > 0 && lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
         }
-        // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e
+        wgmma_wait<0>();
+        fence_acc(acc);
+        if (lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
+        // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e.
+        // __fmul_rn: the CPU's float(c32) * alpha rounded once, never contracted with an addition into an fma.
         const float al = *p.alpha;
-        const int r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * (lane % 4);
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int c = c0 + 8 * i;
+        const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
+        if (!p.d_f32) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int r = r0 + 8 * h;
-                if (r >= p.Mo || c >= p.No) continue;
-                // __fmul_rn: never contracted with an accumulation into an fma (the CPU multiplies, then adds)
-                float v0 = __fmul_rn((float)acc[4 * i + 2 * h], al), v1 = __fmul_rn((float)acc[4 * i + 2 * h + 1], al);
-                const long o = (long)r * p.ldd + c;
-                if (p.d_f32) {
-                    float2 *d = (float2 *)((float *)p.D + o);
-                    if (p.mode) {
-                        const float2 q = p.mode == 2 ? *(const float2 *)(p.res + o) : *d;
-                        v0 = q.x + v0;
-                        v1 = q.y + v1;
+                __nv_bfloat16 *drow = (__nv_bfloat16 *)p.D + (long)r * p.ldd;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {   // chunks 4j .. 4j + 3 of 8 columns
+                    uint32_t v[4];
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        const int i = 4 * j + u;
+                        const __nv_bfloat162 b = __floats2bfloat162_rn(__fmul_rn((float)acc[4 * i + 2 * h], al),
+                                                                       __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
+                        v[u] = *(const uint32_t *)&b;
                     }
-                    *d = make_float2(v0, v1);
-                } else {
-                    *(__nv_bfloat162 *)((__nv_bfloat16 *)p.D + o) = __floats2bfloat162_rn(v0, v1);
+                    if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
+                        uint32_t g[4];
+#pragma unroll
+                        for (int t = 0; t < 4; t++) g[t] = __shfl_xor_sync(0xffffffffu, sel4(v, q ^ t), t);
+                        const int c = n0 + 8 * (4 * j + q);   // g[t]: the pair at column c + 2 (q ^ t)
+                        const uint32_t w[4] = {sel4(g, q), sel4(g, q ^ 1), sel4(g, q ^ 2), sel4(g, q ^ 3)};
+                        if (r >= p.Mo || c >= p.No) continue;
+                        if (c + 8 <= p.No) {
+                            *(uint4 *)(drow + c) = make_uint4(w[0], w[1], w[2], w[3]);
+                        } else {
+#pragma unroll
+                            for (int k = 0; k < 4; k++)
+                                if (c + 2 * k < p.No) *(uint32_t *)(drow + c + 2 * k) = w[k];
+                        }
+                    } else {
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                            const int c = c0 + 8 * (4 * j + u);
+                            if (r < p.Mo && c < p.No) *(uint32_t *)(drow + c) = v[u];
+                        }
+                    }
                 }
+            }
+        } else {
+#pragma unroll
+            for (int ib = 0; ib < 8; ib++) {   // 4 chunks at a time: their addends loaded before any store
+                float2 add[4][2];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int r = r0 + 8 * h, c = c0 + 8 * (4 * ib + u);
+                        const float *src = p.mode == 2 ? p.res : (const float *)p.D;
+                        add[u][h] = p.mode && r < p.Mo && c < p.No ? *(const float2 *)(src + (long)r * p.ldd + c)
+                                                                   : make_float2(0.f, 0.f);
+                    }
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int i = 4 * ib + u, r = r0 + 8 * h, c = c0 + 8 * i;
+                        if (r >= p.Mo || c >= p.No) continue;
+                        float2 o = make_float2(__fmul_rn((float)acc[4 * i + 2 * h], al),
+                                               __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
+                        if (p.mode) {
+                            o.x = add[u][h].x + o.x;
+                            o.y = add[u][h].y + o.y;
+                        }
+                        *(float2 *)((float *)p.D + (long)r * p.ldd + c) = o;
+                    }
             }
         }
     }
@@ -267,6 +321,7 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
     p.D = D; p.res = res; p.alpha = alpha; p.ldd = ldd;
     p.M = M; p.N = N; p.K = K; p.Mo = Mo; p.No = No;
     p.d_f32 = d_f32; p.mode = res ? 2 : accumulate ? 1 : 0;
+    p.vec = !d_f32 && ldd % 8 == 0 && ((uintptr_t)D & 15) == 0;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();
