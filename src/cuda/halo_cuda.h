@@ -159,6 +159,7 @@ int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int acc
                          const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                          cudaStream_t s);
 void halo_cuda_gemm_s8_own(int on);
+int halo_cuda_gemm_s8_owning(void);   // 1 when the own kernel is on and this device runs it
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
 // if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.

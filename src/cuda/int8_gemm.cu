@@ -295,6 +295,7 @@ int encode(CUtensorMap *map, const void *ptr, int rows, int K, long ld, int box_
 }   // namespace
 
 extern "C" void halo_cuda_gemm_s8_own(int on) { g_on = on ? 1 : 0; }
+extern "C" int halo_cuda_gemm_s8_owning(void) { return env_switch(&g_on, "HALO_INT8_OWN_GEMM") && init(); }
 
 extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                                        const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
