@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training quality of HALO on the GPU (issue: HALO on the GPU, "loss curves"): stories260K fine-tuned on ViGGO
 # (the settings of bench/quality_cpu.sh: 150 steps, seed 1) and the demo task trained from scratch (800 steps), in
-# BF16 and each HALO setting (INT8 level 2, FP8 levels 0 and 1, INT8 level 2 with --halo-token-block 64, INT8 level 0), all with --device cuda, runs side by side on one
+# BF16 and each HALO setting (INT8 level 2, FP8 levels 0 and 1, INT8 level 2 with --halo-token-block 64, INT8 levels 0 and 1), all with --device cuda, runs side by side on one
 # GPU. Prints final validation loss / accuracy per setting and the gap to BF16. Logs and metrics go to $OUT.
 # From the folder scripts/device_sync.sh filled:   cd .dev-cuda && bash scripts/gpu_quality_check.sh
 set -u
@@ -10,11 +10,12 @@ source scripts/gpu_lib.sh   # first: unpacks the binaries device_sync.sh shipped
 H=${HALO_BIN:-build-dev/halo}; S=${HALO_SHARED:-shared}; DEV=${HALO_QUALITY_DEVICE:-cuda}
 LOG=${OUT:-/tmp/halo-gpu-quality}/quality; mkdir -p "$LOG"
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-STEPS_VIGGO=${STEPS_VIGGO:-150}; STEPS_DEMO=${STEPS_DEMO:-800}; TH=${QUALITY_THREADS:-2}   # CPU threads per run (12 runs)
-PRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "fp8-L0:--precision fp8 --halo-level 0" "fp8-L1:--precision fp8 --halo-level 1" "int8-L2-tb64:--precision int8 --halo-level 2 --halo-token-block 64" "int8-L0:--precision int8 --halo-level 0")
+STEPS_VIGGO=${STEPS_VIGGO:-150}; STEPS_DEMO=${STEPS_DEMO:-800}; TH=${QUALITY_THREADS:-2}   # CPU threads per run (14 runs)
+PRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "fp8-L0:--precision fp8 --halo-level 0" "fp8-L1:--precision fp8 --halo-level 1" "int8-L2-tb64:--precision int8 --halo-level 2 --halo-token-block 64" "int8-L0:--precision int8 --halo-level 0" "int8-L1:--precision int8 --halo-level 1")
 pids=()
 for p in "${PRECS[@]}"; do
   name=${p%%:*}; flags=${p#*:}
+  [ -n "${QUALITY_ONLY:-}" ] && ! echo "$name" | grep -qE "$QUALITY_ONLY" && continue   # e.g. QUALITY_ONLY='^bf16$|int8-L1'
   tele=; [ "$name" = bf16 ] || tele="--halo-telemetry 50"   # the GPU layers' quantization telemetry table
   $H finetune --device $DEV --model $S/models/stories260K --data $S/data/viggo/train.csv --val $S/data/viggo/valid.csv \
     --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --steps $STEPS_VIGGO \
@@ -31,7 +32,7 @@ def rows(p): return [json.loads(l) for l in open(p)] if os.path.exists(p) else [
 print("| setting | ViGGO val loss before | after | gap to BF16 | demo accuracy | demo final train loss |")
 print("|---|---|---|---|---|---|")
 ref = None
-for name in ("bf16", "int8-L2", "fp8-L0", "fp8-L1", "int8-L2-tb64", "int8-L0"):
+for name in ("bf16", "int8-L2", "fp8-L0", "fp8-L1", "int8-L2-tb64", "int8-L0", "int8-L1"):
     ev = [r for r in rows(f"{out}/viggo-{name}.jsonl") if r.get("type") == "eval" and "val_loss" in r]
     dm = rows(f"{out}/demo-{name}.jsonl")
     acc = [r["accuracy"] for r in dm if "accuracy" in r]

@@ -67,6 +67,7 @@ trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --p
 trainbench "bench 1B HALO int8 L0" b1i0.log --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
 step "bench 1B HALO int8 L0 int32 products (HALO_INT8_OWN_GEMM=0)" b1i0i32.log 45 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
 keep b1i0i32.log "^\{" 2
+trainbench "bench 1B HALO int8 L1" b1i1.log --model llama3.2-1b --precision int8 --halo-level 1 --no-breakdown
 trainbench "bench 1B HALO int8 L2" b1i2.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-breakdown
 keep b1i2.log "ms  |^\| " 60
 trainbench "bench 1B HALO int8 L2 token block 64" b1i2tb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --halo-breakdown
@@ -96,6 +97,7 @@ keep bench_halo_fast.log "^\| .* fp8 " 40
 step "bench_cuda_halo --breakdown gate" bench_halo_bd.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown
 keep bench_halo_bd.log "^breakdown" 12
 step "bench_cuda_halo --breakdown down" bench_halo_bd_down.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown
+step "bench_cuda_halo --breakdown down int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_bd_down_i32.log 60 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown
 keep bench_halo_bd_down.log "^breakdown" 12
 step "bench_cuda_decode (1B shapes)" bench_decode.log 60 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
 step "bench_cuda_decode without CUDA graphs (HALO_CUDA_DECODE_GRAPHS=0)" bench_decode_ng.log 60 env HALO_CUDA_DECODE_GRAPHS=0 $B/bench/bench_cuda_decode --batches 1,8 --prompt 128 --new 128
