@@ -26,7 +26,6 @@ for key, j in rows:
     if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
     if j.get("ex_defer") == 0 and j["precision"] != "bf16": cfg.append("no ex-defer")
     if j.get("int8_own") == 0 and j["precision"] == "int8": cfg.append("int32 products")
-    if j.get("fp8_own") == 0 and j["precision"] == "fp8": cfg.append("cuBLASLt products")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
     if j.get("bf16_grads"): cfg.append("bf16 grads")

@@ -3,7 +3,7 @@
 # last (two of them side by side). Each step has its own time limit; its log goes to a scratch folder, and $OUT
 # receives only three files (the device tool returns few files): summary.txt (one line per step + the key result
 # lines), results.md (the tables), logs.tar.gz (every log).
-#   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own 8-bit kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
+#   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
 #   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
@@ -45,7 +45,7 @@ step "test_cuda_ops (ops vs CPU, attention variants)" ops.log 90 $B/tests/test_c
 keep ops.log "variant|rmsnorm|adamw" 60
 step "test_cuda_halo (HALO kernels vs CPU)" halo_kernels.log 60 $B/tests/test_cuda_halo
 keep halo_kernels.log "differ|mismatch" 30
-step "bench_cuda_int8 (own 8-bit kernel vs cuBLASLt)" int8.log 60 $B/bench/bench_cuda_int8 --reps 20
+step "bench_cuda_int8 (own INT8 kernel vs cuBLASLt int32 + dequant)" int8.log 60 $B/bench/bench_cuda_int8 --reps 20
 keep int8.log "^\|" 20
 step "test_cuda_model (goldens, memory options)" model.log 90 $B/tests/test_cuda_model
 keep model.log "^\|" 60
@@ -58,8 +58,6 @@ trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moment
 keep b1lm.log "GiB" 12
 trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-breakdown
 keep b1f0.log "ms  |^\| " 60
-step "bench 1B HALO fp8 L0 cuBLASLt products (HALO_FP8_OWN_GEMM=0)" b1f0lt.log 45 env HALO_FP8_OWN_GEMM=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
-keep b1f0lt.log "^\{" 2
 step "bench 1B HALO fp8 L0 first-choice products (HALO_GEMM_TUNE=0)" b1f0nt.log 45 env HALO_GEMM_TUNE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
 keep b1f0nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1" b1f1.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown
@@ -90,7 +88,7 @@ step "bench_cuda_halo fp8 tuned at every K (HALO_GEMM_TUNE=2)" bench_halo_t2.log
 keep bench_halo_t2.log "^\\|" 12
 step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-transposes --rot-twice)" bench_halo_l2t.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --l2-transposes --rot-twice
 keep bench_halo_l2t.log "^\| .* [12] " 40
-step "bench_cuda_halo cuBLASLt products (HALO_INT8_OWN_GEMM=0 HALO_FP8_OWN_GEMM=0)" bench_halo_i32.log 60 env HALO_INT8_OWN_GEMM=0 HALO_FP8_OWN_GEMM=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
+step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 60 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
 keep bench_halo_tb.log "^\|" 40
 step "bench_cuda_halo --breakdown gate token block 64" bench_halo_bd_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --token-block 64

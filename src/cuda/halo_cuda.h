@@ -160,15 +160,6 @@ int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int acc
                          cudaStream_t s);
 void halo_cuda_gemm_s8_own(int on);
 int halo_cuda_gemm_s8_owning(void);   // 1 when the own kernel is on and this device runs it
-// The same kernel for FP8 E4M3 (fp32 accumulation, promoted every 128 of K; N >= 128): equal to halo_cuda_gemm_fp8 up
-// to fp32 summation order. Off by halo_cuda_gemm_e4m3_own(0), HALO_FP8_OWN_GEMM=0, or HALO_FP8_FAST_ACCUM=1.
-int halo_cuda_gemm_e4m3_dq_ok(const void *D, int d_f32, long ldd, const float *res, const uint8_t *A, long lda,
-                              const uint8_t *B, long ldb, int M, int N, int K, int Mo, int No);
-int halo_cuda_gemm_e4m3_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const uint8_t *A, long lda,
-                           const uint8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
-                           cudaStream_t s);
-void halo_cuda_gemm_e4m3_own(int on);
-int halo_cuda_gemm_e4m3_owning(void);
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
 // if it beats the first by 15%, timed once on its operands
 // (one stream synchronization per shape); 0 (or HALO_GEMM_TUNE=0): cuBLASLt's first choice. Set before the first product.

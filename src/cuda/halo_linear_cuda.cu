@@ -288,9 +288,8 @@ extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const floa
     CUDA_LAUNCH_CHECK();
 }
 
-// D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major) by the own 8-bit kernel (int8_gemm.cu) where it takes the
-// call, else cuBLASLt; INT8 through cuBLASLt goes through an int32 buffer, and so does post 1 (the own INT8 kernel
-// dequantizes in its epilogue, post 0 only). Written to out: its first
+// D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major); INT8 goes through an int32 buffer unless the own kernel
+// (int8_gemm.cu) takes the call, which dequantizes in its epilogue (post 0 only). Written to out: its first
 // Mo rows and No columns. post: 0 = the dequantized product (= or, when accumulate and out_f32, +=); 1 = rows rotated
 // by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
 // aligned, leading dimension a multiple of 16), else through an fp32 scratch.
@@ -308,12 +307,6 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     const char *pn = post_name[which][post ? 1 : 0];
     int rc = HALO_OK;
     if (L->prec == HALO_PREC_FP8) {
-        if (!post && halo_cuda_gemm_e4m3_dq_ok(out, out_f32, ldo, res, A, lda, B, ldb, M, N, K, Mo, No)) {
-            PROF(gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
-                 rc = halo_cuda_gemm_e4m3_dq(out, out_f32, ldo, res, accumulate && out_f32, A, lda, B, ldb, M, N, K,
-                                             Mo, No, alpha, s));
-            return rc;
-        }
         const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
         if (direct && res && ((uintptr_t)res & 255) == 0) {   // cuBLASLt adds the residual (C = res, beta = 1)
             PROF(gemm_name[which], ab + out_b + 4 * mono,
@@ -331,11 +324,7 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
             return rc;
         }
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)M * N);
-        if (halo_cuda_gemm_e4m3_dq_ok(T, 1, N, NULL, A, lda, B, ldb, M, N, K, M, N))
-            PROF(gemm_name[which], ab + 4 * mn,
-                 rc = halo_cuda_gemm_e4m3_dq(T, 1, N, NULL, 0, A, lda, B, ldb, M, N, K, M, N, alpha, s));
-        else
-            PROF(gemm_name[which], ab + 4 * mn, rc = halo_cuda_gemm_fp8(T, 1, N, A, lda, B, ldb, M, N, K, alpha, 0, s));
+        PROF(gemm_name[which], ab + 4 * mn, rc = halo_cuda_gemm_fp8(T, 1, N, A, lda, B, ldb, M, N, K, alpha, 0, s));
         if (rc) return HALO_ERR;
         if (post) PROF(pn, 4 * mono + out_b,
                        halo_cuda_had_rows(&L->hm, 1, T, HALO_CUDA_F32, N, NULL, out, out_f32, ldo, accumulate, Mo, s));

@@ -1,23 +1,20 @@
-// 8-bit products with the dequantization in the epilogue, on Hopper's tensor cores (wgmma fed by TMA):
-// D[Mo][No] (bf16 or fp32) = *alpha * A[M][K] B[N][K]^T (fp32: or D +=, or res +), both operands K-major, as
-// halo_cuda_gemm_s8 / halo_cuda_gemm_fp8 take them.
-// INT8: int32 accumulation. cuBLASLt's INT8 products write int32 only (dev/cuda/probe/int8_out_types.cu), which
-// costs HALO a second pass of 8 bytes per output element; here the int32 tile never leaves the registers, and the
-// values are the int32 path's bit for bit (float(acc) * alpha rounded once, as halo_cuda_dequant_i32).
-// FP8 E4M3: fp32 accumulation with the tensor cores' partial sums promoted to fp32 registers every 128 of K, as
-// cuBLASLt's default (not "fast accumulation") FP8 mode; equal to cuBLASLt's up to fp32 summation order.
+// INT8 x INT8 products with the dequantization in the epilogue, on Hopper's tensor cores (wgmma fed by TMA):
+// D[Mo][No] (bf16 or fp32) = *alpha * A[M][K] B[N][K]^T (fp32: or D +=, or res +), int32 accumulation, both operands
+// K-major, as halo_cuda_gemm_s8 takes them. cuBLASLt's INT8 products write int32 only (dev/cuda/probe/
+// int8_out_types.cu), which costs HALO a second pass of 8 bytes per output element; here the int32 tile never leaves
+// the registers, and the values are the int32 path's bit for bit (float(acc) * alpha rounded once, as
+// halo_cuda_dequant_i32).
 //
-// Persistent CTAs of three warpgroups. Warpgroup 0 produces: one thread loads 128 x 128 tiles of A and BN x 128 of B
-// (INT8 256, FP8 128) by TMA (128-byte swizzle; codes past M, N or K read as zeros) into a ring of stages, each
-// guarded by a "full" mbarrier (TMA's byte count) and an "empty" one (the consumer warps' release). Warpgroups 1 and
-// 2 consume: each multiplies 64 rows of A by the BN rows of B, four wgmma k32 per stage, then writes its 64 x BN tile
-// from the registers. While they write, the producer already loads the next tile.
+// Persistent CTAs of three warpgroups. Warpgroup 0 produces: one thread loads 128 x 128 tiles of A and 256 x 128 of B
+// by TMA (128-byte swizzle; codes past M, N or K read as zeros) into a ring of STAGES stages, each guarded by a "full"
+// mbarrier (TMA's byte count) and an "empty" one (the consumer warps' release). Warpgroups 1 and 2 consume: each
+// multiplies 64 rows of A by the 256 rows of B, four wgmma m64n256k32 per stage (128 int32 accumulators per thread),
+// then writes its 64 x 256 tile from the registers. While they write, the producer already loads the next tile.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <type_traits>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 extern "C" {
@@ -25,14 +22,9 @@ extern "C" {
 }
 
 namespace {
-constexpr int BM = 128, BK = 128, THREADS = 384, A_BYTES = BM * BK;
-// Per format: INT8 tiles of 128 x 256 (128 int32 accumulators per consumer thread), 4 stages; FP8 tiles of 128 x 128
-// with a second set of 64 fp32 registers for the promotion (below), 6 stages.
-template <bool F8> struct cfg {
-    static constexpr int BN = F8 ? 128 : 256, STAGES = F8 ? 6 : 4;
-    static constexpr int STAGE_BYTES = A_BYTES + BN * BK;
-    static constexpr int SMEM = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */;
-};
+constexpr int BM = 128, BN = 256, BK = 128, STAGES = 4, THREADS = 384;
+constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK, STAGE_BYTES = A_BYTES + B_BYTES;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */;
 
 struct dq_args {
     void *D;
@@ -85,16 +77,10 @@ __device__ __forceinline__ uint32_t sel4(const uint32_t *a, int i) {
     return i == 0 ? a[0] : i == 1 ? a[1] : i == 2 ? a[2] : a[3];
 }
 // keeps the compiler from moving accumulator reads/writes across the asynchronous products
-template <int N> __device__ __forceinline__ void fence_acc(int *d) {
+__device__ __forceinline__ void fence_acc(int *d) {
 #pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
+    for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
-template <int N> __device__ __forceinline__ void fence_acc(float *d) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-__device__ __forceinline__ float to_f32(int v) { return (float)v; }
-__device__ __forceinline__ float to_f32(float v) { return v; }
 
 // d (128 int32 per thread: the m64n256 fragment) = (scale_d ? d : 0) + A (64 x 32, descriptor da) B (256 x 32,
 // descriptor db)^T. Operands %0..%127: the accumulators (generated list).
@@ -130,30 +116,9 @@ __device__ __forceinline__ void wgmma_m64n256k32_s8(int *d, uint64_t da, uint64_
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(da), "l"(db), "r"(scale_d));
 }
-// The same for E4M3 x E4M3 with fp32 accumulators, 64 x 128 (64 registers; scale-a, scale-b = 1).
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float *d, uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1;\n}\n"
-        :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
 // Tile t of the persistent loop: groups of GROUP_M row blocks walked column block by column block, so the CTAs at
 // work share A and B tiles in L2.
-template <int BN> __device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0) {
+__device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0) {
     constexpr int GROUP_M = 8;
     const int per_group = GROUP_M * nn, first = t / per_group * GROUP_M;
     const int gs = nm - first < GROUP_M ? nm - first : GROUP_M, r = t % per_group;
@@ -162,12 +127,9 @@ template <int BN> __device__ __forceinline__ void tile_of(int t, int nm, int nn,
 }
 #endif
 
-template <bool F8>
 __global__ void __launch_bounds__(THREADS, 1)
-k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const dq_args p) {
+k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const dq_args p) {
 #ifdef HALO_WGMMA
-    constexpr int BN = cfg<F8>::BN, STAGES = cfg<F8>::STAGES, STAGE_BYTES = cfg<F8>::STAGE_BYTES;
-    constexpr int NACC = BN / 2, NCHUNK = BN / 8;   // accumulators per thread (64 x BN / 128), 8-column chunks per row
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   // 128-byte swizzle: 1024-aligned
     uint64_t *full = (uint64_t *)(smem + STAGES * STAGE_BYTES), *empty = full + STAGES;
@@ -188,7 +150,7 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
             int it = 0;
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
                 int m0, n0;
-                tile_of<BN>(t, nm, nn, &m0, &n0);
+                tile_of(t, nm, nn, &m0, &n0);
                 for (int kb = 0; kb < nk; kb++, it++) {
                     const int s = it % STAGES;
                     mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);   // a fresh barrier passes parity 1 at once
@@ -203,42 +165,26 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int cw = wg - 1, warp = tid / 32, lane = tid % 32;
-    typename std::conditional<F8, float, int>::type acc[NACC];
-    float part[F8 ? NACC : 1];   // FP8: one stage's tensor-core sums before they join acc in fp32
+    int acc[128];
     int it = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
-        tile_of<BN>(t, nm, nn, &m0, &n0);
+        tile_of(t, nm, nn, &m0, &n0);
         for (int kb = 0; kb < nk; kb++, it++) {
             const int s = it % STAGES;
             mbar_wait(&full[s], (it / STAGES) & 1);
             const uint8_t *st = smem + s * STAGE_BYTES;
             const uint64_t da = smem_desc(st + cw * 64 * BK), db = smem_desc(st + A_BYTES);
             wgmma_fence();
-            if constexpr (F8) {
-                // The tensor cores add FP8 products with fewer mantissa bits than fp32, so each stage (K = 128) sums
-                // into part from zero and part joins acc in fp32 ("promotion", as cuBLASLt's default FP8 mode does).
 #pragma unroll
-                for (int k = 0; k < BK / 32; k++) wgmma_m64n128k32_e4m3(part, da + 2 * k, db + 2 * k, k > 0);
-                wgmma_commit();
-                wgmma_wait<0>();
-                fence_acc<NACC>(part);
-                if (lane == 0) mbar_arrive(&empty[s]);
-#pragma unroll
-                for (int i = 0; i < NACC; i++) acc[i] = kb ? acc[i] + part[i] : part[i];
-            } else {
-#pragma unroll
-                for (int k = 0; k < BK / 32; k++) wgmma_m64n256k32_s8(acc, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
-                wgmma_commit();
-                wgmma_wait<1>();   // one stage's products stay in flight; the previous stage's are done: release it
-                if (kb > 0 && lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
-            }
+            for (int k = 0; k < BK / 32; k++) wgmma_m64n256k32_s8(acc, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
+            wgmma_commit();
+            wgmma_wait<1>();   // one stage's products stay in flight; the previous stage's are done: release it
+            if (kb > 0 && lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
         }
-        if constexpr (!F8) {
-            wgmma_wait<0>();
-            fence_acc<NACC>(acc);
-            if (lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
-        }
+        wgmma_wait<0>();
+        fence_acc(acc);
+        if (lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
         // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e.
         // __fmul_rn: the CPU's float(c32) * alpha rounded once, never contracted with an addition into an fma.
         const float al = *p.alpha;
@@ -249,13 +195,13 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
                 const int r = r0 + 8 * h;
                 __nv_bfloat16 *drow = (__nv_bfloat16 *)p.D + (long)r * p.ldd;
 #pragma unroll
-                for (int j = 0; j < NCHUNK / 4; j++) {   // chunks 4j .. 4j + 3 of 8 columns
+                for (int j = 0; j < 8; j++) {   // chunks 4j .. 4j + 3 of 8 columns
                     uint32_t v[4];
 #pragma unroll
                     for (int u = 0; u < 4; u++) {
                         const int i = 4 * j + u;
-                        const __nv_bfloat162 b = __floats2bfloat162_rn(__fmul_rn(to_f32(acc[4 * i + 2 * h]), al),
-                                                                       __fmul_rn(to_f32(acc[4 * i + 2 * h + 1]), al));
+                        const __nv_bfloat162 b = __floats2bfloat162_rn(__fmul_rn((float)acc[4 * i + 2 * h], al),
+                                                                       __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
                         v[u] = *(const uint32_t *)&b;
                     }
                     if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
@@ -283,7 +229,7 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
             }
         } else {
 #pragma unroll
-            for (int ib = 0; ib < NCHUNK / 4; ib++) {   // 4 chunks at a time: their addends loaded before any store
+            for (int ib = 0; ib < 8; ib++) {   // 4 chunks at a time: their addends loaded before any store
                 float2 add[4][2];
 #pragma unroll
                 for (int u = 0; u < 4; u++)
@@ -300,8 +246,8 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
                     for (int h = 0; h < 2; h++) {
                         const int i = 4 * ib + u, r = r0 + 8 * h, c = c0 + 8 * i;
                         if (r >= p.Mo || c >= p.No) continue;
-                        float2 o = make_float2(__fmul_rn(to_f32(acc[4 * i + 2 * h]), al),
-                                               __fmul_rn(to_f32(acc[4 * i + 2 * h + 1]), al));
+                        float2 o = make_float2(__fmul_rn((float)acc[4 * i + 2 * h], al),
+                                               __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
                         if (p.mode) {
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
@@ -316,8 +262,7 @@ k_gemm8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CU
 
 PFN_cuTensorMapEncodeTiled_v12000 g_encode;
 int g_sms, g_ready;   // g_ready: 1 usable, -1 not (no driver entry point, or not compute capability 9.0)
-int g_on_s8 = -1;     // halo_cuda_gemm_s8_own / HALO_INT8_OWN_GEMM
-int g_on_f8 = -1;     // halo_cuda_gemm_e4m3_own / HALO_FP8_OWN_GEMM
+int g_on = -1;        // halo_cuda_gemm_s8_own / HALO_INT8_OWN_GEMM
 
 int init(void) {
     if (g_ready) return g_ready > 0;
@@ -334,8 +279,7 @@ int init(void) {
         q != cudaDriverEntryPointSuccess || !fn)
         return cudaGetLastError(), 0;
     g_encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
-    if (cudaFuncSetAttribute(k_gemm8_dq<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg<false>::SMEM) ||
-        cudaFuncSetAttribute(k_gemm8_dq<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg<true>::SMEM))
+    if (cudaFuncSetAttribute(k_gemm_s8_dq, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES) != cudaSuccess)
         return cudaGetLastError(), 0;
     g_ready = 1;
     return 1;
@@ -348,73 +292,39 @@ int encode(CUtensorMap *map, const void *ptr, int rows, int K, long ld, int box_
                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
+}   // namespace
 
-int owning(int f8) {
-    if (f8) {   // cuBLASLt's fast accumulation, when asked for, keeps FP8 on cuBLASLt
-        const char *e = getenv("HALO_FP8_FAST_ACCUM");
-        if (e && *e == '1') return 0;
-        return env_switch(&g_on_f8, "HALO_FP8_OWN_GEMM") && init();
-    }
-    return env_switch(&g_on_s8, "HALO_INT8_OWN_GEMM") && init();
-}
+extern "C" void halo_cuda_gemm_s8_own(int on) { g_on = on ? 1 : 0; }
+extern "C" int halo_cuda_gemm_s8_owning(void) { return env_switch(&g_on, "HALO_INT8_OWN_GEMM") && init(); }
 
-int shape_ok(int f8, const void *D, int d_f32, long ldd, const float *res, const void *A, long lda, const void *B,
-             long ldb, int M, int N, int K, int Mo, int No) {
-    if (!owning(f8)) return 0;
+extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
+                                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
+    if (!env_switch(&g_on, "HALO_INT8_OWN_GEMM") || !init()) return 0;
     const uintptr_t out_align = d_f32 ? 8 : 4;
-    return M >= BM && N >= (f8 ? cfg<true>::BN : cfg<false>::BN) && K >= 16 && Mo <= M && No <= N && No % 2 == 0 &&
-           ldd % 2 == 0 && ldd >= No && lda % 16 == 0 && ldb % 16 == 0 && lda >= K && ldb >= K &&
-           ((uintptr_t)A & 15) == 0 && ((uintptr_t)B & 15) == 0 && ((uintptr_t)D & (out_align - 1)) == 0 &&
-           (!res || ((uintptr_t)res & 7) == 0);
+    return M >= BM && N >= BN && K >= 16 && Mo <= M && No <= N && No % 2 == 0 && ldd % 2 == 0 && ldd >= No &&
+           lda % 16 == 0 && ldb % 16 == 0 && lda >= K && ldb >= K && ((uintptr_t)A & 15) == 0 &&
+           ((uintptr_t)B & 15) == 0 && ((uintptr_t)D & (out_align - 1)) == 0 && (!res || ((uintptr_t)res & 7) == 0);
 }
 
-template <bool F8>
-int launch(const char *name, void *D, int d_f32, long ldd, const float *res, int accumulate, const void *A, long lda,
-           const void *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha, cudaStream_t s) {
+extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A,
+                                    long lda, const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
+                                    const float *alpha, cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
-    if (!shape_ok(F8, D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
-        return halo_fail("%s: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)", name, M, N, K,
-                         lda, ldb, ldd);
-    if ((res || accumulate) && !d_f32) return halo_fail("%s: accumulation needs an fp32 output", name);
-    constexpr int BN = cfg<F8>::BN;
+    if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
+        return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
+                         M, N, K, lda, ldb, ldd);
+    if ((res || accumulate) && !d_f32) return halo_fail("halo_cuda_gemm_s8_dq: accumulation needs an fp32 output");
     CUtensorMap ma, mb;
     if (!encode(&ma, A, M, K, lda, BM) || !encode(&mb, B, N, K, ldb, BN))
-        return halo_fail("%s: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", name, M, N, K, lda, ldb);
+        return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M, N,
+                         K, lda, ldb);
     dq_args p;
     p.D = D; p.res = res; p.alpha = alpha; p.ldd = ldd;
     p.M = M; p.N = N; p.K = K; p.Mo = Mo; p.No = No;
     p.d_f32 = d_f32; p.mode = res ? 2 : accumulate ? 1 : 0;
     p.vec = !d_f32 && ldd % 8 == 0 && ((uintptr_t)D & 15) == 0;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
-    k_gemm8_dq<F8><<<tiles < g_sms ? tiles : g_sms, THREADS, cfg<F8>::SMEM, s>>>(ma, mb, p);
+    k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();
     return HALO_OK;
-}
-}   // namespace
-
-extern "C" void halo_cuda_gemm_s8_own(int on) { g_on_s8 = on ? 1 : 0; }
-extern "C" int halo_cuda_gemm_s8_owning(void) { return owning(0); }
-extern "C" void halo_cuda_gemm_e4m3_own(int on) { g_on_f8 = on ? 1 : 0; }
-extern "C" int halo_cuda_gemm_e4m3_owning(void) { return owning(1); }
-
-extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
-                                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
-    return shape_ok(0, D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No);
-}
-extern "C" int halo_cuda_gemm_e4m3_dq_ok(const void *D, int d_f32, long ldd, const float *res, const uint8_t *A,
-                                         long lda, const uint8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
-    return shape_ok(1, D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No);
-}
-
-extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A,
-                                    long lda, const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
-                                    const float *alpha, cudaStream_t s) {
-    return launch<false>("halo_cuda_gemm_s8_dq", D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No,
-                         alpha, s);
-}
-extern "C" int halo_cuda_gemm_e4m3_dq(void *D, int d_f32, long ldd, const float *res, int accumulate,
-                                      const uint8_t *A, long lda, const uint8_t *B, long ldb, int M, int N, int K,
-                                      int Mo, int No, const float *alpha, cudaStream_t s) {
-    return launch<true>("halo_cuda_gemm_e4m3_dq", D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No,
-                        alpha, s);
 }
