@@ -334,8 +334,8 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     if (!post && halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N,
                                          K, Mo, No)) {   // dequantized in the product's epilogue (int8_gemm.cu)
         PROF(gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
-             rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda, (const int8_t *)B,
-                                       ldb, M, N, K, Mo, No, alpha, s));
+             rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda,
+                                       (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, s));
         return rc;
     }
     int32_t *C = (int32_t *)ws(L, 0, sizeof(int32_t) * (size_t)M * N);
