@@ -5,13 +5,14 @@
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
 //   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-transposes] [--rot-twice] [--bwd-transposes] [--token-block N]
+//                               [--l2-transposes] [--rot-twice] [--bwd-transposes] [--token-block N] [--hm-block N]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
 //    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
 //    back instead of the column kernels, halo_cuda_l2_colrot(0); --rot-twice: rotated quantizations rotate in both
 //    passes instead of once into scratch, halo_cuda_rot_once(0); --bwd-transposes: levels 1-2 save row-major codes
 //    and transpose them in backward, halo_cuda_fwd_tcodes(0); all for an A/B; --token-block N: level 2's token
-//    Hadamard block-diagonal in blocks of N tokens, halo_cuda_linear_token_block, the --halo-token-block option)
+//    Hadamard block-diagonal in blocks of N tokens, halo_cuda_linear_token_block, the --halo-token-block option;
+//    --hm-block N: H_m block-diagonal in blocks of N in_features, halo_cuda_linear_hm_block, --halo-hadamard-block)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 
 enum { NSETS = 3 };
 static int g_token_block;   // --token-block
+static int g_hm_block;      // --hm-block
 
 
 // Median ms of reps runs of body(r) (r = repetition index, for rotating inputs), after 3 warm-up runs.
@@ -63,6 +65,7 @@ static void breakdown(const char *shape, int prec, int lvl, int b, int m, int n,
     halo_cuda_linear L;
     if (halo_cuda_linear_init(&L, prec, lvl, shape)) { fprintf(stderr, "%s\n", halo_error()); exit(1); }
     halo_cuda_linear_token_block(&L, g_token_block);
+    halo_cuda_linear_hm_block(&L, g_hm_block);
     static float t[256][BD_MAX];
     halo_cuda_prof_rec rec[BD_MAX];
     int nrec = 0, fail = 0;
@@ -119,9 +122,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
         else if (!strcmp(argv[i], "--bwd-transposes")) halo_cuda_fwd_tcodes(0);  // A/B: levels 1-2 transpose codes in backward
         else if (!strcmp(argv[i], "--token-block") && i + 1 < argc) g_token_block = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--hm-block") && i + 1 < argc) g_hm_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N] [--hm-block N]\n");
             return 0;
         }
     }
@@ -130,6 +134,7 @@ int main(int argc, char **argv) {
     printf("level 2 token rotations of E_Y and E_X: %s\n",
            colrot ? "column kernels" : "transpose, rows, transpose (--l2-transposes)");
     if (g_token_block) printf("level 2 token Hadamard: block-diagonal, blocks of %d tokens (--token-block)\n", g_token_block);
+    if (g_hm_block) printf("H_m: block-diagonal, blocks of %d in_features (--hm-block)\n", g_hm_block);
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
     struct { const char *name; int n, m; } shapes[] = {
         {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};
@@ -198,6 +203,7 @@ int main(int argc, char **argv) {
                 halo_cuda_linear L;
                 if (halo_cuda_linear_init(&L, prec, lvl, shapes[si].name)) { fprintf(stderr, "%s\n", halo_error()); return 1; }
                 halo_cuda_linear_token_block(&L, g_token_block);
+                halo_cuda_linear_hm_block(&L, g_hm_block);
                 int fail = 0;
                 double t;
                 TIME_MS(reps, t, {

@@ -34,7 +34,7 @@ static int run(const call *c) {
     const float *res = s->form == 3 ? c->R : NULL;
     if (c->own)
         return halo_cuda_gemm_s8_dq(c->D, f32, s->N, res, acc, c->A, s->K, c->B, s->K, s->M, s->N, s->K, s->M, s->N,
-                                    c->alpha, 0);
+                                    c->alpha, NULL, 0);
     if (halo_cuda_gemm_s8(c->C, s->N, c->A, s->K, c->B, s->K, s->M, s->N, s->K, 0)) return -1;
     if (res) halo_cuda_dequant_i32_res(c->D, s->N, c->C, s->N, s->M, s->N, c->alpha, res, 0);
     else halo_cuda_dequant_i32(c->D, f32, s->N, c->C, s->N, s->M, s->N, c->alpha, NULL, NULL, acc, 0);

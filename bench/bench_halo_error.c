@@ -1,6 +1,6 @@
 // Quantization error table of the HALO linear layer: relative errors (vs float64) of Y, E_X and G for levels 0, 1, 2
 // in INT8 and FP8 on inputs with outlier channels in X and outlier tokens in E_Y, for a few scale granularities.
-// Usage: bench_halo_error [b m n]   (default 512 1024 1024)
+// Usage: bench_halo_error [b m n]   (default 512 1024 1024). A second table: block-diagonal H_m (levels 1, 2).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +86,30 @@ int main(int argc, char **argv) {
             }
     printf("INT8 per-tensor factors: E_X level0/level2 = %.2fx, Y level0/level1 = %.2fx, G level0/level1 = %.2fx\n",
            ex0 / ex2, y0 / y1, g0 / g1);
+    // block-diagonal H_m (--halo-hadamard-block), per-tensor scales: what a smaller rotation costs in accuracy
+    printf("\nblock-diagonal H_m (per-tensor scales): relative errors vs float64\n");
+    printf("%-5s %-5s %-8s %9s %9s %9s\n", "prec", "level", "H_m", "Y", "E_X", "G");
+    const int hblocks[4] = {0, 256, 128, 64};
+    for (int pr = 0; pr < 2; pr++)
+        for (int lvl = 1; lvl <= 2; lvl++)
+            for (int hb = 0; hb < 4; hb++) {
+                if (hblocks[hb] && m % hblocks[hb]) continue;
+                halo_linear_config cfg = halo_linear_config_make(pr ? HALO_PREC_FP8 : HALO_PREC_INT8, lvl);
+                cfg.had_block = hblocks[hb];
+                halo_linear L;
+                halo_linear_init(&L, &cfg, "bench");
+                memset(G, 0, sizeof(float) * n * m);
+                if (halo_linear_forward(&L, X, W, Y, b, m, n) || halo_linear_backward(&L, EY, W, EX, G, b, m, n)) {
+                    fprintf(stderr, "error: %s\n", halo_error());
+                    return 1;
+                }
+                char hn[16];
+                if (hblocks[hb]) snprintf(hn, sizeof hn, "%d", hblocks[hb]);
+                else snprintf(hn, sizeof hn, "full");
+                printf("%-5s %-5d %-8s %9.5f %9.5f %9.5f\n", pr ? "fp8" : "int8", lvl, hn, rel(Y, Yr, NULL, (size_t)b * n),
+                       rel(EX, EXr, NULL, (size_t)b * m), rel(G, Gr, NULL, (size_t)n * m));
+                halo_linear_free(&L);
+            }
     free(X); free(W); free(EY); free(Y); free(EX); free(G); free(Yr); free(EXr); free(Gr);
     return 0;
 }

@@ -24,6 +24,7 @@ print("|---|---|---|---|---|---|---|---|")
 for key, j in rows:
     cfg = [j["precision"] + ("" if j["precision"] == "bf16" else f" L{j['halo_level']}")]
     if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
+    if j.get("hm_block"): cfg.append(f"H_m block {j['hm_block']}")
     if j.get("ex_defer") == 0 and j["precision"] != "bf16": cfg.append("no ex-defer")
     if j.get("int8_own") == 0 and j["precision"] == "int8": cfg.append("int32 products")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")

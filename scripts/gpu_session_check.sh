@@ -75,6 +75,10 @@ step "bench 1B HALO int8 L2 token block 64 int32 products (HALO_INT8_OWN_GEMM=0)
 keep b1i2tbi32.log "^\{" 2
 trainbench "bench 1B HALO int8 L2 token block 64 no ex-defer" b1i2tbnd.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-token-block 64 --no-breakdown --no-ex-defer
 keep b1i2tb.log "ms  |^\| " 30
+trainbench "bench 1B HALO int8 L2 H_m block 256" b1i2hb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-breakdown
+keep b1i2hb.log "ms  |^\| " 30
+trainbench "bench 1B HALO int8 L2 H_m block 256 token block 64" b1i2hbtb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
+trainbench "bench 1B HALO int8 L1 H_m block 256" b1i1hb.log --model llama3.2-1b --precision int8 --halo-level 1 --halo-hadamard-block 256 --no-breakdown
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
@@ -90,6 +94,10 @@ step "bench_cuda_halo before the column kernels and single rotation (A/B: --l2-t
 keep bench_halo_l2t.log "^\| .* [12] " 40
 step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 60 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
+step "bench_cuda_halo H_m block 256 (--hm-block 256)" bench_halo_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256
+step "bench_cuda_halo H_m block 256 token block 64 (--hm-block 256 --token-block 64)" bench_halo_hbtb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
+step "bench_cuda_halo --breakdown gate H_m block 256" bench_halo_bd_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --hm-block 256
+step "bench_cuda_halo --breakdown down H_m block 256" bench_halo_bd_down_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown --hm-block 256
 keep bench_halo_tb.log "^\|" 40
 step "bench_cuda_halo --breakdown gate token block 64" bench_halo_bd_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --token-block 64
 step "bench_cuda_halo fp8 fast accumulation (HALO_FP8_FAST_ACCUM=1)" bench_halo_fast.log 60 env HALO_FP8_FAST_ACCUM=1 $B/bench/bench_cuda_halo --tokens 8192 --reps 5
@@ -115,6 +123,9 @@ step "test_cuda_halo_train (HALO model vs CPU)" halo_train.log 150 $B/tests/test
 keep halo_train.log "^\|" 40
 qpid=
 if want quality; then env OUT="$LOG" bash scripts/gpu_quality_check.sh > "$LOG/quality.log" 2>&1 & qpid=$!; fi
+wpid=
+if want "quality wide"; then env OUT="$LOG" QUALITY_WIDE=1 bash scripts/gpu_quality_check.sh > "$LOG/quality_wide.log" 2>&1 & wpid=$!; fi
 step "test_cuda_verbs (--device cuda verbs)" verbs.log 240 $B/tests/test_cuda_verbs
 keep verbs.log "resumed|moments lost|debug-step|after a cross-device|telemetry" 14
+if [ -n "$wpid" ]; then wait $wpid; echo "gpu_quality_check (wide) rc=$?" | tee -a "$S"; keep quality_wide.log "^\|" 10; fi
 if [ -n "$qpid" ]; then wait $qpid; echo "gpu_quality_check rc=$?" | tee -a "$S"; keep quality.log "^\|" 8; keep quality.log "quantization telemetry|layers\.0\." 12; fi

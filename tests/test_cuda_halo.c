@@ -512,7 +512,7 @@ static void test_gemm_s8_dq(void) {
             void *ref = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob), *own = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob);
             if (f == 3) halo_cuda_dequant_i32_res(ref, ldd, dI, N, Mo, No, dal, res, 0);
             else halo_cuda_dequant_i32(ref, f32, ldd, dI, N, Mo, No, dal, NULL, NULL, acc, 0);
-            rc = halo_cuda_gemm_s8_dq(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, 0);
+            rc = halo_cuda_gemm_s8_dq(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, NULL, 0);
             CHECK(rc == HALO_OK, "own int8 gemm: %s", halo_error());
             uint8_t *hr = t_host_of(ref, ob), *ho = t_host_of(own, ob);
             const size_t es = f32 ? 4 : 2;
@@ -532,9 +532,81 @@ static void test_gemm_s8_dq(void) {
     cudaFree(dal);
 }
 
+// The own kernel with the rows of its output rotated by a block-diagonal H_B in the epilogue (HALO's H_m^T after the
+// G and E_X products, blocks of a power of two <= 256) against (a) cuBLASLt's int32 product + halo_cuda_had_rows (bit
+// for bit, bf16 and fp32 forms) and (b) the CPU: float(c) * alpha, then halo_hadamard_rows (fp32 forms, bit for bit;
+// += adds the rotated value to the old one as the CPU layer's accumulation does).
+static void test_gemm_s8_dq_rot(void) {
+    static const int cases[][6] = {   // M, N, K, Mo, No, block
+        {384, 512, 256, 384, 512, 256}, {300, 1024, 208, 300, 1024, 64}, {130, 400, 512, 129, 392, 8},
+        {256, 768, 128, 256, 768, 2}, {512, 4096, 1024, 512, 4096, 128}};
+    static _Alignas(16) int8_t probe[16];
+    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
+        printf("own INT8 kernel with rotation: not on this device, skipped\n");
+        return;
+    }
+    const float al = 0.73f / 8192;
+    float *dal = t_dev_copy(&al, 4);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], N = cases[c][1], K = cases[c][2], Mo = cases[c][3], No = cases[c][4], B = cases[c][5];
+        const long ldd = No + 8;
+        halo_cuda_had h;
+        halo_hadamard hc;
+        CHECK(halo_cuda_had_plan(&h, No, B) == HALO_OK && halo_hadamard_plan(&hc, No, B) == HALO_OK, "plan %d/%d: %s",
+              No, B, halo_error());
+        CHECK(halo_cuda_gemm_s8_dq_rot_ok(&h, No), "block %d over %d refused", B, No);
+        int8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
+        for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
+        for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
+        int8_t *dA = t_dev_copy(hA, (size_t)M * K), *dB = t_dev_copy(hB, (size_t)N * K);
+        int32_t *dI = dev_poison(4 * (size_t)M * N);
+        CHECK(halo_cuda_gemm_s8(dI, N, dA, K, dB, K, M, N, K, 0) == HALO_OK, "int8 gemm: %s", halo_error());
+        int32_t *hI = t_host_of(dI, 4 * (size_t)M * N);
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        // the CPU's values: dequantize, rotate the rows (transpose 1: x H^T), then = or +=
+        float *cpu = malloc(ob);
+        for (long r = 0; r < Mo; r++)
+            for (long j = 0; j < ldd; j++) cpu[r * ldd + j] = j < No ? (float)hI[r * N + j] * al : 0.f;
+        halo_hadamard_rows(&hc, cpu, Mo, ldd, 1);
+        static const char *form[3] = {"bf16", "fp32", "fp32 +="};
+        for (int f = 0; f < 3; f++) {
+            const int f32 = f > 0, acc = f == 2;
+            void *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            halo_cuda_had_rows(&h, 1, dI, HALO_CUDA_I32, N, dal, ref, f32, ldd, acc, Mo, 0);
+            int rc = halo_cuda_gemm_s8_dq(own, f32, ldd, NULL, acc, dA, K, dB, K, M, N, K, Mo, No, dal, &h, 0);
+            CHECK(rc == HALO_OK, "own int8 gemm with rotation: %s", halo_error());
+            uint8_t *hr = t_host_of(ref, ob), *ho = t_host_of(own, ob);
+            const size_t es = f32 ? 4 : 2;
+            long bad = 0, bad_cpu = 0, pad_bad = 0;
+            for (long r = 0; r < Mo; r++) {
+                bad += memcmp(hr + r * ldd * es, ho + r * ldd * es, No * es) != 0;
+                pad_bad += memcmp(hr + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
+                if (f32)
+                    for (long j = 0; j < No; j++) {
+                        const float want = acc ? R[r * ldd + j] + cpu[r * ldd + j] : cpu[r * ldd + j];
+                        float got;
+                        memcpy(&got, ho + (r * ldd + j) * 4, 4);
+                        if (memcmp(&got, &want, 4)) { bad_cpu++; break; }
+                    }
+            }
+            char detail[80];
+            snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d H_%d %s", M, N, K, Mo, No, B, form[f]);
+            row("own int8 gemm + H_B vs int32+had_rows", detail, (double)bad, 0, 0, 0);   // error: rows that differ
+            if (f32) row("own int8 gemm + H_B vs CPU rotation", detail, (double)bad_cpu, 0, 0, 0);
+            CHECK(pad_bad == 0, "%s: %ld rows written past column %d", detail, pad_bad, No);
+            free(hr); free(ho); cudaFree(ref); cudaFree(own);
+        }
+        free(hA); free(hB); free(hI); free(R); free(cpu); cudaFree(dA); cudaFree(dB); cudaFree(dI);
+        halo_cuda_had_free(&h);
+    }
+    cudaFree(dal);
+}
+
 // ---- the linear layer --------------------------------------------------------------------------------------------
 typedef struct { double y, ex, g; } errs3;
 static int g_token_block;   // run_linear: level 2's token Hadamard block of both layers (0 = full)
+static int g_hm_block;      // run_linear: H_m's block of both layers (0 = full)
 
 // Runs the GPU layer and the CPU layer on the same bf16-valued inputs; returns GPU-vs-CPU errors, and (when ref
 // pointers are given) both layers' errors vs float64 products.
@@ -547,6 +619,7 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
     halo_cuda_linear L;
     int rc0 = halo_cuda_linear_init(&L, prec, lvl, "test");
     halo_cuda_linear_token_block(&L, g_token_block);
+    halo_cuda_linear_hm_block(&L, g_hm_block);
     if (rc0 || halo_cuda_linear_forward(&L, dX, dW, dY, 1, b, m, n, 0) ||
         halo_cuda_linear_backward(&L, dE, dEX, 1, dG, b, m, n, 0)) {
         CHECK(0, "gpu linear: %s", halo_error());
@@ -558,6 +631,7 @@ static errs3 run_linear(int prec, int lvl, int b, int m, int n, float *X, float 
     CHECK(nonfin == 0, "non-finite flag set on finite inputs");
     halo_linear_config cfg = halo_linear_config_make((halo_precision)prec, lvl);
     cfg.had_block_b = g_token_block;
+    cfg.had_block = g_hm_block;
     halo_linear C;
     halo_linear_init(&C, &cfg, "test");
     float *Yc = malloc(4 * (size_t)b * n), *EXc = malloc(4 * (size_t)b * m), *Gc = calloc((size_t)n * m, 4);
@@ -650,6 +724,29 @@ static void test_token_block(void) {
             row("token-block GPU vs CPU", det, fmax(e.y, fmax(e.ex, e.g)), prec == HALO_PREC_INT8 ? 1e-6 : 1e-3, 0, 0);
         }
     g_token_block = 0;
+    free(X); free(W); free(EY);
+}
+
+// Block-diagonal H_m (--halo-hadamard-block): GPU layer vs the CPU layer with the same had_block. INT8 with blocks
+// of <= 256 rotates inside the own kernel's epilogue (on Hopper; elsewhere through had_rows): same values either way.
+// Shapes large enough for the own kernel (rows >= 128, columns >= 256).
+static void test_hm_block(void) {
+    const int b = 300, m = 1024, n = 384;
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+    float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+    for (int t = 0; t < b; t++) for (int c = 0; c < 3; c++) X[(long)t * m + (c * 331 + 17) % m] *= 40;
+    const int blocks[3] = {256, 64, 512};
+    for (int i = 0; i < 3; i++)
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+            for (int lvl = 1; lvl <= 2; lvl++) {
+                g_hm_block = blocks[i];
+                errs3 e = run_linear(prec, lvl, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+                char det[64];
+                snprintf(det, sizeof det, "%s L%d H_m block %d Y/E_X/G", prec == HALO_PREC_INT8 ? "int8" : "fp8", lvl,
+                         blocks[i]);
+                row("H_m block GPU vs CPU", det, fmax(e.y, fmax(e.ex, e.g)), prec == HALO_PREC_INT8 ? 1e-6 : 1e-3, 0, 0);
+            }
+    g_hm_block = 0;
     free(X); free(W); free(EY);
 }
 
@@ -1196,8 +1293,10 @@ int main(void) {
     test_gemm();
     test_gemm_tune();
     test_gemm_s8_dq();
+    test_gemm_s8_dq_rot();
     test_linear();
     test_token_block();
+    test_hm_block();
     test_shared_x();
     test_colrot();
     test_outliers();

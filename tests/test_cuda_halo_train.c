@@ -277,12 +277,16 @@ static void test_small_model(void) {
         {HALO_PREC_FP8, 2, 0x7f, 0, "fp8 L2 all linears"},
         {HALO_PREC_INT8, 1, 0x47, 1, "int8 L1 q,k,v,down, skip 1"},
         {HALO_PREC_INT8, 2, 0x7f, 0, "int8 L2 token blocks of 32"},
+        {HALO_PREC_INT8, 2, 0x7f, 0, "int8 L2 H_m blocks of 128"},   // H_m^T in the own kernel's epilogue (Hopper)
+        {HALO_PREC_INT8, 1, 0x7f, 0, "int8 L1 H_m blocks of 128"},
+        {HALO_PREC_FP8, 1, 0x7f, 0, "fp8 L1 H_m blocks of 128"},
     };
     for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
         model_halo_config hc = model_halo_config_default();
         hc.prec = (halo_precision)cfgs[k].prec; hc.level = cfgs[k].level; hc.kinds = cfgs[k].kinds;
         hc.skip_first = cfgs[k].skip_first;
         if (strstr(cfgs[k].what, "token blocks")) hc.had_block_b = 32;
+        if (strstr(cfgs[k].what, "H_m blocks")) hc.had_block = 128;   // divides dim 256 and hidden 640
         model_grads_cpu(&m, &b, &hc, &lc, gc);
         model_grads_gpu(&m, &b, &hc, 0, &lg, gg);
         tensor_errs(&m, gg, gc, eh);
@@ -338,7 +342,7 @@ static void test_small_model(void) {
     bad[0].what = "row scales"; bad[0].needle = "per-tensor"; bad[0].hc.gran = HALO_GRAN_ROW;
     bad[1].what = "stochastic rounding"; bad[1].needle = "nearest"; bad[1].hc.stochastic = 1;
     bad[2].what = "q without k, v"; bad[2].needle = "fused"; bad[2].hc.kinds = 1u << LIN_Q;
-    bad[3].what = "Hadamard block"; bad[3].needle = "H_m"; bad[3].hc.had_block = 64;
+    bad[3].what = "Hadamard block not dividing hidden 640"; bad[3].needle = "does not divide"; bad[3].hc.had_block = 256;
     for (int i = 0; i < 4; i++) {
         llama_cuda_opts o;
         memset(&o, 0, sizeof o);

@@ -71,7 +71,8 @@ void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const voi
                                 long ldq, const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // One rotation for both passes of a rotated quantization: out[r][k] = (in[r, :] H)[k] as fp32 (the values absmax_rows
 // and quant_rows compute, bit for bit) and *amax = max(*amax, max |out|) (atomic; *nonfinite |= 1 on NaN/Inf), so that
-// the codes come from the unrotated quant_rows on out. Only where the fast row kernel k_rot takes the shape:
+// the codes come from the unrotated quant_rows on out. Only where a fast row kernel takes the shape (k_rot, or k_rot_small
+// for block-diagonal H with power-of-two blocks of 8..256; out 16-byte aligned with ld_out a multiple of 4):
 // halo_cuda_rot_amax_ok (else nothing is launched).
 int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
@@ -155,9 +156,14 @@ void halo_cuda_gemm_shutdown(void);
 // 16-byte aligned operands; No, ldd even; on by default, off by halo_cuda_gemm_s8_own(0) or HALO_INT8_OWN_GEMM=0).
 int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                             const int8_t *B, long ldb, int M, int N, int K, int Mo, int No);
+// rot (may be NULL): each output row is then rotated by rot's block-diagonal H_B before the store (D = (alpha A B^T)
+// H_B, B = rot->block, += / res + after the rotation), the values of halo_cuda_gemm_s8 + halo_cuda_had_rows(rot, 1,
+// int32, alpha) bit for bit; halo_cuda_gemm_s8_dq_rot_ok: rot is a K = 1 plan over the No columns with blocks of a
+// power of two from 2 to 256 (a tile's 256 columns hold whole blocks).
+int halo_cuda_gemm_s8_dq_rot_ok(const halo_cuda_had *rot, int No);
 int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                          const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
-                         cudaStream_t s);
+                         const halo_cuda_had *rot, cudaStream_t s);
 void halo_cuda_gemm_s8_own(int on);
 int halo_cuda_gemm_s8_owning(void);   // 1 when the own kernel is on and this device runs it
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
@@ -199,6 +205,7 @@ typedef struct halo_cuda_linear {
     halo_cuda_had hm, hb;     // H_m (levels 1, 2) and H_b (level 2, over hb_pad tokens)
     int hm_d, hb_b, hb_pad;
     int hb_block;             // level 2: 0 = H_b over all (padded) tokens, else block-diagonal blocks of this many
+    int hm_block;             // levels 1-2: 0 = H_m over all in_features, else block-diagonal blocks of this many
     uint8_t *qx, *qw;         // saved codes [b][mp], [np][mp] (level 0: [mp][b16], [mp][np])
     size_t cap_qx, cap_qw;
     const struct halo_cuda_linear *xsrc;   // halo_cuda_linear_share_x: the layer whose X codes this one reuses
@@ -229,6 +236,10 @@ void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src);
 // Level 2's token Hadamard block-diagonal with blocks of bs tokens (the CPU layer's had_block_b; the token count is
 // zero-padded to a multiple of bs), 0 = over all tokens (default). GPU: bs a power of two (checked at the backward).
 void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs);
+// H_m block-diagonal with blocks of bs in_features (the CPU layer's had_block; bs must divide in_features), 0 = the
+// full H_m (default). INT8 with blocks of a power of two <= 256: the products that need H_m^T after them (G; E_X at
+// levels 1-2) rotate in the own INT8 kernel's epilogue (halo_cuda_gemm_s8_dq with rot) instead of a separate pass.
+void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs);
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
 void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.

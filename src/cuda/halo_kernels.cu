@@ -170,6 +170,16 @@ __device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
         if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
 }
 
+// Butterfly stages h = 1, 2, 4 on 8 consecutive values in registers (the CPU's fwht_vec radix-8 block).
+__device__ __forceinline__ void bfly8(float v[8]) {
+    const float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+    const float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+    const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+    const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+    v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
+    v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+}
+
 // Butterfly stage h = 8 << st across the lanes of a warp holding 8 consecutive values each: lower lane a + b, upper
 // lane a - b (a = the lower lane's value), as fma(+-1, v, partner): one rounding, the CPU's values bit for bit.
 __device__ __forceinline__ void shfl_stage(float v[8], int lane, int st) {
@@ -222,12 +232,7 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
                 float v[8];
                 load8<TIN>(a.in, in_off + (long)g * 8, v);
                 if (a.in_scale) for (int k = 0; k < 8; k++) v[k] *= isc;
-                float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
-                float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
-                float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
-                float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
-                v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
-                v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+                bfly8(v);
                 if (shuffles) {
                     const int lane = tid & 31;
                     #pragma unroll
@@ -440,12 +445,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             if (RPB > 1 && row0 + g / n8 >= a.rows) continue;   // past the last row: whole warps
             float *w = v[u];
             if (a.in_scale) for (int k = 0; k < 8; k++) w[k] = __fmul_rn(w[k], isc);   // the dequant, never fused
-            float a0 = w[0] + w[1], a1 = w[0] - w[1], a2 = w[2] + w[3], a3 = w[2] - w[3];
-            float a4 = w[4] + w[5], a5 = w[4] - w[5], a6 = w[6] + w[7], a7 = w[6] - w[7];
-            float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
-            float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
-            w[0] = b0 + b4; w[1] = b1 + b5; w[2] = b2 + b6; w[3] = b3 + b7;
-            w[4] = b0 - b4; w[5] = b1 - b5; w[6] = b2 - b6; w[7] = b3 - b7;
+            bfly8(w);
             #pragma unroll
             for (int st = 0; st < 5; st++) {
                 if (st >= nsh) break;
@@ -545,6 +545,83 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
 static int g_rot_off;       // halo_cuda_rows_fast(0): the generic k_rows only (tests compare both)
 static int g_rot_rpb_off;   // halo_cuda_rows_fast(2): k_rot with one row per block only (tests compare both)
 extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; g_rot_rpb_off = on == 2; }
+static int num_sms(void);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Block-diagonal rotations with small blocks (K = 1, B = 2^lb from 8 to 256, rows of a multiple of 256): a warp takes
+// 256 consecutive values of a row, 8 per lane (one vector load), runs stages h = 1, 2, 4 in registers and h = 8 ..
+// B / 2 by shuffles (k_rot's first phase, which finishes such a block), scales and writes from the registers: one
+// read and one write, no shared memory, the values of k_rows / k_rot bit for bit. MODE_STORE (bf16 or fp32 out, +=
+// when accumulate) or MODE_STORE_AMAX (fp32 out and the absmax).
+template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int per_row,
+                                                                                 int nsh) {
+    const int lane = threadIdx.x & 31;
+    const long nw = ((long)gridDim.x * blockDim.x) >> 5;
+    const float isc = a.in_scale ? *a.in_scale : 1.f;
+    float mx = 0.f;
+    int bad = 0;
+    for (long w = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; w < total; w += nw) {   // whole warps
+        const long r = w / per_row, c = (w - r * per_row) * 256 + lane * 8;
+        float v[8];
+        load8<TIN>(a.in, r * a.ld_in + c, v);
+        if (a.in_scale) for (int k = 0; k < 8; k++) v[k] = __fmul_rn(v[k], isc);
+        bfly8(v);
+#pragma unroll
+        for (int st = 0; st < 5; st++)
+            if (st < nsh) shfl_stage(v, lane, st);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = __fmul_rn(v[k], a.scale);
+        const long o = r * a.ld_out + c;
+        if (MODE == MODE_STORE_AMAX || a.out_f32) {
+            float4 *d = (float4 *)((float *)a.out + o);
+            if (MODE == MODE_STORE && a.accumulate) {
+                const float4 p = d[0], q = d[1];
+                v[0] = p.x + v[0]; v[1] = p.y + v[1]; v[2] = p.z + v[2]; v[3] = p.w + v[3];
+                v[4] = q.x + v[4]; v[5] = q.y + v[5]; v[6] = q.z + v[6]; v[7] = q.w + v[7];
+            }
+            d[0] = make_float4(v[0], v[1], v[2], v[3]);
+            d[1] = make_float4(v[4], v[5], v[6], v[7]);
+        } else {
+            uint4 u;
+            __nv_bfloat162 *b2 = (__nv_bfloat162 *)&u;
+            for (int k = 0; k < 4; k++) b2[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+            *(uint4 *)((bf16 *)a.out + o) = u;
+        }
+        if (MODE == MODE_STORE_AMAX)
+            for (int k = 0; k < 8; k++) {
+                const float av = fabsf(v[k]);
+                bad |= !(av <= FLT_MAX);
+                mx = fmaxf(mx, av);
+            }
+    }
+    if (MODE == MODE_STORE_AMAX) {
+        mx = block_max(mx);
+        if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
+        if (threadIdx.x == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
+    }
+}
+
+// k_rot_small's conditions: blocks of 8..256 (power of two, K = 1), rows whole multiples of 256 at vector-aligned
+// addresses, per-tensor amax only.
+static int rot_small_ok(const rows_args &a, const void *out, long ld_out, int out_es) {
+    return !g_rot_off && a.rotate && a.K == 1 && a.P == a.blk && a.blk >= 8 && a.blk <= 256 &&
+           (long)a.blk * a.nseg % 256 == 0 && a.vec_in && !a.amax_row_bits && ((uintptr_t)out % 16) == 0 &&
+           (ld_out * out_es) % 16 == 0;
+}
+
+template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStream_t s) {
+    const int per_row = a.blk * a.nseg / 256, nsh = a.lP - 3;
+    const long total = (long)a.rows * per_row;
+    if (total <= 0) return;
+    const long want = (total + 7) / 8;   // 8 warps per block
+    const long cap = (long)num_sms() * 16;
+    const int grid = (int)(want < cap ? want : cap);
+    if (tin == HALO_CUDA_BF16) k_rot_small<HALO_CUDA_BF16, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
+    else if (tin == HALO_CUDA_F32) k_rot_small<HALO_CUDA_F32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
+    else k_rot_small<HALO_CUDA_I32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
+    CUDA_LAUNCH_CHECK();
+}
+
 
 // 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
 // K = 44 stays on k_rows. K = 28 (down_proj, 14336 = 28 * 512) was there too while k_rot's mix read its coefficients
@@ -807,19 +884,23 @@ extern "C" void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const 
     a.in_scale = in_scale; a.out = out; a.out_f32 = out_f32; a.ld_out = ld_out; a.accumulate = accumulate;
     const int es = out_f32 ? 4 : 2;
     a.vec_out = aligned(out, 4 * es) && (ld_out * es) % (4 * es) == 0;
-    launch_rows<MODE_STORE>(in_type, a, s);
+    if (rot_small_ok(a, out, ld_out, es)) launch_rot_small<MODE_STORE>(in_type, a, s);
+    else launch_rows<MODE_STORE>(in_type, a, s);
 }
 
+// (the fp32 output of rot_amax: rows of ld_in values when the caller's out has the input's shape; checked again at
+// the call with the real out)
 extern "C" int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows) {
     const rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, h->d);
-    return rot_ok(a);
+    return rot_ok(a) || rot_small_ok(a, NULL, h->d, 4);
 }
 
 extern "C" void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out,
                                    long ld_out, float *amax, int *nonfinite, cudaStream_t s) {
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, h->d);
     a.out = out; a.out_f32 = 1; a.ld_out = ld_out; a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
-    if (rot_ok(a)) launch_rot<HALO_CUDA_BF16, MODE_STORE_AMAX>(a, s);
+    if (rot_small_ok(a, out, ld_out, 4)) launch_rot_small<MODE_STORE_AMAX>(HALO_CUDA_BF16, a, s);
+    else if (rot_ok(a)) launch_rot<HALO_CUDA_BF16, MODE_STORE_AMAX>(a, s);
 }
 
 extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,

@@ -157,9 +157,20 @@ static void quantize_both(halo_cuda_linear *L, const void *in, long ld, int rows
                                     s));
 }
 
+extern "C" void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs) {
+    if (bs != L->hm_block) L->hm_d = 0;   // re-plan at the next forward
+    L->hm_block = bs > 0 ? bs : 0;
+}
+
 static int plan_hm(halo_cuda_linear *L, int m) {
     if (L->hm_d == m) return HALO_OK;
     halo_cuda_had_free(&L->hm);
+    if (L->hm_block) {   // as the CPU layer's had_block: the block must divide m
+        if (halo_cuda_had_plan(&L->hm, m, L->hm_block))
+            return halo_fail_ctx("%s: in_features %d, Hadamard block %d: ", L->name, m, L->hm_block);
+        L->hm_d = m;
+        return HALO_OK;
+    }
     char note[200];
     if (halo_cuda_had_plan_fallback(&L->hm, m, note, sizeof note)) return halo_fail_ctx("%s: in_features %d: ", L->name, m);
     if (note[0] && !L->note[0]) {
@@ -168,6 +179,14 @@ static int plan_hm(halo_cuda_linear *L, int m) {
     }
     L->hm_d = m;
     return HALO_OK;
+}
+
+// INT8 with a small-block H_m (power of two <= 256) on a device that runs the own kernel: the products that need
+// H_m^T after them rotate in its epilogue. Decided per layer, not per call, so that a deferred group sum is either
+// rotated by every product or by none (product() rotates with post 1 on any path).
+static int hm_fused(const halo_cuda_linear *L) {
+    return L->prec == HALO_PREC_INT8 && L->level >= 1 && L->hm_d > 0 && halo_cuda_gemm_s8_dq_rot_ok(&L->hm, L->hm_d) &&
+           halo_cuda_gemm_s8_owning();
 }
 
 extern "C" void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs) {
@@ -331,11 +350,14 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
         else PROF(pn, 4 * mono + out_b, halo_cuda_store_f32(out, out_f32, ldo, T, N, Mo, No, accumulate, s));
         return HALO_OK;
     }
-    if (!post && halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N,
-                                         K, Mo, No)) {   // dequantized in the product's epilogue (int8_gemm.cu)
-        PROF(gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
+    // dequantized (and, post 1 with a small-block H_m, rotated) in the product's epilogue (int8_gemm.cu)
+    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, No)) &&
+        halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, Mo,
+                                No)) {
+        static const char *fused_name[3] = {"fwd gemm Y + H_m^T", "bwd gemm E_X + H_m^T", "bwd gemm G + H_m^T"};
+        PROF(post ? fused_name[which] : gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
              rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda,
-                                       (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, s));
+                                       (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, post ? &L->hm : NULL, s));
         return rc;
     }
     int32_t *C = (int32_t *)ws(L, 0, sizeof(int32_t) * (size_t)M * N);
@@ -541,9 +563,10 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             // R [bp][m] = [Q(H_b^T E_Y) Q(W H_m)] H_m^T (fp32), then E_X = first b rows of H_b R: by the column
             // kernel in R's layout, else Rt = R^T [m][bp] rotated by H_b in place (row form) and transposed back.
             const int colr = colrot_on() && halo_cuda_colrot_ok(&L->hb);
-            if (defer) {   // the group's sum [bp][m] before H_m^T and H_b (halo_cuda_linear_ex_finish)
+            if (defer) {   // the group's sum [bp][m] before H_b (and H_m^T unless the products rotate: hm_fused)
                 if (!colr) return halo_fail("%s: deferred input-gradient rotation without the column kernels", L->name);
-                if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, 0, EX, 1, m, ex_add, 1, NULL, s))
+                if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, hm_fused(L), EX, 1, m, ex_add, 1,
+                            NULL, s))
                     return halo_fail_ctx("%s: input gradient: ", L->name);
             } else {
                 float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * (colr ? 1 : 2));
@@ -601,7 +624,7 @@ extern "C" int halo_cuda_ex_deferring(void) { return env_switch(&g_ex_defer, "HA
 
 extern "C" int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b) {
     if (!halo_cuda_ex_deferring() || L->level < 1 || L->tele_on || b < 1) return 0;
-    if (L->level == 1) return b;
+    if (L->level == 1) return hm_fused(L) ? 0 : b;   // fused: each product rotates its own, nothing left to defer
     if (!colrot_on() || plan_hb(L, b) || !halo_cuda_colrot_ok(&L->hb)) return 0;
     return L->hb_pad;
 }
@@ -615,7 +638,9 @@ extern "C" int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *o
              halo_cuda_had_rows(&L->hm, 1, R, HALO_CUDA_F32, m, NULL, out, out_f32, m, 0, b, s));
         return HALO_OK;
     }
-    PROF("bwd H_m^T E_X (group)", 8.0 * rows * m, halo_cuda_had_rows(&L->hm, 1, R, HALO_CUDA_F32, m, NULL, R, 1, m, 0, rows, s));
+    if (!hm_fused(L))   // else the products rotated already
+        PROF("bwd H_m^T E_X (group)", 8.0 * rows * m,
+             halo_cuda_had_rows(&L->hm, 1, R, HALO_CUDA_F32, m, NULL, R, 1, m, 0, rows, s));
     PROF("bwd H_b cols E_X (group)", (8.0 * rows + 4.0 * rows + (out_f32 ? 4 : 2) * (double)b) * m,
          halo_cuda_colrot_f32(&L->hb, R, m, m, out, out_f32, m, b, 0, s));
     return HALO_OK;

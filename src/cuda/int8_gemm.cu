@@ -34,6 +34,8 @@ struct dq_args {
     int M, N, K, Mo, No;
     int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32)
     int vec;           // bf16: D and ldd allow 16-byte stores
+    int rot_stages;    // > 0: rows rotated by H_B, B = 2^rot_stages <= 256, before the store (0: none)
+    float rot_scale;   // 1 / sqrt(B), the plan's float
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -117,6 +119,48 @@ __device__ __forceinline__ void wgmma_m64n256k32_s8(int *d, uint64_t da, uint64_
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(da), "l"(db), "r"(scale_d));
 }
+// The dequantized tile's rows rotated by block-diagonal H_B (B = 2^stages <= 256, Sylvester order; blocks start at
+// multiples of B, which a tile of 256 columns never splits), x H_B = sum of butterflies, then * scale: the stages in
+// the CPU's order h = 1, 2, 4, .. with one fp32 add or subtract each, so the values equal halo_cuda_had_rows' bit for
+// bit. Column bits of fragment element 4i + 2h + e: bit 0 = e (in the thread), bits 1-2 = the lane in the quad
+// (shuffles), bits 3-7 = i (in the thread).
+__device__ __forceinline__ void rotate_rows(int *v, int lane, int stages, float scale) {
+#pragma unroll
+    for (int k = 0; k < 64; k++) {   // h = 1
+        const float a = __int_as_float(v[2 * k]), b = __int_as_float(v[2 * k + 1]);
+        v[2 * k] = __float_as_int(a + b);
+        v[2 * k + 1] = __float_as_int(a - b);
+    }
+#pragma unroll
+    for (int st = 1; st < 3; st++) {   // h = 2, 4: across the quad
+        if (st < stages) {
+            const int m = 1 << (st - 1), up = lane & m;
+#pragma unroll
+            for (int k = 0; k < 128; k++) {
+                const float own = __int_as_float(v[k]), oth = __shfl_xor_sync(0xffffffffu, own, m);
+                v[k] = __float_as_int(up ? oth - own : own + oth);   // upper half: x[j] - x[j + h]
+            }
+        }
+    }
+#pragma unroll
+    for (int st = 3; st < 8; st++) {   // h = 8 .. 128: across the thread's chunks
+        if (st < stages) {
+            const int d = 1 << (st - 3);
+#pragma unroll
+            for (int i = 0; i < 32; i++) {
+                if (i & d) continue;
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const float a = __int_as_float(v[4 * i + u]), b = __int_as_float(v[4 * (i + d) + u]);
+                    v[4 * i + u] = __float_as_int(a + b);
+                    v[4 * (i + d) + u] = __float_as_int(a - b);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 128; k++) v[k] = __float_as_int(__fmul_rn(__int_as_float(v[k]), scale));
+}
 // Tile t of the persistent loop: groups of GROUP_M row blocks walked column block by column block, so the CTAs at
 // work share A and B tiles in L2.
 __device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0) {
@@ -187,8 +231,12 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
         fence_acc(acc);
         if (lane == 0) mbar_arrive(&empty[(it + STAGES - 1) % STAGES]);
         // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e.
-        // __fmul_rn: the CPU's float(c32) * alpha rounded once, never contracted with an addition into an fma.
+        // __fmul_rn: the CPU's float(c32) * alpha rounded once, never contracted with an addition into an fma. The
+        // fp32 values replace the int32 sums in place (as bits), then the optional row rotation.
         const float al = *p.alpha;
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = __float_as_int(__fmul_rn((float)acc[i], al));
+        if (p.rot_stages) rotate_rows(acc, lane, p.rot_stages, p.rot_scale);
         const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
         if (!p.d_f32) {
 #pragma unroll
@@ -201,8 +249,8 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 #pragma unroll
                     for (int u = 0; u < 4; u++) {
                         const int i = 4 * j + u;
-                        const __nv_bfloat162 b = __floats2bfloat162_rn(__fmul_rn((float)acc[4 * i + 2 * h], al),
-                                                                       __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
+                        const __nv_bfloat162 b = __floats2bfloat162_rn(__int_as_float(acc[4 * i + 2 * h]),
+                                                                       __int_as_float(acc[4 * i + 2 * h + 1]));
                         v[u] = *(const uint32_t *)&b;
                     }
                     if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
@@ -247,8 +295,8 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     for (int h = 0; h < 2; h++) {
                         const int i = 4 * ib + u, r = r0 + 8 * h, c = c0 + 8 * i;
                         if (r >= p.Mo || c >= p.No) continue;
-                        float2 o = make_float2(__fmul_rn((float)acc[4 * i + 2 * h], al),
-                                               __fmul_rn((float)acc[4 * i + 2 * h + 1], al));
+                        float2 o = make_float2(__int_as_float(acc[4 * i + 2 * h]),
+                                               __int_as_float(acc[4 * i + 2 * h + 1]));
                         if (p.mode) {
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
@@ -307,10 +355,17 @@ extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const
            ((uintptr_t)B & 15) == 0 && ((uintptr_t)D & (out_align - 1)) == 0 && (!res || ((uintptr_t)res & 7) == 0);
 }
 
+extern "C" int halo_cuda_gemm_s8_dq_rot_ok(const halo_cuda_had *h, int No) {
+    return h && h->K == 1 && h->P == h->block && h->block >= 2 && h->block <= 256 && h->d == No && No % h->block == 0;
+}
+
 extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A,
                                     long lda, const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
-                                    const float *alpha, cudaStream_t s) {
+                                    const float *alpha, const halo_cuda_had *rot, cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
+    if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
+        return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
+                         "most 256 over the %d output columns", rot->d, rot->block, rot->K, No);
     if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
         return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
                          M, N, K, lda, ldb, ldd);
@@ -324,6 +379,12 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
     p.M = M; p.N = N; p.K = K; p.Mo = Mo; p.No = No;
     p.d_f32 = d_f32; p.mode = res ? 2 : accumulate ? 1 : 0;
     p.vec = !d_f32 && ldd % 8 == 0 && ((uintptr_t)D & 15) == 0;
+    p.rot_stages = 0;
+    p.rot_scale = 1.f;
+    if (rot) {
+        while ((1 << p.rot_stages) < rot->block) p.rot_stages++;
+        p.rot_scale = rot->scale;
+    }
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();

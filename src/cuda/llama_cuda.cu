@@ -380,8 +380,8 @@ extern "C" int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads
                          "row or block scales)", hc->gran == HALO_GRAN_ROW ? "row" : "block");
     if (hc->stochastic) return halo_fail("HALO on the GPU rounds to nearest only (stochastic rounding is CPU-only)");
     if (hc->grad_e5m2) return halo_fail("HALO on the GPU quantizes gradients as E4M3 only (E5M2 is CPU-only)");
-    if (hc->had_block) return halo_fail("HALO on the GPU rotates with the full H_m only (a Hadamard block of %d is "
-                                        "CPU-only)", hc->had_block);
+    if (hc->had_block < 0 || hc->had_block > 32768)
+        return halo_fail("HALO on the GPU: the Hadamard block must be from 1 to 32768 (got %d)", hc->had_block);
     if (hc->had_block_b && (hc->had_block_b < 2 || hc->had_block_b > 32768 || (hc->had_block_b & (hc->had_block_b - 1))))
         return halo_fail("HALO on the GPU: the token Hadamard block must be a power of two from 2 to 32768 (got %d)",
                          hc->had_block_b);
@@ -421,11 +421,15 @@ static int halo_setup(llama_cuda *g) {
             g->hon[l * LIN_COUNT + k] = 1;
             halo_cuda_linear_share_workspace(L, &g->hws);
             halo_cuda_linear_token_block(L, hc->had_block_b);
+            halo_cuda_linear_hm_block(L, hc->had_block);
             // k, v reuse q's codes of the normed input, up reuses gate's (the groups are all-or-none)
             const int first = k == LIN_K || k == LIN_V ? LIN_Q : k == LIN_UP ? LIN_GATE : k;
             if (first != k) halo_cuda_linear_share_x(L, &g->hl[l * LIN_COUNT + first]);
             int m, n;
             lin_shape(g, k, &m, &n);
+            halo_hadamard hp;   // the block must divide in_features (as on the CPU)
+            if (hc->level >= 1 && hc->had_block && halo_hadamard_plan(&hp, m, hc->had_block))
+                return halo_fail_ctx("%s: --halo-hadamard-block %d: ", name, hc->had_block);
             codes += (first == k ? (size_t)g->N_max * pad16l(m) : 0) + (size_t)pad16l(n) * pad16l(m);
             any_group |= k != LIN_O && k != LIN_DOWN;
         }

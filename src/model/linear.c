@@ -223,6 +223,8 @@ void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, s
     else
         snprintf(buf, n, "HALO %s level %d, %s scales (%s; blocks %d..%d of %d)", PREC_NAMES[hc->prec], hc->level,
                  GRAN_NAMES[hc->gran], kinds, hc->skip_first, n_layers - 1 - hc->skip_last, n_layers);
+    if (hc->prec != HALO_PREC_BF16 && hc->level >= 1 && hc->had_block > 0 && strlen(buf) + 1 < n)
+        snprintf(buf + strlen(buf), n - strlen(buf), ", H_m in blocks of %d", hc->had_block);
     if (hc->prec != HALO_PREC_BF16 && hc->level == 2 && hc->had_block_b > 0 && strlen(buf) + 1 < n)
         snprintf(buf + strlen(buf), n - strlen(buf), ", token Hadamard in blocks of %d", hc->had_block_b);
 }
