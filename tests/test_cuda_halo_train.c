@@ -314,14 +314,16 @@ static void test_small_model(void) {
             // its reference is the GPU run without that. The two orders differ by fp32 rounding (test_cuda_halo: 2e-7
             // per E_X), which flips some bf16 and 8-bit codes downstream: the same loss (the forward is untouched),
             // gradients apart by a fraction of the quantization error itself (on an H200, 2026-12-03: 1.2% for INT8
-            // L2, 0.46% for FP8 L1, against 4.9% / 9.7% of the CPU HALO from fp32; a missing or doubled product: ~50%)
+            // L2, 0.46% for FP8 L1, against 4.9% / 9.7% of the CPU HALO from fp32; a missing or doubled product: ~50%.
+            // INT8 L2 2.3% once this model's H_m over 256 moved into the own kernel's epilogue, which changes which
+            // sum is rounded where: bound 0.6x)
             float lnd, *gnd = malloc(4 * P);
             halo_cuda_ex_defer(0);
             model_grads_gpu(&m, &b, &hc, 0, &lnd, gnd);
             halo_cuda_ex_defer(1);
             row("group-summed E_X rotation: loss", cfgs[k].what, fabs(lg - lnd) / lnd, 1e-6);
             row("group-summed E_X rotation: grads", cfgs[k].what, rel_l2_f(gg, gnd, P),
-                hc.level == 0 ? 2e-3 : 0.4 * rel_l2_f(gc, g32, P));   // level 0: nothing deferred
+                hc.level == 0 ? 2e-3 : 0.6 * rel_l2_f(gc, g32, P));   // level 0: nothing deferred
             test_model_telemetry(&m, &b, &hc, 0, cfgs[k].what, gnd, lnd);
             if (k == 0) test_model_telemetry(&m, &b, &hc, 1, cfgs[k].what, gnd, lnd);
             free(gnd);

@@ -552,14 +552,19 @@ static int num_sms(void);
 // 256 consecutive values of a row, 8 per lane (one vector load), runs stages h = 1, 2, 4 in registers and h = 8 ..
 // B / 2 by shuffles (k_rot's first phase, which finishes such a block), scales and writes from the registers: one
 // read and one write, no shared memory, the values of k_rows / k_rot bit for bit. MODE_STORE (bf16 or fp32 out, +=
-// when accumulate) or MODE_STORE_AMAX (fp32 out and the absmax).
+// when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
+// per lane with the per-tensor scale, as k_rot's quantizer).
 template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int per_row,
                                                                                  int nsh) {
     const int lane = threadIdx.x & 31;
     const long nw = ((long)gridDim.x * blockDim.x) >> 5;
     const float isc = a.in_scale ? *a.in_scale : 1.f;
-    float mx = 0.f;
+    float mx = 0.f, qs = 1.f;
     int bad = 0;
+    if (MODE == MODE_QUANT) {
+        if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
+        qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
+    }
     for (long w = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; w < total; w += nw) {   // whole warps
         const long r = w / per_row, c = (w - r * per_row) * 256 + lane * 8;
         float v[8];
@@ -572,7 +577,15 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(
 #pragma unroll
         for (int k = 0; k < 8; k++) v[k] = __fmul_rn(v[k], a.scale);
         const long o = r * a.ld_out + c;
-        if (MODE == MODE_STORE_AMAX || a.out_f32) {
+        if (MODE == MODE_QUANT) {
+            uint32_t lo = 0, hi = 0;
+            for (int k = 0; k < 4; k++) {
+                lo |= (uint32_t)quant1(v[k], qs, a.fmt) << (8 * k);
+                hi |= (uint32_t)quant1(v[k + 4], qs, a.fmt) << (8 * k);
+            }
+            *(uint2 *)((uint8_t *)a.out + o) = make_uint2(lo, hi);
+        } else if (MODE == MODE_AMAX) {
+        } else if (MODE == MODE_STORE_AMAX || a.out_f32) {
             float4 *d = (float4 *)((float *)a.out + o);
             if (MODE == MODE_STORE && a.accumulate) {
                 const float4 p = d[0], q = d[1];
@@ -587,14 +600,14 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(
             for (int k = 0; k < 4; k++) b2[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
             *(uint4 *)((bf16 *)a.out + o) = u;
         }
-        if (MODE == MODE_STORE_AMAX)
+        if (MODE == MODE_STORE_AMAX || MODE == MODE_AMAX)
             for (int k = 0; k < 8; k++) {
                 const float av = fabsf(v[k]);
                 bad |= !(av <= FLT_MAX);
                 mx = fmaxf(mx, av);
             }
     }
-    if (MODE == MODE_STORE_AMAX) {
+    if (MODE == MODE_STORE_AMAX || MODE == MODE_AMAX) {
         mx = block_max(mx);
         if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
         if (threadIdx.x == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
@@ -602,11 +615,12 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(
 }
 
 // k_rot_small's conditions: blocks of 8..256 (power of two, K = 1), rows whole multiples of 256 at vector-aligned
-// addresses, per-tensor amax only.
+// addresses (out: 8 elements per lane, 16-byte aligned; codes 8-byte), per-tensor amax and scale only.
 static int rot_small_ok(const rows_args &a, const void *out, long ld_out, int out_es) {
+    const int al = out_es == 1 ? 8 : 16;
     return !g_rot_off && a.rotate && a.K == 1 && a.P == a.blk && a.blk >= 8 && a.blk <= 256 &&
-           (long)a.blk * a.nseg % 256 == 0 && a.vec_in && !a.amax_row_bits && ((uintptr_t)out % 16) == 0 &&
-           (ld_out * out_es) % 16 == 0;
+           (long)a.blk * a.nseg % 256 == 0 && a.vec_in && !a.amax_row_bits && !a.amax_row_q &&
+           ((uintptr_t)out % al) == 0 && (ld_out * out_es) % al == 0;
 }
 
 template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStream_t s) {
@@ -920,7 +934,8 @@ extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, con
     a.amax_bits = (unsigned *)amax; a.amax_row_bits = (unsigned *)amax_row; a.nonfinite = nonfinite;
     a.vec_out = 1;
     if (!a.rotate) a.vec_out = 0;   // scalar loads of the unrotated input (any alignment)
-    launch_rows<MODE_AMAX>(in_type, a, s);
+    if (rot_small_ok(a, NULL, 0, 4)) launch_rot_small<MODE_AMAX>(in_type, a, s);
+    else launch_rows<MODE_AMAX>(in_type, a, s);
 }
 
 // The scale products alone (nothing to quantize): one launch each.
@@ -955,7 +970,8 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
     a.aj = aj;
     a.amax_q = amax; a.amax_row_q = amax_row; a.fmt = fmt; a.out = q; a.ld_out = ldq;
     a.vec_out = aligned(q, 4) && ldq % 4 == 0;
-    launch_rows<MODE_QUANT>(in_type, a, s);
+    if (rot_small_ok(a, q, ldq, 1)) launch_rot_small<MODE_QUANT>(in_type, a, s);
+    else launch_rows<MODE_QUANT>(in_type, a, s);
 }
 
 extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,

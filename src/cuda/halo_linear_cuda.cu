@@ -219,6 +219,10 @@ static int check(const halo_cuda_linear *L, int b, int m, int n) {
 
 static int g_rot_once = 1;   // halo_cuda_rot_once
 extern "C" void halo_cuda_rot_once(int on) { g_rot_once = on; }
+// Small-block rotations (K = 1, blocks <= 256) cost little to compute: the absmax and quantize passes each rotate the
+// bf16 rows again (k_rot_small) rather than storing and re-reading an fp32 rotation (2 + 3 bytes per element instead
+// of 2 + 4 + 4 + 1).
+static int rot_cheap(const halo_cuda_had *h) { return h && h->K == 1 && h->P == h->block && h->block <= 256; }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
 // name_a / name_q: the profiling names of the two passes. zero: clear the amax slot first (else the caller did).
@@ -229,7 +233,7 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
     if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
-    if (h && g_rot_once && in_type == HALO_CUDA_BF16 && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+    if (h && g_rot_once && !rot_cheap(h) && in_type == HALO_CUDA_BF16 && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
         // rotate once: the absmax pass keeps the rotated rows (fp32, scratch slot 0: free until the product), the
         // quantizer reads them unrotated at memory speed (the rotation, not the bytes, bounds these kernels)
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
@@ -253,7 +257,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
                                const halo_cuda_alpha_job *aj, const char *name_a, const char *name_q, cudaStream_t s) {
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
-    if (g_rot_once && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+    if (g_rot_once && !rot_cheap(h) && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
         PROF(name_a, elems * 6.0, halo_cuda_rot_amax(h, in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
         PROF(name_q, elems * 6.0 + (double)d * rows_pad,
@@ -467,8 +471,9 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
-    if (defer && (!ex_f32 || L->level < 1 || L->tele_on))
-        return halo_fail("%s: a deferred input-gradient rotation needs level 1 or 2, an fp32 sum, no telemetry", L->name);
+    if (defer && (!ex_f32 || !halo_cuda_linear_ex_defer_rows(L, b)))
+        return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
+                         "telemetry, and H_m^T not already in the products: halo_cuda_linear_ex_defer_rows)", L->name);
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
