@@ -29,6 +29,30 @@ static double rel(const float *a, const double *r, const float *sub, size_t n) {
     return sqrt(num / den);
 }
 
+// The layer's forward and backward with cfg on (X, W, E_Y); e = relative errors of Y, E_X, G vs the float64 products.
+typedef struct {
+    int b, m, n;
+    const float *X, *W, *EY;
+    const double *Yr, *EXr, *Gr;
+    float *Y, *EX, *G;
+} problem;
+static int run_cfg(const problem *p, const halo_linear_config *cfg, double e[3]) {
+    halo_linear L;
+    halo_linear_init(&L, cfg, "bench");
+    memset(p->G, 0, sizeof(float) * p->n * p->m);
+    if (halo_linear_forward(&L, p->X, p->W, p->Y, p->b, p->m, p->n) ||
+        halo_linear_backward(&L, p->EY, p->W, p->EX, p->G, p->b, p->m, p->n)) {
+        fprintf(stderr, "error: %s\n", halo_error());
+        halo_linear_free(&L);
+        return 1;
+    }
+    e[0] = rel(p->Y, p->Yr, NULL, (size_t)p->b * p->n);
+    e[1] = rel(p->EX, p->EXr, NULL, (size_t)p->b * p->m);
+    e[2] = rel(p->G, p->Gr, NULL, (size_t)p->n * p->m);
+    halo_linear_free(&L);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int b = 512, m = 1024, n = 1024;
     if (argc == 4) { b = atoi(argv[1]); m = atoi(argv[2]); n = atoi(argv[3]); }
@@ -62,27 +86,21 @@ int main(int argc, char **argv) {
     printf("HALO relative errors vs float64, b=%d m=%d n=%d; X: 6 input channels x100, E_Y: 4 tokens x100\n", b, m, n);
     printf("%-5s %-8s %-5s %9s %9s %9s\n", "prec", "scales", "level", "Y", "E_X", "G");
     const char *gname[] = {"tensor", "row", "1x128", "128x128"};
+    const problem pb = {b, m, n, X, W, EY, Yr, EXr, Gr, Y, EX, G};
     double ex0 = 0, ex2 = 0, y0 = 0, y1 = 0, g0 = 0, g1 = 0;
     for (int gran = 0; gran < 4; gran++)
         for (int pr = 0; pr < 2; pr++)
             for (int lvl = 0; lvl <= 2; lvl++) {
                 halo_linear_config cfg = halo_linear_config_make(pr ? HALO_PREC_FP8 : HALO_PREC_INT8, lvl);
                 cfg.gran = (halo_granularity)gran;
-                halo_linear L;
-                halo_linear_init(&L, &cfg, "bench");
-                memset(G, 0, sizeof(float) * n * m);
-                if (halo_linear_forward(&L, X, W, Y, b, m, n) || halo_linear_backward(&L, EY, W, EX, G, b, m, n)) {
-                    fprintf(stderr, "error: %s\n", halo_error());
-                    return 1;
-                }
-                double e[3] = {rel(Y, Yr, NULL, (size_t)b * n), rel(EX, EXr, NULL, (size_t)b * m), rel(G, Gr, NULL, (size_t)n * m)};
+                double e[3];
+                if (run_cfg(&pb, &cfg, e)) return 1;
                 printf("%-5s %-8s %-5d %9.5f %9.5f %9.5f\n", pr ? "fp8" : "int8", gname[gran], lvl, e[0], e[1], e[2]);
                 if (gran == 0 && pr == 0) {
                     if (lvl == 0) { ex0 = e[1]; y0 = e[0]; g0 = e[2]; }
                     if (lvl == 1) { y1 = e[0]; g1 = e[2]; }
                     if (lvl == 2) ex2 = e[1];
                 }
-                halo_linear_free(&L);
             }
     printf("INT8 per-tensor factors: E_X level0/level2 = %.2fx, Y level0/level1 = %.2fx, G level0/level1 = %.2fx\n",
            ex0 / ex2, y0 / y1, g0 / g1);
@@ -96,19 +114,12 @@ int main(int argc, char **argv) {
                 if (hblocks[hb] && m % hblocks[hb]) continue;
                 halo_linear_config cfg = halo_linear_config_make(pr ? HALO_PREC_FP8 : HALO_PREC_INT8, lvl);
                 cfg.had_block = hblocks[hb];
-                halo_linear L;
-                halo_linear_init(&L, &cfg, "bench");
-                memset(G, 0, sizeof(float) * n * m);
-                if (halo_linear_forward(&L, X, W, Y, b, m, n) || halo_linear_backward(&L, EY, W, EX, G, b, m, n)) {
-                    fprintf(stderr, "error: %s\n", halo_error());
-                    return 1;
-                }
+                double e[3];
+                if (run_cfg(&pb, &cfg, e)) return 1;
                 char hn[16];
                 if (hblocks[hb]) snprintf(hn, sizeof hn, "%d", hblocks[hb]);
                 else snprintf(hn, sizeof hn, "full");
-                printf("%-5s %-5d %-8s %9.5f %9.5f %9.5f\n", pr ? "fp8" : "int8", lvl, hn, rel(Y, Yr, NULL, (size_t)b * n),
-                       rel(EX, EXr, NULL, (size_t)b * m), rel(G, Gr, NULL, (size_t)n * m));
-                halo_linear_free(&L);
+                printf("%-5s %-5d %-8s %9.5f %9.5f %9.5f\n", pr ? "fp8" : "int8", lvl, hn, e[0], e[1], e[2]);
             }
     free(X); free(W); free(EY); free(Y); free(EX); free(G); free(Yr); free(EXr); free(Gr);
     return 0;
