@@ -177,8 +177,8 @@ int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else t
 // Same products, rotations and quantizers as halo_linear.c with per-tensor scales and nearest rounding (its default
 // configuration): INT8 or FP8 E4M3, level 0, 1 or 2, H_m full (or the CPU's block-diagonal fallback, or the blocks of
 // halo_cuda_linear_hm_block), H_b over the token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from
-// forward to backward: Q(X H_m) [b][mp] and Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded up to 16 with zero codes, so that any m, n
-// work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing). Level 0 saves them in the
+// forward to backward: Q(X H_m) [b][mp] and Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded
+// up to 16 with zero codes, so that any m, n work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing). Level 0 saves them in the
 // layouts the backward products read, Q(X)^T [mp][b16] and Q(W)^T [mp][np], written by the forward's quantizer
 // together with the row-major codes its own product reads (workspace): no transposes in the backward.
 
