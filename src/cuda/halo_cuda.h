@@ -71,9 +71,9 @@ void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const voi
                                 long ldq, const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // One rotation for both passes of a rotated quantization: out[r][k] = (in[r, :] H)[k] as fp32 (the values absmax_rows
 // and quant_rows compute, bit for bit) and *amax = max(*amax, max |out|) (atomic; *nonfinite |= 1 on NaN/Inf), so that
-// the codes come from the unrotated quant_rows on out. Only where a fast row kernel takes the shape (k_rot, or k_rot_small
-// for block-diagonal H with power-of-two blocks of 8..256; out 16-byte aligned with ld_out a multiple of 4):
-// halo_cuda_rot_amax_ok (else nothing is launched).
+// the codes come from the unrotated quant_rows on out. Only where a fast row kernel takes the shape (k_rot, or
+// k_rot_small for block-diagonal H with power-of-two blocks of 8..256; out 16-byte aligned with ld_out a multiple of
+// 4): halo_cuda_rot_amax_ok (else nothing is launched).
 int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
                         float *amax, int *nonfinite, cudaStream_t s);
@@ -177,10 +177,11 @@ int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else t
 // Same products, rotations and quantizers as halo_linear.c with per-tensor scales and nearest rounding (its default
 // configuration): INT8 or FP8 E4M3, level 0, 1 or 2, H_m full (or the CPU's block-diagonal fallback, or the blocks of
 // halo_cuda_linear_hm_block), H_b over the token count zero-padded to halo_hadamard_pad_size(b, 172). Saved from
-// forward to backward: Q(X H_m) [b][mp] and Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded
-// up to 16 with zero codes, so that any m, n work: the 8-bit products need 16-byte leading dimensions and zero codes add nothing). Level 0 saves them in the
-// layouts the backward products read, Q(X)^T [mp][b16] and Q(W)^T [mp][np], written by the forward's quantizer
-// together with the row-major codes its own product reads (workspace): no transposes in the backward.
+// forward to backward: Q(X H_m) [b][mp] and Q(W H_m) [np][mp] with their absmax on the device (mp, np: m, n rounded up
+// to 16 with zero codes, so that any m, n work: the 8-bit products need 16-byte leading dimensions and zero codes add
+// nothing). Level 0 saves them in the layouts the backward products read, Q(X)^T [mp][b16] and Q(W)^T [mp][np], written
+// by the forward's quantizer together with the row-major codes its own product reads (workspace): no transposes in the
+// backward.
 
 // Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
 // that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
