@@ -83,6 +83,15 @@ static void test_config_json(void) {
     CHECK(model_halo_config_from_json("{\"level\":3}", "x.json", &back) == HALO_ERR, "bad level refused");
     CHECK(model_halo_config_from_json("{\"hadamard_block_tokens\":-4}", "x.json", &back) == HALO_ERR &&
           strstr(halo_error(), "hadamard_block_tokens"), "negative token block refused, key named");
+    // the run's one-line description names the rotation blocks where they apply (H_m at levels 1-2, H_b at level 2)
+    char d[256];
+    hc = model_halo_config_default();
+    hc.prec = HALO_PREC_INT8; hc.level = 2; hc.had_block = 256; hc.had_block_b = 64;
+    model_halo_describe(&hc, 16, d, sizeof d);
+    CHECK(strstr(d, "H_m in blocks of 256") && strstr(d, "token Hadamard in blocks of 64"), "description: %s", d);
+    hc.level = 0;
+    model_halo_describe(&hc, 16, d, sizeof d);
+    CHECK(!strstr(d, "H_m in blocks") && !strstr(d, "token Hadamard"), "level 0 description: %s", d);
 }
 
 int main(void) {
