@@ -545,7 +545,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
 static int g_rot_off;       // halo_cuda_rows_fast(0): the generic k_rows only (tests compare both)
 static int g_rot_rpb_off;   // halo_cuda_rows_fast(2): k_rot with one row per block only (tests compare both)
 extern "C" void halo_cuda_rows_fast(int on) { g_rot_off = !on; g_rot_rpb_off = on == 2; }
-static int num_sms(void);
+static int vgrid(long items, int per_block);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Block-diagonal rotations with small blocks (K = 1, B = 2^lb from 8 to 256, rows of a multiple of 256): a warp takes
@@ -584,8 +584,7 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(
                 hi |= (uint32_t)quant1(v[k + 4], qs, a.fmt) << (8 * k);
             }
             *(uint2 *)((uint8_t *)a.out + o) = make_uint2(lo, hi);
-        } else if (MODE == MODE_AMAX) {
-        } else if (MODE == MODE_STORE_AMAX || a.out_f32) {
+        } else if (MODE != MODE_AMAX && (MODE == MODE_STORE_AMAX || a.out_f32)) {
             float4 *d = (float4 *)((float *)a.out + o);
             if (MODE == MODE_STORE && a.accumulate) {
                 const float4 p = d[0], q = d[1];
@@ -594,7 +593,7 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256) k_rot_small(
             }
             d[0] = make_float4(v[0], v[1], v[2], v[3]);
             d[1] = make_float4(v[4], v[5], v[6], v[7]);
-        } else {
+        } else if (MODE == MODE_STORE) {   // bf16
             uint4 u;
             __nv_bfloat162 *b2 = (__nv_bfloat162 *)&u;
             for (int k = 0; k < 4; k++) b2[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
@@ -627,9 +626,7 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
     const int per_row = a.blk * a.nseg / 256, nsh = a.lP - 3;
     const long total = (long)a.rows * per_row;
     if (total <= 0) return;
-    const long want = (total + 7) / 8;   // 8 warps per block
-    const long cap = (long)num_sms() * 16;
-    const int grid = (int)(want < cap ? want : cap);
+    const int grid = vgrid(total, 8);   // a warp per item, 8 warps per block
     if (tin == HALO_CUDA_BF16) k_rot_small<HALO_CUDA_BF16, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
     else if (tin == HALO_CUDA_F32) k_rot_small<HALO_CUDA_F32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
     else k_rot_small<HALO_CUDA_I32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
