@@ -96,8 +96,8 @@ step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
 step "bench_cuda_halo H_m block 256 (--hm-block 256)" bench_halo_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256
 step "bench_cuda_halo H_m block 256 token block 64 (--hm-block 256 --token-block 64)" bench_halo_hbtb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
-keep bench_halo_hb.log "^\| .* int8 " 20
-keep bench_halo_hbtb.log "^\| .* int8 " 20
+keep bench_halo_hb.log "^\| .* (int8|bf16) " 20
+keep bench_halo_hbtb.log "^\| .* (int8|bf16) " 20
 step "bench_cuda_halo --breakdown gate H_m block 256" bench_halo_bd_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape gate --breakdown --hm-block 256
 step "bench_cuda_halo --breakdown down H_m block 256" bench_halo_bd_down_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --shape down --breakdown --hm-block 256
 keep bench_halo_tb.log "^\|" 40
