@@ -478,6 +478,14 @@ static void test_gemm_tune(void) {
 // CPU): equal bit for bit in every output form, with partial tiles (M, N, K not multiples of 128 / 256 / 128), an
 // output narrower than the product (No < N, one with a last 8-column chunk cut short), more tiles than SMs (the
 // persistent loop), and leading dimensions with and without 16-byte bf16 rows; the columns past No keep their poison.
+// Seeded random INT8 codes in -127..127: a host copy (*host, freed by the caller) and a device copy (returned).
+static int8_t *rand_codes_dev(size_t n, int8_t **host) {
+    int8_t *h = malloc(n);
+    for (size_t i = 0; i < n; i++) h[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
+    *host = h;
+    return t_dev_copy(h, n);
+}
+
 static void test_gemm_s8_dq(void) {
     static const int shapes[][5] = {   // M, N, K, Mo, No
         {384, 512, 256, 384, 512}, {300, 400, 208, 300, 392}, {4096, 2048, 512, 4096, 2048}, {130, 272, 4096, 129, 270}};
@@ -495,10 +503,7 @@ static void test_gemm_s8_dq(void) {
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int M = shapes[c][0], N = shapes[c][1], K = shapes[c][2], Mo = shapes[c][3], No = shapes[c][4];
         const long ldd = No + (c % 2 ? 6 : c ? 10 : 8);   // bf16: 16-byte row stores where ldd % 8 == 0 (c = 0, 2, 3)
-        int8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
-        for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
-        for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
-        int8_t *dA = t_dev_copy(hA, (size_t)M * K), *dB = t_dev_copy(hB, (size_t)N * K);
+        int8_t *hA, *hB, *dA = rand_codes_dev((size_t)M * K, &hA), *dB = rand_codes_dev((size_t)N * K, &hB);
         int32_t *dI = dev_poison(4 * (size_t)M * N);
         int rc = halo_cuda_gemm_s8(dI, N, dA, K, dB, K, M, N, K, 0);
         CHECK(rc == HALO_OK, "int8 gemm: %s", halo_error());
@@ -555,10 +560,7 @@ static void test_gemm_s8_dq_rot(void) {
         CHECK(halo_cuda_had_plan(&h, No, B) == HALO_OK && halo_hadamard_plan(&hc, No, B) == HALO_OK, "plan %d/%d: %s",
               No, B, halo_error());
         CHECK(halo_cuda_gemm_s8_dq_rot_ok(&h, No), "block %d over %d refused", B, No);
-        int8_t *hA = malloc((size_t)M * K), *hB = malloc((size_t)N * K);
-        for (size_t i = 0; i < (size_t)M * K; i++) hA[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
-        for (size_t i = 0; i < (size_t)N * K; i++) hB[i] = (int8_t)((int)(t_rng_next(&rng) % 255) - 127);
-        int8_t *dA = t_dev_copy(hA, (size_t)M * K), *dB = t_dev_copy(hB, (size_t)N * K);
+        int8_t *hA, *hB, *dA = rand_codes_dev((size_t)M * K, &hA), *dB = rand_codes_dev((size_t)N * K, &hB);
         int32_t *dI = dev_poison(4 * (size_t)M * N);
         CHECK(halo_cuda_gemm_s8(dI, N, dA, K, dB, K, M, N, K, 0) == HALO_OK, "int8 gemm: %s", halo_error());
         int32_t *hI = t_host_of(dI, 4 * (size_t)M * N);
