@@ -12,7 +12,7 @@ DEST=${1:-/work/main/.dev-cuda}
 SHARED=${HALO_SHARED:-../shared}
 make -j2 BUILD=build/dev OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
 rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench,shared/data/viggo,shared/data/text}
-cp -r src include tests bench scripts dev Makefile "$DEST"/ 2>/dev/null || true
+cp -r src include tests bench scripts Makefile "$DEST"/ 2>/dev/null || true
 mkdir -p "$DEST/build-dev"
 mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
 cp build/dev/tests/test_cuda_* "$DEST/build-dev/tests/"; cp build/dev/bench/bench_cuda_* "$DEST/build-dev/bench/"
