@@ -934,24 +934,17 @@ static void gpu_layer(int prec, int b, int m, int n, long ldey, const float *X, 
 // halo_cuda_colrot_f32 on R [bp][ld_in] fp32 -> out [b][ldo] (rows b.. and columns cols.. of out must stay poison)
 // vs halo_hadamard_cols(.., 0) on the CPU and vs transpose -> had_rows(H_b^T) -> transpose on the GPU (the layer's row
 // path): differing values are counted, none allowed.
-// strip: the strip kernels on (blocks of 256 .. 8192 tokens) or off (the tiled passes for every block).
-static void test_colrot_f32(int strip) {
-    // b, cols, ld_in, ldo, block (0: full): bp = 8192 (second pass: 64 tokens a tile), 1024 (b = 1000 padded), 2048,
-    // 4096, 32768 (256 a tile), 32, 8, 4, 2 (one pass); 8192 in blocks of 512 and 1000 in blocks of 256
-    const int cases[][5] = {{8192, 37, 40, 41, 0}, {1000, 101, 101, 104, 0}, {2043, 30, 33, 30, 0},
-                            {4000, 64, 72, 64, 0}, {32768, 7, 7, 9, 0}, {30, 19, 21, 19, 0}, {5, 24, 24, 24, 0},
-                            {3, 5, 5, 7, 0}, {2, 16, 17, 16, 0}, {8192, 24, 24, 24, 512}, {1000, 36, 36, 36, 256}};
-    halo_cuda_colrot_strip(strip);
-    for (int ci = 0; ci < 11; ci++) {
-        const int b = cases[ci][0], cols = cases[ci][1], ldi = cases[ci][2], ldo = cases[ci][3], block = cases[ci][4];
-        const int bp = halo_hadamard_pad_size(b, 172), blk = block ? block : bp;
-        if (!strip && !(blk >= 256 && blk <= 8192)) continue;   // the same kernels as with the switch on
+static void test_colrot_f32(void) {
+    // b, cols, ld_in, ldo: bp = 8192 (second pass: 64 tokens a tile), 1024 (b = 1000 padded), 2048, 4096, 32768
+    // (256 a tile), 32, 8, 4, 2 (one pass)
+    const int cases[][4] = {{8192, 37, 40, 41}, {1000, 101, 101, 104}, {2043, 30, 33, 30}, {4000, 64, 72, 64},
+                            {32768, 7, 7, 9}, {30, 19, 21, 19}, {5, 24, 24, 24}, {3, 5, 5, 7}, {2, 16, 17, 16}};
+    for (int ci = 0; ci < 9; ci++) {
+        const int b = cases[ci][0], cols = cases[ci][1], ldi = cases[ci][2], ldo = cases[ci][3];
+        const int bp = halo_hadamard_pad_size(b, 172);
         halo_hadamard hp;
         halo_cuda_had hg;
-        if (halo_hadamard_plan(&hp, bp, block) || halo_cuda_had_plan(&hg, bp, block)) {
-            CHECK(0, "plan %d block %d", bp, block);
-            continue;
-        }
+        if (halo_hadamard_plan(&hp, bp, 0) || halo_cuda_had_plan(&hg, bp, 0)) { CHECK(0, "plan %d", bp); continue; }
         CHECK(halo_cuda_colrot_ok(&hg), "colrot_f32: b=%d pads to %d (K=%d): column kernel expected", b, bp, hp.K);
         float *r = t_rand_vec(&rng, (size_t)bp * ldi, 1.0);
         for (int t = 0; t < bp; t += 61) r[(size_t)t * ldi + (t * 7) % cols] *= 300;   // outliers
@@ -988,8 +981,7 @@ static void test_colrot_f32(int strip) {
                     mism_old += memcmp(v, old + es * ((size_t)t * ldo + c), es) != 0;
                 }
             char det[96];
-            snprintf(det, sizeof det, "b=%d bp=%d/%d cols=%d ld=%d/%d %s%s", b, bp, blk, cols, ldi, ldo,
-                     f32 ? "f32" : "bf16", strip ? "" : " tiled");
+            snprintf(det, sizeof det, "b=%d bp=%d cols=%d ld=%d/%d %s", b, bp, cols, ldi, ldo, f32 ? "f32" : "bf16");
             row("colrot E_X vs CPU", det, (double)stray, 0, mism, 0);
             row("colrot E_X vs GPU row path", det, (double)stray, 0, mism_old, 0);
             free(o); free(old); cudaFree(dout); cudaFree(dold);
@@ -1009,8 +1001,7 @@ static void test_colrot_f32(int strip) {
                     mism += memcmp(&o[i], &want, 4) != 0;
                 }
             char det[96];
-            snprintf(det, sizeof det, "b=%d bp=%d/%d cols=%d ld=%d/%d f32 +=%s", b, bp, blk, cols, ldi, ldo,
-                     strip ? "" : " tiled");
+            snprintf(det, sizeof det, "b=%d bp=%d cols=%d ld=%d/%d f32 +=", b, bp, cols, ldi, ldo);
             row("colrot E_X += vs CPU", det, (double)stray, 0, mism, 0);
             free(base); free(o); cudaFree(dout); cudaFree(drc);
         }
@@ -1022,36 +1013,24 @@ static void test_colrot_f32(int strip) {
 static void test_colrot(void) {
     // b, n, ld, ldq - np: bp = 2..32768 (one pass up to 128 tokens, two from 256: the second pass's tiles of 2 to 256
     // tokens); partial and padding-only column tiles (n not a multiple of 32), odd ld and ldq; bp > b
-    // (last field: H_b's block, 0 for full): the strip kernels take blocks of 256 .. 8192 (n % 4 != 0 and odd ld:
-    // their element-wise loads), the tiled passes the rest; both compared with the CPU, the tiled ones again with
-    // the strips switched off
-    const int cases[][5] = {{8192, 37, 40, 0, 0}, {2043, 200, 200, 0, 0}, {5, 24, 24, 0, 0}, {2, 16, 16, 0, 0},
-                            {4000, 64, 72, 0, 0}, {8192, 45, 45, 3, 0}, {8000, 1100, 1104, 0, 0}, {16384, 21, 24, 0, 0},
-                            {16384, 600, 605, 0, 0}, {32768, 7, 9, 1, 0}, {32768, 300, 300, 0, 0},
-                            {1000, 100, 104, 0, 0}, {512, 70, 71, 0, 0}, {256, 40, 40, 5, 0}, {128, 300, 304, 0, 0},
-                            {64, 33, 40, 0, 0}, {32, 150, 152, 1, 0}, {16, 600, 600, 0, 0}, {4, 530, 531, 2, 0},
-                            {3, 9, 9, 0, 0}, {8192, 40, 40, 0, 1024}, {4000, 24, 24, 0, 256}, {16384, 20, 20, 0, 8192},
-                            {2048, 36, 36, 0, 512}, {6000, 132, 132, 0, 2048}};
+    const int cases[][4] = {{8192, 37, 40, 0}, {2043, 200, 200, 0}, {5, 24, 24, 0}, {2, 16, 16, 0}, {4000, 64, 72, 0},
+                            {8192, 45, 45, 3}, {8000, 1100, 1104, 0}, {16384, 21, 24, 0}, {16384, 600, 605, 0},
+                            {32768, 7, 9, 1}, {32768, 300, 300, 0}, {1000, 100, 104, 0},
+                            {512, 70, 71, 0}, {256, 40, 40, 5}, {128, 300, 304, 0}, {64, 33, 40, 0}, {32, 150, 152, 1},
+                            {16, 600, 600, 0}, {4, 530, 531, 2}, {3, 9, 9, 0}};
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
     // then one Inf (its column all +-Inf) or one NaN (its column all NaN, the max taken over the others): the flag
     // set and the max as the CPU's fmaxf (NaN ignored)
     const int nf_cases[][2] = {{8192, 1}, {8192, 2}, {64, 2}, {8, 1}, {8, 2}};
-    for (int cj = 0; cj < 2 * (ncases + 5); cj++) {
-        const int strip = cj < ncases + 5, ci = cj % (ncases + 5);
+    for (int ci = 0; ci < ncases + 5; ci++) {
         const int nfk = ci < ncases ? 0 : nf_cases[ci - ncases][1];
         const int b = ci < ncases ? cases[ci][0] : nf_cases[ci - ncases][0], n = ci < ncases ? cases[ci][1] : 24;
         const int ld = ci < ncases ? cases[ci][2] : 24, np = (n + 15) / 16 * 16;
-        const int ldq = np + (ci < ncases ? cases[ci][3] : 0), block = ci < ncases ? cases[ci][4] : 0;
-        const int bp = halo_hadamard_pad_size(b, 172), blk = block ? block : bp;
-        const int strip_takes = blk >= 256 && blk <= 8192;
-        if (!strip && !strip_takes) continue;   // the same kernels as with the switch on
-        halo_cuda_colrot_strip(strip);
+        const int ldq = np + (ci < ncases ? cases[ci][3] : 0);
+        const int bp = halo_hadamard_pad_size(b, 172);
         halo_hadamard hp;
         halo_cuda_had hg;
-        if (halo_hadamard_plan(&hp, bp, block) || halo_cuda_had_plan(&hg, bp, block)) {
-            CHECK(0, "plan %d block %d", bp, block);
-            continue;
-        }
+        if (halo_hadamard_plan(&hp, bp, 0) || halo_cuda_had_plan(&hg, bp, 0)) { CHECK(0, "plan %d", bp); continue; }
         CHECK(halo_cuda_colrot_ok(&hg), "colrot: b=%d pads to %d (K=%d): column kernel expected", b, bp, hp.K);
         float *x = t_rand_vec(&rng, (size_t)b * ld, 1.0);
         for (int t = 0; t < b; t += 97) x[(size_t)t * ld + (t * 13) % n] *= 50;   // outlier tokens
@@ -1065,16 +1044,14 @@ static void test_colrot(void) {
         float *dam = dev_poison(8);
         cudaMemset(dam, 0, 8);
         const size_t scb = halo_cuda_colrot_scratch(&hg, n);
-        CHECK(scb == (blk > 128 && !(strip && strip_takes) ? 4 * (size_t)bp * n : 0),
-              "colrot scratch %zu bytes for bp=%d block %d n=%d (strips %s)", scb, bp, blk, n, strip ? "on" : "off");
+        CHECK(scb == (bp > 128 ? 4 * (size_t)bp * n : 0), "colrot scratch %zu bytes for bp=%d n=%d", scb, bp, n);
         float *dsc = scb ? dev_poison(scb) : NULL;
         halo_cuda_colrot_first(&hg, dx, ld, b, n, dsc, NULL, 0);
         halo_cuda_colrot_absmax(&hg, dx, ld, b, n, dsc, dam, (int *)(dam + 1), NULL, NULL, 0);
         float am[2];
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         char det[80];
-        snprintf(det, sizeof det, "b=%d bp=%d/%d n=%d ld=%d%s %s", b, bp, blk, n, ld,
-                 nfk == 1 ? " Inf" : nfk == 2 ? " NaN" : "", strip && strip_takes ? "strip" : "tiled");
+        snprintf(det, sizeof det, "b=%d bp=%d n=%d ld=%d%s", b, bp, n, ld, nfk == 1 ? " Inf" : nfk == 2 ? " NaN" : "");
         row("colrot absmax vs CPU", det, !memcmp(&am[0], &mx, 4) && ((int *)am)[1] == !!nfk ? 0.0 : 1.0, 0, 0, 0);
         for (int fmt = 0; fmt < 2 && !nfk; fmt++) {
             halo_qspec qs;
@@ -1113,10 +1090,7 @@ static void test_colrot(void) {
         free(x); free(A); cudaFree(dx); cudaFree(dam); cudaFree(dsc);
         halo_cuda_had_free(&hg);
     }
-    halo_cuda_colrot_strip(1);
-    test_colrot_f32(1);
-    test_colrot_f32(0);
-    halo_cuda_colrot_strip(1);
+    test_colrot_f32();
     // the layer with the switch off and on: b, m, n, ldey (bp = 256, 2048, 8192, 512, 1024, 8192 with 192 rows of
     // padding; 94 -> 96 = 12 * 8 falls back); E_X in fp32 and in bf16
     const int lcases[][4] = {{256, 512, 320, 320}, {2043, 256, 200, 232}, {8192, 256, 72, 72}, {94, 448, 160, 160},

@@ -78,18 +78,16 @@ int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, in
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
                         float *amax, int *nonfinite, cudaStream_t s);
 // Level 2's token rotations in the matrices' own layout (no transposes), h: H_b over h->d >= rows tokens, the rows
-// past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Blocks of
-// 256 .. 8192 tokens: one strip kernel a call, the whole block of a 4-column strip on one SM; else two tiled passes
-// when h->block > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a K = 1 plan (full, or
-// block-diagonal with blocks of a power of two) with 2 <= block <= 32768 (else transpose and use the row kernels).
-// halo_cuda_colrot_strip(0): the tiled passes only (tests compare both; default on).
+// past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Two tiled
+// passes when h->block > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a K = 1 plan
+// (full, or block-diagonal with blocks of a power of two) with 2 <= block <= 32768 (else transpose and use the row
+// kernels).
 int halo_cuda_colrot_ok(const halo_cuda_had *h);
-void halo_cuda_colrot_strip(int on);
 // E_Y [rows][ld] bf16: the first pass into scratch (fp32 [h->d][cols], halo_cuda_colrot_scratch bytes, 0 for one
-// pass and for the strip kernels, which read E_Y in both of the calls after), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
+// pass), then the last stages read it twice: *amax = max(*amax, max |v|) (atomic on the float bits; zero it first;
 // *nonfinite |= 1 on NaN/Inf, may be NULL), then q[t][c] = Q(v[t][c] * (1 / scale(*amax))) for t < h->d, c < cols, as
 // quant_rows, zero codes for cols <= c < cols_pad.
-// tq (may be NULL): the first of these kernels that reads E_Y (colrot_first with two tiled passes, else colrot_absmax) also
+// tq (may be NULL): the first of these kernels that reads E_Y (colrot_first with two passes, else colrot_absmax) also
 // writes E_Y's unrotated codes transposed, q[c][t] = Q(E_Y[t][c] * (1 / scale(*amax))) for t < rows (a multiple of 8;
 // zero codes for tokens past the input's rows), as halo_cuda_quant_tile's qt: G's operand, without its own read of
 // E_Y. Taken when halo_cuda_colrot_tq_ok (8-byte aligned q, ldq % 8 == 0, blocks of >= 8 tokens), else the caller

@@ -1437,253 +1437,6 @@ template <int TIN, int MODE> static void tr_launch(tr_args &a, int P, int S, cud
     }
 }
 
-// ---- Token rotation by strips: a whole block of P = 256 .. 8192 tokens on one SM ----------------------------------
-// One CTA rotates a strip of 4 columns over all P tokens of an H_b block in shared memory (fp32, 16 bytes a token), so
-// no stage writes to global memory: colrot_absmax reads E_Y once (and writes G's unrotated codes on the way), and
-// colrot_quant reads it once more, ~5 bytes an element instead of the tiled passes' ~15. Each thread holds 8 tokens
-// x 4 columns and runs the stages in the CPU's order as register passes of radix 8 (strides 1, 8, 64, ..; the last
-// pass radix 2^(LP % 3) when LP is not a multiple of 3) with exchanges through shared memory between them (token t
-// stored at t ^ ((t >> 3) & 7): every pass's float4 accesses free of bank conflicts). CTAs are persistent: the next
-// strip's bf16 rows are copied by cp.async into a per-thread staging area while the current one is rotated. fp32
-// input (E_X's H_b R) is loaded directly (no room for a staging copy at 8192 tokens). Values equal the tiled kernels'.
-
-enum { TS_MINLP = 8, TS_MAXLP = 13 };
-
-struct ts_args {
-    const void *in;          // [rows][ld_in], tokens >= rows read as zeros, columns >= cols too
-    long ld_in;
-    int rows, cols, span;    // span: columns covered (QUANT: cols_pad, zero codes past cols)
-    int nstrips, items, vin; // items = nstrips * blocks of P tokens
-    float scale;
-    void *out; long ldo;     // QUANT: codes [P * blocks][ldo]; OUT: bf16 / fp32 [rows_out][ldo] (+= with acc)
-    int rows_out, out_f32, acc, vout, fmt;
-    unsigned *amax_bits; int *nonfinite;    // AMAX
-    const float *amax_q;                    // QUANT
-    uint8_t *qt; long ldqt; int rows_qt; const float *amax_t;   // AMAX, bf16: G's unrotated codes, as tr_args's
-    halo_cuda_alpha_job aj;
-};
-
-__host__ __device__ constexpr int ts_tps(int LP) { return (1 << LP) / 8; }                           // threads a strip
-__host__ __device__ constexpr int ts_lanes(int LP) { return ts_tps(LP) >= 256 ? 1 : 256 / ts_tps(LP); }   // strips a CTA
-__host__ __device__ constexpr int ts_threads(int LP) { return ts_tps(LP) * ts_lanes(LP); }
-__host__ __device__ constexpr size_t ts_smem(int LP, int TIN) {   // fp32 tiles, then bf16 staging (8 bytes a token)
-    return (size_t)ts_lanes(LP) * (1 << LP) * (TIN == HALO_CUDA_BF16 ? 24 : 16);
-}
-__device__ __forceinline__ int ts_sw(int t) { return t ^ ((t >> 3) & 7); }
-
-// block token of value k of thread w in register pass ps
-template <int LP> __device__ __forceinline__ int ts_tok(int w, int ps, int k) {
-    const int d = 1 << (3 * ps), lr = LP - 3 * ps, r = lr >= 3 ? 8 : 1 << lr;
-    const int gi = w * (8 / r) + k / r, j = k % r;
-    return (gi & (d - 1)) + (gi / d) * d * r + j * d;
-}
-
-__device__ __forceinline__ void ts_cp8(void *dst, const void *src, int bytes) {   // bytes 0: zero fill
-    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(a), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void ts_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void ts_wait() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// bf16: stage thread w's 8 tokens x 4 columns of `item` (slot k ^ sk)
-template <int LP> __device__ __forceinline__ void ts_fetch(const ts_args &a, int item, int w, uint2 *st) {
-    const int strip = item % a.nstrips, col = 4 * strip, sk = (w >> 1) & 7;
-    const long t0 = ((long)(item / a.nstrips) << LP) + 8 * w;
-    const bf16 *in = (const bf16 *)a.in;
-    if (a.vin && col + 4 <= a.cols) {
-        #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const long t = t0 + k;
-            const bool ok = t < a.rows;
-            ts_cp8(st + (k ^ sk), ok ? in + t * a.ld_in + col : in, ok ? 8 : 0);
-        }
-    } else {
-        for (int k = 0; k < 8; k++) {
-            const long t = t0 + k;
-            unsigned short h[4] = {0, 0, 0, 0};
-            for (int j = 0; j < 4; j++)
-                if (t < a.rows && col + j < a.cols) h[j] = __bfloat16_as_ushort(in[t * a.ld_in + col + j]);
-            st[k ^ sk] = make_uint2(h[0] | (unsigned)h[1] << 16, h[2] | (unsigned)h[3] << 16);
-        }
-    }
-}
-
-template <int TIN, int LP, int MODE, int FMT>
-__global__ void __launch_bounds__(ts_threads(LP), LP >= 13 ? 1 : LP == 12 ? 2 : 4) k_tokstrip(ts_args a) {
-    constexpr int P = 1 << LP, TPS = ts_tps(LP), LN = ts_lanes(LP), NP = (LP + 2) / 3;
-    extern __shared__ float4 ts_sm[];
-    const int ln = threadIdx.x / TPS, w = threadIdx.x % TPS, sk = (w >> 1) & 7;
-    float4 *T = ts_sm + ln * P;
-    uint2 *st = (uint2 *)(ts_sm + LN * P) + threadIdx.x * 8;
-    if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
-    const int stride = gridDim.x * LN;
-    float mx = 0.f, qs = 1.f, qs0 = 1.f;
-    int bad = 0;
-    if (MODE == TR_QUANT) qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
-    if (MODE == TR_AMAX && a.qt) qs0 = rscale_of(*a.amax_t, qmax_of(a.fmt));
-    if (TIN == HALO_CUDA_BF16) {
-        if (blockIdx.x * LN + ln < a.items) ts_fetch<LP>(a, blockIdx.x * LN + ln, w, st);
-        ts_commit();
-    }
-    for (int base = blockIdx.x * LN; base < a.items; base += stride) {   // uniform over the CTA (it synchronizes)
-        const int item = base + ln;
-        const bool live = item < a.items;
-        const int col = 4 * (item % a.nstrips), ncol = a.cols - col;
-        const long t0 = (long)(item / a.nstrips) << LP;
-        float v[4][8];   // v[j][k]: column col + j, block token ts_tok(w, pass, k)
-        if (TIN == HALO_CUDA_BF16) {
-            ts_wait();
-            #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const uint2 u = st[k ^ sk];
-                v[0][k] = bf_lo(u.x); v[1][k] = bf_hi(u.x); v[2][k] = bf_lo(u.y); v[3][k] = bf_hi(u.y);
-            }
-        } else {
-            #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const long t = t0 + 8 * w + k;
-                float x[4] = {0.f, 0.f, 0.f, 0.f};
-                if (live && t < a.rows && ncol > 0) tr_ld4<TIN>(a.in, t * a.ld_in + col, a.vin && ncol >= 4, ncol, x);
-                #pragma unroll
-                for (int j = 0; j < 4; j++) v[j][k] = x[j];
-            }
-        }
-        if (MODE == TR_AMAX && TIN == HALO_CUDA_BF16 && a.qt && live && t0 + 8 * w < a.rows_qt) {
-            // G's unrotated codes: 8 consecutive tokens of each column, 8 bytes of row col + j of qt
-            #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                if (j >= ncol) break;
-                unsigned lo = 0, hi = 0;
-                #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    lo |= (unsigned)quantf<FMT>(v[j][k], qs0, a.fmt) << 8 * k;
-                    hi |= (unsigned)quantf<FMT>(v[j][k + 4], qs0, a.fmt) << 8 * k;
-                }
-                *(uint2 *)(a.qt + (long)(col + j) * a.ldqt + t0 + 8 * w) = make_uint2(lo, hi);
-            }
-        }
-        #pragma unroll
-        for (int ps = 0; ps < NP; ps++) {
-            if (ps > 0) {
-                #pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const float4 f = T[ts_sw(ts_tok<LP>(w, ps, k))];
-                    v[0][k] = f.x; v[1][k] = f.y; v[2][k] = f.z; v[3][k] = f.w;
-                }
-            }
-            const int lr = LP - 3 * ps;
-            #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                if (lr >= 3) {
-                    tr_radix<8>(v[j]);
-                } else if (lr == 2) {
-                    tr_radix<4>(v[j]); tr_radix<4>(v[j] + 4);
-                } else {
-                    #pragma unroll
-                    for (int q = 0; q < 8; q += 2) tr_radix<2>(v[j] + q);
-                }
-            }
-            if (ps + 1 < NP) {
-                __syncthreads();   // the previous pass's (or strip's) reads of T are done
-                #pragma unroll
-                for (int k = 0; k < 8; k++)
-                    T[ts_sw(ts_tok<LP>(w, ps, k))] = make_float4(v[0][k], v[1][k], v[2][k], v[3][k]);
-                if (TIN == HALO_CUDA_BF16 && ps == 0) {   // this thread's staged values are consumed: the next strip
-                    if (base + stride + ln < a.items) ts_fetch<LP>(a, base + stride + ln, w, st);
-                    ts_commit();
-                }
-                __syncthreads();
-            }
-        }
-        if (!live) continue;
-        #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const long t = t0 + ts_tok<LP>(w, NP - 1, k);
-            float x[4];
-            #pragma unroll
-            for (int j = 0; j < 4; j++) x[j] = __fmul_rn(v[j][k], a.scale);   // never fused
-            if (MODE == TR_AMAX) {
-                #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const float ax = fabsf(x[j]);
-                    bad |= !(ax <= FLT_MAX);
-                    mx = fmaxf(mx, ax);   // missing columns and tokens are zeros
-                }
-            } else if (MODE == TR_QUANT) {
-                const int nspan = a.span - col;
-                if (nspan > 0) {
-                    unsigned wd = 0;
-                    #pragma unroll
-                    for (int j = 0; j < 4; j++) wd |= (unsigned)quantf<FMT>(x[j], qs, a.fmt) << 8 * j;
-                    uint8_t *o = (uint8_t *)a.out + t * a.ldo + col;
-                    if (a.vout && nspan >= 4) *(unsigned *)o = wd;
-                    else for (int j = 0; j < 4 && j < nspan; j++) o[j] = (uint8_t)(wd >> 8 * j);
-                }
-            } else if (t < a.rows_out && ncol > 0) {
-                if (a.out_f32) {
-                    float *o = (float *)a.out + t * a.ldo + col;
-                    if (a.vout && ncol >= 4) {
-                        float4 f = make_float4(x[0], x[1], x[2], x[3]);
-                        if (a.acc) { const float4 p = *(const float4 *)o; f.x += p.x; f.y += p.y; f.z += p.z; f.w += p.w; }
-                        *(float4 *)o = f;
-                    } else {
-                        for (int j = 0; j < 4 && j < ncol; j++) o[j] = a.acc ? o[j] + x[j] : x[j];
-                    }
-                } else {
-                    bf16 *o = (bf16 *)a.out + t * a.ldo + col;
-                    if (a.vout && ncol >= 4) {
-                        const __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
-                        uint2 u;
-                        u.x = *(const unsigned *)&lo;
-                        u.y = *(const unsigned *)&hi;
-                        *(uint2 *)o = u;
-                    } else {
-                        for (int j = 0; j < 4 && j < ncol; j++) o[j] = __float2bfloat16_rn(x[j]);
-                    }
-                }
-            }
-        }
-    }
-    if (MODE == TR_AMAX) {
-        mx = block_max(mx);
-        if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
-        if (threadIdx.x == 0) atomicMax(a.amax_bits, __float_as_uint(mx));
-    }
-}
-
-template <int TIN, int LP, int MODE, int FMT> static void ts_go(ts_args &a, cudaStream_t s) {
-    static int grid_cap = 0;   // per instantiation: resident CTAs on the whole GPU
-    const size_t smem = ts_smem(LP, TIN);
-    if (!grid_cap) {
-        if (smem > 48 * 1024)
-            CUDA_CHECK(cudaFuncSetAttribute(k_tokstrip<TIN, LP, MODE, FMT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            (int)smem));
-        int per_sm = 0;
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_tokstrip<TIN, LP, MODE, FMT>,
-                                                                 ts_threads(LP), smem));
-        grid_cap = (per_sm > 0 ? per_sm : 1) * num_sms();
-    }
-    const int need = cdiv(a.items, ts_lanes(LP));
-    k_tokstrip<TIN, LP, MODE, FMT><<<need < grid_cap ? need : grid_cap, ts_threads(LP), smem, s>>>(a);
-    CUDA_LAUNCH_CHECK();
-}
-
-template <int TIN, int MODE, int FMT> static void ts_launch_f(ts_args &a, int lp, cudaStream_t s) {
-    switch (lp) {
-    case 8: ts_go<TIN, 8, MODE, FMT>(a, s); break;
-    case 9: ts_go<TIN, 9, MODE, FMT>(a, s); break;
-    case 10: ts_go<TIN, 10, MODE, FMT>(a, s); break;
-    case 11: ts_go<TIN, 11, MODE, FMT>(a, s); break;
-    case 12: ts_go<TIN, 12, MODE, FMT>(a, s); break;
-    case 13: ts_go<TIN, 13, MODE, FMT>(a, s); break;
-    default: break;
-    }
-}
-template <int TIN, int MODE> static void ts_launch(ts_args &a, int lp, cudaStream_t s) {
-    if (a.fmt == HALO_CUDA_E4M3) ts_launch_f<TIN, MODE, HALO_CUDA_E4M3>(a, lp, s);
-    else ts_launch_f<TIN, MODE, HALO_CUDA_INT8>(a, lp, s);
-}
-
 // Full H_b or block-diagonal with power-of-two blocks (each block rotated on its own: the tiles below never cross
 // one, since a block of more than 128 tokens is a multiple of 128).
 extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
@@ -1692,25 +1445,8 @@ extern "C" int halo_cuda_colrot_ok(const halo_cuda_had *h) {
 
 static int tr_two(const halo_cuda_had *h) { return h->block > TR_SPLIT; }   // two passes (else one)
 
-// The strip kernels take blocks of 256 .. 8192 tokens (halo_cuda_colrot_strip(0): the tiled passes only, for tests).
-static int g_strip_off;
-extern "C" void halo_cuda_colrot_strip(int on) { g_strip_off = !on; }
-static int ts_lp(const halo_cuda_had *h) {   // log2 of the block when the strip kernels take it, else 0
-    const int lp = tr_log2(h->block);
-    return !g_strip_off && (1 << lp) == h->block && lp >= TS_MINLP && lp <= TS_MAXLP ? lp : 0;
-}
-
 extern "C" size_t halo_cuda_colrot_scratch(const halo_cuda_had *h, int cols) {
-    return tr_two(h) && !ts_lp(h) ? sizeof(float) * (size_t)h->d * cols : 0;
-}
-
-static ts_args ts_base(const halo_cuda_had *h, const void *in, int in_f32, long ld_in, int rows, int cols, int span) {
-    ts_args a;
-    memset(&a, 0, sizeof a);
-    a.in = in; a.ld_in = ld_in; a.rows = rows < h->d ? rows : h->d; a.cols = cols; a.span = span;
-    a.nstrips = cdiv(span, 4); a.items = a.nstrips * (h->d / h->block); a.scale = h->scale;
-    a.vin = aligned(in, in_f32 ? 16 : 8) && ld_in % 4 == 0;
-    return a;
+    return tr_two(h) ? sizeof(float) * (size_t)h->d * cols : 0;
 }
 
 static tr_args tr_base(const halo_cuda_had *h, const void *in, int in_f32, long ld_in, int rows, int cols) {
@@ -1759,7 +1495,7 @@ template <int MODE> static void tr_last(const halo_cuda_had *h, tr_args &a, int 
 
 extern "C" void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                        float *scratch, const halo_cuda_colrot_tq *tq, cudaStream_t s) {
-    if (cols > 0 && tr_two(h) && !ts_lp(h)) tr_first(h, in, 0, ld, rows, cols, scratch, tq, s);
+    if (cols > 0 && tr_two(h)) tr_first(h, in, 0, ld, rows, cols, scratch, tq, s);
 }
 
 static tr_args tr_last_base(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
@@ -1773,16 +1509,6 @@ extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 
                                         const halo_cuda_colrot_tq *tq, const halo_cuda_alpha_job *alpha,
                                         cudaStream_t s) {
     if (cols <= 0) { alpha_alone(alpha_or_none(alpha), s); return; }
-    if (const int lp = ts_lp(h)) {
-        ts_args t = ts_base(h, in, 0, ld, rows, cols, cols);
-        t.aj = alpha_or_none(alpha);
-        t.amax_bits = (unsigned *)amax; t.nonfinite = nonfinite;
-        if (halo_cuda_colrot_tq_ok(h, tq)) {
-            t.qt = tq->q; t.ldqt = tq->ldq; t.rows_qt = tq->rows; t.amax_t = tq->amax; t.fmt = tq->fmt;
-        }
-        ts_launch<HALO_CUDA_BF16, TR_AMAX>(t, lp, s);
-        return;
-    }
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
     a.aj = alpha_or_none(alpha);
     a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
@@ -1794,14 +1520,6 @@ extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *
                                        const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq,
                                        int cols_pad, const halo_cuda_alpha_job *alpha, cudaStream_t s) {
     if (cols_pad <= 0) { alpha_alone(alpha_or_none(alpha), s); return; }
-    if (const int lp = ts_lp(h)) {
-        ts_args t = ts_base(h, in, 0, ld, rows, cols, cols_pad);
-        t.aj = alpha_or_none(alpha);
-        t.amax_q = amax; t.fmt = fmt; t.out = q; t.ldo = ldq;
-        t.vout = aligned(q, 4) && ldq % 4 == 0;
-        ts_launch<HALO_CUDA_BF16, TR_QUANT>(t, lp, s);
-        return;
-    }
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
     a.aj = alpha_or_none(alpha);
     a.span = cols_pad; a.amax_q = amax; a.fmt = fmt; a.out = q; a.ldo = ldq;
@@ -1812,14 +1530,6 @@ extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *
 extern "C" void halo_cuda_colrot_f32(const halo_cuda_had *h, float *in, long ld_in, int cols, void *out, int out_f32,
                                      long ldo, int rows_out, int accumulate, cudaStream_t s) {
     if (cols <= 0 || rows_out <= 0) return;
-    if (const int lp = ts_lp(h)) {
-        ts_args t = ts_base(h, in, 1, ld_in, h->d, cols, cols);
-        t.out = out; t.ldo = ldo; t.rows_out = rows_out < h->d ? rows_out : h->d; t.out_f32 = out_f32;
-        t.vout = tr_vout(out, out_f32 ? 4 : 2, ldo);
-        t.acc = accumulate && out_f32;
-        ts_launch_f<HALO_CUDA_F32, TR_OUT, HALO_CUDA_INT8>(t, lp, s);
-        return;
-    }
     if (tr_two(h)) tr_first(h, in, 1, ld_in, h->d, cols, in, NULL, s);   // in place
     tr_args a = tr_base(h, in, 1, ld_in, h->d, cols);
     a.out = out; a.ldo = ldo; a.rows_out = rows_out < h->d ? rows_out : h->d; a.out_f32 = out_f32;
