@@ -19,7 +19,7 @@ if [ "${QUALITY_WIDE:-0}" = 1 ]; then
   # call2_*); 10 runs of 6 digits with 100 evals each ran past the device call's 10 minutes (call 4), so one seed here.
   WIDE="--digits 5 --dim 1024 --layers 4 --heads 8 --hidden 4096 --lr 3e-4 --eval-every 100000 --eval-n 50"
   SEEDS=${QUALITY_WIDE_SEEDS:-1}
-  WPRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "int8-L2-hm256:--precision int8 --halo-level 2 --halo-hadamard-block 256" "int8-L1:--precision int8 --halo-level 1" "int8-L1-hm256:--precision int8 --halo-level 1 --halo-hadamard-block 256")
+  WPRECS=("bf16:--precision bf16" "int8-L2:--precision int8 --halo-level 2" "int8-L2-hm256:--precision int8 --halo-level 2 --halo-hadamard-block 256" "int8-L2-hm256-tb64:--precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64" "int8-L1:--precision int8 --halo-level 1" "int8-L1-hm256:--precision int8 --halo-level 1 --halo-hadamard-block 256")
   pids=()
   for p in "${WPRECS[@]}"; do
     name=${p%%:*}; flags=${p#*:}
@@ -37,7 +37,7 @@ seeds = [int(x) for x in os.environ.get("SEEDS", "1").split()]
 print("| setting (demo 5 digits, dim 1024, hidden 4096, 4 layers) | train loss, mean of the last 100 steps, per seed | mean | vs BF16 | accuracy per seed |")
 print("|---|---|---|---|---|")
 ref = None
-for name in ("bf16", "int8-L2", "int8-L2-hm256", "int8-L1", "int8-L1-hm256"):
+for name in ("bf16", "int8-L2", "int8-L2-hm256", "int8-L2-hm256-tb64", "int8-L1", "int8-L1-hm256"):
     ls, accs = [], []
     for seed in seeds:
         dm = rows(f"{out}/wide-{name}-s{seed}.jsonl")
