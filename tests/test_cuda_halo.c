@@ -237,6 +237,81 @@ static void test_quant(void) {
     }
 }
 
+// ---- small diagonal blocks (k_rot_small: 8 or 32 values a lane) ---------------------------------------------------
+// Block-diagonal H with blocks of 8..256 on rows of 768 (8 values a lane), 1024 and 4096 (32 values a lane for blocks
+// >= 32, and again with that form switched off): the rotation (bf16 in, fp32 out), absmax, rotation + absmax
+// (rot_amax) and the per-tensor quantizer against the CPU, bit for bit (codes: rounding ties only).
+static void test_rot_small(void) {
+    const int dims[] = {768, 1024, 4096}, blocks[] = {8, 16, 32, 64, 128, 256};
+    for (int di = 0; di < 3; di++)
+        for (int bi = 0; bi < 6; bi++)
+            for (int v32 = 1; v32 >= 0; v32--) {
+                const int d = dims[di], B = blocks[bi], R = 6;
+                if (!v32 && (d % 1024 || B < 32)) continue;   // the same kernel as with the switch on
+                halo_cuda_rows_small32(v32);
+                halo_hadamard hp;
+                halo_cuda_had hg;
+                if (halo_hadamard_plan(&hp, d, B) || halo_cuda_had_plan(&hg, d, B)) { CHECK(0, "plan %d/%d", d, B); continue; }
+                const size_t n = (size_t)R * d;
+                float *x = t_rand_vec(&rng, n, 1.0);
+                for (int r = 0; r < R; r++) x[(size_t)r * d + (r * 53 + 7) % d] *= 80;   // outliers
+                halo_bf16 *dx = dev_bf16(x, n);
+                float *xr = malloc(4 * n);
+                memcpy(xr, x, 4 * n);
+                halo_hadamard_rows(&hp, xr, R, d, 0);
+                float mx = 0;
+                for (size_t i = 0; i < n; i++) mx = fmaxf(mx, fabsf(xr[i]));
+                char det[64];
+                snprintf(det, sizeof det, "%dx%d blocks of %d%s", R, d, B, v32 ? "" : " (8 a lane)");
+                float *dout = dev_poison(4 * n);
+                halo_cuda_had_rows(&hg, 0, dx, HALO_CUDA_BF16, d, NULL, dout, 1, d, 0, R, 0);
+                float *g = t_host_of(dout, 4 * n);
+                long bits = 0;
+                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &xr[i], 4) != 0;
+                row("small blocks: rows vs CPU", det, rel_l2_f(g, xr, n), 1e-6, bits, 0);   // any differing bit fails
+                float *dam = dev_poison(8);
+                cudaMemset(dam, 0, 8);
+                halo_cuda_absmax_rows(&hg, 0, dx, HALO_CUDA_BF16, d, R, d, dam, NULL, (int *)(dam + 1), 0);
+                float am[2];
+                cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
+                row("small blocks: absmax vs CPU", det, memcmp(&am[0], &mx, 4) || ((int *)am)[1] ? 1.0 : 0.0, 0, 0, 0);
+                if (halo_cuda_rot_amax_ok(&hg, dx, d, R)) {   // rotation stored and its absmax in one pass
+                    float *dam2 = dev_poison(4);
+                    cudaMemset(dam2, 0, 4);
+                    cudaMemset(dout, 0xff, 4 * n);
+                    halo_cuda_rot_amax(&hg, dx, d, R, dout, d, dam2, NULL, 0);
+                    float *g2 = t_host_of(dout, 4 * n), am2;
+                    cudaMemcpy(&am2, dam2, 4, cudaMemcpyDeviceToHost);
+                    long bits2 = memcmp(&am2, &mx, 4) != 0;
+                    for (size_t i = 0; i < n; i++) bits2 += memcmp(&g2[i], &xr[i], 4) != 0;
+                    row("small blocks: rot_amax vs CPU", det, 0, 0, bits2, 0);
+                    free(g2); cudaFree(dam2);
+                }
+                for (int fmt = 0; fmt < 2; fmt++) {
+                    halo_qspec qs;
+                    memset(&qs, 0, sizeof qs);
+                    qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
+                    qs.gran = HALO_GRAN_TENSOR;
+                    halo_qmat qm;
+                    memset(&qm, 0, sizeof qm);
+                    halo_quantize(&qm, xr, R, d, d, 0, &qs, "test");
+                    uint8_t *dq = dev_poison(n);
+                    halo_cuda_quant_rows(&hg, 0, dx, HALO_CUDA_BF16, d, R, d, dam, NULL, fmt, dq, d, 0);
+                    uint8_t *q = t_host_of(dq, n);
+                    long mism, ties;
+                    code_diff(q, qm.q, xr, qm.s, (long)n, 0, fmt, &mism, &ties);
+                    char det2[80];
+                    snprintf(det2, sizeof det2, "%s %s", det, fmt ? "e4m3" : "int8");
+                    row("small blocks: codes vs CPU", det2, 0, 0, mism, ties);
+                    free(q); cudaFree(dq);
+                    halo_qmat_free(&qm);
+                }
+                free(x); free(xr); free(g); cudaFree(dx); cudaFree(dout); cudaFree(dam);
+                halo_cuda_had_free(&hg);
+            }
+    halo_cuda_rows_small32(1);
+}
+
 // ---- the 8-element (16-byte) paths and their fallbacks: padded rows, odd widths, misaligned pointers ---------
 static void test_vec_paths(void) {
     // {rows, cols, row stride, element offset of the device pointer}: vector path (contiguous and strided), then
@@ -1298,6 +1373,7 @@ int main(void) {
     halo_cuda_gemm_tune(0);   // bit-for-bit comparisons between paths below; test_gemm_tune checks the timed choice
     test_hadamard();
     test_quant();
+    test_rot_small();
     test_vec_paths();
     test_gemm();
     test_gemm_tune();

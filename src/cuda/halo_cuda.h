@@ -51,6 +51,8 @@ void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const void *in, i
 // 0: the rotated row kernels above take the generic one-row-per-block path only (tests compare both); 1: default,
 // the fast path (halo_kernels.cu, k_rot) where the shape allows.
 void halo_cuda_rows_fast(int on);
+// 0: the small-block rotation kernel holds 8 values a lane only (tests compare with the 32-value form; default 1).
+void halo_cuda_rows_small32(int on);
 // The generic rotated-row kernel's most threads per block (64..1024, default 512; benchmarks compare).
 void halo_cuda_rows_threads(int n);
 // max |v| over v = rows of in (rotated by h when h != NULL, else the first d entries): *amax = max(*amax, ...)

@@ -549,15 +549,17 @@ static int vgrid(long items, int per_block);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Block-diagonal rotations with small blocks (K = 1, B = 2^lb from 8 to 256, rows of a multiple of 256): a warp takes
-// 256 consecutive values of a row, 8 per lane (one vector load), runs stages h = 1, 2, 4 in registers and h = 8 ..
-// B / 2 by shuffles (k_rot's first phase, which finishes such a block), scales and writes from the registers: one
-// read and one write, no shared memory, the values of k_rows / k_rot bit for bit. MODE_STORE (bf16 or fp32 out, +=
-// when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
-// per lane with the per-tensor scale, as k_rot's quantizer).
-enum { RS_UNROLL = 4 };
-template <int TIN, int MODE> __global__ void __launch_bounds__(256, 3) k_rot_small(rows_args a, long total, int per_row,
-                                                                                 int nsh) {
-    const int lane = threadIdx.x & 31;
+// 32 * VPL consecutive values of a row, VPL per lane (VPL / 8 vector loads), runs stages h = 1 .. VPL / 2 in registers
+// and the rest up to B / 2 by shuffles (k_rot's first phase, which finishes such a block), scales and writes from the
+// registers: one read and one write, no shared memory, the values of k_rows / k_rot bit for bit. VPL = 32 (rows of a
+// multiple of 1024, blocks of >= 32) needs at most 3 shuffle stages instead of 5: the shuffles, not the loads, bound
+// the 8-value form (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
+// += when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
+// per 8 values with the per-tensor scale, as k_rot's quantizer).
+template <int TIN, int MODE, int VPL>
+__global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int per_row, int lb) {
+    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
+    const int lane = threadIdx.x & 31, nsh = lb - LV;
     const long nw = ((long)gridDim.x * blockDim.x) >> 5;
     const float isc = a.in_scale ? *a.in_scale : 1.f;
     float mx = 0.f, qs = 1.f;
@@ -566,60 +568,62 @@ template <int TIN, int MODE> __global__ void __launch_bounds__(256, 3) k_rot_sma
         if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
         qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     }
-    // RS_UNROLL items a warp per iteration, their loads issued together (one 16- or 32-byte load in flight per lane
-    // left the kernel at 1.2-1.9 TB/s)
-    for (long w0 = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; w0 < total; w0 += RS_UNROLL * nw) {
-        float vu[RS_UNROLL][8];
+    for (long w = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; w < total; w += nw) {   // whole warps
+        const long r = w / per_row, c = (w - r * per_row) * (32 * VPL) + lane * VPL;
+        float v[VPL];
         #pragma unroll
-        for (int u = 0; u < RS_UNROLL; u++) {
-            const long w = w0 + u * nw;
-            if (w >= total) break;
-            const long r = w / per_row, c = (w - r * per_row) * 256 + lane * 8;
-            load8<TIN>(a.in, r * a.ld_in + c, vu[u]);
-        }
+        for (int g = 0; g < NG; g++) load8<TIN>(a.in, r * a.ld_in + c + 8 * g, v + 8 * g);
+        if (a.in_scale) for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], isc);
         #pragma unroll
-        for (int u = 0; u < RS_UNROLL; u++) {   // whole warps
-            const long w = w0 + u * nw;
-            if (w >= total) break;
-            const long r = w / per_row, c = (w - r * per_row) * 256 + lane * 8;
-            float *v = vu[u];
-            if (a.in_scale) for (int k = 0; k < 8; k++) v[k] = __fmul_rn(v[k], isc);
-            bfly8(v);
-            #pragma unroll
-            for (int st = 0; st < 5; st++)
-                if (st < nsh) shfl_stage(v, lane, st);
-            #pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = __fmul_rn(v[k], a.scale);
-            const long o = r * a.ld_out + c;
+        for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
+        #pragma unroll
+        for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
+            if (h < (1 << lb)) {
+                #pragma unroll
+                for (int k = 0; k < VPL; k++)
+                    if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
+            }
+        #pragma unroll
+        for (int st = 0; st < 5; st++)
+            if (st < nsh) {
+                #pragma unroll
+                for (int g = 0; g < NG; g++) shfl_stage(v + 8 * g, lane, st);
+            }
+        #pragma unroll
+        for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], a.scale);
+        #pragma unroll
+        for (int g = 0; g < NG; g++) {
+            float *u8 = v + 8 * g;
+            const long o = r * a.ld_out + c + 8 * g;
             if (MODE == MODE_QUANT) {
                 uint32_t lo = 0, hi = 0;
                 for (int k = 0; k < 4; k++) {
-                    lo |= (uint32_t)quant1(v[k], qs, a.fmt) << (8 * k);
-                    hi |= (uint32_t)quant1(v[k + 4], qs, a.fmt) << (8 * k);
+                    lo |= (uint32_t)quant1(u8[k], qs, a.fmt) << (8 * k);
+                    hi |= (uint32_t)quant1(u8[k + 4], qs, a.fmt) << (8 * k);
                 }
                 *(uint2 *)((uint8_t *)a.out + o) = make_uint2(lo, hi);
             } else if (MODE != MODE_AMAX && (MODE == MODE_STORE_AMAX || a.out_f32)) {
                 float4 *d = (float4 *)((float *)a.out + o);
                 if (MODE == MODE_STORE && a.accumulate) {
                     const float4 p = d[0], q = d[1];
-                    v[0] = p.x + v[0]; v[1] = p.y + v[1]; v[2] = p.z + v[2]; v[3] = p.w + v[3];
-                    v[4] = q.x + v[4]; v[5] = q.y + v[5]; v[6] = q.z + v[6]; v[7] = q.w + v[7];
+                    u8[0] = p.x + u8[0]; u8[1] = p.y + u8[1]; u8[2] = p.z + u8[2]; u8[3] = p.w + u8[3];
+                    u8[4] = q.x + u8[4]; u8[5] = q.y + u8[5]; u8[6] = q.z + u8[6]; u8[7] = q.w + u8[7];
                 }
-                d[0] = make_float4(v[0], v[1], v[2], v[3]);
-                d[1] = make_float4(v[4], v[5], v[6], v[7]);
+                d[0] = make_float4(u8[0], u8[1], u8[2], u8[3]);
+                d[1] = make_float4(u8[4], u8[5], u8[6], u8[7]);
             } else if (MODE == MODE_STORE) {   // bf16
                 uint4 u;
                 __nv_bfloat162 *b2 = (__nv_bfloat162 *)&u;
-                for (int k = 0; k < 4; k++) b2[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+                for (int k = 0; k < 4; k++) b2[k] = __floats2bfloat162_rn(u8[2 * k], u8[2 * k + 1]);
                 *(uint4 *)((bf16 *)a.out + o) = u;
             }
-            if (MODE == MODE_STORE_AMAX || MODE == MODE_AMAX)
-                for (int k = 0; k < 8; k++) {
-                    const float av = fabsf(v[k]);
-                    bad |= !(av <= FLT_MAX);
-                    mx = fmaxf(mx, av);
-                }
         }
+        if (MODE == MODE_STORE_AMAX || MODE == MODE_AMAX)
+            for (int k = 0; k < VPL; k++) {
+                const float av = fabsf(v[k]);
+                bad |= !(av <= FLT_MAX);
+                mx = fmaxf(mx, av);
+            }
     }
     if (MODE == MODE_STORE_AMAX || MODE == MODE_AMAX) {
         mx = block_max(mx);
@@ -637,15 +641,23 @@ static int rot_small_ok(const rows_args &a, const void *out, long ld_out, int ou
            ((uintptr_t)out % al) == 0 && (ld_out * out_es) % al == 0;
 }
 
-template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStream_t s) {
-    const int per_row = a.blk * a.nseg / 256, nsh = a.lP - 3;
+// halo_cuda_rows_small32(0): the 8-value form only (tests compare both)
+static int g_small32_off;
+extern "C" void halo_cuda_rows_small32(int on) { g_small32_off = !on; }
+
+template <int MODE, int VPL> static void launch_rot_small_v(int tin, rows_args &a, cudaStream_t s) {
+    const int per_row = (int)((long)a.blk * a.nseg / (32 * VPL));
     const long total = (long)a.rows * per_row;
     if (total <= 0) return;
-    const int grid = vgrid(cdiv(total, RS_UNROLL), 8);   // RS_UNROLL items a warp, 8 warps per block
-    if (tin == HALO_CUDA_BF16) k_rot_small<HALO_CUDA_BF16, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
-    else if (tin == HALO_CUDA_F32) k_rot_small<HALO_CUDA_F32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
-    else k_rot_small<HALO_CUDA_I32, MODE><<<grid, 256, 0, s>>>(a, total, per_row, nsh);
+    const int grid = vgrid(total, 8);   // a warp per item, 8 warps per block
+    if (tin == HALO_CUDA_BF16) k_rot_small<HALO_CUDA_BF16, MODE, VPL><<<grid, 256, 0, s>>>(a, total, per_row, a.lP);
+    else if (tin == HALO_CUDA_F32) k_rot_small<HALO_CUDA_F32, MODE, VPL><<<grid, 256, 0, s>>>(a, total, per_row, a.lP);
+    else k_rot_small<HALO_CUDA_I32, MODE, VPL><<<grid, 256, 0, s>>>(a, total, per_row, a.lP);
     CUDA_LAUNCH_CHECK();
+}
+template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStream_t s) {
+    if (!g_small32_off && a.blk >= 32 && (long)a.blk * a.nseg % 1024 == 0) launch_rot_small_v<MODE, 32>(tin, a, s);
+    else launch_rot_small_v<MODE, 8>(tin, a, s);
 }
 
 
