@@ -552,8 +552,8 @@ static int vgrid(long items, int per_block);
 // 32 * VPL consecutive values of a row, VPL per lane (VPL / 8 vector loads), runs stages h = 1 .. VPL / 2 in registers
 // and the rest up to B / 2 by shuffles (k_rot's first phase, which finishes such a block), scales and writes from the
 // registers: one read and one write, no shared memory, the values of k_rows / k_rot bit for bit. VPL = 32 (rows of a
-// multiple of 1024, blocks of >= 32) needs at most 3 shuffle stages instead of 5: the shuffles, not the loads, bound
-// the 8-value form (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
+// multiple of 1024, blocks of >= 32, bf16 input) needs at most 3 shuffle stages instead of 5: the shuffles, not the
+// loads, bound the 8-value form on bf16 rows (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
 // += when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
 // per 8 values with the per-tensor scale, as k_rot's quantizer).
 template <int TIN, int MODE, int VPL>
@@ -656,7 +656,9 @@ template <int MODE, int VPL> static void launch_rot_small_v(int tin, rows_args &
     CUDA_LAUNCH_CHECK();
 }
 template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStream_t s) {
-    if (!g_small32_off && a.blk >= 32 && (long)a.blk * a.nseg % 1024 == 0) launch_rot_small_v<MODE, 32>(tin, a, s);
+    // bf16 input only: with fp32 / int32 rows (64 / 128 bytes a lane) the 32-value form ran 2x slower (H_m^T of G)
+    if (!g_small32_off && tin == HALO_CUDA_BF16 && a.blk >= 32 && (long)a.blk * a.nseg % 1024 == 0)
+        launch_rot_small_v<MODE, 32>(tin, a, s);
     else launch_rot_small_v<MODE, 8>(tin, a, s);
 }
 
