@@ -52,6 +52,16 @@ static void code_diff(const uint8_t *gpu, const uint8_t *cpu, const float *x, co
     }
 }
 
+// The CPU's per-tensor codes of x [rows][cols] in the GPU format fmt (halo_qmat_free after).
+static void cpu_codes(halo_qmat *qm, const float *x, int rows, int cols, int fmt) {
+    halo_qspec qs;
+    memset(&qs, 0, sizeof qs);
+    qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
+    qs.gran = HALO_GRAN_TENSOR;
+    memset(qm, 0, sizeof *qm);
+    halo_quantize(qm, x, rows, cols, cols, 0, &qs, "test");
+}
+
 // ---- Hadamard rows -------------------------------------------------------------------------------------------
 static void test_hadamard(void) {
     // K = 12/44/172/28 with P >= 32: sign-mask mix (generic kernel). Fast kernel (k_rot: blk % 256 == 0, P <= 8192,
@@ -288,13 +298,8 @@ static void test_rot_small(void) {
                     free(g2); cudaFree(dam2);
                 }
                 for (int fmt = 0; fmt < 2; fmt++) {
-                    halo_qspec qs;
-                    memset(&qs, 0, sizeof qs);
-                    qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
-                    qs.gran = HALO_GRAN_TENSOR;
                     halo_qmat qm;
-                    memset(&qm, 0, sizeof qm);
-                    halo_quantize(&qm, xr, R, d, d, 0, &qs, "test");
+                    cpu_codes(&qm, xr, R, d, fmt);
                     uint8_t *dq = dev_poison(n);
                     halo_cuda_quant_rows(&hg, 0, dx, HALO_CUDA_BF16, d, R, d, dam, NULL, fmt, dq, d, 0);
                     uint8_t *q = t_host_of(dq, n);
@@ -1129,13 +1134,8 @@ static void test_colrot(void) {
         snprintf(det, sizeof det, "b=%d bp=%d n=%d ld=%d%s", b, bp, n, ld, nfk == 1 ? " Inf" : nfk == 2 ? " NaN" : "");
         row("colrot absmax vs CPU", det, !memcmp(&am[0], &mx, 4) && ((int *)am)[1] == !!nfk ? 0.0 : 1.0, 0, 0, 0);
         for (int fmt = 0; fmt < 2 && !nfk; fmt++) {
-            halo_qspec qs;
-            memset(&qs, 0, sizeof qs);
-            qs.fmt = fmt == HALO_CUDA_INT8 ? HALO_Q_INT8 : HALO_Q_E4M3;
-            qs.gran = HALO_GRAN_TENSOR;
             halo_qmat qm;
-            memset(&qm, 0, sizeof qm);
-            halo_quantize(&qm, A, bp, n, n, 0, &qs, "test");
+            cpu_codes(&qm, A, bp, n, fmt);
             uint8_t *dq = dev_poison((size_t)bp * ldq);
             // the scale product formed on the side: (amax / qmax)^2 here, the CPU scale squared
             float *dal = dev_poison(4);
