@@ -250,13 +250,14 @@ static void test_quant(void) {
 // ---- small diagonal blocks (k_rot_small: 8 or 32 values a lane) ---------------------------------------------------
 // Block-diagonal H with blocks of 8..256 on rows of 768 (8 values a lane), 1024 and 4096 (32 values a lane for blocks
 // >= 32, and again with that form switched off): the rotation (bf16 in, fp32 out), absmax, rotation + absmax
-// (rot_amax) and the per-tensor quantizer against the CPU, bit for bit (codes: rounding ties only).
+// (rot_amax) and the per-tensor quantizer against the CPU, bit for bit (codes: rounding ties only); the quantizer
+// into both layouts (halo_cuda_rot_quant_both, 6 and 40 rows: one and two row tiles) equal to the row codes.
 static void test_rot_small(void) {
     const int dims[] = {768, 1024, 4096}, blocks[] = {8, 16, 32, 64, 128, 256};
     for (int di = 0; di < 3; di++)
         for (int bi = 0; bi < 6; bi++)
             for (int v32 = 1; v32 >= 0; v32--) {
-                const int d = dims[di], B = blocks[bi], R = 6;
+                const int d = dims[di], B = blocks[bi], R = di == 1 ? 40 : 6;
                 if (!v32 && (d % 1024 || B < 32)) continue;   // the same kernel as with the switch on
                 halo_cuda_rows_small32(v32);
                 halo_hadamard hp;
@@ -308,6 +309,24 @@ static void test_rot_small(void) {
                     char det2[80];
                     snprintf(det2, sizeof det2, "%s %s", det, fmt ? "e4m3" : "int8");
                     row("small blocks: codes vs CPU", det2, 0, 0, mism, ties);
+                    // both layouts in one pass (the forward's X and W): q as above, qt [d][Rp] with zero codes past R
+                    const int Rp = (R + 15) / 16 * 16;
+                    uint8_t *dq2 = dev_poison(n), *dqt = dev_poison((size_t)d * Rp);
+                    if (halo_cuda_rot_quant_both_ok(&hg, dx, d, R, d, dq2, d, dqt, Rp, Rp)) {
+                        halo_cuda_rot_quant_both(&hg, dx, d, R, d, dam, fmt, dq2, d, dqt, Rp, Rp, NULL, 0);
+                        uint8_t *q2 = t_host_of(dq2, n), *qt = t_host_of(dqt, (size_t)d * Rp);
+                        long diff = 0, pad = 0;
+                        for (size_t i = 0; i < n; i++) diff += q2[i] != q[i];
+                        for (int k = 0; k < d; k++)
+                            for (int r = 0; r < Rp; r++)
+                                if (r < R) diff += qt[(size_t)k * Rp + r] != q[(size_t)r * d + k];
+                                else pad += qt[(size_t)k * Rp + r] != 0;
+                        row("small blocks: both layouts", det2, (double)pad, 0, diff, 0);   // vs the row codes
+                        free(q2); free(qt);
+                    } else {
+                        CHECK(0, "%s: rot_quant_both expected to take rows of %d", det2, d);
+                    }
+                    cudaFree(dq2); cudaFree(dqt);
                     free(q); cudaFree(dq);
                     halo_qmat_free(&qm);
                 }

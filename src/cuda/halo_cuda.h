@@ -79,6 +79,14 @@ void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const voi
 int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
                         float *amax, int *nonfinite, cudaStream_t s);
+// Rotated (blocks of 8..256) per-tensor quantization of bf16 rows into both layouts in one pass: q [rows][ldq] and
+// qt [d][ldqt] (rows_pad columns, zero codes past rows), the codes of halo_cuda_quant_rows + an 8-bit transpose.
+// Launch only where halo_cuda_rot_quant_both_ok.
+int halo_cuda_rot_quant_both_ok(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
+                                const uint8_t *q, long ldq, const uint8_t *qt, long ldqt, int rows_pad);
+void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
+                              const float *amax, int fmt, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
+                              const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // Level 2's token rotations in the matrices' own layout (no transposes), h: H_b over h->d >= rows tokens, the rows
 // past `rows` zeros; values bit-identical to halo_hadamard_cols (and to the row kernels on the transpose). Two tiled
 // passes when h->block > 128 (stages h = 1..64, then the rest), else one. halo_cuda_colrot_ok: h is a K = 1 plan
@@ -296,6 +304,9 @@ void halo_cuda_fwd_tcodes(int on);
 // (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
 // the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
+// 0: with H_m blocks of <= 256, the forward quantizes X and W row-major and transposes the codes (two passes) instead
+// of halo_cuda_rot_quant_both (default 1; tests compare both).
+void halo_cuda_quant_both_fused(int on);
 // Quantization telemetry, as the CPU layer's cfg.telemetry (halo_telemetry.cu): while on, every forward and backward
 // also measures each product's relative error on sampled rows (vs the fp32 product of its bf16 operands) and the
 // outlier ratios max|x| / rms(x) of X, W, E_Y before and after rotation. The G error needs the forward's X unchanged

@@ -222,6 +222,9 @@ extern "C" void halo_cuda_rot_once(int on) { g_rot_once = on; }
 // Small-block rotations (K = 1, blocks <= 256) cost little to compute: the absmax and quantize passes each rotate the
 // bf16 rows again (k_rot_small) rather than storing and re-reading an fp32 rotation (2 + 3 bytes per element instead
 // of 2 + 4 + 4 + 1).
+// halo_cuda_quant_both_fused(0): small-block rotations quantize the rows, then transpose the codes (tests compare)
+static int g_quant_both = 1;
+extern "C" void halo_cuda_quant_both_fused(int on) { g_quant_both = on; }
 static int rot_cheap(const halo_cuda_had *h) { return h && h->K == 1 && h->P == h->block && h->block <= 256; }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
@@ -263,6 +266,14 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
         PROF(name_q, elems * 6.0 + (double)d * rows_pad,
              halo_cuda_quant_tile_alpha(T, HALO_CUDA_F32, d, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
                                         s));
+        return;
+    }
+    if (g_quant_both && rot_cheap(h) && halo_cuda_rot_quant_both_ok(h, in, ld, rows, d, q, ldq, qt, ldqt, rows_pad)) {
+        // small blocks: the absmax pass, then one pass that writes both layouts
+        PROF(name_a, elems * 2.0,
+             halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
+        PROF(name_q, elems * 3.0 + (double)d * rows_pad,
+             halo_cuda_rot_quant_both(h, in, ld, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj, s));
         return;
     }
     quantize_rows(L, h, in, HALO_CUDA_BF16, ld, rows, d, slot, q, ldq, name_a, name_q, 0, aj, s);
