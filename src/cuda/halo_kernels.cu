@@ -1011,14 +1011,20 @@ __global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256
     if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     const long r0 = (long)(blockIdx.x / nseg256) * RSB_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256;
+    constexpr int RW = RSB_ROWS / 8;   // rows a warp; their loads issued together
+    float vr[RW][8];
     #pragma unroll
-    for (int i = 0; i < RSB_ROWS / 8; i++) {
-        const int rl = warp * (RSB_ROWS / 8) + i;
+    for (int i = 0; i < RW; i++) {
+        const long r = r0 + warp * RW + i;
+        if (r < a.rows) load8<HALO_CUDA_BF16>(a.in, r * a.ld_in + c0 + lane * 8, vr[i]);
+    }
+    #pragma unroll
+    for (int i = 0; i < RW; i++) {
+        const int rl = warp * RW + i;
         const long r = r0 + rl, c = c0 + lane * 8;
         uint2 code = make_uint2(0, 0);
         if (r < a.rows) {   // warp-uniform
-            float v[8];
-            load8<HALO_CUDA_BF16>(a.in, r * a.ld_in + c, v);
+            float *v = vr[i];
             bfly8(v);
             #pragma unroll
             for (int stg = 0; stg < 5; stg++)
