@@ -304,9 +304,6 @@ void halo_cuda_fwd_tcodes(int on);
 // (halo_cuda_colrot_*) where H_b allows, 0 = transpose, rotated rows, transpose back. Both give the same codes and
 // the same E_X bits. Env HALO_CUDA_L2_COLROT=0 turns them off at the first backward unless this was called.
 void halo_cuda_l2_colrot(int on);
-// 0: with H_m blocks of <= 256, the forward quantizes X and W row-major and transposes the codes (two passes) instead
-// of halo_cuda_rot_quant_both (default 1; tests compare both).
-void halo_cuda_quant_both_fused(int on);
 // Quantization telemetry, as the CPU layer's cfg.telemetry (halo_telemetry.cu): while on, every forward and backward
 // also measures each product's relative error on sampled rows (vs the fp32 product of its bf16 operands) and the
 // outlier ratios max|x| / rms(x) of X, W, E_Y before and after rotation. The G error needs the forward's X unchanged

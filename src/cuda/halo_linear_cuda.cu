@@ -222,9 +222,6 @@ extern "C" void halo_cuda_rot_once(int on) { g_rot_once = on; }
 // Small-block rotations (K = 1, blocks <= 256) cost little to compute: the absmax and quantize passes each rotate the
 // bf16 rows again (k_rot_small) rather than storing and re-reading an fp32 rotation (2 + 3 bytes per element instead
 // of 2 + 4 + 4 + 1).
-// halo_cuda_quant_both_fused(0): small-block rotations quantize the rows, then transpose the codes (tests compare)
-static int g_quant_both = 1;
-extern "C" void halo_cuda_quant_both_fused(int on) { g_quant_both = on; }
 static int rot_cheap(const halo_cuda_had *h) { return h && h->K == 1 && h->P == h->block && h->block <= 256; }
 
 // Quantizes rows x d of `in` (rotated by h when not NULL) into q [rows][ldq] with the amax slot `slot` (zeroed here).
@@ -253,8 +250,9 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
 }
 
 // Rotated (levels 1-2) quantization into both layouts: q [rows][ldq] and qt [d][ldqt] (rows_pad columns, zero codes
-// past rows). Rotate once into fp32 scratch, then the tile quantizer writes both from it; else the row quantizer and
-// an 8-bit transpose.
+// past rows). Rotate once into fp32 scratch, then the tile quantizer writes both from it; small blocks (<= 256): the
+// absmax pass, then one pass that rotates again and writes both layouts; else the row quantizer and an 8-bit
+// transpose.
 static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows,
                                int d, int slot, uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad,
                                const halo_cuda_alpha_job *aj, const char *name_a, const char *name_q, cudaStream_t s) {
@@ -268,7 +266,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
                                         s));
         return;
     }
-    if (g_quant_both && rot_cheap(h) && halo_cuda_rot_quant_both_ok(h, in, ld, rows, d, q, ldq, qt, ldqt, rows_pad)) {
+    if (rot_cheap(h) && halo_cuda_rot_quant_both_ok(h, in, ld, rows, d, q, ldq, qt, ldqt, rows_pad)) {
         // small blocks: the absmax pass, then one pass that writes both layouts
         PROF(name_a, elems * 2.0,
              halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
