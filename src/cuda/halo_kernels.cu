@@ -556,33 +556,10 @@ static int vgrid(long items, int per_block);
 // loads, bound the 8-value form on bf16 rows (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
 // += when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
 // per 8 values with the per-tensor scale, as k_rot's quantizer).
-// VPL consecutive values of a lane (32 lanes: 32 * VPL values, blocks of 2^lb <= 256 of them): stages h = 1 .. B / 2,
-// the first ones in registers, the rest by shuffles, then the scale.
-template <int VPL> __device__ __forceinline__ void rs_rotate(float *v, int lane, int lb, float scale) {
-    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
-    #pragma unroll
-    for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
-    #pragma unroll
-    for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
-        if (h < (1 << lb)) {
-            #pragma unroll
-            for (int k = 0; k < VPL; k++)
-                if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
-        }
-    #pragma unroll
-    for (int st = 0; st < 5; st++)
-        if (st < lb - LV) {
-            #pragma unroll
-            for (int g = 0; g < NG; g++) shfl_stage(v + 8 * g, lane, st);
-        }
-    #pragma unroll
-    for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], scale);
-}
-
 template <int TIN, int MODE, int VPL>
 __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int per_row, int lb) {
-    constexpr int NG = VPL / 8;   // groups of 8 values
-    const int lane = threadIdx.x & 31;
+    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
+    const int lane = threadIdx.x & 31, nsh = lb - LV;
     const long nw = ((long)gridDim.x * blockDim.x) >> 5;
     const float isc = a.in_scale ? *a.in_scale : 1.f;
     float mx = 0.f, qs = 1.f;
@@ -597,7 +574,23 @@ __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int 
         #pragma unroll
         for (int g = 0; g < NG; g++) load8<TIN>(a.in, r * a.ld_in + c + 8 * g, v + 8 * g);
         if (a.in_scale) for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], isc);
-        rs_rotate<VPL>(v, lane, lb, a.scale);
+        #pragma unroll
+        for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
+        #pragma unroll
+        for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
+            if (h < (1 << lb)) {
+                #pragma unroll
+                for (int k = 0; k < VPL; k++)
+                    if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
+            }
+        #pragma unroll
+        for (int st = 0; st < 5; st++)
+            if (st < nsh) {
+                #pragma unroll
+                for (int g = 0; g < NG; g++) shfl_stage(v + 8 * g, lane, st);
+            }
+        #pragma unroll
+        for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], a.scale);
         #pragma unroll
         for (int g = 0; g < NG; g++) {
             float *u8 = v + 8 * g;
@@ -1008,56 +1001,55 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
 }
 
 // Small blocks quantized into both layouts (bf16 rows, per-tensor scale): a block of 8 warps takes a tile of 32 rows
-// x 32 * VPL columns, each warp 4 of its rows as k_rot_small's items (same stages, same codes); row-major codes go
-// out from the registers, and the tile's codes, staged in shared memory, go out transposed as 32 consecutive bytes a
+// x 256 columns, each warp 4 of its rows as k_rot_small's items (same stages, same codes); row-major codes go out
+// from the registers, and the tile's codes, staged in shared memory, go out transposed as 32 consecutive bytes a
 // column (zero codes for rows past `rows`, nothing past rows_pad). Replaces quant_rows + an 8-bit transpose.
 enum { RSB_ROWS = 32 };
-template <int VPL> __global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int ntiles_c, int rows_pad,
-                                                                            uint8_t *qt, long ldqt) {
-    constexpr int TW = 32 * VPL, NG = VPL / 8;   // tile columns, groups of 8 values a lane
-    __shared__ __align__(16) uint8_t st[RSB_ROWS * TW];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+__global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
+    __shared__ __align__(16) uint8_t st[RSB_ROWS * 256];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nsh = a.lP - 3;
     if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
-    const long r0 = (long)(blockIdx.x / ntiles_c) * RSB_ROWS, c0 = (long)(blockIdx.x % ntiles_c) * TW;
-    for (int i = 0; i < RSB_ROWS / 8; i++) {
-        const int rl = warp * (RSB_ROWS / 8) + i;
-        const long r = r0 + rl, c = c0 + lane * VPL;
-        float v[VPL];
+    const long r0 = (long)(blockIdx.x / nseg256) * RSB_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256;
+    constexpr int RW = RSB_ROWS / 8;   // rows a warp; their loads issued together
+    float vr[RW][8];
+    #pragma unroll
+    for (int i = 0; i < RW; i++) {
+        const long r = r0 + warp * RW + i;
+        if (r < a.rows) load8<HALO_CUDA_BF16>(a.in, r * a.ld_in + c0 + lane * 8, vr[i]);
+    }
+    #pragma unroll
+    for (int i = 0; i < RW; i++) {
+        const int rl = warp * RW + i;
+        const long r = r0 + rl, c = c0 + lane * 8;
+        uint2 code = make_uint2(0, 0);
         if (r < a.rows) {   // warp-uniform
+            float *v = vr[i];
+            bfly8(v);
             #pragma unroll
-            for (int g = 0; g < NG; g++) load8<HALO_CUDA_BF16>(a.in, r * a.ld_in + c + 8 * g, v + 8 * g);
-            rs_rotate<VPL>(v, lane, a.lP, a.scale);
-        }
-        #pragma unroll
-        for (int g = 0; g < NG; g++) {
-            uint2 code = make_uint2(0, 0);
-            if (r < a.rows) {
-                #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    code.x |= (uint32_t)quant1(v[8 * g + k], qs, a.fmt) << (8 * k);
-                    code.y |= (uint32_t)quant1(v[8 * g + k + 4], qs, a.fmt) << (8 * k);
-                }
-                *(uint2 *)((uint8_t *)a.out + r * a.ld_out + c + 8 * g) = code;
+            for (int stg = 0; stg < 5; stg++)
+                if (stg < nsh) shfl_stage(v, lane, stg);
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                code.x |= (uint32_t)quant1(__fmul_rn(v[k], a.scale), qs, a.fmt) << (8 * k);
+                code.y |= (uint32_t)quant1(__fmul_rn(v[k + 4], a.scale), qs, a.fmt) << (8 * k);
             }
-            *(uint2 *)(st + rl * TW + lane * VPL + 8 * g) = code;
+            *(uint2 *)((uint8_t *)a.out + r * a.ld_out + c) = code;
         }
+        *(uint2 *)(st + rl * 256 + lane * 8) = code;
     }
     __syncthreads();
+    const int col = threadIdx.x;   // one column of the tile a thread: its 32 rows' codes
+    uint32_t w[8];
     #pragma unroll
-    for (int cc = 0; cc < TW / 256; cc++) {   // columns of the tile, one a thread per round: its 32 rows' codes
-        const int col = threadIdx.x + 256 * cc;
-        uint32_t w[8];
+    for (int j = 0; j < 8; j++) {
+        w[j] = 0;
         #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            w[j] = 0;
-            #pragma unroll
-            for (int k = 0; k < 4; k++) w[j] |= (uint32_t)st[(4 * j + k) * TW + col] << (8 * k);
-        }
-        uint8_t *o = qt + (c0 + col) * ldqt + r0;
-        if (r0 < rows_pad) *(uint4 *)o = make_uint4(w[0], w[1], w[2], w[3]);
-        if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
+        for (int k = 0; k < 4; k++) w[j] |= (uint32_t)st[(4 * j + k) * 256 + col] << (8 * k);
     }
+    uint8_t *o = qt + (c0 + col) * ldqt + r0;
+    if (r0 < rows_pad) *(uint4 *)o = make_uint4(w[0], w[1], w[2], w[3]);
+    if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
 }
 
 // k_rot_small_both's conditions: bf16 rows of a multiple of 256 (k_rot_small's), blocks of 8..256, rows_pad a multiple
@@ -1075,13 +1067,8 @@ extern "C" void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, d);
     a.aj = alpha_or_none(alpha);
     a.amax_q = amax; a.fmt = fmt; a.out = q; a.ld_out = ldq;
-    if (!g_small32_off && a.blk >= 32 && d % 1024 == 0) {   // k_rot_small's choice for bf16 rows
-        const int nt = d / 1024;
-        k_rot_small_both<32><<<cdiv(rows_pad, RSB_ROWS) * nt, 256, 0, s>>>(a, nt, rows_pad, qt, ldqt);
-    } else {
-        const int nt = d / 256;
-        k_rot_small_both<8><<<cdiv(rows_pad, RSB_ROWS) * nt, 256, 0, s>>>(a, nt, rows_pad, qt, ldqt);
-    }
+    const int nseg256 = d / 256, grid = cdiv(rows_pad, RSB_ROWS) * nseg256;
+    k_rot_small_both<<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
     CUDA_LAUNCH_CHECK();
 }
 
