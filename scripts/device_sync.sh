@@ -25,11 +25,15 @@ ln -sf /usr/lib/x86_64-linux-gnu/libopenblas.so.0 "$DEST/deps/lib/libopenblas.so
 cp -r /usr/include/cjson "$DEST/deps/include/"
 cp /usr/include/pcre2.h "$DEST/deps/include/" 2>/dev/null || true
 cp /usr/include/x86_64-linux-gnu/openblas-openmp/*.h "$DEST/deps/include/" 2>/dev/null || true
-cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
 cp -r "$SHARED"/models/stories260K "$DEST/shared/models/"
 cp "$SHARED"/bench/torch_llama_baseline.py "$DEST/shared/bench/"
-cp "$SHARED"/data/viggo/valid.csv "$SHARED"/data/viggo/train.csv "$DEST/shared/data/viggo/"
-cp "$SHARED"/data/text/tinystories_sample.txt "$DEST/shared/data/text/"
+# DEVICE_SYNC_LEAN=1: no goldens and datasets (5.4 MB; test_cuda_halo and the benchmarks need none) when the device
+# tool's 64 MiB carry limit is near (working tree + this folder)
+if [ "${DEVICE_SYNC_LEAN:-0}" != 1 ]; then
+  cp -r "$SHARED"/goldens/* "$DEST/shared/goldens/"
+  cp "$SHARED"/data/viggo/valid.csv "$SHARED"/data/viggo/train.csv "$DEST/shared/data/viggo/"
+  cp "$SHARED"/data/text/tinystories_sample.txt "$DEST/shared/data/text/"
+fi
 du -sh "$DEST"
 # the binaries (~10 MB each, mostly CUDA fat binary) compress 5x: ship them packed (gpu_lib.sh unpacks)
 (cd "$DEST" && tar cJf build-dev.tar.xz build-dev && rm -rf build-dev)
