@@ -79,7 +79,7 @@ void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const voi
 int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
                         float *amax, int *nonfinite, cudaStream_t s);
-// Rotated (blocks of 8..256) per-tensor quantization of bf16 rows into both layouts in one pass: q [rows][ldq] and
+// Rotated (blocks of 16..256) per-tensor quantization of bf16 rows into both layouts in one pass: q [rows][ldq] and
 // qt [d][ldqt] (rows_pad columns, zero codes past rows), the codes of halo_cuda_quant_rows + an 8-bit transpose.
 // Launch only where halo_cuda_rot_quant_both_ok.
 int halo_cuda_rot_quant_both_ok(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,

@@ -556,10 +556,33 @@ static int vgrid(long items, int per_block);
 // loads, bound the 8-value form on bf16 rows (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
 // += when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
 // per 8 values with the per-tensor scale, as k_rot's quantizer).
+// VPL consecutive values of a lane (32 lanes: 32 * VPL values, blocks of 2^lb <= 256 of them): stages h = 1 .. B / 2,
+// the first ones in registers, the rest by shuffles, then the scale.
+template <int VPL> __device__ __forceinline__ void rs_rotate(float *v, int lane, int lb, float scale) {
+    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
+    #pragma unroll
+    for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
+    #pragma unroll
+    for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
+        if (h < (1 << lb)) {
+            #pragma unroll
+            for (int k = 0; k < VPL; k++)
+                if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
+        }
+    #pragma unroll
+    for (int st = 0; st < 5; st++)
+        if (st < lb - LV) {
+            #pragma unroll
+            for (int g = 0; g < NG; g++) shfl_stage(v + 8 * g, lane, st);
+        }
+    #pragma unroll
+    for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], scale);
+}
+
 template <int TIN, int MODE, int VPL>
 __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int per_row, int lb) {
-    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
-    const int lane = threadIdx.x & 31, nsh = lb - LV;
+    constexpr int NG = VPL / 8;   // groups of 8 values
+    const int lane = threadIdx.x & 31;
     const long nw = ((long)gridDim.x * blockDim.x) >> 5;
     const float isc = a.in_scale ? *a.in_scale : 1.f;
     float mx = 0.f, qs = 1.f;
@@ -574,23 +597,7 @@ __global__ void __launch_bounds__(256) k_rot_small(rows_args a, long total, int 
         #pragma unroll
         for (int g = 0; g < NG; g++) load8<TIN>(a.in, r * a.ld_in + c + 8 * g, v + 8 * g);
         if (a.in_scale) for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], isc);
-        #pragma unroll
-        for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
-        #pragma unroll
-        for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
-            if (h < (1 << lb)) {
-                #pragma unroll
-                for (int k = 0; k < VPL; k++)
-                    if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
-            }
-        #pragma unroll
-        for (int st = 0; st < 5; st++)
-            if (st < nsh) {
-                #pragma unroll
-                for (int g = 0; g < NG; g++) shfl_stage(v + 8 * g, lane, st);
-            }
-        #pragma unroll
-        for (int k = 0; k < VPL; k++) v[k] = __fmul_rn(v[k], a.scale);
+        rs_rotate<VPL>(v, lane, lb, a.scale);
         #pragma unroll
         for (int g = 0; g < NG; g++) {
             float *u8 = v + 8 * g;
@@ -1007,7 +1014,7 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
 enum { RSB_ROWS = 32 };
 __global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
     __shared__ __align__(16) uint8_t st[RSB_ROWS * 256];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nsh = a.lP - 3;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     const long r0 = (long)(blockIdx.x / nseg256) * RSB_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256;
@@ -1025,14 +1032,11 @@ __global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256
         uint2 code = make_uint2(0, 0);
         if (r < a.rows) {   // warp-uniform
             float *v = vr[i];
-            bfly8(v);
-            #pragma unroll
-            for (int stg = 0; stg < 5; stg++)
-                if (stg < nsh) shfl_stage(v, lane, stg);
+            rs_rotate<8>(v, lane, a.lP, a.scale);
             #pragma unroll
             for (int k = 0; k < 4; k++) {
-                code.x |= (uint32_t)quant1(__fmul_rn(v[k], a.scale), qs, a.fmt) << (8 * k);
-                code.y |= (uint32_t)quant1(__fmul_rn(v[k + 4], a.scale), qs, a.fmt) << (8 * k);
+                code.x |= (uint32_t)quant1(v[k], qs, a.fmt) << (8 * k);
+                code.y |= (uint32_t)quant1(v[k + 4], qs, a.fmt) << (8 * k);
             }
             *(uint2 *)((uint8_t *)a.out + r * a.ld_out + c) = code;
         }
@@ -1052,13 +1056,13 @@ __global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256
     if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
 }
 
-// k_rot_small_both's conditions: bf16 rows of a multiple of 256 (k_rot_small's), blocks of 8..256, rows_pad a multiple
-// of 16, qt 16-byte aligned with ldqt a multiple of 16.
+// k_rot_small_both's conditions: k_rot_small's (bf16 rows of a multiple of 256, blocks of 16..256 here), rows_pad a
+// multiple of 16, qt 16-byte aligned with ldqt a multiple of 16.
 extern "C" int halo_cuda_rot_quant_both_ok(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
                                            const uint8_t *q, long ldq, const uint8_t *qt, long ldqt, int rows_pad) {
     if (!h || rows <= 0 || d != h->d || rows_pad % 16 || rows_pad < rows || ldqt % 16 || !aligned(qt, 16)) return 0;
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, d);
-    return rot_small_ok(a, q, ldq, 1) && d % 256 == 0;
+    return rot_small_ok(a, q, ldq, 1);
 }
 
 extern "C" void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
