@@ -256,10 +256,11 @@ static void test_rot_small(void) {
     const int dims[] = {768, 1024, 4096}, blocks[] = {8, 16, 32, 64, 128, 256};
     for (int di = 0; di < 3; di++)
         for (int bi = 0; bi < 6; bi++)
-            for (int v32 = 1; v32 >= 0; v32--) {
+            for (int form = 2; form >= 0; form--) {   // tiles, 32 values a lane, 8 a lane
                 const int d = dims[di], B = blocks[bi], R = di == 1 ? 40 : 6;
-                if (!v32 && (d % 1024 || B < 32)) continue;   // the same kernel as with the switch on
-                halo_cuda_rows_small32(v32);
+                if (form == 2 && B < 16) continue;                       // no tiles: form 1's kernels
+                if (form == 0 && (d % 1024 || B < 32)) continue;         // the same kernel as form 1
+                halo_cuda_rows_small_form(form);
                 halo_hadamard hp;
                 halo_cuda_had hg;
                 if (halo_hadamard_plan(&hp, d, B) || halo_cuda_had_plan(&hg, d, B)) { CHECK(0, "plan %d/%d", d, B); continue; }
@@ -273,7 +274,7 @@ static void test_rot_small(void) {
                 float mx = 0;
                 for (size_t i = 0; i < n; i++) mx = fmaxf(mx, fabsf(xr[i]));
                 char det[64];
-                snprintf(det, sizeof det, "%dx%d blocks of %d%s", R, d, B, v32 ? "" : " (8 a lane)");
+                snprintf(det, sizeof det, "%dx%d blocks of %d%s", R, d, B, form == 2 ? " (tiles)" : form ? "" : " (8 a lane)");
                 float *dout = dev_poison(4 * n);
                 halo_cuda_had_rows(&hg, 0, dx, HALO_CUDA_BF16, d, NULL, dout, 1, d, 0, R, 0);
                 float *g = t_host_of(dout, 4 * n);
@@ -333,7 +334,7 @@ static void test_rot_small(void) {
                 free(x); free(xr); free(g); cudaFree(dx); cudaFree(dout); cudaFree(dam);
                 halo_cuda_had_free(&hg);
             }
-    halo_cuda_rows_small32(1);
+    halo_cuda_rows_small_form(2);
 }
 
 // ---- the 8-element (16-byte) paths and their fallbacks: padded rows, odd widths, misaligned pointers ---------

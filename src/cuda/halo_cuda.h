@@ -51,8 +51,10 @@ void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const void *in, i
 // 0: the rotated row kernels above take the generic one-row-per-block path only (tests compare both); 1: default,
 // the fast path (halo_kernels.cu, k_rot) where the shape allows.
 void halo_cuda_rows_fast(int on);
-// 0: the small-block rotation kernel holds 8 values a lane only (tests compare with the 32-value form; default 1).
-void halo_cuda_rows_small32(int on);
+// The small-block rotation kernels (blocks of 8..256): 0 = 8 values a lane only, 1 = 32 values a lane where the rows
+// allow, 2 (default; HALO_CUDA_ROT_TILE=0 makes it 1) = bf16 absmax / quantize passes by tiles of 32 x 256 through
+// shared memory (k_rot_tile). Tests compare all three.
+void halo_cuda_rows_small_form(int form);
 // The generic rotated-row kernel's most threads per block (64..1024, default 512; benchmarks compare).
 void halo_cuda_rows_threads(int n);
 // max |v| over v = rows of in (rotated by h when h != NULL, else the first d entries): *amax = max(*amax, ...)

@@ -648,9 +648,11 @@ static int rot_small_ok(const rows_args &a, const void *out, long ld_out, int ou
            ((uintptr_t)out % al) == 0 && (ld_out * out_es) % al == 0;
 }
 
-// halo_cuda_rows_small32(0): the 8-value form only (tests compare both)
+// halo_cuda_rows_small_form: 0 = the 8-value form only, 1 = the 32-value form where it applies, 2 = also k_rot_tile
+// (the default; tests compare all three)
 static int g_small32_off;
-extern "C" void halo_cuda_rows_small32(int on) { g_small32_off = !on; }
+static int g_rot_tile = -1;   // -1: HALO_CUDA_ROT_TILE decides at the first use
+extern "C" void halo_cuda_rows_small_form(int form) { g_small32_off = form < 1; g_rot_tile = form >= 2; }
 
 template <int MODE, int VPL> static void launch_rot_small_v(int tin, rows_args &a, cudaStream_t s) {
     const int per_row = (int)((long)a.blk * a.nseg / (32 * VPL));
@@ -669,6 +671,119 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
     else launch_rot_small_v<MODE, 8>(tin, a, s);
 }
 
+
+// Tiles of 32 rows x 256 columns of bf16 rows, blocks of 16..256 (k_rot_small's stages and values, no shuffles):
+// thread (r = tid / 8, j = tid % 8) loads columns 32j .. 32j + 31 of row r and runs stages h = 1 .. 16 in registers,
+// then the tile goes through shared memory (fp32, 16-byte chunks XOR-swizzled: no bank conflicts either way) and the
+// thread takes columns 32i + 4j + q (i = 0..7, q = 0..3): stages h = 32 .. 128 in registers. One exchange per value
+// instead of three shuffles (the shuffles bound k_rot_small on bf16 rows). QUANT = 0: the absmax (and the non-finite
+// flag); 1: codes with the per-tensor scale, row-major from the registers and, when qt, transposed as k_rot_small_both
+// (32 consecutive bytes a column, zero codes for rows past `rows`, nothing past rows_pad). A persistent form (3 blocks
+// an SM, the next tile's loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
+enum { RT_ROWS = 32 };
+template <int QUANT>
+__global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
+    __shared__ __align__(16) float4 ex[RT_ROWS * 64];
+    __shared__ __align__(16) uint32_t st[QUANT ? RT_ROWS * 64 : 1];
+    const int tid = threadIdx.x, r = tid >> 3, j = tid & 7, B = 1 << a.lP;
+    if (QUANT && blockIdx.x == 0 && tid == 0) run_alpha(a.aj);
+    const long r0 = (long)(blockIdx.x / nseg256) * RT_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256, row = r0 + r;
+    const bool live = row < a.rows;
+    float v[32];
+    if (live) {
+        #pragma unroll
+        for (int g = 0; g < 4; g++) load8<HALO_CUDA_BF16>(a.in, row * a.ld_in + c0 + 32 * j + 8 * g, v + 8 * g);
+    } else {
+        #pragma unroll
+        for (int k = 0; k < 32; k++) v[k] = 0.f;
+    }
+    #pragma unroll
+    for (int g = 0; g < 4; g++) bfly8(v + 8 * g);
+    #pragma unroll
+    for (int h = 8; h < 32; h *= 2)
+        if (h < B) {
+            #pragma unroll
+            for (int k = 0; k < 32; k++)
+                if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
+        }
+    #pragma unroll
+    for (int c = 0; c < 8; c++)   // chunk c (columns 32j + 4c ..) at chunk 8j + (c ^ j) of the row
+        ex[r * 64 + 8 * j + (c ^ j)] = make_float4(v[4 * c], v[4 * c + 1], v[4 * c + 2], v[4 * c + 3]);
+    __syncthreads();
+    #pragma unroll
+    for (int i = 0; i < 8; i++) {   // columns 32i + 4j .. + 3
+        const float4 f = ex[r * 64 + 8 * i + (j ^ i)];
+        v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+    }
+    #pragma unroll
+    for (int s = 1; s < 8; s *= 2)   // h = 32 s: values 4 s apart in v
+        if (32 * s < B) {
+            #pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (!(i & s)) {
+                    #pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        const float x = v[4 * i + q], y = v[4 * (i + s) + q];
+                        v[4 * i + q] = x + y; v[4 * (i + s) + q] = x - y;
+                    }
+                }
+        }
+    #pragma unroll
+    for (int k = 0; k < 32; k++) v[k] = __fmul_rn(v[k], a.scale);
+    if constexpr (!QUANT) {
+        float mx = 0.f;
+        int bad = 0;
+        #pragma unroll
+        for (int k = 0; k < 32; k++) {
+            const float av = fabsf(v[k]);
+            bad |= !(av <= FLT_MAX);
+            mx = fmaxf(mx, av);
+        }
+        mx = block_max(mx);
+        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
+        if (tid == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
+    } else {
+        const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
+        uint32_t wd[8];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            wd[i] = 0;
+            #pragma unroll
+            for (int q = 0; q < 4; q++) wd[i] |= (uint32_t)quant1(v[4 * i + q], qs, a.fmt) << (8 * q);
+            if (live) *(uint32_t *)((uint8_t *)a.out + row * a.ld_out + c0 + 32 * i + 4 * j) = wd[i];
+        }
+        if (!qt) return;   // (block-uniform)
+        #pragma unroll
+        for (int i = 0; i < 8; i++) st[r * 64 + ((8 * i + j) ^ ((r & 3) << 3))] = wd[i];   // word 8i + j, swizzled
+        __syncthreads();
+        const int col = tid;   // one column of the tile a thread: its 32 rows' codes
+        uint32_t w[8];
+        #pragma unroll
+        for (int k = 0; k < 8; k++) {
+            w[k] = 0;
+            #pragma unroll
+            for (int b = 0; b < 4; b++) {
+                const int rr = 4 * k + b;
+                const uint32_t word = st[rr * 64 + ((col >> 2) ^ ((rr & 3) << 3))];
+                w[k] |= (word >> (8 * (col & 3)) & 0xffu) << (8 * b);
+            }
+        }
+        uint8_t *o = qt + (c0 + col) * ldqt + r0;
+        if (r0 < rows_pad) *(uint4 *)o = make_uint4(w[0], w[1], w[2], w[3]);
+        if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
+    }
+}
+
+// k_rot_tile's conditions beyond rot_small_ok's (see halo_cuda_rows_small_form)
+static int rot_tile_ok(const rows_args &a, int tin) {
+    return env_switch(&g_rot_tile, "HALO_CUDA_ROT_TILE") && tin == HALO_CUDA_BF16 && !a.in_scale && a.blk >= 16;
+}
+template <int QUANT> static void launch_rot_tile(rows_args &a, int rows_pad, uint8_t *qt, long ldqt, cudaStream_t s) {
+    const int nseg256 = (int)((long)a.blk * a.nseg / 256), grid = cdiv(QUANT && qt ? rows_pad : a.rows, RT_ROWS) * nseg256;
+    if (grid <= 0) return;
+    k_rot_tile<QUANT><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    CUDA_LAUNCH_CHECK();
+}
 
 // 1 when k_rot takes this launch (see its conditions above); a.htr is set by rows_setup.
 // K = 44 stays on k_rows. K = 28 (down_proj, 14336 = 28 * 512) was there too while k_rot's mix read its coefficients
@@ -967,7 +1082,8 @@ extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, con
     a.amax_bits = (unsigned *)amax; a.amax_row_bits = (unsigned *)amax_row; a.nonfinite = nonfinite;
     a.vec_out = 1;
     if (!a.rotate) a.vec_out = 0;   // scalar loads of the unrotated input (any alignment)
-    if (rot_small_ok(a, NULL, 0, 4)) launch_rot_small<MODE_AMAX>(in_type, a, s);
+    if (rot_small_ok(a, NULL, 0, 4) && rot_tile_ok(a, in_type)) launch_rot_tile<0>(a, rows, NULL, 0, s);
+    else if (rot_small_ok(a, NULL, 0, 4)) launch_rot_small<MODE_AMAX>(in_type, a, s);
     else launch_rows<MODE_AMAX>(in_type, a, s);
 }
 
@@ -1003,7 +1119,8 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
     a.aj = aj;
     a.amax_q = amax; a.amax_row_q = amax_row; a.fmt = fmt; a.out = q; a.ld_out = ldq;
     a.vec_out = aligned(q, 4) && ldq % 4 == 0;
-    if (rot_small_ok(a, q, ldq, 1)) launch_rot_small<MODE_QUANT>(in_type, a, s);
+    if (rot_small_ok(a, q, ldq, 1) && rot_tile_ok(a, in_type)) launch_rot_tile<1>(a, rows, NULL, 0, s);
+    else if (rot_small_ok(a, q, ldq, 1)) launch_rot_small<MODE_QUANT>(in_type, a, s);
     else launch_rows<MODE_QUANT>(in_type, a, s);
 }
 
@@ -1071,6 +1188,7 @@ extern "C" void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, d);
     a.aj = alpha_or_none(alpha);
     a.amax_q = amax; a.fmt = fmt; a.out = q; a.ld_out = ldq;
+    if (rot_tile_ok(a, HALO_CUDA_BF16)) { launch_rot_tile<1>(a, rows_pad, qt, ldqt, s); return; }
     const int nseg256 = d / 256, grid = cdiv(rows_pad, RSB_ROWS) * nseg256;
     k_rot_small_both<<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
     CUDA_LAUNCH_CHECK();
