@@ -677,8 +677,9 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
 // then the tile goes through shared memory (fp32, 16-byte chunks XOR-swizzled: no bank conflicts either way) and the
 // thread takes columns 32i + 4j + q (i = 0..7, q = 0..3): stages h = 32 .. 128 in registers. One exchange per value
 // instead of three shuffles (the shuffles bound k_rot_small on bf16 rows). QUANT = 0: the absmax (and the non-finite
-// flag); 1: codes with the per-tensor scale, row-major from the registers and, when qt, transposed as k_rot_small_both
-// (32 consecutive bytes a column, zero codes for rows past `rows`, nothing past rows_pad). A persistent form (3 blocks
+// flag); 1: codes with the per-tensor scale, row-major from the registers and, when qt, transposed (32 consecutive
+// bytes a column, zero codes for rows past `rows`, nothing past rows_pad). It replaced k_rot_small_both (the same tiles
+// with the 8-value shuffles: gate's X both layouts 0.063-0.068 ms against 0.071-0.077 on the H200). A persistent form (3 blocks
 // an SM, the next tile's loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
 enum { RT_ROWS = 32 };
 template <int QUANT>
@@ -1124,62 +1125,13 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
     else launch_rows<MODE_QUANT>(in_type, a, s);
 }
 
-// Small blocks quantized into both layouts (bf16 rows, per-tensor scale): a block of 8 warps takes a tile of 32 rows
-// x 256 columns, each warp 4 of its rows as k_rot_small's items (same stages, same codes); row-major codes go out
-// from the registers, and the tile's codes, staged in shared memory, go out transposed as 32 consecutive bytes a
-// column (zero codes for rows past `rows`, nothing past rows_pad). Replaces quant_rows + an 8-bit transpose.
-enum { RSB_ROWS = 32 };
-__global__ void __launch_bounds__(256) k_rot_small_both(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
-    __shared__ __align__(16) uint8_t st[RSB_ROWS * 256];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
-    const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
-    const long r0 = (long)(blockIdx.x / nseg256) * RSB_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256;
-    constexpr int RW = RSB_ROWS / 8;   // rows a warp; their loads issued together
-    float vr[RW][8];
-    #pragma unroll
-    for (int i = 0; i < RW; i++) {
-        const long r = r0 + warp * RW + i;
-        if (r < a.rows) load8<HALO_CUDA_BF16>(a.in, r * a.ld_in + c0 + lane * 8, vr[i]);
-    }
-    #pragma unroll
-    for (int i = 0; i < RW; i++) {
-        const int rl = warp * RW + i;
-        const long r = r0 + rl, c = c0 + lane * 8;
-        uint2 code = make_uint2(0, 0);
-        if (r < a.rows) {   // warp-uniform
-            float *v = vr[i];
-            rs_rotate<8>(v, lane, a.lP, a.scale);
-            #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                code.x |= (uint32_t)quant1(v[k], qs, a.fmt) << (8 * k);
-                code.y |= (uint32_t)quant1(v[k + 4], qs, a.fmt) << (8 * k);
-            }
-            *(uint2 *)((uint8_t *)a.out + r * a.ld_out + c) = code;
-        }
-        *(uint2 *)(st + rl * 256 + lane * 8) = code;
-    }
-    __syncthreads();
-    const int col = threadIdx.x;   // one column of the tile a thread: its 32 rows' codes
-    uint32_t w[8];
-    #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        w[j] = 0;
-        #pragma unroll
-        for (int k = 0; k < 4; k++) w[j] |= (uint32_t)st[(4 * j + k) * 256 + col] << (8 * k);
-    }
-    uint8_t *o = qt + (c0 + col) * ldqt + r0;
-    if (r0 < rows_pad) *(uint4 *)o = make_uint4(w[0], w[1], w[2], w[3]);
-    if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
-}
-
-// k_rot_small_both's conditions: k_rot_small's (bf16 rows of a multiple of 256, blocks of 16..256 here), rows_pad a
-// multiple of 16, qt 16-byte aligned with ldqt a multiple of 16.
+// k_rot_tile's conditions for both layouts: rot_small_ok and rot_tile_ok (bf16 rows of a multiple of 256, blocks of
+// 16..256, tiles on), rows_pad a multiple of 16, qt 16-byte aligned with ldqt a multiple of 16.
 extern "C" int halo_cuda_rot_quant_both_ok(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
                                            const uint8_t *q, long ldq, const uint8_t *qt, long ldqt, int rows_pad) {
     if (!h || rows <= 0 || d != h->d || rows_pad % 16 || rows_pad < rows || ldqt % 16 || !aligned(qt, 16)) return 0;
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, d);
-    return rot_small_ok(a, q, ldq, 1);
+    return rot_small_ok(a, q, ldq, 1) && rot_tile_ok(a, HALO_CUDA_BF16);
 }
 
 extern "C" void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, int d,
@@ -1188,10 +1140,7 @@ extern "C" void halo_cuda_rot_quant_both(const halo_cuda_had *h, const halo_bf16
     rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, d);
     a.aj = alpha_or_none(alpha);
     a.amax_q = amax; a.fmt = fmt; a.out = q; a.ld_out = ldq;
-    if (rot_tile_ok(a, HALO_CUDA_BF16)) { launch_rot_tile<1>(a, rows_pad, qt, ldqt, s); return; }
-    const int nseg256 = d / 256, grid = cdiv(rows_pad, RSB_ROWS) * nseg256;
-    k_rot_small_both<<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
-    CUDA_LAUNCH_CHECK();
+    launch_rot_tile<1>(a, rows_pad, qt, ldqt, s);
 }
 
 extern "C" void halo_cuda_quant_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
