@@ -148,10 +148,9 @@ __device__ __forceinline__ float rscale_of(float amax, float qmax) { return 1.f 
 
 __device__ __forceinline__ uint8_t quant1(float x, float r, int fmt) {
     float v = x * r;
-    if (fmt == HALO_CUDA_INT8) {
-        v = rintf(v);
-        v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
-        return (uint8_t)(int8_t)v;
+    if (fmt == HALO_CUDA_INT8) {   // rint, then clamp to +-127 (the CPU's order; equal for every input, NaN -> 0)
+        const int c = __float2int_rn(v);
+        return (uint8_t)(int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
     }
     return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
 }
@@ -682,7 +681,7 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
 // with the 8-value shuffles: gate's X both layouts 0.063-0.068 ms against 0.071-0.077 on the H200). A persistent form (3 blocks
 // an SM, the next tile's loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
 enum { RT_ROWS = 32 };
-template <int QUANT>
+template <int QUANT, int FMT>
 __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
     __shared__ __align__(16) float4 ex[RT_ROWS * 64];
     __shared__ __align__(16) uint32_t st[QUANT ? RT_ROWS * 64 : 1];
@@ -729,49 +728,58 @@ __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int 
                     }
                 }
         }
-    #pragma unroll
-    for (int k = 0; k < 32; k++) v[k] = __fmul_rn(v[k], a.scale);
     if constexpr (!QUANT) {
-        float mx = 0.f;
-        int bad = 0;
+        // max |v * scale| = max |v| * scale (rounding is monotonic): one multiply per block, not per value; a NaN / Inf
+        // among the values turns chk into NaN (0 * NaN, 0 * Inf) with one fma a value instead of a compare and an or
+        float mx = 0.f, chk = 0.f;
         #pragma unroll
         for (int k = 0; k < 32; k++) {
-            const float av = fabsf(v[k]);
-            bad |= !(av <= FLT_MAX);
-            mx = fmaxf(mx, av);
+            mx = fmaxf(mx, fabsf(v[k]));
+            chk = fmaf(v[k], 0.f, chk);
         }
-        mx = block_max(mx);
-        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
+        mx = __fmul_rn(block_max(mx), a.scale);
+        if (a.nonfinite) { if (__syncthreads_or(chk != 0.f) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
     } else {
+        #pragma unroll
+        for (int k = 0; k < 32; k++) v[k] = __fmul_rn(v[k], a.scale);
         const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
         uint32_t wd[8];
         #pragma unroll
         for (int i = 0; i < 8; i++) {
             wd[i] = 0;
             #pragma unroll
-            for (int q = 0; q < 4; q++) wd[i] |= (uint32_t)quant1(v[4 * i + q], qs, a.fmt) << (8 * q);
+            for (int q = 0; q < 4; q++) wd[i] |= (uint32_t)quantf<FMT>(v[4 * i + q], qs, a.fmt) << (8 * q);
             if (live) *(uint32_t *)((uint8_t *)a.out + row * a.ld_out + c0 + 32 * i + 4 * j) = wd[i];
         }
         if (!qt) return;   // (block-uniform)
+        // word 8i + j of row r (columns 32i + 4j ..) at word (8i + j) ^ swz(r) of the staged row: conflict-free stores
+        // (a warp's 4 rows differ in r & 3) and loads (a warp's 4 row groups differ in r >> 3)
+        auto swz = [](int row) { return ((row & 3) ^ (row >> 3 & 3)) << 3; };
         #pragma unroll
-        for (int i = 0; i < 8; i++) st[r * 64 + ((8 * i + j) ^ ((r & 3) << 3))] = wd[i];   // word 8i + j, swizzled
+        for (int i = 0; i < 8; i++) st[r * 64 + ((8 * i + j) ^ swz(r))] = wd[i];
         __syncthreads();
-        const int col = tid;   // one column of the tile a thread: its 32 rows' codes
-        uint32_t w[8];
+        // thread (cg = tid / 4, rg = tid % 4): columns 4cg .. 4cg + 3 of rows 8rg .. 8rg + 7, a 4 x 4 byte transpose
+        // by byte permutes per 4 rows, then 8 bytes a column
+        const int cg = tid >> 2, rg = tid & 3;
+        uint32_t w[8], col[4][2];
         #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            w[k] = 0;
-            #pragma unroll
-            for (int b = 0; b < 4; b++) {
-                const int rr = 4 * k + b;
-                const uint32_t word = st[rr * 64 + ((col >> 2) ^ ((rr & 3) << 3))];
-                w[k] |= (word >> (8 * (col & 3)) & 0xffu) << (8 * b);
-            }
+        for (int k = 0; k < 8; k++) w[k] = st[(8 * rg + k) * 64 + (cg ^ swz(8 * rg + k))];
+        #pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint32_t *x = w + 4 * h;
+            const uint32_t lo01 = __byte_perm(x[0], x[1], 0x5140), hi01 = __byte_perm(x[0], x[1], 0x7362);
+            const uint32_t lo23 = __byte_perm(x[2], x[3], 0x5140), hi23 = __byte_perm(x[2], x[3], 0x7362);
+            col[0][h] = __byte_perm(lo01, lo23, 0x5410);
+            col[1][h] = __byte_perm(lo01, lo23, 0x7632);
+            col[2][h] = __byte_perm(hi01, hi23, 0x5410);
+            col[3][h] = __byte_perm(hi01, hi23, 0x7632);
         }
-        uint8_t *o = qt + (c0 + col) * ldqt + r0;
-        if (r0 < rows_pad) *(uint4 *)o = make_uint4(w[0], w[1], w[2], w[3]);
-        if (r0 + 16 < rows_pad) *(uint4 *)(o + 16) = make_uint4(w[4], w[5], w[6], w[7]);
+        if (r0 + 8 * rg < rows_pad) {
+            #pragma unroll
+            for (int c = 0; c < 4; c++)
+                *(uint2 *)(qt + (c0 + 4 * cg + c) * ldqt + r0 + 8 * rg) = make_uint2(col[c][0], col[c][1]);
+        }
     }
 }
 
@@ -782,7 +790,9 @@ static int rot_tile_ok(const rows_args &a, int tin) {
 template <int QUANT> static void launch_rot_tile(rows_args &a, int rows_pad, uint8_t *qt, long ldqt, cudaStream_t s) {
     const int nseg256 = (int)((long)a.blk * a.nseg / 256), grid = cdiv(QUANT && qt ? rows_pad : a.rows, RT_ROWS) * nseg256;
     if (grid <= 0) return;
-    k_rot_tile<QUANT><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    if (!QUANT) k_rot_tile<0, -1><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    else if (a.fmt == HALO_CUDA_INT8) k_rot_tile<1, HALO_CUDA_INT8><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    else k_rot_tile<1, HALO_CUDA_E4M3><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -1504,7 +1514,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         }
     }
     float mx = 0.f;
-    int bad = 0;
+    float chk = 0.f;   // AMAX: NaN once a non-finite value passed
     float qs = 1.f;
     if (MODE == TR_QUANT) qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     const int nspan = a.span - col;
@@ -1513,7 +1523,8 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         const long t = t0 + (long)tr_tok<S, V>(w, NP - 1, k) * a.hlo;
         float x[4];
         #pragma unroll
-        for (int j = 0; j < 4; j++) x[j] = MODE == TR_RAW ? v[j][k] : __fmul_rn(v[j][k], a.scale);   // never fused
+        // never fused; AMAX: the scale after the maximum (as k_rot_tile)
+        for (int j = 0; j < 4; j++) x[j] = MODE == TR_RAW || MODE == TR_AMAX ? v[j][k] : __fmul_rn(v[j][k], a.scale);
         if (MODE == TR_RAW) {
             if (FULL || ncol > 0) {
                 float *o = (float *)a.out + t * a.ldo + col;
@@ -1523,9 +1534,8 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         } else if (MODE == TR_AMAX) {
             #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float ax = fabsf(x[j]);
-                bad |= !(ax <= FLT_MAX);
-                mx = fmaxf(mx, ax);   // NaN skipped, as the CPU's max (the flag reports it); missing columns are 0
+                mx = fmaxf(mx, fabsf(x[j]));   // NaN skipped, as the CPU's max (the flag reports it); missing columns are 0
+                chk = fmaf(x[j], 0.f, chk);    // NaN once a NaN or Inf passed
             }
         } else if (MODE == TR_QUANT) {
             if (FULL || nspan > 0) {
@@ -1561,8 +1571,8 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         }
     }
     if (MODE == TR_AMAX) {
-        mx = block_max(mx);
-        if (a.nonfinite) { if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
+        mx = __fmul_rn(block_max(mx), a.scale);
+        if (a.nonfinite) { if (__syncthreads_or(chk != 0.f) && threadIdx.x == 0) atomicOr(a.nonfinite, 1); }
         if (threadIdx.x == 0) atomicMax(a.amax_bits, __float_as_uint(mx));
     }
 }
