@@ -457,8 +457,9 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     }
     __syncthreads();
 
-    float mx = 0.f;
-    int bad = 0;
+    // MODE_AMAX: the values arrive unscaled (sc below), the maximum is scaled once (max |v s| = s max |v|: rounding is
+    // monotonic), and chk turns NaN once a NaN or Inf passed (one fma a value instead of a compare and an or)
+    float mx = 0.f, chk = 0.f;
     float qs = 1.f;
     if (MODE == MODE_QUANT) qs = rscale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
     auto emit_at = [&](long o_off, int e, float v) {
@@ -471,14 +472,14 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             }
         } else if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
             if (MODE == MODE_STORE_AMAX) ((float *)a.out)[o_off + e] = v;
-            const float av = fabsf(v);
-            bad |= !(av <= FLT_MAX);
-            mx = fmaxf(mx, av);
+            mx = fmaxf(mx, fabsf(v));
+            chk = fmaf(v, 0.f, chk);
         } else {
             ((uint8_t *)a.out)[o_off + e] = quant1(v, qs, a.fmt);
         }
     };
     auto emit = [&](int e, float v) { emit_at(out_off, e, v); };
+    auto sc = [&](float v) { return MODE == MODE_AMAX ? v : __fmul_rn(v, a.scale); };
 
     const int Q = P > 256 ? P >> 8 : 1;
     if (K == 1 || Q > 1) {
@@ -501,7 +502,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             #pragma unroll
             for (int k = 0; k < QM; k++) {
                 if (k >= Q) break;
-                if (K == 1) emit_at(o_off, (il >> 8) * P + (il & 255) + 256 * k, __fmul_rn(r[k], a.scale));
+                if (K == 1) emit_at(o_off, (il >> 8) * P + (il & 255) + 256 * k, sc(r[k]));
                 else sm[base + 256 * k] = r[k];
             }
         }
@@ -518,7 +519,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
                     float acc = 0.f;
                     #pragma unroll
                     for (int c = 0; c < K; c++) acc = hk_neg_mask(K, c) >> i & 1u ? acc - x[c] : acc + x[c];
-                    emit(i * P + j, __fmul_rn(acc, a.scale));
+                    emit(i * P + j, sc(acc));
                 }
             } else {
                 #pragma unroll
@@ -526,14 +527,15 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
                     float acc = 0.f;
                     #pragma unroll
                     for (int c = 0; c < K; c++) acc = hk_neg_mask(K, i) >> c & 1u ? acc - x[c] : acc + x[c];
-                    emit(i * P + j, __fmul_rn(acc, a.scale));
+                    emit(i * P + j, sc(acc));
                 }
             }
         }
     }
     if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
         mx = block_max(mx);
-        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
+        if (MODE == MODE_AMAX) mx = __fmul_rn(mx, a.scale);
+        if (a.nonfinite) { if (__syncthreads_or(chk != 0.f) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0) {
             if (a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
             if (a.amax_row_bits) atomicMax(a.amax_row_bits + row, __float_as_uint(mx));
