@@ -677,11 +677,12 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
 // thread (r = tid / 8, j = tid % 8) loads columns 32j .. 32j + 31 of row r and runs stages h = 1 .. 16 in registers,
 // then the tile goes through shared memory (fp32, 16-byte chunks XOR-swizzled: no bank conflicts either way) and the
 // thread takes columns 32i + 4j + q (i = 0..7, q = 0..3): stages h = 32 .. 128 in registers. One exchange per value
-// instead of three shuffles (the shuffles bound k_rot_small on bf16 rows). QUANT = 0: the absmax (and the non-finite
-// flag); 1: codes with the per-tensor scale, row-major from the registers and, when qt, transposed (32 consecutive
-// bytes a column, zero codes for rows past `rows`, nothing past rows_pad). It replaced k_rot_small_both (the same tiles
-// with the 8-value shuffles: gate's X both layouts 0.063-0.068 ms against 0.071-0.077 on the H200). A persistent form (3 blocks
-// an SM, the next tile's loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
+// instead of three shuffles. QUANT = 0: the absmax (and the non-finite flag); 1: codes with the per-tensor scale
+// (FMT: the format), row-major from the registers and, when qt, transposed (32 consecutive bytes a column, zero codes
+// for rows past `rows`, nothing past rows_pad). On the H200 (dev/cuda/HALO_NOTES.md Run 15) it is issue-bound, so it
+// counts instructions: gate's X into both layouts 0.051 ms, against 0.071-0.077 for the kernel it replaced
+// (k_rot_small_both: the same tiles with 8-value warp shuffles). A persistent form (3 blocks an SM, the next tile's
+// loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
 enum { RT_ROWS = 32 };
 template <int QUANT, int FMT>
 __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
