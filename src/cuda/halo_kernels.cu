@@ -681,8 +681,9 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
 // (FMT: the format), row-major from the registers and, when qt, transposed (32 consecutive bytes a column, zero codes
 // for rows past `rows`, nothing past rows_pad). On the H200 (dev/cuda/HALO_NOTES.md Run 15) it is issue-bound, so it
 // counts instructions: gate's X into both layouts 0.051 ms, against 0.071-0.077 for the kernel it replaced
-// (k_rot_small_both: the same tiles with 8-value warp shuffles). A persistent form (3 blocks an SM, the next tile's
-// loads in flight during the rotation) ran the absmax pass slower (gate X 0.053 vs 0.046 ms).
+// (k_rot_small_both: the same tiles with 8-value warp shuffles). Two persistent forms ran slower: the next tile's loads
+// in registers (3 blocks an SM; gate absmax X 0.053 vs 0.046 ms), and by cp.async into shared memory (4 blocks an SM;
+// quantize X both layouts 0.058-0.068 vs 0.051 ms, absmax unchanged).
 enum { RT_ROWS = 32 };
 template <int QUANT, int FMT>
 __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
