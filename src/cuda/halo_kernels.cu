@@ -160,6 +160,14 @@ template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float r, i
     return quant1(x, r, FMT >= 0 ? FMT : fmt);
 }
 
+// The absmax passes' per-value step: mx = max |v| (NaN skipped, as the CPU's max), and chk turns NaN once a NaN or Inf
+// passed (0 * NaN, 0 * Inf): one fma a value instead of a compare and an or; the flag is chk != 0 at the end. Where v is
+// unscaled the pass multiplies the maximum by the scale once: max |v s| = s max |v|, rounding being monotonic.
+__device__ __forceinline__ void amax_add(float &mx, float &chk, float v) {
+    mx = fmaxf(mx, fabsf(v));
+    chk = fmaf(v, 0.f, chk);
+}
+
 __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
 
 // The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
@@ -457,9 +465,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
     }
     __syncthreads();
 
-    // MODE_AMAX: the values arrive unscaled (sc below), the maximum is scaled once (max |v s| = s max |v|: rounding is
-    // monotonic), and chk turns NaN once a NaN or Inf passed (one fma a value instead of a compare and an or)
-    float mx = 0.f, chk = 0.f;
+    float mx = 0.f, chk = 0.f;   // amax_add; MODE_AMAX: the values arrive unscaled (sc below)
     float qs = 1.f;
     if (MODE == MODE_QUANT) qs = rscale_of(a.amax_row_q ? a.amax_row_q[row] : *a.amax_q, qmax_of(a.fmt));
     auto emit_at = [&](long o_off, int e, float v) {
@@ -472,8 +478,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
             }
         } else if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
             if (MODE == MODE_STORE_AMAX) ((float *)a.out)[o_off + e] = v;
-            mx = fmaxf(mx, fabsf(v));
-            chk = fmaf(v, 0.f, chk);
+            amax_add(mx, chk, v);
         } else {
             ((uint8_t *)a.out)[o_off + e] = quant1(v, qs, a.fmt);
         }
@@ -557,19 +562,23 @@ static int vgrid(long items, int per_block);
 // loads, bound the 8-value form on bf16 rows (1.2-2.3 TB/s; issuing four items' loads together made it slower). MODE_STORE (bf16 or fp32 out,
 // += when accumulate), MODE_STORE_AMAX (fp32 out and the absmax), MODE_AMAX (the absmax only) or MODE_QUANT (8 codes
 // per 8 values with the per-tensor scale, as k_rot's quantizer).
-// VPL consecutive values of a lane (32 lanes: 32 * VPL values, blocks of 2^lb <= 256 of them): stages h = 1 .. B / 2,
-// the first ones in registers, the rest by shuffles, then the scale.
-template <int VPL> __device__ __forceinline__ void rs_rotate(float *v, int lane, int lb, float scale) {
-    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
+// Stages h = 1 .. min(VPL, B) / 2 of blocks of B (>= 8) on VPL consecutive values of a row held by one thread.
+template <int VPL> __device__ __forceinline__ void reg_stages(float *v, int B) {
     #pragma unroll
-    for (int g = 0; g < NG; g++) bfly8(v + 8 * g);
+    for (int g = 0; g < VPL / 8; g++) bfly8(v + 8 * g);
     #pragma unroll
     for (int h = 8; h < VPL; h *= 2)   // VPL = 32: stages 8 and 16 where the block has them
-        if (h < (1 << lb)) {
+        if (h < B) {
             #pragma unroll
             for (int k = 0; k < VPL; k++)
                 if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
         }
+}
+// VPL consecutive values of a lane (32 lanes: 32 * VPL values, blocks of 2^lb <= 256 of them): stages h = 1 .. B / 2,
+// the first ones in registers, the rest by shuffles, then the scale.
+template <int VPL> __device__ __forceinline__ void rs_rotate(float *v, int lane, int lb, float scale) {
+    constexpr int LV = VPL == 32 ? 5 : 3, NG = VPL / 8;   // stages in registers, groups of 8 values
+    reg_stages<VPL>(v, 1 << lb);
     #pragma unroll
     for (int st = 0; st < 5; st++)
         if (st < lb - LV) {
@@ -701,15 +710,7 @@ __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int 
         #pragma unroll
         for (int k = 0; k < 32; k++) v[k] = 0.f;
     }
-    #pragma unroll
-    for (int g = 0; g < 4; g++) bfly8(v + 8 * g);
-    #pragma unroll
-    for (int h = 8; h < 32; h *= 2)
-        if (h < B) {
-            #pragma unroll
-            for (int k = 0; k < 32; k++)
-                if (!(k & h)) { const float x = v[k], y = v[k + h]; v[k] = x + y; v[k + h] = x - y; }
-        }
+    reg_stages<32>(v, B);
     #pragma unroll
     for (int c = 0; c < 8; c++)   // chunk c (columns 32j + 4c ..) at chunk 8j + (c ^ j) of the row
         ex[r * 64 + 8 * j + (c ^ j)] = make_float4(v[4 * c], v[4 * c + 1], v[4 * c + 2], v[4 * c + 3]);
@@ -733,14 +734,9 @@ __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int 
                 }
         }
     if constexpr (!QUANT) {
-        // max |v * scale| = max |v| * scale (rounding is monotonic): one multiply per block, not per value; a NaN / Inf
-        // among the values turns chk into NaN (0 * NaN, 0 * Inf) with one fma a value instead of a compare and an or
-        float mx = 0.f, chk = 0.f;
+        float mx = 0.f, chk = 0.f;   // amax_add on the unscaled values, the scale once at the end
         #pragma unroll
-        for (int k = 0; k < 32; k++) {
-            mx = fmaxf(mx, fabsf(v[k]));
-            chk = fmaf(v[k], 0.f, chk);
-        }
+        for (int k = 0; k < 32; k++) amax_add(mx, chk, v[k]);
         mx = __fmul_rn(block_max(mx), a.scale);
         if (a.nonfinite) { if (__syncthreads_or(chk != 0.f) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
@@ -1097,9 +1093,9 @@ extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, con
     a.amax_bits = (unsigned *)amax; a.amax_row_bits = (unsigned *)amax_row; a.nonfinite = nonfinite;
     a.vec_out = 1;
     if (!a.rotate) a.vec_out = 0;   // scalar loads of the unrotated input (any alignment)
-    if (rot_small_ok(a, NULL, 0, 4) && rot_tile_ok(a, in_type)) launch_rot_tile<0>(a, rows, NULL, 0, s);
-    else if (rot_small_ok(a, NULL, 0, 4)) launch_rot_small<MODE_AMAX>(in_type, a, s);
-    else launch_rows<MODE_AMAX>(in_type, a, s);
+    if (!rot_small_ok(a, NULL, 0, 4)) launch_rows<MODE_AMAX>(in_type, a, s);
+    else if (rot_tile_ok(a, in_type)) launch_rot_tile<0>(a, rows, NULL, 0, s);
+    else launch_rot_small<MODE_AMAX>(in_type, a, s);
 }
 
 // The scale products alone (nothing to quantize): one launch each.
@@ -1134,9 +1130,9 @@ extern "C" void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose
     a.aj = aj;
     a.amax_q = amax; a.amax_row_q = amax_row; a.fmt = fmt; a.out = q; a.ld_out = ldq;
     a.vec_out = aligned(q, 4) && ldq % 4 == 0;
-    if (rot_small_ok(a, q, ldq, 1) && rot_tile_ok(a, in_type)) launch_rot_tile<1>(a, rows, NULL, 0, s);
-    else if (rot_small_ok(a, q, ldq, 1)) launch_rot_small<MODE_QUANT>(in_type, a, s);
-    else launch_rows<MODE_QUANT>(in_type, a, s);
+    if (!rot_small_ok(a, q, ldq, 1)) launch_rows<MODE_QUANT>(in_type, a, s);
+    else if (rot_tile_ok(a, in_type)) launch_rot_tile<1>(a, rows, NULL, 0, s);
+    else launch_rot_small<MODE_QUANT>(in_type, a, s);
 }
 
 // k_rot_tile's conditions for both layouts: rot_small_ok and rot_tile_ok (bf16 rows of a multiple of 256, blocks of
@@ -1518,7 +1514,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
         }
     }
     float mx = 0.f;
-    float chk = 0.f;   // AMAX: NaN once a non-finite value passed
+    float chk = 0.f;   // AMAX: amax_add
     float qs = 1.f;
     if (MODE == TR_QUANT) qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
     const int nspan = a.span - col;
@@ -1537,10 +1533,7 @@ __device__ __forceinline__ void tokrot_tile(const tr_args &a, long t0, float4 *t
             }
         } else if (MODE == TR_AMAX) {
             #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                mx = fmaxf(mx, fabsf(x[j]));   // NaN skipped, as the CPU's max (the flag reports it); missing columns are 0
-                chk = fmaf(x[j], 0.f, chk);    // NaN once a NaN or Inf passed
-            }
+            for (int j = 0; j < 4; j++) amax_add(mx, chk, x[j]);   // missing columns are 0
         } else if (MODE == TR_QUANT) {
             if (FULL || nspan > 0) {
                 unsigned wd = 0;
