@@ -1,7 +1,7 @@
 // Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
 // flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
-// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd2/k_flash_bwd2 with ldmatrix fragments,
-// variants listed above flash_fwd); other head sizes (the tiny test models) run simple
+// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd2/k_flash_bwd2 with ldmatrix fragments, and
+// for head size 64 the backward k_flash_bwd_wg on Hopper's warpgroup products (wgmma); variants listed above flash_fwd); other head sizes (the tiny test models) run simple
 // one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
 #include <string.h>
 #include "cuda/common.cuh"
@@ -541,6 +541,246 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_flash_bwd2(bf16 *dqkv, float 
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// Backward on Hopper's warpgroup products (k_flash_bwd_wg, head size 64): one warpgroup per (64-key tile, kv head,
+// batch), the same loop as k_flash_bwd2 over the group's query heads and the query tiles at or after the key tile.
+// K, V, Q, dO and dS^T live in shared memory as 64 x 64 bf16 tiles of 128-byte rows in the 128-byte swizzle
+// (16-byte chunk c of row r at chunk c ^ (r % 8), tiles 1024-byte aligned), which wgmma reads directly:
+//   S^T = K Q^T and dP^T = V dO^T   (both operands K-major: K = head dim, the tiles' columns)
+//   dV += P^T dO and dK += dS^T Q   (A = P^T / dS^T from the accumulator registers; B MN-major: K = queries = rows)
+//   dQ = dS K                       (A = the dS^T tile, MN-major; B = the K tile, MN-major; K = keys = rows)
+// A K-major operand steps K by 16 columns = 32 bytes inside the swizzled row, an MN-major one by 16 rows = 2048
+// bytes; 8-row groups are 1024 bytes apart (the stride byte offset). dQ goes to dq_acc by fp32 atomics as in
+// k_flash_bwd2. Q/dO/lse/D are double-buffered by cp.async.
+// ------------------------------------------------------------------------------------------------------------
+// The helpers and the kernel's body exist for sm_90a only (-arch=sm_90a also emits compute_90 PTX, without wgmma).
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define HALO_ATTN_WGMMA 1
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | (uint64_t)(8192 >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
+           (uint64_t)1 << 62;
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// after a wait: keeps the compiler from reading these registers earlier or reusing them while products read them
+template <int N> __device__ __forceinline__ void wg_hold(float *d) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void wg_hold_u(uint32_t *d) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+// generic-proxy shared-memory writes (cp.async, st.shared) made visible to wgmma's reads
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// d (32 fp32 a thread: the m64n64 fragment) (+)= A (64 x 16) B (64 x 16)^T, bf16, both operands by descriptor;
+// TA / TB = 1: that operand's tile is MN-major (its rows run along K). wgmma_ss_set overwrites d, wgmma_ss_acc adds.
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_set(float *d, uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
+          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
+          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(da), "l"(db), "r"(0), "n"(TA), "n"(TB));
+}
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_acc(float *d, uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
+}
+// d += A B^T with A from registers (each warp's 16 rows as the mma.m16n8k16 A fragment)
+template <int TB>
+__device__ __forceinline__ void wgmma_rs_acc(float *d, const uint32_t *a, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TB));
+}
+// byte offset of bf16 element (r, c) in a swizzled 64 x 64 tile
+__device__ __forceinline__ uint32_t swz64(int r, int c) { return r * 128 + ((((c >> 3) ^ r) & 7) << 4) + (c & 7) * 2; }
+
+// rows r0.. of a [T][64] bf16 slab (leading dim ld) into a swizzled tile; rows >= T zero-filled
+__device__ __forceinline__ void load_tile_swz(uint32_t dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
+#pragma unroll
+    for (int i = tid; i < 512; i += 128) {
+        int r = i >> 3, c = i & 7;
+        uint32_t d = dst + r * 128 + (((c ^ r) & 7) << 4);
+        if (r0 + r < T) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + (size_t)(r0 + r) * ld + c * 8));
+        else asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(d), "r"(0));
+    }
+}
+
+#endif
+
+template <int MINB>
+__global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv,
+                                                             const bf16 *dout, const float *lse, const float *Dv,
+                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale) {
+#ifdef HALO_ATTN_WGMMA
+    constexpr int HD = 64, BK = 64, BQ = 64, TILE = 64 * 128;
+    extern __shared__ __align__(16) unsigned char smem_wg[];
+    uint32_t s_raw = (uint32_t)__cvta_generic_to_shared(smem_wg), base = (s_raw + 1023) & ~1023u;
+    unsigned char *smem = smem_wg + (base - s_raw);
+    const uint32_t Ks = base, Vs = base + TILE, Qs0 = base + 2 * TILE, dOs0 = base + 4 * TILE, dSt = base + 6 * TILE;
+    float *lse_s0 = (float *)(smem + 7 * TILE), *D_s0 = lse_s0 + 2 * BQ;
+    int *qseg_s0 = (int *)(D_s0 + 2 * BQ);
+    int kvh = blockIdx.x, b = blockIdx.y, kt = blockIdx.z;
+    int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld, *dob = dout + (size_t)b * T * Hq * HD;
+    const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
+    int k0 = kt * BK;
+    int krow[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    int kseg[2] = {0, 0};
+    if (segb)
+        for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? segb[krow[i]] : -1;
+    float scale_log2 = scale * LOG2E;
+    int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
+    auto stage = [&](int it, int buf) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
+        const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
+        load_tile_swz(Qs0 + buf * TILE, rows + h * HD, q0, T, ld, tid);
+        load_tile_swz(dOs0 + buf * TILE, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
+        if (tid < BQ) {
+            bool in = q0 + tid < T;
+            lse_s0[buf * BQ + tid] = in ? lse_h[q0 + tid] * LOG2E : 0.f;
+            D_s0[buf * BQ + tid] = in ? D_h[q0 + tid] : 0.f;
+            if (segb) qseg_s0[buf * BQ + tid] = in ? segb[q0 + tid] : -2;
+        }
+    };
+    load_tile_swz(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+    load_tile_swz(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+    stage(0, 0);
+    cp_async_commit();
+    float dk[32], dv[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0.f;
+    for (int it = 0; it < n_it; it++) {
+        int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = it & 1;
+        const uint32_t Qs = Qs0 + cur * TILE, dOs = dOs0 + cur * TILE;
+        const float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
+        const int *qseg_s = qseg_s0 + cur * BQ;
+        __syncthreads();   // the previous iteration's readers of the buffers written below are done
+        if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        float s[32], dp[32];
+        wg_fence();
+        wgmma_ss_set<0, 0>(s, wg_desc(Ks), wg_desc(Qs));
+#pragma unroll
+        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Ks + 32 * j), wg_desc(Qs + 32 * j));
+        wgmma_ss_set<0, 0>(dp, wg_desc(Vs), wg_desc(dOs));
+#pragma unroll
+        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(dp, wg_desc(Vs + 32 * j), wg_desc(dOs + 32 * j));
+        wg_commit();
+        wg_wait0();
+        wg_hold<32>(s);
+        wg_hold<32>(dp);
+        // P^T (in s) and dS^T = P^T (dP^T - D) (in dp); element 4i + e: key row krow[e >> 1], query 8i + 2 t4 + (e & 1)
+        bool masked = q0 < k0 + BK || q0 + BQ > T || k0 + BK > T || segb;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int qi = i * 8 + 2 * t4 + (e & 1), ri = e >> 1;
+                float p = exp2f(fmaf(s[4 * i + e], scale_log2, -lse_s[qi]));
+                if (masked) {
+                    int q = q0 + qi;
+                    bool ok = q < T && q >= krow[ri] && krow[ri] < T;
+                    if (ok && segb) ok = qseg_s[qi] == kseg[ri];
+                    p = ok ? p : 0.f;
+                }
+                s[4 * i + e] = p;
+                dp[4 * i + e] = p * (dp[4 * i + e] - D_s[qi]);
+            }
+        uint32_t pa[16], da[16];   // k-chunk kk (queries 16 kk..): registers 4 kk..4 kk+3
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                pa[4 * kk + j] = pack_bf16(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
+                da[4 * kk + j] = pack_bf16(dp[8 * kk + 2 * j], dp[8 * kk + 2 * j + 1]);
+            }
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
+        wg_commit();
+        // dS^T [key][query] into its tile while those run: register 4 kk + j holds row g + 8 (j & 1), queries
+        // 16 kk + 8 (j >> 1) + 2 t4 ..+1
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int r = warp * 16 + g + 8 * (j & 1), c = 16 * kk + 8 * (j >> 1) + 2 * t4;
+                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dSt + swz64(r, c)), "r"(da[4 * kk + j]));
+            }
+        fence_proxy_async();
+        wg_wait0();
+        wg_hold<32>(dv);
+        wg_hold<32>(dk);
+        wg_hold_u<16>(pa);
+        wg_hold_u<16>(da);
+        __syncthreads();   // the whole dS^T tile written
+        float dq[32];
+        wg_fence();
+        wgmma_ss_set<1, 1>(dq, wg_desc(dSt), wg_desc(Ks));
+#pragma unroll
+        for (int kk = 1; kk < BK / 16; kk++) wgmma_ss_acc<1, 1>(dq, wg_desc(dSt + 2048 * kk), wg_desc(Ks + 2048 * kk));
+        wg_commit();
+        wg_wait0();
+        wg_hold<32>(dq);
+        // dq element 4i + e: query row 16 warp + g + 8 (e >> 1), head-dim column 8i + 2 t4 + (e & 1). Lanes t4 and
+        // t4 ^ 1 swap halves, so that even lanes add 4 columns of row g and odd ones 4 of row g + 8 by float4 atomics
+        // (half as many as float2 ones: 0.858 vs 0.882 ms a layer at 1B shapes)
+        int odd = t4 & 1, qa = q0 + warp * 16 + g + 8 * odd;
+        float *dst = dq_acc + ((size_t)b * T + qa) * Hq * HD + h * HD + 2 * (t4 - odd);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
+            float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
+            float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3]) : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
+            if (qa < T) atomicAdd((float4 *)(dst + i * 8), v);
+        }
+    }
+    bf16 *obase = dqkv + (size_t)b * T * ld;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        int k = krow[ri];
+        if (k >= T) continue;
+        bf16 *kd = obase + (size_t)k * ld + (Hq + kvh) * HD, *vd = obase + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) =
+                __floats2bfloat162_rn(dk[4 * i + 2 * ri] * scale, dk[4 * i + 2 * ri + 1] * scale);
+            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[4 * i + 2 * ri], dv[4 * i + 2 * ri + 1]);
+        }
+    }
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------------------
 static int force_simple(void) {
     static int v = -1;
     if (v < 0) { const char *e = getenv("HALO_CUDA_ATTN"); v = e && !strcmp(e, "simple"); }
@@ -566,9 +806,10 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
 // forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps);
 // backward (k_flash_bwd2) 0 = 64 keys per block (4 warps), 1 = 0 with the K/V A-fragments in registers (hd 64; hd 128
-// runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2).
-// Defaults: forward 1, backward 1. bench_cuda_attention on the H200 (B 4, T 2048, H 32/8, 2026-12-02): hd 64
-// forward 0.338 ms, backward 1.089 ms; hd 128 0.628 / 2.102 ms. The first kernels (synchronous or cp.async tiles
+// runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2);
+// 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 1, backward 4. bench_cuda_attention on the H200
+// (B 4, T 2048, H 32/8, 2026-12-02): hd 64 forward 0.338 ms, backward 1.089 ms (variant 1; variant 4 0.858 ms,
+// 2026-12-04); hd 128 0.628 / 2.102 ms. The first kernels (synchronous or cp.async tiles
 // without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms, backward 1.472 / 2.727 ms) were removed on
 // 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history has them).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
@@ -620,15 +861,33 @@ static void flash_bwd2_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 
     CUDA_LAUNCH_CHECK();
 }
 
+template <int MINB>
+static void flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                         const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    static int attr;
+    const size_t sm = 7 * 8192 + 6 * 64 * sizeof(float) + 1024;   // tiles, lse/D/segment ids, alignment
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg<MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    k_flash_bwd_wg<MINB><<<dim3(Hkv, B, cdiv(T, 64)), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq, Hkv,
+                                                                    1.f / sqrtf(64.f));
+    CUDA_LAUNCH_CHECK();
+}
+
 template <int HD, int BQ>
 static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                       const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     constexpr int CAP = HD == 64 ? 3 : 2;
-    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 1, CUDA_ATTN_BWD_VARIANTS - 1)) {
+    switch (variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, CUDA_ATTN_BWD_VARIANTS - 1)) {
     case 0: flash_bwd2_v<HD, BQ, 4, CAP, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 2: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 3: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    case 1: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
+    default:   // 4: warpgroup products (head size 64; 128 runs variant 1)
+        if (HD == 64) flash_bwd_wg<3>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+        else flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+        break;
     }
 }
 
