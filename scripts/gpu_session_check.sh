@@ -54,8 +54,8 @@ keep decode.log "yardstick|identical|bound|difference|sampled" 20
 trainbench() { local name=$1 log=$2; shift 2; step "$name" "$log" 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 "$@"; keep "$log" "^\{" 2; }
 trainbench "bench 1B BF16 default" b1.log --model llama3.2-1b
 keep b1.log "GiB|ms  " 40
-step "bench 1B BF16 attention bwd variant 1, mma.sync (HALO_CUDA_ATTN_BWD=1)" b1a1.log 45 env HALO_CUDA_ATTN_BWD=1 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b
-keep b1a1.log "^\{|attention bwd  " 4
+step "bench 1B BF16 attention mma.sync variants (HALO_CUDA_ATTN_FWD=1 HALO_CUDA_ATTN_BWD=1)" b1a1.log 45 env HALO_CUDA_ATTN_FWD=1 HALO_CUDA_ATTN_BWD=1 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b
+keep b1a1.log "^\{|attention [fb]wd  " 4
 trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moments --bf16-grads --recompute-norms --no-breakdown
 keep b1lm.log "GiB" 12
 trainbench "bench 1B HALO fp8 L0" b1f0.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-breakdown

@@ -780,6 +780,127 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
 #endif
 }
 
+// Forward on the warpgroup products (k_flash_fwd_wg, head size 64): one warpgroup per (64-query tile, head, batch),
+// 64-key K/V tiles double-buffered by cp.async into the swizzled layout above; S = Q K^T with both operands
+// K-major, the online softmax of k_flash_fwd2 on the accumulators (same fragment layout), O += P V with P from
+// registers and the V tile MN-major. Blocks of the last query tiles (the most keys) start first.
+template <int MINB>
+__global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv,
+                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale) {
+#ifdef HALO_ATTN_WGMMA
+    constexpr int HD = 64, BR = 64, BC = 64, TILE = 64 * 128;
+    extern __shared__ __align__(16) unsigned char smem_wg[];
+    uint32_t s_raw = (uint32_t)__cvta_generic_to_shared(smem_wg), base = (s_raw + 1023) & ~1023u;
+    unsigned char *smem = smem_wg + (base - s_raw);
+    const uint32_t Qs = base, Ks0 = base + TILE, Vs0 = base + 3 * TILE;
+    int *kseg0 = (int *)(smem + 5 * TILE);
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
+    int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld;
+    const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
+    int q0 = qt * BR, qw = q0 + warp * 16;
+    const float c = scale * LOG2E;
+    auto stage = [&](int kt, int buf) {
+        int k0 = kt * BC;
+        load_tile_swz(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+        load_tile_swz(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        if (segb && tid < BC) kseg0[buf * BC + tid] = k0 + tid < T ? segb[k0 + tid] : -1;
+    };
+    load_tile_swz(Qs, rows + h * HD, q0, T, ld, tid);
+    stage(0, 0);
+    cp_async_commit();
+    int qrow[2] = {qw + g, qw + g + 8};
+    int qseg[2] = {0, 0};
+    if (segb)
+        for (int i = 0; i < 2; i++) qseg[i] = qrow[i] < T ? segb[qrow[i]] : -2;
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+    int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
+    for (int kt = 0; kt < nkt; kt++) {
+        int k0 = kt * BC, cur = kt & 1;
+        const uint32_t Ks = Ks0 + cur * TILE, Vs = Vs0 + cur * TILE;
+        const int *kseg_s = kseg0 + cur * BC;
+        __syncthreads();   // the products that read the buffer the next copy overwrites are done
+        if (kt + 1 < nkt) { stage(kt + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        // s element 4 nt + e: query row qrow[e >> 1], key k0 + 8 nt + 2 t4 + (e & 1)
+        float s[32];
+        wg_fence();
+        wgmma_ss_set<0, 0>(s, wg_desc(Qs), wg_desc(Ks));
+#pragma unroll
+        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Qs + 32 * j), wg_desc(Ks + 32 * j));
+        wg_commit();
+        wg_wait0();
+        wg_hold<32>(s);
+        if (k0 + BC - 1 > q0 || k0 + BC > T || segb) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
+                    bool ok = col <= qrow[ri] && col < T;
+                    if (segb && ok) ok = kseg_s[col - k0] == qseg[ri];
+                    if (!ok) s[4 * nt + e] = -INFINITY;
+                }
+        }
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * ri], s[4 * nt + 2 * ri + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[ri], mx);
+            float mref = mnew == -INFINITY ? 0.f : mnew * c;   // scaled, log2 units
+            float alpha = exp2f(fmaf(mrow[ri], c, -mref));
+            float rs = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                float p0 = exp2f(fmaf(s[4 * nt + 2 * ri], c, -mref)), p1 = exp2f(fmaf(s[4 * nt + 2 * ri + 1], c, -mref));
+                s[4 * nt + 2 * ri] = p0; s[4 * nt + 2 * ri + 1] = p1;
+                rs += p0 + p1;
+            }
+            lrow[ri] = lrow[ri] * alpha + rs;
+            mrow[ri] = mnew;
+#pragma unroll
+            for (int i = 0; i < 8; i++) { o[4 * i + 2 * ri] *= alpha; o[4 * i + 2 * ri + 1] *= alpha; }
+        }
+        uint32_t pa[16];   // k-chunk kk (keys 16 kk..): registers 4 kk..4 kk+3
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) pa[4 * kk + j] = pack_bf16(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
+        wg_commit();
+        wg_wait0();
+        wg_hold<32>(o);
+        wg_hold_u<16>(pa);
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        float l = lrow[ri];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int r = qrow[ri];
+        if (r >= T) continue;
+        float inv = 1.f / l;
+        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) =
+                __floats2bfloat162_rn(o[4 * i + 2 * ri] * inv, o[4 * i + 2 * ri + 1] * inv);
+        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
+    }
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------------------
 static int force_simple(void) {
     static int v = -1;
@@ -804,12 +925,13 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 }
 
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
-// forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps);
+// forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps), 2 = k_flash_fwd_wg (hd 64;
+// hd 128 runs 1);
 // backward (k_flash_bwd2) 0 = 64 keys per block (4 warps), 1 = 0 with the K/V A-fragments in registers (hd 64; hd 128
 // runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2);
-// 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 1, backward 4. bench_cuda_attention on the H200
-// (B 4, T 2048, H 32/8, 2026-12-02): hd 64 forward 0.338 ms, backward 1.089 ms (variant 1; variant 4 0.858 ms,
-// 2026-12-04); hd 128 0.628 / 2.102 ms. The first kernels (synchronous or cp.async tiles
+// 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 2, backward 4. bench_cuda_attention on the H200
+// (B 4, T 2048, H 32/8): hd 64 forward 0.335 ms with variant 1, 0.283 with 2; backward 1.083 ms with variant 1,
+// 0.858 with 4; hd 128 forward 0.626 ms, backward 2.10 (variants 1; 2026-12-04, dev/cuda/h200_2026-12-04c). The first kernels (synchronous or cp.async tiles
 // without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms, backward 1.472 / 2.727 ms) were removed on
 // 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history has them).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
@@ -837,13 +959,25 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
                                                                           1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
+template <int MINB>
+static void flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                         cudaStream_t s) {
+    static int attr;
+    const size_t sm = 5 * 8192 + 2 * 64 * sizeof(int) + 1024;   // tiles, key segment ids, alignment
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd_wg<MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        attr = 1;
+    }
+    k_flash_fwd_wg<MINB><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, 1.f / sqrtf(64.f));
+    CUDA_LAUNCH_CHECK();
+}
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                       cudaStream_t s) {
-    if (variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 1, CUDA_ATTN_FWD_VARIANTS - 1) == 0)
-        flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
-    else
-        flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    int v = variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 2, CUDA_ATTN_FWD_VARIANTS - 1);
+    if (v == 0) flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else if (v == 2 && HD == 64) flash_fwd_wg<4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
 }
 
 template <int HD, int BQ, int NW, int MINB, bool KREG>

@@ -115,7 +115,7 @@ int cuda_attention_uses_flash(int hd);
 // HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD).
 void cuda_attention_set_fwd_variant(int v);
 void cuda_attention_set_bwd_variant(int v);
-enum { CUDA_ATTN_FWD_VARIANTS = 2, CUDA_ATTN_BWD_VARIANTS = 5 };
+enum { CUDA_ATTN_FWD_VARIANTS = 3, CUDA_ATTN_BWD_VARIANTS = 5 };
 
 // Cross-entropy over bf16 logits[N, V] (fp32 arithmetic) with targets[N] (-1 ignored): *loss_sum += sum of row
 // losses (double); dlogits[N, V] (optional, may alias logits) = scale * (softmax - onehot), 0 for ignored rows.
