@@ -930,7 +930,7 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 // backward (k_flash_bwd2) 0 = 64 keys per block (4 warps), 1 = 0 with the K/V A-fragments in registers (hd 64; hd 128
 // runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2);
 // 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 2, backward 4. bench_cuda_attention on the H200
-// (B 4, T 2048, H 32/8): hd 64 forward 0.335 ms with variant 1, 0.283 with 2; backward 1.083 ms with variant 1,
+// (B 4, T 2048, H 32/8): hd 64 forward 0.335 ms with variant 1, 0.283 with 2; backward 1.097 ms with variant 1,
 // 0.858 with 4; hd 128 forward 0.626 ms, backward 2.10 (variants 1; 2026-12-04, dev/cuda/h200_2026-12-04c). The first kernels (synchronous or cp.async tiles
 // without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms, backward 1.472 / 2.727 ms) were removed on
 // 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history has them).
