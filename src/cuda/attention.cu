@@ -181,6 +181,29 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int 
     }
 }
 
+// The end of a forward: rows qrow[0..1] of O = o / l (o: the C fragments of HD / 8 n-tiles, element 4i + e at row
+// qrow[e >> 1], column 8i + 2 t4 + (e & 1); l summed over the lane quad) and lse = max * scale + log(l).
+template <int HD>
+__device__ __forceinline__ void flash_fwd_store(bf16 *out, float *lse, const float *o, const float *lrow,
+                                                const float *mrow, const int *qrow, int b, int h, int T, int Hq,
+                                                float scale, int t4) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        float l = lrow[ri];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int r = qrow[ri];
+        if (r >= T) continue;
+        float inv = 1.f / l;
+        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) =
+                __floats2bfloat162_rn(o[4 * i + 2 * ri] * inv, o[4 * i + 2 * ri + 1] * inv);
+        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
+    }
+}
+
 // Forward (k_flash_fwd2): NW warps of 16 query rows each (BR = 16 NW rows per block), 64-key K/V tiles
 // double-buffered by cp.async, Q A-fragments and K B-fragments by ldmatrix, masks only on the tiles that need them
 // (diagonal, past T, packed segments with the key tile's segment ids staged in shared memory), warps whose queries
@@ -295,20 +318,7 @@ __global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 
             }
         }
     }
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        float l = lrow[ri];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        int r = qrow[ri];
-        if (r >= T) continue;
-        float inv = 1.f / l;
-        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++)
-            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = __floats2bfloat162_rn(o[i][2 * ri] * inv, o[i][2 * ri + 1] * inv);
-        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
-    }
+    flash_fwd_store<HD>(out, lse, &o[0][0], lrow, mrow, qrow, b, h, T, Hq, scale, t4);
 }
 
 // D[b, h, t] = sum_d dO * O (fp32), the softmax-backward row term
@@ -874,21 +884,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         wg_hold<32>(o);
         wg_hold_u<16>(pa);
     }
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        float l = lrow[ri];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        int r = qrow[ri];
-        if (r >= T) continue;
-        float inv = 1.f / l;
-        bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) =
-                __floats2bfloat162_rn(o[4 * i + 2 * ri] * inv, o[4 * i + 2 * ri + 1] * inv);
-        if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
-    }
+    flash_fwd_store<HD>(out, lse, o, lrow, mrow, qrow, b, h, T, Hq, scale, t4);
 #endif
 }
 
