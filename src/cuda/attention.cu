@@ -181,6 +181,48 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int 
     }
 }
 
+// One key tile of 64 in a forward's online softmax: s (the C fragments of the 8 n-tiles of S, element 4 nt + e at
+// row qrow[e >> 1], key k0 + 8 nt + 2 t4 + (e & 1)) masked where needed (causal, past T, other segment) and turned into
+// P; the row maxima mrow (unscaled), sums lrow and the HD / 8 n-tiles of o rescaled. c = scale * log2(e).
+template <int HD>
+__device__ __forceinline__ void flash_fwd_softmax(float *s, float *o, float *mrow, float *lrow, const int *qrow,
+                                                  const int *qseg, const int *kseg_s, bool has_seg, bool masked, int k0,
+                                                  int T, float c, int t4) {
+    if (masked) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
+                bool ok = col <= qrow[ri] && col < T;
+                if (has_seg && ok) ok = kseg_s[col - k0] == qseg[ri];
+                if (!ok) s[4 * nt + e] = -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * ri], s[4 * nt + 2 * ri + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(mrow[ri], mx);
+        float mref = mnew == -INFINITY ? 0.f : mnew * c;   // scaled, log2 units
+        float alpha = exp2f(fmaf(mrow[ri], c, -mref));
+        float rs = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            float p0 = exp2f(fmaf(s[4 * nt + 2 * ri], c, -mref)), p1 = exp2f(fmaf(s[4 * nt + 2 * ri + 1], c, -mref));
+            s[4 * nt + 2 * ri] = p0; s[4 * nt + 2 * ri + 1] = p1;
+            rs += p0 + p1;
+        }
+        lrow[ri] = lrow[ri] * alpha + rs;
+        mrow[ri] = mnew;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) { o[4 * i + 2 * ri] *= alpha; o[4 * i + 2 * ri + 1] *= alpha; }
+    }
+}
+
 // The end of a forward: rows qrow[0..1] of O = o / l (o: the C fragments of HD / 8 n-tiles, element 4i + e at row
 // qrow[e >> 1], column 8i + 2 t4 + (e & 1); l summed over the lane quad) and lse = max * scale + log(l).
 template <int HD>
@@ -272,39 +314,8 @@ __global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 
                 mma16816(s[2 * np], qf[ks], bb[0], bb[1]);
                 mma16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
             }
-        if (k0 + BC - 1 > qw || k0 + BC > T || segb) {
-#pragma unroll
-            for (int nt = 0; nt < BC / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
-                    bool ok = col <= qrow[ri] && col < T;
-                    if (segb && ok) ok = kseg_s[col - k0] == qseg[ri];
-                    if (!ok) s[nt][e] = -INFINITY;
-                }
-        }
-#pragma unroll
-        for (int ri = 0; ri < 2; ri++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < BC / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * ri], s[nt][2 * ri + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[ri], mx);
-            float mref = mnew == -INFINITY ? 0.f : mnew * c;   // scaled, log2 units
-            float alpha = exp2f(fmaf(mrow[ri], c, -mref));
-            float rs = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < BC / 8; nt++) {
-                float p0 = exp2f(fmaf(s[nt][2 * ri], c, -mref)), p1 = exp2f(fmaf(s[nt][2 * ri + 1], c, -mref));
-                s[nt][2 * ri] = p0; s[nt][2 * ri + 1] = p1;
-                rs += p0 + p1;
-            }
-            lrow[ri] = lrow[ri] * alpha + rs;
-            mrow[ri] = mnew;
-#pragma unroll
-            for (int i = 0; i < HD / 8; i++) { o[i][2 * ri] *= alpha; o[i][2 * ri + 1] *= alpha; }
-        }
+        flash_fwd_softmax<HD>(&s[0][0], &o[0][0], mrow, lrow, qrow, qseg, kseg_s, segb != NULL,
+                              k0 + BC - 1 > qw || k0 + BC > T || segb, k0, T, c, t4);
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
             uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
@@ -341,6 +352,27 @@ __global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int
     for (int n = blockIdx.y; n < N; n += gridDim.y) {
         float2 a = *(const float2 *)(acc + (size_t)n * w + c);
         *(__nv_bfloat162 *)(dqkv + (size_t)n * ld + c) = __floats2bfloat162_rn(a.x * scale, a.y * scale);
+    }
+}
+
+// The end of a backward: dK (times the softmax scale) and dV of rows krow[0..1] into their dqkv columns (dk, dv: the
+// C fragments of HD / 8 n-tiles, element 4i + e at row krow[e >> 1], column 8i + 2 t4 + (e & 1))
+template <int HD>
+__device__ __forceinline__ void flash_bwd_store_kv(bf16 *dqkv, const float *dk, const float *dv, const int *krow, int b,
+                                                   int kvh, int T, int Hq, int Hkv, float scale, int t4) {
+    int ld = (Hq + 2 * Hkv) * HD;
+    bf16 *base = dqkv + (size_t)b * T * ld;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        int k = krow[ri];
+        if (k >= T) continue;
+        bf16 *kd = base + (size_t)k * ld + (Hq + kvh) * HD, *vd = base + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) =
+                __floats2bfloat162_rn(dk[4 * i + 2 * ri] * scale, dk[4 * i + 2 * ri + 1] * scale);
+            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[4 * i + 2 * ri], dv[4 * i + 2 * ri + 1]);
+        }
     }
 }
 
@@ -536,18 +568,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_flash_bwd2(bf16 *dqkv, float 
                 atomicAdd((float2 *)(dst + i * 8 + 2 * t4), make_float2(dq[i][2 * ri], dq[i][2 * ri + 1]));
         }
     }
-    bf16 *base = dqkv + (size_t)b * T * ld;
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        int k = krow[ri];
-        if (k >= T) continue;
-        bf16 *kd = base + (size_t)k * ld + (Hq + kvh) * HD, *vd = base + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++) {
-            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dk[i][2 * ri] * scale, dk[i][2 * ri + 1] * scale);
-            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[i][2 * ri], dv[i][2 * ri + 1]);
-        }
-    }
+    flash_bwd_store_kv<HD>(dqkv, &dk[0][0], &dv[0][0], krow, b, kvh, T, Hq, Hkv, scale, t4);
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -615,6 +636,14 @@ __device__ __forceinline__ void wgmma_rs_acc(float *d, const uint32_t *a, uint64
                  ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
                  : WG_D32("+f")
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TB));
+}
+// d = A B^T over K = 64 as four k16 products; STEP: the bytes from one k16 slice to the next in both tiles (32 in
+// K-major tiles, 2048 in MN-major ones)
+template <int TA, int TB, int STEP>
+__device__ __forceinline__ void wgmma_k64(float *d, uint32_t a, uint32_t b) {
+    wgmma_ss_set<TA, TB>(d, wg_desc(a), wg_desc(b));
+#pragma unroll
+    for (int j = 1; j < 4; j++) wgmma_ss_acc<TA, TB>(d, wg_desc(a + STEP * j), wg_desc(b + STEP * j));
 }
 // byte offset of bf16 element (r, c) in a swizzled 64 x 64 tile
 __device__ __forceinline__ uint32_t swz64(int r, int c) { return r * 128 + ((((c >> 3) ^ r) & 7) << 4) + (c & 7) * 2; }
@@ -687,12 +716,8 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         __syncthreads();
         float s[32], dp[32];
         wg_fence();
-        wgmma_ss_set<0, 0>(s, wg_desc(Ks), wg_desc(Qs));
-#pragma unroll
-        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Ks + 32 * j), wg_desc(Qs + 32 * j));
-        wgmma_ss_set<0, 0>(dp, wg_desc(Vs), wg_desc(dOs));
-#pragma unroll
-        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(dp, wg_desc(Vs + 32 * j), wg_desc(dOs + 32 * j));
+        wgmma_k64<0, 0, 32>(s, Ks, Qs);
+        wgmma_k64<0, 0, 32>(dp, Vs, dOs);
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
@@ -746,9 +771,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         __syncthreads();   // the whole dS^T tile written
         float dq[32];
         wg_fence();
-        wgmma_ss_set<1, 1>(dq, wg_desc(dSt), wg_desc(Ks));
-#pragma unroll
-        for (int kk = 1; kk < BK / 16; kk++) wgmma_ss_acc<1, 1>(dq, wg_desc(dSt + 2048 * kk), wg_desc(Ks + 2048 * kk));
+        wgmma_k64<1, 1, 2048>(dq, dSt, Ks);
         wg_commit();
         wg_wait0();
         wg_hold<32>(dq);
@@ -765,19 +788,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             if (qa < T) atomicAdd((float4 *)(dst + i * 8), v);
         }
     }
-    bf16 *obase = dqkv + (size_t)b * T * ld;
-#pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        int k = krow[ri];
-        if (k >= T) continue;
-        bf16 *kd = obase + (size_t)k * ld + (Hq + kvh) * HD, *vd = obase + (size_t)k * ld + (Hq + Hkv + kvh) * HD;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            *(__nv_bfloat162 *)(kd + i * 8 + 2 * t4) =
-                __floats2bfloat162_rn(dk[4 * i + 2 * ri] * scale, dk[4 * i + 2 * ri + 1] * scale);
-            *(__nv_bfloat162 *)(vd + i * 8 + 2 * t4) = __floats2bfloat162_rn(dv[4 * i + 2 * ri], dv[4 * i + 2 * ri + 1]);
-        }
-    }
+    flash_bwd_store_kv<HD>(dqkv, dk, dv, krow, b, kvh, T, Hq, Hkv, scale, t4);
 #endif
 }
 
@@ -832,45 +843,12 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         // s element 4 nt + e: query row qrow[e >> 1], key k0 + 8 nt + 2 t4 + (e & 1)
         float s[32];
         wg_fence();
-        wgmma_ss_set<0, 0>(s, wg_desc(Qs), wg_desc(Ks));
-#pragma unroll
-        for (int j = 1; j < HD / 16; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Qs + 32 * j), wg_desc(Ks + 32 * j));
+        wgmma_k64<0, 0, 32>(s, Qs, Ks);
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
-        if (k0 + BC - 1 > q0 || k0 + BC > T || segb) {
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int col = k0 + nt * 8 + 2 * t4 + (e & 1), ri = e >> 1;
-                    bool ok = col <= qrow[ri] && col < T;
-                    if (segb && ok) ok = kseg_s[col - k0] == qseg[ri];
-                    if (!ok) s[4 * nt + e] = -INFINITY;
-                }
-        }
-#pragma unroll
-        for (int ri = 0; ri < 2; ri++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * ri], s[4 * nt + 2 * ri + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[ri], mx);
-            float mref = mnew == -INFINITY ? 0.f : mnew * c;   // scaled, log2 units
-            float alpha = exp2f(fmaf(mrow[ri], c, -mref));
-            float rs = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                float p0 = exp2f(fmaf(s[4 * nt + 2 * ri], c, -mref)), p1 = exp2f(fmaf(s[4 * nt + 2 * ri + 1], c, -mref));
-                s[4 * nt + 2 * ri] = p0; s[4 * nt + 2 * ri + 1] = p1;
-                rs += p0 + p1;
-            }
-            lrow[ri] = lrow[ri] * alpha + rs;
-            mrow[ri] = mnew;
-#pragma unroll
-            for (int i = 0; i < 8; i++) { o[4 * i + 2 * ri] *= alpha; o[4 * i + 2 * ri + 1] *= alpha; }
-        }
+        flash_fwd_softmax<HD>(s, o, mrow, lrow, qrow, qseg, kseg_s, segb != NULL, k0 + BC - 1 > q0 || k0 + BC > T || segb,
+                              k0, T, c, t4);
         uint32_t pa[16];   // k-chunk kk (keys 16 kk..): registers 4 kk..4 kk+3
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
