@@ -332,17 +332,29 @@ __global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 
     flash_fwd_store<HD>(out, lse, &o[0][0], lrow, mrow, qrow, b, h, T, Hq, scale, t4);
 }
 
-// D[b, h, t] = sum_d dO * O (fp32), the softmax-backward row term
+// D[b, h, t] = sum_d dO * O (fp32), the softmax-backward row term: hd / 8 lanes per (token, head) row (hd 64 or 128,
+// the flash kernels' sizes), 16-byte loads, the row's lanes summed by shuffles (all lanes take part in them)
 __global__ void k_attn_bwd_dot(float *Dv, const bf16 *dout, const bf16 *out, int N, int T, int Hq, int hd) {
-    int warps = blockDim.x / 32, idx = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (idx >= N * Hq) return;
-    int n = idx / Hq, h = idx % Hq;
-    const bf16 *a = dout + (size_t)n * Hq * hd + h * hd, *o = out + (size_t)n * Hq * hd + h * hd;
+    const int L = hd / 8;
+    const long t_all = (long)blockIdx.x * blockDim.x + threadIdx.x, idx = t_all / L;
+    const int c = (int)(t_all % L);
+    const bool in = idx < (long)N * Hq;
     float acc = 0.f;
-    for (int d = lane; d < hd; d += 32) acc += __bfloat162float(a[d]) * __bfloat162float(o[d]);
-    acc = warp_sum(acc);
-    int b = n / T, t = n % T;
-    if (lane == 0) Dv[((size_t)b * Hq + h) * T + t] = acc;
+    if (in) {
+        const uint4 a = *(const uint4 *)(dout + idx * hd + c * 8), o = *(const uint4 *)(out + idx * hd + c * 8);
+        const __nv_bfloat162 *a2 = (const __nv_bfloat162 *)&a, *o2 = (const __nv_bfloat162 *)&o;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 x = __bfloat1622float2(a2[k]), y = __bfloat1622float2(o2[k]);
+            acc = fmaf(x.x, y.x, acc);
+            acc = fmaf(x.y, y.y, acc);
+        }
+    }
+    for (int off = L / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (in && c == 0) {
+        const long n = idx / Hq, h = idx % Hq, b = n / T, t = n % T;
+        Dv[(b * Hq + h) * T + t] = acc;
+    }
 }
 
 // dq (fp32 acc[N, Hq hd], unscaled) -> bf16 q columns of dqkv
@@ -1013,7 +1025,8 @@ extern "C" void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const ha
     if (cuda_attention_uses_flash(hd)) {
         float *dq_acc = (float *)scratch, *Dv = dq_acc + (size_t)N * Hq * hd;
         CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)N * Hq * hd * sizeof(float), s));
-        k_attn_bwd_dot<<<cdiv((long)N * Hq, 8), 256, 0, s>>>(Dv, (const bf16 *)dout, (const bf16 *)out, N, T, Hq, hd);
+        k_attn_bwd_dot<<<cdiv((long)N * Hq * (hd / 8), 256), 256, 0, s>>>(Dv, (const bf16 *)dout, (const bf16 *)out, N, T,
+                                                                         Hq, hd);
         CUDA_LAUNCH_CHECK();
         if (hd == 64) flash_bwd<64, 64>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
         else flash_bwd<128, 32>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);

@@ -9,23 +9,39 @@ __device__ __forceinline__ void rot_pair(float a, float b, float c, float s, bf1
     *rb = __float2bfloat16(fmaf(b, c, __fmul_rn(a, s)));
 }
 
-// grid: x over (head, pair) of one token, y strides over tokens
+// P pairs (j.., j + half..) of a head at once: P = 4 (8-byte bf16 and 16-byte angle accesses) when half % 4 == 0,
+// else 1. The pair arithmetic is rot_pair's either way.
+template <int P> struct rope_vec { bf16 v[P]; };
+template <> struct alignas(8) rope_vec<4> { bf16 v[4]; };
+template <int P> struct rope_ang { float v[P]; };
+template <> struct alignas(16) rope_ang<4> { float v[4]; };
+
+// grid: x over (head, group of P pairs) of one token, y strides over tokens
+template <int P>
 __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H,
                        int hd, float sign) {
-    int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= H * half) return;
-    int h = i / half, j = i - h * half;
+    int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x, groups = half / P;
+    if (i >= H * groups) return;
+    int h = i / groups, j = (i - h * groups) * P;
     for (int n = blockIdx.y; n < N; n += gridDim.y) {
         bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
-        float c = cos_t[(size_t)pos[n] * half + j], s = sign * sin_t[(size_t)pos[n] * half + j];
-        rot_pair(__bfloat162float(v[j]), __bfloat162float(v[j + half]), c, s, &v[j], &v[j + half]);
+        const rope_ang<P> c = *(const rope_ang<P> *)(cos_t + (size_t)pos[n] * half + j),
+                          sn = *(const rope_ang<P> *)(sin_t + (size_t)pos[n] * half + j);
+        rope_vec<P> a = *(const rope_vec<P> *)(v + j), b = *(const rope_vec<P> *)(v + j + half);
+#pragma unroll
+        for (int k = 0; k < P; k++)
+            rot_pair(__bfloat162float(a.v[k]), __bfloat162float(b.v[k]), c.v[k], sign * sn.v[k], &a.v[k], &b.v[k]);
+        *(rope_vec<P> *)(v + j) = a;
+        *(rope_vec<P> *)(v + j + half) = b;
     }
 }
 
 static void launch(halo_bf16 *x, int ld, const int32_t *pos, const float *c, const float *sn, int N, int H, int hd,
                    float sign, cudaStream_t s) {
     if (N == 0 || H == 0) return;
-    k_rope<<<dim3(cdiv(H * (hd / 2), 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)x, ld, pos, c, sn, N, H, hd, sign);
+    const dim3 grid(cdiv(H * (hd / 2), 256), N < 8192 ? N : 8192), grid4(cdiv(H * (hd / 8), 256), grid.y);
+    if ((hd / 2) % 4) k_rope<1><<<grid, 256, 0, s>>>((bf16 *)x, ld, pos, c, sn, N, H, hd, sign);
+    else k_rope<4><<<grid4, 256, 0, s>>>((bf16 *)x, ld, pos, c, sn, N, H, hd, sign);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -41,25 +57,28 @@ extern "C" void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, co
 // Backward over whole fused qkv rows [N][(Hq + 2 Hkv) hd] with the HALO layers' E_Y scales on the side: rotates the q
 // and k heads as k_rope (sign -1) and also reads the v heads; amax[0..2] get max |dq|, |dk|, |dv| of the stored bf16
 // values (one atomic each per block; NaN skipped as in the other producers' amax, the layers then skip their pass).
+template <int P>
 __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
                                 int Hq, int Hkv, int hd, unsigned *amax_q, unsigned *amax_k, unsigned *amax_v) {
-    const int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x, H = Hq + 2 * Hkv;
+    const int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x, H = Hq + 2 * Hkv, groups = half / P;
     float m[3] = {0.f, 0.f, 0.f};
-    if (i < H * half) {
-        const int h = i / half, j = i - h * half, slot = h < Hq ? 0 : h < Hq + Hkv ? 1 : 2;
+    if (i < H * groups) {
+        const int h = i / groups, j = (i - h * groups) * P, slot = h < Hq ? 0 : h < Hq + Hkv ? 1 : 2;
         for (int n = blockIdx.y; n < N; n += gridDim.y) {
             bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
-            float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
+            rope_vec<P> a = *(const rope_vec<P> *)(v + j), b = *(const rope_vec<P> *)(v + j + half);
             if (slot < 2) {
-                const float c = cos_t[(size_t)pos[n] * half + j], sn = -sin_t[(size_t)pos[n] * half + j];
-                bf16 ra, rb;
-                rot_pair(a, b, c, sn, &ra, &rb);
-                v[j] = ra;
-                v[j + half] = rb;
-                a = __bfloat162float(ra);
-                b = __bfloat162float(rb);
+                const rope_ang<P> c = *(const rope_ang<P> *)(cos_t + (size_t)pos[n] * half + j),
+                                  sn = *(const rope_ang<P> *)(sin_t + (size_t)pos[n] * half + j);
+#pragma unroll
+                for (int k = 0; k < P; k++)
+                    rot_pair(__bfloat162float(a.v[k]), __bfloat162float(b.v[k]), c.v[k], -sn.v[k], &a.v[k], &b.v[k]);
+                *(rope_vec<P> *)(v + j) = a;
+                *(rope_vec<P> *)(v + j + half) = b;
             }
-            m[slot] = fmaxf(m[slot], fmaxf(fabsf(a), fabsf(b)));
+#pragma unroll
+            for (int k = 0; k < P; k++)
+                m[slot] = fmaxf(m[slot], fmaxf(fabsf(__bfloat162float(a.v[k])), fabsf(__bfloat162float(b.v[k]))));
         }
     }
     const float mq = block_max(m[0]), mk = block_max(m[1]), mv = block_max(m[2]);
@@ -76,8 +95,13 @@ extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, con
     if (N == 0) return;
     const int H = Hq + 2 * Hkv;
     // 512 row strides: each block walks N / 512 rows, so its three block reductions and atomics are amortized
-    k_rope_bwd_amax<<<dim3(cdiv(H * (hd / 2), 256), N < 512 ? N : 512), 256, 0, s>>>(
-        (bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd, (unsigned *)amax_q, (unsigned *)amax_k,
-        (unsigned *)amax_v);
+    const int P = (hd / 2) % 4 ? 1 : 4;
+    const dim3 grid(cdiv(H * (hd / 2) / P, 256), N < 512 ? N : 512);
+    if (P == 1)
+        k_rope_bwd_amax<1><<<grid, 256, 0, s>>>((bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd,
+                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v);
+    else
+        k_rope_bwd_amax<4><<<grid, 256, 0, s>>>((bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd,
+                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v);
     CUDA_LAUNCH_CHECK();
 }
