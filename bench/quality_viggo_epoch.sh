@@ -3,11 +3,11 @@
 # 5103 training examples (638 steps of 8 x 384 tokens, lr 1e-3 with 20 warm-up steps and linear decay to 0), every
 # precision on the same seed and data order, validation loss over all 714 valid examples every 160 steps and at the
 # end. All runs in parallel, one thread each; then the final losses and the gaps to fp32 of the same seed.
-# usage: bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
-#   defaults: runs/quality-epoch, "1", "fp32 int8-L2 fp8-L0 fp8-L1" (HALO_SHARED points at ../shared)
+# usage: [EPOCHS=n] bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
+#   defaults: runs/quality-epoch, "1", "fp32 int8-L2 fp8-L0 fp8-L1", one epoch (HALO_SHARED points at ../shared)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0 fp8-L1}"
+OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0 fp8-L1}"; EPOCHS="${EPOCHS:-1}"
 S="${HALO_SHARED:-../shared}"
 mkdir -p "$OUT"
 flags_of() {
@@ -23,7 +23,7 @@ pids=()
 for seed in $SEEDS; do
   for p in $PRECS; do
     build/halo finetune --model "$S/models/stories260K" --data "$S/data/viggo/train.csv" --val "$S/data/viggo/valid.csv" \
-      --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --epochs 1 --lr 1e-3 \
+      --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --epochs "$EPOCHS" --lr 1e-3 \
       --warmup 20 --eval-every 160 --seed "$seed" --threads 1 $(flags_of "$p") --metrics "$OUT/viggo-$p-s$seed.jsonl" \
       > "$OUT/viggo-$p-s$seed.log" 2>&1 & pids+=($!)
   done
@@ -33,7 +33,7 @@ for pid in "${pids[@]}"; do wait "$pid" || fail=1; done
 python3 - "$OUT" "$SEEDS" "$PRECS" <<'PY'
 import json, sys, os
 out, seeds, precs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-print("| seed | precision | val loss after 1 epoch | gap to fp32 |")
+print(f"| seed | precision | val loss at the end | gap to fp32 |")
 print("|---|---|---|---|")
 for s in seeds:
     ref = None
