@@ -1,8 +1,9 @@
-// Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run
-// flash-attention-2 style kernels on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, online softmax;
-// backward per key tile with dQ accumulated by fp32 atomics; k_flash_fwd2/k_flash_bwd2 with ldmatrix fragments, and
-// for head size 64 the backward k_flash_bwd_wg on Hopper's warpgroup products (wgmma); variants listed above flash_fwd); other head sizes (the tiny test models) run simple
-// one-block-per-query kernels. Both keep only lse[B, Hq, T] from the forward.
+// Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 runs kernels on Hopper's
+// warpgroup products (k_flash_fwd_wg, k_flash_bwd_wg: wgmma reading swizzled shared-memory tiles); head_dim 128 runs
+// flash-attention-2 style kernels on mma.sync (m16n8k16 bf16, fp32 accumulators; k_flash_fwd2, k_flash_bwd2 with
+// ldmatrix fragments), which head_dim 64 can pick too (variants listed above flash_fwd). All use an online softmax,
+// a backward per key tile with dQ accumulated by fp32 atomics, and keep only lse[B, Hq, T] from the forward. Other
+// head sizes (the tiny test models) run simple one-block-per-query kernels.
 #include <string.h>
 #include "cuda/common.cuh"
 
@@ -666,7 +667,8 @@ __device__ __forceinline__ void load_tile_swz(uint32_t dst, const bf16 *src, int
     for (int i = tid; i < 512; i += 128) {
         int r = i >> 3, c = i & 7;
         uint32_t d = dst + r * 128 + (((c ^ r) & 7) << 4);
-        if (r0 + r < T) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + (size_t)(r0 + r) * ld + c * 8));
+        if (r0 + r < T)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + (size_t)(r0 + r) * ld + c * 8));
         else asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(d), "r"(0));
     }
 }
@@ -796,7 +798,8 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         for (int i = 0; i < 8; i++) {
             float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
             float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
-            float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3]) : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
+            const float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3])
+                                 : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
             if (qa < T) atomicAdd((float4 *)(dst + i * 8), v);
         }
     }
@@ -908,9 +911,10 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 // runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2);
 // 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 2, backward 4. bench_cuda_attention on the H200
 // (B 4, T 2048, H 32/8): hd 64 forward 0.335 ms with variant 1, 0.283 with 2; backward 1.097 ms with variant 1,
-// 0.858 with 4; hd 128 forward 0.626 ms, backward 2.10 (variants 1; 2026-12-04, dev/cuda/h200_2026-12-04c). The first kernels (synchronous or cp.async tiles
-// without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms, backward 1.472 / 2.727 ms) were removed on
-// 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history has them).
+// 0.858 with 4; hd 128 forward 0.626 ms, backward 2.10 (variants 1; 2026-12-04, dev/cuda/h200_2026-12-04c). The
+// first kernels (synchronous or cp.async tiles without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms,
+// backward 1.472 / 2.727 ms) were removed on 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history
+// has them).
 static int g_fwd_variant = -1, g_bwd_variant = -1;
 static int variant(int *v, const char *env, int dflt, int max) {
     if (*v < 0) {
