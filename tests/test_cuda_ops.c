@@ -200,8 +200,9 @@ static void test_rmsnorm(int N, int D, int alias) {
     cudaFree(ddx); cudaFree(ddw);
 }
 
-static void test_rope(void) {
-    int N = 70, H = 5, Hx = 2, hd = 64, ld = (H + Hx) * hd, maxpos = 200;
+// hd 64 runs the kernels' 4-pairs-a-thread form, hd 12 (half 6) the pair-a-thread one
+static void test_rope(int hd) {
+    int N = 70, H = 5, Hx = 2, ld = (H + Hx) * hd, maxpos = 200;
     float *cs = malloc(4 * (size_t)maxpos * hd / 2), *sn = malloc(4 * (size_t)maxpos * hd / 2);
     rope_tables(cs, sn, maxpos, hd, 500000.f, 1, 32.f, 1.f, 4.f, 8192);   // llama3 scaling
     int32_t pos[70];
@@ -233,8 +234,11 @@ static void test_rope(void) {
             num += (got[i] - r) * (got[i] - r); den += r * r;
             numg += (gotg[i] - rg) * (gotg[i] - rg); deng += rg * rg;
         }
-    table_row("rope (llama3 scaling)", "fwd", sqrt(num / den), 1e-2);
-    table_row("rope (llama3 scaling)", "bwd", sqrt(numg / deng), 1e-2);
+    char what[48];
+    snprintf(what, sizeof what, "fwd hd %d", hd);
+    table_row("rope (llama3 scaling)", what, sqrt(num / den), 1e-2);
+    snprintf(what, sizeof what, "bwd hd %d", hd);
+    table_row("rope (llama3 scaling)", what, sqrt(numg / deng), 1e-2);
     CHECK(untouched, "rope touched columns past the first H heads");
     free(cs); free(sn); free(x); free(g); free(xp); free(gp); free(got); free(gotg);
     cudaFree(dx); cudaFree(dg); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos);
@@ -242,8 +246,8 @@ static void test_rope(void) {
 
 // cuda_rope_backward_amax (HALO's q, k, v E_Y scales): the same bits as cuda_rope_backward on the q and k heads, v
 // untouched, and max |dq|, |dk|, |dv| of the stored values exactly; N > 512 walks rows in strides.
-static void test_rope_amax(int N) {
-    const int Hq = 3, Hkv = 2, hd = 64, ld = (Hq + 2 * Hkv) * hd, maxpos = 300;
+static void test_rope_amax(int N, int hd) {
+    const int Hq = 3, Hkv = 2, ld = (Hq + 2 * Hkv) * hd, maxpos = 300;
     float *cs = malloc(4 * (size_t)maxpos * hd / 2), *sn = malloc(4 * (size_t)maxpos * hd / 2);
     rope_tables(cs, sn, maxpos, hd, 500000.f, 1, 32.f, 1.f, 4.f, 8192);
     int32_t *pos = malloc(4 * (size_t)N);
@@ -264,18 +268,18 @@ static void test_rope_amax(int N) {
             mx[slot] = fmaxf(mx[slot], fabsf(got[(size_t)n * ld + c]));
         }
     char what[64];
-    snprintf(what, sizeof what, "bwd _amax N=%d: differing bits", N);
+    snprintf(what, sizeof what, "bwd _amax N=%d hd %d: differing bits", N, hd);
     table_row("rope (llama3 scaling)", what, (double)dev_bf16_ndiff(d1, d2, (size_t)N * ld), 0);
     double e = 0;
     for (int k = 0; k < 3; k++) e = fmax(e, fabs((double)am[k] - mx[k]) / mx[k]);
-    snprintf(what, sizeof what, "bwd _amax N=%d: q, k, v amax", N);
+    snprintf(what, sizeof what, "bwd _amax N=%d hd %d: q, k, v amax", N, hd);
     table_row("rope (llama3 scaling)", what, e, 0);
     free(cs); free(sn); free(pos); free(g); free(got);
     cudaFree(d1); cudaFree(d2); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos); cudaFree(dam);
 }
 
-static void test_swiglu(void) {
-    int N = 33, F = 200;
+static void test_swiglu(int F) {
+    int N = 33;
     float *gu = rand_vec((size_t)N * 2 * F, 2), *dout = rand_vec((size_t)N * F, 1);
     halo_bf16 *dgu = to_dev_bf16(gu, (size_t)N * 2 * F), *ddo = to_dev_bf16(dout, (size_t)N * F);
     halo_bf16 *out = dev_poison(2 * (size_t)N * F), *dres = dev_poison(4 * (size_t)N * F);
@@ -288,7 +292,9 @@ static void test_swiglu(void) {
     }
     swiglu_forward(ref, gate, up, N, F);
     float *got = from_dev_bf16(out, (size_t)N * F);
-    table_row("swiglu", "fwd", rel_l2_f(got, ref, (size_t)N * F), 1e-2);
+    char what[48];
+    snprintf(what, sizeof what, "fwd F %d", F);
+    table_row("swiglu", what, rel_l2_f(got, ref, (size_t)N * F), 1e-2);
     {   // the _amax variant (a HALO level-0 down_proj's X scale): the same bits, and max |out| exactly
         float mx = 0.f;
         for (size_t i = 0; i < (size_t)N * F; i++) mx = fmaxf(mx, fabsf(got[i]));
@@ -308,7 +314,8 @@ static void test_swiglu(void) {
         memcpy(cat + (size_t)n * 2 * F + F, du + (size_t)n * F, 4 * (size_t)F);
     }
     got = from_dev_bf16(dres, (size_t)N * 2 * F);
-    table_row("swiglu", "bwd [dgate | dup]", rel_l2_f(got, cat, (size_t)N * 2 * F), 1e-2);
+    snprintf(what, sizeof what, "bwd [dgate | dup] F %d", F);
+    table_row("swiglu", what, rel_l2_f(got, cat, (size_t)N * 2 * F), 1e-2);
     // the _amax variant: the same bits, and max |dgate|, max |dup| of the stored values exactly
     {
         float mg = 0.f, mu = 0.f;
@@ -515,10 +522,13 @@ int main(void) {
     test_rmsnorm(29, 77, 0);       // odd N and D, separate dx, no residual, no bf16 copy
     test_rmsnorm(3001, 1024, 1);   // many blocks, each with its own dw partial sums
     test_rmsnorm(2048, 4096, 0);   // dw in 16 KiB of shared memory
-    test_rope();
-    test_rope_amax(70);
-    test_rope_amax(1300);
-    test_swiglu();
+    test_rope(64);
+    test_rope(12);
+    test_rope_amax(70, 64);
+    test_rope_amax(1300, 64);
+    test_rope_amax(70, 12);
+    test_swiglu(200);   // 8 columns a thread
+    test_swiglu(172);   // 2 columns a thread (F % 8 != 0: stories260K)
     test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)
     test_attention(2, 50, 8, 4, 8, 1);
     test_attention(2, 100, 4, 2, 64, 0);     // flash kernels, T not a multiple of the tile
