@@ -535,8 +535,9 @@ int main(void) {
     test_attention(1, 300, 8, 2, 64, 1);
     test_attention(2, 80, 4, 1, 128, 0);
     test_attention(1, 257, 4, 2, 128, 1);
-    test_cross_entropy(13, 1000, 0);
-    test_cross_entropy(7, 999, 1);
+    test_cross_entropy(13, 1000, 0);   // 8 logits a thread at a time
+    test_cross_entropy(5, 1002, 0);    // 2
+    test_cross_entropy(7, 999, 1);     // 1
     test_cross_entropy(6, 128256, 1);
     test_adamw(0, 0, 0);
     test_adamw(1, 0, 0);
