@@ -165,9 +165,11 @@ __device__ __forceinline__ void load_b_rows(uint32_t *r, const bf16 *tile, int n
 
 // cp.async (sm_80+): 16-byte global->shared copies that complete in the background; rows >= T are zero-filled
 // with plain stores (visible after the next barrier).
+__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void *src) {   // dst: a shared-memory address
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+    cp_async16_s((uint32_t)__cvta_generic_to_shared(dst), src);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -667,8 +669,7 @@ __device__ __forceinline__ void load_tile_swz(uint32_t dst, const bf16 *src, int
     for (int i = tid; i < 512; i += 128) {
         int r = i >> 3, c = i & 7;
         uint32_t d = dst + r * 128 + (((c ^ r) & 7) << 4);
-        if (r0 + r < T)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + (size_t)(r0 + r) * ld + c * 8));
+        if (r0 + r < T) cp_async16_s(d, src + (size_t)(r0 + r) * ld + c * 8);
         else asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(d), "r"(0));
     }
 }

@@ -16,6 +16,24 @@ template <> struct alignas(8) rope_vec<4> { bf16 v[4]; };
 template <int P> struct rope_ang { float v[P]; };
 template <> struct alignas(16) rope_ang<4> { float v[4]; };
 
+// Pairs j..j+P-1 of the head at v, read into a (first half) and b (second half): rope_load. rope_rotate turns them by
+// the angle row (cos_r, sin_r) with sin's sign `sign` and stores them back, a and b then holding the stored values.
+template <int P>
+__device__ __forceinline__ void rope_load(const bf16 *v, int j, int half, rope_vec<P> &a, rope_vec<P> &b) {
+    a = *(const rope_vec<P> *)(v + j);
+    b = *(const rope_vec<P> *)(v + j + half);
+}
+template <int P>
+__device__ __forceinline__ void rope_rotate(bf16 *v, int j, int half, const float *cos_r, const float *sin_r, float sign,
+                                            rope_vec<P> &a, rope_vec<P> &b) {
+    const rope_ang<P> c = *(const rope_ang<P> *)(cos_r + j), sn = *(const rope_ang<P> *)(sin_r + j);
+#pragma unroll
+    for (int k = 0; k < P; k++)
+        rot_pair(__bfloat162float(a.v[k]), __bfloat162float(b.v[k]), c.v[k], sign * sn.v[k], &a.v[k], &b.v[k]);
+    *(rope_vec<P> *)(v + j) = a;
+    *(rope_vec<P> *)(v + j + half) = b;
+}
+
 // grid: x over (head, group of P pairs) of one token, y strides over tokens
 template <int P>
 __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H,
@@ -25,14 +43,9 @@ __global__ void k_rope(bf16 *x, int ld, const int32_t *pos, const float *cos_t, 
     int h = i / groups, j = (i - h * groups) * P;
     for (int n = blockIdx.y; n < N; n += gridDim.y) {
         bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
-        const rope_ang<P> c = *(const rope_ang<P> *)(cos_t + (size_t)pos[n] * half + j),
-                          sn = *(const rope_ang<P> *)(sin_t + (size_t)pos[n] * half + j);
-        rope_vec<P> a = *(const rope_vec<P> *)(v + j), b = *(const rope_vec<P> *)(v + j + half);
-#pragma unroll
-        for (int k = 0; k < P; k++)
-            rot_pair(__bfloat162float(a.v[k]), __bfloat162float(b.v[k]), c.v[k], sign * sn.v[k], &a.v[k], &b.v[k]);
-        *(rope_vec<P> *)(v + j) = a;
-        *(rope_vec<P> *)(v + j + half) = b;
+        rope_vec<P> a, b;
+        rope_load<P>(v, j, half, a, b);
+        rope_rotate<P>(v, j, half, cos_t + (size_t)pos[n] * half, sin_t + (size_t)pos[n] * half, sign, a, b);
     }
 }
 
@@ -66,16 +79,10 @@ __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float
         const int h = i / groups, j = (i - h * groups) * P, slot = h < Hq ? 0 : h < Hq + Hkv ? 1 : 2;
         for (int n = blockIdx.y; n < N; n += gridDim.y) {
             bf16 *v = x + (size_t)n * ld + (size_t)h * hd;
-            rope_vec<P> a = *(const rope_vec<P> *)(v + j), b = *(const rope_vec<P> *)(v + j + half);
-            if (slot < 2) {
-                const rope_ang<P> c = *(const rope_ang<P> *)(cos_t + (size_t)pos[n] * half + j),
-                                  sn = *(const rope_ang<P> *)(sin_t + (size_t)pos[n] * half + j);
-#pragma unroll
-                for (int k = 0; k < P; k++)
-                    rot_pair(__bfloat162float(a.v[k]), __bfloat162float(b.v[k]), c.v[k], -sn.v[k], &a.v[k], &b.v[k]);
-                *(rope_vec<P> *)(v + j) = a;
-                *(rope_vec<P> *)(v + j + half) = b;
-            }
+            rope_vec<P> a, b;
+            rope_load<P>(v, j, half, a, b);
+            if (slot < 2)
+                rope_rotate<P>(v, j, half, cos_t + (size_t)pos[n] * half, sin_t + (size_t)pos[n] * half, -1.f, a, b);
 #pragma unroll
             for (int k = 0; k < P; k++)
                 m[slot] = fmaxf(m[slot], fmaxf(fabsf(__bfloat162float(a.v[k])), fabsf(__bfloat162float(b.v[k]))));

@@ -72,43 +72,36 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
     }
 }
 
-static dim3 grid_for(int N, int F, int rows) { return dim3(cdiv(F / (F % 8 ? 2 : 8), 256), N < rows ? N : rows); }
-
-extern "C" void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s) {
+// One launch of each kernel, 8 columns a thread when F % 8 == 0, else 2. rows: row blocks at most (the amax forms take
+// fewer, 1024: one atomic per block and address; with 8 columns a thread 256 left the 1B backward at 3.39 ms a step
+// against 3.10 with 2 columns a thread).
+static void swiglu_launch(bool fwd, halo_bf16 *dst, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, int rows,
+                          float *amax_a, float *amax_b, cudaStream_t s) {
     if (N == 0) return;
     if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
-    if (F % 8) k_swiglu_fwd<2><<<grid_for(N, F, 8192), 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, NULL);
-    else k_swiglu_fwd<8><<<grid_for(N, F, 8192), 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, NULL);
+    const dim3 grid(cdiv(F / (F % 8 ? 2 : 8), 256), N < rows ? N : rows);
+    bf16 *d = (bf16 *)dst;
+    const bf16 *g = (const bf16 *)gu, *o = (const bf16 *)dout;
+    unsigned *a = (unsigned *)amax_a, *b = (unsigned *)amax_b;
+    if (fwd && F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>(d, g, N, F, a);
+    else if (fwd) k_swiglu_fwd<8><<<grid, 256, 0, s>>>(d, g, N, F, a);
+    else if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
+    else k_swiglu_bwd<8><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s) {
+    swiglu_launch(true, out, NULL, gu, N, F, 8192, NULL, NULL, s);
 }
 extern "C" void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax,
                                          cudaStream_t s) {
-    if (N == 0) return;
-    if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
-    const dim3 grid = grid_for(N, F, 1024);   // fewer row blocks than the plain kernel: one atomic each
-    if (F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, (unsigned *)amax);
-    else k_swiglu_fwd<8><<<grid, 256, 0, s>>>((bf16 *)out, (const bf16 *)gu, N, F, (unsigned *)amax);
-    CUDA_LAUNCH_CHECK();
+    swiglu_launch(true, out, NULL, gu, N, F, 1024, amax, NULL, s);
 }
 extern "C" void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                      cudaStream_t s) {
-    if (N == 0) return;
-    if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
-    const dim3 grid = grid_for(N, F, 8192);
-    if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, N, F, NULL, NULL);
-    else k_swiglu_bwd<8><<<grid, 256, 0, s>>>((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, N, F, NULL, NULL);
-    CUDA_LAUNCH_CHECK();
+    swiglu_launch(false, dgu, dout, gu, N, F, 8192, NULL, NULL, s);
 }
 extern "C" void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                           float *amax_gate, float *amax_up, cudaStream_t s) {
-    if (N == 0) return;
-    if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
-    // fewer row blocks than the plain kernel: two atomics per block on one address each (1024 rows: with 8 columns a
-    // thread, 256 left the 1B backward at 3.39 ms a step against 3.10 with 2 columns a thread)
-    const dim3 grid = grid_for(N, F, 1024);
-    if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, N, F,
-                                                     (unsigned *)amax_gate, (unsigned *)amax_up);
-    else k_swiglu_bwd<8><<<grid, 256, 0, s>>>((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, N, F,
-                                               (unsigned *)amax_gate, (unsigned *)amax_up);
-    CUDA_LAUNCH_CHECK();
+    swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, s);
 }
