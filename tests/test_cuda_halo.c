@@ -337,6 +337,78 @@ static void test_rot_small(void) {
     halo_cuda_rows_small_form(2);
 }
 
+// k_rot_tile with a NaN or an Inf in the input (blocks of 256: the compile-time form; 64: the run-time one): the absmax
+// skips NaN as the CPU's maximum of the rotated rows does, the non-finite flag is set, and the codes (row-major and
+// both layouts; the CPU refuses to quantize non-finite values) equal those of the 32-values-a-lane kernel (NaN -> 0).
+static void test_rot_tile_nonfinite(void) {
+    const int d = 1024, R = 40, blocks[2] = {256, 64};
+    for (int bi = 0; bi < 2; bi++)
+        for (int nf = 1; nf <= 2; nf++) {
+            const int B = blocks[bi];
+            halo_hadamard hp;
+            halo_cuda_had hg;
+            if (halo_hadamard_plan(&hp, d, B) || halo_cuda_had_plan(&hg, d, B)) { CHECK(0, "plan %d/%d", d, B); continue; }
+            const size_t n = (size_t)R * d;
+            float *x = t_rand_vec(&rng, n, 1.0);
+            x[(size_t)7 * d + 300] = nf == 1 ? NAN : INFINITY;
+            halo_bf16 *dx = dev_bf16(x, n);
+            float *xr = malloc(4 * n);
+            memcpy(xr, x, 4 * n);
+            halo_hadamard_rows(&hp, xr, R, d, 0);
+            float mx = 0;
+            for (size_t i = 0; i < n; i++) mx = fmaxf(mx, fabsf(xr[i]));   // NaN skipped
+            char det[64];
+            snprintf(det, sizeof det, "%dx%d blocks of %d, %s", R, d, B, nf == 1 ? "a NaN" : "an Inf");
+            float *dam = dev_poison(8);
+            uint8_t *q[2][2];
+            for (int form = 2; form >= 1; form--) {
+                halo_cuda_rows_small_form(form);
+                cudaMemset(dam, 0, 8);
+                halo_cuda_absmax_rows(&hg, 0, dx, HALO_CUDA_BF16, d, R, d, dam, NULL, (int *)(dam + 1), 0);
+                float am[2];
+                cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
+                char det2[96];
+                snprintf(det2, sizeof det2, "%s%s", det, form == 2 ? " (tiles)" : "");
+                row("non-finite: absmax, flag", det2, memcmp(&am[0], &mx, 4) || ((int *)am)[1] != 1 ? 1.0 : 0.0, 0, 0, 0);
+                for (int fmt = 0; fmt < 2; fmt++) {
+                    uint8_t *dq = dev_poison(n);
+                    halo_cuda_quant_rows(&hg, 0, dx, HALO_CUDA_BF16, d, R, d, dam, NULL, fmt, dq, d, 0);
+                    q[form - 1][fmt] = t_host_of(dq, n);
+                    cudaFree(dq);
+                }
+            }
+            for (int fmt = 0; fmt < 2; fmt++) {
+                long diff = 0, nz = 0;
+                for (size_t i = 0; i < n; i++) { diff += q[0][fmt][i] != q[1][fmt][i]; nz += q[1][fmt][i] != 0; }
+                char det2[96];
+                snprintf(det2, sizeof det2, "%s %s (%ld non-zero)", det, fmt ? "e4m3" : "int8", nz);
+                row("non-finite: tile codes", det2, 0, 0, diff, 0);
+                // both layouts from the tile kernel equal its row codes
+                const int Rp = 48;
+                uint8_t *dq2 = dev_poison(n), *dqt = dev_poison((size_t)d * Rp);
+                halo_cuda_rows_small_form(2);
+                long bad = 0;
+                if (halo_cuda_rot_quant_both_ok(&hg, dx, d, R, d, dq2, d, dqt, Rp, Rp)) {
+                    halo_cuda_rot_quant_both(&hg, dx, d, R, d, dam, fmt, dq2, d, dqt, Rp, Rp, NULL, 0);
+                    uint8_t *q2 = t_host_of(dq2, n), *qt = t_host_of(dqt, (size_t)d * Rp);
+                    for (int k = 0; k < d; k++)
+                        for (int r = 0; r < R; r++)
+                            bad += (q2[(size_t)r * d + k] != q[1][fmt][(size_t)r * d + k]) +
+                                   (qt[(size_t)k * Rp + r] != q[1][fmt][(size_t)r * d + k]);
+                    free(q2); free(qt);
+                } else {
+                    bad = -1;
+                }
+                row("non-finite: both layouts", det2, 0, 0, bad, 0);
+                cudaFree(dq2); cudaFree(dqt);
+                free(q[0][fmt]); free(q[1][fmt]);
+            }
+            free(x); free(xr); cudaFree(dx); cudaFree(dam);
+            halo_cuda_had_free(&hg);
+        }
+    halo_cuda_rows_small_form(2);
+}
+
 // ---- the 8-element (16-byte) paths and their fallbacks: padded rows, odd widths, misaligned pointers ---------
 static void test_vec_paths(void) {
     // {rows, cols, row stride, element offset of the device pointer}: vector path (contiguous and strided), then
@@ -1394,6 +1466,7 @@ int main(void) {
     test_hadamard();
     test_quant();
     test_rot_small();
+    test_rot_tile_nonfinite();
     test_vec_paths();
     test_gemm();
     test_gemm_tune();

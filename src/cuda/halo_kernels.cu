@@ -693,13 +693,36 @@ template <int MODE> static void launch_rot_small(int tin, rows_args &a, cudaStre
 // (k_rot_small_both: the same tiles with 8-value warp shuffles). Two persistent forms ran slower: the next tile's loads
 // in registers (3 blocks an SM; gate absmax X 0.053 vs 0.046 ms), and by cp.async into shared memory (4 blocks an SM;
 // quantize X both layouts 0.058-0.068 vs 0.051 ms, absmax unchanged).
+// LB = log2 of the block when fixed at compile time (8: blocks of 256, no run-time stage branches), 0: a.lP. With LB
+// even the scale 1 / sqrt(B) is a power of two and the quantizer folds it into its reciprocal scale once (the same
+// products: multiplying by a power of two is exact); the INT8 codes are rint then the clamp by one max and a saturating
+// pack (cvt.pack.sat: 127 above, NaN -> 0 from the conversion), the absmax a NaN-propagating maximum (one instruction a
+// value; the NaN-skipping maximum is recomputed only when a NaN came through).
 enum { RT_ROWS = 32 };
-template <int QUANT, int FMT>
+__device__ __forceinline__ float fmax_abs_nan(float m, float v) {
+    float r;
+    asm("{ .reg .f32 t; abs.f32 t, %2; max.NaN.f32 %0, %1, t; }" : "=f"(r) : "f"(m), "f"(v));
+    return r;
+}
+// Four int32 codes (already >= -127) to four bytes, c[0] lowest, saturating at 127.
+__device__ __forceinline__ uint32_t pack_s8x4(const int c[4]) {
+    uint32_t lo, out;
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;" : "=r"(lo) : "r"(c[3]), "r"(c[2]));
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;" : "=r"(out) : "r"(c[1]), "r"(c[0]), "r"(lo));
+    return out;
+}
+template <int QUANT, int FMT, int LB>
 __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int rows_pad, uint8_t *qt, long ldqt) {
     __shared__ __align__(16) float4 ex[RT_ROWS * 64];
     __shared__ __align__(16) uint32_t st[QUANT ? RT_ROWS * 64 : 1];
-    const int tid = threadIdx.x, r = tid >> 3, j = tid & 7, B = 1 << a.lP;
-    if (QUANT && blockIdx.x == 0 && tid == 0) run_alpha(a.aj);
+    __shared__ float qs_sm;
+    constexpr bool FOLD = LB > 0 && LB % 2 == 0;
+    const int tid = threadIdx.x, r = tid >> 3, j = tid & 7, B = LB ? 1 << LB : 1 << a.lP;
+    if (QUANT && tid == 0) {   // the reciprocal scale once a block (a division), read after the exchange's barrier
+        if (blockIdx.x == 0) run_alpha(a.aj);
+        const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
+        qs_sm = FOLD ? qs * a.scale : qs;
+    }
     const long r0 = (long)(blockIdx.x / nseg256) * RT_ROWS, c0 = (long)(blockIdx.x % nseg256) * 256, row = r0 + r;
     const bool live = row < a.rows;
     float v[32];
@@ -734,22 +757,40 @@ __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int 
                 }
         }
     if constexpr (!QUANT) {
-        float mx = 0.f, chk = 0.f;   // amax_add on the unscaled values, the scale once at the end
+        float mxn = 0.f;   // max |v| with NaN propagated, on the unscaled values (the scale once at the end)
         #pragma unroll
-        for (int k = 0; k < 32; k++) amax_add(mx, chk, v[k]);
+        for (int k = 0; k < 32; k++) mxn = fmax_abs_nan(mxn, v[k]);
+        const bool bad = !(mxn <= FLT_MAX);   // a NaN or an Inf came through
+        float mx = mxn;
+        if (mxn != mxn) {   // NaN: the maximum that skips NaN, as the CPU's
+            mx = 0.f;
+            for (int k = 0; k < 32; k++) mx = fmaxf(mx, fabsf(v[k]));
+        }
         mx = __fmul_rn(block_max(mx), a.scale);
-        if (a.nonfinite) { if (__syncthreads_or(chk != 0.f) && tid == 0) atomicOr(a.nonfinite, 1); }
+        if (a.nonfinite) { if (__syncthreads_or(bad) && tid == 0) atomicOr(a.nonfinite, 1); }
         if (tid == 0 && a.amax_bits) atomicMax(a.amax_bits, __float_as_uint(mx));
     } else {
-        #pragma unroll
-        for (int k = 0; k < 32; k++) v[k] = __fmul_rn(v[k], a.scale);
-        const float qs = rscale_of(*a.amax_q, qmax_of(a.fmt));
+        if (!FOLD) {
+            #pragma unroll
+            for (int k = 0; k < 32; k++) v[k] = __fmul_rn(v[k], a.scale);
+        }
+        const float qs = qs_sm;
         uint32_t wd[8];
         #pragma unroll
         for (int i = 0; i < 8; i++) {
-            wd[i] = 0;
-            #pragma unroll
-            for (int q = 0; q < 4; q++) wd[i] |= (uint32_t)quantf<FMT>(v[4 * i + q], qs, a.fmt) << (8 * q);
+            const float *u = v + 4 * i;
+            if (FMT == HALO_CUDA_INT8) {   // quant1's INT8 codes: rint, clamp to +-127, NaN -> 0
+                int c[4];
+                #pragma unroll
+                for (int q = 0; q < 4; q++) c[q] = max(__float2int_rn(__fmul_rn(u[q], qs)), -127);
+                wd[i] = pack_s8x4(c);
+            } else {   // E4M3 by pairs (the same conversion as quant1's)
+                const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(u[0], qs), __fmul_rn(u[1], qs)),
+                                                            __NV_SATFINITE, __NV_E4M3);
+                const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(u[2], qs), __fmul_rn(u[3], qs)),
+                                                            __NV_SATFINITE, __NV_E4M3);
+                wd[i] = lo | hi << 16;
+            }
             if (live) *(uint32_t *)((uint8_t *)a.out + row * a.ld_out + c0 + 32 * i + 4 * j) = wd[i];
         }
         if (!qt) return;   // (block-uniform)
@@ -787,12 +828,17 @@ __global__ void __launch_bounds__(256) k_rot_tile(rows_args a, int nseg256, int 
 static int rot_tile_ok(const rows_args &a, int tin) {
     return env_switch(&g_rot_tile, "HALO_CUDA_ROT_TILE") && tin == HALO_CUDA_BF16 && !a.in_scale && a.blk >= 16;
 }
+template <int QUANT, int LB>
+static void launch_rot_tile_lb(rows_args &a, int grid, int nseg256, int rows_pad, uint8_t *qt, long ldqt, cudaStream_t s) {
+    if (!QUANT) k_rot_tile<0, -1, LB><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    else if (a.fmt == HALO_CUDA_INT8) k_rot_tile<1, HALO_CUDA_INT8, LB><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    else k_rot_tile<1, HALO_CUDA_E4M3, LB><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+}
 template <int QUANT> static void launch_rot_tile(rows_args &a, int rows_pad, uint8_t *qt, long ldqt, cudaStream_t s) {
     const int nseg256 = (int)((long)a.blk * a.nseg / 256), grid = cdiv(QUANT && qt ? rows_pad : a.rows, RT_ROWS) * nseg256;
     if (grid <= 0) return;
-    if (!QUANT) k_rot_tile<0, -1><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
-    else if (a.fmt == HALO_CUDA_INT8) k_rot_tile<1, HALO_CUDA_INT8><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
-    else k_rot_tile<1, HALO_CUDA_E4M3><<<grid, 256, 0, s>>>(a, nseg256, rows_pad, qt, ldqt);
+    if (a.lP == 8) launch_rot_tile_lb<QUANT, 8>(a, grid, nseg256, rows_pad, qt, ldqt, s);
+    else launch_rot_tile_lb<QUANT, 0>(a, grid, nseg256, rows_pad, qt, ldqt, s);
     CUDA_LAUNCH_CHECK();
 }
 
