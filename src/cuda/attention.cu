@@ -1,7 +1,7 @@
-// Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 runs kernels on Hopper's
-// warpgroup products (k_flash_fwd_wg, k_flash_bwd_wg: wgmma reading swizzled shared-memory tiles); head_dim 128 runs
+// Causal grouped-query attention on the GPU without the T x T scores in memory. head_dim 64 and 128 run kernels on
+// Hopper's warpgroup products (k_flash_fwd_wg, k_flash_bwd_wg: wgmma reading swizzled shared-memory tiles); the
 // flash-attention-2 style kernels on mma.sync (m16n8k16 bf16, fp32 accumulators; k_flash_fwd2, k_flash_bwd2 with
-// ldmatrix fragments), which head_dim 64 can pick too (variants listed above flash_fwd). All use an online softmax,
+// ldmatrix fragments) remain as variants for A/B (listed above flash_fwd). All use an online softmax,
 // a backward per key tile with dQ accumulated by fp32 atomics, and keep only lse[B, Hq, T] from the forward. Other
 // head sizes (the tiny test models) run simple one-block-per-query kernels.
 #include <string.h>
@@ -587,13 +587,16 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_flash_bwd2(bf16 *dqkv, float 
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Backward on Hopper's warpgroup products (k_flash_bwd_wg, head size 64): one warpgroup per (64-key tile, kv head,
+// Backward on Hopper's warpgroup products (k_flash_bwd_wg, head size 64 or 128): one warpgroup per (64-key tile, kv head,
 // batch), the same loop as k_flash_bwd2 over the group's query heads and the query tiles at or after the key tile.
 // K, V, Q, dO and dS^T live in shared memory as 64 x 64 bf16 tiles of 128-byte rows in the 128-byte swizzle
-// (16-byte chunk c of row r at chunk c ^ (r % 8), tiles 1024-byte aligned), which wgmma reads directly:
+// (16-byte chunk c of row r at chunk c ^ (r % 8), tiles 1024-byte aligned; head size 128: K, V, Q and dO as two such
+// panels 8192 bytes apart), which wgmma reads directly:
 //   S^T = K Q^T and dP^T = V dO^T   (both operands K-major: K = head dim, the tiles' columns)
 //   dV += P^T dO and dK += dS^T Q   (A = P^T / dS^T from the accumulator registers; B MN-major: K = queries = rows)
 //   dQ = dS K                       (A = the dS^T tile, MN-major; B = the K tile, MN-major; K = keys = rows)
+// Head size 128: S^T and dP^T add a second K = 64 half on the second panels, dV and dK are m64n128 products (the
+// MN-major B's panels one leading byte offset apart; 241 registers, 2 blocks an SM), dQ is formed a panel at a time.
 // A K-major operand steps K by 16 columns = 32 bytes inside the swizzled row, an MN-major one by 16 rows = 2048
 // bytes; 8-row groups are 1024 bytes apart (the stride byte offset). dQ goes to dq_acc by fp32 atomics as in
 // k_flash_bwd2. Q/dO/lse/D are double-buffered by cp.async.
@@ -652,6 +655,19 @@ __device__ __forceinline__ void wgmma_rs_acc(float *d, const uint32_t *a, uint64
                  : WG_D32("+f")
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TB));
 }
+// The 64 accumulator operands of a wgmma m64n128 (fp32), as WG_D32.
+#define WG_D64(C) C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]), C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31]), C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]), C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]), C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]), C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]), C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]), C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]), C(d[62]), C(d[63])
+#define WG_D64_LIST "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// d (the m64n128 fragment) += A B^T with A from registers as wgmma_rs_acc, B 128 wide: with the MN-major B of the P V
+// product its two 64-column panels are the descriptor's leading byte offset (8192) apart.
+template <int TB>
+__device__ __forceinline__ void wgmma_rs_acc_n128(float *d, const uint32_t *a, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_D64_LIST
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+                 : WG_D64("+f")
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TB));
+}
 // d = A B^T over K = 64 as four k16 products; STEP: the bytes from one k16 slice to the next in both tiles (32 in
 // K-major tiles, 2048 in MN-major ones)
 template <int TA, int TB, int STEP>
@@ -676,17 +692,17 @@ __device__ __forceinline__ void load_tile_swz(uint32_t dst, const bf16 *src, int
 
 #endif
 
-template <int MINB>
+template <int HD, int MINB>
 __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv,
                                                              const bf16 *dout, const float *lse, const float *Dv,
                                                              const int32_t *seg, int T, int Hq, int Hkv, float scale) {
 #ifdef HALO_ATTN_WGMMA
-    constexpr int HD = 64, BK = 64, BQ = 64, TILE = 64 * 128;
+    constexpr int BK = 64, BQ = 64, PANEL = 64 * 128, NP = HD / 64, TILE = NP * PANEL;
     extern __shared__ __align__(16) unsigned char smem_wg[];
     uint32_t s_raw = (uint32_t)__cvta_generic_to_shared(smem_wg), base = (s_raw + 1023) & ~1023u;
     unsigned char *smem = smem_wg + (base - s_raw);
     const uint32_t Ks = base, Vs = base + TILE, Qs0 = base + 2 * TILE, dOs0 = base + 4 * TILE, dSt = base + 6 * TILE;
-    float *lse_s0 = (float *)(smem + 7 * TILE), *D_s0 = lse_s0 + 2 * BQ;
+    float *lse_s0 = (float *)(smem + 6 * TILE + PANEL), *D_s0 = lse_s0 + 2 * BQ;
     int *qseg_s0 = (int *)(D_s0 + 2 * BQ);
     int kvh = blockIdx.x, b = blockIdx.y, kt = blockIdx.z;
     int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
@@ -700,11 +716,15 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? segb[krow[i]] : -1;
     float scale_log2 = scale * LOG2E;
     int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
+    auto load = [&](uint32_t dst, const bf16 *src, int r0, size_t lds) {   // the tile's panels
+#pragma unroll
+        for (int p = 0; p < NP; p++) load_tile_swz(dst + p * PANEL, src + 64 * p, r0, T, lds, tid);
+    };
     auto stage = [&](int it, int buf) {
         int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
         const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
-        load_tile_swz(Qs0 + buf * TILE, rows + h * HD, q0, T, ld, tid);
-        load_tile_swz(dOs0 + buf * TILE, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
+        load(Qs0 + buf * TILE, rows + h * HD, q0, ld);
+        load(dOs0 + buf * TILE, dob + h * HD, q0, (size_t)Hq * HD);
         if (tid < BQ) {
             bool in = q0 + tid < T;
             lse_s0[buf * BQ + tid] = in ? lse_h[q0 + tid] * LOG2E : 0.f;
@@ -712,13 +732,13 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             if (segb) qseg_s0[buf * BQ + tid] = in ? segb[q0 + tid] : -2;
         }
     };
-    load_tile_swz(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-    load_tile_swz(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+    load(Ks, rows + (Hq + kvh) * HD, k0, ld);
+    load(Vs, rows + (Hq + Hkv + kvh) * HD, k0, ld);
     stage(0, 0);
     cp_async_commit();
-    float dk[32], dv[32];
+    float dk[HD / 2], dv[HD / 2];
 #pragma unroll
-    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0.f;
+    for (int i = 0; i < HD / 2; i++) dk[i] = dv[i] = 0.f;
     for (int it = 0; it < n_it; it++) {
         int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ, cur = it & 1;
         const uint32_t Qs = Qs0 + cur * TILE, dOs = dOs0 + cur * TILE;
@@ -732,7 +752,15 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         float s[32], dp[32];
         wg_fence();
         wgmma_k64<0, 0, 32>(s, Ks, Qs);
+        if (NP == 2) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Ks + PANEL + 32 * j), wg_desc(Qs + PANEL + 32 * j));
+        }
         wgmma_k64<0, 0, 32>(dp, Vs, dOs);
+        if (NP == 2) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(dp, wg_desc(Vs + PANEL + 32 * j), wg_desc(dOs + PANEL + 32 * j));
+        }
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
@@ -764,9 +792,15 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             }
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
+        for (int kk = 0; kk < 4; kk++) {
+            if (NP == 1) wgmma_rs_acc<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
+            else wgmma_rs_acc_n128<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
+        }
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
+        for (int kk = 0; kk < 4; kk++) {
+            if (NP == 1) wgmma_rs_acc<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
+            else wgmma_rs_acc_n128<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
+        }
         wg_commit();
         // dS^T [key][query] into its tile while those run: register 4 kk + j holds row g + 8 (j & 1), queries
         // 16 kk + 8 (j >> 1) + 2 t4 ..+1
@@ -779,44 +813,50 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             }
         fence_proxy_async();
         wg_wait0();
-        wg_hold<32>(dv);
-        wg_hold<32>(dk);
+        wg_hold<HD / 2>(dv);
+        wg_hold<HD / 2>(dk);
         wg_hold_u<16>(pa);
         wg_hold_u<16>(da);
         __syncthreads();   // the whole dS^T tile written
-        float dq[32];
-        wg_fence();
-        wgmma_k64<1, 1, 2048>(dq, dSt, Ks);
-        wg_commit();
-        wg_wait0();
-        wg_hold<32>(dq);
-        // dq element 4i + e: query row 16 warp + g + 8 (e >> 1), head-dim column 8i + 2 t4 + (e & 1). Lanes t4 and
-        // t4 ^ 1 swap halves, so that even lanes add 4 columns of row g and odd ones 4 of row g + 8 by float4 atomics
-        // (half as many as float2 ones: 0.858 vs 0.882 ms a layer at 1B shapes)
+        // dq, 64 head-dim columns (one panel of K) at a time: element 4i + e: query row 16 warp + g + 8 (e >> 1),
+        // column 64 p + 8i + 2 t4 + (e & 1). Lanes t4 and t4 ^ 1 swap halves, so that even lanes add 4 columns of row
+        // g and odd ones 4 of row g + 8 by float4 atomics (half as many as float2 ones: 0.858 vs 0.882 ms a layer at
+        // 1B shapes)
         int odd = t4 & 1, qa = q0 + warp * 16 + g + 8 * odd;
         float *dst = dq_acc + ((size_t)b * T + qa) * Hq * HD + h * HD + 2 * (t4 - odd);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
-            float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
-            const float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3])
-                                 : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
-            if (qa < T) atomicAdd((float4 *)(dst + i * 8), v);
+        for (int p = 0; p < NP; p++) {
+            float dq[32];
+            wg_fence();
+            wgmma_k64<1, 1, 2048>(dq, dSt, Ks + p * PANEL);
+            wg_commit();
+            wg_wait0();
+            wg_hold<32>(dq);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
+                float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
+                const float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3])
+                                     : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
+                if (qa < T) atomicAdd((float4 *)(dst + 64 * p + i * 8), v);
+            }
         }
     }
     flash_bwd_store_kv<HD>(dqkv, dk, dv, krow, b, kvh, T, Hq, Hkv, scale, t4);
 #endif
 }
 
-// Forward on the warpgroup products (k_flash_fwd_wg, head size 64): one warpgroup per (64-query tile, head, batch),
-// 64-key K/V tiles double-buffered by cp.async into the swizzled layout above; S = Q K^T with both operands
-// K-major, the online softmax of k_flash_fwd2 on the accumulators (same fragment layout), O += P V with P from
-// registers and the V tile MN-major. Blocks of the last query tiles (the most keys) start first.
-template <int MINB>
+// Forward on the warpgroup products (k_flash_fwd_wg, head size 64 or 128): one warpgroup per (64-query tile, head,
+// batch), 64-key K/V tiles double-buffered by cp.async into the swizzled layout above (a 64 x 128 tile as two 64 x 64
+// panels 8192 bytes apart); S = Q K^T with both operands K-major (head size 128: a second K = 64 half on the second
+// panels), the online softmax of k_flash_fwd2 on the accumulators (same fragment layout), O += P V with P from registers
+// and the V tile MN-major (head size 128: one m64n128 product per k16 step over both panels). Blocks of the last query
+// tiles (the most keys) start first.
+template <int HD, int MINB>
 __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv,
                                                              const int32_t *seg, int T, int Hq, int Hkv, float scale) {
 #ifdef HALO_ATTN_WGMMA
-    constexpr int HD = 64, BR = 64, BC = 64, TILE = 64 * 128;
+    constexpr int BR = 64, BC = 64, PANEL = 64 * 128, NP = HD / 64, TILE = NP * PANEL;
     extern __shared__ __align__(16) unsigned char smem_wg[];
     uint32_t s_raw = (uint32_t)__cvta_generic_to_shared(smem_wg), base = (s_raw + 1023) & ~1023u;
     unsigned char *smem = smem_wg + (base - s_raw);
@@ -829,22 +869,26 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
     const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
     int q0 = qt * BR, qw = q0 + warp * 16;
     const float c = scale * LOG2E;
+    auto load = [&](uint32_t dst, const bf16 *src, int r0) {   // the tile's panels
+#pragma unroll
+        for (int p = 0; p < NP; p++) load_tile_swz(dst + p * PANEL, src + 64 * p, r0, T, ld, tid);
+    };
     auto stage = [&](int kt, int buf) {
         int k0 = kt * BC;
-        load_tile_swz(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-        load_tile_swz(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        load(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0);
+        load(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0);
         if (segb && tid < BC) kseg0[buf * BC + tid] = k0 + tid < T ? segb[k0 + tid] : -1;
     };
-    load_tile_swz(Qs, rows + h * HD, q0, T, ld, tid);
+    load(Qs, rows + h * HD, q0);
     stage(0, 0);
     cp_async_commit();
     int qrow[2] = {qw + g, qw + g + 8};
     int qseg[2] = {0, 0};
     if (segb)
         for (int i = 0; i < 2; i++) qseg[i] = qrow[i] < T ? segb[qrow[i]] : -2;
-    float o[32];
+    float o[HD / 2];
 #pragma unroll
-    for (int i = 0; i < 32; i++) o[i] = 0.f;
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
     int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
     for (int kt = 0; kt < nkt; kt++) {
@@ -860,6 +904,10 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         float s[32];
         wg_fence();
         wgmma_k64<0, 0, 32>(s, Qs, Ks);
+        if (NP == 2) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Qs + PANEL + 32 * j), wg_desc(Ks + PANEL + 32 * j));
+        }
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
@@ -872,10 +920,13 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
             for (int j = 0; j < 4; j++) pa[4 * kk + j] = pack_bf16(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
+        for (int kk = 0; kk < 4; kk++) {
+            if (NP == 1) wgmma_rs_acc<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
+            else wgmma_rs_acc_n128<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
+        }
         wg_commit();
         wg_wait0();
-        wg_hold<32>(o);
+        wg_hold<HD / 2>(o);
         wg_hold_u<16>(pa);
     }
     flash_fwd_store<HD>(out, lse, o, lrow, mrow, qrow, b, h, T, Hq, scale, t4);
@@ -906,13 +957,13 @@ template <int HD, int BQ, int NW> static size_t bwd2_smem() {
 }
 
 // Variants, chosen by HALO_CUDA_ATTN_FWD / HALO_CUDA_ATTN_BWD or the setters (benchmarked side by side):
-// forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps), 2 = k_flash_fwd_wg (hd 64;
-// hd 128 runs 1);
+// forward 0 = k_flash_fwd2 with 64 query rows (4 warps), 1 = 128 query rows (8 warps), 2 = k_flash_fwd_wg;
 // backward (k_flash_bwd2) 0 = 64 keys per block (4 warps), 1 = 0 with the K/V A-fragments in registers (hd 64; hd 128
 // runs 0), 2 = 128 keys per block (8 warps), 3 = 2 with the K/V A-fragments in registers (hd 64; hd 128 runs 2);
-// 4 = k_flash_bwd_wg (hd 64; hd 128 runs 1). Defaults: forward 2, backward 4. bench_cuda_attention on the H200
-// (B 4, T 2048, H 32/8): hd 64 forward 0.335 ms with variant 1, 0.283 with 2; backward 1.097 ms with variant 1,
-// 0.858 with 4; hd 128 forward 0.626 ms, backward 2.10 (variants 1; 2026-12-04, dev/cuda/h200_2026-12-04c). The
+// 4 = k_flash_bwd_wg. Defaults: forward 2, backward 4. bench_cuda_attention on the H200 (B 4, T 2048, H 32/8): hd 64
+// forward 0.335 ms with variant 1, 0.283 with 2; backward 1.097 ms with variant 1, 0.858 with 4 (dev/cuda/
+// h200_2026-12-04c); hd 128 forward 0.637 ms with variant 1, 0.538 with 2; backward 2.098 with 1, 1.680 with 4
+// (dev/cuda/h200_2026-12-04d, call 6). The
 // first kernels (synchronous or cp.async tiles without ldmatrix, one warp per 16 rows; forward 0.454 / 0.836 ms,
 // backward 1.472 / 2.727 ms) were removed on 2026-12-02 after the H200 runs of dev/cuda/h200_2026-12-02d (git history
 // has them).
@@ -941,16 +992,17 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
                                                                           1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
-template <int MINB>
+template <int HD, int MINB>
 static void flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                          cudaStream_t s) {
     static int attr;
-    const size_t sm = 5 * 8192 + 2 * 64 * sizeof(int) + 1024;   // tiles, key segment ids, alignment
+    const size_t sm = 5 * (HD / 64) * 8192 + 2 * 64 * sizeof(int) + 1024;   // tiles, key segment ids, alignment
     if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd_wg<MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd_wg<HD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
         attr = 1;
     }
-    k_flash_fwd_wg<MINB><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv, 1.f / sqrtf(64.f));
+    k_flash_fwd_wg<HD, MINB><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
+                                                                      1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
 template <int HD>
@@ -958,7 +1010,7 @@ static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg
                       cudaStream_t s) {
     int v = variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 2, CUDA_ATTN_FWD_VARIANTS - 1);
     if (v == 0) flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
-    else if (v == 2 && HD == 64) flash_fwd_wg<4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    else if (v == 2) flash_fwd_wg<HD, HD == 64 ? 4 : 2>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
     else flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
 }
 
@@ -977,17 +1029,18 @@ static void flash_bwd2_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 
     CUDA_LAUNCH_CHECK();
 }
 
-template <int MINB>
+template <int HD, int MINB>
 static void flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
                          const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
     static int attr;
-    const size_t sm = 7 * 8192 + 6 * 64 * sizeof(float) + 1024;   // tiles, lse/D/segment ids, alignment
+    // tiles (K, V, Q and dO twice: HD / 64 panels each; dS^T), lse/D/segment ids, alignment
+    const size_t sm = (6 * (HD / 64) + 1) * 8192 + 6 * 64 * sizeof(float) + 1024;
     if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg<MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg<HD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
         attr = 1;
     }
-    k_flash_bwd_wg<MINB><<<dim3(Hkv, B, cdiv(T, 64)), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq, Hkv,
-                                                                    1.f / sqrtf(64.f));
+    k_flash_bwd_wg<HD, MINB><<<dim3(Hkv, B, cdiv(T, 64)), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq,
+                                                                        Hkv, 1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
 
@@ -1000,9 +1053,8 @@ static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *do
     case 2: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 3: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 1: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default:   // 4: warpgroup products (head size 64; 128 runs variant 1)
-        if (HD == 64) flash_bwd_wg<3>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
-        else flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+    default:   // 4: warpgroup products
+        flash_bwd_wg<HD, HD == 64 ? 3 : 2>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
         break;
     }
 }
