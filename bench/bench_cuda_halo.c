@@ -1,11 +1,13 @@
 // Per-layer benchmark of the HALO GPU linear at Llama-3-8B shapes (default 8192 tokens): forward + both backward
-// products for cuBLASLt BF16 and for HALO FP8 / INT8 at levels 0, 1, 2, median of CUDA-event-timed repetitions after
-// warm-up, rotating among 3 input sets so L2 does not flatter. The 8-bit products alone are timed too, so the share
-// of rotation / quantization / transposes is total - products. Prints a table last.
+// products for cuBLASLt BF16 and for HALO FP8 / INT8 at levels 0, 1, 2, median of CUDA-event-timed runs after warm-up
+// (--back-to-back: of batches of runs queued without a wait), rotating among 3 input sets so L2 does not flatter. The
+// 8-bit products alone are timed too, so the share of rotation / quantization / transposes is total - products.
+// Prints a table last.
 // --breakdown instead times every launch inside one layer's forward + backward (halo_cuda_prof_*: CUDA events around
 // each kernel) for FP8 and INT8 at levels 0, 1, 2 and prints ms, the launch's byte floor and GB/s per kernel.
-//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows]
-//                               [--l2-transposes] [--rot-twice] [--bwd-transposes] [--token-block N] [--hm-block N]
+//   build/bench/bench_cuda_halo [--tokens 8192] [--reps 20] [--shape q|k|gate|down|all] [--breakdown] [--back-to-back]
+//                               [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--token-block N]
+//                               [--hm-block N]
 //   (--generic-rows: rotated rows through the generic one-row-per-block kernel k_rows, for an A/B with k_rot;
 //    --l2-transposes: level 2 rotates E_Y and the E_X product over tokens by transpose, rotated rows, transpose
 //    back instead of the column kernels, halo_cuda_l2_colrot(0); --rot-twice: rotated quantizations rotate in both
@@ -29,12 +31,21 @@ static int g_token_block;   // --token-block
 static int g_hm_block;      // --hm-block
 
 
-// Median ms of reps runs of body(r) (r = repetition index, for rotating inputs), after 3 warm-up runs.
+static int g_sync_each = 1;  // 0 with --back-to-back
+
+// ms of one run of body(r) (r = run index, for rotating inputs), after 3 warm-up runs: by default the median of reps
+// runs, each between two events and a synchronization (the host's launch latency of the first kernels counts); with
+// --back-to-back the median over 3 batches of reps runs queued without a wait (as a training step queues its layers;
+// the GPU also stays hotter: on the H200 the two methods differed by up to 10% either way, dev/cuda/HALO_NOTES.md
+// Run 17).
 #define TIME_MS(reps, out, body) do { cudaEvent_t _a, _b; cudaEventCreate(&_a); cudaEventCreate(&_b); \
     double _t[256]; int r; for (r = 0; r < 3; r++) { body; } cudaDeviceSynchronize(); \
-    for (int _i = 0; _i < (reps); _i++) { r = _i; cudaEventRecord(_a, 0); body; cudaEventRecord(_b, 0); \
-        cudaEventSynchronize(_b); float _ms; cudaEventElapsedTime(&_ms, _a, _b); _t[_i] = _ms; } \
-    qsort(_t, (reps), sizeof(double), cmp_d); out = _t[(reps) / 2]; cudaEventDestroy(_a); cudaEventDestroy(_b); \
+    const int _nb = g_sync_each ? (reps) : 3, _per = g_sync_each ? 1 : (reps); \
+    for (int _i = 0; _i < _nb; _i++) { cudaEventRecord(_a, 0); \
+        for (int _j = 0; _j < _per; _j++) { r = _i * _per + _j; body; } \
+        cudaEventRecord(_b, 0); cudaEventSynchronize(_b); float _ms; cudaEventElapsedTime(&_ms, _a, _b); \
+        _t[_i] = _ms / _per; } \
+    qsort(_t, _nb, sizeof(double), cmp_d); out = _t[_nb / 2]; cudaEventDestroy(_a); cudaEventDestroy(_b); \
     cudaError_t _e = cudaGetLastError(); if (_e != cudaSuccess) { fprintf(stderr, "CUDA: %s\n", cudaGetErrorString(_e)); exit(1); } \
     } while (0)
 
@@ -133,6 +144,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
+        else if (!strcmp(argv[i], "--back-to-back")) g_sync_each = 0;
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
         else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
@@ -141,7 +153,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--hm-block") && i + 1 < argc) g_hm_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N] [--hm-block N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--back-to-back] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N] [--hm-block N]\n");
             return 0;
         }
     }
@@ -242,8 +254,9 @@ int main(int argc, char **argv) {
         cudaFree(alpha); cudaFree(T);
     }
     if (bd) { halo_cuda_gemm_shutdown(); return 0; }
-    printf("\nHALO per-layer fwd + both bwd products, %d tokens, median of %d (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
-           tokens, reps);
+    printf("\nHALO per-layer fwd + both bwd products, %d tokens, %s %d (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
+           tokens, g_sync_each ? "median of" : "median of 3 batches of back-to-back runs (--back-to-back),",
+           reps);
     printf("| layer n x m | path | L | ms | TFLOP/s | x bf16 | 8-bit products ms | rot/quant share |\n");
     printf("|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < nt; i++) printf("%s\n", table[i]);

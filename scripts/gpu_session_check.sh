@@ -83,6 +83,9 @@ trainbench "bench 1B HALO int8 L2 H_m block 256 token block 64" b1i2hbtb.log --m
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" b1i2hbtbnt.log 45 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
 trainbench "bench 1B HALO int8 L1 H_m block 256" b1i1hb.log --model llama3.2-1b --precision int8 --halo-level 1 --halo-hadamard-block 256 --no-breakdown
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
+trainbench "bench 8B shapes 4 layers HALO fp8 L0" b8f0.log --model llama3-8b --layers 4 --no-breakdown --precision fp8 --halo-level 0
+trainbench "bench 8B shapes 4 layers HALO int8 L0" b8i0.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 0
+trainbench "bench 8B shapes 4 layers HALO int8 L2 H_m block 256 token block 64" b8i2hbtb.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
 step "bench_cuda_qgemm (8-bit product rates by scale mode)" qgemm.log 120 $B/bench/bench_cuda_qgemm --reps 10
@@ -99,6 +102,7 @@ step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
 step "bench_cuda_halo H_m block 256 (--hm-block 256)" bench_halo_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256
 step "bench_cuda_halo H_m block 256 token block 64 (--hm-block 256 --token-block 64)" bench_halo_hbtb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
+step "bench_cuda_halo H_m block 256 token block 64 back to back (--back-to-back)" bench_halo_hbtb_b2b.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64 --back-to-back
 step "bench_cuda_halo H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" bench_halo_hbtb_nt.log 60 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
 keep bench_halo_hb.log "^\| .* (int8|bf16) " 20
 keep bench_halo_hbtb.log "^\| .* (int8|bf16) " 20
