@@ -147,7 +147,7 @@ typedef struct {
     int bf16_grads;         // 1: gradients of the weight matrices (and an untied lm_head) in bf16, written by bf16
                             // cuBLASLt dW products (beta 1 when accumulating); embedding and norms stay fp32.
                             // Refused with HALO (its layers accumulate fp32 gradients).
-    int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic)
+    int ce_chunk;           // tokens per lm_head + cross-entropy chunk (0 = automatic: ce_chunk_auto in llama_cuda.cu)
     int verbose;            // 1: print the memory breakdown at init
     model_halo_config halo; // HALO on the block linears, as on the CPU (src/model/linear.h): prec INT8 or FP8 runs
                             // the selected linears through halo_cuda_linear (per-tensor scales, nearest rounding,
