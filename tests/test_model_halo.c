@@ -63,6 +63,24 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
         CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "token Hadamard block 14"),
               "unsupported token block refused: %s", halo_error());
     }
+    {   // H_m in blocks of 4 (divides every width of both models): identity quantizers give fp32. Blocks of 16 divide
+        // neither 24 (the random model's q_proj) nor 172 (stories260K's down_proj): refused when set, naming the
+        // layer, not at its first step
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = HALO_PREC_FP8; hc.level = 1; hc.identity_quant = 1; hc.had_block = 4;
+        CHECK(llama_set_halo(m, &hc) == HALO_OK, "%s", halo_error());
+        run(m, &b, &l, &g);
+        char name[96];
+        snprintf(name, sizeof name, "%s identity-quant level 1 H_m blocks of 4 loss", what);
+        CHECK_REL(l, l_ref, 1e-5, name);
+        double e = rel_l2_f(g, g_ref, m->n_params);
+        CHECK(e < 1e-5, "%s gradients rel err %.3g", name, e);
+        free(g);
+        hc.had_block = 16;
+        CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "model.layers.0.") &&
+              strstr(halo_error(), "in_features") && strstr(halo_error(), "does not divide"),
+              "H_m block 16 refused at setup: %s", halo_error());
+    }
     llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
     free(g_ref);
     halo_batch_free(&b);

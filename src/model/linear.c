@@ -43,6 +43,21 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
             return halo_fail("token Hadamard block %d: not a supported Hadamard size (K * 2^p with a known order K)",
                              hc->had_block_b);
     }
+    if (hc->prec != HALO_PREC_FP32 && hc->level >= 1 && hc->had_block > 0) {
+        // H_m's block must divide every selected linear's in_features and be a supported size: refused here, before
+        // any step, rather than by every forward (the layer's plan would fail at its first use)
+        const int in_of[LIN_COUNT] = {m->cfg.dim, m->cfg.dim, m->cfg.dim, m->cfg.n_heads * m->cfg.head_dim,
+                                      m->cfg.dim, m->cfg.dim, m->cfg.hidden_dim};
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            for (int k = 0; k < LIN_COUNT; k++) {
+                halo_hadamard t;
+                if (!model_halo_selects(hc, l, k, m->cfg.n_layers) || !halo_hadamard_plan(&t, in_of[k], hc->had_block))
+                    continue;
+                char name[160];
+                model_halo_layer_name(name, sizeof name, l, k);
+                return halo_fail_ctx("HALO H_m block %d: %s: in_features %d: ", hc->had_block, name, in_of[k]);
+            }
+    }
     llama_linears_free(m);
     if (hc->prec == HALO_PREC_FP32) return HALO_OK;
     int L = m->cfg.n_layers;
