@@ -15,6 +15,20 @@ static void run(llama_model *m, halo_batch *b, float *loss, float **grads) {
     memcpy(*grads, m->grads, sizeof(float) * m->n_params);
 }
 
+// hc (with identity quantizers) set on m: loss and gradients equal the fp32 run's (l_ref, g_ref) to 1e-5 relative
+static void check_identity(llama_model *m, halo_batch *b, const model_halo_config *hc, float l_ref, const float *g_ref,
+                           const char *what, const char *setting) {
+    CHECK(llama_set_halo(m, hc) == HALO_OK, "%s", halo_error());
+    float l, *g;
+    run(m, b, &l, &g);
+    char name[128];
+    snprintf(name, sizeof name, "%s identity-quant %s loss", what, setting);
+    CHECK_REL(l, l_ref, 1e-5, name);
+    double e = rel_l2_f(g, g_ref, m->n_params);
+    CHECK(e < 1e-5, "%s gradients rel err %.3g", name, e);
+    free(g);
+}
+
 static void check_model(llama_model *m, const char *what, double tol_q_loss, double tol_q_grad) {
     halo_batch b;
     halo_batch_alloc(&b, 2, 24);
@@ -51,14 +65,7 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
     {   // level 2 with the token Hadamard in blocks of 8 tokens (48 tokens: 6 blocks): identity quantizers give fp32
         model_halo_config hc = model_halo_config_default();
         hc.prec = HALO_PREC_INT8; hc.level = 2; hc.identity_quant = 1; hc.had_block_b = 8;
-        CHECK(llama_set_halo(m, &hc) == HALO_OK, "%s", halo_error());
-        run(m, &b, &l, &g);
-        char name[96];
-        snprintf(name, sizeof name, "%s identity-quant level 2 token blocks of 8 loss", what);
-        CHECK_REL(l, l_ref, 1e-5, name);
-        double e = rel_l2_f(g, g_ref, m->n_params);
-        CHECK(e < 1e-5, "%s gradients rel err %.3g", name, e);
-        free(g);
+        check_identity(m, &b, &hc, l_ref, g_ref, what, "level 2 token blocks of 8");
         hc.had_block_b = 14;   // 7 * 2: no Hadamard matrix of order 7
         CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "token Hadamard block 14"),
               "unsupported token block refused: %s", halo_error());
@@ -68,14 +75,7 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
         // layer, not at its first step
         model_halo_config hc = model_halo_config_default();
         hc.prec = HALO_PREC_FP8; hc.level = 1; hc.identity_quant = 1; hc.had_block = 4;
-        CHECK(llama_set_halo(m, &hc) == HALO_OK, "%s", halo_error());
-        run(m, &b, &l, &g);
-        char name[96];
-        snprintf(name, sizeof name, "%s identity-quant level 1 H_m blocks of 4 loss", what);
-        CHECK_REL(l, l_ref, 1e-5, name);
-        double e = rel_l2_f(g, g_ref, m->n_params);
-        CHECK(e < 1e-5, "%s gradients rel err %.3g", name, e);
-        free(g);
+        check_identity(m, &b, &hc, l_ref, g_ref, what, "level 1 H_m blocks of 4");
         hc.had_block = 16;
         CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "model.layers.0.") &&
               strstr(halo_error(), "in_features") && strstr(halo_error(), "does not divide"),
