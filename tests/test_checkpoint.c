@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include "io/safetensors.h"
+#include "model/linear.h"
 #include "model/llama.h"
 #include "test.h"
 #include "train/checkpoint.h"
@@ -226,12 +227,46 @@ static void test_options_json(void) {
     free(j); free(j2);
 }
 
+// A HALO product that fails inside a step (here INT8 level 2 refusing a NaN weight) stops the step before the update:
+// trainer_step fails naming the layer, and the parameters and the step count stay as they were.
+static void test_halo_failure_not_applied(void) {
+    llama_config c = tiny_config();
+    llama_model m;
+    llama_init(&m, &c);
+    llama_init_random(&m, 77);
+    model_halo_config hc = model_halo_config_default();
+    hc.prec = HALO_PREC_INT8; hc.level = 2;
+    CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
+    float *w = NULL;
+    for (int i = 0; i < m.n_table; i++)
+        if (strstr(m.table[i].name, "layers.0.self_attn.q_proj")) w = m.params + m.table[i].offset;
+    CHECK(w != NULL, "q_proj of layer 0 found");
+    if (!w) { llama_free(&m); return; }
+    w[5] = NAN;
+    float *before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    train_options o = tiny_options();
+    rand_src src = {.vocab = c.vocab_size};
+    trainer t;
+    CHECK(trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s", halo_error());
+    train_step_info s;
+    int rc = trainer_step(&t, &s);
+    CHECK(rc == HALO_ERR && strstr(halo_error(), "not applied") && strstr(halo_error(), "q_proj"),
+          "failed HALO product stops the step: rc %d, %s", rc, halo_error());
+    CHECK(t.step == 0 && !memcmp(before, m.params, sizeof(float) * m.n_params), "parameters and step unchanged");
+    printf("HALO failure in a step: %s\n", halo_error());
+    trainer_free(&t);
+    free(before);
+    llama_free(&m);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
     test_options_json();
     test_round_trip();
     test_resume_bit_exact();
+    test_halo_failure_not_applied();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) {}

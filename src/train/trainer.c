@@ -215,6 +215,9 @@ int trainer_step(trainer *t, train_step_info *info) {
         loss_sum += t->be.forward_backward(t, &t->batch, scale);
     }
     float loss = (float)(loss_sum / t->o.grad_accum);
+    // a HALO product of the host model that failed in this step (its quantizer refusing a NaN / Inf): no update
+    const char *herr = t->model ? llama_halo_take_error(t->model) : NULL;
+    if (herr) return halo_fail("step %d not applied: a HALO product failed: %s", t->step + 1, herr);
     if (!isfinite(loss)) return halo_fail("training diverged: loss is %f at step %d", loss, t->step + 1);
     double norm = t->be.clip_grads(t, t->o.clip);
     double lr = lr_schedule_at(&t->sched, t->step);
