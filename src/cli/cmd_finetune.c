@@ -230,9 +230,7 @@ int cmd_finetune(int argc, char **argv) {
             int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
             if (measure) trainer_halo_telemetry(&t, 1);
             train_step_info si;
-            rc = trainer_step(&t, &si);
-            const char *qerr = llama_halo_take_error(&m);
-            if (qerr) fprintf(stderr, "halo finetune: step %d: %s\n", t.step, qerr);
+            rc = trainer_step(&t, &si);   // a failed HALO product fails the step (trainer_step names it)
             if (rc != HALO_OK) break;
             trainer_log_step(&t, &si);
             trainer_log_metrics(&t, &si);

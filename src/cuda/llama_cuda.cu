@@ -362,8 +362,7 @@ static long pad16l(long x) { return (x + 15) / 16 * 16; }
 static void lin_shape(const llama_cuda *g, int kind, int *m, int *n) {
     const llama_config *c = &g->c;
     int D = c->dim, F = c->hidden_dim, Q = g->Q, KV = c->n_kv_heads * c->head_dim;
-    static const int in_is[LIN_COUNT] = {0, 0, 0, 1, 0, 0, 2};   // 0: D, 1: Q, 2: F
-    *m = in_is[kind] == 0 ? D : in_is[kind] == 1 ? Q : F;
+    *m = model_linear_in_features(c, kind);
     *n = kind == LIN_Q ? Q : kind <= LIN_V ? KV : kind == LIN_O || kind == LIN_DOWN ? D : F;
 }
 
@@ -404,6 +403,7 @@ static int halo_setup(llama_cuda *g) {
     if (hc->level >= 1 && (c->dim > 32768 || c->hidden_dim > 32768 || g->Q > 32768))
         return halo_fail("HALO on the GPU: rotations longer than 32768 are not supported (dim %d, hidden %d)", c->dim,
                          c->hidden_dim);
+    if (model_halo_check_blocks(c, hc) != HALO_OK) return HALO_ERR;   // H_m's block divides every in_features
     if (hc->level == 2 && !hc->had_block_b && halo_hadamard_pad_size(g->N_max, 172) > 32768)
         return halo_fail("HALO level 2 on the GPU: %d tokens per batch pad to more than 32768 (the token rotation's "
                          "limit); use smaller batches", g->N_max);
@@ -427,9 +427,6 @@ static int halo_setup(llama_cuda *g) {
             if (first != k) halo_cuda_linear_share_x(L, &g->hl[l * LIN_COUNT + first]);
             int m, n;
             lin_shape(g, k, &m, &n);
-            halo_hadamard hp;   // the block must divide in_features (as on the CPU)
-            if (hc->level >= 1 && hc->had_block && halo_hadamard_plan(&hp, m, hc->had_block))
-                return halo_fail_ctx("%s: --halo-hadamard-block %d: ", name, hc->had_block);
             codes += (first == k ? (size_t)g->N_max * pad16l(m) : 0) + (size_t)pad16l(n) * pad16l(m);
             any_group |= k != LIN_O && k != LIN_DOWN;
         }

@@ -43,21 +43,8 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
             return halo_fail("token Hadamard block %d: not a supported Hadamard size (K * 2^p with a known order K)",
                              hc->had_block_b);
     }
-    if (hc->prec != HALO_PREC_FP32 && hc->level >= 1 && hc->had_block > 0) {
-        // H_m's block must divide every selected linear's in_features and be a supported size: refused here, before
-        // any step, rather than by every forward (the layer's plan would fail at its first use)
-        const int in_of[LIN_COUNT] = {m->cfg.dim, m->cfg.dim, m->cfg.dim, m->cfg.n_heads * m->cfg.head_dim,
-                                      m->cfg.dim, m->cfg.dim, m->cfg.hidden_dim};
-        for (int l = 0; l < m->cfg.n_layers; l++)
-            for (int k = 0; k < LIN_COUNT; k++) {
-                halo_hadamard t;
-                if (!model_halo_selects(hc, l, k, m->cfg.n_layers) || !halo_hadamard_plan(&t, in_of[k], hc->had_block))
-                    continue;
-                char name[160];
-                model_halo_layer_name(name, sizeof name, l, k);
-                return halo_fail_ctx("HALO H_m block %d: %s: in_features %d: ", hc->had_block, name, in_of[k]);
-            }
-    }
+    // refused here, before any step, rather than by the layer's plan at its first use
+    if (hc->prec != HALO_PREC_FP32 && model_halo_check_blocks(&m->cfg, hc) != HALO_OK) return HALO_ERR;
     llama_linears_free(m);
     if (hc->prec == HALO_PREC_FP32) return HALO_OK;
     int L = m->cfg.n_layers;
@@ -83,6 +70,24 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
         }
     }
     m->halo = h;
+    return HALO_OK;
+}
+
+int model_linear_in_features(const llama_config *c, int kind) {
+    return kind == LIN_O ? c->n_heads * c->head_dim : kind == LIN_DOWN ? c->hidden_dim : c->dim;
+}
+
+int model_halo_check_blocks(const llama_config *c, const model_halo_config *hc) {
+    if (hc->level < 1 || hc->had_block <= 0) return HALO_OK;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            halo_hadamard t;
+            const int in = model_linear_in_features(c, k);
+            if (!model_halo_selects(hc, l, k, c->n_layers) || !halo_hadamard_plan(&t, in, hc->had_block)) continue;
+            char name[160];
+            model_halo_layer_name(name, sizeof name, l, k);
+            return halo_fail_ctx("HALO H_m block %d: %s: in_features %d: ", hc->had_block, name, in);
+        }
     return HALO_OK;
 }
 

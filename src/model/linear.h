@@ -30,6 +30,10 @@ const model_halo_config *llama_get_halo(const llama_model *m);   // NULL when of
 // model and the GPU model (src/cuda/llama_cuda.cu) both select by it. Name: "model.layers.<l>.<HF linear name>".
 int model_halo_selects(const model_halo_config *hc, int layer, int kind, int n_layers);
 void model_halo_layer_name(char *buf, size_t cap, int layer, int kind);
+int model_linear_in_features(const llama_config *c, int kind);   // dim, n_heads * head_dim (o) or hidden_dim (down)
+// Levels 1-2 with a block-diagonal H_m: HALO_ERR naming the first selected layer whose in_features the block does not
+// divide (or is no supported Hadamard size); checked by llama_set_halo and by the GPU model's setup, before any step.
+int model_halo_check_blocks(const llama_config *c, const model_halo_config *hc);
 // JSON round trip of the configuration; parse errors name `where` and the key.
 char *model_halo_config_to_json(const model_halo_config *hc);
 int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc);
