@@ -260,6 +260,57 @@ static void test_halo_failure_not_applied(void) {
     llama_free(&m);
 }
 
+// The trainer's guards against a backend's non-finite state, on a stand-in backend wrapping the CPU one: a backend
+// HALO error (as the GPU's flags report it) or a NaN / Inf gradient norm with a finite loss fail the step before the
+// optimizer runs, naming the layer; the parameters and the step count stay as they were.
+static int g_opt_calls;
+static double g_norm_override;
+static const char *g_be_error;
+static double fake_clip(trainer *t, float max_norm) {
+    double n = TRAIN_BACKEND_CPU.clip_grads(t, max_norm);
+    return g_norm_override != 0 ? g_norm_override : n;
+}
+static void fake_opt(trainer *t, double lr) { g_opt_calls++; TRAIN_BACKEND_CPU.optimizer_step(t, lr); }
+static const char *fake_error(trainer *t) { (void)t; return g_be_error; }
+static void test_backend_guards(void) {
+    llama_config c = tiny_config();
+    llama_model m;
+    llama_init(&m, &c);
+    llama_init_random(&m, 78);
+    float *before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    train_options o = tiny_options();
+    rand_src src = {.vocab = c.vocab_size};
+    trainer t;
+    CHECK(trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s", halo_error());
+    t.be.clip_grads = fake_clip;
+    t.be.optimizer_step = fake_opt;
+    t.be.halo_error = fake_error;
+    train_step_info s;
+    const double bad[2] = {NAN, INFINITY};
+    for (int i = 0; i < 2; i++) {
+        g_norm_override = bad[i];
+        int rc = trainer_step(&t, &s);
+        CHECK(rc == HALO_ERR && strstr(halo_error(), "not applied") && strstr(halo_error(), "gradient norm"),
+              "non-finite gradient norm %g stops the step: rc %d, %s", bad[i], rc, halo_error());
+    }
+    g_norm_override = 0;
+    g_be_error = "model.layers.1.mlp.down_proj: a NaN or Inf in its weight W";
+    int rc = trainer_step(&t, &s);
+    CHECK(rc == HALO_ERR && strstr(halo_error(), "not applied") && strstr(halo_error(), "layers.1.mlp.down_proj"),
+          "backend HALO error stops the step: rc %d, %s", rc, halo_error());
+    printf("backend guard: %s\n", halo_error());
+    CHECK(g_opt_calls == 0 && t.step == 0 && !memcmp(before, m.params, sizeof(float) * m.n_params),
+          "no update after refused steps (optimizer calls %d, step %d)", g_opt_calls, t.step);
+    g_be_error = NULL;   // a clean step still trains
+    rc = trainer_step(&t, &s);
+    CHECK(rc == HALO_OK && g_opt_calls == 1 && t.step == 1 && memcmp(before, m.params, sizeof(float) * m.n_params),
+          "a clean step after them updates: rc %d, optimizer calls %d, step %d", rc, g_opt_calls, t.step);
+    trainer_free(&t);
+    free(before);
+    llama_free(&m);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
@@ -267,6 +318,7 @@ int main(void) {
     test_round_trip();
     test_resume_bit_exact();
     test_halo_failure_not_applied();
+    test_backend_guards();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) {}

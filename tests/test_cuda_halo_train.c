@@ -22,6 +22,7 @@
 #include "model/linear.h"
 #include "model/llama.h"
 #include "train/adamw.h"
+#include "train/trainer.h"
 #include "util/error.h"
 
 static unsigned long long rng = 6006;
@@ -240,6 +241,74 @@ static void test_model_telemetry(llama_model *m, const halo_batch *b, const mode
 static void tensor_errs(const llama_model *m, const float *a, const float *ref, double *e) {
     for (int i = 0; i < m->n_table; i++)
         e[i] = rel_l2_f(a + m->table[i].offset, ref + m->table[i].offset, m->table[i].numel);
+}
+
+// The GPU trainer and a NaN weight in a HALO linear (its quantizer maps NaN to a zero code, so the step's products and
+// loss stay finite): the step is refused before the update, naming the layer and the tensor, and the device's
+// weights and the step count are unchanged; with the weight mended, the next step trains (no stale or false flag).
+typedef struct { unsigned long long r; int vocab; } nf_src;
+static int nf_next(void *ctx, halo_batch *b) {
+    nf_src *s = ctx;
+    for (int i = 0; i < b->B * b->T; i++) b->input_ids[i] = (int)(t_rng_next(&s->r) % (unsigned)s->vocab);
+    halo_batch_shift_targets(b);
+    return HALO_OK;
+}
+static void test_trainer_nonfinite(void) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
+    const struct { int prec, level; } cfg[] = {{HALO_PREC_INT8, 2}, {HALO_PREC_FP8, 0}};
+    for (int k = 0; k < 2; k++) {
+        char det[96];
+        snprintf(det, sizeof det, "%s L%d NaN in layers.1 down_proj", prec_name(cfg[k].prec), cfg[k].level);
+        llama_model m;
+        if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+        llama_init_random(&m, 21 + k);
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = cfg[k].prec; hc.level = cfg[k].level;
+        CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
+        float *w = NULL;
+        for (int i = 0; i < m.n_table; i++)
+            if (strstr(m.table[i].name, "layers.1.mlp.down_proj")) w = m.params + m.table[i].offset;
+        CHECK(w != NULL, "down_proj of layer 1 found");
+        if (!w) { llama_free(&m); return; }
+        const float keep = w[7];
+        w[7] = NAN;
+        const size_t P = m.n_params;
+        float *before = malloc(4 * P);
+        memcpy(before, m.params, 4 * P);
+        train_options o = train_options_default();
+        o.steps = 4; o.batch_size = 2; o.seq_len = 64; o.lr = 1e-3; o.warmup = 0; o.log_every = 0;
+        nf_src src = {77, c.vocab_size};
+        trainer t;
+        int ok = trainer_init(&t, &m, &o, (train_data_source){&src, nf_next, NULL, NULL}) == HALO_OK &&
+                 trainer_use_cuda(&t, NULL) == HALO_OK;
+        CHECK(ok, "%s: GPU trainer: %s", det, halo_error());
+        if (ok) {
+            train_step_info si;
+            int rc = trainer_step(&t, &si);
+            const char *e = halo_error();
+            const int named = rc == HALO_ERR && strstr(e, "not applied") && strstr(e, "layers.1.mlp.down_proj") &&
+                              strstr(e, "weight W");
+            CHECK(named, "%s: refused naming the layer: rc %d, %s", det, rc, e);
+            printf("   %s: %s\n", det, e);
+            t.be.to_host(&t);
+            const int same = t.step == 0 && !memcmp(before, m.params, 4 * P);
+            CHECK(same, "%s: weights and step unchanged after the refused step (step %d)", det, t.step);
+            row("GPU trainer refuses a NaN weight", det, named && same ? 0 : 1, 0);
+            w[7] = keep;   // mended: the next step trains
+            t.be.from_host(&t);
+            rc = trainer_step(&t, &si);
+            CHECK(rc == HALO_OK && t.step == 1 && isfinite(si.loss), "%s: mended, the step trains: rc %d (%s), loss %g",
+                  det, rc, rc ? halo_error() : "", si.loss);
+            t.be.to_host(&t);
+            CHECK(memcmp(before, m.params, 4 * P) != 0, "%s: the mended step updated the weights", det);
+        }
+        trainer_free(&t);
+        free(before);
+        llama_free(&m);
+    }
 }
 
 static void test_small_model(void) {
@@ -577,6 +646,7 @@ int main(int argc, char **argv) {
     printf("(layer variants: %.1f s)\n", t_now() - t0);
     test_small_model();
     printf("(random model: %.1f s)\n", t_now() - t0);
+    test_trainer_nonfinite();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

@@ -184,6 +184,10 @@ void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);
 float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step);
 // Global gradient L2 norm (synchronizes).
 double llama_cuda_grad_norm(llama_cuda *g);
+// The HALO layers that met a NaN or Inf since the last zero_grads (INT8 codes treat NaN as zero and saturate Inf, so
+// the step's products and loss can stay finite and hide it), as "model.layers.3.mlp.down_proj: a NaN or Inf
+// in its weight W; ..." (at most three named), or NULL when none did or no layer runs through HALO. Synchronizes.
+const char *llama_cuda_halo_error(llama_cuda *g);
 
 // Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table).
 int llama_cuda_copy_params(llama_cuda *g, llama_model *host);

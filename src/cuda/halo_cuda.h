@@ -207,7 +207,7 @@ typedef struct halo_cuda_ws {
 } halo_cuda_ws;
 void halo_cuda_ws_free(halo_cuda_ws *w);
 
-// Slots of halo_cuda_linear.dev (NONFIN holds an int).
+// Slots of halo_cuda_linear.dev (NONFIN..NONFIN + 2 hold ints: the non-finite flags of X, W, E_Y).
 enum { HALO_DEV_AX = 0, HALO_DEV_AW = 1, HALO_DEV_AE = 2, HALO_DEV_AER = 3, HALO_DEV_ALY = 4, HALO_DEV_ALEX = 5,
        HALO_DEV_ALG = 6, HALO_DEV_NONFIN = 8 };
 typedef struct halo_cuda_linear {
@@ -227,7 +227,9 @@ typedef struct halo_cuda_linear {
     const float *ax_use;      // their amax on the device: dev + 0, or xsrc's
     unsigned long xgen;       // generation of those codes (a new one at every quantization of X)
     float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
-                              // E_X, 6 alpha G, 8 (int) non-finite flag
+                              // E_X, 6 alpha G, 8..10 (int) non-finite flags of X, W, E_Y
+    int *nonfin;              // device [3]: where the quantizers flag a NaN / Inf in X, W, E_Y (dev + 8, or the
+                              // caller's array: halo_cuda_linear_nonfinite_slots)
     halo_cuda_ws own;         // scratch when no shared one is set
     halo_cuda_ws *shared;     // shared scratch (not owned), or NULL
     const void *w_in;         // the W pointer of the last forward (telemetry's E_X reference)
@@ -253,6 +255,12 @@ void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs);
 // full H_m (default). INT8 with blocks of a power of two <= 256: the products that need H_m^T after them (G; E_X at
 // levels 1-2) rotate in the own INT8 kernel's epilogue (halo_cuda_gemm_s8_dq with rot) instead of a separate pass.
 void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs);
+// A NaN or Inf met by the layer's absmax passes (X and W in the forward, E_Y in the backward; INT8 codes treat NaN as 0
+// and saturate Inf, so INT8 products stay finite and would hide it) sets a device flag per tensor. By default in the
+// layer's own device state; flags3 (device, 3 ints: X, W, E_Y) redirects them, so that a model reads all its layers'
+// flags with one copy (NULL: back to the layer's own; llama_cuda_halo_error reads them).
+void halo_cuda_linear_nonfinite_slots(halo_cuda_linear *L, int *flags3);
+const char *halo_cuda_nonfinite_what(int which);   // "its input X", "its weight W", "its output gradient E_Y"
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
 void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.

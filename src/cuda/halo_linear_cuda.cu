@@ -25,6 +25,9 @@ enum { AX = HALO_DEV_AX, AW = HALO_DEV_AW, AE = HALO_DEV_AE, AER = HALO_DEV_AER,
 
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
+// The non-finite flag of the tensor whose amax slot is `slot`: X, W, or E_Y (plain or token-rotated).
+static int *nonfin_of(halo_cuda_linear *L, int slot) { return L->nonfin + (slot == AX ? 0 : slot == AW ? 1 : 2); }
+
 // ---- profiling hook (halo_cuda_prof_*): events around each launch while on, one branch per launch while off ----
 enum { PROF_MAX = 16384 };
 static int g_prof_on, g_prof_n, g_prof_made;
@@ -91,7 +94,17 @@ extern "C" int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, c
     L->level = level;
     CUDA_CHECK(cudaMalloc((void **)&L->dev, 16 * sizeof(float)));
     CUDA_CHECK(cudaMemset(L->dev, 0, 16 * sizeof(float)));
+    L->nonfin = (int *)(L->dev + NONFIN);
     return HALO_OK;
+}
+
+extern "C" void halo_cuda_linear_nonfinite_slots(halo_cuda_linear *L, int *flags3) {
+    L->nonfin = flags3 ? flags3 : (int *)(L->dev + NONFIN);
+}
+
+extern "C" const char *halo_cuda_nonfinite_what(int which) {
+    static const char *const what[3] = {"its input X", "its weight W", "its output gradient E_Y"};
+    return which >= 0 && which < 3 ? what[which] : "?";
 }
 
 extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
@@ -151,7 +164,7 @@ static void quantize_both(halo_cuda_linear *L, const void *in, long ld, int rows
     const double elems = (double)rows * cols;
     if (name_a)   // NULL: the amax is there already (HALO_CUDA_X_AMAX)
         PROF(name_a, 2 * elems,
-             halo_cuda_absmax_rows(NULL, 0, in, HALO_CUDA_BF16, ld, rows, cols, amax, NULL, (int *)(L->dev + NONFIN), s));
+             halo_cuda_absmax_rows(NULL, 0, in, HALO_CUDA_BF16, ld, rows, cols, amax, NULL, nonfin_of(L, slot), s));
     PROF(name_q, 2 * elems + elems + (double)cols * rows_pad,
          halo_cuda_quant_tile_alpha(in, HALO_CUDA_BF16, ld, rows, cols, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
                                     s));
@@ -238,13 +251,13 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
         // quantizer reads them unrotated at memory speed (the rotation, not the bytes, bounds these kernels)
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
         PROF(name_a, elems * 6.0,
-             halo_cuda_rot_amax(h, (const halo_bf16 *)in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
+             halo_cuda_rot_amax(h, (const halo_bf16 *)in, ld, rows, T, d, amax, nonfin_of(L, slot), s));
         PROF(name_q, elems * 5.0, halo_cuda_quant_rows_alpha(NULL, 0, T, HALO_CUDA_F32, d, rows, d, amax, NULL,
                                                              fmt_of(L), q, ldq, aj, s));
         return;
     }
     PROF(name_a, elems * esz(in_type),
-         halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
+         halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
     PROF(name_q, elems * (esz(in_type) + 1),
          halo_cuda_quant_rows_alpha(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, aj, s));
 }
@@ -260,7 +273,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
     const double elems = (double)rows * d;
     if (g_rot_once && !rot_cheap(h) && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
-        PROF(name_a, elems * 6.0, halo_cuda_rot_amax(h, in, ld, rows, T, d, amax, (int *)(L->dev + NONFIN), s));
+        PROF(name_a, elems * 6.0, halo_cuda_rot_amax(h, in, ld, rows, T, d, amax, nonfin_of(L, slot), s));
         PROF(name_q, elems * 6.0 + (double)d * rows_pad,
              halo_cuda_quant_tile_alpha(T, HALO_CUDA_F32, d, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj,
                                         s));
@@ -269,7 +282,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
     if (rot_cheap(h) && halo_cuda_rot_quant_both_ok(h, in, ld, rows, d, q, ldq, qt, ldqt, rows_pad)) {
         // small blocks: the absmax pass, then one pass that writes both layouts
         PROF(name_a, elems * 2.0,
-             halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, (int *)(L->dev + NONFIN), s));
+             halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
         PROF(name_q, elems * 3.0 + (double)d * rows_pad,
              halo_cuda_rot_quant_both(h, in, ld, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj, s));
         return;
@@ -499,7 +512,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         if (!(flags & HALO_CUDA_EY_AMAX)) {
             PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
             PROF("bwd absmax E_Y", 2.0 * b * n,
-                 halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, (int *)(L->dev + NONFIN),
+                 halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, nonfin_of(L, AE),
                                        s));
         }
         if (EX && lvl < 2) {
@@ -560,7 +573,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 halo_cuda_alpha_job ajg = alpha_job(fmt);   // G's, when its codes ride along: by the absmax pass
                 if (tqp) alpha_add(&ajg, L->dev + ALG, amax_e, L->ax_use);
                 PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)", rd + (two ? 0 : tqb),
-                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, (int *)(L->dev + NONFIN), tqp, &ajg, s));
+                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, nonfin_of(L, AER), tqp, &ajg, s));
                 PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
                      halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, &ajx, s));
             } else {

@@ -102,6 +102,8 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
+    int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device
+    char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
@@ -436,11 +438,15 @@ static int halo_setup(llama_cuda *g) {
     if (codes + (64u << 20) > free_b)
         return halo_fail("CUDA: out of device memory for HALO's saved codes (%.1f MiB needed, %.1f MiB free)",
                          codes / 1048576.0, free_b / 1048576.0);
+    g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 3 * sizeof(int));
+    if (g->oom) return HALO_ERR;
+    CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 3 * sizeof(int)));
     for (int i = 0; i < nl * LIN_COUNT; i++)
         if (g->hon[i]) {
             int m, n;
             lin_shape(g, i % LIN_COUNT, &m, &n);
             halo_cuda_linear_reserve(&g->hl[i], g->N_max, m, n);
+            halo_cuda_linear_nonfinite_slots(&g->hl[i], g->hnf + 3 * i);   // one copy reads every layer's flags
         }
     g->bytes[MEM_HALO] += codes;
     if (any_group) {   // summed input gradients of the fused groups
@@ -555,7 +561,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc};
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -896,7 +902,32 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
 // Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
     PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(gradf(g, g->embed), 0, (g->n_all - g->embed) * 4, g->st)));
+    if (g->hnf)   // a new step: the HALO layers' non-finite flags start clear
+        PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->hnf, 0, (size_t)g->c.n_layers * LIN_COUNT * 3 * sizeof(int),
+                                                    g->st)));
     g->grads_fresh = 1;
+}
+
+extern "C" const char *llama_cuda_halo_error(llama_cuda *g) {
+    if (!g->hnf) return NULL;
+    const int n = g->c.n_layers * LIN_COUNT;
+    int *f = (int *)xmalloc((size_t)n * 3 * sizeof(int));
+    CUDA_CHECK(cudaMemcpyAsync(f, g->hnf, (size_t)n * 3 * sizeof(int), cudaMemcpyDeviceToHost, g->st));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    int found = 0;
+    size_t len = 0;
+    g->hnf_msg[0] = 0;
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < 3; t++) {
+            if (!g->hon[i] || !f[3 * i + t]) continue;
+            if (found++ < 3 && len < sizeof g->hnf_msg)
+                len += snprintf(g->hnf_msg + len, sizeof g->hnf_msg - len, "%s%s: a NaN or Inf in %s", found > 1 ? "; " : "",
+                                g->hl[i].name, halo_cuda_nonfinite_what(t));
+        }
+    if (found > 3 && len < sizeof g->hnf_msg)
+        snprintf(g->hnf_msg + len, sizeof g->hnf_msg - len, "; and %d more", found - 3);
+    free(f);
+    return found ? g->hnf_msg : NULL;
 }
 
 // Makes every gradient valid when no backward ran since zero_grads.

@@ -218,8 +218,16 @@ int trainer_step(trainer *t, train_step_info *info) {
     // a HALO product of the host model that failed in this step (its quantizer refusing a NaN / Inf): no update
     const char *herr = t->model ? llama_halo_take_error(t->model) : NULL;
     if (herr) return halo_fail("step %d not applied: a HALO product failed: %s", t->step + 1, herr);
+    const char *berr = t->be.halo_error ? t->be.halo_error(t) : NULL;
+    if (berr) return halo_fail("step %d not applied: a HALO product failed (--device %s): %s", t->step + 1, t->be.name,
+                               berr);
     if (!isfinite(loss)) return halo_fail("training diverged: loss is %f at step %d", loss, t->step + 1);
     double norm = t->be.clip_grads(t, t->o.clip);
+    // a NaN / Inf gradient with a finite loss (a backward product overflowing, a NaN weight the forward did not
+    // reach): the update would write it into the weights
+    if (!isfinite(norm))
+        return halo_fail("step %d not applied: the gradient norm is %g (a NaN or Inf in the gradients)", t->step + 1,
+                         norm);
     double lr = lr_schedule_at(&t->sched, t->step);
     t->be.optimizer_step(t, lr);
     t->step++;

@@ -79,6 +79,9 @@ typedef struct {
     // switch measuring on/off for the following steps; print the table to `table` and the metrics file's lines.
     void (*telemetry)(struct trainer *t, int on);
     void (*telemetry_report)(struct trainer *t, FILE *table);
+    // The backend's own HALO layers that met a NaN or Inf in this step, as a message naming them (NULL: none, or
+    // the backend has no layers of its own; the host model's are read by llama_halo_take_error)
+    const char *(*halo_error)(struct trainer *t);
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 

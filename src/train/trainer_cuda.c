@@ -46,6 +46,7 @@ static void cu_telemetry(trainer *t, int on) { llama_cuda_halo_telemetry(ctx_of(
 static void cu_telemetry_report(trainer *t, FILE *table) {
     llama_cuda_halo_telemetry_report(ctx_of(t)->g, table, t->metrics, t->step);
 }
+static const char *cu_halo_error(trainer *t) { return llama_cuda_halo_error(ctx_of(t)->g); }
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
     if (c) { llama_cuda_free(c->g); free(c); }
@@ -73,7 +74,8 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     t->be = (train_backend){.name = "cuda", .zero_grads = cu_zero_grads, .forward_backward = cu_forward_backward,
                             .clip_grads = cu_clip_grads, .optimizer_step = cu_optimizer_step, .to_host = cu_to_host,
                             .from_host = cu_from_host, .release = cu_release, .opt_to_host = cu_opt_to_host,
-                            .telemetry = cu_telemetry, .telemetry_report = cu_telemetry_report};
+                            .telemetry = cu_telemetry, .telemetry_report = cu_telemetry_report,
+                            .halo_error = cu_halo_error};
     // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
     if (t->opt.t > 0 && llama_cuda_upload_state(c->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
         return halo_fail_ctx("--device cuda: ");
