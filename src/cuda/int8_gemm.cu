@@ -76,9 +76,6 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ uint32_t sel4(const uint32_t *a, int i) {
-    return i == 0 ? a[0] : i == 1 ? a[1] : i == 2 ? a[2] : a[3];
-}
 // keeps the compiler from moving accumulator reads/writes across the asynchronous products
 __device__ __forceinline__ void fence_acc(int *d) {
 #pragma unroll
@@ -254,11 +251,21 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                         v[u] = *(const uint32_t *)&b;
                     }
                     if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
-                        uint32_t g[4];
-#pragma unroll
-                        for (int t = 0; t < 4; t++) g[t] = __shfl_xor_sync(0xffffffffu, sel4(v, q ^ t), t);
-                        const int c = n0 + 8 * (4 * j + q);   // g[t]: the pair at column c + 2 (q ^ t)
-                        const uint32_t w[4] = {sel4(g, q), sel4(g, q ^ 1), sel4(g, q ^ 2), sel4(g, q ^ 3)};
+                        // two exchanges: the off-diagonal 2 x 2 blocks with lane q ^ 2, then inside the blocks with
+                        // lane q ^ 1; afterwards v[k] is lane k's pair of chunk 4j + q (columns c + 2k, c + 2k + 1)
+                        const int b1 = q & 2, b0 = q & 1;
+                        {
+                            const uint32_t r0 = __shfl_xor_sync(0xffffffffu, b1 ? v[0] : v[2], 2);
+                            const uint32_t r1 = __shfl_xor_sync(0xffffffffu, b1 ? v[1] : v[3], 2);
+                            if (b1) { v[0] = r0; v[1] = r1; } else { v[2] = r0; v[3] = r1; }
+                        }
+                        {
+                            const uint32_t r0 = __shfl_xor_sync(0xffffffffu, b0 ? v[0] : v[1], 1);
+                            const uint32_t r1 = __shfl_xor_sync(0xffffffffu, b0 ? v[2] : v[3], 1);
+                            if (b0) { v[0] = r0; v[2] = r1; } else { v[1] = r0; v[3] = r1; }
+                        }
+                        const int c = n0 + 8 * (4 * j + q);
+                        const uint32_t w[4] = {v[0], v[1], v[2], v[3]};
                         if (r >= p.Mo || c >= p.No) continue;
                         if (c + 8 <= p.No) {
                             *(uint4 *)(drow + c) = make_uint4(w[0], w[1], w[2], w[3]);
@@ -275,6 +282,39 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                         }
                     }
                 }
+            }
+        } else if (m0 + BM <= p.Mo && n0 + BN <= p.No) {
+            // the whole tile inside D (every tile but the last row / column of tiles): the thread's two row pointers
+            // once, compile-time column offsets, no bounds checks
+            float *d[2];
+            const float *src[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                d[h] = (float *)p.D + (long)(r0 + 8 * h) * p.ldd + c0;
+                src[h] = p.mode == 2 ? p.res + (long)(r0 + 8 * h) * p.ldd + c0 : d[h];
+            }
+#pragma unroll
+            for (int ib = 0; ib < 8; ib++) {   // 4 chunks at a time: their addends loaded before any store
+                float2 add[4][2];
+                if (p.mode) {
+#pragma unroll
+                    for (int u = 0; u < 4; u++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) add[u][h] = *(const float2 *)(src[h] + 8 * (4 * ib + u));
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int i = 4 * ib + u;
+                        float2 o = make_float2(__int_as_float(acc[4 * i + 2 * h]),
+                                               __int_as_float(acc[4 * i + 2 * h + 1]));
+                        if (p.mode) {
+                            o.x = add[u][h].x + o.x;
+                            o.y = add[u][h].y + o.y;
+                        }
+                        *(float2 *)(d[h] + 8 * i) = o;
+                    }
             }
         } else {
 #pragma unroll
