@@ -311,6 +311,50 @@ static void test_backend_guards(void) {
     llama_free(&m);
 }
 
+// A HALO product that refuses a NaN during an evaluation fails that evaluation, naming the layer, and the error does not
+// carry over to the next training step (which trains).
+static halo_batch g_eval_batch;
+static int nan_eval(void *ctx, llama_model *m, int step, train_metrics *out) {
+    float *w = ctx, keep = w[3];
+    w[3] = NAN;   // one forward with a NaN q_proj weight: the INT8 quantizer refuses it and notes the error
+    const float loss = llama_forward(m, &g_eval_batch, NULL);
+    w[3] = keep;
+    train_metrics_add(out, "loss", loss);
+    (void)step;
+    return HALO_OK;
+}
+static void test_eval_halo_failure(void) {
+    llama_config c = tiny_config();
+    llama_model m;
+    llama_init(&m, &c);
+    llama_init_random(&m, 79);
+    model_halo_config hc = model_halo_config_default();
+    hc.prec = HALO_PREC_INT8; hc.level = 2;
+    CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
+    float *w = NULL;
+    for (int i = 0; i < m.n_table; i++)
+        if (strstr(m.table[i].name, "layers.1.self_attn.q_proj")) w = m.params + m.table[i].offset;
+    train_options o = tiny_options();
+    rand_src src = {.vocab = c.vocab_size};
+    halo_batch_alloc(&g_eval_batch, 2, 16);
+    rs_next(&src, &g_eval_batch);
+    trainer t;
+    CHECK(w && trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s",
+          halo_error());
+    trainer_set_eval(&t, nan_eval, w);
+    train_step_info s;
+    CHECK(trainer_step(&t, &s) == HALO_OK, "first step: %s", halo_error());
+    int rc = trainer_evaluate(&t);
+    CHECK(rc == HALO_ERR && strstr(halo_error(), "evaluation at step 1") && strstr(halo_error(), "q_proj"),
+          "evaluation with a failed HALO product: rc %d, %s", rc, halo_error());
+    printf("HALO failure in an evaluation: %s\n", halo_error());
+    rc = trainer_step(&t, &s);
+    CHECK(rc == HALO_OK && t.step == 2, "the next step trains: rc %d (%s), step %d", rc, rc ? halo_error() : "", t.step);
+    trainer_free(&t);
+    halo_batch_free(&g_eval_batch);
+    llama_free(&m);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
@@ -319,6 +363,7 @@ int main(void) {
     test_resume_bit_exact();
     test_halo_failure_not_applied();
     test_backend_guards();
+    test_eval_halo_failure();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) {}

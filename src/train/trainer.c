@@ -272,6 +272,10 @@ int trainer_evaluate(trainer *t) {
     t->be.to_host(t);
     train_metrics mt = {0};
     if (t->eval(t->eval_ctx, t->model, t->step, &mt)) return halo_fail_ctx("evaluation at step %d: ", t->step);
+    // a HALO product of the evaluation's forward passes that refused a NaN / Inf: its metrics are not valid (and the
+    // error is the evaluation's, not the next training step's)
+    const char *herr = llama_halo_take_error(t->model);
+    if (herr) return halo_fail("evaluation at step %d: a HALO product failed: %s", t->step, herr);
     if (t->o.log_every) {
         printf("eval step %d |", t->step);
         for (int i = 0; i < mt.n; i++) printf(" %s %.6g%s", mt.name[i], mt.value[i], i + 1 < mt.n ? " |" : "");
