@@ -229,18 +229,25 @@ static void test_options_json(void) {
 
 // A HALO product that fails inside a step (here INT8 level 2 refusing a NaN weight) stops the step before the update:
 // trainer_step fails naming the layer, and the parameters and the step count stay as they were.
+// The tiny model with INT8 level 2 on every block linear; returns the parameters of the tensor named `name` (NULL and
+// a failed check when missing).
+static float *tiny_int8_l2(llama_model *m, uint64_t seed, const char *name) {
+    llama_config c = tiny_config();
+    llama_init(m, &c);
+    llama_init_random(m, seed);
+    model_halo_config hc = model_halo_config_default();
+    hc.prec = HALO_PREC_INT8; hc.level = 2;
+    CHECK(llama_set_halo(m, &hc) == HALO_OK, "%s", halo_error());
+    for (int i = 0; i < m->n_table; i++)
+        if (strstr(m->table[i].name, name)) return m->params + m->table[i].offset;
+    CHECK(0, "%s not found", name);
+    return NULL;
+}
+
 static void test_halo_failure_not_applied(void) {
     llama_config c = tiny_config();
     llama_model m;
-    llama_init(&m, &c);
-    llama_init_random(&m, 77);
-    model_halo_config hc = model_halo_config_default();
-    hc.prec = HALO_PREC_INT8; hc.level = 2;
-    CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
-    float *w = NULL;
-    for (int i = 0; i < m.n_table; i++)
-        if (strstr(m.table[i].name, "layers.0.self_attn.q_proj")) w = m.params + m.table[i].offset;
-    CHECK(w != NULL, "q_proj of layer 0 found");
+    float *w = tiny_int8_l2(&m, 77, "layers.0.self_attn.q_proj");
     if (!w) { llama_free(&m); return; }
     w[5] = NAN;
     float *before = malloc(sizeof(float) * m.n_params);
@@ -326,21 +333,14 @@ static int nan_eval(void *ctx, llama_model *m, int step, train_metrics *out) {
 static void test_eval_halo_failure(void) {
     llama_config c = tiny_config();
     llama_model m;
-    llama_init(&m, &c);
-    llama_init_random(&m, 79);
-    model_halo_config hc = model_halo_config_default();
-    hc.prec = HALO_PREC_INT8; hc.level = 2;
-    CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
-    float *w = NULL;
-    for (int i = 0; i < m.n_table; i++)
-        if (strstr(m.table[i].name, "layers.1.self_attn.q_proj")) w = m.params + m.table[i].offset;
+    float *w = tiny_int8_l2(&m, 79, "layers.1.self_attn.q_proj");
+    if (!w) { llama_free(&m); return; }
     train_options o = tiny_options();
     rand_src src = {.vocab = c.vocab_size};
     halo_batch_alloc(&g_eval_batch, 2, 16);
     rs_next(&src, &g_eval_batch);
     trainer t;
-    CHECK(w && trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s",
-          halo_error());
+    CHECK(trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s", halo_error());
     trainer_set_eval(&t, nan_eval, w);
     train_step_info s;
     CHECK(trainer_step(&t, &s) == HALO_OK, "first step: %s", halo_error());
