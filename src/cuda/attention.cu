@@ -699,6 +699,28 @@ __device__ __forceinline__ void load_tile_swz(uint32_t dst, const bf16 *src, int
         else asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(d), "r"(0));
     }
 }
+// A [T][64 NP] slab's rows r0.. as NP swizzled 64 x 64 panels 8192 bytes apart (head size 64 NP)
+template <int NP>
+__device__ __forceinline__ void load_panels(uint32_t dst, const bf16 *src, int r0, int T, size_t ld, int tid) {
+#pragma unroll
+    for (int p = 0; p < NP; p++) load_tile_swz(dst + p * 8192, src + 64 * p, r0, T, ld, tid);
+}
+// d = A B^T over the whole head (K = 64 NP) of two K-major tiles of NP panels (S = Q K^T, S^T = K Q^T, dP^T = V dO^T)
+template <int NP>
+__device__ __forceinline__ void wgmma_khd(float *d, uint32_t a, uint32_t b) {
+    wgmma_k64<0, 0, 32>(d, a, b);
+#pragma unroll
+    for (int p = 1; p < NP; p++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(d, wg_desc(a + 8192 * p + 32 * j), wg_desc(b + 8192 * p + 32 * j));
+}
+// d (the m64n(64 NP) fragment) += A B^T with A from registers, B MN-major over NP panels (O += P V, dV += P^T dO,
+// dK += dS^T Q)
+template <int NP, int TB>
+__device__ __forceinline__ void wgmma_rs_acc_hd(float *d, const uint32_t *a, uint64_t db) {
+    if (NP == 1) wgmma_rs_acc<TB>(d, a, db);
+    else wgmma_rs_acc_n128<TB>(d, a, db);
+}
 
 #endif
 
@@ -726,15 +748,11 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         for (int i = 0; i < 2; i++) kseg[i] = krow[i] < T ? segb[krow[i]] : -1;
     float scale_log2 = scale * LOG2E;
     int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0, n_it = group * nqt;
-    auto load = [&](uint32_t dst, const bf16 *src, int r0, size_t lds) {   // the tile's panels
-#pragma unroll
-        for (int p = 0; p < NP; p++) load_tile_swz(dst + p * PANEL, src + 64 * p, r0, T, lds, tid);
-    };
     auto stage = [&](int it, int buf) {
         int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
         const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
-        load(Qs0 + buf * TILE, rows + h * HD, q0, ld);
-        load(dOs0 + buf * TILE, dob + h * HD, q0, (size_t)Hq * HD);
+        load_panels<NP>(Qs0 + buf * TILE, rows + h * HD, q0, T, ld, tid);
+        load_panels<NP>(dOs0 + buf * TILE, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
         if (tid < BQ) {
             bool in = q0 + tid < T;
             lse_s0[buf * BQ + tid] = in ? lse_h[q0 + tid] * LOG2E : 0.f;
@@ -742,8 +760,8 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             if (segb) qseg_s0[buf * BQ + tid] = in ? segb[q0 + tid] : -2;
         }
     };
-    load(Ks, rows + (Hq + kvh) * HD, k0, ld);
-    load(Vs, rows + (Hq + Hkv + kvh) * HD, k0, ld);
+    load_panels<NP>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+    load_panels<NP>(Vs, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
     stage(0, 0);
     cp_async_commit();
     float dk[HD / 2], dv[HD / 2];
@@ -761,16 +779,8 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         __syncthreads();
         float s[32], dp[32];
         wg_fence();
-        wgmma_k64<0, 0, 32>(s, Ks, Qs);
-        if (NP == 2) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Ks + PANEL + 32 * j), wg_desc(Qs + PANEL + 32 * j));
-        }
-        wgmma_k64<0, 0, 32>(dp, Vs, dOs);
-        if (NP == 2) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(dp, wg_desc(Vs + PANEL + 32 * j), wg_desc(dOs + PANEL + 32 * j));
-        }
+        wgmma_khd<NP>(s, Ks, Qs);
+        wgmma_khd<NP>(dp, Vs, dOs);
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
@@ -802,15 +812,9 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             }
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (NP == 1) wgmma_rs_acc<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
-            else wgmma_rs_acc_n128<1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
-        }
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc_hd<NP, 1>(dv, pa + 4 * kk, wg_desc(dOs + 2048 * kk));
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (NP == 1) wgmma_rs_acc<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
-            else wgmma_rs_acc_n128<1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
-        }
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc_hd<NP, 1>(dk, da + 4 * kk, wg_desc(Qs + 2048 * kk));
         wg_commit();
         // dS^T [key][query] into its tile while those run: register 4 kk + j holds row g + 8 (j & 1), queries
         // 16 kk + 8 (j >> 1) + 2 t4 ..+1
@@ -879,17 +883,13 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
     const int32_t *segb = seg ? seg + (size_t)b * T : NULL;
     int q0 = qt * BR, qw = q0 + warp * 16;
     const float c = scale * LOG2E;
-    auto load = [&](uint32_t dst, const bf16 *src, int r0) {   // the tile's panels
-#pragma unroll
-        for (int p = 0; p < NP; p++) load_tile_swz(dst + p * PANEL, src + 64 * p, r0, T, ld, tid);
-    };
     auto stage = [&](int kt, int buf) {
         int k0 = kt * BC;
-        load(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0);
-        load(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0);
+        load_panels<NP>(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+        load_panels<NP>(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
         if (segb && tid < BC) kseg0[buf * BC + tid] = k0 + tid < T ? segb[k0 + tid] : -1;
     };
-    load(Qs, rows + h * HD, q0);
+    load_panels<NP>(Qs, rows + h * HD, q0, T, ld, tid);
     stage(0, 0);
     cp_async_commit();
     int qrow[2] = {qw + g, qw + g + 8};
@@ -913,11 +913,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         // s element 4 nt + e: query row qrow[e >> 1], key k0 + 8 nt + 2 t4 + (e & 1)
         float s[32];
         wg_fence();
-        wgmma_k64<0, 0, 32>(s, Qs, Ks);
-        if (NP == 2) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) wgmma_ss_acc<0, 0>(s, wg_desc(Qs + PANEL + 32 * j), wg_desc(Ks + PANEL + 32 * j));
-        }
+        wgmma_khd<NP>(s, Qs, Ks);
         wg_commit();
         wg_wait0();
         wg_hold<32>(s);
@@ -930,10 +926,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
             for (int j = 0; j < 4; j++) pa[4 * kk + j] = pack_bf16(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (NP == 1) wgmma_rs_acc<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
-            else wgmma_rs_acc_n128<1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
-        }
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_acc_hd<NP, 1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
         wg_commit();
         wg_wait0();
         wg_hold<HD / 2>(o);
