@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call for the prepared attention-backward patches (README.md beside this): the probe, test_cuda_ops on
+# the patched build, bench_cuda_attention and the 1B BF16 / INT8 L0 steps with the old (build-old) and patched
+# (build-dev) binaries alternated twice. Prepared here: `git apply` the patches, `DEVICE_SYNC_LEAN=1 bash
+# scripts/device_sync.sh`, the previous commit's bench_cuda_attention and bench_cuda_train packed as
+# .dev-cuda/build-old.tar.xz, the probe binary as .dev-cuda/attn_probe, this script copied into .dev-cuda; then
+# device run with carry [".dev-cuda"]: bash .dev-cuda/run_attn_ab.sh
+set -u
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64 HALO_SHARED=$PWD/shared
+tar xJf build-dev.tar.xz; tar xJf build-old.tar.xz
+L=/tmp/l; mkdir -p $L
+./attn_probe > $L/probe.txt 2>&1
+timeout 120 build-dev/tests/test_cuda_ops > $L/ops.log 2>&1; echo "ops rc=$?" >> $L/summary.txt
+grep -E "passed, .* failed|FAIL" $L/ops.log | head >> $L/summary.txt
+for r in 1 2; do
+  for v in old dev; do timeout 60 build-$v/bench/bench_cuda_attention --hd 64 > $L/att_${v}_$r.log 2>&1; done
+done
+timeout 60 build-dev/bench/bench_cuda_attention --hd 128 > $L/att128_dev.log 2>&1
+for r in 1 2; do
+  for v in old dev; do
+    timeout 90 build-$v/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --no-breakdown > $L/b1_${v}_$r.log 2>&1
+    timeout 90 build-$v/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown > $L/b1i0_${v}_$r.log 2>&1
+  done
+done
+{ cat $L/probe.txt | tail -20
+  for f in $L/att_*.log $L/att128_dev.log; do echo "== $f"; grep -E "^\| hd" $f; done
+  for f in $L/b1*.log; do echo "$f $(grep -h '^step' $f)"; done; } >> $L/summary.txt
+cat $L/summary.txt
+cd $L && tar czf $OUT/logs_a.tar.gz . && cp summary.txt $OUT/
