@@ -12,10 +12,16 @@ tar xJf build-dev.tar.xz; tar xJf build-old.tar.xz
 L=/tmp/l; mkdir -p $L
 ./attn_probe > $L/probe.txt 2>&1
 timeout 120 build-dev/tests/test_cuda_ops > $L/ops.log 2>&1; echo "ops rc=$?" >> $L/summary.txt
-grep -E "passed, .* failed|FAIL" $L/ops.log | head >> $L/summary.txt
+HALO_ATTN_TMA=0 HALO_ATTN_DQ_TILES=0 timeout 120 build-dev/tests/test_cuda_ops > $L/ops_off.log 2>&1; echo "ops (TMA, dQ tiles off) rc=$?" >> $L/summary.txt
+grep -E "passed, .* failed|FAIL" $L/ops.log $L/ops_off.log | head -20 >> $L/summary.txt
+# the patched binary with its switches: patch 1 alone (both off), 1+2 (tiles), 1+3 (TMA), all
 for r in 1 2; do
-  for v in old dev; do timeout 60 build-$v/bench/bench_cuda_attention --hd 64 > $L/att_${v}_$r.log 2>&1; done
+  timeout 60 build-old/bench/bench_cuda_attention --hd 64 > $L/att_old_$r.log 2>&1
+  for tma in 0 1; do for dqt in 0 1; do
+    HALO_ATTN_TMA=$tma HALO_ATTN_DQ_TILES=$dqt timeout 60 build-dev/bench/bench_cuda_attention --hd 64 > $L/att_tma${tma}_dqt${dqt}_$r.log 2>&1
+  done; done
 done
+timeout 60 build-old/bench/bench_cuda_attention --hd 128 > $L/att128_old.log 2>&1
 timeout 60 build-dev/bench/bench_cuda_attention --hd 128 > $L/att128_dev.log 2>&1
 for r in 1 2; do
   for v in old dev; do
@@ -24,7 +30,7 @@ for r in 1 2; do
   done
 done
 { cat $L/probe.txt | tail -20
-  for f in $L/att_*.log $L/att128_dev.log; do echo "== $f"; grep -E "^\| hd" $f; done
+  for f in $L/att_*.log $L/att128_*.log; do echo "== $f"; grep -E "^\| hd.*\| 4 \||^\| hd.*fwd \| 2" $f; done
   for f in $L/b1*.log; do echo "$f $(grep -h '^step' $f)"; done; } >> $L/summary.txt
 cat $L/summary.txt
 cd $L && tar czf $OUT/logs_a.tar.gz . && cp summary.txt $OUT/
