@@ -355,6 +355,56 @@ static void test_eval_halo_failure(void) {
     llama_free(&m);
 }
 
+// A backend with its own forward (the GPU's, trainer_device_loss) serves the evaluation's losses on its weights, and a
+// HALO flag its layers raise in that forward fails the evaluation, naming the layer; a backend without one leaves
+// evaluations to the host model and its flags to the steps.
+static int g_fwd_calls;
+static float fake_forward_loss(trainer *t, const halo_batch *b) {
+    (void)t;
+    g_fwd_calls++;
+    return 0.25f * b->B + 1.f;   // not a loss the host model gives: tells which forward ran
+}
+static int device_loss_eval(void *ctx, llama_model *m, int step, train_metrics *out) {
+    trainer *t = ctx;
+    const float loss = trainer_has_device_loss(t) ? trainer_device_loss(t, &g_eval_batch)
+                                                  : llama_forward(m, &g_eval_batch, NULL);
+    train_metrics_add(out, "loss", loss);
+    (void)step;
+    return HALO_OK;
+}
+static void test_device_loss(void) {
+    llama_config c = tiny_config();
+    llama_model m;
+    llama_init(&m, &c);
+    llama_init_random(&m, 80);
+    train_options o = tiny_options();
+    rand_src src = {.vocab = c.vocab_size};
+    halo_batch_alloc(&g_eval_batch, 3, 16);
+    rs_next(&src, &g_eval_batch);
+    trainer t;
+    CHECK(trainer_init(&t, &m, &o, (train_data_source){&src, rs_next, rs_get, rs_set}) == HALO_OK, "%s", halo_error());
+    trainer_set_eval(&t, device_loss_eval, &t);
+    t.be.halo_error = fake_error;
+    g_be_error = "model.layers.0.self_attn.v_proj: a NaN or Inf in its input X";
+    CHECK(!trainer_has_device_loss(&t) && trainer_evaluate(&t) == HALO_OK,
+          "without a device forward the backend's step flags are not the evaluation's: %s", halo_error());
+    t.be.forward_loss = fake_forward_loss;
+    g_be_error = NULL;
+    CHECK(trainer_has_device_loss(&t) && trainer_device_loss(&t, &g_eval_batch) == 0.25f * 3 + 1.f && g_fwd_calls == 1,
+          "trainer_device_loss runs the backend's forward (calls %d)", g_fwd_calls);
+    CHECK(trainer_evaluate(&t) == HALO_OK && g_fwd_calls == 2, "evaluation on the device forward: %s, calls %d",
+          halo_error(), g_fwd_calls);
+    g_be_error = "model.layers.0.self_attn.v_proj: a NaN or Inf in its input X";
+    int rc = trainer_evaluate(&t);
+    CHECK(rc == HALO_ERR && strstr(halo_error(), "evaluation at step 0") && strstr(halo_error(), "v_proj"),
+          "a HALO flag raised by the device forward fails the evaluation: rc %d, %s", rc, halo_error());
+    printf("HALO failure in a device evaluation: %s\n", halo_error());
+    g_be_error = NULL;
+    trainer_free(&t);
+    halo_batch_free(&g_eval_batch);
+    llama_free(&m);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
@@ -364,6 +414,7 @@ int main(void) {
     test_halo_failure_not_applied();
     test_backend_guards();
     test_eval_halo_failure();
+    test_device_loss();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) {}

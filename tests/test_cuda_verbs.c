@@ -9,6 +9,7 @@
 //    bf16 device moments round-trip exactly through the host.
 // 2. `halo debug-step --device cuda` against the goldens with test_cuda_model's BF16 tolerances.
 // 3. `halo finetune --device cuda --halo-telemetry` (below).
+// 4. Validation losses on the GPU's own weights against the CPU's forward (below).
 // `test_cuda_verbs --cpu` runs part 1 with the CPU backend instead (no GPU needed; there everything is exact).
 #include <cjson/cJSON.h>
 #include "test.h"
@@ -16,6 +17,7 @@
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
 #include "io/safetensors.h"
+#include "model/linear.h"
 #include "model/llama.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -361,6 +363,51 @@ out_model:
 }
 #endif
 
+// 4. The validation loss on the GPU's own weights (trainer_device_loss, what `finetune --device cuda` reports) against
+// the CPU's forward on the same weights copied back, after 6 steps of stories260K: BF16 and INT8 level 2 (the GPU
+// HALO layers' forward). Within max(1e-2, 4x what BF16 weights alone change), the bound of the CPU/GPU resume checks.
+static void test_device_val_loss(int int8) {
+    llama_model m;
+    if (llama_load(&m, test_shared_path("models/stories260K")) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+    if (int8) {
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = HALO_PREC_INT8;
+        hc.level = 2;
+        if (llama_set_halo(&m, &hc) != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); return; }
+    }
+    train_options o = run_options();
+    g_src.pos = 0;
+    trainer t;
+    int rc = trainer_init(&t, &m, &o, (train_data_source){&g_src, gs_next, gs_get, gs_set});
+    if (rc != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); return; }
+    rc = trainer_use_cuda(&t, NULL);
+    while (rc == HALO_OK && t.step < SAVE_AT) {
+        train_step_info si;
+        rc = trainer_step(&t, &si);
+    }
+    if (rc != HALO_OK) { CHECK(0, "%s", halo_error()); trainer_free(&t); llama_free(&m); return; }
+    CHECK(trainer_has_device_loss(&t), "the GPU backend computes validation losses on its weights");
+    t.be.to_host(&t);
+    const double yard = fmax(1e-2, 4 * bf16_loss_change(&m, &o));
+    halo_batch b;
+    halo_batch_alloc(&b, o.batch_size, o.seq_len);
+    double worst = 0;
+    for (int k = 0; k < 4; k++) {   // four validation batches past the training ones
+        gs_next(&g_src, &b);
+        const float lg = trainer_device_loss(&t, &b), lc = llama_forward(&m, &b, NULL);
+        const double e = fabs((double)lg - lc) / lc;
+        worst = fmax(worst, isnan(e) ? INFINITY : e);
+        printf("   device validation loss (%s) batch %d: GPU %.6f CPU %.6f\n", int8 ? "INT8 L2" : "BF16", k, lg, lc);
+    }
+    CHECK(worst <= yard, "%s validation loss on the GPU within %.3g of the CPU's on the same weights (worst %.3g)",
+          int8 ? "INT8 L2" : "BF16", yard, worst);
+    const char *herr = t.be.halo_error ? t.be.halo_error(&t) : NULL;
+    CHECK(!herr, "no HALO flag from the GPU evaluation: %s", herr ? herr : "");
+    halo_batch_free(&b);
+    trainer_free(&t);
+    llama_free(&m);
+}
+
 // 3. `halo finetune --device cuda --halo-telemetry 2`: the GPU HALO layers' telemetry reaches the table and the metrics
 // file: every step 2 and 4, one line per HALO linear (5 blocks x 7) with all three products measured, errors in
 // (0, 0.5) (INT8 level 2 on stories260K at steps 2 and 4 measured 0.7% to 21% on an H200; a wrong row or a missing
@@ -425,6 +472,8 @@ int main(int argc, char **argv) {
     test_debug_step("stories260K", "models/stories260K", "goldens/stories260K_train");
     test_debug_step("tiny-llama3", "goldens/tiny-llama3", "goldens/tiny-llama3_train");
     test_finetune_telemetry();
+    test_device_val_loss(0);
+    test_device_val_loss(1);
     TEST_END();
 #endif
 }

@@ -40,8 +40,8 @@ static void usage(void) {
         "  --threads N            CPU threads (default: all cores)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
         "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
-        "                         fp32 master weights and moments on the GPU; validation runs on the CPU\n"
-        "                         with the weights copied back. Checkpoints have one format: a GPU run resumes on\n"
+        "                         fp32 master weights and moments on the GPU; the validation loss too (the\n"
+        "                         GPU forward). Checkpoints have one format: a GPU run resumes on\n"
         "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
         "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
     cli_gpu_mem_usage();
@@ -71,6 +71,7 @@ typedef struct {
     dataset *ds;
     int B, T;
     long max_batches;
+    trainer *t;   // its backend's own forward when it has one (the GPU), else the host model's
 } eval_ctx;
 
 static float cpu_forward(void *m, const halo_batch *b) { return llama_forward(m, b, NULL); }
@@ -109,7 +110,11 @@ static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
     if (dataset_size(e->ds, DATASET_VAL) == 0) return HALO_OK;
     double loss;
     long tokens;
-    if (finetune_val_loss(m, e->ds, DATASET_VAL, e->B, e->T, e->max_batches, &loss, &tokens) != HALO_OK) return HALO_ERR;
+    const int rc = e->t && trainer_has_device_loss(e->t)
+                       ? finetune_val_loss_with(trainer_device_loss, e->t, e->ds, DATASET_VAL, e->B, e->T, e->max_batches,
+                                                &loss, &tokens)
+                       : finetune_val_loss(m, e->ds, DATASET_VAL, e->B, e->T, e->max_batches, &loss, &tokens);
+    if (rc != HALO_OK) return HALO_ERR;
     train_metrics_add(out, "val_loss", loss);
     train_metrics_add(out, "val_ppl", exp(loss));
     train_metrics_add(out, "val_tokens", (double)tokens);
@@ -216,7 +221,7 @@ int cmd_finetune(int argc, char **argv) {
         trainer_set_app_meta(&t, hj);
         free(hj);
     }
-    eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches};
+    eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches, &t};
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);

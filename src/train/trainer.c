@@ -273,8 +273,10 @@ int trainer_evaluate(trainer *t) {
     train_metrics mt = {0};
     if (t->eval(t->eval_ctx, t->model, t->step, &mt)) return halo_fail_ctx("evaluation at step %d: ", t->step);
     // a HALO product of the evaluation's forward passes that refused a NaN / Inf: its metrics are not valid (and the
-    // error is the evaluation's, not the next training step's)
+    // error is the evaluation's, not the next training step's). The backend's own layers flag only forward passes
+    // run since the last step (whose flags trainer_step has read), so a flag now is the evaluation's.
     const char *herr = llama_halo_take_error(t->model);
+    if (!herr && t->be.forward_loss && t->be.halo_error) herr = t->be.halo_error(t);
     if (herr) return halo_fail("evaluation at step %d: a HALO product failed: %s", t->step, herr);
     if (t->o.log_every) {
         printf("eval step %d |", t->step);
@@ -289,6 +291,13 @@ int trainer_evaluate(trainer *t) {
         fflush(t->metrics);
     }
     return HALO_OK;
+}
+
+int trainer_has_device_loss(const trainer *t) { return t->be.forward_loss != NULL; }
+
+float trainer_device_loss(void *t, const halo_batch *b) {
+    trainer *tr = t;
+    return tr->be.forward_loss(tr, b);
 }
 
 int trainer_save(trainer *t, const char *path) {

@@ -82,6 +82,9 @@ typedef struct {
     // The backend's own HALO layers that met a NaN or Inf in this step, as a message naming them (NULL: none, or
     // the backend has no layers of its own; the host model's are read by llama_halo_take_error)
     const char *(*halo_error)(struct trainer *t);
+    // The mean next-token loss of one batch on the backend's own weights, forward only (NULL: the backend has no
+    // model of its own; evaluations run on the host model). Batches up to the training batch's B and T.
+    float (*forward_loss)(struct trainer *t, const halo_batch *b);
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 
@@ -153,6 +156,10 @@ typedef struct {
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
+// Whether the backend computes losses on its own weights (the GPU), and that loss for one batch (ctx: the trainer);
+// an evaluation callback may use them instead of the host model's forward (finetune's validation loss does).
+int trainer_has_device_loss(const trainer *t);
+float trainer_device_loss(void *t, const halo_batch *b);
 void trainer_free(trainer *t);
 
 // JSON of the options (everything but the paths) and its inverse, used by checkpoints.

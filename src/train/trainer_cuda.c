@@ -1,7 +1,8 @@
 // The trainer's GPU backend: the step runs in the CUDA model (src/cuda/llama_cuda.cu), with the host model's HALO
-// configuration; the host model is refreshed from the device's fp32 master weights before evaluations (which run on
-// the CPU, through the host model's own HALO layers) and at the end, and the host optimizer's moments from the
-// device's before a checkpoint. A resume uploads both (checkpoints are the CPU backend's format).
+// configuration; the host model is refreshed from the device's fp32 master weights before evaluations and at the
+// end, and the host optimizer's moments from the device's before a checkpoint. A resume uploads both (checkpoints
+// are the CPU backend's format). Validation losses can run on the GPU's own weights (forward_loss: the GPU forward,
+// through its HALO layers); other evaluations (the demo's accuracy, generation) use the host model.
 #include <math.h>
 #include <stdlib.h>
 #include "model/linear.h"
@@ -47,6 +48,7 @@ static void cu_telemetry_report(trainer *t, FILE *table) {
     llama_cuda_halo_telemetry_report(ctx_of(t)->g, table, t->metrics, t->step);
 }
 static const char *cu_halo_error(trainer *t) { return llama_cuda_halo_error(ctx_of(t)->g); }
+static float cu_forward_loss(trainer *t, const halo_batch *b) { return llama_cuda_forward(ctx_of(t)->g, b, NULL); }
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
     if (c) { llama_cuda_free(c->g); free(c); }
@@ -75,7 +77,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
                             .clip_grads = cu_clip_grads, .optimizer_step = cu_optimizer_step, .to_host = cu_to_host,
                             .from_host = cu_from_host, .release = cu_release, .opt_to_host = cu_opt_to_host,
                             .telemetry = cu_telemetry, .telemetry_report = cu_telemetry_report,
-                            .halo_error = cu_halo_error};
+                            .halo_error = cu_halo_error, .forward_loss = cu_forward_loss};
     // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
     if (t->opt.t > 0 && llama_cuda_upload_state(c->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
         return halo_fail_ctx("--device cuda: ");
