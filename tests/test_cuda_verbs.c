@@ -361,7 +361,6 @@ out_model:
     cJSON_Delete(js);
     remove(out);
 }
-#endif
 
 // 4. The validation loss on the GPU's own weights (trainer_device_loss, what `finetune --device cuda` reports) against
 // the CPU's forward on the same weights copied back, after 6 steps of stories260K: BF16 and INT8 level 2 (the GPU
@@ -456,6 +455,8 @@ static void test_finetune_telemetry(void) {
            hi, bad);
     CHECK(lines == 2 * 35 && bad == 0, "telemetry metrics: %d lines (want 70), %d products out of range", lines, bad);
 }
+
+#endif
 
 int main(int argc, char **argv) {
 #ifndef HALO_CUDA
