@@ -466,8 +466,8 @@ int main(int argc, char **argv) {
     SKIP("built without CUDA (no nvcc, or SAN=1): CUDA decoder tests skipped");
     TEST_END();
 #else
-    int nd = cuda_device_count();
-    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): CUDA decoder tests skipped", nd); TEST_END(); }
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA decoder tests skipped", gpu_why); TEST_END(); }
     check_random_gqa();
     if (argc > 1 && !strcmp(argv[1], "--sanitize")) { cuda_matmul_shutdown(); TEST_END(); }   // compute-sanitizer
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); stories260K checks skipped");

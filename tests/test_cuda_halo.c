@@ -1457,8 +1457,9 @@ int main(void) {
     SKIP("built without CUDA");
     TEST_END();
 #else
-    if (cuda_device_count() == 0) {
-        SKIP("no CUDA device: the HALO GPU kernels are checked on the device machine (scripts/gpu_halo_check.sh)");
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) {
+        SKIP("%s: the HALO GPU kernels are checked on the device machine (scripts/gpu_halo_check.sh)", gpu_why);
         TEST_END();
     }
     printf("| check | case | error | bound | mism. | ties | |\n|---|---|---|---|---|---|---|\n");

@@ -638,8 +638,8 @@ int main(int argc, char **argv) {
     SKIP("built without CUDA (no nvcc, or SAN=1): GPU HALO training tests skipped");
     TEST_END();
 #else
-    int nd = cuda_device_count();
-    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): GPU HALO training tests skipped", nd); TEST_END(); }
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: GPU HALO training tests skipped", gpu_why); TEST_END(); }
     double t0 = t_now();
     printf("| %-34s | %-34s | %9s | %7s | %s |\n", "check (GPU HALO vs CPU)", "case", "rel err", "bound", "ok");
     test_layer_variants();

@@ -344,8 +344,8 @@ int main(int argc, char **argv) {
     SKIP("built without CUDA (no nvcc, or SAN=1): CUDA model tests skipped");
     TEST_END();
 #else
-    int nd = cuda_device_count();
-    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): CUDA model tests skipped", nd); TEST_END(); }
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA model tests skipped", gpu_why); TEST_END(); }
     if (argc > 1 && !strcmp(argv[1], "--sanitize-step")) return sanitize_step();
     printf("| %-22s | %-34s | %9s | %7s | %s |\n", "model (GPU, bf16)", "check", "rel err", "bound", "ok");
     check_vs_cpu("random hd64 tied", 64, 0);

@@ -510,8 +510,8 @@ int main(void) {
     SKIP("built without CUDA (no nvcc, or SAN=1): CUDA op tests skipped");
     TEST_END();
 #else
-    int nd = cuda_device_count();
-    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): CUDA op tests skipped", nd); TEST_END(); }
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA op tests skipped", gpu_why); TEST_END(); }
     printf("| %-22s | %-26s | %9s | %7s | %s |\n", "op (CUDA vs CPU fp32)", "check", "rel err", "bound", "ok");
     test_linear(64, 96, 80);
     test_linear(300, 256, 520);

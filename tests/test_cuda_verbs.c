@@ -466,8 +466,8 @@ int main(int argc, char **argv) {
 #else
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     if (argc > 1 && !strcmp(argv[1], "--cpu")) { test_checkpoints(0); TEST_END(); }
-    int nd = cuda_device_count();
-    if (nd <= 0) { SKIP("no CUDA GPU present (cudaGetDeviceCount = %d): GPU verb tests skipped", nd); TEST_END(); }
+    char gpu_why[256];
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: GPU verb tests skipped", gpu_why); TEST_END(); }
     test_checkpoints(1);
     test_bf16_moments();
     test_debug_step("stories260K", "models/stories260K", "goldens/stories260K_train");

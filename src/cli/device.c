@@ -25,10 +25,13 @@ int cli_device_auto(const halo_common_opts *co, const char *verb) {
     if (env && !strcmp(env, "cuda")) return 1;
 #ifdef HALO_CUDA
     if (cuda_device_count() <= 0) return 0;
+    char gpu_why[256];
     const char *why = NULL;
-    if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) why = gpu_why;   // a GPU this build cannot run on
+    else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
     if (!why) return 1;
-    fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU (--device cuda to insist)\n", verb, why);
+    fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU%s\n", verb, why,
+            why == gpu_why ? "" : " (--device cuda to insist)");
     return 0;
 #else
     (void)co; (void)verb;
@@ -72,9 +75,8 @@ void cli_gpu_mem_usage(void) {
 
 #ifdef HALO_CUDA
 int cli_cuda_check(void) {
-    if (cuda_device_count() <= 0)
-        return halo_fail("--device cuda: no CUDA device found (no NVIDIA driver, or no GPU visible to this process); "
-                         "use --device cpu");
+    char why[256];
+    if (!cuda_device_usable(why, sizeof why)) return halo_fail("--device cuda: %s; use --device cpu", why);
     return HALO_OK;
 }
 

@@ -21,6 +21,9 @@ typedef uint16_t halo_bf16;   // bfloat16 bits (the kernels use __nv_bfloat16; C
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never fails).
 int cuda_device_count(void);
+// 1 when the current device can run this build's kernels (compiled for sm_90a: compute capability 9.0, the H100 and
+// H200); else 0 with the reason (no device, or its name and compute capability) in why.
+int cuda_device_usable(char *why, size_t cap);
 // Host-side conversions (round to nearest even), for tests and uploads.
 void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n);
 void cuda_bf16_to_f32_host(float *dst, const halo_bf16 *src, size_t n);

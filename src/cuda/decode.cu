@@ -152,7 +152,8 @@ static void *dec_alloc(cuda_decoder *d, size_t bytes, int *oom) {
 
 static int dec_common(cuda_decoder **out, const llama_config *c, int max_seqs, int max_len, int max_rows) {
     *out = NULL;
-    if (cuda_device_count() <= 0) return halo_fail("CUDA: no GPU device available");
+    char why[256];
+    if (!cuda_device_usable(why, sizeof why)) return halo_fail("CUDA: %s", why);
     if (max_seqs < 1 || max_len < 1 || max_rows < max_seqs)
         return halo_fail("CUDA decoder: need max_seqs >= 1, max_len >= 1, max_rows >= max_seqs (got %d, %d, %d)",
                          max_seqs, max_len, max_rows);

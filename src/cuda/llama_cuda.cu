@@ -508,7 +508,8 @@ static void halo_teardown(llama_cuda *g) {
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
     *out = NULL;
-    if (cuda_device_count() <= 0) return halo_fail("CUDA: no GPU device available");
+    char why[256];
+    if (!cuda_device_usable(why, sizeof why)) return halo_fail("CUDA: %s", why);
     if (o->max_B <= 0 || o->max_T <= 0) return halo_fail("CUDA: max_B and max_T must be positive");
     llama_cuda *g = (llama_cuda *)xcalloc(1, sizeof *g);
     g->c = *cfg;

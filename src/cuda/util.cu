@@ -8,6 +8,29 @@ extern "C" int cuda_device_count(void) {
     return n;
 }
 
+extern "C" int cuda_device_usable(char *why, size_t cap) {
+    const int n = cuda_device_count();
+    if (n <= 0) {
+        snprintf(why, cap, "no CUDA device found (no NVIDIA driver, or no GPU visible to this process)");
+        return 0;
+    }
+    int dev = 0, major = 0, minor = 0;
+    cudaDeviceProp p;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(why, cap, "the CUDA device could not be queried");
+        return 0;
+    }
+    major = p.major;
+    minor = p.minor;
+    if (major != 9 || minor != 0) {   // the Makefile builds for sm_90a only (wgmma, TMA, FP8)
+        snprintf(why, cap, "%s has compute capability %d.%d, and this build's CUDA kernels are for 9.0 (H100, H200)",
+                 p.name, major, minor);
+        return 0;
+    }
+    return 1;
+}
+
 extern "C" void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
