@@ -28,7 +28,7 @@ static void usage(void) {
            "  --batch N (8)             rows per loss batch; prompts decoded at once by GPU generation\n"
            "  --threads N\n"
            "  --device cpu|cuda         default: cuda when a GPU is present. cuda: --task loss runs the forward on the\n"
-           "                            GPU (BF16 products); generation tasks decode on the GPU with the KV cache,\n"
+           "                            GPU (BF16 products, or the HALO layers); generation tasks decode on the GPU with the KV cache,\n"
            "                            --batch prompts at a time (BF16 products)\n");
     halo_common_usage();
 }
@@ -95,7 +95,8 @@ int cmd_eval(int argc, char **argv) {
             cli_gpu *gpu;
             rc = cli_gpu_open(&gpu, &m, (int)batch, dc.seq_len);
             if (rc == HALO_OK) {
-                fprintf(stderr, "halo eval: loss on the GPU (BF16 products)\n");
+                fprintf(stderr, "halo eval: loss on the GPU (%s)\n",
+                        llama_get_halo(&m) ? "the GPU HALO layers' quantized forward" : "BF16 products");
                 rc = finetune_val_loss_with(cli_gpu_forward, gpu, ds, split, (int)batch, dc.seq_len, max_batches, &loss,
                                             &tokens);
                 cli_gpu_close(gpu);
@@ -128,7 +129,12 @@ int cmd_eval(int argc, char **argv) {
             long len = longest + max_new;
             if (len > m.cfg.max_pos) len = m.cfg.max_pos;   // a longer prompt fails in generation, naming max_pos
             if (rc == HALO_OK && (rc = cli_gpu_gen_open(&gpu, &m, nb, (int)len, "eval")) == HALO_OK)
+            {
                 fprintf(stderr, "halo eval: generation on the GPU (KV cache, BF16 products, %d prompts at a time)\n", nb);
+                if (llama_get_halo(&m))   // the decoder has no HALO layers
+                    fprintf(stderr, "halo eval: note: the GPU decoder does not run the model's %s forward; --device cpu "
+                                    "generates with it\n", halo_common_describe(&co));
+            }
         }
         double correct = 0;
         double t0 = halo_now();
