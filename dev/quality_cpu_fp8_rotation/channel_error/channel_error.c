@@ -5,7 +5,8 @@
 // (smallest third, middle, largest third); the table gives each group's median relative error and the whole G's
 // relative Frobenius error.
 //   cc -O2 -fopenmp -Isrc dev/quality_cpu_fp8_rotation/channel_error/channel_error.c build/dev/libhalo.a \
-//      -lopenblas -lcjson -lpcre2-8 -lm -o /tmp/channel_error && /tmp/channel_error [seed]
+//      -lopenblas -lcjson -lpcre2-8 -lm -o /tmp/channel_error && /tmp/channel_error [seed [sigma [outlier]]]
+// (defaults: seed 0, sigma 1, outlier 20: the log-normal spread of channel scales and the factor of channels 3, 41)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,12 +41,13 @@ static double median(double *v, int n) { qsort(v, n, sizeof *v, cmp_d); return n
 
 int main(int argc, char **argv) {
     if (argc > 1) g_s += strtoull(argv[1], NULL, 10) * 0x9E3779B97F4A7C15ULL;
+    const double sigma = argc > 2 ? atof(argv[2]) : 1.0, outlier = argc > 3 ? atof(argv[3]) : 20.0;
     static float X[B * M], E[B * N], Xq[B * M], Eq[B * N];
     static double G[N * M], Gq[N * M];
     double scale[M];
-    for (int c = 0; c < M; c++) scale[c] = exp(nrand());
-    scale[3] *= 20;
-    scale[41] *= 20;
+    for (int c = 0; c < M; c++) scale[c] = exp(sigma * nrand());
+    scale[3] *= outlier;
+    scale[41] *= outlier;
     for (int t = 0; t < B; t++) {
         for (int c = 0; c < M; c++) X[t * M + c] = (float)(nrand() * scale[c]);
         const double ts = t % 257 == 5 ? 10 : 1;
@@ -64,7 +66,8 @@ int main(int argc, char **argv) {
             if (scale[order[k]] < scale[order[i]]) { int t = order[i]; order[i] = order[k]; order[k] = t; }
     halo_hadamard h;
     if (halo_hadamard_plan(&h, M, 0)) { fprintf(stderr, "no Hadamard of %d\n", M); return 1; }
-    printf("G = E_Y^T X, b=%d, m=%d, n=%d; channel scales log-normal (sigma 1) + 2 channels x20; E_Y: 1 token in 257 x10\n", B, M, N);
+    printf("G = E_Y^T X, b=%d, m=%d, n=%d; channel scales log-normal (sigma %g) + 2 channels x%g; E_Y: 1 token in 257 x10\n",
+           B, M, N, sigma, outlier);
     printf("| format | level | median rel. error, smallest third of channels | middle third | largest third | G overall |\n");
     printf("|---|---|---|---|---|---|\n");
     const halo_qformat fmts[2] = {HALO_Q_E4M3, HALO_Q_INT8};
