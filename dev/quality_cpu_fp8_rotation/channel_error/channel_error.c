@@ -7,12 +7,18 @@
 //   cc -O2 -fopenmp -Isrc dev/quality_cpu_fp8_rotation/channel_error/channel_error.c build/dev/libhalo.a \
 //      -lopenblas -lcjson -lpcre2-8 -lm -o /tmp/channel_error && /tmp/channel_error [seed [sigma [outlier]]]
 // (defaults: seed 0, sigma 1, outlier 20: the log-normal spread of channel scales and the factor of channels 3, 41)
+//   /tmp/channel_error --model DIR TEXT [seed]: X is instead a real layer input, stories260K's layer-0 q/k/v input
+//   (RMSNorm of the token embeddings times its weight) over the first 2048 tokens of TEXT
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "halo/hadamard.h"
 #include "halo/quant.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "util/error.h"
+#include "util/fileio.h"
 
 enum { B = 2048, M = 64, N = 64 };
 
@@ -39,17 +45,64 @@ static void qdq(float *a, long n, halo_qformat f) {
 static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 static double median(double *v, int n) { qsort(v, n, sizeof *v, cmp_d); return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]); }
 
+// X = layer 0's attention-norm output for the first B tokens of `text` (the model's dim must be M); 0 on success
+static int real_x(const char *dir, const char *text, float *X, double *scale) {
+    llama_model m;
+    halo_tokenizer *tok;
+    char *buf;
+    size_t len;
+    if (llama_load(&m, dir) || tokenizer_load(dir, &tok) || halo_read_file(text, &buf, &len)) {
+        fprintf(stderr, "%s\n", halo_error());
+        return 1;
+    }
+    if (m.cfg.dim != M) { fprintf(stderr, "model dim %d, this experiment needs %d\n", m.cfg.dim, M); return 1; }
+    int32_t *ids;
+    size_t n;
+    if (tokenizer_encode(tok, buf, len, false, &ids, &n) || n < B) { fprintf(stderr, "need %d tokens\n", B); return 1; }
+    for (int c = 0; c < M; c++) scale[c] = 0;
+    for (int t = 0; t < B; t++) {
+        const float *e = m.w.embed + (size_t)ids[t] * M;
+        double ss = 0;
+        for (int c = 0; c < M; c++) ss += (double)e[c] * e[c];
+        const double r = 1.0 / sqrt(ss / M + m.cfg.norm_eps);
+        for (int c = 0; c < M; c++) {
+            X[t * M + c] = (float)(e[c] * r * m.w.layers[0].attn_norm[c]);
+            scale[c] += (double)X[t * M + c] * X[t * M + c];
+        }
+    }
+    double lm = 0, l2 = 0, mn = 1e30, mx = 0;
+    for (int c = 0; c < M; c++) {
+        scale[c] = sqrt(scale[c] / B);
+        lm += log(scale[c]);
+        l2 += log(scale[c]) * log(scale[c]);
+        mn = fmin(mn, scale[c]);
+        mx = fmax(mx, scale[c]);
+    }
+    lm /= M;
+    printf("X: %s layer 0 q/k/v input over %d tokens of %s; channel rms %.3g..%.3g (log-sd %.2f)\n", dir, B, text, mn, mx,
+           sqrt(l2 / M - lm * lm));
+    free(ids);
+    free(buf);
+    tokenizer_free(tok);
+    llama_free(&m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc > 1) g_s += strtoull(argv[1], NULL, 10) * 0x9E3779B97F4A7C15ULL;
-    const double sigma = argc > 2 ? atof(argv[2]) : 1.0, outlier = argc > 3 ? atof(argv[3]) : 20.0;
+    const int real = argc > 3 && !strcmp(argv[1], "--model");
+    const int sa = real ? 3 : 0;   // where the seed argument is
+    if (argc > sa + 1) g_s += strtoull(argv[sa + 1], NULL, 10) * 0x9E3779B97F4A7C15ULL;
+    const double sigma = !real && argc > 2 ? atof(argv[2]) : 1.0, outlier = !real && argc > 3 ? atof(argv[3]) : 20.0;
     static float X[B * M], E[B * N], Xq[B * M], Eq[B * N];
     static double G[N * M], Gq[N * M];
     double scale[M];
     for (int c = 0; c < M; c++) scale[c] = exp(sigma * nrand());
     scale[3] *= outlier;
     scale[41] *= outlier;
+    if (real && real_x(argv[2], argv[3], X, scale)) return 1;
     for (int t = 0; t < B; t++) {
-        for (int c = 0; c < M; c++) X[t * M + c] = (float)(nrand() * scale[c]);
+        if (!real)
+            for (int c = 0; c < M; c++) X[t * M + c] = (float)(nrand() * scale[c]);
         const double ts = t % 257 == 5 ? 10 : 1;
         for (int j = 0; j < N; j++) E[t * N + j] = (float)(nrand() * ts);
     }
@@ -66,8 +119,9 @@ int main(int argc, char **argv) {
             if (scale[order[k]] < scale[order[i]]) { int t = order[i]; order[i] = order[k]; order[k] = t; }
     halo_hadamard h;
     if (halo_hadamard_plan(&h, M, 0)) { fprintf(stderr, "no Hadamard of %d\n", M); return 1; }
-    printf("G = E_Y^T X, b=%d, m=%d, n=%d; channel scales log-normal (sigma %g) + 2 channels x%g; E_Y: 1 token in 257 x10\n",
-           B, M, N, sigma, outlier);
+    if (real) printf("G = E_Y^T X, b=%d, m=%d, n=%d; E_Y: 1 token in 257 x10\n", B, M, N);
+    else printf("G = E_Y^T X, b=%d, m=%d, n=%d; channel scales log-normal (sigma %g) + 2 channels x%g; E_Y: 1 token in 257 x10\n",
+                B, M, N, sigma, outlier);
     printf("| format | level | median rel. error, smallest third of channels | middle third | largest third | G overall |\n");
     printf("|---|---|---|---|---|---|\n");
     const halo_qformat fmts[2] = {HALO_Q_E4M3, HALO_Q_INT8};
