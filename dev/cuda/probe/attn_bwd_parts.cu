@@ -9,7 +9,8 @@
 // reduce-add of 16 KB, issued after the next iteration's first barrier.
 //   nvcc -std=c++17 -O3 -arch=sm_90a -Isrc -Iinclude --expt-relaxed-constexpr dev/cuda/probe/attn_bwd_parts.cu -o /tmp/p
 // Ran on the H200 (dev/cuda/h200_2026-12-04f): modes 0-16 (call 1, ncu of mode 0 in call 2), 32 / 64 / 96 (call 3).
-// Modes 128, 160, 256, 416 compile but never ran (the device was withdrawn): see dev/cuda/prep/README.md.
+// Modes 128, 160, 256, 416 and the forward probe (k_probe_fwd, FMODE bits 1 no softmax, 2 no next-stage loads, 4 no
+// P V product) compile but never ran (the device was withdrawn): see dev/cuda/prep/README.md.
 #include "../../../src/cuda/attention.cu"
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -246,6 +247,91 @@ __global__ void __launch_bounds__(128, 3) k_probe(bf16 *dqkv, float *dq_acc, con
 #endif
 }
 
+// The forward's parts (a copy of k_flash_fwd_wg at head size 64, results wrong on purpose): FMODE bits 1 = no softmax
+// (P = S as bf16, no max / exp / rescale), 2 = no next-stage K/V loads (stage 0 reused), 4 = no P V product.
+template <int FMODE>
+__global__ void __launch_bounds__(128, 4) k_probe_fwd(bf16 *out, float *lse, const bf16 *qkv, int T, int Hq, int Hkv,
+                                                      float scale) {
+#ifdef HALO_ATTN_WGMMA
+    constexpr int HD = 64, BR = 64, BC = 64, PANEL = 64 * 128, NP = 1, TILE = NP * PANEL;
+    extern __shared__ __align__(16) unsigned char smem_wg[];
+    uint32_t s_raw = (uint32_t)__cvta_generic_to_shared(smem_wg), base = (s_raw + 1023) & ~1023u;
+    const uint32_t Qs = base, Ks0 = base + TILE, Vs0 = base + 3 * TILE;
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
+    int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bf16 *rows = qkv + (size_t)b * T * ld;
+    int q0 = qt * BR, qw = q0 + warp * 16;
+    const float c = scale * LOG2E;
+    auto stage = [&](int kt, int buf) {
+        int k0 = kt * BC;
+        load_panels<NP>(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+        load_panels<NP>(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+    };
+    load_panels<NP>(Qs, rows + h * HD, q0, T, ld, tid);
+    stage(0, 0);
+    cp_async_commit();
+    int qrow[2] = {qw + g, qw + g + 8};
+    int qseg[2] = {0, 0};
+    float o[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+    int kend = min(q0 + BR, T), nkt = (kend + BC - 1) / BC;
+    for (int kt = 0; kt < nkt; kt++) {
+        int k0 = kt * BC, cur = (FMODE & 2) ? 0 : kt & 1;
+        const uint32_t Ks = Ks0 + cur * TILE, Vs = Vs0 + cur * TILE;
+        __syncthreads();
+        if (!(FMODE & 2) && kt + 1 < nkt) { stage(kt + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        float s[32];
+        wg_fence();
+        wgmma_khd<NP>(s, Qs, Ks);
+        wg_commit();
+        wg_wait0();
+        wg_hold<32>(s);
+        if (!(FMODE & 1))
+            flash_fwd_softmax<HD>(s, o, mrow, lrow, qrow, qseg, NULL, false, k0 + BC - 1 > q0 || k0 + BC > T, k0, T, c,
+                                  t4);
+        uint32_t pa[16];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) pa[4 * kk + j] = pack_bf16(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
+        if (!(FMODE & 4)) {
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) wgmma_rs_acc_hd<NP, 1>(o, pa + 4 * kk, wg_desc(Vs + 2048 * kk));
+            wg_commit();
+            wg_wait0();
+            wg_hold<HD / 2>(o);
+            wg_hold_u<16>(pa);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 16; i++) o[i] += __uint_as_float(pa[i]);   // keeps P live
+        }
+    }
+    if (FMODE & 1) { lrow[0] = lrow[1] = 1.f; mrow[0] = mrow[1] = 0.f; }
+    flash_fwd_store<HD>(out, lse, o, lrow, mrow, qrow, b, h, T, Hq, scale, t4);
+#endif
+}
+template <int FMODE> static float run_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int Hq, int Hkv, int reps) {
+    const size_t sm = 5 * 8192 + 1024;
+    cudaFuncSetAttribute(k_probe_fwd<FMODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
+    float best = 1e9;
+    for (int r = 0; r < reps; r++) {
+        cudaEventRecord(a);
+        k_probe_fwd<FMODE><<<dim3(Hq, B, T / 64), 128, sm>>>(out, lse, qkv, T, Hq, Hkv, 0.125f);
+        cudaEventRecord(b); cudaEventSynchronize(b);
+        float ms; cudaEventElapsedTime(&ms, a, b); if (r >= 2 && ms < best) best = ms;
+    }
+    if (cudaGetLastError() != cudaSuccess) { printf("launch failed\n"); exit(1); }
+    return best;
+}
+
 static PFN_cuTensorMapEncodeTiled_v12000 g_enc;
 static CUtensorMap g_mq, g_mdo;
 static void make_maps(const void *qkv, const void *dout, int B, int T, int Hq, int Hkv, int hd) {
@@ -362,5 +448,29 @@ int main() {
     }
     printf("k_flash_bwd_wg parts, B %d T %d H %d/%d hd %d, best of %d (ms)\n| probe | ms |\n|---|---|\n", B, T, Hq, Hkv, hd, reps - 2);
     for (int i = 0; i < 14; i++) printf("| %s | %.3f |\n", names[i], t[i]);
+    {   // the forward: mode 0 against the production kernel's output first
+        bf16 *out2; float *lse2;
+        cudaMalloc(&out2, (size_t)N * Hq * hd * 2); cudaMalloc(&lse2, (size_t)N * Hq * 4);
+        run_fwd<0>(out2, lse2, qkv, B, T, Hq, Hkv, 1);
+        cudaDeviceSynchronize();
+        bf16 *o1 = (bf16 *)malloc((size_t)N * Hq * hd * 2), *o2 = (bf16 *)malloc((size_t)N * Hq * hd * 2);
+        cudaMemcpy(o1, out, (size_t)N * Hq * hd * 2, cudaMemcpyDeviceToHost);
+        cudaMemcpy(o2, out2, (size_t)N * Hq * hd * 2, cudaMemcpyDeviceToHost);
+        double e = 0, n = 0;
+        for (size_t k = 0; k < (size_t)N * Hq * hd; k++) { double x = __bfloat162float(o1[k]), y = __bfloat162float(o2[k]); e += (x - y) * (x - y); n += x * x; }
+        printf("forward probe mode 0 vs the production forward: out rel L2 %.3e\n", sqrt(e / (n + 1e-30)));
+        float tf[5];
+        for (int pass = 0; pass < 2; pass++) {
+            tf[0] = run_fwd<0>(out2, lse2, qkv, B, T, Hq, Hkv, reps);
+            tf[1] = run_fwd<1>(out2, lse2, qkv, B, T, Hq, Hkv, reps);
+            tf[2] = run_fwd<2>(out2, lse2, qkv, B, T, Hq, Hkv, reps);
+            tf[3] = run_fwd<4>(out2, lse2, qkv, B, T, Hq, Hkv, reps);
+            tf[4] = run_fwd<7>(out2, lse2, qkv, B, T, Hq, Hkv, reps);
+        }
+        const char *fn[] = {"copy of k_flash_fwd_wg", "no softmax", "no next-stage K/V loads", "no P V product",
+                            "S products and their waits only"};
+        printf("k_flash_fwd_wg parts (ms)\n| probe | ms |\n|---|---|\n");
+        for (int k = 0; k < 5; k++) printf("| %s | %.3f |\n", fn[k], tf[k]);
+    }
     return 0;
 }
