@@ -28,8 +28,8 @@ static void usage(void) {
            "  --batch N (8)             rows per loss batch; prompts decoded at once by GPU generation\n"
            "  --threads N\n"
            "  --device cpu|cuda         default: cuda when a GPU is present. cuda: --task loss runs the forward on the\n"
-           "                            GPU (BF16 products, or the HALO layers); generation tasks decode on the GPU with the KV cache,\n"
-           "                            --batch prompts at a time (BF16 products)\n");
+           "                            GPU (BF16 products, or the model's HALO layers); generation tasks decode on the\n"
+           "                            GPU with the KV cache, --batch prompts at a time (BF16 products)\n");
     halo_common_usage();
 }
 
@@ -128,8 +128,7 @@ int cmd_eval(int argc, char **argv) {
             }
             long len = longest + max_new;
             if (len > m.cfg.max_pos) len = m.cfg.max_pos;   // a longer prompt fails in generation, naming max_pos
-            if (rc == HALO_OK && (rc = cli_gpu_gen_open(&gpu, &m, nb, (int)len, "eval")) == HALO_OK)
-            {
+            if (rc == HALO_OK && (rc = cli_gpu_gen_open(&gpu, &m, nb, (int)len, "eval")) == HALO_OK) {
                 fprintf(stderr, "halo eval: generation on the GPU (KV cache, BF16 products, %d prompts at a time)\n", nb);
                 if (llama_get_halo(&m))   // the decoder has no HALO layers
                     fprintf(stderr, "halo eval: note: the GPU decoder does not run the model's %s forward; --device cpu "

@@ -14,18 +14,16 @@ extern "C" int cuda_device_usable(char *why, size_t cap) {
         snprintf(why, cap, "no CUDA device found (no NVIDIA driver, or no GPU visible to this process)");
         return 0;
     }
-    int dev = 0, major = 0, minor = 0;
+    int dev = 0;
     cudaDeviceProp p;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
         cudaGetLastError();
         snprintf(why, cap, "the CUDA device could not be queried");
         return 0;
     }
-    major = p.major;
-    minor = p.minor;
-    if (major != 9 || minor != 0) {   // the Makefile builds for sm_90a only (wgmma, TMA, FP8)
+    if (p.major != 9 || p.minor != 0) {   // the Makefile builds for sm_90a only (wgmma, TMA, FP8)
         snprintf(why, cap, "%s has compute capability %d.%d, and this build's CUDA kernels are for 9.0 (H100, H200)",
-                 p.name, major, minor);
+                 p.name, p.major, p.minor);
         return 0;
     }
     return 1;
