@@ -265,14 +265,13 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                             if (b0) { v[0] = r0; v[2] = r1; } else { v[1] = r0; v[3] = r1; }
                         }
                         const int c = n0 + 8 * (4 * j + q);
-                        const uint32_t w[4] = {v[0], v[1], v[2], v[3]};
                         if (r >= p.Mo || c >= p.No) continue;
                         if (c + 8 <= p.No) {
-                            *(uint4 *)(drow + c) = make_uint4(w[0], w[1], w[2], w[3]);
+                            *(uint4 *)(drow + c) = make_uint4(v[0], v[1], v[2], v[3]);
                         } else {
 #pragma unroll
                             for (int k = 0; k < 4; k++)
-                                if (c + 2 * k < p.No) *(uint32_t *)(drow + c + 2 * k) = w[k];
+                                if (c + 2 * k < p.No) *(uint32_t *)(drow + c + 2 * k) = v[k];
                         }
                     } else {
 #pragma unroll
