@@ -209,6 +209,31 @@ static void test_jsonl(void) {
     ds = load(&c, &enc2);
     CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.prompt_text, "<s>p=") && !strcmp(pr.answer, "c"), "prompt/completion first");
     dataset_free(ds);
+    // Every default pair is found on its own; the first matching pair in the list wins.
+    static const char *const pairs[][2] = {{"prompt", "answer"}, {"prompt", "response"}, {"question", "answer"},
+                                           {"instruction", "output"}, {"input", "output"}};
+    for (int i = 0; i < 5; i++) {
+        char rec[160], name[32];
+        snprintf(rec, sizeof rec, "{\"%s\": \"P%d\", \"%s\": \"A%d\"}\n", pairs[i][0], i, pairs[i][1], i);
+        snprintf(name, sizeof name, "pair%d.jsonl", i);
+        c.path = tmp_file(name, rec);
+        char want[16];
+        snprintf(want, sizeof want, "<s>P%d=", i);
+        ds = load(&c, &enc2);
+        char ans[8];
+        snprintf(ans, sizeof ans, "A%d", i);
+        CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.prompt_text, want) && !strcmp(pr.answer, ans),
+              "default pair %s/%s: %s", pairs[i][0], pairs[i][1], ds ? "wrong text" : halo_error());
+        dataset_free(ds);
+    }
+    c.path = tmp_file("f2.jsonl", "{\"prompt\": \"p\", \"response\": \"r\", \"answer\": \"a\"}\n");
+    ds = load(&c, &enc2);
+    CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.answer, "a"), "prompt/answer before prompt/response");
+    dataset_free(ds);
+    c.path = tmp_file("f3.jsonl", "{\"prompt\": \"p\", \"reply\": \"r\"}\n");
+    CHECK(load(&c, &enc2) == NULL && has(halo_error(), "f3.jsonl:1: no 'text', 'messages' or prompt/answer fields") &&
+          has(halo_error(), "--prompt-field"), "no pair: %s", halo_error());
+    c.path = tmp_file("f.jsonl", "{\"input\": \"i\", \"output\": \"o\", \"prompt\": \"p\", \"completion\": \"c\"}\n");
     c.prompt_field = "input"; c.answer_field = "output";
     ds = load(&c, &enc2);
     CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.prompt_text, "<s>i=") && !strcmp(pr.answer, "o"), "explicit fields");

@@ -245,7 +245,8 @@ static const char *json_lookup(void *ctx, const char *name, size_t len) {
     return json_string((const cJSON *)ctx, key);
 }
 
-static const char *const DEFAULT_PAIRS[][2] = {{"prompt", "completion"}, {"question", "answer"}, {"input", "output"}};
+static const char *const DEFAULT_PAIRS[][2] = {{"prompt", "completion"}, {"prompt", "answer"}, {"prompt", "response"},
+                                              {"question", "answer"}, {"instruction", "output"}, {"input", "output"}};
 
 // Decides what the records of a JSONL file are from its first record.
 static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
@@ -266,8 +267,9 @@ static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
             *mode = J_PAIRS;
             return HALO_OK;
         }
-    return halo_fail("no '%s', '%s' or prompt/answer fields (tried prompt/completion, question/answer, "
-                     "input/output)", c->text_field, c->messages_field);
+    return halo_fail("no '%s', '%s' or prompt/answer fields (tried prompt/completion, prompt/answer, prompt/response, "
+                     "question/answer, instruction/output, input/output; or give --prompt-field and --answer-field)",
+                     c->text_field, c->messages_field);
 }
 
 static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
