@@ -1,7 +1,8 @@
 // `halo finetune` end to end on real data: a HALO INT8 run checkpoints, a resume without precision flags picks
 // the precision up from the checkpoint and reproduces the uninterrupted run's losses exactly; the exported model
 // carries halo_config.json; a malformed data line stops the run with file:line; --halo-token-block outside level 2 or
-// with an unsupported size is refused with a message.
+// with an unsupported size is refused with a message; --eval-fp32 scores the same weights without quantization and
+// leaves the run as it was.
 #include <cjson/cJSON.h>
 #include "test.h"
 #include "util/fileio.h"
@@ -31,6 +32,68 @@ static int read_losses(const char *path, double *loss, int max) {
     }
     if (f) fclose(f);
     return n;
+}
+
+
+// The value of `key` in the last "eval" line of a metrics file (NAN when absent).
+static double last_eval(const char *path, const char *key) {
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    double v = NAN;
+    while (f && fgets(line, sizeof line, f)) {
+        cJSON *o = cJSON_Parse(line), *t = cJSON_GetObjectItem(o, "type"), *x = cJSON_GetObjectItem(o, key);
+        if (cJSON_IsString(t) && !strcmp(t->valuestring, "eval")) v = cJSON_IsNumber(x) ? x->valuedouble : NAN;
+        cJSON_Delete(o);
+    }
+    if (f) fclose(f);
+    return v;
+}
+
+// The loss `halo eval --task loss` printed into a log (NAN when none).
+static double eval_loss(const char *log) {
+    char *text = NULL;
+    double v = NAN;
+    if (halo_read_file(log, &text, NULL) == 0) {
+        const char *p = strstr(text, "\nloss ");
+        if (!p && !strncmp(text, "loss ", 5)) p = text - 1;
+        if (p) v = atof(p + 6);
+    }
+    free(text);
+    return v;
+}
+
+// --eval-fp32 (FP8 level 0): val_loss_fp32 equals `halo eval --precision fp32` of the exported weights, val_loss
+// equals `halo eval` with the exported halo_config.json, the two differ, and the training losses are bit for bit those
+// of the same run without the flag (the bypass leaves the HALO layers as they were).
+static void test_eval_fp32(const char *common) {
+    char cmd[8192], path[512];
+    const char *fp8 = "--precision fp8 --seed 7 --eval-every 2";
+    snprintf(cmd, sizeof cmd, "%%s %s --eval-fp32 --metrics %s/e32.jsonl --out %s/e32 > %s/e32.log 2>&1", fp8, dir, dir, dir);
+    CHECK(sh(cmd, common) == 0, "fp8 run with --eval-fp32");
+    snprintf(cmd, sizeof cmd, "%%s %s --metrics %s/e8.jsonl > %s/e8.log 2>&1", fp8, dir, dir);
+    CHECK(sh(cmd, common) == 0, "fp8 run without --eval-fp32");
+    double a[5] = {0}, b[5] = {0};
+    snprintf(path, sizeof path, "%s/e32.jsonl", dir);
+    int na = read_losses(path, a, 5);
+    double v8 = last_eval(path, "val_loss"), v32 = last_eval(path, "val_loss_fp32");
+    snprintf(path, sizeof path, "%s/e8.jsonl", dir);
+    int nb = read_losses(path, b, 5);
+    CHECK(na == 5 && nb == 5, "losses logged: %d and %d", na, nb);
+    for (int s = 0; s < 5; s++) CHECK(a[s] == b[s] && a[s] > 0, "step %d loss %.9g with --eval-fp32, %.9g without", s + 1, a[s], b[s]);
+    CHECK(isnan(last_eval(path, "val_loss_fp32")), "no val_loss_fp32 without the flag");
+    CHECK(v8 > 0 && v32 > 0 && fabs(v8 - v32) > 1e-5 * v32, "FP8 and fp32 evaluations differ: %.9g vs %.9g", v8, v32);
+    const char *ev = "%s eval --model %s/e32 --data %s --task loss --seq-len 48 --batch 2 --threads 1 --val-count 4 "
+                     "--seed 7 %s > %s/%s.log 2>&1";
+    snprintf(cmd, sizeof cmd, ev, bin, dir, test_shared_path("data/text/tinystories_sample.txt"), "--precision fp32", dir, "ev32");
+    CHECK(system(cmd) == 0, "halo eval --precision fp32");
+    snprintf(cmd, sizeof cmd, ev, bin, dir, test_shared_path("data/text/tinystories_sample.txt"), "", dir, "ev8");
+    CHECK(system(cmd) == 0, "halo eval with the exported precision");
+    snprintf(path, sizeof path, "%s/ev32.log", dir);
+    double e32 = eval_loss(path);
+    snprintf(path, sizeof path, "%s/ev8.log", dir);
+    double e8 = eval_loss(path);
+    CHECK(fabs(e32 - v32) <= 1e-5 * v32, "val_loss_fp32 %.9g == halo eval --precision fp32 %.9g", v32, e32);
+    CHECK(fabs(e8 - v8) <= 1e-5 * v8, "val_loss %.9g == halo eval (fp8 from halo_config.json) %.9g", v8, e8);
 }
 
 int main(void) {
@@ -86,6 +149,7 @@ int main(void) {
     CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "token Hadamard block 14"),
           "token block 14 error: %s", text ? text : "");
     free(text);
+    test_eval_fp32(common);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

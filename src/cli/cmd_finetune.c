@@ -35,6 +35,8 @@ static void usage(void) {
         "  --time-budget SECONDS  stop (and evaluate, checkpoint, export) after this much training time\n"
         "evaluation, checkpoints, output:\n"
         "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
+        "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
+        "                         fp32 (val_loss_fp32: what the exported model gives elsewhere; on the CPU model)\n"
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
@@ -72,6 +74,7 @@ typedef struct {
     int B, T;
     long max_batches;
     trainer *t;   // its backend's own forward when it has one (the GPU), else the host model's
+    int fp32_too; // --eval-fp32: also the same weights with every linear in fp32 (val_loss_fp32)
 } eval_ctx;
 
 static float cpu_forward(void *m, const halo_batch *b) { return llama_forward(m, b, NULL); }
@@ -118,6 +121,13 @@ static int eval_fn(void *c, llama_model *m, int step, train_metrics *out) {
     train_metrics_add(out, "val_loss", loss);
     train_metrics_add(out, "val_ppl", exp(loss));
     train_metrics_add(out, "val_tokens", (double)tokens);
+    if (e->fp32_too && llama_get_halo(m)) {   // the host model, its HALO layers bypassed
+        llama_halo_bypass(m, 1);
+        const int rc32 = finetune_val_loss(m, e->ds, DATASET_VAL, e->B, e->T, e->max_batches, &loss, &tokens);
+        llama_halo_bypass(m, 0);
+        if (rc32 != HALO_OK) return HALO_ERR;
+        train_metrics_add(out, "val_loss_fp32", loss);
+    }
     return HALO_OK;
 }
 
@@ -129,6 +139,7 @@ int cmd_finetune(int argc, char **argv) {
     o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
     o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;
     double epochs = 1, time_budget = 0, d;
+    int eval_fp32 = 0;
     long steps = 0, n, eval_batches = 0, threads = 0;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
@@ -159,6 +170,7 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--time-budget"))) { if (cli_parse_float("--time-budget", v, &time_budget)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_int("--eval-every", v, &n)) goto bad; o.eval_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_int("--eval-batches", v, &eval_batches)) goto bad; }
+        else if (cli_is_flag(argv[i], "--eval-fp32")) eval_fp32 = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_int("--ckpt-every", v, &n)) goto bad; o.ckpt_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--resume"))) resume = v;
@@ -221,7 +233,9 @@ int cmd_finetune(int argc, char **argv) {
         trainer_set_app_meta(&t, hj);
         free(hj);
     }
-    eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches, &t};
+    if (eval_fp32 && !llama_get_halo(&m))
+        fprintf(stderr, "halo finetune: note: --eval-fp32 has nothing to add, every linear is fp32 already\n");
+    eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches, &t, eval_fp32};
     if (rc == HALO_OK) {
         trainer_set_eval(&t, eval_fn, &ectx);
         if (resume) rc = trainer_resume(&t, resume);

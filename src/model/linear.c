@@ -13,6 +13,7 @@ struct model_halo {
     float *scratch;          // input-gradient scratch for accumulating products
     size_t scratch_cap;
     char error[512];         // first NaN/Inf report since the last llama_halo_take_error
+    int bypass;              // 1: every linear runs as the plain fp32 product (llama_halo_bypass)
 };
 
 static const char *const KIND_SHORT[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -101,9 +102,11 @@ void model_halo_layer_name(char *buf, size_t cap, int layer, int kind) {
 
 const model_halo_config *llama_get_halo(const llama_model *m) { return m->halo ? &m->halo->cfg : NULL; }
 
+void llama_halo_bypass(llama_model *m, int on) { if (m->halo) m->halo->bypass = on; }
+
 static halo_linear *layer_of(llama_model *m, int layer, llama_linear_kind kind) {
     struct model_halo *h = m->halo;
-    if (!h || !h->on[layer * LIN_COUNT + kind]) return NULL;
+    if (!h || h->bypass || !h->on[layer * LIN_COUNT + kind]) return NULL;
     return &h->lin[layer * LIN_COUNT + kind];
 }
 

@@ -26,6 +26,9 @@ model_halo_config model_halo_config_default(void);   // FP32 (off), level 0, all
 // Applies the configuration (replacing any earlier one). HALO_ERR for an invalid level or precision.
 int llama_set_halo(llama_model *m, const model_halo_config *hc);
 const model_halo_config *llama_get_halo(const llama_model *m);   // NULL when off
+// on = 1: every block linear runs as the plain fp32 product while the HALO layers keep their state (an evaluation of
+// the same weights without quantization, as an exported model runs elsewhere); on = 0: back to HALO.
+void llama_halo_bypass(llama_model *m, int on);
 // 1 when block `layer` (of n_layers) runs linear `kind` through HALO under hc (kinds, skip-first/-last); the CPU
 // model and the GPU model (src/cuda/llama_cuda.cu) both select by it. Name: "model.layers.<l>.<HF linear name>".
 int model_halo_selects(const model_halo_config *hc, int layer, int kind, int n_layers);
