@@ -34,7 +34,6 @@ static int read_losses(const char *path, double *loss, int max) {
     return n;
 }
 
-
 // The value of `key` in the last "eval" line of a metrics file (NAN when absent).
 static double last_eval(const char *path, const char *key) {
     FILE *f = fopen(path, "r");
@@ -54,9 +53,8 @@ static double eval_loss(const char *log) {
     char *text = NULL;
     double v = NAN;
     if (halo_read_file(log, &text, NULL) == 0) {
-        const char *p = strstr(text, "\nloss ");
-        if (!p && !strncmp(text, "loss ", 5)) p = text - 1;
-        if (p) v = atof(p + 6);
+        const char *p = !strncmp(text, "loss ", 5) ? text : strstr(text, "\nloss ");
+        if (p) v = atof(p + (*p == '\n') + 5);
     }
     free(text);
     return v;

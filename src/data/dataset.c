@@ -267,9 +267,12 @@ static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
             *mode = J_PAIRS;
             return HALO_OK;
         }
-    return halo_fail("no '%s', '%s' or prompt/answer fields (tried prompt/completion, prompt/answer, prompt/response, "
-                     "question/answer, instruction/output, input/output; or give --prompt-field and --answer-field)",
-                     c->text_field, c->messages_field);
+    char tried[256] = "";   // the pairs of DEFAULT_PAIRS, "prompt/completion, prompt/answer, ..."
+    for (size_t i = 0; i < sizeof DEFAULT_PAIRS / sizeof DEFAULT_PAIRS[0]; i++)
+        snprintf(tried + strlen(tried), sizeof tried - strlen(tried), "%s%s/%s", i ? ", " : "", DEFAULT_PAIRS[i][0],
+                 DEFAULT_PAIRS[i][1]);
+    return halo_fail("no '%s', '%s' or prompt/answer fields (tried %s; or give --prompt-field and --answer-field)",
+                     c->text_field, c->messages_field, tried);
 }
 
 static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
