@@ -18,6 +18,8 @@
 
 static void usage(void) {
     printf("usage: halo eval --model DIR --data FILE --task viggo|gsm8k|sql|exact|loss [options]\n"
+           "  --adapter DIR             a LoRA adapter (PEFT layout, e.g. from finetune --lora) on top of --model;\n"
+           "                            runs on the CPU\n"
            "  --split val|train (val)   which part of FILE: with --val-fraction 0 the whole file is the train split;\n"
            "                            by default a seeded 5%% is split off as in finetune (same --seed, same split)\n"
            "  --all                     evaluate every example of FILE (no split)\n"
@@ -34,7 +36,7 @@ static void usage(void) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_dir = NULL, *task = NULL, *pred_path = "predictions.jsonl", *split_name = "val", *v;
+    const char *model_dir = NULL, *adapter = NULL, *task = NULL, *pred_path = "predictions.jsonl", *split_name = "val", *v;
     long limit = 0, max_new = 256, n, threads = 0, batch = 8;
     int all = 0, use_cuda = -1;
     dataset_config dc;
@@ -48,6 +50,7 @@ int cmd_eval(int argc, char **argv) {
         if (r > 0) continue;
         if (cli_is_flag(argv[i], "--help") || cli_is_flag(argv[i], "-h")) { usage(); return 0; }
         else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
+        else if ((v = cli_flag_value(argc, argv, &i, "--adapter"))) adapter = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--task"))) task = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--split"))) split_name = v;
@@ -65,6 +68,7 @@ int cmd_eval(int argc, char **argv) {
     int loss_task = !strcmp(task, "loss");
     halo_metric metric = METRIC_EXACT;
     if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
+    if (cli_adapter_device(adapter, &use_cuda) != HALO_OK) goto bad;
     if (use_cuda < 0) use_cuda = cli_device_auto(&co, "eval");
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (batch < 1) { halo_fail("--batch: %ld is not positive", batch); goto bad; }
@@ -76,8 +80,7 @@ int cmd_eval(int argc, char **argv) {
     halo_set_threads((int)threads);
 
     llama_model m;
-    if (llama_load(&m, model_dir) != HALO_OK) goto bad;
-    if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
+    if (cli_load_model(&m, model_dir, adapter, &co) != HALO_OK) goto bad;
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
     dataset *ds;

@@ -8,6 +8,7 @@
 #include "cli/common.h"
 #include "data/dataset.h"
 #include "model/llama.h"
+#include "model/lora.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -33,6 +34,12 @@ static void usage(void) {
         "  --lr X (4e-5)  --min-lr X (0)  --warmup N (20)  --decay linear|cosine|constant (linear)\n"
         "  --weight-decay W (0)  --beta1 B (0.9)  --beta2 B (0.999)  --clip C (1.0; 0 = off)  --seed S (1234)\n"
         "  --time-budget SECONDS  stop (and evaluate, checkpoint, export) after this much training time\n"
+        "LoRA (the base weights frozen, their products forward and input gradient only, in HALO when it is on; CPU):\n"
+        "  --lora                 adapters with the HALO paper's settings: r 16, alpha 8, dropout 0.05, all linears\n"
+        "  --lora-rank R  --lora-alpha A (8)  --lora-dropout P (0.05)  --lora-linears all|q,k,v,o,gate,up,down\n"
+        "                         (any of these turns LoRA on); --out writes a PEFT adapter (adapter_config.json,\n"
+        "                         adapter_model.safetensors) that transformers + peft load on the base model\n"
+        "  --merge                with LoRA: --out writes the whole model with the adapters merged into the weights\n"
         "evaluation, checkpoints, output:\n"
         "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
         "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
@@ -139,7 +146,8 @@ int cmd_finetune(int argc, char **argv) {
     o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
     o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;
     double epochs = 1, time_budget = 0, d;
-    int eval_fp32 = 0;
+    int eval_fp32 = 0, lora_on = 0, merge = 0;
+    lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
@@ -171,6 +179,12 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_int("--eval-every", v, &n)) goto bad; o.eval_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_int("--eval-batches", v, &eval_batches)) goto bad; }
         else if (cli_is_flag(argv[i], "--eval-fp32")) eval_fp32 = 1;
+        else if (cli_is_flag(argv[i], "--lora")) lora_on = 1;
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_int("--lora-rank", v, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-alpha"))) { if (cli_parse_float("--lora-alpha", v, &lc.alpha)) goto bad; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-dropout"))) { if (cli_parse_float("--lora-dropout", v, &lc.dropout)) goto bad; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (lora_parse_linears(v, &lc.kinds)) goto bad; lora_on = 1; }
+        else if (cli_is_flag(argv[i], "--merge")) merge = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_int("--ckpt-every", v, &n)) goto bad; o.ckpt_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--resume"))) resume = v;
@@ -182,8 +196,24 @@ int cmd_finetune(int argc, char **argv) {
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
+    if (resume && !lora_on) {   // a LoRA run's checkpoint resumes as one: its adapters' settings
+        llama_config ccfg;
+        checkpoint_meta meta;
+        if (checkpoint_read_meta(resume, &ccfg, &meta) != HALO_OK) goto bad;
+        int rc_l = meta.lora_json ? lora_config_from_json(meta.lora_json, resume, &lc) : HALO_OK;
+        if (meta.lora_json && rc_l == HALO_OK) {
+            lora_on = 1;
+            fprintf(stderr, "halo finetune: resuming the LoRA adapters recorded in %s\n", resume);
+        }
+        checkpoint_meta_free(&meta);
+        if (rc_l != HALO_OK) goto bad;
+    }
+    if (merge && !lora_on) { halo_fail("--merge: only with LoRA (--lora or --lora-rank R)"); goto bad; }
+    if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     int use_cuda = 0;
-    if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
+    if (lora_on && device && !strcmp(device, "cuda")) { halo_fail("--device cuda: LoRA trains on the CPU only"); goto bad; }
+    if (lora_on) use_cuda = 0;   // LoRA runs on the CPU: no GPU default
+    else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
@@ -210,6 +240,13 @@ int cmd_finetune(int argc, char **argv) {
         if (rc_h != HALO_OK) { llama_free(&m); goto bad; }
     }
     if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
+    char lora_desc[160] = "";
+    if (lora_on) {
+        if (llama_lora_enable(&m, &lc, o.seed) != HALO_OK) { llama_free(&m); goto bad; }
+        lora_describe(&lc, lora_desc, sizeof lora_desc);
+        fprintf(stderr, "halo finetune: %s: %zu trainable parameters (%.2f%% of %zu), base weights frozen\n", lora_desc,
+                llama_trainable_params(&m).n, 100.0 * llama_trainable_params(&m).n / m.n_params, m.n_params);
+    }
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
     dataset *ds;
@@ -269,9 +306,20 @@ int cmd_finetune(int argc, char **argv) {
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
         if (rc == HALO_OK && out_dir) {
             t.be.to_host(&t);
-            rc = llama_save_hf(&m, out_dir, !strcmp(export_dtype, "bf16") ? "bfloat16" : "float32", model_dir);
+            const int bf16 = !strcmp(export_dtype, "bf16");
+            if (lora_on && !merge) {
+                char *base = realpath(model_dir, NULL);   // where transformers + peft find the base model
+                rc = llama_lora_save(&m, out_dir, base ? base : model_dir, bf16);
+                free(base);
+            } else {
+                if (merge && llama_get_halo(&m))
+                    fprintf(stderr, "halo finetune: note: --merge with HALO: the merged weights' quantized forward is "
+                            "not the trained one's (HALO(W) + adapter); the adapter itself reproduces it\n");
+                llama_lora_merge(&m);   // nothing without adapters
+                rc = llama_save_hf(&m, out_dir, bf16 ? "bfloat16" : "float32", model_dir);
+            }
             if (rc == HALO_OK) rc = halo_common_save(&co, &m, out_dir);
-            if (rc == HALO_OK) fprintf(stderr, "halo finetune: exported %s\n", out_dir);
+            if (rc == HALO_OK) fprintf(stderr, "halo finetune: exported %s%s\n", lora_on && !merge ? "the LoRA adapter to " : "", out_dir);
         }
     }
     trainer_free(&t);

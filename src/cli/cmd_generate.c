@@ -16,6 +16,7 @@
 
 static void usage(void) {
     printf("usage: halo generate --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]\n"
+           "  --adapter DIR        a LoRA adapter (PEFT layout, e.g. from finetune --lora) on top of --model (CPU)\n"
            "  --max-new-tokens N   tokens to generate (default 64)\n"
            "  --temperature T      0 = greedy (default); > 0 samples\n"
            "  --top-k K            sample among the K most likely tokens (default 0: all)\n"
@@ -88,7 +89,7 @@ static void stream_token(void *c, int32_t id) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *ids_s = NULL, *text = NULL, *tok_path = NULL, *s;
+    const char *model_dir = NULL, *adapter = NULL, *ids_s = NULL, *text = NULL, *tok_path = NULL, *s;
     gen_options o = gen_options_default();
     long v;
     double x;
@@ -103,6 +104,7 @@ int cmd_generate(int argc, char **argv) {
         if (cli_is_flag(a, "--help") || cli_is_flag(a, "-h")) { usage(); return 0; }
         else if (cli_is_flag(a, "--ignore-eos")) o.ignore_eos = 1, use_eos = 0;
         else if ((s = cli_flag_value(argc, argv, &i, "--model"))) model_dir = s;
+        else if ((s = cli_flag_value(argc, argv, &i, "--adapter"))) adapter = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--prompt-ids"))) ids_s = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--prompt"))) text = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--tokenizer"))) tok_path = s;
@@ -125,6 +127,7 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (!model_dir || (!ids_s == !text)) { usage(); return 2; }
+    if (cli_adapter_device(adapter, &use_cuda) != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
     if (use_cuda < 0) use_cuda = cli_device_auto(NULL, "generate");   // generation runs BF16 weights either way
     if (use_cuda && cli_cuda_check() != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
 
@@ -167,8 +170,7 @@ int cmd_generate(int argc, char **argv) {
         n_prompt = (int)n;
     }
     llama_model m;
-    if (llama_load(&m, model_dir)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); return 1; }
-    if (halo_common_apply_dir(&co, &m, model_dir)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); llama_free(&m); return 1; }
+    if (cli_load_model(&m, model_dir, adapter, &co)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); return 1; }
     if (o.eos_id < 0) o.eos_id = use_eos ? m.cfg.eos_id : -1;
     stream_ctx st = {tok, NULL, 0, 0};
     int streaming = text && tok && !json;   // text in, text out as it is generated; ids in (or --json): one JSON line

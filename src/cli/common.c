@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "io/safetensors.h"
+#include "model/lora.h"
 #include "util/error.h"
 #include "util/fileio.h"
 
@@ -141,6 +142,25 @@ int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model
         free(p);
     }
     return halo_common_apply(o, m);
+}
+
+int cli_adapter_device(const char *adapter, int *use_cuda) {
+    if (!adapter) return HALO_OK;
+    if (*use_cuda == 1) return halo_fail("--adapter: LoRA adapters run on the CPU model only (use --device cpu)");
+    *use_cuda = 0;
+    return HALO_OK;
+}
+
+int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, halo_common_opts *co) {
+    if (llama_load(m, model_dir) != HALO_OK) return HALO_ERR;
+    if (adapter) {
+        if (llama_lora_load(m, adapter) != HALO_OK) { llama_free(m); return HALO_ERR; }
+        char d[160];
+        lora_describe(llama_get_lora(m), d, sizeof d);
+        fprintf(stderr, "halo: adapter %s: %s\n", adapter, d);
+    }
+    if (halo_common_apply_dir(co, m, adapter ? adapter : model_dir) != HALO_OK) { llama_free(m); return HALO_ERR; }
+    return HALO_OK;
 }
 
 const char *halo_common_describe(const halo_common_opts *o) { return o->desc[0] ? o->desc : "fp32 (HALO off)"; }

@@ -30,6 +30,12 @@ int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i);
 int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model_dir);
 int halo_common_apply(halo_common_opts *o, llama_model *m);
 const char *halo_common_describe(const halo_common_opts *o);
+// --adapter DIR (eval, generate): LoRA adapters run on the CPU model only; *use_cuda -1 (no --device) becomes 0 and
+// 1 (--device cuda) is refused with a message. Nothing when adapter is NULL.
+int cli_adapter_device(const char *adapter, int *use_cuda);
+// Loads the model directory, then the PEFT adapter (when not NULL), then the precision: the flags, else the
+// halo_config.json of the adapter's folder (the precision it was trained with) or, without one, of the model's.
+int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, halo_common_opts *co);
 // Writes DIR/halo_config.json when HALO is on for the model.
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
 void halo_common_usage(void);

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 #include "model/linear.h"
+#include "model/lora.h"
 #include "ops/ops.h"
 #include "util/error.h"
 
@@ -125,14 +126,20 @@ const char *llama_halo_take_error(llama_model *m) {
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,
                           int b, int in, int out) {
     halo_linear *L = layer_of(m, layer, kind);
-    if (!L) { linear_forward(Y, X, W, b, in, out); return; }
-    if (halo_linear_forward(L, X, W, Y, b, in, out) != HALO_OK) note_error(m);
+    if (!L) linear_forward(Y, X, W, b, in, out);
+    else if (halo_linear_forward(L, X, W, Y, b, in, out) != HALO_OK) note_error(m);
+    lora_linear_forward(m, layer, kind, Y, X, b, in, out);
 }
 
 void model_linear_backward(llama_model *m, int layer, llama_linear_kind kind, float *dX, float *dW, const float *dY,
                            const float *X, const float *W, int b, int in, int out, int accumulate_dx) {
+    if (m->lora) dW = NULL;   // LoRA: the base weight is frozen (no weight-gradient product)
     halo_linear *L = layer_of(m, layer, kind);
-    if (!L) { linear_backward(dX, dW, dY, X, W, b, in, out, accumulate_dx); return; }
+    if (!L) {
+        linear_backward(dX, dW, dY, X, W, b, in, out, accumulate_dx);
+        lora_linear_backward(m, layer, kind, dX, dY, X, b, in, out);
+        return;
+    }
     float *ex = dX;
     struct model_halo *h = m->halo;
     if (dX && accumulate_dx) {   // the HALO layer overwrites E_X: compute into scratch, then add
@@ -146,6 +153,7 @@ void model_linear_backward(llama_model *m, int layer, llama_linear_kind kind, fl
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) dX[i] += ex[i];
     }
+    lora_linear_backward(m, layer, kind, dX, dY, X, b, in, out);
 }
 
 // ---- configuration text ----

@@ -52,10 +52,11 @@ void llama_halo_write_telemetry(const llama_model *m, FILE *f, int step);
 // First error a HALO product reported (NaN/Inf input) since the last call, or NULL; clears it.
 const char *llama_halo_take_error(llama_model *m);
 
-// Y[b, out] = X[b, in] W[out, in]^T for block linear `kind` of layer `layer`.
+// Y[b, out] = X[b, in] W[out, in]^T for block linear `kind` of layer `layer` (+ its LoRA adapter's output).
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,
                           int b, int in, int out);
-// dX[b, in] = dY W (or += when accumulate_dx); dW[out, in] += dY^T X (dW NULL: frozen weight).
+// dX[b, in] = dY W (or += when accumulate_dx); dW[out, in] += dY^T X (dW NULL: frozen weight; always frozen when the
+// model has LoRA adapters, whose gradients accumulate instead).
 void model_linear_backward(llama_model *m, int layer, llama_linear_kind kind, float *dX, float *dW, const float *dY,
                            const float *X, const float *W, int b, int in, int out, int accumulate_dx);
 void llama_linears_free(llama_model *m);

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/linear.h"
 #include "model/llama.h"
+#include "model/lora.h"
 #include "ops/ops.h"
 #include "util/error.h"
 #include "util/fileio.h"
@@ -264,6 +265,7 @@ static void acts_free(struct llama_acts *a, int n_layers) {
 void llama_free(llama_model *m) {
     acts_free(m->acts, m->cfg.n_layers);
     llama_linears_free(m);
+    llama_lora_free(m);
     free(m->params); free(m->grads); free(m->w.layers); free(m->g.layers); free(m->table);
     memset(m, 0, sizeof *m);
 }
@@ -276,6 +278,7 @@ void llama_alloc_grads(llama_model *m) {
 
 void llama_zero_grads(llama_model *m) {
     if (m->grads) memset(m->grads, 0, sizeof(float) * m->n_params);
+    llama_lora_zero_grads(m);
 }
 
 // Makes sure activations fit B x T and the RoPE tables cover `rope_len` positions.
@@ -372,7 +375,8 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
     if (!count) return;
     // loss -> logits -> final norm
     cross_entropy_forward_backward(a->logits, a->logits, b->targets, N, V, grad_scale / count);
-    linear_backward(a->dx, m->g.lm_head, a->logits, a->xf, m->w.lm_head, N, D, V, 0);
+    const int frozen = m->lora != NULL;   // LoRA: only the adapters train; no base weight gradients (norms aside)
+    linear_backward(a->dx, frozen ? NULL : m->g.lm_head, a->logits, a->xf, m->w.lm_head, N, D, V, 0);
     memset(a->dres, 0, sizeof(float) * (size_t)N * D);
     rmsnorm_backward(a->dres, m->g.final_norm, a->dx, a->res_out, m->w.final_norm, a->rstdf, N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -395,7 +399,7 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
         model_linear_backward(m, l, LIN_V, a->dx, G->wv, a->dv, L->xn1, W->wv, N, D, kvd, 1);
         rmsnorm_backward(a->dres, G->attn_norm, a->dx, L->res, W->attn_norm, L->rstd1, N, D);
     }
-    embedding_backward(m->g.embed, b->input_ids, a->dres, N, D);
+    if (!frozen) embedding_backward(m->g.embed, b->input_ids, a->dres, N, D);
 }
 
 // ---- KV-cached decoding ----

@@ -42,6 +42,7 @@ typedef struct {
 
 struct llama_acts;      // activation buffers, internal to llama.c
 struct model_halo;      // HALO state of the block linears (model/linear.c), NULL = plain fp32 products
+struct llama_lora;      // LoRA adapters on the block linears (model/lora.c), NULL = none
 
 typedef struct {
     llama_config cfg;
@@ -53,6 +54,7 @@ typedef struct {
     int n_table;
     struct llama_acts *acts;    // sized for the largest batch seen
     struct model_halo *halo;    // NULL: every block linear is a plain fp32 product
+    struct llama_lora *lora;    // NULL: no adapters; else the base weights are frozen (no weight gradients)
 } llama_model;
 
 // Allocates parameters for `cfg` (zeroed) and builds the tensor table.

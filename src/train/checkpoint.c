@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "io/safetensors.h"
+#include "model/lora.h"
 #include "train/checkpoint.h"
 #include "util/error.h"
 
@@ -18,12 +19,13 @@ void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
 // ---- writing ---------------------------------------------------------------------------------------------------
 
 int checkpoint_save(const char *path, const llama_model *m, const adamw_state *opt, const checkpoint_meta *meta) {
-    if (opt && opt->n != m->n_params) return halo_fail("checkpoint %s: optimizer has %zu values, model %zu", path, opt->n, m->n_params);
+    const llama_trainable tp = llama_trainable_params((llama_model *)m);   // LoRA: the adapters only
+    if (opt && opt->n != tp.n) return halo_fail("checkpoint %s: optimizer has %zu values, model %zu", path, opt->n, tp.n);
     st_writer *w = st_writer_new();
     char name[160], buf[64];
-    for (int i = 0; i < m->n_table; i++) {
-        const llama_param *p = &m->table[i];
-        st_writer_add(w, p->name, ST_F32, ST_F32, m->params + p->offset, p->ndim, p->shape);
+    for (int i = 0; i < tp.n_table; i++) {
+        const llama_param *p = &tp.table[i];
+        st_writer_add(w, p->name, ST_F32, ST_F32, tp.params + p->offset, p->ndim, p->shape);
         if (opt) {
             snprintf(name, sizeof name, "optim.m.%s", p->name);
             st_writer_add(w, name, ST_F32, ST_F32, opt->m + p->offset, p->ndim, p->shape);
@@ -35,6 +37,11 @@ int checkpoint_save(const char *path, const llama_model *m, const adamw_state *o
     char *cfg = llama_config_to_json(&m->cfg, NULL, 0);
     st_writer_meta(w, "config", cfg);
     free(cfg);
+    if (llama_get_lora(m)) {
+        char *lj = lora_config_to_json(llama_get_lora(m));
+        st_writer_meta(w, "lora", lj);
+        free(lj);
+    }
     snprintf(buf, sizeof buf, "%" PRId64, meta->step);          st_writer_meta(w, "step", buf);
     snprintf(buf, sizeof buf, "%" PRId64, opt ? opt->t : 0);    st_writer_meta(w, "optim_t", buf);
     st_writer_meta(w, "has_optimizer", opt ? "1" : "0");
@@ -126,6 +133,14 @@ static int parse_meta(const st_file *f, llama_config *cfg, checkpoint_meta *meta
     if (cJSON_IsString(it)) meta->options_json = xstrdup(it->valuestring);
     it = cJSON_GetObjectItemCaseSensitive(md, "app");
     if (cJSON_IsString(it)) meta->app_json = xstrdup(it->valuestring);
+    it = cJSON_GetObjectItemCaseSensitive(md, "lora");
+    if (cJSON_IsString(it)) {
+        char where[1200];
+        snprintf(where, sizeof where, "checkpoint %s: metadata 'lora'", p);
+        lora_config lc;
+        if (lora_config_from_json(it->valuestring, where, &lc)) goto out;
+        meta->lora_json = xstrdup(it->valuestring);
+    }
     rc = HALO_OK;
 out:
     cJSON_Delete(root);
@@ -160,12 +175,23 @@ int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoi
     char *a = llama_config_to_json(&cfg, NULL, 0), *b = llama_config_to_json(&m->cfg, NULL, 0);
     if (strcmp(a, b)) rc = halo_fail("checkpoint %s: model config %s differs from the model being loaded %s", path, a, b);
     free(a); free(b);
-    if (!rc && opt && opt->n != m->n_params)
-        rc = halo_fail("checkpoint %s: optimizer size %zu != %zu params", path, opt->n, m->n_params);
+    if (!rc && meta->lora_json && !llama_get_lora(m))
+        rc = halo_fail("checkpoint %s holds LoRA adapters (%s), and the model being loaded has none", path, meta->lora_json);
+    if (!rc && !meta->lora_json && llama_get_lora(m))
+        rc = halo_fail("checkpoint %s holds a whole model, not LoRA adapters (resume it without LoRA options)", path);
+    if (!rc && meta->lora_json) {
+        char *now = lora_config_to_json(llama_get_lora(m));
+        if (strcmp(now, meta->lora_json))
+            rc = halo_fail("checkpoint %s: its LoRA adapters %s differ from the model's %s", path, meta->lora_json, now);
+        free(now);
+    }
+    const llama_trainable tp = llama_trainable_params(m);
+    if (!rc && opt && opt->n != tp.n)
+        rc = halo_fail("checkpoint %s: optimizer size %zu != %zu params", path, opt->n, tp.n);
     char name[160];
-    for (int i = 0; !rc && i < m->n_table; i++) {
-        const llama_param *p = &m->table[i];
-        rc = load_tensor(&f, p->name, p, m->params + p->offset);
+    for (int i = 0; !rc && i < tp.n_table; i++) {
+        const llama_param *p = &tp.table[i];
+        rc = load_tensor(&f, p->name, p, tp.params + p->offset);
         if (!rc && opt) {
             snprintf(name, sizeof name, "optim.m.%s", p->name);
             rc = load_tensor(&f, name, p, opt->m + p->offset);
@@ -184,8 +210,8 @@ int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoi
 }
 
 void checkpoint_meta_free(checkpoint_meta *meta) {
-    free(meta->options_json); free(meta->app_json);
-    meta->options_json = meta->app_json = NULL;
+    free(meta->options_json); free(meta->app_json); free(meta->lora_json);
+    meta->options_json = meta->app_json = meta->lora_json = NULL;
 }
 
 // ---- checkpoint folders ----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-// Training checkpoints: one safetensors file holding the parameters (HF names), the AdamW moments
+// Training checkpoints: one safetensors file holding the parameters (HF names; a LoRA run: its adapters only, PEFT
+// names, with the adapters' configuration in metadata 'lora'), the AdamW moments
 // ("optim.m.<name>", "optim.v.<name>", all F32) and __metadata__ with the step, data position, RNG state, the
 // model config and the training options as JSON. Written atomically (temp file, fsync, rename), so a killed run
 // leaves either the previous file or the new one, never a torn one.
@@ -20,6 +21,7 @@ typedef struct {
     double elapsed_s;         // training seconds so far
     char *options_json;       // train_options_to_json(); malloc'ed, may be NULL
     char *app_json;           // caller's JSON (e.g. the demo task); malloc'ed, may be NULL
+    char *lora_json;          // LoRA run: the adapters' configuration (lora_config_to_json); NULL for a whole model
 } checkpoint_meta;
 
 // opt may be NULL (parameters only; such a file can be exported but not resumed).

@@ -9,6 +9,7 @@
 #include <time.h>
 #include "io/safetensors.h"
 #include "model/linear.h"
+#include "model/lora.h"
 #include "train/checkpoint.h"
 #include "train/rng.h"
 #include "train/trainer.h"
@@ -88,16 +89,25 @@ out:
 
 // ---- the CPU backend -------------------------------------------------------------------------------------------
 
+static uint64_t mix_seed(uint64_t seed, uint64_t salt);
+
 static void cpu_zero_grads(trainer *t) { llama_zero_grads(t->model); }
 static float cpu_forward_backward(trainer *t, const halo_batch *b, float grad_scale) {
+    // LoRA dropout: masks from the seed and the micro-batch's number, so a resumed run draws the same ones
+    llama_lora_train(t->model, 1, mix_seed(t->o.seed, 3 + (uint64_t)t->step * t->o.grad_accum + t->micro));
     float loss = llama_forward(t->model, b, NULL);
     llama_backward(t->model, b, grad_scale);
+    llama_lora_train(t->model, 0, 0);
     return loss;
 }
 static double cpu_clip_grads(trainer *t, float max_norm) {
-    return grad_clip_global_norm(t->model->grads, t->model->n_params, max_norm);
+    llama_trainable p = llama_trainable_params(t->model);
+    return grad_clip_global_norm(p.grads, p.n, max_norm);
 }
-static void cpu_optimizer_step(trainer *t, double lr) { adamw_step(&t->opt, t->model->params, t->model->grads, lr); }
+static void cpu_optimizer_step(trainer *t, double lr) {
+    llama_trainable p = llama_trainable_params(t->model);
+    adamw_step(&t->opt, p.params, p.grads, lr);
+}
 static void cpu_nothing(trainer *t) { (void)t; }
 
 const train_backend TRAIN_BACKEND_CPU = {
@@ -139,7 +149,8 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
     t->be = TRAIN_BACKEND_CPU;
     t->data = data;
     if (!m->grads) llama_alloc_grads(m);
-    adamw_init(&t->opt, &o->adamw, m->n_params, m->table, m->n_table);
+    llama_trainable tp = llama_trainable_params(m);   // the adapters only, when the model has LoRA adapters
+    adamw_init(&t->opt, &o->adamw, tp.n, tp.table, tp.n_table);
     halo_batch_alloc(&t->batch, o->batch_size, o->seq_len);
     t->rng = mix_seed(o->seed, 1);
     t->options_json = train_options_to_json(&t->o);
@@ -212,6 +223,7 @@ int trainer_step(trainer *t, train_step_info *info) {
     const float scale = 1.0f / (float)t->o.grad_accum;
     for (int a = 0; a < t->o.grad_accum; a++) {
         if (t->data.next(t->data.ctx, &t->batch)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
+        t->micro = a;
         loss_sum += t->be.forward_backward(t, &t->batch, scale);
     }
     float loss = (float)(loss_sum / t->o.grad_accum);

@@ -109,6 +109,7 @@ typedef struct trainer {
     void *eval_ctx;
     halo_batch batch;             // [batch_size, seq_len]
     int step;                     // optimizer steps done
+    int micro;                    // the micro-batch of the step being computed (0 .. grad_accum - 1)
     uint64_t rng;                 // trainer RNG state (reserved for stochastic training features; checkpointed)
     double elapsed_before;        // seconds spent in earlier runs of a resumed training
     double t_start;

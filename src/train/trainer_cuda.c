@@ -56,6 +56,7 @@ static void cu_release(trainer *t) {
 }
 
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
+    if (t->model->lora) return halo_fail("--device cuda: LoRA trains on the CPU only (use --device cpu)");
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
     if (mem) {
         o.recompute = mem->recompute;
