@@ -62,7 +62,7 @@ $(BUILD)/%.o: %.cu $(wildcard src/*/*.h src/cuda/*.cuh include/*.h)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libhalo.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libhalo.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libhalo.a $(LDLIBS)
 

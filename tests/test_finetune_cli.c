@@ -3,62 +3,9 @@
 // carries halo_config.json; a malformed data line stops the run with file:line; --halo-token-block outside level 2 or
 // with an unsupported size is refused with a message; --eval-fp32 scores the same weights without quantization and
 // leaves the run as it was.
-#include <cjson/cJSON.h>
-#include "test.h"
-#include "util/fileio.h"
+#include "test_cli.h"
 
 static char dir[256], bin[512];
-
-// Runs a command; returns its exit status.
-static int sh(const char *fmt, const char *extra) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, fmt, extra);
-    return system(cmd);
-}
-
-// Losses by step from a metrics JSONL file (type "train"); returns how many were read.
-static int read_losses(const char *path, double *loss, int max) {
-    FILE *f = fopen(path, "r");
-    char line[4096];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        cJSON *o = cJSON_Parse(line);
-        cJSON *t = cJSON_GetObjectItem(o, "type"), *s = cJSON_GetObjectItem(o, "step"), *l = cJSON_GetObjectItem(o, "loss");
-        if (cJSON_IsString(t) && !strcmp(t->valuestring, "train") && cJSON_IsNumber(s) && s->valueint <= max) {
-            loss[s->valueint - 1] = l->valuedouble;
-            if (s->valueint > n) n = s->valueint;
-        }
-        cJSON_Delete(o);
-    }
-    if (f) fclose(f);
-    return n;
-}
-
-// The value of `key` in the last "eval" line of a metrics file (NAN when absent).
-static double last_eval(const char *path, const char *key) {
-    FILE *f = fopen(path, "r");
-    char line[4096];
-    double v = NAN;
-    while (f && fgets(line, sizeof line, f)) {
-        cJSON *o = cJSON_Parse(line), *t = cJSON_GetObjectItem(o, "type"), *x = cJSON_GetObjectItem(o, key);
-        if (cJSON_IsString(t) && !strcmp(t->valuestring, "eval")) v = cJSON_IsNumber(x) ? x->valuedouble : NAN;
-        cJSON_Delete(o);
-    }
-    if (f) fclose(f);
-    return v;
-}
-
-// The loss `halo eval --task loss` printed into a log (NAN when none).
-static double eval_loss(const char *log) {
-    char *text = NULL;
-    double v = NAN;
-    if (halo_read_file(log, &text, NULL) == 0) {
-        const char *p = !strncmp(text, "loss ", 5) ? text : strstr(text, "\nloss ");
-        if (p) v = atof(p + (*p == '\n') + 5);
-    }
-    free(text);
-    return v;
-}
 
 // --eval-fp32 (FP8 level 0): val_loss_fp32 equals `halo eval --precision fp32` of the exported weights, val_loss
 // equals `halo eval` with the exported halo_config.json, the two differ, and the training losses are bit for bit those

@@ -1,23 +1,48 @@
 // `halo export`: writes a Hugging Face model directory (config.json + model.safetensors, F32 or BF16) from a
-// training checkpoint, so that transformers, `halo generate` or any HF-layout tool can load the trained model.
+// training checkpoint, so that transformers, `halo generate` or any HF-layout tool can load the trained model. A LoRA
+// run's checkpoint (its adapters only) becomes a PEFT adapter directory, or with --merge and the base model the whole
+// merged model. A HALO run's precision goes into halo_config.json, so that `halo eval` runs the trained forward.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "cli/cli.h"
+#include "io/safetensors.h"
+#include "model/linear.h"
 #include "model/llama.h"
+#include "model/lora.h"
 #include "train/checkpoint.h"
 #include "util/error.h"
+#include "util/fileio.h"
 
 static void usage(void) {
-    printf("usage: halo export --checkpoint FILE|DIR --out DIR [--dtype f32|bf16] [--tokenizer DIR]\n"
+    printf("usage: halo export --checkpoint FILE|DIR --out DIR [--dtype f32|bf16] [--tokenizer DIR] [--model DIR [--merge]]\n"
            "  --checkpoint   a checkpoint file, or a folder (its newest step_*.safetensors)\n"
-           "  --out          the Hugging Face directory to write\n"
+           "  --out          the Hugging Face directory to write (a LoRA checkpoint: a PEFT adapter directory)\n"
            "  --dtype        f32 (default, exact) or bf16\n"
-           "  --tokenizer    copy tokenizer files from this folder\n");
+           "  --tokenizer    copy tokenizer files from this folder\n"
+           "  --model        a LoRA checkpoint's base model (written into adapter_config.json as\n"
+           "                 base_model_name_or_path; needed by --merge)\n"
+           "  --merge        a LoRA checkpoint: write the whole model with the adapters merged into the weights\n");
+}
+
+// DIR/halo_config.json from the checkpoint's precision (the app metadata of a HALO finetune run), when it has one.
+static int save_precision(const checkpoint_meta *meta, const char *path, const char *out) {
+    if (!meta->app_json || !strstr(meta->app_json, "\"precision\"")) return HALO_OK;
+    model_halo_config hc;
+    if (model_halo_config_from_json(meta->app_json, path, &hc)) return HALO_ERR;
+    if (hc.prec == HALO_PREC_FP32) return HALO_OK;
+    char *json = model_halo_config_to_json(&hc), *p = halo_path_join(out, "halo_config.json");
+    size_t n = strlen(json);
+    const void *parts[1] = {json};
+    int rc = halo_write_file_atomic(p, parts, &n, 1);
+    free(json); free(p);
+    return rc;
 }
 
 int cmd_export(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *dtype = "f32", *tok = NULL, *s;
+    const char *ckpt = NULL, *out = NULL, *dtype = "f32", *tok = NULL, *base_dir = NULL, *s;
+    int merge = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_flag(a, "--help") || cli_is_flag(a, "-h")) { usage(); return 0; }
@@ -25,6 +50,8 @@ int cmd_export(int argc, char **argv) {
         else if ((s = cli_flag_value(argc, argv, &i, "--out"))) out = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--dtype"))) dtype = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--tokenizer"))) tok = s;
+        else if ((s = cli_flag_value(argc, argv, &i, "--model"))) base_dir = s;
+        else if (cli_is_flag(a, "--merge")) merge = 1;
         else { fprintf(stderr, "halo export: unknown option '%s' (see --help)\n", a); return 2; }
     }
     if (!ckpt || !out) { usage(); return 2; }
@@ -40,16 +67,31 @@ int cmd_export(int argc, char **argv) {
     checkpoint_meta meta;
     llama_model m;
     if (checkpoint_read_meta(path, &cfg, &meta)) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
+    lora_config lc;
+    const int lora = meta.lora_json != NULL;
+    int rc = lora ? lora_config_from_json(meta.lora_json, path, &lc) : HALO_OK;
     checkpoint_meta_free(&meta);
-    if (llama_init(&m, &cfg)) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
-    int rc = 1;
-    if (checkpoint_load(path, &m, NULL, &meta)) fprintf(stderr, "halo export: %s\n", halo_error());
-    else if (llama_save_hf(&m, out, torch_dtype, tok)) fprintf(stderr, "halo export: %s\n", halo_error());
-    else {
-        printf("exported %s (step %lld, %.2fM params) to %s as %s\n", path, (long long)meta.step, m.n_params / 1e6, out, torch_dtype);
-        rc = 0;
+    if (rc == HALO_OK && merge && !lora) rc = halo_fail("--merge: %s is not a LoRA run's checkpoint", path);
+    if (rc == HALO_OK && merge && !base_dir) rc = halo_fail("--merge: give the LoRA run's base model with --model DIR");
+    if (rc != HALO_OK) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
+    // the weights: the base model's (a merge), else the checkpoint's own (zeros under a LoRA checkpoint's adapters)
+    if (merge ? llama_load(&m, base_dir) : llama_init(&m, &cfg)) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
+    if (lora && llama_lora_enable(&m, &lc, 0)) { fprintf(stderr, "halo export: %s\n", halo_error()); llama_free(&m); return 1; }
+    rc = checkpoint_load(path, &m, NULL, &meta);   // checks a merge's base model against the checkpoint's config
+    if (rc == HALO_OK && lora && !merge) {
+        char *base = base_dir ? realpath(base_dir, NULL) : NULL;
+        rc = llama_lora_save(&m, out, base ? base : base_dir, !strcmp(torch_dtype, "bfloat16"));
+        free(base);
+    } else if (rc == HALO_OK) {
+        llama_lora_merge(&m);
+        rc = llama_save_hf(&m, out, torch_dtype, tok ? tok : base_dir);
     }
-    checkpoint_meta_free(&meta);
+    if (rc == HALO_OK) rc = save_precision(&meta, path, out);
+    if (rc == HALO_OK)
+        printf("exported %s (step %lld%s) to %s as %s\n", path, (long long)meta.step,
+               lora && !merge ? ", a LoRA adapter" : lora ? ", LoRA merged" : "", out, torch_dtype);
+    else fprintf(stderr, "halo export: %s\n", halo_error());
+    if (rc == HALO_OK) checkpoint_meta_free(&meta);
     llama_free(&m);
-    return rc;
+    return rc == HALO_OK ? 0 : 1;
 }

@@ -191,7 +191,11 @@ int model_halo_parse_linears(const char *list, unsigned *kinds) {
     char *dup = xstrdup(list), *save = NULL;
     for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         int i = name_index(t, KIND_SHORT, LIN_COUNT);
-        if (i < 0) { free(dup); return halo_fail("linear '%s' is not one of q,k,v,o,gate,up,down (or all)", t); }
+        if (i < 0) {
+            halo_fail("linear '%s' is not one of q,k,v,o,gate,up,down (or all)", t);   // before t's buffer is freed
+            free(dup);
+            return HALO_ERR;
+        }
         k |= 1u << i;
     }
     free(dup);
