@@ -228,7 +228,10 @@ static int run_lora(const char *ckpt_dir, const char *resume, float *losses, flo
         losses[s.step - 1] = s.loss;
         if (ckpt_dir && trainer_save(&t, NULL)) { first = -1; break; }
     }
-    if (check_frozen) CHECK(!memcmp(base, m.params, sizeof(float) * m.n_params), "base weights unchanged by LoRA training");
+    if (check_frozen) {
+        CHECK(!memcmp(base, m.params, sizeof(float) * m.n_params), "base weights unchanged by LoRA training");
+        CHECK(!m.grads, "no gradient buffer for the base weights");
+    }
     llama_trainable p = llama_trainable_params(&m);
     memcpy(adapters, p.params, sizeof(float) * p.n);
     *n = p.n;

@@ -369,20 +369,22 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
     struct llama_acts *a = m->acts;
     int B = b->B, T = b->T, N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
     int Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, qd = Hq * hd, kvd = Hkv * hd;
-    llama_alloc_grads(m);
+    // LoRA: only the adapters train, so no base weight gets a gradient (nor a gradient buffer)
+    const int frozen = m->lora != NULL;
+    if (!frozen) llama_alloc_grads(m);
     int count = 0;
     for (int i = 0; i < N; i++) count += b->targets[i] >= 0;
     if (!count) return;
     // loss -> logits -> final norm
     cross_entropy_forward_backward(a->logits, a->logits, b->targets, N, V, grad_scale / count);
-    const int frozen = m->lora != NULL;   // LoRA: only the adapters train; no base weight gradients (norms aside)
     linear_backward(a->dx, frozen ? NULL : m->g.lm_head, a->logits, a->xf, m->w.lm_head, N, D, V, 0);
     memset(a->dres, 0, sizeof(float) * (size_t)N * D);
-    rmsnorm_backward(a->dres, m->g.final_norm, a->dx, a->res_out, m->w.final_norm, a->rstdf, N, D);
+    rmsnorm_backward(a->dres, frozen ? NULL : m->g.final_norm, a->dx, a->res_out, m->w.final_norm, a->rstdf, N, D);
+    const llama_layer_weights none = {0};   // the gradients of a frozen model: all NULL
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *L = &a->l[l];
         const llama_layer_weights *W = &m->w.layers[l];
-        llama_layer_weights *G = &m->g.layers[l];
+        const llama_layer_weights *G = frozen ? &none : &m->g.layers[l];
         // MLP block; dres carries d(out) and passes straight through the residual to d(res_mid)
         model_linear_backward(m, l, LIN_DOWN, a->dh, G->w_down, a->dres, L->hmid, W->w_down, N, F, D, 0);
         swiglu_backward(a->dgate, a->dup, a->dh, L->gate, L->up, N, F);

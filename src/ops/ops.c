@@ -53,6 +53,7 @@ void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, c
         float *o = dx + (size_t)n * D;
         for (int d = 0; d < D; d++) o[d] += g[d] * w[d] * r - xr[d] * c;
     }
+    if (!dw) return;   // frozen weight
 #pragma omp parallel for schedule(static)
     for (int d = 0; d < D; d++) {
         double acc = 0;

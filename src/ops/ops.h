@@ -11,7 +11,7 @@ void embedding_backward(float *dtable, const int32_t *ids, const float *dout, in
 
 // out[N, D] = x / rms(x) * w; rstd[N] saved for backward
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
-// dx[N, D] += ..., dw[D] += ...
+// dx[N, D] += ..., dw[D] += ... (dw NULL: frozen weight)
 void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, const float *rstd,
                       int N, int D);
 

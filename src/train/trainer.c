@@ -148,7 +148,7 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
     t->sched = (lr_schedule){.lr = o->lr, .min_lr = o->min_lr, .warmup = o->warmup, .total = o->steps, .decay = o->decay};
     t->be = TRAIN_BACKEND_CPU;
     t->data = data;
-    if (!m->grads) llama_alloc_grads(m);
+    if (!m->grads && !m->lora) llama_alloc_grads(m);   // LoRA: the adapters have their own
     llama_trainable tp = llama_trainable_params(m);   // the adapters only, when the model has LoRA adapters
     adamw_init(&t->opt, &o->adamw, tp.n, tp.table, tp.n_table);
     halo_batch_alloc(&t->batch, o->batch_size, o->seq_len);
