@@ -3,12 +3,13 @@
 # 5103 training examples (638 steps of 8 x 384 tokens, lr 1e-3 with 20 warm-up steps and linear decay to 0), every
 # precision on the same seed and data order, validation loss over all 714 valid examples every 160 steps and at the
 # end. All runs in parallel, one thread each; then the final losses and the gaps to fp32 of the same seed.
-# usage: [EPOCHS=n] [EXPORT=1] bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
+# usage: [EPOCHS=n] [EXPORT=1] [EXTRA='flags'] bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
 #   defaults: runs/quality-epoch, "1", "fp32 int8-L2 fp8-L0 fp8-L1", one epoch (HALO_SHARED points at ../shared);
-#   EXPORT=1 also writes each run's final model to OUT_DIR/model-<precision>-s<seed> (to evaluate it another way)
+#   EXPORT=1 also writes each run's final model to OUT_DIR/model-<precision>-s<seed> (to evaluate it another way);
+#   EXTRA is appended to every finetune command (later flags win: EXTRA='--lora --lr 1e-2' fine-tunes LoRA adapters)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0 fp8-L1}"; EPOCHS="${EPOCHS:-1}"; EXPORT="${EXPORT:-0}"
+OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0 fp8-L1}"; EPOCHS="${EPOCHS:-1}"; EXPORT="${EXPORT:-0}"; EXTRA="${EXTRA:-}"
 S="${HALO_SHARED:-../shared}"
 mkdir -p "$OUT"
 flags_of() {
@@ -26,7 +27,7 @@ for seed in $SEEDS; do
     out_flag=(); [ "$EXPORT" = 1 ] && out_flag=(--out "$OUT/model-$p-s$seed")
     build/halo finetune --model "$S/models/stories260K" --data "$S/data/viggo/train.csv" --val "$S/data/viggo/valid.csv" \
       --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --epochs "$EPOCHS" --lr 1e-3 \
-      --warmup 20 --eval-every 160 --seed "$seed" --threads 1 $(flags_of "$p") "${out_flag[@]}" --metrics "$OUT/viggo-$p-s$seed.jsonl" \
+      --warmup 20 --eval-every 160 --seed "$seed" --threads 1 $(flags_of "$p") $EXTRA "${out_flag[@]}" --metrics "$OUT/viggo-$p-s$seed.jsonl" \
       > "$OUT/viggo-$p-s$seed.log" 2>&1 & pids+=($!)
   done
 done

@@ -13,6 +13,7 @@ SHARED=${HALO_SHARED:-../shared}
 make -j2 BUILD=build/dev OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
 rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench,shared/data/viggo,shared/data/text}
 cp -r src include tests bench scripts Makefile "$DEST"/ 2>/dev/null || true
+mkdir -p "$DEST/dev" && cp -r dev/lora "$DEST/dev/"   # the PEFT check (a session-check step)
 mkdir -p "$DEST/build-dev"
 mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
 cp build/dev/tests/test_cuda_* "$DEST/build-dev/tests/"; cp build/dev/bench/bench_cuda_* "$DEST/build-dev/bench/"

@@ -128,6 +128,8 @@ keep torch_1b.log "^\{" 2
 if [ "${HALO_TORCH_8B:-0}" = 1 ]; then   # ~100 s more: the baseline at Llama-3-8B layer shapes too
   step "torch compiled llama3-8b 4 layers" torch_8b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3-8b --layers 4 --batch 4 --seq 2048 --compile
 fi
+step "peft: a halo LoRA adapter in transformers" peft.log 120 bash dev/lora/peft_check.sh $B/halo shared "$LOG/peft"
+keep peft.log "rel err" 2
 want "bench 1B torch ratio" && python3 scripts/bench_ratio.py "$LOG"/b*.log "$LOG"/torch_*.log | tee -a "$R"
 step "racecheck: train step, BF16 + HALO int8/fp8" racecheck.log 90 env HALO_GEMM_TUNE=0 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_cuda_model --sanitize-step
 keep racecheck.log "RACECHECK SUMMARY|ERROR SUMMARY|hazard" 4

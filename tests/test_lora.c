@@ -9,6 +9,7 @@
 #include "model/llama.h"
 #include "model/lora.h"
 #include "test.h"
+#include "test_seq_source.h"
 #include "train/checkpoint.h"
 #include "train/rng.h"
 #include "train/trainer.h"
@@ -187,23 +188,6 @@ static void test_finite_difference(void) {
 }
 
 // ---- training: frozen base, bit-exact resume ----
-
-typedef struct { uint64_t rng; int64_t pos; int vocab; } rand_src;
-static int rs_next(void *ctx, halo_batch *b) {
-    rand_src *s = ctx;
-    halo_rng r = {s->rng};
-    for (int row = 0; row < b->B; row++) {
-        int32_t *x = b->input_ids + row * b->T;
-        x[0] = (int32_t)halo_rng_below(&r, (uint64_t)s->vocab);
-        for (int i = 1; i < b->T; i++) x[i] = (5 * x[i - 1] + 3) % s->vocab;
-    }
-    halo_batch_shift_targets(b);
-    s->rng = r.s;
-    s->pos++;
-    return HALO_OK;
-}
-static void rs_get(void *ctx, train_data_state *st) { rand_src *s = ctx; st->epoch = 0; st->position = s->pos; st->rng = s->rng; }
-static int rs_set(void *ctx, const train_data_state *st) { rand_src *s = ctx; s->pos = st->position; s->rng = st->rng; return HALO_OK; }
 
 // Trains 6 LoRA steps (from `resume` when given); the losses and the final adapter parameters.
 static int run_lora(const char *ckpt_dir, const char *resume, float *losses, float *adapters, size_t *n, int check_frozen) {

@@ -336,7 +336,7 @@ int llama_lora_save(const llama_model *m, const char *dir, const char *base_mode
 
 // PEFT options that change what the adapter computes and that this loader does not implement
 static int refuse_unsupported(const cJSON *r, const char *where) {
-    const char *flags[] = {"use_rslora", "use_dora", "fan_in_fan_out"};
+    const char *flags[] = {"use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, flags[i])))
             return halo_fail("%s: '%s' is true, which halo does not support", where, flags[i]);
