@@ -212,7 +212,9 @@ int cmd_finetune(int argc, char **argv) {
     if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     int use_cuda = 0;
     if (lora_on && device && !strcmp(device, "cuda")) { halo_fail("--device cuda: LoRA trains on the CPU only"); goto bad; }
-    if (lora_on) use_cuda = 0;   // LoRA runs on the CPU: no GPU default
+    if (lora_on && !device && cli_device_auto(NULL, "finetune"))   // LoRA runs on the CPU: no GPU default
+        fprintf(stderr, "halo finetune: note: LoRA trains on the CPU; the GPU present is not used\n");
+    if (lora_on) use_cuda = 0;
     else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
