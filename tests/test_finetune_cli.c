@@ -70,6 +70,12 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s/resumed.log", dir);
     CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "precision recorded"), "resume reported the recorded precision");
     free(text);
+    // halo export of the INT8 run's checkpoint carries the precision too, and equals the run's own export
+    snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/ck --out %s/exported > %s/export.log 2>&1 && cmp %s/exported/model.safetensors "
+             "%s/model/model.safetensors", bin, dir, dir, dir, dir, dir);
+    CHECK(system(cmd) == 0, "halo export of the last checkpoint equals finetune --out");
+    snprintf(cmd, sizeof cmd, "%s/exported/halo_config.json", dir);
+    CHECK(file_has(cmd, "\"int8\"") && file_has(cmd, "\"level\":2"), "halo export writes the run's halo_config.json");
     // A malformed JSONL line stops the run naming file and line.
     snprintf(cmd, sizeof cmd, "%s/bad.jsonl", dir);
     FILE *f = fopen(cmd, "w");
