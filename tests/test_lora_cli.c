@@ -59,6 +59,8 @@ int main(void) {
     CHECK(file_has(path, "\"r\":\t4") && file_has(path, "stories260K"), "adapter_config.json has r and the base model");
     const double ea = eval_of(base, a, "eval_adapter.log");
     CHECK(fabs(ea - v) <= 1e-5 * v, "halo eval --adapter %.9g == the run's val_loss %.9g", ea, v);
+    snprintf(path, sizeof path, "%s/eval_adapter.log", dir);
+    CHECK(!file_has(path, "was trained on"), "no base-model note when --model is the adapter's base");
     const double eb = eval_of(base, NULL, "eval_base.log");
     CHECK(eb > ea + 1e-3, "the adapter changes the model: base %.6f, adapted %.6f", eb, ea);
     // --merge: the same run written as a whole model
@@ -67,6 +69,9 @@ int main(void) {
     snprintf(m, sizeof m, "%s/merged", dir);
     const double em = eval_of(m, NULL, "eval_merged.log");
     CHECK(fabs(em - ea) <= 1e-5 * ea, "merged model %.9g == base + adapter %.9g", em, ea);
+    CHECK(eval_of(m, a, "eval_wrong_base.log") > 0, "an adapter on another base of the same shapes loads");
+    snprintf(path, sizeof path, "%s/eval_wrong_base.log", dir);
+    CHECK(file_has(path, "was trained on") && file_has(path, "stories260K"), "and a note names the base it was trained on");
     char ga[512] = "", gm[512] = "";
     CHECK(generate_of(base, a, "gen_adapter.log", ga, sizeof ga) == 0 && generate_of(m, NULL, "gen_merged.log", gm, sizeof gm) == 0
           && !strcmp(ga, gm), "greedy generation: adapter %s, merged %s", ga, gm);

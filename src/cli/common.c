@@ -1,4 +1,5 @@
 // Shared options of the model-running verbs (see common.h).
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,9 +152,22 @@ int cli_adapter_device(const char *adapter, int *use_cuda) {
     return HALO_OK;
 }
 
+// A note when the adapter names a local base model other than --model (same shapes load silently otherwise).
+static void check_adapter_base(const char *adapter, const char *model_dir) {
+    char *p = halo_path_join(adapter, "adapter_config.json"), *text = NULL;
+    cJSON *r = halo_read_file(p, &text, NULL) == HALO_OK ? cJSON_Parse(text) : NULL;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(r, "base_model_name_or_path");
+    char *want = cJSON_IsString(b) ? realpath(b->valuestring, NULL) : NULL, *got = realpath(model_dir, NULL);
+    if (want && got && strcmp(want, got))
+        fprintf(stderr, "halo: note: %s was trained on %s, and --model is %s\n", p, want, got);
+    free(want); free(got); free(text); free(p);
+    cJSON_Delete(r);
+}
+
 int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, halo_common_opts *co) {
     if (llama_load(m, model_dir) != HALO_OK) return HALO_ERR;
     if (adapter) {
+        check_adapter_base(adapter, model_dir);
         if (llama_lora_load(m, adapter) != HALO_OK) { llama_free(m); return HALO_ERR; }
         char d[160];
         lora_describe(llama_get_lora(m), d, sizeof d);
