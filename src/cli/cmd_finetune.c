@@ -183,7 +183,7 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_int("--lora-rank", v, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-alpha"))) { if (cli_parse_float("--lora-alpha", v, &lc.alpha)) goto bad; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-dropout"))) { if (cli_parse_float("--lora-dropout", v, &lc.dropout)) goto bad; lora_on = 1; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (lora_parse_linears(v, &lc.kinds)) goto bad; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (model_halo_parse_linears(v, &lc.kinds)) goto bad; lora_on = 1; }
         else if (cli_is_flag(argv[i], "--merge")) merge = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_int("--ckpt-every", v, &n)) goto bad; o.ckpt_every = (int)n; }

@@ -248,11 +248,16 @@ int model_halo_config_from_json(const char *json, const char *where, model_halo_
     return rc;
 }
 
+void model_linear_kinds_text(unsigned kinds, char *buf, size_t n) {
+    if (n) buf[0] = 0;
+    for (int i = 0; i < LIN_COUNT; i++)
+        if (kinds & (1u << i)) snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? "," : "", KIND_SHORT[i]);
+}
+
 void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, size_t n) {
     if (hc->prec == HALO_PREC_FP32) { snprintf(buf, n, "fp32 (HALO off)"); return; }
-    char kinds[64] = "";
-    for (int i = 0; i < LIN_COUNT; i++)
-        if (hc->kinds & (1u << i)) snprintf(kinds + strlen(kinds), sizeof kinds - strlen(kinds), "%s%s", kinds[0] ? "," : "", KIND_SHORT[i]);
+    char kinds[64];
+    model_linear_kinds_text(hc->kinds, kinds, sizeof kinds);
     if (hc->prec == HALO_PREC_BF16)
         snprintf(buf, n, "bf16 products (%s; blocks %d..%d of %d)", kinds, hc->skip_first, n_layers - 1 - hc->skip_last, n_layers);
     else

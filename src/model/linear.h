@@ -40,8 +40,10 @@ int model_halo_check_blocks(const llama_config *c, const model_halo_config *hc);
 // JSON round trip of the configuration; parse errors name `where` and the key.
 char *model_halo_config_to_json(const model_halo_config *hc);
 int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc);
-// "q,k,v" or "all" -> bit set of covered linears; HALO_ERR naming an unknown one.
+// "q,k,v" or "all" -> bit set of covered linears; HALO_ERR naming an unknown one (--halo-linears, --lora-linears).
 int model_halo_parse_linears(const char *list, unsigned *kinds);
+// Bit set of linears -> "q,k,v,o,gate,up,down" (the names model_halo_parse_linears reads) into buf.
+void model_linear_kinds_text(unsigned kinds, char *buf, size_t n);
 // "int8 level 2 (q,k,v,o,gate,up,down; blocks 1..4 of 5)" style description into buf.
 void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, size_t n);
 // Quantization telemetry: switch measuring on/off for every HALO layer; print a table; write one JSON line per

@@ -28,9 +28,8 @@ struct llama_lora {
     uint64_t key;
 };
 
-static const char *const HF_SHORT[LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                "down_proj"};
-static const char *const KIND_SHORT[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+// PEFT's target_modules name of a linear: "q_proj" of "self_attn.q_proj"
+static const char *peft_module(int kind) { return strchr(LLAMA_LINEAR_NAMES[kind], '.') + 1; }
 #define PEFT_PREFIX "base_model.model."
 
 lora_config lora_config_default(void) {
@@ -224,18 +223,19 @@ void llama_lora_merge(llama_model *m) {
 
 // ---- configuration text ----
 
-int lora_parse_linears(const char *list, unsigned *kinds) {
-    return model_halo_parse_linears(list, kinds);   // the same names and errors as --halo-linears
-}
-
-char *lora_config_to_json(const lora_config *c) {
-    cJSON *r = cJSON_CreateObject();
+// The configuration under PEFT's adapter_config.json keys (r, lora_alpha, lora_dropout, target_modules) into r.
+static void config_to_obj(const lora_config *c, cJSON *r) {
     cJSON_AddNumberToObject(r, "r", c->rank);
     cJSON_AddNumberToObject(r, "lora_alpha", c->alpha);
     cJSON_AddNumberToObject(r, "lora_dropout", c->dropout);
     cJSON *t = cJSON_AddArrayToObject(r, "target_modules");
     for (int k = 0; k < LIN_COUNT; k++)
-        if (c->kinds & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(HF_SHORT[k]));
+        if (c->kinds & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(peft_module(k)));
+}
+
+char *lora_config_to_json(const lora_config *c) {
+    cJSON *r = cJSON_CreateObject();
+    config_to_obj(c, r);
     char *s = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     return s;
@@ -261,7 +261,7 @@ static int config_from_obj(const cJSON *r, const char *where, lora_config *c) {
     const cJSON *e;
     cJSON_ArrayForEach(e, v) {
         int k = -1;
-        for (int i = 0; i < LIN_COUNT && cJSON_IsString(e); i++) if (!strcmp(e->valuestring, HF_SHORT[i])) k = i;
+        for (int i = 0; i < LIN_COUNT && cJSON_IsString(e); i++) if (!strcmp(e->valuestring, peft_module(i))) k = i;
         if (k < 0)
             return halo_fail("%s: target_modules holds '%s', not one of q_proj, k_proj, v_proj, o_proj, gate_proj, "
                              "up_proj, down_proj", where, cJSON_IsString(e) ? e->valuestring : "(not a string)");
@@ -281,10 +281,8 @@ int lora_config_from_json(const char *json, const char *where, lora_config *c) {
 }
 
 void lora_describe(const lora_config *c, char *buf, size_t n) {
-    char kinds[64] = "";
-    for (int i = 0; i < LIN_COUNT; i++)
-        if (c->kinds & (1u << i))
-            snprintf(kinds + strlen(kinds), sizeof kinds - strlen(kinds), "%s%s", kinds[0] ? "," : "", KIND_SHORT[i]);
+    char kinds[64];
+    model_linear_kinds_text(c->kinds, kinds, sizeof kinds);
     snprintf(buf, n, "LoRA r %d, alpha %g, dropout %g on %s", c->rank, c->alpha, c->dropout, kinds);
 }
 
@@ -299,12 +297,7 @@ int llama_lora_save(const llama_model *m, const char *dir, const char *base_mode
     cJSON_AddStringToObject(r, "task_type", "CAUSAL_LM");
     if (base_model) cJSON_AddStringToObject(r, "base_model_name_or_path", base_model);
     else cJSON_AddNullToObject(r, "base_model_name_or_path");
-    cJSON_AddNumberToObject(r, "r", a->cfg.rank);
-    cJSON_AddNumberToObject(r, "lora_alpha", a->cfg.alpha);
-    cJSON_AddNumberToObject(r, "lora_dropout", a->cfg.dropout);
-    cJSON *t = cJSON_AddArrayToObject(r, "target_modules");
-    for (int k = 0; k < LIN_COUNT; k++)
-        if (a->cfg.kinds & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(HF_SHORT[k]));
+    config_to_obj(&a->cfg, r);
     cJSON_AddStringToObject(r, "bias", "none");
     cJSON_AddBoolToObject(r, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(r, "inference_mode", 1);

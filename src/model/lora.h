@@ -50,8 +50,6 @@ char *lora_config_to_json(const lora_config *c);
 int lora_config_from_json(const char *json, const char *where, lora_config *c);
 // "r 16, alpha 8, dropout 0.05 on q,k,v,o,gate,up,down"
 void lora_describe(const lora_config *c, char *buf, size_t n);
-// "q,k,v" or "all" -> bit set, HALO_ERR naming an unknown linear (same names as --halo-linears).
-int lora_parse_linears(const char *list, unsigned *kinds);
 
 // Writes a PEFT adapter directory: adapter_config.json (base_model_name_or_path = base_model, may be NULL) and
 // adapter_model.safetensors (F32, or BF16 when bf16).
