@@ -7,13 +7,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "cli/cli.h"
-#include "io/safetensors.h"
-#include "model/linear.h"
+#include "cli/common.h"
 #include "model/llama.h"
 #include "model/lora.h"
 #include "train/checkpoint.h"
 #include "util/error.h"
-#include "util/fileio.h"
 
 static void usage(void) {
     printf("usage: halo export --checkpoint FILE|DIR --out DIR [--dtype f32|bf16] [--tokenizer DIR] [--model DIR [--merge]]\n"
@@ -31,13 +29,7 @@ static int save_precision(const checkpoint_meta *meta, const char *path, const c
     if (!meta->app_json || !strstr(meta->app_json, "\"precision\"")) return HALO_OK;
     model_halo_config hc;
     if (model_halo_config_from_json(meta->app_json, path, &hc)) return HALO_ERR;
-    if (hc.prec == HALO_PREC_FP32) return HALO_OK;
-    char *json = model_halo_config_to_json(&hc), *p = halo_path_join(out, "halo_config.json");
-    size_t n = strlen(json);
-    const void *parts[1] = {json};
-    int rc = halo_write_file_atomic(p, parts, &n, 1);
-    free(json); free(p);
-    return rc;
+    return hc.prec == HALO_PREC_FP32 ? HALO_OK : halo_config_write(&hc, out);
 }
 
 int cmd_export(int argc, char **argv) {

@@ -181,7 +181,10 @@ const char *halo_common_describe(const halo_common_opts *o) { return o->desc[0] 
 
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir) {
     const model_halo_config *hc = llama_get_halo(m);
-    if (!hc) return HALO_OK;
+    return hc ? halo_config_write(hc, dir) : HALO_OK;
+}
+
+int halo_config_write(const model_halo_config *hc, const char *dir) {
     char *json = model_halo_config_to_json(hc), *p = halo_path_join(dir, "halo_config.json");
     size_t n = strlen(json);
     const void *parts[1] = {json};

@@ -34,10 +34,11 @@ const char *halo_common_describe(const halo_common_opts *o);
 // 1 (--device cuda) is refused with a message. Nothing when adapter is NULL.
 int cli_adapter_device(const char *adapter, int *use_cuda);
 // Loads the model directory, then the PEFT adapter (when not NULL), then the precision: the flags, else the
-// halo_config.json of the adapter's folder (the precision it was trained with) or, without one, of the model's.
+// halo_config.json of the adapter's folder (the precision it was trained with) or, without an adapter, of the model's.
 int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, halo_common_opts *co);
 // Writes DIR/halo_config.json when HALO is on for the model.
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
+int halo_config_write(const model_halo_config *hc, const char *dir);   // DIR/halo_config.json of hc
 void halo_common_usage(void);
 
 // Consumes argv[*i] if it is a dataset option shared by finetune and eval: --preset, --prompt-template,
