@@ -45,17 +45,6 @@ static void lora_random(llama_model *m, const lora_config *c, unsigned long long
     for (size_t i = 0; i < p.n; i++) p.params[i] = (float)(0.2 * t_rand_normal(&seed));
 }
 
-static float *weight_of(llama_model *m, int l, int k) {
-    llama_layer_weights *W = &m->w.layers[l];
-    float *w[LIN_COUNT] = {W->wq, W->wk, W->wv, W->wo, W->w_gate, W->w_up, W->w_down};
-    return w[k];
-}
-static float *grad_of(llama_model *m, int l, int k) {
-    llama_layer_weights *W = &m->g.layers[l];
-    float *w[LIN_COUNT] = {W->wq, W->wk, W->wv, W->wo, W->w_gate, W->w_up, W->w_down};
-    return w[k];
-}
-
 static double loss_grads(llama_model *m, const halo_batch *b) {
     llama_alloc_grads(m);
     llama_zero_grads(m);
@@ -82,7 +71,7 @@ static void test_merge_identity(unsigned kinds, const char *what) {
             const llama_param *pa = &tab[t], *pb = &tab[t + 1];
             t += 2;
             const int r = (int)pa->shape[0], in = (int)pa->shape[1], out = (int)pb->shape[0];
-            float *w = weight_of(&mm, l, k);
+            float *w = llama_linear_weight(&mm.w, l, k);
             for (int o = 0; o < out; o++)
                 for (int i = 0; i < in; i++) {
                     double acc = w[(size_t)o * in + i];
@@ -105,7 +94,7 @@ static void test_merge_identity(unsigned kinds, const char *what) {
             const llama_param *pa = &tp.table[t], *pb = &tp.table[t + 1];
             t += 2;
             const int r = (int)pa->shape[0], in = (int)pa->shape[1], out = (int)pb->shape[0];
-            const float *gw = grad_of(&mm, l, k);
+            const float *gw = llama_linear_weight(&mm.g, l, k);
             float *ra = malloc(sizeof(float) * pa->numel), *rb = malloc(sizeof(float) * pb->numel);
             for (int j = 0; j < r; j++)
                 for (int i = 0; i < in; i++) {   // dA[j, i] = s sum_o B[o, j] dW'[o, i]

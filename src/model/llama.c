@@ -143,6 +143,12 @@ void llama_init_random(llama_model *m, uint64_t seed) {
     }
 }
 
+float *llama_linear_weight(const llama_weights *v, int layer, llama_linear_kind kind) {
+    const llama_layer_weights *W = &v->layers[layer];
+    float *const w[LIN_COUNT] = {W->wq, W->wk, W->wv, W->wo, W->w_gate, W->w_up, W->w_down};
+    return w[kind];
+}
+
 const llama_param *llama_find_param(const llama_model *m, const char *name) {
     for (int i = 0; i < m->n_table; i++)
         if (!strcmp(m->table[i].name, name)) return &m->table[i];

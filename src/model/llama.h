@@ -71,6 +71,8 @@ void llama_free(llama_model *m);
 void llama_alloc_grads(llama_model *m);
 void llama_zero_grads(llama_model *m);
 const llama_param *llama_find_param(const llama_model *m, const char *name);
+// Block linear `kind` of layer `layer` in a weights view: the parameters (m->w) or the gradients (m->g).
+float *llama_linear_weight(const llama_weights *v, int layer, llama_linear_kind kind);
 
 // Forward pass and loss. Returns the mean next-token cross-entropy over positions with target >= 0 (0 when none).
 // logits_out [B, T, vocab] is filled when not NULL. Keeps the activations for llama_backward.

@@ -206,8 +206,6 @@ void llama_lora_merge(llama_model *m) {
     struct llama_lora *a = m->lora;
     if (!a) return;
     for (int l = 0; l < m->cfg.n_layers; l++) {
-        llama_layer_weights *W = &m->w.layers[l];
-        float *w[LIN_COUNT] = {W->wq, W->wk, W->wv, W->wo, W->w_gate, W->w_up, W->w_down};
         for (int k = 0; k < LIN_COUNT; k++) {
             const int ia = a->a_of[l * LIN_COUNT + k];
             if (ia < 0) continue;
@@ -215,7 +213,7 @@ void llama_lora_merge(llama_model *m) {
             const int out = (int)pb->shape[0], in = (int)pa->shape[1], r = a->cfg.rank;
             // W [out, in] += s * B [out, r] A [r, in]
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, a->scale, a->params + pb->offset, r,
-                        a->params + pa->offset, in, 1.0f, w[k], in);
+                        a->params + pa->offset, in, 1.0f, llama_linear_weight(&m->w, l, (llama_linear_kind)k), in);
         }
     }
     llama_lora_free(m);
