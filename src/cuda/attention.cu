@@ -6,6 +6,7 @@
 // head sizes (the tiny test models) run simple one-block-per-query kernels.
 #include <string.h>
 #include "cuda/common.cuh"
+#include "cuda/tma.cuh"
 
 #define LOG2E 1.4426950408889634f
 
@@ -167,6 +168,9 @@ __device__ __forceinline__ void load_b_rows(uint32_t *r, const bf16 *tile, int n
 // with plain stores (visible after the next barrier).
 __device__ __forceinline__ void cp_async16_s(uint32_t dst, const void *src) {   // dst: a shared-memory address
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src) {   // 4 bytes (lse, D, segment ids)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src));
 }
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
     cp_async16_s((uint32_t)__cvta_generic_to_shared(dst), src);
@@ -367,6 +371,21 @@ __global__ void k_q_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, int
     for (int n = blockIdx.y; n < N; n += gridDim.y) {
         float2 a = *(const float2 *)(acc + (size_t)n * w + c);
         *(__nv_bfloat162 *)(dqkv + (size_t)n * ld + c) = __floats2bfloat162_rn(a.x * scale, a.y * scale);
+    }
+}
+
+// dq of k_flash_bwd_wg at head size 64, tile-major (acc[b][h][query tile][i][thread][4]: the m64n64 fragment of each
+// thread as stored by one bulk reduce-add a tile; dq_tiled) -> bf16 q columns of dqkv. Element (row r, column c) of a
+// tile: thread 32 (r / 16) + 4 (r % 8) + (c % 8) / 2, i = c / 8, e = 2 ((r % 16) / 8) + c % 2.
+__global__ void k_q_acc_tiled_to_bf16(bf16 *dqkv, const float *acc, int B, int T, int Hq, int Hkv, float scale) {
+    const int ld = (Hq + 2 * Hkv) * 64, c = 2 * (blockIdx.x * blockDim.x + threadIdx.x), ntile = (T + 63) / 64;
+    if (c >= Hq * 64) return;
+    const int h = c / 64, col = c % 64, i = col / 8, t4 = (col % 8) / 2;
+    for (long n = blockIdx.y; n < (long)B * T; n += gridDim.y) {
+        const int b = (int)(n / T), t = (int)(n % T), r = t % 64;
+        const int tid = 32 * (r / 16) + 4 * (r % 8) + t4, e = 2 * ((r % 16) / 8);
+        const float2 a = *(const float2 *)(acc + (((size_t)b * Hq + h) * ntile + t / 64) * 4096 + (i * 128 + tid) * 4 + e);
+        *(__nv_bfloat162 *)(dqkv + n * ld + c) = __floats2bfloat162_rn(a.x * scale, a.y * scale);
     }
 }
 
@@ -722,12 +741,22 @@ __device__ __forceinline__ void wgmma_rs_acc_hd(float *d, const uint32_t *a, uin
     else wgmma_rs_acc_n128<TB>(d, a, db);
 }
 
+// DQT: the 16 KB dQ tile (head size 64) of query tile qt, head h added to dq_acc's tile-major layout by one bulk
+// reduce-add (float4 atomics cost a quarter of the backward's time; one thread issues this)
+__device__ __forceinline__ void dq_tile_add(float *dq_acc, uint32_t dqs, int b, int h, int qt, int T, int Hq) {
+    float *dst = dq_acc + (((size_t)b * Hq + h) * ((T + 63) / 64) + qt) * 4096;
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 16384;\n"
+                 "cp.async.bulk.commit_group;\n" ::"l"(dst), "r"(dqs) : "memory");
+}
+
 #endif
 
-template <int HD, int MINB>
+template <int HD, int MINB, bool DQT, bool TMAQ>
 __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv,
                                                              const bf16 *dout, const float *lse, const float *Dv,
-                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale) {
+                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale,
+                                                             const __grid_constant__ CUtensorMap map_q,
+                                                             const __grid_constant__ CUtensorMap map_do) {
 #ifdef HALO_ATTN_WGMMA
     constexpr int BK = 64, BQ = 64, PANEL = 64 * 128, NP = HD / 64, TILE = NP * PANEL;
     extern __shared__ __align__(16) unsigned char smem_wg[];
@@ -736,6 +765,16 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
     const uint32_t Ks = base, Vs = base + TILE, Qs0 = base + 2 * TILE, dOs0 = base + 4 * TILE, dSt = base + 6 * TILE;
     float *lse_s0 = (float *)(smem + 6 * TILE + PANEL), *D_s0 = lse_s0 + 2 * BQ;
     int *qseg_s0 = (int *)(D_s0 + 2 * BQ);
+    const uint32_t dqs = base + 6 * TILE + PANEL + 6 * BQ * 4;   // DQT: the 16 KB dQ tile
+    const uint32_t bars = dqs + (DQT ? 16384 : 0);                  // TMAQ: one barrier per Q/dO buffer
+    if (TMAQ) {
+        if (threadIdx.x == 0) {
+            mbar_init_s(bars, 1);
+            mbar_init_s(bars + 8, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        }
+        __syncthreads();
+    }
     int kvh = blockIdx.x, b = blockIdx.y, kt = blockIdx.z;
     int ld = (Hq + 2 * Hkv) * HD, group = Hq / Hkv;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -751,13 +790,30 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
     auto stage = [&](int it, int buf) {
         int h = kvh * group + it / nqt, q0 = (qt0 + it % nqt) * BQ;
         const float *lse_h = lse + ((size_t)b * Hq + h) * T, *D_h = Dv + ((size_t)b * Hq + h) * T;
-        load_panels<NP>(Qs0 + buf * TILE, rows + h * HD, q0, T, ld, tid);
-        load_panels<NP>(dOs0 + buf * TILE, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
-        if (tid < BQ) {
-            bool in = q0 + tid < T;
-            lse_s0[buf * BQ + tid] = in ? lse_h[q0 + tid] * LOG2E : 0.f;
-            D_s0[buf * BQ + tid] = in ? D_h[q0 + tid] : 0.f;
-            if (segb) qseg_s0[buf * BQ + tid] = in ? segb[q0 + tid] : -2;
+        if (TMAQ) {   // one thread: Q and dO by TMA (rows past T read as zeros), completing on the buffer's barrier
+            if (tid == 0) {
+                mbar_expect_tx_s(bars + 8 * buf, 2 * TILE);
+#pragma unroll
+                for (int p = 0; p < NP; p++) {
+                    tma_load_3d(Qs0 + buf * TILE + p * PANEL, &map_q, bars + 8 * buf, h * HD + 64 * p, q0, b);
+                    tma_load_3d(dOs0 + buf * TILE + p * PANEL, &map_do, bars + 8 * buf, h * HD + 64 * p, q0, b);
+                }
+            }
+        } else {
+            load_panels<NP>(Qs0 + buf * TILE, rows + h * HD, q0, T, ld, tid);
+            load_panels<NP>(dOs0 + buf * TILE, dob + h * HD, q0, T, (size_t)Hq * HD, tid);
+        }
+        if (tid < BQ) {   // lse (unscaled), D and segment ids by cp.async too (synchronous loads cost 4%)
+            const int j = buf * BQ + tid;
+            if (q0 + tid < T) {
+                cp_async4(lse_s0 + j, lse_h + q0 + tid);
+                cp_async4(D_s0 + j, D_h + q0 + tid);
+                if (segb) cp_async4(qseg_s0 + j, segb + q0 + tid);
+            } else {
+                lse_s0[j] = 0.f;
+                D_s0[j] = 0.f;
+                if (segb) qseg_s0[j] = -2;
+            }
         }
     };
     load_panels<NP>(Ks, rows + (Hq + kvh) * HD, k0, T, ld, tid);
@@ -773,8 +829,10 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         const float *lse_s = lse_s0 + cur * BQ, *D_s = D_s0 + cur * BQ;
         const int *qseg_s = qseg_s0 + cur * BQ;
         __syncthreads();   // the previous iteration's readers of the buffers written below are done
+        if (DQT && it > 0 && tid == 0) dq_tile_add(dq_acc, dqs, b, kvh * group + (it - 1) / nqt, qt0 + (it - 1) % nqt, T, Hq);
         if (it + 1 < n_it) { stage(it + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
         else cp_async_wait<0>();
+        if (TMAQ) mbar_wait_s(bars + 8 * cur, (it >> 1) & 1);   // buffer cur's (it / 2)-th fill
         fence_proxy_async();
         __syncthreads();
         float s[32], dp[32];
@@ -792,7 +850,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int qi = i * 8 + 2 * t4 + (e & 1), ri = e >> 1;
-                float p = exp2f(fmaf(s[4 * i + e], scale_log2, -lse_s[qi]));
+                float p = exp2f(fmaf(s[4 * i + e], scale_log2, -(lse_s[qi] * LOG2E)));
                 if (masked) {
                     int q = q0 + qi;
                     bool ok = q < T && q >= krow[ri] && krow[ri] < T;
@@ -831,11 +889,13 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
         wg_hold<HD / 2>(dk);
         wg_hold_u<16>(pa);
         wg_hold_u<16>(da);
-        __syncthreads();   // the whole dS^T tile written
+        if (DQT && tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");   // dQ tile free
+        __syncthreads();   // the whole dS^T tile written (DQT: and the last dQ tile read)
         // dq, 64 head-dim columns (one panel of K) at a time: element 4i + e: query row 16 warp + g + 8 (e >> 1),
         // column 64 p + 8i + 2 t4 + (e & 1). Lanes t4 and t4 ^ 1 swap halves, so that even lanes add 4 columns of row
         // g and odd ones 4 of row g + 8 by float4 atomics (half as many as float2 ones: 0.858 vs 0.882 ms a layer at
-        // 1B shapes)
+        // 1B shapes). DQT (head size 64): the fragment goes to the dQ tile in shared memory instead, one bulk reduce-add
+        // of 16 KB a query tile (untimed: probe mode 256 of dev/cuda/probe/attn_bwd_parts.cu)
         int odd = t4 & 1, qa = q0 + warp * 16 + g + 8 * odd;
         float *dst = dq_acc + ((size_t)b * T + qa) * Hq * HD + h * HD + 2 * (t4 - odd);
 #pragma unroll
@@ -846,14 +906,29 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
             wg_commit();
             wg_wait0();
             wg_hold<32>(dq);
+            if (DQT) {   // the fragment into the dQ tile, added by one bulk reduce after the next barrier
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
-                float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
-                const float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3])
-                                     : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
-                if (qa < T) atomicAdd((float4 *)(dst + 64 * p + i * 8), v);
+                for (int i = 0; i < 8; i++)
+                    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(dqs + (i * 128 + tid) * 16),
+                                 "f"(dq[4 * i]), "f"(dq[4 * i + 1]), "f"(dq[4 * i + 2]), "f"(dq[4 * i + 3]) : "memory");
+                fence_proxy_async();
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i] : dq[4 * i + 2], 1);
+                    float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * i + 1] : dq[4 * i + 3], 1);
+                    const float4 v = odd ? make_float4(r0, r1, dq[4 * i + 2], dq[4 * i + 3])
+                                         : make_float4(dq[4 * i], dq[4 * i + 1], r0, r1);
+                    if (qa < T) atomicAdd((float4 *)(dst + 64 * p + i * 8), v);
+                }
             }
+        }
+    }
+    if (DQT) {
+        __syncthreads();
+        if (tid == 0) {
+            dq_tile_add(dq_acc, dqs, b, kvh * group + (n_it - 1) / nqt, qt0 + (n_it - 1) % nqt, T, Hq);
+            asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
         }
     }
     flash_bwd_store_kv<HD>(dqkv, dk, dv, krow, b, kvh, T, Hq, Hkv, scale, t4);
@@ -866,9 +941,10 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
 // panels), the online softmax of k_flash_fwd2 on the accumulators (same fragment layout), O += P V with P from registers
 // and the V tile MN-major (head size 128: one m64n128 product per k16 step over both panels). Blocks of the last query
 // tiles (the most keys) start first.
-template <int HD, int MINB>
+template <int HD, int MINB, bool TMAK>
 __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv,
-                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale) {
+                                                             const int32_t *seg, int T, int Hq, int Hkv, float scale,
+                                                             const __grid_constant__ CUtensorMap map_qkv) {
 #ifdef HALO_ATTN_WGMMA
     constexpr int BR = 64, BC = 64, PANEL = 64 * 128, NP = HD / 64, TILE = NP * PANEL;
     extern __shared__ __align__(16) unsigned char smem_wg[];
@@ -876,6 +952,15 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
     unsigned char *smem = smem_wg + (base - s_raw);
     const uint32_t Qs = base, Ks0 = base + TILE, Vs0 = base + 3 * TILE;
     int *kseg0 = (int *)(smem + 5 * TILE);
+    const uint32_t bars = base + 5 * TILE + 2 * 64 * 4;   // TMAK: one barrier per K/V buffer
+    if (TMAK) {
+        if (threadIdx.x == 0) {
+            mbar_init_s(bars, 1);
+            mbar_init_s(bars + 8, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        }
+        __syncthreads();
+    }
     int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
     int kvh = h / (Hq / Hkv), ld = (Hq + 2 * Hkv) * HD;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -885,9 +970,24 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
     const float c = scale * LOG2E;
     auto stage = [&](int kt, int buf) {
         int k0 = kt * BC;
-        load_panels<NP>(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
-        load_panels<NP>(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
-        if (segb && tid < BC) kseg0[buf * BC + tid] = k0 + tid < T ? segb[k0 + tid] : -1;
+        if (TMAK) {   // one thread: K and V by TMA (rows past T read as zeros), completing on the buffer's barrier
+            if (tid == 0) {
+                mbar_expect_tx_s(bars + 8 * buf, 2 * TILE);
+#pragma unroll
+                for (int p = 0; p < NP; p++) {
+                    tma_load_3d(Ks0 + buf * TILE + p * PANEL, &map_qkv, bars + 8 * buf, (Hq + kvh) * HD + 64 * p, k0, b);
+                    tma_load_3d(Vs0 + buf * TILE + p * PANEL, &map_qkv, bars + 8 * buf, (Hq + Hkv + kvh) * HD + 64 * p,
+                                k0, b);
+                }
+            }
+        } else {
+            load_panels<NP>(Ks0 + buf * TILE, rows + (Hq + kvh) * HD, k0, T, ld, tid);
+            load_panels<NP>(Vs0 + buf * TILE, rows + (Hq + Hkv + kvh) * HD, k0, T, ld, tid);
+        }
+        if (segb && tid < BC) {   // the keys' segment ids by cp.async too
+            if (k0 + tid < T) cp_async4(kseg0 + buf * BC + tid, segb + k0 + tid);
+            else kseg0[buf * BC + tid] = -1;
+        }
     };
     load_panels<NP>(Qs, rows + h * HD, q0, T, ld, tid);
     stage(0, 0);
@@ -908,6 +1008,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         __syncthreads();   // the products that read the buffer the next copy overwrites are done
         if (kt + 1 < nkt) { stage(kt + 1, cur ^ 1); cp_async_commit(); cp_async_wait<1>(); }
         else cp_async_wait<0>();
+        if (TMAK) mbar_wait_s(bars + 8 * cur, (kt >> 1) & 1);   // buffer cur's (kt / 2)-th fill
         fence_proxy_async();
         __syncthreads();
         // s element 4 nt + e: query row qrow[e >> 1], key k0 + 8 nt + 2 t4 + (e & 1)
@@ -945,10 +1046,13 @@ static int force_simple(void) {
 
 extern "C" int cuda_attention_uses_flash(int hd) { return (hd == 64 || hd == 128) && !force_simple(); }
 
+// fp32 dq accumulator of the flash backwards: [B T][Hq hd], or tile-major with T padded to 64 (dq_tiled)
+static size_t dq_acc_floats(int B, int T, int Hq, int hd) { return (size_t)B * ((T + 63) / 64 * 64) * Hq * hd; }
+
 extern "C" size_t cuda_attention_scratch_bytes(int B, int T, int Hq, int Hkv, int hd) {
     size_t N = (size_t)B * T;
     size_t simple = N * 2 * Hkv * hd * sizeof(float);
-    size_t flash = N * Hq * hd * sizeof(float) + N * Hq * sizeof(float);
+    size_t flash = dq_acc_floats(B, T, Hq, hd) * sizeof(float) + N * Hq * sizeof(float);
     return simple > flash ? simple : flash;
 }
 
@@ -995,18 +1099,45 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
                                                                           1.f / sqrtf((float)HD));
     CUDA_LAUNCH_CHECK();
 }
+// A 3-D tensor map [B][T][C] of bf16 rows (C elements, leading dimension C) read as 64 x 64 boxes in the 128-byte
+// swizzle of the attention tiles; 0 where the driver has no encoder or refuses the shape.
+static int attn_tile_map(CUtensorMap *map, const void *base, int B, int T, int C) {
+    PFN_cuTensorMapEncodeTiled_v12000 enc = tma_encoder();
+    if (!enc || ((uintptr_t)base & 15) || (C * 2) % 16) return 0;
+    const cuuint64_t dims[3] = {(cuuint64_t)C, (cuuint64_t)T, (cuuint64_t)B};
+    const cuuint64_t strides[2] = {(cuuint64_t)C * 2, (cuuint64_t)C * 2 * T};
+    const cuuint32_t box[3] = {64, 64, 1}, es[3] = {1, 1, 1};
+    return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base, dims, strides, box, es,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+static int g_attn_tma = -1;   // HALO_ATTN_TMA=0: the attention tiles by cp.async (K/V forward, Q/dO backward)
+
+template <int HD, int MINB, bool TMAK>
+static void flash_fwd_wg_go(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
+                            const CUtensorMap &map, cudaStream_t s) {
+    static int attr;
+    // tiles, key segment ids, TMAK's barriers, alignment
+    const size_t sm = 5 * (HD / 64) * 8192 + 2 * 64 * sizeof(int) + (TMAK ? 16 : 0) + 1024;
+    if (!attr) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd_wg<HD, MINB, TMAK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)sm));
+        attr = 1;
+    }
+    k_flash_fwd_wg<HD, MINB, TMAK><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
+                                                                            1.f / sqrtf((float)HD), map);
+    CUDA_LAUNCH_CHECK();
+}
 template <int HD, int MINB>
 static void flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
                          cudaStream_t s) {
-    static int attr;
-    const size_t sm = 5 * (HD / 64) * 8192 + 2 * 64 * sizeof(int) + 1024;   // tiles, key segment ids, alignment
-    if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fwd_wg<HD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-        attr = 1;
+    CUtensorMap map;
+    if (env_switch(&g_attn_tma, "HALO_ATTN_TMA") && attn_tile_map(&map, qkv, B, T, (Hq + 2 * Hkv) * HD))
+        flash_fwd_wg_go<HD, MINB, true>(out, lse, qkv, seg, B, T, Hq, Hkv, map, s);
+    else {
+        memset(&map, 0, sizeof map);
+        flash_fwd_wg_go<HD, MINB, false>(out, lse, qkv, seg, B, T, Hq, Hkv, map, s);
     }
-    k_flash_fwd_wg<HD, MINB><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
-                                                                      1.f / sqrtf((float)HD));
-    CUDA_LAUNCH_CHECK();
 }
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
@@ -1032,19 +1163,42 @@ static void flash_bwd2_v(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 
     CUDA_LAUNCH_CHECK();
 }
 
-template <int HD, int MINB>
-static void flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
-                         const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+
+template <int HD, int MINB, bool DQT, bool TMAQ>
+static void flash_bwd_wg_go(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse,
+                            const float *Dv, const int32_t *seg, int B, int T, int Hq, int Hkv, const CUtensorMap &mq,
+                            const CUtensorMap &mdo, cudaStream_t s) {
     static int attr;
-    // tiles (K, V, Q and dO twice: HD / 64 panels each; dS^T), lse/D/segment ids, alignment
-    const size_t sm = (6 * (HD / 64) + 1) * 8192 + 6 * 64 * sizeof(float) + 1024;
+    // tiles (K, V, Q and dO twice: HD / 64 panels each; dS^T), lse/D/segment ids, DQT's dQ tile, TMAQ's barriers,
+    // alignment
+    const size_t sm = (6 * (HD / 64) + 1) * 8192 + 6 * 64 * sizeof(float) + (DQT ? 16384 : 0) + (TMAQ ? 16 : 0) + 1024;
     if (!attr) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg<HD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg<HD, MINB, DQT, TMAQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)sm));
         attr = 1;
     }
-    k_flash_bwd_wg<HD, MINB><<<dim3(Hkv, B, cdiv(T, 64)), 128, sm, s>>>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq,
-                                                                        Hkv, 1.f / sqrtf((float)HD));
+    k_flash_bwd_wg<HD, MINB, DQT, TMAQ><<<dim3(Hkv, B, cdiv(T, 64)), 128, sm, s>>>(
+        dqkv, dq_acc, qkv, dout, lse, Dv, seg, T, Hq, Hkv, 1.f / sqrtf((float)HD), mq, mdo);
     CUDA_LAUNCH_CHECK();
+}
+template <int HD, int MINB, bool DQT>
+static void flash_bwd_wg(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout, const float *lse, const float *Dv,
+                         const int32_t *seg, int B, int T, int Hq, int Hkv, cudaStream_t s) {
+    CUtensorMap mq, mdo;
+    if (env_switch(&g_attn_tma, "HALO_ATTN_TMA") && attn_tile_map(&mq, qkv, B, T, (Hq + 2 * Hkv) * HD) &&
+        attn_tile_map(&mdo, dout, B, T, Hq * HD))
+        flash_bwd_wg_go<HD, MINB, DQT, true>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, mq, mdo, s);
+    else {
+        memset(&mq, 0, sizeof mq);
+        flash_bwd_wg_go<HD, MINB, DQT, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, mq, mq, s);
+    }
+}
+
+// The head-size-64 warpgroup backward (variant 4) adds dQ by tiles into a tile-major accumulator
+static int g_dq_tiles = -1;   // HALO_ATTN_DQ_TILES=0: float4 atomics instead (A/B)
+static int dq_tiled(int hd) {
+    return hd == 64 && variant(&g_bwd_variant, "HALO_CUDA_ATTN_BWD", 4, CUDA_ATTN_BWD_VARIANTS - 1) == 4 &&
+           env_switch(&g_dq_tiles, "HALO_ATTN_DQ_TILES");
 }
 
 template <int HD, int BQ>
@@ -1056,8 +1210,9 @@ static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *do
     case 2: flash_bwd2_v<HD, BQ, 8, 1, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 3: flash_bwd2_v<HD, BQ, 8, 1, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
     case 1: flash_bwd2_v<HD, BQ, 4, CAP, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s); break;
-    default:   // 4: warpgroup products
-        flash_bwd_wg<HD, HD == 64 ? 3 : 2>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+    default:   // 4: warpgroup products (head size 64: dQ by tiles, dq_tiled)
+        if (dq_tiled(HD)) flash_bwd_wg<HD, HD == 64 ? 3 : 2, HD == 64>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
+        else flash_bwd_wg<HD, HD == 64 ? 3 : 2, false>(dqkv, dq_acc, qkv, dout, lse, Dv, seg, B, T, Hq, Hkv, s);
         break;
     }
 }
@@ -1083,15 +1238,21 @@ extern "C" void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const ha
     int N = B * T;
     if (N == 0) return;
     if (cuda_attention_uses_flash(hd)) {
-        float *dq_acc = (float *)scratch, *Dv = dq_acc + (size_t)N * Hq * hd;
-        CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)N * Hq * hd * sizeof(float), s));
+        const int tiled = dq_tiled(hd);
+        const size_t nacc = tiled ? dq_acc_floats(B, T, Hq, hd) : (size_t)N * Hq * hd;
+        float *dq_acc = (float *)scratch, *Dv = dq_acc + nacc;
+        CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, nacc * sizeof(float), s));
         k_attn_bwd_dot<<<cdiv((long)N * Hq * (hd / 8), 256), 256, 0, s>>>(Dv, (const bf16 *)dout, (const bf16 *)out, N, T,
                                                                          Hq, hd);
         CUDA_LAUNCH_CHECK();
         if (hd == 64) flash_bwd<64, 64>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
         else flash_bwd<128, 32>((bf16 *)dqkv, dq_acc, (const bf16 *)qkv, (const bf16 *)dout, lse, Dv, seg, B, T, Hq, Hkv, s);
-        k_q_acc_to_bf16<<<dim3(cdiv(Hq * hd / 2, 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)dqkv, dq_acc, N, Hq,
-                                                                                      Hkv, hd, 1.f / sqrtf((float)hd));
+        if (tiled)
+            k_q_acc_tiled_to_bf16<<<dim3(cdiv(Hq * hd / 2, 256), N < 8192 ? N : 8192), 256, 0, s>>>(
+                (bf16 *)dqkv, dq_acc, B, T, Hq, Hkv, 1.f / sqrtf((float)hd));
+        else
+            k_q_acc_to_bf16<<<dim3(cdiv(Hq * hd / 2, 256), N < 8192 ? N : 8192), 256, 0, s>>>((bf16 *)dqkv, dq_acc, N, Hq,
+                                                                                          Hkv, hd, 1.f / sqrtf((float)hd));
         CUDA_LAUNCH_CHECK();
         return;
     }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
+#include "cuda/tma.cuh"
 extern "C" {
 #include "util/error.h"
 }
@@ -44,25 +45,12 @@ struct dq_args {
 #define HALO_WGMMA 1
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-__device__ __forceinline__ void mbar_init(uint64_t *b, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-                     : "=r"(done) : "r"(smem_addr(b)), "r"(parity) : "memory");
-    } while (!done);
-}
+__device__ __forceinline__ void mbar_init(uint64_t *b, int count) { mbar_init_s(smem_addr(b), count); }
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) { mbar_expect_tx_s(smem_addr(b), bytes); }
+__device__ __forceinline__ void mbar_arrive(uint64_t *b) { mbar_arrive_s(smem_addr(b)); }
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) { mbar_wait_s(smem_addr(b), parity); }
 __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint64_t *bar, int k, int row) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
-                 ::"r"(smem_addr(dst)), "l"(map), "r"(smem_addr(bar)), "r"(k), "r"(row) : "memory");
+    tma_load_2d(smem_addr(dst), map, smem_addr(bar), k, row);
 }
 // wgmma shared-memory descriptor of a K-major tile in TMA's 128-byte swizzle: rows of 128 bytes, 8-row atoms 1024
 // bytes apart (stride byte offset), start address >> 4 in bits 0-13, swizzle mode 1 (128 B) in bits 62-63. Stepping
@@ -361,12 +349,7 @@ int init(void) {
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
     cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev);
     if (major != 9 || minor != 0) return 0;   // wgmma as compiled here (sm_90a) runs on 9.0 only
-    cudaDriverEntryPointQueryResult q;
-    void *fn = NULL;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess || !fn)
-        return cudaGetLastError(), 0;
-    g_encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    if (!(g_encode = tma_encoder())) return 0;
     if (cudaFuncSetAttribute(k_gemm_s8_dq, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES) != cudaSuccess)
         return cudaGetLastError(), 0;
     g_ready = 1;
