@@ -20,7 +20,7 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } gemm_plan;
 
-enum { GEMM_CACHE = 128 };
+enum { GEMM_CACHE = 256 };   // the model's shapes, and LoRA's small products (several per adapted shape)
 static cublasLtHandle_t g_lt;
 static void *g_ws;                      // workspace shared by every product (one stream at a time)
 static size_t g_ws_bytes = 64u << 20;
