@@ -34,7 +34,8 @@ static void usage(void) {
         "  --lr X (4e-5)  --min-lr X (0)  --warmup N (20)  --decay linear|cosine|constant (linear)\n"
         "  --weight-decay W (0)  --beta1 B (0.9)  --beta2 B (0.999)  --clip C (1.0; 0 = off)  --seed S (1234)\n"
         "  --time-budget SECONDS  stop (and evaluate, checkpoint, export) after this much training time\n"
-        "LoRA (the base weights frozen, their products forward and input gradient only, in HALO when it is on; CPU):\n"
+        "LoRA (the base weights frozen, their products forward and input gradient only, in HALO when it is on; CPU or\n"
+        "GPU: on the GPU the base keeps bf16 weights only, no fp32 master, gradients or moments):\n"
         "  --lora                 adapters with the HALO paper's settings: r 16, alpha 8, dropout 0.05, all linears\n"
         "  --lora-rank R  --lora-alpha A (8)  --lora-dropout P (0.05)  --lora-linears all|q,k,v,o,gate,up,down\n"
         "                         (any of these turns LoRA on); --out writes a PEFT adapter (adapter_config.json,\n"
@@ -211,11 +212,7 @@ int cmd_finetune(int argc, char **argv) {
     if (merge && !lora_on) { halo_fail("--merge: only with LoRA (--lora or --lora-rank R)"); goto bad; }
     if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     int use_cuda = 0;
-    if (lora_on && device && !strcmp(device, "cuda")) { halo_fail("--device cuda: LoRA trains on the CPU only"); goto bad; }
-    if (lora_on && !device && cli_device_auto(NULL, "finetune"))   // LoRA runs on the CPU: no GPU default
-        fprintf(stderr, "halo finetune: note: LoRA trains on the CPU; the GPU present is not used\n");
-    if (lora_on) use_cuda = 0;
-    else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
+    if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0)) goto bad;
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }

@@ -145,9 +145,11 @@ int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model
     return halo_common_apply(o, m);
 }
 
-int cli_adapter_device(const char *adapter, int *use_cuda) {
-    if (!adapter) return HALO_OK;
-    if (*use_cuda == 1) return halo_fail("--adapter: LoRA adapters run on the CPU model only (use --device cpu)");
+int cli_adapter_device(const char *adapter, int gpu_ok, int *use_cuda) {
+    if (!adapter || gpu_ok) return HALO_OK;
+    if (*use_cuda == 1)
+        return halo_fail("--adapter: on the GPU, LoRA adapters run in `eval --task loss` only; generation with them "
+                         "runs on the CPU model (use --device cpu)");
     *use_cuda = 0;
     return HALO_OK;
 }

@@ -30,9 +30,10 @@ int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i);
 int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model_dir);
 int halo_common_apply(halo_common_opts *o, llama_model *m);
 const char *halo_common_describe(const halo_common_opts *o);
-// --adapter DIR (eval, generate): LoRA adapters run on the CPU model only; *use_cuda -1 (no --device) becomes 0 and
-// 1 (--device cuda) is refused with a message. Nothing when adapter is NULL.
-int cli_adapter_device(const char *adapter, int *use_cuda);
+// --adapter DIR (eval, generate): the GPU model runs adapters in its forward (gpu_ok: the loss evaluation), the GPU
+// decoder does not (generation): there *use_cuda -1 (no --device) becomes 0 and 1 (--device cuda) is refused with a
+// message. Nothing when adapter is NULL or gpu_ok.
+int cli_adapter_device(const char *adapter, int gpu_ok, int *use_cuda);
 // Loads the model directory, then the PEFT adapter (when not NULL), then the precision: the flags, else the
 // halo_config.json of the adapter's folder (the precision it was trained with) or, without an adapter, of the model's.
 int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, halo_common_opts *co);

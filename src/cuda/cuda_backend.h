@@ -48,6 +48,12 @@ void cuda_linear_backward_dw_set(float *dW, const halo_bf16 *dY, const halo_bf16
 // bf16 dW[n, m] = dY^T X (+ dW when accumulate): fp32 accumulation inside the product, one bf16 rounding per call
 void cuda_linear_backward_dw_bf16(halo_bf16 *dW, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n,
                                   int accumulate, cudaStream_t s);
+// General row-major product for small or strided operands (the LoRA adapters): C[M, N] (row stride ldc; fp32 or
+// bf16) = alpha op(A) op(B) + beta C, op(A) [M, K] is A [M, K] (row stride lda) or, when ta, A^T of A [K, M];
+// op(B) [K, N] is B [K, N] or, when tb, B^T of B [N, K]. Any pointer alignment (plans are chosen for the pointers'
+// actual alignments), so C may be a column slice of a wider activation.
+void cuda_gemm_rm(void *C, int c_f32, long ldc, const halo_bf16 *A, long lda, int ta, const halo_bf16 *B, long ldb,
+                  int tb, int M, int N, int K, float alpha, float beta, cudaStream_t s);
 // Frees the cuBLASLt handle, workspace and cached algorithms.
 void cuda_matmul_shutdown(void);
 // Changes whenever cuda_matmul_shutdown frees the products' workspace and plans (CUDA graphs that captured products
@@ -71,7 +77,7 @@ void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, c
                             cudaStream_t s);
 // One pass (rows in blocks, dw summed per block in shared memory).
 // dx[N, D] = dres (or 0 when NULL; may alias dx) + d(rmsnorm)/dx · dout; dx16 (optional) = bf16(dx);
-// dw[D] += sum_n dout * x * rstd.
+// dw[D] += sum_n dout * x * rstd (dw NULL: not computed, a frozen norm).
 void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, cudaStream_t s);
 // The same, and *amax16 = max(*amax16, max |dx16|) (atomic on the float bits; dx16 required): the E_Y scale of the
@@ -177,7 +183,17 @@ typedef struct {
 int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // Uploads a host model (fp32 params; its tensor table gives the no-decay tensors). Returns HALO_ERR with a message
 // when no device is present or memory runs out.
+// A host model with LoRA adapters (llama_get_lora): only the adapters train (fp32 values, gradients and AdamW moments,
+// a bf16 copy for the products; clipping and weight decay over them alone, as the CPU trainer); the base weights are
+// frozen, uploaded once as bf16 with no master, gradient or moment buffers, and every base weight-gradient product
+// is skipped. Copy-back, moments and upload_state then move the adapters in llama_trainable_params' layout (the
+// host's adapters; the CPU trainer's adamw_state). bf16_moments / bf16_grads are refused with LoRA.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
+// LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
+// trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the
+// default): no dropout, as evaluation. Nothing without adapters.
+void llama_cuda_lora_train(llama_cuda *g, int on, uint64_t key);
+int llama_cuda_has_lora(const llama_cuda *g);   // 1 when the model trains LoRA adapters
 // Same, from a config with random weights made on the device (normal(0, 0.02) matrices, ones for norms).
 int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg, uint64_t seed, const llama_cuda_opts *o);
 void llama_cuda_free(llama_cuda *g);
@@ -203,7 +219,8 @@ double llama_cuda_grad_norm(llama_cuda *g);
 // in its weight W; ..." (at most three named), or NULL when none did or no layer runs through HALO. Synchronizes.
 const char *llama_cuda_halo_error(llama_cuda *g);
 
-// Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table).
+// Copies fp32 master weights / gradients into a host model of the same config (views by its tensor table); with
+// LoRA, the adapters' values / gradients into the host's adapters (llama_trainable_params).
 int llama_cuda_copy_params(llama_cuda *g, llama_model *host);
 int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
 
@@ -250,7 +267,8 @@ void llama_cuda_weights(llama_cuda *g, llama_cuda_weight_ptrs *out);
 // single-query attention over the cache with an fp32 softmax, fp32 logits. HALO layers are not used: like the
 // CPU's optional quantized evaluation, generation on the GPU runs the BF16 weights.
 typedef struct cuda_decoder cuda_decoder;
-// Over a GPU model's weights (borrowed: the model must outlive the decoder and its stream is used) ...
+// Over a GPU model's weights (borrowed: the model must outlive the decoder and its stream is used; refused when the
+// model has LoRA adapters, which the decoder does not apply) ...
 int cuda_decoder_init(cuda_decoder **out, llama_cuda *g, int max_seqs, int max_len, int max_rows);
 // ... or over a host model's weights, uploaded once as BF16 (the decoder owns them; no training buffers).
 // max_rows: most tokens one cuda_decoder_forward call takes (prefill runs in chunks of it; >= max_seqs).

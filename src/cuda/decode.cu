@@ -208,6 +208,10 @@ static int dec_buffers(cuda_decoder *d) {
 }
 
 extern "C" int cuda_decoder_init(cuda_decoder **out, llama_cuda *g, int max_seqs, int max_len, int max_rows) {
+    *out = NULL;
+    if (llama_cuda_has_lora(g))   // the decoder reads the base weights only
+        return halo_fail("CUDA decoder: the GPU model has LoRA adapters, which the decoder does not apply (decode from "
+                         "a host model with the adapters merged: llama_lora_merge, cuda_decoder_init_host)");
     llama_cuda_weight_ptrs w;
     llama_cuda_weights(g, &w);
     if (dec_common(out, &w.cfg, max_seqs, max_len, max_rows) != HALO_OK) { free(w.layers); return HALO_ERR; }

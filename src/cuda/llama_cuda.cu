@@ -7,12 +7,16 @@
 // With HALO configured (opts.halo, INT8/FP8), each selected block linear runs through its own halo_cuda_linear
 // instead: q, k, v (gate, up) as separate HALO products on the rows of the fused weight, writing their columns of the
 // fused activation, as the CPU model quantizes each of them with its own scales.
+// With LoRA adapters on the host model (llama_get_lora), only the adapters train: per adapted linear A and B in fp32
+// (values, gradients, AdamW moments) with a bf16 copy for the products, added to the frozen base products (BF16 or
+// HALO, forward and input gradient only); the base keeps its bf16 weights alone (no master, gradient or moment).
 #include <math.h>
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 extern "C" {
 #include "halo/hadamard.h"
+#include "model/lora.h"
 #include "ops/ops.h"
 #include "util/error.h"
 }
@@ -48,13 +52,23 @@ static const char *const MEM_NAMES[MEM_NCAT] = {"weights (bf16)", "master weight
 
 // Per-category device time of a step (llama_cuda_profile): events around each operation, summed after the step.
 enum { PR_EMBED, PR_NORM_F, PR_NORM_R, PR_NORM_B, PR_ROPE, PR_ATT_F, PR_ATT_B, PR_SWIGLU_F, PR_SWIGLU_B, PR_MM_F, PR_MM_DX,
-       PR_MM_DW, PR_HALO_B, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_MISC, PR_N };
+       PR_MM_DW, PR_HALO_B, PR_LM_F, PR_LM_B, PR_XENT, PR_ADAMW, PR_NORMSQ, PR_LORA, PR_MISC, PR_N };
 static const char *const PR_NAMES[PR_N] = {
     "embedding fwd+bwd", "rmsnorm fwd", "rmsnorm recompute", "rmsnorm bwd", "rope fwd+bwd", "attention fwd", "attention bwd",
     "swiglu fwd (+recompute)", "swiglu bwd", "layer products fwd", "layer products dX", "layer products dW",
     "HALO layer products bwd", "lm_head product fwd", "lm_head products bwd", "cross-entropy", "adamw", "grad norm",
-    "memsets, uploads"};
+    "LoRA adapters fwd+bwd", "memsets, uploads"};
 enum { PR_MAXEV = 8192 };
+
+// One adapted (layer, linear) under LoRA: A [r, in] and B [out, r] at 128-element aligned offsets of the adapter
+// buffers, their offsets in the host's llama_trainable_params buffer, and U = s dropout(X) A^T of the last forward
+// (bf16 [N, r]), which B's gradient reads.
+typedef struct {
+    int on, in, out;
+    size_t a, b;        // device offsets
+    size_t ha, hb;      // host offsets
+    bf16 *u;
+} lora_lin;
 
 struct llama_cuda {
     llama_config c;
@@ -114,6 +128,19 @@ struct llama_cuda {
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
     double prof_ms[PR_N];
+    // LoRA: master, grad, grad16, m, v stay NULL (the base is frozen); the adapters live in their own buffers
+    int lora, lrank;
+    float lscale, lkeep;         // alpha / r; 1 / (1 - dropout)
+    uint64_t lthr;               // dropout: element kept when (its hash >> 11) >= lthr = ceil(p 2^53), as lora.c
+    int ltrain;                  // dropout on (llama_cuda_lora_train), with masks from lkey
+    uint64_t lkey;
+    lora_lin *la;                // [n_layers * LIN_COUNT]
+    size_t ln_all, ln_true;      // padded adapter buffer length, adapter parameter count
+    float *lp, *lg, *lm, *lv;    // [ln_all] adapter values, gradients, AdamW moments (fp32)
+    bf16 *lw;                    // [ln_all] bf16 copy of lp, refreshed by AdamW
+    bf16 *lu;                    // U of every adapted linear
+    bf16 *ldu;                   // [N, r] dU of the linear being differentiated
+    bf16 *lxd;                   // [N, max in] dropout(X), then the input gradient before its mask (dropout > 0 only)
 };
 
 // Start and end marks alternate; a start is recorded only when its end has room too.
@@ -269,9 +296,17 @@ static int norm_shared(const llama_cuda *g, int l, int kind) {
 }
 // ... and backward recomputes it from x/h and the stored rstd where something reads it: a BF16 weight gradient,
 // HALO telemetry's G reference, the MLP recomputation (n2).
+// LoRA: whether an adapter sits on layer l's linear `kind`, and on a linear reading norm `kind`'s output (q, k, v for
+// LIN_Q; gate, up for LIN_GATE).
+static int lora_on(const llama_cuda *g, int l, int kind) { return g->la && g->la[l * LIN_COUNT + kind].on; }
+static int lora_reads_norm(const llama_cuda *g, int l, int kind) {
+    return kind == LIN_Q ? lora_on(g, l, LIN_Q) || lora_on(g, l, LIN_K) || lora_on(g, l, LIN_V)
+                         : lora_on(g, l, LIN_GATE) || lora_on(g, l, LIN_UP);
+}
 static int norm_recompute(const llama_cuda *g, int l, int kind) {
     return norm_shared(g, l, kind) &&
-           (!halo_selects(g, l, kind) || g->tele || (kind == LIN_GATE && g->o.recompute == 2));
+           ((!halo_selects(g, l, kind) && !g->lora) || g->tele || (kind == LIN_GATE && g->o.recompute == 2) ||
+            lora_reads_norm(g, l, kind));
 }
 static int any_norm_shared(const llama_cuda *g) {
     for (int l = 0; l < g->c.n_layers; l++)
@@ -284,11 +319,13 @@ static int alloc_all(llama_cuda *g) {
     size_t N = (size_t)g->N_max, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
     size_t P = g->n_all, msz = g->o.bf16_moments ? 2 : 4;
     g->w = (bf16 *)dalloc(g, MEM_WEIGHTS, P * 2);
-    g->master = (float *)dalloc(g, MEM_MASTER, P * 4);
-    g->grad = (float *)dalloc(g, MEM_GRADS, (P - g->gbase) * 4);
-    if (g->gbase) g->grad16 = (bf16 *)dalloc(g, MEM_GRADS, g->gbase * 2);
-    g->m = dalloc(g, MEM_MOMENTS, P * msz);
-    g->v = dalloc(g, MEM_MOMENTS, P * msz);
+    if (!g->lora) {   // LoRA: the base is frozen, its bf16 copy is all it needs
+        g->master = (float *)dalloc(g, MEM_MASTER, P * 4);
+        g->grad = (float *)dalloc(g, MEM_GRADS, (P - g->gbase) * 4);
+        if (g->gbase) g->grad16 = (bf16 *)dalloc(g, MEM_GRADS, g->gbase * 2);
+        g->m = dalloc(g, MEM_MOMENTS, P * msz);
+        g->v = dalloc(g, MEM_MOMENTS, P * msz);
+    }
     int nl = c->n_layers, nsets = g->o.recompute == 1 ? 1 : nl;
     g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
     for (int l = 0; l <= nl; l++) g->x[l] = (float *)dalloc(g, MEM_ACTS, N * D * 4);
@@ -331,11 +368,13 @@ static int alloc_all(llama_cuda *g) {
     if (cudaMallocHost((void **)&g->stage, N * 4 * 4) != cudaSuccess) return halo_fail("CUDA: pinned host buffer");
     CUDA_CHECK(cudaEventCreateWithFlags(&g->staged, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g->staged, g->st));
-    CUDA_CHECK(cudaMemsetAsync(g->master, 0, P * 4, g->st));
-    CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (P - g->gbase) * 4, g->st));
-    if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
-    CUDA_CHECK(cudaMemsetAsync(g->m, 0, P * msz, g->st));
-    CUDA_CHECK(cudaMemsetAsync(g->v, 0, P * msz, g->st));
+    if (!g->lora) {
+        CUDA_CHECK(cudaMemsetAsync(g->master, 0, P * 4, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (P - g->gbase) * 4, g->st));
+        if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->m, 0, P * msz, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->v, 0, P * msz, g->st));
+    } else CUDA_CHECK(cudaMemsetAsync(g->w, 0, P * 2, g->st));   // the padding between slots (never uploaded)
     // RoPE tables from the CPU implementation, so both backends rotate by the same angles
     size_t half = c->head_dim / 2, tn = (size_t)g->rope_len * half;
     float *ct = (float *)xmalloc(tn * 4 * 2);
@@ -360,6 +399,10 @@ static void print_memory(const llama_cuda *g) {
         model_halo_describe(&g->o.halo, g->c.n_layers, d, sizeof d);
         printf("  block linears: %s on the GPU (scratch shared by all layers, grown in the first step)\n", d);
     }
+    if (g->lora)
+        printf("  LoRA: %zu adapter parameters train (fp32 values, gradients and moments above, a bf16 copy); the "
+               "%zu base parameters are frozen: bf16 weights only, no fp32 master, gradients or moments\n", g->ln_true,
+               g->n_true);
 }
 
 // ---- HALO ----
@@ -371,6 +414,207 @@ static void lin_shape(const llama_cuda *g, int kind, int *m, int *n) {
     int D = c->dim, F = c->hidden_dim, Q = g->Q, KV = c->n_kv_heads * c->head_dim;
     *m = model_linear_in_features(c, kind);
     *n = kind == LIN_Q ? Q : kind <= LIN_V ? KV : kind == LIN_O || kind == LIN_DOWN ? D : F;
+}
+
+// ---- LoRA ----
+// The adapters' layout from the host model's (lora.c: A then B of each adapted linear, layer by layer, in
+// llama_trainable_params' buffer), each tensor at a 128-element aligned device offset. No adapters: nothing.
+static int lora_setup(llama_cuda *g, const llama_model *host) {
+    const lora_config *lc = host ? llama_get_lora(host) : NULL;
+    if (!lc) return HALO_OK;
+    if (g->o.bf16_grads)
+        return halo_fail("--bf16-grads: with LoRA only the adapters have gradients, kept in fp32 (the frozen base has "
+                         "none); drop the flag");
+    if (g->o.bf16_moments)
+        return halo_fail("--bf16-moments: with LoRA only the adapters have AdamW moments, kept in fp32 (the frozen "
+                         "base has none); drop the flag");
+    llama_trainable tp = llama_trainable_params((llama_model *)host);
+    g->lora = 1;
+    g->lrank = lc->rank;
+    g->lscale = (float)(lc->alpha / lc->rank);   // as lora.c's scale
+    g->lkeep = (float)(1.0 / (1.0 - lc->dropout));
+    g->lthr = (uint64_t)ceil(lc->dropout * 9007199254740992.0);
+    const int nl = g->c.n_layers, r = lc->rank;
+    g->la = (lora_lin *)xcalloc((size_t)nl * LIN_COUNT, sizeof(lora_lin));
+    size_t cur = 0;
+    int t = 0;
+    for (int l = 0; l < nl; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            if (!(lc->kinds & (1u << k))) continue;
+            if (t + 1 >= tp.n_table) return halo_fail("CUDA LoRA: the host model's adapter table is shorter than its "
+                                                      "configuration");
+            const llama_param *pa = &tp.table[t], *pb = &tp.table[t + 1];
+            t += 2;
+            int m, n;
+            lin_shape(g, k, &m, &n);
+            if (pa->shape[0] != r || pa->shape[1] != m || pb->shape[0] != n || pb->shape[1] != r)
+                return halo_fail("CUDA LoRA: adapter tensor %s is [%lld, %lld], expected A [%d, %d] and B [%d, %d]",
+                                 pa->name, (long long)pa->shape[0], (long long)pa->shape[1], r, m, n, r);
+            lora_lin *a = &g->la[l * LIN_COUNT + k];
+            a->on = 1; a->in = m; a->out = n;
+            a->ha = pa->offset; a->hb = pb->offset;
+            a->a = cur; cur = align_up(cur + pa->numel);
+            a->b = cur; cur = align_up(cur + pb->numel);
+            g->ln_true += pa->numel + pb->numel;
+        }
+    if (t != tp.n_table || g->ln_true != tp.n)
+        return halo_fail("CUDA LoRA: the host model's adapter table (%d tensors, %zu values) does not match its "
+                         "configuration", tp.n_table, tp.n);
+    g->ln_all = cur;
+    return HALO_OK;
+}
+
+static int lora_alloc(llama_cuda *g) {
+    if (!g->lora) return HALO_OK;
+    const size_t P = g->ln_all, N = g->N_max, us = align_up(N * g->lrank);
+    g->lp = (float *)dalloc(g, MEM_MASTER, P * 4);
+    g->lg = (float *)dalloc(g, MEM_GRADS, P * 4);
+    g->lm = (float *)dalloc(g, MEM_MOMENTS, P * 4);
+    g->lv = (float *)dalloc(g, MEM_MOMENTS, P * 4);
+    g->lw = (bf16 *)dalloc(g, MEM_WEIGHTS, P * 2);
+    int n_ad = 0, max_in = 0;
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->la[i].on) { n_ad++; max_in = g->la[i].in > max_in ? g->la[i].in : max_in; }
+    g->lu = (bf16 *)dalloc(g, MEM_ACTS, (size_t)n_ad * us * 2);
+    g->ldu = (bf16 *)dalloc(g, MEM_WORK, us * 2);
+    if (g->lkeep != 1.f) g->lxd = (bf16 *)dalloc(g, MEM_WORK, N * max_in * 2);
+    if (g->oom) return HALO_ERR;
+    for (int i = 0, j = 0; i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->la[i].on) g->la[i].u = g->lu + (size_t)j++ * us;
+    CUDA_CHECK(cudaMemsetAsync(g->lp, 0, P * 4, g->st));   // the padding stays zero (AdamW keeps it there)
+    CUDA_CHECK(cudaMemsetAsync(g->lg, 0, P * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->lm, 0, P * 4, g->st));
+    CUDA_CHECK(cudaMemsetAsync(g->lv, 0, P * 4, g->st));
+    return HALO_OK;
+}
+
+// Whether the host model's adapters are the ones this device model was made for.
+static int lora_check_host(const llama_cuda *g, const llama_model *host, const char *what) {
+    if (!llama_get_lora(host)) return halo_fail("CUDA %s: the device model trains LoRA adapters, the host model has none", what);
+    if (llama_trainable_params((llama_model *)host).n != g->ln_true)
+        return halo_fail("CUDA %s: host adapters have %zu values, device %zu", what,
+                         llama_trainable_params((llama_model *)host).n, g->ln_true);
+    return HALO_OK;
+}
+
+// Host adapter buffer (llama_trainable_params layout) <-> device one; the stream is idle for downloads.
+static void lora_down(const llama_cuda *g, float *dst, const float *src) {
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++) {
+        const lora_lin *a = &g->la[i];
+        if (!a->on) continue;
+        CUDA_CHECK(cudaMemcpy(dst + a->ha, src + a->a, (size_t)g->lrank * a->in * 4, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(dst + a->hb, src + a->b, (size_t)a->out * g->lrank * 4, cudaMemcpyDeviceToHost));
+    }
+}
+static void lora_up(llama_cuda *g, float *dst, const float *src) {   // src NULL: zeros
+    if (!src) { CUDA_CHECK(cudaMemsetAsync(dst, 0, g->ln_all * 4, g->st)); return; }
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++) {
+        const lora_lin *a = &g->la[i];
+        if (!a->on) continue;
+        CUDA_CHECK(cudaMemcpyAsync(dst + a->a, src + a->ha, (size_t)g->lrank * a->in * 4, cudaMemcpyHostToDevice, g->st));
+        CUDA_CHECK(cudaMemcpyAsync(dst + a->b, src + a->hb, (size_t)a->out * g->lrank * 4, cudaMemcpyHostToDevice,
+                                   g->st));
+    }
+}
+
+// The adapters' values from the host (the bf16 copy follows); synchronizes (the host buffer may go after).
+static void lora_upload(llama_cuda *g, const llama_model *host) {
+    lora_up(g, g->lp, llama_trainable_params((llama_model *)host).params);
+    cuda_f32_to_bf16((halo_bf16 *)g->lw, g->lp, g->ln_all, g->st);
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+}
+
+extern "C" void llama_cuda_lora_train(llama_cuda *g, int on, uint64_t key) {
+    g->ltrain = on;
+    g->lkey = key;
+}
+extern "C" int llama_cuda_has_lora(const llama_cuda *g) { return g->lora; }
+
+// lora.c's dropout mask (dropout_keeps: splitmix64 of (key, linear, element)), compared in integers: (z >> 11) 2^-53
+// >= p exactly when (z >> 11) >= ceil(p 2^53).
+__device__ __forceinline__ bool lora_keeps(uint64_t key, int lin, size_t i, uint64_t thr) {
+    uint64_t z = key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + i + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (z >> 11) >= thr;
+}
+// out[i] = x[i] where kept, else 0 (the 1 / (1 - p) scale goes into the products' alpha)
+__global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = lora_keeps(key, lin, i, thr) ? x[i] : __float2bfloat16(0.f);
+}
+// dx[i] += keep t[i] where kept
+__global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        if (lora_keeps(key, lin, i, thr)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + keep * __bfloat162float(t[i]));
+}
+static int grid_for(size_t n) {
+    size_t b = (n + 255) / 256;
+    return (int)(b > 8192 ? 8192 : b < 1 ? 1 : b);
+}
+
+static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
+static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lxd; }
+
+// The adapter's input: X [N, in] itself, or with dropout its masked copy in lxd (*keep = 1 / (1 - p), else 1).
+static const halo_bf16 *lora_input(llama_cuda *g, int lin, const bf16 *X, int in, float *keep) {
+    *keep = 1.f;
+    if (!lora_dropping(g)) return (const halo_bf16 *)X;
+    const size_t n = (size_t)g->B * g->T * in;
+    k_lora_mask<<<grid_for(n), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
+    CUDA_LAUNCH_CHECK();
+    *keep = g->lkeep;
+    return (const halo_bf16 *)g->lxd;
+}
+
+// Y [N, out] (row stride ldy; fp32 or bf16) += s dropout(X) A^T B^T for layer l's linear `kind`, U kept.
+static void lora_forward(llama_cuda *g, int l, int kind, const bf16 *X, void *Y, int y_f32, long ldy) {
+    lora_lin *a = lora_of(g, l, kind);
+    if (!a) return;
+    const int N = g->B * g->T, r = g->lrank;
+    const halo_bf16 *Wl = (const halo_bf16 *)g->lw;
+    prof_mark(g, PR_LORA);
+    float keep;
+    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+    // U [N, r] = s keep mask(X) A^T; Y += U B^T
+    cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
+    cuda_gemm_rm(Y, y_f32, ldy, (const halo_bf16 *)a->u, r, 0, Wl + a->b, r, 1, N, a->out, r, 1.f, 1.f, g->st);
+    prof_mark(g, PR_LORA);
+}
+
+// Backward of the adapter of layer l's linear `kind`, the part that reads X [N, in] (before the base's input gradient
+// may overwrite it): dB += dY^T U, dU = s dY B (kept for lora_backward_dx), dA += dU^T dropout(X). dY [N, out] with
+// row stride lddy.
+static void lora_backward_w(llama_cuda *g, int l, int kind, const bf16 *X, const bf16 *dY, long lddy) {
+    lora_lin *a = lora_of(g, l, kind);
+    if (!a) return;
+    const int N = g->B * g->T, r = g->lrank;
+    const halo_bf16 *Wl = (const halo_bf16 *)g->lw, *dy = (const halo_bf16 *)dY;
+    prof_mark(g, PR_LORA);
+    cuda_gemm_rm(g->lg + a->b, 1, r, dy, lddy, 1, (const halo_bf16 *)a->u, r, 0, a->out, r, N, 1.f, 1.f, g->st);
+    cuda_gemm_rm(g->ldu, 0, r, dy, lddy, 0, Wl + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
+    float keep;
+    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+    cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)g->ldu, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f, g->st);
+    prof_mark(g, PR_LORA);
+}
+
+// ... and its input gradient: dX [N, in] (bf16, the base's input gradient) += dropout'(dU A).
+static void lora_backward_dx(llama_cuda *g, int l, int kind, bf16 *dX) {
+    lora_lin *a = lora_of(g, l, kind);
+    if (!a) return;
+    const int N = g->B * g->T, r = g->lrank;
+    const halo_bf16 *A = (const halo_bf16 *)g->lw + a->a, *du = (const halo_bf16 *)g->ldu;
+    prof_mark(g, PR_LORA);
+    if (!lora_dropping(g)) cuda_gemm_rm(dX, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 1.f, g->st);
+    else {   // dU A into the scratch (dropout(X) is no longer needed), then added where the mask kept X
+        cuda_gemm_rm(g->lxd, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 0.f, g->st);
+        const size_t n = (size_t)N * a->in;
+        k_lora_mask_add<<<grid_for(n), 256, 0, g->st>>>(dX, g->lxd, n, g->lkey, l * LIN_COUNT + kind, g->lthr, g->lkeep);
+        CUDA_LAUNCH_CHECK();
+    }
+    prof_mark(g, PR_LORA);
 }
 
 // The settings-only part of halo_setup's validation (no model needed): what the GPU HALO layers support.
@@ -582,7 +826,11 @@ static int init_common(llama_cuda **out, const llama_config *cfg, const llama_mo
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
     layout_build(g, host);
     g->gbase = o->bf16_grads ? g->embed : 0;
-    if (alloc_all(g) != HALO_OK || halo_setup(g) != HALO_OK) { llama_cuda_free(g); return HALO_ERR; }
+    if (lora_setup(g, host) != HALO_OK || alloc_all(g) != HALO_OK || lora_alloc(g) != HALO_OK ||
+        halo_setup(g) != HALO_OK) {
+        llama_cuda_free(g);
+        return HALO_ERR;
+    }
     *out = g;
     return HALO_OK;
 }
@@ -590,10 +838,23 @@ static int init_common(llama_cuda **out, const llama_config *cfg, const llama_mo
 extern "C" int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o) {
     if (init_common(out, &host->cfg, host, o) != HALO_OK) return HALO_ERR;
     llama_cuda *g = *out;
-    for (int i = 0; i < g->n_slots; i++)
-        CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
-                                   g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
-    cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
+    if (g->lora) {   // the frozen base straight to bf16 (rounded on the host, slot by slot), then the adapters
+        size_t most = 0;
+        for (int i = 0; i < g->n_slots; i++) most = g->slots[i].n > most ? g->slots[i].n : most;
+        halo_bf16 *tmp = (halo_bf16 *)xmalloc(most * 2);
+        CUDA_CHECK(cudaStreamSynchronize(g->st));
+        for (int i = 0; i < g->n_slots; i++) {
+            cuda_f32_to_bf16_host(tmp, host->params + g->slots[i].host_off, g->slots[i].n);
+            CUDA_CHECK(cudaMemcpy((halo_bf16 *)g->w + g->slots[i].off, tmp, g->slots[i].n * 2, cudaMemcpyHostToDevice));
+        }
+        free(tmp);
+        lora_upload(g, host);
+    } else {
+        for (int i = 0; i < g->n_slots; i++)
+            CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
+                                       g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
+        cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
+    }
     CUDA_CHECK(cudaStreamSynchronize(g->st));
     if (o->verbose) print_memory(g);
     return HALO_OK;
@@ -622,7 +883,8 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf, g->wam};
+                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf,
+                    g->wam, g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -638,7 +900,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     if (g->stage) { cudaFreeHost(g->stage); cudaEventDestroy(g->staged); }
     if (g->ev) { for (int i = 0; i < PR_MAXEV; i++) cudaEventDestroy(g->ev[i]); free(g->ev); free(g->ev_cat); }
     cudaStreamDestroy(g->st);
-    free(g->x); free(g->acts); free(g->slots); free(g->L);
+    free(g->x); free(g->acts); free(g->slots); free(g->L); free(g->la);
     free(g);
 }
 
@@ -707,18 +969,22 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
                           int xf) {
     int N = g->B * g->T, D = g->c.dim;
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
-    if (!hl_of(g, l, k0)) {
-        PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
-        return;
-    }
+    if (!hl_of(g, l, k0)) PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
     long col = 0;
-    for (int k = k0; k < k0 + nk; k++) {
+    for (int k = k0; k < k0 + nk && hl_of(g, l, k0); k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
         PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
                                                                    Y + col, 0, ldy, NULL,
                                                                    (k == k0 ? xf : 0) | w_flag(g, l, k), N, D, n,
                                                                    g->st)));
+        col += n;
+    }
+    col = 0;
+    for (int k = k0; k < k0 + nk; k++) {   // LoRA: each adapter adds into its linear's columns
+        int m, n;
+        lin_shape(g, k, &m, &n);
+        lora_forward(g, l, k, X, Y + col, 0, ldy);
         col += n;
     }
 }
@@ -733,6 +999,7 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
     else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
                                                                     xf | w_flag(g, l, kind), N, m, n, g->st)));
+    lora_forward(g, l, kind, X, Y, 1, n);
 }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
@@ -766,6 +1033,8 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
 
 // The fp32 gradient of parameter offset off (off >= gbase).
 static float *gradf(const llama_cuda *g, size_t off) { return g->grad + (off - g->gbase); }
+// ... or NULL under LoRA (the base is frozen: norms, embedding and HALO layers skip their weight gradients)
+static float *gradw(const llama_cuda *g, size_t off) { return g->lora ? NULL : gradf(g, off); }
 
 // Gradient of the weight at offset off (bf16 below gbase, fp32 above) (+)= dY^T X: set overwrites, else accumulates.
 static void dw_at(llama_cuda *g, size_t off, int set, const halo_bf16 *dY, const halo_bf16 *X, int b, int m, int n) {
@@ -781,6 +1050,8 @@ static void dw(llama_cuda *g, size_t off, const halo_bf16 *dY, const halo_bf16 *
 // HALO's weight gradient: overwritten on the first write after zero_grads, else accumulated.
 static int halo_g_flag(const llama_cuda *g) { return g->grads_fresh ? HALO_CUDA_G_SET : 0; }
 
+static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
+                                int ey_flag);
 // Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
 // rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
 // then rounded to bf16 once; at levels 1-2 the sum is taken before the inverse rotations, which then run once.
@@ -788,12 +1059,27 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
                            size_t w_off, int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
     if (!hl_of(g, l, k0)) {
-        PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
+        if (!g->lora) PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
                                                   N, D, ldy, g->st));
-        return;
+    } else group_backward_halo(g, l, k0, nk, dX, dY, ldy, w_off, ey_flag);
+    // LoRA: each adapter's gradients from its columns of dY, its input gradient added to the group's (X, the normed
+    // input, is not dX's buffer)
+    long col = 0;
+    for (int k = k0; k < k0 + nk; k++) {
+        int m, n;
+        lin_shape(g, k, &m, &n);
+        lora_backward_w(g, l, k, X, dY + col, ldy);
+        lora_backward_dx(g, l, k, dX);
+        col += n;
     }
-    float *G = gradf(g, w_off);   // HALO refuses bf16 gradients: fp32 here
+}
+
+// group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once.
+static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
+                                int ey_flag) {
+    int N = g->B * g->T, D = g->c.dim;
+    float *G = gradw(g, w_off);   // HALO refuses bf16 gradients: fp32 here (NULL under LoRA: frozen)
     // levels 1-2: the products' sum in hacc before the inverse rotations, rotated once (when every linear of the group
     // allows it and the padded token count fits hacc)
     int defer = 1;
@@ -807,7 +1093,8 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
         lin_shape(g, k, &m, &n);
         const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy,
-                                                                      g->hacc, 1, G + col * D, flags, N, D, n, g->st)));
+                                                                      g->hacc, 1, G ? G + col * D : NULL, flags, N, D,
+                                                                      n, g->st)));
         col += n;
     }
     if (defer)
@@ -833,15 +1120,17 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
     int N = g->B * g->T, m, n;
     lin_shape(g, kind, &m, &n);
     halo_cuda_linear *L = hl_of(g, l, kind);
+    lora_backward_w(g, l, kind, X, dY, n);   // LoRA: reads X before dX (which may be X's buffer) is written
     if (!L) {
-        PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
+        if (!g->lora) PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
                                                   N, m, n, g->st));
-        return;
+    } else {
+        float *G = gradw(g, w_off);
+        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G,
+                                                                      halo_g_flag(g) | ey_flag, N, m, n, g->st)));
     }
-    float *G = gradf(g, w_off);
-    PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G,
-                                                                  halo_g_flag(g) | ey_flag, N, m, n, g->st)));
+    lora_backward_dx(g, l, kind, dX);
 }
 
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
@@ -853,7 +1142,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
     // down's input, for its BF16 weight gradient (HALO kept its codes; telemetry's G reference needs it too)
-    if (!hl_of(g, l, LIN_DOWN) || g->tele)
+    if ((!hl_of(g, l, LIN_DOWN) && !g->lora) || g->tele || lora_on(g, l, LIN_DOWN))
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
@@ -865,7 +1154,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     else PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu, ag && au ? HALO_CUDA_EY_AMAX : 0);
     float *ao = ey_amax_prepare(g, l, LIN_O);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
                                                   W + o->ffn_norm, A->r2, g->dres, N, D, ao, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
     single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo, ey_flag(ao));
@@ -882,7 +1171,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
     group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, qkv_amax ? HALO_CUDA_EY_AMAX : 0);
     float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradf(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
                                                   W + o->attn_norm, A->r1, g->dres, N, D, ad, s));
 }
 
@@ -917,6 +1206,7 @@ static void forward_and_head(llama_cuda *g, const halo_batch *b, float grad_scal
         if (!train) continue;
         PROF(g, PR_LM_B, cuda_linear_backward_dx((halo_bf16 *)g->dnorm + (size_t)c0 * D, (halo_bf16 *)g->logits,
                                                  W + g->lm_head, nc, D, V, s));
+        if (g->lora) continue;   // a frozen lm_head
         prof_mark(g, PR_LM_B);
         // tied: the embedding range was zeroed; untied: the first chunk may overwrite
         dw_at(g, g->lm_head, c0 == 0 && g->grads_fresh && !c->tie_embeddings, (halo_bf16 *)g->logits, xc, nc, D, V);
@@ -936,7 +1226,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
     float *ad = ey_amax_prepare(g, c->n_layers - 1, LIN_DOWN);   // the last down_proj's E_Y scale
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradf(g, g->final_norm),
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradw(g, g->final_norm),
                                                   (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf,
                                                   NULL, N, D, ad, s));
     for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -949,7 +1239,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
             group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu, 0);
         layer_backward(g, l, A);
     }
-    PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D, s));
+    if (!g->lora) PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D, s));
     g->grads_fresh = 0;
 }
 
@@ -963,7 +1253,8 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
 
 // Zeroes the ranges that are accumulated into (embedding, norms: atomics); the matrices' first products overwrite.
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
-    PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(gradf(g, g->embed), 0, (g->n_all - g->embed) * 4, g->st)));
+    if (g->lora) PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->lg, 0, g->ln_all * 4, g->st)));   // all accumulated
+    else PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(gradf(g, g->embed), 0, (g->n_all - g->embed) * 4, g->st)));
     if (g->hnf)   // a new step: the HALO layers' non-finite flags start clear
         PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->hnf, 0, (size_t)g->c.n_layers * LIN_COUNT * 3 * sizeof(int),
                                                     g->st)));
@@ -995,6 +1286,7 @@ extern "C" const char *llama_cuda_halo_error(llama_cuda *g) {
 // Makes every gradient valid when no backward ran since zero_grads.
 static void grads_settle(llama_cuda *g) {
     if (!g->grads_fresh) return;
+    if (g->lora) { g->grads_fresh = 0; return; }   // zero_grads zeroed every adapter gradient
     CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (g->n_all - g->gbase) * 4, g->st));
     if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
     g->grads_fresh = 0;
@@ -1003,6 +1295,7 @@ static void grads_settle(llama_cuda *g) {
 // *g->sumsq = sum of squared gradients (both types)
 static void grad_sumsq(llama_cuda *g) {
     CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
+    if (g->lora) { cuda_sumsq(g->sumsq, g->lg, g->ln_all, g->st); return; }   // the adapters' only
     if (g->gbase) cuda_sumsq_bf16(g->sumsq, (const halo_bf16 *)g->grad16, g->gbase, g->st);
     cuda_sumsq(g->sumsq, g->grad, g->n_all - g->gbase, g->st);
 }
@@ -1014,6 +1307,11 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
     if (h->grad_clip > 0) {
         PROF(g, PR_NORMSQ, grad_sumsq(g));
         sumsq = g->sumsq;
+    }
+    if (g->lora) {   // the adapters (lora.c's table has no no-decay tensor: all decay, as the CPU trainer's AdamW)
+        PROF(g, PR_ADAMW, cuda_adamw(g->lp, (halo_bf16 *)g->lw, g->lg, 0, g->lm, g->lv, 0, g->ln_all, h->lr, h->beta1,
+                                     h->beta2, h->eps, h->weight_decay, step, sumsq, h->grad_clip, s));
+        return;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
     if (g->wam_n) PROF(g, PR_ADAMW, cuda_adamw_amax_zero(g->wam, g->wam_n, s));
@@ -1077,10 +1375,22 @@ static int copy_back(llama_cuda *g, float *dst, const float *src, const llama_mo
 }
 
 extern "C" int llama_cuda_copy_params(llama_cuda *g, llama_model *host) {
+    if (g->lora) {   // the adapters; the frozen base is the host's already
+        if (lora_check_host(g, host, "copy-back") != HALO_OK) return HALO_ERR;
+        CUDA_CHECK(cudaStreamSynchronize(g->st));
+        lora_down(g, llama_trainable_params(host).params, g->lp);
+        return HALO_OK;
+    }
     return copy_back(g, host->params, g->master, host);
 }
 
 extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
+    if (g->lora) {   // the adapters' gradients
+        if (lora_check_host(g, host, "gradient copy-back") != HALO_OK) return HALO_ERR;
+        CUDA_CHECK(cudaStreamSynchronize(g->st));
+        lora_down(g, llama_trainable_params(host).grads, g->lg);
+        return HALO_OK;
+    }
     if (!host->grads) llama_alloc_grads(host);
     grads_settle(g);
     if (check_host_map(g, host, "gradient copy-back") != HALO_OK) return HALO_ERR;
@@ -1108,6 +1418,13 @@ static void moment_down(const llama_cuda *g, float *dst, const void *src) {
 }
 
 extern "C" int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host) {
+    if (g->lora) {   // the adapters' moments, in llama_trainable_params' layout (the trainer's adamw_state)
+        if (lora_check_host(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
+        CUDA_CHECK(cudaStreamSynchronize(g->st));
+        lora_down(g, m_host, g->lm);
+        lora_down(g, v_host, g->lv);
+        return HALO_OK;
+    }
     if (check_host_map(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
     CUDA_CHECK(cudaStreamSynchronize(g->st));
     moment_down(g, m_host, g->m);
@@ -1132,6 +1449,14 @@ static void moment_up(llama_cuda *g, void *dst, const float *src, void *stage) {
 
 extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host,
                                        const float *v_host) {
+    if (g->lora) {   // the adapters and their moments; the frozen base was uploaded at init
+        if (lora_check_host(g, host, "state upload") != HALO_OK) return HALO_ERR;
+        CUDA_CHECK(cudaStreamSynchronize(g->st));
+        lora_up(g, g->lm, m_host);
+        lora_up(g, g->lv, v_host);
+        lora_upload(g, host);
+        return HALO_OK;
+    }
     if (check_host_map(g, host, "state upload") != HALO_OK) return HALO_ERR;
     size_t msz = g->o.bf16_moments ? 2 : 4;
     void *stage_m = xmalloc(g->n_all * msz), *stage_v = xmalloc(g->n_all * msz);

@@ -10,6 +10,7 @@
 
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldd, d_f32, has_c;
+    int al_a, al_b, al_d;   // the operands' pointer alignments in bytes (0: not given, cuBLASLt assumes 256)
 } gemm_key;
 
 typedef struct {
@@ -19,7 +20,7 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } gemm_plan;
 
-enum { GEMM_CACHE = 128 };
+enum { GEMM_CACHE = 256 };   // the model's shapes, and LoRA's small products (several per adapted shape)
 static cublasLtHandle_t g_lt;
 static void *g_ws;                      // workspace shared by every product (one stream at a time)
 static size_t g_ws_bytes = 64u << 20;
@@ -75,6 +76,13 @@ static gemm_plan *plan_get(const gemm_key *k) {
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_ws_bytes,
                                                       sizeof g_ws_bytes));
+    if (k->al_a) {   // algorithms valid for pointers only this aligned (C is D's buffer)
+        uint32_t a = (uint32_t)k->al_a, b = (uint32_t)k->al_b, d = (uint32_t)k->al_d;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a, sizeof a));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b, sizeof b));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d, sizeof d));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d, sizeof d));
+    }
     cublasLtMatmulHeuristicResult_t res[1];
     int found = 0;
     CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->d, pref, 1, res, &found));
@@ -88,19 +96,47 @@ static gemm_plan *plan_get(const gemm_key *k) {
     return p;
 }
 
+// Largest power of two (at most 256) dividing the address.
+static int ptr_align(const void *p) {
+    uintptr_t v = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && v % a) a >>= 1;
+    return a;
+}
+
 // D[M, N] (column-major, ld ldd) = alpha op(A) op(B) + beta C, with C = D's buffer or `C` (same layout).
-static void gemm(int ta, int tb, int M, int N, int K, const bf16 *A, int lda, const bf16 *B, int ldb, void *D,
-                 int d_f32, int ldd, const void *C, float beta, cudaStream_t s) {
+// aligned 0: the pointers are 256-byte aligned (the model's buffers); 1: plans chosen for their actual alignment.
+static void gemm_ex(int ta, int tb, int M, int N, int K, const bf16 *A, int lda, const bf16 *B, int ldb, void *D,
+                    int d_f32, int ldd, const void *C, float alpha, float beta, int aligned, cudaStream_t s) {
     if (M == 0 || N == 0) return;
     lt_init();
     gemm_key k;
     memset(&k, 0, sizeof k);
     k.ta = ta; k.tb = tb; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
     k.has_c = beta != 0.f;
+    if (aligned) { k.al_a = ptr_align(A); k.al_b = ptr_align(B); k.al_d = ptr_align(D); }
     gemm_plan *p = plan_get(&k);
-    float alpha = 1.f;
     CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->a, B, p->b, &beta, C ? C : D, p->c, D, p->d, &p->algo,
                                 g_ws, g_ws_bytes, s));
+}
+
+static void gemm(int ta, int tb, int M, int N, int K, const bf16 *A, int lda, const bf16 *B, int ldb, void *D,
+                 int d_f32, int ldd, const void *C, float beta, cudaStream_t s) {
+    gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, D, d_f32, ldd, C, 1.f, beta, 0, s);
+}
+
+extern "C" void cuda_gemm_rm(void *C, int c_f32, long ldc, const halo_bf16 *A, long lda, int ta, const halo_bf16 *B,
+                             long ldb, int tb, int M, int N, int K, float alpha, float beta, cudaStream_t s) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) {   // nothing to multiply: C = beta C (only beta 0 and 1 occur)
+        if (beta == 0.f)
+            for (int i = 0; i < M; i++) CUDA_CHECK(cudaMemsetAsync((char *)C + (size_t)i * ldc * (c_f32 ? 4 : 2), 0,
+                                                                   (size_t)N * (c_f32 ? 4 : 2), s));
+        return;
+    }
+    // row-major C is the column-major N x M matrix C^T = op(B)^T op(A)^T
+    gemm_ex(tb, ta, N, M, K, (const bf16 *)B, (int)ldb, (const bf16 *)A, (int)lda, C, c_f32, (int)ldc, NULL, alpha, beta,
+            1, s);
 }
 
 extern "C" void cuda_linear_forward(void *Y, int y_f32, const halo_bf16 *X, const halo_bf16 *W, const float *R,

@@ -110,10 +110,12 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                     }
                 }
                 // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
-                atomicAdd(&sdw[d], g01.x * xv.x * r);
-                atomicAdd(&sdw[D / 4 + d], g01.y * xv.y * r);
-                atomicAdd(&sdw[D / 2 + d], g23.x * xv.z * r);
-                atomicAdd(&sdw[3 * (D / 4) + d], g23.y * xv.w * r);
+                if (dw) {
+                    atomicAdd(&sdw[d], g01.x * xv.x * r);
+                    atomicAdd(&sdw[D / 4 + d], g01.y * xv.y * r);
+                    atomicAdd(&sdw[D / 2 + d], g23.x * xv.z * r);
+                    atomicAdd(&sdw[3 * (D / 4) + d], g23.y * xv.w * r);
+                }
             }
         } else {
             for (int d = lane; d < D; d += 32) dot += __bfloat162float(g[d]) * __bfloat162float(w[d]) * xr[d];
@@ -128,12 +130,12 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                     o16[d] = __float2bfloat16(v);
                     if (amax16) mx = fmaxf(mx, fabsf(__bfloat162float(o16[d])));
                 }
-                atomicAdd(&sdw[d], gd * xd * r);
+                if (dw) atomicAdd(&sdw[d], gd * xd * r);
             }
         }
     }
     __syncthreads();
-    if (r0 < r1)
+    if (r0 < r1 && dw)   // dw NULL: a frozen norm (LoRA)
         for (int d = threadIdx.x; d < D; d += blockDim.x)
             atomicAdd(&dw[d], VEC ? sdw[(d & 3) * (D / 4) + d / 4] : sdw[d]);
     if (amax16) {

@@ -94,7 +94,7 @@ static uint64_t mix_seed(uint64_t seed, uint64_t salt);
 static void cpu_zero_grads(trainer *t) { llama_zero_grads(t->model); }
 static float cpu_forward_backward(trainer *t, const halo_batch *b, float grad_scale) {
     // LoRA dropout: masks from the seed and the micro-batch's number, so a resumed run draws the same ones
-    llama_lora_train(t->model, 1, mix_seed(t->o.seed, 3 + (uint64_t)t->step * t->o.grad_accum + t->micro));
+    llama_lora_train(t->model, 1, trainer_lora_key(t));
     float loss = llama_forward(t->model, b, NULL);
     llama_backward(t->model, b, grad_scale);
     llama_lora_train(t->model, 0, 0);
@@ -133,6 +133,10 @@ static uint64_t mix_seed(uint64_t seed, uint64_t salt) {
     halo_rng r;
     halo_rng_seed(&r, seed ^ (salt * 0xD1B54A32D192ED03ULL));
     return halo_rng_next(&r);
+}
+
+uint64_t trainer_lora_key(const trainer *t) {
+    return mix_seed(t->o.seed, 3 + (uint64_t)t->step * t->o.grad_accum + t->micro);
 }
 
 int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_source data) {

@@ -128,6 +128,9 @@ void trainer_set_app_meta(trainer *t, const char *json);
 // Restores params, optimizer moments, step, data position and RNG from a checkpoint written by this trainer.
 int trainer_resume(trainer *t, const char *ckpt_path);
 // One optimizer step (grad_accum micro-batches). Fills *info when not NULL.
+// The LoRA dropout key of the micro-batch being computed (t->step, t->micro): both backends draw their masks from it,
+// so a resumed run, and a run on the other device, drop the same elements.
+uint64_t trainer_lora_key(const trainer *t);
 int trainer_step(trainer *t, train_step_info *info);
 // Quantization telemetry of the model's HALO layers, on whichever device the steps run: measure during the following
 // steps (on) or not; report prints the last measured step's table to `table` and writes one metrics line per layer.

@@ -3,6 +3,8 @@
 // end, and the host optimizer's moments from the device's before a checkpoint. A resume uploads both (checkpoints
 // are the CPU backend's format). Validation losses can run on the GPU's own weights (forward_loss: the GPU forward,
 // through its HALO layers); other evaluations (the demo's accuracy, generation) use the host model.
+// LoRA: the GPU trains the adapters only (the base frozen in bf16); to_host, the moments and a resume move the
+// adapters (llama_trainable_params), so checkpoints stay the CPU's format; dropout masks equal the CPU's.
 #include <math.h>
 #include <stdlib.h>
 #include "model/linear.h"
@@ -19,8 +21,12 @@ typedef struct {
 static cuda_ctx *ctx_of(trainer *t) { return t->be_ctx; }
 static void cu_zero_grads(trainer *t) { llama_cuda_zero_grads(ctx_of(t)->g); }
 static float cu_forward_backward(trainer *t, const halo_batch *b, float grad_scale) {
-    llama_cuda_forward_backward(ctx_of(t)->g, b, grad_scale);
-    return llama_cuda_last_loss(ctx_of(t)->g);   // the step's host synchronization
+    llama_cuda *g = ctx_of(t)->g;
+    // LoRA dropout: the CPU backend's masks (the same key per step and micro-batch)
+    if (llama_cuda_has_lora(g)) llama_cuda_lora_train(g, 1, trainer_lora_key(t));
+    llama_cuda_forward_backward(g, b, grad_scale);
+    llama_cuda_lora_train(g, 0, 0);
+    return llama_cuda_last_loss(g);   // the step's host synchronization
 }
 // Clipping happens inside the device AdamW step; the norm is read here for the progress line.
 static double cu_clip_grads(trainer *t, float max_norm) {
@@ -56,7 +62,6 @@ static void cu_release(trainer *t) {
 }
 
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
-    if (t->model->lora) return halo_fail("--device cuda: LoRA trains on the CPU only (use --device cpu)");
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
     if (mem) {
         o.recompute = mem->recompute;
