@@ -60,39 +60,6 @@ extern "C" void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cud
     sumsq_launch(sumsq, (const bf16 *)g, n, 1, s);
 }
 
-// max |bf16(v)| of the bf16 values AdamW stores, as the HALO absmax passes take it (NaN skipped)
-__device__ __forceinline__ float bf16_abs(float v) { return fabsf(__bfloat162float(__float2bfloat16_rn(v))); }
-// The segment of `segs` (sorted, disjoint) holding element e, or -1.
-__device__ __forceinline__ int seg_find(const cuda_adamw_amax_seg *segs, int nseg, size_t e) {
-    int lo = 0, hi = nseg - 1;
-    while (lo <= hi) {
-        const int mid = (lo + hi) >> 1;
-        if (e < segs[mid].start) hi = mid - 1;
-        else if (e >= segs[mid].end) lo = mid + 1;
-        else return mid;
-    }
-    return -1;
-}
-// The amax of the bf16 values one lane stored at elements e .. e + cnt - 1 (one segment's or none) into its segment:
-// one atomic a warp when every active lane's elements lie in the leader's segment (the common case), else one a lane.
-__device__ __forceinline__ void seg_amax(const cuda_adamw_amax_seg *segs, int nseg, size_t e, int cnt, float a) {
-    a = a == a ? a : 0.f;   // NaN skipped, as the absmax passes skip it (fmaxf): its bits would order above all
-    const unsigned act = __activemask();
-    const int lane = threadIdx.x & 31, leader = __ffs(act) - 1;
-    int s = -1;
-    if (lane == leader) s = seg_find(segs, nseg, e);
-    s = __shfl_sync(act, s, leader);
-    const int mine = s >= 0 ? (e >= segs[s].start && e + cnt <= segs[s].end) : seg_find(segs, nseg, e) < 0;
-    if (__all_sync(act, mine)) {
-        if (s < 0) return;
-        const unsigned m = __reduce_max_sync(act, __float_as_uint(a));   // non-negative floats order as uints
-        if (lane == leader) atomicMax(segs[s].amax, m);
-        return;
-    }
-    const int own = seg_find(segs, nseg, e);   // a warp across a boundary: each lane on its own
-    if (own >= 0) atomicMax(segs[own].amax, __float_as_uint(a));
-}
-
 // one element's update (the vector and tail loops share it, so both give the same bits)
 __device__ __forceinline__ void adamw_one(float &p, float &m, float &v, float g, float b1, float b2, float lr,
                                           float wd, float bc1, float sqrt_bc2, float eps) {
@@ -104,8 +71,7 @@ __device__ __forceinline__ void adamw_one(float &p, float &m, float &v, float g,
 
 template <typename MT, typename GT>
 __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, size_t n4, float lr, float b1,
-                        float b2, float eps, float wd, float bc1, float sqrt_bc2, const double *sumsq, float clip,
-                        const cuda_adamw_amax_seg *segs, int nseg, size_t base) {
+                        float b2, float eps, float wd, float bc1, float sqrt_bc2, const double *sumsq, float clip) {
     float gs = 1.f;
     if (sumsq && clip > 0.f) {
         float norm = (float)sqrt(*sumsq);
@@ -121,9 +87,6 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
         st4(v, i, vv);
         st4(p, i, pp);
         st4(w16, i, pp);
-        if (nseg)   // the HALO level-0 weights' amax for the next forward (segment bounds are multiples of 4)
-            seg_amax(segs, nseg, base + 4 * i, 4,
-                     fmaxf(fmaxf(bf16_abs(pp.a[0]), bf16_abs(pp.a[1])), fmaxf(bf16_abs(pp.a[2]), bf16_abs(pp.a[3]))));
     }
     for (size_t i = 4 * n4 + t; i < n; i += stride) {
         float pi = p[i], mi = ld1(m, i), vi = ld1(v, i);
@@ -132,55 +95,31 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
         v[i] = (MT)vi;
         p[i] = pi;
         w16[i] = __float2bfloat16(pi);
-        if (nseg) {
-            const int s = seg_find(segs, nseg, base + i);
-            const float a = bf16_abs(pi);
-            if (s >= 0 && a == a) atomicMax(segs[s].amax, __float_as_uint(a));
-        }
     }
 }
 
 template <typename MT, typename GT>
 static void adamw_launch(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, float lr, float b1, float b2,
-                         float eps, float wd, float bc1, float sbc2, const double *sumsq, float clip,
-                         const cuda_adamw_amax_seg *segs, int nseg, size_t base, cudaStream_t s) {
+                         float eps, float wd, float bc1, float sbc2, const double *sumsq, float clip, cudaStream_t s) {
     int g16 = sizeof(GT) == 2, m16 = sizeof(MT) == 2;
     int vec = aligned16(p) && aligned8(w16) && vec_ok(g, g16) && vec_ok(m, m16) && vec_ok(v, m16);
     size_t n4 = vec ? n / 4 : 0, blocks = (n + 1023) / 1024;
     int grid = (int)(blocks > 132 * 8 ? 132 * 8 : blocks);
-    k_adamw<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n, n4, lr, b1, b2, eps, wd, bc1, sbc2, sumsq, clip, segs,
-                                         nseg, base);
+    k_adamw<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n, n4, lr, b1, b2, eps, wd, bc1, sbc2, sumsq, clip);
     CUDA_LAUNCH_CHECK();
-}
-
-extern "C" void cuda_adamw_amax(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16,
-                                size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
-                                const double *sumsq, float clip, const cuda_adamw_amax_seg *segs, int nseg, size_t base,
-                                cudaStream_t s) {
-    if (!n) return;
-    float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
-    bf16 *w = (bf16 *)w16;
-#define ADAMW_CASE(MT, GT) adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, lr, beta1, beta2, eps, \
-                                                 weight_decay, bc1, sbc2, sumsq, clip, segs, nseg, base, s)
-    if (mom_bf16 && g_bf16) ADAMW_CASE(bf16, bf16);
-    else if (mom_bf16) ADAMW_CASE(bf16, float);
-    else if (g_bf16) ADAMW_CASE(float, bf16);
-    else ADAMW_CASE(float, float);
-#undef ADAMW_CASE
 }
 
 extern "C" void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16,
                            size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
                            const double *sumsq, float clip, cudaStream_t s) {
-    cuda_adamw_amax(p, w16, g, g_bf16, m, v, mom_bf16, n, lr, beta1, beta2, eps, weight_decay, step, sumsq, clip, NULL,
-                    0, 0, s);
-}
-
-__global__ void k_adamw_amax_zero(const cuda_adamw_amax_seg *segs, int nseg) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < nseg; i += gridDim.x * blockDim.x) *segs[i].amax = 0u;
-}
-extern "C" void cuda_adamw_amax_zero(const cuda_adamw_amax_seg *segs, int nseg, cudaStream_t s) {
-    if (nseg <= 0) return;
-    k_adamw_amax_zero<<<1, 256, 0, s>>>(segs, nseg);
-    CUDA_LAUNCH_CHECK();
+    if (!n) return;
+    float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
+    bf16 *w = (bf16 *)w16;
+#define ADAMW_CASE(MT, GT) adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, lr, beta1, beta2, eps, \
+                                                 weight_decay, bc1, sbc2, sumsq, clip, s)
+    if (mom_bf16 && g_bf16) ADAMW_CASE(bf16, bf16);
+    else if (mom_bf16) ADAMW_CASE(bf16, float);
+    else if (g_bf16) ADAMW_CASE(float, bf16);
+    else ADAMW_CASE(float, float);
+#undef ADAMW_CASE
 }

@@ -141,14 +141,6 @@ void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s
 void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
                 float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
                 float clip, cudaStream_t s);
-// The same, also taking max |w16| over each of nseg element ranges (device table, sorted, disjoint, bounds multiples
-// of 4, absolute element indices; this launch's p[0] is element `base`) into the range's amax (float bits, zeroed
-// first by cuda_adamw_amax_zero): the HALO level-0 weights' scales, so that the next forward skips their absmax pass.
-typedef struct { size_t start, end; unsigned *amax; } cuda_adamw_amax_seg;
-void cuda_adamw_amax(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
-                     float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
-                     float clip, const cuda_adamw_amax_seg *segs, int nseg, size_t base, cudaStream_t s);
-void cuda_adamw_amax_zero(const cuda_adamw_amax_seg *segs, int nseg, cudaStream_t s);
 
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;
@@ -204,9 +196,6 @@ float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *logits_host)
 // llama_cuda_last_loss (which does).
 void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale);
 float llama_cuda_last_loss(llama_cuda *g);
-// The W amax slot of HALO linear (layer, kind) as the next forward will read it (NAN when that linear is not HALO):
-// after an optimizer step at level 0, max |W| of the weights it wrote (tests).
-float llama_cuda_halo_w_amax(llama_cuda *g, int layer, int kind);
 void llama_cuda_zero_grads(llama_cuda *g);
 // One AdamW step (step is 1-based, torch's `step` after increment), with clipping by the global norm.
 void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);

@@ -273,11 +273,8 @@ int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const h
 // The same with flags: HALO_CUDA_X_AMAX: max |X| (the b x m bf16 input) is already in halo_cuda_linear_x_amax(L),
 // computed by the kernel that produced X (the caller zeroes the slot before it runs); used at level 0 (unrotated X),
 // ignored at levels 1 and 2 (their X scale is the rotated X's). Skips the layer's own absmax pass of X.
-// HALO_CUDA_W_AMAX: likewise max |W| of this very W is already in halo_cuda_linear_w_amax(L) (the optimizer step
-// that wrote W took it, llama_cuda.cu); level 0 only. Skips the layer's absmax pass of W.
-enum { HALO_CUDA_X_AMAX = 8, HALO_CUDA_W_AMAX = 16 };
+enum { HALO_CUDA_X_AMAX = 8 };
 float *halo_cuda_linear_x_amax(halo_cuda_linear *L);
-float *halo_cuda_linear_w_amax(halo_cuda_linear *L);
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32

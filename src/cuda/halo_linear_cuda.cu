@@ -399,7 +399,6 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
 }
 
 extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
-extern "C" float *halo_cuda_linear_w_amax(halo_cuda_linear *L) { return L->dev + AW; }
 
 extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                            int y_f32, long ldy, const float *R, int b, int m, int n, cudaStream_t s) {
@@ -437,10 +436,8 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     }
     // X's amax from its producer (level 0 only: the unrotated X), else zeroed here for the absmax pass
     const int x_amax = (flags & HALO_CUDA_X_AMAX) && L->level == 0;
-    const int w_amax = (flags & HALO_CUDA_W_AMAX) && L->level == 0;   // W's amax from the optimizer step
-    if (x_amax && !w_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
-    else if (!x_amax && w_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, sizeof(float), s)));
-    else if (!x_amax) PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    if (x_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
+    else PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
     const uint8_t *qx_row;
     if (borrow) {
         L->qx_use = xs->qx_use;
@@ -466,7 +463,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // product's scale
     halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
     alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
-    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, w_amax, s);
+    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, 0, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;

@@ -117,11 +117,6 @@ struct llama_cuda {
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
     int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device
-    // HALO level 0: the optimizer step takes max |W| of each selected weight for the next forward (HALO_CUDA_W_AMAX)
-    cuda_adamw_amax_seg *wam;    // device table, sorted by start (wam_host: its host copy)
-    cuda_adamw_amax_seg *wam_host;
-    int wam_n, wam_valid;        // entries; 1 after an optimizer step filled them (0 after any other weight write)
-    unsigned char *wam_on;       // [n_layers * LIN_COUNT] the layer is in the table
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
@@ -645,60 +640,6 @@ extern "C" int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads
 }
 
 // Validates opts.halo and builds one halo_cuda_linear per selected (block, linear), as llama_set_halo on the CPU.
-static int g_wam = -1;   // HALO_W_AMAX_ADAMW=0: every forward takes W's amax itself (A/B)
-
-// The optimizer's table of level-0 HALO weights (cuda_adamw_amax): each selected linear's weight rows, whose amax slot
-// the next forward then reads as is (HALO_CUDA_W_AMAX). Weights at other levels are rotated before their amax.
-static int wam_setup(llama_cuda *g) {
-    if (g->o.halo.level != 0 || !env_switch(&g_wam, "HALO_W_AMAX_ADAMW")) return HALO_OK;
-    const llama_config *c = &g->c;
-    const int nl = c->n_layers;
-    g->wam_host = (cuda_adamw_amax_seg *)xcalloc((size_t)nl * LIN_COUNT, sizeof(cuda_adamw_amax_seg));
-    g->wam_on = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
-    int n = 0;
-    for (int l = 0; l < nl; l++) {
-        const layer_offs *o = &g->L[l];
-        size_t col = 0;   // rows before this linear in its fused weight
-        for (int k = 0; k < LIN_COUNT; k++) {
-            int m, nn;
-            lin_shape(g, k, &m, &nn);
-            const size_t base = k <= LIN_V ? o->wqkv : k == LIN_O ? o->wo : k <= LIN_UP ? o->wgu : o->wdown;
-            if (k == LIN_O || k == LIN_GATE || k == LIN_DOWN) col = 0;
-            const size_t start = base + col * (size_t)m, end = start + (size_t)nn * m;
-            col += nn;
-            if (!g->hon[l * LIN_COUNT + k] || start % 4 || end % 4) continue;
-            g->wam_host[n].start = start;
-            g->wam_host[n].end = end;
-            g->wam_host[n].amax = (unsigned *)halo_cuda_linear_w_amax(&g->hl[l * LIN_COUNT + k]);
-            g->wam_on[l * LIN_COUNT + k] = 1;
-            n++;
-        }
-    }
-    for (int i = 1; i < n; i++)   // sorted by start (insertion: a few hundred entries at most)
-        for (int j = i; j > 0 && g->wam_host[j].start < g->wam_host[j - 1].start; j--) {
-            cuda_adamw_amax_seg t = g->wam_host[j];
-            g->wam_host[j] = g->wam_host[j - 1];
-            g->wam_host[j - 1] = t;
-        }
-    g->wam_n = n;
-    if (!n) return HALO_OK;
-    g->wam = (cuda_adamw_amax_seg *)dalloc(g, MEM_WORK, (size_t)n * sizeof(cuda_adamw_amax_seg));
-    if (g->oom) return HALO_ERR;
-    CUDA_CHECK(cudaMemcpy(g->wam, g->wam_host, (size_t)n * sizeof(cuda_adamw_amax_seg), cudaMemcpyHostToDevice));
-    return HALO_OK;
-}
-extern "C" float llama_cuda_halo_w_amax(llama_cuda *g, int layer, int kind) {
-    if (!g->hon || !g->hon[layer * LIN_COUNT + kind]) return NAN;
-    float v = NAN;
-    CUDA_CHECK(cudaStreamSynchronize(g->st));
-    CUDA_CHECK(cudaMemcpy(&v, halo_cuda_linear_w_amax(&g->hl[layer * LIN_COUNT + kind]), sizeof v, cudaMemcpyDeviceToHost));
-    return v;
-}
-// HALO_CUDA_W_AMAX for linear (l, kind) when the last optimizer step took its weight's amax
-static int w_flag(const llama_cuda *g, int l, int kind) {
-    return g->wam_valid && g->wam_on && g->wam_on[l * LIN_COUNT + kind] ? HALO_CUDA_W_AMAX : 0;
-}
-
 static int halo_setup(llama_cuda *g) {
     const model_halo_config *hc = &g->o.halo;
     if (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8) return HALO_OK;   // fp32 / bf16: BF16 products
@@ -752,7 +693,6 @@ static int halo_setup(llama_cuda *g) {
             halo_cuda_linear_nonfinite_slots(&g->hl[i], g->hnf + 3 * i);   // one copy reads every layer's flags
         }
     g->bytes[MEM_HALO] += codes;
-    if (wam_setup(g) != HALO_OK) return HALO_ERR;
     if (any_group) {   // summed input gradients of the fused groups
         g->hacc = (float *)dalloc(g, MEM_WORK, (size_t)g->N_max * c->dim * 4);
         if (g->oom) return HALO_ERR;
@@ -806,8 +746,8 @@ static void halo_teardown(llama_cuda *g) {
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
             if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
     halo_cuda_ws_free(&g->hws);
-    free(g->hl); free(g->hon); free(g->wam_host); free(g->wam_on);
-    g->hl = NULL; g->hon = NULL; g->wam_host = NULL; g->wam_on = NULL; g->wam_n = g->wam_valid = 0;
+    free(g->hl); free(g->hon);
+    g->hl = NULL; g->hon = NULL;
 }
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
@@ -884,7 +824,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
                     g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf,
-                    g->wam, g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd};
+                    g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -975,8 +915,7 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
         int m, n;
         lin_shape(g, k, &m, &n);
         PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                   Y + col, 0, ldy, NULL,
-                                                                   (k == k0 ? xf : 0) | w_flag(g, l, k), N, D, n,
+                                                                   Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
                                                                    g->st)));
         col += n;
     }
@@ -997,8 +936,8 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
-    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
-                                                                    xf | w_flag(g, l, kind), N, m, n, g->st)));
+    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R, xf, N, m, n,
+                                                                    g->st)));
     lora_forward(g, l, kind, X, Y, 1, n);
 }
 
@@ -1314,7 +1253,6 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
         return;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
-    if (g->wam_n) PROF(g, PR_ADAMW, cuda_adamw_amax_zero(g->wam, g->wam_n, s));
     // one launch per run of slots sharing a decay setting and gradient type (padding between slots is zero and stays
     // zero)
     for (int i = 0; i < g->n_slots;) {
@@ -1323,16 +1261,11 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
             j++;
         size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
         const void *gr = g16 ? (const void *)(g->grad16 + off) : (const void *)gradf(g, off);
-        int lo = 0, hi;   // the weights of the amax table inside this run
-        while (lo < g->wam_n && g->wam_host[lo].start < off) lo++;
-        for (hi = lo; hi < g->wam_n && g->wam_host[hi].end <= off + n; hi++) {}
-        PROF(g, PR_ADAMW, cuda_adamw_amax(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + off * msz,
-                                          (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2,
-                                          h->eps, decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip,
-                                          g->wam + lo, hi - lo, off, s));
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + off * msz,
+                                     (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
+                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
         i = j;
     }
-    g->wam_valid = g->wam_n > 0;   // every table entry lies in one run (a linear's rows are one slot)
 }
 
 extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step) {
@@ -1465,7 +1398,6 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
         CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
                                    g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
     cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
-    g->wam_valid = 0;   // new weights: the next forward takes their amax itself
     moment_up(g, g->m, m_host, stage_m);
     moment_up(g, g->v, v_host, stage_v);
     CUDA_CHECK(cudaStreamSynchronize(g->st));
