@@ -501,10 +501,16 @@ int main(int argc, char **argv) {
     SKIP("built without CUDA (no nvcc, or SAN=1): GPU verb tests skipped");
     TEST_END();
 #else
+    setvbuf(stdout, NULL, _IOLBF, 0);   // an abort in a GPU check keeps the lines before it in the log
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     if (argc > 1 && !strcmp(argv[1], "--cpu")) { test_checkpoints(0); TEST_END(); }
     char gpu_why[256];
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: GPU verb tests skipped", gpu_why); TEST_END(); }
+    if (argc > 1 && !strcmp(argv[1], "--val-loss")) {   // part 4 alone (e.g. under compute-sanitizer)
+        test_device_val_loss(0);
+        test_device_val_loss(1);
+        TEST_END();
+    }
     test_checkpoints(1);
     test_bf16_moments();
     test_debug_step("stories260K", "models/stories260K", "goldens/stories260K_train");
