@@ -6,7 +6,8 @@
 # usage: [EPOCHS=n] [EXPORT=1] [EXTRA='flags'] bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
 #   defaults: runs/quality-epoch, "1", "fp32 int8-L2 fp8-L0 fp8-L1", one epoch (HALO_SHARED points at ../shared);
 #   EXPORT=1 also writes each run's final model to OUT_DIR/model-<precision>-s<seed> (to evaluate it another way);
-#   EXTRA is appended to every finetune command (later flags win: EXTRA='--lora --lr 1e-2' fine-tunes LoRA adapters)
+#   EXTRA is appended to every finetune command (later flags win: EXTRA='--lora --lr 1e-2' fine-tunes LoRA adapters);
+#   HALO_BIN: the halo binary (default build/halo; the GPU machine's copy is build-dev/halo)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0 fp8-L1}"; EPOCHS="${EPOCHS:-1}"; EXPORT="${EXPORT:-0}"; EXTRA="${EXTRA:-}"
@@ -25,7 +26,7 @@ pids=()
 for seed in $SEEDS; do
   for p in $PRECS; do
     out_flag=(); [ "$EXPORT" = 1 ] && out_flag=(--out "$OUT/model-$p-s$seed")
-    build/halo finetune --model "$S/models/stories260K" --data "$S/data/viggo/train.csv" --val "$S/data/viggo/valid.csv" \
+    "${HALO_BIN:-build/halo}" finetune --model "$S/models/stories260K" --data "$S/data/viggo/train.csv" --val "$S/data/viggo/valid.csv" \
       --preset viggo --prompt-template $'### Target sentence:\n{ref}\n' --seq-len 384 --batch 8 --epochs "$EPOCHS" --lr 1e-3 \
       --warmup 20 --eval-every 160 --seed "$seed" --threads 1 $(flags_of "$p") $EXTRA "${out_flag[@]}" --metrics "$OUT/viggo-$p-s$seed.jsonl" \
       > "$OUT/viggo-$p-s$seed.log" 2>&1 & pids+=($!)
