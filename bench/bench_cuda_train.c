@@ -7,6 +7,8 @@
 //   build/bench/bench_cuda_train --precision int8 --halo-level 2 --steps 5 --profile-only   (HALO on every block linear)
 //   ... --halo-breakdown: one step's HALO launches (absmax, quantizers, transposes, products) summed by kind
 //   ... --no-ex-defer: levels 1-2 rotate each linear's input gradient instead of q/k/v's (gate/up's) sum once (A/B)
+//   ... --lora R: LoRA adapters of rank R (alpha 8, dropout 0.05, all seven linears) on a frozen base (host model with
+//       uniform random weights of the same spread, uploaded; the FLOP count drops the base's weight gradients)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,8 @@
 #include "bench.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
+#include "model/llama.h"
+#include "model/lora.h"
 #include "util/error.h"
 
 
@@ -85,7 +89,7 @@ int main(int argc, char **argv) {
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
     int bf16g = 0, rnorms = 0;
-    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0, hm_block = 0;
+    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0, hm_block = 0, lora_rank = 0;
     const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
@@ -106,11 +110,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-token-block") && i + 1 < argc) token_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-hadamard-block") && i + 1 < argc) hm_block = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_rank = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-ex-defer")) halo_cuda_ex_defer(0);   // A/B: each linear rotates its own E_X
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
-                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-hadamard-block N] [--halo-breakdown] [--no-ex-defer]\n");
+                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-hadamard-block N] [--halo-breakdown] [--no-ex-defer] [--lora R]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
@@ -149,7 +154,31 @@ int main(int argc, char **argv) {
     o.halo = hc;
     llama_cuda *g;
     double t0 = now_s();
-    if (llama_cuda_init_random(&g, &c, 1, &o) != HALO_OK) { fprintf(stderr, "%s\n", halo_error()); return 1; }
+    llama_model host;   // LoRA: the adapters come from a host model
+    memset(&host, 0, sizeof host);
+    if (lora_rank > 0) {
+        if (llama_init(&host, &c) != HALO_OK) { fprintf(stderr, "%s\n", halo_error()); return 1; }
+        // uniform in +-0.0346 (standard deviation 0.02, as init_random's normal), one xorshift stream per tensor
+        for (int t = 0; t < host.n_table; t++) {
+            const llama_param *p = &host.table[t];
+            float *d = host.params + p->offset;
+            if (p->ndim == 1) { for (size_t j = 0; j < p->numel; j++) d[j] = 1.f; continue; }
+            #pragma omp parallel for schedule(static)
+            for (size_t j0 = 0; j0 < p->numel; j0 += 65536) {
+                unsigned long long x = 0x9E3779B97F4A7C15ULL * (j0 + 1) + (unsigned long long)t;
+                for (size_t j = j0; j < j0 + 65536 && j < p->numel; j++) {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    d[j] = (float)(((x >> 11) * (1.0 / 9007199254740992.0) * 2 - 1) * 0.0346);
+                }
+            }
+        }
+        lora_config lc = lora_config_default();
+        lc.rank = lora_rank;
+        if (llama_lora_enable(&host, &lc, 1) != HALO_OK || llama_cuda_init(&g, &host, &o) != HALO_OK) {
+            fprintf(stderr, "%s\n", halo_error());
+            return 1;
+        }
+    } else if (llama_cuda_init_random(&g, &c, 1, &o) != HALO_OK) { fprintf(stderr, "%s\n", halo_error()); return 1; }
     printf("init %.1f s\n", now_s() - t0);
     halo_batch b;
     halo_batch_alloc(&b, B, T);
@@ -161,6 +190,7 @@ int main(int argc, char **argv) {
     float loss = 0;
     for (int i = 0; i < warmup + steps; i++) {
         double a = now_s();
+        if (lora_rank > 0) llama_cuda_lora_train(g, 1, 1000 + i);   // dropout masks of a training step
         loss = llama_cuda_train_step(g, &b, &h, i + 1);
         if (i >= warmup) ts[i - warmup] = now_s() - a;
         if (i < warmup) printf("warmup step %d: loss %.4f, %.1f ms\n", i + 1, loss, (now_s() - a) * 1e3);
@@ -170,7 +200,7 @@ int main(int argc, char **argv) {
     cudaMemGetInfo(&free_b, &total_b);
     double tok = (double)B * T, n = (double)llama_cuda_param_count(g);
     double attn = 6.0 * B * (double)T * T * c.n_heads * c.head_dim * c.n_layers;   // causal fwd + bwd
-    double flops = 6.0 * n * tok + attn;
+    double flops = (lora_rank > 0 ? 4.0 : 6.0) * n * tok + attn;   // LoRA: no base weight gradients
     printf("step %.1f ms (median of %d), loss %.4f\n", step_s * 1e3, steps, loss);
     printf("tokens/s %.0f | %.1f%% of measured bf16 peak (%.2f TFLOP/step, %.0f TFLOP/s achieved) | model bytes %.2f GiB"
            " | device used %.2f GiB\n", tok / step_s, 100.0 * flops / step_s / peak, flops / 1e12,
@@ -258,11 +288,12 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"lora\": %d, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), lora_rank, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
+    if (lora_rank > 0) llama_free(&host);
     halo_batch_free(&b);
     cuda_matmul_shutdown();
     halo_cuda_gemm_shutdown();

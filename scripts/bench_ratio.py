@@ -29,6 +29,7 @@ for key, j in rows:
     if j.get("int8_own") == 0 and j["precision"] == "int8": cfg.append("int32 products")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
+    if j.get("lora"): cfg.append(f"LoRA r{j['lora']} (base frozen)")
     if j.get("bf16_grads"): cfg.append("bf16 grads")
     if j.get("recompute_norms"): cfg.append("norm recompute")
     if j.get("recompute"): cfg.append("recompute " + ("all" if j["recompute"] == 1 else "mlp"))
