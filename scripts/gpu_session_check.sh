@@ -3,7 +3,7 @@
 # last (two of them side by side). Each step has its own time limit; its log goes to a scratch folder, and $OUT
 # receives only three files (the device tool returns few files): summary.txt (one line per step + the key result
 # lines), results.md (the tables), logs.tar.gz (every log).
-#   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_verbs: last group)
+#   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_lora, test_cuda_verbs --val-loss under memcheck, test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
 #   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
@@ -144,6 +144,10 @@ wpid=
 # the wide-model demos (block-diagonal H_m) only when ONLY names them ("quality wide"); at most 6 minutes (an unbounded
 # form ran past a 600 s device call and took the call's logs with it)
 if [ -n "${ONLY:-}" ] && want "quality wide"; then env OUT="$LOG" QUALITY_WIDE=1 timeout 360 bash scripts/gpu_quality_check.sh > "$LOG/quality_wide.log" 2>&1 & wpid=$!; fi
+step "test_cuda_lora (GPU LoRA vs CPU LoRA)" lora.log 90 $B/tests/test_cuda_lora
+keep lora.log "^\\| LoRA" 40
+# part 4 (validation loss on the GPU's weights) aborted with an illegal address in its first GPU run (2026-12-05)
+step "memcheck test_cuda_verbs --val-loss" valloss_memcheck.log 120 compute-sanitizer --tool memcheck --target-processes application-only $B/tests/test_cuda_verbs --val-loss
 step "test_cuda_verbs (--device cuda verbs)" verbs.log 240 $B/tests/test_cuda_verbs
 keep verbs.log "resumed|moments lost|debug-step|after a cross-device|telemetry" 14
 if [ -n "$wpid" ]; then wait $wpid; echo "gpu_quality_check (wide) rc=$?" | tee -a "$S"; keep quality_wide.log "^\|" 10; fi
