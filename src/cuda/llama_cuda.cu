@@ -512,6 +512,17 @@ static void lora_up(llama_cuda *g, float *dst, const float *src) {   // src NULL
     }
 }
 
+// Checks the host's adapters (lora_check_host), waits for the stream, and downloads the device buffer s0 into the
+// host buffer d0 (llama_trainable_params' layout), and s1 into d1 when d1 is given.
+static int lora_copy_back(const llama_cuda *g, const llama_model *host, const char *what, float *d0, const float *s0,
+                          float *d1, const float *s1) {
+    if (lora_check_host(g, host, what) != HALO_OK) return HALO_ERR;
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    lora_down(g, d0, s0);
+    if (d1) lora_down(g, d1, s1);
+    return HALO_OK;
+}
+
 // The adapters' values from the host (the bf16 copy follows); synchronizes (the host buffer may go after).
 static void lora_upload(llama_cuda *g, const llama_model *host) {
     lora_up(g, g->lp, llama_trainable_params((llama_model *)host).params);
@@ -909,16 +920,17 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
                           int xf) {
     int N = g->B * g->T, D = g->c.dim;
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
-    if (!hl_of(g, l, k0)) PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
     long col = 0;
-    for (int k = k0; k < k0 + nk && hl_of(g, l, k0); k++) {
-        int m, n;
-        lin_shape(g, k, &m, &n);
-        PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                   Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
-                                                                   g->st)));
-        col += n;
-    }
+    if (!hl_of(g, l, k0)) PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
+    else
+        for (int k = k0; k < k0 + nk; k++) {
+            int m, n;
+            lin_shape(g, k, &m, &n);
+            PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
+                                                                       Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
+                                                                       g->st)));
+            col += n;
+        }
     col = 0;
     for (int k = k0; k < k0 + nk; k++) {   // LoRA: each adapter adds into its linear's columns
         int m, n;
@@ -1308,22 +1320,14 @@ static int copy_back(llama_cuda *g, float *dst, const float *src, const llama_mo
 }
 
 extern "C" int llama_cuda_copy_params(llama_cuda *g, llama_model *host) {
-    if (g->lora) {   // the adapters; the frozen base is the host's already
-        if (lora_check_host(g, host, "copy-back") != HALO_OK) return HALO_ERR;
-        CUDA_CHECK(cudaStreamSynchronize(g->st));
-        lora_down(g, llama_trainable_params(host).params, g->lp);
-        return HALO_OK;
-    }
+    if (g->lora)   // the adapters; the frozen base is the host's already
+        return lora_copy_back(g, host, "copy-back", llama_trainable_params(host).params, g->lp, NULL, NULL);
     return copy_back(g, host->params, g->master, host);
 }
 
 extern "C" int llama_cuda_copy_grads(llama_cuda *g, llama_model *host) {
-    if (g->lora) {   // the adapters' gradients
-        if (lora_check_host(g, host, "gradient copy-back") != HALO_OK) return HALO_ERR;
-        CUDA_CHECK(cudaStreamSynchronize(g->st));
-        lora_down(g, llama_trainable_params(host).grads, g->lg);
-        return HALO_OK;
-    }
+    if (g->lora)   // the adapters' gradients
+        return lora_copy_back(g, host, "gradient copy-back", llama_trainable_params(host).grads, g->lg, NULL, NULL);
     if (!host->grads) llama_alloc_grads(host);
     grads_settle(g);
     if (check_host_map(g, host, "gradient copy-back") != HALO_OK) return HALO_ERR;
@@ -1351,13 +1355,8 @@ static void moment_down(const llama_cuda *g, float *dst, const void *src) {
 }
 
 extern "C" int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host) {
-    if (g->lora) {   // the adapters' moments, in llama_trainable_params' layout (the trainer's adamw_state)
-        if (lora_check_host(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
-        CUDA_CHECK(cudaStreamSynchronize(g->st));
-        lora_down(g, m_host, g->lm);
-        lora_down(g, v_host, g->lv);
-        return HALO_OK;
-    }
+    if (g->lora)   // the adapters' moments, in llama_trainable_params' layout (the trainer's adamw_state)
+        return lora_copy_back(g, host, "moment copy-back", m_host, g->lm, v_host, g->lv);
     if (check_host_map(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
     CUDA_CHECK(cudaStreamSynchronize(g->st));
     moment_down(g, m_host, g->m);
