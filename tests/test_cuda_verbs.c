@@ -161,15 +161,21 @@ static void print_losses(const char *name, const float *l) {
     printf("\n");
 }
 
-static void test_checkpoints(int cuda) {
-    const char *dev = cuda ? "GPU" : "CPU";
+// The golden's token rows for g_src (parts 1 and 4 read them; main frees them after the last part).
+static int gold_src_load(void) {
     st_file gf;
-    if (st_open(test_shared_path("goldens/stories260K_train.safetensors"), &gf) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+    if (st_open(test_shared_path("goldens/stories260K_train.safetensors"), &gf) != HALO_OK) { CHECK(0, "%s", halo_error()); return 1; }
     int nd; int64_t shape[8];
     int rc = st_read_i32(&gf, "input_ids", &g_src.ids, &nd, shape);
     st_close(&gf);
-    if (rc != HALO_OK || nd != 2 || shape[1] < 64) { CHECK(0, "golden input_ids: %s", halo_error()); return; }
+    if (rc != HALO_OK || nd != 2 || shape[1] < 64) { CHECK(0, "golden input_ids: %s", halo_error()); return 1; }
     g_src.rows = (int)shape[0]; g_src.len = (int)shape[1];
+    return 0;
+}
+
+static void test_checkpoints(int cuda) {
+    const char *dev = cuda ? "GPU" : "CPU";
+    if (!g_src.ids) { CHECK(0, "golden input_ids not loaded"); return; }
     char ck_dev[256], ck_cpu[256];
     snprintf(ck_dev, sizeof ck_dev, "/tmp/halo_cuda_verbs_%d_dev.safetensors", (int)getpid());
     snprintf(ck_cpu, sizeof ck_cpu, "/tmp/halo_cuda_verbs_%d_cpu.safetensors", (int)getpid());
@@ -232,7 +238,6 @@ static void test_checkpoints(int cuda) {
     for (int i = SAVE_AT; i < STEPS; i++) CHECK(isfinite(e[i]) && isfinite(g[i]), "cross-device resumed loss %d", i + 1);
 out:
     state_free(&kept);
-    free(g_src.ids);
     remove(ck_dev);
     remove(ck_cpu);
 }
@@ -503,22 +508,24 @@ int main(int argc, char **argv) {
 #else
     setvbuf(stdout, NULL, _IOLBF, 0);   // an abort in a GPU check keeps the lines before it in the log
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
-    if (argc > 1 && !strcmp(argv[1], "--cpu")) { test_checkpoints(0); TEST_END(); }
+    if (gold_src_load()) TEST_END();   // the token rows of parts 1 and 4
     char gpu_why[256];
-    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: GPU verb tests skipped", gpu_why); TEST_END(); }
-    if (argc > 1 && !strcmp(argv[1], "--val-loss")) {   // part 4 alone (e.g. under compute-sanitizer)
+    if (argc > 1 && !strcmp(argv[1], "--cpu")) test_checkpoints(0);
+    else if (!cuda_device_usable(gpu_why, sizeof gpu_why)) SKIP("%s: GPU verb tests skipped", gpu_why);
+    else if (argc > 1 && !strcmp(argv[1], "--val-loss")) {   // part 4 alone (e.g. under compute-sanitizer)
         test_device_val_loss(0);
         test_device_val_loss(1);
-        TEST_END();
+    } else {
+        test_checkpoints(1);
+        test_bf16_moments();
+        test_debug_step("stories260K", "models/stories260K", "goldens/stories260K_train");
+        test_debug_step("tiny-llama3", "goldens/tiny-llama3", "goldens/tiny-llama3_train");
+        test_finetune_telemetry();
+        test_device_val_loss(0);
+        test_device_val_loss(1);
+        test_finetune_lora();
     }
-    test_checkpoints(1);
-    test_bf16_moments();
-    test_debug_step("stories260K", "models/stories260K", "goldens/stories260K_train");
-    test_debug_step("tiny-llama3", "goldens/tiny-llama3", "goldens/tiny-llama3_train");
-    test_finetune_telemetry();
-    test_device_val_loss(0);
-    test_device_val_loss(1);
-    test_finetune_lora();
+    free(g_src.ids);
     TEST_END();
 #endif
 }

@@ -119,6 +119,28 @@ static void test_csv(void) {
 
 // ---------------------------------------------------------------- loading, templates, errors
 
+// dataset_check_vocab: the mock's ids reach ID_ES (257, the plain format's end of turn), so a model vocabulary of
+// 258 holds them and one of 257 is refused, naming the file, the first example's line and the id.
+static void test_check_vocab(void) {
+    const char *p = tmp_file("v.csv", "question,answer\nq1,a1\nq2,a2\n");
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = p;
+    c.chat = DATASET_CHAT_PLAIN;
+    c.val_fraction = 0;
+    dataset *ds = NULL;
+    CHECK(dataset_load_with(&c, &enc2, &ds) == HALO_OK, "load: %s", halo_error());
+    if (!ds) return;
+    CHECK(dataset_check_vocab(ds, ID_ES + 1) == HALO_OK, "ids up to %d fit a vocabulary of %d: %s", ID_ES, ID_ES + 1,
+          halo_error());
+    CHECK(dataset_check_vocab(ds, ID_ES) != HALO_OK && has(halo_error(), "v.csv:2: token id 257 is outside the model's "
+                                                                         "vocabulary of 257"),
+          "a vocabulary of %d: %s", ID_ES, halo_error());
+    CHECK(dataset_check_vocab(ds, 'q') != HALO_OK && has(halo_error(), "v.csv:2: token id "), "vocabulary 'q': %s",
+          halo_error());
+    dataset_free(ds);
+}
+
 static dataset *load(const dataset_config *c, const dataset_encoder *e) {
     dataset *ds = NULL;
     if (dataset_load_with(c, e, &ds)) return NULL;
@@ -969,6 +991,7 @@ int main(void) {
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
     test_csv();
     test_csv_dataset();
+    test_check_vocab();
     test_jsonl();
     test_chat_render();
     test_presets();

@@ -83,8 +83,11 @@ int cmd_eval(int argc, char **argv) {
     if (cli_load_model(&m, model_dir, adapter, &co) != HALO_OK) goto bad;
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
-    dataset *ds;
-    if (dataset_load(&dc, tok, &ds) != HALO_OK) { tokenizer_free(tok); llama_free(&m); goto bad; }
+    dataset *ds = NULL;
+    if (dataset_load(&dc, tok, &ds) != HALO_OK || dataset_check_vocab(ds, m.cfg.vocab_size) != HALO_OK) {
+        if (ds) dataset_free(ds);
+        tokenizer_free(tok); llama_free(&m); goto bad;
+    }
     int64_t total = dataset_size(ds, split);
     if (limit > 0 && limit < total) total = limit;
     int rc = HALO_OK;

@@ -253,9 +253,12 @@ int cmd_finetune(int argc, char **argv) {
     }
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
-    dataset *ds;
+    dataset *ds = NULL;
     fprintf(stderr, "halo finetune: loading %s\n", dc.path);
-    if (dataset_load(&dc, tok, &ds) != HALO_OK) { tokenizer_free(tok); llama_free(&m); goto bad; }
+    if (dataset_load(&dc, tok, &ds) != HALO_OK || dataset_check_vocab(ds, m.cfg.vocab_size) != HALO_OK) {
+        if (ds) dataset_free(ds);
+        tokenizer_free(tok); llama_free(&m); goto bad;
+    }
     char summary[512];
     dataset_summary(ds, summary, sizeof summary);
     fprintf(stderr, "halo finetune: %s\n", summary);

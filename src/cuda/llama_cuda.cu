@@ -867,7 +867,13 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
     CUDA_CHECK(cudaEventSynchronize(g->staged));   // waits only for the previous upload, never for a whole step
     memcpy(s, b->input_ids, N * 4);
     int count = 0;
+    const int V = g->c.vocab_size;
     for (int i = 0; i < N; i++) {
+        if (s[i] < 0 || s[i] >= V || (b->targets && b->targets[i] >= V)) {   // the kernels index tables with them
+            fprintf(stderr, "halo cuda: token %d (input %d, target %d) outside the vocabulary [0, %d)\n", i, s[i],
+                    b->targets ? b->targets[i] : -1, V);
+            abort();
+        }
         s[N + i] = b->targets ? b->targets[i] : -1;
         count += s[N + i] >= 0;
         int p = b->pos ? b->pos[i] : i % b->T;

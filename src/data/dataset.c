@@ -601,6 +601,22 @@ void dataset_free(dataset *ds) {
     free(ds);
 }
 
+int dataset_check_vocab(const dataset *ds, int vocab_size) {
+    for (int64_t i = 0; i < ds->n_ex; i++) {
+        const ds_example *e = &ds->ex[i];
+        for (int32_t j = 0; j < e->n; j++)
+            if (e->ids[j] < 0 || e->ids[j] >= vocab_size) {
+                char where[64] = "";   // a text window's line is its document's last: name the window instead
+                if (ds->is_text) snprintf(where, sizeof where, " (text window %lld)", (long long)i);
+                else snprintf(where, sizeof where, ":%lld", (long long)e->line);
+                return halo_fail("%s%s: token id %d is outside the model's vocabulary of %d (config.json "
+                                 "vocab_size): the tokenizer does not belong to this model",
+                                 ds->files[e->file], where, e->ids[j], vocab_size);
+            }
+    }
+    return HALO_OK;
+}
+
 const dataset_stats *dataset_get_stats(const dataset *ds) { return &ds->st; }
 int64_t dataset_size(const dataset *ds, dataset_split s) { return ds->n_all[s]; }
 const char *dataset_metric_name(const dataset *ds) { return ds->metric; }

@@ -63,6 +63,9 @@ void dataset_config_default(dataset_config *cfg);
 int dataset_load(const dataset_config *cfg, const halo_tokenizer *tok, dataset **out);
 void dataset_free(dataset *ds);
 
+// Fails, naming the file and line, when an example holds a token id outside [0, vocab_size) (a tokenizer that does
+// not match the model would otherwise index past the embedding table).
+int dataset_check_vocab(const dataset *ds, int vocab_size);
 const dataset_stats *dataset_get_stats(const dataset *ds);
 // One line: "N train + M val examples (K lines skipped), X truncated (Y tokens dropped), ...".
 void dataset_summary(const dataset *ds, char *buf, size_t n);
