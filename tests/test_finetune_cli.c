@@ -41,6 +41,34 @@ static void test_eval_fp32(const char *common) {
     CHECK(fabs(e8 - v8) <= 1e-5 * v8, "val_loss %.9g == halo eval (fp8 from halo_config.json) %.9g", v8, e8);
 }
 
+// Flags a user can get wrong: each refused (exit 2 or 1) before any training, with a message naming the flag and
+// the value. Before these checks --steps -5 trained a whole epoch, --warmup -4 ran at lr 0, --batch 99999999999
+// wrapped to 1215752191 and --lora-rank 100000 ran out of memory.
+static void test_bad_flags(const char *common) {
+    static const struct { const char *flags, *says; } bad[] = {
+        {"--steps -5", "--steps: '-5' is not an integer from 1"},
+        {"--steps 0", "--steps: '0' is not an integer from 1"},
+        {"--warmup -4", "--warmup: '-4'"},
+        {"--batch 99999999999", "--batch: '99999999999' is not an integer from 1 to 2147483647"},
+        {"--grad-accum 0", "--grad-accum: '0'"},
+        {"--eval-every -1", "--eval-every: '-1'"},
+        {"--epochs -1", "--epochs: '-1' is not a positive number"},
+        {"--seq-len 1", "--seq-len: '1' is not an integer from 2"},
+        {"--threads x", "--threads: 'x' is not an integer"},
+        {"--lora-rank 100000", "LoRA rank 100000 exceeds self_attn.q_proj's smaller dimension (in 64, out 64)"},
+        {"--lora --lora-linears v --lora-rank 33", "LoRA rank 33 exceeds self_attn.v_proj's smaller dimension (in 64, out 32)"},
+    };
+    char cmd[8192], log[512];
+    snprintf(log, sizeof log, "%s/flag.log", dir);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%%s %s > %s 2>&1", bad[i].flags, log);
+        int rc = sh(cmd, common);
+        CHECK(rc != 0 && file_has(log, bad[i].says), "`%s`: exit %d, message should hold \"%s\"", bad[i].flags, rc,
+              bad[i].says);
+        CHECK(!file_has(log, "step 1/"), "`%s` trained before refusing", bad[i].flags);
+    }
+}
+
 int main(void) {
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     const char *b = getenv("BUILD");
@@ -101,6 +129,7 @@ int main(void) {
           "token block 14 error: %s", text ? text : "");
     free(text);
     test_eval_fp32(common);
+    test_bad_flags(common);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

@@ -110,7 +110,7 @@ int main(void) {
     // misuse
     struct { const char *args, *want; } bad[] = {
         {"--merge --out /nonexistent/x", ""},   // placeholder replaced below: --merge without LoRA
-        {"--lora-rank 0", "rank 0"},
+        {"--lora-rank 0", "--lora-rank: '0' is not an integer from 1"},
         {"--lora-dropout 1", "dropout"},
         {"--lora-linears q,fc1", "fc1"},
         {"--merge", "--merge"},

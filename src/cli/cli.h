@@ -12,4 +12,6 @@ bool cli_is_flag(const char *arg, const char *name);
 // Parses a number or reports "--flag: 'x' is not a number"; returns 0 on success.
 int cli_parse_int(const char *flag, const char *s, long *out);
 int cli_parse_float(const char *flag, const char *s, double *out);
+// An integer in [lo, hi], or "--flag: 'x' is not an integer from lo to hi".
+int cli_parse_range(const char *flag, const char *s, long lo, long hi, long *out);
 #endif

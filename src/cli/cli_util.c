@@ -27,6 +27,14 @@ int cli_parse_int(const char *flag, const char *s, long *out) {
     return HALO_OK;
 }
 
+int cli_parse_range(const char *flag, const char *s, long lo, long hi, long *out) {
+    long v = 0;
+    if (cli_parse_int(flag, s, &v) || v < lo || v > hi)
+        return halo_fail("%s: '%s' is not an integer from %ld to %ld", flag, s, lo, hi);
+    *out = v;
+    return HALO_OK;
+}
+
 int cli_parse_float(const char *flag, const char *s, double *out) {
     char *end; errno = 0;
     double v = strtod(s, &end);

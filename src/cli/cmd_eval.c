@@ -55,12 +55,12 @@ int cmd_eval(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--task"))) task = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--split"))) split_name = v;
         else if (cli_is_flag(argv[i], "--all")) all = 1;
-        else if ((v = cli_flag_value(argc, argv, &i, "--limit"))) { if (cli_parse_int("--limit", v, &limit)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int("--max-new-tokens", v, &max_new)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--limit"))) { if (cli_parse_range("--limit", v, 0, 2147483647, &limit)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_range("--max-new-tokens", v, 0, 2147483647, &max_new)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--predictions"))) pred_path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; dc.seed = (uint64_t)n; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &batch)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_range("--batch", v, 1, 2147483647, &batch)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_range("--threads", v, 0, 4096, &threads)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--device"))) { if (cli_device_parse(v, &use_cuda)) goto bad; }
         else { fprintf(stderr, "halo eval: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }

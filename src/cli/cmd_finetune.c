@@ -163,13 +163,13 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--model"))) model_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--val"))) dc.val_path = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--steps"))) { if (cli_parse_int("--steps", v, &steps)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_int("--batch", v, &n)) goto bad; o.batch_size = (int)n; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--grad-accum"))) { if (cli_parse_int("--grad-accum", v, &n)) goto bad; o.grad_accum = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--steps"))) { if (cli_parse_range("--steps", v, 1, 2147483647, &steps)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; if (!(epochs > 0)) { halo_fail("--epochs: '%s' is not a positive number", v); goto bad; } }
+        else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_range("--batch", v, 1, 2147483647, &n)) goto bad; o.batch_size = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--grad-accum"))) { if (cli_parse_range("--grad-accum", v, 1, 2147483647, &n)) goto bad; o.grad_accum = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lr"))) { if (cli_parse_float("--lr", v, &d)) goto bad; o.lr = (float)d; }
         else if ((v = cli_flag_value(argc, argv, &i, "--min-lr"))) { if (cli_parse_float("--min-lr", v, &d)) goto bad; o.min_lr = (float)d; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--warmup"))) { if (cli_parse_int("--warmup", v, &n)) goto bad; o.warmup = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--warmup"))) { if (cli_parse_range("--warmup", v, 0, 2147483647, &n)) goto bad; o.warmup = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--decay"))) { if (lr_decay_parse(v, &o.decay)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--weight-decay"))) { if (cli_parse_float("--weight-decay", v, &d)) goto bad; o.adamw.weight_decay = (float)d; }
         else if ((v = cli_flag_value(argc, argv, &i, "--beta1"))) { if (cli_parse_float("--beta1", v, &d)) goto bad; o.adamw.beta1 = (float)d; }
@@ -177,23 +177,23 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--clip"))) { if (cli_parse_float("--clip", v, &d)) goto bad; o.clip = (float)d; }
         else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; o.seed = (uint64_t)n; dc.seed = (uint64_t)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--time-budget"))) { if (cli_parse_float("--time-budget", v, &time_budget)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_int("--eval-every", v, &n)) goto bad; o.eval_every = (int)n; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_int("--eval-batches", v, &eval_batches)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_range("--eval-every", v, 0, 2147483647, &n)) goto bad; o.eval_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_range("--eval-batches", v, 0, 2147483647, &eval_batches)) goto bad; }
         else if (cli_is_flag(argv[i], "--eval-fp32")) eval_fp32 = 1;
         else if (cli_is_flag(argv[i], "--lora")) lora_on = 1;
-        else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_int("--lora-rank", v, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_range("--lora-rank", v, 1, 2147483647, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-alpha"))) { if (cli_parse_float("--lora-alpha", v, &lc.alpha)) goto bad; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-dropout"))) { if (cli_parse_float("--lora-dropout", v, &lc.dropout)) goto bad; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (model_halo_parse_linears(v, &lc.kinds)) goto bad; lora_on = 1; }
         else if (cli_is_flag(argv[i], "--merge")) merge = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_int("--ckpt-every", v, &n)) goto bad; o.ckpt_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_range("--ckpt-every", v, 0, 2147483647, &n)) goto bad; o.ckpt_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--resume"))) resume = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--out"))) out_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--export-dtype"))) export_dtype = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--device"))) device = v;
-        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int("--threads", v, &threads)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_range("--threads", v, 0, 4096, &threads)) goto bad; }
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }

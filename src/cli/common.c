@@ -107,11 +107,11 @@ int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i) {
         else return halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v), -1;
     }
     else if ((v = cli_flag_value(argc, argv, i, "--seq-len"))) {
-        if (cli_parse_int("--seq-len", v, &n) || n < 2) return halo_fail("--seq-len: '%s' is not an integer >= 2", v), -1;
+        if (cli_parse_range("--seq-len", v, 2, 1 << 20, &n)) return -1;
         dc->seq_len = (int)n;
     }
     else if ((v = cli_flag_value(argc, argv, i, "--val-fraction"))) { if (cli_parse_float("--val-fraction", v, &dc->val_fraction)) return -1; }
-    else if ((v = cli_flag_value(argc, argv, i, "--val-count"))) { if (cli_parse_int("--val-count", v, &dc->val_count)) return -1; }
+    else if ((v = cli_flag_value(argc, argv, i, "--val-count"))) { if (cli_parse_range("--val-count", v, 0, 1L << 62, &dc->val_count)) return -1; }
     else if (cli_is_flag(argv[*i], "--pack")) dc->pack = true;
     else if (cli_is_flag(argv[*i], "--loss-on-all")) dc->loss_on_all = true;
     else if (cli_is_flag(argv[*i], "--skip-bad-lines")) dc->skip_bad_lines = true;

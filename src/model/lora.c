@@ -76,6 +76,10 @@ void llama_lora_free(llama_model *m) {
 
 int llama_lora_enable(llama_model *m, const lora_config *c, uint64_t seed) {
     if (check_config(c, "")) return HALO_ERR;
+    for (int k = 0; k < LIN_COUNT; k++)   // a rank above min(in, out) adds parameters and no expressiveness
+        if ((c->kinds & (1u << k)) && (c->rank > model_linear_in_features(&m->cfg, k) || c->rank > out_features(&m->cfg, k)))
+            return halo_fail("LoRA rank %d exceeds %s's smaller dimension (in %d, out %d)", c->rank, LLAMA_LINEAR_NAMES[k],
+                             model_linear_in_features(&m->cfg, k), out_features(&m->cfg, k));
     llama_lora_free(m);
     const int L = m->cfg.n_layers, r = c->rank;
     struct llama_lora *a = xcalloc(1, sizeof *a);
