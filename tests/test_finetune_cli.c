@@ -43,7 +43,8 @@ static void test_eval_fp32(const char *common) {
 
 // Flags a user can get wrong: each refused (exit 2 or 1) before any training, with a message naming the flag and
 // the value. Before these checks --steps -5 trained a whole epoch, --warmup -4 ran at lr 0, --batch 99999999999
-// wrapped to 1215752191 and --lora-rank 100000 ran out of memory.
+// wrapped to 1215752191, --lora-rank 100000 ran out of memory, and an --out that could not be written failed the run
+// after training.
 static void test_bad_flags(const char *common) {
     static const struct { const char *flags, *says; } bad[] = {
         {"--steps -5", "--steps: '-5' is not an integer from 1"},
@@ -57,15 +58,27 @@ static void test_bad_flags(const char *common) {
         {"--threads x", "--threads: 'x' is not an integer"},
         {"--lora-rank 100000", "LoRA rank 100000 exceeds self_attn.q_proj's smaller dimension (in 64, out 64)"},
         {"--lora --lora-linears v --lora-rank 33", "LoRA rank 33 exceeds self_attn.v_proj's smaller dimension (in 64, out 32)"},
+        {"--out /proc/halo_out", "--out: /proc/halo_out: cannot create directory"},
+        {"--ckpt-dir /proc/halo_ck", "--ckpt-dir: /proc/halo_ck: cannot create directory"},
+        {"--out FILE", "--out: FILE: cannot write there: Not a directory"},
     };
     char cmd[8192], log[512];
     snprintf(log, sizeof log, "%s/flag.log", dir);
+    char file[512], flags[1024], says[1024];   // FILE: a plain file where a folder should be
+    snprintf(file, sizeof file, "%s/plain_file", dir);
+    FILE *f = fopen(file, "w");
+    if (f) fclose(f);
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        snprintf(cmd, sizeof cmd, "%%s %s > %s 2>&1", bad[i].flags, log);
+        const char *at = strstr(bad[i].flags, "FILE");
+        snprintf(flags, sizeof flags, "%.*s%s", at ? (int)(at - bad[i].flags) : (int)strlen(bad[i].flags),
+                 bad[i].flags, at ? file : "");
+        at = strstr(bad[i].says, "FILE");
+        snprintf(says, sizeof says, "%.*s%s%s", at ? (int)(at - bad[i].says) : (int)strlen(bad[i].says), bad[i].says,
+                 at ? file : "", at ? at + 4 : "");
+        snprintf(cmd, sizeof cmd, "%%s %s > %s 2>&1", flags, log);
         int rc = sh(cmd, common);
-        CHECK(rc != 0 && file_has(log, bad[i].says), "`%s`: exit %d, message should hold \"%s\"", bad[i].flags, rc,
-              bad[i].says);
-        CHECK(!file_has(log, "step 1/"), "`%s` trained before refusing", bad[i].flags);
+        CHECK(rc != 0 && file_has(log, says), "`%s`: exit %d, message should hold \"%s\"", flags, rc, says);
+        CHECK(!file_has(log, "step 1/"), "`%s` trained before refusing", flags);
     }
 }
 

@@ -52,6 +52,18 @@ int halo_mkdirs(const char *dir) {
     return rc;
 }
 
+int halo_writable_dir(const char *dir) {
+    if (halo_mkdirs(dir) != HALO_OK) return HALO_ERR;
+    char name[64];
+    snprintf(name, sizeof name, ".halo_write_probe.%ld", (long)getpid());
+    char *p = halo_path_join(dir, name);
+    FILE *f = fopen(p, "wb");
+    int rc = f ? HALO_OK : halo_fail("%s: cannot write there: %s", dir, strerror(errno));
+    if (f) { fclose(f); remove(p); }
+    free(p);
+    return rc;
+}
+
 int halo_copy_file(const char *src, const char *dst) {
     char *buf;
     size_t n;

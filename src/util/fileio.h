@@ -11,6 +11,8 @@ bool halo_file_exists(const char *path);
 char *halo_path_join(const char *dir, const char *name);
 // mkdir -p; HALO_ERR naming the path on failure.
 int halo_mkdirs(const char *dir);
+// halo_mkdirs, then a probe file created and removed: fails naming the folder when nothing can be written there.
+int halo_writable_dir(const char *dir);
 // Copies a file (used to carry tokenizer files into exported model directories).
 int halo_copy_file(const char *src, const char *dst);
 #endif
