@@ -3,6 +3,11 @@
 // carries halo_config.json; a malformed data line stops the run with file:line; --halo-token-block outside level 2 or
 // with an unsupported size is refused with a message; --eval-fp32 scores the same weights without quantization and
 // leaves the run as it was.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include "test_cli.h"
 
 static char dir[256], bin[512];
@@ -82,6 +87,51 @@ static void test_bad_flags(const char *common) {
     }
 }
 
+// Ctrl-C during training: the run stops after the step in flight, checkpoints that step, exports the weights to --out
+// and exits 130. The checkpoint's step is the last step in the metrics file, and the export evaluates.
+static void test_interrupt(void) {
+    char cmd[8192], metrics[512], log[512];
+    snprintf(metrics, sizeof metrics, "%s/int.jsonl", dir);
+    snprintf(log, sizeof log, "%s/int.log", dir);
+    snprintf(cmd, sizeof cmd, "exec %s finetune --model %s --data %s --seq-len 48 --batch 2 --steps 100000 --threads 1 "
+             "--val-count 4 --eval-every 0 --ckpt-dir %s/int_ck --out %s/int_out --metrics %s > %s 2>&1", bin,
+             test_shared_path("models/stories260K"), test_shared_path("data/text/tinystories_sample.txt"), dir, dir,
+             metrics, log);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); _exit(127); }
+    double loss[8];
+    int n = 0;
+    for (int tries = 0; tries < 600 && n < 3; tries++) {   // up to a minute for three logged steps
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        n = read_losses(metrics, loss, 8);
+    }
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(n >= 3 && WIFEXITED(status) && WEXITSTATUS(status) == 130, "interrupted run: %d steps seen, exit status %d",
+          n, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    int last = 0;
+    FILE *f = fopen(metrics, "r");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"type\":\"train\"") ? strstr(line, "\"step\":") : NULL;
+        if (p) last = atoi(p + 7);
+    }
+    if (f) fclose(f);
+    snprintf(cmd, sizeof cmd, "%s/int_ck/step_%08d.safetensors", dir, last);
+    struct stat st;
+    CHECK(last >= 3 && stat(cmd, &st) == 0, "checkpoint of the last step %d: %s", last, cmd);
+    CHECK(file_has(log, "interrupted after step") && file_has(log, "--resume"), "the log says where to resume");
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/int_out --data %s --task loss --seq-len 48 --batch 2 --threads 1 "
+             "--val-count 4 > %s/int_eval.log 2>&1", bin, dir, test_shared_path("data/text/tinystories_sample.txt"), dir);
+    CHECK(system(cmd) == 0, "the interrupted run's export evaluates");
+    snprintf(log, sizeof log, "%s/int_eval.log", dir);
+    double v = eval_loss(log);
+    CHECK(v > 0 && v < 10, "its loss %.4f", v);
+}
+
 int main(void) {
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     const char *b = getenv("BUILD");
@@ -143,6 +193,7 @@ int main(void) {
     free(text);
     test_eval_fp32(common);
     test_bad_flags(common);
+    test_interrupt();
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

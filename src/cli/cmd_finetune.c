@@ -1,6 +1,7 @@
 // `halo finetune` (alias `halo train`): fine-tunes a Hugging Face Llama directory on a dataset file with AdamW, a
 // warmup + decay schedule, periodic validation loss, checkpoints, a metrics JSONL file, and a final export.
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,14 @@
 #include <cjson/cJSON.h>
 #include "util/error.h"
 #include "util/fileio.h"
+
+// Ctrl-C / SIGTERM: the step in flight finishes, then the run checkpoints and exports as at its end (no final
+// evaluation) and exits 130; a second signal ends the process at once.
+static volatile sig_atomic_t g_interrupted;
+static void on_interrupt(int sig) {
+    g_interrupted = sig;
+    signal(sig, SIG_DFL);
+}
 
 static void usage(void) {
     printf(
@@ -290,9 +299,14 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"
+    g_interrupted = 0;
+    struct sigaction sa = {.sa_handler = on_interrupt, .sa_flags = SA_RESTART}, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     if (rc == HALO_OK) {
         double t_begin = halo_now();
-        while (t.step < o.steps && rc == HALO_OK) {
+        while (t.step < o.steps && rc == HALO_OK && !g_interrupted) {
             int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
             if (measure) trainer_halo_telemetry(&t, 1);
             train_step_info si;
@@ -312,8 +326,19 @@ int cmd_finetune(int argc, char **argv) {
                 break;
             }
         }
-        if (rc == HALO_OK) rc = trainer_evaluate(&t);
+        if (g_interrupted) {
+            fprintf(stderr, "halo finetune: interrupted after step %d of %d: %s\n", t.step, o.steps,
+                    o.ckpt_dir || out_dir ? "saving, then stopping (again to stop at once)"
+                                          : "stopping (no --ckpt-dir or --out to save into)");
+            fflush(stderr);
+        }
+        if (rc == HALO_OK && !g_interrupted) rc = trainer_evaluate(&t);
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
+        if (rc == HALO_OK && o.ckpt_dir && g_interrupted) {
+            char ck[4096];
+            checkpoint_path(ck, sizeof ck, o.ckpt_dir, t.step);
+            fprintf(stderr, "halo finetune: checkpoint %s (continue with --resume %s)\n", ck, ck);
+        }
         if (rc == HALO_OK && out_dir) {
             t.be.to_host(&t);
             const int bf16 = !strcmp(export_dtype, "bf16");
@@ -332,12 +357,15 @@ int cmd_finetune(int argc, char **argv) {
             if (rc == HALO_OK) fprintf(stderr, "halo finetune: exported %s%s\n", lora_on && !merge ? "the LoRA adapter to " : "", out_dir);
         }
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    const int interrupted = g_interrupted;
     trainer_free(&t);
     dataset_free(ds);
     tokenizer_free(tok);
     llama_free(&m);
     if (rc != HALO_OK) goto bad;
-    return 0;
+    return interrupted ? 130 : 0;
 bad:
     fprintf(stderr, "halo finetune: %s\n", halo_error());
     return 1;
