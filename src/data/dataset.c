@@ -362,13 +362,16 @@ static int load_jsonl(loader *ld) {
     return rc;
 }
 
-typedef struct { const csv_reader *r; char **cols; int n_cols; bool header_only; } csv_ctx;
+typedef struct { const csv_reader *r; char **cols; int n_cols; bool header_only; const char *dup; } csv_ctx;
 
 static const char *csv_lookup(void *ctx, const char *name, size_t len) {
     csv_ctx *c = ctx;
     for (int i = 0; i < c->n_cols; i++)
-        if (strlen(c->cols[i]) == len && !memcmp(c->cols[i], name, len))
+        if (strlen(c->cols[i]) == len && !memcmp(c->cols[i], name, len)) {
+            if (c->header_only)   // a name the header has twice: which column is meant is unknown
+                for (int j = i + 1; j < c->n_cols && !c->dup; j++) if (!strcmp(c->cols[j], c->cols[i])) c->dup = c->cols[i];
             return c->header_only ? "" : c->r->fields[i].p;
+        }
     return NULL;
 }
 
@@ -381,7 +384,7 @@ static int load_csv(loader *ld) {
         csv_close(&r);
         return k == 0 ? halo_fail("%s: empty file (a header row is needed)", ld->path) : HALO_ERR;
     }
-    csv_ctx cc = {&r, xcalloc((size_t)r.n_fields, sizeof(char *)), r.n_fields, true};
+    csv_ctx cc = {&r, xcalloc((size_t)r.n_fields, sizeof(char *)), r.n_fields, true, NULL};
     data_str colnames = {0};
     for (int i = 0; i < r.n_fields; i++) {
         cc.cols[i] = xstrdup(r.fields[i].p);
@@ -416,6 +419,9 @@ static int load_csv(loader *ld) {
     if (!rc && (data_template_render(pt, csv_lookup, &cc, "column", &ld->a) ||
                 data_template_render(at, csv_lookup, &cc, "column", &ld->b)))
         rc = halo_fail_ctx("%s:%lld: columns are %s; ", ld->path, (long long)r.record_line, colnames.p);
+    if (!rc && cc.dup)
+        rc = halo_fail("%s:%lld: the header has column '%s' more than once (columns: %s)", ld->path,
+                       (long long)r.record_line, cc.dup, colnames.p);
     cc.header_only = false;
     while (!rc && (k = csv_next(&r, &fatal)) != 0) {
         int res;

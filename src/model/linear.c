@@ -203,47 +203,62 @@ int model_halo_parse_linears(const char *list, unsigned *kinds) {
     return HALO_OK;
 }
 
+// An integer key of halo_config.json: absent (*out unchanged), or a whole number in [lo, hi]; HALO_ERR naming it.
+static int halo_int_key(const cJSON *r, const char *key, int lo, int hi, const char *where, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, key);
+    if (!v) return HALO_OK;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) || v->valuedouble != (int)v->valuedouble)
+        return halo_fail("%s: '%s' is not an integer in [%d, %d]", where, key, lo, hi);
+    *out = (int)v->valuedouble;
+    return HALO_OK;
+}
+static int halo_bool_key(const cJSON *r, const char *key, const char *where, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, key);
+    if (!v) return HALO_OK;
+    if (!cJSON_IsBool(v)) return halo_fail("%s: '%s' is not true or false", where, key);
+    *out = cJSON_IsTrue(v);
+    return HALO_OK;
+}
+
 int model_halo_config_from_json(const char *json, const char *where, model_halo_config *hc) {
     *hc = model_halo_config_default();
     cJSON *r = cJSON_Parse(json);
     if (!cJSON_IsObject(r)) { cJSON_Delete(r); return halo_fail("%s: not a JSON object", where); }
     int rc = HALO_OK;
+    // a key present with the wrong type is refused (not read as its default: another precision than the run's)
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "precision");
-    if (cJSON_IsString(v)) {
-        int i = name_index(v->valuestring, PREC_NAMES, 4);
-        if (i < 0) rc = halo_fail("%s: precision '%s' is not fp32, bf16, int8 or fp8", where, v->valuestring);
+    if (v) {
+        int i = cJSON_IsString(v) ? name_index(v->valuestring, PREC_NAMES, 4) : -1;
+        if (i < 0) rc = halo_fail("%s: precision %s%s%s is not fp32, bf16, int8 or fp8", where, cJSON_IsString(v) ? "'" : "",
+                                  cJSON_IsString(v) ? v->valuestring : "(not a string)", cJSON_IsString(v) ? "'" : "");
         else hc->prec = (halo_precision)i;
     }
-    v = cJSON_GetObjectItemCaseSensitive(r, "level");
-    if (rc == HALO_OK && cJSON_IsNumber(v)) {
-        hc->level = v->valueint;
-        if (hc->level < 0 || hc->level > 2) rc = halo_fail("%s: level %d is not 0, 1 or 2", where, hc->level);
-    }
+    if (rc == HALO_OK) rc = halo_int_key(r, "level", 0, 2, where, &hc->level);
     v = cJSON_GetObjectItemCaseSensitive(r, "linears");
-    if (rc == HALO_OK && cJSON_IsArray(v)) {
+    if (rc == HALO_OK && v) {
+        if (!cJSON_IsArray(v)) rc = halo_fail("%s: 'linears' is not a list of linear names", where);
         hc->kinds = 0;
         const cJSON *e;
         cJSON_ArrayForEach(e, v) {
+            if (rc != HALO_OK) break;
             int i = cJSON_IsString(e) ? name_index(e->valuestring, KIND_SHORT, LIN_COUNT) : -1;
             if (i < 0) { rc = halo_fail("%s: 'linears' holds an unknown linear", where); break; }
             hc->kinds |= 1u << i;
         }
     }
     v = cJSON_GetObjectItemCaseSensitive(r, "scale");
-    if (rc == HALO_OK && cJSON_IsString(v)) {
-        int i = name_index(v->valuestring, GRAN_NAMES, 4);
-        if (i < 0) rc = halo_fail("%s: scale '%s' is not tensor, row, block1x128 or block128", where, v->valuestring);
+    if (rc == HALO_OK && v) {
+        int i = cJSON_IsString(v) ? name_index(v->valuestring, GRAN_NAMES, 4) : -1;
+        if (i < 0) rc = halo_fail("%s: 'scale' is not tensor, row, block1x128 or block128", where);
         else hc->gran = (halo_granularity)i;
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_first_blocks")) && cJSON_IsNumber(v)) hc->skip_first = v->valueint;
-    if ((v = cJSON_GetObjectItemCaseSensitive(r, "skip_last_blocks")) && cJSON_IsNumber(v)) hc->skip_last = v->valueint;
-    if ((v = cJSON_GetObjectItemCaseSensitive(r, "hadamard_block")) && cJSON_IsNumber(v)) hc->had_block = v->valueint;
-    if ((v = cJSON_GetObjectItemCaseSensitive(r, "hadamard_block_tokens")) && cJSON_IsNumber(v)) {
-        hc->had_block_b = v->valueint;
-        if (rc == HALO_OK && hc->had_block_b < 0) rc = halo_fail("%s: hadamard_block_tokens %d is negative", where, hc->had_block_b);
-    }
-    hc->grad_e5m2 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "grad_e5m2"));
-    hc->stochastic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "stochastic_rounding"));
+    // block counts and Hadamard sizes: >= 0 and bounded (skip_first + skip_last is summed as int by the callers)
+    if (rc == HALO_OK) rc = halo_int_key(r, "skip_first_blocks", 0, 1 << 20, where, &hc->skip_first);
+    if (rc == HALO_OK) rc = halo_int_key(r, "skip_last_blocks", 0, 1 << 20, where, &hc->skip_last);
+    if (rc == HALO_OK) rc = halo_int_key(r, "hadamard_block", 0, 1 << 24, where, &hc->had_block);
+    if (rc == HALO_OK) rc = halo_int_key(r, "hadamard_block_tokens", 0, 1 << 24, where, &hc->had_block_b);
+    if (rc == HALO_OK) rc = halo_bool_key(r, "grad_e5m2", where, &hc->grad_e5m2);
+    if (rc == HALO_OK) rc = halo_bool_key(r, "stochastic_rounding", where, &hc->stochastic);
     cJSON_Delete(r);
     return rc;
 }

@@ -247,13 +247,15 @@ char *lora_config_to_json(const lora_config *c) {
 static int config_from_obj(const cJSON *r, const char *where, lora_config *c) {
     *c = lora_config_default();
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "r");
-    if (!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble)
+    // range first: the cast of 1e300 to int is undefined
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 2147483647.0) || v->valuedouble != floor(v->valuedouble))
         return halo_fail("%s: key 'r' missing or not an integer", where);
-    c->rank = v->valueint;
+    c->rank = (int)v->valuedouble;
     v = cJSON_GetObjectItemCaseSensitive(r, "lora_alpha");
     if (!cJSON_IsNumber(v)) return halo_fail("%s: key 'lora_alpha' missing or not a number", where);
     c->alpha = v->valuedouble;
     v = cJSON_GetObjectItemCaseSensitive(r, "lora_dropout");
+    if (v && !cJSON_IsNull(v) && !cJSON_IsNumber(v)) return halo_fail("%s: key 'lora_dropout' is not a number", where);
     c->dropout = cJSON_IsNumber(v) ? v->valuedouble : 0;
     v = cJSON_GetObjectItemCaseSensitive(r, "target_modules");
     if (!cJSON_IsArray(v))
@@ -368,15 +370,21 @@ int llama_lora_load(llama_model *m, const char *dir) {
     cJSON_Delete(r);
     free(cp);
     if (rc) return rc;
-    if (llama_lora_enable(m, &c, 0)) return HALO_ERR;
+    // the new adapters are built beside the model's current ones, which come back if the files are refused
+    struct llama_lora *old = m->lora;
+    m->lora = NULL;
+    if (llama_lora_enable(m, &c, 0)) { m->lora = old; return halo_fail_ctx("%s/adapter_config.json: ", dir); }
     char *sp = halo_path_join(dir, "adapter_model.safetensors");
     st_file f;
-    if (st_open(sp, &f)) { free(sp); llama_lora_free(m); return halo_fail_ctx("loading adapter %s: ", dir); }
+    if (st_open(sp, &f)) { free(sp); llama_lora_free(m); m->lora = old; return halo_fail_ctx("loading adapter %s: ", dir); }
     struct llama_lora *a = m->lora;
     for (int i = 0; rc == HALO_OK && i < a->n_table; i++) {
         const llama_param *p = &a->table[i];
         if (!st_find(&f, p->name)) rc = halo_fail("%s: tensor '%s' is missing", sp, p->name);
         else if (st_read_f32(&f, p->name, a->params + p->offset, 2, p->shape)) rc = halo_fail_ctx("%s: ", sp);
+        for (size_t j = 0; rc == HALO_OK && j < p->numel; j++)   // a NaN / Inf would poison every output
+            if (!isfinite(a->params[p->offset + j]))
+                rc = halo_fail("%s: tensor '%s' holds %g at element %zu", sp, p->name, (double)a->params[p->offset + j], j);
     }
     // a tensor this configuration does not expect (another layer count, a module not in target_modules)
     for (int i = 0; rc == HALO_OK && i < f.n_tensors; i++) {
@@ -387,6 +395,7 @@ int llama_lora_load(llama_model *m, const char *dir) {
     }
     st_close(&f);
     free(sp);
-    if (rc) llama_lora_free(m);
+    if (rc) { llama_lora_free(m); m->lora = old; }
+    else if (old) { struct llama_lora *now = m->lora; m->lora = old; llama_lora_free(m); m->lora = now; }
     return rc;
 }

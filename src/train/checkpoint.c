@@ -2,7 +2,9 @@
 // metadata field checked so that a damaged file is refused with its name and the missing or wrong piece.
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,16 +86,25 @@ static const char *meta_str(const cJSON *meta, const char *key, const char *path
 
 static int parse_i64(const char *s, int64_t *out) {
     char *end;
+    errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (end == s || *end) return HALO_ERR;
+    if (end == s || *end || errno == ERANGE) return HALO_ERR;   // out of range: not clamped to LLONG_MAX
     *out = v;
     return HALO_OK;
 }
 static int parse_u64(const char *s, uint64_t *out) {
     char *end;
+    errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (end == s || *end || *s == '-') return HALO_ERR;
+    if (end == s || *end || *s == '-' || errno == ERANGE) return HALO_ERR;
     *out = v;
+    return HALO_OK;
+}
+// A JSON number that is a whole count in [0, 2^53] (doubles hold those exactly).
+static int json_count(const cJSON *v, int64_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0) ||
+        v->valuedouble != floor(v->valuedouble)) return HALO_ERR;
+    *out = (int64_t)v->valuedouble;
     return HALO_OK;
 }
 
@@ -118,16 +129,24 @@ static int parse_meta(const st_file *f, llama_config *cfg, checkpoint_meta *meta
     if (!(s = meta_str(md, "rng", p))) goto out;
     if (parse_u64(s, &meta->rng)) { halo_fail("checkpoint %s: metadata 'rng' = '%s' is not a u64", p, s); goto out; }
     if (!(s = meta_str(md, "elapsed_s", p))) goto out;
-    meta->elapsed_s = atof(s);
+    {
+        char *end;
+        meta->elapsed_s = strtod(s, &end);
+        if (end == s || *end || !isfinite(meta->elapsed_s) || meta->elapsed_s < 0) {
+            halo_fail("checkpoint %s: metadata 'elapsed_s' = '%s' is not a number of seconds", p, s);
+            goto out;
+        }
+    }
     if (!(s = meta_str(md, "data", p))) goto out;
     {
         cJSON *d = cJSON_Parse(s);
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(d, "epoch"), *q = cJSON_GetObjectItemCaseSensitive(d, "position"),
                     *r = cJSON_GetObjectItemCaseSensitive(d, "rng");
-        int ok = cJSON_IsNumber(e) && cJSON_IsNumber(q) && cJSON_IsString(r) && !parse_u64(r->valuestring, &meta->data.rng);
-        if (ok) { meta->data.epoch = (int64_t)e->valuedouble; meta->data.position = (int64_t)q->valuedouble; }
+        // epoch and position: whole counts >= 0 (a cast of 1e300 or -1 would hand the data source garbage)
+        int ok = !json_count(e, &meta->data.epoch) && !json_count(q, &meta->data.position) && cJSON_IsString(r) &&
+                 !parse_u64(r->valuestring, &meta->data.rng);
         cJSON_Delete(d);
-        if (!ok) { halo_fail("checkpoint %s: metadata 'data' = '%s' lacks epoch/position/rng", p, s); goto out; }
+        if (!ok) { halo_fail("checkpoint %s: metadata 'data' = '%s' lacks epoch/position (counts >= 0) or rng", p, s); goto out; }
     }
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(md, "train");
     if (cJSON_IsString(it)) meta->options_json = xstrdup(it->valuestring);
@@ -156,13 +175,28 @@ int checkpoint_read_meta(const char *path, llama_config *cfg, checkpoint_meta *m
     return rc;
 }
 
-// Reads one F32 tensor with the table entry's shape into dst.
-static int load_tensor(const st_file *f, const char *name, const llama_param *p, float *dst) {
+// Checks one tensor against the table entry (present, F32, the entry's shape) and its values (finite; >= 0 for
+// second moments, whose square root AdamW takes) without copying: a refused file leaves the caller's model as it was.
+static int check_tensor(const st_file *f, const char *name, const llama_param *p, int nonneg) {
     const st_tensor *t = st_find(f, name);
     if (!t) return halo_fail("checkpoint %s: tensor '%s' is missing", f->path, name);
     if (t->dtype != ST_F32)
         return halo_fail("checkpoint %s: tensor '%s' is %s, expected F32", f->path, name, st_dtype_name(t->dtype));
-    if (st_read_f32(f, name, dst, p->ndim, p->shape)) return halo_fail_ctx("checkpoint %s: ", f->path);
+    int ok = t->ndim == p->ndim;
+    for (int i = 0; ok && i < p->ndim; i++) ok = t->shape[i] == p->shape[i];
+    if (!ok) {
+        char want[128] = "", got[128] = "";
+        for (int i = 0; i < p->ndim; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)p->shape[i]);
+        for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "", (long long)t->shape[i]);
+        return halo_fail("checkpoint %s: tensor '%s' has shape [%s], expected [%s]", f->path, name, got, want);
+    }
+    const uint8_t *src = f->data + t->offset;
+    for (size_t i = 0; i < t->numel; i++) {
+        float x;
+        memcpy(&x, src + 4 * i, 4);
+        if (!isfinite(x) || (nonneg && x < 0))
+            return halo_fail("checkpoint %s: tensor '%s' holds %g at element %zu", f->path, name, (double)x, i);
+    }
     return HALO_OK;
 }
 
@@ -189,18 +223,29 @@ int checkpoint_load(const char *path, llama_model *m, adamw_state *opt, checkpoi
     if (!rc && opt && opt->n != tp.n)
         rc = halo_fail("checkpoint %s: optimizer size %zu != %zu params", path, opt->n, tp.n);
     char name[160];
+    // every tensor checked first, then copied: nothing of m or opt changes unless the whole file is good
     for (int i = 0; !rc && i < tp.n_table; i++) {
         const llama_param *p = &tp.table[i];
-        rc = load_tensor(&f, p->name, p, tp.params + p->offset);
+        rc = check_tensor(&f, p->name, p, 0);
         if (!rc && opt) {
             snprintf(name, sizeof name, "optim.m.%s", p->name);
-            rc = load_tensor(&f, name, p, opt->m + p->offset);
+            rc = check_tensor(&f, name, p, 0);
             if (rc && !st_find(&f, name))
                 halo_fail("checkpoint %s: tensor '%s' is missing (a parameters-only file cannot resume training)", path, name);
             if (!rc) {
                 snprintf(name, sizeof name, "optim.v.%s", p->name);
-                rc = load_tensor(&f, name, p, opt->v + p->offset);
+                rc = check_tensor(&f, name, p, 1);
             }
+        }
+    }
+    for (int i = 0; !rc && i < tp.n_table; i++) {
+        const llama_param *p = &tp.table[i];
+        memcpy(tp.params + p->offset, f.data + st_find(&f, p->name)->offset, p->numel * sizeof(float));
+        if (opt) {
+            snprintf(name, sizeof name, "optim.m.%s", p->name);
+            memcpy(opt->m + p->offset, f.data + st_find(&f, name)->offset, p->numel * sizeof(float));
+            snprintf(name, sizeof name, "optim.v.%s", p->name);
+            memcpy(opt->v + p->offset, f.data + st_find(&f, name)->offset, p->numel * sizeof(float));
         }
     }
     if (!rc && opt) opt->t = meta->optim_t;

@@ -64,13 +64,24 @@ char *train_options_to_json(const train_options *o) {
     return s;
 }
 
+// A number of the options object: finite, and for an integer option a whole number in int's range (a cast of 1e300
+// to int is undefined); HALO_ERR naming the key otherwise.
+static int option_num(const cJSON *j, const char *key, int integer, double *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || fabs(it->valuedouble) > 3.4e38)
+        return halo_fail("training options: '%s' missing or not a number", key);
+    if (integer && (it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > 2147483647.0))
+        return halo_fail("training options: '%s' = %g is not an integer", key, it->valuedouble);
+    *out = it->valuedouble;
+    return HALO_OK;
+}
+
 int train_options_from_json(const char *json, train_options *o) {
     cJSON *j = cJSON_Parse(json);
     if (!cJSON_IsObject(j)) { cJSON_Delete(j); return halo_fail("training options: not a JSON object"); }
     int rc = HALO_OK;
-#define NUM(key, dst, type) do { const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key); \
-        if (!cJSON_IsNumber(it)) { rc = halo_fail("training options: '%s' missing or not a number", key); goto out; } \
-        dst = (type)it->valuedouble; } while (0)
+    double x;
+#define NUM(key, dst, type) do { if ((rc = option_num(j, key, (type)0.5 == 0, &x))) goto out; dst = (type)x; } while (0)
     NUM("steps", o->steps, int); NUM("batch_size", o->batch_size, int); NUM("seq_len", o->seq_len, int);
     NUM("grad_accum", o->grad_accum, int); NUM("lr", o->lr, double); NUM("min_lr", o->min_lr, double);
     NUM("warmup", o->warmup, int); NUM("beta1", o->adamw.beta1, double); NUM("beta2", o->adamw.beta2, double);
@@ -80,8 +91,12 @@ int train_options_from_json(const char *json, train_options *o) {
 #undef NUM
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "decay"), *s = cJSON_GetObjectItemCaseSensitive(j, "seed");
     if (!cJSON_IsString(d) || lr_decay_parse(d->valuestring, &o->decay)) { rc = halo_fail("training options: bad 'decay'"); goto out; }
-    if (!cJSON_IsString(s)) { rc = halo_fail("training options: 'seed' missing"); goto out; }
-    o->seed = strtoull(s->valuestring, NULL, 10);
+    char *end = NULL;
+    if (cJSON_IsString(s)) { errno = 0; o->seed = strtoull(s->valuestring, &end, 10); }
+    if (!cJSON_IsString(s) || end == s->valuestring || *end || s->valuestring[0] == '-' || errno == ERANGE) {
+        rc = halo_fail("training options: 'seed' missing or not a u64");
+        goto out;
+    }
 out:
     cJSON_Delete(j);
     return rc;
@@ -348,12 +363,30 @@ static char *options_that_matter(const char *json) {
 
 int trainer_resume(trainer *t, const char *ckpt_path) {
     checkpoint_meta meta;
-    if (checkpoint_load(ckpt_path, t->model, &t->opt, &meta)) return HALO_ERR;
-    int rc = HALO_OK;
+    llama_config ccfg;
+    // the step first: a checkpoint past the run is refused before anything is loaded
+    if (checkpoint_read_meta(ckpt_path, &ccfg, &meta)) return HALO_ERR;
     if (meta.step > t->o.steps) {
-        rc = halo_fail("checkpoint %s is at step %lld, past the run's %d steps", ckpt_path, (long long)meta.step, t->o.steps);
-        goto out;
+        halo_fail("checkpoint %s is at step %lld, past the run's %d steps", ckpt_path, (long long)meta.step, t->o.steps);
+        checkpoint_meta_free(&meta);
+        return HALO_ERR;
     }
+    // the data position next (the source may refuse it), put back if the tensors are then refused: a failed resume
+    // leaves the trainer, its model and optimizer (checkpoint_load checks all before it copies) and the source as
+    // they were
+    train_data_state was_data = {0};
+    if (t->data.get_state) t->data.get_state(t->data.ctx, &was_data);
+    if (t->data.set_state && t->data.set_state(t->data.ctx, &meta.data)) {
+        if (t->data.get_state) t->data.set_state(t->data.ctx, &was_data);
+        checkpoint_meta_free(&meta);
+        return halo_fail_ctx("checkpoint %s: data state: ", ckpt_path);
+    }
+    checkpoint_meta_free(&meta);
+    if (checkpoint_load(ckpt_path, t->model, &t->opt, &meta)) {
+        if (t->data.set_state && t->data.get_state) t->data.set_state(t->data.ctx, &was_data);
+        return HALO_ERR;
+    }
+    int rc = HALO_OK;
     char *was = meta.options_json ? options_that_matter(meta.options_json) : NULL;
     char *now = options_that_matter(t->options_json);
     int differ = was && strcmp(was, now);
@@ -364,10 +397,8 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
     t->step = (int)meta.step;
     t->rng = meta.rng;
     t->elapsed_before = meta.elapsed_s;
-    if (t->data.set_state && t->data.set_state(t->data.ctx, &meta.data)) { rc = halo_fail_ctx("checkpoint %s: data state: ", ckpt_path); goto out; }
     t->be.from_host(t);
     if (t->o.metrics_path) rc = metrics_truncate_after(t->o.metrics_path, meta.step);
-out:
     checkpoint_meta_free(&meta);
     return rc;
 }
