@@ -80,7 +80,7 @@ int train_options_from_json(const char *json, train_options *o) {
     cJSON *j = cJSON_Parse(json);
     if (!cJSON_IsObject(j)) { cJSON_Delete(j); return halo_fail("training options: not a JSON object"); }
     int rc = HALO_OK;
-    double x;
+    double x = 0;
 #define NUM(key, dst, type) do { if ((rc = option_num(j, key, (type)0.5 == 0, &x))) goto out; dst = (type)x; } while (0)
     NUM("steps", o->steps, int); NUM("batch_size", o->batch_size, int); NUM("seq_len", o->seq_len, int);
     NUM("grad_accum", o->grad_accum, int); NUM("lr", o->lr, double); NUM("min_lr", o->min_lr, double);
