@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <omp.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,12 @@ static int app_parse(const char *json, demo_shape *s, const char *path, halo_com
     cJSON *j = cJSON_Parse(json ? json : "");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "digits"), *e = cJSON_GetObjectItemCaseSensitive(j, "eval_n");
     int ok = cJSON_IsNumber(d) && cJSON_IsNumber(e), rc = HALO_OK;
+    if (ok && (d->valuedouble != floor(d->valuedouble) || d->valuedouble < 1 || d->valuedouble > ADD_MAX_DIGITS ||
+               e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 || e->valuedouble > 1e9)) {
+        cJSON_Delete(j);
+        return halo_fail("checkpoint %s: demo metadata ('app'): digits must be 1..%d and eval_n a count", path,
+                         ADD_MAX_DIGITS);
+    }
     if (ok) { s->digits = (long)d->valuedouble; s->eval_n = (long)e->valuedouble; }
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "halo");
     if (ok && cJSON_IsObject(h)) {
