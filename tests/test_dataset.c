@@ -265,11 +265,90 @@ static void test_jsonl(void) {
     ds = load(&c, &enc2);
     CHECK(ds && !dataset_get_pair(ds, 0, 0, &pr) && !strcmp(pr.prompt_text, "<s>i+p=") && !strcmp(pr.answer, "oc"), "JSON templates");
     dataset_free(ds);
-    c.path = tmp_file("arr.json", "[\n{\"prompt\": \"p\", \"completion\": \"c\"}\n]\n");
-    CHECK(load(&c, &enc2) == NULL && has(halo_error(), "arr.json:1: a JSON array file is not supported"), "array: %s", halo_error());
     // Extension decides the format.
     c.path = tmp_file("g.parquet", "x");
     CHECK(load(&c, &enc2) == NULL && has(halo_error(), "cannot tell the format"), "extension: %s", halo_error());
+}
+
+// .json files holding one array of records (Alpaca's layout): the same examples as the JSONL form of the records,
+// each element's line in its pair and its errors, Alpaca's "input" joined to the instruction, and the refusals.
+static void test_json_array(void) {
+    dataset_config c;
+    dataset_config_default(&c);
+    c.chat = DATASET_CHAT_PLAIN;
+    c.val_fraction = 0;
+    c.path = tmp_file("alpaca.json",
+                      "[\n"
+                      "  {\n    \"instruction\": \"Add [1, 2]\",\n    \"input\": \"\",\n    \"output\": \"3\"\n  },\n"
+                      "  {\"instruction\": \"Say \\\"}]\\\"\", \"input\": \"twice, {please}\", \"output\": \"}]}]\"},\n"
+                      "  {\"instruction\": \"Echo\", \"input\": \"  \", \"output\": \"x\"}\n"
+                      "]\n");
+    char apath[512];
+    snprintf(apath, sizeof apath, "%s", c.path);
+    dataset *ds = load(&c, &enc2);
+    CHECK(ds != NULL, "alpaca.json: %s", halo_error());
+    if (!ds) return;
+    dataset_pair pr;
+    CHECK(dataset_size(ds, DATASET_TRAIN) == 3, "3 records, got %lld", (long long)dataset_size(ds, DATASET_TRAIN));
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 0, &pr) && pr.line == 2 && !strcmp(pr.answer, "3") &&
+          !strcmp(pr.prompt_text, "<s>Add [1, 2]\n### Answer:\n"), "element 1 (empty input): line %lld '%s'",
+          (long long)pr.line, pr.prompt_text);
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 1, &pr) && pr.line == 7 && !strcmp(pr.answer, "}]}]") &&
+          !strcmp(pr.prompt_text, "<s>Say \"}]\"\n\ntwice, {please}\n### Answer:\n"),
+          "element 2 (brackets in strings, input joined): line %lld '%s' / '%s'", (long long)pr.line, pr.prompt_text,
+          pr.answer);
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 2, &pr) && pr.line == 8 && !strcmp(pr.prompt_text, "<s>Echo\n### Answer:\n"),
+          "element 3 (blank input): line %lld '%s'", (long long)pr.line, pr.prompt_text);
+    dataset_free(ds);
+
+    // the JSONL form of the same records gives the same prompts and answers
+    c.path = tmp_file("alpaca.jsonl",
+                      "{\"instruction\": \"Add [1, 2]\", \"input\": \"\", \"output\": \"3\"}\n"
+                      "{\"instruction\": \"Say \\\"}]\\\"\", \"input\": \"twice, {please}\", \"output\": \"}]}]\"}\n"
+                      "{\"instruction\": \"Echo\", \"input\": \"  \", \"output\": \"x\"}\n");
+    dataset *dl = load(&c, &enc2);
+    c.path = apath;
+    ds = load(&c, &enc2);
+    int same = ds && dl && dataset_size(ds, DATASET_TRAIN) == dataset_size(dl, DATASET_TRAIN);
+    for (int64_t i = 0; same && i < dataset_size(ds, DATASET_TRAIN); i++) {
+        dataset_pair a, b;
+        same = !dataset_get_pair(ds, DATASET_TRAIN, i, &a) && !dataset_get_pair(dl, DATASET_TRAIN, i, &b) &&
+               a.n_prompt_ids == b.n_prompt_ids && !memcmp(a.prompt_ids, b.prompt_ids, 4 * (size_t)a.n_prompt_ids) &&
+               !strcmp(a.answer, b.answer);
+    }
+    CHECK(same, "JSON array and JSONL forms give the same examples");
+    dataset_free(ds);
+    dataset_free(dl);
+
+    // errors name the line where the element starts; skip_bad_lines skips a malformed element
+    c.path = tmp_file("bad.json", "[{\"prompt\": \"a\", \"completion\": \"b\"},\n {\"prompt\": oops},\n"
+                                  " {\"prompt\": \"c\", \"completion\": \"d\"}]");
+    CHECK(load(&c, &enc2) == NULL && has(halo_error(), "bad.json:2: invalid JSON"), "bad element: %s", halo_error());
+    c.skip_bad_lines = true;
+    ds = load(&c, &enc2);
+    CHECK(ds && dataset_size(ds, DATASET_TRAIN) == 2 && dataset_get_stats(ds)->n_bad_lines == 1,
+          "skip_bad_lines keeps 2 of 3 elements");
+    dataset_free(ds);
+    c.skip_bad_lines = false;
+    static const struct { const char *text, *says; } bad[] = {
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"},\n{\"prompt\": \"c\"", "bad2.json:2: the record starting here is not closed"},
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"}\n", "bad2.json:2: the JSON array is not closed"},
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"}]\n{}", "bad2.json:2: text after the JSON array"},
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"},\n\n 7]", "bad2.json:3: not a JSON object"},
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"},\n,]", "bad2.json:2: an empty record"},
+        {"[{\"prompt\": \"a\", \"completion\": \"b\"} {\"prompt\": \"c\", \"completion\": \"d\"}]", "bad2.json:1: text after the JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        c.path = tmp_file("bad2.json", bad[i].text);
+        ds = load(&c, &enc2);
+        CHECK(ds == NULL && has(halo_error(), bad[i].says), "case %zu: want '%s', got '%s'", i, bad[i].says,
+              ds ? "(loaded)" : halo_error());
+        dataset_free(ds);
+    }
+    c.path = tmp_file("empty.json", "[ ]\n");
+    ds = load(&c, &enc2);
+    CHECK(ds == NULL || dataset_size(ds, DATASET_TRAIN) == 0, "an empty array gives no examples");
+    dataset_free(ds);
 }
 
 // ---------------------------------------------------------------- chat formats
@@ -992,6 +1071,7 @@ int main(void) {
     test_csv();
     test_csv_dataset();
     test_check_vocab();
+    test_json_array();
     test_jsonl();
     test_chat_render();
     test_presets();

@@ -29,7 +29,7 @@ static void usage(void) {
     printf(
         "usage: halo finetune --model DIR --data FILE [options]\n"
         "data:\n"
-        "  --data FILE            .txt, .jsonl (text | messages | prompt/answer fields) or .csv (with templates)\n"
+        "  --data FILE            .txt, .jsonl or .json array (text | messages | prompt/answer fields) or .csv\n"
         "  --val FILE             validation file (default: a seeded split of --data, see --val-fraction)\n"
         "  --preset NAME          viggo | gsm8k | sql: field names, templates and metric of the HALO paper's tasks\n"
         "  --prompt-template S    CSV/JSONL prompt from {column} placeholders; --answer-template S likewise\n"

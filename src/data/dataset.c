@@ -8,6 +8,7 @@
 #include "data/data_internal.h"
 #include "data/dataset.h"
 #include "util/error.h"
+#include "util/fileio.h"
 
 const char DATASET_VIGGO_INSTRUCTION[] =
     "Given a target sentence construct the underlying meaning representation of the input sentence as a single "
@@ -287,6 +288,19 @@ static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
         const char *p = json_string(o, c->prompt_field), *a = json_string(o, c->answer_field);
         if (!p) return halo_fail("'%s' is missing or not a string", c->prompt_field), BAD;
         if (!a) return halo_fail("'%s' is missing or not a string", c->answer_field), BAD;
+        const char *in = json_string(o, "input");
+        if (in && !strcmp(c->prompt_field, "instruction") && !strcmp(c->answer_field, "output")) {
+            const char *t = in;   // Alpaca records: a non-empty "input" is the instruction's context
+            size_t tl = strlen(in);
+            data_strip_span(&t, &tl);
+            if (tl) {
+                data_str_clear(&ld->a);
+                data_str_puts(&ld->a, p);
+                data_str_puts(&ld->a, "\n\n");
+                data_str_puts(&ld->a, in);
+                p = ld->a.p;
+            }
+        }
         return add_pair(ld, p, a, line);
     }
     case J_TEMPLATE: {
@@ -321,10 +335,86 @@ static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
     return HALO_ERR;
 }
 
+// One record's JSON text (a JSONL line, or an element of a JSON array file): HALO_OK, HALO_ERR, or BAD with the
+// message set. `col0`: where the column count starts (the line), or NULL when columns mean nothing.
+static int json_text_record(loader *ld, const char *t, size_t tl, const char *col0, int *mode, int64_t line) {
+    const char *end = NULL;
+    cJSON *o = cJSON_ParseWithLengthOpts(t, tl, &end, 0);
+    int r;
+    if (!o) {
+        const char *at = cJSON_GetErrorPtr();
+        if (col0 && at && at >= t && at <= t + tl) r = (halo_fail("invalid JSON (at column %ld)", (long)(at - col0) + 1), BAD);
+        else r = (halo_fail("invalid JSON"), BAD);
+    } else if (end && end < t + tl) {
+        r = col0 ? (halo_fail("text after the JSON object (at column %ld)", (long)(end - col0) + 1), BAD)
+                 : (halo_fail("text after the JSON object"), BAD);
+    } else if (!cJSON_IsObject(o)) {
+        r = (halo_fail(col0 ? "not a JSON object (each line must be one {...})" : "not a JSON object {...}"), BAD);
+    } else if (*mode == J_UNDECIDED && jsonl_decide(ld, o, mode)) {
+        r = BAD;
+    } else {
+        r = jsonl_record(ld, o, *mode, line);
+    }
+    cJSON_Delete(o);
+    return r;
+}
+
+// A .json file holding one array of records ([{...}, {...}], as Alpaca's and many hub datasets' files): each
+// element is cut out by bracket depth (strings skipped) and parsed alone, so an error names the line it starts on.
+static int load_json_array(loader *ld, int *mode) {
+    char *buf;
+    size_t n;
+    if (halo_read_file(ld->path, &buf, &n)) return HALO_ERR;
+    size_t i = 0;
+    int64_t line = 1;
+    if (n >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3)) i = 3;
+    while (i < n && buf[i] != '[') line += buf[i++] == '\n';
+    i++;   // past '['
+    int rc = HALO_OK, closed = 0;
+    while (!rc) {
+        while (i < n && strchr(" \t\r\n", buf[i])) line += buf[i++] == '\n';
+        if (i < n && buf[i] == ']') { closed = 1; i++; break; }
+        if (i >= n) break;
+        const size_t start = i;
+        const int64_t start_line = line;
+        int depth = 0, in_str = 0;
+        for (; i < n; i++) {
+            const char ch = buf[i];
+            if (ch == '\n') line++;
+            if (in_str) {
+                if (ch == '\\') { if (i + 1 < n && buf[i + 1] == '\n') line++; i++; }
+                else if (ch == '"') in_str = 0;
+            } else if (ch == '"') in_str = 1;
+            else if (ch == '{' || ch == '[') depth++;
+            else if ((ch == '}' || ch == ']') && depth > 0) depth--;
+            else if (depth == 0 && (ch == ',' || ch == ']')) break;
+        }
+        if (i >= n) {   // the element or the array never ended: nothing after it can be read
+            if (depth || in_str)
+                rc = halo_fail("%s:%lld: the record starting here is not closed before the end of the file", ld->path,
+                               (long long)start_line);
+            break;
+        }
+        const char *t = buf + start;
+        size_t tl = i - start;
+        data_strip_span(&t, &tl);
+        int r = tl ? json_text_record(ld, t, tl, NULL, mode, start_line) : (halo_fail("an empty record"), BAD);
+        if (r == BAD) r = bad_record(ld, start_line, false);
+        if (r) rc = HALO_ERR;
+        if (buf[i] == ',') i++;
+    }
+    if (!rc && !closed) rc = halo_fail("%s:%lld: the JSON array is not closed with ']'", ld->path, (long long)line);
+    while (!rc && i < n && strchr(" \t\r\n", buf[i])) line += buf[i++] == '\n';
+    if (!rc && i < n) rc = halo_fail("%s:%lld: text after the JSON array", ld->path, (long long)line);
+    ld->ds->st.n_lines += line;
+    free(buf);
+    return rc;
+}
+
 static int load_jsonl(loader *ld) {
     data_lines lr;
     if (data_lines_open(&lr, ld->path)) return HALO_ERR;
-    int mode = J_UNDECIDED, k, rc = HALO_OK;
+    int mode = J_UNDECIDED, k, rc = HALO_OK, records = 0;
     char *s;
     size_t len;
     while ((k = data_lines_next(&lr, &s, &len)) > 0) {
@@ -332,26 +422,13 @@ static int load_jsonl(loader *ld) {
         size_t tl = len;
         data_strip_span(&t, &tl);
         if (!tl) continue;
-        const char *end = NULL;
-        cJSON *o = cJSON_ParseWithLengthOpts(t, tl, &end, 0);
-        int r;
-        if (lr.line == 1 && t[0] == '[') {   // a whole-file JSON array would fail on every line; say why once
-            r = HALO_ERR;
-            halo_fail("%s:1: a JSON array file is not supported; write one JSON object per line (JSONL)", ld->path);
-        } else if (!o) {
-            const char *at = cJSON_GetErrorPtr();
-            long col = at && at >= t && at <= t + tl ? (long)(at - s) + 1 : 1;
-            r = (halo_fail("invalid JSON (at column %ld)", col), BAD);
-        } else if (end && end < t + tl) {
-            r = (halo_fail("text after the JSON object (at column %ld)", (long)(end - s) + 1), BAD);
-        } else if (!cJSON_IsObject(o)) {
-            r = (halo_fail("not a JSON object (each line must be one {...})"), BAD);
-        } else if (mode == J_UNDECIDED && jsonl_decide(ld, o, &mode)) {
-            r = BAD;
-        } else {
-            r = jsonl_record(ld, o, mode, lr.line);
+        if (!records++ && t[0] == '[') {
+            data_lines_close(&lr);   // a whole-file JSON array, not one object a line
+            rc = load_json_array(ld, &mode);
+            if (!rc && mode == J_TEXT) flush_text_stream(ld, ld->ds->st.n_lines);
+            return rc;
         }
-        cJSON_Delete(o);
+        int r = json_text_record(ld, t, tl, s, &mode, lr.line);
         if (r == BAD) r = bad_record(ld, lr.line, false);
         if (r) { rc = HALO_ERR; break; }
     }

@@ -15,13 +15,14 @@ typedef enum { DATASET_CHAT_AUTO, DATASET_CHAT_LLAMA3, DATASET_CHAT_LLAMA2, DATA
 typedef enum { DATASET_TRAIN = 0, DATASET_VAL = 1 } dataset_split;
 
 typedef struct {
-    const char *path;             // training file: .txt, .jsonl/.json (one object a line) or .csv (header row)
+    const char *path;             // training file: .txt, .jsonl/.json (one object a line, or one array of objects) or .csv
     const char *val_path;         // optional validation file (same kind); when NULL a seeded split of `path` is made
     const char *preset;           // "viggo" (CSV mr/ref), "gsm8k" (JSONL question/answer), "sql" (JSONL messages)
     dataset_format format;        // AUTO: by extension
     // JSONL: `text_field` (default "text") makes a text dataset; `messages_field` (default "messages") a chat one;
-    // otherwise prompt/answer fields: the given names, or the first present pair of prompt/completion,
-    // question/answer, input/output. The kind is decided by the first record; later records must match it.
+    // otherwise prompt/answer fields: the given names, or the first present pair of prompt/completion, prompt/answer,
+    // prompt/response, question/answer, instruction/output (a non-empty "input" joins the instruction after a blank
+    // line, as Alpaca's), input/output. The kind is decided by the first record; later records must match it.
     const char *text_field, *messages_field, *prompt_field, *answer_field;
     // CSV (and JSONL, when set): prompt and answer built from "{column}" placeholders ("{{" and "}}" are braces).
     const char *prompt_template, *answer_template;
