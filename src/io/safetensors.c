@@ -80,6 +80,7 @@ int st_open(const char *path, st_file *f) {
     if (fd < 0) return halo_fail("%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) { close(fd); return halo_fail("%s: cannot stat: %s", path, strerror(errno)); }
+    if (!S_ISREG(sb.st_mode)) { close(fd); return halo_fail("%s: not a regular file", path); }
     size_t size = (size_t)sb.st_size;
     if (size < 8) { close(fd); return halo_fail("%s: file is %zu bytes, too short for a safetensors header", path, size); }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
