@@ -47,8 +47,8 @@ static int parse_entry(const char *path, const cJSON *e, st_tensor *t, size_t da
     size_t numel = 1;
     for (int i = 0; i < nd; i++) {
         const cJSON *d = cJSON_GetArrayItem(sh, i);
-        if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble != (double)(int64_t)d->valuedouble ||
-            d->valuedouble > 1e15)
+        if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 1e15 ||   // range first: casting 1e300 is UB
+            d->valuedouble != (double)(int64_t)d->valuedouble)
             return halo_fail("%s: tensor '%s': shape[%d] is not a non-negative integer", path, name, i);
         t->shape[i] = (int64_t)d->valuedouble;
         if (t->shape[i] && numel > ((size_t)1 << 50) / (size_t)t->shape[i])
@@ -60,7 +60,7 @@ static int parse_entry(const char *path, const cJSON *e, st_tensor *t, size_t da
         return halo_fail("%s: tensor '%s': 'data_offsets' must be [begin, end]", path, name);
     double b = cJSON_GetArrayItem(of, 0)->valuedouble, en = cJSON_GetArrayItem(of, 1)->valuedouble;
     if (!cJSON_IsNumber(cJSON_GetArrayItem(of, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(of, 1)) || b < 0 ||
-        en < b || b != (double)(size_t)b || en != (double)(size_t)en)
+        en < b || en > 1e18 || b != (double)(size_t)b || en != (double)(size_t)en)
         return halo_fail("%s: tensor '%s': bad data_offsets [%g, %g]", path, name, b, en);
     t->offset = (size_t)b;
     t->nbytes = (size_t)en - (size_t)b;
@@ -80,6 +80,7 @@ int st_open(const char *path, st_file *f) {
     if (fd < 0) return halo_fail("%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) { close(fd); return halo_fail("%s: cannot stat: %s", path, strerror(errno)); }
+    if (!S_ISREG(sb.st_mode)) { close(fd); return halo_fail("%s: not a regular file", path); }
     size_t size = (size_t)sb.st_size;
     if (size < 8) { close(fd); return halo_fail("%s: file is %zu bytes, too short for a safetensors header", path, size); }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);

@@ -1,4 +1,6 @@
 // Hugging Face config.json <-> llama_config. Refuses what the model does not implement, naming the key.
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,17 +29,25 @@ static int get_int(const char *path, const cJSON *root, const char *key, int *ou
 static int get_float(const char *path, const cJSON *root, const char *key, float *out, int *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v)) { *err = halo_fail("%s: key '%s' must be a number", path, key); return 0; }
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX)) {   // 1e300 would become inf as a float
+        *err = halo_fail("%s: key '%s' must be a finite number", path, key);
+        return 0;
+    }
     *out = (float)v->valuedouble;
     return 1;
 }
 
 // bos/eos may be an integer or a list (Llama 3.1 lists several eos ids; the first is used for stopping).
-static void get_token_id(const cJSON *root, const char *key, int *out) {
+static void get_token_id(const char *path, const cJSON *root, const char *key, int *out, int *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (cJSON_IsNumber(v)) *out = (int)v->valuedouble;
-    else if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(v, 0)))
-        *out = (int)cJSON_GetArrayItem(v, 0)->valuedouble;
+    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(v, 0)))
+        v = cJSON_GetArrayItem(v, 0);
+    if (!cJSON_IsNumber(v)) return;
+    if (v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2e9) {   // (int)1e300 is undefined
+        *err = halo_fail("%s: key '%s' must be an integer token id", path, key);
+        return;
+    }
+    *out = (int)v->valuedouble;
 }
 
 // rope scaling lives in `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5, which also holds
@@ -73,12 +83,21 @@ int llama_config_validate(const llama_config *c, const char *where) {
     POS(n_layers, "num_hidden_layers"); POS(n_heads, "num_attention_heads"); POS(n_kv_heads, "num_key_value_heads");
     POS(head_dim, "head_dim"); POS(max_pos, "max_position_embeddings");
 #undef POS
+    // the model multiplies these in int
+    if ((long long)c->n_heads * c->head_dim > INT_MAX)
+        return halo_fail("%s: num_attention_heads (%d) x head_dim (%d) is too large", where, c->n_heads, c->head_dim);
     if (c->n_heads % c->n_kv_heads)
         return halo_fail("%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", where,
                          c->n_heads, c->n_kv_heads);
     if (c->head_dim % 2) return halo_fail("%s: head_dim %d must be even for RoPE", where, c->head_dim);
     if (!(c->norm_eps > 0)) return halo_fail("%s: 'rms_norm_eps' must be positive", where);
     if (!(c->rope_theta > 0)) return halo_fail("%s: 'rope_theta' must be positive", where);
+    // llama3 scaling divides by factor, each frequency factor and their difference
+    if (c->rope_scaling == ROPE_SCALING_LLAMA3 &&
+        (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
+         c->rope_original_max_pos <= 0))
+        return halo_fail("%s: rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                         "original_max_position_embeddings > 0", where);
     return HALO_OK;
 }
 
@@ -136,8 +155,8 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         get_float(path, root, "rope_theta", &c->rope_theta, &err);
         c->tie_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
         c->bos_id = c->eos_id = -1;
-        get_token_id(root, "bos_token_id", &c->bos_id);
-        get_token_id(root, "eos_token_id", &c->eos_id);
+        get_token_id(path, root, "bos_token_id", &c->bos_id, &err);
+        get_token_id(path, root, "eos_token_id", &c->eos_id, &err);
     }
     if (err == HALO_OK) err = parse_rope(path, root, c);
     cJSON_Delete(root);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cjson/cJSON.h>
 #include "io/safetensors.h"
 #include "model/linear.h"
@@ -175,13 +176,17 @@ static int load_sharded(llama_model *m, const char *dir, const char *index_path)
         int k = 0;
         while (k < nf && strcmp(names[k], f->valuestring)) k++;
         if (k == nf) {
-            if (strchr(f->valuestring, '/')) { rc = halo_fail("%s: shard name '%s' must be a plain file name", index_path, f->valuestring); break; }
+            if (strchr(f->valuestring, '/') || !strcmp(f->valuestring, "") || !strcmp(f->valuestring, ".") ||
+                !strcmp(f->valuestring, "..")) {
+                rc = halo_fail("%s: tensor '%s': shard name '%s' must be a plain file name", index_path, p->name, f->valuestring);
+                break;
+            }
             names = xrealloc(names, sizeof(char *) * (size_t)(nf + 1));
             files = xrealloc(files, sizeof(st_file) * (size_t)(nf + 1));
             char *path = halo_path_join(dir, f->valuestring);
             rc = st_open(path, &files[nf]);
             free(path);
-            if (rc != HALO_OK) break;
+            if (rc != HALO_OK) { rc = halo_fail_ctx("%s: tensor '%s': ", index_path, p->name); break; }
             names[nf++] = xstrdup(f->valuestring);
         }
         rc = st_read_f32(&files[k], p->name, m->params + p->offset, p->ndim, p->shape);
@@ -192,15 +197,54 @@ static int load_sharded(llama_model *m, const char *dir, const char *index_path)
     return rc;
 }
 
+// Bytes of the weight files: model.safetensors, or the distinct shards the index names (missing ones count 0).
+static int weights_bytes(const char *dir, const char *single, const char *index, double *bytes) {
+    struct stat sb;
+    *bytes = 0;
+    if (halo_file_exists(single)) { if (stat(single, &sb) == 0) *bytes = (double)sb.st_size; return HALO_OK; }
+    char *text;
+    if (halo_read_file(index, &text, NULL) != HALO_OK) return HALO_ERR;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map"), *e, *f;
+    if (!cJSON_IsObject(wm)) { cJSON_Delete(root); return halo_fail("%s: missing object 'weight_map'", index); }
+    cJSON_ArrayForEach(e, wm) {
+        if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) continue;   // load_sharded names these
+        int seen = 0;
+        for (f = wm->child; f != e && !seen; f = f->next) seen = cJSON_IsString(f) && !strcmp(f->valuestring, e->valuestring);
+        char *path = halo_path_join(dir, e->valuestring);
+        if (!seen && stat(path, &sb) == 0) *bytes += (double)sb.st_size;
+        free(path);
+    }
+    cJSON_Delete(root);
+    return HALO_OK;
+}
+
 int llama_load(llama_model *m, const char *dir) {
     char *cfg_path = halo_path_join(dir, "config.json");
     llama_config c;
     int rc = llama_config_load(cfg_path, &c);
-    free(cfg_path);
-    if (rc != HALO_OK) return rc;
-    if (llama_init(m, &c) != HALO_OK) return HALO_ERR;
+    if (rc != HALO_OK) { free(cfg_path); return rc; }
     char *single = halo_path_join(dir, "model.safetensors");
     char *index = halo_path_join(dir, "model.safetensors.index.json");
+    // Every parameter takes at least 2 bytes (F16/BF16) in the weights: a config.json asking for more is refused
+    // before the parameters are allocated (sizes from a hostile file must not allocate gigabytes).
+    double n = (double)c.vocab_size * c.dim * (c.tie_embeddings ? 1 : 2) + c.dim +
+               (double)c.n_layers * (2.0 * c.dim + 2.0 * c.n_heads * c.head_dim * c.dim +
+                                     2.0 * c.n_kv_heads * c.head_dim * c.dim + 3.0 * c.hidden_dim * c.dim);
+    double have = 0;
+    if (!halo_file_exists(single) && !halo_file_exists(index))
+        rc = halo_fail("%s: neither model.safetensors nor model.safetensors.index.json found", dir);
+    else rc = weights_bytes(dir, single, index, &have);
+    if (rc == HALO_OK && 2 * n > have)
+        rc = halo_fail("%s: vocab_size %d, hidden_size %d, intermediate_size %d, num_hidden_layers %d, "
+                       "num_attention_heads %d, num_key_value_heads %d, head_dim %d make %.0f parameters (at least "
+                       "%.0f bytes) but %s%s holds %.0f bytes", cfg_path, c.vocab_size, c.dim, c.hidden_dim, c.n_layers,
+                       c.n_heads, c.n_kv_heads, c.head_dim, n, 2 * n, halo_file_exists(single) ? "" : "the shard list ",
+                       halo_file_exists(single) ? single : index, have);
+    free(cfg_path);
+    if (rc == HALO_OK && llama_init(m, &c) != HALO_OK) rc = HALO_ERR;
+    if (rc != HALO_OK) { free(single); free(index); return rc; }
     if (halo_file_exists(single)) {
         st_file f;
         rc = st_open(single, &f);
@@ -211,10 +255,8 @@ int llama_load(llama_model *m, const char *dir) {
             }
             st_close(&f);
         }
-    } else if (halo_file_exists(index)) {
-        rc = load_sharded(m, dir, index);
     } else {
-        rc = halo_fail("%s: neither model.safetensors nor model.safetensors.index.json found", dir);
+        rc = load_sharded(m, dir, index);
     }
     free(single); free(index);
     if (rc != HALO_OK) { llama_free(m); return rc; }
@@ -312,7 +354,7 @@ static struct llama_acts *acts_ensure(llama_model *m, int B, int T, int rope_len
     a->res_out = xmalloc(sizeof(float) * N * D); a->xf = xmalloc(sizeof(float) * N * D);
     a->rstdf = xmalloc(sizeof(float) * N); a->logits = xmalloc(sizeof(float) * N * V);
     a->pos = xmalloc(sizeof(int32_t) * N);
-    a->rope_len = rope_len > c->max_pos ? rope_len : c->max_pos;
+    a->rope_len = rope_len;   // the positions in use: max_position_embeddings may be millions (or hostile)
     a->cos_t = xmalloc(sizeof(float) * (size_t)a->rope_len * (c->head_dim / 2));
     a->sin_t = xmalloc(sizeof(float) * (size_t)a->rope_len * (c->head_dim / 2));
     rope_tables(a->cos_t, a->sin_t, a->rope_len, c->head_dim, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3,

@@ -267,6 +267,14 @@ static int parse_decoder(halo_tokenizer *t, const cJSON *o, const char *key, siz
     return HALO_OK;
 }
 
+// An id read from the file: an integer in [0, max_id]. max_id comes from the file's size (every id takes a few bytes
+// of the file; at least 2^20 for small hand-made files), so a hostile id cannot make the loader allocate gigabytes
+// of id-indexed tables.
+static bool valid_id(const cJSON *v, size_t max_id) {
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= (double)max_id &&
+           v->valuedouble == (double)(int32_t)v->valuedouble;
+}
+
 static void tmpl_free(tok_tmpl_item *it, size_t n) {
     for (size_t i = 0; i < n; i++) free(it[i].ids);
     free(it);
@@ -325,7 +333,13 @@ static int parse_postproc(halo_tokenizer *t, const cJSON *o, const char *key) {
             item.n = (size_t)cJSON_GetArraySize(ids);
             item.ids = xmalloc((item.n ? item.n : 1) * sizeof(int32_t));
             size_t j = 0; const cJSON *x;
-            cJSON_ArrayForEach(x, ids) item.ids[j++] = (int32_t)x->valuedouble;
+            cJSON_ArrayForEach(x, ids) {
+                if (!valid_id(x, INT32_MAX)) {
+                    free(item.ids); tmpl_free(out, n);
+                    return halo_fail("%s.special_tokens: \"%s\" has an id that is not a non-negative integer", key, name);
+                }
+                item.ids[j++] = (int32_t)x->valuedouble;
+            }
             out = grow(out, n, &cap, sizeof *out);
             out[n++] = item;
         } else {
@@ -395,6 +409,11 @@ int tok_finish(halo_tokenizer *t) {
         t->any_single_word |= t->added[i].single_word;
     }
     t->n_total = mx + 1;
+    for (size_t i = 0; i < t->n_tmpl; i++)   // the post-processor's ids must exist, or encode emits unknown ids
+        for (size_t j = 0; j < t->tmpl[i].n; j++)
+            if (t->tmpl[i].ids[j] >= t->n_total)
+                return halo_fail("%s: post_processor: special token id %d is outside the vocabulary (%d ids)", t->path,
+                                 t->tmpl[i].ids[j], t->n_total);
     t->added_by_id = xmalloc((size_t)t->n_total * sizeof(int32_t));
     for (int32_t i = 0; i < t->n_total; i++) t->added_by_id[i] = -1;
     for (size_t i = 0; i < t->n_added; i++) t->added_by_id[t->added[i].id] = (int32_t)i;
@@ -450,7 +469,7 @@ int tok_finish(halo_tokenizer *t) {
     return HALO_OK;
 }
 
-static int load_model(halo_tokenizer *t, const cJSON *model) {
+static int load_model(halo_tokenizer *t, const cJSON *model, size_t max_id) {
     const char *type = jstr(model, "type");
     if (!type || strcmp(type, "BPE"))
         return halo_fail("%s: model.type \"%s\" is not supported (only BPE)", t->path, type ? type : "(missing)");
@@ -468,8 +487,8 @@ static int load_model(halo_tokenizer *t, const cJSON *model) {
     int32_t mx = -1; size_t count = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 1e8)
-            return halo_fail("%s: model.vocab[\"%s\"]: id is not a valid number", t->path, e->string);
+        if (!valid_id(e, max_id))
+            return halo_fail("%s: model.vocab[\"%s\"]: id is not an integer in [0, %zu]", t->path, e->string, max_id);
         if ((int32_t)e->valuedouble > mx) mx = (int32_t)e->valuedouble;
         count++;
     }
@@ -479,7 +498,9 @@ static int load_model(halo_tokenizer *t, const cJSON *model) {
     tok_strmap_init(&t->vocab, count);
     cJSON_ArrayForEach(e, vocab) {
         int32_t id = (int32_t)e->valuedouble;
-        free(t->pieces[id]);
+        if (t->pieces[id])   // (replacing it would leave the vocab map pointing at the freed string)
+            return halo_fail("%s: model.vocab: id %d is given to both \"%s\" and \"%s\"", t->path, id, t->pieces[id],
+                             e->string);
         t->pieces[id] = xstrdup(e->string);
         t->piece_len[id] = (uint32_t)strlen(e->string);
         tok_strmap_put(&t->vocab, t->pieces, t->piece_len, id);
@@ -539,17 +560,19 @@ static int load_json(halo_tokenizer *t, const char *path) {
     }
     free(data);
     int rc = HALO_ERR;
+    size_t max_id = len > ((size_t)1 << 20) ? len : ((size_t)1 << 20);
     char key[600];
     size_t cap;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!model) { halo_fail("%s: no \"model\" key", path); goto done; }
-    if (load_model(t, model)) goto done;
+    if (load_model(t, model, max_id)) goto done;
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *a;
     int i = 0;
     cJSON_ArrayForEach(a, added) {
         const char *c = jstr(a, "content");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
         if (!c || !cJSON_IsNumber(id)) { halo_fail("%s: added_tokens[%d]: needs content and id", path, i); goto done; }
+        if (!valid_id(id, max_id)) { halo_fail("%s: added_tokens[%d]: id is not an integer in [0, %zu]", path, i, max_id); goto done; }
         if (*c) tok_add_added(t, c, strlen(c), (int32_t)id->valuedouble, jbool(a, "special", false), jbool(a, "single_word", false),
                              jbool(a, "lstrip", false), jbool(a, "rstrip", false), jbool(a, "normalized", false));
         i++;
