@@ -1,12 +1,13 @@
 // Training building blocks against float64 references: AdamW (torch.optim.AdamW's formula, weight decay and the
 // no_decay table), the learning-rate schedule, global-norm clipping (including thread-count independence),
-// token sampling, and the demo's addition task encoding.
+// token sampling, the demo's addition task encoding, and gradient accumulation weighted by loss tokens.
 #include <omp.h>
 #include "model/llama.h"
 #include "test.h"
 #include "train/adamw.h"
 #include "train/generate.h"
 #include "train/task_addition.h"
+#include "train/trainer.h"
 #include "util/error.h"
 
 // torch.optim.AdamW (single-tensor path) in float64, one step at a time.
@@ -246,6 +247,76 @@ static void test_addition_task(void) {
     add_task_free(&t);
 }
 
+// Four fixed rows with 30, 3, 12 and 1 loss tokens (the rest -1): a source that hands out `rows_per` of them a call.
+typedef struct { int rows_per, next; } fixed_rows;
+static int fixed_next(void *ctx, halo_batch *b) {
+    fixed_rows *f = ctx;
+    static const int keep[4] = {30, 3, 12, 1};
+    for (int r = 0; r < b->B; r++, f->next++) {
+        const int row = f->next % 4;
+        unsigned long long s = 1000 + row;
+        for (int i = 0; i < b->T; i++) {
+            const size_t k = (size_t)r * b->T + i;
+            b->input_ids[k] = (int32_t)(t_rand_uniform(&s) * 60) + 3;
+            b->targets[k] = i >= b->T - keep[row] ? (int32_t)(t_rand_uniform(&s) * 60) + 3 : -1;
+            b->pos[k] = i;
+            b->seg[k] = 0;
+        }
+    }
+    return HALO_OK;
+}
+
+// One step over the four rows as one batch of 4 and as 2 or 4 accumulated micro-batches: the same loss and the same
+// gradients (lr 0 keeps the weights, so the gradients stay to compare). The unweighted mean of the micro-batches'
+// mean losses differs by far more than the tolerance on these rows, so the check can tell.
+static void test_grad_accum_weighting(void) {
+    llama_config c = {0};
+    c.vocab_size = 64; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 8; c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 10000; c.bos_id = 1; c.eos_id = 2;
+    float loss[3], *grads[3];
+    double naive = 0;
+    size_t n = 0;
+    static const int accum[3] = {1, 2, 4};
+    for (int k = 0; k < 3; k++) {
+        llama_model m;
+        llama_init(&m, &c);
+        llama_init_random(&m, 9);
+        train_options o = train_options_default();
+        o.steps = 1; o.batch_size = 4 / accum[k]; o.grad_accum = accum[k]; o.seq_len = 32; o.lr = 0; o.min_lr = 0;
+        o.warmup = 0; o.clip = 0; o.log_every = 0;
+        fixed_rows src = {0};
+        trainer t;
+        train_step_info si = {0};
+        CHECK(trainer_init(&t, &m, &o, (train_data_source){&src, fixed_next, NULL, NULL}) == HALO_OK &&
+              trainer_step(&t, &si) == HALO_OK, "accumulation %d: %s", accum[k], halo_error());
+        loss[k] = si.loss;
+        n = m.n_params;
+        grads[k] = malloc(4 * n);
+        memcpy(grads[k], m.grads, 4 * n);
+        if (k == 2) {   // the mean of the four rows' own mean losses, what unweighted accumulation reports
+            halo_batch b;
+            halo_batch_alloc(&b, 1, 32);
+            fixed_rows one = {0};
+            for (int r = 0; r < 4; r++) { fixed_next(&one, &b); naive += llama_forward(&m, &b, NULL) / 4; }
+            halo_batch_free(&b);
+        }
+        trainer_free(&t);
+        llama_free(&m);
+    }
+    for (int k = 1; k < 3; k++) {
+        double d = 0, r = 0;
+        for (size_t i = 0; i < n; i++) { d += pow(grads[k][i] - grads[0][i], 2); r += pow(grads[0][i], 2); }
+        CHECK(sqrt(d / r) <= 1e-5 && fabs(loss[k] - loss[0]) <= 1e-5 * loss[0],
+              "accumulation %d vs one batch: gradient rel err %.3g, loss %.7f vs %.7f", accum[k], sqrt(d / r), loss[k],
+              loss[0]);
+        printf("grad accumulation %d x %d rows vs 1 x 4: gradient rel err %.2g, loss %.7f vs %.7f\n", accum[k],
+               4 / accum[k], sqrt(d / r), loss[k], loss[0]);
+    }
+    CHECK(fabs(naive - loss[0]) > 1e-3 * loss[0], "unweighted mean of means %.6f vs token mean %.6f: the rows do not "
+          "tell the two apart", naive, loss[0]);
+    for (int k = 0; k < 3; k++) free(grads[k]);
+}
+
 int main(void) {
     test_adamw_vs_reference(0, 0.0f);
     test_adamw_vs_reference(0, 0.1f);
@@ -255,5 +326,6 @@ int main(void) {
     test_clip();
     test_sampling();
     test_addition_task();
+    test_grad_accum_weighting();
     TEST_END();
 }

@@ -170,7 +170,8 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
     if (!m->grads && !m->lora) llama_alloc_grads(m);   // LoRA: the adapters have their own
     llama_trainable tp = llama_trainable_params(m);   // the adapters only, when the model has LoRA adapters
     adamw_init(&t->opt, &o->adamw, tp.n, tp.table, tp.n_table);
-    halo_batch_alloc(&t->batch, o->batch_size, o->seq_len);
+    t->batches = xcalloc((size_t)o->grad_accum, sizeof *t->batches);
+    for (int a = 0; a < o->grad_accum; a++) halo_batch_alloc(&t->batches[a], o->batch_size, o->seq_len);
     t->rng = mix_seed(o->seed, 1);
     t->options_json = train_options_to_json(&t->o);
     // The seed decides the data order: the source starts from a state derived from it.
@@ -189,7 +190,8 @@ void trainer_free(trainer *t) {
     if (t->be.release) t->be.release(t);
     if (t->metrics) fclose(t->metrics);
     adamw_free(&t->opt);
-    halo_batch_free(&t->batch);
+    for (int a = 0; t->batches && a < t->o.grad_accum; a++) halo_batch_free(&t->batches[a]);
+    free(t->batches);
     free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
     free(t->app_meta); free(t->options_json);
     memset(t, 0, sizeof *t);
@@ -238,14 +240,31 @@ int trainer_step(trainer *t, train_step_info *info) {
     double t0 = now_s();
     if (t->t_start == 0) { t->t_start = t0; t->step0 = t->step; }
     t->be.zero_grads(t);
-    double loss_sum = 0;
-    const float scale = 1.0f / (float)t->o.grad_accum;
-    for (int a = 0; a < t->o.grad_accum; a++) {
-        if (t->data.next(t->data.ctx, &t->batch)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
-        t->micro = a;
-        loss_sum += t->be.forward_backward(t, &t->batch, scale);
+    // Accumulation is one batch of grad_accum x batch_size rows: each micro-batch's mean loss weighs by its share of
+    // the step's loss tokens (an unweighted mean of the means would count a token of a short-answer micro-batch more)
+    const int A = t->o.grad_accum;
+    int64_t total = 0, first = -1;
+    int equal = 1;
+    for (int a = 0; a < A; a++) {
+        halo_batch *b = &t->batches[a];
+        if (t->data.next(t->data.ctx, b)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
+        int64_t n = 0;
+        for (size_t i = 0; i < (size_t)b->B * b->T; i++) n += b->targets[i] >= 0;
+        if (first < 0) first = n;
+        equal &= n == first;
+        total += n;
     }
-    float loss = (float)(loss_sum / t->o.grad_accum);
+    double loss_sum = 0;
+    for (int a = 0; a < A; a++) {
+        halo_batch *b = &t->batches[a];
+        int64_t n = 0;
+        for (size_t i = 0; !equal && i < (size_t)b->B * b->T; i++) n += b->targets[i] >= 0;
+        const double w = equal || !total ? 1.0 / A : (double)n / (double)total;   // equal counts: exactly 1 / A
+        t->micro = a;
+        const float l = t->be.forward_backward(t, b, equal ? 1.0f / (float)A : (float)w);
+        loss_sum += equal ? l : w * l;
+    }
+    float loss = (float)(equal ? loss_sum / A : loss_sum);
     // a HALO product of the host model that failed in this step (its quantizer refusing a NaN / Inf): no update
     const char *herr = t->model ? llama_halo_take_error(t->model) : NULL;
     if (herr) return halo_fail("step %d not applied: a HALO product failed: %s", t->step + 1, herr);

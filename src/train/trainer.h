@@ -107,7 +107,7 @@ typedef struct trainer {
     train_data_source data;
     train_eval_fn eval;
     void *eval_ctx;
-    halo_batch batch;             // [batch_size, seq_len]
+    halo_batch *batches;          // [grad_accum] micro-batches of a step, each [batch_size, seq_len]
     int step;                     // optimizer steps done
     int micro;                    // the micro-batch of the step being computed (0 .. grad_accum - 1)
     uint64_t rng;                 // trainer RNG state (reserved for stochastic training features; checkpointed)
