@@ -1,9 +1,11 @@
 // File formats: safetensors round trips and every malformed-header case refused with the file and tensor named;
 // config.json refusals naming the key; export then reload gives identical logits (F32) and close logits (BF16).
+#include <cjson/cJSON.h>
 #include <sys/stat.h>
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "test.h"
+#include "train/generate.h"
 #include "util/error.h"
 #include "util/fileio.h"
 
@@ -122,7 +124,8 @@ static void expect_config_error(const char *json, const char *key) {
 
 #define BASE "\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":1,\"num_attention_heads\":2"
 static void test_config(void) {
-    expect_config_error("{\"architectures\":[\"MistralForCausalLM\"]," BASE "}", "architectures");
+    expect_config_error("{\"architectures\":[\"Qwen2ForCausalLM\"]," BASE "}", "architectures");
+    expect_config_error("{\"model_type\":\"mistral\"," BASE ",\"sliding_window\":0}", "sliding_window");
     expect_config_error("{\"model_type\":\"gpt2\"}", "model_type");
     expect_config_error("{" BASE ",\"attention_bias\":true}", "attention_bias");
     expect_config_error("{" BASE ",\"mlp_bias\":true}", "mlp_bias");
@@ -138,6 +141,66 @@ static void test_config(void) {
     CHECK(llama_config_load(tmp_path("config.json"), &c) == HALO_OK, "llama3 rope scaling accepted: %s", halo_error());
     CHECK(c.rope_scaling == ROPE_SCALING_LLAMA3 && c.rope_factor == 8.0f && c.rope_original_max_pos == 8192 &&
           c.eos_id == 128001 && c.head_dim == 8 && c.n_kv_heads == 2, "llama3 config fields parsed");
+}
+
+// Mistral: the same layers as Llama. A model with MistralForCausalLM's config gives Llama's logits bit for bit, its
+// window bounds sequence lengths (training, generation), and export keeps the architecture and the window.
+static void test_mistral(void) {
+    if (!test_shared()) { SKIP("shared data folder not found; Mistral config test skipped"); return; }
+    llama_model m, r;
+    CHECK(llama_load(&m, test_shared_path("models/stories260K")) == HALO_OK, "%s", halo_error());
+    char *js = llama_config_to_json(&m.cfg, "float32", 1);
+    cJSON *j = cJSON_Parse(js);   // the same config as Mistral's, with a 32-position window
+    free(js);
+    cJSON_ReplaceItemInObject(j, "architectures", cJSON_CreateStringArray((const char *[]){"MistralForCausalLM"}, 1));
+    cJSON_ReplaceItemInObject(j, "model_type", cJSON_CreateString("mistral"));
+    cJSON_AddNumberToObject(j, "sliding_window", 32);
+    js = cJSON_Print(j);
+    cJSON_Delete(j);
+    halo_mkdirs(tmp_path("mistral"));
+    write_text(tmp_path("mistral/config.json"), js);
+    free(js);
+    CHECK(llama_save_hf(&m, tmp_path("mistral_w"), "float32", NULL) == HALO_OK, "%s", halo_error());
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp %s %s", tmp_path("mistral_w/model.safetensors"), tmp_path("mistral/model.safetensors"));
+    CHECK(system(cmd) == 0, "copy weights");
+    CHECK(llama_load(&r, tmp_path("mistral")) == HALO_OK && r.cfg.mistral && r.cfg.sliding_window == 32,
+          "Mistral config loads with its window: %s", halo_error());
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 32);
+    unsigned long long st = 11;
+    for (int i = 0; i < 64; i++) b.input_ids[i] = (int32_t)(t_rng_next(&st) % (uint64_t)m.cfg.vocab_size);
+    halo_batch_shift_targets(&b);
+    const size_t nl = (size_t)64 * m.cfg.vocab_size;
+    float *l1 = malloc(4 * nl), *l2 = malloc(4 * nl);
+    llama_forward(&m, &b, l1);
+    llama_forward(&r, &b, l2);
+    CHECK(!memcmp(l1, l2, 4 * nl), "MistralForCausalLM logits equal LlamaForCausalLM's bit for bit");
+    CHECK(llama_config_check_len(&r.cfg, 32, "len") == HALO_OK && llama_config_check_len(&r.cfg, 33, "len") == HALO_ERR &&
+          strstr(halo_error(), "sliding_window of 32") && llama_config_check_len(&m.cfg, 100000, "len") == HALO_OK,
+          "the window bounds lengths: %s", halo_error());
+    gen_options go = gen_options_default();
+    go.max_new_tokens = 29;
+    int32_t out[64];
+    int n_out;
+    CHECK(gen_generate(&r, b.input_ids, 3, &go, out, &n_out) == HALO_OK, "3 + 29 positions fit: %s", halo_error());
+    go.max_new_tokens = 30;
+    CHECK(gen_generate(&r, b.input_ids, 3, &go, out, &n_out) == HALO_ERR && strstr(halo_error(), "sliding_window"),
+          "3 + 30 positions refused: %s", halo_error());
+    CHECK(llama_save_hf(&r, tmp_path("mistral_out"), "float32", NULL) == HALO_OK, "%s", halo_error());
+    char *text = NULL;
+    cJSON *e = halo_read_file(tmp_path("mistral_out/config.json"), &text, NULL) == HALO_OK ? cJSON_Parse(text) : NULL;
+    const cJSON *ea = cJSON_GetArrayItem(cJSON_GetObjectItem(e, "architectures"), 0), *em = cJSON_GetObjectItem(e, "model_type");
+    const cJSON *ew = cJSON_GetObjectItem(e, "sliding_window");
+    CHECK(cJSON_IsString(ea) && !strcmp(ea->valuestring, "MistralForCausalLM") && cJSON_IsString(em) &&
+          !strcmp(em->valuestring, "mistral") && cJSON_IsNumber(ew) && ew->valueint == 32,
+          "export keeps the architecture and the window: %s", text ? text : "");
+    cJSON_Delete(e);
+    free(text);
+    free(l1); free(l2);
+    halo_batch_free(&b);
+    llama_free(&r);
+    llama_free(&m);
 }
 
 static void test_export_reload(void) {
@@ -217,6 +280,7 @@ int main(void) {
     test_f16();
     test_config();
     test_export_reload();
+    test_mistral();
     test_sharded();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -96,6 +96,9 @@ int cmd_eval(int argc, char **argv) {
     if (loss_task) {
         double loss;
         long tokens;
+        if (llama_config_check_len(&m.cfg, dc.seq_len, "--seq-len")) {
+            dataset_free(ds); tokenizer_free(tok); llama_free(&m); goto bad;
+        }
         long max_batches = limit > 0 ? (limit + batch - 1) / batch : 0;
         if (use_cuda) {
             cli_gpu *gpu;

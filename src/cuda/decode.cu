@@ -454,6 +454,7 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
         if (total > d->c.max_pos)
             return halo_fail("generate: prompt (%d) + new tokens (%d) exceed the model's max_position_embeddings %d",
                              np, o->max_new_tokens, d->c.max_pos);
+        if (llama_config_check_len(&d->c, total, "generate: prompt + new tokens")) return HALO_ERR;
         if (total > d->L)
             return halo_fail("generate (GPU): prompt (%d) + new tokens (%d) exceed the decoder's cache length %d", np,
                              o->max_new_tokens, d->L);

@@ -101,6 +101,13 @@ int llama_config_validate(const llama_config *c, const char *where) {
     return HALO_OK;
 }
 
+int llama_config_check_len(const llama_config *c, long len, const char *what) {
+    if (c->sliding_window > 0 && len > c->sliding_window)
+        return halo_fail("%s: %ld positions exceed the model's sliding_window of %d (config.json); attention over a "
+                         "window is not implemented, so sequences must fit inside it", what, len, c->sliding_window);
+    return HALO_OK;
+}
+
 int llama_config_load(const char *path, llama_config *c) {
     char *text;
     if (halo_read_file(path, &text, NULL) != HALO_OK) return HALO_ERR;
@@ -118,11 +125,14 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0) {
         const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
-        if (!cJSON_IsString(a0) || strcmp(a0->valuestring, "LlamaForCausalLM"))
-            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM is supported", path,
-                            cJSON_IsString(a0) ? a0->valuestring : "?");
+        c->mistral = cJSON_IsString(a0) && !strcmp(a0->valuestring, "MistralForCausalLM");
+        if (!cJSON_IsString(a0) || (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral))
+            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM and MistralForCausalLM are supported",
+                            path, cJSON_IsString(a0) ? a0->valuestring : "?");
     } else if (cJSON_IsString(mt) && strcmp(mt->valuestring, "llama")) {
-        err = halo_fail("%s: model_type is '%s'; only 'llama' is supported", path, mt->valuestring);
+        c->mistral = !strcmp(mt->valuestring, "mistral");
+        if (!c->mistral)
+            err = halo_fail("%s: model_type is '%s'; only 'llama' and 'mistral' are supported", path, mt->valuestring);
     }
     const char *bool_off[] = {"attention_bias", "mlp_bias"};
     for (int i = 0; i < 2 && err == HALO_OK; i++) {
@@ -157,6 +167,8 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         c->bos_id = c->eos_id = -1;
         get_token_id(path, root, "bos_token_id", &c->bos_id, &err);
         get_token_id(path, root, "eos_token_id", &c->eos_id, &err);
+        if (c->mistral && get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) && c->sliding_window < 1)
+            err = halo_fail("%s: key 'sliding_window' must be positive or null (got %d)", path, c->sliding_window);
     }
     if (err == HALO_OK) err = parse_rope(path, root, c);
     cJSON_Delete(root);
@@ -176,8 +188,8 @@ int llama_config_save(const llama_config *c, const char *path, const char *torch
 char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty) {
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
-    cJSON_AddStringToObject(r, "model_type", "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->mistral ? "MistralForCausalLM" : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(r, "model_type", c->mistral ? "mistral" : "llama");
     cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(r, "hidden_size", c->dim);
     cJSON_AddNumberToObject(r, "intermediate_size", c->hidden_dim);
@@ -202,6 +214,8 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     cJSON_AddBoolToObject(r, "mlp_bias", 0);
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
+    if (c->mistral && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
+    else if (c->mistral) cJSON_AddNullToObject(r, "sliding_window");
     if (torch_dtype) cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
     char *s = pretty ? cJSON_Print(r) : cJSON_PrintUnformatted(r);
     cJSON_Delete(r);

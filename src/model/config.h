@@ -1,4 +1,5 @@
-// Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM) and written back on export.
+// Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM, or MistralForCausalLM: the
+// same layers and tensor names, with an optional attention window) and written back on export.
 #ifndef HALO_CONFIG_H
 #define HALO_CONFIG_H
 
@@ -20,6 +21,9 @@ typedef struct {
     int rope_original_max_pos;
     int tie_embeddings; // tie_word_embeddings
     int bos_id, eos_id; // -1 when absent
+    int mistral;        // model_type "mistral": exported as MistralForCausalLM
+    int sliding_window; // Mistral's attention window in positions; 0 when none (null). Sequences longer than it are
+                        // refused (llama_config_check_len): attention inside the window equals full causal attention
 } llama_config;
 
 // Parses config.json; unsupported architectures, rope scalings, biases are refused naming the key.
@@ -32,4 +36,6 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
 int llama_config_from_json(const char *json, const char *where, llama_config *c);
 // Checks internal consistency (positive sizes, heads divide, ...). Returns HALO_ERR naming the offending field.
 int llama_config_validate(const llama_config *c, const char *where);
+// HALO_ERR when `len` positions (`what`: "--seq-len", "prompt + new tokens") exceed the model's sliding window.
+int llama_config_check_len(const llama_config *c, long len, const char *what);
 #endif

@@ -58,6 +58,7 @@ int gen_generate(llama_model *m, const int32_t *prompt, int n_prompt, const gen_
     if (total > m->cfg.max_pos)
         return halo_fail("generate: prompt (%d) + new tokens (%d) exceed the model's max_position_embeddings %d",
                          n_prompt, o->max_new_tokens, m->cfg.max_pos);
+    if (llama_config_check_len(&m->cfg, total, "generate: prompt + new tokens")) return HALO_ERR;
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= V) return halo_fail("generate: prompt token %d = %d is outside the vocabulary (size %d)", i, prompt[i], V);
     llama_kv_cache kv;

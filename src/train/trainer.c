@@ -160,6 +160,7 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
         return halo_fail("training options: steps, batch size, sequence length and grad_accum must be positive");
     if (!(o->lr >= 0) || !(o->min_lr >= 0)) return halo_fail("training options: learning rates must be >= 0");
     if (!data.next) return halo_fail("training: the data source has no next() function");
+    if (llama_config_check_len(&m->cfg, o->seq_len, "training sequence length (--seq-len)")) return HALO_ERR;
     t->model = m;
     t->o = *o;
     t->o.ckpt_dir = o->ckpt_dir ? xstrdup(o->ckpt_dir) : NULL;
