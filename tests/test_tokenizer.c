@@ -419,6 +419,100 @@ static void spm_model(void) {
     rmdir(dir);
 }
 
+// Writes the Llama 2 tokenizer.json with its Prepend + Replace normalizer swapped for a Metaspace pre-tokenizer
+// (`pre`, a JSON object) and, when `dec` is given, its decoder for that one; loads it into *t.
+static int metaspace_variant(const char *dir, const char *pre, const char *dec, halo_tokenizer **t) {
+    size_t n;
+    char *text = slurp(test_shared_path("tokenizers/llama2/tokenizer.json"), &n);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cJSON_ReplaceItemInObject(j, "normalizer", cJSON_CreateNull());
+    cJSON_ReplaceItemInObject(j, "pre_tokenizer", cJSON_Parse(pre));
+    if (dec) cJSON_ReplaceItemInObject(j, "decoder", cJSON_Parse(dec));
+    char *out = cJSON_PrintUnformatted(j), path[512];
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs(out, f);
+    fclose(f);
+    free(out);
+    return tokenizer_load(path, t);
+}
+
+static int same_ids(const halo_tokenizer *a, const char *ta, const halo_tokenizer *b, const char *tb) {
+    int32_t *x, *y;
+    size_t nx, ny;
+    tokenizer_encode(a, ta, strlen(ta), false, &x, &nx);
+    tokenizer_encode(b, tb, strlen(tb), false, &y, &ny);
+    int same = nx == ny && !memcmp(x, y, nx * sizeof *x);
+    free(x); free(y);
+    return same;
+}
+
+// Metaspace (newer SentencePiece conversions: Mistral v0.3, Llama 2 with legacy=false) against the Llama 2 golden
+// tokenizer's normalizer form: "always" without a cut equals Prepend + Replace on text that does not start with a
+// space (the normalizer prepends even then, Metaspace does not); the cut before each marker changes nothing on single
+// spaces (no Llama 2 merge makes "▁" after another character); "first" prepends only where the input starts (not
+// after a special token); the Metaspace decoder drops the first token's marker unless the scheme is never.
+static void metaspace_forms(void) {
+    char dir[] = "/tmp/halo_tok_ms_XXXXXX";
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    halo_tokenizer *ref, *always, *split, *first, *never, *old_never;
+    if (tokenizer_load(test_shared_path("tokenizers/llama2/tokenizer.json"), &ref)) { CHECK(0, "%s", halo_error()); return; }
+    const char *dec_always = "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"always\",\"split\":false}";
+    const char *dec_never = "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"never\",\"split\":false}";
+    int ok = !metaspace_variant(dir, dec_always, dec_always, &always);
+    ok = ok && !metaspace_variant(dir, "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"always\","
+                                       "\"split\":true}", NULL, &split);
+    ok = ok && !metaspace_variant(dir, "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"first\","
+                                       "\"split\":false}", NULL, &first);
+    ok = ok && !metaspace_variant(dir, dec_never, dec_never, &never);
+    ok = ok && !metaspace_variant(dir, "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"add_prefix_space\":false}",
+                                  NULL, &old_never);
+    CHECK(ok, "Metaspace variants load: %s", halo_error());
+    if (!ok) { tokenizer_free(ref); return; }
+    static const char *texts[] = {"Hello world", "Hey my friend how are you", "multiple   spaces  here",
+                                  "unicode: h\u00e9llo w\u00f6rld \u2713 \u65e5\u672c\u8a9e", "numbers 12345, and (punctuation)!?",
+                                  "tabs\tand\nnewlines", "a<s>b</s>c"};
+    int eq = 0, eq_split = 0, n_single = 0;
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        eq += same_ids(always, texts[i], ref, texts[i]);
+        if (!strstr(texts[i], "  ")) { n_single++; eq_split += same_ids(split, texts[i], ref, texts[i]); }
+    }
+    CHECK(eq == (int)(sizeof texts / sizeof *texts), "Metaspace always == Prepend + Replace on %d of %zu texts", eq,
+          sizeof texts / sizeof *texts);
+    CHECK(eq_split == n_single, "split before each marker: the same ids on %d of %d single-spaced texts", eq_split,
+          n_single);
+    CHECK(same_ids(always, " Hello", always, "Hello") && !same_ids(ref, " Hello", ref, "Hello"),
+          "always: no second marker in front of a leading space (the normalizer form adds one)");
+    CHECK(same_ids(first, "Hello world", always, "Hello world"), "first == always where the text starts the input");
+    int32_t *a, *b;
+    size_t na, nb;
+    tokenizer_encode(first, "</s>Hello", 9, false, &a, &na);
+    tokenizer_encode(never, "Hello", 5, false, &b, &nb);
+    CHECK(na == nb + 1 && a[0] == 2 && !memcmp(a + 1, b, nb * sizeof *b), "first: no marker after a special token");
+    free(a); free(b);
+    tokenizer_encode(always, "</s>Hello", 9, false, &a, &na);
+    tokenizer_encode(always, "Hello", 5, false, &b, &nb);
+    CHECK(na == nb + 1 && a[0] == 2 && !memcmp(a + 1, b, nb * sizeof *b), "always: a marker after a special token too");
+    free(a); free(b);
+    CHECK(same_ids(old_never, "Hello world", never, "Hello world") && !same_ids(never, "Hello", always, "Hello"),
+          "add_prefix_space false (older files) == prepend_scheme never, which differs from always");
+    tokenizer_encode(always, "Hey friend", 10, false, &a, &na);
+    char *d1 = tokenizer_decode(always, a, na, false), *d2 = tokenizer_decode(never, a, na, false);
+    CHECK(!strcmp(d1, "Hey friend") && !strcmp(d2, " Hey friend"), "Metaspace decoder: '%s' (always), '%s' (never)", d1, d2);
+    free(d1); free(d2); free(a);
+    halo_tokenizer *bad;
+    CHECK(metaspace_variant(dir, "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"sometimes\"}",
+                            NULL, &bad) == HALO_ERR && strstr(halo_error(), "prepend_scheme") && strstr(halo_error(), "sometimes"),
+          "an unknown prepend_scheme is refused naming it: %s", halo_error());
+    tokenizer_free(ref); tokenizer_free(always); tokenizer_free(split); tokenizer_free(first); tokenizer_free(never);
+    tokenizer_free(old_never);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
 int main(void) {
     if (!test_shared()) {
         SKIP("shared data folder absent (set HALO_SHARED); tokenizer goldens not run");
@@ -466,6 +560,7 @@ int main(void) {
         tokenizer_free(t);
     }
     spm_model();
+    metaspace_forms();
     unsupported_component();
     split_behaviours();
     added_token_flags();

@@ -64,19 +64,24 @@ typedef struct {
 } tok_norm;
 
 typedef enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS } tok_split_behavior;
-typedef enum { PRE_SPLIT, PRE_BYTELEVEL } tok_pre_kind;
+typedef enum { PRE_SPLIT, PRE_BYTELEVEL, PRE_METASPACE } tok_pre_kind;
+typedef enum { PREPEND_NEVER, PREPEND_ALWAYS, PREPEND_FIRST } tok_prepend;
 typedef struct {
     tok_pre_kind kind;
     pcre2_code *re;             // Split: the regex (a String pattern is escaped into one); ByteLevel: GPT-2 regex or NULL
     tok_split_behavior behavior;
     bool invert;
     bool add_prefix_space;      // ByteLevel
+    char rep[8]; uint32_t rep_len;  // Metaspace: the space replacement (one character, UTF-8)
+    tok_prepend prepend;        // Metaspace: where a replacement goes in front (first: only at the text's start)
+    bool split;                 // Metaspace: cut before each replacement
 } tok_pre;
 
-typedef enum { DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_BYTELEVEL } tok_dec_kind;
+typedef enum { DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_BYTELEVEL, DEC_METASPACE } tok_dec_kind;
 typedef struct {
     tok_dec_kind kind;
-    char *a; size_t alen;           // Replace: pattern; Strip: content char (UTF-8)
+    char *a; size_t alen;           // Replace: pattern; Strip: content char (UTF-8); Metaspace: the replacement
+    bool drop_first;                // Metaspace: the first token's replacements are dropped (prepend scheme not never)
     char *b; size_t blen;           // Replace: content
     int start, stop;                // Strip
 } tok_dec;

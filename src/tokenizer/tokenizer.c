@@ -1,6 +1,6 @@
-// Loading a Hugging Face tokenizer.json (BPE model, Sequence/Prepend/Replace normalizers, Split/ByteLevel
-// pre-tokenizers, TemplateProcessing/ByteLevel/Sequence post-processors, Replace/ByteFallback/Fuse/Strip/ByteLevel
-// decoders) and running the encode/decode pipelines the way HF tokenizers' TokenizerImpl does.
+// Loading a Hugging Face tokenizer.json (BPE model, Sequence/Prepend/Replace normalizers, Split/ByteLevel/Metaspace
+// pre-tokenizers, TemplateProcessing/ByteLevel/Sequence post-processors, Replace/ByteFallback/Fuse/Strip/ByteLevel/
+// Metaspace decoders) and running the encode/decode pipelines the way HF tokenizers' TokenizerImpl does.
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -178,6 +178,24 @@ static int parse_normalizer(halo_tokenizer *t, const cJSON *o, const char *key, 
     return HALO_OK;
 }
 
+// Metaspace's replacement (one character) and prepend scheme; older files give add_prefix_space instead of the scheme.
+static int parse_metaspace(const cJSON *o, const char *key, char *rep, uint32_t *rep_len, tok_prepend *prepend) {
+    const char *r = jstr(o, "replacement");
+    uint32_t cp;
+    if (!r || !*r || strlen(r) >= 8 || tok_utf8_next((const unsigned char *)r, strlen(r), &cp) != (int)strlen(r) ||
+        cp == TOK_BAD_CP)
+        return halo_fail("%s.replacement: missing or not one character", key);
+    memcpy(rep, r, strlen(r));
+    *rep_len = (uint32_t)strlen(r);
+    const char *ps = jstr(o, "prepend_scheme");
+    if (!ps) *prepend = jbool(o, "add_prefix_space", true) ? PREPEND_ALWAYS : PREPEND_NEVER;
+    else if (!strcmp(ps, "always")) *prepend = PREPEND_ALWAYS;
+    else if (!strcmp(ps, "first")) *prepend = PREPEND_FIRST;
+    else if (!strcmp(ps, "never")) *prepend = PREPEND_NEVER;
+    else return halo_fail("%s.prepend_scheme: \"%s\" is not always, first or never", key, ps);
+    return HALO_OK;
+}
+
 static int parse_pretok(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap) {
     if (!o || cJSON_IsNull(o)) return HALO_OK;
     const char *type = jtype(o);
@@ -216,8 +234,13 @@ static int parse_pretok(halo_tokenizer *t, const cJSON *o, const char *key, size
             snprintf(k, sizeof k, "%s (ByteLevel regex)", key);
             if (regex_compile(gpt2, strlen(gpt2), false, k, &p->re)) return HALO_ERR;
         }
+    } else if (!strcmp(type, "Metaspace")) {
+        p->kind = PRE_METASPACE;
+        if (parse_metaspace(o, key, p->rep, &p->rep_len, &p->prepend)) return HALO_ERR;
+        p->split = jbool(o, "split", true);
     } else {
-        return halo_fail("%s.type: pre-tokenizer \"%s\" is not supported (supported: Sequence, Split, ByteLevel)", key, type);
+        return halo_fail("%s.type: pre-tokenizer \"%s\" is not supported (supported: Sequence, Split, ByteLevel, "
+                         "Metaspace)", key, type);
     }
     t->n_pre++;
     return HALO_OK;
@@ -260,9 +283,17 @@ static int parse_decoder(halo_tokenizer *t, const cJSON *o, const char *key, siz
         d->start = cJSON_IsNumber(s) ? s->valueint : 0;
         d->stop = cJSON_IsNumber(e) ? e->valueint : 0;
     } else if (!strcmp(type, "ByteLevel")) d->kind = DEC_BYTELEVEL;
-    else
+    else if (!strcmp(type, "Metaspace")) {
+        d->kind = DEC_METASPACE;
+        char rep[8] = {0};
+        uint32_t rl;
+        tok_prepend pp;
+        if (parse_metaspace(o, key, rep, &rl, &pp)) return HALO_ERR;
+        d->a = xstrdup(rep); d->alen = rl;
+        d->drop_first = pp != PREPEND_NEVER;
+    } else
         return halo_fail("%s.type: decoder \"%s\" is not supported (supported: Sequence, Replace, ByteFallback, Fuse, "
-                         "Strip, ByteLevel)", key, type);
+                         "Strip, ByteLevel, Metaspace)", key, type);
     t->n_dec++;
     return HALO_OK;
 }
@@ -379,15 +410,20 @@ static int32_t config_token(const halo_tokenizer *t, const cJSON *cfg, const cha
 
 static void find_ws_cut(halo_tokenizer *t) {
     t->ws_cut_len = 0;
-    if (t->n_pre || t->ignore_merges) return;
-    const tok_norm *r = NULL;
-    for (size_t i = 0; i < t->n_norm; i++) {
+    // the marker: a normalizer's one-character Replace with no pre-tokenizer, or an unsplit Metaspace's replacement
+    const bool meta = t->n_pre == 1 && t->pre[0].kind == PRE_METASPACE && !t->pre[0].split;
+    if ((t->n_pre && !meta) || t->ignore_merges) return;
+    const char *mb = NULL;
+    size_t ml = 0;
+    if (meta) { mb = t->pre[0].rep; ml = t->pre[0].rep_len; }
+    for (size_t i = 0; i < t->n_norm && !meta; i++) {
         uint32_t cp;
         const tok_norm *m = &t->norm[i];
         if (m->kind == NORM_REPLACE && !m->re && m->blen > 0 && m->blen < sizeof t->ws_cut &&
             tok_utf8_next((const unsigned char *)m->b, m->blen, &cp) == (int)m->blen && cp != TOK_BAD_CP)
-            r = m;
+            { mb = m->b; ml = m->blen; }
     }
+    const struct { const char *b; size_t blen; } rr = {mb, ml}, *r = mb ? &rr : NULL;
     if (!r || tok_strmap_get(&t->vocab, t->pieces, t->piece_len, r->b, r->blen) < 0) return;
     for (size_t i = 0; i <= t->merges.mask; i++) {
         const tok_merge_slot *m = &t->merges.slot[i];
@@ -672,6 +708,7 @@ typedef struct {
     span *ms; size_t ms_n, ms_cap;   // regex matches of the current piece
     bool *mflag; size_t mflag_cap;
     int err;
+    bool seg_first;                  // the text being pre-tokenized starts the input (Metaspace's "first" scheme)
 } enc_ctx;
 
 // Regex matches over s[0..n) as a cover of spans, each flagged match / gap (HF Pattern::find_matches).
@@ -771,20 +808,46 @@ static void bytelevel_map(enc_ctx *c, const char *s, size_t n, plist *out) {
     plist_add(out, c->map.p ? c->map.p : "", c->map.len);
 }
 
+// BPE over one word, cut before each whitespace marker when find_ws_cut found that gives the same tokens.
+static void bpe_word_cut(enc_ctx *c, const char *s, size_t n, tok_ivec *out) {
+    const halo_tokenizer *t = c->t;
+    size_t w = t->ws_cut_len, start = 0;
+    for (size_t i = w; w && i + w <= n; i++)
+        if (s[i] == t->ws_cut[0] && !memcmp(s + i, t->ws_cut, w) && memcmp(s + i - w, t->ws_cut, w)) {
+            tok_bpe_word(t, s + start, i - start, out, c->bpe);
+            start = i;
+        }
+    tok_bpe_word(t, s + start, n - start, out, c->bpe);
+}
+
+// Metaspace on one piece: spaces become the replacement, one goes in front by the prepend scheme (first: only on the
+// piece that starts the input), then the piece is cut before each replacement (the cut kept with what follows).
+static void metaspace_apply(enc_ctx *c, const tok_pre *p, const char *s, size_t n, bool at_start, plist *out) {
+    tok_buf *b = &c->nb[0];
+    b->len = 0;
+    const bool starts = (n && s[0] == ' ') || (n >= p->rep_len && !memcmp(s, p->rep, p->rep_len));
+    if (!starts && (p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && at_start)))
+        tok_buf_put(b, p->rep, p->rep_len);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') tok_buf_put(b, p->rep, p->rep_len);
+        else tok_buf_put(b, s + i, 1);
+    }
+    if (!b->len) return;
+    if (!p->split) { plist_add(out, b->p, b->len); return; }
+    size_t start = 0;   // MergedWithNext: a replacement opens a piece; consecutive ones stand alone
+    for (size_t i = 1; i + p->rep_len <= b->len; i++)
+        if (!memcmp(b->p + i, p->rep, p->rep_len)) {
+            plist_add(out, b->p + start, i - start);
+            start = i;
+        }
+    plist_add(out, b->p + start, b->len - start);
+}
+
 // Runs the pre-tokenizers and the model over one normalized piece of text, appending ids.
 static int pretok_and_model(enc_ctx *c, const char *s, size_t n, tok_ivec *out) {
     const halo_tokenizer *t = c->t;
     if (n == 0) return HALO_OK;
-    if (t->n_pre == 0 && t->ws_cut_len) {
-        size_t w = t->ws_cut_len, start = 0;
-        for (size_t i = w; i + w <= n; i++)
-            if (s[i] == t->ws_cut[0] && !memcmp(s + i, t->ws_cut, w) && memcmp(s + i - w, t->ws_cut, w)) {
-                tok_bpe_word(t, s + start, i - start, out, c->bpe);
-                start = i;
-            }
-        tok_bpe_word(t, s + start, n - start, out, c->bpe);
-        return HALO_OK;
-    }
+    if (t->n_pre == 0 && t->ws_cut_len) { bpe_word_cut(c, s, n, out); return HALO_OK; }
     int cur = 0;
     plist *in = &c->pl[0];
     in->n = 0; in->buf.len = 0;
@@ -799,6 +862,8 @@ static int pretok_and_model(enc_ctx *c, const char *s, size_t n, tok_ivec *out) 
             if (p->kind == PRE_SPLIT) {
                 if (regex_cover(c, p->re, ps, pn)) return HALO_ERR;
                 split_apply(c, p, ps, dst);
+            } else if (p->kind == PRE_METASPACE) {
+                metaspace_apply(c, p, ps, pn, c->seg_first && i == 0, dst);
             } else {   // ByteLevel
                 const char *q = ps; size_t qn = pn;
                 if (p->add_prefix_space && (pn == 0 || ps[0] != ' ')) {
@@ -815,7 +880,7 @@ static int pretok_and_model(enc_ctx *c, const char *s, size_t n, tok_ivec *out) 
         cur ^= 1;
     }
     plist *fin = &c->pl[cur];
-    for (size_t i = 0; i < fin->n; i++) tok_bpe_word(t, fin->buf.p + fin->sp[i].off, fin->sp[i].len, out, c->bpe);
+    for (size_t i = 0; i < fin->n; i++) bpe_word_cut(c, fin->buf.p + fin->sp[i].off, fin->sp[i].len, out);
     return HALO_OK;
 }
 
@@ -886,6 +951,7 @@ static size_t prev_char_start(const char *s, size_t at) {
 typedef int (*seg_fn)(enc_ctx *c, const char *s, size_t n, tok_ivec *out);
 static int split_added(enc_ctx *c, const char *s, size_t n, bool normalized_set, seg_fn fn, tok_ivec *out) {
     const halo_tokenizer *t = c->t;
+    const bool first = c->seg_first;   // s starts the input: so does its first segment, if nothing precedes it
     size_t start_offset = 0, from = 0, at;
     long j;
     while (from < n && (j = added_find(t, s, n, from, normalized_set, &at)) >= 0) {
@@ -916,10 +982,12 @@ static int split_added(enc_ctx *c, const char *s, size_t n, bool normalized_set,
                 stop += (size_t)k;
             }
         }
+        c->seg_first = first && start_offset == 0;
         if (start_offset < start && fn(c, s + start_offset, start - start_offset, out)) return HALO_ERR;
         tok_ivec_push(out, a->id);
         start_offset = stop;
     }
+    c->seg_first = first && start_offset == 0;
     if (start_offset < n && fn(c, s + start_offset, n - start_offset, out)) return HALO_ERR;
     return HALO_OK;
 }
@@ -954,6 +1022,7 @@ int tokenizer_encode(const halo_tokenizer *t, const char *text, size_t len, bool
     }
     enc_ctx *c = tl_ctx;
     c->t = t;
+    c->seg_first = true;
     tok_ivec seq = {0};
     int rc = split_added(c, text, len, false, seg_raw, &seq);
     if (rc) { free(seq.p); *ids = NULL; *n_ids = 0; return HALO_ERR; }
@@ -1065,6 +1134,15 @@ static void dec_step(const tok_dec *d, tlist *in, tlist *out) {
         out->s[out->n++] = b;
         break;
     }
+    case DEC_METASPACE:   // the replacement back to a space; in the first token dropped (it was prepended)
+        for (size_t i = 0; i < in->n; i++) {
+            tok_buf b = {0};
+            replace_all(&b, in->s[i].p ? in->s[i].p : "", in->s[i].len, d->a, d->alen, " ", i == 0 && d->drop_first ? 0 : 1);
+            if (!b.p) tok_buf_put(&b, "", 0);
+            out->s = grow(out->s, out->n, &out->cap, sizeof *out->s);
+            out->s[out->n++] = b;
+        }
+        break;
     default: break;
     }
 }
