@@ -147,7 +147,8 @@ if [ -n "${ONLY:-}" ] && want "quality wide"; then env OUT="$LOG" QUALITY_WIDE=1
 step "test_cuda_lora (GPU LoRA vs CPU LoRA)" lora.log 90 $B/tests/test_cuda_lora
 keep lora.log "^\\| LoRA" 40
 # part 4 (validation loss on the GPU's weights) aborted with an illegal address in its first GPU run (2026-12-05)
-step "memcheck test_cuda_verbs --val-loss" valloss_memcheck.log 120 compute-sanitizer --tool memcheck --target-processes application-only $B/tests/test_cuda_verbs --val-loss
+step "memcheck test_cuda_verbs --val-loss" valloss_memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 9 --target-processes application-only $B/tests/test_cuda_verbs --val-loss
+keep valloss_memcheck.log "ERROR SUMMARY|Invalid __global__|Program hit" 6
 step "test_cuda_verbs (--device cuda verbs)" verbs.log 240 $B/tests/test_cuda_verbs
 keep verbs.log "resumed|moments lost|debug-step|after a cross-device|telemetry" 14
 if [ -n "$wpid" ]; then wait $wpid; echo "gpu_quality_check (wide) rc=$?" | tee -a "$S"; keep quality_wide.log "^\|" 10; fi

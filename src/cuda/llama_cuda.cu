@@ -863,6 +863,9 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
                 g->o.max_T);
         abort();
     }
+    // the staging buffer mirrors the device layout (ids, tgt, pos, seg at strides of N_max, alloc_all), so a batch
+    // smaller than the largest lands where the kernels read it
+    const int Nm = g->N_max;
     int32_t *s = g->stage;
     CUDA_CHECK(cudaEventSynchronize(g->staged));   // waits only for the previous upload, never for a whole step
     memcpy(s, b->input_ids, N * 4);
@@ -874,19 +877,19 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
                     b->targets ? b->targets[i] : -1, V);
             abort();
         }
-        s[N + i] = b->targets ? b->targets[i] : -1;
-        count += s[N + i] >= 0;
+        s[Nm + i] = b->targets ? b->targets[i] : -1;
+        count += s[Nm + i] >= 0;
         int p = b->pos ? b->pos[i] : i % b->T;
         if (p < 0 || p >= g->rope_len) { fprintf(stderr, "halo cuda: position %d out of range\n", p); abort(); }
-        s[2 * N + i] = p;
+        s[2 * Nm + i] = p;
     }
     // segment ids matter only when some row holds more than one segment
     g->has_seg = 0;
     if (b->seg)
         for (int i = 0; i < N && !g->has_seg; i++) g->has_seg = b->seg[i] != b->seg[(i / b->T) * b->T];
-    if (g->has_seg) memcpy(s + 3 * N, b->seg, N * 4);
+    if (g->has_seg) memcpy(s + 3 * Nm, b->seg, N * 4);
     // earlier kernels that still read the device copies run before this copy (stream order)
-    CUDA_CHECK(cudaMemcpyAsync(g->ids, s, (size_t)N * 4 * (g->has_seg ? 4 : 3), cudaMemcpyHostToDevice, g->st));
+    CUDA_CHECK(cudaMemcpyAsync(g->ids, s, ((size_t)Nm * (g->has_seg ? 3 : 2) + N) * 4, cudaMemcpyHostToDevice, g->st));
     CUDA_CHECK(cudaEventRecord(g->staged, g->st));
     g->B = b->B; g->T = b->T;
     return count;
