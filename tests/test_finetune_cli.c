@@ -160,7 +160,15 @@ int main(void) {
     free(text);
     snprintf(cmd, sizeof cmd, "%s/resumed.log", dir);
     CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "precision recorded"), "resume reported the recorded precision");
+    CHECK(text && !strstr(text, "different training options"), "a resume with the same options warns of nothing");
     free(text);
+    // a resume with other options names exactly the ones that differ
+    snprintf(cmd, sizeof cmd, "%%s --ckpt-dir %s/ck3 --resume %s/ck/step_00000002.safetensors --lr 1e-3 --steps 6 "
+             "> %s/resumed2.log 2>&1", dir, dir, dir);
+    CHECK(sh(cmd, common) == 0, "resumed run with other options");
+    snprintf(cmd, sizeof cmd, "%s/resumed2.log", dir);
+    CHECK(file_has(cmd, "different training options (steps 5 -> 6, lr 0.0005 -> 0.001)"),
+          "the warning lists steps and lr, nothing else");
     // halo export of the INT8 run's checkpoint carries the precision too, and equals the run's own export
     snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/ck --out %s/exported > %s/export.log 2>&1 && cmp %s/exported/model.safetensors "
              "%s/model/model.safetensors", bin, dir, dir, dir, dir, dir);

@@ -381,6 +381,34 @@ static char *options_that_matter(const char *json) {
     return s;
 }
 
+// "batch_size 2 -> 4, lr 4e-05 -> 0.001": the options whose values differ between two options objects (ignoring the
+// ones that do not change the run), or "" when none do. malloc'ed.
+static char *options_diff(const char *was_json, const char *now_json) {
+    char *a = options_that_matter(was_json), *b = options_that_matter(now_json);
+    cJSON *wa = cJSON_Parse(a), *wb = cJSON_Parse(b);
+    free(a); free(b);
+    size_t cap = 256, len = 0;
+    char *out = xmalloc(cap);
+    out[0] = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, wb) {
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(wa, x->string);
+        char *vx = cJSON_PrintUnformatted(x), *vy = y ? cJSON_PrintUnformatted(y) : xstrdup("(absent)");
+        if (strcmp(vx, vy)) {
+            char num_x[64], num_y[64];   // numbers as %g (the fp32 options print with many digits)
+            if (cJSON_IsNumber(x)) snprintf(num_x, sizeof num_x, "%g", x->valuedouble);
+            if (y && cJSON_IsNumber(y)) snprintf(num_y, sizeof num_y, "%g", y->valuedouble);
+            const char *sx = cJSON_IsNumber(x) ? num_x : vx, *sy = y && cJSON_IsNumber(y) ? num_y : vy;
+            size_t need = len + strlen(x->string) + strlen(sx) + strlen(sy) + 16;
+            if (need > cap) { cap = 2 * need; out = xrealloc(out, cap); }
+            len += (size_t)snprintf(out + len, cap - len, "%s%s %s -> %s", len ? ", " : "", x->string, sy, sx);
+        }
+        free(vx); free(vy);
+    }
+    cJSON_Delete(wa); cJSON_Delete(wb);
+    return out;
+}
+
 int trainer_resume(trainer *t, const char *ckpt_path) {
     checkpoint_meta meta;
     llama_config ccfg;
@@ -407,13 +435,11 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
         return HALO_ERR;
     }
     int rc = HALO_OK;
-    char *was = meta.options_json ? options_that_matter(meta.options_json) : NULL;
-    char *now = options_that_matter(t->options_json);
-    int differ = was && strcmp(was, now);
-    free(was); free(now);
-    if (differ)
-        fprintf(stderr, "warning: resuming %s with different training options; the run will not reproduce the "
-                "original one\n  checkpoint: %s\n  now:        %s\n", ckpt_path, meta.options_json, t->options_json);
+    char *diff = meta.options_json ? options_diff(meta.options_json, t->options_json) : NULL;
+    if (diff && *diff)
+        fprintf(stderr, "warning: resuming %s with different training options (%s); the run will not reproduce the "
+                "original one\n", ckpt_path, diff);
+    free(diff);
     t->step = (int)meta.step;
     t->rng = meta.rng;
     t->elapsed_before = meta.elapsed_s;
