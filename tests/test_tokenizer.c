@@ -513,6 +513,40 @@ static void metaspace_forms(void) {
     if (system(cmd)) {}
 }
 
+// The chat template beside a tokenizer: tokenizer_config.json's string, the "default" of a named list, and
+// chat_template.jinja taking precedence; none for Llama 2's files.
+static void chat_template_sources(void) {
+    halo_tokenizer *t;
+    CHECK(tokenizer_load(test_shared_path("tokenizers/llama3"), &t) == HALO_OK, "%s", halo_error());
+    const char *ct = tokenizer_chat_template(t);
+    CHECK(ct && strstr(ct, "{% set loop_messages = messages %}") && strstr(ct, "<|start_header_id|>"),
+          "Llama 3's chat_template read from tokenizer_config.json");
+    tokenizer_free(t);
+    CHECK(tokenizer_load(test_shared_path("tokenizers/llama2/tokenizer.json"), &t) == HALO_OK && !tokenizer_chat_template(t),
+          "Llama 2's files have no chat template");
+    tokenizer_free(t);
+    char dir[] = "/tmp/halo_tok_ct_XXXXXX", cmd[1024], path[300];
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(cmd, sizeof cmd, "cp %s %s/", test_shared_path("models/stories260K/tokenizer.json"), dir);
+    CHECK(system(cmd) == 0, "copy");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", \"template\": \"D\"}]}", f);
+    fclose(f);
+    CHECK(tokenizer_load(dir, &t) == HALO_OK && tokenizer_chat_template(t) && !strcmp(tokenizer_chat_template(t), "D"),
+          "the default of a named list");
+    tokenizer_free(t);
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    f = fopen(path, "w");
+    fputs("J{{ x }}\n", f);
+    fclose(f);
+    CHECK(tokenizer_load(dir, &t) == HALO_OK && tokenizer_chat_template(t) && !strcmp(tokenizer_chat_template(t), "J{{ x }}\n"),
+          "chat_template.jinja first");
+    tokenizer_free(t);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
 int main(void) {
     if (!test_shared()) {
         SKIP("shared data folder absent (set HALO_SHARED); tokenizer goldens not run");
@@ -561,6 +595,7 @@ int main(void) {
     }
     spm_model();
     metaspace_forms();
+    chat_template_sources();
     unsupported_component();
     split_behaviours();
     added_token_flags();

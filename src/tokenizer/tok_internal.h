@@ -97,6 +97,7 @@ typedef struct { bool is_seq; int32_t *ids; size_t n; } tok_tmpl_item;
 
 struct halo_tokenizer {
     char *path;
+    char *chat_template;        // chat_template.jinja, else tokenizer_config.json's chat_template ("default"), or NULL
     // model vocabulary: pieces[id] (NULL where an id is unused); n_pieces = max id + 1
     char **pieces; uint32_t *piece_len; int32_t n_pieces;
     tok_strmap vocab;

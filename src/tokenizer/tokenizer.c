@@ -480,18 +480,32 @@ int tok_finish(halo_tokenizer *t) {
         if (before && t->bos_id < 0 && t->tmpl[i].n) t->bos_id = t->tmpl[i].ids[0];
         if (!before && t->eos_id < 0 && t->tmpl[i].n) t->eos_id = t->tmpl[i].ids[0];
     }
-    if (t->bos_id < 0 || t->eos_id < 0) {
-        char cfgpath[4096];
+    {   // tokenizer_config.json beside the file: BOS/EOS when the template has none, and the chat template
+        char cfgpath[4096], jpath[4096];
         const char *slash = strrchr(t->path, '/');
         int dl = slash ? (int)(slash - t->path) : 1;
         snprintf(cfgpath, sizeof cfgpath, "%.*s/tokenizer_config.json", dl, slash ? t->path : ".");
+        snprintf(jpath, sizeof jpath, "%.*s/chat_template.jinja", dl, slash ? t->path : ".");
         char *data; size_t len;
         struct stat st;
-        if (stat(cfgpath, &st) == 0 && read_file(cfgpath, &data, &len) == HALO_OK) {
+        if (stat(jpath, &st) == 0 && S_ISREG(st.st_mode) && read_file(jpath, &data, &len) == HALO_OK) {
+            t->chat_template = xmalloc(len + 1);   // transformers 4.43+ writes the template to its own file
+            memcpy(t->chat_template, data, len);
+            t->chat_template[len] = 0;
+            free(data);
+        }
+        if (stat(cfgpath, &st) == 0 && S_ISREG(st.st_mode) && read_file(cfgpath, &data, &len) == HALO_OK) {
             cJSON *cfg = cJSON_ParseWithLength(data, len);
             if (cfg) {
                 if (t->bos_id < 0) t->bos_id = config_token(t, cfg, "bos_token");
                 if (t->eos_id < 0) t->eos_id = config_token(t, cfg, "eos_token");
+                const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template"), *it;
+                if (cJSON_IsArray(ct))   // named templates: [{"name": "default", "template": ...}, ...]
+                    cJSON_ArrayForEach(it, ct) {
+                        const char *nm = jstr(it, "name");
+                        if (nm && !strcmp(nm, "default")) ct = cJSON_GetObjectItemCaseSensitive(it, "template");
+                    }
+                if (!t->chat_template && cJSON_IsString(ct)) t->chat_template = xstrdup(ct->valuestring);
                 cJSON_Delete(cfg);
             }
             free(data);
@@ -670,6 +684,7 @@ int tokenizer_load(const char *file_or_dir, halo_tokenizer **out) {
 
 void tokenizer_free(halo_tokenizer *t) {
     if (!t) return;
+    free(t->chat_template);
     for (int32_t i = 0; i < t->n_pieces; i++) free(t->pieces[i]);
     free(t->pieces); free(t->piece_len);
     tok_strmap_free(&t->vocab);
@@ -1186,3 +1201,4 @@ const char *tokenizer_piece(const halo_tokenizer *t, int32_t id) {
 size_t tokenizer_vocab_size(const halo_tokenizer *t) { return (size_t)t->n_total; }
 int32_t tokenizer_bos_id(const halo_tokenizer *t) { return t->bos_id; }
 int32_t tokenizer_eos_id(const halo_tokenizer *t) { return t->eos_id; }
+const char *tokenizer_chat_template(const halo_tokenizer *t) { return t->chat_template; }

@@ -25,4 +25,7 @@ const char *tokenizer_piece(const halo_tokenizer *tok, int32_t id);        // th
 size_t tokenizer_vocab_size(const halo_tokenizer *tok);                   // including added tokens
 int32_t tokenizer_bos_id(const halo_tokenizer *tok);                      // -1 when none
 int32_t tokenizer_eos_id(const halo_tokenizer *tok);                      // -1 when none
+// The model's chat template (Jinja): chat_template.jinja beside the tokenizer, else tokenizer_config.json's
+// `chat_template` (the "default" one of a named list); NULL when there is none.
+const char *tokenizer_chat_template(const halo_tokenizer *tok);
 #endif
