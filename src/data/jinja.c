@@ -529,11 +529,11 @@ static void lex(lexer *L) {
         int rs, ls;
         size_t rawend;
         if (kind == '#') {
-            size_t q = tag + 2;
+            size_t body = tag + 2 + (sign == '-' || sign == '+'), q = body;   // "{#-#}": that '-' is the opener's
             while (q + 1 < L->len && !(s[q] == '#' && s[q + 1] == '}')) q++;
             if (q + 1 >= L->len) jfail(L->err, tag_line, "unclosed comment");
             L->line += count_nl(s + tag, q - tag);
-            char m = q > tag + 2 ? s[q - 1] : 0;
+            char m = q > body ? s[q - 1] : 0;
             L->pos = q + 2;
             if (m == '-') lx_skip_ws(L);
             else if (m != '+' && L->pos < L->len && s[L->pos] == '\n') L->pos++, L->line++;
@@ -670,6 +670,20 @@ static const char *expect_name(parser *P) {
     if (t->type != TK_NAME) unexpected(P, "a name");
     P->i++;
     return ar_strndup(P->ar, t->s, t->n);
+}
+
+// Filter and test names may be dotted ("a.b"), as in Jinja.
+static const char *expect_dotted(parser *P) {
+    const char *n = expect_name(P);
+    while (is_op(cur(P), ".") && P->t[P->i + 1].type == TK_NAME) {
+        const tok *t = &P->t[P->i + 1];
+        size_t a = strlen(n);
+        char *m = ar_alloc(P->ar, a + t->n + 2);
+        memcpy(m, n, a), m[a] = '.', memcpy(m + a + 1, t->s, t->n), m[a + 1 + t->n] = 0;
+        n = m;
+        P->i += 2;
+    }
+    return n;
 }
 
 static node *mk(parser *P, int k, int line) {
@@ -842,9 +856,9 @@ static node *parse_test(parser *P, node *n) {
     if (t->type != TK_NAME && !is_op(t, "==") && !is_op(t, "!=") && !is_op(t, "<") && !is_op(t, "<=") &&
         !is_op(t, ">") && !is_op(t, ">="))
         unexpected(P, "a test name");
-    x->name = ar_strndup(P->ar, t->s, t->n);
-    P->i++;
-    if ((x->id = test_id(x->name)) < 0) jfail(P->err, t->line, "unknown test '%s'", x->name);
+    if (t->type == TK_NAME) x->name = expect_dotted(P);
+    else x->name = ar_strndup(P->ar, t->s, t->n), P->i++;
+    x->id = test_id(x->name);   // unknown: checked after parsing (check_names)
     x->a = n;
     t = cur(P);
     if (is_op(t, "(")) parse_args(P, x);
@@ -865,8 +879,8 @@ static node *parse_filters(parser *P, node *n) {
         if (is_op(t, "|")) {
             P->i++;
             node *x = mk(P, E_FILTER, cur(P)->line);
-            x->name = expect_name(P);
-            if ((x->id = filter_id(x->name)) < 0) jfail(P->err, x->line, "unknown filter '%s'", x->name);
+            x->name = expect_dotted(P);
+            x->id = filter_id(x->name);   // unknown: checked after parsing (check_names)
             x->a = n;
             if (is_op(cur(P), "(")) { rec_enter(P); parse_args(P, x); P->rec--; }
             n = fin(P, x);
@@ -1077,7 +1091,7 @@ static node *parse_stmt(parser *P) {
     }
     if (is_name(t, "if") || is_name(t, "elif")) {
         node *n = mk(P, S_IF, line);
-        n->a = parse_tuple(P, 1);
+        n->a = parse_tuple(P, 0);   // as Jinja: no inline if in an if test
         expect_bend(P);
         static const char *const ends[] = {"endif", "elif", "else", NULL};
         n->b = parse_body(P, ends, line, "if");
@@ -1173,6 +1187,24 @@ static node *parse_body(parser *P, const char *const *ends, int open_line, const
     }
     P->nest--;
     return fin(P, body);
+}
+
+// Unknown filters and tests are syntax errors, except inside an if statement or an inline if, where Jinja only
+// fails when they are reached (its "soft" frames; a for or set block inside starts a hard one again).
+static void check_names(parser *P, const node *n, int soft) {
+    if (!n) return;
+    if ((n->k == E_FILTER || n->k == E_TEST) && n->id < 0 && !soft)
+        jfail(P->err, n->line, "unknown %s '%s'", n->k == E_FILTER ? "filter" : "test", n->name);
+    int s = n->k == S_IF || n->k == E_COND ? 1 : soft;
+    if (n->k == S_FOR) {
+        check_names(P, n->a, soft), check_names(P, n->b, soft);
+        check_names(P, n->c, 0), check_names(P, n->d, 0), check_names(P, n->e, 0);
+        return;
+    }
+    if (n->k == S_SETBLOCK) s = 0;
+    const node *ch[5] = {n->a, n->b, n->c, n->d, n->e};
+    for (int i = 0; i < 5; i++) check_names(P, ch[i], s);
+    for (size_t i = 0; i < n->nkid; i++) check_names(P, n->kid[i], s);
 }
 
 // ---------------------------------------------------------------- renderer state
@@ -2012,6 +2044,7 @@ static void merge_sort(rctx *c, jv *v, jv *key, jv *tv, jv *tk, size_t n, int re
 
 static jv apply_filter(rctx *c, int id, const char *name, const jv *v, const args *A) {
     int line = A->line;
+    if (id < 0) jfail(&c->err, line, "unknown filter '%s'", name);
     const jv *a0 = arg(A, 0, "\x01");
     size_t n;
     const jv *it;
@@ -2120,9 +2153,10 @@ static jv apply_filter(rctx *c, int id, const char *name, const jv *v, const arg
         jv *a = ar_alloc(&c->ar, (n + 1) * sizeof(jv));
         const jv *attr = arg(A, A->np, "attribute"), *dflt = arg(A, A->np, "default");
         int fid = -1;
+        const char *fname = NULL;
         if (!attr) {
             if (!a0) jfail(&c->err, line, "map: needs a filter name or attribute=");
-            const char *fname = cstr(c, need_str(c, a0, "map", line));
+            fname = cstr(c, need_str(c, a0, "map", line));
             if ((fid = filter_id(fname)) < 0) jfail(&c->err, line, "map: unknown filter '%s'", fname);
         }
         args sub = {A->np ? A->pos + 1 : NULL, A->np ? A->np - 1 : 0, A->kn, A->kv, A->nk, line};
@@ -2130,7 +2164,7 @@ static jv apply_filter(rctx *c, int id, const char *name, const jv *v, const arg
             if (attr) {
                 a[i] = attr_path(c, &it[i], attr, line);
                 if (a[i].t == V_UNDEF && dflt) a[i] = *dflt;
-            } else a[i] = apply_filter(c, fid, name, &it[i], &sub);
+            } else a[i] = apply_filter(c, fid, fname, &it[i], &sub);
         }
         return mk_list(a, n);
     }
@@ -2257,6 +2291,9 @@ static jv apply_filter(rctx *c, int id, const char *name, const jv *v, const arg
 
 static int apply_test(rctx *c, int id, const char *name, const jv *v, const args *A) {
     int line = A->line;
+    if (id < 0) jfail(&c->err, line, "unknown test '%s'", name);
+    if ((id < T_EQ || id == T_ODD || id == T_EVEN || id == T_LOWER || id == T_UPPER) && (A->np || A->nk))
+        jfail(&c->err, line, "test '%s' takes no arguments", name);
     const jv *a0 = arg(A, 0, "\x01");
     if (id >= T_EQ && id <= T_IN && !a0) jfail(&c->err, line, "test '%s' needs an argument", name);
     switch (id) {
@@ -2591,6 +2628,7 @@ int jinja_parse(const char *src, const char *where, jinja_template **out) {
         if (L.t[i].type == TK_TEXT || L.t[i].type == TK_STR) L.t[i].s = ar_strndup(&t->ar, L.t[i].s, L.t[i].n);
     parser P = {.ar = &t->ar, .err = err, .t = L.t};
     t->root = parse_body(&P, NULL, 1, NULL);
+    check_names(&P, t->root, 0);
     ar_free(&tmp);
     free(err);
     t->ar.err = NULL;   // the template's arena is never allocated from again
