@@ -323,6 +323,77 @@ static void test_json_array(void) {
     dataset_free(ds);
 }
 
+// The model's own chat template (DATASET_CHAT_TEMPLATE), with the byte-level mock: a ChatML template with a default
+// system message renders prompt and answer as transformers would; the loss covers exactly what the whole
+// conversation adds to the prompt (answer + "<|im_end|>\n"); AUTO picks the template when the tokenizer has one
+// and no Llama 3 tokens; raise_exception fails the record naming its line; a template whose full rendering does not
+// extend the prompt's, or a missing template, is refused.
+static void test_chat_template(void) {
+    static const char *CHATML =
+        "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    dataset_encoder enc = enc2;
+    enc.chat_template = CHATML;
+    dataset_config c;
+    dataset_config_default(&c);
+    c.val_fraction = 0;
+    c.shuffle = false;
+    c.seq_len = 128;
+    static const char *ct_data = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
+                                 "{\"role\": \"assistant\", \"content\": \"Hello!\"}]}\n"
+                                 "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                                 "{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \" 4 \"}]}\n";
+    c.path = tmp_file("ct.jsonl", ct_data);
+    dataset *ds = load(&c, &enc);
+    CHECK(ds && dataset_chat_used(ds) == DATASET_CHAT_TEMPLATE, "AUTO with a chat template and no Llama 3 tokens: %s",
+          ds ? "another format" : halo_error());
+    if (!ds) return;
+    dataset_pair pr;
+    const char *want0 = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 0, &pr) && !strcmp(pr.prompt_text, want0) && !strcmp(pr.answer, "Hello!"),
+          "ChatML prompt with the default system message: '%s'", pr.prompt_text);
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 1, &pr) &&
+          !strcmp(pr.prompt_text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n") &&
+          !strcmp(pr.answer, "4"), "ChatML prompt with the data's system message: '%s' / '%s'", pr.prompt_text, pr.answer);
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 128);
+    dataset_iter it = {0, 0, 0};
+    int k = 0;
+    dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, &k);
+    // row 1: the loss covers " 4 <|im_end|>\n" (the template's content, untrimmed, and its end of turn), nothing else
+    const int32_t *tg = b.targets + 128;
+    char got[64] = "";
+    size_t g = 0;
+    int first = -1;
+    for (int j = 0; j < 128; j++)
+        if (tg[j] >= 0) { if (first < 0) first = j; if (g < sizeof got - 1) got[g++] = (char)(tg[j] < 256 ? tg[j] : '#'); }
+    got[g] = 0;
+    CHECK(!strcmp(got, " 4 <|im_end|>\n") && first == (int)strlen(pr.prompt_text) - 1, "loss region '%s' from %d", got, first);
+    halo_batch_free(&b);
+    dataset_free(ds);
+    // prompt/answer records go through the template as a user and an assistant message
+    c.path = tmp_file("ct2.jsonl", "{\"prompt\": \"Hi\", \"completion\": \"Hello!\"}\n");
+    ds = load(&c, &enc);
+    CHECK(ds && !dataset_get_pair(ds, DATASET_TRAIN, 0, &pr) && !strcmp(pr.prompt_text, want0), "pairs: %s",
+          ds ? pr.prompt_text : halo_error());
+    dataset_free(ds);
+    // raise_exception names the record
+    enc.chat_template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                        "{% for m in messages %}{{ m['content'] }}|{% endfor %}";
+    c.path = tmp_file("ct.jsonl", ct_data);
+    CHECK(load(&c, &enc) == NULL && has(halo_error(), "ct.jsonl:2") && has(halo_error(), "System role not supported"),
+          "raise_exception: %s", halo_error());
+    // a template that renders the prompt's messages differently once the answer follows: no prefix, refused
+    enc.chat_template = "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m['content'] }}{% endfor %}";
+    CHECK(load(&c, &enc) == NULL && has(halo_error(), "does not start with its rendering of the prompt"),
+          "no prefix: %s", halo_error());
+    enc.chat_template = NULL;
+    c.chat = DATASET_CHAT_TEMPLATE;
+    CHECK(load(&c, &enc) == NULL && has(halo_error(), "the tokenizer has no chat template"), "no template: %s", halo_error());
+}
+
 // ---------------------------------------------------------------- chat formats
 
 static void test_chat_render(void) {
@@ -824,6 +895,68 @@ static halo_tokenizer *real_tokenizer(const char *rel) {
 
 // The golden conversations through dataset_load: prompt text and ids as transformers renders them, and the
 // training example = prompt_ids + the trimmed answer's ids + <|eot_id|> = a prefix of full_ids.
+// Llama 3's own chat_template (tokenizer_config.json) through the Jinja engine: the goldens' prompt text and ids,
+// and, since that template always ends with the assistant header, training ids equal to the whole full_ids.
+static void test_real_llama3_template(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
+    if (!tok) return;
+    long n;
+    char *buf = read_all(test_shared_path("goldens/chat_llama3.json"), &n);
+    cJSON *g = buf ? cJSON_Parse(buf) : NULL;
+    data_str lines = {0};
+    cJSON *conv;
+    cJSON_ArrayForEach(conv, g) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "messages", cJSON_Duplicate(cJSON_GetObjectItem(conv, "messages"), 1));
+        char *s = cJSON_PrintUnformatted(o);
+        data_str_puts(&lines, s);
+        data_str_puts(&lines, "\n");
+        free(s);
+        cJSON_Delete(o);
+    }
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = tmp_file("golden_t.jsonl", lines.p);
+    c.val_fraction = 0;
+    c.shuffle = false;
+    c.seq_len = 256;
+    c.chat = DATASET_CHAT_TEMPLATE;
+    dataset *ds = NULL;
+    CHECK(dataset_load(&c, tok, &ds) == 0 && dataset_chat_used(ds) == DATASET_CHAT_TEMPLATE, "load with the template: %s",
+          halo_error());
+    halo_batch b;
+    halo_batch_alloc(&b, 5, 256);
+    dataset_iter it = {0, 0, 0};
+    int k = 0, i = 0, ok_p = 0, ok_ids = 0, ok_full = 0;
+    if (ds) dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, &k);
+    cJSON_ArrayForEach(conv, g) {
+        if (!ds || i >= k) break;
+        dataset_pair pr;
+        dataset_get_pair(ds, DATASET_TRAIN, i, &pr);
+        ok_p += !strcmp(pr.prompt_text, cJSON_GetObjectItem(conv, "prompt_text")->valuestring);
+        cJSON *pid = cJSON_GetObjectItem(conv, "prompt_ids"), *fid = cJSON_GetObjectItem(conv, "full_ids");
+        bool same = pr.n_prompt_ids == cJSON_GetArraySize(pid);
+        for (int j = 0; same && j < pr.n_prompt_ids; j++) same = pr.prompt_ids[j] == cJSON_GetArrayItem(pid, j)->valueint;
+        ok_ids += same;
+        const int32_t *in = b.input_ids + (size_t)i * 256, *tg = b.targets + (size_t)i * 256;
+        int L = 0;
+        while (L < 256 && b.seg[(size_t)i * 256 + L] == 0) L++;
+        bool full = L + 1 == cJSON_GetArraySize(fid) && tg[L - 1] == cJSON_GetArrayItem(fid, L)->valueint;
+        for (int j = 0; full && j < L; j++) full = in[j] == cJSON_GetArrayItem(fid, j)->valueint;
+        ok_full += full;
+        i++;
+    }
+    CHECK(k == 5 && ok_p == 5 && ok_ids == 5 && ok_full == 5,
+          "Llama 3 template vs goldens: %d examples, prompt_text %d/5, prompt_ids %d/5, training ids == full_ids %d/5",
+          k, ok_p, ok_ids, ok_full);
+    halo_batch_free(&b);
+    dataset_free(ds);
+    cJSON_Delete(g);
+    free(buf);
+    data_str_free(&lines);
+    tokenizer_free(tok);
+}
+
 static void test_real_llama3(void) {
     halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
     if (!tok) return;
@@ -1044,6 +1177,7 @@ int main(void) {
     test_csv_dataset();
     test_check_vocab();
     test_json_array();
+    test_chat_template();
     test_jsonl();
     test_chat_render();
     test_presets();
@@ -1055,6 +1189,7 @@ int main(void) {
     test_metrics();
     test_shared_files();
     test_real_llama3();
+    test_real_llama3_template();
     test_real_llama2_and_text();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -34,6 +34,6 @@ static int32_t mock_token_id(void *ctx, const char *t) {
 static const char *mock_piece(void *ctx, int32_t id) { return id >= 256 && id < 256 + n_special(ctx) ? SPECIAL[id - 256] : NULL; }
 
 static mock M3 = {true}, M2 = {false};
-static dataset_encoder enc3 = {&M3, mock_encode, mock_token_id, mock_piece, ID_BOT, ID_EOT_TEXT};
-static dataset_encoder enc2 = {&M2, mock_encode, mock_token_id, mock_piece, ID_S, ID_ES};
+static dataset_encoder enc3 = {&M3, mock_encode, mock_token_id, mock_piece, ID_BOT, ID_EOT_TEXT, NULL};
+static dataset_encoder enc2 = {&M2, mock_encode, mock_token_id, mock_piece, ID_S, ID_ES, NULL};
 #endif

@@ -26,7 +26,8 @@ static void usage(void) {
            "  --tokenizer PATH     tokenizer.json or folder (default: the model folder's, when present)\n"
            "  --threads N          OpenMP threads\n"
            "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
-           "                       the tokenizer has its header tokens, else Llama 2 [INST]); --system S adds a system turn\n"
+           "                       the tokenizer has its header tokens, else the model's chat_template when it has one,\n"
+           "                       else Llama 2 [INST]); --system S adds a system turn\n"
            "  --json               with --prompt: print the JSON line instead of streaming text\n"
            "  --device cpu|cuda    where to decode (default: cuda when a GPU is present); cuda: the GPU KV-cache\n"
            "                       decoder with BF16 weights\n"
@@ -157,9 +158,14 @@ int cmd_generate(int argc, char **argv) {
             msgs[nm++] = (data_msg){"user", text};
             msgs[nm++] = (data_msg){"assistant", ""};
             data_str out_s = {0};
-            if (data_chat_render_prompt(l3 ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_LLAMA2, NULL, bos_text, eos_text, msgs, nm, &out_s)) {
-                fprintf(stderr, "halo generate: %s\n", halo_error()); return 1;
-            }
+            const char *ct = l3 ? NULL : tokenizer_chat_template(tok);
+            jinja_template *jt = NULL;
+            int rc_r = ct ? (jinja_parse(ct, "the tokenizer's chat_template", &jt) ||
+                             data_chat_render_template(jt, bos_text, eos_text, msgs, nm - 1, true, &out_s))
+                          : data_chat_render_prompt(l3 ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_LLAMA2, NULL, bos_text,
+                                                    eos_text, msgs, nm, &out_s);
+            jinja_free(jt);
+            if (rc_r) { fprintf(stderr, "halo generate: %s\n", halo_error()); data_str_free(&out_s); return 1; }
             rendered = out_s.p;
             if (l3 && use_eos && o.eos_id < 0) o.eos_id = tokenizer_token_id(tok, "<|eot_id|>");
         }

@@ -104,7 +104,8 @@ int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i) {
         else if (!strcmp(v, "llama3")) dc->chat = DATASET_CHAT_LLAMA3;
         else if (!strcmp(v, "llama2")) dc->chat = DATASET_CHAT_LLAMA2;
         else if (!strcmp(v, "plain")) dc->chat = DATASET_CHAT_PLAIN;
-        else return halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain", v), -1;
+        else if (!strcmp(v, "template")) dc->chat = DATASET_CHAT_TEMPLATE;
+        else return halo_fail("--chat: '%s' is not one of auto, llama3, llama2, plain, template", v), -1;
     }
     else if ((v = cli_flag_value(argc, argv, i, "--seq-len"))) {
         if (cli_parse_range("--seq-len", v, 2, 1 << 20, &n)) return -1;

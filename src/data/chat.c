@@ -1,5 +1,7 @@
 // Prompt rendering: "{column}" templates, and the chat formats (Llama 3 as its tokenizer_config.json chat template
 // renders it, Llama 2 [INST] with <<SYS>>, and a plain user template). The answer is appended by the caller.
+#include <cjson/cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 #include "data/data_internal.h"
 #include "util/error.h"
@@ -105,10 +107,29 @@ static int render_plain(const char *tmpl, const char *bos_text, const data_msg *
     return HALO_OK;
 }
 
-int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
-                            const data_msg *msgs, int n, data_str *out) {
+int data_chat_render_template(const jinja_template *t, const char *bos_text, const char *eos_text, const data_msg *msgs,
+                              int n, bool add_generation_prompt, data_str *out) {
+    cJSON *v = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(v, "messages");
+    for (int i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", msgs[i].role);
+        cJSON_AddStringToObject(o, "content", msgs[i].content);
+        cJSON_AddItemToArray(arr, o);
+    }
+    cJSON_AddStringToObject(v, "bos_token", bos_text);
+    cJSON_AddStringToObject(v, "eos_token", eos_text);
+    cJSON_AddBoolToObject(v, "add_generation_prompt", add_generation_prompt);
+    char *s = NULL;
+    int rc = jinja_render(t, v, &s);
+    cJSON_Delete(v);
     data_str_clear(out);
     data_str_append(out, "", 0);
+    if (rc == HALO_OK) data_str_puts(out, s);
+    free(s);
+    return rc;
+}
+
+int data_chat_check(const data_msg *msgs, int n) {
     int n_user = 0;
     for (int i = 0; i < n; i++) {
         const char *r = msgs[i].role;
@@ -119,6 +140,14 @@ int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char
     if (n < 2 || strcmp(msgs[n - 1].role, "assistant"))
         return halo_fail("a conversation must end with an assistant message (the answer to learn)");
     if (!n_user) return halo_fail("a conversation needs a user message");
+    return HALO_OK;
+}
+
+int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                            const data_msg *msgs, int n, data_str *out) {
+    data_str_clear(out);
+    data_str_append(out, "", 0);
+    if (data_chat_check(msgs, n)) return HALO_ERR;
     switch (fmt) {
     case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, out); return HALO_OK;
     case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, out);

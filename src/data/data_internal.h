@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "data/dataset.h"
+#include "data/jinja.h"
 
 typedef struct { char *p; size_t n, cap; } data_str;   // p is NUL-terminated whenever n > 0 or after any append
 void data_str_append(data_str *s, const char *text, size_t len);
@@ -49,4 +50,10 @@ typedef struct { const char *role; const char *content; } data_msg;
 // ending with the assistant's generation prompt; the BOS piece (bos_text, may be "") is written first.
 int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
                             const data_msg *msgs, int n, data_str *out);
+// HALO_ERR unless msgs is a conversation to learn from: known roles, a user message, the last one the assistant's.
+int data_chat_check(const data_msg *msgs, int n);
+// The model's chat template over msgs[0..n) with bos_token, eos_token and add_generation_prompt, as transformers'
+// apply_chat_template renders it.
+int data_chat_render_template(const jinja_template *t, const char *bos_text, const char *eos_text, const data_msg *msgs,
+                              int n, bool add_generation_prompt, data_str *out);
 #endif

@@ -77,7 +77,8 @@ typedef struct {
     const char *bos_text, *eos_text;
     int32_t *stream;         // text: the file's token stream
     size_t n_stream, cap_stream;
-    data_str prompt, a, b;
+    data_str prompt, a, b, full;
+    jinja_template *tmpl;    // DATASET_CHAT_TEMPLATE: the model's chat template
 } loader;
 
 static uint64_t splitmix(uint64_t *s) {
@@ -169,9 +170,41 @@ static void flush_text_stream(loader *ld, int64_t line) {
     ld->n_stream = ld->cap_stream = 0;
 }
 
+// With the model's chat template, as TRL does for prompt/completion data: the prompt is the conversation without its
+// last message, rendered with the generation prompt; the answer is what the whole conversation's rendering adds to it
+// (the template's end-of-turn included), tokenized apart.
+static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line) {
+    if (data_chat_check(m, n) ||
+        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n - 1, true, &ld->prompt) ||
+        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n, false, &ld->full))
+        return BAD;
+    if (ld->full.n < ld->prompt.n || memcmp(ld->full.p, ld->prompt.p, ld->prompt.n))
+        return halo_fail("the chat template's rendering of the conversation does not start with its rendering of the "
+                         "prompt (the conversation without the answer, with the generation prompt): the answer "
+                         "cannot be told apart; use --chat llama3, llama2 or plain"), BAD;
+    if (ld->full.n == ld->prompt.n) return halo_fail("the chat template renders nothing for the answer"), BAD;
+    int32_t *ids = NULL;
+    size_t k = 0, cap = 0;
+    if (encode_into(ld, ld->prompt.p, ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
+    size_t n_prompt = k;
+    if (encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
+    if (k > INT32_MAX / 2) { free(ids); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
+    ds_example *e = new_example(ld->ds);
+    e->ids = ids;
+    e->n_full = e->n = (int32_t)k;
+    e->n_prompt = (int32_t)n_prompt;
+    e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
+    e->prompt = xstrdup(ld->prompt.p);
+    e->answer = data_strip_dup(m[n - 1].content);
+    e->file = ld->file;
+    e->line = line;
+    return HALO_OK;
+}
+
 // A conversation (the last message is the answer) becomes one example: [BOS] prompt answer end-of-turn.
 static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
     if (set_kind(ld, KIND_CHAT, line)) return HALO_ERR;
+    if (ld->ds->chat == DATASET_CHAT_TEMPLATE) return add_conv_template(ld, m, n, line);
     if (data_chat_render_prompt(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, n, &ld->prompt))
         return BAD;
     char *answer = data_strip_dup(m[n - 1].content);
@@ -569,8 +602,9 @@ static int apply_preset(dataset_config *c, const char **metric) {
 
 static dataset_chat resolve_chat(dataset_chat want, const dataset_encoder *enc) {
     if (want != DATASET_CHAT_AUTO) return want;
-    return enc->token_id(enc->ctx, "<|start_header_id|>") >= 0 && enc->token_id(enc->ctx, "<|eot_id|>") >= 0
-               ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_PLAIN;
+    if (enc->token_id(enc->ctx, "<|start_header_id|>") >= 0 && enc->token_id(enc->ctx, "<|eot_id|>") >= 0)
+        return DATASET_CHAT_LLAMA3;
+    return enc->chat_template ? DATASET_CHAT_TEMPLATE : DATASET_CHAT_PLAIN;
 }
 
 // Validation split, cut to seq_len and the statistics.
@@ -646,7 +680,12 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
     const char *eos = enc->eos_id >= 0 && enc->piece ? enc->piece(enc->ctx, enc->eos_id) : NULL;
     ld.bos_text = bos ? bos : "";
     ld.eos_text = eos ? eos : "";
-    if (ds->chat == DATASET_CHAT_LLAMA3) {
+    if (ds->chat == DATASET_CHAT_TEMPLATE) {   // its end-of-turn comes from the template's text
+        ld.eot_id = -1;
+        if (!enc->chat_template)
+            { dataset_free(ds); return halo_fail("--chat template: the tokenizer has no chat template (tokenizer_config.json's chat_template or chat_template.jinja)"); }
+        if (jinja_parse(enc->chat_template, "the tokenizer's chat_template", &ld.tmpl)) { dataset_free(ds); return HALO_ERR; }
+    } else if (ds->chat == DATASET_CHAT_LLAMA3) {
         ld.eot_id = enc->token_id(enc->ctx, "<|eot_id|>");
         if (ld.eot_id < 0 || enc->token_id(enc->ctx, "<|start_header_id|>") < 0)
             { dataset_free(ds); return halo_fail("the Llama 3 chat format needs a tokenizer with <|eot_id|> and <|start_header_id|>"); }
@@ -665,6 +704,8 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
     data_str_free(&ld.prompt);
     data_str_free(&ld.a);
     data_str_free(&ld.b);
+    data_str_free(&ld.full);
+    jinja_free(ld.tmpl);
     free(ld.stream);
     if (!rc && ds->n_ex == 0) rc = halo_fail("%s: no examples", c->path);
     if (rc) { dataset_free(ds); return HALO_ERR; }
@@ -706,7 +747,7 @@ const char *dataset_metric_name(const dataset *ds) { return ds->metric; }
 dataset_chat dataset_chat_used(const dataset *ds) { return ds->chat; }
 
 void dataset_summary(const dataset *ds, char *buf, size_t n) {
-    static const char *const CHAT[] = {"auto", "llama3", "llama2", "plain"};
+    static const char *const CHAT[] = {"auto", "llama3", "llama2", "plain", "template"};
     const dataset_stats *s = &ds->st;
     int k = snprintf(buf, n, "%" PRId64 " train + %" PRId64 " val %s (%s); %" PRId64 " tokens, %" PRId64
                      " in the loss; %" PRId64 " truncated to %d positions (%" PRId64 " tokens dropped, longest %"

@@ -10,8 +10,10 @@
 #include "tokenizer/tokenizer.h"
 
 typedef enum { DATASET_FMT_AUTO, DATASET_FMT_TEXT, DATASET_FMT_JSONL, DATASET_FMT_CSV } dataset_format;
-// AUTO picks LLAMA3 when the tokenizer has <|start_header_id|> and <|eot_id|>, else PLAIN.
-typedef enum { DATASET_CHAT_AUTO, DATASET_CHAT_LLAMA3, DATASET_CHAT_LLAMA2, DATASET_CHAT_PLAIN } dataset_chat;
+// AUTO picks LLAMA3 when the tokenizer has <|start_header_id|> and <|eot_id|>, else TEMPLATE when the tokenizer
+// has a chat template, else PLAIN.
+// TEMPLATE: the model's own chat template (tokenizer_config.json / chat_template.jinja) as transformers renders it.
+typedef enum { DATASET_CHAT_AUTO, DATASET_CHAT_LLAMA3, DATASET_CHAT_LLAMA2, DATASET_CHAT_PLAIN, DATASET_CHAT_TEMPLATE } dataset_chat;
 typedef enum { DATASET_TRAIN = 0, DATASET_VAL = 1 } dataset_split;
 
 typedef struct {
@@ -103,6 +105,7 @@ typedef struct {
     int32_t (*token_id)(void *ctx, const char *token);   // -1 when absent
     const char *(*piece)(void *ctx, int32_t id);         // vocabulary string of an id, or NULL
     int32_t bos_id, eos_id;                              // -1 when none
+    const char *chat_template;                           // the model's Jinja chat template, or NULL
 } dataset_encoder;
 int dataset_load_with(const dataset_config *cfg, const dataset_encoder *enc, dataset **out);
 

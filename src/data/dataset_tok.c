@@ -9,6 +9,7 @@ static int32_t tok_token_id(void *ctx, const char *token) { return tokenizer_tok
 static const char *tok_piece(void *ctx, int32_t id) { return tokenizer_piece(ctx, id); }
 
 int dataset_load(const dataset_config *cfg, const halo_tokenizer *tok, dataset **out) {
-    dataset_encoder enc = {(void *)tok, tok_encode, tok_token_id, tok_piece, tokenizer_bos_id(tok), tokenizer_eos_id(tok)};
+    dataset_encoder enc = {(void *)tok, tok_encode, tok_token_id, tok_piece, tokenizer_bos_id(tok), tokenizer_eos_id(tok),
+                           tokenizer_chat_template(tok)};
     return dataset_load_with(cfg, &enc, out);
 }
