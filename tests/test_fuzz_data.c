@@ -945,6 +945,7 @@ static void test_adapters(int n_mut) {
         {"{\"r\": 1e300, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\", \"k_proj\", \"up_proj\"]}", "'r'", 0},
         {"{\"r\": 2147483647, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\", \"k_proj\", \"up_proj\"]}", "rank", 0},
         {"{\"r\": 4, \"lora_alpha\": \"16\", \"target_modules\": [\"q_proj\", \"k_proj\", \"up_proj\"]}", "lora_alpha", 0},
+        {"{\"r\": 4, \"lora_alpha\": 1e300, \"target_modules\": [\"q_proj\", \"k_proj\", \"up_proj\"]}", "alpha", 0},
         {"{\"r\": 4, \"lora_alpha\": 16, \"lora_dropout\": \"0.1\", \"target_modules\": [\"q_proj\", \"k_proj\", \"up_proj\"]}", "lora_dropout", 0},
         {"{\"r\": 4, \"lora_alpha\": 16, \"target_modules\": []}", "no linear", 0},
         {"{\"r\": 4, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\", 7]}", "target_modules", 0},

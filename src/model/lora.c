@@ -39,6 +39,8 @@ lora_config lora_config_default(void) {
 static int check_config(const lora_config *c, const char *where) {
     if (c->rank <= 0) return halo_fail("%sLoRA rank %d: must be positive", where, c->rank);
     if (!(c->alpha > 0) || !isfinite(c->alpha)) return halo_fail("%sLoRA alpha %g: must be positive", where, c->alpha);
+    if (c->alpha > 1e6)   // alpha / r scales the adapters in fp32: 1e300 made it infinite and every loss NaN
+        return halo_fail("%sLoRA alpha %g: must be at most 1e6", where, c->alpha);
     if (!(c->dropout >= 0 && c->dropout < 1)) return halo_fail("%sLoRA dropout %g: must be in [0, 1)", where, c->dropout);
     if (!(c->kinds & ((1u << LIN_COUNT) - 1))) return halo_fail("%sLoRA on no linear", where);
     return HALO_OK;
