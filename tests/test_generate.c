@@ -6,6 +6,7 @@
 #include "model/llama.h"
 #include "test.h"
 #include "train/checkpoint.h"
+#include "tokenizer/tokenizer.h"
 #include "train/generate.h"
 #include "util/error.h"
 #include "util/fileio.h"
@@ -118,9 +119,46 @@ static void test_export(void) {
     run(cmd);
 }
 
+// `halo generate --chat` on a model whose tokenizer has a chat template (and no Llama 3 tokens) renders the prompt
+// with that template: the prompt ids printed equal the tokenizer's ids of the rendering written out by hand.
+static void test_chat_template_prompt(void) {
+    char dir[] = "/tmp/halo_gen_ct_XXXXXX", cmd[2048];
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(cmd, sizeof cmd, "cp %s/* %s/", test_shared_path("models/stories260K"), dir);
+    CHECK(run(cmd) == 0, "copy stories260K");
+    char path[512];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"chat_template\": \"{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + eos_token }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}\"}", f);
+    fclose(f);
+    const char *b = getenv("BUILD");
+    snprintf(cmd, sizeof cmd, "%s/halo generate --model %s --chat --system 'Be kind.' --prompt 'Once upon a time' "
+             "--max-new-tokens 3 --json --device cpu > %s/out.json", b && *b ? b : "build", dir, dir);
+    CHECK(run(cmd) == 0, "generate --chat with a template");
+    snprintf(path, sizeof path, "%s/out.json", dir);
+    char *json = NULL;
+    halo_read_file(path, &json, NULL);
+    cJSON *j = json ? cJSON_Parse(json) : NULL, *ids = cJSON_GetObjectItem(j, "prompt_ids");
+    halo_tokenizer *tok = NULL;
+    int32_t *want = NULL;
+    size_t nw = 0;
+    const char *text = "<|system|>Be kind.</s><|user|>Once upon a time</s><|assistant|>";
+    int ok = tokenizer_load(dir, &tok) == HALO_OK && tokenizer_encode(tok, text, strlen(text), false, &want, &nw) == HALO_OK &&
+             cJSON_IsArray(ids) && (size_t)cJSON_GetArraySize(ids) == nw;
+    for (size_t i = 0; ok && i < nw; i++) ok = cJSON_GetArrayItem(ids, (int)i)->valueint == want[i];
+    CHECK(ok, "prompt ids are the template's rendering '%s' (%zu ids): %s", text, nw, json ? json : "(no output)");
+    free(want);
+    tokenizer_free(tok);
+    cJSON_Delete(j);
+    free(json);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    run(cmd);
+}
+
 int main(void) {
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); greedy golden skipped");
-    else test_greedy_golden();
+    else { test_greedy_golden(); test_chat_template_prompt(); }
     test_export();
     TEST_END();
 }
