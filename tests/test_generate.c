@@ -156,9 +156,44 @@ static void test_chat_template_prompt(void) {
     run(cmd);
 }
 
+// generation_config.json's eos_token_id list ends generation at any of its ids, as transformers' generate does: a
+// greedy run's third token, added to the list, cuts the same run to three tokens.
+static void test_generation_config_stops(void) {
+    char dir[] = "/tmp/halo_gen_stop_XXXXXX", cmd[2048], path[512];
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(cmd, sizeof cmd, "cp %s/* %s/ && rm %s/generation_config.json", test_shared_path("models/stories260K"), dir, dir);
+    CHECK(run(cmd) == 0, "copy stories260K");
+    const char *b = getenv("BUILD");
+    int32_t got[2][16];
+    int n[2] = {0, 0};
+    for (int pass = 0; pass < 2; pass++) {
+        snprintf(cmd, sizeof cmd, "%s/halo generate --model %s --prompt-ids 1,403,407 --max-new-tokens 8 --json "
+                 "--device cpu > %s/out.json", b && *b ? b : "build", dir, dir);
+        CHECK(run(cmd) == 0, "generate (pass %d)", pass);
+        snprintf(path, sizeof path, "%s/out.json", dir);
+        char *json = NULL;
+        halo_read_file(path, &json, NULL);
+        cJSON *j = json ? cJSON_Parse(json) : NULL, *ids = cJSON_GetObjectItem(j, "generated_ids");
+        for (int i = 0; i < cJSON_GetArraySize(ids) && i < 16; i++) got[pass][n[pass]++] = cJSON_GetArrayItem(ids, i)->valueint;
+        cJSON_Delete(j);
+        free(json);
+        if (pass == 0) {   // the third token becomes a stop id
+            snprintf(path, sizeof path, "%s/generation_config.json", dir);
+            FILE *f = fopen(path, "w");
+            fprintf(f, "{\"eos_token_id\": [2, %d]}", n[0] >= 3 ? got[0][2] : -1);
+            fclose(f);
+        }
+    }
+    int cut = n[0] == 8 && got[0][0] != got[0][2] && got[0][1] != got[0][2] && n[1] == 3 &&
+              !memcmp(got[0], got[1], 3 * sizeof(int32_t));
+    CHECK(cut, "a stop id from generation_config.json ends generation: %d tokens, then %d", n[0], n[1]);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    run(cmd);
+}
+
 int main(void) {
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); greedy golden skipped");
-    else { test_greedy_golden(); test_chat_template_prompt(); }
+    else { test_greedy_golden(); test_chat_template_prompt(); test_generation_config_stops(); }
     test_export();
     TEST_END();
 }

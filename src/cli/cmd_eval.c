@@ -120,6 +120,7 @@ int cmd_eval(int argc, char **argv) {
         go.max_new_tokens = (int)max_new;
         int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
         go.eos_id = dataset_chat_used(ds) == DATASET_CHAT_LLAMA3 && eot >= 0 ? eot : tokenizer_eos_id(tok);
+        if (rc == HALO_OK) rc = gen_read_stops(model_dir, &go);
         // the GPU decodes `batch` prompts at a time, with a cache as long as the longest prompt + max_new needs
         int nb = use_cuda ? (int)(batch < total ? batch : (total > 0 ? total : 1)) : 1;
         int32_t **outs = xmalloc(sizeof(int32_t *) * (size_t)nb);
@@ -161,7 +162,7 @@ int cmd_eval(int argc, char **argv) {
                 int32_t *out = outs[k];
                 int n_out = n_outs[k];
                 dataset_pair p = pairs[k];
-                if (n_out > 0 && out[n_out - 1] == go.eos_id) n_out--;
+                if (n_out > 0 && gen_is_end(&go, out[n_out - 1])) n_out--;
                 char *pred = tokenizer_decode(tok, out, (size_t)n_out, true);
                 double score = metric_score(metric, pred, p.answer);
                 correct += score;

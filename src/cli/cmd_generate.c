@@ -178,6 +178,7 @@ int cmd_generate(int argc, char **argv) {
     llama_model m;
     if (cli_load_model(&m, model_dir, adapter, &co)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); return 1; }
     if (o.eos_id < 0) o.eos_id = use_eos ? m.cfg.eos_id : -1;
+    if (use_eos && gen_read_stops(model_dir, &o)) { fprintf(stderr, "halo generate: %s\n", halo_error()); free(prompt); llama_free(&m); return 1; }
     stream_ctx st = {tok, NULL, 0, 0};
     int streaming = text && tok && !json;   // text in, text out as it is generated; ids in (or --json): one JSON line
     if (streaming) {

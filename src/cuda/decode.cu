@@ -505,7 +505,7 @@ extern "C" int cuda_generate(cuda_decoder *d, int ns, const int32_t *const *prom
             out[s][n_out[s]++] = tok;
             if (ns == 1 && o->on_token) o->on_token(o->on_token_ctx, tok);
             row_of[s] = -1;
-            if (tok == o->eos_id && !o->ignore_eos) continue;
+            if (gen_is_end(o, tok)) continue;
             if (k + 1 < o->max_new_tokens) {
                 rseq[n] = s; rtok[n] = tok; rpos[n] = next_pos[s]++; rout[n] = n;
                 row_of[s] = n++;

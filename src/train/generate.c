@@ -1,9 +1,11 @@
 // Greedy and sampled decoding (see generate.h). Sampling follows the usual order: temperature, then top-k, then
 // top-p over the renormalized distribution, then one draw.
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include "train/generate.h"
 #include "util/error.h"
+#include "util/fileio.h"
 
 gen_options gen_options_default(void) {
     return (gen_options){.max_new_tokens = 64, .temperature = 0, .top_k = 0, .top_p = 1, .seed = 0, .eos_id = -1};
@@ -73,10 +75,28 @@ int gen_generate(llama_model *m, const int32_t *prompt, int n_prompt, const gen_
         int32_t tok = gen_pick_token(logits, V, o, &rng, work);
         out[(*n_out)++] = tok;
         if (o->on_token) o->on_token(o->on_token_ctx, tok);
-        if (tok == o->eos_id && !o->ignore_eos) break;
+        if (gen_is_end(o, tok)) break;
         if (k + 1 < o->max_new_tokens) llama_decode_step(m, &kv, tok, pos++, logits);
     }
     free(logits); free(work);
     llama_kv_free(&kv);
     return HALO_OK;
+}
+
+int gen_read_stops(const char *model_dir, gen_options *o) {
+    char *path = halo_path_join(model_dir, "generation_config.json"), *text = NULL;
+    if (!halo_file_exists(path)) { free(path); return HALO_OK; }
+    int rc = halo_read_file(path, &text, NULL);
+    cJSON *j = rc == HALO_OK ? cJSON_Parse(text) : NULL;
+    if (rc == HALO_OK && !cJSON_IsObject(j)) rc = halo_fail("%s: not a JSON object", path);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id"), *it;
+    if (cJSON_IsNumber(e) && o->n_stop < 8) o->stop_ids[o->n_stop++] = (int32_t)e->valuedouble;
+    else if (cJSON_IsArray(e))
+        cJSON_ArrayForEach(it, e)
+            if (cJSON_IsNumber(it) && it->valuedouble == (int32_t)it->valuedouble && o->n_stop < 8)
+                o->stop_ids[o->n_stop++] = (int32_t)it->valuedouble;
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    return rc;
 }

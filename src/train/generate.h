@@ -13,12 +13,25 @@ typedef struct {
     float top_p;         // keep the smallest set whose probability reaches top_p; 1 = all
     uint64_t seed;
     int32_t eos_id;      // stop after generating it; -1 = none
+    int32_t stop_ids[8]; // more ids that end generation as eos_id does (generation_config.json's eos_token_id list)
+    int n_stop;
     int ignore_eos;
     void (*on_token)(void *ctx, int32_t id);   // optional: called with each generated token as it is chosen
     void *on_token_ctx;
 } gen_options;
 
 gen_options gen_options_default(void);   // greedy, 64 new tokens, top_k 0, top_p 1, seed 0, eos -1
+
+// Whether generating `tok` ends the sequence (eos_id or one of stop_ids; never with ignore_eos).
+static inline int gen_is_end(const gen_options *o, int32_t tok) {
+    if (o->ignore_eos) return 0;
+    if (tok == o->eos_id) return 1;
+    for (int i = 0; i < o->n_stop; i++) if (tok == o->stop_ids[i]) return 1;
+    return 0;
+}
+// Adds generation_config.json's eos_token_id (a number or a list) in model_dir to o->stop_ids; no file, no change.
+// HALO_ERR naming the file when it is not JSON.
+int gen_read_stops(const char *model_dir, gen_options *o);
 
 // Chooses the next token from logits[V] (overwritten: scaled, then turned into probabilities when sampling).
 // work[V] int32 scratch for the candidate order. The RNG is only used when temperature > 0.
