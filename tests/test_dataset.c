@@ -895,17 +895,16 @@ static halo_tokenizer *real_tokenizer(const char *rel) {
 
 // The golden conversations through dataset_load: prompt text and ids as transformers renders them, and the
 // training example = prompt_ids + the trimmed answer's ids + <|eot_id|> = a prefix of full_ids.
-// Llama 3's own chat_template (tokenizer_config.json) through the Jinja engine: the goldens' prompt text and ids,
-// and, since that template always ends with the assistant header, training ids equal to the whole full_ids.
-static void test_real_llama3_template(void) {
-    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
-    if (!tok) return;
+// The golden conversations of goldens/chat_llama3.json (*g, parsed) as a JSONL dataset in chat format `chat`.
+static dataset *golden_dataset(halo_tokenizer *tok, dataset_chat chat, const char *name, cJSON **g) {
     long n;
     char *buf = read_all(test_shared_path("goldens/chat_llama3.json"), &n);
-    cJSON *g = buf ? cJSON_Parse(buf) : NULL;
+    *g = buf ? cJSON_Parse(buf) : NULL;
+    free(buf);
+    CHECK(*g && cJSON_GetArraySize(*g) == 5, "golden file");
     data_str lines = {0};
     cJSON *conv;
-    cJSON_ArrayForEach(conv, g) {
+    cJSON_ArrayForEach(conv, *g) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "messages", cJSON_Duplicate(cJSON_GetObjectItem(conv, "messages"), 1));
         char *s = cJSON_PrintUnformatted(o);
@@ -916,14 +915,26 @@ static void test_real_llama3_template(void) {
     }
     dataset_config c;
     dataset_config_default(&c);
-    c.path = tmp_file("golden_t.jsonl", lines.p);
+    c.path = tmp_file(name, lines.p ? lines.p : "");
     c.val_fraction = 0;
     c.shuffle = false;
     c.seq_len = 256;
-    c.chat = DATASET_CHAT_TEMPLATE;
+    c.chat = chat;
     dataset *ds = NULL;
-    CHECK(dataset_load(&c, tok, &ds) == 0 && dataset_chat_used(ds) == DATASET_CHAT_TEMPLATE, "load with the template: %s",
-          halo_error());
+    CHECK(dataset_load(&c, tok, &ds) == 0 && dataset_chat_used(ds) == (chat == DATASET_CHAT_AUTO ? DATASET_CHAT_LLAMA3 : chat),
+          "load golden (%s): %s", name, halo_error());
+    data_str_free(&lines);
+    return ds;
+}
+
+// Llama 3's own chat_template (tokenizer_config.json) through the Jinja engine: the goldens' prompt text and ids,
+// and, since that template always ends with the assistant header, training ids equal to the whole full_ids.
+static void test_real_llama3_template(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
+    if (!tok) return;
+    cJSON *g = NULL;
+    dataset *ds = golden_dataset(tok, DATASET_CHAT_TEMPLATE, "golden_t.jsonl", &g);
+    cJSON *conv;
     halo_batch b;
     halo_batch_alloc(&b, 5, 256);
     dataset_iter it = {0, 0, 0};
@@ -952,37 +963,15 @@ static void test_real_llama3_template(void) {
     halo_batch_free(&b);
     dataset_free(ds);
     cJSON_Delete(g);
-    free(buf);
-    data_str_free(&lines);
     tokenizer_free(tok);
 }
 
 static void test_real_llama3(void) {
     halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
     if (!tok) return;
-    long n;
-    char *buf = read_all(test_shared_path("goldens/chat_llama3.json"), &n);
-    cJSON *g = buf ? cJSON_Parse(buf) : NULL;
-    CHECK(g && cJSON_GetArraySize(g) == 5, "golden file");
-    data_str lines = {0};
+    cJSON *g = NULL;
+    dataset *ds = golden_dataset(tok, DATASET_CHAT_AUTO, "golden.jsonl", &g);
     cJSON *conv;
-    cJSON_ArrayForEach(conv, g) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToObject(o, "messages", cJSON_Duplicate(cJSON_GetObjectItem(conv, "messages"), 1));
-        char *s = cJSON_PrintUnformatted(o);
-        data_str_puts(&lines, s);
-        data_str_puts(&lines, "\n");
-        free(s);
-        cJSON_Delete(o);
-    }
-    dataset_config c;
-    dataset_config_default(&c);
-    c.path = tmp_file("golden.jsonl", lines.p);
-    c.val_fraction = 0;
-    c.shuffle = false;
-    c.seq_len = 256;
-    dataset *ds = NULL;
-    CHECK(dataset_load(&c, tok, &ds) == 0 && dataset_chat_used(ds) == DATASET_CHAT_LLAMA3, "load golden: %s", halo_error());
     int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
     halo_batch b;
     halo_batch_alloc(&b, 5, 256);
@@ -1024,11 +1013,10 @@ static void test_real_llama3(void) {
     }
     halo_batch_free(&b);
     dataset_free(ds);
-    data_str_free(&lines);
     cJSON_Delete(g);
-    free(buf);
 
     // ViGGO train.csv: all 5103 rows, Llama 3 chat format, none longer than 512 positions.
+    dataset_config c;
     dataset_config_default(&c);
     c.preset = "viggo";
     c.path = test_shared_path("data/viggo/train.csv");

@@ -170,6 +170,22 @@ static void flush_text_stream(loader *ld, int64_t line) {
     ld->n_stream = ld->cap_stream = 0;
 }
 
+// Adds a prompt/answer example: ids [k] (taken), the loss from n_prompt on (everything with loss_on_all), the
+// rendered prompt (ld->prompt) and the reference answer (taken) for evaluation.
+static int push_conv_example(loader *ld, int32_t *ids, size_t k, size_t n_prompt, char *answer, int64_t line) {
+    if (k > INT32_MAX / 2) { free(ids); free(answer); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
+    ds_example *e = new_example(ld->ds);
+    e->ids = ids;
+    e->n_full = e->n = (int32_t)k;
+    e->n_prompt = (int32_t)n_prompt;
+    e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
+    e->prompt = xstrdup(ld->prompt.p);
+    e->answer = answer;
+    e->file = ld->file;
+    e->line = line;
+    return HALO_OK;
+}
+
 // With the model's chat template, as TRL does for prompt/completion data: the prompt is the conversation without its
 // last message, rendered with the generation prompt; the answer is what the whole conversation's rendering adds to it
 // (the template's end-of-turn included), tokenized apart.
@@ -188,17 +204,7 @@ static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line)
     if (encode_into(ld, ld->prompt.p, ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
     size_t n_prompt = k;
     if (encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
-    if (k > INT32_MAX / 2) { free(ids); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
-    ds_example *e = new_example(ld->ds);
-    e->ids = ids;
-    e->n_full = e->n = (int32_t)k;
-    e->n_prompt = (int32_t)n_prompt;
-    e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
-    e->prompt = xstrdup(ld->prompt.p);
-    e->answer = data_strip_dup(m[n - 1].content);
-    e->file = ld->file;
-    e->line = line;
-    return HALO_OK;
+    return push_conv_example(ld, ids, k, n_prompt, data_strip_dup(m[n - 1].content), line);
 }
 
 // A conversation (the last message is the answer) becomes one example: [BOS] prompt answer end-of-turn.
@@ -216,17 +222,7 @@ static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
     size_t n_prompt = k;
     if (encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) { free(ids); free(answer); return HALO_ERR; }
     if (ld->eot_id >= 0) push_id(&ids, &k, &cap, ld->eot_id);
-    if (k > INT32_MAX / 2) { free(ids); free(answer); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
-    ds_example *e = new_example(ld->ds);
-    e->ids = ids;
-    e->n_full = e->n = (int32_t)k;
-    e->n_prompt = (int32_t)n_prompt;
-    e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
-    e->prompt = xstrdup(ld->prompt.p);
-    e->answer = answer;
-    e->file = ld->file;
-    e->line = line;
-    return HALO_OK;
+    return push_conv_example(ld, ids, k, n_prompt, answer, line);
 }
 
 // prompt/answer texts, with the optional system message, as a conversation.
