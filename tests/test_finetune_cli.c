@@ -132,6 +132,32 @@ static void test_interrupt(void) {
     CHECK(v > 0 && v < 10, "its loss %.4f", v);
 }
 
+// --dry-run shows training examples as the model sees them (decoded prompt, then exactly the answer tokens the loss
+// covers) and trains nothing; a --seq-len that leaves no answer token is refused before training, naming the cut.
+static void test_dry_run(void) {
+    char data[512], cmd[8192], log[512];
+    snprintf(data, sizeof data, "%s/dry.jsonl", dir);
+    FILE *f = fopen(data, "w");
+    fputs("{\"prompt\": \"Lily saw a cat.\", \"completion\": \"The cat was big.\"}\n"
+          "{\"prompt\": \"Tom had a ball.\", \"completion\": \"It was red.\"}\n", f);
+    fclose(f);
+    snprintf(log, sizeof log, "%s/dry.log", dir);
+    snprintf(cmd, sizeof cmd, "%s finetune --model %s --data %s --seq-len 64 --val-fraction 0 --dry-run --show-examples 1 "
+             "--chat plain > %s 2>&1", bin, test_shared_path("models/stories260K"), data, log);
+    int rc = system(cmd);
+    char *text = NULL;
+    halo_read_file(log, &text, NULL);
+    const char *p = text ? strstr(text, "[prompt]\n") : NULL, *l = text ? strstr(text, "[loss]\n") : NULL;
+    CHECK(rc == 0 && p && l && strstr(p, "Lily saw a cat.") && strstr(p, "### Answer:") && l > p &&
+          !strncmp(l + 7, "The cat was big.</s>", 20) && !strstr(text, "step 1/") && strstr(text, "nothing trained") &&
+          !strstr(text, "Tom had"), "--dry-run output:\n%s", text ? text : "");
+    free(text);
+    snprintf(cmd, sizeof cmd, "%s finetune --model %s --data %s --seq-len 6 --val-fraction 0 --chat plain > %s 2>&1", bin,
+             test_shared_path("models/stories260K"), data, log);
+    CHECK(system(cmd) != 0 && file_has(log, "no training example has a token in the loss after the cut to --seq-len 6"),
+          "a --seq-len that cuts every answer is refused before training");
+}
+
 int main(void) {
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     const char *b = getenv("BUILD");
@@ -202,6 +228,7 @@ int main(void) {
     test_eval_fp32(common);
     test_bad_flags(common);
     test_interrupt();
+    test_dry_run();
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

@@ -25,6 +25,24 @@ static void on_interrupt(int sig) {
     signal(sig, SIG_DFL);
 }
 
+// --dry-run: the first k training examples in file order, decoded: the prompt, then the tokens the loss covers.
+static void show_examples_of(const dataset *ds, const halo_tokenizer *tok, long k) {
+    const int64_t total = dataset_size(ds, DATASET_TRAIN);
+    for (int64_t i = 0; i < total && i < k; i++) {
+        const int32_t *ids;
+        int n, ls;
+        const char *file;
+        int64_t line;
+        if (dataset_get_example(ds, DATASET_TRAIN, i, &ids, &n, &ls, &file, &line) != HALO_OK) return;
+        char *prompt = tokenizer_decode(tok, ids, (size_t)ls, false), *loss = tokenizer_decode(tok, ids + ls, (size_t)(n - ls), false);
+        printf("--- training example %lld of %lld (%s:%lld): %d tokens, the loss on the last %d ---\n[prompt]\n%s\n[loss]\n%s\n",
+               (long long)i + 1, (long long)total, file, (long long)line, n, n - ls, prompt, loss);
+        free(prompt);
+        free(loss);
+    }
+    printf("--- dry run: nothing trained ---\n");
+}
+
 static void usage(void) {
     printf(
         "usage: halo finetune --model DIR --data FILE [options]\n"
@@ -54,6 +72,8 @@ static void usage(void) {
         "  --merge                with LoRA: --out writes the whole model with the adapters merged into the weights\n"
         "evaluation, checkpoints, output:\n"
         "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
+        "  --dry-run              load the model and data, show --show-examples N (2) training examples as the\n"
+        "                         model sees them (decoded prompt and the tokens the loss covers), and stop\n"
         "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
         "                         fp32 (val_loss_fp32: what the exported model gives elsewhere; on the CPU model)\n"
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
@@ -160,7 +180,8 @@ int cmd_finetune(int argc, char **argv) {
     double epochs = 1, time_budget = 0, d;
     int eval_fp32 = 0, lora_on = 0, merge = 0;
     lora_config lc = lora_config_default();
-    long steps = 0, n, eval_batches = 0, threads = 0;
+    long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
+    int dry_run = 0;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
     int gmem_given = 0;
@@ -191,6 +212,8 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_range("--eval-every", v, 0, 2147483647, &n)) goto bad; o.eval_every = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_range("--eval-batches", v, 0, 2147483647, &eval_batches)) goto bad; }
         else if (cli_is_flag(argv[i], "--eval-fp32")) eval_fp32 = 1;
+        else if (cli_is_flag(argv[i], "--dry-run")) dry_run = 1;
+        else if ((v = cli_flag_value(argc, argv, &i, "--show-examples"))) { if (cli_parse_range("--show-examples", v, 0, 1000000, &show_examples)) goto bad; }
         else if (cli_is_flag(argv[i], "--lora")) lora_on = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_range("--lora-rank", v, 1, 2147483647, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-alpha"))) { if (cli_parse_float("--lora-alpha", v, &lc.alpha)) goto bad; lora_on = 1; }
@@ -281,6 +304,22 @@ int cmd_finetune(int argc, char **argv) {
     if (o.steps < 1) o.steps = 1;
     fprintf(stderr, "halo finetune: %d steps of %d x %d tokens (x%d accumulation), %ld batches per epoch, lr %g, %s\n",
             o.steps, o.batch_size, o.seq_len, o.grad_accum, per_epoch, o.lr, halo_common_describe(&co));
+
+    if (per_epoch == 0 && !dry_run) {   // the iterator would fail at step 1 with less to say
+        const dataset_stats *st = dataset_get_stats(ds);
+        halo_fail("%s: no training example has a token in the loss after the cut to --seq-len %d (%lld of them cut, "
+                  "the longest %lld tokens; %lld left without answer tokens): raise --seq-len or shorten the prompt; "
+                  "--dry-run shows the examples as training would see them", dc.path, dc.seq_len,
+                  (long long)st->n_truncated, (long long)st->max_tokens, (long long)st->n_no_loss);
+        dataset_free(ds); tokenizer_free(tok); llama_free(&m); goto bad;
+    }
+    if (dry_run) {   // what training would see, then stop
+        show_examples_of(ds, tok, show_examples);
+        dataset_free(ds);
+        tokenizer_free(tok);
+        llama_free(&m);
+        return 0;
+    }
 
     data_ctx dctx = {ds, {dc.seed, 0, 0}};
     train_data_source src = {&dctx, data_next, data_get, data_set};

@@ -769,6 +769,19 @@ int dataset_get_pair(const dataset *ds, dataset_split split, int64_t i, dataset_
     return HALO_OK;
 }
 
+int dataset_get_example(const dataset *ds, dataset_split split, int64_t i, const int32_t **ids, int *n, int *loss_start,
+                        const char **file, int64_t *line) {
+    if (i < 0 || i >= ds->n_all[split])
+        return halo_fail("example %lld out of range (%lld)", (long long)i, (long long)ds->n_all[split]);
+    const ds_example *e = &ds->ex[ds->all[split][i]];
+    *ids = e->ids;
+    *n = e->n;
+    *loss_start = e->loss_start < e->n ? e->loss_start : e->n;
+    if (file) *file = ds->files[e->file];
+    if (line) *line = e->line;
+    return HALO_OK;
+}
+
 // ---------------------------------------------------------------- batching
 
 // Order of the split's batchable examples in an epoch (cached for the last one asked).

@@ -96,6 +96,11 @@ typedef struct {
     int64_t line;            // source line of the example (first line of a multi-line CSV record)
 } dataset_pair;
 int dataset_get_pair(const dataset *ds, dataset_split split, int64_t i, dataset_pair *out);
+// Example i of a split in file order, as training sees it: its ids [*n] (after the cut to seq_len + 1 tokens) and
+// the first position the loss covers (the targets are ids[*loss_start .. *n); 1 for text windows). Valid while ds
+// lives; file and line may be NULL.
+int dataset_get_example(const dataset *ds, dataset_split split, int64_t i, const int32_t **ids, int *n, int *loss_start,
+                        const char **file, int64_t *line);
 
 // Tokenization seam: dataset_load wraps a halo_tokenizer in this; tests may supply their own.
 typedef struct {
