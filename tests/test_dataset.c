@@ -242,6 +242,31 @@ static void test_jsonl(void) {
     CHECK(load(&c, &enc2) == NULL && has(halo_error(), "cannot tell the format"), "extension: %s", halo_error());
 }
 
+// ShareGPT's layout ({"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}) gives the same
+// examples as the same conversation under "messages"; an unknown speaker is refused naming it.
+static void test_sharegpt(void) {
+    dataset_config c;
+    dataset_config_default(&c);
+    c.chat = DATASET_CHAT_LLAMA3;
+    c.val_fraction = 0;
+    c.path = tmp_file("sg.jsonl", "{\"conversations\": [{\"from\": \"system\", \"value\": \"Be brief.\"}, "
+                                  "{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"gpt\", \"value\": \"Hello!\"}]}\n");
+    dataset *a = load(&c, &enc3);
+    c.path = tmp_file("sg_m.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                                    "{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello!\"}]}\n");
+    dataset *b = load(&c, &enc3);
+    dataset_pair pa, pb;
+    CHECK(a && b && !dataset_get_pair(a, DATASET_TRAIN, 0, &pa) && !dataset_get_pair(b, DATASET_TRAIN, 0, &pb) &&
+          !strcmp(pa.prompt_text, pb.prompt_text) && !strcmp(pa.answer, "Hello!") && pa.n_prompt_ids == pb.n_prompt_ids,
+          "ShareGPT conversations == the same messages: %s", a ? "" : halo_error());
+    dataset_free(a);
+    dataset_free(b);
+    c.path = tmp_file("sg_bad.jsonl", "{\"conversations\": [{\"from\": \"narrator\", \"value\": \"x\"}, "
+                                      "{\"from\": \"gpt\", \"value\": \"y\"}]}\n");
+    CHECK(load(&c, &enc3) == NULL && has(halo_error(), "sg_bad.jsonl:1") && has(halo_error(), "narrator"),
+          "unknown speaker: %s", halo_error());
+}
+
 // .json files holding one array of records (Alpaca's layout): the same examples as the JSONL form of the records,
 // each element's line in its pair and its errors, Alpaca's "input" joined to the instruction, and the refusals.
 static void test_json_array(void) {
@@ -1165,6 +1190,7 @@ int main(void) {
     test_csv_dataset();
     test_check_vocab();
     test_json_array();
+    test_sharegpt();
     test_chat_template();
     test_jsonl();
     test_chat_render();

@@ -288,6 +288,11 @@ static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
         return HALO_OK;
     }
     if (cJSON_GetObjectItemCaseSensitive(o, c->messages_field)) { *mode = J_MESSAGES; return HALO_OK; }
+    if (!strcmp(c->messages_field, "messages") && cJSON_GetObjectItemCaseSensitive(o, "conversations")) {
+        c->messages_field = "conversations";   // ShareGPT's layout
+        *mode = J_MESSAGES;
+        return HALO_OK;
+    }
     if (cJSON_GetObjectItemCaseSensitive(o, c->text_field)) { *mode = J_TEXT; return HALO_OK; }
     for (size_t i = 0; i < sizeof DEFAULT_PAIRS / sizeof DEFAULT_PAIRS[0]; i++)
         if (cJSON_GetObjectItemCaseSensitive(o, DEFAULT_PAIRS[i][0]) &&
@@ -303,6 +308,15 @@ static int jsonl_decide(loader *ld, const cJSON *o, int *mode) {
                  DEFAULT_PAIRS[i][1]);
     return halo_fail("no '%s', '%s' or prompt/answer fields (tried %s; or give --prompt-field and --answer-field)",
                      c->text_field, c->messages_field, tried);
+}
+
+// ShareGPT's speakers ("from") as chat roles; other names are returned as they are (and refused as unknown roles).
+static const char *sharegpt_role(const char *from) {
+    if (!from) return NULL;
+    if (!strcmp(from, "human") || !strcmp(from, "user")) return "user";
+    if (!strcmp(from, "gpt") || !strcmp(from, "assistant") || !strcmp(from, "chatgpt") || !strcmp(from, "model"))
+        return "assistant";
+    return from;
 }
 
 static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
@@ -350,9 +364,12 @@ static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
         cJSON_ArrayForEach(it, arr) {
             m[i].role = json_string(it, "role");
             m[i].content = json_string(it, "content");
+            if (!m[i].role) m[i].role = sharegpt_role(json_string(it, "from"));   // ShareGPT: from / value
+            if (!m[i].content) m[i].content = json_string(it, "value");
             if (!m[i].role || !m[i].content) {
                 free(m);
-                return halo_fail("message %d of '%s' needs string 'role' and 'content'", i + 1, c->messages_field), BAD;
+                return halo_fail("message %d of '%s' needs string 'role' and 'content' (or ShareGPT's 'from' and 'value')",
+                                 i + 1, c->messages_field), BAD;
             }
             i++;
         }

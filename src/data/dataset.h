@@ -21,7 +21,8 @@ typedef struct {
     const char *val_path;         // optional validation file (same kind); when NULL a seeded split of `path` is made
     const char *preset;           // "viggo" (CSV mr/ref), "gsm8k" (JSONL question/answer), "sql" (JSONL messages)
     dataset_format format;        // AUTO: by extension
-    // JSONL: `text_field` (default "text") makes a text dataset; `messages_field` (default "messages") a chat one;
+    // JSONL: `text_field` (default "text") makes a text dataset; `messages_field` (default "messages"; else ShareGPT's
+    // "conversations" of {from: human|gpt|system, value}) a chat one;
     // otherwise prompt/answer fields: the given names, or the first present pair of prompt/completion, prompt/answer,
     // prompt/response, question/answer, instruction/output (a non-empty "input" joins the instruction after a blank
     // line, as Alpaca's), input/output. The kind is decided by the first record; later records must match it.
