@@ -197,6 +197,13 @@ static void test_mistral(void) {
           "export keeps the architecture and the window: %s", text ? text : "");
     cJSON_Delete(e);
     free(text);
+    // the tokenizer files travel with an export, the chat template's own file (transformers 4.43+) included
+    write_text(tmp_path("mistral/chat_template.jinja"), "{{ messages[0]['content'] }}\n");
+    CHECK(llama_save_hf(&r, tmp_path("mistral_tok"), "float32", tmp_path("mistral")) == HALO_OK, "%s", halo_error());
+    text = NULL;
+    CHECK(halo_read_file(tmp_path("mistral_tok/chat_template.jinja"), &text, NULL) == HALO_OK && text &&
+          !strcmp(text, "{{ messages[0]['content'] }}\n"), "chat_template.jinja copied by the export");
+    free(text);
     free(l1); free(l2);
     halo_batch_free(&b);
     llama_free(&r);

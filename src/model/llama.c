@@ -284,7 +284,7 @@ int llama_save_hf(const llama_model *m, const char *dir, const char *torch_dtype
     st_writer_free(w);
     if (rc != HALO_OK || !tokenizer_src_dir) return rc;
     const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                               "generation_config.json"};
+                               "generation_config.json", "chat_template.jinja"};
     for (size_t i = 0; i < sizeof tok_files / sizeof *tok_files && rc == HALO_OK; i++) {
         char *src = halo_path_join(tokenizer_src_dir, tok_files[i]);
         char *dst = halo_path_join(dir, tok_files[i]);
