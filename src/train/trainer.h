@@ -90,7 +90,7 @@ extern const train_backend TRAIN_BACKEND_CPU;
 
 typedef struct {
     int step;             // 1-based number of the optimizer step just taken
-    float loss;           // mean of the micro-batch losses
+    float loss;           // the step's mean loss per loss token (micro-batches weighted by their loss tokens)
     double lr;
     double grad_norm;     // before clipping
     double tokens_per_s;
