@@ -47,7 +47,7 @@ static void usage(void) {
     printf(
         "usage: halo finetune --model DIR --data FILE [options]\n"
         "data:\n"
-        "  --data FILE            .txt, .jsonl or .json array (text | messages | prompt/answer fields) or .csv\n"
+        "  --data FILE            .txt, .jsonl or .json array (text | messages | ShareGPT conversations | prompt/answer) or .csv\n"
         "  --val FILE             validation file (default: a seeded split of --data, see --val-fraction)\n"
         "  --preset NAME          viggo | gsm8k | sql: field names, templates and metric of the HALO paper's tasks\n"
         "  --prompt-template S    CSV/JSONL prompt from {column} placeholders; --answer-template S likewise\n"
@@ -77,6 +77,8 @@ static void usage(void) {
         "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
         "                         fp32 (val_loss_fp32: what the exported model gives elsewhere; on the CPU model)\n"
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
+        "                         Ctrl-C (or SIGTERM): the step in flight finishes, then the run checkpoints\n"
+        "                         (--ckpt-dir) and exports (--out) and exits 130; a second Ctrl-C stops at once\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
