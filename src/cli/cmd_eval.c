@@ -41,6 +41,7 @@ int cmd_eval(int argc, char **argv) {
     int all = 0, use_cuda = -1;
     dataset_config dc;
     dataset_config_default(&dc);
+    dc.progress = true;
     dc.shuffle = false;
     halo_common_opts co = halo_common_opts_default();
     for (int i = 1; i < argc; i++) {

@@ -176,6 +176,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *model_dir = NULL, *out_dir = NULL, *resume = NULL, *export_dtype = "f32", *device = NULL, *v;
     dataset_config dc;
     dataset_config_default(&dc);
+    dc.progress = true;
     train_options o = train_options_default();
     o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
     o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include "data/data_internal.h"
 #include "data/dataset.h"
 #include "util/error.h"
@@ -78,8 +80,14 @@ typedef struct {
     int32_t *stream;         // text: the file's token stream
     size_t n_stream, cap_stream;
     data_str prompt, a, b, full;
+    double t0, t_last;       // progress: when this file's load began, when a line was last printed
+    long long file_bytes;
+    unsigned tick;
+    bool printed;
     jinja_template *tmpl;    // DATASET_CHAT_TEMPLATE: the model's chat template
 } loader;
+
+static void load_progress(loader *ld, long long done);
 
 static uint64_t splitmix(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
@@ -244,6 +252,7 @@ static int load_text(loader *ld) {
     int k, rc = HALO_OK;
     int64_t doc_line = 1;
     while ((k = data_lines_next(&lr, &s, &len)) > 0) {
+        load_progress(ld, (long long)ftello(lr.f));
         if (ld->cfg.doc_separator && !strcmp(s, ld->cfg.doc_separator)) {
             if ((rc = add_text_doc(ld, doc.p, doc.n, doc_line))) break;
             data_str_clear(&doc);
@@ -421,6 +430,7 @@ static int load_json_array(loader *ld, int *mode) {
         while (i < n && strchr(" \t\r\n", buf[i])) line += buf[i++] == '\n';
         if (i < n && buf[i] == ']') { closed = 1; i++; break; }
         if (i >= n) break;
+        load_progress(ld, (long long)i);
         const size_t start = i;
         const int64_t start_line = line;
         int depth = 0, in_str = 0;
@@ -464,6 +474,7 @@ static int load_jsonl(loader *ld) {
     char *s;
     size_t len;
     while ((k = data_lines_next(&lr, &s, &len)) > 0) {
+        load_progress(ld, (long long)ftello(lr.f));
         const char *t = s;
         size_t tl = len;
         data_strip_span(&t, &tl);
@@ -547,6 +558,7 @@ static int load_csv(loader *ld) {
                        (long long)r.record_line, cc.dup, colnames.p);
     cc.header_only = false;
     while (!rc && (k = csv_next(&r, &fatal)) != 0) {
+        load_progress(ld, (long long)ftello(r.lr.f));
         int res;
         if (k < 0) {
             if (fatal) { rc = HALO_ERR; break; }
@@ -577,7 +589,36 @@ static bool ends_with(const char *s, const char *suf) {
     return a >= b && !strcasecmp(s + a - b, suf);
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// cfg.progress: "reading FILE: X of Y MB, N examples" on stderr, at most once a second after the first two.
+static void load_progress(loader *ld, long long done) {
+    if (!ld->cfg.progress || (++ld->tick & 1023)) return;
+    const double t = now_s();
+    if (t - ld->t0 < 2 || t - ld->t_last < 1) return;
+    fprintf(stderr, "\rhalo: reading %s: %.0f of %.0f MB, %lld examples ", ld->path, done / 1e6, ld->file_bytes / 1e6,
+            (long long)ld->ds->n_ex);
+    fflush(stderr);
+    ld->t_last = t;
+    ld->printed = true;
+}
+
+static int load_file_as(loader *ld);
 static int load_file(loader *ld) {
+    struct stat st;
+    ld->file_bytes = stat(ld->path, &st) == 0 ? (long long)st.st_size : 0;
+    ld->t0 = ld->t_last = now_s();
+    ld->printed = false;
+    const int rc = load_file_as(ld);
+    if (ld->printed) fprintf(stderr, "\n");
+    return rc;
+}
+
+static int load_file_as(loader *ld) {
     dataset_format f = ld->cfg.format;
     if (f == DATASET_FMT_AUTO) {
         if (ends_with(ld->path, ".txt") || ends_with(ld->path, ".text")) f = DATASET_FMT_TEXT;

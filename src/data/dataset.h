@@ -41,6 +41,7 @@ typedef struct {
     double val_fraction;          // share of examples split off for validation when val_path is NULL (default 0.05)
     long val_count;               // > 0: that many instead of val_fraction; both 0: no validation split
     uint64_t seed;                // split and shuffle seed
+    bool progress;                // a progress line on stderr while a file takes more than 2 s to load
 } dataset_config;
 
 typedef struct {
