@@ -351,7 +351,7 @@ static void test_json_array(void) {
 // The model's own chat template (DATASET_CHAT_TEMPLATE), with the byte-level mock: a ChatML template with a default
 // system message renders prompt and answer as transformers would; the loss covers exactly what the whole
 // conversation adds to the prompt (answer + "<|im_end|>\n"); AUTO picks the template when the tokenizer has one
-// and no Llama 3 tokens; raise_exception fails the record naming its line; a template whose full rendering does not
+// and no Llama 3 tokens, or Llama 3 tokens and a template that renders otherwise than the built-in format; raise_exception fails the record naming its line; a template whose full rendering does not
 // extend the prompt's, or a missing template, is refused.
 static void test_chat_template(void) {
     static const char *CHATML =
@@ -417,6 +417,30 @@ static void test_chat_template(void) {
     enc.chat_template = NULL;
     c.chat = DATASET_CHAT_TEMPLATE;
     CHECK(load(&c, &enc) == NULL && has(halo_error(), "the tokenizer has no chat template"), "no template: %s", halo_error());
+
+    // A tokenizer with Llama 3's tokens: AUTO keeps the built-in Llama 3 format when the model's template renders the
+    // same prompts (Llama 3.0's), and takes the template when it does not (Llama 3.1+'s dated system block).
+    dataset_encoder e3 = enc3;
+    e3.chat_template = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                       "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+                       "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                       "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}";
+    c.chat = DATASET_CHAT_AUTO;
+    c.path = tmp_file("ct.jsonl", ct_data);
+    ds = load(&c, &e3);
+    CHECK(ds && dataset_chat_used(ds) == DATASET_CHAT_LLAMA3, "AUTO with Llama 3.0's template: the built-in format (%s)",
+          ds ? "another" : halo_error());
+    dataset_free(ds);
+    e3.chat_template = "{{ bos_token }}{{ '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: "
+                       "December 2023<|eot_id|>' }}{% for m in messages %}{% if m['role'] != 'system' %}"
+                       "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + "
+                       "'<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+                       "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+    ds = load(&c, &e3);
+    CHECK(ds && dataset_chat_used(ds) == DATASET_CHAT_TEMPLATE && !dataset_get_pair(ds, DATASET_TRAIN, 0, &pr) &&
+          has(pr.prompt_text, "Cutting Knowledge Date"), "AUTO with a Llama 3.1-style template: the template (%s)",
+          ds ? pr.prompt_text : halo_error());
+    dataset_free(ds);
 }
 
 // ---------------------------------------------------------------- chat formats

@@ -26,8 +26,8 @@ static void usage(void) {
            "  --tokenizer PATH     tokenizer.json or folder (default: the model folder's, when present)\n"
            "  --threads N          OpenMP threads\n"
            "  --chat               render --prompt as a user turn in the model family's chat format (Llama 3 when\n"
-           "                       the tokenizer has its header tokens, else the model's chat_template when it has one,\n"
-           "                       else Llama 2 [INST]); --system S adds a system turn\n"
+           "                       the tokenizer has its header tokens and the model's chat_template renders the same,\n"
+           "                       else that chat_template, else Llama 2 [INST]); --system S adds a system turn\n"
            "  --json               with --prompt: print the JSON line instead of streaming text\n"
            "  --device cpu|cuda    where to decode (default: cuda when a GPU is present); cuda: the GPU KV-cache\n"
            "                       decoder with BF16 weights\n"
@@ -158,7 +158,9 @@ int cmd_generate(int argc, char **argv) {
             msgs[nm++] = (data_msg){"user", text};
             msgs[nm++] = (data_msg){"assistant", ""};
             data_str out_s = {0};
-            const char *ct = l3 ? NULL : tokenizer_chat_template(tok);
+            // the model's template, unless it renders as the built-in Llama 3 format (the rule of --chat auto)
+            const char *ct = tokenizer_chat_template(tok);
+            if (l3 && ct && data_chat_template_is_llama3(ct, bos_text, eos_text)) ct = NULL;
             jinja_template *jt = NULL;
             int rc_r = ct ? (jinja_parse(ct, "the tokenizer's chat_template", &jt) ||
                              data_chat_render_template(jt, bos_text, eos_text, msgs, nm - 1, true, &out_s))

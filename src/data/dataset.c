@@ -734,6 +734,9 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
     const char *eos = enc->eos_id >= 0 && enc->piece ? enc->piece(enc->ctx, enc->eos_id) : NULL;
     ld.bos_text = bos ? bos : "";
     ld.eos_text = eos ? eos : "";
+    if (c->chat == DATASET_CHAT_AUTO && ds->chat == DATASET_CHAT_LLAMA3 && enc->chat_template &&
+        !data_chat_template_is_llama3(enc->chat_template, ld.bos_text, ld.eos_text))
+        ds->chat = DATASET_CHAT_TEMPLATE;   // e.g. Llama 3.1+, whose template adds a dated system block
     if (ds->chat == DATASET_CHAT_TEMPLATE) {   // its end-of-turn comes from the template's text
         ld.eot_id = -1;
         if (!enc->chat_template)
