@@ -59,6 +59,7 @@ static void test_bad_flags(const char *common) {
         {"--grad-accum 0", "--grad-accum: '0'"},
         {"--eval-every -1", "--eval-every: '-1'"},
         {"--epochs -1", "--epochs: '-1' is not a positive number"},
+        {"--epochs inf", "--epochs: 'inf' is not a positive number"},
         {"--seq-len 1", "--seq-len: '1' is not an integer from 2"},
         {"--threads x", "--threads: 'x' is not an integer"},
         {"--lora-rank 100000", "LoRA rank 100000 exceeds self_attn.q_proj's smaller dimension (in 64, out 64)"},
@@ -156,6 +157,12 @@ static void test_dry_run(void) {
              test_shared_path("models/stories260K"), data, log);
     CHECK(system(cmd) != 0 && file_has(log, "no training example has a token in the loss after the cut to --seq-len 6"),
           "a --seq-len that cuts every answer is refused before training");
+    // --epochs whose step count does not fit an int: refused (the cast to int once made it a 1-step run)
+    snprintf(cmd, sizeof cmd, "%s finetune --model %s --data %s --seq-len 64 --val-fraction 0 --chat plain --epochs 1e12 "
+             "> %s 2>&1", bin, test_shared_path("models/stories260K"), data, log);
+    rc = system(cmd);
+    CHECK(rc != 0 && file_has(log, "--epochs 1e+12: 1000000000000 steps") && !file_has(log, "step 1/"),
+          "--epochs 1e12 refused before training (exit %d)", rc);
 }
 
 int main(void) {

@@ -200,7 +200,7 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--data"))) dc.path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--val"))) dc.val_path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--steps"))) { if (cli_parse_range("--steps", v, 1, 2147483647, &steps)) goto bad; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; if (!(epochs > 0)) { halo_fail("--epochs: '%s' is not a positive number", v); goto bad; } }
+        else if ((v = cli_flag_value(argc, argv, &i, "--epochs"))) { if (cli_parse_float("--epochs", v, &epochs)) goto bad; if (!(epochs > 0) || !isfinite(epochs)) { halo_fail("--epochs: '%s' is not a positive number", v); goto bad; } }
         else if ((v = cli_flag_value(argc, argv, &i, "--batch"))) { if (cli_parse_range("--batch", v, 1, 2147483647, &n)) goto bad; o.batch_size = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--grad-accum"))) { if (cli_parse_range("--grad-accum", v, 1, 2147483647, &n)) goto bad; o.grad_accum = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lr"))) { if (cli_parse_float("--lr", v, &d)) goto bad; o.lr = (float)d; }
@@ -304,7 +304,12 @@ int cmd_finetune(int argc, char **argv) {
     dataset_summary(ds, summary, sizeof summary);
     fprintf(stderr, "halo finetune: %s\n", summary);
     long per_epoch = (long)dataset_batches_per_epoch(ds, DATASET_TRAIN, dc.seed, 0, o.batch_size);
-    o.steps = steps > 0 ? (int)steps : (int)ceil(epochs * per_epoch / (o.grad_accum > 0 ? o.grad_accum : 1));
+    const double want_steps = ceil(epochs * per_epoch / (o.grad_accum > 0 ? o.grad_accum : 1));
+    if (!steps && !(want_steps <= 2147483647.0)) {   // (int) of a larger double is undefined (it gave 1 step)
+        halo_fail("--epochs %g: %.0f steps of %ld batches per epoch is more than 2147483647", epochs, want_steps, per_epoch);
+        dataset_free(ds); tokenizer_free(tok); llama_free(&m); goto bad;
+    }
+    o.steps = steps > 0 ? (int)steps : (int)want_steps;
     if (o.steps < 1) o.steps = 1;
     fprintf(stderr, "halo finetune: %d steps of %d x %d tokens (x%d accumulation), %ld batches per epoch, lr %g, %s\n",
             o.steps, o.batch_size, o.seq_len, o.grad_accum, per_epoch, o.lr, halo_common_describe(&co));
