@@ -191,7 +191,34 @@ static void test_generation_config_stops(void) {
     run(cmd);
 }
 
+// gen_read_stops takes whole numbers in int32's range only: 2.5 is not token 2, and 3e9 or 1e300 (whose cast to
+// int32 is undefined) are skipped, in a list as alone.
+static void test_read_stops_range(void) {
+    char dir[] = "/tmp/halo_gen_stops_XXXXXX", path[512];
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    static const struct { const char *json; int n; int32_t first; } cases[] = {
+        {"{\"eos_token_id\": 2.5}", 0, 0},
+        {"{\"eos_token_id\": 1e300}", 0, 0},
+        {"{\"eos_token_id\": [1e300, 3e9, 2.5, 7]}", 1, 7},
+        {"{\"eos_token_id\": [2, 128009]}", 2, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        FILE *f = fopen(path, "w");
+        fputs(cases[i].json, f);
+        fclose(f);
+        gen_options o = gen_options_default();
+        int rc = gen_read_stops(dir, &o);
+        CHECK(rc == HALO_OK && o.n_stop == cases[i].n && (!o.n_stop || o.stop_ids[0] == cases[i].first),
+              "%s: %d stop ids (first %d), want %d (first %d)", cases[i].json, o.n_stop, o.n_stop ? o.stop_ids[0] : 0,
+              cases[i].n, cases[i].first);
+    }
+    remove(path);
+    rmdir(dir);
+}
+
 int main(void) {
+    test_read_stops_range();
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); greedy golden skipped");
     else { test_greedy_golden(); test_chat_template_prompt(); test_generation_config_stops(); }
     test_export();
