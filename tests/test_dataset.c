@@ -342,6 +342,27 @@ static void test_json_array(void) {
               ds ? "(loaded)" : halo_error());
         dataset_free(ds);
     }
+    // text records in a JSON array: the windows name the file's last line as a JSONL file's do (1 here), not the
+    // lines of all files so far plus one (the .txt training file's 4 + 2 = 6 before)
+    {
+        dataset_config tc;
+        dataset_config_default(&tc);
+        tc.path = tmp_file("tt.txt", "ab\ncd\n---\nef\n");
+        tc.val_path = tmp_file("tv.json", "[{\"text\": \"hello\"}]\n");
+        tc.seq_len = 4;
+        tc.shuffle = false;
+        dataset *td = load(&tc, &enc2);
+        const int32_t *ids;
+        int tn, tls;
+        const char *file = NULL;
+        int64_t line = -1;
+        CHECK(td && dataset_size(td, DATASET_VAL) > 0 &&
+              !dataset_get_example(td, DATASET_VAL, 0, &ids, &tn, &tls, &file, &line) && has(file, "tv.json") &&
+              line == 1 && dataset_get_stats(td)->n_lines == 5,
+              "val JSON array of text: window line %lld (want 1), %lld lines in all (want 5): %s", (long long)line,
+              td ? (long long)dataset_get_stats(td)->n_lines : -1LL, td ? "" : halo_error());
+        dataset_free(td);
+    }
     c.path = tmp_file("empty.json", "[ ]\n");
     ds = load(&c, &enc2);
     CHECK(ds == NULL || dataset_size(ds, DATASET_TRAIN) == 0, "an empty array gives no examples");

@@ -416,7 +416,7 @@ static int json_text_record(loader *ld, const char *t, size_t tl, const char *co
 
 // A .json file holding one array of records ([{...}, {...}], as Alpaca's and many hub datasets' files): each
 // element is cut out by bracket depth (strings skipped) and parsed alone, so an error names the line it starts on.
-static int load_json_array(loader *ld, int *mode) {
+static int load_json_array(loader *ld, int *mode, int64_t *n_lines) {
     char *buf;
     size_t n;
     if (halo_read_file(ld->path, &buf, &n)) return HALO_ERR;
@@ -462,7 +462,9 @@ static int load_json_array(loader *ld, int *mode) {
     if (!rc && !closed) rc = halo_fail("%s:%lld: the JSON array is not closed with ']'", ld->path, (long long)line);
     while (!rc && i < n && strchr(" \t\r\n", buf[i])) line += buf[i++] == '\n';
     if (!rc && i < n) rc = halo_fail("%s:%lld: text after the JSON array", ld->path, (long long)line);
-    ld->ds->st.n_lines += line;
+    // lines as data_lines counts them (a last line's newline does not start another)
+    *n_lines = line - (n > 0 && buf[n - 1] == '\n');
+    ld->ds->st.n_lines += *n_lines;
     free(buf);
     return rc;
 }
@@ -481,8 +483,9 @@ static int load_jsonl(loader *ld) {
         if (!tl) continue;
         if (!records++ && t[0] == '[') {
             data_lines_close(&lr);   // a whole-file JSON array, not one object a line
-            rc = load_json_array(ld, &mode);
-            if (!rc && mode == J_TEXT) flush_text_stream(ld, ld->ds->st.n_lines);
+            int64_t lines = 0;   // this file's (st.n_lines sums all files): the windows' line is its last
+            rc = load_json_array(ld, &mode, &lines);
+            if (!rc && mode == J_TEXT) flush_text_stream(ld, lines);
             return rc;
         }
         int r = json_text_record(ld, t, tl, s, &mode, lr.line);
