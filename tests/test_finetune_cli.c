@@ -67,6 +67,8 @@ static void test_bad_flags(const char *common) {
         {"--out /proc/halo_out", "--out: /proc/halo_out: cannot create directory"},
         {"--ckpt-dir /proc/halo_ck", "--ckpt-dir: /proc/halo_ck: cannot create directory"},
         {"--out FILE", "--out: FILE: cannot write there: Not a directory"},
+        {"--out ''", "--out: the directory name is empty"},
+        {"--ckpt-dir ''", "--ckpt-dir: the directory name is empty"},
     };
     char cmd[8192], log[512];
     snprintf(log, sizeof log, "%s/flag.log", dir);

@@ -39,6 +39,7 @@ char *halo_path_join(const char *dir, const char *name) {
 }
 
 int halo_mkdirs(const char *dir) {
+    if (!*dir) return halo_fail("the directory name is empty");   // (the loop below starts at p + 1)
     char *p = xstrdup(dir);
     for (char *s = p + 1; *s; s++) {
         if (*s != '/') continue;
