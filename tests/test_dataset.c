@@ -462,6 +462,11 @@ static void test_chat_template(void) {
           has(pr.prompt_text, "Cutting Knowledge Date"), "AUTO with a Llama 3.1-style template: the template (%s)",
           ds ? pr.prompt_text : halo_error());
     dataset_free(ds);
+    e3.chat_template = "{% macro m() %}x{% endmacro %}{{ m() }}";   // a construct the engine refuses
+    ds = load(&c, &e3);
+    CHECK(ds && dataset_chat_used(ds) == DATASET_CHAT_LLAMA3, "AUTO with a template that cannot run here: the built-in "
+          "Llama 3 format (%s)", ds ? "another" : halo_error());
+    dataset_free(ds);
 }
 
 // ---------------------------------------------------------------- chat formats

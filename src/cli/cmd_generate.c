@@ -160,7 +160,7 @@ int cmd_generate(int argc, char **argv) {
             data_str out_s = {0};
             // the model's template, unless it renders as the built-in Llama 3 format (the rule of --chat auto)
             const char *ct = tokenizer_chat_template(tok);
-            if (l3 && ct && data_chat_template_is_llama3(ct, bos_text, eos_text)) ct = NULL;
+            if (l3 && ct && data_chat_template_is_llama3(ct, bos_text, eos_text) != 0) ct = NULL;
             jinja_template *jt = NULL;
             int rc_r = ct ? (jinja_parse(ct, "the tokenizer's chat_template", &jt) ||
                              data_chat_render_template(jt, bos_text, eos_text, msgs, nm - 1, true, &out_s))

@@ -156,24 +156,24 @@ int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char
     }
 }
 
-// Whether a model's chat template renders prompts as the built-in Llama 3 format does (Llama 3.0's template), on a
-// user turn alone and with a system message; a template that fails to parse or render counts as different.
-bool data_chat_template_is_llama3(const char *tmpl, const char *bos, const char *eos) {
+int data_chat_template_is_llama3(const char *tmpl, const char *bos, const char *eos) {
     jinja_template *t = NULL;
-    if (jinja_parse(tmpl, "the tokenizer's chat_template", &t)) { halo_clear_error(); return false; }
+    if (jinja_parse(tmpl, "the tokenizer's chat_template", &t)) { halo_clear_error(); return -1; }
     const data_msg probes[2][3] = {{{"user", "Hi"}, {"assistant", "Hello"}},
                                    {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}}};
     const int n[2] = {2, 3};
-    bool same = true;
+    int res = 1;
     data_str a = {0}, b = {0};
-    for (int k = 0; k < 2 && same; k++) {
-        same = !data_chat_render_template(t, bos, eos, probes[k], n[k] - 1, true, &a) &&
-               !data_chat_render_prompt(DATASET_CHAT_LLAMA3, NULL, bos, eos, probes[k], n[k], &b) && a.n == b.n &&
-               !memcmp(a.p, b.p, a.n);
+    for (int k = 0; k < 2 && res == 1; k++) {
+        if (data_chat_render_template(t, bos, eos, probes[k], n[k] - 1, true, &a) ||
+            data_chat_render_prompt(DATASET_CHAT_LLAMA3, NULL, bos, eos, probes[k], n[k], &b))
+            res = -1;
+        else if (a.n != b.n || memcmp(a.p, b.p, a.n))
+            res = 0;
     }
     halo_clear_error();
     data_str_free(&a);
     data_str_free(&b);
     jinja_free(t);
-    return same;
+    return res;
 }

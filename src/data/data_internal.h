@@ -57,6 +57,6 @@ int data_chat_check(const data_msg *msgs, int n);
 int data_chat_render_template(const jinja_template *t, const char *bos_text, const char *eos_text, const data_msg *msgs,
                               int n, bool add_generation_prompt, data_str *out);
 // Whether the chat template `tmpl` renders prompts as DATASET_CHAT_LLAMA3 does (Llama 3.0's template), on a user turn
-// alone and after a system message; one that fails to parse or render counts as different.
-bool data_chat_template_is_llama3(const char *tmpl, const char *bos_text, const char *eos_text);
+// alone and after a system message: 1 the same, 0 otherwise, -1 when it fails to parse or render those probes.
+int data_chat_template_is_llama3(const char *tmpl, const char *bos_text, const char *eos_text);
 #endif

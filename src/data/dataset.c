@@ -738,13 +738,19 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
     ld.bos_text = bos ? bos : "";
     ld.eos_text = eos ? eos : "";
     if (c->chat == DATASET_CHAT_AUTO && ds->chat == DATASET_CHAT_LLAMA3 && enc->chat_template &&
-        !data_chat_template_is_llama3(enc->chat_template, ld.bos_text, ld.eos_text))
-        ds->chat = DATASET_CHAT_TEMPLATE;   // e.g. Llama 3.1+, whose template adds a dated system block
+        data_chat_template_is_llama3(enc->chat_template, ld.bos_text, ld.eos_text) == 0)
+        ds->chat = DATASET_CHAT_TEMPLATE;   // e.g. Llama 3.1+, whose template adds a dated system block (a template
+                                            // that cannot run here keeps the built-in format)
     if (ds->chat == DATASET_CHAT_TEMPLATE) {   // its end-of-turn comes from the template's text
         ld.eot_id = -1;
         if (!enc->chat_template)
             { dataset_free(ds); return halo_fail("--chat template: the tokenizer has no chat template (tokenizer_config.json's chat_template or chat_template.jinja)"); }
-        if (jinja_parse(enc->chat_template, "the tokenizer's chat_template", &ld.tmpl)) { dataset_free(ds); return HALO_ERR; }
+        if (jinja_parse(enc->chat_template, "the tokenizer's chat_template", &ld.tmpl)) {
+            char why[2048];
+            snprintf(why, sizeof why, "%s", halo_error());
+            dataset_free(ds);
+            return halo_fail("%s (--chat plain, llama2 or llama3 use a built-in format instead)", why);
+        }
     } else if (ds->chat == DATASET_CHAT_LLAMA3) {
         ld.eot_id = enc->token_id(enc->ctx, "<|eot_id|>");
         if (ld.eot_id < 0 || enc->token_id(enc->ctx, "<|start_header_id|>") < 0)
