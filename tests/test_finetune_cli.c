@@ -146,8 +146,14 @@ static void test_dry_run(void) {
     fclose(f);
     snprintf(log, sizeof log, "%s/dry.log", dir);
     snprintf(cmd, sizeof cmd, "%s finetune --model %s --data %s --seq-len 64 --val-fraction 0 --dry-run --show-examples 1 "
-             "--chat plain > %s 2>&1", bin, test_shared_path("models/stories260K"), data, log);
+             "--chat plain --out %s/dry_out --ckpt-dir %s/dry_ck > %s 2>&1", bin, test_shared_path("models/stories260K"),
+             data, dir, dir, log);
     int rc = system(cmd);
+    struct stat dst;
+    snprintf(cmd, sizeof cmd, "%s/dry_out", dir);
+    CHECK(stat(cmd, &dst) != 0, "a dry run creates no --out folder");
+    snprintf(cmd, sizeof cmd, "%s/dry_ck", dir);
+    CHECK(stat(cmd, &dst) != 0, "a dry run creates no --ckpt-dir folder");
     char *text = NULL;
     halo_read_file(log, &text, NULL);
     const char *p = text ? strstr(text, "[prompt]\n") : NULL, *l = text ? strstr(text, "[loss]\n") : NULL;

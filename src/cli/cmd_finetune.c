@@ -250,8 +250,8 @@ int cmd_finetune(int argc, char **argv) {
     if (merge && !lora_on) { halo_fail("--merge: only with LoRA (--lora or --lora-rank R)"); goto bad; }
     if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     // where the results go, checked before any training (a run must not end with nowhere to write)
-    if (out_dir && halo_writable_dir(out_dir) != HALO_OK) { halo_fail_ctx("--out: "); goto bad; }
-    if (o.ckpt_dir && halo_writable_dir(o.ckpt_dir) != HALO_OK) { halo_fail_ctx("--ckpt-dir: "); goto bad; }
+    if (!dry_run && out_dir && halo_writable_dir(out_dir) != HALO_OK) { halo_fail_ctx("--out: "); goto bad; }
+    if (!dry_run && o.ckpt_dir && halo_writable_dir(o.ckpt_dir) != HALO_OK) { halo_fail_ctx("--ckpt-dir: "); goto bad; }
     int use_cuda = 0;
     // LoRA on the GPU is new and not yet measured at 1B shapes: only with --device cuda (the CPU stays the default)
     if (lora_on && !device) {
