@@ -138,8 +138,7 @@ int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *c
         int n_ex = 0;
         if (dataset_next_batch(ds, split, &it, false, &b, &n_ex) != HALO_OK) { halo_batch_free(&b); return HALO_ERR; }
         if (n_ex == 0) break;
-        long cnt = 0;
-        for (int i = 0; i < B * T; i++) cnt += b.targets[i] >= 0;
+        const long cnt = (long)halo_batch_loss_tokens(&b);
         if (!cnt) continue;
         sum += (double)fwd(ctx, &b) * cnt;
         tokens += cnt;

@@ -26,3 +26,9 @@ void halo_batch_shift_targets(halo_batch *b) {
             if (b->seg) b->seg[i] = 0;
         }
 }
+
+int64_t halo_batch_loss_tokens(const halo_batch *b) {
+    int64_t n = 0;
+    for (size_t i = 0; i < (size_t)b->B * b->T; i++) n += b->targets[i] >= 0;
+    return n;
+}

@@ -17,4 +17,6 @@ void halo_batch_free(halo_batch *b);
 // Fills targets with input_ids shifted left by one and -1 at each row's last position, pos = 0..T-1, seg = 0:
 // the HF `labels = input_ids` convention used by the goldens.
 void halo_batch_shift_targets(halo_batch *b);
+// Positions with a target (targets >= 0): the tokens the loss averages over.
+int64_t halo_batch_loss_tokens(const halo_batch *b);
 #endif

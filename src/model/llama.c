@@ -407,8 +407,7 @@ float llama_forward(llama_model *m, const halo_batch *b, float *logits_out) {
     rmsnorm_forward(a->xf, a->rstdf, a->res_out, m->w.final_norm, N, D, c->norm_eps);
     linear_forward(a->logits, a->xf, m->w.lm_head, N, D, V);
     if (logits_out) memcpy(logits_out, a->logits, sizeof(float) * (size_t)N * V);
-    int count = 0;
-    for (int i = 0; i < N; i++) count += b->targets[i] >= 0;
+    const int64_t count = halo_batch_loss_tokens(b);
     return count ? (float)(cross_entropy_forward(a->logits, b->targets, N, V) / count) : 0.0f;
 }
 
@@ -420,8 +419,7 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
     // LoRA: only the adapters train, so no base weight gets a gradient (nor a gradient buffer)
     const int frozen = m->lora != NULL;
     if (!frozen) llama_alloc_grads(m);
-    int count = 0;
-    for (int i = 0; i < N; i++) count += b->targets[i] >= 0;
+    const int64_t count = halo_batch_loss_tokens(b);
     if (!count) return;
     // loss -> logits -> final norm
     cross_entropy_forward_backward(a->logits, a->logits, b->targets, N, V, grad_scale / count);

@@ -172,6 +172,7 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
     llama_trainable tp = llama_trainable_params(m);   // the adapters only, when the model has LoRA adapters
     adamw_init(&t->opt, &o->adamw, tp.n, tp.table, tp.n_table);
     t->batches = xcalloc((size_t)o->grad_accum, sizeof *t->batches);
+    t->batch_tokens = xcalloc((size_t)o->grad_accum, sizeof *t->batch_tokens);
     for (int a = 0; a < o->grad_accum; a++) halo_batch_alloc(&t->batches[a], o->batch_size, o->seq_len);
     t->rng = mix_seed(o->seed, 1);
     t->options_json = train_options_to_json(&t->o);
@@ -193,6 +194,7 @@ void trainer_free(trainer *t) {
     adamw_free(&t->opt);
     for (int a = 0; t->batches && a < t->o.grad_accum; a++) halo_batch_free(&t->batches[a]);
     free(t->batches);
+    free(t->batch_tokens);
     free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
     free(t->app_meta); free(t->options_json);
     memset(t, 0, sizeof *t);
@@ -244,25 +246,20 @@ int trainer_step(trainer *t, train_step_info *info) {
     // Accumulation is one batch of grad_accum x batch_size rows: each micro-batch's mean loss weighs by its share of
     // the step's loss tokens (an unweighted mean of the means would count a token of a short-answer micro-batch more)
     const int A = t->o.grad_accum;
-    int64_t total = 0, first = -1;
+    int64_t total = 0;
     int equal = 1;
     for (int a = 0; a < A; a++) {
-        halo_batch *b = &t->batches[a];
-        if (t->data.next(t->data.ctx, b)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
-        int64_t n = 0;
-        for (size_t i = 0; i < (size_t)b->B * b->T; i++) n += b->targets[i] >= 0;
-        if (first < 0) first = n;
-        equal &= n == first;
-        total += n;
+        if (t->data.next(t->data.ctx, &t->batches[a])) return halo_fail_ctx("training data at step %d: ", t->step + 1);
+        t->batch_tokens[a] = halo_batch_loss_tokens(&t->batches[a]);
+        equal &= t->batch_tokens[a] == t->batch_tokens[0];
+        total += t->batch_tokens[a];
     }
     double loss_sum = 0;
     for (int a = 0; a < A; a++) {
-        halo_batch *b = &t->batches[a];
-        int64_t n = 0;
-        for (size_t i = 0; !equal && i < (size_t)b->B * b->T; i++) n += b->targets[i] >= 0;
-        const double w = equal || !total ? 1.0 / A : (double)n / (double)total;   // equal counts: exactly 1 / A
+        // equal counts: exactly 1 / A, the arithmetic of unweighted accumulation
+        const double w = equal || !total ? 1.0 / A : (double)t->batch_tokens[a] / (double)total;
         t->micro = a;
-        const float l = t->be.forward_backward(t, b, equal ? 1.0f / (float)A : (float)w);
+        const float l = t->be.forward_backward(t, &t->batches[a], equal ? 1.0f / (float)A : (float)w);
         loss_sum += equal ? l : w * l;
     }
     float loss = (float)(equal ? loss_sum / A : loss_sum);

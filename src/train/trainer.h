@@ -108,6 +108,7 @@ typedef struct trainer {
     train_eval_fn eval;
     void *eval_ctx;
     halo_batch *batches;          // [grad_accum] micro-batches of a step, each [batch_size, seq_len]
+    int64_t *batch_tokens;        // [grad_accum] their loss tokens
     int step;                     // optimizer steps done
     int micro;                    // the micro-batch of the step being computed (0 .. grad_accum - 1)
     uint64_t rng;                 // trainer RNG state (reserved for stochastic training features; checkpointed)
