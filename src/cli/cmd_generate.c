@@ -115,8 +115,8 @@ int cmd_generate(int argc, char **argv) {
         else if ((s = cli_flag_value(argc, argv, &i, "--device"))) {
             if (cli_device_parse(s, &use_cuda)) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
         }
-        else if ((s = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_int(a, s, &v) || v < 0 || v > 2147483647) goto bad_num; o.max_new_tokens = (int)v; }
-        else if ((s = cli_flag_value(argc, argv, &i, "--top-k"))) { if (cli_parse_int(a, s, &v) || v < 0 || v > 2147483647) goto bad_num; o.top_k = (int)v; }
+        else if ((s = cli_flag_value(argc, argv, &i, "--max-new-tokens"))) { if (cli_parse_range(a, s, 0, 2147483647, &v)) goto bad_num; o.max_new_tokens = (int)v; }
+        else if ((s = cli_flag_value(argc, argv, &i, "--top-k"))) { if (cli_parse_range(a, s, 0, 2147483647, &v)) goto bad_num; o.top_k = (int)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int(a, s, &v)) goto bad_num; o.seed = (uint64_t)v; }
         else if ((s = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_int(a, s, &v) || v < 1) goto bad_num; omp_set_num_threads((int)v); }
         else if ((s = cli_flag_value(argc, argv, &i, "--temperature"))) { if (cli_parse_float(a, s, &x) || x < 0) goto bad_num; o.temperature = (float)x; }
