@@ -87,7 +87,7 @@ typedef struct {
     jinja_template *tmpl;    // DATASET_CHAT_TEMPLATE: the model's chat template
 } loader;
 
-static void load_progress(loader *ld, long long done);
+static void load_progress(loader *ld, FILE *f, long long pos);
 
 static uint64_t splitmix(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
@@ -252,7 +252,7 @@ static int load_text(loader *ld) {
     int k, rc = HALO_OK;
     int64_t doc_line = 1;
     while ((k = data_lines_next(&lr, &s, &len)) > 0) {
-        load_progress(ld, (long long)ftello(lr.f));
+        load_progress(ld, lr.f, 0);
         if (ld->cfg.doc_separator && !strcmp(s, ld->cfg.doc_separator)) {
             if ((rc = add_text_doc(ld, doc.p, doc.n, doc_line))) break;
             data_str_clear(&doc);
@@ -430,7 +430,7 @@ static int load_json_array(loader *ld, int *mode, int64_t *n_lines) {
         while (i < n && strchr(" \t\r\n", buf[i])) line += buf[i++] == '\n';
         if (i < n && buf[i] == ']') { closed = 1; i++; break; }
         if (i >= n) break;
-        load_progress(ld, (long long)i);
+        load_progress(ld, NULL, (long long)i);
         const size_t start = i;
         const int64_t start_line = line;
         int depth = 0, in_str = 0;
@@ -476,7 +476,7 @@ static int load_jsonl(loader *ld) {
     char *s;
     size_t len;
     while ((k = data_lines_next(&lr, &s, &len)) > 0) {
-        load_progress(ld, (long long)ftello(lr.f));
+        load_progress(ld, lr.f, 0);
         const char *t = s;
         size_t tl = len;
         data_strip_span(&t, &tl);
@@ -561,7 +561,7 @@ static int load_csv(loader *ld) {
                        (long long)r.record_line, cc.dup, colnames.p);
     cc.header_only = false;
     while (!rc && (k = csv_next(&r, &fatal)) != 0) {
-        load_progress(ld, (long long)ftello(r.lr.f));
+        load_progress(ld, r.lr.f, 0);
         int res;
         if (k < 0) {
             if (fatal) { rc = HALO_ERR; break; }
@@ -598,11 +598,13 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// cfg.progress: "reading FILE: X of Y MB, N examples" on stderr, at most once a second after the first two.
-static void load_progress(loader *ld, long long done) {
+// cfg.progress: "reading FILE: X of Y MB, N examples" on stderr, at most once a second after the first two. The
+// position is f's (read only when a line is printed: ftello costs a system call) or, without f, pos.
+static void load_progress(loader *ld, FILE *f, long long pos) {
     if (!ld->cfg.progress || (++ld->tick & 1023)) return;
     const double t = now_s();
     if (t - ld->t0 < 2 || t - ld->t_last < 1) return;
+    const long long done = f ? (long long)ftello(f) : pos;
     fprintf(stderr, "\rhalo: reading %s: %.0f of %.0f MB, %lld examples ", ld->path, done / 1e6, ld->file_bytes / 1e6,
             (long long)ld->ds->n_ex);
     fflush(stderr);
