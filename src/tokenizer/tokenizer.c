@@ -423,17 +423,16 @@ static void find_ws_cut(halo_tokenizer *t) {
             tok_utf8_next((const unsigned char *)m->b, m->blen, &cp) == (int)m->blen && cp != TOK_BAD_CP)
             { mb = m->b; ml = m->blen; }
     }
-    const struct { const char *b; size_t blen; } rr = {mb, ml}, *r = mb ? &rr : NULL;
-    if (!r || tok_strmap_get(&t->vocab, t->pieces, t->piece_len, r->b, r->blen) < 0) return;
+    if (!mb || tok_strmap_get(&t->vocab, t->pieces, t->piece_len, mb, ml) < 0) return;
     for (size_t i = 0; i <= t->merges.mask; i++) {
         const tok_merge_slot *m = &t->merges.slot[i];
         if (m->key == UINT64_MAX) continue;
         const char *p = t->pieces[m->new_id]; size_t n = t->piece_len[m->new_id];
-        for (size_t k = r->blen; k + r->blen <= n; k++)   // the marker after something other than the marker
-            if (!memcmp(p + k, r->b, r->blen) && memcmp(p + k - r->blen, r->b, r->blen)) return;
+        for (size_t k = ml; k + ml <= n; k++)   // the marker after something other than the marker
+            if (!memcmp(p + k, mb, ml) && memcmp(p + k - ml, mb, ml)) return;
     }
-    memcpy(t->ws_cut, r->b, r->blen);
-    t->ws_cut_len = (uint32_t)r->blen;
+    memcpy(t->ws_cut, mb, ml);
+    t->ws_cut_len = (uint32_t)ml;
 }
 
 int tok_finish(halo_tokenizer *t) {
