@@ -17,6 +17,7 @@
 #include "train/task_addition.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/json.h"
 
 static void usage(void) {
     printf("usage: halo demo [options]\n"
@@ -67,8 +68,7 @@ static int app_parse(const char *json, demo_shape *s, const char *path, halo_com
     cJSON *j = cJSON_Parse(json ? json : "");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "digits"), *e = cJSON_GetObjectItemCaseSensitive(j, "eval_n");
     int ok = cJSON_IsNumber(d) && cJSON_IsNumber(e), rc = HALO_OK;
-    if (ok && (d->valuedouble != floor(d->valuedouble) || d->valuedouble < 1 || d->valuedouble > ADD_MAX_DIGITS ||
-               e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 || e->valuedouble > 1e9)) {
+    if (ok && (!json_whole(d, 1, ADD_MAX_DIGITS) || !json_whole(e, 0, 1e9))) {
         cJSON_Delete(j);
         return halo_fail("checkpoint %s: demo metadata ('app'): digits must be 1..%d and eval_n a count", path,
                          ADD_MAX_DIGITS);

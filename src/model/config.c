@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/fileio.h"
 
 // Reads an integer key; `required` controls whether absence is an error. Returns 1 if found.
@@ -18,7 +19,7 @@ static int get_int(const char *path, const cJSON *root, const char *key, int *ou
         if (required) { *err = halo_fail("%s: missing required key '%s'", path, key); }
         return 0;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2e9) {
+    if (!json_whole(v, -2e9, 2e9)) {
         *err = halo_fail("%s: key '%s' must be an integer", path, key);
         return 0;
     }
@@ -43,7 +44,7 @@ static void get_token_id(const char *path, const cJSON *root, const char *key, i
     if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(v, 0)))
         v = cJSON_GetArrayItem(v, 0);
     if (!cJSON_IsNumber(v)) return;
-    if (v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2e9) {   // (int)1e300 is undefined
+    if (!json_whole(v, -2e9, 2e9)) {   // (int)1e300 is undefined
         *err = halo_fail("%s: key '%s' must be an integer token id", path, key);
         return;
     }

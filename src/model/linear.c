@@ -6,6 +6,7 @@
 #include "model/lora.h"
 #include "ops/ops.h"
 #include "util/error.h"
+#include "util/json.h"
 
 struct model_halo {
     model_halo_config cfg;
@@ -207,7 +208,7 @@ int model_halo_parse_linears(const char *list, unsigned *kinds) {
 static int halo_int_key(const cJSON *r, const char *key, int lo, int hi, const char *where, int *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, key);
     if (!v) return HALO_OK;
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) || v->valuedouble != (int)v->valuedouble)
+    if (!json_whole(v, lo, hi))
         return halo_fail("%s: '%s' is not an integer in [%d, %d]", where, key, lo, hi);
     *out = (int)v->valuedouble;
     return HALO_OK;

@@ -10,6 +10,7 @@
 #include "model/linear.h"
 #include "model/lora.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/fileio.h"
 
 struct llama_lora {
@@ -250,7 +251,7 @@ static int config_from_obj(const cJSON *r, const char *where, lora_config *c) {
     *c = lora_config_default();
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "r");
     // range first: the cast of 1e300 to int is undefined
-    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 2147483647.0) || v->valuedouble != floor(v->valuedouble))
+    if (!json_whole(v, -2147483647.0, 2147483647.0))
         return halo_fail("%s: key 'r' missing or not an integer", where);
     c->rank = (int)v->valuedouble;
     v = cJSON_GetObjectItemCaseSensitive(r, "lora_alpha");

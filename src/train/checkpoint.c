@@ -13,6 +13,7 @@
 #include "model/lora.h"
 #include "train/checkpoint.h"
 #include "util/error.h"
+#include "util/json.h"
 
 void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
     snprintf(buf, cap, "%s/step_%08" PRId64 ".safetensors", dir, step);
@@ -102,8 +103,7 @@ static int parse_u64(const char *s, uint64_t *out) {
 }
 // A JSON number that is a whole count in [0, 2^53] (doubles hold those exactly).
 static int json_count(const cJSON *v, int64_t *out) {
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0) ||
-        v->valuedouble != floor(v->valuedouble)) return HALO_ERR;
+    if (!json_whole(v, 0, 9007199254740992.0)) return HALO_ERR;
     *out = (int64_t)v->valuedouble;
     return HALO_OK;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include "train/generate.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/fileio.h"
 
 gen_options gen_options_default(void) {
@@ -91,13 +92,10 @@ int gen_read_stops(const char *model_dir, gen_options *o) {
     if (rc == HALO_OK && !cJSON_IsObject(j)) rc = halo_fail("%s: not a JSON object", path);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id"), *it;
     // only whole numbers in int32's range (the range is checked before the cast: (int32_t)3e9 is undefined)
-#define STOP_ID_OK(v) (cJSON_IsNumber(v) && (v)->valuedouble >= -2147483648.0 && (v)->valuedouble <= 2147483647.0 && \
-                       (v)->valuedouble == floor((v)->valuedouble))
-    if (cJSON_IsNumber(e)) { if (STOP_ID_OK(e) && o->n_stop < 8) o->stop_ids[o->n_stop++] = (int32_t)e->valuedouble; }
+    if (cJSON_IsNumber(e)) { if (json_whole(e, -2147483648.0, 2147483647.0) && o->n_stop < 8) o->stop_ids[o->n_stop++] = (int32_t)e->valuedouble; }
     else if (cJSON_IsArray(e))
         cJSON_ArrayForEach(it, e)
-            if (STOP_ID_OK(it) && o->n_stop < 8) o->stop_ids[o->n_stop++] = (int32_t)it->valuedouble;
-#undef STOP_ID_OK
+            if (json_whole(it, -2147483648.0, 2147483647.0) && o->n_stop < 8) o->stop_ids[o->n_stop++] = (int32_t)it->valuedouble;
     cJSON_Delete(j);
     free(text);
     free(path);

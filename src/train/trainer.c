@@ -14,6 +14,7 @@
 #include "train/rng.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/fileio.h"
 
 static double now_s(void) {
@@ -70,7 +71,7 @@ static int option_num(const cJSON *j, const char *key, int integer, double *out)
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
     if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || fabs(it->valuedouble) > 3.4e38)
         return halo_fail("training options: '%s' missing or not a number", key);
-    if (integer && (it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > 2147483647.0))
+    if (integer && !json_whole(it, -2147483647.0, 2147483647.0))
         return halo_fail("training options: '%s' = %g is not an integer", key, it->valuedouble);
     *out = it->valuedouble;
     return HALO_OK;
