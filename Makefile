@@ -24,7 +24,7 @@ ifeq ($(SAN),1)
 endif
 
 LIB_SRC  := $(wildcard src/util/*.c src/io/*.c src/model/*.c src/ops/*.c src/halo/*.c src/train/*.c \
-                       src/tokenizer/*.c src/data/*.c)
+                       src/tokenizer/*.c src/data/*.c src/dist/*.c)
 CLI_SRC  := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)

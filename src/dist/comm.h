@@ -1,0 +1,51 @@
+// Collectives between the ranks of a training run (one process per rank): the seam between the trainer and the
+// transport. Backends: `local` (src/dist/comm_local.c: processes forked on this machine, shared memory; the
+// CPU's data parallelism and the tests of everything distributed) and, for many GPUs, NCCL. Buffers are the
+// backend's memory (host memory for `local`). Every call is collective: all ranks make it, in the same order, with
+// the same sizes. Sums are taken in rank order by `local`, so every rank gets bit-identical results.
+// A rank that fails calls halo_comm_abort: every rank's next (or waiting) collective returns HALO_ERR, so no rank
+// hangs on a peer that is gone.
+#ifndef HALO_COMM_H
+#define HALO_COMM_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { HALO_F32 = 0, HALO_F64, HALO_I64 } halo_dtype;
+typedef enum { HALO_SUM = 0, HALO_MAX } halo_redop;
+
+typedef struct halo_comm halo_comm;
+struct halo_comm {
+    int rank, world;
+    const char *backend;
+    // buf[n] = op over ranks of buf[n] (in place)
+    int (*allreduce)(halo_comm *c, void *buf, size_t n, halo_dtype t, halo_redop op);
+    // recv[n] = sum over ranks of send[rank * n .. rank * n + n) (send holds world * n elements)
+    int (*reduce_scatter)(halo_comm *c, const void *send, void *recv, size_t n, halo_dtype t);
+    // recv[world * bytes] = every rank's send[bytes], in rank order
+    int (*allgather)(halo_comm *c, const void *send, void *recv, size_t bytes);
+    int (*broadcast)(halo_comm *c, void *buf, size_t bytes, int root);
+    int (*barrier)(halo_comm *c);
+    void (*abort)(halo_comm *c);
+    void *impl;
+};
+
+size_t halo_dtype_size(halo_dtype t);
+
+// A rank's part of n elements cut into `world` equal chunks of ceil(n / world) (the last ones shorter or empty):
+// [*lo, *hi). Collectives that need equal pieces work on world * chunk elements (zero padded).
+size_t halo_shard_chunk(size_t n, int world);
+void halo_shard_range(size_t n, int world, int rank, size_t *lo, size_t *hi);
+
+// Runs fn(comm, arg) in `world` processes forked from this one (ranks 0 .. world-1), each with a `local`
+// communicator over shared memory, and waits for them. A rank's status is fn's return (0 = success); a rank that
+// returns non-zero, crashes or is killed aborts the others' collectives. Returns HALO_OK when every rank returned
+// 0, else HALO_ERR with a message naming the first failed rank. status (NULL or [world]) gets each rank's exit code
+// (128 + signal for a killed rank). Call before this process starts OpenMP threads: a forked child does not
+// inherit a usable OpenMP pool (the halo CLI and the tests fork first).
+int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg, int *status);
+
+// A communicator of one rank (every collective is the identity): what a single-process run passes.
+halo_comm *halo_comm_single(void);
+
+static inline void halo_comm_abort(halo_comm *c) { if (c && c->abort) c->abort(c); }
+#endif
