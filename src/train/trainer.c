@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "dist/comm.h"
 #include "io/safetensors.h"
 #include "model/linear.h"
 #include "model/lora.h"
@@ -125,11 +126,15 @@ static void cpu_optimizer_step(trainer *t, double lr) {
     adamw_step(&t->opt, p.params, p.grads, lr);
 }
 static void cpu_nothing(trainer *t) { (void)t; }
+static int cpu_allreduce_grads(trainer *t) {
+    llama_trainable p = llama_trainable_params(t->model);
+    return t->comm->allreduce(t->comm, p.grads, p.n, HALO_F32, HALO_SUM);
+}
 
 const train_backend TRAIN_BACKEND_CPU = {
     .name = "cpu", .zero_grads = cpu_zero_grads, .forward_backward = cpu_forward_backward,
     .clip_grads = cpu_clip_grads, .optimizer_step = cpu_optimizer_step, .to_host = cpu_nothing,
-    .from_host = cpu_nothing,
+    .from_host = cpu_nothing, .allreduce_grads = cpu_allreduce_grads,
 };
 
 void trainer_halo_telemetry(trainer *t, int on) {
@@ -152,7 +157,8 @@ static uint64_t mix_seed(uint64_t seed, uint64_t salt) {
 }
 
 uint64_t trainer_lora_key(const trainer *t) {
-    return mix_seed(t->o.seed, 3 + (uint64_t)t->step * t->o.grad_accum + t->micro);
+    const uint64_t per_step = (uint64_t)t->o.grad_accum * (t->comm ? (uint64_t)t->comm->world : 1);
+    return mix_seed(t->o.seed, 3 + (uint64_t)t->step * per_step + t->micro);
 }
 
 int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_source data) {
@@ -187,6 +193,19 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
 }
 
 void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx) { t->eval = fn; t->eval_ctx = ctx; }
+
+int trainer_set_comm(trainer *t, halo_comm *comm) {
+    if (!comm || comm->world == 1) { t->comm = NULL; return HALO_OK; }
+    if (!t->be.allreduce_grads)
+        return halo_fail("data parallel training (%d ranks) is not built for --device %s", comm->world, t->be.name);
+    if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
+    t->comm = comm;
+    if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);
+    return HALO_OK;
+}
+
+// Rank 0 (or the only rank) writes what a run prints and saves.
+static int lead_rank(const trainer *t) { return !t->comm || t->comm->rank == 0; }
 void trainer_set_app_meta(trainer *t, const char *json) { free(t->app_meta); t->app_meta = json ? xstrdup(json) : NULL; }
 
 void trainer_free(trainer *t) {
@@ -196,6 +215,7 @@ void trainer_free(trainer *t) {
     for (int a = 0; t->batches && a < t->o.grad_accum; a++) halo_batch_free(&t->batches[a]);
     free(t->batches);
     free(t->batch_tokens);
+    if (t->other.input_ids) halo_batch_free(&t->other);
     free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
     free(t->app_meta); free(t->options_json);
     memset(t, 0, sizeof *t);
@@ -205,7 +225,7 @@ void trainer_free(trainer *t) {
 
 // Opens the metrics file: truncated for a fresh run, appended to for a resumed one.
 int trainer_open_metrics(trainer *t) {
-    if (t->metrics || !t->o.metrics_path) return HALO_OK;
+    if (t->metrics || !t->o.metrics_path || !lead_rank(t)) return HALO_OK;
     t->metrics = fopen(t->o.metrics_path, t->step > 0 ? "a" : "w");
     if (!t->metrics) return halo_fail("cannot open metrics file %s: %s", t->o.metrics_path, strerror(errno));
     return HALO_OK;
@@ -246,28 +266,42 @@ int trainer_step(trainer *t, train_step_info *info) {
     t->be.zero_grads(t);
     // Accumulation is one batch of grad_accum x batch_size rows: each micro-batch's mean loss weighs by its share of
     // the step's loss tokens (an unweighted mean of the means would count a token of a short-answer micro-batch more)
-    const int A = t->o.grad_accum;
-    int64_t total = 0;
+    const int A = t->o.grad_accum, W = t->comm ? t->comm->world : 1, R = t->comm ? t->comm->rank : 0;
+    // data parallel: global micro-batch a * W + r is rank r's a-th; every rank reads all, so all know every count
+    int64_t total = 0, first = -1;
     int equal = 1;
-    for (int a = 0; a < A; a++) {
-        if (t->data.next(t->data.ctx, &t->batches[a])) return halo_fail_ctx("training data at step %d: ", t->step + 1);
-        t->batch_tokens[a] = halo_batch_loss_tokens(&t->batches[a]);
-        equal &= t->batch_tokens[a] == t->batch_tokens[0];
-        total += t->batch_tokens[a];
-    }
+    for (int a = 0; a < A; a++)
+        for (int r = 0; r < W; r++) {
+            halo_batch *b = r == R ? &t->batches[a] : &t->other;
+            if (t->data.next(t->data.ctx, b)) return halo_fail_ctx("training data at step %d: ", t->step + 1);
+            int64_t n = halo_batch_loss_tokens(b);
+            if (r == R) t->batch_tokens[a] = n;
+            if (first < 0) first = n;
+            equal &= n == first;
+            total += n;
+        }
+    const int M = A * W;
     double loss_sum = 0;
     for (int a = 0; a < A; a++) {
-        // equal counts: exactly 1 / A, the arithmetic of unweighted accumulation
-        const double w = equal || !total ? 1.0 / A : (double)t->batch_tokens[a] / (double)total;
-        t->micro = a;
-        const float l = t->be.forward_backward(t, &t->batches[a], equal ? 1.0f / (float)A : (float)w);
+        // equal counts: exactly 1 / M, the arithmetic of unweighted accumulation
+        const double w = equal || !total ? 1.0 / M : (double)t->batch_tokens[a] / (double)total;
+        t->micro = a * W + R;
+        const float l = t->be.forward_backward(t, &t->batches[a], equal ? 1.0f / (float)M : (float)w);
         loss_sum += equal ? l : w * l;
     }
-    float loss = (float)(equal ? loss_sum / A : loss_sum);
     // a HALO product of the host model that failed in this step (its quantizer refusing a NaN / Inf): no update
     const char *herr = t->model ? llama_halo_take_error(t->model) : NULL;
-    if (herr) return halo_fail("step %d not applied: a HALO product failed: %s", t->step + 1, herr);
     const char *berr = t->be.halo_error ? t->be.halo_error(t) : NULL;
+    if (t->comm) {   // every rank learns the loss and whether any rank's step failed, then sums the gradients
+        double v[2] = {loss_sum, herr || berr};
+        if (t->comm->allreduce(t->comm, v, 2, HALO_F64, HALO_SUM) || (!v[1] && t->be.allreduce_grads(t)))
+            return halo_fail_ctx("step %d (rank %d of %d): ", t->step + 1, R, W);
+        loss_sum = v[0];
+        if (v[1] && !herr && !berr)
+            return halo_fail("step %d not applied: a HALO product failed on another rank", t->step + 1);
+    }
+    float loss = (float)(equal ? loss_sum / M : loss_sum);
+    if (herr) return halo_fail("step %d not applied: a HALO product failed: %s", t->step + 1, herr);
     if (berr) return halo_fail("step %d not applied: a HALO product failed (--device %s): %s", t->step + 1, t->be.name,
                                berr);
     if (!isfinite(loss)) return halo_fail("training diverged: loss is %f at step %d", loss, t->step + 1);
@@ -282,7 +316,7 @@ int trainer_step(trainer *t, train_step_info *info) {
     t->step++;
     double t1 = now_s();
     train_step_info s = {.step = t->step, .loss = loss, .lr = lr, .grad_norm = norm,
-                         .tokens_per_s = (double)t->o.batch_size * t->o.seq_len * t->o.grad_accum / (t1 - t0),
+                         .tokens_per_s = (double)t->o.batch_size * t->o.seq_len * M / (t1 - t0),
                          .elapsed_s = t->elapsed_before + (t1 - t->t_start)};
     t->last = s;
     if (info) *info = s;
@@ -442,7 +476,7 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
     t->rng = meta.rng;
     t->elapsed_before = meta.elapsed_s;
     t->be.from_host(t);
-    if (t->o.metrics_path) rc = metrics_truncate_after(t->o.metrics_path, meta.step);
+    if (t->o.metrics_path && lead_rank(t)) rc = metrics_truncate_after(t->o.metrics_path, meta.step);
     checkpoint_meta_free(&meta);
     return rc;
 }
@@ -453,6 +487,7 @@ int trainer_run(trainer *t) {
         train_step_info s;
         if (trainer_step(t, &s)) return HALO_ERR;
         int last = t->step == t->o.steps;
+        if (!lead_rank(t)) continue;   // the other ranks go on to the next step's collectives and wait there
         if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) trainer_log_step(t, &s);
         trainer_log_metrics(t, &s);
         if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))

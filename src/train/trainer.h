@@ -85,6 +85,9 @@ typedef struct {
     // The mean next-token loss of one batch on the backend's own weights, forward only (NULL: the backend has no
     // model of its own; evaluations run on the host model). Batches up to the training batch's B and T.
     float (*forward_loss)(struct trainer *t, const halo_batch *b);
+    // Data parallel (trainer_set_comm): sums the step's gradients over the ranks (NULL: the backend cannot run as one
+    // rank of several)
+    int (*allreduce_grads)(struct trainer *t);
 } train_backend;
 extern const train_backend TRAIN_BACKEND_CPU;
 
@@ -96,6 +99,8 @@ typedef struct {
     double tokens_per_s;
     double elapsed_s;
 } train_step_info;
+
+struct halo_comm;
 
 typedef struct trainer {
     llama_model *model;
@@ -119,12 +124,22 @@ typedef struct trainer {
     char *app_meta;               // caller's JSON stored in checkpoints (e.g. the demo's task); may be NULL
     char *options_json;           // options as stored in checkpoints
     train_step_info last;
+    struct halo_comm *comm;       // data parallel: this trainer is one rank of comm (NULL: the only one)
+    halo_batch other;             // data parallel: where the other ranks' micro-batches are read (and skipped)
 } trainer;
 
 // Prepares a run from step 0: allocates grads, optimizer state and the batch. The model must be initialized.
 // Strings in `o` are copied.
 int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_source data);
 void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
+// Data parallel: makes this trainer rank comm->rank of comm->world, each rank with the same model, options and data
+// source. A step is then world x grad_accum micro-batches, global micro-batch a * world + r computed by rank r (every
+// rank reads all of them from its own copy of the source, so the data position stays the global one), weighted by
+// loss tokens over all of them, the gradients summed over the ranks before clipping. The result is the one-rank run
+// with grad_accum x world micro-batches, up to the order of the fp32 gradient sums. Ranks stay identical; only rank 0
+// writes the progress lines, metrics, evaluations and checkpoints. Call after trainer_init, before trainer_resume
+// (every rank resumes from the same checkpoint). The CPU backend only.
+int trainer_set_comm(trainer *t, struct halo_comm *comm);
 void trainer_set_app_meta(trainer *t, const char *json);
 // Restores params, optimizer moments, step, data position and RNG from a checkpoint written by this trainer.
 int trainer_resume(trainer *t, const char *ckpt_path);
