@@ -43,6 +43,7 @@ static int vs_set(void *ctx, const train_data_state *st) { varied_src *s = ctx; 
 #define MAX_STEPS 8
 typedef struct {
     atomic_int pass, fail;
+    atomic_long owned;              // moments held, summed over the ranks
     float params[MAX_PARAMS];       // rank 0's trainable values at the end
     float loss[MAX_STEPS];
     double norm[MAX_STEPS];
@@ -51,6 +52,7 @@ typedef struct {
 
 typedef struct {
     int world, accum, batch, steps, lora, stop_at;   // stop_at: save a checkpoint after this step and stop (0: no)
+    int shard;                                       // sharded optimizer state
     halo_precision prec;
     int level;
     const char *ckpt, *resume, *metrics;
@@ -87,7 +89,15 @@ static int rank_train(halo_comm *c, void *arg) {
     varied_src src = {.vocab = cfg.vocab_size};
     trainer t;
     int rc = trainer_init(&t, &m, &o, (train_data_source){&src, vs_next, vs_get, vs_set});
-    if (!rc) rc = trainer_set_comm(&t, c);
+    train_dist_options d = {.shard_optimizer = j->shard};
+    if (!rc) rc = trainer_set_comm(&t, c, &d);
+    if (!rc && c->world > 1) {   // moments held: the whole count, or this rank's rows
+        llama_trainable p = llama_trainable_params(&m);
+        size_t want_max = j->shard ? p.n / (size_t)c->world + (size_t)p.n_table * 64 : p.n;
+        RCHECK(out, t.opt.n_owned <= want_max && (j->shard || t.opt.n_owned == p.n) && t.opt.n_owned > 0,
+               "rank %d: %zu moments of %zu parameters held (shard %d)", c->rank, t.opt.n_owned, p.n, j->shard);
+        atomic_fetch_add(&out->owned, (long)t.opt.n_owned);
+    }
     if (!rc && j->resume) rc = trainer_resume(&t, j->resume);
     if (!rc && trainer_open_metrics(&t)) rc = HALO_ERR;
     while (!rc && t.step < o.steps && !(j->stop_at && t.step == j->stop_at)) {
@@ -95,7 +105,7 @@ static int rank_train(halo_comm *c, void *arg) {
         rc = trainer_step(&t, &s);
         if (!rc && c->rank == 0) { out->loss[t.step - 1] = s.loss; out->norm[t.step - 1] = s.grad_norm; }
         if (!rc) trainer_log_metrics(&t, &s);
-        if (!rc && j->stop_at && t.step == j->stop_at && c->rank == 0) rc = trainer_save(&t, NULL);
+        if (!rc && j->stop_at && t.step == j->stop_at) rc = trainer_save(&t, NULL);   // every rank (gathers)
     }
     if (rc) { fprintf(stderr, "rank %d: %s\n", c->rank, halo_error()); trainer_free(&t); llama_free(&m); return 3; }
     llama_trainable p = llama_trainable_params(&m);
@@ -118,6 +128,7 @@ static result *g_res[2];
 static int run_job(job *j, result *r) {
     memset((void *)r->params, 0, sizeof r->params);
     r->n = 0;
+    atomic_store(&r->owned, 0);
     j->out = r;
     int rc = halo_comm_run_local(j->world, rank_train, j, NULL);
     if (rc) fprintf(stderr, "%s\n", halo_error());
@@ -133,6 +144,16 @@ static double rel_diff(const result *a, const result *b) {
 static void compare(const char *what, halo_precision prec, int level, int lora, int world, int accum, int batch,
                     double tol) {
     job one = {.world = 1, .accum = accum * world, .batch = batch, .steps = 5, .lora = lora, .prec = prec, .level = level};
+    // sharded optimizer state: the same bits as whole moments on every rank, the moments cut world ways
+    job sharded = one, whole = one;
+    sharded.world = whole.world = world; sharded.accum = whole.accum = accum; sharded.shard = 1;
+    if (run_job(&whole, g_res[0]) || run_job(&sharded, g_res[1])) { CHECK(0, "%s: a sharded run failed", what); return; }
+    long held = atomic_load(&g_res[1]->owned), all = atomic_load(&g_res[0]->owned);
+    CHECK(g_res[0]->n > 0 && g_res[1]->n == g_res[0]->n &&
+          memcmp(g_res[0]->params, g_res[1]->params, sizeof(float) * g_res[0]->n) == 0 &&
+          memcmp(g_res[0]->loss, g_res[1]->loss, sizeof g_res[0]->loss) == 0 && held * world == all,
+          "%s, %d ranks: sharded optimizer state gives other weights or losses, or holds %ld of %ld moments", what,
+          world, held, all);
     job many = one;
     many.world = world; many.accum = accum;
     if (run_job(&one, g_res[0]) || run_job(&many, g_res[1])) { CHECK(0, "%s: a run failed", what); return; }
@@ -142,7 +163,8 @@ static void compare(const char *what, halo_precision prec, int level, int lora, 
           "%s: %d ranks x %d micro-batches vs 1 x %d: weights rel diff %.3g, losses %.3g (tol %.1g)", what, world, accum,
           accum * world, e, le, tol);
     printf("%-24s %d ranks x %d x %d rows vs 1 rank x %d: weights after 5 steps rel diff %.2g, loss %.2g "
-           "(final loss %.5f)\n", what, world, accum, batch, accum * world, e, le, g_res[0]->loss[4]);
+           "(final loss %.5f); sharded moments: same bits, %ld of %ld held\n", what, world, accum, batch, accum * world,
+           e, le, g_res[0]->loss[4], held, all);
 }
 
 static char *slurp(const char *path) {
@@ -180,32 +202,37 @@ int main(void) {
               rel_diff(g_res[1], g_res[0]));
     else CHECK(0, "control runs failed");
 
-    // a 2-rank run checkpointed at step 3 and resumed on 2 ranks ends where the uninterrupted run does, bit for bit;
-    // only rank 0 wrote the metrics (one line a step) and the checkpoint
-    char dir[] = "/tmp/halo_dist_XXXXXX";
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
-    char ckdir[600], met[600], ck[700];
-    snprintf(ckdir, sizeof ckdir, "%s/ck", dir);
-    snprintf(met, sizeof met, "%s/metrics.jsonl", dir);
-    job full = {.world = 2, .accum = 1, .batch = 2, .steps = 6, .prec = HALO_PREC_INT8, .level = 2};
-    job first = full;
-    first.ckpt = ckdir; first.stop_at = 3; first.metrics = met;
-    CHECK(run_job(&full, g_res[0]) == HALO_OK && run_job(&first, g_res[1]) == HALO_OK, "full and first half");
-    snprintf(ck, sizeof ck, "%s/step_00000003.safetensors", ckdir);
-    job second = full;
-    second.resume = ck; second.metrics = met;
-    CHECK(run_job(&second, g_res[1]) == HALO_OK, "resumed half");
-    CHECK(g_res[1]->n == g_res[0]->n && memcmp(g_res[1]->params, g_res[0]->params, sizeof(float) * g_res[0]->n) == 0,
-          "2 ranks: checkpoint at step 3 + resume equals the uninterrupted 6 steps bit for bit (rel diff %.3g)",
-          rel_diff(g_res[1], g_res[0]));
-    char *mt = slurp(met);
-    int lines = 0;
-    for (char *p = mt; p && (p = strstr(p, "\"type\":\"train\"")); p++) lines++;
-    CHECK(lines == 6, "metrics: %d train lines for 6 steps over 2 ranks (rank 0 alone writes)", lines);
-    free(mt);
-    char cmd[800];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0, "cleanup");
+    // a 2-rank run checkpointed at step 3 and resumed on 2 ranks ends where the uninterrupted run does, bit for bit,
+    // with whole or sharded moments, and across the two (a sharded run's checkpoint holds the whole moments); only
+    // rank 0 wrote the metrics (one line a step) and the checkpoint
+    static const int shard_pairs[3][2] = {{0, 0}, {1, 1}, {1, 0}};
+    for (int k = 0; k < 3; k++) {
+        char dir[] = "/tmp/halo_dist_XXXXXX";
+        if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); break; }
+        char ckdir[600], met[600], ck[700];
+        snprintf(ckdir, sizeof ckdir, "%s/ck", dir);
+        snprintf(met, sizeof met, "%s/metrics.jsonl", dir);
+        job full = {.world = 2, .accum = 1, .batch = 2, .steps = 6, .prec = HALO_PREC_INT8, .level = 2};
+        job first = full;
+        first.ckpt = ckdir; first.stop_at = 3; first.metrics = met; first.shard = shard_pairs[k][0];
+        CHECK(run_job(&full, g_res[0]) == HALO_OK && run_job(&first, g_res[1]) == HALO_OK, "full and first half");
+        snprintf(ck, sizeof ck, "%s/step_00000003.safetensors", ckdir);
+        job second = full;
+        second.resume = ck; second.metrics = met; second.shard = shard_pairs[k][1];
+        CHECK(run_job(&second, g_res[1]) == HALO_OK, "resumed half");
+        CHECK(g_res[1]->n == g_res[0]->n && memcmp(g_res[1]->params, g_res[0]->params, sizeof(float) * g_res[0]->n) == 0,
+              "2 ranks, moments %s then %s: checkpoint at step 3 + resume equals the uninterrupted 6 steps bit for bit "
+              "(rel diff %.3g)", shard_pairs[k][0] ? "sharded" : "whole", shard_pairs[k][1] ? "sharded" : "whole",
+              rel_diff(g_res[1], g_res[0]));
+        char *mt = slurp(met);
+        int lines = 0;
+        for (char *p = mt; p && (p = strstr(p, "\"type\":\"train\"")); p++) lines++;
+        CHECK(lines == 6, "metrics: %d train lines for 6 steps over 2 ranks (rank 0 alone writes)", lines);
+        free(mt);
+        char cmd[800];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0, "cleanup");
+    }
 
     int ranks_ok = 0;
     for (int i = 0; i < 2; i++) {

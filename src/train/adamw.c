@@ -12,20 +12,22 @@ adamw_config adamw_config_default(void) {
     return (adamw_config){.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1, .decay_all = 0};
 }
 
-static void chunks_push(adamw_state *s, int *cap, size_t off, size_t n, int decay) {
+static void chunks_push(adamw_state *s, int *cap, size_t off, size_t n, int decay, size_t moff) {
     for (size_t i = 0; i < n; i += ADAMW_CHUNK) {
         if (s->n_chunks == *cap) { *cap = *cap ? 2 * *cap : 64; s->chunks = xrealloc(s->chunks, (size_t)*cap * sizeof *s->chunks); }
         size_t k = n - i < ADAMW_CHUNK ? n - i : ADAMW_CHUNK;
-        s->chunks[s->n_chunks++] = (adamw_chunk){off + i, k, decay};
+        s->chunks[s->n_chunks++] = (adamw_chunk){off + i, k, decay, moff + i};
     }
 }
 
-void adamw_init(adamw_state *s, const adamw_config *cfg, size_t n, const llama_param *table, int n_table) {
+void adamw_init_owned(adamw_state *s, const adamw_config *cfg, size_t n, const llama_param *table, int n_table,
+                      const size_t *off, const size_t *len, int n_ranges) {
     memset(s, 0, sizeof *s);
     s->cfg = *cfg;
     s->n = n;
-    s->m = xcalloc(n ? n : 1, sizeof(float));
-    s->v = xcalloc(n ? n : 1, sizeof(float));
+    for (int r = 0; r < n_ranges; r++) s->n_owned += len[r];
+    s->m = xcalloc(s->n_owned ? s->n_owned : 1, sizeof(float));
+    s->v = xcalloc(s->n_owned ? s->n_owned : 1, sizeof(float));
     // Per-element decay flag from the table, then runs of equal flags become chunks (table order need not be
     // buffer order, and a tied lm_head has no range of its own).
     unsigned char *decay = xmalloc(n ? n : 1);
@@ -33,13 +35,23 @@ void adamw_init(adamw_state *s, const adamw_config *cfg, size_t n, const llama_p
     for (int i = 0; i < n_table && table; i++)
         if (table[i].no_decay && !cfg->decay_all) memset(decay + table[i].offset, 0, table[i].numel);
     int cap = 0;
-    for (size_t i = 0; i < n;) {
-        size_t j = i;
-        while (j < n && decay[j] == decay[i]) j++;
-        chunks_push(s, &cap, i, j - i, decay[i]);
-        i = j;
+    size_t moff = 0;
+    for (int r = 0; r < n_ranges; r++) {
+        const size_t end = off[r] + len[r];
+        for (size_t i = off[r]; i < end;) {
+            size_t j = i;
+            while (j < end && decay[j] == decay[i]) j++;
+            chunks_push(s, &cap, i, j - i, decay[i], moff);
+            moff += j - i;
+            i = j;
+        }
     }
     free(decay);
+}
+
+void adamw_init(adamw_state *s, const adamw_config *cfg, size_t n, const llama_param *table, int n_table) {
+    const size_t zero = 0;
+    adamw_init_owned(s, cfg, n, table, n_table, &zero, &n, 1);
 }
 
 void adamw_free(adamw_state *s) {
@@ -59,12 +71,13 @@ void adamw_step(adamw_state *s, float *params, const float *grads, double lr) {
     for (int c = 0; c < s->n_chunks; c++) {
         const adamw_chunk ch = s->chunks[c];
         const double dm = ch.decay ? decay_mul : 1.0;
-        for (size_t i = ch.off; i < ch.off + ch.n; i++) {
+        float *cm = m + ch.moff, *cv = v + ch.moff;   // the chunk's moments
+        for (size_t i = ch.off, k = 0; i < ch.off + ch.n; i++, k++) {
             double g = grads[i];
-            double mi = b1 * m[i] + (1.0 - b1) * g;
-            double vi = b2 * v[i] + (1.0 - b2) * g * g;
-            m[i] = (float)mi;
-            v[i] = (float)vi;
+            double mi = b1 * cm[k] + (1.0 - b1) * g;
+            double vi = b2 * cv[k] + (1.0 - b2) * g * g;
+            cm[k] = (float)mi;
+            cv[k] = (float)vi;
             double p = params[i] * dm;
             params[i] = (float)(p - step_size * mi / (sqrt(vi) / bc2_sqrt + eps));
         }

@@ -17,13 +17,14 @@ typedef struct {
 
 // One contiguous range of the parameter buffer that shares a weight-decay setting; cut into pieces of at most
 // ADAMW_CHUNK elements so that OpenMP threads get balanced work.
-typedef struct { size_t off, n; int decay; } adamw_chunk;
+typedef struct { size_t off, n; int decay; size_t moff; } adamw_chunk;   // moff: where the chunk's moments start
 
 typedef struct {
     adamw_config cfg;
     size_t n;            // number of parameters
-    float *m;            // [n] first moment
-    float *v;            // [n] second moment
+    size_t n_owned;      // moments held: n, or the elements of the owned ranges (adamw_init_owned)
+    float *m;            // [n_owned] first moment
+    float *v;            // [n_owned] second moment
     int64_t t;           // optimizer steps taken (torch's `step`)
     adamw_chunk *chunks; // [n_chunks]
     int n_chunks;
@@ -33,6 +34,10 @@ adamw_config adamw_config_default(void);   // betas 0.9/0.95, eps 1e-8, wd 0.1, 
 // Zeroed moments for n parameters. `table` (n_table entries, may be NULL = one tensor that decays) gives the
 // no_decay ranges; ranges the table does not cover are decayed.
 void adamw_init(adamw_state *s, const adamw_config *cfg, size_t n, const llama_param *table, int n_table);
+// Data parallel with sharded optimizer state: moments only for the owned ranges [off[i], off[i] + len[i]) of the n
+// parameters (ascending, disjoint), stored one after another; adamw_step updates those elements only.
+void adamw_init_owned(adamw_state *s, const adamw_config *cfg, size_t n, const llama_param *table, int n_table,
+                      const size_t *off, const size_t *len, int n_ranges);
 void adamw_free(adamw_state *s);
 // One step at learning rate `lr`: t += 1, then for every element
 //   p *= 1 - lr*wd (if decayed); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/linear.h"
 #include "model/lora.h"
+#include "train/trainer_dist.h"
 #include "train/checkpoint.h"
 #include "train/rng.h"
 #include "train/trainer.h"
@@ -194,13 +195,14 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
 
 void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx) { t->eval = fn; t->eval_ctx = ctx; }
 
-int trainer_set_comm(trainer *t, halo_comm *comm) {
+int trainer_set_comm(trainer *t, halo_comm *comm, const train_dist_options *d) {
     if (!comm || comm->world == 1) { t->comm = NULL; return HALO_OK; }
     if (!t->be.allreduce_grads)
         return halo_fail("data parallel training (%d ranks) is not built for --device %s", comm->world, t->be.name);
     if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
     t->comm = comm;
     if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);
+    if (d && d->shard_optimizer && dist_shard_init(t)) { t->comm = NULL; return HALO_ERR; }
     return HALO_OK;
 }
 
@@ -216,6 +218,7 @@ void trainer_free(trainer *t) {
     free(t->batches);
     free(t->batch_tokens);
     if (t->other.input_ids) halo_batch_free(&t->other);
+    dist_shard_free(t);
     free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
     free(t->app_meta); free(t->options_json);
     memset(t, 0, sizeof *t);
@@ -312,7 +315,8 @@ int trainer_step(trainer *t, train_step_info *info) {
         return halo_fail("step %d not applied: the gradient norm is %g (a NaN or Inf in the gradients)", t->step + 1,
                          norm);
     double lr = lr_schedule_at(&t->sched, t->step);
-    t->be.optimizer_step(t, lr);
+    if (!t->shard) t->be.optimizer_step(t, lr);
+    else if (dist_optimizer_step(t, lr)) return halo_fail_ctx("step %d (rank %d of %d): ", t->step + 1, R, W);
     t->step++;
     double t1 = now_s();
     train_step_info s = {.step = t->step, .loss = loss, .lr = lr, .grad_norm = norm,
@@ -390,15 +394,24 @@ int trainer_save(trainer *t, const char *path) {
         checkpoint_path(buf, sizeof buf, t->o.ckpt_dir, t->step);
         path = buf;
     }
-    t->be.to_host(t);
-    if (t->be.opt_to_host && t->be.opt_to_host(t)) return halo_fail_ctx("checkpoint at step %d: ", t->step);
-    checkpoint_meta meta = {.step = t->step, .rng = t->rng, .options_json = t->options_json,
-                            .app_json = t->app_meta,
-                            .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};
-    if (t->data.get_state) t->data.get_state(t->data.ctx, &meta.data);
-    if (checkpoint_save(path, t->model, &t->opt, &meta)) return HALO_ERR;
-    if (t->o.ckpt_dir) checkpoint_prune(t->o.ckpt_dir, t->o.keep_ckpts);
-    return HALO_OK;
+    adamw_state whole, *opt = &t->opt;   // sharded moments are gathered first: every rank takes part
+    if (t->shard) {
+        if (dist_gather_moments(t, &whole)) return halo_fail_ctx("checkpoint at step %d: ", t->step);
+        opt = &whole;
+    }
+    int rc = HALO_OK;
+    if (lead_rank(t)) {
+        t->be.to_host(t);
+        if (t->be.opt_to_host && t->be.opt_to_host(t)) rc = halo_fail_ctx("checkpoint at step %d: ", t->step);
+        checkpoint_meta meta = {.step = t->step, .rng = t->rng, .options_json = t->options_json,
+                                .app_json = t->app_meta,
+                                .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};
+        if (t->data.get_state) t->data.get_state(t->data.ctx, &meta.data);
+        if (!rc) rc = checkpoint_save(path, t->model, opt, &meta);
+        if (!rc && t->o.ckpt_dir) checkpoint_prune(t->o.ckpt_dir, t->o.keep_ckpts);
+    }
+    if (t->shard) adamw_free(&whole);
+    return rc;
 }
 
 // The options JSON without the bookkeeping keys (how often to log, evaluate, checkpoint), which do not change the
@@ -462,10 +475,18 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
         return halo_fail_ctx("checkpoint %s: data state: ", ckpt_path);
     }
     checkpoint_meta_free(&meta);
-    if (checkpoint_load(ckpt_path, t->model, &t->opt, &meta)) {
+    adamw_state whole, *opt = &t->opt;   // sharded: the whole moments, of which this rank keeps its rows
+    if (t->shard) {
+        llama_trainable tp = llama_trainable_params(t->model);
+        adamw_init(&whole, &t->opt.cfg, tp.n, tp.table, tp.n_table);
+        opt = &whole;
+    }
+    if (checkpoint_load(ckpt_path, t->model, opt, &meta)) {
+        if (t->shard) adamw_free(&whole);
         if (t->data.set_state && t->data.get_state) t->data.set_state(t->data.ctx, &was_data);
         return HALO_ERR;
     }
+    if (t->shard) { dist_take_moments(t, &whole); adamw_free(&whole); }
     int rc = HALO_OK;
     char *diff = meta.options_json ? options_diff(meta.options_json, t->options_json) : NULL;
     if (diff && *diff)
@@ -487,7 +508,11 @@ int trainer_run(trainer *t) {
         train_step_info s;
         if (trainer_step(t, &s)) return HALO_ERR;
         int last = t->step == t->o.steps;
-        if (!lead_rank(t)) continue;   // the other ranks go on to the next step's collectives and wait there
+        if (!lead_rank(t)) {   // the other ranks take part in the checkpoint's gathers, then go on to the next step
+            if (t->o.ckpt_dir && ((t->o.ckpt_every > 0 && t->step % t->o.ckpt_every == 0) || last))
+                if (trainer_save(t, NULL)) return HALO_ERR;
+            continue;
+        }
         if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) trainer_log_step(t, &s);
         trainer_log_metrics(t, &s);
         if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))

@@ -125,6 +125,7 @@ typedef struct trainer {
     char *options_json;           // options as stored in checkpoints
     train_step_info last;
     struct halo_comm *comm;       // data parallel: this trainer is one rank of comm (NULL: the only one)
+    struct train_shard *shard;    // data parallel with sharded optimizer state (NULL: whole moments on every rank)
     halo_batch other;             // data parallel: where the other ranks' micro-batches are read (and skipped)
 } trainer;
 
@@ -138,8 +139,13 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
 // loss tokens over all of them, the gradients summed over the ranks before clipping. The result is the one-rank run
 // with grad_accum x world micro-batches, up to the order of the fp32 gradient sums. Ranks stay identical; only rank 0
 // writes the progress lines, metrics, evaluations and checkpoints. Call after trainer_init, before trainer_resume
-// (every rank resumes from the same checkpoint). The CPU backend only.
-int trainer_set_comm(trainer *t, struct halo_comm *comm);
+// (every rank resumes from the same checkpoint), then call trainer_save on every rank (rank 0 writes). The CPU
+// backend only.
+typedef struct {
+    int shard_optimizer;   // ZeRO-1: each rank keeps the AdamW moments of 1/world of every tensor's rows, updates
+                           // those rows and all-gathers them (same numbers; moments memory / world)
+} train_dist_options;
+int trainer_set_comm(trainer *t, struct halo_comm *comm, const train_dist_options *d);
 void trainer_set_app_meta(trainer *t, const char *json);
 // Restores params, optimizer moments, step, data position and RNG from a checkpoint written by this trainer.
 int trainer_resume(trainer *t, const char *ckpt_path);

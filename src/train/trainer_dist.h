@@ -1,0 +1,20 @@
+// Data parallel with sharded optimizer state (ZeRO-1), internal to the trainer: every trainable tensor is cut into
+// `world` row ranges (halo_shard_range over its rows); a rank keeps AdamW moments for its rows only, updates them,
+// and the ranks all-gather the updated rows. Checkpoints hold the whole moments (gathered before saving; a resume
+// keeps each rank's rows), so they equal an unsharded run's.
+#ifndef HALO_TRAINER_DIST_H
+#define HALO_TRAINER_DIST_H
+#include "train/trainer.h"
+
+typedef struct train_shard train_shard;
+
+// Builds the row ranges of t->model's trainable tensors for t->comm and replaces t->opt by moments of this rank's rows.
+int dist_shard_init(trainer *t);
+void dist_shard_free(trainer *t);
+// AdamW on this rank's rows, then every rank gets every tensor's updated rows.
+int dist_optimizer_step(trainer *t, double lr);
+// full = the whole moments (collective: every rank calls it); full is initialised here, adamw_free it after.
+int dist_gather_moments(trainer *t, adamw_state *full);
+// Keeps this rank's rows of the whole moments `full` (what a checkpoint holds) in t->opt.
+void dist_take_moments(trainer *t, const adamw_state *full);
+#endif
