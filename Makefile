@@ -1,7 +1,8 @@
 # halo build: `make` builds build/halo and build/libhalo.a; `make test` builds and runs the CPU test suite.
 # Sources are found by wildcard: add a file under src/<module>/ and it is built; add tests/test_<name>.c and it
 # becomes a test binary. CUDA sources (src/cuda/*.cu) are compiled when nvcc is found (CUDA=0 turns that off).
-# EXTRA_CFLAGS / EXTRA_LDFLAGS add include and library paths (scripts/device_build.sh uses them on the GPU machine).
+# EXTRA_CFLAGS / EXTRA_LDFLAGS / EXTRA_NVFLAGS add include and library paths (scripts/device_build.sh uses them on the
+# GPU machine).
 # SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build-san/.
 
 CC      ?= gcc
@@ -37,10 +38,24 @@ BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-  NVFLAGS := -std=c++17 -O3 -g -arch=sm_90a -Isrc -Iinclude --expt-relaxed-constexpr -Xcompiler -fopenmp
+  NVFLAGS := -std=c++17 -O3 -g -arch=sm_90a -Isrc -Iinclude --expt-relaxed-constexpr -Xcompiler -fopenmp \
+             $(EXTRA_NVFLAGS)
   CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/%.o)
   CFLAGS  += -DHALO_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64
+  # NCCL (src/cuda/comm_nccl.cu) when libnccl.so is in the toolkit's lib64 or lib, the system's library folder or an
+  # EXTRA_LDFLAGS -L folder (NCCL=0 leaves it out). Linked as needed: only binaries that call the NCCL backend
+  # depend on libnccl.so.2 at run time.
+  NCCL_DIRS := $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/lib/x86_64-linux-gnu $(EXTRA_LDFLAGS:-L%=%)
+  NCCL    ?= $(if $(wildcard $(addsuffix /libnccl.so,$(NCCL_DIRS))),1,0)
+  ifeq ($(NCCL),1)
+    CFLAGS  += -DHALO_NCCL=1
+    LDLIBS  += $(if $(wildcard $(CUDA_HOME)/lib/libnccl.so),-L$(CUDA_HOME)/lib) \
+               -Wl,--push-state,--as-needed -lnccl -Wl,--pop-state
+  else
+    CU_OBJ  := $(filter-out $(BUILD)/src/cuda/comm_nccl.o,$(CU_OBJ))
+  endif
+  LDLIBS  += -lcublasLt -lcublas -lcudart -lstdc++
 else
   CU_OBJ  :=
 endif

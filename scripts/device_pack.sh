@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run HERE (the development machine) before a device call: copies what the GPU machine lacks into ignored folders
-# that the call carries: .carry-deps (cJSON, PCRE2 and CBLAS headers, libcjson) and .carry-shared (the parts of
+# that the call carries: .carry-deps (cJSON, PCRE2, CBLAS and NCCL headers, libcjson) and .carry-shared (the parts of
 # ../shared that device runs read). Then call the device with carry [".carry-deps", ".carry-shared"] and a command
 # starting with `bash scripts/device_build.sh`.
 set -euo pipefail
@@ -11,6 +11,7 @@ cp /usr/include/cjson/cJSON.h .carry-deps/include/cjson/
 cp /usr/include/pcre2.h .carry-deps/include/
 cp /usr/include/x86_64-linux-gnu/openblas-openmp/{cblas.h,openblas_config.h} .carry-deps/include/
 cp -L /usr/lib/x86_64-linux-gnu/libcjson.so.1 .carry-deps/lib/
+cp /usr/local/cuda/include/nccl.h .carry-deps/include/   # for a toolkit without NCCL (device_build.sh)
 mkdir -p .carry-shared
 for p in models/stories260K goldens tokenizers/llama3 tokenizers/llama2 data/text data/viggo bench docs; do
   mkdir -p ".carry-shared/$(dirname "$p")"
