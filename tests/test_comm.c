@@ -123,6 +123,12 @@ static int rank_failing(halo_comm *c, void *arg) {
     return 11;   // a distinct status: these ranks saw the failure
 }
 
+// rank 1 fails at once; rank 0 never reaches a collective (stuck elsewhere): the launcher kills it after the grace
+static int rank_stuck(halo_comm *c, void *arg) {
+    if (c->rank == 1) return 5;
+    for (;;) pause();
+}
+
 static int rank_noop(halo_comm *c, void *arg) { return c->rank == 0 && c->world == 1 ? 0 : 0; }
 
 int main(void) {
@@ -168,6 +174,12 @@ int main(void) {
         CHECK(rc == HALO_ERR && strstr(halo_error(), want), "%s: '%s'", want, halo_error());
         CHECK(st[1] == (kill ? 128 + SIGKILL : 7) && st[0] == 11 && st[2] == 11, "statuses %d %d %d", st[0], st[1], st[2]);
     }
+    setenv("HALO_RANK_GRACE_S", "0.3", 1);
+    int sst[2] = {0};
+    int src = halo_comm_run_local(2, rank_stuck, NULL, sst);
+    CHECK(src == HALO_ERR && strstr(halo_error(), "rank 1 of 2 failed (exit status 5)") && sst[0] == 128 + SIGKILL,
+          "a stuck rank is killed after the grace: '%s', statuses %d %d", halo_error(), sst[0], sst[1]);
+    unsetenv("HALO_RANK_GRACE_S");
     CHECK(halo_comm_run_local(0, rank_noop, NULL, NULL) == HALO_ERR && strstr(halo_error(), "0 is not in"), "0 ranks");
 
     // the one-rank communicator: identities

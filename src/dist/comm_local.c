@@ -199,19 +199,36 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
         pids[r] = p;
         started++;
     }
-    int *codes = xcalloc((size_t)world, sizeof *codes);
-    for (int done = 0; done < started;) {
-        int st;
-        pid_t p = waitpid(-1, &st, 0);
-        if (p < 0) { if (errno == EINTR) continue; break; }
-        int r = 0;
-        while (r < started && pids[r] != p) r++;
-        if (r == started) continue;
-        done++;
-        codes[r] = exit_code_of(st);
-        int expected = 0;
-        if (codes[r]) atomic_compare_exchange_strong(&h->aborted, &expected, r + 1);   // wakes the others' barriers
+    // Wait for our ranks (polling, so that other children of the process are left alone). Once a rank has failed,
+    // the others get HALO_RANK_GRACE_S seconds (default 60) to notice it in their collectives; a rank still running
+    // then (blocked where the failure cannot reach it, e.g. inside a GPU collective) is killed.
+    int *codes = xcalloc((size_t)world, sizeof *codes), *done = xcalloc((size_t)world, sizeof *done);
+    const char *ge = getenv("HALO_RANK_GRACE_S");
+    const double grace = ge && atof(ge) > 0 ? atof(ge) : 60;
+    struct timespec t_fail = {0}, nap = {0, 1000000};
+    for (int left = started; left > 0;) {
+        int progressed = 0;
+        for (int r = 0; r < started; r++) {
+            int st;
+            if (done[r] || waitpid(pids[r], &st, WNOHANG) != pids[r]) continue;
+            done[r] = 1; left--; progressed = 1;
+            codes[r] = exit_code_of(st);
+            int expected = 0;
+            if (codes[r]) atomic_compare_exchange_strong(&h->aborted, &expected, r + 1);   // wakes the others' barriers
+        }
+        if (atomic_load(&h->aborted)) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (!t_fail.tv_sec) t_fail = now;
+            if (now.tv_sec - t_fail.tv_sec + (now.tv_nsec - t_fail.tv_nsec) * 1e-9 > grace)
+                for (int r = 0; r < started; r++) if (!done[r]) kill(pids[r], SIGKILL);
+        }
+        if (left && !progressed) {
+            nanosleep(&nap, NULL);
+            if (nap.tv_nsec < 50000000) nap.tv_nsec *= 2;
+        } else nap.tv_nsec = 1000000;
     }
+    free(done);
     // the rank named is the first to give up (the others then fail in their collectives)
     int bad = atomic_load(&h->aborted) - 1, code = bad >= 0 ? codes[bad] : 0;
     if (status) memcpy(status, codes, sizeof(int) * (size_t)world);
