@@ -1,6 +1,7 @@
 // `halo finetune` (alias `halo train`): fine-tunes a Hugging Face Llama directory on a dataset file with AdamW, a
 // warmup + decay schedule, periodic validation loss, checkpoints, a metrics JSONL file, and a final export.
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "data/dataset.h"
+#include "dist/comm.h"
 #include "model/llama.h"
 #include "model/lora.h"
 #include "tokenizer/tokenizer.h"
@@ -23,6 +25,22 @@ static volatile sig_atomic_t g_interrupted;
 static void on_interrupt(int sig) {
     g_interrupted = sig;
     signal(sig, SIG_DFL);
+}
+
+// --ranks N: the run forks N ranks before anything is loaded (a forked process cannot use the parent's OpenMP
+// threads); each rank parses the same command line again and runs it as one rank of g_rank_comm.
+static halo_comm *g_rank_comm;
+static int g_argc;
+static char **g_argv;
+int cmd_finetune(int argc, char **argv);
+static int finetune_as_rank(halo_comm *c, void *arg) {
+    g_rank_comm = c;
+    int rc = cmd_finetune(g_argc, g_argv);
+    return rc == 130 ? 0 : rc;   // interrupted and saved: the launcher reports the signal
+}
+static int cores_available(void) {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
 }
 
 // --dry-run: the first k training examples in file order, decoded: the prompt, then the tokens the loss covers.
@@ -82,6 +100,9 @@ static void usage(void) {
         "                         (--ckpt-dir) and exports (--out) and exits 130; a second Ctrl-C stops at once\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
+        "  --ranks N              data parallel over N processes on this machine (CPU): each step takes N x\n"
+        "                         --grad-accum micro-batches, as one process with N times the accumulation would\n"
+        "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
         "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
         "                         fp32 master weights and moments on the GPU; the validation loss too (the\n"
@@ -184,7 +205,8 @@ int cmd_finetune(int argc, char **argv) {
     int eval_fp32 = 0, lora_on = 0, merge = 0;
     lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
-    int dry_run = 0;
+    int dry_run = 0, shard = 0;
+    long ranks = 1;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
     int gmem_given = 0;
@@ -231,9 +253,13 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--export-dtype"))) export_dtype = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--device"))) device = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_range("--threads", v, 0, 4096, &threads)) goto bad; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--ranks"))) { if (cli_parse_range("--ranks", v, 1, 256, &ranks)) goto bad; }
+        else if (cli_is_flag(argv[i], "--shard-optimizer")) shard = 1;
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
+    const int lead = !g_rank_comm || g_rank_comm->rank == 0;   // the rank that prints notes and writes results
+    if (shard && ranks < 2) { halo_fail("--shard-optimizer: only with --ranks N, N >= 2"); goto bad; }
     if (resume && !lora_on) {   // a LoRA run's checkpoint resumes as one: its adapters' settings
         llama_config ccfg;
         checkpoint_meta meta;
@@ -241,7 +267,7 @@ int cmd_finetune(int argc, char **argv) {
         int rc_l = meta.lora_json ? lora_config_from_json(meta.lora_json, resume, &lc) : HALO_OK;
         if (meta.lora_json && rc_l == HALO_OK) {
             lora_on = 1;
-            fprintf(stderr, "halo finetune: resuming the LoRA adapters recorded in %s\n", resume);
+            if (lead) fprintf(stderr, "halo finetune: resuming the LoRA adapters recorded in %s\n", resume);
         }
         checkpoint_meta_free(&meta);
         if (rc_l != HALO_OK) goto bad;
@@ -249,24 +275,44 @@ int cmd_finetune(int argc, char **argv) {
     if (merge && !lora_on) { halo_fail("--merge: only with LoRA (--lora or --lora-rank R)"); goto bad; }
     if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     // where the results go, checked before any training (a run must not end with nowhere to write)
-    if (!dry_run && out_dir && halo_writable_dir(out_dir) != HALO_OK) { halo_fail_ctx("--out: "); goto bad; }
-    if (!dry_run && o.ckpt_dir && halo_writable_dir(o.ckpt_dir) != HALO_OK) { halo_fail_ctx("--ckpt-dir: "); goto bad; }
+    // (by the launcher of --ranks, before the ranks start)
+    if (!g_rank_comm && !dry_run && out_dir && halo_writable_dir(out_dir) != HALO_OK) { halo_fail_ctx("--out: "); goto bad; }
+    if (!g_rank_comm && !dry_run && o.ckpt_dir && halo_writable_dir(o.ckpt_dir) != HALO_OK) { halo_fail_ctx("--ckpt-dir: "); goto bad; }
     int use_cuda = 0;
     // LoRA on the GPU is new and not yet measured at 1B shapes: only with --device cuda (the CPU stays the default)
     if (lora_on && !device) {
-        if (cli_device_auto(&co, "finetune"))
+        if (cli_device_auto(&co, "finetune") && lead && ranks < 2)
             fprintf(stderr, "halo finetune: note: LoRA trains on the CPU unless --device cuda is given\n");
-    } else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK : (use_cuda = cli_device_auto(&co, "finetune"), 0))
+    } else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
+                      : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
         goto bad;
+    if (ranks > 1 && use_cuda) {
+        halo_fail("--ranks with --device cuda: training on several GPUs is not built yet (dev/multigpu/PLAN.md); --ranks "
+                  "runs on the CPU");
+        goto bad;
+    }
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
+    if (ranks > 1 && !g_rank_comm && !dry_run) {   // the launcher: forks the ranks, which run this function again
+        g_argc = argc; g_argv = argv;
+        fprintf(stderr, "halo finetune: %ld ranks (processes on this machine), %ld threads each%s\n", ranks,
+                threads ? threads : (cores_available() / ranks > 0 ? cores_available() / ranks : 1),
+                shard ? ", optimizer moments sharded" : "");
+        if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) goto bad;
+        return halo_comm_local_signal() ? 130 : 0;
+    }
+    if (g_rank_comm && !threads) {   // the machine's cores shared out
+        int c = cores_available() / g_rank_comm->world;
+        threads = c > 0 ? c : 1;
+    }
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
+    dc.progress = lead;
 
     llama_model m;
     if (llama_load(&m, model_dir) != HALO_OK) goto bad;
-    if (dc.seq_len > m.cfg.max_pos)
+    if (dc.seq_len > m.cfg.max_pos && lead)
         fprintf(stderr, "halo finetune: note: --seq-len %d exceeds the model's max_position_embeddings %d\n", dc.seq_len, m.cfg.max_pos);
     if (resume && !co.given) {   // the precision the checkpointed run used, unless flags say otherwise
         llama_config ccfg;
@@ -277,7 +323,7 @@ int cmd_finetune(int argc, char **argv) {
         if (cJSON_IsObject(app) && cJSON_GetObjectItemCaseSensitive(app, "precision")) {
             rc_h = model_halo_config_from_json(meta.app_json, resume, &co.hc);
             co.given = 1;
-            fprintf(stderr, "halo finetune: resuming with the precision recorded in %s\n", resume);
+            if (lead) fprintf(stderr, "halo finetune: resuming with the precision recorded in %s\n", resume);
         }
         cJSON_Delete(app);
         checkpoint_meta_free(&meta);
@@ -288,30 +334,32 @@ int cmd_finetune(int argc, char **argv) {
     if (lora_on) {
         if (llama_lora_enable(&m, &lc, o.seed) != HALO_OK) { llama_free(&m); goto bad; }
         lora_describe(&lc, lora_desc, sizeof lora_desc);
-        fprintf(stderr, "halo finetune: %s: %zu trainable parameters (%.2f%% of %zu), base weights frozen\n", lora_desc,
+        if (lead) fprintf(stderr, "halo finetune: %s: %zu trainable parameters (%.2f%% of %zu), base weights frozen\n", lora_desc,
                 llama_trainable_params(&m).n, 100.0 * llama_trainable_params(&m).n / m.n_params, m.n_params);
     }
     halo_tokenizer *tok;
     if (tokenizer_load(model_dir, &tok) != HALO_OK) { llama_free(&m); goto bad; }
     dataset *ds = NULL;
-    fprintf(stderr, "halo finetune: loading %s\n", dc.path);
+    if (lead) fprintf(stderr, "halo finetune: loading %s\n", dc.path);
     if (dataset_load(&dc, tok, &ds) != HALO_OK || dataset_check_vocab(ds, m.cfg.vocab_size) != HALO_OK) {
         if (ds) dataset_free(ds);
         tokenizer_free(tok); llama_free(&m); goto bad;
     }
     char summary[512];
     dataset_summary(ds, summary, sizeof summary);
-    fprintf(stderr, "halo finetune: %s\n", summary);
+    if (lead) fprintf(stderr, "halo finetune: %s\n", summary);
     long per_epoch = (long)dataset_batches_per_epoch(ds, DATASET_TRAIN, dc.seed, 0, o.batch_size);
-    const double want_steps = ceil(epochs * per_epoch / (o.grad_accum > 0 ? o.grad_accum : 1));
+    const double want_steps = ceil(epochs * per_epoch / ((o.grad_accum > 0 ? o.grad_accum : 1) * (double)ranks));
     if (!steps && !(want_steps <= 2147483647.0)) {   // (int) of a larger double is undefined (it gave 1 step)
         halo_fail("--epochs %g: %.0f steps of %ld batches per epoch is more than 2147483647", epochs, want_steps, per_epoch);
         dataset_free(ds); tokenizer_free(tok); llama_free(&m); goto bad;
     }
     o.steps = steps > 0 ? (int)steps : (int)want_steps;
     if (o.steps < 1) o.steps = 1;
-    fprintf(stderr, "halo finetune: %d steps of %d x %d tokens (x%d accumulation), %ld batches per epoch, lr %g, %s\n",
-            o.steps, o.batch_size, o.seq_len, o.grad_accum, per_epoch, o.lr, halo_common_describe(&co));
+    if (lead)
+        fprintf(stderr, "halo finetune: %d steps of %d x %d tokens (x%d accumulation%s), %ld batches per epoch, lr %g, %s\n",
+                o.steps, o.batch_size, o.seq_len, o.grad_accum * (int)ranks, ranks > 1 ? " over the ranks" : "",
+                per_epoch, o.lr, halo_common_describe(&co));
 
     if (per_epoch == 0 && !dry_run) {   // the iterator would fail at step 1 with less to say
         const dataset_stats *st = dataset_get_stats(ds);
@@ -338,7 +386,11 @@ int cmd_finetune(int argc, char **argv) {
         trainer_set_app_meta(&t, hj);
         free(hj);
     }
-    if (eval_fp32 && !llama_get_halo(&m))
+    if (rc == HALO_OK && g_rank_comm) {
+        train_dist_options dd = {.shard_optimizer = shard};
+        rc = trainer_set_comm(&t, g_rank_comm, &dd);
+    }
+    if (eval_fp32 && !llama_get_halo(&m) && lead)
         fprintf(stderr, "halo finetune: note: --eval-fp32 has nothing to add, every linear is fp32 already\n");
     eval_ctx ectx = {ds, o.batch_size, o.seq_len, eval_batches, &t, eval_fp32};
     if (rc == HALO_OK) {
@@ -365,17 +417,26 @@ int cmd_finetune(int argc, char **argv) {
             trainer_log_metrics(&t, &si);
             if (measure) {
                 trainer_halo_telemetry(&t, 0);
-                printf("quantization telemetry after step %d:\n", t.step);
-                trainer_halo_telemetry_report(&t, stdout);
+                if (lead) {
+                    printf("quantization telemetry after step %d:\n", t.step);
+                    trainer_halo_telemetry_report(&t, stdout);
+                }
             }
             if (rc == HALO_OK && o.eval_every > 0 && t.step % o.eval_every == 0 && t.step < o.steps) rc = trainer_evaluate(&t);
             if (rc == HALO_OK && o.ckpt_dir && o.ckpt_every > 0 && t.step % o.ckpt_every == 0) rc = trainer_save(&t, NULL);
-            if (time_budget > 0 && halo_now() - t_begin > time_budget && t.step < o.steps) {
-                fprintf(stderr, "halo finetune: time budget of %.0f s reached after %d of %d steps\n", time_budget, t.step, o.steps);
+            int over = time_budget > 0 && halo_now() - t_begin > time_budget && t.step < o.steps;
+            if (g_rank_comm) {   // the ranks stop together: at the first step after which any of them would
+                double f[2] = {over, g_interrupted};
+                if (g_rank_comm->allreduce(g_rank_comm, f, 2, HALO_F64, HALO_MAX)) { rc = HALO_ERR; break; }
+                over = f[0] > 0;
+                if (f[1] > 0 && !g_interrupted) g_interrupted = (int)f[1];
+            }
+            if (over) {
+                if (lead) fprintf(stderr, "halo finetune: time budget of %.0f s reached after %d of %d steps\n", time_budget, t.step, o.steps);
                 break;
             }
         }
-        if (g_interrupted) {
+        if (g_interrupted && lead) {
             fprintf(stderr, "halo finetune: interrupted after step %d of %d: %s\n", t.step, o.steps,
                     o.ckpt_dir || out_dir ? "saving, then stopping (again to stop at once)"
                                           : "stopping (no --ckpt-dir or --out to save into)");
@@ -383,12 +444,12 @@ int cmd_finetune(int argc, char **argv) {
         }
         if (rc == HALO_OK && !g_interrupted) rc = trainer_evaluate(&t);
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
-        if (rc == HALO_OK && o.ckpt_dir && g_interrupted) {
+        if (rc == HALO_OK && o.ckpt_dir && g_interrupted && lead) {
             char ck[4096];
             checkpoint_path(ck, sizeof ck, o.ckpt_dir, t.step);
             fprintf(stderr, "halo finetune: checkpoint %s (continue with --resume %s)\n", ck, ck);
         }
-        if (rc == HALO_OK && out_dir) {
+        if (rc == HALO_OK && out_dir && lead) {
             t.be.to_host(&t);
             const int bf16 = !strcmp(export_dtype, "bf16");
             if (lora_on && !merge) {
@@ -416,6 +477,7 @@ int cmd_finetune(int argc, char **argv) {
     if (rc != HALO_OK) goto bad;
     return interrupted ? 130 : 0;
 bad:
-    fprintf(stderr, "halo finetune: %s\n", halo_error());
+    if (g_rank_comm) fprintf(stderr, "halo finetune (rank %d of %d): %s\n", g_rank_comm->rank, g_rank_comm->world, halo_error());
+    else fprintf(stderr, "halo finetune: %s\n", halo_error());
     return 1;
 }

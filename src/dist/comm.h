@@ -43,7 +43,11 @@ void halo_shard_range(size_t n, int world, int rank, size_t *lo, size_t *hi);
 // 0, else HALO_ERR with a message naming the first failed rank. status (NULL or [world]) gets each rank's exit code
 // (128 + signal for a killed rank). Call before this process starts OpenMP threads: a forked child does not
 // inherit a usable OpenMP pool (the halo CLI and the tests fork first).
+// While the ranks run, SIGINT and SIGTERM sent to this process are passed on to each rank once (the ranks run in a
+// process group of their own, so a terminal's Ctrl-C reaches them only that way); halo_comm_local_signal() then
+// tells the last such signal (0: none) of the latest run.
 int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg, int *status);
+int halo_comm_local_signal(void);
 
 // A communicator of one rank (every collective is the identity): what a single-process run passes.
 halo_comm *halo_comm_single(void);

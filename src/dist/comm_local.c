@@ -157,6 +157,18 @@ static int local_broadcast(halo_comm *c, void *buf, size_t bytes, int root) {
 
 // ---- the launcher ----------------------------------------------------------------------------------------------
 
+// While ranks run, SIGINT / SIGTERM to the launcher go to every rank once (the ranks have their own process
+// group, so a terminal's Ctrl-C reaches them only this way).
+static pid_t *g_rank_pids;
+static int g_rank_count;
+static volatile sig_atomic_t g_forwarded;
+static void forward_signal(int sig) {
+    g_forwarded = sig;
+    for (int r = 0; r < g_rank_count; r++) if (g_rank_pids[r] > 0) kill(g_rank_pids[r], sig);
+}
+
+int halo_comm_local_signal(void) { return g_forwarded; }
+
 static int exit_code_of(int st) {
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
@@ -176,6 +188,11 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
     pid_t *pids = xcalloc((size_t)world, sizeof *pids);
     const pid_t parent = getpid();
     fflush(NULL);   // buffered output would otherwise be written once per child
+    g_rank_pids = pids; g_rank_count = world; g_forwarded = 0;
+    struct sigaction fw = {.sa_handler = forward_signal, .sa_flags = SA_RESTART}, old_int, old_term;
+    sigemptyset(&fw.sa_mask);
+    sigaction(SIGINT, &fw, &old_int);
+    sigaction(SIGTERM, &fw, &old_term);
     int started = 0;
     for (int r = 0; r < world; r++) {
         pid_t p = fork();
@@ -187,6 +204,9 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
         if (p == 0) {
             prctl(PR_SET_PDEATHSIG, SIGTERM);   // no orphaned ranks when the launcher dies
             if (getppid() != parent) _exit(127);
+            sigaction(SIGINT, &old_int, NULL);
+            sigaction(SIGTERM, &old_term, NULL);
+            setpgid(0, 0);
             local_impl li = {.h = h, .slots = (unsigned char *)mem + 4096};
             halo_comm c = {.rank = r, .world = world, .backend = "local", .allreduce = local_allreduce,
                            .reduce_scatter = local_reduce_scatter, .allgather = local_allgather,
@@ -229,6 +249,9 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
         } else nap.tv_nsec = 1000000;
     }
     free(done);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    g_rank_pids = NULL; g_rank_count = 0;
     // the rank named is the first to give up (the others then fail in their collectives)
     int bad = atomic_load(&h->aborted) - 1, code = bad >= 0 ? codes[bad] : 0;
     if (status) memcpy(status, codes, sizeof(int) * (size_t)world);

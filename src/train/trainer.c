@@ -334,6 +334,7 @@ static void fmt_duration(char *buf, size_t cap, double s) {
 }
 
 void trainer_log_step(trainer *t, const train_step_info *s) {
+    if (!lead_rank(t)) return;
     double run = now_s() - t->t_start;
     int done = t->step - t->step0;
     double eta = done > 0 ? run / done * (t->o.steps - t->step) : 0;
@@ -355,7 +356,7 @@ void trainer_log_metrics(trainer *t, const train_step_info *s) {
 }
 
 int trainer_evaluate(trainer *t) {
-    if (!t->eval) return HALO_OK;
+    if (!t->eval || !lead_rank(t)) return HALO_OK;   // the ranks hold the same weights: rank 0 evaluates
     t->be.to_host(t);
     train_metrics mt = {0};
     if (t->eval(t->eval_ctx, t->model, t->step, &mt)) return halo_fail_ctx("evaluation at step %d: ", t->step);

@@ -1,0 +1,136 @@
+// `halo finetune --ranks N` (data parallel over forked processes) end to end on stories260K: 2 ranks equal one
+// process with twice the accumulation (losses step by step, the exports' evaluation), rank 0 alone writes metrics
+// and checkpoints; with --shard-optimizer a checkpoint resumes bit for bit, sharded or not; Ctrl-C reaches the ranks
+// through the launcher and the run saves and exits 130; wrong combinations are refused before any training.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "test_cli.h"
+
+static char dir[256], bin[512];
+
+static int count_train_lines(const char *path) {
+    double loss[64];
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) n += strstr(line, "\"type\":\"train\"") != NULL;
+    if (f) fclose(f);
+    (void)loss;
+    return n;
+}
+
+static void test_interrupt(const char *common) {
+    char cmd[8192], metrics[512], log[512];
+    snprintf(metrics, sizeof metrics, "%s/int.jsonl", dir);
+    snprintf(log, sizeof log, "%s/int.log", dir);
+    snprintf(cmd, sizeof cmd, "exec %s --ranks 2 --steps 100000 --eval-every 0 --ckpt-dir %s/int_ck --out %s/int_out "
+             "--metrics %s > %s 2>&1", common, dir, dir, metrics, log);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); _exit(127); }
+    double loss[8];
+    int n = 0;
+    for (int tries = 0; tries < 600 && n < 3; tries++) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        n = read_losses(metrics, loss, 8);
+    }
+    kill(pid, SIGINT);   // to the launcher only: it passes the signal on to the ranks
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(n >= 3 && WIFEXITED(status) && WEXITSTATUS(status) == 130, "interrupted 2-rank run: %d steps seen, exit %d",
+          n, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    int last = count_train_lines(metrics);
+    snprintf(cmd, sizeof cmd, "%s/int_ck/step_%08d.safetensors", dir, last);
+    struct stat st;
+    CHECK(last >= 3 && stat(cmd, &st) == 0, "checkpoint of the last step %d: %s", last, cmd);
+    CHECK(file_has(log, "interrupted after step") && file_has(log, "--resume"), "the log says where to resume");
+    snprintf(cmd, sizeof cmd, "%s/int_out/model.safetensors", dir);
+    CHECK(stat(cmd, &st) == 0, "the interrupted run exported its model");
+}
+
+int main(void) {
+    if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
+    const char *b = getenv("BUILD");
+    snprintf(bin, sizeof bin, "%s/halo", b && *b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/halo_test_ranks_%d", (int)getpid());
+    char common[4096], cmd[8192], path[512];
+    snprintf(common, sizeof common, "%s finetune --model %s --data %s --seq-len 48 --batch 2 --steps 5 --lr 5e-4 "
+             "--warmup 2 --val-count 4 --precision int8 --seed 5", bin, test_shared_path("models/stories260K"),
+             test_shared_path("data/text/tinystories_sample.txt"));
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+
+    // 2 ranks x 1 micro-batch == 1 process x 2 micro-batches (HALO INT8 level 2)
+    snprintf(cmd, sizeof cmd, "%s --grad-accum 2 --threads 1 --metrics %s/one.jsonl --out %s/one > %s/one.log 2>&1",
+             common, dir, dir, dir);
+    CHECK(system(cmd) == 0, "one process, accumulation 2");
+    snprintf(cmd, sizeof cmd, "%s --ranks 2 --metrics %s/two.jsonl --out %s/two --ckpt-dir %s/two_ck > %s/two.log 2>&1",
+             common, dir, dir, dir, dir);
+    CHECK(system(cmd) == 0, "2 ranks");
+    double one[5] = {0}, two[5] = {0};
+    snprintf(path, sizeof path, "%s/one.jsonl", dir);
+    int n1 = read_losses(path, one, 5);
+    snprintf(path, sizeof path, "%s/two.jsonl", dir);
+    int n2 = read_losses(path, two, 5);
+    CHECK(n1 == 5 && n2 == 5 && count_train_lines(path) == 5, "5 steps logged, once each: %d %d (%d lines)", n1, n2,
+          count_train_lines(path));
+    double worst = 0;
+    for (int s = 0; s < 5; s++) worst = fmax(worst, fabs(two[s] - one[s]) / one[s]);
+    CHECK(worst < 1e-5, "2 ranks vs accumulation 2: losses differ by %.3g", worst);
+    printf("--ranks 2 vs --grad-accum 2, HALO INT8 level 2, 5 steps: losses within %.2g (last %.7f vs %.7f)\n", worst,
+           two[4], one[4]);
+    snprintf(path, sizeof path, "%s/two.log", dir);
+    CHECK(file_has(path, "2 ranks") && file_has(path, "x2 accumulation over the ranks") && file_has(path, "exported"),
+          "the 2-rank log says how the run is split and that it exported");
+    double ev[2];
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "%s eval --model %s/%s --data %s --task loss --seq-len 48 --batch 2 --val-count 4 "
+                 "--threads 1 > %s/ev%d.log 2>&1", bin, dir, k ? "two" : "one",
+                 test_shared_path("data/text/tinystories_sample.txt"), dir, k);
+        CHECK(system(cmd) == 0, "eval of export %d", k);
+        snprintf(path, sizeof path, "%s/ev%d.log", dir, k);
+        ev[k] = eval_loss(path);
+    }
+    CHECK(ev[0] > 0 && fabs(ev[1] - ev[0]) <= 1e-5 * ev[0], "exports evaluate to %.7f and %.7f", ev[1], ev[0]);
+
+    // --shard-optimizer: a checkpoint at step 2 resumes, sharded or not, to the uninterrupted run's losses bit for bit
+    snprintf(cmd, sizeof cmd, "%s --ranks 2 --shard-optimizer --ckpt-every 2 --ckpt-dir %s/sh_ck --metrics %s/sh.jsonl "
+             "> %s/sh.log 2>&1", common, dir, dir, dir);
+    CHECK(system(cmd) == 0, "2 ranks, sharded optimizer");
+    double sh[5] = {0};
+    snprintf(path, sizeof path, "%s/sh.jsonl", dir);
+    CHECK(read_losses(path, sh, 5) == 5 && memcmp(sh, two, sizeof sh) == 0,
+          "sharded moments give the whole moments' losses bit for bit (%.9g vs %.9g)", sh[4], two[4]);
+    for (int shard = 0; shard <= 1; shard++) {
+        snprintf(cmd, sizeof cmd, "%s --ranks 2 %s --resume %s/sh_ck/step_00000002.safetensors --metrics %s/res%d.jsonl "
+                 "> %s/res%d.log 2>&1", common, shard ? "--shard-optimizer" : "", dir, dir, shard, dir, shard);
+        CHECK(system(cmd) == 0, "resume %d", shard);
+        double r[5] = {0};
+        snprintf(path, sizeof path, "%s/res%d.jsonl", dir, shard);
+        read_losses(path, r, 5);
+        for (int s = 2; s < 5; s++)
+            CHECK(r[s] == sh[s] && r[s] > 0, "resumed %s: step %d loss %.9g == %.9g", shard ? "sharded" : "unsharded",
+                  s + 1, r[s], sh[s]);
+    }
+
+    // refused before training
+    struct { const char *flags, *want; } bad[] = {
+        {"--shard-optimizer", "--shard-optimizer: only with --ranks"},
+        {"--ranks 2 --device cuda", "several GPUs is not built"},
+        {"--ranks 0", "--ranks"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s > %s/bad.log 2>&1", common, bad[i].flags, dir);
+        int rc = system(cmd);
+        snprintf(path, sizeof path, "%s/bad.log", dir);
+        CHECK(rc != 0 && file_has(path, bad[i].want), "'%s' refused naming '%s'", bad[i].flags, bad[i].want);
+    }
+    test_interrupt(common);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+    TEST_END();
+}
