@@ -269,10 +269,89 @@ static int bwd_plain(halo_linear *L, const float *EY, const float *W, float *EX,
     return HALO_OK;
 }
 
+// ---- weight codes (sharded weights gathered in 8 bits) ----------------------------------------------------------
+
+// Given codes must be exactly what forward would make of an [n][m] W: shape, format and scale grid.
+static int check_given_codes(const halo_linear *L, int n, int m) {
+    const halo_qmat *q = &L->qw;
+    const halo_qspec qs = spec_fwd(L);
+    const halo_qgrid g = halo_qgrid_of(&qs, n, m);
+    if (q->rows != n || q->cols != m)
+        return halo_fail("%s: given weight codes are %dx%d, the weight is %dx%d", L->name, q->rows, q->cols, n, m);
+    if (q->fmt != qs.fmt)
+        return halo_fail("%s: given weight codes are %s, the layer quantizes to %s", L->name, halo_qformat_name(q->fmt),
+                         halo_qformat_name(qs.fmt));
+    if (q->gr != g.gr || q->gc != g.gc)
+        return halo_fail("%s: given weight codes have %dx%d scale groups, the layer uses %dx%d", L->name, q->gr, q->gc,
+                         g.gr, g.gc);
+    return HALO_OK;
+}
+
+size_t halo_linear_weight_grid_len(const halo_linear *L, int n, int m) {
+    const halo_qspec qs = spec_fwd(L);
+    const halo_qgrid g = halo_qgrid_of(&qs, n, m);
+    return (size_t)g.srows * g.scols;
+}
+
+// Rows [lo, hi) of the weight operand before quantization: Wrows as given (level 0) or rotated, W H_m, in scratch.
+static int weight_rows(halo_linear *L, const float *Wrows, int lo, int hi, int n, int m, const float **wr) {
+    if (!is_8bit(L))
+        return halo_fail("%s: weight codes are for int8/fp8 layers (this one is %s)", L->name,
+                         halo_precision_name(L->cfg.prec));
+    if (check_shapes(L, 1, m, n)) return HALO_ERR;
+    if (lo < 0 || hi < lo || hi > n)
+        return halo_fail("%s: weight rows [%d,%d) are not within out_features %d", L->name, lo, hi, n);
+    if (!Wrows && hi > lo) return halo_fail("%s: weight rows [%d,%d) are NULL", L->name, lo, hi);
+    *wr = Wrows;
+    if (L->cfg.level >= 1 && hi > lo) {
+        if (plan_hm(L, m)) return HALO_ERR;
+        float *wb = ws(L, 1, (size_t)(hi - lo) * m);
+        memcpy(wb, Wrows, sizeof(float) * (size_t)(hi - lo) * m);
+        halo_hadamard_rows(&L->hm, wb, hi - lo, m, 0); // W H_m
+        *wr = wb;
+    }
+    return HALO_OK;
+}
+
+int halo_linear_weight_amax(halo_linear *L, const float *Wrows, int lo, int hi, int n, int m, float *amax) {
+    const float *wr;
+    if (weight_rows(L, Wrows, lo, hi, n, m, &wr)) return HALO_ERR;
+    char what[256];
+    snprintf(what, sizeof what, "%s: weight W (Y product)", L->name); // forward's message for the same element
+    const halo_qspec qs = spec_fwd(L);
+    return halo_absmax_rows(amax, wr, m, lo, hi, n, m, &qs, what);
+}
+
+int halo_linear_weight_codes(halo_linear *L, const float *Wrows, int lo, int hi, int n, int m, const float *amax,
+                             halo_qmat *out) {
+    const float *wr;
+    if (weight_rows(L, Wrows, lo, hi, n, m, &wr)) return HALO_ERR;
+    char what[256];
+    snprintf(what, sizeof what, "%s: weight W (Y product)", L->name);
+    const halo_qspec qs = spec_fwd(L);
+    return halo_quantize_rows(out, wr, m, lo, hi, n, m, &qs, amax, what);
+}
+
+int halo_linear_set_weight_codes(halo_linear *L, const halo_qmat *qw) {
+    if (!qw) { L->qw_given = 0; return HALO_OK; }
+    if (!is_8bit(L))
+        return halo_fail("%s: weight codes are for int8/fp8 layers (this one is %s)", L->name,
+                         halo_precision_name(L->cfg.prec));
+    if (qw != &L->qw) halo_qmat_copy(&L->qw, qw);
+    L->qw_given = 1;
+    L->have_fwd = 0; // the saved operand changed: a backward needs a forward with it
+    return HALO_OK;
+}
+
 // ---- 8-bit levels --------------------------------------------------------------------------------------------
 
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n) {
     if (check_shapes(L, b, m, n)) return HALO_ERR;
+    const int given = is_8bit(L) && L->qw_given;
+    if (!W && !given) return halo_fail("%s: forward without a weight W", L->name);
+    if (!W && L->cfg.telemetry)
+        return halo_fail("%s: telemetry measures against the fp32 weight W, which is NULL (weight codes given)", L->name);
+    if (given && check_given_codes(L, n, m)) return HALO_ERR;
     L->have_fwd = 0;
     L->xkeep_ok = 0;
     L->b = b; L->m = m; L->n = n;
@@ -286,19 +365,23 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
     const float *xr = X, *wr = W;
     if (lvl >= 1) {
         if (plan_hm(L, m)) return HALO_ERR;
-        float *xb = ws(L, 0, (size_t)b * m), *wb = ws(L, 1, (size_t)n * m);
+        float *xb = ws(L, 0, (size_t)b * m);
         memcpy(xb, X, sizeof(float) * (size_t)b * m);
-        memcpy(wb, W, sizeof(float) * (size_t)n * m);
         halo_hadamard_rows(&L->hm, xb, b, m, 0); // X H_m
-        halo_hadamard_rows(&L->hm, wb, n, m, 0); // W H_m
-        xr = xb; wr = wb;
+        xr = xb;
+        if (!given || L->cfg.telemetry) { // given codes: W H_m only for telemetry's outlier ratio
+            float *wb = ws(L, 1, (size_t)n * m);
+            memcpy(wb, W, sizeof(float) * (size_t)n * m);
+            halo_hadamard_rows(&L->hm, wb, n, m, 0); // W H_m
+            wr = wb;
+        }
     }
     char what[256];
     halo_qspec qs = spec_fwd(L);
     snprintf(what, sizeof what, "%s: forward input X (Y product)", L->name);
     if (halo_quantize(&L->qx, xr, b, m, m, 0, &qs, what)) return HALO_ERR;
     snprintf(what, sizeof what, "%s: weight W (Y product)", L->name);
-    if (halo_quantize(&L->qw, wr, n, m, m, 0, &qs, what)) return HALO_ERR;
+    if (!given && halo_quantize(&L->qw, wr, n, m, m, 0, &qs, what)) return HALO_ERR;
     if (halo_qgemm(&L->qx, &L->qw, Y, n, 0)) return halo_fail_ctx("%s: forward: ", L->name);
     if (L->cfg.telemetry) {
         L->stats.calls[HALO_PROD_Y]++;
@@ -340,6 +423,17 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
                          L->b, L->m, L->n);
+    if (!W && EX) {
+        if (!(is_8bit(L) && L->qw_given))
+            return halo_fail("%s: backward without a weight W (the input-gradient product needs it)", L->name);
+        if (!(L->cfg.gran == HALO_GRAN_TENSOR || L->cfg.gran == HALO_GRAN_BLOCK128))
+            return halo_fail("%s: %s scales re-quantize the weight along out_features for the input-gradient product, "
+                             "which needs the fp32 W (NULL given with weight codes)", L->name,
+                             L->cfg.gran == HALO_GRAN_ROW ? "per-row" : "1xB block");
+        if (L->cfg.telemetry)
+            return halo_fail("%s: telemetry measures against the fp32 weight W, which is NULL (weight codes given)",
+                             L->name);
+    }
     if (!is_8bit(L)) {
         int rc = bwd_plain(L, EY, W, EX, G, b, m, n);
         L->step++;

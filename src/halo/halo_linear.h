@@ -61,6 +61,7 @@ typedef struct halo_linear {
     const float *X;         // FP32/BF16: the caller's X from forward (must stay alive until backward)
     halo_qmat qx;           // 8-bit Q(X H_m) [b][m] with scales (X for level 0)
     halo_qmat qw;           // 8-bit Q(W H_m) [n][m] with scales
+    int qw_given;           // qw was set by halo_linear_set_weight_codes: forward uses it instead of quantizing W
     halo_hadamard hm;       // H_m plan (levels 1, 2)
     int hm_d;               // dimension hm was planned for (0 = none)
     halo_hadamard hb;       // H_b plan (level 2) over the padded token count
@@ -82,11 +83,34 @@ void halo_linear_free(halo_linear *L);
 // Uses w (owned by the caller, must outlive the layer's use) for scratch instead of the layer's own; NULL reverts.
 // Only for layers that are never run at the same time from different threads.
 void halo_linear_share_workspace(halo_linear *L, halo_workspace *w);
-// X [b][m] row-major activations, W [n][m] weight (out x in), Y [b][n] output (overwritten).
+// X [b][m] row-major activations, W [n][m] weight (out x in), Y [b][n] output (overwritten). W may be NULL when the
+// layer was given its weight codes (halo_linear_set_weight_codes).
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n);
 // EY [b][n]; EX [b][m] overwritten (NULL = not needed); G [n][m] accumulated (G += dW; NULL = frozen weight).
-// W is the same weight as in forward. Must follow a forward of this layer object with the same shapes.
+// W is the same weight as in forward (NULL where halo_linear_set_weight_codes says). Must follow a forward of this layer object with the same shapes.
 int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float *EX, float *G, int b, int m, int n);
+
+// ---- sharded weights gathered in 8 bits (docs/halo-method.md section 5) ----------------------------------------
+// The layer uses W [n][m] only through its weight operand Q(W H_m) (levels 1, 2) or Q(W) (level 0), scaled over the
+// whole W. A data-parallel rank holding rows [lo, hi) of W (Wrows: [hi - lo][m]) builds that operand with the
+// others, bit-identical to the one forward quantizes itself:
+//   1. halo_linear_weight_amax: the absmax grid of its rows (rotated as the level requires), grid_len floats;
+//   2. allreduce MAX of the grid over the ranks (one float at per-tensor scales);
+//   3. halo_linear_weight_codes with the reduced grid: out gets every scale and the codes of rows [lo, hi) at
+//      out->q + lo * m (row-major [n][m] bytes);
+//   4. allgather the code rows into out->q (1 byte a weight); 5. halo_linear_set_weight_codes(L, out).
+// 8-bit layers only. Each of 1 and 3 rotates the rows (levels 1, 2) in the layer's scratch.
+size_t halo_linear_weight_grid_len(const halo_linear *L, int n, int m);
+int halo_linear_weight_amax(halo_linear *L, const float *Wrows, int lo, int hi, int n, int m, float *amax);
+int halo_linear_weight_codes(halo_linear *L, const float *Wrows, int lo, int hi, int n, int m, const float *amax,
+                             halo_qmat *out);
+// Hands the layer the complete weight operand (copied into L->qw); every following forward (and so its backward)
+// uses it instead of quantizing W, until the next call; NULL returns to quantizing W. Forward refuses codes whose
+// shape, format or scale grid is not the one it would make. W may then be NULL in forward, and in backward where
+// the E_X product takes the saved codes transposed (per-tensor and 128x128 scales; E_X == NULL); per-row and 1xB
+// scales re-quantize W H_m along out_features and need the fp32 W. Telemetry measures against the fp32 W: with
+// cfg.telemetry on, a NULL W is refused.
+int halo_linear_set_weight_codes(halo_linear *L, const halo_qmat *qw);
 
 const char *halo_precision_name(halo_precision p);
 // One layer's stats as a JSON object string (no newline); returns the length written (snprintf semantics).

@@ -193,17 +193,7 @@ static void transpose_f32(const float *src, int R, int C, long ld, float *dst) {
         }
 }
 
-int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int trans, const halo_qspec *qs,
-                  const char *what) {
-    const int R = trans ? sc : sr, C = trans ? sr : sc;
-    float *tbuf = NULL;
-    const float *M = src;
-    long ldm = ld;
-    if (trans && R > 0 && C > 0) {
-        tbuf = xmalloc(sizeof(float) * (size_t)R * C);
-        transpose_f32(src, sr, sc, ld, tbuf);
-        M = tbuf; ldm = C;
-    }
+halo_qgrid halo_qgrid_of(const halo_qspec *qs, int R, int C) {
     const int blk = qs->block > 0 ? qs->block : 128;
     int gr, gc;
     switch (qs->gran) {
@@ -214,17 +204,35 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
     }
     if (gc > C) gc = C;
     if (gr > R) gr = R;
-    qmat_shape(out, qs->fmt, R, C, gr, gc);
-    const int scols = out->scols, srows = out->srows;
+    halo_qgrid g;
+    g.gr = gr < 1 ? 1 : gr; g.gc = gc < 1 ? 1 : gc;
+    g.srows = (R + g.gr - 1) / g.gr; g.scols = (C + g.gc - 1) / g.gc;
+    if (g.srows < 1) g.srows = 1;
+    if (g.scols < 1) g.scols = 1;
+    return g;
+}
 
-    // Pass 1: finiteness and per-(row, column group) absmax.
-    float *rowmax = xmalloc(sizeof(float) * (size_t)(R > 0 ? R : 1) * scols);
+// The scale of a group with absolute maximum mx. Zero group: any scale works (codes are 0); 1 keeps dequantization
+// exact. A positive absmax so small that absmax/qmax underflows gets the smallest normal scale so x/s stays finite.
+static float scale_of(float mx, halo_qformat fmt) {
+    float s = mx / halo_qformat_max(fmt);
+    if (fmt == HALO_Q_IDENTITY || mx == 0) s = 1.0f;
+    else if (s < 1.17549435e-38f) s = 1.17549435e-38f;
+    return s;
+}
+
+// Pass 1 over rows [row0, row0 + rows) of a matrix on grid g (M points at row row0, leading dimension ldm):
+// amax[a][j] = max(amax[a][j], |M| over the group's part in the range); the caller zeroes amax. Returns the local
+// index i * C + k of the first non-finite value (nothing of amax is then meaningful), or -1.
+static long absmax_rows(const float *M, long ldm, int row0, int rows, int C, const halo_qgrid *g, float *amax) {
+    const int scols = g->scols, gc = g->gc;
+    float *rowmax = xmalloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1) * scols);
     long bad = -1;
-    #pragma omp parallel for schedule(static) if ((long)R * C > (1L << 16))
-    for (int i = 0; i < R; i++) {
+    #pragma omp parallel for schedule(static) if ((long)rows * C > (1L << 16))
+    for (int i = 0; i < rows; i++) {
         const float *row = M + (size_t)i * ldm;
-        for (int g = 0; g < scols; g++) {
-            int k0 = g * gc, k1 = k0 + gc < C ? k0 + gc : C;
+        for (int j = 0; j < scols; j++) {
+            int k0 = j * gc, k1 = k0 + gc < C ? k0 + gc : C;
             float mx = 0;
             int finite = 1;
             for (int k = k0; k < k1; k++) {
@@ -232,7 +240,7 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
                 finite &= (a <= 3.4028235e38f); // false for NaN and Inf
                 mx = a > mx ? a : mx;
             }
-            rowmax[(size_t)i * scols + g] = mx;
+            rowmax[(size_t)i * scols + j] = mx;
             if (!finite) {
                 for (int k = k0; k < k1; k++)
                     if (!isfinite(row[k])) {
@@ -244,35 +252,26 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
             }
         }
     }
-    if (bad >= 0) {
-        int i = (int)(bad / C), k = (int)(bad % C);
-        int si = trans ? k : i, sk = trans ? i : k;
-        float v = M[(size_t)i * ldm + k];
-        free(rowmax); free(tbuf);
-        return halo_fail("%s: non-finite value %g at [%d,%d] of a %dx%d tensor (refusing to quantize)",
-                         what ? what : "quantize", v, si, sk, sr, sc);
-    }
-    const float qmax = halo_qformat_max(qs->fmt);
-    for (int a = 0; a < srows; a++)
-        for (int g = 0; g < scols; g++) {
-            float mx = 0;
-            int i1 = (a + 1) * gr < R ? (a + 1) * gr : R;
-            for (int i = a * gr; i < i1; i++) mx = fmaxf(mx, rowmax[(size_t)i * scols + g]);
-            float s = mx / qmax;
-            // Zero group: any scale works (codes are 0); 1 keeps dequantization exact. A positive absmax so small
-            // that absmax/qmax underflows gets the smallest normal scale so x/s stays finite.
-            if (qs->fmt == HALO_Q_IDENTITY || mx == 0) s = 1.0f;
-            else if (s < 1.17549435e-38f) s = 1.17549435e-38f;
-            out->s[(size_t)a * scols + g] = s;
+    if (bad < 0)
+        for (int i = 0; i < rows; i++) {
+            float *arow = amax + (size_t)((row0 + i) / g->gr) * scols;
+            for (int j = 0; j < scols; j++) arow[j] = fmaxf(arow[j], rowmax[(size_t)i * scols + j]);
         }
     free(rowmax);
+    return bad;
+}
 
-    // Pass 2: encode.
+// Pass 2: encodes rows [row0, row0 + rows) of out (M points at row row0) with out's scales. The stochastic stream
+// is keyed on the element's index in the source [sr][sc] (transposed when trans), as halo_quantize documents.
+static void encode_rows(halo_qmat *out, const float *M, long ldm, int row0, int rows, int trans, int sc,
+                        const halo_qspec *qs) {
+    const int C = out->cols, gr = out->gr, gc = out->gc, scols = out->scols;
     const int sto = qs->rnd == HALO_ROUND_STOCHASTIC;
     const fp8_fmt *F = fp8_of(qs->fmt);
-    #pragma omp parallel for schedule(static) if ((long)R * C > (1L << 15))
-    for (int i = 0; i < R; i++) {
-        const float *row = M + (size_t)i * ldm;
+    #pragma omp parallel for schedule(static) if ((long)rows * C > (1L << 15))
+    for (int li = 0; li < rows; li++) {
+        const int i = row0 + li;
+        const float *row = M + (size_t)li * ldm;
         const float *srow = out->s + (size_t)(i / gr) * scols;
         for (int g = 0; g < scols; g++) {
             int k0 = g * gc, k1 = k0 + gc < C ? k0 + gc : C;
@@ -315,8 +314,96 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
             }
         }
     }
+}
+
+static int fail_nonfinite(const char *what, float v, int si, int sk, int sr, int sc) {
+    return halo_fail("%s: non-finite value %g at [%d,%d] of a %dx%d tensor (refusing to quantize)",
+                     what ? what : "quantize", v, si, sk, sr, sc);
+}
+
+int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int trans, const halo_qspec *qs,
+                  const char *what) {
+    const int R = trans ? sc : sr, C = trans ? sr : sc;
+    float *tbuf = NULL;
+    const float *M = src;
+    long ldm = ld;
+    if (trans && R > 0 && C > 0) {
+        tbuf = xmalloc(sizeof(float) * (size_t)R * C);
+        transpose_f32(src, sr, sc, ld, tbuf);
+        M = tbuf; ldm = C;
+    }
+    const halo_qgrid g = halo_qgrid_of(qs, R, C);
+    qmat_shape(out, qs->fmt, R, C, g.gr, g.gc);
+    float *amax = xcalloc((size_t)g.srows * g.scols, sizeof(float));
+    long bad = absmax_rows(M, ldm, 0, R, C, &g, amax);
+    if (bad >= 0) {
+        int i = (int)(bad / C), k = (int)(bad % C);
+        float v = M[(size_t)i * ldm + k];
+        free(amax); free(tbuf);
+        return fail_nonfinite(what, v, trans ? k : i, trans ? i : k, sr, sc);
+    }
+    for (size_t a = 0; a < (size_t)g.srows * g.scols; a++) out->s[a] = scale_of(amax[a], qs->fmt);
+    free(amax);
+    encode_rows(out, M, ldm, 0, R, trans, sc, qs);
     free(tbuf);
     return HALO_OK;
+}
+
+static int check_row_range(int lo, int hi, int R, int C, const char *what) {
+    if (R < 0 || C < 0 || lo < 0 || hi < lo || hi > R)
+        return halo_fail("%s: row range [%d,%d) is not within a %dx%d matrix", what ? what : "quantize", lo, hi, R, C);
+    return HALO_OK;
+}
+
+int halo_absmax_rows(float *amax, const float *src, long ld, int lo, int hi, int R, int C, const halo_qspec *qs,
+                     const char *what) {
+    if (check_row_range(lo, hi, R, C, what)) return HALO_ERR;
+    const halo_qgrid g = halo_qgrid_of(qs, R, C);
+    memset(amax, 0, sizeof(float) * (size_t)g.srows * g.scols);
+    long bad = absmax_rows(src, ld, lo, hi - lo, C, &g, amax);
+    if (bad < 0) return HALO_OK;
+    int i = (int)(bad / C), k = (int)(bad % C);
+    return fail_nonfinite(what, src[(size_t)i * ld + k], lo + i, k, R, C);
+}
+
+int halo_quantize_rows(halo_qmat *out, const float *src, long ld, int lo, int hi, int R, int C, const halo_qspec *qs,
+                       const float *amax, const char *what) {
+    if (check_row_range(lo, hi, R, C, what)) return HALO_ERR;
+    const halo_qgrid g = halo_qgrid_of(qs, R, C);
+    const size_t ng = (size_t)g.srows * g.scols;
+    for (size_t a = 0; a < ng; a++)
+        if (!(amax[a] >= 0 && amax[a] <= 3.4028235e38f))
+            return halo_fail("%s: supplied absmax %g of scale group [%d,%d] is not finite and >= 0",
+                             what ? what : "quantize", amax[a], (int)(a / g.scols), (int)(a % g.scols));
+    // The rows' own absmax: refuses NaN/Inf, and an amax below it (one not reduced over every rank's rows).
+    float *own = xcalloc(ng, sizeof(float));
+    long bad = absmax_rows(src, ld, lo, hi - lo, C, &g, own);
+    if (bad >= 0) {
+        int i = (int)(bad / C), k = (int)(bad % C);
+        free(own);
+        return fail_nonfinite(what, src[(size_t)i * ld + k], lo + i, k, R, C);
+    }
+    for (size_t a = 0; a < ng; a++)
+        if (own[a] > amax[a]) {
+            float mine = own[a];
+            free(own);
+            return halo_fail("%s: supplied absmax %g of scale group [%d,%d] is below rows [%d,%d)'s own %g (not "
+                             "reduced over every rank?)", what ? what : "quantize", amax[a], (int)(a / g.scols),
+                             (int)(a % g.scols), lo, hi, mine);
+        }
+    free(own);
+    qmat_shape(out, qs->fmt, R, C, g.gr, g.gc);
+    for (size_t a = 0; a < ng; a++) out->s[a] = scale_of(amax[a], qs->fmt);
+    encode_rows(out, src, ld, lo, hi - lo, 0, C, qs);
+    return HALO_OK;
+}
+
+void halo_qmat_copy(halo_qmat *dst, const halo_qmat *src) {
+    qmat_shape(dst, src->fmt, src->rows, src->cols, src->gr, src->gc);
+    memcpy(dst->s, src->s, sizeof(float) * (size_t)src->srows * src->scols);
+    const size_t n = (size_t)src->rows * src->cols;
+    if (src->fmt == HALO_Q_IDENTITY) { if (n) memcpy(dst->f, src->f, sizeof(float) * n); }
+    else if (n) memcpy(dst->q, src->q, n);
 }
 
 void halo_dequantize(const halo_qmat *m, float *dst) {

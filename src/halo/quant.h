@@ -56,6 +56,33 @@ typedef struct halo_qspec {
 // x / s: codes differ from the quotient's only where x / s lies within an ulp of a rounding boundary.
 int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int trans, const halo_qspec *qs,
                   const char *what);
+// The scale grid halo_quantize gives an R x C matrix under qs: groups of gr rows x gc columns (clamped to the
+// matrix), srows x scols of them; one scale each, row-major.
+typedef struct { int gr, gc, srows, scols; } halo_qgrid;
+halo_qgrid halo_qgrid_of(const halo_qspec *qs, int R, int C);
+
+// ---- a row range with the whole matrix's scales (rows split across ranks) --------------------------------------
+// A rank holding rows [lo, hi) of an R x C matrix M (src points at row lo, leading dimension ld) gets rows [lo, hi)
+// of halo_quantize(M) bit for bit, for every granularity and any lo, hi (a 128x128 block cut by a rank boundary
+// included), in three steps:
+//   1. halo_absmax_rows: its part of the absmax grid ([srows][scols] of halo_qgrid_of(qs, R, C));
+//   2. the elementwise max of every rank's grid (an allreduce MAX; max is exact, so the order does not matter);
+//   3. halo_quantize_rows with that grid: every scale of M, and the codes of rows [lo, hi).
+// Per-row and 1xB groups lie within one row, so there a group's absmax is its owner's alone (gathering the grid's
+// rows instead of reducing it gives the same). Not for trans: the rows are rows of M itself.
+
+// amax[srows][scols] = max |M| over the part of each scale group in rows [lo, hi); 0 for groups with no row there.
+// NaN/Inf: HALO_ERR with halo_quantize's message (the element's position in the whole R x C matrix).
+int halo_absmax_rows(float *amax, const float *src, long ld, int lo, int hi, int R, int C, const halo_qspec *qs,
+                     const char *what);
+// Shapes out as halo_quantize does an R x C matrix, sets every scale from amax (the grid reduced over all rows) and
+// writes the codes (values for IDENTITY) of rows [lo, hi) at their place in out->q; other rows are left as they
+// are (a gather fills them). HALO_ERR for NaN/Inf in the rows and for an amax below the rows' own absmax (a grid
+// not reduced over every rank).
+int halo_quantize_rows(halo_qmat *out, const float *src, long ld, int lo, int hi, int R, int C, const halo_qspec *qs,
+                       const float *amax, const char *what);
+// dst = src (shape, scales and codes / values).
+void halo_qmat_copy(halo_qmat *dst, const halo_qmat *src);
 // dst [R][C] = dequantized values.
 void halo_dequantize(const halo_qmat *m, float *dst);
 // out = in^T (codes, values and scale grid transposed; exact).
