@@ -53,6 +53,7 @@ typedef struct {
 typedef struct {
     int world, accum, batch, steps, lora, stop_at;   // stop_at: save a checkpoint after this step and stop (0: no)
     int shard;                                       // sharded optimizer state
+    int gather8;                                     // HALO weights gathered in 8 bits (other ranks' rows poisoned)
     halo_precision prec;
     int level;
     const char *ckpt, *resume, *metrics;
@@ -89,7 +90,7 @@ static int rank_train(halo_comm *c, void *arg) {
     varied_src src = {.vocab = cfg.vocab_size};
     trainer t;
     int rc = trainer_init(&t, &m, &o, (train_data_source){&src, vs_next, vs_get, vs_set});
-    train_dist_options d = {.shard_optimizer = j->shard};
+    train_dist_options d = {.shard_optimizer = j->shard, .gather_8bit = j->gather8, .poison_unowned = j->gather8};
     if (!rc) rc = trainer_set_comm(&t, c, &d);
     if (!rc && c->world > 1) {   // moments held: the whole count, or this rank's rows
         llama_trainable p = llama_trainable_params(&m);
@@ -107,6 +108,7 @@ static int rank_train(halo_comm *c, void *arg) {
         if (!rc) trainer_log_metrics(&t, &s);
         if (!rc && j->stop_at && t.step == j->stop_at) rc = trainer_save(&t, NULL);   // every rank (gathers)
     }
+    if (!rc) rc = trainer_sync_weights(&t);
     if (rc) { fprintf(stderr, "rank %d: %s\n", c->rank, halo_error()); trainer_free(&t); llama_free(&m); return 3; }
     llama_trainable p = llama_trainable_params(&m);
     if (p.n > MAX_PARAMS) return 4;
@@ -193,6 +195,24 @@ int main(void) {
     compare("HALO FP8 level 1", HALO_PREC_FP8, 1, 0, 3, 1, 2, 1e-3);
     // LoRA with dropout: the masks follow the global micro-batch, so the ranks drop what one rank would
     compare("LoRA r4 dropout 0.1", HALO_PREC_FP32, 0, 1, 2, 2, 1, 2e-5);
+    // HALO weights gathered as their 8-bit operands (the fp32 rows of other ranks NaN between steps, so no product can
+    // have read them): the same bits as gathering fp32 rows
+    static const struct { halo_precision p; int level, world, accum; } g8[] = {
+        {HALO_PREC_INT8, 2, 2, 2}, {HALO_PREC_FP8, 0, 3, 1}, {HALO_PREC_INT8, 1, 4, 1}};
+    for (size_t k = 0; k < sizeof g8 / sizeof *g8; k++) {
+        job fp = {.world = g8[k].world, .accum = g8[k].accum, .batch = 2, .steps = 5, .prec = g8[k].p,
+                  .level = g8[k].level, .shard = 1};
+        job b8 = fp;
+        b8.gather8 = 1;
+        int ok = run_job(&fp, g_res[0]) == HALO_OK && run_job(&b8, g_res[1]) == HALO_OK;
+        CHECK(ok && g_res[0]->n > 0 && g_res[1]->n == g_res[0]->n &&
+              memcmp(g_res[0]->params, g_res[1]->params, sizeof(float) * g_res[0]->n) == 0 &&
+              memcmp(g_res[0]->loss, g_res[1]->loss, sizeof g_res[0]->loss) == 0,
+              "%s level %d, %d ranks: weights gathered in 8 bits differ from fp32 gathers (rel diff %.3g)",
+              halo_precision_name(g8[k].p), g8[k].level, g8[k].world, ok ? rel_diff(g_res[1], g_res[0]) : -1.0);
+        printf("%s level %d, %d ranks: weights gathered in 8 bits == fp32 gathers bit for bit (5 steps, final loss %.6f)\n",
+               halo_precision_name(g8[k].p), g8[k].level, g8[k].world, g_res[1]->loss[4]);
+    }
     // the comparisons can fail: a one-rank run that sees half the rows ends far from the two-rank run
     job half = {.world = 1, .accum = 1, .batch = 2, .steps = 5, .prec = HALO_PREC_FP32};
     job two = half;

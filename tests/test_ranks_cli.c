@@ -117,11 +117,24 @@ int main(void) {
                   s + 1, r[s], sh[s]);
     }
 
+    // --gather-8bit: HALO weights exchanged as 8-bit codes; the same run bit for bit, and the same export
+    snprintf(cmd, sizeof cmd, "%s --ranks 2 --gather-8bit --metrics %s/g8.jsonl --out %s/g8 > %s/g8.log 2>&1 && cmp "
+             "%s/g8/model.safetensors %s/two/model.safetensors", common, dir, dir, dir, dir, dir);
+    CHECK(system(cmd) == 0, "--gather-8bit exports the 2-rank run's model byte for byte");
+    double g8[5] = {0};
+    snprintf(path, sizeof path, "%s/g8.jsonl", dir);
+    CHECK(read_losses(path, g8, 5) == 5 && memcmp(g8, two, sizeof g8) == 0, "--gather-8bit losses bit for bit");
+    snprintf(path, sizeof path, "%s/g8.log", dir);
+    CHECK(file_has(path, "HALO weights exchanged in 8 bits"), "the log says the weights go in 8 bits");
+
     // refused before training
     struct { const char *flags, *want; } bad[] = {
         {"--shard-optimizer", "--shard-optimizer: only with --ranks"},
         {"--ranks 2 --device cuda", "several GPUs is not built"},
         {"--ranks 0", "--ranks"},
+        {"--gather-8bit", "--gather-8bit: only with --ranks"},
+        {"--ranks 2 --gather-8bit --precision fp32", "no trainable INT8/FP8 HALO weight"},
+        {"--ranks 2 --gather-8bit --halo-scale row", "per-row or 1xB scales"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(cmd, sizeof cmd, "%s %s > %s/bad.log 2>&1", common, bad[i].flags, dir);

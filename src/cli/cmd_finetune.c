@@ -103,6 +103,8 @@ static void usage(void) {
         "  --ranks N              data parallel over N processes on this machine (CPU): each step takes N x\n"
         "                         --grad-accum micro-batches, as one process with N times the accumulation would\n"
         "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor\n"
+        "  --gather-8bit          with --ranks: also each rank updates 1/N of every INT8/FP8 HALO weight's rows and\n"
+        "                         the ranks exchange them as the 8-bit codes the products use (implies --shard-optimizer)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
         "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
         "                         fp32 master weights and moments on the GPU; the validation loss too (the\n"
@@ -205,7 +207,7 @@ int cmd_finetune(int argc, char **argv) {
     int eval_fp32 = 0, lora_on = 0, merge = 0;
     lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
-    int dry_run = 0, shard = 0;
+    int dry_run = 0, shard = 0, gather8 = 0;
     long ranks = 1;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
@@ -255,11 +257,12 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--threads"))) { if (cli_parse_range("--threads", v, 0, 4096, &threads)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--ranks"))) { if (cli_parse_range("--ranks", v, 1, 256, &ranks)) goto bad; }
         else if (cli_is_flag(argv[i], "--shard-optimizer")) shard = 1;
+        else if (cli_is_flag(argv[i], "--gather-8bit")) gather8 = shard = 1;
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
     const int lead = !g_rank_comm || g_rank_comm->rank == 0;   // the rank that prints notes and writes results
-    if (shard && ranks < 2) { halo_fail("--shard-optimizer: only with --ranks N, N >= 2"); goto bad; }
+    if (shard && ranks < 2) { halo_fail("%s: only with --ranks N, N >= 2", gather8 ? "--gather-8bit" : "--shard-optimizer"); goto bad; }
     if (resume && !lora_on) {   // a LoRA run's checkpoint resumes as one: its adapters' settings
         llama_config ccfg;
         checkpoint_meta meta;
@@ -298,7 +301,7 @@ int cmd_finetune(int argc, char **argv) {
         g_argc = argc; g_argv = argv;
         fprintf(stderr, "halo finetune: %ld ranks (processes on this machine), %ld threads each%s\n", ranks,
                 threads ? threads : (cores_available() / ranks > 0 ? cores_available() / ranks : 1),
-                shard ? ", optimizer moments sharded" : "");
+                gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
         if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) goto bad;
         return halo_comm_local_signal() ? 130 : 0;
     }
@@ -387,7 +390,7 @@ int cmd_finetune(int argc, char **argv) {
         free(hj);
     }
     if (rc == HALO_OK && g_rank_comm) {
-        train_dist_options dd = {.shard_optimizer = shard};
+        train_dist_options dd = {.shard_optimizer = shard, .gather_8bit = gather8};
         rc = trainer_set_comm(&t, g_rank_comm, &dd);
     }
     if (eval_fp32 && !llama_get_halo(&m) && lead)
@@ -449,6 +452,7 @@ int cmd_finetune(int argc, char **argv) {
             checkpoint_path(ck, sizeof ck, o.ckpt_dir, t.step);
             fprintf(stderr, "halo finetune: checkpoint %s (continue with --resume %s)\n", ck, ck);
         }
+        if (rc == HALO_OK && out_dir) rc = trainer_sync_weights(&t);   // every rank: the fp32 rows gathered in 8 bits
         if (rc == HALO_OK && out_dir && lead) {
             t.be.to_host(&t);
             const int bf16 = !strcmp(export_dtype, "bf16");

@@ -112,6 +112,13 @@ static halo_linear *layer_of(llama_model *m, int layer, llama_linear_kind kind) 
     return &h->lin[layer * LIN_COUNT + kind];
 }
 
+struct halo_linear *llama_halo_layer(llama_model *m, int layer, int kind) {
+    struct model_halo *h = m->halo;
+    if (!h || layer < 0 || layer >= m->cfg.n_layers || kind < 0 || kind >= LIN_COUNT || !h->on[layer * LIN_COUNT + kind])
+        return NULL;
+    return &h->lin[layer * LIN_COUNT + kind];
+}
+
 static void note_error(llama_model *m) {
     if (!m->halo->error[0]) snprintf(m->halo->error, sizeof m->halo->error, "%s", halo_error());
 }

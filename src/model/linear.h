@@ -53,6 +53,8 @@ void llama_halo_print_telemetry(const llama_model *m, FILE *f);
 void llama_halo_write_telemetry(const llama_model *m, FILE *f, int step);
 // First error a HALO product reported (NaN/Inf input) since the last call, or NULL; clears it.
 const char *llama_halo_take_error(llama_model *m);
+// The HALO layer of block linear `kind` of layer `layer`, or NULL when HALO does not cover it (bypass aside).
+struct halo_linear *llama_halo_layer(llama_model *m, int layer, int kind);
 
 // Y[b, out] = X[b, in] W[out, in]^T for block linear `kind` of layer `layer` (+ its LoRA adapter's output).
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,

@@ -139,6 +139,7 @@ const train_backend TRAIN_BACKEND_CPU = {
 };
 
 void trainer_halo_telemetry(trainer *t, int on) {
+    if (on && trainer_sync_weights(t)) halo_comm_abort(t->comm);   // telemetry's exact products read the fp32 W
     if (t->be.telemetry) t->be.telemetry(t, on);
     else llama_halo_telemetry(t->model, on);
 }
@@ -202,8 +203,16 @@ int trainer_set_comm(trainer *t, halo_comm *comm, const train_dist_options *d) {
     if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
     t->comm = comm;
     if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);
-    if (d && d->shard_optimizer && dist_shard_init(t)) { t->comm = NULL; return HALO_ERR; }
+    if (d && d->gather_8bit && !d->shard_optimizer) {
+        t->comm = NULL;
+        return halo_fail("weights gathered in 8 bits: only with the optimizer state sharded (each rank updates its rows)");
+    }
+    if (d && d->shard_optimizer && dist_shard_init(t, d)) { t->comm = NULL; return HALO_ERR; }
     return HALO_OK;
+}
+
+int trainer_sync_weights(trainer *t) {
+    return t->shard && dist_sync_weights(t) ? halo_fail_ctx("rank %d of %d: ", t->comm->rank, t->comm->world) : HALO_OK;
 }
 
 // Rank 0 (or the only rank) writes what a run prints and saves.
@@ -356,6 +365,7 @@ void trainer_log_metrics(trainer *t, const train_step_info *s) {
 }
 
 int trainer_evaluate(trainer *t) {
+    if (t->eval && trainer_sync_weights(t)) return HALO_ERR;   // every rank takes part
     if (!t->eval || !lead_rank(t)) return HALO_OK;   // the ranks hold the same weights: rank 0 evaluates
     t->be.to_host(t);
     train_metrics mt = {0};
@@ -396,6 +406,7 @@ int trainer_save(trainer *t, const char *path) {
         path = buf;
     }
     adamw_state whole, *opt = &t->opt;   // sharded moments are gathered first: every rank takes part
+    if (trainer_sync_weights(t)) return halo_fail_ctx("checkpoint at step %d: ", t->step);
     if (t->shard) {
         if (dist_gather_moments(t, &whole)) return halo_fail_ctx("checkpoint at step %d: ", t->step);
         opt = &whole;

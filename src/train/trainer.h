@@ -144,7 +144,15 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
 typedef struct {
     int shard_optimizer;   // ZeRO-1: each rank keeps the AdamW moments of 1/world of every tensor's rows, updates
                            // those rows and all-gathers them (same numbers; moments memory / world)
+    int gather_8bit;       // with shard_optimizer: the INT8/FP8 HALO weights' updated rows are exchanged as the 8-bit
+                           // operand the products use (rotated and quantized by their owner with the whole weight's
+                           // scale: the same codes, 1 byte a weight instead of 4); their fp32 rows are gathered only
+                           // for evaluations, checkpoints, telemetry and trainer_sync_weights
+    int poison_unowned;    // tests: NaN into the fp32 rows of other ranks' HALO weights after each step
 } train_dist_options;
+// Data parallel with weights gathered in 8 bits: brings every rank's fp32 weights up to date (collective: every rank
+// calls it); before exporting the model. Nothing otherwise.
+int trainer_sync_weights(trainer *t);
 int trainer_set_comm(trainer *t, struct halo_comm *comm, const train_dist_options *d);
 void trainer_set_app_meta(trainer *t, const char *json);
 // Restores params, optimizer moments, step, data position and RNG from a checkpoint written by this trainer.

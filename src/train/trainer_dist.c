@@ -1,7 +1,10 @@
 // Sharded optimizer state for data-parallel training (see trainer_dist.h).
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "dist/comm.h"
+#include "model/linear.h"
 #include "model/lora.h"
 #include "train/trainer_dist.h"
 #include "util/error.h"
@@ -13,17 +16,41 @@ struct train_shard {
     size_t *moff;                // where this rank's rows of tensor i start in t->opt's moments
     float *stage;                // gathers of tensors whose rows the ranks do not divide evenly
     size_t stage_cap;
+    // weights gathered in 8 bits
+    halo_linear **lin;           // [n] the HALO layer whose weight tensor i is (NULL: gathered in fp32)
+    halo_qmat *codes;            // [n] its gathered weight operand
+    float *amax;                 // scale-grid scratch
+    size_t amax_cap;
+    unsigned char *bytes;        // code gathers of tensors whose rows the ranks do not divide evenly
+    size_t bytes_cap;
+    int poison;                  // NaN into the fp32 rows of other ranks after each step (tests)
+    int stale;                   // the fp32 rows of HALO weights owned by other ranks are out of date
 };
 
 static void shard_free(train_shard *s) {
     if (!s) return;
+    for (int i = 0; s->codes && i < s->n; i++) halo_qmat_free(&s->codes[i]);
+    free(s->lin); free(s->codes); free(s->amax); free(s->bytes);
     free(s->off); free(s->rows); free(s->row_len); free(s->lo); free(s->hi); free(s->moff); free(s->stage);
     free(s);
 }
 
 void dist_shard_free(trainer *t) { shard_free(t->shard); t->shard = NULL; }
 
-int dist_shard_init(trainer *t) {
+// The HALO layer whose weight a trainable tensor is ("model.layers.L.<linear>.weight"), or NULL.
+static halo_linear *halo_layer_of_tensor(llama_model *m, const char *name) {
+    if (m->lora) return NULL;   // the trainable tensors are the adapters
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            char want[192];
+            model_halo_layer_name(want, sizeof want, l, k);
+            size_t n = strlen(want);
+            if (!strncmp(name, want, n) && !strcmp(name + n, ".weight")) return llama_halo_layer(m, l, k);
+        }
+    return NULL;
+}
+
+int dist_shard_init(trainer *t, const train_dist_options *d) {
     const int W = t->comm->world, R = t->comm->rank;
     llama_trainable p = llama_trainable_params(t->model);
     // the tensors must cover the parameter buffer once each (a tied lm_head has no entry of its own)
@@ -52,6 +79,33 @@ int dist_shard_init(trainer *t) {
         if (piece * (size_t)W != (size_t)q->numel && piece * (size_t)(W + 1) > s->stage_cap) s->stage_cap = piece * (size_t)(W + 1);
     }
     s->stage = xmalloc(sizeof(float) * (s->stage_cap ? s->stage_cap : 1));
+    s->lin = xcalloc((size_t)s->n, sizeof *s->lin);
+    s->codes = xcalloc((size_t)s->n, sizeof *s->codes);
+    s->poison = d->poison_unowned;
+    int n8 = 0;
+    for (int i = 0; d->gather_8bit && i < s->n; i++) {
+        halo_linear *L = halo_layer_of_tensor(t->model, p.table[i].name);
+        if (!L || (L->cfg.prec != HALO_PREC_INT8 && L->cfg.prec != HALO_PREC_FP8)) continue;
+        if (!(L->cfg.gran == HALO_GRAN_TENSOR || L->cfg.gran == HALO_GRAN_BLOCK128)) {
+            shard_free(s); free(roff); free(rlen);
+            return halo_fail("weights gathered in 8 bits: %s has per-row or 1xB scales, whose input-gradient product "
+                             "needs the fp32 weight; use per-tensor or 128x128 scales", L->name);
+        }
+        s->lin[i] = L;
+        n8++;
+        const size_t grid = halo_linear_weight_grid_len(L, (int)s->rows[i], (int)s->row_len[i]);
+        if (grid > s->amax_cap) s->amax_cap = grid;
+        const size_t piece = halo_shard_chunk(s->rows[i], W) * s->row_len[i];
+        if (piece * (size_t)W != s->rows[i] * s->row_len[i] && piece * (size_t)(W + 1) > s->bytes_cap)
+            s->bytes_cap = piece * (size_t)(W + 1);
+    }
+    if (d->gather_8bit && !n8) {
+        shard_free(s); free(roff); free(rlen);
+        return halo_fail("weights gathered in 8 bits: the model has no trainable INT8/FP8 HALO weight (set --precision "
+                         "int8 or fp8; LoRA trains only its adapters)");
+    }
+    s->amax = xmalloc(sizeof(float) * (s->amax_cap ? s->amax_cap : 1));
+    s->bytes = xmalloc(s->bytes_cap ? s->bytes_cap : 1);
     adamw_state owned;
     adamw_init_owned(&owned, &t->opt.cfg, p.n, p.table, p.n_table, roff, rlen, s->n);
     owned.t = t->opt.t;
@@ -81,15 +135,62 @@ static int gather_tensor(trainer *t, int i, float *dst, const float *mine) {
     return HALO_OK;
 }
 
+// A HALO weight's operand from the ranks' rows: the scale grid reduced over the ranks, each rank's rows rotated and
+// quantized, the code rows gathered (1 byte a weight), handed to the layer.
+static int gather_codes(trainer *t, int i, const float *w) {
+    train_shard *s = t->shard;
+    halo_linear *L = s->lin[i];
+    const int W = t->comm->world, R = t->comm->rank;
+    const int n = (int)s->rows[i], m = (int)s->row_len[i], lo = (int)s->lo[i], hi = (int)s->hi[i];
+    const size_t grid = halo_linear_weight_grid_len(L, n, m);
+    const float *mine = w + (size_t)lo * m;
+    halo_qmat *q = &s->codes[i];
+    if (halo_linear_weight_amax(L, mine, lo, hi, n, m, s->amax) ||
+        t->comm->allreduce(t->comm, s->amax, grid, HALO_F32, HALO_MAX) ||
+        halo_linear_weight_codes(L, mine, lo, hi, n, m, s->amax, q))
+        return HALO_ERR;
+    const size_t piece = halo_shard_chunk((size_t)n, W) * (size_t)m, have = (size_t)(hi - lo) * m;
+    if (piece * (size_t)W == (size_t)n * m) {   // in place: rank r's code rows are q's r-th piece
+        if (t->comm->allgather(t->comm, q->q + (size_t)R * piece, q->q, piece)) return HALO_ERR;
+    } else {
+        unsigned char *send = s->bytes + (size_t)W * piece;
+        memcpy(send, q->q + (size_t)lo * m, have);
+        memset(send + have, 0, piece - have);
+        if (t->comm->allgather(t->comm, send, s->bytes, piece)) return HALO_ERR;
+        memcpy(q->q, s->bytes, (size_t)n * m);
+    }
+    return halo_linear_set_weight_codes(L, q);
+}
+
 int dist_optimizer_step(trainer *t, double lr) {
     llama_trainable p = llama_trainable_params(t->model);
     adamw_step(&t->opt, p.params, p.grads, lr);
     train_shard *s = t->shard;
     for (int i = 0; i < s->n; i++) {
         float *w = p.params + s->off[i];
-        if (gather_tensor(t, i, w, w + s->lo[i] * s->row_len[i]))
+        if (s->lin[i]) {
+            if (gather_codes(t, i, w)) return halo_fail_ctx("gathering %s in 8 bits after the optimizer step: ", p.table[i].name);
+            s->stale = 1;
+            if (s->poison)   // no product may read another rank's fp32 rows now
+                for (size_t k = 0; k < s->rows[i] * s->row_len[i]; k++)
+                    if (k < s->lo[i] * s->row_len[i] || k >= s->hi[i] * s->row_len[i]) w[k] = NAN;
+        } else if (gather_tensor(t, i, w, w + s->lo[i] * s->row_len[i]))
             return halo_fail_ctx("gathering %s after the optimizer step: ", p.table[i].name);
     }
+    return HALO_OK;
+}
+
+int dist_sync_weights(trainer *t) {
+    train_shard *s = t->shard;
+    if (!s || !s->stale) return HALO_OK;
+    llama_trainable p = llama_trainable_params(t->model);
+    for (int i = 0; i < s->n; i++) {
+        if (!s->lin[i]) continue;
+        float *w = p.params + s->off[i];
+        if (gather_tensor(t, i, w, w + s->lo[i] * s->row_len[i]))
+            return halo_fail_ctx("gathering the fp32 rows of %s: ", p.table[i].name);
+    }
+    s->stale = 0;
     return HALO_OK;
 }
 
