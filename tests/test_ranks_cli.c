@@ -127,6 +127,15 @@ int main(void) {
     snprintf(path, sizeof path, "%s/g8.log", dir);
     CHECK(file_has(path, "HALO weights exchanged in 8 bits"), "the log says the weights go in 8 bits");
 
+    // a 2-rank checkpoint resumed by one process: the run goes on, with a warning naming the ranks
+    snprintf(cmd, sizeof cmd, "%s --threads 1 --resume %s/sh_ck/step_00000002.safetensors > %s/res_one.log 2>&1", common,
+             dir, dir);
+    CHECK(system(cmd) == 0, "one process resumes a 2-rank checkpoint");
+    snprintf(path, sizeof path, "%s/res_one.log", dir);
+    CHECK(file_has(path, "different training options (ranks 2 -> 1)"), "the resume warns that the ranks differ");
+    snprintf(path, sizeof path, "%s/res0.log", dir);
+    CHECK(!file_has(path, "different training options"), "a resume on the same ranks warns of nothing");
+
     // refused before training
     struct { const char *flags, *want; } bad[] = {
         {"--shard-optimizer", "--shard-optimizer: only with --ranks"},

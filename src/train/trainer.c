@@ -203,6 +203,14 @@ int trainer_set_comm(trainer *t, halo_comm *comm, const train_dist_options *d) {
     if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
     t->comm = comm;
     if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);
+    cJSON *oj = cJSON_Parse(t->options_json);   // checkpoints record the ranks (a resume with others is told so)
+    if (oj) {
+        cJSON_DeleteItemFromObjectCaseSensitive(oj, "ranks");
+        cJSON_AddNumberToObject(oj, "ranks", comm->world);
+        free(t->options_json);
+        t->options_json = cJSON_PrintUnformatted(oj);
+        cJSON_Delete(oj);
+    }
     if (d && d->gather_8bit && !d->shard_optimizer) {
         t->comm = NULL;
         return halo_fail("weights gathered in 8 bits: only with the optimizer state sharded (each rank updates its rows)");
@@ -433,6 +441,8 @@ static char *options_that_matter(const char *json) {
     if (!j) return xstrdup(json);
     const char *keys[] = {"eval_every", "ckpt_every", "keep_ckpts", "log_every"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) cJSON_DeleteItemFromObjectCaseSensitive(j, keys[i]);
+    // data parallel ranks multiply the batch: a one-process run's options (no key) have 1
+    if (!cJSON_GetObjectItemCaseSensitive(j, "ranks")) cJSON_AddNumberToObject(j, "ranks", 1);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
