@@ -136,6 +136,18 @@ int main(void) {
     snprintf(path, sizeof path, "%s/res0.log", dir);
     CHECK(!file_has(path, "different training options"), "a resume on the same ranks warns of nothing");
 
+    // a time budget stops every rank after the same step (a rank that stopped alone would leave the others waiting)
+    snprintf(cmd, sizeof cmd, "%s --ranks 2 --steps 100000 --time-budget 1 --eval-every 0 --ckpt-dir %s/tb_ck "
+             "--metrics %s/tb.jsonl > %s/tb.log 2>&1", common, dir, dir, dir);
+    CHECK(system(cmd) == 0, "2 ranks with a time budget");
+    snprintf(path, sizeof path, "%s/tb.jsonl", dir);
+    int tb_steps = count_train_lines(path);
+    snprintf(cmd, sizeof cmd, "%s/tb_ck/step_%08d.safetensors", dir, tb_steps);
+    struct stat tb_st;
+    snprintf(path, sizeof path, "%s/tb.log", dir);
+    CHECK(tb_steps >= 1 && tb_steps < 100000 && stat(cmd, &tb_st) == 0 && file_has(path, "time budget of 1 s reached"),
+          "time budget: %d steps, checkpoint %s", tb_steps, cmd);
+
     // refused before training
     struct { const char *flags, *want; } bad[] = {
         {"--shard-optimizer", "--shard-optimizer: only with --ranks"},
