@@ -151,7 +151,7 @@ int main(void) {
     // refused before training
     struct { const char *flags, *want; } bad[] = {
         {"--shard-optimizer", "--shard-optimizer: only with --ranks"},
-        {"--ranks 2 --device cuda", "several GPUs is not built"},
+        {"--ranks 2 --device cuda --shard-optimizer", "--shard-optimizer is built for the CPU only"},
         {"--ranks 0", "--ranks"},
         {"--gather-8bit", "--gather-8bit: only with --ranks"},
         {"--ranks 2 --gather-8bit --precision fp32", "no trainable INT8/FP8 HALO weight"},
@@ -163,6 +163,15 @@ int main(void) {
         snprintf(path, sizeof path, "%s/bad.log", dir);
         CHECK(rc != 0 && file_has(path, bad[i].want), "'%s' refused naming '%s'", bad[i].flags, bad[i].want);
     }
+    // --ranks 2 --device cuda with no GPU visible (CUDA_VISIBLE_DEVICES empty, also on a GPU machine): refused by the
+    // launcher before any rank starts, with this build's reason (no GPU found; or no CUDA / NCCL in the build)
+    snprintf(cmd, sizeof cmd, "CUDA_VISIBLE_DEVICES= %s --ranks 2 --device cuda > %s/bad.log 2>&1", common, dir);
+    int rc = system(cmd);
+    snprintf(path, sizeof path, "%s/bad.log", dir);
+    const int named = file_has(path, "--ranks 2 --device cuda: one GPU per rank, and 0 usable GPUs found") ||
+                      file_has(path, "--ranks 2 --device cuda: this build has no");
+    CHECK(rc != 0 && named && !file_has(path, "rank 0 of"), "'--ranks 2 --device cuda' without a GPU refused by the "
+          "launcher naming the reason");
     test_interrupt(common);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}

@@ -100,8 +100,9 @@ static void usage(void) {
         "                         (--ckpt-dir) and exports (--out) and exits 130; a second Ctrl-C stops at once\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores)\n"
-        "  --ranks N              data parallel over N processes on this machine (CPU): each step takes N x\n"
-        "                         --grad-accum micro-batches, as one process with N times the accumulation would\n"
+        "  --ranks N              data parallel over N processes on this machine (CPU, or with --device cuda one\n"
+        "                         GPU each, gradients summed through NCCL): each step takes N x --grad-accum\n"
+        "                         micro-batches, as one process with N times the accumulation would\n"
         "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor\n"
         "  --gather-8bit          with --ranks: also each rank updates 1/N of every INT8/FP8 HALO weight's rows and\n"
         "                         the ranks exchange them as the 8-bit codes the products use (implies --shard-optimizer)\n"
@@ -284,22 +285,29 @@ int cmd_finetune(int argc, char **argv) {
     int use_cuda = 0;
     // LoRA on the GPU is new and not yet measured at 1B shapes: only with --device cuda (the CPU stays the default)
     if (lora_on && !device) {
-        if (cli_device_auto(&co, "finetune") && lead && ranks < 2)
+        if (ranks < 2 && cli_device_auto(&co, "finetune"))   // (--ranks: no CUDA before the fork)
             fprintf(stderr, "halo finetune: note: LoRA trains on the CPU unless --device cuda is given\n");
     } else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
                       : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
         goto bad;
-    if (ranks > 1 && use_cuda) {
-        halo_fail("--ranks with --device cuda: training on several GPUs is not built yet (dev/multigpu/PLAN.md); --ranks "
-                  "runs on the CPU");
+    // --ranks N --device cuda: one GPU per rank. The launcher forks the ranks below and must not start CUDA itself (a
+    // forked child cannot use its parent's CUDA): its check counts the GPUs in a probe process; each rank takes its
+    // GPU before any other CUDA call (trainer_use_cuda then makes the NCCL communicator on it).
+    const int launcher = ranks > 1 && !g_rank_comm && !dry_run;
+    if (ranks > 1 && use_cuda && shard) {
+        halo_fail("--ranks with --device cuda: %s is built for the CPU only (on GPUs every rank keeps the whole AdamW "
+                  "moments)", gather8 ? "--gather-8bit" : "--shard-optimizer");
         goto bad;
     }
-    if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
+    if (use_cuda && launcher && cli_cuda_ranks_check((int)ranks) != HALO_OK) goto bad;
+    if (use_cuda && g_rank_comm && cli_cuda_rank_device(g_rank_comm->rank) != HALO_OK) goto bad;
+    if (use_cuda && !launcher && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
-    if (ranks > 1 && !g_rank_comm && !dry_run) {   // the launcher: forks the ranks, which run this function again
+    if (launcher) {   // forks the ranks, which run this function again
         g_argc = argc; g_argv = argv;
-        fprintf(stderr, "halo finetune: %ld ranks (processes on this machine), %ld threads each%s\n", ranks,
+        fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld threads each%s\n", ranks,
+                use_cuda ? ", rank r on GPU r" : "",
                 threads ? threads : (cores_available() / ranks > 0 ? cores_available() / ranks : 1),
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
         if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) goto bad;
@@ -474,6 +482,9 @@ int cmd_finetune(int argc, char **argv) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     const int interrupted = g_interrupted;
+    // a failed rank ends the run for all now: its trainer_free must not wait for peers (the GPU backend's teardown
+    // agrees over the ranks, and aborts NCCL instead when the run was aborted)
+    if (rc != HALO_OK && g_rank_comm) halo_comm_abort(g_rank_comm);
     trainer_free(&t);
     dataset_free(ds);
     tokenizer_free(tok);

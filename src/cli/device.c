@@ -80,6 +80,23 @@ int cli_cuda_check(void) {
     return HALO_OK;
 }
 
+int cli_cuda_ranks_check(int ranks) {
+#ifndef HALO_NCCL
+    return halo_fail("--ranks %d --device cuda: this build has no NCCL (libnccl.so was not found when it was built, or "
+                     "NCCL=0), which training on several GPUs needs; --ranks runs on the CPU", ranks);
+#else
+    char why[256] = "";
+    const int n = cuda_device_count_forked(why, sizeof why);
+    if (n >= ranks) return HALO_OK;
+    return halo_fail("--ranks %d --device cuda: one GPU per rank, and %d usable GPU%s found%s%s", ranks, n,
+                     n == 1 ? "" : "s", *why ? ": " : "", why);
+#endif
+}
+
+int cli_cuda_rank_device(int rank) {
+    return cuda_select_device(rank) != HALO_OK ? halo_fail_ctx("--device cuda, rank %d: ", rank) : HALO_OK;
+}
+
 struct cli_gpu {
     llama_cuda *g;
 };
@@ -158,6 +175,11 @@ static int no_cuda(void) {
                      "use --device cpu");
 }
 int cli_cuda_check(void) { return no_cuda(); }
+int cli_cuda_ranks_check(int ranks) {
+    return halo_fail("--ranks %d --device cuda: this build has no CUDA backend (nvcc was not found when it was "
+                     "built); --ranks runs on the CPU", ranks);
+}
+int cli_cuda_rank_device(int rank) { (void)rank; return no_cuda(); }
 struct cli_gpu { int unused; };
 int cli_gpu_open(cli_gpu **out, const llama_model *m, int max_B, int max_T) {
     (void)m; (void)max_B; (void)max_T;

@@ -11,6 +11,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#include "dist/comm.h"
 #include "model/batch.h"
 #include "model/config.h"
 #include "model/linear.h"
@@ -24,6 +25,13 @@ int cuda_device_count(void);
 // 1 when the current device can run this build's kernels (compiled for sm_90a: compute capability 9.0, the H100 and
 // H200); else 0 with the reason (no device, or its name and compute capability) in why.
 int cuda_device_usable(char *why, size_t cap);
+// The number of usable devices (cuda_device_usable on each), counted in a forked child process so that CUDA does not
+// start in this one: a process that forks ranks must not initialize CUDA first (a forked child cannot use its
+// parent's CUDA). 0 with the reason in why when none is usable (else why holds the last unusable device's reason, or
+// ""). Never fails.
+int cuda_device_count_forked(char *why, size_t cap);
+// Makes device `dev` current for the calling thread: HALO_OK, or HALO_ERR naming the device and how many there are.
+int cuda_select_device(int dev);
 // Host-side conversions (round to nearest even), for tests and uploads.
 void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n);
 void cuda_bf16_to_f32_host(float *dst, const halo_bf16 *src, size_t n);
@@ -203,6 +211,17 @@ void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);
 float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step);
 // Global gradient L2 norm (synchronizes).
 double llama_cuda_grad_norm(llama_cuda *g);
+// The stream every operation of the model is enqueued on (non-blocking: not ordered with the legacy default stream).
+cudaStream_t llama_cuda_stream(const llama_cuda *g);
+// Data parallel: sums the gradients over the ranks of comm, in place (after the step's forward_backward calls, before
+// llama_cuda_grad_norm / adamw_step): the fp32 buffer (padding included: zero on every rank), bf16 gradients
+// (bf16_grads) through an fp32 staging chunk of at most 64 MiB allocated at the first call (each sum rounded once to
+// bf16), or the LoRA adapters' gradients. comm's buffers must be device memory of this model's GPU (the NCCL backend,
+// src/cuda/comm_nccl.h) and its collectives must be enqueued on llama_cuda_stream(g) (halo_comm_nccl_set_stream),
+// which keeps them in order with the backward before and the optimizer after; nothing waits on the host. Collective:
+// every rank calls it with a model of the same configuration. NULL comm or one rank: nothing. HALO_ERR with the
+// collective's message.
+int llama_cuda_allreduce_grads(llama_cuda *g, halo_comm *comm);
 // The HALO layers that met a NaN or Inf since the last zero_grads (INT8 codes treat NaN as zero and saturate Inf, so
 // the step's products and loss can stay finite and hide it), as "model.layers.3.mlp.down_proj: a NaN or Inf
 // in its weight W; ..." (at most three named), or NULL when none did or no layer runs through HALO. Synchronizes.

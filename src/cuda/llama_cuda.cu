@@ -15,6 +15,7 @@
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 extern "C" {
+#include "dist/comm.h"
 #include "halo/hadamard.h"
 #include "model/lora.h"
 #include "ops/ops.h"
@@ -136,6 +137,8 @@ struct llama_cuda {
     bf16 *lu;                    // U of every adapted linear
     bf16 *ldu;                   // [N, r] dU of the linear being differentiated
     bf16 *lxd;                   // [N, max in] dropout(X), then the input gradient before its mask (dropout > 0 only)
+    float *ar_tmp;               // data parallel with bf16 gradients: fp32 chunk the sums go through (allocated at the
+    size_t ar_cap;               // first llama_cuda_allreduce_grads), its length
 };
 
 // Start and end marks alternate; a start is recorded only when its end has room too.
@@ -835,7 +838,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
                     g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf,
-                    g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd};
+                    g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd, g->ar_tmp};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -1294,6 +1297,38 @@ extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const
     llama_cuda_forward_backward(g, b, 1.f);
     llama_cuda_adamw_step(g, h, step);
     return llama_cuda_last_loss(g);
+}
+
+extern "C" cudaStream_t llama_cuda_stream(const llama_cuda *g) { return g->st; }
+
+// Sums over the ranks: the fp32 gradient buffer whole (the padding between slots is zero on every rank and sums to
+// zero), the bf16 one through an fp32 chunk (one rounding to bf16 of the fp32 sum, as a bf16 accumulation on one GPU),
+// or the adapters' buffer. Everything is enqueued on g->st, which must be the stream comm enqueues on.
+extern "C" int llama_cuda_allreduce_grads(llama_cuda *g, halo_comm *comm) {
+    if (!comm || comm->world <= 1) return HALO_OK;
+    grads_settle(g);   // no backward since zero_grads: the matrices' gradients are zeroed first
+    if (g->lora) return comm->allreduce(comm, g->lg, g->ln_all, HALO_F32, HALO_SUM);
+    if (g->grad16) {
+        const size_t chunk_max = (size_t)1 << 24;   // 64 MiB of fp32
+        if (!g->ar_tmp) {
+            g->ar_cap = g->gbase < chunk_max ? g->gbase : chunk_max;
+            if (cudaMalloc((void **)&g->ar_tmp, g->ar_cap * 4) != cudaSuccess) {
+                cudaGetLastError();
+                g->ar_tmp = NULL;
+                return halo_fail("CUDA gradient all-reduce: out of device memory for its %.0f MiB bf16 staging buffer",
+                                 g->ar_cap * 4 / 1048576.0);
+            }
+            g->bytes[MEM_WORK] += g->ar_cap * 4;
+        }
+        for (size_t off = 0; off < g->gbase; off += g->ar_cap) {
+            const size_t n = g->gbase - off < g->ar_cap ? g->gbase - off : g->ar_cap;
+            halo_bf16 *part = (halo_bf16 *)g->grad16 + off;
+            cuda_bf16_to_f32(g->ar_tmp, part, n, g->st);
+            if (comm->allreduce(comm, g->ar_tmp, n, HALO_F32, HALO_SUM) != HALO_OK) return HALO_ERR;
+            cuda_f32_to_bf16(part, g->ar_tmp, n, g->st);
+        }
+    }
+    return comm->allreduce(comm, g->grad, g->n_all - g->gbase, HALO_F32, HALO_SUM);
 }
 
 extern "C" double llama_cuda_grad_norm(llama_cuda *g) {

@@ -1,6 +1,11 @@
 // Device discovery and bf16 <-> fp32 conversions (host and device) used by the model and the tests.
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "cuda/common.cuh"
+extern "C" {
+#include "util/error.h"
+}
 
 extern "C" int cuda_device_count(void) {
     int n = 0;
@@ -27,6 +32,50 @@ extern "C" int cuda_device_usable(char *why, size_t cap) {
         return 0;
     }
     return 1;
+}
+
+extern "C" int cuda_device_count_forked(char *why, size_t cap) {
+    struct probe { int n; char why[256]; };
+    int fd[2];
+    if (cap) why[0] = 0;
+    if (pipe(fd) != 0) { snprintf(why, cap, "the GPU probe could not start (pipe failed)"); return 0; }
+    fflush(stdout);
+    fflush(stderr);
+    const pid_t pid = fork();
+    if (pid == 0) {   // the probe: CUDA starts here and ends with this process
+        close(fd[0]);
+        probe m;
+        memset(&m, 0, sizeof m);
+        const int n = cuda_device_count();
+        for (int d = 0; d < n; d++)
+            if (cudaSetDevice(d) == cudaSuccess && cuda_device_usable(m.why, sizeof m.why)) m.n++;
+        if (n == 0) cuda_device_usable(m.why, sizeof m.why);
+        const ssize_t w = write(fd[1], &m, sizeof m);
+        _exit(w == (ssize_t)sizeof m ? 0 : 1);
+    }
+    close(fd[1]);
+    probe m;
+    memset(&m, 0, sizeof m);
+    if (pid < 0 || read(fd[0], &m, sizeof m) != (ssize_t)sizeof m) {
+        m.n = 0;
+        snprintf(m.why, sizeof m.why, "the GPU probe process failed");
+    }
+    close(fd[0]);
+    if (pid > 0) waitpid(pid, NULL, 0);
+    m.why[sizeof m.why - 1] = 0;
+    snprintf(why, cap, "%s", m.why);
+    return m.n;
+}
+
+extern "C" int cuda_select_device(int dev) {
+    const int n = cuda_device_count();
+    if (dev < 0 || dev >= n) return halo_fail("CUDA device %d: this process sees %d GPU(s)", dev, n);
+    const cudaError_t e = cudaSetDevice(dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return halo_fail("CUDA device %d: %s", dev, cudaGetErrorString(e));
+    }
+    return HALO_OK;
 }
 
 extern "C" void cuda_f32_to_bf16_host(halo_bf16 *dst, const float *src, size_t n) {

@@ -199,7 +199,8 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx) { t->eval = fn; t
 int trainer_set_comm(trainer *t, halo_comm *comm, const train_dist_options *d) {
     if (!comm || comm->world == 1) { t->comm = NULL; return HALO_OK; }
     if (!t->be.allreduce_grads)
-        return halo_fail("data parallel training (%d ranks) is not built for --device %s", comm->world, t->be.name);
+        return halo_fail("data parallel training (%d ranks) with --device %s: set the ranks before moving the trainer "
+                         "to the device (trainer_set_comm, then trainer_use_cuda)", comm->world, t->be.name);
     if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
     t->comm = comm;
     if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);

@@ -139,8 +139,8 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
 // loss tokens over all of them, the gradients summed over the ranks before clipping. The result is the one-rank run
 // with grad_accum x world micro-batches, up to the order of the fp32 gradient sums. Ranks stay identical; only rank 0
 // writes the progress lines, metrics, evaluations and checkpoints. Call after trainer_init, before trainer_resume
-// (every rank resumes from the same checkpoint), then call trainer_save on every rank (rank 0 writes). The CPU
-// backend only.
+// (every rank resumes from the same checkpoint), then call trainer_save on every rank (rank 0 writes). On GPUs, call
+// trainer_use_cuda after this (one GPU per rank; whole moments only: shard_optimizer and gather_8bit are CPU-only).
 typedef struct {
     int shard_optimizer;   // ZeRO-1: each rank keeps the AdamW moments of 1/world of every tensor's rows, updates
                            // those rows and all-gathers them (same numbers; moments memory / world)
@@ -181,6 +181,11 @@ void trainer_log_metrics(trainer *t, const train_step_info *s);
 // weights and moments it uploads), before the first step. Checkpoints hold the same tensors as a CPU run's, so
 // either device resumes the other's; GPU steps are not bit-reproducible (attention backward sums with atomics).
 // mem (NULL: all off) trades time or precision for device memory (see llama_cuda_opts in src/cuda/cuda_backend.h).
+// Data parallel (after trainer_set_comm with the `local` communicator of halo_comm_run_local's forked ranks): rank r
+// takes GPU r and an NCCL communicator made from the local one (collective: every rank calls this); the gradients are
+// summed over the GPUs on the model's stream (fp32, bf16 or LoRA adapters' gradients), the loss and the step's error
+// flag still go through the local communicator. Refused without NCCL in the build, with fewer GPUs than ranks, and
+// with a sharded optimizer. CUDA must not have started in the process that forked the ranks.
 typedef struct {
     int recompute;          // 0 none, 1 whole layers, 2 the MLP's [gate | up] product
     int recompute_norms;    // rmsnorm outputs recomputed in backward (bit-identical)

@@ -5,17 +5,24 @@
 // through its HALO layers); other evaluations (the demo's accuracy, generation) use the host model.
 // LoRA: the GPU trains the adapters only (the base frozen in bf16); to_host, the moments and a resume move the
 // adapters (llama_trainable_params), so checkpoints stay the CPU's format; dropout masks equal the CPU's.
+// Data parallel (trainer_set_comm before trainer_use_cuda): rank r trains on GPU r with an NCCL communicator made
+// from the trainer's `local` one; the gradients are summed over the GPUs on the model's stream (allreduce_grads).
 #include <math.h>
 #include <stdlib.h>
+#include "dist/comm.h"
 #include "model/linear.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
+#ifdef HALO_NCCL
+#include "cuda/comm_nccl.h"
+#endif
 
 typedef struct {
     llama_cuda *g;
     llama_cuda_adamw h;
+    halo_comm *nccl;   // data parallel: this rank's NCCL communicator (collectives on the model's stream), else NULL
 } cuda_ctx;
 
 static cuda_ctx *ctx_of(trainer *t) { return t->be_ctx; }
@@ -55,14 +62,61 @@ static void cu_telemetry_report(trainer *t, FILE *table) {
 }
 static const char *cu_halo_error(trainer *t) { return llama_cuda_halo_error(ctx_of(t)->g); }
 static float cu_forward_loss(trainer *t, const halo_batch *b) { return llama_cuda_forward(ctx_of(t)->g, b, NULL); }
+// The sum over the GPUs, then the NCCL barrier: the host waits for it with a timeout (HALO_NCCL_TIMEOUT_S) and sees
+// a peer's NCCL failure, instead of blocking in the norm's stream synchronization.
+static int cu_allreduce_grads(trainer *t) {
+    cuda_ctx *c = ctx_of(t);
+    if (!c->nccl) return halo_fail("--device cuda: data parallel without an NCCL communicator");
+    if (llama_cuda_allreduce_grads(c->g, c->nccl) != HALO_OK || c->nccl->barrier(c->nccl) != HALO_OK)
+        return halo_fail_ctx("summing the gradients over the GPUs: ");
+    return HALO_OK;
+}
+
+#ifdef HALO_NCCL
+// Ends the NCCL communicator: finalized when every rank got here (the `local` barrier), aborted when the run was
+// aborted (a peer failed: finalizing would wait for it).
+static void nccl_end(halo_comm *nccl, halo_comm *local) {
+    if (!nccl) return;
+    if (!local || local->barrier(local) != HALO_OK) nccl->abort(nccl);
+    halo_comm_nccl_free(nccl);
+}
+#else
+static void nccl_end(halo_comm *nccl, halo_comm *local) { (void)nccl; (void)local; }
+#endif
+
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
-    if (c) { llama_cuda_free(c->g); free(c); }
+    if (c) {
+        nccl_end(c->nccl, t->comm);
+        llama_cuda_free(c->g);
+        free(c);
+    }
     t->be_ctx = NULL;
 }
 
+// Data parallel: this rank's NCCL communicator from the trainer's `local` one (collective; takes GPU comm->rank).
+static int nccl_for_ranks(trainer *t, halo_comm **out) {
+    *out = NULL;
+    const int R = t->comm->rank, W = t->comm->world;
+    if (t->shard)
+        return halo_fail("--device cuda with %d ranks: the sharded optimizer state (--shard-optimizer, --gather-8bit) "
+                         "is built for the CPU only; on GPUs every rank keeps the whole moments", W);
+#ifdef HALO_NCCL
+    if (halo_comm_nccl_from_local(t->comm, out) != HALO_OK)
+        return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
+    return HALO_OK;
+#else
+    (void)R;
+    return halo_fail("--device cuda with %d ranks: this build has no NCCL (libnccl.so was not found when it was "
+                     "built), which training on several GPUs needs", W);
+#endif
+}
+
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
-    llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = 1};
+    // data parallel: the NCCL communicator first, which makes GPU `rank` current before the model is created on it
+    halo_comm *nccl = NULL;
+    if (t->comm && nccl_for_ranks(t, &nccl) != HALO_OK) return HALO_ERR;
+    llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = !t->comm || t->comm->rank == 0};
     if (mem) {
         o.recompute = mem->recompute;
         o.recompute_norms = mem->recompute_norms;
@@ -74,7 +128,24 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     const model_halo_config *hc = llama_get_halo(t->model);
     o.halo = hc ? *hc : model_halo_config_default();
     cuda_ctx *c = xcalloc(1, sizeof *c);
-    if (llama_cuda_init(&c->g, t->model, &o) != HALO_OK) { free(c); return halo_fail_ctx("--device cuda: "); }
+    int rc = llama_cuda_init(&c->g, t->model, &o);
+    if (rc != HALO_OK) halo_fail_ctx("--device cuda: ");
+    if (t->comm) {   // every rank learns whether all models were made (else all stop here, none waits in a step)
+        int64_t failed = rc != HALO_OK;
+        if (t->comm->allreduce(t->comm, &failed, 1, HALO_I64, HALO_SUM) != HALO_OK) rc = HALO_ERR;
+        else if (failed && rc == HALO_OK)
+            rc = halo_fail("--device cuda: %lld other rank(s) could not create their GPU model", (long long)failed);
+    }
+    if (rc != HALO_OK) {
+        nccl_end(nccl, t->comm);
+        llama_cuda_free(c->g);
+        free(c);
+        return HALO_ERR;
+    }
+    c->nccl = nccl;
+#ifdef HALO_NCCL
+    if (nccl) halo_comm_nccl_set_stream(nccl, llama_cuda_stream(c->g));   // in order with the backward and AdamW
+#endif
     c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,
                               .eps = (float)t->o.adamw.eps, .weight_decay = (float)t->o.adamw.weight_decay,
                               .grad_clip = t->o.clip, .decay_all = t->o.adamw.decay_all};
@@ -83,7 +154,9 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
                             .clip_grads = cu_clip_grads, .optimizer_step = cu_optimizer_step, .to_host = cu_to_host,
                             .from_host = cu_from_host, .release = cu_release, .opt_to_host = cu_opt_to_host,
                             .telemetry = cu_telemetry, .telemetry_report = cu_telemetry_report,
-                            .halo_error = cu_halo_error, .forward_loss = cu_forward_loss};
+                            .halo_error = cu_halo_error, .forward_loss = cu_forward_loss,
+                            // one rank, or trainer_set_comm after this call (refused: it comes first)
+                            .allreduce_grads = nccl ? cu_allreduce_grads : NULL};
     // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
     if (t->opt.t > 0 && llama_cuda_upload_state(c->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
         return halo_fail_ctx("--device cuda: ");

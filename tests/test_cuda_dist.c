@@ -1,0 +1,239 @@
+// Data parallel training on 2 GPUs (trainer_set_comm, then trainer_use_cuda: one forked process and GPU per rank, the
+// gradients summed through NCCL on the model's stream) against one GPU taking the same global batch: a small random
+// Llama trained STEPS steps with 2 ranks x 1 micro-batch and with 1 rank x 2 micro-batches, in BF16, HALO INT8 level
+// 2, BF16 with bf16 gradients, and LoRA adapters. Checked: every rank's weights equal rank 0's bit for bit (rank 0's
+// broadcast over the `local` communicator, compared on each rank); step 1's loss and gradient norm equal the one-GPU
+// run's up to the order of fp32 sums; every step's loss and norm, and the final weights, within the tolerances below.
+// Every CUDA run happens in a forked child (halo_comm_run_local, the one-GPU reference too): CUDA never starts in
+// this process, which forks the ranks, and neither does OpenMP (a forked child cannot use its parent's pool): the
+// model is built in the children only, which hand back its initial weights too. Skips without CUDA or NCCL or with fewer than 2 usable GPUs.
+//
+// Tolerances. GPU steps are not bit-reproducible (attention backward and the embedding gradient sum with atomics),
+// and the two runs add the micro-batches' gradients in different places (cuBLASLt's beta = 1 accumulation on one GPU,
+// NCCL's sum over two), so the runs differ by fp32 rounding (~1e-7 relative) from step 1 on, and AdamW's
+// normalization turns that into update differences of the same relative size except where a gradient is at the
+// noise level; bf16 working weights and INT8 codes then flip for the few elements next to a rounding boundary. The
+// measure for the weights is ||W_2gpu - W_1gpu|| / ||W_1gpu - W_0|| (the difference relative to how far training
+// moved them): expected ~1e-4 to 1e-3, bounded by 1e-2 (3e-2 for INT8, whose codes flip in steps of 1/127). A broken
+// sum gives O(1): without it each rank follows its own half batch; twice the sum changes the gradient norm (checked
+// each step within 1e-2, the clip at 1.0 acts on it) though AdamW alone would hide it. The one-GPU run is repeated
+// and its own run-to-run distance printed next to each result, for calibration.
+#include "test.h"
+#if defined(HALO_CUDA) && defined(HALO_NCCL)
+#include <stdint.h>
+#include <sys/mman.h>
+#include "cuda/cuda_backend.h"
+#include "dist/comm.h"
+#include "model/linear.h"
+#include "model/llama.h"
+#include "model/lora.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+enum { STEPS = 5, WORLD = 2, B = 2, T = 64 };
+
+typedef struct {
+    const char *name;
+    int prec, level, bf16_grads, lora;
+    double weight_tol;
+} run_cfg;
+
+static const run_cfg CFGS[] = {
+    {"BF16", HALO_PREC_FP32, 0, 0, 0, 1e-2},
+    {"HALO INT8 level 2", HALO_PREC_INT8, 2, 0, 0, 3e-2},
+    {"BF16, bf16 gradients", HALO_PREC_FP32, 0, 1, 0, 1e-2},
+    {"BF16 + LoRA r16", HALO_PREC_FP32, 0, 0, 1, 1e-2},
+};
+
+// What a run hands back to this process (shared memory mapped before the fork).
+typedef struct {
+    int ok[WORLD];            // the rank trained every step
+    long rank_diff[WORLD];    // elements of the rank's trainable weights that differ from rank 0's (-1: not compared)
+    float loss[STEPS];
+    double norm[STEPS];
+    char err[WORLD][256];
+    size_t n;                 // trainable values (rank 0's)
+    float w[];                // [W_CAP] rank 0's trainable weights after the last step, then [W_CAP] before the first
+} run_out;
+enum { W_CAP = 8 << 20 };     // room for the trainable values (the model has 2.4 M; untouched pages cost nothing)
+
+typedef struct {
+    const run_cfg *cfg;
+    int grad_accum;
+    run_out *out;
+} run_arg;
+
+static llama_config small_config(void) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 512; c.dim = 256; c.hidden_dim = 640; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 256; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.tie_embeddings = 0;
+    c.bos_id = c.eos_id = -1;
+    return c;
+}
+
+// The same model in every process: seeded random weights, the run's HALO configuration, LoRA adapters when asked.
+static int build_model(llama_model *m, const run_cfg *rc) {
+    llama_config c = small_config();
+    if (llama_init(m, &c) != HALO_OK) return HALO_ERR;
+    llama_init_random(m, 11);
+    model_halo_config hc = model_halo_config_default();
+    hc.prec = (halo_precision)rc->prec;
+    hc.level = rc->level;
+    if (rc->prec != HALO_PREC_FP32 && llama_set_halo(m, &hc) != HALO_OK) { llama_free(m); return HALO_ERR; }
+    if (rc->lora) {
+        lora_config lc = lora_config_default();
+        if (llama_lora_enable(m, &lc, 7) != HALO_OK) { llama_free(m); return HALO_ERR; }
+    }
+    return HALO_OK;
+}
+
+// Seeded random tokens among the first 64 ids (something to learn: the loss falls from ln 512 towards ln 64): batch k
+// of the stream is the same in every process.
+typedef struct { unsigned long long k; } token_src;
+static int token_next(void *ctx, halo_batch *b) {
+    token_src *s = ctx;
+    unsigned long long r = 0x5eed + 1000003ULL * s->k++;
+    for (int i = 0; i < b->B * b->T; i++) b->input_ids[i] = (int)(t_rng_next(&r) % 64u);
+    halo_batch_shift_targets(b);
+    return HALO_OK;
+}
+
+// One rank of a run (world 1: the one-GPU reference with grad_accum micro-batches).
+static int train_rank(halo_comm *c, void *arg) {
+    run_arg *a = arg;
+    run_out *out = a->out;
+    const int R = c->rank;
+    llama_model m;
+    trainer t;
+    memset(&t, 0, sizeof t);
+    int rc = build_model(&m, a->cfg), have_model = rc == HALO_OK, have_trainer = 0;
+    if (have_model && llama_trainable_params(&m).n > W_CAP) rc = halo_fail("%zu trainable values, room for %d",
+                                                                           llama_trainable_params(&m).n, (int)W_CAP);
+    if (rc == HALO_OK && R == 0)
+        memcpy(out->w + W_CAP, llama_trainable_params(&m).params, llama_trainable_params(&m).n * sizeof(float));
+    train_options o = train_options_default();
+    o.steps = STEPS; o.batch_size = B; o.seq_len = T; o.grad_accum = a->grad_accum; o.lr = 2e-3; o.warmup = 0;
+    o.clip = 1.0f; o.log_every = 0; o.seed = 3;
+    token_src src = {0};
+    if (rc == HALO_OK) {
+        rc = trainer_init(&t, &m, &o, (train_data_source){&src, token_next, NULL, NULL});
+        have_trainer = 1;
+    }
+    if (rc == HALO_OK) rc = trainer_set_comm(&t, c, NULL);
+    train_cuda_mem mem = {.bf16_grads = a->cfg->bf16_grads};
+    if (rc == HALO_OK) rc = trainer_use_cuda(&t, &mem);
+    for (int s = 0; s < STEPS && rc == HALO_OK; s++) {
+        train_step_info si;
+        rc = trainer_step(&t, &si);
+        if (rc == HALO_OK && R == 0) { out->loss[s] = si.loss; out->norm[s] = si.grad_norm; }
+    }
+    llama_trainable p = have_model ? llama_trainable_params(&m) : (llama_trainable){0};
+    if (rc == HALO_OK) t.be.to_host(&t);
+    if (rc == HALO_OK && c->world > 1) {   // every rank holds rank 0's weights
+        float *w0 = malloc(p.n * sizeof(float));
+        memcpy(w0, p.params, p.n * sizeof(float));
+        rc = c->broadcast(c, w0, p.n * sizeof(float), 0);
+        long diff = 0;
+        for (size_t i = 0; i < p.n; i++) diff += memcmp(&w0[i], &p.params[i], sizeof(float)) != 0;
+        out->rank_diff[R] = rc == HALO_OK ? diff : -1;
+        free(w0);
+    }
+    if (rc == HALO_OK && R == 0) { out->n = p.n; memcpy(out->w, p.params, p.n * sizeof(float)); }
+    if (rc != HALO_OK) {
+        snprintf(out->err[R], sizeof out->err[R], "%s", halo_error());
+        halo_comm_abort(c);   // the peers stop too; the GPU teardown below then aborts NCCL instead of waiting
+    }
+    out->ok[R] = rc == HALO_OK;
+    if (have_trainer) trainer_free(&t);
+    if (have_model) llama_free(&m);
+    return rc == HALO_OK ? 0 : 1;
+}
+
+static const size_t RUN_BYTES = sizeof(run_out) + 2 * (size_t)W_CAP * sizeof(float);
+
+static run_out *run(const run_cfg *cfg, int world, int grad_accum) {
+    const size_t bytes = RUN_BYTES;
+    run_out *out = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (out == MAP_FAILED) { fprintf(stderr, "mmap of %zu bytes failed\n", bytes); abort(); }
+    for (int r = 0; r < WORLD; r++) out->rank_diff[r] = -1;
+    run_arg a = {cfg, grad_accum, out};
+    const double t0 = t_now();
+    const int rc = halo_comm_run_local(world, train_rank, &a, NULL);
+    int ok = rc == HALO_OK;
+    for (int r = 0; r < world; r++) ok &= out->ok[r];
+    CHECK(ok, "%s, %d rank(s) x %d micro-batch(es): %s%s%s", cfg->name, world, grad_accum, rc ? halo_error() : "",
+          out->err[0], world > 1 ? out->err[1] : "");
+    printf("  %s: %d GPU(s) x %d micro-batch(es) trained in %.1f s\n", cfg->name, world, grad_accum, t_now() - t0);
+    fflush(stdout);
+    if (ok) return out;
+    munmap(out, bytes);
+    return NULL;
+}
+
+static double rel_update_diff(const float *a, const float *b, const float *w0, size_t n) {
+    double d = 0, u = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        u += ((double)b[i] - w0[i]) * ((double)b[i] - w0[i]);
+    }
+    return u > 0 ? sqrt(d / u) : INFINITY;
+}
+static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
+
+static void test_config(const run_cfg *cfg) {
+    printf("%s:\n", cfg->name);
+    run_out *one = run(cfg, 1, WORLD), *again = run(cfg, 1, WORLD), *two = run(cfg, WORLD, 1);
+    if (one && two) {
+        const size_t n = one->n;
+        const float *w0 = one->w + W_CAP;   // the initial weights
+        CHECK(two->n == n && n > 0, "%s: %zu and %zu trainable values", cfg->name, two->n, n);
+        for (int r = 1; r < WORLD; r++)
+            CHECK(two->rank_diff[r] == 0, "%s: rank %d's weights differ from rank 0's in %ld values", cfg->name, r,
+                  two->rank_diff[r]);
+        CHECK(rel(two->loss[0], one->loss[0]) <= 1e-5, "%s: step 1 loss %.9g, one GPU %.9g", cfg->name, two->loss[0],
+              one->loss[0]);
+        CHECK(rel(two->norm[0], one->norm[0]) <= 1e-4, "%s: step 1 gradient norm %.9g, one GPU %.9g", cfg->name,
+              two->norm[0], one->norm[0]);
+        double worst_loss = 0, worst_norm = 0;
+        for (int s = 0; s < STEPS; s++) {
+            worst_loss = fmax(worst_loss, rel(two->loss[s], one->loss[s]));
+            worst_norm = fmax(worst_norm, rel(two->norm[s], one->norm[s]));
+        }
+        CHECK(worst_loss <= 1e-3, "%s: losses differ by %.3g relative", cfg->name, worst_loss);
+        CHECK(worst_norm <= 1e-2, "%s: gradient norms differ by %.3g relative", cfg->name, worst_norm);
+        CHECK(cfg->lora || one->loss[STEPS - 1] < one->loss[0], "%s: the one-GPU run trains (loss %.6f -> %.6f)", cfg->name,
+              one->loss[0], one->loss[STEPS - 1]);
+        const double dw = rel_update_diff(two->w, one->w, w0, n);
+        const double noise = again ? rel_update_diff(again->w, one->w, w0, n) : NAN;
+        CHECK(dw <= cfg->weight_tol, "%s: 2 GPUs vs 1: weights differ by %.3g of the update (bound %.0e)", cfg->name,
+              dw, cfg->weight_tol);
+        printf("  losses %.6f -> %.6f (2 GPUs) vs %.6f -> %.6f; worst step: loss %.2g, norm %.2g relative\n",
+               two->loss[0], two->loss[STEPS - 1], one->loss[0], one->loss[STEPS - 1], worst_loss, worst_norm);
+        printf("  weights: 2 GPUs vs 1 differ by %.3g of the update (bound %.0e); 1 GPU run to run: %.3g; ranks "
+               "identical: %s\n", dw, cfg->weight_tol, noise, two->rank_diff[1] == 0 ? "yes" : "NO");
+    }
+    if (one) munmap(one, RUN_BYTES);
+    if (again) munmap(again, RUN_BYTES);
+    if (two) munmap(two, RUN_BYTES);
+}
+#endif
+
+int main(void) {
+#if !defined(HALO_CUDA) || !defined(HALO_NCCL)
+    SKIP("built without CUDA or NCCL (no nvcc, SAN=1, no libnccl.so, or NCCL=0): GPU data parallel tests skipped");
+    TEST_END();
+#else
+    char why[256] = "";
+    const int ngpu = cuda_device_count_forked(why, sizeof why);   // CUDA must not start in this process
+    if (ngpu < WORLD) {
+        SKIP("%d usable GPU(s)%s%s: GPU data parallel training needs %d", ngpu, *why ? ": " : "", why, WORLD);
+        TEST_END();
+    }
+    setenv("HALO_NCCL_TIMEOUT_S", "120", 0);   // a barrier waiting on a lost peer gives up within the test's time
+    printf("GPU data parallel: %d ranks x 1 micro-batch vs 1 GPU x %d micro-batches, %d steps of %d x %d tokens\n",
+           WORLD, WORLD, STEPS, B, T);
+    for (size_t k = 0; k < sizeof CFGS / sizeof CFGS[0]; k++) test_config(&CFGS[k]);
+    TEST_END();
+#endif
+}
