@@ -52,6 +52,50 @@ static void test_interrupt(const char *common) {
     CHECK(stat(cmd, &st) == 0, "the interrupted run exported its model");
 }
 
+// A signal that reaches one rank alone (here rank 1, while it waits for rank 0's evaluation after step 1, i.e. after
+// the ranks agreed to go on) stops the run after the next step on every rank: a rank that left its loop alone would
+// leave rank 0 waiting in step 2 for ever.
+static void test_interrupt_one_rank(const char *common) {
+    char cmd[8192], metrics[512], log[512];
+    snprintf(metrics, sizeof metrics, "%s/int1.jsonl", dir);
+    snprintf(log, sizeof log, "%s/int1.log", dir);
+    snprintf(cmd, sizeof cmd, "exec %s --ranks 2 --threads 1 --steps 50 --eval-every 1 --val-count 60 --ckpt-dir "
+             "%s/int1_ck --metrics %s > %s 2>&1", common, dir, metrics, log);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); _exit(127); }
+    int ranks[2] = {0, 0}, seen = 0;
+    for (int tries = 0; tries < 3000 && !seen; tries++) {   // step 1 logged: rank 0 evaluates, rank 1 waits
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+        seen = count_train_lines(metrics) >= 1;
+    }
+    char path[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);   // the ranks, in fork order
+    FILE *f = fopen(path, "r");
+    int got = f ? fscanf(f, "%d %d", &ranks[0], &ranks[1]) : 0;
+    if (f) fclose(f);
+    if (seen && got == 2) kill(ranks[1], SIGINT);
+    int status = 0, done = 0;
+    for (int tries = 0; tries < 600 && !done; tries++) {   // 60 s at most
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        done = waitpid(pid, &status, WNOHANG) == pid;
+    }
+    if (!done) {
+        for (int r = 0; r < 2; r++) if (ranks[r] > 0) kill(ranks[r], SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECK(seen && got == 2 && done && WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 130),
+          "SIGINT to rank 1 alone: the run ends (done %d, exit %d, step 1 seen %d, ranks found %d)", done,
+          WIFEXITED(status) ? WEXITSTATUS(status) : -1, seen, got);
+    int last = count_train_lines(metrics);
+    snprintf(cmd, sizeof cmd, "%s/int1_ck/step_%08d.safetensors", dir, last);
+    struct stat st;
+    CHECK(last >= 2 && last < 50 && stat(cmd, &st) == 0 && file_has(log, "interrupted after step"),
+          "SIGINT to rank 1 alone: both ranks stop after step %d and save %s", last, cmd);
+}
+
 int main(void) {
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     const char *b = getenv("BUILD");
@@ -173,6 +217,7 @@ int main(void) {
     CHECK(rc != 0 && named && !file_has(path, "rank 0 of"), "'--ranks 2 --device cuda' without a GPU refused by the "
           "launcher naming the reason");
     test_interrupt(common);
+    test_interrupt_one_rank(common);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

@@ -418,7 +418,10 @@ int cmd_finetune(int argc, char **argv) {
     sigaction(SIGTERM, &sa, &old_term);
     if (rc == HALO_OK) {
         double t_begin = halo_now();
-        while (t.step < o.steps && rc == HALO_OK && !g_interrupted) {
+        // ranks stop on the interrupt they agreed on after a step: a signal that reaches one rank after that agreement
+        // must not end its loop alone (the others would wait for it in the next step)
+        int stop = 0;
+        while (t.step < o.steps && rc == HALO_OK && !(g_rank_comm ? stop : g_interrupted)) {
             int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
             if (measure) trainer_halo_telemetry(&t, 1);
             train_step_info si;
@@ -440,22 +443,23 @@ int cmd_finetune(int argc, char **argv) {
                 double f[2] = {over, g_interrupted};
                 if (g_rank_comm->allreduce(g_rank_comm, f, 2, HALO_F64, HALO_MAX)) { rc = HALO_ERR; break; }
                 over = f[0] > 0;
-                if (f[1] > 0 && !g_interrupted) g_interrupted = (int)f[1];
+                stop = (int)f[1];
             }
             if (over) {
                 if (lead) fprintf(stderr, "halo finetune: time budget of %.0f s reached after %d of %d steps\n", time_budget, t.step, o.steps);
                 break;
             }
         }
-        if (g_interrupted && lead) {
+        const int stopped = g_rank_comm ? stop : g_interrupted;   // the same on every rank
+        if (stopped && lead) {
             fprintf(stderr, "halo finetune: interrupted after step %d of %d: %s\n", t.step, o.steps,
                     o.ckpt_dir || out_dir ? "saving, then stopping (again to stop at once)"
                                           : "stopping (no --ckpt-dir or --out to save into)");
             fflush(stderr);
         }
-        if (rc == HALO_OK && !g_interrupted) rc = trainer_evaluate(&t);
+        if (rc == HALO_OK && !stopped) rc = trainer_evaluate(&t);
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
-        if (rc == HALO_OK && o.ckpt_dir && g_interrupted && lead) {
+        if (rc == HALO_OK && o.ckpt_dir && stopped && lead) {
             char ck[4096];
             checkpoint_path(ck, sizeof ck, o.ckpt_dir, t.step);
             fprintf(stderr, "halo finetune: checkpoint %s (continue with --resume %s)\n", ck, ck);
