@@ -6,6 +6,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 #include "dist/comm.h"
 #include "test.h"
 #include "util/error.h"
@@ -129,6 +131,21 @@ static int rank_stuck(halo_comm *c, void *arg) {
     for (;;) pause();
 }
 
+// rank 1 returns 0 at once, rank 0 then waits in a collective rank 1 never makes (ranks out of step): an error
+// naming rank 1, not a hang (the alarm ends a hung rank 0)
+static int rank_early(halo_comm *c, void *arg) {
+    if (c->rank == 1) return 0;
+    alarm(20);
+    struct timespec ts = {0, 50000000};
+    nanosleep(&ts, NULL);
+    double x = 1;
+    int rc = c->allreduce(c, &x, 1, HALO_F64, HALO_SUM);
+    RCHECK(rc == HALO_ERR && strstr(halo_error(), "rank 1 of 2 has finished"), "a collective after a peer returned: "
+           "rc %d '%s'", rc, rc ? halo_error() : "");
+    RCHECK(c->barrier(c) == HALO_ERR, "and the next one fails at once");
+    return 0;
+}
+
 static int rank_noop(halo_comm *c, void *arg) { return c->rank == 0 && c->world == 1 ? 0 : 0; }
 
 int main(void) {
@@ -181,6 +198,9 @@ int main(void) {
           "a stuck rank is killed after the grace: '%s', statuses %d %d", halo_error(), sst[0], sst[1]);
     unsetenv("HALO_RANK_GRACE_S");
     CHECK(halo_comm_run_local(0, rank_noop, NULL, NULL) == HALO_ERR && strstr(halo_error(), "0 is not in"), "0 ranks");
+    int est[2] = {-1, -1};
+    CHECK(halo_comm_run_local(2, rank_early, NULL, est) == HALO_OK && est[0] == 0 && est[1] == 0,
+          "a rank waiting for one that returned: statuses %d %d", est[0], est[1]);
 
     // the one-rank communicator: identities
     halo_comm *one = halo_comm_single();

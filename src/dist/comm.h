@@ -38,7 +38,8 @@ void halo_shard_range(size_t n, int world, int rank, size_t *lo, size_t *hi);
 
 // Runs fn(comm, arg) in `world` processes forked from this one (ranks 0 .. world-1), each with a `local`
 // communicator over shared memory, and waits for them. A rank's status is fn's return (0 = success); a rank that
-// returns non-zero, crashes or is killed aborts the others' collectives; a rank still running HALO_RANK_GRACE_S
+// returns non-zero, crashes or is killed aborts the others' collectives; once any rank has returned, a collective
+// that still waits for it fails (ranks out of step) instead of hanging; a rank still running HALO_RANK_GRACE_S
 // seconds (default 60) after that is killed (it is stuck where the abort does not reach). Returns HALO_OK when every rank returned
 // 0, else HALO_ERR with a message naming the first failed rank. status (NULL or [world]) gets each rank's exit code
 // (128 + signal for a killed rank). Call before this process starts OpenMP threads: a forked child does not

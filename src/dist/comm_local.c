@@ -23,6 +23,7 @@ typedef struct {
     atomic_int arrived;      // ranks waiting at the barrier
     atomic_int generation;   // bumped by the last rank to arrive
     atomic_int aborted;      // 0, or 1 + the rank (or -1 for the launcher) that gave up first
+    atomic_int departed;     // 0, or 1 + the first rank that returned: no later collective can complete
     int world;
 } shm_header;
 
@@ -47,15 +48,19 @@ static unsigned char *slot(halo_comm *c, int r) { return impl_of(c)->slots + (si
 
 static int aborted_error(halo_comm *c, const char *what) {
     int a = atomic_load(&impl_of(c)->h->aborted);
+    if (!a && atomic_load(&impl_of(c)->h->departed) > 0)
+        return halo_fail("%s on rank %d: rank %d of %d has finished, so the collective cannot complete (the ranks made "
+                         "different collectives)", what, c->rank, atomic_load(&impl_of(c)->h->departed) - 1, c->world);
     if (a > 0) return halo_fail("%s on rank %d: rank %d of %d failed, the run stops", what, c->rank, a - 1, c->world);
     return halo_fail("%s on rank %d: the run was stopped (a rank exited early)", what, c->rank);
 }
 
 // Sense by generation: the last rank to arrive resets the count and bumps the generation; the others wait for the
-// bump, first spinning briefly, then sleeping (ranks may outnumber cores), and give up when the run is aborted.
+// bump, first spinning briefly, then sleeping (ranks may outnumber cores), and give up when the run is aborted or a
+// rank has returned (a rank returns only after its last barrier completed, so it will never arrive at this one).
 static int local_barrier_named(halo_comm *c, const char *what) {
     shm_header *h = impl_of(c)->h;
-    if (atomic_load(&h->aborted)) return aborted_error(c, what);
+    if (atomic_load(&h->aborted) || atomic_load(&h->departed)) return aborted_error(c, what);
     int gen = atomic_load(&h->generation);
     if (atomic_fetch_add(&h->arrived, 1) == c->world - 1) {
         atomic_store(&h->arrived, 0);
@@ -63,7 +68,8 @@ static int local_barrier_named(halo_comm *c, const char *what) {
     } else {
         for (long spins = 0; atomic_load(&h->generation) == gen; spins++) {
             // a barrier that completed before the abort still counts (its data are whole)
-            if (atomic_load(&h->aborted) && atomic_load(&h->generation) == gen) return aborted_error(c, what);
+            if ((atomic_load(&h->aborted) || atomic_load(&h->departed)) && atomic_load(&h->generation) == gen)
+                return aborted_error(c, what);
             if (spins > 2000) nanosleep(&(struct timespec){0, spins > 20000 ? 200000 : 20000}, NULL);
         }
     }
@@ -184,6 +190,7 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
     atomic_init(&h->arrived, 0);
     atomic_init(&h->generation, 0);
     atomic_init(&h->aborted, 0);
+    atomic_init(&h->departed, 0);
     h->world = world;
     pid_t *pids = xcalloc((size_t)world, sizeof *pids);
     const pid_t parent = getpid();
@@ -213,6 +220,8 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
                            .broadcast = local_broadcast, .barrier = local_barrier, .abort = local_abort, .impl = &li};
             int rc = fn(&c, arg);
             if (rc) local_abort(&c);
+            int none = 0;   // peers still waiting in a collective would wait for this rank for ever
+            atomic_compare_exchange_strong(&h->departed, &none, r + 1);
             fflush(NULL);
             _exit(rc == 0 ? 0 : rc > 0 && rc < 126 ? rc : 1);
         }
