@@ -48,12 +48,15 @@ typedef struct {
     float loss[MAX_STEPS];
     double norm[MAX_STEPS];
     int n;
+    float eval_loss[MAX_STEPS + 1];   // trainer_run's evaluations (rank 0), by step
+    int evals;
 } result;
 
 typedef struct {
     int world, accum, batch, steps, lora, stop_at;   // stop_at: save a checkpoint after this step and stop (0: no)
     int shard;                                       // sharded optimizer state
     int gather8;                                     // HALO weights gathered in 8 bits (other ranks' rows poisoned)
+    int run;                                         // trainer_run with an evaluation every 2 steps
     halo_precision prec;
     int level;
     const char *ckpt, *resume, *metrics;
@@ -62,6 +65,22 @@ typedef struct {
 
 #define RCHECK(r, cond, ...) do { int _ok = (cond); CHECK(_ok, __VA_ARGS__); \
     atomic_fetch_add(_ok ? &(r)->pass : &(r)->fail, 1); } while (0)
+
+// trainer_run's evaluation: the loss of one fixed batch on the model's weights (rank 0 alone is called)
+typedef struct { result *out; int64_t calls; } eval_job;
+static int eval_fixed(void *ctx, llama_model *m, int step, train_metrics *mt) {
+    eval_job *e = ctx;
+    varied_src src = {.rng = 12345, .vocab = m->cfg.vocab_size};
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 24);
+    vs_next(&src, &b);
+    float loss = llama_forward(m, &b, NULL);
+    halo_batch_free(&b);
+    if (step >= 0 && step <= MAX_STEPS) e->out->eval_loss[step] = loss;
+    e->out->evals++;
+    train_metrics_add(mt, "loss", loss);
+    return HALO_OK;
+}
 
 static int rank_train(halo_comm *c, void *arg) {
     const job *j = arg;
@@ -100,6 +119,12 @@ static int rank_train(halo_comm *c, void *arg) {
         atomic_fetch_add(&out->owned, (long)t.opt.n_owned);
     }
     if (!rc && j->resume) rc = trainer_resume(&t, j->resume);
+    eval_job ej = {.out = out};
+    if (!rc && j->run) {   // the library's loop: evaluations (rank 0) and checkpoints (rank 0 writes) between steps
+        t.o.eval_every = 2;
+        trainer_set_eval(&t, eval_fixed, &ej);
+        rc = trainer_run(&t);
+    }
     if (!rc && trainer_open_metrics(&t)) rc = HALO_ERR;
     while (!rc && t.step < o.steps && !(j->stop_at && t.step == j->stop_at)) {
         train_step_info s;
@@ -129,7 +154,8 @@ static result *g_res[2];
 
 static int run_job(job *j, result *r) {
     memset((void *)r->params, 0, sizeof r->params);
-    r->n = 0;
+    memset((void *)r->eval_loss, 0, sizeof r->eval_loss);
+    r->n = r->evals = 0;
     atomic_store(&r->owned, 0);
     j->out = r;
     int rc = halo_comm_run_local(j->world, rank_train, j, NULL);
@@ -179,6 +205,30 @@ static char *slurp(const char *path) {
     return s;
 }
 
+// Two safetensors files hold the same tensor bytes (their headers' metadata, e.g. the elapsed time, aside).
+static int same_tensors(const char *a, const char *b) {
+    unsigned char *d[2] = {0};
+    long len[2] = {0}, data[2] = {0};
+    const char *paths[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen(paths[k], "rb");
+        if (!f) break;
+        fseek(f, 0, SEEK_END);
+        len[k] = ftell(f);
+        rewind(f);
+        d[k] = malloc((size_t)len[k] + 1);
+        if (fread(d[k], 1, (size_t)len[k], f) != (size_t)len[k]) len[k] = 0;
+        fclose(f);
+        uint64_t h = 0;
+        if (len[k] >= 8) memcpy(&h, d[k], 8);
+        data[k] = 8 + (long)h;
+    }
+    int same = d[0] && d[1] && len[0] - data[0] == len[1] - data[1] && len[0] > data[0] &&
+               memcmp(d[0] + data[0], d[1] + data[1], (size_t)(len[0] - data[0])) == 0;
+    free(d[0]); free(d[1]);
+    return same;
+}
+
 int main(void) {
     for (int i = 0; i < 2; i++) {
         g_res[i] = mmap(NULL, sizeof(result), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -213,6 +263,32 @@ int main(void) {
         printf("%s level %d, %d ranks: weights gathered in 8 bits == fp32 gathers bit for bit (5 steps, final loss %.6f)\n",
                halo_precision_name(g8[k].p), g8[k].level, g8[k].world, g_res[1]->loss[4]);
     }
+    // trainer_run on 2 ranks with 8-bit gathers, an evaluation every 2 steps and a checkpoint at the end: the same
+    // weights, evaluations and checkpoint as with fp32 gathers (the evaluation and the checkpoint gather the fp32 rows
+    // on every rank)
+    {
+        char dir[] = "/tmp/halo_dist_run_XXXXXX";
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        char ck[2][100], file[2][256];
+        job jr[2];
+        for (int k = 0; k < 2; k++) {
+            snprintf(ck[k], sizeof ck[k], "%s/ck%d", dir, k);
+            snprintf(file[k], sizeof file[k], "%s/step_00000005.safetensors", ck[k]);
+            jr[k] = (job){.world = 2, .accum = 1, .batch = 2, .steps = 5, .prec = HALO_PREC_INT8, .level = 2,
+                          .shard = 1, .gather8 = k, .run = 1, .ckpt = ck[k]};
+        }
+        int ok = run_job(&jr[0], g_res[0]) == HALO_OK && run_job(&jr[1], g_res[1]) == HALO_OK;
+        char cmd[600];
+        CHECK(ok && g_res[0]->n > 0 && g_res[1]->n == g_res[0]->n && g_res[1]->evals == 3 && g_res[0]->evals == 3 &&
+              memcmp(g_res[0]->params, g_res[1]->params, sizeof(float) * g_res[0]->n) == 0 &&
+              memcmp(g_res[0]->eval_loss, g_res[1]->eval_loss, sizeof g_res[0]->eval_loss) == 0 &&
+              same_tensors(file[0], file[1]),
+              "trainer_run on 2 ranks, weights gathered in 8 bits: %s, %d evaluations, same weights, evaluations and "
+              "checkpoint as fp32 gathers", ok ? "ran" : "failed", g_res[1]->evals);
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0, "cleanup");
+    }
+
     // the comparisons can fail: a one-rank run that sees half the rows ends far from the two-rank run
     job half = {.world = 1, .accum = 1, .batch = 2, .steps = 5, .prec = HALO_PREC_FP32};
     job two = half;

@@ -531,11 +531,8 @@ int trainer_run(trainer *t) {
         train_step_info s;
         if (trainer_step(t, &s)) return HALO_ERR;
         int last = t->step == t->o.steps;
-        if (!lead_rank(t)) {   // the other ranks take part in the checkpoint's gathers, then go on to the next step
-            if (t->o.ckpt_dir && ((t->o.ckpt_every > 0 && t->step % t->o.ckpt_every == 0) || last))
-                if (trainer_save(t, NULL)) return HALO_ERR;
-            continue;
-        }
+        // every rank: the evaluation's and the checkpoint's gathers are collective (rank 0 alone logs, evaluates and
+        // writes)
         if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == 1 || last)) trainer_log_step(t, &s);
         trainer_log_metrics(t, &s);
         if (t->eval && ((t->o.eval_every > 0 && t->step % t->o.eval_every == 0) || last))
