@@ -22,6 +22,15 @@ static int count_train_lines(const char *path) {
     return n;
 }
 
+static int count_in_file(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    char line[8192];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) for (char *p = line; (p = strstr(p, needle)); p++) n++;
+    if (f) fclose(f);
+    return n;
+}
+
 static void test_interrupt(const char *common) {
     char cmd[8192], metrics[512], log[512];
     snprintf(metrics, sizeof metrics, "%s/int.jsonl", dir);
@@ -179,6 +188,17 @@ int main(void) {
     CHECK(file_has(path, "different training options (ranks 2 -> 1)"), "the resume warns that the ranks differ");
     snprintf(path, sizeof path, "%s/res0.log", dir);
     CHECK(!file_has(path, "different training options"), "a resume on the same ranks warns of nothing");
+
+    // a LoRA checkpoint of 2 ranks resumed on 3: the notes and the warning are printed once (not by every rank)
+    static char lcmd[16384];
+    snprintf(lcmd, sizeof lcmd, "%s --ranks 2 --steps 2 --lora-rank 2 --ckpt-dir %s/lora_ck > %s/lora.log 2>&1 && %s "
+             "--ranks 3 --steps 3 --resume %s/lora_ck/step_00000002.safetensors > %s/lora3.log 2>&1", common, dir, dir,
+             common, dir, dir);
+    CHECK(system(lcmd) == 0, "a LoRA checkpoint of 2 ranks resumed on 3");
+    snprintf(path, sizeof path, "%s/lora3.log", dir);
+    CHECK(count_in_file(path, "resuming the LoRA adapters") == 1 && count_in_file(path, "ranks 2 -> 3") == 1 &&
+          count_in_file(path, "step 3/3") == 1, "resumed on 3 ranks: the LoRA note %d times, the warning %d times",
+          count_in_file(path, "resuming the LoRA adapters"), count_in_file(path, "ranks 2 -> 3"));
 
     // a time budget stops every rank after the same step (a rank that stopped alone would leave the others waiting)
     snprintf(cmd, sizeof cmd, "%s --ranks 2 --steps 100000 --time-budget 1 --eval-every 0 --ckpt-dir %s/tb_ck "

@@ -262,7 +262,8 @@ int cmd_finetune(int argc, char **argv) {
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
-    const int lead = !g_rank_comm || g_rank_comm->rank == 0;   // the rank that prints notes and writes results
+    // the process that prints notes and writes results: rank 0 (not the launcher of --ranks, whose rank 0 prints them)
+    const int lead = g_rank_comm ? g_rank_comm->rank == 0 : ranks < 2 || dry_run;
     if (shard && ranks < 2) { halo_fail("%s: only with --ranks N, N >= 2", gather8 ? "--gather-8bit" : "--shard-optimizer"); goto bad; }
     if (resume && !lora_on) {   // a LoRA run's checkpoint resumes as one: its adapters' settings
         llama_config ccfg;

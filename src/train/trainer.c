@@ -512,7 +512,7 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
     if (t->shard) { dist_take_moments(t, &whole); adamw_free(&whole); }
     int rc = HALO_OK;
     char *diff = meta.options_json ? options_diff(meta.options_json, t->options_json) : NULL;
-    if (diff && *diff)
+    if (diff && *diff && lead_rank(t))
         fprintf(stderr, "warning: resuming %s with different training options (%s); the run will not reproduce the "
                 "original one\n", ckpt_path, diff);
     free(diff);
