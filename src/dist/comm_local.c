@@ -201,9 +201,17 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
     sigaction(SIGINT, &fw, &old_int);
     sigaction(SIGTERM, &fw, &old_term);
     int started = 0;
+    // SIGINT / SIGTERM held while a rank is forked: the launcher forwards them only once the pid is recorded, and the
+    // child restores its own handlers before it can receive one
+    sigset_t stop_sigs, was_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGINT);
+    sigaddset(&stop_sigs, SIGTERM);
     for (int r = 0; r < world; r++) {
+        sigprocmask(SIG_BLOCK, &stop_sigs, &was_mask);
         pid_t p = fork();
         if (p < 0) {
+            sigprocmask(SIG_SETMASK, &was_mask, NULL);
             halo_fail("local ranks: fork of rank %d failed: %s", r, strerror(errno));
             atomic_store(&h->aborted, -1);
             break;
@@ -214,6 +222,7 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
             sigaction(SIGINT, &old_int, NULL);
             sigaction(SIGTERM, &old_term, NULL);
             setpgid(0, 0);
+            sigprocmask(SIG_SETMASK, &was_mask, NULL);
             local_impl li = {.h = h, .slots = (unsigned char *)mem + 4096};
             halo_comm c = {.rank = r, .world = world, .backend = "local", .allreduce = local_allreduce,
                            .reduce_scatter = local_reduce_scatter, .allgather = local_allgather,
@@ -227,6 +236,8 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
         }
         pids[r] = p;
         started++;
+        setpgid(p, p);   // (also done by the child; whichever runs first)
+        sigprocmask(SIG_SETMASK, &was_mask, NULL);
     }
     // Wait for our ranks (polling, so that other children of the process are left alone). Once a rank has failed,
     // the others get HALO_RANK_GRACE_S seconds (default 60) to notice it in their collectives; a rank still running

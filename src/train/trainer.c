@@ -509,7 +509,7 @@ int trainer_resume(trainer *t, const char *ckpt_path) {
         if (t->data.set_state && t->data.get_state) t->data.set_state(t->data.ctx, &was_data);
         return HALO_ERR;
     }
-    if (t->shard) { dist_take_moments(t, &whole); adamw_free(&whole); }
+    if (t->shard) { dist_take_moments(t, &whole); adamw_free(&whole); dist_drop_codes(t); }   // codes of the old W
     int rc = HALO_OK;
     char *diff = meta.options_json ? options_diff(meta.options_json, t->options_json) : NULL;
     if (diff && *diff && lead_rank(t))

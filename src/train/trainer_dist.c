@@ -35,7 +35,19 @@ static void shard_free(train_shard *s) {
     free(s);
 }
 
-void dist_shard_free(trainer *t) { shard_free(t->shard); t->shard = NULL; }
+// The HALO layers quantize their fp32 weights again (after a resume loaded them, and when the trainer is done).
+void dist_drop_codes(trainer *t) {
+    train_shard *s = t->shard;
+    if (s) s->stale = 0;   // callers: the fp32 weights were just loaded whole, or are no longer trained
+    for (int i = 0; s && i < s->n; i++)
+        if (s->lin[i]) halo_linear_set_weight_codes(s->lin[i], NULL);
+}
+
+void dist_shard_free(trainer *t) {
+    dist_drop_codes(t);
+    shard_free(t->shard);
+    t->shard = NULL;
+}
 
 // The HALO layer whose weight a trainable tensor is ("model.layers.L.<linear>.weight"), or NULL.
 static halo_linear *halo_layer_of_tensor(llama_model *m, const char *name) {
