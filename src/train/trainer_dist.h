@@ -13,6 +13,8 @@ typedef struct train_shard train_shard;
 // with d->gather_8bit, finds the INT8/FP8 HALO layers whose weights are then exchanged as their 8-bit operands.
 int dist_shard_init(trainer *t, const train_dist_options *d);
 void dist_shard_free(trainer *t);
+// 1 when t->shard exchanges HALO weights as 8-bit codes (train_dist_options.gather_8bit), else 0.
+int dist_shard_gathers_8bit(const trainer *t);
 // AdamW on this rank's rows, then every rank gets every tensor's updated rows: in fp32, or for HALO weights gathered in
 // 8 bits, as the layer's weight operand (its fp32 rows of other ranks are then out of date until dist_sync_weights).
 int dist_optimizer_step(trainer *t, double lr);
