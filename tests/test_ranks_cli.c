@@ -215,7 +215,7 @@ int main(void) {
     // refused before training
     struct { const char *flags, *want; } bad[] = {
         {"--shard-optimizer", "--shard-optimizer: only with --ranks"},
-        {"--ranks 2 --device cuda --shard-optimizer", "--shard-optimizer is built for the CPU only"},
+        {"--ranks 2 --device cuda --gather-8bit", "--gather-8bit is built for the CPU only"},
         {"--ranks 0", "--ranks"},
         {"--gather-8bit", "--gather-8bit: only with --ranks"},
         {"--ranks 2 --gather-8bit --precision fp32", "no trainable INT8/FP8 HALO weight"},

@@ -103,9 +103,11 @@ static void usage(void) {
         "  --ranks N              data parallel over N processes on this machine (CPU, or with --device cuda one\n"
         "                         GPU each, gradients summed through NCCL): each step takes N x --grad-accum\n"
         "                         micro-batches, as one process with N times the accumulation would\n"
-        "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor\n"
+        "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor (with\n"
+        "                         --device cuda: for 1/N of the GPU's flat parameter buffer)\n"
         "  --gather-8bit          with --ranks: also each rank updates 1/N of every INT8/FP8 HALO weight's rows and\n"
-        "                         the ranks exchange them as the 8-bit codes the products use (implies --shard-optimizer)\n"
+        "                         the ranks exchange them as the 8-bit codes the products use (implies\n"
+        "                         --shard-optimizer; CPU only)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
         "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
         "                         fp32 master weights and moments on the GPU; the validation loss too (the\n"
@@ -295,9 +297,9 @@ int cmd_finetune(int argc, char **argv) {
     // forked child cannot use its parent's CUDA): its check counts the GPUs in a probe process; each rank takes its
     // GPU before any other CUDA call (trainer_use_cuda then makes the NCCL communicator on it).
     const int launcher = ranks > 1 && !g_rank_comm && !dry_run;
-    if (ranks > 1 && use_cuda && shard) {
-        halo_fail("--ranks with --device cuda: %s is built for the CPU only (on GPUs every rank keeps the whole AdamW "
-                  "moments)", gather8 ? "--gather-8bit" : "--shard-optimizer");
+    if (ranks > 1 && use_cuda && gather8) {
+        halo_fail("--ranks with --device cuda: --gather-8bit is built for the CPU only (the GPU's HALO layers quantize "
+                  "their own whole weights); --shard-optimizer alone shards the AdamW moments over the GPUs");
         goto bad;
     }
     if (use_cuda && launcher && cli_cuda_ranks_check((int)ranks) != HALO_OK) goto bad;

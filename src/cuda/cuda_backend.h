@@ -170,6 +170,17 @@ typedef struct {
                             // the selected linears through halo_cuda_linear (per-tensor scales, nearest rounding,
                             // full H_m only); FP32 (zero-initialized) or BF16: every product in BF16 as before.
                             // q, k, v (and gate, up) are fused on the GPU: all of a group or none.
+    halo_comm *shard_comm;  // data parallel, ZeRO-1 (NULL or one rank: whole moments): this model keeps AdamW moments
+                            // only for rank r's range of the flat device parameter buffer (llama_cuda_shard_range:
+                            // the buffer cut into W pieces of ceil(n / W) elements rounded up to 128, piece r), and
+                            // llama_cuda_adamw_step updates that range of the fp32 master (and its bf16 copy), then
+                            // all-gathers the fp32 master over comm so that every rank holds the whole updated weights
+                            // (bit-identical: the bf16 copy of other ranks' ranges is converted from the gathered
+                            // master). Moments take 8 / W bytes a parameter (fp32; 4 / W in bf16) instead of 8; master,
+                            // weights and gradients stay whole (the gradients are all-reduced whole, so the clipping
+                            // norm is the global one). comm as for llama_cuda_allreduce_grads: device buffers of this
+                            // GPU, collectives enqueued on llama_cuda_stream(g) (set it after creation, before the
+                            // first step); the model keeps the pointer. Refused with LoRA adapters.
 } llama_cuda_opts;
 
 typedef struct {
@@ -205,8 +216,10 @@ float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *logits_host)
 void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale);
 float llama_cuda_last_loss(llama_cuda *g);
 void llama_cuda_zero_grads(llama_cuda *g);
-// One AdamW step (step is 1-based, torch's `step` after increment), with clipping by the global norm.
-void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);
+// One AdamW step (step is 1-based, torch's `step` after increment), with clipping by the global norm. Sharded
+// (opts.shard_comm): this rank's range, then the all-gather of the master (collective: every rank calls it);
+// HALO_ERR with the collective's message (enqueue failures: a peer's failure shows at the next barrier). Else HALO_OK.
+int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step);
 // zero_grads + forward_backward(1) + adamw_step; returns the loss (the step's one host synchronization).
 float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step);
 // Global gradient L2 norm (synchronizes).
@@ -247,13 +260,22 @@ void llama_cuda_profile_print(llama_cuda *g);
 // Bytes this model allocated on the device (weights, master, grads, moments, activations, workspace).
 size_t llama_cuda_bytes(const llama_cuda *g);
 size_t llama_cuda_param_count(const llama_cuda *g);
+// Bytes of AdamW moments on this device (the whole buffer's, or this rank's range's when sharded).
+size_t llama_cuda_moment_bytes(const llama_cuda *g);
+// The range [*lo, *hi) of the flat device parameter buffer (*n_all elements, padding between tensors included) whose
+// moments this model holds: all of it, or this rank's piece when sharded (empty for a rank past the end).
+void llama_cuda_shard_range(const llama_cuda *g, size_t *lo, size_t *hi, size_t *n_all);
 
 // Training state for checkpoints (host layout: the host model's flat buffer and adamw_state's m/v).
 // Copies the AdamW moments into m_host/v_host [host->n_params] fp32 (bf16 device moments are widened exactly).
+// Sharded (opts.shard_comm): the whole moments, every rank's range all-gathered through a 32 MiB device stage
+// (collective: every rank calls it; m_host/v_host NULL on a rank that only takes part, e.g. all but the one that
+// writes the checkpoint); the host waits on comm's barrier (its timeout) after each piece.
 int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host);
 // Replaces the device state: fp32 master weights from host->params (the bf16 working copy follows) and the moments
 // from m_host/v_host (NULL: zeros; bf16 device moments round to nearest even, so bf16 moments copied back by
-// llama_cuda_copy_moments come back bit for bit). Used to resume a checkpoint on the GPU.
+// llama_cuda_copy_moments come back bit for bit). Used to resume a checkpoint on the GPU. Sharded: m_host/v_host are
+// the whole moments (host layout) of which this rank keeps its range; not collective.
 int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float *m_host, const float *v_host);
 
 // Device pointers of the GPU model's BF16 working weights, as laid out by llama_cuda.cu (per layer the fused

@@ -10,6 +10,8 @@
 // With LoRA adapters on the host model (llama_get_lora), only the adapters train: per adapted linear A and B in fp32
 // (values, gradients, AdamW moments) with a bf16 copy for the products, added to the frozen base products (BF16 or
 // HALO, forward and input gradient only); the base keeps its bf16 weights alone (no master, gradient or moment).
+// Data parallel with sharded moments (opts.shard_comm, ZeRO-1): rank r holds the moments of piece r of the flat
+// parameter buffer only, updates that piece and all-gathers the fp32 master (see shard_setup).
 #include <math.h>
 #include <string.h>
 #include "cuda/common.cuh"
@@ -77,13 +79,19 @@ struct llama_cuda {
     int N_max, ce_chunk, QKV, Q;
     cudaStream_t st;
     size_t n_all, n_true;        // padded buffer length, real parameter count
-    float *master;               // [n_all]
+    float *master;               // [n_mast]: n_all, or W pieces when sharded (zero past n_all)
+    size_t n_mast;
+    // moments of [mo_lo, mo_hi) only: all of [0, n_all), or this rank's piece (shard_setup); element `off` of that
+    // range at m[off - mo_lo]
+    halo_comm *sh;               // sharded: the communicator (opts.shard_comm), else NULL
+    size_t mo_lo, mo_hi, mo_len; // mo_len: the moment buffers' length (n_all, or the piece length)
+    void *sh_stage;              // sharded: device stage of SH_STAGE_BYTES for gathering moments to the host
     float *grad;                 // fp32 gradients of [gbase, n_all): element `off` at grad[off - gbase] (gradf)
     bf16 *grad16;                // bf16_grads: [gbase] gradients of the matrices (and an untied lm_head)
     size_t gbase;                // bf16_grads: the embedding's offset (matrices come first), else 0
     bf16 *nbuf;                  // recompute_norms: the one [N, D] buffer every layer's n1 and n2 point to
     bf16 *w;                     // [n_all]
-    void *m, *v;                 // [n_all] fp32 or bf16
+    void *m, *v;                 // [mo_len] fp32 or bf16
     dev_slot *slots;
     int n_slots;
     layer_offs *L;               // [n_layers]
@@ -268,6 +276,38 @@ static void layout_build(llama_cuda *g, const llama_model *host) {
                 if ((long)host->table[j].offset == g->slots[i].host_off) g->slots[i].decay = !host->table[j].no_decay;
 }
 
+// ---- sharded moments (ZeRO-1) ----
+enum { SH_STAGE_BYTES = 32 << 20 };   // device stage of the moments' gather to the host (llama_cuda_copy_moments)
+
+// The cut: the flat buffer (n_all elements, a multiple of 128: tensors, the padding between them, the last one padded)
+// in W equal pieces of P = ceil(n_all / W) rounded up to 128 elements; rank r owns [r P, min((r + 1) P, n_all)). Every
+// piece starts 256-byte aligned in bf16 (512 in fp32), as the tensors do. A cut may fall inside a tensor or a run of
+// padding: AdamW is element-wise (the clipping scale comes from the whole gradient's norm), so a run of tensors is
+// updated as the pieces of it each rank owns, each element with the same arithmetic as unsharded; padding holds zero
+// gradient, moments and weight, which AdamW keeps at zero. The master is W P long (zero past n_all) so that the
+// all-gather of equal pieces lands in place.
+static int shard_setup(llama_cuda *g) {
+    halo_comm *c = g->o.shard_comm;
+    g->n_mast = g->n_all;
+    g->mo_lo = 0; g->mo_hi = g->mo_len = g->n_all;
+    if (!c || c->world <= 1) return HALO_OK;
+    if (g->lora)
+        return halo_fail("sharded AdamW moments on the GPU: with LoRA only the adapters have moments (small, and not "
+                         "sharded on the GPU); drop --shard-optimizer");
+    const size_t W = (size_t)c->world, P = align_up((g->n_all + W - 1) / W), r = (size_t)c->rank;
+    g->sh = c;
+    g->n_mast = P * W;
+    g->mo_len = P;
+    g->mo_lo = r * P < g->n_all ? r * P : g->n_all;
+    g->mo_hi = (r + 1) * P < g->n_all ? (r + 1) * P : g->n_all;
+    return HALO_OK;
+}
+
+extern "C" size_t llama_cuda_moment_bytes(const llama_cuda *g) { return g->bytes[MEM_MOMENTS]; }
+extern "C" void llama_cuda_shard_range(const llama_cuda *g, size_t *lo, size_t *hi, size_t *n_all) {
+    *lo = g->mo_lo; *hi = g->mo_hi; *n_all = g->n_all;
+}
+
 // ---- init ----
 __global__ void k_init_random(float *p, size_t n, uint64_t seed, float stdv) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -318,11 +358,12 @@ static int alloc_all(llama_cuda *g) {
     size_t P = g->n_all, msz = g->o.bf16_moments ? 2 : 4;
     g->w = (bf16 *)dalloc(g, MEM_WEIGHTS, P * 2);
     if (!g->lora) {   // LoRA: the base is frozen, its bf16 copy is all it needs
-        g->master = (float *)dalloc(g, MEM_MASTER, P * 4);
+        g->master = (float *)dalloc(g, MEM_MASTER, g->n_mast * 4);
         g->grad = (float *)dalloc(g, MEM_GRADS, (P - g->gbase) * 4);
         if (g->gbase) g->grad16 = (bf16 *)dalloc(g, MEM_GRADS, g->gbase * 2);
-        g->m = dalloc(g, MEM_MOMENTS, P * msz);
-        g->v = dalloc(g, MEM_MOMENTS, P * msz);
+        g->m = dalloc(g, MEM_MOMENTS, g->mo_len * msz);
+        g->v = dalloc(g, MEM_MOMENTS, g->mo_len * msz);
+        if (g->sh) g->sh_stage = dalloc(g, MEM_WORK, SH_STAGE_BYTES);
     }
     int nl = c->n_layers, nsets = g->o.recompute == 1 ? 1 : nl;
     g->x = (float **)xcalloc((size_t)nl + 1, sizeof(float *));
@@ -367,11 +408,11 @@ static int alloc_all(llama_cuda *g) {
     CUDA_CHECK(cudaEventCreateWithFlags(&g->staged, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g->staged, g->st));
     if (!g->lora) {
-        CUDA_CHECK(cudaMemsetAsync(g->master, 0, P * 4, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->master, 0, g->n_mast * 4, g->st));
         CUDA_CHECK(cudaMemsetAsync(g->grad, 0, (P - g->gbase) * 4, g->st));
         if (g->grad16) CUDA_CHECK(cudaMemsetAsync(g->grad16, 0, g->gbase * 2, g->st));
-        CUDA_CHECK(cudaMemsetAsync(g->m, 0, P * msz, g->st));
-        CUDA_CHECK(cudaMemsetAsync(g->v, 0, P * msz, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->m, 0, g->mo_len * msz, g->st));
+        CUDA_CHECK(cudaMemsetAsync(g->v, 0, g->mo_len * msz, g->st));
     } else CUDA_CHECK(cudaMemsetAsync(g->w, 0, P * 2, g->st));   // the padding between slots (never uploaded)
     // RoPE tables from the CPU implementation, so both backends rotate by the same angles
     size_t half = c->head_dim / 2, tn = (size_t)g->rope_len * half;
@@ -397,6 +438,9 @@ static void print_memory(const llama_cuda *g) {
         model_halo_describe(&g->o.halo, g->c.n_layers, d, sizeof d);
         printf("  block linears: %s on the GPU (scratch shared by all layers, grown in the first step)\n", d);
     }
+    if (g->sh)
+        printf("  AdamW moments sharded (ZeRO-1): rank %d of %d holds elements [%zu, %zu) of %zu (the fp32 master is "
+               "all-gathered after each update)\n", g->sh->rank, g->sh->world, g->mo_lo, g->mo_hi, g->n_all);
     if (g->lora)
         printf("  LoRA: %zu adapter parameters train (fp32 values, gradients and moments above, a bf16 copy); the "
                "%zu base parameters are frozen: bf16 weights only, no fp32 master, gradients or moments\n", g->ln_true,
@@ -780,8 +824,8 @@ static int init_common(llama_cuda **out, const llama_config *cfg, const llama_mo
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
     layout_build(g, host);
     g->gbase = o->bf16_grads ? g->embed : 0;
-    if (lora_setup(g, host) != HALO_OK || alloc_all(g) != HALO_OK || lora_alloc(g) != HALO_OK ||
-        halo_setup(g) != HALO_OK) {
+    if (lora_setup(g, host) != HALO_OK || shard_setup(g) != HALO_OK || alloc_all(g) != HALO_OK ||
+        lora_alloc(g) != HALO_OK || halo_setup(g) != HALO_OK) {
         llama_cuda_free(g);
         return HALO_ERR;
     }
@@ -836,8 +880,9 @@ extern "C" int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg,
 extern "C" void llama_cuda_free(llama_cuda *g) {
     if (!g) return;
     cudaStreamSynchronize(g->st);
-    void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->nf, g->rf, g->sbuf, g->dgu, g->dnorm, g->datt, g->dqkv,
-                    g->dres, g->dres16, g->attn_scratch, g->logits, g->ids, g->cos_t, g->loss_sum, g->hacc, g->hnf,
+    void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->sh_stage, g->nf, g->rf, g->sbuf,
+                    g->dgu, g->dnorm, g->datt, g->dqkv, g->dres, g->dres16, g->attn_scratch, g->logits, g->ids,
+                    g->cos_t, g->loss_sum, g->hacc, g->hnf,
                     g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd, g->ar_tmp};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
@@ -1263,7 +1308,7 @@ static void grad_sumsq(llama_cuda *g) {
     cuda_sumsq(g->sumsq, g->grad, g->n_all - g->gbase, g->st);
 }
 
-extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
+extern "C" int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
     cudaStream_t s = g->st;
     grads_settle(g);
     const double *sumsq = NULL;
@@ -1274,28 +1319,44 @@ extern "C" void llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, 
     if (g->lora) {   // the adapters (lora.c's table has no no-decay tensor: all decay, as the CPU trainer's AdamW)
         PROF(g, PR_ADAMW, cuda_adamw(g->lp, (halo_bf16 *)g->lw, g->lg, 0, g->lm, g->lv, 0, g->ln_all, h->lr, h->beta1,
                                      h->beta2, h->eps, h->weight_decay, step, sumsq, h->grad_clip, s));
-        return;
+        return HALO_OK;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
     // one launch per run of slots sharing a decay setting and gradient type (padding between slots is zero and stays
-    // zero)
+    // zero), clipped to the range whose moments this model holds (all of it unless sharded)
     for (int i = 0; i < g->n_slots;) {
         int decay = h->decay_all || g->slots[i].decay, j = i + 1, g16 = g->slots[i].off < g->gbase;
         while (j < g->n_slots && (h->decay_all || g->slots[j].decay) == decay && (g->slots[j].off < g->gbase) == g16)
             j++;
-        size_t off = g->slots[i].off, n = g->slots[j - 1].off + g->slots[j - 1].n - off;
-        const void *gr = g16 ? (const void *)(g->grad16 + off) : (const void *)gradf(g, off);
-        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + off * msz,
-                                     (char *)g->v + off * msz, g->o.bf16_moments, n, h->lr, h->beta1, h->beta2, h->eps,
-                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
+        size_t off = g->slots[i].off, end = g->slots[j - 1].off + g->slots[j - 1].n;
         i = j;
+        if (off < g->mo_lo) off = g->mo_lo;
+        if (end > g->mo_hi) end = g->mo_hi;
+        if (off >= end) continue;
+        const void *gr = g16 ? (const void *)(g->grad16 + off) : (const void *)gradf(g, off);
+        const size_t mo = (off - g->mo_lo) * msz;
+        PROF(g, PR_ADAMW, cuda_adamw(g->master + off, (halo_bf16 *)g->w + off, gr, g16, (char *)g->m + mo,
+                                     (char *)g->v + mo, g->o.bf16_moments, end - off, h->lr, h->beta1, h->beta2, h->eps,
+                                     decay ? h->weight_decay : 0.f, step, sumsq, h->grad_clip, s));
     }
+    if (!g->sh) return HALO_OK;
+    // every rank's updated piece of the master, in place (rank r's piece is at r P), then the bf16 copy of the pieces
+    // the other ranks updated: the same conversion (round to nearest even) as AdamW's, so every rank's bf16 weights
+    // are bit-identical
+    const size_t P = g->mo_len;
+    if (g->sh->allgather(g->sh, g->master + (size_t)g->sh->rank * P, g->master, P * 4) != HALO_OK)
+        return halo_fail_ctx("sharded AdamW, rank %d of %d: gathering the updated weights: ", g->sh->rank,
+                             g->sh->world);
+    if (g->mo_lo > 0) PROF(g, PR_ADAMW, cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->mo_lo, s));
+    if (g->mo_hi < g->n_all)
+        PROF(g, PR_ADAMW, cuda_f32_to_bf16((halo_bf16 *)g->w + g->mo_hi, g->master + g->mo_hi, g->n_all - g->mo_hi, s));
+    return HALO_OK;
 }
 
 extern "C" float llama_cuda_train_step(llama_cuda *g, const halo_batch *b, const llama_cuda_adamw *h, int step) {
     llama_cuda_zero_grads(g);
     llama_cuda_forward_backward(g, b, 1.f);
-    llama_cuda_adamw_step(g, h, step);
+    llama_cuda_adamw_step(g, h, step);   // one model: nothing to gather, nothing fails
     return llama_cuda_last_loss(g);
 }
 
@@ -1398,27 +1459,62 @@ static void moment_down(const llama_cuda *g, float *dst, const void *src) {
     free(tmp);
 }
 
+// Sharded: every rank's piece of one moment buffer into dst[host n_params] (NULL: this rank only takes part), chunk
+// k of every piece per all-gather through the device stage; the host waits on comm's barrier (with its timeout)
+// before reading each chunk. Collective.
+static int moment_gather(llama_cuda *g, float *dst, const void *src) {
+    const size_t msz = g->o.bf16_moments ? 2 : 4, P = g->mo_len, W = (size_t)g->sh->world;
+    size_t chunk = SH_STAGE_BYTES / msz / W;
+    if (chunk > P) chunk = P;
+    char *all = dst ? (char *)xmalloc(g->n_mast * msz) : NULL;   // device layout, every rank's piece
+    int rc = HALO_OK;
+    for (size_t co = 0; co < P && rc == HALO_OK; co += chunk) {
+        const size_t cnt = P - co < chunk ? P - co : chunk;
+        rc = g->sh->allgather(g->sh, (const char *)src + co * msz, g->sh_stage, cnt * msz);
+        if (rc == HALO_OK) rc = g->sh->barrier(g->sh);
+        for (size_t r = 0; all && rc == HALO_OK && r < W; r++)
+            CUDA_CHECK(cudaMemcpy(all + (r * P + co) * msz, (const char *)g->sh_stage + r * cnt * msz, cnt * msz,
+                                  cudaMemcpyDeviceToHost));
+    }
+    for (int i = 0; all && rc == HALO_OK && i < g->n_slots; i++) {
+        const dev_slot *s = &g->slots[i];
+        if (msz == 2) cuda_bf16_to_f32_host(dst + s->host_off, (const halo_bf16 *)all + s->off, s->n);
+        else memcpy(dst + s->host_off, (const float *)all + s->off, s->n * 4);
+    }
+    free(all);
+    return rc;
+}
+
 extern "C" int llama_cuda_copy_moments(llama_cuda *g, const llama_model *host, float *m_host, float *v_host) {
     if (g->lora)   // the adapters' moments, in llama_trainable_params' layout (the trainer's adamw_state)
         return lora_copy_back(g, host, "moment copy-back", m_host, g->lm, v_host, g->lv);
     if (check_host_map(g, host, "moment copy-back") != HALO_OK) return HALO_ERR;
+    if (g->sh) {   // collective: a rank that refused above would leave the others waiting (same model on every rank)
+        if (moment_gather(g, m_host, g->m) != HALO_OK || moment_gather(g, v_host, g->v) != HALO_OK)
+            return halo_fail_ctx("gathering the sharded AdamW moments (rank %d of %d): ", g->sh->rank, g->sh->world);
+        return HALO_OK;
+    }
     CUDA_CHECK(cudaStreamSynchronize(g->st));
-    moment_down(g, m_host, g->m);
-    moment_down(g, v_host, g->v);
+    if (m_host) moment_down(g, m_host, g->m);
+    if (v_host) moment_down(g, v_host, g->v);
     return HALO_OK;
 }
 
-// src[host n_params] fp32 (NULL: zeros) into one device moment buffer (fp32, or bf16 rounded to nearest even).
-// Copies are queued on the stream from `stage` (n_all elements of the device type), which the caller keeps until
-// the stream is synchronized.
+// src[host n_params] fp32 (NULL: zeros) into one device moment buffer (fp32, or bf16 rounded to nearest even): the
+// part of each tensor inside [mo_lo, mo_hi) (all of it unless sharded). Copies are queued on the stream from `stage`
+// (mo_len elements of the device type), which the caller keeps until the stream is synchronized.
 static void moment_up(llama_cuda *g, void *dst, const float *src, void *stage) {
     size_t msz = g->o.bf16_moments ? 2 : 4;
-    if (!src) { CUDA_CHECK(cudaMemsetAsync(dst, 0, g->n_all * msz, g->st)); return; }
+    if (!src) { CUDA_CHECK(cudaMemsetAsync(dst, 0, g->mo_len * msz, g->st)); return; }
     for (int i = 0; i < g->n_slots; i++) {
         const dev_slot *s = &g->slots[i];
-        if (g->o.bf16_moments) cuda_f32_to_bf16_host((halo_bf16 *)stage + s->off, src + s->host_off, s->n);
-        else memcpy((float *)stage + s->off, src + s->host_off, s->n * 4);
-        CUDA_CHECK(cudaMemcpyAsync((char *)dst + s->off * msz, (char *)stage + s->off * msz, s->n * msz,
+        const size_t a = s->off > g->mo_lo ? s->off : g->mo_lo, b = s->off + s->n < g->mo_hi ? s->off + s->n : g->mo_hi;
+        if (a >= b) continue;
+        const float *from = src + s->host_off + (a - s->off);
+        const size_t at = a - g->mo_lo;
+        if (g->o.bf16_moments) cuda_f32_to_bf16_host((halo_bf16 *)stage + at, from, b - a);
+        else memcpy((float *)stage + at, from, (b - a) * 4);
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + at * msz, (char *)stage + at * msz, (b - a) * msz,
                                    cudaMemcpyHostToDevice, g->st));
     }
 }
@@ -1435,7 +1531,7 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
     }
     if (check_host_map(g, host, "state upload") != HALO_OK) return HALO_ERR;
     size_t msz = g->o.bf16_moments ? 2 : 4;
-    void *stage_m = xmalloc(g->n_all * msz), *stage_v = xmalloc(g->n_all * msz);
+    void *stage_m = xmalloc(g->mo_len * msz), *stage_v = xmalloc(g->mo_len * msz);
     CUDA_CHECK(cudaStreamSynchronize(g->st));   // no step still reads the buffers replaced here
     for (int i = 0; i < g->n_slots; i++)
         CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,

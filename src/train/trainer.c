@@ -421,9 +421,13 @@ int trainer_save(trainer *t, const char *path) {
         opt = &whole;
     }
     int rc = HALO_OK;
+    // a backend holding sharded moments gathers them itself: every rank takes part, the lead rank's t->opt gets them
+    const int all_ranks = t->be.opt_to_host && t->be.opt_to_host_all_ranks;
+    if (all_ranks && t->be.opt_to_host(t)) rc = halo_fail_ctx("checkpoint at step %d: ", t->step);
     if (lead_rank(t)) {
         t->be.to_host(t);
-        if (t->be.opt_to_host && t->be.opt_to_host(t)) rc = halo_fail_ctx("checkpoint at step %d: ", t->step);
+        if (!rc && !all_ranks && t->be.opt_to_host && t->be.opt_to_host(t))
+            rc = halo_fail_ctx("checkpoint at step %d: ", t->step);
         checkpoint_meta meta = {.step = t->step, .rng = t->rng, .options_json = t->options_json,
                                 .app_json = t->app_meta,
                                 .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};

@@ -75,6 +75,9 @@ typedef struct {
     // Copies the optimizer's moments into t->opt before a checkpoint (NULL: t->opt is already current). Apart from
     // to_host because evaluations need only the weights.
     int (*opt_to_host)(struct trainer *t);
+    // Data parallel: 1 when opt_to_host is collective (the backend holds sharded moments and gathers them):
+    // trainer_save calls it on every rank (the lead rank's t->opt gets the whole moments); 0: only the lead rank does.
+    int opt_to_host_all_ranks;
     // HALO quantization telemetry on the backend's own layers (NULL: the host model's, llama_halo_telemetry):
     // switch measuring on/off for the following steps; print the table to `table` and the metrics file's lines.
     void (*telemetry)(struct trainer *t, int on);
@@ -140,7 +143,8 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
 // with grad_accum x world micro-batches, up to the order of the fp32 gradient sums. Ranks stay identical; only rank 0
 // writes the progress lines, metrics, evaluations and checkpoints. Call after trainer_init, before trainer_resume
 // (every rank resumes from the same checkpoint), then call trainer_save on every rank (rank 0 writes). On GPUs, call
-// trainer_use_cuda after this (one GPU per rank; whole moments only: shard_optimizer and gather_8bit are CPU-only).
+// trainer_use_cuda after this (one GPU per rank; shard_optimizer shards the GPU's moments instead, gather_8bit is
+// CPU-only).
 typedef struct {
     int shard_optimizer;   // ZeRO-1: each rank keeps the AdamW moments of 1/world of every tensor's rows, updates
                            // those rows and all-gathers them (same numbers; moments memory / world)
@@ -184,8 +188,12 @@ void trainer_log_metrics(trainer *t, const train_step_info *s);
 // Data parallel (after trainer_set_comm with the `local` communicator of halo_comm_run_local's forked ranks): rank r
 // takes GPU r and an NCCL communicator made from the local one (collective: every rank calls this); the gradients are
 // summed over the GPUs on the model's stream (fp32, bf16 or LoRA adapters' gradients), the loss and the step's error
-// flag still go through the local communicator. Refused without NCCL in the build, with fewer GPUs than ranks, and
-// with a sharded optimizer. CUDA must not have started in the process that forked the ranks.
+// flag still go through the local communicator. Refused without NCCL in the build and with fewer GPUs than ranks.
+// With shard_optimizer (trainer_set_comm) the GPU model shards the moments itself (llama_cuda_opts.shard_comm: rank
+// r keeps those of piece r of the flat device buffer, updates that piece and all-gathers the fp32 master through
+// NCCL): the host-side shard is undone here (t->opt holds the whole moments again, gathered over the ranks when a
+// resume had cut them), checkpoints gather the GPUs' moments on every rank (rank 0 writes them) and a resume keeps
+// each rank's piece. gather_8bit is refused on GPUs. CUDA must not have started in the process that forked the ranks.
 typedef struct {
     int recompute;          // 0 none, 1 whole layers, 2 the MLP's [gate | up] product
     int recompute_norms;    // rmsnorm outputs recomputed in backward (bit-identical)
@@ -193,6 +201,9 @@ typedef struct {
     int bf16_grads;         // weight-matrix gradients in bf16
 } train_cuda_mem;
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem);
+// This rank's GPU model's device bytes: all of them and the AdamW moments' (0 and 0 when the steps do not run on a
+// GPU).
+void trainer_cuda_bytes(const trainer *t, size_t *total, size_t *moments);
 // Runs the eval callback (if any), prints and logs its metrics.
 int trainer_evaluate(trainer *t);
 // Whether the backend computes losses on its own weights (the GPU), and that loss for one batch (ctx: the trainer);

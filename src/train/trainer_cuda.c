@@ -7,11 +7,15 @@
 // adapters (llama_trainable_params), so checkpoints stay the CPU's format; dropout masks equal the CPU's.
 // Data parallel (trainer_set_comm before trainer_use_cuda): rank r trains on GPU r with an NCCL communicator made
 // from the trainer's `local` one; the gradients are summed over the GPUs on the model's stream (allreduce_grads).
+// With a sharded optimizer (trainer_set_comm's shard_optimizer) the GPU model holds the AdamW moments of its piece of
+// the flat parameter buffer only (llama_cuda_opts.shard_comm) and all-gathers the updated master through NCCL; the
+// host-side shard trainer_set_comm built is undone (t->opt whole again: what resumes and checkpoints move).
 #include <math.h>
 #include <stdlib.h>
 #include "dist/comm.h"
 #include "model/linear.h"
 #include "train/trainer.h"
+#include "train/trainer_dist.h"
 #include "util/error.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
@@ -23,6 +27,7 @@ typedef struct {
     llama_cuda *g;
     llama_cuda_adamw h;
     halo_comm *nccl;   // data parallel: this rank's NCCL communicator (collectives on the model's stream), else NULL
+    int sharded;       // the model holds this rank's piece of the moments (opt_to_host is collective)
 } cuda_ctx;
 
 static cuda_ctx *ctx_of(trainer *t) { return t->be_ctx; }
@@ -43,14 +48,22 @@ static double cu_clip_grads(trainer *t, float max_norm) {
 static void cu_optimizer_step(trainer *t, double lr) {
     cuda_ctx *c = ctx_of(t);
     c->h.lr = (float)lr;
-    llama_cuda_adamw_step(c->g, &c->h, (int)++t->opt.t);
+    if (llama_cuda_adamw_step(c->g, &c->h, (int)++t->opt.t) != HALO_OK) {
+        // a sharded step's all-gather was refused (an aborted communicator, a peer's NCCL failure): this rank's
+        // weights are not the others', so every rank stops at its next collective
+        fprintf(stderr, "halo (rank %d): %s\n", t->comm ? t->comm->rank : 0, halo_error());
+        if (c->nccl) c->nccl->abort(c->nccl);
+        halo_comm_abort(t->comm);
+    }
 }
 static void cu_to_host(trainer *t) {
     if (llama_cuda_copy_params(ctx_of(t)->g, t->model) != HALO_OK)
         fprintf(stderr, "halo: copying weights from the GPU failed: %s\n", halo_error());
 }
+// Sharded: every rank takes part in the gather, the lead rank keeps the whole moments.
 static int cu_opt_to_host(trainer *t) {
-    return llama_cuda_copy_moments(ctx_of(t)->g, t->model, t->opt.m, t->opt.v);
+    const int keep = !t->comm || t->comm->rank == 0 || !ctx_of(t)->sharded;
+    return llama_cuda_copy_moments(ctx_of(t)->g, t->model, keep ? t->opt.m : NULL, keep ? t->opt.v : NULL);
 }
 static void cu_from_host(trainer *t) {
     if (llama_cuda_upload_state(ctx_of(t)->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
@@ -98,9 +111,6 @@ static void cu_release(trainer *t) {
 static int nccl_for_ranks(trainer *t, halo_comm **out) {
     *out = NULL;
     const int R = t->comm->rank, W = t->comm->world;
-    if (t->shard)
-        return halo_fail("--device cuda with %d ranks: the sharded optimizer state (--shard-optimizer, --gather-8bit) "
-                         "is built for the CPU only; on GPUs every rank keeps the whole moments", W);
 #ifdef HALO_NCCL
     if (halo_comm_nccl_from_local(t->comm, out) != HALO_OK)
         return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
@@ -112,7 +122,24 @@ static int nccl_for_ranks(trainer *t, halo_comm **out) {
 #endif
 }
 
+// Sharded optimizer: the GPU model shards the moments itself, so the host-side shard goes: t->opt becomes the whole
+// moments again (gathered over the ranks: collective), which a resume or checkpoint moves. 8-bit gathers are refused.
+static int unshard_host(trainer *t) {
+    if (dist_shard_gathers_8bit(t))
+        return halo_fail("--device cuda with %d ranks: --gather-8bit is built for the CPU only (the GPU's HALO layers "
+                         "quantize their own whole weights); --shard-optimizer alone shards the AdamW moments over the "
+                         "GPUs", t->comm->world);
+    adamw_state whole;
+    if (dist_gather_moments(t, &whole) != HALO_OK) return halo_fail_ctx("--device cuda, sharded moments: ");
+    adamw_free(&t->opt);
+    t->opt = whole;
+    dist_shard_free(t);
+    return HALO_OK;
+}
+
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
+    const int sharded = t->comm && t->shard;
+    if (sharded && unshard_host(t) != HALO_OK) return HALO_ERR;
     // data parallel: the NCCL communicator first, which makes GPU `rank` current before the model is created on it
     halo_comm *nccl = NULL;
     if (t->comm && nccl_for_ranks(t, &nccl) != HALO_OK) return HALO_ERR;
@@ -127,6 +154,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     // every product in BF16 on the GPU); settings the GPU lacks are refused by llama_cuda_init with a message.
     const model_halo_config *hc = llama_get_halo(t->model);
     o.halo = hc ? *hc : model_halo_config_default();
+    o.shard_comm = sharded ? nccl : NULL;   // its stream is set below, before the first step's collectives
     cuda_ctx *c = xcalloc(1, sizeof *c);
     int rc = llama_cuda_init(&c->g, t->model, &o);
     if (rc != HALO_OK) halo_fail_ctx("--device cuda: ");
@@ -143,6 +171,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
         return HALO_ERR;
     }
     c->nccl = nccl;
+    c->sharded = sharded;
 #ifdef HALO_NCCL
     if (nccl) halo_comm_nccl_set_stream(nccl, llama_cuda_stream(c->g));   // in order with the backward and AdamW
 #endif
@@ -155,6 +184,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
                             .from_host = cu_from_host, .release = cu_release, .opt_to_host = cu_opt_to_host,
                             .telemetry = cu_telemetry, .telemetry_report = cu_telemetry_report,
                             .halo_error = cu_halo_error, .forward_loss = cu_forward_loss,
+                            .opt_to_host_all_ranks = sharded,
                             // one rank, or trainer_set_comm after this call (refused: it comes first)
                             .allreduce_grads = nccl ? cu_allreduce_grads : NULL};
     // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
@@ -162,9 +192,16 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
         return halo_fail_ctx("--device cuda: ");
     return HALO_OK;
 }
+
+void trainer_cuda_bytes(const trainer *t, size_t *total, size_t *moments) {
+    const int on_gpu = t->be_ctx && t->be.optimizer_step == cu_optimizer_step;
+    *total = on_gpu ? llama_cuda_bytes(((const cuda_ctx *)t->be_ctx)->g) : 0;
+    *moments = on_gpu ? llama_cuda_moment_bytes(((const cuda_ctx *)t->be_ctx)->g) : 0;
+}
 #else
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     (void)t; (void)mem;
     return halo_fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");
 }
+void trainer_cuda_bytes(const trainer *t, size_t *total, size_t *moments) { (void)t; *total = *moments = 0; }
 #endif

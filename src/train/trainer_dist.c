@@ -49,6 +49,12 @@ void dist_shard_free(trainer *t) {
     t->shard = NULL;
 }
 
+int dist_shard_gathers_8bit(const trainer *t) {
+    for (int i = 0; t->shard && i < t->shard->n; i++)
+        if (t->shard->lin[i]) return 1;
+    return 0;
+}
+
 // The HALO layer whose weight a trainable tensor is ("model.layers.L.<linear>.weight"), or NULL.
 static halo_linear *halo_layer_of_tensor(llama_model *m, const char *name) {
     if (m->lora) return NULL;   // the trainable tensors are the adapters

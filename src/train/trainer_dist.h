@@ -15,6 +15,8 @@ int dist_shard_init(trainer *t, const train_dist_options *d);
 void dist_shard_free(trainer *t);   // also hands the HALO layers back their own quantization of W
 // The HALO layers quantize their fp32 weights again (codes handed by 8-bit gathers dropped); after loading weights.
 void dist_drop_codes(trainer *t);
+// 1 when t->shard exchanges HALO weights as 8-bit codes (train_dist_options.gather_8bit), else 0.
+int dist_shard_gathers_8bit(const trainer *t);
 // AdamW on this rank's rows, then every rank gets every tensor's updated rows: in fp32, or for HALO weights gathered in
 // 8 bits, as the layer's weight operand (its fp32 rows of other ranks are then out of date until dist_sync_weights).
 int dist_optimizer_step(trainer *t, double lr);
