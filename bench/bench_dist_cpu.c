@@ -1,8 +1,9 @@
 // Data-parallel training on this machine's CPUs (halo_comm_run_local, forked ranks): a random-weight ~28M-parameter
 // Llama in HALO INT8 level 2, one process with accumulation W against W ranks with whole moments, sharded moments and
 // HALO weights gathered in 8 bits. Prints per configuration: ms per step, tokens/s, AdamW moments held per rank, the
-// bytes a rank sends per step into all-reduces and all-gathers (counted by a wrapper around the communicator), peak
-// resident memory per rank and the final loss (the same run in every row, up to fp32 summation order).
+// bytes a rank sends per step into all-reduces and all-gathers and the time it spends in them, waiting for the
+// others included (counted by a wrapper around the communicator), peak resident memory per rank and the final loss
+// (the same run in every row, up to fp32 summation order).
 // Usage: build/bench/bench_dist_cpu [steps] [ranks]
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,19 +21,20 @@
 #include "util/error.h"
 
 // ---- a communicator that counts what this rank sends ----------------------------------------------------------
-typedef struct { halo_comm *inner; double reduce_bytes, gather_bytes; } counting;
+typedef struct { halo_comm *inner; double reduce_bytes, gather_bytes, seconds; } counting;
+#define TIMED(call) do { double _t = now_s(); int _rc = (call); cnt(c)->seconds += now_s() - _t; return _rc; } while (0)
 static counting *cnt(halo_comm *c) { return c->impl; }
 static int c_allreduce(halo_comm *c, void *b, size_t n, halo_dtype t, halo_redop op) {
     cnt(c)->reduce_bytes += (double)n * halo_dtype_size(t);
-    return cnt(c)->inner->allreduce(cnt(c)->inner, b, n, t, op);
+    TIMED(cnt(c)->inner->allreduce(cnt(c)->inner, b, n, t, op));
 }
 static int c_reduce_scatter(halo_comm *c, const void *s, void *r, size_t n, halo_dtype t) {
     cnt(c)->reduce_bytes += (double)n * c->world * halo_dtype_size(t);
-    return cnt(c)->inner->reduce_scatter(cnt(c)->inner, s, r, n, t);
+    TIMED(cnt(c)->inner->reduce_scatter(cnt(c)->inner, s, r, n, t));
 }
 static int c_allgather(halo_comm *c, const void *s, void *r, size_t bytes) {
     cnt(c)->gather_bytes += (double)bytes;
-    return cnt(c)->inner->allgather(cnt(c)->inner, s, r, bytes);
+    TIMED(cnt(c)->inner->allgather(cnt(c)->inner, s, r, bytes));
 }
 static int c_broadcast(halo_comm *c, void *b, size_t bytes, int root) { return cnt(c)->inner->broadcast(cnt(c)->inner, b, bytes, root); }
 static int c_barrier(halo_comm *c) { return cnt(c)->inner->barrier(cnt(c)->inner); }
@@ -50,7 +52,7 @@ static int rows_next(void *ctx, halo_batch *b) {
 }
 
 typedef struct {
-    double ms, reduce_mb, gather_mb, moments_mb, rss_mb;
+    double ms, comm_ms, reduce_mb, gather_mb, moments_mb, rss_mb;
     float loss;
     atomic_int failed;
 } result;
@@ -81,7 +83,7 @@ static int rank_run(halo_comm *inner, void *arg) {
     if (!rc) rc = trainer_set_comm(&t, &cc, &d);
     train_step_info s;
     if (!rc) rc = trainer_step(&t, &s);   // warm-up (allocations)
-    k.reduce_bytes = k.gather_bytes = 0;
+    k.reduce_bytes = k.gather_bytes = k.seconds = 0;
     double t0 = now_s();
     for (int i = 0; !rc && i < j->steps; i++) rc = trainer_step(&t, &s);
     double dt = (now_s() - t0) / j->steps;
@@ -91,6 +93,7 @@ static int rank_run(halo_comm *inner, void *arg) {
     if (inner->rank == 0) {
         result *r = j->out;
         r->ms = dt * 1e3;
+        r->comm_ms = k.seconds / j->steps * 1e3;
         r->reduce_mb = k.reduce_bytes / j->steps / 1048576.0;
         r->gather_mb = k.gather_bytes / j->steps / 1048576.0;
         r->moments_mb = (double)t.opt.n_owned * 8 / 1048576.0;
@@ -112,9 +115,9 @@ int main(int argc, char **argv) {
     result *res = mmap(NULL, sizeof *res, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     printf("Data parallel on the CPU: random Llama ~28M (dim 384, 8 layers, vocab 32000), HALO INT8 level 2, %d x 4 x 256 "
            "tokens a step, %d cores, mean of %d steps after 1 warm-up; per-rank bytes sent per step\n\n", W, n, steps);
-    printf("| %-44s | %8s | %9s | %12s | %12s | %12s | %11s | %8s |\n", "configuration", "ms/step", "tokens/s",
-           "moments MiB", "reduced MiB", "gathered MiB", "peak RSS MiB", "loss");
-    printf("|----------------------------------------------|----------|-----------|--------------|--------------|--------------|-------------|----------|\n");
+    printf("| %-44s | %8s | %12s | %9s | %12s | %12s | %12s | %11s | %8s |\n", "configuration", "ms/step",
+           "in collect.", "tokens/s", "moments MiB", "reduced MiB", "gathered MiB", "peak RSS MiB", "loss");
+    printf("|----------------------------------------------|----------|--------------|-----------|--------------|--------------|--------------|-------------|----------|\n");
     const struct { const char *name; int world, accum, shard, gather8; } cfg[] = {
         {"1 process, accumulation W", 1, W, 0, 0},
         {"W ranks, whole moments", W, 1, 0, 0},
@@ -131,8 +134,9 @@ int main(int argc, char **argv) {
         }
         char name[64];
         snprintf(name, sizeof name, "%s (W = %d)", cfg[i].name, W);
-        printf("| %-44s | %8.0f | %9.0f | %12.1f | %12.1f | %12.1f | %11.0f | %8.5f |\n", name, res->ms,
-               W * 4 * 256 / (res->ms / 1e3), res->moments_mb, res->reduce_mb, res->gather_mb, res->rss_mb, res->loss);
+        printf("| %-44s | %8.0f | %12.0f | %9.0f | %12.1f | %12.1f | %12.1f | %11.0f | %8.5f |\n", name, res->ms,
+               res->comm_ms, W * 4 * 256 / (res->ms / 1e3), res->moments_mb, res->reduce_mb, res->gather_mb,
+               res->rss_mb, res->loss);
     }
     return 0;
 }

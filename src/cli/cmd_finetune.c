@@ -313,7 +313,14 @@ int cmd_finetune(int argc, char **argv) {
                 use_cuda ? ", rank r on GPU r" : "",
                 threads ? threads : (cores_available() / ranks > 0 ? cores_available() / ranks : 1),
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
-        if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) goto bad;
+        if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) {
+            // a Ctrl-C before the ranks could catch it (while loading) ends them by the signal: an interruption
+            if (halo_comm_local_signal() && strstr(halo_error(), "killed by signal")) {
+                fprintf(stderr, "halo finetune: interrupted before training started (%s)\n", halo_error());
+                return 130;
+            }
+            goto bad;
+        }
         return halo_comm_local_signal() ? 130 : 0;
     }
     if (g_rank_comm && !threads) {   // the machine's cores shared out
