@@ -16,3 +16,12 @@ gpu_step() {
 # device_sync.sh ships the binaries as build-dev.tar.xz (the device tool carries at most 64 MiB; each binary holds
 # ~9 MB of CUDA fat binary): unpack once in the staged folder.
 if [ ! -d build-dev ] && [ -f build-dev.tar.xz ]; then tar xJf build-dev.tar.xz; fi
+# halo and the test binaries that can train on several GPUs (test_cuda_verbs, _lora, _halo_train, _comm, _dist) need
+# libnccl.so.2 to load at all when the build found NCCL: this machine's folder of it (nccl_path.sh: the loader's cache,
+# the toolkit, PyTorch's nvidia-nccl wheel) goes at the end of the library path, once
+if [ -z "${HALO_NCCL_ON_PATH:-}" ]; then
+  source scripts/nccl_path.sh
+  _nccl_dir=$(nccl_lib_dir)
+  if [ -n "$_nccl_dir" ]; then export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$_nccl_dir; fi
+  export HALO_NCCL_ON_PATH=1
+fi

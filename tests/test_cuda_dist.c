@@ -201,6 +201,12 @@ static int train_rank(halo_comm *c, void *arg) {
         if (rc == HALO_OK && R == 0) { out->loss[s] = si.loss; out->norm[s] = si.grad_norm; }
         if (rc == HALO_OK && s + 1 == a->ckpt_step) {   // then on from the file, in a new trainer, model and NCCL comm
             rc = ckpt_round_trip(c, a, &t, &m);
+            // a failed round trip ends the run for every rank first: the teardown's `local` barrier (before NCCL's
+            // finalize) must not meet a peer still in the round trip's broadcast or moment gather
+            if (rc != HALO_OK) {
+                snprintf(out->err[R], sizeof out->err[R], "%s", halo_error());   // before the teardown's messages
+                halo_comm_abort(c);
+            }
             if (have_trainer) trainer_free(&t);
             if (have_model) llama_free(&m);
             have_model = have_trainer = 0;
@@ -220,7 +226,7 @@ static int train_rank(halo_comm *c, void *arg) {
     }
     if (rc == HALO_OK && R == 0) { out->n = p.n; memcpy(out->w, p.params, p.n * sizeof(float)); }
     if (rc != HALO_OK) {
-        snprintf(out->err[R], sizeof out->err[R], "%s", halo_error());
+        if (!out->err[R][0]) snprintf(out->err[R], sizeof out->err[R], "%s", halo_error());
         halo_comm_abort(c);   // the peers stop too; the GPU teardown below then aborts NCCL instead of waiting
     }
     out->ok[R] = rc == HALO_OK;

@@ -60,8 +60,13 @@ static void cu_to_host(trainer *t) {
     if (llama_cuda_copy_params(ctx_of(t)->g, t->model) != HALO_OK)
         fprintf(stderr, "halo: copying weights from the GPU failed: %s\n", halo_error());
 }
-// Sharded: every rank takes part in the gather, the lead rank keeps the whole moments.
+// Sharded: every rank takes part in the gather, the lead rank keeps the whole moments. The ranks meet on the host
+// first (the `local` barrier, no time limit): trainer_save comes right after trainer_evaluate, which only rank 0 runs
+// (the host model's evaluations can take minutes), and the gather's NCCL barriers would otherwise count that time
+// against HALO_NCCL_TIMEOUT_S and abort the run.
 static int cu_opt_to_host(trainer *t) {
+    if (ctx_of(t)->sharded && t->comm && t->comm->barrier(t->comm) != HALO_OK)
+        return halo_fail_ctx("gathering the sharded AdamW moments (rank %d of %d): ", t->comm->rank, t->comm->world);
     const int keep = !t->comm || t->comm->rank == 0 || !ctx_of(t)->sharded;
     return llama_cuda_copy_moments(ctx_of(t)->g, t->model, keep ? t->opt.m : NULL, keep ? t->opt.v : NULL);
 }
