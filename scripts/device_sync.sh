@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Prepares a device run of the CUDA checks: builds the library, tests and benchmarks HERE for the device's CPU
-# (x86-64-v3, build/dev/), and copies them with the scripts, the libraries the device lacks (cJSON; PCRE2 for
+# (x86-64-v3, build/dev-gpu/ or build/dev-nccl/), and copies them with the scripts, the libraries the device lacks (cJSON; PCRE2 for
 # safety), headers for an on-device rebuild, and the shared data the tests read into DEST (default
 # /work/main/.dev-cuda, ignored by main's .gitignore). Then call the device tool with carry [".dev-cuda"] and
 #   cd .dev-cuda && bash scripts/gpu_check.sh [all|test|bench]
 # or, for --device cuda in the verbs (halo binary, test_cuda_verbs, ViGGO and text samples are staged too),
 #   cd .dev-cuda && bash scripts/gpu_verbs_check.sh
+# WITH_NCCL=1 (for gpu_comm_check.sh, several GPUs) builds with NCCL into build/dev-nccl: those binaries need the
+# device's libnccl.so.2 (218 MB, too large to carry) to load at all. By default NCCL is left out (build/dev-gpu), so
+# the one-GPU checks run whether or not the device has NCCL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-/work/main/.dev-cuda}
 SHARED=${HALO_SHARED:-../shared}
-make -j2 BUILD=build/dev OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
+if [ "${WITH_NCCL:-0}" = 1 ]; then B=build/dev-nccl; NCCL_SET=1; else B=build/dev-gpu; NCCL_SET=0; fi
+make -j2 BUILD=$B NCCL=$NCCL_SET OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
 rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench,shared/data/viggo,shared/data/text}
 cp -r src include tests bench scripts Makefile "$DEST"/ 2>/dev/null || true
 mkdir -p "$DEST/dev" && cp -r dev/lora "$DEST/dev/"   # the PEFT check (a session-check step)
 mkdir -p "$DEST/build-dev"
 mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
-cp build/dev/tests/test_cuda_* "$DEST/build-dev/tests/"; cp build/dev/bench/bench_cuda_* "$DEST/build-dev/bench/"
-cp build/dev/halo "$DEST/build-dev/"   # the CLI (gpu_verbs_check.sh, test_cuda_verbs's debug-step run)
+cp $B/tests/test_cuda_* "$DEST/build-dev/tests/"; cp $B/bench/bench_cuda_* "$DEST/build-dev/bench/"
+cp $B/halo "$DEST/build-dev/"   # the CLI (gpu_verbs_check.sh, test_cuda_verbs's debug-step run)
 cp -P /usr/lib/x86_64-linux-gnu/libcjson.so* "$DEST/deps/lib/"
 cp -L /usr/lib/x86_64-linux-gnu/libpcre2-8.so.0 "$DEST/deps/lib/"   # the device has OpenBLAS's runtime
 # link names for an on-device rebuild (-lpcre2-8, -lopenblas); the OpenBLAS one points at the device's runtime
