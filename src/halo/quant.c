@@ -1,6 +1,7 @@
 // INT8 / OCP FP8 quantizers with scale grids and rounding modes, and the scaled 8-bit product A B^T.
 // The int8 kernel packs B into 16-lane x 4-byte panels for AVX-512 VNNI (vpdpbusd, u8 x s8 with the +128 shift
-// corrected by column sums); a portable C kernel is used when VNNI is not available at compile time.
+// corrected by column sums); with AVX2 only, both operands widen to int16 and vpmaddwd multiplies pairs (exact, no
+// saturation); a portable C kernel is used otherwise (the kernel is chosen at compile time).
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -10,8 +11,14 @@
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(HALO_GENERIC_GEMM)
 #include <immintrin.h>
 #define HALO_VNNI 1
+#define HALO_AVX2_GEMM 0
+#elif defined(__AVX2__) && !defined(HALO_GENERIC_GEMM)
+#include <immintrin.h>
+#define HALO_VNNI 0
+#define HALO_AVX2_GEMM 1
 #else
 #define HALO_VNNI 0
+#define HALO_AVX2_GEMM 0
 #endif
 #include "halo/quant.h"
 #include "util/error.h"
@@ -576,6 +583,90 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
                 else for (int l = 0; l < nl; l++) c[l] = out[l];
             }
         }
+#elif HALO_AVX2_GEMM
+    // A as int16 rows [Mp][Kp] (K padded to even), B as panels of 16 columns: for each k pair, 16 x (b[k], b[k+1]) as
+    // int16 (two ymm); vpmaddwd of a broadcast (a[k], a[k+1]) with a panel gives 8 columns' two-term sums in int32.
+    enum { AR = 4, BR = 16 };
+    const int Kp = (K + 1) & ~1, KP = Kp / 2;
+    const int Mp = (M + AR - 1) / AR * AR, NB = (N + BR - 1) / BR;
+    int16_t *Aw = tls_buf(0, sizeof(int16_t) * (size_t)Mp * Kp);
+    int16_t *Bw = tls_buf(1, sizeof(int16_t) * (size_t)NB * KP * 2 * BR);
+    const int par = (double)M * N * K > 4e6;
+    #pragma omp parallel for schedule(static) if (par)
+    for (int i = 0; i < Mp; i++) {
+        int16_t *d = Aw + (size_t)i * Kp;
+        if (i < M) {
+            const int8_t *a = A + (size_t)i * K;
+            for (int k = 0; k < K; k++) d[k] = a[k];
+            if (Kp > K) d[K] = 0;
+        } else memset(d, 0, sizeof(int16_t) * (size_t)Kp);
+    }
+    #pragma omp parallel for schedule(static) if (par)
+    for (int jb = 0; jb < NB; jb++)
+        for (int l = 0; l < BR; l++) {
+            const int j = jb * BR + l;
+            const int8_t *b = j < N ? B + (size_t)j * K : NULL;
+            int16_t *d = Bw + (size_t)jb * KP * 2 * BR + (size_t)l * 2;
+            for (int kp = 0; kp < KP; kp++, d += 2 * BR) {
+                d[0] = b ? b[2 * kp] : 0;
+                d[1] = b && 2 * kp + 1 < K ? b[2 * kp + 1] : 0;
+            }
+        }
+    const int MB = Mp / AR;
+    #pragma omp parallel for collapse(2) schedule(static) if (par)
+    for (int jb = 0; jb < NB; jb++)
+        for (int ib = 0; ib < MB; ib++) {
+            const int i0 = ib * AR, j0 = jb * BR;
+            __m256 cf[AR][2];
+            for (int r = 0; r < AR; r++) { cf[r][0] = _mm256_setzero_ps(); cf[r][1] = _mm256_setzero_ps(); }
+            for (int ch = 0; ch < nch; ch++) {
+                const int k0 = ch * kc, k1 = k0 + kc < K ? k0 + kc : K;   // k0 even: kc is a multiple of 4
+                const int p0 = k0 / 2, p1 = (k1 + 1) / 2;
+                __m256i acc[AR][2];
+                for (int r = 0; r < AR; r++) { acc[r][0] = _mm256_setzero_si256(); acc[r][1] = _mm256_setzero_si256(); }
+                const int16_t *bp = Bw + ((size_t)jb * KP + p0) * 2 * BR;
+                const int16_t *ap = Aw + (size_t)i0 * Kp + (size_t)p0 * 2;
+                for (int kp = p0; kp < p1; kp++, bp += 2 * BR, ap += 2) {
+                    const __m256i b0 = _mm256_loadu_si256((const __m256i *)bp);
+                    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + 16));
+                    for (int r = 0; r < AR; r++) {
+                        int32_t a2;
+                        memcpy(&a2, ap + (size_t)r * Kp, 4);
+                        const __m256i av = _mm256_set1_epi32(a2);
+                        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, b0));
+                        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, b1));
+                    }
+                }
+                if (C32) {
+                    for (int r = 0; r < AR && i0 + r < M; r++) {
+                        int32_t out[BR];
+                        _mm256_storeu_si256((__m256i *)out, acc[r][0]);
+                        _mm256_storeu_si256((__m256i *)(out + 8), acc[r][1]);
+                        for (int l = 0; l < BR && j0 + l < N; l++) C32[(size_t)(i0 + r) * N + j0 + l] = out[l];
+                    }
+                    continue;
+                }
+                float sbv[BR];
+                for (int l = 0; l < BR; l++) sbv[l] = j0 + l < N ? scale_at(sc->B, j0 + l, k0) : 0.0f;
+                const __m256 sb0 = _mm256_loadu_ps(sbv), sb1 = _mm256_loadu_ps(sbv + 8);
+                for (int r = 0; r < AR; r++) {
+                    const float sa = i0 + r < M ? scale_at(sc->A, i0 + r, k0) : 0.0f;
+                    const __m256 s0 = _mm256_mul_ps(_mm256_set1_ps(sa), sb0), s1 = _mm256_mul_ps(_mm256_set1_ps(sa), sb1);
+                    cf[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][0]), s0, cf[r][0]);
+                    cf[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][1]), s1, cf[r][1]);
+                }
+            }
+            if (C32) continue;
+            for (int r = 0; r < AR && i0 + r < M; r++) {
+                float out[BR];
+                _mm256_storeu_ps(out, cf[r][0]);
+                _mm256_storeu_ps(out + 8, cf[r][1]);
+                float *c = Cf + (size_t)(i0 + r) * ldc + j0;
+                const int nl = N - j0 < BR ? N - j0 : BR;
+                if (accumulate) for (int l = 0; l < nl; l++) c[l] += out[l];
+                else for (int l = 0; l < nl; l++) c[l] = out[l];
+            }
+        }
 #else
     // Portable kernel: blocks of rows/columns, int32 dot products per chunk (vectorizes as widening multiply-adds).
     const int MB = (M + GM_MR - 1) / GM_MR, NB = (N + GM_NR - 1) / GM_NR;
@@ -608,7 +699,7 @@ static void gemm_s8_core(const int8_t *A, const int8_t *B, int M, int N, int K, 
 #endif
 }
 
-const char *halo_gemm_s8_kernel(void) { return HALO_VNNI ? "avx512-vnni" : "generic"; }
+const char *halo_gemm_s8_kernel(void) { return HALO_VNNI ? "avx512-vnni" : HALO_AVX2_GEMM ? "avx2" : "generic"; }
 
 void halo_gemm_s8s8s32(const int8_t *A, const int8_t *B, int32_t *C, int M, int N, int K) {
     gemm_s8_core(A, B, M, N, K, K > 0 ? K : 1, C, NULL, NULL, 0, 0);
