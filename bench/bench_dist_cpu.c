@@ -1,4 +1,4 @@
-// Data-parallel training on this machine's CPUs (halo_comm_run_local, forked ranks): a random-weight ~28M-parameter
+// Data-parallel training on this machine's CPUs (halo_comm_run_local, forked ranks): a random-weight ~26M-parameter
 // Llama in HALO INT8 level 2, one process with accumulation W against W ranks with whole moments, sharded moments and
 // HALO weights gathered in 8 bits. Prints per configuration: ms per step, tokens/s, AdamW moments held per rank, the
 // bytes a rank sends per step into all-reduces and all-gathers and the time it spends in them, waiting for the
@@ -113,7 +113,7 @@ static int cores(void) {
 int main(int argc, char **argv) {
     const int steps = argc > 1 ? atoi(argv[1]) : 3, W = argc > 2 ? atoi(argv[2]) : 2, n = cores();
     result *res = mmap(NULL, sizeof *res, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    printf("Data parallel on the CPU: random Llama ~28M (dim 384, 8 layers, vocab 32000), HALO INT8 level 2, %d x 4 x 256 "
+    printf("Data parallel on the CPU: random Llama ~26M (dim 384, 8 layers, vocab 32000), HALO INT8 level 2, %d x 4 x 256 "
            "tokens a step, %d cores, mean of %d steps after 1 warm-up; per-rank bytes sent per step\n\n", W, n, steps);
     printf("| %-44s | %8s | %12s | %9s | %12s | %12s | %12s | %11s | %8s |\n", "configuration", "ms/step",
            "in collect.", "tokens/s", "moments MiB", "reduced MiB", "gathered MiB", "peak RSS MiB", "loss");

@@ -146,7 +146,7 @@ static int rank_early(halo_comm *c, void *arg) {
     return 0;
 }
 
-static int rank_noop(halo_comm *c, void *arg) { return c->rank == 0 && c->world == 1 ? 0 : 0; }
+static int rank_noop(halo_comm *c, void *arg) { return 0; }
 
 int main(void) {
     g_counts = mmap(NULL, sizeof *g_counts, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

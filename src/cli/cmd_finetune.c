@@ -38,9 +38,11 @@ static int finetune_as_rank(halo_comm *c, void *arg) {
     int rc = cmd_finetune(g_argc, g_argv);
     return rc == 130 ? 0 : rc;   // interrupted and saved: the launcher reports the signal
 }
-static int cores_available(void) {
+// --threads' default on each of `ranks` ranks: the cores this process may run on, shared out (at least 1)
+static long threads_per_rank(long ranks) {
     cpu_set_t set;
-    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    const long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    return cores / ranks > 0 ? cores / ranks : 1;
 }
 
 // --dry-run: the first k training examples in file order, decoded: the prompt, then the tokens the loss covers.
@@ -99,7 +101,7 @@ static void usage(void) {
         "                         Ctrl-C (or SIGTERM): the step in flight finishes, then the run checkpoints\n"
         "                         (--ckpt-dir) and exports (--out) and exits 130; a second Ctrl-C stops at once\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
-        "  --threads N            CPU threads (default: all cores)\n"
+        "  --threads N            CPU threads (default: all cores; with --ranks, per rank: cores / N)\n"
         "  --ranks N              data parallel over N processes on this machine (CPU, or with --device cuda one\n"
         "                         GPU each, gradients summed through NCCL): each step takes N x --grad-accum\n"
         "                         micro-batches, as one process with N times the accumulation would\n"
@@ -109,11 +111,12 @@ static void usage(void) {
         "                         the ranks exchange them as the 8-bit codes the products use (implies\n"
         "                         --shard-optimizer; CPU only)\n"
         "  --device cpu|cuda      where the steps run (default: cuda when a GPU is present and the settings run\n"
-        "                         there, else cpu); cuda: BF16 products (or HALO int8/fp8 with per-tensor scales),\n"
-        "                         fp32 master weights and moments on the GPU; the validation loss too (the\n"
-        "                         GPU forward). Checkpoints have one format: a GPU run resumes on\n"
-        "                         the CPU and vice versa. A GPU resume continues from the same weights and moments\n"
-        "                         but is not bit for bit (attention backward sums with atomics); a CPU resume is.\n");
+        "                         there, else cpu; with --ranks: cpu); cuda: BF16 products (or HALO int8/fp8\n"
+        "                         with per-tensor scales), fp32 master weights and moments on the GPU; the\n"
+        "                         validation loss too (the GPU forward). Checkpoints have one format: a GPU run\n"
+        "                         resumes on the CPU and vice versa. A GPU resume continues from the same\n"
+        "                         weights and moments but is not bit for bit (attention backward sums with\n"
+        "                         atomics); a CPU resume is.\n");
     cli_gpu_mem_usage();
     halo_common_usage();
 }
@@ -309,9 +312,9 @@ int cmd_finetune(int argc, char **argv) {
     if (strcmp(export_dtype, "bf16") && strcmp(export_dtype, "f32")) { halo_fail("--export-dtype: '%s' is not bf16 or f32", export_dtype); goto bad; }
     if (launcher) {   // forks the ranks, which run this function again
         g_argc = argc; g_argv = argv;
-        fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld threads each%s\n", ranks,
-                use_cuda ? ", rank r on GPU r" : "",
-                threads ? threads : (cores_available() / ranks > 0 ? cores_available() / ranks : 1),
+        const long per_rank = threads ? threads : threads_per_rank(ranks);
+        fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld thread%s each%s\n", ranks,
+                use_cuda ? ", rank r on GPU r" : "", per_rank, per_rank == 1 ? "" : "s",
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
         if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) {
             // a Ctrl-C before the ranks could catch it (while loading) ends them by the signal: an interruption
@@ -323,10 +326,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         return halo_comm_local_signal() ? 130 : 0;
     }
-    if (g_rank_comm && !threads) {   // the machine's cores shared out
-        int c = cores_available() / g_rank_comm->world;
-        threads = c > 0 ? c : 1;
-    }
+    if (g_rank_comm && !threads) threads = threads_per_rank(g_rank_comm->world);   // the machine's cores shared out
     halo_set_threads((int)threads);
     o.seq_len = dc.seq_len;
     dc.progress = lead;

@@ -87,7 +87,8 @@ void halo_linear_share_workspace(halo_linear *L, halo_workspace *w);
 // layer was given its weight codes (halo_linear_set_weight_codes).
 int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y, int b, int m, int n);
 // EY [b][n]; EX [b][m] overwritten (NULL = not needed); G [n][m] accumulated (G += dW; NULL = frozen weight).
-// W is the same weight as in forward (NULL where halo_linear_set_weight_codes says). Must follow a forward of this layer object with the same shapes.
+// W is the same weight as in forward (NULL where halo_linear_set_weight_codes says). Must follow a forward of this
+// layer object with the same shapes.
 int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float *EX, float *G, int b, int m, int n);
 
 // ---- sharded weights gathered in 8 bits (docs/halo-method.md section 5) ----------------------------------------
@@ -106,10 +107,10 @@ int halo_linear_weight_codes(halo_linear *L, const float *Wrows, int lo, int hi,
                              halo_qmat *out);
 // Hands the layer the complete weight operand (copied into L->qw); every following forward (and so its backward)
 // uses it instead of quantizing W, until the next call; NULL returns to quantizing W. Forward refuses codes whose
-// shape, format or scale grid is not the one it would make. W may then be NULL in forward, and in backward where
-// the E_X product takes the saved codes transposed (per-tensor and 128x128 scales; E_X == NULL); per-row and 1xB
-// scales re-quantize W H_m along out_features and need the fp32 W. Telemetry measures against the fp32 W: with
-// cfg.telemetry on, a NULL W is refused.
+// shape, format or scale grid is not the one it would make. W may then be NULL in forward, and in backward when EX
+// is NULL or the E_X product takes the saved codes transposed (per-tensor and 128x128 scales); per-row and 1xB
+// scales re-quantize W H_m along out_features for E_X and need the fp32 W. Telemetry measures against the fp32 W:
+// with cfg.telemetry on, a NULL W is refused.
 int halo_linear_set_weight_codes(halo_linear *L, const halo_qmat *qw);
 
 const char *halo_precision_name(halo_precision p);

@@ -106,8 +106,9 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
         if (!L || (L->cfg.prec != HALO_PREC_INT8 && L->cfg.prec != HALO_PREC_FP8)) continue;
         if (!(L->cfg.gran == HALO_GRAN_TENSOR || L->cfg.gran == HALO_GRAN_BLOCK128)) {
             shard_free(s); free(roff); free(rlen);
-            return halo_fail("weights gathered in 8 bits: %s has per-row or 1xB scales, whose input-gradient product "
-                             "needs the fp32 weight; use per-tensor or 128x128 scales", L->name);
+            return halo_fail("weights gathered in 8 bits (--gather-8bit): %s has per-row or 1xB scales, whose "
+                             "input-gradient product needs the fp32 weight; use per-tensor or 128x128 scales "
+                             "(--halo-scale tensor or block128)", L->name);
         }
         s->lin[i] = L;
         n8++;
@@ -119,8 +120,8 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
     }
     if (d->gather_8bit && !n8) {
         shard_free(s); free(roff); free(rlen);
-        return halo_fail("weights gathered in 8 bits: the model has no trainable INT8/FP8 HALO weight (set --precision "
-                         "int8 or fp8; LoRA trains only its adapters)");
+        return halo_fail("weights gathered in 8 bits (--gather-8bit): the model has no trainable INT8/FP8 HALO weight "
+                         "(set --precision int8 or fp8; LoRA trains only its adapters)");
     }
     s->amax = xmalloc(sizeof(float) * (s->amax_cap ? s->amax_cap : 1));
     s->bytes = xmalloc(s->bytes_cap ? s->bytes_cap : 1);
@@ -135,22 +136,31 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
     return HALO_OK;
 }
 
-// dst (the tensor's whole rows) <- every rank's rows; mine: this rank's rows (may lie inside dst)
+// dst[numel] (a tensor's whole rows, elements of es bytes) <- every rank's rows; mine: this rank's `have` elements
+// (may lie inside dst), piece: the elements of a rank's share. When the pieces tile the tensor exactly, in place (rank
+// r's rows are dst's r-th piece); else through stage (W + 1 pieces: the gathered ones, then this rank's zero-padded).
+static int gather_rows(halo_comm *c, void *dst, const void *mine, size_t es, size_t piece, size_t have, size_t numel,
+                       void *stage) {
+    const size_t W = (size_t)c->world, R = (size_t)c->rank;
+    if (piece * W == numel) {
+        unsigned char *at = (unsigned char *)dst + R * piece * es;
+        if (at != mine) memcpy(at, mine, es * have);
+        return c->allgather(c, at, dst, es * piece);
+    }
+    unsigned char *send = (unsigned char *)stage + W * piece * es;
+    memcpy(send, mine, es * have);
+    memset(send + es * have, 0, es * (piece - have));
+    if (c->allgather(c, send, stage, es * piece)) return HALO_ERR;
+    memcpy(dst, stage, es * numel);
+    return HALO_OK;
+}
+
+// dst (tensor i's whole rows) <- every rank's rows; mine: this rank's rows (may lie inside dst)
 static int gather_tensor(trainer *t, int i, float *dst, const float *mine) {
     train_shard *s = t->shard;
-    const int W = t->comm->world, R = t->comm->rank;
-    const size_t piece = halo_shard_chunk(s->rows[i], W) * s->row_len[i];
-    const size_t have = (s->hi[i] - s->lo[i]) * s->row_len[i], numel = s->rows[i] * s->row_len[i];
-    if (piece * (size_t)W == numel) {   // in place: rank r's rows are exactly dst's r-th piece
-        if (dst + (size_t)R * piece != mine) memcpy(dst + (size_t)R * piece, mine, sizeof(float) * have);
-        return t->comm->allgather(t->comm, dst + (size_t)R * piece, dst, sizeof(float) * piece);
-    }
-    float *send = s->stage + (size_t)W * piece;
-    memcpy(send, mine, sizeof(float) * have);
-    memset(send + have, 0, sizeof(float) * (piece - have));
-    if (t->comm->allgather(t->comm, send, s->stage, sizeof(float) * piece)) return HALO_ERR;
-    memcpy(dst, s->stage, sizeof(float) * numel);
-    return HALO_OK;
+    const size_t piece = halo_shard_chunk(s->rows[i], t->comm->world) * s->row_len[i];
+    return gather_rows(t->comm, dst, mine, sizeof(float), piece, (s->hi[i] - s->lo[i]) * s->row_len[i],
+                       s->rows[i] * s->row_len[i], s->stage);
 }
 
 // A HALO weight's operand from the ranks' rows: the scale grid reduced over the ranks, each rank's rows rotated and
@@ -158,7 +168,6 @@ static int gather_tensor(trainer *t, int i, float *dst, const float *mine) {
 static int gather_codes(trainer *t, int i, const float *w) {
     train_shard *s = t->shard;
     halo_linear *L = s->lin[i];
-    const int W = t->comm->world, R = t->comm->rank;
     const int n = (int)s->rows[i], m = (int)s->row_len[i], lo = (int)s->lo[i], hi = (int)s->hi[i];
     const size_t grid = halo_linear_weight_grid_len(L, n, m);
     const float *mine = w + (size_t)lo * m;
@@ -167,16 +176,9 @@ static int gather_codes(trainer *t, int i, const float *w) {
         t->comm->allreduce(t->comm, s->amax, grid, HALO_F32, HALO_MAX) ||
         halo_linear_weight_codes(L, mine, lo, hi, n, m, s->amax, q))
         return HALO_ERR;
-    const size_t piece = halo_shard_chunk((size_t)n, W) * (size_t)m, have = (size_t)(hi - lo) * m;
-    if (piece * (size_t)W == (size_t)n * m) {   // in place: rank r's code rows are q's r-th piece
-        if (t->comm->allgather(t->comm, q->q + (size_t)R * piece, q->q, piece)) return HALO_ERR;
-    } else {
-        unsigned char *send = s->bytes + (size_t)W * piece;
-        memcpy(send, q->q + (size_t)lo * m, have);
-        memset(send + have, 0, piece - have);
-        if (t->comm->allgather(t->comm, send, s->bytes, piece)) return HALO_ERR;
-        memcpy(q->q, s->bytes, (size_t)n * m);
-    }
+    const size_t piece = halo_shard_chunk((size_t)n, t->comm->world) * (size_t)m;
+    if (gather_rows(t->comm, q->q, q->q + (size_t)lo * m, 1, piece, (size_t)(hi - lo) * m, (size_t)n * m, s->bytes))
+        return HALO_ERR;
     return halo_linear_set_weight_codes(L, q);
 }
 
