@@ -6,7 +6,8 @@
 # moments and checkpoints, and resumed from the step-10 checkpoint), with the GPUs, their links, the NCCL library
 # found and NCCL's warnings in the log ($OUT/comm.log, or /tmp/comm.log; the CLI runs' whole logs in
 # $OUT/finetune_{plain,sharded,resumed}.log). Exits non-zero when any step fails.
-# Works in the folder device_sync.sh staged (.dev-cuda: build-dev/) and in a checkout built by device_build.sh
+# Works in the folder `WITH_NCCL=1 bash scripts/device_sync.sh` staged (.dev-cuda: build-dev/; without WITH_NCCL=1 the
+# binaries have no NCCL and both tests skip) and in a checkout built by device_build.sh
 # (build/). NVLink multicast stays off (NCCL_NVLS_ENABLE=0: the GPU machine's rule).
 # Time: one device call has 600 s; the steps' limits (GPU_COMM_BUDGET_S, default 560 s from the start, unpacking
 # included) leave room for the call's own start and fetch. Each limit is `timeout -k`: a test's launcher passes a
