@@ -36,7 +36,10 @@ int cmd_finetune(int argc, char **argv);
 static int finetune_as_rank(halo_comm *c, void *arg) {
     g_rank_comm = c;
     int rc = cmd_finetune(g_argc, g_argv);
-    return rc == 130 ? 0 : rc;   // interrupted and saved: the launcher reports the signal
+    if (rc != 130) return rc;
+    // interrupted and saved: a success for the launcher, which then exits 130 (also for a signal sent to a rank alone)
+    halo_comm_local_mark_signal(c, g_interrupted ? (int)g_interrupted : SIGINT);
+    return 0;
 }
 // --threads' default on each of `ranks` ranks: the cores this process may run on, shared out (at least 1)
 static long threads_per_rank(long ranks) {

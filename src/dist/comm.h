@@ -46,9 +46,12 @@ void halo_shard_range(size_t n, int world, int rank, size_t *lo, size_t *hi);
 // inherit a usable OpenMP pool (the halo CLI and the tests fork first).
 // While the ranks run, SIGINT and SIGTERM sent to this process are passed on to each rank once (the ranks run in a
 // process group of their own, so a terminal's Ctrl-C reaches them only that way); halo_comm_local_signal() then
-// tells the last such signal (0: none) of the latest run.
+// tells the last such signal (or one a rank reported, halo_comm_local_mark_signal; 0: none) of the latest run.
 int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg, int *status);
 int halo_comm_local_signal(void);
+// In a rank: it stopped on signal `sig` (one sent to it alone, not through the launcher), so that
+// halo_comm_local_signal() reports it after the run. Nothing for another backend.
+void halo_comm_local_mark_signal(halo_comm *c, int sig);
 
 // A communicator of one rank (every collective is the identity): what a single-process run passes.
 halo_comm *halo_comm_single(void);

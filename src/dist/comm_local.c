@@ -24,6 +24,7 @@ typedef struct {
     atomic_int generation;   // bumped by the last rank to arrive
     atomic_int aborted;      // 0, or 1 + the rank (or -1 for the launcher) that gave up first
     atomic_int departed;     // 0, or 1 + the first rank that returned: no later collective can complete
+    atomic_int signalled;    // a signal a rank stopped on (halo_comm_local_mark_signal), 0: none
     int world;
 } shm_header;
 
@@ -173,7 +174,13 @@ static void forward_signal(int sig) {
     for (int r = 0; r < g_rank_count; r++) if (g_rank_pids[r] > 0) kill(g_rank_pids[r], sig);
 }
 
-int halo_comm_local_signal(void) { return g_forwarded; }
+static int g_marked;   // the latest run's signal a rank reported
+
+int halo_comm_local_signal(void) { return g_forwarded ? g_forwarded : g_marked; }
+
+void halo_comm_local_mark_signal(halo_comm *c, int sig) {
+    if (c && c->abort == local_abort) atomic_store(&impl_of(c)->h->signalled, sig);
+}
 
 static int exit_code_of(int st) {
     if (WIFEXITED(st)) return WEXITSTATUS(st);
@@ -191,11 +198,12 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
     atomic_init(&h->generation, 0);
     atomic_init(&h->aborted, 0);
     atomic_init(&h->departed, 0);
+    atomic_init(&h->signalled, 0);
     h->world = world;
     pid_t *pids = xcalloc((size_t)world, sizeof *pids);
     const pid_t parent = getpid();
     fflush(NULL);   // buffered output would otherwise be written once per child
-    g_rank_pids = pids; g_rank_count = world; g_forwarded = 0;
+    g_rank_pids = pids; g_rank_count = world; g_forwarded = 0; g_marked = 0;
     struct sigaction fw = {.sa_handler = forward_signal, .sa_flags = SA_RESTART}, old_int, old_term;
     sigemptyset(&fw.sa_mask);
     sigaction(SIGINT, &fw, &old_int);
@@ -277,6 +285,7 @@ int halo_comm_run_local(int world, int (*fn)(halo_comm *c, void *arg), void *arg
     if (status) memcpy(status, codes, sizeof(int) * (size_t)world);
     free(codes);
     free(pids);
+    g_marked = atomic_load(&h->signalled);
     munmap(mem, bytes);
     if (started < world) return HALO_ERR;
     if (bad < 0) return HALO_OK;
