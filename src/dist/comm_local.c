@@ -104,15 +104,15 @@ static void reduce_into(void *dst, const void *src, size_t n, halo_dtype t, halo
 static int local_allreduce(halo_comm *c, void *buf, size_t n, halo_dtype t, halo_redop op) {
     const size_t es = halo_dtype_size(t), per = SLOT_BYTES / es;
     unsigned char *b = buf;
-    for (size_t off = 0; off < n || off == 0; off += per) {
+    size_t off = 0;
+    do {   // at least one round: every rank meets at the barriers even for 0 elements
         size_t k = n - off < per ? n - off : per;
         memcpy(slot(c, c->rank), b + off * es, k * es);
         if (local_barrier_named(c, "allreduce")) return HALO_ERR;
         memcpy(b + off * es, slot(c, 0), k * es);
         for (int r = 1; r < c->world; r++) reduce_into(b + off * es, slot(c, r), k, t, op);
         if (local_barrier_named(c, "allreduce")) return HALO_ERR;
-        if (n == 0) break;
-    }
+    } while ((off += per) < n);
     return HALO_OK;
 }
 
@@ -120,7 +120,8 @@ static int local_reduce_scatter(halo_comm *c, const void *send, void *recv, size
     const size_t es = halo_dtype_size(t), per = SLOT_BYTES / es / (size_t)c->world;
     const unsigned char *s = send;
     unsigned char *out = recv;
-    for (size_t off = 0; off < n || off == 0; off += per) {
+    size_t off = 0;
+    do {
         size_t k = n - off < per ? n - off : per;
         for (int d = 0; d < c->world; d++)   // this rank's piece for every destination d
             memcpy(slot(c, c->rank) + (size_t)d * per * es, s + ((size_t)d * n + off) * es, k * es);
@@ -129,36 +130,35 @@ static int local_reduce_scatter(halo_comm *c, const void *send, void *recv, size
         memcpy(out + off * es, slot(c, 0) + mine, k * es);
         for (int r = 1; r < c->world; r++) reduce_into(out + off * es, slot(c, r) + mine, k, t, HALO_SUM);
         if (local_barrier_named(c, "reduce-scatter")) return HALO_ERR;
-        if (n == 0) break;
-    }
+    } while ((off += per) < n);
     return HALO_OK;
 }
 
 static int local_allgather(halo_comm *c, const void *send, void *recv, size_t bytes) {
     const unsigned char *s = send;
     unsigned char *out = recv;
-    for (size_t off = 0; off < bytes || off == 0; off += SLOT_BYTES) {
+    size_t off = 0;
+    do {
         size_t k = bytes - off < SLOT_BYTES ? bytes - off : SLOT_BYTES;
         memcpy(slot(c, c->rank), s + off, k);
         if (local_barrier_named(c, "allgather")) return HALO_ERR;
         for (int r = 0; r < c->world; r++) memcpy(out + (size_t)r * bytes + off, slot(c, r), k);
         if (local_barrier_named(c, "allgather")) return HALO_ERR;
-        if (bytes == 0) break;
-    }
+    } while ((off += SLOT_BYTES) < bytes);
     return HALO_OK;
 }
 
 static int local_broadcast(halo_comm *c, void *buf, size_t bytes, int root) {
     if (root < 0 || root >= c->world) return halo_fail("broadcast: root %d is not a rank of %d", root, c->world);
     unsigned char *b = buf;
-    for (size_t off = 0; off < bytes || off == 0; off += SLOT_BYTES) {
+    size_t off = 0;
+    do {
         size_t k = bytes - off < SLOT_BYTES ? bytes - off : SLOT_BYTES;
         if (c->rank == root) memcpy(slot(c, 0), b + off, k);
         if (local_barrier_named(c, "broadcast")) return HALO_ERR;
         if (c->rank != root) memcpy(b + off, slot(c, 0), k);
         if (local_barrier_named(c, "broadcast")) return HALO_ERR;
-        if (bytes == 0) break;
-    }
+    } while ((off += SLOT_BYTES) < bytes);
     return HALO_OK;
 }
 
