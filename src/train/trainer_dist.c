@@ -14,15 +14,13 @@ struct train_shard {
     size_t *off, *rows, *row_len;
     size_t *lo, *hi;             // this rank's rows of tensor i
     size_t *moff;                // where this rank's rows of tensor i start in t->opt's moments
-    float *stage;                // gathers of tensors whose rows the ranks do not divide evenly
-    size_t stage_cap;
+    unsigned char *stage;        // gathers (fp32 rows or code rows) of tensors whose rows the ranks do not divide evenly
+    size_t stage_cap;            // bytes
     // weights gathered in 8 bits
     halo_linear **lin;           // [n] the HALO layer whose weight tensor i is (NULL: gathered in fp32)
     halo_qmat *codes;            // [n] its gathered weight operand
     float *amax;                 // scale-grid scratch
     size_t amax_cap;
-    unsigned char *bytes;        // code gathers of tensors whose rows the ranks do not divide evenly
-    size_t bytes_cap;
     int poison;                  // NaN into the fp32 rows of other ranks after each step (tests)
     int stale;                   // the fp32 rows of HALO weights owned by other ranks are out of date
 };
@@ -30,10 +28,16 @@ struct train_shard {
 static void shard_free(train_shard *s) {
     if (!s) return;
     for (int i = 0; s->codes && i < s->n; i++) halo_qmat_free(&s->codes[i]);
-    free(s->lin); free(s->codes); free(s->amax); free(s->bytes);
+    free(s->lin); free(s->codes); free(s->amax);
     free(s->off); free(s->rows); free(s->row_len); free(s->lo); free(s->hi); free(s->moff); free(s->stage);
     free(s);
 }
+
+// Tensor i: where this rank's rows start in the parameter buffer, how many elements they are, and the elements of
+// one rank's share (the last ranks' shares may be shorter or empty).
+static size_t own_off(const train_shard *s, int i) { return s->off[i] + s->lo[i] * s->row_len[i]; }
+static size_t own_len(const train_shard *s, int i) { return (s->hi[i] - s->lo[i]) * s->row_len[i]; }
+static size_t share_len(const train_shard *s, int i, int world) { return halo_shard_chunk(s->rows[i], world) * s->row_len[i]; }
 
 // The HALO layers quantize their fp32 weights again (after a resume loaded them, and when the trainer is done).
 void dist_drop_codes(trainer *t) {
@@ -89,14 +93,15 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
         s->rows[i] = q->ndim == 2 ? (size_t)q->shape[0] : (size_t)q->numel;
         s->row_len[i] = (size_t)q->numel / s->rows[i];
         halo_shard_range(s->rows[i], W, R, &s->lo[i], &s->hi[i]);
-        roff[i] = s->off[i] + s->lo[i] * s->row_len[i];
-        rlen[i] = (s->hi[i] - s->lo[i]) * s->row_len[i];
+        roff[i] = own_off(s, i);
+        rlen[i] = own_len(s, i);
         s->moff[i] = moff;
         moff += rlen[i];
-        size_t piece = halo_shard_chunk(s->rows[i], W) * s->row_len[i];
-        if (piece * (size_t)W != (size_t)q->numel && piece * (size_t)(W + 1) > s->stage_cap) s->stage_cap = piece * (size_t)(W + 1);
+        const size_t piece = share_len(s, i, W);   // staged gathers: W + 1 shares (fp32; code rows need less)
+        if (piece * (size_t)W != (size_t)q->numel && sizeof(float) * piece * (size_t)(W + 1) > s->stage_cap)
+            s->stage_cap = sizeof(float) * piece * (size_t)(W + 1);
     }
-    s->stage = xmalloc(sizeof(float) * (s->stage_cap ? s->stage_cap : 1));
+    s->stage = xmalloc(s->stage_cap ? s->stage_cap : 1);
     s->lin = xcalloc((size_t)s->n, sizeof *s->lin);
     s->codes = xcalloc((size_t)s->n, sizeof *s->codes);
     s->poison = d->poison_unowned;
@@ -114,9 +119,6 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
         n8++;
         const size_t grid = halo_linear_weight_grid_len(L, (int)s->rows[i], (int)s->row_len[i]);
         if (grid > s->amax_cap) s->amax_cap = grid;
-        const size_t piece = halo_shard_chunk(s->rows[i], W) * s->row_len[i];
-        if (piece * (size_t)W != s->rows[i] * s->row_len[i] && piece * (size_t)(W + 1) > s->bytes_cap)
-            s->bytes_cap = piece * (size_t)(W + 1);
     }
     if (d->gather_8bit && !n8) {
         shard_free(s); free(roff); free(rlen);
@@ -124,7 +126,6 @@ int dist_shard_init(trainer *t, const train_dist_options *d) {
                          "(set --precision int8 or fp8; LoRA trains only its adapters)");
     }
     s->amax = xmalloc(sizeof(float) * (s->amax_cap ? s->amax_cap : 1));
-    s->bytes = xmalloc(s->bytes_cap ? s->bytes_cap : 1);
     adamw_state owned;
     adamw_init_owned(&owned, &t->opt.cfg, p.n, p.table, p.n_table, roff, rlen, s->n);
     owned.t = t->opt.t;
@@ -158,8 +159,7 @@ static int gather_rows(halo_comm *c, void *dst, const void *mine, size_t es, siz
 // dst (tensor i's whole rows) <- every rank's rows; mine: this rank's rows (may lie inside dst)
 static int gather_tensor(trainer *t, int i, float *dst, const float *mine) {
     train_shard *s = t->shard;
-    const size_t piece = halo_shard_chunk(s->rows[i], t->comm->world) * s->row_len[i];
-    return gather_rows(t->comm, dst, mine, sizeof(float), piece, (s->hi[i] - s->lo[i]) * s->row_len[i],
+    return gather_rows(t->comm, dst, mine, sizeof(float), share_len(s, i, t->comm->world), own_len(s, i),
                        s->rows[i] * s->row_len[i], s->stage);
 }
 
@@ -176,8 +176,8 @@ static int gather_codes(trainer *t, int i, const float *w) {
         t->comm->allreduce(t->comm, s->amax, grid, HALO_F32, HALO_MAX) ||
         halo_linear_weight_codes(L, mine, lo, hi, n, m, s->amax, q))
         return HALO_ERR;
-    const size_t piece = halo_shard_chunk((size_t)n, t->comm->world) * (size_t)m;
-    if (gather_rows(t->comm, q->q, q->q + (size_t)lo * m, 1, piece, (size_t)(hi - lo) * m, (size_t)n * m, s->bytes))
+    if (gather_rows(t->comm, q->q, q->q + (size_t)lo * m, 1, share_len(s, i, t->comm->world), own_len(s, i),
+                    (size_t)n * m, s->stage))
         return HALO_ERR;
     return halo_linear_set_weight_codes(L, q);
 }
@@ -194,7 +194,7 @@ int dist_optimizer_step(trainer *t, double lr) {
             if (s->poison)   // no product may read another rank's fp32 rows now
                 for (size_t k = 0; k < s->rows[i] * s->row_len[i]; k++)
                     if (k < s->lo[i] * s->row_len[i] || k >= s->hi[i] * s->row_len[i]) w[k] = NAN;
-        } else if (gather_tensor(t, i, w, w + s->lo[i] * s->row_len[i]))
+        } else if (gather_tensor(t, i, w, p.params + own_off(s, i)))
             return halo_fail_ctx("gathering %s after the optimizer step: ", p.table[i].name);
     }
     return HALO_OK;
@@ -206,8 +206,7 @@ int dist_sync_weights(trainer *t) {
     llama_trainable p = llama_trainable_params(t->model);
     for (int i = 0; i < s->n; i++) {
         if (!s->lin[i]) continue;
-        float *w = p.params + s->off[i];
-        if (gather_tensor(t, i, w, w + s->lo[i] * s->row_len[i]))
+        if (gather_tensor(t, i, p.params + s->off[i], p.params + own_off(s, i)))
             return halo_fail_ctx("gathering the fp32 rows of %s: ", p.table[i].name);
     }
     s->stale = 0;
@@ -231,9 +230,8 @@ int dist_gather_moments(trainer *t, adamw_state *full) {
 void dist_take_moments(trainer *t, const adamw_state *full) {
     train_shard *s = t->shard;
     for (int i = 0; i < s->n; i++) {
-        const size_t from = s->off[i] + s->lo[i] * s->row_len[i], k = (s->hi[i] - s->lo[i]) * s->row_len[i];
-        memcpy(t->opt.m + s->moff[i], full->m + from, sizeof(float) * k);
-        memcpy(t->opt.v + s->moff[i], full->v + from, sizeof(float) * k);
+        memcpy(t->opt.m + s->moff[i], full->m + own_off(s, i), sizeof(float) * own_len(s, i));
+        memcpy(t->opt.v + s->moff[i], full->v + own_off(s, i), sizeof(float) * own_len(s, i));
     }
     t->opt.t = full->t;
 }
