@@ -319,9 +319,13 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld thread%s each%s\n", ranks,
                 use_cuda ? ", rank r on GPU r" : "", per_rank, per_rank == 1 ? "" : "s",
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
-        if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, NULL) != HALO_OK) {
+        int status[256] = {0};   // (--ranks is at most 256)
+        if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, status) != HALO_OK) {
             // a Ctrl-C before the ranks could catch it (while loading) ends them by the signal: an interruption
-            if (halo_comm_local_signal() && strstr(halo_error(), "killed by signal")) {
+            const int sig = halo_comm_local_signal();
+            int by_signal = 0;
+            for (long r = 0; r < ranks; r++) by_signal |= sig && status[r] == 128 + sig;
+            if (by_signal) {
                 fprintf(stderr, "halo finetune: interrupted before training started (%s)\n", halo_error());
                 return 130;
             }
