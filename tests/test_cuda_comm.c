@@ -1,21 +1,28 @@
-// The NCCL backend (src/cuda/comm_nccl.cu) on 2+ GPUs: one process per GPU forked by halo_comm_run_local, each
-// with an NCCL communicator made through its `local` one (halo_comm_nccl_from_local). Every rank checks allreduce
-// sum / max of f32, f64 and i64 against a float64 reference over all ranks' rank-seeded inputs, reduce_scatter,
-// allgather of int8 codes, broadcast from two roots, a collective on a non-blocking stream and the argument errors.
-// Each rank prints "rank R: N checks ok, N failed"; the parent counts a check per rank. Skips without CUDA or NCCL
-// or with fewer than 2 usable GPUs. The GPUs are counted in a forked child: CUDA must not start in the parent
+// The GPU communicators on device buffers, one process per rank forked by halo_comm_run_local: the host-staged one
+// (src/cuda/comm_staged.cu; 3 ranks, sharing GPUs when there are fewer) always, then NCCL's (src/cuda/comm_nccl.cu,
+// made through the `local` communicator by halo_comm_nccl_from_local; one rank per GPU) with 2+ GPUs and NCCL in the
+// build. Every rank checks allreduce sum / max of f32, f64 and i64 against a float64 reference over all ranks'
+// rank-seeded inputs, reduce_scatter, allgather of int8 codes (also in place, as the sharded master's gather runs),
+// broadcast from two roots, sizes past the host stage's 64 MiB (several chunks), a collective on a non-blocking
+// stream and the argument errors. Each rank prints "rank R: N checks ok, N failed"; the parent counts a check per
+// rank. Skips without CUDA or a usable GPU. The GPUs are counted in a forked child: CUDA must not start in the parent
 // before the ranks are forked.
 #include "test.h"
-#if defined(HALO_CUDA) && defined(HALO_NCCL)
+#if defined(HALO_CUDA)
 #include <float.h>
 #include <stdint.h>
 #include <sys/wait.h>
 #include <cuda_runtime_api.h>
+#include "cuda/comm_staged.h"
 #include "cuda/cuda_backend.h"
+#ifdef HALO_NCCL
 #include "cuda/comm_nccl.h"
+#endif
 #include "util/error.h"
 
-enum { MAX_RANKS = 8 };
+enum { MAX_RANKS = 8, HOST_RANKS = 3 };
+static int g_nccl;   // this pass: NCCL's communicator (else the host-staged one)
+static int g_ngpu;
 
 // Value i of rank r's input number `salt` (normal(0, 1)), rounded to t's precision (i64: a whole number, ~1e6).
 static void rank_values(double *v, size_t n, int r, int salt, halo_dtype t) {
@@ -121,21 +128,28 @@ static int8_t code_of(int r, size_t i) {
     return (int8_t)((unsigned)(r * 37) + (unsigned)(i * 13) + (unsigned)(i >> 8));
 }
 
-static void check_allgather(halo_comm *c, size_t bytes) {
+// in_place: send is the rank's own piece of recv (recv + rank * bytes), as the sharded master's gather passes it.
+static void check_allgather(halo_comm *c, size_t bytes, int in_place) {
     int8_t *mine = malloc(bytes + 1);
     for (size_t i = 0; i < bytes; i++) mine[i] = code_of(c->rank, i);
     const size_t all = (size_t)c->world * bytes;
-    void *send = dev_of(mine, bytes), *recv = NULL;
+    void *send = in_place ? NULL : dev_of(mine, bytes), *recv = NULL;
     cudaMalloc(&recv, all + 1);
     cudaMemset(recv, 0x5a, all + 1);
+    if (in_place) {
+        send = (char *)recv + (size_t)c->rank * bytes;
+        cudaMemcpy(send, mine, bytes, cudaMemcpyHostToDevice);
+    }
     cudaDeviceSynchronize();
     CHECK(c->allgather(c, send, recv, bytes) == HALO_OK, "rank %d allgather %zu: %s", c->rank, bytes, halo_error());
     int8_t *got = host_of(c, recv, all);
     size_t bad = 0;
     for (int r = 0; r < c->world; r++)
         for (size_t i = 0; i < bytes; i++) bad += got[(size_t)r * bytes + i] != code_of(r, i);
-    CHECK(bad == 0, "rank %d allgather of %zu int8 codes: %zu of %zu bytes wrong", c->rank, bytes, bad, all);
-    cudaFree(send); cudaFree(recv);
+    CHECK(bad == 0, "rank %d allgather%s of %zu int8 codes: %zu of %zu bytes wrong", c->rank,
+          in_place ? " in place" : "", bytes, bad, all);
+    if (!in_place) cudaFree(send);
+    cudaFree(recv);
     free(mine); free(got);
 }
 
@@ -152,14 +166,20 @@ static void check_broadcast(halo_comm *c, size_t bytes, int root) {
     free(mine); free(got);
 }
 
-// One all-reduce on a non-blocking stream of the rank's own (halo_comm_nccl_set_stream), then back to stream 0.
+static void set_stream(halo_comm *c, cudaStream_t s) {
+#ifdef HALO_NCCL
+    if (g_nccl) { halo_comm_nccl_set_stream(c, s); return; }
+#endif
+    halo_comm_staged_set_stream(c, s);
+}
+
+// One all-reduce on a non-blocking stream of the rank's own, then back to stream 0.
 static void check_other_stream(halo_comm *c) {
     cudaStream_t s = NULL;
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "rank %d cudaStreamCreate", c->rank);
-    cudaStream_t old = halo_comm_nccl_stream(c);
-    halo_comm_nccl_set_stream(c, s);
+    set_stream(c, s);
     check_allreduce(c, 4099, HALO_F32, HALO_SUM, 9);
-    halo_comm_nccl_set_stream(c, old);
+    set_stream(c, 0);
     cudaStreamDestroy(s);
 }
 
@@ -179,11 +199,21 @@ static int rank_main(halo_comm *local, void *arg) {
     (void)arg;
     alarm(300);   // a rank stuck past this is killed, and the launcher aborts the others
     halo_comm *c = NULL;
-    if (halo_comm_nccl_from_local(local, &c) != HALO_OK) {
+#ifdef HALO_NCCL
+    if (g_nccl && halo_comm_nccl_from_local(local, &c) != HALO_OK) {
         fprintf(stderr, "rank %d: %s\n", local->rank, halo_error());
         return 1;
     }
-    CHECK(c->rank == local->rank && c->world == local->world && strcmp(c->backend, "nccl") == 0,
+#endif
+    if (!g_nccl) {
+        const int dev = local->rank % g_ngpu;
+        if (cuda_select_device(dev) != HALO_OK || !(c = halo_comm_staged_create(local, dev, 0))) {
+            fprintf(stderr, "rank %d: %s\n", local->rank, halo_error());
+            return 1;
+        }
+    }
+    const char *want = g_nccl ? "nccl" : "host-staged";
+    CHECK(c->rank == local->rank && c->world == local->world && strcmp(c->backend, want) == 0,
           "rank %d: communicator says rank %d of %d, backend %s", local->rank, c->rank, c->world, c->backend);
     const size_t sizes[] = {1, 4097, ((size_t)1 << 20) + 3};
     int salt = 0;
@@ -196,14 +226,22 @@ static int rank_main(halo_comm *local, void *arg) {
     check_reduce_scatter(c, 100003, HALO_F32, ++salt);
     check_reduce_scatter(c, 100003, HALO_F64, ++salt);
     check_reduce_scatter(c, 4097, HALO_I64, ++salt);
-    check_allgather(c, 1);
-    check_allgather(c, 4097);
-    check_allgather(c, ((size_t)1 << 20) + 5);
+    check_allgather(c, 1, 0);
+    check_allgather(c, 4097, 0);
+    check_allgather(c, ((size_t)1 << 20) + 5, 0);
+    check_allgather(c, 4097, 1);
+    // past the host stage (64 MiB: allreduce in 16 Mi f32 pieces, the others in 64 MiB / (world + 1))
+    check_allreduce(c, ((size_t)1 << 24) + 3, HALO_F32, HALO_SUM, ++salt);
+    check_reduce_scatter(c, ((size_t)5 << 20) + 1, HALO_F32, ++salt);
+    check_allgather(c, ((size_t)24 << 20) + 7, 1);
     check_broadcast(c, 12345, 0);
     check_broadcast(c, 12345, c->world - 1);
     check_other_stream(c);
     check_errors(c);
-    halo_comm_nccl_free(c);
+#ifdef HALO_NCCL
+    if (g_nccl) halo_comm_nccl_free(c);
+#endif
+    if (!g_nccl) halo_comm_staged_free(c);
     printf("rank %d: %d checks ok, %d failed\n", local->rank, t_pass, t_fail);
     fflush(stdout);
     return t_fail ? 1 : 0;
@@ -233,22 +271,12 @@ static int count_gpus_forked(char *why, size_t cap) {
     snprintf(why, cap, "%s", m.why);
     return m.n;
 }
-#endif
 
-int main(void) {
-#if !defined(HALO_CUDA) || !defined(HALO_NCCL)
-    SKIP("built without CUDA or NCCL (no nvcc, SAN=1, no libnccl.so, or NCCL=0): NCCL communicator tests skipped");
-    TEST_END();
-#else
-    char why[256] = "";
-    const int ngpu = count_gpus_forked(why, sizeof why);
-    if (ngpu < 2) {
-        SKIP("%d usable GPU(s)%s%s: the NCCL communicator tests need 2 or more", ngpu, *why ? ": " : "", why);
-        TEST_END();
-    }
-    const int world = ngpu < MAX_RANKS ? ngpu : MAX_RANKS;
-    setenv("HALO_NCCL_TIMEOUT_S", "120", 0);   // a barrier waiting on a lost peer gives up within the test's time
-    printf("NCCL communicator test: %d ranks, one GPU each\n", world);
+// One pass over every check with `world` ranks; nccl: NCCL's communicator, else the host-staged one.
+static void run_pass(int nccl, int world) {
+    g_nccl = nccl;
+    printf("%s communicator test: %d ranks on %d GPU(s)%s\n", nccl ? "NCCL" : "host-staged", world,
+           world < g_ngpu ? world : g_ngpu, world > g_ngpu ? " (shared)" : "");
     fflush(stdout);
     int status[MAX_RANKS] = {0};
     const double t0 = t_now();
@@ -256,6 +284,28 @@ int main(void) {
     CHECK(rc == HALO_OK, "halo_comm_run_local: %s", halo_error());
     for (int r = 0; r < world; r++) CHECK(status[r] == 0, "rank %d exited with status %d", r, status[r]);
     printf("%d ranks done in %.1f s\n", world, t_now() - t0);
+}
+#endif
+
+int main(void) {
+#if !defined(HALO_CUDA)
+    SKIP("built without CUDA (no nvcc, or SAN=1): GPU communicator tests skipped");
+    TEST_END();
+#else
+    char why[256] = "";
+    g_ngpu = count_gpus_forked(why, sizeof why);
+    if (g_ngpu < 1) {
+        SKIP("no usable GPU%s%s: the GPU communicator tests skipped", *why ? ": " : "", why);
+        TEST_END();
+    }
+    setenv("HALO_NCCL_TIMEOUT_S", "120", 0);   // a barrier waiting on a lost peer gives up within the test's time
+    run_pass(0, HOST_RANKS);
+#ifdef HALO_NCCL
+    if (g_ngpu >= 2) run_pass(1, g_ngpu < MAX_RANKS ? g_ngpu : MAX_RANKS);
+    else printf("SKIP: NCCL pass: %d usable GPU, it needs 2 or more\n", g_ngpu);
+#else
+    printf("SKIP: NCCL pass: built without NCCL (no libnccl.so, or NCCL=0)\n");
+#endif
     TEST_END();
 #endif
 }

@@ -229,7 +229,34 @@ static int same_tensors(const char *a, const char *b) {
     return same;
 }
 
+// Which transport GPU ranks take (train_gpu_comm_pick): the same rule on every machine, NCCL only when built with it.
+static void test_gpu_comm_pick(void) {
+#ifdef HALO_NCCL
+    const int nccl = TRAIN_GPU_COMM_NCCL;
+#else
+    const int nccl = -1;   // refused: no NCCL in this build
+#endif
+    const int H = TRAIN_GPU_COMM_HOST, A = TRAIN_GPU_COMM_AUTO, N = TRAIN_GPU_COMM_NCCL;
+    static const struct { int want, world, ngpu, nccl_gives, host_gives; } c[] = {
+        {0, 2, 2, 1, 0}, {0, 2, 1, 0, 1}, {0, 4, 8, 1, 0}, {1, 2, 2, 1, 0}, {1, 3, 2, 0, 0}, {2, 2, 2, 0, 1},
+        {2, 4, 1, 0, 1}, {0, 2, 0, 0, 0}, {2, 2, 0, 0, 0}};
+    for (size_t k = 0; k < sizeof c / sizeof *c; k++) {
+        const int want = c[k].want == 0 ? A : c[k].want == 1 ? N : H;
+        const int expect = c[k].nccl_gives ? nccl : c[k].host_gives ? H : -1;
+        // auto without NCCL in the build falls back to the host path where a GPU exists
+        const int expect_auto = c[k].want == 0 && c[k].nccl_gives && nccl < 0 ? H : expect;
+        const int got = train_gpu_comm_pick(want, c[k].world, c[k].ngpu);
+        CHECK(got == expect_auto, "gpu comm '%s', %d ranks on %d GPUs: got %d, expected %d (%s)",
+              train_gpu_comm_name(want), c[k].world, c[k].ngpu, got, expect_auto, got < 0 ? halo_error() : "");
+    }
+    CHECK(train_gpu_comm_parse("host") == H && train_gpu_comm_parse("nccl") == N && train_gpu_comm_parse("auto") == A &&
+          train_gpu_comm_parse("mpi") == -1, "gpu comm names parse");
+    CHECK(train_gpu_comm_pick(N, 3, 2) < 0 && strstr(halo_error(), nccl < 0 ? "no NCCL" : "one GPU per rank"),
+          "nccl with too few GPUs is refused naming why: %s", halo_error());
+}
+
 int main(void) {
+    test_gpu_comm_pick();
     for (int i = 0; i < 2; i++) {
         g_res[i] = mmap(NULL, sizeof(result), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         atomic_init(&g_res[i]->pass, 0);

@@ -220,6 +220,9 @@ int main(void) {
         {"--gather-8bit", "--gather-8bit: only with --ranks"},
         {"--ranks 2 --gather-8bit --precision fp32", "no trainable INT8/FP8 HALO weight"},
         {"--ranks 2 --gather-8bit --halo-scale row", "per-row or 1xB scales"},
+        {"--gpu-comm host", "--gpu-comm: only with --ranks N --device cuda"},
+        {"--ranks 2 --gpu-comm nccl", "--gpu-comm: only with --ranks N --device cuda"},
+        {"--ranks 2 --device cuda --gpu-comm mpi", "--gpu-comm: 'mpi' is not auto, nccl or host"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(cmd, sizeof cmd, "%s %s > %s/bad.log 2>&1", common, bad[i].flags, dir);
@@ -232,7 +235,7 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "CUDA_VISIBLE_DEVICES= %s --ranks 2 --device cuda > %s/bad.log 2>&1", common, dir);
     int rc = system(cmd);
     snprintf(path, sizeof path, "%s/bad.log", dir);
-    const int named = file_has(path, "--ranks 2 --device cuda: one GPU per rank, and 0 usable GPUs found") ||
+    const int named = file_has(path, "--ranks 2 --device cuda: no usable GPU") ||
                       file_has(path, "--ranks 2 --device cuda: this build has no");
     CHECK(rc != 0 && named && !file_has(path, "rank 0 of"), "'--ranks 2 --device cuda' without a GPU refused by the "
           "launcher naming the reason");

@@ -106,8 +106,11 @@ static void usage(void) {
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
         "  --threads N            CPU threads (default: all cores; with --ranks, per rank: cores / N)\n"
         "  --ranks N              data parallel over N processes on this machine (CPU, or with --device cuda one\n"
-        "                         GPU each, gradients summed through NCCL): each step takes N x --grad-accum\n"
-        "                         micro-batches, as one process with N times the accumulation would\n"
+        "                         GPU each): each step takes N x --grad-accum micro-batches, as one process\n"
+        "                         with N times the accumulation would\n"
+        "  --gpu-comm auto|nccl|host  with --ranks N --device cuda: how the GPUs sum gradients (auto: NCCL when\n"
+        "                         built with it and there are N GPUs, else host: through host memory, slower,\n"
+        "                         ranks may share GPUs)\n"
         "  --shard-optimizer      with --ranks: each rank keeps AdamW moments for 1/N of every tensor (with\n"
         "                         --device cuda: for 1/N of the GPU's flat parameter buffer)\n"
         "  --gather-8bit          with --ranks: also each rank updates 1/N of every INT8/FP8 HALO weight's rows and\n"
@@ -216,7 +219,7 @@ int cmd_finetune(int argc, char **argv) {
     int eval_fp32 = 0, lora_on = 0, merge = 0;
     lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
-    int dry_run = 0, shard = 0, gather8 = 0;
+    int dry_run = 0, shard = 0, gather8 = 0, gpu_comm = TRAIN_GPU_COMM_AUTO, gpu_comm_given = 0;
     long ranks = 1;
     halo_common_opts co = halo_common_opts_default();
     train_cuda_mem gmem = {0};
@@ -267,6 +270,10 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--ranks"))) { if (cli_parse_range("--ranks", v, 1, 256, &ranks)) goto bad; }
         else if (cli_is_flag(argv[i], "--shard-optimizer")) shard = 1;
         else if (cli_is_flag(argv[i], "--gather-8bit")) gather8 = shard = 1;
+        else if ((v = cli_flag_value(argc, argv, &i, "--gpu-comm"))) {
+            if ((gpu_comm = train_gpu_comm_parse(v)) < 0) { halo_fail("--gpu-comm: '%s' is not auto, nccl or host", v); goto bad; }
+            gpu_comm_given = 1;
+        }
         else { fprintf(stderr, "halo finetune: unknown option '%s' (see --help)\n", argv[i]); return 2; }
     }
     if (!model_dir || !dc.path) { usage(); return 2; }
@@ -299,16 +306,19 @@ int cmd_finetune(int argc, char **argv) {
     } else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
                       : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
         goto bad;
-    // --ranks N --device cuda: one GPU per rank. The launcher forks the ranks below and must not start CUDA itself (a
-    // forked child cannot use its parent's CUDA): its check counts the GPUs in a probe process; each rank takes its
-    // GPU before any other CUDA call (trainer_use_cuda then makes the NCCL communicator on it).
+    // --ranks N --device cuda: rank r on GPU r (mod the count with --gpu-comm host). The launcher forks the ranks below
+    // and must not start CUDA itself (a forked child cannot use its parent's CUDA): its check counts the GPUs in a
+    // probe process; each rank takes its GPU before any other CUDA call (trainer_use_cuda then makes the device
+    // communicator on it).
     const int launcher = ranks > 1 && !g_rank_comm && !dry_run;
     if (ranks > 1 && use_cuda && gather8) {
         halo_fail("--ranks with --device cuda: --gather-8bit is built for the CPU only (the GPU's HALO layers quantize "
                   "their own whole weights); --shard-optimizer alone shards the AdamW moments over the GPUs");
         goto bad;
     }
-    if (use_cuda && launcher && cli_cuda_ranks_check((int)ranks) != HALO_OK) goto bad;
+    if (gpu_comm_given && (ranks < 2 || !use_cuda)) { halo_fail("--gpu-comm: only with --ranks N --device cuda"); goto bad; }
+    int comm_kind = -1;
+    if (use_cuda && launcher && (comm_kind = cli_cuda_ranks_check((int)ranks, gpu_comm)) < 0) goto bad;
     if (use_cuda && g_rank_comm && cli_cuda_rank_device(g_rank_comm->rank) != HALO_OK) goto bad;
     if (use_cuda && !launcher && cli_cuda_check() != HALO_OK) goto bad;
     if (cli_gpu_mem_check(gmem_given, use_cuda) != HALO_OK) goto bad;
@@ -317,7 +327,9 @@ int cmd_finetune(int argc, char **argv) {
         g_argc = argc; g_argv = argv;
         const long per_rank = threads ? threads : threads_per_rank(ranks);
         fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld thread%s each%s\n", ranks,
-                use_cuda ? ", rank r on GPU r" : "", per_rank, per_rank == 1 ? "" : "s",
+                !use_cuda ? "" : comm_kind == TRAIN_GPU_COMM_NCCL ? ", rank r on GPU r, NCCL"
+                               : ", rank r on GPU r mod the GPU count, exchanging through host memory (--gpu-comm host)",
+                per_rank, per_rank == 1 ? "" : "s",
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
         int status[256] = {0};   // (--ranks is at most 256)
         if (halo_comm_run_local((int)ranks, finetune_as_rank, NULL, status) != HALO_OK) {
@@ -415,7 +427,7 @@ int cmd_finetune(int argc, char **argv) {
         free(hj);
     }
     if (rc == HALO_OK && g_rank_comm) {
-        train_dist_options dd = {.shard_optimizer = shard, .gather_8bit = gather8};
+        train_dist_options dd = {.shard_optimizer = shard, .gather_8bit = gather8, .gpu_comm = gpu_comm};
         rc = trainer_set_comm(&t, g_rank_comm, &dd);
     }
     if (eval_fp32 && !llama_get_halo(&m) && lead)

@@ -69,12 +69,13 @@ void cli_gpu_mem_usage(void);
 // HALO_OK when --device cuda can run here; else an error naming the flag ("--device cuda: no CUDA device found",
 // or "this build has no CUDA backend"). The verbs check this before loading anything.
 int cli_cuda_check(void);
-// --ranks N --device cuda, in the process that forks the ranks (before any CUDA call in it): HALO_OK when this build
-// has CUDA and NCCL and N usable GPUs are visible (counted in a forked probe, so CUDA does not start here); else an
-// error starting "--ranks N --device cuda: " with the reason ("one GPU per rank, and 0 usable GPUs found: ...").
-int cli_cuda_ranks_check(int ranks);
-// In rank `rank` of --ranks N --device cuda: GPU `rank` becomes this process's device (before anything else touches
-// CUDA, so no context is made on another GPU). HALO_ERR naming the GPU when it cannot.
+// --ranks N --device cuda, in the process that forks the ranks (before any CUDA call in it): the transport the ranks
+// will use (train_gpu_comm_pick of `want`, a train_gpu_comm) with the usable GPUs counted in a forked probe, so CUDA
+// does not start here; -1 with an error starting "--ranks N --device cuda: " when there is none (no usable GPU, or
+// NCCL asked for without NCCL or with fewer GPUs than ranks).
+int cli_cuda_ranks_check(int ranks, int want);
+// In rank `rank` of --ranks N --device cuda: GPU `rank` mod the GPU count becomes this process's device (before
+// anything else touches CUDA, so no context is made on another GPU). HALO_ERR naming the GPU when it cannot.
 int cli_cuda_rank_device(int rank);
 // The GPU model for eval and debug-step: BF16 products (or the model's HALO settings through the GPU HALO layers),
 // fp32 master weights (src/cuda/llama_cuda.cu).

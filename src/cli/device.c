@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "model/linear.h"
+#include "train/trainer.h"
 #include "util/error.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
@@ -80,21 +81,22 @@ int cli_cuda_check(void) {
     return HALO_OK;
 }
 
-int cli_cuda_ranks_check(int ranks) {
-#ifndef HALO_NCCL
-    return halo_fail("--ranks %d --device cuda: this build has no NCCL (libnccl.so was not found when it was built, or "
-                     "NCCL=0), which training on several GPUs needs; --ranks runs on the CPU", ranks);
-#else
+int cli_cuda_ranks_check(int ranks, int want) {
     char why[256] = "";
     const int n = cuda_device_count_forked(why, sizeof why);
-    if (n >= ranks) return HALO_OK;
-    return halo_fail("--ranks %d --device cuda: one GPU per rank, and %d usable GPU%s found%s%s", ranks, n,
-                     n == 1 ? "" : "s", *why ? ": " : "", why);
-#endif
+    if (n < 1) {
+        halo_fail("--ranks %d --device cuda: no usable GPU%s%s", ranks, *why ? ": " : "", why);
+        return -1;
+    }
+    const int kind = train_gpu_comm_pick(want, ranks, n);
+    if (kind < 0) halo_fail_ctx("--ranks %d --device cuda: ", ranks);
+    return kind;
 }
 
 int cli_cuda_rank_device(int rank) {
-    return cuda_select_device(rank) != HALO_OK ? halo_fail_ctx("--device cuda, rank %d: ", rank) : HALO_OK;
+    const int n = cuda_device_count();
+    return cuda_select_device(n > 0 ? rank % n : rank) != HALO_OK ? halo_fail_ctx("--device cuda, rank %d: ", rank)
+                                                                   : HALO_OK;
 }
 
 struct cli_gpu {
@@ -175,9 +177,11 @@ static int no_cuda(void) {
                      "use --device cpu");
 }
 int cli_cuda_check(void) { return no_cuda(); }
-int cli_cuda_ranks_check(int ranks) {
-    return halo_fail("--ranks %d --device cuda: this build has no CUDA backend (nvcc was not found when it was "
-                     "built); --ranks runs on the CPU", ranks);
+int cli_cuda_ranks_check(int ranks, int want) {
+    (void)want;
+    halo_fail("--ranks %d --device cuda: this build has no CUDA backend (nvcc was not found when it was built); "
+              "--ranks runs on the CPU", ranks);
+    return -1;
 }
 int cli_cuda_rank_device(int rank) { (void)rank; return no_cuda(); }
 struct cli_gpu { int unused; };

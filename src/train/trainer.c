@@ -203,6 +203,7 @@ int trainer_set_comm(trainer *t, halo_comm *comm, const train_dist_options *d) {
                          "to the device (trainer_set_comm, then trainer_use_cuda)", comm->world, t->be.name);
     if (t->step > 0) return halo_fail("data parallel: set the ranks before resuming (every rank loads the checkpoint)");
     t->comm = comm;
+    t->gpu_comm = d ? d->gpu_comm : TRAIN_GPU_COMM_AUTO;
     if (!t->other.input_ids) halo_batch_alloc(&t->other, t->o.batch_size, t->o.seq_len);
     cJSON *oj = cJSON_Parse(t->options_json);   // checkpoints record the ranks (a resume with others is told so)
     if (oj) {

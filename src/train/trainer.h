@@ -128,6 +128,7 @@ typedef struct trainer {
     char *options_json;           // options as stored in checkpoints
     train_step_info last;
     struct halo_comm *comm;       // data parallel: this trainer is one rank of comm (NULL: the only one)
+    int gpu_comm;                 // data parallel on GPUs: train_dist_options.gpu_comm
     struct train_shard *shard;    // data parallel with sharded optimizer state (NULL: whole moments on every rank)
     halo_batch other;             // data parallel: where the other ranks' micro-batches are read (and skipped)
 } trainer;
@@ -143,8 +144,8 @@ void trainer_set_eval(trainer *t, train_eval_fn fn, void *ctx);
 // with grad_accum x world micro-batches, up to the order of the fp32 gradient sums. Ranks stay identical; only rank 0
 // writes the progress lines, metrics, evaluations and checkpoints. Call after trainer_init, before trainer_resume
 // (every rank resumes from the same checkpoint), then call trainer_save on every rank (rank 0 writes). On GPUs, call
-// trainer_use_cuda after this (one GPU per rank; shard_optimizer shards the GPU's moments instead, gather_8bit is
-// CPU-only).
+// trainer_use_cuda after this (gpu_comm says how the GPUs exchange data; shard_optimizer shards the GPU's moments
+// instead, gather_8bit is CPU-only).
 typedef struct {
     int shard_optimizer;   // ZeRO-1: each rank keeps the AdamW moments of 1/world of every tensor's rows, updates
                            // those rows and all-gathers them (same numbers; moments memory / world)
@@ -153,7 +154,19 @@ typedef struct {
                            // scale: the same codes, 1 byte a weight instead of 4); their fp32 rows are gathered only
                            // for evaluations, checkpoints, telemetry and trainer_sync_weights
     int poison_unowned;    // tests: NaN into the fp32 rows of other ranks' HALO weights after each step
+    int gpu_comm;          // with trainer_use_cuda: how the GPUs exchange data (train_gpu_comm; 0 = auto)
 } train_dist_options;
+// How data parallel training on GPUs exchanges gradients and weights: NCCL (GPU r for rank r, device to device), or
+// HOST (src/cuda/comm_staged.h: through host memory and the ranks' `local` communicator; slower, needs no NCCL, and
+// ranks may share GPUs: rank r takes GPU r mod the GPU count). AUTO takes NCCL when the build has it and there is a GPU
+// for every rank, else HOST.
+typedef enum { TRAIN_GPU_COMM_AUTO = 0, TRAIN_GPU_COMM_NCCL, TRAIN_GPU_COMM_HOST } train_gpu_comm;
+// The transport `want` gives for `world` ranks on `ngpu` GPUs in this build (NCCL or HOST), or -1 with a message
+// when it cannot be had (NCCL asked for without NCCL in the build, or with fewer GPUs than ranks; no GPU at all).
+int train_gpu_comm_pick(int want, int world, int ngpu);
+// Its name ("nccl", "host"), and the parse of one (auto, nccl, host): the value, or -1.
+const char *train_gpu_comm_name(int comm);
+int train_gpu_comm_parse(const char *s);
 // Data parallel with weights gathered in 8 bits: brings every rank's fp32 weights up to date (collective: every rank
 // calls it); before exporting the model. Nothing otherwise.
 int trainer_sync_weights(trainer *t);

@@ -5,19 +5,55 @@
 // through its HALO layers); other evaluations (the demo's accuracy, generation) use the host model.
 // LoRA: the GPU trains the adapters only (the base frozen in bf16); to_host, the moments and a resume move the
 // adapters (llama_trainable_params), so checkpoints stay the CPU's format; dropout masks equal the CPU's.
-// Data parallel (trainer_set_comm before trainer_use_cuda): rank r trains on GPU r with an NCCL communicator made
-// from the trainer's `local` one; the gradients are summed over the GPUs on the model's stream (allreduce_grads).
-// With a sharded optimizer (trainer_set_comm's shard_optimizer) the GPU model holds the AdamW moments of its piece of
-// the flat parameter buffer only (llama_cuda_opts.shard_comm) and all-gathers the updated master through NCCL; the
-// host-side shard trainer_set_comm built is undone (t->opt whole again: what resumes and checkpoints move).
+// Data parallel (trainer_set_comm before trainer_use_cuda): each rank trains on a GPU with a device communicator made
+// from the trainer's `local` one, NCCL (GPU r for rank r) or host-staged (src/cuda/comm_staged.h; GPU r mod the count:
+// ranks may share one), as train_gpu_comm_pick decides; the gradients are summed over the ranks in order with the
+// model's stream (allreduce_grads). With a sharded optimizer (trainer_set_comm's shard_optimizer) the GPU model holds
+// the AdamW moments of its piece of the flat parameter buffer only (llama_cuda_opts.shard_comm) and all-gathers the
+// updated master through that communicator; the host-side shard trainer_set_comm built is undone (t->opt whole
+// again: what resumes and checkpoints move).
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include "dist/comm.h"
 #include "model/linear.h"
 #include "train/trainer.h"
 #include "train/trainer_dist.h"
 #include "util/error.h"
+
+#ifdef HALO_NCCL
+static const int have_nccl = 1;
+#else
+static const int have_nccl = 0;
+#endif
+
+int train_gpu_comm_pick(int want, int world, int ngpu) {
+    if (ngpu < 1) return halo_fail("data parallel on GPUs: no usable GPU");
+    if (want == TRAIN_GPU_COMM_HOST) return TRAIN_GPU_COMM_HOST;
+    const int nccl_ok = have_nccl && ngpu >= world;
+    if (want == TRAIN_GPU_COMM_AUTO) return nccl_ok ? TRAIN_GPU_COMM_NCCL : TRAIN_GPU_COMM_HOST;
+    if (want != TRAIN_GPU_COMM_NCCL) return halo_fail("data parallel on GPUs: unknown transport %d", want);
+    if (!have_nccl)
+        return halo_fail("--gpu-comm nccl: this build has no NCCL (libnccl.so was not found when it was built, or "
+                         "NCCL=0); --gpu-comm host sums through host memory instead");
+    if (!nccl_ok)
+        return halo_fail("--gpu-comm nccl with %d ranks: one GPU per rank, and %d usable GPU%s found; --gpu-comm host "
+                         "lets ranks share GPUs", world, ngpu, ngpu == 1 ? "" : "s");
+    return TRAIN_GPU_COMM_NCCL;
+}
+
+const char *train_gpu_comm_name(int comm) {
+    return comm == TRAIN_GPU_COMM_NCCL ? "nccl" : comm == TRAIN_GPU_COMM_HOST ? "host" : "auto";
+}
+
+int train_gpu_comm_parse(const char *s) {
+    for (int k = TRAIN_GPU_COMM_AUTO; k <= TRAIN_GPU_COMM_HOST; k++)
+        if (!strcmp(s, train_gpu_comm_name(k))) return k;
+    return -1;
+}
+
 #ifdef HALO_CUDA
+#include "cuda/comm_staged.h"
 #include "cuda/cuda_backend.h"
 #ifdef HALO_NCCL
 #include "cuda/comm_nccl.h"
@@ -26,7 +62,8 @@
 typedef struct {
     llama_cuda *g;
     llama_cuda_adamw h;
-    halo_comm *nccl;   // data parallel: this rank's NCCL communicator (collectives on the model's stream), else NULL
+    halo_comm *dcomm;  // data parallel: this rank's device communicator (collectives on the model's stream), else NULL
+    int dcomm_nccl;    // dcomm is NCCL's (else host-staged)
     int sharded;       // the model holds this rank's piece of the moments (opt_to_host is collective)
 } cuda_ctx;
 
@@ -49,10 +86,10 @@ static void cu_optimizer_step(trainer *t, double lr) {
     cuda_ctx *c = ctx_of(t);
     c->h.lr = (float)lr;
     if (llama_cuda_adamw_step(c->g, &c->h, (int)++t->opt.t) != HALO_OK) {
-        // a sharded step's all-gather was refused (an aborted communicator, a peer's NCCL failure): this rank's
-        // weights are not the others', so every rank stops at its next collective
+        // a sharded step's all-gather was refused (an aborted communicator, a peer's failure): this rank's weights
+        // are not the others', so every rank stops at its next collective
         fprintf(stderr, "halo (rank %d): %s\n", t->comm ? t->comm->rank : 0, halo_error());
-        if (c->nccl) c->nccl->abort(c->nccl);
+        if (c->dcomm) c->dcomm->abort(c->dcomm);
         halo_comm_abort(t->comm);
     }
 }
@@ -80,51 +117,76 @@ static void cu_telemetry_report(trainer *t, FILE *table) {
 }
 static const char *cu_halo_error(trainer *t) { return llama_cuda_halo_error(ctx_of(t)->g); }
 static float cu_forward_loss(trainer *t, const halo_batch *b) { return llama_cuda_forward(ctx_of(t)->g, b, NULL); }
-// The sum over the GPUs, then the NCCL barrier: the host waits for it with a timeout (HALO_NCCL_TIMEOUT_S) and sees
-// a peer's NCCL failure, instead of blocking in the norm's stream synchronization.
+// The sum over the ranks, then the communicator's barrier: with NCCL the host waits for it with a timeout
+// (HALO_NCCL_TIMEOUT_S) and sees a peer's NCCL failure, instead of blocking in the norm's stream synchronization.
 static int cu_allreduce_grads(trainer *t) {
     cuda_ctx *c = ctx_of(t);
-    if (!c->nccl) return halo_fail("--device cuda: data parallel without an NCCL communicator");
-    if (llama_cuda_allreduce_grads(c->g, c->nccl) != HALO_OK || c->nccl->barrier(c->nccl) != HALO_OK)
+    if (!c->dcomm) return halo_fail("--device cuda: data parallel without a device communicator");
+    if (llama_cuda_allreduce_grads(c->g, c->dcomm) != HALO_OK || c->dcomm->barrier(c->dcomm) != HALO_OK)
         return halo_fail_ctx("summing the gradients over the GPUs: ");
     return HALO_OK;
 }
 
+// Ends the device communicator. NCCL's: finalized when every rank got here (the `local` barrier), aborted when the
+// run was aborted (a peer failed: finalizing would wait for it). The host-staged one holds nothing shared.
+static void dcomm_end(halo_comm *dcomm, int is_nccl, halo_comm *local) {
+    if (!dcomm) return;
+    if (!is_nccl) { halo_comm_staged_free(dcomm); return; }
 #ifdef HALO_NCCL
-// Ends the NCCL communicator: finalized when every rank got here (the `local` barrier), aborted when the run was
-// aborted (a peer failed: finalizing would wait for it).
-static void nccl_end(halo_comm *nccl, halo_comm *local) {
-    if (!nccl) return;
-    if (!local || local->barrier(local) != HALO_OK) nccl->abort(nccl);
-    halo_comm_nccl_free(nccl);
-}
+    if (!local || local->barrier(local) != HALO_OK) dcomm->abort(dcomm);
+    halo_comm_nccl_free(dcomm);
 #else
-static void nccl_end(halo_comm *nccl, halo_comm *local) { (void)nccl; (void)local; }
+    (void)local;
 #endif
+}
+
+static void dcomm_set_stream(halo_comm *dcomm, int is_nccl, cudaStream_t s) {
+    if (!dcomm) return;
+    if (!is_nccl) { halo_comm_staged_set_stream(dcomm, s); return; }
+#ifdef HALO_NCCL
+    halo_comm_nccl_set_stream(dcomm, s);
+#endif
+}
 
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
     if (c) {
-        nccl_end(c->nccl, t->comm);
+        dcomm_end(c->dcomm, c->dcomm_nccl, t->comm);
         llama_cuda_free(c->g);
         free(c);
     }
     t->be_ctx = NULL;
 }
 
-// Data parallel: this rank's NCCL communicator from the trainer's `local` one (collective; takes GPU comm->rank).
-static int nccl_for_ranks(trainer *t, halo_comm **out) {
+// Data parallel: this rank's device communicator from the trainer's `local` one (collective), with its GPU made
+// current: NCCL's (GPU rank) or a host-staged one (GPU rank mod the count), as train_gpu_comm_pick decides (the same
+// on every rank: they see the same GPUs).
+static int dcomm_for_ranks(trainer *t, halo_comm **out, int *is_nccl) {
     *out = NULL;
-    const int R = t->comm->rank, W = t->comm->world;
+    *is_nccl = 0;
+    const int R = t->comm->rank, W = t->comm->world, ngpu = cuda_device_count();
+    const int kind = train_gpu_comm_pick(t->gpu_comm, W, ngpu);
+    if (kind < 0) return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
+    if (kind == TRAIN_GPU_COMM_NCCL) {
 #ifdef HALO_NCCL
-    if (halo_comm_nccl_from_local(t->comm, out) != HALO_OK)
-        return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
-    return HALO_OK;
-#else
-    (void)R;
-    return halo_fail("--device cuda with %d ranks: this build has no NCCL (libnccl.so was not found when it was "
-                     "built), which training on several GPUs needs", W);
+        if (halo_comm_nccl_from_local(t->comm, out) != HALO_OK)
+            return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
+        *is_nccl = 1;
+        return HALO_OK;
 #endif
+    }
+    int rc = cuda_select_device(R % ngpu);
+    if (rc == HALO_OK && !(*out = halo_comm_staged_create(t->comm, R % ngpu, 0))) rc = HALO_ERR;
+    int64_t failed = rc != HALO_OK;   // every rank learns whether all have theirs (none waits in a collective)
+    if (t->comm->allreduce(t->comm, &failed, 1, HALO_I64, HALO_SUM) != HALO_OK) rc = HALO_ERR;
+    else if (failed && rc == HALO_OK)
+        rc = halo_fail("--device cuda: %lld other rank(s) could not make their communicator", (long long)failed);
+    if (rc != HALO_OK) {
+        halo_comm_staged_free(*out);
+        *out = NULL;
+        return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
+    }
+    return HALO_OK;
 }
 
 // Sharded optimizer: the GPU model shards the moments itself, so the host-side shard goes: t->opt becomes the whole
@@ -145,9 +207,10 @@ static int unshard_host(trainer *t) {
 int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     const int sharded = t->comm && t->shard;
     if (sharded && unshard_host(t) != HALO_OK) return HALO_ERR;
-    // data parallel: the NCCL communicator first, which makes GPU `rank` current before the model is created on it
-    halo_comm *nccl = NULL;
-    if (t->comm && nccl_for_ranks(t, &nccl) != HALO_OK) return HALO_ERR;
+    // data parallel: the device communicator first, which makes the rank's GPU current before the model is created
+    halo_comm *dcomm = NULL;
+    int dcomm_nccl = 0;
+    if (t->comm && dcomm_for_ranks(t, &dcomm, &dcomm_nccl) != HALO_OK) return HALO_ERR;
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = !t->comm || t->comm->rank == 0};
     if (mem) {
         o.recompute = mem->recompute;
@@ -159,7 +222,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     // every product in BF16 on the GPU); settings the GPU lacks are refused by llama_cuda_init with a message.
     const model_halo_config *hc = llama_get_halo(t->model);
     o.halo = hc ? *hc : model_halo_config_default();
-    o.shard_comm = sharded ? nccl : NULL;   // its stream is set below, before the first step's collectives
+    o.shard_comm = sharded ? dcomm : NULL;   // its stream is set below, before the first step's collectives
     cuda_ctx *c = xcalloc(1, sizeof *c);
     int rc = llama_cuda_init(&c->g, t->model, &o);
     if (rc != HALO_OK) halo_fail_ctx("--device cuda: ");
@@ -170,16 +233,15 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
             rc = halo_fail("--device cuda: %lld other rank(s) could not create their GPU model", (long long)failed);
     }
     if (rc != HALO_OK) {
-        nccl_end(nccl, t->comm);
+        dcomm_end(dcomm, dcomm_nccl, t->comm);
         llama_cuda_free(c->g);
         free(c);
         return HALO_ERR;
     }
-    c->nccl = nccl;
+    c->dcomm = dcomm;
+    c->dcomm_nccl = dcomm_nccl;
     c->sharded = sharded;
-#ifdef HALO_NCCL
-    if (nccl) halo_comm_nccl_set_stream(nccl, llama_cuda_stream(c->g));   // in order with the backward and AdamW
-#endif
+    dcomm_set_stream(dcomm, dcomm_nccl, llama_cuda_stream(c->g));   // in order with the backward and AdamW
     c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,
                               .eps = (float)t->o.adamw.eps, .weight_decay = (float)t->o.adamw.weight_decay,
                               .grad_clip = t->o.clip, .decay_all = t->o.adamw.decay_all};
@@ -191,7 +253,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
                             .halo_error = cu_halo_error, .forward_loss = cu_forward_loss,
                             .opt_to_host_all_ranks = sharded,
                             // one rank, or trainer_set_comm after this call (refused: it comes first)
-                            .allreduce_grads = nccl ? cu_allreduce_grads : NULL};
+                            .allreduce_grads = dcomm ? cu_allreduce_grads : NULL};
     // after trainer_resume: the checkpoint's moments (the weights came with the upload above)
     if (t->opt.t > 0 && llama_cuda_upload_state(c->g, t->model, t->opt.m, t->opt.v) != HALO_OK)
         return halo_fail_ctx("--device cuda: ");
