@@ -36,6 +36,8 @@ static int ready(halo_comm *c, const char *what) {
     return e == cudaSuccess ? HALO_OK : cuda_fail(c, what, e);
 }
 
+static int known_type(halo_dtype t) { return t == HALO_F32 || t == HALO_F64 || t == HALO_I64; }
+
 // Copies on the stream, then waits for them.
 static cudaError_t copy_sync(staged_impl *m, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, m->stream);
@@ -43,10 +45,12 @@ static cudaError_t copy_sync(staged_impl *m, void *dst, const void *src, size_t 
 }
 
 static int staged_allreduce(halo_comm *c, void *buf, size_t n, halo_dtype t, halo_redop op) {
+    if (!known_type(t)) return halo_fail("host-staged allreduce (rank %d): unknown dtype %d", c->rank, (int)t);
+    if (op != HALO_SUM && op != HALO_MAX)
+        return halo_fail("host-staged allreduce (rank %d): unknown op %d", c->rank, (int)op);
     if (ready(c, "allreduce") != HALO_OK) return HALO_ERR;
     staged_impl *m = impl_of(c);
     const size_t es = halo_dtype_size(t);
-    if (!es) return halo_fail("host-staged allreduce (rank %d): unknown dtype %d", c->rank, (int)t);
     const size_t per = STAGE_BYTES / es;
     for (size_t o = 0; o < n; o += per) {
         const size_t k = n - o < per ? n - o : per;
@@ -63,10 +67,10 @@ static int staged_allreduce(halo_comm *c, void *buf, size_t n, halo_dtype t, hal
 // recv[n] = sum over ranks of send[rank n ..): chunk [o, o + k) of every rank's piece goes to the stage as world
 // pieces of k, `local` reduces them into k more.
 static int staged_reduce_scatter(halo_comm *c, const void *send, void *recv, size_t n, halo_dtype t) {
+    if (!known_type(t)) return halo_fail("host-staged reduce_scatter (rank %d): unknown dtype %d", c->rank, (int)t);
     if (ready(c, "reduce_scatter") != HALO_OK) return HALO_ERR;
     staged_impl *m = impl_of(c);
     const size_t es = halo_dtype_size(t), W = (size_t)c->world;
-    if (!es) return halo_fail("host-staged reduce_scatter (rank %d): unknown dtype %d", c->rank, (int)t);
     const size_t per = STAGE_BYTES / ((W + 1) * es);
     if (!per) return halo_fail("host-staged reduce_scatter (rank %d): %d ranks do not fit the stage", c->rank, c->world);
     for (size_t o = 0; o < n; o += per) {
