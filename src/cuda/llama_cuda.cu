@@ -597,6 +597,46 @@ __global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, in
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = lora_keeps(key, lin, i, thr) ? x[i] : __float2bfloat16(0.f);
 }
+// The same, 8 elements (16 bytes) a thread: n a multiple of 8, both pointers 16-byte aligned.
+__global__ void k_lora_mask8(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
+    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < n / 8; v += (size_t)gridDim.x * blockDim.x) {
+        uint4 q = ((const uint4 *)x)[v];
+        bf16 *e = (bf16 *)&q;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (!lora_keeps(key, lin, v * 8 + k, thr)) e[k] = __float2bfloat16(0.f);
+        ((uint4 *)out)[v] = q;
+    }
+}
+// The adapter's input gradient under dropout, fused: dx[t, i] += keep * kept(t, i) * sum_j du[t, j] a[j, i] (fp32 sum
+// of the bf16 products, one bf16 rounding of the sum into dx), dx [N, in], du [N, r], a [r, in]; 8 consecutive
+// elements of a row a thread (in a multiple of 8, pointers 16-byte aligned). Replaces the product into scratch and the
+// masked add (one pass over dx instead of three).
+__global__ void k_lora_dx_masked(bf16 *dx, const bf16 *du, const bf16 *a, int N, int in, int r, uint64_t key, int lin,
+                                 uint64_t thr, float keep) {
+    const int per_row = in / 8;
+    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < (size_t)N * per_row;
+         v += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = v / per_row;
+        const int c = (int)(v % per_row) * 8;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        const bf16 *dur = du + t * r;
+        for (int j = 0; j < r; j++) {
+            const float d = __bfloat162float(dur[j]);
+            uint4 q = *(const uint4 *)(a + (size_t)j * in + c);
+            const bf16 *e = (const bf16 *)&q;
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc[k] = fmaf(d, __bfloat162float(e[k]), acc[k]);
+        }
+        uint4 q = ((uint4 *)dx)[v];
+        bf16 *e = (bf16 *)&q;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (lora_keeps(key, lin, v * 8 + k, thr)) e[k] = __float2bfloat16(__bfloat162float(e[k]) + keep * acc[k]);
+        ((uint4 *)dx)[v] = q;
+    }
+}
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 // dx[i] += keep t[i] where kept
 __global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -607,6 +647,12 @@ static int grid_for(size_t n) {
     return (int)(b > 8192 ? 8192 : b < 1 ? 1 : b);
 }
 
+// HALO_LORA_SCALAR=1: the scalar dropout kernels and the product + masked add (A/B against the fused kernels)
+static int lora_scalar(void) {
+    static int v = -1;
+    if (v < 0) { const char *e = getenv("HALO_LORA_SCALAR"); v = e && *e == '1'; }
+    return v;
+}
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
 static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lxd; }
 
@@ -615,7 +661,9 @@ static const halo_bf16 *lora_input(llama_cuda *g, int lin, const bf16 *X, int in
     *keep = 1.f;
     if (!lora_dropping(g)) return (const halo_bf16 *)X;
     const size_t n = (size_t)g->B * g->T * in;
-    k_lora_mask<<<grid_for(n), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
+    if (n % 8 == 0 && aligned16(X) && aligned16(g->lxd) && !lora_scalar())
+        k_lora_mask8<<<grid_for(n / 8), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
+    else k_lora_mask<<<grid_for(n), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
     CUDA_LAUNCH_CHECK();
     *keep = g->lkeep;
     return (const halo_bf16 *)g->lxd;
@@ -661,7 +709,12 @@ static void lora_backward_dx(llama_cuda *g, int l, int kind, bf16 *dX) {
     const halo_bf16 *A = (const halo_bf16 *)g->lw + a->a, *du = (const halo_bf16 *)g->ldu;
     prof_mark(g, PR_LORA);
     if (!lora_dropping(g)) cuda_gemm_rm(dX, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 1.f, g->st);
-    else {   // dU A into the scratch (dropout(X) is no longer needed), then added where the mask kept X
+    else if (a->in % 8 == 0 && aligned16(dX) && aligned16(A) && !lora_scalar()) {   // one fused pass over dX
+        k_lora_dx_masked<<<grid_for((size_t)N * a->in / 8), 256, 0, g->st>>>(dX, (const bf16 *)du, (const bf16 *)A, N,
+                                                                            a->in, r, g->lkey, l * LIN_COUNT + kind,
+                                                                            g->lthr, g->lkeep);
+        CUDA_LAUNCH_CHECK();
+    } else {   // dU A into the scratch (dropout(X) is no longer needed), then added where the mask kept X
         cuda_gemm_rm(g->lxd, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 0.f, g->st);
         const size_t n = (size_t)N * a->in;
         k_lora_mask_add<<<grid_for(n), 256, 0, g->st>>>(dX, g->lxd, n, g->lkey, l * LIN_COUNT + kind, g->lthr, g->lkeep);
