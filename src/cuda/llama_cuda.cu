@@ -637,6 +637,98 @@ __global__ void k_lora_dx_masked(bf16 *dx, const bf16 *du, const bf16 *a, int N,
     }
 }
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// The adapter's first product under dropout, fused with the mask: u[t, j] = alpha sum_i kept(t, i) x[t, i] a[j, i]
+// (fp32 sums, one bf16 rounding), u [N, R], x [N, in], a [R, in]; no masked copy of x is written. A warp a token row,
+// 8 rows a block; a is staged in shared memory 512 columns at a time. in a multiple of 8, pointers 16-byte aligned.
+template <int R>
+__global__ void __launch_bounds__(256) k_lora_u_masked(bf16 *u, const bf16 *x, const bf16 *a, int N, int in,
+                                                       float alpha, uint64_t key, int lin, uint64_t thr) {
+    __shared__ uint4 as[R * 64];   // a[j][c0 + 8q .. + 7] at as[j * 64 + q]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (size_t t0 = (size_t)blockIdx.x * 8; t0 < (size_t)N; t0 += (size_t)gridDim.x * 8) {
+        const size_t t = t0 + warp;
+        float acc[R];
+#pragma unroll
+        for (int j = 0; j < R; j++) acc[j] = 0.f;
+        for (int c0 = 0; c0 < in; c0 += 512) {
+            const int q_n = (in - c0 < 512 ? in - c0 : 512) / 8;
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < R * q_n; idx += blockDim.x) {
+                const int j = idx / q_n, q = idx % q_n;
+                as[j * 64 + q] = *(const uint4 *)(a + (size_t)j * in + c0 + q * 8);
+            }
+            __syncthreads();
+            if (t < (size_t)N)
+                for (int q = lane; q < q_n; q += 32) {
+                    const size_t e0 = t * in + c0 + q * 8;
+                    uint4 xv = *(const uint4 *)(x + e0);
+                    const bf16 *xe = (const bf16 *)&xv;
+                    float xf[8];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) xf[k] = lora_keeps(key, lin, e0 + k, thr) ? __bfloat162float(xe[k]) : 0.f;
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        uint4 av = as[j * 64 + q];
+                        const bf16 *ae = (const bf16 *)&av;
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[j] = fmaf(xf[k], __bfloat162float(ae[k]), acc[j]);
+                    }
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+        if (lane == 0 && t < (size_t)N)
+#pragma unroll
+            for (int j = 0; j < R; j++) u[t * R + j] = __float2bfloat16(alpha * acc[j]);
+    }
+}
+
+// The adapter's A gradient under dropout, fused with the mask: ga[j, i] += keep sum_t du[t, j] kept(t, i) x[t, i]
+// (fp32), ga [R, in], du [N, R], x [N, in]. A thread holds 128 / R consecutive columns for all R rows of ga over a
+// chunk of tokens (blockIdx.y), then adds its sums atomically. in a multiple of 8, pointers 16-byte aligned.
+enum { LORA_DA_TOKENS = 128, LORA_DA_THREADS = 128 };
+template <int R>
+__global__ void __launch_bounds__(LORA_DA_THREADS) k_lora_da_masked(float *ga, const bf16 *du, const bf16 *x, int N,
+                                                                   int in, float keep, uint64_t key, int lin,
+                                                                   uint64_t thr) {
+    constexpr int C = 128 / R;   // columns a thread (R = 16: 8, one 16-byte load of x a token)
+    const int c = (blockIdx.x * LORA_DA_THREADS + threadIdx.x) * C;
+    const int t0 = blockIdx.y * LORA_DA_TOKENS, t1 = t0 + LORA_DA_TOKENS < N ? t0 + LORA_DA_TOKENS : N;
+    if (c >= in) return;
+    float acc[R][C];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int k = 0; k < C; k++) acc[j][k] = 0.f;
+    for (int t = t0; t < t1; t++) {
+        const size_t e0 = (size_t)t * in + c;
+        bf16 xe[C], de[R];   // C and R bf16 values: 8, 16 or 32 bytes, loaded 8 or 16 at a time
+        if (C >= 8) {
+#pragma unroll
+            for (int k = 0; k < C; k += 8) *(uint4 *)&xe[k] = *(const uint4 *)(x + e0 + k);
+        } else {
+            *(uint2 *)&xe[0] = *(const uint2 *)(x + e0);
+        }
+#pragma unroll
+        for (int j = 0; j < R; j += 8) *(uint4 *)&de[j] = *(const uint4 *)(du + (size_t)t * R + j);
+        float xf[C];
+#pragma unroll
+        for (int k = 0; k < C; k++) xf[k] = lora_keeps(key, lin, e0 + k, thr) ? __bfloat162float(xe[k]) : 0.f;
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            const float d = __bfloat162float(de[j]);
+#pragma unroll
+            for (int k = 0; k < C; k++) acc[j][k] = fmaf(d, xf[k], acc[j][k]);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int k = 0; k < C; k++) atomicAdd(&ga[(size_t)j * in + c + k], keep * acc[j][k]);
+}
 // dx[i] += keep t[i] where kept
 __global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -655,6 +747,13 @@ static int lora_scalar(void) {
 }
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
 static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lxd; }
+// Dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked): ranks 8, 16, 32, in a multiple of 8 and of
+// 128 / r (rows 16-byte aligned, whole column groups), X, the adapter and dU 16-byte aligned.
+static int lora_fused(const llama_cuda *g, const lora_lin *a, const bf16 *X) {
+    const int r = g->lrank;
+    return lora_dropping(g) && !lora_scalar() && (r == 8 || r == 16 || r == 32) && a->in % 8 == 0 &&
+           a->in % (128 / r) == 0 && aligned16(X) && aligned16((const bf16 *)g->lw + a->a) && aligned16(g->ldu);
+}
 
 // The adapter's input: X [N, in] itself, or with dropout its masked copy in lxd (*keep = 1 / (1 - p), else 1).
 static const halo_bf16 *lora_input(llama_cuda *g, int lin, const bf16 *X, int in, float *keep) {
@@ -676,10 +775,21 @@ static void lora_forward(llama_cuda *g, int l, int kind, const bf16 *X, void *Y,
     const int N = g->B * g->T, r = g->lrank;
     const halo_bf16 *Wl = (const halo_bf16 *)g->lw;
     prof_mark(g, PR_LORA);
-    float keep;
-    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
     // U [N, r] = s keep mask(X) A^T; Y += U B^T
-    cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
+    if (lora_fused(g, a, X)) {
+        const int lin = l * LIN_COUNT + kind, blocks = (N + 7) / 8 < 8192 ? (N + 7) / 8 : 8192;
+        const float alpha = g->lscale * g->lkeep;
+        bf16 *u = (bf16 *)a->u;
+        const bf16 *A = (const bf16 *)(Wl + a->a);
+        if (r == 8) k_lora_u_masked<8><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
+        else if (r == 16) k_lora_u_masked<16><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
+        else k_lora_u_masked<32><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
+        CUDA_LAUNCH_CHECK();
+    } else {
+        float keep;
+        const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+        cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
+    }
     cuda_gemm_rm(Y, y_f32, ldy, (const halo_bf16 *)a->u, r, 0, Wl + a->b, r, 1, N, a->out, r, 1.f, 1.f, g->st);
     prof_mark(g, PR_LORA);
 }
@@ -695,9 +805,21 @@ static void lora_backward_w(llama_cuda *g, int l, int kind, const bf16 *X, const
     prof_mark(g, PR_LORA);
     cuda_gemm_rm(g->lg + a->b, 1, r, dy, lddy, 1, (const halo_bf16 *)a->u, r, 0, a->out, r, N, 1.f, 1.f, g->st);
     cuda_gemm_rm(g->ldu, 0, r, dy, lddy, 0, Wl + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
-    float keep;
-    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
-    cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)g->ldu, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f, g->st);
+    if (lora_fused(g, a, X)) {
+        const int lin = l * LIN_COUNT + kind, cols = LORA_DA_THREADS * (128 / r);
+        const dim3 grid((a->in + cols - 1) / cols, (N + LORA_DA_TOKENS - 1) / LORA_DA_TOKENS);
+        float *ga = g->lg + a->a;
+        const bf16 *du = (const bf16 *)g->ldu;
+        if (r == 8) k_lora_da_masked<8><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
+        else if (r == 16) k_lora_da_masked<16><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
+        else k_lora_da_masked<32><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
+        CUDA_LAUNCH_CHECK();
+    } else {
+        float keep;
+        const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+        cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)g->ldu, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f,
+                     g->st);
+    }
     prof_mark(g, PR_LORA);
 }
 
