@@ -705,7 +705,8 @@ __global__ void __launch_bounds__(LORA_DA_THREADS) k_lora_da_masked(float *ga, c
         for (int k = 0; k < C; k++) acc[j][k] = 0.f;
     for (int t = t0; t < t1; t++) {
         const size_t e0 = (size_t)t * in + c;
-        bf16 xe[C], de[R];   // C and R bf16 values: 8, 16 or 32 bytes, loaded 8 or 16 at a time
+        __align__(16) bf16 xe[C];   // C and R bf16 values (8, 16 or 32 bytes), loaded 8 or 16 bytes at a time
+        __align__(16) bf16 de[R];
         if (C >= 8) {
 #pragma unroll
             for (int k = 0; k < C; k += 8) *(uint4 *)&xe[k] = *(const uint4 *)(x + e0 + k);
