@@ -205,6 +205,9 @@ int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_
 // default): no dropout, as evaluation. Nothing without adapters.
 void llama_cuda_lora_train(llama_cuda *g, int on, uint64_t key);
 int llama_cuda_has_lora(const llama_cuda *g);   // 1 when the model trains LoRA adapters
+// LoRA dropout through the fused kernels (on 1) or the product + mask kernels (0) for every model of this process;
+// -1 (the start): HALO_LORA_FUSED=1 in the environment turns them on, else off.
+void llama_cuda_lora_fused(int on);
 // Same, from a config with random weights made on the device (normal(0, 0.02) matrices, ones for norms).
 int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg, uint64_t seed, const llama_cuda_opts *o);
 void llama_cuda_free(llama_cuda *g);

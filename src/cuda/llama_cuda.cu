@@ -743,11 +743,12 @@ static int grid_for(size_t n) {
 // HALO_LORA_FUSED=1: dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked, k_lora_dx_masked, the
 // 16-byte mask kernel). Off by default until they have run on a GPU against test_cuda_lora (written in the
 // twenty-fourth session, no device came back to run them); the default is the product + mask kernels that passed.
+static int g_lora_fused = -1;   // llama_cuda_lora_fused; -1: from the environment at the first use
 static int lora_fused_on(void) {
-    static int v = -1;
-    if (v < 0) { const char *e = getenv("HALO_LORA_FUSED"); v = e && *e == '1'; }
-    return v;
+    if (g_lora_fused < 0) { const char *e = getenv("HALO_LORA_FUSED"); g_lora_fused = e && *e == '1'; }
+    return g_lora_fused;
 }
+extern "C" void llama_cuda_lora_fused(int on) { g_lora_fused = on < 0 ? -1 : on != 0; }
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
 static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lxd; }
 // Dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked): ranks 8, 16, 32, in a multiple of 8 and of
