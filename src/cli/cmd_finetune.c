@@ -328,7 +328,8 @@ int cmd_finetune(int argc, char **argv) {
         const long per_rank = threads ? threads : threads_per_rank(ranks);
         fprintf(stderr, "halo finetune: %ld ranks (processes on this machine%s), %ld thread%s each%s\n", ranks,
                 !use_cuda ? "" : comm_kind == TRAIN_GPU_COMM_NCCL ? ", rank r on GPU r, NCCL"
-                               : ", rank r on GPU r mod the GPU count, exchanging through host memory (--gpu-comm host)",
+                               : ", rank r on GPU r mod the GPU count, gradients summed through host memory "
+                                 "(--gpu-comm host: every step's gradients cross PCIe twice, much slower than NCCL)",
                 per_rank, per_rank == 1 ? "" : "s",
                 gather8 ? ", optimizer moments sharded, HALO weights exchanged in 8 bits" : shard ? ", optimizer moments sharded" : "");
         int status[256] = {0};   // (--ranks is at most 256)
