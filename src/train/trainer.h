@@ -198,13 +198,14 @@ void trainer_log_metrics(trainer *t, const train_step_info *s);
 // weights and moments it uploads), before the first step. Checkpoints hold the same tensors as a CPU run's, so
 // either device resumes the other's; GPU steps are not bit-reproducible (attention backward sums with atomics).
 // mem (NULL: all off) trades time or precision for device memory (see llama_cuda_opts in src/cuda/cuda_backend.h).
-// Data parallel (after trainer_set_comm with the `local` communicator of halo_comm_run_local's forked ranks): rank r
-// takes GPU r and an NCCL communicator made from the local one (collective: every rank calls this); the gradients are
-// summed over the GPUs on the model's stream (fp32, bf16 or LoRA adapters' gradients), the loss and the step's error
-// flag still go through the local communicator. Refused without NCCL in the build and with fewer GPUs than ranks.
-// With shard_optimizer (trainer_set_comm) the GPU model shards the moments itself (llama_cuda_opts.shard_comm: rank
-// r keeps those of piece r of the flat device buffer, updates that piece and all-gathers the fp32 master through
-// NCCL): the host-side shard is undone here (t->opt holds the whole moments again, gathered over the ranks when a
+// Data parallel (after trainer_set_comm with the `local` communicator of halo_comm_run_local's forked ranks): each
+// rank takes a GPU and a device communicator made from the local one (collective: every rank calls this), NCCL's (GPU
+// r) or the host-staged one (GPU r mod the count), as train_gpu_comm_pick decides from gpu_comm; the gradients are
+// summed over the ranks on the model's stream (fp32, bf16 or LoRA adapters' gradients), the loss and the step's error
+// flag still go through the local communicator. Refused when the transport asked for cannot be had (NCCL without NCCL
+// in the build or with fewer GPUs than ranks). With shard_optimizer (trainer_set_comm) the GPU model shards the moments
+// itself (llama_cuda_opts.shard_comm: rank r keeps those of piece r of the flat device buffer, updates that piece and
+// all-gathers the fp32 master through the device communicator): the host-side shard is undone here (t->opt holds the whole moments again, gathered over the ranks when a
 // resume had cut them), checkpoints gather the GPUs' moments on every rank (rank 0 writes them) and a resume keeps
 // each rank's piece. gather_8bit is refused on GPUs. CUDA must not have started in the process that forked the ranks.
 typedef struct {

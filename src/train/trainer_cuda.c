@@ -63,7 +63,6 @@ typedef struct {
     llama_cuda *g;
     llama_cuda_adamw h;
     halo_comm *dcomm;  // data parallel: this rank's device communicator (collectives on the model's stream), else NULL
-    int dcomm_nccl;    // dcomm is NCCL's (else host-staged)
     int sharded;       // the model holds this rank's piece of the moments (opt_to_host is collective)
 } cuda_ctx;
 
@@ -127,11 +126,14 @@ static int cu_allreduce_grads(trainer *t) {
     return HALO_OK;
 }
 
+// The device communicator is NCCL's (else the host-staged one).
+static int is_nccl(const halo_comm *dcomm) { return !strcmp(dcomm->backend, "nccl"); }
+
 // Ends the device communicator. NCCL's: finalized when every rank got here (the `local` barrier), aborted when the
 // run was aborted (a peer failed: finalizing would wait for it). The host-staged one holds nothing shared.
-static void dcomm_end(halo_comm *dcomm, int is_nccl, halo_comm *local) {
+static void dcomm_end(halo_comm *dcomm, halo_comm *local) {
     if (!dcomm) return;
-    if (!is_nccl) { halo_comm_staged_free(dcomm); return; }
+    if (!is_nccl(dcomm)) { halo_comm_staged_free(dcomm); return; }
 #ifdef HALO_NCCL
     if (!local || local->barrier(local) != HALO_OK) dcomm->abort(dcomm);
     halo_comm_nccl_free(dcomm);
@@ -140,9 +142,9 @@ static void dcomm_end(halo_comm *dcomm, int is_nccl, halo_comm *local) {
 #endif
 }
 
-static void dcomm_set_stream(halo_comm *dcomm, int is_nccl, cudaStream_t s) {
+static void dcomm_set_stream(halo_comm *dcomm, cudaStream_t s) {
     if (!dcomm) return;
-    if (!is_nccl) { halo_comm_staged_set_stream(dcomm, s); return; }
+    if (!is_nccl(dcomm)) { halo_comm_staged_set_stream(dcomm, s); return; }
 #ifdef HALO_NCCL
     halo_comm_nccl_set_stream(dcomm, s);
 #endif
@@ -151,19 +153,28 @@ static void dcomm_set_stream(halo_comm *dcomm, int is_nccl, cudaStream_t s) {
 static void cu_release(trainer *t) {
     cuda_ctx *c = ctx_of(t);
     if (c) {
-        dcomm_end(c->dcomm, c->dcomm_nccl, t->comm);
+        dcomm_end(c->dcomm, t->comm);
         llama_cuda_free(c->g);
         free(c);
     }
     t->be_ctx = NULL;
 }
 
+// Collective over `local`: every rank learns whether all ranks got rc == HALO_OK (so none goes on to wait for a rank
+// that stopped); a rank that did but has failed peers fails with a message naming `what` they could not do.
+static int all_ranks_ok(halo_comm *local, int rc, const char *what) {
+    int64_t failed = rc != HALO_OK;
+    if (local->allreduce(local, &failed, 1, HALO_I64, HALO_SUM) != HALO_OK) return HALO_ERR;
+    if (failed && rc == HALO_OK)
+        return halo_fail("--device cuda: %lld other rank(s) could not %s", (long long)failed, what);
+    return rc;
+}
+
 // Data parallel: this rank's device communicator from the trainer's `local` one (collective), with its GPU made
 // current: NCCL's (GPU rank) or a host-staged one (GPU rank mod the count), as train_gpu_comm_pick decides (the same
 // on every rank: they see the same GPUs).
-static int dcomm_for_ranks(trainer *t, halo_comm **out, int *is_nccl) {
+static int dcomm_for_ranks(trainer *t, halo_comm **out) {
     *out = NULL;
-    *is_nccl = 0;
     const int R = t->comm->rank, W = t->comm->world, ngpu = cuda_device_count();
     const int kind = train_gpu_comm_pick(t->gpu_comm, W, ngpu);
     if (kind < 0) return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
@@ -171,17 +182,12 @@ static int dcomm_for_ranks(trainer *t, halo_comm **out, int *is_nccl) {
 #ifdef HALO_NCCL
         if (halo_comm_nccl_from_local(t->comm, out) != HALO_OK)
             return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
-        *is_nccl = 1;
         return HALO_OK;
 #endif
     }
     int rc = cuda_select_device(R % ngpu);
     if (rc == HALO_OK && !(*out = halo_comm_staged_create(t->comm, R % ngpu, 0))) rc = HALO_ERR;
-    int64_t failed = rc != HALO_OK;   // every rank learns whether all have theirs (none waits in a collective)
-    if (t->comm->allreduce(t->comm, &failed, 1, HALO_I64, HALO_SUM) != HALO_OK) rc = HALO_ERR;
-    else if (failed && rc == HALO_OK)
-        rc = halo_fail("--device cuda: %lld other rank(s) could not make their communicator", (long long)failed);
-    if (rc != HALO_OK) {
+    if (all_ranks_ok(t->comm, rc, "make their communicator") != HALO_OK) {
         halo_comm_staged_free(*out);
         *out = NULL;
         return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
@@ -209,8 +215,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     if (sharded && unshard_host(t) != HALO_OK) return HALO_ERR;
     // data parallel: the device communicator first, which makes the rank's GPU current before the model is created
     halo_comm *dcomm = NULL;
-    int dcomm_nccl = 0;
-    if (t->comm && dcomm_for_ranks(t, &dcomm, &dcomm_nccl) != HALO_OK) return HALO_ERR;
+    if (t->comm && dcomm_for_ranks(t, &dcomm) != HALO_OK) return HALO_ERR;
     llama_cuda_opts o = {.max_B = t->o.batch_size, .max_T = t->o.seq_len, .verbose = !t->comm || t->comm->rank == 0};
     if (mem) {
         o.recompute = mem->recompute;
@@ -226,22 +231,17 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     cuda_ctx *c = xcalloc(1, sizeof *c);
     int rc = llama_cuda_init(&c->g, t->model, &o);
     if (rc != HALO_OK) halo_fail_ctx("--device cuda: ");
-    if (t->comm) {   // every rank learns whether all models were made (else all stop here, none waits in a step)
-        int64_t failed = rc != HALO_OK;
-        if (t->comm->allreduce(t->comm, &failed, 1, HALO_I64, HALO_SUM) != HALO_OK) rc = HALO_ERR;
-        else if (failed && rc == HALO_OK)
-            rc = halo_fail("--device cuda: %lld other rank(s) could not create their GPU model", (long long)failed);
-    }
+    // every rank learns whether all models were made (else all stop here, none waits in a step)
+    if (t->comm) rc = all_ranks_ok(t->comm, rc, "create their GPU model");
     if (rc != HALO_OK) {
-        dcomm_end(dcomm, dcomm_nccl, t->comm);
+        dcomm_end(dcomm, t->comm);
         llama_cuda_free(c->g);
         free(c);
         return HALO_ERR;
     }
     c->dcomm = dcomm;
-    c->dcomm_nccl = dcomm_nccl;
     c->sharded = sharded;
-    dcomm_set_stream(dcomm, dcomm_nccl, llama_cuda_stream(c->g));   // in order with the backward and AdamW
+    dcomm_set_stream(dcomm, llama_cuda_stream(c->g));   // in order with the backward and AdamW
     c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,
                               .eps = (float)t->o.adamw.eps, .weight_decay = (float)t->o.adamw.weight_decay,
                               .grad_clip = t->o.clip, .decay_all = t->o.adamw.decay_all};
