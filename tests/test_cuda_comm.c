@@ -11,7 +11,6 @@
 #if defined(HALO_CUDA)
 #include <float.h>
 #include <stdint.h>
-#include <sys/wait.h>
 #include <cuda_runtime_api.h>
 #include "cuda/comm_staged.h"
 #include "cuda/cuda_backend.h"
@@ -247,31 +246,6 @@ static int rank_main(halo_comm *local, void *arg) {
     return t_fail ? 1 : 0;
 }
 
-// Usable GPUs (cuda_device_usable on each), counted in a forked child so that CUDA never starts in this process.
-static int count_gpus_forked(char *why, size_t cap) {
-    int fd[2];
-    if (pipe(fd) != 0) { snprintf(why, cap, "pipe failed"); return 0; }
-    fflush(stdout); fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        struct { int n; char why[256]; } m = {0, ""};
-        const int n = cuda_device_count();
-        for (int d = 0; d < n; d++)
-            if (cudaSetDevice(d) == cudaSuccess && cuda_device_usable(m.why, sizeof m.why)) m.n++;
-        if (n == 0) cuda_device_usable(m.why, sizeof m.why);
-        ssize_t w = write(fd[1], &m, sizeof m);
-        _exit(w == (ssize_t)sizeof m ? 0 : 1);
-    }
-    close(fd[1]);
-    struct { int n; char why[256]; } m = {0, "the GPU probe process failed"};
-    if (pid < 0 || read(fd[0], &m, sizeof m) != (ssize_t)sizeof m) m.n = 0;
-    close(fd[0]);
-    if (pid > 0) waitpid(pid, NULL, 0);
-    snprintf(why, cap, "%s", m.why);
-    return m.n;
-}
-
 // One pass over every check with `world` ranks; nccl: NCCL's communicator, else the host-staged one.
 static void run_pass(int nccl, int world) {
     g_nccl = nccl;
@@ -293,7 +267,7 @@ int main(void) {
     TEST_END();
 #else
     char why[256] = "";
-    g_ngpu = count_gpus_forked(why, sizeof why);
+    g_ngpu = cuda_device_count_forked(why, sizeof why);   // CUDA must not start in this process
     if (g_ngpu < 1) {
         SKIP("no usable GPU%s%s: the GPU communicator tests skipped", *why ? ": " : "", why);
         TEST_END();
