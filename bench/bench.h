@@ -33,4 +33,33 @@ static inline int bench_llama3_config(llama_config *c, const char *model, int la
     c->head_dim = c->dim / c->n_heads;
     return 0;
 }
+
+#ifdef HALO_CUDA
+#include <cuda_runtime_api.h>
+// The median ms of `reps` (1..256) calls of run(ctx) on the default stream, each between two CUDA events, after
+// `warmup` untimed calls; -1 when run returns non-zero in one of those. A CUDA error ends the program with a message.
+static inline void bench_cuda_check(cudaError_t e, const char *what) {
+    if (e != cudaSuccess) { fprintf(stderr, "CUDA %s: %s\n", what, cudaGetErrorString(e)); exit(1); }
+}
+static inline double bench_gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps) {
+    cudaEvent_t e0, e1;
+    bench_cuda_check(cudaEventCreate(&e0), "cudaEventCreate");
+    bench_cuda_check(cudaEventCreate(&e1), "cudaEventCreate");
+    double t[256];
+    int rc = 0;
+    for (int i = 0; i < warmup && !rc; i++) rc = run(ctx);
+    for (int i = 0; i < reps && !rc; i++) {
+        bench_cuda_check(cudaEventRecord(e0, 0), "cudaEventRecord");
+        run(ctx);
+        bench_cuda_check(cudaEventRecord(e1, 0), "cudaEventRecord");
+        bench_cuda_check(cudaEventSynchronize(e1), "cudaEventSynchronize");
+        float ms;
+        bench_cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+        t[i] = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return rc ? -1 : median(t, reps);
+}
+#endif
 #endif

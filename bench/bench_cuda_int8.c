@@ -41,22 +41,12 @@ static int run(const call *c) {
     return 0;
 }
 
-static double time_ms(const call *c, int reps) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
-    double t[256];
-    for (int i = 0; i < 3; i++) if (run(c)) return -1;
-    for (int i = 0; i < reps; i++) {
-        CK(cudaEventRecord(a, 0));
-        run(c);
-        CK(cudaEventRecord(b, 0));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t[i] = ms;
-    }
-    cudaEventDestroy(a); cudaEventDestroy(b);
-    return median(t, reps);
+static int run_ctx(const void *c) { return run((const call *)c); }
+// the int32 product alone, without the dequantize
+static int run_i32(const void *v) {
+    const call *c = v;
+    const shape *s = c->s;
+    return halo_cuda_gemm_s8(c->C, s->N, c->A, s->K, c->B, s->K, s->M, s->N, s->K, 0);
 }
 
 static void fill(void *d, size_t n, unsigned long long seed) {
@@ -105,7 +95,7 @@ int main(int argc, char **argv) {
         }
         call c0 = c;
         c0.D = D2;
-        const double t32 = time_ms(&c0, reps);
+        const double t32 = bench_gpu_ms(run_ctx, &c0, 3, reps);
         // same starting contents for the accumulating form, then one call each for the comparison
         CK(cudaMemset(c.D, 0, ob)); CK(cudaMemset(D2, 0, ob));
         call cr = c, co = c;
@@ -117,18 +107,7 @@ int main(int argc, char **argv) {
         const int same = !rc && !memcmp(h1, h2, ob);
         fails += !same;
         free(h1); free(h2);
-        // int32 alone: the product without the dequantize
-        double tg[256];
-        cudaEvent_t a, b;
-        CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
-        for (int i = 0; i < reps; i++) {
-            CK(cudaEventRecord(a, 0));
-            halo_cuda_gemm_s8(c.C, s->N, c.A, s->K, c.B, s->K, s->M, s->N, s->K, 0);
-            CK(cudaEventRecord(b, 0)); CK(cudaEventSynchronize(b));
-            float ms; CK(cudaEventElapsedTime(&ms, a, b)); tg[i] = ms;
-        }
-        cudaEventDestroy(a); cudaEventDestroy(b);
-        const double tp = median(tg, reps), to = time_ms(&co, reps);
+        const double tp = bench_gpu_ms(run_i32, &c, 0, reps), to = bench_gpu_ms(run_ctx, &co, 3, reps);
         printf("| %s | %dx%dx%d | %s | %.3f | %.3f | %.3f | %.0f | %.2fx | %s |\n", s->name, s->M, s->N, s->K,
                FORM[s->form], tp, t32, to, 2.0 * mn * s->K / (to * 1e-3) / 1e12, t32 / to, same ? "yes" : "NO");
         cudaFree(c.A); cudaFree(c.B); cudaFree(c.C); cudaFree(c.D); cudaFree(D2); cudaFree(c.R);

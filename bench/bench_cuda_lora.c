@@ -67,23 +67,8 @@ static void run(int p, const bufs *b) {
     }
 }
 
-static double time_ms(int p, const bufs *b, int reps) {
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    double t[256];
-    for (int i = 0; i < 3; i++) run(p, b);
-    for (int i = 0; i < reps; i++) {
-        CK(cudaEventRecord(e0, 0));
-        run(p, b);
-        CK(cudaEventRecord(e1, 0));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t[i] = ms;
-    }
-    cudaEventDestroy(e0); cudaEventDestroy(e1);
-    return median(t, reps);
-}
+typedef struct { int p; const bufs *b; } job;
+static int run_job(const void *v) { const job *j = v; run(j->p, j->b); return 0; }
 
 static void *dalloc(size_t bytes) {
     void *p = NULL;
@@ -118,7 +103,8 @@ int main(int argc, char **argv) {
         b.gA = dalloc((size_t)r * L->in * 4); b.gB = dalloc((size_t)L->out * r * 4); b.gAt = dalloc((size_t)r * L->in * 4);
         double ms[P_COUNT];
         for (int p = 0; p < P_COUNT; p++) {
-            ms[p] = time_ms(p, &b, reps);
+            const job j = {p, &b};
+            ms[p] = bench_gpu_ms(run_job, &j, 3, reps);
             const double gb = bytes_of(p, &b) / 1e9;
             printf("| %s %dx%d | %s | %.3f | %.3f | %.0f |\n", L->name, L->out, L->in, PNAME[p], ms[p], gb,
                    gb / (ms[p] * 1e-3));
