@@ -61,9 +61,10 @@ static void test_interrupt(const char *common) {
     CHECK(stat(cmd, &st) == 0, "the interrupted run exported its model");
 }
 
-// A signal that reaches one rank alone (here rank 1, while it waits for rank 0's evaluation after step 1, i.e. after
-// the ranks agreed to go on) stops the run after the next step on every rank: a rank that left its loop alone would
-// leave rank 0 waiting in step 2 for ever.
+// A signal that reaches one rank alone (here rank 1, meant to land while it waits for rank 0's evaluation after step 1
+// or in step 2, i.e. after it gave its vote for step 1) stops the run at the same step on every rank: a rank that left
+// its loop alone would leave rank 0 waiting in the next step for ever. On a loaded machine rank 1 may get the signal
+// before it voted (then every rank stops after step 1, also right), so the step it stops at is reported, not fixed.
 static void test_interrupt_one_rank(const char *common) {
     char cmd[8192], metrics[512], log[512];
     snprintf(metrics, sizeof metrics, "%s/int1.jsonl", dir);
@@ -84,6 +85,8 @@ static void test_interrupt_one_rank(const char *common) {
     FILE *f = fopen(path, "r");
     int got = f ? fscanf(f, "%d %d", &ranks[0], &ranks[1]) : 0;
     if (f) fclose(f);
+    struct timespec settle = {0, 100000000};   // let rank 1 reach the vote after step 1 before the signal
+    nanosleep(&settle, NULL);
     if (seen && got == 2) kill(ranks[1], SIGINT);
     int status = 0, done = 0;
     for (int tries = 0; tries < 600 && !done; tries++) {   // 60 s at most
@@ -101,8 +104,9 @@ static void test_interrupt_one_rank(const char *common) {
     int last = count_train_lines(metrics);
     snprintf(cmd, sizeof cmd, "%s/int1_ck/step_%08d.safetensors", dir, last);
     struct stat st;
-    CHECK(last >= 2 && last < 50 && stat(cmd, &st) == 0 && file_has(log, "interrupted after step"),
+    CHECK(last >= 1 && last < 50 && stat(cmd, &st) == 0 && file_has(log, "interrupted after step"),
           "SIGINT to rank 1 alone: both ranks stop after step %d and save %s", last, cmd);
+    printf("SIGINT to rank 1 alone after step 1 was logged: the ranks stopped together after step %d\n", last);
 }
 
 int main(void) {
