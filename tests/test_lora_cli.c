@@ -1,6 +1,7 @@
 // LoRA through the command line on stories260K: `finetune --lora-rank` writes a PEFT adapter whose `halo eval
 // --adapter` loss equals the run's last validation loss; --merge writes a whole model that scores and generates the
-// same; `halo export` of the run's checkpoint writes the same adapter (or the merged model); a resume without LoRA
+// same; `halo export` of the run's checkpoint writes the same adapter (or the merged model), `halo export --adapter`
+// merges the adapter directory into its base to the same bytes; a resume without LoRA
 // flags picks the adapters up from the checkpoint and reproduces the run; with INT8 under the adapters the precision
 // travels in the adapter's halo_config.json; misuse is refused with a message naming the flag.
 #include "test_cli.h"
@@ -85,6 +86,14 @@ int main(void) {
     snprintf(path, sizeof path, "%s/exported_merged", dir);
     const double ex = eval_of(path, NULL, "eval_exported.log");
     CHECK(fabs(ex - em) <= 1e-6 * em, "exported merged model %.9g == finetune --merge %.9g", ex, em);
+    // halo export --adapter: the PEFT adapter directory merged into its base, the same bytes as the checkpoint's merge
+    snprintf(cmd, sizeof cmd, "%s export --adapter %s/adapter --model %s --out %s/adapter_merged > %s/export3.log 2>&1 && "
+             "cmp %s/adapter_merged/model.safetensors %s/exported_merged/model.safetensors", bin, dir, base, dir, dir, dir,
+             dir);
+    CHECK(system(cmd) == 0, "halo export --adapter --model writes the merged checkpoint's weights byte for byte");
+    snprintf(path, sizeof path, "%s/adapter_merged", dir);
+    const double ead = eval_of(path, NULL, "eval_adapter_merged.log");
+    CHECK(fabs(ead - ea) <= 1e-5 * ea, "the adapter merged by export %.9g == base + adapter %.9g", ead, ea);
     // resume from step 2 without LoRA flags: the adapters' settings come from the checkpoint, the run reproduces
     snprintf(cmd, sizeof cmd, "%s finetune --model %s --data %s --seq-len 48 --batch 2 --steps 5 --lr 5e-3 --warmup 1 "
              "--threads 1 --val-count 4 --seed 3 --resume %s/ck/step_00000002.safetensors --metrics %s/resumed.jsonl "
@@ -107,6 +116,17 @@ int main(void) {
     CHECK(fabs(e8 - v8) <= 1e-5 * v8, "halo eval --adapter (INT8 from the adapter's halo_config.json) %.9g == %.9g", e8, v8);
     snprintf(path, sizeof path, "%s/eval_int8.log", dir);
     CHECK(file_has(path, "adapter8/halo_config.json"), "eval says where the precision came from");
+    snprintf(cmd, sizeof cmd, "%s export --adapter %s --model %s --out %s/adapter8_merged > %s/export4.log 2>&1", bin, a,
+             base, dir, dir);
+    CHECK(system(cmd) == 0, "halo export --adapter of the INT8 adapter");
+    snprintf(path, sizeof path, "%s/adapter8_merged/halo_config.json", dir);
+    CHECK(file_has(path, "\"int8\""), "the merged INT8 adapter's directory carries its halo_config.json");
+    snprintf(path, sizeof path, "%s/adapter8_merged", dir);
+    const double e8m = eval_of(path, NULL, "eval_int8_merged.log");
+    // merged, the adapters' product is quantized with W: close to, not equal to, the INT8 base + full-precision adapter
+    CHECK(fabs(e8m - e8) <= 2e-3 * e8, "merged INT8 adapter %.6f vs base + adapter %.6f", e8m, e8);
+    snprintf(path, sizeof path, "%s/eval_int8_merged.log", dir);
+    CHECK(file_has(path, "adapter8_merged/halo_config.json"), "its evaluation runs the recorded INT8 forward");
     // misuse
     struct { const char *args, *want; } bad[] = {
         {"--merge --out /nonexistent/x", ""},   // placeholder replaced below: --merge without LoRA
@@ -134,6 +154,16 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s eval --model %s --adapter %s/nothing --data %s --task loss > %s/bad.log 2>&1", bin, base,
              dir, test_shared_path("data/text/tinystories_sample.txt"), dir);
     CHECK(system(cmd) != 0 && file_has(path, "nothing/adapter_config.json"), "a missing adapter is named");
+    // halo export misuse: an adapter given as a checkpoint is named as one, --adapter needs its base
+    snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/adapter --out %s/x > %s/bad.log 2>&1", bin, dir, dir, dir);
+    CHECK(system(cmd) != 0 && file_has(path, "that is a PEFT adapter") && file_has(path, "--adapter DIR --model BASE"),
+          "export --checkpoint of an adapter folder: the message says to use --adapter");
+    snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/adapter/adapter_model.safetensors --out %s/x > %s/bad.log 2>&1",
+             bin, dir, dir, dir);
+    CHECK(system(cmd) != 0 && file_has(path, "that is a PEFT adapter"), "export --checkpoint of an adapter file: the same");
+    snprintf(cmd, sizeof cmd, "%s export --adapter %s/adapter --out %s/x > %s/bad.log 2>&1", bin, dir, dir, dir);
+    CHECK(system(cmd) != 0 && file_has(path, "--adapter: give the adapter's base model with --model"),
+          "export --adapter without --model refused");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (!getenv("KEEP") && system(cmd)) {}
     TEST_END();

@@ -92,8 +92,10 @@ int cmd_eval(int argc, char **argv) {
     int64_t total = dataset_size(ds, split);
     if (limit > 0 && limit < total) total = limit;
     int rc = HALO_OK;
-    fprintf(stderr, "halo eval: %s on %lld examples of the %s split of %s, %s\n", task, (long long)total, split_name,
-            dc.path, halo_common_describe(&co));
+    if (all) fprintf(stderr, "halo eval: %s on %lld examples of all of %s, %s\n", task, (long long)total, dc.path,
+                     halo_common_describe(&co));
+    else fprintf(stderr, "halo eval: %s on %lld examples of the %s split of %s, %s\n", task, (long long)total,
+                 split_name, dc.path, halo_common_describe(&co));
     if (loss_task) {
         double loss;
         long tokens;

@@ -1,7 +1,8 @@
 // `halo export`: writes a Hugging Face model directory (config.json + model.safetensors, F32 or BF16) from a
 // training checkpoint, so that transformers, `halo generate` or any HF-layout tool can load the trained model. A LoRA
 // run's checkpoint (its adapters only) becomes a PEFT adapter directory, or with --merge and the base model the whole
-// merged model. A HALO run's precision goes into halo_config.json, so that `halo eval` runs the trained forward.
+// merged model; a PEFT adapter directory (--adapter, ours or PEFT's) merged into its base model likewise. A HALO
+// run's precision goes into halo_config.json, so that `halo eval` runs the trained forward.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,10 +13,13 @@
 #include "model/lora.h"
 #include "train/checkpoint.h"
 #include "util/error.h"
+#include "util/fileio.h"
 
 static void usage(void) {
     printf("usage: halo export --checkpoint FILE|DIR --out DIR [--dtype f32|bf16] [--tokenizer DIR] [--model DIR [--merge]]\n"
+           "       halo export --adapter DIR --model DIR --out DIR [--dtype f32|bf16] [--tokenizer DIR]\n"
            "  --checkpoint   a checkpoint file, or a folder (its newest step_*.safetensors)\n"
+           "  --adapter      a PEFT LoRA adapter directory (finetune --lora's, or PEFT's): written merged into --model\n"
            "  --out          the Hugging Face directory to write (a LoRA checkpoint: a PEFT adapter directory)\n"
            "  --dtype        f32 (default, exact) or bf16\n"
            "  --tokenizer    copy tokenizer files from this folder\n"
@@ -32,8 +36,53 @@ static int save_precision(const checkpoint_meta *meta, const char *path, const c
     return hc.prec == HALO_PREC_FP32 ? HALO_OK : halo_config_write(&hc, out);
 }
 
+// --adapter DIR --model BASE: the base with the adapter merged, as a Hugging Face directory; the adapter's
+// halo_config.json (a LoRA run under HALO) goes along.
+static int export_adapter_merged(const char *adapter, const char *base_dir, const char *out, const char *torch_dtype,
+                                 const char *tok) {
+    if (!base_dir) return halo_fail("--adapter: give the adapter's base model with --model DIR");
+    llama_model m;
+    if (llama_load(&m, base_dir)) return HALO_ERR;
+    int rc = llama_lora_load(&m, adapter);
+    model_halo_config hc;
+    int has_hc = 0;
+    char *hp = halo_path_join(adapter, "halo_config.json"), *text = NULL;
+    if (rc == HALO_OK && halo_file_exists(hp)) {
+        rc = halo_read_file(hp, &text, NULL);
+        if (rc == HALO_OK) rc = model_halo_config_from_json(text, hp, &hc);
+        has_hc = rc == HALO_OK && hc.prec != HALO_PREC_FP32;
+        free(text);
+    }
+    free(hp);
+    if (rc == HALO_OK) {
+        llama_lora_merge(&m);
+        rc = llama_save_hf(&m, out, torch_dtype, tok ? tok : base_dir);
+    }
+    if (rc == HALO_OK && has_hc) rc = halo_config_write(&hc, out);
+    if (rc == HALO_OK) printf("exported %s merged into %s to %s as %s\n", adapter, base_dir, out, torch_dtype);
+    llama_free(&m);
+    return rc;
+}
+
+// A hint when --checkpoint names a PEFT adapter (its folder, or a file in it) rather than a training checkpoint.
+static const char *adapter_hint(const char *ckpt) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", ckpt);
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+    }
+    char *p = halo_path_join(dir, "adapter_config.json");
+    const int is_adapter = halo_file_exists(p);
+    free(p);
+    return is_adapter ? " (that is a PEFT adapter, not a training checkpoint: merge it into its base with `halo export "
+                        "--adapter DIR --model BASE --out DIR`)" : "";
+}
+
 int cmd_export(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *dtype = "f32", *tok = NULL, *base_dir = NULL, *s;
+    const char *ckpt = NULL, *out = NULL, *dtype = "f32", *tok = NULL, *base_dir = NULL, *adapter = NULL, *s;
     int merge = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -43,22 +92,35 @@ int cmd_export(int argc, char **argv) {
         else if ((s = cli_flag_value(argc, argv, &i, "--dtype"))) dtype = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--tokenizer"))) tok = s;
         else if ((s = cli_flag_value(argc, argv, &i, "--model"))) base_dir = s;
+        else if ((s = cli_flag_value(argc, argv, &i, "--adapter"))) adapter = s;
         else if (cli_is_flag(a, "--merge")) merge = 1;
         else { fprintf(stderr, "halo export: unknown option '%s' (see --help)\n", a); return 2; }
     }
-    if (!ckpt || !out) { usage(); return 2; }
+    if (ckpt && adapter) { fprintf(stderr, "halo export: give --checkpoint or --adapter, not both\n"); return 2; }
+    if (!(ckpt || adapter) || !out) { usage(); return 2; }
     const char *torch_dtype = !strcmp(dtype, "f32") || !strcmp(dtype, "float32") ? "float32"
                             : !strcmp(dtype, "bf16") || !strcmp(dtype, "bfloat16") ? "bfloat16" : NULL;
     if (!torch_dtype) { fprintf(stderr, "halo export: --dtype must be f32 or bf16, not '%s'\n", dtype); return 2; }
+    if (adapter) {   // an adapter is always written merged (unmerged it is already what it is)
+        if (export_adapter_merged(adapter, base_dir, out, torch_dtype, tok) == HALO_OK) return 0;
+        fprintf(stderr, "halo export: %s\n", halo_error());
+        return 1;
+    }
     char path[4096];
     struct stat st;
     if (stat(ckpt, &st) == 0 && S_ISDIR(st.st_mode)) {
-        if (checkpoint_find_latest(ckpt, path, sizeof path)) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
+        if (checkpoint_find_latest(ckpt, path, sizeof path)) {
+            fprintf(stderr, "halo export: %s%s\n", halo_error(), adapter_hint(ckpt));
+            return 1;
+        }
     } else snprintf(path, sizeof path, "%s", ckpt);
     llama_config cfg;
     checkpoint_meta meta;
     llama_model m;
-    if (checkpoint_read_meta(path, &cfg, &meta)) { fprintf(stderr, "halo export: %s\n", halo_error()); return 1; }
+    if (checkpoint_read_meta(path, &cfg, &meta)) {
+        fprintf(stderr, "halo export: %s%s\n", halo_error(), adapter_hint(ckpt));
+        return 1;
+    }
     lora_config lc;
     const int lora = meta.lora_json != NULL;
     int rc = lora ? lora_config_from_json(meta.lora_json, path, &lc) : HALO_OK;
