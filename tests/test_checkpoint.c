@@ -186,7 +186,13 @@ static void test_resume_bit_exact(void) {
     snprintf(tmp, sizeof tmp, "%s/step_00000099.safetensors.tmp", dir);
     FILE *f = fopen(tmp, "w"); fputs("partial", f); fclose(f);
     CHECK(checkpoint_find_latest(dir, latest, sizeof latest) == HALO_OK && strstr(latest, "step_00000008.safetensors"), "temp files ignored: %s", latest);
-    checkpoint_prune(dir, 2);
+    checkpoint_prune(dir, 3, 7);   // as after writing step 7 with step 8 left by an earlier run: 5, 6, 7 and 8 stay
+    checkpoint_path(tmp, sizeof tmp, dir, 4);
+    int gone4 = access(tmp, F_OK) != 0;
+    int kept[4];
+    for (int s = 5; s <= 8; s++) { checkpoint_path(tmp, sizeof tmp, dir, s); kept[s - 5] = access(tmp, F_OK) == 0; }
+    CHECK(gone4 && kept[0] && kept[1] && kept[2] && kept[3], "prune to 3 at step 7: 4 goes, 5-7 and the later 8 stay");
+    checkpoint_prune(dir, 2, 8);
     checkpoint_path(tmp, sizeof tmp, dir, 6);
     int gone = access(tmp, F_OK) != 0;
     checkpoint_path(tmp, sizeof tmp, dir, 7);

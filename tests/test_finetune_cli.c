@@ -186,9 +186,12 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "mkdir -p %s && %%s --precision int8 --ckpt-dir %s/ck --ckpt-every 2 --metrics %s/full.jsonl "
              "--out %s/model > %s/full.log 2>&1", dir, dir, dir, dir, dir);
     CHECK(sh(cmd, common) == 0, "int8 finetune run");
-    snprintf(cmd, sizeof cmd, "%%s --ckpt-dir %s/ck2 --resume %s/ck/step_00000002.safetensors --metrics %s/resumed.jsonl "
-             "> %s/resumed.log 2>&1", dir, dir, dir, dir);
+    snprintf(cmd, sizeof cmd, "%%s --ckpt-dir %s/ck2 --ckpt-every 1 --keep-ckpts 2 --resume %s/ck/step_00000002.safetensors "
+             "--metrics %s/resumed.jsonl > %s/resumed.log 2>&1", dir, dir, dir, dir);
     CHECK(sh(cmd, common) == 0, "resumed run");
+    snprintf(cmd, sizeof cmd, "test \"$(ls %s/ck2 | tr '\\n' ' ')\" = 'step_00000004.safetensors step_00000005.safetensors '",
+             dir);
+    CHECK(system(cmd) == 0, "--ckpt-every 1 --keep-ckpts 2 over steps 3-5 leaves steps 4 and 5 only");
     double full[5] = {0}, res[5] = {0};
     int nf = read_losses(strcat(strcpy(cmd, dir), "/full.jsonl"), full, 5);
     int nr = read_losses(strcat(strcpy(cmd, dir), "/resumed.jsonl"), res, 5);

@@ -101,6 +101,8 @@ static void usage(void) {
         "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
         "                         fp32 (val_loss_fp32: what the exported model gives elsewhere; on the CPU model)\n"
         "  --ckpt-dir DIR  --ckpt-every N  --resume CKPT   --metrics FILE.jsonl\n"
+        "  --keep-ckpts N         keep only the newest N checkpoints in --ckpt-dir (0 = all; a 1B model's\n"
+        "                         checkpoint with its AdamW moments is ~14 GB)\n"
         "                         Ctrl-C (or SIGTERM): the step in flight finishes, then the run checkpoints\n"
         "                         (--ckpt-dir) and exports (--out) and exits 130; a second Ctrl-C stops at once\n"
         "  --out DIR              export the result as a Hugging Face directory  --export-dtype bf16|f32 (f32)\n"
@@ -261,6 +263,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (cli_is_flag(argv[i], "--merge")) merge = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_range("--ckpt-every", v, 0, 2147483647, &n)) goto bad; o.ckpt_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--keep-ckpts"))) { if (cli_parse_range("--keep-ckpts", v, 0, 2147483647, &n)) goto bad; o.keep_ckpts = (int)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--resume"))) resume = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--metrics"))) o.metrics_path = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--out"))) out_dir = v;

@@ -308,12 +308,13 @@ int checkpoint_find_latest(const char *dir, char *buf, size_t cap) {
     return HALO_OK;
 }
 
-void checkpoint_prune(const char *dir, int keep) {
+void checkpoint_prune(const char *dir, int keep, int64_t current) {
     if (keep <= 0) return;
     int n;
     int64_t *steps = list_steps(dir, &n);
     if (!steps) return;
     qsort(steps, n, sizeof *steps, cmp_i64);
+    while (n > 0 && steps[n - 1] > current) n--;   // an earlier run's later steps stay
     char path[4096];
     for (int i = 0; i + keep < n; i++) {
         checkpoint_path(path, sizeof path, dir, steps[i]);

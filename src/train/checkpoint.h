@@ -37,7 +37,9 @@ void checkpoint_meta_free(checkpoint_meta *meta);
 void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step);
 // Newest step_*.safetensors in dir (highest step). HALO_ERR naming the folder when there is none.
 int checkpoint_find_latest(const char *dir, char *buf, size_t cap);
-// Deletes all but the newest `keep` checkpoints in dir (keep <= 0: nothing).
-void checkpoint_prune(const char *dir, int keep);
+// After the checkpoint of step `current` was written: deletes the oldest checkpoints of earlier steps in dir until
+// `keep` remain up to and including `current` (keep <= 0: nothing). Later steps (an earlier run's, left by a resume
+// from before them) are never deleted, nor is `current`.
+void checkpoint_prune(const char *dir, int keep, int64_t current);
 
 #endif

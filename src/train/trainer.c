@@ -434,7 +434,7 @@ int trainer_save(trainer *t, const char *path) {
                                 .elapsed_s = t->elapsed_before + (t->t_start ? now_s() - t->t_start : 0)};
         if (t->data.get_state) t->data.get_state(t->data.ctx, &meta.data);
         if (!rc) rc = checkpoint_save(path, t->model, opt, &meta);
-        if (!rc && t->o.ckpt_dir) checkpoint_prune(t->o.ckpt_dir, t->o.keep_ckpts);
+        if (!rc && t->o.ckpt_dir) checkpoint_prune(t->o.ckpt_dir, t->o.keep_ckpts, t->step);
     }
     if (t->shard) adamw_free(&whole);
     return rc;
