@@ -119,6 +119,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s export --adapter %s --model %s --out %s/adapter8_merged > %s/export4.log 2>&1", bin, a,
              base, dir, dir);
     CHECK(system(cmd) == 0, "halo export --adapter of the INT8 adapter");
+    snprintf(path, sizeof path, "%s/export4.log", dir);
+    CHECK(file_has(path, "note: ") && file_has(path, "trained under HALO"), "and a note says the merge is not exact");
     snprintf(path, sizeof path, "%s/adapter8_merged/halo_config.json", dir);
     CHECK(file_has(path, "\"int8\""), "the merged INT8 adapter's directory carries its halo_config.json");
     snprintf(path, sizeof path, "%s/adapter8_merged", dir);

@@ -55,6 +55,9 @@ static int export_adapter_merged(const char *adapter, const char *base_dir, cons
     }
     free(hp);
     if (rc == HALO_OK) {
+        if (has_hc)
+            fprintf(stderr, "halo export: note: %s trained under HALO: the merged weights' quantized forward is not the "
+                    "trained one's (HALO(W) + adapter); the adapter itself reproduces it\n", adapter);
         llama_lora_merge(&m);
         rc = llama_save_hf(&m, out, torch_dtype, tok ? tok : base_dir);
     }
