@@ -302,12 +302,9 @@ int cmd_finetune(int argc, char **argv) {
     if (!g_rank_comm && !dry_run && out_dir && halo_writable_dir(out_dir) != HALO_OK) { halo_fail_ctx("--out: "); goto bad; }
     if (!g_rank_comm && !dry_run && o.ckpt_dir && halo_writable_dir(o.ckpt_dir) != HALO_OK) { halo_fail_ctx("--ckpt-dir: "); goto bad; }
     int use_cuda = 0;
-    // LoRA on the GPU is new and not yet measured at 1B shapes: only with --device cuda (the CPU stays the default)
-    if (lora_on && !device) {
-        if (ranks < 2 && cli_device_auto(&co, "finetune"))   // (--ranks: no CUDA before the fork)
-            fprintf(stderr, "halo finetune: note: LoRA trains on the CPU unless --device cuda is given\n");
-    } else if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
-                      : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
+    // (--ranks: no CUDA before the fork, so the CPU unless --device cuda)
+    if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
+               : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
         goto bad;
     // --ranks N --device cuda: rank r on GPU r (mod the count with --gpu-comm host). The launcher forks the ranks below
     // and must not start CUDA itself (a forked child cannot use its parent's CUDA): its check counts the GPUs in a
