@@ -148,6 +148,24 @@ static int rank_early(halo_comm *c, void *arg) {
 
 static int rank_noop(halo_comm *c, void *arg) { return 0; }
 
+// halo_comm_local_aborted, what a wait outside the local collectives (the NCCL barrier) polls: 0 until rank 1 aborts,
+// then 1 + 1 on rank 0 (which never enters a collective again)
+static int rank_aborts(halo_comm *c, void *arg) {
+    double x = 1;
+    if (c->allreduce(c, &x, 1, HALO_F64, HALO_SUM)) return 3;
+    int before = halo_comm_local_aborted(c);
+    if (c->barrier(c)) return 3;   // both ranks read "not aborted" before rank 1 aborts
+    if (c->rank == 1) { halo_comm_abort(c); return 9; }
+    int seen = 0;
+    for (int i = 0; i < 20000 && !seen; i++) {   // 2 s at most
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+        seen = halo_comm_local_aborted(c);
+    }
+    RCHECK(before == 0 && seen == 2, "rank 0: aborted %d before, %d after rank 1 aborted (want 0, 2)", before, seen);
+    return before == 0 && seen == 2 ? 0 : 4;
+}
+
 int main(void) {
     g_counts = mmap(NULL, sizeof *g_counts, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     atomic_init(&g_counts->pass, 0);
@@ -191,6 +209,12 @@ int main(void) {
         CHECK(rc == HALO_ERR && strstr(halo_error(), want), "%s: '%s'", want, halo_error());
         CHECK(st[1] == (kill ? 128 + SIGKILL : 7) && st[0] == 11 && st[2] == 11, "statuses %d %d %d", st[0], st[1], st[2]);
     }
+    int ast[2] = {0};
+    halo_comm_run_local(2, rank_aborts, NULL, ast);
+    CHECK(ast[0] == 0 && ast[1] == 9, "halo_comm_local_aborted: rank 0 saw rank 1's abort (statuses %d %d)", ast[0],
+          ast[1]);
+    CHECK(halo_comm_local_aborted(halo_comm_single()) == 0 && halo_comm_local_aborted(NULL) == 0,
+          "halo_comm_local_aborted of a non-local communicator: 0");
     setenv("HALO_RANK_GRACE_S", "0.3", 1);
     int sst[2] = {0};
     int src = halo_comm_run_local(2, rank_stuck, NULL, sst);

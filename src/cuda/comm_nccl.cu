@@ -1,5 +1,6 @@
 // The NCCL backend of halo_comm (comm_nccl.h): one communicator per process and GPU, device buffers, collectives
 // enqueued on the communicator's stream; barrier is the only call that waits on the host.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -129,6 +130,12 @@ static int nccl_barrier(halo_comm *c) {
             return halo_fail("NCCL barrier (rank %d of %d): no completion after %.0f s (HALO_NCCL_TIMEOUT_S); "
                              "communicator aborted", c->rank, c->world, limit);
         }
+        const int peer = halo_comm_local_aborted(m->local);   // a rank that failed before its part: stop waiting
+        if (peer) {
+            c->abort(c);
+            return halo_fail("NCCL barrier (rank %d of %d): %s aborted the run", c->rank, c->world,
+                             peer > 0 ? "another rank" : "the launcher");
+        }
         struct timespec nap = {0, 100000};   // 0.1 ms
         nanosleep(&nap, NULL);
     }
@@ -138,8 +145,10 @@ static void nccl_abort(halo_comm *c) {
     nccl_impl *m = impl_of(c);
     if (m->aborted) return;
     m->aborted = 1;
-    ncclCommAbort(m->comm);
+    // the ranks' own communicator first: ncclCommAbort may wait for the other ranks of the node (NCCL documents it as
+    // an intra-node collective), and the flag is what wakes them and starts the launcher's grace period
     if (m->local) halo_comm_abort(m->local);
+    ncclCommAbort(m->comm);
 }
 
 // NVLink multicast off unless the environment asks for it (comm_nccl.h); NCCL reads its settings at its first use.
@@ -216,8 +225,16 @@ extern "C" void halo_comm_nccl_free(halo_comm *c) {
     nccl_impl *m = impl_of(c);
     cudaSetDevice(m->device);
     if (!m->aborted) {
-        ncclCommFinalize(m->comm);   // waits for the pending collectives (blocking communicator)
-        ncclCommDestroy(m->comm);
+        // waits for the pending collectives (blocking communicator); destroy only a communicator that finalized
+        // cleanly, else abort it (NCCL: ncclCommDestroy after an error may hang)
+        ncclResult_t r = ncclCommFinalize(m->comm), async = ncclSuccess;
+        if (r == ncclSuccess) ncclCommGetAsyncError(m->comm, &async);
+        if (r == ncclSuccess && async == ncclSuccess) ncclCommDestroy(m->comm);
+        else {
+            fprintf(stderr, "halo: NCCL (rank %d of %d): finalize failed (%s); communicator aborted\n", c->rank,
+                    c->world, ncclGetErrorString(r != ncclSuccess ? r : async));
+            ncclCommAbort(m->comm);
+        }
     }
     cudaFree(m->one);
     free(m);

@@ -52,6 +52,9 @@ int halo_comm_local_signal(void);
 // In a rank: it stopped on signal `sig` (one sent to it alone, not through the launcher), so that
 // halo_comm_local_signal() reports it after the run. Nothing for another backend.
 void halo_comm_local_mark_signal(halo_comm *c, int sig);
+// Whether a rank of c's run has aborted it (1 + that rank; -1: the launcher), 0 when not or c is not a local
+// communicator: a wait that the local collectives do not cover (the NCCL barrier's polling) checks it.
+int halo_comm_local_aborted(halo_comm *c);
 
 // A communicator of one rank (every collective is the identity): what a single-process run passes.
 halo_comm *halo_comm_single(void);

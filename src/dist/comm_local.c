@@ -178,6 +178,10 @@ static int g_marked;   // the latest run's signal a rank reported
 
 int halo_comm_local_signal(void) { return g_forwarded ? g_forwarded : g_marked; }
 
+int halo_comm_local_aborted(halo_comm *c) {
+    return c && c->abort == local_abort ? atomic_load(&impl_of(c)->h->aborted) : 0;
+}
+
 void halo_comm_local_mark_signal(halo_comm *c, int sig) {
     if (c && c->abort == local_abort) atomic_store(&impl_of(c)->h->signalled, sig);
 }
