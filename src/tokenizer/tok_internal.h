@@ -55,7 +55,7 @@ static inline const tok_merge_slot *tok_mergemap_get(const tok_mergemap *m, int3
 }
 
 // ---- pipeline components (the subset of HF tokenizers these Llama files use) ----
-typedef enum { NORM_PREPEND, NORM_REPLACE } tok_norm_kind;
+typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_NFC } tok_norm_kind;
 typedef struct {
     tok_norm_kind kind;
     char *a; size_t alen;       // Prepend: the prefix; Replace: the literal pattern

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "tokenizer/tok_internal.h"
+#include "tokenizer/nfc.h"
 #include "util/error.h"
 
 // ---------------------------------------------------------------- GPT-2 byte <-> unicode alphabet
@@ -171,8 +172,11 @@ static int parse_normalizer(halo_tokenizer *t, const cJSON *o, const char *key, 
         if (jstr(p, "Regex")) { if (parse_pattern(o, k, &n->re, NULL, NULL)) return HALO_ERR; }
         else if (parse_pattern(o, k, NULL, &n->a, &n->alen)) return HALO_ERR;
         if (!n->re && n->alen == 0) return halo_fail("%s.pattern: empty", key);
+    } else if (!strcmp(type, "NFC")) {
+        n->kind = NORM_NFC;
     } else {
-        return halo_fail("%s.type: normalizer \"%s\" is not supported (supported: Sequence, Prepend, Replace)", key, type);
+        return halo_fail("%s.type: normalizer \"%s\" is not supported (supported: Sequence, Prepend, Replace, NFC)", key,
+                         type);
     }
     t->n_norm++;
     return HALO_OK;
@@ -922,6 +926,13 @@ static int normalize(enc_ctx *c, const halo_tokenizer *t, const char *s, size_t 
         if (m->kind == NORM_PREPEND) {
             if (n) tok_buf_put(o, m->a, m->alen);
             tok_buf_put(o, s, n);
+        } else if (m->kind == NORM_NFC) {
+            if (!nfc_may_change(s, n)) continue;   // the text as it is (nothing at or above U+0300)
+            char *r;
+            size_t rl;
+            if (nfc_normalize(s, n, &r, &rl)) { halo_fail("NFC normalizer: out of memory"); return HALO_ERR; }
+            tok_buf_put(o, r, rl);
+            free(r);
         } else if (m->re) {
             if (regex_cover(c, m->re, s, n)) return HALO_ERR;
             for (size_t i = 0; i < c->ms_n; i++) {
