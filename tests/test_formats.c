@@ -124,11 +124,10 @@ static void expect_config_error(const char *json, const char *key) {
 
 #define BASE "\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":1,\"num_attention_heads\":2"
 static void test_config(void) {
-    expect_config_error("{\"architectures\":[\"Qwen2ForCausalLM\"]," BASE "}", "architectures");
+    expect_config_error("{\"architectures\":[\"GemmaForCausalLM\"]," BASE "}", "architectures");
     expect_config_error("{\"model_type\":\"mistral\"," BASE ",\"sliding_window\":0}", "sliding_window");
     expect_config_error("{\"model_type\":\"gpt2\"}", "model_type");
-    expect_config_error("{" BASE ",\"attention_bias\":true}", "attention_bias");
-    expect_config_error("{" BASE ",\"mlp_bias\":true}", "mlp_bias");
+    expect_config_error("{\"model_type\":\"qwen2\"," BASE ",\"use_sliding_window\":true}", "use_sliding_window");
     expect_config_error("{" BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", "yarn");
     expect_config_error("{" BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}", "llama3");
     expect_config_error("{\"hidden_size\":16}", "vocab_size");

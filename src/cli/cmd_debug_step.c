@@ -52,7 +52,7 @@ int cmd_debug_step(int argc, char **argv) {
         else { fprintf(stderr, "halo debug-step: unknown option '%s'\n", argv[i]); usage(); return 2; }
     }
     if (!model_dir || !batch_path || (!out_path && steps == 0)) { usage(); return 2; }
-    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "debug-step");
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, model_dir, "debug-step");
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
 
     llama_model m;

@@ -126,7 +126,7 @@ int cmd_demo(int argc, char **argv) {
         }
         else { fprintf(stderr, "halo demo: unknown option '%s' (see --help)\n", a); return 2; }
     }
-    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "demo");
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, NULL, "demo");
     if (use_cuda && cli_cuda_check()) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 1; }
     if (cli_gpu_mem_check(gmem_given, use_cuda)) { fprintf(stderr, "halo demo: %s\n", halo_error()); return 2; }
     if (threads > 0) {   // default: all cores (OpenBLAS's OpenMP build shares OpenMP's pool)

@@ -70,7 +70,7 @@ int cmd_eval(int argc, char **argv) {
     halo_metric metric = METRIC_EXACT;
     if (!loss_task && metric_from_name(task, &metric) != HALO_OK) goto bad;
     if (cli_adapter_device(adapter, loss_task, &use_cuda) != HALO_OK) goto bad;   // the loss: adapters on the GPU too
-    if (use_cuda < 0) use_cuda = cli_device_auto(&co, "eval");
+    if (use_cuda < 0) use_cuda = cli_device_auto(&co, model_dir, "eval");
     if (use_cuda && cli_cuda_check() != HALO_OK) goto bad;
     if (batch < 1) { halo_fail("--batch: %ld is not positive", batch); goto bad; }
     if (all) { dc.val_fraction = 0; dc.val_count = 0; split_name = "train"; }

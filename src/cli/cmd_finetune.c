@@ -304,7 +304,7 @@ int cmd_finetune(int argc, char **argv) {
     int use_cuda = 0;
     // (--ranks: no CUDA before the fork, so the CPU unless --device cuda)
     if (device ? cli_device_parse(device, &use_cuda) != HALO_OK
-               : ranks < 2 && (use_cuda = cli_device_auto(&co, "finetune"), 0))
+               : ranks < 2 && (use_cuda = cli_device_auto(&co, model_dir, "finetune"), 0))
         goto bad;
     // --ranks N --device cuda: rank r on GPU r (mod the count with --gpu-comm host). The launcher forks the ranks below
     // and must not start CUDA itself (a forked child cannot use its parent's CUDA): its check counts the GPUs in a

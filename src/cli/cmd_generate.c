@@ -129,7 +129,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!model_dir || (!ids_s == !text)) { usage(); return 2; }
     if (cli_adapter_device(adapter, 0, &use_cuda) != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 2; }
-    if (use_cuda < 0) use_cuda = cli_device_auto(NULL, "generate");   // generation runs BF16 weights either way
+    if (use_cuda < 0) use_cuda = cli_device_auto(NULL, model_dir, "generate");   // generation runs BF16 weights either way
     if (use_cuda && cli_cuda_check() != HALO_OK) { fprintf(stderr, "halo generate: %s\n", halo_error()); return 1; }
 
     // The tokenizer: explicit, or the model folder's tokenizer.json when there is one (the demo's byte-level

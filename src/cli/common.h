@@ -57,9 +57,9 @@ int finetune_val_loss_with(float (*fwd)(void *ctx, const halo_batch *b), void *c
 // --device cpu|cuda (src/cli/device.c). cli_device_parse: *cuda = 0 or 1, HALO_ERR naming the flag otherwise.
 int cli_device_parse(const char *value, int *cuda);
 // No --device given: HALO_DEVICE=cpu|cuda when set; else 1 (cuda) when this build has the CUDA backend, a GPU is
-// visible and the settings in co (may be NULL) run there; else 0, with a note on stderr when a GPU is present but a
-// setting is CPU-only.
-int cli_device_auto(const halo_common_opts *co, const char *verb);
+// visible and the settings in co (may be NULL) and the model in model_dir (may be NULL: its config.json's biases) run
+// there; else 0, with a note on stderr when a GPU is present but a setting or the model is CPU-only.
+int cli_device_auto(const halo_common_opts *co, const char *model_dir, const char *verb);
 // GPU memory flags of the training verbs: --bf16-moments, --bf16-grads, --recompute none|norms|mlp|all. Consumes
 // argv[*i] when it is one: returns 1 (and sets *given), 0 when it is not one, -1 (error set) for a bad value.
 int cli_gpu_mem_parse(train_cuda_mem *mem, int *given, int argc, char **argv, int *i);

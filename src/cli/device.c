@@ -9,6 +9,7 @@
 #include "model/linear.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/fileio.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
 #endif
@@ -20,7 +21,7 @@ int cli_device_parse(const char *value, int *cuda) {
     return HALO_OK;
 }
 
-int cli_device_auto(const halo_common_opts *co, const char *verb) {
+int cli_device_auto(const halo_common_opts *co, const char *model_dir, const char *verb) {
     const char *env = getenv("HALO_DEVICE");   // cpu | cuda: the default without --device (the test suite sets cpu)
     if (env && !strcmp(env, "cpu")) return 0;
     if (env && !strcmp(env, "cuda")) return 1;
@@ -30,6 +31,12 @@ int cli_device_auto(const halo_common_opts *co, const char *verb) {
     const char *why = NULL;
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) why = gpu_why;   // a GPU this build cannot run on
     else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
+    else if (model_dir) {   // (a config.json that does not load is the model loader's to report)
+        char *p = halo_path_join(model_dir, "config.json");
+        llama_config c;
+        if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && c.bias_kinds) why = LLAMA_CUDA_NO_BIAS;
+        free(p);
+    }
     if (!why) return 1;
     fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU%s\n", verb, why,
             why == gpu_why ? "" : " (--device cuda to insist)");

@@ -127,18 +127,25 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
     if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0) {
         const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
         c->mistral = cJSON_IsString(a0) && !strcmp(a0->valuestring, "MistralForCausalLM");
-        if (!cJSON_IsString(a0) || (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral))
-            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM and MistralForCausalLM are supported",
-                            path, cJSON_IsString(a0) ? a0->valuestring : "?");
+        c->qwen2 = cJSON_IsString(a0) && !strcmp(a0->valuestring, "Qwen2ForCausalLM");
+        if (!cJSON_IsString(a0) || (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral && !c->qwen2))
+            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM, MistralForCausalLM and "
+                            "Qwen2ForCausalLM are supported", path, cJSON_IsString(a0) ? a0->valuestring : "?");
     } else if (cJSON_IsString(mt) && strcmp(mt->valuestring, "llama")) {
         c->mistral = !strcmp(mt->valuestring, "mistral");
-        if (!c->mistral)
-            err = halo_fail("%s: model_type is '%s'; only 'llama' and 'mistral' are supported", path, mt->valuestring);
+        c->qwen2 = !strcmp(mt->valuestring, "qwen2");
+        if (!c->mistral && !c->qwen2)
+            err = halo_fail("%s: model_type is '%s'; only 'llama', 'mistral' and 'qwen2' are supported", path,
+                            mt->valuestring);
     }
-    const char *bool_off[] = {"attention_bias", "mlp_bias"};
-    for (int i = 0; i < 2 && err == HALO_OK; i++) {
-        const cJSON *b = cJSON_GetObjectItemCaseSensitive(root, bool_off[i]);
-        if (cJSON_IsTrue(b)) err = halo_fail("%s: '%s' is true; biases are not supported", path, bool_off[i]);
+    // biases (1 << llama_linear_kind: q 0, k 1, v 2, o 3, gate 4, up 5, down 6)
+    if (c->qwen2) {
+        c->bias_kinds = 0x7;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
+            err = halo_fail("%s: 'use_sliding_window' is true; attention over a window is not implemented", path);
+    } else {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"))) c->bias_kinds |= 0xF;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias"))) c->bias_kinds |= 0x70;
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (err == HALO_OK && act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
@@ -189,8 +196,9 @@ int llama_config_save(const llama_config *c, const char *path, const char *torch
 char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty) {
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(c->mistral ? "MistralForCausalLM" : "LlamaForCausalLM"));
-    cJSON_AddStringToObject(r, "model_type", c->mistral ? "mistral" : "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->qwen2 ? "Qwen2ForCausalLM" : c->mistral ? "MistralForCausalLM"
+                                                                                           : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(r, "model_type", c->qwen2 ? "qwen2" : c->mistral ? "mistral" : "llama");
     cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(r, "hidden_size", c->dim);
     cJSON_AddNumberToObject(r, "intermediate_size", c->hidden_dim);
@@ -211,8 +219,13 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     }
     cJSON_AddStringToObject(r, "hidden_act", "silu");
     cJSON_AddBoolToObject(r, "tie_word_embeddings", c->tie_embeddings);
-    cJSON_AddBoolToObject(r, "attention_bias", 0);
-    cJSON_AddBoolToObject(r, "mlp_bias", 0);
+    if (c->qwen2) {   // q, k, v biases are Qwen2's architecture, not a key
+        cJSON_AddBoolToObject(r, "use_sliding_window", 0);
+        cJSON_AddNullToObject(r, "sliding_window");
+    } else {
+        cJSON_AddBoolToObject(r, "attention_bias", (c->bias_kinds & 0xF) != 0);
+        cJSON_AddBoolToObject(r, "mlp_bias", (c->bias_kinds & 0x70) != 0);
+    }
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
     if (c->mistral && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);

@@ -1,5 +1,6 @@
-// Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM, or MistralForCausalLM: the
-// same layers and tensor names, with an optional attention window) and written back on export.
+// Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM: the same
+// layers and tensor names, with an optional attention window; Qwen2ForCausalLM: the same with biases on q, k and v)
+// and written back on export.
 #ifndef HALO_CONFIG_H
 #define HALO_CONFIG_H
 
@@ -22,11 +23,14 @@ typedef struct {
     int tie_embeddings; // tie_word_embeddings
     int bos_id, eos_id; // -1 when absent
     int mistral;        // model_type "mistral": exported as MistralForCausalLM
+    int qwen2;          // model_type "qwen2": exported as Qwen2ForCausalLM (q, k, v biases)
+    unsigned bias_kinds;   // bit (1 << llama_linear_kind) per block linear with a bias: Qwen2's q, k, v; Llama's
+                           // attention_bias (q, k, v, o) and mlp_bias (gate, up, down)
     int sliding_window; // Mistral's attention window in positions; 0 when none (null). Sequences longer than it are
                         // refused (llama_config_check_len): attention inside the window equals full causal attention
 } llama_config;
 
-// Parses config.json; unsupported architectures, rope scalings, biases are refused naming the key.
+// Parses config.json; unsupported architectures, rope scalings, activations are refused naming the key.
 int llama_config_load(const char *path, llama_config *c);
 // Writes config.json for `torch_dtype` ("float32" or "bfloat16"), atomically.
 int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype);

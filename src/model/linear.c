@@ -79,6 +79,10 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
 int model_linear_in_features(const llama_config *c, int kind) {
     return kind == LIN_O ? c->n_heads * c->head_dim : kind == LIN_DOWN ? c->hidden_dim : c->dim;
 }
+int model_linear_out_features(const llama_config *c, int kind) {
+    return kind == LIN_Q ? c->n_heads * c->head_dim : kind == LIN_K || kind == LIN_V ? c->n_kv_heads * c->head_dim
+         : kind == LIN_GATE || kind == LIN_UP ? c->hidden_dim : c->dim;
+}
 
 int model_halo_check_blocks(const llama_config *c, const model_halo_config *hc) {
     if (hc->level < 1 || hc->had_block <= 0) return HALO_OK;
@@ -131,17 +135,37 @@ const char *llama_halo_take_error(llama_model *m) {
     return msg;
 }
 
+// Y[t, :] += bias for each of the b rows (the bias is not quantized: HALO covers the product only)
+static void bias_forward(float *Y, const float *bias, int b, int out) {
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < b; t++)
+        for (int j = 0; j < out; j++) Y[(size_t)t * out + j] += bias[j];
+}
+
+// db[j] += sum_t dY[t, j], each column's sum in double over rows in order
+static void bias_backward(float *db, const float *dY, int b, int out) {
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < out; j++) {
+        double s = 0;
+        for (int t = 0; t < b; t++) s += dY[(size_t)t * out + j];
+        db[j] += (float)s;
+    }
+}
+
 void model_linear_forward(llama_model *m, int layer, llama_linear_kind kind, float *Y, const float *X, const float *W,
                           int b, int in, int out) {
     halo_linear *L = layer_of(m, layer, kind);
     if (!L) linear_forward(Y, X, W, b, in, out);
     else if (halo_linear_forward(L, X, W, Y, b, in, out) != HALO_OK) note_error(m);
+    const float *bias = m->w.layers[layer].bias[kind];
+    if (bias) bias_forward(Y, bias, b, out);
     lora_linear_forward(m, layer, kind, Y, X, b, in, out);
 }
 
 void model_linear_backward(llama_model *m, int layer, llama_linear_kind kind, float *dX, float *dW, const float *dY,
                            const float *X, const float *W, int b, int in, int out, int accumulate_dx) {
     if (m->lora) dW = NULL;   // LoRA: the base weight is frozen (no weight-gradient product)
+    if (dW && m->grads && m->g.layers[layer].bias[kind]) bias_backward(m->g.layers[layer].bias[kind], dY, b, out);
     halo_linear *L = layer_of(m, layer, kind);
     if (!L) {
         linear_backward(dX, dW, dY, X, W, b, in, out, accumulate_dx);

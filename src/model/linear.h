@@ -34,6 +34,8 @@ void llama_halo_bypass(llama_model *m, int on);
 int model_halo_selects(const model_halo_config *hc, int layer, int kind, int n_layers);
 void model_halo_layer_name(char *buf, size_t cap, int layer, int kind);
 int model_linear_in_features(const llama_config *c, int kind);   // dim, n_heads * head_dim (o) or hidden_dim (down)
+int model_linear_out_features(const llama_config *c, int kind);  // n_heads * head_dim (q), n_kv_heads * head_dim (k, v),
+                                                                 // hidden_dim (gate, up) or dim (o, down)
 // Levels 1-2 with a block-diagonal H_m: HALO_ERR naming the first selected layer whose in_features the block does not
 // divide (or is no supported Hadamard size); checked by llama_set_halo and by the GPU model's setup, before any step.
 int model_halo_check_blocks(const llama_config *c, const model_halo_config *hc);

@@ -53,7 +53,9 @@ struct llama_acts {
 
 static size_t layer_numel(const llama_config *c) {
     size_t D = c->dim, F = c->hidden_dim, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    return 2 * D + qd * D + 2 * kvd * D + D * qd + 3 * F * D;
+    size_t n = 2 * D + qd * D + 2 * kvd * D + D * qd + 3 * F * D;
+    for (int k = 0; k < LIN_COUNT; k++) if (c->bias_kinds >> k & 1) n += (size_t)model_linear_out_features(c, k);
+    return n;
 }
 
 // Points a llama_weights view into a contiguous buffer laid out in the table's order.
@@ -72,6 +74,10 @@ static void bind_weights(llama_weights *w, float *base, const llama_config *c) {
         L->w_gate = p; p += F * D;
         L->w_up = p; p += F * D;
         L->w_down = p; p += D * F;
+        for (int k = 0; k < LIN_COUNT; k++) {
+            L->bias[k] = c->bias_kinds >> k & 1 ? p : NULL;
+            if (L->bias[k]) p += (size_t)model_linear_out_features(c, k);
+        }
     }
     w->final_norm = p; p += D;
     w->lm_head = c->tie_embeddings ? w->embed : p;
@@ -100,7 +106,7 @@ int llama_init(llama_model *m, const llama_config *cfg) {
     m->w.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));
     m->g.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));
     bind_weights(&m->w, m->params, c);
-    m->table = xcalloc((size_t)c->n_layers * 9 + 3, sizeof(llama_param));
+    m->table = xcalloc((size_t)c->n_layers * (9 + LIN_COUNT) + 3, sizeof(llama_param));
     int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, F = c->hidden_dim;
     char name[96];
     add_param(m, "model.embed_tokens.weight", m->w.embed, 2, c->vocab_size, c->dim, 1);
@@ -117,6 +123,11 @@ int llama_init(llama_model *m, const llama_config *cfg) {
         P("mlp.gate_proj.weight", L->w_gate, 2, F, c->dim, 0);
         P("mlp.up_proj.weight", L->w_up, 2, F, c->dim, 0);
         P("mlp.down_proj.weight", L->w_down, 2, c->dim, F, 0);
+        for (int k = 0; k < LIN_COUNT; k++) {   // biases: no weight decay, as transformers' trainers leave them
+            if (!L->bias[k]) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, LLAMA_LINEAR_NAMES[k]);
+            add_param(m, name, L->bias[k], 1, model_linear_out_features(c, k), 0, 1);
+        }
 #undef P
     }
     add_param(m, "model.norm.weight", m->w.final_norm, 1, c->dim, 0, 1);
@@ -129,7 +140,11 @@ void llama_init_random(llama_model *m, uint64_t seed) {
     for (int i = 0; i < m->n_table; i++) {
         const llama_param *p = &m->table[i];
         float *d = m->params + p->offset;
-        if (p->ndim == 1) { for (size_t j = 0; j < p->numel; j++) d[j] = 1.0f; continue; }
+        if (p->ndim == 1) {   // norms 1, biases 0 (as HF's init)
+            const float v = strstr(p->name, ".bias") ? 0.0f : 1.0f;
+            for (size_t j = 0; j < p->numel; j++) d[j] = v;
+            continue;
+        }
         for (size_t j = 0; j < p->numel; j += 2) {   // Box-Muller pairs from splitmix64
             double u[2];
             for (int k = 0; k < 2; k++) {

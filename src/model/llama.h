@@ -21,6 +21,7 @@ typedef struct {
     float *w_gate;      // [hidden_dim, dim]
     float *w_up;        // [hidden_dim, dim]
     float *w_down;      // [dim, hidden_dim]
+    float *bias[LIN_COUNT];   // [out] per block linear with a bias (config bias_kinds: Qwen2's q, k, v), else NULL
 } llama_layer_weights;
 
 typedef struct {

@@ -1,0 +1,331 @@
+// Linear biases (Qwen2's q, k, v; Llama's attention_bias / mlp_bias): config.json parsing and round trip; the
+// model's loss against a float64 reference forward written out here; gradients against directional finite
+// differences (all parameters, and the biases alone); zero biases give the bias-free model's loss and gradients bit
+// for bit; HALO with identity quantizers reproduces fp32 with biases on; a Hugging Face directory round-trips with
+// its bias tensors; LoRA leaves the biases frozen; `halo finetune` and `halo eval` run a Qwen2 directory.
+#include <math.h>
+#include "model/linear.h"
+#include "model/llama.h"
+#include "model/lora.h"
+#include "test.h"
+#include "test_cli.h"
+#include "util/error.h"
+#include "util/fileio.h"
+
+static llama_config tiny(unsigned bias_kinds, int qwen2) {
+    llama_config c = {0};
+    c.vocab_size = 48; c.dim = 32; c.hidden_dim = 40; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 8; c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 1000000; c.tie_embeddings = qwen2;
+    c.bos_id = 1; c.eos_id = 2; c.qwen2 = qwen2; c.bias_kinds = bias_kinds;
+    return c;
+}
+
+// random weights, and biases of sd 0.3 (large enough to matter: the init gives zeros)
+static void random_model(llama_model *m, const llama_config *c, uint64_t seed) {
+    CHECK(llama_init(m, c) == HALO_OK, "init: %s", halo_error());
+    llama_init_random(m, seed);
+    unsigned long long s = seed * 31 + 7;
+    for (int i = 0; i < m->n_table; i++)
+        if (strstr(m->table[i].name, ".bias"))
+            for (size_t j = 0; j < m->table[i].numel; j++) m->params[m->table[i].offset + j] = (float)(0.3 * t_rand_normal(&s));
+}
+
+static void batch_of(halo_batch *b, int B, int T, int vocab, unsigned long long seed) {
+    halo_batch_alloc(b, B, T);
+    for (int i = 0; i < B * T; i++) b->input_ids[i] = (int32_t)(t_rng_next(&seed) % (unsigned)vocab);
+    halo_batch_shift_targets(b);
+}
+
+// ---- float64 reference forward (mean next-token cross-entropy), straight from the HF modeling code ----
+
+static void ref_rmsnorm(double *y, const double *x, const float *w, int D, double eps) {
+    double ss = 0;
+    for (int i = 0; i < D; i++) ss += x[i] * x[i];
+    double r = 1.0 / sqrt(ss / D + eps);
+    for (int i = 0; i < D; i++) y[i] = x[i] * r * w[i];
+}
+static void ref_linear(double *y, const double *x, const float *W, const float *bias, int in, int out) {
+    for (int o = 0; o < out; o++) {
+        double s = bias ? bias[o] : 0;
+        for (int i = 0; i < in; i++) s += (double)W[(size_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+static void ref_rope(double *v, int pos, int hd, double theta) {   // HF's rotate_half layout
+    for (int i = 0; i < hd / 2; i++) {
+        double f = pos / pow(theta, 2.0 * i / hd), c = cos(f), s = sin(f), a = v[i], b = v[i + hd / 2];
+        v[i] = a * c - b * s;
+        v[i + hd / 2] = b * c + a * s;
+    }
+}
+static double ref_loss(const llama_model *m, const halo_batch *b) {
+    const llama_config *c = &m->cfg;
+    const int T = b->T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, hd = c->head_dim, Hq = c->n_heads;
+    const int Hkv = c->n_kv_heads, qd = Hq * hd, kvd = Hkv * hd;
+    double *x = malloc(sizeof(double) * T * D), *xn = malloc(sizeof(double) * D), *q = malloc(sizeof(double) * T * qd);
+    double *k = malloc(sizeof(double) * T * kvd), *v = malloc(sizeof(double) * T * kvd), *att = malloc(sizeof(double) * qd);
+    double *o = malloc(sizeof(double) * D), *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F);
+    double *lg = malloc(sizeof(double) * V), *sc = malloc(sizeof(double) * T);
+    double total = 0;
+    long count = 0;
+    for (int bi = 0; bi < b->B; bi++) {
+        const int32_t *ids = b->input_ids + (size_t)bi * T, *tg = b->targets + (size_t)bi * T;
+        for (int t = 0; t < T; t++) for (int i = 0; i < D; i++) x[(size_t)t * D + i] = m->w.embed[(size_t)ids[t] * D + i];
+        for (int l = 0; l < c->n_layers; l++) {
+            const llama_layer_weights *W = &m->w.layers[l];
+            for (int t = 0; t < T; t++) {
+                ref_rmsnorm(xn, x + (size_t)t * D, W->attn_norm, D, c->norm_eps);
+                ref_linear(q + (size_t)t * qd, xn, W->wq, W->bias[LIN_Q], D, qd);
+                ref_linear(k + (size_t)t * kvd, xn, W->wk, W->bias[LIN_K], D, kvd);
+                ref_linear(v + (size_t)t * kvd, xn, W->wv, W->bias[LIN_V], D, kvd);
+                for (int h = 0; h < Hq; h++) ref_rope(q + (size_t)t * qd + h * hd, t, hd, c->rope_theta);
+                for (int h = 0; h < Hkv; h++) ref_rope(k + (size_t)t * kvd + h * hd, t, hd, c->rope_theta);
+            }
+            for (int t = 0; t < T; t++) {   // causal attention, grouped heads
+                for (int h = 0; h < Hq; h++) {
+                    const int kh = h / (Hq / Hkv);
+                    double mx = -1e300, sum = 0;
+                    for (int s = 0; s <= t; s++) {
+                        double d = 0;
+                        for (int i = 0; i < hd; i++) d += q[(size_t)t * qd + h * hd + i] * k[(size_t)s * kvd + kh * hd + i];
+                        sc[s] = d / sqrt((double)hd);
+                        mx = sc[s] > mx ? sc[s] : mx;
+                    }
+                    for (int s = 0; s <= t; s++) { sc[s] = exp(sc[s] - mx); sum += sc[s]; }
+                    for (int i = 0; i < hd; i++) {
+                        double a = 0;
+                        for (int s = 0; s <= t; s++) a += sc[s] / sum * v[(size_t)s * kvd + kh * hd + i];
+                        att[h * hd + i] = a;
+                    }
+                }
+                ref_linear(o, att, W->wo, W->bias[LIN_O], qd, D);
+                // (k and v of every position came from the layer's input: the residual may change now)
+                for (int i = 0; i < D; i++) x[(size_t)t * D + i] += o[i];
+            }
+            for (int t = 0; t < T; t++) {
+                double *xt = x + (size_t)t * D;
+                ref_rmsnorm(xn, xt, W->ffn_norm, D, c->norm_eps);
+                ref_linear(g, xn, W->w_gate, W->bias[LIN_GATE], D, F);
+                ref_linear(u, xn, W->w_up, W->bias[LIN_UP], D, F);
+                for (int i = 0; i < F; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+                ref_linear(o, g, W->w_down, W->bias[LIN_DOWN], F, D);
+                for (int i = 0; i < D; i++) xt[i] += o[i];
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            if (tg[t] < 0) continue;
+            ref_rmsnorm(xn, x + (size_t)t * D, m->w.final_norm, D, c->norm_eps);
+            ref_linear(lg, xn, m->w.lm_head, NULL, D, V);
+            double mx = -1e300, sum = 0;
+            for (int i = 0; i < V; i++) mx = lg[i] > mx ? lg[i] : mx;
+            for (int i = 0; i < V; i++) sum += exp(lg[i] - mx);
+            total += log(sum) + mx - lg[tg[t]];
+            count++;
+        }
+    }
+    free(x); free(xn); free(q); free(k); free(v); free(att); free(o); free(g); free(u); free(lg); free(sc);
+    return count ? total / count : 0;
+}
+
+static double loss_grads(llama_model *m, const halo_batch *b) {
+    llama_alloc_grads(m);
+    llama_zero_grads(m);
+    double l = llama_forward(m, b, NULL);
+    llama_backward(m, b, 1.0f);
+    return l;
+}
+
+static void test_config(void) {
+    const char *qwen = "{\"architectures\":[\"Qwen2ForCausalLM\"],\"model_type\":\"qwen2\",\"vocab_size\":48,"
+                       "\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                       "\"num_key_value_heads\":2,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000.0,\"hidden_act\":\"silu\","
+                       "\"tie_word_embeddings\":true,\"use_sliding_window\":false,\"sliding_window\":32768,"
+                       "\"max_window_layers\":21,\"max_position_embeddings\":32768}";
+    llama_config c;
+    CHECK(llama_config_from_json(qwen, "qwen2 config", &c) == HALO_OK && c.qwen2 && c.bias_kinds == 0x7 && !c.mistral &&
+          c.sliding_window == 0, "Qwen2ForCausalLM: q, k, v biases (bias_kinds %#x), no window: %s", c.bias_kinds,
+          halo_error());
+    char *js = llama_config_to_json(&c, "bfloat16", 0);
+    llama_config back;
+    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.qwen2 && back.bias_kinds == 0x7 &&
+          strstr(js, "\"Qwen2ForCausalLM\"") && strstr(js, "\"model_type\":\"qwen2\"") &&
+          strstr(js, "\"use_sliding_window\":false"), "the written Qwen2 config reads back: %s", js);
+    free(js);
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s", qwen);
+    memcpy(strstr(buf, "\"use_sliding_window\":false"), "\"use_sliding_window\":true ", 26);
+    CHECK(llama_config_from_json(buf, "windowed", &c) == HALO_ERR && strstr(halo_error(), "use_sliding_window"),
+          "use_sliding_window true is refused naming the key: %s", halo_error());
+    const char *base = "\"vocab_size\":48,\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4";
+    snprintf(buf, sizeof buf, "{\"architectures\":[\"LlamaForCausalLM\"],%s,\"attention_bias\":true}", base);
+    CHECK(llama_config_from_json(buf, "llama", &c) == HALO_OK && c.bias_kinds == 0xF && !c.qwen2,
+          "Llama attention_bias: q, k, v, o biases (%#x)", c.bias_kinds);
+    snprintf(buf, sizeof buf, "{\"architectures\":[\"LlamaForCausalLM\"],%s,\"mlp_bias\":true}", base);
+    CHECK(llama_config_from_json(buf, "llama", &c) == HALO_OK && c.bias_kinds == 0x70, "Llama mlp_bias: gate, up, down");
+    js = llama_config_to_json(&c, NULL, 0);
+    CHECK(strstr(js, "\"mlp_bias\":true") && strstr(js, "\"attention_bias\":false"), "and written back: %s", js);
+    free(js);
+    llama_model m;
+    llama_config q = tiny(0x7, 1);
+    CHECK(llama_init(&m, &q) == HALO_OK, "init");
+    const llama_param *p = llama_find_param(&m, "model.layers.1.self_attn.k_proj.bias");
+    CHECK(p && p->ndim == 1 && p->shape[0] == 16 && p->no_decay && !llama_find_param(&m, "model.layers.0.self_attn.o_proj.bias"),
+          "tensor table: k_proj.bias [16] without weight decay, no o_proj.bias");
+    llama_init_random(&m, 3);
+    CHECK(p && m.params[p->offset] == 0.0f && m.params[p->offset + 15] == 0.0f, "random init: biases 0");
+    llama_free(&m);
+}
+
+// float64 reference, finite differences, zero biases, HALO identity quantizers
+static void test_model(unsigned kinds, int qwen2, const char *what) {
+    llama_config c = tiny(kinds, qwen2);
+    llama_model m;
+    random_model(&m, &c, 11);
+    halo_batch b;
+    batch_of(&b, 2, 12, c.vocab_size, 5);
+    const double l = loss_grads(&m, &b), lr = ref_loss(&m, &b);
+    CHECK(fabs(l - lr) <= 2e-6 * lr, "%s: loss %.9g vs float64 reference %.9g (rel %.2g)", what, l, lr, fabs(l - lr) / lr);
+    // directional derivatives: all parameters, then the biases alone
+    float *g = malloc(sizeof(float) * m.n_params), *p0 = malloc(sizeof(float) * m.n_params), *v = malloc(sizeof(float) * m.n_params);
+    memcpy(g, m.grads, sizeof(float) * m.n_params);
+    memcpy(p0, m.params, sizeof(float) * m.n_params);
+    unsigned long long s = 17;
+    for (int biases_only = 0; biases_only <= 1; biases_only++) {
+        memset(v, 0, sizeof(float) * m.n_params);
+        double gv = 0;
+        for (int i = 0; i < m.n_table; i++) {
+            const llama_param *t = &m.table[i];
+            if (biases_only && !strstr(t->name, ".bias")) continue;
+            for (size_t j = 0; j < t->numel; j++) {
+                v[t->offset + j] = (float)t_rand_normal(&s);
+                gv += (double)g[t->offset + j] * v[t->offset + j];
+            }
+        }
+        const double h = 1e-3;
+        for (size_t i = 0; i < m.n_params; i++) m.params[i] = (float)(p0[i] + h * v[i]);
+        const double lp = ref_loss(&m, &b);
+        for (size_t i = 0; i < m.n_params; i++) m.params[i] = (float)(p0[i] - h * v[i]);
+        const double lm = ref_loss(&m, &b);
+        memcpy(m.params, p0, sizeof(float) * m.n_params);
+        const double fd = (lp - lm) / (2 * h);
+        printf("%s: directional derivative along %s: analytic %.7f, float64 central difference %.7f\n", what,
+               biases_only ? "the biases" : "every parameter", gv, fd);
+        CHECK(fabs(fd - gv) <= 2e-3 * fabs(fd) + 1e-5, "%s: %s: analytic %.7g vs numeric %.7g", what,
+              biases_only ? "biases" : "all parameters", gv, fd);
+    }
+    // zero biases: the bias-free model, bit for bit
+    llama_config c0 = c;
+    c0.bias_kinds = 0;
+    c0.qwen2 = 0;
+    llama_model m0;
+    CHECK(llama_init(&m0, &c0) == HALO_OK, "init without biases");
+    for (int i = 0; i < m.n_table; i++) {
+        const llama_param *t = &m.table[i];
+        const llama_param *t0 = llama_find_param(&m0, t->name);
+        if (t0) memcpy(m0.params + t0->offset, m.params + t->offset, sizeof(float) * t->numel);
+        else memset(m.params + t->offset, 0, sizeof(float) * t->numel);
+    }
+    const float lz = (float)loss_grads(&m, &b), l0 = (float)loss_grads(&m0, &b);
+    int same = lz == l0;
+    for (int i = 0; i < m0.n_table; i++) {
+        const llama_param *t0 = &m0.table[i], *t = llama_find_param(&m, t0->name);
+        same &= t && !memcmp(m0.grads + t0->offset, m.grads + t->offset, sizeof(float) * t0->numel);
+    }
+    CHECK(same, "%s: zero biases give the bias-free model's loss (%.9g vs %.9g) and gradients bit for bit", what, lz, l0);
+    // HALO with identity quantizers: the biases sit outside the rotated, quantized product
+    memcpy(m.params, p0, sizeof(float) * m.n_params);
+    const float lf = (float)loss_grads(&m, &b);
+    memcpy(g, m.grads, sizeof(float) * m.n_params);
+    for (int level = 0; level <= 2; level++) {
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = HALO_PREC_INT8; hc.level = level; hc.identity_quant = 1;
+        CHECK(llama_set_halo(&m, &hc) == HALO_OK, "%s", halo_error());
+        const float lh = (float)loss_grads(&m, &b);
+        const double e = rel_l2_f(m.grads, g, m.n_params);
+        CHECK(fabs(lh - lf) <= 1e-5 * lf && e < 1e-5, "%s: HALO level %d, identity quantizers: loss %.9g vs %.9g, "
+              "gradients rel %.2g", what, level, lh, lf, e);
+    }
+    free(g); free(p0); free(v);
+    halo_batch_free(&b);
+    llama_free(&m);
+    llama_free(&m0);
+}
+
+// export and reload; LoRA leaves the biases frozen
+static void test_files_and_lora(const char *dir) {
+    llama_config c = tiny(0x7, 1);
+    llama_model m, r;
+    random_model(&m, &c, 21);
+    CHECK(llama_save_hf(&m, dir, "float32", NULL) == HALO_OK, "save: %s", halo_error());
+    CHECK(llama_load(&r, dir) == HALO_OK, "reload: %s", halo_error());
+    CHECK(r.cfg.qwen2 && r.cfg.bias_kinds == 0x7 && r.n_params == m.n_params &&
+          !memcmp(r.params, m.params, sizeof(float) * m.n_params), "a Qwen2 directory round-trips with its biases");
+    llama_free(&r);
+    lora_config lc = {.rank = 2, .alpha = 4, .dropout = 0, .kinds = (1u << LIN_COUNT) - 1};
+    CHECK(llama_lora_enable(&m, &lc, 3) == HALO_OK, "lora: %s", halo_error());
+    halo_batch b;
+    batch_of(&b, 1, 10, c.vocab_size, 9);
+    llama_zero_grads(&m);
+    llama_forward(&m, &b, NULL);
+    llama_backward(&m, &b, 1.0f);
+    CHECK(!m.grads, "LoRA on a model with biases: no base gradient buffer (the biases are frozen with the weights)");
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
+// `halo finetune` on a Qwen2 directory (random weights, stories260K's tokenizer), its export, `halo eval` of it
+static void test_cli(const char *dir) {
+    llama_config c = tiny(0x7, 1);
+    c.vocab_size = 512;
+    c.max_pos = 256;
+    llama_model m;
+    random_model(&m, &c, 31);
+    char model_dir[300], cmd[8192], path[512];
+    snprintf(model_dir, sizeof model_dir, "%s/qwen2_512", dir);
+    CHECK(llama_save_hf(&m, model_dir, "float32", test_shared_path("models/stories260K")) == HALO_OK, "save: %s",
+          halo_error());
+    llama_free(&m);
+    const char *b = getenv("BUILD");
+    snprintf(cmd, sizeof cmd, "%s/halo finetune --model %s --data %s --seq-len 32 --batch 2 --steps 4 --lr 1e-3 "
+             "--threads 1 --val-count 4 --metrics %s/m.jsonl --out %s/out > %s/ft.log 2>&1", b && *b ? b : "build",
+             model_dir, test_shared_path("data/text/tinystories_sample.txt"), dir, dir, dir);
+    CHECK(system(cmd) == 0, "halo finetune on a Qwen2 directory (log %s/ft.log)", dir);
+    snprintf(path, sizeof path, "%s/m.jsonl", dir);
+    const double v = last_eval(path, "val_loss");
+    snprintf(path, sizeof path, "%s/out", dir);
+    llama_model r, r0;
+    CHECK(llama_load(&r, path) == HALO_OK && r.cfg.qwen2 && r.cfg.bias_kinds == 0x7, "the export is a Qwen2 directory");
+    CHECK(llama_load(&r0, model_dir) == HALO_OK, "the base reloads");
+    const llama_param *pb = llama_find_param(&r, "model.layers.0.self_attn.q_proj.bias");
+    const llama_param *pb0 = llama_find_param(&r0, "model.layers.0.self_attn.q_proj.bias");
+    CHECK(pb && pb0 && memcmp(r.params + pb->offset, r0.params + pb0->offset, sizeof(float) * pb->numel),
+          "fine-tuning moved the q_proj bias");
+    llama_free(&r);
+    llama_free(&r0);
+    snprintf(cmd, sizeof cmd, "%s/halo eval --model %s/out --data %s --task loss --seq-len 32 --batch 2 --threads 1 "
+             "--val-count 4 > %s/ev.log 2>&1", b && *b ? b : "build", dir,
+             test_shared_path("data/text/tinystories_sample.txt"), dir);
+    CHECK(system(cmd) == 0, "halo eval of the export");
+    snprintf(path, sizeof path, "%s/ev.log", dir);
+    const double e = eval_loss(path);
+    CHECK(v > 0 && fabs(e - v) <= 1e-5 * v, "halo eval of the exported Qwen2 model %.9g == the run's last val_loss %.9g",
+          e, v);
+}
+
+int main(void) {
+    test_config();
+    test_model(0x7, 1, "Qwen2 (q, k, v biases)");
+    test_model(0x7F, 0, "every linear with a bias (attention_bias + mlp_bias)");
+    char dir[] = "/tmp/halo_bias_XXXXXX";
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
+    char model_dir[300];
+    snprintf(model_dir, sizeof model_dir, "%s/qwen2", dir);
+    test_files_and_lora(model_dir);
+    if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED): the CLI part");
+    else test_cli(dir);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (!getenv("KEEP") && system(cmd)) {}
+    TEST_END();
+}
