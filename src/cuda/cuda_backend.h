@@ -200,9 +200,10 @@ int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // is skipped. Copy-back, moments and upload_state then move the adapters in llama_trainable_params' layout (the
 // host's adapters; the CPU trainer's adamw_state). bf16_moments / bf16_grads are refused with LoRA.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
-// What llama_cuda_init (and _init_random) say of a model with biases (Qwen2's q, k, v; config bias_kinds).
-#define LLAMA_CUDA_NO_BIAS "the GPU model has no linear biases yet (Qwen2's q, k, v; attention_bias, mlp_bias): " \
-                           "this model runs on the CPU (--device cpu)"
+// What llama_cuda_init (and _init_random) say of a model with biases (config bias_kinds: Qwen2's q, k, v;
+// attention_bias, mlp_bias) or q/k norms (qk_norm: Qwen3).
+#define LLAMA_CUDA_NO_BIAS "the GPU model has no linear biases or q/k norms yet (Qwen2, Qwen3; attention_bias, " \
+                           "mlp_bias): this model runs on the CPU (--device cpu)"
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the
 // default): no dropout, as evaluation. Nothing without adapters.

@@ -989,7 +989,7 @@ static void halo_teardown(llama_cuda *g) {
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
     *out = NULL;
-    if (cfg->bias_kinds) return halo_fail("%s", LLAMA_CUDA_NO_BIAS);
+    if (cfg->bias_kinds || cfg->qk_norm) return halo_fail("%s", LLAMA_CUDA_NO_BIAS);
     char why[256];
     if (!cuda_device_usable(why, sizeof why)) return halo_fail("CUDA: %s", why);
     if (o->max_B <= 0 || o->max_T <= 0) return halo_fail("CUDA: max_B and max_T must be positive");

@@ -91,6 +91,8 @@ int llama_config_validate(const llama_config *c, const char *where) {
         return halo_fail("%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", where,
                          c->n_heads, c->n_kv_heads);
     if (c->head_dim % 2) return halo_fail("%s: head_dim %d must be even for RoPE", where, c->head_dim);
+    if (c->qk_norm && c->n_heads > c->dim)   // the decoder keeps the heads' norm scales in a [hidden_size] buffer
+        return halo_fail("%s: num_attention_heads (%d) above hidden_size (%d)", where, c->n_heads, c->dim);
     if (!(c->norm_eps > 0)) return halo_fail("%s: 'rms_norm_eps' must be positive", where);
     if (!(c->rope_theta > 0)) return halo_fail("%s: 'rope_theta' must be positive", where);
     // llama3 scaling divides by factor, each frequency factor and their difference
@@ -128,19 +130,24 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
         c->mistral = cJSON_IsString(a0) && !strcmp(a0->valuestring, "MistralForCausalLM");
         c->qwen2 = cJSON_IsString(a0) && !strcmp(a0->valuestring, "Qwen2ForCausalLM");
-        if (!cJSON_IsString(a0) || (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral && !c->qwen2))
-            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM, MistralForCausalLM and "
-                            "Qwen2ForCausalLM are supported", path, cJSON_IsString(a0) ? a0->valuestring : "?");
+        c->qwen3 = cJSON_IsString(a0) && !strcmp(a0->valuestring, "Qwen3ForCausalLM");
+        if (!cJSON_IsString(a0) ||
+            (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral && !c->qwen2 && !c->qwen3))
+            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM, MistralForCausalLM, "
+                            "Qwen2ForCausalLM and Qwen3ForCausalLM are supported", path,
+                            cJSON_IsString(a0) ? a0->valuestring : "?");
     } else if (cJSON_IsString(mt) && strcmp(mt->valuestring, "llama")) {
         c->mistral = !strcmp(mt->valuestring, "mistral");
         c->qwen2 = !strcmp(mt->valuestring, "qwen2");
-        if (!c->mistral && !c->qwen2)
-            err = halo_fail("%s: model_type is '%s'; only 'llama', 'mistral' and 'qwen2' are supported", path,
+        c->qwen3 = !strcmp(mt->valuestring, "qwen3");
+        if (!c->mistral && !c->qwen2 && !c->qwen3)
+            err = halo_fail("%s: model_type is '%s'; only 'llama', 'mistral', 'qwen2' and 'qwen3' are supported", path,
                             mt->valuestring);
     }
+    c->qk_norm = c->qwen3;
     // biases (1 << llama_linear_kind: q 0, k 1, v 2, o 3, gate 4, up 5, down 6)
-    if (c->qwen2) {
-        c->bias_kinds = 0x7;
+    if (c->qwen2 || c->qwen3) {   // Qwen2: q, k, v biases always; Qwen3: q, k, v, o ones when attention_bias
+        c->bias_kinds = c->qwen2 ? 0x7 : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias")) ? 0xF : 0;
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
             err = halo_fail("%s: 'use_sliding_window' is true; attention over a window is not implemented", path);
     } else {
@@ -196,9 +203,9 @@ int llama_config_save(const llama_config *c, const char *path, const char *torch
 char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty) {
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(c->qwen2 ? "Qwen2ForCausalLM" : c->mistral ? "MistralForCausalLM"
-                                                                                           : "LlamaForCausalLM"));
-    cJSON_AddStringToObject(r, "model_type", c->qwen2 ? "qwen2" : c->mistral ? "mistral" : "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->qwen3 ? "Qwen3ForCausalLM" : c->qwen2 ? "Qwen2ForCausalLM"
+                                                  : c->mistral ? "MistralForCausalLM" : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(r, "model_type", c->qwen3 ? "qwen3" : c->qwen2 ? "qwen2" : c->mistral ? "mistral" : "llama");
     cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(r, "hidden_size", c->dim);
     cJSON_AddNumberToObject(r, "intermediate_size", c->hidden_dim);
@@ -219,7 +226,8 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     }
     cJSON_AddStringToObject(r, "hidden_act", "silu");
     cJSON_AddBoolToObject(r, "tie_word_embeddings", c->tie_embeddings);
-    if (c->qwen2) {   // q, k, v biases are Qwen2's architecture, not a key
+    if (c->qwen2 || c->qwen3) {   // Qwen2's q, k, v biases are its architecture, not a key
+        if (c->qwen3) cJSON_AddBoolToObject(r, "attention_bias", c->bias_kinds != 0);
         cJSON_AddBoolToObject(r, "use_sliding_window", 0);
         cJSON_AddNullToObject(r, "sliding_window");
     } else {

@@ -1,6 +1,6 @@
 // Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM: the same
-// layers and tensor names, with an optional attention window; Qwen2ForCausalLM: the same with biases on q, k and v)
-// and written back on export.
+// layers and tensor names, with an optional attention window; Qwen2ForCausalLM: the same with biases on q, k and v;
+// Qwen3ForCausalLM: RMSNorm over each head of q and k before RoPE) and written back on export.
 #ifndef HALO_CONFIG_H
 #define HALO_CONFIG_H
 
@@ -24,6 +24,8 @@ typedef struct {
     int bos_id, eos_id; // -1 when absent
     int mistral;        // model_type "mistral": exported as MistralForCausalLM
     int qwen2;          // model_type "qwen2": exported as Qwen2ForCausalLM (q, k, v biases)
+    int qwen3;          // model_type "qwen3": exported as Qwen3ForCausalLM (q, k norms; biases when attention_bias)
+    int qk_norm;        // RMSNorm (weight [head_dim], rms_norm_eps) over each head of q and of k, before RoPE
     unsigned bias_kinds;   // bit (1 << llama_linear_kind) per block linear with a bias: Qwen2's q, k, v; Llama's
                            // attention_bias (q, k, v, o) and mlp_bias (gate, up, down)
     int sliding_window; // Mistral's attention window in positions; 0 when none (null). Sequences longer than it are

@@ -35,6 +35,8 @@ typedef struct {
     float *gate;     // [N, F]
     float *up;       // [N, F]
     float *hmid;     // [N, F] silu(gate) * up (down_proj input)
+    float *qraw, *kraw;      // q_norm / k_norm models: q, k before their per-head norm [N, Hq*hd], [N, Hkv*hd]
+    float *rstdq, *rstdk;    // and the norms' reciprocal rms [N*Hq], [N*Hkv]
 } layer_acts;
 
 struct llama_acts {
@@ -49,12 +51,14 @@ struct llama_acts {
     int rope_len;
     // backward scratch
     float *dres, *dx, *dq, *dk, *dv, *datt, *dgate, *dup, *dh;
+    float *dqraw, *dkraw;   // q_norm / k_norm models: gradients of q, k before their norms
 };
 
 static size_t layer_numel(const llama_config *c) {
     size_t D = c->dim, F = c->hidden_dim, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     size_t n = 2 * D + qd * D + 2 * kvd * D + D * qd + 3 * F * D;
     for (int k = 0; k < LIN_COUNT; k++) if (c->bias_kinds >> k & 1) n += (size_t)model_linear_out_features(c, k);
+    if (c->qk_norm) n += 2 * (size_t)c->head_dim;
     return n;
 }
 
@@ -78,6 +82,8 @@ static void bind_weights(llama_weights *w, float *base, const llama_config *c) {
             L->bias[k] = c->bias_kinds >> k & 1 ? p : NULL;
             if (L->bias[k]) p += (size_t)model_linear_out_features(c, k);
         }
+        L->q_norm = L->k_norm = NULL;
+        if (c->qk_norm) { L->q_norm = p; p += c->head_dim; L->k_norm = p; p += c->head_dim; }
     }
     w->final_norm = p; p += D;
     w->lm_head = c->tie_embeddings ? w->embed : p;
@@ -106,7 +112,7 @@ int llama_init(llama_model *m, const llama_config *cfg) {
     m->w.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));
     m->g.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));
     bind_weights(&m->w, m->params, c);
-    m->table = xcalloc((size_t)c->n_layers * (9 + LIN_COUNT) + 3, sizeof(llama_param));
+    m->table = xcalloc((size_t)c->n_layers * (11 + LIN_COUNT) + 3, sizeof(llama_param));
     int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, F = c->hidden_dim;
     char name[96];
     add_param(m, "model.embed_tokens.weight", m->w.embed, 2, c->vocab_size, c->dim, 1);
@@ -127,6 +133,10 @@ int llama_init(llama_model *m, const llama_config *cfg) {
             if (!L->bias[k]) continue;
             snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, LLAMA_LINEAR_NAMES[k]);
             add_param(m, name, L->bias[k], 1, model_linear_out_features(c, k), 0, 1);
+        }
+        if (L->q_norm) {
+            P("self_attn.q_norm.weight", L->q_norm, 1, c->head_dim, 0, 1);
+            P("self_attn.k_norm.weight", L->k_norm, 1, c->head_dim, 0, 1);
         }
 #undef P
     }
@@ -314,12 +324,12 @@ static void acts_free(struct llama_acts *a, int n_layers) {
     for (int l = 0; l < n_layers; l++) {
         layer_acts *L = &a->l[l];
         float *bufs[] = {L->res, L->xn1, L->rstd1, L->q, L->k, L->v, L->probs, L->att, L->res_mid, L->xn2, L->rstd2,
-                         L->gate, L->up, L->hmid};
+                         L->gate, L->up, L->hmid, L->qraw, L->kraw, L->rstdq, L->rstdk};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     }
     free(a->l);
     float *bufs[] = {a->res_out, a->xf, a->rstdf, a->logits, a->cos_t, a->sin_t, a->dres, a->dx, a->dq, a->dk, a->dv,
-                     a->datt, a->dgate, a->dup, a->dh};
+                     a->datt, a->dgate, a->dup, a->dh, a->dqraw, a->dkraw};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(a->pos);
     free(a);
@@ -365,6 +375,10 @@ static struct llama_acts *acts_ensure(llama_model *m, int B, int T, int rope_len
         L->xn2 = xmalloc(sizeof(float) * N * D); L->rstd2 = xmalloc(sizeof(float) * N);
         L->gate = xmalloc(sizeof(float) * N * F); L->up = xmalloc(sizeof(float) * N * F);
         L->hmid = xmalloc(sizeof(float) * N * F);
+        if (c->qk_norm) {
+            L->qraw = xmalloc(sizeof(float) * N * qd); L->kraw = xmalloc(sizeof(float) * N * kvd);
+            L->rstdq = xmalloc(sizeof(float) * N * c->n_heads); L->rstdk = xmalloc(sizeof(float) * N * c->n_kv_heads);
+        }
     }
     a->res_out = xmalloc(sizeof(float) * N * D); a->xf = xmalloc(sizeof(float) * N * D);
     a->rstdf = xmalloc(sizeof(float) * N); a->logits = xmalloc(sizeof(float) * N * V);
@@ -379,6 +393,7 @@ static struct llama_acts *acts_ensure(llama_model *m, int B, int T, int rope_len
     a->dv = xmalloc(sizeof(float) * N * kvd); a->datt = xmalloc(sizeof(float) * N * qd);
     a->dgate = xmalloc(sizeof(float) * N * F); a->dup = xmalloc(sizeof(float) * N * F);
     a->dh = xmalloc(sizeof(float) * N * F);
+    if (c->qk_norm) { a->dqraw = xmalloc(sizeof(float) * N * qd); a->dkraw = xmalloc(sizeof(float) * N * kvd); }
     return a;
 }
 
@@ -402,9 +417,13 @@ float llama_forward(llama_model *m, const halo_batch *b, float *logits_out) {
         const llama_layer_weights *W = &m->w.layers[l];
         // attention block: res_mid = res + o_proj(attn(rope(q), rope(k), v))
         rmsnorm_forward(L->xn1, L->rstd1, L->res, W->attn_norm, N, D, c->norm_eps);
-        model_linear_forward(m, l, LIN_Q, L->q, L->xn1, W->wq, N, D, qd);
-        model_linear_forward(m, l, LIN_K, L->k, L->xn1, W->wk, N, D, kvd);
+        model_linear_forward(m, l, LIN_Q, W->q_norm ? L->qraw : L->q, L->xn1, W->wq, N, D, qd);
+        model_linear_forward(m, l, LIN_K, W->k_norm ? L->kraw : L->k, L->xn1, W->wk, N, D, kvd);
         model_linear_forward(m, l, LIN_V, L->v, L->xn1, W->wv, N, D, kvd);
+        if (W->q_norm) {   // Qwen3: RMSNorm over each head of q and k (rows of hd), then RoPE
+            rmsnorm_forward(L->q, L->rstdq, L->qraw, W->q_norm, N * Hq, hd, c->norm_eps);
+            rmsnorm_forward(L->k, L->rstdk, L->kraw, W->k_norm, N * Hkv, hd, c->norm_eps);
+        }
         rope_forward(L->q, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
         rope_forward(L->k, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
         attention_forward(L->att, L->probs, L->q, L->k, L->v, b->seg, B, T, Hq, Hkv, hd);
@@ -457,8 +476,17 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
         attention_backward(a->dq, a->dk, a->dv, a->datt, L->probs, L->q, L->k, L->v, B, T, Hq, Hkv, hd);
         rope_backward(a->dq, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
         rope_backward(a->dk, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
-        model_linear_backward(m, l, LIN_Q, a->dx, G->wq, a->dq, L->xn1, W->wq, N, D, qd, 0);
-        model_linear_backward(m, l, LIN_K, a->dx, G->wk, a->dk, L->xn1, W->wk, N, D, kvd, 1);
+        float *dq = a->dq, *dk = a->dk;
+        if (W->q_norm) {   // through the per-head norms (rmsnorm_backward adds into its dx)
+            memset(a->dqraw, 0, sizeof(float) * (size_t)N * qd);
+            memset(a->dkraw, 0, sizeof(float) * (size_t)N * kvd);
+            rmsnorm_backward(a->dqraw, G->q_norm, a->dq, L->qraw, W->q_norm, L->rstdq, N * Hq, hd);
+            rmsnorm_backward(a->dkraw, G->k_norm, a->dk, L->kraw, W->k_norm, L->rstdk, N * Hkv, hd);
+            dq = a->dqraw;
+            dk = a->dkraw;
+        }
+        model_linear_backward(m, l, LIN_Q, a->dx, G->wq, dq, L->xn1, W->wq, N, D, qd, 0);
+        model_linear_backward(m, l, LIN_K, a->dx, G->wk, dk, L->xn1, W->wk, N, D, kvd, 1);
         model_linear_backward(m, l, LIN_V, a->dx, G->wv, a->dv, L->xn1, W->wv, N, D, kvd, 1);
         rmsnorm_backward(a->dres, G->attn_norm, a->dx, L->res, W->attn_norm, L->rstd1, N, D);
     }
@@ -503,6 +531,10 @@ void llama_decode_step(llama_model *m, llama_kv_cache *kc, int32_t token, int po
         model_linear_forward(m, l, LIN_Q, q, xn, W->wq, 1, D, qd);
         model_linear_forward(m, l, LIN_K, k, xn, W->wk, 1, D, kvd);
         model_linear_forward(m, l, LIN_V, v, xn, W->wv, 1, D, kvd);
+        if (W->q_norm) {   // in place, per head (tmp holds the heads' rstd: Hq <= D)
+            rmsnorm_forward(q, tmp, q, W->q_norm, Hq, hd, c->norm_eps);
+            rmsnorm_forward(k, tmp, k, W->k_norm, Hkv, hd, c->norm_eps);
+        }
         rope_forward(q, &p32, cos_t, sin_t, 1, Hq, hd);
         rope_forward(k, &p32, cos_t, sin_t, 1, Hkv, hd);
         memcpy(kcache + (size_t)pos * kvd, k, sizeof(float) * (size_t)kvd);

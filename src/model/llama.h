@@ -22,6 +22,7 @@ typedef struct {
     float *w_up;        // [hidden_dim, dim]
     float *w_down;      // [dim, hidden_dim]
     float *bias[LIN_COUNT];   // [out] per block linear with a bias (config bias_kinds: Qwen2's q, k, v), else NULL
+    float *q_norm, *k_norm;   // [head_dim] RMSNorm weights over each head of q and k (config qk_norm: Qwen3), else NULL
 } llama_layer_weights;
 
 typedef struct {

@@ -1,8 +1,9 @@
-// Linear biases (Qwen2's q, k, v; Llama's attention_bias / mlp_bias): config.json parsing and round trip; the
-// model's loss against a float64 reference forward written out here; gradients against directional finite
-// differences (all parameters, and the biases alone); zero biases give the bias-free model's loss and gradients bit
-// for bit; HALO with identity quantizers reproduces fp32 with biases on; a Hugging Face directory round-trips with
-// its bias tensors; LoRA leaves the biases frozen; `halo finetune` and `halo eval` run a Qwen2 directory.
+// The Llama variants beyond Llama itself: linear biases (Qwen2's q, k, v; Llama's attention_bias / mlp_bias) and
+// Qwen3's per-head q/k RMSNorm. config.json parsing and round trip; the model's loss against a float64 reference
+// forward written out here; gradients against directional finite differences (all parameters, and the new tensors
+// alone); zero biases give the bias-free model's loss and gradients bit for bit; the KV-cached decoder gives the
+// forward's logits; HALO with identity quantizers reproduces fp32; a Hugging Face directory round-trips; LoRA
+// leaves the new tensors frozen; `halo finetune` and `halo eval` run Qwen2 and Qwen3 directories.
 #include <math.h>
 #include "model/linear.h"
 #include "model/llama.h"
@@ -12,22 +13,29 @@
 #include "util/error.h"
 #include "util/fileio.h"
 
-static llama_config tiny(unsigned bias_kinds, int qwen2) {
+enum { LLAMA = 0, QWEN2 = 2, QWEN3 = 3 };
+static llama_config tiny(unsigned bias_kinds, int arch) {
     llama_config c = {0};
     c.vocab_size = 48; c.dim = 32; c.hidden_dim = 40; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
-    c.head_dim = 8; c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 1000000; c.tie_embeddings = qwen2;
-    c.bos_id = 1; c.eos_id = 2; c.qwen2 = qwen2; c.bias_kinds = bias_kinds;
+    c.head_dim = arch == QWEN3 ? 12 : 8;   // Qwen3's heads are wider than hidden_size / heads
+    c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 1000000; c.tie_embeddings = arch != LLAMA;
+    c.bos_id = 1; c.eos_id = 2; c.qwen2 = arch == QWEN2; c.qwen3 = c.qk_norm = arch == QWEN3; c.bias_kinds = bias_kinds;
     return c;
 }
 
-// random weights, and biases of sd 0.3 (large enough to matter: the init gives zeros)
+static int is_new_tensor(const char *name) { return strstr(name, ".bias") || (strstr(name, "_norm.weight") && strstr(name, "self_attn")); }
+
+// random weights; biases of sd 0.3 and q/k norm weights 1 + 0.3 N(0, 1) (large enough to matter: the init gives 0, 1)
 static void random_model(llama_model *m, const llama_config *c, uint64_t seed) {
     CHECK(llama_init(m, c) == HALO_OK, "init: %s", halo_error());
     llama_init_random(m, seed);
     unsigned long long s = seed * 31 + 7;
-    for (int i = 0; i < m->n_table; i++)
-        if (strstr(m->table[i].name, ".bias"))
-            for (size_t j = 0; j < m->table[i].numel; j++) m->params[m->table[i].offset + j] = (float)(0.3 * t_rand_normal(&s));
+    for (int i = 0; i < m->n_table; i++) {
+        const llama_param *p = &m->table[i];
+        if (!is_new_tensor(p->name)) continue;
+        const float base = strstr(p->name, ".bias") ? 0.0f : 1.0f;
+        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = base + (float)(0.3 * t_rand_normal(&s));
+    }
 }
 
 static void batch_of(halo_batch *b, int B, int T, int vocab, unsigned long long seed) {
@@ -43,6 +51,12 @@ static void ref_rmsnorm(double *y, const double *x, const float *w, int D, doubl
     for (int i = 0; i < D; i++) ss += x[i] * x[i];
     double r = 1.0 / sqrt(ss / D + eps);
     for (int i = 0; i < D; i++) y[i] = x[i] * r * w[i];
+}
+static void ref_rmsnorm_inplace(double *x, const float *w, int D, double eps) {
+    double ss = 0;
+    for (int i = 0; i < D; i++) ss += x[i] * x[i];
+    double r = 1.0 / sqrt(ss / D + eps);
+    for (int i = 0; i < D; i++) x[i] = x[i] * r * w[i];
 }
 static void ref_linear(double *y, const double *x, const float *W, const float *bias, int in, int out) {
     for (int o = 0; o < out; o++) {
@@ -78,6 +92,10 @@ static double ref_loss(const llama_model *m, const halo_batch *b) {
                 ref_linear(q + (size_t)t * qd, xn, W->wq, W->bias[LIN_Q], D, qd);
                 ref_linear(k + (size_t)t * kvd, xn, W->wk, W->bias[LIN_K], D, kvd);
                 ref_linear(v + (size_t)t * kvd, xn, W->wv, W->bias[LIN_V], D, kvd);
+                if (W->q_norm) {   // Qwen3: each head of q and k normalized (in place: one head at a time)
+                    for (int h = 0; h < Hq; h++) ref_rmsnorm_inplace(q + (size_t)t * qd + h * hd, W->q_norm, hd, c->norm_eps);
+                    for (int h = 0; h < Hkv; h++) ref_rmsnorm_inplace(k + (size_t)t * kvd + h * hd, W->k_norm, hd, c->norm_eps);
+                }
                 for (int h = 0; h < Hq; h++) ref_rope(q + (size_t)t * qd + h * hd, t, hd, c->rope_theta);
                 for (int h = 0; h < Hkv; h++) ref_rope(k + (size_t)t * kvd + h * hd, t, hd, c->rope_theta);
             }
@@ -166,8 +184,30 @@ static void test_config(void) {
     js = llama_config_to_json(&c, NULL, 0);
     CHECK(strstr(js, "\"mlp_bias\":true") && strstr(js, "\"attention_bias\":false"), "and written back: %s", js);
     free(js);
+    const char *qwen3 = "{\"architectures\":[\"Qwen3ForCausalLM\"],\"model_type\":\"qwen3\",\"vocab_size\":48,"
+                        "\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                        "\"num_key_value_heads\":2,\"head_dim\":12,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000,"
+                        "\"attention_bias\":false,\"tie_word_embeddings\":true,\"use_sliding_window\":false}";
+    CHECK(llama_config_from_json(qwen3, "qwen3 config", &c) == HALO_OK && c.qwen3 && c.qk_norm && !c.qwen2 &&
+          c.bias_kinds == 0 && c.head_dim == 12, "Qwen3ForCausalLM: q/k norms, no biases, head_dim 12: %s", halo_error());
+    js = llama_config_to_json(&c, NULL, 0);
+    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.qwen3 && back.qk_norm &&
+          strstr(js, "\"Qwen3ForCausalLM\""), "the written Qwen3 config reads back: %s", js);
+    free(js);
+    snprintf(buf, sizeof buf, "%s", qwen3);
+    memcpy(strstr(buf, "\"attention_bias\":false"), "\"attention_bias\":true ", 22);
+    CHECK(llama_config_from_json(buf, "qwen3 with biases", &c) == HALO_OK && c.bias_kinds == 0xF && c.qk_norm,
+          "Qwen3 with attention_bias: q, k, v, o biases (%#x)", c.bias_kinds);
     llama_model m;
-    llama_config q = tiny(0x7, 1);
+    llama_config q3 = tiny(0, QWEN3);
+    CHECK(llama_init(&m, &q3) == HALO_OK, "init");
+    const llama_param *qn = llama_find_param(&m, "model.layers.1.self_attn.q_norm.weight");
+    CHECK(qn && qn->ndim == 1 && qn->shape[0] == 12 && qn->no_decay && llama_find_param(&m, "model.layers.0.self_attn.k_norm.weight"),
+          "tensor table: q_norm / k_norm [head_dim] without weight decay");
+    llama_init_random(&m, 3);
+    CHECK(qn && m.params[qn->offset] == 1.0f, "random init: q/k norm weights 1");
+    llama_free(&m);
+    llama_config q = tiny(0x7, QWEN2);
     CHECK(llama_init(&m, &q) == HALO_OK, "init");
     const llama_param *p = llama_find_param(&m, "model.layers.1.self_attn.k_proj.bias");
     CHECK(p && p->ndim == 1 && p->shape[0] == 16 && p->no_decay && !llama_find_param(&m, "model.layers.0.self_attn.o_proj.bias"),
@@ -178,8 +218,8 @@ static void test_config(void) {
 }
 
 // float64 reference, finite differences, zero biases, HALO identity quantizers
-static void test_model(unsigned kinds, int qwen2, const char *what) {
-    llama_config c = tiny(kinds, qwen2);
+static void test_model(unsigned kinds, int arch, const char *what) {
+    llama_config c = tiny(kinds, arch);
     llama_model m;
     random_model(&m, &c, 11);
     halo_batch b;
@@ -196,13 +236,13 @@ static void test_model(unsigned kinds, int qwen2, const char *what) {
         double gv = 0;
         for (int i = 0; i < m.n_table; i++) {
             const llama_param *t = &m.table[i];
-            if (biases_only && !strstr(t->name, ".bias")) continue;
+            if (biases_only && !is_new_tensor(t->name)) continue;
             for (size_t j = 0; j < t->numel; j++) {
                 v[t->offset + j] = (float)t_rand_normal(&s);
                 gv += (double)g[t->offset + j] * v[t->offset + j];
             }
         }
-        const double h = 1e-3;
+        const double h = 1e-4;   // 1e-3 is past the linear range along every parameter of the Qwen3 model
         for (size_t i = 0; i < m.n_params; i++) m.params[i] = (float)(p0[i] + h * v[i]);
         const double lp = ref_loss(&m, &b);
         for (size_t i = 0; i < m.n_params; i++) m.params[i] = (float)(p0[i] - h * v[i]);
@@ -210,30 +250,48 @@ static void test_model(unsigned kinds, int qwen2, const char *what) {
         memcpy(m.params, p0, sizeof(float) * m.n_params);
         const double fd = (lp - lm) / (2 * h);
         printf("%s: directional derivative along %s: analytic %.7f, float64 central difference %.7f\n", what,
-               biases_only ? "the biases" : "every parameter", gv, fd);
+               biases_only ? "the biases / q, k norms" : "every parameter", gv, fd);
         CHECK(fabs(fd - gv) <= 2e-3 * fabs(fd) + 1e-5, "%s: %s: analytic %.7g vs numeric %.7g", what,
-              biases_only ? "biases" : "all parameters", gv, fd);
+              biases_only ? "biases / q, k norms" : "all parameters", gv, fd);
     }
-    // zero biases: the bias-free model, bit for bit
-    llama_config c0 = c;
-    c0.bias_kinds = 0;
-    c0.qwen2 = 0;
-    llama_model m0;
-    CHECK(llama_init(&m0, &c0) == HALO_OK, "init without biases");
-    for (int i = 0; i < m.n_table; i++) {
-        const llama_param *t = &m.table[i];
-        const llama_param *t0 = llama_find_param(&m0, t->name);
-        if (t0) memcpy(m0.params + t0->offset, m.params + t->offset, sizeof(float) * t->numel);
-        else memset(m.params + t->offset, 0, sizeof(float) * t->numel);
+    // the KV-cached decoder: the forward's logits, position by position (row 0 of the batch)
+    {
+        const int T = b.T, V = c.vocab_size;
+        float *lf = malloc(sizeof(float) * (size_t)b.B * T * V), *ld = malloc(sizeof(float) * V);
+        llama_forward(&m, &b, lf);
+        llama_kv_cache kc;
+        llama_kv_init(&kc, &c, T);
+        double worst = 0;
+        for (int t = 0; t < T; t++) {
+            llama_decode_step(&m, &kc, b.input_ids[t], t, ld);
+            worst = fmax(worst, rel_l2_f(ld, lf + (size_t)t * V, V));
+        }
+        llama_kv_free(&kc);
+        CHECK(worst < 1e-5, "%s: KV-cached decoding gives the forward's logits (worst position rel %.2g)", what, worst);
+        free(lf); free(ld);
     }
-    const float lz = (float)loss_grads(&m, &b), l0 = (float)loss_grads(&m0, &b);
-    int same = lz == l0;
-    for (int i = 0; i < m0.n_table; i++) {
-        const llama_param *t0 = &m0.table[i], *t = llama_find_param(&m, t0->name);
-        same &= t && !memcmp(m0.grads + t0->offset, m.grads + t->offset, sizeof(float) * t0->numel);
+    if (kinds) {   // zero biases: the bias-free model (q/k norms kept), bit for bit
+        llama_config c0 = c;
+        c0.bias_kinds = 0;
+        c0.qwen2 = 0;
+        llama_model m0;
+        CHECK(llama_init(&m0, &c0) == HALO_OK, "init without biases");
+        for (int i = 0; i < m.n_table; i++) {
+            const llama_param *t = &m.table[i];
+            const llama_param *t0 = llama_find_param(&m0, t->name);
+            if (t0) memcpy(m0.params + t0->offset, m.params + t->offset, sizeof(float) * t->numel);
+            else memset(m.params + t->offset, 0, sizeof(float) * t->numel);
+        }
+        const float lz = (float)loss_grads(&m, &b), l0 = (float)loss_grads(&m0, &b);
+        int same = lz == l0;
+        for (int i = 0; i < m0.n_table; i++) {
+            const llama_param *t0 = &m0.table[i], *t = llama_find_param(&m, t0->name);
+            same &= t && !memcmp(m0.grads + t0->offset, m.grads + t->offset, sizeof(float) * t0->numel);
+        }
+        CHECK(same, "%s: zero biases give the bias-free model's loss (%.9g vs %.9g) and gradients bit for bit", what, lz, l0);
+        llama_free(&m0);
     }
-    CHECK(same, "%s: zero biases give the bias-free model's loss (%.9g vs %.9g) and gradients bit for bit", what, lz, l0);
-    // HALO with identity quantizers: the biases sit outside the rotated, quantized product
+    // HALO with identity quantizers: the biases and norms sit outside the rotated, quantized product
     memcpy(m.params, p0, sizeof(float) * m.n_params);
     const float lf = (float)loss_grads(&m, &b);
     memcpy(g, m.grads, sizeof(float) * m.n_params);
@@ -249,18 +307,19 @@ static void test_model(unsigned kinds, int qwen2, const char *what) {
     free(g); free(p0); free(v);
     halo_batch_free(&b);
     llama_free(&m);
-    llama_free(&m0);
 }
 
 // export and reload; LoRA leaves the biases frozen
-static void test_files_and_lora(const char *dir) {
-    llama_config c = tiny(0x7, 1);
+// export and reload; LoRA leaves the biases and norms frozen
+static void test_files_and_lora(const char *dir, unsigned kinds, int arch, const char *what) {
+    llama_config c = tiny(kinds, arch);
     llama_model m, r;
     random_model(&m, &c, 21);
     CHECK(llama_save_hf(&m, dir, "float32", NULL) == HALO_OK, "save: %s", halo_error());
     CHECK(llama_load(&r, dir) == HALO_OK, "reload: %s", halo_error());
-    CHECK(r.cfg.qwen2 && r.cfg.bias_kinds == 0x7 && r.n_params == m.n_params &&
-          !memcmp(r.params, m.params, sizeof(float) * m.n_params), "a Qwen2 directory round-trips with its biases");
+    CHECK(r.cfg.qwen2 == c.qwen2 && r.cfg.qwen3 == c.qwen3 && r.cfg.qk_norm == c.qk_norm &&
+          r.cfg.bias_kinds == kinds && r.n_params == m.n_params && !memcmp(r.params, m.params, sizeof(float) * m.n_params),
+          "%s: the Hugging Face directory round-trips", what);
     llama_free(&r);
     lora_config lc = {.rank = 2, .alpha = 4, .dropout = 0, .kinds = (1u << LIN_COUNT) - 1};
     CHECK(llama_lora_enable(&m, &lc, 3) == HALO_OK, "lora: %s", halo_error());
@@ -269,61 +328,70 @@ static void test_files_and_lora(const char *dir) {
     llama_zero_grads(&m);
     llama_forward(&m, &b, NULL);
     llama_backward(&m, &b, 1.0f);
-    CHECK(!m.grads, "LoRA on a model with biases: no base gradient buffer (the biases are frozen with the weights)");
+    CHECK(!m.grads, "%s: LoRA leaves no base gradient buffer (biases and norms frozen with the weights)", what);
     halo_batch_free(&b);
     llama_free(&m);
 }
 
-// `halo finetune` on a Qwen2 directory (random weights, stories260K's tokenizer), its export, `halo eval` of it
-static void test_cli(const char *dir) {
-    llama_config c = tiny(0x7, 1);
+// `halo finetune` on a random model directory of this architecture (stories260K's tokenizer), its export, and
+// `halo eval` of the export
+static void test_cli(const char *dir, unsigned kinds, int arch, const char *what) {
+    llama_config c = tiny(kinds, arch);
     c.vocab_size = 512;
     c.max_pos = 256;
     llama_model m;
     random_model(&m, &c, 31);
-    char model_dir[300], cmd[8192], path[512];
-    snprintf(model_dir, sizeof model_dir, "%s/qwen2_512", dir);
+    char model_dir[300], out[320], cmd[8192], path[512];
+    snprintf(model_dir, sizeof model_dir, "%s/cli_%d", dir, arch);
+    snprintf(out, sizeof out, "%s/out_%d", dir, arch);
     CHECK(llama_save_hf(&m, model_dir, "float32", test_shared_path("models/stories260K")) == HALO_OK, "save: %s",
           halo_error());
     llama_free(&m);
     const char *b = getenv("BUILD");
     snprintf(cmd, sizeof cmd, "%s/halo finetune --model %s --data %s --seq-len 32 --batch 2 --steps 4 --lr 1e-3 "
-             "--threads 1 --val-count 4 --metrics %s/m.jsonl --out %s/out > %s/ft.log 2>&1", b && *b ? b : "build",
-             model_dir, test_shared_path("data/text/tinystories_sample.txt"), dir, dir, dir);
-    CHECK(system(cmd) == 0, "halo finetune on a Qwen2 directory (log %s/ft.log)", dir);
-    snprintf(path, sizeof path, "%s/m.jsonl", dir);
+             "--threads 1 --val-count 4 --metrics %s/m%d.jsonl --out %s > %s/ft%d.log 2>&1", b && *b ? b : "build",
+             model_dir, test_shared_path("data/text/tinystories_sample.txt"), dir, arch, out, dir, arch);
+    CHECK(system(cmd) == 0, "%s: halo finetune (log %s/ft%d.log)", what, dir, arch);
+    snprintf(path, sizeof path, "%s/m%d.jsonl", dir, arch);
     const double v = last_eval(path, "val_loss");
-    snprintf(path, sizeof path, "%s/out", dir);
     llama_model r, r0;
-    CHECK(llama_load(&r, path) == HALO_OK && r.cfg.qwen2 && r.cfg.bias_kinds == 0x7, "the export is a Qwen2 directory");
+    CHECK(llama_load(&r, out) == HALO_OK && r.cfg.qwen2 == c.qwen2 && r.cfg.qwen3 == c.qwen3 && r.cfg.bias_kinds == kinds,
+          "%s: the export has the architecture", what);
     CHECK(llama_load(&r0, model_dir) == HALO_OK, "the base reloads");
-    const llama_param *pb = llama_find_param(&r, "model.layers.0.self_attn.q_proj.bias");
-    const llama_param *pb0 = llama_find_param(&r0, "model.layers.0.self_attn.q_proj.bias");
+    const char *moved = kinds ? "model.layers.0.self_attn.q_proj.bias" : "model.layers.0.self_attn.k_norm.weight";
+    const llama_param *pb = llama_find_param(&r, moved), *pb0 = llama_find_param(&r0, moved);
     CHECK(pb && pb0 && memcmp(r.params + pb->offset, r0.params + pb0->offset, sizeof(float) * pb->numel),
-          "fine-tuning moved the q_proj bias");
+          "%s: fine-tuning moved %s", what, moved);
     llama_free(&r);
     llama_free(&r0);
-    snprintf(cmd, sizeof cmd, "%s/halo eval --model %s/out --data %s --task loss --seq-len 32 --batch 2 --threads 1 "
-             "--val-count 4 > %s/ev.log 2>&1", b && *b ? b : "build", dir,
-             test_shared_path("data/text/tinystories_sample.txt"), dir);
-    CHECK(system(cmd) == 0, "halo eval of the export");
-    snprintf(path, sizeof path, "%s/ev.log", dir);
+    snprintf(cmd, sizeof cmd, "%s/halo eval --model %s --data %s --task loss --seq-len 32 --batch 2 --threads 1 "
+             "--val-count 4 > %s/ev%d.log 2>&1", b && *b ? b : "build", out,
+             test_shared_path("data/text/tinystories_sample.txt"), dir, arch);
+    CHECK(system(cmd) == 0, "%s: halo eval of the export", what);
+    snprintf(path, sizeof path, "%s/ev%d.log", dir, arch);
     const double e = eval_loss(path);
-    CHECK(v > 0 && fabs(e - v) <= 1e-5 * v, "halo eval of the exported Qwen2 model %.9g == the run's last val_loss %.9g",
+    CHECK(v > 0 && fabs(e - v) <= 1e-5 * v, "%s: halo eval of the export %.9g == the run's last val_loss %.9g", what,
           e, v);
 }
 
 int main(void) {
     test_config();
-    test_model(0x7, 1, "Qwen2 (q, k, v biases)");
-    test_model(0x7F, 0, "every linear with a bias (attention_bias + mlp_bias)");
-    char dir[] = "/tmp/halo_bias_XXXXXX";
+    test_model(0x7, QWEN2, "Qwen2 (q, k, v biases)");
+    test_model(0, QWEN3, "Qwen3 (q/k norms)");
+    test_model(0xF, QWEN3, "Qwen3 with attention_bias (q/k norms, q, k, v, o biases)");
+    test_model(0x7F, LLAMA, "Llama, every linear with a bias (attention_bias + mlp_bias)");
+    char dir[] = "/tmp/halo_variants_XXXXXX";
     if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
     char model_dir[300];
     snprintf(model_dir, sizeof model_dir, "%s/qwen2", dir);
-    test_files_and_lora(model_dir);
+    test_files_and_lora(model_dir, 0x7, QWEN2, "Qwen2");
+    snprintf(model_dir, sizeof model_dir, "%s/qwen3", dir);
+    test_files_and_lora(model_dir, 0, QWEN3, "Qwen3");
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED): the CLI part");
-    else test_cli(dir);
+    else {
+        test_cli(dir, 0x7, QWEN2, "Qwen2");
+        test_cli(dir, 0, QWEN3, "Qwen3");
+    }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (!getenv("KEEP") && system(cmd)) {}
