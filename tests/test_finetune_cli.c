@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "model/llama.h"
 #include "test_cli.h"
+#include "util/error.h"
 
 static char dir[256], bin[512];
 
@@ -69,6 +71,9 @@ static void test_bad_flags(const char *common) {
         {"--out FILE", "--out: FILE: cannot write there: Not a directory"},
         {"--out ''", "--out: the directory name is empty"},
         {"--ckpt-dir ''", "--ckpt-dir: the directory name is empty"},
+        {"--early-stop 2", "--early-stop: needs --eval-every N"},
+        {"--early-stop 0 --eval-every 1", "--early-stop: '0' is not an integer from 1"},
+        {"--export-best", "--export-best: nothing to export without --out DIR"},
     };
     char cmd[8192], log[512];
     snprintf(log, sizeof log, "%s/flag.log", dir);
@@ -173,6 +178,75 @@ static void test_dry_run(void) {
           "--epochs 1e12 refused before training (exit %d)", rc);
 }
 
+// The "val_loss" of every "eval" line of a metrics file, in order; returns how many (at most max).
+static int eval_losses(const char *path, int *steps, double *val, int max) {
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f) && n < max) {
+        cJSON *o = cJSON_Parse(line), *t = cJSON_GetObjectItem(o, "type"), *s = cJSON_GetObjectItem(o, "step");
+        cJSON *v = cJSON_GetObjectItem(o, "val_loss");
+        if (cJSON_IsString(t) && !strcmp(t->valuestring, "eval") && cJSON_IsNumber(v)) {
+            steps[n] = s->valueint;
+            val[n++] = v->valuedouble;
+        }
+        cJSON_Delete(o);
+    }
+    if (f) fclose(f);
+    return n;
+}
+
+// --early-stop and --export-best on a random-weight model at a learning rate that makes the validation loss jump
+// about: the run stops where the full run's evaluations say it must, and the export scores the best evaluation's loss.
+static void test_early_stop(void) {
+    llama_config c = {.vocab_size = 512, .dim = 32, .hidden_dim = 40, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                      .head_dim = 8, .max_pos = 256, .norm_eps = 1e-5f, .rope_theta = 10000, .bos_id = 1, .eos_id = 2};
+    llama_model m;
+    char model[512], cmd[8192], path[512], common[4096];
+    snprintf(model, sizeof model, "%s/random_llama", dir);
+    CHECK(llama_init(&m, &c) == HALO_OK, "init");
+    llama_init_random(&m, 31);
+    CHECK(llama_save_hf(&m, model, "float32", test_shared_path("models/stories260K")) == HALO_OK, "save: %s",
+          halo_error());
+    llama_free(&m);
+    snprintf(common, sizeof common, "%s finetune --model %s --data %s --seq-len 48 --batch 2 --steps 16 --lr 1e-1 "
+             "--warmup 1 --threads 1 --val-count 4 --eval-every 1", bin, model,
+             test_shared_path("data/text/tinystories_sample.txt"));
+    snprintf(cmd, sizeof cmd, "%%s --metrics %s/es_full.jsonl > %s/es_full.log 2>&1", dir, dir);
+    CHECK(sh(cmd, common) == 0, "the full run");
+    int steps[64];
+    double val[64];
+    snprintf(path, sizeof path, "%s/es_full.jsonl", dir);
+    const int n = eval_losses(path, steps, val, 64);
+    // where --early-stop 2 must stop: the step of the second evaluation in a row above the best so far
+    int best = 0, since = 0, stop = -1;
+    for (int i = 1; i < n && stop < 0; i++) {
+        if (val[i] < val[best]) { best = i; since = 0; }
+        else if (++since >= 2) stop = steps[i];
+    }
+    printf("--early-stop 2 on evaluations of a run at lr 0.1: best val_loss %.6f at step %d, stop after step %d\n",
+           val[best], steps[best], stop);
+    CHECK(stop > 0 && stop < 16 && steps[best] >= 1, "the full run's evaluations hold an early stop after a best at a "
+          "step of training (best at step %d, stop %d)", steps[best], stop);
+    snprintf(cmd, sizeof cmd, "%%s --early-stop 2 --export-best --out %s/es_out --metrics %s/es.jsonl > %s/es.log 2>&1",
+             dir, dir, dir);
+    CHECK(sh(cmd, common) == 0, "the early-stopped run");
+    snprintf(path, sizeof path, "%s/es.jsonl", dir);
+    int trained = 0;
+    double losses[16];
+    trained = read_losses(path, losses, 16);
+    snprintf(path, sizeof path, "%s/es.log", dir);
+    CHECK(trained == stop && file_has(path, "early stop after step") && file_has(path, "exporting the weights of step"),
+          "stopped after step %d (want %d), and the log says so and which step it exports", trained, stop);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/es_out --data %s --task loss --seq-len 48 --batch 2 --threads 1 "
+             "--val-count 4 > %s/es_eval.log 2>&1", bin, dir, test_shared_path("data/text/tinystories_sample.txt"), dir);
+    CHECK(system(cmd) == 0, "eval of the export");
+    snprintf(path, sizeof path, "%s/es_eval.log", dir);
+    const double e = eval_loss(path);
+    CHECK(fabs(e - val[best]) <= 1e-5 * val[best], "--export-best: the export scores %.9g, the best evaluation %.9g",
+          e, val[best]);
+}
+
 int main(void) {
     if (!test_shared()) { SKIP("shared data folder not found (set HALO_SHARED)"); TEST_END(); }
     const char *b = getenv("BUILD");
@@ -247,6 +321,7 @@ int main(void) {
     test_bad_flags(common);
     test_interrupt();
     test_dry_run();
+    test_early_stop();
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) {}
     TEST_END();

@@ -96,6 +96,11 @@ static void usage(void) {
         "  --merge                with LoRA: --out writes the whole model with the adapters merged into the weights\n"
         "evaluation, checkpoints, output:\n"
         "  --eval-every N (0 = at the end)  --eval-batches K (all)\n"
+        "  --early-stop N         stop when N evaluations in a row have not lowered the run's best val_loss\n"
+        "                         (the evaluation before training counts; needs --eval-every)\n"
+        "  --export-best          --out gets the weights of the evaluation with the lowest val_loss (the one\n"
+        "                         before training included) instead of the last step's; checkpoints keep the\n"
+        "                         last step (a resumed run compares its own evaluations only)\n"
         "  --dry-run              load the model and data, show --show-examples N (2) training examples as the\n"
         "                         model sees them (decoded prompt and the tokens the loss covers), and stop\n"
         "  --eval-fp32            with HALO: each evaluation also scores the same weights with every linear in\n"
@@ -218,7 +223,8 @@ int cmd_finetune(int argc, char **argv) {
     o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
     o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;
     double epochs = 1, time_budget = 0, d;
-    int eval_fp32 = 0, lora_on = 0, merge = 0;
+    int eval_fp32 = 0, lora_on = 0, merge = 0, export_best = 0;
+    long early_stop = 0;
     lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
     int dry_run = 0, shard = 0, gather8 = 0, gpu_comm = TRAIN_GPU_COMM_AUTO, gpu_comm_given = 0;
@@ -251,6 +257,8 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--seed"))) { if (cli_parse_int("--seed", v, &n)) goto bad; o.seed = (uint64_t)n; dc.seed = (uint64_t)n; }
         else if ((v = cli_flag_value(argc, argv, &i, "--time-budget"))) { if (cli_parse_float("--time-budget", v, &time_budget)) goto bad; }
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-every"))) { if (cli_parse_range("--eval-every", v, 0, 2147483647, &n)) goto bad; o.eval_every = (int)n; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--early-stop"))) { if (cli_parse_range("--early-stop", v, 1, 2147483647, &early_stop)) goto bad; }
+        else if (cli_is_flag(argv[i], "--export-best")) export_best = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--eval-batches"))) { if (cli_parse_range("--eval-batches", v, 0, 2147483647, &eval_batches)) goto bad; }
         else if (cli_is_flag(argv[i], "--eval-fp32")) eval_fp32 = 1;
         else if (cli_is_flag(argv[i], "--dry-run")) dry_run = 1;
@@ -296,6 +304,8 @@ int cmd_finetune(int argc, char **argv) {
         if (rc_l != HALO_OK) goto bad;
     }
     if (merge && !lora_on) { halo_fail("--merge: only with LoRA (--lora or --lora-rank R)"); goto bad; }
+    if (early_stop && o.eval_every <= 0) { halo_fail("--early-stop: needs --eval-every N (the evaluations it compares)"); goto bad; }
+    if (export_best && !out_dir) { halo_fail("--export-best: nothing to export without --out DIR"); goto bad; }
     if (merge && !out_dir) { halo_fail("--merge: nothing to merge into without --out DIR"); goto bad; }
     // where the results go, checked before any training (a run must not end with nowhere to write)
     // (by the launcher of --ranks, before the ranks start)
@@ -439,6 +449,10 @@ int cmd_finetune(int argc, char **argv) {
         if (resume) rc = trainer_resume(&t, resume);
         if (rc == HALO_OK && use_cuda) rc = trainer_use_cuda(&t, &gmem);   // uploads the resumed weights and moments
     }
+    if (rc == HALO_OK && (early_stop || export_best) && dataset_size(ds, DATASET_VAL) == 0)
+        rc = halo_fail("%s: no validation examples to compare (--val FILE, --val-fraction or --val-count)",
+                       early_stop ? "--early-stop" : "--export-best");
+    if (rc == HALO_OK && export_best) trainer_keep_best(&t);
     if (rc == HALO_OK) rc = trainer_open_metrics(&t);
     if (rc == HALO_OK && !resume && dataset_size(ds, DATASET_VAL) > 0) rc = trainer_evaluate(&t);   // the "before"
     g_interrupted = 0;
@@ -469,14 +483,23 @@ int cmd_finetune(int argc, char **argv) {
             if (rc == HALO_OK && o.eval_every > 0 && t.step % o.eval_every == 0 && t.step < o.steps) rc = trainer_evaluate(&t);
             if (rc == HALO_OK && o.ckpt_dir && o.ckpt_every > 0 && t.step % o.ckpt_every == 0) rc = trainer_save(&t, NULL);
             int over = time_budget > 0 && halo_now() - t_begin > time_budget && t.step < o.steps;
+            // (the lead rank evaluates, so only it counts the evaluations since the best)
+            int early = early_stop > 0 && t.evals_since_best >= early_stop && t.step < o.steps;
             if (g_rank_comm) {   // the ranks stop together: at the first step after which any of them would
-                double f[2] = {over, g_interrupted};
-                if (g_rank_comm->allreduce(g_rank_comm, f, 2, HALO_F64, HALO_MAX)) { rc = HALO_ERR; break; }
+                double f[3] = {over, g_interrupted, early};
+                if (g_rank_comm->allreduce(g_rank_comm, f, 3, HALO_F64, HALO_MAX)) { rc = HALO_ERR; break; }
                 over = f[0] > 0;
                 stop = (int)f[1];
+                early = f[2] > 0;
             }
             if (over) {
                 if (lead) fprintf(stderr, "halo finetune: time budget of %.0f s reached after %d of %d steps\n", time_budget, t.step, o.steps);
+                break;
+            }
+            if (early) {
+                if (lead)
+                    fprintf(stderr, "halo finetune: early stop after step %d of %d: %d evaluations without a val_loss "
+                            "below %.6g (step %d)\n", t.step, o.steps, t.evals_since_best, t.best_val, t.best_step);
                 break;
             }
         }
@@ -497,6 +520,10 @@ int cmd_finetune(int argc, char **argv) {
         if (rc == HALO_OK && out_dir) rc = trainer_sync_weights(&t);   // every rank: the fp32 rows gathered in 8 bits
         if (rc == HALO_OK && out_dir && lead) {
             t.be.to_host(&t);
+            const int best = export_best ? trainer_restore_best(&t) : -1;   // after the last checkpoint
+            if (best >= 0)
+                fprintf(stderr, "halo finetune: exporting the weights of step %d (val_loss %.6g, the lowest of this "
+                        "run's evaluations)\n", best, t.best_val);
             const int bf16 = !strcmp(export_dtype, "bf16");
             if (lora_on && !merge) {
                 char *base = realpath(model_dir, NULL);   // where transformers + peft find the base model

@@ -185,6 +185,7 @@ int trainer_init(trainer *t, llama_model *m, const train_options *o, train_data_
     for (int a = 0; a < o->grad_accum; a++) halo_batch_alloc(&t->batches[a], o->batch_size, o->seq_len);
     t->rng = mix_seed(o->seed, 1);
     t->options_json = train_options_to_json(&t->o);
+    t->best_step = -1;
     // The seed decides the data order: the source starts from a state derived from it.
     if (data.set_state) {
         train_data_state st = {.epoch = 0, .position = 0, .rng = mix_seed(o->seed, 2)};
@@ -240,6 +241,7 @@ void trainer_free(trainer *t) {
     dist_shard_free(t);
     free((char *)t->o.ckpt_dir); free((char *)t->o.metrics_path);
     free(t->app_meta); free(t->options_json);
+    free(t->best_params);
     memset(t, 0, sizeof *t);
 }
 
@@ -398,7 +400,29 @@ int trainer_evaluate(trainer *t) {
         fprintf(t->metrics, "}\n");
         fflush(t->metrics);
     }
+    for (int i = 0; i < mt.n; i++) {
+        if (strcmp(mt.name[i], "val_loss") || !isfinite(mt.value[i])) continue;
+        if (t->best_step < 0 || mt.value[i] < t->best_val) {
+            t->best_val = mt.value[i];
+            t->best_step = t->step;
+            t->evals_since_best = 0;
+            if (t->keep_best) {
+                llama_trainable tp = llama_trainable_params(t->model);
+                if (!t->best_params) t->best_params = xmalloc(sizeof(float) * tp.n);
+                memcpy(t->best_params, tp.params, sizeof(float) * tp.n);
+            }
+        } else t->evals_since_best++;
+    }
     return HALO_OK;
+}
+
+void trainer_keep_best(trainer *t) { t->keep_best = 1; }
+
+int trainer_restore_best(trainer *t) {
+    if (!t->best_params) return -1;
+    llama_trainable tp = llama_trainable_params(t->model);
+    memcpy(tp.params, t->best_params, sizeof(float) * tp.n);
+    return t->best_step;
 }
 
 int trainer_has_device_loss(const trainer *t) { return t->be.forward_loss != NULL; }

@@ -131,6 +131,12 @@ typedef struct trainer {
     int gpu_comm;                 // data parallel on GPUs: train_dist_options.gpu_comm
     struct train_shard *shard;    // data parallel with sharded optimizer state (NULL: whole moments on every rank)
     halo_batch other;             // data parallel: where the other ranks' micro-batches are read (and skipped)
+    // the lowest val_loss of this run's evaluations (lead rank; a resumed run starts over): its step (-1: none yet),
+    // how many evaluations since have not beaten it, and with trainer_keep_best a copy of the trainable weights then
+    double best_val;
+    int best_step, evals_since_best;
+    float *best_params;
+    int keep_best;
 } trainer;
 
 // Prepares a run from step 0: allocates grads, optimizer state and the batch. The model must be initialized.
@@ -218,8 +224,15 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem);
 // This rank's GPU model's device bytes: all of them and the AdamW moments' (0 and 0 when the steps do not run on a
 // GPU).
 void trainer_cuda_bytes(const trainer *t, size_t *total, size_t *moments);
-// Runs the eval callback (if any), prints and logs its metrics.
+// Runs the eval callback (if any), prints and logs its metrics, and on the lead rank follows the best val_loss
+// (best_val, best_step, evals_since_best).
 int trainer_evaluate(trainer *t);
+// Keep a copy of the trainable weights (the adapters' with LoRA) at each evaluation that lowers val_loss (lead rank;
+// the host model's weights, which every evaluation brings up to date).
+void trainer_keep_best(trainer *t);
+// Puts the kept best weights into the host model (lead rank); returns their step, or -1 when none was kept. The
+// device copy and the optimizer are untouched: call it for an export after the last checkpoint.
+int trainer_restore_best(trainer *t);
 // Whether the backend computes losses on its own weights (the GPU), and that loss for one batch (ctx: the trainer);
 // an evaluation callback may use them instead of the host model's forward (finetune's validation loss does).
 int trainer_has_device_loss(const trainer *t);
