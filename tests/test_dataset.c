@@ -357,7 +357,7 @@ static void test_json_array(void) {
         const char *file = NULL;
         int64_t line = -1;
         CHECK(td && dataset_size(td, DATASET_VAL) > 0 &&
-              !dataset_get_example(td, DATASET_VAL, 0, &ids, &tn, &tls, &file, &line) && has(file, "tv.json") &&
+              !dataset_get_example(td, DATASET_VAL, 0, &ids, &tn, &tls, NULL, &file, &line) && has(file, "tv.json") &&
               line == 1 && dataset_get_stats(td)->n_lines == 5,
               "val JSON array of text: window line %lld (want 1), %lld lines in all (want 5): %s", (long long)line,
               td ? (long long)dataset_get_stats(td)->n_lines : -1LL, td ? "" : halo_error());
@@ -840,6 +840,80 @@ static void test_llama3_loss_region(void) {
     dataset_free(ds);
 }
 
+// The loss targets of row 0 of the first batch, as text (special ids as '#'), and how many there are.
+static int loss_text(dataset *ds, char *got, size_t cap) {
+    halo_batch b;
+    halo_batch_alloc(&b, 1, 256);
+    dataset_iter it = {1, 0, 0};
+    if (dataset_next_batch(ds, DATASET_TRAIN, &it, false, &b, NULL)) { halo_batch_free(&b); got[0] = 0; return -1; }
+    size_t g = 0;
+    int n = 0;
+    for (int t = 0; t < 256; t++)
+        if (b.targets[t] >= 0) { n++; if (g + 1 < cap) got[g++] = (char)(b.targets[t] < 256 ? b.targets[t] : '#'); }
+    got[g] = 0;
+    halo_batch_free(&b);
+    return n;
+}
+
+// A conversation with two assistant turns: both in the loss, each with its end of turn (Llama 3 built in, Llama 2,
+// plain, a ChatML template); --loss-last-turn keeps the last alone; a template that renders an earlier turn
+// differently as history (dropping its reasoning) leaves that turn out and counts the conversation.
+static void test_multi_turn_loss(void) {
+    static const char *conv = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", "
+                              "\"content\": \"A1 <think>r</think>a1\"}, {\"role\": \"user\", \"content\": \"Q2\"}, "
+                              "{\"role\": \"assistant\", \"content\": \"A2\"}]}\n";
+    static const char *CHATML =
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    // the same, but an assistant turn that is not the last one loses what precedes "</think>" (as Qwen3's does)
+    static const char *DROPS =
+        "{% for message in messages %}{% if message['role'] == 'assistant' and not loop.last and '</think>' in message['content'] %}"
+        "{{ '<|im_start|>assistant\\n' + message['content'].split('</think>')[-1] + '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    struct {
+        const char *what;
+        dataset_chat chat;
+        const char *tmpl;
+        bool last_turn;
+        const char *want;
+        int64_t untrained;
+    } cases[] = {
+        {"llama3", DATASET_CHAT_LLAMA3, NULL, false, "A1 <think>r</think>a1#A2#", 0},
+        {"llama3, --loss-last-turn", DATASET_CHAT_LLAMA3, NULL, true, "A2#", 0},
+        {"llama2", DATASET_CHAT_LLAMA2, NULL, false, " A1 <think>r</think>a1 #A2#", 0},
+        {"plain", DATASET_CHAT_PLAIN, NULL, false, "A1 <think>r</think>a1\n\nA2#", 0},
+        {"ChatML template", DATASET_CHAT_TEMPLATE, NULL, false, "A1 <think>r</think>a1<|im_end|>\nA2<|im_end|>\n", 0},
+        {"a template that drops earlier reasoning", DATASET_CHAT_TEMPLATE, "drops", false, "A2<|im_end|>\n", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dataset_encoder enc = cases[i].chat == DATASET_CHAT_LLAMA3 ? enc3 : enc2;
+        if (cases[i].chat == DATASET_CHAT_TEMPLATE) enc.chat_template = cases[i].tmpl ? DROPS : CHATML;
+        dataset_config c;
+        dataset_config_default(&c);
+        c.path = tmp_file("mt.jsonl", conv);
+        c.val_fraction = 0;
+        c.seq_len = 256;
+        c.chat = cases[i].chat;
+        c.loss_last_turn = cases[i].last_turn;
+        dataset *ds = load(&c, &enc);
+        if (!ds) { CHECK(0, "%s: load: %s", cases[i].what, halo_error()); continue; }
+        char got[256];
+        const int n = loss_text(ds, got, sizeof got);
+        const dataset_stats *st = dataset_get_stats(ds);
+        CHECK(!strcmp(got, cases[i].want) && st->n_loss_tokens == n && st->n_history_untrained == cases[i].untrained,
+              "%s: loss targets '%s' (want '%s'), %d of them (stats %lld), %lld conversations with untrained history",
+              cases[i].what, got, cases[i].want, n, (long long)st->n_loss_tokens, (long long)st->n_history_untrained);
+        const int32_t *ids;
+        const uint8_t *in_loss;
+        int en, ls;
+        CHECK(!dataset_get_example(ds, DATASET_TRAIN, 0, &ids, &en, &ls, &in_loss, NULL, NULL) &&
+              (in_loss != NULL) == (!cases[i].last_turn && !cases[i].untrained), "%s: a loss mask exactly when earlier "
+              "turns train", cases[i].what);
+        dataset_free(ds);
+    }
+}
+
 static void test_text(void) {
     const char *txt = "ab\ncd\n---\nef\n";
     dataset_config c;
@@ -1249,6 +1323,7 @@ int main(void) {
     test_batching();
     test_iterator();
     test_llama3_loss_region();
+    test_multi_turn_loss();
     test_text();
     test_metrics();
     test_shared_files();

@@ -48,20 +48,32 @@ static long threads_per_rank(long ranks) {
     return cores / ranks > 0 ? cores / ranks : 1;
 }
 
-// --dry-run: the first k training examples in file order, decoded: the prompt, then the tokens the loss covers.
+// --dry-run: the first k training examples in file order, decoded: the prompt, then the tokens the loss covers (with
+// a conversation's earlier turns in the loss, each run of tokens in or out of it).
 static void show_examples_of(const dataset *ds, const halo_tokenizer *tok, long k) {
     const int64_t total = dataset_size(ds, DATASET_TRAIN);
     for (int64_t i = 0; i < total && i < k; i++) {
         const int32_t *ids;
+        const uint8_t *in_loss;
         int n, ls;
         const char *file;
         int64_t line;
-        if (dataset_get_example(ds, DATASET_TRAIN, i, &ids, &n, &ls, &file, &line) != HALO_OK) return;
-        char *prompt = tokenizer_decode(tok, ids, (size_t)ls, false), *loss = tokenizer_decode(tok, ids + ls, (size_t)(n - ls), false);
-        printf("--- training example %lld of %lld (%s:%lld): %d tokens, the loss on the last %d ---\n[prompt]\n%s\n[loss]\n%s\n",
-               (long long)i + 1, (long long)total, file, (long long)line, n, n - ls, prompt, loss);
-        free(prompt);
-        free(loss);
+        if (dataset_get_example(ds, DATASET_TRAIN, i, &ids, &n, &ls, &in_loss, &file, &line) != HALO_OK) return;
+        int n_loss = n - ls;
+        if (in_loss) { n_loss = 0; for (int j = 1; j < n; j++) n_loss += in_loss[j]; }
+        if (in_loss) printf("--- training example %lld of %lld (%s:%lld): %d tokens, %d of them in the loss (every "
+                            "assistant turn) ---\n", (long long)i + 1, (long long)total, file, (long long)line, n, n_loss);
+        else printf("--- training example %lld of %lld (%s:%lld): %d tokens, the loss on the last %d ---\n",
+                    (long long)i + 1, (long long)total, file, (long long)line, n, n_loss);
+        for (int j = 0; j < n;) {   // runs of positions out of / in the loss (ids[0] is never a target)
+            const int in = in_loss ? j > 0 && in_loss[j] : j >= ls;
+            int e = j + 1;
+            while (e < n && (in_loss ? in_loss[e] != 0 : e >= ls) == in) e++;
+            char *text = tokenizer_decode(tok, ids + j, (size_t)(e - j), false);
+            printf("%s\n%s\n", in ? "[loss]" : j == 0 ? "[prompt]" : "[not in the loss]", text);
+            free(text);
+            j = e;
+        }
     }
     printf("--- dry run: nothing trained ---\n");
 }
@@ -82,6 +94,8 @@ static void usage(void) {
         "  --plain-template S     the plain chat format's user turn around {prompt}\n"
         "  --system S             system message for prompt/answer examples\n"
         "  --seq-len T (512)  --pack  --loss-on-all  --skip-bad-lines  --val-fraction F (0.05)  --val-count N\n"
+        "  --loss-last-turn       a conversation's last assistant turn alone in the loss (default: every\n"
+        "                         assistant turn, where the chat format renders earlier turns as a prefix)\n"
         "training:\n"
         "  --steps N | --epochs E (1)   --batch B (8)   --grad-accum K (1)\n"
         "  --lr X (4e-5)  --min-lr X (0)  --warmup N (20)  --decay linear|cosine|constant (linear)\n"

@@ -115,6 +115,7 @@ int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i) {
     else if ((v = cli_flag_value(argc, argv, i, "--val-count"))) { if (cli_parse_range("--val-count", v, 0, 1L << 62, &dc->val_count)) return -1; }
     else if (cli_is_flag(argv[*i], "--pack")) dc->pack = true;
     else if (cli_is_flag(argv[*i], "--loss-on-all")) dc->loss_on_all = true;
+    else if (cli_is_flag(argv[*i], "--loss-last-turn")) dc->loss_last_turn = true;
     else if (cli_is_flag(argv[*i], "--skip-bad-lines")) dc->skip_bad_lines = true;
     else return 0;
     return 1;

@@ -44,7 +44,8 @@ void halo_common_usage(void);
 
 // Consumes argv[*i] if it is a dataset option shared by finetune and eval: --preset, --prompt-template,
 // --answer-template, --prompt-field, --answer-field, --plain-template, --system, --chat auto|llama3|llama2|plain,
-// --seq-len, --val-fraction, --val-count, --pack, --loss-on-all, --skip-bad-lines. Returns 1, 0 (not one) or -1.
+// --seq-len, --val-fraction, --val-count, --pack, --loss-on-all, --loss-last-turn, --skip-bad-lines. Returns 1, 0
+// (not one) or -1.
 int cli_dataset_opts_parse(dataset_config *dc, int argc, char **argv, int *i);
 
 // Token-weighted mean loss over one split (at most max_batches batches of B x T; 0 = all of it).

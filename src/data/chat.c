@@ -37,7 +37,7 @@ static void append_stripped(data_str *out, const char *s) {
 
 // Llama-3-8B-Instruct's template: every message as header + trimmed content + <|eot_id|>, BOS before the first,
 // then the assistant header as the generation prompt. It has no default system message.
-static void render_llama3(const char *bos_text, const data_msg *m, int n, data_str *out) {
+static void render_llama3(const char *bos_text, const data_msg *m, int n, bool gen_prompt, data_str *out) {
     data_str_puts(out, bos_text);
     for (int i = 0; i < n; i++) {
         data_str_puts(out, "<|start_header_id|>");
@@ -46,12 +46,13 @@ static void render_llama3(const char *bos_text, const data_msg *m, int n, data_s
         append_stripped(out, m[i].content);
         data_str_puts(out, "<|eot_id|>");
     }
-    data_str_puts(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (gen_prompt) data_str_puts(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 // Llama 2 chat: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]";
 // the system message goes into the first user turn.
-static int render_llama2(const char *bos_text, const char *eos_text, const data_msg *m, int n, data_str *out) {
+static int render_llama2(const char *bos_text, const char *eos_text, const data_msg *m, int n, bool gen_prompt,
+                         data_str *out) {
     const char *sys = NULL;
     int i = 0;
     if (n > 0 && !strcmp(m[0].role, "system")) sys = m[0].content, i = 1;
@@ -80,7 +81,7 @@ static int render_llama2(const char *bos_text, const char *eos_text, const data_
         }
         expect_user = !expect_user;
     }
-    if (expect_user) return halo_fail("Llama 2 format: the prompt must end with a user turn");
+    if (gen_prompt && expect_user) return halo_fail("Llama 2 format: the prompt must end with a user turn");
     return HALO_OK;
 }
 
@@ -149,9 +150,21 @@ int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char
     data_str_append(out, "", 0);
     if (data_chat_check(msgs, n)) return HALO_ERR;
     switch (fmt) {
-    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, out); return HALO_OK;
-    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, out);
+    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, true, out); return HALO_OK;
+    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, true, out);
     case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n - 1, out);
+    default: return halo_fail("internal: chat format not resolved");
+    }
+}
+
+int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                             const data_msg *msgs, int n, data_str *out) {
+    data_str_clear(out);
+    data_str_append(out, "", 0);
+    switch (fmt) {
+    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n, false, out); return HALO_OK;
+    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n, false, out);
+    case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n, out);
     default: return halo_fail("internal: chat format not resolved");
     }
 }

@@ -50,6 +50,10 @@ typedef struct { const char *role; const char *content; } data_msg;
 // ending with the assistant's generation prompt; the BOS piece (bos_text, may be "") is written first.
 int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
                             const data_msg *msgs, int n, data_str *out);
+// msgs[0..n) as the same format renders them as history (an assistant message last: its end of turn included, no
+// generation prompt after it); a prefix of the prompt rendering of any longer conversation that starts with them.
+int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                             const data_msg *msgs, int n, data_str *out);
 // HALO_ERR unless msgs is a conversation to learn from: known roles, a user message, the last one the assistant's.
 int data_chat_check(const data_msg *msgs, int n);
 // The model's chat template over msgs[0..n) with bos_token, eos_token and add_generation_prompt, as transformers'

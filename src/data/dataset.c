@@ -22,11 +22,12 @@ const char DATASET_VIGGO_INSTRUCTION[] =
     "'has_mac_release', 'specifier']";
 
 // One tokenized example. The model sees positions 0..n-2 (input ids[j], target ids[j+1]); ids[j] is a target
-// (in the loss) when j >= loss_start. Text windows have no prompt/answer.
+// (in the loss) when j >= loss_start, or with a loss mask when in_loss[j]. Text windows have no prompt/answer.
 typedef struct {
     int32_t *ids;        // [n_full] prompt + answer + end-of-turn (chat), or a seq_len+1 window (text)
+    uint8_t *in_loss;    // [n_full] or NULL: a conversation whose earlier assistant turns are in the loss too
     int32_t n_full, n;   // n: after the cut to seq_len+1 tokens
-    int32_t n_prompt, loss_start;
+    int32_t n_prompt, loss_start;   // loss_start: with in_loss, the first position in the loss
     char *prompt, *answer;
     int file;            // 0: cfg.path, 1: cfg.val_path
     int64_t line;
@@ -80,6 +81,7 @@ typedef struct {
     int32_t *stream;         // text: the file's token stream
     size_t n_stream, cap_stream;
     data_str prompt, a, b, full;
+    data_str hp, hh;         // a conversation's earlier turns rendered as a prompt / as history (history_spans)
     double t0, t_last;       // progress: when this file's load began, when a line was last printed
     long long file_bytes;
     unsigned tick;
@@ -180,18 +182,91 @@ static void flush_text_stream(loader *ld, int64_t line) {
 
 // Adds a prompt/answer example: ids [k] (taken), the loss from n_prompt on (everything with loss_on_all), the
 // rendered prompt (ld->prompt) and the reference answer (taken) for evaluation.
-static int push_conv_example(loader *ld, int32_t *ids, size_t k, size_t n_prompt, char *answer, int64_t line) {
-    if (k > INT32_MAX / 2) { free(ids); free(answer); return halo_fail("%s:%lld: example too long", ld->path, (long long)line); }
+// in_loss (taken; NULL: from n_prompt on) marks the positions in the loss, the answer's among them.
+static int push_conv_example(loader *ld, int32_t *ids, size_t k, size_t n_prompt, char *answer, int64_t line,
+                             uint8_t *in_loss) {
+    if (k > INT32_MAX / 2) {
+        free(ids); free(answer); free(in_loss);
+        return halo_fail("%s:%lld: example too long", ld->path, (long long)line);
+    }
     ds_example *e = new_example(ld->ds);
     e->ids = ids;
+    e->in_loss = in_loss;
     e->n_full = e->n = (int32_t)k;
     e->n_prompt = (int32_t)n_prompt;
     e->loss_start = ld->cfg.loss_on_all ? 1 : (n_prompt > 1 ? (int32_t)n_prompt : 1);
+    if (in_loss) {
+        int32_t j = 1;
+        while (j < (int32_t)k && !in_loss[j]) j++;
+        e->loss_start = j;
+    }
     e->prompt = xstrdup(ld->prompt.p);
     e->answer = answer;
     e->file = ld->file;
     e->line = line;
     return HALO_OK;
+}
+
+// The earlier assistant turns of a conversation (m[a] for a < n - 1) as byte ranges [spans[2i], spans[2i+1]) of the
+// prompt text ld->prompt (m[0..n-1) rendered with the generation prompt): from the end of m[0..a) rendered as a prompt
+// to the end of m[0..a] rendered as history, so each range is the turn's content and its end of turn. Returns the
+// number of ranges, 0 when there are none or only the last turn trains (--loss-last-turn, --loss-on-all), -1 when a
+// rendering is not a prefix of the next (a template that renders a turn differently as history, e.g. without its
+// reasoning; then only the last turn trains, counted in the stats).
+static int history_spans(loader *ld, const data_msg *m, int n, size_t *spans) {
+    if (ld->cfg.loss_on_all || ld->cfg.loss_last_turn) return 0;
+    int k = 0;
+    size_t at = 0;
+    for (int a = 0; a < n - 1; a++) {
+        if (strcmp(m[a].role, "assistant")) continue;
+        int rc;
+        if (ld->ds->chat == DATASET_CHAT_TEMPLATE)
+            rc = data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a, true, &ld->hp) ||
+                 data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a + 1, false, &ld->hh);
+        else
+            rc = data_chat_render_prompt(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, a + 1,
+                                         &ld->hp) ||
+                 data_chat_render_history(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, a + 1,
+                                          &ld->hh);
+        halo_clear_error();
+        if (rc || ld->hp.n < at || ld->hh.n < ld->hp.n || ld->hh.n > ld->prompt.n ||
+            memcmp(ld->hh.p, ld->hp.p, ld->hp.n) || memcmp(ld->prompt.p, ld->hh.p, ld->hh.n)) {
+            ld->ds->st.n_history_untrained++;
+            return -1;
+        }
+        if (ld->hh.n > ld->hp.n) { spans[2 * k] = ld->hp.n; spans[2 * k + 1] = ld->hh.n; k++; }
+        at = ld->hh.n;
+    }
+    return k;
+}
+
+// Encodes ld->prompt.p[from..) into ids, the bytes inside the k spans into the loss (*in_loss, grown with ids; left
+// NULL when k == 0).
+static int encode_prompt_spans(loader *ld, size_t from, const size_t *spans, int k, int32_t **ids, size_t *n,
+                               size_t *cap, uint8_t **in_loss) {
+    size_t pos = from;
+    for (int i = 0; i <= k; i++) {
+        const size_t s = i < k ? spans[2 * i] : ld->prompt.n, e = i < k ? spans[2 * i + 1] : ld->prompt.n;
+        for (int part = 0; part < 2; part++) {   // the text before the span (not in the loss), then the span
+            const size_t lo = part ? s : pos, hi = part ? e : s;
+            if (hi <= lo) continue;
+            const size_t before = *n;
+            if (encode_into(ld, ld->prompt.p + lo, hi - lo, ids, n, cap)) return HALO_ERR;
+            if (k) {
+                *in_loss = xrealloc(*in_loss, *cap);
+                memset(*in_loss + before, part, *n - before);
+            }
+        }
+        pos = e;
+    }
+    return HALO_OK;
+}
+
+// The answer's ids from `from` on into the loss (a conversation with earlier turns in the loss).
+static void mark_answer(uint8_t **in_loss, size_t from, size_t n, size_t cap) {
+    if (!*in_loss) return;
+    *in_loss = xrealloc(*in_loss, cap);
+    memset(*in_loss + from, 1, n - from);
 }
 
 // With the model's chat template, as TRL does for prompt/completion data: the prompt is the conversation without its
@@ -208,11 +283,17 @@ static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line)
                          "cannot be told apart; use --chat llama3, llama2 or plain"), BAD;
     if (ld->full.n == ld->prompt.n) return halo_fail("the chat template renders nothing for the answer"), BAD;
     int32_t *ids = NULL;
-    size_t k = 0, cap = 0;
-    if (encode_into(ld, ld->prompt.p, ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
+    uint8_t *in_loss = NULL;
+    size_t k = 0, cap = 0, *spans = xmalloc(sizeof(size_t) * 2 * (size_t)n);
+    const int n_spans = history_spans(ld, m, n, spans);
+    int rc = encode_prompt_spans(ld, 0, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
+    free(spans);
     size_t n_prompt = k;
-    if (encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
-    return push_conv_example(ld, ids, k, n_prompt, data_strip_dup(m[n - 1].content), line);
+    if (rc || encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) {
+        free(ids); free(in_loss); return HALO_ERR;
+    }
+    mark_answer(&in_loss, n_prompt, k, cap);
+    return push_conv_example(ld, ids, k, n_prompt, data_strip_dup(m[n - 1].content), line, in_loss);
 }
 
 // A conversation (the last message is the answer) becomes one example: [BOS] prompt answer end-of-turn.
@@ -223,14 +304,21 @@ static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
         return BAD;
     char *answer = data_strip_dup(m[n - 1].content);
     int32_t *ids = NULL;
-    size_t k = 0, cap = 0;
+    uint8_t *in_loss = NULL;
+    size_t k = 0, cap = 0, *spans = xmalloc(sizeof(size_t) * 2 * (size_t)n);
     size_t skip = strlen(ld->bos_text);
+    const int n_spans = history_spans(ld, m, n, spans);
     if (ld->enc->bos_id >= 0) push_id(&ids, &k, &cap, ld->enc->bos_id);
-    if (encode_into(ld, ld->prompt.p + skip, ld->prompt.n - skip, &ids, &k, &cap)) { free(ids); free(answer); return HALO_ERR; }
+    if (n_spans > 0) { in_loss = xcalloc(cap, 1); }
+    int rc = encode_prompt_spans(ld, skip, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
+    free(spans);
     size_t n_prompt = k;
-    if (encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) { free(ids); free(answer); return HALO_ERR; }
+    if (rc || encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) {
+        free(ids); free(in_loss); free(answer); return HALO_ERR;
+    }
     if (ld->eot_id >= 0) push_id(&ids, &k, &cap, ld->eot_id);
-    return push_conv_example(ld, ids, k, n_prompt, answer, line);
+    mark_answer(&in_loss, n_prompt, k, cap);
+    return push_conv_example(ld, ids, k, n_prompt, answer, line, in_loss);
 }
 
 // prompt/answer texts, with the optional system message, as a conversation.
@@ -699,9 +787,14 @@ static void finish(dataset *ds, bool have_val_file) {
             ds->st.n_truncated++;
             ds->st.n_tokens_dropped += e->n_full - e->n;
         }
-        e->batchable = e->n >= 2 && e->n > e->loss_start;
+        int64_t in_loss = e->n > e->loss_start ? e->n - e->loss_start : 0;
+        if (e->in_loss) {
+            in_loss = 0;
+            for (int32_t j = 1; j < e->n; j++) in_loss += e->in_loss[j];
+        }
+        e->batchable = e->n >= 2 && in_loss > 0;
         ds->st.n_tokens += e->n;
-        if (e->batchable) ds->st.n_loss_tokens += e->n - e->loss_start;
+        if (e->batchable) ds->st.n_loss_tokens += in_loss;
         else ds->st.n_no_loss++;
         ds->all[e->split][ds->n_all[e->split]++] = i;
         if (e->batchable) ds->bat[e->split][ds->n_bat[e->split]++] = i;
@@ -773,6 +866,8 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
     data_str_free(&ld.a);
     data_str_free(&ld.b);
     data_str_free(&ld.full);
+    data_str_free(&ld.hp);
+    data_str_free(&ld.hh);
     jinja_free(ld.tmpl);
     free(ld.stream);
     if (!rc && ds->n_ex == 0) rc = halo_fail("%s: no examples", c->path);
@@ -785,7 +880,9 @@ int dataset_load_with(const dataset_config *cfg_in, const dataset_encoder *enc, 
 
 void dataset_free(dataset *ds) {
     if (!ds) return;
-    for (int64_t i = 0; i < ds->n_ex; i++) { free(ds->ex[i].ids); free(ds->ex[i].prompt); free(ds->ex[i].answer); }
+    for (int64_t i = 0; i < ds->n_ex; i++) {
+        free(ds->ex[i].ids); free(ds->ex[i].in_loss); free(ds->ex[i].prompt); free(ds->ex[i].answer);
+    }
     free(ds->ex);
     for (int s = 0; s < 2; s++) { free(ds->all[s]); free(ds->bat[s]); free(ds->files[s]); }
     free(ds->metric);
@@ -824,6 +921,9 @@ void dataset_summary(const dataset *ds, char *buf, size_t n) {
                      ds->cfg.seq_len, s->n_tokens_dropped, s->max_tokens);
     if (k > 0 && (size_t)k < n && s->n_no_loss)
         k += snprintf(buf + k, n - (size_t)k, "; %" PRId64 " left without answer tokens (not trained on)", s->n_no_loss);
+    if (k > 0 && (size_t)k < n && s->n_history_untrained)
+        k += snprintf(buf + k, n - (size_t)k, "; %" PRId64 " conversations train their last assistant turn only (the "
+                      "chat template renders earlier turns differently as history)", s->n_history_untrained);
     if (k > 0 && (size_t)k < n && s->n_bad_lines)
         snprintf(buf + k, n - (size_t)k, "; %" PRId64 " bad lines skipped (first: %s)", s->n_bad_lines, ds->first_bad);
 }
@@ -842,13 +942,14 @@ int dataset_get_pair(const dataset *ds, dataset_split split, int64_t i, dataset_
 }
 
 int dataset_get_example(const dataset *ds, dataset_split split, int64_t i, const int32_t **ids, int *n, int *loss_start,
-                        const char **file, int64_t *line) {
+                        const uint8_t **in_loss, const char **file, int64_t *line) {
     if (i < 0 || i >= ds->n_all[split])
         return halo_fail("example %lld out of range (%lld)", (long long)i, (long long)ds->n_all[split]);
     const ds_example *e = &ds->ex[ds->all[split][i]];
     *ids = e->ids;
     *n = e->n;
     *loss_start = e->loss_start < e->n ? e->loss_start : e->n;
+    if (in_loss) *in_loss = e->in_loss;
     if (file) *file = ds->files[e->file];
     if (line) *line = e->line;
     return HALO_OK;
@@ -900,7 +1001,8 @@ static int fill_rows(dataset *ds, int split, dataset_iter *it, bool wrap, halo_b
             size_t o = (size_t)row * T + used;
             for (int j = 0; j < L; j++) {
                 b->input_ids[o + j] = e->ids[j];
-                b->targets[o + j] = j + 1 >= e->loss_start ? e->ids[j + 1] : -1;
+                const bool loss = e->in_loss ? e->in_loss[j + 1] : j + 1 >= e->loss_start;
+                b->targets[o + j] = loss ? e->ids[j + 1] : -1;
                 if (b->pos) b->pos[o + j] = j;
                 if (b->seg) b->seg[o + j] = seg;
             }

@@ -36,6 +36,8 @@ typedef struct {
     int seq_len;                  // T: positions per row; longer examples are cut (counted in the stats)
     bool pack;                    // several examples per row (seg/pos restart) instead of one example per row
     bool loss_on_all;             // loss on prompt tokens too (default: answer + end-of-turn token only)
+    bool loss_last_turn;          // a conversation's last assistant turn alone in the loss (default: every one of its
+                                  // assistant turns, each with its end of turn, where the chat format allows)
     bool skip_bad_lines;          // skip malformed lines (counted) instead of failing the load
     bool shuffle;                 // shuffle the training split each epoch (default true); validation keeps file order
     double val_fraction;          // share of examples split off for validation when val_path is NULL (default 0.05)
@@ -51,6 +53,7 @@ typedef struct {
     int64_t n_no_loss;                   // examples left without loss tokens after the cut (never batched)
     int64_t n_tokens, n_loss_tokens;     // over both splits, after the cut
     int64_t max_tokens;                  // longest example before the cut
+    int64_t n_history_untrained;         // conversations whose earlier assistant turns could not join the loss
 } dataset_stats;
 
 // Position of an iterator over one split: save these three integers in a checkpoint to resume exactly.
@@ -99,10 +102,11 @@ typedef struct {
 } dataset_pair;
 int dataset_get_pair(const dataset *ds, dataset_split split, int64_t i, dataset_pair *out);
 // Example i of a split in file order, as training sees it: its ids [*n] (after the cut to seq_len + 1 tokens) and
-// the first position the loss covers (the targets are ids[*loss_start .. *n); 1 for text windows). Valid while ds
-// lives; file and line may be NULL.
+// the first position the loss covers (the targets are ids[*loss_start .. *n); 1 for text windows), or with a
+// conversation's earlier assistant turns in the loss *in_loss [n] (1: ids[j] is a target; else NULL). Valid while ds
+// lives; in_loss, file and line may be NULL.
 int dataset_get_example(const dataset *ds, dataset_split split, int64_t i, const int32_t **ids, int *n, int *loss_start,
-                        const char **file, int64_t *line);
+                        const uint8_t **in_loss, const char **file, int64_t *line);
 
 // Tokenization seam: dataset_load wraps a halo_tokenizer in this; tests may supply their own.
 typedef struct {
