@@ -489,7 +489,7 @@ static void test_chat_render(void) {
         cJSON *conv;
         data_str out = {0};
         cJSON_ArrayForEach(conv, g) {
-            data_msg m[8];
+            data_msg m[8] = {{0}};
             int nm = 0;
             cJSON *msg;
             cJSON_ArrayForEach(msg, cJSON_GetObjectItem(conv, "messages")) {
@@ -515,13 +515,13 @@ static void test_chat_render(void) {
         free(buf);
     }
     data_str out = {0};
-    data_msg conv[] = {{"system", " Be brief. "}, {"user", " Hi "}, {"assistant", "Hello"}, {"user", "Bye"}, {"assistant", "x"}};
+    data_msg conv[] = {{"system", " Be brief. ", NULL}, {"user", " Hi ", NULL}, {"assistant", "Hello", NULL}, {"user", "Bye", NULL}, {"assistant", "x", NULL}};
     CHECK(data_chat_render_prompt(DATASET_CHAT_LLAMA2, NULL, "<s>", "</s>", conv, 5, &out) == 0 &&
           !strcmp(out.p, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]"),
           "llama2 multi-turn with system: '%s'", out.p);
     CHECK(data_chat_render_prompt(DATASET_CHAT_LLAMA2, NULL, "<s>", "</s>", conv + 1, 2, &out) == 0 &&
           !strcmp(out.p, "<s>[INST] Hi [/INST]"), "llama2 single turn: '%s'", out.p);
-    data_msg bad[] = {{"user", "a"}, {"system", "s"}, {"assistant", "x"}};
+    data_msg bad[] = {{"user", "a", NULL}, {"system", "s", NULL}, {"assistant", "x", NULL}};
     CHECK(data_chat_render_prompt(DATASET_CHAT_LLAMA2, NULL, "<s>", "</s>", bad, 3, &out) == HALO_ERR &&
           has(halo_error(), "system message must come first"), "llama2 late system");
     CHECK(data_chat_render_prompt(DATASET_CHAT_PLAIN, "### Q:\n{prompt}\n### A:\n", "", "", conv, 3, &out) == 0 &&
@@ -912,6 +912,54 @@ static void test_multi_turn_loss(void) {
               "turns train", cases[i].what);
         dataset_free(ds);
     }
+}
+
+// Function calling through a chat template: the record's tools, an assistant turn that only calls a tool (content
+// null), the tool's reply; the call and the final answer are in the loss, the tool's reply is not. The built-in
+// formats refuse tool messages, tool calls and tools, naming the flag to use.
+static void test_tool_calls(void) {
+    static const char *TOOLS_TMPL =
+        "{%- if tools %}{{ '<|im_start|>system\\nTools:' }}{% for t in tools %}{{ ' ' + t.function.name }}{% endfor %}"
+        "{{ '<|im_end|>\\n' }}{% endif %}"
+        "{%- for m in messages %}"
+        "{%- if m.role == 'assistant' and m.tool_calls %}{{ '<|im_start|>assistant\\n' }}{% for c in m.tool_calls %}"
+        "{{ '<call>' + c.function.name + ' ' + (c.function.arguments | tojson) + '</call>' }}{% endfor %}{{ '<|im_end|>\\n' }}"
+        "{%- else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}"
+        "{%- endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    static const char *rec =
+        "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"weather\"}}], \"messages\": ["
+        "{\"role\": \"user\", \"content\": \"Paris?\"}, {\"role\": \"assistant\", \"content\": null, \"tool_calls\": "
+        "[{\"type\": \"function\", \"function\": {\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}}]}, "
+        "{\"role\": \"tool\", \"content\": \"21C\"}, {\"role\": \"assistant\", \"content\": \"Warm.\"}]}\n";
+    dataset_encoder enc = enc2;
+    enc.chat_template = TOOLS_TMPL;
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = tmp_file("tools.jsonl", rec);
+    c.val_fraction = 0;
+    c.seq_len = 256;
+    c.chat = DATASET_CHAT_TEMPLATE;
+    dataset *ds = load(&c, &enc);
+    if (!ds) { CHECK(0, "tool calls: load: %s", halo_error()); return; }
+    dataset_pair pr;
+    CHECK(!dataset_get_pair(ds, DATASET_TRAIN, 0, &pr) &&
+          !strcmp(pr.prompt_text, "<|im_start|>system\nTools: weather<|im_end|>\n<|im_start|>user\nParis?<|im_end|>\n"
+                                  "<|im_start|>assistant\n<call>weather {\"city\": \"Paris\"}</call><|im_end|>\n"
+                                  "<|im_start|>tool\n21C<|im_end|>\n<|im_start|>assistant\n"),
+          "tool calls: the template sees the tools, the call's arguments and the tool's reply: '%s'", pr.prompt_text);
+    char got[256];
+    loss_text(ds, got, sizeof got);
+    CHECK(!strcmp(got, "<call>weather {\"city\": \"Paris\"}</call><|im_end|>\nWarm.<|im_end|>\n"),
+          "tool calls: the call and the answer in the loss, the tool's reply not: '%s'", got);
+    dataset_free(ds);
+    c.chat = DATASET_CHAT_PLAIN;
+    CHECK(!load(&c, &enc) && has(halo_error(), "tools.jsonl:1:") && has(halo_error(), "--chat template"),
+          "tools with a built-in format: refused naming --chat template: %s", halo_error());
+    c.path = tmp_file("tools2.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": "
+                                      "\"assistant\", \"content\": null}]}\n");
+    c.chat = DATASET_CHAT_TEMPLATE;
+    CHECK(!load(&c, &enc) && has(halo_error(), "tools2.jsonl:1: message 2") && has(halo_error(), "'tool_calls'"),
+          "content null without tool calls: refused: %s", halo_error());
 }
 
 static void test_text(void) {
@@ -1324,6 +1372,7 @@ int main(void) {
     test_iterator();
     test_llama3_loss_region();
     test_multi_turn_loss();
+    test_tool_calls();
     test_text();
     test_metrics();
     test_shared_files();

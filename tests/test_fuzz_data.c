@@ -415,7 +415,7 @@ static void test_datasets(int n_mut) {
 static void test_dataset_targeted(void) {
     struct { const char *file, *content, *preset, *want; bool skip; } cases[] = {
         {"r1.jsonl", "{\"messages\":[]}\n", NULL, "assistant", false},
-        {"r2.jsonl", "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"},{\"role\":\"assistant\",\"content\":\"y\"}]}\n", NULL, "tool", false},
+        {"r2.jsonl", "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"},{\"role\":\"assistant\",\"content\":\"y\"}]}\n", NULL, "robot", false},
         {"r3.jsonl", "{\"messages\":[{\"role\":\"user\",\"content\":5},{\"role\":\"assistant\",\"content\":\"y\"}]}\n", NULL, "content", false},
         {"r4.jsonl", "{\"messages\":{\"role\":\"user\"}}\n", NULL, "messages", false},
         {"r5.jsonl", "{\"question\":7,\"answer\":\"x\"}\n", "gsm8k", "question", false},

@@ -154,16 +154,16 @@ int cmd_generate(int argc, char **argv) {
             const char *eos_text = eos >= 0 && tokenizer_piece(tok, eos) ? tokenizer_piece(tok, eos) : "";
             data_msg msgs[3];
             int nm = 0;
-            if (system) msgs[nm++] = (data_msg){"system", system};
-            msgs[nm++] = (data_msg){"user", text};
-            msgs[nm++] = (data_msg){"assistant", ""};
+            if (system) msgs[nm++] = (data_msg){"system", system, NULL};
+            msgs[nm++] = (data_msg){"user", text, NULL};
+            msgs[nm++] = (data_msg){"assistant", "", NULL};
             data_str out_s = {0};
             // the model's template, unless it renders as the built-in Llama 3 format (the rule of --chat auto)
             const char *ct = tokenizer_chat_template(tok);
             if (l3 && ct && data_chat_template_is_llama3(ct, bos_text, eos_text) != 0) ct = NULL;
             jinja_template *jt = NULL;
             int rc_r = ct ? (jinja_parse(ct, "the tokenizer's chat_template", &jt) ||
-                             data_chat_render_template(jt, bos_text, eos_text, msgs, nm - 1, true, &out_s))
+                             data_chat_render_template(jt, bos_text, eos_text, msgs, nm - 1, true, NULL, &out_s))
                           : data_chat_render_prompt(l3 ? DATASET_CHAT_LLAMA3 : DATASET_CHAT_LLAMA2, NULL, bos_text,
                                                     eos_text, msgs, nm, &out_s);
             jinja_free(jt);

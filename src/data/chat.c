@@ -109,14 +109,17 @@ static int render_plain(const char *tmpl, const char *bos_text, const data_msg *
 }
 
 int data_chat_render_template(const jinja_template *t, const char *bos_text, const char *eos_text, const data_msg *msgs,
-                              int n, bool add_generation_prompt, data_str *out) {
+                              int n, bool add_generation_prompt, const cJSON *tools, data_str *out) {
     cJSON *v = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(v, "messages");
-    for (int i = 0; i < n; i++) {
-        cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < n; i++) {   // the file's message (tool_calls, ...) with role and content as read
+        cJSON *o = msgs[i].raw ? cJSON_Duplicate(msgs[i].raw, 1) : cJSON_CreateObject();
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "role");
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "content");
         cJSON_AddStringToObject(o, "role", msgs[i].role);
         cJSON_AddStringToObject(o, "content", msgs[i].content);
         cJSON_AddItemToArray(arr, o);
     }
+    if (tools) cJSON_AddItemToObject(v, "tools", cJSON_Duplicate(tools, 1));
     cJSON_AddStringToObject(v, "bos_token", bos_text);
     cJSON_AddStringToObject(v, "eos_token", eos_text);
     cJSON_AddBoolToObject(v, "add_generation_prompt", add_generation_prompt);
@@ -134,8 +137,8 @@ int data_chat_check(const data_msg *msgs, int n) {
     int n_user = 0;
     for (int i = 0; i < n; i++) {
         const char *r = msgs[i].role;
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
-            return halo_fail("unknown role '%s' (expected system, user or assistant)", r);
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "tool"))
+            return halo_fail("unknown role '%s' (expected system, user, assistant or tool)", r);
         n_user += !strcmp(r, "user");
     }
     if (n < 2 || strcmp(msgs[n - 1].role, "assistant"))
@@ -144,11 +147,20 @@ int data_chat_check(const data_msg *msgs, int n) {
     return HALO_OK;
 }
 
+// The built-in formats have no tool messages or tool calls: a chat template does.
+static int builtin_check(const data_msg *msgs, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(msgs[i].role, "tool") || cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(msgs[i].raw, "tool_calls")) > 0)
+            return halo_fail("message %d: %s need the model's chat template (--chat template); the built-in formats "
+                             "have none", i + 1, !strcmp(msgs[i].role, "tool") ? "tool messages" : "tool calls");
+    return HALO_OK;
+}
+
 int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
                             const data_msg *msgs, int n, data_str *out) {
     data_str_clear(out);
     data_str_append(out, "", 0);
-    if (data_chat_check(msgs, n)) return HALO_ERR;
+    if (data_chat_check(msgs, n) || builtin_check(msgs, n)) return HALO_ERR;
     switch (fmt) {
     case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, true, out); return HALO_OK;
     case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, true, out);
@@ -161,6 +173,7 @@ int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const cha
                              const data_msg *msgs, int n, data_str *out) {
     data_str_clear(out);
     data_str_append(out, "", 0);
+    if (builtin_check(msgs, n)) return HALO_ERR;
     switch (fmt) {
     case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n, false, out); return HALO_OK;
     case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n, false, out);
@@ -172,13 +185,13 @@ int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const cha
 int data_chat_template_is_llama3(const char *tmpl, const char *bos, const char *eos) {
     jinja_template *t = NULL;
     if (jinja_parse(tmpl, "the tokenizer's chat_template", &t)) { halo_clear_error(); return -1; }
-    const data_msg probes[2][3] = {{{"user", "Hi"}, {"assistant", "Hello"}},
-                                   {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}}};
+    const data_msg probes[2][3] = {{{"user", "Hi", NULL}, {"assistant", "Hello", NULL}},
+                                   {{"system", "Be brief.", NULL}, {"user", "Hi", NULL}, {"assistant", "Hello", NULL}}};
     const int n[2] = {2, 3};
     int res = 1;
     data_str a = {0}, b = {0};
     for (int k = 0; k < 2 && res == 1; k++) {
-        if (data_chat_render_template(t, bos, eos, probes[k], n[k] - 1, true, &a) ||
+        if (data_chat_render_template(t, bos, eos, probes[k], n[k] - 1, true, NULL, &a) ||
             data_chat_render_prompt(DATASET_CHAT_LLAMA3, NULL, bos, eos, probes[k], n[k], &b))
             res = -1;
         else if (a.n != b.n || memcmp(a.p, b.p, a.n))

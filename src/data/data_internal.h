@@ -44,8 +44,10 @@ void csv_close(csv_reader *r);
 typedef const char *(*data_lookup_fn)(void *ctx, const char *name, size_t name_len);
 int data_template_render(const char *tmpl, data_lookup_fn lookup, void *ctx, const char *what, data_str *out);
 
-// One chat message; role is "system", "user" or "assistant".
-typedef struct { const char *role; const char *content; } data_msg;
+// One chat message; role is "system", "user", "assistant" or "tool" (the last only through a chat template). raw: the
+// message object as the file has it (its tool_calls and other keys reach a chat template), or NULL.
+struct cJSON;
+typedef struct { const char *role; const char *content; const struct cJSON *raw; } data_msg;
 // Renders the prompt for msgs[0..n-2] (the last message must be the assistant's answer, which is not rendered),
 // ending with the assistant's generation prompt; the BOS piece (bos_text, may be "") is written first.
 int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
@@ -56,10 +58,10 @@ int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const cha
                              const data_msg *msgs, int n, data_str *out);
 // HALO_ERR unless msgs is a conversation to learn from: known roles, a user message, the last one the assistant's.
 int data_chat_check(const data_msg *msgs, int n);
-// The model's chat template over msgs[0..n) with bos_token, eos_token and add_generation_prompt, as transformers'
-// apply_chat_template renders it.
+// The model's chat template over msgs[0..n) with bos_token, eos_token, add_generation_prompt and the record's tools
+// (a JSON array, or NULL), as transformers' apply_chat_template renders it.
 int data_chat_render_template(const jinja_template *t, const char *bos_text, const char *eos_text, const data_msg *msgs,
-                              int n, bool add_generation_prompt, data_str *out);
+                              int n, bool add_generation_prompt, const struct cJSON *tools, data_str *out);
 // Whether the chat template `tmpl` renders prompts as DATASET_CHAT_LLAMA3 does (Llama 3.0's template), on a user turn
 // alone and after a system message: 1 the same, 0 otherwise, -1 when it fails to parse or render those probes.
 int data_chat_template_is_llama3(const char *tmpl, const char *bos_text, const char *eos_text);

@@ -87,6 +87,7 @@ typedef struct {
     unsigned tick;
     bool printed;
     jinja_template *tmpl;    // DATASET_CHAT_TEMPLATE: the model's chat template
+    const cJSON *tools;      // the current record's "tools" (function schemas for the chat template), or NULL
 } loader;
 
 static void load_progress(loader *ld, FILE *f, long long pos);
@@ -221,8 +222,8 @@ static int history_spans(loader *ld, const data_msg *m, int n, size_t *spans) {
         if (strcmp(m[a].role, "assistant")) continue;
         int rc;
         if (ld->ds->chat == DATASET_CHAT_TEMPLATE)
-            rc = data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a, true, &ld->hp) ||
-                 data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a + 1, false, &ld->hh);
+            rc = data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a, true, ld->tools, &ld->hp) ||
+                 data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, a + 1, false, ld->tools, &ld->hh);
         else
             rc = data_chat_render_prompt(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, a + 1,
                                          &ld->hp) ||
@@ -274,8 +275,8 @@ static void mark_answer(uint8_t **in_loss, size_t from, size_t n, size_t cap) {
 // (the template's end-of-turn included), tokenized apart.
 static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line) {
     if (data_chat_check(m, n) ||
-        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n - 1, true, &ld->prompt) ||
-        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n, false, &ld->full))
+        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n - 1, true, ld->tools, &ld->prompt) ||
+        data_chat_render_template(ld->tmpl, ld->bos_text, ld->eos_text, m, n, false, ld->tools, &ld->full))
         return BAD;
     if (ld->full.n < ld->prompt.n || memcmp(ld->full.p, ld->prompt.p, ld->prompt.n))
         return halo_fail("the chat template's rendering of the conversation does not start with its rendering of the "
@@ -300,6 +301,7 @@ static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line)
 static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
     if (set_kind(ld, KIND_CHAT, line)) return HALO_ERR;
     if (ld->ds->chat == DATASET_CHAT_TEMPLATE) return add_conv_template(ld, m, n, line);
+    if (ld->tools) return halo_fail("'tools' needs the model's chat template (--chat template)"), BAD;
     if (data_chat_render_prompt(ld->ds->chat, ld->cfg.plain_template, ld->bos_text, ld->eos_text, m, n, &ld->prompt))
         return BAD;
     char *answer = data_strip_dup(m[n - 1].content);
@@ -325,9 +327,9 @@ static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
 static int add_pair(loader *ld, const char *prompt, const char *answer, int64_t line) {
     data_msg m[3];
     int n = 0;
-    if (ld->cfg.system_prompt) m[n++] = (data_msg){"system", ld->cfg.system_prompt};
-    m[n++] = (data_msg){"user", prompt};
-    m[n++] = (data_msg){"assistant", answer};
+    if (ld->cfg.system_prompt) m[n++] = (data_msg){"system", ld->cfg.system_prompt, NULL};
+    m[n++] = (data_msg){"user", prompt, NULL};
+    m[n++] = (data_msg){"assistant", answer, NULL};
     return add_conv(ld, m, n, line);
 }
 
@@ -459,18 +461,30 @@ static int jsonl_record(loader *ld, const cJSON *o, int mode, int64_t line) {
         int i = 0;
         const cJSON *it;
         cJSON_ArrayForEach(it, arr) {
+            m[i].raw = it;
             m[i].role = json_string(it, "role");
             m[i].content = json_string(it, "content");
             if (!m[i].role) m[i].role = sharegpt_role(json_string(it, "from"));   // ShareGPT: from / value
             if (!m[i].content) m[i].content = json_string(it, "value");
+            const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+            if (!m[i].content && (!content || cJSON_IsNull(content)) &&
+                cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(it, "tool_calls")))
+                m[i].content = "";   // an assistant turn that only calls tools
             if (!m[i].role || !m[i].content) {
                 free(m);
-                return halo_fail("message %d of '%s' needs string 'role' and 'content' (or ShareGPT's 'from' and 'value')",
-                                 i + 1, c->messages_field), BAD;
+                return halo_fail("message %d of '%s' needs string 'role' and 'content' (or ShareGPT's 'from' and "
+                                 "'value'; 'content' may be null beside 'tool_calls')", i + 1, c->messages_field), BAD;
             }
             i++;
         }
+        const cJSON *tools = cJSON_GetObjectItemCaseSensitive(o, "tools");
+        if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)) {
+            free(m);
+            return halo_fail("'tools' must be a list of function schemas"), BAD;
+        }
+        ld->tools = cJSON_IsArray(tools) ? tools : NULL;
         int rc = add_conv(ld, m, n, line);
+        ld->tools = NULL;
         free(m);
         return rc;
     }
