@@ -9,6 +9,7 @@
 #include "test.h"
 #ifdef HALO_CUDA
 #include "test_cuda.h"
+#include "test_variants.h"
 #include "model/llama.h"
 #include "train/generate.h"
 #include "util/error.h"
@@ -316,8 +317,8 @@ out:
 }
 
 // (c) random Llama-3-style model (GQA 4/2, head_dim 64, untied head, llama3 RoPE scaling): decoder logits at every
-// position vs the GPU full forward
-static void check_random_gqa(void) {
+// position vs the GPU full forward; arch: T_LLAMA, or a variant (test_variants.h; HALO_CUDA_VARIANTS=1)
+static void check_random_gqa(int arch) {
     llama_config c;
     memset(&c, 0, sizeof c);
     c.vocab_size = 1000; c.dim = 256; c.hidden_dim = 688; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2;
@@ -325,11 +326,13 @@ static void check_random_gqa(void) {
     c.rope_scaling = ROPE_SCALING_LLAMA3; c.rope_factor = 8; c.rope_low_freq_factor = 1; c.rope_high_freq_factor = 4;
     c.rope_original_max_pos = 64;
     c.bos_id = c.eos_id = -1;
+    t_make_variant(&c, arch);
     llama_model m;
     if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
     llama_init_random(&m, 5);
     for (int i = 0; i < m.n_table; i++)   // std 0.1: attention far from uniform, logits of order 1
         if (m.table[i].ndim == 2) for (size_t j = 0; j < m.table[i].numel; j++) m.params[m.table[i].offset + j] *= 5;
+    t_draw_variant_tensors(&m, 5);
     const int B = 2, T = 48, V = c.vocab_size, P0 = 5;
     halo_batch b;
     halo_batch_alloc(&b, B, T);
@@ -384,9 +387,10 @@ static void check_random_gqa(void) {
         if (e > worst || isnan(e)) { worst = isnan(e) ? INFINITY : e; wpos = i; }
         if (eh > worst_h || isnan(eh)) worst_h = isnan(eh) ? INFINITY : eh;
     }
-    printf("random GQA hd64 model: decoder vs llama_cuda_forward logits, worst of %d positions %.3g (row %d pos %d; "
-           "bound 2e-2); host-uploaded vs GPU-model weights %.3g (bound 1e-5)\n", B * T, worst, wpos / T, wpos % T,
-           worst_h);
+    printf("random GQA hd64 model%s: decoder vs llama_cuda_forward logits, worst of %d positions %.3g (row %d pos %d; "
+           "bound 2e-2); host-uploaded vs GPU-model weights %.3g (bound 1e-5)\n",
+           arch == T_QWEN2 ? " (Qwen2 biases)" : arch == T_QWEN3 ? " (Qwen3 q/k norms)" : "", B * T, worst, wpos / T,
+           wpos % T, worst_h);
     CHECK(worst <= 2e-2, "decoder vs full forward logits: %.3g", worst);
     CHECK(worst_h <= 1e-5, "host-uploaded decoder vs GPU-model decoder: %.3g", worst_h);
     cuda_decoder_free(dv);
@@ -468,7 +472,11 @@ int main(int argc, char **argv) {
 #else
     char gpu_why[256];
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA decoder tests skipped", gpu_why); TEST_END(); }
-    check_random_gqa();
+    check_random_gqa(T_LLAMA);
+    setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
+    check_random_gqa(T_QWEN2);
+    check_random_gqa(T_QWEN3);
+    unsetenv("HALO_CUDA_VARIANTS");
     if (argc > 1 && !strcmp(argv[1], "--sanitize")) { cuda_matmul_shutdown(); TEST_END(); }   // compute-sanitizer
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); stories260K checks skipped");
     else {

@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include "test.h"
 #include "test_golden.h"
+#include "test_variants.h"
 #ifdef HALO_CUDA
 #include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
@@ -162,16 +163,19 @@ out:
 }
 
 // Random model vs the CPU fp32 model: loss and gradients; then recompute vs stored activations.
-static void check_vs_cpu(const char *label, int hd, int packed) {
+// arch: T_LLAMA, or a variant (test_variants.h: Qwen2's q, k, v biases, Qwen3's q/k norms; HALO_CUDA_VARIANTS=1)
+static void check_vs_cpu(const char *label, int hd, int packed, int arch) {
     llama_config c;
     memset(&c, 0, sizeof c);
     c.vocab_size = 1000; c.dim = 4 * hd; c.hidden_dim = 640; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
     c.head_dim = hd; c.max_pos = 512; c.norm_eps = 1e-5f; c.rope_theta = 500000.f; c.rope_scaling = ROPE_SCALING_LLAMA3;
     c.rope_factor = 32.f; c.rope_low_freq_factor = 1.f; c.rope_high_freq_factor = 4.f; c.rope_original_max_pos = 64;
     c.tie_embeddings = hd == 64; c.bos_id = c.eos_id = -1;
+    t_make_variant(&c, arch);
     llama_model m;
     if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
     llama_init_random(&m, 7);
+    t_draw_variant_tensors(&m, 7);
     int B = 2, T = 130;
     halo_batch b;
     halo_batch_alloc(&b, B, T);
@@ -348,8 +352,12 @@ int main(int argc, char **argv) {
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA model tests skipped", gpu_why); TEST_END(); }
     if (argc > 1 && !strcmp(argv[1], "--sanitize-step")) return sanitize_step();
     printf("| %-22s | %-34s | %9s | %7s | %s |\n", "model (GPU, bf16)", "check", "rel err", "bound", "ok");
-    check_vs_cpu("random hd64 tied", 64, 0);
-    check_vs_cpu("random hd128 packed", 128, 1);
+    check_vs_cpu("random hd64 tied", 64, 0, T_LLAMA);
+    check_vs_cpu("random hd128 packed", 128, 1, T_LLAMA);
+    setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
+    check_vs_cpu("Qwen2 biases hd64", 64, 0, T_QWEN2);
+    check_vs_cpu("Qwen3 q/k norms hd128", 128, 1, T_QWEN3);
+    unsetenv("HALO_CUDA_VARIANTS");
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); golden checks skipped");
     else {
         check_golden("stories260K", test_shared_path("models/stories260K"),

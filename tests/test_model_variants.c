@@ -10,10 +10,11 @@
 #include "model/lora.h"
 #include "test.h"
 #include "test_cli.h"
+#include "test_variants.h"
 #include "util/error.h"
 #include "util/fileio.h"
 
-enum { LLAMA = 0, QWEN2 = 2, QWEN3 = 3 };
+enum { LLAMA = T_LLAMA, QWEN2 = T_QWEN2, QWEN3 = T_QWEN3 };
 static llama_config tiny(unsigned bias_kinds, int arch) {
     llama_config c = {0};
     c.vocab_size = 48; c.dim = 32; c.hidden_dim = 40; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
@@ -23,19 +24,13 @@ static llama_config tiny(unsigned bias_kinds, int arch) {
     return c;
 }
 
-static int is_new_tensor(const char *name) { return strstr(name, ".bias") || (strstr(name, "_norm.weight") && strstr(name, "self_attn")); }
+static int is_new_tensor(const char *name) { return t_is_variant_tensor(name); }
 
-// random weights; biases of sd 0.3 and q/k norm weights 1 + 0.3 N(0, 1) (large enough to matter: the init gives 0, 1)
+// random weights, and the biases and q/k norm weights drawn (test_variants.h)
 static void random_model(llama_model *m, const llama_config *c, uint64_t seed) {
     CHECK(llama_init(m, c) == HALO_OK, "init: %s", halo_error());
     llama_init_random(m, seed);
-    unsigned long long s = seed * 31 + 7;
-    for (int i = 0; i < m->n_table; i++) {
-        const llama_param *p = &m->table[i];
-        if (!is_new_tensor(p->name)) continue;
-        const float base = strstr(p->name, ".bias") ? 0.0f : 1.0f;
-        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = base + (float)(0.3 * t_rand_normal(&s));
-    }
+    t_draw_variant_tensors(m, seed);
 }
 
 static void batch_of(halo_batch *b, int B, int T, int vocab, unsigned long long seed) {

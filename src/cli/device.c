@@ -34,7 +34,7 @@ int cli_device_auto(const halo_common_opts *co, const char *model_dir, const cha
     else if (model_dir) {   // (a config.json that does not load is the model loader's to report)
         char *p = halo_path_join(model_dir, "config.json");
         llama_config c;
-        if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && (c.bias_kinds || c.qk_norm))
+        if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c))
             why = LLAMA_CUDA_NO_BIAS;
         free(p);
     }

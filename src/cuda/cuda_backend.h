@@ -105,6 +105,18 @@ void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *
 void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
                              int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v, cudaStream_t s);
 
+// The Llama variants' additions to the fused q, k, v product y[N, ld] (bias_headnorm.cu): y[t, 0..n) += bias (bf16);
+// db[j] += sum_t dy[t, j] (fp32); an RMSNorm over each of the first Hq + Hkv heads of every row in place (q heads
+// weighted by wq, k heads by wk; raw and rstd, when not NULL, keep the input [N, (Hq + Hkv) hd] and the scales
+// [N, Hq + Hkv]); its backward in place on dy, dwq / dwk += the weights' gradients (NULL: frozen); hd <= 256.
+void cuda_bias_rows_add(halo_bf16 *y, int ld, const halo_bf16 *bias, int N, int n, cudaStream_t s);
+void cuda_bias_grad(float *db, const halo_bf16 *dy, int ld, int N, int n, cudaStream_t s);
+void cuda_head_rmsnorm_forward(halo_bf16 *x, int ld, halo_bf16 *raw, float *rstd, const halo_bf16 *wq,
+                               const halo_bf16 *wk, int N, int Hq, int Hkv, int hd, float eps, cudaStream_t s);
+void cuda_head_rmsnorm_backward(halo_bf16 *dy, int ld, const halo_bf16 *raw, const float *rstd, const halo_bf16 *wq,
+                                const halo_bf16 *wk, float *dwq, float *dwk, int N, int Hq, int Hkv, int hd,
+                                cudaStream_t s);
+
 // gu[N, 2F] holds [gate | up] per row; out[N, F] = silu(gate) * up
 void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // dgu[N, 2F] = [dgate | dup]
@@ -201,9 +213,12 @@ int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // host's adapters; the CPU trainer's adamw_state). bf16_moments / bf16_grads are refused with LoRA.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
 // What llama_cuda_init (and _init_random) say of a model with biases (config bias_kinds: Qwen2's q, k, v;
-// attention_bias, mlp_bias) or q/k norms (qk_norm: Qwen3).
+// attention_bias, mlp_bias) or q/k norms (qk_norm: Qwen3). Qwen2's q, k, v biases and Qwen3's norms are written (the
+// twenty-fifth session) but not yet run on a GPU: HALO_CUDA_VARIANTS=1 turns them on (tests/test_cuda_model.c does);
+// o, gate, up and down biases are not written.
 #define LLAMA_CUDA_NO_BIAS "the GPU model has no linear biases or q/k norms yet (Qwen2, Qwen3; attention_bias, " \
                            "mlp_bias): this model runs on the CPU (--device cpu)"
+int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs c's biases and q/k norms
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the
 // default): no dropout, as evaluation. Nothing without adapters.
@@ -289,6 +304,8 @@ int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, const float 
 // [wq; wk; wv] and [w_gate; w_up] matrices), for the decoder below. `layers` is malloc'ed: free it.
 typedef struct {
     const halo_bf16 *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
+    const halo_bf16 *bqkv;             // the q, k, v biases [(Hq + 2 Hkv) hd] (Qwen2), or NULL
+    const halo_bf16 *q_norm, *k_norm;  // the per-head q / k norm weights [hd] (Qwen3), or NULL
 } llama_cuda_layer_ptrs;
 typedef struct {
     llama_config cfg;

@@ -152,6 +152,7 @@ static void *dec_alloc(cuda_decoder *d, size_t bytes, int *oom) {
 
 static int dec_common(cuda_decoder **out, const llama_config *c, int max_seqs, int max_len, int max_rows) {
     *out = NULL;
+    if (!llama_cuda_variant_ok(c)) return halo_fail("%s", LLAMA_CUDA_NO_BIAS);
     char why[256];
     if (!cuda_device_usable(why, sizeof why)) return halo_fail("CUDA: %s", why);
     if (max_seqs < 1 || max_len < 1 || max_rows < max_seqs)
@@ -232,7 +233,9 @@ extern "C" int cuda_decoder_init_host(cuda_decoder **out, const llama_model *hos
     if (dec_common(out, c, max_seqs, max_len, max_rows) != HALO_OK) return HALO_ERR;
     cuda_decoder *d = *out;
     size_t D = c->dim, F = c->hidden_dim, V = c->vocab_size, Q = d->Q, KV = d->KV;
-    size_t per_layer = al(D) + al((Q + 2 * KV) * D) + al(D * Q) + al(D) + al(2 * F * D) + al(D * F);
+    const int has_b = (c->bias_kinds & 0x7) != 0, has_n = c->qk_norm != 0;
+    size_t per_layer = al(D) + al((Q + 2 * KV) * D) + al(D * Q) + al(D) + al(2 * F * D) + al(D * F) +
+                       (has_b ? al(Q + 2 * KV) : 0) + (has_n ? 2 * al(c->head_dim) : 0);
     size_t total = per_layer * c->n_layers + al(V * D) * (c->tie_embeddings ? 1 : 2) + al(D);
     int oom = 0;
     d->owned = (bf16 *)dec_alloc(d, total * 2, &oom);
@@ -262,6 +265,15 @@ extern "C" int cuda_decoder_init_host(cuda_decoder **out, const llama_model *hos
         p->wgu = (const halo_bf16 *)(W + cur); PUT(cur, hw->w_gate, F * D); PUT(cur + F * D, hw->w_up, F * D);
         cur += al(2 * F * D);
         p->wdown = (const halo_bf16 *)(W + cur); PUT(cur, hw->w_down, D * F); cur += al(D * F);
+        if (has_b) {   // Qwen2: the q, k, v biases adjacent, over the fused product's columns
+            p->bqkv = (const halo_bf16 *)(W + cur);
+            PUT(cur, hw->bias[LIN_Q], Q); PUT(cur + Q, hw->bias[LIN_K], KV); PUT(cur + Q + KV, hw->bias[LIN_V], KV);
+            cur += al(Q + 2 * KV);
+        }
+        if (has_n) {   // Qwen3: the per-head q and k norms
+            p->q_norm = (const halo_bf16 *)(W + cur); PUT(cur, hw->q_norm, c->head_dim); cur += al(c->head_dim);
+            p->k_norm = (const halo_bf16 *)(W + cur); PUT(cur, hw->k_norm, c->head_dim); cur += al(c->head_dim);
+        }
     }
     d->w.embed = (const halo_bf16 *)(W + cur); PUT(cur, host->w.embed, V * D); cur += al(V * D);
     if (c->tie_embeddings) d->w.lm_head = d->w.embed;
@@ -307,6 +319,9 @@ static void dec_layers(cuda_decoder *d, int n) {
         const llama_cuda_layer_ptrs *p = &w->layers[l];
         cuda_rmsnorm_forward(nrm, d->rstd, d->x, p->attn_norm, n, D, c->norm_eps, s);
         cuda_linear_forward(qkv, 0, nrm, p->wqkv, NULL, n, D, d->QKV, s);
+        if (p->bqkv) cuda_bias_rows_add(qkv, d->QKV, p->bqkv, n, d->QKV, s);   // Qwen2
+        if (p->q_norm)   // Qwen3
+            cuda_head_rmsnorm_forward(qkv, d->QKV, NULL, NULL, p->q_norm, p->k_norm, n, Hq, Hkv, hd, c->norm_eps, s);
         cuda_rope_forward(qkv, d->QKV, dpos, d->cos_t, d->sin_t, n, Hq + Hkv, hd, s);
         bf16 *kc = d->kc + l * layer_cache, *vc = d->vc + l * layer_cache;
         k_kv_append<<<n, 256, 0, s>>>(kc, vc, d->qkv, d->QKV, d->Q, d->KV, dseq, dpos, d->L);

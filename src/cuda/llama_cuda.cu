@@ -33,6 +33,7 @@ typedef struct {
 
 typedef struct {
     size_t attn_norm, wqkv, wo, ffn_norm, wgu, wdown;   // element offsets into the parameter buffers
+    size_t bqkv, q_norm, k_norm;   // Qwen2's q, k, v biases, Qwen3's q / k norms (config bias_kinds, qk_norm)
 } layer_offs;
 
 // Activations of one layer's forward kept for its backward (one set per layer, or one shared set when recomputing).
@@ -46,6 +47,8 @@ typedef struct {
     bf16 *n2;      // [N, D] post_attention_layernorm output
     float *r2;     // [N]
     bf16 *gu;      // [N, 2F] [gate | up]
+    bf16 *qk_raw;  // q/k norms: q and k before their per-head norm [N, (Hq + Hkv) hd]
+    float *qk_rstd;   // and the heads' scales [N, Hq + Hkv]
 } layer_acts;
 
 enum { MEM_WEIGHTS, MEM_MASTER, MEM_GRADS, MEM_MOMENTS, MEM_ACTS, MEM_WORK, MEM_HALO, MEM_NCAT };
@@ -232,7 +235,7 @@ static void add_slot(llama_cuda *g, size_t *cur, size_t n, long host_off, int de
 static void layout_build(llama_cuda *g, const llama_model *host) {
     const llama_config *c = &g->c;
     size_t D = c->dim, F = c->hidden_dim, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    g->slots = (dev_slot *)xcalloc((size_t)c->n_layers * 9 + 4, sizeof(dev_slot));
+    g->slots = (dev_slot *)xcalloc((size_t)c->n_layers * 14 + 4, sizeof(dev_slot));
     g->L = (layer_offs *)xcalloc((size_t)c->n_layers, sizeof(layer_offs));
     size_t cur = 0;
 #define HOFF(ptr) (host ? (long)((ptr) - host->params) : -1L)
@@ -267,6 +270,22 @@ static void layout_build(llama_cuda *g, const llama_model *host) {
     }
     g->final_norm = cur;
     add_slot(g, &cur, D, host ? HOFF(host->w.final_norm) : -1, 0, 1);
+    // the variants' vectors after the norms (in the range zero_grads clears; no weight decay by default)
+    for (int l = 0; l < c->n_layers; l++) {
+        const llama_layer_weights *W = host ? &host->w.layers[l] : NULL;
+        if (c->bias_kinds & 0x7) {   // q, k, v biases adjacent: one vector over the fused product's columns
+            g->L[l].bqkv = cur;
+            add_slot(g, &cur, qd, W ? HOFF(W->bias[LIN_Q]) : -1, 0, 0);
+            add_slot(g, &cur, kvd, W ? HOFF(W->bias[LIN_K]) : -1, 0, 0);
+            add_slot(g, &cur, kvd, W ? HOFF(W->bias[LIN_V]) : -1, 0, 1);
+        }
+        if (c->qk_norm) {
+            g->L[l].q_norm = cur;
+            add_slot(g, &cur, c->head_dim, W ? HOFF(W->q_norm) : -1, 0, 1);
+            g->L[l].k_norm = cur;
+            add_slot(g, &cur, c->head_dim, W ? HOFF(W->k_norm) : -1, 0, 1);
+        }
+    }
 #undef HOFF
     g->n_all = cur;
     // the host table's no_decay flags win over the defaults above
@@ -382,6 +401,11 @@ static int alloc_all(llama_cuda *g) {
         A->r2 = (float *)dalloc(g, MEM_ACTS, N * 4);
         // recompute 2: one [gate | up] buffer shared by all layers
         A->gu = g->o.recompute == 2 && i > 0 ? g->acts[0].gu : (bf16 *)dalloc(g, MEM_ACTS, N * 2 * F * 2);
+        if (c->qk_norm) {
+            const size_t heads = (size_t)c->n_heads + c->n_kv_heads;
+            A->qk_raw = (bf16 *)dalloc(g, MEM_ACTS, N * heads * c->head_dim * 2);
+            A->qk_rstd = (float *)dalloc(g, MEM_ACTS, N * heads * 4);
+        }
     }
     g->nf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
     g->rf = (float *)dalloc(g, MEM_ACTS, N * 4);
@@ -987,9 +1011,15 @@ static void halo_teardown(llama_cuda *g) {
     g->hl = NULL; g->hon = NULL;
 }
 
+extern "C" int llama_cuda_variant_ok(const llama_config *c) {
+    if (!c->bias_kinds && !c->qk_norm) return 1;
+    const char *e = getenv("HALO_CUDA_VARIANTS");   // written, not yet run on a GPU: off unless asked for
+    return e && *e == '1' && (c->bias_kinds == 0 || c->bias_kinds == 0x7) && c->head_dim <= 256;
+}
+
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
     *out = NULL;
-    if (cfg->bias_kinds || cfg->qk_norm) return halo_fail("%s", LLAMA_CUDA_NO_BIAS);
+    if (!llama_cuda_variant_ok(cfg)) return halo_fail("%s", LLAMA_CUDA_NO_BIAS);
     char why[256];
     if (!cuda_device_usable(why, sizeof why)) return halo_fail("CUDA: %s", why);
     if (o->max_B <= 0 || o->max_T <= 0) return halo_fail("CUDA: max_B and max_T must be positive");
@@ -1051,6 +1081,15 @@ extern "C" int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg,
         else k_init_random<<<grid, 256, 0, g->st>>>(g->master + s->off, s->n, seed * 7919 + i * 0x1234567ULL, 0.02f);
         CUDA_LAUNCH_CHECK();
     }
+    for (int l = 0; l < cfg->n_layers; l++) {   // as HF initializes them: biases 0, q/k norm weights 1
+        const layer_offs *lo = &g->L[l];
+        if (cfg->bias_kinds & 0x7) k_fill<<<cdiv(g->QKV, 256), 256, 0, g->st>>>(g->master + lo->bqkv, g->QKV, 0.f);
+        if (cfg->qk_norm) {
+            k_fill<<<1, 256, 0, g->st>>>(g->master + lo->q_norm, cfg->head_dim, 1.f);
+            k_fill<<<1, 256, 0, g->st>>>(g->master + lo->k_norm, cfg->head_dim, 1.f);
+        }
+        CUDA_LAUNCH_CHECK();
+    }
     cuda_f32_to_bf16((halo_bf16 *)g->w, g->master, g->n_all, g->st);
     CUDA_CHECK(cudaStreamSynchronize(g->st));
     if (o->verbose) print_memory(g);
@@ -1073,7 +1112,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
             layer_acts *A = &g->acts[i];
             void *ap[] = {A->n1 == g->nbuf ? NULL : A->n1, A->r1, A->qkv, A->att, A->lse, A->h,
                           A->n2 == g->nbuf ? NULL : A->n2, A->r2,
-                          g->o.recompute == 2 && i > 0 ? NULL : A->gu};
+                          g->o.recompute == 2 && i > 0 ? NULL : A->gu, A->qk_raw, A->qk_rstd};
             for (size_t j = 0; j < sizeof ap / sizeof ap[0]; j++) if (ap[j]) cudaFree(ap[j]);
         }
     if (g->stage) { cudaFreeHost(g->stage); cudaEventDestroy(g->staged); }
@@ -1203,6 +1242,11 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
                                                          c->norm_eps, aq, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
     group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, x_flag(aq));
+    if (c->bias_kinds & 0x7)   // Qwen2
+        PROF(g, PR_MM_F, cuda_bias_rows_add((halo_bf16 *)A->qkv, g->QKV, W + o->bqkv, N, g->QKV, s));
+    if (c->qk_norm)   // Qwen3: each q and k head normalized before RoPE (its input and scales kept for backward)
+        PROF(g, PR_NORM_F, cuda_head_rmsnorm_forward((halo_bf16 *)A->qkv, g->QKV, (halo_bf16 *)A->qk_raw, A->qk_rstd,
+                                                     W + o->q_norm, W + o->k_norm, N, Hq, Hkv, hd, c->norm_eps, s));
     PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
@@ -1350,11 +1394,19 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
     float *aq = ey_amax_prepare(g, l, LIN_Q), *ak = ey_amax_prepare(g, l, LIN_K), *av = ey_amax_prepare(g, l, LIN_V);
-    const int qkv_amax = aq && ak && av;   // q, k, v E_Y scales from the RoPE backward (all three run HALO or none)
+    // q, k, v E_Y scales from the RoPE backward (all three run HALO or none; not under q/k norms, whose backward
+    // changes dq, dk after it)
+    const int qkv_amax = aq && ak && av && !c->qk_norm;
     if (qkv_amax)
         PROF(g, PR_ROPE, cuda_rope_backward_amax((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, aq, ak,
                                                  av, s));
     else PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    if (c->qk_norm)
+        PROF(g, PR_NORM_B, cuda_head_rmsnorm_backward((halo_bf16 *)g->dqkv, g->QKV, (const halo_bf16 *)A->qk_raw,
+                                                      A->qk_rstd, W + o->q_norm, W + o->k_norm, gradw(g, o->q_norm),
+                                                      gradw(g, o->k_norm), N, Hq, Hkv, hd, s));
+    if ((c->bias_kinds & 0x7) && gradw(g, o->bqkv))
+        PROF(g, PR_MM_DW, cuda_bias_grad(gradw(g, o->bqkv), (const halo_bf16 *)g->dqkv, g->QKV, N, g->QKV, s));
     if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
     group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, qkv_amax ? HALO_CUDA_EY_AMAX : 0);
@@ -1735,7 +1787,9 @@ extern "C" void llama_cuda_weights(llama_cuda *g, llama_cuda_weight_ptrs *out) {
     for (int l = 0; l < g->c.n_layers; l++) {
         const layer_offs *o = &g->L[l];
         out->layers[l] = (llama_cuda_layer_ptrs){W + o->attn_norm, W + o->wqkv, W + o->wo, W + o->ffn_norm,
-                                                 W + o->wgu, W + o->wdown};
+                                                 W + o->wgu, W + o->wdown,
+                                                 g->c.bias_kinds & 0x7 ? W + o->bqkv : NULL,
+                                                 g->c.qk_norm ? W + o->q_norm : NULL, g->c.qk_norm ? W + o->k_norm : NULL};
     }
     out->stream = g->st;
     out->halo_on = g->hon != NULL;

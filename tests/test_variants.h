@@ -1,0 +1,30 @@
+// The Llama variants in the tests: a config made Qwen2 (q, k, v biases) or Qwen3 (per-head q/k norms), and the new
+// tensors drawn large enough to matter (biases sd 0.3, norm weights 1 + 0.3 N(0, 1); HF's init gives 0 and 1).
+#ifndef HALO_TEST_VARIANTS_H
+#define HALO_TEST_VARIANTS_H
+#include "model/llama.h"
+#include "test.h"
+
+enum { T_LLAMA = 0, T_QWEN2 = 2, T_QWEN3 = 3 };
+
+static inline void t_make_variant(llama_config *c, int arch) {
+    c->qwen2 = arch == T_QWEN2;
+    c->qwen3 = c->qk_norm = arch == T_QWEN3;
+    c->bias_kinds = arch == T_QWEN2 ? 0x7 : 0;
+}
+
+// A bias, or a q/k norm weight.
+static inline int t_is_variant_tensor(const char *name) {
+    return strstr(name, ".bias") || (strstr(name, "_norm.weight") && strstr(name, "self_attn"));
+}
+
+static inline void t_draw_variant_tensors(llama_model *m, unsigned long long seed) {
+    unsigned long long s = seed * 31 + 7;
+    for (int i = 0; i < m->n_table; i++) {
+        const llama_param *p = &m->table[i];
+        if (!t_is_variant_tensor(p->name)) continue;
+        const float base = strstr(p->name, ".bias") ? 0.0f : 1.0f;
+        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = base + (float)(0.3 * t_rand_normal(&s));
+    }
+}
+#endif
