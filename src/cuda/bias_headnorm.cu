@@ -3,7 +3,7 @@
 // product's rows are [q heads | k heads | v heads], row stride ld.
 #include "cuda/common.cuh"
 
-// y[t, j] += bias[j] (bf16, one rounding of the fp32 sum); a thread a column pair, a block a run of rows
+// y[t, j] += bias[j] (bf16, one rounding of the fp32 sum); a thread a column, a block a run of rows
 __global__ void k_bias_rows_add(bf16 *y, int ld, const bf16 *bias, int N, int n) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
