@@ -18,6 +18,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
 #include "test_cuda.h"
+#include "test_variants.h"
 #include "halo/halo_linear.h"
 #include "model/linear.h"
 #include "model/llama.h"
@@ -309,6 +310,57 @@ static void test_trainer_nonfinite(void) {
         free(before);
         llama_free(&m);
     }
+}
+
+// Qwen2's biases and Qwen3's q/k norms under HALO on the GPU (HALO_CUDA_VARIANTS=1: written in the twenty-fifth
+// session): INT8 L2 and FP8 L0 against the CPU HALO model with test_small_model's loss and all-gradient bounds (the
+// per-tensor bound is left out: k_proj's bias gradient nearly cancels, test_cuda_model measures it against q_proj's)
+static void test_variants_halo(void) {
+    setenv("HALO_CUDA_VARIANTS", "1", 1);
+    for (int arch = T_QWEN2; arch <= T_QWEN3; arch++) {
+        llama_config c;
+        memset(&c, 0, sizeof c);
+        c.vocab_size = 512; c.dim = 256; c.hidden_dim = 640; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+        c.head_dim = 64; c.max_pos = 256; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
+        t_make_variant(&c, arch);
+        llama_model m;
+        if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); continue; }
+        llama_init_random(&m, 13);
+        t_draw_variant_tensors(&m, 13);
+        t_round_bf16(m.params, m.n_params);
+        llama_alloc_grads(&m);
+        halo_batch b;
+        halo_batch_alloc(&b, 2, 64);
+        unsigned long long r = 9;
+        for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
+        halo_batch_shift_targets(&b);
+        const size_t P = m.n_params;
+        float *gc = malloc(4 * P), *gg = malloc(4 * P), *g32 = malloc(4 * P), *gb = malloc(4 * P);
+        float l32, lb, lc, lg;
+        model_halo_config off = model_halo_config_default();
+        model_grads_cpu(&m, &b, &off, &l32, g32);
+        model_grads_gpu(&m, &b, &off, 0, &lb, gb);
+        const double eb_all = rel_l2_f(gb, g32, P);
+        const char *what = arch == T_QWEN2 ? "Qwen2 biases" : "Qwen3 q/k norms";
+        row("variant: BF16 GPU vs fp32 CPU loss", what, fabs(lb - l32) / l32, 1e-2);
+        row("variant: BF16 GPU vs fp32 CPU grads", what, eb_all, 5e-2);
+        const int precs[2] = {HALO_PREC_INT8, HALO_PREC_FP8}, levels[2] = {2, 0};
+        for (int k = 0; k < 2; k++) {
+            model_halo_config hc = model_halo_config_default();
+            hc.prec = (halo_precision)precs[k]; hc.level = levels[k];
+            model_grads_cpu(&m, &b, &hc, &lc, gc);
+            model_grads_gpu(&m, &b, &hc, 0, &lg, gg);
+            char detail[64];
+            snprintf(detail, sizeof detail, "%s, %s L%d", what, k ? "fp8" : "int8", levels[k]);
+            row("variant: loss GPU vs CPU HALO", detail, fabs(lg - lc) / lc, 2e-2);
+            row("variant: all grads GPU vs CPU HALO", detail, rel_l2_f(gg, gc, P),
+                fmax(fmax(0.06, 3 * eb_all), 0.85 * rel_l2_f(gc, g32, P)));
+        }
+        free(gc); free(gg); free(g32); free(gb);
+        halo_batch_free(&b);
+        llama_free(&m);
+    }
+    unsetenv("HALO_CUDA_VARIANTS");
 }
 
 static void test_small_model(void) {
@@ -645,6 +697,7 @@ int main(int argc, char **argv) {
     test_layer_variants();
     printf("(layer variants: %.1f s)\n", t_now() - t0);
     test_small_model();
+    test_variants_halo();
     printf("(random model: %.1f s)\n", t_now() - t0);
     test_trainer_nonfinite();
     test_stories_training(steps, 0, cpu_budget);
