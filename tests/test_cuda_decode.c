@@ -389,7 +389,8 @@ static void check_random_gqa(int arch) {
     }
     printf("random GQA hd64 model%s: decoder vs llama_cuda_forward logits, worst of %d positions %.3g (row %d pos %d; "
            "bound 2e-2); host-uploaded vs GPU-model weights %.3g (bound 1e-5)\n",
-           arch == T_QWEN2 ? " (Qwen2 biases)" : arch == T_QWEN3 ? " (Qwen3 q/k norms)" : "", B * T, worst, wpos / T,
+           arch == T_QWEN2 ? " (Qwen2 biases)" : arch == T_QWEN3 ? " (Qwen3 q/k norms)"
+           : arch == T_SMOLLM3 ? " (SmolLM3 layers without RoPE)" : "", B * T, worst, wpos / T,
            wpos % T, worst_h);
     CHECK(worst <= 2e-2, "decoder vs full forward logits: %.3g", worst);
     CHECK(worst_h <= 1e-5, "host-uploaded decoder vs GPU-model decoder: %.3g", worst_h);
@@ -476,6 +477,7 @@ int main(int argc, char **argv) {
     setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
     check_random_gqa(T_QWEN2);
     check_random_gqa(T_QWEN3);
+    check_random_gqa(T_SMOLLM3);
     unsetenv("HALO_CUDA_VARIANTS");
     if (argc > 1 && !strcmp(argv[1], "--sanitize")) { cuda_matmul_shutdown(); TEST_END(); }   // compute-sanitizer
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); stories260K checks skipped");

@@ -312,12 +312,12 @@ static void test_trainer_nonfinite(void) {
     }
 }
 
-// Qwen2's biases and Qwen3's q/k norms under HALO on the GPU (HALO_CUDA_VARIANTS=1: written in the twenty-fifth
+// Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU (HALO_CUDA_VARIANTS=1: written in the twenty-fifth
 // session): INT8 L2 and FP8 L0 against the CPU HALO model with test_small_model's loss and all-gradient bounds (the
 // per-tensor bound is left out: k_proj's bias gradient nearly cancels, test_cuda_model measures it against q_proj's)
 static void test_variants_halo(void) {
     setenv("HALO_CUDA_VARIANTS", "1", 1);
-    for (int arch = T_QWEN2; arch <= T_QWEN3; arch++) {
+    for (int arch = T_QWEN2; arch <= T_SMOLLM3; arch++) {
         llama_config c;
         memset(&c, 0, sizeof c);
         c.vocab_size = 512; c.dim = 256; c.hidden_dim = 640; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
@@ -341,7 +341,7 @@ static void test_variants_halo(void) {
         model_grads_cpu(&m, &b, &off, &l32, g32);
         model_grads_gpu(&m, &b, &off, 0, &lb, gb);
         const double eb_all = rel_l2_f(gb, g32, P);
-        const char *what = arch == T_QWEN2 ? "Qwen2 biases" : "Qwen3 q/k norms";
+        const char *what = arch == T_QWEN2 ? "Qwen2 biases" : arch == T_QWEN3 ? "Qwen3 q/k norms" : "SmolLM3 NoPE";
         row("variant: BF16 GPU vs fp32 CPU loss", what, fabs(lb - l32) / l32, 1e-2);
         row("variant: BF16 GPU vs fp32 CPU grads", what, eb_all, 5e-2);
         const int precs[2] = {HALO_PREC_INT8, HALO_PREC_FP8}, levels[2] = {2, 0};

@@ -369,6 +369,7 @@ int main(int argc, char **argv) {
     setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
     check_vs_cpu("Qwen2 biases hd64", 64, 0, T_QWEN2);
     check_vs_cpu("Qwen3 q/k norms hd128", 128, 1, T_QWEN3);
+    check_vs_cpu("SmolLM3 NoPE layer hd64", 64, 0, T_SMOLLM3);
     unsetenv("HALO_CUDA_VARIANTS");
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); golden checks skipped");
     else {

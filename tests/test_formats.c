@@ -163,7 +163,7 @@ static void test_mistral(void) {
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "cp %s %s", tmp_path("mistral_w/model.safetensors"), tmp_path("mistral/model.safetensors"));
     CHECK(system(cmd) == 0, "copy weights");
-    CHECK(llama_load(&r, tmp_path("mistral")) == HALO_OK && r.cfg.mistral && r.cfg.sliding_window == 32,
+    CHECK(llama_load(&r, tmp_path("mistral")) == HALO_OK && r.cfg.arch == ARCH_MISTRAL && r.cfg.sliding_window == 32,
           "Mistral config loads with its window: %s", halo_error());
     halo_batch b;
     halo_batch_alloc(&b, 2, 32);

@@ -20,7 +20,9 @@ static llama_config tiny(unsigned bias_kinds, int arch) {
     c.vocab_size = 48; c.dim = 32; c.hidden_dim = 40; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
     c.head_dim = arch == QWEN3 ? 12 : 8;   // Qwen3's heads are wider than hidden_size / heads
     c.max_pos = 64; c.norm_eps = 1e-5f; c.rope_theta = 1000000; c.tie_embeddings = arch != LLAMA;
-    c.bos_id = 1; c.eos_id = 2; c.qwen2 = arch == QWEN2; c.qwen3 = c.qk_norm = arch == QWEN3; c.bias_kinds = bias_kinds;
+    c.bos_id = 1; c.eos_id = 2;
+    t_make_variant(&c, arch);
+    c.bias_kinds = bias_kinds;
     return c;
 }
 
@@ -91,6 +93,7 @@ static double ref_loss(const llama_model *m, const halo_batch *b) {
                     for (int h = 0; h < Hq; h++) ref_rmsnorm_inplace(q + (size_t)t * qd + h * hd, W->q_norm, hd, c->norm_eps);
                     for (int h = 0; h < Hkv; h++) ref_rmsnorm_inplace(k + (size_t)t * kvd + h * hd, W->k_norm, hd, c->norm_eps);
                 }
+                if (!llama_layer_rope(c, l)) continue;   // SmolLM3's layers without RoPE
                 for (int h = 0; h < Hq; h++) ref_rope(q + (size_t)t * qd + h * hd, t, hd, c->rope_theta);
                 for (int h = 0; h < Hkv; h++) ref_rope(k + (size_t)t * kvd + h * hd, t, hd, c->rope_theta);
             }
@@ -155,12 +158,12 @@ static void test_config(void) {
                        "\"tie_word_embeddings\":true,\"use_sliding_window\":false,\"sliding_window\":32768,"
                        "\"max_window_layers\":21,\"max_position_embeddings\":32768}";
     llama_config c;
-    CHECK(llama_config_from_json(qwen, "qwen2 config", &c) == HALO_OK && c.qwen2 && c.bias_kinds == 0x7 && !c.mistral &&
+    CHECK(llama_config_from_json(qwen, "qwen2 config", &c) == HALO_OK && c.arch == ARCH_QWEN2 && c.bias_kinds == 0x7 &&
           c.sliding_window == 0, "Qwen2ForCausalLM: q, k, v biases (bias_kinds %#x), no window: %s", c.bias_kinds,
           halo_error());
     char *js = llama_config_to_json(&c, "bfloat16", 0);
     llama_config back;
-    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.qwen2 && back.bias_kinds == 0x7 &&
+    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.arch == ARCH_QWEN2 && back.bias_kinds == 0x7 &&
           strstr(js, "\"Qwen2ForCausalLM\"") && strstr(js, "\"model_type\":\"qwen2\"") &&
           strstr(js, "\"use_sliding_window\":false"), "the written Qwen2 config reads back: %s", js);
     free(js);
@@ -172,7 +175,7 @@ static void test_config(void) {
     const char *base = "\"vocab_size\":48,\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,"
                        "\"num_attention_heads\":4";
     snprintf(buf, sizeof buf, "{\"architectures\":[\"LlamaForCausalLM\"],%s,\"attention_bias\":true}", base);
-    CHECK(llama_config_from_json(buf, "llama", &c) == HALO_OK && c.bias_kinds == 0xF && !c.qwen2,
+    CHECK(llama_config_from_json(buf, "llama", &c) == HALO_OK && c.bias_kinds == 0xF && c.arch == ARCH_LLAMA,
           "Llama attention_bias: q, k, v, o biases (%#x)", c.bias_kinds);
     snprintf(buf, sizeof buf, "{\"architectures\":[\"LlamaForCausalLM\"],%s,\"mlp_bias\":true}", base);
     CHECK(llama_config_from_json(buf, "llama", &c) == HALO_OK && c.bias_kinds == 0x70, "Llama mlp_bias: gate, up, down");
@@ -183,16 +186,35 @@ static void test_config(void) {
                         "\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
                         "\"num_key_value_heads\":2,\"head_dim\":12,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000,"
                         "\"attention_bias\":false,\"tie_word_embeddings\":true,\"use_sliding_window\":false}";
-    CHECK(llama_config_from_json(qwen3, "qwen3 config", &c) == HALO_OK && c.qwen3 && c.qk_norm && !c.qwen2 &&
+    CHECK(llama_config_from_json(qwen3, "qwen3 config", &c) == HALO_OK && c.arch == ARCH_QWEN3 && c.qk_norm &&
           c.bias_kinds == 0 && c.head_dim == 12, "Qwen3ForCausalLM: q/k norms, no biases, head_dim 12: %s", halo_error());
     js = llama_config_to_json(&c, NULL, 0);
-    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.qwen3 && back.qk_norm &&
+    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.arch == ARCH_QWEN3 && back.qk_norm &&
           strstr(js, "\"Qwen3ForCausalLM\""), "the written Qwen3 config reads back: %s", js);
     free(js);
     snprintf(buf, sizeof buf, "%s", qwen3);
     memcpy(strstr(buf, "\"attention_bias\":false"), "\"attention_bias\":true ", 22);
     CHECK(llama_config_from_json(buf, "qwen3 with biases", &c) == HALO_OK && c.bias_kinds == 0xF && c.qk_norm,
           "Qwen3 with attention_bias: q, k, v, o biases (%#x)", c.bias_kinds);
+    // SmolLM3: no_rope_layers (1: RoPE) as given, or every no_rope_layer_interval-th layer without it
+    const char *smol = "{\"architectures\":[\"SmolLM3ForCausalLM\"],\"vocab_size\":48,\"hidden_size\":32,"
+                       "\"intermediate_size\":40,\"num_hidden_layers\":4,\"num_attention_heads\":4,"
+                       "\"num_key_value_heads\":2,\"no_rope_layers\":[1,0,1,0],\"use_sliding_window\":false}";
+    CHECK(llama_config_from_json(smol, "smollm3 config", &c) == HALO_OK && c.arch == ARCH_SMOLLM3 &&
+          llama_layer_rope(&c, 0) && !llama_layer_rope(&c, 1) && llama_layer_rope(&c, 2) && !llama_layer_rope(&c, 3),
+          "SmolLM3ForCausalLM: layers 1 and 3 without RoPE: %s", halo_error());
+    js = llama_config_to_json(&c, NULL, 0);
+    CHECK(llama_config_from_json(js, "written config", &back) == HALO_OK && back.arch == ARCH_SMOLLM3 &&
+          back.nope[0] == c.nope[0] && strstr(js, "\"no_rope_layers\":[1,0,1,0]"), "the written SmolLM3 config: %s", js);
+    free(js);
+    CHECK(llama_config_from_json("{\"model_type\":\"smollm3\",\"vocab_size\":48,\"hidden_size\":32,"
+                                 "\"intermediate_size\":40,\"num_hidden_layers\":8,\"num_attention_heads\":4}",
+                                 "smollm3 default", &c) == HALO_OK && c.nope[0] == 0x88,
+          "SmolLM3 without the list: every 4th layer without RoPE (mask %#llx)", (unsigned long long)c.nope[0]);
+    snprintf(buf, sizeof buf, "%s", smol);
+    memcpy(strstr(buf, "[1,0,1,0]"), "[1,0,1,2]", 9);
+    CHECK(llama_config_from_json(buf, "bad smollm3", &c) == HALO_ERR && strstr(halo_error(), "no_rope_layers[3]"),
+          "a no_rope_layers value other than 0 / 1 is refused naming it: %s", halo_error());
     llama_model m;
     llama_config q3 = tiny(0, QWEN3);
     CHECK(llama_init(&m, &q3) == HALO_OK, "init");
@@ -226,7 +248,8 @@ static void test_model(unsigned kinds, int arch, const char *what) {
     memcpy(g, m.grads, sizeof(float) * m.n_params);
     memcpy(p0, m.params, sizeof(float) * m.n_params);
     unsigned long long s = 17;
-    for (int biases_only = 0; biases_only <= 1; biases_only++) {
+    const int has_new = kinds || c.qk_norm;   // (SmolLM3 adds no tensor)
+    for (int biases_only = 0; biases_only <= has_new; biases_only++) {
         memset(v, 0, sizeof(float) * m.n_params);
         double gv = 0;
         for (int i = 0; i < m.n_table; i++) {
@@ -268,7 +291,7 @@ static void test_model(unsigned kinds, int arch, const char *what) {
     if (kinds) {   // zero biases: the bias-free model (q/k norms kept), bit for bit
         llama_config c0 = c;
         c0.bias_kinds = 0;
-        c0.qwen2 = 0;
+        if (c0.arch == ARCH_QWEN2) c0.arch = ARCH_LLAMA;   // (Qwen2 always has them)
         llama_model m0;
         CHECK(llama_init(&m0, &c0) == HALO_OK, "init without biases");
         for (int i = 0; i < m.n_table; i++) {
@@ -312,7 +335,7 @@ static void test_files_and_lora(const char *dir, unsigned kinds, int arch, const
     random_model(&m, &c, 21);
     CHECK(llama_save_hf(&m, dir, "float32", NULL) == HALO_OK, "save: %s", halo_error());
     CHECK(llama_load(&r, dir) == HALO_OK, "reload: %s", halo_error());
-    CHECK(r.cfg.qwen2 == c.qwen2 && r.cfg.qwen3 == c.qwen3 && r.cfg.qk_norm == c.qk_norm &&
+    CHECK(r.cfg.arch == c.arch && r.cfg.qk_norm == c.qk_norm && r.cfg.nope[0] == c.nope[0] &&
           r.cfg.bias_kinds == kinds && r.n_params == m.n_params && !memcmp(r.params, m.params, sizeof(float) * m.n_params),
           "%s: the Hugging Face directory round-trips", what);
     llama_free(&r);
@@ -350,10 +373,11 @@ static void test_cli(const char *dir, unsigned kinds, int arch, const char *what
     snprintf(path, sizeof path, "%s/m%d.jsonl", dir, arch);
     const double v = last_eval(path, "val_loss");
     llama_model r, r0;
-    CHECK(llama_load(&r, out) == HALO_OK && r.cfg.qwen2 == c.qwen2 && r.cfg.qwen3 == c.qwen3 && r.cfg.bias_kinds == kinds,
+    CHECK(llama_load(&r, out) == HALO_OK && r.cfg.arch == c.arch && r.cfg.bias_kinds == kinds,
           "%s: the export has the architecture", what);
     CHECK(llama_load(&r0, model_dir) == HALO_OK, "the base reloads");
-    const char *moved = kinds ? "model.layers.0.self_attn.q_proj.bias" : "model.layers.0.self_attn.k_norm.weight";
+    const char *moved = kinds ? "model.layers.0.self_attn.q_proj.bias" : c.qk_norm ? "model.layers.0.self_attn.k_norm.weight"
+                                                                           : "model.layers.1.self_attn.q_proj.weight";
     const llama_param *pb = llama_find_param(&r, moved), *pb0 = llama_find_param(&r0, moved);
     CHECK(pb && pb0 && memcmp(r.params + pb->offset, r0.params + pb0->offset, sizeof(float) * pb->numel),
           "%s: fine-tuning moved %s", what, moved);
@@ -375,6 +399,7 @@ int main(void) {
     test_model(0, QWEN3, "Qwen3 (q/k norms)");
     test_model(0xF, QWEN3, "Qwen3 with attention_bias (q/k norms, q, k, v, o biases)");
     test_model(0x7F, LLAMA, "Llama, every linear with a bias (attention_bias + mlp_bias)");
+    test_model(0, T_SMOLLM3, "SmolLM3 (layer 1 without RoPE)");
     char dir[] = "/tmp/halo_variants_XXXXXX";
     if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
     char model_dir[300];
@@ -382,10 +407,13 @@ int main(void) {
     test_files_and_lora(model_dir, 0x7, QWEN2, "Qwen2");
     snprintf(model_dir, sizeof model_dir, "%s/qwen3", dir);
     test_files_and_lora(model_dir, 0, QWEN3, "Qwen3");
+    snprintf(model_dir, sizeof model_dir, "%s/smollm3", dir);
+    test_files_and_lora(model_dir, 0, T_SMOLLM3, "SmolLM3");
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED): the CLI part");
     else {
         test_cli(dir, 0x7, QWEN2, "Qwen2");
         test_cli(dir, 0, QWEN3, "Qwen3");
+        test_cli(dir, 0, T_SMOLLM3, "SmolLM3");
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -1,16 +1,20 @@
-// The Llama variants in the tests: a config made Qwen2 (q, k, v biases) or Qwen3 (per-head q/k norms), and the new
-// tensors drawn large enough to matter (biases sd 0.3, norm weights 1 + 0.3 N(0, 1); HF's init gives 0 and 1).
+// The Llama variants in the tests: a config made Qwen2 (q, k, v biases), Qwen3 (per-head q/k norms) or SmolLM3
+// (every second layer without RoPE, here), and the new tensors drawn large enough to matter (biases sd 0.3, norm
+// weights 1 + 0.3 N(0, 1); HF's init gives 0 and 1).
 #ifndef HALO_TEST_VARIANTS_H
 #define HALO_TEST_VARIANTS_H
 #include "model/llama.h"
 #include "test.h"
 
-enum { T_LLAMA = 0, T_QWEN2 = 2, T_QWEN3 = 3 };
+enum { T_LLAMA = ARCH_LLAMA, T_QWEN2 = ARCH_QWEN2, T_QWEN3 = ARCH_QWEN3, T_SMOLLM3 = ARCH_SMOLLM3 };
 
 static inline void t_make_variant(llama_config *c, int arch) {
-    c->qwen2 = arch == T_QWEN2;
-    c->qwen3 = c->qk_norm = arch == T_QWEN3;
+    c->arch = (llama_arch)arch;
+    c->qk_norm = arch == T_QWEN3;
     c->bias_kinds = arch == T_QWEN2 ? 0x7 : 0;
+    c->nope[0] = c->nope[1] = 0;
+    if (arch == T_SMOLLM3)
+        for (int l = 1; l < c->n_layers && l < LLAMA_MAX_NOPE_LAYERS; l += 2) c->nope[l / 64] |= 1ull << (l % 64);
 }
 
 // A bias, or a q/k norm weight.

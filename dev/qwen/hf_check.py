@@ -1,5 +1,5 @@
-"""halo's Qwen2 (q, k, v biases) and Qwen3 (q/k norms) against transformers: one forward/backward of a random tiny
-model of each.
+"""halo's Qwen2 (q, k, v biases), Qwen3 (q/k norms) and SmolLM3 (layers without RoPE) against transformers: one
+forward/backward of a random tiny model of each.
 
 usage: python3 dev/qwen/hf_check.py HALO_BIN WORK_DIR
 Builds a random Qwen2ForCausalLM and Qwen3ForCausalLM (transformers' init; biases drawn at sd 0.3 and q/k norm
@@ -14,6 +14,10 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+try:
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+except ImportError:   # transformers before 4.53
+    SmolLM3Config = SmolLM3ForCausalLM = None
 
 halo, work = sys.argv[1:3]
 rel = lambda a, b: ((a - b).norm() / b.norm()).item()
@@ -41,8 +45,12 @@ def check(name, cfg_cls, model_cls, **extra):
 
 
 ok = True
-for name, cfg_cls, model_cls, extra in [("qwen2", Qwen2Config, Qwen2ForCausalLM, {}),
-                                        ("qwen3", Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24})]:
+cases = [("qwen2", Qwen2Config, Qwen2ForCausalLM, {}), ("qwen3", Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24})]
+if SmolLM3Config is not None:
+    cases.append(("smollm3", SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0]}))
+else:
+    print("smollm3: this transformers has no SmolLM3ForCausalLM; skipped")
+for name, cfg_cls, model_cls, extra in cases:
     cfg, model, ids, got = check(name, cfg_cls, model_cls, **extra)
 
     out = model(input_ids=ids.long(), labels=ids.long())   # transformers shifts the labels: positions 0..T-2 score

@@ -213,11 +213,12 @@ int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // host's adapters; the CPU trainer's adamw_state). bf16_moments / bf16_grads are refused with LoRA.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
 // What llama_cuda_init (and _init_random) say of a model with biases (config bias_kinds: Qwen2's q, k, v;
-// attention_bias, mlp_bias) or q/k norms (qk_norm: Qwen3). Qwen2's q, k, v biases and Qwen3's norms are written (the
-// twenty-fifth session) but not yet run on a GPU: HALO_CUDA_VARIANTS=1 turns them on (tests/test_cuda_model.c does);
-// o, gate, up and down biases are not written.
-#define LLAMA_CUDA_NO_BIAS "the GPU model has no linear biases or q/k norms yet (Qwen2, Qwen3; attention_bias, " \
-                           "mlp_bias): this model runs on the CPU (--device cpu)"
+// attention_bias, mlp_bias), q/k norms (qk_norm: Qwen3) or layers without RoPE (nope: SmolLM3). Qwen2's q, k, v
+// biases, Qwen3's norms and SmolLM3's layers are written (the twenty-fifth session) but not yet run on a GPU:
+// HALO_CUDA_VARIANTS=1 turns them on (tests/test_cuda_model.c does); o, gate, up and down biases are not written.
+#define LLAMA_CUDA_NO_BIAS "the GPU model does not run this architecture's additions yet (Qwen2's biases, Qwen3's " \
+                           "q/k norms, SmolLM3's layers without RoPE; attention_bias, mlp_bias): this model runs on " \
+                           "the CPU (--device cpu)"
 int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs c's biases and q/k norms
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the

@@ -322,7 +322,7 @@ static void dec_layers(cuda_decoder *d, int n) {
         if (p->bqkv) cuda_bias_rows_add(qkv, d->QKV, p->bqkv, n, d->QKV, s);   // Qwen2
         if (p->q_norm)   // Qwen3
             cuda_head_rmsnorm_forward(qkv, d->QKV, NULL, NULL, p->q_norm, p->k_norm, n, Hq, Hkv, hd, c->norm_eps, s);
-        cuda_rope_forward(qkv, d->QKV, dpos, d->cos_t, d->sin_t, n, Hq + Hkv, hd, s);
+        if (llama_layer_rope(c, l)) cuda_rope_forward(qkv, d->QKV, dpos, d->cos_t, d->sin_t, n, Hq + Hkv, hd, s);
         bf16 *kc = d->kc + l * layer_cache, *vc = d->vc + l * layer_cache;
         k_kv_append<<<n, 256, 0, s>>>(kc, vc, d->qkv, d->QKV, d->Q, d->KV, dseq, dpos, d->L);
         CUDA_LAUNCH_CHECK();

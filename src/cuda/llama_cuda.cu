@@ -1012,7 +1012,7 @@ static void halo_teardown(llama_cuda *g) {
 }
 
 extern "C" int llama_cuda_variant_ok(const llama_config *c) {
-    if (!c->bias_kinds && !c->qk_norm) return 1;
+    if (!c->bias_kinds && !c->qk_norm && !c->nope[0] && !c->nope[1]) return 1;
     const char *e = getenv("HALO_CUDA_VARIANTS");   // written, not yet run on a GPU: off unless asked for
     return e && *e == '1' && (c->bias_kinds == 0 || c->bias_kinds == 0x7) && c->head_dim <= 256;
 }
@@ -1247,7 +1247,8 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     if (c->qk_norm)   // Qwen3: each q and k head normalized before RoPE (its input and scales kept for backward)
         PROF(g, PR_NORM_F, cuda_head_rmsnorm_forward((halo_bf16 *)A->qkv, g->QKV, (halo_bf16 *)A->qk_raw, A->qk_rstd,
                                                      W + o->q_norm, W + o->k_norm, N, Hq, Hkv, hd, c->norm_eps, s));
-    PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    if (llama_layer_rope(c, l))   // (SmolLM3's no_rope_layers skip it)
+        PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
     resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
@@ -1396,11 +1397,12 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     float *aq = ey_amax_prepare(g, l, LIN_Q), *ak = ey_amax_prepare(g, l, LIN_K), *av = ey_amax_prepare(g, l, LIN_V);
     // q, k, v E_Y scales from the RoPE backward (all three run HALO or none; not under q/k norms, whose backward
     // changes dq, dk after it)
-    const int qkv_amax = aq && ak && av && !c->qk_norm;
+    const int rope = llama_layer_rope(c, l), qkv_amax = aq && ak && av && !c->qk_norm && rope;
     if (qkv_amax)
         PROF(g, PR_ROPE, cuda_rope_backward_amax((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, aq, ak,
                                                  av, s));
-    else PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
+    else if (rope)
+        PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     if (c->qk_norm)
         PROF(g, PR_NORM_B, cuda_head_rmsnorm_backward((halo_bf16 *)g->dqkv, g->QKV, (const halo_bf16 *)A->qk_raw,
                                                       A->qk_rstd, W + o->q_norm, W + o->k_norm, gradw(g, o->q_norm),

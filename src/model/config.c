@@ -12,6 +12,10 @@
 #include "util/json.h"
 #include "util/fileio.h"
 
+const char *const LLAMA_ARCH_CLASS[ARCH_COUNT] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                                  "Qwen3ForCausalLM", "SmolLM3ForCausalLM"};
+const char *const LLAMA_ARCH_TYPE[ARCH_COUNT] = {"llama", "mistral", "qwen2", "qwen3", "smollm3"};
+
 // Reads an integer key; `required` controls whether absence is an error. Returns 1 if found.
 static int get_int(const char *path, const cJSON *root, const char *key, int *out, int required, int *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -78,6 +82,35 @@ static int parse_rope(const char *path, const cJSON *root, llama_config *c) {
     return err;
 }
 
+// SmolLM3: no_rope_layers [num_hidden_layers] of 0 / 1 (1: the layer applies RoPE), or when absent every
+// no_rope_layer_interval-th layer (default 4) without RoPE, as transformers' SmolLM3Config builds it.
+static int parse_nope(const char *path, const cJSON *root, llama_config *c) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "no_rope_layers");
+    if (c->n_layers > LLAMA_MAX_NOPE_LAYERS)
+        return halo_fail("%s: SmolLM3 with %d layers: at most %d are supported", path, c->n_layers, LLAMA_MAX_NOPE_LAYERS);
+    if (list && !cJSON_IsNull(list)) {
+        if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) != c->n_layers)
+            return halo_fail("%s: 'no_rope_layers' must be a list of num_hidden_layers (%d) 0 / 1 values", path,
+                             c->n_layers);
+        int l = 0;
+        const cJSON *v;
+        cJSON_ArrayForEach(v, list) {
+            if (!cJSON_IsNumber(v) || (v->valuedouble != 0 && v->valuedouble != 1))
+                return halo_fail("%s: no_rope_layers[%d] must be 0 or 1", path, l);
+            if (v->valuedouble == 0) c->nope[l / 64] |= 1ull << (l % 64);
+            l++;
+        }
+        return HALO_OK;
+    }
+    int every = 4, err = HALO_OK;
+    get_int(path, root, "no_rope_layer_interval", &every, 0, &err);
+    if (err != HALO_OK) return err;
+    if (every < 1) return halo_fail("%s: 'no_rope_layer_interval' must be positive (got %d)", path, every);
+    for (int l = 0; l < c->n_layers; l++)
+        if ((l + 1) % every == 0) c->nope[l / 64] |= 1ull << (l % 64);
+    return HALO_OK;
+}
+
 int llama_config_validate(const llama_config *c, const char *where) {
 #define POS(field, key) if (c->field <= 0) return halo_fail("%s: '%s' must be positive (got %d)", where, key, c->field)
     POS(vocab_size, "vocab_size"); POS(dim, "hidden_size"); POS(hidden_dim, "intermediate_size");
@@ -126,34 +159,28 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
     int err = HALO_OK;
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0) {
-        const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
-        c->mistral = cJSON_IsString(a0) && !strcmp(a0->valuestring, "MistralForCausalLM");
-        c->qwen2 = cJSON_IsString(a0) && !strcmp(a0->valuestring, "Qwen2ForCausalLM");
-        c->qwen3 = cJSON_IsString(a0) && !strcmp(a0->valuestring, "Qwen3ForCausalLM");
-        if (!cJSON_IsString(a0) ||
-            (strcmp(a0->valuestring, "LlamaForCausalLM") && !c->mistral && !c->qwen2 && !c->qwen3))
-            err = halo_fail("%s: architectures[0] is '%s'; only LlamaForCausalLM, MistralForCausalLM, "
-                            "Qwen2ForCausalLM and Qwen3ForCausalLM are supported", path,
-                            cJSON_IsString(a0) ? a0->valuestring : "?");
-    } else if (cJSON_IsString(mt) && strcmp(mt->valuestring, "llama")) {
-        c->mistral = !strcmp(mt->valuestring, "mistral");
-        c->qwen2 = !strcmp(mt->valuestring, "qwen2");
-        c->qwen3 = !strcmp(mt->valuestring, "qwen3");
-        if (!c->mistral && !c->qwen2 && !c->qwen3)
-            err = halo_fail("%s: model_type is '%s'; only 'llama', 'mistral', 'qwen2' and 'qwen3' are supported", path,
-                            mt->valuestring);
+    const int by_class = cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0;
+    const cJSON *name = by_class ? cJSON_GetArrayItem(arch, 0) : mt;
+    if (by_class || cJSON_IsString(mt)) {
+        const char *const *names = by_class ? LLAMA_ARCH_CLASS : LLAMA_ARCH_TYPE;
+        int a = 0;
+        while (a < ARCH_COUNT && !(cJSON_IsString(name) && !strcmp(name->valuestring, names[a]))) a++;
+        if (a == ARCH_COUNT)
+            err = halo_fail("%s: %s is '%s'; supported: %s, %s, %s, %s, %s", path,
+                            by_class ? "architectures[0]" : "model_type", cJSON_IsString(name) ? name->valuestring : "?",
+                            names[0], names[1], names[2], names[3], names[4]);
+        else c->arch = (llama_arch)a;
     }
-    c->qk_norm = c->qwen3;
+    c->qk_norm = c->arch == ARCH_QWEN3;
     // biases (1 << llama_linear_kind: q 0, k 1, v 2, o 3, gate 4, up 5, down 6)
-    if (c->qwen2 || c->qwen3) {   // Qwen2: q, k, v biases always; Qwen3: q, k, v, o ones when attention_bias
-        c->bias_kinds = c->qwen2 ? 0x7 : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias")) ? 0xF : 0;
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
-            err = halo_fail("%s: 'use_sliding_window' is true; attention over a window is not implemented", path);
-    } else {
+    if (c->arch == ARCH_QWEN2) c->bias_kinds = 0x7;   // always: Qwen2's config has no key for them
+    else {
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"))) c->bias_kinds |= 0xF;
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias"))) c->bias_kinds |= 0x70;
     }
+    if (err == HALO_OK && c->arch != ARCH_LLAMA && c->arch != ARCH_MISTRAL &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
+        err = halo_fail("%s: 'use_sliding_window' is true; attention over a window is not implemented", path);
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (err == HALO_OK && act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
         err = halo_fail("%s: hidden_act '%s' is not supported (only silu)", path, cJSON_IsString(act) ? act->valuestring : "?");
@@ -182,8 +209,10 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         c->bos_id = c->eos_id = -1;
         get_token_id(path, root, "bos_token_id", &c->bos_id, &err);
         get_token_id(path, root, "eos_token_id", &c->eos_id, &err);
-        if (c->mistral && get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) && c->sliding_window < 1)
+        if (c->arch == ARCH_MISTRAL && get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) &&
+            c->sliding_window < 1)
             err = halo_fail("%s: key 'sliding_window' must be positive or null (got %d)", path, c->sliding_window);
+        if (err == HALO_OK && c->arch == ARCH_SMOLLM3) err = parse_nope(path, root, c);
     }
     if (err == HALO_OK) err = parse_rope(path, root, c);
     cJSON_Delete(root);
@@ -203,9 +232,8 @@ int llama_config_save(const llama_config *c, const char *path, const char *torch
 char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int pretty) {
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(c->qwen3 ? "Qwen3ForCausalLM" : c->qwen2 ? "Qwen2ForCausalLM"
-                                                  : c->mistral ? "MistralForCausalLM" : "LlamaForCausalLM"));
-    cJSON_AddStringToObject(r, "model_type", c->qwen3 ? "qwen3" : c->qwen2 ? "qwen2" : c->mistral ? "mistral" : "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(LLAMA_ARCH_CLASS[c->arch]));
+    cJSON_AddStringToObject(r, "model_type", LLAMA_ARCH_TYPE[c->arch]);
     cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(r, "hidden_size", c->dim);
     cJSON_AddNumberToObject(r, "intermediate_size", c->hidden_dim);
@@ -226,18 +254,22 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     }
     cJSON_AddStringToObject(r, "hidden_act", "silu");
     cJSON_AddBoolToObject(r, "tie_word_embeddings", c->tie_embeddings);
-    if (c->qwen2 || c->qwen3) {   // Qwen2's q, k, v biases are its architecture, not a key
-        if (c->qwen3) cJSON_AddBoolToObject(r, "attention_bias", c->bias_kinds != 0);
-        cJSON_AddBoolToObject(r, "use_sliding_window", 0);
-        cJSON_AddNullToObject(r, "sliding_window");
-    } else {
+    if (c->arch != ARCH_QWEN2) {   // Qwen2's q, k, v biases are its architecture, not a key
         cJSON_AddBoolToObject(r, "attention_bias", (c->bias_kinds & 0xF) != 0);
         cJSON_AddBoolToObject(r, "mlp_bias", (c->bias_kinds & 0x70) != 0);
     }
+    if (c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3 || c->arch == ARCH_SMOLLM3) {
+        cJSON_AddBoolToObject(r, "use_sliding_window", 0);
+        cJSON_AddNullToObject(r, "sliding_window");
+    }
+    if (c->arch == ARCH_SMOLLM3) {
+        cJSON *nl = cJSON_AddArrayToObject(r, "no_rope_layers");
+        for (int l = 0; l < c->n_layers; l++) cJSON_AddItemToArray(nl, cJSON_CreateNumber(llama_layer_rope(c, l)));
+    }
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
-    if (c->mistral && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
-    else if (c->mistral) cJSON_AddNullToObject(r, "sliding_window");
+    if (c->arch == ARCH_MISTRAL && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
+    else if (c->arch == ARCH_MISTRAL) cJSON_AddNullToObject(r, "sliding_window");
     if (torch_dtype) cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
     char *s = pretty ? cJSON_Print(r) : cJSON_PrintUnformatted(r);
     cJSON_Delete(r);

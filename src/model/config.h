@@ -1,10 +1,17 @@
 // Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM: the same
 // layers and tensor names, with an optional attention window; Qwen2ForCausalLM: the same with biases on q, k and v;
-// Qwen3ForCausalLM: RMSNorm over each head of q and k before RoPE) and written back on export.
+// Qwen3ForCausalLM: RMSNorm over each head of q and k before RoPE; SmolLM3ForCausalLM: some layers without RoPE) and
+// written back on export.
 #ifndef HALO_CONFIG_H
 #define HALO_CONFIG_H
+#include <stdint.h>
 
 typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3 } rope_scaling_type;
+// The architecture config.json names (what export writes back): the Llama layers, with each variant's additions.
+typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_SMOLLM3, ARCH_COUNT } llama_arch;
+extern const char *const LLAMA_ARCH_CLASS[ARCH_COUNT];   // "LlamaForCausalLM", ...
+extern const char *const LLAMA_ARCH_TYPE[ARCH_COUNT];    // model_type: "llama", ...
+enum { LLAMA_MAX_NOPE_LAYERS = 128 };
 
 typedef struct {
     int vocab_size;
@@ -22,10 +29,9 @@ typedef struct {
     int rope_original_max_pos;
     int tie_embeddings; // tie_word_embeddings
     int bos_id, eos_id; // -1 when absent
-    int mistral;        // model_type "mistral": exported as MistralForCausalLM
-    int qwen2;          // model_type "qwen2": exported as Qwen2ForCausalLM (q, k, v biases)
-    int qwen3;          // model_type "qwen3": exported as Qwen3ForCausalLM (q, k norms; biases when attention_bias)
-    int qk_norm;        // RMSNorm (weight [head_dim], rms_norm_eps) over each head of q and of k, before RoPE
+    llama_arch arch;    // from architectures[0] (or model_type); what export writes back
+    int qk_norm;        // RMSNorm (weight [head_dim], rms_norm_eps) over each head of q and of k, before RoPE (Qwen3)
+    uint64_t nope[2];   // bit l: layer l applies no RoPE (SmolLM3's no_rope_layers); layers < LLAMA_MAX_NOPE_LAYERS
     unsigned bias_kinds;   // bit (1 << llama_linear_kind) per block linear with a bias: Qwen2's q, k, v; Llama's
                            // attention_bias (q, k, v, o) and mlp_bias (gate, up, down)
     int sliding_window; // Mistral's attention window in positions; 0 when none (null). Sequences longer than it are
@@ -42,6 +48,10 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
 int llama_config_from_json(const char *json, const char *where, llama_config *c);
 // Checks internal consistency (positive sizes, heads divide, ...). Returns HALO_ERR naming the offending field.
 int llama_config_validate(const llama_config *c, const char *where);
+// Whether layer l applies RoPE (all do but SmolLM3's no_rope_layers).
+static inline int llama_layer_rope(const llama_config *c, int l) {
+    return l >= LLAMA_MAX_NOPE_LAYERS || !(c->nope[l / 64] >> (l % 64) & 1);
+}
 // HALO_ERR when `len` positions (`what`: "--seq-len", "prompt + new tokens") exceed the model's sliding window.
 int llama_config_check_len(const llama_config *c, long len, const char *what);
 #endif

@@ -424,8 +424,10 @@ float llama_forward(llama_model *m, const halo_batch *b, float *logits_out) {
             rmsnorm_forward(L->q, L->rstdq, L->qraw, W->q_norm, N * Hq, hd, c->norm_eps);
             rmsnorm_forward(L->k, L->rstdk, L->kraw, W->k_norm, N * Hkv, hd, c->norm_eps);
         }
-        rope_forward(L->q, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
-        rope_forward(L->k, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
+        if (llama_layer_rope(c, l)) {   // (SmolLM3's no_rope_layers skip it)
+            rope_forward(L->q, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
+            rope_forward(L->k, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
+        }
         attention_forward(L->att, L->probs, L->q, L->k, L->v, b->seg, B, T, Hq, Hkv, hd);
         model_linear_forward(m, l, LIN_O, L->res_mid, L->att, W->wo, N, qd, D);
         vec_add(L->res_mid, L->res, (size_t)N * D);
@@ -474,8 +476,10 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
         // attention block; dres now holds d(res_mid) and passes through to d(res)
         model_linear_backward(m, l, LIN_O, a->datt, G->wo, a->dres, L->att, W->wo, N, qd, D, 0);
         attention_backward(a->dq, a->dk, a->dv, a->datt, L->probs, L->q, L->k, L->v, B, T, Hq, Hkv, hd);
-        rope_backward(a->dq, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
-        rope_backward(a->dk, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
+        if (llama_layer_rope(c, l)) {
+            rope_backward(a->dq, a->pos, a->cos_t, a->sin_t, N, Hq, hd);
+            rope_backward(a->dk, a->pos, a->cos_t, a->sin_t, N, Hkv, hd);
+        }
         float *dq = a->dq, *dk = a->dk;
         if (W->q_norm) {   // through the per-head norms (rmsnorm_backward adds into its dx)
             memset(a->dqraw, 0, sizeof(float) * (size_t)N * qd);
@@ -535,8 +539,10 @@ void llama_decode_step(llama_model *m, llama_kv_cache *kc, int32_t token, int po
             rmsnorm_forward(q, tmp, q, W->q_norm, Hq, hd, c->norm_eps);
             rmsnorm_forward(k, tmp, k, W->k_norm, Hkv, hd, c->norm_eps);
         }
-        rope_forward(q, &p32, cos_t, sin_t, 1, Hq, hd);
-        rope_forward(k, &p32, cos_t, sin_t, 1, Hkv, hd);
+        if (llama_layer_rope(c, l)) {
+            rope_forward(q, &p32, cos_t, sin_t, 1, Hq, hd);
+            rope_forward(k, &p32, cos_t, sin_t, 1, Hkv, hd);
+        }
         memcpy(kcache + (size_t)pos * kvd, k, sizeof(float) * (size_t)kvd);
         memcpy(vcache + (size_t)pos * kvd, v, sizeof(float) * (size_t)kvd);
         for (int hh = 0; hh < Hq; hh++) {
