@@ -35,12 +35,14 @@ int cli_device_auto(const halo_common_opts *co, const char *model_dir, const cha
         char *p = halo_path_join(model_dir, "config.json");
         llama_config c;
         if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c))
-            why = LLAMA_CUDA_NO_BIAS;
+            why = "the GPU model does not run this architecture's additions yet (written, not yet tested on a GPU: "
+                  "HALO_CUDA_VARIANTS=1 --device cuda tries them)";
         free(p);
+        halo_clear_error();
     }
     if (!why) return 1;
     fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU%s\n", verb, why,
-            why == gpu_why ? "" : " (--device cuda to insist)");
+            why == gpu_why || strstr(why, "HALO_CUDA_VARIANTS") ? "" : " (--device cuda to insist)");
     return 0;
 #else
     (void)co; (void)verb;
