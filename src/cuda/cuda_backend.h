@@ -217,8 +217,9 @@ int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_
 // biases, Qwen3's norms and SmolLM3's layers are written (the twenty-fifth session) but not yet run on a GPU:
 // HALO_CUDA_VARIANTS=1 turns them on (tests/test_cuda_model.c does); o, gate, up and down biases are not written.
 #define LLAMA_CUDA_NO_BIAS "the GPU model does not run this architecture's additions yet (Qwen2's biases, Qwen3's " \
-                           "q/k norms, SmolLM3's layers without RoPE; attention_bias, mlp_bias): this model runs on " \
-                           "the CPU (--device cpu)"
+                           "q/k norms, SmolLM3's layers without RoPE: written, not yet tested on a GPU, " \
+                           "HALO_CUDA_VARIANTS=1 tries them; Llama's attention_bias, mlp_bias: not written): this " \
+                           "model runs on the CPU (--device cpu)"
 int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs c's biases and q/k norms
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the
