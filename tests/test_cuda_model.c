@@ -366,6 +366,7 @@ int main(int argc, char **argv) {
     printf("| %-22s | %-34s | %9s | %7s | %s |\n", "model (GPU, bf16)", "check", "rel err", "bound", "ok");
     check_vs_cpu("random hd64 tied", 64, 0, T_LLAMA);
     check_vs_cpu("random hd128 packed", 128, 1, T_LLAMA);
+    check_vs_cpu("Phi-3 fused tensors hd64", 64, 0, T_PHI3);   // the Llama math: no gate
     setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
     check_vs_cpu("Qwen2 biases hd64", 64, 0, T_QWEN2);
     check_vs_cpu("Qwen3 q/k norms hd128", 128, 1, T_QWEN3);

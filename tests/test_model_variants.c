@@ -215,6 +215,18 @@ static void test_config(void) {
     memcpy(strstr(buf, "[1,0,1,0]"), "[1,0,1,2]", 9);
     CHECK(llama_config_from_json(buf, "bad smollm3", &c) == HALO_ERR && strstr(halo_error(), "no_rope_layers[3]"),
           "a no_rope_layers value other than 0 / 1 is refused naming it: %s", halo_error());
+    // Phi-3: a window like Mistral's; a partial rotary factor is refused
+    const char *phi = "{\"architectures\":[\"Phi3ForCausalLM\"],\"vocab_size\":48,\"hidden_size\":32,"
+                      "\"intermediate_size\":40,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                      "\"num_key_value_heads\":4,\"sliding_window\":2047,\"rope_scaling\":null}";
+    CHECK(llama_config_from_json(phi, "phi3 config", &c) == HALO_OK && c.arch == ARCH_PHI3 && c.sliding_window == 2047,
+          "Phi3ForCausalLM with its sliding_window: %s", halo_error());
+    js = llama_config_to_json(&c, NULL, 0);
+    CHECK(strstr(js, "\"Phi3ForCausalLM\"") && strstr(js, "\"sliding_window\":2047"), "written back: %s", js);
+    free(js);
+    snprintf(buf, sizeof buf, "%.*s,\"partial_rotary_factor\":0.75}", (int)strlen(phi) - 1, phi);
+    CHECK(llama_config_from_json(buf, "phi4-mini-like", &c) == HALO_ERR && strstr(halo_error(), "partial_rotary_factor"),
+          "partial_rotary_factor 0.75 refused naming the key: %s", halo_error());
     llama_model m;
     llama_config q3 = tiny(0, QWEN3);
     CHECK(llama_init(&m, &q3) == HALO_OK, "init");
@@ -330,6 +342,7 @@ static void test_model(unsigned kinds, int arch, const char *what) {
 // export and reload; LoRA leaves the biases frozen
 // export and reload; LoRA leaves the biases and norms frozen
 static void test_files_and_lora(const char *dir, unsigned kinds, int arch, const char *what) {
+    (void)what;
     llama_config c = tiny(kinds, arch);
     llama_model m, r;
     random_model(&m, &c, 21);
@@ -339,7 +352,22 @@ static void test_files_and_lora(const char *dir, unsigned kinds, int arch, const
           r.cfg.bias_kinds == kinds && r.n_params == m.n_params && !memcmp(r.params, m.params, sizeof(float) * m.n_params),
           "%s: the Hugging Face directory round-trips", what);
     llama_free(&r);
+    if (arch == T_PHI3) {   // the file holds the fused tensors under Phi-3's names
+        char path[512];
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        char *text = NULL;
+        size_t len = 0;
+        CHECK(halo_read_file(path, &text, &len) == HALO_OK && memmem(text, len, "model.layers.1.self_attn.qkv_proj.weight", 40) &&
+              memmem(text, len, "mlp.gate_up_proj.weight", 23) && !memmem(text, len, "q_proj", 6),
+              "Phi-3: model.safetensors holds qkv_proj and gate_up_proj, no q_proj");
+        free(text);
+    }
     lora_config lc = {.rank = 2, .alpha = 4, .dropout = 0, .kinds = (1u << LIN_COUNT) - 1};
+    if (arch == T_PHI3) {
+        CHECK(llama_lora_enable(&m, &lc, 3) == HALO_ERR && strstr(halo_error(), "--lora-linears o,down"),
+              "Phi-3: LoRA over the fused linears refused, naming what works: %s", halo_error());
+        lc.kinds = (1u << LIN_O) | (1u << LIN_DOWN);
+    }
     CHECK(llama_lora_enable(&m, &lc, 3) == HALO_OK, "lora: %s", halo_error());
     halo_batch b;
     batch_of(&b, 1, 10, c.vocab_size, 9);
@@ -377,7 +405,7 @@ static void test_cli(const char *dir, unsigned kinds, int arch, const char *what
           "%s: the export has the architecture", what);
     CHECK(llama_load(&r0, model_dir) == HALO_OK, "the base reloads");
     const char *moved = kinds ? "model.layers.0.self_attn.q_proj.bias" : c.qk_norm ? "model.layers.0.self_attn.k_norm.weight"
-                                                                           : "model.layers.1.self_attn.q_proj.weight";
+                                                                           : "model.layers.1.self_attn.o_proj.weight";
     const llama_param *pb = llama_find_param(&r, moved), *pb0 = llama_find_param(&r0, moved);
     CHECK(pb && pb0 && memcmp(r.params + pb->offset, r0.params + pb0->offset, sizeof(float) * pb->numel),
           "%s: fine-tuning moved %s", what, moved);
@@ -400,6 +428,7 @@ int main(void) {
     test_model(0xF, QWEN3, "Qwen3 with attention_bias (q/k norms, q, k, v, o biases)");
     test_model(0x7F, LLAMA, "Llama, every linear with a bias (attention_bias + mlp_bias)");
     test_model(0, T_SMOLLM3, "SmolLM3 (layer 1 without RoPE)");
+    test_model(0, T_PHI3, "Phi-3 (fused qkv_proj, gate_up_proj)");
     char dir[] = "/tmp/halo_variants_XXXXXX";
     if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); TEST_END(); }
     char model_dir[300];
@@ -409,11 +438,14 @@ int main(void) {
     test_files_and_lora(model_dir, 0, QWEN3, "Qwen3");
     snprintf(model_dir, sizeof model_dir, "%s/smollm3", dir);
     test_files_and_lora(model_dir, 0, T_SMOLLM3, "SmolLM3");
+    snprintf(model_dir, sizeof model_dir, "%s/phi3", dir);
+    test_files_and_lora(model_dir, 0, T_PHI3, "Phi-3");
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED): the CLI part");
     else {
         test_cli(dir, 0x7, QWEN2, "Qwen2");
         test_cli(dir, 0, QWEN3, "Qwen3");
         test_cli(dir, 0, T_SMOLLM3, "SmolLM3");
+        test_cli(dir, 0, T_PHI3, "Phi-3");
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

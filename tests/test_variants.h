@@ -6,7 +6,7 @@
 #include "model/llama.h"
 #include "test.h"
 
-enum { T_LLAMA = ARCH_LLAMA, T_QWEN2 = ARCH_QWEN2, T_QWEN3 = ARCH_QWEN3, T_SMOLLM3 = ARCH_SMOLLM3 };
+enum { T_LLAMA = ARCH_LLAMA, T_QWEN2 = ARCH_QWEN2, T_QWEN3 = ARCH_QWEN3, T_SMOLLM3 = ARCH_SMOLLM3, T_PHI3 = ARCH_PHI3 };
 
 static inline void t_make_variant(llama_config *c, int arch) {
     c->arch = (llama_arch)arch;

@@ -1,5 +1,5 @@
-"""halo's Qwen2 (q, k, v biases), Qwen3 (q/k norms) and SmolLM3 (layers without RoPE) against transformers: one
-forward/backward of a random tiny model of each.
+"""halo's Qwen2 (q, k, v biases), Qwen3 (q/k norms), SmolLM3 (layers without RoPE) and Phi-3 (fused qkv_proj,
+gate_up_proj) against transformers: one forward/backward of a random tiny model of each.
 
 usage: python3 dev/qwen/hf_check.py HALO_BIN WORK_DIR
 Builds a random Qwen2ForCausalLM and Qwen3ForCausalLM (transformers' init; biases drawn at sd 0.3 and q/k norm
@@ -13,7 +13,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 try:
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
 except ImportError:   # transformers before 4.53
@@ -45,7 +45,8 @@ def check(name, cfg_cls, model_cls, **extra):
 
 
 ok = True
-cases = [("qwen2", Qwen2Config, Qwen2ForCausalLM, {}), ("qwen3", Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24})]
+cases = [("qwen2", Qwen2Config, Qwen2ForCausalLM, {}), ("qwen3", Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24}),
+         ("phi3", Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0, "sliding_window": None})]
 if SmolLM3Config is not None:
     cases.append(("smollm3", SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0]}))
 else:

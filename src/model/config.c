@@ -13,8 +13,8 @@
 #include "util/fileio.h"
 
 const char *const LLAMA_ARCH_CLASS[ARCH_COUNT] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                                                  "Qwen3ForCausalLM", "SmolLM3ForCausalLM"};
-const char *const LLAMA_ARCH_TYPE[ARCH_COUNT] = {"llama", "mistral", "qwen2", "qwen3", "smollm3"};
+                                                  "Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Phi3ForCausalLM"};
+const char *const LLAMA_ARCH_TYPE[ARCH_COUNT] = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"};
 
 // Reads an integer key; `required` controls whether absence is an error. Returns 1 if found.
 static int get_int(const char *path, const cJSON *root, const char *key, int *out, int required, int *err) {
@@ -166,9 +166,9 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         int a = 0;
         while (a < ARCH_COUNT && !(cJSON_IsString(name) && !strcmp(name->valuestring, names[a]))) a++;
         if (a == ARCH_COUNT)
-            err = halo_fail("%s: %s is '%s'; supported: %s, %s, %s, %s, %s", path,
+            err = halo_fail("%s: %s is '%s'; supported: %s, %s, %s, %s, %s, %s", path,
                             by_class ? "architectures[0]" : "model_type", cJSON_IsString(name) ? name->valuestring : "?",
-                            names[0], names[1], names[2], names[3], names[4]);
+                            names[0], names[1], names[2], names[3], names[4], names[5]);
         else c->arch = (llama_arch)a;
     }
     c->qk_norm = c->arch == ARCH_QWEN3;
@@ -178,9 +178,12 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"))) c->bias_kinds |= 0xF;
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias"))) c->bias_kinds |= 0x70;
     }
-    if (err == HALO_OK && c->arch != ARCH_LLAMA && c->arch != ARCH_MISTRAL &&
+    if (err == HALO_OK && c->arch != ARCH_LLAMA && c->arch != ARCH_MISTRAL && c->arch != ARCH_PHI3 &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
         err = halo_fail("%s: 'use_sliding_window' is true; attention over a window is not implemented", path);
+    float partial = 1.0f;   // Phi-4-mini and others rotate only part of each head
+    if (err == HALO_OK && get_float(path, root, "partial_rotary_factor", &partial, &err) && partial != 1.0f)
+        err = halo_fail("%s: 'partial_rotary_factor' %g is not supported (RoPE over whole heads only)", path, partial);
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (err == HALO_OK && act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
         err = halo_fail("%s: hidden_act '%s' is not supported (only silu)", path, cJSON_IsString(act) ? act->valuestring : "?");
@@ -209,8 +212,8 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         c->bos_id = c->eos_id = -1;
         get_token_id(path, root, "bos_token_id", &c->bos_id, &err);
         get_token_id(path, root, "eos_token_id", &c->eos_id, &err);
-        if (c->arch == ARCH_MISTRAL && get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) &&
-            c->sliding_window < 1)
+        if ((c->arch == ARCH_MISTRAL || c->arch == ARCH_PHI3) &&
+            get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) && c->sliding_window < 1)
             err = halo_fail("%s: key 'sliding_window' must be positive or null (got %d)", path, c->sliding_window);
         if (err == HALO_OK && c->arch == ARCH_SMOLLM3) err = parse_nope(path, root, c);
     }
@@ -268,8 +271,9 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     }
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
-    if (c->arch == ARCH_MISTRAL && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
-    else if (c->arch == ARCH_MISTRAL) cJSON_AddNullToObject(r, "sliding_window");
+    const int windowed = c->arch == ARCH_MISTRAL || c->arch == ARCH_PHI3;
+    if (windowed && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
+    else if (windowed) cJSON_AddNullToObject(r, "sliding_window");
     if (torch_dtype) cJSON_AddStringToObject(r, "torch_dtype", torch_dtype);
     char *s = pretty ? cJSON_Print(r) : cJSON_PrintUnformatted(r);
     cJSON_Delete(r);

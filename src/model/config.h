@@ -1,14 +1,14 @@
 // Llama model configuration, read from a Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM: the same
 // layers and tensor names, with an optional attention window; Qwen2ForCausalLM: the same with biases on q, k and v;
-// Qwen3ForCausalLM: RMSNorm over each head of q and k before RoPE; SmolLM3ForCausalLM: some layers without RoPE) and
-// written back on export.
+// Qwen3ForCausalLM: RMSNorm over each head of q and k before RoPE; SmolLM3ForCausalLM: some layers without RoPE;
+// Phi3ForCausalLM: the Llama layers with q, k, v and gate, up stored as two fused tensors) and written back on export.
 #ifndef HALO_CONFIG_H
 #define HALO_CONFIG_H
 #include <stdint.h>
 
 typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3 } rope_scaling_type;
 // The architecture config.json names (what export writes back): the Llama layers, with each variant's additions.
-typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_SMOLLM3, ARCH_COUNT } llama_arch;
+typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_SMOLLM3, ARCH_PHI3, ARCH_COUNT } llama_arch;
 extern const char *const LLAMA_ARCH_CLASS[ARCH_COUNT];   // "LlamaForCausalLM", ...
 extern const char *const LLAMA_ARCH_TYPE[ARCH_COUNT];    // model_type: "llama", ...
 enum { LLAMA_MAX_NOPE_LAYERS = 128 };
@@ -34,7 +34,7 @@ typedef struct {
     uint64_t nope[2];   // bit l: layer l applies no RoPE (SmolLM3's no_rope_layers); layers < LLAMA_MAX_NOPE_LAYERS
     unsigned bias_kinds;   // bit (1 << llama_linear_kind) per block linear with a bias: Qwen2's q, k, v; Llama's
                            // attention_bias (q, k, v, o) and mlp_bias (gate, up, down)
-    int sliding_window; // Mistral's attention window in positions; 0 when none (null). Sequences longer than it are
+    int sliding_window; // Mistral's (and Phi-3's) attention window in positions; 0 when none (null). Sequences longer than it are
                         // refused (llama_config_check_len): attention inside the window equals full causal attention
 } llama_config;
 

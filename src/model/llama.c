@@ -121,13 +121,21 @@ int llama_init(llama_model *m, const llama_config *cfg) {
 #define P(suffix, ptr, nd, a, b, nodecay) \
         snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix); add_param(m, name, ptr, nd, a, b, nodecay)
         P("input_layernorm.weight", L->attn_norm, 1, c->dim, 0, 1);
-        P("self_attn.q_proj.weight", L->wq, 2, qd, c->dim, 0);
-        P("self_attn.k_proj.weight", L->wk, 2, kvd, c->dim, 0);
-        P("self_attn.v_proj.weight", L->wv, 2, kvd, c->dim, 0);
+        if (c->arch == ARCH_PHI3) {   // [wq; wk; wv] and [w_gate; w_up] lie adjacent: Phi-3's fused tensors
+            P("self_attn.qkv_proj.weight", L->wq, 2, qd + 2 * kvd, c->dim, 0);
+        } else {
+            P("self_attn.q_proj.weight", L->wq, 2, qd, c->dim, 0);
+            P("self_attn.k_proj.weight", L->wk, 2, kvd, c->dim, 0);
+            P("self_attn.v_proj.weight", L->wv, 2, kvd, c->dim, 0);
+        }
         P("self_attn.o_proj.weight", L->wo, 2, c->dim, qd, 0);
         P("post_attention_layernorm.weight", L->ffn_norm, 1, c->dim, 0, 1);
-        P("mlp.gate_proj.weight", L->w_gate, 2, F, c->dim, 0);
-        P("mlp.up_proj.weight", L->w_up, 2, F, c->dim, 0);
+        if (c->arch == ARCH_PHI3) {
+            P("mlp.gate_up_proj.weight", L->w_gate, 2, 2 * F, c->dim, 0);
+        } else {
+            P("mlp.gate_proj.weight", L->w_gate, 2, F, c->dim, 0);
+            P("mlp.up_proj.weight", L->w_up, 2, F, c->dim, 0);
+        }
         P("mlp.down_proj.weight", L->w_down, 2, c->dim, F, 0);
         for (int k = 0; k < LIN_COUNT; k++) {   // biases: no weight decay, as transformers' trainers leave them
             if (!L->bias[k]) continue;

@@ -79,6 +79,10 @@ void llama_lora_free(llama_model *m) {
 
 int llama_lora_enable(llama_model *m, const lora_config *c, uint64_t seed) {
     if (check_config(c, "")) return HALO_ERR;
+    const unsigned fused = (1u << LIN_Q) | (1u << LIN_K) | (1u << LIN_V) | (1u << LIN_GATE) | (1u << LIN_UP);
+    if (m->cfg.arch == ARCH_PHI3 && (c->kinds & fused))   // PEFT adapts Phi-3's fused qkv_proj / gate_up_proj whole
+        return halo_fail("LoRA on Phi-3: its q, k, v and gate, up are fused tensors (qkv_proj, gate_up_proj), which "
+                         "the adapters here do not cover; use --lora-linears o,down (or full fine-tuning)");
     for (int k = 0; k < LIN_COUNT; k++)   // a rank above min(in, out) adds parameters and no expressiveness
         if ((c->kinds & (1u << k)) && (c->rank > model_linear_in_features(&m->cfg, k) || c->rank > out_features(&m->cfg, k)))
             return halo_fail("LoRA rank %d exceeds %s's smaller dimension (in %d, out %d)", c->rank, LLAMA_LINEAR_NAMES[k],
