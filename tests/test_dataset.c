@@ -1163,6 +1163,48 @@ static void test_real_llama3_template(void) {
     tokenizer_free(tok);
 }
 
+// A two-turn conversation through the real Llama 3 tokenizer: the training ids (prompt pieces and answers encoded
+// apart) are the whole rendering's ids, and the loss covers both answers with their <|eot_id|>.
+static void test_real_llama3_multi_turn(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
+    if (!tok) return;
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = tmp_file("mt3.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
+                                   "\"user\", \"content\": \"Hi there\"}, {\"role\": \"assistant\", \"content\": \"Hello! "
+                                   "How can I help?\"}, {\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": "
+                                   "\"assistant\", \"content\": \"4\"}]}\n");
+    c.val_fraction = 0;
+    c.seq_len = 128;
+    dataset *ds = NULL;
+    CHECK(dataset_load(&c, tok, &ds) == HALO_OK, "load: %s", halo_error());
+    if (ds) {
+        const int32_t *ids;
+        const uint8_t *in_loss;
+        int n, ls;
+        dataset_get_example(ds, DATASET_TRAIN, 0, &ids, &n, &ls, &in_loss, NULL, NULL);
+        const char *full = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                           "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant"
+                           "<|end_header_id|>\n\nHello! How can I help?<|eot_id|><|start_header_id|>user<|end_header_id|>"
+                           "\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>";
+        int32_t *want;
+        size_t nw;
+        tokenizer_encode(tok, full, strlen(full), false, &want, &nw);
+        CHECK((size_t)n == nw && !memcmp(ids, want, nw * sizeof *ids), "two turns: %d training ids == the %zu ids of the "
+              "whole rendering", n, nw);
+        int32_t got[64];
+        int k = 0;
+        for (int j = 1; j < n && in_loss && k < 64; j++) if (in_loss[j]) got[k++] = ids[j];
+        char *text = tokenizer_decode(tok, got, (size_t)k, false);
+        CHECK(text && !strcmp(text, "Hello! How can I help?<|eot_id|>4<|eot_id|>"), "the loss covers both answers: '%s'",
+              text ? text : "");
+        free(text);
+        free(want);
+        dataset_free(ds);
+    }
+    tokenizer_free(tok);
+}
+
 static void test_real_llama3(void) {
     halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
     if (!tok) return;
@@ -1377,6 +1419,7 @@ int main(void) {
     test_metrics();
     test_shared_files();
     test_real_llama3();
+    test_real_llama3_multi_turn();
     test_real_llama3_template();
     test_real_llama2_and_text();
     char cmd[512];
