@@ -149,6 +149,40 @@ static void test_chat_template_prompt(void) {
     for (size_t i = 0; ok && i < nw; i++) ok = cJSON_GetArrayItem(ids, (int)i)->valueint == want[i];
     CHECK(ok, "prompt ids are the template's rendering '%s' (%zu ids): %s", text, nw, json ? json : "(no output)");
     free(want);
+    // --interactive: turn 1 answers as the one-shot run does; turn 2 as the one-shot run of the whole conversation
+    // rendered by hand with turn 1's answer; after /reset the first turn's answer again
+    const cJSON *g1 = cJSON_GetObjectItem(j, "generated_text");
+    char ans1[256] = "";
+    if (cJSON_IsString(g1)) snprintf(ans1, sizeof ans1, "%s", g1->valuestring);
+    snprintf(cmd, sizeof cmd, "printf 'Once upon a time\\nThen?\\n/reset\\nOnce upon a time\\n' | %s/halo generate "
+             "--model %s --interactive --system 'Be kind.' --max-new-tokens 3 --device cpu > %s/chat.txt 2> %s/chat.err",
+             b && *b ? b : "build", dir, dir, dir);
+    CHECK(run(cmd) == 0, "generate --interactive");
+    snprintf(path, sizeof path, "%s/chat.txt", dir);
+    char *chat = NULL;
+    halo_read_file(path, &chat, NULL);
+    char two[1024];
+    snprintf(two, sizeof two, "<|system|>Be kind.</s><|user|>Once upon a time</s><|assistant|>%s</s><|user|>Then?</s>"
+             "<|assistant|>", ans1);
+    int32_t *ids2 = NULL;
+    size_t n2 = 0;
+    tokenizer_encode(tok, two, strlen(two), false, &ids2, &n2);
+    char list[4096] = "";
+    for (size_t i = 0, k = 0; i < n2 && k + 16 < sizeof list; i++) k += (size_t)snprintf(list + k, sizeof list - k, i ? ",%d" : "%d", ids2[i]);
+    snprintf(cmd, sizeof cmd, "%s/halo generate --model %s --prompt-ids %s --max-new-tokens 3 --json --device cpu > %s/two.json",
+             b && *b ? b : "build", dir, list, dir);
+    CHECK(run(cmd) == 0, "one-shot generation of the two-turn rendering");
+    snprintf(path, sizeof path, "%s/two.json", dir);
+    char *json2 = NULL;
+    halo_read_file(path, &json2, NULL);
+    cJSON *j2 = json2 ? cJSON_Parse(json2) : NULL;
+    const cJSON *g2 = cJSON_GetObjectItem(j2, "generated_text");
+    char want_chat[1024];
+    snprintf(want_chat, sizeof want_chat, "%s\n%s\n%s\n", ans1, cJSON_IsString(g2) ? g2->valuestring : "?", ans1);
+    CHECK(ans1[0] && chat && !strcmp(chat, want_chat), "--interactive output '%s' == turn 1, the two-turn rendering's "
+          "answer, turn 1 again after /reset ('%s')", chat ? chat : "", want_chat);
+    free(chat); free(json2); free(ids2);
+    cJSON_Delete(j2);
     tokenizer_free(tok);
     cJSON_Delete(j);
     free(json);
