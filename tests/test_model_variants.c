@@ -419,6 +419,17 @@ static void test_cli(const char *dir, unsigned kinds, int arch, const char *what
     const double e = eval_loss(path);
     CHECK(v > 0 && fabs(e - v) <= 1e-5 * v, "%s: halo eval of the export %.9g == the run's last val_loss %.9g", what,
           e, v);
+    if (arch == T_PHI3) {   // --lora without linears: o and down, with a note; the adapter names only those
+        snprintf(cmd, sizeof cmd, "%s/halo finetune --model %s --data %s --seq-len 32 --batch 2 --steps 2 --threads 1 "
+                 "--val-count 4 --lora --out %s/phi3_adapter > %s/phi3_lora.log 2>&1", b && *b ? b : "build", model_dir,
+                 test_shared_path("data/text/tinystories_sample.txt"), dir, dir);
+        CHECK(system(cmd) == 0, "Phi-3: finetune --lora");
+        snprintf(path, sizeof path, "%s/phi3_lora.log", dir);
+        CHECK(file_has(path, "LoRA on o and down"), "Phi-3: the note says which linears the adapters cover");
+        snprintf(path, sizeof path, "%s/phi3_adapter/adapter_config.json", dir);
+        CHECK(file_has(path, "o_proj") && file_has(path, "down_proj") && !file_has(path, "q_proj"),
+              "Phi-3: the adapter targets o_proj and down_proj only");
+    }
 }
 
 int main(void) {

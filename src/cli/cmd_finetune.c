@@ -237,7 +237,7 @@ int cmd_finetune(int argc, char **argv) {
     o.lr = 4e-5f; o.min_lr = 0; o.warmup = 20; o.decay = LR_LINEAR; o.batch_size = 8; o.clip = 1.0f;
     o.adamw.weight_decay = 0; o.adamw.beta2 = 0.999f; o.seed = 1234; o.log_every = 1;
     double epochs = 1, time_budget = 0, d;
-    int eval_fp32 = 0, lora_on = 0, merge = 0, export_best = 0;
+    int eval_fp32 = 0, lora_on = 0, merge = 0, export_best = 0, lora_kinds_given = 0;
     long early_stop = 0;
     lora_config lc = lora_config_default();
     long steps = 0, n, eval_batches = 0, threads = 0, show_examples = 2;
@@ -281,7 +281,7 @@ int cmd_finetune(int argc, char **argv) {
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-rank"))) { if (cli_parse_range("--lora-rank", v, 1, 2147483647, &n)) goto bad; lc.rank = (int)n; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-alpha"))) { if (cli_parse_float("--lora-alpha", v, &lc.alpha)) goto bad; lora_on = 1; }
         else if ((v = cli_flag_value(argc, argv, &i, "--lora-dropout"))) { if (cli_parse_float("--lora-dropout", v, &lc.dropout)) goto bad; lora_on = 1; }
-        else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (model_halo_parse_linears(v, &lc.kinds)) goto bad; lora_on = 1; }
+        else if ((v = cli_flag_value(argc, argv, &i, "--lora-linears"))) { if (model_halo_parse_linears(v, &lc.kinds)) goto bad; lora_on = lora_kinds_given = 1; }
         else if (cli_is_flag(argv[i], "--merge")) merge = 1;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-dir"))) o.ckpt_dir = v;
         else if ((v = cli_flag_value(argc, argv, &i, "--ckpt-every"))) { if (cli_parse_range("--ckpt-every", v, 0, 2147483647, &n)) goto bad; o.ckpt_every = (int)n; }
@@ -397,6 +397,11 @@ int cmd_finetune(int argc, char **argv) {
     if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
     char lora_desc[160] = "";
     if (lora_on) {
+        if (m.cfg.arch == ARCH_PHI3 && !lora_kinds_given && !resume) {   // q, k, v and gate, up are fused tensors there
+            lc.kinds = (1u << LIN_O) | (1u << LIN_DOWN);
+            if (lead) fprintf(stderr, "halo finetune: note: Phi-3's q, k, v and gate, up are fused tensors: LoRA on o "
+                              "and down\n");
+        }
         if (llama_lora_enable(&m, &lc, o.seed) != HALO_OK) { llama_free(&m); goto bad; }
         lora_describe(&lc, lora_desc, sizeof lora_desc);
         if (lead) fprintf(stderr, "halo finetune: %s: %zu trainable parameters (%.2f%% of %zu), base weights frozen\n", lora_desc,
