@@ -1205,6 +1205,47 @@ static void test_real_llama3_multi_turn(void) {
     tokenizer_free(tok);
 }
 
+// The same through the real Llama 2 tokenizer (SentencePiece-style: a "▁" is prepended to each encoded text) in the
+// Llama 2 format: the prompt's ids are its whole rendering's, the earlier answer's tokens are found inside them, and
+// the loss decodes to both answers with their </s>.
+static void test_real_llama2_multi_turn(void) {
+    halo_tokenizer *tok = real_tokenizer("tokenizers/llama2");
+    if (!tok) return;
+    dataset_config c;
+    dataset_config_default(&c);
+    c.path = tmp_file("mt2.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi there\"}, {\"role\": "
+                                   "\"assistant\", \"content\": \"Hello! How can I help?\"}, {\"role\": \"user\", "
+                                   "\"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n");
+    c.val_fraction = 0;
+    c.seq_len = 128;
+    c.chat = DATASET_CHAT_LLAMA2;
+    dataset *ds = NULL;
+    CHECK(dataset_load(&c, tok, &ds) == HALO_OK, "load: %s", halo_error());
+    if (ds) {
+        const int32_t *ids;
+        const uint8_t *in_loss;
+        int n, ls;
+        dataset_get_example(ds, DATASET_TRAIN, 0, &ids, &n, &ls, &in_loss, NULL, NULL);
+        const char *prompt = "[INST] Hi there [/INST] Hello! How can I help? </s><s>[INST] 2+2? [/INST]";
+        int32_t *want;
+        size_t nw;
+        tokenizer_encode(tok, prompt, strlen(prompt), false, &want, &nw);
+        CHECK(in_loss && ids[0] == tokenizer_bos_id(tok) && (size_t)n > nw + 1 && !memcmp(ids + 1, want, nw * sizeof *ids),
+              "Llama 2, two turns: <s> + the whole prompt's %zu ids, a loss mask", nw);
+        int32_t got[64];
+        int k = 0;
+        for (int j = 1; j < n && in_loss && k < 64; j++) if (in_loss[j]) got[k++] = ids[j];
+        char *text = tokenizer_decode(tok, got, (size_t)k, false);
+        CHECK(text && strstr(text, "Hello! How can I help?") && strstr(text, "4") && !strstr(text, "  "),
+              "the loss covers both answers (no doubled space): '%s'", text ? text : "");
+        free(text);
+        free(want);
+        CHECK(dataset_get_stats(ds)->n_history_untrained == 0, "the earlier turn trains");
+        dataset_free(ds);
+    }
+    tokenizer_free(tok);
+}
+
 static void test_real_llama3(void) {
     halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
     if (!tok) return;
@@ -1420,6 +1461,7 @@ int main(void) {
     test_shared_files();
     test_real_llama3();
     test_real_llama3_multi_turn();
+    test_real_llama2_multi_turn();
     test_real_llama3_template();
     test_real_llama2_and_text();
     char cmd[512];

@@ -235,6 +235,11 @@ static void test_early_stop(void) {
     int trained = 0;
     double losses[16];
     trained = read_losses(path, losses, 16);
+    int es_steps[64];
+    double es_val[64];
+    const int n_es = eval_losses(path, es_steps, es_val, 64);
+    CHECK(n_es == stop + 1 && es_steps[n_es - 1] == stop, "one evaluation a step, the last at the stop (%d evaluations, "
+          "last at step %d)", n_es, n_es ? es_steps[n_es - 1] : -1);
     snprintf(path, sizeof path, "%s/es.log", dir);
     CHECK(trained == stop && file_has(path, "early stop after step") && file_has(path, "exporting the weights of step"),
           "stopped after step %d (want %d), and the log says so and which step it exports", trained, stop);

@@ -397,7 +397,7 @@ int cmd_finetune(int argc, char **argv) {
     if (halo_common_apply_dir(&co, &m, model_dir) != HALO_OK) { llama_free(&m); goto bad; }
     char lora_desc[160] = "";
     if (lora_on) {
-        if (m.cfg.arch == ARCH_PHI3 && !lora_kinds_given && !resume) {   // q, k, v and gate, up are fused tensors there
+        if (m.cfg.arch == ARCH_PHI3 && !lora_kinds_given) {   // q, k, v and gate, up are fused tensors there
             lc.kinds = (1u << LIN_O) | (1u << LIN_DOWN);
             if (lead) fprintf(stderr, "halo finetune: note: Phi-3's q, k, v and gate, up are fused tensors: LoRA on o "
                               "and down\n");
@@ -483,7 +483,7 @@ int cmd_finetune(int argc, char **argv) {
         double t_begin = halo_now();
         // ranks stop on the interrupt they agreed on after a step: a signal that reaches one rank after that agreement
         // must not end its loop alone (the others would wait for it in the next step)
-        int stop = 0;
+        int stop = 0, early_stopped = 0;
         while (t.step < o.steps && rc == HALO_OK && !(g_rank_comm ? stop : g_interrupted)) {
             int measure = co.telemetry_every > 0 && (t.step + 1) % co.telemetry_every == 0 && llama_get_halo(&m);
             if (measure) trainer_halo_telemetry(&t, 1);
@@ -516,6 +516,7 @@ int cmd_finetune(int argc, char **argv) {
                 break;
             }
             if (early) {
+                early_stopped = 1;   // (this step was just evaluated)
                 if (lead)
                     fprintf(stderr, "halo finetune: early stop after step %d of %d: %d evaluations without a val_loss "
                             "below %.6g (step %d)\n", t.step, o.steps, t.evals_since_best, t.best_val, t.best_step);
@@ -529,7 +530,7 @@ int cmd_finetune(int argc, char **argv) {
                                           : "stopping (no --ckpt-dir or --out to save into)");
             fflush(stderr);
         }
-        if (rc == HALO_OK && !stopped) rc = trainer_evaluate(&t);
+        if (rc == HALO_OK && !stopped && !early_stopped) rc = trainer_evaluate(&t);
         if (rc == HALO_OK && o.ckpt_dir) rc = trainer_save(&t, NULL);
         if (rc == HALO_OK && o.ckpt_dir && stopped && lead) {
             char ck[4096];

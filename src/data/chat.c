@@ -113,10 +113,12 @@ int data_chat_render_template(const jinja_template *t, const char *bos_text, con
     cJSON *v = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(v, "messages");
     for (int i = 0; i < n; i++) {   // the file's message (tool_calls, ...) with role and content as read
         cJSON *o = msgs[i].raw ? cJSON_Duplicate(msgs[i].raw, 1) : cJSON_CreateObject();
+        const int null_content = cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "content"));   // beside tool_calls
         cJSON_DeleteItemFromObjectCaseSensitive(o, "role");
         cJSON_DeleteItemFromObjectCaseSensitive(o, "content");
         cJSON_AddStringToObject(o, "role", msgs[i].role);
-        cJSON_AddStringToObject(o, "content", msgs[i].content);
+        if (null_content) cJSON_AddNullToObject(o, "content");   // as transformers passes None
+        else cJSON_AddStringToObject(o, "content", msgs[i].content);
         cJSON_AddItemToArray(arr, o);
     }
     if (tools) cJSON_AddItemToObject(v, "tools", cJSON_Duplicate(tools, 1));

@@ -241,26 +241,35 @@ static int history_spans(loader *ld, const data_msg *m, int n, size_t *spans) {
     return k;
 }
 
-// Encodes ld->prompt.p[from..) into ids, the bytes inside the k spans into the loss (*in_loss, grown with ids; left
-// NULL when k == 0).
+// Encodes ld->prompt.p[from..) into ids as one text (the tokens training and inference see), and with k spans the
+// tokens of each span into the loss (*in_loss, grown with ids): a span's tokens lie between the lengths of its two
+// ends' prefixes encoded alone, when those are prefixes of the whole encoding. A tokenizer that encodes some prefix
+// differently (a SentencePiece-style "▁" before a word that continues it) leaves *in_loss NULL: the caller trains the
+// last turn only. Returns 1 in that case, 0 when the spans were marked or k == 0, HALO_ERR on a failure.
 static int encode_prompt_spans(loader *ld, size_t from, const size_t *spans, int k, int32_t **ids, size_t *n,
                                size_t *cap, uint8_t **in_loss) {
-    size_t pos = from;
-    for (int i = 0; i <= k; i++) {
-        const size_t s = i < k ? spans[2 * i] : ld->prompt.n, e = i < k ? spans[2 * i + 1] : ld->prompt.n;
-        for (int part = 0; part < 2; part++) {   // the text before the span (not in the loss), then the span
-            const size_t lo = part ? s : pos, hi = part ? e : s;
-            if (hi <= lo) continue;
-            const size_t before = *n;
-            if (encode_into(ld, ld->prompt.p + lo, hi - lo, ids, n, cap)) return HALO_ERR;
-            if (k) {
-                *in_loss = xrealloc(*in_loss, *cap);
-                memset(*in_loss + before, part, *n - before);
-            }
+    const size_t base = *n;
+    if (encode_into(ld, ld->prompt.p + from, ld->prompt.n - from, ids, n, cap)) return HALO_ERR;
+    if (!k) return 0;
+    *in_loss = xrealloc(*in_loss, *cap);
+    memset(*in_loss + base, 0, *n - base);
+    int32_t *pre = NULL;
+    size_t np = 0, pcap = 0, at[2];
+    int rc = 0;
+    for (int i = 0; i < k && !rc; i++) {
+        for (int end = 0; end < 2 && !rc; end++) {   // token counts of the span's two ends
+            np = 0;
+            const size_t upto = spans[2 * i + end];
+            if (upto < from) { rc = 1; break; }
+            if (encode_into(ld, ld->prompt.p + from, upto - from, &pre, &np, &pcap)) { free(pre); return HALO_ERR; }
+            if (base + np > *n || memcmp(pre, *ids + base, np * sizeof *pre)) rc = 1;
+            at[end] = base + np;
         }
-        pos = e;
+        if (!rc) memset(*in_loss + at[0], 1, at[1] - at[0]);
     }
-    return HALO_OK;
+    free(pre);
+    if (rc) { free(*in_loss); *in_loss = NULL; }
+    return rc;
 }
 
 // The answer's ids from `from` on into the loss (a conversation with earlier turns in the loss).
@@ -289,6 +298,7 @@ static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line)
     const int n_spans = history_spans(ld, m, n, spans);
     int rc = encode_prompt_spans(ld, 0, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
     free(spans);
+    if (rc == 1) { ld->ds->st.n_history_untrained++; rc = HALO_OK; }   // the tokenizer moved a span's boundary
     size_t n_prompt = k;
     if (rc || encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) {
         free(ids); free(in_loss); return HALO_ERR;
@@ -311,9 +321,10 @@ static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
     size_t skip = strlen(ld->bos_text);
     const int n_spans = history_spans(ld, m, n, spans);
     if (ld->enc->bos_id >= 0) push_id(&ids, &k, &cap, ld->enc->bos_id);
-    if (n_spans > 0) { in_loss = xcalloc(cap, 1); }
+    if (n_spans > 0) in_loss = xcalloc(cap, 1);   // (the BOS position: not in the loss)
     int rc = encode_prompt_spans(ld, skip, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
     free(spans);
+    if (rc == 1) { ld->ds->st.n_history_untrained++; rc = HALO_OK; }
     size_t n_prompt = k;
     if (rc || encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) {
         free(ids); free(in_loss); free(answer); return HALO_ERR;
