@@ -460,6 +460,23 @@ static void targeted_config(void) {
     cfg_expect("intermediate_size", "1999999999", 1);
     cfg_expect("head_dim", "1073741824", 1);           // n_heads * head_dim overflows int
     cfg_expect("max_position_embeddings", "2000000000", 0);   // legal; the RoPE table follows the positions used
+    // architectures: an unknown one is refused naming the key; SmolLM3 loads the same tensors (every 4th layer then
+    // goes without RoPE); Qwen2 needs q, k, v biases the file lacks: refused naming the missing tensor
+    cfg_expect("architectures", "[\"GemmaForCausalLM\"]", 1);
+    cfg_expect("architectures", "[\"SmolLM3ForCausalLM\"]", 0);
+    {
+        cJSON *root = cJSON_Parse((const char *)g_cfg.p);
+        cJSON_ReplaceItemInObject(root, "architectures", cJSON_Parse("[\"Qwen2ForCausalLM\"]"));
+        char *s = cJSON_Print(root);
+        put("config.json", s, strlen(s));
+        free(s);
+        cJSON_Delete(root);
+        llama_model m;
+        int rc = llama_load(&m, g_dir);
+        CHECK(rc == HALO_ERR && strstr(halo_error(), "q_proj.bias"), "Qwen2 over weights without biases: refused "
+              "naming the missing tensor (rc %d, \"%s\")", rc, rc ? halo_error() : "");
+        if (rc == HALO_OK) llama_free(&m);
+    }
     put("config.json", g_cfg.p, g_cfg.n);
 }
 
