@@ -137,7 +137,7 @@ if [ "${HALO_TORCH_8B:-0}" = 1 ]; then   # ~100 s more: the baseline at Llama-3-
 fi
 step "peft: a halo LoRA adapter in transformers" peft.log 120 bash dev/lora/peft_check.sh $B/halo shared "$LOG/peft"
 keep peft.log "rel err" 2
-step "qwen: halo's Qwen2, Qwen3, SmolLM3, Phi-3 against transformers" qwen.log 120 bash dev/qwen/hf_check.sh $B/halo "$LOG/qwen"
+step "qwen: halo's Qwen2, Qwen3, SmolLM3, Phi-3 against transformers" qwen.log 120 bash dev/qwen/hf_check.sh $B/halo "$LOG/qwen" shared
 keep qwen.log "rel" 2
 want "bench 1B torch ratio" && python3 scripts/bench_ratio.py "$LOG"/b*.log "$LOG"/torch_*.log | tee -a "$R"
 step "racecheck: train step, BF16 + HALO int8/fp8" racecheck.log 90 env HALO_GEMM_TUNE=0 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_cuda_model --sanitize-step
