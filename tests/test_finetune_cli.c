@@ -292,6 +292,14 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s/resumed2.log", dir);
     CHECK(file_has(cmd, "different training options (steps 5 -> 6, lr 0.0005 -> 0.001)"),
           "the warning lists steps and lr, nothing else");
+    // a resume into a folder that holds a later step of the first run: a note says so (a copy of the folder)
+    snprintf(cmd, sizeof cmd, "cp -r %s/ck %s/ck4 && %%s --ckpt-dir %s/ck4 --resume %s/ck4/step_00000002.safetensors "
+             "--steps 5 > %s/resumed3.log 2>&1", dir, dir, dir, dir, dir);
+    CHECK(sh(cmd, common) == 0, "resumed run into the first run's folder");
+    snprintf(cmd, sizeof cmd, "%s/resumed3.log", dir);
+    CHECK(file_has(cmd, "holds checkpoints past step 2 from an earlier run"), "the note on the folder's later steps");
+    snprintf(cmd, sizeof cmd, "%s/resumed.log", dir);
+    CHECK(!file_has(cmd, "from an earlier run"), "no such note for a fresh folder");
     // halo export of the INT8 run's checkpoint carries the precision too, and equals the run's own export
     snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/ck --out %s/exported > %s/export.log 2>&1 && cmp %s/exported/model.safetensors "
              "%s/model/model.safetensors", bin, dir, dir, dir, dir, dir);
