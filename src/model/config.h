@@ -34,8 +34,9 @@ typedef struct {
     uint64_t nope[2];   // bit l: layer l applies no RoPE (SmolLM3's no_rope_layers); layers < LLAMA_MAX_NOPE_LAYERS
     unsigned bias_kinds;   // bit (1 << llama_linear_kind) per block linear with a bias: Qwen2's q, k, v; Llama's
                            // attention_bias (q, k, v, o) and mlp_bias (gate, up, down)
-    int sliding_window; // Mistral's (and Phi-3's) attention window in positions; 0 when none (null). Sequences longer than it are
-                        // refused (llama_config_check_len): attention inside the window equals full causal attention
+    int sliding_window; // Mistral's (and Phi-3's) attention window in positions; 0 when none (null). Sequences longer
+                        // than it are refused (llama_config_check_len): attention inside the window equals full
+                        // causal attention
 } llama_config;
 
 // Parses config.json; unsupported architectures, rope scalings, activations are refused naming the key.
