@@ -20,6 +20,7 @@
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
 #include "test_cuda.h"
+#include "test_variants.h"
 #include "model/linear.h"
 #include "model/llama.h"
 #include "model/lora.h"
@@ -219,6 +220,36 @@ static long bf16_diff(const halo_bf16 *dev, const float *host, size_t n) {
     for (size_t i = 0; i < n; i++) bad += h[i] != d[i];
     free(h); free(d);
     return bad;
+}
+
+// LoRA over the Llama variants on the GPU (HALO_CUDA_VARIANTS=1: written in the twenty-fifth session): the frozen
+// base holds Qwen2's biases / Qwen3's q/k norms / SmolLM3's layers without RoPE; loss within 1e-2 and the adapter
+// gradients within 5e-2 of the CPU's, as test_grads' BF16 bounds.
+static void test_variants_lora(void) {
+    setenv("HALO_CUDA_VARIANTS", "1", 1);
+    for (int arch = T_QWEN2; arch <= T_SMOLLM3; arch++) {
+        llama_config c = small_config();
+        t_make_variant(&c, arch);
+        llama_model m;
+        if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); continue; }
+        llama_init_random(&m, 11);
+        t_draw_variant_tensors(&m, 11);
+        t_round_bf16(m.params, m.n_params);
+        if (lora_random(&m, 8, 0.0, 41) != HALO_OK) { CHECK(0, "%s", halo_error()); llama_free(&m); continue; }
+        halo_batch b;
+        rand_batch(&b, 2, 64, c.vocab_size, 7);
+        const size_t n = llama_trainable_params(&m).n;
+        float *gc = malloc(4 * n), *gg = malloc(4 * n);
+        const model_halo_config off = model_halo_config_default();
+        const float lc = cpu_grads(&m, &b, &off, 0, gc), lg = gpu_grads(&m, &b, &off, 0, gg, NULL);
+        const char *what = arch == T_QWEN2 ? "Qwen2 biases" : arch == T_QWEN3 ? "Qwen3 q/k norms" : "SmolLM3 NoPE";
+        row("variant under LoRA: loss GPU vs CPU", what, fabs(lg - lc) / lc, 1e-2);
+        row("variant under LoRA: adapter grads", what, rel_l2_f(gg, gc, n), 5e-2);
+        free(gc); free(gg);
+        halo_batch_free(&b);
+        llama_free(&m);
+    }
+    unsetenv("HALO_CUDA_VARIANTS");
 }
 
 static void test_frozen_base(void) {
@@ -498,6 +529,7 @@ int main(void) {
     test_training(&hc, "int8 L2");
     printf("(training: %.1f s)\n", t_now() - t0);
     test_resume();
+    test_variants_lora();
     test_grads(0, 32, 0.1);   // the fused dropout kernels' third rank (4 columns a thread in the A gradient)
     test_grads(0, 4, 0.1);   // rank 4 last: 8-byte rows of U and dU (cuBLASLt plans for small alignments)
     printf("(total: %.1f s)\n", t_now() - t0);
