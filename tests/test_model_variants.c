@@ -62,9 +62,10 @@ static void ref_linear(double *y, const double *x, const float *W, const float *
         y[o] = s;
     }
 }
+static double g_ref_pos_scale = 1;   // linear RoPE scaling: positions divided by its factor
 static void ref_rope(double *v, int pos, int hd, double theta) {   // HF's rotate_half layout
     for (int i = 0; i < hd / 2; i++) {
-        double f = pos / pow(theta, 2.0 * i / hd), c = cos(f), s = sin(f), a = v[i], b = v[i + hd / 2];
+        double f = pos / g_ref_pos_scale / pow(theta, 2.0 * i / hd), c = cos(f), s = sin(f), a = v[i], b = v[i + hd / 2];
         v[i] = a * c - b * s;
         v[i + hd / 2] = b * c + a * s;
     }
@@ -432,8 +433,41 @@ static void test_cli(const char *dir, unsigned kinds, int arch, const char *what
     }
 }
 
+// Linear RoPE scaling (rope_type "linear": every frequency divided by factor): against the float64 reference with its
+// positions divided by the factor; the factor changes the loss; the config round-trips.
+static void test_linear_rope(void) {
+    llama_config c = tiny(0, LLAMA);
+    c.rope_scaling = ROPE_SCALING_LINEAR;
+    c.rope_factor = 4;
+    llama_model m;
+    random_model(&m, &c, 17);
+    for (int i = 0; i < m.n_table; i++)   // larger q, k: scores that depend on the rotation
+        if (strstr(m.table[i].name, "q_proj") || strstr(m.table[i].name, "k_proj"))
+            for (size_t j = 0; j < m.table[i].numel; j++) m.params[m.table[i].offset + j] *= 8;
+    halo_batch b;
+    batch_of(&b, 2, 12, c.vocab_size, 3);
+    const double l = llama_forward(&m, &b, NULL);
+    g_ref_pos_scale = 4;
+    const double lr = ref_loss(&m, &b);
+    g_ref_pos_scale = 1;
+    const double l1 = ref_loss(&m, &b);
+    CHECK(fabs(l - lr) <= 2e-6 * lr && fabs(l - l1) > 20 * fabs(l - lr) + 1e-6 * l1, "linear RoPE x4: loss %.9g vs float64 reference %.9g "
+          "(unscaled reference %.9g)", l, lr, l1);
+    char *js = llama_config_to_json(&c, NULL, 0);
+    llama_config back;
+    CHECK(llama_config_from_json(js, "linear", &back) == HALO_OK && back.rope_scaling == ROPE_SCALING_LINEAR &&
+          back.rope_factor == 4 && strstr(js, "\"rope_type\":\"linear\""), "linear RoPE config round trip: %s", js);
+    free(js);
+    CHECK(llama_config_from_json("{\"vocab_size\":48,\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":2,"
+                                 "\"num_attention_heads\":4,\"rope_scaling\":{\"type\":\"linear\"}}", "no factor", &back) ==
+          HALO_ERR && strstr(halo_error(), "factor"), "linear without a factor: refused naming it: %s", halo_error());
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
 int main(void) {
     test_config();
+    test_linear_rope();
     test_model(0x7, QWEN2, "Qwen2 (q, k, v biases)");
     test_model(0, QWEN3, "Qwen3 (q/k norms)");
     test_model(0xF, QWEN3, "Qwen3 with attention_bias (q/k norms, q, k, v, o biases)");

@@ -201,7 +201,7 @@ static int dec_buffers(cuda_decoder *d) {
         return halo_fail("CUDA decoder: pinned host buffers (%.1f MiB)", S * V * 4 / 1048576.0);
     // the CPU's RoPE tables, so both backends rotate by the same angles
     float *ct = (float *)xmalloc(tn * 4 * 2);
-    rope_tables(ct, ct + tn, d->L, c->head_dim, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3, c->rope_factor,
+    rope_tables(ct, ct + tn, d->L, c->head_dim, c->rope_theta, (int)c->rope_scaling, c->rope_factor,
                 c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
     CUDA_CHECK(cudaMemcpy(d->cos_t, ct, tn * 4 * 2, cudaMemcpyHostToDevice));
     free(ct);

@@ -441,7 +441,7 @@ static int alloc_all(llama_cuda *g) {
     // RoPE tables from the CPU implementation, so both backends rotate by the same angles
     size_t half = c->head_dim / 2, tn = (size_t)g->rope_len * half;
     float *ct = (float *)xmalloc(tn * 4 * 2);
-    rope_tables(ct, ct + tn, g->rope_len, c->head_dim, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3,
+    rope_tables(ct, ct + tn, g->rope_len, c->head_dim, c->rope_theta, (int)c->rope_scaling,
                 c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
     CUDA_CHECK(cudaMemcpy(g->cos_t, ct, tn * 4 * 2, cudaMemcpyHostToDevice));
     free(ct);

@@ -56,7 +56,7 @@ static void get_token_id(const char *path, const cJSON *root, const char *key, i
 }
 
 // rope scaling lives in `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5, which also holds
-// rope_theta). Accepted types: none/default, llama3.
+// rope_theta). Accepted types: none/default, llama3, linear (positions divided by factor).
 static int parse_rope(const char *path, const cJSON *root, llama_config *c) {
     int err = HALO_OK;
     const char *keys[2] = {"rope_parameters", "rope_scaling"};
@@ -69,8 +69,15 @@ static int parse_rope(const char *path, const cJSON *root, llama_config *c) {
         if (!t) t = cJSON_GetObjectItemCaseSensitive(rp, "type");
         const char *type = cJSON_IsString(t) ? t->valuestring : "default";
         if (!strcmp(type, "default")) continue;
+        if (!strcmp(type, "linear")) {
+            c->rope_scaling = ROPE_SCALING_LINEAR;
+            if (!get_float(path, rp, "factor", &c->rope_factor, &err))
+                return err == HALO_OK ? halo_fail("%s: %s of type linear needs factor", path, keys[k]) : err;
+            continue;
+        }
         if (strcmp(type, "llama3"))
-            return halo_fail("%s: %s.rope_type '%s' is not supported (supported: default, llama3)", path, keys[k], type);
+            return halo_fail("%s: %s.rope_type '%s' is not supported (supported: default, llama3, linear)", path,
+                             keys[k], type);
         c->rope_scaling = ROPE_SCALING_LLAMA3;
         if (!get_float(path, rp, "factor", &c->rope_factor, &err) ||
             !get_float(path, rp, "low_freq_factor", &c->rope_low_freq_factor, &err) ||
@@ -134,6 +141,8 @@ int llama_config_validate(const llama_config *c, const char *where) {
          c->rope_original_max_pos <= 0))
         return halo_fail("%s: rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
                          "original_max_position_embeddings > 0", where);
+    if (c->rope_scaling == ROPE_SCALING_LINEAR && !(c->rope_factor > 0))
+        return halo_fail("%s: rope_scaling (linear) needs factor > 0", where);
     return HALO_OK;
 }
 
@@ -247,6 +256,11 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     cJSON_AddNumberToObject(r, "max_position_embeddings", c->max_pos);
     cJSON_AddNumberToObject(r, "rms_norm_eps", c->norm_eps);
     cJSON_AddNumberToObject(r, "rope_theta", c->rope_theta);
+    if (c->rope_scaling == ROPE_SCALING_LINEAR) {
+        cJSON *rs = cJSON_AddObjectToObject(r, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", "linear");
+        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+    }
     if (c->rope_scaling == ROPE_SCALING_LLAMA3) {
         cJSON *rs = cJSON_AddObjectToObject(r, "rope_scaling");
         cJSON_AddStringToObject(rs, "rope_type", "llama3");

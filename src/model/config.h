@@ -6,7 +6,8 @@
 #define HALO_CONFIG_H
 #include <stdint.h>
 
-typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3 } rope_scaling_type;
+// (the values rope_tables in src/ops takes as `scaling`)
+typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3 = 1, ROPE_SCALING_LINEAR = 2 } rope_scaling_type;
 // The architecture config.json names (what export writes back): the Llama layers, with each variant's additions.
 typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_SMOLLM3, ARCH_PHI3, ARCH_COUNT } llama_arch;
 extern const char *const LLAMA_ARCH_CLASS[ARCH_COUNT];   // "LlamaForCausalLM", ...

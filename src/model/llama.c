@@ -394,7 +394,7 @@ static struct llama_acts *acts_ensure(llama_model *m, int B, int T, int rope_len
     a->rope_len = rope_len;   // the positions in use: max_position_embeddings may be millions (or hostile)
     a->cos_t = xmalloc(sizeof(float) * (size_t)a->rope_len * (c->head_dim / 2));
     a->sin_t = xmalloc(sizeof(float) * (size_t)a->rope_len * (c->head_dim / 2));
-    rope_tables(a->cos_t, a->sin_t, a->rope_len, c->head_dim, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3,
+    rope_tables(a->cos_t, a->sin_t, a->rope_len, c->head_dim, c->rope_theta, (int)c->rope_scaling,
                 c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
     a->dres = xmalloc(sizeof(float) * N * D); a->dx = xmalloc(sizeof(float) * N * D);
     a->dq = xmalloc(sizeof(float) * N * qd); a->dk = xmalloc(sizeof(float) * N * kvd);
@@ -531,7 +531,7 @@ void llama_decode_step(llama_model *m, llama_kv_cache *kc, int32_t token, int po
     float *v = k + kvd, *gate = v + kvd, *up = gate + F, *h = up + F, *sc = h + F;
     float *cos_t = sc + L_max, *sin_t = cos_t + (size_t)L_max * half;
     if (pos == 0)   // tables are built once per sequence
-        rope_tables(cos_t, sin_t, L_max, hd, c->rope_theta, c->rope_scaling == ROPE_SCALING_LLAMA3, c->rope_factor,
+        rope_tables(cos_t, sin_t, L_max, hd, c->rope_theta, (int)c->rope_scaling, c->rope_factor,
                     c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
     int32_t p32 = pos;
     float scale = 1.0f / sqrtf((float)hd);

@@ -62,12 +62,13 @@ void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, c
     }
 }
 
-void rope_tables(float *cos_t, float *sin_t, int max_pos, int head_dim, float theta, int llama3_scaling,
+void rope_tables(float *cos_t, float *sin_t, int max_pos, int head_dim, float theta, int scaling,
                  float factor, float low_freq_factor, float high_freq_factor, int original_max_pos) {
     int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
         double inv = 1.0 / pow((double)theta, (2.0 * i) / head_dim);
-        if (llama3_scaling) {
+        if (scaling == 2) inv /= factor;   // linear: positions interpolated by factor
+        if (scaling == 1) {   // llama3
             double low_wl = original_max_pos / (double)low_freq_factor;
             double high_wl = original_max_pos / (double)high_freq_factor;
             double wl = 2 * M_PI / inv;

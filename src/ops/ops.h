@@ -15,8 +15,9 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, in
 void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, const float *rstd,
                       int N, int D);
 
-// RoPE tables for positions 0..max_pos-1: cos/sin[max_pos, head_dim/2], with llama3 scaling when configured.
-void rope_tables(float *cos_t, float *sin_t, int max_pos, int head_dim, float theta, int llama3_scaling,
+// RoPE tables for positions 0..max_pos-1: cos/sin[max_pos, head_dim/2]. scaling: 0 none, 1 llama3 (factor, the
+// frequency factors, original_max_pos), 2 linear (every frequency divided by factor), as rope_scaling_type.
+void rope_tables(float *cos_t, float *sin_t, int max_pos, int head_dim, float theta, int scaling,
                  float factor, float low_freq_factor, float high_freq_factor, int original_max_pos);
 // In-place rotation of x[N, H, head_dim] (HF half-split convention: pairs (i, i + head_dim/2)) at positions pos[N].
 void rope_forward(float *x, const int32_t *pos, const float *cos_t, const float *sin_t, int N, int H, int head_dim);
