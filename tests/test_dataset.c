@@ -1163,41 +1163,43 @@ static void test_real_llama3_template(void) {
     tokenizer_free(tok);
 }
 
-// A two-turn conversation through the real Llama 3 tokenizer: the training ids (prompt pieces and answers encoded
-// apart) are the whole rendering's ids, and the loss covers both answers with their <|eot_id|>.
-static void test_real_llama3_multi_turn(void) {
-    halo_tokenizer *tok = real_tokenizer("tokenizers/llama3");
+// A two-turn conversation through a real tokenizer in chat format `chat`: the training ids are [bos_id, when the
+// format writes it apart] + the ids of `prompt` (the whole rendering up to the last answer, encoded as one text) + the
+// last answer's, and the loss decodes to `want_loss` (both answers with their end of turn). Llama 3 (byte-level) and
+// Llama 2 (SentencePiece-style: a "▁" prepended to each encoded text, so pieces encoded apart would differ).
+static void multi_turn_real(const char *tokenizer, dataset_chat chat, int bos_apart, const char *prompt,
+                            const char *want_loss) {
+    halo_tokenizer *tok = real_tokenizer(tokenizer);
     if (!tok) return;
     dataset_config c;
     dataset_config_default(&c);
-    c.path = tmp_file("mt3.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
-                                   "\"user\", \"content\": \"Hi there\"}, {\"role\": \"assistant\", \"content\": \"Hello! "
-                                   "How can I help?\"}, {\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": "
-                                   "\"assistant\", \"content\": \"4\"}]}\n");
+    c.path = tmp_file("mt.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
+                                  "\"user\", \"content\": \"Hi there\"}, {\"role\": \"assistant\", \"content\": \"Hello! "
+                                  "How can I help?\"}, {\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": "
+                                  "\"assistant\", \"content\": \"4\"}]}\n");
     c.val_fraction = 0;
     c.seq_len = 128;
+    c.chat = chat;
     dataset *ds = NULL;
-    CHECK(dataset_load(&c, tok, &ds) == HALO_OK, "load: %s", halo_error());
+    CHECK(dataset_load(&c, tok, &ds) == HALO_OK, "%s: load: %s", tokenizer, halo_error());
     if (ds) {
         const int32_t *ids;
         const uint8_t *in_loss;
         int n, ls;
         dataset_get_example(ds, DATASET_TRAIN, 0, &ids, &n, &ls, &in_loss, NULL, NULL);
-        const char *full = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                           "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant"
-                           "<|end_header_id|>\n\nHello! How can I help?<|eot_id|><|start_header_id|>user<|end_header_id|>"
-                           "\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>";
         int32_t *want;
         size_t nw;
-        tokenizer_encode(tok, full, strlen(full), false, &want, &nw);
-        CHECK((size_t)n == nw && !memcmp(ids, want, nw * sizeof *ids), "two turns: %d training ids == the %zu ids of the "
-              "whole rendering", n, nw);
+        tokenizer_encode(tok, prompt, strlen(prompt), false, &want, &nw);
+        const int off = bos_apart ? 1 : 0;
+        CHECK(in_loss && (!bos_apart || ids[0] == tokenizer_bos_id(tok)) && (size_t)n > nw + off &&
+              !memcmp(ids + off, want, nw * sizeof *ids), "%s, two turns: the prompt's %zu ids are its whole "
+              "rendering's, with a loss mask", tokenizer, nw);
         int32_t got[64];
         int k = 0;
         for (int j = 1; j < n && in_loss && k < 64; j++) if (in_loss[j]) got[k++] = ids[j];
         char *text = tokenizer_decode(tok, got, (size_t)k, false);
-        CHECK(text && !strcmp(text, "Hello! How can I help?<|eot_id|>4<|eot_id|>"), "the loss covers both answers: '%s'",
-              text ? text : "");
+        CHECK(text && !strcmp(text, want_loss) && dataset_get_stats(ds)->n_history_untrained == 0,
+              "%s: the loss covers both answers: '%s' (want '%s')", tokenizer, text ? text : "", want_loss);
         free(text);
         free(want);
         dataset_free(ds);
@@ -1205,45 +1207,16 @@ static void test_real_llama3_multi_turn(void) {
     tokenizer_free(tok);
 }
 
-// The same through the real Llama 2 tokenizer (SentencePiece-style: a "▁" is prepended to each encoded text) in the
-// Llama 2 format: the prompt's ids are its whole rendering's, the earlier answer's tokens are found inside them, and
-// the loss decodes to both answers with their </s>.
-static void test_real_llama2_multi_turn(void) {
-    halo_tokenizer *tok = real_tokenizer("tokenizers/llama2");
-    if (!tok) return;
-    dataset_config c;
-    dataset_config_default(&c);
-    c.path = tmp_file("mt2.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi there\"}, {\"role\": "
-                                   "\"assistant\", \"content\": \"Hello! How can I help?\"}, {\"role\": \"user\", "
-                                   "\"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n");
-    c.val_fraction = 0;
-    c.seq_len = 128;
-    c.chat = DATASET_CHAT_LLAMA2;
-    dataset *ds = NULL;
-    CHECK(dataset_load(&c, tok, &ds) == HALO_OK, "load: %s", halo_error());
-    if (ds) {
-        const int32_t *ids;
-        const uint8_t *in_loss;
-        int n, ls;
-        dataset_get_example(ds, DATASET_TRAIN, 0, &ids, &n, &ls, &in_loss, NULL, NULL);
-        const char *prompt = "[INST] Hi there [/INST] Hello! How can I help? </s><s>[INST] 2+2? [/INST]";
-        int32_t *want;
-        size_t nw;
-        tokenizer_encode(tok, prompt, strlen(prompt), false, &want, &nw);
-        CHECK(in_loss && ids[0] == tokenizer_bos_id(tok) && (size_t)n > nw + 1 && !memcmp(ids + 1, want, nw * sizeof *ids),
-              "Llama 2, two turns: <s> + the whole prompt's %zu ids, a loss mask", nw);
-        int32_t got[64];
-        int k = 0;
-        for (int j = 1; j < n && in_loss && k < 64; j++) if (in_loss[j]) got[k++] = ids[j];
-        char *text = tokenizer_decode(tok, got, (size_t)k, false);
-        CHECK(text && strstr(text, "Hello! How can I help?") && strstr(text, "4") && !strstr(text, "  "),
-              "the loss covers both answers (no doubled space): '%s'", text ? text : "");
-        free(text);
-        free(want);
-        CHECK(dataset_get_stats(ds)->n_history_untrained == 0, "the earlier turn trains");
-        dataset_free(ds);
-    }
-    tokenizer_free(tok);
+static void test_real_multi_turn(void) {
+    multi_turn_real("tokenizers/llama3", DATASET_CHAT_AUTO, 0,
+                    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant"
+                    "<|end_header_id|>\n\nHello! How can I help?<|eot_id|><|start_header_id|>user<|end_header_id|>"
+                    "\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+                    "Hello! How can I help?<|eot_id|>4<|eot_id|>");
+    multi_turn_real("tokenizers/llama2", DATASET_CHAT_LLAMA2, 1,
+                    "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello! How can I help? </s><s>[INST] 2+2? [/INST]",
+                    "Hello! How can I help? </s> 4</s>");   // (the history's " </s>" as the format writes it)
 }
 
 static void test_real_llama3(void) {
@@ -1460,8 +1433,7 @@ int main(void) {
     test_metrics();
     test_shared_files();
     test_real_llama3();
-    test_real_llama3_multi_turn();
-    test_real_llama2_multi_turn();
+    test_real_multi_turn();
     test_real_llama3_template();
     test_real_llama2_and_text();
     char cmd[512];
