@@ -393,8 +393,18 @@ static void test_cli(const char *dir, unsigned kinds, int arch, const char *what
     snprintf(out, sizeof out, "%s/out_%d", dir, arch);
     CHECK(llama_save_hf(&m, model_dir, "float32", test_shared_path("models/stories260K")) == HALO_OK, "save: %s",
           halo_error());
+    const size_t n_params = m.n_params;
     llama_free(&m);
     const char *b = getenv("BUILD");
+    // halo info: the architecture and the parameter count, without loading the weights
+    snprintf(cmd, sizeof cmd, "%s/halo info --model %s > %s/info%d.txt 2>&1", b && *b ? b : "build", model_dir, dir, arch);
+    CHECK(system(cmd) == 0, "%s: halo info", what);
+    snprintf(path, sizeof path, "%s/info%d.txt", dir, arch);
+    char want_arch[96], want_n[64];
+    snprintf(want_arch, sizeof want_arch, "architecture %s", LLAMA_ARCH_CLASS[arch]);
+    snprintf(want_n, sizeof want_n, "parameters   %zu ", n_params);
+    CHECK(file_has(path, want_arch) && file_has(path, want_n) && file_has(path, "tokenizer    512 tokens"),
+          "%s: halo info names the architecture, %zu parameters and the tokenizer", what, n_params);
     snprintf(cmd, sizeof cmd, "%s/halo finetune --model %s --data %s --seq-len 32 --batch 2 --steps 4 --lr 1e-3 "
              "--threads 1 --val-count 4 --metrics %s/m%d.jsonl --out %s > %s/ft%d.log 2>&1", b && *b ? b : "build",
              model_dir, test_shared_path("data/text/tinystories_sample.txt"), dir, arch, out, dir, arch);

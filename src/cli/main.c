@@ -13,6 +13,7 @@ VERB(cmd_debug_step);
 VERB(cmd_generate);
 VERB(cmd_export);
 VERB(cmd_tokenize);
+VERB(cmd_info);
 
 static const struct { const char *name; halo_cmd_fn fn; const char *help; } VERBS[] = {
     {"demo", cmd_demo, "train a small Llama from scratch on a generated task and evaluate it"},
@@ -23,6 +24,7 @@ static const struct { const char *name; halo_cmd_fn fn; const char *help; } VERB
     {"generate", cmd_generate, "generate tokens from a model (greedy or sampled, with a KV cache)"},
     {"export", cmd_export, "write a checkpoint or model as a Hugging Face directory"},
     {"tokenize", cmd_tokenize, "encode text to ids or decode ids to text with a tokenizer.json"},
+    {"info", cmd_info, "what a model directory holds and where halo runs it (no weights loaded)"},
 };
 
 static void usage(void) {

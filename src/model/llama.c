@@ -100,14 +100,18 @@ static void add_param(llama_model *m, const char *name, const float *ptr, int nd
     p->no_decay = no_decay;
 }
 
+size_t llama_param_count(const llama_config *c) {
+    const size_t D = c->dim;
+    return (size_t)c->vocab_size * D + (size_t)c->n_layers * layer_numel(c) + D +
+           (c->tie_embeddings ? 0 : (size_t)c->vocab_size * D);
+}
+
 int llama_init(llama_model *m, const llama_config *cfg) {
     memset(m, 0, sizeof *m);
     if (llama_config_validate(cfg, "model config") != HALO_OK) return HALO_ERR;
     m->cfg = *cfg;
     const llama_config *c = &m->cfg;
-    size_t D = c->dim;
-    m->n_params = (size_t)c->vocab_size * D + (size_t)c->n_layers * layer_numel(c) + D +
-                  (c->tie_embeddings ? 0 : (size_t)c->vocab_size * D);
+    m->n_params = llama_param_count(c);
     m->params = xcalloc(m->n_params, sizeof(float));
     m->w.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));
     m->g.layers = xcalloc((size_t)c->n_layers, sizeof(llama_layer_weights));

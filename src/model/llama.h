@@ -59,6 +59,8 @@ typedef struct {
     struct llama_lora *lora;    // NULL: no adapters; else the base weights are frozen (no weight gradients)
 } llama_model;
 
+// The parameter count of a model of config c (without allocating it).
+size_t llama_param_count(const llama_config *c);
 // Allocates parameters for `cfg` (zeroed) and builds the tensor table.
 int llama_init(llama_model *m, const llama_config *cfg);
 // Fills parameters like HF's init: normal(0, 0.02) for matrices, ones for norms; seeded.
