@@ -46,14 +46,8 @@ static int export_adapter_merged(const char *adapter, const char *base_dir, cons
     int rc = llama_lora_load(&m, adapter);
     model_halo_config hc;
     int has_hc = 0;
-    char *hp = halo_path_join(adapter, "halo_config.json"), *text = NULL;
-    if (rc == HALO_OK && halo_file_exists(hp)) {
-        rc = halo_read_file(hp, &text, NULL);
-        if (rc == HALO_OK) rc = model_halo_config_from_json(text, hp, &hc);
-        has_hc = rc == HALO_OK && hc.prec != HALO_PREC_FP32;
-        free(text);
-    }
-    free(hp);
+    if (rc == HALO_OK) rc = halo_config_read(adapter, &hc, &has_hc);
+    has_hc = has_hc && rc == HALO_OK && hc.prec != HALO_PREC_FP32;
     if (rc == HALO_OK) {
         if (has_hc)
             fprintf(stderr, "halo export: note: %s trained under HALO: the merged weights' quantized forward is not the "

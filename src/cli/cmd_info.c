@@ -96,16 +96,14 @@ int cmd_info(int argc, char **argv) {
         printf("tokenizer    none usable (%s)\n", halo_error());
         halo_clear_error();
     }
-    char *hc_path = halo_path_join(dir, "halo_config.json"), *text = NULL;
     model_halo_config hc;
-    if (halo_file_exists(hc_path) && halo_read_file(hc_path, &text, NULL) == HALO_OK &&
-        model_halo_config_from_json(text, hc_path, &hc) == HALO_OK) {
+    int has_hc;
+    if (halo_config_read(dir, &hc, &has_hc) == HALO_OK && has_hc) {
         char d[256];
         model_halo_describe(&hc, c.n_layers, d, sizeof d);
         printf("precision    %s (halo_config.json)\n", d);
     }
     halo_clear_error();
-    free(text); free(hc_path);
 #ifdef HALO_CUDA
     printf("GPU          %s\n", llama_cuda_variant_ok(&c) ? "the GPU model runs this architecture" : LLAMA_CUDA_NO_BIAS);
 #else

@@ -135,14 +135,13 @@ int halo_common_apply(halo_common_opts *o, llama_model *m) {
 
 int halo_common_apply_dir(halo_common_opts *o, llama_model *m, const char *model_dir) {
     if (!o->given && model_dir) {
-        char *p = halo_path_join(model_dir, "halo_config.json"), *text;
-        if (halo_file_exists(p)) {
-            int rc = halo_read_file(p, &text, NULL);
-            if (rc == HALO_OK) { rc = model_halo_config_from_json(text, p, &o->hc); free(text); }
-            if (rc != HALO_OK) { free(p); return HALO_ERR; }
+        int found;
+        if (halo_config_read(model_dir, &o->hc, &found) != HALO_OK) return HALO_ERR;
+        if (found) {
+            char *p = halo_path_join(model_dir, "halo_config.json");
             fprintf(stderr, "halo: using the precision recorded in %s\n", p);
+            free(p);
         }
-        free(p);
     }
     return halo_common_apply(o, m);
 }
@@ -194,6 +193,18 @@ int halo_config_write(const model_halo_config *hc, const char *dir) {
     const void *parts[1] = {json};
     int rc = halo_write_file_atomic(p, parts, &n, 1);
     free(json); free(p);
+    return rc;
+}
+
+int halo_config_read(const char *dir, model_halo_config *hc, int *found) {
+    char *p = halo_path_join(dir, "halo_config.json"), *text = NULL;
+    int rc = HALO_OK;
+    *found = halo_file_exists(p);
+    if (*found) {
+        rc = halo_read_file(p, &text, NULL);
+        if (rc == HALO_OK) rc = model_halo_config_from_json(text, p, hc);
+    }
+    free(text); free(p);
     return rc;
 }
 

@@ -40,6 +40,9 @@ int cli_load_model(llama_model *m, const char *model_dir, const char *adapter, h
 // Writes DIR/halo_config.json when HALO is on for the model.
 int halo_common_save(const halo_common_opts *o, const llama_model *m, const char *dir);
 int halo_config_write(const model_halo_config *hc, const char *dir);   // DIR/halo_config.json of hc
+// Reads DIR/halo_config.json into hc when it exists (*found then 1; hc untouched and *found 0 without one); an
+// unreadable or invalid file is an error naming it.
+int halo_config_read(const char *dir, model_halo_config *hc, int *found);
 void halo_common_usage(void);
 
 // Consumes argv[*i] if it is a dataset option shared by finetune and eval: --preset, --prompt-template,
