@@ -470,18 +470,14 @@ int cmd_finetune(int argc, char **argv) {
         if (rc == HALO_OK && use_cuda) rc = trainer_use_cuda(&t, &gmem);   // uploads the resumed weights and moments
     }
     if (rc == HALO_OK && resume && o.ckpt_dir && lead) {   // another timeline's later checkpoints in the folder
-        char latest[4096];
-        llama_config lc_cfg;
-        checkpoint_meta lm;
-        if (checkpoint_find_latest(o.ckpt_dir, latest, sizeof latest) == HALO_OK &&
-            checkpoint_read_meta(latest, &lc_cfg, &lm) == HALO_OK) {
-            if (lm.step > t.step)
-                fprintf(stderr, "halo finetune: note: %s holds checkpoints past step %d from an earlier run (up to %s); "
-                        "this run overwrites them as it reaches their steps, and until then --resume %s picks the "
-                        "earlier run's newest\n", o.ckpt_dir, t.step, latest, o.ckpt_dir);
-            checkpoint_meta_free(&lm);
+        const int64_t latest_step = checkpoint_latest_step(o.ckpt_dir);
+        if (latest_step > t.step) {
+            char latest[4096];
+            checkpoint_path(latest, sizeof latest, o.ckpt_dir, latest_step);
+            fprintf(stderr, "halo finetune: note: %s holds checkpoints past step %d from an earlier run (up to %s); "
+                    "this run overwrites them as it reaches their steps, and until then --resume %s picks the "
+                    "earlier run's newest\n", o.ckpt_dir, t.step, latest, o.ckpt_dir);
         }
-        halo_clear_error();
     }
     if (rc == HALO_OK && (early_stop || export_best) && dataset_size(ds, DATASET_VAL) == 0)
         rc = halo_fail("%s: no validation examples to compare (--val FILE, --val-fraction or --val-count)",

@@ -296,14 +296,22 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int checkpoint_find_latest(const char *dir, char *buf, size_t cap) {
+int64_t checkpoint_latest_step(const char *dir) {
     int n;
-    int64_t *steps = list_steps(dir, &n);
-    if (!steps) return halo_fail("checkpoint folder %s cannot be read", dir);
-    if (n == 0) { free(steps); return halo_fail("checkpoint folder %s holds no step_*.safetensors", dir); }
-    int64_t best = steps[0];
-    for (int i = 1; i < n; i++) if (steps[i] > best) best = steps[i];
+    int64_t *steps = list_steps(dir, &n), best = -1;
+    for (int i = 0; i < n; i++) if (steps[i] > best) best = steps[i];
     free(steps);
+    return best;
+}
+
+int checkpoint_find_latest(const char *dir, char *buf, size_t cap) {
+    int64_t best = checkpoint_latest_step(dir);
+    if (best < 0) {
+        DIR *d = opendir(dir);
+        if (!d) return halo_fail("checkpoint folder %s cannot be read", dir);
+        closedir(d);
+        return halo_fail("checkpoint folder %s holds no step_*.safetensors", dir);
+    }
     checkpoint_path(buf, cap, dir, best);
     return HALO_OK;
 }

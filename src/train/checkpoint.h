@@ -37,6 +37,7 @@ void checkpoint_meta_free(checkpoint_meta *meta);
 void checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step);
 // Newest step_*.safetensors in dir (highest step). HALO_ERR naming the folder when there is none.
 int checkpoint_find_latest(const char *dir, char *buf, size_t cap);
+int64_t checkpoint_latest_step(const char *dir);   // the newest step_*.safetensors step in DIR; -1 when none
 // After the checkpoint of step `current` was written: deletes the oldest checkpoints of earlier steps in dir until
 // `keep` remain up to and including `current` (keep <= 0: nothing). Later steps (an earlier run's, left by a resume
 // from before them) are never deleted, nor is `current`.
