@@ -29,20 +29,23 @@ int cli_device_auto(const halo_common_opts *co, const char *model_dir, const cha
     if (cuda_device_count() <= 0) return 0;
     char gpu_why[256];
     const char *why = NULL;
-    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) why = gpu_why;   // a GPU this build cannot run on
+    int can_insist = 1;   // whether --device cuda would run it (not for an unusable GPU or an untested variant)
+    if (!cuda_device_usable(gpu_why, sizeof gpu_why)) why = gpu_why, can_insist = 0;   // a GPU this build cannot run on
     else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
     else if (model_dir) {   // (a config.json that does not load is the model loader's to report)
         char *p = halo_path_join(model_dir, "config.json");
         llama_config c;
-        if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c))
+        if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c)) {
             why = "the GPU model does not run this architecture's additions yet (written, not yet tested on a GPU: "
                   "HALO_CUDA_VARIANTS=1 --device cuda tries them)";
+            can_insist = 0;
+        }
         free(p);
         halo_clear_error();
     }
     if (!why) return 1;
     fprintf(stderr, "halo %s: a GPU is present, but %s: running on the CPU%s\n", verb, why,
-            why == gpu_why || strstr(why, "HALO_CUDA_VARIANTS") ? "" : " (--device cuda to insist)");
+            can_insist ? " (--device cuda to insist)" : "");
     return 0;
 #else
     (void)co; (void)verb;
