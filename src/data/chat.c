@@ -158,30 +158,29 @@ static int builtin_check(const data_msg *msgs, int n) {
     return HALO_OK;
 }
 
-int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
-                            const data_msg *msgs, int n, data_str *out) {
+// The first n messages in a built-in format, with the assistant header after them when gen_prompt.
+static int render_builtin(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                          const data_msg *msgs, int n, bool gen_prompt, data_str *out) {
     data_str_clear(out);
     data_str_append(out, "", 0);
-    if (data_chat_check(msgs, n) || builtin_check(msgs, n)) return HALO_ERR;
     switch (fmt) {
-    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n - 1, true, out); return HALO_OK;
-    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n - 1, true, out);
-    case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n - 1, out);
+    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n, gen_prompt, out); return HALO_OK;
+    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n, gen_prompt, out);
+    case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n, out);
     default: return halo_fail("internal: chat format not resolved");
     }
 }
 
+int data_chat_render_prompt(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
+                            const data_msg *msgs, int n, data_str *out) {
+    if (data_chat_check(msgs, n) || builtin_check(msgs, n)) return HALO_ERR;
+    return render_builtin(fmt, plain_tmpl, bos_text, eos_text, msgs, n - 1, true, out);
+}
+
 int data_chat_render_history(dataset_chat fmt, const char *plain_tmpl, const char *bos_text, const char *eos_text,
                              const data_msg *msgs, int n, data_str *out) {
-    data_str_clear(out);
-    data_str_append(out, "", 0);
     if (builtin_check(msgs, n)) return HALO_ERR;
-    switch (fmt) {
-    case DATASET_CHAT_LLAMA3: render_llama3(bos_text, msgs, n, false, out); return HALO_OK;
-    case DATASET_CHAT_LLAMA2: return render_llama2(bos_text, eos_text, msgs, n, false, out);
-    case DATASET_CHAT_PLAIN: return render_plain(plain_tmpl, bos_text, msgs, n, out);
-    default: return halo_fail("internal: chat format not resolved");
-    }
+    return render_builtin(fmt, plain_tmpl, bos_text, eos_text, msgs, n, false, out);
 }
 
 int data_chat_template_is_llama3(const char *tmpl, const char *bos, const char *eos) {
