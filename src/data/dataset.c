@@ -231,52 +231,46 @@ static int history_spans(loader *ld, const data_msg *m, int n, size_t *spans) {
                                           &ld->hh);
         halo_clear_error();
         if (rc || ld->hp.n < at || ld->hh.n < ld->hp.n || ld->hh.n > ld->prompt.n ||
-            memcmp(ld->hh.p, ld->hp.p, ld->hp.n) || memcmp(ld->prompt.p, ld->hh.p, ld->hh.n)) {
-            ld->ds->st.n_history_untrained++;
+            memcmp(ld->hh.p, ld->hp.p, ld->hp.n) || memcmp(ld->prompt.p, ld->hh.p, ld->hh.n))
             return -1;
-        }
         if (ld->hh.n > ld->hp.n) { spans[2 * k] = ld->hp.n; spans[2 * k + 1] = ld->hh.n; k++; }
         at = ld->hh.n;
     }
     return k;
 }
 
-// Encodes ld->prompt.p[from..) into ids as one text (the tokens training and inference see), and with k spans the
-// tokens of each span into the loss (*in_loss, grown with ids): a span's tokens lie between the lengths of its two
-// ends' prefixes encoded alone, when those are prefixes of the whole encoding. A tokenizer that encodes some prefix
-// differently (a SentencePiece-style "▁" before a word that continues it) leaves *in_loss NULL: the caller trains the
-// last turn only. Returns 1 in that case, 0 when the spans were marked or k == 0, HALO_ERR on a failure.
-static int encode_prompt_spans(loader *ld, size_t from, const size_t *spans, int k, int32_t **ids, size_t *n,
-                               size_t *cap, uint8_t **in_loss) {
-    const size_t base = *n;
-    if (encode_into(ld, ld->prompt.p + from, ld->prompt.n - from, ids, n, cap)) return HALO_ERR;
-    if (!k) return 0;
-    *in_loss = xrealloc(*in_loss, *cap);
-    memset(*in_loss + base, 0, *n - base);
+// The loss mask of a conversation whose ids[base..n_prompt) encode ld->prompt.p[from..) as one text (the tokens
+// training and inference see) and whose ids[n_prompt..k) are the answer: the answer and, per history_spans, the
+// earlier assistant turns. A span's tokens lie between the lengths of its two ends' prefixes encoded alone, when those
+// are prefixes of the whole encoding. *in_loss stays NULL (the loss from n_prompt on) without such turns, and when a
+// rendering or the tokenizer moves a turn's boundary (a SentencePiece-style "▁" before a word that continues it): then
+// the last turn trains alone, counted in the stats.
+static int history_loss(loader *ld, const data_msg *m, int n, size_t from, const int32_t *ids, size_t base,
+                        size_t n_prompt, size_t k, uint8_t **in_loss) {
+    *in_loss = NULL;
+    size_t *spans = xmalloc(sizeof(size_t) * 2 * (size_t)n), at[2];
+    const int n_spans = history_spans(ld, m, n, spans);
     int32_t *pre = NULL;
-    size_t np = 0, pcap = 0, at[2];
-    int rc = 0;
-    for (int i = 0; i < k && !rc; i++) {
-        for (int end = 0; end < 2 && !rc; end++) {   // token counts of the span's two ends
+    size_t np, pcap = 0;
+    int moved = n_spans < 0, rc = HALO_OK;
+    uint8_t *mask = n_spans > 0 ? xcalloc(k, 1) : NULL;
+    for (int i = 0; i < n_spans && !moved && !rc; i++) {
+        for (int end = 0; end < 2 && !moved; end++) {   // token counts of the span's two ends
             np = 0;
             const size_t upto = spans[2 * i + end];
-            if (upto < from) { rc = 1; break; }
-            if (encode_into(ld, ld->prompt.p + from, upto - from, &pre, &np, &pcap)) { free(pre); return HALO_ERR; }
-            if (base + np > *n || memcmp(pre, *ids + base, np * sizeof *pre)) rc = 1;
+            if (upto < from) { moved = 1; break; }
+            if ((rc = encode_into(ld, ld->prompt.p + from, upto - from, &pre, &np, &pcap))) break;
+            if (base + np > n_prompt || memcmp(pre, ids + base, np * sizeof *pre)) moved = 1;
             at[end] = base + np;
         }
-        if (!rc) memset(*in_loss + at[0], 1, at[1] - at[0]);
+        if (!moved && !rc) memset(mask + at[0], 1, at[1] - at[0]);
     }
-    free(pre);
-    if (rc) { free(*in_loss); *in_loss = NULL; }
-    return rc;
-}
-
-// The answer's ids from `from` on into the loss (a conversation with earlier turns in the loss).
-static void mark_answer(uint8_t **in_loss, size_t from, size_t n, size_t cap) {
-    if (!*in_loss) return;
-    *in_loss = xrealloc(*in_loss, cap);
-    memset(*in_loss + from, 1, n - from);
+    free(pre); free(spans);
+    if (moved) ld->ds->st.n_history_untrained++;
+    if (moved || rc) { free(mask); return rc; }
+    if (mask) memset(mask + n_prompt, 1, k - n_prompt);
+    *in_loss = mask;
+    return HALO_OK;
 }
 
 // With the model's chat template, as TRL does for prompt/completion data: the prompt is the conversation without its
@@ -294,16 +288,13 @@ static int add_conv_template(loader *ld, const data_msg *m, int n, int64_t line)
     if (ld->full.n == ld->prompt.n) return halo_fail("the chat template renders nothing for the answer"), BAD;
     int32_t *ids = NULL;
     uint8_t *in_loss = NULL;
-    size_t k = 0, cap = 0, *spans = xmalloc(sizeof(size_t) * 2 * (size_t)n);
-    const int n_spans = history_spans(ld, m, n, spans);
-    int rc = encode_prompt_spans(ld, 0, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
-    free(spans);
-    if (rc == 1) { ld->ds->st.n_history_untrained++; rc = HALO_OK; }   // the tokenizer moved a span's boundary
-    size_t n_prompt = k;
-    if (rc || encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap)) {
-        free(ids); free(in_loss); return HALO_ERR;
+    size_t k = 0, cap = 0;
+    if (encode_into(ld, ld->prompt.p, ld->prompt.n, &ids, &k, &cap)) { free(ids); return HALO_ERR; }
+    const size_t n_prompt = k;
+    if (encode_into(ld, ld->full.p + ld->prompt.n, ld->full.n - ld->prompt.n, &ids, &k, &cap) ||
+        history_loss(ld, m, n, 0, ids, 0, n_prompt, k, &in_loss)) {
+        free(ids); return HALO_ERR;
     }
-    mark_answer(&in_loss, n_prompt, k, cap);
     return push_conv_example(ld, ids, k, n_prompt, data_strip_dup(m[n - 1].content), line, in_loss);
 }
 
@@ -317,20 +308,17 @@ static int add_conv(loader *ld, const data_msg *m, int n, int64_t line) {
     char *answer = data_strip_dup(m[n - 1].content);
     int32_t *ids = NULL;
     uint8_t *in_loss = NULL;
-    size_t k = 0, cap = 0, *spans = xmalloc(sizeof(size_t) * 2 * (size_t)n);
-    size_t skip = strlen(ld->bos_text);
-    const int n_spans = history_spans(ld, m, n, spans);
+    size_t k = 0, cap = 0;
+    const size_t skip = strlen(ld->bos_text);   // the prompt's BOS text is the BOS id
     if (ld->enc->bos_id >= 0) push_id(&ids, &k, &cap, ld->enc->bos_id);
-    if (n_spans > 0) in_loss = xcalloc(cap, 1);   // (the BOS position: not in the loss)
-    int rc = encode_prompt_spans(ld, skip, spans, n_spans > 0 ? n_spans : 0, &ids, &k, &cap, &in_loss);
-    free(spans);
-    if (rc == 1) { ld->ds->st.n_history_untrained++; rc = HALO_OK; }
-    size_t n_prompt = k;
-    if (rc || encode_into(ld, answer, strlen(answer), &ids, &k, &cap)) {
-        free(ids); free(in_loss); free(answer); return HALO_ERR;
+    const size_t base = k;
+    int rc = encode_into(ld, ld->prompt.p + skip, ld->prompt.n - skip, &ids, &k, &cap);
+    const size_t n_prompt = k;
+    if (!rc) rc = encode_into(ld, answer, strlen(answer), &ids, &k, &cap);
+    if (!rc && ld->eot_id >= 0) push_id(&ids, &k, &cap, ld->eot_id);
+    if (rc || history_loss(ld, m, n, skip, ids, base, n_prompt, k, &in_loss)) {
+        free(ids); free(answer); return HALO_ERR;
     }
-    if (ld->eot_id >= 0) push_id(&ids, &k, &cap, ld->eot_id);
-    mark_answer(&in_loss, n_prompt, k, cap);
     return push_conv_example(ld, ids, k, n_prompt, answer, line, in_loss);
 }
 
