@@ -47,15 +47,6 @@ static int check_config(const lora_config *c, const char *where) {
     return HALO_OK;
 }
 
-static int out_features(const llama_config *c, int kind) {
-    switch (kind) {
-    case LIN_Q: return c->n_heads * c->head_dim;
-    case LIN_K: case LIN_V: return c->n_kv_heads * c->head_dim;
-    case LIN_GATE: case LIN_UP: return c->hidden_dim;
-    default: return c->dim;   // o, down
-    }
-}
-
 // splitmix64 finalizer: one well-mixed u64 per (key, linear, element)
 static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -83,10 +74,12 @@ int llama_lora_enable(llama_model *m, const lora_config *c, uint64_t seed) {
     if (m->cfg.arch == ARCH_PHI3 && (c->kinds & fused))   // PEFT adapts Phi-3's fused qkv_proj / gate_up_proj whole
         return halo_fail("LoRA on Phi-3: its q, k, v and gate, up are fused tensors (qkv_proj, gate_up_proj), which "
                          "the adapters here do not cover; use --lora-linears o,down (or full fine-tuning)");
-    for (int k = 0; k < LIN_COUNT; k++)   // a rank above min(in, out) adds parameters and no expressiveness
-        if ((c->kinds & (1u << k)) && (c->rank > model_linear_in_features(&m->cfg, k) || c->rank > out_features(&m->cfg, k)))
-            return halo_fail("LoRA rank %d exceeds %s's smaller dimension (in %d, out %d)", c->rank, LLAMA_LINEAR_NAMES[k],
-                             model_linear_in_features(&m->cfg, k), out_features(&m->cfg, k));
+    for (int k = 0; k < LIN_COUNT; k++) {   // a rank above min(in, out) adds parameters and no expressiveness
+        const int in = model_linear_in_features(&m->cfg, k), out = model_linear_out_features(&m->cfg, k);
+        if ((c->kinds & (1u << k)) && (c->rank > in || c->rank > out))
+            return halo_fail("LoRA rank %d exceeds %s's smaller dimension (in %d, out %d)", c->rank,
+                             LLAMA_LINEAR_NAMES[k], in, out);
+    }
     llama_lora_free(m);
     const int L = m->cfg.n_layers, r = c->rank;
     struct llama_lora *a = xcalloc(1, sizeof *a);
@@ -101,7 +94,7 @@ int llama_lora_enable(llama_model *m, const lora_config *c, uint64_t seed) {
         for (int k = 0; k < LIN_COUNT; k++) {
             a->a_of[l * LIN_COUNT + k] = -1;
             if (!(c->kinds & (1u << k))) continue;
-            const int in = model_linear_in_features(&m->cfg, k), out = out_features(&m->cfg, k);
+            const int in = model_linear_in_features(&m->cfg, k), out = model_linear_out_features(&m->cfg, k);
             a->a_of[l * LIN_COUNT + k] = a->n_table;
             for (int ab = 0; ab < 2; ab++) {
                 llama_param *p = &a->table[a->n_table++];
