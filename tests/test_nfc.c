@@ -96,6 +96,14 @@ static void hand_cases(void) {
     CHECK(nfc_normalize(bad, sizeof bad - 1, &got, &gn) == 0 && gn == sizeof bad - 1 && !memcmp(got, bad, gn),
           "invalid bytes pass through unchanged (and e + 0xFF + acute does not compose)");
     free(got);
+    // overlong, surrogate, above U+10FFFF and truncated sequences are invalid bytes too, each passed through
+    const char *odd[] = {"\xC0\x80\xCC\x81", "\xED\xA0\x80\xCC\x81", "\xF5\x80\x80\x80", "\xE0\x80\xAF", "a\xF0\x9F\x98"};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        const size_t n = strlen(odd[i]);
+        CHECK(nfc_normalize(odd[i], n, &got, &gn) == 0 && gn == n && !memcmp(got, odd[i], n),
+              "ill-formed UTF-8 case %zu passes through unchanged", i);
+        free(got);
+    }
     CHECK(!nfc_may_change("plain ASCII, Latin-1 \xC3\xA9", 24) && nfc_may_change("e\xCC\x81", 3),
           "nfc_may_change: only text with a code point at or above U+0300");
 }

@@ -2,6 +2,7 @@
 // non-starters by combining class (stable), then compose each character with the last starter when no character
 // of the same or a higher class sits between them (Unicode's canonical composition algorithm, UAX #15).
 #include "tokenizer/nfc.h"
+#include "tokenizer/tok_internal.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,32 +48,16 @@ static uint32_t compose(uint32_t a, uint32_t b) {
 
 // One code point from s[*i..n) (advancing *i), or RAW_BYTE | byte for an invalid sequence (one byte consumed).
 static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *i) {
-    unsigned char c = s[*i];
-    int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (len == 1) { (*i)++; return c; }
-    if (len == 0 || *i + len > n) { (*i)++; return RAW_BYTE | c; }
-    uint32_t cp = c & (0x7F >> len);
-    for (int k = 1; k < len; k++) {
-        if ((s[*i + k] & 0xC0) != 0x80) { (*i)++; return RAW_BYTE | c; }
-        cp = cp << 6 | (s[*i + k] & 0x3F);
-    }
-    static const uint32_t min_of[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_of[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) { (*i)++; return RAW_BYTE | c; }
-    *i += len;
+    uint32_t cp;
+    const int k = tok_utf8_next(s + *i, n - *i, &cp);
+    if (cp == TOK_BAD_CP) cp = RAW_BYTE | s[*i];
+    *i += (size_t)k;
     return cp;
 }
 
 static size_t utf8_put(char *o, uint32_t cp) {
     if (cp & RAW_BYTE) { o[0] = (char)(cp & 0xFF); return 1; }
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | (cp >> 6 & 0x3F)); o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | (cp >> 12 & 0x3F)); o[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
+    return (size_t)tok_utf8_put(cp, o);
 }
 
 int nfc_may_change(const char *s, size_t n) {
