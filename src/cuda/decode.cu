@@ -233,7 +233,7 @@ extern "C" int cuda_decoder_init_host(cuda_decoder **out, const llama_model *hos
     if (dec_common(out, c, max_seqs, max_len, max_rows) != HALO_OK) return HALO_ERR;
     cuda_decoder *d = *out;
     size_t D = c->dim, F = c->hidden_dim, V = c->vocab_size, Q = d->Q, KV = d->KV;
-    const int has_b = (c->bias_kinds & 0x7) != 0, has_n = c->qk_norm != 0;
+    const int has_b = (c->bias_kinds & BIAS_QKV) != 0, has_n = c->qk_norm != 0;
     size_t per_layer = al(D) + al((Q + 2 * KV) * D) + al(D * Q) + al(D) + al(2 * F * D) + al(D * F) +
                        (has_b ? al(Q + 2 * KV) : 0) + (has_n ? 2 * al(c->head_dim) : 0);
     size_t total = per_layer * c->n_layers + al(V * D) * (c->tie_embeddings ? 1 : 2) + al(D);

@@ -273,7 +273,7 @@ static void layout_build(llama_cuda *g, const llama_model *host) {
     // the variants' vectors after the norms (in the range zero_grads clears; no weight decay by default)
     for (int l = 0; l < c->n_layers; l++) {
         const llama_layer_weights *W = host ? &host->w.layers[l] : NULL;
-        if (c->bias_kinds & 0x7) {   // q, k, v biases adjacent: one vector over the fused product's columns
+        if (c->bias_kinds & BIAS_QKV) {   // q, k, v biases adjacent: one vector over the fused product's columns
             g->L[l].bqkv = cur;
             add_slot(g, &cur, qd, W ? HOFF(W->bias[LIN_Q]) : -1, 0, 0);
             add_slot(g, &cur, kvd, W ? HOFF(W->bias[LIN_K]) : -1, 0, 0);
@@ -1014,7 +1014,7 @@ static void halo_teardown(llama_cuda *g) {
 extern "C" int llama_cuda_variant_ok(const llama_config *c) {
     if (!c->bias_kinds && !c->qk_norm && !c->nope[0] && !c->nope[1]) return 1;
     const char *e = getenv("HALO_CUDA_VARIANTS");   // written, not yet run on a GPU: off unless asked for
-    return e && *e == '1' && (c->bias_kinds == 0 || c->bias_kinds == 0x7) && c->head_dim <= 256;
+    return e && *e == '1' && (c->bias_kinds == 0 || c->bias_kinds == BIAS_QKV) && c->head_dim <= 256;
 }
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
@@ -1083,7 +1083,7 @@ extern "C" int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg,
     }
     for (int l = 0; l < cfg->n_layers; l++) {   // as HF initializes them: biases 0, q/k norm weights 1
         const layer_offs *lo = &g->L[l];
-        if (cfg->bias_kinds & 0x7) k_fill<<<cdiv(g->QKV, 256), 256, 0, g->st>>>(g->master + lo->bqkv, g->QKV, 0.f);
+        if (cfg->bias_kinds & BIAS_QKV) k_fill<<<cdiv(g->QKV, 256), 256, 0, g->st>>>(g->master + lo->bqkv, g->QKV, 0.f);
         if (cfg->qk_norm) {
             k_fill<<<1, 256, 0, g->st>>>(g->master + lo->q_norm, cfg->head_dim, 1.f);
             k_fill<<<1, 256, 0, g->st>>>(g->master + lo->k_norm, cfg->head_dim, 1.f);
@@ -1242,7 +1242,7 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
                                                          c->norm_eps, aq, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
     group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, x_flag(aq));
-    if (c->bias_kinds & 0x7)   // Qwen2
+    if (c->bias_kinds & BIAS_QKV)   // Qwen2
         PROF(g, PR_MM_F, cuda_bias_rows_add((halo_bf16 *)A->qkv, g->QKV, W + o->bqkv, N, g->QKV, s));
     if (c->qk_norm)   // Qwen3: each q and k head normalized before RoPE (its input and scales kept for backward)
         PROF(g, PR_NORM_F, cuda_head_rmsnorm_forward((halo_bf16 *)A->qkv, g->QKV, (halo_bf16 *)A->qk_raw, A->qk_rstd,
@@ -1407,7 +1407,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
         PROF(g, PR_NORM_B, cuda_head_rmsnorm_backward((halo_bf16 *)g->dqkv, g->QKV, (const halo_bf16 *)A->qk_raw,
                                                       A->qk_rstd, W + o->q_norm, W + o->k_norm, gradw(g, o->q_norm),
                                                       gradw(g, o->k_norm), N, Hq, Hkv, hd, s));
-    if ((c->bias_kinds & 0x7) && gradw(g, o->bqkv))
+    if ((c->bias_kinds & BIAS_QKV) && gradw(g, o->bqkv))
         PROF(g, PR_MM_DW, cuda_bias_grad(gradw(g, o->bqkv), (const halo_bf16 *)g->dqkv, g->QKV, N, g->QKV, s));
     if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
@@ -1790,7 +1790,7 @@ extern "C" void llama_cuda_weights(llama_cuda *g, llama_cuda_weight_ptrs *out) {
         const layer_offs *o = &g->L[l];
         out->layers[l] = (llama_cuda_layer_ptrs){W + o->attn_norm, W + o->wqkv, W + o->wo, W + o->ffn_norm,
                                                  W + o->wgu, W + o->wdown,
-                                                 g->c.bias_kinds & 0x7 ? W + o->bqkv : NULL,
+                                                 g->c.bias_kinds & BIAS_QKV ? W + o->bqkv : NULL,
                                                  g->c.qk_norm ? W + o->q_norm : NULL, g->c.qk_norm ? W + o->k_norm : NULL};
     }
     out->stream = g->st;

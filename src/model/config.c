@@ -182,10 +182,10 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
     }
     c->qk_norm = c->arch == ARCH_QWEN3;
     // biases (1 << llama_linear_kind: q 0, k 1, v 2, o 3, gate 4, up 5, down 6)
-    if (c->arch == ARCH_QWEN2) c->bias_kinds = 0x7;   // always: Qwen2's config has no key for them
+    if (c->arch == ARCH_QWEN2) c->bias_kinds = BIAS_QKV;   // always: Qwen2's config has no key for them
     else {
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"))) c->bias_kinds |= 0xF;
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias"))) c->bias_kinds |= 0x70;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"))) c->bias_kinds |= BIAS_ATTENTION;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias"))) c->bias_kinds |= BIAS_MLP;
     }
     if (err == HALO_OK && c->arch != ARCH_LLAMA && c->arch != ARCH_MISTRAL && c->arch != ARCH_PHI3 &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
@@ -272,8 +272,8 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     cJSON_AddStringToObject(r, "hidden_act", "silu");
     cJSON_AddBoolToObject(r, "tie_word_embeddings", c->tie_embeddings);
     if (c->arch != ARCH_QWEN2) {   // Qwen2's q, k, v biases are its architecture, not a key
-        cJSON_AddBoolToObject(r, "attention_bias", (c->bias_kinds & 0xF) != 0);
-        cJSON_AddBoolToObject(r, "mlp_bias", (c->bias_kinds & 0x70) != 0);
+        cJSON_AddBoolToObject(r, "attention_bias", (c->bias_kinds & BIAS_ATTENTION) != 0);
+        cJSON_AddBoolToObject(r, "mlp_bias", (c->bias_kinds & BIAS_MLP) != 0);
     }
     if (c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3 || c->arch == ARCH_SMOLLM3) {
         cJSON_AddBoolToObject(r, "use_sliding_window", 0);

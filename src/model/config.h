@@ -14,6 +14,10 @@ extern const char *const LLAMA_ARCH_CLASS[ARCH_COUNT];   // "LlamaForCausalLM", 
 extern const char *const LLAMA_ARCH_TYPE[ARCH_COUNT];    // model_type: "llama", ...
 enum { LLAMA_MAX_NOPE_LAYERS = 128 };
 
+// llama_config.bias_kinds masks (bit 1 << llama_linear_kind): Qwen2's q, k, v; Llama's attention_bias (q, k, v,
+// o) and mlp_bias (gate, up, down)
+enum { BIAS_QKV = 0x7, BIAS_ATTENTION = 0xF, BIAS_MLP = 0x70 };
+
 typedef struct {
     int vocab_size;
     int dim;            // hidden_size

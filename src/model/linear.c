@@ -76,6 +76,8 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     return HALO_OK;
 }
 
+_Static_assert(BIAS_QKV == (1 << LIN_Q | 1 << LIN_K | 1 << LIN_V) && BIAS_ATTENTION == (BIAS_QKV | 1 << LIN_O) &&
+               BIAS_MLP == (1 << LIN_GATE | 1 << LIN_UP | 1 << LIN_DOWN), "config.h's bias masks follow llama_linear_kind");
 int model_linear_in_features(const llama_config *c, int kind) {
     return kind == LIN_O ? c->n_heads * c->head_dim : kind == LIN_DOWN ? c->hidden_dim : c->dim;
 }
