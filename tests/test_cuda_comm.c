@@ -165,20 +165,13 @@ static void check_broadcast(halo_comm *c, size_t bytes, int root) {
     free(mine); free(got);
 }
 
-static void set_stream(halo_comm *c, cudaStream_t s) {
-#ifdef HALO_NCCL
-    if (g_nccl) { halo_comm_nccl_set_stream(c, s); return; }
-#endif
-    halo_comm_staged_set_stream(c, s);
-}
-
 // One all-reduce on a non-blocking stream of the rank's own, then back to stream 0.
 static void check_other_stream(halo_comm *c) {
     cudaStream_t s = NULL;
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "rank %d cudaStreamCreate", c->rank);
-    set_stream(c, s);
+    halo_comm_set_stream(c, s);   // through the communicator's own op (NCCL's or the host-staged one)
     check_allreduce(c, 4099, HALO_F32, HALO_SUM, 9);
-    set_stream(c, 0);
+    halo_comm_set_stream(c, 0);
     cudaStreamDestroy(s);
 }
 
@@ -212,8 +205,9 @@ static int rank_main(halo_comm *local, void *arg) {
         }
     }
     const char *want = g_nccl ? "nccl" : "host-staged";
-    CHECK(c->rank == local->rank && c->world == local->world && strcmp(c->backend, want) == 0,
-          "rank %d: communicator says rank %d of %d, backend %s", local->rank, c->rank, c->world, c->backend);
+    CHECK(c->rank == local->rank && c->world == local->world && strcmp(c->backend, want) == 0 && c->set_stream &&
+          c->destroy, "rank %d: communicator says rank %d of %d, backend %s (set_stream, destroy: %d, %d)",
+          local->rank, c->rank, c->world, c->backend, c->set_stream != NULL, c->destroy != NULL);
     const size_t sizes[] = {1, 4097, ((size_t)1 << 20) + 3};
     int salt = 0;
     for (int k = 0; k < 3; k++)
@@ -237,10 +231,7 @@ static int rank_main(halo_comm *local, void *arg) {
     check_broadcast(c, 12345, c->world - 1);
     check_other_stream(c);
     check_errors(c);
-#ifdef HALO_NCCL
-    if (g_nccl) halo_comm_nccl_free(c);
-#endif
-    if (!g_nccl) halo_comm_staged_free(c);
+    halo_comm_destroy(c);
     printf("rank %d: %d checks ok, %d failed\n", local->rank, t_pass, t_fail);
     fflush(stdout);
     return t_fail ? 1 : 0;

@@ -151,6 +151,8 @@ static void nccl_abort(halo_comm *c) {
     ncclCommAbort(m->comm);
 }
 
+static void nccl_set_stream(halo_comm *c, void *stream) { impl_of(c)->stream = (cudaStream_t)stream; }
+
 // NVLink multicast off unless the environment asks for it (comm_nccl.h); NCCL reads its settings at its first use.
 static void nvls_off_by_default(void) { setenv("NCCL_NVLS_ENABLE", "0", 0); }
 
@@ -216,6 +218,8 @@ extern "C" halo_comm *halo_comm_nccl_create(int rank, int world, const void *uni
     c->broadcast = nccl_broadcast;
     c->barrier = nccl_barrier;
     c->abort = nccl_abort;
+    c->set_stream = nccl_set_stream;
+    c->destroy = halo_comm_nccl_free;
     c->impl = m;
     return c;
 }
@@ -242,7 +246,7 @@ extern "C" void halo_comm_nccl_free(halo_comm *c) {
 }
 
 extern "C" cudaStream_t halo_comm_nccl_stream(const halo_comm *c) { return impl_of(c)->stream; }
-extern "C" void halo_comm_nccl_set_stream(halo_comm *c, cudaStream_t stream) { impl_of(c)->stream = stream; }
+extern "C" void halo_comm_nccl_set_stream(halo_comm *c, cudaStream_t stream) { nccl_set_stream(c, stream); }
 
 // Sum over the ranks of `failed` through the host communicator (HALO_ERR when that collective itself fails).
 static int any_failed(halo_comm *local, int failed, int64_t *n_failed) {

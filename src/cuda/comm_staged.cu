@@ -140,6 +140,8 @@ static void staged_abort(halo_comm *c) {
     halo_comm_abort(m->local);
 }
 
+static void staged_set_stream(halo_comm *c, void *stream) { impl_of(c)->stream = (cudaStream_t)stream; }
+
 extern "C" halo_comm *halo_comm_staged_create(halo_comm *local, int device, cudaStream_t stream) {
     unsigned char *stage = NULL;
     cudaError_t e = cudaSetDevice(device);
@@ -170,6 +172,8 @@ extern "C" halo_comm *halo_comm_staged_create(halo_comm *local, int device, cuda
     c->broadcast = staged_broadcast;
     c->barrier = staged_barrier;
     c->abort = staged_abort;
+    c->set_stream = staged_set_stream;
+    c->destroy = halo_comm_staged_free;
     c->impl = m;
     return c;
 }
@@ -184,4 +188,4 @@ extern "C" void halo_comm_staged_free(halo_comm *c) {
     free(c);
 }
 
-extern "C" void halo_comm_staged_set_stream(halo_comm *c, cudaStream_t stream) { impl_of(c)->stream = stream; }
+extern "C" void halo_comm_staged_set_stream(halo_comm *c, cudaStream_t stream) { staged_set_stream(c, stream); }

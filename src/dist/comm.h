@@ -26,6 +26,11 @@ struct halo_comm {
     int (*broadcast)(halo_comm *c, void *buf, size_t bytes, int root);
     int (*barrier)(halo_comm *c);
     void (*abort)(halo_comm *c);
+    // Device backends (NCCL, host-staged; NULL for the host ones): the CUDA stream (a cudaStream_t) their collectives
+    // are enqueued on, and the end of a communicator they made (NCCL's is collective: every rank calls it unless the
+    // communicator was aborted first).
+    void (*set_stream)(halo_comm *c, void *stream);
+    void (*destroy)(halo_comm *c);
     void *impl;
 };
 
@@ -60,4 +65,6 @@ int halo_comm_local_aborted(halo_comm *c);
 halo_comm *halo_comm_single(void);
 
 static inline void halo_comm_abort(halo_comm *c) { if (c && c->abort) c->abort(c); }
+static inline void halo_comm_set_stream(halo_comm *c, void *stream) { if (c && c->set_stream) c->set_stream(c, stream); }
+static inline void halo_comm_destroy(halo_comm *c) { if (c && c->destroy) c->destroy(c); }
 #endif

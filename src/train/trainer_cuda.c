@@ -126,28 +126,12 @@ static int cu_allreduce_grads(trainer *t) {
     return HALO_OK;
 }
 
-// The device communicator is NCCL's (else the host-staged one).
-static int is_nccl(const halo_comm *dcomm) { return !strcmp(dcomm->backend, "nccl"); }
-
-// Ends the device communicator. NCCL's: finalized when every rank got here (the `local` barrier), aborted when the
-// run was aborted (a peer failed: finalizing would wait for it). The host-staged one holds nothing shared.
+// Ends the device communicator: finalized when every rank got here (the `local` barrier: NCCL's end is collective),
+// aborted when the run was aborted (a peer failed: finalizing would wait for it).
 static void dcomm_end(halo_comm *dcomm, halo_comm *local) {
     if (!dcomm) return;
-    if (!is_nccl(dcomm)) { halo_comm_staged_free(dcomm); return; }
-#ifdef HALO_NCCL
-    if (!local || local->barrier(local) != HALO_OK) dcomm->abort(dcomm);
-    halo_comm_nccl_free(dcomm);
-#else
-    (void)local;
-#endif
-}
-
-static void dcomm_set_stream(halo_comm *dcomm, cudaStream_t s) {
-    if (!dcomm) return;
-    if (!is_nccl(dcomm)) { halo_comm_staged_set_stream(dcomm, s); return; }
-#ifdef HALO_NCCL
-    halo_comm_nccl_set_stream(dcomm, s);
-#endif
+    if (!local || local->barrier(local) != HALO_OK) halo_comm_abort(dcomm);
+    halo_comm_destroy(dcomm);
 }
 
 static void cu_release(trainer *t) {
@@ -188,7 +172,7 @@ static int dcomm_for_ranks(trainer *t, halo_comm **out) {
     int rc = cuda_select_device(R % ngpu);
     if (rc == HALO_OK && !(*out = halo_comm_staged_create(t->comm, R % ngpu, 0))) rc = HALO_ERR;
     if (all_ranks_ok(t->comm, rc, "make their communicator") != HALO_OK) {
-        halo_comm_staged_free(*out);
+        halo_comm_destroy(*out);
         *out = NULL;
         return halo_fail_ctx("--device cuda, rank %d of %d: ", R, W);
     }
@@ -241,7 +225,7 @@ int trainer_use_cuda(trainer *t, const train_cuda_mem *mem) {
     }
     c->dcomm = dcomm;
     c->sharded = sharded;
-    dcomm_set_stream(dcomm, llama_cuda_stream(c->g));   // in order with the backward and AdamW
+    halo_comm_set_stream(dcomm, llama_cuda_stream(c->g));   // in order with the backward and AdamW
     c->h = (llama_cuda_adamw){.beta1 = (float)t->o.adamw.beta1, .beta2 = (float)t->o.adamw.beta2,
                               .eps = (float)t->o.adamw.eps, .weight_decay = (float)t->o.adamw.weight_decay,
                               .grad_clip = t->o.clip, .decay_all = t->o.adamw.decay_all};
