@@ -143,16 +143,26 @@ int main(void) {
     snprintf(path, sizeof path, "%s/two.log", dir);
     CHECK(file_has(path, "2 ranks") && file_has(path, "x2 accumulation over the ranks") && file_has(path, "exported"),
           "the 2-rank log says how the run is split and that it exported");
-    double ev[2];
-    for (int k = 0; k < 2; k++) {
-        snprintf(cmd, sizeof cmd, "%s eval --model %s/%s --data %s --task loss --seq-len 48 --batch 2 --val-count 4 "
-                 "--threads 1 > %s/ev%d.log 2>&1", bin, dir, k ? "two" : "one",
-                 test_shared_path("data/text/tinystories_sample.txt"), dir, k);
-        CHECK(system(cmd) == 0, "eval of export %d", k);
-        snprintf(path, sizeof path, "%s/ev%d.log", dir, k);
-        ev[k] = eval_loss(path);
-    }
-    CHECK(ev[0] > 0 && fabs(ev[1] - ev[0]) <= 1e-5 * ev[0], "exports evaluate to %.7f and %.7f", ev[1], ev[0]);
+    // The exports' weights agree to rounding, not bit for bit: accumulation adds micro-batch 2's embedding rows into
+    // micro-batch 1's, the ranks sum two separate ones (a last-bit difference, seen on one CPU and not another). The
+    // fp32 forward of the exports agrees to 1e-5; the quantized one (their halo_config.json: INT8 level 2) to what one
+    // int8 code flipped by that last bit moves (seen: 3.9e-4 on stories260K), so within 2e-3.
+    double ev[2][2];
+    for (int q = 0; q < 2; q++)
+        for (int k = 0; k < 2; k++) {
+            snprintf(cmd, sizeof cmd, "%s eval --model %s/%s --data %s --task loss --seq-len 48 --batch 2 --val-count 4 "
+                     "--threads 1 %s > %s/ev%d%d.log 2>&1", bin, dir, k ? "two" : "one",
+                     test_shared_path("data/text/tinystories_sample.txt"), q ? "" : "--precision fp32", dir, q, k);
+            CHECK(system(cmd) == 0, "eval of export %d (%s)", k, q ? "its HALO" : "fp32");
+            snprintf(path, sizeof path, "%s/ev%d%d.log", dir, q, k);
+            ev[q][k] = eval_loss(path);
+        }
+    CHECK(ev[0][0] > 0 && fabs(ev[0][1] - ev[0][0]) <= 1e-5 * ev[0][0], "exports evaluate (fp32) to %.7f and %.7f",
+          ev[0][1], ev[0][0]);
+    CHECK(ev[1][0] > 0 && fabs(ev[1][1] - ev[1][0]) <= 2e-3 * ev[1][0] && fabs(ev[1][0] - ev[0][0]) > 1e-7,
+          "exports evaluate (INT8 level 2) to %.7f and %.7f (fp32 %.7f)", ev[1][1], ev[1][0], ev[0][0]);
+    printf("exports of --ranks 2 and --grad-accum 2: fp32 loss %.7f vs %.7f, INT8 level 2 %.7f vs %.7f\n", ev[0][1],
+           ev[0][0], ev[1][1], ev[1][0]);
 
     // --shard-optimizer: a checkpoint at step 2 resumes, sharded or not, to the uninterrupted run's losses bit for bit
     snprintf(cmd, sizeof cmd, "%s --ranks 2 --shard-optimizer --ckpt-every 2 --ckpt-dir %s/sh_ck --metrics %s/sh.jsonl "
