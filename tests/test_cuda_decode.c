@@ -317,7 +317,7 @@ out:
 }
 
 // (c) random Llama-3-style model (GQA 4/2, head_dim 64, untied head, llama3 RoPE scaling): decoder logits at every
-// position vs the GPU full forward; arch: T_LLAMA, or a variant (test_variants.h; HALO_CUDA_VARIANTS=1)
+// position vs the GPU full forward; arch: T_LLAMA, or a variant (test_variants.h)
 static void check_random_gqa(int arch) {
     llama_config c;
     memset(&c, 0, sizeof c);
@@ -474,11 +474,9 @@ int main(int argc, char **argv) {
     char gpu_why[256];
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) { SKIP("%s: CUDA decoder tests skipped", gpu_why); TEST_END(); }
     check_random_gqa(T_LLAMA);
-    setenv("HALO_CUDA_VARIANTS", "1", 1);   // Qwen2 / Qwen3 on the GPU: written in the twenty-fifth session
     check_random_gqa(T_QWEN2);
     check_random_gqa(T_QWEN3);
     check_random_gqa(T_SMOLLM3);
-    unsetenv("HALO_CUDA_VARIANTS");
     if (argc > 1 && !strcmp(argv[1], "--sanitize")) { cuda_matmul_shutdown(); TEST_END(); }   // compute-sanitizer
     if (!test_shared()) SKIP("shared data folder not found (set HALO_SHARED); stories260K checks skipped");
     else {

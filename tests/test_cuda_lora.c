@@ -222,11 +222,10 @@ static long bf16_diff(const halo_bf16 *dev, const float *host, size_t n) {
     return bad;
 }
 
-// LoRA over the Llama variants on the GPU (HALO_CUDA_VARIANTS=1: written in the twenty-fifth session): the frozen
+// LoRA over the Llama variants on the GPU: the frozen
 // base holds Qwen2's biases / Qwen3's q/k norms / SmolLM3's layers without RoPE; loss within 1e-2 and the adapter
 // gradients within 5e-2 of the CPU's, as test_grads' BF16 bounds.
 static void test_variants_lora(void) {
-    setenv("HALO_CUDA_VARIANTS", "1", 1);
     for (int arch = T_QWEN2; arch <= T_SMOLLM3; arch++) {
         llama_config c = small_config();
         t_make_variant(&c, arch);
@@ -249,7 +248,6 @@ static void test_variants_lora(void) {
         halo_batch_free(&b);
         llama_free(&m);
     }
-    unsetenv("HALO_CUDA_VARIANTS");
 }
 
 static void test_frozen_base(void) {

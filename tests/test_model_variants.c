@@ -224,7 +224,13 @@ static void test_config(void) {
           "Phi3ForCausalLM with its sliding_window: %s", halo_error());
     js = llama_config_to_json(&c, NULL, 0);
     CHECK(strstr(js, "\"Phi3ForCausalLM\"") && strstr(js, "\"sliding_window\":2047"), "written back: %s", js);
+    CHECK(!c.has_pad_id && strstr(js, "\"pad_token_id\":null"), "no pad_token_id: none, written as null: %s", js);
     free(js);
+    snprintf(buf, sizeof buf, "%.*s,\"pad_token_id\":32000}", (int)strlen(phi) - 1, phi);
+    CHECK(llama_config_from_json(buf, "phi3 config", &c) == HALO_OK && c.has_pad_id && c.pad_id == 32000,
+          "pad_token_id 32000 read: %s", halo_error());
+    js = llama_config_to_json(&c, NULL, 0);
+    CHECK(strstr(js, "\"pad_token_id\":32000") != NULL, "and written back: %s", js);
     snprintf(buf, sizeof buf, "%.*s,\"partial_rotary_factor\":0.75}", (int)strlen(phi) - 1, phi);
     CHECK(llama_config_from_json(buf, "phi4-mini-like", &c) == HALO_ERR && strstr(halo_error(), "partial_rotary_factor"),
           "partial_rotary_factor 0.75 refused naming the key: %s", halo_error());
@@ -475,8 +481,49 @@ static void test_linear_rope(void) {
     llama_free(&m);
 }
 
+// pad_token_id (transformers' nn.Embedding(padding_idx)): the lookup gives the pad row no gradient; untied, that row
+// is 0, tied it is the lm_head's part alone; every other gradient is the same bit for bit
+static void test_pad_gradient(int tied) {
+    llama_config c = tiny(0, LLAMA);
+    c.tie_embeddings = tied;
+    llama_model m;
+    random_model(&m, &c, 21);
+    halo_batch b;
+    batch_of(&b, 2, 12, c.vocab_size, 5);
+    const int pad = b.input_ids[5];
+    float *g[2];
+    for (int k = 0; k < 2; k++) {
+        m.cfg.has_pad_id = k;
+        m.cfg.pad_id = k ? pad : -1;
+        llama_forward(&m, &b, NULL);
+        llama_backward(&m, &b, 1.0f);
+        g[k] = malloc(sizeof(float) * m.n_params);
+        memcpy(g[k], m.grads, sizeof(float) * m.n_params);
+        memset(m.grads, 0, sizeof(float) * m.n_params);
+    }
+    const llama_param *e = llama_find_param(&m, "model.embed_tokens.weight");
+    const size_t row = e->offset + (size_t)pad * c.dim;
+    size_t other = 0, zero = 0, changed = 0;
+    for (size_t i = 0; i < m.n_params; i++) {
+        if (i >= row && i < row + (size_t)c.dim) { zero += g[1][i] == 0.0f; changed += g[1][i] != g[0][i]; }
+        else other += memcmp(&g[1][i], &g[0][i], 4) != 0;
+    }
+    CHECK(other == 0, "pad id %d (%s): %zu other gradient elements changed", pad, tied ? "tied" : "untied", other);
+    if (tied)
+        CHECK(changed == (size_t)c.dim && zero == 0, "tied: the pad row keeps the lm_head's part (%zu changed, %zu zero)",
+              changed, zero);
+    else
+        CHECK(zero == (size_t)c.dim && changed == (size_t)c.dim, "untied: the pad row's gradient is 0 (%zu of %d)", zero,
+              c.dim);
+    free(g[0]); free(g[1]);
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
 int main(void) {
     test_config();
+    test_pad_gradient(0);
+    test_pad_gradient(1);
     test_linear_rope();
     test_model(0x7, QWEN2, "Qwen2 (q, k, v biases)");
     test_model(0, QWEN3, "Qwen3 (q/k norms)");

@@ -54,7 +54,8 @@ ok = True
 cases = [("qwen2", Qwen2Config, Qwen2ForCausalLM, {}), ("qwen3", Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24}),
          ("phi3", Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0, "sliding_window": None})]
 if SmolLM3Config is not None:
-    cases.append(("smollm3", SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0]}))
+    # (SmolLM3Config's default pad_token_id, 128004, lies outside this vocabulary)
+    cases.append(("smollm3", SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0], "pad_token_id": None}))
 else:
     print("smollm3: this transformers has no SmolLM3ForCausalLM; skipped")
 for name, cfg_cls, model_cls, extra in cases:

@@ -29,15 +29,15 @@ int cli_device_auto(const halo_common_opts *co, const char *model_dir, const cha
     if (cuda_device_count() <= 0) return 0;
     char gpu_why[256];
     const char *why = NULL;
-    int can_insist = 1;   // whether --device cuda would run it (not for an unusable GPU or an untested variant)
+    int can_insist = 1;   // whether --device cuda would run it (not for an unusable GPU or a variant it lacks)
     if (!cuda_device_usable(gpu_why, sizeof gpu_why)) why = gpu_why, can_insist = 0;   // a GPU this build cannot run on
     else if (co && llama_cuda_halo_check(&co->hc, 0) != HALO_OK) why = halo_error();
     else if (model_dir) {   // (a config.json that does not load is the model loader's to report)
         char *p = halo_path_join(model_dir, "config.json");
         llama_config c;
         if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c)) {
-            why = "the GPU model does not run this architecture's additions yet (written, not yet tested on a GPU: "
-                  "HALO_CUDA_VARIANTS=1 --device cuda tries them)";
+            why = "the GPU model does not run this architecture's additions (o, gate, up or down biases; q/k norms "
+                  "over heads wider than 256)";
             can_insist = 0;
         }
         free(p);

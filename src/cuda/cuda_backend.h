@@ -72,7 +72,9 @@ int cuda_matmul_generation(void);
 // out[N, D] (fp32 residual stream) = table[ids[n], :]
 void cuda_embedding_forward(float *out, const int32_t *ids, const halo_bf16 *table, int N, int D, cudaStream_t s);
 // dtable[V, D] += scatter of dout[N, D]
-void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D, cudaStream_t s);
+// skip_id: a token id whose row gets nothing (the config's pad_token_id, as the CPU's embedding_backward); -1: none
+void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D, int skip_id,
+                             cudaStream_t s);
 
 // out[N, D] = x / rms(x) * w (bf16), rstd[N]
 void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
@@ -212,14 +214,12 @@ int llama_cuda_halo_check(const model_halo_config *hc, int bf16_grads);
 // is skipped. Copy-back, moments and upload_state then move the adapters in llama_trainable_params' layout (the
 // host's adapters; the CPU trainer's adamw_state). bf16_moments / bf16_grads are refused with LoRA.
 int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_opts *o);
-// What llama_cuda_init (and _init_random) say of a model with biases (config bias_kinds: Qwen2's q, k, v;
-// attention_bias, mlp_bias), q/k norms (qk_norm: Qwen3) or layers without RoPE (nope: SmolLM3). Qwen2's q, k, v
-// biases, Qwen3's norms and SmolLM3's layers are written (the twenty-fifth session) but not yet run on a GPU:
-// HALO_CUDA_VARIANTS=1 turns them on (tests/test_cuda_model.c does); o, gate, up and down biases are not written.
-#define LLAMA_CUDA_NO_BIAS "the GPU model does not run this architecture's additions yet (Qwen2's biases, Qwen3's " \
-                           "q/k norms, SmolLM3's layers without RoPE: written, not yet tested on a GPU, " \
-                           "HALO_CUDA_VARIANTS=1 tries them; Llama's attention_bias, mlp_bias: not written): this " \
-                           "model runs on the CPU (--device cpu)"
+// What llama_cuda_init (and _init_random) say of a model whose additions the GPU model lacks. It runs q, k, v biases
+// (Qwen2), q/k norms (Qwen3: heads up to 256 wide) and layers without RoPE (SmolLM3); o, gate, up and down biases
+// (Llama's attention_bias, mlp_bias) are not written.
+#define LLAMA_CUDA_NO_BIAS "the GPU model does not run this architecture's additions (o, gate, up or down biases: " \
+                           "Llama's attention_bias, mlp_bias; q/k norms over heads wider than 256): this model runs " \
+                           "on the CPU (--device cpu)"
 int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs c's biases and q/k norms
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the

@@ -9,8 +9,9 @@ __global__ void k_embed_fwd(float *out, const int32_t *ids, const bf16 *table, i
     for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = __bfloat162float(row[d]);
 }
 
-__global__ void k_embed_bwd(float *dtable, const int32_t *ids, const float *dout, int D) {
+__global__ void k_embed_bwd(float *dtable, const int32_t *ids, const float *dout, int D, int skip_id) {
     int n = blockIdx.x;
+    if (ids[n] == skip_id) return;
     float *row = dtable + (size_t)ids[n] * D;
     const float *g = dout + (size_t)n * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(&row[d], g[d]);
@@ -24,8 +25,8 @@ extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const hal
 }
 
 extern "C" void cuda_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D,
-                                        cudaStream_t s) {
+                                        int skip_id, cudaStream_t s) {
     if (N == 0) return;
-    k_embed_bwd<<<N, 256, 0, s>>>(dtable, ids, dout, D);
+    k_embed_bwd<<<N, 256, 0, s>>>(dtable, ids, dout, D, skip_id);
     CUDA_LAUNCH_CHECK();
 }

@@ -765,8 +765,8 @@ static int grid_for(size_t n) {
 }
 
 // HALO_LORA_FUSED=1: dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked, k_lora_dx_masked, the
-// 16-byte mask kernel). Off by default until they have run on a GPU against test_cuda_lora (written in the
-// twenty-fourth session, no device came back to run them); the default is the product + mask kernels that passed.
+// 16-byte mask kernel). Off by default: they pass test_cuda_lora but made the 1B LoRA step slower on an H100
+// (137.9 vs 132.5 ms, twenty-sixth session); the default is the product + mask kernels.
 static int g_lora_fused = -1;   // llama_cuda_lora_fused; -1: from the environment at the first use
 static int lora_fused_on(void) {
     if (g_lora_fused < 0) { const char *e = getenv("HALO_LORA_FUSED"); g_lora_fused = e && *e == '1'; }
@@ -1013,8 +1013,7 @@ static void halo_teardown(llama_cuda *g) {
 
 extern "C" int llama_cuda_variant_ok(const llama_config *c) {
     if (!c->bias_kinds && !c->qk_norm && !c->nope[0] && !c->nope[1]) return 1;
-    const char *e = getenv("HALO_CUDA_VARIANTS");   // written, not yet run on a GPU: off unless asked for
-    return e && *e == '1' && (c->bias_kinds == 0 || c->bias_kinds == BIAS_QKV) && c->head_dim <= 256;
+    return (c->bias_kinds == 0 || c->bias_kinds == BIAS_QKV) && c->head_dim <= 256;
 }
 
 static int init_common(llama_cuda **out, const llama_config *cfg, const llama_model *host, const llama_cuda_opts *o) {
@@ -1481,7 +1480,9 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
             group_forward(g, l, LIN_GATE, 2, A->gu, 2 * c->hidden_dim, A->n2, g->L[l].wgu, 0);
         layer_backward(g, l, A);
     }
-    if (!g->lora) PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D, s));
+    if (!g->lora)
+        PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D,
+                                                  g->c.has_pad_id ? g->c.pad_id : -1, s));
     g->grads_fresh = 0;
 }
 

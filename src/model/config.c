@@ -221,6 +221,10 @@ int llama_config_from_json(const char *json, const char *path, llama_config *c) 
         c->bos_id = c->eos_id = -1;
         get_token_id(path, root, "bos_token_id", &c->bos_id, &err);
         get_token_id(path, root, "eos_token_id", &c->eos_id, &err);
+        int pad = -1;
+        get_token_id(path, root, "pad_token_id", &pad, &err);
+        c->has_pad_id = pad >= 0;
+        c->pad_id = pad >= 0 ? pad : 0;   // 0 when absent, as a zeroed config
         if ((c->arch == ARCH_MISTRAL || c->arch == ARCH_PHI3) &&
             get_int(path, root, "sliding_window", &c->sliding_window, 0, &err) && c->sliding_window < 1)
             err = halo_fail("%s: key 'sliding_window' must be positive or null (got %d)", path, c->sliding_window);
@@ -285,6 +289,9 @@ char *llama_config_to_json(const llama_config *c, const char *torch_dtype, int p
     }
     if (c->bos_id >= 0) cJSON_AddNumberToObject(r, "bos_token_id", c->bos_id);
     if (c->eos_id >= 0) cJSON_AddNumberToObject(r, "eos_token_id", c->eos_id);
+    // written either way: a class default (Phi-3's 32000) may lie outside a small vocabulary, which transformers refuses
+    if (c->has_pad_id) cJSON_AddNumberToObject(r, "pad_token_id", c->pad_id);
+    else cJSON_AddNullToObject(r, "pad_token_id");
     const int windowed = c->arch == ARCH_MISTRAL || c->arch == ARCH_PHI3;
     if (windowed && c->sliding_window > 0) cJSON_AddNumberToObject(r, "sliding_window", c->sliding_window);
     else if (windowed) cJSON_AddNullToObject(r, "sliding_window");

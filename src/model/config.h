@@ -34,6 +34,8 @@ typedef struct {
     int rope_original_max_pos;
     int tie_embeddings; // tie_word_embeddings
     int bos_id, eos_id; // -1 when absent
+    int has_pad_id, pad_id;   // pad_token_id (has_pad_id 0, pad_id 0: absent or null). As transformers' nn.Embedding(padding_idx),
+                              // the lookup gives its row no gradient (the tied lm_head still does)
     llama_arch arch;    // from architectures[0] (or model_type); what export writes back
     int qk_norm;        // RMSNorm (weight [head_dim], rms_norm_eps) over each head of q and of k, before RoPE (Qwen3)
     uint64_t nope[2];   // bit l: layer l applies no RoPE (SmolLM3's no_rope_layers); layers < LLAMA_MAX_NOPE_LAYERS

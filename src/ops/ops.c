@@ -11,7 +11,7 @@ void embedding_forward(float *out, const int32_t *ids, const float *table, int N
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * D, table + (size_t)ids[n] * D, sizeof(float) * (size_t)D);
 }
 
-void embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D) {
+void embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D, int skip_id) {
     // Columns are independent: each thread owns a slice of D and walks tokens in order (deterministic).
 #pragma omp parallel
     {
@@ -19,6 +19,7 @@ void embedding_backward(float *dtable, const int32_t *ids, const float *dout, in
         for (int d0 = 0; d0 < D; d0 += 16) {
             int d1 = d0 + 16 < D ? d0 + 16 : D;
             for (int n = 0; n < N; n++) {
+                if (ids[n] == skip_id) continue;
                 float *dst = dtable + (size_t)ids[n] * D;
                 const float *src = dout + (size_t)n * D;
                 for (int d = d0; d < d1; d++) dst[d] += src[d];

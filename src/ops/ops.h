@@ -7,7 +7,8 @@
 // out[N, D] = table[ids[n], :]
 void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int D);
 // dtable[V, D] += scatter of dout[N, D] by ids
-void embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D);
+// dtable[ids[n]] += dout[n] for every n whose id is not skip_id (-1: none; the config's pad_token_id)
+void embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int D, int skip_id);
 
 // out[N, D] = x / rms(x) * w; rstd[N] saved for backward
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
