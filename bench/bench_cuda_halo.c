@@ -15,6 +15,11 @@
 //    and transpose them in backward, halo_cuda_fwd_tcodes(0); all for an A/B; --token-block N: level 2's token
 //    Hadamard block-diagonal in blocks of N tokens, halo_cuda_linear_token_block, the --halo-token-block option;
 //    --hm-block N: H_m block-diagonal in blocks of N in_features, halo_cuda_linear_hm_block, --halo-hadamard-block)
+// --as-in-step: each layer as the training step runs it (src/cuda/llama_cuda.cu): the weight gradient written, not
+// added (G = dW: the step's first micro-batch; BF16 through cuda_linear_backward_dw_set, HALO with HALO_CUDA_G_SET),
+// and HALO's amaxes of X (level 0) and E_Y handed in as the producers (RMSNorm, SwiGLU, the RoPE backward, ...)
+// compute them (HALO_CUDA_X_AMAX, HALO_CUDA_EY_AMAX): copied into the layer's slots before each run (two 4-byte copies
+// in the timing) instead of the layer's own absmax passes. The producers' extra work is not in these numbers.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +37,7 @@ static int g_hm_block;      // --hm-block
 
 
 static int g_sync_each = 1;  // 0 with --back-to-back
+static int g_as_step;        // --as-in-step
 
 // ms of one run of body(r) (r = run index, for rotating inputs), after 3 warm-up runs: by default the median of reps
 // runs, each between two events and a synchronization (the host's launch latency of the first kernels counts); with
@@ -54,15 +60,21 @@ static void *dev_alloc(size_t bytes) {
     if (cudaMalloc(&d, bytes) != cudaSuccess) { fprintf(stderr, "out of device memory (%zu bytes)\n", bytes); exit(1); }
     return d;
 }
-static void *dev_rand_bf16(size_t n, float sd, unsigned long long seed) {   // never time on zeros
+// *amax (may be NULL): max |v| of the bf16 values written
+static void *dev_rand_bf16(size_t n, float sd, unsigned long long seed, float *amax) {   // never time on zeros
     halo_bf16 *h = malloc(2 * n);
+    float a = 0;
     unsigned long long s = seed;
     for (size_t i = 0; i < n; i++) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
         float f = sd * (float)(((int)(s >> 40) % 2001 - 1000) * 1e-3);
         if ((i * 2654435761u) % 4099 == 0) f *= 50;   // a few outliers, as real activations have
         cuda_f32_to_bf16_host(&h[i], &f, 1);
+        float back;
+        cuda_bf16_to_f32_host(&back, &h[i], 1);
+        if (fabsf(back) > a) a = fabsf(back);
     }
+    if (amax) *amax = a;
     void *d = dev_alloc(2 * n);
     cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice);
     free(h);
@@ -128,6 +140,41 @@ static void breakdown(const char *shape, int prec, int lvl, int b, int m, int n,
            tot > prod ? bytes_other / ((tot - prod) * 1e-3) * 1e-9 : 0);
     halo_cuda_linear_free(&L);
 }
+
+// --as-in-step: the producers' amax of X[k] into the layer's slot (stream order, as the producer kernel writes it)
+static void as_step_amax(halo_cuda_linear *L, const float *amax_d, int k) {
+    cudaMemcpyAsync(halo_cuda_linear_x_amax(L), amax_d + k, 4, cudaMemcpyDeviceToDevice, 0);
+}
+
+// --as-in-step's flags change where the amaxes come from, not the arithmetic: Y, E_X and G of input set 0 must equal
+// the plain calls' bit for bit (G: set vs added into zeros). Returns 1 (with a message) when they do not.
+static int same_as_plain(halo_cuda_linear *L, void **X, void **W, void **EY, const float *amax_d, void *Y, void *EX,
+                         float *G, int b, int m, int n) {
+    const size_t ny = 2 * (size_t)b * n, nx = 2 * (size_t)b * m, ng = 4 * (size_t)n * m;
+    unsigned char *ref = malloc(ny + nx + ng), *got = malloc(ny + nx + ng);
+    int fail = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        unsigned char *h = pass ? got : ref;
+        cudaMemset(G, 0, ng);
+        if (pass) {
+            as_step_amax(L, amax_d, 0);
+            fail |= halo_cuda_linear_forward_flags(L, X[0], W[0], Y, 0, n, NULL, HALO_CUDA_X_AMAX, b, m, n, 0);
+            cudaMemcpyAsync(halo_cuda_linear_ey_amax(L), amax_d + NSETS, 4, cudaMemcpyDeviceToDevice, 0);
+            fail |= halo_cuda_linear_backward_flags(L, EY[0], n, EX, 0, G, HALO_CUDA_EY_AMAX | HALO_CUDA_G_SET, b, m,
+                                                    n, 0);
+        } else {
+            fail |= halo_cuda_linear_forward(L, X[0], W[0], Y, 0, b, m, n, 0);
+            fail |= halo_cuda_linear_backward(L, EY[0], EX, 0, G, b, m, n, 0);
+        }
+        cudaMemcpy(h, Y, ny, cudaMemcpyDeviceToHost);
+        cudaMemcpy(h + ny, EX, nx, cudaMemcpyDeviceToHost);
+        cudaMemcpy(h + ny + nx, G, ng, cudaMemcpyDeviceToHost);
+    }
+    const int same = !fail && !memcmp(ref, got, ny + nx + ng);
+    if (!same) fprintf(stderr, "--as-in-step: Y, E_X, G differ from the plain calls' (%s)\n", fail ? halo_error() : "bits");
+    free(ref); free(got);
+    return !same;
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -145,6 +192,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--breakdown")) bd = 1;
         else if (!strcmp(argv[i], "--back-to-back")) g_sync_each = 0;
+        else if (!strcmp(argv[i], "--as-in-step")) g_as_step = 1;
         else if (!strcmp(argv[i], "--generic-rows")) halo_cuda_rows_fast(0);   // A/B: the old rotated-row kernel only
         else if (!strcmp(argv[i], "--l2-transposes")) colrot = 0;               // A/B: level 2 without column kernels
         else if (!strcmp(argv[i], "--rot-twice")) halo_cuda_rot_once(0);       // A/B: rotate in absmax and quant passes
@@ -153,7 +201,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--hm-block") && i + 1 < argc) g_hm_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows-threads") && i + 1 < argc) halo_cuda_rows_threads(atoi(argv[++i]));   // A/B
         else {
-            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--back-to-back] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N] [--hm-block N]\n");
+            printf("usage: bench_cuda_halo [--tokens N] [--reps R] [--shape q|k|gate|down|all] [--breakdown] [--back-to-back] [--as-in-step] [--generic-rows] [--l2-transposes] [--rot-twice] [--bwd-transposes] [--rows-threads N] [--token-block N] [--hm-block N]\n");
             return 0;
         }
     }
@@ -163,6 +211,9 @@ int main(int argc, char **argv) {
            colrot ? "column kernels" : "transpose, rows, transpose (--l2-transposes)");
     if (g_token_block) printf("level 2 token Hadamard: block-diagonal, blocks of %d tokens (--token-block)\n", g_token_block);
     if (g_hm_block) printf("H_m: block-diagonal, blocks of %d in_features (--hm-block)\n", g_hm_block);
+    if (g_as_step)
+        printf("as in the training step (--as-in-step): G = dW (BF16 and HALO), X's and E_Y's amaxes from their "
+               "producers\n");
     if (cuda_device_count() == 0) { printf("bench_cuda_halo: no CUDA device\n"); return 0; }
     struct { const char *name; int n, m; } shapes[] = {
         {"q", 4096, 4096}, {"k", 1024, 4096}, {"gate", 14336, 4096}, {"down", 4096, 14336}};
@@ -175,11 +226,14 @@ int main(int argc, char **argv) {
         const int n = shapes[si].n, m = shapes[si].m;
         const double flops = 6.0 * b * m * n;
         void *X[NSETS], *W[NSETS], *EY[NSETS];
+        float amax_h[2 * NSETS];   // max |X[k]|, then max |EY[k]| (--as-in-step: the producers' amaxes)
         for (int k = 0; k < NSETS; k++) {
-            X[k] = dev_rand_bf16((size_t)b * m, 1.0f, 11 + k);
-            W[k] = dev_rand_bf16((size_t)n * m, 0.02f, 21 + k);
-            EY[k] = dev_rand_bf16((size_t)b * n, 1e-3f, 31 + k);
+            X[k] = dev_rand_bf16((size_t)b * m, 1.0f, 11 + k, &amax_h[k]);
+            W[k] = dev_rand_bf16((size_t)n * m, 0.02f, 21 + k, NULL);
+            EY[k] = dev_rand_bf16((size_t)b * n, 1e-3f, 31 + k, &amax_h[NSETS + k]);
         }
+        float *amax_d = dev_alloc(sizeof amax_h);
+        cudaMemcpy(amax_d, amax_h, sizeof amax_h, cudaMemcpyHostToDevice);
         void *Y = dev_alloc(2 * (size_t)b * n), *EX = dev_alloc(2 * (size_t)b * m);
         float *G = dev_alloc(4 * (size_t)n * m);
         cudaMemset(G, 0, 4 * (size_t)n * m);
@@ -195,7 +249,8 @@ int main(int argc, char **argv) {
             int k = r % NSETS;
             cuda_linear_forward(Y, 0, X[k], W[k], NULL, b, m, n, 0);
             cuda_linear_backward_dx(EX, EY[k], W[k], b, m, n, 0);
-            cuda_linear_backward_dw(G, EY[k], X[k], b, m, n, 0);
+            if (g_as_step) cuda_linear_backward_dw_set(G, EY[k], X[k], b, m, n, 0);
+            else cuda_linear_backward_dw(G, EY[k], X[k], b, m, n, 0);
         });
         printf("%-5s n=%-5d m=%-5d b=%d  bf16 fwd+bwd %.3f ms (%.0f TFLOP/s)\n", shapes[si].name, n, m, b, t_bf16,
                flops / t_bf16 * 1e-9);
@@ -234,10 +289,16 @@ int main(int argc, char **argv) {
                 halo_cuda_linear_hm_block(&L, g_hm_block);
                 int fail = 0;
                 double t;
+                if (g_as_step) fail |= same_as_plain(&L, X, W, EY, amax_d, Y, EX, G, b, m, n);
+                const int fflags = g_as_step ? HALO_CUDA_X_AMAX : 0;
+                const int bflags = g_as_step ? HALO_CUDA_EY_AMAX | HALO_CUDA_G_SET : 0;
                 TIME_MS(reps, t, {
                     int k = r % NSETS;
-                    fail |= halo_cuda_linear_forward(&L, X[k], W[k], Y, 0, b, m, n, 0);
-                    fail |= halo_cuda_linear_backward(&L, EY[k], EX, 0, G, b, m, n, 0);
+                    if (g_as_step) as_step_amax(&L, amax_d, k);
+                    fail |= halo_cuda_linear_forward_flags(&L, X[k], W[k], Y, 0, n, NULL, fflags, b, m, n, 0);
+                    if (g_as_step) cudaMemcpyAsync(halo_cuda_linear_ey_amax(&L), amax_d + NSETS + k, 4,
+                                                   cudaMemcpyDeviceToDevice, 0);
+                    fail |= halo_cuda_linear_backward_flags(&L, EY[k], n, EX, 0, G, bflags, b, m, n, 0);
                 });
                 if (fail) { fprintf(stderr, "halo %s L%d: %s\n", fp8 ? "fp8" : "int8", lvl, halo_error()); return 1; }
                 double share = t > t_prod ? (t - t_prod) / t : 0;
@@ -251,12 +312,12 @@ int main(int argc, char **argv) {
         }
         for (int k = 0; k < NSETS; k++) { cudaFree(X[k]); cudaFree(W[k]); cudaFree(EY[k]); }
         cudaFree(Y); cudaFree(EX); cudaFree(G); cudaFree(qa); cudaFree(qb); cudaFree(qc); cudaFree(qd);
-        cudaFree(alpha); cudaFree(T);
+        cudaFree(alpha); cudaFree(T); cudaFree(amax_d);
     }
     if (bd) { halo_cuda_gemm_shutdown(); return 0; }
-    printf("\nHALO per-layer fwd + both bwd products, %d tokens, %s %d (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
+    printf("\nHALO per-layer fwd + both bwd products, %d tokens, %s %d%s (targets: fp8 L0 >= 1.40x, int8 L2 >= 1.30x)\n",
            tokens, g_sync_each ? "median of" : "median of 3 batches of back-to-back runs (--back-to-back),",
-           reps);
+           reps, g_as_step ? ", as in the training step" : "");
     printf("| layer n x m | path | L | ms | TFLOP/s | x bf16 | 8-bit products ms | rot/quant share |\n");
     printf("|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < nt; i++) printf("%s\n", table[i]);
