@@ -141,9 +141,18 @@ static void breakdown(const char *shape, int prec, int lvl, int b, int m, int n,
     halo_cuda_linear_free(&L);
 }
 
-// --as-in-step: the producers' amax of X[k] into the layer's slot (stream order, as the producer kernel writes it)
-static void as_step_amax(halo_cuda_linear *L, const float *amax_d, int k) {
-    cudaMemcpyAsync(halo_cuda_linear_x_amax(L), amax_d + k, 4, cudaMemcpyDeviceToDevice, 0);
+// One forward + backward of the layer on input set k: plain (G += dW, the layer's own absmax passes), or as in the
+// training step (as_step: G = dW; the producers' amaxes of X[k] and EY[k] copied into the layer's slots in stream
+// order, as the producer kernels write them). Returns non-zero on failure (halo_error()).
+static int run_layer(halo_cuda_linear *L, int as_step, void **X, void **W, void **EY, const float *amax_d, int k,
+                     void *Y, void *EX, float *G, int b, int m, int n) {
+    int fail = 0;
+    if (as_step) cudaMemcpyAsync(halo_cuda_linear_x_amax(L), amax_d + k, 4, cudaMemcpyDeviceToDevice, 0);
+    fail |= halo_cuda_linear_forward_flags(L, X[k], W[k], Y, 0, n, NULL, as_step ? HALO_CUDA_X_AMAX : 0, b, m, n, 0);
+    if (as_step) cudaMemcpyAsync(halo_cuda_linear_ey_amax(L), amax_d + NSETS + k, 4, cudaMemcpyDeviceToDevice, 0);
+    fail |= halo_cuda_linear_backward_flags(L, EY[k], n, EX, 0, G, as_step ? HALO_CUDA_EY_AMAX | HALO_CUDA_G_SET : 0,
+                                            b, m, n, 0);
+    return fail;
 }
 
 // --as-in-step's flags change where the amaxes come from, not the arithmetic: Y, E_X and G of input set 0 must equal
@@ -156,16 +165,7 @@ static int same_as_plain(halo_cuda_linear *L, void **X, void **W, void **EY, con
     for (int pass = 0; pass < 2; pass++) {
         unsigned char *h = pass ? got : ref;
         cudaMemset(G, 0, ng);
-        if (pass) {
-            as_step_amax(L, amax_d, 0);
-            fail |= halo_cuda_linear_forward_flags(L, X[0], W[0], Y, 0, n, NULL, HALO_CUDA_X_AMAX, b, m, n, 0);
-            cudaMemcpyAsync(halo_cuda_linear_ey_amax(L), amax_d + NSETS, 4, cudaMemcpyDeviceToDevice, 0);
-            fail |= halo_cuda_linear_backward_flags(L, EY[0], n, EX, 0, G, HALO_CUDA_EY_AMAX | HALO_CUDA_G_SET, b, m,
-                                                    n, 0);
-        } else {
-            fail |= halo_cuda_linear_forward(L, X[0], W[0], Y, 0, b, m, n, 0);
-            fail |= halo_cuda_linear_backward(L, EY[0], EX, 0, G, b, m, n, 0);
-        }
+        fail |= run_layer(L, pass, X, W, EY, amax_d, 0, Y, EX, G, b, m, n);
         cudaMemcpy(h, Y, ny, cudaMemcpyDeviceToHost);
         cudaMemcpy(h + ny, EX, nx, cudaMemcpyDeviceToHost);
         cudaMemcpy(h + ny + nx, G, ng, cudaMemcpyDeviceToHost);
@@ -290,16 +290,7 @@ int main(int argc, char **argv) {
                 int fail = 0;
                 double t;
                 if (g_as_step) fail |= same_as_plain(&L, X, W, EY, amax_d, Y, EX, G, b, m, n);
-                const int fflags = g_as_step ? HALO_CUDA_X_AMAX : 0;
-                const int bflags = g_as_step ? HALO_CUDA_EY_AMAX | HALO_CUDA_G_SET : 0;
-                TIME_MS(reps, t, {
-                    int k = r % NSETS;
-                    if (g_as_step) as_step_amax(&L, amax_d, k);
-                    fail |= halo_cuda_linear_forward_flags(&L, X[k], W[k], Y, 0, n, NULL, fflags, b, m, n, 0);
-                    if (g_as_step) cudaMemcpyAsync(halo_cuda_linear_ey_amax(&L), amax_d + NSETS + k, 4,
-                                                   cudaMemcpyDeviceToDevice, 0);
-                    fail |= halo_cuda_linear_backward_flags(&L, EY[k], n, EX, 0, G, bflags, b, m, n, 0);
-                });
+                TIME_MS(reps, t, { fail |= run_layer(&L, g_as_step, X, W, EY, amax_d, r % NSETS, Y, EX, G, b, m, n); });
                 if (fail) { fprintf(stderr, "halo %s L%d: %s\n", fp8 ? "fp8" : "int8", lvl, halo_error()); return 1; }
                 double share = t > t_prod ? (t - t_prod) / t : 0;
                 printf("      halo %-4s L%d fwd+bwd %.3f ms, %.2fx bf16, rotation/quantization share %.0f%%\n",
