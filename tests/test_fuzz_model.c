@@ -425,16 +425,20 @@ static void fuzz_config(int n) {
     put("config.json", g_cfg.p, g_cfg.n);
 }
 
-static void cfg_expect(const char *key, const char *json_value, int must_refuse) {
+// Writes the base config.json with key set to json_value, and loads the model directory.
+static int load_with_cfg(const char *key, const char *json_value, llama_model *m) {
     cJSON *root = cJSON_Parse((const char *)g_cfg.p);
-    cJSON *v = cJSON_Parse(json_value);
-    cJSON_ReplaceItemInObject(root, key, v);
+    cJSON_ReplaceItemInObject(root, key, cJSON_Parse(json_value));
     char *s = cJSON_Print(root);
     put("config.json", s, strlen(s));
     free(s);
     cJSON_Delete(root);
+    return llama_load(m, g_dir);
+}
+
+static void cfg_expect(const char *key, const char *json_value, int must_refuse) {
     llama_model m;
-    int rc = llama_load(&m, g_dir);
+    int rc = load_with_cfg(key, json_value, &m);
     if (must_refuse)
         CHECK(rc == HALO_ERR && strstr(halo_error(), "config.json") && strstr(halo_error(), key),
               "config.json %s=%s: must be refused naming the file and key (rc %d, \"%s\")", key, json_value, rc,
@@ -465,14 +469,8 @@ static void targeted_config(void) {
     cfg_expect("architectures", "[\"GemmaForCausalLM\"]", 1);
     cfg_expect("architectures", "[\"SmolLM3ForCausalLM\"]", 0);
     {
-        cJSON *root = cJSON_Parse((const char *)g_cfg.p);
-        cJSON_ReplaceItemInObject(root, "architectures", cJSON_Parse("[\"Qwen2ForCausalLM\"]"));
-        char *s = cJSON_Print(root);
-        put("config.json", s, strlen(s));
-        free(s);
-        cJSON_Delete(root);
         llama_model m;
-        int rc = llama_load(&m, g_dir);
+        int rc = load_with_cfg("architectures", "[\"Qwen2ForCausalLM\"]", &m);
         CHECK(rc == HALO_ERR && strstr(halo_error(), "q_proj.bias"), "Qwen2 over weights without biases: refused "
               "naming the missing tensor (rc %d, \"%s\")", rc, rc ? halo_error() : "");
         if (rc == HALO_OK) llama_free(&m);
