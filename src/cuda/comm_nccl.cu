@@ -246,7 +246,6 @@ extern "C" void halo_comm_nccl_free(halo_comm *c) {
 }
 
 extern "C" cudaStream_t halo_comm_nccl_stream(const halo_comm *c) { return impl_of(c)->stream; }
-extern "C" void halo_comm_nccl_set_stream(halo_comm *c, cudaStream_t stream) { nccl_set_stream(c, stream); }
 
 // Sum over the ranks of `failed` through the host communicator (HALO_ERR when that collective itself fails).
 static int any_failed(halo_comm *local, int failed, int64_t *n_failed) {

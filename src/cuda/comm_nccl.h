@@ -31,9 +31,8 @@ int halo_comm_nccl_unique_id(void *id);
 halo_comm *halo_comm_nccl_create(int rank, int world, const void *unique_id, int device, cudaStream_t stream);
 // Destroys the communicator after its pending collectives end (collective unless it was aborted). NULL is a no-op.
 void halo_comm_nccl_free(halo_comm *c);
-// The stream the collectives enqueue on, and a way to move them to another stream of the same device.
+// The stream the collectives enqueue on (halo_comm_set_stream moves them to another stream of the same device).
 cudaStream_t halo_comm_nccl_stream(const halo_comm *c);
-void halo_comm_nccl_set_stream(halo_comm *c, cudaStream_t stream);
 
 // Inside fn of halo_comm_run_local (one forked process per GPU): rank 0 makes the unique id, local->broadcast hands
 // it to every rank, each rank takes CUDA device local->rank and creates its NCCL communicator (stream 0) in *out.

@@ -187,5 +187,3 @@ extern "C" void halo_comm_staged_free(halo_comm *c) {
     free(m);
     free(c);
 }
-
-extern "C" void halo_comm_staged_set_stream(halo_comm *c, cudaStream_t stream) { staged_set_stream(c, stream); }

@@ -21,7 +21,6 @@ extern "C" {
 halo_comm *halo_comm_staged_create(halo_comm *local, int device, cudaStream_t stream);
 // Frees the stage (not collective). NULL is a no-op.
 void halo_comm_staged_free(halo_comm *c);
-void halo_comm_staged_set_stream(halo_comm *c, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

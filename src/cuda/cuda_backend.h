@@ -254,7 +254,7 @@ cudaStream_t llama_cuda_stream(const llama_cuda *g);
 // llama_cuda_grad_norm / adamw_step): the fp32 buffer (padding included: zero on every rank), bf16 gradients
 // (bf16_grads) through an fp32 staging chunk of at most 64 MiB allocated at the first call (each sum rounded once to
 // bf16), or the LoRA adapters' gradients. comm's buffers must be device memory of this model's GPU (the NCCL backend,
-// src/cuda/comm_nccl.h) and its collectives must be enqueued on llama_cuda_stream(g) (halo_comm_nccl_set_stream),
+// src/cuda/comm_nccl.h) and its collectives must be enqueued on llama_cuda_stream(g) (halo_comm_set_stream),
 // which keeps them in order with the backward before and the optimizer after; nothing waits on the host. Collective:
 // every rank calls it with a model of the same configuration. NULL comm or one rank: nothing. HALO_ERR with the
 // collective's message.
