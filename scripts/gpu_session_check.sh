@@ -80,6 +80,10 @@ keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 1B HALO int8 L2 H_m block 256" b1i2hb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-breakdown
 keep b1i2hb.log "ms  |^\| " 30
 trainbench "bench 1B HALO int8 L2 H_m block 256 token block 64" b1i2hbtb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
+step "bench 1B HALO int8 L2 H_m block 256 token block 64 breakdown" b1i2hbtbbd.log 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
+keep b1i2hbtbbd.log "^\{|^\| " 24
+step "bench 1B HALO int8 L2 H_m block 256 token block 64 token rotation in a column pass (HALO_CUDA_TOK_FUSED=0)" b1i2hbtbtf0.log 45 env HALO_CUDA_TOK_FUSED=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
+keep b1i2hbtbtf0.log "^\{|^\| " 24
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" b1i2hbtbnt.log 45 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
 trainbench "bench 1B HALO int8 L1 H_m block 256" b1i1hb.log --model llama3.2-1b --precision int8 --halo-level 1 --halo-hadamard-block 256 --no-breakdown
 trainbench "bench 1B LoRA r16 BF16" b1lora.log --model llama3.2-1b --lora 16
@@ -109,6 +113,8 @@ step "bench_cuda_halo int32 products (HALO_INT8_OWN_GEMM=0)" bench_halo_i32.log 
 step "bench_cuda_halo int8 L2 token block 64 (--token-block 64)" bench_halo_tb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --token-block 64
 step "bench_cuda_halo H_m block 256 (--hm-block 256)" bench_halo_hb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256
 step "bench_cuda_halo H_m block 256 token block 64 (--hm-block 256 --token-block 64)" bench_halo_hbtb.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
+step "bench_cuda_halo H_m block 256 token block 64 token rotation in a column pass (HALO_CUDA_TOK_FUSED=0)" bench_halo_hbtb_tf0.log 60 env HALO_CUDA_TOK_FUSED=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
+keep bench_halo_hbtb_tf0.log "^\| .* (int8|bf16) " 20
 step "bench_cuda_halo H_m block 256 token block 64 back to back (--back-to-back)" bench_halo_hbtb_b2b.log 60 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64 --back-to-back
 step "bench_cuda_halo H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" bench_halo_hbtb_nt.log 60 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_halo --tokens 8192 --reps 5 --hm-block 256 --token-block 64
 keep bench_halo_hb.log "^\| .* (int8|bf16) " 20

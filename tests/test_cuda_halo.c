@@ -777,6 +777,66 @@ static void test_gemm_s8_dq_rot(void) {
     cudaFree(dal);
 }
 
+// The own kernel with the token rotation in its epilogue too (level 2's H_b of E_X, blocks of 2 .. 64 tokens, after
+// the rows' H_m^T or alone) against the same kernel's fp32 product + halo_cuda_colrot_f32, bit for bit, in the bf16,
+// fp32 and fp32 += forms; M a multiple of the block, the first Mo rows written (the rest of a padded block rotated
+// along, never stored), columns past No untouched.
+static void test_gemm_s8_dq_tok(void) {
+    static const int cases[][7] = {   // M, N, K, Mo, No, rows block (0: none), token block
+        {384, 512, 256, 384, 512, 256, 64}, {320, 1024, 208, 300, 1024, 64, 64}, {256, 768, 128, 250, 768, 0, 32},
+        {384, 512, 512, 384, 512, 8, 8}, {192, 512, 1024, 190, 512, 256, 2}, {512, 4096, 1024, 512, 4096, 256, 16}};
+    static _Alignas(16) int8_t probe[16];
+    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
+        printf("own INT8 kernel with token rotation: not on this device, skipped\n");
+        return;
+    }
+    const float al = 0.91f / 8192;
+    float *dal = t_dev_copy(&al, 4);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], N = cases[c][1], K = cases[c][2], Mo = cases[c][3], No = cases[c][4];
+        const int RB = cases[c][5], TB = cases[c][6];
+        const long ldd = No + 8;
+        halo_cuda_had hr, ht;
+        CHECK((!RB || halo_cuda_had_plan(&hr, No, RB) == HALO_OK) && halo_cuda_had_plan(&ht, M, TB) == HALO_OK,
+              "plans %d/%d, %d/%d: %s", No, RB, M, TB, halo_error());
+        CHECK(halo_cuda_gemm_s8_dq_tok_ok(&ht), "token block %d refused", TB);
+        int8_t *hA, *hB, *dA = rand_codes_dev((size_t)M * K, &hA), *dB = rand_codes_dev((size_t)N * K, &hB);
+        const halo_cuda_had *rot = RB ? &hr : NULL;
+        // the reference's product: all M rows in fp32 (rows rotated when RB), then the column kernel
+        float *P = dev_poison(4 * (size_t)M * No);
+        CHECK(halo_cuda_gemm_s8_dq(P, 1, No, NULL, 0, dA, K, dB, K, M, N, K, M, No, dal, rot, 0) == HALO_OK,
+              "own int8 gemm: %s", halo_error());
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0), *hP = t_host_of(P, 4 * (size_t)M * No);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        static const char *form[3] = {"bf16", "fp32", "fp32 +="};
+        for (int f = 0; f < 3; f++) {
+            const int f32 = f > 0, acc = f == 2;
+            void *want = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            float *Pc = t_dev_copy(hP, 4 * (size_t)M * No);   // the column kernel may rotate in place
+            halo_cuda_colrot_f32(&ht, Pc, No, No, want, f32, ldd, Mo, acc, 0);
+            int rc = halo_cuda_gemm_s8_dq_tok(own, f32, ldd, NULL, acc, dA, K, dB, K, M, N, K, Mo, No, dal, rot, &ht, 0);
+            CHECK(rc == HALO_OK, "own int8 gemm with token rotation: %s", halo_error());
+            uint8_t *hw = t_host_of(want, ob), *ho = t_host_of(own, ob);
+            const size_t es = f32 ? 4 : 2;
+            long bad = 0, pad_bad = 0;
+            for (long r = 0; r < Mo; r++) {
+                bad += memcmp(hw + r * ldd * es, ho + r * ldd * es, No * es) != 0;
+                pad_bad += memcmp(hw + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
+            }
+            char detail[96];
+            snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d H_%d rows, H_%d tokens %s", M, N, K, Mo, No, RB, TB,
+                     form[f]);
+            row("own int8 gemm + H_b vs colrot", detail, (double)bad, 0, 0, 0);   // error: rows that differ
+            CHECK(pad_bad == 0, "%s: %ld rows written past column %d", detail, pad_bad, No);
+            free(hw); free(ho); cudaFree(want); cudaFree(own); cudaFree(Pc);
+        }
+        free(hA); free(hB); free(R); free(hP); cudaFree(dA); cudaFree(dB); cudaFree(P);
+        if (RB) halo_cuda_had_free(&hr);
+        halo_cuda_had_free(&ht);
+    }
+    cudaFree(dal);
+}
+
 // ---- the linear layer --------------------------------------------------------------------------------------------
 typedef struct { double y, ex, g; } errs3;
 static int g_token_block;   // run_linear: level 2's token Hadamard block of both layers (0 = full)
@@ -920,7 +980,20 @@ static void test_hm_block(void) {
                          blocks[i]);
                 row("H_m block GPU vs CPU", det, fmax(e.y, fmax(e.ex, e.g)), prec == HALO_PREC_INT8 ? 1e-6 : 1e-3, 0, 0);
             }
+    // both block options at level 2 (INT8: E_X's H_m^T and H_b in the own kernel's epilogue)
+    const int tblocks[2] = {64, 32};
+    for (int i = 0; i < 2; i++)
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
+            g_hm_block = 256;
+            g_token_block = tblocks[i];
+            errs3 e = run_linear(prec, 2, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+            char det[64];
+            snprintf(det, sizeof det, "%s L2 H_m block 256 token block %d Y/E_X/G",
+                     prec == HALO_PREC_INT8 ? "int8" : "fp8", tblocks[i]);
+            row("H_m block GPU vs CPU", det, fmax(e.y, fmax(e.ex, e.g)), prec == HALO_PREC_INT8 ? 1e-6 : 1e-3, 0, 0);
+        }
     g_hm_block = 0;
+    g_token_block = 0;
     free(X); free(W); free(EY);
 }
 
@@ -1473,6 +1546,7 @@ int main(void) {
     test_gemm_tune();
     test_gemm_s8_dq();
     test_gemm_s8_dq_rot();
+    test_gemm_s8_dq_tok();
     test_linear();
     test_token_block();
     test_hm_block();

@@ -176,6 +176,13 @@ int halo_cuda_gemm_s8_dq_rot_ok(const halo_cuda_had *rot, int No);
 int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                          const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                          const halo_cuda_had *rot, cudaStream_t s);
+// The same with tok (may be NULL) too: after rot, the columns (over the rows of D: tokens) rotated by tok's
+// block-diagonal H_T, T = tok->block, a power of two from 2 to 64 (halo_cuda_gemm_s8_dq_tok_ok; a warpgroup's 64 rows
+// hold whole blocks), M a multiple of T: the values of rot's product into fp32 + halo_cuda_colrot_f32(tok) bit for bit.
+int halo_cuda_gemm_s8_dq_tok_ok(const halo_cuda_had *tok);
+int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                             const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                             const halo_cuda_had *rot, const halo_cuda_had *tok, cudaStream_t s);
 void halo_cuda_gemm_s8_own(int on);
 int halo_cuda_gemm_s8_owning(void);   // 1 when the own kernel is on and this device runs it
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms

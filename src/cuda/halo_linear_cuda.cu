@@ -202,6 +202,17 @@ static int hm_fused(const halo_cuda_linear *L) {
            halo_cuda_gemm_s8_owning();
 }
 
+static int plan_hb(halo_cuda_linear *L, int b);
+
+// Level 2, INT8, both rotations of E_X in the own kernel's epilogue: H_m^T (hm_fused) and then H_b over the tokens
+// (blocks of a power of two <= 64, planned for b tokens by plan_hb), instead of an fp32 product and a column pass.
+// HALO_CUDA_TOK_FUSED=0 switches it off (to compare). Used where the input gradient is not deferred (o, down).
+static int g_tok_fused = -1;
+static int hb_fused(halo_cuda_linear *L, int b) {
+    return L->level == 2 && hm_fused(L) && env_switch(&g_tok_fused, "HALO_CUDA_TOK_FUSED") && plan_hb(L, b) == HALO_OK &&
+           halo_cuda_gemm_s8_dq_tok_ok(&L->hb);
+}
+
 extern "C" void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs) {
     if (bs != L->hb_block) L->hb_b = 0;   // re-plan at the next backward
     L->hb_block = bs > 0 ? bs : 0;
@@ -336,7 +347,8 @@ extern "C" void halo_cuda_store_f32(void *out, int out_f32, long ldo, const floa
 // D [M][N] = A B^T * alpha (A [M][K], B [N][K], K-major); INT8 goes through an int32 buffer unless the own kernel
 // (int8_gemm.cu) takes the call, which dequantizes in its epilogue (post 0 only). Written to out: its first
 // Mo rows and No columns. post: 0 = the dequantized product (= or, when accumulate and out_f32, +=); 1 = rows rotated
-// by H_m^T (hm.d == No). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
+// by H_m^T (hm.d == No); 2 = then the columns by H_b (INT8 own kernel only: the caller checked hb_fused and
+// halo_cuda_gemm_s8_dq_ok). FP8 writes straight into out only when the shapes agree and out suits cuBLASLt (256-byte
 // aligned, leading dimension a multiple of 16), else through an fp32 scratch.
 // which: 0 = Y, 1 = E_X, 2 = G (profiling names only).
 // res (forward only, fp32 [Mo][ldo], may be out): out = res + the product (accumulate must be 0).
@@ -351,6 +363,12 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     const double out_b = mono * ((out_f32 ? 4 : 2) + (accumulate && out_f32 ? 4 : 0));
     const char *pn = post_name[which][post ? 1 : 0];
     int rc = HALO_OK;
+    if (post == 2) {   // H_m^T and H_b in the own kernel's epilogue (hb_fused)
+        PROF("bwd gemm E_X + H_m^T + H_b", ab + out_b,
+             rc = halo_cuda_gemm_s8_dq_tok(out, out_f32, ldo, NULL, accumulate && out_f32, (const int8_t *)A, lda,
+                                           (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, &L->hm, &L->hb, s));
+        return rc;
+    }
     if (L->prec == HALO_PREC_FP8) {
         const int direct = !post && M == Mo && N == No && ldo % 16 == 0 && ((uintptr_t)out & 255) == 0;
         if (direct && res && ((uintptr_t)res & 255) == 0) {   // cuBLASLt adds the residual (C = res, beta = 1)
@@ -594,6 +612,11 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 if (!colr) return halo_fail("%s: deferred input-gradient rotation without the column kernels", L->name);
                 if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, bp, m, ALEX, hm_fused(L), EX, 1, m, ex_add, 1,
                             NULL, s))
+                    return halo_fail_ctx("%s: input gradient: ", L->name);
+            } else if (hb_fused(L, b) && halo_cuda_gemm_s8_dq_ok(EX, ex_f32, m, NULL, (const int8_t *)qe, np,
+                                                                 (const int8_t *)qwt, np, bp, (int)mp, (int)np, b, m)) {
+                // E_X = H_b [..] H_m^T straight from the product's epilogue (its first b rows)
+                if (product(L, qe, np, qwt, np, bp, (int)mp, (int)np, b, m, ALEX, 2, EX, ex_f32, m, ex_add, 1, NULL, s))
                     return halo_fail_ctx("%s: input gradient: ", L->name);
             } else {
                 float *R = (float *)ws(L, 5, sizeof(float) * (size_t)bp * m * (colr ? 1 : 2));

@@ -9,8 +9,9 @@
 // by TMA (128-byte swizzle; codes past M, N or K read as zeros) into a ring of STAGES stages, each guarded by a "full"
 // mbarrier (TMA's byte count) and an "empty" one (the consumer warps' release). Warpgroups 1 and 2 consume: each
 // multiplies 64 rows of A by the 256 rows of B, four wgmma m64n256k32 per stage (128 int32 accumulators per thread)
-// with one stage's products in flight, then writes its 64 x 256 tile from the registers. While they write, the
-// producer already loads the next tile. H200: 1.4-1.55k TOP/s at K >= 4096 (build/bench/bench_cuda_int8).
+// with one stage's products in flight, then writes its 64 x 256 tile from the registers (optionally rotated along its
+// rows, HALO's H_m^T, and along its columns, level 2's token H_b, first). While they write, the producer already loads
+// the next tile. H200: 1.4-1.55k TOP/s at K >= 4096 (build/bench/bench_cuda_int8).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -26,7 +27,9 @@ extern "C" {
 namespace {
 constexpr int BM = 128, BN = 256, BK = 128, STAGES = 4, THREADS = 384;
 constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK, STAGE_BYTES = A_BYTES + B_BYTES;
-constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */;
+// XCH_BYTES: each consumer warpgroup's exchange area for the token rotation's cross-warp stages (16 values a thread)
+constexpr int XCH_BYTES = 2 * 4 * 16 * 32 * 4;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */ + XCH_BYTES;
 
 struct dq_args {
     void *D;
@@ -37,6 +40,8 @@ struct dq_args {
     int vec;           // bf16: D and ldd allow 16-byte stores
     int rot_stages;    // > 0: rows rotated by H_B, B = 2^rot_stages <= 256, before the store (0: none)
     float rot_scale;   // 1 / sqrt(B), the plan's float
+    int tok_stages;    // > 0: then the columns (over tokens, the rows of D) rotated by H_T, T = 2^tok_stages <= 64
+    float tok_scale;   // 1 / sqrt(T), the plan's float
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -146,6 +151,71 @@ __device__ __forceinline__ void rotate_rows(int *v, int lane, int stages, float 
 #pragma unroll
     for (int k = 0; k < 128; k++) v[k] = __float_as_int(__fmul_rn(__int_as_float(v[k]), scale));
 }
+// The tile's columns rotated by block-diagonal H_T over its rows (HALO level 2's token rotation H_b of E_X; T =
+// 2^stages <= 64, blocks start at multiples of T, which a warpgroup's 64 rows never split), then * scale: the
+// stages in the order h = 1, 2, .., 32 with one fp32 add or subtract each, as halo_cuda_colrot_f32 does them, so the
+// values equal its bit for bit. Row bits of fragment element 4i + 2h + e: bits 0-2 = lane / 4 (shuffles), bit 3 = h
+// (in the thread), bits 4-5 = the warp (through xch, this warpgroup's shared exchange area, 16 values a round;
+// named barrier `bar` of the warpgroup's 128 threads).
+__device__ __forceinline__ void wg_bar(int bar) { asm volatile("bar.sync %0, 128;" ::"r"(bar) : "memory"); }
+
+__device__ __forceinline__ void rotate_tokens(int *v, int lane, int warp, int stages, float scale, float4 *xch,
+                                              int bar) {
+#pragma unroll
+    for (int st = 0; st < 3; st++) {   // h = 1, 2, 4: across lanes 4, 8, 16 apart
+        if (st < stages) {
+            const int m = 4 << st, up = lane & m;
+#pragma unroll
+            for (int k = 0; k < 128; k++) {
+                const float own = __int_as_float(v[k]), oth = __shfl_xor_sync(0xffffffffu, own, m);
+                v[k] = __float_as_int(up ? oth - own : own + oth);   // upper half: x[j] - x[j + h]
+            }
+        }
+    }
+    if (stages > 3) {   // h = 8: fragment elements 4i + e and 4i + 2 + e of the thread
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float a = __int_as_float(v[4 * i + e]), b = __int_as_float(v[4 * i + 2 + e]);
+                v[4 * i + e] = __float_as_int(a + b);
+                v[4 * i + 2 + e] = __float_as_int(a - b);
+            }
+    }
+    if (stages > 4) {   // h = 16 (warp ^ 1), then h = 32 (warp ^ 2): each thread reads the four warps' values
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int k = 16 * c + 4 * j;
+                xch[(warp * 4 + j) * 32 + lane] = make_float4(__int_as_float(v[k]), __int_as_float(v[k + 1]),
+                                                              __int_as_float(v[k + 2]), __int_as_float(v[k + 3]));
+            }
+            wg_bar(bar);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float a[4][4];   // [warp][value]
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    const float4 f = xch[(w * 4 + j) * 32 + lane];
+                    a[w][0] = f.x; a[w][1] = f.y; a[w][2] = f.z; a[w][3] = f.w;
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const float b0 = a[0][u] + a[1][u], b1 = a[0][u] - a[1][u];   // h = 16
+                    const float b2 = a[2][u] + a[3][u], b3 = a[2][u] - a[3][u];
+                    float r;
+                    if (stages == 5) r = warp == 0 ? b0 : warp == 1 ? b1 : warp == 2 ? b2 : b3;
+                    else r = warp == 0 ? b0 + b2 : warp == 1 ? b1 + b3 : warp == 2 ? b0 - b2 : b1 - b3;   // h = 32
+                    v[16 * c + 4 * j + u] = __float_as_int(r);
+                }
+            }
+            wg_bar(bar);   // before the next round's stores
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 128; k++) v[k] = __float_as_int(__fmul_rn(__int_as_float(v[k]), scale));
+}
 // Tile t of the persistent loop: groups of GROUP_M row blocks walked column block by column block, so the CTAs at
 // work share A and B tiles in L2.
 __device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0) {
@@ -222,6 +292,9 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = __float_as_int(__fmul_rn((float)acc[i], al));
         if (p.rot_stages) rotate_rows(acc, lane, p.rot_stages, p.rot_scale);
+        if (p.tok_stages)
+            rotate_tokens(acc, lane, warp, p.tok_stages, p.tok_scale,
+                          (float4 *)(smem + STAGES * STAGE_BYTES + 2 * STAGES * 8) + cw * (XCH_BYTES / 32), 1 + cw);
         const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
         if (!p.d_f32) {
 #pragma unroll
@@ -381,13 +454,28 @@ extern "C" int halo_cuda_gemm_s8_dq_rot_ok(const halo_cuda_had *h, int No) {
     return h && h->K == 1 && h->P == h->block && h->block >= 2 && h->block <= 256 && h->d == No && No % h->block == 0;
 }
 
+extern "C" int halo_cuda_gemm_s8_dq_tok_ok(const halo_cuda_had *t) {
+    return t && t->K == 1 && t->P == t->block && t->block >= 2 && t->block <= 64;
+}
+
 extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A,
                                     long lda, const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
                                     const float *alpha, const halo_cuda_had *rot, cudaStream_t s) {
+    return halo_cuda_gemm_s8_dq_tok(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, rot, NULL,
+                                    s);
+}
+
+extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate,
+                                        const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
+                                        int Mo, int No, const float *alpha, const halo_cuda_had *rot,
+                                        const halo_cuda_had *tok, cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
                          "most 256 over the %d output columns", rot->d, rot->block, rot->K, No);
+    if (tok && !halo_cuda_gemm_s8_dq_tok_ok(tok))
+        return halo_fail("halo_cuda_gemm_s8_dq: the token rotation (d=%d, block %d, K=%d) is not a power-of-two block "
+                         "of at most 64", tok->d, tok->block, tok->K);
     if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
         return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
                          M, N, K, lda, ldb, ldd);
@@ -406,6 +494,12 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
     if (rot) {
         while ((1 << p.rot_stages) < rot->block) p.rot_stages++;
         p.rot_scale = rot->scale;
+    }
+    p.tok_stages = 0;
+    p.tok_scale = 1.f;
+    if (tok) {
+        while ((1 << p.tok_stages) < tok->block) p.tok_stages++;
+        p.tok_scale = tok->scale;
     }
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
