@@ -19,8 +19,10 @@ static inline int cmp_d(const void *a, const void *b) {
 // sorts v in place; the upper median for even n, 0 for n = 0
 static inline double median(double *v, int n) { qsort(v, (size_t)n, sizeof *v, cmp_d); return n ? v[n / 2] : 0; }
 
-// The random-weight Llama-3 shapes of the GPU benchmarks: "llama3.2-1b" (hidden 2048, MLP 8192, 16 layers, tied head)
-// or "llama3-8b" (4096, 14336, 32 layers); 32 query / 8 KV heads, vocab 128256. layers > 0 overrides the count.
+// The random-weight shapes of the GPU benchmarks: "llama3.2-1b" (hidden 2048, MLP 8192, 16 layers, tied head)
+// or "llama3-8b" (4096, 14336, 32 layers), both 32 query / 8 KV heads, vocab 128256; the variants "qwen2.5-0.5b"
+// (896, 4864, 24 layers, 14 / 2 heads of 64, q/k/v biases) and "qwen3-0.6b" (1024, 3072, 28 layers, 16 / 8 heads
+// of 128, q/k head norms), vocab 151936, tied head. layers > 0 overrides the count.
 // Returns 0, or -1 (message printed) for an unknown name.
 static inline int bench_llama3_config(llama_config *c, const char *model, int layers, int max_pos) {
     memset(c, 0, sizeof *c);
@@ -28,7 +30,16 @@ static inline int bench_llama3_config(llama_config *c, const char *model, int la
     c->rope_theta = 500000.f; c->bos_id = c->eos_id = -1;
     if (!strcmp(model, "llama3.2-1b")) { c->dim = 2048; c->hidden_dim = 8192; c->n_layers = 16; c->tie_embeddings = 1; }
     else if (!strcmp(model, "llama3-8b")) { c->dim = 4096; c->hidden_dim = 14336; c->n_layers = 32; c->tie_embeddings = 0; }
-    else { fprintf(stderr, "unknown model %s\n", model); return -1; }
+    else if (!strcmp(model, "qwen2.5-0.5b") || !strcmp(model, "qwen3-0.6b")) {   // the variants' shapes
+        const int q3 = model[4] == '3';
+        c->vocab_size = 151936; c->rope_theta = 1000000.f; c->norm_eps = 1e-6f; c->tie_embeddings = 1;
+        c->dim = q3 ? 1024 : 896; c->hidden_dim = q3 ? 3072 : 4864; c->n_layers = q3 ? 28 : 24;
+        c->n_heads = q3 ? 16 : 14; c->n_kv_heads = q3 ? 8 : 2; c->head_dim = q3 ? 128 : 64;
+        if (q3) c->qk_norm = 1;
+        else c->bias_kinds = BIAS_QKV;   // Qwen2's q, k, v biases
+        if (layers > 0) c->n_layers = layers;
+        return 0;
+    } else { fprintf(stderr, "unknown model %s\n", model); return -1; }
     if (layers > 0) c->n_layers = layers;
     c->head_dim = c->dim / c->n_heads;
     return 0;

@@ -5,7 +5,7 @@
 # lines), results.md (the tables), logs.tar.gz (every log).
 #   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_lora, test_cuda_verbs --val-loss under memcheck, test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
-#      / int8 L2; Llama-3-8B shapes, 4 layers   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
+#      / int8 L2; Llama-3-8B shapes, 4 layers; the variants' shapes (Qwen2.5-0.5B, Qwen3-0.6B) with PyTorch beside them   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
 #   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes) and the ratio table  11. racecheck over a BF16 and HALO training step
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
@@ -97,6 +97,19 @@ trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 -
 trainbench "bench 8B shapes 4 layers HALO fp8 L0" b8f0.log --model llama3-8b --layers 4 --no-breakdown --precision fp8 --halo-level 0
 trainbench "bench 8B shapes 4 layers HALO int8 L0" b8i0.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 0
 trainbench "bench 8B shapes 4 layers HALO int8 L2 H_m block 256 token block 64" b8i2hbtb.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64
+trainbench "bench variants qwen2.5-0.5b BF16" bq2.log --model qwen2.5-0.5b
+keep bq2.log "ms  " 24
+trainbench "bench variants qwen2.5-0.5b HALO int8 L0" bq2i0.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 0
+trainbench "bench variants qwen2.5-0.5b HALO fp8 L0" bq2f0.log --model qwen2.5-0.5b --no-breakdown --precision fp8 --halo-level 0
+trainbench "bench variants qwen3-0.6b BF16" bq3.log --model qwen3-0.6b
+keep bq3.log "ms  " 24
+trainbench "bench variants qwen3-0.6b HALO int8 L0" bq3i0.log --model qwen3-0.6b --no-breakdown --precision int8 --halo-level 0
+trainbench "bench variants qwen3-0.6b HALO fp8 L0" bq3f0.log --model qwen3-0.6b --no-breakdown --precision fp8 --halo-level 0
+trainbench "bench variants qwen3-0.6b HALO int8 L2 H_m block 256 token block 64" bq3i2hbtb.log --model qwen3-0.6b --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64
+step "torch compiled qwen2.5-0.5b 4x2048 (variants)" torch_q2.log 150 python3 dev/qwen/torch_qwen_baseline.py --model qwen2.5-0.5b --batch 4 --seq 2048 --compile
+keep torch_q2.log "^\{" 2
+step "torch compiled qwen3-0.6b 4x2048 (variants)" torch_q3.log 150 python3 dev/qwen/torch_qwen_baseline.py --model qwen3-0.6b --batch 4 --seq 2048 --compile
+keep torch_q3.log "^\{" 2
 step "bench_cuda_attention" bench_attn.log 100 $B/bench/bench_cuda_attention
 keep bench_attn.log "^\|" 30
 step "bench_cuda_qgemm (8-bit product rates by scale mode)" qgemm.log 120 $B/bench/bench_cuda_qgemm --reps 10
