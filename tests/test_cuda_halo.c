@@ -780,11 +780,13 @@ static void test_gemm_s8_dq_rot(void) {
 // The own kernel with the token rotation in its epilogue too (level 2's H_b of E_X, blocks of 2 .. 64 tokens, after
 // the rows' H_m^T or alone) against the same kernel's fp32 product + halo_cuda_colrot_f32, bit for bit, in the bf16,
 // fp32 and fp32 += forms; M a multiple of the block, the first Mo rows written (the rest of a padded block rotated
-// along, never stored), columns past No untouched.
+// along, never stored), columns past No untouched; one case with more tiles than SMs (each CTA reuses its exchange
+// area).
 static void test_gemm_s8_dq_tok(void) {
     static const int cases[][7] = {   // M, N, K, Mo, No, rows block (0: none), token block
         {384, 512, 256, 384, 512, 256, 64}, {320, 1024, 208, 300, 1024, 64, 64}, {256, 768, 128, 250, 768, 0, 32},
-        {384, 512, 512, 384, 512, 8, 8}, {192, 512, 1024, 190, 512, 256, 2}, {512, 4096, 1024, 512, 4096, 256, 16}};
+        {384, 512, 512, 384, 512, 8, 8}, {192, 512, 1024, 190, 512, 256, 2}, {512, 4096, 1024, 512, 4096, 256, 16},
+        {4096, 2048, 256, 4000, 2048, 256, 64}};   // the last: 256 tiles, more than the SMs (the persistent loop)
     static _Alignas(16) int8_t probe[16];
     if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
         printf("own INT8 kernel with token rotation: not on this device, skipped\n");
