@@ -658,18 +658,39 @@ static int8_t *rand_codes_dev(size_t n, int8_t **host) {
     return t_dev_copy(h, n);
 }
 
+// Whether the own INT8 kernel takes a plain shape here; else says so (as `what`: skipped) and returns 0. A compute
+// capability 9 device must take it.
+static int own_int8_kernel(const char *what) {
+    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
+    if (halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) return 1;
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    CHECK(major != 9, "the own INT8 kernel refused a plain shape on a compute capability 9 device");
+    printf("%s: not on this device (compute capability %d), skipped\n", what, major);
+    return 0;
+}
+
+// Rows of the first No columns of two device outputs [Mo][ldd] (fp32 or bf16) that differ, into the table as `check`
+// / `detail` (bound 0); the columns past No must match too (both poisoned or both holding the same addend).
+static void rows_identical(const char *check, const char *detail, const void *want, const void *own, int f32, long Mo,
+                           long ldd, long No) {
+    const size_t es = f32 ? 4 : 2, ob = es * (size_t)Mo * ldd;
+    uint8_t *hw = t_host_of(want, ob), *ho = t_host_of(own, ob);
+    long bad = 0, pad_bad = 0;
+    for (long r = 0; r < Mo; r++) {
+        bad += memcmp(hw + r * ldd * es, ho + r * ldd * es, No * es) != 0;
+        pad_bad += memcmp(hw + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
+    }
+    row(check, detail, (double)bad, 0, 0, 0);   // error: rows that differ
+    CHECK(pad_bad == 0, "%s: %ld rows written past column %ld", detail, pad_bad, No);
+    free(hw); free(ho);
+}
+
 static void test_gemm_s8_dq(void) {
     static const int shapes[][5] = {   // M, N, K, Mo, No
         {384, 512, 256, 384, 512}, {300, 400, 208, 300, 392}, {4096, 2048, 512, 4096, 2048}, {130, 272, 4096, 129, 270}};
-    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
-    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
-        int dev = 0, major = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        CHECK(major != 9, "the own INT8 kernel refused a plain shape on a compute capability 9 device");
-        printf("own INT8 kernel: not on this device (compute capability %d), skipped\n", major);
-        return;
-    }
+    if (!own_int8_kernel("own INT8 kernel")) return;
     const float al = 1.37f / 4096;
     float *dal = t_dev_copy(&al, 4);
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
@@ -691,18 +712,10 @@ static void test_gemm_s8_dq(void) {
             else halo_cuda_dequant_i32(ref, f32, ldd, dI, N, Mo, No, dal, NULL, NULL, acc, 0);
             rc = halo_cuda_gemm_s8_dq(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, NULL, 0);
             CHECK(rc == HALO_OK, "own int8 gemm: %s", halo_error());
-            uint8_t *hr = t_host_of(ref, ob), *ho = t_host_of(own, ob);
-            const size_t es = f32 ? 4 : 2;
-            long bad = 0, pad_bad = 0;
-            for (long r = 0; r < Mo; r++) {
-                bad += memcmp(hr + r * ldd * es, ho + r * ldd * es, No * es) != 0;
-                pad_bad += memcmp(hr + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
-            }
             char detail[64];
             snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d %s", M, N, K, Mo, No, form[f]);
-            row("own int8 gemm vs int32+dequant", detail, (double)bad, 0, 0, 0);   // error: rows that differ
-            CHECK(pad_bad == 0, "%s: %ld rows written past column %d", detail, pad_bad, No);
-            free(hr); free(ho); cudaFree(ref); cudaFree(own);
+            rows_identical("own int8 gemm vs int32+dequant", detail, ref, own, f32, Mo, ldd, No);
+            cudaFree(ref); cudaFree(own);
         }
         free(hA); free(hB); free(R); cudaFree(dA); cudaFree(dB); cudaFree(dI); cudaFree(dR);
     }
@@ -717,11 +730,7 @@ static void test_gemm_s8_dq_rot(void) {
     static const int cases[][6] = {   // M, N, K, Mo, No, block
         {384, 512, 256, 384, 512, 256}, {300, 1024, 208, 300, 1024, 64}, {130, 400, 512, 129, 392, 8},
         {256, 768, 128, 256, 768, 2}, {512, 4096, 1024, 512, 4096, 128}};
-    static _Alignas(16) int8_t probe[16];
-    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
-        printf("own INT8 kernel with rotation: not on this device, skipped\n");
-        return;
-    }
+    if (!own_int8_kernel("own INT8 kernel with rotation")) return;
     const float al = 0.73f / 8192;
     float *dal = t_dev_copy(&al, 4);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -787,11 +796,7 @@ static void test_gemm_s8_dq_tok(void) {
         {384, 512, 256, 384, 512, 256, 64}, {320, 1024, 208, 300, 1024, 64, 64}, {256, 768, 128, 250, 768, 0, 32},
         {384, 512, 512, 384, 512, 8, 8}, {192, 512, 1024, 190, 512, 256, 2}, {512, 4096, 1024, 512, 4096, 256, 16},
         {4096, 2048, 256, 4000, 2048, 256, 64}};   // the last: 256 tiles, more than the SMs (the persistent loop)
-    static _Alignas(16) int8_t probe[16];
-    if (!halo_cuda_gemm_s8_dq_ok(probe, 1, 512, NULL, probe, 256, probe, 256, 384, 512, 256, 384, 512)) {
-        printf("own INT8 kernel with token rotation: not on this device, skipped\n");
-        return;
-    }
+    if (!own_int8_kernel("own INT8 kernel with token rotation")) return;
     const float al = 0.91f / 8192;
     float *dal = t_dev_copy(&al, 4);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -818,19 +823,11 @@ static void test_gemm_s8_dq_tok(void) {
             halo_cuda_colrot_f32(&ht, Pc, No, No, want, f32, ldd, Mo, acc, 0);
             int rc = halo_cuda_gemm_s8_dq_tok(own, f32, ldd, NULL, acc, dA, K, dB, K, M, N, K, Mo, No, dal, rot, &ht, 0);
             CHECK(rc == HALO_OK, "own int8 gemm with token rotation: %s", halo_error());
-            uint8_t *hw = t_host_of(want, ob), *ho = t_host_of(own, ob);
-            const size_t es = f32 ? 4 : 2;
-            long bad = 0, pad_bad = 0;
-            for (long r = 0; r < Mo; r++) {
-                bad += memcmp(hw + r * ldd * es, ho + r * ldd * es, No * es) != 0;
-                pad_bad += memcmp(hw + (r * ldd + No) * es, ho + (r * ldd + No) * es, (ldd - No) * es) != 0;
-            }
             char detail[96];
             snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d H_%d rows, H_%d tokens %s", M, N, K, Mo, No, RB, TB,
                      form[f]);
-            row("own int8 gemm + H_b vs colrot", detail, (double)bad, 0, 0, 0);   // error: rows that differ
-            CHECK(pad_bad == 0, "%s: %ld rows written past column %d", detail, pad_bad, No);
-            free(hw); free(ho); cudaFree(want); cudaFree(own); cudaFree(Pc);
+            rows_identical("own int8 gemm + H_b vs colrot", detail, want, own, f32, Mo, ldd, No);
+            cudaFree(want); cudaFree(own); cudaFree(Pc);
         }
         free(hA); free(hB); free(R); free(hP); cudaFree(dA); cudaFree(dB); cudaFree(P);
         if (RB) halo_cuda_had_free(&hr);
