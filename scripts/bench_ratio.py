@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Table of halo training benchmarks against the PyTorch baseline: reads the JSON lines that bench_cuda_train and
-shared/bench/torch_llama_baseline.py print (any files given) and prints step time, tokens/s, memory and the speed
-ratio to the PyTorch run of the same model and shape.
+shared/bench/torch_llama_baseline.py (or dev/qwen/torch_qwen_baseline.py) print (any files given) and prints step time,
+tokens/s, memory, the speed ratio to halo's plain BF16 row of the same model and shape (the first one given) and to
+the PyTorch run.
 usage: scripts/bench_ratio.py LOG..."""
 import json, sys
 
@@ -19,14 +20,22 @@ for path in sys.argv[1:]:
             rows.append((key, j))
         elif "compile" in j:
             torch[key] = j
-print("| model | layers | config | step ms | tokens/s | memory GiB (own / device) | PyTorch compiled step ms, GiB | speed vs PyTorch |")
-print("|---|---|---|---|---|---|---|---|")
+def plain_bf16(j):   # halo's default BF16 step: the reference of the "x halo BF16" column
+    return (j["precision"] == "bf16" and not j.get("lora") and not j.get("bf16_moments") and not j.get("bf16_grads")
+            and not j.get("recompute_norms") and not j.get("recompute"))
+base = {}
+for key, j in rows:
+    if plain_bf16(j): base.setdefault(key, j)
+print("| model | layers | config | step ms | tokens/s | memory GiB (own / device) | x halo BF16 | PyTorch compiled step ms, GiB | speed vs PyTorch |")
+print("|---|---|---|---|---|---|---|---|---|")
 for key, j in rows:
     cfg = [j["precision"] + ("" if j["precision"] == "bf16" else f" L{j['halo_level']}")]
     if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
     if j.get("hm_block"): cfg.append(f"H_m block {j['hm_block']}")
     if j.get("ex_defer") == 0 and j["precision"] != "bf16": cfg.append("no ex-defer")
     if j.get("int8_own") == 0 and j["precision"] == "int8": cfg.append("int32 products")
+    if j.get("tok_fused") == 0 and j["precision"] == "int8" and j.get("halo_level") == 2 and j.get("token_block"):
+        cfg.append("token rotation as a column pass")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
     if j.get("lora"): cfg.append(f"LoRA r{j['lora']} (base frozen)")
@@ -36,5 +45,7 @@ for key, j in rows:
     t = torch.get(key)
     ref = f"{t['step_ms']:.2f}, {t['peak_gib']:.2f}" if t else "not run"
     ratio = f"{t['step_ms'] / j['step_ms']:.3f}x" if t else "-"
+    b = base.get(key)
+    xb = f"{b['step_ms'] / j['step_ms']:.3f}x" if b else "-"
     print(f"| {key[0]} | {key[1]} | {', '.join(cfg)} | {j['step_ms']:.2f} | {j['tokens_per_s']:,} | "
-          f"{j['model_gib']:.2f} / {j['device_used_gib']:.2f} | {ref} | {ratio} |")
+          f"{j['model_gib']:.2f} / {j['device_used_gib']:.2f} | {xb} | {ref} | {ratio} |")

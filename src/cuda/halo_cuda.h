@@ -258,7 +258,9 @@ void halo_cuda_linear_share_x(halo_cuda_linear *L, const halo_cuda_linear *src);
 // Level 2's token Hadamard block-diagonal with blocks of bs tokens (the CPU layer's had_block_b; the token count is
 // zero-padded to a multiple of bs), 0 = over all tokens (default). GPU: bs a power of two (checked at the backward).
 // INT8 with bs <= 64 and an H_m block <= 256: an input gradient that is not group-summed (o, down) gets H_b in the own
-// kernel's epilogue after H_m^T (halo_cuda_gemm_s8_dq_tok; HALO_CUDA_TOK_FUSED=0: a column pass instead).
+// kernel's epilogue after H_m^T (halo_cuda_gemm_s8_dq_tok; HALO_CUDA_TOK_FUSED=0: a column pass instead, which
+// halo_cuda_tok_fusing() then reports as 0).
+int halo_cuda_tok_fusing(void);
 void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs);
 // H_m block-diagonal with blocks of bs in_features (the CPU layer's had_block; bs must divide in_features), 0 = the
 // full H_m (default). INT8 with blocks of a power of two <= 256: the products that need H_m^T after them (G; E_X at

@@ -208,8 +208,9 @@ static int plan_hb(halo_cuda_linear *L, int b);
 // (blocks of a power of two <= 64, planned for b tokens by plan_hb), instead of an fp32 product and a column pass.
 // HALO_CUDA_TOK_FUSED=0 switches it off (to compare). Used where the input gradient is not deferred (o, down).
 static int g_tok_fused = -1;
+extern "C" int halo_cuda_tok_fusing(void) { return env_switch(&g_tok_fused, "HALO_CUDA_TOK_FUSED"); }
 static int hb_fused(halo_cuda_linear *L, int b) {
-    return L->level == 2 && hm_fused(L) && env_switch(&g_tok_fused, "HALO_CUDA_TOK_FUSED") && plan_hb(L, b) == HALO_OK &&
+    return L->level == 2 && hm_fused(L) && halo_cuda_tok_fusing() && plan_hb(L, b) == HALO_OK &&
            halo_cuda_gemm_s8_dq_tok_ok(&L->hb);
 }
 
