@@ -37,11 +37,9 @@ static inline int bench_llama3_config(llama_config *c, const char *model, int la
         c->n_heads = q3 ? 16 : 14; c->n_kv_heads = q3 ? 8 : 2; c->head_dim = q3 ? 128 : 64;
         if (q3) c->qk_norm = 1;
         else c->bias_kinds = BIAS_QKV;   // Qwen2's q, k, v biases
-        if (layers > 0) c->n_layers = layers;
-        return 0;
     } else { fprintf(stderr, "unknown model %s\n", model); return -1; }
     if (layers > 0) c->n_layers = layers;
-    c->head_dim = c->dim / c->n_heads;
+    if (!c->head_dim) c->head_dim = c->dim / c->n_heads;   // (Qwen3's is its own: 128)
     return 0;
 }
 

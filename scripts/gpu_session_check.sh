@@ -79,9 +79,8 @@ trainbench "bench 1B HALO int8 L2 token block 64 no ex-defer" b1i2tbnd.log --mod
 keep b1i2tb.log "ms  |^\| " 30
 trainbench "bench 1B HALO int8 L2 H_m block 256" b1i2hb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-breakdown
 keep b1i2hb.log "ms  |^\| " 30
-trainbench "bench 1B HALO int8 L2 H_m block 256 token block 64" b1i2hbtb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
-step "bench 1B HALO int8 L2 H_m block 256 token block 64 breakdown" b1i2hbtbbd.log 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
-keep b1i2hbtbbd.log "^\{|^\| " 24
+trainbench "bench 1B HALO int8 L2 H_m block 256 token block 64" b1i2hbtb.log --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
+keep b1i2hbtb.log "^\| " 24
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 token rotation in a column pass (HALO_CUDA_TOK_FUSED=0)" b1i2hbtbtf0.log 45 env HALO_CUDA_TOK_FUSED=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
 keep b1i2hbtbtf0.log "^\{|^\| " 24
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" b1i2hbtbnt.log 45 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown

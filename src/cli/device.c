@@ -36,8 +36,7 @@ int cli_device_auto(const halo_common_opts *co, const char *model_dir, const cha
         char *p = halo_path_join(model_dir, "config.json");
         llama_config c;
         if (halo_file_exists(p) && llama_config_load(p, &c) == HALO_OK && !llama_cuda_variant_ok(&c)) {
-            why = "the GPU model does not run this architecture's additions (o, gate, up or down biases; q/k norms "
-                  "over heads wider than 256)";
+            why = LLAMA_CUDA_NO_VARIANT;
             can_insist = 0;
         }
         free(p);

@@ -217,9 +217,9 @@ int llama_cuda_init(llama_cuda **out, const llama_model *host, const llama_cuda_
 // What llama_cuda_init (and _init_random) say of a model whose additions the GPU model lacks. It runs q, k, v biases
 // (Qwen2), q/k norms (Qwen3: heads up to 256 wide) and layers without RoPE (SmolLM3); o, gate, up and down biases
 // (Llama's attention_bias, mlp_bias) are not written.
-#define LLAMA_CUDA_NO_BIAS "the GPU model does not run this architecture's additions (o, gate, up or down biases: " \
-                           "Llama's attention_bias, mlp_bias; q/k norms over heads wider than 256): this model runs " \
-                           "on the CPU (--device cpu)"
+#define LLAMA_CUDA_NO_VARIANT "the GPU model does not run this architecture's additions (o, gate, up or down " \
+                              "biases: Llama's attention_bias, mlp_bias; q/k norms over heads wider than 256)"
+#define LLAMA_CUDA_NO_BIAS LLAMA_CUDA_NO_VARIANT ": this model runs on the CPU (--device cpu)"
 int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs c's biases and q/k norms
 // LoRA dropout on the adapters' inputs (as llama_lora_train): on, with the masks of lora.c drawn from `key` (the
 // trainer's trainer_lora_key per micro-batch), for the forward passes and backward passes that follow; off (the

@@ -1482,7 +1482,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     }
     if (!g->lora)
         PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D,
-                                                  g->c.has_pad_id ? g->c.pad_id : -1, s));
+                                                  llama_embed_skip_id(&g->c), s));
     g->grads_fresh = 0;
 }
 

@@ -34,8 +34,9 @@ typedef struct {
     int rope_original_max_pos;
     int tie_embeddings; // tie_word_embeddings
     int bos_id, eos_id; // -1 when absent
-    int has_pad_id, pad_id;   // pad_token_id (has_pad_id 0, pad_id 0: absent or null). As transformers' nn.Embedding(padding_idx),
-                              // the lookup gives its row no gradient (the tied lm_head still does)
+    int has_pad_id, pad_id;   // pad_token_id (has_pad_id 0, pad_id 0: absent or null). As transformers'
+                              // nn.Embedding(padding_idx), the lookup gives its row no gradient (the tied lm_head
+                              // still does): llama_embed_skip_id
     llama_arch arch;    // from architectures[0] (or model_type); what export writes back
     int qk_norm;        // RMSNorm (weight [head_dim], rms_norm_eps) over each head of q and of k, before RoPE (Qwen3)
     uint64_t nope[2];   // bit l: layer l applies no RoPE (SmolLM3's no_rope_layers); layers < LLAMA_MAX_NOPE_LAYERS
@@ -47,6 +48,9 @@ typedef struct {
 } llama_config;
 
 // Parses config.json; unsupported architectures, rope scalings, activations are refused naming the key.
+// The token id whose embedding row the lookup's backward skips: pad_token_id, -1 without one.
+static inline int llama_embed_skip_id(const llama_config *c) { return c->has_pad_id ? c->pad_id : -1; }
+
 int llama_config_load(const char *path, llama_config *c);
 // Writes config.json for `torch_dtype` ("float32" or "bfloat16"), atomically.
 int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype);

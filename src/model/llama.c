@@ -506,7 +506,7 @@ void llama_backward(llama_model *m, const halo_batch *b, float grad_scale) {
         model_linear_backward(m, l, LIN_V, a->dx, G->wv, a->dv, L->xn1, W->wv, N, D, kvd, 1);
         rmsnorm_backward(a->dres, G->attn_norm, a->dx, L->res, W->attn_norm, L->rstd1, N, D);
     }
-    if (!frozen) embedding_backward(m->g.embed, b->input_ids, a->dres, N, D, c->has_pad_id ? c->pad_id : -1);
+    if (!frozen) embedding_backward(m->g.embed, b->input_ids, a->dres, N, D, llama_embed_skip_id(c));
 }
 
 // ---- KV-cached decoding ----
