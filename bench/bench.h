@@ -20,9 +20,10 @@ static inline int cmp_d(const void *a, const void *b) {
 static inline double median(double *v, int n) { qsort(v, (size_t)n, sizeof *v, cmp_d); return n ? v[n / 2] : 0; }
 
 // The random-weight shapes of the GPU benchmarks: "llama3.2-1b" (hidden 2048, MLP 8192, 16 layers, tied head)
-// or "llama3-8b" (4096, 14336, 32 layers), both 32 query / 8 KV heads, vocab 128256; the variants "qwen2.5-0.5b"
-// (896, 4864, 24 layers, 14 / 2 heads of 64, q/k/v biases) and "qwen3-0.6b" (1024, 3072, 28 layers, 16 / 8 heads
-// of 128, q/k head norms), vocab 151936, tied head. layers > 0 overrides the count.
+// or "llama3-8b" (4096, 14336, 32 layers), both 32 query / 8 KV heads, vocab 128256; "llama2-7b" (4096, 11008 =
+// 172 x 64: a Hadamard order the GPU runs on its generic row kernel; 32 layers, 32 / 32 heads, vocab 32000); the
+// variants "qwen2.5-0.5b" (896, 4864, 24 layers, 14 / 2 heads of 64, q/k/v biases) and "qwen3-0.6b" (1024, 3072,
+// 28 layers, 16 / 8 heads of 128, q/k head norms), vocab 151936, tied head. layers > 0 overrides the count.
 // Returns 0, or -1 (message printed) for an unknown name.
 static inline int bench_llama3_config(llama_config *c, const char *model, int layers, int max_pos) {
     memset(c, 0, sizeof *c);
@@ -30,7 +31,10 @@ static inline int bench_llama3_config(llama_config *c, const char *model, int la
     c->rope_theta = 500000.f; c->bos_id = c->eos_id = -1;
     if (!strcmp(model, "llama3.2-1b")) { c->dim = 2048; c->hidden_dim = 8192; c->n_layers = 16; c->tie_embeddings = 1; }
     else if (!strcmp(model, "llama3-8b")) { c->dim = 4096; c->hidden_dim = 14336; c->n_layers = 32; c->tie_embeddings = 0; }
-    else if (!strcmp(model, "qwen2.5-0.5b") || !strcmp(model, "qwen3-0.6b")) {   // the variants' shapes
+    else if (!strcmp(model, "llama2-7b")) {
+        c->dim = 4096; c->hidden_dim = 11008; c->n_layers = 32; c->n_kv_heads = 32; c->vocab_size = 32000;
+        c->rope_theta = 10000.f;
+    } else if (!strcmp(model, "qwen2.5-0.5b") || !strcmp(model, "qwen3-0.6b")) {   // the variants' shapes
         const int q3 = model[4] == '3';
         c->vocab_size = 151936; c->rope_theta = 1000000.f; c->norm_eps = 1e-6f; c->tie_embeddings = 1;
         c->dim = q3 ? 1024 : 896; c->hidden_dim = q3 ? 3072 : 4864; c->n_layers = q3 ? 28 : 24;

@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_rank = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-ex-defer")) halo_cuda_ex_defer(0);   // A/B: each linear rotates its own E_X
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b|qwen2.5-0.5b|qwen3-0.6b] [--layers N] [--batch B] [--seq T] "
+            printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b|llama2-7b|qwen2.5-0.5b|qwen3-0.6b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
                    "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-hadamard-block N] [--halo-breakdown] [--no-ex-defer] [--lora R]\n");
             return 0;

@@ -96,6 +96,9 @@ trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 -
 trainbench "bench 8B shapes 4 layers HALO fp8 L0" b8f0.log --model llama3-8b --layers 4 --no-breakdown --precision fp8 --halo-level 0
 trainbench "bench 8B shapes 4 layers HALO int8 L0" b8i0.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 0
 trainbench "bench 8B shapes 4 layers HALO int8 L2 H_m block 256 token block 64" b8i2hbtb.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64
+trainbench "bench llama2-7b shapes 4 layers BF16" b27.log --model llama2-7b --layers 4 --no-breakdown
+trainbench "bench llama2-7b shapes 4 layers HALO int8 L0" b27i0.log --model llama2-7b --layers 4 --no-breakdown --precision int8 --halo-level 0
+trainbench "bench llama2-7b shapes 4 layers HALO int8 L2 (order 172)" b27i2.log --model llama2-7b --layers 4 --precision int8 --halo-level 2 --halo-breakdown
 trainbench "bench variants qwen2.5-0.5b BF16" bq2.log --model qwen2.5-0.5b
 keep bq2.log "ms  " 24
 trainbench "bench variants qwen2.5-0.5b HALO int8 L0" bq2i0.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 0
