@@ -1,33 +1,8 @@
-// Host check of prep/8_rot_k76.patch's order-76 mix (run by check_k76_mix.sh, which extracts hk_extract.h from the
-// patched halo_kernels.cu): k_rot's phase 1 (the butterfly over each P-chunk, as fwht_vec) then hk_mix in four
+// Host check of prep/8_rot_k76.patch's order-76 mix (`bash dev/cuda/prep/check_on_cpu.sh 8`, which extracts the code
+// from the patched halo_kernels.cu): k_rot's phase 1 (the butterfly over each P-chunk) then hk_mix in four
 // thread groups, against halo_hadamard_rows, bit for bit; also K = 28 through the same templates.
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <cstdint>
-#include <type_traits>
-#include <utility>
-#define __host__
-#define __device__
-#define __forceinline__ inline
-#include "hk_extract.h"
-extern "C" {
-#include "halo/hadamard.h"
-}
-static void fwht(float *x, int P) {   // the GPU's phase 1: bfly8 then stages h = 8 .. P / 2 (lower + upper, lower - upper)
-    for (int i = 0; i < P; i += 8) {
-        float *v = x + i;
-        const float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
-        const float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
-        const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
-        const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
-        v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
-        v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
-    }
-    for (int h = 8; h < P; h *= 2)
-        for (int i = 0; i < P; i += 2 * h)
-            for (int j = i; j < i + h; j++) { float a = x[j], b = x[j + h]; x[j] = a + b; x[j + h] = a - b; }
-}
+#include "check_host.h"
+
 int main() {
     const int d = 4864;
     halo_hadamard h;
@@ -49,7 +24,7 @@ int main() {
         const int htr = !tr;   // rows_setup: a.htr = !transpose
         for (int r = 0; r < rows; r++) {
             memcpy(sm, x + (long)r * d, sizeof(float) * d);
-            for (int c = 0; c < 76; c++) fwht(sm + c * 64, 64);
+            for (int c = 0; c < 76; c++) fwht_gpu(sm + c * 64, 64);
             constexpr int K = 76, NG = 4, KI = 19;
             for (int w = 0; w < 64 * NG; w++) {
                 const int j = w & 63, q = w >> 6;
@@ -75,7 +50,7 @@ int main() {
         memcpy(rf, v, sizeof(float) * 14336);
         halo_hadamard_rows(&h28, rf, 1, 14336, 0);
         memcpy(sm2, v, sizeof(float) * 14336);
-        for (int c = 0; c < K; c++) fwht(sm2 + c * P, P);
+        for (int c = 0; c < K; c++) fwht_gpu(sm2 + c * P, P);
         for (int j = 0; j < P; j++) {
             float xv[K];
             for (int c = 0; c < K; c++) xv[c] = sm2[c * P + j];

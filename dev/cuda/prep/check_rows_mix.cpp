@@ -1,36 +1,8 @@
-// Host check of prep/10_rows_mix8.patch's rows_mix (k_rows's order-K mix, 8 rows a thread, unrolled sign words; run by
-// check_rows_mix.sh, which extracts rows_mix.h from the patched halo_kernels.cu) against halo_hadamard_rows, bit
-// for bit, at the widths whose orders take the generic row kernel (28, 36, 44, 76, 108, 140, 148, 172).
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <cstdint>
-#define __device__
-#define __forceinline__ inline
-static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
-static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
-#include "rows_mix.h"
-extern "C" {
-#include "halo/hadamard.h"
-}
-static void fwht(float *x, int P) {   // the CPU's fwht_vec (k_rows's stages give the same values; tested on the device)
-    int h = 1;
-    if (P >= 8) {
-        for (int i = 0; i < P; i += 8) {
-            float *v = x + i;
-            const float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
-            const float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
-            const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
-            const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
-            v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
-            v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
-        }
-        h = 8;
-    }
-    for (; h < P; h *= 2)
-        for (int i = 0; i < P; i += 2 * h)
-            for (int j = i; j < i + h; j++) { float a = x[j], b = x[j + h]; x[j] = a + b; x[j + h] = a - b; }
-}
+// Host check of prep/10_rows_mix8.patch's rows_mix (k_rows's order-K mix, 8 rows a thread, unrolled sign words;
+// `bash dev/cuda/prep/check_on_cpu.sh 10` extracts it from the patched halo_kernels.cu) against halo_hadamard_rows,
+// bit for bit, at the widths whose orders take the generic row kernel (28, 36, 44, 76, 108, 140, 148, 172).
+#include "check_host.h"
+
 int main() {
     const int dims[] = {896, 5632, 4864, 11008, 13824, 8960, 18944, 1536 * 3};
     long total_bad = 0;
@@ -56,7 +28,7 @@ int main() {
             float *sm = (float *)malloc(sizeof(float) * d);
             for (int r = 0; r < rows; r++) {
                 memcpy(sm, x + (long)r * d, sizeof(float) * d);
-                for (int c = 0; c < K; c++) fwht(sm + (long)c * P, P);
+                for (int c = 0; c < K; c++) fwht_gpu(sm + (long)c * P, P);
                 for (int j = 0; j < P; j++)
                     for (int i0 = 0; i0 < K; i0 += MIX_ROWS) {
                         float acc[MIX_ROWS];
