@@ -30,6 +30,9 @@ int halo_cuda_had_plan(halo_cuda_had *h, int d, int block);
 // Like halo_hadamard_plan_fallback (full transform, else the largest supported block dividing d).
 int halo_cuda_had_plan_fallback(halo_cuda_had *h, int d, char *note, size_t note_cap);
 void halo_cuda_had_free(halo_cuda_had *h);
+// 1 when rows rotated by h (K > 1) take the generic row kernel's order-K mix, whose signs come from shared memory:
+// several times the fast kernel's instructions per value (README, "The variants' shapes").
+int halo_cuda_had_generic_mix(const halo_cuda_had *h);
 
 enum { HALO_CUDA_BF16 = 0, HALO_CUDA_F32 = 1, HALO_CUDA_I32 = 2 };   // element types of kernel inputs
 enum { HALO_CUDA_INT8 = 0, HALO_CUDA_E4M3 = 1 };                    // 8-bit formats

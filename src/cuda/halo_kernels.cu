@@ -1107,6 +1107,12 @@ extern "C" void halo_cuda_had_rows(const halo_cuda_had *h, int transpose, const 
     else launch_rows<MODE_STORE>(in_type, a, s);
 }
 
+extern "C" int halo_cuda_had_generic_mix(const halo_cuda_had *h) {
+    rows_args a = rows_setup(h, 0, NULL, HALO_CUDA_BF16, h->d, 1, h->d);
+    a.vec_in = 1;   // (aligned rows assumed: the layers' are)
+    return h->K > 1 && !rot_ok(a);
+}
+
 // (the fp32 output of rot_amax: rows of ld_in values when the caller's out has the input's shape; checked again at
 // the call with the real out)
 extern "C" int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows) {

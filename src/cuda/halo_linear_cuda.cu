@@ -175,6 +175,19 @@ extern "C" void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs) {
     L->hm_block = bs > 0 ? bs : 0;
 }
 
+// Once a process: a rotation of many values that takes the generic row kernel's order-K mix (Qwen2.5's 896 = 28 x 32
+// and 4864 = 76 x 64 made level 2 take 2.1x the BF16 step), with the option that avoids it.
+static void note_generic_mix(const halo_cuda_linear *L, int m) {
+    static int said;
+    if (said || m < 1024 || !halo_cuda_had_generic_mix(&L->hm)) return;
+    said = 1;
+    int b = 1;
+    while (b < 256 && m % (2 * b) == 0) b *= 2;
+    fprintf(stderr, "halo_cuda_linear %s: the Hadamard rotation of its %d inputs (order %d) runs on the GPU's generic "
+                    "row kernel, which is slow at levels 1-2; --halo-hadamard-block with a power of two that divides "
+                    "every layer's input width (%d here) keeps the fast kernels\n", L->name, m, L->hm.K, b);
+}
+
 static int plan_hm(halo_cuda_linear *L, int m) {
     if (L->hm_d == m) return HALO_OK;
     halo_cuda_had_free(&L->hm);
@@ -191,6 +204,7 @@ static int plan_hm(halo_cuda_linear *L, int m) {
         fprintf(stderr, "halo_cuda_linear %s: %s\n", L->name, note);
     }
     L->hm_d = m;
+    note_generic_mix(L, m);
     return HALO_OK;
 }
 
