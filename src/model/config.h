@@ -47,10 +47,10 @@ typedef struct {
                         // causal attention
 } llama_config;
 
-// Parses config.json; unsupported architectures, rope scalings, activations are refused naming the key.
 // The token id whose embedding row the lookup's backward skips: pad_token_id, -1 without one.
 static inline int llama_embed_skip_id(const llama_config *c) { return c->has_pad_id ? c->pad_id : -1; }
 
+// Parses config.json; unsupported architectures, rope scalings, activations are refused naming the key.
 int llama_config_load(const char *path, llama_config *c);
 // Writes config.json for `torch_dtype` ("float32" or "bfloat16"), atomically.
 int llama_config_save(const llama_config *c, const char *path, const char *torch_dtype);
