@@ -105,6 +105,8 @@ trainbench "bench variants qwen2.5-0.5b HALO int8 L0" bq2i0.log --model qwen2.5-
 trainbench "bench variants qwen2.5-0.5b HALO fp8 L0" bq2f0.log --model qwen2.5-0.5b --no-breakdown --precision fp8 --halo-level 0
 trainbench "bench variants qwen2.5-0.5b HALO fp8 L1" bq2f1.log --model qwen2.5-0.5b --no-breakdown --precision fp8 --halo-level 1
 trainbench "bench variants qwen2.5-0.5b HALO int8 L2" bq2i2.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 2
+trainbench "bench variants qwen2.5-0.5b HALO int8 L2 per launch (--halo-breakdown)" bq2i2bd.log --model qwen2.5-0.5b --precision int8 --halo-level 2 --halo-breakdown
+keep bq2i2bd.log "^\\| (fwd|bwd|memset)" 24
 trainbench "bench variants qwen2.5-0.5b HALO int8 L2 H_m block 128 token block 64" bq2i2hbtb.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 128 --halo-token-block 64
 trainbench "bench variants qwen3-0.6b BF16" bq3.log --model qwen3-0.6b
 keep bq3.log "ms  " 24

@@ -65,10 +65,10 @@ static void cpu_codes(halo_qmat *qm, const float *x, int rows, int cols, int fmt
 // ---- Hadamard rows -------------------------------------------------------------------------------------------
 static void test_hadamard(void) {
     // K = 12/44/172/28 with P >= 32: sign-mask mix (generic kernel). Fast kernel (k_rot: blk % 256 == 0, P <= 8192,
-    // K in 1/12/20/28): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256), 14336 and 28672
-    // (28 * 512, 28 * 1024); 5632 (K = 44) takes the generic kernel either way; every size also through the generic
-    // kernel (fast = 0).
-    const int dims[] = {12, 40, 96, 256, 768, 2048, 3072, 4096, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
+    // K in 1/12/20/28/76): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256), 14336 and 28672
+    // (28 * 512, 28 * 1024), 4864 (76 * 64, four thread groups a column); 5632 (K = 44) and 896 (28 * 32) take the
+    // generic kernel either way; every size from 2048 also through the generic kernel (fast = 0).
+    const int dims[] = {12, 40, 96, 256, 768, 896, 2048, 3072, 4096, 4864, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
         const int d = dims[t], rows = d >= 16384 ? 3 : d == 2048 ? 7 : d == 4096 ? 5 : 8;   // k_rot: 4 (2) rows per block, one partial
         for (int tr = 0; tr < 2; tr++) {
@@ -118,8 +118,8 @@ static void test_hadamard(void) {
     halo_cuda_rows_fast(1);
     // int32 products dequantized by a device scale, rotated by H^T and accumulated into fp32 (the INT8 H_m^T
     // post-pass): out = out0 + rows((float)C * alpha) H^T, bit for bit, fast and generic kernels.
-    const int idims[] = {4096, 14336, 5632};
-    for (int t = 0; t < 3; t++)
+    const int idims[] = {4096, 14336, 5632, 4864};
+    for (int t = 0; t < 4; t++)
         for (int fast = 0; fast < 2; fast++) {
             const int d = idims[t], rows = 4;
             const size_t n = (size_t)rows * d;
@@ -155,8 +155,8 @@ static void test_hadamard(void) {
 
 // ---- absmax and quantizers -----------------------------------------------------------------------------------
 static void test_quant(void) {
-    const int shapes[][2] = {{64, 4096}, {16, 14336}, {24, 96}, {8, 8192}, {8, 5632}};
-    for (int si = 0; si < 5; si++) {
+    const int shapes[][2] = {{64, 4096}, {16, 14336}, {24, 96}, {8, 8192}, {8, 5632}, {8, 4864}};
+    for (int si = 0; si < 6; si++) {
         const int R = shapes[si][0], d = shapes[si][1];
         size_t n = (size_t)R * d;
         float *x = t_rand_vec(&rng, n, 1.0);
@@ -188,6 +188,19 @@ static void test_quant(void) {
             char det[80];
             snprintf(det, sizeof det, "%dx%d %s", R, d, rot ? "rotated" : "plain");
             row("absmax (tensor, per row)", det, fabs(am[0] - mx) / mx + (double)rowbad, 0, 0, 0);
+            // one rotation for both passes (rot_amax: k_rot, k_rot_small or, at 96 = 12 * 8 and 5632 = 44 * 128, the
+            // generic row kernel): the rotated rows and their absmax, bit for bit
+            if (rot && halo_cuda_rot_amax_ok(&hg, dx, d, R)) {
+                float *dr = dev_poison(4 * n), *dam2 = dev_poison(4);
+                cudaMemset(dam2, 0, 4);
+                halo_cuda_rot_amax(&hg, dx, d, R, dr, d, dam2, NULL, 0);
+                float *g = t_host_of(dr, 4 * n), am2;
+                cudaMemcpy(&am2, dam2, 4, cudaMemcpyDeviceToHost);
+                long bits = memcmp(&am2, &mx, 4) != 0;
+                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &xr[i], 4) != 0;
+                row("rot_amax vs CPU (rows, absmax)", det, 0, 0, bits, 0);   // any differing bit fails
+                free(g); cudaFree(dr); cudaFree(dam2);
+            }
             for (int fmt = 0; fmt < 2; fmt++) {
                 halo_qspec qs;
                 memset(&qs, 0, sizeof qs);

@@ -78,9 +78,9 @@ void halo_cuda_quant_rows_alpha(const halo_cuda_had *h, int transpose, const voi
                                 long ldq, const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // One rotation for both passes of a rotated quantization: out[r][k] = (in[r, :] H)[k] as fp32 (the values absmax_rows
 // and quant_rows compute, bit for bit) and *amax = max(*amax, max |out|) (atomic; *nonfinite |= 1 on NaN/Inf), so that
-// the codes come from the unrotated quant_rows on out. Only where a fast row kernel takes the shape (k_rot, or
-// k_rot_small for block-diagonal H with power-of-two blocks of 8..256; out 16-byte aligned with ld_out a multiple of
-// 4): halo_cuda_rot_amax_ok (else nothing is launched).
+// the codes come from the unrotated quant_rows on out. k_rot or k_rot_small (block-diagonal H with power-of-two blocks
+// of 8..256; out 16-byte aligned with ld_out a multiple of 4) where they take the shape, else the generic row kernel;
+// halo_cuda_rot_amax_ok is 0 only for those other shapes under HALO_CUDA_ROT_ONCE_ROWS=0 (then nothing is launched).
 int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows);
 void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out, long ld_out,
                         float *amax, int *nonfinite, cudaStream_t s);

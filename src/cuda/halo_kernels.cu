@@ -7,6 +7,8 @@
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
+#include <utility>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 extern "C" {
@@ -14,7 +16,7 @@ extern "C" {
 #include "util/error.h"
 }
 
-enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2, MODE_STORE_AMAX = 3 };   // STORE_AMAX: k_rot only
+enum { MODE_STORE = 0, MODE_AMAX = 1, MODE_QUANT = 2, MODE_STORE_AMAX = 3 };   // STORE_AMAX: fp32 out and absmax
 #define HALO_CUDA_MAX_BLOCK 32768
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -40,11 +42,100 @@ __host__ __device__ constexpr unsigned hk_neg_mask(int K, int i) {
                   : i == 25 ? 0x5c44ab7u : i == 26 ? 0x9c191edu : i == 27 ? 0x3c2275bu : 0u)
     : 0u;
 }
-// sg: had_upload's sign masks of H_K, one word per row (K <= 32).
+// K = 76 (Qwen2.5's 4864 = 76 * 64): word w (columns 32 w .. 32 w + 31) of row i, three words a row.
+__host__ __device__ constexpr unsigned hk_neg_word76(int i, int w) {
+    switch (3 * i + w) {
+    case 0: return 0x00000002u; case 1: return 0x00000000u; case 2: return 0x00000000u;
+    case 3: return 0xaaaaaaabu; case 4: return 0xaaaaaaaau; case 5: return 0x00000aaau;
+    case 6: return 0xf00cf0c8u; case 7: return 0x300fcff3u; case 8: return 0x0000030fu;
+    case 9: return 0x5aa65a6eu; case 10: return 0x9aa56559u; case 11: return 0x000009a5u;
+    case 12: return 0xc033c320u; case 13: return 0xc03f3fcfu; case 14: return 0x00000c3cu;
+    case 15: return 0x6a9969bau; case 16: return 0x6a959565u; case 17: return 0x00000696u;
+    case 18: return 0x00cf0c8cu; case 19: return 0x00fcff3fu; case 20: return 0x000000f3u;
+    case 21: return 0xaa65a6e6u; case 22: return 0xaa565595u; case 23: return 0x00000a59u;
+    case 24: return 0x033c3230u; case 25: return 0x03f3fcfcu; case 26: return 0x000003ccu;
+    case 27: return 0xa9969b9au; case 28: return 0xa9595656u; case 29: return 0x00000966u;
+    case 30: return 0x0cf0c8c0u; case 31: return 0x0fcff3f0u; case 32: return 0x00000f30u;
+    case 33: return 0xa65a6e6au; case 34: return 0xa565595au; case 35: return 0x0000059au;
+    case 36: return 0x33c3230cu; case 37: return 0x3f3fcfc0u; case 38: return 0x00000cc0u;
+    case 39: return 0x9969b9a6u; case 40: return 0x9595656au; case 41: return 0x0000066au;
+    case 42: return 0xcf0c8c3cu; case 43: return 0xfcff3f00u; case 44: return 0x00000300u;
+    case 45: return 0x65a6e696u; case 46: return 0x565595aau; case 47: return 0x000009aau;
+    case 48: return 0x3c3230f0u; case 49: return 0xf3fcfc03u; case 50: return 0x00000c03u;
+    case 51: return 0x969b9a5au; case 52: return 0x595656a9u; case 53: return 0x000006a9u;
+    case 54: return 0xf0c8c3ccu; case 55: return 0xcff3f00cu; case 56: return 0x0000000fu;
+    case 57: return 0x5a6e6966u; case 58: return 0x65595aa6u; case 59: return 0x00000aa5u;
+    case 60: return 0xc3230f30u; case 61: return 0x3fcfc033u; case 62: return 0x0000003fu;
+    case 63: return 0x69b9a59au; case 64: return 0x95656a99u; case 65: return 0x00000a95u;
+    case 66: return 0x0c8c3cc0u; case 67: return 0xff3f00cfu; case 68: return 0x000000fcu;
+    case 69: return 0xa6e6966au; case 70: return 0x5595aa65u; case 71: return 0x00000a56u;
+    case 72: return 0x3230f300u; case 73: return 0xfcfc033cu; case 74: return 0x000003f3u;
+    case 75: return 0x9b9a59aau; case 76: return 0x5656a996u; case 77: return 0x00000959u;
+    case 78: return 0xc8c3cc00u; case 79: return 0xf3f00cf0u; case 80: return 0x00000fcfu;
+    case 81: return 0x6e6966aau; case 82: return 0x595aa65au; case 83: return 0x00000565u;
+    case 84: return 0x230f300cu; case 85: return 0xcfc033c3u; case 86: return 0x00000f3fu;
+    case 87: return 0xb9a59aa6u; case 88: return 0x656a9969u; case 89: return 0x00000595u;
+    case 90: return 0x8c3cc03cu; case 91: return 0x3f00cf0cu; case 92: return 0x00000cffu;
+    case 93: return 0xe6966a96u; case 94: return 0x95aa65a6u; case 95: return 0x00000655u;
+    case 96: return 0x30f300fcu; case 97: return 0xfc033c32u; case 98: return 0x000003fcu;
+    case 99: return 0x9a59aa56u; case 100: return 0x56a9969bu; case 101: return 0x00000956u;
+    case 102: return 0xc3cc03f0u; case 103: return 0xf00cf0c8u; case 104: return 0x00000ff3u;
+    case 105: return 0x6966a95au; case 106: return 0x5aa65a6eu; case 107: return 0x00000559u;
+    case 108: return 0x0f300fccu; case 109: return 0xc033c323u; case 110: return 0x00000fcfu;
+    case 111: return 0xa59aa566u; case 112: return 0x6a9969b9u; case 113: return 0x00000565u;
+    case 114: return 0x3cc03f3cu; case 115: return 0x00cf0c8cu; case 116: return 0x00000f3fu;
+    case 117: return 0x966a9596u; case 118: return 0xaa65a6e6u; case 119: return 0x00000595u;
+    case 120: return 0xf300fcfcu; case 121: return 0x033c3230u; case 122: return 0x00000cfcu;
+    case 123: return 0x59aa5656u; case 124: return 0xa9969b9au; case 125: return 0x00000656u;
+    case 126: return 0xcc03f3fcu; case 127: return 0x0cf0c8c3u; case 128: return 0x000003f0u;
+    case 129: return 0x66a95956u; case 130: return 0xa65a6e69u; case 131: return 0x0000095au;
+    case 132: return 0x300fcff0u; case 133: return 0x33c3230fu; case 134: return 0x00000fc0u;
+    case 135: return 0x9aa5655au; case 136: return 0x9969b9a5u; case 137: return 0x0000056au;
+    case 138: return 0xc03f3fccu; case 139: return 0xcf0c8c3cu; case 140: return 0x00000f00u;
+    case 141: return 0x6a959566u; case 142: return 0x65a6e696u; case 143: return 0x000005aau;
+    case 144: return 0x00fcff3cu; case 145: return 0x3c3230f3u; case 146: return 0x00000c03u;
+    case 147: return 0xaa565596u; case 148: return 0x969b9a59u; case 149: return 0x000006a9u;
+    case 150: return 0x03f3fcfcu; case 151: return 0xf0c8c3ccu; case 152: return 0x0000000cu;
+    case 153: return 0xa9595656u; case 154: return 0x5a6e6966u; case 155: return 0x00000aa6u;
+    case 156: return 0x0fcff3f0u; case 157: return 0xc3230f30u; case 158: return 0x00000033u;
+    case 159: return 0xa565595au; case 160: return 0x69b9a59au; case 161: return 0x00000a99u;
+    case 162: return 0x3f3fcfc0u; case 163: return 0x0c8c3cc0u; case 164: return 0x000000cfu;
+    case 165: return 0x9595656au; case 166: return 0xa6e6966au; case 167: return 0x00000a65u;
+    case 168: return 0xfcff3f00u; case 169: return 0x3230f300u; case 170: return 0x0000033cu;
+    case 171: return 0x565595aau; case 172: return 0x9b9a59aau; case 173: return 0x00000996u;
+    case 174: return 0xf3fcfc00u; case 175: return 0xc8c3cc03u; case 176: return 0x00000cf0u;
+    case 177: return 0x595656aau; case 178: return 0x6e6966a9u; case 179: return 0x0000065au;
+    case 180: return 0xcff3f00cu; case 181: return 0x230f300fu; case 182: return 0x000003c3u;
+    case 183: return 0x65595aa6u; case 184: return 0xb9a59aa5u; case 185: return 0x00000969u;
+    case 186: return 0x3fcfc030u; case 187: return 0x8c3cc03fu; case 188: return 0x00000f0cu;
+    case 189: return 0x95656a9au; case 190: return 0xe6966a95u; case 191: return 0x000005a6u;
+    case 192: return 0xff3f00ccu; case 193: return 0x30f300fcu; case 194: return 0x00000c32u;
+    case 195: return 0x5595aa66u; case 196: return 0x9a59aa56u; case 197: return 0x0000069bu;
+    case 198: return 0xfcfc033cu; case 199: return 0xc3cc03f3u; case 200: return 0x000000c8u;
+    case 201: return 0x5656a996u; case 202: return 0x6966a959u; case 203: return 0x00000a6eu;
+    case 204: return 0xf3f00cf0u; case 205: return 0x0f300fcfu; case 206: return 0x00000323u;
+    case 207: return 0x595aa65au; case 208: return 0xa59aa565u; case 209: return 0x000009b9u;
+    case 210: return 0xcfc033c0u; case 211: return 0x3cc03f3fu; case 212: return 0x00000c8cu;
+    case 213: return 0x656a996au; case 214: return 0x966a9595u; case 215: return 0x000006e6u;
+    case 216: return 0x3f00cf0cu; case 217: return 0xf300fcffu; case 218: return 0x00000230u;
+    case 219: return 0x95aa65a6u; case 220: return 0x59aa5655u; case 221: return 0x00000b9au;
+    case 222: return 0xfc033c30u; case 223: return 0xcc03f3fcu; case 224: return 0x000008c3u;
+    case 225: return 0x56a9969au; case 226: return 0x66a95956u; case 227: return 0x00000e69u;
+    default: return 0u;
+    }
+}
+// 1 where H_K[i][c] == -1 (K = 12, 20, 28, 76)
+__host__ __device__ constexpr unsigned hk_neg(int K, int i, int c) {
+    return K <= 32 ? hk_neg_mask(K, i) >> c & 1u : hk_neg_word76(i, c >> 5) >> (c & 31) & 1u;
+}
+
+// sg: had_upload's sign masks of H_K, (K + 31) / 32 words a row.
 static int hk_table_ok(int K, const unsigned *sg) {
-    if (K != 12 && K != 20 && K != 28) return 0;
+    if (K != 12 && K != 20 && K != 28 && K != 76) return 0;
+    const int KW = (K + 31) / 32;
     for (int i = 0; i < K; i++)
-        if (sg[i] != hk_neg_mask(K, i)) return 0;
+        for (int w = 0; w < KW; w++)
+            if (sg[(size_t)i * KW + w] != (K <= 32 ? hk_neg_mask(K, i) : hk_neg_word76(i, w))) return 0;
     return 1;
 }
 
@@ -212,10 +303,50 @@ struct rows_args {
     halo_cuda_alpha_job aj;   // QUANT: scale products one thread of the first block forms (run_alpha)
 };
 
+// k_rows's order-K mix for one column: acc[r] = sum_c (+-1) x[c * P] for rows i = i0 + r (rows past K repeat row K - 1:
+// computed, not emitted), c = 0..K-1 in the CPU's order (adding -x is the same as adding (-1) * x), the signs from
+// bit masks (KW words a row, bit c % 32 of word c / 32 set for -1). Whole 32-column words are unrolled, so a term
+// costs a shift by a constant, an xor-and and the addition (~3 instructions; the shared load of x is shared by
+// MIX_ROWS terms).
+enum { MIX_ROWS = 8 };
+__device__ __forceinline__ void rows_mix(const float *x, int P, const unsigned *sgn, int KW, int K, int i0,
+                                         float acc[MIX_ROWS]) {
+    int ir[MIX_ROWS];
+    #pragma unroll
+    for (int r = 0; r < MIX_ROWS; r++) {
+        ir[r] = i0 + r < K ? i0 + r : K - 1;
+        acc[r] = 0.f;
+    }
+    for (int cw = 0; cw < KW; cw++) {
+        unsigned mk[MIX_ROWS];
+        #pragma unroll
+        for (int r = 0; r < MIX_ROWS; r++) mk[r] = sgn[ir[r] * KW + cw];
+        const float *xc = x + (long)cw * 32 * P;
+        if (cw * 32 + 32 <= K) {
+            #pragma unroll
+            for (int cc = 0; cc < 32; cc++) {
+                const unsigned xb = __float_as_uint(xc[(long)cc * P]);
+                #pragma unroll
+                for (int r = 0; r < MIX_ROWS; r++) acc[r] += __uint_as_float(xb ^ ((mk[r] << (31 - cc)) & 0x80000000u));
+            }
+        } else {
+            for (int cc = 0; cc < K - cw * 32; cc++) {
+                const unsigned xb = __float_as_uint(xc[(long)cc * P]);
+                #pragma unroll
+                for (int r = 0; r < MIX_ROWS; r++) {
+                    acc[r] += __uint_as_float(xb ^ (mk[r] << 31));
+                    mk[r] >>= 1;
+                }
+            }
+        }
+    }
+}
+
 template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
     extern __shared__ float sm[];
     if (MODE == MODE_QUANT && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
-    const unsigned bid = MODE == MODE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;   // see k_rot
+    // see k_rot
+    const unsigned bid = MODE == MODE_AMAX || MODE == MODE_STORE_AMAX ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const long row = bid / a.nseg;
     const int seg = bid % a.nseg;
     const int tid = threadIdx.x, nthr = blockDim.x;
@@ -295,7 +426,8 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
             } else {
                 ((bf16 *)a.out)[out_off + e] = __float2bfloat16_rn(v);
             }
-        } else if (MODE == MODE_AMAX) {
+        } else if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
+            if (MODE == MODE_STORE_AMAX) ((float *)a.out)[out_off + e] = v;
             float av = fabsf(v);
             bad |= !(av <= FLT_MAX);
             mx = fmaxf(mx, av);
@@ -304,31 +436,15 @@ template <int TIN, int MODE> __global__ void k_rows(rows_args a) {
         }
     };
     if (fast_mix) {
-        // y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], H = +-1: each thread sums four rows i of one column j,
-        // c = 0..K-1 in the CPU's order (adding -x is the same as adding (-1) * x), signs from shared bit masks.
-        const int KW = (K + 31) / 32, nI = (K + 3) / 4, lP = a.lP;
+        // y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], H = +-1: each thread sums MIX_ROWS rows i of one column j
+        // (rows_mix)
+        const int KW = (K + 31) / 32, nI = (K + MIX_ROWS - 1) / MIX_ROWS, lP = a.lP;
         for (int w = tid; w < P * nI; w += nthr) {
-            const int j = w & (P - 1), i0 = (w >> lP) * 4;
-            int ir[4];
+            const int j = w & (P - 1), i0 = (w >> lP) * MIX_ROWS;
+            float acc[MIX_ROWS];
+            rows_mix(sm + j, P, ssg, KW, K, i0, acc);
             #pragma unroll
-            for (int r = 0; r < 4; r++) ir[r] = i0 + r < K ? i0 + r : K - 1;   // past K: computed, not emitted
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            for (int cw = 0; cw < KW; cw++) {
-                unsigned mk[4];
-                #pragma unroll
-                for (int r = 0; r < 4; r++) mk[r] = ssg[ir[r] * KW + cw];
-                const int cend = K < cw * 32 + 32 ? K : cw * 32 + 32;
-                for (int c = cw * 32; c < cend; c++) {
-                    const unsigned xb = __float_as_uint(sm[c * P + j]);
-                    #pragma unroll
-                    for (int r = 0; r < 4; r++) {
-                        acc[r] += __uint_as_float(xb ^ ((mk[r] & 1u) << 31));
-                        mk[r] >>= 1;
-                    }
-                }
-            }
-            #pragma unroll
-            for (int r = 0; r < 4; r++)
+            for (int r = 0; r < MIX_ROWS; r++)
                 if (i0 + r < K) emit((i0 + r) * P + j, acc[r] * a.scale);
         }
     } else if (a.vec_out && blk % 4 == 0) {
@@ -401,25 +517,46 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
 
 // ---------------------------------------------------------------------------------------------------------------
 // The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 with P % 8 == 0, P <= 8192 and
-// K in {1, 12, 20, 28} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 14336 = 28 * 512, H_b over 8192 tokens;
-// K = 44 runs k_rows, see rot_ok). 256 threads per (row, block); the same additions in the same order
+// K in {1, 12, 20, 28, 76} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 14336 = 28 * 512, 4864 = 76 * 64,
+// H_b over 8192 tokens; K = 44 runs k_rows, see rot_ok). 256 threads per (row, block); the same additions in the same order
 // as the CPU, so the values are bit-identical:
 //   phase 1: 16-byte loads, butterfly stages h = 1, 2, 4 in registers and h = 8 .. min(P, 256) / 2 by warp shuffles
 //            (a warp holds 256 consecutive values), fp32 into shared memory;
 //   phase 2: stages h = 256 .. P / 2: each thread takes the Q = P / 256 values j, j + 256, .. of one column j of one
 //            P-chunk into registers (conflict-free), runs the stages there, and (K == 1) emits them, coalesced;
-//   phase 3 (K > 1): each thread takes column j of all K chunks into registers and forms the K outputs
-//            y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], c = 0..K-1 in order, as additions and subtractions
-//            fixed at compile time (hk_neg_mask; acc - x rounds as the CPU's acc + (-1) * x).
+//   phase 3 (K > 1): each thread takes column j of all K chunks into registers and forms the K outputs (K = 76: a
+//            quarter of them) y[i * P + j] = scale * sum_c H[i][c] x[c * P + j], c = 0..K-1 in order, as additions
+//            and subtractions fixed at compile time (hk_neg; acc - x rounds as the CPU's acc + (-1) * x).
 // Each row is read once per call; absmax and quantize stay two calls, each a single read of the bf16 input.
 
 enum { ROT_THREADS = 256, ROT_QMAX = 32 };
 
-// Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28 (x[K] held in registers).
+// Outputs i in [I0, min(I1, K)) of one column of the order-K mix: out(i, sum_c H[i][c] x[c]) (htr: H[c][i]), c in
+// order (the comma fold runs left to right), each term an addition or subtraction fixed at compile time (the sign is
+// a template argument, so the front end evaluates the tables once per term, not the optimizer once per use).
+template <int K, int I, int HT, int... C>
+__device__ __forceinline__ float hk_row(const float *x, std::integer_sequence<int, C...>) {
+    float acc = 0.f;
+    ((acc = std::integral_constant<bool, (HT ? hk_neg(K, C, I) : hk_neg(K, I, C)) != 0u>::value ? acc - x[C]
+                                                                                                : acc + x[C]),
+     ...);
+    return acc;
+}
+template <int K, int HT, int I0, typename F, int... I>
+__device__ __forceinline__ void hk_rows(const float *x, F &out, std::integer_sequence<int, I...>) {
+    (out(I0 + I, hk_row<K, I0 + I, HT>(x, std::make_integer_sequence<int, K>())), ...);
+}
+template <int K, int I0, int I1, typename F> __device__ __forceinline__ void hk_mix(const float *x, int htr, F out) {
+    constexpr int N = (I1 < K ? I1 : K) - I0;
+    if (htr) hk_rows<K, 1, I0>(x, out, std::make_integer_sequence<int, (N > 0 ? N : 0)>());   // op = H_K^T
+    else hk_rows<K, 0, I0>(x, out, std::make_integer_sequence<int, (N > 0 ? N : 0)>());
+}
+
+// Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28, 2 for K = 76 (x[K] held in registers).
 // QM: the most values per thread in phase 2 (P / 256 <= QM). RPB > 1 (K = 1, per-tensor amax / scale, one segment
 // per row): the block takes RPB consecutive rows, so that short rows (2048) still keep enough loads in flight.
 template <int TIN, int MODE, int K, int QM, int RPB>
-__global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args a, int htr) {
+__global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
     if (MODE == MODE_QUANT && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
     // absmax walks the rows last to first and the quantizer (next) first to last: the rows read last are still in L2
@@ -514,27 +651,19 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : 3) k_rot(rows_args 
         if (K > 1) __syncthreads();
     }
     if (K > 1) {
-        for (int j = tid; j < P; j += ROT_THREADS) {
+        // K = 76 (P = 64: a quarter of the threads would have a column each): NG thread groups per column, each
+        // forming outputs [g KI, (g + 1) KI) of it
+        constexpr int NG = K > 32 ? 4 : 1, KI = (K + NG - 1) / NG;
+        for (int w = tid; w < P * NG; w += ROT_THREADS) {
+            const int j = w & (P - 1), q = w >> lP;
             float x[K];
             #pragma unroll
             for (int c = 0; c < K; c++) x[c] = sm[c * P + j];
-            if (htr) {   // op = H_K^T: coefficient H[c][i]
-                #pragma unroll
-                for (int i = 0; i < K; i++) {
-                    float acc = 0.f;
-                    #pragma unroll
-                    for (int c = 0; c < K; c++) acc = hk_neg_mask(K, c) >> i & 1u ? acc - x[c] : acc + x[c];
-                    emit(i * P + j, sc(acc));
-                }
-            } else {
-                #pragma unroll
-                for (int i = 0; i < K; i++) {
-                    float acc = 0.f;
-                    #pragma unroll
-                    for (int c = 0; c < K; c++) acc = hk_neg_mask(K, i) >> c & 1u ? acc - x[c] : acc + x[c];
-                    emit(i * P + j, sc(acc));
-                }
-            }
+            auto out = [&](int i, float acc) { emit(i * P + j, sc(acc)); };
+            if (q == 0) hk_mix<K, 0, KI>(x, htr, out);
+            else if (NG > 1 && q == 1) hk_mix<K, KI, 2 * KI>(x, htr, out);
+            else if (NG > 2 && q == 2) hk_mix<K, 2 * KI, 3 * KI>(x, htr, out);
+            else if (NG > 3) hk_mix<K, 3 * KI, K>(x, htr, out);
         }
     }
     if (MODE == MODE_AMAX || MODE == MODE_STORE_AMAX) {
@@ -846,9 +975,14 @@ template <int QUANT> static void launch_rot_tile(rows_args &a, int rows_pad, uin
 // K = 44 stays on k_rows. K = 28 (down_proj, 14336 = 28 * 512) was there too while k_rot's mix read its coefficients
 // from constant memory (level 1 on the H200: 6.34 ms with k_rows, 8.78 ms with k_rot); with compiled signs it is on
 // k_rot for P <= 2048.
+// K = 76 (4864 = 76 * 64, Qwen2.5's MLP width) ran k_rows's mix, which reads its signs from shared memory, at ~5 times
+// k_rot's instructions per term; HALO_CUDA_ROT_K76=0 keeps it there (to compare).
+static int g_rot_k76 = -1;
 static int rot_ok(const rows_args &a) {
-    return !g_rot_off && (a.K == 1 || a.K == 12 || a.K == 20 || (a.K == 28 && a.P <= 2048)) && a.rotate && a.vec_in &&
-           a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 && a.P <= 256 * ROT_QMAX;
+    return !g_rot_off &&
+           (a.K == 1 || a.K == 12 || a.K == 20 || (a.K == 28 && a.P <= 2048) ||
+            (a.K == 76 && a.P <= 2048 && env_switch(&g_rot_k76, "HALO_CUDA_ROT_K76"))) &&
+           a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 && a.P <= 256 * ROT_QMAX;
 }
 
 template <int TIN, int MODE, int K, int QM, int RPB> static void launch_rot_k(rows_args &a, cudaStream_t s) {
@@ -878,7 +1012,8 @@ template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s
         break;
     case 12: launch_rot_k<TIN, MODE, 12, 32, 1>(a, s); break;
     case 20: launch_rot_k<TIN, MODE, 20, 32, 1>(a, s); break;
-    default: launch_rot_k<TIN, MODE, 28, 8, 1>(a, s); break;
+    case 28: launch_rot_k<TIN, MODE, 28, 8, 1>(a, s); break;
+    default: launch_rot_k<TIN, MODE, 76, 8, 1>(a, s); break;
     }
 }
 
@@ -1115,9 +1250,13 @@ extern "C" int halo_cuda_had_generic_mix(const halo_cuda_had *h) {
 
 // (the fp32 output of rot_amax: rows of ld_in values when the caller's out has the input's shape; checked again at
 // the call with the real out)
+// Every plan: k_rot or k_rot_small where they apply, else the generic k_rows (orders such as 44, 76, 172, or blocks
+// that are not a multiple of 256), whose order-K mix costs ~5 instructions a term: rotating once there saves the most.
+// HALO_CUDA_ROT_ONCE_ROWS=0 leaves k_rows's plans rotating in both passes (to compare).
+static int g_rot_once_rows = -1;
 extern "C" int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows) {
     const rows_args a = rows_setup(h, 0, in, HALO_CUDA_BF16, ld_in, rows, h->d);
-    return rot_ok(a) || rot_small_ok(a, NULL, h->d, 4);
+    return rot_ok(a) || rot_small_ok(a, NULL, h->d, 4) || env_switch(&g_rot_once_rows, "HALO_CUDA_ROT_ONCE_ROWS");
 }
 
 extern "C" void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, long ld_in, int rows, float *out,
@@ -1126,6 +1265,7 @@ extern "C" void halo_cuda_rot_amax(const halo_cuda_had *h, const halo_bf16 *in, 
     a.out = out; a.out_f32 = 1; a.ld_out = ld_out; a.amax_bits = (unsigned *)amax; a.nonfinite = nonfinite;
     if (rot_small_ok(a, out, ld_out, 4)) launch_rot_small<MODE_STORE_AMAX>(HALO_CUDA_BF16, a, s);
     else if (rot_ok(a)) launch_rot<HALO_CUDA_BF16, MODE_STORE_AMAX>(a, s);
+    else launch_rows_t<HALO_CUDA_BF16, MODE_STORE_AMAX>(a, s);
 }
 
 extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, const void *in, int in_type, long ld_in,
