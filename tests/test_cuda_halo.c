@@ -35,6 +35,25 @@ static void *dev_poison(size_t bytes) {
     cudaMemset(d, 0xff, bytes);
     return d;
 }
+// Values of a and b that differ in any bit
+static long words_differ(const float *a, const float *b, size_t n) {
+    long bits = 0;
+    for (size_t i = 0; i < n; i++) bits += memcmp(&a[i], &b[i], 4) != 0;
+    return bits;
+}
+// One rotation for both passes (halo_cuda_rot_amax) of R x d bf16 rows: values of the stored rows and of their absmax
+// that differ in any bit from the CPU's rotated rows xr and their absmax mx
+static long rot_amax_differ(const halo_cuda_had *hg, const void *dx, int R, int d, const float *xr, float mx) {
+    const size_t n = (size_t)R * d;
+    float *dr = dev_poison(4 * n), *dam = dev_poison(4), am;
+    cudaMemset(dam, 0, 4);
+    halo_cuda_rot_amax(hg, dx, d, R, dr, d, dam, NULL, 0);
+    float *g = t_host_of(dr, 4 * n);
+    cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+    const long bits = words_differ(&am, &mx, 1) + words_differ(g, xr, n);
+    free(g); cudaFree(dr); cudaFree(dam);
+    return bits;
+}
 static float dec(uint8_t c, int fmt) { return fmt == HALO_CUDA_INT8 ? (float)(int8_t)c : halo_fp8_decode(c, HALO_Q_E4M3); }
 
 // Codes differing from the CPU's: a tie is adjacent codes with x/s within 1e-5 (relative) of their midpoint, so
@@ -91,8 +110,7 @@ static void test_hadamard(void) {
                 halo_cuda_had_rows(&hg, tr, din, bfin ? HALO_CUDA_BF16 : HALO_CUDA_F32, d, NULL, dout, 1, d, 0, rows, 0);
                 float *g = t_host_of(dout, 4 * n);
                 halo_hadamard_rows(&hp, x, rows, d, tr);
-                long bits = 0;
-                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
+                const long bits = words_differ(g, x, n);
                 char det[64];
                 snprintf(det, sizeof det, "d=%d K=%d %s%s%s", d, hp.K, tr ? "H^T" : "H", bfin ? " bf16 in" : "",
                          fast ? "" : " generic");
@@ -140,8 +158,7 @@ static void test_hadamard(void) {
             halo_cuda_had_rows(&hg, 1, dc, HALO_CUDA_I32, d, (const float *)dal, dout, 1, d, 1, rows, 0);
             halo_cuda_rows_fast(1);
             float *g = t_host_of(dout, 4 * n);
-            long bits = 0;
-            for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &x[i], 4) != 0;
+            const long bits = words_differ(g, x, n);
             char det[64];
             snprintf(det, sizeof det, "d=%d K=%d int32*alpha H^T +=%s", d, hp.K, fast ? "" : " generic");
             row("hadamard rows vs CPU", det, rel_l2_f(g, x, n), 1e-5, bits, 0);   // any differing bit fails
@@ -190,17 +207,8 @@ static void test_quant(void) {
             row("absmax (tensor, per row)", det, fabs(am[0] - mx) / mx + (double)rowbad, 0, 0, 0);
             // one rotation for both passes (rot_amax: k_rot, k_rot_small or, at 96 = 12 * 8 and 5632 = 44 * 128, the
             // generic row kernel): the rotated rows and their absmax, bit for bit
-            if (rot && halo_cuda_rot_amax_ok(&hg, dx, d, R)) {
-                float *dr = dev_poison(4 * n), *dam2 = dev_poison(4);
-                cudaMemset(dam2, 0, 4);
-                halo_cuda_rot_amax(&hg, dx, d, R, dr, d, dam2, NULL, 0);
-                float *g = t_host_of(dr, 4 * n), am2;
-                cudaMemcpy(&am2, dam2, 4, cudaMemcpyDeviceToHost);
-                long bits = memcmp(&am2, &mx, 4) != 0;
-                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &xr[i], 4) != 0;
-                row("rot_amax vs CPU (rows, absmax)", det, 0, 0, bits, 0);   // any differing bit fails
-                free(g); cudaFree(dr); cudaFree(dam2);
-            }
+            if (rot && halo_cuda_rot_amax_ok(&hg, dx, d, R))   // any differing bit fails
+                row("rot_amax vs CPU (rows, absmax)", det, 0, 0, rot_amax_differ(&hg, dx, R, d, xr, mx), 0);
             for (int fmt = 0; fmt < 2; fmt++) {
                 halo_qspec qs;
                 memset(&qs, 0, sizeof qs);
@@ -291,8 +299,7 @@ static void test_rot_small(void) {
                 float *dout = dev_poison(4 * n);
                 halo_cuda_had_rows(&hg, 0, dx, HALO_CUDA_BF16, d, NULL, dout, 1, d, 0, R, 0);
                 float *g = t_host_of(dout, 4 * n);
-                long bits = 0;
-                for (size_t i = 0; i < n; i++) bits += memcmp(&g[i], &xr[i], 4) != 0;
+                const long bits = words_differ(g, xr, n);
                 row("small blocks: rows vs CPU", det, rel_l2_f(g, xr, n), 1e-6, bits, 0);   // any differing bit fails
                 float *dam = dev_poison(8);
                 cudaMemset(dam, 0, 8);
@@ -300,18 +307,8 @@ static void test_rot_small(void) {
                 float am[2];
                 cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
                 row("small blocks: absmax vs CPU", det, memcmp(&am[0], &mx, 4) || ((int *)am)[1] ? 1.0 : 0.0, 0, 0, 0);
-                if (halo_cuda_rot_amax_ok(&hg, dx, d, R)) {   // rotation stored and its absmax in one pass
-                    float *dam2 = dev_poison(4);
-                    cudaMemset(dam2, 0, 4);
-                    cudaMemset(dout, 0xff, 4 * n);
-                    halo_cuda_rot_amax(&hg, dx, d, R, dout, d, dam2, NULL, 0);
-                    float *g2 = t_host_of(dout, 4 * n), am2;
-                    cudaMemcpy(&am2, dam2, 4, cudaMemcpyDeviceToHost);
-                    long bits2 = memcmp(&am2, &mx, 4) != 0;
-                    for (size_t i = 0; i < n; i++) bits2 += memcmp(&g2[i], &xr[i], 4) != 0;
-                    row("small blocks: rot_amax vs CPU", det, 0, 0, bits2, 0);
-                    free(g2); cudaFree(dam2);
-                }
+                if (halo_cuda_rot_amax_ok(&hg, dx, d, R))   // rotation stored and its absmax in one pass
+                    row("small blocks: rot_amax vs CPU", det, 0, 0, rot_amax_differ(&hg, dx, R, d, xr, mx), 0);
                 for (int fmt = 0; fmt < 2; fmt++) {
                     halo_qmat qm;
                     cpu_codes(&qm, xr, R, d, fmt);
@@ -1370,7 +1367,7 @@ static void test_colrot(void) {
                 if (EX[0] && EX[1] && G[0] && G[1]) {
                     for (size_t i = 0; i < (size_t)b * m; i++)
                         bits += memcmp((char *)EX[0] + i * es, (char *)EX[1] + i * es, es) != 0;
-                    for (size_t i = 0; i < (size_t)n * m; i++) bits += memcmp(&G[0][i], &G[1][i], 4) != 0;
+                    bits += words_differ(G[0], G[1], (size_t)n * m);
                 } else {
                     bits = -1;
                 }
