@@ -54,6 +54,8 @@ keep decode.log "yardstick|identical|bound|difference|sampled" 20
 trainbench() { local name=$1 log=$2; shift 2; step "$name" "$log" 45 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 "$@"; keep "$log" "^\{" 2; }
 trainbench "bench 1B BF16 default" b1.log --model llama3.2-1b
 keep b1.log "GiB|ms  " 40
+step "bench 1B BF16 two-read RMSNorm backward (HALO_CUDA_RMSNORM_REG=0)" b1rms0.log 45 env HALO_CUDA_RMSNORM_REG=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b
+keep b1rms0.log "^\{|rmsnorm bwd" 3
 step "bench 1B BF16 attention mma.sync variants (HALO_CUDA_ATTN_FWD=1 HALO_CUDA_ATTN_BWD=1)" b1a1.log 45 env HALO_CUDA_ATTN_FWD=1 HALO_CUDA_ATTN_BWD=1 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b
 keep b1a1.log "^\{|attention [fb]wd  " 4
 trainbench "bench 1B BF16 low memory" b1lm.log --model llama3.2-1b --bf16-moments --bf16-grads --recompute-norms --no-breakdown
@@ -107,6 +109,8 @@ trainbench "bench variants qwen2.5-0.5b HALO fp8 L1" bq2f1.log --model qwen2.5-0
 trainbench "bench variants qwen2.5-0.5b HALO int8 L2" bq2i2.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 2
 trainbench "bench variants qwen2.5-0.5b HALO int8 L2 per launch (--halo-breakdown)" bq2i2bd.log --model qwen2.5-0.5b --precision int8 --halo-level 2 --halo-breakdown
 keep bq2i2bd.log "^\\| (fwd|bwd|memset)" 24
+step "bench variants qwen2.5-0.5b HALO int8 L2 per launch, 896 on the generic row kernel (HALO_CUDA_ROT_SMALL_P=0)" bq2i2sp0.log 45 env HALO_CUDA_ROT_SMALL_P=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model qwen2.5-0.5b --precision int8 --halo-level 2 --halo-breakdown
+keep bq2i2sp0.log "^\\{|^\\| (fwd|bwd|memset)" 26
 trainbench "bench variants qwen2.5-0.5b HALO int8 L2 H_m block 128 token block 64" bq2i2hbtb.log --model qwen2.5-0.5b --no-breakdown --precision int8 --halo-level 2 --halo-hadamard-block 128 --halo-token-block 64
 trainbench "bench variants qwen3-0.6b BF16" bq3.log --model qwen3-0.6b
 keep bq3.log "ms  " 24

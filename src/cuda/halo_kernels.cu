@@ -516,9 +516,9 @@ template <int TIN, int MODE> static void launch_rows_t(rows_args &a, cudaStream_
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 with P % 8 == 0, P <= 8192 and
-// K in {1, 12, 20, 28, 76} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 14336 = 28 * 512, 4864 = 76 * 64,
-// H_b over 8192 tokens; K = 44 runs k_rows, see rot_ok). 256 threads per (row, block); the same additions in the same order
+// The fast rotated-row kernel k_rot, for blocks that are whole multiples of 256 (or K > 1 with P < 256) with P % 8 == 0,
+// P <= 8192 and K in {1, 12, 20, 28, 76} (2048, 4096, 8192, 3072 = 12 * 256, 5120 = 20 * 256, 14336 = 28 * 512,
+// 4864 = 76 * 64, 896 = 28 * 32, H_b over 8192 tokens; K = 44 runs k_rows, see rot_ok). 256 threads per (row, block); the same additions in the same order
 // as the CPU, so the values are bit-identical:
 //   phase 1: 16-byte loads, butterfly stages h = 1, 2, 4 in registers and h = 8 .. min(P, 256) / 2 by warp shuffles
 //            (a warp holds 256 consecutive values), fp32 into shared memory;
@@ -555,7 +555,8 @@ template <int K, int I0, int I1, typename F> __device__ __forceinline__ void hk_
 // Occupancy: 4 blocks (1024 threads, <= 64 registers) per SM, 3 for K = 28, 2 for K = 76 (x[K] held in registers).
 // QM: the most values per thread in phase 2 (P / 256 <= QM). RPB > 1 (K = 1, per-tensor amax / scale, one segment
 // per row): the block takes RPB consecutive rows, so that short rows (2048) still keep enough loads in flight.
-template <int TIN, int MODE, int K, int QM, int RPB>
+// NG: thread groups per column in phase 3 (4 where P * NG would otherwise leave most of the 256 threads idle).
+template <int TIN, int MODE, int K, int QM, int RPB, int NG>
 __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_rot(rows_args a, int htr) {
     extern __shared__ __align__(16) float sm[];
     if (MODE == MODE_QUANT && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(a.aj);
@@ -573,7 +574,9 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_
     constexpr int UN = RPB > 2 ? RPB : 2;   // loads in flight per thread
     const int ng = n8 * RPB;                // groups of 8 values in the block (RPB rows back to back in sm)
 
-    for (int g0 = tid; g0 < ng; g0 += UN * ROT_THREADS) {   // n8 % 32 == 0: whole warps take part or none
+    // Whole warps take part or none (the shuffles): where n8 % 32 != 0 (blocks such as 896 = 28 * 32), the lanes past
+    // the block run the stages on zeros and store nothing; P divides the block, so no P-chunk mixes with them.
+    for (int g0 = tid; g0 - lane < ng; g0 += UN * ROT_THREADS) {
         float v[UN][8];
         #pragma unroll
         for (int u = 0; u < UN; u++) {
@@ -581,11 +584,13 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_
             const int rl = RPB > 1 ? g / n8 : 0;
             if (g < ng && row0 + rl < a.rows)
                 load8<TIN>(a.in, (RPB > 1 ? (row0 + rl) * a.ld_in + (g - rl * n8) * 8L : in_off + (long)g * 8), v[u]);
+            else
+                for (int k = 0; k < 8; k++) v[u][k] = 0.f;
         }
         #pragma unroll
         for (int u = 0; u < UN; u++) {
             const int g = g0 + u * ROT_THREADS;
-            if (g >= ng) break;
+            if (g - lane >= ng) break;
             if (RPB > 1 && row0 + g / n8 >= a.rows) continue;   // past the last row: whole warps
             float *w = v[u];
             if (a.in_scale) for (int k = 0; k < 8; k++) w[k] = __fmul_rn(w[k], isc);   // the dequant, never fused
@@ -595,6 +600,7 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_
                 if (st >= nsh) break;
                 shfl_stage(w, lane, st);
             }
+            if (g >= ng) continue;
             float4 *d = (float4 *)(sm + (long)g * 8);
             d[0] = make_float4(w[0], w[1], w[2], w[3]);
             d[1] = make_float4(w[4], w[5], w[6], w[7]);
@@ -651,9 +657,9 @@ __global__ void __launch_bounds__(ROT_THREADS, K <= 20 ? 4 : K <= 28 ? 3 : 2) k_
         if (K > 1) __syncthreads();
     }
     if (K > 1) {
-        // K = 76 (P = 64: a quarter of the threads would have a column each): NG thread groups per column, each
+        // NG thread groups per column (K = 76 at P = 64, or P < 256: else most threads would have no column), each
         // forming outputs [g KI, (g + 1) KI) of it
-        constexpr int NG = K > 32 ? 4 : 1, KI = (K + NG - 1) / NG;
+        constexpr int KI = (K + NG - 1) / NG;
         for (int w = tid; w < P * NG; w += ROT_THREADS) {
             const int j = w & (P - 1), q = w >> lP;
             float x[K];
@@ -977,25 +983,29 @@ template <int QUANT> static void launch_rot_tile(rows_args &a, int rows_pad, uin
 // k_rot for P <= 2048.
 // K = 76 (4864 = 76 * 64, Qwen2.5's MLP width) ran k_rows's mix, which reads its signs from shared memory, at ~5 times
 // k_rot's instructions per term; HALO_CUDA_ROT_K76=0 keeps it there (to compare).
-static int g_rot_k76 = -1;
+// Blocks that are not a multiple of 256 (Qwen2.5's 896 = 28 * 32) need P < 256 there (the shuffles stay inside a
+// P-chunk); they ran k_rows before, HALO_CUDA_ROT_SMALL_P=0 keeps them there (to compare).
+static int g_rot_k76 = -1, g_rot_small_p = -1;
 static int rot_ok(const rows_args &a) {
     return !g_rot_off &&
            (a.K == 1 || a.K == 12 || a.K == 20 || (a.K == 28 && a.P <= 2048) ||
             (a.K == 76 && a.P <= 2048 && env_switch(&g_rot_k76, "HALO_CUDA_ROT_K76"))) &&
-           a.rotate && a.vec_in && a.ck && a.blk % 256 == 0 && a.P % 8 == 0 && a.P >= 8 && a.P <= 256 * ROT_QMAX;
+           a.rotate && a.vec_in && a.ck && a.P % 8 == 0 && a.P >= 8 && a.P <= 256 * ROT_QMAX &&
+           (a.blk % 256 == 0 || (a.K > 1 && a.P < 256 && env_switch(&g_rot_small_p, "HALO_CUDA_ROT_SMALL_P")));
 }
 
-template <int TIN, int MODE, int K, int QM, int RPB> static void launch_rot_k(rows_args &a, cudaStream_t s) {
+template <int TIN, int MODE, int K, int QM, int RPB, int NG = (K > 32 ? 4 : 1)>
+static void launch_rot_k(rows_args &a, cudaStream_t s) {
     const size_t smem = sizeof(float) * (size_t)a.blk * RPB;
     static size_t smem_set = 0;
     if (smem > 48 * 1024 && smem_set < smem) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_rot<TIN, MODE, K, QM, RPB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_rot<TIN, MODE, K, QM, RPB, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem));
         smem_set = smem;
     }
     const long grid = (long)(a.rows + RPB - 1) / RPB * a.nseg;
     if (grid <= 0) return;
-    k_rot<TIN, MODE, K, QM, RPB><<<(unsigned)grid, ROT_THREADS, smem, s>>>(a, a.htr);
+    k_rot<TIN, MODE, K, QM, RPB, NG><<<(unsigned)grid, ROT_THREADS, smem, s>>>(a, a.htr);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -1010,9 +1020,19 @@ template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s
         else if (a.P <= 4096) launch_rot_k<TIN, MODE, 1, 16, 1>(a, s);
         else launch_rot_k<TIN, MODE, 1, 32, 1>(a, s);
         break;
-    case 12: launch_rot_k<TIN, MODE, 12, 32, 1>(a, s); break;
-    case 20: launch_rot_k<TIN, MODE, 20, 32, 1>(a, s); break;
-    case 28: launch_rot_k<TIN, MODE, 28, 8, 1>(a, s); break;
+    // P < 256 (blocks such as 896 = 28 * 32): no phase 2 (QM = 1), four thread groups a column in phase 3
+    case 12:
+        if (a.P < 256) launch_rot_k<TIN, MODE, 12, 1, 1, 4>(a, s);
+        else launch_rot_k<TIN, MODE, 12, 32, 1>(a, s);
+        break;
+    case 20:
+        if (a.P < 256) launch_rot_k<TIN, MODE, 20, 1, 1, 4>(a, s);
+        else launch_rot_k<TIN, MODE, 20, 32, 1>(a, s);
+        break;
+    case 28:
+        if (a.P < 256) launch_rot_k<TIN, MODE, 28, 1, 1, 4>(a, s);
+        else launch_rot_k<TIN, MODE, 28, 8, 1>(a, s);
+        break;
     default: launch_rot_k<TIN, MODE, 76, 8, 1>(a, s); break;
     }
 }
@@ -1250,8 +1270,8 @@ extern "C" int halo_cuda_had_generic_mix(const halo_cuda_had *h) {
 
 // (the fp32 output of rot_amax: rows of ld_in values when the caller's out has the input's shape; checked again at
 // the call with the real out)
-// Every plan: k_rot or k_rot_small where they apply, else the generic k_rows (orders such as 44, 76, 172, or blocks
-// that are not a multiple of 256), whose order-K mix costs ~5 instructions a term: rotating once there saves the most.
+// Every plan: k_rot or k_rot_small where they apply, else the generic k_rows (orders such as 44 and 172), whose
+// order-K mix costs ~3 instructions a term: rotating once saves the most there.
 // HALO_CUDA_ROT_ONCE_ROWS=0 leaves k_rows's plans rotating in both passes (to compare).
 static int g_rot_once_rows = -1;
 extern "C" int halo_cuda_rot_amax_ok(const halo_cuda_had *h, const void *in, long ld_in, int rows) {

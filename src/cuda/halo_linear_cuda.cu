@@ -175,8 +175,9 @@ extern "C" void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs) {
     L->hm_block = bs > 0 ? bs : 0;
 }
 
-// Once a process: a rotation of 512 or more values that takes the generic row kernel's order-K mix (Qwen2.5's
-// 896 = 28 x 32; with 4864 = 76 x 64 there too, level 2 took 2.1x the BF16 step), with the option that avoids it.
+// Once a process: a rotation of 512 or more values that takes the generic row kernel's order-K mix (orders 44 and
+// 172; Qwen2.5's 896 and 4864 took it before k_rot covered them, and its level 2 took 2.1x the BF16 step), with the
+// option that avoids it.
 static void note_generic_mix(const halo_cuda_linear *L, int m) {
     static int said;
     if (said || m < 512 || !halo_cuda_had_generic_mix(&L->hm)) return;

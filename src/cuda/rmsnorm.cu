@@ -144,6 +144,83 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     }
 }
 
+// The same for D = 128 NV (Llama-3.2-1B: 2048, NV 16; 1024, NV 8), one read of each row's x: a lane keeps its NV
+// float4 of x in registers between the dot product and the output (k_rmsnorm_bwd reads x twice; dout, half the bytes,
+// is still read twice: both in registers spill at NV 16), the same arithmetic in the same order. 2 blocks of 8 warps
+// an SM (<= 128 registers a thread).
+template <int NV>
+__global__ void __launch_bounds__(256, 2)
+k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
+                  const float *rstd, const float *dres, int N, int rows_per_block, unsigned *amax16) {
+    constexpr int D = 128 * NV, Q = D / 4;
+    extern __shared__ float sdw[];   // [D], component-major as in k_rmsnorm_bwd
+    float mx = 0.f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
+    __syncthreads();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
+    const int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)w;
+    for (int row = r0 + warp; row < r1; row += nwarps) {
+        const float4 *x4 = (const float4 *)(x + (size_t)row * D);
+        const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)(dout + (size_t)row * D);
+        float4 xv[NV];
+#pragma unroll
+        for (int i = 0; i < NV; i++) xv[i] = x4[lane + 32 * i];
+        const float r = rstd[row];
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int d = lane + 32 * i;
+            const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+            const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+            dot += g01.x * w01.x * xv[i].x + g01.y * w01.y * xv[i].y + g23.x * w23.x * xv[i].z + g23.y * w23.y * xv[i].w;
+        }
+        dot = warp_sum(dot);
+        const float c = r * r * r * dot / D;
+        float *o = dx + (size_t)row * D;
+        const float *res = dres ? dres + (size_t)row * D : NULL;
+        bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int d = lane + 32 * i;
+            const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+            const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+            float4 v;
+            v.x = r * g01.x * w01.x - c * xv[i].x;
+            v.y = r * g01.y * w01.y - c * xv[i].y;
+            v.z = r * g23.x * w23.x - c * xv[i].z;
+            v.w = r * g23.y * w23.y - c * xv[i].w;
+            if (res) {
+                const float4 rv = ((const float4 *)res)[d];
+                v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
+            }
+            ((float4 *)o)[d] = v;
+            if (o16) {
+                const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
+                ((__nv_bfloat162 *)o16)[2 * d] = b01;
+                ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
+                if (amax16) {
+                    const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
+                    mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
+                }
+            }
+            if (dw) {
+                atomicAdd(&sdw[d], g01.x * xv[i].x * r);
+                atomicAdd(&sdw[Q + d], g01.y * xv[i].y * r);
+                atomicAdd(&sdw[2 * Q + d], g23.x * xv[i].z * r);
+                atomicAdd(&sdw[3 * Q + d], g23.y * xv[i].w * r);
+            }
+        }
+    }
+    __syncthreads();
+    if (r0 < r1 && dw)
+        for (int d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(&dw[d], sdw[(d & 3) * Q + d / 4]);
+    if (amax16) {
+        mx = block_max(mx);
+        if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
+    }
+}
+
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                                      float eps, cudaStream_t s) {
     if (N == 0) return;
@@ -187,6 +264,23 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
         CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
+    }
+    // the register-held rows (HALO_CUDA_RMSNORM_REG=0: the two-read kernel), 2 blocks an SM, one wave
+    static int reg = -1;
+    if ((D == 2048 || D == 1024) && env_switch(&reg, "HALO_CUDA_RMSNORM_REG")) {
+        int blocks = sm_count() * 2;
+        const int rows_per_block = cdiv(N, blocks);
+        blocks = cdiv(N, rows_per_block);
+        if (D == 2048)
+            k_rmsnorm_bwd_reg<16><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
+                                                             (const bf16 *)w, rstd, dres, N, rows_per_block,
+                                                             (unsigned *)amax16);
+        else
+            k_rmsnorm_bwd_reg<8><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
+                                                            (const bf16 *)w, rstd, dres, N, rows_per_block,
+                                                            (unsigned *)amax16);
+        CUDA_LAUNCH_CHECK();
+        return;
     }
     // blocks of 8 warps, at least 16 rows per block, at most 4 blocks per SM: fewer blocks mean fewer dw atomics
     // (D per block), more mean more loads in flight
