@@ -85,8 +85,9 @@ static void cpu_codes(halo_qmat *qm, const float *x, int rows, int cols, int fmt
 static void test_hadamard(void) {
     // K = 12/44/172/28 with P >= 32: sign-mask mix (generic kernel). Fast kernel (k_rot: blk % 256 == 0, P <= 8192,
     // K in 1/12/20/28/76): 256, 2048 .. 8192 (K = 1, Q = 1 .. 32), 3072 (12 * 256), 5120 (20 * 256), 14336 and 28672
-    // (28 * 512, 28 * 1024), 4864 (76 * 64, four thread groups a column); 5632 (K = 44) and 896 (28 * 32) take the
-    // generic kernel either way; every size from 2048 also through the generic kernel (fast = 0).
+    // (28 * 512, 28 * 1024), 4864 (76 * 64), 96, 768 and 896 (12 * 8, 12 * 64, 28 * 32: P < 256), the last four with
+    // four thread groups a column; 5632 (K = 44) takes the generic kernel either way; every size from 2048 also through
+    // the generic kernel (fast = 0).
     const int dims[] = {12, 40, 96, 256, 768, 896, 2048, 3072, 4096, 4864, 5120, 5632, 8192, 11008, 14336, 28672, 32768};
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
         const int d = dims[t], rows = d >= 16384 ? 3 : d == 2048 ? 7 : d == 4096 ? 5 : 8;   // k_rot: 4 (2) rows per block, one partial

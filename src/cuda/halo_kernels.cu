@@ -1010,6 +1010,13 @@ static void launch_rot_k(rows_args &a, cudaStream_t s) {
 }
 
 // K = 1 rows of <= 2048 (4096) with per-tensor amax / scale: 4 (2) rows per block (more loads in flight per SM)
+// Orders 12, 20 and 28: P < 256 (blocks such as 896 = 28 * 32) has no phase 2 (QM = 1) and four thread groups a
+// column in phase 3; else QM values a thread in phase 2.
+template <int TIN, int MODE, int K, int QM> static void launch_rot_mix(rows_args &a, cudaStream_t s) {
+    if (a.P < 256) launch_rot_k<TIN, MODE, K, 1, 1, 4>(a, s);
+    else launch_rot_k<TIN, MODE, K, QM, 1>(a, s);
+}
+
 template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s) {
     const int multi = a.nseg == 1 && !a.amax_row_bits && !a.amax_row_q && !g_rot_rpb_off;
     switch (a.K) {
@@ -1020,19 +1027,9 @@ template <int TIN, int MODE> static void launch_rot(rows_args &a, cudaStream_t s
         else if (a.P <= 4096) launch_rot_k<TIN, MODE, 1, 16, 1>(a, s);
         else launch_rot_k<TIN, MODE, 1, 32, 1>(a, s);
         break;
-    // P < 256 (blocks such as 896 = 28 * 32): no phase 2 (QM = 1), four thread groups a column in phase 3
-    case 12:
-        if (a.P < 256) launch_rot_k<TIN, MODE, 12, 1, 1, 4>(a, s);
-        else launch_rot_k<TIN, MODE, 12, 32, 1>(a, s);
-        break;
-    case 20:
-        if (a.P < 256) launch_rot_k<TIN, MODE, 20, 1, 1, 4>(a, s);
-        else launch_rot_k<TIN, MODE, 20, 32, 1>(a, s);
-        break;
-    case 28:
-        if (a.P < 256) launch_rot_k<TIN, MODE, 28, 1, 1, 4>(a, s);
-        else launch_rot_k<TIN, MODE, 28, 8, 1>(a, s);
-        break;
+    case 12: launch_rot_mix<TIN, MODE, 12, 32>(a, s); break;
+    case 20: launch_rot_mix<TIN, MODE, 20, 32>(a, s); break;
+    case 28: launch_rot_mix<TIN, MODE, 28, 8>(a, s); break;
     default: launch_rot_k<TIN, MODE, 76, 8, 1>(a, s); break;
     }
 }

@@ -55,6 +55,31 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
     }
 }
 
+// Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in
+// bf16, with max |bf16 dx| into mx when amax.
+__device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res, int d, float2 g01, float2 g23,
+                                          float2 w01, float2 w23, float4 xv, float r, float c, bool amax, float &mx) {
+    float4 v;
+    v.x = r * g01.x * w01.x - c * xv.x;
+    v.y = r * g01.y * w01.y - c * xv.y;
+    v.z = r * g23.x * w23.x - c * xv.z;
+    v.w = r * g23.y * w23.y - c * xv.w;
+    if (res) {
+        const float4 rv = ((const float4 *)res)[d];
+        v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
+    }
+    ((float4 *)o)[d] = v;
+    if (o16) {
+        const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
+        ((__nv_bfloat162 *)o16)[2 * d] = b01;
+        ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
+        if (amax) {
+            const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
+        }
+    }
+}
+
 // One pass: each block takes a contiguous range of rows, one warp per row at a time. A warp computes the row's dx
 // (dx = r * (dy*w) - r^3 / D * x * sum(dy*w*x), plus dres) and adds dout * x * r into the block's shared dw[D]; the
 // block then adds its dw to the global one, one atomic per column. VEC: D % 4 == 0 (16-byte x, 8-byte dout loads).
@@ -90,25 +115,7 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 float4 xv = x4[d];
                 float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
                 float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-                float4 v;
-                v.x = r * g01.x * w01.x - c * xv.x;
-                v.y = r * g01.y * w01.y - c * xv.y;
-                v.z = r * g23.x * w23.x - c * xv.z;
-                v.w = r * g23.y * w23.y - c * xv.w;
-                if (res) {
-                    float4 rv = ((const float4 *)res)[d];
-                    v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
-                }
-                ((float4 *)o)[d] = v;
-                if (o16) {
-                    const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
-                    ((__nv_bfloat162 *)o16)[2 * d] = b01;
-                    ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
-                    if (amax16) {
-                        const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
-                        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
-                    }
-                }
+                dx_store4(o, o16, res, d, g01, g23, w01, w23, xv, r, c, amax16 != NULL, mx);
                 // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
                 if (dw) {
                     atomicAdd(&sdw[d], g01.x * xv.x * r);
@@ -185,25 +192,7 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
             const int d = lane + 32 * i;
             const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
             const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-            float4 v;
-            v.x = r * g01.x * w01.x - c * xv[i].x;
-            v.y = r * g01.y * w01.y - c * xv[i].y;
-            v.z = r * g23.x * w23.x - c * xv[i].z;
-            v.w = r * g23.y * w23.y - c * xv[i].w;
-            if (res) {
-                const float4 rv = ((const float4 *)res)[d];
-                v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
-            }
-            ((float4 *)o)[d] = v;
-            if (o16) {
-                const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
-                ((__nv_bfloat162 *)o16)[2 * d] = b01;
-                ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
-                if (amax16) {
-                    const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
-                    mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
-                }
-            }
+            dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx);
             if (dw) {
                 atomicAdd(&sdw[d], g01.x * xv[i].x * r);
                 atomicAdd(&sdw[Q + d], g01.y * xv[i].y * r);
