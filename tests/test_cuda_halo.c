@@ -7,6 +7,7 @@
 #ifdef HALO_CUDA
 #include <stdint.h>
 #include <cuda_runtime_api.h>
+#include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
 #include "test_cuda.h"
 #include "halo/hadamard.h"
@@ -974,6 +975,62 @@ static void test_token_block(void) {
 // Block-diagonal H_m (--halo-hadamard-block): GPU layer vs the CPU layer with the same had_block. INT8 with blocks
 // of <= 256 rotates inside the own kernel's epilogue (on Hopper; elsewhere through had_rows): same values either way.
 // Shapes large enough for the own kernel (rows >= 128, columns >= 256).
+// X's producer takes the rotated X's amax (levels 1-2, H_m in blocks of 8..256, m % 256 == 0): which layers say
+// yes, and a forward whose X amax came from RMSNorm (HALO_CUDA_X_AMAX) gives the bits of one that took its own.
+static void test_x_rot_amax(void) {
+    const struct { int lvl, m, block, yes; } cs[] = {{2, 2048, 256, 1}, {1, 1024, 128, 1}, {2, 512, 8, 1},
+                                                    {0, 2048, 256, 0}, {2, 2048, 0, 0},   {2, 896, 128, 0},
+                                                    {1, 3072, 0, 0}};
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+        halo_cuda_linear L;
+        halo_cuda_linear_init(&L, HALO_PREC_INT8, cs[i].lvl, "x amax");
+        halo_cuda_linear_hm_block(&L, cs[i].block);
+        int lb = -1;
+        float sc = 0.f;
+        const int yes = halo_cuda_linear_x_rot_amax(&L, cs[i].m, &lb, &sc);
+        halo_hadamard h;
+        const int ok = yes == cs[i].yes && (!yes || (halo_hadamard_plan(&h, cs[i].m, cs[i].block) == HALO_OK &&
+                                                     (1 << lb) == cs[i].block && sc == h.scale));
+        char det[64];
+        snprintf(det, sizeof det, "L%d m %d block %d: %s", cs[i].lvl, cs[i].m, cs[i].block, yes ? "yes" : "no");
+        row("X amax by its producer: when", det, ok ? 0 : 1, 0, 0, 0);
+        halo_cuda_linear_free(&L);
+    }
+    const int b = 300, m = 1024, n = 384;
+    float *x = t_rand_vec(&rng, (size_t)b * m, 1.0), *w = t_rand_vec(&rng, m, 0.2), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+    for (int t = 0; t < b; t++) for (int c = 0; c < 3; c++) x[(long)t * m + (c * 331 + 17) % m] *= 40;
+    for (int d = 0; d < m; d++) w[d] += 1;
+    float *dx = t_dev_copy(x, 4 * (size_t)b * m), *rstd = dev_poison(4 * (size_t)b);
+    halo_bf16 *dw = dev_bf16(w, m), *dW = dev_bf16(W, (size_t)n * m), *dXn = dev_poison(2 * (size_t)b * m);
+    float *dY[2] = {dev_poison(4 * (size_t)b * n), dev_poison(4 * (size_t)b * n)};
+    for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++)
+        for (int lvl = 1; lvl <= 2; lvl++) {
+            halo_cuda_linear L[2];
+            int lb = 0, rc = 0;
+            float sc = 1.f, am[2];
+            for (int k = 0; k < 2; k++) {   // 0: the layer's own absmax pass; 1: RMSNorm's
+                halo_cuda_linear_init(&L[k], prec, lvl, k ? "x amax by rmsnorm" : "x amax own");
+                halo_cuda_linear_hm_block(&L[k], 128);
+                if (k) {
+                    rc |= !halo_cuda_linear_x_rot_amax(&L[k], m, &lb, &sc);
+                    cudaMemset(halo_cuda_linear_x_amax(&L[k]), 0, 4);
+                    cuda_rmsnorm_forward_amax(dXn, rstd, dx, dw, b, m, 1e-5f, halo_cuda_linear_x_amax(&L[k]), lb, sc, 0);
+                } else cuda_rmsnorm_forward(dXn, rstd, dx, dw, b, m, 1e-5f, 0);
+                rc |= halo_cuda_linear_forward_flags(&L[k], dXn, dW, dY[k], 1, n, NULL, k ? HALO_CUDA_X_AMAX : 0, b, m, n, 0);
+                cudaMemcpy(&am[k], halo_cuda_linear_x_amax(&L[k]), 4, cudaMemcpyDeviceToHost);
+            }
+            float *y0 = t_host_of(dY[0], 4 * (size_t)b * n), *y1 = t_host_of(dY[1], 4 * (size_t)b * n);
+            char det[64];
+            snprintf(det, sizeof det, "%s L%d H_m block 128: Y, amax", prec == HALO_PREC_INT8 ? "int8" : "fp8", lvl);
+            row("X amax by RMSNorm vs own: bits", det,
+                rc ? 1 : (double)(words_differ(y0, y1, (size_t)b * n) + words_differ(&am[0], &am[1], 1)), 0, 0, 0);
+            free(y0); free(y1);
+            halo_cuda_linear_free(&L[0]); halo_cuda_linear_free(&L[1]);
+        }
+    free(x); free(w); free(W);
+    cudaFree(dx); cudaFree(rstd); cudaFree(dw); cudaFree(dW); cudaFree(dXn); cudaFree(dY[0]); cudaFree(dY[1]);
+}
+
 static void test_hm_block(void) {
     const int b = 300, m = 1024, n = 384;
     float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
@@ -1560,6 +1617,7 @@ int main(void) {
     test_linear();
     test_token_block();
     test_hm_block();
+    test_x_rot_amax();
     test_shared_x(0);
     test_shared_x(256);
     test_colrot();

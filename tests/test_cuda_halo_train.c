@@ -465,6 +465,22 @@ static void test_small_model(void) {
             if (k == 0) test_model_telemetry(&m, &b, &hc, 1, cfgs[k].what, gnd, lnd);
             free(gnd);
         }
+        if (strstr(cfgs[k].what, "H_m blocks")) {   // RMSNorm took the rotated X's amax (dim 256): the layers' own
+            float lo;                                  // absmax pass gives the same bits, so the same loss and codes
+            float *go = malloc(4 * P);
+            halo_cuda_x_rot_amax(0);
+            model_grads_gpu(&m, &b, &hc, 0, &lo, go);
+            halo_cuda_x_rot_amax(1);
+            row("X amax from RMSNorm vs own pass: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
+            // Not 0 for the gradients: RMSNorm's dw and the embedding's backward add with float atomics, whose order
+            // changes from run to run (H100, 2026-12-06: 1.4e-9 to 1.5e-9 with the switch on or off). One flipped
+            // 8-bit code spreads through the backward (the E_X order change above: ~1e-2), far above 1e-7.
+            row("X amax from RMSNorm vs own pass: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);
+            model_grads_gpu(&m, &b, &hc, 0, &lo, go);   // the same setting twice: that atomics noise alone
+            row("X amax from RMSNorm, run twice: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
+            row("X amax from RMSNorm, run twice: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);
+            free(go);
+        }
         if (k == 0) {   // recomputation re-quantizes the same values: the same codes, the same gradients
             memcpy(gstore, gg, 4 * P);
             for (int rcm = 1; rcm <= 2; rcm++) {

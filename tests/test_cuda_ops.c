@@ -5,6 +5,7 @@
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
+#include "halo/hadamard.h"
 #include "ops/ops.h"
 #include "train/adamw.h"
 
@@ -130,6 +131,46 @@ static void test_embedding(void) {
     cudaFree(dtab); cudaFree(dids); cudaFree(out); cudaFree(ddout); cudaFree(dg);
 }
 
+// max |rows x d bf16 values on the device, rotated by the CPU's h| (a HALO level 1-2 layer's X amax)
+static float rotated_amax(const halo_bf16 *dev, int rows, int d, const halo_hadamard *h) {
+    float *v = from_dev_bf16(dev, (size_t)rows * d), mx = 0.f;
+    halo_hadamard_rows(h, v, rows, d, 0);
+    for (size_t i = 0; i < (size_t)rows * d; i++) mx = fmaxf(mx, fabsf(v[i]));
+    free(v);
+    return mx;
+}
+
+// The producers' rotated amax (a HALO level 1-2 layer's X scale) for blocks of 8, 32 and 256: run(ctx, lb, scale)
+// writes rows x d bf16 values into out and their amax into dam; the values must be ref_out's bits, the amax the CPU's.
+static void check_rotated_amax(const char *op, const halo_bf16 *ref_out, halo_bf16 *out, float *dam, int rows, int d,
+                               void (*run)(void *ctx, int lb, float scale), void *ctx) {
+    for (int lb = 3; lb <= 8; lb += lb == 3 ? 2 : 3) {
+        cudaMemset(out, 0xff, 2 * (size_t)rows * d);
+        cudaMemset(dam, 0, 4);
+        halo_hadamard h;
+        if (halo_hadamard_plan(&h, d, 1 << lb)) abort();
+        run(ctx, lb, h.scale);
+        float am = -1.f;
+        cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+        const float ref_am = rotated_amax(ref_out, rows, d, &h);
+        char what[64];
+        snprintf(what, sizeof what, "fwd _amax rotated, blocks of %d: differing bits", 1 << lb);
+        table_row(op, what, (double)dev_bf16_ndiff(ref_out, out, (size_t)rows * d), 0);
+        snprintf(what, sizeof what, "fwd _amax rotated, blocks of %d: amax vs CPU", 1 << lb);
+        table_row(op, what, fabs((double)am - ref_am) / ref_am, 0);
+    }
+}
+typedef struct { halo_bf16 *out; float *rstd, *x; halo_bf16 *w; int N, D; float *dam; } rms_ctx;
+static void run_rmsnorm_rot(void *p, int lb, float scale) {
+    rms_ctx *c = p;
+    cuda_rmsnorm_forward_amax(c->out, c->rstd, c->x, c->w, c->N, c->D, 1e-5f, c->dam, lb, scale, 0);
+}
+typedef struct { halo_bf16 *out, *gu; int N, F; float *dam; } swiglu_ctx;
+static void run_swiglu_rot(void *p, int lb, float scale) {
+    swiglu_ctx *c = p;
+    cuda_swiglu_forward_amax(c->out, c->gu, c->N, c->F, c->dam, lb, scale, 0);
+}
+
 // alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
 // no bf16 copy. dw starts at a nonzero value (the kernel accumulates into it).
 static void test_rmsnorm(int N, int D, int alias) {
@@ -165,10 +206,14 @@ static void test_rmsnorm(int N, int D, int alias) {
         free(got);
         halo_bf16 *out3 = dev_poison(2 * (size_t)N * D);
         float *rstd3 = dev_poison(4 * (size_t)N), *dam = to_dev(&(float){0.f}, 4), am = -1.f;
-        cuda_rmsnorm_forward_amax(out3, rstd3, dx_, dw16, N, D, 1e-5f, dam, 0);
+        cuda_rmsnorm_forward_amax(out3, rstd3, dx_, dw16, N, D, 1e-5f, dam, 0, 1.f, 0);
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("rmsnorm", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out3, (size_t)N * D), 0);
         table_row("rmsnorm", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
+        if (D % 256 == 0) {
+            rms_ctx ctx = {out3, rstd3, dx_, dw16, N, D, dam};
+            check_rotated_amax("rmsnorm", out, out3, dam, N, D, run_rmsnorm_rot, &ctx);
+        }
         cudaFree(out3); cudaFree(rstd3); cudaFree(dam);
     }
     if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
@@ -301,10 +346,14 @@ static void test_swiglu(int F) {
         for (size_t i = 0; i < (size_t)N * F; i++) mx = fmaxf(mx, fabsf(got[i]));
         halo_bf16 *out2 = dev_poison(2 * (size_t)N * F);
         float *dam = to_dev(&(float){0.f}, 4), am = -1.f;
-        cuda_swiglu_forward_amax(out2, dgu, N, F, dam, 0);
+        cuda_swiglu_forward_amax(out2, dgu, N, F, dam, 0, 1.f, 0);
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("swiglu", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out2, (size_t)N * F), 0);
         table_row("swiglu", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
+        if (F % 256 == 0) {
+            swiglu_ctx ctx = {out2, dgu, N, F, dam};
+            check_rotated_amax("swiglu", out, out2, dam, N, F, run_swiglu_rot, &ctx);
+        }
         cudaFree(out2); cudaFree(dam);
     }
     free(got);
@@ -530,6 +579,7 @@ int main(void) {
     test_rope_amax(70, 12);
     test_swiglu(200);   // 8 columns a thread
     test_swiglu(172);   // 2 columns a thread (F % 8 != 0: stories260K)
+    test_swiglu(1024);  // F % 256 == 0: also the rotated amax
     test_attention(2, 37, 4, 2, 16, 0);      // simple kernels (tiny models' head_dim)
     test_attention(2, 50, 8, 4, 8, 1);
     test_attention(2, 100, 4, 2, 64, 0);     // flash kernels, T not a multiple of the tile

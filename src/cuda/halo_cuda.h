@@ -285,10 +285,17 @@ int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo
 int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                 long ldy, const float *R, int b, int m, int n, cudaStream_t s);
 // The same with flags: HALO_CUDA_X_AMAX: max |X| (the b x m bf16 input) is already in halo_cuda_linear_x_amax(L),
-// computed by the kernel that produced X (the caller zeroes the slot before it runs); used at level 0 (unrotated X),
-// ignored at levels 1 and 2 (their X scale is the rotated X's). Skips the layer's own absmax pass of X.
+// computed by the kernel that produced X (the caller zeroes the slot before it runs); used at level 0 (unrotated X)
+// and at levels 1-2 where halo_cuda_linear_x_rot_amax says yes (then it is max |X H_m|, the rotated X's), ignored
+// otherwise. Skips the layer's own absmax pass of X.
 enum { HALO_CUDA_X_AMAX = 8 };
 float *halo_cuda_linear_x_amax(halo_cuda_linear *L);
+// Levels 1-2: 1 when the producer of X (m inputs) can take max |X H_m| itself: H_m in power-of-two blocks of 2^lb,
+// 8..256, m % 256 == 0 (cuda_rmsnorm_forward_amax / cuda_swiglu_forward_amax with rot_lb = *lb, rot_scale = *scale);
+// plans H_m. 0 otherwise, or with HALO_CUDA_X_ROT_AMAX=0.
+int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, float *scale);
+// Process-wide: 0 turns the producers' rotated X amax off (HALO_CUDA_X_ROT_AMAX=0 does the same), 1 back on.
+void halo_cuda_x_rot_amax(int on);
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32

@@ -11,6 +11,7 @@
 #include <utility>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
+#include "cuda/hadamard_warp.cuh"
 extern "C" {
 #include "halo/hadamard.h"
 #include "util/error.h"
@@ -266,24 +267,6 @@ __device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
     const float q = qmax_of(aj.fmt);
     for (int i = 0; i < 2; i++)
         if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
-}
-
-// Butterfly stages h = 1, 2, 4 on 8 consecutive values in registers (the CPU's fwht_vec radix-8 block).
-__device__ __forceinline__ void bfly8(float v[8]) {
-    const float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
-    const float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
-    const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
-    const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
-    v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
-    v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
-}
-
-// Butterfly stage h = 8 << st across the lanes of a warp holding 8 consecutive values each: lower lane a + b, upper
-// lane a - b (a = the lower lane's value), as fma(+-1, v, partner): one rounding, the CPU's values bit for bit.
-__device__ __forceinline__ void shfl_stage(float v[8], int lane, int st) {
-    const float sg = lane & (1 << st) ? -1.f : 1.f;
-    #pragma unroll
-    for (int k = 0; k < 8; k++) v[k] = fmaf(sg, v[k], __shfl_xor_sync(0xffffffffu, v[k], 1 << st));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

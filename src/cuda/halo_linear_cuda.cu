@@ -273,7 +273,7 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
     if (zero) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
-    if (h && g_rot_once && !rot_cheap(h) && in_type == HALO_CUDA_BF16 && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+    if (h && name_a && g_rot_once && !rot_cheap(h) && in_type == HALO_CUDA_BF16 && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
         // rotate once: the absmax pass keeps the rotated rows (fp32, scratch slot 0: free until the product), the
         // quantizer reads them unrotated at memory speed (the rotation, not the bytes, bounds these kernels)
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
@@ -283,8 +283,9 @@ static void quantize_rows(halo_cuda_linear *L, const halo_cuda_had *h, const voi
                                                              fmt_of(L), q, ldq, aj, s));
         return;
     }
-    PROF(name_a, elems * esz(in_type),
-         halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
+    if (name_a)   // NULL: the amax is there already (HALO_CUDA_X_AMAX)
+        PROF(name_a, elems * esz(in_type),
+             halo_cuda_absmax_rows(h, 0, in, in_type, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
     PROF(name_q, elems * (esz(in_type) + 1),
          halo_cuda_quant_rows_alpha(h, 0, in, in_type, ld, rows, d, amax, NULL, fmt_of(L), q, ldq, aj, s));
 }
@@ -298,7 +299,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
                                const halo_cuda_alpha_job *aj, const char *name_a, const char *name_q, cudaStream_t s) {
     float *amax = L->dev + slot;
     const double elems = (double)rows * d;
-    if (g_rot_once && !rot_cheap(h) && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
+    if (name_a && g_rot_once && !rot_cheap(h) && halo_cuda_rot_amax_ok(h, in, ld, rows)) {
         float *T = (float *)ws(L, 0, sizeof(float) * (size_t)rows * d);
         PROF(name_a, elems * 6.0, halo_cuda_rot_amax(h, in, ld, rows, T, d, amax, nonfin_of(L, slot), s));
         PROF(name_q, elems * 6.0 + (double)d * rows_pad,
@@ -307,9 +308,10 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
         return;
     }
     if (rot_cheap(h) && halo_cuda_rot_quant_both_ok(h, in, ld, rows, d, q, ldq, qt, ldqt, rows_pad)) {
-        // small blocks: the absmax pass, then one pass that writes both layouts
-        PROF(name_a, elems * 2.0,
-             halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
+        // small blocks: the absmax pass (unless X's producer took it), then one pass that writes both layouts
+        if (name_a)
+            PROF(name_a, elems * 2.0,
+                 halo_cuda_absmax_rows(h, 0, in, HALO_CUDA_BF16, ld, rows, d, amax, NULL, nonfin_of(L, slot), s));
         PROF(name_q, elems * 3.0 + (double)d * rows_pad,
              halo_cuda_rot_quant_both(h, in, ld, rows, d, amax, fmt_of(L), q, ldq, qt, ldqt, rows_pad, aj, s));
         return;
@@ -321,7 +323,7 @@ static void quantize_rows_both(halo_cuda_linear *L, const halo_cuda_had *h, cons
 
 // The forward's codes of X (which 0) or W (1), rows x d with leading dimension d: row-major q [rows][ldq] for the
 // product and, where the layer saves its codes transposed (tposed), qt [d][ldqt] from the same quantization (levels
-// 1-2: rotated by h). skip_absmax: the amax is in its slot already (level 0, HALO_CUDA_X_AMAX).
+// 1-2: rotated by h). skip_absmax: the amax is in its slot already (HALO_CUDA_X_AMAX: level 0, or x_rot_amax).
 static void quantize_fwd(halo_cuda_linear *L, const halo_cuda_had *h, int which, const halo_bf16 *in, int rows, int d,
                          uint8_t *q, long ldq, uint8_t *qt, long ldqt, int rows_pad, const halo_cuda_alpha_job *aj,
                          int skip_absmax, cudaStream_t s) {
@@ -329,12 +331,10 @@ static void quantize_fwd(halo_cuda_linear *L, const halo_cuda_had *h, int which,
     static const char *const name_q[2] = {"fwd quant X", "fwd quant W"};
     static const char *const name_qb[2] = {"fwd quant X (both layouts)", "fwd quant W (both layouts)"};
     const int slot = which ? AW : AX;
-    if (!tposed(L))
-        quantize_rows(L, h, in, HALO_CUDA_BF16, d, rows, d, slot, q, ldq, name_a[which], name_q[which], 0, aj, s);
-    else if (h)
-        quantize_rows_both(L, h, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, name_a[which], name_qb[which], s);
-    else quantize_both(L, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, skip_absmax ? NULL : name_a[which],
-                       name_qb[which], s);
+    const char *na = skip_absmax ? NULL : name_a[which];
+    if (!tposed(L)) quantize_rows(L, h, in, HALO_CUDA_BF16, d, rows, d, slot, q, ldq, na, name_q[which], 0, aj, s);
+    else if (h) quantize_rows_both(L, h, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, na, name_qb[which], s);
+    else quantize_both(L, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, na, name_qb[which], s);
 }
 
 __global__ void k_store_f32(void *out, int out_f32, long ldo, const float *in, long ldi, int rows, int cols, int acc) {
@@ -434,6 +434,24 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
 
 extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
 
+// Levels 1-2: 1 when X's producer can take the rotated X's amax: H_m in power-of-two blocks of 8..256 (the
+// quantizer rotates again anyway) over m inputs, m % 256 == 0; *lb = log2(block), *scale = the plan's.
+// HALO_CUDA_X_ROT_AMAX=0: never (the layer's own absmax pass, to compare).
+static int g_x_rot_amax = -1;
+extern "C" void halo_cuda_x_rot_amax(int on) { g_x_rot_amax = on ? 1 : 0; }
+static int x_rot_amax_ok(halo_cuda_linear *L, int m) {
+    return L->level >= 1 && env_switch(&g_x_rot_amax, "HALO_CUDA_X_ROT_AMAX") && m % 256 == 0 &&
+           plan_hm(L, m) == HALO_OK && rot_cheap(&L->hm) && L->hm.block >= 8;
+}
+extern "C" int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, float *scale) {
+    if (!x_rot_amax_ok(L, m)) return 0;
+    int b = 0;
+    while ((1 << b) < L->hm.block) b++;
+    *lb = b;
+    *scale = L->hm.scale;
+    return 1;
+}
+
 extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                            int y_f32, long ldy, const float *R, int b, int m, int n, cudaStream_t s) {
     return halo_cuda_linear_forward_flags(L, X, W, Y, y_f32, ldy, R, 0, b, m, n, s);
@@ -468,8 +486,9 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw_row, 0, (size_t)np * mp, s)));
         if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
     }
-    // X's amax from its producer (level 0 only: the unrotated X), else zeroed here for the absmax pass
-    const int x_amax = (flags & HALO_CUDA_X_AMAX) && L->level == 0;
+    // X's amax from its producer (level 0: the unrotated X; levels 1-2: the rotated one, x_rot_amax_ok), else zeroed
+    // here for the absmax pass
+    const int x_amax = (flags & HALO_CUDA_X_AMAX) && (L->level == 0 || x_rot_amax_ok(L, m));
     if (x_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
     else PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
     const uint8_t *qx_row;

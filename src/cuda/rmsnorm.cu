@@ -2,13 +2,28 @@
 // Backward adds the input gradient to the residual gradient in place and keeps a bf16 copy for the products, and
 // reduces the weight gradient in the same pass (shared-memory column sums, one global atomic per column and block).
 #include "cuda/common.cuh"
+#include "cuda/hadamard_warp.cuh"
+
+// out[4d .. 4d + 3] = bf16(x * r * w), also returned as two pairs
+__device__ __forceinline__ void norm4(const float4 *x4, const bf16 *w, bf16 *o, int d, float r, __nv_bfloat162 &o01,
+                                      __nv_bfloat162 &o23) {
+    const float4 v = x4[d];
+    const float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
+    const float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
+    o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
+    o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+    ((__nv_bfloat162 *)o)[2 * d] = o01;
+    ((__nv_bfloat162 *)o)[2 * d + 1] = o23;
+}
 
 // one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out. keep_rstd: rstd holds the row
 // scales already (a recomputation from the stored rstd: the same products, so the same bf16 bits). amax (may be
 // NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 layer's X scale, without its own
-// absmax pass; NaN is skipped, as there).
+// absmax pass; NaN is skipped, as there). rot_lb > 0 (D % 256 == 0, amax set): the amax is that of the output rotated
+// in Hadamard blocks of 2^rot_lb <= 256 and scaled by rot_scale (a HALO level 1-2 layer's X scale); the lanes then
+// store 8 consecutive values of each 256 (the same values: only the order of the stores differs).
 __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps,
-                              int keep_rstd, unsigned *amax) {
+                              int keep_rstd, unsigned *amax, int rot_lb, float rot_scale) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     float mx = 0.f;
     if (row < N) {
@@ -24,15 +39,24 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
                 r = rsqrtf(ss / D + eps);
                 if (lane == 0) rstd[row] = r;
             }
-            for (int d = lane; d < D / 4; d += 32) {
-                float4 v = x4[d];
-                float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
-                float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
-                const __nv_bfloat162 o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
-                const __nv_bfloat162 o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
-                ((__nv_bfloat162 *)o)[2 * d] = o01;
-                ((__nv_bfloat162 *)o)[2 * d + 1] = o23;
-                if (amax) mx = absmax_bf2(absmax_bf2(mx, o01), o23);
+            if (rot_lb) {   // uniform per warp: all lanes take part in the shuffles
+                for (int c = 0; c < D / 256; c++) {
+                    const int d = c * 64 + 2 * lane;   // float4 index: 8 consecutive values
+                    float f[8];
+                    for (int h = 0; h < 2; h++) {
+                        __nv_bfloat162 o01, o23;
+                        norm4(x4, w, o, d + h, r, o01, o23);
+                        const float2 a = __bfloat1622float2(o01), b = __bfloat1622float2(o23);
+                        f[4 * h] = a.x; f[4 * h + 1] = a.y; f[4 * h + 2] = b.x; f[4 * h + 3] = b.y;
+                    }
+                    mx = fmaxf(mx, rot256_absmax8(f, lane, rot_lb, rot_scale));
+                }
+            } else {
+                for (int d = lane; d < D / 4; d += 32) {
+                    __nv_bfloat162 o01, o23;
+                    norm4(x4, w, o, d, r, o01, o23);
+                    if (amax) mx = absmax_bf2(absmax_bf2(mx, o01), o23);
+                }
             }
         } else {
             if (keep_rstd) r = rstd[row];
@@ -213,22 +237,29 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                                      float eps, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, NULL);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, NULL, 0, 1.f);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N,
-                                          int D, float eps, float *amax, cudaStream_t s) {
+                                          int D, float eps, float *amax, int rot_lb, float rot_scale, cudaStream_t s) {
     if (N == 0) return;
+    if (rot_lb && (rot_lb < 3 || rot_lb > 8 || D % 256)) {
+        fprintf(stderr, "cuda_rmsnorm_forward_amax: rotated amax needs blocks of 8..256 and D %% 256 == 0 (D %d, "
+                        "block %d)\n", D, 1 << rot_lb);
+        abort();
+    }
     // 32 rows (warps) a block: fewer atomics on the one amax address
-    k_rmsnorm_fwd<<<cdiv(N, 32), 1024, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, (unsigned *)amax);
+    k_rmsnorm_fwd<<<cdiv(N, 32), 1024, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, (unsigned *)amax,
+                                                rot_lb, rot_scale);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N,
                                        int D, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1, NULL);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1, NULL, 0,
+                                             1.f);
     CUDA_LAUNCH_CHECK();
 }
 
