@@ -88,6 +88,8 @@ keep b1i2hbtbtf0.log "^\{|^\| " 24
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 without tiles (HALO_CUDA_ROT_TILE=0)" b1i2hbtbnt.log 45 env HALO_CUDA_ROT_TILE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --no-breakdown
 step "bench 1B HALO int8 L2 H_m block 256 token block 64 X amax by its own pass (HALO_CUDA_X_ROT_AMAX=0)" b1i2hbtbxa0.log 45 env HALO_CUDA_X_ROT_AMAX=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
 keep b1i2hbtbxa0.log "^\{|^\| " 24
+step "bench 1B HALO int8 L2 H_m block 256 token block 64 E_Y token amax by its own pass (HALO_CUDA_EY_ROT_AMAX=0)" b1i2hbtbea0.log 45 env HALO_CUDA_EY_ROT_AMAX=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 2 --halo-hadamard-block 256 --halo-token-block 64 --halo-breakdown
+keep b1i2hbtbea0.log "^\{|^\| " 24
 trainbench "bench 1B HALO int8 L1 H_m block 256" b1i1hb.log --model llama3.2-1b --precision int8 --halo-level 1 --halo-hadamard-block 256 --no-breakdown
 trainbench "bench 1B LoRA r16 BF16" b1lora.log --model llama3.2-1b --lora 16
 step "bench 1B LoRA r16 BF16 fused dropout kernels (HALO_LORA_FUSED=1)" b1lora_fu.log 45 env HALO_LORA_FUSED=1 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16

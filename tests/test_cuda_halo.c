@@ -1031,6 +1031,133 @@ static void test_x_rot_amax(void) {
     cudaFree(dx); cudaFree(rstd); cudaFree(dw); cudaFree(dW); cudaFree(dXn); cudaFree(dY[0]); cudaFree(dY[1]);
 }
 
+// SwiGLU's backward taking a level-2 gate / up layer's token-rotated E_Y amax (cuda_swiglu_backward_amax_tok): the
+// same dgate / dup bits and plain amaxes as cuda_swiglu_backward_amax, and max |H_b^T E_Y| equal to the column kernels'
+// absmax pass over the result, bit for bit, per token block size (token counts that are not a multiple of 64, widths
+// of 2-5 tiles); a NaN sets both flags. Its own generator, so the later tests' inputs stay as they were.
+static void test_swiglu_tok_amax(void) {
+    unsigned long long r2 = 6464;
+    const int cs[][3] = {{200, 256, 64}, {128, 320, 8}, {64, 192, 32}, {1000, 128, 64}, {77, 128, 16}};
+    for (int ci = 0; ci < 6; ci++) {
+        const int nan = ci == 5, N = cs[nan ? 0 : ci][0], F = cs[nan ? 0 : ci][1], blk = cs[nan ? 0 : ci][2];
+        const int bp = (N + blk - 1) / blk * blk;
+        halo_cuda_had hg;
+        if (halo_cuda_had_plan(&hg, bp, blk)) { CHECK(0, "plan %d block %d", bp, blk); continue; }
+        int lb = 0;
+        while ((1 << lb) < blk) lb++;
+        float *gu = t_rand_vec(&r2, (size_t)N * 2 * F, 2.0), *d = t_rand_vec(&r2, (size_t)N * F, 1e-2);
+        for (int t = 0; t < N; t += 37) for (int j = 0; j < F; j++) d[(size_t)t * F + j] *= 50;   // outlier tokens
+        if (nan) d[(size_t)(N / 2) * F + 5] = NAN;
+        halo_bf16 *dgu_in = dev_bf16(gu, (size_t)N * 2 * F), *dd = dev_bf16(d, (size_t)N * F);
+        halo_bf16 *o[2] = {dev_poison(2 * (size_t)N * 2 * F), dev_poison(2 * (size_t)N * 2 * F)};
+        float *am = dev_poison(8 * 4);   // [0..1] plain amax ref, [2..3] plain amax, [4..5] rotated ref, [6..7] rotated
+        int *nf = dev_poison(4 * 4);     // [0..1] the reference pass's flags, [2..3] the producer's
+        cudaMemset(am, 0, 8 * 4);
+        cudaMemset(nf, 0, 4 * 4);
+        cuda_swiglu_backward_amax(o[0], dd, dgu_in, N, F, am, am + 1, 0);
+        for (int u = 0; u < 2; u++)
+            halo_cuda_colrot_absmax(&hg, o[0] + (size_t)u * F, 2 * F, N, F, NULL, am + 4 + u, nf + u, NULL, NULL, 0);
+        cuda_swiglu_backward_amax_tok(o[1], dd, dgu_in, N, F, am + 2, am + 3, am + 6, am + 7, nf + 2, nf + 3, lb,
+                                      hg.scale, 0);
+        float a[8];
+        int f[4];
+        cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
+        cudaMemcpy(f, nf, sizeof f, cudaMemcpyDeviceToHost);
+        float *h0 = t_host_of(o[0], 2 * (size_t)N * 2 * F), *h1 = t_host_of(o[1], 2 * (size_t)N * 2 * F);
+        const long dbits = memcmp(h0, h1, 2 * (size_t)N * 2 * F) != 0;
+        char det[80];
+        snprintf(det, sizeof det, "N %d F %d token block %d%s", N, F, blk, nan ? " NaN" : "");
+        row("SwiGLU bwd token-rotated amax: outputs, plain amax", det,
+            (double)(dbits + words_differ(a, a + 2, 2)), 0, 0, 0);
+        if (nan) row("SwiGLU bwd token-rotated amax: NaN flags", det, (f[0] && f[1] && f[2] && f[3]) ? 0 : 1, 0, 0, 0);
+        else
+            row("SwiGLU bwd token-rotated amax vs column pass", det,
+                (double)words_differ(a + 4, a + 6, 2) + (a[4] <= 0.f) + f[2] + f[3], 0, 0, 0);
+        free(gu); free(d); free(h0); free(h1);
+        cudaFree(dgu_in); cudaFree(dd); cudaFree(o[0]); cudaFree(o[1]); cudaFree(am); cudaFree(nf);
+        halo_cuda_had_free(&hg);
+    }
+}
+
+// The level-2 backward fed max |H_b^T E_Y| by E_Y's producer (HALO_CUDA_EYR_AMAX; here the column kernels' absmax
+// pass into the slot halo_cuda_linear_ey_rot_amax names): E_X and G equal the bits of the layer that took its own pass,
+// for a layer with its own X codes and one borrowing them (as up borrows gate's); which layers say yes.
+static void test_ey_rot_amax(void) {
+    unsigned long long r2 = 6565;
+    const int b = 192, m = 512, n = 256;
+    float *X = t_rand_vec(&r2, (size_t)b * m, 1.0), *W = t_rand_vec(&r2, (size_t)n * m, 0.05);
+    float *EY = t_rand_vec(&r2, (size_t)b * n, 1e-3);
+    for (int t = 0; t < b; t += 29) for (int j = 0; j < n; j++) EY[(size_t)t * n + j] *= 40;
+    halo_bf16 *dX = dev_bf16(X, (size_t)b * m), *dW = dev_bf16(W, (size_t)n * m), *dE = dev_bf16(EY, (size_t)b * n);
+    const int tbs[3] = {64, 32, 8};
+    for (int ti = 0; ti < 3; ti++)
+        for (int prec = HALO_PREC_INT8; prec <= HALO_PREC_FP8; prec++) {
+            halo_cuda_linear L[3];   // 0: own pass; 1: fed; 2: fed, borrowing 1's X codes
+            float *ex[3], *g[3];
+            int rc = 0, yes = 1;
+            for (int k = 0; k < 3; k++) {
+                halo_cuda_linear_init(&L[k], prec, 2, "ey rot amax");
+                halo_cuda_linear_token_block(&L[k], tbs[ti]);
+                halo_cuda_linear_hm_block(&L[k], 128);
+                if (k == 2) halo_cuda_linear_share_x(&L[2], &L[1]);
+                ex[k] = dev_poison(4 * (size_t)b * m);
+                g[k] = dev_poison(4 * (size_t)n * m);
+            }
+            for (int k = 0; k < 3; k++) {
+                float *y = dev_poison(4 * (size_t)b * n);
+                rc |= halo_cuda_linear_forward_flags(&L[k], dX, dW, y, 1, n, NULL, 0, b, m, n, 0);
+                cudaFree(y);
+            }
+            for (int k = 0; k < 3; k++) {
+                int flags = HALO_CUDA_G_SET;
+                if (k) {
+                    int lb = 0, *nf = NULL;
+                    float sc = 0.f, *ra = NULL;
+                    yes &= halo_cuda_linear_ey_rot_amax(&L[k], b, &lb, &sc, &ra, &nf) && (1 << lb) == tbs[ti];
+                    float *ae = halo_cuda_linear_ey_amax(&L[k]);
+                    cudaMemset(ae, 0, 4);
+                    cudaMemset(ra, 0, 4);
+                    halo_cuda_absmax_rows(NULL, 0, dE, HALO_CUDA_BF16, n, b, n, ae, NULL, NULL, 0);
+                    halo_cuda_had hg;   // the layer's H_b plan: blocks of tbs[ti] over b tokens
+                    rc |= halo_cuda_had_plan(&hg, (b + tbs[ti] - 1) / tbs[ti] * tbs[ti], tbs[ti]);
+                    halo_cuda_colrot_absmax(&hg, dE, n, b, n, NULL, ra, nf, NULL, NULL, 0);
+                    halo_cuda_had_free(&hg);
+                    flags |= HALO_CUDA_EY_AMAX | HALO_CUDA_EYR_AMAX;
+                }
+                rc |= halo_cuda_linear_backward_flags(&L[k], dE, n, ex[k], 1, g[k], flags, b, m, n, 0);
+            }
+            long diff = 0;
+            float *e0 = t_host_of(ex[0], 4 * (size_t)b * m), *g0 = t_host_of(g[0], 4 * (size_t)n * m);
+            for (int k = 1; k < 3; k++) {
+                float *e = t_host_of(ex[k], 4 * (size_t)b * m), *gg = t_host_of(g[k], 4 * (size_t)n * m);
+                diff += words_differ(e0, e, (size_t)b * m) + words_differ(g0, gg, (size_t)n * m);
+                free(e); free(gg);
+            }
+            char det[80];
+            snprintf(det, sizeof det, "%s token block %d (own X codes, borrowed)", prec == HALO_PREC_INT8 ? "int8" : "fp8",
+                     tbs[ti]);
+            row("E_Y rotated amax fed vs own: E_X, G bits", det, rc || !yes ? 1 : (double)diff, 0, 0, 0);
+            free(e0); free(g0);
+            for (int k = 0; k < 3; k++) { halo_cuda_linear_free(&L[k]); cudaFree(ex[k]); cudaFree(g[k]); }
+        }
+    // which layers say yes: level 2 only, token blocks of 8..64
+    const struct { int lvl, tb, yes; } cs[] = {{2, 64, 1}, {2, 8, 1}, {2, 128, 0}, {2, 4, 0}, {2, 0, 0}, {1, 64, 0}};
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+        halo_cuda_linear L;
+        halo_cuda_linear_init(&L, HALO_PREC_INT8, cs[i].lvl, "ey rot amax when");
+        halo_cuda_linear_token_block(&L, cs[i].tb);
+        int lb, *nf;
+        float sc, *ra;
+        const int yes = halo_cuda_linear_ey_rot_amax(&L, 4096, &lb, &sc, &ra, &nf);
+        char det[64];
+        snprintf(det, sizeof det, "L%d token block %d, 4096 tokens: %s", cs[i].lvl, cs[i].tb, yes ? "yes" : "no");
+        row("E_Y rotated amax by its producer: when", det, yes == cs[i].yes ? 0 : 1, 0, 0, 0);
+        halo_cuda_linear_free(&L);
+    }
+    free(X); free(W); free(EY);
+    cudaFree(dX); cudaFree(dW); cudaFree(dE);
+}
+
 static void test_hm_block(void) {
     const int b = 300, m = 1024, n = 384;
     float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
@@ -1374,7 +1501,7 @@ static void test_colrot(void) {
             halo_cuda_alpha_job aj;
             memset(&aj, 0, sizeof aj);
             aj.fmt = fmt; aj.out[0] = dal; aj.a[0] = dam; aj.b[0] = dam;
-            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dsc, dam, fmt, dq, ldq, np, &aj, 0);
+            halo_cuda_colrot_quant(&hg, dx, ld, b, n, dsc, dam, fmt, dq, ldq, np, NULL, &aj, 0);
             float al;
             cudaMemcpy(&al, dal, 4, cudaMemcpyDeviceToHost);
             cudaFree(dal);
@@ -1618,6 +1745,8 @@ int main(void) {
     test_token_block();
     test_hm_block();
     test_x_rot_amax();
+    test_swiglu_tok_amax();
+    test_ey_rot_amax();
     test_shared_x(0);
     test_shared_x(256);
     test_colrot();

@@ -465,6 +465,18 @@ static void test_small_model(void) {
             if (k == 0) test_model_telemetry(&m, &b, &hc, 1, cfgs[k].what, gnd, lnd);
             free(gnd);
         }
+        if (strstr(cfgs[k].what, "token blocks")) {
+            // SwiGLU's backward took gate's and up's max |H_b^T E_Y| (blocks of 32 tokens): the layers' own absmax
+            // pass gives the same bits, so the same loss; gradients within the atomics' noise (below)
+            float lo;
+            float *go = malloc(4 * P);
+            halo_cuda_ey_rot_amax(0);
+            model_grads_gpu(&m, &b, &hc, 0, &lo, go);
+            halo_cuda_ey_rot_amax(1);
+            row("E_Y token-rotated amax from SwiGLU vs own pass: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
+            row("E_Y token-rotated amax from SwiGLU vs own pass: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);
+            free(go);
+        }
         if (strstr(cfgs[k].what, "H_m blocks")) {   // RMSNorm took the rotated X's amax (dim 256): the layers' own
             float lo;                                  // absmax pass gives the same bits, so the same loss and codes
             float *go = malloc(4 * P);

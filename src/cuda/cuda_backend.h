@@ -133,6 +133,12 @@ void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16
 // layers' E_Y scales.
 void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                float *amax_gate, float *amax_up, cudaStream_t s);
+// The same (F % 64 == 0), and *tok_amax_gate / *tok_amax_up = max(.., max |H_b^T dgate| / |H_b^T dup|) with H_b the
+// token rotation in blocks of 2^tok_lb (3..6) scaled by tok_scale: a level-2 gate / up layer's rotated E_Y scale
+// (halo_cuda_linear_ey_rot_amax); *nonfinite_* |= 1 on a NaN / Inf there (may be NULL).
+void cuda_swiglu_backward_amax_tok(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
+                                   float *amax_gate, float *amax_up, float *tok_amax_gate, float *tok_amax_up,
+                                   int *nonfinite_gate, int *nonfinite_up, int tok_lb, float tok_scale, cudaStream_t s);
 
 // Causal GQA attention. qkv[N, (Hq + 2 Hkv) hd] rows hold [q heads | k heads | v heads] (RoPE applied);
 // out[N, Hq hd]; lse[B, Hq, T] (natural log of the softmax denominators, kept for backward).

@@ -120,9 +120,10 @@ void halo_cuda_colrot_first(const halo_cuda_had *h, const halo_bf16 *in, long ld
 void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                              const float *scratch, float *amax, int *nonfinite, const halo_cuda_colrot_tq *tq,
                              const halo_cuda_alpha_job *alpha, cudaStream_t s);
+// tq (may be NULL): G's unrotated codes ride along here instead (one pass only: the producer took the rotated amax).
 void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                             const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq, int cols_pad,
-                            const halo_cuda_alpha_job *alpha, cudaStream_t s);
+                            const halo_cuda_colrot_tq *tq, const halo_cuda_alpha_job *alpha, cudaStream_t s);
 // Level 2's E_X = H_b R on the fp32 product R [h->d][ld_in] (all h->d token rows), in R's layout: out[t][c] =
 // (H_b R)[t][c] for t < rows_out, c < cols, bf16 (RNE) or fp32 (out_f32; += when accumulate), the values of
 // transpose -> halo_cuda_had_rows(h, 1, ..) -> transpose bit for bit. R is overwritten (the first pass runs in place).
@@ -322,6 +323,15 @@ void halo_cuda_ex_defer(int on);   // 0: every linear rotates its own E_X (the A
 int halo_cuda_ex_deferring(void);  // the setting in force
 int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
+// Level 2 with E_Y's token rotation in one column pass (H_b in power-of-two blocks of 8..64 over b tokens) and both
+// gradients: 1 when E_Y's producer can take max |H_b^T E_Y| itself (cuda_swiglu_backward_amax_tok with tok_lb = *lb,
+// tok_scale = *scale) into *amax (zero it before the producer runs), flagging a NaN / Inf in *nonfinite; the backward
+// then gets HALO_CUDA_EYR_AMAX (with HALO_CUDA_EY_AMAX) and skips its absmax pass of H_b^T E_Y. Plans H_b. 0
+// otherwise, or with HALO_CUDA_EY_ROT_AMAX=0.
+int halo_cuda_linear_ey_rot_amax(halo_cuda_linear *L, int b, int *lb, float *scale, float **amax, int **nonfinite);
+enum { HALO_CUDA_EYR_AMAX = 64 };
+// Process-wide: 0 turns the producers' rotated E_Y amax off (HALO_CUDA_EY_ROT_AMAX=0 does the same), 1 back on.
+void halo_cuda_ey_rot_amax(int on);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
 // Rotated quantizations (levels 1, 2): 1 (default) = one rotation into fp32 scratch with the absmax, then the codes

@@ -1889,10 +1889,12 @@ extern "C" void halo_cuda_colrot_absmax(const halo_cuda_had *h, const halo_bf16 
 
 extern "C" void halo_cuda_colrot_quant(const halo_cuda_had *h, const halo_bf16 *in, long ld, int rows, int cols,
                                        const float *scratch, const float *amax, int fmt, uint8_t *q, long ldq,
-                                       int cols_pad, const halo_cuda_alpha_job *alpha, cudaStream_t s) {
+                                       int cols_pad, const halo_cuda_colrot_tq *tq, const halo_cuda_alpha_job *alpha,
+                                       cudaStream_t s) {
     if (cols_pad <= 0) { alpha_alone(alpha_or_none(alpha), s); return; }
     tr_args a = tr_last_base(h, in, ld, rows, cols, scratch);
     a.aj = alpha_or_none(alpha);
+    if (!tr_two(h) && tq && tq->fmt == fmt) tr_set_tq(h, a, tq);   // (tr_set_tq sets a.fmt: the same format)
     a.span = cols_pad; a.amax_q = amax; a.fmt = fmt; a.out = q; a.ldo = ldq;
     a.vout = tr_vout(q, 1, ldq);
     tr_last<TR_QUANT>(h, a, 0, s);

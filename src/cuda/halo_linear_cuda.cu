@@ -452,6 +452,30 @@ extern "C" int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, 
     return 1;
 }
 
+// Level 2: whether E_Y's producer can take max |H_b^T E_Y| (halo_cuda_linear_ey_rot_amax): the one-pass column
+// kernels with G's codes riding along (the quantizer pass writes them then), blocks of 8..64 tokens.
+static int g_ey_rot_amax = -1;
+extern "C" void halo_cuda_ey_rot_amax(int on) { g_ey_rot_amax = on ? 1 : 0; }
+static int ey_rot_amax_ok(halo_cuda_linear *L, int b) {
+    if (L->level != 2 || !env_switch(&g_ey_rot_amax, "HALO_CUDA_EY_ROT_AMAX") || !colrot_on() || plan_hb(L, b))
+        return 0;
+    // (G's codes can ride along: b16 rows and leading dimension are multiples of 8, one pass; the backward checks
+    // their buffer's alignment and takes its own absmax pass should that fail)
+    const halo_cuda_had *h = &L->hb;
+    return halo_cuda_colrot_ok(h) && h->block >= 8 && h->block <= 64 && L->hb_pad >= pad16(b);
+}
+extern "C" int halo_cuda_linear_ey_rot_amax(halo_cuda_linear *L, int b, int *lb, float *scale, float **amax,
+                                            int **nonfinite) {
+    if (!ey_rot_amax_ok(L, b)) return 0;
+    int k = 0;
+    while ((1 << k) < L->hb.block) k++;
+    *lb = k;
+    *scale = L->hb.scale;
+    *amax = L->dev + AER;
+    *nonfinite = nonfin_of(L, AER);
+    return 1;
+}
+
 extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                            int y_f32, long ldy, const float *R, int b, int m, int n, cudaStream_t s) {
     return halo_cuda_linear_forward_flags(L, X, W, Y, y_f32, ldy, R, 0, b, m, n, s);
@@ -619,16 +643,28 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                 float *T = (float *)ws(L, 4, scb + 16);
                 const int two = scb > 0;
                 const double rd = two ? 4.0 * bp * n : 2.0 * b * n;   // what the last passes read
-                PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+                // E_Y's producer took max |H_b^T E_Y| (HALO_CUDA_EYR_AMAX): no absmax pass; G's codes and scale
+                // ride along the quantizer pass instead
+                const int eyr = (flags & HALO_CUDA_EYR_AMAX) && (flags & HALO_CUDA_EY_AMAX) && tqp && !two &&
+                                ey_rot_amax_ok(L, b);
                 const double tqb = tqp ? (double)n * b16 : 0;   // G's codes, when they ride along
-                if (two) PROF(tqp ? "bwd H_b E_Y first stages + Q(E_Y)^T" : "bwd H_b E_Y first stages (cols)",
-                              2.0 * b * n + 4.0 * bp * n + tqb, halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, tqp, s));
-                halo_cuda_alpha_job ajg = alpha_job(fmt);   // G's, when its codes ride along: by the absmax pass
-                if (tqp) alpha_add(&ajg, L->dev + ALG, amax_e, L->ax_use);
-                PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)", rd + (two ? 0 : tqb),
-                     halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, nonfin_of(L, AER), tqp, &ajg, s));
-                PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
-                     halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, &ajx, s));
+                if (eyr) {
+                    alpha_add(&ajx, L->dev + ALG, amax_e, L->ax_use);
+                    PROF("bwd quant H_b E_Y (cols) + Q(E_Y)^T", rd + (double)bp * np + tqb,
+                         halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, tqp, &ajx, s));
+                } else {
+                    PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s)));
+                    if (two)
+                        PROF(tqp ? "bwd H_b E_Y first stages + Q(E_Y)^T" : "bwd H_b E_Y first stages (cols)",
+                             2.0 * b * n + 4.0 * bp * n + tqb, halo_cuda_colrot_first(&L->hb, EY, ldey, b, n, T, tqp, s));
+                    halo_cuda_alpha_job ajg = alpha_job(fmt);   // G's, when its codes ride along: by the absmax pass
+                    if (tqp) alpha_add(&ajg, L->dev + ALG, amax_e, L->ax_use);
+                    PROF(tqp && !two ? "bwd absmax H_b E_Y + Q(E_Y)^T" : "bwd absmax H_b E_Y (cols)",
+                         rd + (two ? 0 : tqb),
+                         halo_cuda_colrot_absmax(&L->hb, EY, ldey, b, n, T, amax, nonfin_of(L, AER), tqp, &ajg, s));
+                    PROF("bwd quant H_b E_Y (cols)", rd + (double)bp * np,
+                         halo_cuda_colrot_quant(&L->hb, EY, ldey, b, n, T, amax, fmt, qe, np, (int)np, NULL, &ajx, s));
+                }
             } else {
                 // rows of the zero-padded E_Y^T [n][bp] rotated by H_b (row form x H), then the codes transposed back
                 halo_bf16 *eyt = (halo_bf16 *)ws(L, 4, (size_t)n * bp * 2 + (size_t)n * bp);

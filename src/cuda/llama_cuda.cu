@@ -1387,11 +1387,26 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
     // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
     float *ag = ey_amax_prepare(g, l, LIN_GATE), *au = ey_amax_prepare(g, l, LIN_UP);
-    if (ag && au)
+    // level 2: and the token-rotated E_Y amax of each (the layers then skip that absmax pass too)
+    float *rg = NULL, *ru = NULL;
+    int *fg = NULL, *fu = NULL, lg = 0, lu = 0;
+    float sg = 1.f, su = 1.f;
+    const int eyr = ag && au && F % 64 == 0 &&
+                    halo_cuda_linear_ey_rot_amax(hl_of(g, l, LIN_GATE), N, &lg, &sg, &rg, &fg) &&
+                    halo_cuda_linear_ey_rot_amax(hl_of(g, l, LIN_UP), N, &lu, &su, &ru, &fu) && lg == lu && sg == su;
+    if (eyr) {
+        PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(rg, 0, sizeof(float), s)));
+        PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(ru, 0, sizeof(float), s)));
+        PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax_tok((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu,
+                                                           N, F, ag, au, rg, ru, fg, fu, lg, sg, s));
+    } else if (ag && au) {
         PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N,
                                                        F, ag, au, s));
-    else PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
-    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu, ag && au ? HALO_CUDA_EY_AMAX : 0);
+    } else {
+        PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
+    }
+    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu,
+                   (ag && au ? HALO_CUDA_EY_AMAX : 0) | (eyr ? HALO_CUDA_EYR_AMAX : 0));
     float *ao = ey_amax_prepare(g, l, LIN_O);
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
                                                   W + o->ffn_norm, A->r2, g->dres, N, D, ao, s));

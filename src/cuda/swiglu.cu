@@ -1,4 +1,5 @@
 // SwiGLU on the GPU over fused [gate | up] rows: out = silu(gate) * up in fp32 arithmetic, bf16 storage.
+#include <float.h>
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
 
@@ -84,6 +85,82 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
     }
 }
 
+// The backward by tiles of 64 tokens x 64 columns (F % 64 == 0), with k_swiglu_bwd<8>'s outputs and amaxes, that
+// also takes a level-2 gate / up layer's max |H_b^T E_Y|: the token rotation in blocks of 2^tok_lb (3..6) of the
+// stored bf16 dgate and dup, the stages h = 1, 2, 4, .. in order with one rounding each (tokrot_tile's values), the
+// maximum scaled by tok_scale afterwards (as there), one atomic per warp. rnf_g / rnf_u (may be NULL) |= 1 on a NaN
+// or Inf among those values. Phase 2 gives each column to two lanes 16 apart (tokens 0..31, 32..63; stage 32 by one
+// shuffle); rows 32..63 sit in the tile with their columns XOR 16, so the two lanes' reads fall in different banks.
+__global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F,
+                                                        unsigned *amax_g, unsigned *amax_u, unsigned *ramax_g,
+                                                        unsigned *ramax_u, int *rnf_g, int *rnf_u, int tok_lb,
+                                                        float tok_scale) {
+    __shared__ __align__(16) bf16 sm[2][64][64];
+    const int t0 = blockIdx.y * 64, c0 = blockIdx.x * 64;
+    float mg = 0.f, mu = 0.f;
+    #pragma unroll
+    for (int p = 0; p < 2; p++) {
+        const int v = threadIdx.x + 256 * p, tt = v >> 3, cc = (v & 7) * 8, n = t0 + tt, j = c0 + cc;
+        bvec<8> dg2, du2;
+        if (n < N) {
+            const bf16 *row = gu + (size_t)n * 2 * F;
+            const bvec<8> g2 = ldv<8>(row + j), u2 = ldv<8>(row + F + j), d2 = ldv<8>(dout + (size_t)n * F + j);
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {   // the arithmetic of k_swiglu_bwd, so the same bits
+                const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]), d = pair_f2(d2.w[k]);
+                float sx = 1.f / (1.f + __expf(-g.x)), sy = 1.f / (1.f + __expf(-g.y));
+                dg2.w[k] = pair_bf(d.x * u.x * sx * (1.f + g.x * (1.f - sx)), d.y * u.y * sy * (1.f + g.y * (1.f - sy)),
+                                   &mg);
+                du2.w[k] = pair_bf(d.x * g.x * sx, d.y * g.y * sy, &mu);
+            }
+            bf16 *drow = dgu + (size_t)n * 2 * F;
+            stv<8>(drow + j, dg2);
+            stv<8>(drow + F + j, du2);
+        } else {
+            #pragma unroll
+            for (int k = 0; k < 4; k++) dg2.w[k] = du2.w[k] = 0u;   // tokens past N: zeros, as the column kernels
+        }
+        const int cs = tt >= 32 ? cc ^ 16 : cc;
+        stv<8>(&sm[0][tt][cs], dg2);
+        stv<8>(&sm[1][tt][cs], du2);
+    }
+    mg = block_max(mg);   // (synchronizes: the tile is complete after it)
+    mu = block_max(mu);
+    if (threadIdx.x == 0) { atomicMax(amax_g, __float_as_uint(mg)); atomicMax(amax_u, __float_as_uint(mu)); }
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, ten = w >> 2, half = lane >> 4;
+    const int col = (w & 3) * 16 + (lane & 15), cs = half ? col ^ 16 : col;
+    float x[32];
+    #pragma unroll
+    for (int k = 0; k < 32; k++) x[k] = __bfloat162float(sm[ten][32 * half + k][cs]);
+    #pragma unroll
+    for (int st = 0; st < 5; st++)
+        if (st < tok_lb)
+            #pragma unroll
+            for (int k = 0; k < 32; k++)
+                if (!(k & (1 << st))) {
+                    const float a = x[k], b = x[k + (1 << st)];
+                    x[k] = a + b;
+                    x[k + (1 << st)] = a - b;
+                }
+    if (tok_lb > 5)
+        #pragma unroll
+        for (int k = 0; k < 32; k++) {   // h = 32: the lower lane a + b, the upper a - b (a: the lower lane's value)
+            const float o = __shfl_xor_sync(0xffffffffu, x[k], 16);
+            x[k] = half ? o - x[k] : x[k] + o;
+        }
+    float mx = 0.f;
+    int bad = 0;
+    #pragma unroll
+    for (int k = 0; k < 32; k++) {
+        mx = fmaxf(mx, fabsf(x[k]));   // NaN skipped (the flag reports it)
+        bad |= !(fabsf(x[k]) <= FLT_MAX);
+    }
+    mx = warp_max(mx);
+    int *nf = ten ? rnf_u : rnf_g;
+    if (__any_sync(0xffffffffu, bad) && lane == 0 && nf) atomicOr(nf, 1);
+    if (lane == 0) atomicMax(ten ? ramax_u : ramax_g, __float_as_uint(__fmul_rn(mx, tok_scale)));
+}
+
 // One launch of each kernel, 8 columns a thread when F % 8 == 0, else 2. rows: row blocks at most (the amax forms take
 // fewer, 1024: one atomic per block and address; with 8 columns a thread 256 left the 1B backward at 3.39 ms a step
 // against 3.10 with 2 columns a thread).
@@ -121,4 +198,19 @@ extern "C" void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, cons
 extern "C" void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                           float *amax_gate, float *amax_up, cudaStream_t s) {
     swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, 0, 1.f, s);
+}
+extern "C" void cuda_swiglu_backward_amax_tok(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
+                                              float *amax_gate, float *amax_up, float *tok_amax_gate,
+                                              float *tok_amax_up, int *nonfinite_gate, int *nonfinite_up, int tok_lb,
+                                              float tok_scale, cudaStream_t s) {
+    if (N == 0) return;
+    if (F % 64 || tok_lb < 3 || tok_lb > 6) {
+        fprintf(stderr, "cuda_swiglu_backward_amax_tok: needs F %% 64 == 0 and token blocks of 8..64 (F %d, block %d)\n",
+                F, 1 << tok_lb);
+        abort();
+    }
+    k_swiglu_bwd_tok<<<dim3(F / 64, cdiv(N, 64)), 256, 0, s>>>(
+        (bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, N, F, (unsigned *)amax_gate, (unsigned *)amax_up,
+        (unsigned *)tok_amax_gate, (unsigned *)tok_amax_up, nonfinite_gate, nonfinite_up, tok_lb, tok_scale);
+    CUDA_LAUNCH_CHECK();
 }
