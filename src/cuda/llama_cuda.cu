@@ -1387,11 +1387,12 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
     // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
     float *ag = ey_amax_prepare(g, l, LIN_GATE), *au = ey_amax_prepare(g, l, LIN_UP);
-    // level 2: and the token-rotated E_Y amax of each (the layers then skip that absmax pass too)
+    // level 2: and the token-rotated E_Y amax of each (the layers then skip that absmax pass too; not under LoRA: a
+    // frozen base computes no G, whose codes that pass's replacement writes)
     float *rg = NULL, *ru = NULL;
     int *fg = NULL, *fu = NULL, lg = 0, lu = 0;
     float sg = 1.f, su = 1.f;
-    const int eyr = ag && au && F % 64 == 0 &&
+    const int eyr = ag && au && !g->lora && F % 64 == 0 &&
                     halo_cuda_linear_ey_rot_amax(hl_of(g, l, LIN_GATE), N, &lg, &sg, &rg, &fg) &&
                     halo_cuda_linear_ey_rot_amax(hl_of(g, l, LIN_UP), N, &lu, &su, &ru, &fu) && lg == lu && sg == su;
     if (eyr) {
