@@ -1014,7 +1014,8 @@ static void test_x_rot_amax(void) {
                 if (k) {
                     rc |= !halo_cuda_linear_x_rot_amax(&L[k], m, &lb, &sc);
                     cudaMemset(halo_cuda_linear_x_amax(&L[k]), 0, 4);
-                    cuda_rmsnorm_forward_amax(dXn, rstd, dx, dw, b, m, 1e-5f, halo_cuda_linear_x_amax(&L[k]), lb, sc, 0);
+                    cuda_rmsnorm_forward_amax(dXn, rstd, dx, dw, b, m, 1e-5f, halo_cuda_linear_x_amax(&L[k]), lb, sc, NULL,
+                                              0);
                 } else cuda_rmsnorm_forward(dXn, rstd, dx, dw, b, m, 1e-5f, 0);
                 rc |= halo_cuda_linear_forward_flags(&L[k], dXn, dW, dY[k], 1, n, NULL, k ? HALO_CUDA_X_AMAX : 0, b, m, n, 0);
                 cudaMemcpy(&am[k], halo_cuda_linear_x_amax(&L[k]), 4, cudaMemcpyDeviceToHost);

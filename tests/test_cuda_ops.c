@@ -163,12 +163,45 @@ static void check_rotated_amax(const char *op, const halo_bf16 *ref_out, halo_bf
 typedef struct { halo_bf16 *out; float *rstd, *x; halo_bf16 *w; int N, D; float *dam; } rms_ctx;
 static void run_rmsnorm_rot(void *p, int lb, float scale) {
     rms_ctx *c = p;
-    cuda_rmsnorm_forward_amax(c->out, c->rstd, c->x, c->w, c->N, c->D, 1e-5f, c->dam, lb, scale, 0);
+    cuda_rmsnorm_forward_amax(c->out, c->rstd, c->x, c->w, c->N, c->D, 1e-5f, c->dam, lb, scale, NULL, 0);
 }
 typedef struct { halo_bf16 *out, *gu; int N, F; float *dam; } swiglu_ctx;
 static void run_swiglu_rot(void *p, int lb, float scale) {
     swiglu_ctx *c = p;
-    cuda_swiglu_forward_amax(c->out, c->gu, c->N, c->F, c->dam, lb, scale, 0);
+    cuda_swiglu_forward_amax(c->out, c->gu, c->N, c->F, c->dam, lb, scale, NULL, 0);
+}
+
+// The X producers' non-finite flag (the skipped absmax pass's): 0 on the finite input `in`, 1 once one value of a
+// copy of it is NaN (as float at word `at`, or as bf16), unrotated and, when rotatable, in blocks of 8.
+static void check_x_flag(const char *op, const void *in, size_t bytes, size_t at, int f32, int rotatable,
+                         void (*run)(void *, const void *in, int lb, int *flag), void *ctx) {
+    int *dnf = to_dev(&(int){0}, 4), nf = -1;
+    run(ctx, in, 0, dnf);
+    cudaMemcpy(&nf, dnf, 4, cudaMemcpyDeviceToHost);
+    table_row(op, "fwd _amax: X flag, finite input", nf != 0, 0);
+    void *bad = NULL;
+    cudaMalloc(&bad, bytes);
+    cudaMemcpy(bad, in, bytes, cudaMemcpyDeviceToDevice);
+    const float nan = NAN;
+    halo_bf16 nb;
+    cuda_f32_to_bf16_host(&nb, &nan, 1);
+    if (f32) cudaMemcpy((float *)bad + at, &nan, 4, cudaMemcpyHostToDevice);
+    else cudaMemcpy((halo_bf16 *)bad + at, &nb, 2, cudaMemcpyHostToDevice);
+    for (int lb = 0; lb <= (rotatable ? 3 : 0); lb += 3) {
+        cudaMemset(dnf, 0, 4);
+        run(ctx, bad, lb, dnf);
+        cudaMemcpy(&nf, dnf, 4, cudaMemcpyDeviceToHost);
+        table_row(op, lb ? "fwd _amax rotated: X flag, one NaN" : "fwd _amax: X flag, one NaN", nf != 1, 0);
+    }
+    cudaFree(bad); cudaFree(dnf);
+}
+static void run_rmsnorm_flag(void *p, const void *in, int lb, int *flag) {
+    rms_ctx *c = p;
+    cuda_rmsnorm_forward_amax(c->out, c->rstd, in, c->w, c->N, c->D, 1e-5f, c->dam, lb, 1.f, flag, 0);
+}
+static void run_swiglu_flag(void *p, const void *in, int lb, int *flag) {
+    swiglu_ctx *c = p;
+    cuda_swiglu_forward_amax(c->out, in, c->N, c->F, c->dam, lb, 1.f, flag, 0);
 }
 
 // alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
@@ -206,7 +239,7 @@ static void test_rmsnorm(int N, int D, int alias) {
         free(got);
         halo_bf16 *out3 = dev_poison(2 * (size_t)N * D);
         float *rstd3 = dev_poison(4 * (size_t)N), *dam = to_dev(&(float){0.f}, 4), am = -1.f;
-        cuda_rmsnorm_forward_amax(out3, rstd3, dx_, dw16, N, D, 1e-5f, dam, 0, 1.f, 0);
+        cuda_rmsnorm_forward_amax(out3, rstd3, dx_, dw16, N, D, 1e-5f, dam, 0, 1.f, NULL, 0);
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("rmsnorm", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out3, (size_t)N * D), 0);
         table_row("rmsnorm", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
@@ -214,6 +247,8 @@ static void test_rmsnorm(int N, int D, int alias) {
             rms_ctx ctx = {out3, rstd3, dx_, dw16, N, D, dam};
             check_rotated_amax("rmsnorm", out, out3, dam, N, D, run_rmsnorm_rot, &ctx);
         }
+        rms_ctx fc = {out3, rstd3, dx_, dw16, N, D, dam};
+        check_x_flag("rmsnorm", dx_, 4 * (size_t)N * D, (size_t)(N / 2) * D + 3, 1, D % 256 == 0, run_rmsnorm_flag, &fc);
         cudaFree(out3); cudaFree(rstd3); cudaFree(dam);
     }
     if (alias) memcpy(rdx, dres, 4 * (size_t)N * D);
@@ -346,7 +381,7 @@ static void test_swiglu(int F) {
         for (size_t i = 0; i < (size_t)N * F; i++) mx = fmaxf(mx, fabsf(got[i]));
         halo_bf16 *out2 = dev_poison(2 * (size_t)N * F);
         float *dam = to_dev(&(float){0.f}, 4), am = -1.f;
-        cuda_swiglu_forward_amax(out2, dgu, N, F, dam, 0, 1.f, 0);
+        cuda_swiglu_forward_amax(out2, dgu, N, F, dam, 0, 1.f, NULL, 0);
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("swiglu", "fwd _amax: differing bits", (double)dev_bf16_ndiff(out, out2, (size_t)N * F), 0);
         table_row("swiglu", "fwd _amax: amax vs max |out|", fabs((double)am - mx) / mx, 0);
@@ -354,6 +389,9 @@ static void test_swiglu(int F) {
             swiglu_ctx ctx = {out2, dgu, N, F, dam};
             check_rotated_amax("swiglu", out, out2, dam, N, F, run_swiglu_rot, &ctx);
         }
+        swiglu_ctx fc = {out2, dgu, N, F, dam};
+        check_x_flag("swiglu", dgu, 2 * (size_t)N * 2 * F, (size_t)(N / 2) * 2 * F + F + 1, 0, F % 256 == 0,
+                     run_swiglu_flag, &fc);
         cudaFree(out2); cudaFree(dam);
     }
     free(got);

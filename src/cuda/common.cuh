@@ -73,4 +73,10 @@ __device__ __forceinline__ float absmax_bf2(float m, __nv_bfloat162 v) {
     const float2 f = __bfloat1622float2(v);
     return fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
 }
+// 1 when either value of a bf16 pair is a NaN or an Inf (all exponent bits set)
+__device__ __forceinline__ int nonfinite_bf2(__nv_bfloat162 v) {
+    unsigned w;
+    memcpy(&w, &v, 4);
+    return (w & 0x7f80u) == 0x7f80u || (w & 0x7f800000u) == 0x7f800000u;
+}
 #endif

@@ -81,9 +81,10 @@ void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const hal
                           cudaStream_t s);
 // The same, and *amax = max(*amax, max |out|) over the stored bf16 values (atomic on the float bits; zero it first).
 // rot_lb > 0 (3..8, D % 256 == 0): max |out rotated in Hadamard blocks of 2^rot_lb, times rot_scale| instead (a HALO
-// level 1-2 layer's X scale, bit for bit its absmax pass's); 0: unrotated.
+// level 1-2 layer's X scale, bit for bit its absmax pass's); 0: unrotated. *nonfinite |= 1 when an output is a NaN
+// or Inf (the layer's X flag, which its skipped absmax pass would have set; may be NULL).
 void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
-                               float eps, float *amax, int rot_lb, float rot_scale, cudaStream_t s);
+                               float eps, float *amax, int rot_lb, float rot_scale, int *nonfinite, cudaStream_t s);
 // out = x * rstd * w from the rstd a forward stored: the forward's bf16 bits again (norm recomputation)
 void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                             cudaStream_t s);
@@ -124,9 +125,9 @@ void cuda_head_rmsnorm_backward(halo_bf16 *dy, int ld, const halo_bf16 *raw, con
 // gu[N, 2F] holds [gate | up] per row; out[N, F] = silu(gate) * up
 void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // The same, and *amax = max(*amax, max |out|) over the stored bf16 values (atomic; zero it first). rot_lb > 0 (3..8,
-// F % 256 == 0): the rotated amax, as cuda_rmsnorm_forward_amax's.
+// F % 256 == 0): the rotated amax, as cuda_rmsnorm_forward_amax's; nonfinite as there.
 void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax, int rot_lb,
-                              float rot_scale, cudaStream_t s);
+                              float rot_scale, int *nonfinite, cudaStream_t s);
 // dgu[N, 2F] = [dgate | dup]
 void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // The same, and *amax_gate / *amax_up = max(.., max |dgate| / |dup|) (atomic on the float bits): the gate and up HALO

@@ -291,6 +291,8 @@ int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 *X, const h
 // otherwise. Skips the layer's own absmax pass of X.
 enum { HALO_CUDA_X_AMAX = 8 };
 float *halo_cuda_linear_x_amax(halo_cuda_linear *L);
+// The layer's X non-finite flag, for that producer to set (its absmax pass, which would, is skipped).
+int *halo_cuda_linear_x_nonfinite(halo_cuda_linear *L);
 // Levels 1-2: 1 when the producer of X (m inputs) can take max |X H_m| itself: H_m in power-of-two blocks of 2^lb,
 // 8..256, m % 256 == 0 (cuda_rmsnorm_forward_amax / cuda_swiglu_forward_amax with rot_lb = *lb, rot_scale = *scale);
 // plans H_m. 0 otherwise, or with HALO_CUDA_X_ROT_AMAX=0.

@@ -433,6 +433,7 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
 }
 
 extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
+extern "C" int *halo_cuda_linear_x_nonfinite(halo_cuda_linear *L) { return nonfin_of(L, AX); }
 
 // Levels 1-2: 1 when X's producer can take the rotated X's amax: H_m in power-of-two blocks of 8..256 (the
 // quantizer rotates again anyway) over m inputs, m % 256 == 0; *lb = log2(block), *scale = the plan's.

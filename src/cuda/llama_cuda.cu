@@ -1179,14 +1179,17 @@ static void halo_check(int rc) {
 
 // Zeroes and returns the X amax slot of HALO linear (l, kind) when it runs at level 0, or at levels 1-2 with small
 // power-of-two Hadamard blocks (*lb, *scale: the rotation the producer applies for the amax; lb = 0: none), for the
-// kernel that produces its input (RMSNorm, SwiGLU); NULL otherwise (then the layer takes the amax itself).
-static float *x_amax_prepare(llama_cuda *g, int l, int kind, int *lb, float *scale) {
+// kernel that produces its input (RMSNorm, SwiGLU); NULL otherwise (then the layer takes the amax itself). *nf: the
+// layer's X non-finite flag, for that kernel to set.
+static float *x_amax_prepare(llama_cuda *g, int l, int kind, int *lb, float *scale, int **nf) {
     halo_cuda_linear *L = hl_of(g, l, kind);
     int m, n;
     lin_shape(g, kind, &m, &n);
     *lb = 0;
     *scale = 1.f;
+    *nf = NULL;
     if (!L || (L->level != 0 && !halo_cuda_linear_x_rot_amax(L, m, lb, scale))) return NULL;
+    *nf = halo_cuda_linear_x_nonfinite(L);
     float *a = halo_cuda_linear_x_amax(L);
     PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(a, 0, sizeof(float), g->st)));
     return a;
@@ -1241,11 +1244,11 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
     // each kernel producing a HALO layer's input also takes its amax where it can (the layer then skips that pass)
-    int lb;
+    int lb, *nf;
     float rs;
-    float *aq = x_amax_prepare(g, l, LIN_Q, &lb, &rs);
+    float *aq = x_amax_prepare(g, l, LIN_Q, &lb, &rs, &nf);
     if (aq) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D,
-                                                         c->norm_eps, aq, lb, rs, s));
+                                                         c->norm_eps, aq, lb, rs, nf, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
     group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, x_flag(aq));
     if (c->bias_kinds & BIAS_QKV)   // Qwen2
@@ -1258,14 +1261,15 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
     resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
-    float *ag = x_amax_prepare(g, l, LIN_GATE, &lb, &rs);
+    float *ag = x_amax_prepare(g, l, LIN_GATE, &lb, &rs, &nf);
     if (ag) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D,
-                                                         c->norm_eps, ag, lb, rs, s));
+                                                         c->norm_eps, ag, lb, rs, nf, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
     group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu, x_flag(ag));
     if (!full) return;
-    float *ad = x_amax_prepare(g, l, LIN_DOWN, &lb, &rs);
-    if (ad) PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_amax((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ad, lb, rs, s));
+    float *ad = x_amax_prepare(g, l, LIN_DOWN, &lb, &rs, &nf);
+    if (ad)
+        PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_amax((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ad, lb, rs, nf, s));
     else PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
     resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h, x_flag(ad));
 }

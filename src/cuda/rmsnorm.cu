@@ -1,6 +1,7 @@
 // RMSNorm on the GPU: fp32 residual in, bf16 normalized output (the next product's operand), fp32 rstd saved.
 // Backward adds the input gradient to the residual gradient in place and keeps a bf16 copy for the products, and
 // reduces the weight gradient in the same pass (shared-memory column sums, one global atomic per column and block).
+#include <float.h>
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
 
@@ -21,11 +22,13 @@ __device__ __forceinline__ void norm4(const float4 *x4, const bf16 *w, bf16 *o, 
 // NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 layer's X scale, without its own
 // absmax pass; NaN is skipped, as there). rot_lb > 0 (D % 256 == 0, amax set): the amax is that of the output rotated
 // in Hadamard blocks of 2^rot_lb <= 256 and scaled by rot_scale (a HALO level 1-2 layer's X scale); the lanes then
-// store 8 consecutive values of each 256 (the same values: only the order of the stores differs).
+// store 8 consecutive values of each 256 (the same values: only the order of the stores differs). nonfinite (with
+// amax; may be NULL): |= 1 when an output is a NaN or Inf (the layer's X flag, which its own absmax pass would set).
 __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16 *w, int N, int D, float eps,
-                              int keep_rstd, unsigned *amax, int rot_lb, float rot_scale) {
+                              int keep_rstd, unsigned *amax, int rot_lb, float rot_scale, int *nonfinite) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     float mx = 0.f;
+    int bad = 0;
     if (row < N) {
         const float *xr = x + (size_t)row * D;
         bf16 *o = out + (size_t)row * D;
@@ -46,6 +49,7 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
                     for (int h = 0; h < 2; h++) {
                         __nv_bfloat162 o01, o23;
                         norm4(x4, w, o, d + h, r, o01, o23);
+                        bad |= nonfinite_bf2(o01) | nonfinite_bf2(o23);
                         const float2 a = __bfloat1622float2(o01), b = __bfloat1622float2(o23);
                         f[4 * h] = a.x; f[4 * h + 1] = a.y; f[4 * h + 2] = b.x; f[4 * h + 3] = b.y;
                     }
@@ -55,7 +59,10 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
                 for (int d = lane; d < D / 4; d += 32) {
                     __nv_bfloat162 o01, o23;
                     norm4(x4, w, o, d, r, o01, o23);
-                    if (amax) mx = absmax_bf2(absmax_bf2(mx, o01), o23);
+                    if (amax) {
+                        mx = absmax_bf2(absmax_bf2(mx, o01), o23);
+                        bad |= nonfinite_bf2(o01) | nonfinite_bf2(o23);
+                    }
                 }
             }
         } else {
@@ -69,13 +76,17 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
             for (int d = lane; d < D; d += 32) {
                 const bf16 v = __float2bfloat16(xr[d] * r * __bfloat162float(w[d]));
                 o[d] = v;
-                if (amax) mx = fmaxf(mx, fabsf(__bfloat162float(v)));
+                if (amax) {
+                    mx = fmaxf(mx, fabsf(__bfloat162float(v)));
+                    bad |= !(fabsf(__bfloat162float(v)) <= FLT_MAX);
+                }
             }
         }
     }
     if (amax) {   // uniform branch: every thread of the block reaches the reduction
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
+        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
     }
 }
 
@@ -237,12 +248,13 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
 extern "C" void cuda_rmsnorm_forward(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N, int D,
                                      float eps, cudaStream_t s) {
     if (N == 0) return;
-    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, NULL, 0, 1.f);
+    k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, NULL, 0, 1.f, NULL);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const float *x, const halo_bf16 *w, int N,
-                                          int D, float eps, float *amax, int rot_lb, float rot_scale, cudaStream_t s) {
+                                          int D, float eps, float *amax, int rot_lb, float rot_scale, int *nonfinite,
+                                          cudaStream_t s) {
     if (N == 0) return;
     if (rot_lb && (rot_lb < 3 || rot_lb > 8 || D % 256)) {
         fprintf(stderr, "cuda_rmsnorm_forward_amax: rotated amax needs blocks of 8..256 and D %% 256 == 0 (D %d, "
@@ -251,7 +263,7 @@ extern "C" void cuda_rmsnorm_forward_amax(halo_bf16 *out, float *rstd, const flo
     }
     // 32 rows (warps) a block: fewer atomics on the one amax address
     k_rmsnorm_fwd<<<cdiv(N, 32), 1024, 0, s>>>((bf16 *)out, rstd, x, (const bf16 *)w, N, D, eps, 0, (unsigned *)amax,
-                                                rot_lb, rot_scale);
+                                                rot_lb, rot_scale, amax ? nonfinite : NULL);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -259,7 +271,7 @@ extern "C" void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const 
                                        int D, cudaStream_t s) {
     if (N == 0) return;
     k_rmsnorm_fwd<<<cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (float *)rstd, x, (const bf16 *)w, N, D, 0.f, 1, NULL, 0,
-                                             1.f);
+                                             1.f, NULL);
     CUDA_LAUNCH_CHECK();
 }
 

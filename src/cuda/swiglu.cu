@@ -24,10 +24,13 @@ __device__ __forceinline__ uint32_t pair_bf(float a, float b, float *amax) {   /
 // rows. amax (may be NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 down_proj's X
 // scale; NaN skipped). rot_lb > 0 (V = 8, F % 256 == 0: a warp holds 256 consecutive columns of a row): the amax of
 // the output rotated in Hadamard blocks of 2^rot_lb and scaled by rot_scale (a level 1-2 down_proj's X scale).
+// nonfinite (with amax; may be NULL): |= 1 when an output is a NaN or Inf (the layer's X flag).
 template <int V>
-__global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *amax, int rot_lb, float rot_scale) {
+__global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *amax, int rot_lb, float rot_scale,
+                             int *nonfinite) {
     int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     float mx = 0.f;
+    int bad = 0;
     for (int n = blockIdx.y; n < N && j < F; n += gridDim.y) {
         const bf16 *row = gu + (size_t)n * 2 * F;
         const bvec<V> g2 = ldv<V>(row + j), u2 = ldv<V>(row + F + j);
@@ -37,6 +40,11 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
             const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]);
             o2.w[k] = pair_bf(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y,
                               amax && !rot_lb ? &mx : NULL);
+            if (nonfinite) {
+                __nv_bfloat162 h;
+                memcpy(&h, &o2.w[k], 4);
+                bad |= nonfinite_bf2(h);
+            }
         }
         stv<V>(out + (size_t)n * F + j, o2);
         if (V == 8 && rot_lb) {   // uniform per warp (F % 256 == 0: j < F for all its lanes or none)
@@ -52,6 +60,7 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
     if (amax) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
+        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
     }
 }
 
@@ -165,7 +174,7 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // fewer, 1024: one atomic per block and address; with 8 columns a thread 256 left the 1B backward at 3.39 ms a step
 // against 3.10 with 2 columns a thread).
 static void swiglu_launch(bool fwd, halo_bf16 *dst, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, int rows,
-                          float *amax_a, float *amax_b, int rot_lb, float rot_scale, cudaStream_t s) {
+                          float *amax_a, float *amax_b, int rot_lb, float rot_scale, int *nonfinite, cudaStream_t s) {
     if (N == 0) return;
     if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
     if (rot_lb && (rot_lb < 3 || rot_lb > 8 || F % 256 || !amax_a)) {
@@ -177,27 +186,28 @@ static void swiglu_launch(bool fwd, halo_bf16 *dst, const halo_bf16 *dout, const
     bf16 *d = (bf16 *)dst;
     const bf16 *g = (const bf16 *)gu, *o = (const bf16 *)dout;
     unsigned *a = (unsigned *)amax_a, *b = (unsigned *)amax_b;
-    if (fwd && F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>(d, g, N, F, a, 0, 1.f);
-    else if (fwd) k_swiglu_fwd<8><<<grid, 256, 0, s>>>(d, g, N, F, a, rot_lb, rot_scale);
+    int *nf = a ? nonfinite : NULL;
+    if (fwd && F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>(d, g, N, F, a, 0, 1.f, nf);
+    else if (fwd) k_swiglu_fwd<8><<<grid, 256, 0, s>>>(d, g, N, F, a, rot_lb, rot_scale, nf);
     else if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
     else k_swiglu_bwd<8><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s) {
-    swiglu_launch(true, out, NULL, gu, N, F, 8192, NULL, NULL, 0, 1.f, s);
+    swiglu_launch(true, out, NULL, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, s);
 }
 extern "C" void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax, int rot_lb,
-                                         float rot_scale, cudaStream_t s) {
-    swiglu_launch(true, out, NULL, gu, N, F, 1024, amax, NULL, rot_lb, rot_scale, s);
+                                         float rot_scale, int *nonfinite, cudaStream_t s) {
+    swiglu_launch(true, out, NULL, gu, N, F, 1024, amax, NULL, rot_lb, rot_scale, nonfinite, s);
 }
 extern "C" void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                      cudaStream_t s) {
-    swiglu_launch(false, dgu, dout, gu, N, F, 8192, NULL, NULL, 0, 1.f, s);
+    swiglu_launch(false, dgu, dout, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, s);
 }
 extern "C" void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                           float *amax_gate, float *amax_up, cudaStream_t s) {
-    swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, 0, 1.f, s);
+    swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, 0, 1.f, NULL, s);
 }
 extern "C" void cuda_swiglu_backward_amax_tok(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                               float *amax_gate, float *amax_up, float *tok_amax_gate,
