@@ -135,6 +135,25 @@ static void model_grads_gpu(llama_model *m, const halo_batch *b, const model_hal
     llama_cuda_free(g);
 }
 
+// A producer that takes a layer's amax (switch on, loss lg and gradients gg already run) against the layers' own
+// absmax passes (switch off): the same bits, so the same loss. Not 0 for the gradients: RMSNorm's dw and the
+// embedding's backward add with float atomics, whose order changes from run to run (H100, 2026-12-06: 1.4e-9 to
+// 1.6e-9 with the switch on or off). One flipped 8-bit code spreads through the backward (the group-summed E_X
+// check of the random model: ~1e-2), far above 1e-7.
+static void same_with_switch_off(llama_model *m, const halo_batch *b, const model_halo_config *hc, const char *what,
+                                 const char *label, void (*set)(int), float lg, const float *gg, size_t P) {
+    float lo, *go = malloc(4 * P);
+    set(0);
+    model_grads_gpu(m, b, hc, 0, &lo, go);
+    set(1);
+    char name[96];
+    snprintf(name, sizeof name, "%s vs own pass: loss", label);
+    row(name, what, fabs(lg - lo) / lo, 0);
+    snprintf(name, sizeof name, "%s vs own pass: grads", label);
+    row(name, what, rel_l2_f(gg, go, P), 1e-7);
+    free(go);
+}
+
 static void model_grads_cpu(llama_model *m, const halo_batch *b, const model_halo_config *hc, float *loss,
                             float *grads) {
     CHECK(llama_set_halo(m, hc) == HALO_OK, "%s", halo_error());
@@ -465,29 +484,13 @@ static void test_small_model(void) {
             if (k == 0) test_model_telemetry(&m, &b, &hc, 1, cfgs[k].what, gnd, lnd);
             free(gnd);
         }
-        if (strstr(cfgs[k].what, "token blocks")) {
-            // SwiGLU's backward took gate's and up's max |H_b^T E_Y| (blocks of 32 tokens): the layers' own absmax
-            // pass gives the same bits, so the same loss; gradients within the atomics' noise (below)
-            float lo;
-            float *go = malloc(4 * P);
-            halo_cuda_ey_rot_amax(0);
-            model_grads_gpu(&m, &b, &hc, 0, &lo, go);
-            halo_cuda_ey_rot_amax(1);
-            row("E_Y token-rotated amax from SwiGLU vs own pass: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
-            row("E_Y token-rotated amax from SwiGLU vs own pass: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);
-            free(go);
-        }
-        if (strstr(cfgs[k].what, "H_m blocks")) {   // RMSNorm took the rotated X's amax (dim 256): the layers' own
-            float lo;                                  // absmax pass gives the same bits, so the same loss and codes
-            float *go = malloc(4 * P);
-            halo_cuda_x_rot_amax(0);
-            model_grads_gpu(&m, &b, &hc, 0, &lo, go);
-            halo_cuda_x_rot_amax(1);
-            row("X amax from RMSNorm vs own pass: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
-            // Not 0 for the gradients: RMSNorm's dw and the embedding's backward add with float atomics, whose order
-            // changes from run to run (H100, 2026-12-06: 1.4e-9 to 1.5e-9 with the switch on or off). One flipped
-            // 8-bit code spreads through the backward (the E_X order change above: ~1e-2), far above 1e-7.
-            row("X amax from RMSNorm vs own pass: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);
+        // SwiGLU's backward took gate's and up's max |H_b^T E_Y| (blocks of 32 tokens)
+        if (strstr(cfgs[k].what, "token blocks"))
+            same_with_switch_off(&m, &b, &hc, cfgs[k].what, "E_Y token-rotated amax from SwiGLU", halo_cuda_ey_rot_amax,
+                                 lg, gg, P);
+        if (strstr(cfgs[k].what, "H_m blocks")) {   // RMSNorm took the rotated X's amax (dim 256)
+            same_with_switch_off(&m, &b, &hc, cfgs[k].what, "X amax from RMSNorm", halo_cuda_x_rot_amax, lg, gg, P);
+            float lo, *go = malloc(4 * P);
             model_grads_gpu(&m, &b, &hc, 0, &lo, go);   // the same setting twice: that atomics noise alone
             row("X amax from RMSNorm, run twice: loss", cfgs[k].what, fabs(lg - lo) / lo, 0);
             row("X amax from RMSNorm, run twice: grads", cfgs[k].what, rel_l2_f(gg, go, P), 1e-7);

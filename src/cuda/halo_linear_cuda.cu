@@ -435,6 +435,12 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
 extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
 extern "C" int *halo_cuda_linear_x_nonfinite(halo_cuda_linear *L) { return nonfin_of(L, AX); }
 
+static int log2_of(int block) {   // block: a power of two
+    int b = 0;
+    while ((1 << b) < block) b++;
+    return b;
+}
+
 // Levels 1-2: 1 when X's producer can take the rotated X's amax: H_m in power-of-two blocks of 8..256 (the
 // quantizer rotates again anyway) over m inputs, m % 256 == 0; *lb = log2(block), *scale = the plan's.
 // HALO_CUDA_X_ROT_AMAX=0: never (the layer's own absmax pass, to compare).
@@ -446,9 +452,7 @@ static int x_rot_amax_ok(halo_cuda_linear *L, int m) {
 }
 extern "C" int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, float *scale) {
     if (!x_rot_amax_ok(L, m)) return 0;
-    int b = 0;
-    while ((1 << b) < L->hm.block) b++;
-    *lb = b;
+    *lb = log2_of(L->hm.block);
     *scale = L->hm.scale;
     return 1;
 }
@@ -468,9 +472,7 @@ static int ey_rot_amax_ok(halo_cuda_linear *L, int b) {
 extern "C" int halo_cuda_linear_ey_rot_amax(halo_cuda_linear *L, int b, int *lb, float *scale, float **amax,
                                             int **nonfinite) {
     if (!ey_rot_amax_ok(L, b)) return 0;
-    int k = 0;
-    while ((1 << k) < L->hb.block) k++;
-    *lb = k;
+    *lb = log2_of(L->hb.block);
     *scale = L->hb.scale;
     *amax = L->dev + AER;
     *nonfinite = nonfin_of(L, AER);

@@ -64,6 +64,19 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
     }
 }
 
+// dgate, dup of V consecutive columns from gate, up and dout (the bf16 pairs stored; mg / mu, may be NULL: their max)
+template <int V>
+__device__ __forceinline__ void swiglu_bwd_vec(const bvec<V> &g2, const bvec<V> &u2, const bvec<V> &d2, bvec<V> &dg2,
+                                               bvec<V> &du2, float *mg, float *mu) {
+#pragma unroll
+    for (int k = 0; k < V / 2; k++) {
+        const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]), d = pair_f2(d2.w[k]);
+        float sx = 1.f / (1.f + __expf(-g.x)), sy = 1.f / (1.f + __expf(-g.y));
+        dg2.w[k] = pair_bf(d.x * u.x * sx * (1.f + g.x * (1.f - sx)), d.y * u.y * sy * (1.f + g.y * (1.f - sy)), mg);
+        du2.w[k] = pair_bf(d.x * g.x * sx, d.y * g.y * sy, mu);
+    }
+}
+
 // amax_g / amax_u (both or neither): max |dgate|, |dup| of the stored bf16 values, one atomic each per block (the
 // gate and up HALO layers' E_Y scales, without their own absmax pass).
 template <int V>
@@ -75,14 +88,7 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
         const bf16 *row = gu + (size_t)n * 2 * F;
         const bvec<V> g2 = ldv<V>(row + j), u2 = ldv<V>(row + F + j), d2 = ldv<V>(dout + (size_t)n * F + j);
         bvec<V> dg2, du2;
-#pragma unroll
-        for (int k = 0; k < V / 2; k++) {
-            const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]), d = pair_f2(d2.w[k]);
-            float sx = 1.f / (1.f + __expf(-g.x)), sy = 1.f / (1.f + __expf(-g.y));
-            dg2.w[k] = pair_bf(d.x * u.x * sx * (1.f + g.x * (1.f - sx)), d.y * u.y * sy * (1.f + g.y * (1.f - sy)),
-                               amax_g ? &mg : NULL);
-            du2.w[k] = pair_bf(d.x * g.x * sx, d.y * g.y * sy, amax_g ? &mu : NULL);
-        }
+        swiglu_bwd_vec<V>(g2, u2, d2, dg2, du2, amax_g ? &mg : NULL, amax_g ? &mu : NULL);
         bf16 *drow = dgu + (size_t)n * 2 * F;
         stv<V>(drow + j, dg2);
         stv<V>(drow + F + j, du2);
@@ -114,14 +120,7 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
         if (n < N) {
             const bf16 *row = gu + (size_t)n * 2 * F;
             const bvec<8> g2 = ldv<8>(row + j), u2 = ldv<8>(row + F + j), d2 = ldv<8>(dout + (size_t)n * F + j);
-            #pragma unroll
-            for (int k = 0; k < 4; k++) {   // the arithmetic of k_swiglu_bwd, so the same bits
-                const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]), d = pair_f2(d2.w[k]);
-                float sx = 1.f / (1.f + __expf(-g.x)), sy = 1.f / (1.f + __expf(-g.y));
-                dg2.w[k] = pair_bf(d.x * u.x * sx * (1.f + g.x * (1.f - sx)), d.y * u.y * sy * (1.f + g.y * (1.f - sy)),
-                                   &mg);
-                du2.w[k] = pair_bf(d.x * g.x * sx, d.y * g.y * sy, &mu);
-            }
+            swiglu_bwd_vec<8>(g2, u2, d2, dg2, du2, &mg, &mu);   // k_swiglu_bwd's arithmetic, so the same bits
             bf16 *drow = dgu + (size_t)n * 2 * F;
             stv<8>(drow + j, dg2);
             stv<8>(drow + F + j, du2);
