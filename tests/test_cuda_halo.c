@@ -1055,7 +1055,7 @@ static void test_swiglu_tok_amax(void) {
         int *nf = dev_poison(4 * 4);     // [0..1] the reference pass's flags, [2..3] the producer's
         cudaMemset(am, 0, 8 * 4);
         cudaMemset(nf, 0, 4 * 4);
-        cuda_swiglu_backward_amax(o[0], dd, dgu_in, N, F, am, am + 1, 0);
+        cuda_swiglu_backward_amax(o[0], dd, dgu_in, N, F, am, am + 1, NULL, NULL, 0);
         for (int u = 0; u < 2; u++)
             halo_cuda_colrot_absmax(&hg, o[0] + (size_t)u * F, 2 * F, N, F, NULL, am + 4 + u, nf + u, NULL, NULL, 0);
         cuda_swiglu_backward_amax_tok(o[1], dd, dgu_in, N, F, am + 2, am + 3, am + 6, am + 7, nf + 2, nf + 3, lb,

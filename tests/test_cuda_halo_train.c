@@ -331,6 +331,136 @@ static void test_trainer_nonfinite(void) {
     }
 }
 
+// A NaN gradient scale (the forward and the loss stay finite): every E_Y that turns NaN is named, also where the kernel
+// producing E_Y took its amax and the layer skipped its own absmax pass (RMSNorm's backward for o and down, RoPE's for
+// q, k, v, SwiGLU's for gate and up, at levels 0 and 1; at level 2 with token blocks of 32, gate and up), in the
+// backward's order (layers.1's down_proj first), and no X or W flag. FP8 products carry the NaN into every E_Y: all
+// 14 linears ("and 11 more"). INT8 codes map NaN to 0, so only the residual stream's gradient stays NaN: the E_Y of
+// o and down (4, "and 1 more"); q, k, v, gate and up must not be flagged. The next pass, with a finite scale,
+// leaves no flag.
+static void test_model_ey_nonfinite(void) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
+    llama_model m;
+    if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+    llama_init_random(&m, 31);
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 64);
+    unsigned long long r = 9;
+    for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
+    halo_batch_shift_targets(&b);
+    const struct { int prec, level, tok_block, flagged; const char *what; } cfg[] = {
+        {HALO_PREC_FP8, 0, 0, 14, "fp8 L0"}, {HALO_PREC_FP8, 1, 0, 14, "fp8 L1"},
+        {HALO_PREC_FP8, 2, 32, 14, "fp8 L2 token blocks of 32"}, {HALO_PREC_INT8, 0, 0, 4, "int8 L0"},
+        {HALO_PREC_INT8, 2, 32, 4, "int8 L2 token blocks of 32"}};
+    for (int k = 0; k < 5; k++) {
+        llama_cuda_opts o;
+        memset(&o, 0, sizeof o);
+        o.max_B = b.B; o.max_T = b.T;
+        o.halo = model_halo_config_default();
+        o.halo.prec = (halo_precision)cfg[k].prec; o.halo.level = cfg[k].level; o.halo.had_block_b = cfg[k].tok_block;
+        llama_cuda *g;
+        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        llama_cuda_zero_grads(g);
+        llama_cuda_forward_backward(g, &b, NAN);
+        const float loss = llama_cuda_last_loss(g);
+        const char *e = llama_cuda_halo_error(g);
+        char more[32];
+        snprintf(more, sizeof more, "; and %d more", cfg[k].flagged - 3);
+        const char *first = "model.layers.1.mlp.down_proj: a NaN or Inf in its output gradient";
+        const int named = e && isfinite(loss) && strstr(e, first) == e && strstr(e, more) && !strstr(e, "input X") &&
+                          !strstr(e, "weight W");
+        printf("   %s, NaN gradient scale: loss %g, %s\n", cfg[k].what, loss, e ? e : "(no flag)");
+        row(cfg[k].flagged == 14 ? "NaN E_Y flagged, all 14 linears" : "NaN E_Y flagged, o and down only", cfg[k].what,
+            named ? 0 : 1, 0);
+        llama_cuda_zero_grads(g);
+        llama_cuda_forward_backward(g, &b, 1.f);
+        llama_cuda_last_loss(g);
+        e = llama_cuda_halo_error(g);
+        row("finite pass after it: no flag", cfg[k].what, e ? 1 : 0, 0);
+        llama_cuda_free(g);
+    }
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
+// The W amax that AdamW's one-launch update takes for the next forward (cuda_adamw_segments): after a training step the
+// forward and backward give the same loss bits as with every layer taking its own absmax pass of W
+// (halo_cuda_w_amax(0)), gradients within the run-to-run atomics (1e-7, as same_with_switch_off), and the pass is
+// skipped: 0 "fwd absmax W" launches at INT8 L0 and at L2 with H_m blocks of 128 (all 14 linears), 2 at FP8 L1 with
+// the full H_m (the two down_proj, in_features 512: not in blocks of <= 256), 14 with the switch off. Replacing the
+// weights (llama_cuda_upload_state) brings the own passes back (14).
+static int count_launches(const char *name) {
+    static halo_cuda_prof_rec rec[4096];
+    const int nrec = halo_cuda_prof_collect(rec, 4096);
+    int k = 0;
+    for (int i = 0; i < nrec; i++) k += !strcmp(rec[i].name, name);
+    return k;
+}
+static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, int *absmax_w) {
+    halo_cuda_prof_enable(1);
+    llama_cuda_zero_grads(g);
+    llama_cuda_forward_backward(g, b, 1.f);
+    const float loss = llama_cuda_last_loss(g);
+    halo_cuda_prof_enable(0);
+    *absmax_w = count_launches("fwd absmax W");
+    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
+    memcpy(grads, m->grads, 4 * m->n_params);
+    return loss;
+}
+static void test_model_w_amax(void) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
+    llama_model m;
+    if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
+    llama_init_random(&m, 41);
+    llama_alloc_grads(&m);
+    halo_batch b;
+    halo_batch_alloc(&b, 2, 64);
+    unsigned long long r = 13;
+    for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
+    halo_batch_shift_targets(&b);
+    const size_t P = m.n_params;
+    float *gon = malloc(4 * P), *goff = malloc(4 * P);
+    const struct { int prec, level, hm_block, tok_block, skipped_left; const char *what; } cfg[] = {
+        {HALO_PREC_INT8, 0, 0, 0, 0, "int8 L0"},
+        {HALO_PREC_INT8, 2, 128, 32, 0, "int8 L2 H_m blocks of 128"},
+        {HALO_PREC_FP8, 1, 0, 0, 2, "fp8 L1 full H_m"}};
+    for (int k = 0; k < 3; k++) {
+        llama_cuda_opts o;
+        memset(&o, 0, sizeof o);
+        o.max_B = b.B; o.max_T = b.T;
+        o.halo = model_halo_config_default();
+        o.halo.prec = (halo_precision)cfg[k].prec; o.halo.level = cfg[k].level;
+        o.halo.had_block = cfg[k].hm_block; o.halo.had_block_b = cfg[k].tok_block;
+        llama_cuda *g;
+        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
+        const float l1 = llama_cuda_train_step(g, &b, &h, 1);
+        int n_on, n_off, n_up;
+        const float lon = fb_counted(g, &b, gon, &m, &n_on);
+        halo_cuda_w_amax(0);
+        const float loff = fb_counted(g, &b, goff, &m, &n_off);
+        halo_cuda_w_amax(1);
+        printf("   %s: step 1 loss %.5f, then %.7f (W amax from AdamW, %d own W absmax passes) vs %.7f (own passes, %d)\n",
+               cfg[k].what, l1, lon, n_on, loff, n_off);
+        row("W amax from AdamW vs own pass: loss", cfg[k].what, fabs(lon - loff) / loff, 0);
+        row("W amax from AdamW vs own pass: grads", cfg[k].what, rel_l2_f(gon, goff, P), 1e-7);
+        row("W amax from AdamW: own W passes left", cfg[k].what, abs(n_on - cfg[k].skipped_left) + abs(n_off - 14), 0);
+        CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
+        fb_counted(g, &b, gon, &m, &n_up);
+        row("after upload_state: own W passes", cfg[k].what, abs(n_up - 14), 0);
+        llama_cuda_free(g);
+    }
+    free(gon); free(goff);
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -747,6 +877,8 @@ int main(int argc, char **argv) {
     test_variants_halo();
     printf("(random model: %.1f s)\n", t_now() - t0);
     test_trainer_nonfinite();
+    test_model_ey_nonfinite();
+    test_model_w_amax();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

@@ -204,6 +204,23 @@ static void run_swiglu_flag(void *p, const void *in, int lb, int *flag) {
     cuda_swiglu_forward_amax(c->out, in, c->N, c->F, c->dam, lb, 1.f, flag, 0);
 }
 
+// The E_Y producers' non-finite flags (each HALO layer's, which its skipped absmax pass would set): the n host values
+// in bf16 on the device, value v at element `at` (at < 0: none).
+static halo_bf16 *dev_bf16_with(float *host, size_t n, long at, float v) {   // host rounded as to_dev_bf16
+    halo_bf16 *d = to_dev_bf16(host, n), b;
+    cuda_f32_to_bf16_host(&b, &v, 1);
+    if (at >= 0) cudaMemcpy(d + at, &b, 2, cudaMemcpyHostToDevice);
+    return d;
+}
+// Row "what": the k device flags dnf read back against want (0 / 1 each); the flags are cleared afterwards.
+static void flags_row(const char *op, const char *what, int *dnf, const int *want, int k) {
+    int got[4] = {-1, -1, -1, -1}, bad = 0;
+    cudaMemcpy(got, dnf, 4 * (size_t)k, cudaMemcpyDeviceToHost);
+    for (int i = 0; i < k; i++) bad += got[i] != want[i];
+    table_row(op, what, bad, 0);
+    cudaMemset(dnf, 0, 4 * (size_t)k);
+}
+
 // alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
 // no bf16 copy. dw starts at a nonzero value (the kernel accumulates into it).
 static void test_rmsnorm(int N, int D, int alias) {
@@ -266,11 +283,27 @@ static void test_rmsnorm(int N, int D, int alias) {
         free(got);
         float *ddx2 = to_dev(dres, 4 * (size_t)N * D), *ddw2 = to_dev(dw0, 4 * (size_t)D), *dam = to_dev(&(float){0.f}, 4);
         halo_bf16 *dx16b = dev_poison(2 * (size_t)N * D);
-        cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, dx_, dw16, rstd, ddx2, N, D, dam, 0);
+        cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, dx_, dw16, rstd, ddx2, N, D, dam, NULL, 0);
         table_row("rmsnorm", "bwd _amax: differing dx16 bits", (double)dev_bf16_ndiff(dx16, dx16b, (size_t)N * D), 0);
         float am = -1.f;
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
         table_row("rmsnorm", "bwd _amax: amax vs max |dx16|", fabs((double)am - mx) / mx, 0);
+        // E_Y flag: clear on finite inputs; set by one NaN in dout, or one Inf in the residual
+        int *dnf = to_dev(&(int){0}, 4);
+        const size_t ND = (size_t)N * D;
+        const long at = (long)(N / 2) * D + D / 3;
+        const struct { const char *what; int in_res; float v; int want; } fc[] = {
+            {"bwd _amax: E_Y flag, finite", 0, 0.f, 0}, {"bwd _amax: E_Y flag, NaN dout", 0, NAN, 1},
+            {"bwd _amax: E_Y flag, Inf res", 1, INFINITY, 1}};
+        for (int k = 0; k < 3; k++) {
+            halo_bf16 *dyk = dev_bf16_with(dy, ND, k && !fc[k].in_res ? at : -1, fc[k].v);
+            float *rk = to_dev(dres, 4 * ND);
+            if (fc[k].in_res) cudaMemcpy(rk + at, &fc[k].v, 4, cudaMemcpyHostToDevice);
+            cuda_rmsnorm_backward_amax(rk, dx16b, ddw2, dyk, dx_, dw16, rstd, rk, N, D, dam, dnf, 0);
+            flags_row("rmsnorm", fc[k].what, dnf, &fc[k].want, 1);
+            cudaFree(dyk); cudaFree(rk);
+        }
+        cudaFree(dnf);
         cudaFree(ddx2); cudaFree(ddw2); cudaFree(dam); cudaFree(dx16b);
     }
     got = from_dev(ddw, D);
@@ -340,7 +373,7 @@ static void test_rope_amax(int N, int hd) {
     const float zero3[3] = {0.f, 0.f, 0.f};
     float *dam = to_dev(zero3, 12), am[3];
     cuda_rope_backward(d1, ld, dpos, dcs, dsn, N, Hq + Hkv, hd, 0);
-    cuda_rope_backward_amax(d2, dpos, dcs, dsn, N, Hq, Hkv, hd, dam, dam + 1, dam + 2, 0);
+    cuda_rope_backward_amax(d2, dpos, dcs, dsn, N, Hq, Hkv, hd, dam, dam + 1, dam + 2, NULL, NULL, NULL, 0);
     cudaMemcpy(am, dam, 12, cudaMemcpyDeviceToHost);
     float *got = from_dev_bf16(d1, (size_t)N * ld), mx[3] = {0.f, 0.f, 0.f};
     for (int n = 0; n < N; n++)
@@ -355,6 +388,22 @@ static void test_rope_amax(int N, int hd) {
     for (int k = 0; k < 3; k++) e = fmax(e, fabs((double)am[k] - mx[k]) / mx[k]);
     snprintf(what, sizeof what, "bwd _amax N=%d hd %d: q, k, v amax", N, hd);
     table_row("rope (llama3 scaling)", what, e, 0);
+    {   // the q, k, v E_Y flags: clear on finite input; one NaN or Inf in one head sets only that tensor's
+        int *dnf = to_dev((int[3]){0, 0, 0}, 12);
+        const long row = (long)(N / 2) * ld;
+        const struct { const char *what; long at; float v; int want[3]; } fc[] = {
+            {"bwd _amax: q,k,v flags, finite", -1, 0.f, {0, 0, 0}},
+            {"bwd _amax: flags, NaN in q", row + hd + 1, NAN, {1, 0, 0}},
+            {"bwd _amax: flags, Inf in k", row + (long)Hq * hd + hd / 2, INFINITY, {0, 1, 0}},
+            {"bwd _amax: flags, NaN in v", row + (long)(Hq + Hkv) * hd + 3, NAN, {0, 0, 1}}};
+        for (int k = 0; k < 4; k++) {
+            halo_bf16 *dg = dev_bf16_with(g, (size_t)N * ld, fc[k].at, fc[k].v);
+            cuda_rope_backward_amax(dg, dpos, dcs, dsn, N, Hq, Hkv, hd, dam, dam + 1, dam + 2, dnf, dnf + 1, dnf + 2, 0);
+            flags_row("rope (llama3 scaling)", fc[k].what, dnf, fc[k].want, 3);
+            cudaFree(dg);
+        }
+        cudaFree(dnf);
+    }
     free(cs); free(sn); free(pos); free(g); free(got);
     cudaFree(d1); cudaFree(d2); cudaFree(dcs); cudaFree(dsn); cudaFree(dpos); cudaFree(dam);
 }
@@ -415,10 +464,25 @@ static void test_swiglu(int F) {
         const float zero2[2] = {0.f, 0.f};
         float *dam = to_dev(zero2, 8), am[2];
         halo_bf16 *dres2 = dev_poison(4 * (size_t)N * F);
-        cuda_swiglu_backward_amax(dres2, ddo, dgu, N, F, dam, dam + 1, 0);
+        cuda_swiglu_backward_amax(dres2, ddo, dgu, N, F, dam, dam + 1, NULL, NULL, 0);
         cudaMemcpy(am, dam, 8, cudaMemcpyDeviceToHost);
         table_row("swiglu", "bwd _amax: differing bits", (double)dev_bf16_ndiff(dres, dres2, (size_t)N * 2 * F), 0);
         table_row("swiglu", "bwd _amax: gate, up amax", fmax(fabs((double)am[0] - mg) / mg, fabs((double)am[1] - mu) / mu), 0);
+        // the gate and up E_Y flags: clear on finite input; a NaN in up reaches dgate only, one in dout both
+        int *dnf = to_dev((int[2]){0, 0}, 8);
+        const long at = (long)(N / 2) * F + F / 2;
+        const struct { const char *what; int in_gu; long at; int want[2]; } fc[] = {
+            {"bwd _amax: E_Y flags, finite", 0, -1, {0, 0}},
+            {"bwd _amax: flags, NaN in up", 1, (long)(N / 2) * 2 * F + F + F / 2, {1, 0}},
+            {"bwd _amax: flags, NaN in dout", 0, at, {1, 1}}};
+        for (int k = 0; k < 3; k++) {
+            halo_bf16 *gk = dev_bf16_with(gu, (size_t)N * 2 * F, fc[k].in_gu ? fc[k].at : -1, NAN);
+            halo_bf16 *ok = dev_bf16_with(dout, (size_t)N * F, fc[k].in_gu ? -1 : fc[k].at, NAN);
+            cuda_swiglu_backward_amax(dres2, ok, gk, N, F, dam, dam + 1, dnf, dnf + 1, 0);
+            flags_row("swiglu", fc[k].what, dnf, fc[k].want, 2);
+            cudaFree(gk); cudaFree(ok);
+        }
+        cudaFree(dnf);
         cudaFree(dam); cudaFree(dres2);
     }
     free(got); free(gu); free(dout); free(gate); free(up); free(ref); free(dg); free(du); free(cat);
@@ -591,6 +655,113 @@ static void test_adamw(int mom_bf16, int g_bf16, int shift) {
     free(p); free(pc); free(got); free(got16);
     cudaFree(dp0); cudaFree(dg0); cudaFree(m0); cudaFree(v0); cudaFree(w0); cudaFree(ss);
 }
+
+// cuda_adamw_segments: every segment's p, w16, m, v bit for bit those of cuda_adamw over it (weight decay per
+// segment, the gap between segments untouched, a segment whose length is not a multiple of 8, blocks that run several
+// chunks), and each HALO slot's
+// amax of the stored bf16 values exactly: plain, and rotated in blocks of 256 and 32 along rows (against the CPU's
+// Hadamard); the slots are zeroed by the call; a NaN gradient flags its segment only.
+static void test_adamw_segments(int mom_bf16) {
+    enum { NS = 4 };
+    // 1189 chunks of 8192: more than an H100's 1056 blocks, so some blocks run two and cross a segment's end
+    const struct { size_t off, n; int decay, amax, lb, d; } S[NS] = {
+        {0, 16000 * 256, 1, 1, 0, 256},             // plain amax
+        {4096000, 3000 * 1024, 1, 1, 8, 1024},      // rotated in blocks of 256
+        {7168008, 1003, 0, 0, 0, 1},                // after a gap of 8, no decay, no amax, an element-wise tail
+        {7169016, 5000 * 512, 1, 1, 5, 512}};       // rotated in blocks of 32, the last chunk partial
+    const size_t n = 7169016 + 5000 * 512, gap = 7168000, msz = mom_bf16 ? 2 : 4;
+    float *p = rand_vec(n, 0.5), *g = NULL;
+    float *dp[2], *dg;
+    halo_bf16 *dw[2];
+    void *dm[2], *dv[2];
+    for (int k = 0; k < 2; k++) {   // 0: segments, 1: cuda_adamw segment by segment
+        dp[k] = to_dev(p, 4 * n);
+        dw[k] = dev_poison(2 * n);
+        cudaMalloc(&dm[k], msz * n); cudaMemset(dm[k], 0, msz * n);
+        cudaMalloc(&dv[k], msz * n); cudaMemset(dv[k], 0, msz * n);
+    }
+    cudaMalloc((void **)&dg, 4 * n);
+    float *dam = to_dev((float[NS]){0, 0, 0, 0}, 4 * NS);
+    int *dnf = to_dev((int[NS]){0, 0, 0, 0}, 4 * NS);
+    cuda_adamw_seg t[NS];
+    halo_hadamard h[NS];
+    for (int i = 0; i < NS; i++) {
+        t[i] = (cuda_adamw_seg){S[i].off, S[i].n, 0, S[i].decay, S[i].lb, 1.f, S[i].amax ? dam + i : NULL, dnf + i};
+        if (S[i].lb) {
+            if (halo_hadamard_plan(&h[i], S[i].d, 1 << S[i].lb)) abort();
+            t[i].rot_scale = h[i].scale;
+        }
+    }
+    unsigned c = 0;
+    for (int i = 0; i < NS; i++) { t[i].first_chunk = c; c += (unsigned)((S[i].n + 8191) / 8192); }
+    const int chunks = cuda_adamw_seg_check(t, NS);
+    table_row("adamw segments", "table check: chunks", chunks == (int)c ? 0 : 1, 0);
+    cuda_adamw_seg *dt = to_dev(t, sizeof t);
+    double *ss;
+    cudaMalloc((void **)&ss, 8);
+    for (int step = 1; step <= 4; step++) {
+        free(g);
+        g = rand_vec(n, step == 2 ? 0.001 : 0.05);
+        if (step == 4) g[S[1].off + 777] = NAN;   // the last step: a NaN gradient in segment 1
+        cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
+        cudaMemset(ss, 0, 8);
+        if (step < 4) cuda_sumsq(ss, dg, n, 0);
+        cudaMemcpy(dam, (float[NS]){1e30f, 1e30f, 1e30f, 1e30f}, 4 * NS, cudaMemcpyHostToDevice);   // zeroed by the call
+        cuda_adamw_segments(dp[0], dw[0], dg, dm[0], dv[0], mom_bf16, dt, NS, chunks, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                            step, step < 4 ? ss : NULL, 1.f, 0);
+        for (int i = 0; i < NS; i++)
+            cuda_adamw(dp[1] + S[i].off, dw[1] + S[i].off, dg + S[i].off, 0, (char *)dm[1] + msz * S[i].off,
+                       (char *)dv[1] + msz * S[i].off, mom_bf16, S[i].n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                       S[i].decay ? 0.1f : 0.f, step, step < 4 ? ss : NULL, 1.f, 0);
+        if (step == 4) break;
+        float am[NS];
+        cudaMemcpy(am, dam, 4 * NS, cudaMemcpyDeviceToHost);
+        double e = 0;
+        for (int i = 0; i < NS; i++) {
+            if (!S[i].amax) continue;
+            float ref = 0.f;
+            if (S[i].lb) ref = rotated_amax(dw[0] + S[i].off, (int)(S[i].n / S[i].d), S[i].d, &h[i]);
+            else {
+                float *w = from_dev_bf16(dw[0] + S[i].off, S[i].n);
+                for (size_t j = 0; j < S[i].n; j++) ref = fmaxf(ref, fabsf(w[j]));
+                free(w);
+            }
+            e = fmax(e, fabs((double)am[i] - ref) / ref);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "step %d %s mom.: amax (plain, 256, 32)", step, mom_bf16 ? "bf16" : "fp32");
+        table_row("adamw segments", what, e, 0);
+    }
+    // the state after 3 steps and the NaN step: the same bits as cuda_adamw's (NaN included), the gap untouched
+    size_t diff = 0;
+    const char *an[4] = {"p", "w16", "m", "v"};
+    const size_t es[4] = {4, 2, msz, msz};
+    for (int k = 0; k < 4; k++) {
+        const void *src[2] = {k == 0 ? (void *)dp[0] : k == 1 ? (void *)dw[0] : k == 2 ? dm[0] : dv[0],
+                              k == 0 ? (void *)dp[1] : k == 1 ? (void *)dw[1] : k == 2 ? dm[1] : dv[1]};
+        unsigned char *ha = malloc(es[k] * n), *hb = malloc(es[k] * n);
+        cudaMemcpy(ha, src[0], es[k] * n, cudaMemcpyDeviceToHost);
+        cudaMemcpy(hb, src[1], es[k] * n, cudaMemcpyDeviceToHost);
+        size_t dk = 0;
+        for (int i = 0; i < NS; i++)
+            for (size_t j = S[i].off; j < S[i].off + S[i].n; j++)
+                if (memcmp(ha + es[k] * j, hb + es[k] * j, es[k]) && dk++ < 3)
+                    printf("   adamw segments: %s[%zu] (segment %d + %zu) differs\n", an[k], j, i, j - S[i].off);
+        if (k == 0)
+            for (size_t j = gap; j < gap + 8; j++) dk += memcmp(ha + 4 * j, &p[j], 4) != 0;
+        diff += dk;
+        free(ha); free(hb);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "p, w16, m, v vs cuda_adamw (%s mom.)", mom_bf16 ? "bf16" : "fp32");
+    table_row("adamw segments", what, (double)diff, 0);
+    int nf[NS];
+    cudaMemcpy(nf, dnf, 4 * NS, cudaMemcpyDeviceToHost);
+    table_row("adamw segments", "NaN gradient: flags 0,1,0,0", (nf[0] != 0) + (nf[1] != 1) + (nf[2] != 0) + (nf[3] != 0), 0);
+    free(p); free(g);
+    for (int k = 0; k < 2; k++) { cudaFree(dp[k]); cudaFree(dw[k]); cudaFree(dm[k]); cudaFree(dv[k]); }
+    cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
+}
 #endif
 
 int main(void) {
@@ -634,6 +805,8 @@ int main(void) {
     test_adamw(1, 1, 0);
     test_adamw(0, 0, 1);
     test_adamw(1, 1, 1);
+    test_adamw_segments(0);
+    test_adamw_segments(1);
     cudaError_t e = cudaDeviceSynchronize();
     CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
     TEST_END();

@@ -3,6 +3,7 @@
 // the same pass. Moments fp32 or bf16, gradients fp32 or bf16. Four elements per thread and step of the loop
 // (16-byte fp32 / 8-byte bf16 loads and stores) when every pointer allows it; the tail element by element.
 #include "cuda/common.cuh"
+#include "cuda/hadamard_warp.cuh"
 
 struct f4 { float a[4]; };
 __device__ __forceinline__ f4 ld4(const float *p, size_t i) {
@@ -60,13 +61,16 @@ extern "C" void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cud
     sumsq_launch(sumsq, (const bf16 *)g, n, 1, s);
 }
 
-// one element's update (the vector and tail loops share it, so both give the same bits)
+// one element's update, every operation spelled out (explicit roundings, one fma), so that each inlined copy (vector
+// and tail loops, k_adamw and k_adamw_seg) gives the same bits: with plain operators the compiler contracted the tail
+// loop's copy differently from the vector loop's (a few elements in 1000 differed in their last bit)
 __device__ __forceinline__ void adamw_one(float &p, float &m, float &v, float g, float b1, float b2, float lr,
                                           float wd, float bc1, float sqrt_bc2, float eps) {
-    m = b1 * m + (1.f - b1) * g;
-    v = b2 * v + (1.f - b2) * g * g;
-    p = p * (1.f - lr * wd);
-    p -= lr / bc1 * m / (sqrtf(v) / sqrt_bc2 + eps);
+    m = __fmaf_rn(b1, m, __fmul_rn(1.f - b1, g));                       // b1 m + (1 - b1) g
+    v = __fmaf_rn(b2, v, __fmul_rn(__fmul_rn(1.f - b2, g), g));         // b2 v + (1 - b2) g^2
+    p = __fmul_rn(p, __fsub_rn(1.f, __fmul_rn(lr, wd)));                // decoupled weight decay
+    const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), sqrt_bc2), eps);
+    p = __fsub_rn(p, __fdiv_rn(__fmul_rn(__fdiv_rn(lr, bc1), m), den));  // lr / bc1 m / (sqrt(v) / sqrt(bc2) + eps)
 }
 
 template <typename MT, typename GT>
@@ -82,7 +86,7 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
         f4 pp = ld4(p, i), gg = ld4(g, i), mm = ld4(m, i), vv = ld4(v, i);
 #pragma unroll
         for (int k = 0; k < 4; k++)
-            adamw_one(pp.a[k], mm.a[k], vv.a[k], gg.a[k] * gs, b1, b2, lr, wd, bc1, sqrt_bc2, eps);
+            adamw_one(pp.a[k], mm.a[k], vv.a[k], __fmul_rn(gg.a[k], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
         st4(m, i, mm);
         st4(v, i, vv);
         st4(p, i, pp);
@@ -90,7 +94,7 @@ __global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n
     }
     for (size_t i = 4 * n4 + t; i < n; i += stride) {
         float pi = p[i], mi = ld1(m, i), vi = ld1(v, i);
-        adamw_one(pi, mi, vi, ld1(g, i) * gs, b1, b2, lr, wd, bc1, sqrt_bc2, eps);
+        adamw_one(pi, mi, vi, __fmul_rn(ld1(g, i), gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
         m[i] = (MT)mi;
         v[i] = (MT)vi;
         p[i] = pi;
@@ -122,4 +126,145 @@ extern "C" void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, 
     else if (g_bf16) ADAMW_CASE(float, bf16);
     else ADAMW_CASE(float, float);
 #undef ADAMW_CASE
+}
+
+// ---- AdamW over segments, with the HALO layers' W amax ----
+// The flat range cut into chunks of AW_CHUNK elements, each inside one segment (segment i's chunks numbered from
+// first_chunk); block b runs chunks b, b + grid, .. (neighbouring blocks on neighbouring memory, as k_adamw's
+// grid-stride loop). k_adamw's update of every element (the same arithmetic, so the same bits), and the amax of the
+// stored bf16 values of each segment with a slot, one reduction and atomic per block and visit of a segment: rot_lb 0:
+// max |w|; rot_lb 3..8 (n a multiple of 256, rows of 256-multiples): max |w H| with H in blocks of 2^rot_lb along the
+// rows, scaled by rot_scale (rot256_absmax_halves: the layer's absmax pass bit for bit); *nf |= 1 on a NaN or Inf
+// among them. A warp takes 256 consecutive elements at a time as two coalesced 16-byte loads a lane per array (8
+// consecutive a lane made AdamW 10-13% slower on the 1B model: half-used sectors).
+enum { AW_CHUNK = 256 * 8 * 4 };
+
+__device__ __forceinline__ void stbf4(bf16 *w16, size_t i, __nv_bfloat162 lo, __nv_bfloat162 hi) {
+    uint2 u;
+    memcpy(&u.x, &lo, 4);
+    memcpy(&u.y, &hi, 4);
+    ((uint2 *)w16)[i] = u;
+}
+
+// One chunk's update (len elements from base: 256-element groups a warp at a time, the tail one a thread), its amax
+// into mx when `amax`.
+template <typename MT>
+__device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g, MT *m, MT *v, size_t base, size_t len,
+                                            float gs, float lr, float b1, float b2, float eps, float wd, float bc1,
+                                            float sqrt_bc2, bool amax, int rot_lb, float rot_scale, float &mx,
+                                            int &bad) {
+    const int lane = threadIdx.x & 31;
+    const size_t groups = len / 256;
+    for (size_t gi = threadIdx.x >> 5; gi < groups; gi += blockDim.x >> 5) {   // whole warps
+        float w[8];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const size_t j = base / 4 + gi * 64 + 32 * h + lane;
+            f4 pp = ld4(p, j), gg = ld4(g, j), mm = ld4(m, j), vv = ld4(v, j);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                adamw_one(pp.a[k], mm.a[k], vv.a[k], __fmul_rn(gg.a[k], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
+            st4(m, j, mm);
+            st4(v, j, vv);
+            st4(p, j, pp);
+            const __nv_bfloat162 b01 = __floats2bfloat162_rn(pp.a[0], pp.a[1]), b23 = __floats2bfloat162_rn(pp.a[2], pp.a[3]);
+            stbf4(w16, j, b01, b23);
+            if (amax) {
+                bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
+                const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
+                w[4 * h] = f01.x; w[4 * h + 1] = f01.y; w[4 * h + 2] = f23.x; w[4 * h + 3] = f23.y;
+            }
+        }
+        if (amax && rot_lb) mx = fmaxf(mx, rot256_absmax_halves(w, lane, rot_lb, rot_scale));
+        else if (amax)
+#pragma unroll
+            for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(w[k]));
+    }
+    for (size_t i = groups * 256 + threadIdx.x; i < len; i += blockDim.x) {
+        const size_t e = base + i;
+        float pi = p[e], mi = ld1(m, e), vi = ld1(v, e);
+        adamw_one(pi, mi, vi, __fmul_rn(g[e], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
+        m[e] = (MT)mi;
+        v[e] = (MT)vi;
+        p[e] = pi;
+        const bf16 b = __float2bfloat16(pi);
+        w16[e] = b;
+        const float f = __bfloat162float(b);
+        mx = fmaxf(mx, fabsf(f));
+        bad |= !isfinite(f);
+    }
+}
+
+template <typename MT>
+__global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const float *g, MT *m, MT *v,
+                                                   const cuda_adamw_seg *seg, int nseg, unsigned chunks, float lr,
+                                                   float b1, float b2, float eps, float wd, float bc1, float sqrt_bc2,
+                                                   const double *sumsq, float clip) {
+    float gs = 1.f;
+    if (sumsq && clip > 0.f) {
+        float norm = (float)sqrt(*sumsq);
+        if (norm > clip) gs = clip / (norm + 1e-6f);
+    }
+    unsigned c = blockIdx.x;
+    int lo = 0, hi = nseg - 1;   // the segment of chunk c: the last whose first chunk is <= c
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (seg[mid].first_chunk <= c) lo = mid; else hi = mid - 1;
+    }
+    float mx = 0.f;
+    int bad = 0;
+    for (int si = lo; c < chunks;) {   // (every loop condition below is uniform per block)
+        const cuda_adamw_seg sg = seg[si];
+        const size_t c0 = (size_t)(c - sg.first_chunk) * AW_CHUNK;
+        adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, lr, b1, b2, eps,
+                        sg.decay ? wd : 0.f, bc1, sqrt_bc2, sg.amax != NULL, sg.rot_lb, sg.rot_scale, mx, bad);
+        c += gridDim.x;
+        const int si0 = si;
+        while (si + 1 < nseg && seg[si + 1].first_chunk <= c) si++;
+        if (si != si0 || c >= chunks) {   // leaving the segment: its amax and flag
+            if (sg.amax) {
+                mx = block_max(mx);
+                if (threadIdx.x == 0) atomicMax((unsigned *)sg.amax, __float_as_uint(mx));
+                if (sg.nf && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(sg.nf, 1);
+            }
+            mx = 0.f;
+            bad = 0;
+        }
+    }
+}
+
+__global__ void k_adamw_seg_zero(const cuda_adamw_seg *seg, int nseg) {
+    for (int i = threadIdx.x; i < nseg; i += blockDim.x)
+        if (seg[i].amax) *seg[i].amax = 0.f;
+}
+
+extern "C" int cuda_adamw_seg_check(const cuda_adamw_seg *seg, int nseg) {
+    unsigned next = 0;
+    for (int i = 0; i < nseg; i++) {
+        const cuda_adamw_seg *sg = &seg[i];
+        if (sg->off % 8 || !sg->n || sg->first_chunk != next || (sg->rot_lb && (sg->rot_lb < 3 || sg->rot_lb > 8 ||
+                                                                                 sg->n % 256 || !sg->amax)))
+            return 0;
+        next += (unsigned)((sg->n + AW_CHUNK - 1) / AW_CHUNK);
+    }
+    return (int)next;
+}
+
+extern "C" void cuda_adamw_segments(float *p, halo_bf16 *w16, const float *g, void *m, void *v, int mom_bf16,
+                                    const cuda_adamw_seg *seg_dev, int nseg, int chunks, float lr, float beta1,
+                                    float beta2, float eps, float weight_decay, int step, const double *sumsq,
+                                    float clip, cudaStream_t s) {
+    if (!nseg || !chunks) return;
+    const float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
+    k_adamw_seg_zero<<<1, 256, 0, s>>>(seg_dev, nseg);
+    CUDA_LAUNCH_CHECK();
+    const int grid = chunks < 132 * 8 ? chunks : 132 * 8;   // k_adamw's grid
+    if (mom_bf16)
+        k_adamw_seg<bf16><<<grid, 256, 0, s>>>(p, (bf16 *)w16, g, (bf16 *)m, (bf16 *)v, seg_dev, nseg, (unsigned)chunks,
+                                               lr, beta1, beta2, eps, weight_decay, bc1, sbc2, sumsq, clip);
+    else
+        k_adamw_seg<float><<<grid, 256, 0, s>>>(p, (bf16 *)w16, g, (float *)m, (float *)v, seg_dev, nseg,
+                                                (unsigned)chunks, lr, beta1, beta2, eps, weight_decay, bc1, sbc2,
+                                                sumsq, clip);
+    CUDA_LAUNCH_CHECK();
 }

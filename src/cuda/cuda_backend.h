@@ -94,10 +94,11 @@ void cuda_rmsnorm_recompute(halo_bf16 *out, const float *rstd, const float *x, c
 void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, cudaStream_t s);
 // The same, and *amax16 = max(*amax16, max |dx16|) (atomic on the float bits; dx16 required): the E_Y scale of the
-// HALO layer that reads dx16 next, without its own absmax pass.
+// HALO layer that reads dx16 next, without its own absmax pass; *nonfinite |= 1 (with amax16; may be NULL) when a
+// dx16 value is a NaN or Inf (that layer's E_Y flag, which the skipped pass would set).
 void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                                 const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, float *amax16,
-                                cudaStream_t s);
+                                int *nonfinite, cudaStream_t s);
 
 // In-place RoPE of the first H heads of each row of x[N, ld] (HF half-split pairs (i, i + hd/2)) at positions
 // pos[N]; tables cos/sin[max_pos, hd/2] fp32 (from rope_tables). Backward rotates by the inverse angle.
@@ -106,9 +107,11 @@ void cuda_rope_forward(halo_bf16 *x, int ld, const int32_t *pos, const float *co
 void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
                         int H, int hd, cudaStream_t s);
 // The backward on whole fused rows dqkv[N, (Hq + 2 Hkv) hd] (q and k heads rotated), also taking max |dq|, |dk|, |dv|
-// of the stored values into amax_q/k/v (atomic max on the float bits: zero them first): HALO's q, k, v E_Y scales.
+// of the stored values into amax_q/k/v (atomic max on the float bits: zero them first): HALO's q, k, v E_Y scales;
+// *nf_q / *nf_k / *nf_v |= 1 when one of those values is a NaN or Inf (their E_Y flags; all three or none, NULL).
 void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
-                             int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v, cudaStream_t s);
+                             int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v, int *nf_q,
+                             int *nf_k, int *nf_v, cudaStream_t s);
 
 // The Llama variants' additions to the fused q, k, v product y[N, ld] (bias_headnorm.cu): y[t, 0..n) += bias (bf16);
 // db[j] += sum_t dy[t, j] (fp32); an RMSNorm over each of the first Hq + Hkv heads of every row in place (q heads
@@ -131,9 +134,10 @@ void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F,
 // dgu[N, 2F] = [dgate | dup]
 void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // The same, and *amax_gate / *amax_up = max(.., max |dgate| / |dup|) (atomic on the float bits): the gate and up HALO
-// layers' E_Y scales.
+// layers' E_Y scales; *nf_gate / *nf_up |= 1 when a dgate / dup value is a NaN or Inf (their E_Y flags; both or
+// none, NULL).
 void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
-                               float *amax_gate, float *amax_up, cudaStream_t s);
+                               float *amax_gate, float *amax_up, int *nf_gate, int *nf_up, cudaStream_t s);
 // The same (F % 64 == 0), and *tok_amax_gate / *tok_amax_up = max(.., max |H_b^T dgate| / |H_b^T dup|) with H_b the
 // token rotation in blocks of 2^tok_lb (3..6) scaled by tok_scale: a level-2 gate / up layer's rotated E_Y scale
 // (halo_cuda_linear_ey_rot_amax); *nonfinite_* |= 1 on a NaN / Inf there (may be NULL).
@@ -174,6 +178,27 @@ void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s
 void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, void *m, void *v, int mom_bf16, size_t n,
                 float lr, float beta1, float beta2, float eps, float weight_decay, int step, const double *sumsq,
                 float clip, cudaStream_t s);
+// The same update over segments [off, off + n) of one flat range (fp32 gradients, moments at the same offsets), one
+// launch (weight decay per segment), that also takes each HALO weight's amax of its stored bf16 values for the next forward (the layer's W scale
+// without its absmax pass): amax (device, may be NULL: none) = max |w| (rot_lb 0) or max |w H_m| with H_m in blocks of
+// 2^rot_lb (3..8) along rows of a multiple of 256, scaled by rot_scale, bit for bit the layer's absmax pass; zeroed
+// by the call first. *nf |= 1 (may be NULL) on a NaN or Inf among those values. off a multiple of 8; first_chunk:
+// cuda_adamw_seg_check's numbering. seg_dev is the table in device memory.
+typedef struct {
+    size_t off, n;
+    unsigned first_chunk;   // the segment's first block: the sum of the chunks (8192 elements) of those before it
+    int decay;              // 1: weight_decay applies, 0: none
+    int rot_lb;
+    float rot_scale;
+    float *amax;
+    int *nf;
+} cuda_adamw_seg;
+// The total of chunks (blocks) when the host table is well formed (first_chunk numbering, alignment, rotated
+// segments' sizes), else 0.
+int cuda_adamw_seg_check(const cuda_adamw_seg *seg, int nseg);
+void cuda_adamw_segments(float *p, halo_bf16 *w16, const float *g, void *m, void *v, int mom_bf16,
+                         const cuda_adamw_seg *seg_dev, int nseg, int chunks, float lr, float beta1, float beta2,
+                         float eps, float weight_decay, int step, const double *sumsq, float clip, cudaStream_t s);
 
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;

@@ -36,4 +36,28 @@ __device__ __forceinline__ float rot256_absmax8(float v[8], int lane, int lb, fl
     for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(__fmul_rn(v[k], scale)));
     return mx;
 }
+// rot256_absmax8's value for a warp's 256 consecutive values held as two coalesced halves: v[0..3] the values
+// 4 lane .. 4 lane + 3, v[4..7] those 128 further on. The same stages h = 1, 2, 4, .. with a + b in the lower and
+// a - b in the upper position (the lane stages by shfl_stage: h = 4 << st), so the same values bit for bit.
+__device__ __forceinline__ float rot256_absmax_halves(float v[8], int lane, int lb, float scale) {
+    #pragma unroll
+    for (int o = 0; o < 8; o += 4) {   // h = 1, 2 within each half
+        const float a0 = v[o] + v[o + 1], a1 = v[o] - v[o + 1], a2 = v[o + 2] + v[o + 3], a3 = v[o + 2] - v[o + 3];
+        v[o] = a0 + a2; v[o + 1] = a1 + a3; v[o + 2] = a0 - a2; v[o + 3] = a1 - a3;
+    }
+    #pragma unroll
+    for (int st = 0; st < 5; st++)   // h = 4 .. 64 across the lanes
+        if (st < lb - 2) shfl_stage(v, lane, st);
+    if (lb == 8)   // h = 128 between the halves
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float a = v[k], b = v[k + 4];
+            v[k] = a + b;
+            v[k + 4] = a - b;
+        }
+    float mx = 0.f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(__fmul_rn(v[k], scale)));
+    return mx;
+}
 #endif

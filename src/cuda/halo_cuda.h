@@ -299,6 +299,15 @@ int *halo_cuda_linear_x_nonfinite(halo_cuda_linear *L);
 int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, float *scale);
 // Process-wide: 0 turns the producers' rotated X amax off (HALO_CUDA_X_ROT_AMAX=0 does the same), 1 back on.
 void halo_cuda_x_rot_amax(int on);
+// HALO_CUDA_W_AMAX: max |W| (level 0) or max |W H_m| (levels 1-2) of this very W is already in the layer's W amax
+// slot, taken by the optimizer's update that wrote W (cuda_adamw_segments with halo_cuda_linear_w_amax's slot and
+// rotation), so the layer skips its absmax pass of W; ignored where halo_cuda_linear_w_amax says no.
+enum { HALO_CUDA_W_AMAX = 128 };
+// 1 when the layer takes W's amax from its producer (m inputs): level 0 (*lb = 0, *scale = 1), or levels 1-2 with H_m
+// in power-of-two blocks of 8..256 and m % 256 == 0 (*lb = log2(block), *scale = the plan's); *amax = the slot. 0
+// otherwise, or with HALO_CUDA_W_AMAX=0 in the environment or halo_cuda_w_amax(0) (process-wide; 1 back on).
+int halo_cuda_linear_w_amax(halo_cuda_linear *L, int m, float **amax, int *lb, float *scale);
+void halo_cuda_w_amax(int on);
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32
@@ -325,6 +334,8 @@ void halo_cuda_ex_defer(int on);   // 0: every linear rotates its own E_X (the A
 int halo_cuda_ex_deferring(void);  // the setting in force
 int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
+// The layer's E_Y non-finite flag, for that producer to set (its absmax pass, which would, is skipped).
+int *halo_cuda_linear_ey_nonfinite(halo_cuda_linear *L);
 // Level 2 with E_Y's token rotation in one column pass (H_b in power-of-two blocks of 8..64 over b tokens) and both
 // gradients: 1 when E_Y's producer can take max |H_b^T E_Y| itself (cuda_swiglu_backward_amax_tok with tok_lb = *lb,
 // tok_scale = *scale) into *amax (zero it before the producer runs), flagging a NaN / Inf in *nonfinite; the backward

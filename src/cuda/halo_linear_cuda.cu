@@ -434,6 +434,7 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
 
 extern "C" float *halo_cuda_linear_x_amax(halo_cuda_linear *L) { return L->dev + AX; }
 extern "C" int *halo_cuda_linear_x_nonfinite(halo_cuda_linear *L) { return nonfin_of(L, AX); }
+extern "C" int *halo_cuda_linear_ey_nonfinite(halo_cuda_linear *L) { return nonfin_of(L, AE); }
 
 static int log2_of(int block) {   // block: a power of two
     int b = 0;
@@ -446,9 +447,26 @@ static int log2_of(int block) {   // block: a power of two
 // HALO_CUDA_X_ROT_AMAX=0: never (the layer's own absmax pass, to compare).
 static int g_x_rot_amax = -1;
 extern "C" void halo_cuda_x_rot_amax(int on) { g_x_rot_amax = on ? 1 : 0; }
+static int rot_amax_plan(halo_cuda_linear *L, int m) {   // a warp's 256 values of a row hold whole H_m blocks
+    return L->level >= 1 && m % 256 == 0 && plan_hm(L, m) == HALO_OK && rot_cheap(&L->hm) && L->hm.block >= 8;
+}
 static int x_rot_amax_ok(halo_cuda_linear *L, int m) {
-    return L->level >= 1 && env_switch(&g_x_rot_amax, "HALO_CUDA_X_ROT_AMAX") && m % 256 == 0 &&
-           plan_hm(L, m) == HALO_OK && rot_cheap(&L->hm) && L->hm.block >= 8;
+    return L->level >= 1 && env_switch(&g_x_rot_amax, "HALO_CUDA_X_ROT_AMAX") && rot_amax_plan(L, m);
+}
+
+// W's amax from the optimizer's update (cuda_adamw_segments): level 0, or levels 1-2 where X's producer could take the
+// rotated amax (the same H_m along the same m inputs). HALO_CUDA_W_AMAX=0: never (the layer's own absmax pass).
+static int g_w_amax = -1;
+extern "C" void halo_cuda_w_amax(int on) { g_w_amax = on ? 1 : 0; }
+static int w_amax_ok(halo_cuda_linear *L, int m) {
+    return env_switch(&g_w_amax, "HALO_CUDA_W_AMAX") && (L->level == 0 || rot_amax_plan(L, m));
+}
+extern "C" int halo_cuda_linear_w_amax(halo_cuda_linear *L, int m, float **amax, int *lb, float *scale) {
+    if (!w_amax_ok(L, m)) return 0;
+    *lb = L->level ? log2_of(L->hm.block) : 0;
+    *scale = L->level ? L->hm.scale : 1.f;
+    *amax = L->dev + AW;
+    return 1;
 }
 extern "C" int halo_cuda_linear_x_rot_amax(halo_cuda_linear *L, int m, int *lb, float *scale) {
     if (!x_rot_amax_ok(L, m)) return 0;
@@ -516,8 +534,11 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // X's amax from its producer (level 0: the unrotated X; levels 1-2: the rotated one, x_rot_amax_ok), else zeroed
     // here for the absmax pass
     const int x_amax = (flags & HALO_CUDA_X_AMAX) && (L->level == 0 || x_rot_amax_ok(L, m));
-    if (x_amax) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + AW, 0, sizeof(float), s)));
-    else PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));   // AX, AW
+    // W's from the optimizer's update that wrote W (halo_cuda_linear_w_amax), else zeroed here for the absmax pass
+    const int w_amax = (flags & HALO_CUDA_W_AMAX) && w_amax_ok(L, m);
+    if (!x_amax && !w_amax) PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));
+    else if (!x_amax || !w_amax)
+        PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + (x_amax ? AW : AX), 0, sizeof(float), s)));
     const uint8_t *qx_row;
     if (borrow) {
         L->qx_use = xs->qx_use;
@@ -543,7 +564,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // product's scale
     halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
     alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
-    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, 0, s);
+    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, w_amax, s);
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;

@@ -128,7 +128,14 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
-    int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device
+    int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device,
+                                 // then [n_layers * LIN_COUNT] W flags of the optimizer's update (kept past zero_grads)
+    // W amax by the optimizer (cuda_adamw_segments): its device table (one segment per slot), built for decay_all =
+    // aseg_key (-1: not yet); which linears it gives their W amax; whether the weights are still those it wrote
+    cuda_adamw_seg *aseg;
+    int aseg_n, aseg_chunks, aseg_key;
+    unsigned char *hwam;         // [n_layers * LIN_COUNT]
+    int w_amax_ok;
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
@@ -943,9 +950,12 @@ static int halo_setup(llama_cuda *g) {
     if (codes + (64u << 20) > free_b)
         return halo_fail("CUDA: out of device memory for HALO's saved codes (%.1f MiB needed, %.1f MiB free)",
                          codes / 1048576.0, free_b / 1048576.0);
-    g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 3 * sizeof(int));
+    g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 4 * sizeof(int));
+    g->aseg = (cuda_adamw_seg *)dalloc(g, MEM_WORK, (size_t)g->n_slots * sizeof(cuda_adamw_seg));
     if (g->oom) return HALO_ERR;
-    CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 3 * sizeof(int)));
+    CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 4 * sizeof(int)));
+    g->hwam = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
+    g->aseg_key = -1;
     for (int i = 0; i < nl * LIN_COUNT; i++)
         if (g->hon[i]) {
             int m, n;
@@ -1007,7 +1017,7 @@ static void halo_teardown(llama_cuda *g) {
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
             if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
     halo_cuda_ws_free(&g->hws);
-    free(g->hl); free(g->hon);
+    free(g->hl); free(g->hon); free(g->hwam);
     g->hl = NULL; g->hon = NULL;
 }
 
@@ -1100,7 +1110,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     cudaStreamSynchronize(g->st);
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->sh_stage, g->nf, g->rf, g->sbuf,
                     g->dgu, g->dnorm, g->datt, g->dqkv, g->dres, g->dres16, g->attn_scratch, g->logits, g->ids,
-                    g->cos_t, g->loss_sum, g->hacc, g->hnf,
+                    g->cos_t, g->loss_sum, g->hacc, g->hnf, g->aseg,
                     g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd, g->ar_tmp};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
@@ -1195,6 +1205,10 @@ static float *x_amax_prepare(llama_cuda *g, int l, int kind, int *lb, float *sca
     return a;
 }
 static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
+// HALO_CUDA_W_AMAX when the last update of the weights (llama_cuda_adamw_step) took linear (l, kind)'s W amax
+static int w_flag(const llama_cuda *g, int l, int kind) {
+    return g->w_amax_ok && g->hwam[l * LIN_COUNT + kind] ? HALO_CUDA_W_AMAX : 0;
+}
 
 // Y [N, ldy] (bf16) = X [N, D] Wg^T for a fused group of nk linears from kind k0 (q, k, v or gate, up) whose weight
 // rows start at w_off: one BF16 product, or one HALO product per linear into its columns of Y. xf: HALO_CUDA_X_AMAX
@@ -1210,7 +1224,8 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
             int m, n;
             lin_shape(g, k, &m, &n);
             PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                       Y + col, 0, ldy, NULL, k == k0 ? xf : 0, N, D, n,
+                                                                       Y + col, 0, ldy, NULL,
+                                                                       (k == k0 ? xf : 0) | w_flag(g, l, k), N, D, n,
                                                                        g->st)));
             col += n;
         }
@@ -1231,8 +1246,8 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
-    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R, xf, N, m, n,
-                                                                    g->st)));
+    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
+                                                                    xf | w_flag(g, l, kind), N, m, n, g->st)));
     lora_forward(g, l, kind, X, Y, 1, n);
 }
 
@@ -1347,9 +1362,10 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
 
 // Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
 // Zeroes and returns the E_Y amax slot of HALO linear (l, kind), for the kernel that produces its E_Y; NULL when that
-// linear is not HALO (or l < 0).
-static float *ey_amax_prepare(llama_cuda *g, int l, int kind) {
+// linear is not HALO (or l < 0). *nf: the layer's E_Y non-finite flag (NULL with the slot), for that kernel to set.
+static float *ey_amax_prepare(llama_cuda *g, int l, int kind, int **nf) {
     halo_cuda_linear *L = l >= 0 ? hl_of(g, l, kind) : NULL;
+    *nf = L ? halo_cuda_linear_ey_nonfinite(L) : NULL;
     if (!L) return NULL;
     float *a = halo_cuda_linear_ey_amax(L);
     PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(a, 0, sizeof(float), g->st)));
@@ -1390,7 +1406,8 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
     // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
-    float *ag = ey_amax_prepare(g, l, LIN_GATE), *au = ey_amax_prepare(g, l, LIN_UP);
+    int *nfg, *nfu;
+    float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
     // level 2: and the token-rotated E_Y amax of each (the layers then skip that absmax pass too; not under LoRA: a
     // frozen base computes no G, whose codes that pass's replacement writes)
     float *rg = NULL, *ru = NULL;
@@ -1406,27 +1423,30 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
                                                            N, F, ag, au, rg, ru, fg, fu, lg, sg, s));
     } else if (ag && au) {
         PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N,
-                                                       F, ag, au, s));
+                                                       F, ag, au, nfg, nfu, s));
     } else {
         PROF(g, PR_SWIGLU_B, cuda_swiglu_backward((halo_bf16 *)g->dgu, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));
     }
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu,
                    (ag && au ? HALO_CUDA_EY_AMAX : 0) | (eyr ? HALO_CUDA_EYR_AMAX : 0));
-    float *ao = ey_amax_prepare(g, l, LIN_O);
+    int *nfo;
+    float *ao = ey_amax_prepare(g, l, LIN_O, &nfo);
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
-                                                  W + o->ffn_norm, A->r2, g->dres, N, D, ao, s));
+                                                  W + o->ffn_norm, A->r2, g->dres, N, D, ao, nfo, s));
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
     single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo, ey_flag(ao));
     PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
-    float *aq = ey_amax_prepare(g, l, LIN_Q), *ak = ey_amax_prepare(g, l, LIN_K), *av = ey_amax_prepare(g, l, LIN_V);
+    int *nfq, *nfk, *nfv;
+    float *aq = ey_amax_prepare(g, l, LIN_Q, &nfq), *ak = ey_amax_prepare(g, l, LIN_K, &nfk),
+          *av = ey_amax_prepare(g, l, LIN_V, &nfv);
     // q, k, v E_Y scales from the RoPE backward (all three run HALO or none; not under q/k norms, whose backward
     // changes dq, dk after it)
     const int rope = llama_layer_rope(c, l), qkv_amax = aq && ak && av && !c->qk_norm && rope;
     if (qkv_amax)
         PROF(g, PR_ROPE, cuda_rope_backward_amax((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, aq, ak,
-                                                 av, s));
+                                                 av, nfq, nfk, nfv, s));
     else if (rope)
         PROF(g, PR_ROPE, cuda_rope_backward((halo_bf16 *)g->dqkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
     if (c->qk_norm)
@@ -1438,9 +1458,10 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
     group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, qkv_amax ? HALO_CUDA_EY_AMAX : 0);
-    float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN);   // dr16 is the previous layer's down_proj E_Y
+    int *nfd;
+    float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN, &nfd);   // dr16 is the previous layer's down_proj E_Y
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
-                                                  W + o->attn_norm, A->r1, g->dres, N, D, ad, s));
+                                                  W + o->attn_norm, A->r1, g->dres, N, D, ad, nfd, s));
 }
 
 // Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
@@ -1493,10 +1514,11 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
-    float *ad = ey_amax_prepare(g, c->n_layers - 1, LIN_DOWN);   // the last down_proj's E_Y scale
+    int *nfd;
+    float *ad = ey_amax_prepare(g, c->n_layers - 1, LIN_DOWN, &nfd);   // the last down_proj's E_Y scale
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradw(g, g->final_norm),
                                                   (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf,
-                                                  NULL, N, D, ad, s));
+                                                  NULL, N, D, ad, nfd, s));
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);
@@ -1534,19 +1556,24 @@ extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
 extern "C" const char *llama_cuda_halo_error(llama_cuda *g) {
     if (!g->hnf) return NULL;
     const int n = g->c.n_layers * LIN_COUNT;
-    int *f = (int *)xmalloc((size_t)n * 3 * sizeof(int));
-    CUDA_CHECK(cudaMemcpyAsync(f, g->hnf, (size_t)n * 3 * sizeof(int), cudaMemcpyDeviceToHost, g->st));
+    int *f = (int *)xmalloc((size_t)n * 4 * sizeof(int));
+    CUDA_CHECK(cudaMemcpyAsync(f, g->hnf, (size_t)n * 4 * sizeof(int), cudaMemcpyDeviceToHost, g->st));
     CUDA_CHECK(cudaStreamSynchronize(g->st));
+    for (int i = 0; i < n; i++) f[3 * i + 1] |= f[3 * n + i];   // W: its absmax pass, or the update that wrote it
     int found = 0;
     size_t len = 0;
     g->hnf_msg[0] = 0;
-    for (int i = 0; i < n; i++)
-        for (int t = 0; t < 3; t++) {
+    // in the order the step met them, so the first named is the likely source: X and W in the forward's order of the
+    // linears, then E_Y in the backward's (a NaN weight's product spreads NaN through every later E_Y)
+    for (int r = 0; r < 2 * n; r++) {
+        const int i = r < n ? r : 2 * n - 1 - r;
+        for (int t = r < n ? 0 : 2; t < (r < n ? 2 : 3); t++) {
             if (!g->hon[i] || !f[3 * i + t]) continue;
             if (found++ < 3 && len < sizeof g->hnf_msg)
                 len += snprintf(g->hnf_msg + len, sizeof g->hnf_msg - len, "%s%s: a NaN or Inf in %s", found > 1 ? "; " : "",
                                 g->hl[i].name, halo_cuda_nonfinite_what(t));
         }
+    }
     if (found > 3 && len < sizeof g->hnf_msg)
         snprintf(g->hnf_msg + len, sizeof g->hnf_msg - len, "; and %d more", found - 3);
     free(f);
@@ -1570,6 +1597,49 @@ static void grad_sumsq(llama_cuda *g) {
     cuda_sumsq(g->sumsq, g->grad, g->n_all - g->gbase, g->st);
 }
 
+// The one-launch update with the HALO layers' W amax (cuda_adamw_segments): HALO on, the whole buffer's moments on
+// this GPU (not sharded), fp32 gradients, not LoRA, and at least one layer that takes it (halo_cuda_linear_w_amax).
+// Builds the segment table (one per slot: the first 7 per block are q, k, v, o, gate, up, down, layout_build's order)
+// for this decay setting when it changed; 0 when this update does not apply.
+static int adamw_segments_ready(llama_cuda *g, int decay_all) {
+    if (!g->hnf || g->sh || g->lora || g->gbase || g->mo_lo || g->mo_hi != g->n_all) return 0;
+    if (g->aseg_key == decay_all) return g->aseg_chunks > 0;
+    const int nlin = g->c.n_layers * LIN_COUNT;
+    cuda_adamw_seg *t = (cuda_adamw_seg *)xcalloc((size_t)g->n_slots, sizeof(cuda_adamw_seg));
+    unsigned char *wam = (unsigned char *)xcalloc((size_t)nlin, 1);
+    unsigned chunks = 0;
+    int any = 0;
+    for (int i = 0; i < g->n_slots; i++) {
+        cuda_adamw_seg *sg = &t[i];
+        sg->off = g->slots[i].off;
+        sg->n = g->slots[i].n;
+        sg->decay = decay_all || g->slots[i].decay;
+        sg->rot_scale = 1.f;
+        sg->first_chunk = chunks;
+        chunks += (unsigned)((sg->n + 8191) / 8192);
+        halo_cuda_linear *L = i < nlin ? hl_of(g, i / LIN_COUNT, i % LIN_COUNT) : NULL;
+        int m, n;
+        lin_shape(g, i % LIN_COUNT, &m, &n);
+        if (L && sg->n == (size_t)m * n && halo_cuda_linear_w_amax(L, m, &sg->amax, &sg->rot_lb, &sg->rot_scale)) {
+            sg->nf = g->hnf + 3 * nlin + i;
+            wam[i] = 1;
+            any = 1;
+        }
+    }
+    g->aseg_key = decay_all;
+    g->aseg_n = g->n_slots;
+    g->aseg_chunks = any ? cuda_adamw_seg_check(t, g->n_slots) : 0;
+    if (g->aseg_chunks) {
+        memcpy(g->hwam, wam, (size_t)nlin);
+        CUDA_CHECK(cudaMemcpyAsync(g->aseg, t, (size_t)g->n_slots * sizeof(cuda_adamw_seg), cudaMemcpyHostToDevice,
+                                   g->st));
+        CUDA_CHECK(cudaStreamSynchronize(g->st));   // t is freed next
+    }
+    free(t);
+    free(wam);
+    return g->aseg_chunks > 0;
+}
+
 extern "C" int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, int step) {
     cudaStream_t s = g->st;
     grads_settle(g);
@@ -1581,6 +1651,16 @@ extern "C" int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, i
     if (g->lora) {   // the adapters (lora.c's table has no no-decay tensor: all decay, as the CPU trainer's AdamW)
         PROF(g, PR_ADAMW, cuda_adamw(g->lp, (halo_bf16 *)g->lw, g->lg, 0, g->lm, g->lv, 0, g->ln_all, h->lr, h->beta1,
                                      h->beta2, h->eps, h->weight_decay, step, sumsq, h->grad_clip, s));
+        return HALO_OK;
+    }
+    g->w_amax_ok = 0;
+    if (adamw_segments_ready(g, h->decay_all != 0)) {   // every slot in one launch, and the HALO layers' W amax
+        const int nlin = g->c.n_layers * LIN_COUNT;
+        PROF(g, PR_ADAMW, CUDA_CHECK(cudaMemsetAsync(g->hnf + 3 * nlin, 0, (size_t)nlin * sizeof(int), s)));
+        PROF(g, PR_ADAMW, cuda_adamw_segments(g->master, (halo_bf16 *)g->w, g->grad, g->m, g->v, g->o.bf16_moments,
+                                              g->aseg, g->aseg_n, g->aseg_chunks, h->lr, h->beta1, h->beta2, h->eps,
+                                              h->weight_decay, step, sumsq, h->grad_clip, s));
+        g->w_amax_ok = 1;
         return HALO_OK;
     }
     size_t msz = g->o.bf16_moments ? 2 : 4;
@@ -1795,6 +1875,9 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
     size_t msz = g->o.bf16_moments ? 2 : 4;
     void *stage_m = xmalloc(g->mo_len * msz), *stage_v = xmalloc(g->mo_len * msz);
     CUDA_CHECK(cudaStreamSynchronize(g->st));   // no step still reads the buffers replaced here
+    g->w_amax_ok = 0;   // the layers' W amax slots no longer hold these weights'
+    if (g->hnf)
+        CUDA_CHECK(cudaMemset(g->hnf + 3 * g->c.n_layers * LIN_COUNT, 0, (size_t)g->c.n_layers * LIN_COUNT * sizeof(int)));
     for (int i = 0; i < g->n_slots; i++)
         CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
                                    g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));

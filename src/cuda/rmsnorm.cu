@@ -91,9 +91,10 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
 }
 
 // Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in
-// bf16, with max |bf16 dx| into mx when amax.
+// bf16, with max |bf16 dx| into mx when amax (bad |= 1 when one of those is a NaN or Inf).
 __device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res, int d, float2 g01, float2 g23,
-                                          float2 w01, float2 w23, float4 xv, float r, float c, bool amax, float &mx) {
+                                          float2 w01, float2 w23, float4 xv, float r, float c, bool amax, float &mx,
+                                          int &bad) {
     float4 v;
     v.x = r * g01.x * w01.x - c * xv.x;
     v.y = r * g01.y * w01.y - c * xv.y;
@@ -111,6 +112,7 @@ __device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res,
         if (amax) {
             const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
             mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
+            bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
         }
     }
 }
@@ -118,12 +120,15 @@ __device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res,
 // One pass: each block takes a contiguous range of rows, one warp per row at a time. A warp computes the row's dx
 // (dx = r * (dy*w) - r^3 / D * x * sum(dy*w*x), plus dres) and adds dout * x * r into the block's shared dw[D]; the
 // block then adds its dw to the global one, one atomic per column. VEC: D % 4 == 0 (16-byte x, 8-byte dout loads).
+// nonfinite (with amax16; may be NULL): |= 1 when a dx16 value is a NaN or Inf (the HALO layer's E_Y flag, which its
+// skipped absmax pass would set).
 template <bool VEC>
 __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
                               const float *rstd, const float *dres, int N, int D, int rows_per_block,
-                              unsigned *amax16) {
+                              unsigned *amax16, int *nonfinite) {
     extern __shared__ float sdw[];   // [D]
     float mx = 0.f;                  // max |dx16| (amax16: a HALO layer's E_Y scale)
+    int bad = 0;
     for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
     __syncthreads();
     int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
@@ -150,7 +155,7 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 float4 xv = x4[d];
                 float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
                 float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-                dx_store4(o, o16, res, d, g01, g23, w01, w23, xv, r, c, amax16 != NULL, mx);
+                dx_store4(o, o16, res, d, g01, g23, w01, w23, xv, r, c, amax16 != NULL, mx, bad);
                 // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
                 if (dw) {
                     atomicAdd(&sdw[d], g01.x * xv.x * r);
@@ -170,7 +175,11 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 o[d] = v;
                 if (o16) {
                     o16[d] = __float2bfloat16(v);
-                    if (amax16) mx = fmaxf(mx, fabsf(__bfloat162float(o16[d])));
+                    if (amax16) {
+                        const float f = __bfloat162float(o16[d]);
+                        mx = fmaxf(mx, fabsf(f));
+                        bad |= !isfinite(f);
+                    }
                 }
                 if (dw) atomicAdd(&sdw[d], gd * xd * r);
             }
@@ -183,6 +192,7 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     if (amax16) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
+        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
     }
 }
 
@@ -193,10 +203,12 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
 template <int NV>
 __global__ void __launch_bounds__(256, 2)
 k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
-                  const float *rstd, const float *dres, int N, int rows_per_block, unsigned *amax16) {
+                  const float *rstd, const float *dres, int N, int rows_per_block, unsigned *amax16,
+                  int *nonfinite) {
     constexpr int D = 128 * NV, Q = D / 4;
     extern __shared__ float sdw[];   // [D], component-major as in k_rmsnorm_bwd
     float mx = 0.f;
+    int bad = 0;
     for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
     __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
@@ -227,7 +239,7 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
             const int d = lane + 32 * i;
             const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
             const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-            dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx);
+            dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx, bad);
             if (dw) {
                 atomicAdd(&sdw[d], g01.x * xv[i].x * r);
                 atomicAdd(&sdw[Q + d], g01.y * xv[i].y * r);
@@ -242,6 +254,7 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
     if (amax16) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
+        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
     }
 }
 
@@ -287,8 +300,9 @@ static int sm_count(void) {
 
 extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout,
                                            const float *x, const halo_bf16 *w, const float *rstd, const float *dres,
-                                           int N, int D, float *amax16, cudaStream_t s) {
+                                           int N, int D, float *amax16, int *nonfinite, cudaStream_t s) {
     if (N == 0) return;
+    if (!amax16) nonfinite = NULL;
     // dres may alias dx: each element is read once by the thread that then writes it
     size_t smem = (size_t)D * sizeof(float);
     static size_t smem_set;   // the opt-in above 48 KiB, once per size
@@ -306,11 +320,11 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
         if (D == 2048)
             k_rmsnorm_bwd_reg<16><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
                                                              (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                             (unsigned *)amax16);
+                                                             (unsigned *)amax16, nonfinite);
         else
             k_rmsnorm_bwd_reg<8><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
                                                             (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                            (unsigned *)amax16);
+                                                            (unsigned *)amax16, nonfinite);
         CUDA_LAUNCH_CHECK();
         return;
     }
@@ -323,15 +337,15 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
     blocks = cdiv(N, rows_per_block);
     if (D % 4 == 0)
         k_rmsnorm_bwd<true><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                      rstd, dres, N, D, rows_per_block, (unsigned *)amax16);
+                                                      rstd, dres, N, D, rows_per_block, (unsigned *)amax16, nonfinite);
     else
         k_rmsnorm_bwd<false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                       rstd, dres, N, D, rows_per_block, (unsigned *)amax16);
+                                                       rstd, dres, N, D, rows_per_block, (unsigned *)amax16, nonfinite);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                                       const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
                                       cudaStream_t s) {
-    cuda_rmsnorm_backward_amax(dx, dx16, dw, dout, x, w, rstd, dres, N, D, NULL, s);
+    cuda_rmsnorm_backward_amax(dx, dx16, dw, dout, x, w, rstd, dres, N, D, NULL, NULL, s);
 }

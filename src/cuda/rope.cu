@@ -70,11 +70,15 @@ extern "C" void cuda_rope_backward(halo_bf16 *dx, int ld, const int32_t *pos, co
 // Backward over whole fused qkv rows [N][(Hq + 2 Hkv) hd] with the HALO layers' E_Y scales on the side: rotates the q
 // and k heads as k_rope (sign -1) and also reads the v heads; amax[0..2] get max |dq|, |dk|, |dv| of the stored bf16
 // values (one atomic each per block; NaN skipped as in the other producers' amax, the layers then skip their pass).
+// nf (may be NULL): nf[0..2] |= 1 when one of dq, dk, dv is a NaN or Inf (the layers' E_Y flags, which the skipped
+// pass would set).
 template <int P>
 __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
-                                int Hq, int Hkv, int hd, unsigned *amax_q, unsigned *amax_k, unsigned *amax_v) {
+                                int Hq, int Hkv, int hd, unsigned *amax_q, unsigned *amax_k, unsigned *amax_v,
+                                int *nf_q, int *nf_k, int *nf_v) {
     const int half = hd / 2, i = blockIdx.x * blockDim.x + threadIdx.x, H = Hq + 2 * Hkv, groups = half / P;
     float m[3] = {0.f, 0.f, 0.f};
+    int bad = 0;   // bit slot: a NaN / Inf in that tensor
     if (i < H * groups) {
         const int h = i / groups, j = (i - h * groups) * P, slot = h < Hq ? 0 : h < Hq + Hkv ? 1 : 2;
         for (int n = blockIdx.y; n < N; n += gridDim.y) {
@@ -84,8 +88,11 @@ __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float
             if (slot < 2)
                 rope_rotate<P>(v, j, half, cos_t + (size_t)pos[n] * half, sin_t + (size_t)pos[n] * half, -1.f, a, b);
 #pragma unroll
-            for (int k = 0; k < P; k++)
-                m[slot] = fmaxf(m[slot], fmaxf(fabsf(__bfloat162float(a.v[k])), fabsf(__bfloat162float(b.v[k]))));
+            for (int k = 0; k < P; k++) {
+                const float fa = __bfloat162float(a.v[k]), fb = __bfloat162float(b.v[k]);
+                m[slot] = fmaxf(m[slot], fmaxf(fabsf(fa), fabsf(fb)));
+                if (!isfinite(fa) || !isfinite(fb)) bad |= 1 << slot;
+            }
         }
     }
     const float mq = block_max(m[0]), mk = block_max(m[1]), mv = block_max(m[2]);
@@ -94,21 +101,30 @@ __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float
         atomicMax(amax_k, __float_as_uint(mk));
         atomicMax(amax_v, __float_as_uint(mv));
     }
+    if (nf_q && __syncthreads_or(bad)) {   // uniform: every thread reaches both reductions
+        const int bq = __syncthreads_or(bad & 1), bk = __syncthreads_or(bad & 2), bv = __syncthreads_or(bad & 4);
+        if (threadIdx.x == 0) {
+            if (bq) atomicOr(nf_q, 1);
+            if (bk) atomicOr(nf_k, 1);
+            if (bv) atomicOr(nf_v, 1);
+        }
+    }
 }
 
 extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t,
                                         int N, int Hq, int Hkv, int hd, float *amax_q, float *amax_k, float *amax_v,
-                                        cudaStream_t s) {
+                                        int *nf_q, int *nf_k, int *nf_v, cudaStream_t s) {
     if (N == 0) return;
+    if (!nf_q || !nf_k || !nf_v) nf_q = nf_k = nf_v = NULL;   // all three or none
     const int H = Hq + 2 * Hkv;
     // 512 row strides: each block walks N / 512 rows, so its three block reductions and atomics are amortized
     const int P = (hd / 2) % 4 ? 1 : 4;
     const dim3 grid(cdiv(H * (hd / 2) / P, 256), N < 512 ? N : 512);
     if (P == 1)
         k_rope_bwd_amax<1><<<grid, 256, 0, s>>>((bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd,
-                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v);
+                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v, nf_q, nf_k, nf_v);
     else
         k_rope_bwd_amax<4><<<grid, 256, 0, s>>>((bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd,
-                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v);
+                                                (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v, nf_q, nf_k, nf_v);
     CUDA_LAUNCH_CHECK();
 }

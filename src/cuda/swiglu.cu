@@ -77,26 +77,49 @@ __device__ __forceinline__ void swiglu_bwd_vec(const bvec<V> &g2, const bvec<V> 
     }
 }
 
+// 1 when a value of the V / 2 bf16 pairs is a NaN or Inf
+template <int V> __device__ __forceinline__ int nonfinite_vec(const bvec<V> &v) {
+    int bad = 0;
+#pragma unroll
+    for (int k = 0; k < V / 2; k++) {
+        __nv_bfloat162 h;
+        memcpy(&h, &v.w[k], 4);
+        bad |= nonfinite_bf2(h);
+    }
+    return bad;
+}
+
 // amax_g / amax_u (both or neither): max |dgate|, |dup| of the stored bf16 values, one atomic each per block (the
-// gate and up HALO layers' E_Y scales, without their own absmax pass).
+// gate and up HALO layers' E_Y scales, without their own absmax pass). NaN compares false there, so a NaN gradient
+// leaves the scale finite: nf_g / nf_u (with the amaxes, both or neither; may be NULL) |= 1 when a dgate / dup value
+// is a NaN or Inf (the layers' E_Y flags, which their skipped absmax pass would set).
 template <int V>
 __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F, unsigned *amax_g,
-                             unsigned *amax_u) {
+                             unsigned *amax_u, int *nf_g, int *nf_u) {
     int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     float mg = 0.f, mu = 0.f;
+    int bad = 0;   // bit 0: dgate, bit 1: dup
     for (int n = blockIdx.y; n < N && j < F; n += gridDim.y) {
         const bf16 *row = gu + (size_t)n * 2 * F;
         const bvec<V> g2 = ldv<V>(row + j), u2 = ldv<V>(row + F + j), d2 = ldv<V>(dout + (size_t)n * F + j);
         bvec<V> dg2, du2;
         swiglu_bwd_vec<V>(g2, u2, d2, dg2, du2, amax_g ? &mg : NULL, amax_g ? &mu : NULL);
+        if (nf_g) bad |= nonfinite_vec<V>(dg2) | nonfinite_vec<V>(du2) << 1;
         bf16 *drow = dgu + (size_t)n * 2 * F;
         stv<V>(drow + j, dg2);
         stv<V>(drow + F + j, du2);
     }
-    if (amax_g) {   // NaN compares false: a NaN gradient leaves the scale finite (the absmax pass flags it instead)
+    if (amax_g) {
         mg = block_max(mg);
         mu = block_max(mu);
         if (threadIdx.x == 0) { atomicMax(amax_g, __float_as_uint(mg)); atomicMax(amax_u, __float_as_uint(mu)); }
+        if (nf_g && __syncthreads_or(bad)) {   // uniform: every thread reaches both reductions
+            const int bg = __syncthreads_or(bad & 1), bu = __syncthreads_or(bad & 2);
+            if (threadIdx.x == 0) {
+                if (bg) atomicOr(nf_g, 1);
+                if (bu) atomicOr(nf_u, 1);
+            }
+        }
     }
 }
 
@@ -173,7 +196,8 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // fewer, 1024: one atomic per block and address; with 8 columns a thread 256 left the 1B backward at 3.39 ms a step
 // against 3.10 with 2 columns a thread).
 static void swiglu_launch(bool fwd, halo_bf16 *dst, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, int rows,
-                          float *amax_a, float *amax_b, int rot_lb, float rot_scale, int *nonfinite, cudaStream_t s) {
+                          float *amax_a, float *amax_b, int rot_lb, float rot_scale, int *nf_a, int *nf_b,
+                          cudaStream_t s) {
     if (N == 0) return;
     if (F % 2) { fprintf(stderr, "cuda_swiglu: odd intermediate size %d unsupported\n", F); abort(); }
     if (rot_lb && (rot_lb < 3 || rot_lb > 8 || F % 256 || !amax_a)) {
@@ -185,28 +209,28 @@ static void swiglu_launch(bool fwd, halo_bf16 *dst, const halo_bf16 *dout, const
     bf16 *d = (bf16 *)dst;
     const bf16 *g = (const bf16 *)gu, *o = (const bf16 *)dout;
     unsigned *a = (unsigned *)amax_a, *b = (unsigned *)amax_b;
-    int *nf = a ? nonfinite : NULL;
-    if (fwd && F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>(d, g, N, F, a, 0, 1.f, nf);
-    else if (fwd) k_swiglu_fwd<8><<<grid, 256, 0, s>>>(d, g, N, F, a, rot_lb, rot_scale, nf);
-    else if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
-    else k_swiglu_bwd<8><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b);
+    if (!a || (!fwd && !nf_b)) nf_a = nf_b = NULL;
+    if (fwd && F % 8) k_swiglu_fwd<2><<<grid, 256, 0, s>>>(d, g, N, F, a, 0, 1.f, nf_a);
+    else if (fwd) k_swiglu_fwd<8><<<grid, 256, 0, s>>>(d, g, N, F, a, rot_lb, rot_scale, nf_a);
+    else if (F % 8) k_swiglu_bwd<2><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b, nf_a, nf_b);
+    else k_swiglu_bwd<8><<<grid, 256, 0, s>>>(d, o, g, N, F, a, b, nf_a, nf_b);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_swiglu_forward(halo_bf16 *out, const halo_bf16 *gu, int N, int F, cudaStream_t s) {
-    swiglu_launch(true, out, NULL, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, s);
+    swiglu_launch(true, out, NULL, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, NULL, s);
 }
 extern "C" void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F, float *amax, int rot_lb,
                                          float rot_scale, int *nonfinite, cudaStream_t s) {
-    swiglu_launch(true, out, NULL, gu, N, F, 1024, amax, NULL, rot_lb, rot_scale, nonfinite, s);
+    swiglu_launch(true, out, NULL, gu, N, F, 1024, amax, NULL, rot_lb, rot_scale, nonfinite, NULL, s);
 }
 extern "C" void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                      cudaStream_t s) {
-    swiglu_launch(false, dgu, dout, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, s);
+    swiglu_launch(false, dgu, dout, gu, N, F, 8192, NULL, NULL, 0, 1.f, NULL, NULL, s);
 }
 extern "C" void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
-                                          float *amax_gate, float *amax_up, cudaStream_t s) {
-    swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, 0, 1.f, NULL, s);
+                                          float *amax_gate, float *amax_up, int *nf_gate, int *nf_up, cudaStream_t s) {
+    swiglu_launch(false, dgu, dout, gu, N, F, 1024, amax_gate, amax_up, 0, 1.f, nf_gate, nf_up, s);
 }
 extern "C" void cuda_swiglu_backward_amax_tok(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                               float *amax_gate, float *amax_up, float *tok_amax_gate,
