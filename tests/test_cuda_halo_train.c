@@ -331,6 +331,21 @@ static void test_trainer_nonfinite(void) {
     }
 }
 
+// The 2-layer random model (dim 256, MLP 512, vocabulary 256) of the flag and W amax checks below, and a batch of
+// 2 x 64 random tokens for it. 0 when the model could not be made.
+static int tiny_model(llama_model *m, halo_batch *b, uint64_t seed, unsigned long long token_seed) {
+    llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
+    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
+    if (llama_init(m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return 0; }
+    llama_init_random(m, seed);
+    halo_batch_alloc(b, 2, 64);
+    for (int i = 0; i < 128; i++) b->input_ids[i] = (int)(t_rng_next(&token_seed) % c.vocab_size);
+    halo_batch_shift_targets(b);
+    return 1;
+}
+
 // A NaN gradient scale (the forward and the loss stay finite): every E_Y that turns NaN is named, also where the kernel
 // producing E_Y took its amax and the layer skipped its own absmax pass (RMSNorm's backward for o and down, RoPE's for
 // q, k, v, SwiGLU's for gate and up, at levels 0 and 1; at level 2 with token blocks of 32, gate and up), in the
@@ -339,18 +354,9 @@ static void test_trainer_nonfinite(void) {
 // o and down (4, "and 1 more"); q, k, v, gate and up must not be flagged. The next pass, with a finite scale,
 // leaves no flag.
 static void test_model_ey_nonfinite(void) {
-    llama_config c;
-    memset(&c, 0, sizeof c);
-    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
-    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
     llama_model m;
-    if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
-    llama_init_random(&m, 31);
     halo_batch b;
-    halo_batch_alloc(&b, 2, 64);
-    unsigned long long r = 9;
-    for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
-    halo_batch_shift_targets(&b);
+    if (!tiny_model(&m, &b, 31, 9)) return;
     const struct { int prec, level, tok_block, flagged; const char *what; } cfg[] = {
         {HALO_PREC_FP8, 0, 0, 14, "fp8 L0"}, {HALO_PREC_FP8, 1, 0, 14, "fp8 L1"},
         {HALO_PREC_FP8, 2, 32, 14, "fp8 L2 token blocks of 32"}, {HALO_PREC_INT8, 0, 0, 4, "int8 L0"},
@@ -411,19 +417,10 @@ static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_
     return loss;
 }
 static void test_model_w_amax(void) {
-    llama_config c;
-    memset(&c, 0, sizeof c);
-    c.vocab_size = 256; c.dim = 256; c.hidden_dim = 512; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2;
-    c.head_dim = 64; c.max_pos = 128; c.norm_eps = 1e-5f; c.rope_theta = 10000.f; c.bos_id = c.eos_id = -1;
     llama_model m;
-    if (llama_init(&m, &c) != HALO_OK) { CHECK(0, "%s", halo_error()); return; }
-    llama_init_random(&m, 41);
-    llama_alloc_grads(&m);
     halo_batch b;
-    halo_batch_alloc(&b, 2, 64);
-    unsigned long long r = 13;
-    for (int i = 0; i < 128; i++) b.input_ids[i] = (int)(t_rng_next(&r) % c.vocab_size);
-    halo_batch_shift_targets(&b);
+    if (!tiny_model(&m, &b, 41, 13)) return;
+    llama_alloc_grads(&m);
     const size_t P = m.n_params;
     float *gon = malloc(4 * P), *goff = malloc(4 * P);
     const struct { int prec, level, hm_block, tok_block, skipped_left; const char *what; } cfg[] = {

@@ -61,55 +61,72 @@ extern "C" void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cud
     sumsq_launch(sumsq, (const bf16 *)g, n, 1, s);
 }
 
+// The step's hyperparameters as the kernels use them (bc1 = 1 - beta1^step, sqrt_bc2 = sqrt(1 - beta2^step)).
+struct adamw_hp {
+    float lr, b1, b2, eps, wd, bc1, sqrt_bc2;
+};
+static adamw_hp hp_of(float lr, float beta1, float beta2, float eps, float wd, int step) {
+    return adamw_hp{lr, beta1, beta2, eps, wd, 1.f - powf(beta1, (float)step), sqrtf(1.f - powf(beta2, (float)step))};
+}
+// the gradients' scale: clip / (norm + 1e-6) when norm = sqrt(*sumsq) exceeds clip > 0, else 1
+__device__ __forceinline__ float clip_scale(const double *sumsq, float clip) {
+    if (!sumsq || clip <= 0.f) return 1.f;
+    const float norm = (float)sqrt(*sumsq);
+    return norm > clip ? clip / (norm + 1e-6f) : 1.f;
+}
+
 // one element's update, every operation spelled out (explicit roundings, one fma), so that each inlined copy (vector
 // and tail loops, k_adamw and k_adamw_seg) gives the same bits: with plain operators the compiler contracted the tail
 // loop's copy differently from the vector loop's (a few elements in 1000 differed in their last bit)
-__device__ __forceinline__ void adamw_one(float &p, float &m, float &v, float g, float b1, float b2, float lr,
-                                          float wd, float bc1, float sqrt_bc2, float eps) {
-    m = __fmaf_rn(b1, m, __fmul_rn(1.f - b1, g));                       // b1 m + (1 - b1) g
-    v = __fmaf_rn(b2, v, __fmul_rn(__fmul_rn(1.f - b2, g), g));         // b2 v + (1 - b2) g^2
-    p = __fmul_rn(p, __fsub_rn(1.f, __fmul_rn(lr, wd)));                // decoupled weight decay
-    const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), sqrt_bc2), eps);
-    p = __fsub_rn(p, __fdiv_rn(__fmul_rn(__fdiv_rn(lr, bc1), m), den));  // lr / bc1 m / (sqrt(v) / sqrt(bc2) + eps)
+__device__ __forceinline__ void adamw_one(float &p, float &m, float &v, float g, const adamw_hp &h) {
+    m = __fmaf_rn(h.b1, m, __fmul_rn(1.f - h.b1, g));                            // b1 m + (1 - b1) g
+    v = __fmaf_rn(h.b2, v, __fmul_rn(__fmul_rn(1.f - h.b2, g), g));              // b2 v + (1 - b2) g^2
+    p = __fmul_rn(p, __fsub_rn(1.f, __fmul_rn(h.lr, h.wd)));                     // decoupled weight decay
+    const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), h.sqrt_bc2), h.eps);
+    p = __fsub_rn(p, __fdiv_rn(__fmul_rn(__fdiv_rn(h.lr, h.bc1), m), den));   // lr / bc1 m / (sqrt(v) / sqrt(bc2) + eps)
 }
-
+// the 4 elements at vector index j of every array: updated, m, v and p stored; returns p's new values
 template <typename MT, typename GT>
-__global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, size_t n4, float lr, float b1,
-                        float b2, float eps, float wd, float bc1, float sqrt_bc2, const double *sumsq, float clip) {
-    float gs = 1.f;
-    if (sumsq && clip > 0.f) {
-        float norm = (float)sqrt(*sumsq);
-        if (norm > clip) gs = clip / (norm + 1e-6f);
-    }
-    size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    for (size_t i = t; i < n4; i += stride) {
-        f4 pp = ld4(p, i), gg = ld4(g, i), mm = ld4(m, i), vv = ld4(v, i);
+__device__ __forceinline__ f4 adamw_vec4(float *p, const GT *g, MT *m, MT *v, size_t j, float gs, const adamw_hp &h) {
+    f4 pp = ld4(p, j), gg = ld4(g, j), mm = ld4(m, j), vv = ld4(v, j);
 #pragma unroll
-        for (int k = 0; k < 4; k++)
-            adamw_one(pp.a[k], mm.a[k], vv.a[k], __fmul_rn(gg.a[k], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
-        st4(m, i, mm);
-        st4(v, i, vv);
-        st4(p, i, pp);
-        st4(w16, i, pp);
-    }
-    for (size_t i = 4 * n4 + t; i < n; i += stride) {
-        float pi = p[i], mi = ld1(m, i), vi = ld1(v, i);
-        adamw_one(pi, mi, vi, __fmul_rn(ld1(g, i), gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
-        m[i] = (MT)mi;
-        v[i] = (MT)vi;
-        p[i] = pi;
-        w16[i] = __float2bfloat16(pi);
-    }
+    for (int k = 0; k < 4; k++) adamw_one(pp.a[k], mm.a[k], vv.a[k], __fmul_rn(gg.a[k], gs), h);
+    st4(m, j, mm);
+    st4(v, j, vv);
+    st4(p, j, pp);
+    return pp;
+}
+// element e: updated, m, v, p and the bf16 copy stored; returns that bf16 value
+template <typename MT, typename GT>
+__device__ __forceinline__ bf16 adamw_elem(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t e, float gs,
+                                           const adamw_hp &h) {
+    float pi = p[e], mi = ld1(m, e), vi = ld1(v, e);
+    adamw_one(pi, mi, vi, __fmul_rn(ld1(g, e), gs), h);
+    m[e] = (MT)mi;
+    v[e] = (MT)vi;
+    p[e] = pi;
+    const bf16 b = __float2bfloat16(pi);
+    w16[e] = b;
+    return b;
 }
 
 template <typename MT, typename GT>
-static void adamw_launch(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, float lr, float b1, float b2,
-                         float eps, float wd, float bc1, float sbc2, const double *sumsq, float clip, cudaStream_t s) {
+__global__ void k_adamw(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, size_t n4, adamw_hp h,
+                        const double *sumsq, float clip) {
+    const float gs = clip_scale(sumsq, clip);
+    size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (size_t i = t; i < n4; i += stride) st4(w16, i, adamw_vec4(p, g, m, v, i, gs, h));
+    for (size_t i = 4 * n4 + t; i < n; i += stride) adamw_elem(p, w16, g, m, v, i, gs, h);
+}
+
+template <typename MT, typename GT>
+static void adamw_launch(float *p, bf16 *w16, const GT *g, MT *m, MT *v, size_t n, const adamw_hp &h,
+                         const double *sumsq, float clip, cudaStream_t s) {
     int g16 = sizeof(GT) == 2, m16 = sizeof(MT) == 2;
     int vec = aligned16(p) && aligned8(w16) && vec_ok(g, g16) && vec_ok(m, m16) && vec_ok(v, m16);
     size_t n4 = vec ? n / 4 : 0, blocks = (n + 1023) / 1024;
     int grid = (int)(blocks > 132 * 8 ? 132 * 8 : blocks);
-    k_adamw<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n, n4, lr, b1, b2, eps, wd, bc1, sbc2, sumsq, clip);
+    k_adamw<MT, GT><<<grid, 256, 0, s>>>(p, w16, g, m, v, n, n4, h, sumsq, clip);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -117,10 +134,9 @@ extern "C" void cuda_adamw(float *p, halo_bf16 *w16, const void *g, int g_bf16, 
                            size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
                            const double *sumsq, float clip, cudaStream_t s) {
     if (!n) return;
-    float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
+    const adamw_hp h = hp_of(lr, beta1, beta2, eps, weight_decay, step);
     bf16 *w = (bf16 *)w16;
-#define ADAMW_CASE(MT, GT) adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, lr, beta1, beta2, eps, \
-                                                 weight_decay, bc1, sbc2, sumsq, clip, s)
+#define ADAMW_CASE(MT, GT) adamw_launch<MT, GT>(p, w, (const GT *)g, (MT *)m, (MT *)v, n, h, sumsq, clip, s)
     if (mom_bf16 && g_bf16) ADAMW_CASE(bf16, bf16);
     else if (mom_bf16) ADAMW_CASE(bf16, float);
     else if (g_bf16) ADAMW_CASE(float, bf16);
@@ -150,29 +166,22 @@ __device__ __forceinline__ void stbf4(bf16 *w16, size_t i, __nv_bfloat162 lo, __
 // into mx when `amax`.
 template <typename MT>
 __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g, MT *m, MT *v, size_t base, size_t len,
-                                            float gs, float lr, float b1, float b2, float eps, float wd, float bc1,
-                                            float sqrt_bc2, bool amax, int rot_lb, float rot_scale, float &mx,
-                                            int &bad) {
+                                            float gs, const adamw_hp &h, bool amax, int rot_lb, float rot_scale,
+                                            float &mx, int &bad) {
     const int lane = threadIdx.x & 31;
     const size_t groups = len / 256;
     for (size_t gi = threadIdx.x >> 5; gi < groups; gi += blockDim.x >> 5) {   // whole warps
         float w[8];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const size_t j = base / 4 + gi * 64 + 32 * h + lane;
-            f4 pp = ld4(p, j), gg = ld4(g, j), mm = ld4(m, j), vv = ld4(v, j);
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-                adamw_one(pp.a[k], mm.a[k], vv.a[k], __fmul_rn(gg.a[k], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
-            st4(m, j, mm);
-            st4(v, j, vv);
-            st4(p, j, pp);
+        for (int k = 0; k < 2; k++) {
+            const size_t j = base / 4 + gi * 64 + 32 * k + lane;
+            const f4 pp = adamw_vec4(p, g, m, v, j, gs, h);
             const __nv_bfloat162 b01 = __floats2bfloat162_rn(pp.a[0], pp.a[1]), b23 = __floats2bfloat162_rn(pp.a[2], pp.a[3]);
             stbf4(w16, j, b01, b23);
             if (amax) {
                 bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
                 const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
-                w[4 * h] = f01.x; w[4 * h + 1] = f01.y; w[4 * h + 2] = f23.x; w[4 * h + 3] = f23.y;
+                w[4 * k] = f01.x; w[4 * k + 1] = f01.y; w[4 * k + 2] = f23.x; w[4 * k + 3] = f23.y;
             }
         }
         if (amax && rot_lb) mx = fmaxf(mx, rot256_absmax_halves(w, lane, rot_lb, rot_scale));
@@ -181,15 +190,7 @@ __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g,
             for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(w[k]));
     }
     for (size_t i = groups * 256 + threadIdx.x; i < len; i += blockDim.x) {
-        const size_t e = base + i;
-        float pi = p[e], mi = ld1(m, e), vi = ld1(v, e);
-        adamw_one(pi, mi, vi, __fmul_rn(g[e], gs), b1, b2, lr, wd, bc1, sqrt_bc2, eps);
-        m[e] = (MT)mi;
-        v[e] = (MT)vi;
-        p[e] = pi;
-        const bf16 b = __float2bfloat16(pi);
-        w16[e] = b;
-        const float f = __bfloat162float(b);
+        const float f = __bfloat162float(adamw_elem(p, w16, g, m, v, base + i, gs, h));
         mx = fmaxf(mx, fabsf(f));
         bad |= !isfinite(f);
     }
@@ -197,14 +198,9 @@ __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g,
 
 template <typename MT>
 __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const float *g, MT *m, MT *v,
-                                                   const cuda_adamw_seg *seg, int nseg, unsigned chunks, float lr,
-                                                   float b1, float b2, float eps, float wd, float bc1, float sqrt_bc2,
+                                                   const cuda_adamw_seg *seg, int nseg, unsigned chunks, adamw_hp h,
                                                    const double *sumsq, float clip) {
-    float gs = 1.f;
-    if (sumsq && clip > 0.f) {
-        float norm = (float)sqrt(*sumsq);
-        if (norm > clip) gs = clip / (norm + 1e-6f);
-    }
+    const float gs = clip_scale(sumsq, clip), wd = h.wd;
     unsigned c = blockIdx.x;
     int lo = 0, hi = nseg - 1;   // the segment of chunk c: the last whose first chunk is <= c
     while (lo < hi) {
@@ -216,8 +212,9 @@ __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const fl
     for (int si = lo; c < chunks;) {   // (every loop condition below is uniform per block)
         const cuda_adamw_seg sg = seg[si];
         const size_t c0 = (size_t)(c - sg.first_chunk) * AW_CHUNK;
-        adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, lr, b1, b2, eps,
-                        sg.decay ? wd : 0.f, bc1, sqrt_bc2, sg.amax != NULL, sg.rot_lb, sg.rot_scale, mx, bad);
+        h.wd = sg.decay ? wd : 0.f;
+        adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, h,
+                        sg.amax != NULL, sg.rot_lb, sg.rot_scale, mx, bad);
         c += gridDim.x;
         const int si0 = si;
         while (si + 1 < nseg && seg[si + 1].first_chunk <= c) si++;
@@ -255,16 +252,15 @@ extern "C" void cuda_adamw_segments(float *p, halo_bf16 *w16, const float *g, vo
                                     float beta2, float eps, float weight_decay, int step, const double *sumsq,
                                     float clip, cudaStream_t s) {
     if (!nseg || !chunks) return;
-    const float bc1 = 1.f - powf(beta1, (float)step), sbc2 = sqrtf(1.f - powf(beta2, (float)step));
+    const adamw_hp h = hp_of(lr, beta1, beta2, eps, weight_decay, step);
     k_adamw_seg_zero<<<1, 256, 0, s>>>(seg_dev, nseg);
     CUDA_LAUNCH_CHECK();
     const int grid = chunks < 132 * 8 ? chunks : 132 * 8;   // k_adamw's grid
     if (mom_bf16)
         k_adamw_seg<bf16><<<grid, 256, 0, s>>>(p, (bf16 *)w16, g, (bf16 *)m, (bf16 *)v, seg_dev, nseg, (unsigned)chunks,
-                                               lr, beta1, beta2, eps, weight_decay, bc1, sbc2, sumsq, clip);
+                                               h, sumsq, clip);
     else
         k_adamw_seg<float><<<grid, 256, 0, s>>>(p, (bf16 *)w16, g, (float *)m, (float *)v, seg_dev, nseg,
-                                                (unsigned)chunks, lr, beta1, beta2, eps, weight_decay, bc1, sbc2,
-                                                sumsq, clip);
+                                                (unsigned)chunks, h, sumsq, clip);
     CUDA_LAUNCH_CHECK();
 }
