@@ -22,6 +22,7 @@
 #include "halo/halo_linear.h"
 #include "model/linear.h"
 #include "model/llama.h"
+#include "model/lora.h"
 #include "train/adamw.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -397,7 +398,9 @@ static void test_model_ey_nonfinite(void) {
 // (halo_cuda_w_amax(0)), gradients within the run-to-run atomics (1e-7, as same_with_switch_off), and the pass is
 // skipped: 0 "fwd absmax W" launches at INT8 L0 and at L2 with H_m blocks of 128 (all 14 linears), 2 at FP8 L1 with
 // the full H_m (the two down_proj, in_features 512: not in blocks of <= 256), 14 with the switch off. Replacing the
-// weights (llama_cuda_upload_state) brings the own passes back (14).
+// weights (llama_cuda_upload_state) brings the own passes back (14); a second pass on the same weights (gradient
+// accumulation) skips them again, with the same loss and gradients. Under LoRA (frozen base) the second step skips
+// them all.
 static int count_launches(const char *name) {
     static halo_cuda_prof_rec rec[4096];
     const int nrec = halo_cuda_prof_collect(rec, 4096);
@@ -449,12 +452,48 @@ static void test_model_w_amax(void) {
         row("W amax from AdamW vs own pass: grads", cfg[k].what, rel_l2_f(gon, goff, P), 1e-7);
         row("W amax from AdamW: own W passes left", cfg[k].what, abs(n_on - cfg[k].skipped_left) + abs(n_off - 14), 0);
         CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
-        fb_counted(g, &b, gon, &m, &n_up);
+        const float lu = fb_counted(g, &b, gon, &m, &n_up);
         row("after upload_state: own W passes", cfg[k].what, abs(n_up - 14), 0);
+        int n_again;   // the same weights again (gradient accumulation): the slots that pass left
+        const float la = fb_counted(g, &b, goff, &m, &n_again);
+        row("then the same weights: own W passes", cfg[k].what, abs(n_again - cfg[k].skipped_left), 0);
+        row("then the same weights: loss vs own pass", cfg[k].what, fabs(la - lu) / lu, 0);
+        row("then the same weights: grads vs own pass", cfg[k].what, rel_l2_f(goff, gon, P), 1e-7);
         llama_cuda_free(g);
     }
     free(gon); free(goff);
     halo_batch_free(&b);
+    // LoRA: the base is frozen, so after the first forward every one skips its W absmax passes (the same loss bits)
+    llama_model ml;
+    halo_batch bl;
+    if (!tiny_model(&ml, &bl, 43, 17)) { llama_free(&m); return; }
+    lora_config lc = lora_config_default();
+    lc.dropout = 0;   // the same forward twice
+    CHECK(llama_lora_enable(&ml, &lc, 5) == HALO_OK, "%s", halo_error());
+    llama_cuda_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_B = bl.B; o.max_T = bl.T;
+    o.halo = model_halo_config_default();
+    o.halo.prec = HALO_PREC_INT8; o.halo.level = 0;
+    llama_cuda *g;
+    if (llama_cuda_init(&g, &ml, &o) == HALO_OK) {
+        float loss[2];
+        int n[2];
+        for (int r = 0; r < 2; r++) {
+            halo_cuda_prof_enable(1);
+            llama_cuda_zero_grads(g);
+            llama_cuda_forward_backward(g, &bl, 1.f);
+            loss[r] = llama_cuda_last_loss(g);
+            halo_cuda_prof_enable(0);
+            n[r] = count_launches("fwd absmax W");
+        }
+        printf("   LoRA int8 L0: own W absmax passes %d then %d, losses %.7f %.7f\n", n[0], n[1], loss[0], loss[1]);
+        row("LoRA: own W passes, first / second", "int8 L0", abs(n[0] - 14) + n[1], 0);
+        row("LoRA: second pass loss vs first", "int8 L0", fabs(loss[1] - loss[0]) / loss[0], 0);
+        llama_cuda_free(g);
+    } else CHECK(0, "GPU init (LoRA): %s", halo_error());
+    halo_batch_free(&bl);
+    llama_free(&ml);
     llama_free(&m);
 }
 

@@ -128,14 +128,17 @@ struct llama_cuda {
     unsigned char *hon;          // [n_layers * LIN_COUNT] 1 = this linear runs through HALO
     halo_cuda_ws hws;            // scratch shared by every HALO layer (all run one after another on st)
     float *hacc;                 // [N, D] fp32: summed input gradients of q, k, v (gate, up)
-    int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device,
-                                 // then [n_layers * LIN_COUNT] W flags of the optimizer's update (kept past zero_grads)
+    int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device;
+                                 // zero_grads clears X and E_Y, a write of the weights W (weights_changed)
     // W amax by the optimizer (cuda_adamw_segments): its device table (one segment per slot), built for decay_all =
-    // aseg_key (-1: not yet); which linears it gives their W amax; whether the weights are still those it wrote
+    // aseg_key (-1: not yet), and which linears it gives their W amax
     cuda_adamw_seg *aseg;
     int aseg_n, aseg_chunks, aseg_key;
     unsigned char *hwam;         // [n_layers * LIN_COUNT]
-    int w_amax_ok;
+    unsigned char *hwv;          // [n_layers * LIN_COUNT] 1: the linear's W amax slot (and W flag) are those of the
+                                 // weights as they are (its forward or the update took them), so a forward skips its
+                                 // absmax pass of W (HALO_CUDA_W_AMAX): after AdamW's segments, and under LoRA (frozen
+                                 // base) or gradient accumulation after the first forward
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
@@ -950,11 +953,12 @@ static int halo_setup(llama_cuda *g) {
     if (codes + (64u << 20) > free_b)
         return halo_fail("CUDA: out of device memory for HALO's saved codes (%.1f MiB needed, %.1f MiB free)",
                          codes / 1048576.0, free_b / 1048576.0);
-    g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 4 * sizeof(int));
+    g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 3 * sizeof(int));
     g->aseg = (cuda_adamw_seg *)dalloc(g, MEM_WORK, (size_t)g->n_slots * sizeof(cuda_adamw_seg));
     if (g->oom) return HALO_ERR;
-    CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 4 * sizeof(int)));
+    CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 3 * sizeof(int)));
     g->hwam = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
+    g->hwv = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
     g->aseg_key = -1;
     for (int i = 0; i < nl * LIN_COUNT; i++)
         if (g->hon[i]) {
@@ -1017,7 +1021,7 @@ static void halo_teardown(llama_cuda *g) {
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
             if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
     halo_cuda_ws_free(&g->hws);
-    free(g->hl); free(g->hon); free(g->hwam);
+    free(g->hl); free(g->hon); free(g->hwam); free(g->hwv);
     g->hl = NULL; g->hon = NULL;
 }
 
@@ -1205,9 +1209,20 @@ static float *x_amax_prepare(llama_cuda *g, int l, int kind, int *lb, float *sca
     return a;
 }
 static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
-// HALO_CUDA_W_AMAX when the last update of the weights (llama_cuda_adamw_step) took linear (l, kind)'s W amax
-static int w_flag(const llama_cuda *g, int l, int kind) {
-    return g->w_amax_ok && g->hwam[l * LIN_COUNT + kind] ? HALO_CUDA_W_AMAX : 0;
+// HALO_CUDA_W_AMAX when linear (l, kind)'s W amax slot holds the current weights' (hwv); the forward it goes with
+// leaves it so
+static int w_flag(llama_cuda *g, int l, int kind) {
+    const int i = l * LIN_COUNT + kind, f = g->hwv[i] ? HALO_CUDA_W_AMAX : 0;
+    g->hwv[i] = 1;
+    return f;
+}
+// The weights were written: every HALO linear's W amax slot and W flag are stale, except those the writer took
+// (kept, may be NULL), whose W flags it sets on the stream after this clears them.
+static void weights_changed(llama_cuda *g, const unsigned char *kept) {
+    if (!g->hnf) return;
+    const int n = g->c.n_layers * LIN_COUNT;
+    for (int i = 0; i < n; i++) g->hwv[i] = kept ? kept[i] : 0;
+    CUDA_CHECK(cudaMemset2DAsync(g->hnf + 1, 3 * sizeof(int), 0, sizeof(int), (size_t)n, g->st));   // W column
 }
 
 // Y [N, ldy] (bf16) = X [N, D] Wg^T for a fused group of nk linears from kind k0 (q, k, v or gate, up) whose weight
@@ -1547,19 +1562,20 @@ extern "C" float llama_cuda_last_loss(llama_cuda *g) {
 extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
     if (g->lora) PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->lg, 0, g->ln_all * 4, g->st)));   // all accumulated
     else PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(gradf(g, g->embed), 0, (g->n_all - g->embed) * 4, g->st)));
-    if (g->hnf)   // a new step: the HALO layers' non-finite flags start clear
-        PROF(g, PR_MISC, CUDA_CHECK(cudaMemsetAsync(g->hnf, 0, (size_t)g->c.n_layers * LIN_COUNT * 3 * sizeof(int),
-                                                    g->st)));
+    if (g->hnf) {   // a new step: the X and E_Y flags start clear (W's go with the weights: weights_changed)
+        const size_t n = (size_t)g->c.n_layers * LIN_COUNT;
+        PROF(g, PR_MISC, CUDA_CHECK(cudaMemset2DAsync(g->hnf, 3 * sizeof(int), 0, sizeof(int), n, g->st)));
+        PROF(g, PR_MISC, CUDA_CHECK(cudaMemset2DAsync(g->hnf + 2, 3 * sizeof(int), 0, sizeof(int), n, g->st)));
+    }
     g->grads_fresh = 1;
 }
 
 extern "C" const char *llama_cuda_halo_error(llama_cuda *g) {
     if (!g->hnf) return NULL;
     const int n = g->c.n_layers * LIN_COUNT;
-    int *f = (int *)xmalloc((size_t)n * 4 * sizeof(int));
-    CUDA_CHECK(cudaMemcpyAsync(f, g->hnf, (size_t)n * 4 * sizeof(int), cudaMemcpyDeviceToHost, g->st));
+    int *f = (int *)xmalloc((size_t)n * 3 * sizeof(int));
+    CUDA_CHECK(cudaMemcpyAsync(f, g->hnf, (size_t)n * 3 * sizeof(int), cudaMemcpyDeviceToHost, g->st));
     CUDA_CHECK(cudaStreamSynchronize(g->st));
-    for (int i = 0; i < n; i++) f[3 * i + 1] |= f[3 * n + i];   // W: its absmax pass, or the update that wrote it
     int found = 0;
     size_t len = 0;
     g->hnf_msg[0] = 0;
@@ -1621,7 +1637,7 @@ static int adamw_segments_ready(llama_cuda *g, int decay_all) {
         int m, n;
         lin_shape(g, i % LIN_COUNT, &m, &n);
         if (L && sg->n == (size_t)m * n && halo_cuda_linear_w_amax(L, m, &sg->amax, &sg->rot_lb, &sg->rot_scale)) {
-            sg->nf = g->hnf + 3 * nlin + i;
+            sg->nf = g->hnf + 3 * i + 1;   // its W flag
             wam[i] = 1;
             any = 1;
         }
@@ -1653,16 +1669,14 @@ extern "C" int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, i
                                      h->beta2, h->eps, h->weight_decay, step, sumsq, h->grad_clip, s));
         return HALO_OK;
     }
-    g->w_amax_ok = 0;
     if (adamw_segments_ready(g, h->decay_all != 0)) {   // every slot in one launch, and the HALO layers' W amax
-        const int nlin = g->c.n_layers * LIN_COUNT;
-        PROF(g, PR_ADAMW, CUDA_CHECK(cudaMemsetAsync(g->hnf + 3 * nlin, 0, (size_t)nlin * sizeof(int), s)));
+        weights_changed(g, g->hwam);
         PROF(g, PR_ADAMW, cuda_adamw_segments(g->master, (halo_bf16 *)g->w, g->grad, g->m, g->v, g->o.bf16_moments,
                                               g->aseg, g->aseg_n, g->aseg_chunks, h->lr, h->beta1, h->beta2, h->eps,
                                               h->weight_decay, step, sumsq, h->grad_clip, s));
-        g->w_amax_ok = 1;
         return HALO_OK;
     }
+    weights_changed(g, NULL);
     size_t msz = g->o.bf16_moments ? 2 : 4;
     // one launch per run of slots sharing a decay setting and gradient type (padding between slots is zero and stays
     // zero), clipped to the range whose moments this model holds (all of it unless sharded)
@@ -1875,9 +1889,7 @@ extern "C" int llama_cuda_upload_state(llama_cuda *g, const llama_model *host, c
     size_t msz = g->o.bf16_moments ? 2 : 4;
     void *stage_m = xmalloc(g->mo_len * msz), *stage_v = xmalloc(g->mo_len * msz);
     CUDA_CHECK(cudaStreamSynchronize(g->st));   // no step still reads the buffers replaced here
-    g->w_amax_ok = 0;   // the layers' W amax slots no longer hold these weights'
-    if (g->hnf)
-        CUDA_CHECK(cudaMemset(g->hnf + 3 * g->c.n_layers * LIN_COUNT, 0, (size_t)g->c.n_layers * LIN_COUNT * sizeof(int)));
+    weights_changed(g, NULL);
     for (int i = 0; i < g->n_slots; i++)
         CUDA_CHECK(cudaMemcpyAsync(g->master + g->slots[i].off, host->params + g->slots[i].host_off,
                                    g->slots[i].n * 4, cudaMemcpyHostToDevice, g->st));
