@@ -271,9 +271,11 @@ void halo_cuda_linear_token_block(halo_cuda_linear *L, int bs);
 // levels 1-2) rotate in the own INT8 kernel's epilogue (halo_cuda_gemm_s8_dq with rot) instead of a separate pass.
 void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs);
 // A NaN or Inf met by the layer's absmax passes (X and W in the forward, E_Y in the backward; INT8 codes treat NaN as 0
-// and saturate Inf, so INT8 products stay finite and would hide it) sets a device flag per tensor. By default in the
-// layer's own device state; flags3 (device, 3 ints: X, W, E_Y) redirects them, so that a model reads all its layers'
-// flags with one copy (NULL: back to the layer's own; llama_cuda_halo_error reads them).
+// and saturate Inf, so INT8 products stay finite and would hide it) sets a device flag per tensor; where a producer
+// takes the amax instead (HALO_CUDA_X_AMAX, HALO_CUDA_EY_AMAX, HALO_CUDA_W_AMAX), the producer sets it
+// (halo_cuda_linear_x_nonfinite, _ey_nonfinite; AdamW's segments for W). By default in the layer's own device state;
+// flags3 (device, 3 ints: X, W, E_Y) redirects them, so that a model reads all its layers' flags with one copy (NULL:
+// back to the layer's own; llama_cuda_halo_error reads them).
 void halo_cuda_linear_nonfinite_slots(halo_cuda_linear *L, int *flags3);
 const char *halo_cuda_nonfinite_what(int which);   // "its input X", "its weight W", "its output gradient E_Y"
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
