@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const fl
             if (sg.amax) {
                 mx = block_max(mx);
                 if (threadIdx.x == 0) atomicMax((unsigned *)sg.amax, __float_as_uint(mx));
-                if (sg.nf && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(sg.nf, 1);
+                block_flags(bad, sg.nf);
             }
             mx = 0.f;
             bad = 0;

@@ -79,4 +79,17 @@ __device__ __forceinline__ int nonfinite_bf2(__nv_bfloat162 v) {
     memcpy(&w, &v, 4);
     return (w & 0x7f80u) == 0x7f80u || (w & 0x7f800000u) == 0x7f800000u;
 }
+// The producers' non-finite flags, block-wide: *f0 / *f1 / *f2 |= 1 when any thread of the block set bit 0 / 1 / 2 of
+// bad (f0 NULL: none; f1, f2 NULL when fewer). One __syncthreads_or, one more per flag when some bit is set with
+// several flags. Every thread of the block must call it.
+__device__ __forceinline__ void block_flags(int bad, int *f0, int *f1 = NULL, int *f2 = NULL) {
+    if (!f0 || !__syncthreads_or(bad)) return;
+    if (!f1) {
+        if (threadIdx.x == 0) atomicOr(f0, 1);
+        return;
+    }
+    int *const f[3] = {f0, f1, f2};
+    for (int i = 0; i < 3; i++)
+        if (f[i] && __syncthreads_or(bad & (1 << i)) && threadIdx.x == 0) atomicOr(f[i], 1);
+}
 #endif

@@ -23,6 +23,14 @@ __device__ __forceinline__ void shfl_stage(float v[8], int lane, int st) {
     for (int k = 0; k < 8; k++) v[k] = fmaf(sg, v[k], __shfl_xor_sync(0xffffffffu, v[k], 1 << st));
 }
 
+// max |v scale| over 8 values (NaN compares false: skipped)
+__device__ __forceinline__ float scaled_absmax8(const float v[8], float scale) {
+    float mx = 0.f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(__fmul_rn(v[k], scale)));
+    return mx;
+}
+
 // max |H v| over one lane's 8 values after a warp's 256 consecutive values (8 per lane, lane order) are rotated in
 // blocks of 2^lb (3 <= lb <= 8) and scaled: the absmax pass of k_rot_small on the same values. NaN compares false
 // (skipped, as the producers' level-0 absmax does). Every lane of the warp must call it (shuffles).
@@ -31,10 +39,7 @@ __device__ __forceinline__ float rot256_absmax8(float v[8], int lane, int lb, fl
     #pragma unroll
     for (int st = 0; st < 5; st++)
         if (st < lb - 3) shfl_stage(v, lane, st);
-    float mx = 0.f;
-    #pragma unroll
-    for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(__fmul_rn(v[k], scale)));
-    return mx;
+    return scaled_absmax8(v, scale);
 }
 // rot256_absmax8's value for a warp's 256 consecutive values held as two coalesced halves: v[0..3] the values
 // 4 lane .. 4 lane + 3, v[4..7] those 128 further on. The same stages h = 1, 2, 4, .. with a + b in the lower and
@@ -55,9 +60,6 @@ __device__ __forceinline__ float rot256_absmax_halves(float v[8], int lane, int 
             v[k] = a + b;
             v[k + 4] = a - b;
         }
-    float mx = 0.f;
-    #pragma unroll
-    for (int k = 0; k < 8; k++) mx = fmaxf(mx, fabsf(__fmul_rn(v[k], scale)));
-    return mx;
+    return scaled_absmax8(v, scale);
 }
 #endif

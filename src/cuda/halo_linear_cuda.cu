@@ -451,7 +451,7 @@ static int rot_amax_plan(halo_cuda_linear *L, int m) {   // a warp's 256 values 
     return L->level >= 1 && m % 256 == 0 && plan_hm(L, m) == HALO_OK && rot_cheap(&L->hm) && L->hm.block >= 8;
 }
 static int x_rot_amax_ok(halo_cuda_linear *L, int m) {
-    return L->level >= 1 && env_switch(&g_x_rot_amax, "HALO_CUDA_X_ROT_AMAX") && rot_amax_plan(L, m);
+    return env_switch(&g_x_rot_amax, "HALO_CUDA_X_ROT_AMAX") && rot_amax_plan(L, m);
 }
 
 // W's amax from the optimizer's update (cuda_adamw_segments): level 0, or levels 1-2 where X's producer could take the

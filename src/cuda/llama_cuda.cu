@@ -133,7 +133,7 @@ struct llama_cuda {
     // W amax by the optimizer (cuda_adamw_segments): its device table (one segment per slot), built for decay_all =
     // aseg_key (-1: not yet), and which linears it gives their W amax
     cuda_adamw_seg *aseg;
-    int aseg_n, aseg_chunks, aseg_key;
+    int aseg_chunks, aseg_key;
     unsigned char *hwam;         // [n_layers * LIN_COUNT]
     unsigned char *hwv;          // [n_layers * LIN_COUNT] 1: the linear's W amax slot (and W flag) are those of the
                                  // weights as they are (its forward or the update took them), so a forward skips its
@@ -1643,7 +1643,6 @@ static int adamw_segments_ready(llama_cuda *g, int decay_all) {
         }
     }
     g->aseg_key = decay_all;
-    g->aseg_n = g->n_slots;
     g->aseg_chunks = any ? cuda_adamw_seg_check(t, g->n_slots) : 0;
     if (g->aseg_chunks) {
         memcpy(g->hwam, wam, (size_t)nlin);
@@ -1672,7 +1671,7 @@ extern "C" int llama_cuda_adamw_step(llama_cuda *g, const llama_cuda_adamw *h, i
     if (adamw_segments_ready(g, h->decay_all != 0)) {   // every slot in one launch, and the HALO layers' W amax
         weights_changed(g, g->hwam);
         PROF(g, PR_ADAMW, cuda_adamw_segments(g->master, (halo_bf16 *)g->w, g->grad, g->m, g->v, g->o.bf16_moments,
-                                              g->aseg, g->aseg_n, g->aseg_chunks, h->lr, h->beta1, h->beta2, h->eps,
+                                              g->aseg, g->n_slots, g->aseg_chunks, h->lr, h->beta1, h->beta2, h->eps,
                                               h->weight_decay, step, sumsq, h->grad_clip, s));
         return HALO_OK;
     }

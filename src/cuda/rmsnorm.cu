@@ -1,7 +1,6 @@
 // RMSNorm on the GPU: fp32 residual in, bf16 normalized output (the next product's operand), fp32 rstd saved.
 // Backward adds the input gradient to the residual gradient in place and keeps a bf16 copy for the products, and
 // reduces the weight gradient in the same pass (shared-memory column sums, one global atomic per column and block).
-#include <float.h>
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
 
@@ -78,7 +77,7 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
                 o[d] = v;
                 if (amax) {
                     mx = fmaxf(mx, fabsf(__bfloat162float(v)));
-                    bad |= !(fabsf(__bfloat162float(v)) <= FLT_MAX);
+                    bad |= !isfinite(__bfloat162float(v));
                 }
             }
         }
@@ -86,7 +85,7 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
     if (amax) {   // uniform branch: every thread of the block reaches the reduction
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
-        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
+        block_flags(bad, nonfinite);
     }
 }
 
@@ -192,7 +191,7 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     if (amax16) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
-        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
+        block_flags(bad, nonfinite);
     }
 }
 
@@ -254,7 +253,7 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
     if (amax16) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax16, __float_as_uint(mx));
-        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
+        block_flags(bad, nonfinite);
     }
 }
 

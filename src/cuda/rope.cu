@@ -101,14 +101,7 @@ __global__ void k_rope_bwd_amax(bf16 *x, int ld, const int32_t *pos, const float
         atomicMax(amax_k, __float_as_uint(mk));
         atomicMax(amax_v, __float_as_uint(mv));
     }
-    if (nf_q && __syncthreads_or(bad)) {   // uniform: every thread reaches both reductions
-        const int bq = __syncthreads_or(bad & 1), bk = __syncthreads_or(bad & 2), bv = __syncthreads_or(bad & 4);
-        if (threadIdx.x == 0) {
-            if (bq) atomicOr(nf_q, 1);
-            if (bk) atomicOr(nf_k, 1);
-            if (bv) atomicOr(nf_v, 1);
-        }
-    }
+    block_flags(bad, nf_q, nf_k, nf_v);
 }
 
 extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t,

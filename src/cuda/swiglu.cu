@@ -1,5 +1,4 @@
 // SwiGLU on the GPU over fused [gate | up] rows: out = silu(gate) * up in fp32 arithmetic, bf16 storage.
-#include <float.h>
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
 
@@ -60,7 +59,7 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
     if (amax) {
         mx = block_max(mx);
         if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
-        if (nonfinite && __syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
+        block_flags(bad, nonfinite);
     }
 }
 
@@ -113,13 +112,7 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
         mg = block_max(mg);
         mu = block_max(mu);
         if (threadIdx.x == 0) { atomicMax(amax_g, __float_as_uint(mg)); atomicMax(amax_u, __float_as_uint(mu)); }
-        if (nf_g && __syncthreads_or(bad)) {   // uniform: every thread reaches both reductions
-            const int bg = __syncthreads_or(bad & 1), bu = __syncthreads_or(bad & 2);
-            if (threadIdx.x == 0) {
-                if (bg) atomicOr(nf_g, 1);
-                if (bu) atomicOr(nf_u, 1);
-            }
-        }
+        block_flags(bad, nf_g, nf_u);
     }
 }
 
@@ -184,7 +177,7 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
     #pragma unroll
     for (int k = 0; k < 32; k++) {
         mx = fmaxf(mx, fabsf(x[k]));   // NaN skipped (the flag reports it)
-        bad |= !(fabsf(x[k]) <= FLT_MAX);
+        bad |= !isfinite(x[k]);
     }
     mx = warp_max(mx);
     int *nf = ten ? rnf_u : rnf_g;
