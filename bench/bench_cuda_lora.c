@@ -2,7 +2,8 @@
 // cuda_gemm_rm) at Llama-3.2-1B shapes with 8192 tokens and rank r, each timed alone, against the base products of
 // the same linear: where a LoRA step's time goes. Per product: ms (median of reps), the bytes it must move at least
 // and the rate that gives. Then variants of the slow ones, and the sum over one layer's seven linears x 16 layers
-// beside the base weight-gradient products LoRA skips.
+// beside the base weight-gradient products LoRA skips. Last, lora.cu's grouped kernels per input, which the model runs
+// instead of the products U = X A^T, dA and dX (and the dropout mask passes) by default.
 //   build/bench/bench_cuda_lora [--rank 16] [--tokens 8192] [--reps 20]
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,63 @@ static void *dalloc(size_t bytes) {
     return p;
 }
 
+// lora.cu's grouped kernels (what the GPU model runs by default): per input of a layer, with and without dropout,
+// U of every adapter on it in one pass over X, their A gradients in one more, their input gradients in one pass over
+// dX. Bytes: X (and dX twice), the keep bits (G per 8 inputs), U / dU.
+typedef struct { int kind; cuda_lora_group gr; const halo_bf16 *X; halo_bf16 *dX; int N, in, r; float *ws; } gjob;
+static int run_gjob(const void *v) {
+    const gjob *j = v;
+    if (j->kind == 0) cuda_lora_u(&j->gr, j->X, j->N, j->in, j->r, 2.f, 99, 1ULL << 48, 0);
+    else if (j->kind == 1) cuda_lora_da(&j->gr, j->X, j->N, j->in, j->r, 1.05f, j->ws, 0);
+    else cuda_lora_dx(&j->gr, j->dX, j->N, j->in, j->r, 1.05f, 0);
+    return 0;
+}
+static void grouped(int N, int r, int reps) {
+    static const struct { const char *name; int in, G; } GR[] = {{"q, k, v", 2048, 3}, {"o", 2048, 1},
+                                                                {"gate, up", 2048, 2}, {"down", 8192, 1}};
+    static const char *KN[3] = {"U_j = s mask_j(X) A_j^T", "gA_j += dU_j^T mask_j(X)", "dX += sum_j mask_j(dU_j A_j)"};
+    if (!cuda_lora_group_ok(r, 2048, 3)) { printf("\n(grouped kernels: rank %d not supported)\n", r); return; }
+    printf("\nGrouped kernels (lora.cu), per input\n| input | adapters | kernel | dropout | ms | GB | GB/s |\n"
+           "|---|---|---|---|---|---|---|\n");
+    double layer[2] = {0, 0};
+    for (size_t k = 0; k < sizeof GR / sizeof *GR; k++) {
+        const int in = GR[k].in, G = GR[k].G;
+        const size_t nx = (size_t)N * in;
+        gjob j = {.gr = {.n = G}, .N = N, .in = in, .r = r};
+        j.X = dalloc(nx * 2);
+        j.dX = dalloc(nx * 2);
+        j.ws = dalloc(4 * cuda_lora_da_ws_floats(N, in, r, G));
+        for (int a = 0; a < G; a++) {
+            j.gr.a[a] = dalloc((size_t)r * in * 2);
+            j.gr.u[a] = dalloc((size_t)N * r * 2);
+            j.gr.du[a] = dalloc((size_t)N * r * 2);
+            j.gr.ga[a] = dalloc((size_t)r * in * 4);
+            j.gr.bits[a] = dalloc(nx / 8);
+            j.gr.lin[a] = a;
+        }
+        uint8_t *bits[3] = {j.gr.bits[0], j.gr.bits[1], j.gr.bits[2]};
+        for (int d = 1; d >= 0; d--) {
+            for (int a = 0; a < G; a++) j.gr.bits[a] = d ? bits[a] : NULL;
+            for (j.kind = 0; j.kind < 3; j.kind++) {
+                const double ms = bench_gpu_ms(run_gjob, &j, 3, reps);
+                const double gb = (nx * 2.0 * (j.kind == 2 ? 2 : 1) + (d ? G * nx / 8.0 : 0) + G * (double)N * r * 2) / 1e9;
+                printf("| %s %d | %d | %s | %s | %.3f | %.3f | %.0f |\n", GR[k].name, in, G, KN[j.kind],
+                       d ? "0.05" : "none", ms, gb, gb / (ms * 1e-3));
+                layer[d] += ms;
+            }
+        }
+        CK(cudaDeviceSynchronize());
+        cudaFree((void *)j.X); cudaFree(j.dX); cudaFree(j.ws);
+        for (int a = 0; a < G; a++) {
+            cudaFree((void *)j.gr.a[a]); cudaFree(j.gr.u[a]); cudaFree((void *)j.gr.du[a]); cudaFree(j.gr.ga[a]);
+            cudaFree(bits[a]);
+        }
+    }
+    printf("\nper layer, the grouped kernels: %.3f ms with dropout, %.3f ms without (x 16 layers: %.1f / %.1f ms); the "
+           "products U B^T, dY^T U and dY B stay on cuBLASLt (rows above)\n", layer[1], layer[0], 16 * layer[1],
+           16 * layer[0]);
+}
+
 int main(int argc, char **argv) {
     int r = 16, N = 8192, reps = 20;
     for (int i = 1; i < argc; i++) {
@@ -124,6 +182,7 @@ int main(int argc, char **argv) {
            "skips: %.3f ms\n", lora_layer, lora_best, dw_layer);
     printf("x 16 layers: LoRA %.1f ms (variants %.1f ms), skipped dW %.1f ms\n", 16 * lora_layer, 16 * lora_best,
            16 * dw_layer);
+    grouped(N, r, reps);
     cuda_matmul_shutdown();
     return 0;
 }

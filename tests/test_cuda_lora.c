@@ -2,9 +2,10 @@
 // 1. a small random model and stories260K: the loss of a forward and the adapters' gradients after one
 //    forward/backward, dropout 0 and dropout 0.1 (the GPU draws lora.c's masks: the same key gives the CPU's
 //    gradients within the BF16 bound, another key does not), ranks 8 and 16; INT8 level 2 and FP8 level 0 under the
-//    adapters against the CPU with the same HALO configuration; under dropout also the fused dropout kernels
-//    (llama_cuda_lora_fused(1): the mask inside the adapter's products) against the product + mask path and the CPU,
-//    ranks 8, 16 and 32 (stories260K's down_proj, in = 172, takes the product path either way);
+//    adapters against the CPU with the same HALO configuration; under dropout also the grouped kernels of lora.cu
+//    (llama_cuda_lora_fused(1), the default: the adapters of one input together, the mask inside) against the product
+//    + mask path (llama_cuda_lora_fused(0)) and the CPU, ranks 8, 16 and 32 (stories260K's down_proj, in = 172, and
+//    rank 4 take the product path either way; HALO_LORA_FUSED=0 runs every other row on the product path too);
 // 2. the frozen base: its bf16 weights on the device bit-identical to the host's after training steps, and the memory
 //    saved (no fp32 master, gradients or moments for it);
 // 3. trainer runs (trainer_use_cuda) of stories260K on both devices with the same seeded batches and dropout keys:
@@ -174,8 +175,8 @@ static void test_grads(int stories, int rank, double dropout) {
         printf("   dropout masks: GPU with the CPU's key %.3g, with another key %.3g (loss %.6f vs %.6f)\n", e_all,
                e_other, lo, lc);
         row("LoRA other dropout key differs by >3x", det, 3 * e_all / e_other, 1.0);
-        // the fused dropout kernels (mask inside the products) against the product + mask path, and the CPU: the
-        // same masks, sums in another order and one bf16 rounding fewer in the input gradient
+        // the grouped kernels (mask inside) against the product + mask path, and the CPU: the same masks, sums in
+        // another order and one bf16 rounding fewer in the input gradient
         float *gf = malloc(4 * n), *gp = malloc(4 * n);
         llama_cuda_lora_fused(0);
         const float lp = gpu_grads(&m, &b, &off, key, gp, NULL);
@@ -183,10 +184,10 @@ static void test_grads(int stories, int rank, double dropout) {
         const float lf = gpu_grads(&m, &b, &off, key, gf, NULL);
         llama_cuda_lora_fused(-1);
         const char *wf = "";
-        row("LoRA fused dropout vs product path", det, rel_l2_f(gf, gp, n), 1e-2);
-        row("LoRA fused dropout loss vs product path", det, fabs(lf - lp) / lp, 1e-3);
-        row("LoRA fused dropout grads vs CPU", det, rel_l2_f(gf, gc, n), 5e-2);
-        row("LoRA fused dropout worst tensor vs CPU", det, worst_tensor(&m, gf, gc, &wf), 0.15);
+        row("LoRA grouped vs product path", det, rel_l2_f(gf, gp, n), 1e-2);
+        row("LoRA grouped loss vs product path", det, fabs(lf - lp) / lp, 1e-3);
+        row("LoRA grouped grads vs CPU", det, rel_l2_f(gf, gc, n), 5e-2);
+        row("LoRA grouped worst tensor vs CPU", det, worst_tensor(&m, gf, gc, &wf), 0.15);
         free(gf); free(gp);
     }
     if (rank == 16 && dropout == 0) {   // HALO under the adapters
@@ -528,7 +529,7 @@ int main(void) {
     printf("(training: %.1f s)\n", t_now() - t0);
     test_resume();
     test_variants_lora();
-    test_grads(0, 32, 0.1);   // the fused dropout kernels' third rank (4 columns a thread in the A gradient)
+    test_grads(0, 32, 0.1);   // the grouped kernels' third rank (two m-tiles in the A gradient, two k-steps in dX)
     test_grads(0, 4, 0.1);   // rank 4 last: 8-byte rows of U and dU (cuBLASLt plans for small alignments)
     printf("(total: %.1f s)\n", t_now() - t0);
     free(g_perm);

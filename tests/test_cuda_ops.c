@@ -762,6 +762,107 @@ static void test_adamw_segments(int mom_bf16) {
     for (int k = 0; k < 2; k++) { cudaFree(dp[k]); cudaFree(dw[k]); cudaFree(dm[k]); cudaFree(dv[k]); }
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
 }
+
+// lora.c's dropout mask, as there: splitmix64 of (key, adapter, element), kept when (z >> 11) 2^-53 >= p.
+static int lora_keeps_ref(unsigned long long key, int lin, size_t i, double p) {
+    unsigned long long z = key + 0x9E3779B97F4A7C15ULL * ((unsigned long long)lin * 0x100000000ULL + i + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0) >= p;
+}
+static double rel_l2_d(const double *ref, const float *got, size_t n) {
+    double e = 0, r = 0;
+    for (size_t i = 0; i < n; i++) { e += (got[i] - ref[i]) * (got[i] - ref[i]); r += ref[i] * ref[i]; }
+    return sqrt(e / (r > 0 ? r : 1e-300));
+}
+
+// lora.cu's grouped kernels for G adapters of rank r on X [N, in] under dropout p (0: none) against float64 sums
+// over the bf16 inputs with lora.c's mask: U_j = alpha mask_j(X) A_j^T, the keep bits bit for bit, gA_j += keep
+// dU_j^T mask_j(X), dX += keep sum_j mask_j(dU_j A_j).
+static void test_lora_group(int N, int in, int r, int G, double p) {
+    char what[64];
+    snprintf(what, sizeof what, "N %d in %d r %d G %d p %g", N, in, r, G, p);
+    if (!cuda_lora_group_ok(r, in, G)) { CHECK(0, "lora group %s not supported", what); return; }
+    const unsigned long long key = 0x5EED1234ULL + (unsigned long long)N;
+    const uint64_t thr = (uint64_t)ceil(p * 9007199254740992.0);
+    const float alpha = 2.f, keep = (float)(1.0 / (1.0 - p));
+    const size_t nx = (size_t)N * in, na = (size_t)r * in, nu = (size_t)N * r;
+    float *x = rand_vec(nx, 1.0), *dx0 = rand_vec(nx, 0.05);
+    halo_bf16 *dX = to_dev_bf16(x, nx), *ddx = to_dev_bf16(dx0, nx);
+    cuda_lora_group gr = {.n = G};
+    float *a[3], *du[3], *ga0[3];
+    int lin[3];
+    for (int j = 0; j < G; j++) {
+        a[j] = rand_vec(na, 0.1);
+        du[j] = rand_vec(nu, 1.0);
+        ga0[j] = rand_vec(na, 1.0);
+        lin[j] = 7 * (N % 5) + 3 * j + 1;
+        gr.a[j] = to_dev_bf16(a[j], na);
+        gr.du[j] = to_dev_bf16(du[j], nu);
+        gr.u[j] = dev_poison(2 * nu);
+        gr.ga[j] = to_dev(ga0[j], 4 * na);
+        gr.bits[j] = p > 0 ? dev_poison(nx / 8) : NULL;
+        gr.lin[j] = lin[j];
+    }
+    void *ws = dev_poison(4 * cuda_lora_da_ws_floats(N, in, r, G));
+    cuda_lora_u(&gr, dX, N, in, r, alpha, key, thr, 0);
+    cuda_lora_da(&gr, dX, N, in, r, keep, ws, 0);
+    cuda_lora_dx(&gr, ddx, N, in, r, keep, 0);
+    cudaDeviceSynchronize();
+    unsigned char *mask = malloc(nx);
+    double *ru = malloc(8 * nu), *ra = malloc(8 * na), *rdx = calloc(nx, 8);
+    size_t bad_bits = 0;
+    double eu = 0, ea = 0;
+    for (int j = 0; j < G; j++) {
+        for (size_t i = 0; i < nx; i++) mask[i] = p > 0 ? lora_keeps_ref(key, lin[j], i, p) : 1;
+        if (p > 0) {
+            unsigned char *bits = malloc(nx / 8);
+            cudaMemcpy(bits, gr.bits[j], nx / 8, cudaMemcpyDeviceToHost);
+            for (size_t i = 0; i < nx; i++) bad_bits += ((bits[i / 8] >> (i % 8)) & 1) != mask[i];
+            free(bits);
+        }
+        for (int t = 0; t < N; t++)
+            for (int n = 0; n < r; n++) {
+                double s = 0;
+                for (int c = 0; c < in; c++)
+                    if (mask[(size_t)t * in + c]) s += (double)x[(size_t)t * in + c] * a[j][(size_t)n * in + c];
+                ru[(size_t)t * r + n] = alpha * s;
+            }
+        for (int n = 0; n < r; n++)
+            for (int c = 0; c < in; c++) {
+                double s = 0;
+                for (int t = 0; t < N; t++)
+                    if (mask[(size_t)t * in + c]) s += (double)du[j][(size_t)t * r + n] * x[(size_t)t * in + c];
+                ra[(size_t)n * in + c] = keep * s;
+            }
+        for (int t = 0; t < N; t++)
+            for (int c = 0; c < in; c++) {
+                if (!mask[(size_t)t * in + c]) continue;
+                double s = 0;
+                for (int n = 0; n < r; n++) s += (double)du[j][(size_t)t * r + n] * a[j][(size_t)n * in + c];
+                rdx[(size_t)t * in + c] += keep * s;
+            }
+        float *u = from_dev_bf16(gr.u[j], nu), *ga = from_dev(gr.ga[j], na);
+        for (size_t i = 0; i < na; i++) ga[i] -= ga0[j][i];   // the increment
+        const double e1 = rel_l2_d(ru, u, nu), e2 = rel_l2_d(ra, ga, na);
+        eu = e1 > eu ? e1 : eu;
+        ea = e2 > ea ? e2 : ea;
+        free(u); free(ga);
+    }
+    float *dxo = from_dev_bf16(ddx, nx);
+    for (size_t i = 0; i < nx; i++) dxo[i] -= dx0[i];
+    table_row("lora group U", what, eu, 5e-3);
+    table_row("lora group dA", what, ea, 1e-5);
+    table_row("lora group dX", what, rel_l2_d(rdx, dxo, nx), 1e-2);
+    if (p > 0) table_row("lora group keep bits", "mismatches", (double)bad_bits, 0);
+    for (int j = 0; j < G; j++) {
+        cudaFree((void *)gr.a[j]); cudaFree((void *)gr.du[j]); cudaFree(gr.u[j]); cudaFree(gr.ga[j]); cudaFree(gr.bits[j]);
+        free(a[j]); free(du[j]); free(ga0[j]);
+    }
+    cudaFree(ws); cudaFree(dX); cudaFree(ddx);
+    free(x); free(dx0); free(mask); free(ru); free(ra); free(rdx); free(dxo);
+}
 #endif
 
 int main(void) {
@@ -807,6 +908,12 @@ int main(void) {
     test_adamw(1, 1, 1);
     test_adamw_segments(0);
     test_adamw_segments(1);
+    test_lora_group(200, 96, 16, 3, 0.1);   // token and column tails, an idle warp
+    test_lora_group(130, 320, 8, 2, 0.3);   // rank 8: zero-padded k (dX) and m (dA)
+    test_lora_group(300, 256, 32, 3, 0.05);
+    test_lora_group(64, 64, 32, 1, 0.0);    // no dropout
+    test_lora_group(1000, 2048, 16, 2, 0.0);
+    test_lora_group(777, 1024, 16, 1, 0.05);
     cudaError_t e = cudaDeviceSynchronize();
     CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
     TEST_END();

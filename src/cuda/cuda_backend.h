@@ -200,6 +200,36 @@ void cuda_adamw_segments(float *p, halo_bf16 *w16, const float *g, void *m, void
                          const cuda_adamw_seg *seg_dev, int nseg, int chunks, float lr, float beta1, float beta2,
                          float eps, float weight_decay, int step, const double *sumsq, float clip, cudaStream_t s);
 
+// LoRA (src/cuda/lora.cu). lora.c's dropout mask on the product + mask path: out = x where kept (element i of x,
+// adapter lin, key; thr = ceil(p 2^53)), else 0; dx += keep t where kept.
+void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr, cudaStream_t s);
+void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep,
+                        cudaStream_t s);
+// The adapters of one input X [N, in] (dense rows; q, k, v share one, gate and up one): up to 3, rank r, A_j [r, in]
+// bf16, U_j and dU_j [N, r] bf16, A's gradient gA_j [r, in] fp32, and under dropout each adapter's keep bits
+// (bits_j [N, in / 8]: bit b of byte (t * in + c) / 8 keeps element (t, c), c % 8 = b; NULL bits[0]: no dropout).
+// Every pointer 16-byte aligned.
+typedef struct {
+    int n;
+    const halo_bf16 *a[3];
+    halo_bf16 *u[3];
+    const halo_bf16 *du[3];
+    float *ga[3];
+    uint8_t *bits[3];
+    int lin[3];   // mask ids (layer * LIN_COUNT + kind)
+} cuda_lora_group;
+int cuda_lora_group_ok(int r, int in, int n);   // 1 for r 8, 16 or 32, in a multiple of 32, 1..3 adapters
+// U_j = alpha mask_j(X) A_j^T; under dropout hashes the masks (key, thr as cuda_lora_mask) and writes bits_j.
+void cuda_lora_u(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float alpha, uint64_t key,
+                 uint64_t thr, cudaStream_t s);
+// gA_j += keep dU_j^T mask_j(X), through per-split partial sums in ws (cuda_lora_da_ws_floats), summed in a fixed
+// order (deterministic).
+void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float keep, float *ws,
+                  cudaStream_t s);
+size_t cuda_lora_da_ws_floats(int N, int in, int r, int n);
+// dX [N, in] += keep sum_j mask_j(dU_j A_j) (fp32 sum, one bf16 rounding into dX).
+void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, int in, int r, float keep, cudaStream_t s);
+
 // ---- the GPU model (llama_cuda.cu) ----
 typedef struct llama_cuda llama_cuda;
 
@@ -262,8 +292,9 @@ int llama_cuda_variant_ok(const llama_config *c);   // 1 when the GPU model runs
 // default): no dropout, as evaluation. Nothing without adapters.
 void llama_cuda_lora_train(llama_cuda *g, int on, uint64_t key);
 int llama_cuda_has_lora(const llama_cuda *g);   // 1 when the model trains LoRA adapters
-// LoRA dropout through the fused kernels (on 1) or the product + mask kernels (0) for every model of this process;
-// -1 (the start): HALO_LORA_FUSED=1 in the environment turns them on, else off.
+// LoRA adapters through lora.cu's grouped kernels (on 1: the adapters of one input in one pass over it, the dropout
+// mask inside) or each alone through cuBLASLt products and mask passes (0), for every model of this process; -1 (the
+// start): on unless HALO_LORA_FUSED=0 is in the environment.
 void llama_cuda_lora_fused(int on);
 // Same, from a config with random weights made on the device (normal(0, 0.02) matrices, ones for norms).
 int llama_cuda_init_random(llama_cuda **out, const llama_config *cfg, uint64_t seed, const llama_cuda_opts *o);

@@ -74,6 +74,7 @@ typedef struct {
     size_t a, b;        // device offsets
     size_t ha, hb;      // host offsets
     bf16 *u;
+    uint8_t *bits;      // [N, in / 8] its dropout mask of the last forward as bits (cuda_lora_u), or NULL
 } lora_lin;
 
 struct llama_cuda {
@@ -156,8 +157,11 @@ struct llama_cuda {
     float *lp, *lg, *lm, *lv;    // [ln_all] adapter values, gradients, AdamW moments (fp32)
     bf16 *lw;                    // [ln_all] bf16 copy of lp, refreshed by AdamW
     bf16 *lu;                    // U of every adapted linear
-    bf16 *ldu;                   // [N, r] dU of the linear being differentiated
+    bf16 *ldu;                   // [3][lus] dU of the adapters of the input being differentiated
+    size_t lus;                  // U's and dU's slot length (N r, aligned)
     bf16 *lxd;                   // [N, max in] dropout(X), then the input gradient before its mask (dropout > 0 only)
+    uint8_t *lbits;              // every adapter's dropout keep bits of the last forward (lora_lin.bits; dropout > 0)
+    float *lws;                  // the grouped A gradient's partial sums (cuda_lora_da)
     float *ar_tmp;               // data parallel with bf16 gradients: fp32 chunk the sums go through (allocated at the
     size_t ar_cap;               // first llama_cuda_allreduce_grads), its length
 };
@@ -552,11 +556,33 @@ static int lora_alloc(llama_cuda *g) {
     for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
         if (g->la[i].on) { n_ad++; max_in = g->la[i].in > max_in ? g->la[i].in : max_in; }
     g->lu = (bf16 *)dalloc(g, MEM_ACTS, (size_t)n_ad * us * 2);
-    g->ldu = (bf16 *)dalloc(g, MEM_WORK, us * 2);
+    g->lus = us;
+    g->ldu = (bf16 *)dalloc(g, MEM_WORK, 3 * us * 2);
     if (g->lkeep != 1.f) g->lxd = (bf16 *)dalloc(g, MEM_WORK, N * max_in * 2);
+    // the grouped kernels' dropout bits (one byte per 8 inputs of each adapter, kept from forward to backward) and
+    // A-gradient partial sums for the largest group
+    size_t nbits = 0, ws = 0;
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->la[i].on && cuda_lora_group_ok(g->lrank, g->la[i].in, 1)) nbits += align_up(N * g->la[i].in / 8);
+    const int k0s[4] = {LIN_Q, LIN_O, LIN_GATE, LIN_DOWN}, nks[4] = {3, 1, 2, 1};
+    for (int k = 0; k < 4; k++) {
+        int m, n;
+        lin_shape(g, k0s[k], &m, &n);
+        if (cuda_lora_group_ok(g->lrank, m, nks[k])) {
+            const size_t w = cuda_lora_da_ws_floats((int)N, m, g->lrank, nks[k]);
+            ws = w > ws ? w : ws;
+        }
+    }
+    if (g->lkeep != 1.f && nbits) g->lbits = (uint8_t *)dalloc(g, MEM_ACTS, nbits);
+    if (ws) g->lws = (float *)dalloc(g, MEM_WORK, ws * 4);
     if (g->oom) return HALO_ERR;
     for (int i = 0, j = 0; i < g->c.n_layers * LIN_COUNT; i++)
         if (g->la[i].on) g->la[i].u = g->lu + (size_t)j++ * us;
+    for (size_t i = 0, off = 0; g->lbits && i < (size_t)g->c.n_layers * LIN_COUNT; i++)
+        if (g->la[i].on && cuda_lora_group_ok(g->lrank, g->la[i].in, 1)) {
+            g->la[i].bits = g->lbits + off;
+            off += align_up(N * g->la[i].in / 8);
+        }
     CUDA_CHECK(cudaMemsetAsync(g->lp, 0, P * 4, g->st));   // the padding stays zero (AdamW keeps it there)
     CUDA_CHECK(cudaMemsetAsync(g->lg, 0, P * 4, g->st));
     CUDA_CHECK(cudaMemsetAsync(g->lm, 0, P * 4, g->st));
@@ -617,269 +643,149 @@ extern "C" void llama_cuda_lora_train(llama_cuda *g, int on, uint64_t key) {
 }
 extern "C" int llama_cuda_has_lora(const llama_cuda *g) { return g->lora; }
 
-// lora.c's dropout mask (dropout_keeps: splitmix64 of (key, linear, element)), compared in integers: (z >> 11) 2^-53
-// >= p exactly when (z >> 11) >= ceil(p 2^53).
-__device__ __forceinline__ bool lora_keeps(uint64_t key, int lin, size_t i, uint64_t thr) {
-    uint64_t z = key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (z >> 11) >= thr;
-}
-// out[i] = x[i] where kept, else 0 (the 1 / (1 - p) scale goes into the products' alpha)
-__global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = lora_keeps(key, lin, i, thr) ? x[i] : __float2bfloat16(0.f);
-}
-// The same, 8 elements (16 bytes) a thread: n a multiple of 8, both pointers 16-byte aligned.
-__global__ void k_lora_mask8(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
-    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < n / 8; v += (size_t)gridDim.x * blockDim.x) {
-        uint4 q = ((const uint4 *)x)[v];
-        bf16 *e = (bf16 *)&q;
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (!lora_keeps(key, lin, v * 8 + k, thr)) e[k] = __float2bfloat16(0.f);
-        ((uint4 *)out)[v] = q;
-    }
-}
-// The adapter's input gradient under dropout, fused: dx[t, i] += keep * kept(t, i) * sum_j du[t, j] a[j, i] (fp32 sum
-// of the bf16 products, one bf16 rounding of the sum into dx), dx [N, in], du [N, r], a [r, in]; 8 consecutive
-// elements of a row a thread (in a multiple of 8, pointers 16-byte aligned). Replaces the product into scratch and the
-// masked add (one pass over dx instead of three).
-__global__ void k_lora_dx_masked(bf16 *dx, const bf16 *du, const bf16 *a, int N, int in, int r, uint64_t key, int lin,
-                                 uint64_t thr, float keep) {
-    const int per_row = in / 8;
-    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < (size_t)N * per_row;
-         v += (size_t)gridDim.x * blockDim.x) {
-        const size_t t = v / per_row;
-        const int c = (int)(v % per_row) * 8;
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        const bf16 *dur = du + t * r;
-        for (int j = 0; j < r; j++) {
-            const float d = __bfloat162float(dur[j]);
-            uint4 q = *(const uint4 *)(a + (size_t)j * in + c);
-            const bf16 *e = (const bf16 *)&q;
-#pragma unroll
-            for (int k = 0; k < 8; k++) acc[k] = fmaf(d, __bfloat162float(e[k]), acc[k]);
-        }
-        uint4 q = ((uint4 *)dx)[v];
-        bf16 *e = (bf16 *)&q;
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (lora_keeps(key, lin, v * 8 + k, thr)) e[k] = __float2bfloat16(__bfloat162float(e[k]) + keep * acc[k]);
-        ((uint4 *)dx)[v] = q;
-    }
-}
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-// The adapter's first product under dropout, fused with the mask: u[t, j] = alpha sum_i kept(t, i) x[t, i] a[j, i]
-// (fp32 sums, one bf16 rounding), u [N, R], x [N, in], a [R, in]; no masked copy of x is written. A warp a token row,
-// 8 rows a block; a is staged in shared memory 512 columns at a time. in a multiple of 8, pointers 16-byte aligned.
-template <int R>
-__global__ void __launch_bounds__(256) k_lora_u_masked(bf16 *u, const bf16 *x, const bf16 *a, int N, int in,
-                                                       float alpha, uint64_t key, int lin, uint64_t thr) {
-    __shared__ uint4 as[R * 64];   // a[j][c0 + 8q .. + 7] at as[j * 64 + q]
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (size_t t0 = (size_t)blockIdx.x * 8; t0 < (size_t)N; t0 += (size_t)gridDim.x * 8) {
-        const size_t t = t0 + warp;
-        float acc[R];
-#pragma unroll
-        for (int j = 0; j < R; j++) acc[j] = 0.f;
-        for (int c0 = 0; c0 < in; c0 += 512) {
-            const int q_n = (in - c0 < 512 ? in - c0 : 512) / 8;
-            __syncthreads();
-            for (int idx = threadIdx.x; idx < R * q_n; idx += blockDim.x) {
-                const int j = idx / q_n, q = idx % q_n;
-                as[j * 64 + q] = *(const uint4 *)(a + (size_t)j * in + c0 + q * 8);
-            }
-            __syncthreads();
-            if (t < (size_t)N)
-                for (int q = lane; q < q_n; q += 32) {
-                    const size_t e0 = t * in + c0 + q * 8;
-                    uint4 xv = *(const uint4 *)(x + e0);
-                    const bf16 *xe = (const bf16 *)&xv;
-                    float xf[8];
-#pragma unroll
-                    for (int k = 0; k < 8; k++) xf[k] = lora_keeps(key, lin, e0 + k, thr) ? __bfloat162float(xe[k]) : 0.f;
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        uint4 av = as[j * 64 + q];
-                        const bf16 *ae = (const bf16 *)&av;
-#pragma unroll
-                        for (int k = 0; k < 8; k++) acc[j] = fmaf(xf[k], __bfloat162float(ae[k]), acc[j]);
-                    }
-                }
-        }
-#pragma unroll
-        for (int j = 0; j < R; j++)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
-        if (lane == 0 && t < (size_t)N)
-#pragma unroll
-            for (int j = 0; j < R; j++) u[t * R + j] = __float2bfloat16(alpha * acc[j]);
-    }
-}
-
-// The adapter's A gradient under dropout, fused with the mask: ga[j, i] += keep sum_t du[t, j] kept(t, i) x[t, i]
-// (fp32), ga [R, in], du [N, R], x [N, in]. A thread holds 128 / R consecutive columns for all R rows of ga over a
-// chunk of tokens (blockIdx.y), then adds its sums atomically. in a multiple of 8, pointers 16-byte aligned.
-enum { LORA_DA_TOKENS = 128, LORA_DA_THREADS = 128 };
-template <int R>
-__global__ void __launch_bounds__(LORA_DA_THREADS) k_lora_da_masked(float *ga, const bf16 *du, const bf16 *x, int N,
-                                                                   int in, float keep, uint64_t key, int lin,
-                                                                   uint64_t thr) {
-    constexpr int C = 128 / R;   // columns a thread (R = 16: 8, one 16-byte load of x a token)
-    const int c = (blockIdx.x * LORA_DA_THREADS + threadIdx.x) * C;
-    const int t0 = blockIdx.y * LORA_DA_TOKENS, t1 = t0 + LORA_DA_TOKENS < N ? t0 + LORA_DA_TOKENS : N;
-    if (c >= in) return;
-    float acc[R][C];
-#pragma unroll
-    for (int j = 0; j < R; j++)
-#pragma unroll
-        for (int k = 0; k < C; k++) acc[j][k] = 0.f;
-    for (int t = t0; t < t1; t++) {
-        const size_t e0 = (size_t)t * in + c;
-        __align__(16) bf16 xe[C];   // C and R bf16 values (8, 16 or 32 bytes), loaded 8 or 16 bytes at a time
-        __align__(16) bf16 de[R];
-        if (C >= 8) {
-#pragma unroll
-            for (int k = 0; k < C; k += 8) *(uint4 *)&xe[k] = *(const uint4 *)(x + e0 + k);
-        } else {
-            *(uint2 *)&xe[0] = *(const uint2 *)(x + e0);
-        }
-#pragma unroll
-        for (int j = 0; j < R; j += 8) *(uint4 *)&de[j] = *(const uint4 *)(du + (size_t)t * R + j);
-        float xf[C];
-#pragma unroll
-        for (int k = 0; k < C; k++) xf[k] = lora_keeps(key, lin, e0 + k, thr) ? __bfloat162float(xe[k]) : 0.f;
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            const float d = __bfloat162float(de[j]);
-#pragma unroll
-            for (int k = 0; k < C; k++) acc[j][k] = fmaf(d, xf[k], acc[j][k]);
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < R; j++)
-#pragma unroll
-        for (int k = 0; k < C; k++) atomicAdd(&ga[(size_t)j * in + c + k], keep * acc[j][k]);
-}
-// dx[i] += keep t[i] where kept
-__global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        if (lora_keeps(key, lin, i, thr)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + keep * __bfloat162float(t[i]));
-}
-static int grid_for(size_t n) {
-    size_t b = (n + 255) / 256;
-    return (int)(b > 8192 ? 8192 : b < 1 ? 1 : b);
-}
-
-// HALO_LORA_FUSED=1: dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked, k_lora_dx_masked, the
-// 16-byte mask kernel). Off by default: they pass test_cuda_lora but made the 1B LoRA step slower on an H100
-// (137.9 vs 132.5 ms, twenty-sixth session); the default is the product + mask kernels.
+// HALO_LORA_FUSED=0 (or llama_cuda_lora_fused(0)): every adapter alone through cuBLASLt products, under dropout with
+// the mask as passes over a masked copy of X (lxd). By default the adapters that read one input (q, k, v; gate, up;
+// o; down) run together through lora.cu's grouped kernels (one pass over X or dX for all of them, the mask inside,
+// hashed once in the forward and kept as bits) wherever those apply: rank 8, 16 or 32, inputs a multiple of 32 wide.
 static int g_lora_fused = -1;   // llama_cuda_lora_fused; -1: from the environment at the first use
-static int lora_fused_on(void) {
-    if (g_lora_fused < 0) { const char *e = getenv("HALO_LORA_FUSED"); g_lora_fused = e && *e == '1'; }
-    return g_lora_fused;
-}
+static int lora_fused_on(void) { return env_switch(&g_lora_fused, "HALO_LORA_FUSED"); }
 extern "C" void llama_cuda_lora_fused(int on) { g_lora_fused = on < 0 ? -1 : on != 0; }
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
-static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lxd; }
-// Dropout through the fused kernels (k_lora_u_masked, k_lora_da_masked): ranks 8, 16, 32, in a multiple of 8 and of
-// 128 / r (rows 16-byte aligned, whole column groups), X, the adapter and dU 16-byte aligned.
-static int lora_fused(const llama_cuda *g, const lora_lin *a, const bf16 *X) {
-    const int r = g->lrank;
-    return lora_dropping(g) && lora_fused_on() && (r == 8 || r == 16 || r == 32) && a->in % 8 == 0 &&
-           a->in % (128 / r) == 0 && aligned16(X) && aligned16((const bf16 *)g->lw + a->a) && aligned16(g->ldu);
-}
+static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lkeep != 1.f; }
+static bf16 *lora_du(const llama_cuda *g, int j) { return g->ldu + (size_t)j * g->lus; }   // dU of a group's j-th adapter
 
 // The adapter's input: X [N, in] itself, or with dropout its masked copy in lxd (*keep = 1 / (1 - p), else 1).
 static const halo_bf16 *lora_input(llama_cuda *g, int lin, const bf16 *X, int in, float *keep) {
     *keep = 1.f;
     if (!lora_dropping(g)) return (const halo_bf16 *)X;
-    const size_t n = (size_t)g->B * g->T * in;
-    if (n % 8 == 0 && aligned16(X) && aligned16(g->lxd) && lora_fused_on())
-        k_lora_mask8<<<grid_for(n / 8), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
-    else k_lora_mask<<<grid_for(n), 256, 0, g->st>>>(g->lxd, X, n, g->lkey, lin, g->lthr);
-    CUDA_LAUNCH_CHECK();
+    cuda_lora_mask((halo_bf16 *)g->lxd, (const halo_bf16 *)X, (size_t)g->B * g->T * in, g->lkey, lin, g->lthr, g->st);
     *keep = g->lkeep;
     return (const halo_bf16 *)g->lxd;
 }
 
-// Y [N, out] (row stride ldy; fp32 or bf16) += s dropout(X) A^T B^T for layer l's linear `kind`, U kept.
+// One adapter alone: Y [N, out] (row stride ldy; fp32 or bf16) += s dropout(X) A^T B^T for layer l's linear `kind`,
+// U kept.
 static void lora_forward(llama_cuda *g, int l, int kind, const bf16 *X, void *Y, int y_f32, long ldy) {
     lora_lin *a = lora_of(g, l, kind);
-    if (!a) return;
     const int N = g->B * g->T, r = g->lrank;
     const halo_bf16 *Wl = (const halo_bf16 *)g->lw;
-    prof_mark(g, PR_LORA);
-    // U [N, r] = s keep mask(X) A^T; Y += U B^T
-    if (lora_fused(g, a, X)) {
-        const int lin = l * LIN_COUNT + kind, blocks = (N + 7) / 8 < 8192 ? (N + 7) / 8 : 8192;
-        const float alpha = g->lscale * g->lkeep;
-        bf16 *u = (bf16 *)a->u;
-        const bf16 *A = (const bf16 *)(Wl + a->a);
-        if (r == 8) k_lora_u_masked<8><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
-        else if (r == 16) k_lora_u_masked<16><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
-        else k_lora_u_masked<32><<<blocks, 256, 0, g->st>>>(u, X, A, N, a->in, alpha, g->lkey, lin, g->lthr);
-        CUDA_LAUNCH_CHECK();
-    } else {
-        float keep;
-        const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
-        cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
-    }
+    float keep;
+    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+    cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
     cuda_gemm_rm(Y, y_f32, ldy, (const halo_bf16 *)a->u, r, 0, Wl + a->b, r, 1, N, a->out, r, 1.f, 1.f, g->st);
-    prof_mark(g, PR_LORA);
 }
-
-// Backward of the adapter of layer l's linear `kind`, the part that reads X [N, in] (before the base's input gradient
-// may overwrite it): dB += dY^T U, dU = s dY B (kept for lora_backward_dx), dA += dU^T dropout(X). dY [N, out] with
-// row stride lddy.
-static void lora_backward_w(llama_cuda *g, int l, int kind, const bf16 *X, const bf16 *dY, long lddy) {
+// ... its gradients, the part that reads X [N, in]: dB += dY^T U, dU = s dY B (into du, for lora_backward_dx),
+// dA += dU^T dropout(X). dY [N, out] with row stride lddy.
+static void lora_backward_w(llama_cuda *g, int l, int kind, const bf16 *X, const bf16 *dY, long lddy, bf16 *du) {
     lora_lin *a = lora_of(g, l, kind);
-    if (!a) return;
     const int N = g->B * g->T, r = g->lrank;
     const halo_bf16 *Wl = (const halo_bf16 *)g->lw, *dy = (const halo_bf16 *)dY;
-    prof_mark(g, PR_LORA);
     cuda_gemm_rm(g->lg + a->b, 1, r, dy, lddy, 1, (const halo_bf16 *)a->u, r, 0, a->out, r, N, 1.f, 1.f, g->st);
-    cuda_gemm_rm(g->ldu, 0, r, dy, lddy, 0, Wl + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
-    if (lora_fused(g, a, X)) {
-        const int lin = l * LIN_COUNT + kind, cols = LORA_DA_THREADS * (128 / r);
-        const dim3 grid((a->in + cols - 1) / cols, (N + LORA_DA_TOKENS - 1) / LORA_DA_TOKENS);
-        float *ga = g->lg + a->a;
-        const bf16 *du = (const bf16 *)g->ldu;
-        if (r == 8) k_lora_da_masked<8><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
-        else if (r == 16) k_lora_da_masked<16><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
-        else k_lora_da_masked<32><<<grid, LORA_DA_THREADS, 0, g->st>>>(ga, du, X, N, a->in, g->lkeep, g->lkey, lin, g->lthr);
-        CUDA_LAUNCH_CHECK();
-    } else {
-        float keep;
-        const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
-        cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)g->ldu, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f,
-                     g->st);
+    cuda_gemm_rm(du, 0, r, dy, lddy, 0, Wl + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
+    float keep;
+    const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
+    cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)du, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f, g->st);
+}
+// ... and its input gradient: dX [N, in] (bf16, the base's input gradient) += dropout'(dU A).
+static void lora_backward_dx(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *du) {
+    lora_lin *a = lora_of(g, l, kind);
+    const int N = g->B * g->T, r = g->lrank;
+    const halo_bf16 *A = (const halo_bf16 *)g->lw + a->a;
+    if (!lora_dropping(g)) {
+        cuda_gemm_rm(dX, 0, a->in, (const halo_bf16 *)du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 1.f, g->st);
+        return;
+    }
+    // dU A into the scratch (dropout(X) is no longer needed), then added where the mask kept X
+    cuda_gemm_rm(g->lxd, 0, a->in, (const halo_bf16 *)du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 0.f, g->st);
+    cuda_lora_mask_add((halo_bf16 *)dX, (const halo_bf16 *)g->lxd, (size_t)N * a->in, g->lkey, l * LIN_COUNT + kind,
+                       g->lthr, g->lkeep, g->st);
+}
+
+// The adapters of layer l's linears k0 .. k0 + nk - 1 (one input X [N, in]; each with its column offset in the
+// group's output and dU slot j) as a cuda_lora_group. Returns 1 when lora.c's grouped kernels take them (with X and dX,
+// when given, 16-byte aligned), else 0: each adapter then runs alone. ad[j]: the linear of the group's j-th adapter.
+typedef struct { cuda_lora_group gr; int n, in, kind[3]; long col[3]; } lora_group;
+static int lora_group_of(llama_cuda *g, int l, int k0, int nk, const bf16 *X, const bf16 *dX, lora_group *q) {
+    memset(q, 0, sizeof *q);
+    long col = 0;
+    for (int k = k0; k < k0 + nk; k++) {
+        int m, n;
+        lin_shape(g, k, &m, &n);
+        lora_lin *a = lora_of(g, l, k);
+        if (a) {
+            const int j = q->n++;
+            q->kind[j] = k;
+            q->col[j] = col;
+            q->in = m;
+            q->gr.a[j] = (const halo_bf16 *)(g->lw + a->a);
+            q->gr.u[j] = (halo_bf16 *)a->u;
+            q->gr.du[j] = (const halo_bf16 *)lora_du(g, j);
+            q->gr.ga[j] = g->lg + a->a;
+            q->gr.bits[j] = lora_dropping(g) ? a->bits : NULL;
+            q->gr.lin[j] = l * LIN_COUNT + k;
+        }
+        col += n;
+    }
+    q->gr.n = q->n;
+    int ok = q->n > 0 && lora_fused_on() && cuda_lora_group_ok(g->lrank, q->in, q->n) && aligned16(X) &&
+             (!dX || aligned16(dX));
+    for (int j = 0; j < q->n; j++) ok &= !lora_dropping(g) || q->gr.bits[j] != NULL;
+    return ok;
+}
+
+// Y [N, ldy] (fp32 or bf16) += each adapter's s dropout(X) A^T B^T in its linear's columns, for layer l's linears
+// k0 .. k0 + nk - 1 reading X; U kept.
+static void lora_forward_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, void *Y, int y_f32, long ldy) {
+    lora_group q;
+    const int grouped = lora_group_of(g, l, k0, nk, X, NULL, &q), N = g->B * g->T, r = g->lrank;
+    if (!q.n) return;
+    prof_mark(g, PR_LORA);
+    if (grouped)
+        cuda_lora_u(&q.gr, (const halo_bf16 *)X, N, q.in, r, g->lscale * (lora_dropping(g) ? g->lkeep : 1.f), g->lkey,
+                    g->lthr, g->st);
+    for (int j = 0; j < q.n; j++) {
+        void *Yj = (char *)Y + q.col[j] * (y_f32 ? 4 : 2);
+        if (!grouped) lora_forward(g, l, q.kind[j], X, Yj, y_f32, ldy);
+        else {
+            const lora_lin *a = lora_of(g, l, q.kind[j]);
+            cuda_gemm_rm(Yj, y_f32, ldy, q.gr.u[j], r, 0, (const halo_bf16 *)g->lw + a->b, r, 1, N, a->out, r, 1.f,
+                         1.f, g->st);
+        }
     }
     prof_mark(g, PR_LORA);
 }
-
-// ... and its input gradient: dX [N, in] (bf16, the base's input gradient) += dropout'(dU A).
-static void lora_backward_dx(llama_cuda *g, int l, int kind, bf16 *dX) {
-    lora_lin *a = lora_of(g, l, kind);
-    if (!a) return;
-    const int N = g->B * g->T, r = g->lrank;
-    const halo_bf16 *A = (const halo_bf16 *)g->lw + a->a, *du = (const halo_bf16 *)g->ldu;
+// Their gradients, the part that reads X (before the base's input gradient may overwrite it): dB_j and dU_j (slot j)
+// from dY's columns, then dA_j.
+static void lora_backward_w_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, const bf16 *dY, long lddy) {
+    lora_group q;
+    const int grouped = lora_group_of(g, l, k0, nk, X, NULL, &q), N = g->B * g->T, r = g->lrank;
+    if (!q.n) return;
     prof_mark(g, PR_LORA);
-    if (!lora_dropping(g)) cuda_gemm_rm(dX, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 1.f, g->st);
-    else if (a->in % 8 == 0 && aligned16(dX) && aligned16(A) && lora_fused_on()) {   // one fused pass over dX
-        k_lora_dx_masked<<<grid_for((size_t)N * a->in / 8), 256, 0, g->st>>>(dX, (const bf16 *)du, (const bf16 *)A, N,
-                                                                            a->in, r, g->lkey, l * LIN_COUNT + kind,
-                                                                            g->lthr, g->lkeep);
-        CUDA_LAUNCH_CHECK();
-    } else {   // dU A into the scratch (dropout(X) is no longer needed), then added where the mask kept X
-        cuda_gemm_rm(g->lxd, 0, a->in, du, r, 0, A, a->in, 0, N, a->in, r, 1.f, 0.f, g->st);
-        const size_t n = (size_t)N * a->in;
-        k_lora_mask_add<<<grid_for(n), 256, 0, g->st>>>(dX, g->lxd, n, g->lkey, l * LIN_COUNT + kind, g->lthr, g->lkeep);
-        CUDA_LAUNCH_CHECK();
+    for (int j = 0; j < q.n; j++) {
+        const bf16 *dYj = dY + q.col[j];
+        if (!grouped) { lora_backward_w(g, l, q.kind[j], X, dYj, lddy, lora_du(g, j)); continue; }
+        const lora_lin *a = lora_of(g, l, q.kind[j]);
+        cuda_gemm_rm(g->lg + a->b, 1, r, (const halo_bf16 *)dYj, lddy, 1, q.gr.u[j], r, 0, a->out, r, N, 1.f, 1.f,
+                     g->st);
+        cuda_gemm_rm(lora_du(g, j), 0, r, (const halo_bf16 *)dYj, lddy, 0, (const halo_bf16 *)g->lw + a->b, r, 0, N, r,
+                     a->out, g->lscale, 0.f, g->st);
     }
+    if (grouped)
+        cuda_lora_da(&q.gr, (const halo_bf16 *)X, N, q.in, r, lora_dropping(g) ? g->lkeep : 1.f, g->lws, g->st);
+    prof_mark(g, PR_LORA);
+}
+// ... and their input gradients added into dX [N, in] (bf16, the base's), from the dU slots lora_backward_w_group
+// wrote. X: the same input as there (for the same choice of path).
+static void lora_backward_dx_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, bf16 *dX) {
+    lora_group q;
+    const int grouped = lora_group_of(g, l, k0, nk, X, dX, &q), N = g->B * g->T, r = g->lrank;
+    if (!q.n) return;
+    prof_mark(g, PR_LORA);
+    if (grouped) cuda_lora_dx(&q.gr, (halo_bf16 *)dX, N, q.in, r, lora_dropping(g) ? g->lkeep : 1.f, g->st);
+    else
+        for (int j = 0; j < q.n; j++) lora_backward_dx(g, l, q.kind[j], dX, lora_du(g, j));
     prof_mark(g, PR_LORA);
 }
 
@@ -1115,7 +1021,7 @@ extern "C" void llama_cuda_free(llama_cuda *g) {
     void *ptrs[] = {g->w, g->master, g->grad, g->grad16, g->nbuf, g->m, g->v, g->sh_stage, g->nf, g->rf, g->sbuf,
                     g->dgu, g->dnorm, g->datt, g->dqkv, g->dres, g->dres16, g->attn_scratch, g->logits, g->ids,
                     g->cos_t, g->loss_sum, g->hacc, g->hnf, g->aseg,
-                    g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd, g->ar_tmp};
+                    g->lp, g->lg, g->lm, g->lv, g->lw, g->lu, g->ldu, g->lxd, g->lbits, g->lws, g->ar_tmp};
     halo_teardown(g);
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) if (ptrs[i]) cudaFree(ptrs[i]);
     if (g->x) for (int l = 0; l <= g->c.n_layers; l++) if (g->x[l]) cudaFree(g->x[l]);
@@ -1244,13 +1150,7 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
                                                                        g->st)));
             col += n;
         }
-    col = 0;
-    for (int k = k0; k < k0 + nk; k++) {   // LoRA: each adapter adds into its linear's columns
-        int m, n;
-        lin_shape(g, k, &m, &n);
-        lora_forward(g, l, k, X, Y + col, 0, ldy);
-        col += n;
-    }
+    lora_forward_group(g, l, k0, nk, X, Y, 0, ldy);   // LoRA: each adapter adds into its linear's columns
 }
 
 // Y [N, n] (fp32) = R + X [N, m] W^T for linear `kind` (o or down) with weight at w_off; xf as group_forward's.
@@ -1263,7 +1163,7 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
     else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
                                                                     xf | w_flag(g, l, kind), N, m, n, g->st)));
-    lora_forward(g, l, kind, X, Y, 1, n);
+    lora_forward_group(g, l, kind, 1, X, Y, 1, n);
 }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
@@ -1338,14 +1238,8 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
     } else group_backward_halo(g, l, k0, nk, dX, dY, ldy, w_off, ey_flag);
     // LoRA: each adapter's gradients from its columns of dY, its input gradient added to the group's (X, the normed
     // input, is not dX's buffer)
-    long col = 0;
-    for (int k = k0; k < k0 + nk; k++) {
-        int m, n;
-        lin_shape(g, k, &m, &n);
-        lora_backward_w(g, l, k, X, dY + col, ldy);
-        lora_backward_dx(g, l, k, dX);
-        col += n;
-    }
+    lora_backward_w_group(g, l, k0, nk, X, dY, ldy);
+    lora_backward_dx_group(g, l, k0, nk, X, dX);
 }
 
 // group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once.
@@ -1394,7 +1288,7 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
     int N = g->B * g->T, m, n;
     lin_shape(g, kind, &m, &n);
     halo_cuda_linear *L = hl_of(g, l, kind);
-    lora_backward_w(g, l, kind, X, dY, n);   // LoRA: reads X before dX (which may be X's buffer) is written
+    lora_backward_w_group(g, l, kind, 1, X, dY, n);   // LoRA: reads X before dX (which may be X's buffer) is written
     if (!L) {
         if (!g->lora) PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, m, n));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
@@ -1404,7 +1298,7 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G,
                                                                       halo_g_flag(g) | ey_flag, N, m, n, g->st)));
     }
-    lora_backward_dx(g, l, kind, dX);
+    lora_backward_dx_group(g, l, kind, 1, X, dX);
 }
 
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.

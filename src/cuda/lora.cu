@@ -1,0 +1,412 @@
+// LoRA adapter kernels of the GPU model (llama_cuda.cu): lora.c's dropout mask, the product + mask path's mask kernels,
+// and the grouped kernels that serve every adapter reading one input X [N, in] (q, k, v; gate, up; o; down) in one
+// pass over X (or over dX), with the dropout mask inside:
+//   cuda_lora_u:  U_j = alpha mask_j(X) A_j^T            (the only place the mask is hashed; it keeps it as bits)
+//   cuda_lora_da: gA_j += keep dU_j^T mask_j(X)          (per-split partial sums, then a fixed-order sum: deterministic)
+//   cuda_lora_dx: dX += keep sum_j mask_j(dU_j A_j)      (one bf16 rounding of the sum into dX)
+// The thin products run on mma.sync (m16n8k16 bf16, fp32 accumulators). Since only the pairing of A's and B's
+// k-indices matters, each thread's fragments take 4 or 8 consecutive columns of X (16-byte loads), and the output
+// columns of dX are permuted the same way so that each thread holds 8 consecutive columns of a row.
+#include "cuda/common.cuh"
+
+// lora.c's dropout mask (dropout_keeps: splitmix64 of (key, linear, element)), compared in integers: (z >> 11) 2^-53
+// >= p exactly when (z >> 11) >= ceil(p 2^53) = thr.
+#define LORA_GOLDEN 0x9E3779B97F4A7C15ULL
+__device__ __forceinline__ bool lora_mix_keeps(uint64_t z, uint64_t thr) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (z >> 11) >= thr;
+}
+__device__ __forceinline__ bool lora_keeps(uint64_t key, int lin, size_t i, uint64_t thr) {
+    return lora_mix_keeps(key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + i + 1), thr);
+}
+// Keep bits of elements i .. i + 7 (bit b: element i + b)
+__device__ __forceinline__ uint32_t lora_keep_byte(uint64_t key, int lin, size_t i, uint64_t thr) {
+    uint64_t z = key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + i + 1);
+    uint32_t m = 0;
+#pragma unroll
+    for (int b = 0; b < 8; b++, z += LORA_GOLDEN) m |= (uint32_t)lora_mix_keeps(z, thr) << b;
+    return m;
+}
+
+// ---- the product + mask path ----
+// out[i] = x[i] where kept, else 0 (the 1 / (1 - p) scale goes into the products' alpha)
+__global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = lora_keeps(key, lin, i, thr) ? x[i] : __float2bfloat16(0.f);
+}
+// dx[i] += keep t[i] where kept
+__global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        if (lora_keeps(key, lin, i, thr)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + keep * __bfloat162float(t[i]));
+}
+static int grid_for(size_t n) {
+    size_t b = (n + 255) / 256;
+    return (int)(b > 8192 ? 8192 : b < 1 ? 1 : b);
+}
+extern "C" void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr,
+                               cudaStream_t s) {
+    k_lora_mask<<<grid_for(n), 256, 0, s>>>((bf16 *)out, (const bf16 *)x, n, key, lin, thr);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr,
+                                   float keep, cudaStream_t s) {
+    k_lora_mask_add<<<grid_for(n), 256, 0, s>>>((bf16 *)dx, (const bf16 *)t, n, key, lin, thr, keep);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- the grouped kernels ----
+// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
+//   A 16x16 row: a0 (g, k 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8 col:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C 16x8:      c0,c1 (g, n 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
+__device__ __forceinline__ void lora_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// The bf16 pair (elements 2p, 2p + 1 of 8) of v kept by bits 2p, 2p + 1 of m (dropped: +0)
+__device__ __forceinline__ uint32_t keep_pair(uint32_t v, uint32_t m, int p) {
+    return v & (((m >> (2 * p)) & 1u ? 0x0000FFFFu : 0u) | ((m >> (2 * p + 1)) & 1u ? 0xFFFF0000u : 0u));
+}
+__device__ __forceinline__ uint4 keep8(uint4 v, uint32_t m) {
+    return make_uint4(keep_pair(v.x, m, 0), keep_pair(v.y, m, 1), keep_pair(v.z, m, 2), keep_pair(v.w, m, 3));
+}
+__device__ __forceinline__ uint4 ldg16(const bf16 *p) { return __ldg((const uint4 *)p); }
+
+// U_j [N, R] = alpha mask_j(X) A_j^T. A block: 32 tokens (two m-tiles); its 4 warps take the 32-column chunks of X
+// round robin and their sums meet in shared memory (fixed order). Thread (g, t) loads columns 8t..8t+7 of a chunk
+// for rows g and g + 8: k-step s pairs columns 8t + 4s + {0,1} (a0/b0) and 8t + 4s + {2,3} (a2/b1). With DROP the
+// thread hashes the mask of exactly the elements it loads and writes them as one byte a row (bits_j [N, in / 8]).
+enum { LORA_U_TOKENS = 32 };
+template <int R, int G, bool DROP>
+__global__ void __launch_bounds__(128) k_lora_u(cuda_lora_group gr, const bf16 *__restrict__ X, int N, int in,
+                                                float alpha, uint64_t key, uint64_t thr) {
+    constexpr int NT = R / 8;
+    __shared__ float red[4][LORA_U_TOKENS][G * R];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tok0 = blockIdx.x * LORA_U_TOKENS;
+    float acc[2][G][NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[m][j][n][e] = 0.f;
+    int row[2][2];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) row[m][h] = tok0 + m * 16 + h * 8 + g;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int ch = warp; ch < in / 32; ch += 4) {
+        const int c = ch * 32 + t * 8;
+        uint4 xv[2][2];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) xv[m][h] = row[m][h] < N ? ldg16(X + (size_t)row[m][h] * in + c) : zero;
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            uint4 w[NT];
+#pragma unroll
+            for (int n = 0; n < NT; n++) w[n] = ldg16((const bf16 *)gr.a[j] + (size_t)(n * 8 + g) * in + c);
+            uint4 xm[2][2];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    xm[m][h] = xv[m][h];
+                    if (DROP && row[m][h] < N) {
+                        const size_t i = (size_t)row[m][h] * in + c;
+                        const uint32_t keep = lora_keep_byte(key, gr.lin[j], i, thr);
+                        gr.bits[j][i / 8] = (uint8_t)keep;
+                        xm[m][h] = keep8(xv[m][h], keep);
+                    }
+                }
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    lora_mma(acc[m][j][n], xm[m][0].x, xm[m][1].x, xm[m][0].y, xm[m][1].y, w[n].x, w[n].y);
+                    lora_mma(acc[m][j][n], xm[m][0].z, xm[m][1].z, xm[m][0].w, xm[m][1].w, w[n].z, w[n].w);
+                }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp][m * 16 + g + (e >> 1) * 8][j * R + n * 8 + 2 * t + (e & 1)] = acc[m][j][n][e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < LORA_U_TOKENS * G * R; idx += blockDim.x) {
+        const int r = idx / (G * R), col = idx % (G * R), tok = tok0 + r;
+        if (tok >= N) continue;
+        const float s = ((red[0][r][col] + red[1][r][col]) + red[2][r][col]) + red[3][r][col];
+        ((bf16 *)gr.u[col / R])[(size_t)tok * R + col % R] = __float2bfloat16(alpha * s);
+    }
+}
+
+// dX [N, in] += keep sum_j mask_j(dU_j A_j). A block: 64 tokens (a warp an m-tile) x 128 columns (4 groups of 32);
+// A_j's columns are staged transposed in shared memory (k padded to 16 with zeros). Output columns are permuted so
+// that thread (g, t) holds columns 8t..8t+7 of a group: n-tile n's logical column 2t + e is column 8t + 2n + e, so
+// the B fragment of logical column g is column 8 (g / 2) + 2n + g % 2. k-step s pairs dU columns 16s + 4t + {0,1}
+// (a0/b0) and 16s + 4t + {2,3} (a2/b1).
+enum { LORA_DX_TOKENS = 64, LORA_DX_COLS = 128 };
+template <int R, int G, bool DROP>
+__global__ void __launch_bounds__(128) k_lora_dx(cuda_lora_group gr, bf16 *__restrict__ dX, int N, int in,
+                                                 float keep) {
+    constexpr int KS = (R + 15) / 16, RP = KS * 16 + 8;   // k-steps; the staged row's length (16 bytes of padding)
+    __shared__ __align__(16) bf16 sat[G][LORA_DX_COLS][RP];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int c0 = blockIdx.x * LORA_DX_COLS, tok0 = blockIdx.y * LORA_DX_TOKENS;
+    for (int idx = threadIdx.x; idx < G * KS * 16 * LORA_DX_COLS; idx += blockDim.x) {
+        const int col = idx % LORA_DX_COLS, k = (idx / LORA_DX_COLS) % (KS * 16), j = idx / (LORA_DX_COLS * KS * 16);
+        sat[j][col][k] = k < R && c0 + col < in ? ((const bf16 *)gr.a[j])[(size_t)k * in + c0 + col] : __float2bfloat16(0.f);
+    }
+    const int r0 = tok0 + warp * 16 + g, r1 = r0 + 8;
+    // A fragments: dU_j rows r0, r1
+    uint32_t af[G][KS][4];
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int s = 0; s < KS; s++) {
+            const int k = s * 16 + 4 * t;
+            uint2 u0 = make_uint2(0, 0), u1 = make_uint2(0, 0);
+            if (k < R) {
+                const bf16 *du = (const bf16 *)gr.du[j];
+                if (r0 < N) u0 = *(const uint2 *)(du + (size_t)r0 * R + k);
+                if (r1 < N) u1 = *(const uint2 *)(du + (size_t)r1 * R + k);
+            }
+            af[j][s][0] = u0.x; af[j][s][1] = u1.x; af[j][s][2] = u0.y; af[j][s][3] = u1.y;
+        }
+    __syncthreads();
+#pragma unroll 1
+    for (int q = 0; q < LORA_DX_COLS / 32; q++) {
+        const int cq = c0 + q * 32;
+        if (cq >= in) break;
+        const int c = cq + 8 * t;
+        float acc[DROP ? G : 1][4][4];
+#pragma unroll
+        for (int j = 0; j < (DROP ? G : 1); j++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[j][n][e] = 0.f;
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int col = q * 32 + 8 * (g >> 1) + 2 * n + (g & 1);
+#pragma unroll
+                for (int s = 0; s < KS; s++) {
+                    const uint2 b = *(const uint2 *)&sat[j][col][s * 16 + 4 * t];
+                    lora_mma(acc[DROP ? j : 0][n], af[j][s][0], af[j][s][1], af[j][s][2], af[j][s][3], b.x, b.y);
+                }
+            }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = h ? r1 : r0;
+            if (r >= N) continue;
+            bf16 *p = dX + (size_t)r * in + c;
+            uint4 v = *(const uint4 *)p;
+            bf16 *e8 = (bf16 *)&v;
+            float sum[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) sum[e] = 0.f;
+#pragma unroll
+            for (int j = 0; j < (DROP ? G : 1); j++) {
+                const uint32_t m = DROP ? gr.bits[j][((size_t)r * in + c) / 8] : 0xFFu;
+#pragma unroll
+                for (int n = 0; n < 4; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        if ((m >> (2 * n + e)) & 1u) sum[2 * n + e] += acc[j][n][2 * h + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) e8[e] = __float2bfloat16(__bfloat162float(e8[e]) + keep * sum[e]);
+            *(uint4 *)p = v;
+        }
+    }
+}
+
+// Partial A gradients: ws[split][j][R][in] = sum over the split's tokens of dU_j^T mask_j(X). A block: 128 columns
+// (a warp 32) x the split's tokens, 64 at a time; dU_j's 64 rows are staged in shared memory ([token][rank], rows
+// padded) and read as A fragments by ldmatrix.trans (m = rank, k = token); R = 8 reads zero columns 8..15. Thread
+// (g, t) loads columns 4g..4g+3 of the warp's 32 for tokens 2t, 2t+1, 2t+8, 2t+9 of a k-step: n-tile n's logical
+// column g is column 4g + n, its logical columns 2t + e of C are columns 4 (2t + e) + n.
+enum { LORA_DA_CHUNK = 64, LORA_DA_COLS = 128 };
+template <int R, int G, bool DROP>
+__global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const bf16 *__restrict__ X, int N, int in,
+                                                      int split_tokens, float *__restrict__ ws) {
+    constexpr int MT = (R + 15) / 16, RW = MT * 16 + 8;
+    __shared__ __align__(16) bf16 sdu[G][LORA_DA_CHUNK][RW];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int cw = blockIdx.x * LORA_DA_COLS + warp * 32, split = blockIdx.y;
+    const int ts = split * split_tokens, te = min(N, ts + split_tokens);
+    const bool cols_ok = cw < in;
+    float acc[G][MT][4][4];
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[j][m][n][e] = 0.f;
+    constexpr int Z = R < 16 ? 16 - R : 1;   // R < 16: the zero ranks R..15 that ldmatrix reads
+    if (R < 16)
+        for (int idx = threadIdx.x; idx < G * LORA_DA_CHUNK * Z; idx += blockDim.x)
+            sdu[idx / (LORA_DA_CHUNK * Z)][(idx / Z) % LORA_DA_CHUNK][R + idx % Z] = __float2bfloat16(0.f);
+    for (int t0 = ts; t0 < te; t0 += LORA_DA_CHUNK) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < G * LORA_DA_CHUNK * (R / 8); idx += blockDim.x) {
+            const int q = idx % (R / 8), r = (idx / (R / 8)) % LORA_DA_CHUNK, j = idx / (LORA_DA_CHUNK * (R / 8));
+            const int tok = t0 + r;
+            *(uint4 *)&sdu[j][r][q * 8] = tok < te ? ldg16((const bf16 *)gr.du[j] + (size_t)tok * R + q * 8)
+                                                   : make_uint4(0, 0, 0, 0);
+        }
+        // X: tokens 2t, 2t+1, 2t+8, 2t+9 of each of the chunk's 4 k-steps, columns cw + 4g .. + 3
+        uint2 xv[4][4];
+        uint32_t mb[G][4][4];
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int tok = t0 + s * 16 + 2 * t + (i & 1) + (i >> 1) * 8;
+                const bool ok = cols_ok && tok < te;
+                const size_t e0 = (size_t)tok * in + cw + 4 * g;
+                xv[s][i] = ok ? *(const uint2 *)(X + e0) : make_uint2(0, 0);
+#pragma unroll
+                for (int j = 0; j < G; j++) mb[j][s][i] = DROP && ok ? (uint32_t)gr.bits[j][e0 / 8] >> (4 * (g & 1)) : 0xFu;
+            }
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                uint32_t b[4][2];   // [n][b0/b1]
+                uint2 x[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    x[i] = xv[s][i];
+                    if (DROP) {
+                        const uint32_t m = mb[j][s][i];
+                        x[i].x &= ((m & 1u) ? 0x0000FFFFu : 0u) | ((m & 2u) ? 0xFFFF0000u : 0u);
+                        x[i].y &= ((m & 4u) ? 0x0000FFFFu : 0u) | ((m & 8u) ? 0xFFFF0000u : 0u);
+                    }
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {   // b0: tokens 2t, 2t+1 (x[0], x[1]); b1: 2t+8, 2t+9 (x[2], x[3])
+                    b[0][h] = __byte_perm(x[2 * h].x, x[2 * h + 1].x, 0x5410);
+                    b[1][h] = __byte_perm(x[2 * h].x, x[2 * h + 1].x, 0x7632);
+                    b[2][h] = __byte_perm(x[2 * h].y, x[2 * h + 1].y, 0x5410);
+                    b[3][h] = __byte_perm(x[2 * h].y, x[2 * h + 1].y, 0x7632);
+                }
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    uint32_t a[4];
+                    const int mat = lane >> 3, rr = lane & 7;
+                    const uint32_t addr = (uint32_t)__cvta_generic_to_shared(&sdu[j][s * 16 + (mat >> 1) * 8 + rr][m * 16 + (mat & 1) * 8]);
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
+#pragma unroll
+                    for (int n = 0; n < 4; n++) lora_mma(acc[j][m][n], a[0], a[1], a[2], a[3], b[n][0], b[n][1]);
+                }
+            }
+        }
+    }
+    if (!cols_ok) return;
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int rank = m * 16 + g + (e >> 1) * 8;
+                if (rank >= R) continue;
+                float *w = ws + (((size_t)split * G + j) * R + rank) * in + cw + 4 * (2 * t + (e & 1));
+#pragma unroll
+                for (int n = 0; n < 4; n++) w[n] = acc[j][m][n][e];
+            }
+}
+// gA_j[r][c] += keep * the splits' partial sums in split order
+template <int G>
+__global__ void k_lora_da_sum(cuda_lora_group gr, const float *__restrict__ ws, int splits, size_t per, float keep) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < G * per; i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int k = 0; k < splits; k++) s += ws[(size_t)k * G * per + i];
+        gr.ga[i / per][i % per] += keep * s;
+    }
+}
+
+extern "C" int cuda_lora_group_ok(int r, int in, int n) {
+    return (r == 8 || r == 16 || r == 32) && in > 0 && in % 32 == 0 && n >= 1 && n <= 3;
+}
+
+// Splits of the token range for the A gradient: about 4 blocks an SM over (columns x splits), whole 64-token chunks.
+static int da_split_tokens(int N, int in) {
+    const int col_blocks = cdiv(in, LORA_DA_COLS), chunks = cdiv(N, LORA_DA_CHUNK);
+    int splits = cdiv(528, col_blocks);
+    if (splits > chunks) splits = chunks;
+    if (splits < 1) splits = 1;
+    return cdiv(chunks, splits) * LORA_DA_CHUNK;
+}
+extern "C" size_t cuda_lora_da_ws_floats(int N, int in, int r, int n) {
+    return (size_t)cdiv(N, da_split_tokens(N, in)) * n * r * in;
+}
+
+#define LORA_DISPATCH(KERNEL, GRID, BLOCK, ...)                                                                      \
+    do {                                                                                                             \
+        const bool drop_ = gr->bits[0] != NULL;                                                                      \
+        if (gr->n == 1) LORA_DISPATCH_G(KERNEL, 1, GRID, BLOCK, __VA_ARGS__);                                        \
+        else if (gr->n == 2) LORA_DISPATCH_G(KERNEL, 2, GRID, BLOCK, __VA_ARGS__);                                   \
+        else LORA_DISPATCH_G(KERNEL, 3, GRID, BLOCK, __VA_ARGS__);                                                   \
+    } while (0)
+#define LORA_DISPATCH_G(KERNEL, G, GRID, BLOCK, ...)                                                                 \
+    do {                                                                                                             \
+        if (r == 8) LORA_DISPATCH_D(KERNEL, 8, G, GRID, BLOCK, __VA_ARGS__);                                         \
+        else if (r == 16) LORA_DISPATCH_D(KERNEL, 16, G, GRID, BLOCK, __VA_ARGS__);                                  \
+        else LORA_DISPATCH_D(KERNEL, 32, G, GRID, BLOCK, __VA_ARGS__);                                               \
+    } while (0)
+#define LORA_DISPATCH_D(KERNEL, R, G, GRID, BLOCK, ...)                                                              \
+    do {                                                                                                             \
+        if (drop_) KERNEL<R, G, true><<<GRID, BLOCK, 0, s>>>(__VA_ARGS__);                                          \
+        else KERNEL<R, G, false><<<GRID, BLOCK, 0, s>>>(__VA_ARGS__);                                               \
+    } while (0)
+
+extern "C" void cuda_lora_u(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float alpha,
+                            uint64_t key, uint64_t thr, cudaStream_t s) {
+    if (N <= 0) return;
+    LORA_DISPATCH(k_lora_u, cdiv(N, LORA_U_TOKENS), 128, *gr, (const bf16 *)X, N, in, alpha, key, thr);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, int in, int r, float keep,
+                             cudaStream_t s) {
+    if (N <= 0) return;
+    const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
+    LORA_DISPATCH(k_lora_dx, grid, 128, *gr, (bf16 *)dX, N, in, keep);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float keep,
+                             float *ws, cudaStream_t s) {
+    if (N <= 0) return;
+    const int st = da_split_tokens(N, in), splits = cdiv(N, st);
+    const dim3 grid(cdiv(in, LORA_DA_COLS), splits);
+    LORA_DISPATCH(k_lora_da_part, grid, 128, *gr, (const bf16 *)X, N, in, st, ws);
+    CUDA_LAUNCH_CHECK();
+    const size_t per = (size_t)r * in;
+    const int blocks = grid_for(gr->n * per);
+    if (gr->n == 1) k_lora_da_sum<1><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
+    else if (gr->n == 2) k_lora_da_sum<2><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
+    else k_lora_da_sum<3><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
+    CUDA_LAUNCH_CHECK();
+}
