@@ -26,18 +26,19 @@ typedef struct {
     float *gA, *gB, *gW, *gAt;
 } bufs;
 
-enum { P_U, P_Y, P_DB, P_DU, P_DA, P_DX, P_DA_T, P_Y_FIRST, P_BASE_Y, P_BASE_Y_ACC, P_BASE_DX, P_BASE_DW, P_COUNT };
+enum { P_U, P_Y, P_DB, P_DU, P_DA, P_DX, P_DA_T, P_Y_FIRST, P_BASE_Y, P_BASE_Y_ACC, P_BASE_DX, P_BASE_DW, P_Y_OWN,
+       P_COUNT };
 static const char *PNAME[P_COUNT] = {
     "fwd U = X A^T", "fwd Y += U B^T", "bwd dB += dY^T U", "bwd dU = s dY B", "bwd dA += dU^T X", "bwd dX += dU A",
     "variant: dA^T = X^T dU", "variant: Y = U B^T (write only)", "base Y = X W^T", "base Y = X W^T + Y (beta 1)",
-    "base dX = dY W", "base dW += dY^T X (fp32)"};
+    "base dX = dY W", "base dW += dY^T X (fp32)", "lora.cu: Y += U B^T (cuda_lora_y, the default)"};
 
 // Bytes each product must read and write at least.
 static double bytes_of(int p, const bufs *b) {
     const double N = b->N, in = b->in, out = b->out, r = b->r;
     switch (p) {
     case P_U: return N * in * 2 + N * r * 2;
-    case P_Y: return N * out * 4 + N * r * 2;
+    case P_Y: case P_Y_OWN: return N * out * 4 + N * r * 2;
     case P_DB: return N * out * 2 + N * r * 2 + out * r * 8;
     case P_DU: return N * out * 2 + N * r * 2;
     case P_DA: case P_DA_T: return N * r * 2 + N * in * 2 + r * in * 8;
@@ -64,6 +65,7 @@ static void run(int p, const bufs *b) {
     case P_BASE_Y: cuda_linear_forward(b->Y, 0, b->X, b->W, NULL, N, in, out, 0); break;
     case P_BASE_Y_ACC: cuda_gemm_rm(b->Y, 0, out, b->X, in, 0, b->W, in, 1, N, out, in, 1.f, 1.f, 0); break;
     case P_BASE_DX: cuda_linear_backward_dx(b->dX, b->dY, b->W, N, in, out, 0); break;
+    case P_Y_OWN: cuda_lora_y(b->Y, 0, out, b->U, b->B, N, out, r, 0); break;
     default: cuda_linear_backward_dw(b->gW, b->dY, b->X, N, in, out, 0); break;
     }
 }
@@ -85,8 +87,8 @@ typedef struct { int kind; cuda_lora_group gr; const halo_bf16 *X; halo_bf16 *dX
 static int run_gjob(const void *v) {
     const gjob *j = v;
     if (j->kind == 0) cuda_lora_u(&j->gr, j->X, j->N, j->in, j->r, 2.f, 99, 1ULL << 48, 0);
-    else if (j->kind == 1) cuda_lora_da(&j->gr, j->X, j->N, j->in, j->r, 1.05f, j->ws, 0);
-    else cuda_lora_dx(&j->gr, j->dX, j->N, j->in, j->r, 1.05f, 0);
+    else if (j->kind == 2) cuda_lora_dx(&j->gr, j->dX, j->N, j->in, j->r, 1.05f, 0);
+    else cuda_lora_da(&j->gr, j->X, j->N, j->in, j->r, 1.05f, j->ws, 0);
     return 0;
 }
 static void grouped(int N, int r, int reps) {
@@ -131,7 +133,7 @@ static void grouped(int N, int r, int reps) {
         }
     }
     printf("\nper layer, the grouped kernels: %.3f ms with dropout, %.3f ms without (x 16 layers: %.1f / %.1f ms); the "
-           "products U B^T, dY^T U and dY B stay on cuBLASLt (rows above)\n", layer[1], layer[0], 16 * layer[1],
+           "products U B^T (cuda_lora_y, rows above), dY^T U and dY B (cuBLASLt) come on top\n", layer[1], layer[0], 16 * layer[1],
            16 * layer[0]);
 }
 

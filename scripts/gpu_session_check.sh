@@ -100,6 +100,13 @@ step "bench_cuda_lora (LoRA products at 1B shapes)" bench_lora.log 60 $B/bench/b
 keep bench_lora.log "^\\||per layer|x 16" 90
 keep b1lora.log "LoRA adapters|layer products|adamw|rmsnorm|attention|lm_head|sum" 20
 trainbench "bench 1B LoRA r16 HALO int8 L0" b1lorai0.log --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
+trainbench "bench 1B LoRA r16 BF16 dropout 0" b1lorad0.log --model llama3.2-1b --lora 16 --lora-dropout 0 --no-breakdown
+step "torch LoRA (PEFT) llama3.2-1b r16 eager" peft_1b.log 150 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16
+keep peft_1b.log "^\{" 2
+step "torch LoRA (PEFT) llama3.2-1b r16 compiled" peft_1bc.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --compile
+keep peft_1bc.log "^\{" 2
+step "torch LoRA (PEFT) llama3.2-1b r16 dropout 0 compiled" peft_1bd0.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --dropout 0 --compile
+keep peft_1bd0.log "^\{" 2
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
 trainbench "bench 8B shapes 4 layers HALO fp8 L0" b8f0.log --model llama3-8b --layers 4 --no-breakdown --precision fp8 --halo-level 0
 trainbench "bench 8B shapes 4 layers HALO int8 L0" b8i0.log --model llama3-8b --layers 4 --no-breakdown --precision int8 --halo-level 0

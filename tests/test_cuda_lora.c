@@ -176,7 +176,9 @@ static void test_grads(int stories, int rank, double dropout) {
                e_other, lo, lc);
         row("LoRA other dropout key differs by >3x", det, 3 * e_all / e_other, 1.0);
         // the grouped kernels (mask inside) against the product + mask path, and the CPU: the same masks, sums in
-        // another order and one bf16 rounding fewer in the input gradient
+        // another order and one bf16 rounding fewer in the input gradient. The two paths round the forward's
+        // activations differently (Y += U B^T by lora.cu or cuBLASLt), so they may be as far apart as either is from
+        // the CPU: the bound is 1.5x the GPU's error against the CPU, at least 1e-2
         float *gf = malloc(4 * n), *gp = malloc(4 * n);
         llama_cuda_lora_fused(0);
         const float lp = gpu_grads(&m, &b, &off, key, gp, NULL);
@@ -184,7 +186,7 @@ static void test_grads(int stories, int rank, double dropout) {
         const float lf = gpu_grads(&m, &b, &off, key, gf, NULL);
         llama_cuda_lora_fused(-1);
         const char *wf = "";
-        row("LoRA grouped vs product path", det, rel_l2_f(gf, gp, n), 1e-2);
+        row("LoRA grouped vs product path", det, rel_l2_f(gf, gp, n), fmax(1e-2, 1.5 * e_all));
         row("LoRA grouped loss vs product path", det, fabs(lf - lp) / lp, 1e-3);
         row("LoRA grouped grads vs CPU", det, rel_l2_f(gf, gc, n), 5e-2);
         row("LoRA grouped worst tensor vs CPU", det, worst_tensor(&m, gf, gc, &wf), 0.15);

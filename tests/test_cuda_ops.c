@@ -863,6 +863,37 @@ static void test_lora_group(int N, int in, int r, int G, double p) {
     cudaFree(ws); cudaFree(dX); cudaFree(ddx);
     free(x); free(dx0); free(mask); free(ru); free(ra); free(rdx); free(dxo);
 }
+
+// cuda_lora_y: Y [N, out] (row stride ld, bf16 or fp32) += U B^T against float64, the columns outside untouched.
+static void test_lora_y(int N, int out, int ld, int r, int f32) {
+    char what[64];
+    snprintf(what, sizeof what, "N %d out %d ld %d r %d %s", N, out, ld, r, f32 ? "fp32" : "bf16");
+    const size_t ny = (size_t)N * ld;
+    float *u = rand_vec((size_t)N * r, 1.0), *b = rand_vec((size_t)out * r, 0.1), *y0 = rand_vec(ny, 0.05);
+    halo_bf16 *du = to_dev_bf16(u, (size_t)N * r), *db = to_dev_bf16(b, (size_t)out * r);
+    void *dy = f32 ? to_dev(y0, 4 * ny) : (void *)to_dev_bf16(y0, ny);   // y0 rounded to bf16 in place for bf16
+    const int col0 = ld > out ? 8 : 0;   // the adapter's columns start inside the row
+    char *yj = (char *)dy + (size_t)col0 * (f32 ? 4 : 2);
+    CHECK(cuda_lora_y_ok(r, out, ld, f32, yj), "cuda_lora_y_ok %s", what);
+    cuda_lora_y(yj, f32, ld, du, db, N, out, r, 0);
+    float *y = f32 ? from_dev(dy, ny) : from_dev_bf16(dy, ny);
+    double *ref = malloc(8 * (size_t)N * out);
+    float *inc = malloc(4 * (size_t)N * out);
+    size_t outside = 0;
+    for (int t = 0; t < N; t++)
+        for (int c = 0; c < ld; c++) {
+            const size_t i = (size_t)t * ld + c;
+            if (c < col0 || c >= col0 + out) { outside += y[i] != y0[i]; continue; }
+            double s = 0;
+            for (int k = 0; k < r; k++) s += (double)u[(size_t)t * r + k] * b[(size_t)(c - col0) * r + k];
+            ref[(size_t)t * out + c - col0] = s;
+            inc[(size_t)t * out + c - col0] = y[i] - y0[i];
+        }
+    table_row("lora Y += U B^T", what, rel_l2_d(ref, inc, (size_t)N * out), f32 ? 1e-6 : 1e-2);
+    table_row("lora Y += U B^T", "other columns changed", (double)outside, 0);
+    free(u); free(b); free(y0); free(y); free(ref); free(inc);
+    cudaFree(du); cudaFree(db); cudaFree(dy);
+}
 #endif
 
 int main(void) {
@@ -914,6 +945,9 @@ int main(void) {
     test_lora_group(64, 64, 32, 1, 0.0);    // no dropout
     test_lora_group(1000, 2048, 16, 2, 0.0);
     test_lora_group(777, 1024, 16, 1, 0.05);
+    test_lora_y(200, 96, 112, 16, 0);   // bf16 Y inside wider rows, token and column tails
+    test_lora_y(130, 320, 320, 8, 1);   // fp32 Y (o, down: the residual stream)
+    test_lora_y(300, 512, 3072, 32, 0);
     cudaError_t e = cudaDeviceSynchronize();
     CHECK(e == cudaSuccess, "device: %s", cudaGetErrorString(e));
     TEST_END();

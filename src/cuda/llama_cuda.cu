@@ -750,8 +750,9 @@ static void lora_forward_group(llama_cuda *g, int l, int k0, int nk, const bf16 
         if (!grouped) lora_forward(g, l, q.kind[j], X, Yj, y_f32, ldy);
         else {
             const lora_lin *a = lora_of(g, l, q.kind[j]);
-            cuda_gemm_rm(Yj, y_f32, ldy, q.gr.u[j], r, 0, (const halo_bf16 *)g->lw + a->b, r, 1, N, a->out, r, 1.f,
-                         1.f, g->st);
+            const halo_bf16 *B = (const halo_bf16 *)g->lw + a->b;
+            if (cuda_lora_y_ok(r, a->out, ldy, y_f32, Yj)) cuda_lora_y(Yj, y_f32, ldy, q.gr.u[j], B, N, a->out, r, g->st);
+            else cuda_gemm_rm(Yj, y_f32, ldy, q.gr.u[j], r, 0, B, r, 1, N, a->out, r, 1.f, 1.f, g->st);
         }
     }
     prof_mark(g, PR_LORA);

@@ -7,6 +7,7 @@
 // The thin products run on mma.sync (m16n8k16 bf16, fp32 accumulators). Since only the pairing of A's and B's
 // k-indices matters, each thread's fragments take 4 or 8 consecutive columns of X (16-byte loads), and the output
 // columns of dX are permuted the same way so that each thread holds 8 consecutive columns of a row.
+#include <type_traits>
 #include "cuda/common.cuh"
 
 // lora.c's dropout mask (dropout_keeps: splitmix64 of (key, linear, element)), compared in integers: (z >> 11) 2^-53
@@ -155,87 +156,125 @@ __global__ void __launch_bounds__(128) k_lora_u(cuda_lora_group gr, const bf16 *
     }
 }
 
-// dX [N, in] += keep sum_j mask_j(dU_j A_j). A block: 64 tokens (a warp an m-tile) x 128 columns (4 groups of 32);
-// A_j's columns are staged transposed in shared memory (k padded to 16 with zeros). Output columns are permuted so
-// that thread (g, t) holds columns 8t..8t+7 of a group: n-tile n's logical column 2t + e is column 8t + 2n + e, so
-// the B fragment of logical column g is column 8 (g / 2) + 2n + g % 2. k-step s pairs dU columns 16s + 4t + {0,1}
-// (a0/b0) and 16s + 4t + {2,3} (a2/b1).
-enum { LORA_DX_TOKENS = 64, LORA_DX_COLS = 128 };
-template <int R, int G, bool DROP>
-__global__ void __launch_bounds__(128) k_lora_dx(cuda_lora_group gr, bf16 *__restrict__ dX, int N, int in,
-                                                 float keep) {
+// Row-wise rank-R products added into a wide output, for dX and Y: out [N, ncols] (row stride ld; bf16, or fp32
+// with F32) += scale sum_j mask_j(L_j R_j), L_j = gr.du[j] [N, R] (bf16), R_j [R, ncols] staged from gr.a[j]: for dX
+// A_j itself ([R, in] row-major), for Y (BT) B_j^T from B_j [ncols, R] row-major, one adapter and no mask. A block:
+// 256 tokens (a warp every fourth m-tile) x 128 columns (4 groups of 32); R_j's columns are staged transposed in shared memory
+// (k padded to 16 with zeros). Output columns are permuted so that thread (g, t) holds columns 8t..8t+7 of a group:
+// n-tile n's logical column 2t + e is column 8t + 2n + e, so the B fragment of logical column g is column
+// 8 (g / 2) + 2n + g % 2. k-step s pairs L columns 16s + 4t + {0,1} (a0/b0) and 16s + 4t + {2,3} (a2/b1).
+enum { LORA_DX_TOKENS = 256, LORA_DX_COLS = 128 };
+template <int R, int G, bool DROP, bool BT, bool F32>
+__device__ __forceinline__ void lora_up(const cuda_lora_group &gr, void *__restrict__ out, long ld, int N, int ncols,
+                                        float scale) {
     constexpr int KS = (R + 15) / 16, RP = KS * 16 + 8;   // k-steps; the staged row's length (16 bytes of padding)
     __shared__ __align__(16) bf16 sat[G][LORA_DX_COLS][RP];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int c0 = blockIdx.x * LORA_DX_COLS, tok0 = blockIdx.y * LORA_DX_TOKENS;
     for (int idx = threadIdx.x; idx < G * KS * 16 * LORA_DX_COLS; idx += blockDim.x) {
-        const int col = idx % LORA_DX_COLS, k = (idx / LORA_DX_COLS) % (KS * 16), j = idx / (LORA_DX_COLS * KS * 16);
-        sat[j][col][k] = k < R && c0 + col < in ? ((const bf16 *)gr.a[j])[(size_t)k * in + c0 + col] : __float2bfloat16(0.f);
+        // BT: B_j's rows c0.. are contiguous, read in order; A_j: row k's columns c0..
+        const int j = idx / (LORA_DX_COLS * KS * 16), rest = idx % (LORA_DX_COLS * KS * 16);
+        const int col = BT ? rest / (KS * 16) : rest % LORA_DX_COLS, k = BT ? rest % (KS * 16) : rest / LORA_DX_COLS;
+        const bf16 *src = (const bf16 *)gr.a[j];
+        sat[j][col][k] = k < R && c0 + col < ncols ? src[BT ? (size_t)(c0 + col) * R + k : (size_t)k * ncols + c0 + col]
+                                                   : __float2bfloat16(0.f);
     }
-    const int r0 = tok0 + warp * 16 + g, r1 = r0 + 8;
-    // A fragments: dU_j rows r0, r1
-    uint32_t af[G][KS][4];
-#pragma unroll
-    for (int j = 0; j < G; j++)
-#pragma unroll
-        for (int s = 0; s < KS; s++) {
-            const int k = s * 16 + 4 * t;
-            uint2 u0 = make_uint2(0, 0), u1 = make_uint2(0, 0);
-            if (k < R) {
-                const bf16 *du = (const bf16 *)gr.du[j];
-                if (r0 < N) u0 = *(const uint2 *)(du + (size_t)r0 * R + k);
-                if (r1 < N) u1 = *(const uint2 *)(du + (size_t)r1 * R + k);
-            }
-            af[j][s][0] = u0.x; af[j][s][1] = u1.x; af[j][s][2] = u0.y; af[j][s][3] = u1.y;
-        }
     __syncthreads();
 #pragma unroll 1
-    for (int q = 0; q < LORA_DX_COLS / 32; q++) {
-        const int cq = c0 + q * 32;
-        if (cq >= in) break;
-        const int c = cq + 8 * t;
-        float acc[DROP ? G : 1][4][4];
-#pragma unroll
-        for (int j = 0; j < (DROP ? G : 1); j++)
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[j][n][e] = 0.f;
+    for (int mt = 0; mt < LORA_DX_TOKENS / 64; mt++) {   // the block's m-tiles, a warp every fourth
+        const int r0 = tok0 + (mt * 4 + warp) * 16 + g, r1 = r0 + 8;
+        if (tok0 + (mt * 4 + warp) * 16 >= N) break;
+        // A fragments: L_j rows r0, r1
+        uint32_t af[G][KS][4];
 #pragma unroll
         for (int j = 0; j < G; j++)
 #pragma unroll
-            for (int n = 0; n < 4; n++) {
-                const int col = q * 32 + 8 * (g >> 1) + 2 * n + (g & 1);
-#pragma unroll
-                for (int s = 0; s < KS; s++) {
-                    const uint2 b = *(const uint2 *)&sat[j][col][s * 16 + 4 * t];
-                    lora_mma(acc[DROP ? j : 0][n], af[j][s][0], af[j][s][1], af[j][s][2], af[j][s][3], b.x, b.y);
+            for (int s = 0; s < KS; s++) {
+                const int k = s * 16 + 4 * t;
+                uint2 u0 = make_uint2(0, 0), u1 = make_uint2(0, 0);
+                if (k < R) {
+                    const bf16 *du = (const bf16 *)gr.du[j];
+                    if (r0 < N) u0 = *(const uint2 *)(du + (size_t)r0 * R + k);
+                    if (r1 < N) u1 = *(const uint2 *)(du + (size_t)r1 * R + k);
                 }
+                af[j][s][0] = u0.x; af[j][s][1] = u1.x; af[j][s][2] = u0.y; af[j][s][3] = u1.y;
+            }
+        // the block's rows of out first (8 16-byte loads a thread in flight: bf16; 16: fp32), then the products
+        using V = typename std::conditional<F32, float4, uint4>::type;
+        constexpr int VN = F32 ? 2 : 1;   // vectors per 8 values
+        V ov[LORA_DX_COLS / 32][2][VN];
+#pragma unroll
+        for (int q = 0; q < LORA_DX_COLS / 32; q++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = h ? r1 : r0, c = c0 + q * 32 + 8 * t;
+#pragma unroll
+                for (int v = 0; v < VN; v++)
+                    if (r < N && c < ncols) ov[q][h][v] = ((const V *)((F32 ? 4 : 2) * ((size_t)r * ld + c) + (const char *)out))[v];
             }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = h ? r1 : r0;
-            if (r >= N) continue;
-            bf16 *p = dX + (size_t)r * in + c;
-            uint4 v = *(const uint4 *)p;
-            bf16 *e8 = (bf16 *)&v;
-            float sum[8];
+        for (int q = 0; q < LORA_DX_COLS / 32; q++) {
+            const int c = c0 + q * 32 + 8 * t;
+            if (c0 + q * 32 >= ncols) break;
+            float acc[DROP ? G : 1][4][4];
 #pragma unroll
-            for (int e = 0; e < 8; e++) sum[e] = 0.f;
-#pragma unroll
-            for (int j = 0; j < (DROP ? G : 1); j++) {
-                const uint32_t m = DROP ? gr.bits[j][((size_t)r * in + c) / 8] : 0xFFu;
+            for (int j = 0; j < (DROP ? G : 1); j++)
 #pragma unroll
                 for (int n = 0; n < 4; n++)
 #pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        if ((m >> (2 * n + e)) & 1u) sum[2 * n + e] += acc[j][n][2 * h + e];
-            }
+                    for (int e = 0; e < 4; e++) acc[j][n][e] = 0.f;
 #pragma unroll
-            for (int e = 0; e < 8; e++) e8[e] = __float2bfloat16(__bfloat162float(e8[e]) + keep * sum[e]);
-            *(uint4 *)p = v;
+            for (int j = 0; j < G; j++)
+#pragma unroll
+                for (int n = 0; n < 4; n++) {
+                    const int col = q * 32 + 8 * (g >> 1) + 2 * n + (g & 1);
+#pragma unroll
+                    for (int s = 0; s < KS; s++) {
+                        const uint2 b = *(const uint2 *)&sat[j][col][s * 16 + 4 * t];
+                        lora_mma(acc[DROP ? j : 0][n], af[j][s][0], af[j][s][1], af[j][s][2], af[j][s][3], b.x, b.y);
+                    }
+                }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = h ? r1 : r0;
+                if (r >= N) continue;
+                float sum[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) sum[e] = 0.f;
+#pragma unroll
+                for (int j = 0; j < (DROP ? G : 1); j++) {
+                    const uint32_t m = DROP ? gr.bits[j][((size_t)r * ncols + c) / 8] : 0xFFu;
+#pragma unroll
+                    for (int n = 0; n < 4; n++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if ((m >> (2 * n + e)) & 1u) sum[2 * n + e] += acc[j][n][2 * h + e];
+                }
+                V *p = (V *)((F32 ? 4 : 2) * ((size_t)r * ld + c) + (char *)out);
+                if constexpr (F32) {
+                    float4 v0 = ov[q][h][0], v1 = ov[q][h][VN - 1];
+                    v0.x += scale * sum[0]; v0.y += scale * sum[1]; v0.z += scale * sum[2]; v0.w += scale * sum[3];
+                    v1.x += scale * sum[4]; v1.y += scale * sum[5]; v1.z += scale * sum[6]; v1.w += scale * sum[7];
+                    p[0] = v0; p[VN - 1] = v1;
+                } else {
+                    uint4 v = ov[q][h][0];
+                    bf16 *e8 = (bf16 *)&v;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) e8[e] = __float2bfloat16(__bfloat162float(e8[e]) + scale * sum[e]);
+                    p[0] = v;
+                }
+            }
         }
     }
+}
+template <int R, int G, bool DROP>
+__global__ void __launch_bounds__(128) k_lora_dx(cuda_lora_group gr, void *__restrict__ out, long ld, int N, int ncols,
+                                                 float scale) {
+    lora_up<R, G, DROP, false, false>(gr, out, ld, N, ncols, scale);
+}
+template <int R, bool F32>
+__global__ void __launch_bounds__(128) k_lora_y(cuda_lora_group gr, void *__restrict__ out, long ld, int N, int ncols) {
+    lora_up<R, 1, false, true, F32>(gr, out, ld, N, ncols, 1.f);
 }
 
 // Partial A gradients: ws[split][j][R][in] = sum over the split's tokens of dU_j^T mask_j(X). A block: 128 columns
@@ -393,7 +432,29 @@ extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, in
                              cudaStream_t s) {
     if (N <= 0) return;
     const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
-    LORA_DISPATCH(k_lora_dx, grid, 128, *gr, (bf16 *)dX, N, in, keep);
+    LORA_DISPATCH(k_lora_dx, grid, 128, *gr, (void *)dX, (long)in, N, in, keep);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" int cuda_lora_y_ok(int r, int out, long ldy, int y_f32, const void *Y) {
+    return (r == 8 || r == 16 || r == 32) && out > 0 && out % 32 == 0 && ldy % 8 == 0 &&
+           ((uintptr_t)Y & (y_f32 ? 31 : 15)) == 0;
+}
+extern "C" void cuda_lora_y(void *Y, int y_f32, long ldy, const halo_bf16 *U, const halo_bf16 *B, int N, int out, int r,
+                            cudaStream_t s) {
+    if (N <= 0) return;
+    cuda_lora_group gr = {.n = 1};
+    gr.du[0] = U;
+    gr.a[0] = B;
+    const dim3 grid(cdiv(out, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
+#define LORA_Y(RR)                                                                                                   \
+    do {                                                                                                             \
+        if (y_f32) k_lora_y<RR, true><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);                                     \
+        else k_lora_y<RR, false><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);                                          \
+    } while (0)
+    if (r == 8) LORA_Y(8);
+    else if (r == 16) LORA_Y(16);
+    else LORA_Y(32);
+#undef LORA_Y
     CUDA_LAUNCH_CHECK();
 }
 extern "C" void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float keep,
