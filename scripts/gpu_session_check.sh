@@ -101,8 +101,8 @@ keep bench_lora.log "^\\||per layer|x 16" 90
 keep b1lora.log "LoRA adapters|layer products|adamw|rmsnorm|attention|lm_head|sum" 20
 trainbench "bench 1B LoRA r16 HALO int8 L0" b1lorai0.log --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
 trainbench "bench 1B LoRA r16 BF16 dropout 0" b1lorad0.log --model llama3.2-1b --lora 16 --lora-dropout 0 --no-breakdown
-step "torch LoRA (PEFT) llama3.2-1b r16 eager" peft_1b.log 150 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16
-keep peft_1b.log "^\{" 2
+step "torch LoRA (PEFT) llama3.2-1b r16 fp32 adapter products, compiled" peft_1bf32.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --no-autocast --compile
+keep peft_1bf32.log "^\{" 2
 step "torch LoRA (PEFT) llama3.2-1b r16 compiled" peft_1bc.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --compile
 keep peft_1bc.log "^\{" 2
 step "torch LoRA (PEFT) llama3.2-1b r16 dropout 0 compiled" peft_1bd0.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --dropout 0 --compile

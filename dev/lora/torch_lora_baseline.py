@@ -2,7 +2,9 @@
 """PyTorch + PEFT LoRA beside halo's LoRA benchmark (bench_cuda_train --lora R): a training step (forward, backward,
 fused AdamW over the adapters) of a random-weight Llama in BF16 with SDPA attention and LoRA adapters of rank R on all
 seven block linears (q, k, v, o, gate, up, down; alpha 8, dropout 0.05 as halo's defaults), the base frozen,
-optionally torch.compile'd. The shapes are ../shared/bench/torch_llama_baseline.py's. One JSON line per run.
+optionally torch.compile'd. The shapes are ../shared/bench/torch_llama_baseline.py's. PEFT keeps the adapters in
+fp32 on a bf16 base; the step runs under torch.autocast(bf16), as the transformers Trainer does with bf16=True (so
+the adapters' products run in bf16); --no-autocast runs them in fp32 instead. One JSON line per run.
 
   python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 [--dropout 0] [--compile]"""
 import argparse, json, time, torch
@@ -27,6 +29,7 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--no-autocast", action="store_true")
     a = ap.parse_args()
     shape = dict(SHAPES[a.model])
     if a.layers: shape["num_hidden_layers"] = a.layers
@@ -44,14 +47,16 @@ def main():
     fwd = torch.compile(m) if a.compile else m
     x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), device="cuda")
     def step():
-        fwd(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not a.no_autocast):
+            loss = fwd(input_ids=x, labels=x).loss
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     for _ in range(3): step()
     torch.cuda.synchronize(); t = time.time()
     for _ in range(a.steps): step()
     torch.cuda.synchronize(); dt = (time.time() - t) / a.steps
     tok = a.batch * a.seq
     print(json.dumps({"model": a.model, "layers": shape["num_hidden_layers"], "batch": a.batch, "seq": a.seq,
-                      "rank": a.rank, "dropout": a.dropout, "compile": a.compile, "adapter_dtype": adapter_dtype,
+                      "rank": a.rank, "dropout": a.dropout, "compile": a.compile, "autocast": not a.no_autocast, "adapter_dtype": adapter_dtype,
                       "trainable": sum(p.numel() for p in params), "step_ms": round(dt * 1e3, 2),
                       "tokens_per_s": round(tok / dt), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}), flush=True)
