@@ -1304,6 +1304,29 @@ static void test_shared_x(int hm_block) {
                 cudaFree(dR); cudaFree(dEXf); cudaFree(dEXh);
             } else CHECK(halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXs, 1, dGa, HALO_CUDA_EX_DEFER, b, m, n1, 0) != 0,
                          "L%d (H_m block %d) took a deferred input gradient with nothing to defer", lvl, hm_block);
+            // HALO_CUDA_NO_G (LoRA's frozen base): X's codes only row-major in the scratch, none saved; B still
+            // borrows A's. Y as with saved codes (the row quantizer's codes; 1e-2 allows rotation-order ties at
+            // levels 1-2), E_X bit for bit (it reads no X codes); a weight gradient after it is refused
+            {
+                float *dEXn = dev_poison(4 * nx);
+                rc = halo_cuda_linear_forward_flags(&A2, dX, dW1, dYa, 1, n1, NULL, HALO_CUDA_NO_G, b, m, n1, 0);
+                if (!rc) rc = halo_cuda_linear_forward_flags(&B2, dX, dW2, dYb, 1, n2, NULL, HALO_CUDA_NO_G, b, m, n2, 0);
+                CHECK(rc == 0 && A2.qx_use == NULL && B2.qx_use == NULL, "NO_G forwards: %s", halo_error());
+                const int refused = halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXn, 1, dGa, 0, b, m, n1, 0) != 0;
+                CHECK(refused && strstr(halo_error(), "NO_G"), "G after a NO_G forward refused: %s", halo_error());
+                if (!rc) rc = halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXn, 1, NULL, 0, b, m, n1, 0);
+                if (!rc) rc = halo_cuda_linear_backward_flags(&B2, dE2, n2, dEXn, 1, NULL, HALO_CUDA_EX_ADD, b, m, n2, 0);
+                CHECK(rc == 0, "NO_G backwards: %s", halo_error());
+                float *Yan = t_host_of(dYa, 4 * (size_t)b * n1), *Ybn = t_host_of(dYb, 4 * (size_t)b * n2);
+                float *EXn = t_host_of(dEXn, 4 * nx);
+                snprintf(det, sizeof det, "%s L%d Y of A, B", pn, lvl);
+                row("NO_G (no X codes saved)", det, fmax(max_rel(Yan, Ya, (size_t)b * n1), max_rel(Ybn, Yb, (size_t)b * n2)),
+                    1e-2, 0, 0);
+                snprintf(det, sizeof det, "%s L%d E_X added", pn, lvl);
+                row("NO_G (no X codes saved)", det, max_rel(EXn, EXs, nx), 0, 0, 0);
+                free(Yan); free(Ybn); free(EXn);
+                cudaFree(dEXn);
+            }
             // B2 on another X: its own codes (compared with a fresh layer on X2)
             float *Yb2 = run_pair_dev(&B2, dX2, dW2, dE2, b, m, n2, dEXb, 0, &Gb3);
             CHECK(B2.qx_use != A2.qx_use, "B borrowed A's codes for a different X");

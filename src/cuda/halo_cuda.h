@@ -278,8 +278,10 @@ void halo_cuda_linear_hm_block(halo_cuda_linear *L, int bs);
 // back to the layer's own; llama_cuda_halo_error reads them).
 void halo_cuda_linear_nonfinite_slots(halo_cuda_linear *L, int *flags3);
 const char *halo_cuda_nonfinite_what(int which);   // "its input X", "its weight W", "its output gradient E_Y"
-// Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step).
+// Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step); save_x 0:
+// only W's, for a layer that always runs with HALO_CUDA_NO_G.
 void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
+void halo_cuda_linear_reserve_ex(halo_cuda_linear *L, int b, int m, int n, int save_x);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.
 int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, int b,
                              int m, int n, cudaStream_t s);
@@ -310,6 +312,10 @@ enum { HALO_CUDA_W_AMAX = 128 };
 // otherwise, or with HALO_CUDA_W_AMAX=0 in the environment or halo_cuda_w_amax(0) (process-wide; 1 back on).
 int halo_cuda_linear_w_amax(halo_cuda_linear *L, int m, float **amax, int *lb, float *scale);
 void halo_cuda_w_amax(int on);
+// HALO_CUDA_NO_G: no weight gradient follows this forward (a frozen weight: LoRA's base), so X's codes are made only
+// for the product (row-major, in the scratch) and not saved transposed for G; a backward asking for G then fails.
+// Where the layer saves its codes row-major anyway (levels 1-2 with halo_cuda_fwd_tcodes(0)) it changes nothing.
+enum { HALO_CUDA_NO_G = 256 };
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32

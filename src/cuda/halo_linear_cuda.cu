@@ -134,10 +134,14 @@ static size_t qx_bytes(const halo_cuda_linear *L, int b, int m) {
     return tposed(L) ? (size_t)pad16(m) * pad16(b) : (size_t)b * pad16(m);
 }
 
-extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
-    if (!L->xsrc) dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its own only
-                                                                            // when the X pointers differ
+extern "C" void halo_cuda_linear_reserve_ex(halo_cuda_linear *L, int b, int m, int n, int save_x) {
+    if (save_x && !L->xsrc) dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its
+                                                                                      // own only when the X pointers
+                                                                                      // differ
     dev_grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
+}
+extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
+    halo_cuda_linear_reserve_ex(L, b, m, n, 1);
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
@@ -332,7 +336,7 @@ static void quantize_fwd(halo_cuda_linear *L, const halo_cuda_had *h, int which,
     static const char *const name_qb[2] = {"fwd quant X (both layouts)", "fwd quant W (both layouts)"};
     const int slot = which ? AW : AX;
     const char *na = skip_absmax ? NULL : name_a[which];
-    if (!tposed(L)) quantize_rows(L, h, in, HALO_CUDA_BF16, d, rows, d, slot, q, ldq, na, name_q[which], 0, aj, s);
+    if (!tposed(L) || !qt) quantize_rows(L, h, in, HALO_CUDA_BF16, d, rows, d, slot, q, ldq, na, name_q[which], 0, aj, s);
     else if (h) quantize_rows_both(L, h, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, na, name_qb[which], s);
     else quantize_both(L, in, d, rows, d, slot, q, ldq, qt, ldqt, rows_pad, aj, na, name_qb[which], s);
 }
@@ -516,6 +520,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         h = &L->hm;
     }
     const int t0 = tposed(L);
+    const int no_g = t0 && (flags & HALO_CUDA_NO_G);   // X's codes only row-major, in the scratch
     const long b16 = pad16(b);
     // saved W codes (level 0: Q(W)^T [mp][np]) and the row-major ones this product reads
     uint8_t *qw = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
@@ -524,7 +529,8 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // row-major codes must still be in its workspace)
     const halo_cuda_linear *xs = L->xsrc;
     const int borrow = xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
-                       xs->level == L->level && (!t0 || ws_of((halo_cuda_linear *)xs)->xrow_gen == xs->xgen);
+                       xs->level == L->level && (!t0 || ws_of((halo_cuda_linear *)xs)->xrow_gen == xs->xgen) &&
+                       (no_g || xs->qx_use);
     L->x_in = X;
     L->w_in = W;
     if (mp != m || np != n) {
@@ -546,12 +552,12 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         L->xgen = xs->xgen;
         qx_row = t0 ? (const uint8_t *)ws_of((halo_cuda_linear *)xs)->buf[7] : xs->qx_use;
     } else {
-        uint8_t *qx = (uint8_t *)dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
+        uint8_t *qx = no_g ? NULL : (uint8_t *)dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
         uint8_t *xr = t0 ? (uint8_t *)ws(L, 7, (size_t)b * mp) : qx;
         // zero codes in the padding (the quantizers write the first m columns of the first n rows only)
         if (mp != m) {
             PROF("memset pad", (double)b * mp, CUDA_CHECK(cudaMemsetAsync(xr, 0, (size_t)b * mp, s)));
-            if (t0) PROF("memset pad", (double)mp * b16, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)mp * b16, s)));
+            if (qx && t0) PROF("memset pad", (double)mp * b16, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)mp * b16, s)));
         }
         L->xgen = ++g_xgen;
         quantize_fwd(L, h, 0, X, b, m, xr, mp, qx, b16, (int)b16, NULL, x_amax, s);   // Q(X [H_m])
@@ -598,6 +604,8 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
                          "telemetry, and H_m^T not already in the products: halo_cuda_linear_ex_defer_rows)", L->name);
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
+    if (G && !L->qx_use)
+        return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
     if (b != L->b || m != L->m || n != L->n)
         return halo_fail("%s: backward shapes b=%d m=%d n=%d differ from forward's b=%d m=%d n=%d", L->name, b, m, n,
                          L->b, L->m, L->n);

@@ -851,7 +851,8 @@ static int halo_setup(llama_cuda *g) {
             if (first != k) halo_cuda_linear_share_x(L, &g->hl[l * LIN_COUNT + first]);
             int m, n;
             lin_shape(g, k, &m, &n);
-            codes += (first == k ? (size_t)g->N_max * pad16l(m) : 0) + (size_t)pad16l(n) * pad16l(m);
+            // X's codes saved for the weight gradient: none under LoRA (frozen base, HALO_CUDA_NO_G)
+            codes += (first == k && !g->lora ? (size_t)g->N_max * pad16l(m) : 0) + (size_t)pad16l(n) * pad16l(m);
             any_group |= k != LIN_O && k != LIN_DOWN;
         }
     }
@@ -871,7 +872,7 @@ static int halo_setup(llama_cuda *g) {
         if (g->hon[i]) {
             int m, n;
             lin_shape(g, i % LIN_COUNT, &m, &n);
-            halo_cuda_linear_reserve(&g->hl[i], g->N_max, m, n);
+            halo_cuda_linear_reserve_ex(&g->hl[i], g->N_max, m, n, !g->lora);
             halo_cuda_linear_nonfinite_slots(&g->hl[i], g->hnf + 3 * i);   // one copy reads every layer's flags
         }
     g->bytes[MEM_HALO] += codes;
@@ -1118,10 +1119,12 @@ static float *x_amax_prepare(llama_cuda *g, int l, int kind, int *lb, float *sca
 static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
 // HALO_CUDA_W_AMAX when linear (l, kind)'s W amax slot holds the current weights' (hwv); the forward it goes with
 // leaves it so
+// HALO forward flags for W: W_AMAX when the slot is current; NO_G under LoRA (the frozen base takes no weight
+// gradient, so X's codes are not saved for one; telemetry's G reference needs them)
 static int w_flag(llama_cuda *g, int l, int kind) {
     const int i = l * LIN_COUNT + kind, f = g->hwv[i] ? HALO_CUDA_W_AMAX : 0;
     g->hwv[i] = 1;
-    return f;
+    return f | (g->lora && !g->tele ? HALO_CUDA_NO_G : 0);
 }
 // The weights were written: every HALO linear's W amax slot and W flag are stale, except those the writer took
 // (kept, may be NULL), whose W flags it sets on the stream after this clears them.

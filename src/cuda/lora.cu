@@ -90,15 +90,7 @@ __global__ void __launch_bounds__(128) k_lora_u(cuda_lora_group gr, const bf16 *
     __shared__ float red[4][LORA_U_TOKENS][G * R];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int tok0 = blockIdx.x * LORA_U_TOKENS;
-    float acc[2][G][NT][4];
-#pragma unroll
-    for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int j = 0; j < G; j++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[m][j][n][e] = 0.f;
+    float acc[2][G][NT][4] = {};
     int row[2][2];
 #pragma unroll
     for (int m = 0; m < 2; m++)
@@ -216,13 +208,7 @@ __device__ __forceinline__ void lora_up(const cuda_lora_group &gr, void *__restr
         for (int q = 0; q < LORA_DX_COLS / 32; q++) {
             const int c = c0 + q * 32 + 8 * t;
             if (c0 + q * 32 >= ncols) break;
-            float acc[DROP ? G : 1][4][4];
-#pragma unroll
-            for (int j = 0; j < (DROP ? G : 1); j++)
-#pragma unroll
-                for (int n = 0; n < 4; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[j][n][e] = 0.f;
+            float acc[DROP ? G : 1][4][4] = {};
 #pragma unroll
             for (int j = 0; j < G; j++)
 #pragma unroll
@@ -238,9 +224,7 @@ __device__ __forceinline__ void lora_up(const cuda_lora_group &gr, void *__restr
             for (int h = 0; h < 2; h++) {
                 const int r = h ? r1 : r0;
                 if (r >= N) continue;
-                float sum[8];
-#pragma unroll
-                for (int e = 0; e < 8; e++) sum[e] = 0.f;
+                float sum[8] = {};
 #pragma unroll
                 for (int j = 0; j < (DROP ? G : 1); j++) {
                     const uint32_t m = DROP ? gr.bits[j][((size_t)r * ncols + c) / 8] : 0xFFu;
@@ -292,15 +276,7 @@ __global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const 
     const int cw = blockIdx.x * LORA_DA_COLS + warp * 32, split = blockIdx.y;
     const int ts = split * split_tokens, te = min(N, ts + split_tokens);
     const bool cols_ok = cw < in;
-    float acc[G][MT][4][4];
-#pragma unroll
-    for (int j = 0; j < G; j++)
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[j][m][n][e] = 0.f;
+    float acc[G][MT][4][4] = {};
     constexpr int Z = R < 16 ? 16 - R : 1;   // R < 16: the zero ranks R..15 that ldmatrix reads
     if (R < 16)
         for (int idx = threadIdx.x; idx < G * LORA_DA_CHUNK * Z; idx += blockDim.x)
