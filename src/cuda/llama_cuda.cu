@@ -10,6 +10,7 @@
 // With LoRA adapters on the host model (llama_get_lora), only the adapters train: per adapted linear A and B in fp32
 // (values, gradients, AdamW moments) with a bf16 copy for the products, added to the frozen base products (BF16 or
 // HALO, forward and input gradient only); the base keeps its bf16 weights alone (no master, gradient or moment).
+// The adapters that read one input run together through lora.cu's grouped kernels (lora_forward_group, ...).
 // Data parallel with sharded moments (opts.shard_comm, ZeRO-1): rank r holds the moments of piece r of the flat
 // parameter buffer only, updates that piece and all-gathers the fp32 master (see shard_setup).
 #include <math.h>
@@ -704,8 +705,8 @@ static void lora_backward_dx(llama_cuda *g, int l, int kind, bf16 *dX, const bf1
 }
 
 // The adapters of layer l's linears k0 .. k0 + nk - 1 (one input X [N, in]; each with its column offset in the
-// group's output and dU slot j) as a cuda_lora_group. Returns 1 when lora.c's grouped kernels take them (with X and dX,
-// when given, 16-byte aligned), else 0: each adapter then runs alone. ad[j]: the linear of the group's j-th adapter.
+// group's output and dU slot j) as a cuda_lora_group. Returns 1 when lora.cu's grouped kernels take them (with X and
+// dX, when given, 16-byte aligned), else 0: each adapter then runs alone. kind[j]: the linear of the j-th adapter.
 typedef struct { cuda_lora_group gr; int n, in, kind[3]; long col[3]; } lora_group;
 static int lora_group_of(llama_cuda *g, int l, int k0, int nk, const bf16 *X, const bf16 *dX, lora_group *q) {
     memset(q, 0, sizeof *q);

@@ -4,6 +4,7 @@
 //   cuda_lora_u:  U_j = alpha mask_j(X) A_j^T            (the only place the mask is hashed; it keeps it as bits)
 //   cuda_lora_da: gA_j += keep dU_j^T mask_j(X)          (per-split partial sums, then a fixed-order sum: deterministic)
 //   cuda_lora_dx: dX += keep sum_j mask_j(dU_j A_j)      (one bf16 rounding of the sum into dX)
+//   cuda_lora_y:  Y_j += U_j B_j^T                        (each adapter into its own columns; the dX kernel's code)
 // The thin products run on mma.sync (m16n8k16 bf16, fp32 accumulators). Since only the pairing of A's and B's
 // k-indices matters, each thread's fragments take 4 or 8 consecutive columns of X (16-byte loads), and the output
 // columns of dX are permuted the same way so that each thread holds 8 consecutive columns of a row.
