@@ -4,7 +4,8 @@
 //    gradients within the BF16 bound, another key does not), ranks 8 and 16; INT8 level 2 and FP8 level 0 under the
 //    adapters against the CPU with the same HALO configuration; under dropout also the grouped kernels of lora.cu
 //    (llama_cuda_lora_fused(1), the default: the adapters of one input together, the mask inside) against the product
-//    + mask path (llama_cuda_lora_fused(0)) and the CPU, ranks 8, 16 and 32 (stories260K's down_proj, in = 172, and
+//    + mask path (llama_cuda_lora_fused(0)) and the CPU, ranks 8, 16 and 32, and adapters on q and v only (a group
+//    with a gap: k's columns between them) (stories260K's down_proj, in = 172, and
 //    rank 4 take the product path either way; HALO_LORA_FUSED=0 runs every other row on the product path too);
 // 2. the frozen base: its bf16 weights on the device bit-identical to the host's after training steps, and the memory
 //    saved (no fp32 master, gradients or moments for it);
@@ -61,9 +62,11 @@ static int load_model(llama_model *m, int stories) {
 // Adapters with random A and B (B nonzero, so that every gradient is), bf16-rounded like the device's copy. B at
 // 0.1 / sqrt(r): the product s B A stays a fraction of the base weights, as after fine-tuning (B at 1 / sqrt(r) took
 // stories260K's loss from ~6 to 12-16 on random tokens, where BF16 activations moved its adapter gradients by 8-52%).
+static unsigned g_kinds;   // the adapted linears (bits of LIN_*), 0: lora_config_default's (all seven)
 static int lora_random(llama_model *m, int rank, double dropout, unsigned long long seed) {
     lora_config c = lora_config_default();
     c.rank = rank; c.alpha = 8; c.dropout = dropout;
+    if (g_kinds) c.kinds = g_kinds;
     if (llama_lora_enable(m, &c, 9) != HALO_OK) return HALO_ERR;
     llama_trainable p = llama_trainable_params(m);
     for (int i = 0; i < p.n_table; i++) {
@@ -156,7 +159,8 @@ static void test_grads(int stories, int rank, double dropout) {
     float *gc = malloc(4 * n), *gg = malloc(4 * n), *gh = malloc(4 * n), *g32 = malloc(4 * n);
     const uint64_t key = dropout > 0 ? 0x5EED1234ULL : 0;
     char det[96];
-    snprintf(det, sizeof det, "%s r%d dropout %g", stories ? "stories260K" : "random", rank, dropout);
+    snprintf(det, sizeof det, "%s r%d dropout %g%s", stories ? "stories260K" : "random", rank, dropout,
+             g_kinds ? " q,v only" : "");
     const model_halo_config off = model_halo_config_default();
     float ev = NAN;
     const float lc = cpu_grads(&m, &b, &off, key, gc), lg = gpu_grads(&m, &b, &off, key, gg, &ev);
@@ -532,6 +536,9 @@ int main(void) {
     test_resume();
     test_variants_lora();
     test_grads(0, 32, 0.1);   // the grouped kernels' third rank (two m-tiles in the A gradient, two k-steps in dX)
+    g_kinds = (1u << LIN_Q) | (1u << LIN_V);   // PEFT's classic Llama targets: q and v share a group, k between them
+    test_grads(0, 16, 0.1);
+    g_kinds = 0;
     test_grads(0, 4, 0.1);   // rank 4 last: 8-byte rows of U and dU (cuBLASLt plans for small alignments)
     printf("(total: %.1f s)\n", t_now() - t0);
     free(g_perm);
