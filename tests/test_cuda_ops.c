@@ -763,13 +763,11 @@ static void test_adamw_segments(int mom_bf16) {
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
 }
 
-// lora.c's dropout mask, as there: splitmix64 of (key, adapter, element), kept when (z >> 11) 2^-53 >= p.
+// lora.c's dropout mask, as there: kept when the splitmix64 draw of (key, adapter, element) is >= p (test.h's
+// generator advanced once from key + golden (lin 2^32 + i) is that draw).
 static int lora_keeps_ref(unsigned long long key, int lin, size_t i, double p) {
-    unsigned long long z = key + 0x9E3779B97F4A7C15ULL * ((unsigned long long)lin * 0x100000000ULL + i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0) >= p;
+    unsigned long long st = key + 0x9E3779B97F4A7C15ULL * ((unsigned long long)lin * 0x100000000ULL + i);
+    return t_rand_uniform(&st) >= p;
 }
 static double rel_l2_d(const double *ref, const float *got, size_t n) {
     double e = 0, r = 0;

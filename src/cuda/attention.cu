@@ -107,20 +107,11 @@ __global__ void k_kv_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, in
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Tensor-core kernels. Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
-//   A 16x16 row: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
-//   B 16x8 col:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
-//   C 16x8:      c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
+// Tensor-core kernels on mma16816 (common.cuh, with the fragment layouts).
 // A C tile pair (n-tiles 2j, 2j+1) converted to bf16 is the A fragment of a k=16 step over those 16 columns.
 // Shared tiles are row-major with rows padded by 8 elements (16 bytes) so that the 8 rows a fragment load touches
 // fall in different banks.
 // ------------------------------------------------------------------------------------------------------------
-__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;

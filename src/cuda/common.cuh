@@ -92,4 +92,14 @@ __device__ __forceinline__ void block_flags(int bad, int *f0, int *f1 = NULL, in
     for (int i = 0; i < 3; i++)
         if (f[i] && __syncthreads_or(bad & (1 << i)) && threadIdx.x == 0) atomicOr(f[i], 1);
 }
+// mma.sync m16n8k16, bf16 inputs, fp32 accumulators c += A B. Fragment layouts (g = lane / 4, t = lane % 4):
+//   A 16x16 row: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8 col:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C 16x8:      c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 #endif

@@ -280,8 +280,7 @@ void halo_cuda_linear_nonfinite_slots(halo_cuda_linear *L, int *flags3);
 const char *halo_cuda_nonfinite_what(int which);   // "its input X", "its weight W", "its output gradient E_Y"
 // Allocates the saved codes for b tokens now (device memory errors at init rather than in the first step); save_x 0:
 // only W's, for a layer that always runs with HALO_CUDA_NO_G.
-void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n);
-void halo_cuda_linear_reserve_ex(halo_cuda_linear *L, int b, int m, int n, int save_x);
+void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n, int save_x);
 // X [b][m] bf16, W [n][m] bf16, Y [b][n] (fp32 when y_f32, else bf16). Asynchronous on s.
 int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, int b,
                              int m, int n, cudaStream_t s);

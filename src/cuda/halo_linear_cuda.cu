@@ -134,14 +134,11 @@ static size_t qx_bytes(const halo_cuda_linear *L, int b, int m) {
     return tposed(L) ? (size_t)pad16(m) * pad16(b) : (size_t)b * pad16(m);
 }
 
-extern "C" void halo_cuda_linear_reserve_ex(halo_cuda_linear *L, int b, int m, int n, int save_x) {
+extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n, int save_x) {
     if (save_x && !L->xsrc) dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));   // a sharing layer needs its
                                                                                       // own only when the X pointers
                                                                                       // differ
     dev_grow((void **)&L->qw, &L->cap_qw, (size_t)pad16(n) * pad16(m));
-}
-extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int n) {
-    halo_cuda_linear_reserve_ex(L, b, m, n, 1);
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }

@@ -655,14 +655,14 @@ static int lora_fused_on(void) { return env_switch(&g_lora_fused, "HALO_LORA_FUS
 extern "C" void llama_cuda_lora_fused(int on) { g_lora_fused = on < 0 ? -1 : on != 0; }
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
 static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lkeep != 1.f; }
+static float lora_keep(const llama_cuda *g) { return lora_dropping(g) ? g->lkeep : 1.f; }   // 1 / (1 - p) under dropout
 static bf16 *lora_du(const llama_cuda *g, int j) { return g->ldu + (size_t)j * g->lus; }   // dU of a group's j-th adapter
 
 // The adapter's input: X [N, in] itself, or with dropout its masked copy in lxd (*keep = 1 / (1 - p), else 1).
 static const halo_bf16 *lora_input(llama_cuda *g, int lin, const bf16 *X, int in, float *keep) {
-    *keep = 1.f;
+    *keep = lora_keep(g);
     if (!lora_dropping(g)) return (const halo_bf16 *)X;
     cuda_lora_mask((halo_bf16 *)g->lxd, (const halo_bf16 *)X, (size_t)g->B * g->T * in, g->lkey, lin, g->lthr, g->st);
-    *keep = g->lkeep;
     return (const halo_bf16 *)g->lxd;
 }
 
@@ -677,14 +677,18 @@ static void lora_forward(llama_cuda *g, int l, int kind, const bf16 *X, void *Y,
     cuda_gemm_rm(a->u, 0, r, xd, a->in, 0, Wl + a->a, a->in, 1, N, r, a->in, g->lscale * keep, 0.f, g->st);
     cuda_gemm_rm(Y, y_f32, ldy, (const halo_bf16 *)a->u, r, 0, Wl + a->b, r, 1, N, a->out, r, 1.f, 1.f, g->st);
 }
-// ... its gradients, the part that reads X [N, in]: dB += dY^T U, dU = s dY B (into du, for lora_backward_dx),
-// dA += dU^T dropout(X). dY [N, out] with row stride lddy.
+// ... its gradients from dY [N, out] (row stride lddy), both paths: dB += dY^T U, dU = s dY B (into du)
+static void lora_backward_b(llama_cuda *g, const lora_lin *a, const bf16 *dY, long lddy, bf16 *du) {
+    const int N = g->B * g->T, r = g->lrank;
+    const halo_bf16 *dy = (const halo_bf16 *)dY;
+    cuda_gemm_rm(g->lg + a->b, 1, r, dy, lddy, 1, (const halo_bf16 *)a->u, r, 0, a->out, r, N, 1.f, 1.f, g->st);
+    cuda_gemm_rm(du, 0, r, dy, lddy, 0, (const halo_bf16 *)g->lw + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
+}
+// ... the part that reads X [N, in], alone: those, then dA += dU^T dropout(X)
 static void lora_backward_w(llama_cuda *g, int l, int kind, const bf16 *X, const bf16 *dY, long lddy, bf16 *du) {
     lora_lin *a = lora_of(g, l, kind);
     const int N = g->B * g->T, r = g->lrank;
-    const halo_bf16 *Wl = (const halo_bf16 *)g->lw, *dy = (const halo_bf16 *)dY;
-    cuda_gemm_rm(g->lg + a->b, 1, r, dy, lddy, 1, (const halo_bf16 *)a->u, r, 0, a->out, r, N, 1.f, 1.f, g->st);
-    cuda_gemm_rm(du, 0, r, dy, lddy, 0, Wl + a->b, r, 0, N, r, a->out, g->lscale, 0.f, g->st);
+    lora_backward_b(g, a, dY, lddy, du);
     float keep;
     const halo_bf16 *xd = lora_input(g, l * LIN_COUNT + kind, X, a->in, &keep);
     cuda_gemm_rm(g->lg + a->a, 1, a->in, (const halo_bf16 *)du, r, 1, xd, a->in, 0, r, a->in, N, keep, 1.f, g->st);
@@ -730,10 +734,9 @@ static int lora_group_of(llama_cuda *g, int l, int k0, int nk, const bf16 *X, co
         col += n;
     }
     q->gr.n = q->n;
-    int ok = q->n > 0 && lora_fused_on() && cuda_lora_group_ok(g->lrank, q->in, q->n) && aligned16(X) &&
-             (!dX || aligned16(dX));
-    for (int j = 0; j < q->n; j++) ok &= !lora_dropping(g) || q->gr.bits[j] != NULL;
-    return ok;
+    // (under dropout every adapter whose input width the kernels take has its bits: lora_alloc)
+    return q->n > 0 && lora_fused_on() && cuda_lora_group_ok(g->lrank, q->in, q->n) && aligned16(X) &&
+           (!dX || aligned16(dX));
 }
 
 // Y [N, ldy] (fp32 or bf16) += each adapter's s dropout(X) A^T B^T in its linear's columns, for layer l's linears
@@ -744,8 +747,7 @@ static void lora_forward_group(llama_cuda *g, int l, int k0, int nk, const bf16 
     if (!q.n) return;
     prof_mark(g, PR_LORA);
     if (grouped)
-        cuda_lora_u(&q.gr, (const halo_bf16 *)X, N, q.in, r, g->lscale * (lora_dropping(g) ? g->lkeep : 1.f), g->lkey,
-                    g->lthr, g->st);
+        cuda_lora_u(&q.gr, (const halo_bf16 *)X, N, q.in, r, g->lscale * lora_keep(g), g->lkey, g->lthr, g->st);
     for (int j = 0; j < q.n; j++) {
         void *Yj = (char *)Y + q.col[j] * (y_f32 ? 4 : 2);
         if (!grouped) lora_forward(g, l, q.kind[j], X, Yj, y_f32, ldy);
@@ -766,16 +768,10 @@ static void lora_backward_w_group(llama_cuda *g, int l, int k0, int nk, const bf
     if (!q.n) return;
     prof_mark(g, PR_LORA);
     for (int j = 0; j < q.n; j++) {
-        const bf16 *dYj = dY + q.col[j];
-        if (!grouped) { lora_backward_w(g, l, q.kind[j], X, dYj, lddy, lora_du(g, j)); continue; }
-        const lora_lin *a = lora_of(g, l, q.kind[j]);
-        cuda_gemm_rm(g->lg + a->b, 1, r, (const halo_bf16 *)dYj, lddy, 1, q.gr.u[j], r, 0, a->out, r, N, 1.f, 1.f,
-                     g->st);
-        cuda_gemm_rm(lora_du(g, j), 0, r, (const halo_bf16 *)dYj, lddy, 0, (const halo_bf16 *)g->lw + a->b, r, 0, N, r,
-                     a->out, g->lscale, 0.f, g->st);
+        if (grouped) lora_backward_b(g, lora_of(g, l, q.kind[j]), dY + q.col[j], lddy, lora_du(g, j));
+        else lora_backward_w(g, l, q.kind[j], X, dY + q.col[j], lddy, lora_du(g, j));
     }
-    if (grouped)
-        cuda_lora_da(&q.gr, (const halo_bf16 *)X, N, q.in, r, lora_dropping(g) ? g->lkeep : 1.f, g->lws, g->st);
+    if (grouped) cuda_lora_da(&q.gr, (const halo_bf16 *)X, N, q.in, r, lora_keep(g), g->lws, g->st);
     prof_mark(g, PR_LORA);
 }
 // ... and their input gradients added into dX [N, in] (bf16, the base's), from the dU slots lora_backward_w_group
@@ -785,7 +781,7 @@ static void lora_backward_dx_group(llama_cuda *g, int l, int k0, int nk, const b
     const int grouped = lora_group_of(g, l, k0, nk, X, dX, &q), N = g->B * g->T, r = g->lrank;
     if (!q.n) return;
     prof_mark(g, PR_LORA);
-    if (grouped) cuda_lora_dx(&q.gr, (halo_bf16 *)dX, N, q.in, r, lora_dropping(g) ? g->lkeep : 1.f, g->st);
+    if (grouped) cuda_lora_dx(&q.gr, (halo_bf16 *)dX, N, q.in, r, lora_keep(g), g->st);
     else
         for (int j = 0; j < q.n; j++) lora_backward_dx(g, l, q.kind[j], dX, lora_du(g, j));
     prof_mark(g, PR_LORA);
@@ -873,7 +869,7 @@ static int halo_setup(llama_cuda *g) {
         if (g->hon[i]) {
             int m, n;
             lin_shape(g, i % LIN_COUNT, &m, &n);
-            halo_cuda_linear_reserve_ex(&g->hl[i], g->N_max, m, n, !g->lora);
+            halo_cuda_linear_reserve(&g->hl[i], g->N_max, m, n, !g->lora);
             halo_cuda_linear_nonfinite_slots(&g->hl[i], g->hnf + 3 * i);   // one copy reads every layer's flags
         }
     g->bytes[MEM_HALO] += codes;

@@ -59,17 +59,7 @@ extern "C" void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, 
 }
 
 // ---- the grouped kernels ----
-// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
-//   A 16x16 row: a0 (g, k 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
-//   B 16x8 col:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
-//   C 16x8:      c0,c1 (g, n 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
-__device__ __forceinline__ void lora_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
+// (The products: mma16816 of common.cuh, whose comment gives the fragment layouts.)
 // The bf16 pair (elements 2p, 2p + 1 of 8) of v kept by bits 2p, 2p + 1 of m (dropped: +0)
 __device__ __forceinline__ uint32_t keep_pair(uint32_t v, uint32_t m, int p) {
     return v & (((m >> (2 * p)) & 1u ? 0x0000FFFFu : 0u) | ((m >> (2 * p + 1)) & 1u ? 0xFFFF0000u : 0u));
@@ -127,8 +117,10 @@ __global__ void __launch_bounds__(128) k_lora_u(cuda_lora_group gr, const bf16 *
             for (int m = 0; m < 2; m++)
 #pragma unroll
                 for (int n = 0; n < NT; n++) {
-                    lora_mma(acc[m][j][n], xm[m][0].x, xm[m][1].x, xm[m][0].y, xm[m][1].y, w[n].x, w[n].y);
-                    lora_mma(acc[m][j][n], xm[m][0].z, xm[m][1].z, xm[m][0].w, xm[m][1].w, w[n].z, w[n].w);
+                    const uint32_t a0[4] = {xm[m][0].x, xm[m][1].x, xm[m][0].y, xm[m][1].y};
+                    const uint32_t a1[4] = {xm[m][0].z, xm[m][1].z, xm[m][0].w, xm[m][1].w};
+                    mma16816(acc[m][j][n], a0, w[n].x, w[n].y);
+                    mma16816(acc[m][j][n], a1, w[n].z, w[n].w);
                 }
         }
     }
@@ -218,7 +210,7 @@ __device__ __forceinline__ void lora_up(const cuda_lora_group &gr, void *__restr
 #pragma unroll
                     for (int s = 0; s < KS; s++) {
                         const uint2 b = *(const uint2 *)&sat[j][col][s * 16 + 4 * t];
-                        lora_mma(acc[DROP ? j : 0][n], af[j][s][0], af[j][s][1], af[j][s][2], af[j][s][3], b.x, b.y);
+                        mma16816(acc[DROP ? j : 0][n], af[j][s], b.x, b.y);
                     }
                 }
 #pragma unroll
@@ -316,8 +308,8 @@ __global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const 
                     x[i] = xv[s][i];
                     if (DROP) {
                         const uint32_t m = mb[j][s][i];
-                        x[i].x &= ((m & 1u) ? 0x0000FFFFu : 0u) | ((m & 2u) ? 0xFFFF0000u : 0u);
-                        x[i].y &= ((m & 4u) ? 0x0000FFFFu : 0u) | ((m & 8u) ? 0xFFFF0000u : 0u);
+                        x[i].x = keep_pair(x[i].x, m, 0);
+                        x[i].y = keep_pair(x[i].y, m, 1);
                     }
                 }
 #pragma unroll
@@ -335,7 +327,7 @@ __global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const 
                     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
 #pragma unroll
-                    for (int n = 0; n < 4; n++) lora_mma(acc[j][m][n], a[0], a[1], a[2], a[3], b[n][0], b[n][1]);
+                    for (int n = 0; n < 4; n++) mma16816(acc[j][m][n], a, b[n][0], b[n][1]);
                 }
             }
         }
@@ -355,18 +347,17 @@ __global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const 
             }
 }
 // gA_j[r][c] += keep * the splits' partial sums in split order
-template <int G>
 __global__ void k_lora_da_sum(cuda_lora_group gr, const float *__restrict__ ws, int splits, size_t per, float keep) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < G * per; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t all = (size_t)gr.n * per;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < all; i += (size_t)gridDim.x * blockDim.x) {
         float s = 0.f;
-        for (int k = 0; k < splits; k++) s += ws[(size_t)k * G * per + i];
+        for (int k = 0; k < splits; k++) s += ws[(size_t)k * all + i];
         gr.ga[i / per][i % per] += keep * s;
     }
 }
 
-extern "C" int cuda_lora_group_ok(int r, int in, int n) {
-    return (r == 8 || r == 16 || r == 32) && in > 0 && in % 32 == 0 && n >= 1 && n <= 3;
-}
+static int rank_ok(int r) { return r == 8 || r == 16 || r == 32; }   // the kernels' template ranks
+extern "C" int cuda_lora_group_ok(int r, int in, int n) { return rank_ok(r) && in > 0 && in % 32 == 0 && n >= 1 && n <= 3; }
 
 // Splits of the token range for the A gradient: about 4 blocks an SM over (columns x splits), whole 64-token chunks.
 static int da_split_tokens(int N, int in) {
@@ -413,7 +404,7 @@ extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, in
     CUDA_LAUNCH_CHECK();
 }
 extern "C" int cuda_lora_y_ok(int r, int out, long ldy, int y_f32, const void *Y) {
-    return (r == 8 || r == 16 || r == 32) && out > 0 && out % 32 == 0 && ldy % 8 == 0 &&
+    return rank_ok(r) && out > 0 && out % 32 == 0 && ldy % 8 == 0 &&
            ((uintptr_t)Y & (y_f32 ? 31 : 15)) == 0;
 }
 extern "C" void cuda_lora_y(void *Y, int y_f32, long ldy, const halo_bf16 *U, const halo_bf16 *B, int N, int out, int r,
@@ -442,9 +433,6 @@ extern "C" void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int 
     LORA_DISPATCH(k_lora_da_part, grid, 128, *gr, (const bf16 *)X, N, in, st, ws);
     CUDA_LAUNCH_CHECK();
     const size_t per = (size_t)r * in;
-    const int blocks = grid_for(gr->n * per);
-    if (gr->n == 1) k_lora_da_sum<1><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
-    else if (gr->n == 2) k_lora_da_sum<2><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
-    else k_lora_da_sum<3><<<blocks, 256, 0, s>>>(*gr, ws, splits, per, keep);
+    k_lora_da_sum<<<grid_for(gr->n * per), 256, 0, s>>>(*gr, ws, splits, per, keep);
     CUDA_LAUNCH_CHECK();
 }
