@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 #include "bench.h"
 #include "cuda/cuda_backend.h"
+#include "model/lora.h"
 
 #define CK(x) do { cudaError_t _e = (x); if (_e != cudaSuccess) { \
     fprintf(stderr, "CUDA %s: %s\n", #x, cudaGetErrorString(_e)); exit(1); } } while (0)
@@ -83,29 +84,61 @@ static void *dalloc(size_t bytes) {
 // lora.cu's grouped kernels (what the GPU model runs by default): per input of a layer, with and without dropout,
 // U of every adapter on it in one pass over X, their A gradients in one more, their input gradients in one pass over
 // dX. Bytes: X (and dX twice), the keep bits (G per 8 inputs), U / dU.
-typedef struct { int kind; cuda_lora_group gr; const halo_bf16 *X; halo_bf16 *dX; int N, in, r; float *ws; } gjob;
+typedef struct {
+    int kind;
+    cuda_lora_group gr;
+    const halo_bf16 *X;
+    halo_bf16 *dX;
+    int N, in, r;
+    float *ws;
+    cuda_lora_bgroup bg;   // the B side: the adapters' columns of one dY [N, ld]
+    long ld;
+} gjob;
 static int run_gjob(const void *v) {
     const gjob *j = v;
-    if (j->kind == 0) cuda_lora_u(&j->gr, j->X, j->N, j->in, j->r, 2.f, 99, 1ULL << 48, 0);
+    if (j->kind == 3) cuda_lora_b(&j->bg, j->N, j->ld, j->r, 2.f, j->ws, 0);
+    else if (j->kind == 4)   // what the grouped path ran before cuda_lora_b: two cuBLASLt products an adapter
+        for (int a = 0; a < j->bg.n; a++) {
+            cuda_gemm_rm(j->bg.gb[a], 1, j->r, j->bg.dy[a], j->ld, 1, j->bg.u[a], j->r, 0, j->bg.out[a], j->r, j->N,
+                         1.f, 1.f, 0);
+            cuda_gemm_rm(j->bg.du[a], 0, j->r, j->bg.dy[a], j->ld, 0, j->bg.b[a], j->r, 0, j->N, j->r, j->bg.out[a],
+                         2.f, 0.f, 0);
+        }
+    else if (j->kind == 0) cuda_lora_u(&j->gr, j->X, j->N, j->in, j->r, 2.f, 99, lora_dropout_threshold(0.05), 0);
     else if (j->kind == 2) cuda_lora_dx(&j->gr, j->dX, j->N, j->in, j->r, 1.05f, 0);
     else cuda_lora_da(&j->gr, j->X, j->N, j->in, j->r, 1.05f, j->ws, 0);
     return 0;
 }
 static void grouped(int N, int r, int reps) {
-    static const struct { const char *name; int in, G; } GR[] = {{"q, k, v", 2048, 3}, {"o", 2048, 1},
-                                                                {"gate, up", 2048, 2}, {"down", 8192, 1}};
-    static const char *KN[3] = {"U_j = s mask_j(X) A_j^T", "gA_j += dU_j^T mask_j(X)", "dX += sum_j mask_j(dU_j A_j)"};
+    static const struct { const char *name; int in, G, out[3]; } GR[] = {
+        {"q, k, v", 2048, 3, {2048, 512, 512}}, {"o", 2048, 1, {2048}}, {"gate, up", 2048, 2, {8192, 8192}},
+        {"down", 8192, 1, {2048}}};
+    static const char *KN[5] = {"U_j = s mask_j(X) A_j^T", "gA_j += dU_j^T mask_j(X)", "dX += sum_j mask_j(dU_j A_j)",
+                                "gB_j += dY_j^T U_j, dU_j = s dY_j B_j (cuda_lora_b)",
+                                "the same by two cuBLASLt products an adapter"};
     if (!cuda_lora_group_ok(r, 2048, 3)) { printf("\n(grouped kernels: rank %d not supported)\n", r); return; }
     printf("\nGrouped kernels (lora.cu), per input\n| input | adapters | kernel | dropout | ms | GB | GB/s |\n"
            "|---|---|---|---|---|---|---|\n");
-    double layer[2] = {0, 0};
+    double layer[2] = {0, 0}, bside[2] = {0, 0};
     for (size_t k = 0; k < sizeof GR / sizeof *GR; k++) {
         const int in = GR[k].in, G = GR[k].G;
         const size_t nx = (size_t)N * in;
-        gjob j = {.gr = {.n = G}, .N = N, .in = in, .r = r};
+        gjob j = {.gr = {.n = G}, .N = N, .in = in, .r = r, .bg = {.n = G}};
         j.X = dalloc(nx * 2);
         j.dX = dalloc(nx * 2);
-        j.ws = dalloc(4 * cuda_lora_da_ws_floats(N, in, r, G));
+        const size_t wa = cuda_lora_da_ws_floats(N, in, r, G), wb = cuda_lora_b_ws_floats(N, GR[k].out, G, r);
+        j.ws = dalloc(4 * (wa > wb ? wa : wb));
+        j.ld = 0;
+        for (int a = 0; a < G; a++) j.ld += GR[k].out[a];
+        halo_bf16 *dY = dalloc((size_t)N * j.ld * 2);
+        for (int a = 0, c = 0; a < G; c += GR[k].out[a++]) {
+            j.bg.dy[a] = dY + c;
+            j.bg.out[a] = GR[k].out[a];
+            j.bg.b[a] = dalloc((size_t)GR[k].out[a] * r * 2);
+            j.bg.u[a] = dalloc((size_t)N * r * 2);
+            j.bg.gb[a] = dalloc((size_t)GR[k].out[a] * r * 4);
+            j.bg.du[a] = dalloc((size_t)N * r * 2);
+        }
         for (int a = 0; a < G; a++) {
             j.gr.a[a] = dalloc((size_t)r * in * 2);
             j.gr.u[a] = dalloc((size_t)N * r * 2);
@@ -125,16 +158,27 @@ static void grouped(int N, int r, int reps) {
                 layer[d] += ms;
             }
         }
+        for (j.kind = 3; j.kind < 5; j.kind++) {   // no mask on this side
+            const double ms = bench_gpu_ms(run_gjob, &j, 3, reps);
+            const double gb = ((double)N * j.ld * 2 + G * (double)N * r * 4) / 1e9;   // dY once, U and dU
+            printf("| %s %d | %d | %s | any | %.3f | %.3f | %.0f |\n", GR[k].name, (int)j.ld, G, KN[j.kind], ms, gb,
+                   gb / (ms * 1e-3));
+            bside[j.kind - 3] += ms;
+        }
         CK(cudaDeviceSynchronize());
-        cudaFree((void *)j.X); cudaFree(j.dX); cudaFree(j.ws);
+        cudaFree((void *)j.X); cudaFree(j.dX); cudaFree(j.ws); cudaFree(dY);
+        for (int a = 0; a < G; a++) {
+            cudaFree((void *)j.bg.b[a]); cudaFree((void *)j.bg.u[a]); cudaFree(j.bg.gb[a]); cudaFree(j.bg.du[a]);
+        }
         for (int a = 0; a < G; a++) {
             cudaFree((void *)j.gr.a[a]); cudaFree(j.gr.u[a]); cudaFree((void *)j.gr.du[a]); cudaFree(j.gr.ga[a]);
             cudaFree(bits[a]);
         }
     }
-    printf("\nper layer, the grouped kernels: %.3f ms with dropout, %.3f ms without (x 16 layers: %.1f / %.1f ms); the "
-           "products U B^T (cuda_lora_y, rows above), dY^T U and dY B (cuBLASLt) come on top\n", layer[1], layer[0], 16 * layer[1],
-           16 * layer[0]);
+    printf("\nper layer, the grouped kernels: %.3f ms with dropout, %.3f ms without (x 16 layers: %.1f / %.1f ms), the B "
+           "side (cuda_lora_b) %.3f ms against %.3f ms by cuBLASLt (x 16: %.1f / %.1f ms); the products U B^T "
+           "(cuda_lora_y, rows above) come on top\n", layer[1], layer[0], 16 * layer[1], 16 * layer[0], bside[0],
+           bside[1], 16 * bside[0], 16 * bside[1]);
 }
 
 int main(int argc, char **argv) {

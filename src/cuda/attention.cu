@@ -109,18 +109,12 @@ __global__ void k_kv_acc_to_bf16(bf16 *dqkv, const float *acc, int N, int Hq, in
 // ------------------------------------------------------------------------------------------------------------
 // Tensor-core kernels on mma16816 (common.cuh, with the fragment layouts).
 // A C tile pair (n-tiles 2j, 2j+1) converted to bf16 is the A fragment of a k=16 step over those 16 columns.
-// Shared tiles are row-major with rows padded by 8 elements (16 bytes) so that the 8 rows a fragment load touches
+// (ldmatrix and cp.async helpers: common.cuh.) Shared tiles are row-major with rows padded by 8 elements (16 bytes) so that the 8 rows a fragment load touches
 // fall in different banks.
 // ------------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
-}
-// Four 8x8 bf16 matrices, transposed, from shared memory: the B fragments (k = rows) of two n-tiles.
-__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const bf16 *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 // B fragments of n-tiles (n0, n0+8) over k rows k0..k0+15 of a row-major [k][n] tile with leading dim LDS.
 template <int LDS>
@@ -129,12 +123,6 @@ __device__ __forceinline__ void load_b_trans(uint32_t *r, const bf16 *tile, int 
     ldsm_x4_t(r, tile + (k0 + (mat & 1) * 8 + rr) * LDS + n0 + (mat >> 1) * 8);
 }
 
-// Four 8x8 bf16 matrices from shared memory, not transposed.
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
 // A fragment (rows m0..m0+15, k columns k0..k0+15) of a row-major [m][k] tile.
 template <int LDS>
 __device__ __forceinline__ void load_a(uint32_t *r, const bf16 *tile, int m0, int k0, int lane) {
@@ -155,19 +143,6 @@ __device__ __forceinline__ void load_b_rows(uint32_t *r, const bf16 *tile, int n
     ldsm_x4(r, tile + (n0 + (mat >> 1) * 8 + rr) * LDS + k0 + (mat & 1) * 8);
 }
 
-// cp.async (sm_80+): 16-byte global->shared copies that complete in the background; rows >= T are zero-filled
-// with plain stores (visible after the next barrier).
-__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void *src) {   // dst: a shared-memory address
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async4(void *dst, const void *src) {   // 4 bytes (lse, D, segment ids)
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    cp_async16_s((uint32_t)__cvta_generic_to_shared(dst), src);
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 template <int ROWS, int HD, int LDS, int NT>
 __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *src, int r0, int T, size_t ld, int tid) {

@@ -201,9 +201,9 @@ void cuda_adamw_segments(float *p, halo_bf16 *w16, const float *g, void *m, void
                          float eps, float weight_decay, int step, const double *sumsq, float clip, cudaStream_t s);
 
 // LoRA (src/cuda/lora.cu). lora.c's dropout mask on the product + mask path: out = x where kept (element i of x,
-// adapter lin, key; thr = ceil(p 2^53)), else 0; dx += keep t where kept.
-void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr, cudaStream_t s);
-void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep,
+// adapter lin, key; thr = lora_dropout_threshold(p)), else 0; dx += keep t where kept.
+void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint32_t thr, cudaStream_t s);
+void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint32_t thr, float keep,
                         cudaStream_t s);
 // The adapters of one input X [N, in] (dense rows; q, k, v share one, gate and up one): up to 3, rank r, A_j [r, in]
 // bf16, U_j and dU_j [N, r] bf16, A's gradient gA_j [r, in] fp32, and under dropout each adapter's keep bits
@@ -219,9 +219,25 @@ typedef struct {
     int lin[3];   // mask ids (layer * LIN_COUNT + kind)
 } cuda_lora_group;
 int cuda_lora_group_ok(int r, int in, int n);   // 1 for r 8, 16 or 32, in a multiple of 32, 1..3 adapters
+// The B side of the adapters on one output gradient dY (q, k, v share one; gate and up one): for each, dy_j = its
+// first column of dY (rows of stride ld), B_j [out_j, r] and U_j [N, r] (the forward's) bf16; gB_j [out_j, r] fp32
+// += dY_j^T U_j and dU_j [N, r] bf16 = scale dY_j B_j, in one pass over dY through partial sums in ws
+// (cuda_lora_b_ws_floats) added in a fixed order (deterministic). cuda_lora_b_ok: 1 when the kernel takes them (r 8,
+// 16 or 32, 1..3 adapters, out_j and ld multiples of 8, dy_j, U_j and B_j 16-byte aligned).
+typedef struct {
+    int n;
+    const halo_bf16 *dy[3];
+    int out[3];
+    const halo_bf16 *b[3], *u[3];
+    float *gb[3];
+    halo_bf16 *du[3];
+} cuda_lora_bgroup;
+int cuda_lora_b_ok(const cuda_lora_bgroup *gr, int r, long ld);
+size_t cuda_lora_b_ws_floats(int N, const int *outs, int n, int r);
+void cuda_lora_b(const cuda_lora_bgroup *gr, int N, long ld, int r, float scale, float *ws, cudaStream_t s);
 // U_j = alpha mask_j(X) A_j^T; under dropout hashes the masks (key, thr as cuda_lora_mask) and writes bits_j.
 void cuda_lora_u(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float alpha, uint64_t key,
-                 uint64_t thr, cudaStream_t s);
+                 uint32_t thr, cudaStream_t s);
 // gA_j += keep dU_j^T mask_j(X), through per-split partial sums in ws (cuda_lora_da_ws_floats), summed in a fixed
 // order (deterministic).
 void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float keep, float *ws,

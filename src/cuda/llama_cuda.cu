@@ -150,7 +150,7 @@ struct llama_cuda {
     // LoRA: master, grad, grad16, m, v stay NULL (the base is frozen); the adapters live in their own buffers
     int lora, lrank;
     float lscale, lkeep;         // alpha / r; 1 / (1 - dropout)
-    uint64_t lthr;               // dropout: element kept when (its hash >> 11) >= lthr = ceil(p 2^53), as lora.c
+    uint32_t lthr;               // dropout: element kept when its 16-bit draw >= lthr (lora_dropout_threshold), as lora.c
     int ltrain;                  // dropout on (llama_cuda_lora_train), with masks from lkey
     uint64_t lkey;
     lora_lin *la;                // [n_layers * LIN_COUNT]
@@ -162,7 +162,7 @@ struct llama_cuda {
     size_t lus;                  // U's and dU's slot length (N r, aligned)
     bf16 *lxd;                   // [N, max in] dropout(X), then the input gradient before its mask (dropout > 0 only)
     uint8_t *lbits;              // every adapter's dropout keep bits of the last forward (lora_lin.bits; dropout > 0)
-    float *lws;                  // the grouped A gradient's partial sums (cuda_lora_da)
+    float *lws;                  // the grouped kernels' partial sums (cuda_lora_da, cuda_lora_b)
     float *ar_tmp;               // data parallel with bf16 gradients: fp32 chunk the sums go through (allocated at the
     size_t ar_cap;               // first llama_cuda_allreduce_grads), its length
 };
@@ -514,7 +514,7 @@ static int lora_setup(llama_cuda *g, const llama_model *host) {
     g->lrank = lc->rank;
     g->lscale = (float)(lc->alpha / lc->rank);   // as lora.c's scale
     g->lkeep = (float)(1.0 / (1.0 - lc->dropout));
-    g->lthr = (uint64_t)ceil(lc->dropout * 9007199254740992.0);
+    g->lthr = lora_dropout_threshold(lc->dropout);
     const int nl = g->c.n_layers, r = lc->rank;
     g->la = (lora_lin *)xcalloc((size_t)nl * LIN_COUNT, sizeof(lora_lin));
     size_t cur = 0;
@@ -561,7 +561,7 @@ static int lora_alloc(llama_cuda *g) {
     g->ldu = (bf16 *)dalloc(g, MEM_WORK, 3 * us * 2);
     if (g->lkeep != 1.f) g->lxd = (bf16 *)dalloc(g, MEM_WORK, N * max_in * 2);
     // the grouped kernels' dropout bits (one byte per 8 inputs of each adapter, kept from forward to backward) and
-    // A-gradient partial sums for the largest group
+    // partial sums (A gradients; B gradients and dU) for the largest group
     size_t nbits = 0, ws = 0;
     for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
         if (g->la[i].on && cuda_lora_group_ok(g->lrank, g->la[i].in, 1)) nbits += align_up(N * g->la[i].in / 8);
@@ -569,8 +569,15 @@ static int lora_alloc(llama_cuda *g) {
     for (int k = 0; k < 4; k++) {
         int m, n;
         lin_shape(g, k0s[k], &m, &n);
-        if (cuda_lora_group_ok(g->lrank, m, nks[k])) {
-            const size_t w = cuda_lora_da_ws_floats((int)N, m, g->lrank, nks[k]);
+        if (!cuda_lora_group_ok(g->lrank, m, nks[k])) continue;
+        size_t w = cuda_lora_da_ws_floats((int)N, m, g->lrank, nks[k]);
+        ws = w > ws ? w : ws;
+        // ... and the B side's (cuda_lora_b) for the whole group and for each of its adapters alone
+        int outs[3];
+        for (int j = 0; j < nks[k]; j++) lin_shape(g, k0s[k] + j, &m, &outs[j]);
+        for (int j = -1; j < nks[k]; j++) {
+            w = j < 0 ? cuda_lora_b_ws_floats((int)N, outs, nks[k], g->lrank)
+                      : cuda_lora_b_ws_floats((int)N, outs + j, 1, g->lrank);
             ws = w > ws ? w : ws;
         }
     }
@@ -652,6 +659,9 @@ static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 // hashed once in the forward and kept as bits) wherever those apply: rank 8, 16 or 32, inputs a multiple of 32 wide.
 static int g_lora_fused = -1;   // llama_cuda_lora_fused; -1: from the environment at the first use
 static int lora_fused_on(void) { return env_switch(&g_lora_fused, "HALO_LORA_FUSED"); }
+// HALO_LORA_B_FUSED=0: on the grouped path, dB and dU through two cuBLASLt products an adapter instead of cuda_lora_b
+static int g_lora_b_fused = -1;
+static int lora_b_fused_on(void) { return env_switch(&g_lora_b_fused, "HALO_LORA_B_FUSED"); }
 extern "C" void llama_cuda_lora_fused(int on) { g_lora_fused = on < 0 ? -1 : on != 0; }
 static lora_lin *lora_of(llama_cuda *g, int l, int kind) { return lora_on(g, l, kind) ? &g->la[l * LIN_COUNT + kind] : NULL; }
 static int lora_dropping(const llama_cuda *g) { return g->ltrain && g->lkeep != 1.f; }
@@ -767,10 +777,23 @@ static void lora_backward_w_group(llama_cuda *g, int l, int k0, int nk, const bf
     const int grouped = lora_group_of(g, l, k0, nk, X, NULL, &q), N = g->B * g->T, r = g->lrank;
     if (!q.n) return;
     prof_mark(g, PR_LORA);
+    cuda_lora_bgroup bg = {.n = q.n};
     for (int j = 0; j < q.n; j++) {
-        if (grouped) lora_backward_b(g, lora_of(g, l, q.kind[j]), dY + q.col[j], lddy, lora_du(g, j));
-        else lora_backward_w(g, l, q.kind[j], X, dY + q.col[j], lddy, lora_du(g, j));
+        const lora_lin *a = lora_of(g, l, q.kind[j]);
+        bg.dy[j] = (const halo_bf16 *)(dY + q.col[j]);
+        bg.out[j] = a->out;
+        bg.b[j] = (const halo_bf16 *)g->lw + a->b;
+        bg.u[j] = (const halo_bf16 *)a->u;
+        bg.gb[j] = g->lg + a->b;
+        bg.du[j] = (halo_bf16 *)lora_du(g, j);
     }
+    if (grouped && lora_b_fused_on() && cuda_lora_b_ok(&bg, r, lddy))
+        cuda_lora_b(&bg, N, lddy, r, g->lscale, g->lws, g->st);
+    else
+        for (int j = 0; j < q.n; j++) {
+            if (grouped) lora_backward_b(g, lora_of(g, l, q.kind[j]), dY + q.col[j], lddy, lora_du(g, j));
+            else lora_backward_w(g, l, q.kind[j], X, dY + q.col[j], lddy, lora_du(g, j));
+        }
     if (grouped) cuda_lora_da(&q.gr, (const halo_bf16 *)X, N, q.in, r, lora_keep(g), g->lws, g->st);
     prof_mark(g, PR_LORA);
 }

@@ -11,35 +11,40 @@
 #include <type_traits>
 #include "cuda/common.cuh"
 
-// lora.c's dropout mask (dropout_keeps: splitmix64 of (key, linear, element)), compared in integers: (z >> 11) 2^-53
-// >= p exactly when (z >> 11) >= ceil(p 2^53) = thr.
+// lora.c's dropout mask (dropout_keeps): element i of adapter lin is kept when bits 16 (i % 4) .. of the splitmix64
+// hash of (key, lin, i / 4) are >= thr (lora_dropout_threshold: ceil(p 2^16)); one hash serves four elements.
 #define LORA_GOLDEN 0x9E3779B97F4A7C15ULL
-__device__ __forceinline__ bool lora_mix_keeps(uint64_t z, uint64_t thr) {
+__device__ __forceinline__ uint64_t lora_mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (z >> 11) >= thr;
+    return z ^ (z >> 31);
 }
-__device__ __forceinline__ bool lora_keeps(uint64_t key, int lin, size_t i, uint64_t thr) {
-    return lora_mix_keeps(key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + i + 1), thr);
+__device__ __forceinline__ uint64_t lora_hash(uint64_t key, int lin, size_t quad) {
+    return lora_mix(key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + quad + 1));
 }
-// Keep bits of elements i .. i + 7 (bit b: element i + b)
-__device__ __forceinline__ uint32_t lora_keep_byte(uint64_t key, int lin, size_t i, uint64_t thr) {
-    uint64_t z = key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + i + 1);
-    uint32_t m = 0;
-#pragma unroll
-    for (int b = 0; b < 8; b++, z += LORA_GOLDEN) m |= (uint32_t)lora_mix_keeps(z, thr) << b;
-    return m;
+// The keep bits (bit b: element 4 quad + b) of the four draws of hash z
+__device__ __forceinline__ uint32_t lora_keep4(uint64_t z, uint32_t thr) {
+    const uint32_t lo = (uint32_t)z, hi = (uint32_t)(z >> 32);
+    return (uint32_t)((lo & 0xFFFFu) >= thr) | (uint32_t)((lo >> 16) >= thr) << 1 | (uint32_t)((hi & 0xFFFFu) >= thr) << 2 |
+           (uint32_t)((hi >> 16) >= thr) << 3;
+}
+__device__ __forceinline__ bool lora_keeps(uint64_t key, int lin, size_t i, uint32_t thr) {
+    return (lora_keep4(lora_hash(key, lin, i / 4), thr) >> (i & 3)) & 1u;
+}
+// Keep bits of elements i .. i + 7 (i a multiple of 8; bit b: element i + b)
+__device__ __forceinline__ uint32_t lora_keep_byte(uint64_t key, int lin, size_t i, uint32_t thr) {
+    const uint64_t z = key + LORA_GOLDEN * ((uint64_t)lin * 0x100000000ULL + i / 4 + 1);
+    return lora_keep4(lora_mix(z), thr) | lora_keep4(lora_mix(z + LORA_GOLDEN), thr) << 4;
 }
 
 // ---- the product + mask path ----
 // out[i] = x[i] where kept, else 0 (the 1 / (1 - p) scale goes into the products' alpha)
-__global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr) {
+__global__ void k_lora_mask(bf16 *out, const bf16 *x, size_t n, uint64_t key, int lin, uint32_t thr) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = lora_keeps(key, lin, i, thr) ? x[i] : __float2bfloat16(0.f);
 }
 // dx[i] += keep t[i] where kept
-__global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr, float keep) {
+__global__ void k_lora_mask_add(bf16 *dx, const bf16 *t, size_t n, uint64_t key, int lin, uint32_t thr, float keep) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         if (lora_keeps(key, lin, i, thr)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + keep * __bfloat162float(t[i]));
 }
@@ -47,12 +52,12 @@ static int grid_for(size_t n) {
     size_t b = (n + 255) / 256;
     return (int)(b > 8192 ? 8192 : b < 1 ? 1 : b);
 }
-extern "C" void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint64_t thr,
+extern "C" void cuda_lora_mask(halo_bf16 *out, const halo_bf16 *x, size_t n, uint64_t key, int lin, uint32_t thr,
                                cudaStream_t s) {
     k_lora_mask<<<grid_for(n), 256, 0, s>>>((bf16 *)out, (const bf16 *)x, n, key, lin, thr);
     CUDA_LAUNCH_CHECK();
 }
-extern "C" void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint64_t thr,
+extern "C" void cuda_lora_mask_add(halo_bf16 *dx, const halo_bf16 *t, size_t n, uint64_t key, int lin, uint32_t thr,
                                    float keep, cudaStream_t s) {
     k_lora_mask_add<<<grid_for(n), 256, 0, s>>>((bf16 *)dx, (const bf16 *)t, n, key, lin, thr, keep);
     CUDA_LAUNCH_CHECK();
@@ -76,7 +81,7 @@ __device__ __forceinline__ uint4 ldg16(const bf16 *p) { return __ldg((const uint
 enum { LORA_U_TOKENS = 32 };
 template <int R, int G, bool DROP>
 __global__ void __launch_bounds__(128) k_lora_u(cuda_lora_group gr, const bf16 *__restrict__ X, int N, int in,
-                                                float alpha, uint64_t key, uint64_t thr) {
+                                                float alpha, uint64_t key, uint32_t thr) {
     constexpr int NT = R / 8;
     __shared__ float red[4][LORA_U_TOKENS][G * R];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -323,9 +328,7 @@ __global__ void __launch_bounds__(128) k_lora_da_part(cuda_lora_group gr, const 
                 for (int m = 0; m < MT; m++) {
                     uint32_t a[4];
                     const int mat = lane >> 3, rr = lane & 7;
-                    const uint32_t addr = (uint32_t)__cvta_generic_to_shared(&sdu[j][s * 16 + (mat >> 1) * 8 + rr][m * 16 + (mat & 1) * 8]);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
+                    ldsm_x4_t(a, &sdu[j][s * 16 + (mat >> 1) * 8 + rr][m * 16 + (mat & 1) * 8]);
 #pragma unroll
                     for (int n = 0; n < 4; n++) mma16816(acc[j][m][n], a, b[n][0], b[n][1]);
                 }
@@ -353,6 +356,159 @@ __global__ void k_lora_da_sum(cuda_lora_group gr, const float *__restrict__ ws, 
         float s = 0.f;
         for (int k = 0; k < splits; k++) s += ws[(size_t)k * all + i];
         gr.ga[i / per][i % per] += keep * s;
+    }
+}
+
+// The B side of the adapters on one dY: gB_j [out_j, R] += dY_j^T U_j and dU_j [N, R] = scale dY_j B_j in one pass
+// over dY. A block: 256 columns of one adapter x a split of the tokens, 64 at a time, double-buffered by cp.async
+// ([token][column] rows padded by 16 bytes; U's rows alongside; B_j's 256 rows staged once). Per chunk, warp w:
+//   gB: columns 32w..32w+31 (two m-tiles, A = dY^T by ldmatrix.trans) over the chunk's tokens, kept in registers
+//       across the split and written as the split's partial sum (ws_gb[split][column][R]);
+//   dU: tokens 16 (w % 4).. over columns 128 (w / 4).. (A = dY by ldmatrix, B = B_j by ldmatrix.trans); the two
+//       column halves meet in shared memory and the block's partial sum goes to ws_du[column block][token][R].
+// k_lora_b_sum adds the partials in a fixed order (deterministic).
+enum { LORA_B_COLS = 256, LORA_B_CHUNK = 64, LORA_B_PITCH = LORA_B_COLS + 8 };
+typedef struct {
+    cuda_lora_bgroup gr;
+    int cb0[4];          // adapter j's column blocks: cb0[j] .. cb0[j + 1] - 1
+    long ld;             // dY's row stride
+    int N, split_tokens, splits;
+    float *ws_gb, *ws_du;   // [splits][cb0[n] * LORA_B_COLS][R], [cb0[n]][N][R]
+} lora_b_args;
+template <int R> struct lora_b_smem {
+    bf16 y[2][LORA_B_CHUNK][LORA_B_PITCH];
+    bf16 u[2][LORA_B_CHUNK][R + 8];
+    bf16 b[LORA_B_COLS][R + 8];
+    float red[4][16][R];
+};
+// B fragments (b0, b1) of n-tiles n0 / n0 + 8 (r[0..1] / r[2..3]) over k rows k0.. of a [k][n] tile with row pitch P;
+// for R = 8 the second pair reads past the tile's 8 columns into its padding and is not used
+template <int P>
+__device__ __forceinline__ void lora_b_frag(uint32_t *r, const bf16 *tile, int k0, int n0, int lane) {
+    ldsm_x4_t(r, tile + (size_t)(k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * P + n0 + (lane >> 4) * 8);
+}
+template <int R>
+__global__ void __launch_bounds__(256) k_lora_b_part(lora_b_args p) {
+    constexpr int NT = R / 8;
+    extern __shared__ __align__(16) unsigned char lora_b_raw[];
+    lora_b_smem<R> &sm = *(lora_b_smem<R> *)lora_b_raw;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int cb = blockIdx.x, split = blockIdx.y;
+    int j = 0;
+    while (j + 1 < p.gr.n && cb >= p.cb0[j + 1]) j++;
+    const int c0 = (cb - p.cb0[j]) * LORA_B_COLS, out = p.gr.out[j];
+    const bf16 *dy = (const bf16 *)p.gr.dy[j], *U = (const bf16 *)p.gr.u[j], *B = (const bf16 *)p.gr.b[j];
+    const int ts = split * p.split_tokens, te = min(p.N, ts + p.split_tokens), N = p.N;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int idx = threadIdx.x; idx < LORA_B_COLS * (R / 8); idx += blockDim.x) {
+        const int row = idx / (R / 8), q = idx % (R / 8);
+        *(uint4 *)&sm.b[row][q * 8] = c0 + row < out ? ldg16(B + (size_t)(c0 + row) * R + q * 8) : zero;
+    }
+    auto load = [&](int buf, int t0) {
+        for (int idx = threadIdx.x; idx < LORA_B_CHUNK * (LORA_B_COLS / 8); idx += blockDim.x) {
+            const int r = idx / (LORA_B_COLS / 8), c = (idx % (LORA_B_COLS / 8)) * 8, tok = t0 + r;
+            bf16 *dst = &sm.y[buf][r][c];
+            if (tok < te && c0 + c < out) cp_async16(dst, dy + (size_t)tok * p.ld + c0 + c);
+            else *(uint4 *)dst = zero;
+        }
+        for (int idx = threadIdx.x; idx < LORA_B_CHUNK * (R / 8); idx += blockDim.x) {
+            const int r = idx / (R / 8), q = (idx % (R / 8)) * 8, tok = t0 + r;
+            bf16 *dst = &sm.u[buf][r][q];
+            if (tok < te) cp_async16(dst, U + (size_t)tok * R + q);
+            else *(uint4 *)dst = zero;
+        }
+        cp_async_commit();
+    };
+    float gb[2][NT][4] = {};
+    const int chunks = te > ts ? (te - ts + LORA_B_CHUNK - 1) / LORA_B_CHUNK : 0;
+    if (chunks) load(0, ts);
+    for (int ch = 0; ch < chunks; ch++) {
+        const int buf = ch & 1, t0 = ts + ch * LORA_B_CHUNK;
+        if (ch + 1 < chunks) {
+            load(buf ^ 1, t0 + LORA_B_CHUNK);
+            cp_async_wait<1>();
+        } else cp_async_wait<0>();
+        __syncthreads();
+        const bf16 *Y = &sm.y[buf][0][0], *Uc = &sm.u[buf][0][0];
+        const int mat = lane >> 3, rr = lane & 7;
+#pragma unroll
+        for (int s = 0; s < LORA_B_CHUNK / 16; s++) {   // gB: k = the chunk's tokens
+            uint32_t a[2][4], b[(NT + 1) / 2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+                ldsm_x4_t(a[m], Y + (size_t)(s * 16 + (mat >> 1) * 8 + rr) * LORA_B_PITCH + warp * 32 + m * 16 + (mat & 1) * 8);
+#pragma unroll
+            for (int h = 0; h < (NT + 1) / 2; h++) lora_b_frag<R + 8>(b[h], Uc, s * 16, h * 16, lane);
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < NT; n++) mma16816(gb[m][n], a[m], b[n / 2][(n & 1) * 2], b[n / 2][(n & 1) * 2 + 1]);
+        }
+        float du[NT][4] = {};
+        const int mt = warp & 3, kh = warp >> 2;
+#pragma unroll
+        for (int s = 0; s < LORA_B_COLS / 32; s++) {   // dU: k = the block's columns (this warp's half)
+            const int k0 = kh * (LORA_B_COLS / 2) + s * 16;
+            uint32_t a[4], b[(NT + 1) / 2][4];
+            ldsm_x4(a, Y + (size_t)(mt * 16 + (lane & 15)) * LORA_B_PITCH + k0 + (lane >> 4) * 8);
+#pragma unroll
+            for (int h = 0; h < (NT + 1) / 2; h++) lora_b_frag<R + 8>(b[h], &sm.b[0][0], k0, h * 16, lane);
+#pragma unroll
+            for (int n = 0; n < NT; n++) mma16816(du[n], a, b[n / 2][(n & 1) * 2], b[n / 2][(n & 1) * 2 + 1]);
+        }
+        if (kh)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sm.red[mt][g + (e >> 1) * 8][n * 8 + 2 * t + (e & 1)] = du[n][e];
+        __syncthreads();   // (also: every warp is done with this chunk's buffers before the next load into them)
+        if (!kh)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int tok = t0 + mt * 16 + g + h * 8;
+                if (tok >= te) continue;
+                float *w = p.ws_du + ((size_t)cb * N + tok) * R;
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    const int c = n * 8 + 2 * t;
+                    *(float2 *)(w + c) = make_float2(du[n][2 * h] + sm.red[mt][g + h * 8][c],
+                                                     du[n][2 * h + 1] + sm.red[mt][g + h * 8][c + 1]);
+                }
+            }
+    }
+    // gB's partial sum of this split (zeros when the split has no tokens)
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int col = c0 + warp * 32 + m * 16 + g + h * 8;
+            if (col >= out) continue;
+            float *w = p.ws_gb + ((size_t)split * p.cb0[p.gr.n] * LORA_B_COLS + (size_t)cb * LORA_B_COLS + col - c0) * R;
+#pragma unroll
+            for (int n = 0; n < NT; n++) *(float2 *)(w + n * 8 + 2 * t) = make_float2(gb[m][n][2 * h], gb[m][n][2 * h + 1]);
+        }
+}
+// dU_j = scale * the column blocks' partials in order; gB_j += the splits' partials in order
+__global__ void k_lora_b_sum(lora_b_args p, int R, float scale) {
+    const size_t ndu = (size_t)p.gr.n * p.N * R, ncols = (size_t)p.cb0[p.gr.n] * LORA_B_COLS;
+    size_t ngb = 0;
+    for (int j = 0; j < p.gr.n; j++) ngb += (size_t)p.gr.out[j] * R;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < ndu + ngb; i += (size_t)gridDim.x * blockDim.x) {
+        if (i < ndu) {
+            const int j = (int)(i / ((size_t)p.N * R));
+            const size_t e = i % ((size_t)p.N * R);
+            float s = 0.f;
+            for (int cb = p.cb0[j]; cb < p.cb0[j + 1]; cb++) s += p.ws_du[(size_t)cb * p.N * R + e];
+            ((bf16 *)p.gr.du[j])[e] = __float2bfloat16(scale * s);
+        } else {
+            size_t e = i - ndu;
+            int j = 0;
+            while (e >= (size_t)p.gr.out[j] * R) e -= (size_t)p.gr.out[j++] * R;
+            const size_t at = (size_t)p.cb0[j] * LORA_B_COLS * R + e;   // column e / R of adapter j's first block
+            float s = 0.f;
+            for (int k = 0; k < p.splits; k++) s += p.ws_gb[(size_t)k * ncols * R + at];
+            p.gr.gb[j][e] += s;
+        }
     }
 }
 
@@ -391,7 +547,7 @@ extern "C" size_t cuda_lora_da_ws_floats(int N, int in, int r, int n) {
     } while (0)
 
 extern "C" void cuda_lora_u(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float alpha,
-                            uint64_t key, uint64_t thr, cudaStream_t s) {
+                            uint64_t key, uint32_t thr, cudaStream_t s) {
     if (N <= 0) return;
     LORA_DISPATCH(k_lora_u, cdiv(N, LORA_U_TOKENS), 128, *gr, (const bf16 *)X, N, in, alpha, key, thr);
     CUDA_LAUNCH_CHECK();
@@ -434,5 +590,55 @@ extern "C" void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int 
     CUDA_LAUNCH_CHECK();
     const size_t per = (size_t)r * in;
     k_lora_da_sum<<<grid_for(gr->n * per), 256, 0, s>>>(*gr, ws, splits, per, keep);
+    CUDA_LAUNCH_CHECK();
+}
+
+// The B side's geometry: column blocks of each adapter (cb0), token splits for about 2 blocks an SM (whole chunks)
+static int lora_b_plan(const cuda_lora_bgroup *gr, int N, int cb0[4], int *split_tokens) {
+    cb0[0] = 0;
+    for (int j = 0; j < gr->n; j++) cb0[j + 1] = cb0[j] + cdiv(gr->out[j], LORA_B_COLS);
+    const int chunks = cdiv(N, LORA_B_CHUNK);
+    int splits = cdiv(264, cb0[gr->n]);
+    if (splits > chunks) splits = chunks;
+    if (splits < 1) splits = 1;
+    *split_tokens = cdiv(chunks, splits) * LORA_B_CHUNK;
+    return cdiv(N, *split_tokens);
+}
+extern "C" int cuda_lora_b_ok(const cuda_lora_bgroup *gr, int r, long ld) {
+    if (!rank_ok(r) || gr->n < 1 || gr->n > 3 || ld % 8) return 0;
+    for (int j = 0; j < gr->n; j++)
+        if (gr->out[j] <= 0 || gr->out[j] % 8 || ((uintptr_t)gr->dy[j] & 15) || ((uintptr_t)gr->u[j] & 15) ||
+            ((uintptr_t)gr->b[j] & 15) || ((uintptr_t)gr->gb[j] & 7))
+            return 0;
+    return 1;
+}
+extern "C" size_t cuda_lora_b_ws_floats(int N, const int *outs, int n, int r) {
+    cuda_lora_bgroup gr = {.n = n};
+    for (int j = 0; j < n; j++) gr.out[j] = outs[j];
+    int cb0[4], st;
+    const int splits = lora_b_plan(&gr, N, cb0, &st);
+    return ((size_t)splits * LORA_B_COLS + N) * cb0[n] * r;
+}
+extern "C" void cuda_lora_b(const cuda_lora_bgroup *gr, int N, long ld, int r, float scale, float *ws, cudaStream_t s) {
+    if (N <= 0) return;
+    lora_b_args p = {.gr = *gr, .ld = ld, .N = N};
+    p.splits = lora_b_plan(gr, N, p.cb0, &p.split_tokens);
+    p.ws_gb = ws;
+    p.ws_du = ws + (size_t)p.splits * p.cb0[gr->n] * LORA_B_COLS * r;
+    const dim3 grid(p.cb0[gr->n], p.splits);
+#define LORA_B(RR)                                                                                                   \
+    do {                                                                                                             \
+        const int bytes = (int)sizeof(lora_b_smem<RR>);   /* set each call: the attribute is the current device's */ \
+        CUDA_CHECK(cudaFuncSetAttribute(k_lora_b_part<RR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));      \
+        k_lora_b_part<RR><<<grid, 256, bytes, s>>>(p);                                                               \
+    } while (0)
+    if (r == 8) LORA_B(8);
+    else if (r == 16) LORA_B(16);
+    else LORA_B(32);
+#undef LORA_B
+    CUDA_LAUNCH_CHECK();
+    size_t total = (size_t)gr->n * N * r;
+    for (int j = 0; j < gr->n; j++) total += (size_t)gr->out[j] * r;
+    k_lora_b_sum<<<grid_for(total), 256, 0, s>>>(p, r, scale);
     CUDA_LAUNCH_CHECK();
 }

@@ -47,16 +47,19 @@ static int check_config(const lora_config *c, const char *where) {
     return HALO_OK;
 }
 
-// splitmix64 finalizer: one well-mixed u64 per (key, linear, element)
+// splitmix64 finalizer: one well-mixed u64 per (key, linear, group of four elements)
 static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
 }
-static inline int dropout_keeps(uint64_t key, int lin, size_t i, double p) {
-    uint64_t z = mix64(key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + i + 1));
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0) >= p;
+uint32_t lora_dropout_threshold(double p) { return (uint32_t)ceil(p * 65536.0); }
+// Element i is kept when its 16-bit draw, bits 16 (i % 4) .. of the hash of (key, lin, i / 4), is >= thr
+static inline int dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr) {
+    const uint64_t z = mix64(key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + i / 4 + 1));
+    return ((z >> (16 * (i & 3))) & 0xFFFF) >= thr;
 }
+int lora_dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr) { return dropout_keeps(key, lin, i, thr); }
 
 void llama_lora_free(llama_model *m) {
     struct llama_lora *a = m->lora;
@@ -152,8 +155,9 @@ static const float *dropped_input(struct llama_lora *a, int lin, const float *X,
     const float keep = (float)(1.0 / (1.0 - p));
     float *xd = a->xd;
     const uint64_t key = a->key;
+    const uint32_t thr = lora_dropout_threshold(p);
 #pragma omp parallel for schedule(static) if (n > (1u << 16))
-    for (size_t i = 0; i < n; i++) xd[i] = dropout_keeps(key, lin, i, p) ? X[i] * keep : 0.0f;
+    for (size_t i = 0; i < n; i++) xd[i] = dropout_keeps(key, lin, i, thr) ? X[i] * keep : 0.0f;
     return xd;
 }
 
@@ -199,8 +203,9 @@ void lora_linear_backward(llama_model *m, int layer, int kind, float *dX, const 
             const size_t n = (size_t)b * in;
             const float keep = (float)(1.0 / (1.0 - p));
             const uint64_t key = a->key;
+            const uint32_t thr = lora_dropout_threshold(p);
 #pragma omp parallel for schedule(static) if (n > (1u << 16))
-            for (size_t i = 0; i < n; i++) if (dropout_keeps(key, lin, i, p)) dX[i] += t[i] * keep;
+            for (size_t i = 0; i < n; i++) if (dropout_keeps(key, lin, i, thr)) dX[i] += t[i] * keep;
         }
     }
     free(dU);

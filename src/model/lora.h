@@ -24,6 +24,11 @@ void llama_lora_free(llama_model *m);
 // Training mode: dropout on, its masks drawn from `key` (forward and backward of one micro-batch use the same key).
 // Off (the default): no dropout, as in evaluation and generation.
 void llama_lora_train(llama_model *m, int on, uint64_t key);
+// The dropout mask: element i of linear lin (layer * LIN_COUNT + kind) is kept when bits 16 (i % 4) .. 16 (i % 4) + 15
+// of splitmix64(key + golden (lin 2^32 + i / 4 + 1)) are >= this threshold, ceil(p 2^16) (one hash serves four
+// elements; the GPU kernels draw the same masks).
+uint32_t lora_dropout_threshold(double p);
+int lora_dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr);   // 1: element i of linear lin is kept
 
 // What training updates: the adapters' parameters when m has them, else the whole model's (grads: NULL until
 // llama_alloc_grads).
