@@ -100,6 +100,10 @@ step "bench_cuda_lora (LoRA products at 1B shapes)" bench_lora.log 60 $B/bench/b
 keep bench_lora.log "^\\||per layer|x 16" 90
 keep b1lora.log "LoRA adapters|layer products|adamw|rmsnorm|attention|lm_head|sum" 20
 trainbench "bench 1B LoRA r16 HALO int8 L0" b1lorai0.log --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
+step "bench 1B LoRA r16 HALO int8 L0 U B^T by its own pass (HALO_LORA_EPILOGUE=0)" b1lorai0ep0.log 45 env HALO_LORA_EPILOGUE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
+keep b1lorai0ep0.log "^\{" 2
+step "bench 1B LoRA r16 BF16 dB and dU by cuBLASLt (HALO_LORA_B_FUSED=0)" b1lorabf0.log 45 env HALO_LORA_B_FUSED=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16 --no-breakdown
+keep b1lorabf0.log "^\{" 2
 trainbench "bench 1B LoRA r16 BF16 dropout 0" b1lorad0.log --model llama3.2-1b --lora 16 --lora-dropout 0 --no-breakdown
 step "torch LoRA (PEFT) llama3.2-1b r16 fp32 adapter products, compiled" peft_1bf32.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --no-autocast --compile
 keep peft_1bf32.log "^\{" 2

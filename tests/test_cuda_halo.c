@@ -734,6 +734,93 @@ static void test_gemm_s8_dq(void) {
     cudaFree(dal);
 }
 
+// The own kernel with a LoRA adapter's U B^T added in the epilogue (halo_cuda_gemm_s8_dq_lora) against the plain
+// kernel's fp32 values + U B^T in float64: fp32 forms (=, +=, res +) within 1e-6 relative of the reference and the
+// added term (own - plain) within 1e-5 of U B^T, the bf16 form within its rounding; U B^T about as large as the product
+// (so a missing term fails), ranks 8, 16 and 32, partial tiles and Mo < M; the columns past No keep their poison.
+static void test_gemm_s8_dq_lora(void) {
+    static const int shapes[][6] = {   // M, N, K, Mo, No, rank
+        {384, 512, 256, 384, 512, 16}, {300, 400, 208, 290, 392, 8}, {2048, 1024, 512, 2048, 1024, 32}};
+    if (!own_int8_kernel("own INT8 kernel + LoRA")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0x10BA5EEDULL;
+    const float al = 1.37f / 4096;
+    float *dal = t_dev_copy(&al, 4);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], N = shapes[c][1], K = shapes[c][2], Mo = shapes[c][3], No = shapes[c][4],
+                  r = shapes[c][5];
+        const long ldd = No + 8;
+        int8_t *hA, *hB, *dA = rand_codes_dev((size_t)M * K, &hA), *dB = rand_codes_dev((size_t)N * K, &hB);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        float *P = dev_poison(ob);   // the plain product, fp32
+        CHECK(halo_cuda_gemm_s8_dq(P, 1, ldd, NULL, 0, dA, K, dB, K, M, N, K, Mo, No, dal, NULL, 0) == HALO_OK,
+              "own int8 gemm: %s", halo_error());
+        float *hp = t_host_of(P, ob);
+        double pr = 0;
+        for (int i = 0; i < Mo; i++)
+            for (int j = 0; j < No; j++) pr += (double)hp[(size_t)i * ldd + j] * hp[(size_t)i * ldd + j];
+        const double prms = sqrt(pr / ((double)Mo * No));
+        float *U = t_rand_vec(&rng, (size_t)Mo * r, prms / sqrt((double)r)), *Bl = t_rand_vec(&rng, (size_t)No * r, 1.0);
+        t_round_bf16(U, (size_t)Mo * r);
+        t_round_bf16(Bl, (size_t)No * r);
+        halo_bf16 *dU = t_dev_bf16(U, (size_t)Mo * r), *dBl = t_dev_bf16(Bl, (size_t)No * r);
+        double *ub = malloc(8 * (size_t)Mo * No);
+        for (int i = 0; i < Mo; i++)
+            for (int j = 0; j < No; j++) {
+                double sum = 0;
+                for (int k = 0; k < r; k++) sum += (double)U[(size_t)i * r + k] * Bl[(size_t)j * r + k];
+                ub[(size_t)i * No + j] = sum;
+            }
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, prms);
+        float *dR = t_dev_copy(R, ob);
+        static const char *form[4] = {"bf16", "fp32", "fp32 +=", "fp32 res +"};
+        for (int f = 0; f < 4; f++) {
+            const int f32 = f > 0, acc = f == 2;
+            const float *res = f == 3 ? dR : NULL;
+            void *own = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob);
+            const int rc = halo_cuda_gemm_s8_dq_lora(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, dU,
+                                                     dBl, r, 0);
+            CHECK(rc == HALO_OK, "own int8 gemm + LoRA: %s", halo_error());
+            float *ho = f32 ? t_host_of(own, ob) : NULL;
+            halo_bf16 *hb = f32 ? NULL : t_host_of(own, 2 * (size_t)Mo * ldd);
+            float *hv = f32 ? NULL : malloc(4 * (size_t)Mo * ldd);
+            if (!f32) cuda_bf16_to_f32_host(hv, hb, (size_t)Mo * ldd);
+            const float *got = f32 ? ho : hv;
+            double e = 0, n2 = 0, et = 0, t2 = 0;
+            long pad_bad = 0;
+            for (int i = 0; i < Mo; i++) {
+                for (int j = 0; j < No; j++) {
+                    const size_t at = (size_t)i * ldd + j;
+                    const double base = (f >= 2 ? R[at] : 0) + (double)hp[at], want = base + ub[(size_t)i * No + j];
+                    e += (got[at] - want) * (got[at] - want);
+                    n2 += want * want;
+                    const double term = got[at] - base;
+                    et += (term - ub[(size_t)i * No + j]) * (term - ub[(size_t)i * No + j]);
+                    t2 += ub[(size_t)i * No + j] * ub[(size_t)i * No + j];
+                }
+                // past No: the poison (0xFF bytes) or, for +=, R untouched
+                for (long j = No; j < ldd; j++) {
+                    const size_t at = (size_t)i * ldd + j;
+                    if (f == 2) pad_bad += got[at] != R[at];
+                    else if (f32) pad_bad += ((const uint32_t *)ho)[at] != 0xFFFFFFFFu;
+                    else pad_bad += ((const uint16_t *)hb)[at] != 0xFFFFu;
+                }
+            }
+            char detail[64];
+            snprintf(detail, sizeof detail, "%dx%dx%d -> %dx%d r %d %s", M, N, K, Mo, No, r, form[f]);
+            row("own int8 gemm + LoRA U B^T", detail, sqrt(e / n2), f32 ? 1e-6 : 3e-3, 0, 0);
+            if (f32) row("  the added term vs U B^T", detail, sqrt(et / t2), 1e-5, 0, 0);
+            CHECK(pad_bad == 0, "%s: %ld values written past column %d", detail, pad_bad, No);
+            free(ho); free(hb); free(hv);
+            cudaFree(own);
+        }
+        free(hA); free(hB); free(hp); free(U); free(Bl); free(ub); free(R);
+        cudaFree(dA); cudaFree(dB); cudaFree(P); cudaFree(dU); cudaFree(dBl); cudaFree(dR);
+    }
+    cudaFree(dal);
+    rng = saved;
+}
+
 // The own kernel with the rows of its output rotated by a block-diagonal H_B in the epilogue (HALO's H_m^T after the
 // G and E_X products, blocks of a power of two <= 256) against (a) cuBLASLt's int32 product + halo_cuda_had_rows (bit
 // for bit, bf16 and fp32 forms) and (b) the CPU: float(c) * alpha, then halo_hadamard_rows (fp32 forms, bit for bit;
@@ -1763,6 +1850,7 @@ int main(void) {
     test_gemm();
     test_gemm_tune();
     test_gemm_s8_dq();
+    test_gemm_s8_dq_lora();
     test_gemm_s8_dq_rot();
     test_gemm_s8_dq_tok();
     test_linear();

@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
+#include "cuda/halo_cuda.h"
 #include "test_cuda.h"
 #include "test_variants.h"
 #include "model/linear.h"
@@ -210,6 +211,17 @@ static void test_grads(int stories, int rank, double dropout) {
             row("LoRA+HALO loss GPU vs CPU HALO", d2, fabs(lhg - lhc) / lhc, 2e-2);
             row("LoRA+HALO adapter grads GPU vs CPU", d2, e_h, fmax(fmax(0.1, 3 * e_all), 0.85 * e_self));
             printf("   CPU HALO vs CPU fp32 LoRA: loss rel %.2e, adapter grads %.3g\n", fabs(lhc - lc) / lc, e_self);
+            if (hcfg[k].prec == HALO_PREC_INT8) {
+                // U B^T added in the own INT8 kernel's epilogue (default; the random model's q, o, gate, up, down)
+                // against a separate pass over Y: one bf16 rounding of Y fewer, which flips some 8-bit codes later
+                float *ge = malloc(4 * n);
+                halo_cuda_lora_epilogue(0);
+                const float lsep = gpu_grads(&m, &b, &hc, key, ge, NULL);
+                halo_cuda_lora_epilogue(-1);
+                row("LoRA+HALO epilogue vs Y pass, loss", d2, fabs(lhg - lsep) / lsep, 1e-3);
+                row("LoRA+HALO epilogue vs Y pass, grads", d2, rel_l2_f(gh, ge, n), fmax(1e-2, 1.5 * e_h));
+                free(ge);
+            }
         }
     }
     free(gc); free(gg); free(gh); free(g32);

@@ -187,6 +187,12 @@ int halo_cuda_gemm_s8_dq_tok_ok(const halo_cuda_had *tok);
 int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                              const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                              const halo_cuda_had *rot, const halo_cuda_had *tok, cudaStream_t s);
+// The same (no rotations) with a LoRA adapter's U B^T added before the store, in fp32 (U [Mo][r] and B [No][r] bf16,
+// U 4-byte and B 16-byte aligned; r 8, 16 or 32: halo_cuda_gemm_s8_dq_lora_ok): D = *alpha A B^T + U B^T (fp32: =, += or res + that).
+int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r);
+int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                              const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                              const halo_bf16 *U, const halo_bf16 *Bl, int r, cudaStream_t s);
 void halo_cuda_gemm_s8_own(int on);
 int halo_cuda_gemm_s8_owning(void);   // 1 when the own kernel is on and this device runs it
 // 1 (default): each new INT8 product shape (FP8: with K <= 1024) takes the fastest of cuBLASLt's first 8 algorithms
@@ -247,6 +253,8 @@ typedef struct halo_cuda_linear {
     struct halo_cuda_tele *tele;   // telemetry state (halo_telemetry.cu), NULL until first switched on
     int tele_on;
     const float *tele_snap, *tele_snap_g;   // telemetry: snapshots of the rows a call adds into
+    const halo_bf16 *lora_u, *lora_b;   // halo_cuda_linear_lora_next: an adapter for the next forward's epilogue
+    int lora_r, lora_added;
     char note[256];
 } halo_cuda_linear;
 
@@ -317,6 +325,13 @@ void halo_cuda_w_amax(int on);
 enum { HALO_CUDA_NO_G = 256 };
 int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32,
                                    long ldy, const float *R, int flags, int b, int m, int n, cudaStream_t s);
+// A LoRA adapter on this linear for the next forward only: U [b][r] and B [n][r] bf16 (U = s dropout(X) A^T). That
+// forward adds U B^T into Y before its store when its product runs on the own INT8 kernel's plain dequantizing path
+// (halo_cuda_gemm_s8_dq_lora; no telemetry), and halo_cuda_linear_lora_added then says 1; else 0 and the caller adds
+// it. HALO_LORA_EPILOGUE=0 (or halo_cuda_lora_epilogue(0), process-wide) never adds it there.
+void halo_cuda_linear_lora_next(halo_cuda_linear *L, const halo_bf16 *U, const halo_bf16 *B, int r);
+int halo_cuda_linear_lora_added(const halo_cuda_linear *L);
+void halo_cuda_lora_epilogue(int on);
 // EY [b][n] bf16; EX [b][m] overwritten (fp32 when ex_f32, else bf16; NULL = not needed); G [n][m] fp32
 // accumulated (G += dW; NULL = frozen weight). Uses the codes saved by the preceding forward.
 int halo_cuda_linear_backward(halo_cuda_linear *L, const halo_bf16 *EY, void *EX, int ex_f32, float *G, int b, int m,

@@ -252,6 +252,8 @@ static int plan_hb(halo_cuda_linear *L, int b) {
 static int g_colrot = -1;
 extern "C" void halo_cuda_l2_colrot(int on) { g_colrot = on ? 1 : 0; }
 static int colrot_on(void) { return env_switch(&g_colrot, "HALO_CUDA_L2_COLROT"); }
+static int g_lora_epi = -1;   // halo_cuda_lora_epilogue; -1: from HALO_LORA_EPILOGUE at the first use
+static int lora_epilogue_on(void) { return env_switch(&g_lora_epi, "HALO_LORA_EPILOGUE"); }
 
 static int check(const halo_cuda_linear *L, int b, int m, int n) {
     if (b < 1 || m < 1 || n < 1) return halo_fail("%s: bad shapes b=%d m=%d n=%d", L->name, b, m, n);
@@ -415,6 +417,15 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
     if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, No)) &&
         halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, Mo,
                                 No)) {
+        if (which == 0 && !post && L->lora_r && !L->tele_on && lora_epilogue_on() &&
+            halo_cuda_gemm_s8_dq_lora_ok(L->lora_u, L->lora_b, L->lora_r)) {   // + a LoRA adapter's U B^T
+            PROF("fwd gemm Y + LoRA U B^T", ab + out_b + (res ? 4 * mono : 0) + 2.0 * L->lora_r * (Mo + No),
+                 rc = halo_cuda_gemm_s8_dq_lora(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda,
+                                                (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, L->lora_u, L->lora_b,
+                                                L->lora_r, s));
+            L->lora_added = rc == HALO_OK;
+            return rc;
+        }
         static const char *fused_name[3] = {"fwd gemm Y + H_m^T", "bwd gemm E_X + H_m^T", "bwd gemm G + H_m^T"};
         PROF(post ? fused_name[which] : gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
              rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda,
@@ -574,9 +585,26 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     return HALO_OK;
 }
 
+extern "C" void halo_cuda_lora_epilogue(int on) { g_lora_epi = on < 0 ? -1 : on != 0; }
+extern "C" void halo_cuda_linear_lora_next(halo_cuda_linear *L, const halo_bf16 *U, const halo_bf16 *B, int r) {
+    L->lora_u = U;
+    L->lora_b = B;
+    L->lora_r = r;
+}
+extern "C" int halo_cuda_linear_lora_added(const halo_cuda_linear *L) { return L->lora_added; }
+
+static int forward_one(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, long ldy,
+                       const float *R, int flags, int b, int m, int n, cudaStream_t s);
 extern "C" int halo_cuda_linear_forward_flags(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y,
                                               int y_f32, long ldy, const float *R, int flags, int b, int m, int n,
                                               cudaStream_t s) {
+    L->lora_added = 0;
+    const int rc = forward_one(L, X, W, Y, y_f32, ldy, R, flags, b, m, n, s);
+    L->lora_r = 0;   // the adapter was for this forward only
+    return rc;
+}
+static int forward_one(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, long ldy,
+                       const float *R, int flags, int b, int m, int n, cudaStream_t s) {
     if (!L->tele_on) return forward_body(L, X, W, Y, y_f32, ldy, R, flags, b, m, n, s);
     // telemetry: the residual's sampled rows before the product adds into them, the errors after
     const int ok = b > 0 && n > 0 && ldy >= n && (!R || y_f32);

@@ -42,6 +42,8 @@ struct dq_args {
     float rot_scale;   // 1 / sqrt(B), the plan's float
     int tok_stages;    // > 0: then the columns (over tokens, the rows of D) rotated by H_T, T = 2^tok_stages <= 64
     float tok_scale;   // 1 / sqrt(T), the plan's float
+    const __nv_bfloat16 *lu, *lb;   // lr > 0: + U B^T (a LoRA adapter: U [Mo][lr], B [No][lr] bf16) before the store
+    int lr;
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -227,6 +229,48 @@ __device__ __forceinline__ void tile_of(int t, int nm, int nn, int *m0, int *n0)
 }
 #endif
 
+#ifdef HALO_WGMMA
+// + U B^T into a consumer warp's 16 x 256 fp32 tile (rows row0..): the wgmma accumulator of columns 8i..8i+7 is
+// mma.sync's C fragment of n-tile i, so each n-tile takes m16n8k16 products of U's rows (A fragments from global
+// memory, zero past Mo and past r) and the tile's 256 rows of B, staged in shared memory by stage_lora_b ([256][r],
+// zero past No)
+__device__ __forceinline__ void lora_epilogue(int *acc, const dq_args &p, const __nv_bfloat16 *sb, int row0, int lane) {
+    const int g = lane >> 2, t = lane & 3, r = p.lr;
+    for (int k0 = 0; k0 < r; k0 += 16) {
+        uint32_t a[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = row0 + g + (e & 1) * 8, k = k0 + 2 * t + (e >> 1) * 8;
+            a[e] = row < p.Mo && k < r ? *(const uint32_t *)(p.lu + (long)row * r + k) : 0u;
+        }
+        const int k = k0 + 2 * t;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const __nv_bfloat16 *brow = sb + (8 * i + g) * r;
+            const uint32_t b0 = k < r ? *(const uint32_t *)(brow + k) : 0u, b1 = k + 8 < r ? *(const uint32_t *)(brow + k + 8) : 0u;
+            float c[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) c[e] = __int_as_float(acc[4 * i + e]);
+            mma16816(c, a, b0, b1);
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[4 * i + e] = __float_as_int(c[e]);
+        }
+    }
+}
+// B's rows n0 .. n0 + 255 into sb by the 256 consumer threads (ct), between two barriers of theirs (id 3): the other
+// warpgroup has finished the previous tile's reads before they are overwritten
+__device__ __forceinline__ void stage_lora_b(const dq_args &p, __nv_bfloat16 *sb, int n0, int ct) {
+    asm volatile("bar.sync 3, 256;" ::: "memory");
+    const int per = p.lr / 8;   // 16-byte pieces a row
+    for (int idx = ct; idx < BN * per; idx += 256) {
+        const int row = idx / per, q = idx % per;
+        *(uint4 *)(sb + row * p.lr + q * 8) =
+            n0 + row < p.No ? __ldg((const uint4 *)(p.lb + (long)(n0 + row) * p.lr + q * 8)) : make_uint4(0, 0, 0, 0);
+    }
+    asm volatile("bar.sync 3, 256;" ::: "memory");
+}
+#endif
+
 __global__ void __launch_bounds__(THREADS, 1)
 k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const dq_args p) {
 #ifdef HALO_WGMMA
@@ -295,6 +339,11 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
         if (p.tok_stages)
             rotate_tokens(acc, lane, warp, p.tok_stages, p.tok_scale,
                           (float4 *)(smem + STAGES * STAGE_BYTES + 2 * STAGES * 8) + cw * (XCH_BYTES / 32), 1 + cw);
+        if (p.lr) {   // (no token rotation with an adapter: its exchange area holds B's rows)
+            __nv_bfloat16 *sb = (__nv_bfloat16 *)(smem + STAGES * STAGE_BYTES + 2 * STAGES * 8);
+            stage_lora_b(p, sb, n0, threadIdx.x - 128);
+            lora_epilogue(acc, p, sb, m0 + cw * 64 + warp * 16, lane);
+        }
         const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
         if (!p.d_f32) {
 #pragma unroll
@@ -465,10 +514,32 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
                                     s);
 }
 
+static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                     const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                     const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr,
+                     cudaStream_t s);
 extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate,
                                         const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                                         int Mo, int No, const float *alpha, const halo_cuda_had *rot,
                                         const halo_cuda_had *tok, cudaStream_t s) {
+    return launch_dq(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, rot, tok, NULL, NULL, 0, s);
+}
+static_assert(XCH_BYTES >= BN * 32 * 2, "the exchange area holds a tile's B rows of rank 32");
+extern "C" int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r) {
+    return (r == 8 || r == 16 || r == 32) && ((uintptr_t)U & 3) == 0 && ((uintptr_t)Bl & 15) == 0;
+}
+extern "C" int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, int accumulate,
+                                         const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
+                                         int Mo, int No, const float *alpha, const halo_bf16 *U, const halo_bf16 *Bl,
+                                         int r, cudaStream_t s) {
+    if (!halo_cuda_gemm_s8_dq_lora_ok(U, Bl, r))
+        return halo_fail("halo_cuda_gemm_s8_dq_lora: rank %d or unaligned U / B (the epilogue takes ranks 8, 16, 32)", r);
+    return launch_dq(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, NULL, NULL, U, Bl, r, s);
+}
+static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                     const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                     const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr,
+                     cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
@@ -501,6 +572,9 @@ extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const floa
         while ((1 << p.tok_stages) < tok->block) p.tok_stages++;
         p.tok_scale = tok->scale;
     }
+    p.lu = (const __nv_bfloat16 *)lu;
+    p.lb = (const __nv_bfloat16 *)lb;
+    p.lr = lr;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();

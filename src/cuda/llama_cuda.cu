@@ -10,7 +10,7 @@
 // With LoRA adapters on the host model (llama_get_lora), only the adapters train: per adapted linear A and B in fp32
 // (values, gradients, AdamW moments) with a bf16 copy for the products, added to the frozen base products (BF16 or
 // HALO, forward and input gradient only); the base keeps its bf16 weights alone (no master, gradient or moment).
-// The adapters that read one input run together through lora.cu's grouped kernels (lora_forward_group, ...).
+// The adapters that read one input run together through lora.cu's grouped kernels (lora_forward_u, ...).
 // Data parallel with sharded moments (opts.shard_comm, ZeRO-1): rank r holds the moments of piece r of the flat
 // parameter buffer only, updates that piece and all-gathers the fp32 master (see shard_setup).
 #include <math.h>
@@ -749,26 +749,49 @@ static int lora_group_of(llama_cuda *g, int l, int k0, int nk, const bf16 *X, co
            (!dX || aligned16(dX));
 }
 
-// Y [N, ldy] (fp32 or bf16) += each adapter's s dropout(X) A^T B^T in its linear's columns, for layer l's linears
-// k0 .. k0 + nk - 1 reading X; U kept.
-static void lora_forward_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, void *Y, int y_f32, long ldy) {
-    lora_group q;
-    const int grouped = lora_group_of(g, l, k0, nk, X, NULL, &q), N = g->B * g->T, r = g->lrank;
-    if (!q.n) return;
+// The forward of the adapters on layer l's linears k0 .. k0 + nk - 1 reading X, in two parts around the base products.
+// lora_forward_u, before them: on the grouped path U_j = s dropout(X) A_j^T for all of them (returns 1; the HALO
+// products may then add U_j B_j^T in their epilogue: lora_epilogue_next); else nothing (0).
+static int lora_forward_u(llama_cuda *g, int l, int k0, int nk, const bf16 *X, lora_group *q) {
+    const int grouped = lora_group_of(g, l, k0, nk, X, NULL, q);
+    if (!q->n || !grouped) return 0;
     prof_mark(g, PR_LORA);
-    if (grouped)
-        cuda_lora_u(&q.gr, (const halo_bf16 *)X, N, q.in, r, g->lscale * lora_keep(g), g->lkey, g->lthr, g->st);
-    for (int j = 0; j < q.n; j++) {
-        void *Yj = (char *)Y + q.col[j] * (y_f32 ? 4 : 2);
-        if (!grouped) lora_forward(g, l, q.kind[j], X, Yj, y_f32, ldy);
-        else {
-            const lora_lin *a = lora_of(g, l, q.kind[j]);
+    cuda_lora_u(&q->gr, (const halo_bf16 *)X, g->B * g->T, q->in, g->lrank, g->lscale * lora_keep(g), g->lkey, g->lthr,
+                g->st);
+    prof_mark(g, PR_LORA);
+    return 1;
+}
+// Linear k's adapter (if any) for its HALO forward's epilogue (halo_cuda_linear_lora_next), on the grouped path.
+static void lora_epilogue_next(llama_cuda *g, int l, int k, halo_cuda_linear *L, const lora_group *q, int grouped) {
+    for (int j = 0; grouped && j < q->n; j++)
+        if (q->kind[j] == k)
+            halo_cuda_linear_lora_next(L, q->gr.u[j], (const halo_bf16 *)g->lw + lora_of(g, l, k)->b, g->lrank);
+}
+// ... lora_forward_y, after them: Y [N, ldy] (fp32 or bf16) += each adapter's U B^T in its linear's columns where the
+// product did not add it (bit j of added), or, off the grouped path, each adapter whole (U kept).
+static void lora_forward_y(llama_cuda *g, int l, const bf16 *X, void *Y, int y_f32, long ldy, const lora_group *q,
+                           int grouped, unsigned added) {
+    const int N = g->B * g->T, r = g->lrank;
+    if (!q->n || (grouped && added == (1u << q->n) - 1)) return;
+    prof_mark(g, PR_LORA);
+    for (int j = 0; j < q->n; j++) {
+        void *Yj = (char *)Y + q->col[j] * (y_f32 ? 4 : 2);
+        if (!grouped) lora_forward(g, l, q->kind[j], X, Yj, y_f32, ldy);
+        else if (!(added >> j & 1)) {
+            const lora_lin *a = lora_of(g, l, q->kind[j]);
             const halo_bf16 *B = (const halo_bf16 *)g->lw + a->b;
-            if (cuda_lora_y_ok(r, a->out, ldy, y_f32, Yj)) cuda_lora_y(Yj, y_f32, ldy, q.gr.u[j], B, N, a->out, r, g->st);
-            else cuda_gemm_rm(Yj, y_f32, ldy, q.gr.u[j], r, 0, B, r, 1, N, a->out, r, 1.f, 1.f, g->st);
+            if (cuda_lora_y_ok(r, a->out, ldy, y_f32, Yj)) cuda_lora_y(Yj, y_f32, ldy, q->gr.u[j], B, N, a->out, r, g->st);
+            else cuda_gemm_rm(Yj, y_f32, ldy, q->gr.u[j], r, 0, B, r, 1, N, a->out, r, 1.f, 1.f, g->st);
         }
     }
     prof_mark(g, PR_LORA);
+}
+// Bit j: adapter j of q sits on linear k, whose HALO forward L just added it in its epilogue.
+static unsigned lora_added_bit(const lora_group *q, int k, const halo_cuda_linear *L) {
+    unsigned bit = 0;
+    for (int j = 0; j < q->n; j++)
+        if (q->kind[j] == k && halo_cuda_linear_lora_added(L)) bit |= 1u << j;
+    return bit;
 }
 // Their gradients, the part that reads X (before the base's input gradient may overwrite it): dB_j and dU_j (slot j)
 // from dY's columns, then dA_j.
@@ -1163,18 +1186,23 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
     int N = g->B * g->T, D = g->c.dim;
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     long col = 0;
+    lora_group q;   // LoRA: each adapter adds into its linear's columns
+    const int grouped = lora_forward_u(g, l, k0, nk, X, &q);
+    unsigned added = 0;
     if (!hl_of(g, l, k0)) PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
     else
         for (int k = k0; k < k0 + nk; k++) {
             int m, n;
             lin_shape(g, k, &m, &n);
-            PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(hl_of(g, l, k), (const halo_bf16 *)X, W + col * D,
-                                                                       Y + col, 0, ldy, NULL,
-                                                                       (k == k0 ? xf : 0) | w_flag(g, l, k), N, D, n,
-                                                                       g->st)));
+            halo_cuda_linear *L = hl_of(g, l, k);
+            lora_epilogue_next(g, l, k, L, &q, grouped);
+            PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W + col * D, Y + col, 0,
+                                                                       ldy, NULL, (k == k0 ? xf : 0) | w_flag(g, l, k),
+                                                                       N, D, n, g->st)));
+            added |= lora_added_bit(&q, k, L);
             col += n;
         }
-    lora_forward_group(g, l, k0, nk, X, Y, 0, ldy);   // LoRA: each adapter adds into its linear's columns
+    lora_forward_y(g, l, X, Y, 0, ldy, &q, grouped, added);
 }
 
 // Y [N, n] (fp32) = R + X [N, m] W^T for linear `kind` (o or down) with weight at w_off; xf as group_forward's.
@@ -1184,10 +1212,17 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     lin_shape(g, kind, &m, &n);
     const halo_bf16 *W = (const halo_bf16 *)g->w + w_off;
     halo_cuda_linear *L = hl_of(g, l, kind);
+    lora_group q;
+    const int grouped = lora_forward_u(g, l, kind, 1, X, &q);
+    unsigned added = 0;
     if (!L) PROF(g, PR_MM_F, cuda_linear_forward(Y, 1, (const halo_bf16 *)X, W, R, N, m, n, g->st));
-    else PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
-                                                                    xf | w_flag(g, l, kind), N, m, n, g->st)));
-    lora_forward_group(g, l, kind, 1, X, Y, 1, n);
+    else {
+        lora_epilogue_next(g, l, kind, L, &q, grouped);
+        PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W, Y, 1, n, R,
+                                                                   xf | w_flag(g, l, kind), N, m, n, g->st)));
+        added = lora_added_bit(&q, kind, L);
+    }
+    lora_forward_y(g, l, X, Y, 1, n, &q, grouped, added);
 }
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
