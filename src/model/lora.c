@@ -54,12 +54,17 @@ static inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 uint32_t lora_dropout_threshold(double p) { return (uint32_t)ceil(p * 65536.0); }
-// Element i is kept when its 16-bit draw, bits 16 (i % 4) .. of the hash of (key, lin, i / 4), is >= thr
-static inline int dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr) {
-    const uint64_t z = mix64(key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + i / 4 + 1));
-    return ((z >> (16 * (i & 3))) & 0xFFFF) >= thr;
+// Elements 4q .. 4q + 3 of linear lin: element 4q + e is kept (bit e) when bits 16e .. 16e + 15 of the hash of
+// (key, lin, q) are >= thr
+static inline unsigned dropout_keeps4(uint64_t key, int lin, size_t q, uint32_t thr) {
+    const uint64_t z = mix64(key + 0x9E3779B97F4A7C15ULL * ((uint64_t)lin * 0x100000000ULL + q + 1));
+    unsigned m = 0;
+    for (int e = 0; e < 4; e++) m |= (unsigned)(((z >> (16 * e)) & 0xFFFF) >= thr) << e;
+    return m;
 }
-int lora_dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr) { return dropout_keeps(key, lin, i, thr); }
+int lora_dropout_keeps(uint64_t key, int lin, size_t i, uint32_t thr) {
+    return (dropout_keeps4(key, lin, i / 4, thr) >> (i & 3)) & 1;
+}
 
 void llama_lora_free(llama_model *m) {
     struct llama_lora *a = m->lora;
@@ -157,7 +162,10 @@ static const float *dropped_input(struct llama_lora *a, int lin, const float *X,
     const uint64_t key = a->key;
     const uint32_t thr = lora_dropout_threshold(p);
 #pragma omp parallel for schedule(static) if (n > (1u << 16))
-    for (size_t i = 0; i < n; i++) xd[i] = dropout_keeps(key, lin, i, thr) ? X[i] * keep : 0.0f;
+    for (size_t q = 0; q < (n + 3) / 4; q++) {   // one hash for four elements
+        const unsigned m = dropout_keeps4(key, lin, q, thr);
+        for (size_t i = 4 * q; i < 4 * q + 4 && i < n; i++) xd[i] = (m >> (i & 3)) & 1 ? X[i] * keep : 0.0f;
+    }
     return xd;
 }
 
@@ -205,7 +213,11 @@ void lora_linear_backward(llama_model *m, int layer, int kind, float *dX, const 
             const uint64_t key = a->key;
             const uint32_t thr = lora_dropout_threshold(p);
 #pragma omp parallel for schedule(static) if (n > (1u << 16))
-            for (size_t i = 0; i < n; i++) if (dropout_keeps(key, lin, i, thr)) dX[i] += t[i] * keep;
+            for (size_t q = 0; q < (n + 3) / 4; q++) {
+                const unsigned m = dropout_keeps4(key, lin, q, thr);
+                for (size_t i = 4 * q; i < 4 * q + 4 && i < n; i++)
+                    if ((m >> (i & 3)) & 1) dX[i] += t[i] * keep;
+            }
         }
     }
     free(dU);
