@@ -3,9 +3,19 @@
 #   gpu_step NAME LOG LIMIT COMMAND...  runs COMMAND under `timeout LIMIT` with its output in $LOG/LOG, appends
 #   "NAME [PASS|FAIL] rc=N  T ms" to the array `summary` and returns COMMAND's status.
 # Settings: GPU_STEP_WIDTH (name column, default 46), GPU_STEP_VERDICT=1 (add PASS/FAIL).
+# Before each step, the machine's state goes to $LOG/steps_env.txt: load average, the busiest processes, the GPU's
+# clock, temperature, power and memory in use (PyTorch's 1B step took 190 ms inside gpu_session_check.sh and 144 ms
+# run directly on the same kind of H100, cause not found: dev/cuda/NOTES.md run 19).
 summary=()
+gpu_state() {
+  { echo "== $(date '+%H:%M:%S') $1: load $(cut -d' ' -f1-3 /proc/loadavg)"
+    ps -eo pid,pcpu,etimes,comm --sort=-pcpu 2>/dev/null | sed -n 2,5p
+    nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw,memory.used,clocks_throttle_reasons.active \
+      --format=csv,noheader 2>/dev/null; } >> "$LOG/steps_env.txt"
+}
 gpu_step() {
   local name=$1 log=$2 lim=$3; shift 3
+  gpu_state "$name"
   local t0; t0=$(date +%s%N)
   timeout "$lim" "$@" > "$LOG/$log" 2>&1; local rc=$?
   local ms=$(( ($(date +%s%N) - t0) / 1000000 )) verdict=""
