@@ -761,11 +761,20 @@ static int lora_forward_u(llama_cuda *g, int l, int k0, int nk, const bf16 *X, l
     prof_mark(g, PR_LORA);
     return 1;
 }
-// Linear k's adapter (if any) for its HALO forward's epilogue (halo_cuda_linear_lora_next), on the grouped path.
+// Linear k's adapter (if any) for its HALO forward's epilogue (halo_cuda_linear_lora_next), on the grouped path;
+// after that forward, lora_added_bit(q, k, L) is bit j when adapter j sat on k and L added it (0 otherwise).
+static int lora_slot(const lora_group *q, int k) {
+    for (int j = 0; j < q->n; j++)
+        if (q->kind[j] == k) return j;
+    return -1;
+}
 static void lora_epilogue_next(llama_cuda *g, int l, int k, halo_cuda_linear *L, const lora_group *q, int grouped) {
-    for (int j = 0; grouped && j < q->n; j++)
-        if (q->kind[j] == k)
-            halo_cuda_linear_lora_next(L, q->gr.u[j], (const halo_bf16 *)g->lw + lora_of(g, l, k)->b, g->lrank);
+    const int j = grouped ? lora_slot(q, k) : -1;
+    if (j >= 0) halo_cuda_linear_lora_next(L, q->gr.u[j], (const halo_bf16 *)g->lw + lora_of(g, l, k)->b, g->lrank);
+}
+static unsigned lora_added_bit(const lora_group *q, int k, const halo_cuda_linear *L) {
+    const int j = lora_slot(q, k);
+    return j >= 0 && halo_cuda_linear_lora_added(L) ? 1u << j : 0u;
 }
 // ... lora_forward_y, after them: Y [N, ldy] (fp32 or bf16) += each adapter's U B^T in its linear's columns where the
 // product did not add it (bit j of added), or, off the grouped path, each adapter whole (U kept).
@@ -785,13 +794,6 @@ static void lora_forward_y(llama_cuda *g, int l, const bf16 *X, void *Y, int y_f
         }
     }
     prof_mark(g, PR_LORA);
-}
-// Bit j: adapter j of q sits on linear k, whose HALO forward L just added it in its epilogue.
-static unsigned lora_added_bit(const lora_group *q, int k, const halo_cuda_linear *L) {
-    unsigned bit = 0;
-    for (int j = 0; j < q->n; j++)
-        if (q->kind[j] == k && halo_cuda_linear_lora_added(L)) bit |= 1u << j;
-    return bit;
 }
 // Their gradients, the part that reads X (before the base's input gradient may overwrite it): dB_j and dU_j (slot j)
 // from dY's columns, then dA_j.

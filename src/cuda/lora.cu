@@ -513,6 +513,12 @@ __global__ void k_lora_b_sum(lora_b_args p, int R, float scale) {
 }
 
 static int rank_ok(int r) { return r == 8 || r == 16 || r == 32; }   // the kernels' template ranks
+// f(std::integral_constant<int, R>{}) for the rank r (one of rank_ok's): the launchers' rank dispatch
+template <class F> static void by_rank(int r, F f) {
+    if (r == 8) f(std::integral_constant<int, 8>{});
+    else if (r == 16) f(std::integral_constant<int, 16>{});
+    else f(std::integral_constant<int, 32>{});
+}
 extern "C" int cuda_lora_group_ok(int r, int in, int n) { return rank_ok(r) && in > 0 && in % 32 == 0 && n >= 1 && n <= 3; }
 
 // Splits of the token range for the A gradient: about 4 blocks an SM over (columns x splits), whole 64-token chunks.
@@ -535,11 +541,7 @@ extern "C" size_t cuda_lora_da_ws_floats(int N, int in, int r, int n) {
         else LORA_DISPATCH_G(KERNEL, 3, GRID, BLOCK, __VA_ARGS__);                                                   \
     } while (0)
 #define LORA_DISPATCH_G(KERNEL, G, GRID, BLOCK, ...)                                                                 \
-    do {                                                                                                             \
-        if (r == 8) LORA_DISPATCH_D(KERNEL, 8, G, GRID, BLOCK, __VA_ARGS__);                                         \
-        else if (r == 16) LORA_DISPATCH_D(KERNEL, 16, G, GRID, BLOCK, __VA_ARGS__);                                  \
-        else LORA_DISPATCH_D(KERNEL, 32, G, GRID, BLOCK, __VA_ARGS__);                                               \
-    } while (0)
+    by_rank(r, [&](auto R_) { LORA_DISPATCH_D(KERNEL, decltype(R_)::value, G, GRID, BLOCK, __VA_ARGS__); })
 #define LORA_DISPATCH_D(KERNEL, R, G, GRID, BLOCK, ...)                                                              \
     do {                                                                                                             \
         if (drop_) KERNEL<R, G, true><<<GRID, BLOCK, 0, s>>>(__VA_ARGS__);                                          \
@@ -570,15 +572,11 @@ extern "C" void cuda_lora_y(void *Y, int y_f32, long ldy, const halo_bf16 *U, co
     gr.du[0] = U;
     gr.a[0] = B;
     const dim3 grid(cdiv(out, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
-#define LORA_Y(RR)                                                                                                   \
-    do {                                                                                                             \
-        if (y_f32) k_lora_y<RR, true><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);                                     \
-        else k_lora_y<RR, false><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);                                          \
-    } while (0)
-    if (r == 8) LORA_Y(8);
-    else if (r == 16) LORA_Y(16);
-    else LORA_Y(32);
-#undef LORA_Y
+    by_rank(r, [&](auto R_) {
+        constexpr int R = decltype(R_)::value;
+        if (y_f32) k_lora_y<R, true><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);
+        else k_lora_y<R, false><<<grid, 128, 0, s>>>(gr, Y, ldy, N, out);
+    });
     CUDA_LAUNCH_CHECK();
 }
 extern "C" void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, int r, float keep,
@@ -626,16 +624,12 @@ extern "C" void cuda_lora_b(const cuda_lora_bgroup *gr, int N, long ld, int r, f
     p.ws_gb = ws;
     p.ws_du = ws + (size_t)p.splits * p.cb0[gr->n] * LORA_B_COLS * r;
     const dim3 grid(p.cb0[gr->n], p.splits);
-#define LORA_B(RR)                                                                                                   \
-    do {                                                                                                             \
-        const int bytes = (int)sizeof(lora_b_smem<RR>);   /* set each call: the attribute is the current device's */ \
-        CUDA_CHECK(cudaFuncSetAttribute(k_lora_b_part<RR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));      \
-        k_lora_b_part<RR><<<grid, 256, bytes, s>>>(p);                                                               \
-    } while (0)
-    if (r == 8) LORA_B(8);
-    else if (r == 16) LORA_B(16);
-    else LORA_B(32);
-#undef LORA_B
+    by_rank(r, [&](auto R_) {
+        constexpr int R = decltype(R_)::value;
+        const int bytes = (int)sizeof(lora_b_smem<R>);   // set each call: the attribute is the current device's
+        CUDA_CHECK(cudaFuncSetAttribute(k_lora_b_part<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        k_lora_b_part<R><<<grid, 256, bytes, s>>>(p);
+    });
     CUDA_LAUNCH_CHECK();
     size_t total = (size_t)gr->n * N * r;
     for (int j = 0; j < gr->n; j++) total += (size_t)gr->out[j] * r;
