@@ -23,6 +23,8 @@ export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-dev
 S=$DEST/summary.txt R=$DEST/results.md
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$S"
+# which machine (the same step's time has differed between calls: PyTorch's 1B step 144 vs 190 ms, NOTES run 20)
+echo "host $(hostname) cpu \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')\" x $(nproc), gpu $(nvidia-smi --query-gpu=uuid,serial,pci.bus_id --format=csv,noheader 2>/dev/null)" | tee -a "$S"
 source scripts/gpu_lib.sh
 finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
 trap finish EXIT
