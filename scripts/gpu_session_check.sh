@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 # which machine (the same step's time has differed between calls: PyTorch's 1B step 144 vs 190 ms, NOTES run 20)
 echo "host $(hostname) cpu \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')\" x $(nproc), gpu $(nvidia-smi --query-gpu=uuid,serial,pci.bus_id --format=csv,noheader 2>/dev/null)" | tee -a "$S"
 source scripts/gpu_lib.sh
-finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}" | tee -a "$S"; }
+finish() { cd "$LOG" && tar czf "$DEST/logs.tar.gz" . 2>/dev/null; echo; echo "==== summary"; printf '%s\n' "${summary[@]}"; }   # console recap; summary.txt has the lines already
 trap finish EXIT
 if [ "${CLOCKS:-0}" = 1 ]; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
