@@ -2,11 +2,12 @@
 """Table of halo training benchmarks against the PyTorch baseline: reads the JSON lines that bench_cuda_train and
 shared/bench/torch_llama_baseline.py (or dev/qwen/torch_qwen_baseline.py) print (any files given) and prints step time,
 tokens/s, memory, the speed ratio to halo's plain BF16 row of the same model and shape (the first one given) and to
-the PyTorch run.
+the PyTorch run, and to PyTorch with SDPA given is_causal=True where dev/cuda/probe/torch_step_profile.py --causal-sdpa
+ran (README "Where it stands": transformers' explicit mask sends the compiled step to slower attention kernels).
 usage: scripts/bench_ratio.py LOG..."""
 import json, sys
 
-rows, torch = [], {}
+rows, torch, torch_causal = [], {}, {}
 for path in sys.argv[1:]:
     for line in open(path, errors="replace"):
         if not line.startswith("{"):
@@ -18,16 +19,16 @@ for path in sys.argv[1:]:
         key = (j.get("model"), j.get("layers"), j.get("batch"), j.get("seq"))
         if j.get("bench") == "halo_cuda":
             rows.append((key, j))
-        elif "compile" in j:
-            torch[key] = j
+        elif "compile" in j and j.get("compile") and "rank" not in j:   # PEFT rows (rank) are not this table's
+            (torch_causal if j.get("causal_sdpa") else torch)[key] = j
 def plain_bf16(j):   # halo's default BF16 step: the reference of the "x halo BF16" column
     return (j["precision"] == "bf16" and not j.get("lora") and not j.get("bf16_moments") and not j.get("bf16_grads")
             and not j.get("recompute_norms") and not j.get("recompute"))
 base = {}
 for key, j in rows:
     if plain_bf16(j): base.setdefault(key, j)
-print("| model | layers | config | step ms | tokens/s | memory GiB (own / device) | x halo BF16 | PyTorch compiled step ms, GiB | speed vs PyTorch |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| model | layers | config | step ms | tokens/s | memory GiB (own / device) | x halo BF16 | PyTorch compiled step ms, GiB | speed vs PyTorch | PyTorch compiled, causal SDPA, ms | speed vs it |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for key, j in rows:
     cfg = [j["precision"] + ("" if j["precision"] == "bf16" else f" L{j['halo_level']}")]
     if j.get("token_block"): cfg.append(f"token block {j['token_block']}")
@@ -45,7 +46,10 @@ for key, j in rows:
     t = torch.get(key)
     ref = f"{t['step_ms']:.2f}, {t['peak_gib']:.2f}" if t else "not run"
     ratio = f"{t['step_ms'] / j['step_ms']:.3f}x" if t else "-"
+    tc = torch_causal.get(key)
+    refc = f"{tc['step_ms']:.2f}" if tc else "not run"
+    ratioc = f"{tc['step_ms'] / j['step_ms']:.3f}x" if tc else "-"
     b = base.get(key)
     xb = f"{b['step_ms'] / j['step_ms']:.3f}x" if b else "-"
     print(f"| {key[0]} | {key[1]} | {', '.join(cfg)} | {j['step_ms']:.2f} | {j['tokens_per_s']:,} | "
-          f"{j['model_gib']:.2f} / {j['device_used_gib']:.2f} | {xb} | {ref} | {ratio} |")
+          f"{j['model_gib']:.2f} / {j['device_used_gib']:.2f} | {xb} | {ref} | {ratio} | {refc} | {ratioc} |")

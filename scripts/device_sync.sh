@@ -17,7 +17,7 @@ if [ "${WITH_NCCL:-0}" = 1 ]; then B=build/dev-nccl; NCCL_SET=1; else B=build/de
 make -j2 BUILD=$B NCCL=$NCCL_SET OPT="-O3 -march=x86-64-v3" tests benches >/dev/null
 rm -rf "$DEST"; mkdir -p "$DEST"/{deps/lib,deps/include,shared/goldens,shared/models,shared/bench,shared/data/viggo,shared/data/text}
 cp -r src include tests bench scripts Makefile "$DEST"/ 2>/dev/null || true
-mkdir -p "$DEST/dev" && cp -r dev/lora dev/qwen "$DEST/dev/"   # the PEFT and transformers-parity checks (session-check steps)
+mkdir -p "$DEST/dev/cuda" && cp -r dev/lora dev/qwen "$DEST/dev/" && cp -r dev/cuda/probe "$DEST/dev/cuda/"   # the PEFT and transformers-parity checks, the PyTorch step profile (session-check steps)
 mkdir -p "$DEST/build-dev"
 mkdir -p "$DEST/build-dev/tests" "$DEST/build-dev/bench"
 cp $B/tests/test_cuda_* "$DEST/build-dev/tests/"; cp $B/bench/bench_cuda_* "$DEST/build-dev/bench/"

@@ -6,7 +6,7 @@
 #   1. test_cuda_ops  2. test_cuda_halo (2b. bench_cuda_int8: own INT8 kernel)  3. test_cuda_model  4. test_cuda_decode  (5. test_cuda_lora, test_cuda_verbs --val-loss under memcheck, test_cuda_verbs: last group)
 #   6. bench_cuda_train: Llama-3.2-1B default, low-memory (bf16 moments + grads, norm recompute), HALO fp8 L0 / fp8 L1
 #      / int8 L2; Llama-3-8B shapes, 4 layers; the variants' shapes (Qwen2.5-0.5B, Qwen3-0.6B) with PyTorch beside them   7. bench_cuda_attention  7b. bench_cuda_qgemm (8-bit product rates)  8. bench_cuda_halo (8B layer shapes)
-#   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes; HALO_TORCH_B8=1: also at batch 8) and the ratio table  11. racecheck over a BF16 and HALO training step
+#   (8b. FP8 with fast accumulation, per-launch breakdowns of gate and down)   9. bench_cuda_decode  10. PyTorch compiled baseline (HALO_TORCH_8B=1: also at 8B shapes; HALO_TORCH_B8=1: also at batch 8; and with causal SDPA, profiled) and the ratio table  11. racecheck over a BF16 and HALO training step
 #   12. gpu_quality_check.sh beside test_cuda_halo_train
 # Prepared here by `bash scripts/device_sync.sh`; on the device (carry [".dev-cuda"]):
 #   cd .dev-cuda && bash scripts/gpu_session_check.sh
@@ -111,6 +111,8 @@ step "torch LoRA (PEFT) llama3.2-1b r16 fp32 adapter products, compiled" peft_1b
 keep peft_1bf32.log "^\{" 2
 step "torch LoRA (PEFT) llama3.2-1b r16 compiled" peft_1bc.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --compile
 keep peft_1bc.log "^\{" 2
+step "torch LoRA (PEFT) llama3.2-1b r16 compiled causal SDPA" peft_1bcc.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --compile --causal-sdpa
+keep peft_1bcc.log "^\{" 2
 step "torch LoRA (PEFT) llama3.2-1b r16 dropout 0 compiled" peft_1bd0.log 200 python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 --dropout 0 --compile
 keep peft_1bd0.log "^\{" 2
 trainbench "bench 8B shapes 4 layers BF16" b8.log --model llama3-8b --layers 4 --no-breakdown
@@ -181,8 +183,12 @@ step "bench_cuda_decode without CUDA graphs (HALO_CUDA_DECODE_GRAPHS=0)" bench_d
 keep bench_decode.log "^\|" 6
 step "torch compiled llama3.2-1b 4x2048" torch_1b.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --compile
 keep torch_1b.log "^\{" 2
-if [ "${HALO_TORCH_B8:-0}" = 1 ]; then   # ~60 s more: at batch 8 too; under twice batch 4's time, batch 4 waited on the host (NOTES run 21)
-  step "torch compiled llama3.2-1b 8x2048 (host-bound check)" torch_1b_b8.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 8 --seq 2048 --compile
+# transformers' explicit causal mask under torch.compile sends SDPA to the memory-efficient kernels; with is_causal=True
+# it runs cuDNN's (NOTES run 21): the faster PyTorch, with its top kernels
+step "torch compiled llama3.2-1b 4x2048 causal SDPA (profile)" torch_1b_causal.log 150 python3 dev/cuda/probe/torch_step_profile.py shared/bench --batch 4 --compile --causal-sdpa --top 12
+keep torch_1b_causal.log "^\{|ms/step" 14
+if [ "${HALO_TORCH_B8:-0}" = 1 ]; then   # ~60 s more: at batch 8 too (SDPA's kernel choice differed between batch 4 and 8 on one machine, NOTES run 21)
+  step "torch compiled llama3.2-1b 8x2048" torch_1b_b8.log 150 python3 shared/bench/torch_llama_baseline.py --model llama3.2-1b --batch 8 --seq 2048 --compile
   keep torch_1b_b8.log "^\{" 2
 fi
 if [ "${HALO_TORCH_8B:-0}" = 1 ]; then   # ~100 s more: the baseline at Llama-3-8B layer shapes too

@@ -6,7 +6,7 @@ optionally torch.compile'd. The shapes are ../shared/bench/torch_llama_baseline.
 fp32 on a bf16 base; the step runs under torch.autocast(bf16), as the transformers Trainer does with bf16=True (so
 the adapters' products run in bf16); --no-autocast runs them in fp32 instead. One JSON line per run.
 
-  python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 [--dropout 0] [--compile]"""
+  python3 dev/lora/torch_lora_baseline.py --model llama3.2-1b --batch 4 --seq 2048 --rank 16 [--dropout 0] [--compile] [--causal-sdpa]"""
 import argparse, json, time, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model
@@ -30,7 +30,13 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-autocast", action="store_true")
+    ap.add_argument("--causal-sdpa", action="store_true", help="SDPA with is_causal=True instead of transformers' "
+                    "explicit mask (cuDNN attention; scripts/torch_sdpa_causal.py)")
     a = ap.parse_args()
+    if a.causal_sdpa:
+        import os, sys
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../scripts"))
+        import torch_sdpa_causal; torch_sdpa_causal.install()
     shape = dict(SHAPES[a.model])
     if a.layers: shape["num_hidden_layers"] = a.layers
     cfg = LlamaConfig(vocab_size=128256, max_position_embeddings=max(4096, a.seq), rope_theta=500000.0,
@@ -56,7 +62,7 @@ def main():
     torch.cuda.synchronize(); dt = (time.time() - t) / a.steps
     tok = a.batch * a.seq
     print(json.dumps({"model": a.model, "layers": shape["num_hidden_layers"], "batch": a.batch, "seq": a.seq,
-                      "rank": a.rank, "dropout": a.dropout, "compile": a.compile, "autocast": not a.no_autocast, "adapter_dtype": adapter_dtype,
+                      "rank": a.rank, "dropout": a.dropout, "compile": a.compile, "causal_sdpa": a.causal_sdpa, "autocast": not a.no_autocast, "adapter_dtype": adapter_dtype,
                       "trainable": sum(p.numel() for p in params), "step_ms": round(dt * 1e3, 2),
                       "tokens_per_s": round(tok / dt), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}), flush=True)
