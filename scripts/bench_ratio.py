@@ -19,7 +19,7 @@ for path in sys.argv[1:]:
         key = (j.get("model"), j.get("layers"), j.get("batch"), j.get("seq"))
         if j.get("bench") == "halo_cuda":
             rows.append((key, j))
-        elif "compile" in j and j.get("compile") and "rank" not in j:   # PEFT rows (rank) are not this table's
+        elif j.get("compile") and "rank" not in j:   # compiled PyTorch; PEFT rows (rank) are not this table's
             (torch_causal if j.get("causal_sdpa") else torch)[key] = j
 def plain_bf16(j):   # halo's default BF16 step: the reference of the "x halo BF16" column
     return (j["precision"] == "bf16" and not j.get("lora") and not j.get("bf16_moments") and not j.get("bf16_grads")

@@ -5,7 +5,7 @@
 # Settings: GPU_STEP_WIDTH (name column, default 46), GPU_STEP_VERDICT=1 (add PASS/FAIL).
 # Before each step, the machine's state goes to $LOG/steps_env.txt: load average, the busiest processes, the GPU's
 # clock, temperature, power and memory in use (PyTorch's 1B step took 190 ms inside gpu_session_check.sh and 144 ms
-# run directly on the same kind of H100; not reproduced in run 20, cause not found: dev/cuda/NOTES.md runs 19-20).
+# on other machines: SDPA's attention kernel, found in dev/cuda/NOTES.md run 21).
 summary=()
 gpu_state() {
   { echo "== $(date '+%H:%M:%S') $1: load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Why PyTorch's compiled Llama-3.2-1B step took 190 ms inside scripts/gpu_session_check.sh and 144 ms run directly
-# (dev/cuda/NOTES.md run 19). Run from the device copy's root (cd .dev-cuda && bash scripts/torch_baseline_probe.sh
+# (dev/cuda/NOTES.md run 19; answered in run 21: SDPA's attention kernel under torch.compile, which
+# dev/cuda/probe/torch_step_profile.py shows). Run from the device copy's root (cd .dev-cuda && bash scripts/torch_baseline_probe.sh
 # OUT): the same step (a) plain, (b) inside the session check, (c) plain again with the session check's exported
 # variables, then, while a form is slow, with one of those variables left out at a time. One line per run in
 # OUT/probe.txt.

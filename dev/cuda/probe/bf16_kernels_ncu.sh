@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Which cuBLASLt kernels halo's BF16 layer products run, and for how long, to set beside PyTorch's (the thirty-seventh
-# session's profile: its products average ~776 TFLOP/s over the 1B step against halo's ~708, README "Where it stands").
+# session's profile: its block-linear products run at 735-770 TFLOP/s over the 1B step against halo's ~690, README
+# "Where it stands", dev/cuda/prep/README.md item 0b).
 # Nsight Compute with --clock-control none (the clocks are left as they are), one duration metric, the first 40
 # product kernels of one 1B BF16 step. On the device, after `bash scripts/device_sync.sh` (carry .dev-cuda):
 #   cd .dev-cuda && bash dev/cuda/probe/bf16_kernels_ncu.sh OUT_DIR
