@@ -2,6 +2,7 @@
 // the column-major m x b matrix X^T, so every product of the Llama layers maps onto one cuBLASLt call without any
 // transpose copy (forward TN, dX NN, dW NT). Descriptors and the heuristic's algorithm are cached per shape.
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <string.h>
 #include "cuda/common.cuh"
 
@@ -33,6 +34,21 @@ static void lt_init(void) {
     CUDA_CHECK(cudaMalloc(&g_ws, g_ws_bytes));
 }
 
+// HALO_BF16_GEMM (an A/B switch, bench_cuda_gemm and bench_cuda_train): unset or "lt", cuBLASLt's first heuristic
+// candidate; "ex", cublasGemmEx (cuBLAS's own choice, the call PyTorch's mm makes) wherever C is D's buffer;
+// "tune", the fastest of cuBLASLt's first 8 candidates timed once per shape on the call's operands into scratch, kept
+// only when 5% faster than the first.
+enum { MODE_LT, MODE_EX, MODE_TUNE };
+static int g_mode = -1;
+static int gemm_mode(void) {
+    if (g_mode < 0) {
+        const char *e = getenv("HALO_BF16_GEMM");
+        g_mode = e && !strcmp(e, "ex") ? MODE_EX : e && !strcmp(e, "tune") ? MODE_TUNE : MODE_LT;
+    }
+    return g_mode;
+}
+static cublasHandle_t g_cb;
+
 static int g_generation;   // bumped when the workspace and plans go: CUDA graphs holding them must be rebuilt
 extern "C" int cuda_matmul_generation(void) { return g_generation; }
 
@@ -44,13 +60,54 @@ extern "C" void cuda_matmul_shutdown(void) {
         cublasLtMatrixLayoutDestroy(g_plans[i].c); cublasLtMatrixLayoutDestroy(g_plans[i].d);
     }
     g_nplans = 0;
+    if (g_cb) cublasDestroy(g_cb);
+    g_cb = NULL;
     if (g_ws) cudaFree(g_ws);
     g_ws = NULL;
     if (g_lt) cublasLtDestroy(g_lt);
     g_lt = NULL;
 }
 
-static gemm_plan *plan_get(const gemm_key *k) {
+typedef struct {   // one call's operands, for timing candidates (MODE_TUNE)
+    const void *A, *B, *C;
+    float alpha, beta;
+    cudaStream_t s;
+} gemm_call;
+
+// Index of the fastest of res[0..found) on the call's operands (output into scratch, so C keeps its contents), or 0
+// unless it beats the first by 5%.
+static int time_candidates(const gemm_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found,
+                           const gemm_call *c) {
+    const gemm_key *k = &p->key;
+    void *scratch = NULL;
+    if (cudaMalloc(&scratch, (size_t)k->ldd * k->N * (k->d_f32 ? 4 : 2)) != cudaSuccess) { cudaGetLastError(); return 0; }
+    if (c->C) CUDA_CHECK(cudaMemcpyAsync(scratch, c->C, (size_t)k->ldd * k->N * (k->d_f32 ? 4 : 2),
+                                         cudaMemcpyDeviceToDevice, c->s));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
+    int best = 0;
+    float best_ms = 1e30f, first_ms = 1e30f;
+    for (int i = 0; i < found; i++) {
+        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+        for (int r = 0; r <= 5 && st == CUBLAS_STATUS_SUCCESS; r++) {   // r = 0: warm-up
+            if (r == 1) CUDA_CHECK(cudaEventRecord(e0, c->s));
+            st = cublasLtMatmul(g_lt, p->op, &c->alpha, c->A, p->a, c->B, p->b, &c->beta, scratch, p->c, scratch, p->d,
+                                &res[i].algo, g_ws, g_ws_bytes, c->s);
+        }
+        CUDA_CHECK(cudaEventRecord(e1, c->s));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0.f;
+        if (st != CUBLAS_STATUS_SUCCESS || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
+        if (i == 0) first_ms = ms;
+        if (ms < best_ms) { best_ms = ms; best = i; }
+    }
+    if (best_ms > 0.95f * first_ms) best = 0;
+    cudaEventDestroy(e0); cudaEventDestroy(e1);
+    cudaFree(scratch);
+    return best;
+}
+
+static gemm_plan *plan_get(const gemm_key *k, const gemm_call *call) {
     for (int i = 0; i < g_nplans; i++)
         if (!memcmp(&g_plans[i].key, k, sizeof *k)) return &g_plans[i];
     if (g_nplans == GEMM_CACHE) {   // cache full: recycle the oldest slot (shapes of one model never get here)
@@ -83,15 +140,20 @@ static gemm_plan *plan_get(const gemm_key *k) {
         CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d, sizeof d));
         CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d, sizeof d));
     }
-    cublasLtMatmulHeuristicResult_t res[1];
-    int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->d, pref, 1, res, &found));
+    cublasLtMatmulHeuristicResult_t res[8];
+    int found = 0, pick = 0;
+    const int tune = gemm_mode() == MODE_TUNE;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (tune) CUDA_CHECK(cudaStreamIsCapturing(call->s, &cap));
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->d, pref,
+                                                tune && cap == cudaStreamCaptureStatusNone ? 8 : 1, res, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (!found) {
         fprintf(stderr, "cuBLASLt: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", k->M, k->N, k->K, k->ta, k->tb);
         abort();
     }
-    p->algo = res[0].algo;
+    if (found > 1) pick = time_candidates(p, res, found, call);
+    p->algo = res[pick].algo;
     g_nplans++;
     return p;
 }
@@ -115,7 +177,17 @@ static void gemm_ex(int ta, int tb, int M, int N, int K, const bf16 *A, int lda,
     k.ta = ta; k.tb = tb; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
     k.has_c = beta != 0.f;
     if (aligned) { k.al_a = ptr_align(A); k.al_b = ptr_align(B); k.al_d = ptr_align(D); }
-    gemm_plan *p = plan_get(&k);
+    if (gemm_mode() == MODE_EX && (!C || C == D)) {
+        if (!g_cb) CUBLAS_CHECK(cublasCreate(&g_cb));
+        CUBLAS_CHECK(cublasSetStream(g_cb, s));   // (which resets the workspace to cuBLAS's own pool)
+        CUBLAS_CHECK(cublasSetWorkspace(g_cb, g_ws, g_ws_bytes));
+        CUBLAS_CHECK(cublasGemmEx(g_cb, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, M, N, K, &alpha,
+                                  A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, D, d_f32 ? CUDA_R_32F : CUDA_R_16BF,
+                                  ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    const gemm_call call = {A, B, C, alpha, beta, s};
+    gemm_plan *p = plan_get(&k, &call);
     CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->a, B, p->b, &beta, C ? C : D, p->c, D, p->d, &p->algo,
                                 g_ws, g_ws_bytes, s));
 }
