@@ -12,7 +12,9 @@
 // product's time drifts by 5-15% between back-to-back measurements). TFLOP/s counts 2 M N K.
 // The last lines sum the layer's forms over the model's layers, to set beside the step's "block products" time
 // (bench_cuda_train --breakdown) and dev/cuda/probe/torch_gemm_shapes.py's PyTorch timings of the same products.
-//   build/bench/bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--cands 8] [--rounds 3]
+//   build/bench/bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--cands 8] [--rounds 3] [--gauss]
+//   (--gauss: normal inputs, weights of sd 0.02, as torch_gemm_shapes.py draws them; default uniform in [-1, 1))
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,12 +145,20 @@ static int time_candidates(cublasLtHandle_t lt, void *ws, size_t ws_bytes, const
     return found;
 }
 
-static void *dev_rand_bf16(size_t n, unsigned seed) {
+// bf16 values, uniform in [-1, 1), or with --gauss normal of standard deviation sd (torch.randn's data: the
+// products' power draw, and so their clock, depends on the data)
+static int g_gauss;
+static void *dev_rand_bf16(size_t n, unsigned seed, float sd) {
     unsigned short *h = malloc(n * 2);
     unsigned s = seed * 2654435761u + 1;
-    for (size_t i = 0; i < n; i++) {   // bf16 of a uniform value in [-1, 1)
+    for (size_t i = 0; i < n; i++) {
         s = s * 1664525u + 1013904223u;
         float f = ((float)(s >> 8) / 16777216.f) * 2.f - 1.f;
+        if (g_gauss) {   // Box-Muller from two uniforms in (0, 1]
+            s = s * 1664525u + 1013904223u;
+            const float u1 = ((float)(s >> 8) + 1.f) / 16777216.f, u2 = (f + 1.f) * 0.5f;
+            f = sd * sqrtf(-2.f * logf(u1)) * cosf(6.2831853f * u2);
+        }
         unsigned u;
         memcpy(&u, &f, 4);
         h[i] = (unsigned short)(u >> 16);
@@ -169,8 +179,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cands") && i + 1 < argc) ncand = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gauss")) g_gauss = 1;
         else {
-            printf("usage: bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens N] [--reps R] [--cands N] [--rounds R]\n");
+            printf("usage: bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens N] [--reps R] [--cands N] [--rounds R] [--gauss]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -201,7 +212,8 @@ int main(int argc, char **argv) {
     }
     void *X[2], *W[2], *dY[2], *out;
     for (int i = 0; i < 2; i++) {
-        X[i] = dev_rand_bf16(xmax, 1 + i); W[i] = dev_rand_bf16(wmax, 11 + i); dY[i] = dev_rand_bf16(ymax, 21 + i);
+        X[i] = dev_rand_bf16(xmax, 1 + i, 1.f); W[i] = dev_rand_bf16(wmax, 11 + i, 0.02f);
+        dY[i] = dev_rand_bf16(ymax, 21 + i, 1.f);
     }
     CK(cudaMalloc(&out, omax * 4));
     CK(cudaMemset(out, 0, omax * 4));
@@ -214,8 +226,8 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     cublasHandle_t cb;
     if (cublasCreate(&cb) != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cublasCreate failed\n"); return 1; }
-    printf("bench_cuda_gemm: %s, %s shapes, %d tokens, median of %d calls, median of %d rounds, %d candidates\n\n",
-           prop.name, model, tokens, reps, rounds, ncand);
+    printf("bench_cuda_gemm: %s, %s shapes, %d tokens, median of %d calls, median of %d rounds, %d candidates, %s data\n\n",
+           prop.name, model, tokens, reps, rounds, ncand, g_gauss ? "normal" : "uniform");
     printf("| product | M x N x K | step (Lt first) ms | TFLOP/s | bf16 out | GemmEx | GemmEx bf16 | best of N ms (which) "
            "| TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n");
     enum { NF = 5 };   // step, bf16 out, GemmEx, GemmEx bf16, best candidate

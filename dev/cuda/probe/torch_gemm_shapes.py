@@ -2,12 +2,13 @@
 build/bench/bench_cuda_gemm (halo's same products). HF's form (q, k, v, o, gate, up, down separate; what the
 PyTorch step runs) and the fused form halo runs (q/k/v and gate/up as one product each). Forward X W^T, dX = dY W,
 dW = dY^T X, all bf16 out, the median of CUDA-event-timed calls over two rotating input sets, and the kernel each ran.
-usage: python3 torch_gemm_shapes.py [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--rounds 3]"""
+usage: python3 torch_gemm_shapes.py [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--rounds 3] [--uniform]"""
 import argparse, statistics, torch
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="llama3.2-1b"); ap.add_argument("--tokens", type=int, default=8192)
 ap.add_argument("--reps", type=int, default=20)
 ap.add_argument("--rounds", type=int, default=3, help="median of this many timings of each product")
+ap.add_argument("--uniform", action="store_true", help="bench_cuda_gemm's default data: uniform in [-1, 1), weights too")
 a = ap.parse_args()
 D, F, L = {"llama3.2-1b": (2048, 8192, 16), "llama3-8b": (4096, 14336, 32)}[a.model]
 kvd, N = 8 * 128 if a.model == "llama3-8b" else 8 * 64, a.tokens
@@ -31,9 +32,11 @@ def kernel_of(fn):
 
 def products(name, m, n):
     """(label, flops, fn) of a linear with in_features m, out_features n."""
-    X = [torch.randn(N, m, device=dev, dtype=bf) for _ in range(2)]
-    W = [torch.randn(n, m, device=dev, dtype=bf) * 0.02 for _ in range(2)]
-    dY = [torch.randn(N, n, device=dev, dtype=bf) for _ in range(2)]
+    r = (lambda *s: torch.rand(*s, device=dev, dtype=bf) * 2 - 1) if a.uniform else \
+        (lambda *s: torch.randn(*s, device=dev, dtype=bf))
+    X = [r(N, m) for _ in range(2)]
+    W = [r(n, m) * (1 if a.uniform else 0.02) for _ in range(2)]
+    dY = [r(N, n) for _ in range(2)]
     f = 2.0 * N * m * n
     return [(name + " fwd", f, lambda i: X[i & 1] @ W[i & 1].t()),
             (name + " dX", f, lambda i: dY[i & 1] @ W[i & 1]),
