@@ -7,12 +7,13 @@
 //   GemmEx bf16: GemmEx with bf16 outputs, beta 0
 //   best of N: the step's form with each of cuBLASLt's first N heuristic candidates (--cands, default 8) timed, and
 //              the fastest kept (the step takes the first candidate, src/cuda/matmul.cu)
-// Each is the median of --reps CUDA-event-timed calls over two rotating input sets; --rounds R (default 3) repeats
+// Each is the median of --reps calls timed one by one after a synchronization (--back-to-back: the mean of --reps
+// calls queued without a wait) over two rotating input sets; --rounds R (default 3) repeats
 // every form R times, interleaved, and reports the median round (the GPU runs these at its power limit, and one
-// product's time drifts by 5-15% between back-to-back measurements). TFLOP/s counts 2 M N K.
+// product's time drifts by 5-15% between consecutive measurements). TFLOP/s counts 2 M N K.
 // The last lines sum the layer's forms over the model's layers, to set beside the step's "block products" time
 // (bench_cuda_train --breakdown) and dev/cuda/probe/torch_gemm_shapes.py's PyTorch timings of the same products.
-//   build/bench/bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--cands 8] [--rounds 3] [--gauss]
+//   build/bench/bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens 8192] [--reps 20] [--cands 8] [--rounds 3] [--gauss] [--back-to-back]
 //   (--gauss: normal inputs, weights of sd 0.02, as torch_gemm_shapes.py draws them; default uniform in [-1, 1))
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@
     fprintf(stderr, "cuBLASLt %d: %s\n", (int)_s, #x); exit(1); } } while (0)
 
 enum { FWD, DX, DW };
+static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps);
 typedef struct {
     const char *name;
     int kind, b, m, n;   // the step's shape arguments: X [b, m], W [n, m]
@@ -137,7 +139,7 @@ static int time_candidates(cublasLtHandle_t lt, void *ws, size_t ws_bytes, const
     cublasLtMatmulPreferenceDestroy(pref);
     for (int i = 0; i < found; i++) {
         c.algo = &res[i].algo;
-        t[i] = bench_gpu_ms(run_lt, &c, 3, reps);   // -1 when the candidate fails
+        t[i] = gpu_ms(run_lt, &c, 3, reps);   // -1 when the candidate fails
     }
     cublasLtMatmulDescDestroy(c.op);
     cublasLtMatrixLayoutDestroy(c.a); cublasLtMatrixLayoutDestroy(c.b);
@@ -148,6 +150,26 @@ static int time_candidates(cublasLtHandle_t lt, void *ws, size_t ws_bytes, const
 // bf16 values, uniform in [-1, 1), or with --gauss normal of standard deviation sd (torch.randn's data: the
 // products' power draw, and so their clock, depends on the data)
 static int g_gauss;
+// By default bench.h's bench_gpu_ms: the median of calls each between its own events after a synchronization, which
+// counts the launch from an idle GPU. --back-to-back: ms a call of `reps` calls queued between two events, after
+// `warmup` calls, the way torch_gemm_shapes.py times PyTorch's (not yet run on a device, dev/cuda/NOTES.md run 22).
+static int g_sync_each = 1;
+static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps) {
+    if (g_sync_each) return bench_gpu_ms(run, ctx, warmup, reps);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    int rc = 0;
+    for (int i = 0; i < warmup; i++) rc |= run(ctx);
+    CK(cudaEventRecord(e0, 0));
+    for (int i = 0; i < reps; i++) rc |= run(ctx);
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0); cudaEventDestroy(e1);
+    return rc ? -1 : ms / reps;
+}
+
 static void *dev_rand_bf16(size_t n, unsigned seed, float sd) {
     unsigned short *h = malloc(n * 2);
     unsigned s = seed * 2654435761u + 1;
@@ -180,8 +202,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cands") && i + 1 < argc) ncand = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--gauss")) g_gauss = 1;
+        else if (!strcmp(argv[i], "--back-to-back")) g_sync_each = 0;
         else {
-            printf("usage: bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens N] [--reps R] [--cands N] [--rounds R] [--gauss]\n");
+            printf("usage: bench_cuda_gemm [--model llama3.2-1b|llama3-8b] [--tokens N] [--reps R] [--cands N] [--rounds R] [--gauss] [--back-to-back]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -226,8 +249,9 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     cublasHandle_t cb;
     if (cublasCreate(&cb) != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cublasCreate failed\n"); return 1; }
-    printf("bench_cuda_gemm: %s, %s shapes, %d tokens, median of %d calls, median of %d rounds, %d candidates, %s data\n\n",
-           prop.name, model, tokens, reps, rounds, ncand, g_gauss ? "normal" : "uniform");
+    printf("bench_cuda_gemm: %s, %s shapes, %d tokens, %s of %d calls, median of %d rounds, %d candidates, %s data\n\n",
+           prop.name, model, tokens, g_sync_each ? "median" : "back-to-back mean", reps, rounds, ncand,
+           g_gauss ? "normal" : "uniform");
     printf("| product | M x N x K | step (Lt first) ms | TFLOP/s | bf16 out | GemmEx | GemmEx bf16 | best of N ms (which) "
            "| TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n");
     enum { NF = 5 };   // step, bf16 out, GemmEx, GemmEx bf16, best candidate
@@ -242,7 +266,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < rounds; r++) {
             for (int form = 0; form < 4; form++) {
                 call c = {p, form, {X[0], X[1]}, {W[0], W[1]}, {dY[0], dY[1]}, out, 0, cb};
-                tf[form][r] = bench_gpu_ms(run_call, &c, 3, reps);
+                tf[form][r] = gpu_ms(run_call, &c, 3, reps);
             }
             double t[32];
             nfound = time_candidates(lt, ws, ws_bytes, p, X, W, dY, out, ncand, reps, t);
