@@ -16,6 +16,7 @@
 #include <time.h>
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
+#include <cuda_profiler_api.h>
 #include "bench.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/halo_cuda.h"
@@ -193,12 +194,15 @@ int main(int argc, char **argv) {
     double ts[64];
     float loss = 0;
     for (int i = 0; i < warmup + steps; i++) {
+        if (i == warmup) cudaProfilerStart();   // the timed steps only, for a profiler started with a capture range
         double a = now_s();
         if (lora_rank > 0) llama_cuda_lora_train(g, 1, 1000 + i);   // dropout masks of a training step
         loss = llama_cuda_train_step(g, &b, &h, i + 1);
         if (i >= warmup) ts[i - warmup] = now_s() - a;
         if (i < warmup) printf("warmup step %d: loss %.4f, %.1f ms\n", i + 1, loss, (now_s() - a) * 1e3);
     }
+    cudaDeviceSynchronize();
+    cudaProfilerStop();
     double step_s = median(ts, steps);
     size_t free_b, total_b;
     cudaMemGetInfo(&free_b, &total_b);
