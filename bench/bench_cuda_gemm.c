@@ -1,5 +1,5 @@
 // The BF16 block-linear products of one layer of the training step, each timed alone at a model's shapes (default
-// Llama-3.2-1B, 8192 tokens), in three forms:
+// Llama-3.2-1B, 8192 tokens), in five forms:
 //   step:      as src/cuda/llama_cuda.cu calls them (q/k/v and gate/up fused; o and down write fp32 into the residual
 //              with beta 1; dW written as fp32, the first micro-batch's form)
 //   bf16 out:  every output bf16 with beta 0 (PyTorch's form: separate outputs, bf16 weight gradients)
@@ -31,7 +31,6 @@
     fprintf(stderr, "cuBLASLt %d: %s\n", (int)_s, #x); exit(1); } } while (0)
 
 enum { FWD, DX, DW };
-static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps);
 typedef struct {
     const char *name;
     int kind, b, m, n;   // the step's shape arguments: X [b, m], W [n, m]
@@ -86,8 +85,27 @@ static int run_call(const void *ctx) {
     return 0;
 }
 
-// The step's form as one column-major cuBLASLt call (matmul.cu's mapping), each of the first ncand heuristic
-// candidates timed; returns the best ms, *first the first candidate's, *nfound how many there were.
+// By default bench.h's bench_gpu_ms: the median of calls each between its own events after a synchronization, which
+// counts the launch from an idle GPU. --back-to-back: ms a call of `reps` calls queued between two events, after
+// `warmup` calls, the way torch_gemm_shapes.py times PyTorch's (not yet run on a device, dev/cuda/NOTES.md run 22).
+static int g_sync_each = 1;
+static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps) {
+    if (g_sync_each) return bench_gpu_ms(run, ctx, warmup, reps);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    int rc = 0;
+    for (int i = 0; i < warmup; i++) rc |= run(ctx);
+    CK(cudaEventRecord(e0, 0));
+    for (int i = 0; i < reps; i++) rc |= run(ctx);
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0); cudaEventDestroy(e1);
+    return rc ? -1 : ms / reps;
+}
+
+// The step's form as one column-major cuBLASLt call (matmul.cu's mapping) with a given algorithm
 typedef struct {
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t op;
@@ -112,28 +130,24 @@ static int run_lt(const void *ctx) {
 static int time_candidates(cublasLtHandle_t lt, void *ws, size_t ws_bytes, const product *p, void *const X[2],
                            void *const W[2], void *const dY[2], void *out, int ncand, int reps, double *t) {
     const colmajor m = map_product(p, 1);
-    const int ta = m.ta, tb = m.tb, M = m.M, N = m.N, K = m.K, lda = m.lda, ldb = m.ldb, ldd = m.ldd, f32 = m.f32;
-    const float beta = m.beta;
-    const void *A[2], *B[2];
-    for (int i = 0; i < 2; i++) { A[i] = m.a_is_w ? W[i] : X[i]; B[i] = m.b_is_x ? X[i] : dY[i]; }
+    const int ta = m.ta, tb = m.tb, M = m.M, N = m.N, K = m.K;
     lt_call c;
     memset(&c, 0, sizeof c);
-    c.lt = lt; c.ws = ws; c.ws_bytes = ws_bytes; c.D = out; c.beta = beta;
-    for (int i = 0; i < 2; i++) { c.A[i] = A[i]; c.B[i] = B[i]; }
+    c.lt = lt; c.ws = ws; c.ws_bytes = ws_bytes; c.D = out; c.beta = m.beta;
+    for (int i = 0; i < 2; i++) { c.A[i] = m.a_is_w ? W[i] : X[i]; c.B[i] = m.b_is_x ? X[i] : dY[i]; }
     LT(cublasLtMatmulDescCreate(&c.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     LT(cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     LT(cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    const cudaDataType_t dt = f32 ? CUDA_R_32F : CUDA_R_16BF;
-    LT(cublasLtMatrixLayoutCreate(&c.a, CUDA_R_16BF, ta ? K : M, ta ? M : K, lda));
-    LT(cublasLtMatrixLayoutCreate(&c.b, CUDA_R_16BF, tb ? N : K, tb ? K : N, ldb));
-    LT(cublasLtMatrixLayoutCreate(&c.c, dt, M, N, ldd));
-    LT(cublasLtMatrixLayoutCreate(&c.d, dt, M, N, ldd));
+    const cudaDataType_t dt = m.f32 ? CUDA_R_32F : CUDA_R_16BF;
+    LT(cublasLtMatrixLayoutCreate(&c.a, CUDA_R_16BF, ta ? K : M, ta ? M : K, m.lda));
+    LT(cublasLtMatrixLayoutCreate(&c.b, CUDA_R_16BF, tb ? N : K, tb ? K : N, m.ldb));
+    LT(cublasLtMatrixLayoutCreate(&c.c, dt, M, N, m.ldd));
+    LT(cublasLtMatrixLayoutCreate(&c.d, dt, M, N, m.ldd));
     cublasLtMatmulPreference_t pref;
     LT(cublasLtMatmulPreferenceCreate(&pref));
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes));
     cublasLtMatmulHeuristicResult_t res[32];
-    if (ncand > 32) ncand = 32;
     int found = 0;
     LT(cublasLtMatmulAlgoGetHeuristic(lt, c.op, c.a, c.b, c.c, c.d, pref, ncand, res, &found));
     cublasLtMatmulPreferenceDestroy(pref);
@@ -147,29 +161,9 @@ static int time_candidates(cublasLtHandle_t lt, void *ws, size_t ws_bytes, const
     return found;
 }
 
-// bf16 values, uniform in [-1, 1), or with --gauss normal of standard deviation sd (torch.randn's data: the
-// products' power draw, and so their clock, depends on the data)
+// bf16 values, uniform in [-1, 1), or with --gauss normal of standard deviation sd (torch_gemm_shapes.py's data; the
+// choice moved neither program's timings by more than ~5%, dev/cuda/NOTES.md run 22, call 8)
 static int g_gauss;
-// By default bench.h's bench_gpu_ms: the median of calls each between its own events after a synchronization, which
-// counts the launch from an idle GPU. --back-to-back: ms a call of `reps` calls queued between two events, after
-// `warmup` calls, the way torch_gemm_shapes.py times PyTorch's (not yet run on a device, dev/cuda/NOTES.md run 22).
-static int g_sync_each = 1;
-static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps) {
-    if (g_sync_each) return bench_gpu_ms(run, ctx, warmup, reps);
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    int rc = 0;
-    for (int i = 0; i < warmup; i++) rc |= run(ctx);
-    CK(cudaEventRecord(e0, 0));
-    for (int i = 0; i < reps; i++) rc |= run(ctx);
-    CK(cudaEventRecord(e1, 0));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0); cudaEventDestroy(e1);
-    return rc ? -1 : ms / reps;
-}
-
 static void *dev_rand_bf16(size_t n, unsigned seed, float sd) {
     unsigned short *h = malloc(n * 2);
     unsigned s = seed * 2654435761u + 1;

@@ -201,8 +201,7 @@ int main(int argc, char **argv) {
         if (i >= warmup) ts[i - warmup] = now_s() - a;
         if (i < warmup) printf("warmup step %d: loss %.4f, %.1f ms\n", i + 1, loss, (now_s() - a) * 1e3);
     }
-    cudaDeviceSynchronize();
-    cudaProfilerStop();
+    cudaProfilerStop();   // (each step has synchronized: it returned its loss)
     double step_s = median(ts, steps);
     size_t free_b, total_b;
     cudaMemGetInfo(&free_b, &total_b);

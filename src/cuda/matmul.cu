@@ -78,11 +78,10 @@ typedef struct {   // one call's operands, for timing candidates (MODE_TUNE)
 // unless it beats the first by 5%.
 static int time_candidates(const gemm_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found,
                            const gemm_call *c) {
-    const gemm_key *k = &p->key;
+    const size_t bytes = (size_t)p->key.ldd * p->key.N * (p->key.d_f32 ? 4 : 2);
     void *scratch = NULL;
-    if (cudaMalloc(&scratch, (size_t)k->ldd * k->N * (k->d_f32 ? 4 : 2)) != cudaSuccess) { cudaGetLastError(); return 0; }
-    if (c->C) CUDA_CHECK(cudaMemcpyAsync(scratch, c->C, (size_t)k->ldd * k->N * (k->d_f32 ? 4 : 2),
-                                         cudaMemcpyDeviceToDevice, c->s));
+    if (cudaMalloc(&scratch, bytes) != cudaSuccess) { cudaGetLastError(); return 0; }
+    if (c->C) CUDA_CHECK(cudaMemcpyAsync(scratch, c->C, bytes, cudaMemcpyDeviceToDevice, c->s));
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
     int best = 0;
@@ -172,11 +171,6 @@ static void gemm_ex(int ta, int tb, int M, int N, int K, const bf16 *A, int lda,
                     int d_f32, int ldd, const void *C, float alpha, float beta, int aligned, cudaStream_t s) {
     if (M == 0 || N == 0) return;
     lt_init();
-    gemm_key k;
-    memset(&k, 0, sizeof k);
-    k.ta = ta; k.tb = tb; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
-    k.has_c = beta != 0.f;
-    if (aligned) { k.al_a = ptr_align(A); k.al_b = ptr_align(B); k.al_d = ptr_align(D); }
     if (gemm_mode() == MODE_EX && (!C || C == D)) {
         if (!g_cb) CUBLAS_CHECK(cublasCreate(&g_cb));
         CUBLAS_CHECK(cublasSetStream(g_cb, s));   // (which resets the workspace to cuBLAS's own pool)
@@ -186,6 +180,11 @@ static void gemm_ex(int ta, int tb, int M, int N, int K, const bf16 *A, int lda,
                                   ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
+    gemm_key k;
+    memset(&k, 0, sizeof k);
+    k.ta = ta; k.tb = tb; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;
+    k.has_c = beta != 0.f;
+    if (aligned) { k.al_a = ptr_align(A); k.al_b = ptr_align(B); k.al_d = ptr_align(D); }
     const gemm_call call = {A, B, C, alpha, beta, s};
     gemm_plan *p = plan_get(&k, &call);
     CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->a, B, p->b, &beta, C ? C : D, p->c, D, p->d, &p->algo,
