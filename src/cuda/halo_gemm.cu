@@ -7,6 +7,7 @@
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
+#include "cuda/lt_candidates.cuh"
 extern "C" {
 #include "util/error.h"
 }
@@ -72,7 +73,7 @@ extern "C" void halo_cuda_gemm_shutdown(void) {
 // (gate 3.05 -> 3.48 ms, down 3.78 -> 4.61; power, by the look of it: dev/cuda/h200_2026-12-03e/call4_*, final_*),
 // while INT8 gained at every shape (gate products 1.99 -> 1.73 ms) and FP8 most for the k/v input gradients (K 512:
 // 0.086 -> 0.051 ms).
-enum { QGEMM_TRY = 8, QGEMM_TIME_REPS = 5, QGEMM_FP8_TUNE_MAX_K = 1024 };
+enum { QGEMM_TRY = 8, QGEMM_FP8_TUNE_MAX_K = 1024 };
 static const float QGEMM_MIN_GAIN = 0.85f;
 static int g_tune = -1;
 extern "C" void halo_cuda_gemm_tune(int on) { g_tune = on ? 1 : 0; }
@@ -89,39 +90,6 @@ typedef struct {   // one call's operands, for timing the candidate algorithms
     size_t d_bytes;
     cudaStream_t s;
 } qgemm_call;
-
-static int time_algos(qgemm_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found, const qgemm_call *c) {
-    void *scratch = NULL;
-    if (cudaMalloc(&scratch, c->d_bytes) != cudaSuccess) { cudaGetLastError(); return 0; }   // keep the first
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0); cudaEventCreate(&e1);
-    const void *C = c->C ? c->C : scratch;
-    int best = 0;
-    float best_ms = 1e30f, first_ms = 1e30f;
-    for (int i = 0; i < found; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-        for (int r = 0; r <= QGEMM_TIME_REPS && st == CUBLAS_STATUS_SUCCESS; r++) {   // r = 0: warm-up
-            if (r == 1) cudaEventRecord(e0, c->s);
-            st = cublasLtMatmul(g_lt, p->op, c->alpha, c->A, p->a, c->B, p->b, c->beta, C, p->c, scratch, p->d,
-                                &res[i].algo, g_ws, g_ws_bytes, c->s);
-        }
-        cudaEventRecord(e1, c->s);
-        cudaEventSynchronize(e1);
-        float ms = 0.f;
-        if (st != CUBLAS_STATUS_SUCCESS || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
-        if (i == 0) first_ms = ms;
-        if (ms < best_ms) {
-            best_ms = ms;
-            best = i;
-        }
-    }
-    if (best_ms > QGEMM_MIN_GAIN * first_ms) best = 0;   // a short timing flatters some: keep the heuristic's choice
-    cudaEventDestroy(e0); cudaEventDestroy(e1);
-    cudaFree(scratch);
-    cudaGetLastError();
-    return best;
-}
 
 static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
     for (int i = 0; i < g_nplans; i++)
@@ -165,7 +133,13 @@ static qgemm_plan *plan_get(const qgemm_key *k, const qgemm_call *call) {
                   k->fp8 ? "fp8" : "int8", k->M, k->N, k->K, k->lda, k->ldb, k->ldd, (int)st);
         return NULL;
     }
-    p.algo = res[found > 1 ? time_algos(&p, res, found, call) : 0].algo;
+    int pick = 0;
+    if (found > 1) {
+        const lt_product lp = {g_lt, p.op, p.a, p.b, p.c, p.d, call->alpha, call->beta, call->A, call->B, call->C,
+                               call->d_bytes, g_ws, g_ws_bytes, call->s};
+        pick = lt_fastest_candidate(&lp, res, found, QGEMM_MIN_GAIN);
+    }
+    p.algo = res[pick].algo;
     g_plans[g_nplans] = p;
     return &g_plans[g_nplans++];
 }

@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 #include <string.h>
 #include "cuda/common.cuh"
+#include "cuda/lt_candidates.cuh"
 
 #define CUBLAS_CHECK(call) do { cublasStatus_t _s = (call); if (_s != CUBLAS_STATUS_SUCCESS) { \
     fprintf(stderr, "cuBLASLt error %d at %s:%d\n", (int)_s, __FILE__, __LINE__); abort(); } } while (0)
@@ -74,38 +75,6 @@ typedef struct {   // one call's operands, for timing candidates (MODE_TUNE)
     cudaStream_t s;
 } gemm_call;
 
-// Index of the fastest of res[0..found) on the call's operands (output into scratch, so C keeps its contents), or 0
-// unless it beats the first by 5%.
-static int time_candidates(const gemm_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found,
-                           const gemm_call *c) {
-    const size_t bytes = (size_t)p->key.ldd * p->key.N * (p->key.d_f32 ? 4 : 2);
-    void *scratch = NULL;
-    if (cudaMalloc(&scratch, bytes) != cudaSuccess) { cudaGetLastError(); return 0; }
-    if (c->C) CUDA_CHECK(cudaMemcpyAsync(scratch, c->C, bytes, cudaMemcpyDeviceToDevice, c->s));
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
-    int best = 0;
-    float best_ms = 1e30f, first_ms = 1e30f;
-    for (int i = 0; i < found; i++) {
-        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-        for (int r = 0; r <= 5 && st == CUBLAS_STATUS_SUCCESS; r++) {   // r = 0: warm-up
-            if (r == 1) CUDA_CHECK(cudaEventRecord(e0, c->s));
-            st = cublasLtMatmul(g_lt, p->op, &c->alpha, c->A, p->a, c->B, p->b, &c->beta, scratch, p->c, scratch, p->d,
-                                &res[i].algo, g_ws, g_ws_bytes, c->s);
-        }
-        CUDA_CHECK(cudaEventRecord(e1, c->s));
-        CUDA_CHECK(cudaEventSynchronize(e1));
-        float ms = 0.f;
-        if (st != CUBLAS_STATUS_SUCCESS || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
-        if (i == 0) first_ms = ms;
-        if (ms < best_ms) { best_ms = ms; best = i; }
-    }
-    if (best_ms > 0.95f * first_ms) best = 0;
-    cudaEventDestroy(e0); cudaEventDestroy(e1);
-    cudaFree(scratch);
-    return best;
-}
-
 static gemm_plan *plan_get(const gemm_key *k, const gemm_call *call) {
     for (int i = 0; i < g_nplans; i++)
         if (!memcmp(&g_plans[i].key, k, sizeof *k)) return &g_plans[i];
@@ -151,7 +120,11 @@ static gemm_plan *plan_get(const gemm_key *k, const gemm_call *call) {
         fprintf(stderr, "cuBLASLt: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", k->M, k->N, k->K, k->ta, k->tb);
         abort();
     }
-    if (found > 1) pick = time_candidates(p, res, found, call);
+    if (found > 1) {
+        const lt_product lp = {g_lt, p->op, p->a, p->b, p->c, p->d, &call->alpha, &call->beta, call->A, call->B,
+                               call->C, (size_t)k->ldd * k->N * (k->d_f32 ? 4 : 2), g_ws, g_ws_bytes, call->s};
+        pick = lt_fastest_candidate(&lp, res, found, 0.95f);
+    }
     p->algo = res[pick].algo;
     g_nplans++;
     return p;
