@@ -87,7 +87,8 @@ static int run_call(const void *ctx) {
 
 // By default bench.h's bench_gpu_ms: the median of calls each between its own events after a synchronization, which
 // counts the launch from an idle GPU. --back-to-back: ms a call of `reps` calls queued between two events, after
-// `warmup` calls, the way torch_gemm_shapes.py times PyTorch's (not yet run on a device, dev/cuda/NOTES.md run 22).
+// `warmup` calls, the way torch_gemm_shapes.py times PyTorch's (dev/cuda/NOTES.md run 23: ~1.8 ms less over the 1B
+// products than the default, PyTorch's still ~5.6 ms less).
 static int g_sync_each = 1;
 static double gpu_ms(int (*run)(const void *ctx), const void *ctx, int warmup, int reps) {
     if (g_sync_each) return bench_gpu_ms(run, ctx, warmup, reps);

@@ -4,6 +4,12 @@
 enum { TIMED_CALLS = 5 };
 
 int lt_fastest_candidate(const lt_product *p, const cublasLtMatmulHeuristicResult_t *res, int found, float min_ratio) {
+    // a stream being captured into a CUDA graph may not synchronize: keep the first
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(p->s, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) {
+        cudaGetLastError();
+        return 0;
+    }
     void *scratch = NULL;
     if (cudaMalloc(&scratch, p->d_bytes) != cudaSuccess) { cudaGetLastError(); return 0; }   // keep the first
     cudaEvent_t e0, e1;

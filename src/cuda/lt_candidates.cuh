@@ -18,5 +18,5 @@ typedef struct {   // one product as cuBLASLt runs it; alpha / beta point where 
 
 // Index of the fastest of res[0..found) (a warm-up, then 5 calls timed by events, output into scratch so the real
 // output keeps its contents), or 0 unless it takes at most min_ratio of the first candidate's time. 0 as well when
-// the scratch cannot be allocated. Synchronizes the stream once per candidate.
+// the scratch cannot be allocated or the stream is being captured. Synchronizes the stream once per candidate.
 int lt_fastest_candidate(const lt_product *p, const cublasLtMatmulHeuristicResult_t *res, int found, float min_ratio);

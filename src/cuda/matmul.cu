@@ -110,11 +110,8 @@ static gemm_plan *plan_get(const gemm_key *k, const gemm_call *call) {
     }
     cublasLtMatmulHeuristicResult_t res[8];
     int found = 0, pick = 0;
-    const int tune = gemm_mode() == MODE_TUNE;
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (tune) CUDA_CHECK(cudaStreamIsCapturing(call->s, &cap));
     CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->d, pref,
-                                                tune && cap == cudaStreamCaptureStatusNone ? 8 : 1, res, &found));
+                                                gemm_mode() == MODE_TUNE ? 8 : 1, res, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (!found) {
         fprintf(stderr, "cuBLASLt: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", k->M, k->N, k->K, k->ta, k->tb);
