@@ -715,13 +715,21 @@ static void test_gemm_s8_dq(void) {
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 100.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
         float *dR = t_dev_copy(R, ob);
-        static const char *form[4] = {"bf16", "fp32", "fp32 +=", "fp32 res +"};
-        for (int f = 0; f < 4; f++) {
-            const int f32 = f > 0, acc = f == 2;
-            const float *res = f == 3 ? dR : NULL;
+        static const char *form[5] = {"bf16", "fp32", "fp32 +=", "fp32 res +", "bf16 res +"};
+        for (int f = 0; f < 5; f++) {
+            const int f32 = f > 0 && f < 4, acc = f == 2;
+            const float *res = f >= 3 ? dR : NULL;
             void *ref = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob), *own = f == 2 ? t_dev_copy(R, ob) : dev_poison(ob);
             if (f == 3) halo_cuda_dequant_i32_res(ref, ldd, dI, N, Mo, No, dal, res, 0);
-            else halo_cuda_dequant_i32(ref, f32, ldd, dI, N, Mo, No, dal, NULL, NULL, acc, 0);
+            else if (f == 4) {   // the fp32 sum, rounded to bf16 on the host (the columns past No keep the poison)
+                float *t = dev_poison(ob);
+                halo_cuda_dequant_i32_res(t, ldd, dI, N, Mo, No, dal, res, 0);
+                float *ht = t_host_of(t, ob);
+                halo_bf16 *hb = t_host_of(ref, 2 * (size_t)Mo * ldd);
+                for (long r = 0; r < Mo; r++) cuda_f32_to_bf16_host(hb + r * ldd, ht + r * ldd, (size_t)No);
+                cudaMemcpy(ref, hb, 2 * (size_t)Mo * ldd, cudaMemcpyHostToDevice);
+                free(ht); free(hb); cudaFree(t);
+            } else halo_cuda_dequant_i32(ref, f32, ldd, dI, N, Mo, No, dal, NULL, NULL, acc, 0);
             rc = halo_cuda_gemm_s8_dq(own, f32, ldd, res, acc, dA, K, dB, K, M, N, K, Mo, No, dal, NULL, 0);
             CHECK(rc == HALO_OK, "own int8 gemm: %s", halo_error());
             char detail[64];
@@ -1391,6 +1399,39 @@ static void test_shared_x(int hm_block) {
                 cudaFree(dR); cudaFree(dEXf); cudaFree(dEXh);
             } else CHECK(halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXs, 1, dGa, HALO_CUDA_EX_DEFER, b, m, n1, 0) != 0,
                          "L%d (H_m block %d) took a deferred input gradient with nothing to defer", lvl, hm_block);
+            // the last linear of the group adds the sum and rounds to bf16 once (halo_cuda_linear_backward_sum): the
+            // bf16 of the EX_ADD sum above bit for bit, G as set above; INT8 levels 0-1 (level 1: H_m in the product)
+            // in the own kernel's epilogue, the others by a rounding pass after adding into the sum
+            {
+                float *dS = dev_poison(4 * nx);
+                halo_bf16 *dEXh = (halo_bf16 *)dev_poison(2 * nx);
+                rc = halo_cuda_linear_forward(&A2, dX, dW1, dYa, 1, b, m, n1, 0);
+                if (!rc) rc = halo_cuda_linear_forward(&B2, dX, dW2, dYb, 1, b, m, n2, 0);
+                if (!rc) rc = halo_cuda_linear_backward_flags(&A2, dE1, n1, dS, 1, dGa, HALO_CUDA_G_SET, b, m, n1, 0);
+                halo_cuda_prof_enable(1);
+                if (!rc) rc = halo_cuda_linear_backward_sum(&B2, dE2, n2, dEXh, dS, dGb, HALO_CUDA_G_SET, b, m, n2, 0);
+                halo_cuda_prof_enable(0);
+                CHECK(rc == 0, "summed pair: %s", halo_error());
+                halo_cuda_prof_rec rec[256];
+                const int nrec = halo_cuda_prof_collect(rec, 256);
+                int pass = 0;
+                for (int i = 0; i < nrec; i++) pass |= !strcmp(rec[i].name, "bwd round E_X sum");
+                const int fused = prec == HALO_PREC_INT8 && halo_cuda_gemm_s8_owning() && (lvl == 0 || (lvl == 1 && hm_block));
+                CHECK(pass == !fused, "%s L%d: the sum rounded %s", pn, lvl, pass ? "by a pass" : "in the product");
+                halo_bf16 *got = t_host_of(dEXh, 2 * nx), *want = malloc(2 * nx);
+                cuda_f32_to_bf16_host(want, EXs, nx);
+                long differ = 0;
+                for (size_t i = 0; i < nx; i++) differ += got[i] != want[i];
+                float *Gbr = t_host_of(dGb, 4 * (size_t)n2 * m);
+                snprintf(det, sizeof det, "%s L%d E_X sum -> bf16, values", pn, lvl);
+                row("summed by the last linear", det, (double)differ, 0, 0, 0);
+                snprintf(det, sizeof det, "%s L%d G of B", pn, lvl);
+                row("summed by the last linear", det, max_rel(Gbr, Gbs, (size_t)n2 * m), 0, 0, 0);
+                CHECK(halo_cuda_linear_backward_sum(&B2, dE2, n2, dEXh, dS, dGb, HALO_CUDA_EX_ADD, b, m, n2, 0) != 0,
+                      "backward_sum took HALO_CUDA_EX_ADD");
+                free(got); free(want); free(Gbr);
+                cudaFree(dS); cudaFree(dEXh);
+            }
             // HALO_CUDA_NO_G (LoRA's frozen base): X's codes only row-major in the scratch, none saved; B still
             // borrows A's. Y as with saved codes (the row quantizer's codes; 1e-2 allows rotation-order ties at
             // levels 1-2), E_X bit for bit (it reads no X codes); a weight gradient after it is refused

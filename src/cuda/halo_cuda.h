@@ -166,9 +166,9 @@ int halo_cuda_gemm_s8(int32_t *D, long ldd, const int8_t *A, long lda, const int
                       cudaStream_t s);
 void halo_cuda_gemm_shutdown(void);
 // INT8 with the dequantization in the product's epilogue (int8_gemm.cu: own wgmma kernel, Hopper 9.0 only):
-// D[Mo][No] (bf16, or fp32: =, += when accumulate, or = res + with res [Mo][ldd] fp32, may be D) = *alpha * A B^T for
-// the first Mo rows, No columns of the M x N product; values equal halo_cuda_gemm_s8 + halo_cuda_dequant_i32 bit for
-// bit. halo_cuda_gemm_s8_dq_ok: whether it takes the call (M >= 128, N >= 256, K >= 16; lda, ldb multiples of 16 and
+// D[Mo][No] (fp32: =, += when accumulate, or = res + with res [Mo][ldd] fp32, may be D; bf16: = or = res + with res
+// [Mo][ldd] fp32, the fp32 sum rounded once) = *alpha * A B^T for the first Mo rows, No columns of the M x N product;
+// values equal halo_cuda_gemm_s8 + halo_cuda_dequant_i32 (+ the rounding of the fp32 form) bit for bit. halo_cuda_gemm_s8_dq_ok: whether it takes the call (M >= 128, N >= 256, K >= 16; lda, ldb multiples of 16 and
 // 16-byte aligned operands; No, ldd even; on by default, off by halo_cuda_gemm_s8_own(0) or HALO_INT8_OWN_GEMM=0).
 int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                             const int8_t *B, long ldb, int M, int N, int K, int Mo, int No);
@@ -369,6 +369,13 @@ enum { HALO_CUDA_EYR_AMAX = 64 };
 void halo_cuda_ey_rot_amax(int on);
 int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32,
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
+// The last linear of a group sharing an input: EX (bf16 [b][m]) = ex_sum (fp32 [b][m], the earlier linears' E_X
+// summed with HALO_CUDA_EX_ADD) + this one's E_X, rounded once; the values of backward_flags with EX_ADD into ex_sum
+// and a rounding pass, bit for bit. Where the own INT8 kernel takes the product (levels 0-1, no telemetry) it adds
+// ex_sum in its epilogue and leaves it as it was; otherwise ex_sum is overwritten with the sum. flags: neither EX_ADD
+// nor EX_DEFER.
+int halo_cuda_linear_backward_sum(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, halo_bf16 *EX, float *ex_sum,
+                                  float *G, int flags, int b, int m, int n, cudaStream_t s);
 // Rotated quantizations (levels 1, 2): 1 (default) = one rotation into fp32 scratch with the absmax, then the codes
 // from it (halo_cuda_rot_amax where it applies); 0 = rotate in both passes (absmax, then codes). Same codes.
 void halo_cuda_rot_once(int on);

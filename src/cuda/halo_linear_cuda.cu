@@ -619,8 +619,10 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
     return halo_cuda_linear_forward_ex(L, X, W, Y, y_f32, n, NULL, b, m, n, s);
 }
 
+// ex_sum (levels 0-1, bf16 EX, neither EX_ADD nor EX_DEFER; else NULL): EX = bf16(ex_sum + E_X), see
+// halo_cuda_linear_backward_sum.
 static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G, int flags,
-                         int b, int m, int n, cudaStream_t s) {
+                         int b, int m, int n, float *ex_sum, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
@@ -682,8 +684,18 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                  halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         }
         if (lvl < 2) {
-            if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, lvl == 1 && !defer, EX, ex_f32, m, ex_add, 1,
-                        NULL, s))
+            const int post = lvl == 1 && !defer;
+            // the group's sum added in the own INT8 kernel's epilogue, rounded to bf16 there (product() takes this
+            // path for these arguments); else added into ex_sum and rounded by a pass
+            const int sum_fused = ex_sum && L->prec == HALO_PREC_INT8 && (!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
+                                  halo_cuda_gemm_s8_dq_ok(EX, 0, m, ex_sum, (const int8_t *)qe, np, (const int8_t *)qwt,
+                                                          np, b, (int)mp, (int)np, b, m);
+            if (ex_sum && !sum_fused) {
+                if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, ex_sum, 1, m, 1, 1, NULL, s))
+                    return halo_fail_ctx("%s: input gradient: ", L->name);
+                PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16((halo_bf16 *)EX, ex_sum, (size_t)b * m, s));
+            } else if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, EX, ex_f32, m, ex_add, 1,
+                               sum_fused ? ex_sum : NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {
             if (plan_hb(L, b)) return HALO_ERR;
@@ -826,14 +838,24 @@ extern "C" int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *o
 
 extern "C" int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX,
                                                int ex_f32, float *G, int flags, int b, int m, int n, cudaStream_t s) {
-    if (!L->tele_on) return backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, s);
+    if (!L->tele_on) return backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, NULL, s);
     // telemetry: the references (they read E_Y, W and the forward's X before E_X may overwrite X's buffer) and
     // snapshots of the rows the products add into, then the errors after
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int ok = L->have_fwd && b == L->b && m == L->m && n == L->n && ldey >= n && !(ex_add && !ex_f32);
     if (ok) halo_cuda_tele_bwd_begin(L, EY, ldey, EX, ex_add, G, g_acc, b, m, n, s);
-    const int rc = backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, s);
+    const int rc = backward_body(L, EY, ldey, EX, ex_f32, G, flags, b, m, n, NULL, s);
     if (rc == HALO_OK) halo_cuda_tele_bwd_end(L, EX, ex_f32, G, b, m, n, s);
+    return rc;
+}
+
+extern "C" int halo_cuda_linear_backward_sum(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, halo_bf16 *EX,
+                                             float *ex_sum, float *G, int flags, int b, int m, int n, cudaStream_t s) {
+    if (!EX || !ex_sum || (flags & (HALO_CUDA_EX_ADD | HALO_CUDA_EX_DEFER)))
+        return halo_fail("%s: a summed input gradient needs EX, the fp32 sum, and neither EX_ADD nor EX_DEFER", L->name);
+    if (!L->tele_on && L->level < 2) return backward_body(L, EY, ldey, EX, 0, G, flags, b, m, n, ex_sum, s);
+    const int rc = halo_cuda_linear_backward_flags(L, EY, ldey, ex_sum, 1, G, flags | HALO_CUDA_EX_ADD, b, m, n, s);
+    if (rc == HALO_OK) PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16(EX, ex_sum, (size_t)b * m, s));
     return rc;
 }
 

@@ -36,7 +36,7 @@ struct dq_args {
     const float *res, *alpha;
     long ldd;
     int M, N, K, Mo, No;
-    int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32)
+    int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32 res; a bf16 D gets the sum rounded once)
     int vec;           // bf16: D and ldd allow 16-byte stores
     int rot_stages;    // > 0: rows rotated by H_B, B = 2^rot_stages <= 256, before the store (0: none)
     float rot_scale;   // 1 / sqrt(B), the plan's float
@@ -355,9 +355,14 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     uint32_t v[4];
 #pragma unroll
                     for (int u = 0; u < 4; u++) {
-                        const int i = 4 * j + u;
-                        const __nv_bfloat162 b = __floats2bfloat162_rn(__int_as_float(acc[4 * i + 2 * h]),
-                                                                       __int_as_float(acc[4 * i + 2 * h + 1]));
+                        const int i = 4 * j + u, c = c0 + 8 * i;
+                        float x0 = __int_as_float(acc[4 * i + 2 * h]), x1 = __int_as_float(acc[4 * i + 2 * h + 1]);
+                        if (p.mode == 2 && r < p.Mo && c < p.No) {   // res + (as the fp32 form), rounded once
+                            const float2 a = *(const float2 *)(p.res + (long)r * p.ldd + c);
+                            x0 = a.x + x0;
+                            x1 = a.y + x1;
+                        }
+                        const __nv_bfloat162 b = __floats2bfloat162_rn(x0, x1);
                         v[u] = *(const uint32_t *)&b;
                     }
                     if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
@@ -550,7 +555,7 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
         return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
                          M, N, K, lda, ldb, ldd);
-    if ((res || accumulate) && !d_f32) return halo_fail("halo_cuda_gemm_s8_dq: accumulation needs an fp32 output");
+    if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_s8_dq: accumulation needs an fp32 output");
     CUtensorMap ma, mb;
     if (!encode(&ma, A, M, K, lda, BM) || !encode(&mb, B, N, K, ldb, BN))
         return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M, N,

@@ -1303,7 +1303,8 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
     lora_backward_dx_group(g, l, k0, nk, X, dX);
 }
 
-// group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once.
+// group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once
+// (by the last linear's product where it can: halo_cuda_linear_backward_sum).
 static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
                                 int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
@@ -1319,15 +1320,21 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
         lin_shape(g, k, &m, &n);
-        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0);
-        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), (const halo_bf16 *)dY + col, ldy,
-                                                                      g->hacc, 1, G ? G + col * D : NULL, flags, N, D,
-                                                                      n, g->st)));
+        const halo_bf16 *ey = (const halo_bf16 *)dY + col;
+        float *gk = G ? G + col * D : NULL;
         col += n;
+        if (!defer && k == k0 + nk - 1) {   // the last: the sum + its E_X rounded to bf16 into dX once
+            PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_sum(hl_of(g, l, k), ey, ldy, (halo_bf16 *)dX,
+                                                                        g->hacc, gk, halo_g_flag(g) | ey_flag, N, D, n,
+                                                                        g->st)));
+            continue;
+        }
+        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0);
+        PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), ey, ldy, g->hacc, 1, gk, flags, N,
+                                                                      D, n, g->st)));
     }
     if (defer)
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
-    else PROF(g, PR_HALO_B, cuda_f32_to_bf16((halo_bf16 *)dX, g->hacc, (size_t)N * D, g->st));
 }
 
 // Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
