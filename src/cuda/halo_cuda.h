@@ -373,7 +373,7 @@ int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, lo
 // summed with HALO_CUDA_EX_ADD) + this one's E_X, rounded once; the values of backward_flags with EX_ADD into ex_sum
 // and a rounding pass, bit for bit. Where the own INT8 kernel takes the product (levels 0-1, no telemetry) it adds
 // ex_sum in its epilogue and leaves it as it was; otherwise ex_sum is overwritten with the sum. flags: neither EX_ADD
-// nor EX_DEFER.
+// nor EX_DEFER. HALO_CUDA_SUM_FUSED=0 in the environment: always the pass (the A/B).
 int halo_cuda_linear_backward_sum(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, halo_bf16 *EX, float *ex_sum,
                                   float *G, int flags, int b, int m, int n, cudaStream_t s);
 // Rotated quantizations (levels 1, 2): 1 (default) = one rotation into fp32 scratch with the absmax, then the codes

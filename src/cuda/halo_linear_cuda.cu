@@ -620,7 +620,8 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
 }
 
 // ex_sum (levels 0-1, bf16 EX, neither EX_ADD nor EX_DEFER; else NULL): EX = bf16(ex_sum + E_X), see
-// halo_cuda_linear_backward_sum.
+// halo_cuda_linear_backward_sum. HALO_CUDA_SUM_FUSED=0 in the environment: always by the rounding pass (the A/B).
+static int g_sum_fused = -1;
 static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G, int flags,
                          int b, int m, int n, float *ex_sum, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
@@ -687,7 +688,8 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             const int post = lvl == 1 && !defer;
             // the group's sum added in the own INT8 kernel's epilogue, rounded to bf16 there (product() takes this
             // path for these arguments); else added into ex_sum and rounded by a pass
-            const int sum_fused = ex_sum && L->prec == HALO_PREC_INT8 && (!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
+            const int sum_fused = ex_sum && env_switch(&g_sum_fused, "HALO_CUDA_SUM_FUSED") &&
+                                  L->prec == HALO_PREC_INT8 && (!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
                                   halo_cuda_gemm_s8_dq_ok(EX, 0, m, ex_sum, (const int8_t *)qe, np, (const int8_t *)qwt,
                                                           np, b, (int)mp, (int)np, b, m);
             if (ex_sum && !sum_fused) {

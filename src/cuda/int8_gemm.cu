@@ -345,6 +345,20 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
             lora_epilogue(acc, p, sb, m0 + cw * 64 + warp * 16, lane);
         }
         const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
+        if (!p.d_f32 && p.mode == 2) {   // bf16 D = res + : the fp32 sum in place (as the fp32 form), rounded below
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = r0 + 8 * h;
+                const float *src = p.res + (long)r * p.ldd + c0;
+#pragma unroll
+                for (int i = 0; i < 32; i++)
+                    if (r < p.Mo && c0 + 8 * i < p.No) {
+                        const float2 a = *(const float2 *)(src + 8 * i);
+                        acc[4 * i + 2 * h] = __float_as_int(a.x + __int_as_float(acc[4 * i + 2 * h]));
+                        acc[4 * i + 2 * h + 1] = __float_as_int(a.y + __int_as_float(acc[4 * i + 2 * h + 1]));
+                    }
+            }
+        }
         if (!p.d_f32) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -355,14 +369,9 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     uint32_t v[4];
 #pragma unroll
                     for (int u = 0; u < 4; u++) {
-                        const int i = 4 * j + u, c = c0 + 8 * i;
-                        float x0 = __int_as_float(acc[4 * i + 2 * h]), x1 = __int_as_float(acc[4 * i + 2 * h + 1]);
-                        if (p.mode == 2 && r < p.Mo && c < p.No) {   // res + (as the fp32 form), rounded once
-                            const float2 a = *(const float2 *)(p.res + (long)r * p.ldd + c);
-                            x0 = a.x + x0;
-                            x1 = a.y + x1;
-                        }
-                        const __nv_bfloat162 b = __floats2bfloat162_rn(x0, x1);
+                        const int i = 4 * j + u;
+                        const __nv_bfloat162 b = __floats2bfloat162_rn(__int_as_float(acc[4 * i + 2 * h]),
+                                                                       __int_as_float(acc[4 * i + 2 * h + 1]));
                         v[u] = *(const uint32_t *)&b;
                     }
                     if (p.vec) {   // 4 x 4 transpose in the quad: lane q gets chunk 4j + q whole, one 16-byte store
