@@ -1399,10 +1399,12 @@ static void test_shared_x(int hm_block) {
                 cudaFree(dR); cudaFree(dEXf); cudaFree(dEXh);
             } else CHECK(halo_cuda_linear_backward_flags(&A2, dE1, n1, dEXs, 1, dGa, HALO_CUDA_EX_DEFER, b, m, n1, 0) != 0,
                          "L%d (H_m block %d) took a deferred input gradient with nothing to defer", lvl, hm_block);
-            // the last linear of the group adds the sum and rounds to bf16 once (halo_cuda_linear_backward_sum): the
-            // bf16 of the EX_ADD sum above bit for bit, G as set above; INT8 levels 0-1 (level 1: H_m in the product)
-            // in the own kernel's epilogue, the others by a rounding pass after adding into the sum
-            {
+            // the last linear of the group adds the sum and rounds to bf16 once (halo_cuda_linear_backward_sum), with
+            // the epilogue form off and on: the bf16 of the EX_ADD sum above bit for bit, G as set above; on, INT8
+            // levels 0-1 (level 1: H_m in the product) add in the own kernel's epilogue, the rest by a rounding pass
+            const int sum_setting = halo_cuda_sum_fusing();
+            for (int on = 0; on < 2; on++) {
+                halo_cuda_sum_fused(on);
                 float *dS = dev_poison(4 * nx);
                 halo_bf16 *dEXh = (halo_bf16 *)dev_poison(2 * nx);
                 rc = halo_cuda_linear_forward(&A2, dX, dW1, dYa, 1, b, m, n1, 0);
@@ -1416,24 +1418,25 @@ static void test_shared_x(int hm_block) {
                 const int nrec = halo_cuda_prof_collect(rec, 256);
                 int pass = 0;
                 for (int i = 0; i < nrec; i++) pass |= !strcmp(rec[i].name, "bwd round E_X sum");
-                const char *off = getenv("HALO_CUDA_SUM_FUSED");   // "0": every sum by the pass (the A/B switch)
-                const int fused = prec == HALO_PREC_INT8 && halo_cuda_gemm_s8_owning() && !(off && off[0] == '0') &&
+                const int fused = on && prec == HALO_PREC_INT8 && halo_cuda_gemm_s8_owning() &&
                                   (lvl == 0 || (lvl == 1 && hm_block));
-                CHECK(pass == !fused, "%s L%d: the sum rounded %s", pn, lvl, pass ? "by a pass" : "in the product");
+                CHECK(pass == !fused, "%s L%d (epilogue form %s): the sum rounded %s", pn, lvl, on ? "on" : "off",
+                      pass ? "by a pass" : "in the product");
                 halo_bf16 *got = t_host_of(dEXh, 2 * nx), *want = malloc(2 * nx);
                 cuda_f32_to_bf16_host(want, EXs, nx);
                 long differ = 0;
                 for (size_t i = 0; i < nx; i++) differ += got[i] != want[i];
                 float *Gbr = t_host_of(dGb, 4 * (size_t)n2 * m);
-                snprintf(det, sizeof det, "%s L%d E_X sum -> bf16, values", pn, lvl);
+                snprintf(det, sizeof det, "%s L%d%s E_X sum -> bf16", pn, lvl, fused ? " epilogue" : "");
                 row("summed by the last linear", det, (double)differ, 0, 0, 0);
-                snprintf(det, sizeof det, "%s L%d G of B", pn, lvl);
+                snprintf(det, sizeof det, "%s L%d%s G of B", pn, lvl, fused ? " epilogue" : "");
                 row("summed by the last linear", det, max_rel(Gbr, Gbs, (size_t)n2 * m), 0, 0, 0);
                 CHECK(halo_cuda_linear_backward_sum(&B2, dE2, n2, dEXh, dS, dGb, HALO_CUDA_EX_ADD, b, m, n2, 0) != 0,
                       "backward_sum took HALO_CUDA_EX_ADD");
                 free(got); free(want); free(Gbr);
                 cudaFree(dS); cudaFree(dEXh);
             }
+            halo_cuda_sum_fused(sum_setting);
             // HALO_CUDA_NO_G (LoRA's frozen base): X's codes only row-major in the scratch, none saved; B still
             // borrows A's. Y as with saved codes (the row quantizer's codes; 1e-2 allows rotation-order ties at
             // levels 1-2), E_X bit for bit (it reads no X codes); a weight gradient after it is refused

@@ -620,8 +620,17 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
 }
 
 // ex_sum (levels 0-1, bf16 EX, neither EX_ADD nor EX_DEFER; else NULL): EX = bf16(ex_sum + E_X), see
-// halo_cuda_linear_backward_sum. HALO_CUDA_SUM_FUSED=0 in the environment: always by the rounding pass (the A/B).
+// halo_cuda_linear_backward_sum. g_sum_fused: -1 = not set yet (then HALO_CUDA_SUM_FUSED=1 in the environment turns
+// the epilogue form on; off by default until a device has timed it), else 0 / 1.
 static int g_sum_fused = -1;
+extern "C" void halo_cuda_sum_fused(int on) { g_sum_fused = on ? 1 : 0; }
+extern "C" int halo_cuda_sum_fusing(void) {
+    if (g_sum_fused < 0) {
+        const char *e = getenv("HALO_CUDA_SUM_FUSED");
+        g_sum_fused = e && e[0] == '1';
+    }
+    return g_sum_fused;
+}
 static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G, int flags,
                          int b, int m, int n, float *ex_sum, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
@@ -688,7 +697,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             const int post = lvl == 1 && !defer;
             // the group's sum added in the own INT8 kernel's epilogue, rounded to bf16 there (product() takes this
             // path for these arguments); else added into ex_sum and rounded by a pass
-            const int sum_fused = ex_sum && env_switch(&g_sum_fused, "HALO_CUDA_SUM_FUSED") &&
+            const int sum_fused = ex_sum && halo_cuda_sum_fusing() &&
                                   L->prec == HALO_PREC_INT8 && (!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
                                   halo_cuda_gemm_s8_dq_ok(EX, 0, m, ex_sum, (const int8_t *)qe, np, (const int8_t *)qwt,
                                                           np, b, (int)mp, (int)np, b, m);

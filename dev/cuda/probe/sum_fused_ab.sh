@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The group's input-gradient sum rounded by the last INT8 product (halo_cuda_linear_backward_sum) against the rounding
-# pass (HALO_CUDA_SUM_FUSED=0), same binary, alternating, BF16 beside them; test_cuda_halo first. Results are appended
+# The group's input-gradient sum rounded by the last INT8 product (HALO_CUDA_SUM_FUSED=1, halo_cuda_linear_backward_sum)
+# against the rounding pass (the default until this has been timed), same binary, alternating, BF16 beside them; test_cuda_halo first. Results are appended
 # to $OUT/summary.txt as they finish (the call may be cut short). On the device, after scripts/device_sync.sh:
 #   cd .dev-cuda && bash dev/cuda/probe/sum_fused_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda (after scripts/device_sync.sh)
@@ -18,9 +18,9 @@ run() { local n=$1; shift; "$@" > $OUT/t/$n.log 2>&1; echo "$n $(grep -o '"step_
 for r in 1 2; do
   run bf16_$r $B
   run i0_$r $B --precision int8 --halo-level 0
-  run i0off_$r env HALO_CUDA_SUM_FUSED=0 $B --precision int8 --halo-level 0
+  run i0sum_$r env HALO_CUDA_SUM_FUSED=1 $B --precision int8 --halo-level 0
   [ $r = 1 ] && run i1_$r $B $L1
-  [ $r = 1 ] && run i1off_$r env HALO_CUDA_SUM_FUSED=0 $B $L1
+  [ $r = 1 ] && run i1sum_$r env HALO_CUDA_SUM_FUSED=1 $B $L1
 done
 cat $S
 cd $OUT && tar cJf logs.tar.xz t && rm -rf t
