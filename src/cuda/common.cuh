@@ -28,6 +28,14 @@ static inline int env_switch(int *flag, const char *name) {
     }
     return *flag;
 }
+// The same, default off: "1" turns it on.
+static inline int env_switch_off(int *flag, const char *name) {
+    if (*flag < 0) {
+        const char *e = getenv(name);
+        *flag = e && e[0] == '1';
+    }
+    return *flag;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -168,7 +168,8 @@ void halo_cuda_gemm_shutdown(void);
 // INT8 with the dequantization in the product's epilogue (int8_gemm.cu: own wgmma kernel, Hopper 9.0 only):
 // D[Mo][No] (fp32: =, += when accumulate, or = res + with res [Mo][ldd] fp32, may be D; bf16: = or = res + with res
 // [Mo][ldd] fp32, the fp32 sum rounded once) = *alpha * A B^T for the first Mo rows, No columns of the M x N product;
-// values equal halo_cuda_gemm_s8 + halo_cuda_dequant_i32 (+ the rounding of the fp32 form) bit for bit. halo_cuda_gemm_s8_dq_ok: whether it takes the call (M >= 128, N >= 256, K >= 16; lda, ldb multiples of 16 and
+// values equal halo_cuda_gemm_s8 + halo_cuda_dequant_i32 (+ the rounding of the fp32 form) bit for bit.
+// halo_cuda_gemm_s8_dq_ok: whether it takes the call (M >= 128, N >= 256, K >= 16; lda, ldb multiples of 16 and
 // 16-byte aligned operands; No, ldd even; on by default, off by halo_cuda_gemm_s8_own(0) or HALO_INT8_OWN_GEMM=0).
 int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                             const int8_t *B, long ldb, int M, int N, int K, int Mo, int No);

@@ -150,7 +150,7 @@ static int gemm_fp8(void *D, int d_f32, long ldd, const void *C, const uint8_t *
     if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_fp8: accumulation needs an fp32 output");
     lt_init();
     static int fast = -1;
-    if (fast < 0) { const char *e = getenv("HALO_FP8_FAST_ACCUM"); fast = e && *e == '1'; }
+    env_switch_off(&fast, "HALO_FP8_FAST_ACCUM");
     qgemm_key k;
     memset(&k, 0, sizeof k);
     k.fp8 = 1; k.M = M; k.N = N; k.K = K; k.lda = lda; k.ldb = ldb; k.ldd = ldd; k.d_f32 = d_f32;

@@ -624,12 +624,10 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
 // the epilogue form on; off by default until a device has timed it), else 0 / 1.
 static int g_sum_fused = -1;
 extern "C" void halo_cuda_sum_fused(int on) { g_sum_fused = on ? 1 : 0; }
-extern "C" int halo_cuda_sum_fusing(void) {
-    if (g_sum_fused < 0) {
-        const char *e = getenv("HALO_CUDA_SUM_FUSED");
-        g_sum_fused = e && e[0] == '1';
-    }
-    return g_sum_fused;
+extern "C" int halo_cuda_sum_fusing(void) { return env_switch_off(&g_sum_fused, "HALO_CUDA_SUM_FUSED"); }
+// EX (bf16) = the fp32 sum, rounded once: the pass the epilogue form replaces
+static void round_sum(halo_bf16 *EX, const float *ex_sum, int b, int m, cudaStream_t s) {
+    PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16(EX, ex_sum, (size_t)b * m, s));
 }
 static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, void *EX, int ex_f32, float *G, int flags,
                          int b, int m, int n, float *ex_sum, cudaStream_t s) {
@@ -704,7 +702,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             if (ex_sum && !sum_fused) {
                 if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, ex_sum, 1, m, 1, 1, NULL, s))
                     return halo_fail_ctx("%s: input gradient: ", L->name);
-                PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16((halo_bf16 *)EX, ex_sum, (size_t)b * m, s));
+                round_sum((halo_bf16 *)EX, ex_sum, b, m, s);
             } else if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, EX, ex_f32, m, ex_add, 1,
                                sum_fused ? ex_sum : NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
@@ -866,7 +864,7 @@ extern "C" int halo_cuda_linear_backward_sum(halo_cuda_linear *L, const halo_bf1
         return halo_fail("%s: a summed input gradient needs EX, the fp32 sum, and neither EX_ADD nor EX_DEFER", L->name);
     if (!L->tele_on && L->level < 2) return backward_body(L, EY, ldey, EX, 0, G, flags, b, m, n, ex_sum, s);
     const int rc = halo_cuda_linear_backward_flags(L, EY, ldey, ex_sum, 1, G, flags | HALO_CUDA_EX_ADD, b, m, n, s);
-    if (rc == HALO_OK) PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16(EX, ex_sum, (size_t)b * m, s));
+    if (rc == HALO_OK) round_sum(EX, ex_sum, b, m, s);
     return rc;
 }
 

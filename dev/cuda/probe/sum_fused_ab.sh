@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The group's input-gradient sum rounded by the last INT8 product (HALO_CUDA_SUM_FUSED=1, halo_cuda_linear_backward_sum)
-# against the rounding pass (the default until this has been timed), same binary, alternating, BF16 beside them; test_cuda_halo first. Results are appended
-# to $OUT/summary.txt as they finish (the call may be cut short). On the device, after scripts/device_sync.sh:
+# against the rounding pass (the default until this has been timed), same binary, alternating, BF16 beside them;
+# test_cuda_halo first. Results are appended to $OUT/summary.txt as they finish (the call may be cut short).
+# On the device, after scripts/device_sync.sh:
 #   cd .dev-cuda && bash dev/cuda/probe/sum_fused_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda (after scripts/device_sync.sh)
 tar xJf build-dev.tar.xz
