@@ -3,7 +3,8 @@
 # against the rounding pass (the default until this has been timed), same binary, alternating, BF16 beside them;
 # test_cuda_halo first. Results are appended to $OUT/summary.txt as they finish (the call may be cut short).
 # On the device, after scripts/device_sync.sh:
-#   cd .dev-cuda && bash dev/cuda/probe/sum_fused_ab.sh        (SHORT=1: INT8 L0 pairs only, ~4 min)
+#   cd .dev-cuda && bash dev/cuda/probe/sum_fused_ab.sh        (SHORT=1: INT8 L0 pairs only, ~4 min;
+#   ROUNDS=n with SHORT=1: n pairs instead of 3)
 cd "$(dirname "$0")/../../.."   # .dev-cuda (after scripts/device_sync.sh)
 tar xJf build-dev.tar.xz
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -17,7 +18,7 @@ B="build-dev/bench/bench_cuda_train --model llama3.2-1b --batch 4 --seq 2048 --s
 L1="--precision int8 --halo-level 1 --halo-hadamard-block 256"
 run() { local n=$1; shift; "$@" > $OUT/t/$n.log 2>&1; echo "$n $(grep -o '"step_ms": [0-9.]*' $OUT/t/$n.log)" >> $S; }
 if [ -n "${SHORT:-}" ]; then   # a short device call: the INT8 L0 pair alternating, BF16 once
-  for r in 1 2 3; do
+  for r in $(seq 1 ${ROUNDS:-3}); do
     run i0sum_$r env HALO_CUDA_SUM_FUSED=1 $B --precision int8 --halo-level 0
     run i0_$r $B --precision int8 --halo-level 0
     [ $r = 1 ] && run bf16_$r $B
