@@ -372,9 +372,9 @@ int halo_cuda_linear_backward_flags(halo_cuda_linear *L, const halo_bf16 *EY, lo
                                     float *G, int flags, int b, int m, int n, cudaStream_t s);
 // The last linear of a group sharing an input: EX (bf16 [b][m]) = ex_sum (fp32 [b][m], the earlier linears' E_X
 // summed with HALO_CUDA_EX_ADD) + this one's E_X, rounded once; the values of backward_flags with EX_ADD into ex_sum
-// and a rounding pass, bit for bit. With halo_cuda_sum_fused(1) (or HALO_CUDA_SUM_FUSED=1 in the environment; off by
-// default until a device has timed it), where the own INT8 kernel takes the product (levels 0-1, no telemetry), it
-// adds ex_sum in its epilogue and leaves it as it was; otherwise ex_sum is overwritten with the sum. flags: neither
+// and a rounding pass, bit for bit. By default (halo_cuda_sum_fused(0) or HALO_CUDA_SUM_FUSED=0 in the environment
+// turn it off), where the own INT8 kernel takes the product (levels 0-1, no telemetry), it adds ex_sum in its
+// epilogue and leaves it as it was; otherwise ex_sum is overwritten with the sum. flags: neither
 // EX_ADD nor EX_DEFER.
 int halo_cuda_linear_backward_sum(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, halo_bf16 *EX, float *ex_sum,
                                   float *G, int flags, int b, int m, int n, cudaStream_t s);

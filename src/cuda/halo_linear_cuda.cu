@@ -620,11 +620,11 @@ extern "C" int halo_cuda_linear_forward(halo_cuda_linear *L, const halo_bf16 *X,
 }
 
 // ex_sum (levels 0-1, bf16 EX, neither EX_ADD nor EX_DEFER; else NULL): EX = bf16(ex_sum + E_X), see
-// halo_cuda_linear_backward_sum. g_sum_fused: -1 = not set yet (then HALO_CUDA_SUM_FUSED=1 in the environment turns
-// the epilogue form on; off by default until a device has timed it), else 0 / 1.
+// halo_cuda_linear_backward_sum. g_sum_fused: -1 = not set yet (then the epilogue form, unless HALO_CUDA_SUM_FUSED=0
+// in the environment), else 0 / 1.
 static int g_sum_fused = -1;
 extern "C" void halo_cuda_sum_fused(int on) { g_sum_fused = on ? 1 : 0; }
-extern "C" int halo_cuda_sum_fusing(void) { return env_switch_off(&g_sum_fused, "HALO_CUDA_SUM_FUSED"); }
+extern "C" int halo_cuda_sum_fusing(void) { return env_switch(&g_sum_fused, "HALO_CUDA_SUM_FUSED"); }
 // EX (bf16) = the fp32 sum, rounded once: the pass the epilogue form replaces
 static void round_sum(halo_bf16 *EX, const float *ex_sum, int b, int m, cudaStream_t s) {
     PROF("bwd round E_X sum", 6.0 * b * m, cuda_f32_to_bf16(EX, ex_sum, (size_t)b * m, s));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The group's input-gradient sum rounded by the last INT8 product (HALO_CUDA_SUM_FUSED=1, halo_cuda_linear_backward_sum)
-# against the rounding pass (the default until this has been timed), same binary, alternating, BF16 beside them;
+# The group's input-gradient sum rounded by the last INT8 product (HALO_CUDA_SUM_FUSED=1, halo_cuda_linear_backward_sum;
+# the default since the forty-third session, NOTES run 27) against the rounding pass (HALO_CUDA_SUM_FUSED=0), same
+# binary, alternating, BF16 beside them;
 # test_cuda_halo first. Results are appended to $OUT/summary.txt as they finish (the call may be cut short).
 # On the device, after scripts/device_sync.sh:
 #   cd .dev-cuda && bash dev/cuda/probe/sum_fused_ab.sh        (SHORT=1: INT8 L0 pairs only, ~4 min;
@@ -20,14 +21,14 @@ run() { local n=$1; shift; "$@" > $OUT/t/$n.log 2>&1; echo "$n $(grep -o '"step_
 if [ -n "${SHORT:-}" ]; then   # a short device call: the INT8 L0 pair alternating, BF16 once
   for r in $(seq 1 ${ROUNDS:-3}); do
     run i0sum_$r env HALO_CUDA_SUM_FUSED=1 $B --precision int8 --halo-level 0
-    run i0_$r $B --precision int8 --halo-level 0
+    run i0_$r env HALO_CUDA_SUM_FUSED=0 $B --precision int8 --halo-level 0
     [ $r = 1 ] && run bf16_$r $B
   done
 else for r in 1 2; do
   run bf16_$r $B
-  run i0_$r $B --precision int8 --halo-level 0
+  run i0_$r env HALO_CUDA_SUM_FUSED=0 $B --precision int8 --halo-level 0
   run i0sum_$r env HALO_CUDA_SUM_FUSED=1 $B --precision int8 --halo-level 0
-  [ $r = 1 ] && run i1_$r $B $L1
+  [ $r = 1 ] && run i1_$r env HALO_CUDA_SUM_FUSED=0 $B $L1
   [ $r = 1 ] && run i1sum_$r env HALO_CUDA_SUM_FUSED=1 $B $L1
 done; fi
 cat $S
