@@ -311,7 +311,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     // 128 accumulators and has no registers for many loads in flight, so each waits its latency
                     if (kb == 0 && p.pf) {
                         const int rows = min(BM, p.Mo - m0), cols = min(BN, p.No - n0);
-                        const uint32_t bytes = (uint32_t)(cols * 4) & ~15u;
+                        const uint32_t bytes = cols > 0 ? (uint32_t)(cols * 4) & ~15u : 0u;
                         for (int r = 0; r < rows && bytes; r++) prefetch_l2(p.pf + (long)(m0 + r) * p.ldd + n0, bytes);
                     }
                 }
