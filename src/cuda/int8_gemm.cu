@@ -604,8 +604,8 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lr = lr;
     // the prefetch needs 16-byte aligned rows (HALO_INT8_RES_PREFETCH=1 turns it on; off until a device has timed it)
     const float *addend = res ? res : accumulate ? (const float *)D : NULL;
-    p.pf = addend && ldd % 4 == 0 && ((uintptr_t)addend & 15) == 0 && env_switch_off(&g_res_prefetch, "HALO_INT8_RES_PREFETCH")
-               ? addend : NULL;
+    const int pf_ok = addend && ldd % 4 == 0 && ((uintptr_t)addend & 15) == 0;
+    p.pf = pf_ok && env_switch_off(&g_res_prefetch, "HALO_INT8_RES_PREFETCH") ? addend : NULL;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();
