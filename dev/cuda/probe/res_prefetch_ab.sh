@@ -5,7 +5,7 @@
 # (dev/cuda/probe/halo_step_kernels.sh), alternating; INT8 L1 pairs last. Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/res_prefetch_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
-[ -d build-dev ] || tar xJf build-dev.tar.xz
+tar xJf build-dev.tar.xz   # always: a warm machine may hold an older build-dev
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export HALO_SHARED=$PWD/shared
 S=$OUT/summary.txt
