@@ -44,7 +44,6 @@ struct dq_args {
     float tok_scale;   // 1 / sqrt(T), the plan's float
     const __nv_bfloat16 *lu, *lb;   // lr > 0: + U B^T (a LoRA adapter: U [Mo][lr], B [No][lr] bf16) before the store
     int lr;
-    const float *pf;   // the fp32 addend (res, or D when adding into it), prefetched into L2 a tile at a time; or NULL
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -55,10 +54,6 @@ __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)
 
 __device__ __forceinline__ void mbar_init(uint64_t *b, int count) { mbar_init_s(smem_addr(b), count); }
 __device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) { mbar_expect_tx_s(smem_addr(b), bytes); }
-// bytes (a multiple of 16) from a 16-byte aligned global address into L2, no wait
-__device__ __forceinline__ void prefetch_l2(const void *g, uint32_t bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(g), "r"(bytes) : "memory");
-}
 __device__ __forceinline__ void mbar_arrive(uint64_t *b) { mbar_arrive_s(smem_addr(b)); }
 __device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) { mbar_wait_s(smem_addr(b), parity); }
 __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint64_t *bar, int k, int row) {
@@ -307,13 +302,6 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     mbar_expect_tx(&full[s], STAGE_BYTES);
                     tma_load(st, &map_a, &full[s], kb * BK, m0);
                     tma_load(st + A_BYTES, &map_b, &full[s], kb * BK, n0);
-                    // the epilogue's addends of this tile into L2 while its products run: the epilogue holds the
-                    // 128 accumulators and has no registers for many loads in flight, so each waits its latency
-                    if (kb == 0 && p.pf) {
-                        const int rows = min(BM, p.Mo - m0), cols = min(BN, p.No - n0);
-                        const uint32_t bytes = cols > 0 ? (uint32_t)(cols * 4) & ~15u : 0u;
-                        for (int r = 0; r < rows && bytes; r++) prefetch_l2(p.pf + (long)(m0 + r) * p.ldd + n0, bytes);
-                    }
                 }
             }
         }
@@ -487,7 +475,6 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 PFN_cuTensorMapEncodeTiled_v12000 g_encode;
 int g_sms, g_ready;   // g_ready: 1 usable, -1 not (no driver entry point, or not compute capability 9.0)
 int g_on = -1;        // halo_cuda_gemm_s8_own / HALO_INT8_OWN_GEMM
-int g_res_prefetch = -1;   // HALO_INT8_RES_PREFETCH
 
 int init(void) {
     if (g_ready) return g_ready > 0;
@@ -602,10 +589,6 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lu = (const __nv_bfloat16 *)lu;
     p.lb = (const __nv_bfloat16 *)lb;
     p.lr = lr;
-    // the prefetch needs 16-byte aligned rows (HALO_INT8_RES_PREFETCH=1 turns it on; off until a device has timed it)
-    const float *addend = res ? res : accumulate ? (const float *)D : NULL;
-    const int pf_ok = addend && ldd % 4 == 0 && ((uintptr_t)addend & 15) == 0;
-    p.pf = pf_ok && env_switch_off(&g_res_prefetch, "HALO_INT8_RES_PREFETCH") ? addend : NULL;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
     CUDA_LAUNCH_CHECK();

@@ -4,6 +4,8 @@
 # (HALO_CUDA_SUM_FUSED) on and off: tests with the prefetch on, then CUPTI kernel times of 1B INT8 L0 steps
 # (dev/cuda/probe/halo_step_kernels.sh), alternating; INT8 L1 pairs last. Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/res_prefetch_ab.sh
+# Run 28 (forty-fourth session) measured it slower and dropped it; apply dev/cuda/prep/14_int8_res_prefetch.patch
+# before scripts/device_sync.sh to rerun it.
 cd "$(dirname "$0")/../../.."   # .dev-cuda
 tar xJf build-dev.tar.xz   # always: a warm machine may hold an older build-dev
 export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
