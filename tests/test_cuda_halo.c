@@ -1175,6 +1175,158 @@ static void test_swiglu_tok_amax(void) {
     }
 }
 
+// Delayed scaling's producers (cuda_swiglu_forward_codes, cuda_swiglu_backward_codes): with a given amax (0.6x the
+// tensor's own, so that some values saturate, and 1.0x) the codes in both layouts equal halo_cuda_quant_tile's of the
+// bf16 tensor the plain SwiGLU kernels store, byte for byte (zero codes for tokens N..rows_pad-1 of the transposed
+// layout); the recorded amax equals max |value| of that bf16 tensor bit for bit; the scale products equal
+// scale(a) * scale(b) computed here in float; a NaN in dout sets both flags. INT8 and E4M3.
+static void test_swiglu_codes(void) {
+    unsigned long long r2 = 8181;
+    const int cs[][2] = {{200, 256}, {64, 192}, {77, 128}, {1000, 128}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int nan = ci == 4, N = cs[nan ? 0 : ci][0], F = cs[nan ? 0 : ci][1], n16 = (N + 15) / 16 * 16;
+        float *gu = t_rand_vec(&r2, (size_t)N * 2 * F, 2.0), *d = t_rand_vec(&r2, (size_t)N * F, 1e-2);
+        for (int t = 0; t < N; t += 37) for (int j = 0; j < F; j++) d[(size_t)t * F + j] *= 50;   // outlier tokens
+        if (nan) d[(size_t)(N / 2) * F + 5] = NAN;
+        halo_bf16 *dgu_in = dev_bf16(gu, (size_t)N * 2 * F), *dd = dev_bf16(d, (size_t)N * F);
+        halo_bf16 *bwd = dev_poison(2 * (size_t)N * 2 * F), *fwd = dev_poison(2 * (size_t)N * F);
+        cuda_swiglu_backward(bwd, dd, dgu_in, N, F, 0);
+        cuda_swiglu_forward(fwd, dgu_in, N, F, 0);
+        float *hb = malloc(4 * (size_t)N * 2 * F), *hf = malloc(4 * (size_t)N * F);
+        halo_bf16 *tmp = t_host_of(bwd, 2 * (size_t)N * 2 * F);
+        cuda_bf16_to_f32_host(hb, tmp, (size_t)N * 2 * F);
+        free(tmp);
+        tmp = t_host_of(fwd, 2 * (size_t)N * F);
+        cuda_bf16_to_f32_host(hf, tmp, (size_t)N * F);
+        free(tmp);
+        float own[3] = {0, 0, 0};   // max |dgate|, |dup|, |silu(gate) up| of the stored values (NaN skipped)
+        for (int t = 0; t < N; t++)
+            for (int j = 0; j < 2 * F; j++) {
+                const float v = fabsf(hb[(size_t)t * 2 * F + j]);
+                if (v > own[j >= F]) own[j >= F] = v;
+                if (j < F && fabsf(hf[(size_t)t * F + j]) > own[2]) own[2] = fabsf(hf[(size_t)t * F + j]);
+            }
+        for (int fmt = 0; fmt < 2; fmt++)
+            for (int fi = 0; fi < 2; fi++) {
+                const float fac = fi ? 1.0f : 0.6f, qmax = fmt == HALO_CUDA_INT8 ? 127.f : 448.f;
+                // am: [0..2] the given amax of dgate, dup, X; [3..5] recorded; [6] an operand's amax; [8..10] alphas
+                float hin[16] = {fac * own[0], fac * own[1], fac * own[2], 7, 7, 7, 3.5f};
+                float *am = t_dev_copy(hin, sizeof hin);
+                int *nf = dev_poison(3 * 4);
+                cudaMemset(nf, 0, 3 * 4);
+                cudaMemset(am + 3, 0, 3 * 4);
+                const size_t qb = (size_t)N * 2 * F, tb = (size_t)2 * F * n16;
+                uint8_t *ref = dev_poison(qb + tb), *got = dev_poison(qb + tb);
+                for (int u = 0; u < 2; u++)
+                    halo_cuda_quant_tile(bwd + (size_t)u * F, HALO_CUDA_BF16, 2 * F, N, F, am + u, fmt, ref + u * F,
+                                         2 * F, ref + qb + (size_t)u * F * n16, n16, n16, 0);
+                halo_cuda_codes c[2];
+                memset(c, 0, sizeof c);
+                for (int u = 0; u < 2; u++) {
+                    c[u] = (halo_cuda_codes){got + u * F, 2 * F, got + qb + (size_t)u * F * n16, n16, n16, fmt, am + u,
+                                             am + 3 + u, nf + u, {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, fmt}};
+                    c[u].aj.out[0] = am + 8 + u; c[u].aj.a[0] = am + u; c[u].aj.b[0] = am + 6;
+                }
+                cuda_swiglu_backward_codes(dd, dgu_in, N, F, &c[0], &c[1], 0);
+                uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
+                // forward: down_proj's X codes
+                const size_t fq = (size_t)N * F, ft = (size_t)F * n16;
+                uint8_t *fref = dev_poison(fq + ft), *fgot = dev_poison(fq + ft);
+                halo_cuda_quant_tile(fwd, HALO_CUDA_BF16, F, N, F, am + 2, fmt, fref, F, fref + fq, n16, n16, 0);
+                halo_cuda_codes cx = {fgot, F, fgot + fq, n16, n16, fmt, am + 2, am + 5, nf + 2,
+                                      {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, fmt}};
+                cuda_swiglu_forward_codes(dgu_in, N, F, &cx, 0);
+                uint8_t *fr = t_host_of(fref, fq + ft), *fg = t_host_of(fgot, fq + ft);
+                float a[16];
+                int f[3];
+                cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
+                cudaMemcpy(f, nf, sizeof f, cudaMemcpyDeviceToHost);
+                long bad = 0;
+                for (size_t i = 0; i < qb + tb; i++) bad += hr[i] != hg[i];
+                long fbad = 0;
+                for (size_t i = 0; i < fq + ft; i++) fbad += fr[i] != fg[i];
+                long pad = 0;   // the transposed layouts' token padding: zero codes
+                for (int r = 0; r < 2 * F; r++) for (int t = N; t < n16; t++) pad += hg[qb + (size_t)r * n16 + t] != 0;
+                float want_al[2];
+                for (int u = 0; u < 2; u++) want_al[u] = (hin[u] / qmax) * (hin[6] / qmax);
+                char det[96];
+                snprintf(det, sizeof det, "N %d F %d %s amax x%.1f%s", N, F, fmt ? "e4m3" : "int8", fac,
+                         nan ? " NaN" : "");
+                if (nan) {
+                    row("SwiGLU codes: NaN flags (dgate, dup)", det, (f[0] && f[1] && !f[2]) ? 0 : 1, 0, 0, 0);
+                } else {
+                    row("SwiGLU bwd codes vs quant_tile", det, (double)(bad + pad), 0, 0, 0);
+                    row("SwiGLU fwd codes vs quant_tile", det, (double)fbad, 0, 0, 0);
+                    row("SwiGLU codes: recorded amax", det, (double)words_differ(a + 3, own, 3) + f[0] + f[1] + f[2],
+                        0, 0, 0);
+                    row("SwiGLU codes: scale products", det, (double)words_differ(a + 8, want_al, 2), 0, 0, 0);
+                }
+                free(hr); free(hg); free(fr); free(fg);
+                cudaFree(am); cudaFree(nf); cudaFree(ref); cudaFree(got); cudaFree(fref); cudaFree(fgot);
+            }
+        free(gu); free(d); free(hb); free(hf);
+        cudaFree(dgu_in); cudaFree(dd); cudaFree(bwd); cudaFree(fwd);
+    }
+}
+
+// Delayed scaling's RMSNorm producer (cuda_rmsnorm_forward_codes): codes in both layouts equal halo_cuda_quant_tile's
+// of cuda_rmsnorm_forward's bf16 output with a given amax (0.6x and 1.0x its own), byte for byte, zero codes for
+// tokens N..rows_pad-1; rstd and the recorded amax bit for bit; a NaN in x sets the flag. D = 2048 takes the opt-in
+// shared memory (65 KiB); row counts not a multiple of the kernel's 32.
+static void test_rmsnorm_codes(void) {
+    unsigned long long r2 = 9191;
+    const int cs[][2] = {{100, 256}, {77, 192}, {64, 2048}, {33, 4096}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int nan = ci == 4, N = cs[nan ? 0 : ci][0], D = cs[nan ? 0 : ci][1], n16 = (N + 15) / 16 * 16;
+        float *x = t_rand_vec(&r2, (size_t)N * D, 1.0), *w = t_rand_vec(&r2, D, 0.5);
+        for (int j = 0; j < D; j += 61) for (int t = 0; t < N; t++) x[(size_t)t * D + j] *= 30;   // outlier channels
+        if (nan) x[(size_t)(N / 3) * D + 7] = NAN;
+        float *dx = t_dev_copy(x, 4 * (size_t)N * D);
+        halo_bf16 *dw = dev_bf16(w, D), *out = dev_poison(2 * (size_t)N * D);
+        float *rref = dev_poison(4 * (size_t)N), *rgot = dev_poison(4 * (size_t)N);
+        cuda_rmsnorm_forward(out, rref, dx, dw, N, D, 1e-5f, 0);
+        float *ho = malloc(4 * (size_t)N * D);
+        halo_bf16 *tmp = t_host_of(out, 2 * (size_t)N * D);
+        cuda_bf16_to_f32_host(ho, tmp, (size_t)N * D);
+        free(tmp);
+        float own = 0;
+        for (size_t i = 0; i < (size_t)N * D; i++) if (fabsf(ho[i]) > own) own = fabsf(ho[i]);
+        for (int fmt = 0; fmt < 2; fmt++)
+            for (int fi = 0; fi < 2; fi++) {
+                const float fac = fi ? 1.0f : 0.6f, hin[2] = {fac * own, 7};
+                float *am = t_dev_copy(hin, sizeof hin);
+                int *nf = dev_poison(4);
+                cudaMemset(nf, 0, 4);
+                cudaMemset(am + 1, 0, 4);
+                const size_t qb = (size_t)N * D, tb = (size_t)D * n16;
+                uint8_t *ref = dev_poison(qb + tb), *got = dev_poison(qb + tb);
+                halo_cuda_quant_tile(out, HALO_CUDA_BF16, D, N, D, am, fmt, ref, D, ref + qb, n16, n16, 0);
+                halo_cuda_codes c = {got, D, got + qb, n16, n16, fmt, am, am + 1, nf,
+                                     {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, fmt}};
+                cuda_rmsnorm_forward_codes(rgot, dx, dw, N, D, 1e-5f, &c, 0);
+                uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
+                float *r1 = t_host_of(rref, 4 * (size_t)N), *r2h = t_host_of(rgot, 4 * (size_t)N), a[2];
+                int f;
+                cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
+                cudaMemcpy(&f, nf, 4, cudaMemcpyDeviceToHost);
+                long bad = 0;
+                for (size_t i = 0; i < qb + tb; i++) bad += hr[i] != hg[i];
+                char det[96];
+                snprintf(det, sizeof det, "N %d D %d %s amax x%.1f%s", N, D, fmt ? "e4m3" : "int8", fac, nan ? " NaN" : "");
+                if (nan) row("RMSNorm codes: NaN flag", det, f ? 0 : 1, 0, 0, 0);
+                else {
+                    row("RMSNorm codes vs quant_tile", det, (double)bad, 0, 0, 0);
+                    row("RMSNorm codes: rstd, recorded amax", det,
+                        (double)(words_differ(r1, r2h, N) + words_differ(a + 1, &own, 1) + f), 0, 0, 0);
+                }
+                free(hr); free(hg); free(r1); free(r2h);
+                cudaFree(am); cudaFree(nf); cudaFree(ref); cudaFree(got);
+            }
+        free(x); free(w); free(ho);
+        cudaFree(dx); cudaFree(dw); cudaFree(out); cudaFree(rref); cudaFree(rgot);
+    }
+}
+
 // The level-2 backward fed max |H_b^T E_Y| by E_Y's producer (HALO_CUDA_EYR_AMAX; here the column kernels' absmax
 // pass into the slot halo_cuda_linear_ey_rot_amax names): E_X and G equal the bits of the layer that took its own pass,
 // for a layer with its own X codes and one borrowing them (as up borrows gate's); which layers say yes.
@@ -1904,6 +2056,8 @@ int main(void) {
     test_hm_block();
     test_x_rot_amax();
     test_swiglu_tok_amax();
+    test_swiglu_codes();
+    test_rmsnorm_codes();
     test_ey_rot_amax();
     test_shared_x(0);
     test_shared_x(256);

@@ -362,6 +362,10 @@ int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
 // synchronization each), prints the table to `table` and writes one {"type":"quant",...} line per layer to
 // `metrics` (either may be NULL). Nothing happens without HALO layers.
 void llama_cuda_halo_telemetry(llama_cuda *g, int on);
+// HALO delayed scaling (an option beyond the spec; halo_cuda.h, halo_cuda_codes): on = 1 lets the SwiGLU kernels
+// write down_proj's X codes (level 0) and gate's and up's E_Y codes (levels 0, 1) themselves, scaled by the amax of the
+// layer's previous call. HALO_DELAYED_SCALING=1 in the environment turns it on at setup.
+void llama_cuda_halo_delayed(llama_cuda *g, int on);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
 // Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints

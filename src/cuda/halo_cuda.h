@@ -227,7 +227,7 @@ void halo_cuda_ws_free(halo_cuda_ws *w);
 
 // Slots of halo_cuda_linear.dev (NONFIN..NONFIN + 2 hold ints: the non-finite flags of X, W, E_Y).
 enum { HALO_DEV_AX = 0, HALO_DEV_AW = 1, HALO_DEV_AE = 2, HALO_DEV_AER = 3, HALO_DEV_ALY = 4, HALO_DEV_ALEX = 5,
-       HALO_DEV_ALG = 6, HALO_DEV_NONFIN = 8 };
+       HALO_DEV_ALG = 6, HALO_DEV_AED = 7, HALO_DEV_NONFIN = 8, HALO_DEV_AXD = 11 };
 typedef struct halo_cuda_linear {
     int prec;                 // HALO_PREC_INT8 or HALO_PREC_FP8 (halo/halo_linear.h)
     int level;
@@ -245,7 +245,8 @@ typedef struct halo_cuda_linear {
     const float *ax_use;      // their amax on the device: dev + 0, or xsrc's
     unsigned long xgen;       // generation of those codes (a new one at every quantization of X)
     float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
-                              // E_X, 6 alpha G, 8..10 (int) non-finite flags of X, W, E_Y
+                              // E_X, 6 alpha G, 8..10 (int) non-finite flags of X, W, E_Y; delayed scaling's second
+                              // amax slots (the two alternate): 7 E_Y, 11 X
     int *nonfin;              // device [3]: where the quantizers flag a NaN / Inf in X, W, E_Y (dev + 8, or the
                               // caller's array: halo_cuda_linear_nonfinite_slots)
     halo_cuda_ws own;         // scratch when no shared one is set
@@ -256,8 +257,58 @@ typedef struct halo_cuda_linear {
     const float *tele_snap, *tele_snap_g;   // telemetry: snapshots of the rows a call adds into
     const halo_bf16 *lora_u, *lora_b;   // halo_cuda_linear_lora_next: an adapter for the next forward's epilogue
     int lora_r, lora_added;
+    // delayed scaling (halo_cuda_linear_delayed): 1 + the dev slot holding the last call's amax of X / E_Y (0: none
+    // yet), and the codes a producer was told to write for the next forward (xc_*) / backward (ec_*)
+    int delayed, x_hist, ey_hist;
+    int xc_on, xc_b, xc_use, xc_rec, ec_on, ec_b, ec_use, ec_rec;
+    uint8_t *ec_q, *ec_qt;
+    long ec_ldq;
     char note[256];
 } halo_cuda_linear;
+
+// ---- Delayed scaling: an option beyond the spec (halo-method.md section 2 scales by the tensor's own absmax) ----
+// With halo_cuda_linear_delayed(L, 1) the kernel producing a layer's X (level 0) or E_Y (levels 0, 1) may write the
+// 8-bit codes itself, scaled by the amax the same tensor had at the layer's previous call, instead of a bf16 tensor
+// the layer reads twice (absmax, quantizer). It records this call's amax for the next call; values beyond the old
+// amax saturate. A layer's first call, and any call whose producer does not take this path, scale as the spec does.
+// The codes equal halo_cuda_quant_tile's of the producer's bf16 values with *amax (tests/test_cuda_halo.c).
+typedef struct halo_cuda_codes {
+    uint8_t *q;
+    long ldq;                // row-major codes [rows][ldq] (NULL: not needed)
+    uint8_t *qt;
+    long ldqt;               // transposed codes [cols][ldqt]: rows_pad columns, zero codes past rows (NULL: not needed)
+    int rows_pad, fmt;       // fmt: HALO_CUDA_INT8 / E4M3
+    const float *amax;       // the scale's amax (the previous call's), final on the stream
+    float *amax_next;        // zeroed on the stream; the producer maxes this call's max |value| in (float bits, atomic)
+    int *nonfinite;          // |= 1 on a NaN / Inf (the layer's flag for the tensor)
+    halo_cuda_alpha_job aj;  // scale products the producer forms on the side (one thread)
+} halo_cuda_codes;
+// The setting of one layer (off by default; off forgets the amax history).
+void halo_cuda_linear_delayed(halo_cuda_linear *L, int on);
+// E_Y [b][n] (levels 0, 1): 1 when L's next backward takes its E_Y codes from E_Y's producer, c filled: row-major into
+// q [b][ldq] when want_ex (the caller's buffer; 16-byte aligned, ldq % 16 == 0, n % 16 == 0), transposed into qt
+// [n][pad16(b)] when want_g. That backward must pass HALO_CUDA_EY_CODES (its E_Y pointer is not read). 0: the spec's
+// path (no history yet, delayed off, level 2, telemetry on, or shapes it does not take).
+int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex,
+                              int want_g, halo_cuda_codes *c, cudaStream_t s);
+enum { HALO_CUDA_EY_CODES = 512 };
+// X [b][m] (level 0, m % 16 == 0, a layer that does not borrow X codes): 1 when L's next forward takes X's codes from
+// X's producer, c filled with the layer's own buffers (row-major for the product, transposed for G when save_g). That
+// forward must pass HALO_CUDA_X_CODES (its X pointer is not read). 0: the spec's path.
+int halo_cuda_linear_x_codes(halo_cuda_linear *L, int b, int m, int save_g, halo_cuda_codes *c, cudaStream_t s);
+enum { HALO_CUDA_X_CODES = 1024 };
+// The producers that write codes (swiglu.cu), over fused [gate | up] rows gu [N][2F], F % 64 == 0: down_proj's X =
+// silu(gate) * up into c; gate's and up's E_Y (dgate, dup from dout [N][F]) into gate, up. Values as the bf16 kernels
+// store them (cuda_swiglu_forward / _backward), codes as halo_cuda_quant_tile's of those values with *c->amax.
+void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, const halo_cuda_codes *c, cudaStream_t s);
+// The RMSNorm forward writing a HALO layer's X codes (and rstd; no bf16 output), x [N][D] fp32: values and rstd as
+// cuda_rmsnorm_forward's, codes as halo_cuda_quant_tile's of those values with *c->amax. cuda_rmsnorm_codes_ok: D a
+// multiple of 16 whose 32-row code tile fits shared memory (D <= 6396).
+int cuda_rmsnorm_codes_ok(int D);
+void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
+                                const halo_cuda_codes *c, cudaStream_t s);
+void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, const halo_cuda_codes *gate,
+                                const halo_cuda_codes *up, cudaStream_t s);
 
 // prec: HALO_PREC_INT8 / HALO_PREC_FP8; level 0..2. HALO_ERR with a message otherwise.
 int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *name);

@@ -12,6 +12,7 @@
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 #include "cuda/hadamard_warp.cuh"
+#include "cuda/quant_codes.cuh"
 extern "C" {
 #include "halo/hadamard.h"
 #include "util/error.h"
@@ -227,26 +228,6 @@ template <int T> __device__ __forceinline__ void load8(const void *p, long i, fl
     }
 }
 
-__device__ __forceinline__ float scale_of(float amax, float qmax) {
-    float s = amax / qmax;   // the CPU's float division
-    if (amax == 0.f) s = 1.f;
-    else if (s < FLT_MIN) s = FLT_MIN;
-    return s;
-}
-
-// The quantizers take the reciprocal of the scale, r = 1 / scale (IEEE division once, as the CPU's per group):
-// code = Q(x * r), the CPU's row[k] * r bit for bit.
-__device__ __forceinline__ float rscale_of(float amax, float qmax) { return 1.f / scale_of(amax, qmax); }
-
-__device__ __forceinline__ uint8_t quant1(float x, float r, int fmt) {
-    float v = x * r;
-    if (fmt == HALO_CUDA_INT8) {   // rint, then clamp to +-127 (the CPU's order; equal for every input, NaN -> 0)
-        const int c = __float2int_rn(v);
-        return (uint8_t)(int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
-    }
-    return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
-}
-
 // FMT >= 0: the format fixed at compile time (no per-element branch); -1: `fmt` at run time.
 template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float r, int fmt) {
     return quant1(x, r, FMT >= 0 ? FMT : fmt);
@@ -258,15 +239,6 @@ template <int FMT> __device__ __forceinline__ uint8_t quantf(float x, float r, i
 __device__ __forceinline__ void amax_add(float &mx, float &chk, float v) {
     mx = fmaxf(mx, fabsf(v));
     chk = fmaf(v, 0.f, chk);
-}
-
-__device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
-
-// The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
-__device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
-    const float q = qmax_of(aj.fmt);
-    for (int i = 0; i < 2; i++)
-        if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1110,24 +1082,6 @@ template <int TIN> __global__ void __launch_bounds__(256) k_absmax_vec(const voi
     if (threadIdx.x == 0) atomicMax(amax_bits, __float_as_uint(mx));   // non-negative floats order as uints
 }
 
-__device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   // r: 1 / scale, as quant1
-    uint2 u;
-    if (fmt == HALO_CUDA_E4M3) {   // the same codes as quant1, two per conversion instruction (x: the low byte)
-        unsigned p[4];
-        #pragma unroll
-        for (int k = 0; k < 4; k++)
-            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] * r, v[2 * k + 1] * r), __NV_SATFINITE, __NV_E4M3);
-        u.x = p[0] | p[1] << 16;
-        u.y = p[2] | p[3] << 16;
-        return u;
-    }
-    u.x = (unsigned)quant1(v[0], r, fmt) | (unsigned)quant1(v[1], r, fmt) << 8 | (unsigned)quant1(v[2], r, fmt) << 16 |
-          (unsigned)quant1(v[3], r, fmt) << 24;
-    u.y = (unsigned)quant1(v[4], r, fmt) | (unsigned)quant1(v[5], r, fmt) << 8 | (unsigned)quant1(v[6], r, fmt) << 16 |
-          (unsigned)quant1(v[7], r, fmt) << 24;
-    return u;
-}
-
 template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void *in, long ld, long total, int c8,
                                                                       const float *amax, const float *amax_row,
                                                                       int fmt, uint8_t *q, long ldq,
@@ -1152,14 +1106,6 @@ template <int TIN> __global__ void __launch_bounds__(256) k_quant_vec(const void
             *(uint2 *)(q + r * ldq + c) = quant8(v[u], sc, fmt);
         }
     }
-}
-
-// 4 x 4 byte transpose: o[y] byte x = w[x] byte y.
-__device__ __forceinline__ void transpose4(const unsigned w[4], unsigned o[4]) {
-    const unsigned t0 = __byte_perm(w[0], w[1], 0x5140), t1 = __byte_perm(w[0], w[1], 0x7362);
-    const unsigned t2 = __byte_perm(w[2], w[3], 0x5140), t3 = __byte_perm(w[2], w[3], 0x7362);
-    o[0] = __byte_perm(t0, t2, 0x5410); o[1] = __byte_perm(t0, t2, 0x7632);
-    o[2] = __byte_perm(t1, t3, 0x5410); o[3] = __byte_perm(t1, t3, 0x7632);
 }
 
 // 64 x 64 tiles, 64 threads. Phase 1: each thread reads eight 8-element row chunks (quantizing them unless TIN is
@@ -1194,26 +1140,11 @@ template <int TIN> __global__ void __launch_bounds__(64) k_tile8(const void *in,
     for (int k = 0; k < 8; k++) {
         const int i = (t >> 3) + 8 * k, r = r0 + i;
         if (q && r < R && c < C) *(uint2 *)(q + (long)r * ldq + c) = code[k];
-        tile[i][cc ^ ((i >> 3) & 7)] = code[k];
+        tile8_put(tile, i, cc, code[k]);
     }
     if (!qt) return;
     __syncthreads();
-    const int bi = t & 7, bj = t >> 3;   // the 8 x 8 block: rows bi * 8.., columns bj * 8..
-    const int cj = c0 + bj * 8, ri = r0 + bi * 8;
-    if (cj >= C || ri >= Rpad) return;
-    unsigned lo[8], hi[8];
-    #pragma unroll
-    for (int x = 0; x < 8; x++) {
-        const uint2 u = tile[bi * 8 + x][bj ^ bi];
-        lo[x] = u.x; hi[x] = u.y;
-    }
-    unsigned o[4][4];   // o[0]: rows 0-3 bytes 0-3, o[1]: rows 4-7 bytes 0-3, o[2]: rows 0-3 bytes 4-7, o[3]: rows 4-7 bytes 4-7
-    transpose4(lo, o[0]); transpose4(lo + 4, o[1]); transpose4(hi, o[2]); transpose4(hi + 4, o[3]);
-    #pragma unroll
-    for (int y = 0; y < 8; y++) {
-        const uint2 u = y < 4 ? make_uint2(o[0][y], o[1][y]) : make_uint2(o[2][y - 4], o[3][y - 4]);
-        *(uint2 *)(qt + (long)(cj + y) * ldqt + ri) = u;
-    }
+    tile8_store_t(tile, t, r0, c0, C, Rpad, qt, ldqt);
 }
 
 template <int TIN> static void launch_tile8(const void *in, long ld_in, int R, int C, const float *amax, int fmt,

@@ -21,7 +21,7 @@ extern "C" {
 
 #define HB_MAX_K 172   // as HALO_HB_MAX_K in halo_linear.c
 enum { AX = HALO_DEV_AX, AW = HALO_DEV_AW, AE = HALO_DEV_AE, AER = HALO_DEV_AER, ALY = HALO_DEV_ALY,
-       ALEX = HALO_DEV_ALEX, ALG = HALO_DEV_ALG, NONFIN = HALO_DEV_NONFIN };
+       ALEX = HALO_DEV_ALEX, ALG = HALO_DEV_ALG, AED = HALO_DEV_AED, NONFIN = HALO_DEV_NONFIN, AXD = HALO_DEV_AXD };
 
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
@@ -514,11 +514,80 @@ extern "C" int halo_cuda_linear_forward_ex(halo_cuda_linear *L, const halo_bf16 
     return halo_cuda_linear_forward_flags(L, X, W, Y, y_f32, ldy, R, 0, b, m, n, s);
 }
 
+// ---- delayed scaling (halo_cuda.h): the last call's amax in one of two slots per tensor, the next call's recorded in
+// the other, so that nothing copies a scale
+
+extern "C" void halo_cuda_linear_delayed(halo_cuda_linear *L, int on) {
+    L->delayed = on != 0;
+    if (!on) L->x_hist = L->ey_hist = 0;
+    L->xc_on = L->ec_on = 0;
+}
+
+// The codes' common part: the scale from slot `use`, this call's amax into slot `rec` (zeroed here).
+static void codes_common(halo_cuda_linear *L, int use, int rec, int flag_slot, halo_cuda_codes *c, cudaStream_t s) {
+    c->fmt = fmt_of(L);
+    c->amax = L->dev + use;
+    c->amax_next = L->dev + rec;
+    c->nonfinite = nonfin_of(L, flag_slot);
+    c->aj = alpha_job(c->fmt);
+    PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + rec, 0, sizeof(float), s)));
+}
+
+extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt,
+                                         int want_ex, int want_g, halo_cuda_codes *c, cudaStream_t s) {
+    memset(c, 0, sizeof *c);
+    L->ec_on = 0;
+    if (!L->delayed || !L->ey_hist || L->level > 1 || L->tele_on || !L->have_fwd || b != L->b || n != L->n ||
+        n % 16 || (!want_ex && !want_g))
+        return 0;
+    if (want_ex && (!q || ldq % 16 || (uintptr_t)q % 16)) return 0;
+    if (want_g && (!qt || (uintptr_t)qt % 8)) return 0;
+    const int use = L->ey_hist - 1, rec = use == AE ? AED : AE;
+    c->q = want_ex ? q : NULL;
+    c->ldq = ldq;
+    c->qt = want_g ? qt : NULL;
+    c->ldqt = c->rows_pad = (int)pad16(b);
+    codes_common(L, use, rec, AE, c, s);
+    if (want_ex) alpha_add(&c->aj, L->dev + ALEX, c->amax, L->dev + AW);   // the products' scales, as the quantizer's
+    if (want_g) alpha_add(&c->aj, L->dev + ALG, c->amax, L->ax_use);
+    L->ec_on = 1;
+    L->ec_b = b;
+    L->ec_use = use;
+    L->ec_rec = rec;
+    L->ec_q = c->q;
+    L->ec_qt = c->qt;
+    L->ec_ldq = ldq;
+    return 1;
+}
+
+extern "C" int halo_cuda_linear_x_codes(halo_cuda_linear *L, int b, int m, int save_g, halo_cuda_codes *c,
+                                        cudaStream_t s) {
+    memset(c, 0, sizeof *c);
+    L->xc_on = 0;
+    if (!L->delayed || !L->x_hist || L->level != 0 || L->tele_on || L->xsrc || m % 16 || b < 1) return 0;
+    const int use = L->x_hist - 1, rec = use == AX ? AXD : AX;
+    c->q = (uint8_t *)ws(L, 7, (size_t)b * m);
+    c->ldq = m;
+    c->qt = save_g ? (uint8_t *)dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m)) : NULL;
+    c->ldqt = c->rows_pad = (int)pad16(b);
+    codes_common(L, use, rec, AX, c, s);
+    L->xc_on = 1;
+    L->xc_b = b;
+    L->xc_use = use;
+    L->xc_rec = rec;
+    return 1;
+}
+
 static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16 *W, void *Y, int y_f32, long ldy,
                         const float *R, int flags, int b, int m, int n, cudaStream_t s) {
     if (check(L, b, m, n)) return HALO_ERR;
     if (ldy < n) return halo_fail("%s: output stride %ld < out_features %d", L->name, ldy, n);
     if (R && !y_f32) return halo_fail("%s: a residual input needs an fp32 output", L->name);
+    const int xc = (flags & HALO_CUDA_X_CODES) != 0;   // X's producer wrote its codes (halo_cuda_linear_x_codes)
+    if (xc && !(L->xc_on && L->xc_b == b && m % 16 == 0 && ((flags & HALO_CUDA_NO_G) || L->qx)))
+        return halo_fail("%s: forward given X codes that halo_cuda_linear_x_codes did not arrange (b=%d m=%d)", L->name,
+                         b, m);
+    L->xc_on = 0;
     L->have_fwd = 0;
     L->b = b; L->m = m; L->n = n;
     const long mp = pad16(m), np = pad16(n);
@@ -536,7 +605,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // X's codes: those of the sharing source when it quantized this very X last, else our own (level 0: the source's
     // row-major codes must still be in its workspace)
     const halo_cuda_linear *xs = L->xsrc;
-    const int borrow = xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
+    const int borrow = !xc && xs && xs->have_fwd && xs->x_in == X && xs->b == b && xs->m == m && xs->prec == L->prec &&
                        xs->level == L->level && (!t0 || ws_of((halo_cuda_linear *)xs)->xrow_gen == xs->xgen) &&
                        (no_g || xs->qx_use);
     L->x_in = X;
@@ -547,7 +616,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     }
     // X's amax from its producer (level 0: the unrotated X; levels 1-2: the rotated one, x_rot_amax_ok), else zeroed
     // here for the absmax pass
-    const int x_amax = (flags & HALO_CUDA_X_AMAX) && (L->level == 0 || x_rot_amax_ok(L, m));
+    const int x_amax = xc || ((flags & HALO_CUDA_X_AMAX) && (L->level == 0 || x_rot_amax_ok(L, m)));
     // W's from the optimizer's update that wrote W (halo_cuda_linear_w_amax), else zeroed here for the absmax pass
     const int w_amax = (flags & HALO_CUDA_W_AMAX) && w_amax_ok(L, m);
     if (!x_amax && !w_amax) PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));
@@ -559,6 +628,13 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         L->ax_use = xs->ax_use;
         L->xgen = xs->xgen;
         qx_row = t0 ? (const uint8_t *)ws_of((halo_cuda_linear *)xs)->buf[7] : xs->qx_use;
+    } else if (xc) {   // level 0: the codes are in the row-major scratch and the saved transposed buffer already
+        L->xgen = ++g_xgen;
+        ws_of(L)->xrow_gen = L->xgen;
+        L->qx_use = no_g ? NULL : L->qx;
+        L->ax_use = L->dev + L->xc_use;
+        L->x_hist = 1 + L->xc_rec;
+        qx_row = (const uint8_t *)ws_of(L)->buf[7];
     } else {
         uint8_t *qx = no_g ? NULL : (uint8_t *)dev_grow((void **)&L->qx, &L->cap_qx, qx_bytes(L, b, m));
         uint8_t *xr = t0 ? (uint8_t *)ws(L, 7, (size_t)b * mp) : qx;
@@ -572,6 +648,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         if (t0) ws_of(L)->xrow_gen = L->xgen;
         L->qx_use = qx;
         L->ax_use = L->dev + AX;
+        if (L->level == 0) L->x_hist = 1 + AX;   // delayed scaling's first scale: this call's own
         qx_row = xr;
     }
     // Q(W) (levels 1-2: Q(W H_m)), in both layouts unless halo_cuda_fwd_tcodes(0); the quantizer also forms the
@@ -648,11 +725,24 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     const int lvl = L->level, fmt = fmt_of(L);
     const long b16 = pad16(b), mp = pad16(m), np = pad16(n);
     float *amax_e = L->dev + AE;
+    // E_Y's producer wrote its codes (delayed scaling, halo_cuda_linear_ey_codes) into the caller's buffers
+    const int ec = (flags & HALO_CUDA_EY_CODES) != 0;
+    if (ec && !(L->ec_on && L->ec_b == b && lvl < 2 && (!EX || L->ec_q) && (!G || L->ec_qt)))
+        return halo_fail("%s: backward given E_Y codes that halo_cuda_linear_ey_codes did not arrange (b=%d)", L->name,
+                         b);
+    L->ec_on = 0;
+    long ldqe = np;   // Q(E_Y)'s row stride
 
     // Q(E_Y) (levels 0/1: for E_X and, transposed, for G; level 2: only transposed, for G), one read of E_Y.
     uint8_t *qe = NULL, *qet = NULL;
     halo_cuda_colrot_tq tq, *tqp = NULL;   // level 2: Q(E_Y)^T written by the token rotation's first kernel
-    if ((EX && lvl < 2) || G) {
+    if (ec) {   // the codes and the products' scales are there; the next call's scale is the amax recorded now
+        qe = L->ec_q;
+        qet = L->ec_qt;
+        ldqe = L->ec_ldq;
+        L->ey_hist = 1 + L->ec_rec;
+    } else if ((EX && lvl < 2) || G) {
+        if (lvl < 2) L->ey_hist = 1 + AE;   // delayed scaling's first scale: this call's own
         if (!(flags & HALO_CUDA_EY_AMAX)) {
             PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(amax_e, 0, sizeof(float), s)));
             PROF("bwd absmax E_Y", 2.0 * b * n,
@@ -697,13 +787,13 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             // path for these arguments); else added into ex_sum and rounded by a pass
             const int sum_fused = ex_sum && halo_cuda_sum_fusing() &&
                                   L->prec == HALO_PREC_INT8 && (!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
-                                  halo_cuda_gemm_s8_dq_ok(EX, 0, m, ex_sum, (const int8_t *)qe, np, (const int8_t *)qwt,
-                                                          np, b, (int)mp, (int)np, b, m);
+                                  halo_cuda_gemm_s8_dq_ok(EX, 0, m, ex_sum, (const int8_t *)qe, ldqe,
+                                                          (const int8_t *)qwt, np, b, (int)mp, (int)np, b, m);
             if (ex_sum && !sum_fused) {
-                if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, ex_sum, 1, m, 1, 1, NULL, s))
+                if (product(L, qe, ldqe, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, ex_sum, 1, m, 1, 1, NULL, s))
                     return halo_fail_ctx("%s: input gradient: ", L->name);
                 round_sum((halo_bf16 *)EX, ex_sum, b, m, s);
-            } else if (product(L, qe, np, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, EX, ex_f32, m, ex_add, 1,
+            } else if (product(L, qe, ldqe, qwt, np, b, (int)mp, (int)np, b, m, ALEX, post, EX, ex_f32, m, ex_add, 1,
                                sum_fused ? ex_sum : NULL, s))
                 return halo_fail_ctx("%s: input gradient: ", L->name);
         } else {

@@ -143,6 +143,7 @@ struct llama_cuda {
                                  // base) or gradient accumulation after the first forward
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
+    int delayed;                 // HALO delayed scaling (llama_cuda_halo_delayed): the MLP's producers write codes
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -926,7 +927,15 @@ static int halo_setup(llama_cuda *g) {
         if (g->oom) return HALO_ERR;
     }
     CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
+    const char *dly = getenv("HALO_DELAYED_SCALING");   // the option's switch until the CLI has one
+    if (dly && dly[0] == '1') llama_cuda_halo_delayed(g, 1);
     return HALO_OK;
+}
+
+extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
+    g->delayed = on != 0;
+    for (int i = 0; g->hon && i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->hon[i]) halo_cuda_linear_delayed(&g->hl[i], g->delayed);
 }
 
 extern "C" void llama_cuda_halo_telemetry(llama_cuda *g, int on) {
@@ -1227,6 +1236,17 @@ static void resid_forward(llama_cuda *g, int l, int kind, float *Y, const bf16 *
     lora_forward_y(g, l, X, Y, 1, n, &q, grouped, added);
 }
 
+// Delayed scaling applies (not under LoRA, whose adapters read the bf16 tensors, nor with telemetry).
+static int delayed_on(const llama_cuda *g) { return g->delayed && !g->lora && !g->tele; }
+// The norm before linear `kind` (q: the attention norm, gate: the MLP's) writes that HALO layer's X codes (c) instead
+// of its bf16 output: 1 when it applies (k, v and up borrow the codes; a backward that reads the output recomputes it
+// from the stored rstd: norm_recompute).
+static int norm_codes(llama_cuda *g, int l, int kind, halo_cuda_codes *c) {
+    halo_cuda_linear *L = hl_of(g, l, kind);
+    return L && delayed_on(g) && cuda_rmsnorm_codes_ok(g->c.dim) &&
+           halo_cuda_linear_x_codes(L, g->B * g->T, g->c.dim, 1, c, g->st);
+}
+
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
 static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     const llama_config *c = &g->c;
@@ -1235,13 +1255,18 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     halo_bf16 *W = (halo_bf16 *)g->w;
     cudaStream_t s = g->st;
     // each kernel producing a HALO layer's input also takes its amax where it can (the layer then skips that pass)
+    // (delayed scaling: the norms and SwiGLU write the codes themselves, no bf16 X; not while recomputing a layer)
     int lb, *nf;
     float rs;
-    float *aq = x_amax_prepare(g, l, LIN_Q, &lb, &rs, &nf);
-    if (aq) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D,
-                                                         c->norm_eps, aq, lb, rs, nf, s));
+    halo_cuda_codes xc;
+    float *aq = NULL;
+    const int cq = full && norm_codes(g, l, LIN_Q, &xc);
+    if (cq) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_codes(A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, &xc, s));
+    else if ((aq = x_amax_prepare(g, l, LIN_Q, &lb, &rs, &nf)))
+        PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D,
+                                                     c->norm_eps, aq, lb, rs, nf, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, s));
-    group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, x_flag(aq));
+    group_forward(g, l, LIN_Q, 3, A->qkv, g->QKV, A->n1, o->wqkv, cq ? HALO_CUDA_X_CODES : x_flag(aq));
     if (c->bias_kinds & BIAS_QKV)   // Qwen2
         PROF(g, PR_MM_F, cuda_bias_rows_add((halo_bf16 *)A->qkv, g->QKV, W + o->bqkv, N, g->QKV, s));
     if (c->qk_norm)   // Qwen3: each q and k head normalized before RoPE (its input and scales kept for backward)
@@ -1252,12 +1277,21 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
                                              g->B, g->T, Hq, Hkv, hd, s));
     resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
-    float *ag = x_amax_prepare(g, l, LIN_GATE, &lb, &rs, &nf);
-    if (ag) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D,
-                                                         c->norm_eps, ag, lb, rs, nf, s));
+    float *ag = NULL;
+    const int cg = full && norm_codes(g, l, LIN_GATE, &xc);
+    if (cg) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_codes(A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, &xc, s));
+    else if ((ag = x_amax_prepare(g, l, LIN_GATE, &lb, &rs, &nf)))
+        PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D,
+                                                     c->norm_eps, ag, lb, rs, nf, s));
     else PROF(g, PR_NORM_F, cuda_rmsnorm_forward((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, s));
-    group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu, x_flag(ag));
+    group_forward(g, l, LIN_GATE, 2, A->gu, 2 * F, A->n2, o->wgu, cg ? HALO_CUDA_X_CODES : x_flag(ag));
     if (!full) return;
+    halo_cuda_linear *Ld = hl_of(g, l, LIN_DOWN);
+    if (Ld && delayed_on(g) && F % 64 == 0 && halo_cuda_linear_x_codes(Ld, N, F, 1, &xc, s)) {
+        PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_codes((halo_bf16 *)A->gu, N, F, &xc, s));
+        resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h, HALO_CUDA_X_CODES);
+        return;
+    }
     float *ad = x_amax_prepare(g, l, LIN_DOWN, &lb, &rs, &nf);
     if (ad)
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_amax((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ad, lb, rs, nf, s));
@@ -1369,12 +1403,14 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
     lora_backward_dx_group(g, l, kind, 1, X, dX);
 }
 
+static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A);
+static void mlp_backward_bf16(llama_cuda *g, int l, layer_acts *A);
+static void attn_backward(llama_cuda *g, int l, layer_acts *A);
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
 static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
-    const llama_config *c = &g->c;
-    int N = g->B * g->T, D = c->dim, F = c->hidden_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
+    int N = g->B * g->T, F = g->c.hidden_dim;
     const layer_offs *o = &g->L[l];
-    halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
+    halo_bf16 *dr16 = (halo_bf16 *)g->dres16;
     cudaStream_t s = g->st;
     // MLP: x[l+1] = h + down(silu(gate) * up)
     // down's input, for its BF16 weight gradient (HALO kept its codes; telemetry's G reference needs it too)
@@ -1382,6 +1418,33 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
+    if (!mlp_backward_codes(g, l, A)) mlp_backward_bf16(g, l, A);
+    attn_backward(g, l, A);
+}
+
+// Delayed scaling: the SwiGLU backward writes gate's and up's E_Y codes (both layouts, in dgu's memory) and their
+// products read them; 0 (nothing launched) where it does not apply.
+static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A) {
+    const int N = g->B * g->T, F = g->c.hidden_dim;
+    halo_cuda_linear *Lg = hl_of(g, l, LIN_GATE), *Lu = hl_of(g, l, LIN_UP);
+    const size_t n16 = (size_t)pad16l(N), room = (size_t)g->N_max * 4 * F;   // dgu's bytes
+    if (!Lg || !Lu || !delayed_on(g) || F % 64 || (size_t)N * 2 * F + 2 * F * n16 > room) return 0;
+    cudaStream_t s = g->st;
+    uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * 2 * F;   // [N][2F] row-major, then [2F][n16]
+    halo_cuda_codes cg, cu;
+    if (!halo_cuda_linear_ey_codes(Lg, N, F, q, 2L * F, qt, 1, 1, &cg, s) ||
+        !halo_cuda_linear_ey_codes(Lu, N, F, q + F, 2L * F, qt + (size_t)F * n16, 1, 1, &cu, s))
+        return 0;   // (a layer that said yes falls back to the spec's path by its next backward's flags)
+    PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_codes((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, &cg, &cu, s));
+    group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, g->L[l].wgu, HALO_CUDA_EY_CODES);
+    return 1;
+}
+
+// The MLP's backward from down's input gradient (in sbuf) on: SwiGLU's bf16 gradient, then gate's and up's products.
+static void mlp_backward_bf16(llama_cuda *g, int l, layer_acts *A) {
+    const int N = g->B * g->T, F = g->c.hidden_dim;
+    const layer_offs *o = &g->L[l];
+    cudaStream_t s = g->st;
     // each kernel producing a HALO layer's E_Y also takes its amax (the layer then skips that pass)
     int *nfg, *nfu;
     float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
@@ -1406,6 +1469,15 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     }
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, o->wgu,
                    (ag && au ? HALO_CUDA_EY_AMAX : 0) | (eyr ? HALO_CUDA_EYR_AMAX : 0));
+}
+
+// Layer l's backward from the MLP's input gradient (in dnorm) on: the ffn norm, attention, q, k, v, the attention norm.
+static void attn_backward(llama_cuda *g, int l, layer_acts *A) {
+    const llama_config *c = &g->c;
+    int N = g->B * g->T, D = c->dim, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim;
+    const layer_offs *o = &g->L[l];
+    halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
+    cudaStream_t s = g->st;
     int *nfo;
     float *ao = ey_amax_prepare(g, l, LIN_O, &nfo);
     PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,

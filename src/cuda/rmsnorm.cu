@@ -3,6 +3,7 @@
 // reduces the weight gradient in the same pass (shared-memory column sums, one global atomic per column and block).
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
+#include "cuda/quant_codes.cuh"
 
 // out[4d .. 4d + 3] = bf16(x * r * w), also returned as two pairs
 __device__ __forceinline__ void norm4(const float4 *x4, const bf16 *w, bf16 *o, int d, float r, __nv_bfloat162 &o01,
@@ -87,6 +88,86 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
         if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(mx));
         block_flags(bad, nonfinite);
     }
+}
+
+// Delayed scaling (halo_cuda.h, halo_cuda_codes): the forward writing a HALO layer's X codes instead of bf16 out. 32
+// rows a block, 8 warps of 4 rows, each row as k_rmsnorm_fwd computes it (the same rstd, stored, and the same bf16
+// values), quantized with the scale of *c.amax: row-major into c.q and into a shared tile [32][D + 4] (the padding
+// spreads the reads below over the banks), which goes to c.qt transposed (zero codes for rows N..rows_pad-1): each
+// thread moves 4 x 4 byte blocks (transpose4), 8 threads writing one 32-byte sector of a qt row. max |value| of the
+// bf16 values into c.amax_next (one atomic per block; NaN skipped), a NaN / Inf sets c.nonfinite.
+__global__ void __launch_bounds__(256) k_rmsnorm_codes(float *rstd, const float *x, const bf16 *w, int N, int D,
+                                                       float eps, halo_cuda_codes c) {
+    extern __shared__ __align__(16) uint8_t tl[];   // [32][D + 4]
+    const int ldt = D + 4, r0 = blockIdx.x * 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float rs = rscale_of(*c.amax, qmax_of(c.fmt));
+    float mx = 0.f;
+    int bad = 0;
+    for (int i = warp; i < 32; i += 8) {
+        const int row = r0 + i;
+        uint32_t *trow = (uint32_t *)(tl + (size_t)i * ldt);
+        if (row >= N) {
+            for (int d = lane; d < D / 4; d += 32) trow[d] = 0u;
+            continue;
+        }
+        const float4 *x4 = (const float4 *)(x + (size_t)row * D);
+        float ss = 0.f;
+        for (int d = lane; d < D / 4; d += 32) {
+            const float4 v = x4[d];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = warp_sum(ss);
+        const float r = rsqrtf(ss / D + eps);
+        if (lane == 0) rstd[row] = r;
+        for (int d = lane; d < D / 4; d += 32) {
+            const float4 v = x4[d];
+            const float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
+            const float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
+            const __nv_bfloat162 o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
+            const __nv_bfloat162 o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+            mx = absmax_bf2(absmax_bf2(mx, o01), o23);
+            bad |= nonfinite_bf2(o01) | nonfinite_bf2(o23);
+            const float2 a = __bfloat1622float2(o01), b = __bfloat1622float2(o23);
+            const uint32_t code = (uint32_t)quant1(a.x, rs, c.fmt) | (uint32_t)quant1(a.y, rs, c.fmt) << 8 |
+                                  (uint32_t)quant1(b.x, rs, c.fmt) << 16 | (uint32_t)quant1(b.y, rs, c.fmt) << 24;
+            if (c.q) *(uint32_t *)(c.q + (size_t)row * c.ldq + 4 * d) = code;
+            trow[d] = code;
+        }
+    }
+    __syncthreads();
+    if (c.qt)
+        for (int idx = threadIdx.x; idx < (D / 4) * 8; idx += 256) {
+            const int tb = idx & 7, cg = idx >> 3, t0 = r0 + 4 * tb;
+            if (t0 >= c.rows_pad) continue;
+            unsigned wv[4], o[4];
+            #pragma unroll
+            for (int k = 0; k < 4; k++) wv[k] = *(const uint32_t *)(tl + (size_t)(4 * tb + k) * ldt + 4 * cg);
+            transpose4(wv, o);
+            #pragma unroll
+            for (int y = 0; y < 4; y++) *(uint32_t *)(c.qt + (size_t)(4 * cg + y) * c.ldqt + t0) = o[y];
+        }
+    mx = block_max(mx);
+    if (threadIdx.x == 0) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
+    block_flags(bad, c.nonfinite);
+}
+
+extern "C" int cuda_rmsnorm_codes_ok(int D) { return D > 0 && D % 16 == 0 && 32 * (D + 4) <= 200 * 1024; }
+
+extern "C" void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
+                                           const halo_cuda_codes *c, cudaStream_t s) {
+    const int rows = c->qt ? c->rows_pad : N;
+    if (!cuda_rmsnorm_codes_ok(D) || !c->amax || !c->amax_next || (!c->q && !c->qt) ||
+        (c->q && (c->ldq < D || c->ldq % 4 || (uintptr_t)c->q % 4)) ||
+        (c->qt && (c->rows_pad < N || c->rows_pad % 4 || c->ldqt < c->rows_pad || c->ldqt % 4 || (uintptr_t)c->qt % 4))) {
+        fprintf(stderr, "cuda_rmsnorm_forward_codes: unsupported layout (N %d, D %d)\n", N, D);
+        abort();
+    }
+    if (rows <= 0) return;
+    const size_t smem = 32 * (size_t)(D + 4);
+    if (smem > 48 * 1024)   // every launch: the attribute is the current device's
+        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_codes, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k_rmsnorm_codes<<<cdiv(rows, 32), 256, smem, s>>>(rstd, x, (const bf16 *)w, N, D, eps, *c);
+    CUDA_LAUNCH_CHECK();
 }
 
 // Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in

@@ -1,6 +1,7 @@
 // SwiGLU on the GPU over fused [gate | up] rows: out = silu(gate) * up in fp32 arithmetic, bf16 storage.
 #include "cuda/common.cuh"
 #include "cuda/hadamard_warp.cuh"
+#include "cuda/quant_codes.cuh"
 
 // V consecutive bf16 values as V / 2 pairs (V = 2: one 4-byte access, 8: one 16-byte access)
 template <int V> struct alignas(2 * V) bvec { uint32_t w[V / 2]; };
@@ -24,6 +25,16 @@ __device__ __forceinline__ uint32_t pair_bf(float a, float b, float *amax) {   /
 // scale; NaN skipped). rot_lb > 0 (V = 8, F % 256 == 0: a warp holds 256 consecutive columns of a row): the amax of
 // the output rotated in Hadamard blocks of 2^rot_lb and scaled by rot_scale (a level 1-2 down_proj's X scale).
 // nonfinite (with amax; may be NULL): |= 1 when an output is a NaN or Inf (the layer's X flag).
+// silu(gate) * up of V consecutive columns, as stored (bf16 pairs); mx (may be NULL): their max
+template <int V>
+__device__ __forceinline__ void swiglu_fwd_vec(const bvec<V> &g2, const bvec<V> &u2, bvec<V> &o2, float *mx) {
+#pragma unroll
+    for (int k = 0; k < V / 2; k++) {
+        const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]);
+        o2.w[k] = pair_bf(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y, mx);
+    }
+}
+
 template <int V>
 __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *amax, int rot_lb, float rot_scale,
                              int *nonfinite) {
@@ -34,11 +45,9 @@ __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *
         const bf16 *row = gu + (size_t)n * 2 * F;
         const bvec<V> g2 = ldv<V>(row + j), u2 = ldv<V>(row + F + j);
         bvec<V> o2;
+        swiglu_fwd_vec<V>(g2, u2, o2, amax && !rot_lb ? &mx : NULL);
 #pragma unroll
         for (int k = 0; k < V / 2; k++) {
-            const float2 g = pair_f2(g2.w[k]), u = pair_f2(u2.w[k]);
-            o2.w[k] = pair_bf(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y,
-                              amax && !rot_lb ? &mx : NULL);
             if (nonfinite) {
                 __nv_bfloat162 h;
                 memcpy(&h, &o2.w[k], 4);
@@ -183,6 +192,118 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
     int *nf = ten ? rnf_u : rnf_g;
     if (__any_sync(0xffffffffu, bad) && lane == 0 && nf) atomicOr(nf, 1);
     if (lane == 0) atomicMax(ten ? ramax_u : ramax_g, __float_as_uint(__fmul_rn(mx, tok_scale)));
+}
+
+// ---- delayed scaling (halo_cuda.h, halo_cuda_codes): the MLP's HALO operands written as 8-bit codes here ----
+// Forward (FWD): down_proj's X = silu(gate) * up, into c0. Backward: gate's and up's E_Y (dgate, dup) into c0, c1.
+// Each value is computed and rounded to bf16 exactly as k_swiglu_fwd / k_swiglu_bwd store it, then quantized with the
+// scale of *c.amax as halo_cuda_quant_tile would quantize that bf16 tensor (the same codes), written row-major
+// (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: 64 tokens x 64 columns,
+// 64 threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
+// skipped), a NaN / Inf sets c.nonfinite. Chunks are read in groups (every load of a group first).
+template <bool FWD>
+__global__ void __launch_bounds__(64) k_swiglu_codes(const bf16 *__restrict__ dout, const bf16 *__restrict__ gu,
+                                                     int N, int F, halo_cuda_codes c0, halo_cuda_codes c1) {
+    constexpr int NO = FWD ? 1 : 2;
+    __shared__ __align__(16) uint2 tile[NO][64][9];
+    const int r0 = blockIdx.y * 64, col0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7, j = col0 + cc * 8;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) {
+        run_alpha(c0.aj);
+        if (!FWD) run_alpha(c1.aj);
+    }
+    const float qm = qmax_of(c0.fmt);
+    float rs[NO], mx[NO];
+    rs[0] = rscale_of(*c0.amax, qm);
+    if (!FWD) rs[NO - 1] = rscale_of(*c1.amax, qm);
+    #pragma unroll
+    for (int x = 0; x < NO; x++) mx[x] = 0.f;
+    int bad = 0;
+    constexpr int RB = FWD ? 4 : 2;   // chunks loaded together (the backward's three inputs: fewer registers)
+    #pragma unroll
+    for (int h = 0; h < 8 / RB; h++) {
+        bvec<8> g2[RB], u2[RB], d2[RB];
+        #pragma unroll
+        for (int k = 0; k < RB; k++) {
+            const int n = r0 + (t >> 3) + 8 * (RB * h + k);
+            if (n < N) {
+                const bf16 *row = gu + (size_t)n * 2 * F;
+                g2[k] = ldv<8>(row + j);
+                u2[k] = ldv<8>(row + F + j);
+                if (!FWD) d2[k] = ldv<8>(dout + (size_t)n * F + j);
+            }
+        }
+        #pragma unroll
+        for (int k = 0; k < RB; k++) {
+            const int i = (t >> 3) + 8 * (RB * h + k), n = r0 + i;
+            uint2 code[NO];
+            #pragma unroll
+            for (int x = 0; x < NO; x++) code[x] = make_uint2(0u, 0u);
+            if (n < N) {
+                bvec<8> o[NO];
+                if (FWD) swiglu_fwd_vec<8>(g2[k], u2[k], o[0], &mx[0]);
+                else swiglu_bwd_vec<8>(g2[k], u2[k], d2[k], o[0], o[NO - 1], &mx[0], &mx[NO - 1]);
+                #pragma unroll
+                for (int x = 0; x < NO; x++) {
+                    bad |= nonfinite_vec<8>(o[x]) << x;
+                    float f[8];
+                    #pragma unroll
+                    for (int w = 0; w < 4; w++) {
+                        const float2 p = pair_f2(o[x].w[w]);
+                        f[2 * w] = p.x; f[2 * w + 1] = p.y;
+                    }
+                    code[x] = quant8(f, rs[x], c0.fmt);
+                }
+            }
+            if (c0.q && n < N) *(uint2 *)(c0.q + (long)n * c0.ldq + j) = code[0];
+            if (!FWD && c1.q && n < N) *(uint2 *)(c1.q + (long)n * c1.ldq + j) = code[NO - 1];
+            #pragma unroll
+            for (int x = 0; x < NO; x++) tile8_put(tile[x], i, cc, code[x]);
+        }
+    }
+    __syncthreads();
+    if (c0.qt) tile8_store_t(tile[0], t, r0, col0, F, c0.rows_pad, c0.qt, c0.ldqt);
+    if (!FWD && c1.qt) tile8_store_t(tile[NO - 1], t, r0, col0, F, c1.rows_pad, c1.qt, c1.ldqt);
+    #pragma unroll
+    for (int x = 0; x < NO; x++) {
+        const float m = block_max(mx[x]);
+        if (t == 0) atomicMax((unsigned *)(x ? c1.amax_next : c0.amax_next), __float_as_uint(m));
+    }
+    block_flags(bad, c0.nonfinite, FWD ? NULL : c1.nonfinite);
+}
+
+static void swiglu_codes_check(const char *who, int N, int F, const halo_cuda_codes *c) {
+    const int ok = F % 64 == 0 && c && c->amax && c->amax_next && (c->q || c->qt) &&
+                   (!c->q || (c->ldq % 8 == 0 && (uintptr_t)c->q % 8 == 0 && c->ldq >= F)) &&
+                   (!c->qt || (c->rows_pad >= N && c->rows_pad % 8 == 0 && c->ldqt >= c->rows_pad &&
+                               c->ldqt % 8 == 0 && (uintptr_t)c->qt % 8 == 0));
+    if (!ok) {
+        fprintf(stderr, "%s: unsupported codes layout (N %d, F %d: F %% 64, 8-byte aligned code rows)\n", who, N, F);
+        abort();
+    }
+}
+
+extern "C" void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, const halo_cuda_codes *c,
+                                          cudaStream_t s) {
+    swiglu_codes_check("cuda_swiglu_forward_codes", N, F, c);
+    const int rows = c->qt ? c->rows_pad : N;
+    if (rows <= 0) return;
+    k_swiglu_codes<true><<<dim3(F / 64, cdiv(rows, 64)), 64, 0, s>>>(NULL, (const bf16 *)gu, N, F, *c, *c);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
+                                           const halo_cuda_codes *gate, const halo_cuda_codes *up, cudaStream_t s) {
+    swiglu_codes_check("cuda_swiglu_backward_codes", N, F, gate);
+    swiglu_codes_check("cuda_swiglu_backward_codes", N, F, up);
+    if (gate->fmt != up->fmt || !gate->qt != !up->qt || (gate->qt && gate->rows_pad != up->rows_pad)) {
+        fprintf(stderr, "cuda_swiglu_backward_codes: gate's and up's codes differ in format or layout\n");
+        abort();
+    }
+    const int rows = gate->qt ? gate->rows_pad : N;
+    if (rows <= 0) return;
+    k_swiglu_codes<false><<<dim3(F / 64, cdiv(rows, 64)), 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F,
+                                                                       *gate, *up);
+    CUDA_LAUNCH_CHECK();
 }
 
 // One launch of each kernel, 8 columns a thread when F % 8 == 0, else 2. rows: row blocks at most (the amax forms take

@@ -1,0 +1,93 @@
+// The 8-bit quantizer's device arithmetic, shared by halo_kernels.cu's quantization kernels and the producers that
+// write codes themselves (swiglu.cu, delayed scaling): scale(amax), the codes of one or eight values, the scale
+// products, and a 4 x 4 byte transpose. Codes equal the CPU's halo_quantize bit for bit.
+#ifndef HALO_CUDA_QUANT_CODES_CUH
+#define HALO_CUDA_QUANT_CODES_CUH
+#include <cuda_fp8.h>
+#include <float.h>
+#include "cuda/common.cuh"
+#include "cuda/halo_cuda.h"
+
+__device__ __forceinline__ float scale_of(float amax, float qmax) {
+    float s = amax / qmax;   // the CPU's float division
+    if (amax == 0.f) s = 1.f;
+    else if (s < FLT_MIN) s = FLT_MIN;
+    return s;
+}
+
+// The quantizers take the reciprocal of the scale, r = 1 / scale (IEEE division once, as the CPU's per group):
+// code = Q(x * r), the CPU's row[k] * r bit for bit.
+__device__ __forceinline__ float rscale_of(float amax, float qmax) { return 1.f / scale_of(amax, qmax); }
+
+__device__ __forceinline__ uint8_t quant1(float x, float r, int fmt) {
+    float v = x * r;
+    if (fmt == HALO_CUDA_INT8) {   // rint, then clamp to +-127 (the CPU's order; equal for every input, NaN -> 0)
+        const int c = __float2int_rn(v);
+        return (uint8_t)(int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+    }
+    return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+__device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8 ? 127.f : 448.f; }
+
+// The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
+__device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
+    const float q = qmax_of(aj.fmt);
+    for (int i = 0; i < 2; i++)
+        if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
+}
+
+__device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   // r: 1 / scale, as quant1
+    uint2 u;
+    if (fmt == HALO_CUDA_E4M3) {   // the same codes as quant1, two per conversion instruction (x: the low byte)
+        unsigned p[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] * r, v[2 * k + 1] * r), __NV_SATFINITE, __NV_E4M3);
+        u.x = p[0] | p[1] << 16;
+        u.y = p[2] | p[3] << 16;
+        return u;
+    }
+    u.x = (unsigned)quant1(v[0], r, fmt) | (unsigned)quant1(v[1], r, fmt) << 8 | (unsigned)quant1(v[2], r, fmt) << 16 |
+          (unsigned)quant1(v[3], r, fmt) << 24;
+    u.y = (unsigned)quant1(v[4], r, fmt) | (unsigned)quant1(v[5], r, fmt) << 8 | (unsigned)quant1(v[6], r, fmt) << 16 |
+          (unsigned)quant1(v[7], r, fmt) << 24;
+    return u;
+}
+
+// 4 x 4 byte transpose: o[y] byte x = w[x] byte y.
+__device__ __forceinline__ void transpose4(const unsigned w[4], unsigned o[4]) {
+    const unsigned t0 = __byte_perm(w[0], w[1], 0x5140), t1 = __byte_perm(w[0], w[1], 0x7362);
+    const unsigned t2 = __byte_perm(w[2], w[3], 0x5140), t3 = __byte_perm(w[2], w[3], 0x7362);
+    o[0] = __byte_perm(t0, t2, 0x5410); o[1] = __byte_perm(t0, t2, 0x7632);
+    o[2] = __byte_perm(t1, t3, 0x5410); o[3] = __byte_perm(t1, t3, 0x7632);
+}
+
+// The 64 x 64 code tiles of k_tile8 (and of producers writing both layouts the same way), 64 threads: thread t holds
+// the 8-code chunks of rows (t >> 3) + 8 k, columns (t & 7) * 8.. of the tile. tile8_put stores one into the shared
+// tile (chunks XOR-swizzled by row group, so tile8_store_t's reads spread over the banks); after a __syncthreads,
+// tile8_store_t transposes one 8 x 8 byte block a thread in registers and writes 8 bytes to each of 8 rows of
+// qt [C][ldqt] (tile rows r0.., columns c0..; rows at or past Rpad, columns at or past C skipped).
+typedef uint2 tile8_t[9];   // 72-byte rows
+__device__ __forceinline__ void tile8_put(tile8_t *tile, int i, int cc, uint2 code) { tile[i][cc ^ ((i >> 3) & 7)] = code; }
+__device__ __forceinline__ void tile8_store_t(const tile8_t *tile, int t, int r0, int c0, int C, int Rpad, uint8_t *qt,
+                                              long ldqt) {
+    const int bi = t & 7, bj = t >> 3;   // the 8 x 8 block: rows bi * 8.., columns bj * 8..
+    const int cj = c0 + bj * 8, ri = r0 + bi * 8;
+    if (cj >= C || ri >= Rpad) return;
+    unsigned lo[8], hi[8];
+    #pragma unroll
+    for (int x = 0; x < 8; x++) {
+        const uint2 u = tile[bi * 8 + x][bj ^ bi];
+        lo[x] = u.x; hi[x] = u.y;
+    }
+    unsigned o[4][4];   // o[0]: rows 0-3 bytes 0-3, o[1]: rows 4-7 bytes 0-3, o[2]: rows 0-3 bytes 4-7, o[3]: rows 4-7 bytes 4-7
+    transpose4(lo, o[0]); transpose4(lo + 4, o[1]); transpose4(hi, o[2]); transpose4(hi + 4, o[3]);
+    #pragma unroll
+    for (int y = 0; y < 8; y++) {
+        const uint2 u = y < 4 ? make_uint2(o[0][y], o[1][y]) : make_uint2(o[2][y - 4], o[3][y - 4]);
+        *(uint2 *)(qt + (long)(cj + y) * ldqt + ri) = u;
+    }
+}
+
+#endif
