@@ -1327,6 +1327,160 @@ static void test_rmsnorm_codes(void) {
     }
 }
 
+// Delayed scaling's RoPE producer (cuda_rope_backward_codes): the q, k and v codes in both layouts equal
+// halo_cuda_quant_tile's of what cuda_rope_backward_amax leaves in dqkv, with given amaxes (0.6x and 1.0x each one's
+// own), byte for byte; the recorded amaxes equal that kernel's; dqkv is left as it was; a NaN sets only its tensor's
+// flag. Head sizes 64, 128 and 32 (the pair's partner in the same and in the next 64 columns).
+static void test_rope_codes(void) {
+    unsigned long long r2 = 7373;
+    const int cs[][4] = {{100, 4, 2, 64}, {77, 2, 1, 128}, {64, 8, 8, 32}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int nan = ci == 3, *cv = cs[nan ? 0 : ci], N = cv[0], Hq = cv[1], Hkv = cv[2], hd = cv[3];
+        const int QKV = (Hq + 2 * Hkv) * hd, half = hd / 2, npos = 50, n16 = (N + 15) / 16 * 16;
+        const int col[3] = {0, Hq * hd, (Hq + Hkv) * hd}, w[3] = {Hq * hd, Hkv * hd, Hkv * hd};
+        float *x = t_rand_vec(&r2, (size_t)N * QKV, 1.0);
+        if (nan) x[(size_t)(N / 2) * QKV + col[1] + 3] = NAN;   // in k
+        float *ct = malloc(4 * (size_t)npos * half), *st = malloc(4 * (size_t)npos * half);
+        for (int p = 0; p < npos; p++)
+            for (int i = 0; i < half; i++) {
+                const double ang = p * pow(10000.0, -2.0 * i / hd);
+                ct[p * half + i] = (float)cos(ang); st[p * half + i] = (float)sin(ang);
+            }
+        int32_t *pos = malloc(4 * (size_t)N);
+        for (int t = 0; t < N; t++) pos[t] = (int32_t)(t_rng_next(&r2) % npos);
+        halo_bf16 *dx = dev_bf16(x, (size_t)N * QKV), *dref = dev_poison(2 * (size_t)N * QKV);
+        float *dct = t_dev_copy(ct, 4 * (size_t)npos * half), *dst = t_dev_copy(st, 4 * (size_t)npos * half);
+        int32_t *dpos = t_dev_copy(pos, 4 * (size_t)N);
+        float *am = dev_poison(16 * 4);   // [0..2] the reference's amax, [3..5] given, [6..8] recorded
+        int *nf = dev_poison(6 * 4);      // [0..2] the reference's flags, [3..5] the producer's
+        cudaMemset(am, 0, 16 * 4);
+        cudaMemset(nf, 0, 6 * 4);
+        cudaMemcpy(dref, dx, 2 * (size_t)N * QKV, cudaMemcpyDeviceToDevice);
+        cuda_rope_backward_amax(dref, dpos, dct, dst, N, Hq, Hkv, hd, am, am + 1, am + 2, nf, nf + 1, nf + 2, 0);
+        float own[3];
+        cudaMemcpy(own, am, sizeof own, cudaMemcpyDeviceToHost);
+        halo_bf16 *before = t_host_of(dx, 2 * (size_t)N * QKV);
+        for (int fmt = 0; fmt < 2; fmt++)
+            for (int fi = 0; fi < 2; fi++) {
+                const float fac = fi ? 1.0f : 0.6f, given[3] = {fac * own[0], fac * own[1], fac * own[2]};
+                cudaMemcpy(am + 3, given, sizeof given, cudaMemcpyHostToDevice);
+                cudaMemset(am + 6, 0, 3 * 4);
+                cudaMemset(nf + 3, 0, 3 * 4);
+                const size_t qb = (size_t)N * QKV, tb = (size_t)QKV * n16;
+                uint8_t *ref = dev_poison(qb + tb), *got = dev_poison(qb + tb);
+                halo_cuda_codes c[3];
+                for (int u = 0; u < 3; u++) {
+                    halo_cuda_quant_tile(dref + col[u], HALO_CUDA_BF16, QKV, N, w[u], am + 3 + u, fmt, ref + col[u],
+                                         QKV, ref + qb + (size_t)col[u] * n16, n16, n16, 0);
+                    c[u] = (halo_cuda_codes){got + col[u], QKV, got + qb + (size_t)col[u] * n16, n16, n16, fmt,
+                                             am + 3 + u, am + 6 + u, nf + 3 + u,
+                                             {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, fmt}};
+                }
+                cuda_rope_backward_codes(dx, dpos, dct, dst, N, Hq, Hkv, hd, &c[0], &c[1], &c[2], 0);
+                uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
+                halo_bf16 *after = t_host_of(dx, 2 * (size_t)N * QKV);
+                float a[16];
+                int f[6];
+                cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
+                cudaMemcpy(f, nf, sizeof f, cudaMemcpyDeviceToHost);
+                long bad = 0;
+                for (size_t i = 0; i < qb + tb; i++) bad += hr[i] != hg[i];
+                bad += memcmp(before, after, 2 * (size_t)N * QKV) != 0;
+                char det[96];
+                snprintf(det, sizeof det, "N %d Hq %d Hkv %d hd %d %s x%.1f%s", N, Hq, Hkv, hd, fmt ? "e4m3" : "int8",
+                         fac, nan ? " NaN" : "");
+                if (nan) row("RoPE codes: NaN flag (k only)", det, (!f[3] && f[4] && !f[5] && f[1]) ? 0 : 1, 0, 0, 0);
+                else {
+                    row("RoPE bwd codes vs quant_tile", det, (double)bad, 0, 0, 0);
+                    row("RoPE codes: recorded amax", det, (double)(words_differ(a + 6, own, 3) + f[3] + f[4] + f[5]),
+                        0, 0, 0);
+                }
+                free(hr); free(hg); free(after);
+                cudaFree(ref); cudaFree(got);
+            }
+        free(x); free(ct); free(st); free(pos); free(before);
+        cudaFree(dx); cudaFree(dref); cudaFree(dct); cudaFree(dst); cudaFree(dpos); cudaFree(am); cudaFree(nf);
+    }
+}
+
+// Delayed scaling's RMSNorm backward producer (cuda_rmsnorm_backward_codes): the codes of dx's bf16 copy in both
+// layouts equal halo_cuda_quant_tile's of cuda_rmsnorm_backward_amax's copy with a given amax (0.6x, 1.0x its own),
+// byte for byte (zero codes for tokens N..rows_pad-1); dx (+ the residual) bit for bit; the weight gradient within
+// 1e-5 relative (per-block partial sums over other row ranges); the recorded amax equals that kernel's; the scale
+// product equals scale(a) * scale(b) computed here; a NaN in dout sets the flag. D 2048, 1024 and 256 (the register-held kernel's sizes; 256 runs k_rmsnorm_bwd in the reference).
+static double max_rel(const float *a, const float *b, size_t n);
+static void test_rmsnorm_bwd_codes(void) {
+    unsigned long long r2 = 5151;
+    const int cs[][2] = {{300, 2048}, {64, 1024}, {1000, 256}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int nan = ci == 3, N = cs[nan ? 0 : ci][0], D = cs[nan ? 0 : ci][1], n16 = (N + 15) / 16 * 16;
+        float *x = t_rand_vec(&r2, (size_t)N * D, 1.0), *w = t_rand_vec(&r2, D, 0.5);
+        float *g = t_rand_vec(&r2, (size_t)N * D, 1e-2), *res = t_rand_vec(&r2, (size_t)N * D, 1e-2);
+        for (int t = 0; t < N; t += 29) for (int j = 0; j < D; j++) g[(size_t)t * D + j] *= 40;   // outlier tokens
+        if (nan) g[(size_t)(N / 2) * D + 9] = NAN;
+        float *rstd = malloc(4 * (size_t)N);
+        for (int t = 0; t < N; t++) {
+            double ss = 0;
+            for (int j = 0; j < D; j++) ss += (double)x[(size_t)t * D + j] * x[(size_t)t * D + j];
+            rstd[t] = (float)(1.0 / sqrt(ss / D + 1e-5));
+        }
+        float *dx = t_dev_copy(x, 4 * (size_t)N * D), *dres = t_dev_copy(res, 4 * (size_t)N * D);
+        float *dr = t_dev_copy(rstd, 4 * (size_t)N);
+        halo_bf16 *dw16 = dev_bf16(w, D), *dg = dev_bf16(g, (size_t)N * D), *c16 = dev_poison(2 * (size_t)N * D);
+        float *oref = dev_poison(4 * (size_t)N * D), *ogot = dev_poison(4 * (size_t)N * D);
+        float *wref = dev_poison(4 * (size_t)D), *wgot = dev_poison(4 * (size_t)D);
+        float *am = dev_poison(8 * 4);   // [0] the reference's amax, [1] given, [2] recorded, [3] a scale product,
+        int *nf = dev_poison(2 * 4);     // [4] another operand's amax
+        cudaMemset(am, 0, 32);
+        cudaMemset(nf, 0, 8);
+        cudaMemset(wref, 0, 4 * (size_t)D);
+        cuda_rmsnorm_backward_amax(oref, c16, wref, dg, dx, dw16, dr, dres, N, D, am, nf, 0);
+        float own;
+        cudaMemcpy(&own, am, 4, cudaMemcpyDeviceToHost);
+        float *hoR = t_host_of(oref, 4 * (size_t)N * D), *hwR = t_host_of(wref, 4 * (size_t)D);
+        for (int fmt = 0; fmt < 2; fmt++)
+            for (int fi = 0; fi < 2; fi++) {
+                const float fac = fi ? 1.0f : 0.6f, given = fac * own;
+                const float opnd = 2.5f, qmax = fmt == HALO_CUDA_INT8 ? 127.f : 448.f;
+                const float want_al = (given / qmax) * (opnd / qmax);
+                cudaMemcpy(am + 1, &given, 4, cudaMemcpyHostToDevice);
+                cudaMemcpy(am + 4, &opnd, 4, cudaMemcpyHostToDevice);
+                cudaMemset(am + 2, 0, 8);
+                cudaMemset(nf + 1, 0, 4);
+                cudaMemset(wgot, 0, 4 * (size_t)D);
+                const size_t qb = (size_t)N * D, tb = (size_t)D * n16;
+                uint8_t *ref = dev_poison(qb + tb), *got = dev_poison(qb + tb);
+                halo_cuda_quant_tile(c16, HALO_CUDA_BF16, D, N, D, am + 1, fmt, ref, D, ref + qb, n16, n16, 0);
+                halo_cuda_codes c = {got, D, got + qb, n16, n16, fmt, am + 1, am + 2, nf + 1,
+                                     {{am + 3, NULL}, {am + 1, NULL}, {am + 4, NULL}, fmt}};
+                cuda_rmsnorm_backward_codes(ogot, wgot, dg, dx, dw16, dr, dres, N, D, &c, 0);
+                uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
+                float *hoG = t_host_of(ogot, 4 * (size_t)N * D), *hwG = t_host_of(wgot, 4 * (size_t)D), a[8];
+                int f[2];
+                cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
+                cudaMemcpy(f, nf, sizeof f, cudaMemcpyDeviceToHost);
+                long bad = 0;
+                for (size_t i = 0; i < qb + tb; i++) bad += hr[i] != hg[i];
+                char det[96];
+                snprintf(det, sizeof det, "N %d D %d %s amax x%.1f%s", N, D, fmt ? "e4m3" : "int8", fac, nan ? " NaN" : "");
+                if (nan) row("RMSNorm bwd codes: NaN flag", det, (f[0] && f[1]) ? 0 : 1, 0, 0, 0);
+                else {
+                    row("RMSNorm bwd codes vs quant_tile", det, (double)bad, 0, 0, 0);
+                    row("RMSNorm bwd codes: dx bits, amax", det,
+                        (double)(words_differ(hoR, hoG, (size_t)N * D) + words_differ(a + 2, &own, 1) + f[1]), 0, 0,
+                        0);
+                    row("RMSNorm bwd codes: scale product", det, (double)words_differ(a + 3, &want_al, 1), 0, 0, 0);
+                    row("RMSNorm bwd codes: dw", det, max_rel(hwG, hwR, D), 1e-5, 0, 0);
+                }
+                free(hr); free(hg); free(hoG); free(hwG);
+                cudaFree(ref); cudaFree(got);
+            }
+        free(x); free(w); free(g); free(res); free(rstd); free(hoR); free(hwR);
+        cudaFree(dx); cudaFree(dres); cudaFree(dr); cudaFree(dw16); cudaFree(dg); cudaFree(c16);
+        cudaFree(oref); cudaFree(ogot); cudaFree(wref); cudaFree(wgot); cudaFree(am); cudaFree(nf);
+    }
+}
+
 // The level-2 backward fed max |H_b^T E_Y| by E_Y's producer (HALO_CUDA_EYR_AMAX; here the column kernels' absmax
 // pass into the slot halo_cuda_linear_ey_rot_amax names): E_X and G equal the bits of the layer that took its own pass,
 // for a layer with its own X codes and one borrowing them (as up borrows gate's); which layers say yes.
@@ -2058,6 +2212,8 @@ int main(void) {
     test_swiglu_tok_amax();
     test_swiglu_codes();
     test_rmsnorm_codes();
+    test_rope_codes();
+    test_rmsnorm_bwd_codes();
     test_ey_rot_amax();
     test_shared_x(0);
     test_shared_x(256);

@@ -498,11 +498,15 @@ static void test_model_w_amax(void) {
 }
 
 // Delayed scaling (llama_cuda_halo_delayed): the norms and the SwiGLU forward write q's, gate's and down_proj's X codes
-// (level 0), the SwiGLU backward gate's and up's E_Y codes (levels 0, 1), scaled by the layer's previous amax. A first pass scales as the spec does (every layer's
-// own quantizer passes run: 14 E_Y, 8 X at level 0). A second pass over the same batch and weights finds the previous
-// amax equal to the current one, so it must give the spec's loss bits and gradients (1e-7: run-to-run atomics, as
-// same_with_switch_off) while skipping gate's and up's E_Y quantizers (10 left) and the X quantizers of q (k, v
-// borrow), gate (up borrows) and down, which the norms and SwiGLU replace (o's 2 left; level 0 only). Then 8 training steps on that batch track the spec's losses (measured below; bound 1e-2 relative).
+// (level 0), the SwiGLU, RoPE and RMSNorm backward the E_Y codes of all seven linears (levels 0, 1), scaled by the
+// layer's previous amax. A first pass scales as the spec does (every layer's own quantizer passes run: 14 E_Y, 8 X).
+// A second pass over the same batch and weights finds the previous amax equal to the current one, so it must give the
+// spec's loss bits and gradients (1e-7: run-to-run atomics, as same_with_switch_off) while skipping every E_Y
+// quantizer and the X quantizers of q (k, v borrow), gate (up borrows) and down (o's 2 left; level 0 only). Then 8
+// training steps on that batch track the spec's losses within 3e-2 relative at every step: this random model learns
+// fast (lr 1e-3: 5.7 to 2.3 in 8 steps), so every tensor's amax moves between steps; measured (H100, 2026-12-07)
+// 6.3e-3 INT8 L0, 9.7e-3 FP8 L0, 6.4e-3 INT8 L1, and 0.12-0.16 with the norm backward's scale products left stale
+// (the bug this check caught).
 static void count_quant(int *ey, int *x) {
     static halo_cuda_prof_rec rec[4096];
     const int nrec = halo_cuda_prof_collect(rec, 4096);
@@ -550,7 +554,7 @@ static void test_model_delayed(void) {
         printf("   %s: quantizer passes E_Y / X: spec %d / %d, delayed first pass %d / %d, second %d / %d; loss %.7f vs "
                "%.7f\n", cfg[k].what, eyc, xc, ey1, x1, ey2, x2, ld, lc);
         row("delayed, first pass: own passes", cfg[k].what, abs(ey1 - 14) + abs(x1 - 8) + abs(eyc - 14) + abs(xc - 8), 0);
-        row("delayed, second pass: own passes", cfg[k].what, abs(ey2 - 10) + abs(x2 - cfg[k].x_left), 0);
+        row("delayed, second pass: own passes", cfg[k].what, ey2 + abs(x2 - cfg[k].x_left), 0);
         row("delayed, same amax: loss vs spec", cfg[k].what, fabs(ld - lc) / lc, 0);
         row("delayed, same amax: grads vs spec", cfg[k].what, rel_l2_f(gd, gc, P), 1e-7);
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
@@ -561,7 +565,7 @@ static void test_model_delayed(void) {
             if (e > worst || isnan(e)) worst = e;
             if (st == 8) printf("   %s: step 8 loss delayed %.6f, spec %.6f\n", cfg[k].what, a, c);
         }
-        row("delayed vs spec: 8 steps' losses", cfg[k].what, worst, 1e-2);
+        row("delayed vs spec: 8 steps' losses", cfg[k].what, worst, 3e-2);
         llama_cuda_free(gdl);
         llama_cuda_free(gcur);
     }

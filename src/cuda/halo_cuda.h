@@ -305,8 +305,23 @@ void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, const halo_cud
 // cuda_rmsnorm_forward's, codes as halo_cuda_quant_tile's of those values with *c->amax. cuda_rmsnorm_codes_ok: D a
 // multiple of 16 whose 32-row code tile fits shared memory (D <= 6396).
 int cuda_rmsnorm_codes_ok(int D);
+// The RMSNorm backward (cuda_rmsnorm_backward_amax's dx, dw and residual sum) writing the codes of its bf16 copy of dx
+// (the next HALO layer's E_Y: o's, or the previous layer's down_proj's) instead of that copy. D 256, 512, 1024 or 2048
+// (the register-held kernel): cuda_rmsnorm_backward_codes_ok.
+int cuda_rmsnorm_backward_codes_ok(int D);
+void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *x, const halo_bf16 *w,
+                                 const float *rstd, const float *dres, int N, int D, const halo_cuda_codes *c,
+                                 cudaStream_t s);
 void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                                 const halo_cuda_codes *c, cudaStream_t s);
+// The RoPE backward over fused q|k|v rows dqkv [N][(Hq + 2 Hkv) hd] (not changed) writing the q, k and v layers' E_Y
+// codes: the values of cuda_rope_backward_amax (the q and k heads rotated back, v as it is), codes as
+// halo_cuda_quant_tile's of them with each one's *amax. cuda_rope_codes_ok: hd % 16 == 0 and q's and k's widths
+// multiples of 64.
+int cuda_rope_codes_ok(int Hq, int Hkv, int hd);
+void cuda_rope_backward_codes(const halo_bf16 *dqkv, const int32_t *pos, const float *cos_t, const float *sin_t, int N,
+                              int Hq, int Hkv, int hd, const halo_cuda_codes *q, const halo_cuda_codes *k,
+                              const halo_cuda_codes *v, cudaStream_t s);
 void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, const halo_cuda_codes *gate,
                                 const halo_cuda_codes *up, cudaStream_t s);
 

@@ -143,7 +143,8 @@ struct llama_cuda {
                                  // base) or gradient accumulation after the first forward
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
-    int delayed;                 // HALO delayed scaling (llama_cuda_halo_delayed): the MLP's producers write codes
+    int delayed;                 // HALO delayed scaling (llama_cuda_halo_delayed): producers write HALO codes
+    int down_ey;                 // the flags of the next down_proj backward's E_Y (norm_backward)
     int prof, nev, prof_steps;   // profiling: on/off, events in flight, steps summed
     cudaEvent_t *ev;             // [PR_MAXEV]
     int *ev_cat;                 // [PR_MAXEV / 2]
@@ -1384,6 +1385,33 @@ static float *ey_amax_prepare(llama_cuda *g, int l, int kind, int **nf) {
 }
 static int ey_flag(const void *slot) { return slot ? HALO_CUDA_EY_AMAX : 0; }
 
+static int delayed_on(const llama_cuda *g);
+// An RMSNorm backward (dres (+)= dx, the norm's weight gradient into dw) whose bf16 copy dres16 is HALO linear
+// (l, kind)'s E_Y (o: the MLP norm's; down: the next layer's attention norm's, or the final norm's). Returns the flags
+// for that linear's backward: with delayed scaling the norm writes the linear's E_Y codes into dres16's memory
+// instead of the copy (HALO_CUDA_EY_CODES), else it takes the E_Y amax (HALO_CUDA_EY_AMAX) or, without a HALO
+// linear there, only the copy (0).
+static int norm_backward(llama_cuda *g, int l, int kind, float *dw, const float *x, size_t w_off, const float *rstd,
+                         const float *res) {
+    const int N = g->B * g->T, D = g->c.dim;
+    const halo_bf16 *w = (const halo_bf16 *)g->w + w_off, *dout = (const halo_bf16 *)g->dnorm;
+    uint8_t *q = (uint8_t *)g->dres16;   // [N][D] row-major codes, then [D][n16]
+    const size_t n16 = (size_t)pad16l(N);
+    cudaStream_t s = g->st;
+    halo_cuda_linear *L = l >= 0 ? hl_of(g, l, kind) : NULL;
+    halo_cuda_codes c;
+    if (L && delayed_on(g) && cuda_rmsnorm_backward_codes_ok(D) && (size_t)N * D + D * n16 <= (size_t)g->N_max * D * 2 &&
+        halo_cuda_linear_ey_codes(L, N, D, q, D, q + (size_t)N * D, 1, 1, &c, s)) {
+        PROF(g, PR_NORM_B, cuda_rmsnorm_backward_codes(g->dres, dw, dout, x, w, rstd, res, N, D, &c, s));
+        return HALO_CUDA_EY_CODES;
+    }
+    int *nf;
+    float *a = ey_amax_prepare(g, l, kind, &nf);
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, dw, dout, x, w, rstd, res, N, D, a,
+                                                  nf, s));
+    return ey_flag(a);
+}
+
 // ey_flag: HALO_CUDA_EY_AMAX when dY's producer computed the layer's E_Y amax (ey_amax_prepare), else 0.
 static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16 *dY, const bf16 *X, size_t w_off,
                             int ey_flag) {
@@ -1404,6 +1432,7 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
 }
 
 static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A);
+static int qkv_backward_codes(llama_cuda *g, int l);
 static void mlp_backward_bf16(llama_cuda *g, int l, layer_acts *A);
 static void attn_backward(llama_cuda *g, int l, layer_acts *A);
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
@@ -1417,7 +1446,7 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     if ((!hl_of(g, l, LIN_DOWN) && !g->lora) || g->tele || lora_on(g, l, LIN_DOWN))
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
-    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, ey_flag(hl_of(g, l, LIN_DOWN)));
+    single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, g->down_ey);
     if (!mlp_backward_codes(g, l, A)) mlp_backward_bf16(g, l, A);
     attn_backward(g, l, A);
 }
@@ -1437,6 +1466,30 @@ static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A) {
         return 0;   // (a layer that said yes falls back to the spec's path by its next backward's flags)
     PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_codes((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, &cg, &cu, s));
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, g->L[l].wgu, HALO_CUDA_EY_CODES);
+    return 1;
+}
+
+// Delayed scaling: the RoPE backward writes the q, k and v layers' E_Y codes (both layouts, in dgu's memory, free
+// after gate's and up's products) from attention's dqkv; 0 (nothing launched) where it does not apply (q/k norms
+// or a bias, which change or read dqkv; a layer without RoPE).
+static int qkv_backward_codes(llama_cuda *g, int l) {
+    const llama_config *c = &g->c;
+    const int N = g->B * g->T, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, QKV = g->QKV;
+    halo_cuda_linear *L[3] = {hl_of(g, l, LIN_Q), hl_of(g, l, LIN_K), hl_of(g, l, LIN_V)};
+    const size_t n16 = (size_t)pad16l(N), room = (size_t)g->N_max * 4 * c->hidden_dim;   // dgu's bytes
+    if (!L[0] || !L[1] || !L[2] || !delayed_on(g) || c->qk_norm || (c->bias_kinds & BIAS_QKV) ||
+        !llama_layer_rope(c, l) || !cuda_rope_codes_ok(Hq, Hkv, hd) || QKV != (Hq + 2 * Hkv) * hd ||
+        (size_t)N * QKV + (size_t)QKV * n16 > room)
+        return 0;
+    cudaStream_t s = g->st;
+    uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * QKV;   // [N][QKV] row-major, then [QKV][n16]
+    halo_cuda_codes cs[3];
+    const int col[3] = {0, Hq * hd, (Hq + Hkv) * hd}, n[3] = {Hq * hd, Hkv * hd, Hkv * hd};
+    for (int u = 0; u < 3; u++)
+        if (!halo_cuda_linear_ey_codes(L[u], N, n[u], q + col[u], QKV, qt + (size_t)col[u] * n16, 1, 1, &cs[u], s))
+            return 0;
+    PROF(g, PR_ROPE, cuda_rope_backward_codes((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, &cs[0],
+                                              &cs[1], &cs[2], s));
     return 1;
 }
 
@@ -1478,21 +1531,24 @@ static void attn_backward(llama_cuda *g, int l, layer_acts *A) {
     const layer_offs *o = &g->L[l];
     halo_bf16 *W = (halo_bf16 *)g->w, *dr16 = (halo_bf16 *)g->dres16;
     cudaStream_t s = g->st;
-    int *nfo;
-    float *ao = ey_amax_prepare(g, l, LIN_O, &nfo);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->ffn_norm), (halo_bf16 *)g->dnorm, A->h,
-                                                  W + o->ffn_norm, A->r2, g->dres, N, D, ao, nfo, s));
+    const int fo = norm_backward(g, l, LIN_O, gradw(g, o->ffn_norm), A->h, o->ffn_norm, A->r2, g->dres);
     // attention: h = x[l] + o_proj(attn(rope(q), rope(k), v))
-    single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo, ey_flag(ao));
+    single_backward(g, l, LIN_O, g->datt, (bf16 *)dr16, A->att, o->wo, fo);
     PROF(g, PR_ATT_B, cuda_attention_backward((halo_bf16 *)g->dqkv, g->attn_scratch, (halo_bf16 *)g->datt,
                                               (halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
                                               g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, s));
-    int *nfq, *nfk, *nfv;
-    float *aq = ey_amax_prepare(g, l, LIN_Q, &nfq), *ak = ey_amax_prepare(g, l, LIN_K, &nfk),
-          *av = ey_amax_prepare(g, l, LIN_V, &nfv);
+    // delayed scaling: the RoPE backward writes the q, k and v layers' E_Y codes (dqkv stays as attention wrote it)
+    const int qkv_codes = qkv_backward_codes(g, l);
+    int *nfq = NULL, *nfk = NULL, *nfv = NULL;
+    float *aq = NULL, *ak = NULL, *av = NULL;
+    if (!qkv_codes) {
+        aq = ey_amax_prepare(g, l, LIN_Q, &nfq);
+        ak = ey_amax_prepare(g, l, LIN_K, &nfk);
+        av = ey_amax_prepare(g, l, LIN_V, &nfv);
+    }
     // q, k, v E_Y scales from the RoPE backward (all three run HALO or none; not under q/k norms, whose backward
     // changes dq, dk after it)
-    const int rope = llama_layer_rope(c, l), qkv_amax = aq && ak && av && !c->qk_norm && rope;
+    const int rope = llama_layer_rope(c, l) && !qkv_codes, qkv_amax = aq && ak && av && !c->qk_norm && rope;
     if (qkv_amax)
         PROF(g, PR_ROPE, cuda_rope_backward_amax((halo_bf16 *)g->dqkv, g->pos, g->cos_t, g->sin_t, N, Hq, Hkv, hd, aq, ak,
                                                  av, nfq, nfk, nfv, s));
@@ -1506,11 +1562,10 @@ static void attn_backward(llama_cuda *g, int l, layer_acts *A) {
         PROF(g, PR_MM_DW, cuda_bias_grad(gradw(g, o->bqkv), (const halo_bf16 *)g->dqkv, g->QKV, N, g->QKV, s));
     if (norm_recompute(g, l, LIN_Q))   // n1 for the q, k, v weight gradients or telemetry (nbuf held n2)
         PROF(g, PR_NORM_R, cuda_rmsnorm_recompute((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D, s));
-    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv, qkv_amax ? HALO_CUDA_EY_AMAX : 0);
-    int *nfd;
-    float *ad = ey_amax_prepare(g, l - 1, LIN_DOWN, &nfd);   // dr16 is the previous layer's down_proj E_Y
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, dr16, gradw(g, o->attn_norm), (halo_bf16 *)g->dnorm, g->x[l],
-                                                  W + o->attn_norm, A->r1, g->dres, N, D, ad, nfd, s));
+    group_backward(g, l, LIN_Q, 3, g->dnorm, g->dqkv, g->QKV, A->n1, o->wqkv,
+                   qkv_codes ? HALO_CUDA_EY_CODES : qkv_amax ? HALO_CUDA_EY_AMAX : 0);
+    // dr16 is the previous layer's down_proj E_Y
+    g->down_ey = norm_backward(g, l - 1, LIN_DOWN, gradw(g, o->attn_norm), g->x[l], o->attn_norm, A->r1, g->dres);
 }
 
 // Forward through the final norm, then lm_head + cross-entropy chunk by chunk (with the lm_head backward of each
@@ -1563,11 +1618,9 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
-    int *nfd;
-    float *ad = ey_amax_prepare(g, c->n_layers - 1, LIN_DOWN, &nfd);   // the last down_proj's E_Y scale
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, gradw(g, g->final_norm),
-                                                  (halo_bf16 *)g->dnorm, g->x[c->n_layers], W + g->final_norm, g->rf,
-                                                  NULL, N, D, ad, nfd, s));
+    // the last down_proj's E_Y (scale, or codes)
+    g->down_ey = norm_backward(g, c->n_layers - 1, LIN_DOWN, gradw(g, g->final_norm), g->x[c->n_layers],
+                               g->final_norm, g->rf, NULL);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *A = acts_for(g, l);
         if (g->o.recompute == 1) layer_forward(g, l, A, 0);

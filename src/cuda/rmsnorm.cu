@@ -90,6 +90,56 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
     }
 }
 
+// Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in
+// bf16, with max |bf16 dx| into mx when amax (bad |= 1 when one of those is a NaN or Inf). code (may be NULL; then
+// amax is set): instead of storing the bf16 values, their four 8-bit codes with 1 / scale rq (delayed scaling).
+__device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res, int d, float2 g01, float2 g23,
+                                          float2 w01, float2 w23, float4 xv, float r, float c, bool amax, float &mx,
+                                          int &bad, uint32_t *code = NULL, float rq = 1.f, int fmt = 0) {
+    float4 v;
+    v.x = r * g01.x * w01.x - c * xv.x;
+    v.y = r * g01.y * w01.y - c * xv.y;
+    v.z = r * g23.x * w23.x - c * xv.z;
+    v.w = r * g23.y * w23.y - c * xv.w;
+    if (res) {
+        const float4 rv = ((const float4 *)res)[d];
+        v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
+    }
+    ((float4 *)o)[d] = v;
+    if (o16 || code) {
+        const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
+        if (o16) {
+            ((__nv_bfloat162 *)o16)[2 * d] = b01;
+            ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
+        }
+        if (amax) {
+            const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
+            bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
+            if (code)
+                *code = (uint32_t)quant1(f01.x, rq, fmt) | (uint32_t)quant1(f01.y, rq, fmt) << 8 |
+                        (uint32_t)quant1(f23.x, rq, fmt) << 16 | (uint32_t)quant1(f23.y, rq, fmt) << 24;
+        }
+    }
+}
+
+// The transposed codes of a shared tile tl [32][ldt] (32 tokens from r0, D columns, ldt = D + 4) into qt [D][ldqt]:
+// each thread moves 4 x 4 byte blocks (transpose4), 8 threads writing one 32-byte sector of a qt row; tokens at or past
+// rows_pad are left out. All threads of the block call it (blockDim.x threads).
+__device__ __forceinline__ void tile32_store_t(const uint8_t *tl, int ldt, int D, int r0, int rows_pad, uint8_t *qt,
+                                               long ldqt) {
+    for (int idx = threadIdx.x; idx < (D / 4) * 8; idx += blockDim.x) {
+        const int tb = idx & 7, cg = idx >> 3, t0 = r0 + 4 * tb;
+        if (t0 >= rows_pad) continue;
+        unsigned wv[4], o[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) wv[k] = *(const uint32_t *)(tl + (size_t)(4 * tb + k) * ldt + 4 * cg);
+        transpose4(wv, o);
+        #pragma unroll
+        for (int y = 0; y < 4; y++) *(uint32_t *)(qt + (size_t)(4 * cg + y) * ldqt + t0) = o[y];
+    }
+}
+
 // Delayed scaling (halo_cuda.h, halo_cuda_codes): the forward writing a HALO layer's X codes instead of bf16 out. 32
 // rows a block, 8 warps of 4 rows, each row as k_rmsnorm_fwd computes it (the same rstd, stored, and the same bf16
 // values), quantized with the scale of *c.amax: row-major into c.q and into a shared tile [32][D + 4] (the padding
@@ -100,6 +150,7 @@ __global__ void __launch_bounds__(256) k_rmsnorm_codes(float *rstd, const float 
                                                        float eps, halo_cuda_codes c) {
     extern __shared__ __align__(16) uint8_t tl[];   // [32][D + 4]
     const int ldt = D + 4, r0 = blockIdx.x * 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (blockIdx.x == 0 && threadIdx.x == 0) run_alpha(c.aj);
     const float rs = rscale_of(*c.amax, qmax_of(c.fmt));
     float mx = 0.f;
     int bad = 0;
@@ -135,17 +186,7 @@ __global__ void __launch_bounds__(256) k_rmsnorm_codes(float *rstd, const float 
         }
     }
     __syncthreads();
-    if (c.qt)
-        for (int idx = threadIdx.x; idx < (D / 4) * 8; idx += 256) {
-            const int tb = idx & 7, cg = idx >> 3, t0 = r0 + 4 * tb;
-            if (t0 >= c.rows_pad) continue;
-            unsigned wv[4], o[4];
-            #pragma unroll
-            for (int k = 0; k < 4; k++) wv[k] = *(const uint32_t *)(tl + (size_t)(4 * tb + k) * ldt + 4 * cg);
-            transpose4(wv, o);
-            #pragma unroll
-            for (int y = 0; y < 4; y++) *(uint32_t *)(c.qt + (size_t)(4 * cg + y) * c.ldqt + t0) = o[y];
-        }
+    if (c.qt) tile32_store_t(tl, ldt, D, r0, c.rows_pad, c.qt, c.ldqt);
     mx = block_max(mx);
     if (threadIdx.x == 0) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
     block_flags(bad, c.nonfinite);
@@ -168,33 +209,6 @@ extern "C" void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const ha
         CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_codes, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     k_rmsnorm_codes<<<cdiv(rows, 32), 256, smem, s>>>(rstd, x, (const bf16 *)w, N, D, eps, *c);
     CUDA_LAUNCH_CHECK();
-}
-
-// Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in
-// bf16, with max |bf16 dx| into mx when amax (bad |= 1 when one of those is a NaN or Inf).
-__device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res, int d, float2 g01, float2 g23,
-                                          float2 w01, float2 w23, float4 xv, float r, float c, bool amax, float &mx,
-                                          int &bad) {
-    float4 v;
-    v.x = r * g01.x * w01.x - c * xv.x;
-    v.y = r * g01.y * w01.y - c * xv.y;
-    v.z = r * g23.x * w23.x - c * xv.z;
-    v.w = r * g23.y * w23.y - c * xv.w;
-    if (res) {
-        const float4 rv = ((const float4 *)res)[d];
-        v.x += rv.x; v.y += rv.y; v.z += rv.z; v.w += rv.w;
-    }
-    ((float4 *)o)[d] = v;
-    if (o16) {
-        const __nv_bfloat162 b01 = __floats2bfloat162_rn(v.x, v.y), b23 = __floats2bfloat162_rn(v.z, v.w);
-        ((__nv_bfloat162 *)o16)[2 * d] = b01;
-        ((__nv_bfloat162 *)o16)[2 * d + 1] = b23;
-        if (amax) {
-            const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
-            bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
-        }
-    }
 }
 
 // One pass: each block takes a contiguous range of rows, one warp per row at a time. A warp computes the row's dx
@@ -280,13 +294,20 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
 // float4 of x in registers between the dot product and the output (k_rmsnorm_bwd reads x twice; dout, half the bytes,
 // is still read twice: both in registers spill at NV 16), the same arithmetic in the same order. 2 blocks of 8 warps
 // an SM (<= 128 registers a thread).
-template <int NV>
+// CODES (delayed scaling, halo_cuda_codes; rows_per_block a multiple of 32): no dx16; the bf16 values' 8-bit codes with
+// the scale of *cq.amax go row-major to cq.q and, 32 rows at a time, through a shared tile [32][D + 4] after sdw to
+// cq.qt transposed (zero codes for rows N..rows_pad-1); amax16 / nonfinite are then cq's amax_next / nonfinite; one
+// thread forms cq's scale products.
+template <int NV, bool CODES>
 __global__ void __launch_bounds__(256, 2)
 k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
                   const float *rstd, const float *dres, int N, int rows_per_block, unsigned *amax16,
-                  int *nonfinite) {
-    constexpr int D = 128 * NV, Q = D / 4;
-    extern __shared__ float sdw[];   // [D], component-major as in k_rmsnorm_bwd
+                  int *nonfinite, halo_cuda_codes cq) {
+    constexpr int D = 128 * NV, Q = D / 4, LDT = D + 4;
+    extern __shared__ float sdw[];   // [D], component-major as in k_rmsnorm_bwd; CODES: then the code tile
+    uint8_t *tl = (uint8_t *)(sdw + D);
+    if (CODES && blockIdx.x == 0 && threadIdx.x == 0) run_alpha(cq.aj);   // the products' scales
+    const float rq = CODES ? rscale_of(*cq.amax, qmax_of(cq.fmt)) : 1.f;
     float mx = 0.f;
     int bad = 0;
     for (int d = threadIdx.x; d < D; d += blockDim.x) sdw[d] = 0.f;
@@ -294,38 +315,58 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
     const int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
     const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)w;
-    for (int row = r0 + warp; row < r1; row += nwarps) {
-        const float4 *x4 = (const float4 *)(x + (size_t)row * D);
-        const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)(dout + (size_t)row * D);
-        float4 xv[NV];
-#pragma unroll
-        for (int i = 0; i < NV; i++) xv[i] = x4[lane + 32 * i];
-        const float r = rstd[row];
-        float dot = 0.f;
-#pragma unroll
-        for (int i = 0; i < NV; i++) {
-            const int d = lane + 32 * i;
-            const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
-            const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-            dot += g01.x * w01.x * xv[i].x + g01.y * w01.y * xv[i].y + g23.x * w23.x * xv[i].z + g23.y * w23.y * xv[i].w;
-        }
-        dot = warp_sum(dot);
-        const float c = r * r * r * dot / D;
-        float *o = dx + (size_t)row * D;
-        const float *res = dres ? dres + (size_t)row * D : NULL;
-        bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
-#pragma unroll
-        for (int i = 0; i < NV; i++) {
-            const int d = lane + 32 * i;
-            const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
-            const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
-            dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx, bad);
-            if (dw) {
-                atomicAdd(&sdw[d], g01.x * xv[i].x * r);
-                atomicAdd(&sdw[Q + d], g01.y * xv[i].y * r);
-                atomicAdd(&sdw[2 * Q + d], g23.x * xv[i].z * r);
-                atomicAdd(&sdw[3 * Q + d], g23.y * xv[i].w * r);
+    // CODES: chunks of 32 rows, up to rows_pad (the transposed layout's zero codes); else one chunk of all rows
+    const int rend = CODES ? min(r0 + rows_per_block, max(N, cq.rows_pad)) : r1;
+    for (int cs = r0; cs < rend; cs += CODES ? 32 : rows_per_block) {
+        for (int row = cs + warp; row < (CODES ? cs + 32 : r1); row += nwarps) {
+            if (CODES && row >= r1) {   // past the rows: zero codes in the tile
+                for (int d = lane; d < Q; d += 32) ((uint32_t *)(tl + (size_t)(row - cs) * LDT))[d] = 0u;
+                continue;
             }
+            const float4 *x4 = (const float4 *)(x + (size_t)row * D);
+            const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)(dout + (size_t)row * D);
+            float4 xv[NV];
+#pragma unroll
+            for (int i = 0; i < NV; i++) xv[i] = x4[lane + 32 * i];
+            const float r = rstd[row];
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                const int d = lane + 32 * i;
+                const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+                dot += g01.x * w01.x * xv[i].x + g01.y * w01.y * xv[i].y + g23.x * w23.x * xv[i].z +
+                       g23.y * w23.y * xv[i].w;
+            }
+            dot = warp_sum(dot);
+            const float c = r * r * r * dot / D;
+            float *o = dx + (size_t)row * D;
+            const float *res = dres ? dres + (size_t)row * D : NULL;
+            bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                const int d = lane + 32 * i;
+                const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
+                uint32_t code;
+                dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx, bad,
+                          CODES ? &code : NULL, rq, cq.fmt);
+                if (CODES) {
+                    if (cq.q) *(uint32_t *)(cq.q + (size_t)row * cq.ldq + 4 * d) = code;
+                    ((uint32_t *)(tl + (size_t)(row - cs) * LDT))[d] = code;
+                }
+                if (dw) {
+                    atomicAdd(&sdw[d], g01.x * xv[i].x * r);
+                    atomicAdd(&sdw[Q + d], g01.y * xv[i].y * r);
+                    atomicAdd(&sdw[2 * Q + d], g23.x * xv[i].z * r);
+                    atomicAdd(&sdw[3 * Q + d], g23.y * xv[i].w * r);
+                }
+            }
+        }
+        if (CODES) {
+            __syncthreads();
+            if (cq.qt) tile32_store_t(tl, LDT, D, cs, cq.rows_pad, cq.qt, cq.ldqt);
+            __syncthreads();
         }
     }
     __syncthreads();
@@ -397,14 +438,16 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
         int blocks = sm_count() * 2;
         const int rows_per_block = cdiv(N, blocks);
         blocks = cdiv(N, rows_per_block);
+        halo_cuda_codes none;
+        memset(&none, 0, sizeof none);
         if (D == 2048)
-            k_rmsnorm_bwd_reg<16><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
-                                                             (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                             (unsigned *)amax16, nonfinite);
+            k_rmsnorm_bwd_reg<16, false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
+                                                                    (const bf16 *)w, rstd, dres, N, rows_per_block,
+                                                                    (unsigned *)amax16, nonfinite, none);
         else
-            k_rmsnorm_bwd_reg<8><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
-                                                            (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                            (unsigned *)amax16, nonfinite);
+            k_rmsnorm_bwd_reg<8, false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
+                                                                   (const bf16 *)w, rstd, dres, N, rows_per_block,
+                                                                   (unsigned *)amax16, nonfinite, none);
         CUDA_LAUNCH_CHECK();
         return;
     }
@@ -421,6 +464,41 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
     else
         k_rmsnorm_bwd<false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
                                                        rstd, dres, N, D, rows_per_block, (unsigned *)amax16, nonfinite);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" int cuda_rmsnorm_backward_codes_ok(int D) { return D == 2048 || D == 1024 || D == 512 || D == 256; }
+
+template <int NV>
+static void bwd_codes_launch(int blocks, size_t smem, float *dx, float *dw, const halo_bf16 *dout, const float *x,
+                             const halo_bf16 *w, const float *rstd, const float *dres, int N, int rows_per_block,
+                             const halo_cuda_codes *c, cudaStream_t s) {
+    CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd_reg<NV, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)smem));
+    k_rmsnorm_bwd_reg<NV, true><<<blocks, 256, smem, s>>>(dx, NULL, dw, (const bf16 *)dout, x, (const bf16 *)w, rstd,
+                                                           dres, N, rows_per_block, (unsigned *)c->amax_next,
+                                                           c->nonfinite, *c);
+}
+
+extern "C" void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *x,
+                                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
+                                            const halo_cuda_codes *c, cudaStream_t s) {
+    if (!cuda_rmsnorm_backward_codes_ok(D) || !c->amax || !c->amax_next || (!c->q && !c->qt) ||
+        (c->q && (c->ldq < D || c->ldq % 4 || (uintptr_t)c->q % 4)) ||
+        (c->qt && (c->rows_pad < N || c->rows_pad % 4 || c->ldqt < c->rows_pad || c->ldqt % 4 || (uintptr_t)c->qt % 4))) {
+        fprintf(stderr, "cuda_rmsnorm_backward_codes: unsupported layout (N %d, D %d)\n", N, D);
+        abort();
+    }
+    if (N == 0) return;
+    // the register-held rows' kernel (the same arithmetic as k_rmsnorm_bwd's), 2 blocks an SM, rows in chunks of 32
+    int blocks = sm_count() * 2;
+    const int rows_per_block = cdiv(cdiv(N, blocks), 32) * 32;
+    blocks = cdiv(N, rows_per_block);
+    const size_t smem = (size_t)D * sizeof(float) + 32 * (size_t)(D + 4);
+    if (D == 2048) bwd_codes_launch<16>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else if (D == 1024) bwd_codes_launch<8>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else if (D == 512) bwd_codes_launch<4>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else bwd_codes_launch<2>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
     CUDA_LAUNCH_CHECK();
 }
 

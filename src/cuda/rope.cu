@@ -1,6 +1,7 @@
 // Rotary position embedding on the GPU, in place on bf16 q/k heads inside the fused qkv rows, HF half-split pairs
 // (i, i + hd/2), angles from the CPU's rope_tables (llama3 scaling included there). Backward is the inverse rotation.
 #include "cuda/common.cuh"
+#include "cuda/quant_codes.cuh"
 
 // One pair (a, b) rotated by (c, s) and rounded to bf16. Written out (one rounded product, then a fused multiply-add)
 // so that every kernel here gets the same bits: left to the compiler, the contraction may differ between kernels.
@@ -119,5 +120,97 @@ extern "C" void cuda_rope_backward_amax(halo_bf16 *dqkv, const int32_t *pos, con
     else
         k_rope_bwd_amax<4><<<grid, 256, 0, s>>>((bf16 *)dqkv, H * hd, pos, cos_t, sin_t, N, Hq, Hkv, hd,
                                                 (unsigned *)amax_q, (unsigned *)amax_k, (unsigned *)amax_v, nf_q, nf_k, nf_v);
+    CUDA_LAUNCH_CHECK();
+}
+
+// Delayed scaling (halo_cuda.h, halo_cuda_codes): the backward writing the q, k and v layers' E_Y codes instead of
+// rotating dqkv in place. Tiles of 64 tokens x 64 columns of the fused rows [N][(Hq + 2 Hkv) hd] (64 threads, k_tile8's
+// layout), each inside one of q, k, v (c[0..2], whose columns start at col[0..2]). A q or k value is k_rope's backward
+// rotation of its pair (rot_pair, so the same bf16 bits), reading the partner half of the head too (8 values at
+// j + half or j - half: the same block reads them, mostly from L1); v is copied. Codes with the scale of *c.amax,
+// row-major and transposed (zero codes for tokens N..rows_pad-1), max |value| into c.amax_next, NaN / Inf flagged.
+struct rope_codes3 { halo_cuda_codes c[3]; int col[3]; };
+__global__ void __launch_bounds__(64) k_rope_bwd_codes(const bf16 *__restrict__ x, int ld, const int32_t *pos,
+                                                       const float *cos_t, const float *sin_t, int N, int Hrope,
+                                                       int hd, rope_codes3 a) {
+    __shared__ __align__(16) uint2 tile[64][9];
+    const int c0 = blockIdx.x * 64, r0 = blockIdx.y * 64, t = threadIdx.x, cc = t & 7, j = c0 + cc * 8;
+    const int which = c0 >= a.col[2] ? 2 : c0 >= a.col[1] ? 1 : 0, half = hd / 2;
+    const halo_cuda_codes &c = a.c[which];
+    if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0)
+        for (int u = 0; u < 3; u++) run_alpha(a.c[u].aj);
+    const float rs = rscale_of(*c.amax, qmax_of(c.fmt));
+    const int h = j / hd, p = j - h * hd, lo = p < half, pj = lo ? p : p - half;   // pair index of the chunk
+    const bool rot = h < Hrope;
+    const int partner = lo ? j + half : j - half;
+    float mx = 0.f;
+    int bad = 0;
+    #pragma unroll 2
+    for (int k = 0; k < 8; k++) {
+        const int i = (t >> 3) + 8 * k, n = r0 + i;
+        uint2 code = make_uint2(0u, 0u);
+        if (n < N) {
+            const bf16 *row = x + (size_t)n * ld;
+            const uint4 own = *(const uint4 *)(row + j);
+            float f[8];
+            const bf16 *ov = (const bf16 *)&own;
+            if (rot) {
+                const uint4 oth = *(const uint4 *)(row + partner);
+                const bf16 *pv = (const bf16 *)&oth;
+                const float *cr = cos_t + (size_t)pos[n] * half + pj, *sr = sin_t + (size_t)pos[n] * half + pj;
+                #pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    bf16 ra, rb;   // (a, b) = (first half, second half) of the pair
+                    const float av = __bfloat162float(lo ? ov[e] : pv[e]), bv = __bfloat162float(lo ? pv[e] : ov[e]);
+                    rot_pair(av, bv, cr[e], -1.f * sr[e], &ra, &rb);
+                    f[e] = __bfloat162float(lo ? ra : rb);
+                }
+            } else {
+                #pragma unroll
+                for (int e = 0; e < 8; e++) f[e] = __bfloat162float(ov[e]);
+            }
+            #pragma unroll
+            for (int e = 0; e < 8; e++) {
+                mx = fmaxf(mx, fabsf(f[e]));   // NaN skipped (the flag reports it)
+                bad |= !isfinite(f[e]);
+            }
+            code = quant8(f, rs, c.fmt);
+            if (c.q) *(uint2 *)(c.q + (long)n * c.ldq + (j - a.col[which])) = code;
+        }
+        tile8_put(tile, i, cc, code);
+    }
+    __syncthreads();
+    if (c.qt) tile8_store_t(tile, t, r0, c0 - a.col[which], 0x7fffffff, c.rows_pad, c.qt, c.ldqt);   // (whole tiles)
+    mx = block_max(mx);
+    if (t == 0) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
+    block_flags(bad, c.nonfinite);
+}
+
+extern "C" int cuda_rope_codes_ok(int Hq, int Hkv, int hd) {
+    return hd % 16 == 0 && (Hq * hd) % 64 == 0 && (Hkv * hd) % 64 == 0 && Hkv > 0;
+}
+
+extern "C" void cuda_rope_backward_codes(const halo_bf16 *dqkv, const int32_t *pos, const float *cos_t,
+                                         const float *sin_t, int N, int Hq, int Hkv, int hd, const halo_cuda_codes *q,
+                                         const halo_cuda_codes *k, const halo_cuda_codes *v, cudaStream_t s) {
+    const halo_cuda_codes *cs[3] = {q, k, v};
+    int ok = cuda_rope_codes_ok(Hq, Hkv, hd);
+    for (int u = 0; u < 3 && ok; u++)
+        ok = cs[u]->amax && cs[u]->amax_next && (cs[u]->q || cs[u]->qt) && !cs[u]->qt == !q->qt &&
+             (!cs[u]->q || (cs[u]->ldq % 8 == 0 && (uintptr_t)cs[u]->q % 8 == 0)) &&
+             (!cs[u]->qt || (cs[u]->rows_pad == q->rows_pad && cs[u]->rows_pad >= N && cs[u]->rows_pad % 8 == 0 &&
+                             cs[u]->ldqt % 8 == 0 && (uintptr_t)cs[u]->qt % 8 == 0));
+    if (!ok) {
+        fprintf(stderr, "cuda_rope_backward_codes: unsupported shapes or layouts (Hq %d, Hkv %d, hd %d)\n", Hq, Hkv, hd);
+        abort();
+    }
+    const int rows = q->qt ? q->rows_pad : N;
+    if (rows <= 0) return;
+    rope_codes3 a;
+    for (int u = 0; u < 3; u++) a.c[u] = *cs[u];
+    a.col[0] = 0; a.col[1] = Hq * hd; a.col[2] = (Hq + Hkv) * hd;
+    const int ld = (Hq + 2 * Hkv) * hd;
+    k_rope_bwd_codes<<<dim3(ld / 64, cdiv(rows, 64)), 64, 0, s>>>((const bf16 *)dqkv, ld, pos, cos_t, sin_t, N, Hq + Hkv,
+                                                                  hd, a);
     CUDA_LAUNCH_CHECK();
 }
