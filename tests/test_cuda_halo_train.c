@@ -393,6 +393,39 @@ static void test_model_ey_nonfinite(void) {
     llama_free(&m);
 }
 
+// Launches of the profiled HALO layer calls since the last collection named names[0..n-1], into counts.
+static void count_named(const char *const *names, int *counts, int n) {
+    static halo_cuda_prof_rec rec[4096];
+    const int nrec = halo_cuda_prof_collect(rec, 4096);
+    for (int k = 0; k < n; k++) {
+        counts[k] = 0;
+        for (int i = 0; i < nrec; i++) counts[k] += !strcmp(rec[i].name, names[k]);
+    }
+}
+static int count_launches(const char *name) {
+    int c;
+    count_named(&name, &c, 1);
+    return c;
+}
+// One forward and backward from zeroed gradients, profiled: its loss, the gradients into grads, and the launches of
+// each of names[0..n-1] into counts.
+static float fb_named(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, const char *const *names,
+                      int *counts, int n) {
+    halo_cuda_prof_enable(1);
+    llama_cuda_zero_grads(g);
+    llama_cuda_forward_backward(g, b, 1.f);
+    const float loss = llama_cuda_last_loss(g);
+    halo_cuda_prof_enable(0);
+    count_named(names, counts, n);
+    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
+    memcpy(grads, m->grads, 4 * m->n_params);
+    return loss;
+}
+static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, int *absmax_w) {
+    static const char *const name = "fwd absmax W";
+    return fb_named(g, b, grads, m, &name, absmax_w, 1);
+}
+
 // The W amax that AdamW's one-launch update takes for the next forward (cuda_adamw_segments): after a training step the
 // forward and backward give the same loss bits as with every layer taking its own absmax pass of W
 // (halo_cuda_w_amax(0)), gradients within the run-to-run atomics (1e-7, as same_with_switch_off), and the pass is
@@ -401,24 +434,6 @@ static void test_model_ey_nonfinite(void) {
 // weights (llama_cuda_upload_state) brings the own passes back (14); a second pass on the same weights (gradient
 // accumulation) skips them again, with the same loss and gradients. Under LoRA (frozen base) the second step skips
 // them all.
-static int count_launches(const char *name) {
-    static halo_cuda_prof_rec rec[4096];
-    const int nrec = halo_cuda_prof_collect(rec, 4096);
-    int k = 0;
-    for (int i = 0; i < nrec; i++) k += !strcmp(rec[i].name, name);
-    return k;
-}
-static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, int *absmax_w) {
-    halo_cuda_prof_enable(1);
-    llama_cuda_zero_grads(g);
-    llama_cuda_forward_backward(g, b, 1.f);
-    const float loss = llama_cuda_last_loss(g);
-    halo_cuda_prof_enable(0);
-    *absmax_w = count_launches("fwd absmax W");
-    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
-    memcpy(grads, m->grads, 4 * m->n_params);
-    return loss;
-}
 static void test_model_w_amax(void) {
     llama_model m;
     halo_batch b;
@@ -507,24 +522,12 @@ static void test_model_w_amax(void) {
 // fast (lr 1e-3: 5.7 to 2.3 in 8 steps), so every tensor's amax moves between steps; measured (H100, 2026-12-07)
 // 6.3e-3 INT8 L0, 9.7e-3 FP8 L0, 6.4e-3 INT8 L1, and 0.12-0.16 with the norm backward's scale products left stale
 // (the bug this check caught).
-static void count_quant(int *ey, int *x) {
-    static halo_cuda_prof_rec rec[4096];
-    const int nrec = halo_cuda_prof_collect(rec, 4096);
-    *ey = *x = 0;
-    for (int i = 0; i < nrec; i++) {
-        *ey += !strcmp(rec[i].name, "bwd quant E_Y (both layouts)");
-        *x += !strcmp(rec[i].name, "fwd quant X (both layouts)");
-    }
-}
 static float fb_quant(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, int *ey, int *x) {
-    halo_cuda_prof_enable(1);
-    llama_cuda_zero_grads(g);
-    llama_cuda_forward_backward(g, b, 1.f);
-    const float loss = llama_cuda_last_loss(g);
-    halo_cuda_prof_enable(0);
-    count_quant(ey, x);
-    CHECK(llama_cuda_copy_grads(g, m) == HALO_OK, "%s", halo_error());
-    memcpy(grads, m->grads, 4 * m->n_params);
+    static const char *const names[2] = {"bwd quant E_Y (both layouts)", "fwd quant X (both layouts)"};
+    int c[2];
+    const float loss = fb_named(g, b, grads, m, names, c, 2);
+    *ey = c[0];
+    *x = c[1];
     return loss;
 }
 static void test_model_delayed(void) {
