@@ -28,7 +28,7 @@ static void gemm_row(int M, int N, int K) {
     for (long i = 0; i < (long)M * K; i++) qa[i] = (int8_t)(a[i] * 250);
     for (long i = 0; i < (long)N * K; i++) qb[i] = (int8_t)(b[i] * 250);
     halo_qmat A = {0}, B = {0}, A8 = {0}, B8 = {0};
-    halo_qspec qi = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0}, qf = qi;
+    halo_qspec qi = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL}, qf = qi;
     qf.fmt = HALO_Q_E4M3;
     halo_quantize(&A, a, M, K, K, 0, &qi, "a"); halo_quantize(&B, b, N, K, K, 0, &qi, "b");
     halo_quantize(&A8, a, M, K, K, 0, &qf, "a"); halo_quantize(&B8, b, N, K, K, 0, &qf, "b");

@@ -330,6 +330,18 @@ int main(void) {
     CHECK(halo_read_file(cmd, &text, NULL) == 0 && strstr(text, "token Hadamard block 14"),
           "token block 14 error: %s", text ? text : "");
     free(text);
+    // --halo-delayed-scaling: described in the run's log, recorded in halo_config.json; refused without 8-bit products
+    snprintf(cmd, sizeof cmd, "%%s --precision int8 --halo-level 0 --halo-delayed-scaling --steps 3 --out %s/dly "
+             "> %s/dly.log 2>&1", dir, dir);
+    CHECK(sh(cmd, common) == 0, "a delayed-scaling run");
+    snprintf(cmd, sizeof cmd, "%s/dly.log", dir);
+    CHECK(file_has(cmd, "int8 level 0") && file_has(cmd, "delayed scaling"), "the run's description names the option");
+    snprintf(cmd, sizeof cmd, "%s/dly/halo_config.json", dir);
+    CHECK(file_has(cmd, "\"delayed_scaling\":true"), "halo_config.json records delayed scaling");
+    snprintf(cmd, sizeof cmd, "%%s --precision bf16 --halo-delayed-scaling > %s/dly2.log 2>&1", dir);
+    CHECK(sh(cmd, common) != 0, "delayed scaling with bf16 products refused");
+    snprintf(cmd, sizeof cmd, "%s/dly2.log", dir);
+    CHECK(file_has(cmd, "int8 or fp8"), "the refusal says why");
     test_eval_fp32(common);
     test_bad_flags(common);
     test_interrupt();

@@ -67,7 +67,7 @@ static void test_quant_rows(void) {
             for (int g = 0; g < 4; g++)
                 for (int sto = 0; sto < 2; sto++) {
                     halo_qspec qs = {fmts[f], grans[g], shapes[sh][2], sto ? HALO_ROUND_STOCHASTIC : HALO_ROUND_NEAREST,
-                                     11, 3};
+                                     11, 3, 0, NULL};
                     halo_qmat whole = {0}, part = {0};
                     CHECK(!halo_quantize(&whole, M, R, C, C, 0, &qs, "M"), "quantize: %s", halo_error());
                     const halo_qgrid gd = halo_qgrid_of(&qs, R, C);
@@ -105,7 +105,7 @@ static void test_quant_rows(void) {
     // refusals: rows outside the matrix, NaN (position in the whole matrix), an unreduced grid
     float M[4 * 8], amax[1], big[1] = {1e30f};
     for (int i = 0; i < 32; i++) M[i] = (float)(i - 16);
-    halo_qspec qs = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0};
+    halo_qspec qs = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL};
     halo_qmat q = {0};
     CHECK(halo_absmax_rows(amax, M, 8, 2, 5, 4, 8, &qs, "M") == HALO_ERR && strstr(halo_error(), "row range"),
           "rows past the end: %s", halo_error());

@@ -81,6 +81,17 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
               strstr(halo_error(), "in_features") && strstr(halo_error(), "does not divide"),
               "H_m block 16 refused at setup: %s", halo_error());
     }
+    {   // delayed scaling: only for 8-bit products with per-tensor scales, refused otherwise at setup, naming why
+        model_halo_config hc = model_halo_config_default();
+        hc.prec = HALO_PREC_BF16; hc.delayed = 1;
+        CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "int8 or fp8"), "bf16 refused: %s",
+              halo_error());
+        hc.prec = HALO_PREC_INT8; hc.gran = HALO_GRAN_ROW;
+        CHECK(llama_set_halo(m, &hc) == HALO_ERR && strstr(halo_error(), "per-tensor"), "row scales refused: %s",
+              halo_error());
+        hc.gran = HALO_GRAN_TENSOR;
+        CHECK(llama_set_halo(m, &hc) == HALO_OK, "int8 per tensor taken: %s", halo_error());
+    }
     llama_set_halo(m, &(model_halo_config){.prec = HALO_PREC_FP32});
     free(g_ref);
     halo_batch_free(&b);
@@ -89,13 +100,15 @@ static void check_model(llama_model *m, const char *what, double tol_q_loss, dou
 static void test_config_json(void) {
     model_halo_config hc = model_halo_config_default(), back;
     hc.prec = HALO_PREC_FP8; hc.level = 1; hc.kinds = 0x15; hc.skip_first = 1; hc.skip_last = 2; hc.gran = HALO_GRAN_ROW;
-    hc.grad_e5m2 = 1; hc.stochastic = 1; hc.had_block = 64; hc.had_block_b = 128;
+    hc.grad_e5m2 = 1; hc.stochastic = 1; hc.had_block = 64; hc.had_block_b = 128; hc.delayed = 1;
     char *j = model_halo_config_to_json(&hc);
     CHECK(model_halo_config_from_json(j, "test", &back) == HALO_OK, "%s", halo_error());
     CHECK(back.prec == hc.prec && back.level == 1 && back.kinds == 0x15 && back.skip_first == 1 && back.skip_last == 2 &&
           back.gran == HALO_GRAN_ROW && back.grad_e5m2 && back.stochastic && back.had_block == 64 &&
-          back.had_block_b == 128, "config JSON round trip: %s", j);
+          back.had_block_b == 128 && back.delayed, "config JSON round trip: %s", j);
     free(j);
+    CHECK(model_halo_config_from_json("{\"delayed_scaling\":1}", "x.json", &back) == HALO_ERR &&
+          strstr(halo_error(), "delayed_scaling"), "delayed_scaling must be true or false: %s", halo_error());
     CHECK(model_halo_config_from_json("{\"precision\":\"int4\"}", "x.json", &back) == HALO_ERR &&
           strstr(halo_error(), "int4") && strstr(halo_error(), "x.json"), "bad precision named");
     CHECK(model_halo_config_from_json("{\"level\":3}", "x.json", &back) == HALO_ERR, "bad level refused");

@@ -97,7 +97,7 @@ static void test_fp8_codes(halo_qformat fmt) {
             if (fabsf(x) <= mx) v[cnt++] = x;
         }
         halo_qmat q = {0};
-        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0};
+        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL};
         CHECK(halo_quantize(&q, v, 1, cnt, cnt, 0, &qs, "codes") == HALO_OK && q.s[0] == 1.0f, "scale 1");
         int bq = 0;
         for (int i = 0; i < cnt; i++) bq += q.q[i] != halo_fp8_encode(v[i], fmt, 1);
@@ -131,7 +131,7 @@ static void test_int8_rounding(void) {
     // absmax 31.75 -> s = 0.25 exactly; ties at k + 1/2 steps round to even.
     float x[8] = {31.75f, 0.125f, 0.375f, 0.625f, -0.375f, -0.625f, 0.1f, -31.75f};
     halo_qmat q = {0};
-    halo_qspec qs = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0};
+    halo_qspec qs = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL};
     CHECK(halo_quantize(&q, x, 1, 8, 8, 0, &qs, "t") == HALO_OK, "quantize");
     const int8_t *c = (const int8_t *)q.q;
     CHECK(q.s[0] == 0.25f, "scale absmax/127 = %g", q.s[0]);
@@ -160,7 +160,7 @@ static void test_stochastic(void) {
         float top = halo_qformat_max(fmt), val = f == 0 ? 0.3f : f == 1 ? 1.3f : -1.3f;
         a[0] = top; // fixes the scale to exactly 1
         for (int i = 1; i < n; i++) a[i] = val;
-        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_STOCHASTIC, 42, 7};
+        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_STOCHASTIC, 42, 7, 0, NULL};
         halo_quantize(&q, a, 200, 200, 200, 0, &qs, "sr");
         CHECK(q.s[0] == 1.0f, "scale 1");
         halo_dequantize(&q, d);
@@ -197,7 +197,7 @@ static void test_grids(void) {
     for (int f = 0; f < 2; f++)
         for (int g = 0; g < 4; g++) {
             halo_qformat fmt = f ? HALO_Q_E4M3 : HALO_Q_INT8;
-            halo_qspec qs = {fmt, grans[g], 128, HALO_ROUND_NEAREST, 0, 0};
+            halo_qspec qs = {fmt, grans[g], 128, HALO_ROUND_NEAREST, 0, 0, 0, NULL};
             halo_qmat q = {0};
             CHECK(halo_quantize(&q, a, R, C, C, 0, &qs, "grid") == HALO_OK, "quantize");
             CHECK(q.gr == gr_want[g] && q.gc == gc_want[g], "gran %d: group %dx%d", g, q.gr, q.gc);
@@ -241,7 +241,7 @@ static void test_zero_nan(void) {
     float z[64] = {0};
     for (int f = 0; f < 3; f++) {
         halo_qformat fmt = f == 0 ? HALO_Q_INT8 : f == 1 ? HALO_Q_E4M3 : HALO_Q_E5M2;
-        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0};
+        halo_qspec qs = {fmt, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL};
         halo_qmat q = {0};
         CHECK(halo_quantize(&q, z, 8, 8, 8, 0, &qs, "zero") == HALO_OK, "zero tensor quantizes");
         int nz = 0;
@@ -303,7 +303,7 @@ static void test_gemm(void) {
             for (int acc = 0; acc < 2; acc++) {
                 halo_qformat fa = f == 0 ? HALO_Q_INT8 : f == 1 ? HALO_Q_E4M3 : HALO_Q_E5M2;
                 halo_qformat fb = f == 0 ? HALO_Q_INT8 : HALO_Q_E4M3;
-                halo_qspec qa = {fa, grans[g], 128, HALO_ROUND_NEAREST, 0, 0}, qb = qa;
+                halo_qspec qa = {fa, grans[g], 128, HALO_ROUND_NEAREST, 0, 0, 0, NULL}, qb = qa;
                 qb.fmt = fb;
                 halo_qmat QA = {0}, QB = {0};
                 halo_quantize(&QA, a, Ma, Kd, Kd, 0, &qa, "a");
@@ -325,7 +325,7 @@ static void test_gemm(void) {
                 halo_qmat_free(&QA); halo_qmat_free(&QB);
             }
     halo_qmat QA = {0}, QB = {0};
-    halo_qspec qi = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0}, qf = qi;
+    halo_qspec qi = {HALO_Q_INT8, HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, 0, NULL}, qf = qi;
     qf.fmt = HALO_Q_E4M3;
     halo_quantize(&QA, a, Ma, Kd, Kd, 0, &qi, "a");
     halo_quantize(&QB, b, Nb, Kd, Kd, 0, &qf, "b");
@@ -336,7 +336,54 @@ static void test_gemm(void) {
     free(a); free(b); free(c); free(da); free(db);
 }
 
+// Delayed scaling's form of the quantizer (halo_qspec.amax_scale, amax_seen): with a given absmax a (below and above
+// the tensor's own) the scale is a / qmax and every code is the definition's: INT8 clamp(rint(x * (1 / s)), +-127),
+// FP8 the saturating encoder of x * (1 / s); amax_seen receives the tensor's own absmax; a transposed quantization
+// gives the transposed codes; amax_scale 0 scales by the tensor's own. Row scales ignore both.
+static void test_amax_scale(void) {
+    const int R = 7, C = 33;
+    float x[7 * 33];
+    for (int i = 0; i < R * C; i++) x[i] = (float)t_rand_normal(&g_seed);
+    x[5] = 9.5f;   // the own absmax
+    const halo_qformat fmts[2] = {HALO_Q_INT8, HALO_Q_E4M3};
+    for (int f = 0; f < 2; f++)
+        for (int a = 0; a < 3; a++) {
+            const float given = a == 0 ? 3.25f : a == 1 ? 20.f : 0.f, qm = halo_qformat_max(fmts[f]);
+            float seen = -1;
+            halo_qmat q = {0}, qt = {0};
+            halo_qspec qs = {fmts[f], HALO_GRAN_TENSOR, 0, HALO_ROUND_NEAREST, 0, 0, given, &seen};
+            CHECK(halo_quantize(&q, x, R, C, C, 0, &qs, "x") == HALO_OK &&
+                  halo_quantize(&qt, x, R, C, C, 1, &qs, "x") == HALO_OK, "%s", halo_error());
+            const float s = (given > 0 ? given : 9.5f) / qm, r = 1.0f / s;
+            int bad = 0;
+            for (int i = 0; i < R; i++)
+                for (int k = 0; k < C; k++) {
+                    const float v = x[i * C + k] * r;
+                    uint8_t want;
+                    if (f == 0) {
+                        const float c = rintf(v);
+                        want = (uint8_t)(int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+                    } else want = halo_fp8_encode(v, fmts[f], 1);
+                    bad += q.q[i * C + k] != want;
+                    bad += qt.q[k * R + i] != want;
+                }
+            CHECK(bad == 0 && q.s[0] == s && seen == 9.5f, "%s amax_scale %g: %d codes differ, scale %g (want %g), seen %g",
+                  f ? "e4m3" : "int8", given, bad, q.s[0], s, seen);
+            halo_qmat_free(&q); halo_qmat_free(&qt);
+        }
+    // per-row scales: both fields ignored
+    float seen = -1;
+    halo_qmat q = {0}, q2 = {0};
+    halo_qspec qr = {HALO_Q_INT8, HALO_GRAN_ROW, 0, HALO_ROUND_NEAREST, 0, 0, 1.0f, &seen}, qr0 = qr;
+    qr0.amax_scale = 0; qr0.amax_seen = NULL;
+    CHECK(halo_quantize(&q, x, R, C, C, 0, &qr, "x") == HALO_OK && halo_quantize(&q2, x, R, C, C, 0, &qr0, "x") == HALO_OK &&
+          !memcmp(q.q, q2.q, (size_t)R * C) && !memcmp(q.s, q2.s, sizeof(float) * R) && seen == -1,
+          "per-row scales ignore amax_scale");
+    halo_qmat_free(&q); halo_qmat_free(&q2);
+}
+
 int main(void) {
+    test_amax_scale();
     test_fp8_codes(HALO_Q_E4M3);
     test_fp8_codes(HALO_Q_E5M2);
     test_int8_rounding();

@@ -25,7 +25,8 @@ void halo_common_usage(void) {
            "  --halo-linears all|q,k,v,o,gate,up,down   --halo-skip-first N  --halo-skip-last N (blocks kept in fp32)\n"
            "  --halo-scale tensor|row|block1x128|block128   --halo-grad-e5m2   --halo-stochastic\n"
            "  --halo-hadamard-block N (block-diagonal rotation)   --halo-telemetry N (quantization errors every N steps)\n"
-           "  --halo-token-block N (level 2: token rotation in blocks of N tokens, a power of two on the GPU; faster)\n");
+           "  --halo-token-block N (level 2: token rotation in blocks of N tokens, a power of two on the GPU; faster)\n"
+           "  --halo-delayed-scaling (beyond the spec: X and E_Y scaled by their previous call's absmax; faster on the GPU)\n");
 }
 
 int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
@@ -86,6 +87,7 @@ int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {
     }
     if (cli_is_flag(argv[*i], "--halo-grad-e5m2")) { o->hc.grad_e5m2 = 1; o->given = 1; return 1; }
     if (cli_is_flag(argv[*i], "--halo-stochastic")) { o->hc.stochastic = 1; o->given = 1; return 1; }
+    if (cli_is_flag(argv[*i], "--halo-delayed-scaling")) { o->hc.delayed = 1; o->given = 1; return 1; }
     return 0;
 }
 

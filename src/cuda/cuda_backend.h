@@ -364,7 +364,7 @@ int llama_cuda_copy_grads(llama_cuda *g, llama_model *host);
 void llama_cuda_halo_telemetry(llama_cuda *g, int on);
 // HALO delayed scaling (an option beyond the spec; halo_cuda.h, halo_cuda_codes): on = 1 lets the SwiGLU kernels
 // write down_proj's X codes (level 0) and gate's and up's E_Y codes (levels 0, 1) themselves, scaled by the amax of the
-// layer's previous call. HALO_DELAYED_SCALING=1 in the environment turns it on at setup.
+// layer's previous call. On at setup when opts.halo.delayed (--halo-delayed-scaling) or HALO_DELAYED_SCALING=1.
 void llama_cuda_halo_delayed(llama_cuda *g, int on);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 

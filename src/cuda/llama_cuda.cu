@@ -928,8 +928,8 @@ static int halo_setup(llama_cuda *g) {
         if (g->oom) return HALO_ERR;
     }
     CUDA_CHECK(cudaDeviceSynchronize());   // the layers' device state was set on the legacy stream
-    const char *dly = getenv("HALO_DELAYED_SCALING");   // the option's switch until the CLI has one
-    if (dly && dly[0] == '1') llama_cuda_halo_delayed(g, 1);
+    const char *dly = getenv("HALO_DELAYED_SCALING");   // the environment can turn it on for a benchmark
+    if (hc->delayed || (dly && dly[0] == '1')) llama_cuda_halo_delayed(g, 1);
     return HALO_OK;
 }
 

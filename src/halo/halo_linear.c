@@ -92,6 +92,15 @@ static halo_qspec spec_fwd(const halo_linear *L) {
     return q;
 }
 
+// Delayed scaling of X (which 0, level 0) or E_Y (which 1, levels 0-1) in this call (halo_linear_config.delayed): q
+// then scales by the last call's absmax, if any, and reports the tensor's own into *seen.
+static int delayed_use(const halo_linear *L, int which, halo_qspec *q, float *seen) {
+    if (!L->cfg.delayed || L->cfg.gran != HALO_GRAN_TENSOR || L->cfg.identity_quant || L->cfg.level > which) return 0;
+    q->amax_scale = L->dly_ok[which] ? L->dly_amax[which] : 0.f;
+    q->amax_seen = seen;
+    return 1;
+}
+
 static halo_qspec spec_grad(const halo_linear *L, int stream) {
     halo_qspec q = spec_fwd(L);
     if (!L->cfg.identity_quant && L->cfg.prec == HALO_PREC_FP8 && L->cfg.grad_e5m2) q.fmt = HALO_Q_E5M2;
@@ -377,9 +386,12 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
         }
     }
     char what[256];
-    halo_qspec qs = spec_fwd(L);
+    halo_qspec qs = spec_fwd(L), qx = qs;
+    float seen = 0;
+    const int dx = delayed_use(L, 0, &qx, &seen);
     snprintf(what, sizeof what, "%s: forward input X (Y product)", L->name);
-    if (halo_quantize(&L->qx, xr, b, m, m, 0, &qs, what)) return HALO_ERR;
+    if (halo_quantize(&L->qx, xr, b, m, m, 0, &qx, what)) return HALO_ERR;
+    if (dx) { L->dly_amax[0] = seen; L->dly_ok[0] = 1; }
     snprintf(what, sizeof what, "%s: weight W (Y product)", L->name);
     if (!given && halo_quantize(&L->qw, wr, n, m, m, 0, &qs, what)) return HALO_ERR;
     if (halo_qgemm(&L->qx, &L->qw, Y, n, 0)) return halo_fail_ctx("%s: forward: ", L->name);
@@ -442,6 +454,10 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
     const int lvl = L->cfg.level;
     char what[256];
     double oe = L->cfg.telemetry ? outlier_ratio(EY, (size_t)b * n) : 0;
+    halo_qspec dq;   // delayed scaling of E_Y (levels 0-1): both of its quantizations take the last call's absmax
+    memset(&dq, 0, sizeof dq);
+    float seen_ey = 0;
+    const int de = delayed_use(L, 1, &dq, &seen_ey);
 
     if (EX) {
         halo_qspec gq;
@@ -458,6 +474,8 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             gq = spec_grad(L, 1);
         } else {
             gq = spec_grad(L, 0);
+            gq.amax_scale = dq.amax_scale;
+            gq.amax_seen = dq.amax_seen;
         }
         snprintf(what, sizeof what, "%s: output gradient E_Y (E_X product)", L->name);
         if (halo_quantize(&wsp(L)->qa, ey, rows, n, n, 0, &gq, what)) return HALO_ERR;
@@ -492,6 +510,8 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
         // E_Y quantized along the other orientation with the same stream as the E_X product at levels 0/1, so with
         // per-tensor scales the codes are exactly those of Q(E_Y) transposed ("quantized once, reused").
         halo_qspec gq = spec_grad(L, 0);
+        gq.amax_scale = dq.amax_scale;
+        gq.amax_seen = dq.amax_seen;
         snprintf(what, sizeof what, "%s: output gradient E_Y (weight-gradient product)", L->name);
         if (halo_quantize(&wsp(L)->qa, EY, b, n, n, 1, &gq, what)) return HALO_ERR;
         snprintf(what, sizeof what, "%s: saved input X (weight-gradient product)", L->name);
@@ -513,6 +533,7 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             }
         }
     }
+    if (de && (G || EX)) { L->dly_amax[1] = seen_ey; L->dly_ok[1] = 1; }
     L->step++;
     return HALO_OK;
 }

@@ -349,6 +349,10 @@ int halo_quantize(halo_qmat *out, const float *src, int sr, int sc, long ld, int
         free(amax); free(tbuf);
         return fail_nonfinite(what, v, trans ? k : i, trans ? i : k, sr, sc);
     }
+    if (qs->gran == HALO_GRAN_TENSOR && (size_t)g.srows * g.scols == 1) {   // delayed scaling (halo_qspec)
+        if (qs->amax_seen) *qs->amax_seen = amax[0];
+        if (qs->amax_scale > 0) amax[0] = qs->amax_scale;
+    }
     for (size_t a = 0; a < (size_t)g.srows * g.scols; a++) out->s[a] = scale_of(amax[a], qs->fmt);
     free(amax);
     encode_rows(out, M, ldm, 0, R, trans, sc, qs);

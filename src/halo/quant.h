@@ -47,6 +47,10 @@ typedef struct halo_qspec {
     int block;             // block size for the block granularities (multiple of 4; default 128 when 0)
     halo_rounding rnd;
     uint64_t seed, counter; // stochastic rounding stream: u = hash(seed, counter, source element index)
+    // Delayed scaling (per tensor only): amax_scale > 0 scales by this absmax instead of the tensor's own (values
+    // beyond it saturate); amax_seen (may be NULL) receives the tensor's own absmax.
+    float amax_scale;
+    float *amax_seen;
 } halo_qspec;
 
 // Quantizes M = trans ? src^T : src, where src is [sr][sc] with leading dimension ld. With trans the random

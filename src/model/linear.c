@@ -46,6 +46,12 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
             return halo_fail("token Hadamard block %d: not a supported Hadamard size (K * 2^p with a known order K)",
                              hc->had_block_b);
     }
+    if (hc->delayed && (hc->prec != HALO_PREC_INT8 && hc->prec != HALO_PREC_FP8))
+        return halo_fail("delayed scaling is an option of HALO's 8-bit products (int8 or fp8); this run is %s",
+                         halo_precision_name(hc->prec));
+    if (hc->delayed && hc->gran != HALO_GRAN_TENSOR)
+        return halo_fail("delayed scaling takes per-tensor scales only (this run's scale granularity is %s)",
+                         hc->gran == HALO_GRAN_ROW ? "row" : "block");
     // refused here, before any step, rather than by the layer's plan at its first use
     if (hc->prec != HALO_PREC_FP32 && model_halo_check_blocks(&m->cfg, hc) != HALO_OK) return HALO_ERR;
     llama_linears_free(m);
@@ -62,6 +68,7 @@ int llama_set_halo(llama_model *m, const model_halo_config *hc) {
     lc.had_block = hc->had_block;
     lc.had_block_b = hc->had_block_b;
     lc.identity_quant = hc->identity_quant;
+    lc.delayed = hc->delayed;
     for (int l = 0; l < L; l++) {
         for (int k = 0; k < LIN_COUNT; k++) {
             if (!model_halo_selects(hc, l, k, L)) continue;
@@ -209,6 +216,7 @@ char *model_halo_config_to_json(const model_halo_config *hc) {
     cJSON_AddBoolToObject(r, "stochastic_rounding", hc->stochastic);
     cJSON_AddNumberToObject(r, "hadamard_block", hc->had_block);
     cJSON_AddNumberToObject(r, "hadamard_block_tokens", hc->had_block_b);
+    cJSON_AddBoolToObject(r, "delayed_scaling", hc->delayed);
     char *s = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     return s;
@@ -293,6 +301,7 @@ int model_halo_config_from_json(const char *json, const char *where, model_halo_
     if (rc == HALO_OK) rc = halo_int_key(r, "hadamard_block_tokens", 0, 1 << 24, where, &hc->had_block_b);
     if (rc == HALO_OK) rc = halo_bool_key(r, "grad_e5m2", where, &hc->grad_e5m2);
     if (rc == HALO_OK) rc = halo_bool_key(r, "stochastic_rounding", where, &hc->stochastic);
+    if (rc == HALO_OK) rc = halo_bool_key(r, "delayed_scaling", where, &hc->delayed);
     cJSON_Delete(r);
     return rc;
 }
@@ -316,6 +325,8 @@ void model_halo_describe(const model_halo_config *hc, int n_layers, char *buf, s
         snprintf(buf + strlen(buf), n - strlen(buf), ", H_m in blocks of %d", hc->had_block);
     if (hc->prec != HALO_PREC_BF16 && hc->level == 2 && hc->had_block_b > 0 && strlen(buf) + 1 < n)
         snprintf(buf + strlen(buf), n - strlen(buf), ", token Hadamard in blocks of %d", hc->had_block_b);
+    if (hc->prec != HALO_PREC_BF16 && hc->delayed && strlen(buf) + 1 < n)
+        snprintf(buf + strlen(buf), n - strlen(buf), ", delayed scaling");
 }
 
 // ---- telemetry ----

@@ -20,6 +20,7 @@ typedef struct {
     int had_block_b;            // level 2: 0 = full Hadamard over the batch's tokens, else block-diagonal over
                                 // blocks of this many tokens (cheaper; a token's outliers spread over its block only)
     int identity_quant;         // tests only: quantizers replaced by the identity (rotations still applied)
+    int delayed;                // delayed scaling (halo_linear_config.delayed; int8 / fp8, per-tensor scales)
 } model_halo_config;
 
 model_halo_config model_halo_config_default(void);   // FP32 (off), level 0, all seven linears
