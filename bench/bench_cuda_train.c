@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
     const char *model = "llama3.2-1b";
     int layers = 0, B = 4, T = 2048, steps = 10, warmup = 3, recompute = 0, bf16m = 0, ce_chunk = 0, breakdown = 1;
     int bf16g = 0, rnorms = 0;
-    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0, hm_block = 0, lora_rank = 0;
+    int halo_level = -1, profile_only = 0, halo_bd = 0, token_block = 0, hm_block = 0, lora_rank = 0, delayed = 0;
     double lora_dropout = -1;
     const char *precision = "bf16";
     for (int i = 1; i < argc; i++) {
@@ -113,13 +113,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--halo-level") && i + 1 < argc) halo_level = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-token-block") && i + 1 < argc) token_block = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--halo-hadamard-block") && i + 1 < argc) hm_block = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--halo-delayed-scaling")) delayed = 1;
         else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_rank = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--lora-dropout") && i + 1 < argc) lora_dropout = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-ex-defer")) halo_cuda_ex_defer(0);   // A/B: each linear rotates its own E_X
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: bench_cuda_train [--model llama3.2-1b|llama3-8b|llama2-7b|qwen2.5-0.5b|qwen3-0.6b] [--layers N] [--batch B] [--seq T] "
                    "[--steps N] [--recompute | --recompute-mlp] [--recompute-norms] [--bf16-moments] [--bf16-grads] [--ce-chunk TOKENS] [--no-breakdown | --profile-only] "
-                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-hadamard-block N] [--halo-breakdown] [--no-ex-defer] [--lora R] [--lora-dropout P]\n");
+                   "[--precision bf16|int8|fp8] [--halo-level 0|1|2 (int8: 2, fp8: 0)] [--halo-token-block N] [--halo-hadamard-block N] [--halo-delayed-scaling] [--halo-breakdown] [--no-ex-defer] [--lora R] [--lora-dropout P]\n");
             return 0;
         } else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
@@ -133,6 +134,7 @@ int main(int argc, char **argv) {
     if (hc.level > 2) { fprintf(stderr, "--halo-level: %d is not 0, 1 or 2\n", hc.level); return 2; }
     hc.had_block_b = token_block;
     hc.had_block = hm_block;
+    hc.delayed = delayed && hc.prec != HALO_PREC_FP32;
     if (cuda_device_count() <= 0) { printf("bench_cuda_train: no CUDA GPU present, skipped\n"); return 0; }
     llama_config c;
     if (bench_llama3_config(&c, model, layers, T > 4096 ? T : 4096)) return 2;
@@ -295,9 +297,9 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"tok_fused\": %d, \"sum_fused\": %d, \"lora\": %d, \"lora_dropout\": %g, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"tok_fused\": %d, \"sum_fused\": %d, \"delayed_scaling\": %d, \"lora\": %d, \"lora_dropout\": %g, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), halo_cuda_tok_fusing(), halo_cuda_sum_fusing(), lora_rank, lora_rank > 0 ? (lora_dropout >= 0 ? lora_dropout : lora_config_default().dropout) : 0.0, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), halo_cuda_tok_fusing(), halo_cuda_sum_fusing(), hc.delayed, lora_rank, lora_rank > 0 ? (lora_dropout >= 0 ? lora_dropout : lora_config_default().dropout) : 0.0, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     if (lora_rank > 0) llama_free(&host);

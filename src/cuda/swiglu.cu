@@ -201,9 +201,12 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: 64 tokens x 64 columns,
 // 64 threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
 // skipped), a NaN / Inf sets c.nonfinite. Chunks are read in groups (every load of a group first).
-template <bool FWD>
-__global__ void __launch_bounds__(64) k_swiglu_codes(const bf16 *__restrict__ dout, const bf16 *__restrict__ gu,
-                                                     int N, int F, halo_cuda_codes c0, halo_cuda_codes c1) {
+// RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
+// leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare).
+template <bool FWD, int RB>
+__global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf16 *__restrict__ dout,
+                                                                        const bf16 *__restrict__ gu, int N, int F,
+                                                                        halo_cuda_codes c0, halo_cuda_codes c1) {
     constexpr int NO = FWD ? 1 : 2;
     __shared__ __align__(16) uint2 tile[NO][64][9];
     const int r0 = blockIdx.y * 64, col0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7, j = col0 + cc * 8;
@@ -218,7 +221,6 @@ __global__ void __launch_bounds__(64) k_swiglu_codes(const bf16 *__restrict__ do
     #pragma unroll
     for (int x = 0; x < NO; x++) mx[x] = 0.f;
     int bad = 0;
-    constexpr int RB = FWD ? 4 : 2;   // chunks loaded together (the backward's three inputs: fewer registers)
     #pragma unroll
     for (int h = 0; h < 8 / RB; h++) {
         bvec<8> g2[RB], u2[RB], d2[RB];
@@ -287,7 +289,7 @@ extern "C" void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, con
     swiglu_codes_check("cuda_swiglu_forward_codes", N, F, c);
     const int rows = c->qt ? c->rows_pad : N;
     if (rows <= 0) return;
-    k_swiglu_codes<true><<<dim3(F / 64, cdiv(rows, 64)), 64, 0, s>>>(NULL, (const bf16 *)gu, N, F, *c, *c);
+    k_swiglu_codes<true, 4><<<dim3(F / 64, cdiv(rows, 64)), 64, 0, s>>>(NULL, (const bf16 *)gu, N, F, *c, *c);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -301,8 +303,15 @@ extern "C" void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf1
     }
     const int rows = gate->qt ? gate->rows_pad : N;
     if (rows <= 0) return;
-    k_swiglu_codes<false><<<dim3(F / 64, cdiv(rows, 64)), 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F,
-                                                                       *gate, *up);
+    static int rb = -1;
+    if (rb < 0) {
+        const char *e = getenv("HALO_SWIGLU_CODES_RB");
+        rb = e && e[0] == '2' ? 2 : 1;
+    }
+    const dim3 grid(F / 64, cdiv(rows, 64));
+    if (rb == 2)
+        k_swiglu_codes<false, 2><<<grid, 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F, *gate, *up);
+    else k_swiglu_codes<false, 1><<<grid, 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F, *gate, *up);
     CUDA_LAUNCH_CHECK();
 }
 
