@@ -347,6 +347,18 @@ static int tiny_model(llama_model *m, halo_batch *b, uint64_t seed, unsigned lon
     return 1;
 }
 
+// GPU options for batches of b's shape under HALO prec at level, H_m in blocks of hm_block, H_b in blocks of tok_block
+// (0: full), as the tests below use the tiny model.
+static llama_cuda_opts tiny_opts(const halo_batch *b, int prec, int level, int hm_block, int tok_block) {
+    llama_cuda_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_B = b->B; o.max_T = b->T;
+    o.halo = model_halo_config_default();
+    o.halo.prec = (halo_precision)prec; o.halo.level = level;
+    o.halo.had_block = hm_block; o.halo.had_block_b = tok_block;
+    return o;
+}
+
 // A NaN gradient scale (the forward and the loss stay finite): every E_Y that turns NaN is named, also where the kernel
 // producing E_Y took its amax and the layer skipped its own absmax pass (RMSNorm's backward for o and down, RoPE's for
 // q, k, v, SwiGLU's for gate and up, at levels 0 and 1; at level 2 with token blocks of 32, gate and up), in the
@@ -363,11 +375,7 @@ static void test_model_ey_nonfinite(void) {
         {HALO_PREC_FP8, 2, 32, 14, "fp8 L2 token blocks of 32"}, {HALO_PREC_INT8, 0, 0, 4, "int8 L0"},
         {HALO_PREC_INT8, 2, 32, 4, "int8 L2 token blocks of 32"}};
     for (int k = 0; k < 5; k++) {
-        llama_cuda_opts o;
-        memset(&o, 0, sizeof o);
-        o.max_B = b.B; o.max_T = b.T;
-        o.halo = model_halo_config_default();
-        o.halo.prec = (halo_precision)cfg[k].prec; o.halo.level = cfg[k].level; o.halo.had_block_b = cfg[k].tok_block;
+        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, cfg[k].level, 0, cfg[k].tok_block);
         llama_cuda *g;
         if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         llama_cuda_zero_grads(g);
@@ -446,12 +454,7 @@ static void test_model_w_amax(void) {
         {HALO_PREC_INT8, 2, 128, 32, 0, "int8 L2 H_m blocks of 128"},
         {HALO_PREC_FP8, 1, 0, 0, 2, "fp8 L1 full H_m"}};
     for (int k = 0; k < 3; k++) {
-        llama_cuda_opts o;
-        memset(&o, 0, sizeof o);
-        o.max_B = b.B; o.max_T = b.T;
-        o.halo = model_halo_config_default();
-        o.halo.prec = (halo_precision)cfg[k].prec; o.halo.level = cfg[k].level;
-        o.halo.had_block = cfg[k].hm_block; o.halo.had_block_b = cfg[k].tok_block;
+        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
         llama_cuda *g;
         if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
@@ -485,11 +488,7 @@ static void test_model_w_amax(void) {
     lora_config lc = lora_config_default();
     lc.dropout = 0;   // the same forward twice
     CHECK(llama_lora_enable(&ml, &lc, 5) == HALO_OK, "%s", halo_error());
-    llama_cuda_opts o;
-    memset(&o, 0, sizeof o);
-    o.max_B = bl.B; o.max_T = bl.T;
-    o.halo = model_halo_config_default();
-    o.halo.prec = HALO_PREC_INT8; o.halo.level = 0;
+    const llama_cuda_opts o = tiny_opts(&bl, HALO_PREC_INT8, 0, 0, 0);
     llama_cuda *g;
     if (llama_cuda_init(&g, &ml, &o) == HALO_OK) {
         float loss[2];
@@ -541,11 +540,7 @@ static void test_model_delayed(void) {
         {HALO_PREC_INT8, 0, 0, 2, "int8 L0"}, {HALO_PREC_FP8, 0, 0, 2, "fp8 L0"},
         {HALO_PREC_INT8, 1, 128, 8, "int8 L1 H_m blocks of 128"}};
     for (int k = 0; k < 3; k++) {
-        llama_cuda_opts o;
-        memset(&o, 0, sizeof o);
-        o.max_B = b.B; o.max_T = b.T;
-        o.halo = model_halo_config_default();
-        o.halo.prec = (halo_precision)cfg[k].prec; o.halo.level = cfg[k].level; o.halo.had_block = cfg[k].hm_block;
+        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, 0);
         llama_cuda *gdl, *gcur;
         if (llama_cuda_init(&gdl, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         if (llama_cuda_init(&gcur, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); llama_cuda_free(gdl); continue; }

@@ -260,7 +260,7 @@ typedef struct halo_cuda_linear {
     // delayed scaling (halo_cuda_linear_delayed): 1 + the dev slot holding the last call's amax of X / E_Y (0: none
     // yet), and the codes a producer was told to write for the next forward (xc_*) / backward (ec_*)
     int delayed, x_hist, ey_hist;
-    int xc_on, xc_b, xc_use, xc_rec, ec_on, ec_b, ec_use, ec_rec;
+    int xc_on, xc_b, xc_use, xc_rec, ec_on, ec_b, ec_rec;
     uint8_t *ec_q, *ec_qt;
     long ec_ldq;
     char note[256];

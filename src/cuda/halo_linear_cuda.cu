@@ -552,7 +552,6 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     if (want_g) alpha_add(&c->aj, L->dev + ALG, c->amax, L->ax_use);
     L->ec_on = 1;
     L->ec_b = b;
-    L->ec_use = use;
     L->ec_rec = rec;
     L->ec_q = c->q;
     L->ec_qt = c->qt;

@@ -388,6 +388,9 @@ static int any_norm_shared(const llama_cuda *g) {
     return 0;
 }
 
+// dgu's size: [N_max][2F] bf16 (delayed scaling puts 8-bit codes there too: mlp_backward_codes, qkv_backward_codes)
+static size_t dgu_bytes(const llama_cuda *g) { return (size_t)g->N_max * 2 * g->c.hidden_dim * 2; }
+
 static int alloc_all(llama_cuda *g) {
     const llama_config *c = &g->c;
     size_t N = (size_t)g->N_max, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
@@ -427,7 +430,7 @@ static int alloc_all(llama_cuda *g) {
     g->nf = (bf16 *)dalloc(g, MEM_ACTS, N * D * 2);
     g->rf = (float *)dalloc(g, MEM_ACTS, N * 4);
     g->sbuf = (bf16 *)dalloc(g, MEM_WORK, N * F * 2);
-    g->dgu = (bf16 *)dalloc(g, MEM_WORK, N * 2 * F * 2);
+    g->dgu = (bf16 *)dalloc(g, MEM_WORK, dgu_bytes(g));
     g->dnorm = (bf16 *)dalloc(g, MEM_WORK, N * D * 2);
     g->datt = (bf16 *)dalloc(g, MEM_WORK, N * g->Q * 2);
     g->dqkv = (bf16 *)dalloc(g, MEM_WORK, N * g->QKV * 2);
@@ -1385,7 +1388,6 @@ static float *ey_amax_prepare(llama_cuda *g, int l, int kind, int **nf) {
 }
 static int ey_flag(const void *slot) { return slot ? HALO_CUDA_EY_AMAX : 0; }
 
-static int delayed_on(const llama_cuda *g);
 // An RMSNorm backward (dres (+)= dx, the norm's weight gradient into dw) whose bf16 copy dres16 is HALO linear
 // (l, kind)'s E_Y (o: the MLP norm's; down: the next layer's attention norm's, or the final norm's). Returns the flags
 // for that linear's backward: with delayed scaling the norm writes the linear's E_Y codes into dres16's memory
@@ -1456,8 +1458,8 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
 static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A) {
     const int N = g->B * g->T, F = g->c.hidden_dim;
     halo_cuda_linear *Lg = hl_of(g, l, LIN_GATE), *Lu = hl_of(g, l, LIN_UP);
-    const size_t n16 = (size_t)pad16l(N), room = (size_t)g->N_max * 4 * F;   // dgu's bytes
-    if (!Lg || !Lu || !delayed_on(g) || F % 64 || (size_t)N * 2 * F + 2 * F * n16 > room) return 0;
+    const size_t n16 = (size_t)pad16l(N);
+    if (!Lg || !Lu || !delayed_on(g) || F % 64 || (size_t)N * 2 * F + 2 * F * n16 > dgu_bytes(g)) return 0;
     cudaStream_t s = g->st;
     uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * 2 * F;   // [N][2F] row-major, then [2F][n16]
     halo_cuda_codes cg, cu;
@@ -1476,10 +1478,10 @@ static int qkv_backward_codes(llama_cuda *g, int l) {
     const llama_config *c = &g->c;
     const int N = g->B * g->T, Hq = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, QKV = g->QKV;
     halo_cuda_linear *L[3] = {hl_of(g, l, LIN_Q), hl_of(g, l, LIN_K), hl_of(g, l, LIN_V)};
-    const size_t n16 = (size_t)pad16l(N), room = (size_t)g->N_max * 4 * c->hidden_dim;   // dgu's bytes
+    const size_t n16 = (size_t)pad16l(N);
     if (!L[0] || !L[1] || !L[2] || !delayed_on(g) || c->qk_norm || (c->bias_kinds & BIAS_QKV) ||
         !llama_layer_rope(c, l) || !cuda_rope_codes_ok(Hq, Hkv, hd) || QKV != (Hq + 2 * Hkv) * hd ||
-        (size_t)N * QKV + (size_t)QKV * n16 > room)
+        (size_t)N * QKV + (size_t)QKV * n16 > dgu_bytes(g))
         return 0;
     cudaStream_t s = g->st;
     uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * QKV;   // [N][QKV] row-major, then [QKV][n16]

@@ -1,6 +1,6 @@
 // The 8-bit quantizer's device arithmetic, shared by halo_kernels.cu's quantization kernels and the producers that
-// write codes themselves (swiglu.cu, delayed scaling): scale(amax), the codes of one or eight values, the scale
-// products, and a 4 x 4 byte transpose. Codes equal the CPU's halo_quantize bit for bit.
+// write codes themselves (rmsnorm.cu, swiglu.cu, rope.cu: delayed scaling): scale(amax), the codes of one, four or
+// eight values, the scale products, the producers' layout check, a 4 x 4 byte transpose and k_tile8's tiles. Codes equal the CPU's halo_quantize bit for bit.
 #ifndef HALO_CUDA_QUANT_CODES_CUH
 #define HALO_CUDA_QUANT_CODES_CUH
 #include <cuda_fp8.h>
@@ -37,22 +37,34 @@ __device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
         if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
 }
 
-__device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   // r: 1 / scale, as quant1
-    uint2 u;
+// The codes of 4 consecutive values, the first in the low byte; r: 1 / scale, as quant1.
+__device__ __forceinline__ unsigned quant4(const float v[4], float r, int fmt) {
     if (fmt == HALO_CUDA_E4M3) {   // the same codes as quant1, two per conversion instruction (x: the low byte)
-        unsigned p[4];
-        #pragma unroll
-        for (int k = 0; k < 4; k++)
-            p[k] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * k] * r, v[2 * k + 1] * r), __NV_SATFINITE, __NV_E4M3);
-        u.x = p[0] | p[1] << 16;
-        u.y = p[2] | p[3] << 16;
-        return u;
+        const unsigned p0 = __nv_cvt_float2_to_fp8x2(make_float2(v[0] * r, v[1] * r), __NV_SATFINITE, __NV_E4M3);
+        const unsigned p1 = __nv_cvt_float2_to_fp8x2(make_float2(v[2] * r, v[3] * r), __NV_SATFINITE, __NV_E4M3);
+        return p0 | p1 << 16;
     }
-    u.x = (unsigned)quant1(v[0], r, fmt) | (unsigned)quant1(v[1], r, fmt) << 8 | (unsigned)quant1(v[2], r, fmt) << 16 |
-          (unsigned)quant1(v[3], r, fmt) << 24;
-    u.y = (unsigned)quant1(v[4], r, fmt) | (unsigned)quant1(v[5], r, fmt) << 8 | (unsigned)quant1(v[6], r, fmt) << 16 |
-          (unsigned)quant1(v[7], r, fmt) << 24;
-    return u;
+    return (unsigned)quant1(v[0], r, fmt) | (unsigned)quant1(v[1], r, fmt) << 8 | (unsigned)quant1(v[2], r, fmt) << 16 |
+           (unsigned)quant1(v[3], r, fmt) << 24;
+}
+
+__device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   // 8 values, as quant4
+    return make_uint2(quant4(v, r, fmt), quant4(v + 4, r, fmt));
+}
+
+// Whether a producer can take codes c (halo_cuda_codes) of an N x cols tensor, aborting with `who` in the message if
+// not (an internal invariant: the model checks the shapes before it asks): both absmax slots set, a layout to write,
+// q's rows of at least cols codes and qt's of rows_pad >= N tokens, starting at `align`-byte boundaries.
+static inline void codes_layout_check(const char *who, const halo_cuda_codes *c, int N, int cols, int align) {
+    const int ok = c && c->amax && c->amax_next && (c->q || c->qt) &&
+                   (!c->q || (c->ldq >= cols && c->ldq % align == 0 && (uintptr_t)c->q % align == 0)) &&
+                   (!c->qt || (c->rows_pad >= N && c->rows_pad % align == 0 && c->ldqt >= c->rows_pad &&
+                               c->ldqt % align == 0 && (uintptr_t)c->qt % align == 0));
+    if (!ok) {
+        fprintf(stderr, "%s: unsupported codes layout (N %d, %d columns, rows at %d-byte boundaries)\n", who, N, cols,
+                align);
+        abort();
+    }
 }
 
 // 4 x 4 byte transpose: o[y] byte x = w[x] byte y.

@@ -5,16 +5,39 @@
 #include "cuda/hadamard_warp.cuh"
 #include "cuda/quant_codes.cuh"
 
-// out[4d .. 4d + 3] = bf16(x * r * w), also returned as two pairs
-__device__ __forceinline__ void norm4(const float4 *x4, const bf16 *w, bf16 *o, int d, float r, __nv_bfloat162 &o01,
-                                      __nv_bfloat162 &o23) {
+// 1 / rms of a row x4 [D / 4] (D % 4 == 0), one warp: lane-strided sums of squares, then the warp's sum
+__device__ __forceinline__ float row_rstd4(const float4 *x4, int D, float eps, int lane) {
+    float ss = 0.f;
+    for (int d = lane; d < D / 4; d += 32) {
+        const float4 v = x4[d];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    return rsqrtf(warp_sum(ss) / D + eps);
+}
+
+// bf16(x * r * w) of x4[d] (4 values) as two pairs
+__device__ __forceinline__ void norm4_vals(const float4 *x4, const bf16 *w, int d, float r, __nv_bfloat162 &o01,
+                                           __nv_bfloat162 &o23) {
     const float4 v = x4[d];
     const float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
     const float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
     o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
     o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+}
+
+// out[4d .. 4d + 3] = bf16(x * r * w), also returned as two pairs
+__device__ __forceinline__ void norm4(const float4 *x4, const bf16 *w, bf16 *o, int d, float r, __nv_bfloat162 &o01,
+                                      __nv_bfloat162 &o23) {
+    norm4_vals(x4, w, d, r, o01, o23);
     ((__nv_bfloat162 *)o)[2 * d] = o01;
     ((__nv_bfloat162 *)o)[2 * d + 1] = o23;
+}
+
+// The codes of two bf16 pairs (4 values), as quant4
+__device__ __forceinline__ uint32_t quant_pairs(__nv_bfloat162 a, __nv_bfloat162 b, float r, int fmt) {
+    const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+    const float f[4] = {fa.x, fa.y, fb.x, fb.y};
+    return quant4(f, r, fmt);
 }
 
 // one warp per row; D % 4 == 0 takes 16-byte loads of x and 8-byte stores of out. keep_rstd: rstd holds the row
@@ -37,9 +60,7 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
             const float4 *x4 = (const float4 *)xr;
             if (keep_rstd) r = rstd[row];
             else {
-                for (int d = lane; d < D / 4; d += 32) { float4 v = x4[d]; ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
-                ss = warp_sum(ss);
-                r = rsqrtf(ss / D + eps);
+                r = row_rstd4(x4, D, eps, lane);
                 if (lane == 0) rstd[row] = r;
             }
             if (rot_lb) {   // uniform per warp: all lanes take part in the shuffles
@@ -116,9 +137,7 @@ __device__ __forceinline__ void dx_store4(float *o, bf16 *o16, const float *res,
             const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
             mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f01.x), fabsf(f01.y)), fmaxf(fabsf(f23.x), fabsf(f23.y))));
             bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
-            if (code)
-                *code = (uint32_t)quant1(f01.x, rq, fmt) | (uint32_t)quant1(f01.y, rq, fmt) << 8 |
-                        (uint32_t)quant1(f23.x, rq, fmt) << 16 | (uint32_t)quant1(f23.y, rq, fmt) << 24;
+            if (code) *code = quant_pairs(b01, b23, rq, fmt);
         }
     }
 }
@@ -162,25 +181,14 @@ __global__ void __launch_bounds__(256) k_rmsnorm_codes(float *rstd, const float 
             continue;
         }
         const float4 *x4 = (const float4 *)(x + (size_t)row * D);
-        float ss = 0.f;
-        for (int d = lane; d < D / 4; d += 32) {
-            const float4 v = x4[d];
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss / D + eps);
+        const float r = row_rstd4(x4, D, eps, lane);
         if (lane == 0) rstd[row] = r;
         for (int d = lane; d < D / 4; d += 32) {
-            const float4 v = x4[d];
-            const float2 w01 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d]);
-            const float2 w23 = __bfloat1622float2(((const __nv_bfloat162 *)w)[2 * d + 1]);
-            const __nv_bfloat162 o01 = __floats2bfloat162_rn(v.x * r * w01.x, v.y * r * w01.y);
-            const __nv_bfloat162 o23 = __floats2bfloat162_rn(v.z * r * w23.x, v.w * r * w23.y);
+            __nv_bfloat162 o01, o23;
+            norm4_vals(x4, w, d, r, o01, o23);
             mx = absmax_bf2(absmax_bf2(mx, o01), o23);
             bad |= nonfinite_bf2(o01) | nonfinite_bf2(o23);
-            const float2 a = __bfloat1622float2(o01), b = __bfloat1622float2(o23);
-            const uint32_t code = (uint32_t)quant1(a.x, rs, c.fmt) | (uint32_t)quant1(a.y, rs, c.fmt) << 8 |
-                                  (uint32_t)quant1(b.x, rs, c.fmt) << 16 | (uint32_t)quant1(b.y, rs, c.fmt) << 24;
+            const uint32_t code = quant_pairs(o01, o23, rs, c.fmt);
             if (c.q) *(uint32_t *)(c.q + (size_t)row * c.ldq + 4 * d) = code;
             trow[d] = code;
         }
@@ -197,12 +205,11 @@ extern "C" int cuda_rmsnorm_codes_ok(int D) { return D > 0 && D % 16 == 0 && 32 
 extern "C" void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                                            const halo_cuda_codes *c, cudaStream_t s) {
     const int rows = c->qt ? c->rows_pad : N;
-    if (!cuda_rmsnorm_codes_ok(D) || !c->amax || !c->amax_next || (!c->q && !c->qt) ||
-        (c->q && (c->ldq < D || c->ldq % 4 || (uintptr_t)c->q % 4)) ||
-        (c->qt && (c->rows_pad < N || c->rows_pad % 4 || c->ldqt < c->rows_pad || c->ldqt % 4 || (uintptr_t)c->qt % 4))) {
-        fprintf(stderr, "cuda_rmsnorm_forward_codes: unsupported layout (N %d, D %d)\n", N, D);
+    if (!cuda_rmsnorm_codes_ok(D)) {
+        fprintf(stderr, "cuda_rmsnorm_forward_codes: unsupported D %d\n", D);
         abort();
     }
+    codes_layout_check("cuda_rmsnorm_forward_codes", c, N, D, 4);
     if (rows <= 0) return;
     const size_t smem = 32 * (size_t)(D + 4);
     if (smem > 48 * 1024)   // every launch: the attribute is the current device's
@@ -483,12 +490,11 @@ static void bwd_codes_launch(int blocks, size_t smem, float *dx, float *dw, cons
 extern "C" void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *x,
                                             const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
                                             const halo_cuda_codes *c, cudaStream_t s) {
-    if (!cuda_rmsnorm_backward_codes_ok(D) || !c->amax || !c->amax_next || (!c->q && !c->qt) ||
-        (c->q && (c->ldq < D || c->ldq % 4 || (uintptr_t)c->q % 4)) ||
-        (c->qt && (c->rows_pad < N || c->rows_pad % 4 || c->ldqt < c->rows_pad || c->ldqt % 4 || (uintptr_t)c->qt % 4))) {
-        fprintf(stderr, "cuda_rmsnorm_backward_codes: unsupported layout (N %d, D %d)\n", N, D);
+    if (!cuda_rmsnorm_backward_codes_ok(D)) {
+        fprintf(stderr, "cuda_rmsnorm_backward_codes: unsupported D %d\n", D);
         abort();
     }
+    codes_layout_check("cuda_rmsnorm_backward_codes", c, N, D, 4);
     if (N == 0) return;
     // the register-held rows' kernel (the same arithmetic as k_rmsnorm_bwd's), 2 blocks an SM, rows in chunks of 32
     int blocks = sm_count() * 2;

@@ -194,16 +194,12 @@ extern "C" void cuda_rope_backward_codes(const halo_bf16 *dqkv, const int32_t *p
                                          const float *sin_t, int N, int Hq, int Hkv, int hd, const halo_cuda_codes *q,
                                          const halo_cuda_codes *k, const halo_cuda_codes *v, cudaStream_t s) {
     const halo_cuda_codes *cs[3] = {q, k, v};
-    int ok = cuda_rope_codes_ok(Hq, Hkv, hd);
-    for (int u = 0; u < 3 && ok; u++)
-        ok = cs[u]->amax && cs[u]->amax_next && (cs[u]->q || cs[u]->qt) && !cs[u]->qt == !q->qt &&
-             (!cs[u]->q || (cs[u]->ldq % 8 == 0 && (uintptr_t)cs[u]->q % 8 == 0)) &&
-             (!cs[u]->qt || (cs[u]->rows_pad == q->rows_pad && cs[u]->rows_pad >= N && cs[u]->rows_pad % 8 == 0 &&
-                             cs[u]->ldqt % 8 == 0 && (uintptr_t)cs[u]->qt % 8 == 0));
-    if (!ok) {
+    if (!cuda_rope_codes_ok(Hq, Hkv, hd) || !!q->qt != !!k->qt || !!q->qt != !!v->qt ||
+        (q->qt && (k->rows_pad != q->rows_pad || v->rows_pad != q->rows_pad))) {
         fprintf(stderr, "cuda_rope_backward_codes: unsupported shapes or layouts (Hq %d, Hkv %d, hd %d)\n", Hq, Hkv, hd);
         abort();
     }
+    for (int u = 0; u < 3; u++) codes_layout_check("cuda_rope_backward_codes", cs[u], N, (u ? Hkv : Hq) * hd, 8);
     const int rows = q->qt ? q->rows_pad : N;
     if (rows <= 0) return;
     rope_codes3 a;

@@ -20,11 +20,6 @@ __device__ __forceinline__ uint32_t pair_bf(float a, float b, float *amax) {   /
     return w;
 }
 
-// grid: x over groups of V columns (V = 8 when F % 8 == 0, else 2; F even for every Llama MLP size), y strides over
-// rows. amax (may be NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 down_proj's X
-// scale; NaN skipped). rot_lb > 0 (V = 8, F % 256 == 0: a warp holds 256 consecutive columns of a row): the amax of
-// the output rotated in Hadamard blocks of 2^rot_lb and scaled by rot_scale (a level 1-2 down_proj's X scale).
-// nonfinite (with amax; may be NULL): |= 1 when an output is a NaN or Inf (the layer's X flag).
 // silu(gate) * up of V consecutive columns, as stored (bf16 pairs); mx (may be NULL): their max
 template <int V>
 __device__ __forceinline__ void swiglu_fwd_vec(const bvec<V> &g2, const bvec<V> &u2, bvec<V> &o2, float *mx) {
@@ -35,6 +30,11 @@ __device__ __forceinline__ void swiglu_fwd_vec(const bvec<V> &g2, const bvec<V> 
     }
 }
 
+// grid: x over groups of V columns (V = 8 when F % 8 == 0, else 2; F even for every Llama MLP size), y strides over
+// rows. amax (may be NULL): max |out| of the stored bf16 values, one atomic per block (a HALO level-0 down_proj's X
+// scale; NaN skipped). rot_lb > 0 (V = 8, F % 256 == 0: a warp holds 256 consecutive columns of a row): the amax of
+// the output rotated in Hadamard blocks of 2^rot_lb and scaled by rot_scale (a level 1-2 down_proj's X scale).
+// nonfinite (with amax; may be NULL): |= 1 when an output is a NaN or Inf (the layer's X flag).
 template <int V>
 __global__ void k_swiglu_fwd(bf16 *out, const bf16 *gu, int N, int F, unsigned *amax, int rot_lb, float rot_scale,
                              int *nonfinite) {
@@ -200,8 +200,7 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // scale of *c.amax as halo_cuda_quant_tile would quantize that bf16 tensor (the same codes), written row-major
 // (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: 64 tokens x 64 columns,
 // 64 threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
-// skipped), a NaN / Inf sets c.nonfinite. Chunks are read in groups (every load of a group first).
-// RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
+// skipped), a NaN / Inf sets c.nonfinite. RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
 // leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare).
 template <bool FWD, int RB>
 __global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf16 *__restrict__ dout,
@@ -274,14 +273,11 @@ __global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf
 }
 
 static void swiglu_codes_check(const char *who, int N, int F, const halo_cuda_codes *c) {
-    const int ok = F % 64 == 0 && c && c->amax && c->amax_next && (c->q || c->qt) &&
-                   (!c->q || (c->ldq % 8 == 0 && (uintptr_t)c->q % 8 == 0 && c->ldq >= F)) &&
-                   (!c->qt || (c->rows_pad >= N && c->rows_pad % 8 == 0 && c->ldqt >= c->rows_pad &&
-                               c->ldqt % 8 == 0 && (uintptr_t)c->qt % 8 == 0));
-    if (!ok) {
-        fprintf(stderr, "%s: unsupported codes layout (N %d, F %d: F %% 64, 8-byte aligned code rows)\n", who, N, F);
+    if (F % 64) {
+        fprintf(stderr, "%s: F %d is not a multiple of 64\n", who, F);
         abort();
     }
+    codes_layout_check(who, c, N, F, 8);
 }
 
 extern "C" void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, const halo_cuda_codes *c,
