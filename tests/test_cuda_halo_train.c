@@ -572,6 +572,53 @@ static void test_model_delayed(void) {
     llama_free(&m);
 }
 
+// Delayed scaling's W codes from the update (halo_cuda_linear_w_codes): after a training step all 14 linears take the
+// codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward), the products' scales that X's producers
+// and quantizers form (no "fwd alpha" launch) give the loss bits and gradients (1e-7, run-to-run atomics) of the
+// forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's), and the loss stays within 2e-3 of a forward
+// that quantizes the same weights itself by their own amax (after llama_cuda_upload_state, which brings the 14 own W
+// quantizers back; the update's codes scale by the amax before it).
+static void test_model_w_codes(void) {
+    llama_model m;
+    halo_batch b;
+    if (!tiny_model(&m, &b, 53, 23)) return;
+    llama_alloc_grads(&m);
+    const size_t P = m.n_params;
+    float *g1 = malloc(4 * P), *g2 = malloc(4 * P);
+    static const char *const names[3] = {"fwd quant W", "fwd quant W (both layouts)", "fwd alpha"};
+    const struct { int prec; const char *what; } cfg[] = {{HALO_PREC_INT8, "int8 L0"}, {HALO_PREC_FP8, "fp8 L0"}};
+    for (int k = 0; k < 2; k++) {
+        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, 0, 0, 0);
+        llama_cuda *g;
+        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        llama_cuda_halo_delayed(g, 1);
+        const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
+        int c0[3], c1[3], c2[3], c3[3];
+        fb_named(g, &b, g1, &m, names, c0, 3);
+        llama_cuda_train_step(g, &b, &h, 1);
+        const float l1 = fb_named(g, &b, g1, &m, names, c1, 3);
+        halo_cuda_y_alpha_jobs(0);
+        const float l2 = fb_named(g, &b, g2, &m, names, c2, 3);
+        halo_cuda_y_alpha_jobs(1);
+        CHECK(llama_cuda_copy_params(g, &m) == HALO_OK, "%s", halo_error());
+        CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
+        const float l3 = fb_named(g, &b, g2, &m, names, c3, 3);
+        printf("   %s W codes: own W quantizers / alpha launches: first forward %d+%d / %d, after the step %d+%d / %d, "
+               "jobs off %d+%d / %d, after upload %d+%d / %d; loss %.7f, jobs off %.7f, own quantizers %.7f\n",
+               cfg[k].what, c0[0], c0[1], c0[2], c1[0], c1[1], c1[2], c2[0], c2[1], c2[2], c3[0], c3[1], c3[2], l1, l2, l3);
+        row("W codes: own W quantizers, before / after the step", cfg[k].what,
+            abs(c0[0] + c0[1] - 14) + c1[0] + c1[1] + c2[0] + c2[1] + abs(c3[0] + c3[1] - 14), 0);
+        row("W codes: alpha launches, jobs on / off", cfg[k].what, c1[2] + abs(c2[2] - 12), 0);
+        row("W codes: loss, jobs on vs off", cfg[k].what, fabs(l1 - l2) / l2, 0);
+        row("W codes: grads, jobs on vs off", cfg[k].what, rel_l2_f(g1, g2, P), 1e-7);
+        row("W codes vs own quantizers: loss", cfg[k].what, fabs(l1 - l3) / l3, 2e-3);
+        llama_cuda_free(g);
+    }
+    free(g1); free(g2);
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -991,6 +1038,7 @@ int main(int argc, char **argv) {
     test_model_ey_nonfinite();
     test_model_w_amax();
     test_model_delayed();
+    test_model_w_codes();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

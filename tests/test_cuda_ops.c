@@ -5,6 +5,7 @@
 #ifdef HALO_CUDA
 #include <cuda_runtime_api.h>
 #include "cuda/cuda_backend.h"
+#include "cuda/halo_cuda.h"
 #include "halo/hadamard.h"
 #include "model/lora.h"
 #include "ops/ops.h"
@@ -687,7 +688,9 @@ static void test_adamw_segments(int mom_bf16) {
     cuda_adamw_seg t[NS];
     halo_hadamard h[NS];
     for (int i = 0; i < NS; i++) {
-        t[i] = (cuda_adamw_seg){S[i].off, S[i].n, 0, S[i].decay, S[i].lb, 1.f, S[i].amax ? dam + i : NULL, dnf + i};
+        memset(&t[i], 0, sizeof t[i]);
+        t[i].off = S[i].off; t[i].n = S[i].n; t[i].decay = S[i].decay; t[i].rot_lb = S[i].lb; t[i].rot_scale = 1.f;
+        t[i].amax = S[i].amax ? dam + i : NULL; t[i].nf = dnf + i;
         if (S[i].lb) {
             if (halo_hadamard_plan(&h[i], S[i].d, 1 << S[i].lb)) abort();
             t[i].rot_scale = h[i].scale;
@@ -762,6 +765,120 @@ static void test_adamw_segments(int mom_bf16) {
     free(p); free(g);
     for (int k = 0; k < 2; k++) { cudaFree(dp[k]); cudaFree(dw[k]); cudaFree(dm[k]); cudaFree(dv[k]); }
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
+}
+
+// cuda_adamw_segments writing W's codes (delayed scaling): segments with codes (tiles of 32 x 256: 96 x 512, and
+// 64 x 256 with transposed rows of 80 codes) around one without, over 3 steps: the codes' amax is the amax slot's value
+// before the call (set to 0.7x, 1x and 1.3x of the weights' so that some values saturate), the slot then holds the
+// updated bf16 weights' amax, q and qt are halo_cuda_quant_tile's codes of those weights with the codes' amax bit for
+// bit (qt's columns past the rows untouched), and p, w16, m, v are cuda_adamw's bits.
+static void test_adamw_segments_codes(int fmt, int mom_bf16) {
+    enum { NS = 3 };
+    const struct { size_t off; int rows, cols, ldqt; } S[NS] = {{0, 96, 512, 96}, {49152, 7, 200, 0}, {50560, 64, 256, 80}};
+    const size_t n = 50560 + 64 * 256, msz = mom_bf16 ? 2 : 4;
+    float *p = rand_vec(n, 0.5);
+    float *dp[2], *dg;
+    halo_bf16 *dw[2];
+    void *dm[2], *dv[2];
+    for (int k = 0; k < 2; k++) {
+        dp[k] = to_dev(p, 4 * n);
+        dw[k] = dev_poison(2 * n);
+        cudaMalloc(&dm[k], msz * n); cudaMemset(dm[k], 0, msz * n);
+        cudaMalloc(&dv[k], msz * n); cudaMemset(dv[k], 0, msz * n);
+    }
+    cudaMalloc((void **)&dg, 4 * n);
+    float *dam = to_dev((float[2 * NS]){0}, 4 * 2 * NS);   // [0, NS): amax slots, [NS, 2 NS): the codes' amax
+    int *dnf = to_dev((int[NS]){0}, 4 * NS);
+    uint8_t *dq[NS], *dqt[NS], *rq[NS], *rqt[NS];
+    cuda_adamw_seg t[NS];
+    unsigned c = 0;
+    for (int i = 0; i < NS; i++) {
+        const size_t ne = (size_t)S[i].rows * S[i].cols;
+        memset(&t[i], 0, sizeof t[i]);
+        t[i].off = S[i].off; t[i].n = ne; t[i].decay = 1; t[i].rot_scale = 1.f; t[i].first_chunk = c;
+        c += (unsigned)((ne + 8191) / 8192);
+        dq[i] = dqt[i] = rq[i] = rqt[i] = NULL;
+        if (!S[i].ldqt) continue;
+        dq[i] = dev_poison(ne); dqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
+        rq[i] = dev_poison(ne); rqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
+        t[i].amax = dam + i; t[i].nf = dnf + i; t[i].q = dq[i]; t[i].qt = dqt[i]; t[i].cols = S[i].cols;
+        t[i].ldqt = S[i].ldqt; t[i].fmt = fmt; t[i].code_amax = dam + NS + i;
+    }
+    const int chunks = cuda_adamw_seg_check(t, NS);
+    char what[96];
+    snprintf(what, sizeof what, "codes %s, %s mom.: table check", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3",
+             mom_bf16 ? "bf16" : "fp32");
+    table_row("adamw segments", what, chunks == (int)c ? 0 : 1, 0);
+    cuda_adamw_seg *dt = to_dev(t, sizeof t);
+    double worst_amax = 0;
+    size_t bad_codes = 0, bad_state = 0;
+    const float factor[3] = {0.7f, 1.f, 1.3f};
+    for (int step = 1; step <= 3; step++) {
+        float *g = rand_vec(n, 0.05);
+        cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice);
+        free(g);
+        float prev[NS];   // the slots before the call: a factor of the current bf16 weights' amax
+        for (int i = 0; i < NS; i++) {
+            prev[i] = 0.f;
+            if (!S[i].ldqt) continue;
+            float *w = step == 1 ? NULL : from_dev_bf16(dw[0] + S[i].off, t[i].n);
+            for (size_t j = 0; j < t[i].n; j++)
+                prev[i] = fmaxf(prev[i], fabsf(w ? w[j] : p[S[i].off + j]));
+            free(w);
+            prev[i] *= factor[(step + i) % 3];
+        }
+        cudaMemcpy(dam, prev, 4 * NS, cudaMemcpyHostToDevice);
+        cuda_adamw_segments(dp[0], dw[0], dg, dm[0], dv[0], mom_bf16, dt, NS, chunks, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                            step, NULL, 0.f, 0);
+        for (int i = 0; i < NS; i++)
+            cuda_adamw(dp[1] + S[i].off, dw[1] + S[i].off, dg + S[i].off, 0, (char *)dm[1] + msz * S[i].off,
+                       (char *)dv[1] + msz * S[i].off, mom_bf16, t[i].n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, NULL,
+                       0.f, 0);
+        float am[2 * NS];
+        cudaMemcpy(am, dam, 4 * 2 * NS, cudaMemcpyDeviceToHost);
+        for (int i = 0; i < NS; i++) {
+            if (!S[i].ldqt) continue;
+            const size_t ne = t[i].n;
+            float *w = from_dev_bf16(dw[0] + S[i].off, ne), ref = 0.f;
+            for (size_t j = 0; j < ne; j++) ref = fmaxf(ref, fabsf(w[j]));
+            free(w);
+            worst_amax = fmax(worst_amax, fabs((double)am[i] - ref) / ref);
+            bad_codes += am[NS + i] != prev[i];
+            halo_cuda_quant_tile(dw[0] + S[i].off, HALO_CUDA_BF16, S[i].cols, S[i].rows, S[i].cols, dam + NS + i, fmt,
+                                 rq[i], S[i].cols, rqt[i], S[i].ldqt, S[i].rows, 0);
+            const size_t nt = (size_t)S[i].cols * S[i].ldqt;
+            uint8_t *a = malloc(ne), *b = malloc(ne), *at = malloc(nt), *bt = malloc(nt);
+            cudaMemcpy(a, dq[i], ne, cudaMemcpyDeviceToHost); cudaMemcpy(b, rq[i], ne, cudaMemcpyDeviceToHost);
+            cudaMemcpy(at, dqt[i], nt, cudaMemcpyDeviceToHost); cudaMemcpy(bt, rqt[i], nt, cudaMemcpyDeviceToHost);
+            for (size_t j = 0; j < ne; j++) bad_codes += a[j] != b[j];
+            for (int col = 0; col < S[i].cols; col++)
+                for (int r = 0; r < S[i].ldqt; r++) {
+                    const size_t e = (size_t)col * S[i].ldqt + r;
+                    bad_codes += r < S[i].rows ? at[e] != bt[e] : at[e] != 0xff;   // dev_poison's byte past the rows
+                }
+            free(a); free(b); free(at); free(bt);
+        }
+    }
+    const size_t es[4] = {4, 2, msz, msz};
+    for (int k = 0; k < 4; k++) {
+        const void *src[2] = {k == 0 ? (void *)dp[0] : k == 1 ? (void *)dw[0] : k == 2 ? dm[0] : dv[0],
+                              k == 0 ? (void *)dp[1] : k == 1 ? (void *)dw[1] : k == 2 ? dm[1] : dv[1]};
+        unsigned char *ha = malloc(es[k] * n), *hb = malloc(es[k] * n);
+        cudaMemcpy(ha, src[0], es[k] * n, cudaMemcpyDeviceToHost);
+        cudaMemcpy(hb, src[1], es[k] * n, cudaMemcpyDeviceToHost);
+        for (int i = 0; i < NS; i++) bad_state += memcmp(ha + es[k] * S[i].off, hb + es[k] * S[i].off, es[k] * t[i].n) != 0;
+        free(ha); free(hb);
+    }
+    snprintf(what, sizeof what, "codes %s, %s mom.: amax", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
+    table_row("adamw segments", what, worst_amax, 0);
+    snprintf(what, sizeof what, "codes %s, %s mom.: q, qt, scale", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
+    table_row("adamw segments", what, (double)bad_codes, 0);
+    snprintf(what, sizeof what, "codes %s, %s mom.: p, w16, m, v", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
+    table_row("adamw segments", what, (double)bad_state, 0);
+    free(p);
+    for (int i = 0; i < NS; i++) { cudaFree(dq[i]); cudaFree(dqt[i]); cudaFree(rq[i]); cudaFree(rqt[i]); }
+    for (int k = 0; k < 2; k++) { cudaFree(dp[k]); cudaFree(dw[k]); cudaFree(dm[k]); cudaFree(dv[k]); }
+    cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt);
 }
 
 // lora.c's dropout mask, as there: kept when the 16-bit draw, bits 16 (i % 4) .. of the splitmix64 hash of (key,
@@ -1001,6 +1118,8 @@ int main(void) {
     test_adamw(1, 1, 1);
     test_adamw_segments(0);
     test_adamw_segments(1);
+    test_adamw_segments_codes(HALO_CUDA_INT8, 0);
+    test_adamw_segments_codes(HALO_CUDA_E4M3, 1);
     test_lora_group(200, 96, 16, 3, 0.1);   // token and column tails, an idle warp
     test_lora_group(130, 320, 8, 2, 0.3);   // rank 8: zero-padded k (dX) and m (dA)
     test_lora_group(300, 256, 32, 3, 0.05);

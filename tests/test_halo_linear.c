@@ -285,17 +285,17 @@ static long bits_differ(const float *a, const float *b, size_t n) { return n ? (
 
 // Delayed scaling (halo_linear_config.delayed), INT8 and FP8, levels 0 and 1, inputs with outliers. A first call
 // scales as the spec does: Y, E_X and G bit for bit those of a layer without the option. A second with X and E_Y
-// halved (a grid twice as coarse, nothing saturates): E_X within 2.5x the spec layer's error against float64. A third
-// with them 3x the first's (values above a sixth of the new maximum saturate): at level 0 its Y and E_X equal, bit for
-// bit, the products of codes that halo_quantize makes with the second call's absmax (amax_scale, whose codes
-// test_quant.c checks against their definition); at level 1 X is rotated and keeps its own scale (Y as the spec
-// layer's) while E_Y takes the last call's (E_X differs from the spec layer's); the absmaxes recorded are the call's
-// own.
+// halved and W at 0.8x (grids twice and 1.25x as coarse, nothing saturates): E_X within 2.5x the spec layer's error
+// against float64. A third with X and E_Y 3x the first's and W back at 1x (values above a sixth of X's and E_Y's new
+// maximum and above 0.8x of W's saturate): at level 0 its Y and E_X equal, bit for bit, the products of codes that
+// halo_quantize makes with the second call's absmaxes (amax_scale, whose codes test_quant.c checks against their
+// definition); at level 1 X and W are rotated and keep their own scales (Y as the spec layer's) while E_Y takes the
+// last call's (E_X differs from the spec layer's); the absmaxes recorded are the call's own.
 static void test_delayed(void) {
     problem p;
     problem_make(&p, 64, 128, 96, 1);
     const int b = p.b, m = p.m, n = p.n;
-    float *X2 = malloc(4 * (size_t)b * m), *E2 = malloc(4 * (size_t)b * n);
+    float *X2 = malloc(4 * (size_t)b * m), *E2 = malloc(4 * (size_t)b * n), *W2 = malloc(4 * (size_t)n * m);
     float *Y[2], *EX[2], *G[2], *Yr = malloc(4 * (size_t)b * n), *EXr = malloc(4 * (size_t)b * m);
     for (int u = 0; u < 2; u++) {
         Y[u] = malloc(4 * (size_t)b * n); EX[u] = malloc(4 * (size_t)b * m); G[u] = calloc((size_t)n * m, 4);
@@ -309,14 +309,15 @@ static void test_delayed(void) {
                 halo_linear_init(&L[u], &cfg, "model.layers.0.mlp.down_proj");
             }
             for (int call = 0; call < 3; call++) {
-                const float f = call == 0 ? 1.f : call == 1 ? 0.5f : 3.f;
+                const float f = call == 0 ? 1.f : call == 1 ? 0.5f : 3.f, fw = call == 1 ? 0.8f : 1.f;
                 for (size_t i = 0; i < (size_t)b * m; i++) X2[i] = f * p.X[i];
                 for (size_t i = 0; i < (size_t)b * n; i++) E2[i] = f * p.EY[i];
-                const float ax_prev = L[0].dly_amax[0], ae_prev = L[0].dly_amax[1];
+                for (size_t i = 0; i < (size_t)n * m; i++) W2[i] = fw * p.W[i];
+                const float ax_prev = L[0].dly_amax[0], ae_prev = L[0].dly_amax[1], aw_prev = L[0].dly_amax[2];
                 for (int u = 0; u < 2; u++) {
                     memset(G[u], 0, 4 * (size_t)n * m);
-                    CHECK(halo_linear_forward(&L[u], X2, p.W, Y[u], b, m, n) == HALO_OK &&
-                          halo_linear_backward(&L[u], E2, p.W, EX[u], G[u], b, m, n) == HALO_OK, "%s", halo_error());
+                    CHECK(halo_linear_forward(&L[u], X2, W2, Y[u], b, m, n) == HALO_OK &&
+                          halo_linear_backward(&L[u], E2, W2, EX[u], G[u], b, m, n) == HALO_OK, "%s", halo_error());
                 }
                 const char *what = pr ? "fp8" : "int8";
                 if (call == 0) {
@@ -331,8 +332,9 @@ static void test_delayed(void) {
                         halo_qspec qs;
                         memset(&qs, 0, sizeof qs);
                         qs.fmt = pr ? HALO_Q_E4M3 : HALO_Q_INT8;
-                        halo_quantize(&qw, p.W, n, m, m, 0, &qs, "W");
                         halo_qspec qd = qs;
+                        qd.amax_scale = aw_prev;   // W back to 1.25x the last call's: its largest values saturate
+                        halo_quantize(&qw, W2, n, m, m, 0, &qd, "W");
                         qd.amax_scale = ax_prev;
                         halo_quantize(&qx, X2, b, m, m, 0, &qd, "X");
                         halo_qgemm(&qx, &qw, Yr, n, 0);
@@ -348,12 +350,13 @@ static void test_delayed(void) {
                         CHECK(!bits_differ(Y[0], Y[1], (size_t)b * n) && bits_differ(EX[0], EX[1], (size_t)b * m),
                               "%s L1: rotated X keeps its own scale, E_Y takes the last call's", what);
                     }
-                    CHECK((lvl > 0 || L[0].dly_amax[0] == absmax_of(X2, (size_t)b * m)) &&
+                    CHECK((lvl > 0 || (L[0].dly_amax[0] == absmax_of(X2, (size_t)b * m) &&
+                                       L[0].dly_amax[2] == absmax_of(W2, (size_t)n * m))) &&
                           L[0].dly_amax[1] == absmax_of(E2, (size_t)b * n) && L[0].dly_ok[1],
                           "%s L%d: the recorded absmaxes are the call's own", what, lvl);
                 } else {   // halved inputs: E_X against float64 (p.EX halved), the spec layer's error as the scale
                     double *ref = malloc(sizeof(double) * (size_t)b * m);
-                    for (size_t i = 0; i < (size_t)b * m; i++) ref[i] = 0.5 * p.EX[i];
+                    for (size_t i = 0; i < (size_t)b * m; i++) ref[i] = 0.5 * 0.8 * p.EX[i];   // E_Y and W scaled
                     const double ed = rel_d(EX[0], ref, (size_t)b * m, NULL), es = rel_d(EX[1], ref, (size_t)b * m, NULL);
                     printf("  delayed %s L%d, inputs halved: E_X error %.4g (spec %.4g)\n", what, lvl, ed, es);
                     CHECK(ed <= 2.5 * es + 1e-6, "%s L%d: delayed E_X error %.4g vs spec %.4g", what, lvl, ed, es);
@@ -363,7 +366,7 @@ static void test_delayed(void) {
             halo_linear_free(&L[0]); halo_linear_free(&L[1]);
         }
     for (int u = 0; u < 2; u++) { free(Y[u]); free(EX[u]); free(G[u]); }
-    free(X2); free(E2); free(Yr); free(EXr);
+    free(X2); free(E2); free(W2); free(Yr); free(EXr);
     problem_free(&p);
 }
 

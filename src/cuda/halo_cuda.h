@@ -39,9 +39,10 @@ enum { HALO_CUDA_INT8 = 0, HALO_CUDA_E4M3 = 1 };                    // 8-bit for
 // Scale products that a quantization kernel computes on the side (one thread of its first block) instead of separate
 // launches: *out[i] = scale(*a[i]) * scale(*b[i]) for each out[i] != NULL, as halo_cuda_alpha (fmt: HALO_CUDA_INT8 /
 // E4M3). The amax values must be final when the kernel runs (stream order).
+enum { HALO_CUDA_ALPHA_JOBS = 4 };
 typedef struct halo_cuda_alpha_job {
-    float *out[2];
-    const float *a[2], *b[2];
+    float *out[HALO_CUDA_ALPHA_JOBS];
+    const float *a[HALO_CUDA_ALPHA_JOBS], *b[HALO_CUDA_ALPHA_JOBS];
     int fmt;
 } halo_cuda_alpha_job;
 
@@ -227,7 +228,7 @@ void halo_cuda_ws_free(halo_cuda_ws *w);
 
 // Slots of halo_cuda_linear.dev (NONFIN..NONFIN + 2 hold ints: the non-finite flags of X, W, E_Y).
 enum { HALO_DEV_AX = 0, HALO_DEV_AW = 1, HALO_DEV_AE = 2, HALO_DEV_AER = 3, HALO_DEV_ALY = 4, HALO_DEV_ALEX = 5,
-       HALO_DEV_ALG = 6, HALO_DEV_AED = 7, HALO_DEV_NONFIN = 8, HALO_DEV_AXD = 11 };
+       HALO_DEV_ALG = 6, HALO_DEV_AED = 7, HALO_DEV_NONFIN = 8, HALO_DEV_AXD = 11, HALO_DEV_AWC = 12 };
 typedef struct halo_cuda_linear {
     int prec;                 // HALO_PREC_INT8 or HALO_PREC_FP8 (halo/halo_linear.h)
     int level;
@@ -246,7 +247,8 @@ typedef struct halo_cuda_linear {
     unsigned long xgen;       // generation of those codes (a new one at every quantization of X)
     float *dev;               // device [16]: 0 amax X, 1 amax W, 2 amax E_Y, 3 amax H_b^T E_Y, 4 alpha Y, 5 alpha
                               // E_X, 6 alpha G, 8..10 (int) non-finite flags of X, W, E_Y; delayed scaling's second
-                              // amax slots (the two alternate): 7 E_Y, 11 X
+                              // amax slots (the two alternate): 7 E_Y, 11 X; 12: the scale's amax of W's codes
+                              // when the optimizer wrote them
     int *nonfin;              // device [3]: where the quantizers flag a NaN / Inf in X, W, E_Y (dev + 8, or the
                               // caller's array: halo_cuda_linear_nonfinite_slots)
     halo_cuda_ws own;         // scratch when no shared one is set
@@ -263,6 +265,12 @@ typedef struct halo_cuda_linear {
     int xc_on, xc_b, xc_use, xc_rec, ec_on, ec_b, ec_rec;
     uint8_t *ec_q, *ec_qt;
     long ec_ldq;
+    // W's codes from the optimizer (halo_cuda_linear_w_codes): row-major [wc_n][wc_m] (Q(W)^T stays in qw); the dev
+    // slot of the scale's amax of the W codes the last forward used (0: AW); the X amax whose product with W's scale a
+    // producer forms as this forward's alpha (halo_cuda_linear_y_alpha, NULL: none)
+    uint8_t *qw_rp;
+    int wc_m, wc_n, aw_slot;
+    const float *aly_ax;
     char note[256];
 } halo_cuda_linear;
 
@@ -297,6 +305,20 @@ enum { HALO_CUDA_EY_CODES = 512 };
 // forward must pass HALO_CUDA_X_CODES (its X pointer is not read). 0: the spec's path.
 int halo_cuda_linear_x_codes(halo_cuda_linear *L, int b, int m, int save_g, halo_cuda_codes *c, cudaStream_t s);
 enum { HALO_CUDA_X_CODES = 1024 };
+// W [n][m] (level 0, m % 256 == 0, n % 32 == 0): 1 when the optimizer may write L's W codes in its update
+// (cuda_adamw_seg.q, qt, ldqt, fmt, code_amax, filled here; the layer's buffers, allocated now and kept). A forward
+// passing HALO_CUDA_W_CODES then uses those codes instead of quantizing W; pass it only while W is what that update
+// wrote. The codes' scale is the amax W had before the update (its slot AW, which the update then refills). 0: the
+// spec's path (delayed scaling off, another level, telemetry on, or another shape).
+int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt, int *fmt,
+                             float **code_amax);
+enum { HALO_CUDA_W_CODES = 2048 };
+// With W codes: the product Y = Q(X) Q(W)^T's scale, formed by X's producer (aj, HALO_CUDA_ALPHA_JOBS slots) from
+// ax, the amax of X's codes' scale (that producer's c->amax; k, v and up use their group's first layer's). 1 when
+// added; the next forward then skips its own launch for it when its X codes' amax is ax. halo_cuda_y_alpha_jobs(0):
+// never (the forward's own launch, for the tests).
+int halo_cuda_linear_y_alpha(halo_cuda_linear *L, const float *ax, halo_cuda_alpha_job *aj);
+void halo_cuda_y_alpha_jobs(int on);
 // The producers that write codes (swiglu.cu), over fused [gate | up] rows gu [N][2F], F % 64 == 0: down_proj's X =
 // silu(gate) * up into c; gate's and up's E_Y (dgate, dup from dout [N][F]) into gate, up. Values as the bf16 kernels
 // store them (cuda_swiglu_forward / _backward), codes as halo_cuda_quant_tile's of those values with *c->amax.

@@ -1223,7 +1223,7 @@ extern "C" void halo_cuda_absmax_rows(const halo_cuda_had *h, int transpose, con
 
 // The scale products alone (nothing to quantize): one launch each.
 static void alpha_alone(const halo_cuda_alpha_job &aj, cudaStream_t s) {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < HALO_CUDA_ALPHA_JOBS; i++)
         if (aj.out[i]) halo_cuda_alpha(aj.out[i], aj.a[i], aj.b[i], aj.fmt, s);
 }
 static halo_cuda_alpha_job alpha_or_none(const halo_cuda_alpha_job *alpha) {

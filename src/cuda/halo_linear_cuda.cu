@@ -9,6 +9,7 @@
 // transpose), 6 Q(X H)^T [mp][b16] (tagged with its codes, so that layers sharing X codes
 // transpose them once), 7 level 0: the forward's row-major Q(X) [b][mp] (tagged, for layers sharing X codes).
 // Level 0 keeps Q(X)^T and Q(W)^T as its saved codes (halo_cuda.h), so its backward transposes nothing.
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
@@ -21,7 +22,8 @@ extern "C" {
 
 #define HB_MAX_K 172   // as HALO_HB_MAX_K in halo_linear.c
 enum { AX = HALO_DEV_AX, AW = HALO_DEV_AW, AE = HALO_DEV_AE, AER = HALO_DEV_AER, ALY = HALO_DEV_ALY,
-       ALEX = HALO_DEV_ALEX, ALG = HALO_DEV_ALG, AED = HALO_DEV_AED, NONFIN = HALO_DEV_NONFIN, AXD = HALO_DEV_AXD };
+       ALEX = HALO_DEV_ALEX, ALG = HALO_DEV_ALG, AED = HALO_DEV_AED, NONFIN = HALO_DEV_NONFIN, AXD = HALO_DEV_AXD,
+       AWC = HALO_DEV_AWC };
 
 static long pad16(long x) { return (x + 15) / 16 * 16; }
 
@@ -112,6 +114,7 @@ extern "C" void halo_cuda_linear_free(halo_cuda_linear *L) {
     halo_cuda_had_free(&L->hb);
     if (L->qx) cudaFree(L->qx);
     if (L->qw) cudaFree(L->qw);
+    if (L->qw_rp) cudaFree(L->qw_rp);
     if (L->dev) cudaFree(L->dev);
     halo_cuda_ws_free(&L->own);
     halo_cuda_tele_free(L);
@@ -142,8 +145,12 @@ extern "C" void halo_cuda_linear_reserve(halo_cuda_linear *L, int b, int m, int 
 }
 
 static int fmt_of(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 ? HALO_CUDA_INT8 : HALO_CUDA_E4M3; }
+// the amax of the scale of the W codes the last forward used: its own pass's or the update's (AW), or the optimizer's
+// codes' (AWC)
+static float *aw_of(halo_cuda_linear *L) { return L->dev + (L->aw_slot ? L->aw_slot : AW); }
 
-// Scale-product jobs that quantization kernels run on the side: alpha_job(fmt), then up to two alpha_add.
+// Scale-product jobs that quantization kernels run on the side: alpha_job(fmt), then up to HALO_CUDA_ALPHA_JOBS
+// alpha_add.
 static halo_cuda_alpha_job alpha_job(int fmt) {
     halo_cuda_alpha_job j;
     memset(&j, 0, sizeof j);
@@ -151,7 +158,9 @@ static halo_cuda_alpha_job alpha_job(int fmt) {
     return j;
 }
 static void alpha_add(halo_cuda_alpha_job *j, float *out, const float *amax_a, const float *amax_b) {
-    const int i = j->out[0] ? 1 : 0;
+    int i = 0;
+    while (j->out[i]) i++;
+    assert(i < HALO_CUDA_ALPHA_JOBS);
     j->out[i] = out; j->a[i] = amax_a; j->b[i] = amax_b;
 }
 
@@ -548,7 +557,7 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     c->qt = want_g ? qt : NULL;
     c->ldqt = c->rows_pad = (int)pad16(b);
     codes_common(L, use, rec, AE, c, s);
-    if (want_ex) alpha_add(&c->aj, L->dev + ALEX, c->amax, L->dev + AW);   // the products' scales, as the quantizer's
+    if (want_ex) alpha_add(&c->aj, L->dev + ALEX, c->amax, aw_of(L));   // the products' scales, as the quantizer's
     if (want_g) alpha_add(&c->aj, L->dev + ALG, c->amax, L->ax_use);
     L->ec_on = 1;
     L->ec_b = b;
@@ -556,6 +565,40 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     L->ec_q = c->q;
     L->ec_qt = c->qt;
     L->ec_ldq = ldq;
+    return 1;
+}
+
+static int g_w_codes = -1;   // HALO_CUDA_W_CODES=0: the forward quantizes W itself under delayed scaling too (A/B)
+extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt,
+                                        int *fmt, float **code_amax) {
+    if (!env_switch(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m < 256 || m % 256 || n < 32 || n % 32 || !w_amax_ok(L, m))
+        return 0;
+    const size_t bytes = (size_t)n * m;   // (m, n multiples of 16: no padding)
+    if (!L->qw_rp || L->wc_m != m || L->wc_n != n) {
+        if (L->qw_rp) cudaFree(L->qw_rp);
+        L->qw_rp = NULL;
+        CUDA_CHECK(cudaMalloc((void **)&L->qw_rp, bytes));
+        L->wc_m = m;
+        L->wc_n = n;
+    }
+    *q = L->qw_rp;
+    *qt = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, bytes);   // Q(W)^T [m][n], the level-0 saved codes
+    *ldqt = n;
+    *fmt = fmt_of(L);
+    *code_amax = L->dev + AWC;
+    return 1;
+}
+
+static int g_y_alpha_jobs = 1;
+extern "C" void halo_cuda_y_alpha_jobs(int on) { g_y_alpha_jobs = on != 0; }
+extern "C" int halo_cuda_linear_y_alpha(halo_cuda_linear *L, const float *ax, halo_cuda_alpha_job *aj) {
+    L->aly_ax = NULL;
+    if (!g_y_alpha_jobs || !L->qw_rp || !ax) return 0;
+    int i = 0;
+    while (i < HALO_CUDA_ALPHA_JOBS && aj->out[i]) i++;
+    if (i == HALO_CUDA_ALPHA_JOBS) return 0;
+    alpha_add(aj, L->dev + ALY, ax, L->dev + AWC);
+    L->aly_ax = ax;
     return 1;
 }
 
@@ -583,6 +626,12 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     if (ldy < n) return halo_fail("%s: output stride %ld < out_features %d", L->name, ldy, n);
     if (R && !y_f32) return halo_fail("%s: a residual input needs an fp32 output", L->name);
     const int xc = (flags & HALO_CUDA_X_CODES) != 0;   // X's producer wrote its codes (halo_cuda_linear_x_codes)
+    const int wc = (flags & HALO_CUDA_W_CODES) != 0;   // the optimizer wrote W's (halo_cuda_linear_w_codes)
+    if (wc && !(L->qw_rp && L->wc_m == m && L->wc_n == n && L->level == 0 && !L->tele_on))
+        return halo_fail("%s: forward given W codes that halo_cuda_linear_w_codes did not arrange (%d x %d)", L->name, n,
+                         m);
+    const float *aly_ax = L->aly_ax;   // the producer formed the product's scale with this X amax (W codes only)
+    L->aly_ax = NULL;
     if (xc && !(L->xc_on && L->xc_b == b && m % 16 == 0 && ((flags & HALO_CUDA_NO_G) || L->qx)))
         return halo_fail("%s: forward given X codes that halo_cuda_linear_x_codes did not arrange (b=%d m=%d)", L->name,
                          b, m);
@@ -600,7 +649,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     const long b16 = pad16(b);
     // saved W codes (level 0: Q(W)^T [mp][np]) and the row-major ones this product reads
     uint8_t *qw = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
-    uint8_t *qw_row = t0 ? (uint8_t *)ws(L, 3, (size_t)np * mp) : qw;
+    uint8_t *qw_row = wc ? L->qw_rp : t0 ? (uint8_t *)ws(L, 3, (size_t)np * mp) : qw;
     // X's codes: those of the sharing source when it quantized this very X last, else our own (level 0: the source's
     // row-major codes must still be in its workspace)
     const halo_cuda_linear *xs = L->xsrc;
@@ -609,7 +658,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
                        (no_g || xs->qx_use);
     L->x_in = X;
     L->w_in = W;
-    if (mp != m || np != n) {
+    if (!wc && (mp != m || np != n)) {
         PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw_row, 0, (size_t)np * mp, s)));
         if (t0) PROF("memset pad", (double)np * mp, CUDA_CHECK(cudaMemsetAsync(qw, 0, (size_t)np * mp, s)));
     }
@@ -617,11 +666,13 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     // here for the absmax pass
     const int x_amax = xc || ((flags & HALO_CUDA_X_AMAX) && (L->level == 0 || x_rot_amax_ok(L, m)));
     // W's from the optimizer's update that wrote W (halo_cuda_linear_w_amax), else zeroed here for the absmax pass
-    const int w_amax = (flags & HALO_CUDA_W_AMAX) && w_amax_ok(L, m);
+    // (with W codes, the update's amax of the W it wrote stays for the next update: see halo_cuda_linear_w_codes)
+    const int w_amax = wc || ((flags & HALO_CUDA_W_AMAX) && w_amax_ok(L, m));
     if (!x_amax && !w_amax) PROF("memset amax", 8, CUDA_CHECK(cudaMemsetAsync(L->dev + AX, 0, 2 * sizeof(float), s)));
     else if (!x_amax || !w_amax)
         PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + (x_amax ? AW : AX), 0, sizeof(float), s)));
     const uint8_t *qx_row;
+    int y_aj_done = 0;
     if (borrow) {
         L->qx_use = xs->qx_use;
         L->ax_use = xs->ax_use;
@@ -643,7 +694,10 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
             if (qx && t0) PROF("memset pad", (double)mp * b16, CUDA_CHECK(cudaMemsetAsync(qx, 0, (size_t)mp * b16, s)));
         }
         L->xgen = ++g_xgen;
-        quantize_fwd(L, h, 0, X, b, m, xr, mp, qx, b16, (int)b16, NULL, x_amax, s);   // Q(X [H_m])
+        halo_cuda_alpha_job yaj = alpha_job(fmt_of(L));   // W codes: the product's scale, formed by this quantizer
+        if (wc) alpha_add(&yaj, L->dev + ALY, L->dev + AX, L->dev + AWC);
+        y_aj_done = wc;
+        quantize_fwd(L, h, 0, X, b, m, xr, mp, qx, b16, (int)b16, wc ? &yaj : NULL, x_amax, s);   // Q(X [H_m])
         if (t0) ws_of(L)->xrow_gen = L->xgen;
         L->qx_use = qx;
         L->ax_use = L->dev + AX;
@@ -651,10 +705,14 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         qx_row = xr;
     }
     // Q(W) (levels 1-2: Q(W H_m)), in both layouts unless halo_cuda_fwd_tcodes(0); the quantizer also forms the
-    // product's scale
-    halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
-    alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
-    quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, w_amax, s);
+    // product's scale. W codes: the product's scale by X's producer, or by X's quantizer above (y_aj), else here.
+    L->aw_slot = wc ? AWC : 0;
+    if (!wc) {
+        halo_cuda_alpha_job aj = alpha_job(fmt_of(L));
+        alpha_add(&aj, L->dev + ALY, L->ax_use, L->dev + AW);
+        quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, w_amax, s);
+    } else if (!y_aj_done && aly_ax != L->ax_use)
+        PROF("fwd alpha", 8, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AWC, fmt_of(L), s));
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
@@ -764,7 +822,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
         }
         // the quantizer also forms the scales of the products that read Q(E_Y): E_X (levels 0, 1) and G
         halo_cuda_alpha_job aj = alpha_job(fmt);
-        if (EX && lvl < 2) alpha_add(&aj, L->dev + ALEX, amax_e, L->dev + AW);
+        if (EX && lvl < 2) alpha_add(&aj, L->dev + ALEX, amax_e, aw_of(L));
         if (G) alpha_add(&aj, L->dev + ALG, amax_e, L->ax_use);
         if (!tqp)
             PROF("bwd quant E_Y (both layouts)", 2.0 * b * n + (qe ? (double)b * n : 0) + (qet ? (double)n * b16 : 0),

@@ -133,14 +133,16 @@ struct llama_cuda {
     int *hnf;                    // [n_layers * LIN_COUNT * 3] the HALO layers' non-finite flags (X, W, E_Y), device;
                                  // zero_grads clears X and E_Y, a write of the weights W (weights_changed)
     // W amax by the optimizer (cuda_adamw_segments): its device table (one segment per slot), built for decay_all =
-    // aseg_key (-1: not yet), and which linears it gives their W amax
+    // aseg_key (decay_all | delayed << 1; -1: not yet), and which linears it gives their W amax (1) and codes (2)
     cuda_adamw_seg *aseg;
     int aseg_chunks, aseg_key;
+    size_t wc_bytes;             // the layers' row-major W codes for that update (delayed scaling), in bytes[MEM_HALO]
     unsigned char *hwam;         // [n_layers * LIN_COUNT]
     unsigned char *hwv;          // [n_layers * LIN_COUNT] 1: the linear's W amax slot (and W flag) are those of the
                                  // weights as they are (its forward or the update took them), so a forward skips its
                                  // absmax pass of W (HALO_CUDA_W_AMAX): after AdamW's segments, and under LoRA (frozen
-                                 // base) or gradient accumulation after the first forward
+                                 // base) or gradient accumulation after the first forward; 2: the update also wrote
+                                 // the layer's W codes (delayed scaling: HALO_CUDA_W_CODES)
     char hnf_msg[1024];          // llama_cuda_halo_error's message
     int tele;                    // HALO quantization telemetry on (llama_cuda_halo_telemetry)
     int delayed;                 // HALO delayed scaling (llama_cuda_halo_delayed): producers write HALO codes
@@ -936,10 +938,26 @@ static int halo_setup(llama_cuda *g) {
     return HALO_OK;
 }
 
+static int adamw_segments_apply(const llama_cuda *g);
+static int delayed_on(const llama_cuda *g);
 extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
     g->delayed = on != 0;
+    size_t wc = 0;   // the row-major W codes the update will write (allocated now, so the memory report has them)
     for (int i = 0; g->hon && i < g->c.n_layers * LIN_COUNT; i++)
-        if (g->hon[i]) halo_cuda_linear_delayed(&g->hl[i], g->delayed);
+        if (g->hon[i]) {
+            halo_cuda_linear *L = &g->hl[i];
+            halo_cuda_linear_delayed(L, g->delayed);
+            int m, n, ldqt, fmt;
+            uint8_t *q, *qt;
+            float *ca;
+            lin_shape(g, i % LIN_COUNT, &m, &n);
+            if (delayed_on(g) && adamw_segments_apply(g) && halo_cuda_linear_w_codes(L, m, n, &q, &qt, &ldqt, &fmt, &ca))
+                wc += (size_t)m * n;
+        }
+    if (wc > g->wc_bytes) {
+        g->bytes[MEM_HALO] += wc - g->wc_bytes;
+        g->wc_bytes = wc;
+    }
 }
 
 extern "C" void llama_cuda_halo_telemetry(llama_cuda *g, int on) {
@@ -1180,8 +1198,10 @@ static int x_flag(const void *slot) { return slot ? HALO_CUDA_X_AMAX : 0; }
 // HALO forward flags for W: W_AMAX when the slot is current; NO_G under LoRA (the frozen base takes no weight
 // gradient, so X's codes are not saved for one; telemetry's G reference needs them)
 static int w_flag(llama_cuda *g, int l, int kind) {
-    const int i = l * LIN_COUNT + kind, f = g->hwv[i] ? HALO_CUDA_W_AMAX : 0;
-    g->hwv[i] = 1;
+    const int i = l * LIN_COUNT + kind;
+    int f = g->hwv[i] ? HALO_CUDA_W_AMAX : 0;
+    if (g->hwv[i] == 2 && delayed_on(g)) f |= HALO_CUDA_W_CODES;   // the update's codes (they stay current)
+    else g->hwv[i] = 1;   // (a forward quantizing W itself overwrites the update's transposed codes)
     return f | (g->lora && !g->tele ? HALO_CUDA_NO_G : 0);
 }
 // The weights were written: every HALO linear's W amax slot and W flag are stale, except those the writer took
@@ -1250,6 +1270,12 @@ static int norm_codes(llama_cuda *g, int l, int kind, halo_cuda_codes *c) {
     return L && delayed_on(g) && cuda_rmsnorm_codes_ok(g->c.dim) &&
            halo_cuda_linear_x_codes(L, g->B * g->T, g->c.dim, 1, c, g->st);
 }
+// X codes c written by a producer for linears k0..k0+nk-1 of layer l (the first's codes, the others borrow them):
+// those whose forward takes the update's W codes get their product's scale formed by the producer too
+static void y_alpha_jobs(llama_cuda *g, int l, int k0, int nk, halo_cuda_codes *c) {
+    for (int k = k0; k < k0 + nk; k++)
+        if (g->hwv[l * LIN_COUNT + k] == 2) halo_cuda_linear_y_alpha(hl_of(g, l, k), c->amax, &c->aj);
+}
 
 // Layer l forward from x[l]; writes x[l + 1] when `full` (recomputation in backward needs everything but that).
 static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
@@ -1265,6 +1291,7 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     halo_cuda_codes xc;
     float *aq = NULL;
     const int cq = full && norm_codes(g, l, LIN_Q, &xc);
+    if (cq) y_alpha_jobs(g, l, LIN_Q, 3, &xc);
     if (cq) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_codes(A->r1, g->x[l], W + o->attn_norm, N, D, c->norm_eps, &xc, s));
     else if ((aq = x_amax_prepare(g, l, LIN_Q, &lb, &rs, &nf)))
         PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n1, A->r1, g->x[l], W + o->attn_norm, N, D,
@@ -1283,6 +1310,7 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
     float *ag = NULL;
     const int cg = full && norm_codes(g, l, LIN_GATE, &xc);
+    if (cg) y_alpha_jobs(g, l, LIN_GATE, 2, &xc);
     if (cg) PROF(g, PR_NORM_F, cuda_rmsnorm_forward_codes(A->r2, A->h, W + o->ffn_norm, N, D, c->norm_eps, &xc, s));
     else if ((ag = x_amax_prepare(g, l, LIN_GATE, &lb, &rs, &nf)))
         PROF(g, PR_NORM_F, cuda_rmsnorm_forward_amax((halo_bf16 *)A->n2, A->r2, A->h, W + o->ffn_norm, N, D,
@@ -1292,6 +1320,7 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
     if (!full) return;
     halo_cuda_linear *Ld = hl_of(g, l, LIN_DOWN);
     if (Ld && delayed_on(g) && F % 64 == 0 && halo_cuda_linear_x_codes(Ld, N, F, 1, &xc, s)) {
+        y_alpha_jobs(g, l, LIN_DOWN, 1, &xc);
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward_codes((halo_bf16 *)A->gu, N, F, &xc, s));
         resid_forward(g, l, LIN_DOWN, g->x[l + 1], g->sbuf, o->wdown, A->h, HALO_CUDA_X_CODES);
         return;
@@ -1705,10 +1734,15 @@ static void grad_sumsq(llama_cuda *g) {
 // The one-launch update with the HALO layers' W amax (cuda_adamw_segments): HALO on, the whole buffer's moments on
 // this GPU (not sharded), fp32 gradients, not LoRA, and at least one layer that takes it (halo_cuda_linear_w_amax).
 // Builds the segment table (one per slot: the first 7 per block are q, k, v, o, gate, up, down, layout_build's order)
-// for this decay setting when it changed; 0 when this update does not apply.
+// for this decay and delayed-scaling setting when it changed (delayed scaling: the update also writes W's codes where
+// the layer takes them, halo_cuda_linear_w_codes); 0 when this update does not apply.
+static int adamw_segments_apply(const llama_cuda *g) {
+    return g->hnf && !g->sh && !g->lora && !g->gbase && !g->mo_lo && g->mo_hi == g->n_all;
+}
 static int adamw_segments_ready(llama_cuda *g, int decay_all) {
-    if (!g->hnf || g->sh || g->lora || g->gbase || g->mo_lo || g->mo_hi != g->n_all) return 0;
-    if (g->aseg_key == decay_all) return g->aseg_chunks > 0;
+    if (!adamw_segments_apply(g)) return 0;
+    const int key = decay_all | delayed_on(g) << 1;   // (delayed scaling: the update writes W codes)
+    if (g->aseg_key == key) return g->aseg_chunks > 0;
     const int nlin = g->c.n_layers * LIN_COUNT;
     cuda_adamw_seg *t = (cuda_adamw_seg *)xcalloc((size_t)g->n_slots, sizeof(cuda_adamw_seg));
     unsigned char *wam = (unsigned char *)xcalloc((size_t)nlin, 1);
@@ -1729,9 +1763,14 @@ static int adamw_segments_ready(llama_cuda *g, int decay_all) {
             sg->nf = g->hnf + 3 * i + 1;   // its W flag
             wam[i] = 1;
             any = 1;
+            if (delayed_on(g) && !sg->rot_lb &&
+                halo_cuda_linear_w_codes(L, m, n, &sg->q, &sg->qt, &sg->ldqt, &sg->fmt, &sg->code_amax)) {
+                sg->cols = m;
+                wam[i] = 2;
+            }
         }
     }
-    g->aseg_key = decay_all;
+    g->aseg_key = key;
     g->aseg_chunks = any ? cuda_adamw_seg_check(t, g->n_slots) : 0;
     if (g->aseg_chunks) {
         memcpy(g->hwam, wam, (size_t)nlin);

@@ -33,7 +33,7 @@ __device__ __forceinline__ float qmax_of(int fmt) { return fmt == HALO_CUDA_INT8
 // The scale products of halo_cuda_alpha_job, computed by one thread of a quantization kernel.
 __device__ __forceinline__ void run_alpha(const halo_cuda_alpha_job &aj) {
     const float q = qmax_of(aj.fmt);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < HALO_CUDA_ALPHA_JOBS; i++)
         if (aj.out[i]) *aj.out[i] = scale_of(*aj.a[i], q) * scale_of(*aj.b[i], q);
 }
 

@@ -92,10 +92,12 @@ static halo_qspec spec_fwd(const halo_linear *L) {
     return q;
 }
 
-// Delayed scaling of X (which 0, level 0) or E_Y (which 1, levels 0-1) in this call (halo_linear_config.delayed): q
-// then scales by the last call's absmax, if any, and reports the tensor's own into *seen.
+// Delayed scaling of X (which 0, level 0), E_Y (which 1, levels 0-1) or W (which 2, level 0) in this call
+// (halo_linear_config.delayed): q then scales by the last call's absmax, if any, and reports the tensor's own into *seen.
 static int delayed_use(const halo_linear *L, int which, halo_qspec *q, float *seen) {
-    if (!L->cfg.delayed || L->cfg.gran != HALO_GRAN_TENSOR || L->cfg.identity_quant || L->cfg.level > which) return 0;
+    if (!L->cfg.delayed || L->cfg.gran != HALO_GRAN_TENSOR || L->cfg.identity_quant ||
+        L->cfg.level > (which == 2 ? 0 : which))
+        return 0;
     q->amax_scale = L->dly_ok[which] ? L->dly_amax[which] : 0.f;
     q->amax_seen = seen;
     return 1;
@@ -393,7 +395,11 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
     if (halo_quantize(&L->qx, xr, b, m, m, 0, &qx, what)) return HALO_ERR;
     if (dx) { L->dly_amax[0] = seen; L->dly_ok[0] = 1; }
     snprintf(what, sizeof what, "%s: weight W (Y product)", L->name);
-    if (!given && halo_quantize(&L->qw, wr, n, m, m, 0, &qs, what)) return HALO_ERR;
+    halo_qspec qw = qs;
+    float seen_w = 0;
+    const int dw = !given && delayed_use(L, 2, &qw, &seen_w);
+    if (!given && halo_quantize(&L->qw, wr, n, m, m, 0, &qw, what)) return HALO_ERR;
+    if (dw) { L->dly_amax[2] = seen_w; L->dly_ok[2] = 1; }
     if (halo_qgemm(&L->qx, &L->qw, Y, n, 0)) return halo_fail_ctx("%s: forward: ", L->name);
     if (L->cfg.telemetry) {
         L->stats.calls[HALO_PROD_Y]++;

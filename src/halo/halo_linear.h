@@ -28,10 +28,11 @@ typedef struct {
                                  // toggled per step through L->cfg.telemetry before the step's forward
     int telemetry_rows;          // rows sampled per product (0 = 64)
     int identity_quant;          // tests: the quantizer is replaced by the identity (rotations still applied)
-    int delayed;                 // delayed scaling, an option beyond the spec (per-tensor scales only): X at level 0
-                                 // and E_Y at levels 0-1 are scaled by the absmax the same tensor had at this layer's
-                                 // previous call (values beyond it saturate); a first call by its own. W, rotated X
-                                 // and level 2's H_b^T E_Y keep their own. The GPU layer's producers do the same.
+    int delayed;                 // delayed scaling, an option beyond the spec (per-tensor scales only): X and W at
+                                 // level 0 and E_Y at levels 0-1 are scaled by the absmax the same tensor had at this
+                                 // layer's previous call (values beyond it saturate); a first call by its own. Rotated
+                                 // X and W and level 2's H_b^T E_Y keep their own. The GPU layer's producers and
+                                 // optimizer do the same (W: the amax before the update that wrote it).
 } halo_linear_config;
 
 enum { HALO_PROD_Y = 0, HALO_PROD_EX = 1, HALO_PROD_G = 2 };
@@ -76,8 +77,8 @@ typedef struct halo_linear {
     size_t xkeep_cap;
     int xkeep_ok;           // xkeep holds this forward's X (telemetry was on during the forward)
     uint64_t step;          // stochastic rounding counter (advanced each backward)
-    float dly_amax[2];      // delayed scaling: the absmax of X, E_Y at the last call that recorded one
-    int dly_ok[2];          //   ... and whether there was such a call
+    float dly_amax[3];      // delayed scaling: the absmax of X, E_Y, W at the last call that recorded one
+    int dly_ok[3];          //   ... and whether there was such a call
     halo_linear_stats stats;
     char note[256];         // fallback decisions (printed once to stderr)
 } halo_linear;
