@@ -525,6 +525,7 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
     // every kernel variant (flash head sizes); the default one (-1) last, with its own table rows
     int nvar = cuda_attention_uses_flash(hd) ? CUDA_ATTN_BWD_VARIANTS : 0;
     double worst_f = 0, worst_b = 0;
+    size_t amax_bad = 0;   // cuda_attention_forward_amax: the same output bits, amax = max |out|, no NaN flag
     for (int var = 0; var <= nvar; var++) {
         int dflt = var == nvar;
         cuda_attention_set_fwd_variant(dflt ? -1 : var % CUDA_ATTN_FWD_VARIANTS);
@@ -538,6 +539,23 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
         CHECK(e == cudaSuccess, "attention kernels: %s", cudaGetErrorString(e));
         got = from_dev_bf16(out, nq);
         double ef = rel_l2_f(got, ref, nq);
+        if (cuda_attention_forward_amax_ok(hd)) {
+            halo_bf16 *out2 = dev_poison(2 * (size_t)N * Hq * hd);
+            float *lse2 = dev_poison(4 * (size_t)N * Hq), *dam = to_dev((float[1]){0}, 4);
+            int *dnf = to_dev((int[1]){0}, 4);
+            cuda_attention_forward_amax(out2, lse2, dqkv_in, dseg, B, T, Hq, Hkv, hd, dam, dnf, 0);
+            float *got2 = from_dev_bf16(out2, nq), am, mx = 0.f;
+            int nf;
+            cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(&nf, dnf, 4, cudaMemcpyDeviceToHost);
+            for (size_t i = 0; i < nq; i++) {
+                amax_bad += memcmp(&got[i], &got2[i], 4) != 0;
+                mx = fmaxf(mx, fabsf(got[i]));
+            }
+            amax_bad += (am != mx) + (nf != 0);
+            free(got2);
+            cudaFree(out2); cudaFree(lse2); cudaFree(dam); cudaFree(dnf);
+        }
         free(got);
         got = from_dev_bf16(dqkv, (size_t)N * ld);
         for (int n = 0; n < N; n++) {
@@ -562,6 +580,7 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
         cudaFree(out); cudaFree(dqkv); cudaFree(lse); cudaFree(scratch);
     }
     if (nvar) {
+        table_row(op, "fwd with amax: output bits, amax, flag", (double)amax_bad, 0);
         table_row(op, "fwd, every kernel variant", worst_f, 1e-2);
         table_row(op, "bwd, every kernel variant", worst_b, 2e-2);
     }

@@ -198,10 +198,14 @@ __device__ __forceinline__ void flash_fwd_softmax(float *s, float *o, float *mro
 
 // The end of a forward: rows qrow[0..1] of O = o / l (o: the C fragments of HD / 8 n-tiles, element 4i + e at row
 // qrow[e >> 1], column 8i + 2 t4 + (e & 1); l summed over the lane quad) and lse = max * scale + log(l).
+// amax (may be NULL): max |stored bf16 value| maxed in (atomic on the float bits, one a warp; the o_proj HALO layer's X
+// amax), *nf |= 1 on a NaN / Inf among them.
 template <int HD>
 __device__ __forceinline__ void flash_fwd_store(bf16 *out, float *lse, const float *o, const float *lrow,
                                                 const float *mrow, const int *qrow, int b, int h, int T, int Hq,
-                                                float scale, int t4) {
+                                                float scale, int t4, float *amax, int *nf) {
+    float mx = 0.f;
+    int bad = 0;
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         float l = lrow[ri];
@@ -212,10 +216,24 @@ __device__ __forceinline__ void flash_fwd_store(bf16 *out, float *lse, const flo
         float inv = 1.f / l;
         bf16 *orow = out + ((size_t)b * T + r) * Hq * HD + h * HD;
 #pragma unroll
-        for (int i = 0; i < HD / 8; i++)
-            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) =
-                __floats2bfloat162_rn(o[4 * i + 2 * ri] * inv, o[4 * i + 2 * ri + 1] * inv);
+        for (int i = 0; i < HD / 8; i++) {
+            const __nv_bfloat162 v = __floats2bfloat162_rn(o[4 * i + 2 * ri] * inv, o[4 * i + 2 * ri + 1] * inv);
+            *(__nv_bfloat162 *)(orow + i * 8 + 2 * t4) = v;
+            if (amax) {
+                const float2 f = __bfloat1622float2(v);
+                mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
+                bad |= nonfinite_bf2(v);
+            }
+        }
         if (t4 == 0) lse[((size_t)b * Hq + h) * T + r] = mrow[ri] * scale + logf(l);
+    }
+    if (amax) {   // (uniform: every lane of the warp gets here)
+        mx = warp_max(mx);
+        bad = __any_sync(0xffffffffu, bad);
+        if ((threadIdx.x & 31) == 0) {
+            atomicMax((unsigned *)amax, __float_as_uint(mx));
+            if (bad && nf) atomicOr(nf, 1);
+        }
     }
 }
 
@@ -230,7 +248,7 @@ constexpr int fwd2_minb(int hd, int nw) { return hd == 64 ? (nw == 4 ? 3 : 2) : 
 template <int HD, int NW>
 __global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 *out, float *lse, const bf16 *qkv,
                                                                           const int32_t *seg, int T, int Hq, int Hkv,
-                                                                          float scale) {
+                                                                          float scale, float *amax, int *nf) {
     constexpr int BR = NW * 16, BC = 64, LDS = HD + 8, NT = NW * 32;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *Qs = (bf16 *)smem, *Ks0 = Qs + BR * LDS, *Vs0 = Ks0 + 2 * BC * LDS;
@@ -302,7 +320,7 @@ __global__ void __launch_bounds__(NW * 32, fwd2_minb(HD, NW)) k_flash_fwd2(bf16 
             }
         }
     }
-    flash_fwd_store<HD>(out, lse, &o[0][0], lrow, mrow, qrow, b, h, T, Hq, scale, t4);
+    flash_fwd_store<HD>(out, lse, &o[0][0], lrow, mrow, qrow, b, h, T, Hq, scale, t4, amax, nf);
 }
 
 // D[b, h, t] = sum_d dO * O (fp32), the softmax-backward row term: hd / 8 lanes per (token, head) row (hd 64 or 128,
@@ -910,6 +928,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_bwd_wg(bf16 *dqkv, float *d
 template <int HD, int MINB, bool TMAK>
 __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv,
                                                              const int32_t *seg, int T, int Hq, int Hkv, float scale,
+                                                             float *amax, int *nf,
                                                              const __grid_constant__ CUtensorMap map_qkv) {
 #ifdef HALO_ATTN_WGMMA
     constexpr int BR = 64, BC = 64, PANEL = 64 * 128, NP = HD / 64, TILE = NP * PANEL;
@@ -999,7 +1018,7 @@ __global__ void __launch_bounds__(128, MINB) k_flash_fwd_wg(bf16 *out, float *ls
         wg_hold<HD / 2>(o);
         wg_hold_u<16>(pa);
     }
-    flash_fwd_store<HD>(out, lse, o, lrow, mrow, qrow, b, h, T, Hq, scale, t4);
+    flash_fwd_store<HD>(out, lse, o, lrow, mrow, qrow, b, h, T, Hq, scale, t4, amax, nf);
 #endif
 }
 
@@ -1054,7 +1073,7 @@ extern "C" void cuda_attention_set_bwd_variant(int v) { g_bwd_variant = v; }
 
 template <int HD, int NW>
 static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
-                         cudaStream_t s) {
+                         float *amax, int *nf, cudaStream_t s) {
     static int attr;
     size_t sm = fwd2_smem<HD, NW>();
     if (!attr) {
@@ -1062,7 +1081,7 @@ static void flash_fwd2_v(bf16 *out, float *lse, const bf16 *qkv, const int32_t *
         attr = 1;
     }
     k_flash_fwd2<HD, NW><<<dim3(Hq, B, cdiv(T, NW * 16)), NW * 32, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
-                                                                          1.f / sqrtf((float)HD));
+                                                                          1.f / sqrtf((float)HD), amax, nf);
     CUDA_LAUNCH_CHECK();
 }
 // A 3-D tensor map [B][T][C] of bf16 rows (C elements, leading dimension C) read as 64 x 64 boxes in the 128-byte
@@ -1081,7 +1100,7 @@ static int g_attn_tma = -1;   // HALO_ATTN_TMA=0: the attention tiles by cp.asyn
 
 template <int HD, int MINB, bool TMAK>
 static void flash_fwd_wg_go(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
-                            const CUtensorMap &map, cudaStream_t s) {
+                            float *amax, int *nf, const CUtensorMap &map, cudaStream_t s) {
     static int attr;
     // tiles, key segment ids, TMAK's barriers, alignment
     const size_t sm = 5 * (HD / 64) * 8192 + 2 * 64 * sizeof(int) + (TMAK ? 16 : 0) + 1024;
@@ -1091,27 +1110,27 @@ static void flash_fwd_wg_go(bf16 *out, float *lse, const bf16 *qkv, const int32_
         attr = 1;
     }
     k_flash_fwd_wg<HD, MINB, TMAK><<<dim3(Hq, B, cdiv(T, 64)), 128, sm, s>>>(out, lse, qkv, seg, T, Hq, Hkv,
-                                                                            1.f / sqrtf((float)HD), map);
+                                                                            1.f / sqrtf((float)HD), amax, nf, map);
     CUDA_LAUNCH_CHECK();
 }
 template <int HD, int MINB>
 static void flash_fwd_wg(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
-                         cudaStream_t s) {
+                         float *amax, int *nf, cudaStream_t s) {
     CUtensorMap map;
     if (env_switch(&g_attn_tma, "HALO_ATTN_TMA") && attn_tile_map(&map, qkv, B, T, (Hq + 2 * Hkv) * HD))
-        flash_fwd_wg_go<HD, MINB, true>(out, lse, qkv, seg, B, T, Hq, Hkv, map, s);
+        flash_fwd_wg_go<HD, MINB, true>(out, lse, qkv, seg, B, T, Hq, Hkv, amax, nf, map, s);
     else {
         memset(&map, 0, sizeof map);
-        flash_fwd_wg_go<HD, MINB, false>(out, lse, qkv, seg, B, T, Hq, Hkv, map, s);
+        flash_fwd_wg_go<HD, MINB, false>(out, lse, qkv, seg, B, T, Hq, Hkv, amax, nf, map, s);
     }
 }
 template <int HD>
 static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int B, int T, int Hq, int Hkv,
-                      cudaStream_t s) {
+                      float *amax, int *nf, cudaStream_t s) {
     int v = variant(&g_fwd_variant, "HALO_CUDA_ATTN_FWD", 2, CUDA_ATTN_FWD_VARIANTS - 1);
-    if (v == 0) flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
-    else if (v == 2) flash_fwd_wg<HD, HD == 64 ? 4 : 2>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
-    else flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, s);
+    if (v == 0) flash_fwd2_v<HD, 4>(out, lse, qkv, seg, B, T, Hq, Hkv, amax, nf, s);
+    else if (v == 2) flash_fwd_wg<HD, HD == 64 ? 4 : 2>(out, lse, qkv, seg, B, T, Hq, Hkv, amax, nf, s);
+    else flash_fwd2_v<HD, 8>(out, lse, qkv, seg, B, T, Hq, Hkv, amax, nf, s);
 }
 
 template <int HD, int BQ, int NW, int MINB, bool KREG>
@@ -1185,11 +1204,24 @@ static void flash_bwd(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *do
 
 extern "C" void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B,
                                        int T, int Hq, int Hkv, int hd, cudaStream_t s) {
+    cuda_attention_forward_amax(out, lse, qkv, seg, B, T, Hq, Hkv, hd, NULL, NULL, s);
+}
+static int g_fwd_amax = -1;   // HALO_ATTN_AMAX=0: the flash forwards never take the output's amax (A/B)
+extern "C" int cuda_attention_forward_amax_ok(int hd) {
+    return cuda_attention_uses_flash(hd) && env_switch(&g_fwd_amax, "HALO_ATTN_AMAX");
+}
+extern "C" void cuda_attention_forward_amax(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg,
+                                            int B, int T, int Hq, int Hkv, int hd, float *amax, int *nf,
+                                            cudaStream_t s) {
     if (B * T == 0) return;
     if (cuda_attention_uses_flash(hd)) {
-        if (hd == 64) flash_fwd<64>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, s);
-        else flash_fwd<128>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, s);
+        if (hd == 64) flash_fwd<64>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, amax, nf, s);
+        else flash_fwd<128>((bf16 *)out, lse, (const bf16 *)qkv, seg, B, T, Hq, Hkv, amax, nf, s);
         return;
+    }
+    if (amax) {
+        fprintf(stderr, "cuda_attention_forward_amax: the simple kernel takes no amax (check cuda_attention_forward_amax_ok)\n");
+        abort();
     }
     size_t sm = (T + hd) * sizeof(float);
     if (sm > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_attn_simple_fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));

@@ -150,6 +150,12 @@ void cuda_swiglu_backward_amax_tok(halo_bf16 *dgu, const halo_bf16 *dout, const 
 // seg[B, T] or NULL: a query attends only to keys with its segment id.
 void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T,
                             int Hq, int Hkv, int hd, cudaStream_t s);
+// The same, also maxing max |out| (the stored bf16 values) into *amax (float bits, atomic; zero it first) and setting
+// *nf |= 1 (may be NULL) on a NaN / Inf among them: the o_proj HALO layer's X amax. Only where
+// cuda_attention_forward_amax_ok(hd) (the flash kernels; HALO_ATTN_AMAX=0 turns it off).
+int cuda_attention_forward_amax_ok(int hd);
+void cuda_attention_forward_amax(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T,
+                                 int Hq, int Hkv, int hd, float *amax, int *nf, cudaStream_t s);
 // dqkv[N, (Hq + 2 Hkv) hd] overwritten. scratch: cuda_attention_scratch_bytes() bytes.
 void cuda_attention_backward(halo_bf16 *dqkv, void *scratch, const halo_bf16 *dout, const halo_bf16 *out,
                              const float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T, int Hq,

@@ -1305,9 +1305,14 @@ static void layer_forward(llama_cuda *g, int l, layer_acts *A, int full) {
                                                      W + o->q_norm, W + o->k_norm, N, Hq, Hkv, hd, c->norm_eps, s));
     if (llama_layer_rope(c, l))   // (SmolLM3's no_rope_layers skip it)
         PROF(g, PR_ROPE, cuda_rope_forward((halo_bf16 *)A->qkv, g->QKV, g->pos, g->cos_t, g->sin_t, N, Hq + Hkv, hd, s));
-    PROF(g, PR_ATT_F, cuda_attention_forward((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv, g->has_seg ? g->seg : NULL,
-                                             g->B, g->T, Hq, Hkv, hd, s));
-    resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], 0);
+    // (o_proj at level 0: the attention forward takes its X amax)
+    const halo_cuda_linear *Lo = hl_of(g, l, LIN_O);
+    float *ao = Lo && Lo->level == 0 && cuda_attention_forward_amax_ok(hd) ? x_amax_prepare(g, l, LIN_O, &lb, &rs, &nf)
+                                                                           : NULL;
+    PROF(g, PR_ATT_F, cuda_attention_forward_amax((halo_bf16 *)A->att, A->lse, (halo_bf16 *)A->qkv,
+                                                  g->has_seg ? g->seg : NULL, g->B, g->T, Hq, Hkv, hd, ao,
+                                                  ao ? nf : NULL, s));
+    resid_forward(g, l, LIN_O, A->h, A->att, o->wo, g->x[l], x_flag(ao));
     float *ag = NULL;
     const int cg = full && norm_codes(g, l, LIN_GATE, &xc);
     if (cg) y_alpha_jobs(g, l, LIN_GATE, 2, &xc);
