@@ -26,7 +26,7 @@ void halo_common_usage(void) {
            "  --halo-scale tensor|row|block1x128|block128   --halo-grad-e5m2   --halo-stochastic\n"
            "  --halo-hadamard-block N (block-diagonal rotation)   --halo-telemetry N (quantization errors every N steps)\n"
            "  --halo-token-block N (level 2: token rotation in blocks of N tokens, a power of two on the GPU; faster)\n"
-           "  --halo-delayed-scaling (beyond the spec: X and E_Y scaled by their previous call's absmax; faster on the GPU)\n");
+           "  --halo-delayed-scaling (beyond the spec: X, W and E_Y scaled by their previous call's absmax; faster on the GPU)\n");
 }
 
 int halo_common_opts_parse(halo_common_opts *o, int argc, char **argv, int *i) {

@@ -3,8 +3,8 @@
 # o_proj's X amax from the attention forward (HALO_ATTN_AMAX=0 switches it off): the test binaries that check them
 # (test_cuda_ops: the update's codes, the attention's amax; test_cuda_halo_train: test_model_w_codes and
 # test_model_delayed; test_cuda_halo), then CUPTI kernel times of 1B steps (dev/cuda/probe/halo_step_kernels.sh):
-# BF16, INT8 L0 spec without / with the attention's amax, delayed without / with W codes (twice, alternating), FP8 L0
-# delayed.
+# INT8 L0 delayed without / with W codes (ROUNDS="1 2": twice, alternating), BF16, INT8 L0 spec without / with the
+# attention's amax, FP8 L0 delayed; test_cuda_halo last (the most important first: a short device call keeps them).
 # Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/w_codes_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
@@ -14,20 +14,22 @@ export HALO_SHARED=$PWD/shared BUILD=build-dev
 S=$OUT/summary.txt
 nvidia-smi --query-gpu=name,uuid --format=csv,noheader > $S
 mkdir -p $OUT/t
-for t in ops halo_train halo; do
-  timeout 300 build-dev/tests/test_cuda_$t > $OUT/t/$t.log 2>&1
-  echo "$t rc=$? $(tail -n1 $OUT/t/$t.log)" >> $S; grep -h "FAIL" $OUT/t/$t.log | head -5 >> $S
-done
+tst() {
+  timeout 300 build-dev/tests/test_cuda_$1 > $OUT/t/$1.log 2>&1
+  echo "$1 rc=$? $(tail -n1 $OUT/t/$1.log)" >> $S; grep -h "FAIL" $OUT/t/$1.log | head -5 >> $S
+}
+tst ops; tst halo_train
 grep -h -E "codes|W codes|delayed|with amax" $OUT/t/ops.log $OUT/t/halo_train.log | grep -v 'SwiGLU\|RoPE\|norm' | head -40 >> $S
 kt() {   # name delayed w_codes attn_amax [bench options]
   local n=$1 d=$2 w=$3 a=$4; shift 4
   HALO_DELAYED_SCALING=$d HALO_CUDA_W_CODES=$w HALO_ATTN_AMAX=$a bash dev/cuda/probe/halo_step_kernels.sh $OUT/t $n --model llama3.2-1b "$@" > $OUT/t/$n.txt
   echo "$n $(head -1 $OUT/t/$n.txt | grep -o '"step_ms": [0-9.]*') adamw $(grep -E 'k_adamw_seg' $OUT/t/$n.txt | awk '{s+=$1} END {print s}') tile8 $(grep -E 'k_tile8' $OUT/t/$n.txt | awk '{s+=$1} END {print s}') absmax $(grep -E "k_absmax_vec" $OUT/t/$n.txt | awk "{s+=\$1} END {print s}") all $(grep -E "all kernels" $OUT/t/$n.txt | awk -F"|" '{print $3}')" >> $S
 }
-kt bf16 0 1 1
 I0="--precision int8 --halo-level 0"
+for r in ${ROUNDS:-1}; do kt i0_d1w0_$r 1 0 1 $I0; kt i0_d1w1_$r 1 1 1 $I0; done
+kt bf16 0 1 1
 kt i0_spec_a0 0 1 0 $I0; kt i0_spec_a1 0 1 1 $I0
-for r in 1 2; do kt i0_d1w0_$r 1 0 1 $I0; kt i0_d1w1_$r 1 1 1 $I0; done
 kt f0_d1w1 1 1 1 --precision fp8 --halo-level 0
+tst halo
 cat $S
 rm -f $OUT/t/kt.so; cd $OUT && tar cJf logs.tar.xz t && rm -rf t
