@@ -572,12 +572,12 @@ static void test_model_delayed(void) {
     llama_free(&m);
 }
 
-// Delayed scaling's W codes from the update (halo_cuda_linear_w_codes): after a training step all 14 linears take the
-// codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward), the products' scales that X's producers
-// and quantizers form (no "fwd alpha" launch) give the loss bits and gradients (1e-7, run-to-run atomics) of the
-// forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's), and the loss stays within 2e-3 of a forward
-// that quantizes the same weights itself by their own amax (after llama_cuda_upload_state, which brings the 14 own W
-// quantizers back; the update's codes scale by the amax before it).
+// Delayed scaling's W codes from the update (halo_cuda_linear_w_codes, off by default: turned on here): after a
+// training step all 14 linears take the codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward),
+// the products' scales that X's producers and quantizers form (no "fwd alpha" launch) give the loss bits and gradients
+// (1e-7, run-to-run atomics) of the forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's), and the loss
+// stays within 2e-3 of a forward that quantizes the same weights itself by their own amax (after
+// llama_cuda_upload_state, which brings the 14 own W quantizers back; the update's codes scale by the amax before it).
 static void test_model_w_codes(void) {
     llama_model m;
     halo_batch b;
@@ -586,6 +586,7 @@ static void test_model_w_codes(void) {
     const size_t P = m.n_params;
     float *g1 = malloc(4 * P), *g2 = malloc(4 * P);
     static const char *const names[3] = {"fwd quant W", "fwd quant W (both layouts)", "fwd alpha"};
+    halo_cuda_w_codes_on(1);
     const struct { int prec; const char *what; } cfg[] = {{HALO_PREC_INT8, "int8 L0"}, {HALO_PREC_FP8, "fp8 L0"}};
     for (int k = 0; k < 2; k++) {
         const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, 0, 0, 0);
@@ -614,6 +615,7 @@ static void test_model_w_codes(void) {
         row("W codes vs own quantizers: loss", cfg[k].what, fabs(l1 - l3) / l3, 2e-3);
         llama_cuda_free(g);
     }
+    halo_cuda_w_codes_on(0);   // (back to the default for the tests after this one)
     free(g1); free(g2);
     halo_batch_free(&b);
     llama_free(&m);

@@ -526,6 +526,7 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
     int nvar = cuda_attention_uses_flash(hd) ? CUDA_ATTN_BWD_VARIANTS : 0;
     double worst_f = 0, worst_b = 0;
     size_t amax_bad = 0;   // cuda_attention_forward_amax: the same output bits, amax = max |out|, no NaN flag
+    cuda_attention_amax_on(1);
     for (int var = 0; var <= nvar; var++) {
         int dflt = var == nvar;
         cuda_attention_set_fwd_variant(dflt ? -1 : var % CUDA_ATTN_FWD_VARIANTS);
@@ -579,6 +580,7 @@ static void test_attention(int B, int T, int Hq, int Hkv, int hd, int with_seg) 
         }
         cudaFree(out); cudaFree(dqkv); cudaFree(lse); cudaFree(scratch);
     }
+    cuda_attention_amax_on(0);   // (the default)
     if (nvar) {
         table_row(op, "fwd with amax: output bits, amax, flag", (double)amax_bad, 0);
         table_row(op, "fwd, every kernel variant", worst_f, 1e-2);

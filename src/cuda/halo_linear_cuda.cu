@@ -568,10 +568,13 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     return 1;
 }
 
-static int g_w_codes = -1;   // HALO_CUDA_W_CODES=0: the forward quantizes W itself under delayed scaling too (A/B)
+// Off by default until a GPU has run its tests (none could be started in the forty-sixth session): HALO_CUDA_W_CODES=1
+// or halo_cuda_w_codes_on(1) turns it on.
+static int g_w_codes = -1;
+extern "C" void halo_cuda_w_codes_on(int on) { g_w_codes = on != 0; }
 extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt,
                                         int *fmt, float **code_amax) {
-    if (!env_switch(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m < 256 || m % 256 || n < 32 || n % 32 || !w_amax_ok(L, m))
+    if (!env_switch_off(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m < 256 || m % 256 || n < 32 || n % 32 || !w_amax_ok(L, m))
         return 0;
     const size_t bytes = (size_t)n * m;   // (m, n multiples of 16: no padding)
     if (!L->qw_rp || L->wc_m != m || L->wc_n != n) {

@@ -18,7 +18,7 @@ tst() {
   timeout 300 build-dev/tests/test_cuda_$1 > $OUT/t/$1.log 2>&1
   echo "$1 rc=$? $(tail -n1 $OUT/t/$1.log)" >> $S; grep -h "FAIL" $OUT/t/$1.log | head -5 >> $S
 }
-tst ops; tst halo_train
+tst halo_train; tst ops
 grep -h -E "codes|W codes|delayed|with amax" $OUT/t/ops.log $OUT/t/halo_train.log | grep -v 'SwiGLU\|RoPE\|norm' | head -40 >> $S
 kt() {   # name delayed w_codes attn_amax [bench options]
   local n=$1 d=$2 w=$3 a=$4; shift 4
