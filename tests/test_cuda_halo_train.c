@@ -575,7 +575,9 @@ static void test_model_delayed(void) {
 // Delayed scaling's W codes from the update (halo_cuda_linear_w_codes, off by default: turned on here): after a
 // training step all 14 linears take the codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward),
 // the products' scales that X's producers and quantizers form (no "fwd alpha" launch) give the loss bits and gradients
-// (1e-7, run-to-run atomics) of the forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's), and the loss
+// (1e-7, run-to-run atomics) of the forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's; both passes
+// after one on the updated weights, so that X and E_Y take the same delayed scales; without it, on an H100 on
+// 2026-12-07, the first pass's scales came from the weights before the update: gradients 5-9% apart), and the loss
 // stays within 2e-3 of a forward that quantizes the same weights itself by their own amax (after
 // llama_cuda_upload_state, which brings the 14 own W quantizers back; the update's codes scale by the amax before it).
 static void test_model_w_codes(void) {
@@ -597,6 +599,7 @@ static void test_model_w_codes(void) {
         int c0[3], c1[3], c2[3], c3[3];
         fb_named(g, &b, g1, &m, names, c0, 3);
         llama_cuda_train_step(g, &b, &h, 1);
+        fb_named(g, &b, g1, &m, names, c1, 3);   // X's and E_Y's delayed scales from these weights for the next two
         const float l1 = fb_named(g, &b, g1, &m, names, c1, 3);
         halo_cuda_y_alpha_jobs(0);
         const float l2 = fb_named(g, &b, g2, &m, names, c2, 3);
