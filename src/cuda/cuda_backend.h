@@ -152,8 +152,8 @@ void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf16 *qkv, co
                             int Hq, int Hkv, int hd, cudaStream_t s);
 // The same, also maxing max |out| (the stored bf16 values) into *amax (float bits, atomic; zero it first) and setting
 // *nf |= 1 (may be NULL) on a NaN / Inf among them: the o_proj HALO layer's X amax. Only where
-// cuda_attention_forward_amax_ok(hd): the flash kernels, once turned on (off by default until a GPU has run its tests:
-// HALO_ATTN_AMAX=1 or cuda_attention_amax_on(1)).
+// cuda_attention_forward_amax_ok(hd): the flash kernels, once turned on (off by default: HALO_ATTN_AMAX=1 or
+// cuda_attention_amax_on(1)).
 void cuda_attention_amax_on(int on);
 int cuda_attention_forward_amax_ok(int hd);
 void cuda_attention_forward_amax(halo_bf16 *out, float *lse, const halo_bf16 *qkv, const int32_t *seg, int B, int T,

@@ -312,8 +312,8 @@ enum { HALO_CUDA_X_CODES = 1024 };
 // spec's path (delayed scaling off, another level, telemetry on, or another shape).
 int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt, int *fmt,
                              float **code_amax);
-// Off by default (not yet run on a GPU): on with HALO_CUDA_W_CODES=1 in the environment or this call, before the
-// model's first update.
+// Off by default (a net loss on an H100: dev/cuda/NOTES.md run 30): on with HALO_CUDA_W_CODES=1 in the environment
+// or this call, before the model's first update.
 void halo_cuda_w_codes_on(int on);
 enum { HALO_CUDA_W_CODES = 2048 };
 // With W codes: the product Y = Q(X) Q(W)^T's scale, formed by X's producer (aj, HALO_CUDA_ALPHA_JOBS slots) from

@@ -568,8 +568,8 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     return 1;
 }
 
-// Off by default until a GPU has run its tests (none could be started in the forty-sixth session): HALO_CUDA_W_CODES=1
-// or halo_cuda_w_codes_on(1) turns it on.
+// Off by default: on an H100 the tiled update cost more than the W quantizer passes it removes (dev/cuda/NOTES.md run
+// 30). HALO_CUDA_W_CODES=1 or halo_cuda_w_codes_on(1) turns it on.
 static int g_w_codes = -1;
 extern "C" void halo_cuda_w_codes_on(int on) { g_w_codes = on != 0; }
 extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt,
