@@ -679,6 +679,17 @@ static void test_adamw(int mom_bf16, int g_bf16, int shift) {
     cudaFree(dp0); cudaFree(dg0); cudaFree(m0); cudaFree(v0); cudaFree(w0); cudaFree(ss);
 }
 
+// Array k (0 p, 1 w16, 2 m, 3 v) of the two AdamW states [0] and [1] copied to the host (bytes each; freed by the caller).
+static void adamw_state_to_host(int k, float *dp[2], halo_bf16 *dw[2], void *dm[2], void *dv[2], size_t bytes,
+                                unsigned char **ha, unsigned char **hb) {
+    unsigned char **h[2] = {ha, hb};
+    for (int u = 0; u < 2; u++) {
+        const void *src = k == 0 ? (void *)dp[u] : k == 1 ? (void *)dw[u] : k == 2 ? dm[u] : dv[u];
+        *h[u] = malloc(bytes);
+        cudaMemcpy(*h[u], src, bytes, cudaMemcpyDeviceToHost);
+    }
+}
+
 // cuda_adamw_segments: every segment's p, w16, m, v bit for bit those of cuda_adamw over it (weight decay per
 // segment, the gap between segments untouched, a segment whose length is not a multiple of 8, blocks that run several
 // chunks), and each HALO slot's
@@ -762,11 +773,8 @@ static void test_adamw_segments(int mom_bf16) {
     const char *an[4] = {"p", "w16", "m", "v"};
     const size_t es[4] = {4, 2, msz, msz};
     for (int k = 0; k < 4; k++) {
-        const void *src[2] = {k == 0 ? (void *)dp[0] : k == 1 ? (void *)dw[0] : k == 2 ? dm[0] : dv[0],
-                              k == 0 ? (void *)dp[1] : k == 1 ? (void *)dw[1] : k == 2 ? dm[1] : dv[1]};
-        unsigned char *ha = malloc(es[k] * n), *hb = malloc(es[k] * n);
-        cudaMemcpy(ha, src[0], es[k] * n, cudaMemcpyDeviceToHost);
-        cudaMemcpy(hb, src[1], es[k] * n, cudaMemcpyDeviceToHost);
+        unsigned char *ha, *hb;
+        adamw_state_to_host(k, dp, dw, dm, dv, es[k] * n, &ha, &hb);
         size_t dk = 0;
         for (int i = 0; i < NS; i++)
             for (size_t j = S[i].off; j < S[i].off + S[i].n; j++)
@@ -882,11 +890,8 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
     }
     const size_t es[4] = {4, 2, msz, msz};
     for (int k = 0; k < 4; k++) {
-        const void *src[2] = {k == 0 ? (void *)dp[0] : k == 1 ? (void *)dw[0] : k == 2 ? dm[0] : dv[0],
-                              k == 0 ? (void *)dp[1] : k == 1 ? (void *)dw[1] : k == 2 ? dm[1] : dv[1]};
-        unsigned char *ha = malloc(es[k] * n), *hb = malloc(es[k] * n);
-        cudaMemcpy(ha, src[0], es[k] * n, cudaMemcpyDeviceToHost);
-        cudaMemcpy(hb, src[1], es[k] * n, cudaMemcpyDeviceToHost);
+        unsigned char *ha, *hb;
+        adamw_state_to_host(k, dp, dw, dm, dv, es[k] * n, &ha, &hb);
         for (int i = 0; i < NS; i++) bad_state += memcmp(ha + es[k] * S[i].off, hb + es[k] * S[i].off, es[k] * t[i].n) != 0;
         free(ha); free(hb);
     }
