@@ -624,6 +624,39 @@ static void test_model_w_codes(void) {
     llama_free(&m);
 }
 
+// o_proj's X amax from the flash attention forward (cuda_attention_amax_on, off by default: turned on here), INT8 and
+// FP8 level 0: the same loss bits and gradients (1e-7, run-to-run atomics) as o_proj's own absmax pass, which is
+// skipped: "fwd absmax X" launches 2 (o_proj of both blocks; the norms and SwiGLU take the others) without it, 0 with.
+static void test_model_attention_amax(void) {
+    llama_model m;
+    halo_batch b;
+    if (!tiny_model(&m, &b, 59, 29)) return;
+    llama_alloc_grads(&m);
+    const size_t P = m.n_params;
+    float *g0 = malloc(4 * P), *g1 = malloc(4 * P);
+    static const char *const name = "fwd absmax X";
+    for (int k = 0; k < 2; k++) {
+        const char *what = k ? "fp8 L0" : "int8 L0";
+        const llama_cuda_opts o = tiny_opts(&b, k ? HALO_PREC_FP8 : HALO_PREC_INT8, 0, 0, 0);
+        llama_cuda *g;
+        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        int n0, n1;
+        cuda_attention_amax_on(0);
+        const float l0 = fb_named(g, &b, g0, &m, &name, &n0, 1);
+        cuda_attention_amax_on(1);
+        const float l1 = fb_named(g, &b, g1, &m, &name, &n1, 1);
+        cuda_attention_amax_on(0);
+        printf("   %s attention amax: own X absmax passes %d -> %d, loss %.7f -> %.7f\n", what, n0, n1, l0, l1);
+        row("attention amax: own X absmax passes", what, abs(n0 - 2) + n1, 0);
+        row("attention amax: loss vs own pass", what, fabs(l1 - l0) / l0, 0);
+        row("attention amax: grads vs own pass", what, rel_l2_f(g1, g0, P), 1e-7);
+        llama_cuda_free(g);
+    }
+    free(g0); free(g1);
+    halo_batch_free(&b);
+    llama_free(&m);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -1044,6 +1077,7 @@ int main(int argc, char **argv) {
     test_model_w_amax();
     test_model_delayed();
     test_model_w_codes();
+    test_model_attention_amax();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();
