@@ -157,9 +157,13 @@ static halo_cuda_alpha_job alpha_job(int fmt) {
     j.fmt = fmt;
     return j;
 }
-static void alpha_add(halo_cuda_alpha_job *j, float *out, const float *amax_a, const float *amax_b) {
+static int alpha_free(const halo_cuda_alpha_job *j) {   // the first free slot, HALO_CUDA_ALPHA_JOBS when full
     int i = 0;
-    while (j->out[i]) i++;
+    while (i < HALO_CUDA_ALPHA_JOBS && j->out[i]) i++;
+    return i;
+}
+static void alpha_add(halo_cuda_alpha_job *j, float *out, const float *amax_a, const float *amax_b) {
+    const int i = alpha_free(j);
     assert(i < HALO_CUDA_ALPHA_JOBS);
     j->out[i] = out; j->a[i] = amax_a; j->b[i] = amax_b;
 }
@@ -574,7 +578,8 @@ static int g_w_codes = -1;
 extern "C" void halo_cuda_w_codes_on(int on) { g_w_codes = on != 0; }
 extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt,
                                         int *fmt, float **code_amax) {
-    if (!env_switch_off(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m < 256 || m % 256 || n < 32 || n % 32 || !w_amax_ok(L, m))
+    if (!env_switch_off(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m < 256 ||
+        m % 256 || n < 32 || n % 32 || !w_amax_ok(L, m))
         return 0;
     const size_t bytes = (size_t)n * m;   // (m, n multiples of 16: no padding)
     if (!L->qw_rp || L->wc_m != m || L->wc_n != n) {
@@ -596,10 +601,7 @@ static int g_y_alpha_jobs = 1;
 extern "C" void halo_cuda_y_alpha_jobs(int on) { g_y_alpha_jobs = on != 0; }
 extern "C" int halo_cuda_linear_y_alpha(halo_cuda_linear *L, const float *ax, halo_cuda_alpha_job *aj) {
     L->aly_ax = NULL;
-    if (!g_y_alpha_jobs || !L->qw_rp || !ax) return 0;
-    int i = 0;
-    while (i < HALO_CUDA_ALPHA_JOBS && aj->out[i]) i++;
-    if (i == HALO_CUDA_ALPHA_JOBS) return 0;
+    if (!g_y_alpha_jobs || !L->qw_rp || !ax || alpha_free(aj) == HALO_CUDA_ALPHA_JOBS) return 0;
     alpha_add(aj, L->dev + ALY, ax, L->dev + AWC);
     L->aly_ax = ax;
     return 1;

@@ -943,6 +943,7 @@ static int delayed_on(const llama_cuda *g);
 extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
     g->delayed = on != 0;
     size_t wc = 0;   // the row-major W codes the update will write (allocated now, so the memory report has them)
+    const int codes = delayed_on(g) && adamw_segments_apply(g);
     for (int i = 0; g->hon && i < g->c.n_layers * LIN_COUNT; i++)
         if (g->hon[i]) {
             halo_cuda_linear *L = &g->hl[i];
@@ -951,7 +952,7 @@ extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
             uint8_t *q, *qt;
             float *ca;
             lin_shape(g, i % LIN_COUNT, &m, &n);
-            if (delayed_on(g) && adamw_segments_apply(g) && halo_cuda_linear_w_codes(L, m, n, &q, &qt, &ldqt, &fmt, &ca))
+            if (codes && halo_cuda_linear_w_codes(L, m, n, &q, &qt, &ldqt, &fmt, &ca))
                 wc += (size_t)m * n;
         }
     if (wc > g->wc_bytes) {

@@ -102,6 +102,11 @@ static int delayed_use(const halo_linear *L, int which, halo_qspec *q, float *se
     q->amax_seen = seen;
     return 1;
 }
+// ... and the absmax delayed_use reported, kept for the next call
+static void delayed_record(halo_linear *L, int which, float seen) {
+    L->dly_amax[which] = seen;
+    L->dly_ok[which] = 1;
+}
 
 static halo_qspec spec_grad(const halo_linear *L, int stream) {
     halo_qspec q = spec_fwd(L);
@@ -393,13 +398,13 @@ int halo_linear_forward(halo_linear *L, const float *X, const float *W, float *Y
     const int dx = delayed_use(L, 0, &qx, &seen);
     snprintf(what, sizeof what, "%s: forward input X (Y product)", L->name);
     if (halo_quantize(&L->qx, xr, b, m, m, 0, &qx, what)) return HALO_ERR;
-    if (dx) { L->dly_amax[0] = seen; L->dly_ok[0] = 1; }
+    if (dx) delayed_record(L, 0, seen);
     snprintf(what, sizeof what, "%s: weight W (Y product)", L->name);
     halo_qspec qw = qs;
     float seen_w = 0;
     const int dw = !given && delayed_use(L, 2, &qw, &seen_w);
     if (!given && halo_quantize(&L->qw, wr, n, m, m, 0, &qw, what)) return HALO_ERR;
-    if (dw) { L->dly_amax[2] = seen_w; L->dly_ok[2] = 1; }
+    if (dw) delayed_record(L, 2, seen_w);
     if (halo_qgemm(&L->qx, &L->qw, Y, n, 0)) return halo_fail_ctx("%s: forward: ", L->name);
     if (L->cfg.telemetry) {
         L->stats.calls[HALO_PROD_Y]++;
@@ -539,7 +544,7 @@ int halo_linear_backward(halo_linear *L, const float *EY, const float *W, float 
             }
         }
     }
-    if (de && (G || EX)) { L->dly_amax[1] = seen_ey; L->dly_ok[1] = 1; }
+    if (de && (G || EX)) delayed_record(L, 1, seen_ey);
     L->step++;
     return HALO_OK;
 }
