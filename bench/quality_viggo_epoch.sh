@@ -2,9 +2,12 @@
 # ViGGO quality at the HALO paper's budget (issue: HALO on the CPU): stories260K fine-tuned for one epoch of ViGGO's
 # 5103 training examples (638 steps of 8 x 384 tokens, lr 1e-3 with 20 warm-up steps and linear decay to 0), every
 # precision on the same seed and data order, validation loss over all 714 valid examples every 160 steps and at the
-# end. All runs in parallel, one thread each; then the final losses and the gaps to fp32 of the same seed.
+# end. All runs in parallel, one thread each; then the final losses and the gaps to the first precision listed (fp32
+# by default) of the same seed.
 # usage: [EPOCHS=n] [EXPORT=1] [EXTRA='flags'] bench/quality_viggo_epoch.sh [OUT_DIR] [SEEDS] [PRECISIONS]
 #   defaults: runs/quality-epoch, "1", "fp32 int8-L2 fp8-L0 fp8-L1", one epoch (HALO_SHARED points at ../shared);
+#   precisions: fp32, bf16, int8-L0/L1/L2, fp8-L0/L1/L2, each with an optional -dly suffix (--halo-delayed-scaling);
+#   on the GPU machine: EXTRA='--device cuda' with bf16 first;
 #   EXPORT=1 also writes each run's final model to OUT_DIR/model-<precision>-s<seed> (to evaluate it another way);
 #   EXTRA is appended to every finetune command (later flags win: EXTRA='--lora --lr 1e-2' fine-tunes LoRA adapters);
 #   HALO_BIN: the halo binary (default build/halo; the GPU machine's copy is build-dev/halo)
@@ -14,14 +17,15 @@ OUT="${1:-runs/quality-epoch}"; SEEDS="${2:-1}"; PRECS="${3:-fp32 int8-L2 fp8-L0
 S="${HALO_SHARED:-../shared}"
 mkdir -p "$OUT"
 flags_of() {
-  case "$1" in
-    fp32) echo "--precision fp32" ;;
-    int8-L2) echo "--precision int8 --halo-level 2" ;;
-    fp8-L0) echo "--precision fp8 --halo-level 0" ;;
-    fp8-L1) echo "--precision fp8 --halo-level 1" ;;
+  local p=${1%-dly} d=
+  [ "$p" != "$1" ] && d=" --halo-delayed-scaling"
+  case "$p" in
+    fp32|bf16) echo "--precision $p$d" ;;
+    int8-L[012]|fp8-L[012]) echo "--precision ${p%-L*} --halo-level ${p#*-L}$d" ;;
     *) echo "unknown precision $1" >&2; exit 2 ;;
   esac
 }
+for p in $PRECS; do flags_of "$p" > /dev/null || exit 2; done
 pids=()
 for seed in $SEEDS; do
   for p in $PRECS; do
@@ -37,7 +41,7 @@ for pid in "${pids[@]}"; do wait "$pid" || fail=1; done
 python3 - "$OUT" "$SEEDS" "$PRECS" <<'PY'
 import json, sys, os
 out, seeds, precs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-print(f"| seed | precision | val loss at the end | gap to fp32 |")
+print(f"| seed | precision | val loss at the end | gap to {precs[0]} |")
 print("|---|---|---|---|")
 for s in seeds:
     ref = None
@@ -47,7 +51,7 @@ for s in seeds:
         ev = [r for r in ev if r.get("type") == "eval"]
         if not ev: print(f"| {s} | {p} | missing | |"); continue
         v = ev[-1]["val_loss"]
-        if p == "fp32": ref = v
-        print(f"| {s} | {p} | {v:.4f} | {'' if p == 'fp32' or ref is None else f'{100 * (v - ref) / ref:+.2f}%'} |")
+        if p == precs[0]: ref = v
+        print(f"| {s} | {p} | {v:.4f} | {'' if p == precs[0] or ref is None else f'{100 * (v - ref) / ref:+.2f}%'} |")
 PY
 exit $fail

@@ -572,8 +572,9 @@ static void test_model_delayed(void) {
     llama_free(&m);
 }
 
-// Delayed scaling's W codes from the update (halo_cuda_linear_w_codes, off by default: turned on here): after a
-// training step all 14 linears take the codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward),
+// Delayed scaling's W codes from the update (halo_cuda_linear_w_codes, off by default: turned on here, in the tiled
+// form (both layouts) and the flat one (row-major codes, which each forward transposes: 14 "fwd transpose W codes")):
+// after a training step all 14 linears take the codes AdamW wrote (no "fwd quant W" launch, 14 in the first step's forward),
 // the products' scales that X's producers and quantizers form (no "fwd alpha" launch) give the loss bits and gradients
 // (1e-7, run-to-run atomics) of the forward's own launches (halo_cuda_y_alpha_jobs(0): 12, all but o's; both passes
 // after one on the updated weights, so that X and E_Y take the same delayed scales; without it, on an H100 on
@@ -587,31 +588,40 @@ static void test_model_w_codes(void) {
     llama_alloc_grads(&m);
     const size_t P = m.n_params;
     float *g1 = malloc(4 * P), *g2 = malloc(4 * P);
-    static const char *const names[3] = {"fwd quant W", "fwd quant W (both layouts)", "fwd alpha"};
-    halo_cuda_w_codes_on(1);
-    const struct { int prec; const char *what; } cfg[] = {{HALO_PREC_INT8, "int8 L0"}, {HALO_PREC_FP8, "fp8 L0"}};
-    for (int k = 0; k < 2; k++) {
+    static const char *const names[4] = {"fwd quant W", "fwd quant W (both layouts)", "fwd alpha",
+                                         "fwd transpose W codes"};
+    const struct { int prec, mode; const char *what; } cfg[] = {{HALO_PREC_INT8, 1, "int8 L0 tiles"},
+                                                                {HALO_PREC_FP8, 1, "fp8 L0 tiles"},
+                                                                {HALO_PREC_INT8, 2, "int8 L0 flat"},
+                                                                {HALO_PREC_FP8, 2, "fp8 L0 flat"}};
+    for (int k = 0; k < 4; k++) {
+        halo_cuda_w_codes_on(cfg[k].mode);
         const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, 0, 0, 0);
         llama_cuda *g;
         if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         llama_cuda_halo_delayed(g, 1);
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
-        int c0[3], c1[3], c2[3], c3[3];
-        fb_named(g, &b, g1, &m, names, c0, 3);
+        int c0[4], c1[4], c2[4], c3[4];
+        fb_named(g, &b, g1, &m, names, c0, 4);
         llama_cuda_train_step(g, &b, &h, 1);
-        fb_named(g, &b, g1, &m, names, c1, 3);   // X's and E_Y's delayed scales from these weights for the next two
-        const float l1 = fb_named(g, &b, g1, &m, names, c1, 3);
+        fb_named(g, &b, g1, &m, names, c1, 4);   // X's and E_Y's delayed scales from these weights for the next two
+        const float l1 = fb_named(g, &b, g1, &m, names, c1, 4);
         halo_cuda_y_alpha_jobs(0);
-        const float l2 = fb_named(g, &b, g2, &m, names, c2, 3);
+        const float l2 = fb_named(g, &b, g2, &m, names, c2, 4);
         halo_cuda_y_alpha_jobs(1);
         CHECK(llama_cuda_copy_params(g, &m) == HALO_OK, "%s", halo_error());
         CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
-        const float l3 = fb_named(g, &b, g2, &m, names, c3, 3);
-        printf("   %s W codes: own W quantizers / alpha launches: first forward %d+%d / %d, after the step %d+%d / %d, "
-               "jobs off %d+%d / %d, after upload %d+%d / %d; loss %.7f, jobs off %.7f, own quantizers %.7f\n",
-               cfg[k].what, c0[0], c0[1], c0[2], c1[0], c1[1], c1[2], c2[0], c2[1], c2[2], c3[0], c3[1], c3[2], l1, l2, l3);
+        const float l3 = fb_named(g, &b, g2, &m, names, c3, 4);
+        printf("   %s W codes: own W quantizers / alpha launches / code transposes: first forward %d+%d / %d / %d, "
+               "after the step %d+%d / %d / %d, jobs off %d+%d / %d / %d, after upload %d+%d / %d / %d; loss %.7f, "
+               "jobs off %.7f, own quantizers %.7f\n",
+               cfg[k].what, c0[0], c0[1], c0[2], c0[3], c1[0], c1[1], c1[2], c1[3], c2[0], c2[1], c2[2], c2[3], c3[0],
+               c3[1], c3[2], c3[3], l1, l2, l3);
         row("W codes: own W quantizers, before / after the step", cfg[k].what,
             abs(c0[0] + c0[1] - 14) + c1[0] + c1[1] + c2[0] + c2[1] + abs(c3[0] + c3[1] - 14), 0);
+        const int tr = cfg[k].mode == 2 ? 14 : 0;   // the flat form's transposes: one a forward with the update's codes
+        row("W codes: code transposes, before / after the step", cfg[k].what,
+            c0[3] + abs(c1[3] - tr) + abs(c2[3] - tr) + c3[3], 0);
         row("W codes: alpha launches, jobs on / off", cfg[k].what, c1[2] + abs(c2[2] - 12), 0);
         row("W codes: loss, jobs on vs off", cfg[k].what, fabs(l1 - l2) / l2, 0);
         row("W codes: grads, jobs on vs off", cfg[k].what, rel_l2_f(g1, g2, P), 1e-7);

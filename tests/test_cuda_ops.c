@@ -797,14 +797,16 @@ static void test_adamw_segments(int mom_bf16) {
 }
 
 // cuda_adamw_segments writing W's codes (delayed scaling): segments with codes (tiles of 32 x 256: 96 x 512, and
-// 64 x 256 with transposed rows of 80 codes) around one without, over 3 steps: the codes' amax is the amax slot's value
-// before the call (set to 0.7x, 1x and 1.3x of the weights' so that some values saturate), the slot then holds the
-// updated bf16 weights' amax, q and qt are halo_cuda_quant_tile's codes of those weights with the codes' amax bit for
-// bit (qt's columns past the rows untouched), and p, w16, m, v are cuda_adamw's bits.
+// 64 x 256 with transposed rows of 80 codes; the flat form, row-major codes only: 40 x 768, over 4 chunks, the last
+// partial) around one without, over 3 steps: the codes' amax is the amax slot's value before the call (set to 0.7x,
+// 1x and 1.3x of the weights' so that some values saturate), the slot then holds the updated bf16 weights' amax, q and
+// qt are halo_cuda_quant_tile's codes of those weights with the codes' amax bit for bit (qt's columns past the rows
+// untouched), and p, w16, m, v are cuda_adamw's bits.
 static void test_adamw_segments_codes(int fmt, int mom_bf16) {
-    enum { NS = 3 };
-    const struct { size_t off; int rows, cols, ldqt; } S[NS] = {{0, 96, 512, 96}, {49152, 7, 200, 0}, {50560, 64, 256, 80}};
-    const size_t n = 50560 + 64 * 256, msz = mom_bf16 ? 2 : 4;
+    enum { NS = 4 };
+    const struct { size_t off; int rows, cols, ldqt, flat; } S[NS] = {
+        {0, 96, 512, 96, 0}, {49152, 7, 200, 0, 0}, {50560, 64, 256, 80, 0}, {66944, 40, 768, 48, 1}};
+    const size_t n = 66944 + 40 * 768, msz = mom_bf16 ? 2 : 4;
     float *p = rand_vec(n, 0.5);
     float *dp[2], *dg;
     halo_bf16 *dw[2];
@@ -830,8 +832,8 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
         if (!S[i].ldqt) continue;
         dq[i] = dev_poison(ne); dqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
         rq[i] = dev_poison(ne); rqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
-        t[i].amax = dam + i; t[i].nf = dnf + i; t[i].q = dq[i]; t[i].qt = dqt[i]; t[i].cols = S[i].cols;
-        t[i].ldqt = S[i].ldqt; t[i].fmt = fmt; t[i].code_amax = dam + NS + i;
+        t[i].amax = dam + i; t[i].nf = dnf + i; t[i].q = dq[i]; t[i].qt = S[i].flat ? NULL : dqt[i];
+        t[i].cols = S[i].cols; t[i].ldqt = S[i].flat ? 0 : S[i].ldqt; t[i].fmt = fmt; t[i].code_amax = dam + NS + i;
     }
     const int chunks = cuda_adamw_seg_check(t, NS);
     char what[96];
@@ -880,7 +882,7 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
             cudaMemcpy(a, dq[i], ne, cudaMemcpyDeviceToHost); cudaMemcpy(b, rq[i], ne, cudaMemcpyDeviceToHost);
             cudaMemcpy(at, dqt[i], nt, cudaMemcpyDeviceToHost); cudaMemcpy(bt, rqt[i], nt, cudaMemcpyDeviceToHost);
             for (size_t j = 0; j < ne; j++) bad_codes += a[j] != b[j];
-            for (int col = 0; col < S[i].cols; col++)
+            for (int col = 0; col < (S[i].flat ? 0 : S[i].cols); col++)   // (the flat form writes no qt)
                 for (int r = 0; r < S[i].ldqt; r++) {
                     const size_t e = (size_t)col * S[i].ldqt + r;
                     bad_codes += r < S[i].rows ? at[e] != bt[e] : at[e] != 0xff;   // dev_poison's byte past the rows

@@ -164,11 +164,11 @@ __device__ __forceinline__ void stbf4(bf16 *w16, size_t i, __nv_bfloat162 lo, __
 }
 
 // One chunk's update (len elements from base: 256-element groups a warp at a time, the tail one a thread), its amax
-// into mx when `amax`.
+// into mx when `amax`; with q (amax set, len % 256 == 0), the bf16 values' codes (1 / scale rs) at q[0 .. len).
 template <typename MT>
 __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g, MT *m, MT *v, size_t base, size_t len,
                                             float gs, const adamw_hp &h, bool amax, int rot_lb, float rot_scale,
-                                            float &mx, int &bad) {
+                                            uint8_t *q, float rs, int fmt, float &mx, int &bad) {
     const int lane = threadIdx.x & 31;
     const size_t groups = len / 256;
     for (size_t gi = threadIdx.x >> 5; gi < groups; gi += blockDim.x >> 5) {   // whole warps
@@ -183,6 +183,7 @@ __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g,
                 bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
                 const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
                 w[4 * k] = f01.x; w[4 * k + 1] = f01.y; w[4 * k + 2] = f23.x; w[4 * k + 3] = f23.y;
+                if (q) *(unsigned *)(q + 4 * (gi * 64 + 32 * k + lane)) = quant4(w + 4 * k, rs, fmt);
             }
         }
         if (amax && rot_lb) mx = fmaxf(mx, rot256_absmax_halves(w, lane, rot_lb, rot_scale));
@@ -259,13 +260,14 @@ __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const fl
         const cuda_adamw_seg sg = seg[si];
         const size_t c0 = (size_t)(c - sg.first_chunk) * AW_CHUNK;
         h.wd = sg.decay ? wd : 0.f;
-        if (sg.q) {   // (c0 / AW_CHUNK: tile row-major over the weight's tiles of 32 x 256)
+        if (sg.q && sg.qt) {   // (c0 / AW_CHUNK: tile row-major over the weight's tiles of 32 x 256)
             const int tiles = sg.cols / 256, ti = (int)(c0 / AW_CHUNK);
             adamw_tile<MT>(p, w16, g, m, v, sg, ti / tiles * 32, ti % tiles * 256, gs, h,
                            rscale_of(*sg.code_amax, qmax_of(sg.fmt)), sm, mx, bad);
         } else
             adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, h,
-                            sg.amax != NULL, sg.rot_lb, sg.rot_scale, mx, bad);
+                            sg.amax != NULL, sg.rot_lb, sg.rot_scale, sg.q ? sg.q + c0 : NULL,
+                            sg.q ? rscale_of(*sg.code_amax, qmax_of(sg.fmt)) : 1.f, sg.fmt, mx, bad);
         c += gridDim.x;
         const int si0 = si;
         while (si + 1 < nseg && seg[si + 1].first_chunk <= c) si++;
@@ -296,9 +298,12 @@ extern "C" int cuda_adamw_seg_check(const cuda_adamw_seg *seg, int nseg) {
         if (sg->off % 8 || !sg->n || sg->first_chunk != next || (sg->rot_lb && (sg->rot_lb < 3 || sg->rot_lb > 8 ||
                                                                                  sg->n % 256 || !sg->amax)))
             return 0;
-        if (sg->q && (sg->rot_lb || !sg->amax || !sg->qt || !sg->code_amax || sg->cols < 256 || sg->cols % 256 ||
-                      sg->n % ((size_t)sg->cols * 32) || sg->ldqt % 16 || (size_t)sg->ldqt < sg->n / sg->cols ||
-                      (uintptr_t)sg->q % 16 || (uintptr_t)sg->qt % 16 || (sg->fmt != HALO_CUDA_INT8 && sg->fmt != HALO_CUDA_E4M3)))
+        if (sg->q && (sg->rot_lb || !sg->amax || !sg->code_amax || (uintptr_t)sg->q % 16 ||
+                      (sg->fmt != HALO_CUDA_INT8 && sg->fmt != HALO_CUDA_E4M3)))
+            return 0;
+        if (sg->q && !sg->qt && sg->n % 256) return 0;   // (the flat update's codes: whole 256-value groups)
+        if (sg->q && sg->qt && (sg->cols < 256 || sg->cols % 256 || sg->n % ((size_t)sg->cols * 32) || sg->ldqt % 16 ||
+                                (size_t)sg->ldqt < sg->n / sg->cols || (uintptr_t)sg->qt % 16))
             return 0;
         next += (unsigned)((sg->n + AW_CHUNK - 1) / AW_CHUNK);
     }

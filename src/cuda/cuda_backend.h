@@ -201,9 +201,10 @@ typedef struct {
     float *amax;
     int *nf;
     // delayed scaling, level 0 (q != NULL): the launch first copies *amax (the weights' amax before this update) into
-    // *code_amax, then writes the updated bf16 weights' codes scaled by it (halo_cuda_quant_tile's codes) in both
-    // layouts: row-major q [n / cols][cols] and transposed qt [cols][ldqt]; by tiles of 32 rows x 256 columns, so
-    // cols % 256 == 0, rows % 32 == 0, ldqt % 16 == 0, q and qt 16-byte aligned, rot_lb 0 and amax set
+    // *code_amax, then writes the updated bf16 weights' codes scaled by it (halo_cuda_quant_tile's codes): row-major q
+    // [n / cols][cols] and, when qt, transposed qt [cols][ldqt] by tiles of 32 rows x 256 columns (cols % 256 == 0,
+    // rows % 32 == 0, ldqt % 16 == 0); without qt, row-major only as the flat update goes (n % 256 == 0). q and qt
+    // 16-byte aligned, rot_lb 0 and amax set
     uint8_t *q, *qt;
     int cols, ldqt, fmt;    // fmt: HALO_CUDA_INT8 / E4M3
     float *code_amax;

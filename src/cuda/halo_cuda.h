@@ -270,6 +270,7 @@ typedef struct halo_cuda_linear {
     // producer forms as this forward's alpha (halo_cuda_linear_y_alpha, NULL: none)
     uint8_t *qw_rp;
     int wc_m, wc_n, aw_slot;
+    int wc_tr;   // 1: the update writes qw_rp only, the forward transposes it into qw (halo_cuda_w_codes_on(2))
     const float *aly_ax;
     char note[256];
 } halo_cuda_linear;
@@ -312,9 +313,11 @@ enum { HALO_CUDA_X_CODES = 1024 };
 // spec's path (delayed scaling off, another level, telemetry on, or another shape).
 int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt, int *fmt,
                              float **code_amax);
-// Off by default (a net loss on an H100: dev/cuda/NOTES.md run 30): on with HALO_CUDA_W_CODES=1 in the environment
-// or this call, before the model's first update.
-void halo_cuda_w_codes_on(int on);
+// Off by default (a net loss on an H100 in the tiled form: dev/cuda/NOTES.md run 30): HALO_CUDA_W_CODES=1 in the
+// environment or halo_cuda_w_codes_on(1) before the model's first update: the update writes both layouts (q and qt
+// set); 2: the update writes the row-major codes only (qt NULL) and the forward transposes them for the backward;
+// 0: off.
+void halo_cuda_w_codes_on(int mode);
 enum { HALO_CUDA_W_CODES = 2048 };
 // With W codes: the product Y = Q(X) Q(W)^T's scale, formed by X's producer (aj, HALO_CUDA_ALPHA_JOBS slots) from
 // ax, the amax of X's codes' scale (that producer's c->amax; k, v and up use their group's first layer's). 1 when
