@@ -796,16 +796,15 @@ static void test_adamw_segments(int mom_bf16) {
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt); cudaFree(ss);
 }
 
-// cuda_adamw_segments writing W's codes (delayed scaling): segments with codes (tiles of 32 x 256: 96 x 512, and
-// 64 x 256 with transposed rows of 80 codes; the flat form, row-major codes only: 40 x 768, over 4 chunks, the last
-// partial) around one without, over 3 steps: the codes' amax is the amax slot's value before the call (set to 0.7x,
-// 1x and 1.3x of the weights' so that some values saturate), the slot then holds the updated bf16 weights' amax, q and
-// qt are halo_cuda_quant_tile's codes of those weights with the codes' amax bit for bit (qt's columns past the rows
-// untouched), and p, w16, m, v are cuda_adamw's bits.
+// cuda_adamw_segments writing W's codes (delayed scaling): segments with codes (96 x 512, 64 x 256, and 40 x 768 over
+// 4 chunks, the last partial) around one without, over 3 steps: the codes' amax is the amax slot's value before the
+// call (set to 0.7x, 1x and 1.3x of the weights' so that some values saturate), the slot then holds the updated bf16
+// weights' amax, q holds halo_cuda_quant_tile's row-major codes of those weights with the codes' amax bit for bit,
+// and p, w16, m, v are cuda_adamw's bits.
 static void test_adamw_segments_codes(int fmt, int mom_bf16) {
     enum { NS = 4 };
-    const struct { size_t off; int rows, cols, ldqt, flat; } S[NS] = {
-        {0, 96, 512, 96, 0}, {49152, 7, 200, 0, 0}, {50560, 64, 256, 80, 0}, {66944, 40, 768, 48, 1}};
+    const struct { size_t off; int rows, cols, codes; } S[NS] = {
+        {0, 96, 512, 1}, {49152, 7, 200, 0}, {50560, 64, 256, 1}, {66944, 40, 768, 1}};
     const size_t n = 66944 + 40 * 768, msz = mom_bf16 ? 2 : 4;
     float *p = rand_vec(n, 0.5);
     float *dp[2], *dg;
@@ -820,7 +819,7 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
     cudaMalloc((void **)&dg, 4 * n);
     float *dam = to_dev((float[2 * NS]){0}, 4 * 2 * NS);   // [0, NS): amax slots, [NS, 2 NS): the codes' amax
     int *dnf = to_dev((int[NS]){0}, 4 * NS);
-    uint8_t *dq[NS], *dqt[NS], *rq[NS], *rqt[NS];
+    uint8_t *dq[NS], *rq[NS];
     cuda_adamw_seg t[NS];
     unsigned c = 0;
     for (int i = 0; i < NS; i++) {
@@ -828,12 +827,11 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
         memset(&t[i], 0, sizeof t[i]);
         t[i].off = S[i].off; t[i].n = ne; t[i].decay = 1; t[i].rot_scale = 1.f; t[i].first_chunk = c;
         c += (unsigned)((ne + 8191) / 8192);
-        dq[i] = dqt[i] = rq[i] = rqt[i] = NULL;
-        if (!S[i].ldqt) continue;
-        dq[i] = dev_poison(ne); dqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
-        rq[i] = dev_poison(ne); rqt[i] = dev_poison((size_t)S[i].cols * S[i].ldqt);
-        t[i].amax = dam + i; t[i].nf = dnf + i; t[i].q = dq[i]; t[i].qt = S[i].flat ? NULL : dqt[i];
-        t[i].cols = S[i].cols; t[i].ldqt = S[i].flat ? 0 : S[i].ldqt; t[i].fmt = fmt; t[i].code_amax = dam + NS + i;
+        dq[i] = rq[i] = NULL;
+        if (!S[i].codes) continue;
+        dq[i] = dev_poison(ne);
+        rq[i] = dev_poison(ne);
+        t[i].amax = dam + i; t[i].nf = dnf + i; t[i].q = dq[i]; t[i].fmt = fmt; t[i].code_amax = dam + NS + i;
     }
     const int chunks = cuda_adamw_seg_check(t, NS);
     char what[96];
@@ -851,7 +849,7 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
         float prev[NS];   // the slots before the call: a factor of the current bf16 weights' amax
         for (int i = 0; i < NS; i++) {
             prev[i] = 0.f;
-            if (!S[i].ldqt) continue;
+            if (!S[i].codes) continue;
             float *w = step == 1 ? NULL : from_dev_bf16(dw[0] + S[i].off, t[i].n);
             for (size_t j = 0; j < t[i].n; j++)
                 prev[i] = fmaxf(prev[i], fabsf(w ? w[j] : p[S[i].off + j]));
@@ -868,7 +866,7 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
         float am[2 * NS];
         cudaMemcpy(am, dam, 4 * 2 * NS, cudaMemcpyDeviceToHost);
         for (int i = 0; i < NS; i++) {
-            if (!S[i].ldqt) continue;
+            if (!S[i].codes) continue;
             const size_t ne = t[i].n;
             float *w = from_dev_bf16(dw[0] + S[i].off, ne), ref = 0.f;
             for (size_t j = 0; j < ne; j++) ref = fmaxf(ref, fabsf(w[j]));
@@ -876,18 +874,11 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
             worst_amax = fmax(worst_amax, fabs((double)am[i] - ref) / ref);
             bad_codes += am[NS + i] != prev[i];
             halo_cuda_quant_tile(dw[0] + S[i].off, HALO_CUDA_BF16, S[i].cols, S[i].rows, S[i].cols, dam + NS + i, fmt,
-                                 rq[i], S[i].cols, rqt[i], S[i].ldqt, S[i].rows, 0);
-            const size_t nt = (size_t)S[i].cols * S[i].ldqt;
-            uint8_t *a = malloc(ne), *b = malloc(ne), *at = malloc(nt), *bt = malloc(nt);
+                                 rq[i], S[i].cols, NULL, 0, S[i].rows, 0);
+            uint8_t *a = malloc(ne), *b = malloc(ne);
             cudaMemcpy(a, dq[i], ne, cudaMemcpyDeviceToHost); cudaMemcpy(b, rq[i], ne, cudaMemcpyDeviceToHost);
-            cudaMemcpy(at, dqt[i], nt, cudaMemcpyDeviceToHost); cudaMemcpy(bt, rqt[i], nt, cudaMemcpyDeviceToHost);
             for (size_t j = 0; j < ne; j++) bad_codes += a[j] != b[j];
-            for (int col = 0; col < (S[i].flat ? 0 : S[i].cols); col++)   // (the flat form writes no qt)
-                for (int r = 0; r < S[i].ldqt; r++) {
-                    const size_t e = (size_t)col * S[i].ldqt + r;
-                    bad_codes += r < S[i].rows ? at[e] != bt[e] : at[e] != 0xff;   // dev_poison's byte past the rows
-                }
-            free(a); free(b); free(at); free(bt);
+            free(a); free(b);
         }
     }
     const size_t es[4] = {4, 2, msz, msz};
@@ -899,12 +890,12 @@ static void test_adamw_segments_codes(int fmt, int mom_bf16) {
     }
     snprintf(what, sizeof what, "codes %s, %s mom.: amax", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
     table_row("adamw segments", what, worst_amax, 0);
-    snprintf(what, sizeof what, "codes %s, %s mom.: q, qt, scale", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
+    snprintf(what, sizeof what, "codes %s, %s mom.: codes, scale", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
     table_row("adamw segments", what, (double)bad_codes, 0);
     snprintf(what, sizeof what, "codes %s, %s mom.: p, w16, m, v", fmt == HALO_CUDA_INT8 ? "int8" : "e4m3", mom_bf16 ? "bf16" : "fp32");
     table_row("adamw segments", what, (double)bad_state, 0);
     free(p);
-    for (int i = 0; i < NS; i++) { cudaFree(dq[i]); cudaFree(dqt[i]); cudaFree(rq[i]); cudaFree(rqt[i]); }
+    for (int i = 0; i < NS; i++) { cudaFree(dq[i]); cudaFree(rq[i]); }
     for (int k = 0; k < 2; k++) { cudaFree(dp[k]); cudaFree(dw[k]); cudaFree(dm[k]); cudaFree(dv[k]); }
     cudaFree(dg); cudaFree(dam); cudaFree(dnf); cudaFree(dt);
 }

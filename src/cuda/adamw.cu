@@ -198,55 +198,10 @@ __device__ __forceinline__ void adamw_chunk(float *p, bf16 *w16, const float *g,
     }
 }
 
-// Delayed scaling: one 32 x 256 tile of a segment with codes (cuda_adamw_seg.q), rows r0.., columns c0.. of its
-// [rows][cols] weight: the update as adamw_chunk's (warp w takes rows 4w..4w+3, 256 values each as there), the amax
-// into mx, and the bf16 values' codes (1 / scale rs): row-major as they come (4 bytes a lane), transposed through
-// shared memory (sm: 256 columns x 9 words; a lane's 4 rows of one column packed into one word), then each thread
-// writes one column's 32 rows as 32 bytes.
-template <typename MT>
-__device__ __forceinline__ void adamw_tile(float *p, bf16 *w16, const float *g, MT *m, MT *v, const cuda_adamw_seg &sg,
-                                           int r0, int c0, float gs, const adamw_hp &h, float rs, unsigned *sm,
-                                           float &mx, int &bad) {
-    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-    unsigned code[2][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const size_t row = (size_t)(r0 + 4 * wp + i), e0 = row * sg.cols + c0;
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            const size_t j = (sg.off + e0) / 4 + 32 * k + lane;
-            const f4 pp = adamw_vec4(p, g, m, v, j, gs, h);
-            const __nv_bfloat162 b01 = __floats2bfloat162_rn(pp.a[0], pp.a[1]), b23 = __floats2bfloat162_rn(pp.a[2], pp.a[3]);
-            stbf4(w16, j, b01, b23);
-            bad |= nonfinite_bf2(b01) | nonfinite_bf2(b23);
-            const float2 f01 = __bfloat1622float2(b01), f23 = __bfloat1622float2(b23);
-            const float w[4] = {f01.x, f01.y, f23.x, f23.y};
-#pragma unroll
-            for (int x = 0; x < 4; x++) mx = fmaxf(mx, fabsf(w[x]));
-            code[k][i] = quant4(w, rs, sg.fmt);
-            *(unsigned *)(sg.q + e0 + 4 * (32 * k + lane)) = code[k][i];
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < 2; k++) {   // column 128 k + 4 lane + x: rows 4 wp.. as one word
-        unsigned o[4];
-        transpose4(code[k], o);
-#pragma unroll
-        for (int x = 0; x < 4; x++) sm[(128 * k + 4 * lane + x) * 9 + wp] = o[x];
-    }
-    __syncthreads();
-    const unsigned *cw = sm + threadIdx.x * 9;
-    uint4 *dst = (uint4 *)(sg.qt + (size_t)(c0 + threadIdx.x) * sg.ldqt + r0);
-    dst[0] = make_uint4(cw[0], cw[1], cw[2], cw[3]);
-    dst[1] = make_uint4(cw[4], cw[5], cw[6], cw[7]);
-    __syncthreads();   // sm is the next tile's
-}
-
 template <typename MT>
 __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const float *g, MT *m, MT *v,
                                                    const cuda_adamw_seg *seg, int nseg, unsigned chunks, adamw_hp h,
                                                    const double *sumsq, float clip) {
-    __shared__ unsigned sm[256 * 9];   // adamw_tile's transposed codes
     const float gs = clip_scale(sumsq, clip), wd = h.wd;
     unsigned c = blockIdx.x;
     int lo = 0, hi = nseg - 1;   // the segment of chunk c: the last whose first chunk is <= c
@@ -260,14 +215,9 @@ __global__ void __launch_bounds__(256) k_adamw_seg(float *p, bf16 *w16, const fl
         const cuda_adamw_seg sg = seg[si];
         const size_t c0 = (size_t)(c - sg.first_chunk) * AW_CHUNK;
         h.wd = sg.decay ? wd : 0.f;
-        if (sg.q && sg.qt) {   // (c0 / AW_CHUNK: tile row-major over the weight's tiles of 32 x 256)
-            const int tiles = sg.cols / 256, ti = (int)(c0 / AW_CHUNK);
-            adamw_tile<MT>(p, w16, g, m, v, sg, ti / tiles * 32, ti % tiles * 256, gs, h,
-                           rscale_of(*sg.code_amax, qmax_of(sg.fmt)), sm, mx, bad);
-        } else
-            adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, h,
-                            sg.amax != NULL, sg.rot_lb, sg.rot_scale, sg.q ? sg.q + c0 : NULL,
-                            sg.q ? rscale_of(*sg.code_amax, qmax_of(sg.fmt)) : 1.f, sg.fmt, mx, bad);
+        adamw_chunk<MT>(p, w16, g, m, v, sg.off + c0, sg.n - c0 < AW_CHUNK ? sg.n - c0 : AW_CHUNK, gs, h,
+                        sg.amax != NULL, sg.rot_lb, sg.rot_scale, sg.q ? sg.q + c0 : NULL,
+                        sg.q ? rscale_of(*sg.code_amax, qmax_of(sg.fmt)) : 1.f, sg.fmt, mx, bad);
         c += gridDim.x;
         const int si0 = si;
         while (si + 1 < nseg && seg[si + 1].first_chunk <= c) si++;
@@ -298,12 +248,8 @@ extern "C" int cuda_adamw_seg_check(const cuda_adamw_seg *seg, int nseg) {
         if (sg->off % 8 || !sg->n || sg->first_chunk != next || (sg->rot_lb && (sg->rot_lb < 3 || sg->rot_lb > 8 ||
                                                                                  sg->n % 256 || !sg->amax)))
             return 0;
-        if (sg->q && (sg->rot_lb || !sg->amax || !sg->code_amax || (uintptr_t)sg->q % 16 ||
+        if (sg->q && (sg->rot_lb || !sg->amax || !sg->code_amax || sg->n % 256 || (uintptr_t)sg->q % 16 ||
                       (sg->fmt != HALO_CUDA_INT8 && sg->fmt != HALO_CUDA_E4M3)))
-            return 0;
-        if (sg->q && !sg->qt && sg->n % 256) return 0;   // (the flat update's codes: whole 256-value groups)
-        if (sg->q && sg->qt && (sg->cols < 256 || sg->cols % 256 || sg->n % ((size_t)sg->cols * 32) || sg->ldqt % 16 ||
-                                (size_t)sg->ldqt < sg->n / sg->cols || (uintptr_t)sg->qt % 16))
             return 0;
         next += (unsigned)((sg->n + AW_CHUNK - 1) / AW_CHUNK);
     }

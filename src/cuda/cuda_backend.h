@@ -201,12 +201,10 @@ typedef struct {
     float *amax;
     int *nf;
     // delayed scaling, level 0 (q != NULL): the launch first copies *amax (the weights' amax before this update) into
-    // *code_amax, then writes the updated bf16 weights' codes scaled by it (halo_cuda_quant_tile's codes): row-major q
-    // [n / cols][cols] and, when qt, transposed qt [cols][ldqt] by tiles of 32 rows x 256 columns (cols % 256 == 0,
-    // rows % 32 == 0, ldqt % 16 == 0); without qt, row-major only as the flat update goes (n % 256 == 0). q and qt
-    // 16-byte aligned, rot_lb 0 and amax set
-    uint8_t *q, *qt;
-    int cols, ldqt, fmt;    // fmt: HALO_CUDA_INT8 / E4M3
+    // *code_amax, then writes the updated bf16 weights' codes scaled by it (halo_cuda_quant_tile's codes) into q
+    // [0, n), in the weights' order (row-major): n % 256 == 0, q 16-byte aligned, rot_lb 0 and amax set
+    uint8_t *q;
+    int fmt;                // HALO_CUDA_INT8 / E4M3
     float *code_amax;
 } cuda_adamw_seg;
 // The total of chunks (blocks) when the host table is well formed (first_chunk numbering, alignment, rotated
@@ -382,6 +380,9 @@ void llama_cuda_halo_telemetry(llama_cuda *g, int on);
 // write down_proj's X codes (level 0) and gate's and up's E_Y codes (levels 0, 1) themselves, scaled by the amax of the
 // layer's previous call. On at setup when opts.halo.delayed (--halo-delayed-scaling) or HALO_DELAYED_SCALING=1.
 void llama_cuda_halo_delayed(llama_cuda *g, int on);
+// Tests: every HALO linear's delayed-scale history (halo_cuda_linear_delayed_hist), 2 ints a linear in h
+// (n_layers * 7 * 2), read (set 0) or set (1).
+void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
 // Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints

@@ -265,12 +265,11 @@ typedef struct halo_cuda_linear {
     int xc_on, xc_b, xc_use, xc_rec, ec_on, ec_b, ec_rec;
     uint8_t *ec_q, *ec_qt;
     long ec_ldq;
-    // W's codes from the optimizer (halo_cuda_linear_w_codes): row-major [wc_n][wc_m] (Q(W)^T stays in qw); the dev
+    // W's codes from the optimizer (halo_cuda_linear_w_codes): row-major [wc_n][wc_m] (Q(W)^T goes to qw); the dev
     // slot of the scale's amax of the W codes the last forward used (0: AW); the X amax whose product with W's scale a
     // producer forms as this forward's alpha (halo_cuda_linear_y_alpha, NULL: none)
     uint8_t *qw_rp;
     int wc_m, wc_n, aw_slot;
-    int wc_tr;   // 1: the update writes qw_rp only, the forward transposes it into qw (halo_cuda_w_codes_on(2))
     const float *aly_ax;
     char note[256];
 } halo_cuda_linear;
@@ -294,6 +293,10 @@ typedef struct halo_cuda_codes {
 } halo_cuda_codes;
 // The setting of one layer (off by default; off forgets the amax history).
 void halo_cuda_linear_delayed(halo_cuda_linear *L, int on);
+// Tests: the slots L's next delayed-scaled calls take X's and E_Y's scales from, read into h (set 0) or set from it
+// (set 1). A call records into the other slot, so setting what was read before a pass gives the next pass the same
+// scales.
+void halo_cuda_linear_delayed_hist(halo_cuda_linear *L, int h[2], int set);
 // E_Y [b][n] (levels 0, 1): 1 when L's next backward takes its E_Y codes from E_Y's producer, c filled: row-major into
 // q [b][ldq] when want_ex (the caller's buffer; 16-byte aligned, ldq % 16 == 0, n % 16 == 0), transposed into qt
 // [n][pad16(b)] when want_g. That backward must pass HALO_CUDA_EY_CODES (its E_Y pointer is not read). 0: the spec's
@@ -306,18 +309,15 @@ enum { HALO_CUDA_EY_CODES = 512 };
 // forward must pass HALO_CUDA_X_CODES (its X pointer is not read). 0: the spec's path.
 int halo_cuda_linear_x_codes(halo_cuda_linear *L, int b, int m, int save_g, halo_cuda_codes *c, cudaStream_t s);
 enum { HALO_CUDA_X_CODES = 1024 };
-// W [n][m] (level 0, m % 256 == 0, n % 32 == 0): 1 when the optimizer may write L's W codes in its update
-// (cuda_adamw_seg.q, qt, ldqt, fmt, code_amax, filled here; the layer's buffers, allocated now and kept). A forward
-// passing HALO_CUDA_W_CODES then uses those codes instead of quantizing W; pass it only while W is what that update
-// wrote. The codes' scale is the amax W had before the update (its slot AW, which the update then refills). 0: the
-// spec's path (delayed scaling off, another level, telemetry on, or another shape).
-int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt, int *fmt,
-                             float **code_amax);
-// Off by default (a net loss on an H100 in the tiled form: dev/cuda/NOTES.md run 30): HALO_CUDA_W_CODES=1 in the
-// environment or halo_cuda_w_codes_on(1) before the model's first update: the update writes both layouts (q and qt
-// set); 2: the update writes the row-major codes only (qt NULL) and the forward transposes them for the backward;
-// 0: off.
-void halo_cuda_w_codes_on(int mode);
+// W [n][m] (level 0, m and n multiples of 16, n m of 256): 1 when the optimizer may write L's W codes in its update
+// (cuda_adamw_seg.q, fmt, code_amax, filled here; q is the layer's row-major buffer, allocated now and kept). A forward
+// passing HALO_CUDA_W_CODES then uses those codes instead of quantizing W (and transposes them for the backward); pass
+// it only while W is what that update wrote. The codes' scale is the amax W had before the update (its slot AW, which
+// the update then refills). 0: the spec's path (delayed scaling off, another level, telemetry on, or another shape).
+int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, int *fmt, float **code_amax);
+// Off by default (no step gain on an H100: dev/cuda/NOTES.md runs 30-31): on with HALO_CUDA_W_CODES=1 in the
+// environment or this call, before the model's first update.
+void halo_cuda_w_codes_on(int on);
 enum { HALO_CUDA_W_CODES = 2048 };
 // With W codes: the product Y = Q(X) Q(W)^T's scale, formed by X's producer (aj, HALO_CUDA_ALPHA_JOBS slots) from
 // ax, the amax of X's codes' scale (that producer's c->amax; k, v and up use their group's first layer's). 1 when

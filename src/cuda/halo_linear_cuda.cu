@@ -536,6 +536,11 @@ extern "C" void halo_cuda_linear_delayed(halo_cuda_linear *L, int on) {
     L->xc_on = L->ec_on = 0;
 }
 
+extern "C" void halo_cuda_linear_delayed_hist(halo_cuda_linear *L, int h[2], int set) {
+    if (set) { L->x_hist = h[0]; L->ey_hist = h[1]; }
+    else { h[0] = L->x_hist; h[1] = L->ey_hist; }
+}
+
 // The codes' common part: the scale from slot `use`, this call's amax into slot `rec` (zeroed here).
 static void codes_common(halo_cuda_linear *L, int use, int rec, int flag_slot, halo_cuda_codes *c, cudaStream_t s) {
     c->fmt = fmt_of(L);
@@ -572,23 +577,13 @@ extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint
     return 1;
 }
 
-// Off by default: on an H100 the tiled update cost more than the W quantizer passes it removes (dev/cuda/NOTES.md run
-// 30). HALO_CUDA_W_CODES=1 or halo_cuda_w_codes_on(1): both layouts from the update's tiles; 2: the update writes
-// the row-major codes only, and each forward transposes them.
+// Off by default: no step gain on an H100 in either form measured (dev/cuda/NOTES.md runs 30-31).
+// HALO_CUDA_W_CODES=1 or halo_cuda_w_codes_on(1) turns it on.
 static int g_w_codes = -1;
-extern "C" void halo_cuda_w_codes_on(int mode) { g_w_codes = mode == 1 || mode == 2 ? mode : 0; }
-static int w_codes_mode(void) {
-    if (g_w_codes < 0) {
-        const char *e = getenv("HALO_CUDA_W_CODES");
-        g_w_codes = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
-    }
-    return g_w_codes;
-}
-extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, uint8_t **qt, int *ldqt,
-                                        int *fmt, float **code_amax) {
-    const int mode = w_codes_mode();
-    if (!mode || !L->delayed || L->level != 0 || L->tele_on || m < 256 || m % 256 || n < 32 || n % 32 ||
-        !w_amax_ok(L, m))
+extern "C" void halo_cuda_w_codes_on(int on) { g_w_codes = on != 0; }
+extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8_t **q, int *fmt, float **code_amax) {
+    if (!env_switch_off(&g_w_codes, "HALO_CUDA_W_CODES") || !L->delayed || L->level != 0 || L->tele_on || m % 16 ||
+        n % 16 || (size_t)n * m % 256 || !w_amax_ok(L, m))
         return 0;
     const size_t bytes = (size_t)n * m;   // (m, n multiples of 16: no padding)
     if (!L->qw_rp || L->wc_m != m || L->wc_n != n) {
@@ -598,11 +593,8 @@ extern "C" int halo_cuda_linear_w_codes(halo_cuda_linear *L, int m, int n, uint8
         L->wc_m = m;
         L->wc_n = n;
     }
+    dev_grow((void **)&L->qw, &L->cap_qw, bytes);   // Q(W)^T [m][n], the level-0 saved codes the forward transposes to
     *q = L->qw_rp;
-    uint8_t *t = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, bytes);   // Q(W)^T [m][n], the level-0 saved codes
-    L->wc_tr = mode == 2;
-    *qt = L->wc_tr ? NULL : t;
-    *ldqt = L->wc_tr ? 0 : n;
     *fmt = fmt_of(L);
     *code_amax = L->dev + AWC;
     return 1;
@@ -729,7 +721,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
         quantize_fwd(L, h, 1, W, n, m, qw_row, mp, qw, np, (int)np, &aj, w_amax, s);
     } else if (!y_aj_done && aly_ax != L->ax_use)
         PROF("fwd alpha", 8, halo_cuda_alpha(L->dev + ALY, L->ax_use, L->dev + AWC, fmt_of(L), s));
-    if (wc && L->wc_tr)   // the update wrote the row-major codes only: Q(W)^T for the backward
+    if (wc)   // the update wrote the row-major codes: Q(W)^T for the backward
         PROF("fwd transpose W codes", 2.0 * n * m,
              halo_cuda_transpose(L->qw_rp, HALO_CUDA_U8, m, n, m, qw, HALO_CUDA_U8, np, (int)np, s));
     if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))

@@ -940,6 +940,11 @@ static int halo_setup(llama_cuda *g) {
 
 static int adamw_segments_apply(const llama_cuda *g);
 static int delayed_on(const llama_cuda *g);
+extern "C" void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set) {
+    for (int i = 0; g->hon && i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->hon[i]) halo_cuda_linear_delayed_hist(&g->hl[i], h + 2 * i, set);
+}
+
 extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
     g->delayed = on != 0;
     size_t wc = 0;   // the row-major W codes the update will write (allocated now, so the memory report has them)
@@ -948,11 +953,11 @@ extern "C" void llama_cuda_halo_delayed(llama_cuda *g, int on) {
         if (g->hon[i]) {
             halo_cuda_linear *L = &g->hl[i];
             halo_cuda_linear_delayed(L, g->delayed);
-            int m, n, ldqt, fmt;
-            uint8_t *q, *qt;
+            int m, n, fmt;
+            uint8_t *q;
             float *ca;
             lin_shape(g, i % LIN_COUNT, &m, &n);
-            if (codes && halo_cuda_linear_w_codes(L, m, n, &q, &qt, &ldqt, &fmt, &ca))
+            if (codes && halo_cuda_linear_w_codes(L, m, n, &q, &fmt, &ca))
                 wc += (size_t)m * n;
         }
     if (wc > g->wc_bytes) {
@@ -1202,7 +1207,7 @@ static int w_flag(llama_cuda *g, int l, int kind) {
     const int i = l * LIN_COUNT + kind;
     int f = g->hwv[i] ? HALO_CUDA_W_AMAX : 0;
     if (g->hwv[i] == 2 && delayed_on(g)) f |= HALO_CUDA_W_CODES;   // the update's codes (they stay current)
-    else g->hwv[i] = 1;   // (a forward quantizing W itself overwrites the update's transposed codes)
+    else g->hwv[i] = 1;   // (the update's codes only until a forward quantizes W itself)
     return f | (g->lora && !g->tele ? HALO_CUDA_NO_G : 0);
 }
 // The weights were written: every HALO linear's W amax slot and W flag are stale, except those the writer took
@@ -1770,8 +1775,7 @@ static int adamw_segments_ready(llama_cuda *g, int decay_all) {
             wam[i] = 1;
             any = 1;
             if (delayed_on(g) && !sg->rot_lb &&
-                halo_cuda_linear_w_codes(L, m, n, &sg->q, &sg->qt, &sg->ldqt, &sg->fmt, &sg->code_amax)) {
-                sg->cols = m;
+                halo_cuda_linear_w_codes(L, m, n, &sg->q, &sg->fmt, &sg->code_amax)) {
                 wam[i] = 2;
             }
         }
