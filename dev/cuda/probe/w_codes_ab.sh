@@ -26,7 +26,10 @@ if [ "${QUALITY:-1}" = 1 ]; then
 fi
 tst halo_train; tst ops
 grep -h -E "codes|W codes|delayed|with amax|attention amax" $OUT/t/ops.log $OUT/t/halo_train.log | grep -v 'SwiGLU\|RoPE\|norm' | head -50 >> $S
-if [ -n "${qpid:-}" ]; then wait $qpid; echo "quality rc=$?" >> $S; cat $OUT/t/quality.txt >> $S; fi
+if [ -n "${qpid:-}" ]; then
+  wait $qpid; echo "quality rc=$?" >> $S; cat $OUT/t/quality.txt >> $S
+  (cd $OUT/t/q && tar cJf $OUT/models.tar.xz model-*/config.json model-*/halo_config.json model-*/model.safetensors && rm -rf model-*)
+fi
 kt() {   # name delayed w_codes attn_amax [bench options]
   local n=$1 d=$2 w=$3 a=$4; shift 4
   HALO_DELAYED_SCALING=$d HALO_CUDA_W_CODES=$w HALO_ATTN_AMAX=$a bash dev/cuda/probe/halo_step_kernels.sh $OUT/t $n --model llama3.2-1b "$@" > $OUT/t/$n.txt
