@@ -577,8 +577,8 @@ static void test_model_delayed(void) {
 // forward; 14 "fwd transpose W codes" for the backward), the products' scales that X's producers and quantizers form
 // (no "fwd alpha" launch) give the loss bits and gradients (1e-7, run-to-run atomics) of the forward's own launches
 // (halo_cuda_y_alpha_jobs(0): 12, all but o's; both passes take X's and E_Y's delayed scales from the same slots,
-// llama_cuda_halo_delayed_hist: without it, on an H100 on 2026-12-07, consecutive passes' scales differed and so did
-// their gradients, 3-9%), and the loss stays within 2e-3 of a forward that quantizes the same weights itself by their
+// llama_cuda_halo_delayed_hist: without it, on an H100 on 2026-12-07, consecutive passes' scales differed, loss 1e-4
+// to 4e-4 apart), and the loss stays within 2e-3 of a forward that quantizes the same weights itself by their
 // own amax (after llama_cuda_upload_state, which brings the 14 own W quantizers back; the update's codes scale by the
 // amax before it).
 static void test_model_w_codes(void) {
@@ -608,6 +608,7 @@ static void test_model_w_codes(void) {
         halo_cuda_y_alpha_jobs(0);
         const float l2 = fb_named(g, &b, g2, &m, names, c2, 4);
         halo_cuda_y_alpha_jobs(1);
+        const double grads_jobs = rel_l2_f(g1, g2, P);   // (g2 is the next pass's)
         CHECK(llama_cuda_copy_params(g, &m) == HALO_OK, "%s", halo_error());
         CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
         const float l3 = fb_named(g, &b, g2, &m, names, c3, 4);
@@ -622,7 +623,7 @@ static void test_model_w_codes(void) {
             c0[3] + abs(c1[3] - 14) + abs(c2[3] - 14) + c3[3], 0);
         row("W codes: alpha launches, jobs on / off", cfg[k].what, c1[2] + abs(c2[2] - 12), 0);
         row("W codes: loss, jobs on vs off", cfg[k].what, fabs(l1 - l2) / l2, 0);
-        row("W codes: grads, jobs on vs off", cfg[k].what, rel_l2_f(g1, g2, P), 1e-7);
+        row("W codes: grads, jobs on vs off", cfg[k].what, grads_jobs, 1e-7);
         row("W codes vs own quantizers: loss", cfg[k].what, fabs(l1 - l3) / l3, 2e-3);
         llama_cuda_free(g);
     }

@@ -5,7 +5,7 @@
 # (test_cuda_halo_train: test_model_w_codes, test_model_attention_amax, test_model_delayed; test_cuda_ops: the
 # update's codes, the attention's amax), with the GPU quality run of the delayed option beside them (ViGGO, one
 # epoch, bench/quality_viggo_epoch.sh: BF16 and INT8 L0 / FP8 L0 / INT8 L2 with and without the option, seeds 1-3;
-# the final models exported into the logs; QSEEDS / QPRECS change them, QUALITY=0 skips it), then CUPTI kernel times of 1B steps (dev/cuda/probe/halo_step_kernels.sh): INT8 L0 delayed
+# QSEEDS / QPRECS change them, QUALITY=0 skips it), then CUPTI kernel times of 1B steps (dev/cuda/probe/halo_step_kernels.sh): INT8 L0 delayed
 # with W codes off / on (ROUNDS="1 2": twice, alternating), BF16, INT8 L0 spec; test_cuda_halo last (the
 # most important first: a short device call keeps them). Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/w_codes_ab.sh
@@ -21,15 +21,13 @@ tst() {
   echo "$1 rc=$? $(tail -n1 $OUT/t/$1.log)" >> $S; grep -h "FAIL" $OUT/t/$1.log | head -5 >> $S
 }
 if [ "${QUALITY:-1}" = 1 ]; then
-  EXPORT=1 HALO_BIN=build-dev/halo EXTRA='--device cuda' timeout 420 bash bench/quality_viggo_epoch.sh $OUT/t/q "${QSEEDS:-1 2 3}" \
+  HALO_BIN=build-dev/halo EXTRA='--device cuda' timeout 420 bash bench/quality_viggo_epoch.sh $OUT/t/q "${QSEEDS:-1 2 3}" \
     "${QPRECS:-bf16 int8-L0 int8-L0-dly fp8-L0 fp8-L0-dly int8-L2 int8-L2-dly}" > $OUT/t/quality.txt 2>&1 & qpid=$!
 fi
-tst halo_train; tst ops
+tst halo_train; [ "${ONLY_TRAIN:-0}" = 1 ] && { cat $S; exit 0; }   # ONLY_TRAIN=1: test_cuda_halo_train alone
+tst ops
 grep -h -E "codes|W codes|delayed|with amax|attention amax" $OUT/t/ops.log $OUT/t/halo_train.log | grep -v 'SwiGLU\|RoPE\|norm' | head -50 >> $S
-if [ -n "${qpid:-}" ]; then
-  wait $qpid; echo "quality rc=$?" >> $S; cat $OUT/t/quality.txt >> $S
-  (cd $OUT/t/q && tar cJf $OUT/models.tar.xz model-*/config.json model-*/halo_config.json model-*/model.safetensors && rm -rf model-*)
-fi
+if [ -n "${qpid:-}" ]; then wait $qpid; echo "quality rc=$?" >> $S; cat $OUT/t/quality.txt >> $S; fi
 kt() {   # name delayed w_codes attn_amax [bench options]
   local n=$1 d=$2 w=$3 a=$4; shift 4
   HALO_DELAYED_SCALING=$d HALO_CUDA_W_CODES=$w HALO_ATTN_AMAX=$a bash dev/cuda/probe/halo_step_kernels.sh $OUT/t $n --model llama3.2-1b "$@" > $OUT/t/$n.txt
