@@ -1206,8 +1206,8 @@ extern "C" void cuda_attention_forward(halo_bf16 *out, float *lse, const halo_bf
                                        int T, int Hq, int Hkv, int hd, cudaStream_t s) {
     cuda_attention_forward_amax(out, lse, qkv, seg, B, T, Hq, Hkv, hd, NULL, NULL, s);
 }
-// Off by default (0.14 ms of kernels on an H100, within the step's spread, and no model-level test yet:
-// dev/cuda/NOTES.md run 30): HALO_ATTN_AMAX=1 or cuda_attention_amax_on(1) turns it on.
+// Off by default (0.14 ms of kernels on an H100, within the step's spread: dev/cuda/NOTES.md run 30; the model-level
+// test passed in run 31): HALO_ATTN_AMAX=1 or cuda_attention_amax_on(1) turns it on.
 static int g_fwd_amax = -1;
 extern "C" void cuda_attention_amax_on(int on) { g_fwd_amax = on != 0; }
 extern "C" int cuda_attention_forward_amax_ok(int hd) {

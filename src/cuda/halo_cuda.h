@@ -309,7 +309,7 @@ enum { HALO_CUDA_EY_CODES = 512 };
 // forward must pass HALO_CUDA_X_CODES (its X pointer is not read). 0: the spec's path.
 int halo_cuda_linear_x_codes(halo_cuda_linear *L, int b, int m, int save_g, halo_cuda_codes *c, cudaStream_t s);
 enum { HALO_CUDA_X_CODES = 1024 };
-// W [n][m] (level 0, m and n multiples of 16, n m of 256): 1 when the optimizer may write L's W codes in its update
+// W [n][m] (level 0, m and n multiples of 16, n * m of 256): 1 when the optimizer may write L's W codes in its update
 // (cuda_adamw_seg.q, fmt, code_amax, filled here; q is the layer's row-major buffer, allocated now and kept). A forward
 // passing HALO_CUDA_W_CODES then uses those codes instead of quantizing W (and transposes them for the backward); pass
 // it only while W is what that update wrote. The codes' scale is the amax W had before the update (its slot AW, which
