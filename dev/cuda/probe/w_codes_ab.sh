@@ -5,9 +5,10 @@
 # (test_cuda_halo_train: test_model_w_codes, test_model_attention_amax, test_model_delayed; test_cuda_ops: the
 # update's codes, the attention's amax), with the GPU quality run of the delayed option beside them (ViGGO, one
 # epoch, bench/quality_viggo_epoch.sh: BF16 and INT8 L0 / FP8 L0 / INT8 L2 with and without the option, seeds 1-3;
-# QSEEDS / QPRECS change them, QUALITY=0 skips it), then CUPTI kernel times of 1B steps (dev/cuda/probe/halo_step_kernels.sh): INT8 L0 delayed
-# with W codes off / on (ROUNDS="1 2": twice, alternating), BF16, INT8 L0 spec; test_cuda_halo last (the
-# most important first: a short device call keeps them). Results go to $OUT/summary.txt as they finish.
+# QSEEDS / QPRECS change them, QUALITY=0 skips it), then CUPTI kernel times of 1B steps
+# (dev/cuda/probe/halo_step_kernels.sh): INT8 L0 delayed with W codes off / on (ROUNDS="1 2": twice, alternating),
+# BF16, INT8 L0 spec, FP8 L0 delayed; test_cuda_halo last (the most important first: a short device call keeps them).
+# ONLY_TRAIN=1: test_cuda_halo_train alone. Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/w_codes_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
 tar xJf build-dev.tar.xz   # always: a warm machine may hold an older build-dev
@@ -24,7 +25,7 @@ if [ "${QUALITY:-1}" = 1 ]; then
   HALO_BIN=build-dev/halo EXTRA='--device cuda' timeout 420 bash bench/quality_viggo_epoch.sh $OUT/t/q "${QSEEDS:-1 2 3}" \
     "${QPRECS:-bf16 int8-L0 int8-L0-dly fp8-L0 fp8-L0-dly int8-L2 int8-L2-dly}" > $OUT/t/quality.txt 2>&1 & qpid=$!
 fi
-tst halo_train; [ "${ONLY_TRAIN:-0}" = 1 ] && { cat $S; exit 0; }   # ONLY_TRAIN=1: test_cuda_halo_train alone
+tst halo_train; [ "${ONLY_TRAIN:-0}" = 1 ] && { cat $S; exit 0; }
 tst ops
 grep -h -E "codes|W codes|delayed|with amax|attention amax" $OUT/t/ops.log $OUT/t/halo_train.log | grep -v 'SwiGLU\|RoPE\|norm' | head -50 >> $S
 if [ -n "${qpid:-}" ]; then wait $qpid; echo "quality rc=$?" >> $S; cat $OUT/t/quality.txt >> $S; fi
