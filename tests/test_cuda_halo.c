@@ -1407,7 +1407,7 @@ static void test_rope_codes(void) {
 // layouts equal halo_cuda_quant_tile's of cuda_rmsnorm_backward_amax's copy with a given amax (0.6x, 1.0x its own),
 // byte for byte (zero codes for tokens N..rows_pad-1); dx (+ the residual) bit for bit; the weight gradient within
 // 1e-5 relative (per-block partial sums over other row ranges); the recorded amax equals that kernel's; the scale
-// product equals scale(a) * scale(b) computed here; a NaN in dout sets the flag. D 2048, 1024 and 256 (the register-held kernel's sizes; 256 runs k_rmsnorm_bwd in the reference).
+// product equals scale(a) * scale(b) computed here; a NaN in dout sets the flag. The same codes from an fp32 dout. D 2048, 1024 and 256 (the register-held kernel's sizes; 256 runs k_rmsnorm_bwd in the reference).
 static double max_rel(const float *a, const float *b, size_t n);
 static void test_rmsnorm_bwd_codes(void) {
     unsigned long long r2 = 5151;
@@ -1427,6 +1427,7 @@ static void test_rmsnorm_bwd_codes(void) {
         float *dx = t_dev_copy(x, 4 * (size_t)N * D), *dres = t_dev_copy(res, 4 * (size_t)N * D);
         float *dr = t_dev_copy(rstd, 4 * (size_t)N);
         halo_bf16 *dw16 = dev_bf16(w, D), *dg = dev_bf16(g, (size_t)N * D), *c16 = dev_poison(2 * (size_t)N * D);
+        float *g32 = t_dev_copy(g, 4 * (size_t)N * D);   // g rounded to bf16 values by dev_bf16
         float *oref = dev_poison(4 * (size_t)N * D), *ogot = dev_poison(4 * (size_t)N * D);
         float *wref = dev_poison(4 * (size_t)D), *wgot = dev_poison(4 * (size_t)D);
         float *am = dev_poison(8 * 4);   // [0] the reference's amax, [1] given, [2] recorded, [3] a scale product,
@@ -1434,7 +1435,7 @@ static void test_rmsnorm_bwd_codes(void) {
         cudaMemset(am, 0, 32);
         cudaMemset(nf, 0, 8);
         cudaMemset(wref, 0, 4 * (size_t)D);
-        cuda_rmsnorm_backward_amax(oref, c16, wref, dg, dx, dw16, dr, dres, N, D, am, nf, 0);
+        cuda_rmsnorm_backward_amax(oref, c16, wref, dg, NULL, dx, dw16, dr, dres, N, D, am, nf, 0);
         float own;
         cudaMemcpy(&own, am, 4, cudaMemcpyDeviceToHost);
         float *hoR = t_host_of(oref, 4 * (size_t)N * D), *hwR = t_host_of(wref, 4 * (size_t)D);
@@ -1453,8 +1454,16 @@ static void test_rmsnorm_bwd_codes(void) {
                 halo_cuda_quant_tile(c16, HALO_CUDA_BF16, D, N, D, am + 1, fmt, ref, D, ref + qb, n16, n16, 0);
                 halo_cuda_codes c = {got, D, got + qb, n16, n16, fmt, am + 1, am + 2, nf + 1,
                                      {{am + 3, NULL}, {am + 1, NULL}, {am + 4, NULL}, fmt}};
-                cuda_rmsnorm_backward_codes(ogot, wgot, dg, dx, dw16, dr, dres, N, D, &c, 0);
+                cuda_rmsnorm_backward_codes(ogot, wgot, dg, NULL, dx, dw16, dr, dres, N, D, &c, 0);
                 uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
+                // the same from an fp32 dout holding the bf16 values (a HALO group's unrounded sum): the same bytes
+                cudaMemset(am + 2, 0, 4);
+                cudaMemset(wgot, 0, 4 * (size_t)D);   // (the rows below read this run's dx, dw, amax)
+                cuda_rmsnorm_backward_codes(ogot, wgot, NULL, g32, dx, dw16, dr, dres, N, D, &c, 0);
+                uint8_t *hg32 = t_host_of(got, qb + tb);
+                long bad32 = 0;
+                for (size_t i = 0; i < qb + tb; i++) bad32 += hg32[i] != hg[i];
+                free(hg32);
                 float *hoG = t_host_of(ogot, 4 * (size_t)N * D), *hwG = t_host_of(wgot, 4 * (size_t)D), a[8];
                 int f[2];
                 cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
@@ -1466,6 +1475,7 @@ static void test_rmsnorm_bwd_codes(void) {
                 if (nan) row("RMSNorm bwd codes: NaN flag", det, (f[0] && f[1]) ? 0 : 1, 0, 0, 0);
                 else {
                     row("RMSNorm bwd codes vs quant_tile", det, (double)bad, 0, 0, 0);
+                    row("RMSNorm bwd codes: fp32 dout, differing codes", det, (double)bad32, 0, 0, 0);
                     row("RMSNorm bwd codes: dx bits, amax", det,
                         (double)(words_differ(hoR, hoG, (size_t)N * D) + words_differ(a + 2, &own, 1) + f[1]), 0, 0,
                         0);
@@ -1476,7 +1486,7 @@ static void test_rmsnorm_bwd_codes(void) {
                 cudaFree(ref); cudaFree(got);
             }
         free(x); free(w); free(g); free(res); free(rstd); free(hoR); free(hwR);
-        cudaFree(dx); cudaFree(dres); cudaFree(dr); cudaFree(dw16); cudaFree(dg); cudaFree(c16);
+        cudaFree(dx); cudaFree(dres); cudaFree(dr); cudaFree(dw16); cudaFree(dg); cudaFree(c16); cudaFree(g32);
         cudaFree(oref); cudaFree(ogot); cudaFree(wref); cudaFree(wgot); cudaFree(am); cudaFree(nf);
     }
 }

@@ -359,6 +359,23 @@ static llama_cuda_opts tiny_opts(const halo_batch *b, int prec, int level, int h
     return o;
 }
 
+// The tiny model with its gradients allocated, its batch and two gradient buffers of the model's size (the model-level
+// A/B checks below compare one pass's gradients with another's). 0 when the model could not be made.
+typedef struct { llama_model m; halo_batch b; size_t P; float *g[2]; } tiny_ab;
+static int tiny_ab_init(tiny_ab *t, uint64_t seed, unsigned long long token_seed) {
+    if (!tiny_model(&t->m, &t->b, seed, token_seed)) return 0;
+    llama_alloc_grads(&t->m);
+    t->P = t->m.n_params;
+    t->g[0] = malloc(4 * t->P);
+    t->g[1] = malloc(4 * t->P);
+    return 1;
+}
+static void tiny_ab_free(tiny_ab *t) {
+    free(t->g[0]); free(t->g[1]);
+    halo_batch_free(&t->b);
+    llama_free(&t->m);
+}
+
 // A NaN gradient scale (the forward and the loss stay finite): every E_Y that turns NaN is named, also where the kernel
 // producing E_Y took its amax and the layer skipped its own absmax pass (RMSNorm's backward for o and down, RoPE's for
 // q, k, v, SwiGLU's for gate and up, at levels 0 and 1; at level 2 with token blocks of 32, gate and up), in the
@@ -443,48 +460,45 @@ static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_
 // accumulation) skips them again, with the same loss and gradients. Under LoRA (frozen base) the second step skips
 // them all.
 static void test_model_w_amax(void) {
-    llama_model m;
-    halo_batch b;
-    if (!tiny_model(&m, &b, 41, 13)) return;
-    llama_alloc_grads(&m);
-    const size_t P = m.n_params;
-    float *gon = malloc(4 * P), *goff = malloc(4 * P);
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 41, 13)) return;
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *gon = t.g[0], *goff = t.g[1];
     const struct { int prec, level, hm_block, tok_block, skipped_left; const char *what; } cfg[] = {
         {HALO_PREC_INT8, 0, 0, 0, 0, "int8 L0"},
         {HALO_PREC_INT8, 2, 128, 32, 0, "int8 L2 H_m blocks of 128"},
         {HALO_PREC_FP8, 1, 0, 0, 2, "fp8 L1 full H_m"}};
     for (int k = 0; k < 3; k++) {
-        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
+        const llama_cuda_opts o = tiny_opts(b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
         llama_cuda *g;
-        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
-        const float l1 = llama_cuda_train_step(g, &b, &h, 1);
+        const float l1 = llama_cuda_train_step(g, b, &h, 1);
         int n_on, n_off, n_up;
-        const float lon = fb_counted(g, &b, gon, &m, &n_on);
+        const float lon = fb_counted(g, b, gon, m, &n_on);
         halo_cuda_w_amax(0);
-        const float loff = fb_counted(g, &b, goff, &m, &n_off);
+        const float loff = fb_counted(g, b, goff, m, &n_off);
         halo_cuda_w_amax(1);
         printf("   %s: step 1 loss %.5f, then %.7f (W amax from AdamW, %d own W absmax passes) vs %.7f (own passes, %d)\n",
                cfg[k].what, l1, lon, n_on, loff, n_off);
         row("W amax from AdamW vs own pass: loss", cfg[k].what, fabs(lon - loff) / loff, 0);
-        row("W amax from AdamW vs own pass: grads", cfg[k].what, rel_l2_f(gon, goff, P), 1e-7);
+        row("W amax from AdamW vs own pass: grads", cfg[k].what, rel_l2_f(gon, goff, t.P), 1e-7);
         row("W amax from AdamW: own W passes left", cfg[k].what, abs(n_on - cfg[k].skipped_left) + abs(n_off - 14), 0);
-        CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
-        const float lu = fb_counted(g, &b, gon, &m, &n_up);
+        CHECK(llama_cuda_upload_state(g, m, NULL, NULL) == HALO_OK, "%s", halo_error());
+        const float lu = fb_counted(g, b, gon, m, &n_up);
         row("after upload_state: own W passes", cfg[k].what, abs(n_up - 14), 0);
         int n_again;   // the same weights again (gradient accumulation): the slots that pass left
-        const float la = fb_counted(g, &b, goff, &m, &n_again);
+        const float la = fb_counted(g, b, goff, m, &n_again);
         row("then the same weights: own W passes", cfg[k].what, abs(n_again - cfg[k].skipped_left), 0);
         row("then the same weights: loss vs own pass", cfg[k].what, fabs(la - lu) / lu, 0);
-        row("then the same weights: grads vs own pass", cfg[k].what, rel_l2_f(goff, gon, P), 1e-7);
+        row("then the same weights: grads vs own pass", cfg[k].what, rel_l2_f(goff, gon, t.P), 1e-7);
         llama_cuda_free(g);
     }
-    free(gon); free(goff);
-    halo_batch_free(&b);
     // LoRA: the base is frozen, so after the first forward every one skips its W absmax passes (the same loss bits)
     llama_model ml;
     halo_batch bl;
-    if (!tiny_model(&ml, &bl, 43, 17)) { llama_free(&m); return; }
+    if (!tiny_model(&ml, &bl, 43, 17)) { tiny_ab_free(&t); return; }
     lora_config lc = lora_config_default();
     lc.dropout = 0;   // the same forward twice
     CHECK(llama_lora_enable(&ml, &lc, 5) == HALO_OK, "%s", halo_error());
@@ -508,7 +522,7 @@ static void test_model_w_amax(void) {
     } else CHECK(0, "GPU init (LoRA): %s", halo_error());
     halo_batch_free(&bl);
     llama_free(&ml);
-    llama_free(&m);
+    tiny_ab_free(&t);
 }
 
 // Delayed scaling (llama_cuda_halo_delayed): the norms and the SwiGLU forward write q's, gate's and down_proj's X codes
@@ -530,35 +544,34 @@ static float fb_quant(llama_cuda *g, const halo_batch *b, float *grads, llama_mo
     return loss;
 }
 static void test_model_delayed(void) {
-    llama_model m;
-    halo_batch b;
-    if (!tiny_model(&m, &b, 51, 19)) return;
-    llama_alloc_grads(&m);
-    const size_t P = m.n_params;
-    float *gd = malloc(4 * P), *gc = malloc(4 * P);
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 51, 19)) return;
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *gd = t.g[0], *gc = t.g[1];
     const struct { int prec, level, hm_block, x_left; const char *what; } cfg[] = {
         {HALO_PREC_INT8, 0, 0, 2, "int8 L0"}, {HALO_PREC_FP8, 0, 0, 2, "fp8 L0"},
         {HALO_PREC_INT8, 1, 128, 8, "int8 L1 H_m blocks of 128"}};
     for (int k = 0; k < 3; k++) {
-        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, 0);
+        const llama_cuda_opts o = tiny_opts(b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, 0);
         llama_cuda *gdl, *gcur;
-        if (llama_cuda_init(&gdl, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
-        if (llama_cuda_init(&gcur, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); llama_cuda_free(gdl); continue; }
+        if (llama_cuda_init(&gdl, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        if (llama_cuda_init(&gcur, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); llama_cuda_free(gdl); continue; }
         llama_cuda_halo_delayed(gdl, 1);
         int ey1, x1, ey2, x2, eyc, xc;
-        fb_quant(gdl, &b, gd, &m, &ey1, &x1);
-        const float ld = fb_quant(gdl, &b, gd, &m, &ey2, &x2);
-        const float lc = fb_quant(gcur, &b, gc, &m, &eyc, &xc);
+        fb_quant(gdl, b, gd, m, &ey1, &x1);
+        const float ld = fb_quant(gdl, b, gd, m, &ey2, &x2);
+        const float lc = fb_quant(gcur, b, gc, m, &eyc, &xc);
         printf("   %s: quantizer passes E_Y / X: spec %d / %d, delayed first pass %d / %d, second %d / %d; loss %.7f vs "
                "%.7f\n", cfg[k].what, eyc, xc, ey1, x1, ey2, x2, ld, lc);
         row("delayed, first pass: own passes", cfg[k].what, abs(ey1 - 14) + abs(x1 - 8) + abs(eyc - 14) + abs(xc - 8), 0);
         row("delayed, second pass: own passes", cfg[k].what, ey2 + abs(x2 - cfg[k].x_left), 0);
         row("delayed, same amax: loss vs spec", cfg[k].what, fabs(ld - lc) / lc, 0);
-        row("delayed, same amax: grads vs spec", cfg[k].what, rel_l2_f(gd, gc, P), 1e-7);
+        row("delayed, same amax: grads vs spec", cfg[k].what, rel_l2_f(gd, gc, t.P), 1e-7);
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
         double worst = 0;
         for (int st = 1; st <= 8; st++) {
-            const float a = llama_cuda_train_step(gdl, &b, &h, st), c = llama_cuda_train_step(gcur, &b, &h, st);
+            const float a = llama_cuda_train_step(gdl, b, &h, st), c = llama_cuda_train_step(gcur, b, &h, st);
             const double e = fabs(a - c) / c;
             if (e > worst || isnan(e)) worst = e;
             if (st == 8) printf("   %s: step 8 loss delayed %.6f, spec %.6f\n", cfg[k].what, a, c);
@@ -567,9 +580,7 @@ static void test_model_delayed(void) {
         llama_cuda_free(gdl);
         llama_cuda_free(gcur);
     }
-    free(gd); free(gc);
-    halo_batch_free(&b);
-    llama_free(&m);
+    tiny_ab_free(&t);
 }
 
 // Delayed scaling's W codes from the update (halo_cuda_linear_w_codes, off by default: turned on here): after a
@@ -582,36 +593,35 @@ static void test_model_delayed(void) {
 // own amax (after llama_cuda_upload_state, which brings the 14 own W quantizers back; the update's codes scale by the
 // amax before it).
 static void test_model_w_codes(void) {
-    llama_model m;
-    halo_batch b;
-    if (!tiny_model(&m, &b, 53, 23)) return;
-    llama_alloc_grads(&m);
-    const size_t P = m.n_params;
-    float *g1 = malloc(4 * P), *g2 = malloc(4 * P);
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 53, 23)) return;
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *g1 = t.g[0], *g2 = t.g[1];
     static const char *const names[4] = {"fwd quant W", "fwd quant W (both layouts)", "fwd alpha",
                                          "fwd transpose W codes"};
     halo_cuda_w_codes_on(1);
-    int *hist = malloc(sizeof(int) * 2 * 7 * m.cfg.n_layers);
+    int *hist = malloc(sizeof(int) * 2 * 7 * m->cfg.n_layers);
     const struct { int prec; const char *what; } cfg[] = {{HALO_PREC_INT8, "int8 L0"}, {HALO_PREC_FP8, "fp8 L0"}};
     for (int k = 0; k < 2; k++) {
-        const llama_cuda_opts o = tiny_opts(&b, cfg[k].prec, 0, 0, 0);
+        const llama_cuda_opts o = tiny_opts(b, cfg[k].prec, 0, 0, 0);
         llama_cuda *g;
-        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         llama_cuda_halo_delayed(g, 1);
         const llama_cuda_adamw h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, 0};
         int c0[4], c1[4], c2[4], c3[4];
-        fb_named(g, &b, g1, &m, names, c0, 4);
-        llama_cuda_train_step(g, &b, &h, 1);
+        fb_named(g, b, g1, m, names, c0, 4);
+        llama_cuda_train_step(g, b, &h, 1);
         llama_cuda_halo_delayed_hist(g, hist, 0);
-        const float l1 = fb_named(g, &b, g1, &m, names, c1, 4);
+        const float l1 = fb_named(g, b, g1, m, names, c1, 4);
         llama_cuda_halo_delayed_hist(g, hist, 1);   // the same delayed scales again
         halo_cuda_y_alpha_jobs(0);
-        const float l2 = fb_named(g, &b, g2, &m, names, c2, 4);
+        const float l2 = fb_named(g, b, g2, m, names, c2, 4);
         halo_cuda_y_alpha_jobs(1);
-        const double grads_jobs = rel_l2_f(g1, g2, P);   // (g2 is the next pass's)
-        CHECK(llama_cuda_copy_params(g, &m) == HALO_OK, "%s", halo_error());
-        CHECK(llama_cuda_upload_state(g, &m, NULL, NULL) == HALO_OK, "%s", halo_error());
-        const float l3 = fb_named(g, &b, g2, &m, names, c3, 4);
+        const double grads_jobs = rel_l2_f(g1, g2, t.P);   // (g2 is the next pass's)
+        CHECK(llama_cuda_copy_params(g, m) == HALO_OK, "%s", halo_error());
+        CHECK(llama_cuda_upload_state(g, m, NULL, NULL) == HALO_OK, "%s", halo_error());
+        const float l3 = fb_named(g, b, g2, m, names, c3, 4);
         printf("   %s W codes: own W quantizers / alpha launches / code transposes: first forward %d+%d / %d / %d, "
                "after the step %d+%d / %d / %d, jobs off %d+%d / %d / %d, after upload %d+%d / %d / %d; loss %.7f, "
                "jobs off %.7f, own quantizers %.7f\n",
@@ -628,42 +638,38 @@ static void test_model_w_codes(void) {
         llama_cuda_free(g);
     }
     halo_cuda_w_codes_on(0);   // (back to the default for the tests after this one)
-    free(g1); free(g2); free(hist);
-    halo_batch_free(&b);
-    llama_free(&m);
+    free(hist);
+    tiny_ab_free(&t);
 }
 
 // o_proj's X amax from the flash attention forward (cuda_attention_amax_on, off by default: turned on here), INT8 and
 // FP8 level 0: the same loss bits and gradients (1e-7, run-to-run atomics) as o_proj's own absmax pass, which is
 // skipped: "fwd absmax X" launches 2 (o_proj of both blocks; the norms and SwiGLU take the others) without it, 0 with.
 static void test_model_attention_amax(void) {
-    llama_model m;
-    halo_batch b;
-    if (!tiny_model(&m, &b, 59, 29)) return;
-    llama_alloc_grads(&m);
-    const size_t P = m.n_params;
-    float *g0 = malloc(4 * P), *g1 = malloc(4 * P);
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 59, 29)) return;
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *g0 = t.g[0], *g1 = t.g[1];
     static const char *const name = "fwd absmax X";
     for (int k = 0; k < 2; k++) {
         const char *what = k ? "fp8 L0" : "int8 L0";
-        const llama_cuda_opts o = tiny_opts(&b, k ? HALO_PREC_FP8 : HALO_PREC_INT8, 0, 0, 0);
+        const llama_cuda_opts o = tiny_opts(b, k ? HALO_PREC_FP8 : HALO_PREC_INT8, 0, 0, 0);
         llama_cuda *g;
-        if (llama_cuda_init(&g, &m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         int n0, n1;
         cuda_attention_amax_on(0);
-        const float l0 = fb_named(g, &b, g0, &m, &name, &n0, 1);
+        const float l0 = fb_named(g, b, g0, m, &name, &n0, 1);
         cuda_attention_amax_on(1);
-        const float l1 = fb_named(g, &b, g1, &m, &name, &n1, 1);
+        const float l1 = fb_named(g, b, g1, m, &name, &n1, 1);
         cuda_attention_amax_on(0);
         printf("   %s attention amax: own X absmax passes %d -> %d, loss %.7f -> %.7f\n", what, n0, n1, l0, l1);
         row("attention amax: own X absmax passes", what, abs(n0 - 2) + n1, 0);
         row("attention amax: loss vs own pass", what, fabs(l1 - l0) / l0, 0);
-        row("attention amax: grads vs own pass", what, rel_l2_f(g1, g0, P), 1e-7);
+        row("attention amax: grads vs own pass", what, rel_l2_f(g1, g0, t.P), 1e-7);
         llama_cuda_free(g);
     }
-    free(g0); free(g1);
-    halo_batch_free(&b);
-    llama_free(&m);
+    tiny_ab_free(&t);
 }
 
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against

@@ -223,6 +223,43 @@ static void flags_row(const char *op, const char *what, int *dnf, const int *wan
     cudaMemset(dnf, 0, 4 * (size_t)k);
 }
 
+// The backward reading an fp32 dout (a HALO group's unrounded sum of input gradients): with dy's bf16 values, the
+// bits of the bf16-dout run (dx, dx16 ref16 and dw ref_dw, the latter to 1e-6: atomics); with fp32 values off the
+// bf16 grid, dx and dw against the CPU backward at test_rmsnorm's 1e-4 (a bf16 dout would be ~2e-3 off).
+static void rmsnorm_bwd_f32_dout(int N, int D, const float *dy, const float *dres, const float *dw0, const float *dx_,
+                                 const halo_bf16 *dw16, const float *rstd, const float *ref_dx, const halo_bf16 *ref16,
+                                 const float *ref_dw, const float *x, const float *w, const float *rr) {
+    const size_t ND = (size_t)N * D;
+    float *dy32 = to_dev(dy, 4 * ND), *dxa = to_dev(dres, 4 * ND), *dwa = to_dev(dw0, 4 * (size_t)D);
+    float *dam = to_dev(&(float){0.f}, 4);
+    halo_bf16 *c16 = dev_poison(2 * ND);
+    cuda_rmsnorm_backward_amax(dxa, c16, dwa, NULL, dy32, dx_, dw16, rstd, dxa, N, D, dam, NULL, 0);
+    float *a = from_dev(dxa, ND), *b = from_dev(ref_dx, ND), *wa = from_dev(dwa, D), *wb = from_dev(ref_dw, D);
+    size_t nd = 0;
+    for (size_t i = 0; i < ND; i++) nd += memcmp(&a[i], &b[i], 4) != 0;
+    table_row("rmsnorm", "bwd fp32 dout (bf16 values): differing dx, dx16 bits",
+              (double)(nd + dev_bf16_ndiff(c16, ref16, ND)), 0);
+    table_row("rmsnorm", "bwd fp32 dout (bf16 values): dw vs bf16 dout", rel_l2_f(wa, wb, D), 1e-6);
+    free(a); free(wa); free(wb);
+    // values off the bf16 grid, against the CPU backward (w is bf16-exact: to_dev_bf16 rounded it)
+    float *dy2 = rand_vec(ND, 1), *rdx = malloc(4 * ND), *rdw = malloc(4 * (size_t)D);
+    memcpy(rdx, dres, 4 * ND);
+    memcpy(rdw, dw0, 4 * (size_t)D);
+    rmsnorm_backward(rdx, rdw, dy2, x, w, rr, N, D);
+    cudaMemcpy(dy32, dy2, 4 * ND, cudaMemcpyHostToDevice);
+    cudaMemcpy(dxa, dres, 4 * ND, cudaMemcpyHostToDevice);
+    cudaMemcpy(dwa, dw0, 4 * (size_t)D, cudaMemcpyHostToDevice);
+    cuda_rmsnorm_backward_amax(dxa, c16, dwa, NULL, dy32, dx_, dw16, rstd, dxa, N, D, dam, NULL, 0);
+    a = from_dev(dxa, ND);
+    wa = from_dev(dwa, D);
+    char what[64];
+    snprintf(what, sizeof what, "bwd fp32 dout N=%d D=%d: dx vs CPU", N, D);
+    table_row("rmsnorm", what, rel_l2_f(a, rdx, ND), 1e-4);
+    table_row("rmsnorm", "bwd fp32 dout: dw vs CPU", rel_l2_f(wa, rdw, D), 1e-4);
+    free(a); free(b); free(wa); free(dy2); free(rdx); free(rdw);
+    cudaFree(dy32); cudaFree(dxa); cudaFree(dwa); cudaFree(dam); cudaFree(c16);
+}
+
 // alias: dres is dx's buffer (the model's in-place residual gradient); else dx is a separate buffer, dres NULL and
 // no bf16 copy. dw starts at a nonzero value (the kernel accumulates into it).
 static void test_rmsnorm(int N, int D, int alias) {
@@ -285,7 +322,7 @@ static void test_rmsnorm(int N, int D, int alias) {
         free(got);
         float *ddx2 = to_dev(dres, 4 * (size_t)N * D), *ddw2 = to_dev(dw0, 4 * (size_t)D), *dam = to_dev(&(float){0.f}, 4);
         halo_bf16 *dx16b = dev_poison(2 * (size_t)N * D);
-        cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, dx_, dw16, rstd, ddx2, N, D, dam, NULL, 0);
+        cuda_rmsnorm_backward_amax(ddx2, dx16b, ddw2, ddy, NULL, dx_, dw16, rstd, ddx2, N, D, dam, NULL, 0);
         table_row("rmsnorm", "bwd _amax: differing dx16 bits", (double)dev_bf16_ndiff(dx16, dx16b, (size_t)N * D), 0);
         float am = -1.f;
         cudaMemcpy(&am, dam, 4, cudaMemcpyDeviceToHost);
@@ -301,12 +338,13 @@ static void test_rmsnorm(int N, int D, int alias) {
             halo_bf16 *dyk = dev_bf16_with(dy, ND, k && !fc[k].in_res ? at : -1, fc[k].v);
             float *rk = to_dev(dres, 4 * ND);
             if (fc[k].in_res) cudaMemcpy(rk + at, &fc[k].v, 4, cudaMemcpyHostToDevice);
-            cuda_rmsnorm_backward_amax(rk, dx16b, ddw2, dyk, dx_, dw16, rstd, rk, N, D, dam, dnf, 0);
+            cuda_rmsnorm_backward_amax(rk, dx16b, ddw2, dyk, NULL, dx_, dw16, rstd, rk, N, D, dam, dnf, 0);
             flags_row("rmsnorm", fc[k].what, dnf, &fc[k].want, 1);
             cudaFree(dyk); cudaFree(rk);
         }
         cudaFree(dnf);
         cudaFree(ddx2); cudaFree(ddw2); cudaFree(dam); cudaFree(dx16b);
+        rmsnorm_bwd_f32_dout(N, D, dy, dres, dw0, dx_, dw16, rstd, ddx, dx16, ddw, x, w, rr);
     }
     got = from_dev(ddw, D);
     table_row("rmsnorm", "bwd dw (+= start value)", rel_l2_f(got, rdw, D), 1e-4);

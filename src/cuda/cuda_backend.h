@@ -95,10 +95,11 @@ void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf1
                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, cudaStream_t s);
 // The same, and *amax16 = max(*amax16, max |dx16|) (atomic on the float bits; dx16 required): the E_Y scale of the
 // HALO layer that reads dx16 next, without its own absmax pass; *nonfinite |= 1 (with amax16; may be NULL) when a
-// dx16 value is a NaN or Inf (that layer's E_Y flag, which the skipped pass would set).
-void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
-                                const halo_bf16 *w, const float *rstd, const float *dres, int N, int D, float *amax16,
-                                int *nonfinite, cudaStream_t s);
+// dx16 value is a NaN or Inf (that layer's E_Y flag, which the skipped pass would set). dout32 (may be NULL): an fp32
+// dout [N, D], read instead of dout (a HALO group's summed input gradients, left unrounded).
+void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *dout32,
+                                const float *x, const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
+                                float *amax16, int *nonfinite, cudaStream_t s);
 
 // In-place RoPE of the first H heads of each row of x[N, ld] (HF half-split pairs (i, i + hd/2)) at positions
 // pos[N]; tables cos/sin[max_pos, hd/2] fp32 (from rope_tables). Backward rotates by the inverse angle.

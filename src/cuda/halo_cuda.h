@@ -335,11 +335,11 @@ void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, const halo_cud
 int cuda_rmsnorm_codes_ok(int D);
 // The RMSNorm backward (cuda_rmsnorm_backward_amax's dx, dw and residual sum) writing the codes of its bf16 copy of dx
 // (the next HALO layer's E_Y: o's, or the previous layer's down_proj's) instead of that copy. D 256, 512, 1024 or 2048
-// (the register-held kernel): cuda_rmsnorm_backward_codes_ok.
+// (the register-held kernel): cuda_rmsnorm_backward_codes_ok. dout32 (may be NULL): an fp32 dout, read instead of dout.
 int cuda_rmsnorm_backward_codes_ok(int D);
-void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *x, const halo_bf16 *w,
-                                 const float *rstd, const float *dres, int N, int D, const halo_cuda_codes *c,
-                                 cudaStream_t s);
+void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *dout32, const float *x,
+                                 const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
+                                 const halo_cuda_codes *c, cudaStream_t s);
 void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const halo_bf16 *w, int N, int D, float eps,
                                 const halo_cuda_codes *c, cudaStream_t s);
 // The RoPE backward over fused q|k|v rows dqkv [N][(Hq + 2 Hkv) hd] (not changed) writing the q, k and v layers' E_Y

@@ -106,6 +106,8 @@ struct llama_cuda {
     bf16 *sbuf;                  // [N, F] swiglu output / its gradient
     bf16 *dgu;                   // [N, 2F]
     bf16 *dnorm;                 // [N, D] gradient of a norm output
+    const float *dnorm32;        // non-NULL: that gradient is here in fp32 instead (a HALO group's sum left unrounded,
+                                 // group_backward_halo), for the norm backward that reads it next
     bf16 *datt;                  // [N, Hq hd]
     bf16 *dqkv;                  // [N, QKV]
     bf16 *nf;                    // [N, D] final norm output
@@ -1382,7 +1384,8 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
 }
 
 // group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once
-// (by the last linear's product where it can: halo_cuda_linear_backward_sum).
+// (by the last linear's product where it can: halo_cuda_linear_backward_sum), or not at all: at levels 0-1 (no
+// deferred rotation) the norm backward that reads dnorm next reads hacc instead (g->dnorm32).
 static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
                                 int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
@@ -1394,6 +1397,10 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
         const int rows = halo_cuda_linear_ex_defer_rows(hl_of(g, l, k), N);
         defer &= rows > 0 && rows <= g->N_max;
     }
+    // no rounding at all where the norm backward reads the fp32 sum (the group's input gradient goes to dnorm, no LoRA
+    // adapter adds into it after this; HALO_CUDA_DNORM_F32=0: rounded to bf16 as below)
+    static int f32_on = -1;
+    const int f32 = !defer && dX == g->dnorm && !g->lora && env_switch(&f32_on, "HALO_CUDA_DNORM_F32");
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
@@ -1401,7 +1408,7 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
         const halo_bf16 *ey = (const halo_bf16 *)dY + col;
         float *gk = G ? G + col * D : NULL;
         col += n;
-        if (!defer && k == k0 + nk - 1) {   // the last: the sum + its E_X rounded to bf16 into dX once
+        if (!defer && !f32 && k == k0 + nk - 1) {   // the last: the sum + its E_X rounded to bf16 into dX once
             PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_sum(hl_of(g, l, k), ey, ldy, (halo_bf16 *)dX,
                                                                         g->hacc, gk, halo_g_flag(g) | ey_flag, N, D, n,
                                                                         g->st)));
@@ -1413,6 +1420,7 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     }
     if (defer)
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
+    if (f32) g->dnorm32 = g->hacc;
 }
 
 // Backward of linear `kind` (o or down): dX [N, m] (bf16, may be X's buffer: X is read first) from dY [N, n].
@@ -1437,6 +1445,8 @@ static int norm_backward(llama_cuda *g, int l, int kind, float *dw, const float 
                          const float *res) {
     const int N = g->B * g->T, D = g->c.dim;
     const halo_bf16 *w = (const halo_bf16 *)g->w + w_off, *dout = (const halo_bf16 *)g->dnorm;
+    const float *d32 = g->dnorm32;   // (read instead of dout when set)
+    g->dnorm32 = NULL;
     uint8_t *q = (uint8_t *)g->dres16;   // [N][D] row-major codes, then [D][n16]
     const size_t n16 = (size_t)pad16l(N);
     cudaStream_t s = g->st;
@@ -1444,13 +1454,13 @@ static int norm_backward(llama_cuda *g, int l, int kind, float *dw, const float 
     halo_cuda_codes c;
     if (L && delayed_on(g) && cuda_rmsnorm_backward_codes_ok(D) && (size_t)N * D + D * n16 <= (size_t)g->N_max * D * 2 &&
         halo_cuda_linear_ey_codes(L, N, D, q, D, q + (size_t)N * D, 1, 1, &c, s)) {
-        PROF(g, PR_NORM_B, cuda_rmsnorm_backward_codes(g->dres, dw, dout, x, w, rstd, res, N, D, &c, s));
+        PROF(g, PR_NORM_B, cuda_rmsnorm_backward_codes(g->dres, dw, dout, d32, x, w, rstd, res, N, D, &c, s));
         return HALO_CUDA_EY_CODES;
     }
     int *nf;
     float *a = ey_amax_prepare(g, l, kind, &nf);
-    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, dw, dout, x, w, rstd, res, N, D, a,
-                                                  nf, s));
+    PROF(g, PR_NORM_B, cuda_rmsnorm_backward_amax(g->dres, (halo_bf16 *)g->dres16, dw, dout, d32, x, w, rstd, res, N, D,
+                                                  a, nf, s));
     return ey_flag(a);
 }
 
@@ -1661,6 +1671,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
     cudaStream_t s = g->st;
     halo_bf16 *W = (halo_bf16 *)g->w;
     // the last down_proj's E_Y (scale, or codes)
+    g->dnorm32 = NULL;   // (lm_head's input gradient is in dnorm)
     g->down_ey = norm_backward(g, c->n_layers - 1, LIN_DOWN, gradw(g, g->final_norm), g->x[c->n_layers],
                                g->final_norm, g->rf, NULL);
     for (int l = c->n_layers - 1; l >= 0; l--) {

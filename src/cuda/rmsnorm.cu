@@ -111,6 +111,21 @@ __global__ void k_rmsnorm_fwd(bf16 *out, float *rstd, const float *x, const bf16
     }
 }
 
+// The upstream gradient dout of the backward kernels below: bf16, or the fp32 sum a HALO group's products left
+// (halo_cuda_linear_backward_flags into an fp32 buffer; no rounding pass). Values 4 d .. 4 d + 3, or value d.
+__device__ __forceinline__ void load_g4(const bf16 *g, int d, float2 &g01, float2 &g23) {
+    const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)g;
+    g01 = __bfloat1622float2(g2[2 * d]);
+    g23 = __bfloat1622float2(g2[2 * d + 1]);
+}
+__device__ __forceinline__ void load_g4(const float *g, int d, float2 &g01, float2 &g23) {
+    const float4 v = ((const float4 *)g)[d];
+    g01 = make_float2(v.x, v.y);
+    g23 = make_float2(v.z, v.w);
+}
+__device__ __forceinline__ float load_g1(const bf16 *g, int d) { return __bfloat162float(g[d]); }
+__device__ __forceinline__ float load_g1(const float *g, int d) { return g[d]; }
+
 // Four values of the input gradient from float4 d: dx = r (dy w) - c x (+ res), stored in fp32 (o) and, when o16, in
 // bf16, with max |bf16 dx| into mx when amax (bad |= 1 when one of those is a NaN or Inf). code (may be NULL; then
 // amax is set): instead of storing the bf16 values, their four 8-bit codes with 1 / scale rq (delayed scaling).
@@ -223,8 +238,8 @@ extern "C" void cuda_rmsnorm_forward_codes(float *rstd, const float *x, const ha
 // block then adds its dw to the global one, one atomic per column. VEC: D % 4 == 0 (16-byte x, 8-byte dout loads).
 // nonfinite (with amax16; may be NULL): |= 1 when a dx16 value is a NaN or Inf (the HALO layer's E_Y flag, which its
 // skipped absmax pass would set).
-template <bool VEC>
-__global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
+template <bool VEC, typename TG>
+__global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const TG *dout, const float *x, const bf16 *w,
                               const float *rstd, const float *dres, int N, int D, int rows_per_block,
                               unsigned *amax16, int *nonfinite) {
     extern __shared__ float sdw[];   // [D]
@@ -236,17 +251,18 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
     int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
     for (int row = r0 + warp; row < r1; row += nwarps) {
         const float *xr = x + (size_t)row * D;
-        const bf16 *g = dout + (size_t)row * D;
+        const TG *g = dout + (size_t)row * D;
         float *o = dx + (size_t)row * D;
         const float *res = dres ? dres + (size_t)row * D : NULL;
         bf16 *o16 = dx16 ? dx16 + (size_t)row * D : NULL;
         float r = rstd[row], dot = 0.f;
         if (VEC) {
             const float4 *x4 = (const float4 *)xr;
-            const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)g, *w2 = (const __nv_bfloat162 *)w;
+            const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)w;
             for (int d = lane; d < D / 4; d += 32) {
                 float4 xv = x4[d];
-                float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 g01, g23;
+                load_g4(g, d, g01, g23);
                 float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
                 dot += g01.x * w01.x * xv.x + g01.y * w01.y * xv.y + g23.x * w23.x * xv.z + g23.y * w23.y * xv.w;
             }
@@ -254,7 +270,8 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
             float c = r * r * r * dot / D;
             for (int d = lane; d < D / 4; d += 32) {
                 float4 xv = x4[d];
-                float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 g01, g23;
+                load_g4(g, d, g01, g23);
                 float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
                 dx_store4(o, o16, res, d, g01, g23, w01, w23, xv, r, c, amax16 != NULL, mx, bad);
                 // component-major (sdw[j * D/4 + d] holds column 4 d + j): a warp's 32 lanes hit 32 banks
@@ -266,11 +283,11 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
                 }
             }
         } else {
-            for (int d = lane; d < D; d += 32) dot += __bfloat162float(g[d]) * __bfloat162float(w[d]) * xr[d];
+            for (int d = lane; d < D; d += 32) dot += load_g1(g, d) * __bfloat162float(w[d]) * xr[d];
             dot = warp_sum(dot);
             float c = r * r * r * dot / D;
             for (int d = lane; d < D; d += 32) {
-                float gd = __bfloat162float(g[d]), xd = xr[d];
+                float gd = load_g1(g, d), xd = xr[d];
                 float v = r * gd * __bfloat162float(w[d]) - c * xd;
                 if (res) v += res[d];
                 o[d] = v;
@@ -305,9 +322,9 @@ __global__ void k_rmsnorm_bwd(float *dx, bf16 *dx16, float *dw, const bf16 *dout
 // the scale of *cq.amax go row-major to cq.q and, 32 rows at a time, through a shared tile [32][D + 4] after sdw to
 // cq.qt transposed (zero codes for rows N..rows_pad-1); amax16 / nonfinite are then cq's amax_next / nonfinite; one
 // thread forms cq's scale products.
-template <int NV, bool CODES>
+template <int NV, bool CODES, typename TG>
 __global__ void __launch_bounds__(256, 2)
-k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const float *x, const bf16 *w,
+k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const TG *dout, const float *x, const bf16 *w,
                   const float *rstd, const float *dres, int N, int rows_per_block, unsigned *amax16,
                   int *nonfinite, halo_cuda_codes cq) {
     constexpr int D = 128 * NV, Q = D / 4, LDT = D + 4;
@@ -331,7 +348,7 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
                 continue;
             }
             const float4 *x4 = (const float4 *)(x + (size_t)row * D);
-            const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)(dout + (size_t)row * D);
+            const TG *gr = dout + (size_t)row * D;
             float4 xv[NV];
 #pragma unroll
             for (int i = 0; i < NV; i++) xv[i] = x4[lane + 32 * i];
@@ -340,7 +357,8 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
 #pragma unroll
             for (int i = 0; i < NV; i++) {
                 const int d = lane + 32 * i;
-                const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 g01, g23;
+                load_g4(gr, d, g01, g23);
                 const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
                 dot += g01.x * w01.x * xv[i].x + g01.y * w01.y * xv[i].y + g23.x * w23.x * xv[i].z +
                        g23.y * w23.y * xv[i].w;
@@ -353,7 +371,8 @@ k_rmsnorm_bwd_reg(float *dx, bf16 *dx16, float *dw, const bf16 *dout, const floa
 #pragma unroll
             for (int i = 0; i < NV; i++) {
                 const int d = lane + 32 * i;
-                const float2 g01 = __bfloat1622float2(g2[2 * d]), g23 = __bfloat1622float2(g2[2 * d + 1]);
+                float2 g01, g23;
+                load_g4(gr, d, g01, g23);
                 const float2 w01 = __bfloat1622float2(w2[2 * d]), w23 = __bfloat1622float2(w2[2 * d + 1]);
                 uint32_t code;
                 dx_store4(o, o16, res, d, g01, g23, w01, w23, xv[i], r, c, amax16 != NULL, mx, bad,
@@ -426,17 +445,18 @@ static int sm_count(void) {
     return n;
 }
 
-extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout,
-                                           const float *x, const halo_bf16 *w, const float *rstd, const float *dres,
-                                           int N, int D, float *amax16, int *nonfinite, cudaStream_t s) {
-    if (N == 0) return;
-    if (!amax16) nonfinite = NULL;
+template <typename TG>
+static void bwd_amax_launch(float *dx, bf16 *dx16, float *dw, const TG *dout, const float *x, const bf16 *w,
+                            const float *rstd, const float *dres, int N, int D, unsigned *amax16, int *nonfinite,
+                            cudaStream_t s) {
     // dres may alias dx: each element is read once by the thread that then writes it
     size_t smem = (size_t)D * sizeof(float);
-    static size_t smem_set;   // the opt-in above 48 KiB, once per size
+    static size_t smem_set;   // the opt-in above 48 KiB, once per size (and dout type)
     if (smem > (48u << 10) && smem > smem_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<true, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd<false, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
         smem_set = smem;
     }
     // the register-held rows (HALO_CUDA_RMSNORM_REG=0: the two-read kernel), 2 blocks an SM, one wave
@@ -448,13 +468,11 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
         halo_cuda_codes none;
         memset(&none, 0, sizeof none);
         if (D == 2048)
-            k_rmsnorm_bwd_reg<16, false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
-                                                                    (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                                    (unsigned *)amax16, nonfinite, none);
+            k_rmsnorm_bwd_reg<16, false, TG><<<blocks, 256, smem, s>>>(dx, dx16, dw, dout, x, w, rstd, dres, N,
+                                                                        rows_per_block, amax16, nonfinite, none);
         else
-            k_rmsnorm_bwd_reg<8, false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x,
-                                                                   (const bf16 *)w, rstd, dres, N, rows_per_block,
-                                                                   (unsigned *)amax16, nonfinite, none);
+            k_rmsnorm_bwd_reg<8, false, TG><<<blocks, 256, smem, s>>>(dx, dx16, dw, dout, x, w, rstd, dres, N,
+                                                                       rows_per_block, amax16, nonfinite, none);
         CUDA_LAUNCH_CHECK();
         return;
     }
@@ -466,30 +484,53 @@ extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw
     int rows_per_block = cdiv(N, blocks);
     blocks = cdiv(N, rows_per_block);
     if (D % 4 == 0)
-        k_rmsnorm_bwd<true><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                      rstd, dres, N, D, rows_per_block, (unsigned *)amax16, nonfinite);
+        k_rmsnorm_bwd<true, TG><<<blocks, 256, smem, s>>>(dx, dx16, dw, dout, x, w, rstd, dres, N, D, rows_per_block,
+                                                          amax16, nonfinite);
     else
-        k_rmsnorm_bwd<false><<<blocks, 256, smem, s>>>(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w,
-                                                       rstd, dres, N, D, rows_per_block, (unsigned *)amax16, nonfinite);
+        k_rmsnorm_bwd<false, TG><<<blocks, 256, smem, s>>>(dx, dx16, dw, dout, x, w, rstd, dres, N, D, rows_per_block,
+                                                           amax16, nonfinite);
     CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_backward_amax(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout,
+                                           const float *dout32, const float *x, const halo_bf16 *w, const float *rstd,
+                                           const float *dres, int N, int D, float *amax16, int *nonfinite,
+                                           cudaStream_t s) {
+    if (N == 0) return;
+    if (!amax16) nonfinite = NULL;
+    if (dout32)
+        bwd_amax_launch(dx, (bf16 *)dx16, dw, dout32, x, (const bf16 *)w, rstd, dres, N, D, (unsigned *)amax16,
+                        nonfinite, s);
+    else
+        bwd_amax_launch(dx, (bf16 *)dx16, dw, (const bf16 *)dout, x, (const bf16 *)w, rstd, dres, N, D,
+                        (unsigned *)amax16, nonfinite, s);
 }
 
 extern "C" int cuda_rmsnorm_backward_codes_ok(int D) { return D == 2048 || D == 1024 || D == 512 || D == 256; }
 
-template <int NV>
-static void bwd_codes_launch(int blocks, size_t smem, float *dx, float *dw, const halo_bf16 *dout, const float *x,
+template <int NV, typename TG>
+static void bwd_codes_launch(int blocks, size_t smem, float *dx, float *dw, const TG *dout, const float *x,
                              const halo_bf16 *w, const float *rstd, const float *dres, int N, int rows_per_block,
                              const halo_cuda_codes *c, cudaStream_t s) {
-    CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd_reg<NV, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CUDA_CHECK(cudaFuncSetAttribute(k_rmsnorm_bwd_reg<NV, true, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)smem));
-    k_rmsnorm_bwd_reg<NV, true><<<blocks, 256, smem, s>>>(dx, NULL, dw, (const bf16 *)dout, x, (const bf16 *)w, rstd,
-                                                           dres, N, rows_per_block, (unsigned *)c->amax_next,
-                                                           c->nonfinite, *c);
+    k_rmsnorm_bwd_reg<NV, true, TG><<<blocks, 256, smem, s>>>(dx, NULL, dw, dout, x, (const bf16 *)w, rstd, dres, N,
+                                                               rows_per_block, (unsigned *)c->amax_next, c->nonfinite,
+                                                               *c);
+}
+template <typename TG>
+static void bwd_codes_dispatch(int D, int blocks, size_t smem, float *dx, float *dw, const TG *dout, const float *x,
+                               const halo_bf16 *w, const float *rstd, const float *dres, int N, int rows_per_block,
+                               const halo_cuda_codes *c, cudaStream_t s) {
+    if (D == 2048) bwd_codes_launch<16>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else if (D == 1024) bwd_codes_launch<8>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else if (D == 512) bwd_codes_launch<4>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    else bwd_codes_launch<2>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
 }
 
-extern "C" void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *x,
-                                            const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
-                                            const halo_cuda_codes *c, cudaStream_t s) {
+extern "C" void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf16 *dout, const float *dout32,
+                                            const float *x, const halo_bf16 *w, const float *rstd, const float *dres,
+                                            int N, int D, const halo_cuda_codes *c, cudaStream_t s) {
     if (!cuda_rmsnorm_backward_codes_ok(D)) {
         fprintf(stderr, "cuda_rmsnorm_backward_codes: unsupported D %d\n", D);
         abort();
@@ -501,15 +542,13 @@ extern "C" void cuda_rmsnorm_backward_codes(float *dx, float *dw, const halo_bf1
     const int rows_per_block = cdiv(cdiv(N, blocks), 32) * 32;
     blocks = cdiv(N, rows_per_block);
     const size_t smem = (size_t)D * sizeof(float) + 32 * (size_t)(D + 4);
-    if (D == 2048) bwd_codes_launch<16>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
-    else if (D == 1024) bwd_codes_launch<8>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
-    else if (D == 512) bwd_codes_launch<4>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
-    else bwd_codes_launch<2>(blocks, smem, dx, dw, dout, x, w, rstd, dres, N, rows_per_block, c, s);
+    if (dout32) bwd_codes_dispatch(D, blocks, smem, dx, dw, dout32, x, w, rstd, dres, N, rows_per_block, c, s);
+    else bwd_codes_dispatch(D, blocks, smem, dx, dw, (const bf16 *)dout, x, w, rstd, dres, N, rows_per_block, c, s);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_backward(float *dx, halo_bf16 *dx16, float *dw, const halo_bf16 *dout, const float *x,
                                       const halo_bf16 *w, const float *rstd, const float *dres, int N, int D,
                                       cudaStream_t s) {
-    cuda_rmsnorm_backward_amax(dx, dx16, dw, dout, x, w, rstd, dres, N, D, NULL, NULL, s);
+    cuda_rmsnorm_backward_amax(dx, dx16, dw, dout, NULL, x, w, rstd, dres, N, D, NULL, NULL, s);
 }
