@@ -71,6 +71,9 @@ step "bench 1B HALO fp8 L1 first-choice products (HALO_GEMM_TUNE=0)" b1f1nt.log 
 keep b1f1nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown --no-ex-defer
 trainbench "bench 1B HALO int8 L0" b1i0.log --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
+# delayed scaling (an option beyond the spec; README "Delayed scaling")
+trainbench "bench 1B HALO int8 L0 delayed scaling" b1i0dly.log --model llama3.2-1b --precision int8 --halo-level 0 --halo-delayed-scaling --no-breakdown
+trainbench "bench 1B HALO fp8 L0 delayed scaling" b1f0dly.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-delayed-scaling --no-breakdown
 step "bench 1B HALO int8 L0 W amax by its own pass (HALO_CUDA_W_AMAX=0)" b1i0wa0.log 45 env HALO_CUDA_W_AMAX=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
 keep b1i0wa0.log "^\{" 2
 step "bench 1B HALO int8 L0 int32 products (HALO_INT8_OWN_GEMM=0)" b1i0i32.log 45 env HALO_INT8_OWN_GEMM=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown

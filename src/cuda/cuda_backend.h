@@ -384,6 +384,9 @@ void llama_cuda_halo_delayed(llama_cuda *g, int on);
 // Tests: every HALO linear's delayed-scale history (halo_cuda_linear_delayed_hist), 2 ints a linear in h
 // (n_layers * 7 * 2), read (set 0) or set (1).
 void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set);
+// Whether a HALO group's fp32 input-gradient sum goes to the norm backward unrounded (levels 0-1 without deferred
+// rotation, no LoRA): on unless HALO_CUDA_DNORM_F32=0 (then rounded to bf16 first, as before; for A/B timings).
+int llama_cuda_dnorm_f32(void);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
 // Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints

@@ -1383,6 +1383,9 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
     lora_backward_dx_group(g, l, k0, nk, X, dX);
 }
 
+static int g_dnorm_f32 = -1;   // -1: not read from the environment yet
+extern "C" int llama_cuda_dnorm_f32(void) { return env_switch(&g_dnorm_f32, "HALO_CUDA_DNORM_F32"); }
+
 // group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once
 // (by the last linear's product where it can: halo_cuda_linear_backward_sum), or not at all: at levels 0-1 (no
 // deferred rotation) the norm backward that reads dnorm next reads hacc instead (g->dnorm32).
@@ -1399,8 +1402,7 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     }
     // no rounding at all where the norm backward reads the fp32 sum (the group's input gradient goes to dnorm, no LoRA
     // adapter adds into it after this; HALO_CUDA_DNORM_F32=0: rounded to bf16 as below)
-    static int f32_on = -1;
-    const int f32 = !defer && dX == g->dnorm && !g->lora && env_switch(&f32_on, "HALO_CUDA_DNORM_F32");
+    const int f32 = !defer && dX == g->dnorm && !g->lora && llama_cuda_dnorm_f32();
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
