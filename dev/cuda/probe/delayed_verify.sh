@@ -4,16 +4,9 @@
 # and delayed. Results go to $OUT/summary.txt as they finish.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/delayed_verify.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
-tar xJf build-dev.tar.xz
-export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export HALO_SHARED=$PWD/shared BUILD=build-dev PATH=/usr/local/cuda/bin:$PATH   # BUILD: the verbs tests run build-dev/halo
-S=$OUT/summary.txt
-nvidia-smi --query-gpu=name,uuid --format=csv,noheader > $S
-mkdir -p $OUT/t
-for t in ops model lora decode verbs halo halo_train; do
-  timeout 240 build-dev/tests/test_cuda_$t > $OUT/t/$t.log 2>&1
-  echo "$t rc=$? $(tail -n1 $OUT/t/$t.log)" >> $S; grep -h "FAIL" $OUT/t/$t.log | head -5 >> $S
-done
+source dev/cuda/probe/ab_lib.sh
+ab_begin
+for t in ops model lora decode verbs halo halo_train; do ab_test $t 240; done
 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 build-dev/tests/test_cuda_halo > $OUT/t/memcheck_halo.log 2>&1
 echo "memcheck test_cuda_halo rc=$? $(grep -E 'ERROR SUMMARY' $OUT/t/memcheck_halo.log | tail -1) $(grep -E 'passed' $OUT/t/memcheck_halo.log | tail -1)" >> $S
 b() {   # name delayed [options]
@@ -25,5 +18,4 @@ E="--model llama3-8b --layers 4"
 b e8_bf16 0 $E; b e8_i0_d0 0 $E --precision int8 --halo-level 0; b e8_i0_d1 1 $E --precision int8 --halo-level 0
 b e8_f0_d1 1 $E --precision fp8 --halo-level 0
 b m1_i0_d1 1 --model llama3.2-1b --precision int8 --halo-level 0; b m1_bf16 0 --model llama3.2-1b
-cat $S
-cd $OUT && tar cJf logs.tar.xz t && rm -rf t
+ab_end

@@ -4,21 +4,11 @@
 # rows run the default), then CUPTI times of 1B INT8 L0 delayed steps alternating, BF16 once.
 # On the device, after scripts/device_sync.sh:  cd .dev-cuda && bash dev/cuda/probe/swiglu_rb_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
-tar xJf build-dev.tar.xz
-export LD_LIBRARY_PATH=$PWD/deps/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export HALO_SHARED=$PWD/shared BUILD=build-dev
-S=$OUT/summary.txt
-nvidia-smi --query-gpu=name,uuid --format=csv,noheader > $S
-mkdir -p $OUT/t
-timeout 240 build-dev/tests/test_cuda_halo > $OUT/t/halo.log 2>&1
-echo "halo rc=$? $(tail -n1 $OUT/t/halo.log)" >> $S; grep -h "FAIL" $OUT/t/halo.log | head -5 >> $S
-kt() {   # name rb [bench options]
-  local n=$1 rb=$2; shift 2
-  HALO_SWIGLU_CODES_RB=$rb bash dev/cuda/probe/halo_step_kernels.sh $OUT/t $n --model llama3.2-1b "$@" > $OUT/t/$n.txt
-  echo "$n $(head -1 $OUT/t/$n.txt | grep -o '"step_ms": [0-9.]*') swiglu_bwd_codes $(grep 'k_swiglu_codesILb0' $OUT/t/$n.txt | awk '{print $1}')" >> $S
-}
-kt bf16 1
+source dev/cuda/probe/ab_lib.sh
+ab_begin
+ab_test halo 240
+C="swiglu_bwd_codes=k_swiglu_codesILb0"
+ab_kt bf16 "$C"
 D="--precision int8 --halo-level 0 --halo-delayed-scaling"
-for r in 1 2; do kt rb1_$r 1 $D; kt rb2_$r 2 $D; done
-cat $S
-rm -f $OUT/t/kt.so; cd $OUT && tar cJf logs.tar.xz t && rm -rf t
+for r in 1 2; do HALO_SWIGLU_CODES_RB=1 ab_kt rb1_$r "$C" $D; HALO_SWIGLU_CODES_RB=2 ab_kt rb2_$r "$C" $D; done
+ab_end
