@@ -976,26 +976,19 @@ static node *parse_not(parser *P) {
     P->rec--;
     return fin(P, n);
 }
-static node *parse_and(parser *P) {
-    node *n = parse_not(P);
-    while (is_name(cur(P), "and")) {
-        node *x = mk(P, E_AND, cur(P)->line);
+// A left-associative chain of sub-expressions joined by keyword kw into nodes of kind (and, or).
+static node *parse_chain(parser *P, node *(*sub)(parser *), const char *kw, int kind) {
+    node *n = sub(P);
+    while (is_name(cur(P), kw)) {
+        node *x = mk(P, kind, cur(P)->line);
         P->i++;
-        x->a = n, x->b = parse_not(P);
+        x->a = n, x->b = sub(P);
         n = fin(P, x);
     }
     return n;
 }
-static node *parse_or(parser *P) {
-    node *n = parse_and(P);
-    while (is_name(cur(P), "or")) {
-        node *x = mk(P, E_OR, cur(P)->line);
-        P->i++;
-        x->a = n, x->b = parse_and(P);
-        n = fin(P, x);
-    }
-    return n;
-}
+static node *parse_and(parser *P) { return parse_chain(P, parse_not, "and", E_AND); }
+static node *parse_or(parser *P) { return parse_chain(P, parse_and, "or", E_OR); }
 static node *parse_expr(parser *P, int condexpr) {
     rec_enter(P);
     node *n = parse_or(P);

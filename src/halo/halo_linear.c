@@ -192,24 +192,24 @@ static double rel_rows(const float *got, long ldg, const int *idx, int R, const 
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void tele_y(halo_linear *L, const float *X, const float *W, const float *Y, int b, int m, int n) {
+// The sampled rows of a product OUT [b][kout] = A [b][ka] W^T (trans_w, W [kout][ka]) or A W (W [ka][kout]) against
+// fp32 from A's rows: the relative error of product prod.
+static void tele_rows(halo_linear *L, int prod, const float *A, int ka, const float *W, int trans_w, const float *OUT,
+                      int kout, int b) {
     int idx[1024];
     int R = sample_rows(L, b, idx);
-    float *xs = xmalloc(sizeof(float) * (size_t)R * m), *ex = xmalloc(sizeof(float) * (size_t)R * n);
-    for (int s = 0; s < R; s++) memcpy(xs + (size_t)s * m, X + (size_t)idx[s] * m, sizeof(float) * (size_t)m);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, n, m, 1.0f, xs, m, W, m, 0.0f, ex, n);
-    L->stats.rel_err[HALO_PROD_Y] = rel_rows(Y, n, idx, R, ex, n);
-    free(xs); free(ex);
+    float *as = xmalloc(sizeof(float) * (size_t)R * ka), *ex = xmalloc(sizeof(float) * (size_t)R * kout);
+    for (int s = 0; s < R; s++) memcpy(as + (size_t)s * ka, A + (size_t)idx[s] * ka, sizeof(float) * (size_t)ka);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_w ? CblasTrans : CblasNoTrans, R, kout, ka, 1.0f, as, ka, W,
+                trans_w ? ka : kout, 0.0f, ex, kout);
+    L->stats.rel_err[prod] = rel_rows(OUT, kout, idx, R, ex, kout);
+    free(as); free(ex);
 }
-
+static void tele_y(halo_linear *L, const float *X, const float *W, const float *Y, int b, int m, int n) {
+    tele_rows(L, HALO_PROD_Y, X, m, W, 1, Y, n, b);
+}
 static void tele_ex(halo_linear *L, const float *EY, const float *W, const float *EX, int b, int m, int n) {
-    int idx[1024];
-    int R = sample_rows(L, b, idx);
-    float *es = xmalloc(sizeof(float) * (size_t)R * n), *ex = xmalloc(sizeof(float) * (size_t)R * m);
-    for (int s = 0; s < R; s++) memcpy(es + (size_t)s * n, EY + (size_t)idx[s] * n, sizeof(float) * (size_t)n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, m, n, 1.0f, es, n, W, m, 0.0f, ex, m);
-    L->stats.rel_err[HALO_PROD_EX] = rel_rows(EX, m, idx, R, ex, m);
-    free(es); free(ex);
+    tele_rows(L, HALO_PROD_EX, EY, n, W, 0, EX, m, b);
 }
 
 static void tele_g(halo_linear *L, const float *EY, const float *X, const float *dW, int b, int m, int n) {
