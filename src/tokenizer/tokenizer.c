@@ -143,19 +143,25 @@ static void *grow(void *p, size_t n, size_t *cap, size_t elem) {
     return xrealloc(p, *cap * elem);
 }
 
+// A "Sequence" component: one(t, item, "key.list[i]", cap) for each item of o's array `list`, in order.
+typedef int (*tok_part_fn)(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap);
+static int parse_sequence(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap, const char *list,
+                          tok_part_fn one) {
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, list), *c;
+    int i = 0;
+    char k[256];
+    cJSON_ArrayForEach(c, arr) {
+        snprintf(k, sizeof k, "%s.%s[%d]", key, list, i++);
+        if (one(t, c, k, cap)) return HALO_ERR;
+    }
+    return HALO_OK;
+}
+
 static int parse_normalizer(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap) {
     if (!o || cJSON_IsNull(o)) return HALO_OK;
     const char *type = jtype(o);
     char k[256];
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "normalizers");
-        int i = 0; const cJSON *c;
-        cJSON_ArrayForEach(c, arr) {
-            snprintf(k, sizeof k, "%s.normalizers[%d]", key, i++);
-            if (parse_normalizer(t, c, k, cap)) return HALO_ERR;
-        }
-        return HALO_OK;
-    }
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, o, key, cap, "normalizers", parse_normalizer);
     t->norm = grow(t->norm, t->n_norm, cap, sizeof *t->norm);
     tok_norm *n = &t->norm[t->n_norm];
     memset(n, 0, sizeof *n);
@@ -204,15 +210,7 @@ static int parse_pretok(halo_tokenizer *t, const cJSON *o, const char *key, size
     if (!o || cJSON_IsNull(o)) return HALO_OK;
     const char *type = jtype(o);
     char k[256];
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "pretokenizers");
-        int i = 0; const cJSON *c;
-        cJSON_ArrayForEach(c, arr) {
-            snprintf(k, sizeof k, "%s.pretokenizers[%d]", key, i++);
-            if (parse_pretok(t, c, k, cap)) return HALO_ERR;
-        }
-        return HALO_OK;
-    }
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, o, key, cap, "pretokenizers", parse_pretok);
     t->pre = grow(t->pre, t->n_pre, cap, sizeof *t->pre);
     tok_pre *p = &t->pre[t->n_pre];
     memset(p, 0, sizeof *p);
@@ -253,15 +251,7 @@ static int parse_pretok(halo_tokenizer *t, const cJSON *o, const char *key, size
 static int parse_decoder(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap) {
     const char *type = jtype(o);
     char k[256];
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "decoders");
-        int i = 0; const cJSON *c;
-        cJSON_ArrayForEach(c, arr) {
-            snprintf(k, sizeof k, "%s.decoders[%d]", key, i++);
-            if (parse_decoder(t, c, k, cap)) return HALO_ERR;
-        }
-        return HALO_OK;
-    }
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, o, key, cap, "decoders", parse_decoder);
     t->dec = grow(t->dec, t->n_dec, cap, sizeof *t->dec);
     tok_dec *d = &t->dec[t->n_dec];
     memset(d, 0, sizeof *d);
@@ -315,21 +305,17 @@ static void tmpl_free(tok_tmpl_item *it, size_t n) {
     free(it);
 }
 
+static int parse_postproc(halo_tokenizer *t, const cJSON *o, const char *key);
+static int postproc_part(halo_tokenizer *t, const cJSON *o, const char *key, size_t *cap) {   // (no array to grow)
+    (void)cap;
+    return parse_postproc(t, o, key);
+}
 // Applies one TemplateProcessing ("single") on top of the current template: its Sequence A slot is replaced by
 // what the earlier processors produce.
 static int parse_postproc(halo_tokenizer *t, const cJSON *o, const char *key) {
     if (!o || cJSON_IsNull(o)) return HALO_OK;
     const char *type = jtype(o);
-    char k[256];
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "processors");
-        int i = 0; const cJSON *c;
-        cJSON_ArrayForEach(c, arr) {
-            snprintf(k, sizeof k, "%s.processors[%d]", key, i++);
-            if (parse_postproc(t, c, k)) return HALO_ERR;
-        }
-        return HALO_OK;
-    }
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, o, key, NULL, "processors", postproc_part);
     if (!strcmp(type, "ByteLevel")) return HALO_OK;   // only adjusts offsets; ids are unchanged
     if (strcmp(type, "TemplateProcessing"))
         return halo_fail("%s.type: post-processor \"%s\" is not supported (supported: TemplateProcessing, ByteLevel, "
