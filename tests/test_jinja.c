@@ -177,23 +177,26 @@ static const char QWEN3_STYLE[] =
         "{%- endif %}\n"
         "";
 
+// The ChatML template of the first two cases below.
+#define CHATML_TMPL                                                                                 \
+    "{%- if messages[0]['role'] != 'system' %}\n"                                                 \
+    "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"             \
+    "{%- endif %}\n"                                                                               \
+    "{%- for message in messages %}\n"                                                             \
+    "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}\n"          \
+    "    {%- if not loop.last %}\n"                                                                \
+    "        {{- '\\n' }}\n"                                                                      \
+    "    {%- endif %}\n"                                                                           \
+    "{%- endfor %}\n"                                                                              \
+    "{%- if add_generation_prompt %}\n"                                                            \
+    "    {{- '\\n<|im_start|>assistant\\n' }}\n"                                                 \
+    "{%- endif %}\n"
+
 // generated from Python jinja2 3.1 configured as transformers does (ImmutableSandboxedEnvironment with
 // trim_blocks, lstrip_blocks, loopcontrols, HF's tojson and raise_exception); each output was read and checked.
 static const struct { const char *name, *tmpl, *vars, *want; } cases[] = {
     {"chatml default system",
-        "{%- if messages[0]['role'] != 'system' %}\n"
-        "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"
-        "{%- endif %}\n"
-        "{%- for message in messages %}\n"
-        "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}\n"
-        "    {%- if not loop.last %}\n"
-        "        {{- '\\n' }}\n"
-        "    {%- endif %}\n"
-        "{%- endfor %}\n"
-        "{%- if add_generation_prompt %}\n"
-        "    {{- '\\n<|im_start|>assistant\\n' }}\n"
-        "{%- endif %}\n"
-        "",
+        CHATML_TMPL,
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi  \"}, {\"role\": \"assistant\", \"content\": \" Hello!\"}, {\"role\": \"user\", \"content\": \"2+2?\"}], \"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"add_generation_prompt\": true}",
         "<|im_start|>system\n"
         "You are a helpful assistant.<|im_end|>\n"
@@ -206,19 +209,7 @@ static const struct { const char *name, *tmpl, *vars, *want; } cases[] = {
         "<|im_start|>assistant\n"
         ""},
     {"chatml own system",
-        "{%- if messages[0]['role'] != 'system' %}\n"
-        "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"
-        "{%- endif %}\n"
-        "{%- for message in messages %}\n"
-        "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}\n"
-        "    {%- if not loop.last %}\n"
-        "        {{- '\\n' }}\n"
-        "    {%- endif %}\n"
-        "{%- endfor %}\n"
-        "{%- if add_generation_prompt %}\n"
-        "    {{- '\\n<|im_start|>assistant\\n' }}\n"
-        "{%- endif %}\n"
-        "",
+        CHATML_TMPL,
         "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi  \"}, {\"role\": \"assistant\", \"content\": \" Hello!\"}, {\"role\": \"user\", \"content\": \"2+2?\"}], \"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"add_generation_prompt\": true}",
         "<|im_start|>system\n"
         "Be brief.<|im_end|>\n"
