@@ -178,18 +178,18 @@ static const char QWEN3_STYLE[] =
         "";
 
 // The ChatML template of the first two cases below.
-#define CHATML_TMPL                                                                                 \
-    "{%- if messages[0]['role'] != 'system' %}\n"                                                 \
-    "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"             \
-    "{%- endif %}\n"                                                                               \
-    "{%- for message in messages %}\n"                                                             \
-    "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}\n"          \
-    "    {%- if not loop.last %}\n"                                                                \
-    "        {{- '\\n' }}\n"                                                                      \
-    "    {%- endif %}\n"                                                                           \
-    "{%- endfor %}\n"                                                                              \
-    "{%- if add_generation_prompt %}\n"                                                            \
-    "    {{- '\\n<|im_start|>assistant\\n' }}\n"                                                 \
+#define CHATML_TMPL                                                                                            \
+    "{%- if messages[0]['role'] != 'system' %}\n"                                                              \
+    "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"                            \
+    "{%- endif %}\n"                                                                                           \
+    "{%- for message in messages %}\n"                                                                         \
+    "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}\n"                      \
+    "    {%- if not loop.last %}\n"                                                                            \
+    "        {{- '\\n' }}\n"                                                                                   \
+    "    {%- endif %}\n"                                                                                       \
+    "{%- endfor %}\n"                                                                                          \
+    "{%- if add_generation_prompt %}\n"                                                                        \
+    "    {{- '\\n<|im_start|>assistant\\n' }}\n"                                                               \
     "{%- endif %}\n"
 
 // generated from Python jinja2 3.1 configured as transformers does (ImmutableSandboxedEnvironment with
