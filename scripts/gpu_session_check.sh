@@ -71,6 +71,9 @@ step "bench 1B HALO fp8 L1 first-choice products (HALO_GEMM_TUNE=0)" b1f1nt.log 
 keep b1f1nt.log "^\{" 2
 trainbench "bench 1B HALO fp8 L1 no ex-defer" b1f1nd.log --model llama3.2-1b --precision fp8 --halo-level 1 --no-breakdown --no-ex-defer
 trainbench "bench 1B HALO int8 L0" b1i0.log --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
+# the groups' input-gradient sums rounded to bf16 before the norm backward (as before run 32), for A/B
+step "bench 1B HALO int8 L0 group sums rounded (HALO_CUDA_DNORM_F32=0)" b1i0dn0.log 45 env HALO_CUDA_DNORM_F32=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision int8 --halo-level 0 --no-breakdown
+step "bench 1B HALO fp8 L0 group sums rounded (HALO_CUDA_DNORM_F32=0)" b1f0dn0.log 45 env HALO_CUDA_DNORM_F32=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --precision fp8 --halo-level 0 --no-breakdown
 # delayed scaling (an option beyond the spec; README "Delayed scaling")
 trainbench "bench 1B HALO int8 L0 delayed scaling" b1i0dly.log --model llama3.2-1b --precision int8 --halo-level 0 --halo-delayed-scaling --no-breakdown
 trainbench "bench 1B HALO fp8 L0 delayed scaling" b1f0dly.log --model llama3.2-1b --precision fp8 --halo-level 0 --halo-delayed-scaling --no-breakdown
@@ -105,6 +108,7 @@ step "bench_cuda_lora (LoRA products at 1B shapes)" bench_lora.log 60 $B/bench/b
 keep bench_lora.log "^\\||per layer|x 16" 90
 keep b1lora.log "LoRA adapters|layer products|adamw|rmsnorm|attention|lm_head|sum" 20
 trainbench "bench 1B LoRA r16 HALO int8 L0" b1lorai0.log --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
+step "bench 1B LoRA r16 HALO int8 L0 group sums rounded (HALO_CUDA_DNORM_F32=0)" b1lorai0dn0.log 45 env HALO_CUDA_DNORM_F32=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
 step "bench 1B LoRA r16 HALO int8 L0 U B^T by its own pass (HALO_LORA_EPILOGUE=0)" b1lorai0ep0.log 45 env HALO_LORA_EPILOGUE=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16 --precision int8 --halo-level 0 --no-breakdown
 keep b1lorai0ep0.log "^\{" 2
 step "bench 1B LoRA r16 BF16 dB and dU by cuBLASLt (HALO_LORA_B_FUSED=0)" b1lorabf0.log 45 env HALO_LORA_B_FUSED=0 $B/bench/bench_cuda_train --batch 4 --seq 2048 --steps 5 --model llama3.2-1b --lora 16 --no-breakdown

@@ -953,7 +953,7 @@ static double rel_l2_d(const double *ref, const float *got, size_t n) {
 
 // lora.cu's grouped kernels for G adapters of rank r on X [N, in] under dropout p (0: none) against float64 sums
 // over the bf16 inputs with lora.c's mask: U_j = alpha mask_j(X) A_j^T, the keep bits bit for bit, gA_j += keep
-// dU_j^T mask_j(X), dX += keep sum_j mask_j(dU_j A_j).
+// dU_j^T mask_j(X), dX += keep sum_j mask_j(dU_j A_j) (bf16, and fp32 to 1e-5: nothing rounded).
 static void test_lora_group(int N, int in, int r, int G, double p) {
     char what[64];
     snprintf(what, sizeof what, "N %d in %d r %d G %d p %g", N, in, r, G, p);
@@ -983,6 +983,8 @@ static void test_lora_group(int N, int in, int r, int G, double p) {
     cuda_lora_u(&gr, dX, N, in, r, alpha, key, thr, 0);
     cuda_lora_da(&gr, dX, N, in, r, keep, ws, 0);
     cuda_lora_dx(&gr, ddx, N, in, r, keep, 0);
+    float *ddx32 = to_dev(dx0, 4 * nx);   // (dx0 holds bf16 values now)
+    cuda_lora_dx_f32(&gr, ddx32, N, in, r, keep, 0);
     cudaDeviceSynchronize();
     unsigned char *mask = malloc(nx);
     double *ru = malloc(8 * nu), *ra = malloc(8 * na), *rdx = calloc(nx, 8);
@@ -1024,18 +1026,19 @@ static void test_lora_group(int N, int in, int r, int G, double p) {
         ea = e2 > ea ? e2 : ea;
         free(u); free(ga);
     }
-    float *dxo = from_dev_bf16(ddx, nx);
-    for (size_t i = 0; i < nx; i++) dxo[i] -= dx0[i];
+    float *dxo = from_dev_bf16(ddx, nx), *dxo32 = from_dev(ddx32, nx);
+    for (size_t i = 0; i < nx; i++) dxo[i] -= dx0[i], dxo32[i] -= dx0[i];
     table_row("lora group U", what, eu, 5e-3);
     table_row("lora group dA", what, ea, 1e-5);
     table_row("lora group dX", what, rel_l2_d(rdx, dxo, nx), 1e-2);
+    table_row("lora group dX into fp32", what, rel_l2_d(rdx, dxo32, nx), 1e-5);
     if (p > 0) table_row("lora group keep bits", "mismatches", (double)bad_bits, 0);
     for (int j = 0; j < G; j++) {
         cudaFree((void *)gr.a[j]); cudaFree((void *)gr.du[j]); cudaFree(gr.u[j]); cudaFree(gr.ga[j]); cudaFree(gr.bits[j]);
         free(a[j]); free(du[j]); free(ga0[j]);
     }
-    cudaFree(ws); cudaFree(dX); cudaFree(ddx);
-    free(x); free(dx0); free(mask); free(ru); free(ra); free(rdx); free(dxo);
+    cudaFree(ws); cudaFree(dX); cudaFree(ddx); cudaFree(ddx32);
+    free(x); free(dx0); free(mask); free(ru); free(ra); free(rdx); free(dxo); free(dxo32);
 }
 
 // cuda_lora_b: for G adapters whose output columns lie side by side in dY [N, ld] (with gap columns between them when

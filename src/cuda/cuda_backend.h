@@ -260,6 +260,8 @@ void cuda_lora_da(const cuda_lora_group *gr, const halo_bf16 *X, int N, int in, 
 size_t cuda_lora_da_ws_floats(int N, int in, int r, int n);
 // dX [N, in] += keep sum_j mask_j(dU_j A_j) (fp32 sum, one bf16 rounding into dX).
 void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, int in, int r, float keep, cudaStream_t s);
+// The same into an fp32 dX (16-byte aligned; nothing rounded).
+void cuda_lora_dx_f32(const cuda_lora_group *gr, float *dX, int N, int in, int r, float keep, cudaStream_t s);
 // One adapter's output: Y [N, out] (row stride ldy; bf16, or fp32 with y_f32) += U B^T, U [N, r], B [out, r] (bf16);
 // cuda_lora_y_ok: r 8, 16 or 32, out a multiple of 32, ldy of 8, Y 16-byte (fp32: 32-byte) aligned.
 int cuda_lora_y_ok(int r, int out, long ldy, int y_f32, const void *Y);

@@ -106,7 +106,7 @@ struct llama_cuda {
     bf16 *sbuf;                  // [N, F] swiglu output / its gradient
     bf16 *dgu;                   // [N, 2F]
     bf16 *dnorm;                 // [N, D] gradient of a norm output
-    const float *dnorm32;        // non-NULL: that gradient is here in fp32 instead (a HALO group's sum left unrounded,
+    float *dnorm32;              // non-NULL: that gradient is here in fp32 instead (a HALO group's sum left unrounded,
                                  // group_backward_halo), for the norm backward that reads it next
     bf16 *datt;                  // [N, Hq hd]
     bf16 *dqkv;                  // [N, QKV]
@@ -833,15 +833,25 @@ static void lora_backward_w_group(llama_cuda *g, int l, int k0, int nk, const bf
 }
 // ... and their input gradients added into dX [N, in] (bf16, the base's), from the dU slots lora_backward_w_group
 // wrote. X: the same input as there (for the same choice of path).
-static void lora_backward_dx_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, bf16 *dX) {
+// dX32 (set only where lora_dx_f32_ok said yes): the group's input gradient is that fp32 sum instead of dX.
+static void lora_backward_dx_group(llama_cuda *g, int l, int k0, int nk, const bf16 *X, bf16 *dX, float *dX32) {
     lora_group q;
     const int grouped = lora_group_of(g, l, k0, nk, X, dX, &q), N = g->B * g->T, r = g->lrank;
     if (!q.n) return;
     prof_mark(g, PR_LORA);
-    if (grouped) cuda_lora_dx(&q.gr, (halo_bf16 *)dX, N, q.in, r, lora_keep(g), g->st);
+    if (dX32) cuda_lora_dx_f32(&q.gr, dX32, N, q.in, r, lora_keep(g), g->st);
+    else if (grouped) cuda_lora_dx(&q.gr, (halo_bf16 *)dX, N, q.in, r, lora_keep(g), g->st);
     else
         for (int j = 0; j < q.n; j++) lora_backward_dx(g, l, q.kind[j], dX, lora_du(g, j));
     prof_mark(g, PR_LORA);
+}
+
+// Whether lora_backward_dx_group can add the adapters' input gradients of linears k0 .. k0 + nk - 1 into an fp32 sum:
+// none there, or the grouped kernel takes them.
+static int lora_dx_f32_ok(llama_cuda *g, int l, int k0, int nk, const bf16 *X) {
+    lora_group q;
+    const int grouped = lora_group_of(g, l, k0, nk, X, NULL, &q);
+    return !q.n || grouped;
 }
 
 // The settings-only part of halo_setup's validation (no model needed): what the GPU HALO layers support.
@@ -1364,8 +1374,8 @@ static void dw(llama_cuda *g, size_t off, const halo_bf16 *dY, const halo_bf16 *
 // HALO's weight gradient: overwritten on the first write after zero_grads, else accumulated.
 static int halo_g_flag(const llama_cuda *g) { return g->grads_fresh ? HALO_CUDA_G_SET : 0; }
 
-static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
-                                int ey_flag);
+static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
+                                size_t w_off, int ey_flag);
 // Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
 // rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
 // then rounded to bf16 once; at levels 1-2 the sum is taken before the inverse rotations, which then run once.
@@ -1376,11 +1386,11 @@ static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const
         if (!g->lora) PROF(g, PR_MM_DW, dw(g, w_off, (const halo_bf16 *)dY, (const halo_bf16 *)X, N, D, ldy));
         PROF(g, PR_MM_DX, cuda_linear_backward_dx((halo_bf16 *)dX, (const halo_bf16 *)dY, (const halo_bf16 *)g->w + w_off,
                                                   N, D, ldy, g->st));
-    } else group_backward_halo(g, l, k0, nk, dX, dY, ldy, w_off, ey_flag);
+    } else group_backward_halo(g, l, k0, nk, dX, dY, ldy, X, w_off, ey_flag);
     // LoRA: each adapter's gradients from its columns of dY, its input gradient added to the group's (X, the normed
-    // input, is not dX's buffer)
+    // input, is not dX's buffer; into the fp32 sum where the HALO products left it unrounded)
     lora_backward_w_group(g, l, k0, nk, X, dY, ldy);
-    lora_backward_dx_group(g, l, k0, nk, X, dX);
+    lora_backward_dx_group(g, l, k0, nk, X, dX, g->dnorm32);
 }
 
 static int g_dnorm_f32 = -1;   // -1: not read from the environment yet
@@ -1388,9 +1398,10 @@ extern "C" int llama_cuda_dnorm_f32(void) { return env_switch(&g_dnorm_f32, "HAL
 
 // group_backward's HALO products: each linear's input gradient in fp32, summed in hacc, rounded to bf16 into dX once
 // (by the last linear's product where it can: halo_cuda_linear_backward_sum), or not at all: at levels 0-1 (no
-// deferred rotation) the norm backward that reads dnorm next reads hacc instead (g->dnorm32).
-static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, size_t w_off,
-                                int ey_flag) {
+// deferred rotation) the norm backward that reads dnorm next reads hacc instead (g->dnorm32; LoRA's input gradients
+// are added there too).
+static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
+                                size_t w_off, int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
     float *G = gradw(g, w_off);   // HALO refuses bf16 gradients: fp32 here (NULL under LoRA: frozen)
     // levels 1-2: the products' sum in hacc before the inverse rotations, rotated once (when every linear of the group
@@ -1400,9 +1411,9 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
         const int rows = halo_cuda_linear_ex_defer_rows(hl_of(g, l, k), N);
         defer &= rows > 0 && rows <= g->N_max;
     }
-    // no rounding at all where the norm backward reads the fp32 sum (the group's input gradient goes to dnorm, no LoRA
-    // adapter adds into it after this; HALO_CUDA_DNORM_F32=0: rounded to bf16 as below)
-    const int f32 = !defer && dX == g->dnorm && !g->lora && llama_cuda_dnorm_f32();
+    // no rounding at all where the norm backward reads the fp32 sum (the group's input gradient goes to dnorm, and
+    // LoRA adapters, if any, can add theirs into it; HALO_CUDA_DNORM_F32=0: rounded to bf16 as below)
+    const int f32 = !defer && dX == g->dnorm && (!g->lora || lora_dx_f32_ok(g, l, k0, nk, X)) && llama_cuda_dnorm_f32();
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
@@ -1482,7 +1493,7 @@ static void single_backward(llama_cuda *g, int l, int kind, bf16 *dX, const bf16
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(L, (const halo_bf16 *)dY, n, dX, 0, G,
                                                                       halo_g_flag(g) | ey_flag, N, m, n, g->st)));
     }
-    lora_backward_dx_group(g, l, kind, 1, X, dX);
+    lora_backward_dx_group(g, l, kind, 1, X, dX, NULL);
 }
 
 static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A);

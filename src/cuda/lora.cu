@@ -3,7 +3,7 @@
 // pass over X (or over dX), with the dropout mask inside:
 //   cuda_lora_u:  U_j = alpha mask_j(X) A_j^T            (the only place the mask is hashed; it keeps it as bits)
 //   cuda_lora_da: gA_j += keep dU_j^T mask_j(X)          (per-split partial sums, then a fixed-order sum: deterministic)
-//   cuda_lora_dx: dX += keep sum_j mask_j(dU_j A_j)      (one bf16 rounding of the sum into dX)
+//   cuda_lora_dx: dX += keep sum_j mask_j(dU_j A_j)      (one bf16 rounding of the sum into dX; _f32: an fp32 dX)
 //   cuda_lora_y:  Y_j += U_j B_j^T                        (each adapter into its own columns; the dX kernel's code)
 // The thin products run on mma.sync (m16n8k16 bf16, fp32 accumulators). Since only the pairing of A's and B's
 // k-indices matters, each thread's fragments take 4 or 8 consecutive columns of X (16-byte loads), and the output
@@ -253,6 +253,11 @@ template <int R, int G, bool DROP>
 __global__ void __launch_bounds__(128) k_lora_dx(cuda_lora_group gr, void *__restrict__ out, long ld, int N, int ncols,
                                                  float scale) {
     lora_up<R, G, DROP, false, false>(gr, out, ld, N, ncols, scale);
+}
+template <int R, int G, bool DROP>   // the same into an fp32 dX (a HALO group's unrounded sum)
+__global__ void __launch_bounds__(128) k_lora_dx_f32(cuda_lora_group gr, void *__restrict__ out, long ld, int N,
+                                                     int ncols, float scale) {
+    lora_up<R, G, DROP, false, true>(gr, out, ld, N, ncols, scale);
 }
 template <int R, bool F32>
 __global__ void __launch_bounds__(128) k_lora_y(cuda_lora_group gr, void *__restrict__ out, long ld, int N, int ncols) {
@@ -559,6 +564,13 @@ extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, in
     if (N <= 0) return;
     const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
     LORA_DISPATCH(k_lora_dx, grid, 128, *gr, (void *)dX, (long)in, N, in, keep);
+    CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_lora_dx_f32(const cuda_lora_group *gr, float *dX, int N, int in, int r, float keep,
+                                 cudaStream_t s) {
+    if (N <= 0) return;
+    const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
+    LORA_DISPATCH(k_lora_dx_f32, grid, 128, *gr, (void *)dX, (long)in, N, in, keep);
     CUDA_LAUNCH_CHECK();
 }
 extern "C" int cuda_lora_y_ok(int r, int out, long ldy, int y_f32, const void *Y) {
