@@ -387,7 +387,8 @@ void llama_cuda_halo_delayed(llama_cuda *g, int on);
 // (n_layers * 7 * 2), read (set 0) or set (1).
 void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set);
 // Whether a HALO group's fp32 input-gradient sum goes to the norm backward unrounded (levels 0-1 without deferred
-// rotation, no LoRA): on unless HALO_CUDA_DNORM_F32=0 (then rounded to bf16 first, as before; for A/B timings).
+// rotation; LoRA adapters add into it where the grouped kernel takes them): on unless HALO_CUDA_DNORM_F32=0 (then
+// rounded to bf16 first, as before; for A/B timings).
 int llama_cuda_dnorm_f32(void);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
