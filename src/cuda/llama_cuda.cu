@@ -1378,7 +1378,8 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
                                 size_t w_off, int ey_flag);
 // Backward of a fused group (see group_forward): dX [N, D] (bf16) from dY [N, ldy]; weight gradients into the group's
 // rows from w_off. HALO: each linear's input gradient in fp32, summed in hacc (the first overwrites, the others add),
-// then rounded to bf16 once; at levels 1-2 the sum is taken before the inverse rotations, which then run once.
+// then rounded to bf16 once or read unrounded by the norm backward (group_backward_halo); at levels 1-2 the sum is
+// taken before the inverse rotations, which then run once.
 static void group_backward(llama_cuda *g, int l, int k0, int nk, bf16 *dX, const bf16 *dY, int ldy, const bf16 *X,
                            size_t w_off, int ey_flag) {
     int N = g->B * g->T, D = g->c.dim;
