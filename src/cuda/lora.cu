@@ -559,19 +559,21 @@ extern "C" void cuda_lora_u(const cuda_lora_group *gr, const halo_bf16 *X, int N
     LORA_DISPATCH(k_lora_u, cdiv(N, LORA_U_TOKENS), 128, *gr, (const bf16 *)X, N, in, alpha, key, thr);
     CUDA_LAUNCH_CHECK();
 }
-extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, int in, int r, float keep,
-                             cudaStream_t s) {
+static void lora_dx_launch(const cuda_lora_group *gr, void *dX, int f32, int N, int in, int r, float keep,
+                           cudaStream_t s) {
     if (N <= 0) return;
     const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
-    LORA_DISPATCH(k_lora_dx, grid, 128, *gr, (void *)dX, (long)in, N, in, keep);
+    if (f32) LORA_DISPATCH(k_lora_dx_f32, grid, 128, *gr, dX, (long)in, N, in, keep);
+    else LORA_DISPATCH(k_lora_dx, grid, 128, *gr, dX, (long)in, N, in, keep);
     CUDA_LAUNCH_CHECK();
+}
+extern "C" void cuda_lora_dx(const cuda_lora_group *gr, halo_bf16 *dX, int N, int in, int r, float keep,
+                             cudaStream_t s) {
+    lora_dx_launch(gr, dX, 0, N, in, r, keep, s);
 }
 extern "C" void cuda_lora_dx_f32(const cuda_lora_group *gr, float *dX, int N, int in, int r, float keep,
                                  cudaStream_t s) {
-    if (N <= 0) return;
-    const dim3 grid(cdiv(in, LORA_DX_COLS), cdiv(N, LORA_DX_TOKENS));
-    LORA_DISPATCH(k_lora_dx_f32, grid, 128, *gr, (void *)dX, (long)in, N, in, keep);
-    CUDA_LAUNCH_CHECK();
+    lora_dx_launch(gr, dX, 1, N, in, r, keep, s);
 }
 extern "C" int cuda_lora_y_ok(int r, int out, long ldy, int y_f32, const void *Y) {
     return rank_ok(r) && out > 0 && out % 32 == 0 && ldy % 8 == 0 &&
