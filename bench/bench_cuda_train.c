@@ -297,9 +297,9 @@ int main(int argc, char **argv) {
                step_s * 1e3 - mm_ms * L - lm_ms - (af + ab) * L - adam_ms);
     }
     printf("{\"bench\": \"halo_cuda\", \"model\": \"%s\", \"layers\": %d, \"batch\": %d, \"seq\": %d, \"recompute\": %d, "
-           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"tok_fused\": %d, \"sum_fused\": %d, \"dnorm_f32\": %d, \"delayed_scaling\": %d, \"lora\": %d, \"lora_dropout\": %g, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
+           "\"precision\": \"%s\", \"halo_level\": %d, \"token_block\": %d, \"hm_block\": %d, \"bf16_moments\": %d, \"bf16_grads\": %d, \"recompute_norms\": %d, \"ex_defer\": %d, \"gemm_tune\": %d, \"int8_own\": %d, \"tok_fused\": %d, \"sum_fused\": %d, \"dnorm_f32\": %d, \"ey_codes_spec\": %d, \"delayed_scaling\": %d, \"lora\": %d, \"lora_dropout\": %g, \"params\": %.0f, \"step_ms\": %.2f, \"tokens_per_s\": %.0f, \"mfu_measured_peak\": %.4f, "
            "\"peak_tflops\": %.1f, \"model_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f}\n",
-           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), halo_cuda_tok_fusing(), halo_cuda_sum_fusing(), llama_cuda_dnorm_f32(), hc.delayed, lora_rank, lora_rank > 0 ? (lora_dropout >= 0 ? lora_dropout : lora_config_default().dropout) : 0.0, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
+           model, c.n_layers, B, T, recompute, precision, hc.prec == HALO_PREC_FP32 ? -1 : hc.level, token_block, hm_block, bf16m, bf16g, rnorms, halo_cuda_ex_deferring(), halo_cuda_gemm_tuning(), halo_cuda_gemm_s8_owning(), halo_cuda_tok_fusing(), halo_cuda_sum_fusing(), llama_cuda_dnorm_f32(), halo_cuda_ey_codes_spec_on(), hc.delayed, lora_rank, lora_rank > 0 ? (lora_dropout >= 0 ? lora_dropout : lora_config_default().dropout) : 0.0, n, step_s * 1e3, tok / step_s, flops / step_s / peak, peak / 1e12,
            llama_cuda_bytes(g) / 1073741824.0, (total_b - free_b) / 1073741824.0, loss);
     llama_cuda_free(g);
     if (lora_rank > 0) llama_free(&host);

@@ -40,6 +40,7 @@ for key, j in rows:
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")
     if j.get("delayed_scaling"): cfg.append("delayed scaling")
     if j.get("dnorm_f32") == 0 and j["precision"] != "bf16": cfg.append("group sums rounded to bf16")
+    if j.get("ey_codes_spec") == 0 and j["precision"] != "bf16": cfg.append("gate/up E_Y in bf16")
     if j.get("bf16_moments"): cfg.append("bf16 moments")
     if j.get("lora"): cfg.append(f"LoRA r{j['lora']} (base frozen)")
     if j.get("bf16_grads"): cfg.append("bf16 grads")

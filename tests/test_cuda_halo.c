@@ -1206,6 +1206,21 @@ static void test_swiglu_codes(void) {
                 if (v > own[j >= F]) own[j >= F] = v;
                 if (j < F && fabsf(hf[(size_t)t * F + j]) > own[2]) own[2] = fabsf(hf[(size_t)t * F + j]);
             }
+        {   // the amax-only backward (no dgu): the stored values' max |dgate|, |dup| bit for bit, and the NaN flags
+            float *ao = dev_poison(8), ah[2];
+            int *fo = dev_poison(8), fh[2];
+            cudaMemset(ao, 0, 8);
+            cudaMemset(fo, 0, 8);
+            cuda_swiglu_backward_amax(NULL, dd, dgu_in, N, F, ao, ao + 1, fo, fo + 1, 0);
+            cudaMemcpy(ah, ao, 8, cudaMemcpyDeviceToHost);
+            cudaMemcpy(fh, fo, 8, cudaMemcpyDeviceToHost);
+            char det[64];
+            snprintf(det, sizeof det, "N %d F %d%s", N, F, nan ? " NaN" : "");
+            row("SwiGLU bwd amax only: amaxes, flags", det,
+                (double)words_differ(ah, own, 2) + (nan ? !(fh[0] && fh[1]) : fh[0] + fh[1]), 0, 0, 0);
+            cudaFree(ao);
+            cudaFree(fo);
+        }
         for (int fmt = 0; fmt < 2; fmt++)
             for (int fi = 0; fi < 2; fi++) {
                 const float fac = fi ? 1.0f : 0.6f, qmax = fmt == HALO_CUDA_INT8 ? 127.f : 448.f;
@@ -1227,6 +1242,12 @@ static void test_swiglu_codes(void) {
                                              am + 3 + u, nf + u, {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}, fmt}};
                     c[u].aj.out[0] = am + 8 + u; c[u].aj.a[0] = am + u; c[u].aj.b[0] = am + 6;
                 }
+                // 64-token tiles (HALO_SWIGLU_CODES_TR=64), then 128 (the default), each into fresh poison
+                cuda_swiglu_codes_tile(64);
+                cuda_swiglu_backward_codes(dd, dgu_in, N, F, &c[0], &c[1], 0);
+                uint8_t *hg64 = t_host_of(got, qb + tb);
+                cudaMemset(got, 0xA5, qb + tb);
+                cuda_swiglu_codes_tile(128);
                 cuda_swiglu_backward_codes(dd, dgu_in, N, F, &c[0], &c[1], 0);
                 uint8_t *hr = t_host_of(ref, qb + tb), *hg = t_host_of(got, qb + tb);
                 // forward: down_proj's X codes
@@ -1241,12 +1262,16 @@ static void test_swiglu_codes(void) {
                 int f[3];
                 cudaMemcpy(a, am, sizeof a, cudaMemcpyDeviceToHost);
                 cudaMemcpy(f, nf, sizeof f, cudaMemcpyDeviceToHost);
-                long bad = 0;
-                for (size_t i = 0; i < qb + tb; i++) bad += hr[i] != hg[i];
+                long bad = 0, bad64 = 0;
+                for (size_t i = 0; i < qb + tb; i++) { bad += hr[i] != hg[i]; bad64 += hr[i] != hg64[i]; }
                 long fbad = 0;
                 for (size_t i = 0; i < fq + ft; i++) fbad += fr[i] != fg[i];
-                long pad = 0;   // the transposed layouts' token padding: zero codes
-                for (int r = 0; r < 2 * F; r++) for (int t = N; t < n16; t++) pad += hg[qb + (size_t)r * n16 + t] != 0;
+                long pad = 0, pad64 = 0;   // the transposed layouts' token padding: zero codes
+                for (int r = 0; r < 2 * F; r++)
+                    for (int t = N; t < n16; t++) {
+                        pad += hg[qb + (size_t)r * n16 + t] != 0;
+                        pad64 += hg64[qb + (size_t)r * n16 + t] != 0;
+                    }
                 float want_al[2];
                 for (int u = 0; u < 2; u++) want_al[u] = (hin[u] / qmax) * (hin[6] / qmax);
                 char det[96];
@@ -1256,12 +1281,13 @@ static void test_swiglu_codes(void) {
                     row("SwiGLU codes: NaN flags (dgate, dup)", det, (f[0] && f[1] && !f[2]) ? 0 : 1, 0, 0, 0);
                 } else {
                     row("SwiGLU bwd codes vs quant_tile", det, (double)(bad + pad), 0, 0, 0);
+                    row("SwiGLU bwd codes, 64-token tiles, vs quant_tile", det, (double)(bad64 + pad64), 0, 0, 0);
                     row("SwiGLU fwd codes vs quant_tile", det, (double)fbad, 0, 0, 0);
                     row("SwiGLU codes: recorded amax", det, (double)words_differ(a + 3, own, 3) + f[0] + f[1] + f[2],
                         0, 0, 0);
                     row("SwiGLU codes: scale products", det, (double)words_differ(a + 8, want_al, 2), 0, 0, 0);
                 }
-                free(hr); free(hg); free(fr); free(fg);
+                free(hr); free(hg); free(hg64); free(fr); free(fg);
                 cudaFree(am); cudaFree(nf); cudaFree(ref); cudaFree(got); cudaFree(fref); cudaFree(fgot);
             }
         free(gu); free(d); free(hb); free(hf);

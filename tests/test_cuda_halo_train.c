@@ -672,6 +672,38 @@ static void test_model_attention_amax(void) {
     tiny_ab_free(&t);
 }
 
+// gate's and up's E_Y codes written by the SwiGLU backward at the spec's scale (halo_cuda_ey_codes_spec, on by
+// default: an amax-only pass, then the codes pass): INT8 and FP8 at levels 0 and 1 give the same loss bits and
+// gradients (1e-7, run-to-run atomics) as the bf16 E_Y with the layers' own quantizer, whose 4 launches (gate and up
+// of both blocks) go: "bwd quant E_Y (both layouts)" 14 -> 10.
+static void test_model_ey_codes_spec(void) {
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 61, 31)) return;
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *g0 = t.g[0], *g1 = t.g[1];
+    static const char *const name = "bwd quant E_Y (both layouts)";
+    for (int k = 0; k < 4; k++) {
+        const int fp8 = k & 1, level = k >> 1;
+        char what[32];
+        snprintf(what, sizeof what, "%s L%d", fp8 ? "fp8" : "int8", level);
+        const llama_cuda_opts o = tiny_opts(b, fp8 ? HALO_PREC_FP8 : HALO_PREC_INT8, level, 0, 0);
+        llama_cuda *g;
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        int n0, n1;
+        halo_cuda_ey_codes_spec(0);
+        const float l0 = fb_named(g, b, g0, m, &name, &n0, 1);
+        halo_cuda_ey_codes_spec(1);
+        const float l1 = fb_named(g, b, g1, m, &name, &n1, 1);
+        printf("   %s SwiGLU E_Y codes: own quantizer launches %d -> %d, loss %.7f -> %.7f\n", what, n0, n1, l0, l1);
+        row("spec E_Y codes: own quantizer launches", what, abs(n0 - 14) + abs(n1 - 10), 0);
+        row("spec E_Y codes: loss vs bf16 E_Y", what, fabs(l1 - l0) / l0, 0);
+        row("spec E_Y codes: grads vs bf16 E_Y", what, rel_l2_f(g1, g0, t.P), 1e-7);
+        llama_cuda_free(g);
+    }
+    tiny_ab_free(&t);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -1093,6 +1125,7 @@ int main(int argc, char **argv) {
     test_model_delayed();
     test_model_w_codes();
     test_model_attention_amax();
+    test_model_ey_codes_spec();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

@@ -136,7 +136,7 @@ void cuda_swiglu_forward_amax(halo_bf16 *out, const halo_bf16 *gu, int N, int F,
 void cuda_swiglu_backward(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, cudaStream_t s);
 // The same, and *amax_gate / *amax_up = max(.., max |dgate| / |dup|) (atomic on the float bits): the gate and up HALO
 // layers' E_Y scales; *nf_gate / *nf_up |= 1 when a dgate / dup value is a NaN or Inf (their E_Y flags; both or
-// none, NULL).
+// none, NULL). dgu NULL: the amaxes and flags only, nothing stored (the pass before a producer writes codes).
 void cuda_swiglu_backward_amax(halo_bf16 *dgu, const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                float *amax_gate, float *amax_up, int *nf_gate, int *nf_up, cudaStream_t s);
 // The same (F % 64 == 0), and *tok_amax_gate / *tok_amax_up = max(.., max |H_b^T dgate| / |H_b^T dup|) with H_b the

@@ -287,7 +287,8 @@ typedef struct halo_cuda_codes {
     long ldqt;               // transposed codes [cols][ldqt]: rows_pad columns, zero codes past rows (NULL: not needed)
     int rows_pad, fmt;       // fmt: HALO_CUDA_INT8 / E4M3
     const float *amax;       // the scale's amax (the previous call's), final on the stream
-    float *amax_next;        // zeroed on the stream; the producer maxes this call's max |value| in (float bits, atomic)
+    float *amax_next;        // zeroed on the stream; the producer maxes this call's max |value| in (float bits, atomic);
+                             // NULL: nothing recorded (halo_cuda_linear_ey_codes_now: the amax is this call's)
     int *nonfinite;          // |= 1 on a NaN / Inf (the layer's flag for the tensor)
     halo_cuda_alpha_job aj;  // scale products the producer forms on the side (one thread)
 } halo_cuda_codes;
@@ -304,6 +305,14 @@ void halo_cuda_linear_delayed_hist(halo_cuda_linear *L, int h[2], int set);
 int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex,
                               int want_g, halo_cuda_codes *c, cudaStream_t s);
 enum { HALO_CUDA_EY_CODES = 512 };
+// The spec's scale, codes from the producer (levels 0, 1; not delayed): as halo_cuda_linear_ey_codes, but scaled by
+// this call's E_Y amax, which the producer has already taken into the layer's slot (halo_cuda_linear_ey_amax: an
+// amax-only pass before the codes pass); c->amax_next NULL. The same codes the layer's own quantizer would write
+// from the producer's bf16 E_Y. Off with HALO_CUDA_EY_CODES_SPEC=0 or halo_cuda_ey_codes_spec(0).
+int halo_cuda_linear_ey_codes_now(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex,
+                                  int want_g, halo_cuda_codes *c, cudaStream_t s);
+void halo_cuda_ey_codes_spec(int on);
+int halo_cuda_ey_codes_spec_on(void);   // the setting (bench JSON)
 // X [b][m] (level 0, m % 16 == 0, a layer that does not borrow X codes): 1 when L's next forward takes X's codes from
 // X's producer, c filled with the layer's own buffers (row-major for the product, transposed for G when save_g). That
 // forward must pass HALO_CUDA_X_CODES (its X pointer is not read). 0: the spec's path.
@@ -352,6 +361,9 @@ void cuda_rope_backward_codes(const halo_bf16 *dqkv, const int32_t *pos, const f
                               const halo_cuda_codes *v, cudaStream_t s);
 void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf16 *gu, int N, int F, const halo_cuda_codes *gate,
                                 const halo_cuda_codes *up, cudaStream_t s);
+// The backward's tiles: 128 tokens (the default; whole 128-byte lines of the transposed codes) or 64; the
+// environment's HALO_SWIGLU_CODES_TR=64 sets 64 unless this was called. The same codes either way.
+void cuda_swiglu_codes_tile(int tokens);
 
 // prec: HALO_PREC_INT8 / HALO_PREC_FP8; level 0..2. HALO_ERR with a message otherwise.
 int halo_cuda_linear_init(halo_cuda_linear *L, int prec, int level, const char *name);

@@ -53,10 +53,11 @@ __device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   
 }
 
 // Whether a producer can take codes c (halo_cuda_codes) of an N x cols tensor, aborting with `who` in the message if
-// not (an internal invariant: the model checks the shapes before it asks): both absmax slots set, a layout to write,
+// not (an internal invariant: the model checks the shapes before it asks): the scale's amax set (amax_next may be NULL:
+// nothing recorded; SwiGLU and RoPE backward producers only), a layout to write,
 // q's rows of at least cols codes and qt's of rows_pad >= N tokens, starting at `align`-byte boundaries.
 static inline void codes_layout_check(const char *who, const halo_cuda_codes *c, int N, int cols, int align) {
-    const int ok = c && c->amax && c->amax_next && (c->q || c->qt) &&
+    const int ok = c && c->amax && (c->q || c->qt) &&
                    (!c->q || (c->ldq >= cols && c->ldq % align == 0 && (uintptr_t)c->q % align == 0)) &&
                    (!c->qt || (c->rows_pad >= N && c->rows_pad % align == 0 && c->ldqt >= c->rows_pad &&
                                c->ldqt % align == 0 && (uintptr_t)c->qt % align == 0));
@@ -82,15 +83,17 @@ __device__ __forceinline__ void transpose4(const unsigned w[4], unsigned o[4]) {
 // qt [C][ldqt] (tile rows r0.., columns c0..; rows at or past Rpad, columns at or past C skipped).
 typedef uint2 tile8_t[9];   // 72-byte rows
 __device__ __forceinline__ void tile8_put(tile8_t *tile, int i, int cc, uint2 code) { tile[i][cc ^ ((i >> 3) & 7)] = code; }
+// TR: the tile's rows (64, or 128 with 128 threads: each column's 128 tokens then fill a whole 128-byte line of qt).
+template <int TR = 64>
 __device__ __forceinline__ void tile8_store_t(const tile8_t *tile, int t, int r0, int c0, int C, int Rpad, uint8_t *qt,
                                               long ldqt) {
-    const int bi = t & 7, bj = t >> 3;   // the 8 x 8 block: rows bi * 8.., columns bj * 8..
+    const int bi = t % (TR / 8), bj = t / (TR / 8);   // the 8 x 8 block: rows bi * 8.., columns bj * 8..
     const int cj = c0 + bj * 8, ri = r0 + bi * 8;
     if (cj >= C || ri >= Rpad) return;
     unsigned lo[8], hi[8];
     #pragma unroll
     for (int x = 0; x < 8; x++) {
-        const uint2 u = tile[bi * 8 + x][bj ^ bi];
+        const uint2 u = tile[bi * 8 + x][bj ^ (bi & 7)];
         lo[x] = u.x; hi[x] = u.y;
     }
     unsigned o[4][4];   // o[0]: rows 0-3 bytes 0-3, o[1]: rows 4-7 bytes 0-3, o[2]: rows 0-3 bytes 4-7, o[3]: rows 4-7 bytes 4-7

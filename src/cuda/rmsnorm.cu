@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(256) k_rmsnorm_codes(float *rstd, const float 
     __syncthreads();
     if (c.qt) tile32_store_t(tl, ldt, D, r0, c.rows_pad, c.qt, c.ldqt);
     mx = block_max(mx);
-    if (threadIdx.x == 0) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
+    if (threadIdx.x == 0 && c.amax_next) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
     block_flags(bad, c.nonfinite);
 }
 

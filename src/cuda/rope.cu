@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(64) k_rope_bwd_codes(const bf16 *__restrict__ 
     __syncthreads();
     if (c.qt) tile8_store_t(tile, t, r0, c0 - a.col[which], 0x7fffffff, c.rows_pad, c.qt, c.ldqt);   // (whole tiles)
     mx = block_max(mx);
-    if (t == 0) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
+    if (t == 0 && c.amax_next) atomicMax((unsigned *)c.amax_next, __float_as_uint(mx));
     block_flags(bad, c.nonfinite);
 }
 

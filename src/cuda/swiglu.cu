@@ -113,9 +113,11 @@ __global__ void k_swiglu_bwd(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N,
         bvec<V> dg2, du2;
         swiglu_bwd_vec<V>(g2, u2, d2, dg2, du2, amax_g ? &mg : NULL, amax_g ? &mu : NULL);
         if (nf_g) bad |= nonfinite_vec<V>(dg2) | nonfinite_vec<V>(du2) << 1;
-        bf16 *drow = dgu + (size_t)n * 2 * F;
-        stv<V>(drow + j, dg2);
-        stv<V>(drow + F + j, du2);
+        if (dgu) {   // (NULL: the amaxes only)
+            bf16 *drow = dgu + (size_t)n * 2 * F;
+            stv<V>(drow + j, dg2);
+            stv<V>(drow + F + j, du2);
+        }
     }
     if (amax_g) {
         mg = block_max(mg);
@@ -201,14 +203,16 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: 64 tokens x 64 columns,
 // 64 threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
 // skipped), a NaN / Inf sets c.nonfinite. RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
-// leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare).
-template <bool FWD, int RB>
-__global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf16 *__restrict__ dout,
+// leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare). TR: tokens a tile,
+// the backward's 128 by default (128 threads; whole 128-byte lines of the transposed codes, half the blocks and
+// atomics: 0.252 against 0.266 ms a 1B layer on an H100, dev/cuda/NOTES.md run 34; HALO_SWIGLU_CODES_TR=64 for 64).
+template <bool FWD, int RB, int TR = 64>
+__global__ void __launch_bounds__(TR, (RB == 1 ? 20 : 16) * 64 / TR) k_swiglu_codes(const bf16 *__restrict__ dout,
                                                                         const bf16 *__restrict__ gu, int N, int F,
                                                                         halo_cuda_codes c0, halo_cuda_codes c1) {
     constexpr int NO = FWD ? 1 : 2;
-    __shared__ __align__(16) uint2 tile[NO][64][9];
-    const int r0 = blockIdx.y * 64, col0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7, j = col0 + cc * 8;
+    __shared__ __align__(16) uint2 tile[NO][TR][9];
+    const int r0 = blockIdx.y * TR, col0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7, j = col0 + cc * 8;
     if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) {
         run_alpha(c0.aj);
         if (!FWD) run_alpha(c1.aj);
@@ -225,7 +229,7 @@ __global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf
         bvec<8> g2[RB], u2[RB], d2[RB];
         #pragma unroll
         for (int k = 0; k < RB; k++) {
-            const int n = r0 + (t >> 3) + 8 * (RB * h + k);
+            const int n = r0 + (t >> 3) + TR / 8 * (RB * h + k);
             if (n < N) {
                 const bf16 *row = gu + (size_t)n * 2 * F;
                 g2[k] = ldv<8>(row + j);
@@ -235,7 +239,7 @@ __global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf
         }
         #pragma unroll
         for (int k = 0; k < RB; k++) {
-            const int i = (t >> 3) + 8 * (RB * h + k), n = r0 + i;
+            const int i = (t >> 3) + TR / 8 * (RB * h + k), n = r0 + i;
             uint2 code[NO];
             #pragma unroll
             for (int x = 0; x < NO; x++) code[x] = make_uint2(0u, 0u);
@@ -262,12 +266,13 @@ __global__ void __launch_bounds__(64, RB == 1 ? 20 : 16) k_swiglu_codes(const bf
         }
     }
     __syncthreads();
-    if (c0.qt) tile8_store_t(tile[0], t, r0, col0, F, c0.rows_pad, c0.qt, c0.ldqt);
-    if (!FWD && c1.qt) tile8_store_t(tile[NO - 1], t, r0, col0, F, c1.rows_pad, c1.qt, c1.ldqt);
+    if (c0.qt) tile8_store_t<TR>(tile[0], t, r0, col0, F, c0.rows_pad, c0.qt, c0.ldqt);
+    if (!FWD && c1.qt) tile8_store_t<TR>(tile[NO - 1], t, r0, col0, F, c1.rows_pad, c1.qt, c1.ldqt);
     #pragma unroll
     for (int x = 0; x < NO; x++) {
         const float m = block_max(mx[x]);
-        if (t == 0) atomicMax((unsigned *)(x ? c1.amax_next : c0.amax_next), __float_as_uint(m));
+        unsigned *next = (unsigned *)(x ? c1.amax_next : c0.amax_next);
+        if (t == 0 && next) atomicMax(next, __float_as_uint(m));
     }
     block_flags(bad, c0.nonfinite, FWD ? NULL : c1.nonfinite);
 }
@@ -289,6 +294,9 @@ extern "C" void cuda_swiglu_forward_codes(const halo_bf16 *gu, int N, int F, con
     CUDA_LAUNCH_CHECK();
 }
 
+static int g_codes_tr = -1;
+extern "C" void cuda_swiglu_codes_tile(int tokens) { g_codes_tr = tokens == 128 ? 128 : 64; }
+
 extern "C" void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf16 *gu, int N, int F,
                                            const halo_cuda_codes *gate, const halo_cuda_codes *up, cudaStream_t s) {
     swiglu_codes_check("cuda_swiglu_backward_codes", N, F, gate);
@@ -304,8 +312,15 @@ extern "C" void cuda_swiglu_backward_codes(const halo_bf16 *dout, const halo_bf1
         const char *e = getenv("HALO_SWIGLU_CODES_RB");
         rb = e && e[0] == '2' ? 2 : 1;
     }
-    const dim3 grid(F / 64, cdiv(rows, 64));
-    if (rb == 2)
+    if (g_codes_tr < 0) {
+        const char *e = getenv("HALO_SWIGLU_CODES_TR");
+        g_codes_tr = e && !strcmp(e, "64") ? 64 : 128;
+    }
+    const int tr = g_codes_tr;
+    const dim3 grid(F / 64, cdiv(rows, tr));
+    if (tr == 128)
+        k_swiglu_codes<false, 1, 128><<<grid, 128, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F, *gate, *up);
+    else if (rb == 2)
         k_swiglu_codes<false, 2><<<grid, 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F, *gate, *up);
     else k_swiglu_codes<false, 1><<<grid, 64, 0, s>>>((const bf16 *)dout, (const bf16 *)gu, N, F, *gate, *up);
     CUDA_LAUNCH_CHECK();
