@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // skipped), a NaN / Inf sets c.nonfinite. RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
 // leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare). TR: tokens a tile,
 // the backward's 128 by default (128 threads; whole 128-byte lines of the transposed codes, half the blocks and
-// atomics: 0.252 against 0.266 ms a 1B layer on an H100, dev/cuda/NOTES.md run 34; HALO_SWIGLU_CODES_TR=64 for 64).
+// atomics: 0.252 against 0.266 ms a 1B layer on an H100, dev/cuda/NOTES.md run 34; HALO_SWIGLU_CODES_TR=64 for 64,
+// the only tiles that take HALO_SWIGLU_CODES_RB=2).
 template <bool FWD, int RB, int TR = 64>
 __global__ void __launch_bounds__(TR, (RB == 1 ? 20 : 16) * 64 / TR) k_swiglu_codes(const bf16 *__restrict__ dout,
                                                                         const bf16 *__restrict__ gu, int N, int F,
