@@ -541,23 +541,25 @@ extern "C" void halo_cuda_linear_delayed_hist(halo_cuda_linear *L, int h[2], int
     else { h[0] = L->x_hist; h[1] = L->ey_hist; }
 }
 
-// The codes' common part: the scale from slot `use`, this call's amax into slot `rec` (zeroed here).
+// The codes' common part: the scale from slot `use`, this call's amax into slot `rec` (zeroed here; rec < 0: none
+// recorded, amax_next NULL).
 static void codes_common(halo_cuda_linear *L, int use, int rec, int flag_slot, halo_cuda_codes *c, cudaStream_t s) {
     c->fmt = fmt_of(L);
     c->amax = L->dev + use;
-    c->amax_next = L->dev + rec;
+    c->amax_next = rec >= 0 ? L->dev + rec : NULL;
     c->nonfinite = nonfin_of(L, flag_slot);
     c->aj = alpha_job(c->fmt);
-    PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + rec, 0, sizeof(float), s)));
+    if (rec >= 0) PROF("memset amax", 4, CUDA_CHECK(cudaMemsetAsync(L->dev + rec, 0, sizeof(float), s)));
 }
 
 // E_Y's codes from its producer, scaled by slot `use` (delayed: the last call's; the spec's form: this call's, AE),
-// with this call's amax recorded into `rec` (NULL: none); 0 where the layer or the buffers do not take them.
-static int ey_codes_fill(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex, int want_g,
-                         int use, int rec, halo_cuda_codes *c, cudaStream_t s) {
+// with this call's amax recorded into `rec` (< 0: none); 0 where the form is off (`on` 0) or the layer or the buffers
+// do not take them.
+static int ey_codes_fill(halo_cuda_linear *L, int on, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex,
+                         int want_g, int use, int rec, halo_cuda_codes *c, cudaStream_t s) {
     memset(c, 0, sizeof *c);
     L->ec_on = 0;
-    if (L->level > 1 || L->tele_on || !L->have_fwd || b != L->b || n != L->n || n % 16 || (!want_ex && !want_g))
+    if (!on || L->level > 1 || L->tele_on || !L->have_fwd || b != L->b || n != L->n || n % 16 || (!want_ex && !want_g))
         return 0;
     if (want_ex && (!q || ldq % 16 || (uintptr_t)q % 16)) return 0;
     if (want_g && (!qt || (uintptr_t)qt % 8)) return 0;
@@ -565,13 +567,7 @@ static int ey_codes_fill(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq
     c->ldq = ldq;
     c->qt = want_g ? qt : NULL;
     c->ldqt = c->rows_pad = (int)pad16(b);
-    if (rec >= 0) codes_common(L, use, rec, AE, c, s);
-    else {
-        c->fmt = fmt_of(L);
-        c->amax = L->dev + use;
-        c->nonfinite = nonfin_of(L, AE);
-        c->aj = alpha_job(c->fmt);
-    }
+    codes_common(L, use, rec, AE, c, s);
     if (want_ex) alpha_add(&c->aj, L->dev + ALEX, c->amax, aw_of(L));   // the products' scales, as the quantizer's
     if (want_g) alpha_add(&c->aj, L->dev + ALG, c->amax, L->ax_use);
     L->ec_on = 1;
@@ -585,13 +581,8 @@ static int ey_codes_fill(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq
 
 extern "C" int halo_cuda_linear_ey_codes(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt,
                                          int want_ex, int want_g, halo_cuda_codes *c, cudaStream_t s) {
-    if (!L->delayed || !L->ey_hist) {
-        memset(c, 0, sizeof *c);
-        L->ec_on = 0;
-        return 0;
-    }
     const int use = L->ey_hist - 1, rec = use == AE ? AED : AE;
-    return ey_codes_fill(L, b, n, q, ldq, qt, want_ex, want_g, use, rec, c, s);
+    return ey_codes_fill(L, L->delayed && L->ey_hist, b, n, q, ldq, qt, want_ex, want_g, use, rec, c, s);
 }
 
 static int g_ey_codes_spec = -1;
@@ -599,12 +590,7 @@ extern "C" void halo_cuda_ey_codes_spec(int on) { g_ey_codes_spec = on != 0; }
 extern "C" int halo_cuda_ey_codes_spec_on(void) { return env_switch(&g_ey_codes_spec, "HALO_CUDA_EY_CODES_SPEC"); }
 extern "C" int halo_cuda_linear_ey_codes_now(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt,
                                              int want_ex, int want_g, halo_cuda_codes *c, cudaStream_t s) {
-    if (!halo_cuda_ey_codes_spec_on()) {
-        memset(c, 0, sizeof *c);
-        L->ec_on = 0;
-        return 0;
-    }
-    return ey_codes_fill(L, b, n, q, ldq, qt, want_ex, want_g, AE, -1, c, s);
+    return ey_codes_fill(L, halo_cuda_ey_codes_spec_on(), b, n, q, ldq, qt, want_ex, want_g, AE, -1, c, s);
 }
 
 // Off by default: no step gain on an H100 in either form measured (dev/cuda/NOTES.md runs 30-31).

@@ -54,7 +54,7 @@ __device__ __forceinline__ uint2 quant8(const float v[8], float r, int fmt) {   
 
 // Whether a producer can take codes c (halo_cuda_codes) of an N x cols tensor, aborting with `who` in the message if
 // not (an internal invariant: the model checks the shapes before it asks): the scale's amax set (amax_next may be NULL:
-// nothing recorded; SwiGLU and RoPE backward producers only), a layout to write,
+// nothing recorded), a layout to write,
 // q's rows of at least cols codes and qt's of rows_pad >= N tokens, starting at `align`-byte boundaries.
 static inline void codes_layout_check(const char *who, const halo_cuda_codes *c, int N, int cols, int align) {
     const int ok = c && c->amax && (c->q || c->qt) &&

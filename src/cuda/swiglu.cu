@@ -200,8 +200,8 @@ __global__ void __launch_bounds__(256) k_swiglu_bwd_tok(bf16 *dgu, const bf16 *d
 // Forward (FWD): down_proj's X = silu(gate) * up, into c0. Backward: gate's and up's E_Y (dgate, dup) into c0, c1.
 // Each value is computed and rounded to bf16 exactly as k_swiglu_fwd / k_swiglu_bwd store it, then quantized with the
 // scale of *c.amax as halo_cuda_quant_tile would quantize that bf16 tensor (the same codes), written row-major
-// (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: 64 tokens x 64 columns,
-// 64 threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
+// (c.q) and transposed (c.qt, zero codes for tokens N..rows_pad-1) through k_tile8's tiles: TR tokens x 64 columns,
+// TR threads, 8 columns a chunk. max |value| of the bf16 values goes to c.amax_next (one atomic per block; NaN
 // skipped), a NaN / Inf sets c.nonfinite. RB: chunks loaded together (every load of a group first). The backward's three inputs take RB 1 by default, which
 // leaves 48 registers and 20 blocks an SM (RB 2: 64 and 16; HALO_SWIGLU_CODES_RB=2 to compare). TR: tokens a tile,
 // the backward's 128 by default (128 threads; whole 128-byte lines of the transposed codes, half the blocks and
