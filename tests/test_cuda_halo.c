@@ -1045,6 +1045,39 @@ static void test_linear(void) {
     free(X); free(W); free(EY);
 }
 
+// A long product over few tiles (G of a 256 x 512 layer over 4096 tokens: 4 tiles of K 4096) goes to cuBLASLt's int32
+// product + the dequantize (or H_m^T) pass instead of the own kernel (halo_cuda_gemm_s8_dq_suits): the same G bits
+// either way, INT8 levels 0 and 1 (H_m in blocks of 256: the own kernel's epilogue rotation against had_rows).
+static void test_few_tiles(void) {
+    const int b = 4096, m = 512, n = 256;
+    if (!own_int8_kernel("few tiles to cuBLASLt")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0xF3A7111EULL;
+    float *X = t_rand_vec(&rng, (size_t)b * m, 1.0), *W = t_rand_vec(&rng, (size_t)n * m, 0.05);
+    float *EY = t_rand_vec(&rng, (size_t)b * n, 1e-3);
+    const int setting = halo_cuda_gemm_s8_few_tiles_lt_on();
+    halo_cuda_gemm_s8_few_tiles_lt(1);
+    CHECK(!halo_cuda_gemm_s8_dq_suits(n, m, b) && halo_cuda_gemm_s8_dq_suits(b, n, m),
+          "few tiles: G (%d x %d x %d) should go to cuBLASLt, Y (%d x %d x %d) stay", n, m, b, b, n, m);
+    for (int lvl = 0; lvl < 2; lvl++) {
+        g_hm_block = lvl ? 256 : 0;
+        errs3 e[2];
+        for (int on = 0; on < 2; on++) {
+            halo_cuda_gemm_s8_few_tiles_lt(on);
+            e[on] = run_linear(HALO_PREC_INT8, lvl, b, m, n, X, W, EY, NULL, NULL, NULL, NULL, NULL);
+        }
+        char det[64];
+        snprintf(det, sizeof det, "int8 L%d G, cuBLASLt vs own", lvl);
+        row("few tiles: GPU vs CPU", det, e[1].g, 1e-6, 0, 0);
+        CHECK(e[0].g == e[1].g && e[0].y == e[1].y && e[0].ex == e[1].ex,
+              "few tiles int8 L%d: errors differ between the paths (G %.17g vs %.17g)", lvl, e[0].g, e[1].g);
+    }
+    g_hm_block = 0;
+    halo_cuda_gemm_s8_few_tiles_lt(setting);
+    free(X); free(W); free(EY);
+    rng = saved;
+}
+
 // Level 2 with a block-diagonal token Hadamard (--halo-token-block): blocks of 4 .. 256 tokens over 300 tokens
 // (zero-padded to a multiple of the block; 256 takes the two-pass column kernels, the others one pass), GPU vs the CPU
 // layer with the same had_block_b: INT8 E_X to 1e-6 (the same codes and rotation order: equal bits expected), FP8 to
@@ -2242,6 +2275,7 @@ int main(void) {
     test_gemm_s8_dq_rot();
     test_gemm_s8_dq_tok();
     test_linear();
+    test_few_tiles();
     test_token_block();
     test_hm_block();
     test_x_rot_amax();

@@ -427,7 +427,7 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
         return HALO_OK;
     }
     // dequantized (and, post 1 with a small-block H_m, rotated) in the product's epilogue (int8_gemm.cu)
-    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, No)) &&
+    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, No)) && halo_cuda_gemm_s8_dq_suits(M, N, K) &&
         halo_cuda_gemm_s8_dq_ok(out, out_f32, ldo, res, (const int8_t *)A, lda, (const int8_t *)B, ldb, M, N, K, Mo,
                                 No)) {
         if (which == 0 && !post && L->lora_r && !L->tele_on && lora_epilogue_on() &&

@@ -475,6 +475,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 PFN_cuTensorMapEncodeTiled_v12000 g_encode;
 int g_sms, g_ready;   // g_ready: 1 usable, -1 not (no driver entry point, or not compute capability 9.0)
 int g_on = -1;        // halo_cuda_gemm_s8_own / HALO_INT8_OWN_GEMM
+int g_few_lt = -1;    // halo_cuda_gemm_s8_few_tiles_lt / HALO_INT8_FEW_TILES_LT
 
 int init(void) {
     if (g_ready) return g_ready > 0;
@@ -503,6 +504,16 @@ int encode(CUtensorMap *map, const void *ptr, int rows, int K, long ld, int box_
 
 extern "C" void halo_cuda_gemm_s8_own(int on) { g_on = on ? 1 : 0; }
 extern "C" int halo_cuda_gemm_s8_owning(void) { return env_switch(&g_on, "HALO_INT8_OWN_GEMM") && init(); }
+
+extern "C" void halo_cuda_gemm_s8_few_tiles_lt(int on) { g_few_lt = on ? 1 : 0; }
+extern "C" int halo_cuda_gemm_s8_few_tiles_lt_on(void) { return env_switch(&g_few_lt, "HALO_INT8_FEW_TILES_LT"); }
+// A persistent CTA works one tile's whole K: fewer tiles than half the SMs over a long K (1B's G of k and v: 32 tiles
+// of K 8192) leave most SMs idle, where cuBLASLt splits K.
+extern "C" int halo_cuda_gemm_s8_dq_suits(int M, int N, int K) {
+    if (!halo_cuda_gemm_s8_few_tiles_lt_on() || !init()) return 1;
+    const long tiles = (long)cdiv(M, BM) * cdiv(N, BN);
+    return !(2 * tiles < g_sms && K >= 4096);
+}
 
 extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                                        const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
