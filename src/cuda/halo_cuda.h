@@ -195,7 +195,7 @@ int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r)
 int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                               const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                               const halo_bf16 *U, const halo_bf16 *Bl, int r, cudaStream_t s);
-// halo_cuda_gemm_s8_dq_suits: 0 when cuBLASLt's int32 product (its choice may split K) + the dequantize pass is the
+// halo_cuda_gemm_s8_dq_suits: 0 when cuBLASLt's int32 product (in smaller tiles) + the dequantize pass is the
 // faster choice: fewer 128 x 256 tiles than half the SMs over K >= 4096 (on by default; off, the own kernel takes every
 // shape it can, by halo_cuda_gemm_s8_few_tiles_lt(0) or HALO_INT8_FEW_TILES_LT=0). The values are the same bits.
 int halo_cuda_gemm_s8_dq_suits(int M, int N, int K);
