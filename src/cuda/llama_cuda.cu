@@ -1517,23 +1517,30 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     attn_backward(g, l, A);
 }
 
+typedef int (*ey_codes_fn)(halo_cuda_linear *L, int b, int n, uint8_t *q, long ldq, uint8_t *qt, int want_ex,
+                           int want_g, halo_cuda_codes *c, cudaStream_t s);
+// gate's and up's codes in dgu's memory: [N][2F] row-major (gate's columns, then up's), then [2F][n16] transposed
+static int gate_up_ey_codes(llama_cuda *g, int l, ey_codes_fn fill, halo_cuda_codes *cg, halo_cuda_codes *cu) {
+    const int N = g->B * g->T, F = g->c.hidden_dim;
+    uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * 2 * F;
+    return fill(hl_of(g, l, LIN_GATE), N, F, q, 2L * F, qt, 1, 1, cg, g->st) &&
+           fill(hl_of(g, l, LIN_UP), N, F, q + F, 2L * F, qt + (size_t)F * pad16l(N), 1, 1, cu, g->st);
+}
+
 // The SwiGLU backward writes gate's and up's E_Y codes (both layouts, in dgu's memory) and their products read them;
 // 0 (nothing launched) where it does not apply (levels 0-1, no LoRA or telemetry). Delayed scaling: with the last
 // call's scales. The spec's scales: an amax-only pass first (no bf16 E_Y stored), then the codes pass with them.
 static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A) {
     const int N = g->B * g->T, F = g->c.hidden_dim;
-    halo_cuda_linear *Lg = hl_of(g, l, LIN_GATE), *Lu = hl_of(g, l, LIN_UP);
     const size_t n16 = (size_t)pad16l(N);
-    if (!Lg || !Lu || g->lora || g->tele || F % 64 || (size_t)N * 2 * F + 2 * F * n16 > dgu_bytes(g)) return 0;
+    if (!hl_of(g, l, LIN_GATE) || !hl_of(g, l, LIN_UP) || g->lora || g->tele || F % 64 ||
+        (size_t)N * 2 * F + 2 * F * n16 > dgu_bytes(g))
+        return 0;
     cudaStream_t s = g->st;
-    uint8_t *q = (uint8_t *)g->dgu, *qt = q + (size_t)N * 2 * F;   // [N][2F] row-major, then [2F][n16]
     halo_cuda_codes cg, cu;
-    int ok = delayed_on(g) && halo_cuda_linear_ey_codes(Lg, N, F, q, 2L * F, qt, 1, 1, &cg, s) &&
-             halo_cuda_linear_ey_codes(Lu, N, F, q + F, 2L * F, qt + (size_t)F * n16, 1, 1, &cu, s);
-    if (!ok) {   // (a layer that said yes to the delayed form falls back to the spec's by its next backward's flags)
-        ok = halo_cuda_linear_ey_codes_now(Lg, N, F, q, 2L * F, qt, 1, 1, &cg, s) &&
-             halo_cuda_linear_ey_codes_now(Lu, N, F, q + F, 2L * F, qt + (size_t)F * n16, 1, 1, &cu, s);
-        if (!ok) return 0;
+    // (a layer that said yes to the delayed form falls back to the spec's by its next backward's flags)
+    if (!(delayed_on(g) && gate_up_ey_codes(g, l, halo_cuda_linear_ey_codes, &cg, &cu))) {
+        if (!gate_up_ey_codes(g, l, halo_cuda_linear_ey_codes_now, &cg, &cu)) return 0;
         int *nfg, *nfu;
         float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
         PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax(NULL, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ag, au, nfg,
