@@ -446,6 +446,14 @@ static float fb_named(llama_cuda *g, const halo_batch *b, float *grads, llama_mo
     memcpy(grads, m->grads, 4 * m->n_params);
     return loss;
 }
+// fb_named with a switch off (loss l[0], gradients g0, launches n[0]) and then on (l[1], g1, n[1]); it stays on
+static void fb_named_off_on(llama_cuda *g, const halo_batch *b, llama_model *m, void (*set)(int), const char *name,
+                            float *g0, float *g1, float l[2], int n[2]) {
+    set(0);
+    l[0] = fb_named(g, b, g0, m, &name, &n[0], 1);
+    set(1);
+    l[1] = fb_named(g, b, g1, m, &name, &n[1], 1);
+}
 static float fb_counted(llama_cuda *g, const halo_batch *b, float *grads, llama_model *m, int *absmax_w) {
     static const char *const name = "fwd absmax W";
     return fb_named(g, b, grads, m, &name, absmax_w, 1);
@@ -652,21 +660,18 @@ static void test_model_attention_amax(void) {
     llama_model *m = &t.m;
     const halo_batch *b = &t.b;
     float *g0 = t.g[0], *g1 = t.g[1];
-    static const char *const name = "fwd absmax X";
     for (int k = 0; k < 2; k++) {
         const char *what = k ? "fp8 L0" : "int8 L0";
         const llama_cuda_opts o = tiny_opts(b, k ? HALO_PREC_FP8 : HALO_PREC_INT8, 0, 0, 0);
         llama_cuda *g;
         if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
-        int n0, n1;
+        float l[2];
+        int n[2];
+        fb_named_off_on(g, b, m, cuda_attention_amax_on, "fwd absmax X", g0, g1, l, n);
         cuda_attention_amax_on(0);
-        const float l0 = fb_named(g, b, g0, m, &name, &n0, 1);
-        cuda_attention_amax_on(1);
-        const float l1 = fb_named(g, b, g1, m, &name, &n1, 1);
-        cuda_attention_amax_on(0);
-        printf("   %s attention amax: own X absmax passes %d -> %d, loss %.7f -> %.7f\n", what, n0, n1, l0, l1);
-        row("attention amax: own X absmax passes", what, abs(n0 - 2) + n1, 0);
-        row("attention amax: loss vs own pass", what, fabs(l1 - l0) / l0, 0);
+        printf("   %s attention amax: own X absmax passes %d -> %d, loss %.7f -> %.7f\n", what, n[0], n[1], l[0], l[1]);
+        row("attention amax: own X absmax passes", what, abs(n[0] - 2) + n[1], 0);
+        row("attention amax: loss vs own pass", what, fabs(l[1] - l[0]) / l[0], 0);
         row("attention amax: grads vs own pass", what, rel_l2_f(g1, g0, t.P), 1e-7);
         llama_cuda_free(g);
     }
@@ -683,7 +688,6 @@ static void test_model_ey_codes_spec(void) {
     llama_model *m = &t.m;
     const halo_batch *b = &t.b;
     float *g0 = t.g[0], *g1 = t.g[1];
-    static const char *const name = "bwd quant E_Y (both layouts)";
     for (int k = 0; k < 4; k++) {
         const int fp8 = k & 1, level = k >> 1;
         char what[32];
@@ -691,14 +695,13 @@ static void test_model_ey_codes_spec(void) {
         const llama_cuda_opts o = tiny_opts(b, fp8 ? HALO_PREC_FP8 : HALO_PREC_INT8, level, 0, 0);
         llama_cuda *g;
         if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
-        int n0, n1;
-        halo_cuda_ey_codes_spec(0);
-        const float l0 = fb_named(g, b, g0, m, &name, &n0, 1);
-        halo_cuda_ey_codes_spec(1);
-        const float l1 = fb_named(g, b, g1, m, &name, &n1, 1);
-        printf("   %s SwiGLU E_Y codes: own quantizer launches %d -> %d, loss %.7f -> %.7f\n", what, n0, n1, l0, l1);
-        row("spec E_Y codes: own quantizer launches", what, abs(n0 - 14) + abs(n1 - 10), 0);
-        row("spec E_Y codes: loss vs bf16 E_Y", what, fabs(l1 - l0) / l0, 0);
+        float l[2];
+        int n[2];
+        fb_named_off_on(g, b, m, halo_cuda_ey_codes_spec, "bwd quant E_Y (both layouts)", g0, g1, l, n);
+        printf("   %s SwiGLU E_Y codes: own quantizer launches %d -> %d, loss %.7f -> %.7f\n", what, n[0], n[1], l[0],
+               l[1]);
+        row("spec E_Y codes: own quantizer launches", what, abs(n[0] - 14) + abs(n[1] - 10), 0);
+        row("spec E_Y codes: loss vs bf16 E_Y", what, fabs(l[1] - l[0]) / l[0], 0);
         row("spec E_Y codes: grads vs bf16 E_Y", what, rel_l2_f(g1, g0, t.P), 1e-7);
         llama_cuda_free(g);
     }
