@@ -1,7 +1,8 @@
 // INT8 products with the dequantization in the epilogue (own wgmma kernel, int8_gemm.cu) against what HALO ran before
 // it: cuBLASLt's int32 product (timed algorithm choice, halo_gemm.cu) followed by halo_cuda_dequant_i32. Shapes of
 // HALO's products at Llama-3.2-1B and Llama-3-8B with 8192 tokens, in each product's output form (bf16 Y, fp32 with
-// the residual, fp32 accumulation). Median of reps timed calls each; the outputs are compared bit for bit.
+// the residual, fp32 accumulation). Median of reps timed calls each; the outputs are compared bit for bit. Then the
+// groups of products summed into one input gradient, one by one against one grouped launch.
 //   build/bench/bench_cuda_int8 [--reps 20]
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,68 @@ static void fill(void *d, size_t n, unsigned long long seed) {
     free(h);
 }
 
+// Groups of products summed into one fp32 input gradient (q, k, v; gate, up): one by one (the first =, the rest +=,
+// as the layers ran them before) against one grouped launch (halo_cuda_gemm_s8_dq_group)
+typedef struct { const char *name; int M, N, n, K[4]; } group;
+static const group GROUPS[] = {
+    {"1B E_X q+k+v", 8192, 2048, 3, {2048, 512, 512}}, {"1B E_X gate+up", 8192, 2048, 2, {8192, 8192}},
+    {"8B E_X q+k+v", 8192, 4096, 3, {4096, 1024, 1024}}, {"8B E_X gate+up", 8192, 4096, 2, {14336, 14336}}};
+typedef struct { const group *g; halo_cuda_s8_seg seg[4]; float *D; } group_call;
+static int run_one_by_one(const void *v) {
+    const group_call *c = v;
+    int rc = 0;
+    for (int i = 0; i < c->g->n; i++)
+        rc |= halo_cuda_gemm_s8_dq(c->D, 1, c->g->N, NULL, i > 0, c->seg[i].A, c->seg[i].lda, c->seg[i].B, c->seg[i].ldb,
+                                   c->g->M, c->g->N, c->seg[i].K, c->g->M, c->g->N, c->seg[i].alpha, NULL, 0);
+    return rc;
+}
+static int run_grouped(const void *v) {
+    const group_call *c = v;
+    return halo_cuda_gemm_s8_dq_group(c->D, c->g->N, 0, c->seg, c->g->n, c->g->M, c->g->N, c->g->M, c->g->N, NULL, 0);
+}
+
+// the group table; returns the number of groups whose outputs differ
+static int bench_groups(int reps, float *const alphas[4]) {
+    printf("\n| group | M x N | K | one by one ms | grouped ms | TOP/s grouped | one by one / grouped | identical |\n"
+           "|---|---|---|---|---|---|---|---|\n");
+    int fails = 0;
+    for (size_t k = 0; k < sizeof GROUPS / sizeof GROUPS[0]; k++) {
+        const group *g = &GROUPS[k];
+        group_call c = {g, {{0}}, NULL}, c2;
+        const size_t ob = 4 * (size_t)g->M * g->N;
+        char ks[64] = "";
+        double ops = 0;
+        for (int i = 0; i < g->n; i++) {
+            int8_t *A, *B;
+            CK(cudaMalloc((void **)&A, (size_t)g->M * g->K[i])); CK(cudaMalloc((void **)&B, (size_t)g->N * g->K[i]));
+            fill(A, (size_t)g->M * g->K[i], 200 + 10 * k + i); fill(B, (size_t)g->N * g->K[i], 300 + 10 * k + i);
+            c.seg[i] = (halo_cuda_s8_seg){A, B, g->K[i], g->K[i], g->K[i], alphas[i]};
+            snprintf(ks + strlen(ks), sizeof ks - strlen(ks), "%s%d", i ? "+" : "", g->K[i]);
+            ops += 2.0 * g->M * g->N * g->K[i];
+        }
+        CK(cudaMalloc((void **)&c.D, ob));
+        c2 = c;
+        CK(cudaMalloc((void **)&c2.D, ob));
+        if (!halo_cuda_gemm_s8_dq_group_ok(c.D, g->N, c.seg, g->n, g->M, g->N, g->M, g->N)) {
+            printf("| %s | %dx%d | %s | grouped kernel refuses the shapes |\n", g->name, g->M, g->N, ks);
+        } else {
+            const double t1 = bench_gpu_ms(run_one_by_one, &c2, 3, reps), tg = bench_gpu_ms(run_grouped, &c, 3, reps);
+            const int rc = run_one_by_one(&c2) | run_grouped(&c);
+            CK(cudaDeviceSynchronize());
+            unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
+            CK(cudaMemcpy(h1, c2.D, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
+            const int same = !rc && !memcmp(h1, h2, ob);
+            fails += !same;
+            free(h1); free(h2);
+            printf("| %s | %dx%d | %s | %.3f | %.3f | %.0f | %.2fx | %s |\n", g->name, g->M, g->N, ks, t1, tg,
+                   ops / (tg * 1e-3) / 1e12, t1 / tg, same ? "yes" : "NO");
+        }
+        for (int i = 0; i < g->n; i++) { cudaFree((void *)c.seg[i].A); cudaFree((void *)c.seg[i].B); }
+        cudaFree(c.D); cudaFree(c2.D);
+    }
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int reps = 20;
     for (int i = 1; i < argc; i++) {
@@ -114,9 +177,19 @@ int main(int argc, char **argv) {
                FORM[s->form], tp, t32, to, 2.0 * mn * s->K / (to * 1e-3) / 1e12, t32 / to, same ? "yes" : "NO");
         cudaFree(c.A); cudaFree(c.B); cudaFree(c.C); cudaFree(c.D); cudaFree(D2); cudaFree(c.R);
     }
+    float *als[4];
+    for (int i = 0; i < 4; i++) {
+        const float a = (1.0f + 0.25f * i) / 8192;
+        CK(cudaMalloc((void **)&als[i], 4));
+        CK(cudaMemcpy(als[i], &a, 4, cudaMemcpyHostToDevice));
+    }
+    const int gfails = bench_groups(reps, als);
+    for (int i = 0; i < 4; i++) cudaFree(als[i]);
     cudaFree(dal);
     halo_cuda_gemm_shutdown();
     if (fails) printf("\nFAIL: %d shapes differ from int32+dequant\n", fails);
+    if (gfails) printf("\nFAIL: %d groups differ from their products one by one\n", gfails);
+    fails += gfails;
     return fails ? 1 : 0;
 }
 #else

@@ -893,6 +893,68 @@ static void test_gemm_s8_dq_rot(void) {
     cudaFree(dal);
 }
 
+// A group of products in one launch (halo_cuda_gemm_s8_dq_group: q, k and v's input gradients into one sum) against
+// the same products run one after the other (the first = or +=, the rest +=), bit for bit: 2 to 4 segments with their
+// own K (not multiples of 128 too) and scales, partial tiles, Mo < M, more tiles than SMs, with and without the rows'
+// H_B; the columns past No keep their poison (or addend). Also: 5 segments and the switch off are refused.
+static void test_gemm_s8_dq_group(void) {
+    static const int cases[][8] = {   // M, N, Mo, No, block (0: none), K of up to 4 segments (0: none)
+        {300, 400, 300, 392, 0, 256, 208, 96},  {384, 512, 384, 512, 64, 512, 128, 0},
+        {4096, 2048, 4096, 2048, 0, 2048, 512, 512}, {256, 256, 250, 256, 256, 128, 64, 32}};
+    if (!own_int8_kernel("own INT8 kernel, grouped products")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0x6A0C0FFEULL;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], N = cases[c][1], Mo = cases[c][2], No = cases[c][3], B = cases[c][4];
+        int nseg = 0, Ks[4];
+        for (int i = 5; i < 8; i++) if (cases[c][i]) Ks[nseg++] = cases[c][i];
+        if (c == 3) Ks[nseg++] = 160;   // four segments
+        const long ldd = No + 8;
+        halo_cuda_had h;
+        if (B) CHECK(halo_cuda_had_plan(&h, No, B) == HALO_OK, "plan %d/%d: %s", No, B, halo_error());
+        halo_cuda_s8_seg seg[4];
+        int8_t *hA[4], *hB[4];
+        float *dal[4];
+        for (int i = 0; i < nseg; i++) {
+            const float al = (0.5f + 0.37f * i) / 4096;
+            dal[i] = t_dev_copy(&al, 4);
+            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)M * Ks[i], &hA[i]), rand_codes_dev((size_t)N * Ks[i], &hB[i]),
+                                        Ks[i], Ks[i], Ks[i], dal[i]};
+        }
+        CHECK(halo_cuda_gemm_s8_dq_group_ok(NULL, ldd, seg, nseg, M, N, Mo, No), "group of %d refused (case %zu)", nseg, c);
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        for (int acc = 0; acc < 2; acc++) {
+            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            for (int i = 0; i < nseg; i++)
+                CHECK(halo_cuda_gemm_s8_dq(ref, 1, ldd, NULL, acc || i > 0, seg[i].A, Ks[i], seg[i].B, Ks[i], M, N, Ks[i],
+                                           Mo, No, dal[i], B ? &h : NULL, 0) == HALO_OK, "own int8 gemm: %s", halo_error());
+            CHECK(halo_cuda_gemm_s8_dq_group(own, ldd, acc, seg, nseg, M, N, Mo, No, B ? &h : NULL, 0) == HALO_OK,
+                  "grouped int8 gemm: %s", halo_error());
+            char detail[80];
+            snprintf(detail, sizeof detail, "%dx%d -> %dx%d, %d K%s%s", M, N, Mo, No, nseg, B ? ", H_B" : "",
+                     acc ? ", +=" : "");
+            rows_identical("int8 group vs one by one", detail, ref, own, 1, Mo, ldd, No);
+            cudaFree(ref); cudaFree(own);
+        }
+        for (int i = 0; i < nseg; i++) {
+            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
+        }
+        free(R);
+        if (B) halo_cuda_had_free(&h);
+    }
+    halo_cuda_s8_seg five[5];
+    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
+    for (int i = 0; i < 5; i++) five[i] = (halo_cuda_s8_seg){probe, probe, 256, 256, 256, NULL};
+    const int was = halo_cuda_gemm_s8_dq_grouping();
+    CHECK(!halo_cuda_gemm_s8_dq_group_ok(NULL, 512, five, 5, 384, 512, 384, 512) &&
+          halo_cuda_gemm_s8_dq_group_ok(NULL, 512, five, 4, 384, 512, 384, 512), "group: 5 segments taken or 4 refused");
+    halo_cuda_gemm_s8_dq_group_on(0);
+    CHECK(!halo_cuda_gemm_s8_dq_group_ok(NULL, 512, five, 2, 384, 512, 384, 512), "group taken with the switch off");
+    halo_cuda_gemm_s8_dq_group_on(was);
+    rng = saved;
+}
+
 // The own kernel with the token rotation in its epilogue too (level 2's H_b of E_X, blocks of 2 .. 64 tokens, after
 // the rows' H_m^T or alone) against the same kernel's fp32 product + halo_cuda_colrot_f32, bit for bit, in the bf16,
 // fp32 and fp32 += forms; M a multiple of the block, the first Mo rows written (the rest of a padded block rotated
@@ -2273,6 +2335,7 @@ int main(void) {
     test_gemm_s8_dq();
     test_gemm_s8_dq_lora();
     test_gemm_s8_dq_rot();
+    test_gemm_s8_dq_group();
     test_gemm_s8_dq_tok();
     test_linear();
     test_few_tiles();

@@ -195,6 +195,25 @@ int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r)
 int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                               const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                               const halo_bf16 *U, const halo_bf16 *Bl, int r, cudaStream_t s);
+// A group of INT8 products into one fp32 D [Mo][No] (ldd): D = (accumulate ? D : 0) + sum over the segments of
+// *alpha_s A_s B_s^T (each rotated by rot first, when given), each A_s [M][K_s] and B_s [N][K_s] with its own K and
+// scale, in one launch of the own kernel: each tile's segments one after the other, segment s adding into what s - 1
+// wrote moments before (still in L2), so that the values equal nseg sequential halo_cuda_gemm_s8_dq calls (the first
+// with accumulate, the rest adding) bit for bit. Up to 4 segments. halo_cuda_gemm_s8_dq_group_ok: whether it takes
+// them (each as halo_cuda_gemm_s8_dq_ok, the sum of K as halo_cuda_gemm_s8_dq_suits; on by default, off by
+// halo_cuda_gemm_s8_dq_group_on(0) or HALO_INT8_GROUP=0).
+typedef struct halo_cuda_s8_seg {
+    const int8_t *A, *B;
+    long lda, ldb;
+    int K;
+    const float *alpha;
+} halo_cuda_s8_seg;
+int halo_cuda_gemm_s8_dq_group_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, int nseg, int M, int N,
+                                  int Mo, int No);
+int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg, int nseg, int M, int N,
+                               int Mo, int No, const halo_cuda_had *rot, cudaStream_t s);
+void halo_cuda_gemm_s8_dq_group_on(int on);
+int halo_cuda_gemm_s8_dq_grouping(void);   // the setting (bench JSON)
 // halo_cuda_gemm_s8_dq_suits: 0 when cuBLASLt's int32 product (in smaller tiles) + the dequantize pass is the
 // faster choice: fewer 128 x 256 tiles than half the SMs over K >= 4096 (on by default; off, the own kernel takes every
 // shape it can, by halo_cuda_gemm_s8_few_tiles_lt(0) or HALO_INT8_FEW_TILES_LT=0). The values are the same bits.
@@ -222,7 +241,7 @@ int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else t
 
 // Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
 // that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
-enum { HALO_CUDA_NWS = 8 };
+enum { HALO_CUDA_NWS = 12 };   // 8..11: the E_Y codes of a group's linears (HALO_CUDA_EX_GROUP)
 typedef struct halo_cuda_ws {
     void *buf[HALO_CUDA_NWS];
     size_t cap[HALO_CUDA_NWS];
@@ -277,6 +296,10 @@ typedef struct halo_cuda_linear {
     uint8_t *qw_rp;
     int wc_m, wc_n, aw_slot;
     const float *aly_ax;
+    // HALO_CUDA_EX_GROUP: the place in the group (halo_cuda_linear_ex_group_ok) and the E_X product the backward
+    // recorded for halo_cuda_linear_ex_group_run (with its H_m^T when exg_post)
+    int exg_pos, exg_set, exg_post, exg_mp;
+    halo_cuda_s8_seg exg;
     char note[256];
 } halo_cuda_linear;
 
@@ -468,6 +491,19 @@ int halo_cuda_linear_ex_defer_rows(halo_cuda_linear *L, int b);
 void halo_cuda_ex_defer(int on);   // 0: every linear rotates its own E_X (the A/B; also HALO_CUDA_EX_DEFER=0)
 int halo_cuda_ex_deferring(void);  // the setting in force
 int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out_f32, int b, int m, cudaStream_t s);
+// Linears that share an input and sum their input gradients (q, k, v; gate, up) in fp32, at levels 0-1 in INT8 on the
+// own kernel: their E_X products in one launch (halo_cuda_gemm_s8_dq_group), each tile's sum written once instead of
+// read and written by every product after the first. halo_cuda_linear_ex_group_ok(Ls, n, b): whether the n <= 4
+// linears can (INT8, levels 0-1, no telemetry, the same m, the own kernel on, HALO_INT8_GROUP not 0); it gives each
+// its place. Each one's backward then takes HALO_CUDA_EX_GROUP with the flags it would get otherwise (EX_ADD after the
+// first, EX_DEFER; EX fp32): it quantizes E_Y and records its E_X product instead of running it, and
+// halo_cuda_linear_ex_group_run(Ls, n, EX, accumulate, b, m) runs them: EX (fp32 [b][m]) = (accumulate ? EX : 0) +
+// the products, the values of the backwards without the flag bit for bit (sequential products where the group
+// kernel does not take the shapes).
+enum { HALO_CUDA_EX_GROUP = 4096 };
+int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b);
+int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX, int accumulate, int b, int m,
+                                  cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 // The layer's E_Y non-finite flag, for that producer to set (its absmax pass, which would, is skipped).
 int *halo_cuda_linear_ey_nonfinite(halo_cuda_linear *L);

@@ -233,6 +233,11 @@ static int hm_fused(const halo_cuda_linear *L) {
 
 static int plan_hb(halo_cuda_linear *L, int b);
 
+// A linear whose E_X product can join a group (halo_cuda_linear_ex_group_ok)
+static int lvl_of_group_ok(const halo_cuda_linear *L) {
+    return L->prec == HALO_PREC_INT8 && L->level < 2 && !L->tele_on && tposed(L);
+}
+
 // Level 2, INT8, both rotations of E_X in the own kernel's epilogue: H_m^T (hm_fused) and then H_b over the tokens
 // (blocks of a power of two <= 64, planned for b tokens by plan_hb), instead of an fp32 product and a column pass.
 // HALO_CUDA_TOK_FUSED=0 switches it off (to compare). Used where the input gradient is not deferred (o, down).
@@ -795,10 +800,15 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     if (check(L, b, m, n)) return HALO_ERR;
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
+    const int group = EX && (flags & HALO_CUDA_EX_GROUP);   // E_X's product recorded, not run
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
     if (defer && (!ex_f32 || !halo_cuda_linear_ex_defer_rows(L, b)))
         return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
                          "telemetry, and H_m^T not already in the products: halo_cuda_linear_ex_defer_rows)", L->name);
+    if (group && (!ex_f32 || lvl_of_group_ok(L) == 0 || ex_sum))
+        return halo_fail("%s: a grouped input gradient needs an fp32 one, INT8 at level 0 or 1 and no telemetry "
+                         "(halo_cuda_linear_ex_group_ok)", L->name);
+    L->exg_set = 0;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (G && !L->qx_use)
         return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
@@ -833,8 +843,8 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                  halo_cuda_absmax_rows(NULL, 0, EY, HALO_CUDA_BF16, ldey, b, n, amax_e, NULL, nonfin_of(L, AE),
                                        s));
         }
-        if (EX && lvl < 2) {
-            qe = (uint8_t *)ws(L, 1, (size_t)b * np);
+        if (EX && lvl < 2) {   // (a group's linears keep theirs until the group's product: slots 8..11)
+            qe = (uint8_t *)ws(L, group ? 8 + L->exg_pos : 1, (size_t)b * np);
             if (np != n) PROF("memset pad", (double)b * np, CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s)));
         }
         if (G) {
@@ -865,7 +875,12 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             PROF("bwd transpose qW", 2.0 * np * mp,
                  halo_cuda_transpose(L->qw, HALO_CUDA_U8, mp, (int)np, (int)mp, qwt, HALO_CUDA_U8, np, (int)np, s));
         }
-        if (lvl < 2) {
+        if (lvl < 2 && group) {
+            L->exg = (halo_cuda_s8_seg){(const int8_t *)qe, (const int8_t *)qwt, ldqe, np, (int)np, L->dev + ALEX};
+            L->exg_post = lvl == 1 && !defer;
+            L->exg_mp = (int)mp;
+            L->exg_set = 1;
+        } else if (lvl < 2) {
             const int post = lvl == 1 && !defer;
             // the group's sum added in the own INT8 kernel's epilogue, rounded to bf16 there (product() takes this
             // path for these arguments); else added into ex_sum and rounded by a pass
@@ -988,6 +1003,46 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
+}
+
+extern "C" int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_grouping() || !halo_cuda_gemm_s8_owning()) return 0;
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *L = Ls[i];
+        if (!lvl_of_group_ok(L) || L->m != Ls[0]->m || L->level != Ls[0]->level ||
+            (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
+            return 0;
+    }
+    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
+    return 1;
+}
+
+extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX, int accumulate, int b,
+                                             int m, cudaStream_t s) {
+    halo_cuda_s8_seg seg[4];
+    if (n < 1 || n > 4) return halo_fail("halo_cuda_linear_ex_group_run: %d linears (1 to 4)", n);
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *L = Ls[i];
+        if (!L->exg_set || L->b != b || L->m != m || L->exg_post != Ls[0]->exg_post || L->exg_mp != Ls[0]->exg_mp)
+            return halo_fail("%s: no recorded input-gradient product for this group (b=%d m=%d): its backward needs "
+                             "HALO_CUDA_EX_GROUP", L->name, b, m);
+        seg[i] = L->exg;
+    }
+    halo_cuda_linear *L = Ls[0];
+    const int post = L->exg_post, mp = L->exg_mp;
+    double ab = 0;
+    for (int i = 0; i < n; i++) ab += ((double)b + mp) * seg[i].K;
+    int rc = HALO_OK;
+    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) && halo_cuda_gemm_s8_dq_group_ok(EX, m, seg, n, b, mp, b, m)) {
+        PROF(post ? "bwd gemm E_X (group) + H_m^T" : "bwd gemm E_X (group)", ab + (double)b * m * (accumulate ? 8 : 4),
+             rc = halo_cuda_gemm_s8_dq_group(EX, m, accumulate, seg, n, b, mp, b, m, post ? &L->hm : NULL, s));
+    } else {
+        for (int i = 0; i < n && rc == HALO_OK; i++)
+            rc = product(Ls[i], (const uint8_t *)seg[i].A, seg[i].lda, (const uint8_t *)seg[i].B, seg[i].ldb, b, mp,
+                         seg[i].K, b, m, ALEX, post, EX, 1, m, accumulate || i > 0, 1, NULL, s);
+    }
+    for (int i = 0; i < n; i++) Ls[i]->exg_set = 0;
+    return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): input gradient: ", L->name, n);
 }
 
 // halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off, env_switch), else 0 / 1.

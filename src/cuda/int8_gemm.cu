@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
 #include "cuda/tma.cuh"
@@ -31,11 +32,20 @@ constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK, STAGE_BYTES = A_BYTES + B_BY
 constexpr int XCH_BYTES = 2 * 4 * 16 * 32 * 4;
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 /* alignment */ + 2 * STAGES * 8 /* barriers */ + XCH_BYTES;
 
+// A group (halo_cuda_gemm_s8_dq_group): up to MAX_SEG products A_s B_s^T into one D, each over its own K and alpha,
+// worked tile by tile: segment s's epilogue adds into what segment s - 1's wrote moments before (in L2)
+constexpr int MAX_SEG = 4;
+struct dq_maps {
+    CUtensorMap a[MAX_SEG], b[MAX_SEG];
+};
 struct dq_args {
     void *D;
-    const float *res, *alpha;
+    const float *res;
     long ldd;
-    int M, N, K, Mo, No;
+    int M, N, Mo, No;
+    int nseg;                      // segments (1: a plain product)
+    int k[MAX_SEG];                // each segment's K
+    const float *alpha[MAX_SEG];   // and its scale product (device)
     int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32 res; a bf16 D gets the sum rounded once)
     int vec;           // bf16: D and ldd allow 16-byte stores
     int rot_stages;    // > 0: rows rotated by H_B, B = 2^rot_stages <= 256, before the store (0: none)
@@ -272,7 +282,7 @@ __device__ __forceinline__ void stage_lora_b(const dq_args &p, __nv_bfloat16 *sb
 #endif
 
 __global__ void __launch_bounds__(THREADS, 1)
-k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const dq_args p) {
+k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_args p) {
 #ifdef HALO_WGMMA
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   // 128-byte swizzle: 1024-aligned
@@ -287,7 +297,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
-    const int nm = (p.M + BM - 1) / BM, nn = (p.N + BN - 1) / BN, nk = (p.K + BK - 1) / BK, tiles = nm * nn;
+    const int nm = (p.M + BM - 1) / BM, nn = (p.N + BN - 1) / BN, tiles = nm * nn;
     if (wg == 0) {   // producer: hands registers to the consumers (40 + 2 x 232 per thread of a warpgroup <= 512)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (tid == 0) {
@@ -295,13 +305,16 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
                 int m0, n0;
                 tile_of(t, nm, nn, &m0, &n0);
-                for (int kb = 0; kb < nk; kb++, it++) {
-                    const int s = it % STAGES;
-                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);   // a fresh barrier passes parity 1 at once
-                    uint8_t *st = smem + s * STAGE_BYTES;
-                    mbar_expect_tx(&full[s], STAGE_BYTES);
-                    tma_load(st, &map_a, &full[s], kb * BK, m0);
-                    tma_load(st + A_BYTES, &map_b, &full[s], kb * BK, n0);
+                for (int sg = 0; sg < p.nseg; sg++) {
+                    const int nk = (p.k[sg] + BK - 1) / BK;
+                    for (int kb = 0; kb < nk; kb++, it++) {
+                        const int s = it % STAGES;
+                        mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);   // a fresh barrier passes parity 1 at once
+                        uint8_t *st = smem + s * STAGE_BYTES;
+                        mbar_expect_tx(&full[s], STAGE_BYTES);
+                        tma_load(st, &maps.a[sg], &full[s], kb * BK, m0);
+                        tma_load(st + A_BYTES, &maps.b[sg], &full[s], kb * BK, n0);
+                    }
                 }
             }
         }
@@ -314,6 +327,8 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
         tile_of(t, nm, nn, &m0, &n0);
+        for (int sg = 0; sg < p.nseg; sg++) {   // (not indented: a plain product is one segment)
+        const int nk = (p.k[sg] + BK - 1) / BK, mode = sg ? 1 : p.mode;   // later segments add
         for (int kb = 0; kb < nk; kb++, it++) {
             const int s = it % STAGES;
             mbar_wait(&full[s], (it / STAGES) & 1);
@@ -332,7 +347,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
         // epilogue: fragment element 4i + 2h + e sits at row warp * 16 + lane / 4 + 8h, column 8i + 2 (lane % 4) + e.
         // __fmul_rn: the CPU's float(c32) * alpha rounded once, never contracted with an addition into an fma. The
         // fp32 values replace the int32 sums in place (as bits), then the optional row rotation.
-        const float al = *p.alpha;
+        const float al = *p.alpha[sg];
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = __float_as_int(__fmul_rn((float)acc[i], al));
         if (p.rot_stages) rotate_rows(acc, lane, p.rot_stages, p.rot_scale);
@@ -345,7 +360,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
             lora_epilogue(acc, p, sb, m0 + cw * 64 + warp * 16, lane);
         }
         const int q = lane % 4, r0 = m0 + cw * 64 + warp * 16 + lane / 4, c0 = n0 + 2 * q;
-        if (!p.d_f32 && p.mode == 2) {   // bf16 D = res + : the fp32 sum in place (as the fp32 form), rounded below
+        if (!p.d_f32 && mode == 2) {   // bf16 D = res + : the fp32 sum in place (as the fp32 form), rounded below
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int r = r0 + 8 * h;
@@ -414,12 +429,12 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 d[h] = (float *)p.D + (long)(r0 + 8 * h) * p.ldd + c0;
-                src[h] = p.mode == 2 ? p.res + (long)(r0 + 8 * h) * p.ldd + c0 : d[h];
+                src[h] = mode == 2 ? p.res + (long)(r0 + 8 * h) * p.ldd + c0 : d[h];
             }
 #pragma unroll
             for (int ib = 0; ib < 8; ib++) {   // 4 chunks at a time: their addends loaded before any store
                 float2 add[4][2];
-                if (p.mode) {
+                if (mode) {
 #pragma unroll
                     for (int u = 0; u < 4; u++)
 #pragma unroll
@@ -432,7 +447,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                         const int i = 4 * ib + u;
                         float2 o = make_float2(__int_as_float(acc[4 * i + 2 * h]),
                                                __int_as_float(acc[4 * i + 2 * h + 1]));
-                        if (p.mode) {
+                        if (mode) {
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
                         }
@@ -448,8 +463,8 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
                         const int r = r0 + 8 * h, c = c0 + 8 * (4 * ib + u);
-                        const float *src = p.mode == 2 ? p.res : (const float *)p.D;
-                        add[u][h] = p.mode && r < p.Mo && c < p.No ? *(const float2 *)(src + (long)r * p.ldd + c)
+                        const float *src = mode == 2 ? p.res : (const float *)p.D;
+                        add[u][h] = mode && r < p.Mo && c < p.No ? *(const float2 *)(src + (long)r * p.ldd + c)
                                                                    : make_float2(0.f, 0.f);
                     }
 #pragma unroll
@@ -460,7 +475,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                         if (r >= p.Mo || c >= p.No) continue;
                         float2 o = make_float2(__int_as_float(acc[4 * i + 2 * h]),
                                                __int_as_float(acc[4 * i + 2 * h + 1]));
-                        if (p.mode) {
+                        if (mode) {
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
                         }
@@ -468,6 +483,7 @@ k_gemm_s8_dq(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ 
                     }
             }
         }
+        }   // segments
     }
 #endif
 }
@@ -540,15 +556,22 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
                                     s);
 }
 
-static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
-                     const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
-                     const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr,
-                     cudaStream_t s);
+static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
+                     int nseg, int M, int N, int Mo, int No, const halo_cuda_had *rot, const halo_cuda_had *tok,
+                     const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s);
+static int launch_one(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
+                      const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                      const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb,
+                      int lr, cudaStream_t s) {
+    const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
+    return launch_dq(D, d_f32, ldd, res, accumulate, &one, 1, M, N, Mo, No, rot, tok, lu, lb, lr, s);
+}
 extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate,
                                         const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
                                         int Mo, int No, const float *alpha, const halo_cuda_had *rot,
                                         const halo_cuda_had *tok, cudaStream_t s) {
-    return launch_dq(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, rot, tok, NULL, NULL, 0, s);
+    return launch_one(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, rot, tok, NULL, NULL, 0,
+                      s);
 }
 static_assert(XCH_BYTES >= BN * 32 * 2, "the exchange area holds a tile's B rows of rank 32");
 extern "C" int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r) {
@@ -560,12 +583,35 @@ extern "C" int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const flo
                                          int r, cudaStream_t s) {
     if (!halo_cuda_gemm_s8_dq_lora_ok(U, Bl, r))
         return halo_fail("halo_cuda_gemm_s8_dq_lora: rank %d or unaligned U / B (the epilogue takes ranks 8, 16, 32)", r);
-    return launch_dq(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, NULL, NULL, U, Bl, r, s);
+    return launch_one(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, NULL, NULL, U, Bl, r, s);
 }
-static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
-                     const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
-                     const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr,
-                     cudaStream_t s) {
+
+// g_group: halo_cuda_gemm_s8_dq_grouping / HALO_INT8_GROUP (-1: not read yet)
+static int g_group = -1;
+extern "C" void halo_cuda_gemm_s8_dq_group_on(int on) { g_group = on ? 1 : 0; }
+extern "C" int halo_cuda_gemm_s8_dq_grouping(void) { return env_switch(&g_group, "HALO_INT8_GROUP"); }
+extern "C" int halo_cuda_gemm_s8_dq_group_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, int nseg, int M,
+                                             int N, int Mo, int No) {
+    if (nseg < 1 || nseg > MAX_SEG || !halo_cuda_gemm_s8_dq_grouping()) return 0;
+    long k = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (!halo_cuda_gemm_s8_dq_ok(D, 1, ldd, NULL, seg[i].A, seg[i].lda, seg[i].B, seg[i].ldb, M, N, seg[i].K, Mo,
+                                     No))
+            return 0;
+        k += seg[i].K;
+    }
+    return halo_cuda_gemm_s8_dq_suits(M, N, (int)(k < 1 << 30 ? k : 1 << 30));
+}
+extern "C" int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg, int nseg,
+                                          int M, int N, int Mo, int No, const halo_cuda_had *rot, cudaStream_t s) {
+    if (nseg < 1 || nseg > MAX_SEG)
+        return halo_fail("halo_cuda_gemm_s8_dq_group: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
+    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
+}
+
+static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
+                     int nseg, int M, int N, int Mo, int No, const halo_cuda_had *rot, const halo_cuda_had *tok,
+                     const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
@@ -573,17 +619,25 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     if (tok && !halo_cuda_gemm_s8_dq_tok_ok(tok))
         return halo_fail("halo_cuda_gemm_s8_dq: the token rotation (d=%d, block %d, K=%d) is not a power-of-two block "
                          "of at most 64", tok->d, tok->block, tok->K);
-    if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, A, lda, B, ldb, M, N, K, Mo, No))
-        return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (M=%d N=%d K=%d lda=%ld ldb=%ld ldd=%ld)",
-                         M, N, K, lda, ldb, ldd);
     if (accumulate && !d_f32) return halo_fail("halo_cuda_gemm_s8_dq: accumulation needs an fp32 output");
-    CUtensorMap ma, mb;
-    if (!encode(&ma, A, M, K, lda, BM) || !encode(&mb, B, N, K, ldb, BN))
-        return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M, N,
-                         K, lda, ldb);
+    dq_maps maps;
     dq_args p;
-    p.D = D; p.res = res; p.alpha = alpha; p.ldd = ldd;
-    p.M = M; p.N = N; p.K = K; p.Mo = Mo; p.No = No;
+    memset(&maps, 0, sizeof maps);
+    memset(&p, 0, sizeof p);
+    for (int i = 0; i < nseg; i++) {
+        const halo_cuda_s8_seg *g = &seg[i];
+        if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, g->A, g->lda, g->B, g->ldb, M, N, g->K, Mo, No))
+            return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (product %d of %d: M=%d N=%d K=%d "
+                             "lda=%ld ldb=%ld ldd=%ld)", i + 1, nseg, M, N, g->K, g->lda, g->ldb, ldd);
+        if (!encode(&maps.a[i], g->A, M, g->K, g->lda, BM) || !encode(&maps.b[i], g->B, N, g->K, g->ldb, BN))
+            return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M,
+                             N, g->K, g->lda, g->ldb);
+        p.k[i] = g->K;
+        p.alpha[i] = g->alpha;
+    }
+    p.nseg = nseg;
+    p.D = D; p.res = res; p.ldd = ldd;
+    p.M = M; p.N = N; p.Mo = Mo; p.No = No;
     p.d_f32 = d_f32; p.mode = res ? 2 : accumulate ? 1 : 0;
     p.vec = !d_f32 && ldd % 8 == 0 && ((uintptr_t)D & 15) == 0;
     p.rot_stages = 0;
@@ -602,7 +656,7 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lb = (const __nv_bfloat16 *)lb;
     p.lr = lr;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
-    k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(ma, mb, p);
+    k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(maps, p);
     CUDA_LAUNCH_CHECK();
     return HALO_OK;
 }

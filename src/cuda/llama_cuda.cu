@@ -1415,6 +1415,11 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     // no rounding at all where the norm backward reads the fp32 sum (the group's input gradient goes to dnorm, and
     // LoRA adapters, if any, can add theirs into it; HALO_CUDA_DNORM_F32=0: rounded to bf16 as below)
     const int f32 = !defer && dX == g->dnorm && (!g->lora || lora_dx_f32_ok(g, l, k0, nk, X)) && llama_cuda_dnorm_f32();
+    // INT8 levels 0-1 into the fp32 sum: the group's E_X products in one launch after the backwards (each tile's sum
+    // written once, not read and written again by each product after the first)
+    halo_cuda_linear *Ls[4];
+    for (int k = k0; k < k0 + nk && k - k0 < 4; k++) Ls[k - k0] = hl_of(g, l, k);
+    const int grouped = (defer || f32) && nk <= 4 && halo_cuda_linear_ex_group_ok(Ls, nk, N);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
@@ -1428,10 +1433,12 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
                                                                         g->st)));
             continue;
         }
-        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0);
+        const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0) |
+                          (grouped ? HALO_CUDA_EX_GROUP : 0);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), ey, ldy, g->hacc, 1, gk, flags, N,
                                                                       D, n, g->st)));
     }
+    if (grouped) PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_group_run(Ls, nk, g->hacc, 0, N, D, g->st)));
     if (defer)
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
     if (f32) g->dnorm32 = g->hacc;
