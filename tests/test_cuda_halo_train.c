@@ -708,8 +708,8 @@ static void test_model_ey_codes_spec(void) {
     tiny_ab_free(&t);
 }
 
-// q's, k's and v's input gradients, and gate's and up's, in one grouped launch of the own INT8 kernel each
-// (halo_cuda_linear_ex_group_run, on by default): INT8 at level 0 and at level 1 (H_m in blocks of 128 and whole,
+// q's, k's and v's input gradients in one grouped launch of the own INT8 kernel (halo_cuda_linear_ex_group_run, on by
+// default; gate and up, out_features 512 here, too): INT8 at level 0 and at level 1 (H_m in blocks of 128 and whole,
 // rotated in the epilogue) give the same loss bits and gradients (1e-7, run-to-run atomics) as the products one by
 // one, and the launches go "bwd gemm E_X (group)" 0 -> 4 (2 layers, 2 groups) or "... + H_m^T" at level 1.
 static void test_model_ex_group(void) {
