@@ -234,7 +234,7 @@ static int hm_fused(const halo_cuda_linear *L) {
 static int plan_hb(halo_cuda_linear *L, int b);
 
 // A linear whose E_X product can join a group (halo_cuda_linear_ex_group_ok)
-static int lvl_of_group_ok(const halo_cuda_linear *L) {
+static int ex_groupable(const halo_cuda_linear *L) {
     return L->prec == HALO_PREC_INT8 && L->level < 2 && !L->tele_on && tposed(L);
 }
 
@@ -805,7 +805,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     if (defer && (!ex_f32 || !halo_cuda_linear_ex_defer_rows(L, b)))
         return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
                          "telemetry, and H_m^T not already in the products: halo_cuda_linear_ex_defer_rows)", L->name);
-    if (group && (!ex_f32 || lvl_of_group_ok(L) == 0 || ex_sum))
+    if (group && (!ex_f32 || !ex_groupable(L) || ex_sum))
         return halo_fail("%s: a grouped input gradient needs an fp32 one, INT8 at level 0 or 1 and no telemetry "
                          "(halo_cuda_linear_ex_group_ok)", L->name);
     L->exg_set = 0;
@@ -1011,7 +1011,7 @@ extern "C" int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, 
         const halo_cuda_linear *L = Ls[i];
         // long products gain nothing (bench_cuda_int8, H100: 1B gate+up 0.380 ms one by one, 0.382 grouped; 8B
         // 1.251 / 1.326): grouped where every K (the out_features) is at most 4096 (1B q+k+v 0.210 / 0.146)
-        if (!lvl_of_group_ok(L) || L->n > 4096 || L->m != Ls[0]->m || L->level != Ls[0]->level ||
+        if (!L || !ex_groupable(L) || L->n > 4096 || L->m != Ls[0]->m || L->level != Ls[0]->level ||
             (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
             return 0;
     }
