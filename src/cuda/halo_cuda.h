@@ -214,18 +214,6 @@ int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, const halo_cu
                                int Mo, int No, const halo_cuda_had *rot, cudaStream_t s);
 void halo_cuda_gemm_s8_dq_group_on(int on);
 int halo_cuda_gemm_s8_dq_grouping(void);   // the setting (bench JSON)
-// Products stacked by rows into one fp32 D (the weight gradients of q, k and v: one [n_q + n_k + n_v][m] buffer): rows
-// start[s] .. of D = (accumulate ? D : 0) + *alpha_s A_s B_s^T (rotated by rot first, when given), A_s [rows[s]][K_s],
-// B_s [N][K_s], in one launch of the own kernel (each tile belongs to one product): the values of nseg
-// halo_cuda_gemm_s8_dq calls bit for bit. Every rows[s] but the last a multiple of 128; up to 4 products.
-// halo_cuda_gemm_s8_dq_stack_ok: whether it takes them (each as halo_cuda_gemm_s8_dq_ok; on by default, off by
-// halo_cuda_gemm_s8_dq_stack_on(0) or HALO_INT8_STACK=0).
-int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows, int nseg,
-                                  int N, int No);
-int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg, const int *rows,
-                               int nseg, int N, int No, const halo_cuda_had *rot, cudaStream_t s);
-void halo_cuda_gemm_s8_dq_stack_on(int on);
-int halo_cuda_gemm_s8_dq_stacking(void);   // the setting (bench JSON)
 // halo_cuda_gemm_s8_dq_suits: 0 when cuBLASLt's int32 product (in smaller tiles) + the dequantize pass is the
 // faster choice: fewer 128 x 256 tiles than half the SMs over K >= 4096 (on by default; off, the own kernel takes every
 // shape it can, by halo_cuda_gemm_s8_few_tiles_lt(0) or HALO_INT8_FEW_TILES_LT=0). The values are the same bits.
@@ -253,7 +241,7 @@ int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else t
 
 // Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
 // that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
-enum { HALO_CUDA_NWS = 16 };   // 8..11, 12..15: a group's E_Y codes (HALO_CUDA_EX_GROUP, HALO_CUDA_G_GROUP)
+enum { HALO_CUDA_NWS = 12 };   // 8..11: the E_Y codes of a group's linears (HALO_CUDA_EX_GROUP)
 typedef struct halo_cuda_ws {
     void *buf[HALO_CUDA_NWS];
     size_t cap[HALO_CUDA_NWS];
@@ -312,10 +300,6 @@ typedef struct halo_cuda_linear {
     // recorded for halo_cuda_linear_ex_group_run (with its H_m^T when exg_post)
     int exg_pos, exg_set, exg_post, exg_mp;
     halo_cuda_s8_seg exg;
-    // HALO_CUDA_G_GROUP: the weight-gradient product recorded for halo_cuda_linear_g_group_run (into gg_G)
-    int gg_set, gg_post, gg_acc, gg_mp;
-    halo_cuda_s8_seg gg;
-    float *gg_G;
     char note[256];
 } halo_cuda_linear;
 
@@ -520,16 +504,6 @@ enum { HALO_CUDA_EX_GROUP = 4096 };
 int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b);
 int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX, int accumulate, int b, int m,
                                   cudaStream_t s);
-// The same group's weight gradients, one buffer [n_1 + .. + n_k][m] (q, k, v: the layer's qkv weight): stacked by rows
-// in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack) instead of one product each (at 1B, k's and v's run
-// on 32 tiles each). halo_cuda_linear_g_group_ok(Ls, n, b): whether they can (as ex_group_ok, every out_features but
-// the last a multiple of 128; HALO_INT8_STACK not 0); it gives each its place (the same as ex_group_ok's). Each
-// backward then takes HALO_CUDA_G_GROUP (G_SET as usual, the same for all) with G pointing at its rows of the buffer:
-// it records its G product, and halo_cuda_linear_g_group_run(Ls, n, m) runs them, the values of the products one by
-// one bit for bit.
-enum { HALO_CUDA_G_GROUP = 8192 };
-int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b);
-int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s);
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 // The layer's E_Y non-finite flag, for that producer to set (its absmax pass, which would, is skipped).
 int *halo_cuda_linear_ey_nonfinite(halo_cuda_linear *L);

@@ -801,7 +801,6 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
     const int group = EX && (flags & HALO_CUDA_EX_GROUP);   // E_X's product recorded, not run
-    const int g_group = G && (flags & HALO_CUDA_G_GROUP);    // G's too
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
     if (defer && (!ex_f32 || !halo_cuda_linear_ex_defer_rows(L, b)))
         return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
@@ -809,11 +808,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     if (group && (!ex_f32 || !ex_groupable(L) || ex_sum))
         return halo_fail("%s: a grouped input gradient needs an fp32 one, INT8 at level 0 or 1 and no telemetry "
                          "(halo_cuda_linear_ex_group_ok)", L->name);
-    if (g_group && !ex_groupable(L))
-        return halo_fail("%s: a stacked weight gradient needs INT8 at level 0 or 1 and no telemetry "
-                         "(halo_cuda_linear_g_group_ok)", L->name);
     L->exg_set = 0;
-    L->gg_set = 0;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (G && !L->qx_use)
         return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
@@ -853,7 +848,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             if (np != n) PROF("memset pad", (double)b * np, CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s)));
         }
         if (G) {
-            qet = (uint8_t *)ws(L, g_group ? 12 + L->exg_pos : 2, (size_t)np * b16);   // (a group's: kept)
+            qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
             if (np != n) PROF("memset pad", (double)np * b16, CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s)));
         }
         // level 2 with the column kernels: G's codes come from the first kernel that reads E_Y for its token rotation
@@ -1004,15 +999,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             }
             qxt = t;
         }
-        if (g_group) {   // recorded for halo_cuda_linear_g_group_run
-            L->gg = (halo_cuda_s8_seg){(const int8_t *)qet, (const int8_t *)qxt, b16, b16, (int)b16, L->dev + ALG};
-            L->gg_G = G;
-            L->gg_post = lvl >= 1;
-            L->gg_acc = g_acc;
-            L->gg_mp = (int)mp;
-            L->gg_set = 1;
-        } else if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2,
-                           NULL, s))
+        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, NULL, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
@@ -1058,53 +1045,6 @@ extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n,
     }
     for (int i = 0; i < n; i++) Ls[i]->exg_set = 0;
     return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): input gradient: ", L->name, n);
-}
-
-extern "C" int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
-    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
-    for (int i = 0; i < n; i++) {
-        const halo_cuda_linear *L = Ls[i];
-        if (!L || !ex_groupable(L) || (i + 1 < n && L->n % 128) || L->m != Ls[0]->m || L->level != Ls[0]->level ||
-            (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
-            return 0;
-    }
-    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
-    return 1;
-}
-
-extern "C" int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s) {
-    halo_cuda_s8_seg seg[4];
-    int rows[4];
-    if (n < 1 || n > 4) return halo_fail("halo_cuda_linear_g_group_run: %d linears (1 to 4)", n);
-    halo_cuda_linear *L = Ls[0];
-    long off = 0;
-    for (int i = 0; i < n; i++) {
-        const halo_cuda_linear *Li = Ls[i];
-        if (!Li->gg_set || Li->m != m || Li->gg_post != L->gg_post || Li->gg_acc != L->gg_acc || Li->gg_mp != L->gg_mp)
-            return halo_fail("%s: no recorded weight-gradient product for this group (m=%d): its backward needs "
-                             "HALO_CUDA_G_GROUP", Li->name, m);
-        if (Li->gg_G != L->gg_G + off * m)
-            return halo_fail("%s: its weight gradient does not follow %s's in memory (the stacked product writes one "
-                             "buffer)", Li->name, L->name);
-        seg[i] = Li->gg;
-        rows[i] = Li->n;
-        off += Li->n;
-    }
-    const int post = L->gg_post, mp = L->gg_mp, acc = L->gg_acc;
-    double ab = 0;
-    for (int i = 0; i < n; i++) ab += ((double)rows[i] + mp) * seg[i].K;
-    int rc = HALO_OK;
-    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
-        halo_cuda_gemm_s8_dq_stack_ok(L->gg_G, m, seg, rows, n, mp, m)) {
-        PROF(post ? "bwd gemm G (stack) + H_m^T" : "bwd gemm G (stack)", ab + (double)off * m * (acc ? 8 : 4),
-             rc = halo_cuda_gemm_s8_dq_stack(L->gg_G, m, acc, seg, rows, n, mp, m, post ? &L->hm : NULL, s));
-    } else {
-        for (int i = 0; i < n && rc == HALO_OK; i++)
-            rc = product(Ls[i], (const uint8_t *)seg[i].A, seg[i].lda, (const uint8_t *)seg[i].B, seg[i].ldb,
-                         pad16(rows[i]), mp, seg[i].K, rows[i], m, ALG, post, Ls[i]->gg_G, 1, m, acc, 2, NULL, s);
-    }
-    for (int i = 0; i < n; i++) Ls[i]->gg_set = 0;
-    return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): weight gradient: ", L->name, n);
 }
 
 // halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off, env_switch), else 0 / 1.

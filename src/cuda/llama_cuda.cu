@@ -1420,8 +1420,6 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     halo_cuda_linear *Ls[4];
     for (int k = k0; k < k0 + nk && k - k0 < 4; k++) Ls[k - k0] = hl_of(g, l, k);
     const int grouped = (defer || f32) && nk <= 4 && halo_cuda_linear_ex_group_ok(Ls, nk, N);
-    // and their weight gradients, rows of one buffer, stacked in one launch (k's and v's alone fill few tiles)
-    const int g_stacked = G && nk <= 4 && halo_cuda_linear_g_group_ok(Ls, nk, N);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
@@ -1431,18 +1429,16 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
         col += n;
         if (!defer && !f32 && k == k0 + nk - 1) {   // the last: the sum + its E_X rounded to bf16 into dX once
             PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_sum(hl_of(g, l, k), ey, ldy, (halo_bf16 *)dX,
-                                                                        g->hacc, gk, halo_g_flag(g) | ey_flag |
-                                                                        (g_stacked ? HALO_CUDA_G_GROUP : 0), N, D, n,
+                                                                        g->hacc, gk, halo_g_flag(g) | ey_flag, N, D, n,
                                                                         g->st)));
             continue;
         }
         const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0) |
-                          (grouped ? HALO_CUDA_EX_GROUP : 0) | (g_stacked ? HALO_CUDA_G_GROUP : 0);
+                          (grouped ? HALO_CUDA_EX_GROUP : 0);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), ey, ldy, g->hacc, 1, gk, flags, N,
                                                                       D, n, g->st)));
     }
     if (grouped) PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_group_run(Ls, nk, g->hacc, 0, N, D, g->st)));
-    if (g_stacked) PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_g_group_run(Ls, nk, D, g->st)));
     if (defer)
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
     if (f32) g->dnorm32 = g->hacc;
