@@ -11,7 +11,9 @@
 // multiplies 64 rows of A by the 256 rows of B, four wgmma m64n256k32 per stage (128 int32 accumulators per thread)
 // with one stage's products in flight, then writes its 64 x 256 tile from the registers (optionally rotated along its
 // rows, HALO's H_m^T, and along its columns, level 2's token H_b, first). While they write, the producer already loads
-// the next tile. H200: 1.4-1.55k TOP/s at K >= 4096 (build/bench/bench_cuda_int8).
+// the next tile. H200: 1.4-1.55k TOP/s at K >= 4096 (build/bench/bench_cuda_int8). A group (up to 4 products summed
+// into one fp32 D, each with its own K and scale: halo_cuda_gemm_s8_dq_group) runs each tile's products one after the
+// other, each epilogue adding into what the one before wrote.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
