@@ -495,8 +495,9 @@ int halo_cuda_linear_ex_finish(halo_cuda_linear *L, float *R, void *out, int out
 // own kernel: their E_X products in one launch (halo_cuda_gemm_s8_dq_group), each tile's sum written once instead of
 // read and written by every product after the first. halo_cuda_linear_ex_group_ok(Ls, n, b): whether the n <= 4
 // linears can and should (INT8, levels 0-1, no telemetry, the same m, out_features <= 4096: q, k, v, not gate and up,
-// whose long products gain nothing; the own kernel on, HALO_INT8_GROUP not 0); it gives each its place. Each one's backward then takes HALO_CUDA_EX_GROUP with the flags it would get otherwise (EX_ADD after the
-// first, EX_DEFER; EX fp32): it quantizes E_Y and records its E_X product instead of running it, and
+// whose long products gain nothing; the own kernel on, HALO_INT8_GROUP not 0); it gives each its place. Each one's
+// backward then takes HALO_CUDA_EX_GROUP with the flags it would get otherwise (EX_ADD after the first, EX_DEFER; EX
+// fp32): it quantizes E_Y and records its E_X product instead of running it, and
 // halo_cuda_linear_ex_group_run(Ls, n, EX, accumulate, b, m) runs them: EX (fp32 [b][m]) = (accumulate ? EX : 0) +
 // the products, the values of the backwards without the flag bit for bit (sequential products where the group
 // kernel does not take the shapes).

@@ -1418,7 +1418,7 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     // INT8 levels 0-1 into the fp32 sum: the group's E_X products in one launch after the backwards (each tile's sum
     // written once, not read and written again by each product after the first)
     halo_cuda_linear *Ls[4];
-    for (int k = k0; k < k0 + nk && k - k0 < 4; k++) Ls[k - k0] = hl_of(g, l, k);
+    for (int i = 0; i < nk && i < 4; i++) Ls[i] = hl_of(g, l, k0 + i);
     const int grouped = (defer || f32) && nk <= 4 && halo_cuda_linear_ex_group_ok(Ls, nk, N);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
