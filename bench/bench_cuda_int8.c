@@ -2,7 +2,8 @@
 // it: cuBLASLt's int32 product (timed algorithm choice, halo_gemm.cu) followed by halo_cuda_dequant_i32. Shapes of
 // HALO's products at Llama-3.2-1B and Llama-3-8B with 8192 tokens, in each product's output form (bf16 Y, fp32 with
 // the residual, fp32 accumulation). Median of reps timed calls each; the outputs are compared bit for bit. Then the
-// groups of products summed into one input gradient, one by one against one grouped launch.
+// groups of products summed into one input gradient, one by one against one grouped launch, and the weight gradients
+// stacked by rows and the forward products by columns, one by one against one stacked launch.
 //   build/bench/bench_cuda_int8 [--reps 20]
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,117 @@ static int bench_groups(int reps, float *const alphas[4]) {
     return fails;
 }
 
+// Weight gradients stacked by rows (q, k, v: one [n_q + n_k + n_v][m] fp32 buffer) and forward products by columns
+// (cols: one bf16 Y [tokens][n_q + n_k + n_v], one X): one by one as the layers ran them (the own kernel, or
+// cuBLASLt's int32 + the dequantize pass where halo_cuda_gemm_s8_dq_suits says no) against one stacked launch
+// (halo_cuda_gemm_s8_dq_stack, _stack_cols). By columns, N is the tokens and rows the widths.
+typedef struct { const char *name; int N, K, n, rows[4], cols; } stack;
+static const stack STACKS[] = {{"1B G q+k+v", 2048, 8192, 3, {2048, 512, 512}, 0},
+                               {"8B G q+k+v", 4096, 8192, 3, {4096, 1024, 1024}, 0},
+                               {"1B Y q+k+v", 8192, 2048, 3, {2048, 512, 512}, 1},
+                               {"1B Y gate+up", 8192, 2048, 2, {8192, 8192}, 1},
+                               {"8B Y q+k+v", 8192, 4096, 3, {4096, 1024, 1024}, 1},
+                               {"8B Y gate+up", 8192, 4096, 2, {14336, 14336}, 1}};
+typedef struct { const stack *st; halo_cuda_s8_seg seg[4]; float *D; int32_t *C; int M; } stack_call;
+static int run_cols_one_by_one(const stack_call *c) {
+    const stack *st = c->st;
+    int rc = 0;
+    for (int i = 0, c0 = 0; i < st->n; c0 += st->rows[i], i++) {
+        const halo_cuda_s8_seg *g = &c->seg[i];
+        halo_bf16 *D = (halo_bf16 *)c->D + c0;
+        if (halo_cuda_gemm_s8_dq_suits(st->N, st->rows[i], g->K))
+            rc |= halo_cuda_gemm_s8_dq(D, 0, c->M, NULL, 0, g->A, g->lda, g->B, g->ldb, st->N, st->rows[i], g->K, st->N,
+                                       st->rows[i], g->alpha, NULL, 0);
+        else {
+            rc |= halo_cuda_gemm_s8(c->C, st->rows[i], g->A, g->lda, g->B, g->ldb, st->N, st->rows[i], g->K, 0);
+            halo_cuda_dequant_i32(D, 0, c->M, c->C, st->rows[i], st->N, st->rows[i], g->alpha, NULL, NULL, 0, 0);
+        }
+    }
+    return rc;
+}
+static int run_stack_one_by_one(const void *v) {
+    const stack_call *c = v;
+    const stack *st = c->st;
+    if (st->cols) return run_cols_one_by_one(c);
+    int rc = 0;
+    for (int i = 0, r0 = 0; i < st->n; r0 += st->rows[i], i++) {
+        const halo_cuda_s8_seg *g = &c->seg[i];
+        float *D = c->D + (size_t)r0 * st->N;
+        if (halo_cuda_gemm_s8_dq_suits(st->rows[i], st->N, g->K))
+            rc |= halo_cuda_gemm_s8_dq(D, 1, st->N, NULL, 0, g->A, g->lda, g->B, g->ldb, st->rows[i], st->N, g->K,
+                                       st->rows[i], st->N, g->alpha, NULL, 0);
+        else {
+            rc |= halo_cuda_gemm_s8(c->C, st->N, g->A, g->lda, g->B, g->ldb, st->rows[i], st->N, g->K, 0);
+            halo_cuda_dequant_i32(D, 1, st->N, c->C, st->N, st->rows[i], st->N, g->alpha, NULL, NULL, 0, 0);
+        }
+    }
+    return rc;
+}
+static int run_stacked(const void *v) {
+    const stack_call *c = v;
+    const stack *st = c->st;
+    if (st->cols) return halo_cuda_gemm_s8_dq_stack_cols(c->D, 0, c->M, c->seg, st->rows, st->n, st->N, st->N, c->M, 0);
+    return halo_cuda_gemm_s8_dq_stack(c->D, st->N, 0, c->seg, st->rows, st->n, st->N, st->N, NULL, 0);
+}
+// the stack table; returns the number of stacks whose outputs differ
+static int bench_stacks(int reps, float *const alphas[4]) {
+    printf("\n| stack | M x N x K | one by one ms | stacked ms | TOP/s stacked | one by one / stacked | identical |\n"
+           "|---|---|---|---|---|---|---|\n");
+    int fails = 0;
+    for (size_t k = 0; k < sizeof STACKS / sizeof STACKS[0]; k++) {
+        const stack *st = &STACKS[k];
+        stack_call c = {st, {{0}}, NULL, NULL, 0}, c2;
+        int M = 0;
+        int8_t *X = NULL;   // by columns: the one X all products read
+        if (st->cols) {
+            CK(cudaMalloc((void **)&X, (size_t)st->N * st->K));
+            fill(X, (size_t)st->N * st->K, 390 + 10 * k);
+        }
+        for (int i = 0; i < st->n; i++) {
+            int8_t *A, *B;
+            CK(cudaMalloc((void **)&A, (size_t)st->rows[i] * st->K));
+            fill(A, (size_t)st->rows[i] * st->K, 400 + 10 * k + i);
+            if (st->cols) B = X;
+            else {
+                CK(cudaMalloc((void **)&B, (size_t)st->N * st->K));
+                fill(B, (size_t)st->N * st->K, 500 + 10 * k + i);
+            }
+            c.seg[i] = st->cols ? (halo_cuda_s8_seg){B, A, st->K, st->K, st->K, alphas[i]}
+                                : (halo_cuda_s8_seg){A, B, st->K, st->K, st->K, alphas[i]};
+            M += st->rows[i];
+        }
+        c.M = M;
+        const size_t ob = (st->cols ? 2 : 4) * (size_t)M * st->N;
+        CK(cudaMalloc((void **)&c.D, ob));
+        CK(cudaMalloc((void **)&c.C, 4 * (size_t)M * st->N));
+        c2 = c;
+        CK(cudaMalloc((void **)&c2.D, ob));
+        const int ok = st->cols ? halo_cuda_gemm_s8_dq_stack_cols_ok(c.D, 0, M, c.seg, st->rows, st->n, st->N, st->N, M)
+                                : halo_cuda_gemm_s8_dq_stack_ok(c.D, st->N, c.seg, st->rows, st->n, st->N, st->N);
+        const int rm = st->cols ? st->N : M, rn = st->cols ? M : st->N;   // as printed: M x N of D
+        if (!ok) {
+            printf("| %s | %dx%dx%d | stacked kernel refuses the shapes |\n", st->name, rm, rn, st->K);
+        } else {
+            const double t1 = bench_gpu_ms(run_stack_one_by_one, &c2, 3, reps), ts = bench_gpu_ms(run_stacked, &c, 3, reps);
+            const int rc = run_stack_one_by_one(&c2) | run_stacked(&c);
+            CK(cudaDeviceSynchronize());
+            unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
+            CK(cudaMemcpy(h1, c2.D, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
+            const int same = !rc && !memcmp(h1, h2, ob);
+            fails += !same;
+            free(h1); free(h2);
+            printf("| %s | %dx%dx%d | %.3f | %.3f | %.0f | %.2fx | %s |\n", st->name, rm, rn, st->K, t1, ts,
+                   2.0 * M * st->N * st->K / (ts * 1e-3) / 1e12, t1 / ts, same ? "yes" : "NO");
+        }
+        for (int i = 0; i < st->n; i++) {
+            cudaFree((void *)(st->cols ? c.seg[i].B : c.seg[i].A));
+            if (!st->cols) cudaFree((void *)c.seg[i].B);
+        }
+        cudaFree(X); cudaFree(c.D); cudaFree(c2.D); cudaFree(c.C);
+    }
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int reps = 20;
     for (int i = 1; i < argc; i++) {
@@ -183,12 +295,12 @@ int main(int argc, char **argv) {
         CK(cudaMalloc((void **)&als[i], 4));
         CK(cudaMemcpy(als[i], &a, 4, cudaMemcpyHostToDevice));
     }
-    const int gfails = bench_groups(reps, als);
+    const int gfails = bench_groups(reps, als) + bench_stacks(reps, als);
     for (int i = 0; i < 4; i++) cudaFree(als[i]);
     cudaFree(dal);
     halo_cuda_gemm_shutdown();
     if (fails) printf("\nFAIL: %d shapes differ from int32+dequant\n", fails);
-    if (gfails) printf("\nFAIL: %d groups differ from their products one by one\n", gfails);
+    if (gfails) printf("\nFAIL: %d groups or stacks differ from their products one by one\n", gfails);
     fails += gfails;
     return fails ? 1 : 0;
 }

@@ -955,6 +955,134 @@ static void test_gemm_s8_dq_group(void) {
     rng = saved;
 }
 
+// Products stacked by rows in one launch (halo_cuda_gemm_s8_dq_stack: q's, k's and v's weight gradients into one
+// buffer) against the same products one by one into their rows, bit for bit: 2 to 4 products, own K and scales, the
+// last one's rows not a multiple of 128, partial column tiles, with and without the rows' H_B, = and +=; the columns
+// past No keep their poison (or addend). Also: rows of a product before the last that are not a multiple of 128 are
+// refused, and so is the switch off.
+static void test_gemm_s8_dq_stack(void) {
+    static const int cases[][8] = {   // N, No, block (0: none), rows of up to 4 products (0: none), K
+        {400, 392, 0, 256, 128, 300, 0, 208}, {512, 512, 64, 2048, 512, 512, 0, 256}, {256, 256, 256, 128, 128, 256, 130, 128}};
+    if (!own_int8_kernel("own INT8 kernel, stacked products")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0x57ACC0DEULL;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int N = cases[c][0], No = cases[c][1], B = cases[c][2];
+        int nseg = 0, rows[4], Mo = 0;
+        for (int i = 3; i < 7; i++) if (cases[c][i]) { rows[nseg++] = cases[c][i]; Mo += cases[c][i]; }
+        const long ldd = No + 8;
+        halo_cuda_had h;
+        if (B) CHECK(halo_cuda_had_plan(&h, No, B) == HALO_OK, "plan %d/%d: %s", No, B, halo_error());
+        halo_cuda_s8_seg seg[4];
+        int8_t *hA[4], *hB[4];
+        float *dal[4];
+        for (int i = 0; i < nseg; i++) {
+            const int K = cases[c][7] + 16 * i;
+            const float al = (0.6f + 0.29f * i) / 4096;
+            dal[i] = t_dev_copy(&al, 4);
+            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)rows[i] * K, &hA[i]), rand_codes_dev((size_t)N * K, &hB[i]),
+                                        K, K, K, dal[i]};
+        }
+        CHECK(halo_cuda_gemm_s8_dq_stack_ok(NULL, ldd, seg, rows, nseg, N, No), "stack of %d refused (case %zu)", nseg, c);
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        for (int acc = 0; acc < 2; acc++) {
+            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            for (int i = 0, r0 = 0; i < nseg; r0 += rows[i], i++)
+                CHECK(halo_cuda_gemm_s8_dq(ref + (size_t)r0 * ldd, 1, ldd, NULL, acc, seg[i].A, seg[i].K, seg[i].B,
+                                           seg[i].K, rows[i], N, seg[i].K, rows[i], No, dal[i], B ? &h : NULL, 0) == HALO_OK,
+                      "own int8 gemm: %s", halo_error());
+            CHECK(halo_cuda_gemm_s8_dq_stack(own, ldd, acc, seg, rows, nseg, N, No, B ? &h : NULL, 0) == HALO_OK,
+                  "stacked int8 gemm: %s", halo_error());
+            char detail[80];
+            snprintf(detail, sizeof detail, "%d products, %d rows x %d%s%s", nseg, Mo, No, B ? ", H_B" : "",
+                     acc ? ", +=" : "");
+            rows_identical("int8 stack vs one by one", detail, ref, own, 1, Mo, ldd, No);
+            cudaFree(ref); cudaFree(own);
+        }
+        for (int i = 0; i < nseg; i++) {
+            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
+        }
+        free(R);
+        if (B) halo_cuda_had_free(&h);
+    }
+    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
+    const halo_cuda_s8_seg two[2] = {{probe, probe, 256, 256, 256, NULL}, {probe, probe, 256, 256, 256, NULL}};
+    const int odd[2] = {200, 128}, even[2] = {256, 200};
+    const int was = halo_cuda_gemm_s8_dq_stacking();
+    CHECK(!halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, odd, 2, 512, 512) &&
+          halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, even, 2, 512, 512),
+          "stack: a first product of 200 rows taken, or a last one refused");
+    halo_cuda_gemm_s8_dq_stack_on(0);
+    CHECK(!halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, even, 2, 512, 512), "stack taken with the switch off");
+    halo_cuda_gemm_s8_dq_stack_on(was);
+    rng = saved;
+}
+
+// Products stacked by columns in one launch (halo_cuda_gemm_s8_dq_stack_cols: the forward products of q, k and v, or
+// gate and up, side by side in one Y) against the same products one by one into their columns, bit for bit: 2 to 4
+// products with their own B, K and scale, the last one's B padded past No, M not a multiple of 128, bf16 and fp32
+// outputs; the columns past No and rows past Mo keep their poison. Also: a width before the last that is not a
+// multiple of 256 is refused, and so is the switch off.
+static void test_gemm_s8_dq_stack_cols(void) {
+    static const int cases[][8] = {   // M, Mo, No, widths of up to 4 products (0: none; the last one's B rows), K
+        {384, 384, 1024, 512, 256, 256, 0, 256}, {300, 290, 1032, 256, 512, 272, 0, 128},
+        {256, 256, 1296, 512, 256, 256, 272, 192}};
+    if (!own_int8_kernel("own INT8 kernel, products stacked by columns")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0xC0175EEDULL;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], Mo = cases[c][1], No = cases[c][2];
+        int nseg = 0, cols[4];
+        for (int i = 3; i < 7; i++) if (cases[c][i]) cols[nseg++] = cases[c][i];
+        const long ldd = No + 24;
+        halo_cuda_s8_seg seg[4];
+        int8_t *hA[4], *hB[4];
+        float *dal[4];
+        for (int i = 0; i < nseg; i++) {
+            const int K = cases[c][7] + 32 * i;
+            const float al = (0.7f + 0.23f * i) / 4096;
+            dal[i] = t_dev_copy(&al, 4);
+            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)M * K, &hA[i]), rand_codes_dev((size_t)cols[i] * K, &hB[i]),
+                                        K, K, K, dal[i]};
+        }
+        for (int f32 = 0; f32 < 2; f32++) {
+            const size_t ob = (f32 ? 4 : 2) * (size_t)M * ldd;
+            void *ref = dev_poison(ob), *own = dev_poison(ob);
+            CHECK(halo_cuda_gemm_s8_dq_stack_cols_ok(own, f32, ldd, seg, cols, nseg, M, Mo, No),
+                  "column stack of %d refused (case %zu)", nseg, c);
+            for (int i = 0, c0 = 0; i < nseg; c0 += cols[i], i++) {
+                const int last = i + 1 == nseg, nos = last ? No - c0 : cols[i];
+                CHECK(halo_cuda_gemm_s8_dq((char *)ref + (size_t)c0 * (f32 ? 4 : 2), f32, ldd, NULL, 0, seg[i].A,
+                                           seg[i].K, seg[i].B, seg[i].K, M, cols[i], seg[i].K, Mo, nos, dal[i], NULL,
+                                           0) == HALO_OK,
+                      "own int8 gemm: %s", halo_error());
+            }
+            CHECK(halo_cuda_gemm_s8_dq_stack_cols(own, f32, ldd, seg, cols, nseg, M, Mo, No, 0) == HALO_OK,
+                  "column-stacked int8 gemm: %s", halo_error());
+            char detail[80];
+            snprintf(detail, sizeof detail, "%d products, %d x %d, %s", nseg, Mo, No, f32 ? "fp32" : "bf16");
+            rows_identical("int8 column stack vs one by one", detail, ref, own, f32, M, ldd, No);
+            cudaFree(ref); cudaFree(own);
+        }
+        for (int i = 0; i < nseg; i++) {
+            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
+        }
+    }
+    static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
+    const halo_cuda_s8_seg two[2] = {{probe, probe, 256, 256, 256, NULL}, {probe, probe, 256, 256, 256, NULL}};
+    const int odd[2] = {384, 256}, even[2] = {512, 384};
+    const int was = halo_cuda_gemm_s8_dq_stacking();
+    CHECK(!halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, odd, 2, 256, 256, 640) &&
+          halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, even, 2, 256, 256, 890),
+          "column stack: a first product 384 wide taken, or a last one refused");
+    halo_cuda_gemm_s8_dq_stack_on(0);
+    CHECK(!halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, even, 2, 256, 256, 890),
+          "column stack taken with the switch off");
+    halo_cuda_gemm_s8_dq_stack_on(was);
+    rng = saved;
+}
+
 // The own kernel with the token rotation in its epilogue too (level 2's H_b of E_X, blocks of 2 .. 64 tokens, after
 // the rows' H_m^T or alone) against the same kernel's fp32 product + halo_cuda_colrot_f32, bit for bit, in the bf16,
 // fp32 and fp32 += forms; M a multiple of the block, the first Mo rows written (the rest of a padded block rotated
@@ -2336,6 +2464,8 @@ int main(void) {
     test_gemm_s8_dq_lora();
     test_gemm_s8_dq_rot();
     test_gemm_s8_dq_group();
+    test_gemm_s8_dq_stack();
+    test_gemm_s8_dq_stack_cols();
     test_gemm_s8_dq_tok();
     test_linear();
     test_few_tiles();

@@ -742,6 +742,72 @@ static void test_model_ex_group(void) {
     tiny_ab_free(&t);
 }
 
+// The groups' weight gradients (q, k, v: 256 + 128 + 128 rows; gate, up) stacked in one launch of the own INT8 kernel
+// (halo_cuda_linear_g_group_run, on by default): INT8 L0 and L1 (H_m blocks of 128) give the same loss bits and
+// gradients (1e-7, run-to-run atomics) as one product each, and the launches go "bwd gemm G (stack)" 0 -> 4 (2
+// layers, 2 groups), "... + H_m^T" at level 1.
+static void test_model_g_stack(void) {
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 73, 39)) return;
+    if (!halo_cuda_gemm_s8_owning()) {
+        printf("stacked weight gradients: no own INT8 kernel on this device, skipped\n");
+        tiny_ab_free(&t);
+        return;
+    }
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *g0 = t.g[0], *g1 = t.g[1];
+    const struct { int level, hm_block; const char *what; } cfg[] = {{0, 0, "int8 L0"}, {1, 128, "int8 L1 H_m blocks of 128"}};
+    for (int k = 0; k < 2; k++) {
+        const llama_cuda_opts o = tiny_opts(b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, 0);
+        llama_cuda *g;
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        float l[2];
+        int n[2];
+        fb_named_off_on(g, b, m, halo_cuda_gemm_s8_dq_stack_on,
+                        cfg[k].level ? "bwd gemm G (stack) + H_m^T" : "bwd gemm G (stack)", g0, g1, l, n);
+        printf("   %s stacked G: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
+        row("stacked G: stack launches", cfg[k].what, n[0] + abs(n[1] - 4), 0);
+        row("stacked G: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
+        row("stacked G: grads vs one by one", cfg[k].what, rel_l2_f(g1, g0, t.P), 1e-7);
+        llama_cuda_free(g);
+    }
+    tiny_ab_free(&t);
+}
+
+// The groups' forward products stacked by columns in one launch of the own INT8 kernel (halo_cuda_linear_y_group_run,
+// on by default): gate and up (512 + 512 columns; q, k and v are not, k's 128 columns being under the kernel's 256)
+// at INT8 L0, L1 (H_m blocks of 128) and L2 give the same loss bits and gradients (1e-7, run-to-run atomics) as one
+// product each, and the launches go "fwd gemm Y (stack)" 0 -> 2 (2 layers).
+static void test_model_y_stack(void) {
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 79, 41)) return;
+    if (!halo_cuda_gemm_s8_owning()) {
+        printf("stacked forward products: no own INT8 kernel on this device, skipped\n");
+        tiny_ab_free(&t);
+        return;
+    }
+    llama_model *m = &t.m;
+    const halo_batch *b = &t.b;
+    float *g0 = t.g[0], *g1 = t.g[1];
+    const struct { int level, hm_block, tok_block; const char *what; } cfg[] = {
+        {0, 0, 0, "int8 L0"}, {1, 128, 0, "int8 L1 H_m blocks of 128"}, {2, 0, 32, "int8 L2 token blocks of 32"}};
+    for (int k = 0; k < 3; k++) {
+        const llama_cuda_opts o = tiny_opts(b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
+        llama_cuda *g;
+        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        float l[2];
+        int n[2];
+        fb_named_off_on(g, b, m, halo_cuda_linear_y_stack_on, "fwd gemm Y (stack)", g0, g1, l, n);
+        printf("   %s stacked Y: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
+        row("stacked Y: stack launches", cfg[k].what, n[0] + abs(n[1] - 2), 0);
+        row("stacked Y: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
+        row("stacked Y: grads vs one by one", cfg[k].what, rel_l2_f(g1, g0, t.P), 1e-7);
+        llama_cuda_free(g);
+    }
+    tiny_ab_free(&t);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -1165,6 +1231,8 @@ int main(int argc, char **argv) {
     test_model_attention_amax();
     test_model_ey_codes_spec();
     test_model_ex_group();
+    test_model_g_stack();
+    test_model_y_stack();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

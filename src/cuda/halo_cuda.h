@@ -214,6 +214,29 @@ int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, const halo_cu
                                int Mo, int No, const halo_cuda_had *rot, cudaStream_t s);
 void halo_cuda_gemm_s8_dq_group_on(int on);
 int halo_cuda_gemm_s8_dq_grouping(void);   // the setting (bench JSON)
+// Products stacked by rows into one fp32 D (the weight gradients of q, k and v: one [n_q + n_k + n_v][m] buffer): rows
+// start[s] .. of D = (accumulate ? D : 0) + *alpha_s A_s B_s^T (rotated by rot first, when given), A_s [rows[s]][K_s],
+// B_s [N][K_s], in one launch of the own kernel (each tile belongs to one product): the values of nseg
+// halo_cuda_gemm_s8_dq calls bit for bit. Every rows[s] but the last a multiple of 128; up to 4 products.
+// halo_cuda_gemm_s8_dq_stack_ok: whether it takes them (each as halo_cuda_gemm_s8_dq_ok; on by default, off by
+// halo_cuda_gemm_s8_dq_stack_on(0) or HALO_INT8_STACK=0).
+int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows, int nseg,
+                                  int N, int No);
+int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg, const int *rows,
+                               int nseg, int N, int No, const halo_cuda_had *rot, cudaStream_t s);
+void halo_cuda_gemm_s8_dq_stack_on(int on);
+int halo_cuda_gemm_s8_dq_stacking(void);   // the setting (bench JSON)
+// Whether an M x N product alone fills fewer than two waves of the own kernel's tiles (stacking it with its group's
+// others pays; the groups whose products all fill more gain nothing or lose, so the layers leave them one by one).
+int halo_cuda_gemm_s8_dq_small(int M, int N);
+// Stacked by columns instead (the forward products of q, k and v into their columns of one Y [M][ldd], bf16 or fp32):
+// columns start[s] .. of D = *alpha_s A_s B_s^T, B_s [cols[s]][K_s] (each but the last a multiple of 256), D's first
+// No <= sum(cols) columns written (the last product's padding rows of B cut). The values of nseg calls bit for bit;
+// one launch. _ok: whether it takes them (same switch as the row stack).
+int halo_cuda_gemm_s8_dq_stack_cols_ok(const void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg, const int *cols,
+                                       int nseg, int M, int Mo, int No);
+int halo_cuda_gemm_s8_dq_stack_cols(void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg, const int *cols,
+                                    int nseg, int M, int Mo, int No, cudaStream_t s);
 // halo_cuda_gemm_s8_dq_suits: 0 when cuBLASLt's int32 product (in smaller tiles) + the dequantize pass is the
 // faster choice: fewer 128 x 256 tiles than half the SMs over K >= 4096 (on by default; off, the own kernel takes every
 // shape it can, by halo_cuda_gemm_s8_few_tiles_lt(0) or HALO_INT8_FEW_TILES_LT=0). The values are the same bits.
@@ -241,7 +264,8 @@ int halo_cuda_gemm_tuning(void);   // the setting in force (the setter's, else t
 
 // Transient scratch of forward/backward, grow-only. Nothing in it lives from a forward to its backward, so layers
 // that run one after another on one stream may share one (halo_cuda_linear_share_workspace).
-enum { HALO_CUDA_NWS = 12 };   // 8..11: the E_Y codes of a group's linears (HALO_CUDA_EX_GROUP)
+enum { HALO_CUDA_NWS = 20 };   // 8..11, 12..15: a group's E_Y codes (HALO_CUDA_EX_GROUP, HALO_CUDA_G_GROUP); 16..19:
+                               // its W codes (HALO_CUDA_Y_GROUP)
 typedef struct halo_cuda_ws {
     void *buf[HALO_CUDA_NWS];
     size_t cap[HALO_CUDA_NWS];
@@ -300,6 +324,15 @@ typedef struct halo_cuda_linear {
     // recorded for halo_cuda_linear_ex_group_run (with its H_m^T when exg_post)
     int exg_pos, exg_set, exg_post, exg_mp;
     halo_cuda_s8_seg exg;
+    // HALO_CUDA_G_GROUP: the weight-gradient product recorded for halo_cuda_linear_g_group_run (into gg_G)
+    int gg_set, gg_post, gg_acc, gg_mp;
+    halo_cuda_s8_seg gg;
+    float *gg_G;
+    // HALO_CUDA_Y_GROUP: the forward product recorded for halo_cuda_linear_y_group_run (into yg_Y)
+    int yg_set, yg_f32, yg_np;
+    long yg_ldy;
+    halo_cuda_s8_seg yg;
+    void *yg_Y;
     char note[256];
 } halo_cuda_linear;
 
@@ -505,6 +538,29 @@ enum { HALO_CUDA_EX_GROUP = 4096 };
 int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b);
 int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX, int accumulate, int b, int m,
                                   cudaStream_t s);
+// The same group's weight gradients, one buffer [n_1 + .. + n_k][m] (q, k, v: the layer's qkv weight): stacked by rows
+// in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack) instead of one product each (at 1B, k's and v's run
+// on 32 tiles each). halo_cuda_linear_g_group_ok(Ls, n, b): whether they can (as ex_group_ok, every out_features but
+// the last a multiple of 128, one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; HALO_INT8_STACK not
+// 0); it gives each its place (the same as ex_group_ok's). Each
+// backward then takes HALO_CUDA_G_GROUP (G_SET as usual, the same for all) with G pointing at its rows of the buffer:
+// it records its G product, and halo_cuda_linear_g_group_run(Ls, n, m) runs them, the values of the products one by
+// one bit for bit.
+enum { HALO_CUDA_G_GROUP = 8192 };
+int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b);
+int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s);
+// The group's forward products (q, k and v, or gate and up: one X, outputs side by side in one Y) stacked by columns
+// in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack_cols). halo_cuda_linear_y_group_ok(Ls, n, b, widths):
+// whether they can and it pays (INT8, any level, no telemetry or adapter, every width but the last a multiple of 256,
+// one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; HALO_INT8_Y_STACK and HALO_INT8_STACK not 0); it
+// gives each its place. Each forward then takes HALO_CUDA_Y_GROUP
+// (bf16 or fp32 Y without a residual, Y pointing at its columns): it quantizes and records its product, and
+// halo_cuda_linear_y_group_run(Ls, n) runs them (where the kernel cannot, one by one): the same values bit for bit.
+enum { HALO_CUDA_Y_GROUP = 16384 };
+int halo_cuda_linear_y_group_ok(halo_cuda_linear *const *Ls, int n, int b, const int *widths);
+int halo_cuda_linear_y_group_run(halo_cuda_linear *const *Ls, int n, cudaStream_t s);
+void halo_cuda_linear_y_stack_on(int on);
+int halo_cuda_linear_y_stacking(void);   // the setting (bench JSON)
 float *halo_cuda_linear_ey_amax(halo_cuda_linear *L);
 // The layer's E_Y non-finite flag, for that producer to set (its absmax pass, which would, is skipped).
 int *halo_cuda_linear_ey_nonfinite(halo_cuda_linear *L);

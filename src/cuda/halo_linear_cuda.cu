@@ -237,6 +237,8 @@ static int plan_hb(halo_cuda_linear *L, int b);
 static int ex_groupable(const halo_cuda_linear *L) {
     return L->prec == HALO_PREC_INT8 && L->level < 2 && !L->tele_on && tposed(L);
 }
+// and whose forward product can join a stack (halo_cuda_linear_y_group_ok; every level: no rotation after it)
+static int y_groupable(const halo_cuda_linear *L) { return L->prec == HALO_PREC_INT8 && !L->tele_on; }
 
 // Level 2, INT8, both rotations of E_X in the own kernel's epilogue: H_m^T (hm_fused) and then H_b over the tokens
 // (blocks of a power of two <= 64, planned for b tokens by plan_hb), instead of an fp32 product and a column pass.
@@ -664,6 +666,11 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     if (xc && !(L->xc_on && L->xc_b == b && m % 16 == 0 && ((flags & HALO_CUDA_NO_G) || L->qx)))
         return halo_fail("%s: forward given X codes that halo_cuda_linear_x_codes did not arrange (b=%d m=%d)", L->name,
                          b, m);
+    const int y_group = (flags & HALO_CUDA_Y_GROUP) != 0;   // the product recorded, not run
+    if (y_group && !(y_groupable(L) && !R && !L->lora_r))
+        return halo_fail("%s: a stacked forward needs INT8, no telemetry, adapter or residual "
+                         "(halo_cuda_linear_y_group_ok)", L->name);
+    L->yg_set = 0;
     L->xc_on = 0;
     L->have_fwd = 0;
     L->b = b; L->m = m; L->n = n;
@@ -678,7 +685,7 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     const long b16 = pad16(b);
     // saved W codes (level 0: Q(W)^T [mp][np]) and the row-major ones this product reads
     uint8_t *qw = (uint8_t *)dev_grow((void **)&L->qw, &L->cap_qw, (size_t)np * mp);
-    uint8_t *qw_row = wc ? L->qw_rp : t0 ? (uint8_t *)ws(L, 3, (size_t)np * mp) : qw;
+    uint8_t *qw_row = wc ? L->qw_rp : t0 ? (uint8_t *)ws(L, y_group ? 16 + L->exg_pos : 3, (size_t)np * mp) : qw;
     // X's codes: those of the sharing source when it quantized this very X last, else our own (level 0: the source's
     // row-major codes must still be in its workspace)
     const halo_cuda_linear *xs = L->xsrc;
@@ -745,7 +752,14 @@ static int forward_body(halo_cuda_linear *L, const halo_bf16 *X, const halo_bf16
     if (wc)   // the update wrote the row-major codes: Q(W)^T for the backward
         PROF("fwd transpose W codes", 2.0 * n * m,
              halo_cuda_transpose(L->qw_rp, HALO_CUDA_U8, m, n, m, qw, HALO_CUDA_U8, np, (int)np, s));
-    if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
+    if (y_group) {   // recorded for halo_cuda_linear_y_group_run
+        L->yg = (halo_cuda_s8_seg){(const int8_t *)qx_row, (const int8_t *)qw_row, mp, mp, (int)mp, L->dev + ALY};
+        L->yg_Y = Y;
+        L->yg_f32 = y_f32;
+        L->yg_ldy = ldy;
+        L->yg_np = (int)np;
+        L->yg_set = 1;
+    } else if (product(L, qx_row, mp, qw_row, mp, b, (int)np, (int)mp, b, n, ALY, 0, Y, y_f32, ldy, 0, 0, R, s))
         return halo_fail_ctx("%s: forward: ", L->name);
     L->have_fwd = 1;
     return HALO_OK;
@@ -801,6 +815,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     const int ex_add = EX && (flags & HALO_CUDA_EX_ADD), g_acc = !(flags & HALO_CUDA_G_SET);
     const int defer = EX && (flags & HALO_CUDA_EX_DEFER);
     const int group = EX && (flags & HALO_CUDA_EX_GROUP);   // E_X's product recorded, not run
+    const int g_group = G && (flags & HALO_CUDA_G_GROUP);    // G's too
     if (ex_add && !ex_f32) return halo_fail("%s: adding into the input gradient needs an fp32 one", L->name);
     if (defer && (!ex_f32 || !halo_cuda_linear_ex_defer_rows(L, b)))
         return halo_fail("%s: no deferred input-gradient rotation here (it needs level 1 or 2, an fp32 sum, no "
@@ -808,7 +823,11 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     if (group && (!ex_f32 || !ex_groupable(L) || ex_sum))
         return halo_fail("%s: a grouped input gradient needs an fp32 one, INT8 at level 0 or 1 and no telemetry "
                          "(halo_cuda_linear_ex_group_ok)", L->name);
+    if (g_group && !ex_groupable(L))
+        return halo_fail("%s: a stacked weight gradient needs INT8 at level 0 or 1 and no telemetry "
+                         "(halo_cuda_linear_g_group_ok)", L->name);
     L->exg_set = 0;
+    L->gg_set = 0;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (G && !L->qx_use)
         return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
@@ -848,7 +867,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             if (np != n) PROF("memset pad", (double)b * np, CUDA_CHECK(cudaMemsetAsync(qe, 0, (size_t)b * np, s)));
         }
         if (G) {
-            qet = (uint8_t *)ws(L, 2, (size_t)np * b16);
+            qet = (uint8_t *)ws(L, g_group ? 12 + L->exg_pos : 2, (size_t)np * b16);   // (a group's: kept)
             if (np != n) PROF("memset pad", (double)np * b16, CUDA_CHECK(cudaMemsetAsync(qet, 0, (size_t)np * b16, s)));
         }
         // level 2 with the column kernels: G's codes come from the first kernel that reads E_Y for its token rotation
@@ -999,7 +1018,15 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
             }
             qxt = t;
         }
-        if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2, NULL, s))
+        if (g_group) {   // recorded for halo_cuda_linear_g_group_run
+            L->gg = (halo_cuda_s8_seg){(const int8_t *)qet, (const int8_t *)qxt, b16, b16, (int)b16, L->dev + ALG};
+            L->gg_G = G;
+            L->gg_post = lvl >= 1;
+            L->gg_acc = g_acc;
+            L->gg_mp = (int)mp;
+            L->gg_set = 1;
+        } else if (product(L, qet, b16, qxt, b16, (int)np, (int)mp, (int)b16, n, m, ALG, lvl >= 1, G, 1, m, g_acc, 2,
+                           NULL, s))
             return halo_fail_ctx("%s: weight gradient: ", L->name);
     }
     return HALO_OK;
@@ -1045,6 +1072,113 @@ extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n,
     }
     for (int i = 0; i < n; i++) Ls[i]->exg_set = 0;
     return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): input gradient: ", L->name, n);
+}
+
+extern "C" int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
+    int small = 0;   // (some product alone fills few tiles: else stacking gains nothing)
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *L = Ls[i];
+        if (!L || !ex_groupable(L) || (i + 1 < n && L->n % 128) || L->m != Ls[0]->m || L->level != Ls[0]->level ||
+            (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
+            return 0;
+        small |= halo_cuda_gemm_s8_dq_small(L->n, L->m);
+    }
+    if (!small) return 0;
+    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
+    return 1;
+}
+
+extern "C" int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s) {
+    halo_cuda_s8_seg seg[4];
+    int rows[4];
+    if (n < 1 || n > 4) return halo_fail("halo_cuda_linear_g_group_run: %d linears (1 to 4)", n);
+    halo_cuda_linear *L = Ls[0];
+    long off = 0;
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *Li = Ls[i];
+        if (!Li->gg_set || Li->m != m || Li->gg_post != L->gg_post || Li->gg_acc != L->gg_acc || Li->gg_mp != L->gg_mp)
+            return halo_fail("%s: no recorded weight-gradient product for this group (m=%d): its backward needs "
+                             "HALO_CUDA_G_GROUP", Li->name, m);
+        if (Li->gg_G != L->gg_G + off * m)
+            return halo_fail("%s: its weight gradient does not follow %s's in memory (the stacked product writes one "
+                             "buffer)", Li->name, L->name);
+        seg[i] = Li->gg;
+        rows[i] = Li->n;
+        off += Li->n;
+    }
+    const int post = L->gg_post, mp = L->gg_mp, acc = L->gg_acc;
+    double ab = 0;
+    for (int i = 0; i < n; i++) ab += ((double)rows[i] + mp) * seg[i].K;
+    int rc = HALO_OK;
+    if ((!post || halo_cuda_gemm_s8_dq_rot_ok(&L->hm, m)) &&
+        halo_cuda_gemm_s8_dq_stack_ok(L->gg_G, m, seg, rows, n, mp, m)) {
+        PROF(post ? "bwd gemm G (stack) + H_m^T" : "bwd gemm G (stack)", ab + (double)off * m * (acc ? 8 : 4),
+             rc = halo_cuda_gemm_s8_dq_stack(L->gg_G, m, acc, seg, rows, n, mp, m, post ? &L->hm : NULL, s));
+    } else {
+        for (int i = 0; i < n && rc == HALO_OK; i++)
+            rc = product(Ls[i], (const uint8_t *)seg[i].A, seg[i].lda, (const uint8_t *)seg[i].B, seg[i].ldb,
+                         pad16(rows[i]), mp, seg[i].K, rows[i], m, ALG, post, Ls[i]->gg_G, 1, m, acc, 2, NULL, s);
+    }
+    for (int i = 0; i < n; i++) Ls[i]->gg_set = 0;
+    return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): weight gradient: ", L->name, n);
+}
+
+// y_stack: HALO_INT8_Y_STACK (-1: not read yet); off, halo_cuda_linear_y_group_ok says no
+static int g_y_stack = -1;
+extern "C" void halo_cuda_linear_y_stack_on(int on) { g_y_stack = on ? 1 : 0; }
+extern "C" int halo_cuda_linear_y_stacking(void) { return env_switch(&g_y_stack, "HALO_INT8_Y_STACK"); }
+extern "C" int halo_cuda_linear_y_group_ok(halo_cuda_linear *const *Ls, int n, int b, const int *widths) {
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_linear_y_stacking() || !halo_cuda_gemm_s8_dq_stacking() ||
+        !halo_cuda_gemm_s8_owning())
+        return 0;
+    int small = 0;   // (as g_group_ok)
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *L = Ls[i];
+        if (!L || !y_groupable(L) || L->lora_r || L->level != Ls[0]->level || (i + 1 < n && widths[i] % 256))
+            return 0;
+        small |= halo_cuda_gemm_s8_dq_small(b, widths[i]);
+    }
+    if (!small) return 0;
+    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
+    return 1;
+}
+
+extern "C" int halo_cuda_linear_y_group_run(halo_cuda_linear *const *Ls, int n, cudaStream_t s) {
+    halo_cuda_s8_seg seg[4];
+    int cols[4];
+    if (n < 1 || n > 4) return halo_fail("halo_cuda_linear_y_group_run: %d linears (1 to 4)", n);
+    halo_cuda_linear *L = Ls[0];
+    const int esz = L->yg_f32 ? 4 : 2;
+    long off = 0;
+    for (int i = 0; i < n; i++) {
+        const halo_cuda_linear *Li = Ls[i];
+        if (!Li->yg_set || Li->b != L->b || Li->yg_f32 != L->yg_f32 || Li->yg_ldy != L->yg_ldy)
+            return halo_fail("%s: no recorded forward product for this group (b=%d): its forward needs "
+                             "HALO_CUDA_Y_GROUP", Li->name, L->b);
+        if ((const char *)Li->yg_Y != (const char *)L->yg_Y + off * esz)
+            return halo_fail("%s: its output columns do not follow %s's (the stacked product writes one Y)", Li->name,
+                             L->name);
+        seg[i] = Li->yg;
+        cols[i] = i + 1 < n ? Li->n : Li->yg_np;
+        off += Li->n;
+    }
+    double ab = 0;
+    for (int i = 0; i < n; i++) ab += ((double)L->b + cols[i]) * seg[i].K;
+    int rc = HALO_OK;
+    if (halo_cuda_gemm_s8_dq_stack_cols_ok(L->yg_Y, L->yg_f32, L->yg_ldy, seg, cols, n, L->b, L->b, (int)off)) {
+        PROF("fwd gemm Y (stack)", ab + (double)L->b * off * esz,
+             rc = halo_cuda_gemm_s8_dq_stack_cols(L->yg_Y, L->yg_f32, L->yg_ldy, seg, cols, n, L->b, L->b, (int)off,
+                                                  s));
+    } else {
+        for (int i = 0; i < n && rc == HALO_OK; i++) {
+            halo_cuda_linear *Li = Ls[i];
+            rc = product(Li, (const uint8_t *)seg[i].A, seg[i].lda, (const uint8_t *)seg[i].B, seg[i].ldb, Li->b,
+                         Li->yg_np, seg[i].K, Li->b, Li->n, ALY, 0, Li->yg_Y, Li->yg_f32, Li->yg_ldy, 0, 0, NULL, s);
+        }
+    }
+    for (int i = 0; i < n; i++) Ls[i]->yg_set = 0;
+    return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): forward: ", L->name, n);
 }
 
 // halo_cuda_ex_defer: -1 = not set yet (HALO_CUDA_EX_DEFER=0 in the environment turns it off, env_switch), else 0 / 1.

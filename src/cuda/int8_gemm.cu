@@ -46,6 +46,8 @@ struct dq_args {
     long ldd;
     int M, N, Mo, No;
     int nseg;                      // segments (1: a plain product)
+    int stack;                     // 1 / 2: the segments are stacked by rows / columns of D (start), not summed over K
+    int start[MAX_SEG + 1];        // stack: segment s writes D's rows (columns) start[s] .. start[s + 1] - 1
     int k[MAX_SEG];                // each segment's K
     const float *alpha[MAX_SEG];   // and its scale product (device)
     int d_f32, mode;   // mode: 0 D =, 1 D += (fp32), 2 D = res + (fp32 res; a bf16 D gets the sum rounded once)
@@ -89,6 +91,23 @@ __device__ __forceinline__ void fence_acc(int *d) {
     for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
 
+// The segments a tile works (stack: the one holding its rows or columns) and the rows of A and B it starts at
+__device__ __forceinline__ void tile_segments(const dq_args &p, int m0, int n0, int *lo, int *hi, int *arow,
+                                              int *brow) {
+    *lo = 0;
+    *hi = p.nseg;
+    *arow = m0;
+    *brow = n0;
+    if (p.stack) {
+        const int x = p.stack == 1 ? m0 : n0;
+        int sg = 0;
+        while (sg + 1 < p.nseg && x >= p.start[sg + 1]) sg++;
+        *lo = sg;
+        *hi = sg + 1;
+        if (p.stack == 1) *arow = m0 - p.start[sg];
+        else *brow = n0 - p.start[sg];
+    }
+}
 // d (128 int32 per thread: the m64n256 fragment) = (scale_d ? d : 0) + A (64 x 32, descriptor da) B (256 x 32,
 // descriptor db)^T. Operands %0..%127: the accumulators (generated list).
 __device__ __forceinline__ void wgmma_m64n256k32_s8(int *d, uint64_t da, uint64_t db, int scale_d) {
@@ -307,15 +326,17 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
                 int m0, n0;
                 tile_of(t, nm, nn, &m0, &n0);
-                for (int sg = 0; sg < p.nseg; sg++) {
+                int lo, hi, arow, brow;
+                tile_segments(p, m0, n0, &lo, &hi, &arow, &brow);
+                for (int sg = lo; sg < hi; sg++) {
                     const int nk = (p.k[sg] + BK - 1) / BK;
                     for (int kb = 0; kb < nk; kb++, it++) {
                         const int s = it % STAGES;
                         mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);   // a fresh barrier passes parity 1 at once
                         uint8_t *st = smem + s * STAGE_BYTES;
                         mbar_expect_tx(&full[s], STAGE_BYTES);
-                        tma_load(st, &maps.a[sg], &full[s], kb * BK, m0);
-                        tma_load(st + A_BYTES, &maps.b[sg], &full[s], kb * BK, n0);
+                        tma_load(st, &maps.a[sg], &full[s], kb * BK, arow);
+                        tma_load(st + A_BYTES, &maps.b[sg], &full[s], kb * BK, brow);
                     }
                 }
             }
@@ -329,8 +350,10 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
         tile_of(t, nm, nn, &m0, &n0);
-        for (int sg = 0; sg < p.nseg; sg++) {   // (not indented: a plain product is one segment)
-        const int nk = (p.k[sg] + BK - 1) / BK, mode = sg ? 1 : p.mode;   // later segments add
+        int lo, hi, arow, brow;
+        tile_segments(p, m0, n0, &lo, &hi, &arow, &brow);
+        for (int sg = lo; sg < hi; sg++) {   // (not indented: a plain product is one segment)
+        const int nk = (p.k[sg] + BK - 1) / BK, mode = sg > lo ? 1 : p.mode;   // later segments add
         for (int kb = 0; kb < nk; kb++, it++) {
             const int s = it % STAGES;
             mbar_wait(&full[s], (it / STAGES) & 1);
@@ -534,6 +557,10 @@ extern "C" int halo_cuda_gemm_s8_dq_suits(int M, int N, int K) {
     return !(2 * tiles < g_sms && K >= 4096);
 }
 
+extern "C" int halo_cuda_gemm_s8_dq_small(int M, int N) {
+    return init() && (long)cdiv(M, BM) * cdiv(N, BN) < 2L * g_sms;
+}
+
 extern "C" int halo_cuda_gemm_s8_dq_ok(const void *D, int d_f32, long ldd, const float *res, const int8_t *A, long lda,
                                        const int8_t *B, long ldb, int M, int N, int K, int Mo, int No) {
     if (!env_switch(&g_on, "HALO_INT8_OWN_GEMM") || !init()) return 0;
@@ -559,14 +586,14 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
 }
 
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
-                     int nseg, int M, int N, int Mo, int No, const halo_cuda_had *rot, const halo_cuda_had *tok,
-                     const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s);
+                     int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
+                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s);
 static int launch_one(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                       const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb,
                       int lr, cudaStream_t s) {
     const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
-    return launch_dq(D, d_f32, ldd, res, accumulate, &one, 1, M, N, Mo, No, rot, tok, lu, lb, lr, s);
+    return launch_dq(D, d_f32, ldd, res, accumulate, &one, 1, 0, NULL, M, N, Mo, No, rot, tok, lu, lb, lr, s);
 }
 extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate,
                                         const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
@@ -608,12 +635,84 @@ extern "C" int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, co
                                           int M, int N, int Mo, int No, const halo_cuda_had *rot, cudaStream_t s) {
     if (nseg < 1 || nseg > MAX_SEG)
         return halo_fail("halo_cuda_gemm_s8_dq_group: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
-    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
+    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
 }
 
+// g_stack: halo_cuda_gemm_s8_dq_stacking / HALO_INT8_STACK (-1: not read yet)
+static int g_stack = -1;
+extern "C" void halo_cuda_gemm_s8_dq_stack_on(int on) { g_stack = on ? 1 : 0; }
+extern "C" int halo_cuda_gemm_s8_dq_stacking(void) { return env_switch(&g_stack, "HALO_INT8_STACK"); }
+extern "C" int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows,
+                                             int nseg, int N, int No) {
+    if (nseg < 1 || nseg > MAX_SEG || !halo_cuda_gemm_s8_dq_stacking()) return 0;
+    long m = 0, k = 0;
+    for (int i = 0; i < nseg; i++) {
+        if ((i + 1 < nseg && rows[i] % BM) ||
+            !halo_cuda_gemm_s8_dq_ok(D, 1, ldd, NULL, seg[i].A, seg[i].lda, seg[i].B, seg[i].ldb, rows[i], N, seg[i].K,
+                                     rows[i], No))
+            return 0;
+        m += rows[i];
+        k = k > seg[i].K ? k : seg[i].K;
+    }
+    return m < 1 << 30 && halo_cuda_gemm_s8_dq_suits((int)m, N, (int)k);
+}
+extern "C" int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg,
+                                          const int *rows, int nseg, int N, int No, const halo_cuda_had *rot,
+                                          cudaStream_t s) {
+    if (nseg < 1 || nseg > MAX_SEG)
+        return halo_fail("halo_cuda_gemm_s8_dq_stack: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
+    long m = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (i + 1 < nseg && rows[i] % BM)
+            return halo_fail("halo_cuda_gemm_s8_dq_stack: product %d has %d rows, not a multiple of %d", i + 1, rows[i],
+                             BM);
+        m += rows[i];
+    }
+    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 1, rows, (int)m, N, (int)m, No, rot, NULL, NULL, NULL, 0,
+                     s);
+}
+
+// Stacked by columns (the forward products of q, k and v, or gate and up, into one Y of [M][No]): seg s's B has
+// cols[s] rows, all but the last a multiple of BN; D's columns: No of their sum (the last product's padding cut)
+static int stack_cols_shape(const int *cols, int nseg, int No, long *n) {
+    *n = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (cols[i] < 1 || (i + 1 < nseg && cols[i] % BN)) return 0;
+        *n += cols[i];
+    }
+    return *n < 1 << 30 && No <= *n && No > *n - cols[nseg - 1];
+}
+extern "C" int halo_cuda_gemm_s8_dq_stack_cols_ok(const void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg,
+                                                  const int *cols, int nseg, int M, int Mo, int No) {
+    long n, c = 0, k = 0;
+    if (nseg < 1 || nseg > MAX_SEG || !halo_cuda_gemm_s8_dq_stacking() || !stack_cols_shape(cols, nseg, No, &n))
+        return 0;
+    for (int i = 0; i < nseg; i++) {
+        const int nos = i + 1 < nseg ? cols[i] : No - (int)c;
+        if (!halo_cuda_gemm_s8_dq_ok((const char *)D + c * (d_f32 ? 4 : 2), d_f32, ldd, NULL, seg[i].A, seg[i].lda,
+                                     seg[i].B, seg[i].ldb, M, cols[i], seg[i].K, Mo, nos))
+            return 0;
+        c += cols[i];
+        k = k > seg[i].K ? k : seg[i].K;
+    }
+    return halo_cuda_gemm_s8_dq_suits(M, (int)n, (int)k);
+}
+extern "C" int halo_cuda_gemm_s8_dq_stack_cols(void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg,
+                                               const int *cols, int nseg, int M, int Mo, int No, cudaStream_t s) {
+    long n;
+    if (nseg < 1 || nseg > MAX_SEG)
+        return halo_fail("halo_cuda_gemm_s8_dq_stack_cols: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
+    if (!stack_cols_shape(cols, nseg, No, &n))
+        return halo_fail("halo_cuda_gemm_s8_dq_stack_cols: product widths not stackable (each but the last a multiple "
+                         "of %d; %d output columns)", BN, No);
+    return launch_dq(D, d_f32, ldd, NULL, 0, seg, nseg, 2, cols, M, (int)n, Mo, No, NULL, NULL, NULL, NULL, 0, s);
+}
+
+// stack 0: the segments summed over K; 1: stacked by rows of D, sizes[s] each (M = Mo = their sum); 2: by columns,
+// sizes[s] rows of B each (N = their sum, No of those written)
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
-                     int nseg, int M, int N, int Mo, int No, const halo_cuda_had *rot, const halo_cuda_had *tok,
-                     const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s) {
+                     int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
+                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
@@ -628,15 +727,20 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     memset(&p, 0, sizeof p);
     for (int i = 0; i < nseg; i++) {
         const halo_cuda_s8_seg *g = &seg[i];
-        if (!halo_cuda_gemm_s8_dq_ok(D, d_f32, ldd, res, g->A, g->lda, g->B, g->ldb, M, N, g->K, Mo, No))
+        const int Ms = stack == 1 ? sizes[i] : M, Ns = stack == 2 ? sizes[i] : N;
+        const int Mos = stack == 1 ? sizes[i] : Mo, Nos = stack != 2 ? No : i + 1 < nseg ? Ns : No - p.start[i];
+        const void *Ds = (const char *)D + (stack == 2 ? p.start[i] * (d_f32 ? 4 : 2) : 0);
+        if (!halo_cuda_gemm_s8_dq_ok(Ds, d_f32, ldd, res, g->A, g->lda, g->B, g->ldb, Ms, Ns, g->K, Mos, Nos))
             return halo_fail("halo_cuda_gemm_s8_dq: shape or layout not supported (product %d of %d: M=%d N=%d K=%d "
-                             "lda=%ld ldb=%ld ldd=%ld)", i + 1, nseg, M, N, g->K, g->lda, g->ldb, ldd);
-        if (!encode(&maps.a[i], g->A, M, g->K, g->lda, BM) || !encode(&maps.b[i], g->B, N, g->K, g->ldb, BN))
-            return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", M,
-                             N, g->K, g->lda, g->ldb);
+                             "lda=%ld ldb=%ld ldd=%ld)", i + 1, nseg, Ms, Ns, g->K, g->lda, g->ldb, ldd);
+        if (!encode(&maps.a[i], g->A, Ms, g->K, g->lda, BM) || !encode(&maps.b[i], g->B, Ns, g->K, g->ldb, BN))
+            return halo_fail("halo_cuda_gemm_s8_dq: cuTensorMapEncodeTiled refused M=%d N=%d K=%d lda=%ld ldb=%ld", Ms,
+                             Ns, g->K, g->lda, g->ldb);
         p.k[i] = g->K;
         p.alpha[i] = g->alpha;
+        p.start[i + 1] = p.start[i] + (stack == 2 ? Ns : Ms);
     }
+    p.stack = stack;
     p.nseg = nseg;
     p.D = D; p.res = res; p.ldd = ldd;
     p.M = M; p.N = N; p.Mo = Mo; p.No = No;

@@ -1242,6 +1242,16 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
     lora_group q;   // LoRA: each adapter adds into its linear's columns
     const int grouped = lora_forward_u(g, l, k0, nk, X, &q);
     unsigned added = 0;
+    // INT8 without adapters: the group's products stacked by columns in one launch (k's and v's alone fill few tiles)
+    halo_cuda_linear *Ls[4];
+    int widths[4], stacked = 0;
+    if (hl_of(g, l, k0) && !g->lora && nk <= 4) {
+        for (int i = 0, m; i < nk; i++) {
+            Ls[i] = hl_of(g, l, k0 + i);
+            lin_shape(g, k0 + i, &m, &widths[i]);
+        }
+        stacked = halo_cuda_linear_y_group_ok(Ls, nk, N, widths);
+    }
     if (!hl_of(g, l, k0)) PROF(g, PR_MM_F, cuda_linear_forward(Y, 0, (const halo_bf16 *)X, W, NULL, N, D, ldy, g->st));
     else
         for (int k = k0; k < k0 + nk; k++) {
@@ -1249,12 +1259,13 @@ static void group_forward(llama_cuda *g, int l, int k0, int nk, bf16 *Y, int ldy
             lin_shape(g, k, &m, &n);
             halo_cuda_linear *L = hl_of(g, l, k);
             lora_epilogue_next(g, l, k, L, &q, grouped);
+            const int flags = (k == k0 ? xf : 0) | w_flag(g, l, k) | (stacked ? HALO_CUDA_Y_GROUP : 0);
             PROF(g, PR_MM_F, halo_check(halo_cuda_linear_forward_flags(L, (const halo_bf16 *)X, W + col * D, Y + col, 0,
-                                                                       ldy, NULL, (k == k0 ? xf : 0) | w_flag(g, l, k),
-                                                                       N, D, n, g->st)));
+                                                                       ldy, NULL, flags, N, D, n, g->st)));
             added |= lora_added_bit(&q, k, L);
             col += n;
         }
+    if (stacked) PROF(g, PR_MM_F, halo_check(halo_cuda_linear_y_group_run(Ls, nk, g->st)));
     lora_forward_y(g, l, X, Y, 0, ldy, &q, grouped, added);
 }
 
@@ -1420,6 +1431,8 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
     halo_cuda_linear *Ls[4];
     for (int i = 0; i < nk && i < 4; i++) Ls[i] = hl_of(g, l, k0 + i);
     const int grouped = (defer || f32) && nk <= 4 && halo_cuda_linear_ex_group_ok(Ls, nk, N);
+    // and their weight gradients, rows of one buffer, stacked in one launch (k's and v's alone fill few tiles)
+    const int g_stacked = G && nk <= 4 && halo_cuda_linear_g_group_ok(Ls, nk, N);
     long col = 0;
     for (int k = k0; k < k0 + nk; k++) {
         int m, n;
@@ -1429,16 +1442,18 @@ static void group_backward_halo(llama_cuda *g, int l, int k0, int nk, bf16 *dX, 
         col += n;
         if (!defer && !f32 && k == k0 + nk - 1) {   // the last: the sum + its E_X rounded to bf16 into dX once
             PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_sum(hl_of(g, l, k), ey, ldy, (halo_bf16 *)dX,
-                                                                        g->hacc, gk, halo_g_flag(g) | ey_flag, N, D, n,
+                                                                        g->hacc, gk, halo_g_flag(g) | ey_flag |
+                                                                        (g_stacked ? HALO_CUDA_G_GROUP : 0), N, D, n,
                                                                         g->st)));
             continue;
         }
         const int flags = halo_g_flag(g) | ey_flag | (k == k0 ? 0 : HALO_CUDA_EX_ADD) | (defer ? HALO_CUDA_EX_DEFER : 0) |
-                          (grouped ? HALO_CUDA_EX_GROUP : 0);
+                          (grouped ? HALO_CUDA_EX_GROUP : 0) | (g_stacked ? HALO_CUDA_G_GROUP : 0);
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_backward_flags(hl_of(g, l, k), ey, ldy, g->hacc, 1, gk, flags, N,
                                                                       D, n, g->st)));
     }
     if (grouped) PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_group_run(Ls, nk, g->hacc, 0, N, D, g->st)));
+    if (g_stacked) PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_g_group_run(Ls, nk, D, g->st)));
     if (defer)
         PROF(g, PR_HALO_B, halo_check(halo_cuda_linear_ex_finish(hl_of(g, l, k0), g->hacc, dX, 0, N, D, g->st)));
     if (f32) g->dnorm32 = g->hacc;
