@@ -63,6 +63,17 @@ static void fill(void *d, size_t n, unsigned long long seed) {
     free(h);
 }
 
+// Whether two device buffers hold the same bytes (after the stream's work)
+static int same_bytes(const void *a, const void *b, size_t n) {
+    CK(cudaDeviceSynchronize());
+    unsigned char *h1 = malloc(n), *h2 = malloc(n);
+    CK(cudaMemcpy(h1, a, n, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(h2, b, n, cudaMemcpyDeviceToHost));
+    const int same = !memcmp(h1, h2, n);
+    free(h1); free(h2);
+    return same;
+}
+
 // Groups of products summed into one fp32 input gradient (q, k, v; gate, up): one by one (the first =, the rest +=,
 // as the layers ran them before) against one grouped launch (halo_cuda_gemm_s8_dq_group)
 typedef struct { const char *name; int M, N, n, K[4]; } group;
@@ -110,12 +121,8 @@ static int bench_groups(int reps, float *const alphas[4]) {
         } else {
             const double t1 = bench_gpu_ms(run_one_by_one, &c2, 3, reps), tg = bench_gpu_ms(run_grouped, &c, 3, reps);
             const int rc = run_one_by_one(&c2) | run_grouped(&c);
-            CK(cudaDeviceSynchronize());
-            unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
-            CK(cudaMemcpy(h1, c2.D, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
-            const int same = !rc && !memcmp(h1, h2, ob);
+            const int same = !rc && same_bytes(c2.D, c.D, ob);
             fails += !same;
-            free(h1); free(h2);
             printf("| %s | %dx%d | %s | %.3f | %.3f | %.0f | %.2fx | %s |\n", g->name, g->M, g->N, ks, t1, tg,
                    ops / (tg * 1e-3) / 1e12, t1 / tg, same ? "yes" : "NO");
         }
@@ -218,12 +225,8 @@ static int bench_stacks(int reps, float *const alphas[4]) {
         } else {
             const double t1 = bench_gpu_ms(run_stack_one_by_one, &c2, 3, reps), ts = bench_gpu_ms(run_stacked, &c, 3, reps);
             const int rc = run_stack_one_by_one(&c2) | run_stacked(&c);
-            CK(cudaDeviceSynchronize());
-            unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
-            CK(cudaMemcpy(h1, c2.D, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
-            const int same = !rc && !memcmp(h1, h2, ob);
+            const int same = !rc && same_bytes(c2.D, c.D, ob);
             fails += !same;
-            free(h1); free(h2);
             printf("| %s | %dx%dx%d | %.3f | %.3f | %.0f | %.2fx | %s |\n", st->name, rm, rn, st->K, t1, ts,
                    2.0 * M * st->N * st->K / (ts * 1e-3) / 1e12, t1 / ts, same ? "yes" : "NO");
         }

@@ -683,6 +683,13 @@ static int own_int8_kernel(const char *what) {
     return 0;
 }
 
+// The device codes and scales of nseg products made with rand_codes_dev and t_dev_copy, and their host copies
+static void segs_free(const halo_cuda_s8_seg *seg, int8_t **hA, int8_t **hB, float **dal, int nseg) {
+    for (int i = 0; i < nseg; i++) {
+        free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
+    }
+}
+
 // Rows of the first No columns of two device outputs [Mo][ldd] (fp32 or bf16) that differ, into the table as `check`
 // / `detail` (bound 0); the columns past No must match too (both poisoned or both holding the same addend).
 static void rows_identical(const char *check, const char *detail, const void *want, const void *own, int f32, long Mo,
@@ -937,9 +944,7 @@ static void test_gemm_s8_dq_group(void) {
             rows_identical("int8 group vs one by one", detail, ref, own, 1, Mo, ldd, No);
             cudaFree(ref); cudaFree(own);
         }
-        for (int i = 0; i < nseg; i++) {
-            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
-        }
+        segs_free(seg, hA, hB, dal, nseg);
         free(R);
         if (B) halo_cuda_had_free(&h);
     }
@@ -1000,9 +1005,7 @@ static void test_gemm_s8_dq_stack(void) {
             rows_identical("int8 stack vs one by one", detail, ref, own, 1, Mo, ldd, No);
             cudaFree(ref); cudaFree(own);
         }
-        for (int i = 0; i < nseg; i++) {
-            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
-        }
+        segs_free(seg, hA, hB, dal, nseg);
         free(R);
         if (B) halo_cuda_had_free(&h);
     }
@@ -1065,9 +1068,7 @@ static void test_gemm_s8_dq_stack_cols(void) {
             rows_identical("int8 column stack vs one by one", detail, ref, own, f32, M, ldd, No);
             cudaFree(ref); cudaFree(own);
         }
-        for (int i = 0; i < nseg; i++) {
-            free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
-        }
+        segs_free(seg, hA, hB, dal, nseg);
     }
     static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
     const halo_cuda_s8_seg two[2] = {{probe, probe, 256, 256, 256, NULL}, {probe, probe, 256, 256, 256, NULL}};
