@@ -3,14 +3,14 @@
 # halo_cuda_gemm_s8_dq_stack, HALO_INT8_STACK) and forward products by columns (halo_cuda_gemm_s8_dq_stack_cols,
 # HALO_INT8_Y_STACK). bench_cuda_int8 (its stack table), test_cuda_halo_train, test_cuda_halo, then CUPTI times of 1B
 # steps: INT8 L0 in rounds of three (both off / G only / both on), INT8 L1 H_m blocks of 256 off / on.
-# With the argument "short": test_cuda_halo_train, then three INT8 L0 rounds of off / both on, and the L1 pair.
+# With the argument "short": both tests, then three INT8 L0 rounds of off / both on, and the L1 pair.
 # Here:   make the dev build, then bash scripts/device_sync.sh
 # Device: cd .dev-cuda && bash dev/cuda/probe/stack_ab.sh
 cd "$(dirname "$0")/../../.."   # .dev-cuda
 source dev/cuda/probe/ab_lib.sh
 ab_begin
 R="1 2"
-if [ "${1:-}" = short ]; then R="1 2 3"; ab_test halo_train 300; else
+if [ "${1:-}" = short ]; then R="1 2 3"; ab_test halo_train 300; ab_test halo 240; else
   timeout 120 build-dev/bench/bench_cuda_int8 --reps 20 > $OUT/int8.md 2>&1
   grep -E -A10 '^\| (group|stack) \|' $OUT/int8.md >> $S; tail -2 $OUT/int8.md >> $S
   ab_test halo_train 300
