@@ -964,7 +964,7 @@ static void test_gemm_s8_dq_group(void) {
 // buffer) against the same products one by one into their rows, bit for bit: 2 to 4 products, own K and scales, the
 // last one's rows not a multiple of 128, partial column tiles, with and without the rows' H_B, = and +=; the columns
 // past No keep their poison (or addend). Also: rows of a product before the last that are not a multiple of 128 are
-// refused, and so is the switch off.
+// refused.
 static void test_gemm_s8_dq_stack(void) {
     static const int cases[][8] = {   // N, No, block (0: none), rows of up to 4 products (0: none), K
         {400, 392, 0, 256, 128, 300, 0, 208}, {512, 512, 64, 2048, 512, 512, 0, 256}, {256, 256, 256, 128, 128, 256, 130, 128}};
@@ -1012,13 +1012,9 @@ static void test_gemm_s8_dq_stack(void) {
     static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
     const halo_cuda_s8_seg two[2] = {{probe, probe, 256, 256, 256, NULL}, {probe, probe, 256, 256, 256, NULL}};
     const int odd[2] = {200, 128}, even[2] = {256, 200};
-    const int was = halo_cuda_gemm_s8_dq_stacking();
     CHECK(!halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, odd, 2, 512, 512) &&
           halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, even, 2, 512, 512),
           "stack: a first product of 200 rows taken, or a last one refused");
-    halo_cuda_gemm_s8_dq_stack_on(0);
-    CHECK(!halo_cuda_gemm_s8_dq_stack_ok(NULL, 512, two, even, 2, 512, 512), "stack taken with the switch off");
-    halo_cuda_gemm_s8_dq_stack_on(was);
     rng = saved;
 }
 
@@ -1026,7 +1022,7 @@ static void test_gemm_s8_dq_stack(void) {
 // gate and up, side by side in one Y) against the same products one by one into their columns, bit for bit: 2 to 4
 // products with their own B, K and scale, the last one's B padded past No, M not a multiple of 128, bf16 and fp32
 // outputs; the columns past No and rows past Mo keep their poison. Also: a width before the last that is not a
-// multiple of 256 is refused, and so is the switch off.
+// multiple of 256 is refused.
 static void test_gemm_s8_dq_stack_cols(void) {
     static const int cases[][8] = {   // M, Mo, No, widths of up to 4 products (0: none; the last one's B rows), K
         {384, 384, 1024, 512, 256, 256, 0, 256}, {300, 290, 1032, 256, 512, 272, 0, 128},
@@ -1073,14 +1069,9 @@ static void test_gemm_s8_dq_stack_cols(void) {
     static _Alignas(16) int8_t probe[16];   // only its alignment is looked at
     const halo_cuda_s8_seg two[2] = {{probe, probe, 256, 256, 256, NULL}, {probe, probe, 256, 256, 256, NULL}};
     const int odd[2] = {384, 256}, even[2] = {512, 384};
-    const int was = halo_cuda_gemm_s8_dq_stacking();
     CHECK(!halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, odd, 2, 256, 256, 640) &&
           halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, even, 2, 256, 256, 890),
           "column stack: a first product 384 wide taken, or a last one refused");
-    halo_cuda_gemm_s8_dq_stack_on(0);
-    CHECK(!halo_cuda_gemm_s8_dq_stack_cols_ok(probe, 0, 1024, two, even, 2, 256, 256, 890),
-          "column stack taken with the switch off");
-    halo_cuda_gemm_s8_dq_stack_on(was);
     rng = saved;
 }
 

@@ -743,7 +743,7 @@ static void test_model_ex_group(void) {
 }
 
 // The groups' weight gradients (q, k, v: 256 + 128 + 128 rows; gate, up) stacked in one launch of the own INT8 kernel
-// (halo_cuda_linear_g_group_run, on by default): INT8 L0 and L1 (H_m blocks of 128) give the same loss bits and
+// (halo_cuda_linear_g_group_run, off by default): INT8 L0 and L1 (H_m blocks of 128) give the same loss bits and
 // gradients (1e-7, run-to-run atomics) as one product each, and the launches go "bwd gemm G (stack)" 0 -> 4 (2
 // layers, 2 groups), "... + H_m^T" at level 1.
 static void test_model_g_stack(void) {
@@ -764,8 +764,9 @@ static void test_model_g_stack(void) {
         if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         float l[2];
         int n[2];
-        fb_named_off_on(g, b, m, halo_cuda_gemm_s8_dq_stack_on,
+        fb_named_off_on(g, b, m, halo_cuda_linear_g_stack_on,
                         cfg[k].level ? "bwd gemm G (stack) + H_m^T" : "bwd gemm G (stack)", g0, g1, l, n);
+        halo_cuda_linear_g_stack_on(0);   // (the default)
         printf("   %s stacked G: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
         row("stacked G: stack launches", cfg[k].what, n[0] + abs(n[1] - 4), 0);
         row("stacked G: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
@@ -776,7 +777,7 @@ static void test_model_g_stack(void) {
 }
 
 // The groups' forward products stacked by columns in one launch of the own INT8 kernel (halo_cuda_linear_y_group_run,
-// on by default): gate and up (512 + 512 columns; q, k and v are not, k's 128 columns being under the kernel's 256)
+// off by default): gate and up (512 + 512 columns; q, k and v are not, k's 128 columns being under the kernel's 256)
 // at INT8 L0, L1 (H_m blocks of 128) and L2 give the same loss bits and gradients (1e-7, run-to-run atomics) as one
 // product each, and the launches go "fwd gemm Y (stack)" 0 -> 2 (2 layers).
 static void test_model_y_stack(void) {
@@ -799,6 +800,7 @@ static void test_model_y_stack(void) {
         float l[2];
         int n[2];
         fb_named_off_on(g, b, m, halo_cuda_linear_y_stack_on, "fwd gemm Y (stack)", g0, g1, l, n);
+        halo_cuda_linear_y_stack_on(0);   // (the default)
         printf("   %s stacked Y: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
         row("stacked Y: stack launches", cfg[k].what, n[0] + abs(n[1] - 2), 0);
         row("stacked Y: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);

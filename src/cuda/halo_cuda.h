@@ -218,21 +218,18 @@ int halo_cuda_gemm_s8_dq_grouping(void);   // the setting (bench JSON)
 // start[s] .. of D = (accumulate ? D : 0) + *alpha_s A_s B_s^T (rotated by rot first, when given), A_s [rows[s]][K_s],
 // B_s [N][K_s], in one launch of the own kernel (each tile belongs to one product): the values of nseg
 // halo_cuda_gemm_s8_dq calls bit for bit. Every rows[s] but the last a multiple of 128; up to 4 products.
-// halo_cuda_gemm_s8_dq_stack_ok: whether it takes them (each as halo_cuda_gemm_s8_dq_ok; on by default, off by
-// halo_cuda_gemm_s8_dq_stack_on(0) or HALO_INT8_STACK=0).
+// halo_cuda_gemm_s8_dq_stack_ok: whether it takes them (each as halo_cuda_gemm_s8_dq_ok).
 int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows, int nseg,
                                   int N, int No);
 int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg, const int *rows,
                                int nseg, int N, int No, const halo_cuda_had *rot, cudaStream_t s);
-void halo_cuda_gemm_s8_dq_stack_on(int on);
-int halo_cuda_gemm_s8_dq_stacking(void);   // the setting (bench JSON)
 // Whether an M x N product alone fills fewer than two waves of the own kernel's tiles (stacking it with its group's
 // others pays; the groups whose products all fill more gain nothing or lose, so the layers leave them one by one).
 int halo_cuda_gemm_s8_dq_small(int M, int N);
 // Stacked by columns instead (the forward products of q, k and v into their columns of one Y [M][ldd], bf16 or fp32):
 // columns start[s] .. of D = *alpha_s A_s B_s^T, B_s [cols[s]][K_s] (each but the last a multiple of 256), D's first
 // No <= sum(cols) columns written (the last product's padding rows of B cut). The values of nseg calls bit for bit;
-// one launch. _ok: whether it takes them (same switch as the row stack).
+// one launch. _ok: whether it takes them.
 int halo_cuda_gemm_s8_dq_stack_cols_ok(const void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg, const int *cols,
                                        int nseg, int M, int Mo, int No);
 int halo_cuda_gemm_s8_dq_stack_cols(void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg, const int *cols,
@@ -541,19 +538,21 @@ int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX,
 // The same group's weight gradients, one buffer [n_1 + .. + n_k][m] (q, k, v: the layer's qkv weight): stacked by rows
 // in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack) instead of one product each (at 1B, k's and v's run
 // on 32 tiles each). halo_cuda_linear_g_group_ok(Ls, n, b): whether they can (as ex_group_ok, every out_features but
-// the last a multiple of 128, one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; HALO_INT8_STACK not
-// 0); it gives each its place (the same as ex_group_ok's). Each
+// the last a multiple of 128, one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; off by default:
+// halo_cuda_linear_g_stack_on(1) or HALO_INT8_STACK=1, see README); it gives each its place (ex_group_ok's). Each
 // backward then takes HALO_CUDA_G_GROUP (G_SET as usual, the same for all) with G pointing at its rows of the buffer:
 // it records its G product, and halo_cuda_linear_g_group_run(Ls, n, m) runs them, the values of the products one by
 // one bit for bit.
 enum { HALO_CUDA_G_GROUP = 8192 };
 int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b);
 int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s);
+void halo_cuda_linear_g_stack_on(int on);
+int halo_cuda_linear_g_stacking(void);   // the setting (bench JSON)
 // The group's forward products (q, k and v, or gate and up: one X, outputs side by side in one Y) stacked by columns
 // in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack_cols). halo_cuda_linear_y_group_ok(Ls, n, b, widths):
 // whether they can and it pays (INT8, any level, no telemetry or adapter, every width but the last a multiple of 256,
-// one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; HALO_INT8_Y_STACK and HALO_INT8_STACK not 0); it
-// gives each its place. Each forward then takes HALO_CUDA_Y_GROUP
+// one product halo_cuda_gemm_s8_dq_small: q, k, v, not gate and up; off by default: halo_cuda_linear_y_stack_on(1)
+// or HALO_INT8_Y_STACK=1); it gives each its place. Each forward then takes HALO_CUDA_Y_GROUP
 // (bf16 or fp32 Y without a residual, Y pointing at its columns): it quantizes and records its product, and
 // halo_cuda_linear_y_group_run(Ls, n) runs them (where the kernel cannot, one by one): the same values bit for bit.
 enum { HALO_CUDA_Y_GROUP = 16384 };

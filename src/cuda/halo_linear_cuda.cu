@@ -1074,8 +1074,12 @@ extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n,
     return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): input gradient: ", L->name, n);
 }
 
+// g_g_stack: HALO_INT8_STACK (-1: not read yet); off (the default, as g_y_stack), g_group_ok says no
+static int g_g_stack = -1;
+extern "C" void halo_cuda_linear_g_stack_on(int on) { g_g_stack = on ? 1 : 0; }
+extern "C" int halo_cuda_linear_g_stacking(void) { return env_switch_off(&g_g_stack, "HALO_INT8_STACK"); }
 extern "C" int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
-    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_linear_g_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
     int small = 0;   // (some product alone fills few tiles: else stacking gains nothing)
     for (int i = 0; i < n; i++) {
         const halo_cuda_linear *L = Ls[i];
@@ -1124,14 +1128,12 @@ extern "C" int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, 
     return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): weight gradient: ", L->name, n);
 }
 
-// y_stack: HALO_INT8_Y_STACK (-1: not read yet); off, halo_cuda_linear_y_group_ok says no
+// g_y_stack: HALO_INT8_Y_STACK (-1: not read yet); off (the default: no step gain measured, README), y_group_ok says no
 static int g_y_stack = -1;
 extern "C" void halo_cuda_linear_y_stack_on(int on) { g_y_stack = on ? 1 : 0; }
-extern "C" int halo_cuda_linear_y_stacking(void) { return env_switch(&g_y_stack, "HALO_INT8_Y_STACK"); }
+extern "C" int halo_cuda_linear_y_stacking(void) { return env_switch_off(&g_y_stack, "HALO_INT8_Y_STACK"); }
 extern "C" int halo_cuda_linear_y_group_ok(halo_cuda_linear *const *Ls, int n, int b, const int *widths) {
-    if (n < 1 || n > 4 || b < 1 || !halo_cuda_linear_y_stacking() || !halo_cuda_gemm_s8_dq_stacking() ||
-        !halo_cuda_gemm_s8_owning())
-        return 0;
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_linear_y_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
     int small = 0;   // (as g_group_ok)
     for (int i = 0; i < n; i++) {
         const halo_cuda_linear *L = Ls[i];

@@ -638,13 +638,9 @@ extern "C" int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, co
     return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
 }
 
-// g_stack: halo_cuda_gemm_s8_dq_stacking / HALO_INT8_STACK (-1: not read yet)
-static int g_stack = -1;
-extern "C" void halo_cuda_gemm_s8_dq_stack_on(int on) { g_stack = on ? 1 : 0; }
-extern "C" int halo_cuda_gemm_s8_dq_stacking(void) { return env_switch(&g_stack, "HALO_INT8_STACK"); }
 extern "C" int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows,
                                              int nseg, int N, int No) {
-    if (nseg < 1 || nseg > MAX_SEG || !halo_cuda_gemm_s8_dq_stacking()) return 0;
+    if (nseg < 1 || nseg > MAX_SEG) return 0;
     long m = 0, k = 0;
     for (int i = 0; i < nseg; i++) {
         if ((i + 1 < nseg && rows[i] % BM) ||
@@ -685,7 +681,7 @@ static int stack_cols_shape(const int *cols, int nseg, int No, long *n) {
 extern "C" int halo_cuda_gemm_s8_dq_stack_cols_ok(const void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg,
                                                   const int *cols, int nseg, int M, int Mo, int No) {
     long n, c = 0, k = 0;
-    if (nseg < 1 || nseg > MAX_SEG || !halo_cuda_gemm_s8_dq_stacking() || !stack_cols_shape(cols, nseg, No, &n))
+    if (nseg < 1 || nseg > MAX_SEG || !stack_cols_shape(cols, nseg, No, &n))
         return 0;
     for (int i = 0; i < nseg; i++) {
         const int nos = i + 1 < nseg ? cols[i] : No - (int)c;
