@@ -683,7 +683,14 @@ static int own_int8_kernel(const char *what) {
     return 0;
 }
 
-// The device codes and scales of nseg products made with rand_codes_dev and t_dev_copy, and their host copies
+// One product of a multi-product test: random codes A [a_rows][K] and B [b_rows][K] (A drawn first; host copies in
+// *hA, *hB) and its scale on the device (*dal)
+static halo_cuda_s8_seg seg_rand(int a_rows, int b_rows, int K, float alpha, int8_t **hA, int8_t **hB, float **dal) {
+    *dal = t_dev_copy(&alpha, 4);
+    const int8_t *A = rand_codes_dev((size_t)a_rows * K, hA), *B = rand_codes_dev((size_t)b_rows * K, hB);
+    return (halo_cuda_s8_seg){A, B, K, K, K, *dal};
+}
+// Frees what seg_rand made for nseg products
 static void segs_free(const halo_cuda_s8_seg *seg, int8_t **hA, int8_t **hB, float **dal, int nseg) {
     for (int i = 0; i < nseg; i++) {
         free(hA[i]); free(hB[i]); cudaFree((void *)seg[i].A); cudaFree((void *)seg[i].B); cudaFree(dal[i]);
@@ -923,10 +930,7 @@ static void test_gemm_s8_dq_group(void) {
         int8_t *hA[4], *hB[4];
         float *dal[4];
         for (int i = 0; i < nseg; i++) {
-            const float al = (0.5f + 0.37f * i) / 4096;
-            dal[i] = t_dev_copy(&al, 4);
-            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)M * Ks[i], &hA[i]), rand_codes_dev((size_t)N * Ks[i], &hB[i]),
-                                        Ks[i], Ks[i], Ks[i], dal[i]};
+            seg[i] = seg_rand(M, N, Ks[i], (0.5f + 0.37f * i) / 4096, &hA[i], &hB[i], &dal[i]);
         }
         CHECK(halo_cuda_gemm_s8_dq_group_ok(NULL, ldd, seg, nseg, M, N, Mo, No), "group of %d refused (case %zu)", nseg, c);
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
@@ -982,11 +986,7 @@ static void test_gemm_s8_dq_stack(void) {
         int8_t *hA[4], *hB[4];
         float *dal[4];
         for (int i = 0; i < nseg; i++) {
-            const int K = cases[c][7] + 16 * i;
-            const float al = (0.6f + 0.29f * i) / 4096;
-            dal[i] = t_dev_copy(&al, 4);
-            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)rows[i] * K, &hA[i]), rand_codes_dev((size_t)N * K, &hB[i]),
-                                        K, K, K, dal[i]};
+            seg[i] = seg_rand(rows[i], N, cases[c][7] + 16 * i, (0.6f + 0.29f * i) / 4096, &hA[i], &hB[i], &dal[i]);
         }
         CHECK(halo_cuda_gemm_s8_dq_stack_ok(NULL, ldd, seg, rows, nseg, N, No), "stack of %d refused (case %zu)", nseg, c);
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
@@ -1039,11 +1039,7 @@ static void test_gemm_s8_dq_stack_cols(void) {
         int8_t *hA[4], *hB[4];
         float *dal[4];
         for (int i = 0; i < nseg; i++) {
-            const int K = cases[c][7] + 32 * i;
-            const float al = (0.7f + 0.23f * i) / 4096;
-            dal[i] = t_dev_copy(&al, 4);
-            seg[i] = (halo_cuda_s8_seg){rand_codes_dev((size_t)M * K, &hA[i]), rand_codes_dev((size_t)cols[i] * K, &hB[i]),
-                                        K, K, K, dal[i]};
+            seg[i] = seg_rand(M, cols[i], cases[c][7] + 32 * i, (0.7f + 0.23f * i) / 4096, &hA[i], &hB[i], &dal[i]);
         }
         for (int f32 = 0; f32 < 2; f32++) {
             const size_t ob = (f32 ? 4 : 2) * (size_t)M * ldd;
