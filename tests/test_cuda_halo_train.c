@@ -708,106 +708,66 @@ static void test_model_ey_codes_spec(void) {
     tiny_ab_free(&t);
 }
 
-// q's, k's and v's input gradients in one grouped launch of the own INT8 kernel (halo_cuda_linear_ex_group_run, on by
-// default; gate and up, out_features 512 here, too): INT8 at level 0 and at level 1 (H_m in blocks of 128 and whole,
-// rotated in the epilogue) give the same loss bits and gradients (1e-7, run-to-run atomics) as the products one by
-// one, and the launches go "bwd gemm E_X (group)" 0 -> 4 (2 layers, 2 groups) or "... + H_m^T" at level 1.
-static void test_model_ex_group(void) {
+// An INT8 switch of the own kernel's launches, off then on, on the tiny model: for each setting in cfg (level, H_m
+// block, token block) the loss bits and gradients (1e-7, run-to-run atomics) are the same, and the launches named
+// name (name_rot at levels >= 1, when given) go 0 -> want. The switch is left as `after`. `what`: the rows' prefix.
+typedef struct { int level, hm_block, tok_block; const char *what; } int8_cfg;
+static void model_switch_ab(const char *what, uint64_t seed, unsigned long long token_seed, void (*set)(int), int after,
+                            const char *name, const char *name_rot, int want, const int8_cfg *cfg, int ncfg) {
     tiny_ab t;
-    if (!tiny_ab_init(&t, 71, 37)) return;
+    if (!tiny_ab_init(&t, seed, token_seed)) return;
     if (!halo_cuda_gemm_s8_owning()) {
-        printf("grouped input gradients: no own INT8 kernel on this device, skipped\n");
+        printf("%s: no own INT8 kernel on this device, skipped\n", what);
         tiny_ab_free(&t);
         return;
     }
-    llama_model *m = &t.m;
-    const halo_batch *b = &t.b;
-    float *g0 = t.g[0], *g1 = t.g[1];
-    const struct { int level, hm_block; const char *what; } cfg[] = {
-        {0, 0, "int8 L0"}, {1, 128, "int8 L1 H_m blocks of 128"}, {1, 0, "int8 L1 whole H_m"}};
-    for (int k = 0; k < 3; k++) {
-        const llama_cuda_opts o = tiny_opts(b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, 0);
+    char check[96];
+    for (int k = 0; k < ncfg; k++) {
+        const llama_cuda_opts o = tiny_opts(&t.b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
         llama_cuda *g;
-        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        if (llama_cuda_init(&g, &t.m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
         float l[2];
         int n[2];
-        fb_named_off_on(g, b, m, halo_cuda_gemm_s8_dq_group_on,
-                        cfg[k].level ? "bwd gemm E_X (group) + H_m^T" : "bwd gemm E_X (group)", g0, g1, l, n);
-        printf("   %s grouped E_X: group launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
-        row("grouped E_X: group launches", cfg[k].what, n[0] + abs(n[1] - 4), 0);
-        row("grouped E_X: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
-        row("grouped E_X: grads vs one by one", cfg[k].what, rel_l2_f(g1, g0, t.P), 1e-7);
+        fb_named_off_on(g, &t.b, &t.m, set, cfg[k].level && name_rot ? name_rot : name, t.g[0], t.g[1], l, n);
+        set(after);
+        printf("   %s, %s: launches %d -> %d, loss %.7f -> %.7f\n", what, cfg[k].what, n[0], n[1], l[0], l[1]);
+        snprintf(check, sizeof check, "%s: launches", what);
+        row(check, cfg[k].what, n[0] + abs(n[1] - want), 0);
+        snprintf(check, sizeof check, "%s: loss vs one by one", what);
+        row(check, cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
+        snprintf(check, sizeof check, "%s: grads vs one by one", what);
+        row(check, cfg[k].what, rel_l2_f(t.g[1], t.g[0], t.P), 1e-7);
         llama_cuda_free(g);
     }
     tiny_ab_free(&t);
 }
 
+// q's, k's and v's input gradients in one grouped launch of the own INT8 kernel (halo_cuda_linear_ex_group_run, on by
+// default; gate and up, out_features 512 here, too): INT8 at level 0 and at level 1 (H_m in blocks of 128 and whole,
+// rotated in the epilogue), "bwd gemm E_X (group)" 0 -> 4 launches (2 layers, 2 groups), "... + H_m^T" at level 1.
+static void test_model_ex_group(void) {
+    static const int8_cfg cfg[] = {
+        {0, 0, 0, "int8 L0"}, {1, 128, 0, "int8 L1 H_m blocks of 128"}, {1, 0, 0, "int8 L1 whole H_m"}};
+    model_switch_ab("grouped E_X", 71, 37, halo_cuda_gemm_s8_dq_group_on, 1, "bwd gemm E_X (group)",
+                    "bwd gemm E_X (group) + H_m^T", 4, cfg, 3);
+}
+
 // The groups' weight gradients (q, k, v: 256 + 128 + 128 rows; gate, up) stacked in one launch of the own INT8 kernel
-// (halo_cuda_linear_g_group_run, off by default): INT8 L0 and L1 (H_m blocks of 128) give the same loss bits and
-// gradients (1e-7, run-to-run atomics) as one product each, and the launches go "bwd gemm G (stack)" 0 -> 4 (2
-// layers, 2 groups), "... + H_m^T" at level 1.
+// (halo_cuda_linear_g_group_run, off by default): INT8 L0 and L1 (H_m blocks of 128), "bwd gemm G (stack)" 0 -> 4
+// launches (2 layers, 2 groups; the tiny model's products are all small), "... + H_m^T" at level 1.
 static void test_model_g_stack(void) {
-    tiny_ab t;
-    if (!tiny_ab_init(&t, 73, 39)) return;
-    if (!halo_cuda_gemm_s8_owning()) {
-        printf("stacked weight gradients: no own INT8 kernel on this device, skipped\n");
-        tiny_ab_free(&t);
-        return;
-    }
-    llama_model *m = &t.m;
-    const halo_batch *b = &t.b;
-    float *g0 = t.g[0], *g1 = t.g[1];
-    const struct { int level, hm_block; const char *what; } cfg[] = {{0, 0, "int8 L0"}, {1, 128, "int8 L1 H_m blocks of 128"}};
-    for (int k = 0; k < 2; k++) {
-        const llama_cuda_opts o = tiny_opts(b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, 0);
-        llama_cuda *g;
-        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
-        float l[2];
-        int n[2];
-        fb_named_off_on(g, b, m, halo_cuda_linear_g_stack_on,
-                        cfg[k].level ? "bwd gemm G (stack) + H_m^T" : "bwd gemm G (stack)", g0, g1, l, n);
-        halo_cuda_linear_g_stack_on(0);   // (the default)
-        printf("   %s stacked G: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
-        row("stacked G: stack launches", cfg[k].what, n[0] + abs(n[1] - 4), 0);
-        row("stacked G: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
-        row("stacked G: grads vs one by one", cfg[k].what, rel_l2_f(g1, g0, t.P), 1e-7);
-        llama_cuda_free(g);
-    }
-    tiny_ab_free(&t);
+    static const int8_cfg cfg[] = {{0, 0, 0, "int8 L0"}, {1, 128, 0, "int8 L1 H_m blocks of 128"}};
+    model_switch_ab("stacked G", 73, 39, halo_cuda_linear_g_stack_on, 0, "bwd gemm G (stack)",
+                    "bwd gemm G (stack) + H_m^T", 4, cfg, 2);
 }
 
 // The groups' forward products stacked by columns in one launch of the own INT8 kernel (halo_cuda_linear_y_group_run,
 // off by default): gate and up (512 + 512 columns; q, k and v are not, k's 128 columns being under the kernel's 256)
-// at INT8 L0, L1 (H_m blocks of 128) and L2 give the same loss bits and gradients (1e-7, run-to-run atomics) as one
-// product each, and the launches go "fwd gemm Y (stack)" 0 -> 2 (2 layers).
+// at INT8 L0, L1 (H_m blocks of 128) and L2, "fwd gemm Y (stack)" 0 -> 2 launches (2 layers).
 static void test_model_y_stack(void) {
-    tiny_ab t;
-    if (!tiny_ab_init(&t, 79, 41)) return;
-    if (!halo_cuda_gemm_s8_owning()) {
-        printf("stacked forward products: no own INT8 kernel on this device, skipped\n");
-        tiny_ab_free(&t);
-        return;
-    }
-    llama_model *m = &t.m;
-    const halo_batch *b = &t.b;
-    float *g0 = t.g[0], *g1 = t.g[1];
-    const struct { int level, hm_block, tok_block; const char *what; } cfg[] = {
+    static const int8_cfg cfg[] = {
         {0, 0, 0, "int8 L0"}, {1, 128, 0, "int8 L1 H_m blocks of 128"}, {2, 0, 32, "int8 L2 token blocks of 32"}};
-    for (int k = 0; k < 3; k++) {
-        const llama_cuda_opts o = tiny_opts(b, HALO_PREC_INT8, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
-        llama_cuda *g;
-        if (llama_cuda_init(&g, m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
-        float l[2];
-        int n[2];
-        fb_named_off_on(g, b, m, halo_cuda_linear_y_stack_on, "fwd gemm Y (stack)", g0, g1, l, n);
-        halo_cuda_linear_y_stack_on(0);   // (the default)
-        printf("   %s stacked Y: stack launches %d -> %d, loss %.7f -> %.7f\n", cfg[k].what, n[0], n[1], l[0], l[1]);
-        row("stacked Y: stack launches", cfg[k].what, n[0] + abs(n[1] - 2), 0);
-        row("stacked Y: loss vs one by one", cfg[k].what, fabs(l[1] - l[0]) / l[0], 0);
-        row("stacked Y: grads vs one by one", cfg[k].what, rel_l2_f(g1, g0, t.P), 1e-7);
-        llama_cuda_free(g);
-    }
-    tiny_ab_free(&t);
+    model_switch_ab("stacked Y", 79, 41, halo_cuda_linear_y_stack_on, 0, "fwd gemm Y (stack)", NULL, 2, cfg, 3);
 }
 
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
