@@ -63,7 +63,7 @@ static void fill(void *d, size_t n, unsigned long long seed) {
     free(h);
 }
 
-// Whether two device buffers hold the same bytes (after the stream's work)
+// Whether two device buffers hold the same n bytes (after the stream's work)
 static int same_bytes(const void *a, const void *b, size_t n) {
     CK(cudaDeviceSynchronize());
     unsigned char *h1 = malloc(n), *h2 = malloc(n);
@@ -72,6 +72,15 @@ static int same_bytes(const void *a, const void *b, size_t n) {
     const int same = !memcmp(h1, h2, n);
     free(h1); free(h2);
     return same;
+}
+// Times `one` on a and `joint` on b (median ms of reps into *t1, *t2), runs each once more and returns whether both
+// succeeded with the same n bytes in their outputs da and db
+static int time_and_compare(int (*one)(const void *), const void *a, const void *da, int (*joint)(const void *),
+                            const void *b, const void *db, size_t n, int reps, double *t1, double *t2) {
+    *t1 = bench_gpu_ms(one, a, 3, reps);
+    *t2 = bench_gpu_ms(joint, b, 3, reps);
+    const int rc = one(a) | joint(b);
+    return !rc && same_bytes(da, db, n);
 }
 
 // Groups of products summed into one fp32 input gradient (q, k, v; gate, up): one by one (the first =, the rest +=,
@@ -119,9 +128,8 @@ static int bench_groups(int reps, float *const alphas[4]) {
         if (!halo_cuda_gemm_s8_dq_group_ok(c.D, g->N, c.seg, g->n, g->M, g->N, g->M, g->N)) {
             printf("| %s | %dx%d | %s | grouped kernel refuses the shapes |\n", g->name, g->M, g->N, ks);
         } else {
-            const double t1 = bench_gpu_ms(run_one_by_one, &c2, 3, reps), tg = bench_gpu_ms(run_grouped, &c, 3, reps);
-            const int rc = run_one_by_one(&c2) | run_grouped(&c);
-            const int same = !rc && same_bytes(c2.D, c.D, ob);
+            double t1, tg;
+            const int same = time_and_compare(run_one_by_one, &c2, c2.D, run_grouped, &c, c.D, ob, reps, &t1, &tg);
             fails += !same;
             printf("| %s | %dx%d | %s | %.3f | %.3f | %.0f | %.2fx | %s |\n", g->name, g->M, g->N, ks, t1, tg,
                    ops / (tg * 1e-3) / 1e12, t1 / tg, same ? "yes" : "NO");
@@ -223,9 +231,8 @@ static int bench_stacks(int reps, float *const alphas[4]) {
         if (!ok) {
             printf("| %s | %dx%dx%d | stacked kernel refuses the shapes |\n", st->name, rm, rn, st->K);
         } else {
-            const double t1 = bench_gpu_ms(run_stack_one_by_one, &c2, 3, reps), ts = bench_gpu_ms(run_stacked, &c, 3, reps);
-            const int rc = run_stack_one_by_one(&c2) | run_stacked(&c);
-            const int same = !rc && same_bytes(c2.D, c.D, ob);
+            double t1, ts;
+            const int same = time_and_compare(run_stack_one_by_one, &c2, c2.D, run_stacked, &c, c.D, ob, reps, &t1, &ts);
             fails += !same;
             printf("| %s | %dx%dx%d | %.3f | %.3f | %.0f | %.2fx | %s |\n", st->name, rm, rn, st->K, t1, ts,
                    2.0 * M * st->N * st->K / (ts * 1e-3) / 1e12, t1 / ts, same ? "yes" : "NO");
@@ -280,13 +287,8 @@ int main(int argc, char **argv) {
         CK(cudaMemset(c.D, 0, ob)); CK(cudaMemset(D2, 0, ob));
         call cr = c, co = c;
         cr.D = D2; co.own = 1;
-        int rc = run(&cr) | run(&co);
-        CK(cudaDeviceSynchronize());
-        unsigned char *h1 = malloc(ob), *h2 = malloc(ob);
-        CK(cudaMemcpy(h1, D2, ob, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(h2, c.D, ob, cudaMemcpyDeviceToHost));
-        const int same = !rc && !memcmp(h1, h2, ob);
+        const int rc = run(&cr) | run(&co), same = !rc && same_bytes(D2, c.D, ob);
         fails += !same;
-        free(h1); free(h2);
         const double tp = bench_gpu_ms(run_i32, &c, 0, reps), to = bench_gpu_ms(run_ctx, &co, 3, reps);
         printf("| %s | %dx%dx%d | %s | %.3f | %.3f | %.3f | %.0f | %.2fx | %s |\n", s->name, s->M, s->N, s->K,
                FORM[s->form], tp, t32, to, 2.0 * mn * s->K / (to * 1e-3) / 1e12, t32 / to, same ? "yes" : "NO");

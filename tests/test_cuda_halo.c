@@ -929,9 +929,8 @@ static void test_gemm_s8_dq_group(void) {
         halo_cuda_s8_seg seg[4];
         int8_t *hA[4], *hB[4];
         float *dal[4];
-        for (int i = 0; i < nseg; i++) {
+        for (int i = 0; i < nseg; i++)
             seg[i] = seg_rand(M, N, Ks[i], (0.5f + 0.37f * i) / 4096, &hA[i], &hB[i], &dal[i]);
-        }
         CHECK(halo_cuda_gemm_s8_dq_group_ok(NULL, ldd, seg, nseg, M, N, Mo, No), "group of %d refused (case %zu)", nseg, c);
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
@@ -985,9 +984,8 @@ static void test_gemm_s8_dq_stack(void) {
         halo_cuda_s8_seg seg[4];
         int8_t *hA[4], *hB[4];
         float *dal[4];
-        for (int i = 0; i < nseg; i++) {
+        for (int i = 0; i < nseg; i++)
             seg[i] = seg_rand(rows[i], N, cases[c][7] + 16 * i, (0.6f + 0.29f * i) / 4096, &hA[i], &hB[i], &dal[i]);
-        }
         CHECK(halo_cuda_gemm_s8_dq_stack_ok(NULL, ldd, seg, rows, nseg, N, No), "stack of %d refused (case %zu)", nseg, c);
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
@@ -1038,9 +1036,8 @@ static void test_gemm_s8_dq_stack_cols(void) {
         halo_cuda_s8_seg seg[4];
         int8_t *hA[4], *hB[4];
         float *dal[4];
-        for (int i = 0; i < nseg; i++) {
+        for (int i = 0; i < nseg; i++)
             seg[i] = seg_rand(M, cols[i], cases[c][7] + 32 * i, (0.7f + 0.23f * i) / 4096, &hA[i], &hB[i], &dal[i]);
-        }
         for (int f32 = 0; f32 < 2; f32++) {
             const size_t ob = (f32 ? 4 : 2) * (size_t)M * ldd;
             void *ref = dev_poison(ob), *own = dev_poison(ob);

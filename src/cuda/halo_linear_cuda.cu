@@ -1032,18 +1032,25 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     return HALO_OK;
 }
 
-extern "C" int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
-    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_grouping() || !halo_cuda_gemm_s8_owning()) return 0;
-    for (int i = 0; i < n; i++) {
-        const halo_cuda_linear *L = Ls[i];
-        // long products gain nothing (bench_cuda_int8, H100: 1B gate+up 0.380 ms one by one, 0.382 grouped; 8B
-        // 1.251 / 1.326): grouped where every K (the out_features) is at most 4096 (1B q+k+v 0.210 / 0.146)
-        if (!L || !ex_groupable(L) || L->n > 4096 || L->m != Ls[0]->m || L->level != Ls[0]->level ||
-            (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
-            return 0;
-    }
+// Whether backward products of L can run in one launch with those of L0, the group's first (INT8 levels 0-1, the same
+// in_features, level and H_m)
+static int joins_backward_group(const halo_cuda_linear *L, const halo_cuda_linear *L0) {
+    return L && ex_groupable(L) && L->m == L0->m && L->level == L0->level &&
+           (L->level != 1 || (L->hm.block == L0->hm.block && L->hm.d == L0->hm.d));
+}
+// A group's linears told their places (the workspace slots that keep their codes until the group's launch); returns 1
+static int group_places(halo_cuda_linear *const *Ls, int n) {
     for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
     return 1;
+}
+
+extern "C" int halo_cuda_linear_ex_group_ok(halo_cuda_linear *const *Ls, int n, int b) {
+    if (n < 1 || n > 4 || b < 1 || !halo_cuda_gemm_s8_dq_grouping() || !halo_cuda_gemm_s8_owning()) return 0;
+    for (int i = 0; i < n; i++)
+        // long products gain nothing (bench_cuda_int8, H100: 1B gate+up 0.380 ms one by one, 0.382 grouped; 8B
+        // 1.251 / 1.326): grouped where every K (the out_features) is at most 4096 (1B q+k+v 0.210 / 0.146)
+        if (!joins_backward_group(Ls[i], Ls[0]) || Ls[i]->n > 4096) return 0;
+    return group_places(Ls, n);
 }
 
 extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n, float *EX, int accumulate, int b,
@@ -1082,15 +1089,10 @@ extern "C" int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, i
     if (n < 1 || n > 4 || b < 1 || !halo_cuda_linear_g_stacking() || !halo_cuda_gemm_s8_owning()) return 0;
     int small = 0;   // (some product alone fills few tiles: else stacking gains nothing)
     for (int i = 0; i < n; i++) {
-        const halo_cuda_linear *L = Ls[i];
-        if (!L || !ex_groupable(L) || (i + 1 < n && L->n % 128) || L->m != Ls[0]->m || L->level != Ls[0]->level ||
-            (L->level == 1 && (L->hm.block != Ls[0]->hm.block || L->hm.d != Ls[0]->hm.d)))
-            return 0;
-        small |= halo_cuda_gemm_s8_dq_small(L->n, L->m);
+        if (!joins_backward_group(Ls[i], Ls[0]) || (i + 1 < n && Ls[i]->n % 128)) return 0;
+        small |= halo_cuda_gemm_s8_dq_small(Ls[i]->n, Ls[i]->m);
     }
-    if (!small) return 0;
-    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
-    return 1;
+    return small && group_places(Ls, n);
 }
 
 extern "C" int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s) {
@@ -1137,13 +1139,10 @@ extern "C" int halo_cuda_linear_y_group_ok(halo_cuda_linear *const *Ls, int n, i
     int small = 0;   // (as g_group_ok)
     for (int i = 0; i < n; i++) {
         const halo_cuda_linear *L = Ls[i];
-        if (!L || !y_groupable(L) || L->lora_r || L->level != Ls[0]->level || (i + 1 < n && widths[i] % 256))
-            return 0;
+        if (!L || !y_groupable(L) || L->level != Ls[0]->level || (i + 1 < n && widths[i] % 256)) return 0;
         small |= halo_cuda_gemm_s8_dq_small(b, widths[i]);
     }
-    if (!small) return 0;
-    for (int i = 0; i < n; i++) Ls[i]->exg_pos = i;
-    return 1;
+    return small && group_places(Ls, n);
 }
 
 extern "C" int halo_cuda_linear_y_group_run(halo_cuda_linear *const *Ls, int n, cudaStream_t s) {

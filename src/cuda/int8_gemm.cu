@@ -638,32 +638,38 @@ extern "C" int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, co
     return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
 }
 
+// Stacked by rows (the weight gradients of q, k and v into one D): rows[s] each, all but the last a multiple of BM.
+// *m: their sum; returns the first product (from 1) that breaks the rule, else 0
+static int stack_rows_bad(const int *rows, int nseg, long *m) {
+    *m = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (i + 1 < nseg && rows[i] % BM) return i + 1;
+        *m += rows[i];
+    }
+    return 0;
+}
 extern "C" int halo_cuda_gemm_s8_dq_stack_ok(const float *D, long ldd, const halo_cuda_s8_seg *seg, const int *rows,
                                              int nseg, int N, int No) {
-    if (nseg < 1 || nseg > MAX_SEG) return 0;
-    long m = 0, k = 0;
+    long m, k = 0;
+    if (nseg < 1 || nseg > MAX_SEG || stack_rows_bad(rows, nseg, &m) || m >= 1 << 30) return 0;
     for (int i = 0; i < nseg; i++) {
-        if ((i + 1 < nseg && rows[i] % BM) ||
-            !halo_cuda_gemm_s8_dq_ok(D, 1, ldd, NULL, seg[i].A, seg[i].lda, seg[i].B, seg[i].ldb, rows[i], N, seg[i].K,
+        if (!halo_cuda_gemm_s8_dq_ok(D, 1, ldd, NULL, seg[i].A, seg[i].lda, seg[i].B, seg[i].ldb, rows[i], N, seg[i].K,
                                      rows[i], No))
             return 0;
-        m += rows[i];
         k = k > seg[i].K ? k : seg[i].K;
     }
-    return m < 1 << 30 && halo_cuda_gemm_s8_dq_suits((int)m, N, (int)k);
+    return halo_cuda_gemm_s8_dq_suits((int)m, N, (int)k);
 }
 extern "C" int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, const halo_cuda_s8_seg *seg,
                                           const int *rows, int nseg, int N, int No, const halo_cuda_had *rot,
                                           cudaStream_t s) {
+    long m;
     if (nseg < 1 || nseg > MAX_SEG)
         return halo_fail("halo_cuda_gemm_s8_dq_stack: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
-    long m = 0;
-    for (int i = 0; i < nseg; i++) {
-        if (i + 1 < nseg && rows[i] % BM)
-            return halo_fail("halo_cuda_gemm_s8_dq_stack: product %d has %d rows, not a multiple of %d", i + 1, rows[i],
-                             BM);
-        m += rows[i];
-    }
+    const int bad = stack_rows_bad(rows, nseg, &m);
+    if (bad)
+        return halo_fail("halo_cuda_gemm_s8_dq_stack: product %d has %d rows, not a multiple of %d", bad, rows[bad - 1],
+                         BM);
     return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 1, rows, (int)m, N, (int)m, No, rot, NULL, NULL, NULL, 0,
                      s);
 }
@@ -681,8 +687,7 @@ static int stack_cols_shape(const int *cols, int nseg, int No, long *n) {
 extern "C" int halo_cuda_gemm_s8_dq_stack_cols_ok(const void *D, int d_f32, long ldd, const halo_cuda_s8_seg *seg,
                                                   const int *cols, int nseg, int M, int Mo, int No) {
     long n, c = 0, k = 0;
-    if (nseg < 1 || nseg > MAX_SEG || !stack_cols_shape(cols, nseg, No, &n))
-        return 0;
+    if (nseg < 1 || nseg > MAX_SEG || !stack_cols_shape(cols, nseg, No, &n)) return 0;
     for (int i = 0; i < nseg; i++) {
         const int nos = i + 1 < nseg ? cols[i] : No - (int)c;
         if (!halo_cuda_gemm_s8_dq_ok((const char *)D + c * (d_f32 ? 4 : 2), d_f32, ldd, NULL, seg[i].A, seg[i].lda,
