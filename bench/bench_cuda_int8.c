@@ -3,7 +3,9 @@
 // HALO's products at Llama-3.2-1B and Llama-3-8B with 8192 tokens, in each product's output form (bf16 Y, fp32 with
 // the residual, fp32 accumulation). Median of reps timed calls each; the outputs are compared bit for bit. Then the
 // groups of products summed into one input gradient, one by one against one grouped launch, and the weight gradients
-// stacked by rows and the forward products by columns, one by one against one stacked launch.
+// stacked by rows and the forward products by columns, one by one against one stacked launch. Last, what the
+// epilogue's memory traffic costs: the own kernel as it runs against the same call with D cut to 2 x 2 (every tile
+// still converts its accumulators; only the loads and stores of D and the residual go), over K at 8192 x 8192.
 //   build/bench/bench_cuda_int8 [--reps 20]
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,13 @@ static int run(const call *c) {
 }
 
 static int run_ctx(const void *c) { return run((const call *)c); }
+// the own kernel with D cut to its first 2 x 2 (Mo = No = 2): the epilogue's global traffic gone, its arithmetic kept
+static int run_cut(const void *v) {
+    const call *c = v;
+    const shape *s = c->s;
+    return halo_cuda_gemm_s8_dq(c->D, s->form > 0, s->N, s->form == 3 ? c->R : NULL, s->form == 2, c->A, s->K, c->B,
+                                s->K, s->M, s->N, s->K, 2, 2, c->alpha, NULL, 0);
+}
 // the int32 product alone, without the dequantize
 static int run_i32(const void *v) {
     const call *c = v;
@@ -246,6 +255,32 @@ static int bench_stacks(int reps, float *const alphas[4]) {
     return fails;
 }
 
+// The epilogue table: own kernel full against stores cut, and the share of the call the cut saves
+static const shape EPI[] = {
+    {"8192^2 K 1024", 8192, 8192, 1024, 0}, {"1B Y gate/up", 8192, 8192, 2048, 0},
+    {"8192^2 K 4096", 8192, 8192, 4096, 0}, {"8192^2 K 8192", 8192, 8192, 8192, 0},
+    {"1B Y q/o", 8192, 2048, 2048, 0},      {"1B E_X down", 8192, 8192, 2048, 1},
+    {"1B Y down (+res)", 8192, 2048, 8192, 3}, {"1B G gate", 8192, 2048, 8192, 1},
+};
+static void bench_epilogue(int reps, float *alpha) {
+    printf("\n| product | M x N x K | out | own ms | stores cut ms | TOP/s | TOP/s cut | share of the call |\n"
+           "|---|---|---|---|---|---|---|---|\n");
+    for (size_t k = 0; k < sizeof EPI / sizeof EPI[0]; k++) {
+        const shape *s = &EPI[k];
+        const size_t mn = (size_t)s->M * s->N;
+        call c = {s, NULL, NULL, NULL, NULL, NULL, alpha, 1};
+        CK(cudaMalloc((void **)&c.A, (size_t)s->M * s->K)); CK(cudaMalloc((void **)&c.B, (size_t)s->N * s->K));
+        CK(cudaMalloc(&c.D, mn * (s->form ? 4 : 2))); CK(cudaMalloc((void **)&c.R, 4 * mn));
+        fill(c.A, (size_t)s->M * s->K, 11 + k); fill(c.B, (size_t)s->N * s->K, 200 + k);
+        CK(cudaMemset(c.R, 0, 4 * mn)); CK(cudaMemset(c.D, 0, mn * (s->form ? 4 : 2)));
+        const double t = bench_gpu_ms(run_ctx, &c, 3, reps), tc = bench_gpu_ms(run_cut, &c, 3, reps);
+        const double op = 2.0 * mn * s->K / 1e12;
+        printf("| %s | %dx%dx%d | %s | %.3f | %.3f | %.0f | %.0f | %.1f%% |\n", s->name, s->M, s->N, s->K,
+               FORM[s->form], t, tc, op / (t * 1e-3), op / (tc * 1e-3), 100.0 * (t - tc) / t);
+        cudaFree(c.A); cudaFree(c.B); cudaFree(c.D); cudaFree(c.R);
+    }
+}
+
 int main(int argc, char **argv) {
     int reps = 20;
     for (int i = 1; i < argc; i++) {
@@ -302,6 +337,7 @@ int main(int argc, char **argv) {
     }
     const int gfails = bench_groups(reps, als) + bench_stacks(reps, als);
     for (int i = 0; i < 4; i++) cudaFree(als[i]);
+    bench_epilogue(reps, dal);
     cudaFree(dal);
     halo_cuda_gemm_shutdown();
     if (fails) printf("\nFAIL: %d shapes differ from int32+dequant\n", fails);

@@ -1016,6 +1016,53 @@ static void test_gemm_s8_dq_stack(void) {
     rng = saved;
 }
 
+// The fp32 product that also sums the squares of what it writes (halo_cuda_gemm_s8_dq_sumsq: a weight gradient's share
+// of the gradient norm): D bit for bit halo_cuda_gemm_s8_dq's, = and += (onto random values), with H_B, partial tiles
+// (Mo, No short of M, N); the sum against float64 over D's Mo x No values as written (1e-5: float sums a thread),
+// added to what *sumsq held.
+static void test_gemm_s8_dq_sumsq(void) {
+    static const int cases[][6] = {   // M, N, K, Mo, No, block (0: none)
+        {384, 512, 256, 384, 512, 0}, {300, 400, 208, 290, 392, 0}, {256, 512, 320, 256, 512, 64}};
+    if (!own_int8_kernel("own INT8 kernel, sum of squares")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0x55E0F5ULL;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], N = cases[c][1], K = cases[c][2], Mo = cases[c][3], No = cases[c][4], B = cases[c][5];
+        const long ldd = No + 8;
+        halo_cuda_had h;
+        if (B) CHECK(halo_cuda_had_plan(&h, No, B) == HALO_OK, "plan %d/%d: %s", No, B, halo_error());
+        int8_t *hA, *hB;
+        float *dal;
+        const halo_cuda_s8_seg sg = seg_rand(M, N, K, 0.83f / 4096, &hA, &hB, &dal);
+        float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 3.0);
+        const size_t ob = 4 * (size_t)Mo * ldd;
+        for (int acc = 0; acc < 2; acc++) {
+            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            const double start = 0.25 + acc;
+            double *dss = t_dev_copy(&start, sizeof start);
+            CHECK(halo_cuda_gemm_s8_dq(ref, 1, ldd, NULL, acc, sg.A, K, sg.B, K, M, N, K, Mo, No, dal, B ? &h : NULL,
+                                       0) == HALO_OK, "own int8 gemm: %s", halo_error());
+            CHECK(halo_cuda_gemm_s8_dq_sumsq(own, ldd, acc, sg.A, K, sg.B, K, M, N, K, Mo, No, dal, B ? &h : NULL, dss,
+                                             0) == HALO_OK, "own int8 gemm with sumsq: %s", halo_error());
+            char detail[80];
+            snprintf(detail, sizeof detail, "%dx%d of %dx%dx%d%s%s", Mo, No, M, N, K, B ? ", H_B" : "", acc ? ", +=" : "");
+            rows_identical("int8 sumsq: D vs plain", detail, ref, own, 1, Mo, ldd, No);
+            float *hd = t_host_of(own, ob);
+            double want = 0, got = 0;
+            for (long r = 0; r < Mo; r++)
+                for (long j = 0; j < No; j++) want += (double)hd[r * ldd + j] * hd[r * ldd + j];
+            CHECK(cudaMemcpy(&got, dss, sizeof got, cudaMemcpyDeviceToHost) == cudaSuccess, "copy the sum back");
+            row("int8 sumsq: vs float64", detail, fabs(got - start - want) / want, 1e-5, 0, 0);
+            free(hd);
+            cudaFree(ref); cudaFree(own); cudaFree(dss);
+        }
+        segs_free(&sg, &hA, &hB, &dal, 1);
+        free(R);
+        if (B) halo_cuda_had_free(&h);
+    }
+    rng = saved;
+}
+
 // Products stacked by columns in one launch (halo_cuda_gemm_s8_dq_stack_cols: the forward products of q, k and v, or
 // gate and up, side by side in one Y) against the same products one by one into their columns, bit for bit: 2 to 4
 // products with their own B, K and scale, the last one's B padded past No, M not a multiple of 128, bf16 and fp32
@@ -2451,6 +2498,7 @@ int main(void) {
     test_gemm_s8_dq_group();
     test_gemm_s8_dq_stack();
     test_gemm_s8_dq_stack_cols();
+    test_gemm_s8_dq_sumsq();
     test_gemm_s8_dq_tok();
     test_linear();
     test_few_tiles();

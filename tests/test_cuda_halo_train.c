@@ -770,6 +770,64 @@ static void test_model_y_stack(void) {
     model_switch_ab("stacked Y", 79, 41, halo_cuda_linear_y_stack_on, 0, "fwd gemm Y (stack)", NULL, 2, cfg, 3);
 }
 
+// Squared gradients of the sum of floats in double, the reference norm
+static double host_norm(const float *g, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+    return sqrt(s);
+}
+// The gradient norm with the HALO weight gradients' squares summed by their own products (llama_cuda_g_sumsq, on by
+// default) against float64 over the downloaded gradients and against the full pass (switch off) on the same
+// gradients, 1e-6: INT8 at levels 0 (also with block 0 in BF16, whose matrices sit between covered ones), 1 (H_m
+// blocks of 128, rotated in the epilogue) and 2; after a second backward without zeroing (accumulation: the sums are
+// the running sum's); FP8 (cuBLASLt products) covers nothing. The covered elements: every HALO matrix (14, or 7 with
+// block 0 skipped); zeroed gradients with no backward give 0.
+static void test_model_g_sumsq(void) {
+    tiny_ab t;
+    if (!tiny_ab_init(&t, 83, 43)) return;
+    const int own = halo_cuda_gemm_s8_owning();
+    const struct { int prec, level, hm_block, tok_block, skip_first; const char *what; } cfg[] = {
+        {HALO_PREC_INT8, 0, 0, 0, 0, "int8 L0"}, {HALO_PREC_INT8, 0, 0, 0, 1, "int8 L0, block 0 bf16"},
+        {HALO_PREC_INT8, 1, 128, 0, 0, "int8 L1 H_m blocks of 128"}, {HALO_PREC_INT8, 2, 0, 32, 0, "int8 L2"},
+        {HALO_PREC_FP8, 0, 0, 0, 0, "fp8 L0"}};
+    const llama_config *c = &t.m.cfg;
+    const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    const size_t block = (qd * 2 + kvd * 2) * c->dim + 3 * (size_t)c->dim * c->hidden_dim;   // q, k, v, o, 3 MLP
+    for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
+        llama_cuda_opts o = tiny_opts(&t.b, cfg[k].prec, cfg[k].level, cfg[k].hm_block, cfg[k].tok_block);
+        o.halo.skip_first = cfg[k].skip_first;
+        llama_cuda *g;
+        if (llama_cuda_init(&g, &t.m, &o) != HALO_OK) { CHECK(0, "GPU init: %s", halo_error()); continue; }
+        llama_cuda_g_sumsq_on(1);
+        llama_cuda_zero_grads(g);
+        const double none = llama_cuda_grad_norm(g);
+        for (int pass = 0; pass < 2; pass++) {   // pass 1 adds a second backward (scale 0.5) without zeroing
+            if (!pass) llama_cuda_zero_grads(g);
+            llama_cuda_forward_backward(g, &t.b, pass ? 0.5f : 1.f);
+            llama_cuda_last_loss(g);
+            const size_t cov = llama_cuda_g_sumsq_covered(g);
+            const double fused = llama_cuda_grad_norm(g);
+            llama_cuda_g_sumsq_on(0);
+            const double full = llama_cuda_grad_norm(g);
+            llama_cuda_g_sumsq_on(1);
+            CHECK(llama_cuda_copy_grads(g, &t.m) == HALO_OK, "%s", halo_error());
+            const double ref = host_norm(t.m.grads, t.P);
+            const size_t want = cfg[k].prec == HALO_PREC_INT8 && own ? (c->n_layers - cfg[k].skip_first) * block : 0;
+            char detail[64];
+            snprintf(detail, sizeof detail, "%s%s", cfg[k].what, pass ? ", accumulated" : "");
+            printf("   %s: norm %.9g (products' sums, %zu of %zu covered), %.9g (full pass), %.9g (float64)\n", detail,
+                   fused, cov, t.P, full, ref);
+            row("grad norm, fused vs float64", detail, fabs(fused - ref) / ref, 1e-6);
+            row("grad norm, full pass vs float64", detail, fabs(full - ref) / ref, 1e-6);
+            row("grad norm, elements covered", detail, (double)(cov > want ? cov - want : want - cov), 0);
+        }
+        row("grad norm of zeroed gradients", cfg[k].what, none, 0);
+        llama_cuda_free(g);
+    }
+    llama_cuda_g_sumsq_on(1);
+    tiny_ab_free(&t);
+}
+
 // Qwen2's biases, Qwen3's q/k norms and SmolLM3's layers without RoPE under HALO on the GPU: INT8 L2 and FP8 L0 against
 // the CPU HALO model with test_small_model's loss bound and its all-gradient bound, except that the third term is the
 // CPU HALO's whole error against fp32 (1.0x, not 0.85x): the GPU's code flips (bf16 activations) must stay below the
@@ -1195,6 +1253,7 @@ int main(int argc, char **argv) {
     test_model_ex_group();
     test_model_g_stack();
     test_model_y_stack();
+    test_model_g_sumsq();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

@@ -62,6 +62,35 @@ extern "C" void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cud
     sumsq_launch(sumsq, (const bf16 *)g, n, 1, s);
 }
 
+// (the rest of the gradient next to the weight gradients' fused sums; each range from a 4-element boundary in float4)
+__global__ void k_sumsq_ranges(double *out, const float *g, const unsigned long long *rg, int n) {
+    float acc = 0.f;
+    const size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (int r = 0; r < n; r++) {
+        const size_t off = rg[2 * r], len = rg[2 * r + 1];
+        size_t head = (4 - off % 4) % 4;
+        if (head > len) head = len;
+        const float *p = g + off;
+        for (size_t i = t; i < head; i += stride) acc += p[i] * p[i];
+        const float4 *q = (const float4 *)(p + head);
+        const size_t n4 = (len - head) / 4;
+        for (size_t i = t; i < n4; i += stride) {
+            const float4 v = q[i];
+            acc += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        for (size_t i = head + 4 * n4 + t; i < len; i += stride) acc += p[i] * p[i];
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) atomicAdd(out, (double)acc);
+}
+extern "C" void cuda_sumsq_ranges(double *sumsq, const float *g, const unsigned long long *ranges, int n, size_t total,
+                                  cudaStream_t s) {
+    if (n < 1 || !total) return;
+    const size_t blocks = (total + 4095) / 4096;
+    k_sumsq_ranges<<<(int)(blocks > 1024 ? 1024 : blocks), 256, 0, s>>>(sumsq, g, ranges, n);
+    CUDA_LAUNCH_CHECK();
+}
+
 // The step's hyperparameters as the kernels use them (bc1 = 1 - beta1^step, sqrt_bc2 = sqrt(1 - beta2^step)).
 struct adamw_hp {
     float lr, b1, b2, eps, wd, bc1, sqrt_bc2;

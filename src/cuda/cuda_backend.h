@@ -181,6 +181,9 @@ void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *l
 // *sumsq += sum of g[i]^2 (double accumulator on the device; fp32 partial sums per thread and block)
 void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
 void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s);
+// += the squares of g over n ranges (device table: offset, length pairs; total elements in all of them)
+void cuda_sumsq_ranges(double *sumsq, const float *g, const unsigned long long *ranges, int n, size_t total,
+                       cudaStream_t s);
 // torch.optim.AdamW on p[n] fp32 master weights, gradients g (fp32, or bf16 when g_bf16), moments m/v (fp32, or bf16
 // when mom_bf16), writes w16 = bf16(p). Gradients are scaled by clip / (norm + 1e-6) when clip > 0 and
 // norm = sqrt(*sumsq) exceeds clip (sumsq on device).
@@ -390,6 +393,14 @@ void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set);
 // rotation; LoRA adapters add into it where the grouped kernel takes them): on unless HALO_CUDA_DNORM_F32=0 (then
 // rounded to bf16 first, as before; for A/B timings).
 int llama_cuda_dnorm_f32(void);
+// The gradient norm from the HALO weight gradients' own products (halo_cuda_linear_g_sumsq): each backward's own-kernel
+// weight-gradient products add their squares into a device sum, and the norm reads only the rest of the gradient
+// (one pass instead of one over every gradient). On unless HALO_G_SUMSQ=0 or llama_cuda_g_sumsq_on(0) (for A/B);
+// not with LoRA, bf16 gradients or sharded moments; an all-reduce of the gradients falls back to the full pass.
+void llama_cuda_g_sumsq_on(int on);
+int llama_cuda_g_sumsq(void);   // the setting in force
+// Elements of the gradient whose squares the last backward's products summed (0: the norm reads every gradient).
+size_t llama_cuda_g_sumsq_covered(const llama_cuda *g);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);
 
 // Profiling: with it on, each step records device events around every operation; llama_cuda_profile_print prints

@@ -195,6 +195,12 @@ int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r)
 int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                               const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                               const halo_bf16 *U, const halo_bf16 *Bl, int r, cudaStream_t s);
+// The fp32 form (=, or += with accumulate; rot may be NULL) adding the sum of squares of the values it writes into
+// *sumsq (device double): a weight gradient's share of the gradient norm without a pass over it. Float sums a
+// thread, one double atomic a warp.
+int halo_cuda_gemm_s8_dq_sumsq(float *D, long ldd, int accumulate, const int8_t *A, long lda, const int8_t *B, long ldb,
+                               int M, int N, int K, int Mo, int No, const float *alpha, const halo_cuda_had *rot,
+                               double *sumsq, cudaStream_t s);
 // A group of INT8 products into one fp32 D [Mo][No] (ldd): D = (accumulate ? D : 0) + sum over the segments of
 // *alpha_s A_s B_s^T (each rotated by rot first, when given), each A_s [M][K_s] and B_s [N][K_s] with its own K and
 // scale, in one launch of the own kernel: each tile's segments one after the other, segment s adding into what s - 1
@@ -325,6 +331,10 @@ typedef struct halo_cuda_linear {
     int gg_set, gg_post, gg_acc, gg_mp;
     halo_cuda_s8_seg gg;
     float *gg_G;
+    // halo_cuda_linear_g_sumsq: where the weight-gradient product adds its sum of squares (NULL: nowhere), and
+    // whether the last backward's did
+    double *g_ss;
+    int g_ss_added;
     // HALO_CUDA_Y_GROUP: the forward product recorded for halo_cuda_linear_y_group_run (into yg_Y)
     int yg_set, yg_f32, yg_np;
     long yg_ldy;
@@ -548,6 +558,12 @@ int halo_cuda_linear_g_group_ok(halo_cuda_linear *const *Ls, int n, int b);
 int halo_cuda_linear_g_group_run(halo_cuda_linear *const *Ls, int n, int m, cudaStream_t s);
 void halo_cuda_linear_g_stack_on(int on);
 int halo_cuda_linear_g_stacking(void);   // the setting (bench JSON)
+// The gradient norm without a pass over the weight gradients: with acc set (device double; NULL turns it off), each
+// backward whose weight-gradient product runs on the own INT8 kernel (halo_cuda_gemm_s8_dq_sumsq: one product, not a
+// stack) adds the sum of squares of the G it writes (the running sum when accumulating) into *acc;
+// halo_cuda_linear_g_sumsq_added says whether the last backward's did. The caller zeroes *acc.
+void halo_cuda_linear_g_sumsq(halo_cuda_linear *L, double *acc);
+int halo_cuda_linear_g_sumsq_added(const halo_cuda_linear *L);
 // The group's forward products (q, k and v, or gate and up: one X, outputs side by side in one Y) stacked by columns
 // in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack_cols). halo_cuda_linear_y_group_ok(Ls, n, b, widths):
 // whether they can and it pays (INT8, any level, no telemetry or adapter, every width but the last a multiple of 256,

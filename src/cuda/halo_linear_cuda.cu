@@ -447,6 +447,14 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
             return rc;
         }
         static const char *fused_name[3] = {"fwd gemm Y + H_m^T", "bwd gemm E_X + H_m^T", "bwd gemm G + H_m^T"};
+        if (which == 2 && L->g_ss && out_f32 && !res) {   // + G's sum of squares (halo_cuda_linear_g_sumsq)
+            PROF(post ? "bwd gemm G + H_m^T + sumsq" : "bwd gemm G + sumsq", ab + out_b,
+                 rc = halo_cuda_gemm_s8_dq_sumsq((float *)out, ldo, accumulate, (const int8_t *)A, lda,
+                                                 (const int8_t *)B, ldb, M, N, K, Mo, No, alpha,
+                                                 post ? &L->hm : NULL, L->g_ss, s));
+            L->g_ss_added = rc == HALO_OK;
+            return rc;
+        }
         PROF(post ? fused_name[which] : gemm_name[which], ab + out_b + (res ? 4 * mono : 0),
              rc = halo_cuda_gemm_s8_dq(out, out_f32, ldo, res, accumulate && out_f32, (const int8_t *)A, lda,
                                        (const int8_t *)B, ldb, M, N, K, Mo, No, alpha, post ? &L->hm : NULL, s));
@@ -828,6 +836,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
                          "(halo_cuda_linear_g_group_ok)", L->name);
     L->exg_set = 0;
     L->gg_set = 0;
+    L->g_ss_added = 0;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (G && !L->qx_use)
         return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
@@ -1080,6 +1089,9 @@ extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n,
     for (int i = 0; i < n; i++) Ls[i]->exg_set = 0;
     return rc == HALO_OK ? HALO_OK : halo_fail_ctx("%s (group of %d): input gradient: ", L->name, n);
 }
+
+extern "C" void halo_cuda_linear_g_sumsq(halo_cuda_linear *L, double *acc) { L->g_ss = acc; }
+extern "C" int halo_cuda_linear_g_sumsq_added(const halo_cuda_linear *L) { return L->g_ss_added; }
 
 // g_g_stack: HALO_INT8_STACK (-1: not read yet); off (the default, as g_y_stack), g_group_ok says no
 static int g_g_stack = -1;

@@ -58,6 +58,7 @@ struct dq_args {
     float tok_scale;   // 1 / sqrt(T), the plan's float
     const __nv_bfloat16 *lu, *lb;   // lr > 0: + U B^T (a LoRA adapter: U [Mo][lr], B [No][lr] bf16) before the store
     int lr;
+    double *sumsq;   // fp32 D of one product: += the sum of squares of the values written (NULL: none)
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -347,6 +348,7 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
     const int cw = wg - 1, warp = tid / 32, lane = tid % 32;
     int acc[128];
     int it = 0;
+    float ss = 0.f;   // p.sumsq: this thread's share of the squares
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
         tile_of(t, nm, nn, &m0, &n0);
@@ -476,6 +478,7 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
                         }
+                        if (p.sumsq) ss = fmaf(o.y, o.y, fmaf(o.x, o.x, ss));
                         *(float2 *)(d[h] + 8 * i) = o;
                     }
             }
@@ -504,11 +507,17 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
                             o.x = add[u][h].x + o.x;
                             o.y = add[u][h].y + o.y;
                         }
+                        if (p.sumsq) ss = fmaf(o.y, o.y, fmaf(o.x, o.x, ss));
                         *(float2 *)((float *)p.D + (long)r * p.ldd + c) = o;
                     }
             }
         }
         }   // segments
+    }
+    if (p.sumsq) {   // one double add a warp
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) atomicAdd(p.sumsq, (double)ss);
     }
 #endif
 }
@@ -587,13 +596,14 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
 
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
                      int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
-                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s);
+                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, double *sumsq,
+                     cudaStream_t s);
 static int launch_one(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                       const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb,
                       int lr, cudaStream_t s) {
     const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
-    return launch_dq(D, d_f32, ldd, res, accumulate, &one, 1, 0, NULL, M, N, Mo, No, rot, tok, lu, lb, lr, s);
+    return launch_dq(D, d_f32, ldd, res, accumulate, &one, 1, 0, NULL, M, N, Mo, No, rot, tok, lu, lb, lr, NULL, s);
 }
 extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const float *res, int accumulate,
                                         const int8_t *A, long lda, const int8_t *B, long ldb, int M, int N, int K,
@@ -601,6 +611,12 @@ extern "C" int halo_cuda_gemm_s8_dq_tok(void *D, int d_f32, long ldd, const floa
                                         const halo_cuda_had *tok, cudaStream_t s) {
     return launch_one(D, d_f32, ldd, res, accumulate, A, lda, B, ldb, M, N, K, Mo, No, alpha, rot, tok, NULL, NULL, 0,
                       s);
+}
+extern "C" int halo_cuda_gemm_s8_dq_sumsq(float *D, long ldd, int accumulate, const int8_t *A, long lda,
+                                          const int8_t *B, long ldb, int M, int N, int K, int Mo, int No,
+                                          const float *alpha, const halo_cuda_had *rot, double *sumsq, cudaStream_t s) {
+    const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
+    return launch_dq(D, 1, ldd, NULL, accumulate, &one, 1, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, sumsq, s);
 }
 static_assert(XCH_BYTES >= BN * 32 * 2, "the exchange area holds a tile's B rows of rank 32");
 extern "C" int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r) {
@@ -635,7 +651,7 @@ extern "C" int halo_cuda_gemm_s8_dq_group(float *D, long ldd, int accumulate, co
                                           int M, int N, int Mo, int No, const halo_cuda_had *rot, cudaStream_t s) {
     if (nseg < 1 || nseg > MAX_SEG)
         return halo_fail("halo_cuda_gemm_s8_dq_group: %d products (the kernel takes 1 to %d)", nseg, MAX_SEG);
-    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, s);
+    return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, NULL, s);
 }
 
 // Stacked by rows (the weight gradients of q, k and v into one D): rows[s] each, all but the last a multiple of BM.
@@ -671,7 +687,7 @@ extern "C" int halo_cuda_gemm_s8_dq_stack(float *D, long ldd, int accumulate, co
         return halo_fail("halo_cuda_gemm_s8_dq_stack: product %d has %d rows, not a multiple of %d", bad, rows[bad - 1],
                          BM);
     return launch_dq(D, 1, ldd, NULL, accumulate, seg, nseg, 1, rows, (int)m, N, (int)m, No, rot, NULL, NULL, NULL, 0,
-                     s);
+                     NULL, s);
 }
 
 // Stacked by columns (the forward products of q, k and v, or gate and up, into one Y of [M][No]): seg s's B has
@@ -706,14 +722,15 @@ extern "C" int halo_cuda_gemm_s8_dq_stack_cols(void *D, int d_f32, long ldd, con
     if (!stack_cols_shape(cols, nseg, No, &n))
         return halo_fail("halo_cuda_gemm_s8_dq_stack_cols: product widths not stackable (each but the last a multiple "
                          "of %d; %d output columns)", BN, No);
-    return launch_dq(D, d_f32, ldd, NULL, 0, seg, nseg, 2, cols, M, (int)n, Mo, No, NULL, NULL, NULL, NULL, 0, s);
+    return launch_dq(D, d_f32, ldd, NULL, 0, seg, nseg, 2, cols, M, (int)n, Mo, No, NULL, NULL, NULL, NULL, 0, NULL, s);
 }
 
 // stack 0: the segments summed over K; 1: stacked by rows of D, sizes[s] each (M = Mo = their sum); 2: by columns,
 // sizes[s] rows of B each (N = their sum, No of those written)
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
                      int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
-                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, cudaStream_t s) {
+                     const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, double *sumsq,
+                     cudaStream_t s) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
@@ -762,6 +779,7 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lu = (const __nv_bfloat16 *)lu;
     p.lb = (const __nv_bfloat16 *)lb;
     p.lr = lr;
+    p.sumsq = sumsq;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(maps, p);
     CUDA_LAUNCH_CHECK();

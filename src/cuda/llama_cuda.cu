@@ -122,6 +122,14 @@ struct llama_cuda {
     float *cos_t, *sin_t;        // [rope_len, hd/2]
     int rope_len;
     double *loss_sum, *sumsq;    // device scalars
+    // llama_cuda_g_sumsq: the HALO weight gradients' squares summed by their products (device scalar), which slots the
+    // last backward's products covered (gcov, host), and the uncovered ranges the norm reads (gss_rg, device:
+    // offset, length pairs; gss_nr of them, gss_len elements, for the covered set gss_up)
+    double *gss;
+    unsigned char *gcov, *gss_up;
+    int gcov_any, gss_nr;
+    unsigned long long *gss_rg;
+    size_t gss_len;
     int last_count, has_seg, B, T;
     int grads_fresh;             // zero_grads ran and no backward since: the matrices' gradients hold garbage and
                                  // their first product overwrites them (only embedding and norm ranges were zeroed)
@@ -448,8 +456,8 @@ static int alloc_all(llama_cuda *g) {
     g->rope_len = c->max_pos > g->o.max_T ? c->max_pos : g->o.max_T;
     g->cos_t = (float *)dalloc(g, MEM_WORK, (size_t)g->rope_len * (c->head_dim / 2) * 4 * 2);
     if (g->cos_t) g->sin_t = g->cos_t + (size_t)g->rope_len * (c->head_dim / 2);
-    g->loss_sum = (double *)dalloc(g, MEM_WORK, 2 * sizeof(double));
-    if (g->loss_sum) g->sumsq = g->loss_sum + 1;
+    g->loss_sum = (double *)dalloc(g, MEM_WORK, 3 * sizeof(double));
+    if (g->loss_sum) { g->sumsq = g->loss_sum + 1; g->gss = g->loss_sum + 2; }
     g->bytes[MEM_WORK] += 64u << 20;   // cuBLASLt workspace (matmul.cu)
     if (g->oom) return HALO_ERR;
     if (cudaMallocHost((void **)&g->stage, N * 4 * 4) != cudaSuccess) return halo_fail("CUDA: pinned host buffer");
@@ -927,6 +935,10 @@ static int halo_setup(llama_cuda *g) {
                          codes / 1048576.0, free_b / 1048576.0);
     g->hnf = (int *)dalloc(g, MEM_WORK, (size_t)nl * LIN_COUNT * 3 * sizeof(int));
     g->aseg = (cuda_adamw_seg *)dalloc(g, MEM_WORK, (size_t)g->n_slots * sizeof(cuda_adamw_seg));
+    g->gss_rg = (unsigned long long *)dalloc(g, MEM_WORK, (size_t)(g->n_slots + 1) * 2 * sizeof(unsigned long long));
+    g->gcov = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
+    g->gss_up = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
+    g->gss_nr = -1;
     if (g->oom) return HALO_ERR;
     CUDA_CHECK(cudaMemset(g->hnf, 0, (size_t)nl * LIN_COUNT * 3 * sizeof(int)));
     g->hwam = (unsigned char *)xcalloc((size_t)nl * LIN_COUNT, 1);
@@ -1023,7 +1035,7 @@ static void halo_teardown(llama_cuda *g) {
         for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
             if (g->hon[i]) halo_cuda_linear_free(&g->hl[i]);
     halo_cuda_ws_free(&g->hws);
-    free(g->hl); free(g->hon); free(g->hwam); free(g->hwv);
+    free(g->hl); free(g->hon); free(g->hwam); free(g->hwv); free(g->gcov); free(g->gss_up);
     g->hl = NULL; g->hon = NULL;
 }
 
@@ -1716,11 +1728,74 @@ extern "C" float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *l
     return llama_cuda_last_loss(g);
 }
 
+static int g_gss_on = -1;   // llama_cuda_g_sumsq_on / HALO_G_SUMSQ (-1: not read yet)
+extern "C" void llama_cuda_g_sumsq_on(int on) { g_gss_on = on ? 1 : 0; }
+extern "C" int llama_cuda_g_sumsq(void) { return env_switch(&g_gss_on, "HALO_G_SUMSQ"); }
+static int g_sumsq_applies(const llama_cuda *g) {
+    return g->hon && g->gcov && !g->lora && !g->gbase && !g->sh && llama_cuda_g_sumsq();
+}
+// Before a backward: the sum zeroed and each HALO layer told where to add (or not to, when it does not apply)
+static void g_sumsq_begin(llama_cuda *g) {
+    g->gcov_any = 0;
+    if (!g->hon) return;
+    const int on = g_sumsq_applies(g);
+    if (on) CUDA_CHECK(cudaMemsetAsync(g->gss, 0, sizeof(double), g->st));
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++)
+        if (g->hon[i]) halo_cuda_linear_g_sumsq(&g->hl[i], on ? g->gss : NULL);
+}
+// After it: which slots' squares are in the sum (their product added them, and the slot is that whole matrix)
+static void g_sumsq_end(llama_cuda *g) {
+    if (!g_sumsq_applies(g)) return;
+    for (int i = 0; i < g->c.n_layers * LIN_COUNT; i++) {
+        int m = 0, n = 0;
+        if (g->hon[i]) lin_shape(g, i % LIN_COUNT, &m, &n);
+        g->gcov[i] = g->hon[i] && halo_cuda_linear_g_sumsq_added(&g->hl[i]) && g->slots[i].n == (size_t)m * n;
+        g->gcov_any |= g->gcov[i];
+    }
+}
+extern "C" size_t llama_cuda_g_sumsq_covered(const llama_cuda *g) {
+    size_t n = 0;
+    for (int i = 0; g->gcov_any && i < g->c.n_layers * LIN_COUNT; i++) n += g->gcov[i] ? g->slots[i].n : 0;
+    return n;
+}
+// The uncovered ranges of [0, n_all) uploaded for the covered set gcov (when it changed)
+static void g_sumsq_ranges(llama_cuda *g) {
+    const int nlin = g->c.n_layers * LIN_COUNT;
+    if (g->gss_nr >= 0 && !memcmp(g->gss_up, g->gcov, (size_t)nlin)) return;
+    size_t *cov = (size_t *)xmalloc((size_t)nlin * 2 * sizeof(size_t));
+    int nc = 0;
+    for (int i = 0; i < nlin; i++)
+        if (g->gcov[i]) { cov[2 * nc] = g->slots[i].off; cov[2 * nc + 1] = g->slots[i].n; nc++; }
+    for (int i = 1; i < nc; i++)   // by offset (insertion sort: a few hundred slots, once)
+        for (int j = i; j > 0 && cov[2 * j] < cov[2 * j - 2]; j--) {
+            size_t t0 = cov[2 * j], t1 = cov[2 * j + 1];
+            cov[2 * j] = cov[2 * j - 2]; cov[2 * j + 1] = cov[2 * j - 1];
+            cov[2 * j - 2] = t0; cov[2 * j - 1] = t1;
+        }
+    unsigned long long *rg = (unsigned long long *)xmalloc((size_t)(nc + 1) * 2 * sizeof(unsigned long long));
+    size_t cur = 0, len = 0;
+    int nr = 0;
+    for (int i = 0; i <= nc; i++) {
+        const size_t end = i < nc ? cov[2 * i] : g->n_all;
+        if (end > cur) { rg[2 * nr] = cur; rg[2 * nr + 1] = end - cur; len += end - cur; nr++; }
+        if (i < nc) cur = cov[2 * i] + cov[2 * i + 1];
+    }
+    CUDA_CHECK(cudaMemcpyAsync(g->gss_rg, rg, (size_t)nr * 2 * sizeof(unsigned long long), cudaMemcpyHostToDevice,
+                               g->st));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));   // rg is freed next
+    free(rg);
+    free(cov);
+    memcpy(g->gss_up, g->gcov, (size_t)nlin);
+    g->gss_nr = nr;
+    g->gss_len = len;
+}
+
 extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale) {
     const llama_config *c = &g->c;
     forward_and_head(g, b, grad_scale, 1, NULL);
     int N = b->B * b->T, D = c->dim;
     cudaStream_t s = g->st;
+    g_sumsq_begin(g);
     halo_bf16 *W = (halo_bf16 *)g->w;
     // the last down_proj's E_Y (scale, or codes)
     g->dnorm32 = NULL;   // (lm_head's input gradient is in dnorm)
@@ -1740,6 +1815,7 @@ extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, 
         PROF(g, PR_EMBED, cuda_embedding_backward(gradf(g, g->embed), g->ids, g->dres, N, D,
                                                   llama_embed_skip_id(&g->c), s));
     g->grads_fresh = 0;
+    g_sumsq_end(g);
 }
 
 extern "C" float llama_cuda_last_loss(llama_cuda *g) {
@@ -1760,6 +1836,7 @@ extern "C" void llama_cuda_zero_grads(llama_cuda *g) {
         PROF(g, PR_MISC, CUDA_CHECK(cudaMemset2DAsync(g->hnf + 2, 3 * sizeof(int), 0, sizeof(int), n, g->st)));
     }
     g->grads_fresh = 1;
+    g->gcov_any = 0;
 }
 
 extern "C" const char *llama_cuda_halo_error(llama_cuda *g) {
@@ -1799,6 +1876,12 @@ static void grads_settle(llama_cuda *g) {
 
 // *g->sumsq = sum of squared gradients (both types)
 static void grad_sumsq(llama_cuda *g) {
+    if (!g->lora && !g->grads_fresh && g->gcov_any && g_sumsq_applies(g)) {   // the products' sum + the rest
+        g_sumsq_ranges(g);
+        CUDA_CHECK(cudaMemcpyAsync(g->sumsq, g->gss, sizeof(double), cudaMemcpyDeviceToDevice, g->st));
+        cuda_sumsq_ranges(g->sumsq, g->grad, g->gss_rg, g->gss_nr, g->gss_len, g->st);
+        return;
+    }
     CUDA_CHECK(cudaMemsetAsync(g->sumsq, 0, sizeof(double), g->st));
     if (g->lora) { cuda_sumsq(g->sumsq, g->lg, g->ln_all, g->st); return; }   // the adapters' only
     if (g->gbase) cuda_sumsq_bf16(g->sumsq, (const halo_bf16 *)g->grad16, g->gbase, g->st);
@@ -1924,6 +2007,7 @@ extern "C" cudaStream_t llama_cuda_stream(const llama_cuda *g) { return g->st; }
 extern "C" int llama_cuda_allreduce_grads(llama_cuda *g, halo_comm *comm) {
     if (!comm || comm->world <= 1) return HALO_OK;
     grads_settle(g);   // no backward since zero_grads: the matrices' gradients are zeroed first
+    g->gcov_any = 0;   // the products' squares were of this rank's gradients: the norm reads them all
     if (g->lora) return comm->allreduce(comm, g->lg, g->ln_all, HALO_F32, HALO_SUM);
     if (g->grad16) {
         const size_t chunk_max = (size_t)1 << 24;   // 64 MiB of fp32
