@@ -37,6 +37,30 @@ static inline int env_switch_off(int *flag, const char *name) {
     return *flag;
 }
 
+// Programmatic dependent launch: a kernel started by launch_pdl may be scheduled while the kernel before it on the
+// stream still runs (its launch latency hidden behind that kernel's last wave); it calls pdl_wait() before it reads or
+// writes global memory, which returns once the kernel before has finished and its writes are visible. Off with
+// HALO_CUDA_PDL=0 or cuda_pdl_on(0) (then an ordinary launch; pdl_wait returns at once).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+template <typename... P, typename... A>
+static inline void launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args) {
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t c = {};
+    c.gridDim = grid;
+    c.blockDim = block;
+    c.dynamicSmemBytes = smem;
+    c.stream = s;
+    c.attrs = &at;
+    c.numAttrs = cuda_pdl() ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&c, k, args...));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

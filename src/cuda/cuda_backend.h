@@ -181,6 +181,10 @@ void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *l
 // *sumsq += sum of g[i]^2 (double accumulator on the device; fp32 partial sums per thread and block)
 void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
 void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s);
+// Programmatic dependent launch for the kernels that take it (common.cuh, launch_pdl: the own INT8 product, the
+// 8-bit tile quantizer): on unless HALO_CUDA_PDL=0; cuda_pdl_on sets it process-wide.
+void cuda_pdl_on(int on);
+int cuda_pdl(void);
 // += the squares of g over n ranges (device table: offset, length pairs; total elements in all of them)
 void cuda_sumsq_ranges(double *sumsq, const float *g, const unsigned long long *ranges, int n, size_t total,
                        cudaStream_t s);

@@ -1118,6 +1118,7 @@ template <int TIN> __global__ void __launch_bounds__(64) k_tile8(const void *in,
                                                                  halo_cuda_alpha_job aj) {
     __shared__ __align__(16) uint2 tile[64][9];   // 72-byte rows + the swizzle: conflict-free phase 2
     const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, t = threadIdx.x, cc = t & 7;
+    pdl_wait();   // (launch_pdl)
     if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) run_alpha(aj);
     const float s = TIN == HALO_CUDA_U8 ? 1.f : rscale_of(*amax, qmax_of(fmt));
     const int c = c0 + cc * 8;
@@ -1151,8 +1152,7 @@ template <int TIN> static void launch_tile8(const void *in, long ld_in, int R, i
                                             uint8_t *q, long ldq, uint8_t *qt, long ldqt, int Rpad,
                                             const halo_cuda_alpha_job &aj, cudaStream_t s) {
     dim3 grid(cdiv(C, 64), cdiv(Rpad, 64));
-    k_tile8<TIN><<<grid, 64, 0, s>>>(in, ld_in, R, C, amax, fmt, q, ldq, qt, ldqt, Rpad, aj);
-    CUDA_LAUNCH_CHECK();
+    launch_pdl(k_tile8<TIN>, grid, dim3(64), 0, s, in, ld_in, R, C, amax, fmt, q, ldq, qt, ldqt, Rpad, aj);
 }
 
 // The 8-element paths' conditions: rows of in start on 16-byte boundaries (8-byte for u8) and are whole chunks.

@@ -319,6 +319,7 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
+    pdl_wait();   // (launch_pdl) the kernel before has finished: its outputs are this one's operands
     const int nm = (p.M + BM - 1) / BM, nn = (p.N + BN - 1) / BN, tiles = nm * nn;
     if (wg == 0) {   // producer: hands registers to the consumers (40 + 2 x 232 per thread of a warpgroup <= 512)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
@@ -781,7 +782,6 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lr = lr;
     p.sumsq = sumsq;
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
-    k_gemm_s8_dq<<<tiles < g_sms ? tiles : g_sms, THREADS, SMEM_BYTES, s>>>(maps, p);
-    CUDA_LAUNCH_CHECK();
+    launch_pdl(k_gemm_s8_dq, dim3(tiles < g_sms ? tiles : g_sms), dim3(THREADS), SMEM_BYTES, s, maps, p);
     return HALO_OK;
 }

@@ -7,6 +7,10 @@ extern "C" {
 #include "util/error.h"
 }
 
+static int g_pdl = -1;   // cuda_pdl_on / HALO_CUDA_PDL (-1: not read yet)
+extern "C" void cuda_pdl_on(int on) { g_pdl = on ? 1 : 0; }
+extern "C" int cuda_pdl(void) { return env_switch(&g_pdl, "HALO_CUDA_PDL"); }
+
 extern "C" int cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }

@@ -6,7 +6,7 @@
 #   first FAIL lines go to the summary. An environment assignment before the call reaches the test.
 # ab_kt NAME "LABEL=REGEX ..." [bench_cuda_train options]: CUPTI kernel times of a 1B step, batch 4 x 2048
 #   (halo_step_kernels.sh), into $OUT/t/NAME.txt; the summary line gives the step time, the ms a step of the kernels
-#   whose names match each REGEX, and all kernels. Environment assignments before the call reach the benchmark.
+#   whose names match each REGEX, all kernels, and the GPU's idle time inside the window. Environment assignments before the call reach the benchmark.
 # ab_end: prints the summary and packs $OUT/t into $OUT/logs.tar.xz.
 ab_begin() {
   tar xJf build-dev.tar.xz
@@ -28,7 +28,8 @@ ab_kt() {
   for c in $cols; do
     line="$line ${c%%=*} $(grep -E "${c#*=}" $OUT/t/$n.txt | awk '{s += $1} END {printf "%.2f", s}')"
   done
-  echo "$line all $(grep -E 'all kernels' $OUT/t/$n.txt | awk -F'|' '{print $3}')" >> $S
+  echo "$line all $(grep -E 'all kernels' $OUT/t/$n.txt | awk -F'|' '{print $3}') idle $(grep -E 'GPU idle inside' \
+    $OUT/t/$n.txt | awk -F'|' '{print $3}')" >> $S
 }
 ab_end() {
   cat $S
