@@ -39,7 +39,7 @@ for key, j in rows:
     if j.get("int8_group") == 0 and j["precision"] == "int8" and j.get("halo_level", 0) < 2: cfg.append("E_X products one by one")
     if j.get("int8_stack") == 1 and j["precision"] == "int8" and j.get("halo_level", 0) < 2: cfg.append("q/k/v G stacked")
     if j.get("int8_y_stack") == 1 and j["precision"] == "int8": cfg.append("q/k/v Y stacked")
-    if j.get("g_sumsq") == 0 and j["precision"] == "int8": cfg.append("grad norm in its own pass")
+    if j.get("g_sumsq") == 1 and j["precision"] == "int8": cfg.append("grad norm from the G products")
     if j.get("tok_fused") == 0 and j["precision"] == "int8" and j.get("halo_level") == 2 and j.get("token_block"):
         cfg.append("token rotation as a column pass")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")

@@ -776,8 +776,8 @@ static double host_norm(const float *g, size_t n) {
     for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
     return sqrt(s);
 }
-// The gradient norm with the HALO weight gradients' squares summed by their own products (llama_cuda_g_sumsq, on by
-// default) against float64 over the downloaded gradients and against the full pass (switch off) on the same
+// The gradient norm with the HALO weight gradients' squares summed by their own products (llama_cuda_g_sumsq, off by
+// default; on here) against float64 over the downloaded gradients and against the full pass (switch off) on the same
 // gradients, 1e-6: INT8 at levels 0 (also with block 0 in BF16, whose matrices sit between covered ones), 1 (H_m
 // blocks of 128, rotated in the epilogue) and 2; after a second backward without zeroing (accumulation: the sums are
 // the running sum's); FP8 (cuBLASLt products) covers nothing. The covered elements: every HALO matrix (14, or 7 with
@@ -824,7 +824,7 @@ static void test_model_g_sumsq(void) {
         row("grad norm of zeroed gradients", cfg[k].what, none, 0);
         llama_cuda_free(g);
     }
-    llama_cuda_g_sumsq_on(1);
+    llama_cuda_g_sumsq_on(0);
     tiny_ab_free(&t);
 }
 

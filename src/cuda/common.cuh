@@ -39,8 +39,9 @@ static inline int env_switch_off(int *flag, const char *name) {
 
 // Programmatic dependent launch: a kernel started by launch_pdl may be scheduled while the kernel before it on the
 // stream still runs (its launch latency hidden behind that kernel's last wave); it calls pdl_wait() before it reads or
-// writes global memory, which returns once the kernel before has finished and its writes are visible. Off with
-// HALO_CUDA_PDL=0 or cuda_pdl_on(0) (then an ordinary launch; pdl_wait returns at once).
+// writes global memory, which returns once the kernel before has finished and its writes are visible. Off by default
+// (not yet run on a GPU): HALO_CUDA_PDL=1 or cuda_pdl_on(1) turn it on; off, an ordinary launch, and pdl_wait returns
+// at once.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

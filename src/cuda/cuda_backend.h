@@ -182,7 +182,8 @@ void cuda_cross_entropy(halo_bf16 *dlogits, double *loss_sum, const halo_bf16 *l
 void cuda_sumsq(double *sumsq, const float *g, size_t n, cudaStream_t s);
 void cuda_sumsq_bf16(double *sumsq, const halo_bf16 *g, size_t n, cudaStream_t s);
 // Programmatic dependent launch for the kernels that take it (common.cuh, launch_pdl: the own INT8 product, the
-// 8-bit tile quantizer): on unless HALO_CUDA_PDL=0; cuda_pdl_on sets it process-wide.
+// 8-bit tile quantizer): off by default until measured on a GPU (HALO_CUDA_PDL=1 turns it on); cuda_pdl_on sets it
+// process-wide.
 void cuda_pdl_on(int on);
 int cuda_pdl(void);
 // += the squares of g over n ranges (device table: offset, length pairs; total elements in all of them)
@@ -399,8 +400,9 @@ void llama_cuda_halo_delayed_hist(llama_cuda *g, int *h, int set);
 int llama_cuda_dnorm_f32(void);
 // The gradient norm from the HALO weight gradients' own products (halo_cuda_linear_g_sumsq): each backward's own-kernel
 // weight-gradient products add their squares into a device sum, and the norm reads only the rest of the gradient
-// (one pass instead of one over every gradient). On unless HALO_G_SUMSQ=0 or llama_cuda_g_sumsq_on(0) (for A/B);
-// not with LoRA, bf16 gradients or sharded moments; an all-reduce of the gradients falls back to the full pass.
+// (one pass instead of one over every gradient). Off by default until measured on a GPU: HALO_G_SUMSQ=1 or
+// llama_cuda_g_sumsq_on(1) turn it on; not with LoRA, bf16 gradients or sharded moments; an all-reduce of the
+// gradients falls back to the full pass.
 void llama_cuda_g_sumsq_on(int on);
 int llama_cuda_g_sumsq(void);   // the setting in force
 // Elements of the gradient whose squares the last backward's products summed (0: the norm reads every gradient).

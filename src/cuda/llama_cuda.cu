@@ -23,6 +23,7 @@ extern "C" {
 #include "model/lora.h"
 #include "ops/ops.h"
 #include "util/error.h"
+#include "util/ranges.h"
 }
 
 // A parameter range on the device and where it lives in the host model's flat buffer (host_off < 0: none).
@@ -1728,9 +1729,9 @@ extern "C" float llama_cuda_forward(llama_cuda *g, const halo_batch *b, float *l
     return llama_cuda_last_loss(g);
 }
 
-static int g_gss_on = -1;   // llama_cuda_g_sumsq_on / HALO_G_SUMSQ (-1: not read yet)
+static int g_gss_on = -1;   // llama_cuda_g_sumsq_on / HALO_G_SUMSQ (-1: not read yet; off until measured on a GPU)
 extern "C" void llama_cuda_g_sumsq_on(int on) { g_gss_on = on ? 1 : 0; }
-extern "C" int llama_cuda_g_sumsq(void) { return env_switch(&g_gss_on, "HALO_G_SUMSQ"); }
+extern "C" int llama_cuda_g_sumsq(void) { return env_switch_off(&g_gss_on, "HALO_G_SUMSQ"); }
 static int g_sumsq_applies(const llama_cuda *g) {
     return g->hon && g->gcov && !g->lora && !g->gbase && !g->sh && llama_cuda_g_sumsq();
 }
@@ -1762,32 +1763,20 @@ extern "C" size_t llama_cuda_g_sumsq_covered(const llama_cuda *g) {
 static void g_sumsq_ranges(llama_cuda *g) {
     const int nlin = g->c.n_layers * LIN_COUNT;
     if (g->gss_nr >= 0 && !memcmp(g->gss_up, g->gcov, (size_t)nlin)) return;
-    size_t *cov = (size_t *)xmalloc((size_t)nlin * 2 * sizeof(size_t));
+    size_t *off = (size_t *)xmalloc((size_t)nlin * 2 * sizeof(size_t)), *len = off + nlin;
     int nc = 0;
     for (int i = 0; i < nlin; i++)
-        if (g->gcov[i]) { cov[2 * nc] = g->slots[i].off; cov[2 * nc + 1] = g->slots[i].n; nc++; }
-    for (int i = 1; i < nc; i++)   // by offset (insertion sort: a few hundred slots, once)
-        for (int j = i; j > 0 && cov[2 * j] < cov[2 * j - 2]; j--) {
-            size_t t0 = cov[2 * j], t1 = cov[2 * j + 1];
-            cov[2 * j] = cov[2 * j - 2]; cov[2 * j + 1] = cov[2 * j - 1];
-            cov[2 * j - 2] = t0; cov[2 * j - 1] = t1;
-        }
+        if (g->gcov[i]) { off[nc] = g->slots[i].off; len[nc] = g->slots[i].n; nc++; }
     unsigned long long *rg = (unsigned long long *)xmalloc((size_t)(nc + 1) * 2 * sizeof(unsigned long long));
-    size_t cur = 0, len = 0;
-    int nr = 0;
-    for (int i = 0; i <= nc; i++) {
-        const size_t end = i < nc ? cov[2 * i] : g->n_all;
-        if (end > cur) { rg[2 * nr] = cur; rg[2 * nr + 1] = end - cur; len += end - cur; nr++; }
-        if (i < nc) cur = cov[2 * i] + cov[2 * i + 1];
-    }
-    CUDA_CHECK(cudaMemcpyAsync(g->gss_rg, rg, (size_t)nr * 2 * sizeof(unsigned long long), cudaMemcpyHostToDevice,
-                               g->st));
+    const int nr = ranges_gaps(off, len, nc, g->n_all, rg, &g->gss_len);
+    if (nr > 0)
+        CUDA_CHECK(cudaMemcpyAsync(g->gss_rg, rg, (size_t)nr * 2 * sizeof(unsigned long long),
+                                   cudaMemcpyHostToDevice, g->st));
     CUDA_CHECK(cudaStreamSynchronize(g->st));   // rg is freed next
     free(rg);
-    free(cov);
+    free(off);
     memcpy(g->gss_up, g->gcov, (size_t)nlin);
     g->gss_nr = nr;
-    g->gss_len = len;
 }
 
 extern "C" void llama_cuda_forward_backward(llama_cuda *g, const halo_batch *b, float grad_scale) {

@@ -7,9 +7,9 @@ extern "C" {
 #include "util/error.h"
 }
 
-static int g_pdl = -1;   // cuda_pdl_on / HALO_CUDA_PDL (-1: not read yet)
+static int g_pdl = -1;   // cuda_pdl_on / HALO_CUDA_PDL (-1: not read yet); off until measured on a GPU
 extern "C" void cuda_pdl_on(int on) { g_pdl = on ? 1 : 0; }
-extern "C" int cuda_pdl(void) { return env_switch(&g_pdl, "HALO_CUDA_PDL"); }
+extern "C" int cuda_pdl(void) { return env_switch_off(&g_pdl, "HALO_CUDA_PDL"); }
 
 extern "C" int cuda_device_count(void) {
     int n = 0;
