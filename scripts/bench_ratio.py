@@ -40,6 +40,8 @@ for key, j in rows:
     if j.get("int8_stack") == 1 and j["precision"] == "int8" and j.get("halo_level", 0) < 2: cfg.append("q/k/v G stacked")
     if j.get("int8_y_stack") == 1 and j["precision"] == "int8": cfg.append("q/k/v Y stacked")
     if j.get("g_sumsq") == 1 and j["precision"] == "int8": cfg.append("grad norm from the G products")
+    if j.get("pdl") == 1: cfg.append("PDL")
+    if j.get("ex_swiglu_amax") == 1 and j["precision"] == "int8": cfg.append("gate/up E_Y amax in down's E_X")
     if j.get("tok_fused") == 0 and j["precision"] == "int8" and j.get("halo_level") == 2 and j.get("token_block"):
         cfg.append("token rotation as a column pass")
     if j.get("gemm_tune") == 0 and j["precision"] != "bf16": cfg.append("first-choice products")

@@ -1063,6 +1063,63 @@ static void test_gemm_s8_dq_sumsq(void) {
     rng = saved;
 }
 
+// down_proj's input-gradient product taking gate's and up's E_Y amax (halo_cuda_gemm_s8_dq_swiglu) against the plain
+// bf16 product followed by the SwiGLU backward's amax-only pass (cuda_swiglu_backward_amax): D bit for bit, both amaxes
+// bit for bit, the same NaN / Inf flags; M not a multiple of 128, H_B on D's rows, and a NaN gate value (both flags).
+// Also: an F that is not D's width is refused.
+static void test_gemm_s8_dq_swiglu(void) {
+    static const int cases[][5] = {   // M, F (= N = No), K, block (0: none), a NaN in gate
+        {384, 512, 256, 0, 0}, {300, 768, 192, 0, 0}, {256, 512, 320, 64, 0}, {256, 1024, 128, 0, 1}};
+    if (!own_int8_kernel("own INT8 kernel, SwiGLU amax")) return;
+    const unsigned long long saved = rng;   // its own draws: the tests after it keep their inputs
+    rng = 0x5161AULL;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int M = cases[c][0], F = cases[c][1], K = cases[c][2], B = cases[c][3];
+        halo_cuda_had h;
+        if (B) CHECK(halo_cuda_had_plan(&h, F, B) == HALO_OK, "plan %d/%d: %s", F, B, halo_error());
+        int8_t *hA, *hB;
+        float *dal;
+        const halo_cuda_s8_seg sg = seg_rand(M, F, K, 0.83f / 4096, &hA, &hB, &dal);
+        float *gu = t_rand_vec(&rng, (size_t)M * 2 * F, 2.0);
+        if (cases[c][4]) gu[(size_t)(M / 2) * 2 * F + F / 3] = NAN;
+        void *dgu = t_dev_bf16(gu, (size_t)M * 2 * F);
+        const size_t ob = 2 * (size_t)M * F;
+        halo_bf16 *ref = dev_poison(ob), *own = dev_poison(ob);
+        const float zero[4] = {0, 0, 0, 0};
+        const int izero[4] = {0, 0, 0, 0};
+        float *am = t_dev_copy(zero, sizeof zero);   // ref gate, ref up, own gate, own up
+        int *nf = t_dev_copy(izero, sizeof izero);
+        CHECK(halo_cuda_gemm_s8_dq(ref, 0, F, NULL, 0, sg.A, K, sg.B, K, M, F, K, M, F, dal, B ? &h : NULL, 0) ==
+                  HALO_OK, "own int8 gemm: %s", halo_error());
+        cuda_swiglu_backward_amax(NULL, ref, dgu, M, F, am, am + 1, nf, nf + 1, 0);
+        const halo_cuda_swiglu_amax sw = {dgu, 2L * F, F, am + 2, am + 3, nf + 2, nf + 3};
+        CHECK(halo_cuda_gemm_s8_dq_swiglu(own, F, sg.A, K, sg.B, K, M, F, K, M, F, dal, B ? &h : NULL, &sw, 0) ==
+                  HALO_OK, "own int8 gemm with the SwiGLU amax: %s", halo_error());
+        char detail[80];
+        snprintf(detail, sizeof detail, "%dx%d, K %d%s%s", M, F, K, B ? ", H_B" : "", cases[c][4] ? ", NaN gate" : "");
+        rows_identical("int8 SwiGLU amax: D vs plain", detail, ref, own, 0, M, F, F);
+        float ha[4];
+        int hn[4];
+        CHECK(cudaMemcpy(ha, am, sizeof ha, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                  cudaMemcpy(hn, nf, sizeof hn, cudaMemcpyDeviceToHost) == cudaSuccess, "copy the amaxes back");
+        printf("   %s: amax gate %.9g / %.9g, up %.9g / %.9g, flags %d %d / %d %d\n", detail, ha[0], ha[2], ha[1], ha[3],
+               hn[0], hn[1], hn[2], hn[3]);
+        row("int8 SwiGLU amax: bits vs pass", detail,
+            (double)(memcmp(&ha[0], &ha[2], 4) != 0) + (memcmp(&ha[1], &ha[3], 4) != 0), 0, 0, 0);
+        row("int8 SwiGLU amax: flags vs pass", detail,
+            (double)(hn[0] != hn[2]) + (hn[1] != hn[3]) + (hn[2] != cases[c][4]) + (hn[3] != cases[c][4]), 0, 0, 0);
+        cudaFree(ref); cudaFree(own); cudaFree(am); cudaFree(nf); cudaFree(dgu);
+        free(gu);
+        segs_free(&sg, &hA, &hB, &dal, 1);
+        if (B) halo_cuda_had_free(&h);
+    }
+    static _Alignas(16) halo_bf16 probe[16];   // only its alignment is looked at
+    float dummy;
+    const halo_cuda_swiglu_amax bad = {probe, 1024, 256, &dummy, &dummy, NULL, NULL};
+    CHECK(!halo_cuda_gemm_s8_dq_swiglu_ok(probe, 512, 512, &bad), "SwiGLU amax: F 256 taken for a 512-wide D");
+    rng = saved;
+}
+
 // Products stacked by columns in one launch (halo_cuda_gemm_s8_dq_stack_cols: the forward products of q, k and v, or
 // gate and up, side by side in one Y) against the same products one by one into their columns, bit for bit: 2 to 4
 // products with their own B, K and scale, the last one's B padded past No, M not a multiple of 128, bf16 and fp32
@@ -2499,6 +2556,7 @@ int main(void) {
     test_gemm_s8_dq_stack();
     test_gemm_s8_dq_stack_cols();
     test_gemm_s8_dq_sumsq();
+    test_gemm_s8_dq_swiglu();
     test_gemm_s8_dq_tok();
     test_linear();
     test_few_tiles();

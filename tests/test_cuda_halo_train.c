@@ -770,6 +770,15 @@ static void test_model_y_stack(void) {
     model_switch_ab("stacked Y", 79, 41, halo_cuda_linear_y_stack_on, 0, "fwd gemm Y (stack)", NULL, 2, cfg, 3);
 }
 
+// gate's and up's E_Y amax taken by down_proj's input-gradient product (llama_cuda_ex_swiglu_amax, off by default)
+// instead of the SwiGLU backward's amax-only pass: loss bits and gradients as with the pass, "bwd gemm E_X + SwiGLU
+// amax" 0 -> 2 launches (2 layers) at INT8 L0, "... + H_m^T + SwiGLU amax" at L1 with H_m blocks of 128.
+static void test_model_ex_swiglu_amax(void) {
+    static const int8_cfg cfg[] = {{0, 0, 0, "int8 L0"}, {1, 128, 0, "int8 L1 H_m blocks of 128"}};
+    model_switch_ab("SwiGLU amax in down's E_X", 89, 47, llama_cuda_ex_swiglu_amax_on, 0, "bwd gemm E_X + SwiGLU amax",
+                    "bwd gemm E_X + H_m^T + SwiGLU amax", 2, cfg, 2);
+}
+
 // Squared gradients of the sum of floats in double, the reference norm
 static double host_norm(const float *g, size_t n) {
     double s = 0;
@@ -1254,6 +1263,7 @@ int main(int argc, char **argv) {
     test_model_g_stack();
     test_model_y_stack();
     test_model_g_sumsq();
+    test_model_ex_swiglu_amax();
     test_stories_training(steps, 0, cpu_budget);
     printf("(total: %.1f s)\n", t_now() - t0);
     halo_cuda_gemm_shutdown();

@@ -405,6 +405,11 @@ int llama_cuda_dnorm_f32(void);
 // gradients falls back to the full pass.
 void llama_cuda_g_sumsq_on(int on);
 int llama_cuda_g_sumsq(void);   // the setting in force
+// gate's and up's E_Y amax (levels 0-1, the spec's scales) taken by down_proj's input-gradient product on the own INT8
+// kernel (halo_cuda_gemm_s8_dq_swiglu) instead of the SwiGLU backward's amax-only pass: off by default until measured
+// on a GPU (HALO_CUDA_EX_SWIGLU_AMAX=1 or llama_cuda_ex_swiglu_amax_on(1) turn it on); the same values bit for bit.
+void llama_cuda_ex_swiglu_amax_on(int on);
+int llama_cuda_ex_swiglu_amax(void);
 // Elements of the gradient whose squares the last backward's products summed (0: the norm reads every gradient).
 size_t llama_cuda_g_sumsq_covered(const llama_cuda *g);
 void llama_cuda_halo_telemetry_report(llama_cuda *g, FILE *table, FILE *metrics, int step);

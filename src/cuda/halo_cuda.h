@@ -201,6 +201,22 @@ int halo_cuda_gemm_s8_dq_lora(void *D, int d_f32, long ldd, const float *res, in
 int halo_cuda_gemm_s8_dq_sumsq(float *D, long ldd, int accumulate, const int8_t *A, long lda, const int8_t *B, long ldb,
                                int M, int N, int K, int Mo, int No, const float *alpha, const halo_cuda_had *rot,
                                double *sumsq, cudaStream_t s);
+// The bf16 form (=; rot may be NULL) where D is down_proj's input gradient [Mo][F]: the SwiGLU backward's max
+// |dgate| and |dup| (cuda_swiglu_backward_amax's values bit for bit, from D as stored and gate / up in gu [Mo][ldgu],
+// gate's columns then up's at F) go into *amax_g / *amax_u (atomic max on the float bits: zero them first) and their
+// NaN / Inf flags into *nf_g / *nf_u (may be NULL), so that gate's and up's E_Y scales need no pass of their own.
+// halo_cuda_gemm_s8_dq_swiglu_ok: F == No, a multiple of 8, D's and gu's rows 16-byte aligned.
+typedef struct halo_cuda_swiglu_amax {
+    const halo_bf16 *gu;
+    long ldgu;
+    int F;
+    float *amax_g, *amax_u;
+    int *nf_g, *nf_u;
+} halo_cuda_swiglu_amax;
+int halo_cuda_gemm_s8_dq_swiglu_ok(const halo_bf16 *D, long ldd, int No, const halo_cuda_swiglu_amax *sw);
+int halo_cuda_gemm_s8_dq_swiglu(halo_bf16 *D, long ldd, const int8_t *A, long lda, const int8_t *B, long ldb, int M,
+                                int N, int K, int Mo, int No, const float *alpha, const halo_cuda_had *rot,
+                                const halo_cuda_swiglu_amax *sw, cudaStream_t s);
 // A group of INT8 products into one fp32 D [Mo][No] (ldd): D = (accumulate ? D : 0) + sum over the segments of
 // *alpha_s A_s B_s^T (each rotated by rot first, when given), each A_s [M][K_s] and B_s [N][K_s] with its own K and
 // scale, in one launch of the own kernel: each tile's segments one after the other, segment s adding into what s - 1
@@ -335,6 +351,10 @@ typedef struct halo_cuda_linear {
     // whether the last backward's did
     double *g_ss;
     int g_ss_added;
+    // halo_cuda_linear_ex_swiglu_amax: gate's and up's E_Y amax for the bf16 E_X product to take (ex_sw_on), and
+    // whether the last backward's did
+    halo_cuda_swiglu_amax ex_sw;
+    int ex_sw_on, ex_sw_done;
     // HALO_CUDA_Y_GROUP: the forward product recorded for halo_cuda_linear_y_group_run (into yg_Y)
     int yg_set, yg_f32, yg_np;
     long yg_ldy;
@@ -564,6 +584,11 @@ int halo_cuda_linear_g_stacking(void);   // the setting (bench JSON)
 // halo_cuda_linear_g_sumsq_added says whether the last backward's did. The caller zeroes *acc.
 void halo_cuda_linear_g_sumsq(halo_cuda_linear *L, double *acc);
 int halo_cuda_linear_g_sumsq_added(const halo_cuda_linear *L);
+// down_proj's backward taking gate's and up's E_Y amax (halo_cuda_gemm_s8_dq_swiglu): with sw set (NULL clears it),
+// each later backward whose input-gradient product writes a bf16 E_X on the own INT8 kernel also takes sw's amaxes
+// and flags from it; halo_cuda_linear_ex_swiglu_amax_done says whether the last backward's did.
+void halo_cuda_linear_ex_swiglu_amax(halo_cuda_linear *L, const halo_cuda_swiglu_amax *sw);
+int halo_cuda_linear_ex_swiglu_amax_done(const halo_cuda_linear *L);
 // The group's forward products (q, k and v, or gate and up: one X, outputs side by side in one Y) stacked by columns
 // in one launch of the own kernel (halo_cuda_gemm_s8_dq_stack_cols). halo_cuda_linear_y_group_ok(Ls, n, b, widths):
 // whether they can and it pays (INT8, any level, no telemetry or adapter, every width but the last a multiple of 256,

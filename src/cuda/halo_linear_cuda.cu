@@ -447,6 +447,15 @@ static int product(halo_cuda_linear *L, const uint8_t *A, long lda, const uint8_
             return rc;
         }
         static const char *fused_name[3] = {"fwd gemm Y + H_m^T", "bwd gemm E_X + H_m^T", "bwd gemm G + H_m^T"};
+        if (which == 1 && L->ex_sw_on && !out_f32 && !res &&
+            halo_cuda_gemm_s8_dq_swiglu_ok((const halo_bf16 *)out, ldo, No, &L->ex_sw)) {   // + gate/up E_Y amax
+            PROF(post ? "bwd gemm E_X + H_m^T + SwiGLU amax" : "bwd gemm E_X + SwiGLU amax",
+                 ab + out_b + 4.0 * Mo * No,
+                 rc = halo_cuda_gemm_s8_dq_swiglu((halo_bf16 *)out, ldo, (const int8_t *)A, lda, (const int8_t *)B,
+                                                  ldb, M, N, K, Mo, No, alpha, post ? &L->hm : NULL, &L->ex_sw, s));
+            L->ex_sw_done = rc == HALO_OK;
+            return rc;
+        }
         if (which == 2 && L->g_ss && out_f32 && !res) {   // + G's sum of squares (halo_cuda_linear_g_sumsq)
             PROF(post ? "bwd gemm G + H_m^T + sumsq" : "bwd gemm G + sumsq", ab + out_b,
                  rc = halo_cuda_gemm_s8_dq_sumsq((float *)out, ldo, accumulate, (const int8_t *)A, lda,
@@ -837,6 +846,7 @@ static int backward_body(halo_cuda_linear *L, const halo_bf16 *EY, long ldey, vo
     L->exg_set = 0;
     L->gg_set = 0;
     L->g_ss_added = 0;
+    L->ex_sw_done = 0;
     if (!L->have_fwd) return halo_fail("%s: backward without a preceding forward", L->name);
     if (G && !L->qx_use)
         return halo_fail("%s: weight gradient after a forward that saved no X codes for it (HALO_CUDA_NO_G)", L->name);
@@ -1091,6 +1101,11 @@ extern "C" int halo_cuda_linear_ex_group_run(halo_cuda_linear *const *Ls, int n,
 }
 
 extern "C" void halo_cuda_linear_g_sumsq(halo_cuda_linear *L, double *acc) { L->g_ss = acc; }
+extern "C" void halo_cuda_linear_ex_swiglu_amax(halo_cuda_linear *L, const halo_cuda_swiglu_amax *sw) {
+    L->ex_sw_on = sw != NULL;
+    if (sw) L->ex_sw = *sw;
+}
+extern "C" int halo_cuda_linear_ex_swiglu_amax_done(const halo_cuda_linear *L) { return L->ex_sw_done; }
 extern "C" int halo_cuda_linear_g_sumsq_added(const halo_cuda_linear *L) { return L->g_ss_added; }
 
 // g_g_stack: HALO_INT8_STACK (-1: not read yet); off (the default, as g_y_stack), g_group_ok says no

@@ -22,6 +22,7 @@
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/halo_cuda.h"
+#include "cuda/swiglu_math.cuh"
 #include "cuda/tma.cuh"
 extern "C" {
 #include "util/error.h"
@@ -59,6 +60,14 @@ struct dq_args {
     const __nv_bfloat16 *lu, *lb;   // lr > 0: + U B^T (a LoRA adapter: U [Mo][lr], B [No][lr] bf16) before the store
     int lr;
     double *sumsq;   // fp32 D of one product: += the sum of squares of the values written (NULL: none)
+    // sw_gu (bf16 D written 16 bytes at a time): D is down's input gradient; max |dgate|, |dup| of the SwiGLU backward
+    // from it and gate / up (sw_gu [Mo][sw_ld], gate's columns then up's at sw_F) into sw_amax_g / _u (float bits),
+    // NaN / Inf flags into sw_nf_g / _u (may be NULL)
+    const __nv_bfloat16 *sw_gu;
+    long sw_ld;
+    int sw_F;
+    unsigned *sw_amax_g, *sw_amax_u;
+    int *sw_nf_g, *sw_nf_u;
 };
 
 // The device helpers and the kernel's body exist for sm_90a only: nvcc's -arch=sm_90a also emits compute_90 PTX,
@@ -350,6 +359,8 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
     int acc[128];
     int it = 0;
     float ss = 0.f;   // p.sumsq: this thread's share of the squares
+    float sw_mg = 0.f, sw_mu = 0.f;   // p.sw_gu: this thread's max |dgate|, |dup|, and bad: their NaN / Inf bits
+    int sw_bad = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
         tile_of(t, nm, nn, &m0, &n0);
@@ -433,6 +444,13 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
                         }
                         const int c = n0 + 8 * (4 * j + q);
                         if (r >= p.Mo || c >= p.No) continue;
+                        if (p.sw_gu) {   // (sw_F % 8 == 0, No == sw_F: whole chunks)
+                            const __nv_bfloat16 *gr = p.sw_gu + (long)r * p.sw_ld + c;
+                            const bvec<8> d2 = {{v[0], v[1], v[2], v[3]}}, g2 = ldv<8>(gr), u2 = ldv<8>(gr + p.sw_F);
+                            bvec<8> dg2, du2;
+                            swiglu_bwd_vec<8>(g2, u2, d2, dg2, du2, &sw_mg, &sw_mu);
+                            sw_bad |= nonfinite_vec<8>(dg2) | nonfinite_vec<8>(du2) << 1;
+                        }
                         if (c + 8 <= p.No) {
                             *(uint4 *)(drow + c) = make_uint4(v[0], v[1], v[2], v[3]);
                         } else {
@@ -520,6 +538,17 @@ k_gemm_s8_dq(const __grid_constant__ dq_maps maps, const __grid_constant__ dq_ar
         for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if (lane == 0) atomicAdd(p.sumsq, (double)ss);
     }
+    if (p.sw_gu) {   // one atomic each a warp
+        sw_mg = warp_max(sw_mg);
+        sw_mu = warp_max(sw_mu);
+        const unsigned bg = __ballot_sync(0xffffffffu, sw_bad & 1), bu = __ballot_sync(0xffffffffu, sw_bad & 2);
+        if (lane == 0) {
+            atomicMax(p.sw_amax_g, __float_as_uint(sw_mg));
+            atomicMax(p.sw_amax_u, __float_as_uint(sw_mu));
+            if (bg && p.sw_nf_g) atomicOr(p.sw_nf_g, 1);
+            if (bu && p.sw_nf_u) atomicOr(p.sw_nf_u, 1);
+        }
+    }
 #endif
 }
 
@@ -598,7 +627,7 @@ extern "C" int halo_cuda_gemm_s8_dq(void *D, int d_f32, long ldd, const float *r
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
                      int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
                      const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, double *sumsq,
-                     cudaStream_t s);
+                     cudaStream_t s, const halo_cuda_swiglu_amax *sw = NULL);
 static int launch_one(void *D, int d_f32, long ldd, const float *res, int accumulate, const int8_t *A, long lda,
                       const int8_t *B, long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
                       const halo_cuda_had *rot, const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb,
@@ -618,6 +647,20 @@ extern "C" int halo_cuda_gemm_s8_dq_sumsq(float *D, long ldd, int accumulate, co
                                           const float *alpha, const halo_cuda_had *rot, double *sumsq, cudaStream_t s) {
     const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
     return launch_dq(D, 1, ldd, NULL, accumulate, &one, 1, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, sumsq, s);
+}
+extern "C" int halo_cuda_gemm_s8_dq_swiglu_ok(const halo_bf16 *D, long ldd, int No,
+                                              const halo_cuda_swiglu_amax *sw) {
+    return sw && sw->gu && sw->amax_g && sw->amax_u && sw->F == No && No % 8 == 0 && ldd % 8 == 0 &&
+           ((uintptr_t)D & 15) == 0 && ((uintptr_t)sw->gu & 15) == 0 && sw->ldgu % 8 == 0 && sw->ldgu >= 2L * No;
+}
+extern "C" int halo_cuda_gemm_s8_dq_swiglu(halo_bf16 *D, long ldd, const int8_t *A, long lda, const int8_t *B,
+                                           long ldb, int M, int N, int K, int Mo, int No, const float *alpha,
+                                           const halo_cuda_had *rot, const halo_cuda_swiglu_amax *sw, cudaStream_t s) {
+    if (!halo_cuda_gemm_s8_dq_swiglu_ok(D, ldd, No, sw))
+        return halo_fail("halo_cuda_gemm_s8_dq_swiglu: the SwiGLU amax needs F == No (%d), a multiple of 8, and "
+                         "16-byte aligned rows of D and gate/up", No);
+    const halo_cuda_s8_seg one = {A, B, lda, ldb, K, alpha};
+    return launch_dq(D, 0, ldd, NULL, 0, &one, 1, 0, NULL, M, N, Mo, No, rot, NULL, NULL, NULL, 0, NULL, s, sw);
 }
 static_assert(XCH_BYTES >= BN * 32 * 2, "the exchange area holds a tile's B rows of rank 32");
 extern "C" int halo_cuda_gemm_s8_dq_lora_ok(const halo_bf16 *U, const halo_bf16 *Bl, int r) {
@@ -731,7 +774,7 @@ extern "C" int halo_cuda_gemm_s8_dq_stack_cols(void *D, int d_f32, long ldd, con
 static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumulate, const halo_cuda_s8_seg *seg,
                      int nseg, int stack, const int *sizes, int M, int N, int Mo, int No, const halo_cuda_had *rot,
                      const halo_cuda_had *tok, const halo_bf16 *lu, const halo_bf16 *lb, int lr, double *sumsq,
-                     cudaStream_t s) {
+                     cudaStream_t s, const halo_cuda_swiglu_amax *sw) {
     if (Mo <= 0 || No <= 0) return HALO_OK;
     if (rot && !halo_cuda_gemm_s8_dq_rot_ok(rot, No))
         return halo_fail("halo_cuda_gemm_s8_dq: the rotation (d=%d, block %d, K=%d) is not a power-of-two block of at "
@@ -781,6 +824,15 @@ static int launch_dq(void *D, int d_f32, long ldd, const float *res, int accumul
     p.lb = (const __nv_bfloat16 *)lb;
     p.lr = lr;
     p.sumsq = sumsq;
+    if (sw) {
+        p.sw_gu = (const __nv_bfloat16 *)sw->gu;
+        p.sw_ld = sw->ldgu;
+        p.sw_F = sw->F;
+        p.sw_amax_g = (unsigned *)sw->amax_g;
+        p.sw_amax_u = (unsigned *)sw->amax_u;
+        p.sw_nf_g = sw->nf_g;
+        p.sw_nf_u = sw->nf_u;
+    }
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     launch_pdl(k_gemm_s8_dq, dim3(tiles < g_sms ? tiles : g_sms), dim3(THREADS), SMEM_BYTES, s, maps, p);
     return HALO_OK;

@@ -129,6 +129,7 @@ struct llama_cuda {
     double *gss;
     unsigned char *gcov, *gss_up;
     int gcov_any, gss_nr;
+    int ex_sw_took;   // this layer's down_proj product took gate's and up's E_Y amax (llama_cuda_ex_swiglu_amax)
     unsigned long long *gss_rg;
     size_t gss_len;
     int last_count, has_seg, B, T;
@@ -1536,6 +1537,29 @@ static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A);
 static int qkv_backward_codes(llama_cuda *g, int l);
 static void mlp_backward_bf16(llama_cuda *g, int l, layer_acts *A);
 static void attn_backward(llama_cuda *g, int l, layer_acts *A);
+static int g_ex_sw = -1;   // llama_cuda_ex_swiglu_amax_on / HALO_CUDA_EX_SWIGLU_AMAX (-1: not read yet)
+extern "C" void llama_cuda_ex_swiglu_amax_on(int on) { g_ex_sw = on ? 1 : 0; }
+extern "C" int llama_cuda_ex_swiglu_amax(void) { return env_switch_off(&g_ex_sw, "HALO_CUDA_EX_SWIGLU_AMAX"); }
+// Whether mlp_backward_codes applies to layer l (gate's and up's E_Y codes written by the SwiGLU backward)
+static int mlp_codes_apply(const llama_cuda *g, int l) {
+    const int N = g->B * g->T, F = g->c.hidden_dim;
+    return hl_of((llama_cuda *)g, l, LIN_GATE) && hl_of((llama_cuda *)g, l, LIN_UP) && !g->lora && !g->tele &&
+           F % 64 == 0 && (size_t)N * 2 * F + 2 * F * (size_t)pad16l(N) <= dgu_bytes(g);
+}
+// The spec's scales with llama_cuda_ex_swiglu_amax on: gate's and up's E_Y amax slots zeroed and down_proj told to
+// take them in its input-gradient product (the SwiGLU backward's amax-only pass is then skipped); returns down's
+// layer (NULL: not set up)
+static halo_cuda_linear *ex_swiglu_amax_setup(llama_cuda *g, int l, layer_acts *A) {
+    halo_cuda_linear *Ld = hl_of(g, l, LIN_DOWN);
+    if (!llama_cuda_ex_swiglu_amax() || !Ld || !mlp_codes_apply(g, l) || delayed_on(g)) return NULL;
+    const int F = g->c.hidden_dim;
+    int *nfg, *nfu;
+    float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
+    const halo_cuda_swiglu_amax sw = {(const halo_bf16 *)A->gu, 2L * F, F, ag, au, nfg, nfu};
+    halo_cuda_linear_ex_swiglu_amax(Ld, &sw);
+    return Ld;
+}
+
 // Layer l backward: g->dres holds dL/dx[l + 1] on entry (fp32 and bf16 copy) and dL/dx[l] on return.
 static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     int N = g->B * g->T, F = g->c.hidden_dim;
@@ -1547,7 +1571,10 @@ static void layer_backward(llama_cuda *g, int l, layer_acts *A) {
     if ((!hl_of(g, l, LIN_DOWN) && !g->lora) || g->tele || lora_on(g, l, LIN_DOWN))
         PROF(g, PR_SWIGLU_F, cuda_swiglu_forward((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, s));   // recomputed
     // down's E_Y scale: from the norm backward that wrote dr16 (the next layer's attention norm, or the final norm)
+    halo_cuda_linear *Ld = ex_swiglu_amax_setup(g, l, A);
     single_backward(g, l, LIN_DOWN, g->sbuf, (bf16 *)dr16, g->sbuf, o->wdown, g->down_ey);
+    g->ex_sw_took = Ld && halo_cuda_linear_ex_swiglu_amax_done(Ld);
+    if (Ld) halo_cuda_linear_ex_swiglu_amax(Ld, NULL);
     if (!mlp_backward_codes(g, l, A)) mlp_backward_bf16(g, l, A);
     attn_backward(g, l, A);
 }
@@ -1567,19 +1594,18 @@ static int gate_up_ey_codes(llama_cuda *g, int l, ey_codes_fn fill, halo_cuda_co
 // call's scales. The spec's scales: an amax-only pass first (no bf16 E_Y stored), then the codes pass with them.
 static int mlp_backward_codes(llama_cuda *g, int l, layer_acts *A) {
     const int N = g->B * g->T, F = g->c.hidden_dim;
-    const size_t n16 = (size_t)pad16l(N);
-    if (!hl_of(g, l, LIN_GATE) || !hl_of(g, l, LIN_UP) || g->lora || g->tele || F % 64 ||
-        (size_t)N * 2 * F + 2 * F * n16 > dgu_bytes(g))
-        return 0;
+    if (!mlp_codes_apply(g, l)) return 0;
     cudaStream_t s = g->st;
     halo_cuda_codes cg, cu;
     // (a layer that said yes to the delayed form falls back to the spec's by its next backward's flags)
     if (!(delayed_on(g) && gate_up_ey_codes(g, l, halo_cuda_linear_ey_codes, &cg, &cu))) {
         if (!gate_up_ey_codes(g, l, halo_cuda_linear_ey_codes_now, &cg, &cu)) return 0;
-        int *nfg, *nfu;
-        float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
-        PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax(NULL, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ag, au, nfg,
-                                                       nfu, s));
+        if (!g->ex_sw_took) {   // (else down's input-gradient product took the amaxes: ex_swiglu_amax_setup)
+            int *nfg, *nfu;
+            float *ag = ey_amax_prepare(g, l, LIN_GATE, &nfg), *au = ey_amax_prepare(g, l, LIN_UP, &nfu);
+            PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_amax(NULL, (halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, ag,
+                                                           au, nfg, nfu, s));
+        }
     }
     PROF(g, PR_SWIGLU_B, cuda_swiglu_backward_codes((halo_bf16 *)g->sbuf, (halo_bf16 *)A->gu, N, F, &cg, &cu, s));
     group_backward(g, l, LIN_GATE, 2, g->dnorm, g->dgu, 2 * F, A->n2, g->L[l].wgu, HALO_CUDA_EY_CODES);
