@@ -36,6 +36,8 @@ static void *dev_poison(size_t bytes) {
     cudaMemset(d, 0xff, bytes);
     return d;
 }
+// An output's starting contents: a device copy of R (ob bytes) for the accumulating forms, poison for =
+static void *dev_start(int acc, const float *R, size_t ob) { return acc ? t_dev_copy(R, ob) : dev_poison(ob); }
 // Values of a and b that differ in any bit
 static long words_differ(const float *a, const float *b, size_t n) {
     long bits = 0;
@@ -876,7 +878,7 @@ static void test_gemm_s8_dq_rot(void) {
         static const char *form[3] = {"bf16", "fp32", "fp32 +="};
         for (int f = 0; f < 3; f++) {
             const int f32 = f > 0, acc = f == 2;
-            void *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            void *ref = dev_start(acc, R, ob), *own = dev_start(acc, R, ob);
             halo_cuda_had_rows(&h, 1, dI, HALO_CUDA_I32, N, dal, ref, f32, ldd, acc, Mo, 0);
             int rc = halo_cuda_gemm_s8_dq(own, f32, ldd, NULL, acc, dA, K, dB, K, M, N, K, Mo, No, dal, &h, 0);
             CHECK(rc == HALO_OK, "own int8 gemm with rotation: %s", halo_error());
@@ -935,7 +937,7 @@ static void test_gemm_s8_dq_group(void) {
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
         for (int acc = 0; acc < 2; acc++) {
-            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            float *ref = dev_start(acc, R, ob), *own = dev_start(acc, R, ob);
             for (int i = 0; i < nseg; i++)
                 CHECK(halo_cuda_gemm_s8_dq(ref, 1, ldd, NULL, acc || i > 0, seg[i].A, Ks[i], seg[i].B, Ks[i], M, N, Ks[i],
                                            Mo, No, dal[i], B ? &h : NULL, 0) == HALO_OK, "own int8 gemm: %s", halo_error());
@@ -990,7 +992,7 @@ static void test_gemm_s8_dq_stack(void) {
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 10.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
         for (int acc = 0; acc < 2; acc++) {
-            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            float *ref = dev_start(acc, R, ob), *own = dev_start(acc, R, ob);
             for (int i = 0, r0 = 0; i < nseg; r0 += rows[i], i++)
                 CHECK(halo_cuda_gemm_s8_dq(ref + (size_t)r0 * ldd, 1, ldd, NULL, acc, seg[i].A, seg[i].K, seg[i].B,
                                            seg[i].K, rows[i], N, seg[i].K, rows[i], No, dal[i], B ? &h : NULL, 0) == HALO_OK,
@@ -1037,7 +1039,7 @@ static void test_gemm_s8_dq_sumsq(void) {
         float *R = t_rand_vec(&rng, (size_t)Mo * ldd, 3.0);
         const size_t ob = 4 * (size_t)Mo * ldd;
         for (int acc = 0; acc < 2; acc++) {
-            float *ref = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            float *ref = dev_start(acc, R, ob), *own = dev_start(acc, R, ob);
             const double start = 0.25 + acc;
             double *dss = t_dev_copy(&start, sizeof start);
             CHECK(halo_cuda_gemm_s8_dq(ref, 1, ldd, NULL, acc, sg.A, K, sg.B, K, M, N, K, Mo, No, dal, B ? &h : NULL,
@@ -1204,7 +1206,7 @@ static void test_gemm_s8_dq_tok(void) {
         static const char *form[3] = {"bf16", "fp32", "fp32 +="};
         for (int f = 0; f < 3; f++) {
             const int f32 = f > 0, acc = f == 2;
-            void *want = acc ? t_dev_copy(R, ob) : dev_poison(ob), *own = acc ? t_dev_copy(R, ob) : dev_poison(ob);
+            void *want = dev_start(acc, R, ob), *own = dev_start(acc, R, ob);
             float *Pc = t_dev_copy(hP, 4 * (size_t)M * No);   // the column kernel may rotate in place
             halo_cuda_colrot_f32(&ht, Pc, No, No, want, f32, ldd, Mo, acc, 0);
             int rc = halo_cuda_gemm_s8_dq_tok(own, f32, ldd, NULL, acc, dA, K, dB, K, M, N, K, Mo, No, dal, rot, &ht, 0);

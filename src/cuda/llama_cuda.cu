@@ -1195,7 +1195,7 @@ static int upload_batch(llama_cuda *g, const halo_batch *b) {
 static layer_acts *acts_for(llama_cuda *g, int l) { return &g->acts[g->o.recompute == 1 ? 0 : l]; }
 
 // ---- block linears: BF16 products, or HALO per linear ----
-static halo_cuda_linear *hl_of(llama_cuda *g, int l, int kind) {
+static halo_cuda_linear *hl_of(const llama_cuda *g, int l, int kind) {
     return g->hon && g->hon[l * LIN_COUNT + kind] ? &g->hl[l * LIN_COUNT + kind] : NULL;
 }
 
@@ -1543,7 +1543,7 @@ extern "C" int llama_cuda_ex_swiglu_amax(void) { return env_switch_off(&g_ex_sw,
 // Whether mlp_backward_codes applies to layer l (gate's and up's E_Y codes written by the SwiGLU backward)
 static int mlp_codes_apply(const llama_cuda *g, int l) {
     const int N = g->B * g->T, F = g->c.hidden_dim;
-    return hl_of((llama_cuda *)g, l, LIN_GATE) && hl_of((llama_cuda *)g, l, LIN_UP) && !g->lora && !g->tele &&
+    return hl_of(g, l, LIN_GATE) && hl_of(g, l, LIN_UP) && !g->lora && !g->tele &&
            F % 64 == 0 && (size_t)N * 2 * F + 2 * F * (size_t)pad16l(N) <= dgu_bytes(g);
 }
 // The spec's scales with llama_cuda_ex_swiglu_amax on: gate's and up's E_Y amax slots zeroed and down_proj told to
